@@ -1,0 +1,1 @@
+"""Audio formats, devices, capture and playback."""

@@ -1,0 +1,323 @@
+"""Settings: one frozen dataclass per config.toml section, validated once by `load()`.
+
+Each field's metadata holds its unit and allowed range or choices; the validator, the error messages and the
+documentation test all read them from here, so config.toml and the code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from assistant.errors import ConfigError
+
+PACKAGED_CONFIG = Path(__file__).with_name("config.toml")
+
+
+def opt(
+    default: Any, unit: str = "", lo: float | None = None, hi: float | None = None, choices: Sequence[Any] | None = None
+) -> Any:
+    """A config field: its default, unit, and inclusive range or allowed choices."""
+    meta = {"unit": unit, "lo": lo, "hi": hi, "choices": tuple(choices) if choices else None}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    input_device: str = opt("")  # name substring or index; "" = system default
+    output_device: str = opt("")
+    block_ms: int = opt(20, "ms", 5, 200)
+    output_prebuffer_ms: int = opt(40, "ms", 0, 2000)
+    capture_queue_blocks: int = opt(500, "blocks", 10, 100_000)
+    playback_buffer_s: float = opt(120.0, "s", 1.0, 3600.0)
+    device_retry_s: float = opt(3.0, "s", 0.5, 60.0)
+
+
+@dataclass(frozen=True)
+class VadConfig:
+    aggressiveness: int = opt(2, "", 0, 3)
+    frame_ms: int = opt(30, "ms", choices=(10, 20, 30))
+    min_speech_ms: int = opt(150, "ms", 10, 5000)
+    preroll_ms: int = opt(300, "ms", 0, 3000)
+    hangover_ms: int = opt(700, "ms", 100, 5000)
+    max_utterance_s: float = opt(30.0, "s", 1.0, 600.0)
+    adaptive_hangover: bool = opt(False)
+    short_hangover_ms: int = opt(400, "ms", 100, 5000)
+    barge_in_min_speech_ms: int = opt(300, "ms", 10, 5000)
+    barge_in_energy_margin_db: float = opt(6.0, "dB", 0.0, 60.0)
+
+
+@dataclass(frozen=True)
+class SttConfig:
+    engine: str = opt("parakeet", choices=("parakeet", "nemotron"))
+    model: str = opt("")  # "" = the engine's default model (see STT_DEFAULT_MODELS)
+    language: str = opt("auto")
+    partial_interval_ms: int = opt(300, "ms", 0, 10_000)
+    chunk_ms: int = opt(160, "ms", 80, 1120)
+    min_utterance_ms: int = opt(200, "ms", 0, 5000)
+    max_utterance_s: float = opt(30.0, "s", 1.0, 600.0)
+
+    @property
+    def model_id(self) -> str:
+        return self.model or STT_DEFAULT_MODELS[self.engine]
+
+
+STT_DEFAULT_MODELS = {
+    "parakeet": "mlx-community/parakeet-tdt-0.6b-v3",
+    "nemotron": "mlx-community/nemotron-3.5-asr-streaming-0.6b",
+}
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful voice assistant. Your replies are spoken aloud, so answer in short, natural spoken "
+    "sentences. Never use markdown, lists, code blocks, emoji or URLs. Ask a brief question when unsure."
+)
+
+
+@dataclass(frozen=True)
+class LlmConfig:
+    model: str = opt("mlx-community/gemma-4-e4b-it-4bit")
+    system_prompt: str = opt(DEFAULT_SYSTEM_PROMPT)
+    max_tokens: int = opt(400, "tokens", 1, 32_768)
+    temperature: float = opt(0.7, "", 0.0, 2.0)
+    top_p: float = opt(0.95, "", 0.0, 1.0)
+    top_k: int = opt(64, "", 0, 100_000)
+    min_p: float = opt(0.0, "", 0.0, 1.0)
+    repetition_penalty: float = opt(1.0, "", 0.5, 2.0)
+    history_tokens: int = opt(4096, "tokens", 256, 1_000_000)
+    seed: int = opt(-1, "", -1, 2**31 - 1)
+
+
+@dataclass(frozen=True)
+class TtsConfig:
+    model: str = opt("mlx-community/Qwen3-TTS-12Hz-0.6B-CustomVoice-8bit")
+    voice: str = opt("default")
+    voices_dir: str = opt("")  # "" = the voices/ folder next to the package
+    text_mode: str = opt("incremental", choices=("incremental", "chunked"))
+    first_chunk_frames: int = opt(1, "frames", 1, 100)
+    chunk_frames: int = opt(4, "frames", 1, 100)
+    max_frames: int = opt(2048, "frames", 1, 8192)
+    temperature: float = opt(0.9, "", 0.0, 2.0)
+    top_k: int = opt(50, "", 0, 4096)
+    top_p: float = opt(1.0, "", 0.0, 1.0)
+    repetition_penalty: float = opt(1.05, "", 1.0, 2.0)
+    subtalker_temperature: float = opt(0.9, "", 0.0, 2.0)
+    subtalker_top_k: int = opt(50, "", 0, 4096)
+    subtalker_top_p: float = opt(1.0, "", 0.0, 1.0)
+    seed: int = opt(-1, "", -1, 2**31 - 1)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    enabled: bool = opt(True)
+    host: str = opt("127.0.0.1")
+    port: int = opt(8765, "", 0, 65535)
+    token: str = opt("")  # "" = generated at first start and stored in token_file
+    token_file: str = opt("")  # "" = ~/.config/assistant/token
+    allow_loopback_without_token: bool = opt(False)
+    allowed_origins: list[str] = opt([])
+    max_message_bytes: int = opt(1_048_576, "bytes", 1024, 64 * 1024 * 1024)
+    commands_per_s: float = opt(20.0, "commands/s", 0.1, 10_000.0)
+    ping_interval_s: float = opt(20.0, "s", 1.0, 600.0)
+    idle_timeout_s: float = opt(600.0, "s", 5.0, 86_400.0)
+    client_queue: int = opt(256, "events", 8, 65_536)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    mode: str = opt("both", choices=("hands_free", "push_to_talk", "both"))
+    speculative: bool = opt(True)
+    barge_in: bool = opt(True)
+    barge_in_min_words: int = opt(0, "words", 0, 20)
+    hotkey: str = opt("<alt_r>")
+    hotkey_mode: str = opt("hold", choices=("hold", "toggle"))
+    status_line: bool = opt(True)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = opt("info", choices=("debug", "info", "warning", "error"))
+    json: bool = opt(False)
+
+
+@dataclass(frozen=True)
+class Config:
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    vad: VadConfig = field(default_factory=VadConfig)
+    stt: SttConfig = field(default_factory=SttConfig)
+    llm: LlmConfig = field(default_factory=LlmConfig)
+    tts: TtsConfig = field(default_factory=TtsConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    source: str = field(default="defaults", compare=False)  # where the settings came from, for messages
+
+    def replace(self, changes: Mapping[str, Any], origin: str = "config.set") -> Config:
+        """A copy with `{"section.key": value}` changes applied, validated like the file."""
+        table: dict[str, dict[str, Any]] = {}
+        for dotted, value in changes.items():
+            section, _, key = dotted.partition(".")
+            if not key:
+                raise ConfigError(f"{origin}: `{dotted}` is not a section.key name; e.g. `vad.aggressiveness`")
+            table.setdefault(section, {})[key] = value
+        return _build(table, origin, base=self, source=self.source)
+
+
+SECTIONS: dict[str, type] = {
+    f.name: get_type_hints(Config)[f.name] for f in dataclasses.fields(Config) if f.name != "source"
+}
+
+
+def _describe(meta: Mapping[str, Any]) -> str:
+    unit = f" {meta['unit']}" if meta.get("unit") else ""
+    if meta.get("choices"):
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    if meta.get("lo") is not None:
+        return f"{meta['lo']}..{meta['hi']}{unit}"
+    return unit.strip()
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _type_of(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def _check(path: str, value: Any, typ: Any, meta: Mapping[str, Any], origin: str) -> Any:
+    """Return `value` converted to the field type, or raise ConfigError naming key, value and range."""
+    allowed = _describe(meta)
+    want = "a list of strings" if typ == list[str] else _TYPE_NAMES[typ]
+    bad_type = ConfigError(
+        f"{origin}: `{path}` must be {want}{f' ({allowed})' if allowed else ''}, got {value!r} ({_type_of(value)})"
+    )
+    if typ == list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad_type
+        return list(value)
+    if typ is bool and not isinstance(value, bool):
+        raise bad_type
+    if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise bad_type
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad_type
+        value = float(value)
+    if typ is str and not isinstance(value, str):
+        raise bad_type
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{origin}: `{path}` = {value!r} is not allowed; use {allowed}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and not (lo <= value <= hi):
+        raise ConfigError(f"{origin}: `{path}` = {value!r} is out of range; allowed {allowed}")
+    return value
+
+
+def _suggest(name: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    return f"did you mean `{close[0]}`?" if close else "valid keys: " + ", ".join(f"`{v}`" for v in valid)
+
+
+def _build(table: Mapping[str, Any], origin: str, base: Config | None = None, source: str = "defaults") -> Config:
+    base = base or Config()
+    sections: dict[str, Any] = {}
+    for name, value in table.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{origin}: unknown section `[{name}]`; {_suggest(name, list(SECTIONS))}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{origin}: `{name}` must be a table (`[{name}]`), got {value!r}")
+        cls = SECTIONS[name]
+        hints = get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        updates = {}
+        for key, item in value.items():
+            path = f"{name}.{key}"
+            if key not in fields:
+                valid = [f"{name}.{k}" for k in fields]
+                raise ConfigError(f"{origin}: unknown key `{path}`; {_suggest(path, valid)}")
+            updates[key] = _check(path, item, hints[key], fields[key].metadata, origin)
+        sections[name] = dataclasses.replace(getattr(base, name), **updates)
+    return dataclasses.replace(base, **sections, source=source)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one `--set section.key=value`; the value is a TOML literal, or a bare string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or key.count(".") != 1 or not all(key.split(".")):
+        raise ConfigError(f"--set expects section.key=value, got {text!r}; e.g. --set vad.hangover_ms=600")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def find_config_file(cli_path: str | None, env: Mapping[str, str] | None = None) -> tuple[Path, str]:
+    """The config file to read and how it was chosen: --config, ASSISTANT_CONFIG, user file, packaged default."""
+    env = os.environ if env is None else env
+    for given, how in ((cli_path, "--config"), (env.get("ASSISTANT_CONFIG"), "ASSISTANT_CONFIG")):
+        if given:
+            path = Path(given).expanduser()
+            if not path.is_file():
+                raise ConfigError(
+                    f"config file not found: {path} (from {how}); check the path, or leave {how} unset to use "
+                    f"{user_config_path(env)} or the packaged default"
+                )
+            return path, how
+    user = user_config_path(env)
+    if user.is_file():
+        return user, "user config"
+    return PACKAGED_CONFIG, "packaged default"
+
+
+def user_config_path(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    base = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else Path.home() / ".config"
+    return base / "assistant" / "config.toml"
+
+
+def load(cli_path: str | None = None, overrides: Sequence[str] = (), env: Mapping[str, str] | None = None) -> Config:
+    """Find, read and validate the configuration, then apply `--set` overrides. Raises ConfigError."""
+    path, _how = find_config_file(cli_path, env)
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}; fix the line it names") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read: {e.strerror}; check its permissions") from e
+    config = _build(table, str(path), source=str(path))
+    for text in overrides:
+        key, value = parse_override(text)
+        config = config.replace({key: value}, origin=f"--set {text}")
+    return config
+
+
+def to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    """The settings as plain `{section: {key: value}}` (for `config.get` and `doctor`)."""
+    return {name: dataclasses.asdict(getattr(config, name)) for name in SECTIONS}
+
+
+def field_info(dotted: str) -> tuple[Any, Mapping[str, Any]]:
+    """The type and metadata of `section.key` (raises ConfigError with a suggestion when unknown)."""
+    section, _, key = dotted.partition(".")
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown section `[{section}]`; {_suggest(section, list(SECTIONS))}")
+    fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+    if key not in fields:
+        raise ConfigError(f"unknown key `{dotted}`; {_suggest(dotted, [f'{section}.{k}' for k in fields])}")
+    return get_type_hints(SECTIONS[section])[key], fields[key].metadata

@@ -1,0 +1,133 @@
+"""Typed events that flow out of the pipeline (to the log, the status line and WebSocket clients).
+
+Times are seconds on the `time.monotonic()` clock unless named `*_sample` (a sample index at 16 kHz on the
+capture clock). Every event is a frozen dataclass; `Event` is their union.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class TurnState(enum.Enum):
+    IDLE = "idle"  # listening, nobody speaking
+    USER_SPEAKING = "user_speaking"
+    THINKING = "thinking"  # final transcript taken; LLM/TTS working, nothing audible yet
+    ASSISTANT_SPEAKING = "assistant_speaking"
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    old: TurnState
+    new: TurnState
+    time: float
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    """VAD decided the user is speaking; `start_sample` includes the pre-roll."""
+
+    start_sample: int
+    onset_sample: int  # first voiced frame
+    time: float
+
+
+@dataclass(frozen=True)
+class SilenceStarted:
+    """The user went quiet; the utterance ends unless speech resumes within the hangover."""
+
+    sample: int
+    time: float
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    """Speech came back before the hangover ended: the same utterance goes on."""
+
+    sample: int
+    time: float
+
+
+@dataclass(frozen=True)
+class SpeechEnded:
+    """End of utterance: `end_sample` is the true end of speech (the start of the final silence)."""
+
+    start_sample: int
+    end_sample: int
+    time: float
+    truncated: bool = False  # cut at vad.max_utterance_s
+
+
+@dataclass(frozen=True)
+class PartialTranscript:
+    text: str
+    time: float
+
+
+@dataclass(frozen=True)
+class FinalTranscript:
+    text: str
+    language: str
+    time: float
+
+
+@dataclass(frozen=True)
+class ResponseTextDelta:
+    turn: int
+    text: str
+    time: float
+
+
+@dataclass(frozen=True)
+class ResponseDone:
+    turn: int
+    text: str  # what was said (the heard part when interrupted)
+    interrupted: bool
+    time: float
+
+
+@dataclass(frozen=True)
+class LatencyTrace:
+    """Per-turn milestones, ms after the true end of speech (None where a stage did not happen)."""
+
+    turn: int
+    vad_hangover_ms: float
+    stt_final_ms: float | None = None
+    llm_first_token_ms: float | None = None
+    tts_first_text_ms: float | None = None
+    tts_first_audio_ms: float | None = None
+    first_sample_played_ms: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    """A capture or playback device stopped or came back."""
+
+    kind: str  # "input" | "output"
+    ok: bool
+    message: str
+    time: float
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    message: str
+    time: float
+
+
+Event = (
+    StateChanged
+    | SpeechStarted
+    | SilenceStarted
+    | SpeechResumed
+    | SpeechEnded
+    | PartialTranscript
+    | FinalTranscript
+    | ResponseTextDelta
+    | ResponseDone
+    | LatencyTrace
+    | DeviceStatus
+    | ErrorEvent
+)

@@ -1,0 +1,107 @@
+"""The `assistant` command: help everywhere, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from assistant import cli
+
+SUBCOMMANDS = ["run", "devices", "pull", "say", "voices", "transcribe", "chat", "ctl", "doctor"]
+
+
+def run(args: list[str], env_extra: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **env_extra}
+    return subprocess.run(
+        [sys.executable, "-m", "assistant", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def no_sound_env(root: Path) -> dict[str, str]:
+    """Offline, no user config, and no PulseAudio to reach (PULSE_SERVER points at nothing)."""
+    return {
+        "XDG_CONFIG_HOME": str(root / "xdg"),
+        "HOME": str(root / "home"),
+        "HF_HOME": str(root / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "PULSE_SERVER": "unix:" + str(root / "no-pulse"),
+        "ASSISTANT_CONFIG": "",
+    }
+
+
+@pytest.mark.parametrize("sub", [None, *SUBCOMMANDS])
+def test_help(sub: str | None, capsys: pytest.CaptureFixture[str]) -> None:
+    """`assistant --help` and every subcommand's --help print usage and exit 0."""
+    with pytest.raises(SystemExit) as e:
+        cli.main([*([sub] if sub else []), "--help"])
+    assert e.value.code == 0
+    assert "usage: assistant" in capsys.readouterr().out
+
+
+def test_python_m_help(tmp_path: Path) -> None:
+    """`python -m assistant --help` is the same command."""
+    out = run(["--help"], no_sound_env(tmp_path))
+    assert out.returncode == 0 and "usage: assistant" in out.stdout
+    for sub in SUBCOMMANDS:
+        assert sub in out.stdout
+
+
+def test_run_without_models_or_devices_fails_fast(tmp_path: Path) -> None:
+    """`assistant run` with nothing cached and no network exits non-zero within 5 s with one line, no traceback."""
+    start = time.monotonic()
+    out = run(["run"], no_sound_env(tmp_path))
+    assert time.monotonic() - start < 5
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert lines == [
+        "assistant: error: STT model `mlx-community/parakeet-tdt-0.6b-v3` is not downloaded; "
+        "run `assistant pull` to fetch it"
+    ]
+
+
+def test_bad_config_is_one_line(tmp_path: Path) -> None:
+    """A config error prints one line naming the key and exits 2; --debug adds the traceback."""
+    env = no_sound_env(tmp_path)
+    out = run(["--set", "vad.hang_ms=3", "doctor"], env)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "assistant: error: --set vad.hang_ms=3: unknown key `vad.hang_ms`; did you mean `vad.hangover_ms`?"
+    )
+    out = run(["doctor", "--set", "vad.hang_ms=3", "--debug"], env)
+    assert "Traceback" in out.stderr
+
+
+def test_doctor_lists_problems_with_fixes(tmp_path: Path) -> None:
+    """`assistant doctor` exits non-zero and lists each problem (here: models not downloaded) with its fix."""
+    out = run(["doctor"], no_sound_env(tmp_path))
+    assert out.returncode == 1
+    assert (
+        "FAIL  LLM mlx-community/gemma-4-e4b-it-4bit: LLM `mlx-community/gemma-4-e4b-it-4bit` is not downloaded; "
+        "run `assistant pull` to fetch it" in out.stdout
+    )
+    assert "problem(s)" in out.stdout
+
+
+def test_pull_offline_names_missing_model(tmp_path: Path) -> None:
+    """`assistant pull` with HF_HUB_OFFLINE=1 and an empty cache says which model is missing."""
+    out = run(["pull"], no_sound_env(tmp_path))
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "assistant: error: STT model `mlx-community/parakeet-tdt-0.6b-v3` is not in the "
+        "cache and HF_HUB_OFFLINE is set; unset HF_HUB_OFFLINE to download it"
+    )
+
+
+def test_local_model_folder_missing(tmp_path: Path) -> None:
+    """A local model path that does not exist is named in the error."""
+    out = run(["run", "--set", f"stt.model='{tmp_path}/nowhere'"], no_sound_env(tmp_path))
+    assert out.returncode == 2
+    assert (
+        out.stderr.strip() == f"assistant: error: STT model folder not found: {tmp_path}/nowhere; "
+        "check the path in config.toml"
+    )

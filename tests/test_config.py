@@ -1,0 +1,152 @@
+"""config.toml loading and validation: the exact messages a user sees."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from assistant import config
+from assistant.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def test_packaged_default_equals_dataclass_defaults(isolated_env: Path) -> None:
+    """The shipped config.toml states exactly the defaults the code uses."""
+    cfg = config.load()
+    assert cfg == config.Config()
+    assert cfg.source == str(config.PACKAGED_CONFIG)
+
+
+def test_every_key_is_documented_in_config_toml() -> None:
+    """Each key of each section appears in config.toml, preceded by a comment line."""
+    text = config.PACKAGED_CONFIG.read_text()
+    table = tomllib.loads(text)
+    for name, cls in config.SECTIONS.items():
+        keys = {f.name for f in dataclasses.fields(cls)}
+        assert set(table[name]) == keys, name
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"^[a-z_]+ = ", line):
+            j = i - 1
+            while not lines[j].startswith("#"):  # a comment may cover a group of related keys
+                assert re.match(r"^[a-z_]+ = ", lines[j]), line
+                j -= 1
+
+
+def test_unknown_key_suggests_closest(tmp_path: Path) -> None:
+    """An unknown key fails with its full path and the closest valid key."""
+    path = write(tmp_path, "[vad]\nhang_ms = 500\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(str(path))
+    assert str(e.value) == f"{path}: unknown key `vad.hang_ms`; did you mean `vad.hangover_ms`?"
+
+
+def test_unknown_section_suggests_closest(tmp_path: Path) -> None:
+    """A misspelt section is named with the closest section."""
+    path = write(tmp_path, "[vda]\naggressiveness = 1\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(str(path))
+    assert str(e.value) == f"{path}: unknown section `[vda]`; did you mean `vad`?"
+
+
+def test_wrong_type_names_key_value_and_range(tmp_path: Path) -> None:
+    """A wrong type names the key, the expected type with its range, and the value given."""
+    path = write(tmp_path, '[vad]\nhangover_ms = "long"\n')
+    with pytest.raises(ConfigError) as e:
+        config.load(str(path))
+    assert str(e.value) == f"{path}: `vad.hangover_ms` must be an integer (100..5000 ms), got 'long' (a string)"
+
+
+def test_bool_is_not_an_integer(tmp_path: Path) -> None:
+    """`true` is refused where an integer is expected (TOML booleans are not numbers)."""
+    path = write(tmp_path, "[vad]\naggressiveness = true\n")
+    with pytest.raises(ConfigError, match=r"`vad.aggressiveness` must be an integer \(0..3\), got True"):
+        config.load(str(path))
+
+
+def test_out_of_range_names_key_value_and_range(tmp_path: Path) -> None:
+    """An out-of-range value names the key, the value and the allowed range."""
+    path = write(tmp_path, "[vad]\naggressiveness = 7\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(str(path))
+    assert str(e.value) == f"{path}: `vad.aggressiveness` = 7 is out of range; allowed 0..3"
+
+
+def test_choice_not_allowed(tmp_path: Path) -> None:
+    """A value outside a fixed set lists the allowed values."""
+    path = write(tmp_path, '[stt]\nengine = "whisper"\n')
+    with pytest.raises(ConfigError) as e:
+        config.load(str(path))
+    assert str(e.value) == f"{path}: `stt.engine` = 'whisper' is not allowed; use one of 'parakeet', 'nemotron'"
+
+
+def test_missing_config_file(isolated_env: Path) -> None:
+    """A --config path that does not exist fails naming the path and how to fall back."""
+    missing = isolated_env / "nope.toml"
+    with pytest.raises(ConfigError) as e:
+        config.load(str(missing))
+    user = isolated_env / "xdg" / "assistant" / "config.toml"
+    assert str(e.value) == (
+        f"config file not found: {missing} (from --config); check the path, or leave --config unset to use "
+        f"{user} or the packaged default"
+    )
+
+
+def test_search_order(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--config beats ASSISTANT_CONFIG, which beats the user file, which beats the packaged default."""
+    user = isolated_env / "xdg" / "assistant" / "config.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text("[vad]\naggressiveness = 1\n")
+    assert config.load().vad.aggressiveness == 1
+    env_file = write(isolated_env, "[vad]\naggressiveness = 2\n")
+    monkeypatch.setenv("ASSISTANT_CONFIG", str(env_file))
+    assert config.load().vad.aggressiveness == 2
+    cli_file = isolated_env / "cli.toml"
+    cli_file.write_text("[vad]\naggressiveness = 3\n")
+    assert config.load(str(cli_file)).vad.aggressiveness == 3
+
+
+def test_set_override(isolated_env: Path) -> None:
+    """--set section.key=value overrides one key, parsed as a TOML value or a bare string."""
+    cfg = config.load(None, ["vad.hangover_ms=600", "llm.model=some/model", "server.allowed_origins=['http://a']"])
+    assert cfg.vad.hangover_ms == 600
+    assert cfg.llm.model == "some/model"
+    assert cfg.server.allowed_origins == ["http://a"]
+    assert cfg.vad.aggressiveness == config.VadConfig().aggressiveness
+
+
+def test_set_override_errors(isolated_env: Path) -> None:
+    """A malformed or invalid --set names the override and the fix."""
+    with pytest.raises(ConfigError) as e:
+        config.load(None, ["hangover_ms=600"])
+    assert str(e.value) == "--set expects section.key=value, got 'hangover_ms=600'; e.g. --set vad.hangover_ms=600"
+    with pytest.raises(ConfigError) as e:
+        config.load(None, ["vad.hangover_ms=50"])
+    assert str(e.value) == "--set vad.hangover_ms=50: `vad.hangover_ms` = 50 is out of range; allowed 100..5000 ms"
+    with pytest.raises(ConfigError) as e:
+        config.load(None, ["vad.hangover=600"])
+    assert str(e.value) == "--set vad.hangover=600: unknown key `vad.hangover`; did you mean `vad.hangover_ms`?"
+
+
+def test_invalid_toml_names_file(tmp_path: Path) -> None:
+    """A TOML syntax error names the file and the line."""
+    path = write(tmp_path, "[vad\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: not valid TOML")):
+        config.load(str(path))
+
+
+def test_float_accepts_integer_and_replace_validates() -> None:
+    """An integer is a valid float; runtime changes go through the same validation."""
+    cfg = config.Config().replace({"vad.max_utterance_s": 20})
+    assert cfg.vad.max_utterance_s == 20.0 and isinstance(cfg.vad.max_utterance_s, float)
+    with pytest.raises(ConfigError, match="out of range"):
+        cfg.replace({"tts.temperature": 5.0})
