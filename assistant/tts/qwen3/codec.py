@@ -1,0 +1,267 @@
+"""The Qwen3-TTS 12 Hz speech-tokenizer decoder (codes -> 24 kHz audio), streaming with exact per-layer state.
+
+Spec §4: split-RVQ dequantization, causal pre-conv, an 8-layer sliding-window transformer, two x2 upsamplers with
+ConvNeXt blocks, and a Snake/transposed-conv vocoder; 1920 samples per frame. Attribute names equal the checkpoint
+keys after the `decoder.` prefix (codebooks are sanitized to `…codebook.embed` by the loader).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from assistant.errors import InputError
+from assistant.tts.qwen3.codec_vocoder import (
+    CausalConv,
+    CausalTransConv,
+    DecoderState,
+    SnakeBeta,
+    build_decoder,
+    build_upsample,
+)
+
+__all__ = ["CodecDecoder", "DecoderConfig", "DecoderState"]
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """`decoder_config` of speech_tokenizer/config.json; a missing key takes the official class default."""
+
+    codebook_dim: int
+    codebook_size: int = 2048
+    hidden_size: int = 1024
+    latent_dim: int = 1024
+    decoder_dim: int = 1536
+    intermediate_size: int = 3072
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 16
+    head_dim: int = 0  # 0 = hidden_size // num_attention_heads, as the official getattr fallback
+    num_hidden_layers: int = 8
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    sliding_window: int = 72
+    num_quantizers: int = 16
+    num_semantic_quantizers: int = 1
+    upsample_rates: tuple[int, ...] = (8, 5, 4, 3)
+    upsampling_ratios: tuple[int, ...] = (2, 2)
+    attention_bias: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DecoderConfig:
+        names = {f.name for f in fields(cls)}
+        kw: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+        if not kw.get("head_dim"):
+            kw["head_dim"] = int(kw.get("hidden_size", cls.hidden_size)) // int(
+                kw.get("num_attention_heads", cls.num_attention_heads)
+            )
+        return cls(**kw)
+
+    @property
+    def samples_per_frame(self) -> int:
+        return math.prod(self.upsample_rates) * math.prod(self.upsampling_ratios)
+
+
+class Codebook(nn.Module):
+    """`embed` = embedding_sum / clamp(cluster_usage, 1e-5), computed once by the loader: [bins, dim]."""
+
+    def __init__(self, bins: int, dim: int):
+        super().__init__()
+        self.embed = mx.zeros((bins, dim))
+
+
+class CodebookLayer(nn.Module):
+    def __init__(self, bins: int, dim: int):
+        super().__init__()
+        self.codebook = Codebook(bins, dim)
+
+
+class CodebookStack(nn.Module):
+    def __init__(self, n: int, bins: int, dim: int):
+        super().__init__()
+        self.layers = [CodebookLayer(bins, dim) for _ in range(n)]
+
+
+class ResidualVQ(nn.Module):
+    """Sum of codebook vectors, then a 1x1 conv without bias (`output_proj`); `input_proj` is encode-only."""
+
+    def __init__(self, n: int, bins: int, dim: int, io_dim: int):
+        super().__init__()
+        self.vq = CodebookStack(n, bins, dim)
+        self.input_proj = nn.Conv1d(io_dim, dim, 1, bias=False)
+        self.output_proj = nn.Conv1d(dim, io_dim, 1, bias=False)
+
+    def decode(self, codes: mx.array) -> mx.array:
+        """codes [B, T, n] -> [B, T, io_dim]."""
+        total = self.vq.layers[0].codebook.embed[codes[..., 0]]
+        for q in range(1, codes.shape[-1]):
+            total = total + self.vq.layers[q].codebook.embed[codes[..., q]]
+        return self.output_proj(total)
+
+
+class SplitResidualVQ(nn.Module):
+    """`rvq_first` (semantic) and `rvq_rest` (acoustic), each with its own output projection, summed after."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        dim, n_sem = cfg.codebook_dim // 2, cfg.num_semantic_quantizers
+        self.n_semantic = n_sem
+        self.rvq_first = ResidualVQ(n_sem, cfg.codebook_size, dim, cfg.codebook_dim)
+        self.rvq_rest = ResidualVQ(cfg.num_quantizers - n_sem, cfg.codebook_size, dim, cfg.codebook_dim)
+
+    def decode(self, codes: mx.array) -> mx.array:
+        return self.rvq_first.decode(codes[..., : self.n_semantic]) + self.rvq_rest.decode(
+            codes[..., self.n_semantic :]
+        )
+
+
+class Attention(nn.Module):
+    """Sliding-window causal attention with rotate-half RoPE, no q/k norm; K/V cached for `window - 1` frames."""
+
+    def __init__(self, cfg: DecoderConfig, index: int):
+        super().__init__()
+        h, kv, hd, b = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, h * hd, bias=b)
+        self.k_proj = nn.Linear(cfg.hidden_size, kv * hd, bias=b)
+        self.v_proj = nn.Linear(cfg.hidden_size, kv * hd, bias=b)
+        self.o_proj = nn.Linear(h * hd, cfg.hidden_size, bias=b)
+        self.heads, self.kv_heads, self.head_dim = h, kv, hd
+        self.theta, self.window, self.index = cfg.rope_theta, cfg.sliding_window, index
+
+    def __call__(self, x: mx.array, state: DecoderState) -> mx.array:
+        b, n, _ = x.shape
+        q = self.q_proj(x).reshape(b, n, self.heads, self.head_dim).transpose(0, 2, 1, 3)
+        k = self.k_proj(x).reshape(b, n, self.kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        v = self.v_proj(x).reshape(b, n, self.kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        q = mx.fast.rope(q, self.head_dim, traditional=False, base=self.theta, scale=1.0, offset=state.offset)
+        k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.theta, scale=1.0, offset=state.offset)
+        keys = mx.concatenate([state.keys[self.index], k], axis=2)
+        values = mx.concatenate([state.values[self.index], v], axis=2)
+        cached = keys.shape[2] - n
+        # query i (absolute offset+i) sees keys at absolute positions in (offset+i-window, offset+i]
+        qpos = mx.arange(n)[:, None] + cached
+        kpos = mx.arange(cached + n)[None, :]
+        mask = (kpos <= qpos) & (kpos > qpos - self.window)
+        out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.head_dim**-0.5, mask=mask)
+        keep = self.window - 1
+        state.keys[self.index] = keys[:, :, -keep:] if keep > 0 else keys[:, :, :0]
+        state.values[self.index] = values[:, :, -keep:] if keep > 0 else values[:, :, :0]
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, n, -1))
+
+
+class Mlp(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.scale = mx.full((dim,), 0.01)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.scale * x
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, cfg: DecoderConfig, index: int):
+        super().__init__()
+        self.self_attn = Attention(cfg, index)
+        self.mlp = Mlp(cfg)
+        self.input_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.self_attn_layer_scale = LayerScale(cfg.hidden_size)
+        self.mlp_layer_scale = LayerScale(cfg.hidden_size)
+
+    def __call__(self, x: mx.array, state: DecoderState) -> mx.array:
+        x = x + self.self_attn_layer_scale(self.self_attn(self.input_layernorm(x), state))
+        return x + self.mlp_layer_scale(self.mlp(self.post_attention_layernorm(x)))
+
+
+class DecoderTransformer(nn.Module):
+    """`pre_transformer`: input_proj (latent -> hidden), layers, RMSNorm, output_proj (hidden -> latent)."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.input_proj = nn.Linear(cfg.latent_dim, cfg.hidden_size)
+        self.layers = [TransformerLayer(cfg, i) for i in range(cfg.num_hidden_layers)]
+        self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.output_proj = nn.Linear(cfg.hidden_size, cfg.latent_dim)
+
+    def __call__(self, x: mx.array, state: DecoderState) -> mx.array:
+        h = self.input_proj(x)
+        for layer in self.layers:
+            h = layer(h, state)
+        state.offset += x.shape[1]
+        return self.output_proj(self.norm(h))
+
+
+class CodecDecoder(nn.Module):
+    """Codes -> waveform. `__call__` decodes whole sequences; `step` continues one stream from a `DecoderState`."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.config = cfg
+        self.quantizer = SplitResidualVQ(cfg)
+        self.pre_conv = CausalConv(cfg.codebook_dim, cfg.latent_dim, 3)
+        self.pre_transformer = DecoderTransformer(cfg)
+        self.upsample = build_upsample(cfg.latent_dim, list(cfg.upsampling_ratios))
+        self.decoder = build_decoder(cfg.latent_dim, cfg.decoder_dim, list(cfg.upsample_rates))
+        self.n_slots = 0
+        for m in self._stateful():
+            m.slot = self.n_slots
+            self.n_slots += 1
+
+    def _stateful(self) -> list[CausalConv | CausalTransConv]:
+        out: list[CausalConv | CausalTransConv] = []
+        for m in self.modules():
+            if (isinstance(m, CausalConv) and m.context > 0) or (isinstance(m, CausalTransConv) and m.overlaps):
+                out.append(m)
+        return out
+
+    def new_state(self, batch: int = 1) -> DecoderState:
+        """Zero conv history, empty K/V caches, frame 0."""
+        tails = [mx.zeros((0,))] * self.n_slots
+        for m in self._stateful():
+            tails[m.slot] = m.initial_tail(batch)
+        layers, c = self.config.num_hidden_layers, self.config
+        empty = mx.zeros((batch, c.num_key_value_heads, 0, c.head_dim))
+        return DecoderState(tails=tails, keys=[empty] * layers, values=[empty] * layers, offset=0)
+
+    def _run(self, codes: mx.array, state: DecoderState) -> mx.array:
+        """codes [B, T, Q] int -> [B, T * samples_per_frame] float32, advancing `state`."""
+        h = self.pre_conv(self.quantizer.decode(codes), state)
+        h = self.pre_transformer(h, state)
+        for transconv, convnext in self.upsample:
+            h = convnext(transconv(h, state), state)
+        for layer in self.decoder:
+            h = layer(h) if isinstance(layer, SnakeBeta) else layer(h, state)
+        return mx.clip(h[..., 0], -1.0, 1.0)
+
+    def _check(self, codes: mx.array, axis: int) -> None:
+        q = self.config.num_quantizers
+        if codes.shape[axis] != q:
+            raise InputError(f"codec codes have {codes.shape[axis]} codebooks, expected {q}; pass all {q} groups")
+
+    def __call__(self, codes: mx.array) -> mx.array:
+        """codes [B, Q, T] int -> [B, 1, T * 1920] float32 in [-1, 1], decoded at once (the official forward)."""
+        if codes.ndim != 3:
+            raise InputError(f"codec codes must be [batch, {self.config.num_quantizers}, frames], got {codes.shape}")
+        self._check(codes, 1)
+        return self._run(codes.transpose(0, 2, 1), self.new_state(codes.shape[0]))[:, None, :]
+
+    def step(self, codes: mx.array, state: DecoderState) -> mx.array:
+        """codes [n, Q] int (the next n >= 1 frames of one stream) -> [n * 1920] float32; updates `state`."""
+        if codes.ndim != 2 or codes.shape[0] < 1:
+            raise InputError(f"codec step codes must be [frames >= 1, {self.config.num_quantizers}], got {codes.shape}")
+        self._check(codes, 1)
+        return self._run(codes[None], state)[0]
