@@ -108,6 +108,10 @@ def main() -> None:
         fmax=12000,
     ).transpose(1, 2)
     xvec = se(mels)[0].numpy()
+    import librosa
+
+    fb = librosa.filters.mel(sr=24000, n_fft=1024, n_mels=128, fmin=0, fmax=12000)  # what mel_spectrogram uses
+    np.savez_compressed(OUT / "mel_filterbank.npz", filterbank=fb.astype(np.float32))
     np.save(OUT / "speaker_mel.npy", mels[0].numpy().astype(np.float32))
     np.save(OUT / "speaker_xvector.npy", xvec.astype(np.float32))
     print("mel", tuple(mels.shape), "xvector", xvec.shape, "norm", float(np.linalg.norm(xvec)))
