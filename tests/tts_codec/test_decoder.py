@@ -95,11 +95,17 @@ def test_new_state_streams_are_independent(tokenizer: SpeechTokenizer, codes: np
 
 
 def test_bad_code_shapes_fail_with_input_error(tokenizer: SpeechTokenizer) -> None:
-    """Wrong codebook counts or ranks raise InputError naming the expected shape."""
+    """Wrong codebook counts, ranks, dtypes or out-of-range ids raise InputError naming the problem."""
     with pytest.raises(InputError, match="expected 16"):
         tokenizer.decoder(mx.zeros((1, 8, 3), dtype=mx.int32))
     with pytest.raises(InputError, match="frames"):
         tokenizer.decoder.step(mx.zeros((16,), dtype=mx.int32), tokenizer.decoder.new_state())
+    with pytest.raises(InputError, match="integers"):
+        tokenizer.decoder.step(mx.zeros((2, 16)), tokenizer.decoder.new_state())
+    with pytest.raises(InputError, match=r"\[0, 64\)"):
+        tokenizer.decoder.step(mx.full((2, 16), 64, dtype=mx.int32), tokenizer.decoder.new_state())
+    with pytest.raises(InputError, match=r"\[0, 64\)"):
+        tokenizer.decoder(mx.full((1, 16, 2), -1, dtype=mx.int32))
 
 
 def test_sanitize_is_by_name_not_shape() -> None:

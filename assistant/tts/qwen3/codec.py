@@ -248,9 +248,14 @@ class CodecDecoder(nn.Module):
         return mx.clip(h[..., 0], -1.0, 1.0)
 
     def _check(self, codes: mx.array, axis: int) -> None:
-        q = self.config.num_quantizers
+        q, bins = self.config.num_quantizers, self.config.codebook_size
         if codes.shape[axis] != q:
             raise InputError(f"codec codes have {codes.shape[axis]} codebooks, expected {q}; pass all {q} groups")
+        if not mx.issubdtype(codes.dtype, mx.integer):
+            raise InputError(f"codec codes must be integers, got {codes.dtype}; pass the sampled code ids")
+        lo, hi = int(codes.min().item()), int(codes.max().item())
+        if lo < 0 or hi >= bins:
+            raise InputError(f"codec codes must lie in [0, {bins}), got [{lo}, {hi}]; drop EOS/special ids first")
 
     def __call__(self, codes: mx.array) -> mx.array:
         """codes [B, Q, T] int -> [B, 1, T * 1920] float32 in [-1, 1], decoded at once (the official forward)."""
