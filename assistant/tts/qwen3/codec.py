@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -253,7 +253,7 @@ class CodecDecoder(nn.Module):
             raise InputError(f"codec codes have {codes.shape[axis]} codebooks, expected {q}; pass all {q} groups")
         if not mx.issubdtype(codes.dtype, mx.integer):
             raise InputError(f"codec codes must be integers, got {codes.dtype}; pass the sampled code ids")
-        lo, hi = int(codes.min().item()), int(codes.max().item())
+        lo, hi = cast(int, codes.min().item()), cast(int, codes.max().item())
         if lo < 0 or hi >= bins:
             raise InputError(f"codec codes must lie in [0, {bins}), got [{lo}, {hi}]; drop EOS/special ids first")
 
