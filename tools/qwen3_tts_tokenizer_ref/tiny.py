@@ -45,7 +45,8 @@ DECODER_CONFIG: dict[str, object] = {
     "attention_dropout": 0.0,
 }
 
-# A tiny Mimi: 4 filters, hidden 32, 2 layers, 20 quantizers of which the first 16 are kept.
+# A tiny Mimi: 4 filters, hidden 32, 2 layers, 20 quantizers of which the first 16 are kept. Its configured
+# sliding window (16) is shorter than the clip's 76 transformer frames: the official path ignores it (spec §5.2).
 ENCODER_CONFIG: dict[str, object] = {
     "sampling_rate": 24000,
     "frame_rate": 12.5,
@@ -78,7 +79,7 @@ ENCODER_CONFIG: dict[str, object] = {
     "max_position_embeddings": 8000,
     "norm_eps": 1e-5,
     "rope_theta": 10000.0,
-    "sliding_window": 250,
+    "sliding_window": 16,
     "layer_scale_initial_scale": 0.01,
     "attention_bias": False,
     "use_cache": False,
