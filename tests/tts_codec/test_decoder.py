@@ -128,3 +128,18 @@ def test_sanitize_is_by_name_not_shape() -> None:
     embed = np.array(out["quantizer.rvq_first.vq.layers.0.codebook.embed"])
     assert np.allclose(embed[:, 0], [0.5, 1e5, 0.25])
     assert not any("_codebook" in k for k in out)
+
+
+@pytest.mark.slow
+def test_streaming_with_the_released_window_past_72_frames(tokenizer: SpeechTokenizer) -> None:
+    """With the released 72-frame window, 100 frames streamed in 1-3 frame chunks equal the full decode (1e-5)."""
+    dec = CodecDecoder(dataclasses.replace(tokenizer.decoder.config, sliding_window=72))
+    dec.update(tokenizer.decoder.parameters())
+    codes = np.random.default_rng(7).integers(0, 64, (1, 16, 100)).astype(np.int32)
+    full = np.array(dec(mx.array(codes)))[0, 0]
+    state, pos, parts = dec.new_state(), 0, []
+    for n in _partition(np.random.default_rng(8), 100, 3):
+        parts.append(np.array(dec.step(mx.array(codes[0, :, pos : pos + n].T), state)))
+        pos += n
+    assert all(k.shape[2] == 71 for k in state.keys)
+    assert np.abs(np.concatenate(parts) - full).max() <= 1e-5
