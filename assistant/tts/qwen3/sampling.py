@@ -24,6 +24,7 @@ class SamplingParams:
     subtalker_top_k: int = 50
     subtalker_top_p: float = 1.0
     seed: int | None = None  # None: fresh entropy
+    min_new_tokens: int = MIN_NEW_TOKENS  # EOS blocked until this many first-codebook tokens (benchmarks force length)
 
     @classmethod
     def greedy(cls) -> SamplingParams:
@@ -70,7 +71,7 @@ class Sampler:
             seen = np.unique(np.asarray(history))
             s = x[seen]
             x[seen] = np.where(s < 0, s * self.p.repetition_penalty, s / self.p.repetition_penalty)
-        if len(history) < MIN_NEW_TOKENS:
+        if len(history) < self.p.min_new_tokens:
             x[self.eos] = -np.inf
         x[self.suppress] = -np.inf
         if self.p.temperature <= 0:
