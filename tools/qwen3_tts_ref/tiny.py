@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import zlib
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,11 @@ import numpy as np
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "qwen3_tts"
 REPO = Path(__file__).resolve().parents[2]
 # ../shared beside the checkout (main) or beside the worktrees' folder (/work/wt/NAME -> /work/shared)
-BPE_CANDIDATES = [REPO.parent / "shared" / "data" / "qwen2-bpe", REPO.parent.parent / "shared" / "data" / "qwen2-bpe"]
+BPE_CANDIDATES = [
+    *([Path(os.environ["QWEN2_BPE_DIR"])] if os.environ.get("QWEN2_BPE_DIR") else []),
+    REPO.parent / "shared" / "data" / "qwen2-bpe",
+    REPO.parent.parent / "shared" / "data" / "qwen2-bpe",
+]
 BPE_DIR = next((p for p in BPE_CANDIDATES if (p / "vocab.json").is_file()), BPE_CANDIDATES[0])
 
 LANGUAGES = {
