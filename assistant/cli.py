@@ -70,11 +70,65 @@ def cmd_pull(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def cmd_say(args: argparse.Namespace, cfg: config.Config) -> int:
-    raise _not_yet("say")
+    from pathlib import Path
+
+    from assistant.errors import InputError
+
+    text = args.text.strip()
+    if not text:
+        raise InputError("nothing to say: TEXT is empty")
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None and not out.parent.is_dir():
+        raise InputError(f"--out {out}: folder {out.parent} does not exist; create it or pick another path")
+    from assistant.tts import Qwen3TTS
+    from assistant.tts.voices import write_wav
+
+    tts = Qwen3TTS.load(cfg.tts)
+    voice = tts.voice(args.voice)
+    if out is not None:
+        import numpy as np
+
+        chunks = list(tts.stream(text, voice))
+        audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+        write_wav(out, audio, tts.sample_rate)
+        print(f"wrote {out} ({len(audio) / tts.sample_rate:.2f} s at {tts.sample_rate} Hz)")
+        return 0
+    return _play(cfg, tts.stream(text, voice), tts.sample_rate)
+
+
+def _play(cfg: config.Config, chunks: Any, rate: int) -> int:
+    import time
+
+    try:
+        from assistant.audio.playback import Playback  # type: ignore[import-not-found, unused-ignore]
+    except ImportError as e:
+        raise AssistantError("audio playback is not available in this build; use --out FILE.wav") from e
+    total = 0
+    with Playback(cfg.audio, rate=rate) as pb:
+        for chunk in chunks:
+            pb.write(chunk)
+            total += len(chunk)
+        # let the queued audio play out: wait for the remaining duration (one sleep, no polling loop)
+        remaining = (total - pb.played_samples) / rate + pb.output_latency_s
+        time.sleep(max(0.0, remaining))
+    return 0
 
 
 def cmd_voices(args: argparse.Namespace, cfg: config.Config) -> int:
-    raise _not_yet("voices")
+    from assistant.tts.voices import load_profiles, resolve_voice_dir
+
+    folder = resolve_voice_dir(cfg.tts.voices_dir)
+    profiles = load_profiles(folder)
+    if not profiles:
+        print(f"no voice profiles in {folder}")
+        return 0
+    print(f"{'':2}{'name':<14} {'mode':<13} {'language':<10} voice")
+    for name, p in profiles.items():
+        what = p.speaker or p.instruct or p.ref_wav
+        mark = "* " if name == cfg.tts.voice else "  "
+        print(f"{mark}{name:<14} {p.mode:<13} {p.language:<10} {what}")
+    print(f"* default voice (tts.voice); profiles in {folder}")
+    return 0
 
 
 def cmd_transcribe(args: argparse.Namespace, cfg: config.Config) -> int:

@@ -1,0 +1,66 @@
+"""The multi-token code predictor (MTP): codes 1..15 of a frame from the talker's last hidden state and code 0.
+
+Per frame it starts from an empty cache at position 0 (spec 3): prefill [h_last, C_talker(c0)], then one
+step per group. Group g >= 1 is predicted by `lm_head[g-1]` and embedded by `model.codec_embedding[g-1]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from assistant.tts.qwen3.config import CodePredictorConfig
+from assistant.tts.qwen3.talker import DecoderLayer
+
+
+class PredictorModel(nn.Module):
+    def __init__(self, cfg: CodePredictorConfig, embedding_dim: int):
+        super().__init__()
+        # The tables are as wide as the talker (they also feed the talker's frame sum), not the predictor.
+        self.codec_embedding = [nn.Embedding(cfg.vocab_size, embedding_dim) for _ in range(cfg.num_code_groups - 1)]
+        self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)]
+        self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+
+    def __call__(self, x: mx.array, cache: list[Any]) -> mx.array:
+        for layer, c in zip(self.layers, cache, strict=True):
+            x = layer(x, c)
+        return self.norm(x)
+
+
+class CodePredictor(nn.Module):
+    def __init__(self, cfg: CodePredictorConfig, talker_hidden: int):
+        super().__init__()
+        self.cfg = cfg
+        self.model = PredictorModel(cfg, talker_hidden)
+        self.lm_head = [nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False) for _ in range(cfg.num_code_groups - 1)]
+        # 1.7B: Linear(talker hidden -> predictor hidden) with bias; 0.6B: identity (no weights).
+        self.has_projection = cfg.hidden_size != talker_hidden
+        if self.has_projection:
+            self.small_to_mtp_projection = nn.Linear(talker_hidden, cfg.hidden_size, bias=True)
+
+    def project(self, x: mx.array) -> mx.array:
+        return self.small_to_mtp_projection(x) if self.has_projection else x
+
+    def logits(self, x: mx.array, group: int, cache: list[Any]) -> mx.array:
+        """Logits of code group `group` (1..15) at the last of the input vectors x [1, n, talker hidden]."""
+        h = self.model(self.project(x), cache)
+        return self.lm_head[group - 1](h[:, -1, :])
+
+    def predict(self, past_hidden: mx.array, c0_embedding: mx.array, sample: Callable[[np.ndarray], int]) -> list[int]:
+        """Codes 1..15 for one frame; `sample` maps float32 logits [vocab] to a code (greedy or seeded)."""
+        from mlx_lm.models.cache import KVCache
+
+        cache = [KVCache() for _ in self.model.layers]
+        x = mx.stack([past_hidden, c0_embedding])[None]  # [1, 2, talker hidden]
+        codes: list[int] = []
+        for g in range(1, self.cfg.num_code_groups):
+            logits = self.logits(x, g, cache)[0].astype(mx.float32)
+            code = sample(np.array(logits))
+            codes.append(code)
+            if g < self.cfg.num_code_groups - 1:
+                x = self.model.codec_embedding[g - 1](mx.array([code], dtype=mx.int32))[None]
+        return codes

@@ -1,0 +1,199 @@
+"""The streaming TTS engine: voices with cached prefixes, utterances stepped one frame at a time, audio chunks.
+
+Synchronous and sliceable: `Utterance.step()` does at most one codec frame of work, so the daemon's single MLX
+thread can interleave it with other work and cancel between frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from assistant.config import TtsConfig
+from assistant.errors import InputError, ModelError
+from assistant.tts.qwen3.generate import FrameGenerator, Layout, PrefixState
+from assistant.tts.qwen3.load import LoadedModel, load_model, load_speaker_encoder, load_speech_tokenizer_of
+from assistant.tts.qwen3.prompt import PromptBuilder, VoicePrompt, check_ref_codes
+from assistant.tts.qwen3.sampling import SamplingParams
+from assistant.tts.voices import Voice, VoiceProfile, load_profiles, resolve_voice_dir
+
+SAMPLE_RATE = 24_000
+FRAME_SAMPLES = 1920  # 80 ms at 24 kHz: one 12.5 Hz codec frame
+
+
+def sampling_of(cfg: TtsConfig) -> SamplingParams:
+    return SamplingParams(
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        repetition_penalty=cfg.repetition_penalty,
+        subtalker_temperature=cfg.subtalker_temperature,
+        subtalker_top_k=cfg.subtalker_top_k,
+        subtalker_top_p=cfg.subtalker_top_p,
+        seed=None if cfg.seed < 0 else cfg.seed,
+    )
+
+
+class Utterance:
+    """One utterance: text in (whole, or pieces via push_text/end_text), float32 24 kHz chunks out of step()."""
+
+    def __init__(self, gen: FrameGenerator, decoder: Any | None, prime: np.ndarray | None, first: int, every: int):
+        self.gen = gen
+        self.decoder = decoder
+        self.state = decoder.new_state() if decoder is not None else None
+        if decoder is not None and prime is not None:  # ICL: the reference codes prime the decoder (spec 5.3)
+            mx.eval(decoder.step(mx.array(prime, dtype=mx.int32), self.state))
+        self.first, self.every = first, every
+        self.frames: list[np.ndarray] = []  # generated, not yet decoded
+        self.chunks_out = 0
+        self.frames_emitted = 0
+        self.done = False
+
+    @property
+    def waiting_for_text(self) -> bool:
+        return self.gen.waiting_for_text
+
+    def push_text(self, text: str) -> None:
+        self.gen.push_text(text)
+
+    def end_text(self) -> None:
+        self.gen.end_text()
+
+    def _decode(self) -> np.ndarray:
+        codes = np.stack(self.frames)
+        self.frames = []
+        self.chunks_out += 1
+        if self.decoder is None:
+            raise ModelError("no speech-tokenizer decoder is loaded; use codes() or load a full checkpoint")
+        audio = self.decoder.step(mx.array(codes, dtype=mx.int32), self.state)
+        return np.array(audio.astype(mx.float32)).reshape(-1)
+
+    def step(self) -> np.ndarray | None:
+        """At most one frame of work; a chunk when first_chunk_frames (then chunk_frames) frames are ready."""
+        if self.done:
+            return None
+        frame = self.gen.step()
+        if frame is not None:
+            self.frames.append(frame)
+            self.frames_emitted += 1
+            due = self.first if self.chunks_out == 0 else self.every
+            if len(self.frames) >= due:
+                return self._decode()
+            return None
+        if self.gen.done:
+            self.done = True
+            if self.frames:
+                return self._decode()
+        return None
+
+
+@dataclass(frozen=True, eq=False)
+class _Cached:
+    voice: Voice
+    prefix: PrefixState
+
+
+class Qwen3TTS:
+    sample_rate: int = SAMPLE_RATE
+
+    def __init__(self, loaded: LoadedModel, cfg: TtsConfig, speech_tokenizer: Any | None = None):
+        self.loaded, self.cfg = loaded, cfg
+        self.talker = loaded.model.talker
+        self.builder = PromptBuilder(self.talker, loaded.config, loaded.tokenizer)
+        self.speech_tokenizer = speech_tokenizer
+        self.voices_dir = resolve_voice_dir(cfg.voices_dir)
+        self._cache: dict[str, _Cached] = {}
+        self._speaker_encoder: Any | None = None
+
+    @classmethod
+    def load(cls, cfg: TtsConfig) -> Qwen3TTS:
+        """Talker, predictor, tokenizer and the speech-tokenizer decoder from `tts.model`. Raises ModelError."""
+        loaded = load_model(cfg.model)
+        return cls(loaded, cfg, load_speech_tokenizer_of(loaded))
+
+    @property
+    def model_type(self) -> str:
+        return self.loaded.config.tts_model_type
+
+    def profiles(self) -> dict[str, VoiceProfile]:
+        return load_profiles(self.voices_dir)
+
+    def voice(self, name: str | None = None) -> Voice:
+        """A voices/ profile resolved for this model; its prefix KV state is computed once and cached."""
+        name = name or self.cfg.voice
+        if name in self._cache:
+            return self._cache[name].voice
+        profiles = self.profiles()
+        if name not in profiles:
+            raise InputError(f"unknown voice {name!r}; voices in {self.voices_dir}: {', '.join(sorted(profiles))}")
+        return self.use_voice(profiles[name].resolve(self))
+
+    def use_voice(self, voice: Voice) -> Voice:
+        """Register a resolved voice (profile or ad hoc) and compute its prefix once."""
+        prefix = PrefixState.compute(self.talker, self.builder, voice.prompt)
+        self._cache[voice.name] = _Cached(voice, prefix)
+        return voice
+
+    def speaker_encoder(self) -> Any:
+        if self._speaker_encoder is None:
+            self._speaker_encoder = load_speaker_encoder(self.loaded)
+            if self._speaker_encoder is None:
+                raise ModelError(f"{self.loaded.repo} has no speaker encoder; voice cloning needs a Base model")
+        return self._speaker_encoder
+
+    def _prefix(self, voice: Voice) -> PrefixState:
+        cached = self._cache.get(voice.name)
+        if cached is None or cached.voice is not voice:
+            self.use_voice(voice)
+            cached = self._cache[voice.name]
+        return cached.prefix
+
+    def frames(self, voice: Voice, text: str | None = None, layout: Layout | None = None) -> FrameGenerator:
+        """Code-level generation (no decoder): a FrameGenerator for this voice."""
+        if text is not None and not text.strip():
+            raise InputError("nothing to say: the text is empty")
+        if layout is None:  # the official defaults: whole-text layout, except streaming for clones
+            layout = "stream" if voice.prompt.xvector is not None else "full"
+        return FrameGenerator(
+            self.talker,
+            self.builder,
+            self._prefix(voice),
+            sampling_of(self.cfg),
+            self.cfg.max_frames + 1,  # max_new_tokens: the last sampled token is never decoded
+            text,
+            layout,
+        )
+
+    def start(self, voice: Voice, text: str | None = None, layout: Layout | None = None) -> Utterance:
+        """text given: whole-text layout; None: incremental text through push_text/end_text."""
+        gen = self.frames(voice, text, layout)
+        decoder = self.speech_tokenizer.decoder if self.speech_tokenizer is not None else None
+        prime = voice.prompt.ref_codes if voice.prompt.icl else None
+        return Utterance(gen, decoder, prime, self.cfg.first_chunk_frames, self.cfg.chunk_frames)
+
+    def stream(self, text: str, voice: Voice | None = None) -> Iterator[np.ndarray]:
+        """float32 24 kHz chunks of `text` as frames decode."""
+        utt = self.start(voice or self.voice(), text)
+        while not utt.done:
+            chunk = utt.step()
+            if chunk is not None:
+                yield chunk
+
+
+def ad_hoc_voice(name: str, prompt: VoicePrompt, groups: int = 16) -> Voice:
+    """A voice not backed by a profile (tests, benchmarks)."""
+    if prompt.ref_codes is not None:
+        prompt = VoicePrompt(
+            prompt.language,
+            prompt.speaker,
+            prompt.instruct,
+            prompt.xvector,
+            check_ref_codes(prompt.ref_codes, groups),
+            prompt.ref_text,
+        )
+    return Voice(name, prompt, None, Path())

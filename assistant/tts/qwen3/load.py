@@ -1,0 +1,150 @@
+"""Loading a Qwen3-TTS 12 Hz checkpoint: official `Qwen/...` (PyTorch keys) or `mlx-community/...` (MLX).
+
+Both layouts share the `talker.*` key names; they differ in (a) the speaker encoder's conv weights, [out, in, k]
+officially and [out, k, in] in mlx-community conversions, and (b) quantized Linears (`.scales`/`.biases`,
+`quantization` in config.json). The layout is decided by rule: quantization present, or the shape of
+`speaker_encoder.blocks.0.conv.weight` against `mel_dim` and the first kernel size from config.json.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from assistant.errors import ModelError
+from assistant.tts.qwen3.config import ModelConfig
+from assistant.tts.qwen3.talker import Qwen3TTSModel
+from assistant.tts.qwen3.tokenizer import TextTokenizer
+
+Layout = Literal["pytorch", "mlx"]
+# Never quantized by mlx-community conversions (spec 6.3); everything else with `.scales` in the file is.
+NOT_QUANTIZED = ("codec_embedding", "text_embedding", "speech_tokenizer", "speaker_encoder")
+
+
+@dataclass
+class LoadedModel:
+    folder: Path
+    repo: str
+    config: ModelConfig
+    model: Qwen3TTSModel
+    tokenizer: TextTokenizer
+    layout: Layout
+    generation: dict[str, Any]
+    speaker_weights: dict[str, mx.array]  # `speaker_encoder.*` without the prefix (Base models)
+
+
+def read_json(path: Path, repo: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelError(
+            f"{path.name} is missing from {repo} ({path.parent}); re-download the model (`assistant pull`)"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path.name} of {repo} is malformed ({e}); re-download the model (`assistant pull`)") from e
+    if not isinstance(data, dict):
+        raise ModelError(f"{path.name} of {repo} is not a JSON object; re-download the model (`assistant pull`)")
+    return data
+
+
+def read_weights(folder: Path, repo: str) -> dict[str, mx.array]:
+    files = sorted(folder.glob("model*.safetensors"))
+    if not files:
+        raise ModelError(f"model.safetensors is missing from {repo} ({folder}); re-download the model")
+    weights: dict[str, mx.array] = {}
+    for f in files:
+        try:
+            loaded = mx.load(str(f))
+        except Exception as e:
+            raise ModelError(f"{f.name} of {repo} cannot be read ({e}); re-download the model") from e
+        assert isinstance(loaded, dict)
+        weights.update(loaded)
+    return weights
+
+
+def detect_layout(weights: dict[str, mx.array], config: ModelConfig) -> Layout:
+    """'mlx' for mlx-community conversions, 'pytorch' for the official files (see the module docstring)."""
+    if config.quantization:
+        return "mlx"
+    w = weights.get("speaker_encoder.blocks.0.conv.weight")
+    if w is not None:
+        mel = int(config.speaker_encoder_config.get("mel_dim", 128))
+        k = int(config.speaker_encoder_config.get("enc_kernel_sizes", [5])[0])
+        if mel != k:
+            return "pytorch" if w.shape[1] == mel else "mlx"
+    return "pytorch"  # talker keys are identical in both layouts
+
+
+def _quantize(model: nn.Module, weights: dict[str, mx.array], q: dict[str, Any], repo: str) -> None:
+    try:
+        group_size, bits = int(q["group_size"]), int(q["bits"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"config.json of {repo}: malformed `quantization` {q!r}; re-download the model") from e
+
+    def predicate(path: str, module: nn.Module) -> bool:
+        if any(p in path for p in NOT_QUANTIZED):
+            return False
+        return hasattr(module, "to_quantized") and f"{path}.scales" in weights
+
+    nn.quantize(model, group_size=group_size, bits=bits, class_predicate=predicate)
+
+
+def load_model(spec_or_folder: str | Path, repo: str | None = None) -> LoadedModel:
+    """Talker, predictor and tokenizer from a folder (no speech tokenizer needed). Raises ModelError."""
+    from assistant import hub
+
+    folder = hub.resolve(str(spec_or_folder), "TTS model") if not isinstance(spec_or_folder, Path) else spec_or_folder
+    repo = repo or str(spec_or_folder)
+    raw = read_json(folder / "config.json", repo)
+    try:
+        config = ModelConfig.from_dict(raw)
+    except ModelError as e:
+        raise ModelError(f"{repo}: {e}") from e
+    generation = (
+        read_json(folder / "generation_config.json", repo) if (folder / "generation_config.json").exists() else {}
+    )
+    weights = {k: v for k, v in read_weights(folder, repo).items() if "position_ids" not in k}
+    layout = detect_layout(weights, config)
+    speaker = {k[len("speaker_encoder.") :]: v for k, v in weights.items() if k.startswith("speaker_encoder.")}
+    talker_w = {k: v for k, v in weights.items() if k.startswith("talker.")}
+    model = Qwen3TTSModel(config.talker_config)
+    if config.quantization:
+        _quantize(model, talker_w, config.quantization, repo)
+    try:
+        model.load_weights(list(talker_w.items()), strict=True)
+    except ValueError as e:
+        raise ModelError(f"model.safetensors of {repo} does not match its config.json ({e}); re-download it") from e
+    mx.eval(model.parameters())
+    tokenizer = TextTokenizer(folder, config.transformers_version, repo)
+    return LoadedModel(folder, repo, config, model, tokenizer, layout, generation, speaker)
+
+
+def load_speaker_encoder(loaded: LoadedModel) -> Any | None:
+    """The Base model's x-vector encoder (tts-codec's module), or None when the model or the module is absent."""
+    if not loaded.speaker_weights:
+        return None
+    try:
+        from assistant.tts.qwen3.speaker_encoder import SpeakerEncoder, SpeakerEncoderConfig
+    except ImportError:
+        return None
+    enc = SpeakerEncoder(SpeakerEncoderConfig.from_dict(loaded.config.speaker_encoder_config))
+    weights = SpeakerEncoder.sanitize(loaded.speaker_weights, pytorch_layout=loaded.layout == "pytorch")
+    enc.load_weights(list(weights.items()), strict=True)
+    return enc
+
+
+def load_speech_tokenizer_of(loaded: LoadedModel) -> Any:
+    """The 12 Hz speech tokenizer from the `speech_tokenizer/` subfolder. Raises ModelError."""
+    sub = loaded.folder / "speech_tokenizer"
+    if not (sub / "config.json").is_file():
+        raise ModelError(f"speech_tokenizer/config.json is missing from {loaded.repo}; re-download the model")
+    try:
+        from assistant.tts.qwen3.speech_tokenizer import load_speech_tokenizer
+    except ImportError as e:
+        raise ModelError("the 12 Hz speech-tokenizer decoder is not part of this build; update assistant") from e
+    return load_speech_tokenizer(sub)

@@ -1,0 +1,134 @@
+"""Incremental text, the per-voice prefix cache, seeded sampling and the quantized mlx-community layout."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from assistant.config import TtsConfig
+from assistant.errors import InputError, ModelError
+from assistant.tts.qwen3.engine import Qwen3TTS, ad_hoc_voice
+from assistant.tts.qwen3.generate import generate_codes
+from assistant.tts.qwen3.load import detect_layout, load_model
+
+from .test_qwen3_parity import case_named, generator, loaded, prompt_of
+
+STREAM_CASES = ["cv_auto_stream", "cv_instruct_stream", "vd_stream", "xvec_stream", "icl_stream", "icl_stream_short"]
+
+
+@pytest.mark.parametrize("name", STREAM_CASES)
+def test_incremental_text_one_token_at_a_time_equals_official_streaming(
+    checkpoints: Any, reference: Any, name: str
+) -> None:
+    """Text pushed one token at a time (stalling in between) yields the official streaming-layout greedy codes."""
+    case = case_named(reference, name)
+    lm = loaded(checkpoints, case["kind"])
+    gen = generator(lm, case, None)
+    ids = lm.tokenizer.encode(case["text"])
+    pieces = [lm.tokenizer.decode([i]) for i in ids]
+    assert "".join(pieces) == case["text"]
+    codes: list[list[int]] = []
+    stalls = 0
+    for piece in pieces:
+        gen.push_text(piece)
+        while True:
+            frame = gen.step()
+            if frame is None:
+                break
+            codes.append(frame.tolist())
+        if gen.waiting_for_text:
+            stalls += 1
+    gen.end_text()
+    codes += [f.tolist() for f in generate_codes(gen)]
+    assert codes == case["codes"]
+    assert stalls > 0  # it waited for text instead of padding mid-sentence
+
+
+def engine(checkpoints: Any, kind: str, **tts: Any) -> Qwen3TTS:
+    return Qwen3TTS(loaded(checkpoints, kind), TtsConfig(**tts))
+
+
+def test_prefix_cache_reused_and_unchanged(checkpoints: Any, reference: Any) -> None:
+    """A voice's prefix KV is computed once; two utterances from the cached prefix equal the official codes."""
+    case = case_named(reference, "cv_auto_stream")
+    tts = engine(checkpoints, "custom_voice", temperature=0.0, subtalker_temperature=0.0, max_frames=19)
+    voice = tts.use_voice(ad_hoc_voice("eric", prompt_of(case)))
+    prefix = tts._prefix(voice)
+    snapshot = [np.array(k) for k, _ in prefix.kv]
+    for _ in range(2):
+        codes = [f.tolist() for f in generate_codes(tts.frames(voice, case["text"], "stream"))]
+        assert codes == case["codes"]
+    assert tts._prefix(voice) is prefix
+    assert all(np.array_equal(a, np.array(k)) for a, (k, _) in zip(snapshot, prefix.kv, strict=True))
+
+
+def test_seeded_sampling_is_reproducible(checkpoints: Any, reference: Any) -> None:
+    """With temperature/top-k sampling, the same seed gives the same codes and another seed different ones."""
+    case = case_named(reference, "vd_full")
+
+    def run(seed: int) -> list[list[int]]:
+        tts = engine(checkpoints, "voice_design", seed=seed, max_frames=8)
+        voice = ad_hoc_voice("designed", prompt_of(case))
+        return [f.tolist() for f in generate_codes(tts.frames(voice, case["text"]))]
+
+    a, b, c = run(1), run(1), run(2)
+    assert a == b and len(a) > 0
+    assert a != c
+
+
+def test_unknown_speaker_and_language_list_valid_ones(checkpoints: Any, reference: Any) -> None:
+    """A bad speaker or language fails with a message that lists the valid names."""
+    tts = engine(checkpoints, "custom_voice")
+    case = dict(case_named(reference, "cv_auto_stream"))
+    with pytest.raises(InputError, match="serena"):
+        tts.use_voice(ad_hoc_voice("x", prompt_of({**case, "speaker": "nobody"})))
+    with pytest.raises(InputError, match="english"):
+        tts.use_voice(ad_hoc_voice("x", prompt_of({**case, "language": "klingon"})))
+
+
+def test_missing_and_malformed_files_name_file_and_repo(checkpoints: Any, tmp_path: Any) -> None:
+    """A missing weights file or a malformed config.json fails naming the file and the repo."""
+    import shutil
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoints("custom_voice"), folder)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(ModelError, match=r"config\.json.*ckpt"):
+        load_model(folder)
+    shutil.copy(checkpoints("custom_voice") / "config.json", folder / "config.json")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match=r"model\.safetensors.*ckpt"):
+        load_model(folder)
+
+
+def test_layout_rule_tells_official_from_mlx_community(checkpoints: Any) -> None:
+    """The speaker-encoder conv layout (by config shapes, not heuristics) tells the two layouts apart."""
+    official = load_model(checkpoints("base"))
+    mlx = load_model(checkpoints("base", "mlx"))
+    assert official.layout == "pytorch" and mlx.layout == "mlx"
+    assert detect_layout({}, official.config) == "pytorch"
+    w = "speaker_encoder.blocks.0.conv.weight"
+    assert official.speaker_weights["blocks.0.conv.weight"].shape[1] == 128
+    assert mlx.speaker_weights["blocks.0.conv.weight"].shape[2] == 128, w
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantized_mlx_community_layout_loads_and_generates(checkpoints: Any, reference: Any, bits: int) -> None:
+    """A tiny model quantized to 4/8 bits in the mlx-community layout loads (quantized Linears) and generates."""
+    import mlx.nn as nn
+
+    lm = load_model(checkpoints("custom_voice", "mlx", bits))
+    assert lm.layout == "mlx" and lm.config.quantization == {"group_size": 64, "bits": bits}
+    q = lm.model.talker.model.layers[0].self_attn.q_proj
+    assert isinstance(q, nn.QuantizedLinear) and q.bits == bits
+    assert isinstance(lm.model.talker.model.codec_embedding, nn.Embedding)
+    case = case_named(reference, "cv_english_full")
+    tts = Qwen3TTS(lm, TtsConfig(temperature=0.0, subtalker_temperature=0.0, max_frames=6))
+    voice = ad_hoc_voice("q", prompt_of(case))
+    codes = np.array([f for f in generate_codes(tts.frames(voice, case["text"]))])
+    assert codes.shape == (6, 16)
+    assert codes.min() >= 0 and codes.max() < 2048
+    if bits == 8:  # 8-bit stays close to fp32: the first frames' first codes agree with the reference
+        assert codes[0, 0] == case["codes"][0][0]

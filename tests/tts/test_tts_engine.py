@@ -1,0 +1,206 @@
+"""Utterance chunking and ICL priming, voice profiles and their clone cache, and `assistant say/voices`.
+
+The speech-tokenizer decoder and the clone front ends belong to the tts-codec engineer; here a recording stub
+stands in for them (tests only), so these tests check our side of the contract: which codes reach the decoder,
+when chunks come out, and when cached reference data is recomputed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import wave
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from assistant.config import TtsConfig
+from assistant.errors import ConfigError, InputError
+from assistant.tts.qwen3.engine import Qwen3TTS, ad_hoc_voice
+from assistant.tts.voices import VoiceProfile, load_profiles, write_wav
+
+from .test_qwen3_parity import case_named, loaded, prompt_of
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class RecordingDecoder:
+    """Stand-in for tts-codec's CodecDecoder.step(): 1920 samples per frame carrying the frame's first code."""
+
+    def __init__(self) -> None:
+        self.calls: list[np.ndarray] = []
+
+    def new_state(self) -> dict[str, int]:
+        return {"frames": 0}
+
+    def step(self, codes: mx.array, state: dict[str, int]) -> mx.array:
+        c = np.array(codes)
+        self.calls.append(c)
+        state["frames"] += c.shape[0]
+        return mx.array(np.repeat(c[:, 0].astype(np.float32) / 2048.0, 1920))
+
+
+class StubTokenizer:
+    def __init__(self) -> None:
+        self.decoder = RecordingDecoder()
+        self.encoder = None
+
+
+def greedy(**kw: Any) -> TtsConfig:
+    return TtsConfig(temperature=0.0, subtalker_temperature=0.0, **kw)
+
+
+def test_chunks_first_after_first_chunk_frames_then_every_chunk_frames(checkpoints: Any, reference: Any) -> None:
+    """step() returns audio after 1 frame, then every 4 frames, then the remainder; samples = frames x 1920."""
+    case = case_named(reference, "cv_english_full")
+    st = StubTokenizer()
+    tts = Qwen3TTS(loaded(checkpoints, "custom_voice"), greedy(max_frames=19, first_chunk_frames=1, chunk_frames=4), st)
+    utt = tts.start(ad_hoc_voice("v", prompt_of(case)), case["text"])
+    sizes = []
+    while not utt.done:
+        chunk = utt.step()
+        if chunk is not None:
+            assert chunk.dtype == np.float32
+            sizes.append(len(chunk) // 1920)
+    assert sizes == [1, 4, 4, 4, 4, 2]
+    assert utt.frames_emitted == 19
+    sent = np.concatenate(st.decoder.calls)
+    assert sent.tolist() == case["codes"]
+
+
+def test_icl_primes_decoder_with_reference_codes(checkpoints: Any, reference: Any) -> None:
+    """In-context cloning pushes the reference codes through the decoder first, then the generated frames."""
+    case = case_named(reference, "icl_stream")
+    st = StubTokenizer()
+    tts = Qwen3TTS(loaded(checkpoints, "base"), greedy(max_frames=19), st)
+    chunks = list(tts.stream(case["text"], ad_hoc_voice("icl", prompt_of(case))))
+    calls = st.decoder.calls
+    assert calls[0].tolist() == case["ref_codes"]
+    assert np.concatenate(calls[1:]).tolist() == case["codes"]
+    assert sum(len(c) for c in chunks) == 19 * 1920  # the primed reference audio is discarded
+
+
+def write_clip(path: Path, seconds: float, rate: int = 16000, freq: float = 220.0) -> None:
+    t = np.arange(int(seconds * rate)) / rate
+    write_wav(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate)
+
+
+class FakeFrontEnds:
+    """Clone front ends for profile resolution (tests only): counts how often they run."""
+
+    model_type = "base"
+
+    def __init__(self) -> None:
+        self.loaded = type("L", (), {"repo": "tiny/base"})()
+        self.speech_tokenizer = type("S", (), {"encoder": self})()
+        self.runs = 0
+
+    def speaker_encoder(self) -> Any:
+        return self
+
+    def embed(self, wav: np.ndarray) -> mx.array:
+        self.runs += 1
+        return mx.array(np.full(64, float(np.abs(wav).mean()), np.float32))
+
+    def encode(self, wav: np.ndarray) -> mx.array:
+        return mx.array(np.zeros((3, 16), np.int32))
+
+
+def test_clone_cache_recomputed_when_wav_changes(tmp_path: Path) -> None:
+    """Reference x-vector and codes are cached next to the profile and recomputed only when the wav changes."""
+    write_clip(tmp_path / "ref.wav", 1.0)
+    (tmp_path / "me.toml").write_text('mode = "clone_icl"\nref_wav = "ref.wav"\nref_text = "hello"\n')
+    fe = FakeFrontEnds()
+    prof = load_profiles(tmp_path)["me"]
+    v1 = prof.resolve(fe)
+    v2 = prof.resolve(fe)
+    assert fe.runs == 1 and (tmp_path / ".cache" / "me.npz").is_file()
+    assert v2.prompt.ref_codes is not None and v2.prompt.ref_codes.shape == (3, 16)
+    write_clip(tmp_path / "ref.wav", 1.0, freq=440.0)
+    prof.resolve(fe)
+    assert fe.runs == 2
+    assert v1.prompt.xvector is not None
+
+
+def test_packaged_profiles_cover_every_mode() -> None:
+    """voices/ has a default voice and at least one profile per mode, and they all parse."""
+    profiles = load_profiles(REPO / "voices")
+    assert "default" in profiles
+    assert {p.mode for p in profiles.values()} == {"custom_voice", "voice_design", "clone", "clone_icl"}
+    for p in profiles.values():
+        if p.ref_wav:
+            with wave.open(str(p.wav_path)) as w:
+                assert 3.0 <= w.getnframes() / w.getframerate() <= 20.0
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ('mode = "whisper"\n', "mode"),
+        ('mode = "custom_voice"\n', "speaker"),
+        ('mode = "clone_icl"\nref_wav = "x.wav"\n', "ref_text"),
+        ('mode = "custom_voice"\nspeaker = "ryan"\ncolour = 1\n', "unknown keys"),
+        ('mode = "custom_voice"\nspeaker = "ryan"\nspeed = 9\n', "speed"),
+    ],
+)
+def test_bad_profiles_fail_naming_the_problem(tmp_path: Path, body: str, match: str) -> None:
+    """A malformed profile fails with a one-line ConfigError naming the key."""
+    (tmp_path / "bad.toml").write_text(body)
+    with pytest.raises(ConfigError, match=match):
+        VoiceProfile.read(tmp_path / "bad.toml")
+
+
+def test_profile_needs_matching_model(checkpoints: Any) -> None:
+    """A voice_design profile on a CustomVoice model fails saying which model type it needs."""
+    tts = Qwen3TTS(loaded(checkpoints, "custom_voice"), TtsConfig(voices_dir=str(REPO / "voices")))
+    with pytest.raises(InputError, match="voice_design model"):
+        tts.voice("narrator")
+    with pytest.raises(InputError, match="unknown voice"):
+        tts.voice("nobody")
+
+
+def test_cli_say_out_writes_wav(
+    checkpoints: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_env: Path
+) -> None:
+    """`assistant say TEXT --voice vivian --out f.wav` writes a 24 kHz 16-bit WAV of whole frames."""
+    from assistant import cli
+    from assistant.tts.qwen3 import engine
+
+    voices = tmp_path / "voices"
+    voices.mkdir()
+    shutil.copy(REPO / "voices" / "vivian.toml", voices / "vivian.toml")
+    monkeypatch.setattr(engine, "load_speech_tokenizer_of", lambda loaded: StubTokenizer())
+    out = tmp_path / "hi.wav"
+    rc = cli.main(
+        [
+            "say",
+            "Hello there.",
+            "--voice",
+            "vivian",
+            "--out",
+            str(out),
+            "--set",
+            f"tts.model={checkpoints('custom_voice')}",
+            "--set",
+            f"tts.voices_dir={voices}",
+            "--set",
+            "tts.max_frames=5",
+        ]
+    )
+    assert rc == 0
+    with wave.open(str(out)) as w:
+        assert w.getframerate() == 24000 and w.getsampwidth() == 2
+        assert w.getnframes() % 1920 == 0 and 0 < w.getnframes() <= 5 * 1920
+
+
+def test_cli_voices_lists_profiles(capsys: pytest.CaptureFixture[str], isolated_env: Path) -> None:
+    """`assistant voices` lists every packaged profile and marks the default."""
+    from assistant import cli
+
+    assert cli.main(["voices"]) == 0
+    out = capsys.readouterr().out
+    for name in ("default", "narrator", "clone", "clone_icl"):
+        assert name in out
+    assert "* default" in out

@@ -1,0 +1,73 @@
+"""Talker + the tts-codec engineer's speech tokenizer, end to end (skipped until both branches are merged).
+
+Checks the contract between the two halves: streamed chunks equal one full decoder forward of the generated
+codes (with in-context cloning, of reference + generated codes minus the reference audio, spec 5.3), and clone
+profiles run the real speaker encoder and tokenizer encoder once, then come from the cache.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from assistant.config import TtsConfig
+from assistant.tts.qwen3.generate import generate_codes
+
+pytest.importorskip("assistant.tts.qwen3.speech_tokenizer", reason="the speech tokenizer (tts-codec) is not merged")
+ctiny = pytest.importorskip("tools.qwen3_tts_tokenizer_ref.tiny", reason="tts-codec's tiny fixtures are not merged")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def full_checkpoint(checkpoints: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The tiny Base checkpoint plus a tiny speech tokenizer whose codebooks hold all 2048 codes."""
+    folder = tmp_path / "base"
+    shutil.copytree(checkpoints("base"), folder)
+    monkeypatch.setitem(ctiny.DECODER_CONFIG, "codebook_size", 2048)
+    monkeypatch.setitem(ctiny.ENCODER_CONFIG, "codebook_size", 2048)
+    ctiny.write_speech_tokenizer(folder / "speech_tokenizer")
+    voices = tmp_path / "voices"
+    (voices / "ref").mkdir(parents=True)
+    for name in ("clone.toml", "clone_icl.toml", "ref/espeak_en.wav"):
+        shutil.copy(REPO / "voices" / name, voices / name)
+    return folder
+
+
+@pytest.mark.parametrize("voice_name", ["clone", "clone_icl"])
+def test_streamed_chunks_equal_full_decode(full_checkpoint: Path, voice_name: str) -> None:
+    """Chunks from Utterance.step() equal the decoder's full forward of the same codes (<= 1e-5)."""
+    from assistant.tts import Qwen3TTS
+
+    cfg = TtsConfig(
+        model=str(full_checkpoint),
+        voices_dir=str(full_checkpoint.parent / "voices"),
+        temperature=0.0,
+        subtalker_temperature=0.0,
+        max_frames=12,
+        chunk_frames=3,
+    )
+    tts = Qwen3TTS.load(cfg)
+    voice = tts.voice(voice_name)
+    assert (full_checkpoint.parent / "voices" / ".cache" / f"{voice_name}.npz").is_file()
+    utt = tts.start(voice, "Testing the whole pipeline with a real decoder.")
+    chunks = []
+    while not utt.done:
+        chunk = utt.step()
+        if chunk is not None:
+            chunks.append(chunk)
+    audio = np.concatenate(chunks)
+    # the same greedy codes again, code-level, to decode in one forward
+    gen = tts.frames(voice, "Testing the whole pipeline with a real decoder.")
+    codes = np.stack(list(generate_codes(gen)))
+    ref = voice.prompt.ref_codes
+    all_codes = codes if ref is None else np.concatenate([ref, codes])
+    full = np.array(tts.speech_tokenizer.decoder(mx.array(all_codes.T[None], dtype=mx.int32))).reshape(-1)
+    skip = 0 if ref is None else ref.shape[0] * 1920
+    assert audio.shape == (codes.shape[0] * 1920,)
+    assert np.abs(audio - full[skip:]).max() <= 1e-5
