@@ -89,7 +89,7 @@ class LoadedModel:
 
     @property
     def dtype(self) -> mx.Dtype:
-        return self.model.joint.enc.weight.dtype if "scales" not in self.model.joint.enc else mx.float32
+        return self.model.joint.enc.bias.dtype  # the compute dtype (quantized weights keep float scales/biases)
 
 
 def read_config(folder: Path) -> dict[str, Any]:

@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny
 
 OUT = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "stt"
-STREAM_LOOKAHEADS = (0, 1, 3)  # chunk sizes compared for Nemotron streaming
-OFFLINE_LOOKAHEAD = 1
-LATTICE_TOKENS = 24  # prefixes of the greedy tokens in the joint-logit lattice
+STREAM_LOOKAHEADS = tiny.STREAM_LOOKAHEADS
+OFFLINE_LOOKAHEAD = tiny.OFFLINE_LOOKAHEAD
+LATTICE_TOKENS = tiny.LATTICE_TOKENS
 SILENCE_LOGMEL = float(np.log(2.0**-24))  # pads the last streaming chunk
 
 

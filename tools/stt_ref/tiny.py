@@ -22,6 +22,9 @@ PRED = 24
 KERNEL = 9
 LEFT = 12  # Nemotron's left attention context in encoder frames (70 in the real model)
 LOOKAHEADS = (5, 3, 1, 0)  # right contexts; chunk sizes 6, 4, 2, 1 frames all divide LEFT
+STREAM_LOOKAHEADS = (0, 1, 3)  # chunk sizes (80, 160, 320 ms) compared for Nemotron streaming
+OFFLINE_LOOKAHEAD = 1  # the right context of the offline (whole-utterance) Nemotron comparison
+LATTICE_TOKENS = 24  # prefixes of the greedy tokens in the joint-logit lattice
 DURATIONS = (0, 1, 2, 3, 4)
 PROMPTS = {"auto": 5, "en-US": 1, "de-DE": 2, "fr-FR": 3}
 NUM_PROMPTS = 8
@@ -199,6 +202,6 @@ def audio(seed: int = 1, seconds: float = 1.7, rate: int = 16000) -> np.ndarray:
     f0 = 140.0 + 40.0 * np.sin(2 * np.pi * 1.3 * t)
     phase = 2 * np.pi * np.cumsum(f0) / rate
     voice = sum(np.sin(h * phase) / h for h in range(1, 12))
-    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3.7 * t) ** 2
-    x = 0.2 * voice * envelope + 0.01 * rng.standard_normal(len(t))
+    envelope = 0.1 + 0.9 * np.sin(2 * np.pi * 3.7 * t) ** 2  # syllables: a 20 dB swing
+    x = 0.2 * voice * envelope + 0.003 * rng.standard_normal(len(t))
     return x.astype(np.float32)
