@@ -41,11 +41,11 @@ def test_missing_or_malformed_folders(tmp_path: Path, tiny_dirs: dict[str, Path]
     with pytest.raises(ModelError, match="not found"):
         load_transcriber(SttConfig(model=str(tmp_path / "nope")))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelError, match="no config.json"):
+    with pytest.raises(ModelError, match=r"no config\.json"):
         load_model(tmp_path / "empty")
     bad = shutil.copytree(tiny_dirs["parakeet"], tmp_path / "noweights")
     (bad / "model.safetensors").unlink()
-    with pytest.raises(ModelError, match="no .safetensors"):
+    with pytest.raises(ModelError, match=r"no \.safetensors"):
         load_model(bad)
     bad = shutil.copytree(tiny_dirs["parakeet"], tmp_path / "mismatch")
     cfg = json.loads((bad / "config.json").read_text())

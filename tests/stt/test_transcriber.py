@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import numpy as np
@@ -67,7 +68,7 @@ def test_empty_and_too_short(engine: str, models: dict[str, LoadedModel]) -> Non
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_nan_and_clipped_audio_are_repaired(engine: str, models: dict[str, LoadedModel]) -> None:
-    """NaN/inf samples count as silence and samples beyond full scale are clipped, with the same result as clean input."""
+    """NaN/inf samples count as silence and samples beyond full scale are clipped: the result equals clean input."""
     x = tiny.audio()
     bad = x.copy()
     bad[100:140] = np.nan
@@ -139,5 +140,5 @@ def test_streaming_partials_only_grow(models: dict[str, LoadedModel]) -> None:
     final = tr.finalize().text
     seq = [*partials, final]
     assert len(seq) > 5 and final
-    for a, b in zip(seq, seq[1:], strict=False):
+    for a, b in itertools.pairwise(seq):
         assert b.startswith(a)
