@@ -131,8 +131,55 @@ def cmd_voices(args: argparse.Namespace, cfg: config.Config) -> int:
     return 0
 
 
+def read_wav(path: str) -> tuple[Any, int]:
+    """(float32 mono samples, sample rate) of a PCM WAV file (8/16/24/32-bit); InputError for anything else."""
+    import wave
+
+    import numpy as np
+
+    from assistant.errors import InputError
+
+    try:
+        with wave.open(path, "rb") as w:
+            rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
+            raw = w.readframes(w.getnframes())
+    except FileNotFoundError as e:
+        raise InputError(f"no such file: {path}") from e
+    except (wave.Error, EOFError) as e:
+        raise InputError(
+            f"{path} is not a PCM WAV file ({e}); convert it, e.g. `ffmpeg -i {path} -ar 16000 -ac 1 out.wav`"
+        ) from e
+    if width == 1:
+        x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width == 2:
+        x = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
+    elif width == 3:
+        b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
+        x = ((b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)) << 8 >> 8).astype(np.float32) / 2.0**23
+    else:
+        x = np.frombuffer(raw, "<i4").astype(np.float32) / 2.0**31
+    return x.reshape(-1, channels).mean(axis=1), rate
+
+
 def cmd_transcribe(args: argparse.Namespace, cfg: config.Config) -> int:
-    raise _not_yet("transcribe")
+    from assistant.audio.format import CAPTURE_RATE, frame_samples, resample
+    from assistant.stt import load_transcriber
+
+    audio, rate = read_wav(args.file)
+    audio = resample(audio, rate, CAPTURE_RATE)
+    tr = load_transcriber(cfg.stt)
+    block = frame_samples(CAPTURE_RATE, 100)  # fed as the microphone would, 100 ms at a time
+    last = None
+    for start in range(0, len(audio), block):
+        partial = tr.feed(audio[start : start + block])
+        if args.partials and partial is not None and partial != last:
+            print(f"[{(start + block) / CAPTURE_RATE:6.2f} s] {partial}", file=sys.stderr, flush=True)
+            last = partial
+    final = tr.finalize()
+    print(final.text)
+    if final.language:
+        log.info("language=%s", final.language)
+    return 0
 
 
 def cmd_chat(args: argparse.Namespace, cfg: config.Config) -> int:

@@ -1,0 +1,250 @@
+"""The two engines behind the `Transcriber` protocol.
+
+`OfflineTranscriber` (Parakeet TDT, the default): the final transcript is one encoder pass over the utterance; a
+partial is a re-decode of the growing buffer every `stt.partial_interval_ms` of audio. Utterances longer than
+`stt.max_utterance_s` are split at the quietest 100 ms near the limit, each piece transcribed once.
+`StreamingTranscriber` (Nemotron): cache-aware chunks of `stt.chunk_ms`; tokens only grow, and the final transcript
+costs one padded chunk after the end of speech.
+Both take int16 or float32 16 kHz mono of any length, repair NaN/inf and clipping, and return "" for silence, noise
+or utterances shorter than `stt.min_utterance_ms`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import mlx.core as mx
+import numpy as np
+
+from assistant.audio.format import CAPTURE_RATE, frame_samples, resample
+from assistant.config import SttConfig
+from assistant.errors import ConfigError, InputError
+from assistant.stt import tdt
+from assistant.stt.guard import SpeechGuard
+from assistant.stt.mel import LOG_ZERO_GUARD, MelStream
+from assistant.stt.model import LoadedModel
+from assistant.stt.rnnt import RnntDecoder
+from assistant.stt.types import Transcript
+
+log = logging.getLogger(__name__)
+
+SILENCE_LOGMEL = float(np.log(LOG_ZERO_GUARD))  # pads the last streaming chunk: the log-mel of digital silence
+SPLIT_SEARCH = 0.25  # a too-long utterance is cut in the last quarter of the limit, at its quietest 100 ms
+QUIET_WINDOW = frame_samples(CAPTURE_RATE, 100)
+
+
+def to_float32(audio: np.ndarray, sample_rate: int = CAPTURE_RATE) -> np.ndarray:
+    """Mono float32 16 kHz in [-1, 1] from int16/int32/float input at any rate; NaN/inf become 0, peaks are clipped."""
+    a = np.asarray(audio)
+    if a.ndim == 2:  # (samples, channels) -> mono
+        a = a.mean(axis=1) if a.shape[1] <= a.shape[0] else a.mean(axis=0)
+    if a.ndim != 1:
+        raise InputError(f"audio must be mono samples (1-D), got shape {a.shape}; pass one channel")
+    if a.dtype == np.int16:
+        x = a.astype(np.float32) / 32768.0
+    elif a.dtype == np.int32:
+        x = (a / 2.0**31).astype(np.float32)
+    elif np.issubdtype(a.dtype, np.floating):
+        x = a.astype(np.float32)
+    else:
+        raise InputError(f"audio samples of type {a.dtype} are not supported; pass int16 or float32")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        log.warning("stt: %d NaN/inf samples replaced by silence", int(bad.sum()))
+        x = np.where(bad, np.float32(0.0), x)
+    if np.abs(x).max(initial=0.0) > 1.0:
+        log.warning("stt: audio beyond full scale was clipped to [-1, 1]")
+        x = np.clip(x, -1.0, 1.0)
+    if sample_rate != CAPTURE_RATE:
+        if sample_rate <= 0:
+            raise InputError(f"sample rate {sample_rate} Hz is invalid; pass the rate the audio was recorded at")
+        x = resample(x, sample_rate, CAPTURE_RATE)
+    return x
+
+
+class _Base:
+    """Audio bookkeeping shared by both engines: the partial clock, the speech guard, the minimum length."""
+
+    def __init__(self, lm: LoadedModel, cfg: SttConfig, guard: bool = True):
+        self.lm, self.cfg = lm, cfg
+        self.guard = SpeechGuard() if guard else None
+        self.interval = frame_samples(CAPTURE_RATE, cfg.partial_interval_ms)
+        self.min_samples = frame_samples(CAPTURE_RATE, cfg.min_utterance_ms)
+        self._samples = 0
+        self._next_partial = self.interval
+
+    def _account(self, x: np.ndarray) -> bool:
+        """Count new samples; True when a partial is due."""
+        self._samples += len(x)
+        if self.guard is not None:
+            self.guard.push(x)
+        if self.interval <= 0 or self._samples < self._next_partial:
+            return False
+        self._next_partial = (self._samples // self.interval + 1) * self.interval
+        return True
+
+    def _speech(self) -> bool:
+        return self._samples >= max(self.min_samples, 1) and (self.guard is None or self.guard.has_speech)
+
+    def _reset_clock(self) -> None:
+        self._samples = 0
+        self._next_partial = self.interval
+        if self.guard is not None:
+            self.guard.reset()
+
+    def _language(self, tag: str) -> str:
+        return tag or ("" if self.cfg.language == "auto" else self.cfg.language)
+
+    def transcribe(self, audio: np.ndarray, sample_rate: int = CAPTURE_RATE) -> Transcript:
+        """The transcript of a whole utterance (resets first)."""
+        self.reset()
+        self.feed(audio, sample_rate)
+        return self.finalize()
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def feed(self, audio: np.ndarray, sample_rate: int = CAPTURE_RATE) -> str | None:
+        raise NotImplementedError
+
+    def finalize(self) -> Transcript:
+        raise NotImplementedError
+
+
+class OfflineTranscriber(_Base):
+    """Whole-utterance decoding (Parakeet TDT; any non-streaming checkpoint)."""
+
+    def __init__(self, lm: LoadedModel, cfg: SttConfig, guard: bool = True):
+        super().__init__(lm, cfg, guard)
+        self.max_samples = int(cfg.max_utterance_s * CAPTURE_RATE)
+        self.reset()
+
+    def reset(self) -> None:
+        self._reset_clock()
+        self._chunks: list[np.ndarray] = []
+        self._buffered = 0
+        self._done: list[tuple[str, str]] = []  # (text, language) of split-off pieces
+
+    def feed(self, audio: np.ndarray, sample_rate: int = CAPTURE_RATE) -> str | None:
+        x = to_float32(audio, sample_rate)
+        if len(x) == 0:
+            return None
+        self._chunks.append(x)
+        self._buffered += len(x)
+        due = self._account(x)
+        while self._buffered > self.max_samples:
+            self._split()
+        if not due:
+            return None
+        return self._join([*self._done, self._decode(self._buffer())]) if self._speech() else ""
+
+    def finalize(self) -> Transcript:
+        parts = [*self._done]
+        if self._speech():
+            parts.append(self._decode(self._buffer()))
+        text, lang = self._join(parts), next((lg for _, lg in parts if lg), "")
+        self.reset()
+        return Transcript(text=text, language=self._language(lang))
+
+    def _buffer(self) -> np.ndarray:
+        if len(self._chunks) > 1:
+            self._chunks = [np.concatenate(self._chunks)]
+        return self._chunks[0] if self._chunks else np.zeros(0, np.float32)
+
+    def _split(self) -> None:
+        x = self._buffer()
+        lo = int(self.max_samples * (1 - SPLIT_SEARCH))
+        win = x[lo : self.max_samples]
+        n = len(win) // QUIET_WINDOW
+        energy = (win[: n * QUIET_WINDOW].reshape(n, QUIET_WINDOW) ** 2).mean(axis=1) if n else np.zeros(1)
+        cut = lo + int(np.argmin(energy)) * QUIET_WINDOW + QUIET_WINDOW // 2 if n else self.max_samples
+        log.info("stt: utterance longer than %.0f s, split at %.2f s", self.cfg.max_utterance_s, cut / CAPTURE_RATE)
+        self._done.append(self._decode(x[:cut]))
+        self._chunks = [x[cut:]]
+        self._buffered = len(x) - cut
+
+    def _decode(self, x: np.ndarray) -> tuple[str, str]:
+        """(text, language tag) of one piece of audio."""
+        if len(x) < self.lm.mel.args.n_fft // 2 + 2 * self.lm.mel.args.hop_length:
+            return "", ""
+        m = self.lm.model
+        mel = mx.array(self.lm.mel(x))[None].astype(self.lm.dtype)
+        proj = m.project(m.encoder(mel), self._prompt())[0]
+        if m.is_tdt:
+            ids = tdt.tokens(tdt.greedy(m, proj), m.args.blank)
+        else:
+            ids = RnntDecoder(m).decode(proj)
+        return self.lm.vocab.decode(ids)
+
+    def _prompt(self) -> int | None:
+        pa = self.lm.model.prompt_args
+        return pa.index(self.cfg.language) if pa is not None else None
+
+    @staticmethod
+    def _join(parts: list[tuple[str, str]]) -> str:
+        return " ".join(t for t, _ in parts if t)
+
+
+class StreamingTranscriber(_Base):
+    """Cache-aware chunked decoding (Nemotron): encoder and decoder state persist between chunks."""
+
+    def __init__(self, lm: LoadedModel, cfg: SttConfig, guard: bool = True):
+        super().__init__(lm, cfg, guard)
+        enc = lm.model.encoder
+        frame_ms = enc.args.subsampling_factor * lm.mel.args.hop_length * 1000 // lm.mel.args.sample_rate
+        contexts = enc.args.att_context_size
+        right = cfg.chunk_ms // frame_ms - 1
+        chosen = [c for c in contexts if c[1] == right]
+        if cfg.chunk_ms % frame_ms or not chosen:
+            sizes = ", ".join(str((r + 1) * frame_ms) for _, r in contexts)
+            raise ConfigError(
+                f"stt.chunk_ms = {cfg.chunk_ms} is not a chunk size this model was trained for; use {sizes}"
+            )
+        self.context = chosen[0]
+        self.factor = enc.args.subsampling_factor
+        pa = lm.model.prompt_args
+        self.prompt = pa.index(cfg.language) if pa is not None else None
+        self.decoder = RnntDecoder(lm.model)
+        self.mel = MelStream(lm.mel)
+        self.reset()
+
+    def reset(self) -> None:
+        self._reset_clock()
+        self.mel.reset()
+        self.decoder.reset()
+        self.cache = self.lm.model.encoder.new_cache(self.context)
+        self._pending = np.zeros((0, self.lm.mel.args.features), np.float32)
+        self._first = True
+
+    def _need(self) -> int:
+        """Mel frames of the next chunk: 1 + f*r first (the causal stem's start), then f*(r+1)."""
+        r = self.context[1]
+        return 1 + self.factor * r if self._first else self.factor * (r + 1)
+
+    def _run(self, frames: np.ndarray, final: bool = False) -> None:
+        self._pending = np.concatenate([self._pending, frames]) if len(frames) else self._pending
+        while len(self._pending) >= self._need() or (final and len(self._pending)):
+            need = self._need()
+            chunk, self._pending = self._pending[:need], self._pending[need:]
+            if len(chunk) < need:
+                pad = np.full((need - len(chunk), chunk.shape[1]), SILENCE_LOGMEL, np.float32)
+                chunk = np.concatenate([chunk, pad])
+            m = self.lm.model
+            enc = m.encoder.stream(mx.array(chunk)[None].astype(self.lm.dtype), self.cache)
+            self.decoder.decode(m.project(enc, self.prompt)[0])
+            self._first = False
+
+    def feed(self, audio: np.ndarray, sample_rate: int = CAPTURE_RATE) -> str | None:
+        x = to_float32(audio, sample_rate)
+        if len(x) == 0:
+            return None
+        self._run(self.mel.push(x))
+        if not self._account(x):
+            return None
+        return self.lm.vocab.decode(self.decoder.tokens)[0] if self._speech() else ""
+
+    def finalize(self) -> Transcript:
+        self._run(self.mel.flush(), final=True)
+        text, tag = self.lm.vocab.decode(self.decoder.tokens) if self._speech() else ("", "")
+        self.reset()
+        return Transcript(text=text, language=self._language(tag))

@@ -1,0 +1,144 @@
+"""The Transcriber engines on bad, odd and edge-case input: a clear result or error, never a crash."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import numpy as np
+import pytest
+
+from assistant.audio.format import resample
+from assistant.config import SttConfig
+from assistant.errors import ConfigError, InputError, ModelError
+from assistant.stt.model import LoadedModel
+from assistant.stt.transcriber import OfflineTranscriber, StreamingTranscriber, to_float32
+from tools.stt_ref import tiny
+
+ENGINES = ("parakeet", "nemotron")
+
+
+def make(models: dict[str, LoadedModel], engine: str, guard: bool = True, **kw: object) -> OfflineTranscriber:
+    cfg = SttConfig(engine=engine, **kw)  # type: ignore[arg-type]
+    cls = OfflineTranscriber if engine == "parakeet" else StreamingTranscriber
+    return cls(models[engine], cfg, guard=guard)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_speech_like_audio_gives_text(engine: str, models: dict[str, LoadedModel]) -> None:
+    """The speech-like test signal passes the guard and the random model transcribes it to some text."""
+    assert make(models, engine).transcribe(tiny.audio()).text != ""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    "signal",
+    [
+        pytest.param(lambda rng, t: np.zeros_like(t), id="silence"),
+        pytest.param(lambda rng, t: 0.1 * rng.standard_normal(len(t)), id="white-noise"),
+        pytest.param(lambda rng, t: 0.3 * np.sin(2 * np.pi * 440 * t), id="steady-tone"),
+        pytest.param(
+            lambda rng, t: 0.2 * rng.standard_normal(len(t)) * (0.1 + 0.9 * np.sin(2 * np.pi * 3 * t) ** 2),
+            id="bursty-noise",
+        ),
+    ],
+)
+def test_no_text_on_silence_or_noise(engine: str, signal, models: dict[str, LoadedModel]) -> None:  # type: ignore[no-untyped-def]
+    """Silence, noise and a steady tone give an empty transcript (and empty partials) instead of invented words."""
+    t = np.arange(32000) / 16000
+    x = signal(np.random.default_rng(0), t).astype(np.float32)
+    tr = make(models, engine)
+    partials = [p for s in range(0, len(x), 1600) if (p := tr.feed(x[s : s + 1600])) is not None]
+    assert partials and all(p == "" for p in partials)
+    assert tr.finalize().text == ""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_empty_and_too_short(engine: str, models: dict[str, LoadedModel]) -> None:
+    """No audio, or less than stt.min_utterance_ms of it, finalizes to an empty transcript."""
+    tr = make(models, engine)
+    assert tr.feed(np.zeros(0, np.float32)) is None
+    assert tr.finalize().text == ""
+    short = tiny.audio(seconds=0.15)  # min_utterance_ms defaults to 200
+    assert tr.transcribe(short).text == ""
+    assert (
+        make(models, engine, guard=False, min_utterance_ms=0).transcribe(tiny.audio(seconds=0.005)).text == ""
+    )  # < one mel frame
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_nan_and_clipped_audio_are_repaired(engine: str, models: dict[str, LoadedModel]) -> None:
+    """NaN/inf samples count as silence and samples beyond full scale are clipped: the result equals clean input."""
+    x = tiny.audio()
+    bad = x.copy()
+    bad[100:140] = np.nan
+    bad[5000] = np.inf
+    bad[6000:6100] *= 40.0
+    clean = np.clip(np.where(np.isfinite(bad), bad, 0.0), -1, 1).astype(np.float32)
+    assert make(models, engine).transcribe(bad) == make(models, engine).transcribe(clean)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_int16_and_other_rates(engine: str, models: dict[str, LoadedModel]) -> None:
+    """int16 input equals its float32 value, and 48 kHz input equals the same audio resampled to 16 kHz."""
+    x16 = (tiny.audio() * 32767).astype(np.int16)
+    tr = make(models, engine)
+    assert tr.transcribe(x16) == tr.transcribe(x16.astype(np.float32) / 32768.0)
+    hi = resample(tiny.audio(), 16000, 48000)
+    assert tr.transcribe(hi, 48000) == tr.transcribe(resample(hi, 48000, 16000))
+
+
+def test_bad_input_is_a_clear_error() -> None:
+    """Unsupported sample types, shapes or rates raise InputError naming the fix."""
+    with pytest.raises(InputError, match="int16 or float32"):
+        to_float32(np.array(["a", "b"]))
+    with pytest.raises(InputError, match="mono"):
+        to_float32(np.zeros((2, 2, 2), np.float32))
+    with pytest.raises(InputError, match="sample rate"):
+        to_float32(np.zeros(10, np.float32), 0)
+    stereo = np.stack([tiny.audio(), tiny.audio()], axis=1)
+    assert np.allclose(to_float32(stereo), tiny.audio())
+
+
+def test_too_long_utterance_is_split(models: dict[str, LoadedModel], caplog: pytest.LogCaptureFixture) -> None:
+    """Past stt.max_utterance_s the buffer is split at a quiet point; each piece is transcribed once and joined."""
+    x = np.concatenate([tiny.audio(seconds=1.7), tiny.audio(seed=5, seconds=1.7)])
+    tr = make(models, "parakeet", max_utterance_s=2.0, partial_interval_ms=0)
+    with caplog.at_level(logging.INFO, logger="assistant.stt.transcriber"):
+        for s in range(0, len(x), 1600):
+            tr.feed(x[s : s + 1600])
+    assert "split" in caplog.text
+    assert len(tr._done) == 1 and tr._buffered <= 32000
+    first = tr._done[0][0]
+    final = tr.finalize()
+    assert first and final.text.startswith(first)
+
+
+def test_bad_chunk_size_and_language(models: dict[str, LoadedModel]) -> None:
+    """A chunk size the model was not trained for, or an unknown language, is refused with the valid choices."""
+    with pytest.raises(ConfigError, match="480, 320, 160, 80"):
+        make(models, "nemotron", chunk_ms=200)
+    with pytest.raises(ModelError, match="en-US"):
+        make(models, "nemotron", language="xx-YY")
+
+
+def test_language_is_reported(models: dict[str, LoadedModel]) -> None:
+    """Nemotron reports the language tag it emitted; a fixed stt.language is reported when the model has none."""
+    tr = make(models, "nemotron", chunk_ms=160)
+    out = tr.transcribe(tiny.audio())
+    assert out.language == "de-DE"  # the tiny model's stream emits the <de-DE> tag
+    assert "<" not in out.text
+    assert make(models, "parakeet", language="en").transcribe(tiny.audio()).language == "en"
+    assert make(models, "parakeet").transcribe(tiny.audio()).language == ""
+
+
+def test_streaming_partials_only_grow(models: dict[str, LoadedModel]) -> None:
+    """Nemotron partials extend each other and the final transcript (tokens are never revised)."""
+    tr = make(models, "nemotron", chunk_ms=160, partial_interval_ms=160)
+    x = tiny.audio()
+    partials = [p for s in range(0, len(x), 480) if (p := tr.feed(x[s : s + 480])) is not None]
+    final = tr.finalize().text
+    seq = [*partials, final]
+    assert len(seq) > 5 and final
+    for a, b in itertools.pairwise(seq):
+        assert b.startswith(a)
