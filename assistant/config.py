@@ -48,6 +48,8 @@ class VadConfig:
     min_speech_ms: int = opt(150, "ms", 10, 5000)
     preroll_ms: int = opt(300, "ms", 0, 3000)
     hangover_ms: int = opt(700, "ms", 100, 5000)
+    early_silence_ms: int = opt(200, "ms", 0, 5000)
+    noise_gate_db: float = opt(6.0, "dB", 0.0, 40.0)
     max_utterance_s: float = opt(30.0, "s", 1.0, 600.0)
     adaptive_hangover: bool = opt(False)
     short_hangover_ms: int = opt(400, "ms", 100, 5000)

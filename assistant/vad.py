@@ -1,0 +1,219 @@
+"""Endpointing: a pure state machine over webrtcvad frames that says when the user starts and stops talking.
+
+quiet -> starting (voiced frames, not yet `min_speech_ms`) -> speaking -> stopping (silence, not yet the
+hangover) -> quiet. Positions are sample indices since construction or `reset()`, exact whatever the sizes of the
+blocks fed; a frame's decision is placed at the frame's first sample. No I/O: feed samples, get events.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+import webrtcvad
+
+from assistant.config import VadConfig
+from assistant.errors import ConfigError, InputError
+from assistant.events import SilenceStarted, SpeechEnded, SpeechResumed, SpeechStarted
+
+VadEvent = SpeechStarted | SilenceStarted | SpeechResumed | SpeechEnded
+
+WEBRTC_RATES = (8000, 16000, 32000, 48000)  # the rates webrtcvad accepts
+NOISE_WINDOW_S = 3.0  # the noise floor is the quietest frame of this window: longer than any syllable
+SILENT_DBFS = -120.0  # the level of digital silence
+ENDING_FRAMES = 3  # adaptive hangover: the last voiced frames whose level tells a finished phrase
+ENDING_DROP_DB = 6.0  # ... when they are this much quieter than the utterance's median voiced frame
+
+
+class State(enum.Enum):
+    QUIET = "quiet"
+    STARTING = "starting"
+    SPEAKING = "speaking"
+    STOPPING = "stopping"
+
+
+def level_dbfs(samples: np.ndarray) -> float:
+    """RMS level of int16 samples in dB relative to full scale (SILENT_DBFS for digital silence)."""
+    if len(samples) == 0:
+        return SILENT_DBFS
+    rms = math.sqrt(float(np.mean(np.square(samples.astype(np.float64)))))
+    return max(SILENT_DBFS, 20.0 * math.log10(rms / 32768.0)) if rms > 0 else SILENT_DBFS
+
+
+class Vad:
+    """Speech start/end events from int16 mono audio; see the module docstring for the states."""
+
+    def __init__(self, cfg: VadConfig, sample_rate: int = 16000, *, clock: Callable[[], float] = time.monotonic):
+        if sample_rate not in WEBRTC_RATES:
+            raise ConfigError(
+                f"VAD sample rate {sample_rate} Hz is not supported; resample to one of {WEBRTC_RATES} (16000 is used)"
+            )
+        self.cfg = cfg
+        self.sample_rate = sample_rate
+        self._clock = clock
+        self._webrtc = webrtcvad.Vad(cfg.aggressiveness)
+        self.frame = sample_rate * cfg.frame_ms // 1000  # e.g. 480 = 30 ms at 16 kHz
+        self._min_speech = self._frames(cfg.min_speech_ms)
+        self._barge_min_speech = self._frames(cfg.barge_in_min_speech_ms)
+        # after a pause, half of min_speech_ms resumes the utterance: words after a pause can be short and soft,
+        # while single clicks and noise bursts still do not stretch the pause
+        self._min_resume = math.ceil(self._min_speech / 2)
+        self._early = self._frames(cfg.early_silence_ms)
+        self._hangover = self._frames(cfg.hangover_ms)
+        self._short_hangover = self._frames(cfg.short_hangover_ms)
+        self._preroll = sample_rate * cfg.preroll_ms // 1000
+        self._max_utterance = round(sample_rate * cfg.max_utterance_s)
+        self._levels: deque[float] = deque(maxlen=self._frames(NOISE_WINDOW_S * 1000))
+        self._playback = False
+        self._playback_dbfs = SILENT_DBFS
+        self.reset()
+
+    def _frames(self, ms: float) -> int:
+        """Whole frames covering `ms` (at least one)."""
+        return max(1, math.ceil(ms / self.cfg.frame_ms))
+
+    def reset(self) -> None:
+        """Back to quiet with positions counted from zero (keeps the playback setting)."""
+        self.state = State.QUIET
+        self._pending = np.zeros(0, dtype=np.int16)
+        self.position = 0  # samples consumed in whole frames
+        self._levels.clear()
+        self._onset = 0  # first voiced frame of the current (candidate) utterance
+        self._start = 0  # onset less the pre-roll
+        self._run = 0  # voiced frames in a row while starting
+        self._silence_start = 0
+        self._silent = 0  # silent frames in a row while stopping
+        self._silence_reported = False
+        self._resume_run = 0  # voiced frames in a row while stopping
+        self._last_end = 0  # no pre-roll reaches back into the previous utterance
+        self._voiced_levels: list[float] = []
+
+    def set_playback(self, active: bool, level_dbfs: float = -120.0) -> None:
+        """While the assistant speaks, a start needs barge_in_min_speech_ms and barge_in_energy_margin_db over
+        `level_dbfs` (the level now playing), so its own voice from the speakers does not count as the user."""
+        self._playback = active
+        self._playback_dbfs = level_dbfs
+
+    def feed(self, samples: np.ndarray) -> list[VadEvent]:
+        """Consume int16 mono samples of any length; returns the events decided by the whole frames now complete."""
+        if not isinstance(samples, np.ndarray) or samples.dtype != np.int16 or samples.ndim != 1:
+            what = (
+                f"{samples.dtype} array of shape {samples.shape}" if isinstance(samples, np.ndarray) else type(samples)
+            )
+            raise InputError(
+                f"Vad.feed expects a 1-D int16 array (mono), got {what}; convert with audio.format.float32_to_int16"
+            )
+        buf = np.concatenate([self._pending, samples]) if len(self._pending) else samples
+        n = len(buf) // self.frame
+        events: list[VadEvent] = []
+        for i in range(n):
+            events += self._step(buf[i * self.frame : (i + 1) * self.frame])
+        self._pending = buf[n * self.frame :].copy()
+        return events
+
+    # ---- one frame ---------------------------------------------------------------------------------------
+
+    def _is_speech(self, frame: np.ndarray, level: float) -> bool:
+        gate = self.cfg.noise_gate_db
+        if gate > 0 and self._levels and level < min(self._levels) + gate:
+            return False
+        if level <= SILENT_DBFS:
+            return False
+        return bool(self._webrtc.is_speech(frame.tobytes(), self.sample_rate))
+
+    def _step(self, frame: np.ndarray) -> list[VadEvent]:
+        level = level_dbfs(frame)
+        voiced = self._is_speech(frame, level)
+        self._levels.append(level)
+        at = self.position
+        self.position += self.frame
+        if self.state in (State.QUIET, State.STARTING):
+            return self._step_quiet(at, voiced and self._loud_enough(level), level)
+        return self._step_speaking(at, voiced, level)
+
+    def _loud_enough(self, level: float) -> bool:
+        return not self._playback or level >= self._playback_dbfs + self.cfg.barge_in_energy_margin_db
+
+    def _step_quiet(self, at: int, voiced: bool, level: float) -> list[VadEvent]:
+        if not voiced:
+            self.state, self._run = State.QUIET, 0
+            return []
+        if self.state is State.QUIET:
+            self.state, self._onset, self._run, self._voiced_levels = State.STARTING, at, 0, []
+        self._run += 1
+        self._voiced_levels.append(level)
+        if self._run < (self._barge_min_speech if self._playback else self._min_speech):
+            return []
+        self.state = State.SPEAKING
+        self._start = max(self._onset - self._preroll, self._last_end)
+        return [SpeechStarted(start_sample=self._start, onset_sample=self._onset, time=self._clock())]
+
+    def _step_speaking(self, at: int, voiced: bool, level: float) -> list[VadEvent]:
+        events: list[VadEvent] = []
+        if voiced and self.state is State.SPEAKING:
+            self._voiced_levels.append(level)
+            if self.position - self._onset >= self._max_utterance:
+                events.append(self._end(self.position, truncated=True))
+            return events
+        if self.state is State.SPEAKING:  # the first silent frame
+            self.state, self._silence_start, self._silent, self._silence_reported = State.STOPPING, at, 0, False
+            self._resume_run = 0
+        self._silent += 1  # frames since the silence started, a voiced run that may resume speech included
+        if voiced:
+            self._resume_run += 1
+            self._voiced_levels.append(level)
+            if self._resume_run >= self._min_resume:
+                self.state = State.SPEAKING
+                resumed_at = self.position - self._resume_run * self.frame
+                if self._silence_reported:
+                    events.append(SpeechResumed(sample=resumed_at, time=self._clock()))
+                return events
+        else:
+            self._resume_run = 0
+        hangover = self._hangover_frames()
+        if not self._silence_reported and self._silent >= min(self._early, hangover):
+            self._silence_reported = True
+            events.append(SilenceStarted(sample=self._silence_start, time=self._clock()))
+        if self._silent >= hangover:
+            events.append(self._end(self._silence_start, truncated=False))
+        return events
+
+    def _hangover_frames(self) -> int:
+        """The hangover for this pause: short after a phrase whose last frames fade out, when adaptive."""
+        if not self.cfg.adaptive_hangover or len(self._voiced_levels) <= ENDING_FRAMES:
+            return self._hangover
+        ending = float(np.mean(self._voiced_levels[-ENDING_FRAMES:]))
+        finished = ending <= float(np.median(self._voiced_levels)) - ENDING_DROP_DB
+        return min(self._short_hangover, self._hangover) if finished else self._hangover
+
+    def _end(self, end: int, truncated: bool) -> SpeechEnded:
+        self.state, self._last_end = State.QUIET, end
+        return SpeechEnded(start_sample=self._start, end_sample=end, time=self._clock(), truncated=truncated)
+
+
+class AudioRing:
+    """The last `capacity` samples with their absolute positions, so a SpeechStarted's pre-roll can be fetched."""
+
+    def __init__(self, capacity: int):
+        self._buf = np.zeros(capacity, dtype=np.int16)
+        self.end = 0  # absolute position one past the newest sample
+
+    def append(self, samples: np.ndarray) -> None:
+        cap = len(self._buf)
+        take = samples[-cap:]
+        idx = (self.end + len(samples) - len(take) + np.arange(len(take))) % cap
+        self._buf[idx] = take
+        self.end += len(samples)
+
+    def since(self, start: int) -> np.ndarray:
+        """Samples from absolute position `start` to now; raises InputError when they are no longer held."""
+        if start < max(0, self.end - len(self._buf)) or start > self.end:
+            raise InputError(
+                f"samples from {start} are not held (ring holds {max(0, self.end - len(self._buf))}..{self.end}); "
+                "enlarge the ring to cover the pre-roll"
+            )
+        return self._buf[np.arange(start, self.end) % len(self._buf)].copy()
