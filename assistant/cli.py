@@ -182,8 +182,53 @@ def cmd_transcribe(args: argparse.Namespace, cfg: config.Config) -> int:
     return 0
 
 
+CHAT_HELP = "type a message; /reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops an answer"
+
+
 def cmd_chat(args: argparse.Namespace, cfg: config.Config) -> int:
-    raise _not_yet("chat")
+    from assistant.llm import Chat
+
+    chat = Chat.load(cfg.llm)
+    print(f"chat with {cfg.llm.model}: {CHAT_HELP}", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print()
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            return 0
+        if text == "/reset":
+            chat.reset()
+            print("(history cleared)")
+            continue
+        if text.startswith("/"):
+            print(f"unknown command {text}; {CHAT_HELP}")
+            continue
+        shown: list[str] = []
+        try:
+            for delta in chat.respond(text):
+                shown.append(delta)
+                if args.stream:
+                    print(delta, end="", flush=True)
+        except KeyboardInterrupt:
+            chat.finish_turn("".join(shown))  # stopped: only what was shown counts as heard
+            print(("" if args.stream else "".join(shown)) + " [stopped]")
+            continue
+        chat.finish_turn(None)
+        print("" if args.stream else chat.history[-1].content)
+        s = chat.stats
+        log.debug(
+            "turn: %d prompt tokens, %d from cache, %d computed, %d generated, %d messages dropped",
+            s.prompt_tokens,
+            s.reused_tokens,
+            s.prefilled_tokens,
+            s.generated_tokens,
+            s.dropped_messages,
+        )
 
 
 def cmd_ctl(args: argparse.Namespace, cfg: config.Config) -> int:

@@ -1,0 +1,339 @@
+"""The thinking step: a chat with any mlx-lm model, keeping its KV cache across turns.
+
+`Chat` renders the history with the tokenizer's chat template and keeps one persistent prompt cache. Each turn
+rewinds the cache to the longest prefix it shares with the newly rendered prompt and prefills only the rest: the
+answer as the user heard it, the new user message and the generation prompt. Caches that cannot be trimmed
+(sliding-window `RotatingKVCache` past its window, recurrent state) are restored from a checkpoint taken at the
+end of the last prompt; failing that, the prompt is prefilled again from the start.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+
+from assistant import hub
+from assistant.config import LlmConfig
+from assistant.errors import InputError, ModelError
+
+log = logging.getLogger("assistant.llm")
+
+# Prompt tokens computed per next() of respond(): bounds one step's work, hence cancel latency, on long prefills.
+PREFILL_STEP = 512
+# When the history overflows llm.history_tokens, drop the oldest turns until it fits in this fraction of the
+# budget, so a truncation (which invalidates the cache) happens once per several turns, not on every turn.
+TRUNCATE_TO = 0.75
+# The repetition penalty looks at this many recent tokens (mlx-lm's default).
+REPETITION_CONTEXT = 20
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str  # "user" or "assistant"
+    content: str
+    interrupted: bool = False  # an assistant answer cut off by the user; content is the part they heard
+
+
+@dataclass
+class TurnStats:
+    """What the last turn cost: how much of its prompt came from the cache and how much was computed."""
+
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    prefilled_tokens: int = 0
+    generated_tokens: int = 0
+    dropped_messages: int = 0
+    restored_checkpoint: bool = False
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class PromptCache:
+    """The model's per-layer KV cache and the exact tokens it holds, rewindable to a prefix of them.
+
+    Invariant: every layer cache holds exactly `len(tokens)` positions, the KV of `tokens`.
+    """
+
+    def __init__(self, model: Any) -> None:
+        from mlx_lm.models import cache as mlc
+
+        self._model = model
+        self._mlc = mlc
+        # Cache types that can be trimmed by any amount at any time; the others are checkpointed by copy.
+        self._always_trimmable: tuple[type, ...] = (mlc.KVCache, mlc.QuantizedKVCache, mlc.ConcatenateKVCache)
+        self.layers: list[Any] = mlc.make_prompt_cache(model)
+        self.tokens: list[int] = []
+        self._checkpoint: tuple[int, dict[int, Any]] | None = None
+        self.rewinds = {"trim": 0, "checkpoint": 0, "clear": 0}  # how each rewind was done, for tests and logs
+
+    def clear(self) -> None:
+        self.layers = self._mlc.make_prompt_cache(self._model)
+        self.tokens = []
+        self._checkpoint = None
+
+    def _truncate(self, n: int) -> None:
+        self.tokens = self.tokens[:n]
+        if self._checkpoint is not None and self._checkpoint[0] > n:
+            self._checkpoint = None
+
+    def rewind(self, target: Sequence[int], keep_last: bool = True) -> tuple[int, bool]:
+        """Rewind to the longest usable prefix of `target`; returns (its length, whether a checkpoint was used).
+
+        With `keep_last`, at least the last token of `target` is left to compute, so its logits come out.
+        """
+        keep = _common_prefix(self.tokens, target)
+        if keep_last:
+            keep = min(keep, len(target) - 1)
+        if keep == len(self.tokens):
+            return keep, False
+        if self._mlc.can_trim_prompt_cache(self.layers):
+            self._mlc.trim_prompt_cache(self.layers, len(self.tokens) - keep)
+            self._truncate(keep)
+            self.rewinds["trim"] += 1
+            return keep, False
+        if self._checkpoint is not None and self._checkpoint[0] <= keep:
+            n, saved = self._checkpoint
+            drop = len(self.tokens) - n
+            for i, layer in enumerate(self.layers):
+                if i in saved:
+                    self.layers[i] = copy.deepcopy(saved[i])
+                else:
+                    layer.trim(drop)
+            self._truncate(n)
+            self.rewinds["checkpoint"] += 1
+            return n, True
+        self.clear()
+        self.rewinds["clear"] += 1
+        return 0, False
+
+    def feed(self, tokens: Sequence[int]) -> mx.array:
+        """Run `tokens` through the model into the cache; returns the logits of the last one, evaluated."""
+        logits = self._model(mx.array(list(tokens), dtype=mx.int32)[None], cache=self.layers)[0, -1]
+        mx.eval(logits, [c.state for c in self.layers])
+        self.tokens.extend(tokens)
+        return logits
+
+    def save_checkpoint(self) -> None:
+        """Remember the state at the current position, so a later turn can come back to it."""
+        saved = {i: copy.deepcopy(c) for i, c in enumerate(self.layers) if not isinstance(c, self._always_trimmable)}
+        self._checkpoint = (len(self.tokens), saved)
+
+
+class Chat:
+    """A conversation with an mlx-lm chat model: history, persistent prompt cache, streaming answers.
+
+    All methods run on the one thread that owns MLX. `respond()` returns a generator doing one step of work per
+    `next()` (a prompt chunk of `PREFILL_STEP` tokens, or one sampled token); closing it cancels the answer.
+    Then `finish_turn()` records what the user heard.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, cfg: LlmConfig) -> None:
+        from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+        if not getattr(tokenizer, "has_chat_template", False):
+            raise ModelError(
+                f"LLM `{cfg.model}` has no chat template; use an instruction-tuned (-it / -instruct) model"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.history: list[Message] = []
+        self.stats = TurnStats()
+        self.cache = PromptCache(model)
+        self._system = cfg.system_prompt
+        self._sampler = make_sampler(cfg.temperature, top_p=cfg.top_p, min_p=cfg.min_p, top_k=cfg.top_k)
+        self._processors = make_logits_processors(
+            repetition_penalty=cfg.repetition_penalty if cfg.repetition_penalty != 1.0 else None,
+            repetition_context_size=REPETITION_CONTEXT,
+        )
+        self._eos = set(tokenizer.eos_token_ids)
+        self._answer: list[str] | None = None  # text of the answer not yet recorded by finish_turn()
+        self._answer_tokens: list[int] = []
+        self._complete = False  # the answer ended by itself (end of turn or max_tokens), not cancelled
+        self._active: Iterator[str] | None = None
+        if cfg.seed >= 0:
+            mx.random.seed(cfg.seed)
+
+    @classmethod
+    def load(cls, cfg: LlmConfig) -> Chat:
+        """Load `llm.model` (a Hugging Face repo id in the local cache, or a folder). Raises ModelError."""
+        path = hub.resolve(cfg.model, "LLM")
+        from mlx_lm import load as mlx_load
+
+        try:
+            model, tokenizer, *_ = mlx_load(str(path))
+        except Exception as e:  # mlx-lm raises ValueError, FileNotFoundError, KeyError... for bad folders
+            raise ModelError(
+                f"LLM `{cfg.model}` failed to load from {path}: {type(e).__name__}: {e}; check that the folder "
+                "holds an mlx-lm model (config.json, *.safetensors, tokenizer files) of a supported architecture"
+            ) from e
+        return cls(model, tokenizer, cfg)
+
+    # ---- conversation state --------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget the conversation. The cache is kept: the next turn reuses its system-prompt prefix."""
+        self._cancel()
+        self._answer = None
+        self.history = []
+
+    def set_system_prompt(self, text: str) -> None:
+        """Use `text` as the system prompt from the next turn on ("" = none)."""
+        self._system = text.strip()
+
+    @property
+    def system_prompt(self) -> str:
+        return self._system
+
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool) -> list[int]:
+        """The token ids of the system prompt plus `messages`, through the tokenizer's chat template."""
+        turns = [{"role": m.role, "content": m.content} for m in messages]
+        if self._system:
+            turns.insert(0, {"role": "system", "content": self._system})
+        try:
+            ids = self.tokenizer.apply_chat_template(
+                turns, add_generation_prompt=add_generation_prompt, tokenize=True, enable_thinking=False
+            )
+        except Exception as e:  # jinja raises TemplateError for what a template does not accept
+            if not self._system or "system" not in str(e).lower():
+                raise ModelError(f"the chat template of `{self.cfg.model}` failed: {e}") from e
+            # A template without a system role: the instructions go in front of the first user message.
+            turns = turns[1:]
+            if turns:
+                turns[0] = {"role": "user", "content": f"{self._system}\n\n{turns[0]['content']}"}
+            ids = self.tokenizer.apply_chat_template(
+                turns, add_generation_prompt=add_generation_prompt, tokenize=True, enable_thinking=False
+            )
+        return list(ids)
+
+    def _fit_history(self) -> tuple[list[int], int]:
+        """The prompt for the current history; drops the oldest turns when it exceeds `llm.history_tokens`."""
+        prompt = self.render(self.history, add_generation_prompt=True)
+        if len(prompt) <= self.cfg.history_tokens:
+            return prompt, 0
+        dropped = 0
+        target = int(self.cfg.history_tokens * TRUNCATE_TO)
+        # Drop whole user+assistant pairs from the front so roles keep alternating; the newest message stays.
+        while len(self.history) > 1 and len(prompt) > target:
+            n = 2 if len(self.history) > 2 and self.history[1].role == "assistant" else 1
+            del self.history[:n]
+            dropped += n
+            prompt = self.render(self.history, add_generation_prompt=True)
+        log.info("history over %d tokens: dropped %d oldest messages", self.cfg.history_tokens, dropped)
+        return prompt, dropped
+
+    # ---- one turn ------------------------------------------------------------------------------------------
+
+    def respond(self, user_text: str) -> Iterator[str]:
+        """Start answering `user_text`; the generator yields text deltas ("" during prefill), one step each.
+
+        An answer still open from the previous turn is recorded whole first. Raises InputError on empty text.
+        """
+        text = user_text.strip()
+        if not text:
+            raise InputError("the user message is empty; say or type something")
+        self._cancel()
+        if self._answer is not None:
+            self.finish_turn(None)
+        self.history.append(Message("user", text))
+        prompt, dropped = self._fit_history()
+        self._answer = []
+        self._answer_tokens = []
+        self._complete = False
+        self._active = self._generate(prompt, dropped)
+        return self._active
+
+    def _generate(self, prompt: list[int], dropped: int) -> Iterator[str]:
+        start, restored = self.cache.rewind(prompt)
+        self.stats = TurnStats(len(prompt), start, len(prompt) - start, 0, dropped, restored)
+        answer, generated = self._answer, self._answer_tokens
+        assert answer is not None
+        rest = prompt[start:]
+        while len(rest) > PREFILL_STEP:
+            self.cache.feed(rest[:PREFILL_STEP])
+            rest = rest[PREFILL_STEP:]
+            yield ""
+        logits = self.cache.feed(rest)
+        checkpointed = False
+        try:
+            detokenizer = self.tokenizer.detokenizer
+            for n in range(self.cfg.max_tokens):
+                if n:
+                    if not checkpointed:  # after the first delta is out: copying the cache must not delay it
+                        self.cache.save_checkpoint()
+                        checkpointed = True
+                    # The token yielded last step enters the cache now, so each delta comes one forward sooner.
+                    logits = self.cache.feed(generated[-1:])
+                token = self._sample(logits)
+                if token in self._eos:
+                    break
+                generated.append(token)
+                self.stats.generated_tokens = len(generated)
+                detokenizer.add_token(token)
+                delta = detokenizer.last_segment
+                answer.append(delta)
+                yield delta
+            detokenizer.finalize()
+            tail = detokenizer.last_segment
+            self._complete = True
+            if tail:
+                answer.append(tail)
+                yield tail
+        finally:
+            if not checkpointed and len(self.cache.tokens) == len(prompt):
+                self.cache.save_checkpoint()
+
+    def _sample(self, logits: mx.array) -> int:
+        logits = logits[None]
+        if self._processors:
+            context = mx.array(self.cache.tokens[-REPETITION_CONTEXT:], dtype=mx.int32)
+            for processor in self._processors:
+                logits = processor(context, logits)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        return int(self._sampler(logprobs).item())  # type: ignore[arg-type]
+
+    def _cancel(self) -> None:
+        if self._active is not None:
+            close = getattr(self._active, "close", None)
+            if close is not None:
+                close()
+            self._active = None
+
+    @property
+    def answer(self) -> str:
+        """The text of the current answer so far ("" once recorded by finish_turn())."""
+        return "".join(self._answer or [])
+
+    @property
+    def answer_tokens(self) -> list[int]:
+        """The token ids of the last answer generated (kept after finish_turn())."""
+        return list(self._answer_tokens)
+
+    def finish_turn(self, heard_text: str | None) -> None:
+        """Record the answer: None = all of it; a string = only what the user heard before interrupting.
+
+        Cancels generation if still running and trims the prompt cache to the history as recorded.
+        """
+        self._cancel()
+        if self._answer is None:
+            return
+        full = "".join(self._answer).strip()
+        self._answer = None
+        heard = full if heard_text is None else heard_text.strip()
+        self.history.append(Message("assistant", heard, interrupted=heard != full or not self._complete))
+        # Rewind now (cheap), so the next turn only prefills the heard answer's tail and the new message.
+        try:
+            self.cache.rewind(self.render(self.history, add_generation_prompt=False), keep_last=False)
+        except ModelError:
+            pass  # a template that cannot end on an assistant turn: the next respond() rewinds instead

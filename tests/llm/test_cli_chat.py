@@ -1,0 +1,61 @@
+"""`assistant chat`: a text REPL over the same Chat engine."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from assistant import cli
+from assistant.config import LlmConfig
+from assistant.llm import Chat
+from tests.llm.tiny import make_tiny
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny(tmp_path_factory.mktemp("gemma3"), "gemma3", seed=3)
+
+
+def greedy_answers(folder: Path, questions: list[str], reset_after: int) -> list[str]:
+    chat = Chat.load(LlmConfig(model=str(folder), temperature=0.0, max_tokens=8))
+    out = []
+    for i, q in enumerate(questions):
+        if i == reset_after:
+            chat.reset()
+        out.append("".join(chat.respond(q)))
+        chat.finish_turn(None)
+    return out
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_repl(
+    stream: bool, tiny: Path, isolated_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The REPL prints the engine's answers (streamed or whole), /reset clears the history and /exit quits."""
+    expected = greedy_answers(tiny, ["hello there", "what is 3.14?", "again"], reset_after=2)
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello there\n\nwhat is 3.14?\n/reset\nagain\n/exit\nnever\n"))
+    args = ["chat", "--set", f"llm.model={tiny}", "--set", "llm.temperature=0", "--set", "llm.max_tokens=8"]
+    assert cli.main(args + (["--stream"] if stream else [])) == 0
+    a1, a2, a3 = (a if stream else a.strip() for a in expected)
+    # input() writes its "> " prompt to stdout too; the empty line is skipped.
+    assert capsys.readouterr().out == f"> {a1}\n> > {a2}\n> (history cleared)\n> {a3}\n> "
+
+
+def test_chat_eof_and_unknown_command(
+    tiny: Path, isolated_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unknown slash command is answered with the help line; end of input quits with status 0."""
+    monkeypatch.setattr("sys.stdin", io.StringIO("/bogus\n"))
+    assert cli.main(["chat", "--set", f"llm.model={tiny}"]) == 0
+    assert "unknown command /bogus" in capsys.readouterr().out
+
+
+def test_chat_missing_model_is_one_line_error(
+    tmp_path: Path, isolated_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model folder that does not exist fails with exit code 2 and one line naming the fix."""
+    assert cli.main(["chat", "--set", f"llm.model={tmp_path / 'missing'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "folder not found" in err[0]
