@@ -25,7 +25,10 @@ class Subscription(Protocol):
 
 
 class Controller(Protocol):
-    """The pipeline's public methods (see the interface contract); AssistantError subclasses mean bad input."""
+    """The pipeline's public methods (see the interface contract); AssistantError subclasses mean bad input.
+
+    `ask` emits its ResponseTextDelta events and then its ResponseDone to subscribers before it returns.
+    """
 
     def status(self) -> dict[str, Any]: ...
     async def say(self, text: str) -> None: ...

@@ -38,6 +38,7 @@ CONTROL_PATHS = ("/", "/v1/control")
 REALTIME_PATH = "/v1/realtime"
 HARD_LIMIT_FACTOR = 4  # messages over max_message_bytes get an error; over 4x that the socket is closed (1009)
 FANOUT_QUEUE = 4096  # the server's own subscription: it is drained at once into the client outboxes
+ASK_DRAIN_S = 1.0  # after `ask` returns, wait at most this long for its last deltas to pass the subscription
 SUBPROTOCOLS = ("assistant.v1", "realtime")
 
 
@@ -105,7 +106,6 @@ class Client:
     outbox: Outbox
     limiter: RateLimiter
     subscribed: bool = False
-    asks: set[p.JsonId | None] = field(default_factory=set)  # ids of `ask`s in flight: they get ask.delta
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -313,8 +313,7 @@ class ControlServer:
                     await self.controller.say(cmd.text)
                     result: dict[str, Any] = {}
                 else:
-                    client.asks.add(cmd.id)
-                    result = {"text": await self.controller.ask(cmd.text)}
+                    result = {"text": await self._ask(client, self.controller, cmd)}
                 client.outbox.put(p.encode(p.Reply(cmd.type, result, cmd.id)), droppable=False)
             except AssistantError as e:
                 client.outbox.put(p.encode(p.Error(_code(e), str(e), cmd.id)), droppable=False)
@@ -322,12 +321,32 @@ class ControlServer:
                 self.handler_errors += 1
                 log.exception("%s failed", cmd.type)
                 client.outbox.put(p.encode(p.Error("internal", f"{cmd.type} failed: {e}", cmd.id)), False)
-            finally:
-                client.asks.discard(cmd.id)
 
         task = asyncio.create_task(run())
         client.tasks.add(task)
         task.add_done_callback(client.tasks.discard)
+
+    async def _ask(self, client: Client, controller: Controller, cmd: p.Ask) -> str:
+        """Run an ask, streaming its answer to the asker as `ask.delta` until its ResponseDone."""
+        sub = controller.subscribe(self.cfg.client_queue)
+
+        async def forward() -> None:
+            async for ev in sub:
+                if isinstance(ev, events.ResponseTextDelta):
+                    client.outbox.put(p.encode(p.AskDelta(ev.text, cmd.id)), droppable=False)
+                elif isinstance(ev, events.ResponseDone):
+                    return
+
+        forwarder = asyncio.create_task(forward())
+        try:
+            answer = await controller.ask(cmd.text)
+            # the pipeline emits ResponseDone before ask returns; let the forwarder catch up to it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(forwarder), ASK_DRAIN_S)
+            return answer
+        finally:
+            forwarder.cancel()
+            sub.close()
 
     async def _fan_out(self, controller: Controller) -> None:
         """Encode each pipeline event once and queue it for every subscribed client (never waits on a client)."""
@@ -339,13 +358,9 @@ class ControlServer:
                     log.warning("event fan-out fell behind: %d events dropped", sub.dropped - lost)
                     lost = sub.dropped
                 text = p.encode(p.EventMessage(ev))
-                delta = ev.text if isinstance(ev, events.ResponseTextDelta) else None
                 for client in list(self.clients):
                     if client.subscribed:
                         client.outbox.put(text)
-                    if delta is not None:
-                        for ask_id in client.asks:
-                            client.outbox.put(p.encode(p.AskDelta(delta, ask_id)), droppable=False)
         finally:
             sub.close()
 
