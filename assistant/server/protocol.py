@@ -357,7 +357,8 @@ def to_dict(msg: ServerMessage | Command) -> dict[str, Any]:
 
 def encode(msg: ServerMessage | Command) -> str:
     """One JSON text frame."""
-    return json.dumps(to_dict(msg), ensure_ascii=False, separators=(",", ":"), default=_not_json)
+    # ASCII-only: a client's lone surrogate (valid in JSON escapes) echoed back must not break UTF-8 encoding
+    return json.dumps(to_dict(msg), separators=(",", ":"), default=_not_json)
 
 
 def _not_json(value: Any) -> Any:

@@ -231,7 +231,11 @@ class ControlServer:
                 if not realtime and client.outbox.dropped > client.outbox.reported:
                     client.outbox.reported = client.outbox.dropped
                     await client.ws.send(p.encode(p.EventsDropped(client.outbox.dropped)))
-                await client.ws.send(text)
+                try:
+                    await client.ws.send(text)
+                except UnicodeEncodeError:  # a bug upstream; the other messages still go out
+                    self.handler_errors += 1
+                    log.exception("dropped an unencodable message")
 
     async def _receive(self, client: Client) -> str | bytes | None:
         """The next message, or None after the idle timeout (subscribers only listen, so they never idle out)."""
