@@ -232,7 +232,9 @@ def cmd_chat(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def cmd_ctl(args: argparse.Namespace, cfg: config.Config) -> int:
-    raise _not_yet("ctl")
+    from assistant.server import ctl
+
+    return ctl.run(cfg.server, args.words, max_events=args.max_events)
 
 
 @dataclass(frozen=True)
@@ -346,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     p = add("ctl", cmd_ctl, "send a command to a running daemon, or tail its events")
     p.add_argument("words", nargs="*", metavar="WORD", help="a command, e.g. `status`, `say hello`, `events`")
+    p.add_argument("--max-events", type=int, default=0, metavar="N", help="with `events`: exit after N events")
     add("doctor", cmd_doctor, "check devices, cached models, the server port and permissions")
     return parser
 

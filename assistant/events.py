@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 class TurnState(enum.Enum):
     IDLE = "idle"  # listening, nobody speaking
@@ -131,3 +133,24 @@ Event = (
     | DeviceStatus
     | ErrorEvent
 )
+
+
+@dataclass(frozen=True)
+class ResponseStarted:
+    """A reply turn began (in a headless session: after response.create, or after server VAD ended a turn)."""
+
+    turn: int
+    time: float
+
+
+@dataclass(frozen=True)
+class ResponseAudio:
+    """Reply audio for a headless session's client: float32 mono at 24 kHz, in playback order."""
+
+    turn: int
+    audio: np.ndarray = field(compare=False)
+    time: float = 0.0
+
+
+# What a headless (Realtime) session streams to its client: the pipeline events plus the reply audio.
+SessionEvent = Event | ResponseStarted | ResponseAudio

@@ -1,0 +1,131 @@
+"""`assistant ctl`: a small native-protocol client (send one command and print its reply, or tail events)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from websockets.exceptions import InvalidStatus, WebSocketException
+from websockets.sync.client import ClientConnection, connect
+
+from assistant.config import ServerConfig, parse_override
+from assistant.errors import AssistantError, InputError, ProtocolError
+from assistant.server import auth
+from assistant.server import protocol as p
+
+TEXT_COMMANDS = ("say", "ask")
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+USAGE = (
+    "commands: status, say TEXT, ask TEXT, interrupt, mute, unmute, ptt.start, ptt.stop, config.get, "
+    "config.set KEY=VALUE..., history.get, history.reset, events"
+)
+
+
+def build_message(words: Sequence[str], msg_id: str = "ctl") -> dict[str, Any]:
+    """The command message for `assistant ctl WORDS...` (InputError naming the usage when wrong)."""
+    if not words:
+        raise InputError(f"ctl needs a command; {USAGE}")
+    kind, rest = words[0], list(words[1:])
+    if kind not in p.COMMANDS or kind in ("subscribe", "unsubscribe"):
+        raise InputError(f"unknown ctl command {kind!r}; {USAGE}")
+    msg: dict[str, Any] = {"type": kind, "id": msg_id}
+    if kind in TEXT_COMMANDS:
+        if not rest:
+            raise InputError(f"`ctl {kind}` needs the text, e.g. `assistant ctl {kind} hello there`")
+        msg["text"] = " ".join(rest)
+    elif kind == "config.set":
+        if not rest:
+            raise InputError("`ctl config.set` needs KEY=VALUE pairs, e.g. `assistant ctl config.set tts.voice=alice`")
+        msg["changes"] = dict(parse_override(w) for w in rest)
+    elif rest:
+        raise InputError(f"`ctl {kind}` takes no arguments; {USAGE}")
+    return msg
+
+
+def url_of(cfg: ServerConfig) -> str:
+    host = "127.0.0.1" if cfg.host in WILDCARD_HOSTS else cfg.host
+    host = f"[{host}]" if ":" in host else host
+    return f"ws://{host}:{cfg.port}/v1/control"
+
+
+@contextlib.contextmanager
+def _connect(cfg: ServerConfig) -> Iterator[ClientConnection]:
+    token = auth.read_token(cfg)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    url = url_of(cfg)
+    with contextlib.ExitStack() as stack:
+        try:
+            ws = stack.enter_context(connect(url, additional_headers=headers, open_timeout=5, max_size=None))
+        except InvalidStatus as e:
+            body = e.response.body.decode(errors="replace").strip()
+            raise ProtocolError(f"the daemon at {url} refused the connection: {body}") from e
+        except (OSError, TimeoutError, WebSocketException) as e:
+            raise AssistantError(
+                f"cannot reach the daemon at {url} ({e}); start it with `assistant run`, or set server.host/port"
+            ) from e
+        hello = json.loads(ws.recv())
+        if hello.get("type") != "hello" or hello.get("protocol") != p.PROTOCOL_VERSION:
+            raise ProtocolError(f"{url} does not speak protocol v{p.PROTOCOL_VERSION} (got {hello}); update assistant")
+        yield ws
+
+
+def run(cfg: ServerConfig, words: Sequence[str], out: Callable[[str], None] = print, max_events: int = 0) -> int:
+    """Send the command, print its reply (streaming `ask`), or print events; returns the exit code."""
+    if list(words[:1]) == ["events"]:
+        if len(words) > 1:
+            raise InputError("`ctl events` takes no arguments")
+        return _tail(cfg, out, max_events)
+    msg = build_message(words)
+    with _connect(cfg) as ws:
+        ws.send(json.dumps(msg))
+        streamed = False
+        while True:
+            reply = json.loads(ws.recv())
+            if reply.get("type") == "ask.delta" and reply.get("id") == msg["id"]:
+                out_partial(out, reply["text"])
+                streamed = True
+            elif reply.get("type") == "error" and reply.get("id") == msg["id"]:
+                raise ProtocolError(f"{msg['type']} failed: {reply['message']}")
+            elif reply.get("type") == "reply" and reply.get("id") == msg["id"]:
+                break
+    if streamed:
+        out("")
+    elif msg["type"] == "ask":
+        out(reply["result"]["text"])
+    elif reply["result"]:
+        out(json.dumps(reply["result"], indent=2, ensure_ascii=False))
+    return 0
+
+
+def out_partial(out: Callable[[str], None], text: str) -> None:
+    if out is print:
+        print(text, end="", flush=True)
+    else:
+        out(text)
+
+
+def _tail(cfg: ServerConfig, out: Callable[[str], None], max_events: int) -> int:
+    with _connect(cfg) as ws:
+        ws.send(json.dumps({"type": "subscribe", "id": "ctl"}))
+        seen = 0
+        while True:
+            msg = json.loads(ws.recv())
+            if msg.get("id") == "ctl":
+                if msg["type"] == "error":
+                    raise ProtocolError(f"subscribe failed: {msg['message']}")
+                continue
+            out(format_event(msg))
+            seen += 1
+            if max_events and seen >= max_events:
+                return 0
+
+
+def format_event(msg: dict[str, Any]) -> str:
+    """One line per event: its type, then its fields as compact JSON (time last)."""
+    kind = msg.get("type", "?")
+    body = {k: v for k, v in msg.items() if k not in ("type", "time")}
+    if "time" in msg:
+        body["time"] = msg["time"]
+    return f"{kind:<20} {json.dumps(body, ensure_ascii=False, separators=(',', ':'))}"

@@ -1,0 +1,384 @@
+"""The native control protocol, version 1: JSON text frames <-> frozen message dataclasses (pure, no I/O).
+
+Every client message is a JSON object with a `type` naming the command, an optional `id` (string or integer)
+echoed in its reply, and an optional `v` (the protocol version; only 1 exists). The server answers each command
+with one `reply` (or an `error` carrying the same `id`), and sends pipeline events to subscribed clients.
+`decode_command` is the only way in: it raises `WireError` (a ProtocolError with a machine-readable `code`) whose
+one-line message names the problem and the fix. docs/protocol.md has an example of every message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from dataclasses import dataclass
+from typing import Any, Literal, get_args, get_type_hints
+
+from assistant import events
+from assistant.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+
+JsonId = str | int
+
+
+class WireError(ProtocolError):
+    """A message that cannot be accepted; `code` is stable for programs, the message is for people."""
+
+    def __init__(self, code: str, message: str, id: JsonId | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.id = id
+
+
+# ---- commands (client -> server) ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Status:
+    type: Literal["status"] = "status"
+    id: JsonId | None = None
+
+
+@dataclass(frozen=True)
+class Say:
+    text: str
+    type: Literal["say"] = "say"
+    id: JsonId | None = None
+
+
+@dataclass(frozen=True)
+class Ask:
+    text: str
+    type: Literal["ask"] = "ask"
+    id: JsonId | None = None
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    type: Literal["interrupt"] = "interrupt"
+    id: JsonId | None = None
+
+
+@dataclass(frozen=True)
+class Mute:
+    type: Literal["mute"] = "mute"
+    id: JsonId | None = None
+
+
+@dataclass(frozen=True)
+class Unmute:
+    type: Literal["unmute"] = "unmute"
+    id: JsonId | None = None
+
+
+@dataclass(frozen=True)
+class PttStart:
+    type: Literal["ptt.start"] = "ptt.start"
+    id: JsonId | None = None
+
+
+@dataclass(frozen=True)
+class PttStop:
+    type: Literal["ptt.stop"] = "ptt.stop"
+    id: JsonId | None = None
+
+
+@dataclass(frozen=True)
+class ConfigGet:
+    type: Literal["config.get"] = "config.get"
+    id: JsonId | None = None
+
+
+@dataclass(frozen=True)
+class ConfigSet:
+    changes: dict[str, Any]  # {"section.key": value}; validated by the controller (ConfigError names bad keys)
+    type: Literal["config.set"] = "config.set"
+    id: JsonId | None = None
+
+
+@dataclass(frozen=True)
+class HistoryGet:
+    type: Literal["history.get"] = "history.get"
+    id: JsonId | None = None
+
+
+@dataclass(frozen=True)
+class HistoryReset:
+    type: Literal["history.reset"] = "history.reset"
+    id: JsonId | None = None
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    """Start receiving pipeline events on this connection."""
+
+    type: Literal["subscribe"] = "subscribe"
+    id: JsonId | None = None
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    type: Literal["unsubscribe"] = "unsubscribe"
+    id: JsonId | None = None
+
+
+Command = (
+    Status
+    | Say
+    | Ask
+    | Interrupt
+    | Mute
+    | Unmute
+    | PttStart
+    | PttStop
+    | ConfigGet
+    | ConfigSet
+    | HistoryGet
+    | HistoryReset
+    | Subscribe
+    | Unsubscribe
+)
+COMMANDS: dict[str, type] = {get_args(get_type_hints(c)["type"])[0]: c for c in get_args(Command)}
+
+# ---- server -> client --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello:
+    """First message on every connection."""
+
+    protocol: int
+    server: str
+    type: Literal["hello"] = "hello"
+
+
+@dataclass(frozen=True)
+class Reply:
+    command: str
+    result: dict[str, Any]
+    id: JsonId | None = None
+    type: Literal["reply"] = "reply"
+
+
+@dataclass(frozen=True)
+class Error:
+    code: str
+    message: str
+    id: JsonId | None = None
+    type: Literal["error"] = "error"
+
+
+@dataclass(frozen=True)
+class AskDelta:
+    """A piece of the answer to an `ask`, sent to the connection that asked, tagged with its id."""
+
+    text: str
+    id: JsonId | None = None
+    type: Literal["ask.delta"] = "ask.delta"
+
+
+@dataclass(frozen=True)
+class EventsDropped:
+    """Events this slow client missed (running total), sent before the next event it does get."""
+
+    dropped: int
+    type: Literal["events.dropped"] = "events.dropped"
+
+
+@dataclass(frozen=True)
+class EventMessage:
+    """A pipeline event on the wire: `type` from EVENT_TYPES, the event's fields beside it."""
+
+    event: events.Event
+
+
+ServerMessage = Hello | Reply | Error | AskDelta | EventsDropped | EventMessage
+
+# Wire names of the pipeline events; ErrorEvent travels as an `error` with code "pipeline".
+EVENT_TYPES: dict[type, str] = {
+    events.StateChanged: "state",
+    events.SpeechStarted: "vad.speech_started",
+    events.SilenceStarted: "vad.silence_started",
+    events.SpeechResumed: "vad.speech_resumed",
+    events.SpeechEnded: "vad.speech_ended",
+    events.PartialTranscript: "transcript.partial",
+    events.FinalTranscript: "transcript.final",
+    events.ResponseTextDelta: "response.delta",
+    events.ResponseDone: "response.done",
+    events.LatencyTrace: "latency",
+    events.DeviceStatus: "device",
+    events.ErrorEvent: "error",
+}
+EVENTS_BY_NAME = {name: cls for cls, name in EVENT_TYPES.items() if cls is not events.ErrorEvent}
+
+
+# ---- decoding ----------------------------------------------------------------------------------------------
+
+
+def parse_json(data: str | bytes, max_bytes: int) -> dict[str, Any]:
+    """A JSON object from a text frame, or WireError (binary frame, too large, not JSON, not an object)."""
+    if isinstance(data, bytes):
+        raise WireError("binary_frame", "binary frames are not accepted; send JSON text frames")
+    size = len(data.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise WireError("too_large", f"message is {size} bytes, over the {max_bytes}-byte limit; send smaller messages")
+    try:
+        obj = json.loads(data)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise WireError("bad_json", f"message is not valid JSON ({e}); send one JSON object per text frame") from e
+    if not isinstance(obj, dict):
+        raise WireError("bad_json", f'message must be a JSON object, got {_json_type(obj)}; e.g. {{"type": "status"}}')
+    return obj
+
+
+def decode_command(data: str | bytes, max_bytes: int = 1 << 20) -> Command:
+    """Parse and validate one client message (raises WireError naming the problem and the fix)."""
+    obj = parse_json(data, max_bytes)
+    msg_id = obj.get("id")
+    if msg_id is not None and (isinstance(msg_id, bool) or not isinstance(msg_id, str | int)):
+        raise WireError("bad_field", f"`id` must be a string or an integer, got {_json_type(msg_id)}")
+    version = obj.pop("v", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION or isinstance(version, bool):
+        raise WireError(
+            "unsupported_version",
+            f"protocol version {version!r} is not supported; this server speaks v={PROTOCOL_VERSION}",
+            msg_id,
+        )
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise WireError("bad_field", f"`type` must be a string naming a command, got {_json_type(kind)}", msg_id)
+    cls = COMMANDS.get(kind)
+    if cls is None:
+        raise WireError(
+            "unknown_type", f"unknown command type {kind!r}; valid types: {', '.join(sorted(COMMANDS))}", msg_id
+        )
+    return check_fields(cls, obj, kind, msg_id)
+
+
+def check_fields(cls: type, obj: dict[str, Any], kind: str, msg_id: JsonId | None = None) -> Any:
+    """Build dataclass `cls` from `obj`, checking names and JSON types of every field."""
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(obj) - set(fields))
+    if unknown:
+        raise WireError(
+            "bad_field",
+            f"`{kind}` has no field {', '.join(f'`{u}`' for u in unknown)}; fields: {', '.join(fields)}",
+            msg_id,
+        )
+    for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if name not in obj:
+            if required:
+                raise WireError("bad_field", f"`{kind}` needs the field `{name}` ({_describe(hints[name])})", msg_id)
+            continue
+        if not _matches(obj[name], hints[name]):
+            raise WireError(
+                "bad_field",
+                f"`{kind}.{name}` must be {_describe(hints[name])}, got {_json_type(obj[name])}",
+                msg_id,
+            )
+    return cls(**obj)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    origin = getattr(hint, "__origin__", None)
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in get_args(hint))
+    if origin is dict:
+        return isinstance(value, dict)
+    if origin is list:
+        (item,) = get_args(hint)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    args = get_args(hint)  # a union
+    return bool(args) and any(_matches(value, a) for a in args)
+
+
+def _describe(hint: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", type(None): "null"}
+    if hint in names:
+        return names[hint]
+    origin = getattr(hint, "__origin__", None)
+    if origin is Literal:
+        return " or ".join(json.dumps(a) for a in get_args(hint))
+    if origin is dict:
+        return "an object"
+    if origin is list:
+        return f"a list of {_describe(get_args(hint)[0]).removeprefix('a ').removeprefix('an ')}s"
+    return " or ".join(_describe(a) for a in get_args(hint))
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}.get(
+        type(value), "an object"
+    )
+
+
+# ---- encoding ----------------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_dict(msg: ServerMessage | Command) -> dict[str, Any]:
+    """The JSON object of a message (fields in declaration order, `type` first)."""
+    if isinstance(msg, EventMessage):
+        ev = msg.event
+        body = {f.name: _plain(getattr(ev, f.name)) for f in dataclasses.fields(ev)}
+        if isinstance(ev, events.ErrorEvent):
+            return {"type": "error", "id": None, "code": "pipeline", **body}
+        return {"type": EVENT_TYPES[type(ev)], **body}
+    body = {f.name: _plain(getattr(msg, f.name)) for f in dataclasses.fields(msg)}
+    return {"type": body.pop("type"), **body}
+
+
+def encode(msg: ServerMessage | Command) -> str:
+    """One JSON text frame."""
+    # ASCII-only: a client's lone surrogate (valid in JSON escapes) echoed back must not break UTF-8 encoding
+    return json.dumps(to_dict(msg), separators=(",", ":"), default=_not_json)
+
+
+def _not_json(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars from metrics
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def decode_event(obj: dict[str, Any]) -> events.Event:
+    """The pipeline event of an event message (for clients such as `assistant ctl events`)."""
+    kind = obj.get("type")
+    if kind == "error" and obj.get("code") == "pipeline":
+        return events.ErrorEvent(message=obj["message"], time=obj["time"])
+    cls = EVENTS_BY_NAME.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise WireError("unknown_type", f"{kind!r} is not an event message")
+    body = {k: v for k, v in obj.items() if k != "type"}
+    if cls is events.StateChanged:
+        body["old"], body["new"] = events.TurnState(body["old"]), events.TurnState(body["new"])
+    try:
+        return cls(**body)
+    except (TypeError, ValueError) as e:
+        raise WireError("bad_field", f"{kind} message does not match its event: {e}") from e

@@ -1,0 +1,118 @@
+"""`assistant ctl` against a live server (running in a background thread with the scripted controller)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from assistant import cli, events
+from assistant.errors import InputError
+from assistant.server import ctl
+from assistant.server.ws import ControlServer
+from tests.server.fakes import FakeController
+from tests.server.helpers import TOKEN, running
+
+
+class Live:
+    def __init__(self) -> None:
+        self.port = 0
+        self.controller: FakeController | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.server: ControlServer | None = None
+
+
+@pytest.fixture
+def live() -> Iterator[Live]:
+    """A ControlServer on a free port in its own thread and event loop, stopped after the test."""
+    state, ready = Live(), threading.Event()
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        async with running() as (server, controller, _):
+            state.port, state.controller, state.loop = server.port, controller, asyncio.get_running_loop()
+            state.server = server
+            ready.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    yield state
+    assert state.loop is not None
+    state.loop.call_soon_threadsafe(stop.set)
+    thread.join(10)
+
+
+def ctl_args(live: Live, *words: str) -> list[str]:
+    return ["ctl", *words, "--set", f"server.port={live.port}", "--set", f"server.token={TOKEN!r}".replace("'", '"')]
+
+
+def test_ctl_sends_commands_and_prints_replies(
+    capsys: pytest.CaptureFixture[str], isolated_env: Path, live: Live
+) -> None:
+    """`ctl status`, `ctl ask`, `ctl config.set` and `ctl mute` reach the controller and print their replies."""
+    assert cli.main(ctl_args(live, "status")) == 0
+    assert json.loads(capsys.readouterr().out) == {"state": "idle", "muted": False, "turn": 0}
+    assert cli.main(ctl_args(live, "ask", "what", "time")) == 0
+    assert capsys.readouterr().out == "You said: what time\n"
+    assert cli.main(ctl_args(live, "config.set", "tts.voice=alice", "vad.aggressiveness=3")) == 0
+    assert json.loads(capsys.readouterr().out)["vad"]["aggressiveness"] == 3
+    assert cli.main(ctl_args(live, "mute")) == 0
+    assert live.controller is not None
+    assert ("config_set", {"tts.voice": "alice", "vad.aggressiveness": 3}) in live.controller.calls
+    assert live.controller.muted
+
+
+def test_ctl_errors_are_one_line(capsys: pytest.CaptureFixture[str], isolated_env: Path, live: Live) -> None:
+    """A refused token, a failing command and a bad usage each print one `assistant: error:` line, exit 2."""
+    assert cli.main(["ctl", "status", "--set", f"server.port={live.port}", "--set", 'server.token="bad"']) == 2
+    assert "refused the connection: wrong token" in error_line(capsys)
+    assert cli.main(ctl_args(live, "config.set", "vad.nope=1")) == 2
+    assert "config.set failed: " in error_line(capsys)
+    assert cli.main(ctl_args(live, "dance")) == 2
+    assert "unknown ctl command 'dance'; commands: status" in error_line(capsys)
+
+
+def error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The one `assistant: error:` line on stderr (the in-process server may log its own lines there too)."""
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("assistant: error: ")]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_ctl_events_tails_the_event_stream(capsys: pytest.CaptureFixture[str], isolated_env: Path, live: Live) -> None:
+    """`ctl events` prints one line per pipeline event."""
+    assert live.controller is not None and live.loop is not None and live.server is not None
+    controller, loop, server = live.controller, live.loop, live.server
+    results: list[int] = []
+    t = threading.Thread(target=lambda: results.append(cli.main(ctl_args(live, "events", "--max-events", "2"))))
+    t.start()
+    for _ in range(500):  # wait (test-side only) until the ctl client has subscribed
+        if any(c.subscribed for c in list(server.clients)):
+            break
+        threading.Event().wait(0.01)
+    for text in ("hel", "hello"):
+        loop.call_soon_threadsafe(controller.emit, events.PartialTranscript(text, 1.0))
+    t.join(10)
+    assert results == [0]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        'transcript.partial   {"text":"hel","time":1.0}',
+        'transcript.partial   {"text":"hello","time":1.0}',
+    ]
+
+
+def test_build_message_usage_errors() -> None:
+    """Wrong ctl usage names the fix."""
+    assert ctl.build_message(["say", "hi", "there"]) == {"type": "say", "id": "ctl", "text": "hi there"}
+    with pytest.raises(InputError, match="needs the text"):
+        ctl.build_message(["ask"])
+    with pytest.raises(InputError, match="takes no arguments"):
+        ctl.build_message(["mute", "now"])
+    with pytest.raises(InputError, match="needs a command"):
+        ctl.build_message([])
