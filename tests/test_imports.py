@@ -18,9 +18,11 @@ LAYERS: list[tuple[str, ...]] = [
         "assistant.logs",
         "assistant.hub",
     ),
+    ("assistant.turns",),
     ("assistant.vad", "assistant.text", "assistant.stt", "assistant.tts", "assistant.llm", "assistant.server.protocol"),
     ("assistant.compute", "assistant.audio", "assistant.hotkey"),
-    ("assistant.pipeline",),
+    ("assistant.reply",),
+    ("assistant.pipeline", "assistant.daemon"),
     ("assistant.server",),
     ("assistant.cli", "assistant.__main__"),
 ]

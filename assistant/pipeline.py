@@ -1,0 +1,618 @@
+"""Turn-taking: microphone -> VAD -> STT -> LLM -> TTS -> speaker, with barge-in and push-to-talk.
+
+Everything here runs on the asyncio loop; every engine call goes through the compute thread. The `Pipeline` is
+also the Controller the WebSocket server drives. Turn states: IDLE -> USER_SPEAKING -> THINKING ->
+ASSISTANT_SPEAKING -> IDLE, each change published as `StateChanged`.
+
+Speculative start: on SilenceStarted the final transcription and the answer begin at once; SpeechResumed
+bumps the generation (cancelling them) and re-feeds the turn's audio so the same user turn goes on;
+SpeechEnded confirms the turn and only then is audio written to the sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from assistant import config as config_mod
+from assistant.audio.format import CAPTURE_RATE, frame_samples
+from assistant.compute import Compute, Generation, Priority, Stale
+from assistant.config import Config
+from assistant.errors import AudioDeviceError
+from assistant.events import (
+    BargeIn,
+    DeviceStatus,
+    ErrorEvent,
+    Event,
+    FalseStart,
+    FinalTranscript,
+    MuteChanged,
+    PartialTranscript,
+    PushToTalk,
+    ResponseDone,
+    ResponseTextDelta,
+    SilenceStarted,
+    SpeculationCancelled,
+    SpeculationStarted,
+    SpeechEnded,
+    SpeechResumed,
+    SpeechStarted,
+    StateChanged,
+    TurnState,
+)
+from assistant.logs import kv
+from assistant.reply import Reply, pump
+from assistant.turns import AudioRing, AudioSink, AudioSource, Engines, SampleClock, TimedSink, TurnTrace, level_dbfs
+from assistant.turns import word_count as count_words
+
+log = logging.getLogger("assistant.pipeline")
+
+PLAYBACK_STALL_S = 2.0  # a sink that plays nothing for this long is given up on (a gone WebSocket client)
+SUB_DEFAULT = 256
+
+
+class Subscription:
+    """A bounded event queue for one subscriber: when full the oldest event is dropped and counted."""
+
+    def __init__(self, maxsize: int, on_close: Callable[[Subscription], None]) -> None:
+        self._items: deque[Event] = deque()
+        self._maxsize = max(1, maxsize)
+        self._wake = asyncio.Event()
+        self._on_close = on_close
+        self.closed = False
+        self.dropped = 0
+
+    def put(self, event: Event) -> None:
+        if len(self._items) >= self._maxsize:
+            self._items.popleft()
+            self.dropped += 1
+        self._items.append(event)
+        self._wake.set()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._on_close(self)
+            self._wake.set()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        while not self._items:
+            if self.closed:
+                raise StopAsyncIteration
+            self._wake.clear()
+            await self._wake.wait()
+        return self._items.popleft()
+
+
+@dataclass(eq=False)
+class UserTurn:
+    """The user's utterance in progress: audio from `start_sample` is fed to the transcriber."""
+
+    start_sample: int
+    fed_to: int  # audio [start_sample, fed_to) has been submitted to the transcriber
+    ptt: bool = False
+    candidate: bool = False  # speech during the reply that has not yet earned a barge-in
+    feeding: bool = False  # a feed job is in flight
+    speculation: Reply | None = None
+
+
+class Pipeline:
+    """The daemon's turn-taking; the Controller of the WebSocket server. Create inside a running loop."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        engines: Engines,
+        source: AudioSource | None,
+        sink: AudioSink,
+        compute: Compute | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.engines = engines
+        self.source = source
+        self.sink = sink
+        self.compute = compute or Compute()
+        self._owns_compute = compute is None
+        self.vad = engines.make_vad(cfg.vad)
+        self.state = TurnState.IDLE
+        self.turn = 0
+        self.generation = Generation()
+        self.muted = False
+        self.ptt = False
+        self.device_ok = True
+        self.restart_required: list[str] = []
+        self._clock = SampleClock()
+        preroll = frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms)
+        self._ring = AudioRing(preroll + int(max(cfg.vad.max_utterance_s, cfg.stt.max_utterance_s) * CAPTURE_RATE))
+        self._user: UserTurn | None = None
+        self._reply: Reply | None = None
+        self._settling: asyncio.Task[None] | None = None  # the interrupted reply being recorded
+        self._subs: set[Subscription] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    # ---- the Controller interface -------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "turn": self.turn,
+            "mode": self.cfg.pipeline.mode,
+            "muted": self.muted,
+            "ptt": self.ptt,
+            "speculating": bool(self._user and self._user.speculation),
+            "device_ok": self.device_ok,
+            "subscribers": len(self._subs),
+            "dropped_events": sum(s.dropped for s in self._subs),
+            "restart_required": list(self.restart_required),
+        }
+
+    async def say(self, text: str) -> None:
+        """Speak `text` (no LLM, no history); returns when it has played or was interrupted."""
+        await self._text_turn(speak_text=text)
+
+    async def ask(self, text: str) -> str:
+        """Answer `text` aloud as if spoken; returns the answer (the heard part when interrupted)."""
+        return await self._text_turn(user_text=text)
+
+    def interrupt(self) -> None:
+        """Stop the reply now: flush playback, cancel LLM and TTS, keep the heard part in the history."""
+        if self._user and self._user.speculation:
+            self._cancel_speculation()
+        if self._reply is not None:
+            self._barge_in()
+            self._set_state(TurnState.IDLE)
+
+    def mute(self) -> None:
+        self.muted = True
+        self._drop_user_turn()
+        self.vad.reset()
+        self._publish(MuteChanged(True, time.monotonic()))
+
+    def unmute(self) -> None:
+        self.muted = False
+        self._publish(MuteChanged(False, time.monotonic()))
+
+    def ptt_start(self) -> None:
+        """Push-to-talk pressed: a user turn starts now, overriding VAD endpointing until `ptt_stop`."""
+        if self.ptt:
+            return
+        self.ptt = True
+        self._publish(PushToTalk(True, time.monotonic()))
+        if self._user and self._user.speculation:
+            self._cancel_speculation()
+        if self._reply is not None:
+            self._barge_in()
+        if self._user is None:
+            start = max(0, self._clock.samples - frame_samples(CAPTURE_RATE, self.cfg.vad.preroll_ms))
+            self._begin_user_turn(start, ptt=True)
+        else:
+            self._user.ptt, self._user.candidate = True, False
+            self._set_state(TurnState.USER_SPEAKING)
+
+    def ptt_stop(self) -> None:
+        """Push-to-talk released: the user turn ends here, whatever the VAD thinks."""
+        if not self.ptt:
+            return
+        self.ptt = False
+        now = time.monotonic()
+        self._publish(PushToTalk(False, now))
+        self.vad.reset()  # its utterance in progress is ours; it must not end a second turn
+        if self._user is not None:
+            self._end_user_turn(self._clock.samples, now, now)
+
+    def config_get(self) -> dict[str, Any]:
+        return config_mod.to_dict(self.cfg)
+
+    def config_set(self, changes: dict[str, object]) -> dict[str, Any]:
+        """Validate and apply `{"section.key": value}`; live for pipeline/vad/llm prompt, else at restart."""
+        new = self.cfg.replace(changes)  # ConfigError names a bad key or value
+        live = ("pipeline.", "vad.", "llm.system_prompt", "logging.")
+        self.restart_required = sorted(
+            {*self.restart_required, *(k for k in changes if not k.startswith(live) and k != "llm.system_prompt")}
+        )
+        if new.vad != self.cfg.vad:
+            self.vad = self.engines.make_vad(new.vad)
+        if new.llm.system_prompt != self.cfg.llm.system_prompt:
+            self.compute.submit(self.engines.chat.set_system_prompt, new.llm.system_prompt)
+        if new.logging.level != self.cfg.logging.level:
+            logging.getLogger("assistant").setLevel(new.logging.level.upper())
+        self.cfg = new
+        return self.config_get()
+
+    def history_get(self) -> list[dict[str, Any]]:
+        return [dataclasses.asdict(m) for m in list(self.engines.chat.history)]
+
+    def history_reset(self) -> None:
+        self.interrupt()
+        self.compute.submit(self.engines.chat.reset, priority=Priority.URGENT)
+
+    def subscribe(self, maxsize: int = SUB_DEFAULT) -> Subscription:
+        sub = Subscription(maxsize, self._subs.discard)
+        self._subs.add(sub)
+        return sub
+
+    # ---- running ------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Read the source until cancelled; a lost device is retried every `audio.device_retry_s`."""
+        if self.source is None:
+            await asyncio.Event().wait()  # headless without a microphone: text turns only
+        assert self.source is not None
+        while True:
+            try:
+                block = await self.source.read()
+            except AudioDeviceError as e:
+                if self.device_ok:
+                    self.device_ok = False
+                    log.warning("microphone lost", extra=kv(error=str(e), retry_s=self.cfg.audio.device_retry_s))
+                    self._publish(DeviceStatus("input", False, str(e), time.monotonic()))
+                    self._drop_user_turn()
+                await asyncio.sleep(self.cfg.audio.device_retry_s)
+                continue
+            if not self.device_ok:
+                self.device_ok = True
+                self._publish(DeviceStatus("input", True, "microphone is back", time.monotonic()))
+            self.on_audio(block)
+
+    async def aclose(self) -> None:
+        """Stop everything: cancel the turn, flush playback, end the compute thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self.generation.bump()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+        with contextlib.suppress(Exception):
+            self.sink.flush()
+        for sub in list(self._subs):
+            sub.close()
+        if self._owns_compute:
+            await asyncio.to_thread(self.compute.close, 1.0)
+
+    # ---- microphone path ----------------------------------------------------------------------------------
+
+    def on_audio(self, block: np.ndarray) -> None:
+        """One captured int16 16 kHz block: keep it, feed the user turn, run the VAD."""
+        self._clock.advance(len(block), time.monotonic())
+        if self.muted:
+            return
+        self._ring.append(block)
+        if self._user is not None:
+            self._feed()
+        if self.cfg.pipeline.mode == "push_to_talk":
+            return
+        for ev in self.vad.feed(block):
+            self._publish(ev)
+            if not self.ptt:  # the hotkey overrides endpointing while held
+                self._on_vad(ev)
+
+    def _on_vad(self, ev: SpeechStarted | SilenceStarted | SpeechResumed | SpeechEnded) -> None:
+        user = self._user
+        if isinstance(ev, SpeechStarted):
+            if user is None:
+                self._speech_started(ev.start_sample)
+        elif user is None:
+            return
+        elif isinstance(ev, SilenceStarted):
+            if self.cfg.pipeline.speculative and not user.candidate and user.speculation is None:
+                self._speculate()
+        elif isinstance(ev, SpeechResumed):
+            if user.speculation is not None:
+                self._cancel_speculation()
+        elif isinstance(ev, SpeechEnded):
+            self._end_user_turn(ev.end_sample, self._clock.time_of(ev.end_sample), ev.time)
+
+    def _speech_started(self, start_sample: int) -> None:
+        if self._reply is not None:
+            if not self.cfg.pipeline.barge_in:
+                return
+            if self.cfg.pipeline.barge_in_min_words == 0:
+                self._barge_in()
+            else:
+                self._begin_user_turn(start_sample, candidate=True)
+                return
+        self._begin_user_turn(start_sample)
+
+    def _begin_user_turn(self, start_sample: int, ptt: bool = False, candidate: bool = False) -> None:
+        self._user = UserTurn(start_sample, start_sample, ptt=ptt, candidate=candidate)
+        self.compute.submit(self.engines.transcriber.reset, priority=Priority.URGENT)
+        self._feed()
+        if not candidate:
+            self._set_state(TurnState.USER_SPEAKING)
+
+    def _feed(self, force: bool = False) -> None:
+        """Submit the user's new audio to the transcriber: one feed job in flight, later audio coalesced."""
+        user = self._user
+        if user is None or (user.feeding and not force) or user.fed_to >= self._ring.end:
+            return
+        audio = self._ring.slice(user.fed_to, self._ring.end)
+        user.fed_to, user.feeding = self._ring.end, True
+        fut = self.compute.submit(self.engines.transcriber.feed, audio, priority=Priority.URGENT)
+        loop = asyncio.get_running_loop()
+        fut.add_done_callback(lambda f: loop.call_soon_threadsafe(self._fed, user, f))
+
+    def _fed(self, user: UserTurn, fut: Any) -> None:
+        user.feeding = False
+        if user is not self._user:
+            return
+        if fut.cancelled():
+            return
+        if (exc := fut.exception()) is not None:
+            self._turn_failed(exc, "transcribing")
+            self._drop_user_turn()
+            return
+        partial = fut.result()
+        if partial is not None:
+            self._publish(PartialTranscript(partial, time.monotonic()))
+            if user.candidate and count_words(partial) >= self.cfg.pipeline.barge_in_min_words:
+                self._promote_candidate(user)
+        self._feed()
+
+    def _promote_candidate(self, user: UserTurn) -> None:
+        user.candidate = False
+        if self._reply is not None:
+            self._barge_in()
+        self._set_state(TurnState.USER_SPEAKING)
+
+    def _speculate(self) -> None:
+        """Silence started: transcribe and answer now, play nothing until SpeechEnded confirms the turn."""
+        assert self._user is not None
+        self._feed(force=True)
+        reply = self._new_reply(confirmed=False)
+        self._user.speculation = reply
+        self._publish(SpeculationStarted(reply.turn, time.monotonic()))
+
+    def _cancel_speculation(self) -> None:
+        """Speech resumed: drop the speculative answer and give the transcriber the whole turn again."""
+        user = self._user
+        assert user is not None and user.speculation is not None
+        reply, user.speculation = user.speculation, None
+        self._cancel_reply(reply, heard=None)
+        self._publish(SpeculationCancelled(reply.turn, time.monotonic()))
+        # The speculative finalize() reset the transcriber: feed it the utterance from its start again.
+        self.compute.submit(self.engines.transcriber.reset, priority=Priority.URGENT)
+        user.fed_to = user.start_sample
+        self._feed(force=True)
+
+    def _end_user_turn(self, end_sample: int, speech_end: float, endpoint: float) -> None:
+        user = self._user
+        assert user is not None
+        self._user = None
+        if user.candidate:
+            self._spawn(self._judge_candidate(user, end_sample, speech_end, endpoint))
+            return
+        if user.speculation is not None and user.speculation.result.done():  # it failed: start afresh
+            user.speculation = None
+            self.compute.submit(self.engines.transcriber.reset, priority=Priority.URGENT)
+            user.fed_to = user.start_sample
+        self._feed_rest(user)
+        reply = user.speculation or self._new_reply(confirmed=False)
+        reply.trace.speech_end, reply.trace.endpoint = speech_end, endpoint
+        self._set_state(TurnState.THINKING)
+        self._confirm(reply)
+
+    def _feed_rest(self, user: UserTurn) -> None:
+        self._user = user
+        self._feed(force=True)
+        self._user = None
+
+    async def _judge_candidate(self, user: UserTurn, end_sample: int, speech_end: float, endpoint: float) -> None:
+        """Speech during the reply ended before earning a barge-in: interrupt only if it has enough words."""
+        self._feed_rest(user)
+        transcript = await self.compute.run(self.engines.transcriber.finalize, priority=Priority.URGENT)
+        if count_words(transcript.text) < self.cfg.pipeline.barge_in_min_words:
+            self._publish(FalseStart(time.monotonic()))
+            return
+        if self._reply is not None:
+            self._barge_in()
+        reply = self._new_reply(confirmed=False, transcript=transcript)
+        reply.trace.speech_end, reply.trace.endpoint = speech_end, endpoint
+        self._set_state(TurnState.THINKING)
+        self._confirm(reply)
+
+    def _drop_user_turn(self) -> None:
+        user, self._user = self._user, None
+        if user is None:
+            return
+        if user.speculation is not None:
+            self._cancel_reply(user.speculation, heard=None)
+        if not user.candidate and self._reply is None:
+            self._set_state(TurnState.IDLE)
+
+    # ---- replies ------------------------------------------------------------------------------------------
+
+    def _new_reply(self, confirmed: bool, **kw: Any) -> Reply:
+        self.turn += 1
+        now = time.monotonic()
+        loop = asyncio.get_running_loop()
+        reply = Reply(
+            self.turn, self.generation.ticket(), TurnTrace(self.turn, now, now), asyncio.Event(), loop.create_future()
+        )
+        transcript = kw.pop("transcript", None)
+        for k, v in kw.items():
+            setattr(reply, k, v)
+        if transcript is not None:
+            reply.transcript, reply.user_text = transcript, transcript.text
+        if confirmed:
+            reply.confirmed.set()
+        reply.task = self._spawn(self._run_reply(reply))
+        return reply
+
+    def _confirm(self, reply: Reply) -> None:
+        """The turn is real: the reply may play. Held deltas and audio go out now."""
+        self._reply = reply
+        reply.confirmed.set()
+        if reply.transcript is not None:
+            self._publish(FinalTranscript(reply.transcript.text, reply.transcript.language, time.monotonic()))
+        for delta in reply.held_deltas:
+            self._publish(ResponseTextDelta(reply.turn, delta, time.monotonic()))
+        reply.held_deltas.clear()
+        for chunk in reply.held_audio:
+            self._play(reply, chunk)
+        reply.held_audio.clear()
+
+    async def _text_turn(self, user_text: str | None = None, speak_text: str | None = None) -> str:
+        if self._reply is not None:
+            self.interrupt()
+        reply = self._new_reply(confirmed=False, user_text=user_text, speak_text=speak_text)
+        self._set_state(TurnState.THINKING)
+        self._confirm(reply)
+        return await asyncio.shield(reply.result)
+
+    # hooks called by the pump
+    def on_transcript(self, reply: Reply) -> None:
+        if reply.confirmed.is_set() and reply.transcript is not None:
+            self._publish(FinalTranscript(reply.transcript.text, reply.transcript.language, time.monotonic()))
+
+    def on_delta(self, reply: Reply, delta: str) -> None:
+        if reply.confirmed.is_set():
+            self._publish(ResponseTextDelta(reply.turn, delta, time.monotonic()))
+        else:
+            reply.held_deltas.append(delta)
+
+    def on_reply_audio(self, reply: Reply, chunk: np.ndarray) -> None:
+        if reply.confirmed.is_set():
+            self._play(reply, chunk)
+        else:
+            reply.held_audio.append(chunk)
+
+    def _play(self, reply: Reply, chunk: np.ndarray) -> None:
+        if not reply.audio_started:
+            reply.audio_started = True
+            self.sink.flush()  # played_samples and the DAC time now count this reply
+            self._set_state(TurnState.ASSISTANT_SPEAKING)
+        self.sink.write(chunk)
+        reply.samples_written += len(chunk)
+        self.vad.set_playback(True, level_dbfs(chunk))
+
+    async def _run_reply(self, reply: Reply) -> None:
+        try:
+            if self._settling is not None:
+                await self._settling  # the interrupted answer is recorded before a new one starts
+            await pump(reply, self.engines, self.compute, self.cfg, self)
+            await reply.confirmed.wait()
+            await self._wait_played(reply)
+            if reply.records_history:
+                await self.compute.run(self.engines.chat.finish_turn, None, priority=Priority.URGENT)
+            self._finish(reply, reply.answer if reply.gen else reply.speak_text or "", interrupted=False)
+        except (asyncio.CancelledError, Stale):
+            return  # the canceller settles the turn
+        except Exception as e:
+            self._turn_failed(e, f"turn {reply.turn}")
+            heard = reply.heard.heard(self.sink.played_samples if reply.audio_started else 0)
+            with contextlib.suppress(Exception):
+                self.sink.flush()
+            await self._settle(reply, heard if reply.gen else None)
+            self._finish(reply, heard, interrupted=True)
+
+    async def _wait_played(self, reply: Reply) -> None:
+        """Until the sink has played every sample of the reply (sleeping the known remaining duration)."""
+        rate = self.engines.tts.sample_rate
+        last, since = -1, time.monotonic()
+        while (left := reply.samples_written - self.sink.played_samples) > 0:
+            played = self.sink.played_samples
+            if played != last:
+                last, since = played, time.monotonic()
+            elif time.monotonic() - since > PLAYBACK_STALL_S:
+                log.warning("playback stalled; not waiting for the rest", extra=kv(left_samples=left))
+                return
+            await asyncio.sleep(max(left / rate, 0.01))
+
+    def _finish(self, reply: Reply, text: str, interrupted: bool) -> None:
+        if reply.result.done():
+            return
+        reply.result.set_result(text)
+        if reply.gen is not None or reply.speak_text is not None:  # an answer was started
+            self._publish(ResponseDone(reply.turn, text, interrupted, time.monotonic()))
+        if isinstance(self.sink, TimedSink) and (t := self.sink.first_sample_dac_time) is not None:
+            reply.trace.mark("first_sample_played", t)
+        trace = reply.trace.trace()
+        log.info("turn latency", extra=kv(**{k: v for k, v in dataclasses.asdict(trace).items() if k != "extra"}))
+        self._publish(trace)
+        if self._reply is reply:
+            self._reply = None
+            self.vad.set_playback(False)
+            user = self._user
+            if user is not None and user.candidate:  # the user talked over the end of the reply: a normal turn
+                user.candidate = False
+                self._set_state(TurnState.USER_SPEAKING)
+            elif user is None:
+                self._set_state(TurnState.IDLE)
+        self.compute.clear_cache()
+
+    def _barge_in(self) -> None:
+        """The user interrupts: flush playback, cancel LLM and TTS, trim the answer to what was heard."""
+        reply = self._reply
+        if reply is None:
+            return
+        played = self.sink.played_samples if reply.audio_started else 0
+        self.sink.flush()
+        heard = reply.heard.heard(played)
+        rate = self.engines.tts.sample_rate
+        self._publish(BargeIn(reply.turn, round(played * 1000.0 / rate, 1), heard, time.monotonic()))
+        self._cancel_reply(reply, heard=heard)
+
+    def _cancel_reply(self, reply: Reply, heard: str | None) -> None:
+        """Bump the generation (the reply's next step never runs) and settle it in the background."""
+        self.generation.bump()
+        if reply.task is not None:
+            reply.task.cancel()
+        if self._reply is reply:
+            self._reply = None
+            self.vad.set_playback(False)
+        self._settling = self._spawn(self._settle_cancelled(reply, heard))
+
+    async def _settle_cancelled(self, reply: Reply, heard: str | None) -> None:
+        await self._settle(reply, heard)
+        if heard is not None:
+            self._finish(reply, heard, interrupted=True)
+        elif not reply.result.done():
+            reply.result.set_result("")
+
+    async def _settle(self, reply: Reply, heard: str | None) -> None:
+        """Close the LLM generator on the compute thread; record the heard part (None: speculative, nothing)."""
+        try:
+            if reply.gen is not None:
+                await self.compute.close_generator(reply.gen)
+                if heard is not None:
+                    await self.compute.run(self.engines.chat.finish_turn, heard, priority=Priority.URGENT)
+        except Exception as e:
+            self._turn_failed(e, "recording the interrupted answer")
+
+    # ---- plumbing -----------------------------------------------------------------------------------------
+
+    def _set_state(self, new: TurnState) -> None:
+        if new is not self.state:
+            old, self.state = self.state, new
+            self._publish(StateChanged(old, new, time.monotonic()))
+
+    def _publish(self, event: Event) -> None:
+        for sub in list(self._subs):
+            sub.put(event)
+
+    def _turn_failed(self, exc: BaseException, what: str) -> None:
+        log.error("error while %s; back to listening", what, exc_info=exc)
+        self._publish(ErrorEvent(f"{what}: {type(exc).__name__}: {exc}", time.monotonic()))
+        if self._reply is None and self._user is None:
+            self._set_state(TurnState.IDLE)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task

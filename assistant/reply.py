@@ -1,0 +1,161 @@
+"""One reply: transcript -> LLM deltas -> TTS incremental text -> audio chunks, one compute step at a time.
+
+The pump alternates one LLM token and one TTS frame (a token whenever the TTS waits for text), so the answer
+starts sounding after the first frames while the rest is generated. Every step is its own compute job carrying
+the reply's ticket: a barge-in or a resumed utterance bumps the generation and the next step never runs.
+Audio is held back until the turn is confirmed (`confirmed` is set), so nothing speculative is ever played.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from assistant.compute import Compute, Priority, Ticket
+from assistant.config import Config
+from assistant.turns import Engines, HeardMap, TranscriptLike, TurnTrace, UtteranceLike
+
+SPECULATIVE_CHUNKS = 1  # audio chunks made ahead while the turn is unconfirmed; then the reply waits
+
+
+class TextSplitter(Protocol):
+    def push(self, delta: str) -> list[str]: ...
+    def flush(self) -> list[str]: ...
+
+
+@dataclass(eq=False)
+class Reply:
+    """The state of one answer; owned by the event loop, its engine objects touched only on the compute thread."""
+
+    turn: int
+    ticket: Ticket
+    trace: TurnTrace
+    confirmed: asyncio.Event
+    result: asyncio.Future[str]
+    user_text: str | None = None  # None: transcribe the user's speech first
+    speak_text: str | None = None  # say(): speak exactly this, no LLM
+    transcript: TranscriptLike | None = None
+    heard: HeardMap = field(default_factory=HeardMap)
+    answer: str = ""  # everything the LLM generated so far
+    gen: Iterator[str] | None = None
+    utt: UtteranceLike | None = None
+    held_audio: list[np.ndarray] = field(default_factory=list)
+    held_deltas: list[str] = field(default_factory=list)
+    audio_started: bool = False
+    samples_written: int = 0
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def records_history(self) -> bool:
+        """True when the LLM answered, so the chat history must get a `finish_turn`."""
+        return self.gen is not None
+
+
+class ReplyHooks(Protocol):
+    """What the pump asks of the pipeline (the event loop side)."""
+
+    def on_transcript(self, reply: Reply) -> None: ...
+    def on_delta(self, reply: Reply, delta: str) -> None: ...
+    def on_reply_audio(self, reply: Reply, chunk: np.ndarray) -> None: ...
+
+
+def _splitter(cfg: Config) -> TextSplitter | None:
+    if cfg.tts.text_mode != "chunked":
+        return None
+    from assistant.text import ClauseChunker  # the LLM engineer's pure chunker; only needed in chunked mode
+
+    return ClauseChunker()
+
+
+def _speakable(cfg: Config) -> Callable[[str], str]:
+    if cfg.tts.text_mode != "chunked":
+        return str
+    from assistant.text import speakable
+
+    return speakable
+
+
+def llm_step(
+    gen: Iterator[str], utt: UtteranceLike, splitter: TextSplitter | None, clean: Any
+) -> tuple[bool, str, str]:
+    """On the compute thread: one LLM token into the TTS. Returns (finished, delta, text pushed to the TTS)."""
+    try:
+        delta = next(gen)
+    except StopIteration:
+        pieces = [clean(p) for p in splitter.flush()] if splitter else []
+        pushed = ""
+        for p in pieces:
+            if p:
+                utt.push_text(p)
+                pushed += p
+        utt.end_text()
+        return True, "", pushed
+    pieces = [clean(p) for p in splitter.push(delta)] if splitter else [delta]
+    pushed = ""
+    for p in pieces:
+        if p:
+            utt.push_text(p)
+            pushed += p
+    return False, delta, pushed
+
+
+async def pump(reply: Reply, engines: Engines, compute: Compute, cfg: Config, hooks: ReplyHooks) -> None:
+    """Run one reply to its last audio chunk (the caller waits for playback and records the turn)."""
+    ticket, trace = reply.ticket, reply.trace
+    if reply.speak_text is not None:
+        reply.heard.pushed(reply.speak_text)
+        reply.utt = await compute.run(engines.tts.start, engines.voice, reply.speak_text, ticket=ticket)
+        trace.mark("tts_first_text", time.monotonic())
+        await _drain_tts(reply, compute, hooks, ticket)
+        return
+    if reply.user_text is None:
+        reply.transcript = await compute.run(engines.transcriber.finalize, priority=Priority.URGENT, ticket=ticket)
+        trace.mark("stt_final", time.monotonic())
+        hooks.on_transcript(reply)
+        if not reply.transcript.text.strip():
+            return  # nothing was said: no answer
+        reply.user_text = reply.transcript.text
+    splitter, clean = _splitter(cfg), _speakable(cfg)
+    reply.utt = utt = await compute.run(engines.tts.start, engines.voice, None, ticket=ticket)
+    # respond() is a generator function: calling it runs no model code, so it is safe on the loop thread.
+    reply.gen = gen = engines.chat.respond(reply.user_text)
+    llm_done, llm_turn = False, True
+    while True:
+        if not llm_done and (llm_turn or utt.waiting_for_text):
+            llm_done, delta, pushed = await compute.run(llm_step, gen, utt, splitter, clean, ticket=ticket)
+            if delta:
+                trace.mark("llm_first_token", time.monotonic())
+                reply.answer += delta
+                hooks.on_delta(reply, delta)
+            if pushed:
+                trace.mark("tts_first_text", time.monotonic())
+                reply.heard.pushed(pushed)
+        elif not utt.done:
+            if utt.waiting_for_text:
+                raise RuntimeError("the TTS waits for text after end_text(); the TTS engine broke its contract")
+            await _tts_step(reply, compute, hooks, ticket)
+        else:
+            return
+        llm_turn = not llm_turn
+        if not reply.confirmed.is_set() and len(reply.held_audio) >= SPECULATIVE_CHUNKS:
+            await reply.confirmed.wait()  # speculative work stops after the first chunk until the turn is real
+
+
+async def _drain_tts(reply: Reply, compute: Compute, hooks: ReplyHooks, ticket: Ticket) -> None:
+    assert reply.utt is not None
+    while not reply.utt.done:
+        await _tts_step(reply, compute, hooks, ticket)
+
+
+async def _tts_step(reply: Reply, compute: Compute, hooks: ReplyHooks, ticket: Ticket) -> None:
+    assert reply.utt is not None
+    chunk = await compute.run(reply.utt.step, ticket=ticket)
+    if chunk is not None and len(chunk):
+        reply.trace.mark("tts_first_audio", time.monotonic())
+        reply.heard.chunk(len(chunk))
+        hooks.on_reply_audio(reply, np.asarray(chunk, dtype=np.float32))
