@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from assistant.compute import Compute, Generation, Priority, Stale
+from tests.pipeline.harness import eventually
 
 
 def test_results_and_exceptions_come_back_from_one_thread() -> None:
@@ -86,8 +87,7 @@ def test_sliced_generation_cancels_within_one_step() -> None:
                 await c.step(it, ticket=ticket)
 
         task = asyncio.create_task(consume())
-        while len(steps) < 10:
-            await asyncio.sleep(0)
+        await eventually(lambda: len(steps) >= 10)
         at_cancel = len(steps)
         gen_counter.bump()
         with pytest.raises(Stale):
