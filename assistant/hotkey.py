@@ -50,7 +50,7 @@ class Combo:
 class Hotkey:
     """Hold mode: `on_start` when the combination goes down, `on_stop` when it comes up. Toggle: alternate."""
 
-    def __init__(self, spec: str, mode: str, on_start: Callable[[], None], on_stop: Callable[[], None]) -> None:
+    def __init__(self, spec: str, mode: str, on_start: Callable[[], object], on_stop: Callable[[], object]) -> None:
         self.spec = spec
         self.mode = mode
         self.on_start = on_start
