@@ -88,8 +88,15 @@ class Message:
 class ScriptedChat:
     """Answers every prompt with `tokens`, one per next(); can fail at a step or wait on a gate per step."""
 
-    def __init__(self, tokens: list[str], fail_at: int | None = None, gate: threading.Semaphore | None = None):
+    def __init__(
+        self,
+        tokens: list[str],
+        fail_at: int | None = None,
+        gate: threading.Semaphore | None = None,
+        max_history: int | None = None,
+    ):
         self.tokens = tokens
+        self.max_history = max_history  # like llm.history_tokens: the oldest turns are dropped
         self.fail_at = fail_at
         self.gate = gate
         self.history: list[Message] = []
@@ -127,6 +134,9 @@ class ScriptedChat:
             self.history.append(Message("assistant", said))
         else:
             self.history.append(Message("assistant", heard_text, interrupted=True))
+        if self.max_history is not None:
+            del self.history[: -self.max_history]
+            del self.prompts[: -self.max_history]
 
     def reset(self) -> None:
         self.history.clear()
@@ -175,7 +185,7 @@ class WordTts:
     sample_rate = 24000
 
     def __init__(self, gate: threading.Semaphore | None = None) -> None:
-        self.utterances: list[WordUtterance] = []
+        self.utterances: deque[WordUtterance] = deque(maxlen=16)
         self.gate = gate
 
     def start(self, voice: object, text: str | None = None) -> WordUtterance:
