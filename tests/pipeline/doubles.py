@@ -210,6 +210,8 @@ class FakeSink:
 
     def write(self, chunk: np.ndarray) -> None:
         assert chunk.dtype == np.float32
+        if self.total == 0 and self.first_sample_dac_time is None:
+            self.first_sample_dac_time = time.monotonic()  # "reaches the DAC" at once
         self.total += len(chunk)
         self.written_all += len(chunk)
         self.log.append(("write", len(chunk)))
@@ -218,6 +220,7 @@ class FakeSink:
     def flush(self) -> None:
         self.flushes += 1
         self.log.append(("flush", self.total))
+        self.first_sample_dac_time = None
         self.total = 0
         self.played = 0
 
