@@ -50,7 +50,7 @@ from assistant.events import (
     TurnState,
 )
 from assistant.logs import kv
-from assistant.reply import Reply, pump
+from assistant.reply import Reply, pump, settle_answer
 from assistant.turns import AudioRing, AudioSink, AudioSource, Engines, SampleClock, TimedSink, TurnTrace, level_dbfs
 from assistant.turns import word_count as count_words
 
@@ -585,12 +585,9 @@ class Pipeline:
             reply.result.set_result("")
 
     async def _settle(self, reply: Reply, heard: str | None) -> None:
-        """Close the LLM generator on the compute thread; record the heard part (None: speculative, nothing)."""
+        """Stop the answer on the compute thread and record the heard part (None: speculative, drop it)."""
         try:
-            if reply.gen is not None:
-                await self.compute.close_generator(reply.gen)
-                if heard is not None:
-                    await self.compute.run(self.engines.chat.finish_turn, heard, priority=Priority.URGENT)
+            await self.compute.run(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
         except Exception as e:
             self._turn_failed(e, "recording the interrupted answer")
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from assistant.compute import Compute, Priority, Ticket
 from assistant.config import Config
-from assistant.turns import Engines, HeardMap, TranscriptLike, TurnTrace, UtteranceLike
+from assistant.turns import ChatLike, Engines, HeardMap, TranscriptLike, TurnTrace, UtteranceLike
 
 SPECULATIVE_CHUNKS = 1  # audio chunks made ahead while the turn is unconfirmed; then the reply waits
 
@@ -65,43 +65,63 @@ class ReplyHooks(Protocol):
 
 
 def _splitter(cfg: Config) -> TextSplitter | None:
-    if cfg.tts.text_mode != "chunked":
+    """Speakable pieces for the TTS: words as they complete (incremental) or clauses (chunked)."""
+    try:
+        from assistant.text import ClauseChunker
+    except ImportError:  # text.py not in this build: incremental mode passes the raw deltas
+        if cfg.tts.text_mode == "chunked":
+            raise
         return None
-    from assistant.text import ClauseChunker  # the LLM engineer's pure chunker; only needed in chunked mode
-
-    return ClauseChunker()
+    return ClauseChunker("clauses" if cfg.tts.text_mode == "chunked" else "stream")
 
 
-def _speakable(cfg: Config) -> Callable[[str], str]:
-    if cfg.tts.text_mode != "chunked":
-        return str
-    from assistant.text import speakable
-
-    return speakable
+def start_answer(reply: Reply, chat: ChatLike) -> None:
+    """On the compute thread: `respond()` renders and tokenizes the history, and may rewind the cache."""
+    assert reply.user_text is not None
+    reply.gen = chat.respond(reply.user_text)
 
 
-def llm_step(
-    gen: Iterator[str], utt: UtteranceLike, splitter: TextSplitter | None, clean: Any
-) -> tuple[bool, str, str]:
+def settle_answer(reply: Reply, chat: ChatLike, heard: str | None) -> None:
+    """On the compute thread: stop the answer and record what was heard; `heard=None` drops it entirely.
+
+    Runs after any `start_answer` job already taken by the worker, so `reply.gen` is final here. The Chat has no
+    "discard": a speculative answer is recorded empty and that exchange is then removed from the history (the
+    prompt cache rewinds to the longest common prefix on the next turn).
+    """
+    gen = reply.gen
+    if gen is None:
+        return
+    if isinstance(gen, Generator):
+        gen.close()
+    if heard is not None:
+        chat.finish_turn(heard)
+        return
+    chat.finish_turn("")
+    history = chat.history
+    user = (reply.user_text or "").strip()
+    if len(history) >= 2 and history[-1].content == "" and history[-2].content == user:
+        del history[-2:]
+
+
+def llm_step(gen: Iterator[str], utt: UtteranceLike, splitter: TextSplitter | None) -> tuple[bool, str, str]:
     """On the compute thread: one LLM token into the TTS. Returns (finished, delta, text pushed to the TTS)."""
     try:
         delta = next(gen)
     except StopIteration:
-        pieces = [clean(p) for p in splitter.flush()] if splitter else []
-        pushed = ""
-        for p in pieces:
-            if p:
-                utt.push_text(p)
-                pushed += p
-        utt.end_text()
-        return True, "", pushed
-    pieces = [clean(p) for p in splitter.push(delta)] if splitter else [delta]
+        pieces = splitter.flush() if splitter else []
+        finished = True
+        delta = ""
+    else:
+        pieces = splitter.push(delta) if splitter else [delta]
+        finished = False
     pushed = ""
     for p in pieces:
         if p:
             utt.push_text(p)
             pushed += p
-    return False, delta, pushed
+    if finished:
+        utt.end_text()
+    return finished, delta, pushed
 
 
 async def pump(reply: Reply, engines: Engines, compute: Compute, cfg: Config, hooks: ReplyHooks) -> None:
@@ -120,14 +140,15 @@ async def pump(reply: Reply, engines: Engines, compute: Compute, cfg: Config, ho
         if not reply.transcript.text.strip():
             return  # nothing was said: no answer
         reply.user_text = reply.transcript.text
-    splitter, clean = _splitter(cfg), _speakable(cfg)
+    splitter = _splitter(cfg)
     reply.utt = utt = await compute.run(engines.tts.start, engines.voice, None, ticket=ticket)
-    # respond() is a generator function: calling it runs no model code, so it is safe on the loop thread.
-    reply.gen = gen = engines.chat.respond(reply.user_text)
+    await compute.run(start_answer, reply, engines.chat, ticket=ticket)
+    gen = reply.gen
+    assert gen is not None
     llm_done, llm_turn = False, True
     while True:
         if not llm_done and (llm_turn or utt.waiting_for_text):
-            llm_done, delta, pushed = await compute.run(llm_step, gen, utt, splitter, clean, ticket=ticket)
+            llm_done, delta, pushed = await compute.run(llm_step, gen, utt, splitter, ticket=ticket)
             if delta:
                 trace.mark("llm_first_token", time.monotonic())
                 reply.answer += delta

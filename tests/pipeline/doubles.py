@@ -86,7 +86,11 @@ class Message:
 
 
 class ScriptedChat:
-    """Answers every prompt with `tokens`, one per next(); can fail at a step or wait on a gate per step."""
+    """Answers every prompt with `tokens`, one per next(); can fail at a step or wait on a gate per step.
+
+    Mirrors the real `Chat` contract: respond() records the user message at once (and first records an answer
+    still open, whole); finish_turn() records the answer, cancelling it if it still runs.
+    """
 
     def __init__(
         self,
@@ -104,11 +108,27 @@ class ScriptedChat:
         self.steps = 0
         self.closed = 0
         self.threads: set[int] = set()
-        self._pending: tuple[str, str] | None = None
+        self._answer: list[str] | None = None
+        self._complete = False
+        self._active: Iterator[str] | None = None
 
     def respond(self, user_text: str) -> Iterator[str]:
-        self.prompts.append(user_text)
-        said = ""
+        self.threads.add(threading.get_ident())
+        text = user_text.strip()
+        if not text:
+            raise ValueError("the user message is empty")
+        if self._answer is not None:
+            self.finish_turn(None)
+        self.prompts.append(text)
+        self.history.append(Message("user", text))
+        if self.max_history is not None:
+            del self.history[: -self.max_history]
+            del self.prompts[: -self.max_history]
+        self._answer, self._complete = [], False
+        self._active = self._generate(self._answer)
+        return self._active
+
+    def _generate(self, answer: list[str]) -> Iterator[str]:
         try:
             for i, tok in enumerate(self.tokens):
                 if self.gate is not None:
@@ -118,25 +138,23 @@ class ScriptedChat:
                 if self.fail_at is not None and i == self.fail_at:
                     self.fail_at = None  # fail once
                     raise ValueError("scripted failure")
-                said += tok
-                self._pending = (user_text, said)
+                answer.append(tok)
                 yield tok
+            self._complete = True
         finally:
             self.closed += 1
 
     def finish_turn(self, heard_text: str | None) -> None:
         self.threads.add(threading.get_ident())
-        assert self._pending is not None
-        user, said = self._pending
-        self._pending = None
-        self.history.append(Message("user", user))
-        if heard_text is None:
-            self.history.append(Message("assistant", said))
-        else:
-            self.history.append(Message("assistant", heard_text, interrupted=True))
-        if self.max_history is not None:
-            del self.history[: -self.max_history]
-            del self.prompts[: -self.max_history]
+        if self._active is not None:
+            self._active.close()  # type: ignore[attr-defined]
+            self._active = None
+        if self._answer is None:
+            return
+        full = "".join(self._answer).strip()
+        self._answer = None
+        heard = full if heard_text is None else heard_text.strip()
+        self.history.append(Message("assistant", heard, interrupted=heard != full or not self._complete))
 
     def reset(self) -> None:
         self.history.clear()
