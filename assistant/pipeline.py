@@ -539,8 +539,7 @@ class Pipeline:
         reply.result.set_result(text)
         if reply.gen is not None or reply.speak_text is not None:  # an answer was started
             self._publish(ResponseDone(reply.turn, text, interrupted, time.monotonic()))
-        if isinstance(self.sink, TimedSink) and (t := self.sink.first_sample_dac_time) is not None:
-            reply.trace.mark("first_sample_played", t)
+        self._mark_played(reply)
         trace = reply.trace.trace()
         log.info("turn latency", extra=kv(**{k: v for k, v in dataclasses.asdict(trace).items() if k != "extra"}))
         self._publish(trace)
@@ -555,12 +554,18 @@ class Pipeline:
                 self._set_state(TurnState.IDLE)
         self.compute.clear_cache()
 
+    def _mark_played(self, reply: Reply) -> None:
+        if reply.audio_started and isinstance(self.sink, TimedSink):
+            if (t := self.sink.first_sample_dac_time) is not None:
+                reply.trace.mark("first_sample_played", t)
+
     def _barge_in(self) -> None:
         """The user interrupts: flush playback, cancel LLM and TTS, trim the answer to what was heard."""
         reply = self._reply
         if reply is None:
             return
         played = self.sink.played_samples if reply.audio_started else 0
+        self._mark_played(reply)
         self.sink.flush()
         heard = reply.heard.heard(played)
         rate = self.engines.tts.sample_rate

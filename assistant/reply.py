@@ -1,6 +1,6 @@
 """One reply: transcript -> LLM deltas -> TTS incremental text -> audio chunks, one compute step at a time.
 
-The pump alternates one LLM token and one TTS frame (a token whenever the TTS waits for text), so the answer
+The pump feeds text just in time: an LLM token whenever the TTS waits for text, else a TTS frame, so the answer
 starts sounding after the first frames while the rest is generated. Every step is its own compute job carrying
 the reply's ticket: a barge-in or a resumed utterance bumps the generation and the next step never runs.
 Audio is held back until the turn is confirmed (`confirmed` is set), so nothing speculative is ever played.
@@ -145,9 +145,11 @@ async def pump(reply: Reply, engines: Engines, compute: Compute, cfg: Config, ho
     await compute.run(start_answer, reply, engines.chat, ticket=ticket)
     gen = reply.gen
     assert gen is not None
-    llm_done, llm_turn = False, True
+    # Text just in time: an LLM step only when the TTS waits for text (or made no frame since the last push),
+    # so the text pushed when a chunk is made is the text spoken in it (what the heard-text map relies on).
+    llm_done, tts_idle = False, True
     while True:
-        if not llm_done and (llm_turn or utt.waiting_for_text):
+        if not llm_done and (tts_idle or utt.waiting_for_text):
             llm_done, delta, pushed = await compute.run(llm_step, gen, utt, splitter, ticket=ticket)
             if delta:
                 trace.mark("llm_first_token", time.monotonic())
@@ -156,13 +158,15 @@ async def pump(reply: Reply, engines: Engines, compute: Compute, cfg: Config, ho
             if pushed:
                 trace.mark("tts_first_text", time.monotonic())
                 reply.heard.pushed(pushed)
+                tts_idle = False
         elif not utt.done:
             if utt.waiting_for_text:
                 raise RuntimeError("the TTS waits for text after end_text(); the TTS engine broke its contract")
+            before = utt.frames_emitted
             await _tts_step(reply, compute, hooks, ticket)
+            tts_idle = utt.frames_emitted == before
         else:
             return
-        llm_turn = not llm_turn
         if not reply.confirmed.is_set() and len(reply.held_audio) >= SPECULATIVE_CHUNKS:
             await reply.confirmed.wait()  # speculative work stops after the first chunk until the turn is real
 

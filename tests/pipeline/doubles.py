@@ -107,6 +107,7 @@ class ScriptedChat:
         self.prompts: list[str] = []
         self.steps = 0
         self.closed = 0
+        self.waiting = False  # blocked on the gate, inside a step
         self.threads: set[int] = set()
         self._answer: list[str] | None = None
         self._complete = False
@@ -132,7 +133,9 @@ class ScriptedChat:
         try:
             for i, tok in enumerate(self.tokens):
                 if self.gate is not None:
+                    self.waiting = True
                     self.gate.acquire()
+                    self.waiting = False
                 self.threads.add(threading.get_ident())
                 self.steps += 1
                 if self.fail_at is not None and i == self.fail_at:

@@ -228,7 +228,7 @@ def test_interrupt_cancels_within_one_step() -> None:
             for _ in range(3):
                 llm_gate.release()
                 tts_gate.release()
-            await eventually(lambda: chat.steps == 3 and tts.utterances[0].frames_emitted == 3)
+            await eventually(lambda: chat.steps == 3 and chat.waiting)  # the 4th LLM step is in progress
             steps, frames = chat.steps, tts.utterances[0].frames_emitted
             h.p.interrupt()
             for _ in range(20):
@@ -328,5 +328,19 @@ def test_config_set() -> None:
             out = h.p.config_set({"pipeline.barge_in_min_words": 3, "llm.max_tokens": 10})
             assert out["pipeline"]["barge_in_min_words"] == 3 and h.p.cfg.pipeline.barge_in_min_words == 3
             assert h.p.status()["restart_required"] == ["llm.max_tokens"]
+
+    asyncio.run(main())
+
+
+def test_chunked_text_mode_pushes_clauses() -> None:
+    """With tts.text_mode = "chunked" the TTS gets whole clauses from the ClauseChunker, not tokens."""
+    pytest.importorskip("assistant.text", reason="assistant/text.py (the LLM engineer's chunker) is not merged yet")
+    tokens = ["Well", ",", " the", " weather", " is", " fine", " today", ".", " Bring", " a", " hat", "."]
+
+    async def main() -> None:
+        async with Harness({"tts.text_mode": "chunked"}, chat=ScriptedChat(tokens)) as h:
+            assert await h.p.ask("weather") == "".join(tokens)
+            pushed = list(h.tts.utterances[-1].consumed)
+            assert len(pushed) < len(tokens) and "".join(pushed).replace(" ", "") == "".join(tokens).replace(" ", "")
 
     asyncio.run(main())
