@@ -51,7 +51,18 @@ from assistant.events import (
 )
 from assistant.logs import kv
 from assistant.reply import Reply, pump, settle_answer
-from assistant.turns import AudioRing, AudioSink, AudioSource, Engines, SampleClock, TimedSink, TurnTrace, level_dbfs
+from assistant.turns import (
+    AudioRing,
+    AudioSink,
+    AudioSource,
+    Engines,
+    SampleClock,
+    TimedSink,
+    TurnTrace,
+    VadLike,
+    level_dbfs,
+    shift_event,
+)
 from assistant.turns import word_count as count_words
 
 log = logging.getLogger("assistant.pipeline")
@@ -126,6 +137,7 @@ class Pipeline:
         self.compute = compute or Compute()
         self._owns_compute = compute is None
         self.vad = engines.make_vad(cfg.vad)
+        self._vad_origin = 0  # capture position of the VAD's sample 0 (its positions restart at reset())
         self.state = TurnState.IDLE
         self.turn = 0
         self.generation = Generation()
@@ -178,10 +190,11 @@ class Pipeline:
     def mute(self) -> None:
         self.muted = True
         self._drop_user_turn()
-        self.vad.reset()
         self._publish(MuteChanged(True, time.monotonic()))
 
     def unmute(self) -> None:
+        if self.muted:
+            self._reset_vad()
         self.muted = False
         self._publish(MuteChanged(False, time.monotonic()))
 
@@ -209,7 +222,7 @@ class Pipeline:
         self.ptt = False
         now = time.monotonic()
         self._publish(PushToTalk(False, now))
-        self.vad.reset()  # its utterance in progress is ours; it must not end a second turn
+        self._reset_vad()  # its utterance in progress is ours; it must not end a second turn
         if self._user is not None:
             self._end_user_turn(self._clock.samples, now, now)
 
@@ -224,7 +237,7 @@ class Pipeline:
             {*self.restart_required, *(k for k in changes if not k.startswith(live) and k != "llm.system_prompt")}
         )
         if new.vad != self.cfg.vad:
-            self.vad = self.engines.make_vad(new.vad)
+            self._reset_vad(self.engines.make_vad(new.vad))
         if new.llm.system_prompt != self.cfg.llm.system_prompt:
             self.compute.submit(self.engines.chat.set_system_prompt, new.llm.system_prompt)
         if new.logging.level != self.cfg.logging.level:
@@ -290,16 +303,26 @@ class Pipeline:
         """One captured int16 16 kHz block: keep it, feed the user turn, run the VAD."""
         self._clock.advance(len(block), time.monotonic())
         if self.muted:
+            self._ring.append(np.zeros(len(block), dtype=np.int16))  # positions stay aligned; no audio kept
             return
         self._ring.append(block)
         if self._user is not None:
             self._feed()
-        if self.cfg.pipeline.mode == "push_to_talk":
-            return
-        for ev in self.vad.feed(block):
+        for raw in self.vad.feed(block):
+            ev = shift_event(raw, self._vad_origin)
+            if self.cfg.pipeline.mode == "push_to_talk":
+                continue  # the VAD runs (its positions stay in step) but only the hotkey makes turns
             self._publish(ev)
             if not self.ptt:  # the hotkey overrides endpointing while held
                 self._on_vad(ev)
+
+    def _reset_vad(self, vad: VadLike | None = None) -> None:
+        """A fresh VAD state (or a new VAD); its sample positions count from here."""
+        if vad is None:
+            self.vad.reset()
+        else:
+            self.vad = vad
+        self._vad_origin = self._ring.end
 
     def _on_vad(self, ev: SpeechStarted | SilenceStarted | SpeechResumed | SpeechEnded) -> None:
         user = self._user

@@ -7,6 +7,7 @@ latency milestones are plain values the pipeline updates and tests check directl
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -101,6 +102,17 @@ class Engines:
     tts: SpeechLike
     voice: Any  # the TTS voice profile (`Qwen3TTS.voice()`)
     make_vad: Callable[[VadConfig], VadLike]
+
+
+def shift_event(ev: VadEvent, origin: int) -> VadEvent:
+    """A VAD event with positions on the capture clock (the VAD counts from its construction or reset)."""
+    if origin == 0:
+        return ev
+    if isinstance(ev, SpeechStarted):
+        return dataclasses.replace(ev, start_sample=ev.start_sample + origin, onset_sample=ev.onset_sample + origin)
+    if isinstance(ev, SpeechEnded):
+        return dataclasses.replace(ev, start_sample=ev.start_sample + origin, end_sample=ev.end_sample + origin)
+    return dataclasses.replace(ev, sample=ev.sample + origin)
 
 
 # ---- the capture clock and the turn's audio -------------------------------------------------------------------

@@ -272,7 +272,9 @@ class RuleVad:
         self.silent = 0
 
     def reset(self) -> None:
+        """Like the real Vad, positions restart at 0."""
         self.resets += 1
+        self.pos = 0
         self._clear()
 
     def set_playback(self, active: bool, level_dbfs: float = -120.0) -> None:

@@ -344,3 +344,27 @@ def test_chunked_text_mode_pushes_clauses() -> None:
             assert len(pushed) < len(tokens) and "".join(pushed).replace(" ", "") == "".join(tokens).replace(" ", "")
 
     asyncio.run(main())
+
+
+def test_vad_positions_follow_resets() -> None:
+    """After the VAD restarts its positions (PTT release, unmute), the next turn still gets the right audio."""
+
+    async def main() -> None:
+        async with Harness({"pipeline.mode": "both", "vad.preroll_ms": 60}) as h:
+            h.silence(10)
+            h.p.ptt_start()
+            h.speak("what")
+            h.p.ptt_stop()  # resets the VAD
+            await h.next_event(ResponseDone)
+            h.p.mute()
+            h.speak("hello")  # not heard
+            h.p.unmute()  # resets the VAD again
+            h.silence(7)
+            h.speak("time", "is")
+            h.silence(6)
+            final = await h.next_event(FinalTranscript, lambda e: e.text != "what")
+            assert final.text == "time is"
+            started = h.of(SpeechStarted)[-1]
+            assert started.onset_sample == (10 + 4 + 4 + 7) * 320  # on the capture clock, not the VAD's
+
+    asyncio.run(main())
