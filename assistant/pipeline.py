@@ -16,8 +16,6 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,21 +23,18 @@ import numpy as np
 
 from assistant import config as config_mod
 from assistant.audio.format import CAPTURE_RATE, frame_samples
-from assistant.compute import Compute, Generation, Priority, Stale
+from assistant.bus import EventBus, Subscription
+from assistant.compute import Compute, Priority
 from assistant.config import Config
 from assistant.errors import AudioDeviceError
 from assistant.events import (
-    BargeIn,
     DeviceStatus,
     ErrorEvent,
     Event,
     FalseStart,
-    FinalTranscript,
     MuteChanged,
     PartialTranscript,
     PushToTalk,
-    ResponseDone,
-    ResponseTextDelta,
     SilenceStarted,
     SpeculationCancelled,
     SpeculationStarted,
@@ -50,61 +45,22 @@ from assistant.events import (
     TurnState,
 )
 from assistant.logs import kv
-from assistant.reply import Reply, pump, settle_answer
+from assistant.replies import Replies
+from assistant.reply import Reply
 from assistant.turns import (
     AudioRing,
     AudioSink,
     AudioSource,
     Engines,
     SampleClock,
-    TimedSink,
-    TurnTrace,
     VadLike,
-    level_dbfs,
     shift_event,
 )
 from assistant.turns import word_count as count_words
 
 log = logging.getLogger("assistant.pipeline")
 
-PLAYBACK_STALL_S = 2.0  # a sink that plays nothing for this long is given up on (a gone WebSocket client)
 SUB_DEFAULT = 256
-
-
-class Subscription:
-    """A bounded event queue for one subscriber: when full the oldest event is dropped and counted."""
-
-    def __init__(self, maxsize: int, on_close: Callable[[Subscription], None]) -> None:
-        self._items: deque[Event] = deque()
-        self._maxsize = max(1, maxsize)
-        self._wake = asyncio.Event()
-        self._on_close = on_close
-        self.closed = False
-        self.dropped = 0
-
-    def put(self, event: Event) -> None:
-        if len(self._items) >= self._maxsize:
-            self._items.popleft()
-            self.dropped += 1
-        self._items.append(event)
-        self._wake.set()
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._on_close(self)
-            self._wake.set()
-
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self
-
-    async def __anext__(self) -> Event:
-        while not self._items:
-            if self.closed:
-                raise StopAsyncIteration
-            self._wake.clear()
-            await self._wake.wait()
-        return self._items.popleft()
 
 
 @dataclass(eq=False)
@@ -139,8 +95,6 @@ class Pipeline:
         self.vad = engines.make_vad(cfg.vad)
         self._vad_origin = 0  # capture position of the VAD's sample 0 (its positions restart at reset())
         self.state = TurnState.IDLE
-        self.turn = 0
-        self.generation = Generation()
         self.muted = False
         self.ptt = False
         self.device_ok = True
@@ -149,11 +103,15 @@ class Pipeline:
         preroll = frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms)
         self._ring = AudioRing(preroll + int(max(cfg.vad.max_utterance_s, cfg.stt.max_utterance_s) * CAPTURE_RATE))
         self._user: UserTurn | None = None
-        self._reply: Reply | None = None
-        self._settling: asyncio.Task[None] | None = None  # the interrupted reply being recorded
-        self._subs: set[Subscription] = set()
+        self.bus = EventBus()
+        self.replies = Replies(self, cfg, engines, self.compute, sink)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+
+    @property
+    def turn(self) -> int:
+        """The number of the latest reply (speculative ones count)."""
+        return self.replies.turn
 
     # ---- the Controller interface -------------------------------------------------------------------------
 
@@ -166,8 +124,8 @@ class Pipeline:
             "ptt": self.ptt,
             "speculating": bool(self._user and self._user.speculation),
             "device_ok": self.device_ok,
-            "subscribers": len(self._subs),
-            "dropped_events": sum(s.dropped for s in self._subs),
+            "subscribers": self.bus.subscribers,
+            "dropped_events": self.bus.dropped,
             "restart_required": list(self.restart_required),
         }
 
@@ -183,37 +141,37 @@ class Pipeline:
         """Stop the reply now: flush playback, cancel LLM and TTS, keep the heard part in the history."""
         if self._user and self._user.speculation:
             self._cancel_speculation()
-        if self._reply is not None:
-            self._barge_in()
-            self._set_state(TurnState.IDLE)
+        if self.replies.current is not None:
+            self.replies.barge_in()
+            self.set_state(TurnState.IDLE)
 
     def mute(self) -> None:
         self.muted = True
         self._drop_user_turn()
-        self._publish(MuteChanged(True, time.monotonic()))
+        self.publish(MuteChanged(True, time.monotonic()))
 
     def unmute(self) -> None:
         if self.muted:
             self._reset_vad()
         self.muted = False
-        self._publish(MuteChanged(False, time.monotonic()))
+        self.publish(MuteChanged(False, time.monotonic()))
 
     def ptt_start(self) -> None:
         """Push-to-talk pressed: a user turn starts now, overriding VAD endpointing until `ptt_stop`."""
         if self.ptt:
             return
         self.ptt = True
-        self._publish(PushToTalk(True, time.monotonic()))
+        self.publish(PushToTalk(True, time.monotonic()))
         if self._user and self._user.speculation:
             self._cancel_speculation()
-        if self._reply is not None:
-            self._barge_in()
+        if self.replies.current is not None:
+            self.replies.barge_in()
         if self._user is None:
             start = max(0, self._clock.samples - frame_samples(CAPTURE_RATE, self.cfg.vad.preroll_ms))
             self._begin_user_turn(start, ptt=True)
         else:
             self._user.ptt, self._user.candidate = True, False
-            self._set_state(TurnState.USER_SPEAKING)
+            self.set_state(TurnState.USER_SPEAKING)
 
     def ptt_stop(self) -> None:
         """Push-to-talk released: the user turn ends here, whatever the VAD thinks."""
@@ -221,7 +179,7 @@ class Pipeline:
             return
         self.ptt = False
         now = time.monotonic()
-        self._publish(PushToTalk(False, now))
+        self.publish(PushToTalk(False, now))
         self._reset_vad()  # its utterance in progress is ours; it must not end a second turn
         if self._user is not None:
             self._end_user_turn(self._clock.samples, now, now)
@@ -253,9 +211,7 @@ class Pipeline:
         self.compute.submit(self.engines.chat.reset, priority=Priority.URGENT)
 
     def subscribe(self, maxsize: int = SUB_DEFAULT) -> Subscription:
-        sub = Subscription(maxsize, self._subs.discard)
-        self._subs.add(sub)
-        return sub
+        return self.bus.subscribe(maxsize)
 
     # ---- running ------------------------------------------------------------------------------------------
 
@@ -271,13 +227,13 @@ class Pipeline:
                 if self.device_ok:
                     self.device_ok = False
                     log.warning("microphone lost", extra=kv(error=str(e), retry_s=self.cfg.audio.device_retry_s))
-                    self._publish(DeviceStatus("input", False, str(e), time.monotonic()))
+                    self.publish(DeviceStatus("input", False, str(e), time.monotonic()))
                     self._drop_user_turn()
                 await asyncio.sleep(self.cfg.audio.device_retry_s)
                 continue
             if not self.device_ok:
                 self.device_ok = True
-                self._publish(DeviceStatus("input", True, "microphone is back", time.monotonic()))
+                self.publish(DeviceStatus("input", True, "microphone is back", time.monotonic()))
             self.on_audio(block)
 
     async def aclose(self) -> None:
@@ -285,15 +241,14 @@ class Pipeline:
         if self._closed:
             return
         self._closed = True
-        self.generation.bump()
+        self.replies.generation.bump()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=1.0)
         with contextlib.suppress(Exception):
             self.sink.flush()
-        for sub in list(self._subs):
-            sub.close()
+        self.bus.close()
         if self._owns_compute:
             await asyncio.to_thread(self.compute.close, 1.0)
 
@@ -312,7 +267,7 @@ class Pipeline:
             ev = shift_event(raw, self._vad_origin)
             if self.cfg.pipeline.mode == "push_to_talk":
                 continue  # the VAD runs (its positions stay in step) but only the hotkey makes turns
-            self._publish(ev)
+            self.publish(ev)
             if not self.ptt:  # the hotkey overrides endpointing while held
                 self._on_vad(ev)
 
@@ -341,11 +296,11 @@ class Pipeline:
             self._end_user_turn(ev.end_sample, self._clock.time_of(ev.end_sample), ev.time)
 
     def _speech_started(self, start_sample: int) -> None:
-        if self._reply is not None:
+        if self.replies.current is not None:
             if not self.cfg.pipeline.barge_in:
                 return
             if self.cfg.pipeline.barge_in_min_words == 0:
-                self._barge_in()
+                self.replies.barge_in()
             else:
                 self._begin_user_turn(start_sample, candidate=True)
                 return
@@ -356,7 +311,7 @@ class Pipeline:
         self.compute.submit(self.engines.transcriber.reset, priority=Priority.URGENT)
         self._feed()
         if not candidate:
-            self._set_state(TurnState.USER_SPEAKING)
+            self.set_state(TurnState.USER_SPEAKING)
 
     def _feed(self, force: bool = False) -> None:
         """Submit the user's new audio to the transcriber: one feed job in flight, later audio coalesced."""
@@ -376,37 +331,37 @@ class Pipeline:
         if fut.cancelled():
             return
         if (exc := fut.exception()) is not None:
-            self._turn_failed(exc, "transcribing")
+            self.failed(exc, "transcribing")
             self._drop_user_turn()
             return
         partial = fut.result()
         if partial is not None:
-            self._publish(PartialTranscript(partial, time.monotonic()))
+            self.publish(PartialTranscript(partial, time.monotonic()))
             if user.candidate and count_words(partial) >= self.cfg.pipeline.barge_in_min_words:
                 self._promote_candidate(user)
         self._feed()
 
     def _promote_candidate(self, user: UserTurn) -> None:
         user.candidate = False
-        if self._reply is not None:
-            self._barge_in()
-        self._set_state(TurnState.USER_SPEAKING)
+        if self.replies.current is not None:
+            self.replies.barge_in()
+        self.set_state(TurnState.USER_SPEAKING)
 
     def _speculate(self) -> None:
         """Silence started: transcribe and answer now, play nothing until SpeechEnded confirms the turn."""
         assert self._user is not None
         self._feed(force=True)
-        reply = self._new_reply(confirmed=False)
+        reply = self.replies.new(confirmed=False)
         self._user.speculation = reply
-        self._publish(SpeculationStarted(reply.turn, time.monotonic()))
+        self.publish(SpeculationStarted(reply.turn, time.monotonic()))
 
     def _cancel_speculation(self) -> None:
         """Speech resumed: drop the speculative answer and give the transcriber the whole turn again."""
         user = self._user
         assert user is not None and user.speculation is not None
         reply, user.speculation = user.speculation, None
-        self._cancel_reply(reply, heard=None)
-        self._publish(SpeculationCancelled(reply.turn, time.monotonic()))
+        self.replies.cancel(reply, heard=None)
+        self.publish(SpeculationCancelled(reply.turn, time.monotonic()))
         # The speculative finalize() reset the transcriber: feed it the utterance from its start again.
         self.compute.submit(self.engines.transcriber.reset, priority=Priority.URGENT)
         user.fed_to = user.start_sample
@@ -417,17 +372,17 @@ class Pipeline:
         assert user is not None
         self._user = None
         if user.candidate:
-            self._spawn(self._judge_candidate(user, end_sample, speech_end, endpoint))
+            self.spawn(self._judge_candidate(user, end_sample, speech_end, endpoint))
             return
         if user.speculation is not None and user.speculation.result.done():  # it failed: start afresh
             user.speculation = None
             self.compute.submit(self.engines.transcriber.reset, priority=Priority.URGENT)
             user.fed_to = user.start_sample
         self._feed_rest(user)
-        reply = user.speculation or self._new_reply(confirmed=False)
+        reply = user.speculation or self.replies.new(confirmed=False)
         reply.trace.speech_end, reply.trace.endpoint = speech_end, endpoint
-        self._set_state(TurnState.THINKING)
-        self._confirm(reply)
+        self.set_state(TurnState.THINKING)
+        self.replies.confirm(reply)
 
     def _feed_rest(self, user: UserTurn) -> None:
         self._user = user
@@ -439,204 +394,63 @@ class Pipeline:
         self._feed_rest(user)
         transcript = await self.compute.run(self.engines.transcriber.finalize, priority=Priority.URGENT)
         if count_words(transcript.text) < self.cfg.pipeline.barge_in_min_words:
-            self._publish(FalseStart(time.monotonic()))
+            self.publish(FalseStart(time.monotonic()))
             return
-        if self._reply is not None:
-            self._barge_in()
-        reply = self._new_reply(confirmed=False, transcript=transcript)
+        if self.replies.current is not None:
+            self.replies.barge_in()
+        reply = self.replies.new(confirmed=False, transcript=transcript)
         reply.trace.speech_end, reply.trace.endpoint = speech_end, endpoint
-        self._set_state(TurnState.THINKING)
-        self._confirm(reply)
+        self.set_state(TurnState.THINKING)
+        self.replies.confirm(reply)
 
     def _drop_user_turn(self) -> None:
         user, self._user = self._user, None
         if user is None:
             return
         if user.speculation is not None:
-            self._cancel_reply(user.speculation, heard=None)
-        if not user.candidate and self._reply is None:
-            self._set_state(TurnState.IDLE)
+            self.replies.cancel(user.speculation, heard=None)
+        if not user.candidate and self.replies.current is None:
+            self.set_state(TurnState.IDLE)
 
     # ---- replies ------------------------------------------------------------------------------------------
 
-    def _new_reply(self, confirmed: bool, **kw: Any) -> Reply:
-        self.turn += 1
-        now = time.monotonic()
-        loop = asyncio.get_running_loop()
-        reply = Reply(
-            self.turn, self.generation.ticket(), TurnTrace(self.turn, now, now), asyncio.Event(), loop.create_future()
-        )
-        transcript = kw.pop("transcript", None)
-        for k, v in kw.items():
-            setattr(reply, k, v)
-        if transcript is not None:
-            reply.transcript, reply.user_text = transcript, transcript.text
-        if confirmed:
-            reply.confirmed.set()
-        reply.task = self._spawn(self._run_reply(reply))
-        return reply
-
-    def _confirm(self, reply: Reply) -> None:
-        """The turn is real: the reply may play. Held deltas and audio go out now."""
-        self._reply = reply
-        reply.confirmed.set()
-        if reply.transcript is not None:
-            self._publish(FinalTranscript(reply.transcript.text, reply.transcript.language, time.monotonic()))
-        for delta in reply.held_deltas:
-            self._publish(ResponseTextDelta(reply.turn, delta, time.monotonic()))
-        reply.held_deltas.clear()
-        for chunk in reply.held_audio:
-            self._play(reply, chunk)
-        reply.held_audio.clear()
-
     async def _text_turn(self, user_text: str | None = None, speak_text: str | None = None) -> str:
-        if self._reply is not None:
+        if self.replies.current is not None:
             self.interrupt()
-        reply = self._new_reply(confirmed=False, user_text=user_text, speak_text=speak_text)
-        self._set_state(TurnState.THINKING)
-        self._confirm(reply)
+        reply = self.replies.new(confirmed=False, user_text=user_text, speak_text=speak_text)
+        self.set_state(TurnState.THINKING)
+        self.replies.confirm(reply)
         return await asyncio.shield(reply.result)
 
-    # hooks called by the pump
-    def on_transcript(self, reply: Reply) -> None:
-        if reply.confirmed.is_set() and reply.transcript is not None:
-            self._publish(FinalTranscript(reply.transcript.text, reply.transcript.language, time.monotonic()))
+    def reply_ended(self, reply: Reply) -> None:
+        """The confirmed reply finished (played out or failed): back to listening, or to the user's turn."""
+        user = self._user
+        if user is not None and user.candidate:  # the user talked over the end of the reply: a normal turn
+            user.candidate = False
+            self.set_state(TurnState.USER_SPEAKING)
+        elif user is None:
+            self.set_state(TurnState.IDLE)
 
-    def on_delta(self, reply: Reply, delta: str) -> None:
-        if reply.confirmed.is_set():
-            self._publish(ResponseTextDelta(reply.turn, delta, time.monotonic()))
-        else:
-            reply.held_deltas.append(delta)
-
-    def on_reply_audio(self, reply: Reply, chunk: np.ndarray) -> None:
-        if reply.confirmed.is_set():
-            self._play(reply, chunk)
-        else:
-            reply.held_audio.append(chunk)
-
-    def _play(self, reply: Reply, chunk: np.ndarray) -> None:
-        if not reply.audio_started:
-            reply.audio_started = True
-            self.sink.flush()  # played_samples and the DAC time now count this reply
-            self._set_state(TurnState.ASSISTANT_SPEAKING)
-        self.sink.write(chunk)
-        reply.samples_written += len(chunk)
-        self.vad.set_playback(True, level_dbfs(chunk))
-
-    async def _run_reply(self, reply: Reply) -> None:
-        try:
-            if self._settling is not None:
-                await self._settling  # the interrupted answer is recorded before a new one starts
-            await pump(reply, self.engines, self.compute, self.cfg, self)
-            await reply.confirmed.wait()
-            await self._wait_played(reply)
-            if reply.records_history:
-                await self.compute.run(self.engines.chat.finish_turn, None, priority=Priority.URGENT)
-            self._finish(reply, reply.answer if reply.gen else reply.speak_text or "", interrupted=False)
-        except (asyncio.CancelledError, Stale):
-            return  # the canceller settles the turn
-        except Exception as e:
-            self._turn_failed(e, f"turn {reply.turn}")
-            heard = reply.heard.heard(self.sink.played_samples if reply.audio_started else 0)
-            with contextlib.suppress(Exception):
-                self.sink.flush()
-            await self._settle(reply, heard if reply.gen else None)
-            self._finish(reply, heard, interrupted=True)
-
-    async def _wait_played(self, reply: Reply) -> None:
-        """Until the sink has played every sample of the reply (sleeping the known remaining duration)."""
-        rate = self.engines.tts.sample_rate
-        last, since = -1, time.monotonic()
-        while (left := reply.samples_written - self.sink.played_samples) > 0:
-            played = self.sink.played_samples
-            if played != last:
-                last, since = played, time.monotonic()
-            elif time.monotonic() - since > PLAYBACK_STALL_S:
-                log.warning("playback stalled; not waiting for the rest", extra=kv(left_samples=left))
-                return
-            await asyncio.sleep(max(left / rate, 0.01))
-
-    def _finish(self, reply: Reply, text: str, interrupted: bool) -> None:
-        if reply.result.done():
-            return
-        reply.result.set_result(text)
-        if reply.gen is not None or reply.speak_text is not None:  # an answer was started
-            self._publish(ResponseDone(reply.turn, text, interrupted, time.monotonic()))
-        self._mark_played(reply)
-        trace = reply.trace.trace()
-        log.info("turn latency", extra=kv(**{k: v for k, v in dataclasses.asdict(trace).items() if k != "extra"}))
-        self._publish(trace)
-        if self._reply is reply:
-            self._reply = None
-            self.vad.set_playback(False)
-            user = self._user
-            if user is not None and user.candidate:  # the user talked over the end of the reply: a normal turn
-                user.candidate = False
-                self._set_state(TurnState.USER_SPEAKING)
-            elif user is None:
-                self._set_state(TurnState.IDLE)
-        self.compute.clear_cache()
-
-    def _mark_played(self, reply: Reply) -> None:
-        if reply.audio_started and isinstance(self.sink, TimedSink):
-            if (t := self.sink.first_sample_dac_time) is not None:
-                reply.trace.mark("first_sample_played", t)
-
-    def _barge_in(self) -> None:
-        """The user interrupts: flush playback, cancel LLM and TTS, trim the answer to what was heard."""
-        reply = self._reply
-        if reply is None:
-            return
-        played = self.sink.played_samples if reply.audio_started else 0
-        self._mark_played(reply)
-        self.sink.flush()
-        heard = reply.heard.heard(played)
-        rate = self.engines.tts.sample_rate
-        self._publish(BargeIn(reply.turn, round(played * 1000.0 / rate, 1), heard, time.monotonic()))
-        self._cancel_reply(reply, heard=heard)
-
-    def _cancel_reply(self, reply: Reply, heard: str | None) -> None:
-        """Bump the generation (the reply's next step never runs) and settle it in the background."""
-        self.generation.bump()
-        if reply.task is not None:
-            reply.task.cancel()
-        if self._reply is reply:
-            self._reply = None
-            self.vad.set_playback(False)
-        self._settling = self._spawn(self._settle_cancelled(reply, heard))
-
-    async def _settle_cancelled(self, reply: Reply, heard: str | None) -> None:
-        await self._settle(reply, heard)
-        if heard is not None:
-            self._finish(reply, heard, interrupted=True)
-        elif not reply.result.done():
-            reply.result.set_result("")
-
-    async def _settle(self, reply: Reply, heard: str | None) -> None:
-        """Stop the answer on the compute thread and record the heard part (None: speculative, drop it)."""
-        try:
-            await self.compute.run(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
-        except Exception as e:
-            self._turn_failed(e, "recording the interrupted answer")
+    def set_playback(self, active: bool, level_dbfs: float = -120.0) -> None:
+        self.vad.set_playback(active, level_dbfs)
 
     # ---- plumbing -----------------------------------------------------------------------------------------
 
-    def _set_state(self, new: TurnState) -> None:
+    def set_state(self, new: TurnState) -> None:
         if new is not self.state:
             old, self.state = self.state, new
-            self._publish(StateChanged(old, new, time.monotonic()))
+            self.publish(StateChanged(old, new, time.monotonic()))
 
-    def _publish(self, event: Event) -> None:
-        for sub in list(self._subs):
-            sub.put(event)
+    def publish(self, event: Event) -> None:
+        self.bus.publish(event)
 
-    def _turn_failed(self, exc: BaseException, what: str) -> None:
+    def failed(self, exc: BaseException, what: str) -> None:
         log.error("error while %s; back to listening", what, exc_info=exc)
-        self._publish(ErrorEvent(f"{what}: {type(exc).__name__}: {exc}", time.monotonic()))
-        if self._reply is None and self._user is None:
-            self._set_state(TurnState.IDLE)
+        self.publish(ErrorEvent(f"{what}: {type(exc).__name__}: {exc}", time.monotonic()))
+        if self.replies.current is None and self._user is None:
+            self.set_state(TurnState.IDLE)
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
