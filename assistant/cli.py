@@ -64,11 +64,12 @@ def build_engines(cfg: config.Config) -> Any:
 def _server_service(cfg: config.Config) -> Any:
     """The WebSocket control channel as a daemon service, or None when this build has no server."""
     try:
-        from assistant.server import ws
+        from assistant.server.ws import ControlServer
     except ImportError:
         log.warning("the WebSocket server is not in this build; running without the control channel")
         return None
-    return lambda pipeline: ws.serve(pipeline, cfg.server)
+    # The Realtime endpoint needs a RealtimeBackend over the pipeline; until then only the native protocol runs.
+    return lambda pipeline: ControlServer(cfg.server, pipeline)
 
 
 async def _run_daemon(cfg: config.Config) -> int:
