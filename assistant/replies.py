@@ -79,7 +79,9 @@ class Replies:
         return reply
 
     def confirm(self, reply: Reply) -> None:
-        """The turn is real: the reply may play. Held deltas and audio go out now."""
+        """The turn is real: the reply may play (cutting short any other). Held deltas and audio go out now."""
+        if self.current is not None and self.current is not reply:
+            self.barge_in()
         self.current = reply
         reply.confirmed.set()
         if reply.transcript is not None:

@@ -368,3 +368,25 @@ def test_vad_positions_follow_resets() -> None:
             assert started.onset_sample == (10 + 4 + 4 + 7) * 320  # on the capture clock, not the VAD's
 
     asyncio.run(main())
+
+
+def test_ask_during_reply_cuts_it_short() -> None:
+    """A new ask() while a reply plays interrupts it (heard part kept) before answering the new question."""
+
+    async def main() -> None:
+        async with Harness(sink=FakeSink(auto=False)) as h:
+            first = asyncio.create_task(h.p.ask("what"))
+            await eventually(lambda: h.sink.total >= 2 * FRAME)
+            h.sink.played = FRAME
+            second = asyncio.create_task(h.p.ask("time"))
+            assert (await h.next_event(BargeIn)).heard == "One"
+            h.sink.auto = True
+            assert await first == "One" and await second == FULL
+            assert h.chat.history == [
+                Message("user", "what"),
+                Message("assistant", "One", interrupted=True),
+                Message("user", "time"),
+                Message("assistant", FULL),
+            ]
+
+    asyncio.run(main())
