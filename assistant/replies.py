@@ -182,7 +182,8 @@ class Replies:
         if reply.result.done():
             return
         reply.result.set_result(text)
-        if reply.gen is not None or reply.speak_text is not None:  # an answer was started
+        unanswered = reply.transcript is not None and not reply.transcript.text.strip()  # nothing was said
+        if reply.confirmed.is_set() and not unanswered:
             self.host.publish(ResponseDone(reply.turn, text, interrupted, time.monotonic()))
         self._mark_played(reply)
         trace = reply.trace.trace()

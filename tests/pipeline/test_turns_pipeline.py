@@ -390,3 +390,24 @@ def test_ask_during_reply_cuts_it_short() -> None:
             ]
 
     asyncio.run(main())
+
+
+def test_interrupt_while_thinking_ends_the_turn() -> None:
+    """interrupt() before any word was heard ends the turn with an interrupted, empty ResponseDone."""
+
+    async def main() -> None:
+        gate = threading.Semaphore(0)
+        async with Harness(chat=ScriptedChat(list(ANSWER), gate=gate)) as h:
+            asked = asyncio.create_task(h.p.ask("what"))
+            await eventually(lambda: h.chat.waiting)
+            h.p.interrupt()
+            for _ in range(len(ANSWER)):
+                gate.release()  # the step in progress finishes; no later one runs
+            done = await h.next_event(ResponseDone)
+            assert done.interrupted and done.text == "" and await asked == ""
+            await eventually(lambda: h.chat.closed == 1)
+            assert h.chat.steps == 1
+            assert h.chat.history == [Message("user", "what"), Message("assistant", "", interrupted=True)]
+            assert h.p.state is TurnState.IDLE
+
+    asyncio.run(main())
