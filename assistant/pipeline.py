@@ -234,7 +234,11 @@ class Pipeline:
             if not self.device_ok:
                 self.device_ok = True
                 self.publish(DeviceStatus("input", True, "microphone is back", time.monotonic()))
-            self.on_audio(block)
+            try:
+                self.on_audio(block)
+            except Exception as e:  # a bug or a bad block must not stop the daemon listening
+                self.failed(e, "handling microphone audio")
+                self._drop_user_turn()
 
     async def aclose(self) -> None:
         """Stop everything: cancel the turn, flush playback, end the compute thread."""

@@ -9,6 +9,7 @@ waits for that settling before it asks the LLM, so the history is always in orde
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -114,7 +115,9 @@ class Replies:
         if self.current is reply:
             self.current = None
             self.host.set_playback(False)
-        self._settling = self.host.spawn(self._settle_cancelled(reply, heard))
+        # Submitted now, so it runs before any chat job submitted after this call (e.g. a history reset).
+        job = self.compute.submit(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
+        self._settling = self.host.spawn(self._settle_cancelled(reply, heard, job))
 
     # ---- hooks called by the pump ------------------------------------------------------------------------
 
@@ -200,8 +203,11 @@ class Replies:
             if (t := self.sink.first_sample_dac_time) is not None:
                 reply.trace.mark("first_sample_played", t)
 
-    async def _settle_cancelled(self, reply: Reply, heard: str | None) -> None:
-        await self._settle(reply, heard)
+    async def _settle_cancelled(self, reply: Reply, heard: str | None, job: concurrent.futures.Future[None]) -> None:
+        try:
+            await asyncio.wrap_future(job)
+        except Exception as e:
+            self.host.failed(e, "recording the interrupted answer")
         if heard is not None:
             self._finish(reply, heard, interrupted=True)
         elif not reply.result.done():

@@ -411,3 +411,19 @@ def test_interrupt_while_thinking_ends_the_turn() -> None:
             assert h.p.state is TurnState.IDLE
 
     asyncio.run(main())
+
+
+def test_history_reset_after_interrupt_is_empty() -> None:
+    """history_reset() during a reply clears everything, the interrupted answer included (jobs stay in order)."""
+
+    async def main() -> None:
+        async with Harness(sink=FakeSink(auto=False)) as h:
+            asked = asyncio.create_task(h.p.ask("what"))
+            await eventually(lambda: h.sink.total >= 2 * FRAME)
+            h.p.history_reset()
+            await asked
+            await eventually(lambda: h.chat.closed == 1)
+            await h.p.compute.run(lambda: None)  # every job submitted before has run
+            assert h.chat.history == []
+
+    asyncio.run(main())
