@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import socket
@@ -35,13 +36,68 @@ def models_of(cfg: config.Config) -> list[tuple[str, str]]:
 
 
 def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
-    for what, spec in models_of(cfg):
+    for what, spec in models_of(cfg):  # pre-flight: a missing model or device fails in seconds, in one line
         hub.resolve(spec, what)
     from assistant.audio import devices
 
     devices.pick(cfg.audio.input_device, "input")
     devices.pick(cfg.audio.output_device, "output")
-    raise _not_yet("run")
+    return asyncio.run(_run_daemon(cfg))
+
+
+def build_engines(cfg: config.Config) -> Any:
+    """Load every engine from the config (call on the compute thread: MLX state belongs to it)."""
+    try:
+        from assistant.llm import Chat
+        from assistant.stt import load_transcriber
+        from assistant.tts import Qwen3TTS
+        from assistant.turns import Engines
+        from assistant.vad import Vad
+    except ImportError as e:
+        raise NotAvailableYet(f"`assistant run` needs {e.name}, which is not in this build") from e
+    transcriber = load_transcriber(cfg.stt)
+    chat = Chat.load(cfg.llm)
+    tts = Qwen3TTS.load(cfg.tts)
+    return Engines(transcriber, chat, tts, tts.voice(cfg.tts.voice or None), make_vad=Vad)
+
+
+def _server_service(cfg: config.Config) -> Any:
+    """The WebSocket control channel as a daemon service, or None when this build has no server."""
+    try:
+        from assistant.server.ws import ControlServer
+    except ImportError:
+        log.warning("the WebSocket server is not in this build; running without the control channel")
+        return None
+    # The Realtime endpoint needs a RealtimeBackend over the pipeline; until then only the native protocol runs.
+    return lambda pipeline: ControlServer(cfg.server, pipeline)
+
+
+async def _run_daemon(cfg: config.Config) -> int:
+    from assistant.compute import Compute
+    from assistant.daemon import ReopeningSource, Service, hotkey_service, serve
+
+    compute = Compute()
+    try:
+        engines = await compute.run(build_engines, cfg)
+        from assistant.audio.capture import Capture
+        from assistant.audio.playback import Playback
+        from assistant.pipeline import Pipeline
+
+        services: list[Service] = []
+        if cfg.pipeline.mode != "hands_free":
+            services.append(hotkey_service)
+        if cfg.server.enabled and (server := _server_service(cfg)) is not None:
+            services.append(server)
+        source = ReopeningSource(lambda: Capture(cfg.audio))
+        try:
+            with Playback(cfg.audio, rate=engines.tts.sample_rate) as sink:
+                pipeline = Pipeline(cfg, engines, source, sink, compute)
+                show = cfg.pipeline.status_line and sys.stderr.isatty()
+                return await serve(pipeline, services, status_line=show)
+        finally:
+            await source.aclose()
+    finally:
+        await asyncio.to_thread(compute.close, 1.0)
 
 
 def cmd_devices(args: argparse.Namespace, cfg: config.Config) -> int:

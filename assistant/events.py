@@ -114,6 +114,55 @@ class DeviceStatus:
 
 
 @dataclass(frozen=True)
+class SpeculationStarted:
+    """Silence started: transcription and the answer began before the turn is confirmed (nothing plays yet)."""
+
+    turn: int
+    time: float
+
+
+@dataclass(frozen=True)
+class SpeculationCancelled:
+    """Speech resumed: the speculative answer was dropped and the same user turn goes on."""
+
+    turn: int
+    time: float
+
+
+@dataclass(frozen=True)
+class BargeIn:
+    """The user interrupted the reply: playback flushed, LLM and TTS cancelled, the answer trimmed to `heard`."""
+
+    turn: int
+    played_ms: float
+    heard: str
+    time: float
+
+
+@dataclass(frozen=True)
+class FalseStart:
+    """Speech during the reply never became enough words to interrupt; the reply went on untouched."""
+
+    time: float
+
+
+@dataclass(frozen=True)
+class PushToTalk:
+    """The hotkey (or a `ptt.start`/`ptt.stop` command) started or ended a turn."""
+
+    pressed: bool
+    time: float
+
+
+@dataclass(frozen=True)
+class MuteChanged:
+    """The microphone was muted (captured audio ignored) or unmuted."""
+
+    muted: bool
+    time: float
+
+
+@dataclass(frozen=True)
 class ErrorEvent:
     message: str
     time: float
@@ -131,6 +180,12 @@ Event = (
     | ResponseDone
     | LatencyTrace
     | DeviceStatus
+    | SpeculationStarted
+    | SpeculationCancelled
+    | BargeIn
+    | FalseStart
+    | PushToTalk
+    | MuteChanged
     | ErrorEvent
 )
 

@@ -18,6 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
         "assistant.logs",
         "assistant.hub",
     ),
+    ("assistant.turns",),
     (
         "assistant.vad",
         "assistant.text",
@@ -28,8 +29,10 @@ LAYERS: list[tuple[str, ...]] = [
         "assistant.server.realtime_protocol",
         "assistant.server.controller",
     ),
-    ("assistant.compute", "assistant.audio", "assistant.hotkey"),
-    ("assistant.pipeline",),
+    ("assistant.compute", "assistant.bus", "assistant.audio", "assistant.hotkey"),
+    ("assistant.reply",),
+    ("assistant.replies",),
+    ("assistant.pipeline", "assistant.daemon"),
     ("assistant.server",),
     ("assistant.cli", "assistant.__main__"),
 ]

@@ -1,0 +1,73 @@
+"""Event fan-out: every subscriber has its own bounded queue; when full, the oldest event is dropped and counted."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+
+from assistant.events import Event
+
+
+class Subscription:
+    """An async iterator of events over a bounded drop-oldest queue; `dropped` counts what was lost."""
+
+    def __init__(self, maxsize: int, on_close: Callable[[Subscription], None]) -> None:
+        self._items: deque[Event] = deque()
+        self._maxsize = max(1, maxsize)
+        self._wake = asyncio.Event()
+        self._on_close = on_close
+        self.closed = False
+        self.dropped = 0
+
+    def put(self, event: Event) -> None:
+        if len(self._items) >= self._maxsize:
+            self._items.popleft()
+            self.dropped += 1
+        self._items.append(event)
+        self._wake.set()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._on_close(self)
+            self._wake.set()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        while not self._items:
+            if self.closed:
+                raise StopAsyncIteration
+            self._wake.clear()
+            await self._wake.wait()
+        return self._items.popleft()
+
+
+class EventBus:
+    """Publishes each event to every open subscription (never blocks the publisher)."""
+
+    def __init__(self) -> None:
+        self._subs: set[Subscription] = set()
+
+    def subscribe(self, maxsize: int) -> Subscription:
+        sub = Subscription(maxsize, self._subs.discard)
+        self._subs.add(sub)
+        return sub
+
+    def publish(self, event: Event) -> None:
+        for sub in list(self._subs):
+            sub.put(event)
+
+    def close(self) -> None:
+        for sub in list(self._subs):
+            sub.close()
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
+
+    @property
+    def dropped(self) -> int:
+        return sum(s.dropped for s in self._subs)

@@ -1,0 +1,206 @@
+"""The daemon's lifetime: run the pipeline and its services until SIGINT/SIGTERM, then stop within 2 s.
+
+Also the two small adapters the composition root needs: a microphone source that reopens a lost device, and
+the compact live status line shown when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol, TextIO
+
+import numpy as np
+
+from assistant.errors import AudioDeviceError
+from assistant.events import (
+    BargeIn,
+    DeviceStatus,
+    ErrorEvent,
+    FinalTranscript,
+    LatencyTrace,
+    MuteChanged,
+    PartialTranscript,
+    StateChanged,
+)
+from assistant.logs import kv
+from assistant.pipeline import Pipeline
+from assistant.turns import AudioSource
+
+log = logging.getLogger("assistant.daemon")
+
+SHUTDOWN_S = 2.0  # SIGINT/SIGTERM to exit, at most
+Service = Callable[[Pipeline], AbstractAsyncContextManager[Any]]
+
+
+class CaptureLike(AudioSource, Protocol):
+    async def __aenter__(self) -> AudioSource: ...
+    async def __aexit__(self, *exc: object) -> Any: ...
+
+
+class ReopeningSource:
+    """An AudioSource over a capture factory: opens on first read, closes on AudioDeviceError, reopens next read.
+
+    The pipeline waits `audio.device_retry_s` between failed reads, so a lost device is retried at that pace.
+    """
+
+    def __init__(self, open_capture: Callable[[], CaptureLike]) -> None:
+        self._open = open_capture
+        self._capture: CaptureLike | None = None
+        self._source: AudioSource | None = None
+
+    async def read(self) -> np.ndarray:
+        if self._source is None:
+            capture = self._open()
+            self._source = await capture.__aenter__()
+            self._capture = capture
+        try:
+            return await self._source.read()
+        except AudioDeviceError:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        capture, self._capture, self._source = self._capture, None, None
+        if capture is not None:
+            with contextlib.suppress(Exception):
+                await capture.__aexit__(None, None, None)
+
+
+class StatusLine:
+    """One self-rewriting terminal line: state, the partial transcript, the last turn's latencies."""
+
+    def __init__(self, pipeline: Pipeline, stream: TextIO) -> None:
+        self.pipeline = pipeline
+        self.stream = stream
+        self.state = pipeline.state.value
+        self.heard = ""
+        self.latency = ""
+        self.note = ""
+
+    async def run(self) -> None:
+        sub = self.pipeline.subscribe(64)
+        try:
+            async for ev in sub:
+                if isinstance(ev, StateChanged):
+                    self.state = ev.new.value
+                elif isinstance(ev, PartialTranscript | FinalTranscript):
+                    self.heard = ev.text
+                elif isinstance(ev, LatencyTrace):
+                    self.latency = " ".join(
+                        f"{name} {ms:.0f}ms"
+                        for name, ms in (
+                            ("stt", ev.stt_final_ms),
+                            ("llm", ev.llm_first_token_ms),
+                            ("audio", ev.tts_first_audio_ms),
+                            ("played", ev.first_sample_played_ms),
+                        )
+                        if ms is not None
+                    )
+                elif isinstance(ev, BargeIn):
+                    self.note = "interrupted"
+                elif isinstance(ev, MuteChanged):
+                    self.note = "muted" if ev.muted else ""
+                elif isinstance(ev, DeviceStatus | ErrorEvent):
+                    self.note = ev.message[:40]
+                self.render()
+        finally:
+            sub.close()
+            self.stream.write("\n")
+
+    def render(self) -> None:
+        heard = self.heard if len(self.heard) <= 40 else "…" + self.heard[-39:]
+        parts = [f"[{self.state}]", f"turn {self.pipeline.turn}", repr(heard) if heard else "", self.latency, self.note]
+        self.stream.write("\r\x1b[K" + "  ".join(p for p in parts if p))
+        self.stream.flush()
+
+
+async def serve(
+    pipeline: Pipeline,
+    services: Sequence[Service] = (),
+    status_line: bool = False,
+    stream: TextIO = sys.stderr,
+    ready: Callable[[], None] | None = None,
+) -> int:
+    """Run until SIGINT/SIGTERM (or the source fails for good); stop streams and services within SHUTDOWN_S."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    tasks: list[asyncio.Task[Any]] = []
+    code, began = 0, time.monotonic()
+    try:
+        async with _services(pipeline, services):
+            tasks.append(asyncio.create_task(pipeline.run(), name="listen"))
+            if status_line:
+                tasks.append(asyncio.create_task(StatusLine(pipeline, stream).run(), name="status"))
+            stopper = asyncio.create_task(stop.wait(), name="stop")
+            log.info("listening", extra=kv(mode=pipeline.cfg.pipeline.mode))
+            if ready is not None:
+                ready()
+            done, _ = await asyncio.wait([tasks[0], stopper], return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if tasks[0] in done and (exc := tasks[0].exception()) is not None:
+                log.error("the listening loop failed", exc_info=exc)
+                code = 1
+            began = time.monotonic()
+            log.info("stopping")
+            await _shutdown(pipeline, tasks)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    log.info("stopped", extra=kv(shutdown_s=round(time.monotonic() - began, 3)))
+    return code
+
+
+@contextlib.asynccontextmanager
+async def _services(pipeline: Pipeline, services: Sequence[Service]) -> AsyncIterator[None]:
+    async with contextlib.AsyncExitStack() as stack:
+        for make in services:
+            await stack.enter_async_context(make(pipeline))
+        try:
+            yield
+        finally:
+            with contextlib.suppress(TimeoutError):  # services get what is left of the budget
+                async with asyncio.timeout(SHUTDOWN_S / 2):
+                    await stack.aclose()
+
+
+async def _shutdown(pipeline: Pipeline, tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    try:
+        async with asyncio.timeout(SHUTDOWN_S / 2):
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await pipeline.aclose()
+    except TimeoutError:
+        log.warning("shutdown took too long; exiting anyway")
+
+
+@contextlib.asynccontextmanager
+async def hotkey_service(pipeline: Pipeline) -> AsyncIterator[None]:
+    """The push-to-talk hotkey for the pipeline's config; when it cannot run, one line says why and we go on."""
+    from assistant.hotkey import Hotkey
+
+    loop = asyncio.get_running_loop()
+    cfg = pipeline.cfg.pipeline
+    hotkey = Hotkey(
+        cfg.hotkey,
+        cfg.hotkey_mode,
+        on_start=lambda: loop.call_soon_threadsafe(pipeline.ptt_start),
+        on_stop=lambda: loop.call_soon_threadsafe(pipeline.ptt_stop),
+    )
+    problem = hotkey.start()
+    if problem is not None:
+        log.warning(problem)
+    try:
+        yield
+    finally:
+        hotkey.stop()

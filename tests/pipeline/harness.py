@@ -1,0 +1,93 @@
+"""A pipeline wired to the scripted doubles, driven block by block from the test (tests only)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from assistant.config import Config
+from assistant.events import Event
+from assistant.pipeline import Pipeline
+from tests.pipeline.doubles import (
+    FakeSink,
+    RuleVad,
+    ScriptedChat,
+    WordTranscriber,
+    WordTts,
+    make_engines,
+    noise_block,
+    silence_block,
+    word_block,
+)
+
+ANSWER = ["One", " two", " three", " four", " five", " six", " seven", " eight", " nine", " ten"]
+WAIT_S = 20.0  # a safety net against hangs, never a timing assertion
+
+
+class Harness:
+    def __init__(
+        self,
+        changes: dict[str, Any] | None = None,
+        chat: ScriptedChat | None = None,
+        tts: WordTts | None = None,
+        sink: FakeSink | None = None,
+    ) -> None:
+        base = {"pipeline.mode": "hands_free", "vad.preroll_ms": 0}
+        self.cfg = Config().replace({**base, **(changes or {})})
+        self.chat = chat or ScriptedChat(list(ANSWER))
+        self.stt = WordTranscriber()
+        self.tts = tts or WordTts()
+        self.sink = sink or FakeSink()
+        self.engines, self.vads = make_engines(self.chat, self.stt, self.tts)
+        self.seen: list[Event] = []
+
+    @property
+    def vad(self) -> RuleVad:
+        return self.vads[-1]
+
+    async def __aenter__(self) -> Harness:
+        self.p = Pipeline(self.cfg, self.engines, None, self.sink)
+        self.sub = self.p.subscribe(100_000)
+        self.sink.probe = lambda: self.vad.ended
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.p.aclose()
+
+    def speak(self, *words: str, blocks: int = 4) -> None:
+        for w in words:
+            for _ in range(blocks):
+                self.p.on_audio(word_block(w))
+
+    def noise(self, blocks: int) -> None:
+        for _ in range(blocks):
+            self.p.on_audio(noise_block())
+
+    def silence(self, blocks: int) -> None:
+        for _ in range(blocks):
+            self.p.on_audio(silence_block())
+
+    async def next_event(self, kind: type, pred: Callable[[Any], bool] = lambda e: True) -> Any:
+        """The next event of `kind` (matching `pred`), consuming the events before it."""
+
+        async def find() -> Any:
+            async for ev in self.sub:
+                self.seen.append(ev)
+                if isinstance(ev, kind) and pred(ev):
+                    return ev
+            raise AssertionError("subscription closed")
+
+        return await asyncio.wait_for(find(), WAIT_S)
+
+    def of(self, kind: type) -> list[Any]:
+        return [e for e in self.seen if isinstance(e, kind)]
+
+
+async def eventually(cond: Callable[[], bool]) -> None:
+    """Wait until `cond()` holds (for state kept by the doubles on the compute thread)."""
+    deadline = time.monotonic() + WAIT_S
+    while not cond():
+        assert time.monotonic() < deadline, "condition never became true"
+        await asyncio.sleep(0.005)

@@ -1,0 +1,65 @@
+"""Pure turn bookkeeping: the heard-text map, the audio ring, the capture clock and the latency trace."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from assistant.turns import AudioRing, HeardMap, SampleClock, TurnTrace, level_dbfs
+
+
+def test_heard_map_follows_played_position() -> None:
+    """The heard text is what was pushed when the chunk holding the last played sample was made."""
+    m = HeardMap()
+    for word in ["Hello", " there", " my", " friend"]:
+        m.pushed(word)
+        m.chunk(100)
+    assert m.heard(0) == ""
+    assert m.heard(1) == "Hello"
+    assert m.heard(100) == "Hello"
+    assert m.heard(101) == "Hello there"
+    assert m.heard(10_000) == "Hello there my friend"
+
+
+def test_heard_map_never_keeps_half_a_word() -> None:
+    """A cut inside a word (sub-word tokens) falls back to the previous whole word."""
+    m = HeardMap()
+    for piece in ["Un", "believ", "able", " news"]:
+        m.pushed(piece)
+        m.chunk(10)
+    assert m.heard(10) == ""
+    assert m.heard(15) == ""
+    assert m.heard(25) == "Unbelievable"
+    assert m.heard(40) == "Unbelievable news"
+
+
+def test_audio_ring_addresses_absolute_positions() -> None:
+    """The ring returns samples by absolute position and clamps to what it still holds after wrapping."""
+    r = AudioRing(10)
+    r.append(np.arange(0, 7, dtype=np.int16))
+    r.append(np.arange(7, 16, dtype=np.int16))
+    assert r.start == 6 and r.end == 16
+    assert r.slice(0, 16).tolist() == list(range(6, 16))
+    assert r.slice(8, 12).tolist() == [8, 9, 10, 11]
+    r.append(np.arange(16, 40, dtype=np.int16))  # longer than the ring
+    assert r.slice(0, 40).tolist() == list(range(30, 40))
+
+
+def test_sample_clock_and_trace() -> None:
+    """Sample positions map back to monotonic time; the trace is ms after the true end of speech."""
+    c = SampleClock()
+    c.advance(16_000, now=10.0)
+    assert c.time_of(8_000) == 9.5
+    t = TurnTrace(turn=1, speech_end=9.5, endpoint=10.2)
+    t.mark("stt_final", 9.6)
+    t.mark("stt_final", 9.9)  # only the first counts
+    t.mark("tts_first_audio", 10.5)
+    out = t.trace()
+    assert out.vad_hangover_ms == 700.0 and out.stt_final_ms == 100.0 and out.tts_first_audio_ms == 1000.0
+    assert out.llm_first_token_ms is None
+
+
+def test_level_dbfs() -> None:
+    """A full-scale square wave is 0 dBFS, a tenth of it -20 dBFS, silence -120."""
+    assert abs(level_dbfs(np.ones(100, dtype=np.float32))) < 1e-6
+    assert abs(level_dbfs(np.full(100, 0.1, dtype=np.float32)) + 20.0) < 1e-4
+    assert level_dbfs(np.zeros(10, dtype=np.float32)) == -120.0
