@@ -132,3 +132,19 @@ def test_quantized_mlx_community_layout_loads_and_generates(checkpoints: Any, re
     assert codes.min() >= 0 and codes.max() < 2048
     if bits == 8:  # 8-bit stays close to fp32: the first frames' first codes agree with the reference
         assert codes[0, 0] == case["codes"][0][0]
+
+
+def test_instruct_dropped_for_small_custom_voice(checkpoints: Any, reference: Any) -> None:
+    """As the official wrapper does, a 0.6B CustomVoice model ignores `instruct`; 1.7B prepends it."""
+    import dataclasses
+
+    from assistant.tts.qwen3.prompt import PromptBuilder
+
+    case = case_named(reference, "cv_instruct_stream")
+    lm = loaded(checkpoints, "custom_voice")
+    vp, plain = prompt_of(case), prompt_of({**case, "instruct": ""})
+    big = PromptBuilder(lm.model.talker, lm.config, lm.tokenizer)
+    assert big.prefix(vp).shape[0] > big.prefix(plain).shape[0]
+    small_cfg = dataclasses.replace(lm.config, tts_model_size="0b6")
+    small = PromptBuilder(lm.model.talker, small_cfg, lm.tokenizer)
+    assert np.array_equal(np.array(small.prefix(vp)), np.array(small.prefix(plain)))
