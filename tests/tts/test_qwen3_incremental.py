@@ -132,3 +132,39 @@ def test_quantized_mlx_community_layout_loads_and_generates(checkpoints: Any, re
     assert codes.min() >= 0 and codes.max() < 2048
     if bits == 8:  # 8-bit stays close to fp32: the first frames' first codes agree with the reference
         assert codes[0, 0] == case["codes"][0][0]
+
+
+def test_instruct_dropped_for_small_custom_voice(checkpoints: Any, reference: Any) -> None:
+    """As the official wrapper does, a 0.6B CustomVoice model ignores `instruct`; 1.7B prepends it."""
+    import dataclasses
+
+    from assistant.tts.qwen3.prompt import PromptBuilder
+
+    case = case_named(reference, "cv_instruct_stream")
+    lm = loaded(checkpoints, "custom_voice")
+    vp, plain = prompt_of(case), prompt_of({**case, "instruct": ""})
+    big = PromptBuilder(lm.model.talker, lm.config, lm.tokenizer)
+    assert big.prefix(vp).shape[0] > big.prefix(plain).shape[0]
+    small_cfg = dataclasses.replace(lm.config, tts_model_size="0b6")
+    small = PromptBuilder(lm.model.talker, small_cfg, lm.tokenizer)
+    assert np.array_equal(np.array(small.prefix(vp)), np.array(small.prefix(plain)))
+
+
+def test_loads_from_repo_id_in_hf_cache(checkpoints: Any, isolated_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A repo id resolves through the standard Hugging Face cache (offline); an absent one names the repo."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    import huggingface_hub.constants
+
+    hub_cache = Path(os.environ["HF_HOME"]) / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub_cache))  # read at import time
+    snap = hub_cache / "models--tiny--Qwen3-TTS-12Hz-Test" / "snapshots" / ("a" * 40)
+    shutil.copytree(checkpoints("custom_voice"), snap)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("a" * 40)
+    lm = load_model("tiny/Qwen3-TTS-12Hz-Test")
+    assert lm.config.tts_model_type == "custom_voice" and lm.folder == snap
+    with pytest.raises(ModelError, match=r"tiny/absent.*assistant pull"):
+        load_model("tiny/absent")

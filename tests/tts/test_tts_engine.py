@@ -204,3 +204,24 @@ def test_cli_voices_lists_profiles(capsys: pytest.CaptureFixture[str], isolated_
     for name in ("default", "narrator", "clone", "clone_icl"):
         assert name in out
     assert "* default" in out
+
+
+def test_stream_text_pieces_equal_whole_text_streaming_layout(checkpoints: Any, reference: Any) -> None:
+    """stream_text() over word-sized pieces gives the same audio as the whole text in the streaming layout."""
+    case = case_named(reference, "cv_auto_stream")
+    cfg = greedy(max_frames=19, chunk_frames=2)
+    voice = ad_hoc_voice("v", prompt_of(case))
+    whole = Qwen3TTS(loaded(checkpoints, "custom_voice"), cfg, StubTokenizer())
+    utt = whole.start(voice, case["text"], layout="stream")
+    want = []
+    while not utt.done:
+        chunk = utt.step()
+        if chunk is not None:
+            want.append(chunk)
+    tts = Qwen3TTS(loaded(checkpoints, "custom_voice"), cfg, StubTokenizer())
+    words = case["text"].split(" ")
+    pieces = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
+    got = list(tts.stream_text(pieces, voice))
+    assert np.array_equal(np.concatenate(got), np.concatenate(want))
+    sent = np.concatenate(tts.speech_tokenizer.decoder.calls)
+    assert sent.tolist() == case["codes"]

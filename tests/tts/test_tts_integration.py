@@ -71,3 +71,20 @@ def test_streamed_chunks_equal_full_decode(full_checkpoint: Path, voice_name: st
     skip = 0 if ref is None else ref.shape[0] * 1920
     assert audio.shape == (codes.shape[0] * 1920,)
     assert np.abs(audio - full[skip:]).max() <= 1e-5
+
+
+def test_speaker_encoder_same_in_both_layouts(checkpoints: Any) -> None:
+    """The official and mlx-community layouts (told apart by rule) give the same x-vector for a clip."""
+    from assistant.tts.qwen3.load import load_model, load_speaker_encoder
+    from assistant.tts.voices import read_wav_24k
+
+    wav = read_wav_24k(REPO / "voices" / "ref" / "espeak_en.wav")
+    vecs = []
+    for layout in ("pytorch", "mlx"):
+        lm = load_model(checkpoints("base", layout))
+        assert lm.layout == layout
+        enc = load_speaker_encoder(lm)
+        assert enc is not None
+        vecs.append(np.array(enc.embed(wav)))
+    assert vecs[0].shape == (64,)
+    assert np.abs(vecs[0] - vecs[1]).max() <= 1e-5

@@ -6,7 +6,7 @@ thread can interleave it with other work and cancel between frames.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,6 +179,21 @@ class Qwen3TTS:
     def stream(self, text: str, voice: Voice | None = None) -> Iterator[np.ndarray]:
         """float32 24 kHz chunks of `text` as frames decode."""
         utt = self.start(voice or self.voice(), text)
+        while not utt.done:
+            chunk = utt.step()
+            if chunk is not None:
+                yield chunk
+
+    def stream_text(self, pieces: Iterable[str], voice: Voice | None = None) -> Iterator[np.ndarray]:
+        """Incremental text (e.g. LLM deltas): speaks before the text is complete, stalling when it runs dry."""
+        utt = self.start(voice or self.voice())
+        for piece in pieces:
+            utt.push_text(piece)
+            while not (utt.done or utt.waiting_for_text):
+                chunk = utt.step()
+                if chunk is not None:
+                    yield chunk
+        utt.end_text()
         while not utt.done:
             chunk = utt.step()
             if chunk is not None:

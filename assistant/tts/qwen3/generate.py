@@ -117,9 +117,11 @@ class FrameGenerator:
 
     def push_text(self, piece: str) -> None:
         self.feed.push(piece)
+        self.waiting_for_text = False  # re-evaluated by the next step()
 
     def end_text(self) -> None:
         self.feed.end()
+        self.waiting_for_text = False
 
     def _forward(self, x: mx.array) -> None:
         assert self.cache is not None
