@@ -19,6 +19,7 @@ import mlx.nn as nn
 from assistant.errors import ModelError
 
 NO_LIMIT = 10_000  # left chunks when the left context is unlimited (-1)
+UNLIMITED_CACHE = 1 << 30  # cached frames when the left context is unlimited
 
 
 def _contexts(raw: Any) -> tuple[tuple[int, int], ...]:
@@ -369,7 +370,7 @@ class Encoder(nn.Module):
         n_strided = int(math.log2(self.args.subsampling_factor))
         return EncoderCache(
             context=context,
-            layers=[LayerCache(left=max(context[0], 0)) for _ in self.layers],
+            layers=[LayerCache(left=context[0] if context[0] >= 0 else UNLIMITED_CACHE) for _ in self.layers],
             subsampling=[None] * n_strided,
         )
 
@@ -385,4 +386,5 @@ class Encoder(nn.Module):
         for layer, lc in zip(self.layers, cache.layers, strict=True):
             x = layer(x, pos, mask, lc)
         cache.frames += t
+        mx.eval(x, cache.state_arrays())  # materialize the caches so no graph spans chunks
         return x
