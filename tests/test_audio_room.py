@@ -184,7 +184,8 @@ def test_no_device_named(room_env: Room, monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_unplugged_microphone_is_reported_and_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """When the sound server dies mid-capture, microphone() reports DeviceStatus(ok=False) instead of dying,
-    retries every device_retry_s, and reports ok=True with blocks flowing once a server is back."""
+    retries every device_retry_s, and reports ok=True with blocks flowing once a server is back; Playback.write
+    then raises AudioDeviceError naming the fix."""
     root = tmp_path / "room"
     first = start_room(root)
     for key, value in first.env.items():
@@ -201,6 +202,9 @@ def test_unplugged_microphone_is_reported_and_retried(tmp_path: Path, monkeypatc
 
     async def scenario() -> int:
         blocks = microphone(cfg, report)
+        speaker = Playback(cfg)
+        speaker.start()
+        speaker.write(sweep(0.5))
         for _ in range(5):
             await anext(blocks)
         first.close()  # unplug everything
@@ -211,6 +215,11 @@ def test_unplugged_microphone_is_reported_and_retried(tmp_path: Path, monkeypatc
             pending = asyncio.ensure_future(anext(blocks))
             await asyncio.wait_for(reported.wait(), 15)
             assert not reports[0].ok, reports
+            with pytest.raises(
+                AudioDeviceError, match=r"speaker 'default' stopped .* choose another with audio.output"
+            ):
+                speaker.write(sweep(0.1))
+            speaker.close()
             second = start_room(root)  # plug back in: a new server on the same socket
             await asyncio.wait_for(pending, 15)
             for _ in range(5):

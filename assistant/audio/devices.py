@@ -17,6 +17,7 @@ class Device:
     default_samplerate: float
     is_default_input: bool
     is_default_output: bool
+    host_api: str = ""
 
 
 def _sounddevice() -> Any:
@@ -55,6 +56,7 @@ def list_devices() -> list[Device]:
             sd._terminate()
             sd._initialize()
         raw = sd.query_devices()
+        apis = [a["name"] for a in sd.query_hostapis()]
         default_in, default_out = sd.default.device
     except sd.PortAudioError as e:
         raise AudioDeviceError(f"PortAudio cannot list audio devices: {e}; check the sound system") from e
@@ -67,6 +69,7 @@ def list_devices() -> list[Device]:
             default_samplerate=d["default_samplerate"],
             is_default_input=i == default_in,
             is_default_output=i == default_out,
+            host_api=apis[d["hostapi"]] if 0 <= d["hostapi"] < len(apis) else "",
         )
         for i, d in enumerate(raw)
     ]

@@ -23,6 +23,8 @@ from assistant.errors import AudioDeviceError, InputError
 
 log = logging.getLogger("assistant.audio.playback")
 
+NO_CALLBACK_S = 3.0  # a running stream calls back every block_ms; this long without a call means the device is gone
+
 
 class Playback:
     """Context manager (or start()/close()): float32 mono audio at `rate` out of the configured speaker.
@@ -41,6 +43,9 @@ class Playback:
         self.device: devices.Device | None = None
         self.format: devices.Format | None = None
         self._stream: Any = None
+        self._lost = False  # the stream stopped by itself: the device is gone
+        self._restarting = False  # flush() is stopping the stream on purpose
+        self._last_callback = 0.0
         self._lock = threading.Lock()
         self._resampler: StreamResampler | None = None
         self._reset_buffer()
@@ -88,9 +93,11 @@ class Playback:
                 blocksize=frame_samples(fmt.rate, self.cfg.block_ms),
                 latency="low",
                 callback=self._callback,
+                finished_callback=self._finished,
             )
         except (sd.PortAudioError, ValueError) as e:
             raise devices.describe_open_error(device, "output", e) from e
+        self._lost = False
         devices.stream_opened()
         self._stream = stream
         self.output_latency_s = float(stream.latency)
@@ -132,6 +139,12 @@ class Playback:
             raise InputError(f"Playback.write expects a 1-D float32 array at {self.rate} Hz, got {what}")
         if self._stream is None:
             raise AudioDeviceError("the speaker is not open; call Playback.start() first")
+        if self._lost or time.monotonic() - self._last_callback > NO_CALLBACK_S:
+            name = self.device.name if self.device else "?"
+            raise AudioDeviceError(
+                f"speaker {name!r} stopped (device unplugged or the sound server went away); reconnect it or choose "
+                f"another with audio.output_device, then start() again (retry every {self.cfg.device_retry_s:g} s)"
+            )
         with self._lock:
             out = self._resampler.push(chunk) if self._resampler is not None else chunk.copy()
             if self._queued + len(out) > self._max_queued:
@@ -147,6 +160,11 @@ class Playback:
                 self._first_queued_at = self._first_queued_at or time.monotonic()
             self._written += len(chunk)
 
+    def _finished(self) -> None:
+        """PortAudio: the stream stopped. Expected after close() and during flush(); otherwise the device is gone."""
+        if self._stream is not None and not self._restarting:
+            self._lost = True
+
     def flush(self) -> None:
         """Drop all queued audio, also what the device has buffered: silence within one audio block (barge-in).
         Resets `played_samples`."""
@@ -157,14 +175,19 @@ class Playback:
             return
         # what PortAudio and the sound server already hold would play on for their latency: abort discards it
         t0 = time.monotonic()
+        self._restarting = True
         try:
             stream.abort()
             stream.start()
         except Exception as e:
+            self._lost = True
             raise AudioDeviceError(
                 f"speaker {self.device.name if self.device else '?'!r} failed on restart after flush ({e}); "
                 f"reconnect it or choose another with audio.output_device"
             ) from e
+        finally:
+            self._restarting = False
+            self._last_callback = time.monotonic()
         log.debug("flush took %.1f ms", (time.monotonic() - t0) * 1000)
 
     @property
@@ -189,7 +212,7 @@ class Playback:
     # ---- PortAudio thread ----------------------------------------------------------------------------------
 
     def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
-        now = time.monotonic()
+        now = self._last_callback = time.monotonic()
         # PortAudio's clock is not ours: carry over the delay until this block is heard
         delay = time_info.outputBufferDacTime - time_info.currentTime
         dac = now + (delay if 0.0 < delay < 1.0 else self.output_latency_s)
