@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from assistant.audio.capture import Capture, microphone
-from assistant.audio.format import CAPTURE_RATE, TTS_RATE
+from assistant.audio.format import CAPTURE_RATE, TTS_RATE, frame_samples
 from assistant.audio.playback import Playback
 from assistant.config import AudioConfig, VadConfig
 from assistant.errors import AudioDeviceError
@@ -233,3 +233,24 @@ def test_unplugged_microphone_is_reported_and_retried(tmp_path: Path, monkeypatc
     assert asyncio.run(scenario()) == 2
     assert [r.ok for r in reports] == [False, True]
     assert "microphone" in reports[0].message and "audio.input_device" in reports[0].message
+
+
+def test_slow_reader_overflows_are_counted(room_env: Room) -> None:
+    """A reader that stalls for 0.6 s with a 10-block queue loses blocks, and each lost block is counted."""
+    cfg = AudioConfig(capture_queue_blocks=10)  # 10 blocks of 20 ms = 200 ms of slack
+
+    async def stall() -> tuple[int, int, int]:
+        async with Capture(cfg) as mic:
+            await mic.read()
+            await asyncio.sleep(0.6)  # the reader is busy elsewhere
+            held = 0
+            while mic._blocks:  # what survived in the queue
+                await mic.read()
+                held += 1
+            await mic.read()  # and capture goes on
+            return held, mic.overflows, mic.samples_read
+
+    held, overflows, samples = asyncio.run(stall())
+    assert held == 10
+    assert overflows >= 10  # ~30 blocks arrived during the stall; at most 10 fit
+    assert samples == 12 * frame_samples(CAPTURE_RATE, cfg.block_ms)
