@@ -216,7 +216,8 @@ def test_unplugged_microphone_is_reported_and_retried(tmp_path: Path, monkeypatc
             await asyncio.wait_for(reported.wait(), 15)
             assert not reports[0].ok, reports
             with pytest.raises(
-                AudioDeviceError, match=r"speaker 'default' stopped .* choose another with audio.output"
+                AudioDeviceError,
+                match=r"speaker .default. stopped .* cannot be reopened; reconnect it or choose another",
             ):
                 speaker.write(sweep(0.1))
             speaker.close()

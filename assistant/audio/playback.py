@@ -23,7 +23,7 @@ from assistant.errors import AudioDeviceError, InputError
 
 log = logging.getLogger("assistant.audio.playback")
 
-NO_CALLBACK_S = 3.0  # a running stream calls back every block_ms; this long without a call means the device is gone
+NO_CALLBACK_S = 1.0  # a running stream calls back every block_ms; this long without a call: it is stuck
 
 
 class Playback:
@@ -38,6 +38,7 @@ class Playback:
         self.rate = rate
         self.underruns = 0
         self.overflows = 0  # chunks refused because playback_buffer_s was full
+        self.restarts = 0  # streams that died by themselves and were reopened
         self.output_latency_s = 0.0
         self.first_sample_dac_time: float | None = None
         self.device: devices.Device | None = None
@@ -75,7 +76,6 @@ class Playback:
 
     def start(self) -> None:
         """Open and start the output stream. Raises AudioDeviceError naming the fix."""
-        sd = devices._sounddevice()
         device = devices.pick(self.cfg.output_device, "output")
         fmt = devices.negotiate(device, "output", self.rate, "float32", self.cfg.device_rate)
         self.device, self.format = device, fmt
@@ -84,6 +84,18 @@ class Playback:
             self._reset_buffer()
         self._prebuffer = frame_samples(fmt.rate, self.cfg.output_prebuffer_ms)
         self._max_queued = round(fmt.rate * self.cfg.playback_buffer_s)
+        self._open(device, fmt)
+        log.info(
+            "speaker open: %s (device %d) at %d Hz x%d, latency %.0f ms",
+            device.name,
+            device.index,
+            fmt.rate,
+            fmt.channels,
+            self.output_latency_s * 1000,
+        )
+
+    def _open(self, device: devices.Device, fmt: devices.Format) -> None:
+        sd = devices._sounddevice()
         try:
             stream = sd.OutputStream(
                 device=device.index,
@@ -101,19 +113,30 @@ class Playback:
         devices.stream_opened()
         self._stream = stream
         self.output_latency_s = float(stream.latency)
+        self._last_callback = time.monotonic()  # counts from the start: the first call may take a moment
         try:
             stream.start()
         except sd.PortAudioError as e:
             self.close()
             raise devices.describe_open_error(device, "output", e) from e
-        log.info(
-            "speaker open: %s (device %d) at %d Hz x%d, latency %.0f ms",
-            device.name,
-            device.index,
-            fmt.rate,
-            fmt.channels,
-            self.output_latency_s * 1000,
-        )
+
+    def _recover(self) -> None:
+        """The stream died or stalled: abandon it and open a new one on the same device (queued audio is kept).
+        PortAudio's ALSA backend loses streams this way on an overloaded machine, not only on unplugging."""
+        old, self._stream = self._stream, None
+        devices.stream_closed()
+        threading.Thread(target=_abandon, args=(old,), name="playback-close", daemon=True).start()
+        assert self.device is not None and self.format is not None
+        try:
+            self._open(self.device, self.format)
+        except AudioDeviceError as e:
+            raise AudioDeviceError(
+                f"speaker {self.device.name!r} stopped (device unplugged or the sound server went away) and cannot "
+                f"be reopened; reconnect it or choose another with audio.output_device, then start() again "
+                f"(retry every {self.cfg.device_retry_s:g} s). {e}"
+            ) from e
+        self.restarts += 1
+        log.warning("speaker stream stopped by itself; reopened it (%d so far)", self.restarts)
 
     def close(self) -> None:
         """Stop the stream at once (queued audio is dropped) and release the device."""
@@ -140,11 +163,7 @@ class Playback:
         if self._stream is None:
             raise AudioDeviceError("the speaker is not open; call Playback.start() first")
         if self._lost or time.monotonic() - self._last_callback > NO_CALLBACK_S:
-            name = self.device.name if self.device else "?"
-            raise AudioDeviceError(
-                f"speaker {name!r} stopped (device unplugged or the sound server went away); reconnect it or choose "
-                f"another with audio.output_device, then start() again (retry every {self.cfg.device_retry_s:g} s)"
-            )
+            self._recover()
         with self._lock:
             out = self._resampler.push(chunk) if self._resampler is not None else chunk.copy()
             if self._queued + len(out) > self._max_queued:
@@ -258,3 +277,12 @@ class Playback:
                 self._chunks[0] = head[k:]
         self._queued -= n
         return n
+
+
+def _abandon(stream: Any) -> None:
+    """Release a dead stream; it may hang in PortAudio, which is why this runs on a thread nobody waits for."""
+    try:
+        stream.abort()
+        stream.close()
+    except Exception as e:
+        log.debug("closing a dead output stream: %s", e)
