@@ -194,22 +194,29 @@ class Capture:
 
 
 async def microphone(cfg: AudioConfig, report: Callable[[DeviceStatus], None]) -> AsyncIterator[np.ndarray]:
-    """Blocks from the microphone forever: on a device error it reports DeviceStatus(ok=False), retries every
+    """Blocks from the microphone forever. A stream that fails is reopened at once (PortAudio's ALSA backend
+    drops streams on an overloaded machine); if that fails too, it reports DeviceStatus(ok=False), retries every
     `audio.device_retry_s`, and reports DeviceStatus(ok=True) when the device is back."""
-    failing = False
+    failures, reported = 0, False
+    first: AudioDeviceError | None = None  # what went wrong, rather than why reopening failed
     while True:
-        capture = Capture(cfg)
         try:
-            async with capture:
+            async with Capture(cfg) as capture:
                 while True:
                     block = await capture.read()
-                    if failing:
-                        failing = False
+                    if reported:
                         report(DeviceStatus("input", True, "microphone is back", time.monotonic()))
+                    failures, reported, first = 0, False, None
                     yield block
         except AudioDeviceError as e:
-            if not failing:
-                log.error("%s", e)
-                report(DeviceStatus("input", False, str(e), time.monotonic()))
-            failing = True
+            failures += 1
+            if failures == 1:
+                first = e
+                log.warning("%s; reopening", e)
+                continue
+            if not reported:
+                log.error("%s", first or e)
+                log.debug("reopening failed: %s", e)
+                report(DeviceStatus("input", False, str(first or e), time.monotonic()))
+                reported = True
         await asyncio.sleep(cfg.device_retry_s)

@@ -107,6 +107,10 @@ class Format:
     channels: int
 
 
+# PortAudio's words for "not this format" (anything else means the device itself is unusable)
+FORMAT_REFUSALS = ("Invalid sample rate", "Invalid number of channels", "Sample format not supported")
+
+
 def negotiate(device: Device, kind: str, rate: int, dtype: str, forced_rate: int = 0) -> Format:
     """Our `rate` in mono when the device takes it, else its default rate and/or 2 channels (only `forced_rate`
     when given, from audio.device_rate); AudioDeviceError if it takes none of them."""
@@ -123,6 +127,8 @@ def negotiate(device: Device, kind: str, rate: int, dtype: str, forced_rate: int
             try:
                 check(device=device.index, channels=c, dtype=dtype, samplerate=r)
             except (sd.PortAudioError, ValueError) as e:
+                if not any(m in str(e) for m in FORMAT_REFUSALS):
+                    raise describe_open_error(device, kind, e) from e  # not the format: the device itself failed
                 refused.append(f"{r} Hz x{c}: {e}")
                 continue
             return Format(rate=r, channels=c)
