@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from assistant.audio import devices
 from assistant.audio.capture import Capture, microphone
 from assistant.audio.format import CAPTURE_RATE, TTS_RATE, frame_samples
 from assistant.audio.playback import Playback
@@ -255,3 +256,17 @@ def test_slow_reader_overflows_are_counted(room_env: Room) -> None:
     assert held == 10
     assert overflows >= 10  # ~30 blocks arrived during the stall; at most 10 fit
     assert samples == 12 * frame_samples(CAPTURE_RATE, cfg.block_ms)
+
+
+def test_unsupported_rate_is_named(room_env: Room) -> None:
+    """A rate the device refuses (PulseAudio's ALSA device stops at 384 kHz) fails with one line naming what was
+    tried and the fix."""
+    device = devices.pick("", "input")
+    with pytest.raises(AudioDeviceError) as e:
+        devices.negotiate(device, "input", CAPTURE_RATE, "int16", forced_rate=400_000)
+    assert str(e.value) == (
+        f"input device {device.index}: 'default' supports none of the rates and channel counts we can use "
+        "(400000 Hz x1: Invalid sample rate [PaErrorCode -9997]; 400000 Hz x2: Invalid sample rate "
+        "[PaErrorCode -9997]); choose another with audio.input_device (see `assistant devices`) or set "
+        "audio.device_rate = 0"
+    )
