@@ -111,10 +111,12 @@ def test_playback_tone_arrives_intact(room_env: Room, device_rate: int) -> None:
         assert out.format is not None and out.format.rate == (device_rate or TTS_RATE)
         for i in range(0, len(tone), 1920):  # 80 ms chunks, as the TTS writes them
             out.write(tone[i : i + 1920])
-        deadline = time.monotonic() + 5
+        deadline, levels = time.monotonic() + 5, []
         while out.played_samples < len(tone) and time.monotonic() < deadline:
+            levels.append(out.level_dbfs)
             time.sleep(0.02)
         assert out.played_samples == len(tone)
+        assert abs(np.median(levels) - 20 * np.log10(0.5 / np.sqrt(2))) < 1.0  # the sweep's -9 dBFS
         assert out.first_sample_dac_time is not None
         time.sleep(0.2)
         underruns = out.underruns  # 0 unless the machine was too busy to feed the device in time

@@ -23,6 +23,8 @@ from assistant.errors import AudioDeviceError, InputError
 
 log = logging.getLogger("assistant.audio.playback")
 
+SILENT_DBFS = -120.0  # the level reported for digital silence
+
 NO_CALLBACK_S = 1.0  # a running stream calls back every block_ms; this long without a call: it is stuck
 
 
@@ -41,6 +43,7 @@ class Playback:
         self.restarts = 0  # streams that died by themselves and were reopened
         self.output_latency_s = 0.0
         self.first_sample_dac_time: float | None = None
+        self.level_dbfs = SILENT_DBFS  # RMS level of the block handed to the device last, dB full scale
         self.device: devices.Device | None = None
         self.format: devices.Format | None = None
         self._stream: Any = None
@@ -262,6 +265,9 @@ class Playback:
                 self._starved = True
         if n < frames:
             outdata[n:] = 0.0
+        # what the speaker plays now, for Vad.set_playback (the barge-in energy margin is over this)
+        rms = float(np.sqrt(np.mean(np.square(outdata[:, 0])))) if frames else 0.0
+        self.level_dbfs = max(SILENT_DBFS, 20.0 * np.log10(rms)) if rms > 0 else SILENT_DBFS
 
     def _take(self, outdata: np.ndarray, frames: int) -> int:
         """Move up to `frames` queued samples into `outdata` (every channel); returns how many."""
