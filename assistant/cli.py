@@ -106,14 +106,22 @@ def cmd_devices(args: argparse.Namespace, cfg: config.Config) -> int:
     found = devices.list_devices()
     if not found:
         raise AudioDeviceError("no audio devices found; connect a microphone and speaker (or start the sound server)")
-    print(f"{'':2} {'index':>5}  {'in':>3} {'out':>3}  {'rate':>7}  name")
+    print(f"{'':2} {'index':>5}  {'in':>3} {'out':>3}  {'rate':>7}  {'api':<10} name")
     for d in found:
         mark = ("<" if d.is_default_input else " ") + (">" if d.is_default_output else " ")
         print(
             f"{mark} {d.index:>5}  {d.max_input_channels:>3} {d.max_output_channels:>3}  "
-            f"{d.default_samplerate:>7.0f}  {d.name}"
+            f"{d.default_samplerate:>7.0f}  {d.host_api:<10} {d.name}"
         )
     print("< default input, > default output")
+    for kind in ("input", "output"):
+        spec = getattr(cfg.audio, f"{kind}_device")
+        try:
+            chosen = devices.pick(spec, kind, found)
+            print(f"audio.{kind}_device = {spec!r} uses {chosen.index}: {chosen.name}")
+        except AudioDeviceError as e:
+            print(f"audio.{kind}_device = {spec!r}: {e}")
+    print("set audio.input_device / audio.output_device to an index or a name substring to choose")
     return 0
 
 

@@ -34,6 +34,7 @@ def opt(
 class AudioConfig:
     input_device: str = opt("")  # name substring or index; "" = system default
     output_device: str = opt("")
+    device_rate: int = opt(0, "Hz", 0, 384_000)  # 0 = ours when the device takes it, else the device's default
     block_ms: int = opt(20, "ms", 5, 200)
     output_prebuffer_ms: int = opt(40, "ms", 0, 2000)
     capture_queue_blocks: int = opt(500, "blocks", 10, 100_000)

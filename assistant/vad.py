@@ -1,8 +1,15 @@
 """Endpointing: a pure state machine over webrtcvad frames that says when the user starts and stops talking.
 
-quiet -> starting (voiced frames, not yet `min_speech_ms`) -> speaking -> stopping (silence, not yet the
-hangover) -> quiet. Positions are sample indices since construction or `reset()`, exact whatever the sizes of the
-blocks fed; a frame's decision is placed at the frame's first sample. No I/O: feed samples, get events.
+quiet -> starting (voiced frames in a row, fewer than `min_speech_ms`) -> speaking -> stopping (silence, less than
+the hangover) -> quiet. A frame is voiced when webrtcvad says so and it is `noise_gate_db` louder than the
+quietest frame of the last 3 s (webrtcvad alone calls steady rumble speech). Events:
+- SpeechStarted once min_speech_ms of voiced frames are in a row (barge_in_min_speech_ms, and louder than the
+  playback by barge_in_energy_margin_db, while the assistant speaks); start_sample = onset less the pre-roll.
+- SilenceStarted after early_silence_ms of silence, SpeechResumed when half of min_speech_ms of voice comes back
+  before the hangover (single clicks do not), SpeechEnded after the hangover or at max_utterance_s (truncated).
+Positions are sample indices since construction or `reset()`, exact whatever the sizes of the blocks fed; a
+frame's decision is placed at its first sample. `time` is the clock's reading when the event was decided.
+No I/O: feed samples, get events.
 """
 
 from __future__ import annotations
@@ -55,7 +62,6 @@ class Vad:
         self.cfg = cfg
         self.sample_rate = sample_rate
         self._clock = clock
-        self._webrtc = webrtcvad.Vad(cfg.aggressiveness)
         self.frame = sample_rate * cfg.frame_ms // 1000  # e.g. 480 = 30 ms at 16 kHz
         self._min_speech = self._frames(cfg.min_speech_ms)
         self._barge_min_speech = self._frames(cfg.barge_in_min_speech_ms)
@@ -67,7 +73,7 @@ class Vad:
         self._short_hangover = self._frames(cfg.short_hangover_ms)
         self._preroll = sample_rate * cfg.preroll_ms // 1000
         self._max_utterance = round(sample_rate * cfg.max_utterance_s)
-        self._levels: deque[float] = deque(maxlen=self._frames(NOISE_WINDOW_S * 1000))
+        self._levels: deque[float] = deque(maxlen=self._frames(NOISE_WINDOW_S * 1000))  # kept across reset()
         self._playback = False
         self._playback_dbfs = SILENT_DBFS
         self.reset()
@@ -77,11 +83,11 @@ class Vad:
         return max(1, math.ceil(ms / self.cfg.frame_ms))
 
     def reset(self) -> None:
-        """Back to quiet with positions counted from zero (keeps the playback setting)."""
+        """Back to quiet with positions counted from zero (keeps the playback setting and the noise floor)."""
+        self._webrtc = webrtcvad.Vad(self.cfg.aggressiveness)
         self.state = State.QUIET
         self._pending = np.zeros(0, dtype=np.int16)
         self.position = 0  # samples consumed in whole frames
-        self._levels.clear()
         self._onset = 0  # first voiced frame of the current (candidate) utterance
         self._start = 0  # onset less the pre-roll
         self._run = 0  # voiced frames in a row while starting

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.audio_room import Room, missing_tools, start_room
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -19,3 +22,28 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def room(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Room]:
+    """The virtual PulseAudio room of tests/audio_room.py, one per test session, torn down at its end."""
+    missing = missing_tools()
+    if missing:
+        pytest.skip(f"the audio room needs PulseAudio ({', '.join(missing)} not installed): apt-get install pulseaudio")
+    try:
+        import sounddevice  # noqa: F401
+    except OSError as e:
+        pytest.skip(f"PortAudio is not installed ({e}): apt-get install libportaudio2")
+    the_room = start_room(tmp_path_factory.mktemp("room"))
+    try:
+        yield the_room
+    finally:
+        the_room.close()
+
+
+@pytest.fixture
+def room_env(room: Room, monkeypatch: pytest.MonkeyPatch) -> Room:
+    """The room, with this process's environment pointing PortAudio (through PulseAudio) at it."""
+    for key, value in room.env.items():
+        monkeypatch.setenv(key, value)
+    return room

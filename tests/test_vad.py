@@ -13,6 +13,8 @@ import dataclasses
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from assistant.config import VadConfig
 from assistant.errors import ConfigError, InputError
@@ -210,10 +212,14 @@ def assert_one_pair_per_sentence(events: list[VadEvent], spans: list[tuple[int, 
 
 
 @needs_espeak
-def test_espeak_sentences_one_pair_each() -> None:
-    """Two spoken sentences separated by silence give exactly two start/end pairs at the true onsets and ends."""
+@pytest.mark.parametrize("frame_ms", [10, 20, 30])
+@pytest.mark.parametrize("aggressiveness", [0, 3])
+def test_espeak_sentences_one_pair_each(frame_ms: int, aggressiveness: int) -> None:
+    """Two spoken sentences separated by silence give exactly two start/end pairs at the true onsets and ends,
+    for every frame length and at both ends of the aggressiveness range."""
     audio, spans = two_sentences()
-    assert_one_pair_per_sentence(Vad(CFG).feed(audio), spans)
+    cfg = dataclasses.replace(CFG, frame_ms=frame_ms, aggressiveness=aggressiveness)
+    assert_one_pair_per_sentence(Vad(cfg).feed(audio), spans)
 
 
 @needs_espeak
@@ -254,3 +260,37 @@ def test_webrtcvad_alone_calls_the_noise_speech() -> None:
     noisy = np.clip(audio + brown_noise(len(audio), speech_rms / 10**0.5), -32768, 32767).astype(np.int16)
     events = Vad(dataclasses.replace(CFG, noise_gate_db=0.0)).feed(noisy)
     assert sum(isinstance(e, SpeechEnded) for e in events) != 2
+
+
+@given(
+    frames=st.text(alphabet="01", min_size=1, max_size=120),
+    cut=st.lists(st.integers(1, 3000), min_size=1, max_size=20),
+)
+@settings(max_examples=60, deadline=None)
+def test_event_grammar_on_any_pattern(frames: str, cut: list[int]) -> None:
+    """For any speech/silence pattern and block sizes: starts and ends alternate, silence/resume events only occur
+    inside an utterance and alternate, positions never go backwards, and the events equal whole-buffer feeding."""
+    audio = pattern("0" * 5 + frames + "0" * 30)
+    v, got, i = vad(), [], 0
+    for n in cut * (len(audio) // sum(cut) + 1):
+        if i >= len(audio):
+            break
+        got += v.feed(audio[i : i + n])
+        i += n
+    assert got == vad().feed(audio)
+    inside, silent, last = False, False, 0
+    for e in got:
+        if isinstance(e, SpeechStarted):
+            assert not inside and e.start_sample <= e.onset_sample
+            assert e.start_sample >= last
+            inside, silent, last = True, False, e.onset_sample
+        elif isinstance(e, SilenceStarted):
+            assert inside and not silent and e.sample >= last
+            silent, last = True, e.sample
+        elif isinstance(e, SpeechResumed):
+            assert inside and silent and e.sample >= last
+            silent, last = False, e.sample
+        else:
+            assert inside and e.end_sample >= last
+            inside, last = False, e.end_sample
+    assert not inside  # 900 ms of trailing silence ends every utterance

@@ -17,6 +17,7 @@ class Device:
     default_samplerate: float
     is_default_input: bool
     is_default_output: bool
+    host_api: str = ""
 
 
 def _sounddevice() -> Any:
@@ -30,13 +31,32 @@ def _sounddevice() -> Any:
     return sounddevice
 
 
+_open_streams = 0  # streams of ours now open: PortAudio cannot re-scan devices under them
+
+
+def stream_opened() -> None:
+    global _open_streams
+    _open_streams += 1
+
+
+def stream_closed() -> None:
+    global _open_streams
+    _open_streams = max(0, _open_streams - 1)
+
+
 def list_devices() -> list[Device]:
-    """Every device PortAudio sees, with the default input and output marked."""
+    """Every device PortAudio sees, with the default input and output marked.
+
+    Re-scans (so devices plugged in since start-up appear) unless one of our streams is open, because a re-scan
+    restarts PortAudio and would close it.
+    """
     sd = _sounddevice()
     try:
-        sd._terminate()  # re-scan: devices plugged in since start-up appear
-        sd._initialize()
+        if _open_streams == 0:
+            sd._terminate()
+            sd._initialize()
         raw = sd.query_devices()
+        apis = [a["name"] for a in sd.query_hostapis()]
         default_in, default_out = sd.default.device
     except sd.PortAudioError as e:
         raise AudioDeviceError(f"PortAudio cannot list audio devices: {e}; check the sound system") from e
@@ -49,6 +69,7 @@ def list_devices() -> list[Device]:
             default_samplerate=d["default_samplerate"],
             is_default_input=i == default_in,
             is_default_output=i == default_out,
+            host_api=apis[d["hostapi"]] if 0 <= d["hostapi"] < len(apis) else "",
         )
         for i, d in enumerate(raw)
     ]
@@ -76,3 +97,58 @@ def pick(spec: str, kind: str, devices: list[Device] | None = None) -> Device:
         names = ", ".join(f"{d.index}: {d.name}" for d in usable)
         raise AudioDeviceError(f"{setting} = {spec!r} matches no {kind} device; choose one of: {names}")
     return match[0]
+
+
+@dataclass(frozen=True)
+class Format:
+    """What a device accepted: its rate and channel count (we convert to and from mono at our rate)."""
+
+    rate: int
+    channels: int
+
+
+# PortAudio's words for "not this format" (anything else means the device itself is unusable)
+FORMAT_REFUSALS = ("Invalid sample rate", "Invalid number of channels", "Sample format not supported")
+
+
+def negotiate(device: Device, kind: str, rate: int, dtype: str, forced_rate: int = 0) -> Format:
+    """Our `rate` in mono when the device takes it, else its default rate and/or 2 channels (only `forced_rate`
+    when given, from audio.device_rate); AudioDeviceError if it takes none of them."""
+    sd = _sounddevice()
+    check = sd.check_input_settings if kind == "input" else sd.check_output_settings
+    most = device.max_input_channels if kind == "input" else device.max_output_channels
+    rates = (
+        [forced_rate] if forced_rate else list(dict.fromkeys([rate, round(device.default_samplerate), 48000, 44100]))
+    )
+    channel_counts = [c for c in (1, 2) if c <= most] or [most]
+    refused = []
+    for r in rates:
+        for c in channel_counts:
+            try:
+                check(device=device.index, channels=c, dtype=dtype, samplerate=r)
+            except (sd.PortAudioError, ValueError) as e:
+                if not any(m in str(e) for m in FORMAT_REFUSALS):
+                    raise describe_open_error(device, kind, e) from e  # not the format: the device itself failed
+                refused.append(f"{r} Hz x{c}: {e}")
+                continue
+            return Format(rate=r, channels=c)
+    raise AudioDeviceError(
+        f"{kind} device {device.index}: {device.name!r} supports none of the rates and channel counts we can use "
+        f"({'; '.join(refused)}); choose another with audio.{kind}_device (see `assistant devices`)"
+        + (" or set audio.device_rate = 0" if forced_rate else "")
+    )
+
+
+def describe_open_error(device: Device, kind: str, e: Exception) -> AudioDeviceError:
+    """A PortAudio failure to open or start a stream, as a message naming the likely cause and the fix."""
+    text = str(e)
+    if "busy" in text.lower() or "unavailable" in text.lower():
+        cause = "it is busy or unavailable; close other programs using it, or choose another"
+    else:
+        cause = (
+            "check that it is connected and allowed (macOS: System Settings > Privacy > Microphone), or choose another"
+        )
+    return AudioDeviceError(
+        f"cannot open {kind} device {device.index}: {device.name!r} ({text}); {cause} with audio.{kind}_device "
+        "(see `assistant devices`)"
+    )

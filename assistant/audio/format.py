@@ -81,6 +81,11 @@ class StreamResampler:
         ready = int(np.ceil((self._n_in - self._width) * self.dst_rate / self.src_rate))
         return self._emit(min(ready, round(self._n_in * self.dst_rate / self.src_rate)))
 
+    @property
+    def pending(self) -> bool:
+        """Whether input has been pushed whose output is not all out yet."""
+        return self._n_out < round(self._n_in * self.dst_rate / self.src_rate)
+
     def flush(self) -> np.ndarray:
         """The remaining output of the signal so far (its tail, as if zeros followed), then reset."""
         if self.src_rate == self.dst_rate:

@@ -1,0 +1,87 @@
+"""`assistant devices` and `assistant run` with no sound system at all, and with the virtual room."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.audio_room import Room
+
+# Only on Linux without sound cards does an unreachable PulseAudio leave PortAudio with no device at all.
+no_sound_cards = pytest.mark.skipif(
+    sys.platform != "linux" or any(Path("/dev/snd").glob("pcmC*")),
+    reason="needs Linux with no sound card, where hiding PulseAudio leaves no device",
+)
+
+
+def assistant(args: list[str], env_extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **env_extra}
+    return subprocess.run(
+        [sys.executable, "-m", "assistant", *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def quiet_env(root: Path) -> dict[str, str]:
+    """No user config, offline, and PULSE_SERVER pointing at a socket where no PulseAudio runs."""
+    return {
+        "XDG_CONFIG_HOME": str(root / "xdg"),
+        "HOME": str(root / "home"),
+        "HF_HOME": str(root / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "PULSE_SERVER": f"unix:{root / 'no-pulse'}",
+        "ASSISTANT_CONFIG": "",
+    }
+
+
+def local_models(root: Path) -> list[str]:
+    """--set options pointing every model at an existing local folder, so `run` gets as far as the devices."""
+    folder = root / "model"
+    folder.mkdir(exist_ok=True)
+    return [f"--set={key}='{folder}'" for key in ("stt.model", "llm.model", "tts.model")]
+
+
+@no_sound_cards
+def test_devices_without_sound_system_is_one_line(tmp_path: Path) -> None:
+    """`assistant devices` with no PulseAudio running exits 2 with one line naming the fix, no traceback."""
+    out = assistant(["devices"], quiet_env(tmp_path))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "assistant: error: no audio devices found; connect a microphone and speaker (or start the sound server)"
+    ]
+
+
+@no_sound_cards
+def test_run_without_sound_system_is_one_line(tmp_path: Path) -> None:
+    """`assistant run` (models present) with no PulseAudio running exits 2 with one line naming the fix."""
+    out = assistant(["run", *local_models(tmp_path)], quiet_env(tmp_path))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "assistant: error: no audio input device found; connect a microphone (or start the sound server), then "
+        "check `assistant devices`"
+    ]
+
+
+@pytest.mark.audio
+def test_devices_in_the_room(room: Room, tmp_path: Path) -> None:
+    """In the virtual room `assistant devices` lists PulseAudio's default device, marks it, and says what is used."""
+    out = assistant(["devices"], {**quiet_env(tmp_path), **room.env})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("<>") and line.endswith(" default") for line in lines), out.stdout
+    assert "audio.input_device = '' uses " in out.stdout and "audio.output_device = '' uses " in out.stdout
+
+
+@pytest.mark.audio
+def test_run_with_unknown_device_lists_choices(room: Room, tmp_path: Path) -> None:
+    """`assistant run` with an input device name matching nothing says so in one line, listing the devices."""
+    out = assistant(
+        ["run", *local_models(tmp_path), "--set=audio.input_device='usb mic'"], {**quiet_env(tmp_path), **room.env}
+    )
+    assert out.returncode == 2
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith("assistant: error: audio.input_device = 'usb mic' matches no input device; choose one of:")
+    assert "default" in line

@@ -1,0 +1,274 @@
+"""Capture, playback and VAD through the real PortAudio path, in the virtual PulseAudio room (tests/audio_room.py).
+
+Ground truth comes from the audio itself: the captured signal is aligned with what was played into the virtual
+microphone by cross-correlation, so the true onsets are known in capture samples; the virtual speaker's
+recording is aligned with what was written the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from assistant.audio import devices
+from assistant.audio.capture import Capture, microphone
+from assistant.audio.format import CAPTURE_RATE, TTS_RATE, frame_samples
+from assistant.audio.playback import Playback
+from assistant.config import AudioConfig, VadConfig
+from assistant.errors import AudioDeviceError
+from assistant.events import DeviceStatus, SpeechEnded, SpeechStarted
+from assistant.vad import AudioRing, Vad, VadEvent
+from tests.audio_room import Room, start_room
+from tests.speech import needs_espeak, say, silence, speech_span
+
+pytestmark = pytest.mark.audio
+
+SENTENCES = ("Hello there, what is the weather like today?", "Please turn on the lights in the kitchen.")
+
+
+def align(recorded: np.ndarray, reference: np.ndarray) -> tuple[int, float]:
+    """(lag, correlation): where `reference` starts in `recorded`, and their normalised correlation there."""
+    a, b = recorded.astype(np.float64), reference.astype(np.float64)
+    n = 1 << int(np.ceil(np.log2(len(a) + len(b))))
+    xc = np.fft.irfft(np.fft.rfft(a, n) * np.conj(np.fft.rfft(b, n)), n)[: len(a)]
+    lag = int(np.argmax(xc))
+    seg = a[lag : lag + len(b)]
+    ref = b[: len(seg)]
+    return lag, float(seg @ ref / (np.linalg.norm(seg) * np.linalg.norm(ref) + 1e-12))
+
+
+def sweep(seconds: float, rate: int = TTS_RATE, lo: float = 200.0, hi: float = 4000.0) -> np.ndarray:
+    """A known test tone: a logarithmic sine sweep at half scale with 10 ms fades, float32."""
+    t = np.arange(round(seconds * rate)) / rate
+    k = np.log(hi / lo) / seconds
+    x = 0.5 * np.sin(2 * np.pi * lo * (np.exp(k * t) - 1) / k)
+    fade = np.minimum(1.0, np.minimum(t, seconds - t) / 0.01)
+    return (x * fade).astype(np.float32)
+
+
+async def capture_while_playing(
+    room: Room, audio: np.ndarray, tail_s: float, cfg: AudioConfig
+) -> tuple[np.ndarray, list[VadEvent]]:
+    """Capture the room microphone while `audio` is played into it; VAD runs on each block as it arrives."""
+    vad = Vad(VadConfig())
+    ring = AudioRing(CAPTURE_RATE * 60)
+    events: list[VadEvent] = []
+    async with Capture(cfg) as mic:
+        first = await mic.read()  # the stream runs: now speak
+        ring.append(first)
+        events += vad.feed(first)
+        player = room.play(audio)
+        while player.poll() is None:
+            block = await mic.read()
+            ring.append(block)
+            events += vad.feed(block)
+        until = mic.samples_read + round(tail_s * CAPTURE_RATE)
+        while mic.samples_read < until:
+            block = await mic.read()
+            ring.append(block)
+            events += vad.feed(block)
+        assert mic.overflows == 0
+        assert mic.format is not None and mic.format.rate == (cfg.device_rate or CAPTURE_RATE)
+    return ring.since(0), events
+
+
+@needs_espeak
+@pytest.mark.parametrize("device_rate", [0, 48000], ids=["16k", "48k-resampled"])
+def test_captured_speech_one_pair_per_sentence(room_env: Room, device_rate: int) -> None:
+    """Two sentences spoken into the virtual mic give exactly two start/end pairs; each start is within 100 ms of
+    the true onset and its pre-roll contains the onset (also with the device at 48 kHz, resampled by us)."""
+    parts, onsets, pos = [silence(0.3)], [], len(silence(0.3))
+    for text in SENTENCES:
+        s = say(text)
+        onsets.append(pos + speech_span(s)[0])
+        parts += [s, silence(1.2)]
+        pos += len(s) + len(silence(1.2))
+    played = np.concatenate(parts)
+    cfg = AudioConfig(device_rate=device_rate)
+    captured, events = asyncio.run(capture_while_playing(room_env, played, tail_s=0.3, cfg=cfg))
+    lag, corr = align(captured, played)
+    assert corr > 0.99  # the microphone path delivered the speech intact
+    pairs = [e for e in events if isinstance(e, SpeechStarted | SpeechEnded)]
+    assert [type(e) for e in pairs] == [SpeechStarted, SpeechEnded] * 2, pairs
+    for started, onset in zip(pairs[::2], onsets, strict=True):
+        assert isinstance(started, SpeechStarted)
+        true_onset = lag + onset
+        assert started.onset_sample <= true_onset + CAPTURE_RATE // 10, (started, true_onset)
+        assert started.start_sample <= true_onset < started.onset_sample + CAPTURE_RATE // 10
+
+
+@pytest.mark.parametrize("device_rate", [0, 48000], ids=["24k", "48k-resampled"])
+def test_playback_tone_arrives_intact(room_env: Room, device_rate: int) -> None:
+    """A 1 s sweep written to Playback in 80 ms chunks is recorded from the virtual speaker with correlation
+    > 0.99, and played_samples reaches its length (also with the device at 48 kHz, resampled by us)."""
+    tone = sweep(1.0)
+    recorder = room_env.record()
+    with Playback(AudioConfig(device_rate=device_rate)) as out:
+        assert out.format is not None and out.format.rate == (device_rate or TTS_RATE)
+        for i in range(0, len(tone), 1920):  # 80 ms chunks, as the TTS writes them
+            out.write(tone[i : i + 1920])
+        deadline, levels = time.monotonic() + 5, []
+        while out.played_samples < len(tone) and time.monotonic() < deadline:
+            levels.append(out.level_dbfs)
+            time.sleep(0.02)
+        assert out.played_samples == len(tone)
+        assert abs(np.median(levels) - 20 * np.log10(0.5 / np.sqrt(2))) < 1.0  # the sweep's -9 dBFS
+        assert out.first_sample_dac_time is not None
+        time.sleep(0.2)
+        underruns = out.underruns  # 0 unless the machine was too busy to feed the device in time
+    heard = recorder.stop()
+    _, corr = align(heard, tone)
+    assert corr > 0.99, (corr, underruns)
+
+
+def test_gap_between_writes_is_an_underrun(room_env: Room) -> None:
+    """Audio that runs dry and then continues (no flush between) counts an underrun; a flush first does not."""
+    tone = sweep(0.2)
+    with Playback(AudioConfig()) as out:
+        for flush_between in (True, False):
+            out.write(tone)
+            deadline = time.monotonic() + 5
+            while out.played_samples < len(tone) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.1)  # the buffer has run dry
+            before = out.underruns
+            if flush_between:
+                out.flush()
+            out.write(tone)
+            time.sleep(0.05)
+            if flush_between:
+                flushed = out.underruns - before
+            else:
+                gap = out.underruns - before
+            out.flush()
+    assert (flushed, gap >= 1) == (0, True), (flushed, gap)
+
+
+def test_flush_silences_within_one_block(room_env: Room) -> None:
+    """flush() mid-sweep: the recording holds no more of the sweep than played_samples said (one block of slack),
+    what it holds is intact, and nothing plays afterwards."""
+    tone = sweep(3.0)
+    cfg = AudioConfig()
+    recorder = room_env.record()
+    with Playback(cfg) as out:
+        out.write(tone)
+        deadline = time.monotonic() + 5
+        while out.played_samples < TTS_RATE and time.monotonic() < deadline:
+            time.sleep(0.005)
+        at_flush = out.played_samples
+        out.flush()
+        assert out.played_samples == 0
+        time.sleep(0.5)
+    heard = recorder.stop()
+    lag, corr = align(heard, tone[:at_flush])
+    assert corr > 0.99, corr
+    after = heard[lag:].astype(np.float64) / 32768.0
+    loud = np.flatnonzero(np.abs(after) > 0.01)
+    heard_len = int(loud[-1]) + 1
+    block = out.block_samples
+    assert at_flush - block <= heard_len <= at_flush + block, (heard_len, at_flush, block)
+
+
+def test_no_device_named(room_env: Room, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device name that matches nothing fails with one line listing the devices there are."""
+    cfg = AudioConfig(input_device="no such mic")
+
+    async def open_it() -> None:
+        async with Capture(cfg):
+            pass
+
+    with pytest.raises(AudioDeviceError, match=r"audio.input_device = 'no such mic' matches no input device; choose"):
+        asyncio.run(open_it())
+
+
+def test_unplugged_microphone_is_reported_and_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the sound server dies mid-capture, microphone() reports DeviceStatus(ok=False) instead of dying,
+    retries every device_retry_s, and reports ok=True with blocks flowing once a server is back; Playback.write
+    then raises AudioDeviceError naming the fix."""
+    root = tmp_path / "room"
+    first = start_room(root)
+    for key, value in first.env.items():
+        monkeypatch.setenv(key, value)
+    reports: list[DeviceStatus] = []
+    reports_seen: list[asyncio.Event] = []
+
+    def report(status: DeviceStatus) -> None:
+        reports.append(status)
+        for event in reports_seen:
+            event.set()
+
+    cfg = AudioConfig(device_retry_s=0.5)
+
+    async def scenario() -> int:
+        blocks = microphone(cfg, report)
+        speaker = Playback(cfg)
+        speaker.start()
+        speaker.write(sweep(0.5))
+        for _ in range(5):
+            await anext(blocks)
+        first.close()  # unplug everything
+        second: Room | None = None
+        try:
+            reported = asyncio.Event()
+            reports_seen.append(reported)
+            pending = asyncio.ensure_future(anext(blocks))
+            await asyncio.wait_for(reported.wait(), 15)
+            assert not reports[0].ok, reports
+            with pytest.raises(
+                AudioDeviceError,
+                match=r"speaker .default. stopped .* cannot be reopened; reconnect it or choose another",
+            ):
+                speaker.write(sweep(0.1))
+            speaker.close()
+            second = start_room(root)  # plug back in: a new server on the same socket
+            await asyncio.wait_for(pending, 15)
+            for _ in range(5):
+                await anext(blocks)
+            return len(reports)
+        finally:
+            await blocks.aclose()
+            if second is not None:
+                second.close()
+
+    assert asyncio.run(scenario()) == 2
+    assert [r.ok for r in reports] == [False, True]
+    assert "microphone" in reports[0].message and "audio.input_device" in reports[0].message
+
+
+def test_slow_reader_overflows_are_counted(room_env: Room) -> None:
+    """A reader that stalls for 0.6 s with a 10-block queue loses blocks, and each lost block is counted."""
+    cfg = AudioConfig(capture_queue_blocks=10)  # 10 blocks of 20 ms = 200 ms of slack
+
+    async def stall() -> tuple[int, int, int]:
+        async with Capture(cfg) as mic:
+            await mic.read()
+            await asyncio.sleep(0.6)  # the reader is busy elsewhere
+            held = 0
+            while mic._blocks:  # what survived in the queue
+                await mic.read()
+                held += 1
+            await mic.read()  # and capture goes on
+            return held, mic.overflows, mic.samples_read
+
+    held, overflows, samples = asyncio.run(stall())
+    assert held == 10
+    assert overflows >= 10  # ~30 blocks arrived during the stall; at most 10 fit
+    assert samples == 12 * frame_samples(CAPTURE_RATE, cfg.block_ms)
+
+
+def test_unsupported_rate_is_named(room_env: Room) -> None:
+    """A rate the device refuses (PulseAudio's ALSA device stops at 384 kHz) fails with one line naming what was
+    tried and the fix."""
+    device = devices.pick("", "input")
+    with pytest.raises(AudioDeviceError) as e:
+        devices.negotiate(device, "input", CAPTURE_RATE, "int16", forced_rate=400_000)
+    assert str(e.value) == (
+        f"input device {device.index}: 'default' supports none of the rates and channel counts we can use "
+        "(400000 Hz x1: Invalid sample rate [PaErrorCode -9997]; 400000 Hz x2: Invalid sample rate "
+        "[PaErrorCode -9997]); choose another with audio.input_device (see `assistant devices`) or set "
+        "audio.device_rate = 0"
+    )
