@@ -124,6 +124,12 @@ class PromptCache:
         self.tokens.extend(tokens)
         return logits
 
+    def prefill(self, tokens: Sequence[int]) -> None:
+        """Run `tokens` into the cache only: the output projection (a 262k vocabulary for Gemma) is never computed."""
+        self._model(mx.array(list(tokens), dtype=mx.int32)[None], cache=self.layers)
+        mx.eval([c.state for c in self.layers])
+        self.tokens.extend(tokens)
+
     def save_checkpoint(self) -> None:
         """Remember the state at the current position, so a later turn can come back to it."""
         saved = {i: copy.deepcopy(c) for i, c in enumerate(self.layers) if not isinstance(c, self._always_trimmable)}
@@ -259,11 +265,13 @@ class Chat:
         self.stats = TurnStats(len(prompt), start, len(prompt) - start, 0, dropped, restored)
         answer, generated = self._answer, self._answer_tokens
         assert answer is not None
+        # All but the last prompt token go in cache-only, a chunk per step; the last one gives the first logits.
         rest = prompt[start:]
-        while len(rest) > PREFILL_STEP:
-            self.cache.feed(rest[:PREFILL_STEP])
-            rest = rest[PREFILL_STEP:]
-            yield ""
+        while len(rest) > 1:
+            self.cache.prefill(rest[: min(PREFILL_STEP, len(rest) - 1)])
+            rest = rest[min(PREFILL_STEP, len(rest) - 1) :]
+            if len(rest) > 1:
+                yield ""
         logits = self.cache.feed(rest)
         checkpointed = False
         try:

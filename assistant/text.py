@@ -75,6 +75,9 @@ class SpeakableStream:
     """
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         self._raw = ""
         self._closer: str | None = None  # inside a skipped block until this marker
         self._line_start = True
@@ -87,7 +90,7 @@ class SpeakableStream:
 
     def flush(self) -> str:
         out = self._drain(final=True)
-        self.__init__()  # type: ignore[misc]
+        self._reset()
         return out
 
     def _drain(self, final: bool) -> str:

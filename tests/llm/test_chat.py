@@ -150,10 +150,12 @@ def test_cancel_during_prefill_then_continue(model_dir: Path, monkeypatch: pytes
     assert chat.answer_tokens == expected
 
 
-def test_one_model_step_per_next(model_dir: Path) -> None:
-    """Each next() runs the model at most once, so closing the generator cancels within one token step."""
+def test_one_model_step_per_next(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each next() runs at most one prompt chunk (plus the last prompt token) or one token step, so closing the
+    generator cancels within one step."""
+    monkeypatch.setattr(llm, "PREFILL_STEP", 16)
     chat = Chat.load(greedy_cfg(model_dir))
-    calls = []
+    calls: list[int] = []
     model = chat.cache._model
 
     def counting(*args: Any, **kwargs: Any) -> Any:
@@ -161,12 +163,18 @@ def test_one_model_step_per_next(model_dir: Path) -> None:
         return model(*args, **kwargs)
 
     chat.cache._model = counting
-    gen = chat.respond(QUESTIONS[0])
     per_step = []
-    for _ in gen:
-        per_step.append(len(calls))
+    for _ in chat.respond(QUESTIONS[1]):
+        per_step.append(list(calls))
         calls.clear()
-    assert per_step and all(n <= 1 for n in per_step)
+    prompt = chat.stats.prompt_tokens
+    assert prompt > 3 * 16
+    prefill_steps = (prompt - 1 + 15) // 16
+    assert per_step[: prefill_steps - 1] == [[16]] * (prefill_steps - 1)  # yields "" between chunks
+    assert per_step[prefill_steps - 1] == [(prompt - 1) - 16 * (prefill_steps - 1), 1]  # last chunk, last token
+    generation = per_step[prefill_steps:]
+    assert generation[: MAX_TOKENS - 1] == [[1]] * (MAX_TOKENS - 1)  # then one token per step
+    assert all(not s for s in generation[MAX_TOKENS - 1 :])  # at most the detokenizer's held-back tail
     assert chat.stats.generated_tokens == MAX_TOKENS
 
 
