@@ -340,7 +340,9 @@ class RealtimeConversation:
         part = {"type": "output_audio" if self.audio_output else "output_text", "transcript": ""}
         previous, self.last_item = self.last_item, r.item_id
         return [
-            self.out.make("response.created", response=rp.response_object(r.response_id, "in_progress", [])),
+            self.out.make(
+                "response.created", response=rp.response_object(r.response_id, "in_progress", [], self.audio_output)
+            ),
             self.out.make("response.output_item.added", response_id=r.response_id, output_index=0, item=item),
             self.out.make("conversation.item.added", previous_item_id=previous, item=item),
             self.out.make("response.content_part.added", **self._where(r), part=part),
@@ -351,7 +353,7 @@ class RealtimeConversation:
         r = self.response
         assert r is not None
         self.response = None
-        text = ev.text if ev.interrupted else (r.transcript or ev.text)
+        text = ev.text if ev.text or ev.interrupted else r.transcript  # the session's word is final
         if self.audio_output:
             part = {"type": "output_audio", "transcript": text}
             out += [
@@ -370,5 +372,7 @@ class RealtimeConversation:
             self.out.make("response.content_part.done", **self._where(r), part=part),
             self.out.make("response.output_item.done", response_id=r.response_id, output_index=0, item=item),
             self.out.make("conversation.item.done", previous_item_id=None, item=item),
-            self.out.make("response.done", response=rp.response_object(r.response_id, status, [item], reason)),
+            self.out.make(
+                "response.done", response=rp.response_object(r.response_id, status, [item], self.audio_output, reason)
+            ),
         ]
