@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 from openai import AsyncOpenAI
+from websockets.exceptions import ConnectionClosed
 
 from assistant.audio.format import float32_to_int16, int16_to_float32, resample
+from assistant.errors import ModelError
 from assistant.server.realtime import StreamResampler
 from tests.server.fakes import FakeSession
 from tests.server.helpers import TOKEN, client, recv, running, until
@@ -302,3 +304,23 @@ def test_stream_resampler_equals_one_shot_resampling(sizes: list[int]) -> None:
     pieces.append(r.flush())
     expect = float32_to_int16(resample(int16_to_float32(x), RATE, 16_000))
     assert np.array_equal(np.concatenate(pieces), expect)
+
+
+def test_session_unavailable_is_an_error_then_a_close() -> None:
+    """When the backend cannot open a session, the client gets an `error` naming why, then close code 1011."""
+
+    async def body() -> None:
+        async with running() as (server, _, backend):
+
+            async def refuse() -> FakeSession:
+                raise ModelError("all sessions busy; close another client or wait")
+
+            backend.open_session = refuse  # type: ignore[method-assign]
+            async with client(server, "/v1/realtime", additional_headers=auth()) as ws:
+                err = await recv(ws)
+                assert err["error"]["code"] == "session_unavailable" and "all sessions busy" in err["error"]["message"]
+                with pytest.raises(ConnectionClosed) as closed:
+                    await recv(ws)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+
+    asyncio.run(body())
