@@ -118,6 +118,7 @@ class RealtimeConversation:
         self.partial_sent = ""
         self.response: _Response | None = None
         self.requested = False  # response.create sent, ResponseStarted not yet seen
+        self.cancel_requested = False  # response.cancel sent for the current response (else a stop is a barge-in)
         self.answered: dict[str, tuple[int, int]] = {}  # assistant item id -> (turn, ms of audio sent)
 
     def _id(self, prefix: str) -> str:
@@ -216,6 +217,7 @@ class RealtimeConversation:
         if self.response is None and not self.requested:
             return [self.out.error("response_cancel_not_active", "there is no response to cancel", ev.event_id)]
         self.session.cancel_response()
+        self.cancel_requested = True
         return []
 
     def _feed(self, samples: np.ndarray) -> None:
@@ -366,7 +368,8 @@ class RealtimeConversation:
         status = "cancelled" if ev.interrupted else "completed"
         item = rp.message_item(r.item_id, "assistant", "incomplete" if ev.interrupted else "completed", [part])
         self.answered[r.item_id] = (r.turn, r.samples_sent * 1000 // rp.RATE)
-        reason = "client_cancelled" if ev.interrupted else None
+        reason = None if not ev.interrupted else "client_cancelled" if self.cancel_requested else "turn_detected"
+        self.cancel_requested = False
         return [
             *out,
             self.out.make("response.content_part.done", **self._where(r), part=part),

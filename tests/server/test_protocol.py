@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import json
 
 import numpy as np
 import pytest
 
+from assistant import events
 from assistant.server import protocol as p
 from assistant.server import realtime_protocol as rp
+from assistant.server.controller import Controller, RealtimeBackend, RealtimeSession
+from assistant.server.realtime import RealtimeConversation
 from assistant.server.ws import Outbox, RateLimiter
+from tests.server.fakes import FakeBackend, FakeController, FakeSession
 
 
 def test_commands_round_trip_through_the_wire() -> None:
@@ -95,3 +100,31 @@ def test_realtime_decode_errors_name_the_field(msg: dict[str, object], fragment:
     with pytest.raises(p.WireError, match=None) as e:
         rp.decode_client_event(json.dumps(msg))
     assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("proto", "double"),
+    [(Controller, FakeController), (RealtimeSession, FakeSession), (RealtimeBackend, FakeBackend)],
+)
+def test_test_doubles_have_every_protocol_method_with_its_parameters(proto: type, double: type) -> None:
+    """The scripted doubles match the Protocols method by method (mypy checks the types: see fakes.py)."""
+    for name, member in vars(proto).items():
+        if callable(member) and not name.startswith("_"):
+            want = list(inspect.signature(member).parameters)
+            assert list(inspect.signature(getattr(double, name)).parameters) == want, name
+
+
+def test_interrupted_response_reason_tells_client_cancel_from_barge_in() -> None:
+    """A response stopped after response.cancel is client_cancelled; one stopped by the user speaking, turn_detected."""
+    conv = RealtimeConversation(FakeSession(FakeBackend()), "default", "Be brief.")
+
+    def reason(cancel: bool) -> str:
+        conv.on_event(events.ResponseStarted(1, 0.0))
+        if cancel:
+            conv.handle(rp.ResponseCancel())
+        done = json.loads(conv.on_event(events.ResponseDone(1, "It", True, 0.0))[-1])
+        assert done["type"] == "response.done" and done["response"]["status"] == "cancelled"
+        return str(done["response"]["status_details"]["reason"])
+
+    assert reason(cancel=True) == "client_cancelled"
+    assert reason(cancel=False) == "turn_detected"
