@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import inspect
 import json
 
@@ -128,3 +129,19 @@ def test_interrupted_response_reason_tells_client_cancel_from_barge_in() -> None
 
     assert reason(cancel=True) == "client_cancelled"
     assert reason(cancel=False) == "turn_detected"
+
+
+def test_replies_carry_enums_and_dataclasses_as_plain_json() -> None:
+    """A controller result holding enums or dataclasses (e.g. history messages) encodes to plain JSON."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Message:
+        role: str
+        content: str
+        interrupted: bool = False
+
+    reply = p.Reply("history.get", {"history": [Message("user", "hi")], "state": events.TurnState.IDLE}, 1)
+    assert json.loads(p.encode(reply))["result"] == {
+        "history": [{"role": "user", "content": "hi", "interrupted": False}],
+        "state": "idle",
+    }
