@@ -118,6 +118,7 @@ class RealtimeConversation:
         self.partial_sent = ""
         self.response: _Response | None = None
         self.requested = False  # response.create sent, ResponseStarted not yet seen
+        self.cancel_requested = False  # response.cancel sent for the current response (else a stop is a barge-in)
         self.answered: dict[str, tuple[int, int]] = {}  # assistant item id -> (turn, ms of audio sent)
 
     def _id(self, prefix: str) -> str:
@@ -216,6 +217,7 @@ class RealtimeConversation:
         if self.response is None and not self.requested:
             return [self.out.error("response_cancel_not_active", "there is no response to cancel", ev.event_id)]
         self.session.cancel_response()
+        self.cancel_requested = True
         return []
 
     def _feed(self, samples: np.ndarray) -> None:
@@ -340,7 +342,9 @@ class RealtimeConversation:
         part = {"type": "output_audio" if self.audio_output else "output_text", "transcript": ""}
         previous, self.last_item = self.last_item, r.item_id
         return [
-            self.out.make("response.created", response=rp.response_object(r.response_id, "in_progress", [])),
+            self.out.make(
+                "response.created", response=rp.response_object(r.response_id, "in_progress", [], self.audio_output)
+            ),
             self.out.make("response.output_item.added", response_id=r.response_id, output_index=0, item=item),
             self.out.make("conversation.item.added", previous_item_id=previous, item=item),
             self.out.make("response.content_part.added", **self._where(r), part=part),
@@ -351,7 +355,7 @@ class RealtimeConversation:
         r = self.response
         assert r is not None
         self.response = None
-        text = ev.text if ev.interrupted else (r.transcript or ev.text)
+        text = ev.text if ev.text or ev.interrupted else r.transcript  # the session's word is final
         if self.audio_output:
             part = {"type": "output_audio", "transcript": text}
             out += [
@@ -364,11 +368,14 @@ class RealtimeConversation:
         status = "cancelled" if ev.interrupted else "completed"
         item = rp.message_item(r.item_id, "assistant", "incomplete" if ev.interrupted else "completed", [part])
         self.answered[r.item_id] = (r.turn, r.samples_sent * 1000 // rp.RATE)
-        reason = "client_cancelled" if ev.interrupted else None
+        reason = None if not ev.interrupted else "client_cancelled" if self.cancel_requested else "turn_detected"
+        self.cancel_requested = False
         return [
             *out,
             self.out.make("response.content_part.done", **self._where(r), part=part),
             self.out.make("response.output_item.done", response_id=r.response_id, output_index=0, item=item),
             self.out.make("conversation.item.done", previous_item_id=None, item=item),
-            self.out.make("response.done", response=rp.response_object(r.response_id, status, [item], reason)),
+            self.out.make(
+                "response.done", response=rp.response_object(r.response_id, status, [item], self.audio_output, reason)
+            ),
         ]

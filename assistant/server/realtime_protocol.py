@@ -382,7 +382,7 @@ def message_item(item_id: str, role: str, status: str, content: list[dict[str, A
 
 
 def response_object(
-    response_id: str, status: str, output: list[dict[str, Any]], reason: str | None = None
+    response_id: str, status: str, output: list[dict[str, Any]], audio: bool = True, reason: str | None = None
 ) -> dict[str, Any]:
     details = None if reason is None else {"type": status, "reason": reason}
     return {
@@ -392,6 +392,6 @@ def response_object(
         "status_details": details,
         "output": output,
         "conversation_id": "conv_1",
-        "output_modalities": ["audio"],
+        "output_modalities": ["audio"] if audio else ["text"],
         "usage": None,
     }

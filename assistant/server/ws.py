@@ -197,8 +197,9 @@ class ControlServer:
         return _refuse(
             conn,
             401,
-            f"{why}; send `Authorization: Bearer <token>` (the token is server.token or the file "
-            f"{auth.token_path(self.cfg)})",
+            # the token file's path stays out of the reply: it would tell strangers the user's home folder
+            f"{why}; send `Authorization: Bearer <token>` with the daemon's server.token, or the token it stored "
+            "(by default in ~/.config/assistant/token on its machine)",
         )
 
     # ---- connections -------------------------------------------------------------------------------------

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from assistant import events
 from assistant.config import Config, to_dict
 from assistant.errors import ConfigError, InputError
+from assistant.server.controller import Controller, RealtimeBackend, RealtimeSession
 
 SPEECH_LEVEL = 1000  # int16 peak above which the scripted server VAD calls a 16 kHz block speech
 
@@ -266,3 +267,9 @@ class FakeBackend:
 
     def default_instructions(self) -> str:
         return "Be brief."
+
+
+if TYPE_CHECKING:  # mypy proves the doubles implement the server's Protocols
+    _controller: Controller = FakeController()
+    _backend: RealtimeBackend = FakeBackend()
+    _session: RealtimeSession = FakeSession(FakeBackend())

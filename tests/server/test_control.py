@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 from typing import Any
 
 import pytest
 
 from assistant import events
 from assistant.server import protocol as p
-from tests.server.helpers import client, recv, request, running, until
+from tests.server.helpers import TOKEN, client, recv, request, running, until
 
 EVERY_EVENT: list[events.Event] = [
     events.StateChanged(events.TurnState.IDLE, events.TurnState.USER_SPEAKING, 1.0),
@@ -246,5 +248,43 @@ def test_idle_connection_is_closed_but_subscribers_stay() -> None:
                     await recv(idle)
                 ctl.emit(events.PartialTranscript("still here", 1.0))
                 assert (await recv(listener))["text"] == "still here"
+
+    asyncio.run(body())
+
+
+def test_client_that_never_answers_pings_is_dropped() -> None:
+    """A peer that completes the handshake but never answers pings is disconnected after ping_interval_s."""
+
+    async def body() -> None:
+        async with running(ping_interval_s=0.2) as (server, _, _):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            key = base64.b64encode(os.urandom(16)).decode()
+            writer.write(
+                (
+                    f"GET /v1/control HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+                ).encode()
+            )
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+            assert len(server.clients) == 1
+            data = b""
+            async with asyncio.timeout(5):
+                while chunk := await reader.read(4096):  # hello, pings, then the close frame: never answered
+                    data += chunk
+            writer.close()
+            opcodes, close_code = [], None
+            while data:  # server frames are unmasked and small here: FIN|opcode, length, payload
+                op, n = data[0] & 0x0F, data[1]
+                opcodes.append(op)
+                if op == 0x8:
+                    close_code = int.from_bytes(data[2:4], "big")
+                data = data[2 + n :]
+            assert opcodes[0] == 0x1 and 0x9 in opcodes  # the hello text frame, then a ping
+            assert close_code == 1011  # "keepalive ping timeout"
+            for _ in range(100):
+                if not server.clients:
+                    break
+                await asyncio.sleep(0.01)
+            assert not server.clients
 
     asyncio.run(body())

@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 from openai import AsyncOpenAI
+from websockets.exceptions import ConnectionClosed
 
 from assistant.audio.format import float32_to_int16, int16_to_float32, resample
+from assistant.errors import ModelError
 from assistant.server.realtime import StreamResampler
 from tests.server.fakes import FakeSession
 from tests.server.helpers import TOKEN, client, recv, running, until
@@ -302,3 +304,51 @@ def test_stream_resampler_equals_one_shot_resampling(sizes: list[int]) -> None:
     pieces.append(r.flush())
     expect = float32_to_int16(resample(int16_to_float32(x), RATE, 16_000))
     assert np.array_equal(np.concatenate(pieces), expect)
+
+
+def test_session_unavailable_is_an_error_then_a_close() -> None:
+    """When the backend cannot open a session, the client gets an `error` naming why, then close code 1011."""
+
+    async def body() -> None:
+        async with running() as (server, _, backend):
+
+            async def refuse() -> FakeSession:
+                raise ModelError("all sessions busy; close another client or wait")
+
+            backend.open_session = refuse  # type: ignore[method-assign]
+            async with client(server, "/v1/realtime", additional_headers=auth()) as ws:
+                err = await recv(ws)
+                assert err["error"]["code"] == "session_unavailable" and "all sessions busy" in err["error"]["message"]
+                with pytest.raises(ConnectionClosed) as closed:
+                    await recv(ws)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+
+    asyncio.run(body())
+
+
+def test_openai_sdk_beta_client_gets_beta_names() -> None:
+    """The SDK's beta realtime client (OpenAI-Beta: realtime=v1): beta session shape in, beta event names out."""
+
+    async def body() -> None:
+        async with running() as (server, _, backend):
+            sdk = AsyncOpenAI(api_key=TOKEN, websocket_base_url=f"ws://127.0.0.1:{server.port}/v1", max_retries=0)
+            async with sdk.beta.realtime.connect(model="assistant") as conn:
+                await collect(conn, "session.created")
+                await conn.session.update(
+                    session={"modalities": ["audio", "text"], "voice": "alice", "input_audio_format": "pcm16",
+                             "output_audio_format": "pcm16", "turn_detection": None}
+                )  # fmt: skip
+                await collect(conn, "session.updated")
+                await conn.input_audio_buffer.append(audio=b64(tone(0.2)))
+                await conn.input_audio_buffer.commit()
+                done = (await collect(conn, "conversation.item.input_audio_transcription.completed"))[-1]
+                assert done.transcript == "heard 3200 samples"
+                await conn.response.create()
+                got = await collect(conn, "response.done")
+                kinds = [e.type for e in got]
+                assert kinds.count("response.audio.delta") == FakeSession.N_CHUNKS
+                assert "response.audio_transcript.done" in kinds and "conversation.item.created" in kinds
+                assert got[-1].response.status == "completed"
+        assert ("voice", "alice") in backend.sessions[0].calls
+
+    asyncio.run(body())

@@ -1,0 +1,63 @@
+"""docs/protocol.md has a valid example of every message, checked against the decoders and the code."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from assistant.server import protocol as p
+from assistant.server import realtime_protocol as rp
+
+REPO = Path(__file__).resolve().parents[2]
+DOC = (REPO / "docs" / "protocol.md").read_text()
+NATIVE_DOC, REALTIME_DOC = DOC.split("## OpenAI Realtime-compatible endpoint")
+
+
+def examples(text: str) -> list[dict[str, Any]]:
+    return [json.loads(block) for block in re.findall(r"```json\n(.*?)\n```", text, re.S)]
+
+
+def test_every_native_command_has_a_decodable_example() -> None:
+    """Each native command type appears in the docs, and every command example decodes."""
+    found = {m["type"] for m in examples(NATIVE_DOC)}
+    assert set(p.COMMANDS) <= found
+    for m in examples(NATIVE_DOC):
+        if m["type"] in p.COMMANDS:
+            p.decode_command(json.dumps(m))
+
+
+def test_every_native_server_message_has_a_matching_example() -> None:
+    """hello, reply, error, ask.delta, events.dropped and every event have an example with exactly their fields."""
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for m in examples(NATIVE_DOC):
+        by_type.setdefault(m["type"], []).append(m)
+    for cls in (p.Hello, p.Reply, p.AskDelta, p.EventsDropped):
+        kind = cls.__dataclass_fields__["type"].default
+        assert {f.name for f in dataclasses.fields(cls)} == set(by_type[kind][0]), kind
+    assert any(set(m) == {"type", "code", "message", "id"} for m in by_type["error"])
+    for name in p.EVENT_TYPES.values():
+        assert name in by_type, f"no example of event {name}"
+    for name in p.EVENTS_BY_NAME:
+        p.decode_event(by_type[name][0])  # field names and types match the event dataclass
+    pipeline_error = next(m for m in by_type["error"] if m.get("code") == "pipeline")
+    p.decode_event(pipeline_error)
+
+
+def test_every_realtime_event_has_an_example() -> None:
+    """Every client event type decodes from its example; every server event the code emits is documented."""
+    docs = examples(REALTIME_DOC)
+    client = [m for m in docs if m["type"] in rp.CLIENT_TYPES]
+    assert {m["type"] for m in client} == set(rp.CLIENT_TYPES)
+    for m in client:
+        rp.decode_client_event(json.dumps(m))
+    source = (REPO / "assistant" / "server" / "realtime.py").read_text()
+    source += (REPO / "assistant" / "server" / "realtime_protocol.py").read_text()
+    emitted = set(re.findall(r'make\(\s*"([a-z_.]+)"', source)) | set(
+        re.findall(r'"(response\.output_[a-z_.]+)"', source)
+    )
+    assert emitted, "no server events found in the source"
+    documented = {m["type"] for m in docs}
+    assert emitted <= documented, emitted - documented

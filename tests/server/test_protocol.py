@@ -1,0 +1,147 @@
+"""The pure wire formats: decoding, encoding, and the Outbox/RateLimiter building blocks, without sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import inspect
+import json
+
+import numpy as np
+import pytest
+
+from assistant import events
+from assistant.server import protocol as p
+from assistant.server import realtime_protocol as rp
+from assistant.server.controller import Controller, RealtimeBackend, RealtimeSession
+from assistant.server.realtime import RealtimeConversation
+from assistant.server.ws import Outbox, RateLimiter
+from tests.server.fakes import FakeBackend, FakeController, FakeSession
+
+
+def test_commands_round_trip_through_the_wire() -> None:
+    """Every command dataclass encodes to JSON and decodes back to an equal value."""
+    samples = [p.ConfigSet({"tts.voice": "a"}, id=3), p.Say("hi", id="x"), p.Ask("why?")]
+    samples += [cls() for cls in p.COMMANDS.values() if cls not in (p.ConfigSet, p.Say, p.Ask)]
+    assert {type(s) for s in samples} == set(p.COMMANDS.values())
+    for cmd in samples:
+        assert p.decode_command(p.encode(cmd)) == cmd
+
+
+def test_error_message_is_ascii_json_even_for_lone_surrogates() -> None:
+    """An echoed id holding a lone surrogate still encodes to ASCII JSON that round-trips."""
+    text = p.encode(p.Error("bad_field", "x", "\udc80"))
+    assert text.isascii() and json.loads(text)["id"] == "\udc80"
+
+
+def test_ga_and_beta_session_shapes_decode_alike() -> None:
+    """The GA nested session and the beta flat session give the same SessionUpdate."""
+    ga = {"type": "session.update", "session": {"type": "realtime", "instructions": "hi", "output_modalities": ["text"],
+          "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}, "turn_detection": None},
+                    "output": {"voice": "alice"}}}}  # fmt: skip
+    beta = {"type": "session.update", "session": {"instructions": "hi", "modalities": ["text"], "voice": "alice",
+            "input_audio_format": "pcm16", "output_audio_format": "pcm16", "turn_detection": None}}  # fmt: skip
+    a, b = rp.decode_client_event(json.dumps(ga)), rp.decode_client_event(json.dumps(beta))
+    assert a == b == rp.SessionUpdate("hi", "alice", True, None, False)
+    vad = {"type": "session.update", "session": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 300,
+           "create_response": False, "threshold": 0.5}}}  # fmt: skip
+    got = rp.decode_client_event(json.dumps(vad))
+    assert isinstance(got, rp.SessionUpdate) and got.turn_detection == rp.TurnDetection(300, False, True)
+    untouched = rp.decode_client_event(json.dumps({"type": "session.update", "session": {"instructions": "x"}}))
+    assert isinstance(untouched, rp.SessionUpdate) and not untouched.turn_detection_given
+
+
+def test_audio_decodes_little_endian_pcm16_and_encodes_back() -> None:
+    """base64 pcm16 -> int16 samples exactly; float32 audio encodes to clipped, rounded pcm16."""
+    x = np.array([0, 1, -1, 32767, -32768], dtype=np.int16)
+    text = base64.b64encode(x.astype("<i2").tobytes()).decode()
+    got = rp.decode_client_event(json.dumps({"type": "input_audio_buffer.append", "audio": text}))
+    assert isinstance(got, rp.AudioAppend) and np.array_equal(got.audio, x)
+    assert rp.encode_audio(x) == text
+    pcm = np.frombuffer(base64.b64decode(rp.encode_audio(np.array([0.5, 2.0, -2.0], np.float32))), "<i2")
+    assert pcm.tolist() == [16384, 32767, -32767]
+
+
+def test_outbox_drops_oldest_events_but_keeps_replies() -> None:
+    """A full outbox drops its oldest droppable item (counted), never a reply, and hands items out in order."""
+
+    async def body() -> None:
+        box = Outbox(3)
+        box.put("reply-1", droppable=False)
+        for i in range(5):
+            box.put(f"event-{i}")
+        assert box.dropped == 3
+        assert [await box.get() for _ in range(3)] == ["reply-1", "event-3", "event-4"]
+
+    asyncio.run(body())
+
+
+def test_rate_limiter_refills_at_its_rate() -> None:
+    """A 2/s bucket allows a burst of 2, then one more per half second."""
+    now = [0.0]
+    r = RateLimiter(2.0, clock=lambda: now[0])
+    assert [r.allow() for _ in range(3)] == [True, True, False]
+    now[0] = 0.5
+    assert [r.allow(), r.allow()] == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("msg", "fragment"),
+    [
+        ({"type": "response.create", "response": {"output_modalities": ["video"]}}, 'a list of "audio" and/or "text"'),
+        ({"type": "session.update", "session": {"type": "transcription"}}, 'use "realtime"'),
+        ({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": "hi"}},
+         "must be a non-empty list"),
+        ({"type": "input_audio_buffer.commit", "event_id": 5}, "`event_id` must be a string"),
+    ],
+)  # fmt: skip
+def test_realtime_decode_errors_name_the_field(msg: dict[str, object], fragment: str) -> None:
+    """Unsupported or mistyped Realtime fields raise WireError naming the field and the fix."""
+    with pytest.raises(p.WireError, match=None) as e:
+        rp.decode_client_event(json.dumps(msg))
+    assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("proto", "double"),
+    [(Controller, FakeController), (RealtimeSession, FakeSession), (RealtimeBackend, FakeBackend)],
+)
+def test_test_doubles_have_every_protocol_method_with_its_parameters(proto: type, double: type) -> None:
+    """The scripted doubles match the Protocols method by method (mypy checks the types: see fakes.py)."""
+    for name, member in vars(proto).items():
+        if callable(member) and not name.startswith("_"):
+            want = list(inspect.signature(member).parameters)
+            assert list(inspect.signature(getattr(double, name)).parameters) == want, name
+
+
+def test_interrupted_response_reason_tells_client_cancel_from_barge_in() -> None:
+    """A response stopped after response.cancel is client_cancelled; one stopped by the user speaking, turn_detected."""
+    conv = RealtimeConversation(FakeSession(FakeBackend()), "default", "Be brief.")
+
+    def reason(cancel: bool) -> str:
+        conv.on_event(events.ResponseStarted(1, 0.0))
+        if cancel:
+            conv.handle(rp.ResponseCancel())
+        done = json.loads(conv.on_event(events.ResponseDone(1, "It", True, 0.0))[-1])
+        assert done["type"] == "response.done" and done["response"]["status"] == "cancelled"
+        return str(done["response"]["status_details"]["reason"])
+
+    assert reason(cancel=True) == "client_cancelled"
+    assert reason(cancel=False) == "turn_detected"
+
+
+def test_replies_carry_enums_and_dataclasses_as_plain_json() -> None:
+    """A controller result holding enums or dataclasses (e.g. history messages) encodes to plain JSON."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Message:
+        role: str
+        content: str
+        interrupted: bool = False
+
+    reply = p.Reply("history.get", {"history": [Message("user", "hi")], "state": events.TurnState.IDLE}, 1)
+    assert json.loads(p.encode(reply))["result"] == {
+        "history": [{"role": "user", "content": "hi", "interrupted": False}],
+        "state": "idle",
+    }
