@@ -97,7 +97,13 @@ async def _run_daemon(cfg: config.Config) -> int:
         finally:
             await source.aclose()
     finally:
-        await asyncio.to_thread(compute.close, 1.0)
+        if not await asyncio.to_thread(compute.close, 1.0):
+            # An MLX call is still running: exit now rather than let interpreter shutdown kill that thread
+            # inside C++ (std::terminate) or wait for it.
+            log.warning("a model step did not finish; exiting without waiting for it")
+            logging.shutdown()
+            sys.stdout.flush()
+            os._exit(1)
 
 
 def cmd_devices(args: argparse.Namespace, cfg: config.Config) -> int:

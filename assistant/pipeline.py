@@ -109,6 +109,11 @@ class Pipeline:
         self._closed = False
 
     @property
+    def captured_samples(self) -> int:
+        """Microphone samples received so far (16 kHz)."""
+        return self._ring.end
+
+    @property
     def turn(self) -> int:
         """The number of the latest reply (speculative ones count)."""
         return self.replies.turn

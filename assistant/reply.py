@@ -21,6 +21,7 @@ from assistant.config import Config
 from assistant.turns import ChatLike, Engines, HeardMap, TranscriptLike, TurnTrace, UtteranceLike
 
 SPECULATIVE_CHUNKS = 1  # audio chunks made ahead while the turn is unconfirmed; then the reply waits
+MAX_STALLS = 3  # TTS steps without a frame after end_text() before the TTS is declared stuck
 
 
 class TextSplitter(Protocol):
@@ -145,11 +146,12 @@ async def pump(reply: Reply, engines: Engines, compute: Compute, cfg: Config, ho
     await compute.run(start_answer, reply, engines.chat, ticket=ticket)
     gen = reply.gen
     assert gen is not None
-    # Text just in time: an LLM step only when the TTS waits for text (or made no frame since the last push),
-    # so the text pushed when a chunk is made is the text spoken in it (what the heard-text map relies on).
-    llm_done, tts_idle = False, True
+    # Text just in time: an LLM step only when the TTS made no frame at its last step (it waits for text), so the
+    # text pushed when a chunk is made is the text spoken in it (what the heard-text map relies on).
+    # (`waiting_for_text` describes the last step, so it is stale right after a push: it is not used here.)
+    llm_done, tts_idle, stalls = False, True, 0
     while True:
-        if not llm_done and (tts_idle or utt.waiting_for_text):
+        if not llm_done and tts_idle:
             llm_done, delta, pushed = await compute.run(llm_step, gen, utt, splitter, ticket=ticket)
             if delta:
                 trace.mark("llm_first_token", time.monotonic())
@@ -160,11 +162,13 @@ async def pump(reply: Reply, engines: Engines, compute: Compute, cfg: Config, ho
                 reply.heard.pushed(pushed)
                 tts_idle = False
         elif not utt.done:
-            if utt.waiting_for_text:
-                raise RuntimeError("the TTS waits for text after end_text(); the TTS engine broke its contract")
             before = utt.frames_emitted
             await _tts_step(reply, compute, hooks, ticket)
             tts_idle = utt.frames_emitted == before
+            # `waiting_for_text` describes the last step; after end_text() a step must make progress.
+            stalls = stalls + 1 if llm_done and tts_idle and utt.waiting_for_text and not utt.done else 0
+            if stalls > MAX_STALLS:
+                raise RuntimeError("the TTS still waits for text after end_text(); the TTS engine broke its contract")
         else:
             return
         if not reply.confirmed.is_set() and len(reply.held_audio) >= SPECULATIVE_CHUNKS:

@@ -167,22 +167,24 @@ class ScriptedChat:
 
 
 class WordUtterance:
-    """Consumes one pushed text piece per frame (FRAME samples); stalls when no text is pending."""
+    """Consumes one pushed text piece per frame (FRAME samples); stalls when no text is pending.
+
+    Like the real Utterance, `waiting_for_text` tells what the last step() found (it stays set after end_text()
+    until the next step).
+    """
 
     def __init__(self, text: str | None, gate: threading.Semaphore | None = None) -> None:
         self.pending: deque[str] = deque()
         self.ended = False
         self.done = False
         self.frames_emitted = 0
+        self.waiting_for_text = False
+        self.blocked = False  # inside step(), waiting on the gate
         self.consumed: list[str] = []
         self.gate = gate
         if text is not None:
             self.pending.extend(text.split(" "))
             self.ended = True
-
-    @property
-    def waiting_for_text(self) -> bool:
-        return not self.pending and not self.ended and not self.done
 
     def push_text(self, text: str) -> None:
         self.pending.append(text)
@@ -192,13 +194,18 @@ class WordUtterance:
 
     def step(self) -> np.ndarray | None:
         if self.gate is not None:
+            self.blocked = True
             self.gate.acquire()
+            self.blocked = False
+        self.waiting_for_text = False
         if self.pending:
             self.consumed.append(self.pending.popleft())
             self.frames_emitted += 1
             return np.full(FRAME, 0.1, dtype=np.float32)
         if self.ended:
             self.done = True
+        else:
+            self.waiting_for_text = True
         return None
 
 

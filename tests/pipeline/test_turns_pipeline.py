@@ -228,7 +228,8 @@ def test_interrupt_cancels_within_one_step() -> None:
             for _ in range(3):
                 llm_gate.release()
                 tts_gate.release()
-            await eventually(lambda: chat.steps == 3 and chat.waiting)  # the 4th LLM step is in progress
+            # the worker is inside a step (LLM or TTS) that waits for the gate
+            await eventually(lambda: chat.steps >= 2 and (chat.waiting or tts.utterances[0].blocked))
             steps, frames = chat.steps, tts.utterances[0].frames_emitted
             h.p.interrupt()
             for _ in range(20):
