@@ -28,22 +28,34 @@ SECTIONS = ("tts", "stt", "llm", "v2v")
 Job = tuple[str, list[str], int]  # name, argv after `python`, timeout in seconds
 
 
-def tts_jobs(small: bool, cache: str) -> list[Job]:
+def tts_jobs(small: bool, cache: str, sizes: list[str]) -> list[Job]:
     base = ["-m", "benchmarks.tts_vs", "--cache", cache]
     if small:  # real widths, 2 talker / 2 predictor layers, a few frames (the real-size codec is slow on a CPU)
         return [("tts 0.6B 4-bit", [*base, "--bits", "4", "--frames", "3", "--reps", "2", "--layers", "2", "2"], 1500)]
     return [
-        (f"tts {s} {b}", [*base, "--size", s, "--bits", b, "--frames", "100", "400", "--reps", "2"], 240)
-        for s in ("0.6B", "1.7B")
+        (
+            f"tts {s} {'4-bit' if b == '4' else 'bf16'}",
+            [*base, "--size", s, "--bits", b, "--frames", "100", "400", "--reps", "2"],
+            280,
+        )
+        for s in sizes
         for b in ("4", "0")
     ]
 
 
-def jobs(section: str, small: bool, cache: str) -> list[Job]:
+def jobs(section: str, small: bool, cache: str, sizes: list[str]) -> list[Job]:
     if section == "tts":
-        return tts_jobs(small, cache)
+        return tts_jobs(small, cache, sizes)
     if section == "stt":
-        return [("stt ours", ["benchmarks/stt.py", *(["--small"] if small else [])], 600 if small else 150)]
+        vs = ["-m", "benchmarks.stt_vs", "--cache", cache, *(["--small", "--reps", "2"] if small else [])]
+        return [
+            ("stt parakeet vs mlx-audio", vs, 900 if small else 200),
+            (
+                "stt ours (parakeet, nemotron)",
+                ["benchmarks/stt.py", *(["--small"] if small else [])],
+                900 if small else 150,
+            ),
+        ]
     if section == "llm":
         if small:
             return [("llm small", ["-m", "benchmarks.llm", "--small", "--history", "500,2000"], 600)]
@@ -136,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: tts,stt,llm,v2v")
     ap.add_argument("--label", default="", help="name of the JSON file (default: cpu-small or gpu)")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks", help="folder of the JSON files")
+    ap.add_argument("--tts-sizes", default="0.6B,1.7B", help="TTS model sizes of the full run (0.6B, 1.7B)")
     ap.add_argument("--cache", default=os.environ.get("BENCH_CACHE", "/tmp/bench-checkpoints"), help="checkpoints")
     args = ap.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -152,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "benchmarks", *(argv if argv is not None else sys.argv[1:])])
     for section in only:
         t0 = time.perf_counter()
-        records = [run_job(*job) for job in jobs(section, args.small, args.cache)]
+        records = [run_job(*job) for job in jobs(section, args.small, args.cache, args.tts_sizes.split(","))]
+        if section == "tts" and section in doc["sections"] and not args.small:  # a later call adds sizes
+            done = {r["job"] for r in records}
+            records = [r for r in doc["sections"][section]["jobs"] if r["job"] not in done] + records
         doc["sections"][section] = {
             "command": command,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),

@@ -72,12 +72,28 @@ def tts_table(section: dict[str, Any]) -> list[str]:
 
 
 def stt_table(section: dict[str, Any]) -> list[str]:
+    vs = [r for r in _results(section) if r.get("engine") == "parakeet-tdt"]
     lines = [
+        "| Parakeet TDT | audio s | final transcript ms, ours | final ms, mlx-audio | ratio | RTF ours | "
+        "RTF mlx-audio | same text |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in vs:
+        ma = r.get("mlx_audio") or {}
+        lines.append(
+            f"| {r['size']} | {_f(r['audio_s'], 0)} | {_spread(r['ours']['final_s'], ms=True)} | "
+            f"{_spread(ma.get('final_s'), ms=True)} | {_f(r.get('ratio_final_s'), 2)} | {_spread(r['ours']['rtf'])} | "
+            f"{_spread(ma.get('rtf'))} | {r.get('same_text', '-')} |"
+        )
+    lines += [
+        "",
+        "Ours alone, forced token schedule (benchmarks/stt.py, one run per length after a warm-up):",
+        "",
         "| engine | size | dtype | audio s | final transcript ms (after end of audio) | RTF | params M | peak MB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for doc in _results(section):
-        for kind, e in doc.get("engines", {}).items():
+        for kind, e in (doc.get("engines") or {}).items():
             for run in e.get("runs", []):
                 final = run.get("final_latency_s", run.get("final_s"))
                 lines.append(

@@ -14,7 +14,6 @@ the weight-bandwidth limit (bytes of talker+predictor weights read per frame / t
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 import tempfile
@@ -151,17 +150,21 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": 1,
         }
         run, nbytes = ours(folder)
-        results: dict[int, dict[str, Any]] = {}
+        trun, peer_error = None, ""
+        if args.peer == "yes":
+            try:  # both stay loaded: each row is complete (and printed) before the next, a time limit loses little
+                trun = theirs(folder)
+            except Exception as e:  # the peer failing must not lose our rows
+                peer_error = f"{type(e).__name__}: {e}"[:500]
         for frames in args.frames:
-            mx.reset_peak_memory()
-            m = measure(run, frames, args.reps, frames == args.frames[0])
+            warm = frames == args.frames[0]
+            m = measure(run, frames, args.reps, warm)
             frame_s = m["total_s"]["median"] / frames
             bw = nbytes / frame_s
-            results[frames] = {
+            row = {
                 **base,
                 "frames": frames,
                 "ours": m,
-                "ours_peak_gb": round(mx.get_peak_memory() / 2**30, 2),
                 "ours_ms_per_frame": round(1000 * frame_s, 2),
                 "weights_read_per_frame_bytes": nbytes,
                 "ours_effective_bw_gbs": round(bw / 1e9, 1),
@@ -169,31 +172,20 @@ def main(argv: list[str] | None = None) -> int:
                 "ours_fraction_of_bw_limit": round(bw / ASSUMED_BW[backend], 4),
             }
             print(f"[tts] {tag} ours {frames} frames: {m['rtf']['median']:.3f} RTF", file=sys.stderr, flush=True)
-        del run
-        gc.collect()
-        mx.clear_cache()
-        if args.peer == "yes":
-            try:
-                trun = theirs(folder)
-                for frames in args.frames:
-                    mx.reset_peak_memory()
-                    m = measure(trun, frames, args.reps, frames == args.frames[0])
-                    r = results[frames]
-                    r["mlx_audio"] = m
-                    r["mlx_audio_peak_gb"] = round(mx.get_peak_memory() / 2**30, 2)
+            if trun is not None:
+                try:
+                    t = measure(trun, frames, args.reps, warm)
+                    row["mlx_audio"] = t
                     for k in ("first_chunk_s", "rtf"):
-                        r[f"ratio_{k}"] = round(m_ours(r, k) / m[k]["median"], 3)
-                    print(f"[tts] {tag} mlx-audio {frames}: {m['rtf']['median']:.3f} RTF", file=sys.stderr, flush=True)
-            except Exception as e:  # the peer failing must not lose our rows
-                for r in results.values():
-                    r["mlx_audio_error"] = f"{type(e).__name__}: {e}"[:500]
-        for r in results.values():
-            print(json.dumps(r), flush=True)
+                        row[f"ratio_{k}"] = round(m[k]["median"] / t[k]["median"], 3)
+                    print(f"[tts] {tag} mlx-audio {frames}: {t['rtf']['median']:.3f} RTF", file=sys.stderr, flush=True)
+                except Exception as e:
+                    peer_error = f"{type(e).__name__}: {e}"[:500]
+            if peer_error:
+                row["mlx_audio_error"] = peer_error
+            row["peak_memory_gb"] = round(mx.get_peak_memory() / 2**30, 2)  # both models resident
+            print(json.dumps(row), flush=True)
     return 0
-
-
-def m_ours(r: dict[str, Any], k: str) -> float:
-    return float(r["ours"][k]["median"])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The benchmark run on the lent H200 (MLX CUDA backend). Run from the repository root, in this order, each part
+# as one device call (10 minutes per call); all parts add to one label, h200, in /tmp/bench-out:
+#
+#   call 1 (carry .dev-a):              mkdir -p /tmp/w && cp .dev-a/* /tmp/w/
+#   call 2 (carry .dev-b .bench-data):  bash .dev-b/install.sh && bash benchmarks/gpu.sh tts-0.6B      (~5 min)
+#   call 3 (carry .bench-data):         bash benchmarks/gpu.sh tts-1.7B                                 (~6 min)
+#   call 4 (carry .bench-data):         bash benchmarks/gpu.sh rest                                     (~6 min)
+#
+# .dev-a/.dev-b come from /work/shared/device/prepare_mlx_cuda.sh with
+#   EXTRA_WHEELS="mlx-audio==0.6.2 miniaudio websockets webrtcvad-wheels"
+# (call 2 must follow call 1 within 30 s). .bench-data/qwen2-bpe/{vocab.json,merges.txt} are the Qwen2 BPE tables
+# (copied from /work/shared/data/qwen2-bpe; git-ignored). Each call copies the JSON and the Markdown so far into
+# $OUT; back here: cp <files_at>/benchmarks/h200.json docs/benchmarks/ && python -m benchmarks.report
+set -uo pipefail
+part=${1:?usage: gpu.sh tts-0.6B|tts-1.7B|rest|all}
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+export QWEN2_BPE_DIR=${QWEN2_BPE_DIR:-$PWD/.bench-data/qwen2-bpe}
+export BENCH_CACHE=${BENCH_CACHE:-/tmp/bench-checkpoints}
+RESULTS=${RESULTS:-/tmp/bench-out/benchmarks}
+mkdir -p "$RESULTS"
+cp -n docs/benchmarks/*.json "$RESULTS"/ 2>/dev/null || true  # the CPU tables go into the same Markdown
+run() { python3 -u -m benchmarks --label h200 --out "$RESULTS" "$@"; }
+case "$part" in
+  tts-0.6B) run --only tts --tts-sizes 0.6B ;;
+  tts-1.7B) run --only tts --tts-sizes 1.7B ;;
+  rest) run --only stt,llm,v2v ;;
+  all) run --only tts --tts-sizes 0.6B,1.7B && run --only stt,llm,v2v ;;
+  *) echo "unknown part $part: use tts-0.6B, tts-1.7B, rest or all" >&2; exit 2 ;;
+esac
+rc=$?
+rm -rf "$BENCH_CACHE"/*.tmp 2>/dev/null
+if [ -n "${OUT:-}" ]; then
+  mkdir -p "$OUT/benchmarks" && cp "$RESULTS"/h200.json "$OUT/benchmarks/" && cp "$RESULTS"/../benchmarks.md "$OUT/"
+fi
+df -h /tmp | tail -1
+exit $rc
