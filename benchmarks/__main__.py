@@ -62,7 +62,7 @@ def jobs(section: str, small: bool, cache: str, sizes: list[str]) -> list[Job]:
         return [("llm e2b,e4b", ["-m", "benchmarks.llm", "--sizes", "e2b,e4b"], 200)]
     if section == "v2v":
         return [
-            ("v2v", ["-m", "benchmarks.v2v", *(["--small"] if small else []), "--turns", "20"], 600 if small else 150)
+            ("v2v", ["-m", "benchmarks.v2v", *(["--small"] if small else []), "--turns", "20"], 1500 if small else 400)
         ]
     raise ValueError(section)
 

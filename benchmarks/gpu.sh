@@ -5,7 +5,8 @@
 #   call 1 (carry .dev-a):              mkdir -p /tmp/w && cp .dev-a/* /tmp/w/
 #   call 2 (carry .dev-b .bench-data):  bash .dev-b/install.sh && bash benchmarks/gpu.sh tts-0.6B      (~5 min)
 #   call 3 (carry .bench-data):         bash benchmarks/gpu.sh tts-1.7B                                 (~6 min)
-#   call 4 (carry .bench-data):         bash benchmarks/gpu.sh rest                                     (~6 min)
+#   call 4 (carry .bench-data):         bash benchmarks/gpu.sh stt-llm                                  (~5 min)
+#   call 5 (carry .bench-data):         bash benchmarks/gpu.sh v2v                                      (~3 min)
 #
 # .dev-a/.dev-b come from /work/shared/device/prepare_mlx_cuda.sh with
 #   EXTRA_WHEELS="mlx-audio==0.6.2 miniaudio websockets webrtcvad-wheels"
@@ -13,7 +14,7 @@
 # (copied from /work/shared/data/qwen2-bpe; git-ignored). Each call copies the JSON and the Markdown so far into
 # $OUT; back here: cp <files_at>/benchmarks/h200.json docs/benchmarks/ && python -m benchmarks.report
 set -uo pipefail
-part=${1:?usage: gpu.sh tts-0.6B|tts-1.7B|rest|all}
+part=${1:?usage: gpu.sh tts-0.6B|tts-1.7B|stt-llm|v2v|all}
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 export QWEN2_BPE_DIR=${QWEN2_BPE_DIR:-$PWD/.bench-data/qwen2-bpe}
 export BENCH_CACHE=${BENCH_CACHE:-/tmp/bench-checkpoints}
@@ -24,9 +25,10 @@ run() { python3 -u -m benchmarks --label h200 --out "$RESULTS" "$@"; }
 case "$part" in
   tts-0.6B) run --only tts --tts-sizes 0.6B ;;
   tts-1.7B) run --only tts --tts-sizes 1.7B ;;
-  rest) run --only stt,llm,v2v ;;
+  stt-llm) run --only stt,llm ;;
+  v2v) run --only v2v ;;
   all) run --only tts --tts-sizes 0.6B,1.7B && run --only stt,llm,v2v ;;
-  *) echo "unknown part $part: use tts-0.6B, tts-1.7B, rest or all" >&2; exit 2 ;;
+  *) echo "unknown part $part: use tts-0.6B, tts-1.7B, stt-llm, v2v or all" >&2; exit 2 ;;
 esac
 rc=$?
 rm -rf "$BENCH_CACHE"/*.tmp 2>/dev/null
