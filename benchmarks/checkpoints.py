@@ -150,14 +150,15 @@ def write_talker(folder: Path, cfg: dict, seed: int = 0) -> int:
     return sum(v.nbytes for v in weights.values())
 
 
-def write_speech_tokenizer(folder: Path, seed: int = 1, tiny_widths: bool = False) -> None:
+def write_speech_tokenizer(folder: Path, seed: int = 1, tiny_widths: bool = False, decoder_dim: int = 1536) -> None:
     """speech_tokenizer/ with the released decoder config (or the tests' tiny one) and official-layout float32
     decoder weights. (mlx-audio's conv-layout heuristic needs the released widths: 1x1 convs wider than 64.)"""
     from tools.qwen3_tts_tokenizer_ref import tiny as tok_tiny
 
     folder.mkdir(parents=True, exist_ok=True)
     cfg = dict(tok_tiny.SPEECH_TOKENIZER_CONFIG)
-    dec = {**tok_tiny.DECODER_CONFIG, "codebook_size": 2048} if tiny_widths else DECODER  # the talker's 2048 codes
+    # tiny: the tests' decoder with the talker's 2048 codes; a narrower vocoder (decoder_dim) for CPU runs
+    dec = {**tok_tiny.DECODER_CONFIG, "codebook_size": 2048} if tiny_widths else {**DECODER, "decoder_dim": decoder_dim}
     cfg["decoder_config"] = dec
     cfg.pop("encoder_config", None)  # a CustomVoice model never encodes audio; both loaders accept its absence
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
@@ -172,6 +173,7 @@ def write_checkpoint(
     talker_layers: int = 28,
     predictor_layers: int = 5,
     tiny_widths: bool = False,
+    decoder_dim: int = 1536,
 ) -> dict[str, Any]:
     """Write (or reuse, when config.json matches) a whole checkpoint folder; returns facts for the report."""
     from tools.qwen3_tts_ref import tiny
@@ -179,7 +181,9 @@ def write_checkpoint(
     cfg = model_config(size, talker_layers, predictor_layers, bits, tiny_widths)
     folder.mkdir(parents=True, exist_ok=True)
     done = folder / ".complete"
-    if done.is_file() and json.loads((folder / "config.json").read_text()) == cfg:
+    st_cfg = folder / "speech_tokenizer" / "config.json"
+    same_dec = st_cfg.is_file() and json.loads(st_cfg.read_text())["decoder_config"].get("decoder_dim") == decoder_dim
+    if done.is_file() and json.loads((folder / "config.json").read_text()) == cfg and (tiny_widths or same_dec):
         return json.loads(done.read_text())
     t0 = time.perf_counter()
     (folder / "config.json").write_text(json.dumps(cfg, indent=1))
@@ -188,7 +192,7 @@ def write_checkpoint(
     tiny.BPE_DIR = src  # the tables travel in .bench-data/ on the benchmark machine
     tiny.tokenizer_files(folder)  # vocab.json, merges.txt and tokenizer_config.json with the added tokens
     nbytes = write_talker(folder, cfg)
-    write_speech_tokenizer(folder / "speech_tokenizer", tiny_widths=tiny_widths)
+    write_speech_tokenizer(folder / "speech_tokenizer", tiny_widths=tiny_widths, decoder_dim=decoder_dim)
     facts = {"weights_bytes": nbytes, "write_s": round(time.perf_counter() - t0, 1)}
     done.write_text(json.dumps(facts))
     return facts

@@ -50,14 +50,15 @@ def _errors(section: dict[str, Any]) -> list[str]:
 
 def tts_table(section: dict[str, Any]) -> list[str]:
     lines = [
-        "| model | precision | layers (talker/pred.) | frames | first chunk ms, ours | first chunk ms, mlx-audio | "
+        "| model | precision | layers (talker/pred.), codec width | frames | first chunk ms, ours | first chunk ms, mlx-audio | "
         "ratio | RTF ours | RTF mlx-audio | ratio | ours ms/frame | weights read/frame | ours vs bandwidth limit |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in _results(section):
         ma = r.get("mlx_audio") or {}
         lines.append(
-            f"| {r['size']} | {r['precision']} | {r['talker_layers']}/{r['predictor_layers']} | {r['frames']} | "
+            f"| {r['size']} | {r['precision']} | {r['talker_layers']}/{r['predictor_layers']}, {r.get('decoder_dim', 1536)} | "
+            f"{r['frames']} | "
             f"{_spread(r['ours']['first_chunk_s'], ms=True)} | {_spread(ma.get('first_chunk_s'), ms=True)} | "
             f"{_f(r.get('ratio_first_chunk_s'), 2)} | {_spread(r['ours']['rtf'])} | {_spread(ma.get('rtf'))} | "
             f"{_f(r.get('ratio_rtf'), 2)} | {_f(r['ours_ms_per_frame'], 1)} | "

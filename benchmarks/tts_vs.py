@@ -128,16 +128,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, nargs="+", default=[100, 400])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--layers", type=int, nargs=2, default=[28, 5], help="talker and predictor layers")
+    ap.add_argument(
+        "--decoder-dim", type=int, default=1536, help="vocoder width (released: 1536; > 1024 for mlx-audio's loader)"
+    )
     ap.add_argument("--peer", choices=["yes", "no"], default="yes", help="also run mlx-audio")
     ap.add_argument("--cache", default="", help="folder for checkpoints (default: a temporary one)")
     args = ap.parse_args(argv)
     from benchmarks.checkpoints import write_checkpoint
 
     bits = args.bits or None
-    tag = f"{args.size}-{'4bit' if bits else 'bf16'}-L{args.layers[0]}x{args.layers[1]}"
+    tag = f"{args.size}-{'4bit' if bits else 'bf16'}-L{args.layers[0]}x{args.layers[1]}-D{args.decoder_dim}"
     with tempfile.TemporaryDirectory(dir=args.cache or None) as tmp:
         folder = Path(args.cache or tmp) / tag
-        facts = write_checkpoint(folder, args.size, bits, *args.layers)
+        facts = write_checkpoint(folder, args.size, bits, *args.layers, decoder_dim=args.decoder_dim)
         backend = "gpu" if "gpu" in str(mx.default_device()) else "cpu"
         base = {
             "section": "tts",
@@ -145,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             "precision": "4-bit g64" if bits else "bf16",
             "talker_layers": args.layers[0],
             "predictor_layers": args.layers[1],
+            "decoder_dim": args.decoder_dim,
             "checkpoint_bytes": facts["weights_bytes"],
             "reps": args.reps,
             "warmup": 1,

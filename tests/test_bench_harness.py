@@ -65,5 +65,5 @@ def test_markdown_has_the_tts_ratio_and_the_errors(tmp_path: Path) -> None:
     (tmp_path / "demo.json").write_text(json.dumps(doc))
     md = write_markdown(tmp_path, tmp_path / "b.md").read_text()
     assert md == render([doc])
-    assert "| 0.6B | bf16 | 28/5 | 100 | 500 (400-600) | 250 (400-600) | 2.00 |" in md
+    assert "| 0.6B | bf16 | 28/5, 1536 | 100 | 500 (400-600) | 250 (400-600) | 2.00 |" in md
     assert "`tts bad` failed: exit status 1. ValueError: x" in md
