@@ -13,6 +13,11 @@ random (no checkpoint can be downloaded here) in the real on-disk layouts; lengt
 real run. Medians over the repetitions, spread as p10-p90 (min-max where n <= 3 would make percentiles moot).
 RTF = compute time / audio time (< 1 is faster than real time). Ratio = ours / mlx-audio from the same run
 (< 1: ours is faster). Every shape is warmed up once (MLX compiles kernels on first use) before timing.
+Bandwidth limit: bytes of talker + predictor weights read per frame / measured time per frame, against the
+assumed peak (H200 HBM3e 4.8 TB/s) and a measured one (a bf16 sum over 1 GiB, best of 5).
+
+Reproduce: `python -m benchmarks --small` (CPU, label cpu-small); on the H200, `bash benchmarks/gpu.sh PART`
+in the calls listed at the top of that script (label h200).
 """
 
 
@@ -50,20 +55,21 @@ def _errors(section: dict[str, Any]) -> list[str]:
 
 def tts_table(section: dict[str, Any]) -> list[str]:
     lines = [
-        "| model | precision | layers (talker/pred.), codec width | frames | first chunk ms, ours | first chunk ms, mlx-audio | "
-        "ratio | RTF ours | RTF mlx-audio | ratio | ours ms/frame | weights read/frame | ours vs bandwidth limit |",
+        "| model | precision | layers (talker/pred.), codec width | frames | first chunk ms, ours | "
+        "first chunk ms, mlx-audio | ratio | RTF ours | RTF mlx-audio | ratio | ours ms/frame | weights read/frame | ours vs bandwidth limit |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in _results(section):
         ma = r.get("mlx_audio") or {}
         lines.append(
-            f"| {r['size']} | {r['precision']} | {r['talker_layers']}/{r['predictor_layers']}, {r.get('decoder_dim', 1536)} | "
-            f"{r['frames']} | "
+            f"| {r['size']} | {r['precision']} | {r['talker_layers']}/{r['predictor_layers']}, "
+            f"{r.get('decoder_dim', 1536)} | {r['frames']} | "
             f"{_spread(r['ours']['first_chunk_s'], ms=True)} | {_spread(ma.get('first_chunk_s'), ms=True)} | "
             f"{_f(r.get('ratio_first_chunk_s'), 2)} | {_spread(r['ours']['rtf'])} | {_spread(ma.get('rtf'))} | "
             f"{_f(r.get('ratio_rtf'), 2)} | {_f(r['ours_ms_per_frame'], 1)} | "
             f"{r['weights_read_per_frame_bytes'] / 1e6:.0f} MB | {r['ours_effective_bw_gbs']:.0f} GB/s = "
-            f"{100 * r['ours_fraction_of_bw_limit']:.1f}% of {r['assumed_bw_gbs']:.0f} GB/s |"
+            f"{100 * r['ours_fraction_of_bw_limit']:.1f}% of {r['assumed_bw_gbs']:.0f} GB/s assumed, "
+            f"{r.get('measured_bw_gbs', '-')} GB/s measured |"
         )
     reps = {(r["reps"], r["warmup"]) for r in _results(section)}
     if reps:

@@ -35,6 +35,19 @@ TEXT = (
 ASSUMED_BW = {"gpu": 4.8e12, "cpu": 50e9}  # H200 HBM3e 4.8 TB/s; a desktop CPU's DRAM, order of magnitude
 
 
+def measured_bandwidth(nbytes: int = 2**30) -> float:
+    """Bytes per second of a reduction over a `nbytes` array: what reading weights can reach here (best of 5)."""
+    a = mx.ones((nbytes // 2,), dtype=mx.bfloat16)
+    mx.eval(a, a.sum())
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        mx.eval(a.sum())
+        best = min(best, time.perf_counter() - t0)
+    del a
+    return nbytes / best
+
+
 def summary(xs: list[float]) -> dict[str, float]:
     a = np.asarray(xs, dtype=np.float64)
     return {
@@ -153,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             "reps": args.reps,
             "warmup": 1,
         }
+        measured_bw = measured_bandwidth()
         run, nbytes = ours(folder)
         trun, peer_error = None, ""
         if args.peer == "yes":
@@ -174,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 "ours_effective_bw_gbs": round(bw / 1e9, 1),
                 "assumed_bw_gbs": ASSUMED_BW[backend] / 1e9,
                 "ours_fraction_of_bw_limit": round(bw / ASSUMED_BW[backend], 4),
+                "measured_bw_gbs": round(measured_bw / 1e9, 1),
             }
             print(f"[tts] {tag} ours {frames} frames: {m['rtf']['median']:.3f} RTF", file=sys.stderr, flush=True)
             if trun is not None:
