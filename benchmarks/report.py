@@ -56,7 +56,8 @@ def _errors(section: dict[str, Any]) -> list[str]:
 def tts_table(section: dict[str, Any]) -> list[str]:
     lines = [
         "| model | precision | layers (talker/pred.), codec width | frames | first chunk ms, ours | "
-        "first chunk ms, mlx-audio | ratio | RTF ours | RTF mlx-audio | ratio | ours ms/frame | weights read/frame | ours vs bandwidth limit |",
+        "first chunk ms, mlx-audio | ratio | RTF ours | RTF mlx-audio | ratio | ours ms/frame | "
+        "weights read/frame | ours vs bandwidth limit |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in _results(section):
