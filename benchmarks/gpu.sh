@@ -31,7 +31,6 @@ case "$part" in
   *) echo "unknown part $part: use tts-0.6B, tts-1.7B, stt-llm, v2v or all" >&2; exit 2 ;;
 esac
 rc=$?
-rm -rf "$BENCH_CACHE"/*.tmp 2>/dev/null
 if [ -n "${OUT:-}" ]; then
   mkdir -p "$OUT/benchmarks" && cp "$RESULTS"/h200.json "$OUT/benchmarks/" && cp "$RESULTS"/../benchmarks.md "$OUT/"
 fi

@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(args.cache) / "v2v-tiny"
         write_checkpoint(folder, "0.6B", None, 2, 2, tiny_widths=True)
     else:
-        folder = Path(args.cache) / "0.6B-bf16-L28x5"
+        folder = Path(args.cache) / "0.6B-bf16-L28x5-D1536"  # the one tts_vs wrote, when present
         write_checkpoint(folder, "0.6B", None, 28, 5)
     print(json.dumps(asyncio.run(session(args, folder))), flush=True)
     return 0
