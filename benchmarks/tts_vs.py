@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     tag = f"{args.size}-{'4bit' if bits else 'bf16'}-L{args.layers[0]}x{args.layers[1]}-D{args.decoder_dim}"
     with tempfile.TemporaryDirectory(dir=args.cache or None) as tmp:
         folder = Path(args.cache or tmp) / tag
-        facts = write_checkpoint(folder, args.size, bits, *args.layers, decoder_dim=args.decoder_dim)
+        facts = write_checkpoint(folder, args.size, bits, args.layers[0], args.layers[1], decoder_dim=args.decoder_dim)
         backend = "gpu" if "gpu" in str(mx.default_device()) else "cpu"
         base = {
             "section": "tts",

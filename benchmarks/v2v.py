@@ -84,18 +84,19 @@ class TimestampSink:
 
     def __init__(self) -> None:
         self.writes: list[float] = []
-        self._start: float | None = None
+        self._start: float | None = None  # when sample 0 would have played, continuing the current run
+        self._dac: float | None = None  # when the current run's first sample played
         self._written = 0
 
     def write(self, chunk: np.ndarray) -> None:
         now = time.monotonic()
         self.writes.append(now)
         if self._start is None or self.played_samples >= self._written:  # idle: playback restarts now
-            self._start, self._written = now - self._written / OUT_RATE, self._written
+            self._start, self._dac = now - self._written / OUT_RATE, now
         self._written += len(chunk)
 
     def flush(self) -> None:
-        self._start, self._written = None, 0
+        self._start, self._dac, self._written = None, None, 0
 
     @property
     def played_samples(self) -> int:
@@ -105,7 +106,7 @@ class TimestampSink:
 
     @property
     def first_sample_dac_time(self) -> float | None:
-        return self._start
+        return self._dac
 
 
 class ForcedText:
