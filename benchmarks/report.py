@@ -13,6 +13,9 @@ random (no checkpoint can be downloaded here) in the real on-disk layouts; lengt
 real run. Medians over the repetitions, spread as p10-p90 (min-max where n <= 3 would make percentiles moot).
 RTF = compute time / audio time (< 1 is faster than real time). Ratio = ours / mlx-audio from the same run
 (< 1: ours is faster). Every shape is warmed up once (MLX compiles kernels on first use) before timing.
+TTS first chunk: ours keeps the voice prefix's KV state per voice (as the daemon does) and prefills only the
+text; mlx-audio prefills the whole prompt on every call. Both stream: ours emits 1 frame then every 4 frames
+(tts.first_chunk_frames/chunk_frames), mlx-audio every frame (streaming_interval 0.08 s, its smallest).
 Bandwidth limit: bytes of talker + predictor weights read per frame / measured time per frame, against the
 assumed peak (H200 HBM3e 4.8 TB/s) and a measured one (a bf16 sum over 1 GiB, best of 5).
 
