@@ -31,7 +31,7 @@ Job = tuple[str, list[str], int]  # name, argv after `python`, timeout in second
 def tts_jobs(small: bool, cache: str, sizes: list[str]) -> list[Job]:
     base = ["-m", "benchmarks.tts_vs", "--cache", cache]
     if small:  # real widths, 2 talker / 2 predictor layers, a few frames (the real-size codec is slow on a CPU)
-        small_args = ["--frames", "2", "--reps", "1", "--layers", "2", "2", "--decoder-dim", "1088"]
+        small_args = ["--frames", "3", "--reps", "2", "--layers", "2", "2", "--decoder-dim", "1088"]
         return [("tts 0.6B 4-bit", [*base, "--bits", "4", *small_args], 1800)]
     return [
         (

@@ -71,8 +71,8 @@ def tts_table(section: dict[str, Any]) -> list[str]:
             f"{_spread(r['ours']['first_chunk_s'], ms=True)} | {_spread(ma.get('first_chunk_s'), ms=True)} | "
             f"{_f(r.get('ratio_first_chunk_s'), 2)} | {_spread(r['ours']['rtf'])} | {_spread(ma.get('rtf'))} | "
             f"{_f(r.get('ratio_rtf'), 2)} | {_f(r['ours_ms_per_frame'], 1)} | "
-            f"{r['weights_read_per_frame_bytes'] / 1e6:.0f} MB | {r['ours_effective_bw_gbs']:.0f} GB/s = "
-            f"{100 * r['ours_fraction_of_bw_limit']:.1f}% of {r['assumed_bw_gbs']:.0f} GB/s assumed, "
+            f"{r['weights_read_per_frame_bytes'] / 1e6:.0f} MB | {r['ours_effective_bw_gbs']:.3g} GB/s = "
+            f"{100 * r['ours_fraction_of_bw_limit']:.2g}% of {r['assumed_bw_gbs']:.0f} GB/s assumed, "
             f"{r.get('measured_bw_gbs', '-')} GB/s measured |"
         )
     reps = {(r["reps"], r["warmup"]) for r in _results(section)}

@@ -185,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
                 "ours": m,
                 "ours_ms_per_frame": round(1000 * frame_s, 2),
                 "weights_read_per_frame_bytes": nbytes,
-                "ours_effective_bw_gbs": round(bw / 1e9, 1),
+                "ours_effective_bw_gbs": round(bw / 1e9, 4),
                 "assumed_bw_gbs": ASSUMED_BW[backend] / 1e9,
-                "ours_fraction_of_bw_limit": round(bw / ASSUMED_BW[backend], 4),
+                "ours_fraction_of_bw_limit": round(bw / ASSUMED_BW[backend], 6),
                 "measured_bw_gbs": round(measured_bw / 1e9, 1),
             }
             print(f"[tts] {tag} ours {frames} frames: {m['rtf']['median']:.3f} RTF", file=sys.stderr, flush=True)

@@ -114,6 +114,7 @@ class ForcedText:
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
+        self.finalize_ms: list[float] = []  # compute time of each final pass (to tell compute from queueing)
 
     def reset(self) -> None:
         self.inner.reset()
@@ -124,7 +125,9 @@ class ForcedText:
     def finalize(self) -> Any:
         from assistant.stt.types import Transcript
 
+        t0 = time.perf_counter()
         t = self.inner.finalize()
+        self.finalize_ms.append(1000.0 * (time.perf_counter() - t0))
         return Transcript(SENTENCE, t.language)
 
 
@@ -263,6 +266,7 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "end to end: true end of speech -> first output sample": stats(e2e),
             "VAD hangover (endpoint - VAD end of speech)": stats(col("vad_hangover_ms")),
             "STT final (after VAD end of speech)": stats(col("stt_final_ms")),
+            "STT final pass compute alone (every pass after the first)": stats(engines.transcriber.finalize_ms[1:]),
             "LLM first token": stats(col("llm_first_token_ms")),
             "TTS first text": stats(col("tts_first_text_ms")),
             "TTS first audio": stats(col("tts_first_audio_ms")),
