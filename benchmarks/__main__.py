@@ -164,21 +164,23 @@ def main(argv: list[str] | None = None) -> int:
     doc["small"] = args.small
     print(f"[bench] {label}: {doc['machine'].get('backend')} {doc['machine'].get('gpu', '')}", flush=True)
     command = shlex.join(["python", "-m", "benchmarks", *(argv if argv is not None else sys.argv[1:])])
-    for section in only:
-        t0 = time.perf_counter()
-        records = [run_job(*job) for job in jobs(section, args.small, args.cache, args.tts_sizes.split(","))]
-        if section == "tts" and section in doc["sections"] and not args.small:  # a later call adds sizes
-            done = {r["job"] for r in records}
-            records = [r for r in doc["sections"][section]["jobs"] if r["job"] not in done] + records
-        doc["sections"][section] = {
-            "command": command,
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            "wall_s": round(time.perf_counter() - t0, 1),
-            "jobs": records,
-        }
-        path.write_text(json.dumps(doc, indent=1) + "\n")  # after every section: a later crash loses nothing
     from benchmarks.report import write_markdown
 
+    for section in only:
+        t0 = time.perf_counter()
+        earlier = doc["sections"].get(section, {}).get("jobs", []) if section == "tts" and not args.small else []
+        records: list[dict[str, Any]] = []
+        for job in jobs(section, args.small, args.cache, args.tts_sizes.split(",")):
+            records.append(run_job(*job))
+            done = {r["job"] for r in records}  # a later call adds TTS sizes to the rows of an earlier one
+            doc["sections"][section] = {
+                "command": command,
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                "wall_s": round(time.perf_counter() - t0, 1),
+                "jobs": [r for r in earlier if r["job"] not in done] + records,
+            }
+            path.write_text(json.dumps(doc, indent=1) + "\n")  # after every job: a later kill loses nothing
+            write_markdown(args.out, args.out.parent / "benchmarks.md")
     md = write_markdown(args.out, args.out.parent / "benchmarks.md")
     print(f"[bench] wrote {path} and {md}", flush=True)
     return 0

@@ -21,13 +21,14 @@ export BENCH_CACHE=${BENCH_CACHE:-/tmp/bench-checkpoints}
 RESULTS=${RESULTS:-/tmp/bench-out/benchmarks}
 mkdir -p "$RESULTS"
 cp -n docs/benchmarks/*.json "$RESULTS"/ 2>/dev/null || true  # the CPU tables go into the same Markdown
-run() { python3 -u -m benchmarks --label h200 --out "$RESULTS" "$@"; }
+# stop in time to copy the results back before the 10-minute call limit (JSON is written after every job)
+run() { timeout -k 10 "${LIMIT:-520}" python3 -u -m benchmarks --label h200 --out "$RESULTS" "$@"; }
 case "$part" in
-  tts-0.6B) run --only tts --tts-sizes 0.6B ;;
+  tts-0.6B) LIMIT=${LIMIT:-470} run --only tts --tts-sizes 0.6B ;;  # shares its call with the install
   tts-1.7B) run --only tts --tts-sizes 1.7B ;;
   stt-llm) run --only stt,llm ;;
   v2v) run --only v2v ;;
-  all) run --only tts --tts-sizes 0.6B,1.7B && run --only stt,llm,v2v ;;
+  all) LIMIT=${LIMIT:-3600} run --only tts,stt,llm,v2v ;;  # one long session, not a 10-minute call
   *) echo "unknown part $part: use tts-0.6B, tts-1.7B, stt-llm, v2v or all" >&2; exit 2 ;;
 esac
 rc=$?
