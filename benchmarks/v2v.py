@@ -134,6 +134,7 @@ class ForcedText:
 def build_engines(small: bool, folder: Path, cfg: Any) -> Any:
     """Every engine with random weights (runs on the compute thread: MLX state belongs to it)."""
     import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_unflatten
 
     from assistant.llm import Chat
     from assistant.stt.mel import MelArgs, MelFrontEnd
@@ -152,6 +153,10 @@ def build_engines(small: bool, folder: Path, cfg: Any) -> Any:
 
     dtype = mx.float32 if small else mx.bfloat16  # MLX's CPU path has no fast bf16 matmul
     asr = stt_bench.build("parakeet", small, dtype)
+    # stt.py draws every parameter N(0, 0.02²): a negative BatchNorm running variance makes NaN logits, and NaN
+    # argmax decodes token 0 up to max_symbols times per frame. Variances of 1 keep the encoder finite.
+    ones = [(k, mx.ones(v.shape, v.dtype)) for k, v in tree_flatten(asr.parameters()) if "running_var" in k]
+    asr.update(tree_unflatten(ones))
     # Random logits are near-uniform: greedy TDT would emit a token on every step. A blank bias and a bias to the
     # longest duration make it skip 4 frames per step with no token (a real model adds ~4 LSTM steps per second).
     joint = next(m for _, m in asr.named_modules() if isinstance(m, JointNetwork))
