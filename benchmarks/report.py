@@ -19,6 +19,13 @@ text; mlx-audio prefills the whole prompt on every call. Both stream: ours emits
 Bandwidth limit: bytes of talker + predictor weights read per frame / measured time per frame, against the
 assumed peak (H200 HBM3e 4.8 TB/s) and a measured one (a bf16 sum over 1 GiB, best of 5).
 
+Where ours is slower (profiled with cProfile on the CPU rows): STT Parakeet on 2-5 s clips, ours 1.1-1.2x
+mlx-audio. The timed region of ours includes `feed()` of the whole clip, whose speech guard (numpy FFT
+periodicity, ~17 ms per 2 s) and numpy mel (~8 ms) are a constant ~25 ms; in the daemon feed() runs while the user
+is speaking, so the guard is off the latency path there. Encoder and decoder times match (10 s row: 0.97x).
+Moving the mel to MLX would remove the rest. The CPU TTS rows are dominated by the float32 vocoder (narrowed
+to width 1088 for time), so their bandwidth figures say nothing about the talker; read the GPU rows for that.
+
 Reproduce: `python -m benchmarks --small` (CPU, label cpu-small); on the H200, `bash benchmarks/gpu.sh PART`
 in the calls listed at the top of that script (label h200).
 """
