@@ -12,7 +12,9 @@
 #   EXTRA_WHEELS="mlx-audio==0.6.2 miniaudio websockets webrtcvad-wheels"
 # (call 2 must follow call 1 within 30 s). .bench-data/qwen2-bpe/{vocab.json,merges.txt} are the Qwen2 BPE tables
 # (copied from /work/shared/data/qwen2-bpe; git-ignored). Each call copies the JSON and the Markdown so far into
-# $OUT; back here: cp <files_at>/benchmarks/h200.json docs/benchmarks/ && python -m benchmarks.report
+# $OUT; after each call: cp <files_at>/benchmarks/h200.json docs/benchmarks/ (then python -m benchmarks.report).
+# Run the calls back to back: a machine idle for 30 s is given back, and a fresh one needs calls 1-2 again (the
+# h200.json copied into docs/benchmarks/ travels with the working tree, so the label continues where it was).
 set -uo pipefail
 part=${1:?usage: gpu.sh tts-0.6B|tts-1.7B|stt-llm|v2v|all}
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -20,7 +22,8 @@ export QWEN2_BPE_DIR=${QWEN2_BPE_DIR:-$PWD/.bench-data/qwen2-bpe}
 export BENCH_CACHE=${BENCH_CACHE:-/tmp/bench-checkpoints}
 RESULTS=${RESULTS:-/tmp/bench-out/benchmarks}
 mkdir -p "$RESULTS"
-cp -n docs/benchmarks/*.json "$RESULTS"/ 2>/dev/null || true  # the CPU tables go into the same Markdown
+cp -n docs/benchmarks/*.json "$RESULTS"/ 2>/dev/null || true  # CPU tables, and h200 rows of earlier calls
+python3 -c "import mlx.core as mx; print('backend', mx.default_device())" || { echo "MLX is not in /tmp/site: run the install calls first" >&2; exit 3; }
 # stop in time to copy the results back before the 10-minute call limit (JSON is written after every job)
 run() { timeout -k 10 "${LIMIT:-520}" python3 -u -m benchmarks --label h200 --out "$RESULTS" "$@"; }
 case "$part" in
