@@ -2,11 +2,11 @@
 # The benchmark run on the lent H200 (MLX CUDA backend). Run from the repository root, in this order, each part
 # as one device call (10 minutes per call); all parts add to one label, h200, in /tmp/bench-out:
 #
-#   call 1 (carry .dev-a):              mkdir -p /tmp/w && cp .dev-a/* /tmp/w/
-#   call 2 (carry .dev-b .bench-data):  bash .dev-b/install.sh && bash benchmarks/gpu.sh tts-0.6B      (~5 min)
-#   call 3 (carry .bench-data):         bash benchmarks/gpu.sh tts-1.7B                                 (~6 min)
-#   call 4 (carry .bench-data):         bash benchmarks/gpu.sh stt-llm                                  (~5 min)
-#   call 5 (carry .bench-data):         bash benchmarks/gpu.sh v2v                                      (~3 min)
+#   call 1 (carry .dev-a .bench-data): mkdir -p /tmp/w && cp .dev-a/* /tmp/w/ && cp -r .bench-data /tmp/
+#   call 2 (carry .dev-b):              bash .dev-b/install.sh && bash benchmarks/gpu.sh tts-0.6B   (~5 min)
+#   call 3:                             bash benchmarks/gpu.sh tts-1.7B                              (~6 min)
+#   call 4:                             bash benchmarks/gpu.sh stt-llm                               (~5 min)
+#   call 5:                             bash benchmarks/gpu.sh v2v                                   (~3 min)
 #
 # .dev-a/.dev-b come from /work/shared/device/prepare_mlx_cuda.sh with
 #   EXTRA_WHEELS="mlx-audio==0.6.2 miniaudio websockets webrtcvad-wheels"
@@ -18,7 +18,8 @@
 set -uo pipefail
 part=${1:?usage: gpu.sh tts-0.6B|tts-1.7B|stt-llm|v2v|all}
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-export QWEN2_BPE_DIR=${QWEN2_BPE_DIR:-$PWD/.bench-data/qwen2-bpe}
+bpe=$PWD/.bench-data/qwen2-bpe; [ -f "$bpe/vocab.json" ] || bpe=/tmp/.bench-data/qwen2-bpe  # carried or copied in call 1
+export QWEN2_BPE_DIR=${QWEN2_BPE_DIR:-$bpe}
 export BENCH_CACHE=${BENCH_CACHE:-/tmp/bench-checkpoints}
 RESULTS=${RESULTS:-/tmp/bench-out/benchmarks}
 mkdir -p "$RESULTS"
