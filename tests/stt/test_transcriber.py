@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import itertools
 import logging
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from assistant.audio.format import resample
+from assistant.cli import read_wav
 from assistant.config import SttConfig
 from assistant.errors import ConfigError, InputError, ModelError
+from assistant.stt.guard import SpeechGuard
 from assistant.stt.model import LoadedModel
 from assistant.stt.transcriber import OfflineTranscriber, StreamingTranscriber, to_float32
 from tools.stt_ref import tiny
@@ -142,3 +147,19 @@ def test_streaming_partials_only_grow(models: dict[str, LoadedModel]) -> None:
     assert len(seq) > 5 and final
     for a, b in itertools.pairwise(seq):
         assert b.startswith(a)
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng to synthesize speech")
+@pytest.mark.parametrize("snr_db", [None, 10, 5])
+def test_guard_passes_real_speech_in_noise(snr_db: float | None, tmp_path: Path) -> None:
+    """Synthesized speech, clean or in white noise down to 5 dB SNR, passes the guard that rejects noise alone."""
+    wav = tmp_path / "s.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), "What is the weather like tomorrow?"], check=True)
+    x, rate = read_wav(str(wav))
+    x = resample(x, rate, 16000)
+    if snr_db is not None:
+        rms = float(np.sqrt(np.mean(x**2)))
+        x = x + np.random.default_rng(0).standard_normal(len(x)).astype(np.float32) * rms / 10 ** (snr_db / 20)
+    guard = SpeechGuard()
+    guard.push(x.astype(np.float32))
+    assert guard.has_speech
