@@ -18,7 +18,7 @@ import pytest
 
 from assistant.audio import devices
 from assistant.audio.capture import Capture, microphone
-from assistant.audio.format import CAPTURE_RATE, TTS_RATE, frame_samples
+from assistant.audio.format import CAPTURE_RATE, TTS_RATE, frame_samples, int16_to_float32, resample
 from assistant.audio.playback import Playback
 from assistant.config import AudioConfig, VadConfig
 from assistant.errors import AudioDeviceError
@@ -309,3 +309,43 @@ def test_unsupported_rate_is_named(room_env: Room) -> None:
         "[PaErrorCode -9997]); choose another with audio.input_device (see `assistant devices`) or set "
         "audio.device_rate = 0"
     )
+
+
+@needs_espeak
+def test_own_voice_echo_does_not_start_a_turn_but_the_user_does(room_env: Room) -> None:
+    """With the speaker looped back into the microphone (an echo at the played level), the VAD told the playback
+    level ignores the assistant's own voice, yet starts a turn when the user speaks 12 dB louder over it; without
+    the playback setting the echo alone starts a turn."""
+    voice = say("I am the assistant, talking for a while.")
+    user = say("Stop talking please.")
+    assistant_24k = (resample(int16_to_float32(voice), CAPTURE_RATE, TTS_RATE) * 0.25).astype(np.float32)
+    module = room_env.pactl(
+        "load-module", "module-loopback", "source=room_speaker.monitor", "sink=room_mic", "latency_msec=20"
+    ).strip()
+
+    async def session(told: bool, user_after: int | None) -> tuple[list[VadEvent], int]:
+        """Events while the assistant speaks; and the capture position when the user began, if they did."""
+        vad, events, user_at = Vad(VadConfig()), [], -1
+        async with Capture(AudioConfig()) as mic:
+            with Playback(AudioConfig()) as out:
+                out.write(assistant_24k)
+                start = mic.samples_read
+                while mic.samples_read - start < len(voice) + CAPTURE_RATE // 2:
+                    block = await mic.read()
+                    vad.set_playback(told, out.level_dbfs)
+                    events += vad.feed(block)
+                    if user_after is not None and user_at < 0 and mic.samples_read - start > user_after:
+                        user_at = vad.position
+                        room_env.play(user)
+        return events, user_at
+
+    try:
+        echo_only, _ = asyncio.run(session(told=True, user_after=None))
+        untold, _ = asyncio.run(session(told=False, user_after=None))
+        barge_in, user_at = asyncio.run(session(told=True, user_after=CAPTURE_RATE // 2))
+    finally:
+        room_env.pactl("unload-module", module)
+    assert not any(isinstance(e, SpeechStarted) for e in echo_only), echo_only
+    assert any(isinstance(e, SpeechStarted) for e in untold), untold
+    starts = [e for e in barge_in if isinstance(e, SpeechStarted)]
+    assert len(starts) == 1 and starts[0].onset_sample >= user_at, (starts, user_at)
