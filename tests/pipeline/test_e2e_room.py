@@ -127,7 +127,6 @@ def test_spoken_turn_and_barge_in(room_env: Any, tiny_config: Config, tmp_path: 
     """
     from assistant.audio.capture import Capture
     from assistant.audio.playback import Playback
-
     from tests.speech import have_espeak, say, silence
 
     if not have_espeak():
