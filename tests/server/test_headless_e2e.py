@@ -11,9 +11,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import re
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from assistant import cli
 from assistant.audio.format import CAPTURE_RATE, float32_to_int16, int16_to_float32, resample
 from assistant.compute import Compute
-from assistant.config import Config
+from assistant.config import Config, to_dict
 from assistant.pipeline import Pipeline
 from assistant.server.ws import ControlServer
 from assistant.session import NullSink, Sessions
@@ -161,3 +166,79 @@ def test_native_ask_streams_through_the_real_pipeline(tiny_config: Config) -> No
     assert deltas and reply["result"]["text"] == "".join(deltas)
     assert [m.role for m in history] == ["user", "assistant"] and history[0].content == "Hello, who are you?"
     assert history[1].content == "".join(deltas).strip()
+
+
+def config_file(cfg: Config, path: Path) -> Path:
+    """A config.toml holding the keys of `cfg` that differ from the defaults."""
+    ours, default = to_dict(cfg), to_dict(Config())
+    lines = []
+    for section, values in ours.items():
+        changed = {k: v for k, v in values.items() if v != default[section][k]}
+        if changed:
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in changed.items()]  # JSON scalars are TOML scalars here
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_assistant_run_without_a_sound_card_serves_realtime(tiny_config: Config, tmp_path: Path) -> None:
+    """`assistant run` with no sound card starts headless: a Realtime client's text item gets a spoken reply,
+    the native channel answers status, and SIGINT stops it with exit code 0."""
+    path = config_file(tiny_config, tmp_path / "config.toml")
+    env = {
+        **os.environ,
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+        "HOME": str(tmp_path / "home"),
+        "PULSE_SERVER": "unix:" + str(tmp_path / "no-pulse"),  # no sound server: no devices
+        "ASSISTANT_CONFIG": "",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+
+    async def body() -> tuple[list[dict[str, Any]], int, list[str]]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "assistant", "--config", str(path), "run", env=env, stderr=asyncio.subprocess.PIPE
+        )
+        assert proc.stderr is not None
+        log: list[str] = []
+        try:
+            async with asyncio.timeout(WAIT_S):
+                while (m := re.search(r"control server on ws://127\.0\.0\.1:(\d+)", log[-1] if log else "")) is None:
+                    line = await proc.stderr.readline()
+                    assert line, f"the daemon exited: {log}"
+                    log.append(line.decode())
+            drain = asyncio.create_task(_collect(proc.stderr, log))
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            base = f"ws://127.0.0.1:{m.group(1)}"
+            seen: list[dict[str, Any]] = []
+            async with connect(f"{base}/v1/realtime", additional_headers=headers, max_size=None) as ws:
+                await until(ws, "session.created", seen)
+                item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi there"}]}
+                await ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
+                await ws.send(json.dumps({"type": "response.create"}))
+                await until(ws, "response.done", seen)
+            async with connect(f"{base}/v1/control", additional_headers=headers) as ws:
+                assert (await recv(ws))["type"] == "hello"
+                await ws.send(json.dumps({"type": "status", "id": 1}))
+                status = await recv(ws)
+                assert status["type"] == "reply" and status["result"]["state"] == "idle", status
+            proc.send_signal(signal.SIGINT)
+            async with asyncio.timeout(WAIT_S):
+                code = await proc.wait()
+            await drain
+            return seen, code, log
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+    seen, code, log = asyncio.run(body())
+    assert any("running headless" in line for line in log), log
+    done = seen[-1]["response"]
+    assert done["status"] == "completed", done
+    assert sum(m["type"] == "response.output_audio.delta" for m in seen) >= 1
+    assert code == 0, log[-5:]
+
+
+async def _collect(stream: asyncio.StreamReader, into: list[str]) -> None:
+    while line := await stream.readline():
+        into.append(line.decode())
