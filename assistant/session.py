@@ -222,7 +222,7 @@ class Session:
         self._creating = self.spawn(self._create(self._creating_turn, instructions))
 
     async def _create(self, turn: int, instructions: str | None) -> None:
-        if self._transcribing is not None:
+        while self._transcribing is not None and not self._transcribing.done():  # utterances ended before now
             await asyncio.shield(self._transcribing)
         text, self.pending = "\n".join(self.pending), []
         self.publish(ResponseStarted(turn, time.monotonic()))
@@ -345,7 +345,7 @@ class Session:
         job = self.compute.submit(self.engines.transcriber.finalize, priority=Priority.URGENT)
         self._transcribing = self.spawn(self._transcribed(job))
         self.set_state(TurnState.THINKING if respond else TurnState.IDLE)
-        if respond:
+        if respond and (self._creating is None or self._creating.done()):  # else the waiting one answers this too
             self.create_response()
 
     async def _transcribed(self, job: Any) -> None:
