@@ -242,3 +242,70 @@ def test_assistant_run_without_a_sound_card_serves_realtime(tiny_config: Config,
 async def _collect(stream: asyncio.StreamReader, into: list[str]) -> None:
     while line := await stream.readline():
         into.append(line.decode())
+
+
+async def sdk_until(conn: Any, last: str) -> list[Any]:
+    """SDK events up to and including the first of type `last`."""
+    out = []
+    async with asyncio.timeout(WAIT_S):
+        async for ev in conn:
+            out.append(ev)
+            if ev.type == last:
+                return out
+    raise AssertionError(f"connection ended before {last}")
+
+
+@pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed: apt-get install espeak-ng")
+def test_openai_sdk_manual_turn_response_cancel_and_truncate(tiny_config: Config) -> None:
+    """The official openai SDK against the real engines: manual turn (append + commit) -> transcript; a response
+    with audio; a second response cancelled after its first audio; the first answer truncated to what was heard."""
+    openai = pytest.importorskip("openai", reason="the openai SDK (dev extra) is not installed")
+    cfg = tiny_config
+
+    async def body() -> tuple[list[Any], list[Any], list[Any], list[Any], list[Any]]:
+        async with daemon(cfg) as (server, _):
+            sdk = openai.AsyncOpenAI(api_key=TOKEN, websocket_base_url=f"ws://127.0.0.1:{server.port}/v1")
+            async with sdk.realtime.connect(model="assistant") as conn:
+                await sdk_until(conn, "session.created")
+                audio = {"input": {"format": {"type": "audio/pcm", "rate": RATE}, "turn_detection": None}}
+                await conn.session.update(session={"type": "realtime", "instructions": "Be brief.", "audio": audio})
+                await sdk_until(conn, "session.updated")
+                speech = speech_24k()
+                for i in range(0, len(speech), RATE // 10):
+                    chunk = base64.b64encode(speech[i : i + RATE // 10].astype("<i2").tobytes()).decode()
+                    await conn.input_audio_buffer.append(audio=chunk)
+                await conn.input_audio_buffer.commit()
+                heard = await sdk_until(conn, "conversation.item.input_audio_transcription.completed")
+                await conn.response.create()
+                first = await sdk_until(conn, "response.done")
+                await conn.conversation.item.create(
+                    item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "More."}]}
+                )
+                await conn.response.create()
+                await sdk_until(conn, "response.output_audio.delta")
+                await conn.response.cancel()
+                second = await sdk_until(conn, "response.done")
+                item = first[-1].response.output[0].id
+                deltas = [e.delta for e in first if e.type == "response.output_audio.delta"]
+                sent = sum(len(base64.b64decode(d)) // 2 for d in deltas)
+                half_ms = sent * 1000 // RATE // 2
+                await conn.conversation.item.truncate(item_id=item, content_index=0, audio_end_ms=half_ms)
+                truncated = await sdk_until(conn, "conversation.item.truncated")
+                assert isinstance(server.backend, Sessions)
+                (session,) = server.backend.open
+                await asyncio.sleep(0.5)  # the rewrite is a compute job queued by the truncate
+                history = await session.compute.run(lambda: list(session.engines.chat.history))
+            return heard, first, second, truncated, history
+
+    heard, first, second, truncated, history = asyncio.run(body())
+    said = first[-1].response.output[0].content[0].transcript.strip()
+    print(f"history after truncate at {truncated[-1].audio_end_ms} ms: {history}; first answer {said!r}")
+    assert [m.role for m in history] == ["user", "assistant", "user", "assistant"]
+    assert history[0].content == heard[-1].transcript.strip() and history[2].content == "More."
+    assert said.startswith(history[1].content) and (history[1].interrupted or history[1].content == said)
+    assert history[3].interrupted
+    assert heard[-1].transcript.strip()
+    assert first[-1].response.status == "completed"
+    assert any(e.type == "response.output_audio.delta" for e in first)
+    assert second[-1].response.status == "cancelled" and second[-1].response.output[0].status == "incomplete"
+    assert truncated[-1].audio_end_ms > 0
