@@ -343,12 +343,10 @@ class Session:
         self._feed(force=True)
         self._user = None
         job = self.compute.submit(self.engines.transcriber.finalize, priority=Priority.URGENT)
-        self._transcribing = self.spawn(self._transcribed(job))
+        self._transcribing = self.spawn(self._transcribed(job, respond))
         self.set_state(TurnState.THINKING if respond else TurnState.IDLE)
-        if respond and (self._creating is None or self._creating.done()):  # else the waiting one answers this too
-            self.create_response()
 
-    async def _transcribed(self, job: Any) -> None:
+    async def _transcribed(self, job: Any, respond: bool) -> None:
         try:
             transcript = await asyncio.wrap_future(job)
         except Exception as e:
@@ -356,8 +354,15 @@ class Session:
             self.publish(FinalTranscript("", "", time.monotonic()))
             return
         self.publish(FinalTranscript(transcript.text, transcript.language, time.monotonic()))
-        if transcript.text.strip():
-            self.pending.append(transcript.text.strip())
+        text = transcript.text.strip()
+        if text:
+            self.pending.append(text)
+        if not respond or not text:  # noise that never became words gets no answer
+            if self.state is TurnState.THINKING and self.replies.current is None and self._user is None:
+                self.set_state(TurnState.IDLE)
+            return
+        if self._creating is None or self._creating.done():  # else the response being prepared answers it too
+            self.create_response()
 
     def _drop_utterance(self) -> None:
         if self._user is not None:

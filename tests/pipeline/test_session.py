@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,8 @@ from assistant.compute import Compute
 from assistant.config import Config
 from assistant.errors import AssistantError, ConfigError, InputError
 from assistant.events import (
+    BargeIn,
+    ErrorEvent,
     FinalTranscript,
     ResponseAudio,
     ResponseDone,
@@ -25,7 +28,15 @@ from assistant.events import (
 from assistant.pipeline import Pipeline
 from assistant.session import Session, Sessions
 from assistant.turns import Engines
-from tests.pipeline.doubles import FakeSink, ScriptedChat, make_engines, silence_block, word_block
+from tests.pipeline.doubles import (
+    FakeSink,
+    ScriptedChat,
+    WordTts,
+    make_engines,
+    noise_block,
+    silence_block,
+    word_block,
+)
 from tests.pipeline.harness import ANSWER, WAIT_S
 
 FRAME_MS = 10  # one WordTts frame (240 samples at 24 kHz)
@@ -37,10 +48,11 @@ class DoubleEngines:
     def __init__(self) -> None:
         self.chats: list[ScriptedChat] = []
         self.voices: list[str] = []
+        self.gate: threading.Semaphore | None = None  # TTS steps wait on it when set
 
     def new_session(self, voice: str | None) -> Engines:
         self.chats.append(ScriptedChat(list(ANSWER)))
-        engines, _ = make_engines(self.chats[-1])
+        engines, _ = make_engines(self.chats[-1], tts=WordTts(self.gate))
         return engines
 
     def voice(self, name: str) -> Any:
@@ -226,5 +238,44 @@ def test_sessions_are_limited_and_voices_checked() -> None:
         await session.close()
         again = await sessions.open_session()  # the slot came back
         await closed(pipeline, compute, again)
+
+    asyncio.run(body())
+
+
+def test_speech_during_a_reply_interrupts_it_and_is_answered() -> None:
+    """With interrupt_response, speech during a reply ends it as interrupted (history: the part sent); the
+    interruption is transcribed and answered; noise that never becomes words is not answered."""
+
+    async def body() -> None:
+        gate = threading.Semaphore(0)
+        sessions, source, pipeline, compute = await opened()
+        source.gate = gate
+        session = await sessions.open_session()
+        c = Client(session)
+        session.add_user_text("count")
+        session.create_response()
+        gate.release(3)
+        first = await c.until(ResponseAudio)
+        c.speak("stop", "now")  # the VAD double needs 3 voiced blocks while the reply plays
+        gate.release(10_000)
+        cut = await c.until(ResponseDone, lambda e: e.turn == first.turn)
+        assert cut.interrupted and c.of(BargeIn)
+        c.silence(8)
+        final = await c.until(FinalTranscript)
+        assert final.text == "stop now"
+        answer = await c.until(ResponseDone, lambda e: e.turn > first.turn)
+        assert not answer.interrupted
+        chat = source.chats[0]
+        assert chat.prompts == ["count", "stop now"]
+        assert chat.history[1].role == "assistant" and chat.history[1].interrupted
+        assert chat.history[1].content == cut.text
+
+        for _ in range(5):
+            c.session.append_audio(noise_block())
+        c.silence(8)
+        assert (await c.until(FinalTranscript)).text == ""
+        await asyncio.sleep(0.2)
+        assert not c.of(ErrorEvent) and len(c.of(ResponseStarted)) == 2
+        await closed(pipeline, compute, session)
 
     asyncio.run(body())
