@@ -156,14 +156,17 @@ class Session:
 
     def set_turn_detection(self, hangover_ms: int | None, create_response: bool, interrupt_response: bool) -> None:
         """`hangover_ms` None = manual turns (commit_audio); else server VAD with this end-of-turn silence."""
+        try:
+            cfg = self.cfg if hangover_ms is None else self.cfg.replace({"vad.hangover_ms": hangover_ms})
+        except ConfigError as e:
+            raise ConfigError(f"turn_detection.silence_duration_ms {hangover_ms} cannot be used ({e})") from e
         self.auto_respond, self.interrupt_response = create_response, interrupt_response
         if hangover_ms == self.hangover_ms:
             return
-        self.hangover_ms = hangover_ms
+        self.hangover_ms, self.cfg = hangover_ms, cfg
         self._drop_utterance()
         if hangover_ms is not None:
-            self.cfg = self.cfg.replace({"vad.hangover_ms": hangover_ms})  # ConfigError names a bad value
-            self.vad = self.engines.make_vad(self.cfg.vad)
+            self.vad = self.engines.make_vad(cfg.vad)
             self._vad_origin = self._ring.end
 
     # ---- RealtimeSession: audio in -------------------------------------------------------------------------

@@ -217,7 +217,8 @@ def test_cancel_and_truncate_keep_only_what_was_heard() -> None:
 
 
 def test_sessions_are_limited_and_voices_checked() -> None:
-    """Past server.realtime_sessions opening fails with the fix; an unknown voice is a ConfigError naming them."""
+    """Past server.realtime_sessions opening fails with the fix; an unknown voice or an out-of-range turn
+    detection is a ConfigError that changes nothing."""
 
     async def body() -> None:
         sessions, source, pipeline, compute = await opened(limit=1)
@@ -235,6 +236,10 @@ def test_sessions_are_limited_and_voices_checked() -> None:
         assert source.voices == ["alice"] and session.engines.voice == "alice"
         with pytest.raises(InputError):
             session.append_audio(np.zeros(10, np.float32))
+        before = (session.hangover_ms, session.auto_respond, session.cfg)
+        with pytest.raises(ConfigError, match="silence_duration_ms 20"):
+            session.set_turn_detection(20, False, False)  # below vad.hangover_ms's range: nothing changes
+        assert (session.hangover_ms, session.auto_respond, session.cfg) == before
         await session.close()
         again = await sessions.open_session()  # the slot came back
         await closed(pipeline, compute, again)
