@@ -40,15 +40,15 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
         hub.resolve(spec, what)
     from assistant.audio import devices
 
-    try:
-        devices.pick(cfg.audio.input_device, "input")
-        devices.pick(cfg.audio.output_device, "output")
-    except AudioDeviceError as e:
-        if not cfg.server.enabled:
-            raise
-        # No sound card: the WebSocket clients are the microphone and speaker (headless mode).
-        log.warning("%s; running headless: clients of the WebSocket server bring the audio", e)
-        return asyncio.run(_run_daemon(cfg, headless=True))
+    for spec, kind in ((cfg.audio.input_device, "input"), (cfg.audio.output_device, "output")):
+        try:
+            devices.pick(spec, kind)
+        except AudioDeviceError as e:
+            if spec or not cfg.server.enabled:  # a device the user named is a mistake to fix, not a reason to go on
+                raise
+            # No sound card: the WebSocket clients are the microphone and speaker (headless mode).
+            log.warning("%s; running headless: clients of the WebSocket server bring the audio", e)
+            return asyncio.run(_run_daemon(cfg, headless=True))
     return asyncio.run(_run_daemon(cfg))
 
 
