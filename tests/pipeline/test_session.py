@@ -284,3 +284,36 @@ def test_speech_during_a_reply_interrupts_it_and_is_answered() -> None:
         await closed(pipeline, compute, session)
 
     asyncio.run(body())
+
+
+def test_response_instructions_apply_to_that_response_only() -> None:
+    """response.create instructions are the system prompt for that answer; the session's come back after it."""
+
+    async def body() -> None:
+        sessions, source, pipeline, compute = await opened()
+        session = await sessions.open_session()
+        c = Client(session)
+        chat = source.chats[0]
+        prompts: list[str] = []
+        during: list[str] = []
+        chat.set_system_prompt = prompts.append  # type: ignore[method-assign]
+        respond = chat.respond
+
+        def recording_respond(text: str) -> Any:
+            during.append(prompts[-1])
+            return respond(text)
+
+        chat.respond = recording_respond  # type: ignore[method-assign]
+        session.set_instructions("Be brief.")
+        session.add_user_text("hello")
+        session.create_response("Be cheerful.")
+        await c.until(ResponseDone)
+        await asyncio.sleep(0.05)
+        for _ in range(200):
+            if prompts[-1] == "Be brief.":
+                break
+            await asyncio.sleep(0.01)
+        assert during == ["Be cheerful."] and prompts[-1] == "Be brief."
+        await closed(pipeline, compute, session)
+
+    asyncio.run(body())
