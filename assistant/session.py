@@ -109,7 +109,14 @@ class _Utterance:
 class Session:
     """One headless conversation (implements the server's RealtimeSession). Create inside a running loop."""
 
-    def __init__(self, cfg: Config, engines: Engines, compute: Compute, source: EngineSource, on_close: Any) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        engines: Engines,
+        compute: Compute,
+        source: EngineSource,
+        on_close: Callable[[Session], None],
+    ) -> None:
         self.cfg = cfg
         self.engines = engines
         self.compute = compute
@@ -244,9 +251,12 @@ class Session:
         self.set_state(TurnState.THINKING)
         self.replies.confirm(reply)
         if instructions is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(reply.result)
-            self.compute.submit(self.engines.chat.set_system_prompt, self.instructions, priority=Priority.URGENT)
+            self.spawn(self._restore_instructions(reply))
+
+    async def _restore_instructions(self, reply: Reply) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(reply.result)
+        self.compute.submit(self.engines.chat.set_system_prompt, self.instructions, priority=Priority.URGENT)
 
     def cancel_response(self) -> None:
         """Stop the reply now (ResponseDone interrupted=True); the history keeps what was sent."""
