@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from types import TracebackType
 from typing import Any, Protocol, TextIO
 
 import numpy as np
@@ -42,9 +41,7 @@ Service = Callable[[Pipeline], AbstractAsyncContextManager[Any]]
 
 class CaptureLike(AudioSource, Protocol):
     async def __aenter__(self) -> AudioSource: ...
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> Any: ...
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> Any: ...
 
 
 class ReopeningSource:
