@@ -22,8 +22,8 @@ class TimeStretch:
     """Plays float32 mono audio `rate` times faster (rate 2.0: half the duration) at the same pitch.
 
     push() returns the output that is final so far; it holds back at most one window plus the search tolerance
-    (37.5 ms) of input. flush() returns the tail, so the whole output has round(n / rate) samples for n pushed. rate 1.0
-    is an exact pass-through.
+    (37.5 ms) of input. flush() returns the tail, so the whole output has round(n / rate) samples for n pushed.
+    rate 1.0 is an exact pass-through.
     """
 
     def __init__(self, rate: float, sample_rate: int):
