@@ -16,24 +16,9 @@ import numpy as np
 from assistant.audio.format import TTS_FRAME_SAMPLES, TTS_RATE, int16_to_float32, resample
 from assistant.audio.tempo import TimeStretch
 from tests.speech import say
+from tests.test_tempo import median_f0
 
 TEXT = "Time stretching keeps the pitch of a voice while it speaks faster or slower than the model does."
-
-
-def median_f0(x: np.ndarray, frame: int = TTS_RATE // 25) -> float:
-    """Median f0 (Hz) of the voiced frames: the autocorrelation peak between 70 and 400 Hz above 0.5."""
-    f0s = []
-    for i in range(0, len(x) - frame, frame):
-        seg = x[i : i + frame].astype(np.float64)
-        seg = seg - seg.mean()
-        ac = np.correlate(seg, seg, "full")[frame - 1 :]
-        if ac[0] <= 1e-6:
-            continue
-        lo, hi = TTS_RATE // 400, TTS_RATE // 70
-        lag = lo + int(np.argmax(ac[lo:hi]))
-        if ac[lag] / ac[0] > 0.5:
-            f0s.append(TTS_RATE / lag)
-    return float(np.median(f0s))
 
 
 def main() -> None:

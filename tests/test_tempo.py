@@ -9,7 +9,7 @@ from assistant.audio.format import TTS_RATE, int16_to_float32, resample
 from assistant.audio.tempo import TimeStretch
 from assistant.errors import InputError
 
-from .speech import have_espeak, say, speech_span, trimmed
+from .speech import have_espeak, needs_espeak, say, speech_span, trimmed
 
 RATES = [0.5, 0.7, 1.5, 2.0]
 LEAD, BODY = 0.3, 1.4  # seconds of silence before the speech, seconds of speech (2.0 s in all)
@@ -56,6 +56,19 @@ def dominant_hz(x: np.ndarray) -> float:
     return float(np.argmax(spectrum)) * TTS_RATE / (8 * len(x))
 
 
+def median_f0(x: np.ndarray, frame: int = TTS_RATE // 25) -> float:
+    """Median f0 (Hz) of the voiced 40 ms frames: the autocorrelation peak in 70..400 Hz when it is above 0.5."""
+    f0s = []
+    lo, hi = TTS_RATE // 400, TTS_RATE // 70
+    for i in range(0, len(x) - frame, frame):
+        seg = x[i : i + frame].astype(np.float64) - x[i : i + frame].mean()
+        ac = np.correlate(seg, seg, "full")[frame - 1 :]
+        lag = lo + int(np.argmax(ac[lo:hi]))
+        if ac[0] > 1e-6 and ac[lag] / ac[0] > 0.5:
+            f0s.append(TTS_RATE / lag)
+    return float(np.median(f0s))
+
+
 def test_rate_one_is_an_exact_pass_through() -> None:
     """At rate 1.0 every push returns its input unchanged and flush returns nothing."""
     x = speechlike()
@@ -83,6 +96,14 @@ def test_pitch_is_preserved(rate: float, freq: float) -> None:
     """A steady tone keeps its frequency (within 2%) while its duration changes."""
     y = stretch(tone(freq), rate)
     assert abs(dominant_hz(y) - freq) <= 0.02 * freq
+
+
+@needs_espeak
+@pytest.mark.parametrize("rate", [0.7, 1.5])
+def test_speech_keeps_its_pitch(rate: float) -> None:
+    """espeak-ng speech keeps its median f0 within 3% (a resampling speed change would move it by the rate)."""
+    x = speechlike()
+    assert abs(median_f0(stretch(x, rate)) - median_f0(x)) <= 0.03 * median_f0(x)
 
 
 @pytest.mark.parametrize("rate", [0.7, 1.0, 1.5])
