@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -15,7 +17,8 @@ RATES = [0.5, 0.7, 1.5, 2.0]
 LEAD, BODY = 0.3, 1.4  # seconds of silence before the speech, seconds of speech (2.0 s in all)
 
 
-def speechlike() -> np.ndarray:
+@functools.cache
+def _speechlike() -> np.ndarray:
     """2 s at 24 kHz: 0.3 s silence, 1.4 s of espeak-ng speech (else a seeded enveloped harmonic buzz), silence."""
     n = round(BODY * TTS_RATE)
     if have_espeak():
@@ -32,6 +35,10 @@ def speechlike() -> np.ndarray:
     lead = np.zeros(round(LEAD * TTS_RATE))
     tail = np.zeros(round(2.0 * TTS_RATE) - len(lead) - len(body))
     return np.concatenate([lead, body, tail]).astype(np.float32)
+
+
+def speechlike() -> np.ndarray:
+    return _speechlike().copy()
 
 
 def tone(freq: float, seconds: float = 2.0, amplitude: float = 0.3) -> np.ndarray:
