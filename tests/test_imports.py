@@ -15,6 +15,7 @@ LAYERS: list[tuple[str, ...]] = [
         "assistant.errors",
         "assistant.events",
         "assistant.audio.format",
+        "assistant.audio.tempo",
         "assistant.logs",
         "assistant.hub",
     ),
