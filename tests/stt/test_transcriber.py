@@ -119,6 +119,15 @@ def test_too_long_utterance_is_split(models: dict[str, LoadedModel], caplog: pyt
     assert first and final.text.startswith(first)
 
 
+def test_silent_split_pieces_are_not_transcribed(models: dict[str, LoadedModel]) -> None:
+    """A split-off piece of a long utterance that holds only silence adds no text; the speech pieces do."""
+    x = np.concatenate([tiny.audio(seconds=1.2), np.zeros(40000, np.float32), tiny.audio(seed=5, seconds=1.2)])
+    tr = make(models, "parakeet", max_utterance_s=1.5, partial_interval_ms=0)
+    tr.feed(x)
+    assert ("", "") in tr._done and any(text for text, _ in tr._done)
+    assert tr.finalize().text
+
+
 def test_bad_chunk_size_and_language(models: dict[str, LoadedModel]) -> None:
     """A chunk size the model was not trained for, or an unknown language, is refused with the valid choices."""
     with pytest.raises(ConfigError, match="480, 320, 160, 80"):
