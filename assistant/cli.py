@@ -394,17 +394,40 @@ def _check_config_dir() -> None:
         raise AssistantError(f"{probe} is not writable (the token and voice caches go there); fix its permissions")
 
 
+MIC_CHECK_S = 0.6  # long enough for a device's first blocks, short enough for a quick doctor run
+
+
+async def _check_mic_signal(audio: config.AudioConfig) -> None:
+    """Open the microphone briefly: a device that delivers only exact zeros is muted or not permitted."""
+    import numpy as np
+
+    from assistant.audio.capture import Capture
+
+    peak = 0
+    async with Capture(audio) as capture:
+        while capture.samples_read < MIC_CHECK_S * 16_000:
+            peak = max(peak, int(np.abs((await capture.read()).astype(np.int32)).max(initial=0)))
+    if peak == 0:
+        hint = (
+            "allow your terminal (or the service) in System Settings > Privacy & Security > Microphone"
+            if sys.platform == "darwin"
+            else "check that it is not muted (e.g. pactl list sources) and that the right device is chosen"
+        )
+        raise AudioDeviceError(f"the microphone delivers only digital silence; {hint}")
+
+
 def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
     from assistant.audio import devices
 
     checks = [Check("config", None)]
     checks += [_check(f"{what} {spec}", partial(hub.resolve, spec, what)) for what, spec in models_of(cfg)]
-    checks.append(_check("microphone", lambda: devices.pick(cfg.audio.input_device, "input")))
+    mic = _check("microphone", lambda: devices.pick(cfg.audio.input_device, "input"))
+    checks.append(mic)
+    if mic.problem is None:
+        checks.append(_check("microphone signal", lambda: asyncio.run(_check_mic_signal(cfg.audio))))
     checks.append(_check("speaker", lambda: devices.pick(cfg.audio.output_device, "output")))
     checks.append(_check("server port", lambda: _check_port(cfg)))
     checks.append(_check("config folder", _check_config_dir))
-    if sys.platform == "darwin":
-        checks.append(Check("permissions", None))  # microphone access is asked for by macOS on first capture
     print(f"config: {cfg.source}")
     for c in checks:
         print(f"  {'ok ' if c.problem is None else 'FAIL'}  {c.name}" + (f": {c.problem}" if c.problem else ""))
