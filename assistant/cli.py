@@ -40,8 +40,15 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
         hub.resolve(spec, what)
     from assistant.audio import devices
 
-    devices.pick(cfg.audio.input_device, "input")
-    devices.pick(cfg.audio.output_device, "output")
+    for spec, kind in ((cfg.audio.input_device, "input"), (cfg.audio.output_device, "output")):
+        try:
+            devices.pick(spec, kind)
+        except AudioDeviceError as e:
+            if spec or not cfg.server.enabled:  # a device the user named is a mistake to fix, not a reason to go on
+                raise
+            # No sound card: the WebSocket clients are the microphone and speaker (headless mode).
+            log.warning("%s; running headless: clients of the WebSocket server bring the audio", e)
+            return asyncio.run(_run_daemon(cfg, headless=True))
     return asyncio.run(_run_daemon(cfg))
 
 
@@ -61,38 +68,82 @@ def build_engines(cfg: config.Config) -> Any:
     return Engines(transcriber, chat, tts, tts.voice(cfg.tts.voice or None), make_vad=Vad)
 
 
-def _server_service(cfg: config.Config) -> Any:
-    """The WebSocket control channel as a daemon service, or None when this build has no server."""
+class SharedEngines:
+    """Engines for headless sessions over the daemon's loaded models (the session module's EngineSource).
+
+    A session gets its own Chat (history and prompt cache) and transcriber (streaming state) over the same
+    weights, and shares the TTS, whose voices are cached per name.
+    """
+
+    def __init__(self, cfg: config.Config, engines: Any) -> None:
+        self.cfg = cfg
+        self.engines = engines
+
+    def new_session(self, voice: str | None) -> Any:
+        from assistant.llm import Chat
+        from assistant.stt.transcriber import OfflineTranscriber, StreamingTranscriber
+        from assistant.turns import Engines
+
+        chat, transcriber = self.engines.chat, self.engines.transcriber
+        assert isinstance(chat, Chat) and isinstance(transcriber, OfflineTranscriber | StreamingTranscriber)
+        return Engines(
+            type(transcriber)(transcriber.lm, transcriber.cfg),
+            Chat(chat.model, chat.tokenizer, chat.cfg),
+            self.engines.tts,
+            self.voice(voice) if voice else self.engines.voice,
+            self.engines.make_vad,
+        )
+
+    def voice(self, name: str) -> Any:
+        return self.engines.tts.voice(name)
+
+    def voice_names(self) -> list[str]:
+        return sorted(self.engines.tts.profiles())
+
+
+def _server_service(cfg: config.Config, engines: Any) -> Any:
+    """The WebSocket server as a daemon service: the native protocol and (unless off) /v1/realtime sessions."""
     try:
         from assistant.server.ws import ControlServer
+        from assistant.session import Sessions
     except ImportError:
         log.warning("the WebSocket server is not in this build; running without the control channel")
         return None
-    # The Realtime endpoint needs a RealtimeBackend over the pipeline; until then only the native protocol runs.
-    return lambda pipeline: ControlServer(cfg.server, pipeline)
+
+    def service(pipeline: Any) -> Any:
+        limit = cfg.server.realtime_sessions
+        backend = Sessions(pipeline, SharedEngines(cfg, engines), limit) if limit else None
+        return ControlServer(cfg.server, pipeline, backend)
+
+    return service
 
 
-async def _run_daemon(cfg: config.Config) -> int:
+async def _run_daemon(cfg: config.Config, headless: bool = False) -> int:
     from assistant.compute import Compute
     from assistant.daemon import ReopeningSource, Service, hotkey_service, serve
 
     compute = Compute()
     try:
         engines = await compute.run(build_engines, cfg)
-        from assistant.audio.capture import Capture
-        from assistant.audio.playback import Playback
         from assistant.pipeline import Pipeline
 
         services: list[Service] = []
-        if cfg.pipeline.mode != "hands_free":
+        if cfg.pipeline.mode != "hands_free" and not headless:
             services.append(hotkey_service)
-        if cfg.server.enabled and (server := _server_service(cfg)) is not None:
+        if cfg.server.enabled and (server := _server_service(cfg, engines)) is not None:
             services.append(server)
+        show = cfg.pipeline.status_line and sys.stderr.isatty()
+        if headless:  # no microphone; the daemon's own replies (native say/ask) are not played anywhere
+            from assistant.session import NullSink
+
+            return await serve(Pipeline(cfg, engines, None, NullSink(), compute), services, status_line=show)
+        from assistant.audio.capture import Capture
+        from assistant.audio.playback import Playback
+
         source = ReopeningSource(lambda: Capture(cfg.audio))
         try:
             with Playback(cfg.audio, rate=engines.tts.sample_rate) as sink:
                 pipeline = Pipeline(cfg, engines, source, sink, compute)
-                show = cfg.pipeline.status_line and sys.stderr.isatty()
                 return await serve(pipeline, services, status_line=show)
         finally:
             await source.aclose()
@@ -343,17 +394,40 @@ def _check_config_dir() -> None:
         raise AssistantError(f"{probe} is not writable (the token and voice caches go there); fix its permissions")
 
 
+MIC_CHECK_S = 0.6  # long enough for a device's first blocks, short enough for a quick doctor run
+
+
+async def _check_mic_signal(audio: config.AudioConfig) -> None:
+    """Open the microphone briefly: a device that delivers only exact zeros is muted or not permitted."""
+    import numpy as np
+
+    from assistant.audio.capture import Capture
+
+    peak = 0
+    async with Capture(audio) as capture:
+        while capture.samples_read < MIC_CHECK_S * 16_000:
+            peak = max(peak, int(np.abs((await capture.read()).astype(np.int32)).max(initial=0)))
+    if peak == 0:
+        hint = (
+            "allow your terminal (or the service) in System Settings > Privacy & Security > Microphone"
+            if sys.platform == "darwin"
+            else "check that it is not muted (e.g. pactl list sources) and that the right device is chosen"
+        )
+        raise AudioDeviceError(f"the microphone delivers only digital silence; {hint}")
+
+
 def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
     from assistant.audio import devices
 
     checks = [Check("config", None)]
     checks += [_check(f"{what} {spec}", partial(hub.resolve, spec, what)) for what, spec in models_of(cfg)]
-    checks.append(_check("microphone", lambda: devices.pick(cfg.audio.input_device, "input")))
+    mic = _check("microphone", lambda: devices.pick(cfg.audio.input_device, "input"))
+    checks.append(mic)
+    if mic.problem is None:
+        checks.append(_check("microphone signal", lambda: asyncio.run(_check_mic_signal(cfg.audio))))
     checks.append(_check("speaker", lambda: devices.pick(cfg.audio.output_device, "output")))
     checks.append(_check("server port", lambda: _check_port(cfg)))
     checks.append(_check("config folder", _check_config_dir))
-    if sys.platform == "darwin":
-        checks.append(Check("permissions", None))  # microphone access is asked for by macOS on first capture
     print(f"config: {cfg.source}")
     for c in checks:
         print(f"  {'ok ' if c.problem is None else 'FAIL'}  {c.name}" + (f": {c.problem}" if c.problem else ""))

@@ -131,6 +131,7 @@ class ServerConfig:
     ping_interval_s: float = opt(20.0, "s", 1.0, 600.0)
     idle_timeout_s: float = opt(600.0, "s", 5.0, 86_400.0)
     client_queue: int = opt(256, "events", 8, 65_536)
+    realtime_sessions: int = opt(2, "sessions", 0, 16)  # 0 = /v1/realtime off
 
 
 @dataclass(frozen=True)

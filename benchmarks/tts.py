@@ -159,6 +159,8 @@ def run(size: str, dtype: str, frames: int, talker_layers: int, predictor_layers
         "rtf": round(total / (n * FRAME_S), 3),
         "peak_memory_gb": round(mx.get_peak_memory() / 2**30, 3),
         "device": str(mx.default_device()),
+        "note": "random weights, EOS suppressed"
+        + ("" if decoder is not None else "; codes only: the speech-tokenizer decoder is not importable"),
     }
 
 

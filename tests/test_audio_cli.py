@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.audio_room import Room
@@ -56,8 +57,11 @@ def test_devices_without_sound_system_is_one_line(tmp_path: Path) -> None:
 
 @no_sound_cards
 def test_run_without_sound_system_is_one_line(tmp_path: Path) -> None:
-    """`assistant run` (models present) with no PulseAudio running exits 2 with one line naming the fix."""
-    out = assistant(["run", *local_models(tmp_path)], quiet_env(tmp_path))
+    """`assistant run` (models present, server off) with no PulseAudio running exits 2 with one line naming the fix.
+
+    (With the server on it runs headless instead: tests/test_cli.py.)
+    """
+    out = assistant(["run", *local_models(tmp_path), "--set=server.enabled=false"], quiet_env(tmp_path))
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "assistant: error: no audio input device found; connect a microphone (or start the sound server), then "
@@ -85,3 +89,21 @@ def test_run_with_unknown_device_lists_choices(room: Room, tmp_path: Path) -> No
     [line] = out.stderr.strip().splitlines()
     assert line.startswith("assistant: error: audio.input_device = 'usb mic' matches no input device; choose one of:")
     assert "default" in line
+
+
+@pytest.mark.audio
+def test_doctor_checks_the_microphone_signal(room: Room, tmp_path: Path) -> None:
+    """`assistant doctor` opens the microphone: a silent (muted) one is a problem, one that hears sound is not."""
+    env = {**quiet_env(tmp_path), **room.env}
+    out = assistant(["doctor"], env)
+    assert "FAIL  microphone signal: the microphone delivers only digital silence; check that it is not muted" in (
+        out.stdout
+    )
+    tone = (8000 * np.sin(2 * np.pi * 440 * np.arange(3 * 16_000) / 16_000)).astype(np.int16)
+    player = room.play(tone)
+    try:
+        out = assistant(["doctor"], env)
+    finally:
+        player.wait()
+    assert "ok   microphone signal" in out.stdout
+    assert out.returncode == 1  # the models are still missing

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ import pytest
 
 from assistant.audio import devices
 from assistant.audio.capture import Capture, microphone
-from assistant.audio.format import CAPTURE_RATE, TTS_RATE, frame_samples
+from assistant.audio.format import CAPTURE_RATE, TTS_RATE, frame_samples, int16_to_float32, resample
 from assistant.audio.playback import Playback
 from assistant.config import AudioConfig, VadConfig
 from assistant.errors import AudioDeviceError
@@ -81,48 +83,79 @@ async def capture_while_playing(
 def test_captured_speech_one_pair_per_sentence(room_env: Room, device_rate: int) -> None:
     """Two sentences spoken into the virtual mic give exactly two start/end pairs; each start is within 100 ms of
     the true onset and its pre-roll contains the onset (also with the device at 48 kHz, resampled by us)."""
-    parts, onsets, pos = [silence(0.3)], [], len(silence(0.3))
+    parts, sentences = [silence(0.3)], []
     for text in SENTENCES:
         s = say(text)
-        onsets.append(pos + speech_span(s)[0])
+        sentences.append(s)
         parts += [s, silence(1.2)]
-        pos += len(s) + len(silence(1.2))
     played = np.concatenate(parts)
     cfg = AudioConfig(device_rate=device_rate)
     captured, events = asyncio.run(capture_while_playing(room_env, played, tail_s=0.3, cfg=cfg))
-    lag, corr = align(captured, played)
-    assert corr > 0.99  # the microphone path delivered the speech intact
     pairs = [e for e in events if isinstance(e, SpeechStarted | SpeechEnded)]
     assert [type(e) for e in pairs] == [SpeechStarted, SpeechEnded] * 2, pairs
-    for started, onset in zip(pairs[::2], onsets, strict=True):
+    for started, sentence in zip(pairs[::2], sentences, strict=True):
         assert isinstance(started, SpeechStarted)
-        true_onset = lag + onset
+        # each sentence is found in the capture on its own: its true onset there is where it starts plus its onset
+        lag, corr = align(captured, sentence)
+        assert corr > 0.99  # the microphone path delivered the speech intact
+        true_onset = lag + speech_span(sentence)[0]
         assert started.onset_sample <= true_onset + CAPTURE_RATE // 10, (started, true_onset)
         assert started.start_sample <= true_onset < started.onset_sample + CAPTURE_RATE // 10
+
+
+GLITCH_TRIES = 3  # attempts at a playback measurement before a glitch-free one is demanded
+
+
+@dataclass(frozen=True)
+class Played:
+    """One playback measurement: what was written, what the speaker's recording holds, and the glitch counters."""
+
+    written: np.ndarray
+    heard: np.ndarray
+    played_at_end: int
+    glitches: int  # PortAudio underflows and streams reopened: the machine was too busy to feed the device
+
+
+def without_glitches(measure: Callable[[], Played]) -> Played:
+    """The first of GLITCH_TRIES measurements in which Playback counted no underrun or reopened stream.
+
+    A starved machine (here: 2 cores shared by many jobs) makes PortAudio miss deadlines; Playback counts
+    those, so a measurement it flags is retried rather than judged."""
+    runs = [measure()]
+    while runs[-1].glitches and len(runs) < GLITCH_TRIES:
+        runs.append(measure())
+    assert runs[-1].glitches == 0, f"every attempt had glitches: {[r.glitches for r in runs]}"
+    return runs[-1]
 
 
 @pytest.mark.parametrize("device_rate", [0, 48000], ids=["24k", "48k-resampled"])
 def test_playback_tone_arrives_intact(room_env: Room, device_rate: int) -> None:
     """A 1 s sweep written to Playback in 80 ms chunks is recorded from the virtual speaker with correlation
-    > 0.99, and played_samples reaches its length (also with the device at 48 kHz, resampled by us)."""
+    > 0.99, its level is reported while it plays, and played_samples reaches its length (also with the device
+    at 48 kHz, resampled by us)."""
     tone = sweep(1.0)
-    recorder = room_env.record()
-    with Playback(AudioConfig(device_rate=device_rate)) as out:
-        assert out.format is not None and out.format.rate == (device_rate or TTS_RATE)
-        for i in range(0, len(tone), 1920):  # 80 ms chunks, as the TTS writes them
-            out.write(tone[i : i + 1920])
-        deadline, levels = time.monotonic() + 5, []
-        while out.played_samples < len(tone) and time.monotonic() < deadline:
-            levels.append(out.level_dbfs)
-            time.sleep(0.02)
-        assert out.played_samples == len(tone)
-        assert abs(np.median(levels) - 20 * np.log10(0.5 / np.sqrt(2))) < 1.0  # the sweep's -9 dBFS
-        assert out.first_sample_dac_time is not None
-        time.sleep(0.2)
-        underruns = out.underruns  # 0 unless the machine was too busy to feed the device in time
-    heard = recorder.stop()
-    _, corr = align(heard, tone)
-    assert corr > 0.99, (corr, underruns)
+
+    def measure() -> Played:
+        recorder = room_env.record()
+        with Playback(AudioConfig(device_rate=device_rate)) as out:
+            assert out.format is not None and out.format.rate == (device_rate or TTS_RATE)
+            for i in range(0, len(tone), 1920):  # 80 ms chunks, as the TTS writes them
+                out.write(tone[i : i + 1920])
+            deadline, levels = time.monotonic() + 5, []
+            while out.played_samples < len(tone) and time.monotonic() < deadline:
+                levels.append(out.level_dbfs)
+                time.sleep(0.02)
+            assert abs(np.median(levels) - 20 * np.log10(0.5 / np.sqrt(2))) < 1.0  # the sweep's -9 dBFS
+            assert out.first_sample_dac_time is not None
+            time.sleep(0.2)
+            played = out.played_samples
+            glitches = out.underruns + out.restarts
+        return Played(tone, recorder.stop(), played, glitches)
+
+    run = without_glitches(measure)
+    assert run.played_at_end == len(tone)
+    _, corr = align(run.heard, tone)
+    assert corr > 0.99, corr
 
 
 def test_gap_between_writes_is_an_underrun(room_env: Room) -> None:
@@ -152,25 +185,29 @@ def test_flush_silences_within_one_block(room_env: Room) -> None:
     """flush() mid-sweep: the recording holds no more of the sweep than played_samples said (one block of slack),
     what it holds is intact, and nothing plays afterwards."""
     tone = sweep(3.0)
-    cfg = AudioConfig()
-    recorder = room_env.record()
-    with Playback(cfg) as out:
-        out.write(tone)
-        deadline = time.monotonic() + 5
-        while out.played_samples < TTS_RATE and time.monotonic() < deadline:
-            time.sleep(0.005)
-        at_flush = out.played_samples
-        out.flush()
-        assert out.played_samples == 0
-        time.sleep(0.5)
-    heard = recorder.stop()
-    lag, corr = align(heard, tone[:at_flush])
+    block = frame_samples(TTS_RATE, AudioConfig().block_ms)
+
+    def measure() -> Played:
+        recorder = room_env.record()
+        with Playback(AudioConfig()) as out:
+            assert out.block_samples == block
+            out.write(tone)
+            deadline = time.monotonic() + 5
+            while out.played_samples < TTS_RATE and time.monotonic() < deadline:
+                time.sleep(0.005)
+            at_flush = out.played_samples
+            out.flush()
+            assert out.played_samples == 0
+            time.sleep(0.5)
+            glitches = out.underruns + out.restarts
+        return Played(tone, recorder.stop(), at_flush, glitches)
+
+    run = without_glitches(measure)
+    lag, corr = align(run.heard, tone[: run.played_at_end])
     assert corr > 0.99, corr
-    after = heard[lag:].astype(np.float64) / 32768.0
-    loud = np.flatnonzero(np.abs(after) > 0.01)
-    heard_len = int(loud[-1]) + 1
-    block = out.block_samples
-    assert at_flush - block <= heard_len <= at_flush + block, (heard_len, at_flush, block)
+    after = run.heard[lag:].astype(np.float64) / 32768.0
+    heard_len = int(np.flatnonzero(np.abs(after) > 0.01)[-1]) + 1
+    assert run.played_at_end - block <= heard_len <= run.played_at_end + block, (heard_len, run.played_at_end)
 
 
 def test_no_device_named(room_env: Room, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -272,3 +309,43 @@ def test_unsupported_rate_is_named(room_env: Room) -> None:
         "[PaErrorCode -9997]); choose another with audio.input_device (see `assistant devices`) or set "
         "audio.device_rate = 0"
     )
+
+
+@needs_espeak
+def test_own_voice_echo_does_not_start_a_turn_but_the_user_does(room_env: Room) -> None:
+    """With the speaker looped back into the microphone (an echo at the played level), the VAD told the playback
+    level ignores the assistant's own voice, yet starts a turn when the user speaks 12 dB louder over it; without
+    the playback setting the echo alone starts a turn."""
+    voice = say("I am the assistant, talking for a while.")
+    user = say("Stop talking please.")
+    assistant_24k = (resample(int16_to_float32(voice), CAPTURE_RATE, TTS_RATE) * 0.25).astype(np.float32)
+    module = room_env.pactl(
+        "load-module", "module-loopback", "source=room_speaker.monitor", "sink=room_mic", "latency_msec=20"
+    ).strip()
+
+    async def session(told: bool, user_after: int | None) -> tuple[list[VadEvent], int]:
+        """Events while the assistant speaks; and the capture position when the user began, if they did."""
+        vad, events, user_at = Vad(VadConfig()), [], -1
+        async with Capture(AudioConfig()) as mic:
+            with Playback(AudioConfig()) as out:
+                out.write(assistant_24k)
+                start = mic.samples_read
+                while mic.samples_read - start < len(voice) + CAPTURE_RATE // 2:
+                    block = await mic.read()
+                    vad.set_playback(told, out.level_dbfs)
+                    events += vad.feed(block)
+                    if user_after is not None and user_at < 0 and mic.samples_read - start > user_after:
+                        user_at = vad.position
+                        room_env.play(user)
+        return events, user_at
+
+    try:
+        echo_only, _ = asyncio.run(session(told=True, user_after=None))
+        untold, _ = asyncio.run(session(told=False, user_after=None))
+        barge_in, user_at = asyncio.run(session(told=True, user_after=CAPTURE_RATE // 2))
+    finally:
+        room_env.pactl("unload-module", module)
+    assert not any(isinstance(e, SpeechStarted) for e in echo_only), echo_only
+    assert any(isinstance(e, SpeechStarted) for e in untold), untold
+    starts = [e for e in barge_in if isinstance(e, SpeechStarted)]
+    assert len(starts) == 1 and starts[0].onset_sample >= user_at, (starts, user_at)

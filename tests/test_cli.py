@@ -105,3 +105,37 @@ def test_local_model_folder_missing(tmp_path: Path) -> None:
         out.stderr.strip() == f"assistant: error: STT model folder not found: {tmp_path}/nowhere; "
         "check the path in config.toml"
     )
+
+
+def empty_models(root: Path) -> list[str]:
+    """--set options naming existing but empty model folders (they pass the pre-flight, then fail to load)."""
+    out = []
+    for key in ("stt.model", "llm.model", "tts.model"):
+        folder = root / "models" / key.split(".")[0]
+        folder.mkdir(parents=True)
+        out += ["--set", f"{key}='{folder}'"]
+    return out
+
+
+def test_run_without_devices_and_server_off_fails_fast(tmp_path: Path) -> None:
+    """With no sound card and the server off, `assistant run` exits non-zero within 5 s naming the device."""
+    start = time.monotonic()
+    out = run(["run", *empty_models(tmp_path), "--set", "server.enabled=false"], no_sound_env(tmp_path))
+    assert time.monotonic() - start < 5
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "assistant: error: no audio input device found; connect a microphone (or start the sound server), "
+        "then check `assistant devices`"
+    ]
+
+
+def test_run_without_devices_goes_headless_when_the_server_is_on(tmp_path: Path) -> None:
+    """With no sound card and the server on, one warning line says it runs headless, then it goes on to load."""
+    out = run(["run", *empty_models(tmp_path), "--set", "server.port=0"], no_sound_env(tmp_path))
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 2, lines
+    assert "level=warning" in lines[0] and "no audio input device found" in lines[0]
+    assert "running headless: clients of the WebSocket server bring the audio" in lines[0]
+    # it got past the device check: the (empty) STT folder is what stops it now
+    assert lines[1].startswith("assistant: error: ") and "/models/stt has no config.json" in lines[1]
+    assert out.returncode == 2

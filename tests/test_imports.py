@@ -15,6 +15,7 @@ LAYERS: list[tuple[str, ...]] = [
         "assistant.errors",
         "assistant.events",
         "assistant.audio.format",
+        "assistant.audio.tempo",
         "assistant.logs",
         "assistant.hub",
     ),
@@ -32,7 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("assistant.compute", "assistant.bus", "assistant.audio", "assistant.hotkey"),
     ("assistant.reply",),
     ("assistant.replies",),
-    ("assistant.pipeline", "assistant.daemon"),
+    ("assistant.pipeline", "assistant.daemon", "assistant.session"),
     ("assistant.server",),
     ("assistant.cli", "assistant.__main__"),
 ]

@@ -159,7 +159,8 @@ class Playback:
         return frame_samples(self.rate, self.cfg.block_ms)
 
     def write(self, chunk: np.ndarray) -> None:
-        """Queue float32 mono samples at `rate` for playback; returns at once."""
+        """Queue float32 mono samples at `rate` for playback; returns at once. A stream that died or stalled is
+        reopened first; AudioDeviceError when that fails (the speaker is gone)."""
         if not isinstance(chunk, np.ndarray) or chunk.ndim != 1 or chunk.dtype != np.float32:
             what = f"{chunk.dtype} {chunk.shape}" if isinstance(chunk, np.ndarray) else type(chunk).__name__
             raise InputError(f"Playback.write expects a 1-D float32 array at {self.rate} Hz, got {what}")

@@ -209,6 +209,12 @@ EVENT_TYPES: dict[type, str] = {
     events.ResponseDone: "response.done",
     events.LatencyTrace: "latency",
     events.DeviceStatus: "device",
+    events.SpeculationStarted: "speculation.started",
+    events.SpeculationCancelled: "speculation.cancelled",
+    events.BargeIn: "barge_in",
+    events.FalseStart: "false_start",
+    events.PushToTalk: "push_to_talk",
+    events.MuteChanged: "mute.changed",
     events.ErrorEvent: "error",
 }
 EVENTS_BY_NAME = {name: cls for cls, name in EVENT_TYPES.items() if cls is not events.ErrorEvent}
@@ -352,7 +358,10 @@ def to_dict(msg: ServerMessage | Command) -> dict[str, Any]:
         body = {f.name: _plain(getattr(ev, f.name)) for f in dataclasses.fields(ev)}
         if isinstance(ev, events.ErrorEvent):
             return {"type": "error", "id": None, "code": "pipeline", **body}
-        return {"type": EVENT_TYPES[type(ev)], **body}
+        kind = EVENT_TYPES.get(type(ev))
+        if kind is None:
+            raise WireError("unknown_event", f"{type(ev).__name__} has no wire name; add it to protocol.EVENT_TYPES")
+        return {"type": kind, **body}
     body = {f.name: _plain(getattr(msg, f.name)) for f in dataclasses.fields(msg)}
     return {"type": body.pop("type"), **body}
 

@@ -362,7 +362,12 @@ class ControlServer:
                 if sub.dropped > lost:
                     log.warning("event fan-out fell behind: %d events dropped", sub.dropped - lost)
                     lost = sub.dropped
-                text = p.encode(p.EventMessage(ev))
+                try:
+                    text = p.encode(p.EventMessage(ev))
+                except Exception:  # an event the wire cannot carry is a bug to log, never the end of the fan-out
+                    self.handler_errors += 1
+                    log.exception("could not encode a %s event; skipped", type(ev).__name__)
+                    continue
                 for client in list(self.clients):
                     if client.subscribed:
                         client.outbox.put(text)

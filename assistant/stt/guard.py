@@ -1,9 +1,9 @@
 """A guard against transcribing silence or noise: random-weight or real models alike invent words on hiss.
 
 Per 30 ms frame it keeps the level, webrtcvad's speech decision and the periodicity (the normalized autocorrelation
-peak at a pitch lag of the differenced frame: voiced speech repeats, noise of any colour does not). An utterance
-counts as speech when enough frames are loud, voiced by webrtcvad and periodic, and their level moves the way
-syllables do (a steady tone or hum holds it still).
+peak at a pitch lag, in the band of the voice's harmonics: voiced speech repeats, noise of any colour does not).
+An utterance counts as speech when enough frames are loud, voiced by webrtcvad and periodic, and their level moves
+the way syllables do (a steady tone or hum holds it still).
 """
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ from assistant.audio.format import CAPTURE_RATE, frame_samples
 FRAME = frame_samples(CAPTURE_RATE, 30)  # 480 samples = 30 ms, a frame size webrtcvad accepts
 MIN_LEVEL_DBFS = -55.0  # quieter frames are silence
 MIN_SPEECH_FRAMES = 3  # 90 ms of voiced, loud frames
-MIN_PERIODICITY = 0.5  # median autocorrelation peak of the speech frames (noise: < 0.3, voiced speech: > 0.6)
-PITCH_LAGS = (32, 320)  # 500 Hz down to 50 Hz at 16 kHz
+MIN_PERIODICITY = 0.65  # median autocorrelation peak of the speech frames (noise: <= 0.57, speech: >= 0.7)
+PITCH_LAGS = (40, 320)  # 400 Hz down to 50 Hz at 16 kHz
+_BAND = (np.fft.rfftfreq(2 * FRAME, 1.0 / CAPTURE_RATE) >= 60.0) & (
+    np.fft.rfftfreq(2 * FRAME, 1.0 / CAPTURE_RATE) <= 1000.0
+)
 MIN_LEVEL_SPREAD_DB = 3.0  # standard deviation of the frame levels; a steady tone stays below it
 
 
@@ -56,12 +59,15 @@ class SpeechGuard:
 
 
 def _periodicity(frame: np.ndarray) -> float:
-    """Peak normalized autocorrelation over pitch lags of the first difference (which whitens red noise)."""
-    d = np.diff(frame.astype(np.float64))
-    d -= d.mean()
-    n = len(d)
-    spec = np.fft.rfft(d, 2 * n)
-    ac = np.fft.irfft(spec * np.conj(spec))[:n]
+    """Peak unbiased autocorrelation over pitch lags of the frame band-limited to the voice's harmonics (60-1000 Hz).
+
+    Band-limiting keeps broadband noise from diluting the peak: voiced speech stays above 0.7 even at 5 dB SNR in
+    white noise, while white, red and amplitude-modulated noise stay below 0.6.
+    """
+    n = len(frame)
+    spec = np.fft.rfft(frame.astype(np.float64) - float(frame.mean()), 2 * n)
+    spec[~_BAND] = 0.0
+    ac = np.fft.irfft(np.abs(spec) ** 2)[:n]
     if ac[0] <= 0.0:
         return 0.0
     lo, hi = PITCH_LAGS

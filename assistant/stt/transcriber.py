@@ -139,9 +139,7 @@ class OfflineTranscriber(_Base):
         return self._join([*self._done, self._decode(self._buffer())]) if self._speech() else ""
 
     def finalize(self) -> Transcript:
-        parts = [*self._done]
-        if self._speech():
-            parts.append(self._decode(self._buffer()))
+        parts = [*self._done, self._decode(self._buffer())] if self._speech() else []
         text, lang = self._join(parts), next((lg for _, lg in parts if lg), "")
         self.reset()
         return Transcript(text=text, language=self._language(lang))
@@ -159,7 +157,11 @@ class OfflineTranscriber(_Base):
         energy = (win[: n * QUIET_WINDOW].reshape(n, QUIET_WINDOW) ** 2).mean(axis=1) if n else np.zeros(1)
         cut = lo + int(np.argmin(energy)) * QUIET_WINDOW + QUIET_WINDOW // 2 if n else self.max_samples
         log.info("stt: utterance longer than %.0f s, split at %.2f s", self.cfg.max_utterance_s, cut / CAPTURE_RATE)
-        self._done.append(self._decode(x[:cut]))
+        piece = x[:cut]
+        if self.guard is not None:  # a long silent stretch is not transcribed either
+            check = SpeechGuard()
+            check.push(piece)
+        self._done.append(self._decode(piece) if self.guard is None or check.has_speech else ("", ""))
         self._chunks = [x[cut:]]
         self._buffered = len(x) - cut
 

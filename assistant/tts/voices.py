@@ -49,7 +49,7 @@ class Voice:
     prompt: VoicePrompt
     profile: VoiceProfile | None
     folder: Path
-    speed: float = 1.0  # recorded from the profile; the model itself has no speed control (not applied yet)
+    speed: float = 1.0  # the model has no speed control: Utterance time-stretches its audio (audio/tempo.py)
 
 
 @dataclass(frozen=True)

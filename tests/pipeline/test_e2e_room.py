@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import mlx.core as mx
 import numpy as np
 import pytest
 
@@ -34,16 +33,10 @@ from assistant.events import (
     TurnState,
 )
 from assistant.pipeline import Pipeline
+from tests import tiny_engines
 
-pytest.importorskip("assistant.stt", reason="the STT engine is not merged")
-pytest.importorskip("assistant.llm", reason="the LLM engine is not merged")
-pytest.importorskip("assistant.tts.qwen3.speech_tokenizer", reason="the TTS codec is not merged")
 pytest.importorskip("assistant.audio.capture", reason="capture/playback are not merged")
 pytest.importorskip("tests.audio_room", reason="the virtual audio room is not merged")
-stt_tiny = pytest.importorskip("tools.stt_ref.tiny", reason="the STT tiny-model builder is not merged")
-tts_tiny = pytest.importorskip("tools.qwen3_tts_ref.tiny", reason="the TTS tiny-model builder is not merged")
-codec_tiny = pytest.importorskip("tools.qwen3_tts_tokenizer_ref.tiny", reason="the codec tiny builder is not merged")
-llm_tiny = pytest.importorskip("tests.llm.tiny", reason="the LLM tiny-model builder is not merged")
 
 pytestmark = pytest.mark.audio
 
@@ -56,39 +49,8 @@ SHOUT_GAIN = 16.0  # the user must be louder than the playback level (see the te
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
     """Tiny seeded checkpoints of every engine in the real on-disk layouts, and a config naming them."""
-    if not (tts_tiny.BPE_DIR / "vocab.json").is_file():
-        pytest.skip(f"the Qwen2 BPE tables are not at {tts_tiny.BPE_DIR}; set QWEN2_BPE_DIR")
-    root = tmp_path_factory.mktemp("e2e_models")
-    stt = stt_tiny.write(root / "stt", "parakeet")
-    llm = llm_tiny.make_tiny(root / "llm", "gemma3", seed=7, window=16)
-    tts = root / "tts"
-    tts_tiny.write_config(tts, "custom_voice")
-    tts_tiny.tokenizer_files(tts)
-    weights = {k: mx.array(v) for k, v in tts_tiny.weights("custom_voice").items()}
-    mx.save_safetensors(str(tts / "model.safetensors"), weights)
-    saved = dict(codec_tiny.DECODER_CONFIG), dict(codec_tiny.ENCODER_CONFIG)
-    codec_tiny.DECODER_CONFIG["codebook_size"] = codec_tiny.ENCODER_CONFIG["codebook_size"] = 2048  # every code
-    try:
-        codec_tiny.write_speech_tokenizer(tts / "speech_tokenizer")
-    finally:
-        codec_tiny.DECODER_CONFIG.update(saved[0])
-        codec_tiny.ENCODER_CONFIG.update(saved[1])
-    return Config().replace(
-        {
-            "stt.model": str(stt),
-            "llm.model": str(llm),
-            "llm.max_tokens": 24,
-            "llm.temperature": 0.0,
-            "tts.model": str(tts),
-            "tts.voice": "vivian",  # a preset speaker of the tiny CustomVoice checkpoint
-            "tts.temperature": 0.0,
-            "tts.subtalker_temperature": 0.0,
-            "tts.max_frames": 60,
-            "pipeline.mode": "hands_free",
-            "vad.barge_in_energy_margin_db": 0.0,
-            "server.enabled": False,
-        }
-    )
+    changes = {"pipeline.mode": "hands_free", "vad.barge_in_energy_margin_db": 0.0, "server.enabled": False}
+    return tiny_engines.tiny_config(tmp_path_factory.mktemp("e2e_models"), changes)
 
 
 class Events:
@@ -127,7 +89,6 @@ def test_spoken_turn_and_barge_in(room_env: Any, tiny_config: Config, tmp_path: 
     """
     from assistant.audio.capture import Capture
     from assistant.audio.playback import Playback
-
     from tests.speech import have_espeak, say, silence
 
     if not have_espeak():

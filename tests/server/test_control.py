@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import os
+import typing
 from typing import Any
 
 import pytest
@@ -26,8 +28,40 @@ EVERY_EVENT: list[events.Event] = [
     events.ResponseDone(1, "Hi there.", False, 4.0),
     events.LatencyTrace(1, 700.0, 120.0, 250.5, 260.0, 400.0, 450.0, {"tts_prefill_ms": 30.0}),
     events.DeviceStatus("output", False, "speaker unplugged", 5.0),
+    events.SpeculationStarted(2, 5.1),
+    events.SpeculationCancelled(2, 5.2),
+    events.BargeIn(1, 1240.0, "Hi", 5.3),
+    events.FalseStart(5.4),
+    events.PushToTalk(True, 5.5),
+    events.MuteChanged(True, 5.6),
     events.ErrorEvent("stt failed: out of memory", 6.0),
 ]
+
+
+def test_every_pipeline_event_type_is_tested_and_has_a_wire_name() -> None:
+    """EVERY_EVENT covers every member of events.Event, and each has a wire name (or is the pipeline error)."""
+    members = set(typing.get_args(events.Event))
+    assert {type(e) for e in EVERY_EVENT} == members
+    assert members == set(p.EVENT_TYPES)
+
+
+def test_an_unencodable_event_is_skipped_and_the_fan_out_goes_on() -> None:
+    """An event the wire cannot carry is logged and skipped; the events after it still reach subscribers."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Unknown:
+        time: float
+
+    async def body() -> None:
+        async with running() as (server, ctl, _), client(server) as ws:
+            assert (await request(ws, {"type": "subscribe", "id": 1}))["type"] == "reply"
+            ctl.emit(Unknown(1.0))  # type: ignore[arg-type]
+            ctl.emit(events.MuteChanged(False, 2.0))
+            got = await recv(ws)
+            assert got == {"type": "mute.changed", "muted": False, "time": 2.0}
+            assert server.handler_errors == 1 and server.fanout is not None and not server.fanout.done()
+
+    asyncio.run(body())
 
 
 def test_every_command_gets_its_reply_and_reaches_the_controller() -> None:

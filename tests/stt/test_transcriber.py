@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import itertools
 import logging
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from assistant.audio.format import resample
+from assistant.cli import read_wav
 from assistant.config import SttConfig
 from assistant.errors import ConfigError, InputError, ModelError
+from assistant.stt.guard import SpeechGuard
 from assistant.stt.model import LoadedModel
 from assistant.stt.transcriber import OfflineTranscriber, StreamingTranscriber, to_float32
 from tools.stt_ref import tiny
@@ -114,6 +119,15 @@ def test_too_long_utterance_is_split(models: dict[str, LoadedModel], caplog: pyt
     assert first and final.text.startswith(first)
 
 
+def test_silent_split_pieces_are_not_transcribed(models: dict[str, LoadedModel]) -> None:
+    """A split-off piece of a long utterance that holds only silence adds no text; the speech pieces do."""
+    x = np.concatenate([tiny.audio(seconds=1.2), np.zeros(40000, np.float32), tiny.audio(seed=5, seconds=1.2)])
+    tr = make(models, "parakeet", max_utterance_s=1.5, partial_interval_ms=0)
+    tr.feed(x)
+    assert ("", "") in tr._done and any(text for text, _ in tr._done)
+    assert tr.finalize().text
+
+
 def test_bad_chunk_size_and_language(models: dict[str, LoadedModel]) -> None:
     """A chunk size the model was not trained for, or an unknown language, is refused with the valid choices."""
     with pytest.raises(ConfigError, match="480, 320, 160, 80"):
@@ -142,3 +156,19 @@ def test_streaming_partials_only_grow(models: dict[str, LoadedModel]) -> None:
     assert len(seq) > 5 and final
     for a, b in itertools.pairwise(seq):
         assert b.startswith(a)
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng to synthesize speech")
+@pytest.mark.parametrize("snr_db", [None, 10, 5])
+def test_guard_passes_real_speech_in_noise(snr_db: float | None, tmp_path: Path) -> None:
+    """Synthesized speech, clean or in white noise down to 5 dB SNR, passes the guard that rejects noise alone."""
+    wav = tmp_path / "s.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), "What is the weather like tomorrow?"], check=True)
+    x, rate = read_wav(str(wav))
+    x = resample(x, rate, 16000)
+    if snr_db is not None:
+        rms = float(np.sqrt(np.mean(x**2)))
+        x = x + np.random.default_rng(0).standard_normal(len(x)).astype(np.float32) * rms / 10 ** (snr_db / 20)
+    guard = SpeechGuard()
+    guard.push(x.astype(np.float32))
+    assert guard.has_speech

@@ -7,6 +7,7 @@ when chunks come out, and when cached reference data is recomputed.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import wave
 from pathlib import Path
@@ -16,6 +17,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from assistant.audio.tempo import TimeStretch
 from assistant.config import TtsConfig
 from assistant.errors import ConfigError, InputError
 from assistant.tts.qwen3.engine import Qwen3TTS, ad_hoc_voice
@@ -68,6 +70,24 @@ def test_chunks_first_after_first_chunk_frames_then_every_chunk_frames(checkpoin
     assert utt.frames_emitted == 19
     sent = np.concatenate(st.decoder.calls)
     assert sent.tolist() == case["codes"]
+
+
+def test_voice_speed_time_stretches_the_chunks(checkpoints: Any, reference: Any) -> None:
+    """At speed 1.5 the chunks are the speed-1.0 audio through TimeStretch(1.5), same frames, 1/1.5 the samples."""
+    case = case_named(reference, "cv_english_full")
+    cfg = greedy(max_frames=19, first_chunk_frames=1, chunk_frames=4)
+    tts = Qwen3TTS(loaded(checkpoints, "custom_voice"), cfg, StubTokenizer())
+    voice = ad_hoc_voice("v", prompt_of(case))
+    plain = np.concatenate(list(tts.stream(case["text"], voice)))
+    utt = tts.start(dataclasses.replace(voice, speed=1.5), case["text"])
+    chunks = []
+    while not utt.done:
+        if (chunk := utt.step()) is not None:
+            chunks.append(chunk)
+    ts = TimeStretch(1.5, tts.sample_rate)
+    assert np.array_equal(np.concatenate(chunks), np.concatenate([ts.push(plain), ts.flush()]))
+    assert utt.frames_emitted == 19 and len(chunks) == 6
+    assert sum(len(c) for c in chunks) == round(19 * 1920 / 1.5)
 
 
 def test_icl_primes_decoder_with_reference_codes(checkpoints: Any, reference: Any) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from assistant.audio.tempo import TimeStretch
 from assistant.config import TtsConfig
 from assistant.errors import InputError, ModelError
 from assistant.tts.qwen3.generate import FrameGenerator, Layout, PrefixState
@@ -40,9 +41,21 @@ def sampling_of(cfg: TtsConfig) -> SamplingParams:
 
 
 class Utterance:
-    """One utterance: text in (whole, or pieces via push_text/end_text), float32 24 kHz chunks out of step()."""
+    """One utterance: text in (whole, or pieces via push_text/end_text), float32 24 kHz chunks out of step().
 
-    def __init__(self, gen: FrameGenerator, decoder: Any | None, prime: np.ndarray | None, first: int, every: int):
+    At `speed` != 1.0 the chunks are time-stretched (pitch kept), so a frame is 1920 / speed samples on average
+    and each chunk lags its frames by up to 37.5 ms of audio (the stretcher's look-ahead).
+    """
+
+    def __init__(
+        self,
+        gen: FrameGenerator,
+        decoder: Any | None,
+        prime: np.ndarray | None,
+        first: int,
+        every: int,
+        speed: float = 1.0,
+    ):
         self.gen = gen
         self.decoder = decoder
         self.state = decoder.new_state() if decoder is not None else None
@@ -53,6 +66,8 @@ class Utterance:
         self.chunks_out = 0
         self.frames_emitted = 0
         self.done = False
+        self.speed = speed
+        self.stretch = TimeStretch(speed, SAMPLE_RATE) if speed != 1.0 else None
 
     @property
     def waiting_for_text(self) -> bool:
@@ -73,6 +88,15 @@ class Utterance:
         audio = self.decoder.step(mx.array(codes, dtype=mx.int32), self.state)
         return np.array(audio.astype(mx.float32)).reshape(-1)
 
+    def _out(self, audio: np.ndarray | None) -> np.ndarray | None:
+        """Decoded audio through the time stretch (its tail once the utterance is done); None when empty."""
+        if self.stretch is not None:
+            parts = [self.stretch.push(audio)] if audio is not None else []
+            if self.done:
+                parts.append(self.stretch.flush())
+            audio = np.concatenate(parts) if parts else None
+        return audio if audio is not None and len(audio) else None
+
     def step(self) -> np.ndarray | None:
         """At most one frame of work; a chunk when first_chunk_frames (then chunk_frames) frames are ready."""
         if self.done:
@@ -83,12 +107,11 @@ class Utterance:
             self.frames_emitted += 1
             due = self.first if self.chunks_out == 0 else self.every
             if len(self.frames) >= due:
-                return self._decode()
+                return self._out(self._decode())
             return None
         if self.gen.done:
             self.done = True
-            if self.frames:
-                return self._decode()
+            return self._out(self._decode() if self.frames else None)
         return None
 
 
@@ -174,7 +197,8 @@ class Qwen3TTS:
         gen = self.frames(voice, text, layout)
         decoder = self.speech_tokenizer.decoder if self.speech_tokenizer is not None else None
         prime = voice.prompt.ref_codes if voice.prompt.icl else None
-        return Utterance(gen, decoder, prime, self.cfg.first_chunk_frames, self.cfg.chunk_frames)
+        first, every = self.cfg.first_chunk_frames, self.cfg.chunk_frames
+        return Utterance(gen, decoder, prime, first, every, voice.speed)
 
     def stream(self, text: str, voice: Voice | None = None) -> Iterator[np.ndarray]:
         """float32 24 kHz chunks of `text` as frames decode."""

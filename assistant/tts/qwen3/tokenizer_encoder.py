@@ -18,6 +18,7 @@ import mlx.nn as nn
 import numpy as np
 
 from assistant.errors import InputError, ModelError
+from assistant.tts.qwen3.codec import CodebookLayer
 
 
 @dataclass(frozen=True)
@@ -209,20 +210,6 @@ class MimiTransformer(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x
-
-
-class Codebook(nn.Module):
-    """`embed` = embed_sum / clamp(cluster_usage, 1e-5), computed by `sanitize`."""
-
-    def __init__(self, bins: int, dim: int):
-        super().__init__()
-        self.embed = mx.zeros((bins, dim))
-
-
-class CodebookLayer(nn.Module):
-    def __init__(self, bins: int, dim: int):
-        super().__init__()
-        self.codebook = Codebook(bins, dim)
 
 
 class ResidualQuantizer(nn.Module):
