@@ -253,7 +253,7 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     return {
         "section": "v2v",
         "setup": {
-            "models": "tiny-width STT/LLM/TTS"
+            "models": "small: STT d256x4 layers, Gemma 4 small, TTS hidden 256 + tiny codec"
             if args.small
             else "Parakeet TDT 0.6B + Gemma 4 E2B 4-bit + Qwen3-TTS 0.6B bf16",
             "turns timed": len(timed),
