@@ -498,6 +498,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    code = _main(argv)
+    compute = sys.modules.get("assistant.compute")
+    if argv is None and compute is not None and compute.Compute.started:
+        # MLX used from a worker thread can abort in its C++ destructors at interpreter exit ("terminate called
+        # without an active exception", ml-explore/mlx#3126). Everything is closed by now: flush and leave.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     debug = bool(args.debug)
     try:

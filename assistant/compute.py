@@ -83,7 +83,10 @@ class StepResult:
 class Compute:
     """A worker thread with a priority queue of jobs. Thread-safe `submit`; `run`/`step` for asyncio callers."""
 
+    started = False  # whether any worker ever ran in this process (see cli.main: MLX's exit from a sub-thread)
+
     def __init__(self, name: str = "mlx") -> None:
+        Compute.started = True
         self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue(QUEUE_LIMIT)
         self._seq = itertools.count()
         self._stopping = False
