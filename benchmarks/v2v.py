@@ -193,6 +193,23 @@ def stats(xs: list[float]) -> dict[str, float]:
     }
 
 
+SOAK_EARLY = 50  # the turn after which memory is taken as the baseline (caches and kernels are warm by then)
+
+
+def resources() -> dict[str, int]:
+    """Resident memory (Linux /proc), live threads and asyncio tasks, after a garbage collection."""
+    import gc
+    import threading
+
+    gc.collect()
+    pages = int(Path("/proc/self/statm").read_text().split()[1]) if Path("/proc/self/statm").exists() else 0
+    return {
+        "rss_bytes": pages * os.sysconf("SC_PAGE_SIZE"),
+        "threads": threading.active_count(),
+        "tasks": len(asyncio.all_tasks()),
+    }
+
+
 async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     from assistant.compute import Compute
     from assistant.config import Config
@@ -221,6 +238,7 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     runner = asyncio.create_task(p.run())
     traces: list[LatencyTrace] = []
     e2e: list[float] = []
+    soak: dict[str, dict[str, int]] = {}  # resident memory, threads and tasks after turn 50 and the last
     misses = 0
     try:
         # the first exchange warms every kernel (MLX compiles on first use): untimed
@@ -240,6 +258,8 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                 e2e.append(1000.0 * (first - end))
             traces.append(trace)
             print(f"[v2v] turn {len(traces) - 1}: {trace}", file=sys.stderr, flush=True)
+            if len(traces) - 1 in (SOAK_EARLY, args.turns):
+                soak[f"after_turn_{len(traces) - 1}"] = resources()
             await asyncio.sleep(0.3)
             source.next_turn.set()
     finally:
@@ -253,6 +273,7 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
     return {
         "section": "v2v",
+        "soak": soak,
         "setup": {
             "models": "small: STT d256x4 layers, Gemma 4 small, TTS hidden 256 + tiny codec"
             if args.small
