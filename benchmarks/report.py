@@ -25,6 +25,13 @@ periodicity, ~17 ms per 2 s) and numpy mel (~8 ms) are a constant ~25 ms; in the
 is speaking, so the guard is off the latency path there. Encoder and decoder times match (10 s row: 0.97x).
 Moving the mel to MLX would remove the rest. The CPU TTS rows are dominated by the float32 vocoder (narrowed
 to width 1088 for time), so their bandwidth figures say nothing about the talker; read the GPU rows for that.
+On the H200, STT Parakeet is 1.4-1.9x mlx-audio (17-39 ms vs 12-20 ms): the same host-side numpy mel and guard
+are a larger share when the encoder takes milliseconds (not profiled on the GPU; an MLX mel is the fix). The
+TTS rows reach only 0.2-2.2% of the HBM bandwidth: a frame is 16 small sequential forward passes (talker + 15
+predictor steps), so launch and synchronisation latency dominate, not bytes read; compiling the predictor loop
+(`mx.compile`) is the next step. In voice-to-voice the STT final pass has a long tail (p90 ~0.4 s against a
+~20 ms median), most likely MLX compiling kernels for each new utterance length (not profiled); padding to
+length buckets with masking would remove it.
 
 Reproduce: `python -m benchmarks --small` (CPU, label cpu-small); on the H200, `bash benchmarks/gpu.sh PART`
 in the calls listed at the top of that script (label h200).
