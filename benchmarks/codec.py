@@ -19,27 +19,8 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
 from assistant.tts.qwen3.codec import CodecDecoder, DecoderConfig
+from benchmarks.checkpoints import DECODER as REAL_DECODER  # the released decoder_config (spec §1.4)
 
-# speech_tokenizer/config.json "decoder_config" of the released 12 Hz checkpoints (spec §1.4)
-REAL_DECODER = {
-    "codebook_size": 2048,
-    "codebook_dim": 512,
-    "latent_dim": 1024,
-    "decoder_dim": 1536,
-    "hidden_size": 512,
-    "intermediate_size": 1024,
-    "head_dim": 64,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 16,
-    "num_hidden_layers": 8,
-    "rms_norm_eps": 1e-5,
-    "rope_theta": 10000,
-    "sliding_window": 72,
-    "num_quantizers": 16,
-    "num_semantic_quantizers": 1,
-    "upsample_rates": [8, 5, 4, 3],
-    "upsampling_ratios": [2, 2],
-}
 FRAME_S = 0.08  # 1920 samples at 24 kHz
 
 

@@ -31,34 +31,12 @@ from assistant.tts.qwen3.prompt import PromptBuilder, VoicePrompt
 from assistant.tts.qwen3.sampling import SamplingParams
 from assistant.tts.qwen3.talker import Qwen3TTSModel
 from assistant.tts.qwen3.tokenizer import TextTokenizer
+from benchmarks.checkpoints import DECODER  # speech_tokenizer decoder_config (spec 1.4)
 
 FRAME_S = 0.08  # one 12.5 Hz frame = 80 ms of audio
 TEXT = "The weather today is sunny with a light breeze, perfect for a long walk in the park."
 # Released shapes (spec 1.3); `layers` overrides for --small.
 SIZES = {"0.6B": (1024, 3072, 1024), "1.7B": (2048, 6144, 1024)}  # talker hidden, intermediate, predictor hidden
-DECODER = {  # speech_tokenizer decoder_config (spec 1.4)
-    "latent_dim": 1024,
-    "codebook_dim": 512,
-    "codebook_size": 2048,
-    "decoder_dim": 1536,
-    "hidden_size": 512,
-    "intermediate_size": 1024,
-    "head_dim": 64,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 16,
-    "num_hidden_layers": 8,
-    "rms_norm_eps": 1e-5,
-    "layer_scale_initial_scale": 0.01,
-    "rope_theta": 10000.0,
-    "max_position_embeddings": 8000,
-    "sliding_window": 72,
-    "num_quantizers": 16,
-    "num_semantic_quantizers": 1,
-    "upsample_rates": [8, 5, 4, 3],
-    "upsampling_ratios": [2, 2],
-    "semantic_codebook_size": 4096,
-    "vector_quantization_hidden_dimension": 512,
-}
 
 
 def config(size: str, talker_layers: int, predictor_layers: int) -> ModelConfig:
