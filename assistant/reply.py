@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from assistant.compute import Compute, Priority, Ticket
 from assistant.config import Config
-from assistant.turns import ChatLike, Engines, HeardMap, TranscriptLike, TurnTrace, UtteranceLike
+from assistant.turns import AudioRing, ChatLike, Engines, HeardMap, TranscriptLike, TurnTrace, UtteranceLike
 
 SPECULATIVE_CHUNKS = 1  # audio chunks made ahead while the turn is unconfirmed; then the reply waits
 MAX_STALLS = 3  # TTS steps without a frame after end_text() before the TTS is declared stuck
@@ -123,6 +123,34 @@ def llm_step(gen: Iterator[str], utt: UtteranceLike, splitter: TextSplitter | No
     if finished:
         utt.end_text()
     return finished, delta, pushed
+
+
+class Feedable(Protocol):
+    """An utterance whose audio from the ring goes to the transcriber: [start, fed_to) was submitted."""
+
+    fed_to: int
+    feeding: bool  # a feed job is in flight
+
+
+def feed_transcriber(
+    user: Feedable,
+    ring: AudioRing,
+    compute: Compute,
+    engines: Engines,
+    done: Callable[[Any, Any], None],
+    force: bool = False,
+) -> None:
+    """Submit the utterance's new audio to the transcriber: one feed job in flight, later audio coalesced.
+
+    `done(user, future)` runs on the event loop when the job ends (its result is a partial transcript or None).
+    """
+    if (user.feeding and not force) or user.fed_to >= ring.end:
+        return
+    audio = ring.slice(user.fed_to, ring.end)
+    user.fed_to, user.feeding = ring.end, True
+    fut = compute.submit(engines.transcriber.feed, audio, priority=Priority.URGENT)
+    loop = asyncio.get_running_loop()
+    fut.add_done_callback(lambda f: loop.call_soon_threadsafe(done, user, f))
 
 
 async def pump(reply: Reply, engines: Engines, compute: Compute, cfg: Config, hooks: ReplyHooks) -> None:

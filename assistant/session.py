@@ -45,7 +45,7 @@ from assistant.events import (
     TurnState,
 )
 from assistant.replies import Replies
-from assistant.reply import Reply
+from assistant.reply import Reply, feed_transcriber
 from assistant.turns import AudioRing, Engines, VadLike, shift_event
 
 if TYPE_CHECKING:
@@ -327,15 +327,8 @@ class Session:
         self.set_state(TurnState.USER_SPEAKING)
 
     def _feed(self, force: bool = False) -> None:
-        """Submit the utterance's new audio to the transcriber: one feed job in flight, later audio coalesced."""
-        user = self._user
-        if user is None or (user.feeding and not force) or user.fed_to >= self._ring.end:
-            return
-        audio = self._ring.slice(user.fed_to, self._ring.end)
-        user.fed_to, user.feeding = self._ring.end, True
-        fut = self.compute.submit(self.engines.transcriber.feed, audio, priority=Priority.URGENT)
-        loop = asyncio.get_running_loop()
-        fut.add_done_callback(lambda f: loop.call_soon_threadsafe(self._fed, user, f))
+        if self._user is not None:
+            feed_transcriber(self._user, self._ring, self.compute, self.engines, self._fed, force)
 
     def _fed(self, user: _Utterance, fut: Any) -> None:
         user.feeding = False
