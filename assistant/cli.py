@@ -220,10 +220,8 @@ def cmd_say(args: argparse.Namespace, cfg: config.Config) -> int:
 def _play(cfg: config.Config, chunks: Any, rate: int) -> int:
     import time
 
-    try:
-        from assistant.audio.playback import Playback  # type: ignore[import-not-found, unused-ignore]
-    except ImportError as e:
-        raise AssistantError("audio playback is not available in this build; use --out FILE.wav") from e
+    from assistant.audio.playback import Playback
+
     total = 0
     with Playback(cfg.audio, rate=rate) as pb:
         for chunk in chunks:
