@@ -19,14 +19,6 @@ from assistant.errors import AssistantError, AudioDeviceError
 log = logging.getLogger("assistant.cli")
 
 
-class NotAvailableYet(AssistantError):
-    """A subcommand whose engine has not landed yet."""
-
-
-def _not_yet(what: str) -> NotAvailableYet:
-    return NotAvailableYet(f"`assistant {what}` is not available yet in this version")
-
-
 # ---- subcommands -------------------------------------------------------------------------------------------
 
 
@@ -54,14 +46,12 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
 
 def build_engines(cfg: config.Config) -> Any:
     """Load every engine from the config (call on the compute thread: MLX state belongs to it)."""
-    try:
-        from assistant.llm import Chat
-        from assistant.stt import load_transcriber
-        from assistant.tts import Qwen3TTS
-        from assistant.turns import Engines
-        from assistant.vad import Vad
-    except ImportError as e:
-        raise NotAvailableYet(f"`assistant run` needs {e.name}, which is not in this build") from e
+    from assistant.llm import Chat
+    from assistant.stt import load_transcriber
+    from assistant.tts import Qwen3TTS
+    from assistant.turns import Engines
+    from assistant.vad import Vad
+
     transcriber = load_transcriber(cfg.stt)
     chat = Chat.load(cfg.llm)
     tts = Qwen3TTS.load(cfg.tts)
@@ -103,12 +93,8 @@ class SharedEngines:
 
 def _server_service(cfg: config.Config, engines: Any) -> Any:
     """The WebSocket server as a daemon service: the native protocol and (unless off) /v1/realtime sessions."""
-    try:
-        from assistant.server.ws import ControlServer
-        from assistant.session import Sessions
-    except ImportError:
-        log.warning("the WebSocket server is not in this build; running without the control channel")
-        return None
+    from assistant.server.ws import ControlServer
+    from assistant.session import Sessions
 
     def service(pipeline: Any) -> Any:
         limit = cfg.server.realtime_sessions
@@ -130,8 +116,8 @@ async def _run_daemon(cfg: config.Config, headless: bool = False) -> int:
         services: list[Service] = []
         if cfg.pipeline.mode != "hands_free" and not headless:
             services.append(hotkey_service)
-        if cfg.server.enabled and (server := _server_service(cfg, engines)) is not None:
-            services.append(server)
+        if cfg.server.enabled:
+            services.append(_server_service(cfg, engines))
         show = cfg.pipeline.status_line and sys.stderr.isatty()
         if headless:  # no microphone; the daemon's own replies (native say/ask) are not played anywhere
             from assistant.session import NullSink
