@@ -34,9 +34,6 @@ NOISE_WINDOW_S = 3.0  # the noise floor is the quietest frame of this window: lo
 SILENT_DBFS = -120.0  # the level of digital silence
 ENDING_FRAMES = 3  # adaptive hangover: the last voiced frames whose level tells a finished phrase
 ENDING_DROP_DB = 6.0  # ... when they are this much quieter than the utterance's median voiced frame
-ECHO_WINDOW_S = 3.0  # the echo path's gain is the median (mic - playback) level of this much quiet playback
-ECHO_MIN_S = 0.3  # ... once this much has been seen; before that the gain is taken as 0 dB (the strictest)
-ECHO_GAIN_RANGE_DB = (-60.0, 20.0)  # a gain outside this is a measuring accident, not a speaker-to-mic path
 
 
 class State(enum.Enum):
@@ -79,8 +76,6 @@ class Vad:
         self._levels: deque[float] = deque(maxlen=self._frames(NOISE_WINDOW_S * 1000))  # kept across reset()
         self._playback = False
         self._playback_dbfs = SILENT_DBFS
-        # (mic - playback) dB of quiet frames while the assistant speaks: how loud its own voice reaches the mic
-        self._echo_gains: deque[float] = deque(maxlen=self._frames(ECHO_WINDOW_S * 1000))
         self.reset()
 
     def _frames(self, ms: float) -> int:
@@ -105,19 +100,9 @@ class Vad:
 
     def set_playback(self, active: bool, level_dbfs: float = -120.0) -> None:
         """While the assistant speaks, a start needs barge_in_min_speech_ms and barge_in_energy_margin_db over
-        the echo of `level_dbfs` (the level now playing) at the microphone, so its own voice from the speakers
-        does not count as the user. The echo is the playback level plus the speaker-to-mic gain, measured on
-        the quiet frames of the last few seconds of playback (0 dB until 300 ms were seen)."""
+        `level_dbfs` (the level now playing), so its own voice from the speakers does not count as the user."""
         self._playback = active
         self._playback_dbfs = level_dbfs
-
-    @property
-    def echo_gain_db(self) -> float:
-        """The measured speaker-to-microphone gain in dB (0.0, the strictest, until enough playback was heard)."""
-        if len(self._echo_gains) < self._frames(ECHO_MIN_S * 1000):
-            return 0.0
-        lo, hi = ECHO_GAIN_RANGE_DB
-        return min(hi, max(lo, float(np.median(self._echo_gains))))
 
     def feed(self, samples: np.ndarray) -> list[VadEvent]:
         """Consume int16 mono samples of any length; returns the events decided by the whole frames now complete."""
@@ -152,15 +137,12 @@ class Vad:
         self._levels.append(level)
         at = self.position
         self.position += self.frame
-        if self.state is State.QUIET and self._playback and min(level, self._playback_dbfs) > SILENT_DBFS:
-            self._echo_gains.append(level - self._playback_dbfs)  # nobody is talking: this is the echo
         if self.state in (State.QUIET, State.STARTING):
             return self._step_quiet(at, voiced and self._loud_enough(level), level)
         return self._step_speaking(at, voiced, level)
 
     def _loud_enough(self, level: float) -> bool:
-        echo = self._playback_dbfs + self.echo_gain_db
-        return not self._playback or level >= echo + self.cfg.barge_in_energy_margin_db
+        return not self._playback or level >= self._playback_dbfs + self.cfg.barge_in_energy_margin_db
 
     def _step_quiet(self, at: int, voiced: bool, level: float) -> list[VadEvent]:
         if not voiced:

@@ -137,24 +137,6 @@ def test_playback_needs_longer_and_louder_speech() -> None:
     assert feed_frames(v, audio)[0][0] == 14
 
 
-def test_barge_in_threshold_follows_the_measured_echo() -> None:
-    """Once the echo of the playback at the mic is measured (20 dB under it), the user need only be 6 dB over
-    that echo, not over the digital playback level; the echo alone still starts nothing."""
-    playback = level_dbfs(pattern("1")) + 6.0  # the assistant plays 6 dB louder than the user will speak
-    echo = pattern("e" * 40, amplitudes={"e": 0.3 * 10 ** (-14 / 20)})  # the echo: 20 dB under the playback
-    user = pattern("1" * 12 + "0" * 30)
-    v = vad()
-    v.set_playback(True, playback)
-    assert v.echo_gain_db == 0.0  # nothing measured yet: the strictest rule
-    assert v.feed(echo) == []
-    assert v.echo_gain_db == pytest.approx(-20.0, abs=0.5)
-    got = feed_frames(v, user)
-    assert got[0] == (9, SpeechStarted(start_sample=40 * F - 4800, onset_sample=40 * F, time=T))  # 10th frame
-    strict = vad()  # the same user speech with no echo measured: 6 dB under the playback, not an interruption
-    strict.set_playback(True, playback)
-    assert strict.feed(user) == []
-
-
 def test_adaptive_hangover_short_after_fading_phrase() -> None:
     """With adaptive_hangover, a phrase whose last frames fade by 12 dB ends after 400 ms; an abrupt stop after 700."""
     fading = pattern("0" * 10 + "1" * 20 + "qqq" + "0" * 40, amplitudes={"q": 0.075})
