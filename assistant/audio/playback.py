@@ -51,6 +51,9 @@ class Playback:
         self._restarting = False  # flush() is stopping the stream on purpose
         self._last_callback = 0.0
         self._lock = threading.Lock()
+        # the resampler has its own lock: write() resamples outside `_lock`, so the PortAudio callback is never
+        # kept waiting while a chunk is converted (that made it miss deadlines at 48 kHz)
+        self._resample_lock = threading.Lock()
         self._resampler: StreamResampler | None = None
         self._reset_buffer()
 
@@ -66,7 +69,8 @@ class Playback:
         self._played_before = 0  # device samples of blocks no longer in _marks, all played
         self.first_sample_dac_time = None
         if self._resampler is not None:
-            self._resampler.reset()
+            with self._resample_lock:
+                self._resampler.reset()
 
     def __enter__(self) -> Playback:
         self.start()
@@ -168,8 +172,9 @@ class Playback:
             raise AudioDeviceError("the speaker is not open; call Playback.start() first")
         if self._lost or time.monotonic() - self._last_callback > NO_CALLBACK_S:
             self._recover()
-        with self._lock:
+        with self._resample_lock:
             out = self._resampler.push(chunk) if self._resampler is not None else chunk.copy()
+        with self._lock:
             if self._queued + len(out) > self._max_queued:
                 self.overflows += 1
                 log.warning("playback buffer full (%.0f s queued): a chunk was dropped", self.cfg.playback_buffer_s)
@@ -234,6 +239,22 @@ class Playback:
 
     # ---- PortAudio thread ----------------------------------------------------------------------------------
 
+    def _tail_flushed(self) -> bool:
+        """Ran dry (`_lock` held): queue the resampler's last samples, which wait for input that may never come.
+        False when there are none, or when write() is resampling right now (more audio is on its way)."""
+        assert self._resampler is not None
+        if not self._resample_lock.acquire(blocking=False):
+            return False
+        try:
+            if not self._resampler.pending:
+                return False
+            tail = self._resampler.flush()
+        finally:
+            self._resample_lock.release()
+        self._chunks.append(tail)
+        self._queued += len(tail)
+        return True
+
     def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         now = self._last_callback = time.monotonic()
         # PortAudio's clock is not ours: carry over the delay until this block is heard
@@ -252,11 +273,7 @@ class Playback:
             ):
                 self._prebuffering = False
             n = 0 if self._prebuffering else self._take(outdata, frames)
-            if n < frames and not self._prebuffering and self._resampler is not None and self._resampler.pending:
-                # ran dry: the resampler's last few samples wait for input that may never come; play them now
-                tail = self._resampler.flush()
-                self._chunks.append(tail)
-                self._queued += len(tail)
+            if n < frames and not self._prebuffering and self._resampler is not None and self._tail_flushed():
                 n += self._take(outdata[n:], frames - n)
             if n:
                 self._marks.append((dac, n))
