@@ -62,11 +62,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
+class StderrHandler(logging.StreamHandler[Any]):
+    """Writes to whatever `sys.stderr` is at each record, not the stream that was current at setup (a test
+    harness or a service manager may swap it, and a closed one must not swallow later records)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # StreamHandler.__init__ assigns it; the property always answers sys.stderr
+
+
 def setup(level: str = "info", as_json: bool = False) -> None:
     """Route the `assistant` loggers to stderr in the chosen format (idempotent)."""
     root = logging.getLogger("assistant")
     root.handlers.clear()
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if as_json else KeyValueFormatter())
     root.addHandler(handler)
     root.setLevel(level.upper())
