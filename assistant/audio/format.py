@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 CAPTURE_RATE = 16_000  # VAD and STT run at 16 kHz mono
 TTS_RATE = 24_000  # Qwen3-TTS 12 Hz decodes 24 kHz mono
 TTS_FRAME_SAMPLES = 1920  # 80 ms at 24 kHz: one 12.5 Hz codec frame
+
+
+@dataclass(frozen=True)
+class AudioBlock:
+    """Captured audio and the time it was recorded, so late processing still judges it by capture time."""
+
+    samples: np.ndarray  # int16 mono at CAPTURE_RATE
+    t: float  # time.monotonic() at which the first sample reached the ADC (a headless client: its audio clock)
 
 
 def frame_samples(rate: int, ms: int) -> int:
