@@ -27,11 +27,29 @@ def models_of(cfg: config.Config) -> list[tuple[str, str]]:
     return [("STT model", cfg.stt.model_id), ("LLM", cfg.llm.model), ("TTS model", cfg.tts.model)]
 
 
+MLX_LM_OPEN_FILES = 4096  # mlx_lm/utils.py sets RLIMIT_NOFILE to (2048, 4096) when it is imported
+
+
+def check_open_file_limit(limits: tuple[int, int] | None = None, root: bool | None = None) -> None:
+    """AssistantError if mlx-lm could not set its open-file limit: a hard limit below 4096 fails at model load."""
+    import resource
+
+    _soft, hard = limits or resource.getrlimit(resource.RLIMIT_NOFILE)
+    if (os.geteuid() == 0 if root is None else root) or hard == resource.RLIM_INFINITY or hard >= MLX_LM_OPEN_FILES:
+        return
+    raise AssistantError(
+        f"the open-file hard limit is {hard}, below the {MLX_LM_OPEN_FILES} the model loader (mlx-lm) sets; "
+        f"raise it (`ulimit -Hn {MLX_LM_OPEN_FILES}`, or LimitNOFILE= for a service) and start again"
+    )
+
+
 def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
+    check_open_file_limit()
     for what, spec in models_of(cfg):  # pre-flight: a missing model or device fails in seconds, in one line
         hub.resolve(spec, what)
     from assistant.audio import devices
 
+    headless = False
     for spec, kind in ((cfg.audio.input_device, "input"), (cfg.audio.output_device, "output")):
         try:
             devices.pick(spec, kind)
@@ -40,8 +58,10 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
                 raise
             # No sound card: the WebSocket clients are the microphone and speaker (headless mode).
             log.warning("%s; running headless: clients of the WebSocket server bring the audio", e)
-            return asyncio.run(_run_daemon(cfg, headless=True))
-    return asyncio.run(_run_daemon(cfg))
+            headless = True
+            break
+    # outside the except block: the daemon's own exceptions must not be chained to the missing device
+    return asyncio.run(_run_daemon(cfg, headless=headless))
 
 
 def build_engines(cfg: config.Config) -> Any:
