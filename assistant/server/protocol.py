@@ -37,7 +37,7 @@ class Limits:
     instructions_chars: int = MAX_INSTRUCTIONS_CHARS
     turn_audio_s: float = 60.0  # uncommitted Realtime audio in manual turns (server VAD ends turns itself)
     audio_realtime_factor: float = 4.0  # Realtime audio appends: at most this many times real time, sustained
-    audio_burst_s: float = 15.0  # ... after a burst of this many seconds of audio (a 1 MiB append is ~22 s)
+    audio_burst_s: float = 15.0  # ... after a burst of this much audio (one append over it needs a full budget)
 
 
 DEFAULT_LIMITS = Limits()

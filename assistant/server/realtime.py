@@ -125,8 +125,10 @@ class RealtimeConversation:
         self.audio_output = True
         self.resampler = StreamResampler(rp.RATE, CAPTURE_RATE)
         # appends beyond a few times real time are refused: each costs resampling and transcription
-        rate = self.limits.audio_realtime_factor * rp.RATE * rp.SAMPLE_BYTES
-        self.audio_budget = TokenBucket(rate, rate * self.limits.audio_burst_s, now)
+        second = rp.RATE * rp.SAMPLE_BYTES  # bytes of one second of audio
+        self.audio_budget = TokenBucket(
+            self.limits.audio_realtime_factor * second, self.limits.audio_burst_s * second, now
+        )
         self.uncommitted = 0  # 24 kHz samples appended since the last commit or clear
         self.ids = itertools.count(1)
         self.user_item: str | None = None  # the item the user is speaking now (server VAD)

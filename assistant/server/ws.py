@@ -17,7 +17,7 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,13 +120,14 @@ class Outbox:
 class Throttle(logging.Filter):
     """Lets `burst` records through, then `per_s` a second; the next one through says how many were held back."""
 
-    def __init__(self, burst: int = LOG_BURST, per_s: float = LOG_PER_S) -> None:
+    def __init__(self, burst: int = LOG_BURST, per_s: float = LOG_PER_S, clock: Callable[[], float] = time.monotonic):
         super().__init__()
-        self.bucket = p.TokenBucket(per_s, burst, time.monotonic())
+        self.clock = clock
+        self.bucket = p.TokenBucket(per_s, burst, clock())
         self.suppressed = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.bucket.take(1, time.monotonic()):
+        if not self.bucket.take(1, self.clock()):
             self.suppressed += 1
             return False
         if self.suppressed:

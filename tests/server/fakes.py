@@ -275,8 +275,10 @@ class FakeBackend:
         self.sessions: list[FakeSession] = []
         self.voices = ("default", "alice")
         self.hold_replies: asyncio.Event | None = None  # when set, replies pause after their first chunk
+        self.open_delay_s = 0.0  # the real backend awaits the compute thread while it opens a session
 
     async def open_session(self) -> FakeSession:
+        await asyncio.sleep(self.open_delay_s)
         session = FakeSession(self)
         self.sessions.append(session)
         return session
