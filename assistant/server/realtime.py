@@ -22,6 +22,7 @@ from assistant.server.controller import RealtimeSession
 from assistant.server.protocol import Limits, TokenBucket, WireError, clip
 
 DEFAULT_DETECTION = rp.TurnDetection()  # OpenAI sessions start with server_vad on
+RESAMPLE_PIECE = rp.RATE // 2  # 12,000 samples = 0.5 s at 24 kHz
 
 
 class StreamResampler:
@@ -125,10 +126,10 @@ class RealtimeConversation:
         self.audio_output = True
         self.resampler = StreamResampler(rp.RATE, CAPTURE_RATE)
         # appends beyond a few times real time are refused: each costs resampling and transcription
-        second = rp.RATE * rp.SAMPLE_BYTES  # bytes of one second of audio
-        self.audio_budget = TokenBucket(
-            self.limits.audio_realtime_factor * second, self.limits.audio_burst_s * second, now
-        )
+        # Frames are paid for by size before they are parsed, so a flood costs neither CPU nor memory: a second of
+        # audio is 64,000 bytes of base64 (48,000 bytes of pcm16 at 24 kHz, 4/3 for base64).
+        second = rp.RATE * rp.SAMPLE_BYTES * 4 / 3
+        self.inbound = TokenBucket(self.limits.audio_realtime_factor * second, self.limits.audio_burst_s * second, now)
         self.uncommitted = 0  # 24 kHz samples appended since the last commit or clear
         self.ids = itertools.count(1)
         self.user_item: str | None = None  # the item the user is speaking now (server VAD)
@@ -166,36 +167,43 @@ class RealtimeConversation:
 
     # ---- client events -------------------------------------------------------------------------------------
 
-    def handle(self, ev: rp.ClientEvent, now: float = 0.0) -> Out:
+    def handle(self, ev: rp.ClientEvent) -> Out:
         """Apply one client event; AssistantError from the session becomes an `error` event.
 
-        Audio appends must go through `admit_audio` and `feed_audio` instead (the resampling may run elsewhere).
+        The server passes audio appends through `admit_audio`, `resample` (maybe on a worker) and `feed_audio`.
         """
         try:
             return self._handle(ev)
         except AssistantError as e:
             return [self.error(e, ev.event_id)]
 
-    def admit_audio(self, ev: rp.AudioAppend, now: float) -> rp.Error | None:
-        """None when the append fits the byte-rate budget and the turn's audio bound, else the error to send."""
+    def admit_frame(self, size: int, now: float) -> rp.Error | None:
+        """None when a frame of `size` bytes fits the connection's byte-rate budget (checked before parsing it)."""
+        if self.inbound.take(size, now):
+            return None
+        return _error(
+            "rate_limited",
+            f"over {self.limits.audio_realtime_factor:g}x real time of audio per second; "
+            "send audio at about the pace it is recorded",
+        )
+
+    def admit_audio(self, ev: rp.AudioAppend) -> rp.Error | None:
+        """None when the append fits the turn's audio bound (manual turns), else the error to send."""
         if self.detection is None and self.uncommitted + len(ev.audio) > self.limits.turn_audio_s * rp.RATE:
             return _error(
                 "input_audio_buffer_full",
                 f"the input audio buffer holds over {self.limits.turn_audio_s:g} s; commit or clear it first",
                 ev.event_id,
             )
-        if not self.audio_budget.take(len(ev.audio) * rp.SAMPLE_BYTES, now):
-            return _error(
-                "rate_limited",
-                f"audio appended faster than {self.limits.audio_realtime_factor:g}x real time; "
-                "send audio at about the pace it is recorded",
-                ev.event_id,
-            )
         return None
 
     def resample(self, ev: rp.AudioAppend) -> np.ndarray:
-        """The append at 16 kHz (pure CPU, may run on a worker thread; one append at a time per connection)."""
-        return self.resampler.push(ev.audio)
+        """The append at 16 kHz (pure CPU, may run on a worker thread; one append at a time per connection).
+
+        Long appends go through in half-second pieces so the resampler's temporaries stay small.
+        """
+        step = RESAMPLE_PIECE
+        return np.concatenate([self.resampler.push(ev.audio[i : i + step]) for i in range(0, len(ev.audio), step)])
 
     def feed_audio(self, ev: rp.AudioAppend, samples: np.ndarray) -> Out:
         """Hand a resampled append to the session."""

@@ -11,6 +11,7 @@ stream it asked for).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ipaddress
 import logging
@@ -19,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -37,6 +38,7 @@ from assistant.server.controller import Controller, RealtimeBackend, RealtimeSes
 from assistant.server.native import NativeConnection
 from assistant.server.realtime import RealtimeConversation
 
+T = TypeVar("T")
 log = logging.getLogger("assistant.server")
 # Lines about single connections (websockets' own, refused handshakes): a stranger can cause them at will.
 conn_log = logging.getLogger("assistant.server.connections")
@@ -44,6 +46,7 @@ conn_log = logging.getLogger("assistant.server.connections")
 CONTROL_PATHS = ("/", "/v1/control")
 REALTIME_PATH = "/v1/realtime"
 HARD_LIMIT_FACTOR = 4  # messages over max_message_bytes get an error; over 4x that the socket is closed (1009)
+RECEIVE_QUEUE = 4  # frames websockets reads ahead of the handler (16 by default: 16 MiB of a 1 MiB flood)
 OUTBOX_BYTES_FACTOR = 4  # a client's outbox holds at most 4x max_message_bytes (4 MiB by default)
 FANOUT_QUEUE = 4096  # the server's own subscription: it is drained at once into the client outboxes
 ASK_DRAIN_S = 1.0  # after `ask` returns, wait at most this long for its last deltas to pass the subscription
@@ -52,6 +55,7 @@ SUBPROTOCOLS = ("assistant.v1", "realtime")
 LOG_BURST, LOG_PER_S = 10, 1.0  # connection log lines: bursts of 10, then one a second, the rest counted
 CLOSE_NOT_READING = 1008  # policy violation: the client sends but does not read its replies
 CLOSE_TOO_SLOW = 1013  # try again later: the client cannot keep up with a stream it asked for
+CLOSE_WAIT_S = 1.0  # how long a client closed for not reading gets to answer the close
 
 
 class Overflow(Exception):
@@ -174,6 +178,8 @@ class ControlServer:
         self.server: Server | None = None
         self.fanout: asyncio.Task[None] | None = None
         self.handler_errors = 0  # unexpected exceptions caught per message (the fuzz test wants zero)
+        # One thread for big frames: one allocator arena (RSS stays flat); byte budgets keep each client's share small
+        self.worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ws-decode")
 
     async def __aenter__(self) -> ControlServer:
         await self.start()
@@ -196,6 +202,7 @@ class ControlServer:
                 process_request=self._check_handshake,
                 select_subprotocol=_select_subprotocol,
                 max_size=self.cfg.max_message_bytes * HARD_LIMIT_FACTOR,
+                max_queue=RECEIVE_QUEUE,
                 ping_interval=self.cfg.ping_interval_s,
                 ping_timeout=self.cfg.ping_interval_s,
                 compression=None,
@@ -228,6 +235,7 @@ class ControlServer:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        self.worker.shutdown(wait=False, cancel_futures=True)
 
     # ---- handshake ---------------------------------------------------------------------------------------
 
@@ -296,8 +304,10 @@ class ControlServer:
         conn_log.warning("closed the connection from %s (%d): %s; %s", peer, code, why, e)
         client.outbox.items.clear()  # nothing more goes to this client: free its queue now
         client.outbox.bytes = 0
-        with contextlib.suppress(ConnectionClosed):
-            await client.ws.close(code, f"outgoing queue full: {why}"[:120])
+        # it does not read, so it will not answer the close either: send it, wait briefly, drop the socket
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            await asyncio.wait_for(client.ws.close(code, f"outgoing queue full: {why}"[:120]), CLOSE_WAIT_S)
+        client.ws.transport.abort()
 
     async def _write(self, client: Client, realtime: bool) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -315,6 +325,7 @@ class ControlServer:
     async def _receive(self, client: Client) -> str | bytes | None:
         """The next message, or None after the idle timeout (subscribers only listen, so they never idle out)."""
         timeout = None if client.subscribed else self.cfg.idle_timeout_s
+        await asyncio.sleep(0)  # a frame already buffered returns at once: let other clients and the voice loop run
         try:
             async with asyncio.timeout(timeout):
                 return await client.ws.recv()
@@ -333,7 +344,7 @@ class ControlServer:
         while (data := await self._receive(client)) is not None:
             try:
                 if len(data) > OFFLOAD_BYTES:  # parsing a big frame must not stall the voice loop
-                    handled = await asyncio.to_thread(native.receive, data, time.monotonic())
+                    handled = await self._offload(native.receive, data, time.monotonic())
                 else:
                     handled = native.receive(data, time.monotonic())
             except Exception as e:  # a bug must not take the daemon down; the client is told
@@ -472,16 +483,19 @@ class ControlServer:
         self, conv: RealtimeConversation, limiter: p.TokenBucket, data: str | bytes
     ) -> list[rp.ServerEvent]:
         try:
+            refused = conv.admit_frame(len(data), time.monotonic())
+            if refused is not None:  # over the byte budget: not even parsed
+                return [refused]
             big = len(data) > OFFLOAD_BYTES
             if big:  # decoding 1 MiB of base64 JSON must not stall the voice loop
-                ev = await asyncio.to_thread(rp.decode_client_event, data, self.cfg.max_message_bytes, self.limits)
+                ev = await self._offload(rp.decode_client_event, data, self.cfg.max_message_bytes, self.limits)
             else:
                 ev = rp.decode_client_event(data, self.cfg.max_message_bytes, self.limits)
-            if isinstance(ev, rp.AudioAppend):  # audio is data, under its own byte-rate budget
-                refused = conv.admit_audio(ev, time.monotonic())
-                if refused is not None:
-                    return [refused]
-                samples = await asyncio.to_thread(conv.resample, ev) if big else conv.resample(ev)
+            if isinstance(ev, rp.AudioAppend):  # audio is data: the byte budget above is its rate limit
+                full = conv.admit_audio(ev)
+                if full is not None:
+                    return [full]
+                samples = await self._offload(conv.resample, ev) if big else conv.resample(ev)
                 return conv.feed_audio(ev, samples)
             if not limiter.take(1, time.monotonic()):
                 raise p.WireError("rate_limited", f"over {self.cfg.commands_per_s:g} events/s; slow down", ev.event_id)
@@ -492,13 +506,12 @@ class ControlServer:
             self.handler_errors += 1
             log.exception("internal error handling a realtime event")
             detail = str(e)[:200]
-            return [
-                rp.Error(
-                    rp.ErrorDetail(
-                        "server_error", f"internal error: {detail}; see the daemon log", None, "server_error"
-                    )
-                )
-            ]
+            message = f"internal error: {detail}; see the daemon log"
+            return [rp.Error(rp.ErrorDetail("server_error", message, None, "server_error"))]
+
+    async def _offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU work off the event loop on the server's one worker thread (FIFO over all connections)."""
+        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
 
     async def _pump(self, client: Client, conv: RealtimeConversation, session: RealtimeSession) -> None:
         """Session events -> server events; waits for outbox room so reply audio is never dropped."""

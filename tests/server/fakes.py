@@ -186,7 +186,8 @@ class FakeSession:
 
     def append_audio(self, samples: np.ndarray) -> None:
         assert samples.dtype == np.int16 and samples.ndim == 1
-        self.audio.append(samples)
+        if self.backend.keep_audio:
+            self.audio.append(samples)
         self.buffered += len(samples)
         start = self.position
         self.position += len(samples)
@@ -276,6 +277,7 @@ class FakeBackend:
         self.voices = ("default", "alice")
         self.hold_replies: asyncio.Event | None = None  # when set, replies pause after their first chunk
         self.open_delay_s = 0.0  # the real backend awaits the compute thread while it opens a session
+        self.keep_audio = True  # sessions keep what they heard for the tests (the load benchmark turns it off)
 
     async def open_session(self) -> FakeSession:
         await asyncio.sleep(self.open_delay_s)

@@ -112,17 +112,19 @@ def test_text_for_the_model_is_bounded_at_the_edge() -> None:
 
 
 def test_audio_appends_beyond_four_times_real_time_are_refused() -> None:
-    """After a 15 s burst, appends faster than 4x real time get a `rate_limited` error; the pace refills it."""
+    """After a 15 s burst, frames faster than 4x real time of audio get `rate_limited`; the pace refills it."""
     session = FakeSession(FakeBackend())
     conv = RealtimeConversation(session, "default", "x", now=0.0)
-    second = rp.AudioAppend(np.zeros(rp.RATE, np.int16), event_id="a")  # 1 s of audio
-    assert all(conv.admit_audio(second, 0.0) is None for _ in range(15))
-    refused = conv.admit_audio(second, 0.0)
+    second = 64_000  # bytes of base64 in one second of 24 kHz pcm16
+    assert all(conv.admit_frame(second, 0.0) is None for _ in range(15))
+    refused = conv.admit_frame(second, 0.0)
     assert refused is not None and refused.error.code == "rate_limited"
     assert refused.error.message == (
-        "audio appended faster than 4x real time; send audio at about the pace it is recorded"
+        "over 4x real time of audio per second; send audio at about the pace it is recorded"
     )
-    assert conv.admit_audio(second, 0.25) is None  # 0.25 s of wall time buys 1 s of audio at 4x
+    assert conv.admit_frame(second, 0.25) is None  # 0.25 s of wall time buys 1 s of audio at 4x
+    assert conv.admit_frame(2 * 1024 * 1024, 10.0) is None  # one frame over the burst passes with a full budget
+    assert conv.admit_frame(100, 12.0) is not None  # ... and is paid back before the next
 
 
 def test_manual_turn_audio_is_bounded() -> None:
@@ -132,9 +134,9 @@ def test_manual_turn_audio_is_bounded() -> None:
     conv.handle(rp.SessionUpdate(turn_detection_given=True, turn_detection=None))
     ten = rp.AudioAppend(np.zeros(10 * rp.RATE, np.int16))
     for _ in range(6):
-        assert conv.admit_audio(ten, 0.0) is None
+        assert conv.admit_audio(ten) is None
         conv.feed_audio(ten, conv.resample(ten))
-    refused = conv.admit_audio(ten, 0.0)
+    refused = conv.admit_audio(ten)
     assert refused is not None and refused.error.message == (
         "the input audio buffer holds over 60 s; commit or clear it first"
     )
