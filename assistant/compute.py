@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import contextvars
 import enum
 import itertools
 import logging
@@ -33,6 +35,23 @@ class Priority(enum.IntEnum):
     URGENT = 0  # transcription of the user's speech, closing cancelled generators
     REPLY = 1  # LLM tokens and TTS frames of the current answer
     BACKGROUND = 2  # cache clearing, warm-ups
+
+
+# The most urgent priority jobs submitted in the current context may have (see `lowered`).
+_ceiling: contextvars.ContextVar[Priority] = contextvars.ContextVar("compute_ceiling", default=Priority.URGENT)
+
+
+@contextlib.contextmanager
+def lowered(priority: Priority) -> Iterator[None]:
+    """Jobs submitted in this context, and by tasks started in it, run at `priority` or below.
+
+    The server wraps WebSocket text commands (say, ask) in it, so the voice loop's steps always run first.
+    """
+    token = _ceiling.set(priority)
+    try:
+        yield
+    finally:
+        _ceiling.reset(token)
 
 
 class Stale(Exception):
@@ -104,7 +123,7 @@ class Compute:
         if self._stopping:
             raise RuntimeError("compute thread is closed")
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-        job = _Job(int(priority), next(self._seq), (lambda: fn(*args)), fut, ticket)
+        job = _Job(max(int(priority), int(_ceiling.get())), next(self._seq), (lambda: fn(*args)), fut, ticket)
         try:
             self._queue.put_nowait(job)
         except queue.Full as e:

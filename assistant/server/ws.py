@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from assistant import events
+from assistant import compute, events
 from assistant.config import ServerConfig
 from assistant.errors import AssistantError, ConfigError
 from assistant.server import auth
@@ -178,6 +178,7 @@ class ControlServer:
         self.server: Server | None = None
         self.fanout: asyncio.Task[None] | None = None
         self.handler_errors = 0  # unexpected exceptions caught per message (the fuzz test wants zero)
+        self.text_priority = compute.Priority.BACKGROUND  # compute priority of say/ask (benchmarks compare REPLY)
         # One thread for big frames: one allocator arena (RSS stays flat); byte budgets keep each client's share small
         self.worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ws-decode")
 
@@ -360,6 +361,11 @@ class ControlServer:
 
     def _spawn(self, client: Client, native: NativeConnection, cmd: p.Say | p.Ask) -> None:
         async def run() -> None:
+            assert self.controller is not None
+            with compute.lowered(self.text_priority):  # the voice loop's model steps go first
+                await command()
+
+        async def command() -> None:
             assert self.controller is not None
             try:
                 if isinstance(cmd, p.Say):

@@ -424,3 +424,35 @@ def test_ctl_survives_a_closed_pipe(tmp_path: Path) -> None:
 
 def _quote(word: str) -> str:
     return "'" + word.replace("'", "'\\''") + "'"
+
+
+# ---- fair compute --------------------------------------------------------------------------------------------
+
+
+def test_text_commands_give_way_to_the_voice_loop_on_the_compute_thread() -> None:
+    """Jobs submitted under compute.lowered (and by tasks started there) run after the voice loop's queued jobs."""
+    import threading
+
+    from assistant.compute import Compute, Priority, lowered
+
+    async def body() -> list[str]:
+        worker = Compute("test-fair")
+        gate, ran = threading.Event(), []
+        try:
+            busy = worker.submit(gate.wait)  # hold the thread so the queue fills in a known order
+
+            async def ask_step() -> None:
+                await worker.run(ran.append, "ask")  # asked at REPLY, like a reply step
+
+            with lowered(Priority.BACKGROUND):
+                ask = asyncio.create_task(ask_step())  # a task started here keeps the lowered priority
+            await asyncio.sleep(0)  # the ask's job is queued first
+            voice = asyncio.create_task(worker.run(ran.append, "voice"))
+            await asyncio.sleep(0)
+            gate.set()
+            await asyncio.gather(ask, voice, asyncio.wrap_future(busy))
+            return ran
+        finally:
+            await asyncio.to_thread(worker.close, 5.0)
+
+    assert asyncio.run(body()) == ["voice", "ask"]
