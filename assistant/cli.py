@@ -169,38 +169,104 @@ def cmd_devices(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def cmd_pull(args: argparse.Namespace, cfg: config.Config) -> int:
-    for what, spec in models_of(cfg):
-        print(f"{what}: {spec}", flush=True)
-        path = hub.pull(spec, what)
-        print(f"  ready in {path}", flush=True)
-    return 0
+    specs = models_of(cfg)
+    if args.verify:
+        return _report_pull(hub.verify_all(specs, print_line))
+    return _report_pull(hub.pull_all(specs, print_line))
+
+
+def _report_pull(results: list[hub.PullResult]) -> int:
+    failed = [f"{r.what} {r.spec}" for r in results if r.problem]
+    ready = len(results) - len(failed)
+    print_line(f"{ready} of {len(results)} model(s) ready" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def print_line(text: str) -> None:
+    print(text, flush=True)
+
+
+def peak_memory_mb() -> float:
+    """The larger of MLX's peak allocation and the process's peak resident set, in MB."""
+    import resource
+
+    import mlx.core as mx
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    rss_bytes = rss if sys.platform == "darwin" else rss * 1024
+    return max(float(mx.get_peak_memory()), float(rss_bytes)) / 1e6
+
+
+def _speak(tts: Any, voice: Any, sentences: list[str], stats: dict[str, float]) -> Any:
+    """float32 chunks of `sentences`, one utterance each (no silent cap: a sentence cut at tts.max_frames warns).
+    Fills `stats` with the seconds to the first chunk and the samples produced."""
+    import time
+
+    began = time.perf_counter()
+    stats["samples"] = 0
+    for n, sentence in enumerate(sentences, 1):
+        utt = tts.start(voice, sentence)
+        while not utt.done:
+            chunk = utt.step()
+            if chunk is not None:
+                stats.setdefault("first_s", time.perf_counter() - began)
+                stats["samples"] += len(chunk)
+                yield chunk
+        if utt.frames_emitted >= tts.cfg.max_frames:
+            seconds = tts.cfg.max_frames * 1920 / tts.sample_rate
+            log.warning(
+                "sentence %d of %d reached tts.max_frames = %d (%.0f s of audio) and was cut; raise tts.max_frames "
+                "or split the sentence",
+                n,
+                len(sentences),
+                tts.cfg.max_frames,
+                seconds,
+            )
+    stats["synth_s"] = time.perf_counter() - began
 
 
 def cmd_say(args: argparse.Namespace, cfg: config.Config) -> int:
-    from pathlib import Path
+    import time
 
+    from assistant.audio.files import check_output, write_audio
     from assistant.errors import InputError
+    from assistant.text import sentences
 
     text = args.text.strip()
+    if text == "-":
+        text = sys.stdin.read().strip()
     if not text:
         raise InputError("nothing to say: TEXT is empty")
-    out = Path(args.out).expanduser() if args.out else None
-    if out is not None and not out.parent.is_dir():
-        raise InputError(f"--out {out}: folder {out.parent} does not exist; create it or pick another path")
+    pieces = sentences(text)
+    if not pieces:
+        raise InputError("nothing to say: TEXT has no speakable words (only emoji, symbols or markup)")
+    out = check_output(args.out) if args.out else None  # before the model loads: a bad path fails in a second
     from assistant.tts import Qwen3TTS
-    from assistant.tts.voices import write_wav
 
+    began = time.perf_counter()
     tts = Qwen3TTS.load(cfg.tts)
     voice = tts.voice(args.voice)
+    loaded_s = time.perf_counter() - began
+    stats: dict[str, float] = {}
+    chunks = _speak(tts, voice, pieces, stats)
     if out is not None:
         import numpy as np
 
-        chunks = list(tts.stream(text, voice))
-        audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-        write_wav(out, audio, tts.sample_rate)
-        print(f"wrote {out} ({len(audio) / tts.sample_rate:.2f} s at {tts.sample_rate} Hz)")
-        return 0
-    return _play(cfg, tts.stream(text, voice), tts.sample_rate)
+        parts = list(chunks)
+        audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        write_audio(out, audio, tts.sample_rate)
+        where = "stdout" if out.is_stdout else out.path
+        print(f"wrote {where} ({len(audio) / tts.sample_rate:.2f} s at {tts.sample_rate} Hz)", file=sys.stderr)
+    else:
+        _play(cfg, chunks, tts.sample_rate)
+    audio_s = stats["samples"] / tts.sample_rate
+    rtf = stats.get("synth_s", 0.0) / audio_s if audio_s else 0.0
+    print(
+        f"said {len(pieces)} sentence(s): {audio_s:.2f} s of audio, first audio after {stats.get('first_s', 0):.2f} s, "
+        f"RTF {rtf:.2f}, model load {loaded_s:.1f} s, peak memory {peak_memory_mb():.0f} MB",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _play(cfg: config.Config, chunks: Any, rate: int) -> int:
@@ -209,7 +275,7 @@ def _play(cfg: config.Config, chunks: Any, rate: int) -> int:
     from assistant.audio.playback import Playback
 
     total = 0
-    with Playback(cfg.audio, rate=rate) as pb:
+    with Playback(cfg.audio, rate=rate) as pb:  # Ctrl-C leaves the block: close() drops the queued audio
         for chunk in chunks:
             pb.write(chunk)
             total += len(chunk)
@@ -236,104 +302,135 @@ def cmd_voices(args: argparse.Namespace, cfg: config.Config) -> int:
     return 0
 
 
-def read_wav(path: str) -> tuple[Any, int]:
-    """(float32 mono samples, sample rate) of a PCM WAV file (8/16/24/32-bit); InputError for anything else."""
-    import wave
-
-    import numpy as np
-
-    from assistant.errors import InputError
-
-    try:
-        with wave.open(path, "rb") as w:
-            rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
-            raw = w.readframes(w.getnframes())
-    except FileNotFoundError as e:
-        raise InputError(f"no such file: {path}") from e
-    except (wave.Error, EOFError) as e:
-        raise InputError(
-            f"{path} is not a PCM WAV file ({e}); convert it, e.g. `ffmpeg -i {path} -ar 16000 -ac 1 out.wav`"
-        ) from e
-    if width == 1:
-        x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
-    elif width == 2:
-        x = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
-    elif width == 3:
-        b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
-        x = ((b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)) << 8 >> 8).astype(np.float32) / 2.0**23
-    else:
-        x = np.frombuffer(raw, "<i4").astype(np.float32) / 2.0**31
-    return x.reshape(-1, channels).mean(axis=1), rate
-
-
 def cmd_transcribe(args: argparse.Namespace, cfg: config.Config) -> int:
+    import dataclasses
+    import time
+
+    from assistant.audio.files import read_audio
     from assistant.audio.format import CAPTURE_RATE, frame_samples, resample
     from assistant.stt import load_transcriber
 
-    audio, rate = read_wav(args.file)
+    audio, rate = read_audio(args.file)
     audio = resample(audio, rate, CAPTURE_RATE)
-    tr = load_transcriber(cfg.stt)
+    stt = cfg.stt if args.partials else dataclasses.replace(cfg.stt, partial_interval_ms=0)  # no wasted decodes
+    began = time.perf_counter()
+    tr = load_transcriber(stt)
+    loaded_s = time.perf_counter() - began
     block = frame_samples(CAPTURE_RATE, 100)  # fed as the microphone would, 100 ms at a time
     last = None
+    began = time.perf_counter()
     for start in range(0, len(audio), block):
         partial = tr.feed(audio[start : start + block])
         if args.partials and partial is not None and partial != last:
             print(f"[{(start + block) / CAPTURE_RATE:6.2f} s] {partial}", file=sys.stderr, flush=True)
             last = partial
     final = tr.finalize()
-    print(final.text)
-    if final.language:
-        log.info("language=%s", final.language)
+    spent = time.perf_counter() - began
+    print(final.text, flush=True)
+    audio_s = len(audio) / CAPTURE_RATE
+    print(
+        f"transcribed {audio_s:.2f} s of audio in {spent:.2f} s (RTF {spent / audio_s:.3f}), model load "
+        f"{loaded_s:.1f} s" + (f", language {final.language}" if final.language else ""),
+        file=sys.stderr,
+    )
     return 0
 
 
-CHAT_HELP = "type a message; /reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops an answer"
+CHAT_HELP = "/help this help, /reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops an answer"
+
+
+def _chat_history() -> Any:
+    """Line editing and a persistent input history (readline where Python has it); None without it."""
+    try:
+        import readline
+    except ImportError:  # e.g. a Python built without it: input() still works, without history
+        return None
+    from assistant.paths import state_dir
+
+    path = state_dir() / "chat_history"
+    try:
+        readline.read_history_file(path)
+    except OSError:
+        pass  # first run (or unreadable): start empty
+    readline.set_history_length(1000)
+    return path
+
+
+def _save_history(path: Any) -> None:
+    import readline
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        readline.write_history_file(path)
+    except OSError as e:
+        log.warning("chat history not saved to %s: %s", path, e)
 
 
 def cmd_chat(args: argparse.Namespace, cfg: config.Config) -> int:
+    import time
+
     from assistant.llm import Chat
 
+    began = time.perf_counter()
     chat = Chat.load(cfg.llm)
-    print(f"chat with {cfg.llm.model}: {CHAT_HELP}", file=sys.stderr)
-    while True:
-        try:
-            line = input("> ")
-        except EOFError:
-            print()
-            return 0
-        text = line.strip()
-        if not text:
-            continue
-        if text in ("/exit", "/quit"):
-            return 0
-        if text == "/reset":
-            chat.reset()
-            print("(history cleared)")
-            continue
-        if text.startswith("/"):
-            print(f"unknown command {text}; {CHAT_HELP}")
-            continue
-        shown: list[str] = []
-        try:
-            for delta in chat.respond(text):
-                shown.append(delta)
-                if args.stream:
-                    print(delta, end="", flush=True)
-        except KeyboardInterrupt:
-            chat.finish_turn("".join(shown))  # stopped: only what was shown counts as heard
-            print(("" if args.stream else "".join(shown)) + " [stopped]")
-            continue
-        chat.finish_turn(None)
-        print("" if args.stream else chat.history[-1].content)
-        s = chat.stats
-        log.debug(
-            "turn: %d prompt tokens, %d from cache, %d computed, %d generated, %d messages dropped",
-            s.prompt_tokens,
-            s.reused_tokens,
-            s.prefilled_tokens,
-            s.generated_tokens,
-            s.dropped_messages,
-        )
+    print(f"chat with {cfg.llm.model} (loaded in {time.perf_counter() - began:.1f} s): {CHAT_HELP}", file=sys.stderr)
+    history = _chat_history() if sys.stdin.isatty() else None
+    stream = not args.no_stream
+    try:
+        while True:
+            try:
+                line = input("> ")
+            except EOFError:
+                print()
+                return 0
+            text = line.strip()
+            if not text:
+                continue
+            if text in ("/exit", "/quit"):
+                return 0
+            if text == "/help":
+                print(CHAT_HELP)
+                continue
+            if text == "/reset":
+                chat.reset()
+                print("(history cleared)")
+                continue
+            if text.startswith("/"):
+                print(f"unknown command {text}; {CHAT_HELP}")
+                continue
+            _chat_turn(chat, text, stream)
+    finally:
+        if history is not None:
+            _save_history(history)
+
+
+def _chat_turn(chat: Any, text: str, stream: bool) -> None:
+    import time
+
+    shown: list[str] = []
+    began = time.perf_counter()
+    first: float | None = None
+    try:
+        for delta in chat.respond(text):
+            first = first if first is not None else time.perf_counter()
+            shown.append(delta)
+            if stream:
+                print(delta, end="", flush=True)
+    except KeyboardInterrupt:
+        chat.finish_turn("".join(shown))  # stopped: only what was shown counts as heard
+        print(("" if stream else "".join(shown)) + " [stopped]")
+        return
+    chat.finish_turn(None)
+    print("" if stream else chat.history[-1].content)
+    end = time.perf_counter()
+    s = chat.stats
+    gen_s = end - (first if first is not None else end)
+    rate = (s.generated_tokens - 1) / gen_s if gen_s > 0 and s.generated_tokens > 1 else 0.0
+    print(
+        f"[{s.generated_tokens} tokens, {rate:.1f} tokens/s, first after {((first or end) - began):.2f} s; prompt "
+        f"{s.prompt_tokens} tokens, {s.reused_tokens} cached]",
+        file=sys.stderr,
+    )
 
 
 def cmd_ctl(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -463,17 +560,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("run", cmd_run, "run the voice assistant daemon")
     add("devices", cmd_devices, "list audio devices (index, name, channels, default rate; defaults marked)")
-    add("pull", cmd_pull, "download every model the config names into the Hugging Face cache")
-    p = add("say", cmd_say, "speak TEXT through the speaker, or write it to a WAV file")
-    p.add_argument("text", metavar="TEXT", help="what to say")
+    p = add("pull", cmd_pull, "download every model the config names into the Hugging Face cache")
+    p.add_argument("--verify", action="store_true", help="re-check the cached files against the hub's hashes")
+    p = add("say", cmd_say, "speak TEXT through the speaker, or write it to an audio file")
+    p.add_argument("text", metavar="TEXT", help="what to say (`-` reads it from stdin)")
     p.add_argument("--voice", help="voice profile name (default: tts.voice)")
-    p.add_argument("--out", metavar="FILE.wav", help="write a 24 kHz WAV file instead of playing")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write a 24 kHz file instead of playing; the extension picks the format (.wav, .flac, .ogg, .mp3); "
+        "`-` writes WAV to stdout",
+    )
     add("voices", cmd_voices, "list the voice profiles")
     p = add("transcribe", cmd_transcribe, "print the transcript of an audio file")
-    p.add_argument("file", metavar="FILE", help="a WAV file, any sample rate")
+    p.add_argument("file", metavar="FILE", help="an audio file (WAV, FLAC, OGG, MP3, ...; any rate); `-` for stdin")
     p.add_argument("--partials", action="store_true", help="show partial transcripts as they evolve")
     p = add("chat", cmd_chat, "a text chat with the LLM (a REPL over the daemon's engine)")
-    p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    p.add_argument("--no-stream", action="store_true", help="print each answer when it is complete")
     p = add("ctl", cmd_ctl, "send a command to a running daemon, or tail its events")
     p.add_argument("words", nargs="*", metavar="WORD", help="a command, e.g. `status`, `say hello`, `events`")
     p.add_argument("--max-events", type=int, default=0, metavar="N", help="with `events`: exit after N events")

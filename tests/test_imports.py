@@ -15,9 +15,11 @@ LAYERS: list[tuple[str, ...]] = [
         "assistant.errors",
         "assistant.events",
         "assistant.audio.format",
+        "assistant.audio.files",
         "assistant.audio.tempo",
         "assistant.logs",
         "assistant.hub",
+        "assistant.paths",
     ),
     ("assistant.turns",),
     (

@@ -33,11 +33,12 @@ def greedy_answers(folder: Path, questions: list[str], reset_after: int) -> list
 def test_chat_repl(
     stream: bool, tiny: Path, isolated_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The REPL prints the engine's answers (streamed or whole), /reset clears the history and /exit quits."""
+    """The REPL prints the engine's answers (streamed by default, or whole), /reset clears the history and /exit
+    quits."""
     expected = greedy_answers(tiny, ["hello there", "what is 3.14?", "again"], reset_after=2)
     monkeypatch.setattr("sys.stdin", io.StringIO("hello there\n\nwhat is 3.14?\n/reset\nagain\n/exit\nnever\n"))
     args = ["chat", "--set", f"llm.model={tiny}", "--set", "llm.temperature=0", "--set", "llm.max_tokens=8"]
-    assert cli.main(args + (["--stream"] if stream else [])) == 0
+    assert cli.main(args + ([] if stream else ["--no-stream"])) == 0
     a1, a2, a3 = (a if stream else a.strip() for a in expected)
     # input() writes its "> " prompt to stdout too; the empty line is skipped.
     assert capsys.readouterr().out == f"> {a1}\n> > {a2}\n> (history cleared)\n> {a3}\n> "
