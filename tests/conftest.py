@@ -13,6 +13,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+@pytest.fixture
+def espeak_ng() -> None:
+    """Tests that synthesise speech with espeak-ng fail with the install command when it is missing."""
+    from tests.speech import require_espeak
+
+    require_espeak()
+
+
 @pytest.fixture(autouse=True)
 def user_folders(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Caches and state (voice prompts, chat history) go to a per-session folder, never the tester's home."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -158,7 +157,7 @@ def test_streaming_partials_only_grow(models: dict[str, LoadedModel]) -> None:
         assert b.startswith(a)
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng to synthesize speech")
+@pytest.mark.usefixtures("espeak_ng")
 @pytest.mark.parametrize("snr_db", [None, 10, 5])
 def test_guard_passes_real_speech_in_noise(snr_db: float | None, tmp_path: Path) -> None:
     """Synthesized speech, clean or in white noise down to 5 dB SNR, passes the guard that rejects noise alone."""
