@@ -205,6 +205,7 @@ def _speak(tts: Any, voice: Any, sentences: list[str], stats: dict[str, float]) 
     began = time.perf_counter()
     stats["samples"] = 0
     for n, sentence in enumerate(sentences, 1):
+        log.debug("speaking sentence %d of %d", n, len(sentences))
         utt = tts.start(voice, sentence)
         while not utt.done:
             chunk = utt.step()
@@ -215,7 +216,7 @@ def _speak(tts: Any, voice: Any, sentences: list[str], stats: dict[str, float]) 
         if utt.frames_emitted >= tts.cfg.max_frames:
             seconds = tts.cfg.max_frames * 1920 / tts.sample_rate
             log.warning(
-                "sentence %d of %d reached tts.max_frames = %d (%.0f s of audio) and was cut; raise tts.max_frames "
+                "sentence %d of %d reached tts.max_frames = %d (%.1f s of audio) and was cut; raise tts.max_frames "
                 "or split the sentence",
                 n,
                 len(sentences),
