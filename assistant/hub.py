@@ -98,6 +98,8 @@ def explain(e: BaseException, what: str, spec: str) -> str:
         )
     if isinstance(e, HfHubHTTPError):
         return f"{what} `{spec}`: the hub at {endpoint} answered {detail}; check HF_ENDPOINT and HF_TOKEN, then retry"
+    if not any(c.__name__ in ("TransportError", "OSError", "TimeoutError") for c in type(e).__mro__):
+        return f"{what} `{spec}`: {type(e).__name__}: {detail}; check the repo id, HF_ENDPOINT and HF_TOKEN, then retry"
     proxies = [k for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY") if os.environ.get(k)]
     via = f" through the proxy in {proxies[0]}" if proxies else ""
     return (
