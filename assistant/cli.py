@@ -14,7 +14,7 @@ from functools import partial
 from typing import Any
 
 from assistant import __version__, config, hub, logs
-from assistant.errors import AssistantError, AudioDeviceError
+from assistant.errors import AssistantError, AudioDeviceError, ConfigError
 
 log = logging.getLogger("assistant.cli")
 
@@ -30,6 +30,7 @@ def models_of(cfg: config.Config) -> list[tuple[str, str]]:
 def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
     for what, spec in models_of(cfg):  # pre-flight: a missing model or device fails in seconds, in one line
         hub.resolve(spec, what)
+    check_push_to_talk(cfg)
     from assistant.audio import devices
 
     for spec, kind in ((cfg.audio.input_device, "input"), (cfg.audio.output_device, "output")):
@@ -42,6 +43,22 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
             log.warning("%s; running headless: clients of the WebSocket server bring the audio", e)
             return asyncio.run(_run_daemon(cfg, headless=True))
     return asyncio.run(_run_daemon(cfg))
+
+
+def check_push_to_talk(cfg: config.Config) -> None:
+    """pipeline.mode = "push_to_talk" with no usable hotkey would be a deaf daemon: a ConfigError naming the fix.
+    (In "both" mode the daemon only warns and listens hands-free.)"""
+    if cfg.pipeline.mode != "push_to_talk":
+        return
+    from assistant.hotkey import Hotkey
+
+    probe = Hotkey(cfg.pipeline.hotkey, cfg.pipeline.hotkey_mode, on_start=lambda: None, on_stop=lambda: None)
+    problem = probe.start()
+    probe.stop()
+    if problem is not None:
+        raise ConfigError(
+            f'pipeline.mode = "push_to_talk" needs the hotkey, but {problem}; or set pipeline.mode = "both"'
+        )
 
 
 def build_engines(cfg: config.Config) -> Any:
