@@ -33,16 +33,29 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
     check_push_to_talk(cfg)
     from assistant.audio import devices
 
-    for spec, kind in ((cfg.audio.input_device, "input"), (cfg.audio.output_device, "output")):
-        try:
-            devices.pick(spec, kind)
-        except AudioDeviceError as e:
-            if spec or not cfg.server.enabled:  # a device the user named is a mistake to fix, not a reason to go on
-                raise
-            # No sound card: the WebSocket clients are the microphone and speaker (headless mode).
-            log.warning("%s; running headless: clients of the WebSocket server bring the audio", e)
-            return asyncio.run(_run_daemon(cfg, headless=True))
-    return asyncio.run(_run_daemon(cfg))
+    with _terminal(args, cfg) as con:
+        for spec, kind in ((cfg.audio.input_device, "input"), (cfg.audio.output_device, "output")):
+            try:
+                devices.pick(spec, kind)
+            except AudioDeviceError as e:
+                if spec or not cfg.server.enabled:  # a device the user named is a mistake to fix, not to go on
+                    raise
+                # No sound card: the WebSocket clients are the microphone and speaker (headless mode).
+                log.warning("%s; running headless: clients of the WebSocket server bring the audio", e)
+                return asyncio.run(_run_daemon(cfg, headless=True, console=con))
+        return asyncio.run(_run_daemon(cfg, console=con))
+
+
+def _terminal(args: argparse.Namespace, cfg: config.Config) -> Any:
+    """The status-line console when stderr is a terminal and the log is not JSON; else nothing (plain lines)."""
+    import contextlib
+
+    from assistant import console
+
+    json_log = bool(args.log_json or cfg.logging.json)
+    if cfg.pipeline.status_line and sys.stderr.isatty() and not json_log:
+        return console.terminal()
+    return contextlib.nullcontext(None)
 
 
 def check_push_to_talk(cfg: config.Config) -> None:
@@ -61,18 +74,30 @@ def check_push_to_talk(cfg: config.Config) -> None:
         )
 
 
-def build_engines(cfg: config.Config) -> Any:
-    """Load every engine from the config (call on the compute thread: MLX state belongs to it)."""
+def build_engines(cfg: config.Config, progress: Callable[[str], None] | None = None) -> Any:
+    """Load every engine from the config (call on the compute thread: MLX state belongs to it). `progress` gets
+    a short text while each model loads (the status line); each load is logged with its time."""
     from assistant.llm import Chat
     from assistant.stt import load_transcriber
     from assistant.tts import Qwen3TTS
     from assistant.turns import Engines
     from assistant.vad import Vad
 
-    transcriber = load_transcriber(cfg.stt)
-    chat = Chat.load(cfg.llm)
-    tts = Qwen3TTS.load(cfg.tts)
-    return Engines(transcriber, chat, tts, tts.voice(cfg.tts.voice or None), make_vad=Vad)
+    def timed(what: str, spec: str, load: Callable[[], Any]) -> Any:
+        import time
+
+        if progress is not None:
+            progress(f"loading {what} {spec}…")
+        began = time.perf_counter()
+        engine = load()
+        log.info("loaded %s", what, extra=logs.kv(model=spec, seconds=round(time.perf_counter() - began, 2)))
+        return engine
+
+    transcriber = timed("STT model", cfg.stt.model_id, lambda: load_transcriber(cfg.stt))
+    chat = timed("LLM", cfg.llm.model, lambda: Chat.load(cfg.llm))
+    tts = timed("TTS model", cfg.tts.model, lambda: Qwen3TTS.load(cfg.tts))
+    voice = timed("voice", cfg.tts.voice, lambda: tts.voice(cfg.tts.voice or None))
+    return Engines(transcriber, chat, tts, voice, make_vad=Vad)
 
 
 class SharedEngines:
@@ -121,13 +146,13 @@ def _server_service(cfg: config.Config, engines: Any) -> Any:
     return service
 
 
-async def _run_daemon(cfg: config.Config, headless: bool = False) -> int:
+async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any = None) -> int:
     from assistant.compute import Compute
     from assistant.daemon import ReopeningSource, Service, hotkey_service, serve
 
     compute = Compute()
     try:
-        engines = await compute.run(build_engines, cfg)
+        engines = await compute.run(build_engines, cfg, console.status if console is not None else None)
         from assistant.pipeline import Pipeline
 
         services: list[Service] = []
@@ -135,11 +160,10 @@ async def _run_daemon(cfg: config.Config, headless: bool = False) -> int:
             services.append(hotkey_service)
         if cfg.server.enabled:
             services.append(_server_service(cfg, engines))
-        show = cfg.pipeline.status_line and sys.stderr.isatty()
         if headless:  # no microphone; the daemon's own replies (native say/ask) are not played anywhere
             from assistant.session import NullSink
 
-            return await serve(Pipeline(cfg, engines, None, NullSink(), compute), services, status_line=show)
+            return await serve(Pipeline(cfg, engines, None, NullSink(), compute), services, console)
         from assistant.audio.capture import Capture
         from assistant.audio.playback import Playback
 
@@ -147,7 +171,7 @@ async def _run_daemon(cfg: config.Config, headless: bool = False) -> int:
         try:
             with Playback(cfg.audio, rate=engines.tts.sample_rate) as sink:
                 pipeline = Pipeline(cfg, engines, source, sink, compute)
-                return await serve(pipeline, services, status_line=show)
+                return await serve(pipeline, services, console)
         finally:
             await source.aclose()
     finally:

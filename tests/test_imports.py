@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("assistant.compute", "assistant.bus", "assistant.audio", "assistant.hotkey"),
     ("assistant.reply",),
     ("assistant.replies",),
+    ("assistant.console",),
     ("assistant.pipeline", "assistant.daemon", "assistant.session"),
     ("assistant.server",),
     ("assistant.cli", "assistant.__main__"),
