@@ -80,9 +80,11 @@ class Console:
             return 80
 
     def line(self, text: str) -> None:
-        """A permanent line (a log record, a transcript): printed above the status line, which is redrawn."""
+        """A permanent line (a log record, a transcript): printed above the status line, which is redrawn.
+        Control characters (a model's stray escape or carriage return) print as spaces: they could move the cursor."""
+        text = "".join(c if c.isprintable() else " " for c in text.rstrip("\n"))
         with self._lock:
-            self.out.write(CLEAR_LINE + text.rstrip("\n") + "\n" + self._render())
+            self.out.write(CLEAR_LINE + text + "\n" + self._render())
             self.out.flush()
 
     def status(self, text: str) -> None:

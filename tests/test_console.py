@@ -36,17 +36,17 @@ def test_fit_cuts_to_columns_counting_wide_characters() -> None:
 
 @pytest.mark.parametrize("columns", [20, 60, 120])
 def test_status_stays_one_row_under_the_log_lines(columns: int) -> None:
-    """Lines printed while a long status is shown end up above it, whole; the status row never exceeds the
-    width and appears once, at the bottom."""
+    """Lines printed while a long status is shown end up above it, whole (control characters blanked); the
+    status row never exceeds the width and appears once, at the bottom."""
     out = io.StringIO()
     con = Console(out, columns=columns)
     long_status = "● hearing you  “" + "words " * 40 + "”"
     con.status(long_status)
     con.line("12:00:01 warning ALSA lib pcm.c: underrun occurred")
     con.status("● listening: speak; Ctrl-C quits")
-    con.line("you: what is the weather")
+    con.line("you: what is the\x1b[2J weather\r")
     rows = screen(out.getvalue())
-    assert rows[:2] == ["12:00:01 warning ALSA lib pcm.c: underrun occurred", "you: what is the weather"]
+    assert rows[:2] == ["12:00:01 warning ALSA lib pcm.c: underrun occurred", "you: what is the [2J weather "]
     assert rows[2] == fit("● listening: speak; Ctrl-C quits", columns - 1) and len(rows) == 3
     assert all(cell_width(r) < columns for r in rows if r.startswith("●"))
 
