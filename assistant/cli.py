@@ -508,13 +508,23 @@ def _check_port(cfg: config.Config) -> None:
             ) from e
 
 
-def _check_config_dir() -> None:
-    path = config.user_config_path().parent
+def _check_writable(path: Any, holds: str) -> None:
+    """The nearest existing folder of `path` is writable (it or its parents are created on first use)."""
     probe = path if path.exists() else path.parent
     while not probe.exists():
         probe = probe.parent
     if not os.access(probe, os.W_OK):
-        raise AssistantError(f"{probe} is not writable (the token and voice caches go there); fix its permissions")
+        raise AssistantError(f"{probe} is not writable ({holds} go there); fix its permissions")
+
+
+def _check_config_dir() -> None:
+    _check_writable(config.user_config_path().parent, "the config and the server token")
+
+
+def _check_cache_dir() -> None:
+    from assistant import paths
+
+    _check_writable(paths.cache_dir(), "cached voice prompts")
 
 
 MIC_CHECK_S = 0.6  # long enough for a device's first blocks, short enough for a quick doctor run
@@ -551,6 +561,7 @@ def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
     checks.append(_check("speaker", lambda: devices.pick(cfg.audio.output_device, "output")))
     checks.append(_check("server port", lambda: _check_port(cfg)))
     checks.append(_check("config folder", _check_config_dir))
+    checks.append(_check("cache folder", _check_cache_dir))
     print(f"config: {cfg.source}")
     for c in checks:
         print(f"  {'ok ' if c.problem is None else 'FAIL'}  {c.name}" + (f": {c.problem}" if c.problem else ""))
