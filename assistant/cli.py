@@ -238,33 +238,43 @@ def peak_memory_mb() -> float:
     return max(float(mx.get_peak_memory()), float(rss_bytes)) / 1e6
 
 
-def _speak(tts: Any, voice: Any, sentences: list[str], stats: dict[str, float]) -> Any:
+@dataclass
+class SpeechStats:
+    """What `_speak` produced: samples, seconds from the start to the first chunk and to the last."""
+
+    samples: int = 0
+    first_s: float | None = None
+    synth_s: float = 0.0
+
+
+def _speak(tts: Any, voice: Any, sentences: list[str], stats: SpeechStats) -> Any:
     """float32 chunks of `sentences`, one utterance each (no silent cap: a sentence cut at tts.max_frames warns).
-    Fills `stats` with the seconds to the first chunk and the samples produced."""
+    Ctrl-C lands between two frames of work."""
     import time
 
+    from assistant.audio.format import TTS_FRAME_SAMPLES
+
     began = time.perf_counter()
-    stats["samples"] = 0
     for n, sentence in enumerate(sentences, 1):
         log.debug("speaking sentence %d of %d", n, len(sentences))
         utt = tts.start(voice, sentence)
         while not utt.done:
             chunk = utt.step()
             if chunk is not None:
-                stats.setdefault("first_s", time.perf_counter() - began)
-                stats["samples"] += len(chunk)
+                if stats.first_s is None:
+                    stats.first_s = time.perf_counter() - began
+                stats.samples += len(chunk)
                 yield chunk
         if utt.frames_emitted >= tts.cfg.max_frames:
-            seconds = tts.cfg.max_frames * 1920 / tts.sample_rate
             log.warning(
                 "sentence %d of %d reached tts.max_frames = %d (%.1f s of audio) and was cut; raise tts.max_frames "
                 "or split the sentence",
                 n,
                 len(sentences),
                 tts.cfg.max_frames,
-                seconds,
+                tts.cfg.max_frames * TTS_FRAME_SAMPLES / tts.sample_rate,
             )
-    stats["synth_s"] = time.perf_counter() - began
+    stats.synth_s = time.perf_counter() - began
 
 
 def cmd_say(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -289,7 +299,7 @@ def cmd_say(args: argparse.Namespace, cfg: config.Config) -> int:
     tts = Qwen3TTS.load(cfg.tts)
     voice = tts.voice(args.voice)
     loaded_s = time.perf_counter() - began
-    stats: dict[str, float] = {}
+    stats = SpeechStats()
     chunks = _speak(tts, voice, pieces, stats)
     if out is not None:
         import numpy as np
@@ -301,10 +311,10 @@ def cmd_say(args: argparse.Namespace, cfg: config.Config) -> int:
         print(f"wrote {where} ({len(audio) / tts.sample_rate:.2f} s at {tts.sample_rate} Hz)", file=sys.stderr)
     else:
         _play(cfg, chunks, tts.sample_rate)
-    audio_s = stats["samples"] / tts.sample_rate
-    rtf = stats.get("synth_s", 0.0) / audio_s if audio_s else 0.0
+    audio_s = stats.samples / tts.sample_rate
+    rtf = stats.synth_s / audio_s if audio_s else 0.0
     print(
-        f"said {len(pieces)} sentence(s): {audio_s:.2f} s of audio, first audio after {stats.get('first_s', 0):.2f} s, "
+        f"said {len(pieces)} sentence(s): {audio_s:.2f} s of audio, first audio after {stats.first_s or 0:.2f} s, "
         f"RTF {rtf:.2f}, model load {loaded_s:.1f} s, peak memory {peak_memory_mb():.0f} MB",
         file=sys.stderr,
     )
