@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -363,7 +364,7 @@ def test_headless_daemon_exceptions_are_not_chained_to_the_missing_device(monkey
     def no_device(spec: str, kind: str) -> None:
         raise AudioDeviceError(f"no audio {kind} device")
 
-    async def daemon(cfg: Config, headless: bool = False) -> int:
+    async def daemon(cfg: Config, headless: bool = False, **_: Any) -> int:
         assert headless
         raise RuntimeError("daemon failed")
 
@@ -372,7 +373,7 @@ def test_headless_daemon_exceptions_are_not_chained_to_the_missing_device(monkey
     monkeypatch.setattr(cli, "_run_daemon", daemon)
     monkeypatch.setattr(cli, "check_open_file_limit", lambda: None)
     with pytest.raises(RuntimeError) as e:
-        cli.cmd_run(None, Config())  # type: ignore[arg-type]
+        cli.cmd_run(argparse.Namespace(log_json=False), Config())
     assert e.value.__context__ is None and e.value.__cause__ is None
 
 
