@@ -392,11 +392,14 @@ class ControlServer:
         sub = controller.subscribe(self.cfg.client_queue)
 
         async def forward() -> None:
-            async for ev in sub:
-                if isinstance(ev, events.ResponseTextDelta):
-                    client.outbox.put(native.ask_delta(cmd, ev.text), droppable=False)
-                elif isinstance(ev, events.ResponseDone):
-                    return
+            try:
+                async for ev in sub:
+                    if isinstance(ev, events.ResponseTextDelta):
+                        client.outbox.put(native.ask_delta(cmd, ev.text), droppable=False)
+                    elif isinstance(ev, events.ResponseDone):
+                        return
+            except Overflow as e:  # closing ends the handler, which cancels this ask
+                await self._close_overflow(client, e, CLOSE_TOO_SLOW, "it does not keep up with its answer")
 
         forwarder = asyncio.create_task(forward())
         try:
@@ -404,8 +407,6 @@ class ControlServer:
             # the pipeline emits ResponseDone before ask returns; let the forwarder catch up to it
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(forwarder), ASK_DRAIN_S)
-            if forwarder.done() and not forwarder.cancelled() and forwarder.exception() is not None:
-                raise forwarder.exception()  # type: ignore[misc]  # an Overflow of the asker's outbox
             return answer
         finally:
             forwarder.cancel()

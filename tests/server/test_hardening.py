@@ -457,3 +457,36 @@ def test_text_commands_give_way_to_the_voice_loop_on_the_compute_thread() -> Non
             await asyncio.to_thread(worker.close, 5.0)
 
     assert asyncio.run(body()) == ["voice", "ask"]
+
+
+def test_an_asker_that_does_not_read_its_answer_is_closed_1013(caplog: pytest.LogCaptureFixture) -> None:
+    """A long streamed answer to a client that stops reading closes it (1013) instead of growing its queue."""
+    from assistant import events
+
+    async def body() -> None:
+        async with running(client_queue=8) as (server, controller, _):
+
+            async def long_ask(text: str) -> str:
+                for i in range(5_000):  # ~20 MB of deltas: far more than the socket buffers hold
+                    controller.emit(events.ResponseTextDelta(1, "w" * 4000, float(i)))
+                    await asyncio.sleep(0)
+                return "done"
+
+            controller.ask = long_ask  # type: ignore[method-assign]
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            with caplog.at_level(logging.WARNING, "assistant.server"):
+                async with connect(
+                    url(server), sock=sock, additional_headers=BEARER, max_queue=1, close_timeout=0.1
+                ) as ws:
+                    await ws.send(json.dumps({"type": "ask", "id": 1, "text": "tell me"}))
+                    for _ in range(500):  # until the server gives up on it (never reading meanwhile)
+                        if not server.clients:
+                            break
+                        await asyncio.sleep(0.02)
+            assert not server.clients
+        closes = [r.getMessage() for r in caplog.records if "(1013)" in r.getMessage()]
+        assert closes and "it does not keep up with its answer" in closes[0], closes
+
+    asyncio.run(body())
