@@ -74,7 +74,7 @@ class _GemmaValues:
         if rest.startswith(GEMMA_QUOTE):
             end = self.text.find(GEMMA_QUOTE, self.i + len(GEMMA_QUOTE))
             if end < 0:
-                raise ValueError("a <|\"|> string is not closed")
+                raise ValueError('a <|"|> string is not closed')
             out = self.text[self.i + len(GEMMA_QUOTE) : end]
             self.i = end + len(GEMMA_QUOTE)
             return out
@@ -235,7 +235,11 @@ HERMES = CallFormat(
 )
 MISTRAL = CallFormat("mistral", "[TOOL_CALLS]", None, parse_mistral, '[TOOL_CALLS][{"name": "NAME", "arguments": {}}]')
 PYTHONIC = CallFormat(
-    "pythonic", "<|tool_call_start|>", "<|tool_call_end|>", parse_pythonic, "<|tool_call_start|>[NAME()]<|tool_call_end|>"
+    "pythonic",
+    "<|tool_call_start|>",
+    "<|tool_call_end|>",
+    parse_pythonic,
+    "<|tool_call_start|>[NAME()]<|tool_call_end|>",
 )
 FORMATS = (GEMMA4, HERMES, MISTRAL, PYTHONIC)
 
@@ -339,9 +343,10 @@ class CallDetector:
             if self.fmt.end is None:
                 out += self._call(self._pending)
             else:
-                raw = self.fmt.start + self._pending
-                out.append(ToolCall("", raw=raw, error=f"the tool call was cut off; write it whole as {self.fmt.example}"))
-                self.calls.append(out[-1])
+                error = f"the tool call was cut off; write it whole as {self.fmt.example}"
+                cut = ToolCall("", raw=self.fmt.start + self._pending, error=error)
+                self.calls.append(cut)
+                out.append(cut)
         elif not self.calls:
             out += self._speech(self._pending)
         self._pending = ""

@@ -5,6 +5,7 @@ goes back as a tool message, and the greedy continuation from the persistent cac
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,7 @@ def test_malformed_call_gets_an_error_result_and_the_answer_goes_on(family_dir: 
     (bad,) = segments
     assert isinstance(bad, ToolCall) and bad.error.startswith("the tool call could not be parsed")
     chat._sampler = greedy_sampler
-    "".join(chat.continue_with_results("", [(bad, '{"error": "%s"}' % bad.error.replace('"', "'"))]))
+    "".join(chat.continue_with_results("", [(bad, json.dumps({"error": bad.error}))]))
     assert chat.answer_tokens == reference(chat, chat.history, chat.cfg.max_tokens)
 
 

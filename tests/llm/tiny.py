@@ -82,7 +82,8 @@ QWEN3_TEMPLATE = (
     "{%- for t in tools -%}{{- '\n' + (t | tojson) -}}{%- endfor -%}"
     "{{- '\n</tools>\n\nReturn each call within <tool_call></tool_call> XML tags.' -}}{%- endif -%}"
     "{{- '<|im_end|>\n' -}}{%- endif -%}"
-    "{%- for m in messages -%}{%- if m['role'] == 'user' -%}{{- '<|im_start|>user\n' + m['content'] + '<|im_end|>\n' -}}"
+    "{%- for m in messages -%}{%- if m['role'] == 'user' -%}"
+    "{{- '<|im_start|>user\n' + m['content'] + '<|im_end|>\n' -}}"
     "{%- elif m['role'] == 'assistant' -%}{{- '<|im_start|>assistant\n' + m['content'] -}}"
     "{%- for c in m['tool_calls'] or [] -%}{%- if m['content'] or not loop.first -%}{{- '\n' -}}{%- endif -%}"
     "{{- '<tool_call>\n{\"name\": \"' + c['function']['name'] + '\", \"arguments\": ' -}}"
@@ -107,9 +108,21 @@ FAMILIES: dict[str, dict[str, Any]] = {
     },
     "gemma4-tools": {
         "special": [
-            "<pad>", "<eos>", "<bos>", "<|turn>", "<turn|>", "<|channel>", "<channel|>",
-            "<|tool>", "<tool|>", "<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>", '<|"|>',
-        ],  # fmt: skip
+            "<pad>",
+            "<eos>",
+            "<bos>",
+            "<|turn>",
+            "<turn|>",
+            "<|channel>",
+            "<channel|>",
+            "<|tool>",
+            "<tool|>",
+            "<|tool_call>",
+            "<tool_call|>",
+            "<|tool_response>",
+            "<tool_response|>",
+            '<|"|>',
+        ],
         "end_of_turn": "<turn|>",
         "template": GEMMA4_TOOLS_TEMPLATE,
     },
