@@ -39,6 +39,17 @@ def _cut(data: bytes, limit: int) -> str:
     return text + (f"\n[output cut at {limit} bytes]" if len(data) > limit else "")
 
 
+async def _read(stream: asyncio.StreamReader, limit: int) -> bytes:
+    """Up to `limit` + 1 bytes (one past the limit tells that output was cut), or all until end of file."""
+    data = b""
+    while len(data) <= limit:
+        chunk = await stream.read(limit + 1 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def command_tool(name: str, cfg: UserToolConfig) -> Tool:
     """Runs `cfg.argv` with each "{arg}" replaced by that argument (one argv item stays one item)."""
 
@@ -54,7 +65,7 @@ def command_tool(name: str, cfg: UserToolConfig) -> Tool:
             # Read at most one byte past the limit: a chatty program cannot fill memory.
             assert proc.stdout is not None and proc.stderr is not None
             out, err = await asyncio.gather(
-                proc.stdout.read(cfg.max_output_bytes + 1), proc.stderr.read(cfg.max_output_bytes + 1)
+                _read(proc.stdout, cfg.max_output_bytes), _read(proc.stderr, cfg.max_output_bytes)
             )
             if len(out) > cfg.max_output_bytes or len(err) > cfg.max_output_bytes:
                 proc.kill()
