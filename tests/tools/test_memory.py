@@ -125,3 +125,26 @@ def test_kill_9_mid_write_keeps_every_completed_turn(tmp_path: Path) -> None:
         for i, turn in enumerate(turns):
             assert [m.role for m in turn] == ["user", "assistant", "tool", "assistant"]
             assert (turn[0].content, turn[3].content, turn[1].tool_calls[0].arguments["n"]) == (f"q{i}", f"a{i}", i)
+
+
+def test_cli_history_show_and_reset(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`assistant history show` prints the stored turns; `assistant history reset` erases them (reminders kept)
+    in the database of the user's data folder."""
+    from assistant import cli
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(isolated_env / "data"))
+    memory = Memory(isolated_env / "data" / "assistant" / "memory.sqlite3")
+    memory.add_turn(tool_turn(0))
+    memory.add_reminder(10.0, "tea", now=0.0)
+    assert cli.main(["history", "show"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "user: question 0",
+        "assistant:  [calls get_time]",
+        'tool: {"time": "14:05"}',
+        "assistant: answer 0",
+    ]
+    assert cli.main(["history", "reset"]) == 0
+    assert capsys.readouterr().out.startswith("erased 1 stored turn from ")
+    assert memory.turns() == [] and len(memory.pending_reminders()) == 1
