@@ -366,10 +366,18 @@ class Chat:
 
     # ---- tools and memory (issue 14) ----------------------------------------------------------------------
 
-    def set_tools(self, schemas: Sequence[Mapping[str, Any]]) -> None:
+    def set_tools(self, schemas: Sequence[Mapping[str, Any]]) -> bool:
         """Offer these tools (OpenAI-style `{"type": "function", "function": {...}}` schemas) from the next prompt
-        on; [] = none. The tool list is part of the prompt's start, so changing it costs one full prefill."""
+        on; [] = none. The tool list is part of the prompt's start, so changing it costs one full prefill.
+
+        Returns False (and offers nothing) when the model's chat template has no tool-call format.
+        """
+        if schemas and self.tool_format is None:
+            log.warning("LLM `%s` has no tool-call format in its chat template: tools are off", self.cfg.model)
+            self._tools = []
+            return False
         self._tools = [dict(s) for s in schemas]
+        return True
 
     @property
     def tool_format(self) -> CallFormat | None:

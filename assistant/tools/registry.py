@@ -113,7 +113,8 @@ class Toolbox:
 
     def start(self, calls: Sequence[ToolCall]) -> ToolRound:
         """Start running `calls` concurrently (call from the event loop)."""
-        return ToolRound([asyncio.ensure_future(self._run(c)) for c in calls])
+        loop = asyncio.get_running_loop()  # raises RuntimeError outside the event loop
+        return ToolRound([loop.create_task(self._run(c)) for c in calls])
 
     async def _run(self, call: ToolCall) -> ToolResult:
         if call.error:
@@ -140,10 +141,15 @@ class Toolbox:
         return ToolResult(call, text, ok=True)
 
 
+def refused(calls: Sequence[ToolCall], reason: str) -> list[ToolResult]:
+    """Error results for calls that are not run (e.g. past `tools.max_rounds`), so the model answers instead."""
+    return [_error(call, reason) for call in calls]
+
+
 class ToolRound:
     """One round of tool calls running on the event loop."""
 
-    def __init__(self, tasks: list[asyncio.Future[ToolResult]]) -> None:
+    def __init__(self, tasks: list[asyncio.Task[ToolResult]]) -> None:
         self._tasks = tasks
 
     async def done_within(self, seconds: float) -> bool:
