@@ -10,6 +10,7 @@ end of the last prompt; failing that, the prompt is prefilled again from the sta
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -379,11 +380,14 @@ class Chat:
         self._tools = [dict(s) for s in schemas]
         return True
 
-    @property
+    @functools.cached_property
     def tool_format(self) -> CallFormat | None:
         """How this model writes tool calls (from its chat template); None when it has no tool format."""
-        vocab = self.tokenizer.get_vocab() if hasattr(self.tokenizer, "get_vocab") else {}
-        return detect_format(getattr(self.tokenizer, "chat_template", None), vocab)
+        template = getattr(self.tokenizer, "chat_template", None)
+        found = detect_format(template)
+        if found is None and hasattr(self.tokenizer, "get_vocab"):  # some conversions only have the tokens
+            found = detect_format(template, self.tokenizer.get_vocab())
+        return found
 
     def continue_with_results(self, said: str, results: Sequence[tuple[ToolCall, str]]) -> Iterator[str]:
         """Continue the current answer after a tool round; returns a generator like respond()'s.

@@ -12,6 +12,7 @@ from typing import Any
 
 import mlx.core as mx
 import pytest
+from mlx_lm.models.cache import RotatingKVCache
 from mlx_lm.sample_utils import greedy_sampler
 
 from assistant.config import LlmConfig
@@ -42,10 +43,15 @@ SCRIPTS = {
 }
 
 
-@pytest.fixture(scope="module", params=["gemma4-tools", "qwen3"])
+@pytest.fixture(
+    scope="module",
+    params=[("gemma4-tools", 4096), ("gemma4-tools", 16), ("qwen3", 4096)],
+    ids=["gemma4-tools", "gemma4-tools-rotating", "qwen3"],
+)
 def family_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
-    family = request.param
-    return family, make_tiny(tmp_path_factory.mktemp(family), family, seed=3, window=4096)
+    """Window 16 makes Gemma's sliding caches rotate (untrimmable): tool rounds go through the checkpoint."""
+    family, window = request.param
+    return family, make_tiny(tmp_path_factory.mktemp(family), family, seed=3, window=window)
 
 
 def load(folder: Path, **changes: Any) -> Chat:
@@ -121,6 +127,8 @@ def test_tool_round_continues_from_cache_like_a_reprefill(family_dir: tuple[str,
     "".join(chat.respond("Thank you."))
     assert chat.answer_tokens == expected
     assert chat.cache.rewinds["clear"] == 0
+    if any(isinstance(c, RotatingKVCache) and c.offset > c.max_size for c in chat.cache.layers):
+        assert chat.cache.rewinds["checkpoint"] >= 1  # past the window: rewinds restore the checkpoint
 
 
 def test_malformed_call_gets_an_error_result_and_the_answer_goes_on(family_dir: tuple[str, Path]) -> None:
