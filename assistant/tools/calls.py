@@ -172,6 +172,23 @@ def parse_json(body: str) -> Parsed:
     return [_json_call(item) for item in (data if isinstance(data, list) else [data])]
 
 
+def parse_xml(body: str) -> Parsed:
+    """`<function=NAME><parameter=KEY>value</parameter>...</function>` (Qwen 3 Coder, Qwen 3.5): a value is
+    JSON when it parses as JSON, else the text itself."""
+    calls: Parsed = []
+    for fn in re.finditer(r"<function=([\w.-]+)>(.*?)</function>", body, re.S):
+        arguments: dict[str, Any] = {}
+        for param in re.finditer(r"<parameter=([\w.-]+)>\n?(.*?)\n?</parameter>", fn.group(2), re.S):
+            try:
+                arguments[param.group(1)] = json.loads(param.group(2))
+            except json.JSONDecodeError:
+                arguments[param.group(1)] = param.group(2)
+        calls.append((fn.group(1), arguments))
+    if not calls:
+        raise ValueError("expected <function=NAME>...</function>")
+    return calls
+
+
 def parse_mistral(body: str) -> Parsed:
     """`[{"name": ..., "arguments": ...}, ...]` or the newer `name[ARGS]{...}`, repeated."""
     text = body.strip()
@@ -233,6 +250,13 @@ GEMMA4 = CallFormat(
 HERMES = CallFormat(
     "json", "<tool_call>", "</tool_call>", parse_json, '<tool_call>{"name": "NAME", "arguments": {}}</tool_call>'
 )
+QWEN_XML = CallFormat(
+    "xml",
+    "<tool_call>",
+    "</tool_call>",
+    parse_xml,
+    "<tool_call><function=NAME><parameter=KEY>value</parameter></function></tool_call>",
+)
 MISTRAL = CallFormat("mistral", "[TOOL_CALLS]", None, parse_mistral, '[TOOL_CALLS][{"name": "NAME", "arguments": {}}]')
 PYTHONIC = CallFormat(
     "pythonic",
@@ -241,7 +265,7 @@ PYTHONIC = CallFormat(
     parse_pythonic,
     "<|tool_call_start|>[NAME()]<|tool_call_end|>",
 )
-FORMATS = (GEMMA4, HERMES, MISTRAL, PYTHONIC)
+FORMATS = (GEMMA4, HERMES, QWEN_XML, MISTRAL, PYTHONIC)
 
 
 def detect_format(chat_template: Any, vocab: Collection[str] = ()) -> CallFormat | None:
@@ -254,6 +278,8 @@ def detect_format(chat_template: Any, vocab: Collection[str] = ()) -> CallFormat
         return GEMMA4
     if "<|tool_call_start|>" in template or ("<|tool_call_start|>" in vocab and "<|tool_call_end|>" in vocab):
         return PYTHONIC
+    if "<tool_call>" in template and "<function=" in template:
+        return QWEN_XML
     if "[TOOL_CALLS]" in template:
         return MISTRAL
     if "<tool_call>" in template and "</tool_call>" in template:

@@ -17,6 +17,9 @@ CASES = [
     (calls.HERMES, '<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n</tool_call>\n'
      '<tool_call>{"name": "list_reminders", "arguments": "{}"}</tool_call>',
      [("get_time", {"zone": "UTC"}), ("list_reminders", {})]),
+    (calls.QWEN_XML, "<tool_call>\n<function=set_reminder>\n<parameter=text>\ncall Anna\n</parameter>\n"
+     "<parameter=in_minutes>\n10\n</parameter>\n</function>\n</tool_call>",
+     [("set_reminder", {"text": "call Anna", "in_minutes": 10})]),
     (calls.MISTRAL, '[TOOL_CALLS][{"name": "get_time", "arguments": {"zone": "UTC"}}]',
      [("get_time", {"zone": "UTC"})]),
     (calls.MISTRAL, '[TOOL_CALLS]get_time[ARGS]{"zone": "UTC"}cancel_reminder[ARGS]{"id": 3}',
@@ -97,6 +100,7 @@ def test_detect_format_from_the_chat_template() -> None:
     """The format comes from the markers the template renders for past calls; none without them."""
     assert detect_format("{{ '<|tool_call>call:' + name }}{{ '<tool_call|>' }}") is calls.GEMMA4
     assert detect_format("{{ '<tool_call>\\n' }}{{ tool_call.name }}{{ '</tool_call>' }}") is calls.HERMES
+    assert detect_format("{{ '<tool_call>\\n<function=' + name + '>' }}{{ '</tool_call>' }}") is calls.QWEN_XML
     assert detect_format("[TOOL_CALLS]{{ calls }}") is calls.MISTRAL
     assert detect_format("{{ messages }}", vocab={"<|tool_call_start|>": 1, "<|tool_call_end|>": 2}) is calls.PYTHONIC
     assert detect_format("{{ messages }}") is None
