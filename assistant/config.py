@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
+import shutil
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -271,6 +273,18 @@ def _user_tools(path: str, value: Any, origin: str) -> dict[str, UserToolConfig]
             raise ConfigError(f'{origin}: `{where}.argv` is empty; e.g. argv = ["/usr/bin/uptime"]')
         if tool.kind == "http" and not tool.url.startswith(("http://", "https://")):
             raise ConfigError(f"{origin}: `{where}.url` must start with http:// or https://, got {tool.url!r}")
+        if tool.kind == "command" and shutil.which(tool.argv[0]) is None:
+            raise ConfigError(
+                f"{origin}: `{where}.argv` runs {tool.argv[0]!r}, which is not an executable file; "
+                "give its full path (`which NAME` finds it)"
+            )
+        used = re.findall(r"\{(\w+)\}", " ".join([*tool.argv, tool.url]) if tool.kind == "command" else tool.url)
+        undeclared = sorted(set(used) - set(tool.parameters.get("properties", {})))
+        if undeclared:
+            raise ConfigError(
+                f"{origin}: `{where}` uses {{{undeclared[0]}}}, which `parameters.properties` does not declare; "
+                f'add {undeclared[0]} = {{ type = "string" }} to it'
+            )
         out[name] = tool
     return out
 

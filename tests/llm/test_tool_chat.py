@@ -169,3 +169,26 @@ def test_model_without_a_tool_format_gets_no_tools(tmp_path: Path) -> None:
     assert chat.tool_format is None
     assert chat.set_tools([TIME_TOOL]) is False
     assert chat.set_tools([]) is True
+
+
+def test_history_overflow_drops_whole_tool_turns(family_dir: tuple[str, Path]) -> None:
+    """When turns with tool rounds overflow llm.history_tokens, whole turns (call, result and answer with their
+    question) are dropped from the front, and the answer still equals a re-prefill of what is kept."""
+    _, folder = family_dir
+    budget = len(load(folder).render([], add_generation_prompt=False)) + 300
+    chat = load(folder, history_tokens=budget, max_tokens=8)
+    turns = []
+    for i in range(4):
+        call = ToolCall("get_time", {"zone": "Europe/Paris"}, id=f"c{i}")
+        turns += [
+            Message("user", f"Question {i}: what time is it in Paris?"),
+            Message("assistant", "", tool_calls=(call,)),
+            Message("tool", RESULT, tool_call_id=call.id, name="get_time"),
+            Message("assistant", f"It is five past two, {i}."),
+        ]
+    chat.history = list(turns)  # (as restore() without its trimming: the overflow happens in respond())
+    "".join(chat.respond("And in Tokyo?"))
+    dropped = chat.stats.dropped_messages
+    assert dropped > 0 and dropped % 4 == 0
+    assert chat.history[0].role == "user" and chat.history == [*turns[dropped:], Message("user", "And in Tokyo?")]
+    assert chat.answer_tokens == reference(chat, chat.history, chat.cfg.max_tokens)

@@ -303,6 +303,9 @@ def test_http_tool_against_a_loopback_server(tmp_path: Path) -> None:
         ('description = "x"\nargv = ["/bin/true"]\nparameters = { type = "string" }\n', 'type = "object"'),
         ('description = "x"\nargv = ["/bin/true"]\ntimeout = 3\n', "unknown key `tools.custom.t.timeout`"),
         ('description = "x"\nargv = ["/bin/true"]\ntimeout_s = 0\n', "out of range"),
+        ('description = "x"\nargv = ["no-such-program-here"]\n', "not an executable file"),
+        ('description = "x"\nargv = ["/bin/echo", "{city}"]\n', "uses {city}, which `parameters.properties`"),
+        ('kind = "http"\ndescription = "x"\nurl = "http://a/{q}"\n', "uses {q}, which"),
     ],
 )
 def test_bad_tool_declarations_fail_at_load(tmp_path: Path, table: str, message: str) -> None:
