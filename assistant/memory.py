@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from assistant import paths
 from assistant.errors import ConfigError
 from assistant.llm import Message
 from assistant.tools.calls import ToolCall
@@ -31,19 +32,10 @@ CREATE INDEX IF NOT EXISTS reminders_pending ON reminders (fired, due);
 """
 
 
-def data_dir(env: Mapping[str, str] | None = None) -> Path:
-    """The user's data folder for assistant: $XDG_DATA_HOME/assistant, ~/Library/Application Support/assistant
-    on macOS, else ~/.local/share/assistant."""
-    env = os.environ if env is None else env
-    if env.get("XDG_DATA_HOME"):
-        return Path(env["XDG_DATA_HOME"]) / "assistant"
-    if os.uname().sysname == "Darwin":
-        return Path.home() / "Library" / "Application Support" / "assistant"
-    return Path.home() / ".local" / "share" / "assistant"
-
-
-def default_path(env: Mapping[str, str] | None = None) -> Path:
-    return data_dir(env) / "memory.sqlite3"
+def default_path() -> Path:
+    """memory.sqlite3 in the user's data folder (~/.local/share/assistant, $XDG_DATA_HOME; macOS:
+    ~/Library/Application Support/assistant)."""
+    return paths.data_dir() / "memory.sqlite3"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import pytest
 
 from assistant.errors import ConfigError
 from assistant.llm import Message
-from assistant.memory import Memory, data_dir
+from assistant.memory import Memory, default_path
 from assistant.tools.calls import ToolCall
 
 
@@ -78,9 +78,11 @@ def test_unwritable_path_names_the_key(tmp_path: Path) -> None:
         Memory(blocker / "memory.sqlite3")
 
 
-def test_data_dir_honours_xdg(tmp_path: Path) -> None:
-    """The default folder is $XDG_DATA_HOME/assistant when set."""
-    assert data_dir({"XDG_DATA_HOME": str(tmp_path)}) == tmp_path / "assistant"
+def test_default_path_is_in_the_data_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default database is memory.sqlite3 in $XDG_DATA_HOME/assistant on Linux."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    if sys.platform == "linux":
+        assert default_path() == tmp_path / "assistant" / "memory.sqlite3"
 
 
 WRITER = textwrap.dedent(
