@@ -579,6 +579,23 @@ async def _check_mic_signal(audio: config.AudioConfig) -> None:
         raise AudioDeviceError(f"the microphone delivers only digital silence; {hint}")
 
 
+def cmd_history(args: argparse.Namespace, cfg: config.Config) -> int:
+    from assistant.tools.setup import open_memory
+
+    memory = open_memory(cfg.memory)
+    try:
+        if args.action == "reset":
+            n = memory.reset_history()
+            print(f"erased {n} stored turn{'s' if n != 1 else ''} from {memory.path} (reminders kept)")
+        else:
+            for turn in memory.turns():
+                for m in turn:
+                    print(f"{m.role}: {m.content}" + "".join(f" [calls {c.name}]" for c in m.tool_calls))
+    finally:
+        memory.close()
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
     from assistant.audio import devices
 
@@ -663,6 +680,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("ctl", cmd_ctl, "send a command to a running daemon, or tail its events")
     p.add_argument("words", nargs="*", metavar="WORD", help="a command, e.g. `status`, `say hello`, `events`")
     p.add_argument("--max-events", type=int, default=0, metavar="N", help="with `events`: exit after N events")
+    p = add("history", cmd_history, "show or erase the conversation history kept across restarts")
+    p.add_argument("action", choices=("show", "reset"), help="show: print it; reset: erase it")
     add("doctor", cmd_doctor, "check devices, cached models, the server port and permissions")
     return parser
 
