@@ -67,12 +67,15 @@ class VoiceCatalog(Protocol):
 
 
 def public(cfg: Config) -> dict[str, dict[str, Any]]:
-    """The settings as `{section: {key: value}}` with every secret hidden."""
+    """The settings as `{section: {key: value}}` with every secret hidden: the server token and the header
+    values of HTTP tools (API keys travel there)."""
     out = config_mod.to_dict(cfg)
     for dotted in SECRETS:
         section, _, key = dotted.partition(".")
         if out[section][key]:
             out[section][key] = HIDDEN
+    for tool in out.get("tools", {}).get("custom", {}).values():
+        tool["headers"] = {name: HIDDEN for name in tool.get("headers", {})}
     return out
 
 

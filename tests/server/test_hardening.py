@@ -147,10 +147,18 @@ def test_manual_turn_audio_is_bounded() -> None:
 
 
 def test_config_get_never_contains_the_token() -> None:
-    """settings.public hides server.token; the rest is the plain settings."""
-    cfg = Config().replace({"server.token": "s3cret-token"})
+    """settings.public hides server.token and HTTP tool header values; the rest is the plain settings."""
+    tool = {
+        "kind": "http",
+        "description": "The weather.",
+        "url": "https://example.com/w",
+        "headers": {"Authorization": "Bearer api-s3cret"},
+    }
+    cfg = Config().replace({"server.token": "s3cret-token", "tools.custom": {"weather": tool}})
     shown = settings.public(cfg)
-    assert shown["server"]["token"] == "(hidden)" and "s3cret-token" not in json.dumps(shown)
+    assert shown["server"]["token"] == "(hidden)" and "s3cret" not in json.dumps(shown)
+    assert shown["tools"]["custom"]["weather"]["headers"] == {"Authorization": "(hidden)"}
+    assert shown["server"]["port"] == cfg.server.port
 
 
 @pytest.mark.parametrize(
