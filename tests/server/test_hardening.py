@@ -32,6 +32,15 @@ from tests.server.helpers import TOKEN, client, recv, request, running, url
 
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
+
+@pytest.fixture
+def fresh_log_throttle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection log's throttle is process-wide: earlier tests must not have spent its burst."""
+    from assistant.server import ws
+
+    monkeypatch.setattr(ws.conn_log, "filters", [Throttle()])
+
+
 # ---- decoding: bad input gets a bounded one-line error -------------------------------------------------------
 
 
@@ -314,7 +323,7 @@ def test_connection_log_lines_are_throttled() -> None:
     assert throttle.filter(records[0]) and records[0].getMessage() == "refused (7 similar lines suppressed)"
 
 
-def test_refused_handshakes_do_not_flood_the_log(caplog: pytest.LogCaptureFixture) -> None:
+def test_refused_handshakes_do_not_flood_the_log(caplog: pytest.LogCaptureFixture, fresh_log_throttle: None) -> None:
     """60 refused handshakes in a burst log at most a dozen lines."""
 
     async def body() -> None:
@@ -467,7 +476,9 @@ def test_text_commands_give_way_to_the_voice_loop_on_the_compute_thread() -> Non
     assert asyncio.run(body()) == ["voice", "ask"]
 
 
-def test_an_asker_that_does_not_read_its_answer_is_closed_1013(caplog: pytest.LogCaptureFixture) -> None:
+def test_an_asker_that_does_not_read_its_answer_is_closed_1013(
+    caplog: pytest.LogCaptureFixture, fresh_log_throttle: None
+) -> None:
     """A long streamed answer to a client that stops reading closes it (1013) instead of growing its queue."""
     from assistant import events
 
