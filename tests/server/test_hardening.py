@@ -509,3 +509,21 @@ def test_an_asker_that_does_not_read_its_answer_is_closed_1013(
         assert closes and "it does not keep up with its answer" in closes[0], closes
 
     asyncio.run(body())
+
+
+def test_background_work_waits_for_the_next_reply_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Right after a reply step, a queued text-command step waits the grace for the reply's next step to go first."""
+    from assistant import compute
+    from assistant.compute import Compute, Priority
+
+    monkeypatch.setattr(compute, "FOREGROUND_GRACE_S", 2.0)  # wide, so a loaded machine cannot miss it
+    worker = Compute("test-grace")
+    ran: list[str] = []
+    try:
+        worker.submit(ran.append, "reply step 1").result(5)
+        later = worker.submit(ran.append, "ask step", priority=Priority.BACKGROUND)
+        worker.submit(ran.append, "reply step 2").result(5)
+        later.result(5)
+    finally:
+        worker.close(5.0)
+    assert ran == ["reply step 1", "reply step 2", "ask step"]
