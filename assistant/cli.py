@@ -159,9 +159,11 @@ def _server_service(cfg: config.Config, engines: Any) -> Any:
     from assistant.session import Sessions
 
     def service(pipeline: Any) -> Any:
+        from assistant.oneshot import OneShot
+
         limit = cfg.server.realtime_sessions
         backend = Sessions(pipeline, SharedEngines(cfg, engines), limit) if limit else None
-        return ControlServer(cfg.server, pipeline, backend)
+        return ControlServer(cfg.server, pipeline, backend, audio=OneShot(cfg, engines, pipeline.compute))
 
     return service
 

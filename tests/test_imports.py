@@ -39,7 +39,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("assistant.reply",),
     ("assistant.replies",),
     ("assistant.console",),
-    ("assistant.pipeline", "assistant.daemon", "assistant.session"),
+    ("assistant.pipeline", "assistant.daemon", "assistant.session", "assistant.oneshot"),
     ("assistant.server",),
     ("assistant.cli", "assistant.__main__"),
 ]

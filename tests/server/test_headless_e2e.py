@@ -29,6 +29,7 @@ from assistant import cli
 from assistant.audio.format import CAPTURE_RATE, float32_to_int16, int16_to_float32, resample
 from assistant.compute import Compute
 from assistant.config import Config, to_dict
+from assistant.oneshot import OneShot
 from assistant.pipeline import Pipeline
 from assistant.server.ws import ControlServer
 from assistant.session import NullSink, Sessions
@@ -55,7 +56,8 @@ async def daemon(cfg: Config) -> AsyncIterator[tuple[ControlServer, Pipeline]]:
         engines = await compute.run(cli.build_engines, cfg)
         pipeline = Pipeline(cfg, engines, None, NullSink(), compute)
         backend = Sessions(pipeline, cli.SharedEngines(cfg, engines), cfg.server.realtime_sessions)
-        async with ControlServer(cfg.server, pipeline, backend) as server:
+        audio = OneShot(cfg, engines, compute)
+        async with ControlServer(cfg.server, pipeline, backend, audio=audio) as server:
             yield server, pipeline
         await pipeline.aclose()
     finally:
