@@ -242,6 +242,11 @@ class ControlServer:
                 'server.host = "127.0.0.1" to serve this machine only)',
                 host,
             )
+            if not self.tls:
+                log.warning(
+                    "the token and the audio cross the network unencrypted; set server.tls_cert and "
+                    "server.tls_key to serve https:// and wss://"
+                )
 
     @property
     def port(self) -> int:
