@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
         "assistant.tools.calls",
         "assistant.server.protocol",
         "assistant.server.realtime_protocol",
+        "assistant.server.g711",
         "assistant.server.controller",
         "assistant.settings",
     ),
@@ -49,6 +50,7 @@ SANS_IO = (
     "assistant.settings",
     "assistant.server.protocol",
     "assistant.server.realtime_protocol",
+    "assistant.server.g711",
     "assistant.server.native",
     "assistant.server.realtime",
 )
