@@ -268,6 +268,18 @@ class Session:
             return
         self.replies.barge_in()
 
+    def delete_item(self, role: str, text: str) -> None:
+        """Forget the newest `role` message whose text is `text` (conversation.item.delete); InputError if the
+        history holds none (a message not answered yet is not in it)."""
+        chat: Any = self.engines.chat  # the concrete Chat: ChatLike does not name restore
+        history = list(chat.history)
+        for i in range(len(history) - 1, -1, -1):
+            if history[i].role == role and history[i].content.strip() == text.strip():
+                kept = history[:i] + history[i + 1 :]
+                self.compute.submit(chat.restore, kept, priority=Priority.URGENT)
+                return
+        raise InputError(f"the conversation holds no {role} message with that text; delete it after it is answered")
+
     def truncate_response(self, turn: int, audio_end_ms: int) -> None:
         """The client played only `audio_end_ms` of turn `turn`: its answer in the history becomes what was heard."""
         reply = self._replies.get(turn)

@@ -503,44 +503,60 @@ class ControlServer:
             self.sessions,
             self.limits,
             time.monotonic(),
+            self.audio.voice_name if self.audio is not None else None,
+            self.cfg.commands_per_s,
         )
-        limiter = p.TokenBucket(self.cfg.commands_per_s, max(1.0, self.cfg.commands_per_s), time.monotonic())
-        pump = asyncio.create_task(self._pump(client, conv, session))
+        woken = asyncio.Event()  # set after each event: the conversation's deadline may have moved
+        pump = asyncio.create_task(self._pump(client, conv, session, woken))
+        timer = asyncio.create_task(self._tick(client, conv, woken))
         try:
-            self._send_realtime(client, conv, conv.start())
+            self._send_realtime(client, conv, conv.start(time.time()))
             while (data := await self._receive(client)) is not None:
-                self._send_realtime(client, conv, await self._realtime_message(conv, limiter, data))
+                self._send_realtime(client, conv, await self._realtime_message(conv, data))
+                woken.set()
                 if pump.done():  # the pump closed an overflowing client
                     break
         finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+            for task in (pump, timer):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await session.close()
+
+    async def _tick(self, client: Client, conv: RealtimeConversation, woken: asyncio.Event) -> None:
+        """Run the conversation's timers (the idle timeout): sleep until its deadline or until it may have moved."""
+        while True:
+            deadline = conv.deadline()
+            woken.clear()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await woken.wait()
+                    continue
+            self._send_realtime(client, conv, conv.tick(time.monotonic()))
 
     def _send_realtime(self, client: Client, conv: RealtimeConversation, out: list[rp.ServerEvent]) -> None:
         for ev in out:
             client.outbox.put(conv.encode(ev), droppable=isinstance(ev, rp.DROPPABLE))
 
-    async def _realtime_message(
-        self, conv: RealtimeConversation, limiter: p.TokenBucket, data: str | bytes
-    ) -> list[rp.ServerEvent]:
+    async def _realtime_message(self, conv: RealtimeConversation, data: str | bytes) -> list[rp.ServerEvent]:
         try:
             refused = conv.admit_frame(len(data), time.monotonic())
             if refused is not None:  # over the byte budget: not even parsed
                 return [refused]
             big = len(data) > OFFLOAD_BYTES
+            args = (data, self.cfg.max_message_bytes, self.limits, conv.input_format)
             if big:  # decoding 1 MiB of base64 JSON must not stall the voice loop
-                ev = await self._offload(rp.decode_client_event, data, self.cfg.max_message_bytes, self.limits)
+                ev = await self._offload(rp.decode_client_event, *args)
             else:
-                ev = rp.decode_client_event(data, self.cfg.max_message_bytes, self.limits)
+                ev = rp.decode_client_event(*args)
             if isinstance(ev, rp.AudioAppend):  # audio is data: the byte budget above is its rate limit
                 full = conv.admit_audio(ev)
                 if full is not None:
                     return [full]
                 samples = await self._offload(conv.resample, ev) if big else conv.resample(ev)
                 return conv.feed_audio(ev, samples)
-            if not limiter.take(1, time.monotonic()):
+            if not conv.admit_command(time.monotonic()):
                 raise p.WireError("rate_limited", f"over {self.cfg.commands_per_s:g} events/s; slow down", ev.event_id)
             return conv.handle(ev)
         except p.WireError as e:
@@ -556,12 +572,15 @@ class ControlServer:
         """Run CPU work off the event loop on the server's one worker thread (FIFO over all connections)."""
         return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
 
-    async def _pump(self, client: Client, conv: RealtimeConversation, session: RealtimeSession) -> None:
+    async def _pump(
+        self, client: Client, conv: RealtimeConversation, session: RealtimeSession, woken: asyncio.Event
+    ) -> None:
         """Session events -> server events; waits for outbox room so reply audio is never dropped."""
         try:
             async for ev in session.events():
                 await client.outbox.room()
                 self._send_realtime(client, conv, conv.on_event(ev))
+                woken.set()
         except Overflow as e:
             await self._close_overflow(client, e, CLOSE_TOO_SLOW, "it does not keep up with the session")
 

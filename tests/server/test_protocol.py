@@ -39,11 +39,11 @@ def test_ga_and_beta_session_shapes_decode_alike() -> None:
     """The GA nested session and the beta flat session give the same SessionUpdate."""
     ga = {"type": "session.update", "session": {"type": "realtime", "instructions": "hi", "output_modalities": ["text"],
           "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}, "turn_detection": None},
-                    "output": {"voice": "alice"}}}}  # fmt: skip
+                    "output": {"voice": "alice", "format": {"type": "audio/pcm"}}}}}  # fmt: skip
     beta = {"type": "session.update", "session": {"instructions": "hi", "modalities": ["text"], "voice": "alice",
             "input_audio_format": "pcm16", "output_audio_format": "pcm16", "turn_detection": None}}  # fmt: skip
     a, b = rp.decode_client_event(json.dumps(ga)), rp.decode_client_event(json.dumps(beta))
-    assert a == b == rp.SessionUpdate("hi", "alice", True, None, False)
+    assert a == b == rp.SessionUpdate("hi", "alice", True, None, False, "pcm16", "pcm16")
     vad = {"type": "session.update", "session": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 300,
            "create_response": False, "threshold": 0.5}}}  # fmt: skip
     got = rp.decode_client_event(json.dumps(vad))
