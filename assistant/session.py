@@ -274,8 +274,17 @@ class Session:
         chat: Any = self.engines.chat  # the concrete Chat: ChatLike does not name restore
         history = list(chat.history)
         for i in range(len(history) - 1, -1, -1):
-            if history[i].role == role and history[i].content.strip() == text.strip():
-                kept = history[:i] + history[i + 1 :]
+            m = history[i]
+            # a truncated answer holds only what was heard: the start of the text the client was sent
+            same = m.content.strip() == text.strip() or (m.interrupted and text.strip().startswith(m.content.strip()))
+            if m.role == role and same:
+                kept: list[Any] = []
+                for other in history[:i] + history[i + 1 :]:
+                    if kept and kept[-1].role == other.role and other.role in ("user", "assistant"):
+                        # chat templates need user and assistant turns to alternate: neighbours join
+                        kept[-1] = dataclasses.replace(kept[-1], content=f"{kept[-1].content}\n{other.content}")
+                    else:
+                        kept.append(other)
                 self.compute.submit(chat.restore, kept, priority=Priority.URGENT)
                 return
         raise InputError(f"the conversation holds no {role} message with that text; delete it after it is answered")

@@ -637,9 +637,9 @@ class RealtimeConversation:
         text_out = r.text_deltas
         return {
             "total_tokens": audio_in + audio_out + text_out,
-            "input_tokens": audio_in,
+            "input_tokens": audio_in,  # audio only (see input_token_details)
             "output_tokens": audio_out + text_out,
-            "input_token_details": {"text_tokens": 0, "audio_tokens": audio_in, "cached_tokens": 0},
+            "input_token_details": {"audio_tokens": audio_in},  # text in is not counted: left out, not 0
             "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
         }
 

@@ -997,7 +997,7 @@ def beta_session(ga: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": ga["id"],
         "object": "realtime.session",
-        "model": ga["model"],
+        # no "model": the beta schema allows only OpenAI's model names there
         "modalities": ["audio", "text"] if "audio" in ga["output_modalities"] else ["text"],
         "instructions": ga["instructions"],
         "voice": audio_out["voice"],
