@@ -612,8 +612,11 @@ class RealtimeConversation:
             out.append(rp.TextDone(r.response_id, r.item_id, 0, 0, text))
         status = "cancelled" if ev.interrupted else "completed"
         item = rp.message_item(r.item_id, "assistant", "incomplete" if ev.interrupted else "completed", [content])
+        previous = None
         if r.item_id in self.items:
             self.items[r.item_id] = item
+            keys = list(self.items)
+            previous = keys[keys.index(r.item_id) - 1] if keys.index(r.item_id) else None
         self.answered[r.item_id] = (r.turn, r.samples_sent * 1000 // rp.RATE)
         reason = None if not ev.interrupted else "client_cancelled" if self.cancel_requested else "turn_detected"
         self.cancel_requested = False
@@ -625,7 +628,7 @@ class RealtimeConversation:
             *out,
             rp.ContentPartDone(r.response_id, r.item_id, 0, 0, part),
             rp.OutputItemDone(r.response_id, 0, item),
-            rp.ItemDone(None, item),
+            rp.ItemDone(previous, item),
             rp.ResponseDoneEvent(response),
         ]
 
