@@ -128,13 +128,14 @@ async def _run_daemon(cfg: config.Config, headless: bool = False) -> int:
 
         source = ReopeningSource(lambda: Capture(cfg.audio))
         try:
-            with Playback(cfg.audio, rate=engines.tts.sample_rate) as sink:
+            async with Playback(cfg.audio, rate=engines.tts.sample_rate) as sink:
                 pipeline = Pipeline(cfg, engines, source, sink, compute)
+                sink.report = pipeline.device_status
                 return await serve(pipeline, services, status_line=show)
         finally:
             await source.aclose()
     finally:
-        if not await asyncio.to_thread(compute.close, 1.0):
+        if not await asyncio.to_thread(compute.close, 0.5):
             # An MLX call is still running: exit now rather than let interpreter shutdown kill that thread
             # inside C++ (std::terminate) or wait for it.
             log.warning("a model step did not finish; exiting without waiting for it")
@@ -390,7 +391,7 @@ async def _check_mic_signal(audio: config.AudioConfig) -> None:
     peak = 0
     async with Capture(audio) as capture:
         while capture.samples_read < MIC_CHECK_S * 16_000:
-            peak = max(peak, int(np.abs((await capture.read()).astype(np.int32)).max(initial=0)))
+            peak = max(peak, int(np.abs((await capture.read()).samples.astype(np.int32)).max(initial=0)))
     if peak == 0:
         hint = (
             "allow your terminal (or the service) in System Settings > Privacy & Security > Microphone"

@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from assistant.audio.format import CAPTURE_RATE
+from assistant.audio.format import CAPTURE_RATE, AudioBlock
 from assistant.config import VadConfig
 from assistant.events import LatencyTrace, SilenceStarted, SpeechEnded, SpeechResumed, SpeechStarted
 
@@ -73,7 +73,8 @@ class VadLike(Protocol):
 class AudioSource(Protocol):
     """The microphone: `Capture`, or a WebSocket client in headless mode."""
 
-    async def read(self) -> np.ndarray: ...  # next int16 16 kHz mono block; AudioDeviceError when lost
+    # next int16 16 kHz mono block (with its capture time from a real microphone); AudioDeviceError when lost
+    async def read(self) -> np.ndarray | AudioBlock: ...
 
 
 class AudioSink(Protocol):

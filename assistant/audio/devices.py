@@ -1,11 +1,27 @@
-"""Audio devices through PortAudio (sounddevice): listing and choosing, with errors a user can act on."""
+"""Audio devices through PortAudio (sounddevice): listing and choosing, with errors a user can act on.
+
+Every PortAudio call of a running daemon goes through `call` / `call_async`: it runs on a thread of its own and the
+caller waits at most CALL_TIMEOUT_S. A sound server that goes away can leave a call hanging forever inside
+PortAudio; its thread is then abandoned (logged once) and the caller carries on with a fresh stream.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from assistant.errors import AudioDeviceError
+
+log = logging.getLogger("assistant.audio.devices")
+
+T = TypeVar("T")
+
+CALL_TIMEOUT_S = 1.5  # PortAudio calls take milliseconds (PulseAudio start-up: ~0.3 s); longer means hung
 
 
 @dataclass(frozen=True)
@@ -31,33 +47,96 @@ def _sounddevice() -> Any:
     return sounddevice
 
 
-_open_streams = 0  # streams of ours now open: PortAudio cannot re-scan devices under them
+def _off_thread(fn: Callable[[], T], what: str) -> concurrent.futures.Future[T]:
+    fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            fut.set_result(fn())
+        except BaseException as e:
+            fut.set_exception(e)
+
+    threading.Thread(target=run, name=f"portaudio: {what}", daemon=True).start()
+    return fut
+
+
+def _hung(what: str, timeout: float) -> AudioDeviceError:
+    log.warning("%s did not return within %g s; abandoned it (the sound server is not answering)", what, timeout)
+    return AudioDeviceError(
+        f"{what} did not return within {timeout:g} s (the sound server is not answering); "
+        "check the sound system, or choose another device with audio.input_device / audio.output_device"
+    )
+
+
+def call(fn: Callable[[], T], what: str, limit_s: float = CALL_TIMEOUT_S) -> T:
+    """fn() on a thread of its own, waiting at most `limit_s` (never call this on the event loop).
+    AudioDeviceError when it hangs: its thread is abandoned; fn's own exceptions pass through."""
+    try:
+        return _off_thread(fn, what).result(limit_s)
+    except concurrent.futures.TimeoutError as e:
+        raise _hung(what, limit_s) from e
+
+
+async def call_async(fn: Callable[[], T], what: str, limit_s: float = CALL_TIMEOUT_S) -> T:
+    """`call` for the event loop: awaits fn() on its own thread; the loop never waits on PortAudio."""
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(_off_thread(fn, what)), limit_s)
+    except TimeoutError as e:
+        raise _hung(what, limit_s) from e
+
+
+# streams of ours now open or being opened, abandoned ones until their close returns: PortAudio cannot re-scan
+# devices under them (a re-scan restarts PortAudio); the lock keeps a re-scan and an opening apart
+_open_streams = 0
+_streams_lock = threading.Lock()
 
 
 def stream_opened() -> None:
+    """Call before creating a stream (so no re-scan runs while it is created)."""
     global _open_streams
-    _open_streams += 1
+    with _streams_lock:
+        _open_streams += 1
 
 
 def stream_closed() -> None:
+    """Call once a stream is closed, or failed to be created."""
     global _open_streams
-    _open_streams = max(0, _open_streams - 1)
+    with _streams_lock:
+        _open_streams = max(0, _open_streams - 1)
+
+
+def release(stream: Any, what: str) -> None:
+    """Abort and close `stream` on a thread nobody waits for (it may hang in PortAudio); counted as open until
+    close returns, so no re-scan runs under it."""
+
+    def shut() -> None:
+        try:
+            stream.abort()
+            stream.close()
+        except Exception as e:  # the device is already gone: nothing left to release
+            log.debug("closing %s: %s", what, e)
+        stream_closed()
+
+    threading.Thread(target=shut, name=f"portaudio: close {what}", daemon=True).start()
 
 
 def list_devices() -> list[Device]:
     """Every device PortAudio sees, with the default input and output marked.
 
     Re-scans (so devices plugged in since start-up appear) unless one of our streams is open, because a re-scan
-    restarts PortAudio and would close it.
+    restarts PortAudio and would close it. Blocking: the daemon calls it through `call`.
     """
     sd = _sounddevice()
     try:
-        if _open_streams == 0:
-            sd._terminate()
-            sd._initialize()
-        raw = sd.query_devices()
-        apis = [a["name"] for a in sd.query_hostapis()]
-        default_in, default_out = sd.default.device
+        with _streams_lock:
+            if _open_streams == 0:
+                sd._terminate()
+                sd._initialize()
+            raw = sd.query_devices()
+            apis = [a["name"] for a in sd.query_hostapis()]
+            default_in, default_out = sd.default.device
     except sd.PortAudioError as e:
         raise AudioDeviceError(f"PortAudio cannot list audio devices: {e}; check the sound system") from e
     return [
