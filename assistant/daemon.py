@@ -174,9 +174,15 @@ def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
     if stop.is_set():
         _exit_now(128 + sig, f"{sig.name} again: exiting at once")
     stop.set()
+    for again in (signal.SIGINT, signal.SIGTERM):  # from now on the Python-level handler, run even if the loop hangs
+        signal.signal(again, _second_signal)
     deadline = threading.Timer(DEADLINE_S, _exit_now, (EXIT_FORCED, f"not stopped {DEADLINE_S:g} s after {sig.name}"))
     deadline.daemon = True
     deadline.start()
+
+
+def _second_signal(signum: int, frame: object) -> None:
+    _exit_now(128 + signum, f"{signal.Signals(signum).name} again: exiting at once")
 
 
 def _exit_now(code: int, why: str) -> None:
