@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 
 import numpy as np
 
 from assistant.daemon import ReopeningSource, StatusLine
 from assistant.errors import AudioDeviceError
-from assistant.events import DeviceStatus, FinalTranscript, LatencyTrace
-from tests.pipeline.doubles import BLOCK, word_block
-from tests.pipeline.harness import Harness
+from assistant.events import DeviceStatus, FinalTranscript, LatencyTrace, ResponseDone, TurnState
+from tests.pipeline.doubles import BLOCK, FRAME, FakeSink, Message, word_block
+from tests.pipeline.harness import ANSWER, Harness, eventually
+
+FULL = "".join(ANSWER)
 
 
 class FlakyCapture:
@@ -80,5 +83,35 @@ def test_status_line_renders_state_and_latency() -> None:
             task.cancel()
         last = out.getvalue().split("\r\x1b[K")[-1]
         assert "'hello'" in last and "stt " in last and "turn 1" in last
+
+    asyncio.run(main())
+
+
+def test_lost_speaker_ends_the_reply_as_heard_and_answers_in_text() -> None:
+    """DeviceStatus(output, ok=False) mid-reply ends the reply, interrupted, with the heard part in the history;
+    the next turn is answered in text only (nothing written to the sink, a device event saying so); once the
+    speaker is back replies play again."""
+
+    async def main() -> None:
+        async with Harness(sink=FakeSink(auto=False)) as h:
+            h.speak("hello")
+            h.silence(6)
+            await eventually(lambda: h.sink.total >= 5 * FRAME)
+            h.sink.played = 3 * FRAME + 17  # the listener was inside the 4th frame when the speaker went
+            h.p.device_status(DeviceStatus("output", False, "speaker gone", time.monotonic()))
+            done = await h.next_event(ResponseDone)
+            assert done.interrupted and done.text == "One two three four"
+            await eventually(lambda: len(h.chat.history) == 2)
+            assert h.chat.history[1] == Message("assistant", "One two three four", interrupted=True)
+            assert not h.p.status()["output_ok"] and h.p.state is TurnState.IDLE
+            written = h.sink.written_all
+            assert await h.p.ask("hello") == FULL
+            assert h.sink.written_all == written
+            note = await h.next_event(DeviceStatus, lambda e: "text only" in e.message)
+            assert (note.kind, note.ok) == ("output", False)
+            h.p.device_status(DeviceStatus("output", True, "speaker is back", time.monotonic()))
+            h.sink.auto = True
+            assert await h.p.ask("hello") == FULL
+            assert h.sink.written_all > written and h.p.status()["output_ok"]
 
     asyncio.run(main())
