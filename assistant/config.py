@@ -39,7 +39,7 @@ class AudioConfig:
     output_prebuffer_ms: int = opt(40, "ms", 0, 2000)
     capture_queue_blocks: int = opt(500, "blocks", 10, 100_000)
     playback_buffer_s: float = opt(120.0, "s", 1.0, 3600.0)
-    device_retry_s: float = opt(3.0, "s", 0.5, 60.0)
+    device_retry_s: float = opt(1.0, "s", 0.5, 60.0)  # a failed open costs ms; after a return the user waits for it
 
 
 @dataclass(frozen=True)
