@@ -32,7 +32,7 @@ from assistant.events import (
 )
 from assistant.logs import kv
 from assistant.reply import Reply, pump, settle_answer
-from assistant.turns import AudioSink, Engines, TimedSink, TranscriptLike, TurnTrace, level_dbfs
+from assistant.turns import AudioSink, CountsUnderruns, Engines, TimedSink, TranscriptLike, TurnTrace, level_dbfs
 
 log = logging.getLogger("assistant.replies")
 
@@ -62,6 +62,7 @@ class Replies:
         self.current: Reply | None = None  # the confirmed reply in flight
         self.audio_ok = True  # False while the speaker is lost: replies are text only
         self._settling: asyncio.Task[None] | None = None  # the cancelled reply being recorded
+        self._underruns_at: dict[int, int] = {}  # turn -> the sink's underrun count when its audio started
 
     def new(
         self,
@@ -165,6 +166,8 @@ class Replies:
         if not reply.audio_started:
             reply.audio_started = True
             self.sink.flush()  # played_samples and the DAC time now count this reply
+            if isinstance(self.sink, CountsUnderruns):
+                self._underruns_at[reply.turn] = self.sink.underruns
             self.host.set_state(TurnState.ASSISTANT_SPEAKING)
         self.sink.write(chunk)
         reply.samples_written += len(chunk)
@@ -212,6 +215,8 @@ class Replies:
             self.host.publish(ResponseDone(reply.turn, text, interrupted, time.monotonic()))
         self._mark_played(reply)
         trace = reply.trace.trace()
+        if reply.turn in self._underruns_at and isinstance(self.sink, CountsUnderruns):
+            trace.extra["playback_underruns"] = self.sink.underruns - self._underruns_at.pop(reply.turn)
         log.info("turn latency", extra=kv(**{k: v for k, v in dataclasses.asdict(trace).items() if k != "extra"}))
         self.host.publish(trace)
         if self.current is reply:

@@ -94,6 +94,14 @@ class TimedSink(Protocol):
     def first_sample_dac_time(self) -> float | None: ...
 
 
+@runtime_checkable
+class CountsUnderruns(Protocol):
+    """A sink that counts the times its buffer ran dry in the middle of a run (`Playback`)."""
+
+    @property
+    def underruns(self) -> int: ...
+
+
 @dataclass
 class Engines:
     """The loaded engines the pipeline drives; every call into them runs on the compute thread."""

@@ -115,3 +115,27 @@ def test_lost_speaker_ends_the_reply_as_heard_and_answers_in_text() -> None:
             assert h.sink.written_all > written and h.p.status()["output_ok"]
 
     asyncio.run(main())
+
+
+class StutteringSink(FakeSink):
+    """A sink double whose buffer runs dry once, at the reply's third chunk."""
+
+    underruns = 0
+
+    def write(self, chunk: np.ndarray) -> None:
+        super().write(chunk)
+        if self.total == 3 * len(chunk):
+            self.underruns += 1
+
+
+def test_latency_trace_counts_the_replys_underruns() -> None:
+    """The turn's latency trace carries how many times playback ran dry during that reply."""
+
+    async def main() -> None:
+        async with Harness(sink=StutteringSink()) as h:
+            h.sink.underruns = 5  # from earlier replies: not this one's
+            assert await h.p.ask("hello") == FULL
+            trace = await h.next_event(LatencyTrace)
+            assert trace.extra["playback_underruns"] == 1
+
+    asyncio.run(main())
