@@ -1,6 +1,6 @@
 """Gaps in played replies: generation close to real time, on an idle machine and with one core kept busy.
 
-    PYTHONPATH=. python -m benchmarks.playback_gaps [--replies 3] [--reply-s 12] [--frame-ms 60]
+    PYTHONPATH=. python -m benchmarks.playback_gaps [--replies 3] [--reply-s 12] [--frame-ms 60] [--double]
 
 A stand-in for the TTS writes one 80 ms frame (12.5 Hz codec) of a continuous tone at a time, after a burst of
 CPU work calibrated to take `--frame-ms` on this machine when idle (60 ms: 0.75 x real time, as a small model on
@@ -8,6 +8,8 @@ a laptop CPU). Playback plays it through the virtual PulseAudio room, whose spea
 of >= 100 ms of silence inside a reply. Each condition is run with the pacer (the lead measured from the time
 per frame) and with the fixed 40 ms prebuffer it replaces; "busy" runs another process spinning on one core.
 Prints one line per run and a JSON summary: gaps per minute of reply, underruns per minute, the lead used.
+--double plays to the sounddevice double of tests/audio_doubles.py instead (a thread calling back in real
+time), for machines without PulseAudio; what it was given is what is judged.
 """
 
 from __future__ import annotations
@@ -61,6 +63,24 @@ def gaps(recorded: np.ndarray) -> list[float]:
     return [float(g) for g in between if g >= GAP_S]
 
 
+class DoubleSpeaker:
+    """What the sounddevice double's output streams were given, from `record()` on (int16, like parec's)."""
+
+    def __init__(self) -> None:
+        from tests import audio_doubles
+
+        self.sd = audio_doubles.FakeSounddevice()
+        audio_doubles.install(None, self.sd)
+
+    def record(self) -> DoubleSpeaker:
+        self.marks = {id(s): len(s.heard) for s in self.sd.streams}
+        return self
+
+    def stop(self) -> np.ndarray:
+        parts = [np.concatenate(s.heard[self.marks.get(id(s), 0) :] or [np.zeros(0)]) for s in self.sd.streams]
+        return (np.concatenate(parts) * 32767).astype(np.int16)
+
+
 def one_reply(room: Any, cfg: AudioConfig, frames: int, per_frame: int, paced: bool) -> dict[str, float]:
     """A warm-up reply (the pacer learns from one reply to the next, as in a conversation), then a recorded one."""
     tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(frames * TTS_FRAME_SAMPLES) / TTS_RATE)).astype(np.float32)
@@ -88,13 +108,20 @@ def main() -> None:
     ap.add_argument("--replies", type=int, default=3)
     ap.add_argument("--reply-s", type=float, default=12.0)
     ap.add_argument("--frame-ms", type=float, default=60.0, help="generation time per 80 ms frame when idle")
+    ap.add_argument("--double", action="store_true", help="the sounddevice double instead of the PulseAudio room")
     args = ap.parse_args()
-    room = start_room(Path(tempfile.mkdtemp()) / "room")
-    os.environ.update(room.env)
+    room: Any = DoubleSpeaker() if args.double else start_room(Path(tempfile.mkdtemp()) / "room")
+    if not args.double:
+        os.environ.update(room.env)
     frames = round(args.reply_s / 0.08)
     per_frame = calibrate(args.frame_ms)
     cfg = AudioConfig()
-    summary: dict[str, Any] = {"frame_ms_idle": args.frame_ms, "reply_s": args.reply_s, "cpus": os.cpu_count()}
+    summary: dict[str, Any] = {
+        "frame_ms_idle": args.frame_ms,
+        "reply_s": args.reply_s,
+        "cpus": os.cpu_count(),
+        "speaker": "sounddevice double" if args.double else "PulseAudio room",
+    }
     try:
         for load in ("idle", "one core busy"):
             spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load == "one core busy" else None
@@ -116,7 +143,8 @@ def main() -> None:
                     spinner.kill()
                     spinner.wait()
     finally:
-        room.close()
+        if not args.double:
+            room.close()
     print(json.dumps(summary, indent=1))
 
 

@@ -90,12 +90,14 @@ class Stream:
         self.active = False
         self.heard: list[np.ndarray] = []  # what an output stream was given (its first channel)
         self._thread: threading.Thread | None = None
+        self._runs = 0  # each start() begins a run; a callback thread of an earlier run stops
 
     def start(self) -> None:
         self.sd._maybe_hang("start")
         self.active = True
+        self._runs += 1
         if self.sd.running:
-            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread = threading.Thread(target=self._run, args=(self._runs,), daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
@@ -125,10 +127,12 @@ class Stream:
         else:
             self.callback(np.zeros((self.block, self.channels), dtype=np.int16), self.block, info, Status())
 
-    def _run(self) -> None:
-        while self.active:
+    def _run(self, run: int) -> None:
+        due = time.monotonic()
+        while self.active and run == self._runs:  # one block per block duration, on an absolute schedule
             self.tick(time.monotonic())
-            time.sleep(self.block / self.rate)
+            due += self.block / self.rate
+            time.sleep(max(0.0, due - time.monotonic()))
 
 
 def install(patch: Any, sd: FakeSounddevice) -> None:

@@ -127,7 +127,7 @@ class Playback:
         self._written = 0  # `rate` samples written since flush
         self._prebuffering = True
         self._hold = False  # flush() asked the supervisor to discard what the device holds; play nothing yet
-        self._first_queued_at: float | None = None
+        self._last_write_at = 0.0
         self._starved = False  # the buffer ran dry after playing: the next write is an underrun
         # (DAC time of a block's first sample, its frames, how many of them are our audio, its level in dBFS)
         self._blocks: deque[tuple[float, int, int, float]] = deque()
@@ -384,12 +384,11 @@ class Playback:
             if self._starved:
                 self.underruns += 1
                 self._starved, self._prebuffering = False, True
-                self._first_queued_at = None
                 self._lead = round(self.pacer.lead_s() * self._dev_rate)
             if len(out):
                 self._chunks.append(out)
                 self._queued += len(out)
-                self._first_queued_at = self._first_queued_at or now
+                self._last_write_at = now
             self._written += len(chunk)
 
     def flush(self) -> None:
@@ -489,11 +488,12 @@ class Playback:
         with self._lock:
             if status.output_underflow:
                 self.underruns += 1
+            # play once the lead is queued, or when writes have paused (the run may be all there is)
             if (
                 self._prebuffering
                 and self._queued
                 and not self._hold
-                and (self._queued >= self._lead or now - (self._first_queued_at or now) >= self._lead / self._dev_rate)
+                and (self._queued >= self._lead or now - self._last_write_at >= max(self._lead / self._dev_rate, 0.1))
             ):
                 self._prebuffering = False
             n = 0 if self._prebuffering or self._hold else self._take(outdata, frames)

@@ -74,6 +74,8 @@ class Daemon:
     status_rtt: list[tuple[float, float]] = field(default_factory=list)  # (seconds to the reply, sent at)
     status_late: list[tuple[float, float]] = field(default_factory=list)  # (sent at, seconds without a reply)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    replies: dict[str, dict[str, Any]] = field(default_factory=dict)  # replies to our other commands, by id
+    port: int = 0
     _sent: dict[int, float] = field(default_factory=dict)
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -87,7 +89,10 @@ class Daemon:
             if msg["type"] == "reply" and isinstance(msg.get("id"), int) and msg["id"] in self._sent:
                 sent = self._sent.pop(msg["id"])
                 self.status_rtt.append((time.monotonic() - sent, sent))
-            elif msg["type"] not in ("reply", "hello"):
+            elif msg["type"] == "reply":
+                self.replies[msg["id"]] = msg
+                self._arrived.set()
+            elif msg["type"] != "hello":
                 self.events.append((time.monotonic(), msg))
                 self._arrived.set()
 
@@ -116,6 +121,29 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
                     await self._arrived.wait()
+
+    async def ask(self, text: str) -> dict[str, Any]:
+        """The native `ask` command's reply."""
+        key = f"ask-{len(self.replies)}"
+        await self.ws.send(json.dumps({"type": "ask", "text": text, "id": key}))
+        async with asyncio.timeout(WAIT_S):
+            while key not in self.replies:
+                self._arrived.clear()
+                await self._arrived.wait()
+        return self.replies[key]
+
+    async def realtime_turn(self, text: str) -> list[dict[str, Any]]:
+        """A Realtime session (a headless client) asks `text`; its messages up to response.done."""
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        seen: list[dict[str, Any]] = []
+        async with connect(f"ws://127.0.0.1:{self.port}/v1/realtime", additional_headers=headers) as ws:
+            item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+            await ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
+            await ws.send(json.dumps({"type": "response.create"}))
+            async with asyncio.timeout(WAIT_S):
+                while not seen or seen[-1]["type"] != "response.done":
+                    seen.append(json.loads(await ws.recv()))
+        return seen
 
     async def stop(self) -> tuple[int, float]:
         """SIGTERM; (exit code, seconds to exit)."""
@@ -156,7 +184,7 @@ async def start_daemon(cfg: Config, tmp: Path, room: Room, follow_default: bool 
     )
     assert json.loads(await ws.recv())["type"] == "hello"
     await ws.send(json.dumps({"type": "subscribe", "id": "sub"}))
-    daemon = Daemon(proc, ws, log)
+    daemon = Daemon(proc, ws, log, port=int(m.group(1)))
     daemon.tasks = [
         asyncio.create_task(daemon.read()),
         asyncio.create_task(daemon.poll_status()),
@@ -195,8 +223,9 @@ def test_sound_server_goes_away_and_comes_back(tiny_config: Config, tmp_path: Pa
     """The sound server stops (idle / in the middle of a reply / while the user speaks) and comes back after
     3 s with the same devices: `status` answers within 100 ms throughout, `device` events say the input and the
     output went and came back, within 5 s of the return both are back and the next spoken question is transcribed
-    and its reply heard on the speaker, and SIGTERM (before, during the outage, after the return) exits 0 within
-    2 s."""
+    and its reply heard on the speaker (while idle and without devices, an `ask` is answered in text with a
+    device event saying so, and a headless Realtime session gets its spoken reply), and SIGTERM (before, during
+    the outage, after the return) exits 0 within 2 s."""
     root = tmp_path / "room"
 
     async def scenario() -> dict[str, Any]:
@@ -226,6 +255,13 @@ def test_sound_server_goes_away_and_comes_back(tiny_config: Config, tmp_path: Pa
             if moment == "sigterm_during_outage":
                 out["code"], out["stop_s"] = await d.stop()
                 return out
+            if moment == "idle":  # clients are still served: a text answer, and a headless Realtime session
+                asked = time.monotonic()
+                out["ask_ok"] = (await d.ask("Hello there"))["type"] == "reply"
+                await d.until("device", asked, kind="output", ok=False)  # "this reply is text only"
+                realtime = await d.realtime_turn("Hello there")
+                out["realtime"] = realtime[-1]["response"]["status"]
+                out["realtime_audio"] = sum(m["type"] == "response.output_audio.delta" for m in realtime)
             await asyncio.sleep(max(0.0, gone + OUTAGE_S - time.monotonic()))
             room = await asyncio.to_thread(start_room, root)  # the same devices, on the same socket
             back = time.monotonic()
@@ -256,6 +292,8 @@ def test_sound_server_goes_away_and_comes_back(tiny_config: Config, tmp_path: Pa
     assert len(rtt) >= 10  # the poller really ran throughout
     if moment == "mid_reply":
         assert out["interrupted"] is True
+    if moment == "idle":
+        assert out["ask_ok"] and out["realtime"] == "completed" and out["realtime_audio"] >= 1, out
     if not moment.startswith("sigterm"):
         assert out["back_s"] < BACK_WITHIN_S, out["back_s"]
         assert out["loud"] > 24_000 // 4, out["loud"]  # at least 0.25 s of the reply reached the speaker
