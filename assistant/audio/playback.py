@@ -34,7 +34,7 @@ from assistant.events import DeviceStatus
 log = logging.getLogger("assistant.audio.playback")
 
 SILENT_DBFS = -120.0  # the level reported for digital silence
-NO_CALLBACK_S = 1.0  # a running stream calls back every block_ms; this long without a call: it is stuck
+NO_CALLBACK_S = 2.0  # a running stream calls back every block_ms; this long without a call: it is stuck
 WATCH_S = 0.25  # how often the supervisor looks for a stuck stream
 HISTORY_S = 30.0  # blocks kept for played_before(t) / level_at(t) (older ones are summed up)
 MAX_LEAD_S = 2.0  # the most audio buffered ahead before a run starts, however irregular generation was
@@ -263,6 +263,7 @@ class Playback:
             self._stream = None
             self._release(stream)
             raise devices.describe_open_error(device, "output", e) from e
+        self._last_callback = time.monotonic()  # start() can take a while on a busy sound server
         with self._lock:
             self._hold = False
         self._ok = True
