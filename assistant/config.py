@@ -202,10 +202,15 @@ def _type_of(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
+INDEX_KEYS = frozenset({"audio.input_device", "audio.output_device"})  # a name substring or a device index
+
+
 def _check(path: str, value: Any, typ: Any, meta: Mapping[str, Any], origin: str) -> Any:
     """Return `value` converted to the field type, or raise ConfigError naming key, value and range."""
     allowed = _describe(meta)
     want = "a list of strings" if typ == list[str] else _TYPE_NAMES[typ]
+    if path in INDEX_KEYS:
+        want = "a device name (or part of it) or an index >= 0 from `assistant devices`"
     bad_type = ConfigError(
         f"{origin}: `{path}` must be {want}{f' ({allowed})' if allowed else ''}, got {value!r} ({_type_of(value)})"
     )
@@ -221,6 +226,8 @@ def _check(path: str, value: Any, typ: Any, meta: Mapping[str, Any], origin: str
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad_type
         value = float(value)
+    if path in INDEX_KEYS and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = str(value)  # `input_device = 3`: an index from `assistant devices`, as config.toml documents
     if typ is str and not isinstance(value, str):
         raise bad_type
     if meta.get("choices") and value not in meta["choices"]:
