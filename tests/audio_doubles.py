@@ -44,6 +44,7 @@ class FakeSounddevice:
     fail_open: bool = False
     running: bool = True  # streams call back by themselves every block
     dac_delay_s: float = 0.05
+    underflow: bool = False  # callbacks report that the device ran dry (PortAudio's output_underflow)
     streams: list[Stream] = field(default_factory=list)
     released: threading.Event = field(default_factory=threading.Event)
     PortAudioError: type[Exception] = PortAudioError
@@ -80,10 +81,9 @@ class FakeSounddevice:
 class Stream:
     """A stream double; its callback runs on a thread of its own while started (if the device double runs)."""
 
-    latency = 0.02
-
     def __init__(self, sd: FakeSounddevice, kind: str, kw: dict[str, Any]) -> None:
         self.sd, self.kind = sd, kind
+        self.latency = kw["latency"] if isinstance(kw["latency"], float) else 0.02  # "low": 20 ms
         self.callback = kw["callback"]
         self.finished = kw["finished_callback"]
         self.rate, self.channels, self.block = kw["samplerate"], kw["channels"], kw["blocksize"]
@@ -122,7 +122,7 @@ class Stream:
         info = TimeInfo(now, now - self.block / self.rate, now + self.sd.dac_delay_s)
         if self.kind == "output":
             out = np.zeros((self.block, self.channels), dtype=np.float32)
-            self.callback(out, self.block, info, Status())
+            self.callback(out, self.block, info, Status(output_underflow=self.sd.underflow))
             self.heard.append(out[:, 0].copy())
         else:
             self.callback(np.zeros((self.block, self.channels), dtype=np.int16), self.block, info, Status())

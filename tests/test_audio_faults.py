@@ -188,3 +188,29 @@ def test_pacer_buffers_further_ahead_when_generation_nears_real_time() -> None:
     assert lead(slow) == pytest.approx(0.04 + deficit, rel=0.05)
     assert lead([0.02] * 10 + [5.0] + [0.02] * 10) == pytest.approx(0.04)  # a pause for text: a new run
     assert lead([0.9] * 100) == pytest.approx(2.0)
+
+
+def test_device_buffer_grows_when_the_device_runs_dry_with_audio_queued(sd: FakeSounddevice) -> None:
+    """Underflows while our queue holds audio (the callback came late: a busy machine) make the next run reopen
+    the stream with twice the device buffer, capped; underflows with nothing queued change nothing."""
+    sd.underflow = True  # every callback says the device ran dry
+    out = Playback(AudioConfig())
+    out.start()
+    try:
+        time.sleep(0.1)  # callbacks with nothing queued: our own gap, not the device's
+        out.flush()
+        time.sleep(0.1)
+        assert len(sd.streams) == 1 and out.device_latency == "low"
+        latencies = []
+        for _ in range(4):
+            opened = len(sd.streams)
+            out.write(np.full(24_000, 0.1, dtype=np.float32))
+            time.sleep(0.1)  # a few callbacks with audio queued
+            out.flush()
+            deadline = time.monotonic() + 5
+            while len(sd.streams) == opened and time.monotonic() < deadline:
+                time.sleep(0.01)
+            latencies.append(sd.streams[-1].latency)
+        assert latencies == [0.05, 0.1, 0.2, 0.25], latencies
+    finally:
+        out.close()

@@ -40,6 +40,10 @@ HISTORY_S = 30.0  # blocks kept for played_before(t) / level_at(t) (older ones a
 MAX_LEAD_S = 2.0  # the most audio buffered ahead before a run starts, however irregular generation was
 PACE_WRITES = 400  # writes the pacer remembers (~30 s of 80 ms TTS frames)
 RUN_BREAK_S = 1.0  # a pause between writes this long starts a new run for the pacer (the reply waited on text)
+# The device's own buffer: PortAudio's "low" latency at first; when the device runs dry while our queue still
+# holds audio (the callback was not scheduled in time: a busy machine), the next run gets twice as much, up to this.
+MAX_DEVICE_LATENCY_S = 0.25
+DEVICE_STARVED_RUNS = 2  # underflows with audio queued in a run before the device buffer grows
 
 
 class Pacer:
@@ -94,6 +98,8 @@ class Playback:
         self.overflows = 0  # chunks refused because playback_buffer_s was full
         self.restarts = 0  # streams that died by themselves and were reopened
         self.output_latency_s = 0.0
+        self.device_latency: float | str = "low"  # what the stream is opened with (seconds, or PortAudio's word)
+        self._device_starved = 0  # underflows with audio queued since the stream was opened
         self.level_dbfs = SILENT_DBFS  # RMS level of the block handed to the device last, dB full scale
         self.device: devices.Device | None = None
         self.format: devices.Format | None = None
@@ -242,7 +248,7 @@ class Playback:
                     channels=fmt.channels,
                     dtype="float32",
                     blocksize=frame_samples(fmt.rate, self.cfg.block_ms),
-                    latency="low",
+                    latency=self.device_latency,
                     callback=self._callback,
                     finished_callback=lambda: self._finished(generation),
                 ),
@@ -267,6 +273,7 @@ class Playback:
         with self._lock:
             self._hold = False
         self._ok = True
+        self._device_starved = 0
         log.info(
             "speaker open: %s (device %d) at %d Hz x%d, latency %.0f ms",
             device.name,
@@ -281,7 +288,17 @@ class Playback:
         devices.release(stream, "the output stream")
 
     def _restart(self) -> None:
-        """After flush(): abort and restart the stream, discarding what PortAudio and the server hold."""
+        """After flush(): abort and restart the stream, discarding what PortAudio and the server hold (or reopen
+        it with a larger device buffer, when the device ran dry with audio queued)."""
+        if self._device_starved >= DEVICE_STARVED_RUNS and self.output_latency_s < MAX_DEVICE_LATENCY_S:
+            self.device_latency = min(MAX_DEVICE_LATENCY_S, max(2 * self.output_latency_s, 0.05))
+            log.info(
+                "the speaker ran dry %d times with audio queued (a busy machine); its buffer is now %.0f ms",
+                self._device_starved,
+                self.device_latency * 1000,
+            )
+            self._reopen("failed to reopen with a larger buffer")
+            return
         stream = self._stream
         t0 = time.monotonic()
         self._restarting = True
@@ -301,6 +318,11 @@ class Playback:
     def _recover(self, why: str) -> None:
         """The stream died, stalled or hung: abandon it and open a new one at once (queued audio is kept: PortAudio's
         ALSA backend loses streams this way on an overloaded machine). If that fails, the device is lost."""
+        if self._reopen(why):
+            self.restarts += 1
+            log.warning("speaker stream %s; reopened it (%d so far)", why, self.restarts)
+
+    def _reopen(self, why: str) -> bool:
         stream, self._stream = self._stream, None
         self._ok = False
         if stream is not None:
@@ -309,9 +331,8 @@ class Playback:
             self._open()
         except AudioDeviceError as e:
             self._lose(why, e)
-            return
-        self.restarts += 1
-        log.warning("speaker stream %s; reopened it (%d so far)", why, self.restarts)
+            return False
+        return True
 
     def _lose(self, why: str, e: AudioDeviceError) -> None:
         """No speaker: drop the queued audio (played_samples stays at what was heard) and report it."""
@@ -489,6 +510,8 @@ class Playback:
         with self._lock:
             if status.output_underflow:
                 self.underruns += 1
+                if self._queued:
+                    self._device_starved += 1
             # play once the lead is queued, or when writes have paused (the run may be all there is)
             if (
                 self._prebuffering
