@@ -236,6 +236,7 @@ class Pipeline:
                     log.warning("microphone lost", extra=kv(error=str(e), retry_s=self.cfg.audio.device_retry_s))
                     self.publish(DeviceStatus("input", False, str(e), time.monotonic()))
                     self._drop_user_turn()
+                    self._reset_vad()  # an utterance cut by the loss must not run on into the next one
                 await asyncio.sleep(self.cfg.audio.device_retry_s)
                 continue
             if not self.device_ok:

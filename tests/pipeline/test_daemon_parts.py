@@ -143,3 +143,44 @@ def test_latency_trace_counts_the_replys_underruns() -> None:
             assert trace.extra["playback_underruns"] == 1
 
     asyncio.run(main())
+
+
+class ScriptedCapture:
+    """A capture double that delivers `blocks`, then fails (`fail`) or stays silent."""
+
+    def __init__(self, blocks: list[np.ndarray], fail: bool) -> None:
+        self.blocks, self.fail = list(blocks), fail
+
+    async def __aenter__(self) -> ScriptedCapture:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    async def read(self) -> np.ndarray:
+        await asyncio.sleep(0)
+        if self.blocks:
+            return self.blocks.pop(0)
+        if self.fail:
+            raise AudioDeviceError("microphone unplugged")
+        return np.zeros(BLOCK, dtype=np.int16)
+
+
+def test_speech_cut_by_a_lost_microphone_does_not_swallow_the_next_turn() -> None:
+    """The microphone goes while the user speaks: that utterance is dropped, and once it is back the next one
+    starts a turn of its own and is transcribed alone."""
+
+    async def main() -> None:
+        captures = [
+            ScriptedCapture([word_block("hello")] * 4, fail=True),
+            ScriptedCapture([word_block("what")] * 4, fail=False),  # the user asks again at once
+        ]
+        async with Harness({"audio.device_retry_s": 0.5}) as h:
+            h.p.source = ReopeningSource(lambda: captures.pop(0))
+            runner = asyncio.create_task(h.p.run())
+            await h.next_event(DeviceStatus, lambda e: not e.ok)
+            final = await h.next_event(FinalTranscript)
+            runner.cancel()
+            assert final.text == "what"
+
+    asyncio.run(main())
