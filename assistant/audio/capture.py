@@ -71,9 +71,8 @@ class Capture:
         self._resampler = StreamResampler(fmt.rate, CAPTURE_RATE) if fmt.rate != CAPTURE_RATE else None
         self._blocks.clear()
         self._error, self._got_first = None, False
-        devices.stream_opened()
         try:
-            stream = await devices.call_async(
+            stream = await devices.open_stream_async(
                 lambda: sd.InputStream(
                     device=device.index,
                     samplerate=fmt.rate,
@@ -87,11 +86,7 @@ class Capture:
                 "opening the input stream",
             )
         except (sd.PortAudioError, ValueError) as e:
-            devices.stream_closed()
             raise devices.describe_open_error(device, "input", e) from e
-        except AudioDeviceError:
-            devices.stream_closed()
-            raise
         self._stream = stream
         try:
             await devices.call_async(stream.start, "starting the input stream")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -93,18 +94,66 @@ _open_streams = 0
 _streams_lock = threading.Lock()
 
 
-def stream_opened() -> None:
-    """Call before creating a stream (so no re-scan runs while it is created)."""
+def _count_stream(delta: int) -> None:
+    """Change the count of our streams; waits at most CALL_TIMEOUT_S for a re-scan in progress."""
     global _open_streams
-    with _streams_lock:
-        _open_streams += 1
+    if not _streams_lock.acquire(timeout=CALL_TIMEOUT_S):
+        raise AudioDeviceError(
+            "PortAudio is busy re-scanning the audio devices (the sound server is not answering); "
+            "check the sound system"
+        )
+    try:
+        _open_streams = max(0, _open_streams + delta)
+    finally:
+        _streams_lock.release()
 
 
 def stream_closed() -> None:
-    """Call once a stream is closed, or failed to be created."""
-    global _open_streams
-    with _streams_lock:
-        _open_streams = max(0, _open_streams - 1)
+    """Call once a stream of ours is closed."""
+    with contextlib.suppress(AudioDeviceError):
+        _count_stream(-1)
+
+
+def _opening(factory: Callable[[], T], what: str) -> Callable[[], T]:
+    def run() -> T:
+        _count_stream(+1)  # before it exists, so no re-scan runs while it is created
+        try:
+            return factory()
+        except BaseException:
+            stream_closed()
+            raise
+
+    return run
+
+
+def _release_late(fut: concurrent.futures.Future[Any], what: str) -> None:
+    """A stream whose creation was given up on: close it if it ever arrives (nobody else will)."""
+
+    def done(f: concurrent.futures.Future[Any]) -> None:
+        if not f.cancelled() and f.exception() is None:
+            release(f.result(), what)
+
+    fut.add_done_callback(done)
+
+
+def open_stream(factory: Callable[[], T], what: str, limit_s: float = CALL_TIMEOUT_S) -> T:
+    """Create a stream with `factory` on a thread of its own, counted as ours (`call`, for a worker thread)."""
+    fut = _off_thread(_opening(factory, what), what)
+    try:
+        return fut.result(limit_s)
+    except concurrent.futures.TimeoutError as e:
+        _release_late(fut, what)
+        raise _hung(what, limit_s) from e
+
+
+async def open_stream_async(factory: Callable[[], T], what: str, limit_s: float = CALL_TIMEOUT_S) -> T:
+    """`open_stream` for the event loop."""
+    fut = _off_thread(_opening(factory, what), what)
+    try:
+        return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), limit_s)
+    except TimeoutError as e:
+        _release_late(fut, what)
+        raise _hung(what, limit_s) from e
 
 
 def release(stream: Any, what: str) -> None:
@@ -130,7 +179,7 @@ def list_devices() -> list[Device]:
     """
     sd = _sounddevice()
     try:
-        with _streams_lock:
+        with _streams_lock:  # blocking: list_devices runs on a worker thread (`call`)
             if _open_streams == 0:
                 sd._terminate()
                 sd._initialize()

@@ -206,21 +206,29 @@ class Playback:
                 self._restart_wanted = False
             if closing:
                 break
-            if self._stream is None:
-                if time.monotonic() >= retry_at:
-                    retry_at = time.monotonic() + self.cfg.device_retry_s
-                    self._reopen_lost()
-                continue
-            stuck = time.monotonic() - self._last_callback > NO_CALLBACK_S
-            if self._lost or stuck:
-                self._recover("stopped by itself" if self._lost else f"no callback for {NO_CALLBACK_S:g} s")
-                retry_at = time.monotonic() + self.cfg.device_retry_s
-            elif restart:
-                self._restart()
+            try:
+                retry_at = self._step(restart, retry_at)
+            except Exception:  # a surprise from PortAudio must not end supervision: the next round looks again
+                log.exception("the speaker's supervisor failed")
         self._ok = False
         stream, self._stream = self._stream, None
         if stream is not None:
             self._release(stream)
+
+    def _step(self, restart: bool, retry_at: float) -> float:
+        """One round of supervision; returns when to retry a lost device next."""
+        if self._stream is None:
+            if time.monotonic() >= retry_at:
+                retry_at = time.monotonic() + self.cfg.device_retry_s
+                self._reopen_lost()
+            return retry_at
+        stuck = time.monotonic() - self._last_callback > NO_CALLBACK_S
+        if self._lost or stuck:
+            self._recover("stopped by itself" if self._lost else f"no callback for {NO_CALLBACK_S:g} s")
+            return time.monotonic() + self.cfg.device_retry_s
+        if restart:
+            self._restart()
+        return retry_at
 
     def _open(self) -> None:
         """Choose the device, open and start a stream on it (supervisor thread; each call bounded)."""
@@ -239,9 +247,8 @@ class Playback:
         sd = devices._sounddevice()
         self._generation += 1
         generation, self._lost = self._generation, False
-        devices.stream_opened()
         try:
-            stream = devices.call(
+            stream = devices.open_stream(
                 lambda: sd.OutputStream(
                     device=device.index,
                     samplerate=fmt.rate,
@@ -255,11 +262,7 @@ class Playback:
                 "opening the output stream",
             )
         except (sd.PortAudioError, ValueError) as e:
-            devices.stream_closed()
             raise devices.describe_open_error(device, "output", e) from e
-        except AudioDeviceError:
-            devices.stream_closed()  # the thread creating it was abandoned; nothing of it reached us
-            raise
         self.output_latency_s = float(stream.latency)
         self._last_callback = time.monotonic()  # counts from the start: the first call may take a moment
         self._stream = stream

@@ -117,7 +117,9 @@ class Daemon:
                     return at, msg
             self._arrived.clear()
             left = deadline - time.monotonic()
-            assert left > 0, f"no {name} {fields} event; saw {[m['type'] for _, m in self.events][-30:]}"
+            assert left > 0, (
+                f"no {name} {fields} event; saw {[m['type'] for _, m in self.events][-30:]}; log: {self.log[-15:]}"
+            )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
                     await self._arrived.wait()
