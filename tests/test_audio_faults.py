@@ -203,11 +203,12 @@ def test_device_buffer_grows_when_the_device_runs_dry_with_audio_queued(sd: Fake
         assert len(sd.streams) == 1 and out.device_latency == "low"
         latencies = []
         for _ in range(4):
-            opened = len(sd.streams)
+            opened, before = len(sd.streams), out.underruns
             out.write(np.full(24_000, 0.1, dtype=np.float32))
-            time.sleep(0.1)  # a few callbacks with audio queued
-            out.flush()
             deadline = time.monotonic() + 5
+            while out.underruns < before + 2 and time.monotonic() < deadline:  # callbacks with audio queued
+                time.sleep(0.01)
+            out.flush()
             while len(sd.streams) == opened and time.monotonic() < deadline:
                 time.sleep(0.01)
             latencies.append(sd.streams[-1].latency)
