@@ -113,7 +113,7 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
 def mel_filters(n_mels: int = N_MELS, n_fft: int = N_FFT, rate: int = CAPTURE_RATE) -> np.ndarray:
     """(n_mels, n_fft // 2 + 1) triangular filters evenly spaced in Slaney mels over 0..rate/2, each scaled to
     unit area (Slaney normalisation), as Whisper's feature extractor builds them."""
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(rate / 2), n_mels + 2))
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(np.array(0.0)), _hz_to_mel(np.array(rate / 2)), n_mels + 2))
     bins = np.linspace(0.0, rate / 2, n_fft // 2 + 1)
     lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     rising = (bins[None, :] - lower) / (centre - lower)
