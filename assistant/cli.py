@@ -24,7 +24,10 @@ log = logging.getLogger("assistant.cli")
 
 def models_of(cfg: config.Config) -> list[tuple[str, str]]:
     """(what, spec) for every model the configuration names."""
-    return [("STT model", cfg.stt.model_id), ("LLM", cfg.llm.model), ("TTS model", cfg.tts.model)]
+    models = [("STT model", cfg.stt.model_id), ("LLM", cfg.llm.model), ("TTS model", cfg.tts.model)]
+    if cfg.endofturn.detector == "smart_turn":
+        models.append(("end-of-turn model", cfg.endofturn.model))
+    return models
 
 
 def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:

@@ -152,6 +152,21 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class EndOfTurnConfig:
+    detector: str = opt("smart_turn", choices=("smart_turn", "silence"))  # silence: vad.hangover_ms alone
+    model: str = opt("pipecat-ai/smart-turn-v3")
+    threshold: float = opt(0.5, "", 0.0, 1.0)
+    score_after_ms: int = opt(180, "ms", 30, 2000)
+    max_wait_ms: int = opt(2000, "ms", 100, 10_000)
+    threads: int = opt(1, "threads", 1, 16)
+
+
+@dataclass(frozen=True)
+class EchoConfig:
+    enabled: bool = opt(True)
+
+
+@dataclass(frozen=True)
 class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     vad: VadConfig = field(default_factory=VadConfig)
@@ -161,6 +176,8 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    endofturn: EndOfTurnConfig = field(default_factory=EndOfTurnConfig)
+    echo: EchoConfig = field(default_factory=EchoConfig)
     source: str = field(default="defaults", compare=False)  # where the settings came from, for messages
 
     def replace(self, changes: Mapping[str, Any], origin: str = "config.set") -> Config:

@@ -17,7 +17,9 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from assistant import hub
 from assistant.audio.format import CAPTURE_RATE
+from assistant.config import EndOfTurnConfig
 from assistant.errors import InputError, ModelError
 
 Decision = Literal["end", "wait"]
@@ -188,3 +190,18 @@ class SmartTurn:
         """P(turn complete) for the turn's audio so far (int16 16 kHz mono, ending at the current pause)."""
         (out,) = self._session.run(None, {self._input: model_input(audio)})
         return float(np.asarray(out).reshape(-1)[0])
+
+
+def policy_from_config(cfg: EndOfTurnConfig, hangover_ms: int) -> EndOfTurnPolicy:
+    """The configured policy: Smart Turn's, or a fixed `hangover_ms` of silence (vad.hangover_ms)."""
+    if cfg.detector == "silence":
+        return FixedSilence(hangover_ms)
+    return SmartTurnPolicy(cfg.threshold, cfg.score_after_ms, cfg.max_wait_ms)
+
+
+def load_smart_turn(cfg: EndOfTurnConfig) -> SmartTurn | None:
+    """The configured model from the cache or a local folder (None when the detector is "silence").
+    Raises ModelError naming `assistant pull` when it is not downloaded."""
+    if cfg.detector == "silence":
+        return None
+    return SmartTurn.load(hub.resolve(cfg.model, "end-of-turn model"), cfg.threads)

@@ -27,6 +27,13 @@ ALLOW_PATTERNS = [
     "**/*.model",
 ]
 
+# Repos that hold many exports: fetch only the file we run.
+ONLY_FILES = {"pipecat-ai/smart-turn-v3": ["smart-turn-v3.2-cpu.onnx"]}
+
+
+def _patterns(spec: str) -> list[str]:
+    return ONLY_FILES.get(spec, ALLOW_PATTERNS)
+
 
 def is_local(spec: str) -> bool:
     """A spec names a local folder when it exists, starts with '.', '/', '~', or has more than one '/'."""
@@ -46,7 +53,7 @@ def resolve(spec: str, what: str = "model") -> Path:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(spec, allow_patterns=ALLOW_PATTERNS, local_files_only=True))
+        return Path(snapshot_download(spec, allow_patterns=_patterns(spec), local_files_only=True))
     except LocalEntryNotFoundError as e:
         raise ModelError(f"{what} `{spec}` is not downloaded; run `assistant pull` to fetch it") from e
     except Exception as e:  # malformed repo id and the like
@@ -67,7 +74,7 @@ def pull(spec: str, what: str = "model") -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(spec, allow_patterns=ALLOW_PATTERNS))
+        return Path(snapshot_download(spec, allow_patterns=_patterns(spec)))
     except Exception as e:
         raise ModelError(
             f"downloading {what} `{spec}` failed: {type(e).__name__}: {e}; check the repo id and your network, "

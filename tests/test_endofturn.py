@@ -3,21 +3,28 @@ the espeak-ng clip set (tests/turn_clips.py) against a fixed 720 ms silence."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from assistant import hub
+from assistant.config import EndOfTurnConfig
 from assistant.endofturn import (
     FRAMES,
     N_MELS,
+    SMART_TURN_FILE,
+    SMART_TURN_REPO,
     WINDOW_SAMPLES,
     FixedSilence,
     SmartTurn,
     SmartTurnPolicy,
     TurnEvidence,
     ends_mid_phrase,
+    load_smart_turn,
     model_input,
+    policy_from_config,
 )
 from assistant.errors import InputError, ModelError
 from tests.speech import needs_espeak, say
@@ -100,10 +107,12 @@ def test_bad_audio_is_a_one_line_input_error() -> None:
         model_input(np.zeros((2, 100), np.int16))
 
 
-def test_missing_model_names_assistant_pull(tmp_path: Path) -> None:
-    """Loading from a folder without the model file says to run `assistant pull`."""
+def test_missing_model_names_assistant_pull(tmp_path: Path, isolated_env: Path) -> None:
+    """Loading from a folder without the model file, or a repo not in the cache, says to run `assistant pull`."""
     with pytest.raises(ModelError, match="assistant pull"):
         SmartTurn.load(tmp_path)
+    with pytest.raises(ModelError, match="assistant pull"):
+        load_smart_turn(EndOfTurnConfig())
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +155,28 @@ def test_model_policy_is_far_better_than_a_fixed_timeout(smart_turn: SmartTurn) 
     assert acc["model"] >= 0.85 and acc["model"] >= acc["fixed"] + 0.15, acc
     assert cut["model"] <= 0.15 and cut["fixed"] >= 0.5, cut
     assert float(np.median(latency)) <= 300
+
+
+def test_config_builds_the_policy() -> None:
+    """endofturn.detector picks Smart Turn's policy with the configured numbers, or the fixed hangover."""
+    cfg = EndOfTurnConfig(threshold=0.6, score_after_ms=210, max_wait_ms=1500)
+    assert policy_from_config(cfg, 720) == SmartTurnPolicy(0.6, 210, 1500)
+    assert policy_from_config(EndOfTurnConfig(detector="silence"), 720) == FixedSilence(720)
+
+
+def test_the_model_is_pulled_from_its_repo_file(smart_turn: SmartTurn) -> None:
+    """`assistant pull` fetches only the v3.2 CPU export from pipecat-ai/smart-turn-v3, the same bytes the
+    pipecat-ai wheel ships (size and SHA-256 of the file in the Hugging Face repo)."""
+    assert EndOfTurnConfig().model == SMART_TURN_REPO
+    assert hub.ONLY_FILES[SMART_TURN_REPO] == [SMART_TURN_FILE]
+    data = smart_turn_file().read_bytes()
+    assert len(data) == 8_679_182
+    assert hashlib.sha256(data).hexdigest() == "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f"
+
+
+def test_load_from_config_reads_a_local_folder(smart_turn: SmartTurn) -> None:
+    """A local folder holding the .onnx file works as endofturn.model; a missing repo names `assistant pull`."""
+    smart_turn_file()
+    model = load_smart_turn(EndOfTurnConfig(model=str(smart_turn_file().parent)))
+    assert model is not None and 0.0 <= model.score(np.zeros(16_000, np.int16)) <= 1.0
+    assert load_smart_turn(EndOfTurnConfig(detector="silence")) is None
