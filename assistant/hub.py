@@ -159,7 +159,7 @@ def plan(spec: str, what: str = "model") -> Plan:
     from huggingface_hub import snapshot_download
 
     try:
-        infos: Any = snapshot_download(spec, allow_patterns=ALLOW_PATTERNS, dry_run=True)
+        infos: Any = snapshot_download(spec, allow_patterns=_patterns(spec), dry_run=True)
     except Exception as e:
         raise ModelError(explain(e, what, spec)) from e
     return Plan(
@@ -228,7 +228,7 @@ def verify(spec: str, what: str = "model") -> list[str]:
         result = HfApi().verify_repo_checksums(spec)
     except Exception as e:
         raise ModelError(explain(e, what, spec)) from e
-    wanted = set(filter_repo_objects(result.missing_paths, allow_patterns=ALLOW_PATTERNS))
+    wanted = set(filter_repo_objects(result.missing_paths, allow_patterns=_patterns(spec)))
     repairs = [(m["path"], f"{m['algorithm']} differs") for m in result.mismatches]
     repairs += [(path, "missing") for path in sorted(wanted)]
     lines = []
