@@ -113,7 +113,7 @@ def test_local_model_folder_missing(tmp_path: Path) -> None:
 def empty_models(root: Path) -> list[str]:
     """--set options naming existing but empty model folders (they pass the pre-flight, then fail to load)."""
     out = []
-    for key in ("stt.model", "llm.model", "tts.model", "endofturn.model"):
+    for key in ("stt.model", "llm.model", "tts.model"):
         folder = root / "models" / key.split(".")[0]
         folder.mkdir(parents=True)
         out += ["--set", f"{key}='{folder}'"]
