@@ -23,7 +23,7 @@ log = logging.getLogger("assistant.cli")
 
 
 def models_of(cfg: config.Config) -> list[tuple[str, str]]:
-    """(what, spec) for every model the configuration names."""
+    """(what, spec) for every model the daemon loads (checked before `run` starts)."""
     return [("STT model", cfg.stt.model_id), ("LLM", cfg.llm.model), ("TTS model", cfg.tts.model)]
 
 
@@ -41,6 +41,13 @@ def check_open_file_limit(limits: tuple[int, int] | None = None, root: bool | No
         f"the open-file hard limit is {hard}, below the {MLX_LM_OPEN_FILES} the model loader (mlx-lm) sets; "
         f"raise it (`ulimit -Hn {MLX_LM_OPEN_FILES}`, or LimitNOFILE= for a service) and start again"
     )
+
+
+def pulled_models(cfg: config.Config) -> list[tuple[str, str]]:
+    """What `assistant pull` fetches: the daemon's models and the end-of-turn model (the turn core loads it once
+    it is wired; then it joins models_of)."""
+    extra = [("end-of-turn model", cfg.endofturn.model)] if cfg.endofturn.detector == "smart_turn" else []
+    return models_of(cfg) + extra
 
 
 def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -230,7 +237,7 @@ def cmd_devices(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def cmd_pull(args: argparse.Namespace, cfg: config.Config) -> int:
-    specs = models_of(cfg)
+    specs = pulled_models(cfg)
     if args.verify:
         return _report_pull(hub.verify_all(specs, print_line))
     return _report_pull(hub.pull_all(specs, print_line))
