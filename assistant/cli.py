@@ -23,17 +23,42 @@ log = logging.getLogger("assistant.cli")
 
 
 def models_of(cfg: config.Config) -> list[tuple[str, str]]:
-    """(what, spec) for every model the configuration names."""
+    """(what, spec) for every model the daemon loads (checked before `run` starts)."""
     return [("STT model", cfg.stt.model_id), ("LLM", cfg.llm.model), ("TTS model", cfg.tts.model)]
 
 
+MLX_LM_OPEN_FILES = 4096  # mlx_lm/utils.py sets RLIMIT_NOFILE to (2048, 4096) when it is imported
+
+
+def check_open_file_limit(limits: tuple[int, int] | None = None, root: bool | None = None) -> None:
+    """AssistantError if mlx-lm could not set its open-file limit: a hard limit below 4096 fails at model load."""
+    import resource
+
+    _soft, hard = limits or resource.getrlimit(resource.RLIMIT_NOFILE)
+    if (os.geteuid() == 0 if root is None else root) or hard == resource.RLIM_INFINITY or hard >= MLX_LM_OPEN_FILES:
+        return
+    raise AssistantError(
+        f"the open-file hard limit is {hard}, below the {MLX_LM_OPEN_FILES} the model loader (mlx-lm) sets; "
+        f"raise it (`ulimit -Hn {MLX_LM_OPEN_FILES}`, or LimitNOFILE= for a service) and start again"
+    )
+
+
+def pulled_models(cfg: config.Config) -> list[tuple[str, str]]:
+    """What `assistant pull` fetches: the daemon's models and the end-of-turn model (the turn core loads it once
+    it is wired; then it joins models_of)."""
+    extra = [("end-of-turn model", cfg.endofturn.model)] if cfg.endofturn.detector == "smart_turn" else []
+    return models_of(cfg) + extra
+
+
 def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
+    check_open_file_limit()
     for what, spec in models_of(cfg):  # pre-flight: a missing model or device fails in seconds, in one line
         hub.resolve(spec, what)
     check_push_to_talk(cfg)
     from assistant.audio import devices
 
     with _terminal(args, cfg) as con:
+        headless = False
         for spec, kind in ((cfg.audio.input_device, "input"), (cfg.audio.output_device, "output")):
             try:
                 devices.pick(spec, kind)
@@ -42,8 +67,10 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
                     raise
                 # No sound card: the WebSocket clients are the microphone and speaker (headless mode).
                 log.warning("%s; running headless: clients of the WebSocket server bring the audio", e)
-                return asyncio.run(_run_daemon(cfg, headless=True, console=con))
-        return asyncio.run(_run_daemon(cfg, console=con))
+                headless = True
+                break
+        # outside the except block: the daemon's own exceptions must not be chained to the missing device
+        return asyncio.run(_run_daemon(cfg, headless=headless, console=con))
 
 
 def _terminal(args: argparse.Namespace, cfg: config.Config) -> Any:
@@ -211,7 +238,7 @@ def cmd_devices(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def cmd_pull(args: argparse.Namespace, cfg: config.Config) -> int:
-    specs = models_of(cfg)
+    specs = pulled_models(cfg)
     if args.verify:
         return _report_pull(hub.verify_all(specs, print_line))
     return _report_pull(hub.pull_all(specs, print_line))
@@ -560,6 +587,23 @@ async def _check_mic_signal(audio: config.AudioConfig) -> None:
         raise AudioDeviceError(f"the microphone delivers only digital silence; {hint}")
 
 
+def cmd_history(args: argparse.Namespace, cfg: config.Config) -> int:
+    from assistant.tools.setup import open_memory
+
+    memory = open_memory(cfg.memory)
+    try:
+        if args.action == "reset":
+            n = memory.reset_history()
+            print(f"erased {n} stored turn{'s' if n != 1 else ''} from {memory.path} (reminders kept)")
+        else:
+            for turn in memory.turns():
+                for m in turn:
+                    print(f"{m.role}: {m.content}" + "".join(f" [calls {c.name}]" for c in m.tool_calls))
+    finally:
+        memory.close()
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
     from assistant.audio import devices
 
@@ -644,6 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("ctl", cmd_ctl, "send a command to a running daemon, or tail its events")
     p.add_argument("words", nargs="*", metavar="WORD", help="a command, e.g. `status`, `say hello`, `events`")
     p.add_argument("--max-events", type=int, default=0, metavar="N", help="with `events`: exit after N events")
+    p = add("history", cmd_history, "show or erase the conversation history kept across restarts")
+    p.add_argument("action", choices=("show", "reset"), help="show: print it; reset: erase it")
     add("doctor", cmd_doctor, "check devices, cached models, the server port and permissions")
     return parser
 

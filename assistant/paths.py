@@ -26,3 +26,8 @@ def voice_cache_dir() -> Path:
 def state_dir() -> Path:
     """The user's folder for state worth keeping between runs (chat input history)."""
     return Path(platformdirs.user_state_dir(APP, appauthor=False))
+
+
+def data_dir() -> Path:
+    """The user's folder for data that must outlive the program (the memory database of memory.py)."""
+    return Path(platformdirs.user_data_dir(APP, appauthor=False))
