@@ -67,6 +67,7 @@ class SttConfig:
     chunk_ms: int = opt(160, "ms", 80, 1120)
     min_utterance_ms: int = opt(200, "ms", 0, 5000)
     max_utterance_s: float = opt(30.0, "s", 1.0, 600.0)
+    dtype: str = opt("auto", choices=("auto", "float32", "bfloat16", "float16"))
 
     @property
     def model_id(self) -> str:
@@ -115,6 +116,7 @@ class TtsConfig:
     subtalker_top_k: int = opt(50, "", 0, 4096)
     subtalker_top_p: float = opt(1.0, "", 0.0, 1.0)
     seed: int = opt(-1, "", -1, 2**31 - 1)
+    dtype: str = opt("auto", choices=("auto", "float32", "bfloat16", "float16"))
 
 
 @dataclass(frozen=True)

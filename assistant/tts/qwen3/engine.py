@@ -76,6 +76,11 @@ class Utterance:
     def push_text(self, text: str) -> None:
         self.gen.push_text(text)
 
+    def chars_at_frame(self, frame: int) -> int:
+        """Characters of the text pushed so far that the talker had consumed when it produced codec frame
+        `frame` (frame k = samples [k * 1920, (k + 1) * 1920) before any time stretch)."""
+        return self.gen.chars_at_frame(frame)
+
     def end_text(self) -> None:
         self.gen.end_text()
 
@@ -136,7 +141,7 @@ class Qwen3TTS:
     @classmethod
     def load(cls, cfg: TtsConfig) -> Qwen3TTS:
         """Talker, predictor, tokenizer and the speech-tokenizer decoder from `tts.model`. Raises ModelError."""
-        loaded = load_model(cfg.model)
+        loaded = load_model(cfg.model, dtype=cfg.dtype)
         return cls(loaded, cfg, load_speech_tokenizer_of(loaded))
 
     @property
