@@ -97,7 +97,8 @@ def tts_table(section: dict[str, Any]) -> list[str]:
 
 
 def stt_table(section: dict[str, Any]) -> list[str]:
-    vs = [r for r in _results(section) if r.get("engine") == "parakeet-tdt"]
+    vs = [r for r in _results(section) if r.get("engine") == "parakeet-tdt" and r.get("kind") != "tail"]
+    tails = [r for r in _results(section) if r.get("kind") == "tail"]
     lines = [
         "| Parakeet TDT | audio s | final transcript ms, ours | final ms, mlx-audio | ratio | RTF ours | "
         "RTF mlx-audio | same text |",
@@ -110,6 +111,22 @@ def stt_table(section: dict[str, Any]) -> list[str]:
             f"{_spread(ma.get('final_s'), ms=True)} | {_f(r.get('ratio_final_s'), 2)} | {_spread(r['ours']['rtf'])} | "
             f"{_spread(ma.get('rtf'))} | {r.get('same_text', '-')} |"
         )
+    for r in tails:
+        ma = r.get("mlx_audio") or {}
+        lines += [
+            "",
+            f"Tail: {len(r['lengths_s'])} utterances of new lengths ({min(r['lengths_s'])}-{max(r['lengths_s'])} s), "
+            "each once after the warm-ups:",
+            "",
+            "| | final ms median | p90 | max | p90 / median |",
+            "|---|---|---|---|---|",
+        ]
+        for who, t in (("ours", r["ours"]), ("mlx-audio", ma)):
+            if t:
+                s = t["final_s"]
+                lines.append(
+                    f"| {who} | {_ms(s['median'])} | {_ms(s['p90'])} | {_ms(s['max'])} | {t['p90_over_median']} |"
+                )
     lines += [
         "",
         "Ours alone, forced token schedule (benchmarks/stt.py, one run per length after a warm-up):",
@@ -166,7 +183,27 @@ TITLES = {
 }
 
 
-def render(docs: list[dict[str, Any]]) -> str:
+def projection_table(p: dict[str, Any]) -> list[str]:
+    precisions = ["bf16", "8-bit affine g64", "4-bit affine g64"]
+    cols = [(s, q) for s in ("0.6B", "1.7B") for q in precisions]
+    out = [
+        "## Apple silicon: frame time bound by memory bandwidth (projection)\n",
+        "`python -m benchmarks.projection` (no device): bytes of weights read per 80 ms frame (talker once, the 5 "
+        "predictor layers 15 times, each lm_head once, the float32 codec decoder once per "
+        f"{p['chunk_frames']} frames) over the chip's unified-memory bandwidth. A lower bound on ms per frame: "
+        "kernel launches and synchronisation come on top (they dominate on the H100/H200 rows above, where the "
+        "same bytes take well under a millisecond). Real time needs < 80 ms.\n",
+        "| chip (GB/s) | " + " | ".join(f"{s} {q}" for s, q in cols) + " |",
+        "|---|" + "---|" * len(cols),
+        "| bytes/frame | " + " | ".join(f"{p['sizes'][s]['bytes_per_frame'][q] / 1e9:.2f} GB" for s, q in cols) + " |",
+    ]
+    for chip, gbs in p["apple_gbs"].items():
+        row = p["ms_per_frame"][chip]
+        out.append(f"| {chip} ({gbs}) | " + " | ".join(f"{row[s][q]:.1f} ms" for s, q in cols) + " |")
+    return out
+
+
+def render(docs: list[dict[str, Any]], projection: dict[str, Any] | None = None) -> str:
     out = [HEAD]
     for doc in docs:
         m = doc.get("machine", {})
@@ -192,12 +229,15 @@ def render(docs: list[dict[str, Any]]) -> str:
                 out.append("Errors recorded:")
                 out.extend(errs)
             out.append("")
+    if projection:
+        out.extend(projection_table(projection))
     return "\n".join(out).rstrip() + "\n"
 
 
 def write_markdown(folder: Path, target: Path) -> Path:
     docs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-    target.write_text(render(docs))
+    projection = next((d for d in docs if "apple_gbs" in d), None)
+    target.write_text(render([d for d in docs if "label" in d], projection))
     return target
 
 

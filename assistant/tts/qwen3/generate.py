@@ -146,7 +146,9 @@ class FrameGenerator:
         self.min_new_tokens = sampling.min_new_tokens
         self.key = new_key(sampling.seed)
         self.seen = mx.zeros((tc.vocab_size,), dtype=mx.bool_)  # earlier code-0 tokens: the penalty window (all)
-        self.sampled = 0  # first-codebook tokens sampled so far
+        self.sampled = 0  # first-codebook tokens sampled and read so far
+        self.launched = 0  # ... and queued (one more while a frame is queued ahead)
+        self.ahead: tuple[mx.array, mx.array] | None = None  # the next frame, queued before this one was read
         self.max_new_tokens = max_new_tokens
         self.track = TextTrack()
         self.feed = TextFeed(builder.tok, self.track)
@@ -205,33 +207,52 @@ class FrameGenerator:
         self._forward(tail)
         return True
 
+    def _launch(self) -> tuple[mx.array, mx.array]:
+        """Queue the frame kernel on the talker pass that set h_last: (codes, E(codes)), evaluating async."""
+        assert self.h_last is not None
+        eos_blocked = self.launched < self.min_new_tokens
+        frame, emb, self.seen, self.key = self.kernel(self.h_last, self.seen, eos_blocked, self.key)
+        self.launched += 1
+        mx.async_eval(frame, emb, self.seen, self.key)
+        return frame, emb
+
     def step(self) -> np.ndarray | None:
-        """At most one frame of work: returns codes [16] int32, or None (waiting for text, or done)."""
+        """At most one frame of work: returns codes [16] int32, or None (waiting for text, or done).
+
+        After the first frame, the next frame's talker pass and kernel are queued before this frame's codes are
+        read (when its text vector is known), so building one frame's graph overlaps the device computing the
+        previous one; a frame queued past EOS is dropped.
+        """
         if self.done:
             return None
-        if self.cache is None:
-            if not self._prefill():
-                self.waiting_for_text = not self.done
-                return None
-        elif self.pending is not None:
-            text_vec = self.builder.trailing(self.track, self.frames_emitted - 1)
-            if text_vec is None:
-                self.waiting_for_text = True
-                return None
-            self._forward(self.pending + text_vec)
-            self.pending = None
+        if self.ahead is None:
+            if self.cache is None:
+                if not self._prefill():
+                    self.waiting_for_text = not self.done
+                    return None
+            elif self.pending is not None:
+                text_vec = self.builder.trailing(self.track, self.frames_emitted - 1)
+                if text_vec is None:
+                    self.waiting_for_text = True
+                    return None
+                self._forward(self.pending + text_vec)
+                self.pending = None
+            self.ahead = self._launch()
         self.waiting_for_text = False
-        assert self.h_last is not None
-        frame, emb, self.seen, self.key = self.kernel(
-            self.h_last, self.seen, self.sampled < self.min_new_tokens, self.key
-        )
-        mx.eval(frame, emb, self.seen, self.key)
-        codes = np.array(frame)
+        frame, emb = self.ahead
+        self.ahead = None
         self.sampled += 1
+        text_vec = self.builder.trailing(self.track, self.frames_emitted)
+        if self.frames_emitted > 0 and self.sampled < self.max_new_tokens and text_vec is not None:
+            self._forward(emb[None] + text_vec)  # frame 0 is read at once: first audio waits for nothing else
+            self.ahead = self._launch()
+        else:
+            self.pending = emb[None]
+        codes = np.array(frame)
         if codes[0] == self.talker.cfg.codec_eos_token_id or self.sampled >= self.max_new_tokens:
             self.done = True  # the EOS frame, and the last token at max_new_tokens, are never decoded
+            self.ahead = self.pending = None
             return None
-        self.pending = emb[None]
         self.frames_emitted += 1
         return codes
 
