@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.checkpoints import GROUP_SIZE
 
     precision = f"{args.mode} {bits}-bit g{GROUP_SIZE[args.mode]}" if bits else "bf16"
-    kind = f"{args.mode}{bits}" if bits else "bf16"
+    kind = f"{args.mode}-{bits}bit" if bits else "bf16"
     tag = f"{args.size}-{kind}-L{args.layers[0]}x{args.layers[1]}-D{args.decoder_dim}"
     with tempfile.TemporaryDirectory(dir=args.cache or None) as tmp:
         folder = Path(args.cache or tmp) / tag
