@@ -38,7 +38,7 @@ def tts_jobs(small: bool, cache: str, sizes: list[str]) -> list[Job]:
     out: list[Job] = []
     for s in sizes:
         out += [
-            (f"tts {s} bf16", [*base, "--size", s, "--bits", "0", *peer], 150),
+            (f"tts {s} bf16", [*base, "--size", s, "--bits", "0", *peer], 200),
             (f"tts {s} 4-bit", [*base, "--size", s, "--bits", "4", *peer], 120),
         ]
         if s == "0.6B":

@@ -16,8 +16,9 @@
 set -uo pipefail
 [ $# -ge 1 ] || { echo "usage: gpu.sh [install] tts-0.6B|tts-1.7B|stt|llm|v2v ..." >&2; exit 2; }
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-if [ -f .bench-data/qwen2-bpe/vocab.json ]; then  # carried: keep a copy for later calls on this machine
-  mkdir -p /tmp/.bench-data && cp -r .bench-data/qwen2-bpe /tmp/.bench-data/
+for d in .bench-data ../.bench-data; do [ -f $d/qwen2-bpe/vocab.json ] && bpe=$d && break; done
+if [ -n "${bpe:-}" ]; then  # carried: keep a copy for later calls on this machine
+  mkdir -p /tmp/.bench-data && cp -r "$bpe/qwen2-bpe" /tmp/.bench-data/
 fi
 export QWEN2_BPE_DIR=${QWEN2_BPE_DIR:-/tmp/.bench-data/qwen2-bpe}
 export BENCH_CACHE=${BENCH_CACHE:-/tmp/bench-checkpoints}
@@ -31,13 +32,14 @@ cp -n docs/benchmarks/*.json "$RESULTS"/ 2>/dev/null || true  # earlier rows of 
 rc=0
 for part in "$@"; do
   if [ "$part" = install ]; then
-    bash .dev-b/install.sh || exit 3
+    inst=.dev-b/install.sh; [ -f "$inst" ] || inst=../.dev-b/install.sh  # from a carried worktree folder
+    bash "$inst" || exit 3
     continue
   fi
   python3 -c "import mlx.core as mx; print('backend', mx.default_device())" \
     || { echo "MLX is not in /tmp/site: run call 1, then 'gpu.sh install ...' (carry .dev-b)" >&2; exit 3; }
   case "$part" in
-    tts-0.6B) args=(--only tts --tts-sizes 0.6B); limit=${LIMIT_TTS06:-420} ;;
+    tts-0.6B) args=(--only tts --tts-sizes 0.6B); limit=${LIMIT_TTS06:-480} ;;
     tts-1.7B) args=(--only tts --tts-sizes 1.7B); limit=${LIMIT_TTS17:-280} ;;
     stt) args=(--only stt); limit=${LIMIT_STT:-290} ;;
     llm) args=(--only llm); limit=${LIMIT_LLM:-300} ;;

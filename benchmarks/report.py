@@ -16,25 +16,26 @@ RTF = compute time / audio time (< 1 is faster than real time). Ratio = ours / m
 TTS first chunk: ours keeps the voice prefix's KV state per voice (as the daemon does) and prefills only the
 text; mlx-audio prefills the whole prompt on every call. Both stream: ours emits 1 frame then every 4 frames
 (tts.first_chunk_frames/chunk_frames), mlx-audio every frame (streaming_interval 0.08 s, its smallest).
-Bandwidth limit: bytes of talker + predictor weights read per frame / measured time per frame, against the
-assumed peak (H200 HBM3e 4.8 TB/s) and a measured one (a bf16 sum over 1 GiB, best of 5).
+Bandwidth limit: bytes of weights read per frame (talker once, predictor layers 15 times, codec decoder once per
+4 frames; benchmarks/projection.py) / measured time per frame, against the assumed peak (4.8 TB/s, the H200's
+HBM3e; the H100 SXM has 3.35 TB/s) and a measured one (a bf16 sum over 1 GiB, best of 5).
 
-Where ours is slower (profiled with cProfile on the CPU rows): STT Parakeet on 2-5 s clips, ours 1.1-1.2x
-mlx-audio. The timed region of ours includes `feed()` of the whole clip, whose speech guard (numpy FFT
-periodicity, ~17 ms per 2 s) and numpy mel (~8 ms) are a constant ~25 ms; in the daemon feed() runs while the user
-is speaking, so the guard is off the latency path there. Encoder and decoder times match (10 s row: 0.97x).
-Moving the mel to MLX would remove the rest. The CPU TTS rows are dominated by the float32 vocoder (narrowed
-to width 1088 for time), so their bandwidth figures say nothing about the talker; read the GPU rows for that.
-On the H200, STT Parakeet is 1.4-1.9x mlx-audio (17-39 ms vs 12-20 ms): the same host-side numpy mel and guard
-are a larger share when the encoder takes milliseconds (not profiled on the GPU; an MLX mel is the fix). The
-TTS rows reach only 0.2-2.2% of the HBM bandwidth: a frame is 16 small sequential forward passes (talker + 15
-predictor steps), so launch and synchronisation latency dominate, not bytes read; compiling the predictor loop
-(`mx.compile`) is the next step. In voice-to-voice the STT final pass has a long tail (p90 ~0.4 s against a
-~20 ms median), most likely MLX compiling kernels for each new utterance length (not profiled); padding to
-length buckets with masking would remove it.
+Labels: `h200` holds the H200 rows measured before the speed work of issue 18 (host sampling, numpy mel, no length
+buckets); `h100` holds the rows after it, on an H100 (a different card: compare each row with mlx-audio in the same
+run, not across labels). TTS ms/frame is all-in: talker step, the 15 predictor steps and the codec decoder
+(chunks of 4 frames), from `Utterance.step()` as the daemon calls it. A frame now runs as one talker pass plus one
+compiled graph (code-0 sampling on the device, the 15 predictor steps, the next frame's embedding) and a single
+evaluation; the next frame is queued before the current one is read. Quantized talkers run the same graph
+uncompiled: MLX 0.32.4's CUDA backend fails ("SmallVector out of range") on compiled graphs with quantized
+matmuls. STT final pass (ours): the clip is fed in 100 ms blocks before the clock starts, as the daemon feeds audio
+while the user speaks; the clock covers `finalize()` (mel in MLX, encoder padded to a length bucket with masking,
+TDT decode). The tail row times 20 utterances of lengths never seen before, after each implementation's warm-up
+(ours: `warmup()`, one pass per bucket). `benchmarks/stt.py` ("ours alone") calls the encoder directly at each
+exact length, outside the transcriber, so its Parakeet GPU rows include MLX compiling kernels for a new length.
+Frame time grows with utterance length on the GPU (1.7B: 21.6 ms at 100 frames, 27.4 ms at 250; not profiled).
 
-Reproduce: `python -m benchmarks --small` (CPU, label cpu-small); on the H200, `bash benchmarks/gpu.sh PART`
-in the calls listed at the top of that script (label h200).
+Reproduce: `python -m benchmarks --small` (CPU, label cpu-small); on a lent GPU, `bash benchmarks/gpu.sh PARTS`
+in the calls listed at the top of that script (label h100 or h200 from the card).
 """
 
 

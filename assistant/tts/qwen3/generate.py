@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, cast
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 
 from assistant.tts.qwen3.prompt import PromptBuilder, TextTrack, VoicePrompt
@@ -98,7 +99,10 @@ class FrameKernel:
         tc = talker.cfg
         self.eos = tc.codec_eos_token_id
         self.suppress = suppress_mask(tc.vocab_size, self.eos)
-        self.fn = mx.compile(self._frame)
+        # MLX 0.32.4 CUDA fails ("SmallVector out of range") running a compiled graph with quantized matmuls:
+        # quantized talkers run the same graph uncompiled (still on the device, one evaluation per frame)
+        quantized = any(isinstance(m, nn.QuantizedLinear) for m in talker.modules())
+        self.fn = self._frame if quantized else mx.compile(self._frame)
 
     @classmethod
     def of(cls, talker: Talker, p: SamplingParams) -> FrameKernel:
