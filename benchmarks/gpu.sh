@@ -46,7 +46,9 @@ for part in "$@"; do
     v2v) args=(--only v2v); limit=${LIMIT_V2V:-450} ;;
     *) echo "unknown part $part: use install, tts-0.6B, tts-1.7B, stt, llm or v2v" >&2; exit 2 ;;
   esac
-  timeout -k 10 "$limit" python3 -u -m benchmarks --label "$label" --out "$RESULTS" "${args[@]}" || rc=$?
+  # JOBS="4-bit,mxfp4": only the jobs whose names contain one of these
+  timeout -k 10 "$limit" python3 -u -m benchmarks --label "$label" --out "$RESULTS" "${args[@]}" --jobs "${JOBS:-}" \
+    || rc=$?
 done
 if [ -n "${OUT:-}" ]; then
   mkdir -p "$OUT/benchmarks" && cp "$RESULTS/$label.json" "$OUT/benchmarks/" && cp "$RESULTS"/../benchmarks.md "$OUT/"
