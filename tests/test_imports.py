@@ -26,6 +26,8 @@ LAYERS: list[tuple[str, ...]] = [
         "assistant.stt",
         "assistant.tts",
         "assistant.llm",
+        "assistant.llm_remote",
+        "assistant.wake",
         "assistant.server.protocol",
         "assistant.server.realtime_protocol",
         "assistant.server.controller",
@@ -34,7 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("assistant.reply",),
     ("assistant.replies",),
     ("assistant.pipeline", "assistant.daemon", "assistant.session"),
-    ("assistant.server",),
+    ("assistant.server", "assistant.wyoming"),
     ("assistant.cli", "assistant.__main__"),
 ]
 MODEL_PACKAGES = ("assistant.stt", "assistant.tts", "assistant.llm", "assistant.vad", "assistant.text")
