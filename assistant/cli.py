@@ -23,8 +23,20 @@ log = logging.getLogger("assistant.cli")
 
 
 def models_of(cfg: config.Config) -> list[tuple[str, str]]:
-    """(what, spec) for every model the configuration names."""
-    return [("STT model", cfg.stt.model_id), ("LLM", cfg.llm.model), ("TTS model", cfg.tts.model)]
+    """(what, spec) for every model loaded here (an `openai` backend's LLM lives on its server)."""
+    llm = [("LLM", cfg.llm.model)] if cfg.llm.backend == "mlx" else []
+    return [("STT model", cfg.stt.model_id), *llm, ("TTS model", cfg.tts.model)]
+
+
+def load_chat(cfg: config.LlmConfig) -> Any:
+    """The configured LLM backend: in-process mlx-lm, or a client of an OpenAI-compatible server."""
+    if cfg.backend == "openai":
+        from assistant.llm_remote import RemoteChat
+
+        return RemoteChat.load(cfg)
+    from assistant.llm import Chat
+
+    return Chat.load(cfg)
 
 
 def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -46,14 +58,13 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
 
 def build_engines(cfg: config.Config) -> Any:
     """Load every engine from the config (call on the compute thread: MLX state belongs to it)."""
-    from assistant.llm import Chat
     from assistant.stt import load_transcriber
     from assistant.tts import Qwen3TTS
     from assistant.turns import Engines
     from assistant.vad import Vad
 
     transcriber = load_transcriber(cfg.stt)
-    chat = Chat.load(cfg.llm)
+    chat = load_chat(cfg.llm)
     tts = Qwen3TTS.load(cfg.tts)
     return Engines(transcriber, chat, tts, tts.voice(cfg.tts.voice or None), make_vad=Vad)
 
@@ -71,14 +82,17 @@ class SharedEngines:
 
     def new_session(self, voice: str | None) -> Any:
         from assistant.llm import Chat
+        from assistant.llm_remote import RemoteChat
         from assistant.stt.transcriber import OfflineTranscriber, StreamingTranscriber
         from assistant.turns import Engines
 
         chat, transcriber = self.engines.chat, self.engines.transcriber
-        assert isinstance(chat, Chat) and isinstance(transcriber, OfflineTranscriber | StreamingTranscriber)
+        assert isinstance(chat, Chat | RemoteChat) and isinstance(
+            transcriber, OfflineTranscriber | StreamingTranscriber
+        )
         return Engines(
             type(transcriber)(transcriber.lm, transcriber.cfg),
-            Chat(chat.model, chat.tokenizer, chat.cfg),
+            chat.new_conversation() if isinstance(chat, RemoteChat) else Chat(chat.model, chat.tokenizer, chat.cfg),
             self.engines.tts,
             self.voice(voice) if voice else self.engines.voice,
             self.engines.make_vad,
@@ -291,9 +305,9 @@ CHAT_HELP = "type a message; /reset clears the history, /exit or Ctrl-D quits, C
 
 
 def cmd_chat(args: argparse.Namespace, cfg: config.Config) -> int:
-    from assistant.llm import Chat
+    from assistant.errors import ModelError
 
-    chat = Chat.load(cfg.llm)
+    chat = load_chat(cfg.llm)
     print(f"chat with {cfg.llm.model}: {CHAT_HELP}", file=sys.stderr)
     while True:
         try:
@@ -323,17 +337,13 @@ def cmd_chat(args: argparse.Namespace, cfg: config.Config) -> int:
             chat.finish_turn("".join(shown))  # stopped: only what was shown counts as heard
             print(("" if args.stream else "".join(shown)) + " [stopped]")
             continue
+        except ModelError as e:  # e.g. the LLM server is down: say so, keep the REPL; the next line retries
+            chat.finish_turn("".join(shown))
+            print(("" if args.stream else "".join(shown)) + f" [error: {e}]")
+            continue
         chat.finish_turn(None)
         print("" if args.stream else chat.history[-1].content)
-        s = chat.stats
-        log.debug(
-            "turn: %d prompt tokens, %d from cache, %d computed, %d generated, %d messages dropped",
-            s.prompt_tokens,
-            s.reused_tokens,
-            s.prefilled_tokens,
-            s.generated_tokens,
-            s.dropped_messages,
-        )
+        log.debug("turn: %s", chat.stats)
 
 
 def cmd_ctl(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -367,6 +377,22 @@ def _check_port(cfg: config.Config) -> None:
                 f"server port {cfg.server.host}:{cfg.server.port} is not free ({e.strerror}); stop what uses it "
                 "or set server.port"
             ) from e
+
+
+def _check_llm_server(llm: config.LlmConfig) -> None:
+    """The OpenAI-compatible server answers GET /models with the key (the model list itself is not checked)."""
+    import httpx2
+
+    from assistant.llm_remote import read_api_key
+
+    key = read_api_key(llm, os.environ)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        r = httpx2.get(llm.base_url.rstrip("/") + "/models", headers=headers, timeout=llm.connect_timeout_s + 2)
+    except httpx2.HTTPError as e:
+        raise AssistantError(f"not reachable ({type(e).__name__}); start the server or fix llm.base_url") from e
+    if r.status_code in (401, 403):
+        raise AssistantError(f"refused the API key (HTTP {r.status_code}); check llm.api_key_env / llm.api_key_file")
 
 
 def _check_config_dir() -> None:
@@ -410,6 +436,8 @@ def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
     if mic.problem is None:
         checks.append(_check("microphone signal", lambda: asyncio.run(_check_mic_signal(cfg.audio))))
     checks.append(_check("speaker", lambda: devices.pick(cfg.audio.output_device, "output")))
+    if cfg.llm.backend == "openai":
+        checks.append(_check(f"LLM server {cfg.llm.base_url}", lambda: _check_llm_server(cfg.llm)))
     checks.append(_check("server port", lambda: _check_port(cfg)))
     checks.append(_check("config folder", _check_config_dir))
     print(f"config: {cfg.source}")

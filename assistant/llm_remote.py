@@ -156,6 +156,10 @@ class RemoteChat:
 
         return cls(cfg, read_api_key(cfg, os.environ if env is None else env))
 
+    def new_conversation(self) -> RemoteChat:
+        """A fresh conversation against the same server, sharing this one's connection pool and key."""
+        return RemoteChat(self.cfg, tools=self.tools, client=self._client)
+
     def close(self) -> None:
         """Close the answer in progress and the connection pool."""
         self._cancel()

@@ -270,3 +270,20 @@ def test_bad_base_url_is_a_config_error() -> None:
     """A base_url that is not http(s) is refused at construction with an example."""
     with pytest.raises(ConfigError, match="not an http"):
         RemoteChat(cfg_for("localhost:8080"))
+
+
+def test_chat_command_uses_the_openai_backend(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`assistant chat` with llm.backend=openai talks to the server; a failed turn is reported and the next works."""
+    import io
+
+    from assistant import cli
+
+    answers = iter([lambda h: h.send_response(503) or h.end_headers(), lambda h: sse(h, [text_chunk("back")])])
+    with ScriptedServer(scripted(lambda h, b: next(answers)(h))) as srv:
+        monkeypatch.setattr("sys.stdin", io.StringIO("hello\nhello again\n/exit\n"))
+        args = ["chat", "--set", "llm.backend=openai", "--set", f"llm.base_url={srv.base_url}"]
+        assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert f"[error: LLM server {srv.base_url} answered HTTP 503" in out and "> back\n" in out
