@@ -132,6 +132,11 @@ async def _run_daemon(cfg: config.Config, headless: bool = False) -> int:
             services.append(hotkey_service)
         if cfg.server.enabled:
             services.append(_server_service(cfg, engines))
+        if cfg.wyoming.enabled:
+            from assistant.wyoming import WyomingServices, speech_engines
+
+            speech = speech_engines(engines.transcriber, engines.tts)
+            services.append(lambda _pipeline: WyomingServices(cfg, speech, compute))
         show = cfg.pipeline.status_line and sys.stderr.isatty()
         if headless:  # no microphone; the daemon's own replies (native say/ask) are not played anywhere
             from assistant.session import NullSink
@@ -155,6 +160,49 @@ async def _run_daemon(cfg: config.Config, headless: bool = False) -> int:
             logging.shutdown()
             sys.stdout.flush()
             os._exit(1)
+
+
+def cmd_wyoming(args: argparse.Namespace, cfg: config.Config) -> int:
+    for what, spec in (("STT model", cfg.stt.model_id), ("TTS model", cfg.tts.model)):
+        hub.resolve(spec, what)
+    return asyncio.run(_run_wyoming(cfg))
+
+
+def build_speech_engines(cfg: config.Config) -> Any:
+    """STT and TTS only, for the Wyoming services (call on the compute thread)."""
+    from assistant.stt import load_transcriber
+    from assistant.tts import Qwen3TTS
+    from assistant.wyoming import speech_engines
+
+    tts = Qwen3TTS.load(cfg.tts)
+    tts.voice(cfg.tts.voice or None)  # the default voice's prefix is computed once, before the first client
+    return speech_engines(load_transcriber(cfg.stt), tts)
+
+
+async def _run_wyoming(cfg: config.Config) -> int:
+    """The Wyoming services alone (no microphone, speaker or LLM) until SIGINT/SIGTERM."""
+    import signal
+
+    from assistant.compute import Compute
+    from assistant.wyoming import WyomingServices
+
+    compute = Compute()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        engines = await compute.run(build_speech_engines, cfg)
+        async with WyomingServices(cfg, engines, compute) as services:
+            print(
+                f"wyoming: asr on tcp://{cfg.wyoming.host}:{services.asr_port}, tts on "
+                f"tcp://{cfg.wyoming.host}:{services.tts_port}",
+                flush=True,
+            )
+            await stop.wait()
+        return 0
+    finally:
+        await asyncio.to_thread(compute.close, 1.0)
 
 
 def cmd_devices(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -505,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("ctl", cmd_ctl, "send a command to a running daemon, or tail its events")
     p.add_argument("words", nargs="*", metavar="WORD", help="a command, e.g. `status`, `say hello`, `events`")
     p.add_argument("--max-events", type=int, default=0, metavar="N", help="with `events`: exit after N events")
+    add("wyoming", cmd_wyoming, "serve our STT and TTS to Home Assistant over Wyoming (without the voice loop)")
     add("doctor", cmd_doctor, "check devices, cached models, the server port and permissions")
     return parser
 
