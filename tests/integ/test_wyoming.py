@@ -336,13 +336,31 @@ def test_the_live_conversation_goes_first(rig: Rig) -> None:
         blocker = rig.compute.submit(gate.wait)  # the compute thread is busy
         async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:
             await c.write_event(Synthesize(text="Hello.").event())
-            while rig.compute._queue.qsize() < 1:  # until the Wyoming job is queued behind the blocker
-                await asyncio.sleep(0.01)  # the queue has no event to await from outside the compute module
+            await observed.queued.wait()  # the Wyoming job is queued behind the blocker
             live = rig.compute.submit(order.append, "conversation", priority=Priority.REPLY)
             gate.set()
             await read_until(c, "audio-stop")
         blocker.result()
         live.result()
 
-    rig.serve(body, SpeechEngines(rig.engines.new_transcriber, Recording()))
+    class Observed:
+        """The compute thread, telling when a Wyoming job has been queued."""
+
+        def __init__(self) -> None:
+            self.queued = asyncio.Event()
+
+        async def run(self, fn: Any, *args: Any, priority: Priority = Priority.REPLY) -> Any:
+            fut = rig.compute.submit(fn, *args, priority=priority)
+            self.queued.set()
+            return await asyncio.wrap_future(fut)
+
+    async def main() -> None:
+        nonlocal observed
+        observed = Observed()
+        engines = SpeechEngines(rig.engines.new_transcriber, Recording())
+        async with WyomingServices(rig.cfg, engines, observed) as services:  # type: ignore[arg-type]
+            await body(services)
+
+    observed: Any = None
+    asyncio.run(main())
     assert order == ["conversation", "wyoming"]
