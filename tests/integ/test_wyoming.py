@@ -364,3 +364,46 @@ def test_the_live_conversation_goes_first(rig: Rig) -> None:
     observed: Any = None
     asyncio.run(main())
     assert order == ["conversation", "wyoming"]
+
+
+def test_wyoming_command_serves_until_sigterm(rig: Rig, tmp_path: Path) -> None:
+    """`assistant wyoming` loads STT and TTS, serves describe on both ports, and exits 0 on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    ports = {"asr": free_port(), "tts": free_port()}
+    sets = {
+        "stt.model": rig.cfg.stt.model,
+        "tts.model": rig.cfg.tts.model,
+        "tts.voice": "vivian",
+        "wyoming.asr_port": ports["asr"],
+        "wyoming.tts_port": ports["tts"],
+    }
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "ASSISTANT_CONFIG": "", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "assistant", *args, "wyoming"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # printed once both ports are bound
+        assert f":{ports['asr']}" in line and f":{ports['tts']}" in line, line
+
+        async def describe() -> list[str]:
+            kinds = []
+            for port in ports.values():
+                async with AsyncTcpClient("127.0.0.1", port) as c:
+                    await c.write_event(Describe().event())
+                    info = Info.from_event(await read(c))
+                    kinds += [p.name for p in info.asr + info.tts]
+            return kinds
+
+        assert asyncio.run(describe()) == ["assistant-stt", "assistant-tts"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
