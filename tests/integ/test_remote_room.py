@@ -140,4 +140,4 @@ def test_remote_llm_turns_barge_in_and_outage(room_env: Any, setup: tuple[Config
     assert barge.heard and any(b in server.log() for b in BROKEN)
     last = [e for e in seen if isinstance(e, ResponseDone)][-1]
     assert not last.interrupted and last.text, summary
-    assert history[-1].role == "assistant" and history[-1].content == last.text
+    assert history[-1].role == "assistant" and history[-1].content == last.text.strip()
