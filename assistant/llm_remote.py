@@ -1,11 +1,14 @@
 """The thinking step on another machine: a chat with any OpenAI-compatible server, streamed over HTTP.
 
 `RemoteChat` has the chat surface of `assistant.llm.Chat` (respond / finish_turn / reset / set_system_prompt /
-history), so the conversation does not know which backend it has. It keeps the history here and sends it whole
+history, and the tool and memory operations set_tools / continue_with_results / last_turn / restore), so the
+conversation does not know which backend it has. It keeps the history here and sends it whole
 each turn (the server's own prompt cache reuses the prefix), trimmed to `llm.history_tokens` by a token estimate.
 The answer streams from `POST {base_url}/chat/completions` with `stream: true` (server-sent events) through one
 pooled `httpx2.Client`. Closing the answer's generator, or `cancel()` from any thread, closes the HTTP stream at
-once, so the server sees the disconnect and stops generating. Tool calls use the OpenAI `tools` format.
+once, so the server sees the disconnect and stops generating. Tool calls use the OpenAI `tools` format: the server
+parses them, so the text deltas are speech only (`tool_format` is None: no call detector is needed) and the calls
+of an answer are in `tool_calls` (the tools' `ToolCall` values) once its stream has ended.
 
 A server that is down, slow or answers garbage raises `ModelError` with a one-line message naming the server and
 the fix; nothing is kept of that turn but the user's message, and the next `respond()` simply tries again.
@@ -28,6 +31,7 @@ import httpx2
 from assistant.config import LlmConfig
 from assistant.errors import ConfigError, InputError, ModelError
 from assistant.llm import TRUNCATE_TO, Message
+from assistant.tools.calls import ToolCall
 
 log = logging.getLogger("assistant.llm_remote")
 
@@ -36,45 +40,6 @@ log = logging.getLogger("assistant.llm_remote")
 CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD_TOKENS = 4
 ERROR_BODY_CHARS = 200  # how much of a failed response's body goes into the one-line error
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """One function call the model asked for: `arguments` is the JSON text exactly as the server streamed it."""
-
-    id: str
-    name: str
-    arguments: str
-
-    def parsed_arguments(self) -> dict[str, Any]:
-        """The arguments as a dict; InputError when the model produced something that is not a JSON object."""
-        try:
-            value = json.loads(self.arguments or "{}")
-        except json.JSONDecodeError as e:
-            raise InputError(f"tool call {self.name}: arguments are not JSON ({e}): {self.arguments[:80]!r}") from e
-        if not isinstance(value, dict):
-            raise InputError(f"tool call {self.name}: arguments must be a JSON object, got {self.arguments[:80]!r}")
-        return value
-
-
-@dataclass(frozen=True)
-class ToolResult:
-    """What running a ToolCall gave, as text for the model."""
-
-    call_id: str
-    content: str
-
-
-@dataclass(frozen=True)
-class ToolExchange:
-    """A history entry: the tool calls of an assistant turn and their results, in the order they were made."""
-
-    calls: tuple[ToolCall, ...]
-    results: tuple[ToolResult, ...]
-    content: str = ""  # text the model said before calling (usually none)
-
-
-HistoryItem = Message | ToolExchange
 
 
 @dataclass
@@ -134,10 +99,10 @@ class RemoteChat:
             raise ConfigError(f"llm.base_url = {cfg.base_url!r} is not an http(s) URL; e.g. http://127.0.0.1:8080/v1")
         self.cfg = cfg
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
-        self.history: list[HistoryItem] = []
+        self.history: list[Message] = []
         self.stats = RemoteStats()
         self.tools: list[dict[str, Any]] = [dict(t) for t in tools]
-        self.tool_calls: list[ToolCall] = []  # asked for by the last answer; answer them with respond_tools()
+        self.tool_calls: list[ToolCall] = []  # made by the last answer; answer them with continue_with_results()
         self._system = cfg.system_prompt
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx2.Timeout(cfg.timeout_s, connect=cfg.connect_timeout_s)
@@ -182,23 +147,31 @@ class RemoteChat:
     def system_prompt(self) -> str:
         return self._system
 
-    def set_tools(self, tools: Sequence[Mapping[str, Any]]) -> None:
-        """Offer these tools (OpenAI format: {"type": "function", "function": {name, description, parameters}})."""
-        self.tools = [dict(t) for t in tools]
+    def set_tools(self, schemas: Sequence[Mapping[str, Any]]) -> bool:
+        """Offer these tools (OpenAI format: {"type": "function", "function": {name, description, parameters}}) from
+        the next request on; [] = none. Always True: the server decides whether its model can call them."""
+        self.tools = [dict(t) for t in schemas]
+        return True
+
+    @property
+    def tool_format(self) -> None:
+        """None: the server parses tool calls, so the deltas never hold call markup (see `tool_calls`)."""
+        return None
 
     def messages(self) -> list[dict[str, Any]]:
         """The wire messages for the current history, system prompt first."""
         out: list[dict[str, Any]] = [{"role": "system", "content": self._system}] if self._system else []
-        for item in self.history:
-            if isinstance(item, Message):
-                out.append({"role": item.role, "content": item.content})
-                continue
-            calls = [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                for c in item.calls
-            ]
-            out.append({"role": "assistant", "content": item.content or None, "tool_calls": calls})
-            out += [{"role": "tool", "tool_call_id": r.call_id, "content": r.content} for r in item.results]
+        for m in self.history:
+            wire: dict[str, Any] = {"role": m.role, "content": m.content}
+            if m.tool_calls:
+                # The OpenAI wire format carries the arguments as JSON text (templates take them parsed).
+                wire["tool_calls"] = [
+                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _arguments_text(c)}}
+                    for c in m.tool_calls
+                ]
+            if m.role == "tool":
+                wire["tool_call_id"] = m.tool_call_id
+            out.append(wire)
         return out
 
     def _fit_history(self) -> tuple[list[dict[str, Any]], int]:
@@ -238,18 +211,41 @@ class RemoteChat:
         self.history.append(Message("user", text))
         return self._start()
 
-    def respond_tools(self, results: Sequence[ToolResult]) -> Iterator[str]:
-        """Answer the last turn's `tool_calls` with their results and stream the model's next answer."""
-        if not self.tool_calls:
-            raise InputError("there are no tool calls to answer; respond() first")
-        ids = {c.id for c in self.tool_calls}
-        if {r.call_id for r in results} != ids:
-            raise InputError(f"tool results must answer exactly the calls {sorted(ids)}")
-        said = "".join(self._answer or []).strip()
+    def continue_with_results(self, said: str, results: Sequence[tuple[ToolCall, str]]) -> Iterator[str]:
+        """Continue the current answer after a tool round; returns a generator like respond()'s.
+
+        `said` is what the answer said before the calls; `results` pairs each call with its result text. Both are
+        recorded in the history (an assistant message with the calls, then one tool message per result).
+        Raises InputError when no answer is open (respond() first) or `results` is empty.
+        """
+        if self._answer is None:
+            raise InputError("no answer is open to continue; tool results need a respond() first")
+        if not results:
+            raise InputError("a tool round needs at least one call and its result")
         self._cancel()
-        self.history.append(ToolExchange(tuple(self.tool_calls), tuple(results), said))
-        self._answer, self.tool_calls = None, []
+        calls = tuple(call for call, _ in results)
+        self.history.append(Message("assistant", said.strip(), tool_calls=calls))
+        self.history += [Message("tool", text, tool_call_id=call.id, name=call.name) for call, text in results]
         return self._start()
+
+    def last_turn(self) -> list[Message]:
+        """The messages of the newest turn: its user message and everything after it (for the memory store)."""
+        starts = [i for i, m in enumerate(self.history) if m.role == "user"]
+        return list(self.history[starts[-1] :]) if starts else []
+
+    def restore(self, messages: Sequence[Message]) -> int:
+        """Start from a stored history: drops the oldest turns beyond `llm.history_tokens` (estimated).
+
+        Returns how many messages were dropped. Any open answer is discarded.
+        """
+        self._cancel()
+        self._answer = None
+        self.history = list(messages)
+        before = len(self.history)
+        while self.history and self._estimate(self.messages()) > self.cfg.history_tokens:
+            n = next((i for i, m in enumerate(self.history) if i and m.role == "user"), len(self.history))
+            del self.history[:n]
+        return before - len(self.history)
 
     def _begin(self) -> None:
         self._cancel()
@@ -330,7 +326,7 @@ class RemoteChat:
             with self._lock:
                 self._response = None
             self.stats.total_s = time.monotonic() - t0
-            self.tool_calls = [ToolCall(c["id"], c["name"], c["arguments"]) for _, c in sorted(calls.items())]
+            self.tool_calls = [_tool_call(c) for _, c in sorted(calls.items())]
 
     def _deltas(self, data: str, calls: dict[int, dict[str, str]], where: str) -> Iterator[str]:
         """The text deltas of one streamed chunk; tool-call fragments are accumulated into `calls` by index."""
@@ -397,8 +393,24 @@ class RemoteChat:
         self.history.append(Message("assistant", heard, interrupted=heard != full or not self._complete))
 
 
-def _is_user(item: HistoryItem) -> bool:
-    return isinstance(item, Message) and item.role == "user"
+def _is_user(item: Message) -> bool:
+    return item.role == "user"
+
+
+def _arguments_text(call: ToolCall) -> str:
+    return call.raw if call.error else json.dumps(dict(call.arguments), ensure_ascii=False)
+
+
+def _tool_call(fragments: dict[str, str]) -> ToolCall:
+    """The streamed call as a ToolCall; arguments that are not a JSON object give a call with `error` set."""
+    text = fragments["arguments"] or "{}"
+    try:
+        args = json.loads(text)
+    except json.JSONDecodeError as e:
+        return ToolCall(fragments["name"], {}, fragments["id"], raw=text, error=f"arguments are not JSON ({e})")
+    if not isinstance(args, dict):
+        return ToolCall(fragments["name"], {}, fragments["id"], raw=text, error="arguments are not a JSON object")
+    return ToolCall(fragments["name"], args, fragments["id"], raw=text)
 
 
 def _sse_data(lines: Iterator[str]) -> Iterator[str]:
@@ -438,4 +450,4 @@ def _merge_tool_call(calls: dict[int, dict[str, str]], tc: Any, where: str) -> N
         call["id"] = f"call_{index}"
 
 
-__all__ = ["RemoteChat", "RemoteStats", "ToolCall", "ToolExchange", "ToolResult", "estimate_tokens", "read_api_key"]
+__all__ = ["RemoteChat", "RemoteStats", "estimate_tokens", "read_api_key"]

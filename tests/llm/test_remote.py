@@ -16,7 +16,8 @@ import pytest
 from assistant.config import Config, LlmConfig, to_dict
 from assistant.errors import ConfigError, InputError, ModelError
 from assistant.llm import Message
-from assistant.llm_remote import RemoteChat, ToolCall, ToolExchange, ToolResult, read_api_key
+from assistant.llm_remote import RemoteChat, read_api_key
+from assistant.tools.calls import ToolCall
 from tests.llm.servers import MlxLmServer, Script, ScriptedServer, free_port, sse, text_chunk
 
 SYSTEM = "You are terse."
@@ -176,24 +177,51 @@ def test_tool_calls_surface_as_values_and_round_trip() -> None:
     tools = [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
     script = scripted(respond)
     with ScriptedServer(script) as srv:
-        chat = RemoteChat(cfg_for(srv.base_url), tools=tools)
+        chat = RemoteChat(cfg_for(srv.base_url))
+        assert chat.set_tools(tools) and chat.tool_format is None
         assert list(chat.respond("What time is it?")) == []
-        assert chat.tool_calls == [ToolCall("call_a", "get_time", '{"zone": "UTC"}')]
-        assert chat.tool_calls[0].parsed_arguments() == {"zone": "UTC"}
-        assert "".join(chat.respond_tools([ToolResult("call_a", "12:00")])) == "It is noon."
+        assert chat.tool_calls == [ToolCall("get_time", {"zone": "UTC"}, "call_a", raw='{"zone": "UTC"}')]
+        answer = chat.continue_with_results("", [(chat.tool_calls[0], "12:00")])
+        assert "".join(answer) == "It is noon."
         chat.finish_turn(None)
     assert script.bodies[0]["tools"] == tools
     sent = script.bodies[1]["messages"]
     assert sent[-2]["tool_calls"][0]["function"] == {"name": "get_time", "arguments": '{"zone": "UTC"}'}
     assert sent[-1] == {"role": "tool", "tool_call_id": "call_a", "content": "12:00"}
-    assert isinstance(chat.history[1], ToolExchange) and chat.history[2] == Message("assistant", "It is noon.")
+    assert chat.history[1].tool_calls[0].name == "get_time"
+    assert chat.history[2] == Message("tool", "12:00", tool_call_id="call_a", name="get_time")
+    assert chat.history[3] == Message("assistant", "It is noon.")
+    assert [m.role for m in chat.last_turn()] == ["user", "assistant", "tool", "assistant"]
 
 
-def test_tool_results_must_match_the_calls() -> None:
-    """Answering calls that were not made, or none at all, is an InputError naming the calls."""
-    chat = RemoteChat(cfg_for("http://127.0.0.1:9/v1"))
-    with pytest.raises(InputError, match="no tool calls"):
-        chat.respond_tools([ToolResult("x", "1")])
+def test_bad_tool_arguments_and_rounds_are_refused() -> None:
+    """Arguments that are not a JSON object give a call with `error`; a tool round without an answer is refused."""
+    chunks = [
+        {
+            "choices": [
+                {"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": "[1"}}]}}
+            ]
+        }
+    ]
+    with ScriptedServer(scripted(lambda h, b: sse(h, chunks))) as srv:
+        chat = RemoteChat(cfg_for(srv.base_url))
+        list(chat.respond("go"))
+    (call,) = chat.tool_calls
+    assert call.name == "f" and call.error.startswith("arguments are not JSON") and call.raw == "[1"
+    with pytest.raises(InputError, match="at least one call"):
+        chat.continue_with_results("", [])
+    chat.finish_turn(None)
+    with pytest.raises(InputError, match="no answer is open"):
+        chat.continue_with_results("", [(call, "x")])
+
+
+def test_restore_trims_a_stored_history() -> None:
+    """A stored history beyond llm.history_tokens is trimmed from the oldest turn, keeping whole turns."""
+    chat = RemoteChat(cfg_for("http://127.0.0.1:9/v1", history_tokens=256))
+    long = "The weather is sunny with a light breeze. " * 6
+    stored = [Message(r, f"{i} {long}") for i in range(6) for r in ("user", "assistant")]
+    dropped = chat.restore(stored)
+    assert dropped > 0 and chat.history == stored[dropped:] and chat.history[0].role == "user"
 
 
 @pytest.mark.parametrize(
