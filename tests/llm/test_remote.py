@@ -315,3 +315,36 @@ def test_chat_command_uses_the_openai_backend(
         assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert f"[error: LLM server {srv.base_url} answered HTTP 503" in out and "> back\n" in out
+
+
+def test_doctor_checks_the_llm_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """doctor's LLM check passes against a live server, and names the fix when it is down or refuses the key."""
+    from http.server import HTTPServer
+
+    from assistant import cli
+    from assistant.errors import AssistantError
+
+    class Models(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ok = self.headers.get("Authorization") == "Bearer k"
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+            self.wfile.write(b'{"data": []}')
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Models)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+        cfg = Config().replace({"llm.backend": "openai", "llm.base_url": base, "llm.api_key_file": ""})
+        with pytest.raises(AssistantError, match="refused the API key"):
+            cli._check_llm_server(cfg.llm)
+        monkeypatch.setenv("INTEG_TEST_KEY", "k")
+        cli._check_llm_server(cfg.replace({"llm.api_key_env": "INTEG_TEST_KEY"}).llm)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    with pytest.raises(AssistantError, match="not reachable"):
+        cli._check_llm_server(cfg.replace({"llm.base_url": f"http://127.0.0.1:{free_port()}/v1"}).llm)
