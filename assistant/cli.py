@@ -177,7 +177,7 @@ async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any =
         if cfg.wyoming.enabled:
             from assistant.wyoming import WyomingServices, speech_engines
 
-            speech = speech_engines(engines.transcriber, engines.tts)
+            speech = speech_engines(engines.transcriber, engines.tts, engines.chat)
             services.append(lambda _pipeline: WyomingServices(cfg, speech, compute))
         if headless:  # no microphone; the daemon's own replies (native say/ask) are not played anywhere
             from assistant.session import NullSink

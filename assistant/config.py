@@ -161,6 +161,7 @@ class WyomingConfig:
     host: str = opt("127.0.0.1")
     asr_port: int = opt(10300, "", 0, 65535)
     tts_port: int = opt(10200, "", 0, 65535)
+    handle_port: int = opt(0, "", 0, 65535)  # the LLM as a conversation agent; 0 = off
     max_audio_s: float = opt(60.0, "s", 1.0, 3600.0)
     max_text_chars: int = opt(4000, "chars", 1, 1_000_000)
 

@@ -12,6 +12,10 @@ ASR: `transcribe` (optional) + `audio-start` + `audio-chunk`* + `audio-stop` -> 
 `transcript-stop`. Audio may come at any rate, sample width and channel count; it is mixed to mono and resampled
 to 16 kHz as it streams.
 
+HANDLE (optional, `wyoming.handle_port`): our LLM as a conversation agent. `transcript` -> `handled-start`,
+`handled-chunk`* as the answer streams, `handled-stop`, then `handled` with the whole answer (`not-handled` with the
+reason when the LLM fails). Each connection is its own conversation.
+
 TTS: `synthesize` -> `audio-start`, `audio-chunk`*, `audio-stop` (24 kHz, 16-bit mono). Streaming: `synthesize-start`,
 `synthesize-chunk`*, `synthesize-stop` -> the audio starts as soon as the first words are in, `audio-stop` and
 `synthesize-stopped` end it. The `synthesize` a streaming client also sends (for older servers) is ignored.
@@ -31,7 +35,18 @@ from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event
-from wyoming.info import AsrModel, AsrProgram, Attribution, Describe, Info, TtsProgram, TtsVoice
+from wyoming.handle import Handled, HandledChunk, HandledStart, HandledStop, NotHandled
+from wyoming.info import (
+    AsrModel,
+    AsrProgram,
+    Attribution,
+    Describe,
+    HandleModel,
+    HandleProgram,
+    Info,
+    TtsProgram,
+    TtsVoice,
+)
 from wyoming.ping import Ping, Pong
 from wyoming.server import AsyncEventHandler
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
@@ -77,6 +92,7 @@ class SpeechEngines:
 
     new_transcriber: Callable[[], Transcriber]
     tts: Any  # Qwen3TTS: voice(name), start(voice, text | None), profiles(), sample_rate, loaded.config.languages
+    new_chat: Callable[[], Any] | None = None  # a fresh conversation over the loaded LLM (the handle service)
 
 
 # ---- audio and info ------------------------------------------------------------------------------------------
@@ -170,6 +186,27 @@ def tts_info(cfg: Config, tts: Any) -> Info:
         supports_synthesize_streaming=True,
     )
     return Info(tts=[program])
+
+
+def handle_info(cfg: Config) -> Info:
+    model = HandleModel(
+        name=cfg.llm.model,
+        attribution=_attribution(cfg.llm.model),
+        installed=True,
+        description=f"the assistant's LLM ({cfg.llm.backend})",
+        version=__version__,
+        languages=[],  # whatever the model speaks
+    )
+    program = HandleProgram(
+        name="assistant-llm",
+        attribution=_attribution(cfg.llm.model),
+        installed=True,
+        description="the assistant's LLM as a conversation agent",
+        version=__version__,
+        models=[model],
+        supports_handled_streaming=True,
+    )
+    return Info(handle=[program])
 
 
 def _error(text: str, code: str) -> Event:
@@ -413,6 +450,89 @@ class TtsHandler(AsyncEventHandler):
         await self.write_event(AudioStop().event())
 
 
+# ---- HANDLE --------------------------------------------------------------------------------------------------
+
+
+class HandleHandler(AsyncEventHandler):
+    """One conversation-agent connection: its own chat over the loaded LLM, answers streamed as handled-chunks."""
+
+    def __init__(self, reader: Any, writer: Any, service: WyomingServices) -> None:
+        super().__init__(reader, writer)
+        self.svc = service
+        self.chat: Any | None = None
+
+    async def handle_event(self, event: Event) -> bool:
+        try:
+            await self._handle(event)
+        except (AssistantError, KeyError, TypeError, ValueError) as e:
+            msg = str(e) if isinstance(e, AssistantError) else f"malformed {event.type} event: {type(e).__name__}: {e}"
+            await self.write_event(_error(msg, "bad-request"))
+        return True
+
+    async def disconnect(self) -> None:
+        if self.chat is not None and hasattr(self.chat, "close"):
+            self.chat.close()
+
+    async def _handle(self, event: Event) -> None:
+        if Describe.is_type(event.type):
+            await self.write_event(self.svc.handle_info.event())
+        elif Ping.is_type(event.type):
+            await self.write_event(Pong(text=Ping.from_event(event).text).event())
+        elif Transcript.is_type(event.type):
+            text = Transcript.from_event(event).text
+            if not isinstance(text, str) or not text.strip():
+                raise InputError("transcript text is empty; send what the user said")
+            await self._answer(text)
+        elif event.type in ("select-program", "pong"):
+            pass
+        else:
+            raise InputError(f"unexpected event `{event.type}` on the handle service; send describe or transcript")
+
+    async def _step(self, gen: Any) -> Any:
+        """One answer step: mlx-lm on the compute thread (after the live conversation); a remote answer's network
+        wait on a worker thread, so it never holds the MLX thread."""
+        from assistant.compute import StepResult
+        from assistant.llm_remote import RemoteChat
+
+        if isinstance(self.chat, RemoteChat):
+            return await asyncio.to_thread(_next_step, gen)
+        result: StepResult = await self.svc.compute.step(gen, priority=PRIORITY)
+        return result
+
+    async def _answer(self, text: str) -> None:
+        make = self.svc.engines.new_chat
+        if make is None:
+            raise InputError("this server has no LLM loaded; the handle service needs the daemon's engines")
+        if self.chat is None:
+            self.chat = await self.svc.compute.run(make, priority=PRIORITY)
+        chat: Any = self.chat
+        await self.write_event(HandledStart().event())
+        parts: list[str] = []
+        try:
+            gen = await self.svc.compute.run(chat.respond, text, priority=PRIORITY)
+            while not (step := await self._step(gen)).done:
+                if step.value:
+                    parts.append(step.value)
+                    await self.write_event(HandledChunk(text=step.value).event())
+        except AssistantError as e:  # e.g. the LLM server is down: the agent says why, the next request retries
+            await self.svc.compute.run(chat.finish_turn, "".join(parts), priority=PRIORITY)
+            await self.write_event(HandledStop().event())
+            await self.write_event(NotHandled(text=str(e)).event())
+            return
+        await self.svc.compute.run(chat.finish_turn, None, priority=PRIORITY)
+        await self.write_event(HandledStop().event())
+        await self.write_event(Handled(text="".join(parts).strip()).event())
+
+
+def _next_step(gen: Any) -> Any:
+    from assistant.compute import StepResult
+
+    try:
+        return StepResult(False, next(gen))
+    except StopIteration:
+        return StepResult(True)
+
+
 # ---- the services --------------------------------------------------------------------------------------------
 
 
@@ -423,10 +543,12 @@ class WyomingServices:
         self.config, self.cfg, self.engines, self.compute = config, config.wyoming, engines, compute
         self.asr_info = asr_info(config)
         self.tts_info = tts_info(config, engines.tts)
+        self.handle_info = handle_info(config)
         self._servers: list[asyncio.Server] = []
         self._handlers: set[asyncio.Task[None]] = set()
         self.asr_port: int | None = None
         self.tts_port: int | None = None
+        self.handle_port: int | None = None
 
     async def __aenter__(self) -> WyomingServices:
         await self.start()
@@ -437,10 +559,15 @@ class WyomingServices:
 
     async def start(self) -> None:
         """Bind the configured ports (0 = off); raises AssistantError when a port is taken."""
-        for kind, port in (("asr", self.cfg.asr_port), ("tts", self.cfg.tts_port)):
+        kinds: dict[str, tuple[int, type[AsrHandler | TtsHandler | HandleHandler]]] = {
+            "asr": (self.cfg.asr_port, AsrHandler),
+            "tts": (self.cfg.tts_port, TtsHandler),
+        }
+        if self.engines.new_chat is not None:
+            kinds["handle"] = (self.cfg.handle_port, HandleHandler)
+        for kind, (port, handler) in kinds.items():
             if port == 0:
                 continue
-            handler: type[AsrHandler] | type[TtsHandler] = AsrHandler if kind == "asr" else TtsHandler
             try:
                 server = await asyncio.start_server(self._connection(handler), self.cfg.host, port)
             except OSError as e:
@@ -454,7 +581,7 @@ class WyomingServices:
             setattr(self, f"{kind}_port", bound)
             log.info("wyoming %s service on tcp://%s:%d", kind, self.cfg.host, bound)
 
-    def _connection(self, handler: type[AsrHandler] | type[TtsHandler]) -> Callable[..., Any]:
+    def _connection(self, handler: type[AsrHandler | TtsHandler | HandleHandler]) -> Callable[..., Any]:
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
             assert task is not None
@@ -481,10 +608,23 @@ class WyomingServices:
         self._servers = []
 
 
-def speech_engines(transcriber: Transcriber, tts: Any) -> SpeechEngines:
-    """SpeechEngines over loaded engines: each request gets a transcriber of the same kind over the same weights."""
+def speech_engines(transcriber: Transcriber, tts: Any, chat: Any = None) -> SpeechEngines:
+    """SpeechEngines over loaded engines: each request gets a transcriber of the same kind over the same weights,
+    and (with `chat`) each handle connection a conversation of its own over the same LLM."""
+    from assistant.llm import Chat
+    from assistant.llm_remote import RemoteChat
     from assistant.stt.transcriber import OfflineTranscriber, StreamingTranscriber
 
     tr = transcriber
     assert isinstance(tr, OfflineTranscriber | StreamingTranscriber)
-    return SpeechEngines(new_transcriber=lambda: type(tr)(tr.lm, tr.cfg), tts=tts)
+    new_chat: Callable[[], Any] | None = None
+    if isinstance(chat, RemoteChat):
+        new_chat = chat.new_conversation
+    elif isinstance(chat, Chat):
+        local = chat
+
+        def new_local() -> Chat:
+            return Chat(local.model, local.tokenizer, local.cfg)
+
+        new_chat = new_local
+    return SpeechEngines(new_transcriber=lambda: type(tr)(tr.lm, tr.cfg), tts=tts, new_chat=new_chat)

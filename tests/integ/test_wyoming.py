@@ -407,3 +407,77 @@ def test_wyoming_command_serves_until_sigterm(rig: Rig, tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def handle_turn(rig: Rig, engines: SpeechEngines, texts: list[str]) -> list[list[Event]]:
+    """Send each text as a transcript on one handle connection; the events answering each."""
+    cfg = rig.cfg.replace({"wyoming.handle_port": free_port()})
+
+    async def main() -> list[list[Event]]:
+        async with WyomingServices(cfg, engines, rig.compute) as s:
+            out = []
+            async with AsyncTcpClient("127.0.0.1", s.handle_port) as c:
+                await c.write_event(Describe().event())
+                info = Info.from_event(await read(c))
+                assert info.handle[0].name == "assistant-llm" and info.handle[0].supports_handled_streaming
+                for text in texts:
+                    await c.write_event(Transcript(text=text).event())
+                    events = [await read(c)]
+                    while events[-1].type not in ("handled", "not-handled", "error"):
+                        events.append(await read(c))
+                    out.append(events)
+            return out
+
+    return asyncio.run(main())
+
+
+def test_handle_answers_with_the_local_llm(rig: Rig) -> None:
+    """A transcript on the handle service streams handled-chunks whose text equals the in-process Chat's answer."""
+    from assistant.llm import Chat
+    from assistant.wyoming import speech_engines
+
+    def load() -> tuple[Any, Any]:
+        tr = rig.engines.new_transcriber()
+        chat = Chat.load(rig.cfg.llm)
+        return speech_engines(tr, rig.engines.tts, chat), Chat(chat.model, chat.tokenizer, chat.cfg)
+
+    engines, reference = rig.compute.submit(load).result()
+    questions = ["Hello, how are you today?", "Tell me a short story."]
+    turns = handle_turn(rig, engines, questions)
+
+    def expected() -> list[str]:
+        out = []
+        for q in questions:
+            out.append("".join(reference.respond(q)).strip())
+            reference.finish_turn(None)
+        return out
+
+    want = rig.compute.submit(expected).result()
+    for events, answer in zip(turns, want, strict=True):
+        types = [e.type for e in events]
+        assert types[0] == "handled-start" and types[-2:] == ["handled-stop", "handled"], types
+        chunks = "".join(e.data["text"] for e in events if e.type == "handled-chunk")
+        assert chunks.strip() == events[-1].data["text"] == answer and answer
+
+
+def test_handle_reports_a_failed_llm_server_and_recovers(rig: Rig) -> None:
+    """With the remote backend, a server error answers not-handled with the reason; the next transcript is handled."""
+    from http.server import BaseHTTPRequestHandler
+
+    from assistant.llm_remote import RemoteChat
+    from tests.llm.servers import Script, ScriptedServer, sse, text_chunk
+
+    replies = iter(
+        [lambda h: h.send_response(500) or h.end_headers(), lambda h: sse(h, [text_chunk("Hi "), text_chunk("there.")])]
+    )
+
+    def respond(h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        next(replies)(h)
+
+    with ScriptedServer(Script(respond)) as srv:
+        chat = RemoteChat(rig.cfg.replace({"llm.backend": "openai", "llm.base_url": srv.base_url}).llm)
+        engines = SpeechEngines(rig.engines.new_transcriber, rig.engines.tts, chat.new_conversation)
+        failed, ok = handle_turn(rig, engines, ["hello", "hello again"])
+    assert failed[-1].type == "not-handled" and "HTTP 500" in failed[-1].data["text"]
+    assert [e.type for e in ok] == ["handled-start", "handled-chunk", "handled-chunk", "handled-stop", "handled"]
+    assert ok[-1].data["text"] == "Hi there."
