@@ -306,8 +306,9 @@ class RemoteChat:
                             answer.append(delta)
                             yield delta
                 else:
-                    if not self._cancelled:
-                        raise ModelError(f"{where} ended the answer without [DONE]; check the server's log")
+                    if self._cancelled:
+                        return  # cancel() closed the stream: the answer is cut, not complete
+                    raise ModelError(f"{where} ended the answer without [DONE]; check the server's log")
             self._complete = True
         except httpx2.ConnectError as e:
             raise ModelError(f"{where} is not reachable ({e}); start it, or fix llm.base_url") from e

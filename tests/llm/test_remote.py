@@ -273,6 +273,8 @@ def test_slow_server_times_out_and_cancel_ends_a_blocked_read() -> None:
         assert next(gen) == "one"
         threading.Timer(0.3, chat.cancel).start()
         assert list(gen) == []  # ended by the cancel, long before the 60 s timeout, without an error
+        chat.finish_turn(None)
+        assert chat.history[-1] == Message("assistant", "one", interrupted=True)
         release.set()
 
 
