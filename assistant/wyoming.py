@@ -16,9 +16,11 @@ HANDLE (optional, `wyoming.handle_port`): our LLM as a conversation agent. `tran
 `handled-chunk`* as the answer streams, `handled-stop`, then `handled` with the whole answer (`not-handled` with the
 reason when the LLM fails). Each connection is its own conversation.
 
-TTS: `synthesize` -> `audio-start`, `audio-chunk`*, `audio-stop` (24 kHz, 16-bit mono). Streaming: `synthesize-start`,
-`synthesize-chunk`*, `synthesize-stop` -> the audio starts as soon as the first words are in, `audio-stop` and
-`synthesize-stopped` end it. The `synthesize` a streaming client also sends (for older servers) is ignored.
+TTS: `synthesize` -> `audio-start`, `audio-chunk`*, `audio-stop` (24 kHz, 16-bit mono), the text made speakable and
+spoken sentence by sentence exactly as `assistant say` does. Streaming: `synthesize-start`, `synthesize-chunk`*,
+`synthesize-stop` -> the chunks go through the daemon's speakable-text stream chunker into one incremental utterance,
+so the audio starts as soon as the first words are in; `audio-stop` and `synthesize-stopped` end it. The
+`synthesize` a streaming client also sends (for older servers) is ignored.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from assistant.compute import Compute, Priority
 from assistant.config import Config
 from assistant.errors import AssistantError, InputError
 from assistant.stt import Transcriber
+from assistant.text import ClauseChunker, sentences
 
 log = logging.getLogger("assistant.wyoming")
 
@@ -336,6 +339,7 @@ class TtsHandler(AsyncEventHandler):
         self.speaking: asyncio.Task[None] | None = None
         self.streaming = False
         self.chars = 0
+        self.chunker = ClauseChunker("stream")  # the daemon's incremental-text path: speakable words as completed
 
     async def handle_event(self, event: Event) -> bool:
         try:
@@ -363,10 +367,11 @@ class TtsHandler(AsyncEventHandler):
             if self.streaming:
                 return  # the whole text a streaming client also sends for servers without streaming
             request = Synthesize.from_event(event)
-            text = self._check_text(request.text, 0)
+            pieces = sentences(self._check_text(request.text, 0))
+            if not pieces:
+                raise InputError("nothing to say: the text has no speakable words (only emoji, symbols or markup)")
             voice = await self._voice(request.voice.name if request.voice else None)
-            utt = await self.svc.compute.run(self.svc.engines.tts.start, voice, text, priority=PRIORITY)
-            await self._speak(utt)
+            await self._speak(voice, pieces)
         elif SynthesizeStart.is_type(event.type):
             start = SynthesizeStart.from_event(event)
             if self.streaming:
@@ -374,6 +379,7 @@ class TtsHandler(AsyncEventHandler):
             voice = await self._voice(start.voice.name if start.voice else None)
             utt = await self.svc.compute.run(self.svc.engines.tts.start, voice, None, priority=PRIORITY)
             self.utt, self.streaming, self.chars = utt, True, 0
+            self.chunker = ClauseChunker("stream")
             self.more_text.clear()
             self.speaking = asyncio.create_task(self._speak_streaming(utt))
         elif SynthesizeChunk.is_type(event.type):
@@ -381,12 +387,11 @@ class TtsHandler(AsyncEventHandler):
                 raise InputError("synthesize-chunk without synthesize-start; start a streaming request first")
             text = self._check_text(SynthesizeChunk.from_event(event).text, self.chars, allow_empty=True)
             self.chars += len(text)
-            if text:
-                await self.svc.compute.run(self.utt.push_text, text, priority=PRIORITY)
-                self.more_text.set()
+            await self._push(self.chunker.push(text))
         elif SynthesizeStop.is_type(event.type):
             if not self.streaming or self.utt is None or self.speaking is None:
                 raise InputError("synthesize-stop without synthesize-start")
+            await self._push(self.chunker.flush())
             await self.svc.compute.run(self.utt.end_text, priority=PRIORITY)
             self.more_text.set()
             try:
@@ -398,6 +403,13 @@ class TtsHandler(AsyncEventHandler):
             pass
         else:
             raise InputError(f"unexpected event `{event.type}` on the tts service; send describe or synthesize")
+
+    async def _push(self, pieces: list[str]) -> None:
+        assert self.utt is not None
+        for piece in pieces:
+            if piece:
+                await self.svc.compute.run(self.utt.push_text, piece, priority=PRIORITY)
+                self.more_text.set()
 
     def _check_text(self, text: Any, before: int, allow_empty: bool = False) -> str:
         if not isinstance(text, str):
@@ -420,14 +432,16 @@ class TtsHandler(AsyncEventHandler):
         pcm = float32_to_int16(np.asarray(chunk, dtype=np.float32)).astype("<i2").tobytes()
         await self.write_event(AudioChunk(rate=rate, width=OUT_WIDTH, channels=1, audio=pcm).event())
 
-    async def _speak(self, utt: UtteranceLike) -> None:
-        """Step a whole-text utterance to its end, sending each chunk as it decodes."""
+    async def _speak(self, voice: Any, pieces: list[str]) -> None:
+        """Each sentence as a whole-text utterance (as `assistant say`), one audio stream, chunks sent as decoded."""
         started = False
-        while not utt.done:
-            chunk = await self.svc.compute.run(utt.step, priority=PRIORITY)
-            if chunk is not None and len(chunk):
-                await self._send_audio(chunk, started)
-                started = True
+        for sentence in pieces:
+            utt = await self.svc.compute.run(self.svc.engines.tts.start, voice, sentence, priority=PRIORITY)
+            while not utt.done:
+                chunk = await self.svc.compute.run(utt.step, priority=PRIORITY)
+                if chunk is not None and len(chunk):
+                    await self._send_audio(chunk, started)
+                    started = True
         await self._finish_audio(started)
 
     async def _speak_streaming(self, utt: UtteranceLike) -> None:
