@@ -23,7 +23,8 @@ log = logging.getLogger("assistant.cli")
 
 
 def models_of(cfg: config.Config) -> list[tuple[str, str]]:
-    """(what, spec) for every model loaded here (an `openai` backend's LLM lives on its server)."""
+    """(what, spec) for every model the daemon loads (checked before `run` starts); an `openai` backend's LLM lives
+    on its server."""
     llm = [("LLM", cfg.llm.model)] if cfg.llm.backend == "mlx" else []
     return [("STT model", cfg.stt.model_id), *llm, ("TTS model", cfg.tts.model)]
 
@@ -39,13 +40,38 @@ def load_chat(cfg: config.LlmConfig) -> Any:
     return Chat.load(cfg)
 
 
+MLX_LM_OPEN_FILES = 4096  # mlx_lm/utils.py sets RLIMIT_NOFILE to (2048, 4096) when it is imported
+
+
+def check_open_file_limit(limits: tuple[int, int] | None = None, root: bool | None = None) -> None:
+    """AssistantError if mlx-lm could not set its open-file limit: a hard limit below 4096 fails at model load."""
+    import resource
+
+    _soft, hard = limits or resource.getrlimit(resource.RLIMIT_NOFILE)
+    if (os.geteuid() == 0 if root is None else root) or hard == resource.RLIM_INFINITY or hard >= MLX_LM_OPEN_FILES:
+        return
+    raise AssistantError(
+        f"the open-file hard limit is {hard}, below the {MLX_LM_OPEN_FILES} the model loader (mlx-lm) sets; "
+        f"raise it (`ulimit -Hn {MLX_LM_OPEN_FILES}`, or LimitNOFILE= for a service) and start again"
+    )
+
+
+def pulled_models(cfg: config.Config) -> list[tuple[str, str]]:
+    """What `assistant pull` fetches: the daemon's models and the end-of-turn model (the turn core loads it once
+    it is wired; then it joins models_of)."""
+    extra = [("end-of-turn model", cfg.endofturn.model)] if cfg.endofturn.detector == "smart_turn" else []
+    return models_of(cfg) + extra
+
+
 def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
+    check_open_file_limit()
     for what, spec in models_of(cfg):  # pre-flight: a missing model or device fails in seconds, in one line
         hub.resolve(spec, what)
     check_push_to_talk(cfg)
     from assistant.audio import devices
 
     with _terminal(args, cfg) as con:
+        headless = False
         for spec, kind in ((cfg.audio.input_device, "input"), (cfg.audio.output_device, "output")):
             try:
                 devices.pick(spec, kind)
@@ -54,8 +80,10 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
                     raise
                 # No sound card: the WebSocket clients are the microphone and speaker (headless mode).
                 log.warning("%s; running headless: clients of the WebSocket server bring the audio", e)
-                return asyncio.run(_run_daemon(cfg, headless=True, console=con))
-        return asyncio.run(_run_daemon(cfg, console=con))
+                headless = True
+                break
+        # outside the except block: the daemon's own exceptions must not be chained to the missing device
+        return asyncio.run(_run_daemon(cfg, headless=headless, console=con))
 
 
 def _terminal(args: argparse.Namespace, cfg: config.Config) -> Any:
@@ -272,7 +300,7 @@ def cmd_devices(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def cmd_pull(args: argparse.Namespace, cfg: config.Config) -> int:
-    specs = models_of(cfg)
+    specs = pulled_models(cfg)
     if args.verify:
         return _report_pull(hub.verify_all(specs, print_line))
     return _report_pull(hub.pull_all(specs, print_line))

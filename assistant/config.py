@@ -173,6 +173,21 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class EndOfTurnConfig:
+    detector: str = opt("smart_turn", choices=("smart_turn", "silence"))  # silence: vad.hangover_ms alone
+    model: str = opt("pipecat-ai/smart-turn-v3")
+    threshold: float = opt(0.5, "", 0.0, 1.0)
+    score_after_ms: int = opt(180, "ms", 30, 2000)
+    max_wait_ms: int = opt(2000, "ms", 100, 10_000)
+    threads: int = opt(1, "threads", 1, 16)
+
+
+@dataclass(frozen=True)
+class EchoConfig:
+    enabled: bool = opt(True)
+
+
+@dataclass(frozen=True)
 class UserToolConfig:
     """A tool declared in config.toml (`[tools.custom.NAME]`): a local command or an HTTP request."""
 
@@ -216,6 +231,8 @@ class Config:
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    endofturn: EndOfTurnConfig = field(default_factory=EndOfTurnConfig)
+    echo: EchoConfig = field(default_factory=EchoConfig)
     source: str = field(default="defaults", compare=False)  # where the settings came from, for messages
 
     def replace(self, changes: Mapping[str, Any], origin: str = "config.set") -> Config:
