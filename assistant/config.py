@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
+import shutil
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +89,7 @@ DEFAULT_SYSTEM_PROMPT = (
 
 @dataclass(frozen=True)
 class LlmConfig:
+    backend: str = opt("mlx", choices=("mlx", "openai"))  # in-process mlx-lm, or an OpenAI-compatible server
     model: str = opt("mlx-community/gemma-4-e4b-it-4bit")
     system_prompt: str = opt(DEFAULT_SYSTEM_PROMPT)
     max_tokens: int = opt(400, "tokens", 1, 32_768)
@@ -97,6 +100,11 @@ class LlmConfig:
     repetition_penalty: float = opt(1.0, "", 0.5, 2.0)
     history_tokens: int = opt(4096, "tokens", 256, 1_000_000)
     seed: int = opt(-1, "", -1, 2**31 - 1)
+    base_url: str = opt("http://127.0.0.1:8080/v1")  # backend = "openai": the server's OpenAI API root
+    api_key_env: str = opt("")  # name of the environment variable holding the API key ("" = none)
+    api_key_file: str = opt("")  # or a file holding it (read once at start; never logged or returned)
+    connect_timeout_s: float = opt(3.0, "s", 0.1, 120.0)
+    timeout_s: float = opt(30.0, "s", 0.5, 600.0)  # longest silence from the server before the turn fails
 
 
 @dataclass(frozen=True)
@@ -145,12 +153,71 @@ class PipelineConfig:
     hotkey: str = opt("<alt_r>")
     hotkey_mode: str = opt("hold", choices=("hold", "toggle"))
     status_line: bool = opt(True)
+    wake_phrase: str = opt("")  # "" = every hands-free turn is answered
+    follow_up_s: float = opt(8.0, "s", 0.0, 600.0)
+
+
+@dataclass(frozen=True)
+class WyomingConfig:
+    enabled: bool = opt(False)
+    host: str = opt("127.0.0.1")
+    asr_port: int = opt(10300, "", 0, 65535)
+    tts_port: int = opt(10200, "", 0, 65535)
+    handle_port: int = opt(0, "", 0, 65535)  # the LLM as a conversation agent; 0 = off
+    max_audio_s: float = opt(60.0, "s", 1.0, 3600.0)
+    max_text_chars: int = opt(4000, "chars", 1, 1_000_000)
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = opt("info", choices=("debug", "info", "warning", "error"))
     json: bool = opt(False)
+
+
+@dataclass(frozen=True)
+class EndOfTurnConfig:
+    detector: str = opt("smart_turn", choices=("smart_turn", "silence"))  # silence: vad.hangover_ms alone
+    model: str = opt("pipecat-ai/smart-turn-v3")
+    threshold: float = opt(0.5, "", 0.0, 1.0)
+    score_after_ms: int = opt(180, "ms", 30, 2000)
+    max_wait_ms: int = opt(2000, "ms", 100, 10_000)
+    threads: int = opt(1, "threads", 1, 16)
+
+
+@dataclass(frozen=True)
+class EchoConfig:
+    enabled: bool = opt(True)
+
+
+@dataclass(frozen=True)
+class UserToolConfig:
+    """A tool declared in config.toml (`[tools.custom.NAME]`): a local command or an HTTP request."""
+
+    kind: str = opt("command", choices=("command", "http"))
+    description: str = opt("")
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+    argv: list[str] = opt([])  # command: program and arguments; "{name}" is replaced by that argument
+    url: str = opt("")  # http: "{name}" is replaced by that argument, URL-quoted
+    method: str = opt("GET", choices=("GET", "POST"))  # GET: the other arguments as the query; POST: as JSON
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout_s: float = opt(10.0, "s", 0.1, 600.0)
+    max_output_bytes: int = opt(4096, "bytes", 64, 1_048_576)
+
+
+@dataclass(frozen=True)
+class ToolsConfig:
+    enabled: list[str] = opt(["time", "reminders"])  # built-in tool sets and [tools.custom] names offered
+    timezone: str = opt("")  # IANA name; "" = the system's
+    filler_after_ms: int = opt(1200, "ms", 0, 60_000)
+    filler: list[str] = opt(["One moment.", "Let me check."])
+    max_rounds: int = opt(3, "rounds", 1, 10)
+    custom: dict[str, UserToolConfig] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    off_the_record: bool = opt(False)  # true: the conversation is never written to disk
+    path: str = opt("")  # "" = memory.sqlite3 in the user's data folder
 
 
 @dataclass(frozen=True)
@@ -162,7 +229,12 @@ class Config:
     tts: TtsConfig = field(default_factory=TtsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    wyoming: WyomingConfig = field(default_factory=WyomingConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    endofturn: EndOfTurnConfig = field(default_factory=EndOfTurnConfig)
+    echo: EchoConfig = field(default_factory=EchoConfig)
     source: str = field(default="defaults", compare=False)  # where the settings came from, for messages
 
     def replace(self, changes: Mapping[str, Any], origin: str = "config.set") -> Config:
@@ -204,10 +276,69 @@ def _type_of(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
+def _user_tools(path: str, value: Any, origin: str) -> dict[str, UserToolConfig]:
+    """`[tools.custom.NAME]` tables -> UserToolConfig, each key checked like the rest of the file."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{origin}: `{path}` must be a table of tools, e.g. [{path}.weather], got {value!r}")
+    hints = get_type_hints(UserToolConfig)
+    fields = {f.name: f for f in dataclasses.fields(UserToolConfig)}
+    out = {}
+    for name, table in value.items():
+        where = f"{path}.{name}"
+        if not name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"{origin}: tool name `{name}` must be letters, digits, `_` or `-`")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{origin}: `{where}` must be a table with kind, description, parameters...")
+        updates: dict[str, Any] = {}
+        for key, item in table.items():
+            if key not in fields:
+                raise ConfigError(f"{origin}: unknown key `{where}.{key}`; {_suggest(key, list(fields))}")
+            if key == "parameters":
+                if not isinstance(item, dict) or item.get("type", "object") != "object":
+                    raise ConfigError(
+                        f'{origin}: `{where}.parameters` must be a JSON schema table with type = "object", got {item!r}'
+                    )
+                updates[key] = {"type": "object", "properties": {}, **item}
+            elif key == "headers":
+                if not isinstance(item, dict) or not all(isinstance(v, str) for v in item.values()):
+                    raise ConfigError(f"{origin}: `{where}.headers` must be a table of strings, got {item!r}")
+                updates[key] = dict(item)
+            else:
+                updates[key] = _check(f"{where}.{key}", item, hints[key], fields[key].metadata, origin)
+        tool = UserToolConfig(**updates)
+        if not tool.description:
+            raise ConfigError(f"{origin}: `{where}.description` is empty; say what the tool does, for the LLM")
+        if tool.kind == "command" and not tool.argv:
+            raise ConfigError(f'{origin}: `{where}.argv` is empty; e.g. argv = ["/usr/bin/uptime"]')
+        if tool.kind == "http" and not tool.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{origin}: `{where}.url` must start with http:// or https://, got {tool.url!r}")
+        if tool.kind == "command" and shutil.which(tool.argv[0]) is None:
+            raise ConfigError(
+                f"{origin}: `{where}.argv` runs {tool.argv[0]!r}, which is not an executable file; "
+                "give its full path (`which NAME` finds it)"
+            )
+        used = re.findall(r"\{(\w+)\}", " ".join([*tool.argv, tool.url]) if tool.kind == "command" else tool.url)
+        undeclared = sorted(set(used) - set(tool.parameters.get("properties", {})))
+        if undeclared:
+            raise ConfigError(
+                f"{origin}: `{where}` uses {{{undeclared[0]}}}, which `parameters.properties` does not declare; "
+                f'add {undeclared[0]} = {{ type = "string" }} to it'
+            )
+        out[name] = tool
+    return out
+
+
+INDEX_KEYS = frozenset({"audio.input_device", "audio.output_device"})  # a name substring or a device index
+
+
 def _check(path: str, value: Any, typ: Any, meta: Mapping[str, Any], origin: str) -> Any:
     """Return `value` converted to the field type, or raise ConfigError naming key, value and range."""
+    if typ == dict[str, UserToolConfig]:
+        return _user_tools(path, value, origin)
     allowed = _describe(meta)
     want = "a list of strings" if typ == list[str] else _TYPE_NAMES[typ]
+    if path in INDEX_KEYS:
+        want = "a device name (or part of it) or an index >= 0 from `assistant devices`"
     bad_type = ConfigError(
         f"{origin}: `{path}` must be {want}{f' ({allowed})' if allowed else ''}, got {value!r} ({_type_of(value)})"
     )
@@ -223,6 +354,8 @@ def _check(path: str, value: Any, typ: Any, meta: Mapping[str, Any], origin: str
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad_type
         value = float(value)
+    if path in INDEX_KEYS and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = str(value)  # `input_device = 3`: an index from `assistant devices`, as config.toml documents
     if typ is str and not isinstance(value, str):
         raise bad_type
     if meta.get("choices") and value not in meta["choices"]:

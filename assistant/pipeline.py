@@ -17,11 +17,11 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from assistant import config as config_mod
+from assistant import settings
 from assistant.audio.format import CAPTURE_RATE, frame_samples
 from assistant.bus import EventBus, Subscription
 from assistant.compute import Compute, Priority
@@ -190,15 +190,12 @@ class Pipeline:
             self._end_user_turn(self._clock.samples, now, now)
 
     def config_get(self) -> dict[str, Any]:
-        return config_mod.to_dict(self.cfg)
+        return settings.public(self.cfg)
 
     def config_set(self, changes: dict[str, object]) -> dict[str, Any]:
-        """Validate and apply `{"section.key": value}`; live for pipeline/vad/llm prompt, else at restart."""
-        new = self.cfg.replace(changes)  # ConfigError names a bad key or value
-        live = ("pipeline.", "vad.", "llm.system_prompt", "logging.")
-        self.restart_required = sorted(
-            {*self.restart_required, *(k for k in changes if not k.startswith(live) and k != "llm.system_prompt")}
-        )
+        """Validate `{"section.key": value}` (settings.apply: live keys only, voices that exist), then apply."""
+        new = settings.apply(self.cfg, changes, cast(settings.VoiceCatalog, self.engines.tts))
+        self.restart_required = sorted({*self.restart_required, *settings.at_restart(changes)})
         if new.vad != self.cfg.vad:
             self._reset_vad(self.engines.make_vad(new.vad))
         if new.llm.system_prompt != self.cfg.llm.system_prompt:

@@ -35,9 +35,6 @@ from assistant.events import (
 from assistant.pipeline import Pipeline
 from tests import tiny_engines
 
-pytest.importorskip("assistant.audio.capture", reason="capture/playback are not merged")
-pytest.importorskip("tests.audio_room", reason="the virtual audio room is not merged")
-
 pytestmark = pytest.mark.audio
 
 RATE = 24_000
@@ -89,10 +86,9 @@ def test_spoken_turn_and_barge_in(room_env: Any, tiny_config: Config, tmp_path: 
     """
     from assistant.audio.capture import Capture
     from assistant.audio.playback import Playback
-    from tests.speech import have_espeak, say, silence
+    from tests.speech import require_espeak, say, silence
 
-    if not have_espeak():
-        pytest.skip("espeak-ng is not installed: apt-get install espeak-ng")
+    require_espeak()
     cfg = tiny_config
 
     async def main() -> tuple[Events, np.ndarray, float, list[Any], Pipeline]:
