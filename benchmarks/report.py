@@ -33,6 +33,9 @@ TDT decode). The tail row times 20 utterances of lengths never seen before, afte
 (ours: `warmup()`, one pass per bucket). `benchmarks/stt.py` ("ours alone") calls the encoder directly at each
 exact length, outside the transcriber, so its Parakeet GPU rows include MLX compiling kernels for a new length.
 Frame time grows with utterance length on the GPU (1.7B: 21.6 ms at 100 frames, 27.4 ms at 250; not profiled).
+Not measured on the GPU yet: the quantized TTS rows (4-bit affine, 8-bit, mxfp4; their first run hit the MLX CUDA
+compile failure above, fixed since, and no machine came for the rerun: `JOBS=4-bit,8-bit,mxfp4 bash
+benchmarks/gpu.sh tts-0.6B tts-1.7B`), the 0.6B 250-frame row (the job's 150 s limit, now 200 s) and voice to voice.
 
 Reproduce: `python -m benchmarks --small` (CPU, label cpu-small); on a lent GPU, `bash benchmarks/gpu.sh PARTS`
 in the calls listed at the top of that script (label h100 or h200 from the card).
