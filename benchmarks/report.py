@@ -25,9 +25,9 @@ buckets); `h100` holds the rows after it, on an H100 (a different card: compare 
 run, not across labels). TTS ms/frame is all-in: talker step, the 15 predictor steps and the codec decoder
 (chunks of 4 frames), from `Utterance.step()` as the daemon calls it. A frame now runs as one talker pass plus one
 compiled graph (code-0 sampling on the device, the 15 predictor steps, the next frame's embedding) and a single
-evaluation; the next frame is queued before the current one is read. Quantized talkers run the same graph
-uncompiled: MLX 0.32.4's CUDA backend fails ("SmallVector out of range") on compiled graphs with quantized
-matmuls. STT final pass (ours): the clip is fed in 100 ms blocks before the clock starts, as the daemon feeds audio
+evaluation; the next frame is queued before the current one is read. On CUDA, quantized talkers run the same
+graph uncompiled: MLX 0.32.4's CUDA backend fails ("SmallVector out of range") on compiled graphs with quantized
+matmuls (Metal and CPU compile them). STT final pass (ours): the clip is fed in 100 ms blocks before the clock starts, as the daemon feeds audio
 while the user speaks; the clock covers `finalize()` (mel in MLX, encoder padded to a length bucket with masking,
 TDT decode). The tail row times 20 utterances of lengths never seen before, after each implementation's warm-up
 (ours: `warmup()`, one pass per bucket). `benchmarks/stt.py` ("ours alone") calls the encoder directly at each

@@ -99,10 +99,10 @@ class FrameKernel:
         tc = talker.cfg
         self.eos = tc.codec_eos_token_id
         self.suppress = suppress_mask(tc.vocab_size, self.eos)
-        # MLX 0.32.4 CUDA fails ("SmallVector out of range") running a compiled graph with quantized matmuls:
-        # quantized talkers run the same graph uncompiled (still on the device, one evaluation per frame)
+        # MLX 0.32.4's CUDA backend fails ("SmallVector out of range") running a compiled graph with quantized
+        # matmuls: there quantized talkers run the same graph uncompiled (Metal and CPU compile it)
         quantized = any(isinstance(m, nn.QuantizedLinear) for m in talker.modules())
-        self.fn = self._frame if quantized else mx.compile(self._frame)
+        self.fn = self._frame if quantized and mx.cuda.is_available() else mx.compile(self._frame)
 
     @classmethod
     def of(cls, talker: Talker, p: SamplingParams) -> FrameKernel:
