@@ -28,8 +28,8 @@ compiled graph (code-0 sampling on the device, the 15 predictor steps, the next 
 evaluation; the next frame is queued before the current one is read. On CUDA, quantized talkers run the same
 graph uncompiled: MLX 0.32.4's CUDA backend fails ("SmallVector out of range") on compiled graphs with quantized
 matmuls (Metal and CPU compile them). STT final pass (ours): the clip is fed in 100 ms blocks before the clock
-starts, as the daemon feeds audio while the user speaks; the clock covers `finalize()` (mel in MLX, encoder padded to a length bucket with masking,
-TDT decode). The tail row times 20 utterances of lengths never seen before, after each implementation's warm-up
+starts, as the daemon feeds audio while the user speaks; the clock covers `finalize()` (mel in MLX, encoder
+padded to a length bucket with masking, TDT decode). The tail row times 20 utterances of lengths never seen before, after each implementation's warm-up
 (ours: `warmup()`, one pass per bucket). `benchmarks/stt.py` ("ours alone") calls the encoder directly at each
 exact length, outside the transcriber, so its Parakeet GPU rows include MLX compiling kernels for a new length.
 Frame time grows with utterance length on the GPU (1.7B: 21.6 ms at 100 frames, 27.4 ms at 250; not profiled).
