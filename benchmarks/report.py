@@ -22,20 +22,22 @@ HBM3e; the H100 SXM has 3.35 TB/s) and a measured one (a bf16 sum over 1 GiB, be
 
 Labels: `h200` holds the H200 rows measured before the speed work of issue 18 (host sampling, numpy mel, no length
 buckets); `h100` holds the rows after it, on an H100 (a different card: compare each row with mlx-audio in the same
-run, not across labels). TTS ms/frame is all-in: talker step, the 15 predictor steps and the codec decoder
-(chunks of 4 frames), from `Utterance.step()` as the daemon calls it. A frame now runs as one talker pass plus one
-compiled graph (code-0 sampling on the device, the 15 predictor steps, the next frame's embedding) and a single
-evaluation; the next frame is queued before the current one is read. On CUDA, quantized talkers run the same
-graph uncompiled: MLX 0.32.4's CUDA backend fails ("SmallVector out of range") on compiled graphs with quantized
-matmuls (Metal and CPU compile them). STT final pass (ours): the clip is fed in 100 ms blocks before the clock
-starts, as the daemon feeds audio while the user speaks; the clock covers `finalize()` (mel in MLX, encoder
-padded to a length bucket with masking, TDT decode). The tail row times 20 utterances of lengths never seen before, after each implementation's warm-up
-(ours: `warmup()`, one pass per bucket). `benchmarks/stt.py` ("ours alone") calls the encoder directly at each
-exact length, outside the transcriber, so its Parakeet GPU rows include MLX compiling kernels for a new length.
-Frame time grows with utterance length on the GPU (1.7B: 21.6 ms at 100 frames, 27.4 ms at 250; not profiled).
+run, not across labels). TTS ms/frame is all-in: talker step, the 15 predictor steps and the codec decoder (chunks
+of 4 frames), from `Utterance.step()` as the daemon calls it. A frame now runs as one talker pass plus one compiled
+graph (code-0 sampling on the device, the 15 predictor steps, the next frame's embedding) and a single evaluation;
+the next frame is queued before the current one is read. On CUDA, quantized talkers run the same graph uncompiled:
+MLX 0.32.4's CUDA backend fails ("SmallVector out of range") on compiled graphs with quantized matmuls (Metal and
+CPU compile them). STT final pass (ours): the clip is fed in 100 ms blocks before the clock starts, as the daemon
+feeds audio while the user speaks; the clock covers `finalize()` (mel in MLX, encoder padded to a length bucket
+with masking, TDT decode). The tail row times 20 utterances of lengths never seen before, after each
+implementation's warm-up (ours: `warmup()`, one pass per bucket). `benchmarks/stt.py` ("ours alone") calls the
+encoder directly at each exact length, outside the transcriber, so its Parakeet GPU rows include MLX compiling
+kernels for a new length. Frame time grows with utterance length on the GPU (1.7B: 21.6 ms at 100 frames, 27.4 ms
+at 250; not profiled).
 Not measured on the GPU yet: the quantized TTS rows (4-bit affine, 8-bit, mxfp4; their first run hit the MLX CUDA
 compile failure above, fixed since, and no machine came for the rerun: `JOBS=4-bit,8-bit,mxfp4 bash
-benchmarks/gpu.sh tts-0.6B tts-1.7B`), the 0.6B 250-frame row (the job's 150 s limit, now 200 s) and voice to voice.
+benchmarks/gpu.sh tts-0.6B tts-1.7B`), the 0.6B 250-frame row (the job's 150 s limit, now 200 s) and voice to
+voice.
 
 Reproduce: `python -m benchmarks --small` (CPU, label cpu-small); on a lent GPU, `bash benchmarks/gpu.sh PARTS`
 in the calls listed at the top of that script (label h100 or h200 from the card).
