@@ -12,7 +12,7 @@ import pytest
 
 from assistant import cli
 
-SUBCOMMANDS = ["run", "devices", "pull", "say", "voices", "transcribe", "chat", "ctl", "doctor"]
+SUBCOMMANDS = ["run", "devices", "pull", "say", "voices", "transcribe", "chat", "ctl", "wyoming", "doctor"]
 
 
 def run(args: list[str], env_extra: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
