@@ -22,7 +22,7 @@ from typing import Any, cast
 import numpy as np
 
 from assistant import settings
-from assistant.audio.format import CAPTURE_RATE, frame_samples
+from assistant.audio.format import CAPTURE_RATE, AudioBlock, frame_samples
 from assistant.bus import EventBus, Subscription
 from assistant.compute import Compute, Priority
 from assistant.config import Config
@@ -98,6 +98,7 @@ class Pipeline:
         self.muted = False
         self.ptt = False
         self.device_ok = True
+        self.output_ok = True
         self.restart_required: list[str] = []
         self._clock = SampleClock()
         preroll = frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms)
@@ -129,6 +130,7 @@ class Pipeline:
             "ptt": self.ptt,
             "speculating": bool(self._user and self._user.speculation),
             "device_ok": self.device_ok,
+            "output_ok": self.output_ok,
             "subscribers": self.bus.subscribers,
             "dropped_events": self.bus.dropped,
             "restart_required": list(self.restart_required),
@@ -231,13 +233,14 @@ class Pipeline:
                     log.warning("microphone lost", extra=kv(error=str(e), retry_s=self.cfg.audio.device_retry_s))
                     self.publish(DeviceStatus("input", False, str(e), time.monotonic()))
                     self._drop_user_turn()
+                    self._reset_vad()  # an utterance cut by the loss must not run on into the next one
                 await asyncio.sleep(self.cfg.audio.device_retry_s)
                 continue
             if not self.device_ok:
                 self.device_ok = True
                 self.publish(DeviceStatus("input", True, "microphone is back", time.monotonic()))
             try:
-                self.on_audio(block)
+                self.on_audio(block.samples if isinstance(block, AudioBlock) else block)
             except Exception as e:  # a bug or a bad block must not stop the daemon listening
                 self.failed(e, "handling microphone audio")
                 self._drop_user_turn()
@@ -429,6 +432,17 @@ class Pipeline:
             self.set_state(TurnState.USER_SPEAKING)
         elif user is None:
             self.set_state(TurnState.IDLE)
+
+    def device_status(self, status: DeviceStatus) -> None:
+        """The speaker (or microphone) was lost or is back: tell clients; without a speaker, replies are text."""
+        self.publish(status)
+        if status.kind != "output" or status.ok == self.output_ok:
+            return
+        self.output_ok = self.replies.audio_ok = status.ok
+        if not status.ok and self.replies.current is not None:
+            self.replies.speaker_lost()
+            if self._user is None:
+                self.set_state(TurnState.IDLE)
 
     def set_playback(self, active: bool, level_dbfs: float = -120.0) -> None:
         self.vad.set_playback(active, level_dbfs)

@@ -21,10 +21,18 @@ import numpy as np
 
 from assistant.compute import Compute, Generation, Priority, Stale
 from assistant.config import Config
-from assistant.events import BargeIn, Event, FinalTranscript, ResponseDone, ResponseTextDelta, TurnState
+from assistant.events import (
+    BargeIn,
+    DeviceStatus,
+    Event,
+    FinalTranscript,
+    ResponseDone,
+    ResponseTextDelta,
+    TurnState,
+)
 from assistant.logs import kv
 from assistant.reply import Reply, pump, settle_answer
-from assistant.turns import AudioSink, Engines, TimedSink, TranscriptLike, TurnTrace, level_dbfs
+from assistant.turns import AudioSink, CountsUnderruns, Engines, TimedSink, TranscriptLike, TurnTrace, level_dbfs
 
 log = logging.getLogger("assistant.replies")
 
@@ -52,7 +60,9 @@ class Replies:
         self.generation = Generation()
         self.turn = 0
         self.current: Reply | None = None  # the confirmed reply in flight
+        self.audio_ok = True  # False while the speaker is lost: replies are text only
         self._settling: asyncio.Task[None] | None = None  # the cancelled reply being recorded
+        self._underruns_at: dict[int, int] = {}  # turn -> the sink's underrun count when its audio started
 
     def new(
         self,
@@ -85,6 +95,8 @@ class Replies:
             self.barge_in()
         self.current = reply
         reply.confirmed.set()
+        if not self.audio_ok:
+            self.host.publish(DeviceStatus("output", False, "no speaker: this reply is text only", time.monotonic()))
         if reply.transcript is not None:
             self.host.publish(FinalTranscript(reply.transcript.text, reply.transcript.language, time.monotonic()))
         for delta in reply.held_deltas:
@@ -106,6 +118,15 @@ class Replies:
         rate = self.engines.tts.sample_rate
         self.host.publish(BargeIn(reply.turn, round(played * 1000.0 / rate, 1), heard, time.monotonic()))
         self.cancel(reply, heard=heard)
+
+    def speaker_lost(self) -> None:
+        """The speaker went away (the sink dropped what it held): end the reply in flight as heard so far."""
+        reply = self.current
+        if reply is None:
+            return
+        played = self.sink.played_samples if reply.audio_started else 0
+        self._mark_played(reply)
+        self.cancel(reply, heard=reply.heard.heard(played))
 
     def cancel(self, reply: Reply, heard: str | None) -> None:
         """Bump the generation (the reply's next step never runs) and settle it in the background."""
@@ -140,9 +161,13 @@ class Replies:
     # ---- inside ----------------------------------------------------------------------------------------------
 
     def _play(self, reply: Reply, chunk: np.ndarray) -> None:
+        if not self.audio_ok:
+            return  # no speaker: the reply goes on as text
         if not reply.audio_started:
             reply.audio_started = True
             self.sink.flush()  # played_samples and the DAC time now count this reply
+            if isinstance(self.sink, CountsUnderruns):
+                self._underruns_at[reply.turn] = self.sink.underruns
             self.host.set_state(TurnState.ASSISTANT_SPEAKING)
         self.sink.write(chunk)
         reply.samples_written += len(chunk)
@@ -190,6 +215,8 @@ class Replies:
             self.host.publish(ResponseDone(reply.turn, text, interrupted, time.monotonic()))
         self._mark_played(reply)
         trace = reply.trace.trace()
+        if reply.turn in self._underruns_at and isinstance(self.sink, CountsUnderruns):
+            trace.extra["playback_underruns"] = self.sink.underruns - self._underruns_at.pop(reply.turn)
         log.info("turn latency", extra=kv(**{k: v for k, v in dataclasses.asdict(trace).items() if k != "extra"}))
         self.host.publish(trace)
         if self.current is reply:

@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from assistant.audio.format import CAPTURE_RATE
+from assistant.audio.format import CAPTURE_RATE, AudioBlock
 from assistant.config import VadConfig
 from assistant.events import LatencyTrace, SilenceStarted, SpeechEnded, SpeechResumed, SpeechStarted
 
@@ -73,7 +73,8 @@ class VadLike(Protocol):
 class AudioSource(Protocol):
     """The microphone: `Capture`, or a WebSocket client in headless mode."""
 
-    async def read(self) -> np.ndarray: ...  # next int16 16 kHz mono block; AudioDeviceError when lost
+    # next int16 16 kHz mono block (with its capture time from a real microphone); AudioDeviceError when lost
+    async def read(self) -> np.ndarray | AudioBlock: ...
 
 
 class AudioSink(Protocol):
@@ -91,6 +92,14 @@ class TimedSink(Protocol):
 
     @property
     def first_sample_dac_time(self) -> float | None: ...
+
+
+@runtime_checkable
+class CountsUnderruns(Protocol):
+    """A sink that counts the times its buffer ran dry in the middle of a run (`Playback`)."""
+
+    @property
+    def underruns(self) -> int: ...
 
 
 @dataclass

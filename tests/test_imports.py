@@ -28,6 +28,8 @@ LAYERS: list[tuple[str, ...]] = [
         "assistant.stt",
         "assistant.tts",
         "assistant.llm",
+        "assistant.llm_remote",
+        "assistant.wake",
         "assistant.memory",
         "assistant.tools.calls",
         "assistant.server.protocol",
@@ -41,7 +43,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("assistant.replies",),
     ("assistant.console",),
     ("assistant.pipeline", "assistant.daemon", "assistant.session", "assistant.oneshot"),
-    ("assistant.server",),
+    ("assistant.server", "assistant.wyoming"),
     ("assistant.cli", "assistant.__main__"),
 ]
 MODEL_PACKAGES = ("assistant.stt", "assistant.tts", "assistant.llm", "assistant.vad", "assistant.text")

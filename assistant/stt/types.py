@@ -17,6 +17,10 @@ class Transcript:
 class Transcriber(Protocol):
     def reset(self) -> None: ...
 
+    def warmup(self) -> None:
+        """Compile every shape utterances will use (once, at start-up, on the compute thread); then reset."""
+        ...
+
     def feed(self, audio: np.ndarray) -> str | None:
         """16 kHz mono int16 or float32 of any length; the new partial transcript when one is due, else None."""
         ...
