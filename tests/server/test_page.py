@@ -29,6 +29,7 @@ from tests.server.test_headless_e2e import TOKEN, daemon
 from tests.speech import needs_espeak, say, silence
 
 WAIT_S = 180.0  # safety net for a loaded shared CPU; never a timing assertion
+PTT_HOLD_S = 6.5  # longer than the fake microphone's file (0.5 s + the question + 4 s), so it holds the question
 SCREENSHOT = Path(os.environ.get("ASSISTANT_TEST_OUTPUT", "/tmp")) / "assistant-page.png"
 
 
@@ -88,7 +89,7 @@ async def browser(tmp: Path, wav: Path) -> AsyncIterator[DevTools]:
         chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={profile}",
         "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-audio-capture={wav}", "--autoplay-policy=no-user-gesture-required",
-        "--remote-debugging-port=0", "about:blank",
+        "--window-size=1000,800", "--remote-debugging-port=0", "about:blank",
     ]  # fmt: skip
     proc = await asyncio.create_subprocess_exec(*args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
@@ -163,7 +164,7 @@ PAGE_STATE = """(() => ({
 def test_page_talks_to_the_daemon_in_headless_chromium(tiny_config: Config, tmp_path: Path) -> None:
     """The page served at / takes the fake microphone's speech to a transcript and a spoken reply: the user's
     words and the reply text appear, reply audio chunks are scheduled, and the turn gets a latency row with every
-    stage; a page served from another origin is refused even with the token."""
+    stage; a push-to-talk turn does the same; a page served from another origin is refused even with the token."""
     wav = fake_microphone(tmp_path / "question.wav")
 
     async def body() -> tuple[dict[str, Any], str]:
@@ -173,6 +174,14 @@ def test_page_talks_to_the_daemon_in_headless_chromium(tiny_config: Config, tmp_
             await dev.js("document.getElementById('connect').click()", gesture=True)
             async with asyncio.timeout(WAIT_S):
                 await dev.js(TURN_DONE)
+            # push to talk: hands-free off, hold the button over one whole loop of the fake microphone's file
+            await dev.js("document.getElementById('handsfree').click()", gesture=True)
+            down = "document.getElementById('ptt').dispatchEvent(new PointerEvent('pointerdown'))"
+            await dev.js(down, gesture=True)
+            await asyncio.sleep(PTT_HOLD_S)
+            await dev.js("document.getElementById('ptt').dispatchEvent(new PointerEvent('pointerup'))", gesture=True)
+            async with asyncio.timeout(WAIT_S):
+                await dev.js(TURN_DONE.replace("tbody tr td", "tbody tr:nth-child(2) td"))
             state = await dev.js(PAGE_STATE)
             shot = await dev.call("Page.captureScreenshot", format="png")
             SCREENSHOT.write_bytes(base64.b64decode(shot["data"]))
@@ -194,7 +203,7 @@ def test_page_talks_to_the_daemon_in_headless_chromium(tiny_config: Config, tmp_
     assert state["user"] and state["user"][0].strip(), state
     assert state["assistant"] and state["assistant"][0].strip(), state
     assert state["chunks"] > 0 and state["seconds"] > 0
-    row = state["rows"][0]
-    assert all(row[s] for s in ("transcript", "response", "text", "audio", "plays", "done")), row
-    assert state["bars"] >= 6
+    for row in state["rows"][:2]:  # the hands-free turn, then the push-to-talk turn
+        assert all(row[s] for s in ("transcript", "response", "text", "audio", "plays", "done")), row
+    assert len(state["user"]) >= 2 and state["bars"] >= 12 and not state["message"], state
     assert refused == "closed 1006", refused  # the browser sees a failed handshake

@@ -8,7 +8,7 @@ const $ = (id) => document.getElementById(id);
 
 const page = {
   ws: null, ctx: null, mic: null, node: null, sending: false, nextPlay: 0, sources: [],
-  turns: [], turn: null, chunks: 0, audioSeconds: 0, current: null,
+  turns: [], turn: null, chunks: 0, audioSeconds: 0, current: null, responding: false,
 };
 window.assistantPage = page; // for people (and tests) poking at it from the console
 
@@ -194,6 +194,7 @@ function onEvent(ev) {
       mark("transcript");
       break;
     case "response.created":
+      page.responding = true;
       if (!page.turn || page.turn.at.done !== undefined) newTurn(); // a reply without speech (text, manual)
       mark("response");
       page.current = logLine("assistant", "");
@@ -211,6 +212,7 @@ function onEvent(ev) {
       break;
     }
     case "response.done":
+      page.responding = false;
       mark("done");
       setState(page.sending || $("handsfree").checked ? "listening" : "idle");
       break;
@@ -252,7 +254,7 @@ function drawTurn(turn) {
 function pttDown() {
   if ($("ptt").disabled || page.sending) return;
   silence();
-  send({ type: "response.cancel" });
+  if (page.responding) send({ type: "response.cancel" });
   send({ type: "input_audio_buffer.clear" });
   page.sending = true;
   $("ptt").classList.add("active");
