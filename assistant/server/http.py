@@ -124,6 +124,13 @@ def error_body(e: HttpError) -> bytes:
     return json.dumps({"error": detail}).encode()
 
 
+def busy_response() -> bytes:
+    """A whole 503 answer, for a connection refused before it is read."""
+    body = error_body(HttpError(503, "too many HTTP requests at once; try again in a moment"))
+    head = f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return (head + "Connection: close\r\nRetry-After: 1\r\n\r\n").encode() + body
+
+
 def json_response(value: Any, status: int = 200) -> Response:
     return Response(status, json.dumps(value).encode())
 

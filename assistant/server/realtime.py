@@ -449,15 +449,16 @@ class RealtimeConversation:
     def deadline(self) -> float | None:
         """When `tick` has something to do (the idle timeout), or None."""
         d = self.detection
-        if d is None or d.idle_timeout_ms is None or self.idle_since is None:
-            return None
+        busy = self.user_item is not None or self.response is not None or self.requested
+        if d is None or d.idle_timeout_ms is None or self.idle_since is None or busy:
+            return None  # None whenever tick would do nothing: the server's timer then sleeps until an event
         return self.idle_since + d.idle_timeout_ms / 1000
 
     def tick(self, now: float) -> Out:
         """The idle timeout: no speech for idle_timeout_ms after the last reply -> timeout_triggered, and the
         (silent) input buffer is committed as a user audio item."""
         deadline = self.deadline()
-        if deadline is None or now < deadline or self.user_item is not None or self.response is not None:
+        if deadline is None or now < deadline:
             return []
         self.idle_since = None  # once per quiet stretch
         item_id = self._id("item")

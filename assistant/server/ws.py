@@ -58,6 +58,7 @@ LOG_BURST, LOG_PER_S = 10, 1.0  # connection log lines: bursts of 10, then one a
 CLOSE_NOT_READING = 1008  # policy violation: the client sends but does not read its replies
 CLOSE_TOO_SLOW = 1013  # try again later: the client cannot keep up with a stream it asked for
 CLOSE_WAIT_S = 1.0  # how long a client closed for not reading gets to answer the close
+MAX_HTTP_REQUESTS = 16  # HTTP requests served at once; more get 503 (each may hold an upload of up to 25 MiB)
 
 
 class Overflow(Exception):
@@ -279,6 +280,10 @@ class ControlServer:
 
     def _serve_http(self, transport: asyncio.Transport, head: bytes) -> None:
         """Hand a connection whose first request is not a WebSocket upgrade to the HTTP endpoints."""
+        if len(self.http_tasks) >= MAX_HTTP_REQUESTS:  # each may hold a 25 MiB upload: bound them together
+            transport.write(http.busy_response())
+            transport.close()
+            return
         reader = asyncio.StreamReader(limit=http.MAX_HEAD_BYTES)
 
         def connected(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
