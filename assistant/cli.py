@@ -46,10 +46,10 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
 
 def build_engines(cfg: config.Config) -> Any:
     """Load every engine from the config (call on the compute thread: MLX state belongs to it)."""
+    from assistant.engines import Engines
     from assistant.llm import Chat
     from assistant.stt import load_transcriber
     from assistant.tts import Qwen3TTS
-    from assistant.turns import Engines
     from assistant.vad import Vad
 
     transcriber = load_transcriber(cfg.stt)
@@ -70,9 +70,9 @@ class SharedEngines:
         self.engines = engines
 
     def new_session(self, voice: str | None) -> Any:
+        from assistant.engines import Engines
         from assistant.llm import Chat
         from assistant.stt.transcriber import OfflineTranscriber, StreamingTranscriber
-        from assistant.turns import Engines
 
         chat, transcriber = self.engines.chat, self.engines.transcriber
         assert isinstance(chat, Chat) and isinstance(transcriber, OfflineTranscriber | StreamingTranscriber)
@@ -93,8 +93,8 @@ class SharedEngines:
 
 def _server_service(cfg: config.Config, engines: Any) -> Any:
     """The WebSocket server as a daemon service: the native protocol and (unless off) /v1/realtime sessions."""
+    from assistant.conversation import Sessions
     from assistant.server.ws import ControlServer
-    from assistant.session import Sessions
 
     def service(pipeline: Any) -> Any:
         limit = cfg.server.realtime_sessions
@@ -111,7 +111,7 @@ async def _run_daemon(cfg: config.Config, headless: bool = False) -> int:
     compute = Compute()
     try:
         engines = await compute.run(build_engines, cfg)
-        from assistant.pipeline import Pipeline
+        from assistant.conversation import Conversation
 
         services: list[Service] = []
         if cfg.pipeline.mode != "hands_free" and not headless:
@@ -120,16 +120,16 @@ async def _run_daemon(cfg: config.Config, headless: bool = False) -> int:
             services.append(_server_service(cfg, engines))
         show = cfg.pipeline.status_line and sys.stderr.isatty()
         if headless:  # no microphone; the daemon's own replies (native say/ask) are not played anywhere
-            from assistant.session import NullSink
+            from assistant.conversation import NullSink
 
-            return await serve(Pipeline(cfg, engines, None, NullSink(), compute), services, status_line=show)
+            return await serve(Conversation(cfg, engines, None, NullSink(), compute), services, status_line=show)
         from assistant.audio.capture import Capture
         from assistant.audio.playback import Playback
 
         source = ReopeningSource(lambda: Capture(cfg.audio))
         try:
             with Playback(cfg.audio, rate=engines.tts.sample_rate) as sink:
-                pipeline = Pipeline(cfg, engines, source, sink, compute)
+                pipeline = Conversation(cfg, engines, source, sink, compute)
                 return await serve(pipeline, services, status_line=show)
         finally:
             await source.aclose()

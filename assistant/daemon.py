@@ -18,6 +18,7 @@ from typing import Any, Protocol, TextIO
 
 import numpy as np
 
+from assistant.conversation import AudioSource, Conversation
 from assistant.errors import AudioDeviceError
 from assistant.events import (
     BargeIn,
@@ -30,13 +31,11 @@ from assistant.events import (
     StateChanged,
 )
 from assistant.logs import kv
-from assistant.pipeline import Pipeline
-from assistant.turns import AudioSource
 
 log = logging.getLogger("assistant.daemon")
 
 SHUTDOWN_S = 2.0  # SIGINT/SIGTERM to exit, at most
-Service = Callable[[Pipeline], AbstractAsyncContextManager[Any]]
+Service = Callable[[Conversation], AbstractAsyncContextManager[Any]]
 
 
 class CaptureLike(AudioSource, Protocol):
@@ -76,7 +75,7 @@ class ReopeningSource:
 class StatusLine:
     """One self-rewriting terminal line: state, the partial transcript, the last turn's latencies."""
 
-    def __init__(self, pipeline: Pipeline, stream: TextIO) -> None:
+    def __init__(self, pipeline: Conversation, stream: TextIO) -> None:
         self.pipeline = pipeline
         self.stream = stream
         self.state = pipeline.state.value
@@ -122,7 +121,7 @@ class StatusLine:
 
 
 async def serve(
-    pipeline: Pipeline,
+    pipeline: Conversation,
     services: Sequence[Service] = (),
     status_line: bool = False,
     stream: TextIO = sys.stderr,
@@ -161,7 +160,7 @@ async def serve(
 
 
 @contextlib.asynccontextmanager
-async def _services(pipeline: Pipeline, services: Sequence[Service]) -> AsyncIterator[None]:
+async def _services(pipeline: Conversation, services: Sequence[Service]) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as stack:
         for make in services:
             await stack.enter_async_context(make(pipeline))
@@ -173,7 +172,7 @@ async def _services(pipeline: Pipeline, services: Sequence[Service]) -> AsyncIte
                     await stack.aclose()
 
 
-async def _shutdown(pipeline: Pipeline, tasks: list[asyncio.Task[Any]]) -> None:
+async def _shutdown(pipeline: Conversation, tasks: list[asyncio.Task[Any]]) -> None:
     for task in tasks:
         task.cancel()
     try:
@@ -185,7 +184,7 @@ async def _shutdown(pipeline: Pipeline, tasks: list[asyncio.Task[Any]]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def hotkey_service(pipeline: Pipeline) -> AsyncIterator[None]:
+async def hotkey_service(pipeline: Conversation) -> AsyncIterator[None]:
     """The push-to-talk hotkey for the pipeline's config; when it cannot run, one line says why and we go on."""
     from assistant.hotkey import Hotkey
 

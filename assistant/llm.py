@@ -154,7 +154,7 @@ class Chat:
         self.model = model
         self.tokenizer = tokenizer
         self.cfg = cfg
-        self.history: list[Message] = []
+        self._history: list[Message] = []  # owned here: others read `history` and ask for changes
         self.stats = TurnStats()
         self.cache = PromptCache(model)
         self._system = cfg.system_prompt
@@ -192,7 +192,33 @@ class Chat:
         """Forget the conversation. The cache is kept: the next turn reuses its system-prompt prefix."""
         self._cancel()
         self._answer = None
-        self.history = []
+        self._history = []
+
+    @property
+    def history(self) -> list[Message]:
+        """The conversation as recorded (a copy: change it through the methods below)."""
+        return list(self._history)
+
+    def discard_answer(self) -> None:
+        """Drop the answer in progress and the user message it answers, as if neither happened (speculation).
+
+        The prompt cache rewinds to the longest common prefix on the next turn.
+        """
+        self._cancel()
+        if self._answer is None:
+            return
+        self._answer = None
+        if self._history and self._history[-1].role == "user":
+            self._history.pop()
+
+    def revise_answer(self, recorded: str, heard: str) -> bool:
+        """The listener heard only `heard` of the latest answer recorded as `recorded`; True when one was changed."""
+        for i in range(len(self._history) - 1, -1, -1):
+            m = self._history[i]
+            if m.role == "assistant" and m.content.strip() == recorded.strip():
+                self._history[i] = Message("assistant", heard.strip(), interrupted=True)
+                return True
+        return False
 
     def set_system_prompt(self, text: str) -> None:
         """Use `text` as the system prompt from the next turn on ("" = none)."""
@@ -225,17 +251,17 @@ class Chat:
 
     def _fit_history(self) -> tuple[list[int], int]:
         """The prompt for the current history; drops the oldest turns when it exceeds `llm.history_tokens`."""
-        prompt = self.render(self.history, add_generation_prompt=True)
+        prompt = self.render(self._history, add_generation_prompt=True)
         if len(prompt) <= self.cfg.history_tokens:
             return prompt, 0
         dropped = 0
         target = int(self.cfg.history_tokens * TRUNCATE_TO)
         # Drop whole user+assistant pairs from the front so roles keep alternating; the newest message stays.
-        while len(self.history) > 1 and len(prompt) > target:
-            n = 2 if len(self.history) > 2 and self.history[1].role == "assistant" else 1
-            del self.history[:n]
+        while len(self._history) > 1 and len(prompt) > target:
+            n = 2 if len(self._history) > 2 and self._history[1].role == "assistant" else 1
+            del self._history[:n]
             dropped += n
-            prompt = self.render(self.history, add_generation_prompt=True)
+            prompt = self.render(self._history, add_generation_prompt=True)
         log.info("history over %d tokens: dropped %d oldest messages", self.cfg.history_tokens, dropped)
         return prompt, dropped
 
@@ -252,7 +278,7 @@ class Chat:
         self._cancel()
         if self._answer is not None:
             self.finish_turn(None)
-        self.history.append(Message("user", text))
+        self._history.append(Message("user", text))
         prompt, dropped = self._fit_history()
         self._answer = []
         self._answer_tokens = []
@@ -339,9 +365,9 @@ class Chat:
         full = "".join(self._answer).strip()
         self._answer = None
         heard = full if heard_text is None else heard_text.strip()
-        self.history.append(Message("assistant", heard, interrupted=heard != full or not self._complete))
+        self._history.append(Message("assistant", heard, interrupted=heard != full or not self._complete))
         # Rewind now (cheap), so the next turn only prefills the heard answer's tail and the new message.
         try:
-            self.cache.rewind(self.render(self.history, add_generation_prompt=False), keep_last=False)
+            self.cache.rewind(self.render(self._history, add_generation_prompt=False), keep_last=False)
         except ModelError:
             pass  # a template that cannot end on an assistant turn: the next respond() rewinds instead

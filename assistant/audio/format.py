@@ -9,6 +9,7 @@ import numpy as np
 CAPTURE_RATE = 16_000  # VAD and STT run at 16 kHz mono
 TTS_RATE = 24_000  # Qwen3-TTS 12 Hz decodes 24 kHz mono
 TTS_FRAME_SAMPLES = 1920  # 80 ms at 24 kHz: one 12.5 Hz codec frame
+SILENT_DBFS = -120.0  # the level of digital silence
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,15 @@ class AudioBlock:
 def frame_samples(rate: int, ms: int) -> int:
     """Samples in `ms` milliseconds at `rate` Hz, e.g. 480 = 30 ms at 16 kHz."""
     return rate * ms // 1000
+
+
+def level_dbfs(x: np.ndarray) -> float:
+    """RMS level in dB full scale of int16 or float32 samples (SILENT_DBFS for silence); the one level formula."""
+    if len(x) == 0:
+        return SILENT_DBFS
+    scale = 32768.0 if x.dtype == np.int16 else 1.0
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) / scale
+    return max(SILENT_DBFS, 20.0 * float(np.log10(rms))) if rms > 0 else SILENT_DBFS
 
 
 def int16_to_float32(x: np.ndarray) -> np.ndarray:

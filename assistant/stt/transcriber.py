@@ -101,6 +101,13 @@ class _Base:
         self.feed(audio, sample_rate)
         return self.finalize()
 
+    def warmup(self) -> None:
+        """Run one second of silence through feed and finalize, so the first utterance finds its kernels built."""
+        self.reset()
+        self.feed(np.zeros(CAPTURE_RATE, dtype=np.float32))
+        self.finalize()
+        self.reset()
+
     def reset(self) -> None:
         raise NotImplementedError
 

@@ -14,8 +14,8 @@ import numpy as np
 
 from assistant import logs
 from assistant.config import Config
+from assistant.conversation import Conversation
 from assistant.daemon import serve
-from assistant.pipeline import Pipeline
 from tests.pipeline.doubles import BLOCK, FakeSink, ScriptedChat, make_engines
 
 
@@ -31,7 +31,7 @@ async def main(stuck: bool) -> int:
     gate = threading.Semaphore(0) if stuck else None
     engines, _ = make_engines(ScriptedChat(["Hi", " there"], gate=gate))
     cfg = Config().replace({"pipeline.mode": "hands_free"})
-    pipeline = Pipeline(cfg, engines, PacedSilence(), FakeSink())
+    pipeline = Conversation(cfg, engines, PacedSilence(), FakeSink())
 
     def ready() -> None:
         if stuck:

@@ -200,6 +200,14 @@ class Qwen3TTS:
         first, every = self.cfg.first_chunk_frames, self.cfg.chunk_frames
         return Utterance(gen, decoder, prime, first, every, voice.speed)
 
+    def warmup(self) -> None:
+        """Speak the first chunks of a short text, so the first reply finds the talker and decoder kernels built."""
+        utt = self.start(self.voice(), "Hello.")
+        for _ in range(self.cfg.first_chunk_frames + self.cfg.chunk_frames):
+            if utt.done:
+                break
+            utt.step()
+
     def stream(self, text: str, voice: Voice | None = None) -> Iterator[np.ndarray]:
         """float32 24 kHz chunks of `text` as frames decode."""
         utt = self.start(voice or self.voice(), text)
