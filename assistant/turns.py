@@ -808,8 +808,9 @@ class TurnCore:
         self._interrupt_current()
         reply.confirmed, self.current = True, reply
         self._emit(ConfirmReply(turn))
-        self._out.extend(reply.held)
-        reply.held.clear()
+        held, reply.held = reply.held, []
+        for action in held:
+            self._emit_reply(reply, action)
 
     def _reply_out(self, turn: int, action: Play | Publish) -> None:
         reply = self.replies.get(turn)
@@ -887,7 +888,8 @@ class TurnCore:
             self._cancel_speculation(self._now)
         if self.current is not None:
             self._interrupt_current()
-            self._set_state(TurnState.IDLE)
+            if self.user is None:
+                self._set_state(TurnState.IDLE)
 
     def _on_mute(self, m: Mute) -> None:
         if m.muted:
@@ -945,7 +947,7 @@ class TurnCore:
             self._emit(Publish(ResponseStarted(self._creating_turn, self._now)))
             self._emit(Publish(ResponseDone(self._creating_turn, "", True, self._now)))
             return
-        self._interrupt_current()
+        self._on_interrupt()
 
     def _on_set_policy(self, s: SetPolicy) -> None:
         vad_changed = s.policy.vad_turns != self.policy.vad_turns

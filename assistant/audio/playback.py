@@ -17,13 +17,12 @@ from typing import Any
 import numpy as np
 
 from assistant.audio import devices
-from assistant.audio.format import TTS_RATE, StreamResampler, frame_samples
+from assistant.audio.format import SILENT_DBFS, TTS_RATE, StreamResampler, frame_samples, level_dbfs
 from assistant.config import AudioConfig
 from assistant.errors import AudioDeviceError, InputError
 
 log = logging.getLogger("assistant.audio.playback")
 
-SILENT_DBFS = -120.0  # the level reported for digital silence
 
 NO_CALLBACK_S = 1.0  # a running stream calls back every block_ms; this long without a call: it is stuck
 
@@ -284,8 +283,7 @@ class Playback:
         if n < frames:
             outdata[n:] = 0.0
         # what the speaker plays now, for Vad.set_playback (the barge-in energy margin is over this)
-        rms = float(np.sqrt(np.mean(np.square(outdata[:, 0])))) if frames else 0.0
-        self.level_dbfs = max(SILENT_DBFS, 20.0 * np.log10(rms)) if rms > 0 else SILENT_DBFS
+        self.level_dbfs = level_dbfs(outdata[:, 0])
 
     def _take(self, outdata: np.ndarray, frames: int) -> int:
         """Move up to `frames` queued samples into `outdata` (every channel); returns how many."""
