@@ -49,12 +49,12 @@ def build_engines(cfg: config.Config) -> Any:
     from assistant.engines import Engines
     from assistant.llm import Chat
     from assistant.stt import load_transcriber
-    from assistant.tts import Qwen3TTS
+    from assistant.tts import load_tts
     from assistant.vad import Vad
 
     transcriber = load_transcriber(cfg.stt)
     chat = Chat.load(cfg.llm)
-    tts = Qwen3TTS.load(cfg.tts)
+    tts = load_tts(cfg.tts)
     return Engines(transcriber, chat, tts, tts.voice(cfg.tts.voice or None), make_vad=Vad)
 
 
@@ -88,7 +88,7 @@ class SharedEngines:
         return self.engines.tts.voice(name)
 
     def voice_names(self) -> list[str]:
-        return sorted(self.engines.tts.profiles())
+        return self.engines.tts.voice_names()
 
 
 def _server_service(cfg: config.Config, engines: Any) -> Any:
@@ -187,7 +187,7 @@ def cmd_say(args: argparse.Namespace, cfg: config.Config) -> int:
     out = Path(args.out).expanduser() if args.out else None
     if out is not None and not out.parent.is_dir():
         raise InputError(f"--out {out}: folder {out.parent} does not exist; create it or pick another path")
-    from assistant.tts import Qwen3TTS
+    from assistant.tts.qwen3 import Qwen3TTS
     from assistant.tts.voices import write_wav
 
     tts = Qwen3TTS.load(cfg.tts)

@@ -101,6 +101,7 @@ class LlmConfig:
 
 @dataclass(frozen=True)
 class TtsConfig:
+    engine: str = opt("qwen3", choices=("qwen3",))
     model: str = opt("mlx-community/Qwen3-TTS-12Hz-0.6B-CustomVoice-8bit")
     voice: str = opt("default")
     voices_dir: str = opt("")  # "" = the voices/ folder next to the package

@@ -17,7 +17,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from assistant.config import Config
 from assistant.endofturn import EndOfTurnPolicy, FixedSilence
 from assistant.engines import Engines, VadLike
 from assistant.errors import AssistantError, AudioDeviceError, ConfigError, InputError
-from assistant.events import BargeIn, DeviceStatus, ErrorEvent, ResponseAudio, SessionEvent, TurnState
+from assistant.events import BargeIn, DeviceStatus, ErrorEvent, Event, ResponseAudio, SessionEvent, TurnState
 from assistant.logs import kv
 from assistant.reply import Reply, TurnTrace, pump, settle_answer
 from assistant.turns import (
@@ -591,8 +591,9 @@ class Conversation:
         self.interrupt()
         self.compute.submit(self.engines.chat.reset, priority=Priority.URGENT)
 
-    def subscribe(self, maxsize: int = SUB_DEFAULT) -> Subscription[SessionEvent]:
-        return self.bus.subscribe(maxsize)
+    def subscribe(self, maxsize: int = SUB_DEFAULT) -> Subscription[Event]:
+        """The daemon's events; only a Realtime conversation adds ResponseStarted/ResponseAudio (see `events()`)."""
+        return cast(Subscription[Event], self.bus.subscribe(maxsize))
 
     # ---- the RealtimeSession --------------------------------------------------------------------------------
 

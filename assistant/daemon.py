@@ -18,6 +18,7 @@ from typing import Any, Protocol, TextIO
 
 import numpy as np
 
+from assistant.audio.format import AudioBlock
 from assistant.conversation import AudioSource, Conversation
 from assistant.errors import AudioDeviceError
 from assistant.events import (
@@ -54,7 +55,7 @@ class ReopeningSource:
         self._capture: CaptureLike | None = None
         self._source: AudioSource | None = None
 
-    async def read(self) -> np.ndarray:
+    async def read(self) -> AudioBlock | np.ndarray:
         if self._source is None:
             capture = self._open()
             self._source = await capture.__aenter__()

@@ -1,4 +1,4 @@
-"""What the conversation needs from its engines: the fixed interfaces the real classes satisfy, and the bundle.
+"""The engines one conversation drives, as the protocols of their packages, and the LLM chat's protocol.
 
 Every call into an engine runs on the compute thread (assistant/compute.py); engines own their state, so callers
 ask for operations (`Chat.discard_answer`, `Chat.revise_answer`) instead of editing it.
@@ -14,22 +14,10 @@ import numpy as np
 
 from assistant.config import VadConfig
 from assistant.events import SilenceStarted, SpeechEnded, SpeechResumed, SpeechStarted
+from assistant.stt.types import Transcriber
+from assistant.tts.types import Tts
 
 VadEvent = SpeechStarted | SilenceStarted | SpeechResumed | SpeechEnded
-
-
-class TranscriptLike(Protocol):
-    @property
-    def text(self) -> str: ...
-    @property
-    def language(self) -> str: ...
-
-
-class TranscriberLike(Protocol):
-    def warmup(self) -> None: ...  # compile every shape it will use (on the compute thread, before listening)
-    def reset(self) -> None: ...
-    def feed(self, audio: np.ndarray) -> str | None: ...
-    def finalize(self) -> TranscriptLike: ...
 
 
 class MessageLike(Protocol):
@@ -55,27 +43,6 @@ class ChatLike(Protocol):
     def set_system_prompt(self, text: str) -> None: ...
 
 
-class UtteranceLike(Protocol):
-    @property
-    def waiting_for_text(self) -> bool: ...
-    @property
-    def done(self) -> bool: ...
-    @property
-    def frames_emitted(self) -> int: ...
-    def push_text(self, text: str) -> None: ...
-    def end_text(self) -> None: ...
-    def step(self) -> np.ndarray | None: ...
-
-
-class SpeechLike(Protocol):
-    """A streaming TTS engine (assistant/tts `Tts`)."""
-
-    @property
-    def sample_rate(self) -> int: ...
-    def warmup(self) -> None: ...  # compile every shape it will use (on the compute thread, before listening)
-    def start(self, voice: Any, text: str | None = None) -> UtteranceLike: ...
-
-
 class VadLike(Protocol):
     def feed(self, samples: np.ndarray) -> Sequence[VadEvent]: ...
     def set_playback(self, active: bool, level_dbfs: float = -120.0) -> None: ...
@@ -86,10 +53,10 @@ class VadLike(Protocol):
 class Engines:
     """The loaded engines one conversation drives; every call into them runs on the compute thread."""
 
-    transcriber: TranscriberLike
+    transcriber: Transcriber
     chat: ChatLike
-    tts: SpeechLike
-    voice: Any  # the TTS engine's voice for this conversation (an opaque handle from `tts.voice(name)`)
+    tts: Tts
+    voice: Any  # this conversation's voice: the handle `tts.voice(name)` returned
     make_vad: Callable[[VadConfig], VadLike]
     score_turn: Callable[[np.ndarray], float] | None = None  # end-of-turn model: P(turn complete) of int16 audio
 

@@ -20,9 +20,10 @@ import numpy as np
 
 from assistant.compute import Compute, Ticket
 from assistant.config import Config
-from assistant.engines import ChatLike, Engines, UtteranceLike
+from assistant.engines import ChatLike, Engines
 from assistant.events import LatencyTrace
 from assistant.text import ClauseChunker
+from assistant.tts.types import SpeechUtterance
 from assistant.turns import ReplyAudio, ReplyText, Responder
 
 SPECULATIVE_CHUNKS = 1  # audio chunks made ahead while the turn is unconfirmed; then the reply waits
@@ -108,7 +109,7 @@ class Reply:
     heard: HeardMap = field(default_factory=HeardMap)
     answer: str = ""  # everything the LLM generated so far
     gen: Iterator[str] | None = None
-    utt: UtteranceLike | None = None
+    utt: SpeechUtterance | None = None
     chunks_made: int = 0
     audio_started: bool = False
     samples_written: int = 0
@@ -138,7 +139,7 @@ def settle_answer(reply: Reply, chat: ChatLike, heard: str | None) -> None:
         chat.finish_turn(heard)
 
 
-def llm_step(gen: Iterator[str], utt: UtteranceLike, splitter: ClauseChunker) -> tuple[bool, str, str]:
+def llm_step(gen: Iterator[str], utt: SpeechUtterance, splitter: ClauseChunker) -> tuple[bool, str, str]:
     """On the compute thread: one LLM token into the TTS. Returns (finished, delta, text pushed to the TTS)."""
     try:
         delta = next(gen)

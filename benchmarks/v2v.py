@@ -144,7 +144,7 @@ def build_engines(small: bool, folder: Path, cfg: Any) -> Any:
     from assistant.stt.transcriber import OfflineTranscriber
     from assistant.stt.transducer import JointNetwork
     from assistant.stt.vocab import Vocabulary
-    from assistant.tts import Qwen3TTS
+    from assistant.tts.qwen3 import Qwen3TTS
     from assistant.tts.qwen3.engine import ad_hoc_voice
     from assistant.tts.qwen3.prompt import VoicePrompt
     from assistant.vad import Vad

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
         "assistant.logs",
         "assistant.hub",
     ),
-    ("assistant.endofturn", "assistant.engines"),
+    ("assistant.endofturn",),
     ("assistant.turns",),
     (
         "assistant.vad",
@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
         "assistant.server.realtime_protocol",
         "assistant.server.controller",
     ),
+    ("assistant.engines",),
     ("assistant.compute", "assistant.bus", "assistant.audio", "assistant.hotkey"),
     ("assistant.reply",),
     ("assistant.conversation", "assistant.daemon"),

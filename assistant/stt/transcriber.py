@@ -16,7 +16,7 @@ import logging
 import mlx.core as mx
 import numpy as np
 
-from assistant.audio.format import CAPTURE_RATE, frame_samples, resample
+from assistant.audio.format import CAPTURE_RATE, StreamResampler, frame_samples
 from assistant.config import SttConfig
 from assistant.errors import ConfigError, InputError
 from assistant.stt import tdt
@@ -33,8 +33,8 @@ SPLIT_SEARCH = 0.25  # a too-long utterance is cut in the last quarter of the li
 QUIET_WINDOW = frame_samples(CAPTURE_RATE, 100)
 
 
-def to_float32(audio: np.ndarray, sample_rate: int = CAPTURE_RATE) -> np.ndarray:
-    """Mono float32 16 kHz in [-1, 1] from int16/int32/float input at any rate; NaN/inf become 0, peaks are clipped."""
+def to_float32(audio: np.ndarray) -> np.ndarray:
+    """Mono float32 in [-1, 1] from int16/int32/float input; NaN/inf become 0, peaks are clipped."""
     a = np.asarray(audio)
     if a.ndim == 2:  # (samples, channels) -> mono
         a = a.mean(axis=1) if a.shape[1] <= a.shape[0] else a.mean(axis=0)
@@ -55,10 +55,6 @@ def to_float32(audio: np.ndarray, sample_rate: int = CAPTURE_RATE) -> np.ndarray
     if np.abs(x).max(initial=0.0) > 1.0:
         log.warning("stt: audio beyond full scale was clipped to [-1, 1]")
         x = np.clip(x, -1.0, 1.0)
-    if sample_rate != CAPTURE_RATE:
-        if sample_rate <= 0:
-            raise InputError(f"sample rate {sample_rate} Hz is invalid; pass the rate the audio was recorded at")
-        x = resample(x, sample_rate, CAPTURE_RATE)
     return x
 
 
@@ -86,7 +82,26 @@ class _Base:
     def _speech(self) -> bool:
         return self._samples >= max(self.min_samples, 1) and (self.guard is None or self.guard.has_speech)
 
+    def _at_16k(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        """The block as float32 16 kHz; other rates go through one streaming resampler per utterance, so audio
+        fed in blocks gives the same samples (hence the same transcript) as the same audio fed at once."""
+        x = to_float32(audio)
+        if sample_rate == CAPTURE_RATE:
+            return x
+        if sample_rate <= 0:
+            raise InputError(f"sample rate {sample_rate} Hz is invalid; pass the rate the audio was recorded at")
+        if self._resampler is None or self._resampler.src_rate != sample_rate:
+            self._resampler = StreamResampler(sample_rate, CAPTURE_RATE)
+        return self._resampler.push(x)
+
+    def _resampler_tail(self) -> np.ndarray:
+        """The resampler's last samples (its filter delay), due at the end of the utterance."""
+        tail = self._resampler.flush() if self._resampler is not None else np.zeros(0, np.float32)
+        self._resampler = None
+        return tail
+
     def _reset_clock(self) -> None:
+        self._resampler: StreamResampler | None = None
         self._samples = 0
         self._next_partial = self.interval
         if self.guard is not None:
@@ -133,7 +148,9 @@ class OfflineTranscriber(_Base):
         self._done: list[tuple[str, str]] = []  # (text, language) of split-off pieces
 
     def feed(self, audio: np.ndarray, sample_rate: int = CAPTURE_RATE) -> str | None:
-        x = to_float32(audio, sample_rate)
+        return self._feed16(self._at_16k(audio, sample_rate))
+
+    def _feed16(self, x: np.ndarray) -> str | None:
         if len(x) == 0:
             return None
         self._chunks.append(x)
@@ -146,6 +163,7 @@ class OfflineTranscriber(_Base):
         return self._join([*self._done, self._decode(self._buffer())]) if self._speech() else ""
 
     def finalize(self) -> Transcript:
+        self._feed16(self._resampler_tail())
         parts = [*self._done, self._decode(self._buffer())] if self._speech() else []
         text, lang = self._join(parts), next((lg for _, lg in parts if lg), "")
         self.reset()
@@ -244,7 +262,9 @@ class StreamingTranscriber(_Base):
             self._first = False
 
     def feed(self, audio: np.ndarray, sample_rate: int = CAPTURE_RATE) -> str | None:
-        x = to_float32(audio, sample_rate)
+        return self._feed16(self._at_16k(audio, sample_rate))
+
+    def _feed16(self, x: np.ndarray) -> str | None:
         if len(x) == 0:
             return None
         self._run(self.mel.push(x))
@@ -253,6 +273,7 @@ class StreamingTranscriber(_Base):
         return self.lm.vocab.decode(self.decoder.tokens)[0] if self._speech() else ""
 
     def finalize(self) -> Transcript:
+        self._feed16(self._resampler_tail())
         self._run(self.mel.flush(), final=True)
         text, tag = self.lm.vocab.decode(self.decoder.tokens) if self._speech() else ("", "")
         self.reset()

@@ -15,6 +15,8 @@ class Transcript:
 
 
 class Transcriber(Protocol):
+    def warmup(self) -> None: ...  # compile every shape it will use, before the daemon reports listening
+
     def reset(self) -> None: ...
 
     def feed(self, audio: np.ndarray) -> str | None:

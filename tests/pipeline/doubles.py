@@ -241,6 +241,12 @@ class WordTts:
     def warmup(self) -> None:
         self.warmed = True
 
+    def voice_names(self) -> list[str]:
+        return ["default"]
+
+    def voice(self, name: str | None = None) -> str:
+        return name or "default"
+
     def start(self, voice: object, text: str | None = None) -> WordUtterance:
         utt = WordUtterance(text, self.gate)
         self.utterances.append(utt)

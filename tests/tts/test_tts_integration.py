@@ -42,7 +42,7 @@ def full_checkpoint(checkpoints: Any, tmp_path: Path, monkeypatch: pytest.Monkey
 @pytest.mark.parametrize("voice_name", ["clone", "clone_icl"])
 def test_streamed_chunks_equal_full_decode(full_checkpoint: Path, voice_name: str) -> None:
     """Chunks from Utterance.step() equal the decoder's full forward of the same codes (<= 1e-5)."""
-    from assistant.tts import Qwen3TTS
+    from assistant.tts.qwen3 import Qwen3TTS
 
     cfg = TtsConfig(
         model=str(full_checkpoint),
