@@ -16,7 +16,7 @@ import itertools
 import logging
 import queue
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -72,16 +72,8 @@ class _Job:
     ticket: Ticket | None = field(compare=False, default=None)
 
 
-@dataclass(frozen=True)
-class StepResult:
-    """One step of a generator: `value` when `done` is False; `done` when it was exhausted."""
-
-    done: bool
-    value: Any = None
-
-
 class Compute:
-    """A worker thread with a priority queue of jobs. Thread-safe `submit`; `run`/`step` for asyncio callers."""
+    """A worker thread with a priority queue of jobs. Thread-safe `submit`; `run` for asyncio callers."""
 
     started = False  # whether any worker ever ran in this process (see cli.main: MLX's exit from a sub-thread)
 
@@ -137,17 +129,6 @@ class Compute:
             fut.cancel()  # not started yet: it will never run
             raise
 
-    async def step(
-        self, gen: Iterator[T], priority: Priority = Priority.REPLY, ticket: Ticket | None = None
-    ) -> StepResult:
-        """Advance `gen` by one `next()` on the worker."""
-        return await self.run(_next, gen, priority=priority, ticket=ticket)
-
-    async def close_generator(self, gen: Iterator[Any]) -> None:
-        """`gen.close()` on the worker (its cleanup may touch MLX), ahead of reply work."""
-        if isinstance(gen, Generator):  # plain iterators have nothing to close
-            await self.run(gen.close, priority=Priority.URGENT)
-
     def clear_cache(self) -> concurrent.futures.Future[None]:
         """Free MLX's buffer cache between turns (long-run memory stays flat)."""
         return self.submit(_clear_mlx_cache, priority=Priority.BACKGROUND)
@@ -198,16 +179,7 @@ def _stop_marker() -> None:
     """Identity marker of the stop job; never called."""
 
 
-def _next(gen: Iterator[Any]) -> StepResult:
-    try:
-        return StepResult(False, next(gen))
-    except StopIteration:
-        return StepResult(True)
-
-
 def _clear_mlx_cache() -> None:
-    try:
-        import mlx.core as mx
-    except ImportError:  # engines without MLX (test doubles)
-        return
+    import mlx.core as mx
+
     mx.clear_cache()

@@ -17,12 +17,11 @@ def tiny_config(root: Path, changes: dict[str, object] | None = None) -> Config:
     """Write tiny STT, LLM and TTS (with codec) models under `root`; the config uses them, greedy and short."""
     import mlx.core as mx
 
-    for module in ("assistant.stt", "assistant.llm", "assistant.tts.qwen3.speech_tokenizer"):
-        pytest.importorskip(module, reason=f"{module} is not merged")
-    stt_tiny = pytest.importorskip("tools.stt_ref.tiny", reason="the STT tiny-model builder is not merged")
-    tts_tiny = pytest.importorskip("tools.qwen3_tts_ref.tiny", reason="the TTS tiny-model builder is not merged")
-    codec_tiny = pytest.importorskip("tools.qwen3_tts_tokenizer_ref.tiny", reason="the codec tiny builder is missing")
-    llm_tiny = pytest.importorskip("tests.llm.tiny", reason="the LLM tiny-model builder is not merged")
+    import tests.llm.tiny as llm_tiny
+    import tools.qwen3_tts_ref.tiny as tts_tiny
+    import tools.qwen3_tts_tokenizer_ref.tiny as codec_tiny
+    import tools.stt_ref.tiny as stt_tiny
+
     if not (tts_tiny.BPE_DIR / "vocab.json").is_file():
         pytest.skip(f"the Qwen2 BPE tables are not at {tts_tiny.BPE_DIR}; set QWEN2_BPE_DIR")
     stt = stt_tiny.write(root / "stt", "parakeet")

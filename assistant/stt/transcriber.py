@@ -68,6 +68,7 @@ class _Base:
         self.min_samples = frame_samples(CAPTURE_RATE, cfg.min_utterance_ms)
         self._samples = 0
         self._next_partial = self.interval
+        self._resampler: StreamResampler | None = None  # for input not at 16 kHz, one per utterance
 
     def _account(self, x: np.ndarray) -> bool:
         """Count new samples; True when a partial is due."""
@@ -101,7 +102,7 @@ class _Base:
         return tail
 
     def _reset_clock(self) -> None:
-        self._resampler: StreamResampler | None = None
+        self._resampler = None
         self._samples = 0
         self._next_partial = self.interval
         if self.guard is not None:

@@ -35,9 +35,6 @@ from assistant.events import (
 )
 from tests import tiny_engines
 
-pytest.importorskip("assistant.audio.capture", reason="capture/playback are not merged")
-pytest.importorskip("tests.audio_room", reason="the virtual audio room is not merged")
-
 pytestmark = pytest.mark.audio
 
 RATE = 24_000

@@ -335,7 +335,6 @@ def test_config_set() -> None:
 
 def test_chunked_text_mode_pushes_clauses() -> None:
     """With tts.text_mode = "chunked" the TTS gets whole clauses from the ClauseChunker, not tokens."""
-    pytest.importorskip("assistant.text", reason="assistant/text.py (the LLM engineer's chunker) is not merged yet")
     tokens = ["Well", ",", " the", " weather", " is", " fine", " today", ".", " Bring", " a", " hat", "."]
 
     async def main() -> None:

@@ -15,11 +15,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+import tools.qwen3_tts_tokenizer_ref.tiny as ctiny
 from assistant.config import TtsConfig
 from assistant.tts.qwen3.generate import generate_codes
-
-pytest.importorskip("assistant.tts.qwen3.speech_tokenizer", reason="the speech tokenizer (tts-codec) is not merged")
-ctiny = pytest.importorskip("tools.qwen3_tts_tokenizer_ref.tiny", reason="tts-codec's tiny fixtures are not merged")
 
 REPO = Path(__file__).resolve().parents[2]
 
