@@ -88,6 +88,8 @@ class AudioSink(Protocol):
     def flush(self) -> None: ...  # drop queued audio; played_samples restarts at 0
     @property
     def played_samples(self) -> int: ...
+    @property
+    def first_sample_dac_time(self) -> float | None: ...  # when the first sample since flush() was heard
 
 
 @runtime_checkable
@@ -97,8 +99,6 @@ class SpeakerTiming(Protocol):
     def level_at(self, t: float) -> float: ...  # dBFS at the speaker around `t` (SILENT_DBFS: nothing)
     @property
     def last_sample_time(self) -> float | None: ...  # when the last queued sample left, once drained
-    @property
-    def first_sample_dac_time(self) -> float | None: ...
     @property
     def underruns(self) -> int: ...  # output underflows since start
 
@@ -152,6 +152,7 @@ class NullSink:
 
     def __init__(self) -> None:
         self.played_samples = 0
+        self.first_sample_dac_time: float | None = None
 
     def write(self, chunk: np.ndarray) -> None:
         self.played_samples += len(chunk)
@@ -490,7 +491,7 @@ class Conversation:
         self.compute.clear_cache()
 
     def _mark_played(self, reply: Reply) -> None:
-        if reply.audio_started and isinstance(self.sink, SpeakerTiming):
+        if reply.audio_started:
             if (t := self.sink.first_sample_dac_time) is not None:
                 reply.trace.mark("first_sample_played", t)
 

@@ -651,6 +651,8 @@ class TurnCore:
         user = self.user
         if user is None or user.silence_at is None or user.ptt or not self.policy.vad_turns or self.ptt:
             return
+        if self.end_of_turn.score_after_ms is None and not vad_ended:
+            return  # a silence-only policy: the VAD's hangover (adaptive or not) is that silence
         silence_ms = (self.ring.end - user.silence_at) * 1000 // CAPTURE_RATE
         after = self.end_of_turn.score_after_ms
         if after is not None and silence_ms >= after and user.score is None and not user.scoring:
