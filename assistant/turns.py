@@ -748,10 +748,11 @@ class TurnCore:
         if job.purpose == "answer":
             self._answer(job.turn, text, tr.language, job.speech_end, job.endpoint, False, tr.now)
         elif job.purpose == "judge":
+            if text:  # kept, never lost: a backchannel over the reply still shows as a transcript
+                self._emit(Publish(FinalTranscript(text, tr.language, tr.now)))
             if _words(text) < self._min_words:
                 self._emit(Publish(FalseStart(tr.now)))
                 return
-            self._emit(Publish(FinalTranscript(text, tr.language, tr.now)))
             self._interrupt_current()
             self.turn += 1
             self._set_state(TurnState.THINKING)
