@@ -120,7 +120,7 @@ async def _run_daemon(cfg: config.Config, headless: bool = False) -> int:
             services.append(_server_service(cfg, engines))
         show = cfg.pipeline.status_line and sys.stderr.isatty()
         if headless:  # no microphone; the daemon's own replies (native say/ask) are not played anywhere
-            from assistant.conversation import NullSink
+            from assistant.audio.sinks import NullSink
 
             return await serve(Conversation(cfg, engines, None, NullSink(), compute), services, status_line=show)
         from assistant.audio.capture import Capture

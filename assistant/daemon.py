@@ -19,7 +19,8 @@ from typing import Any, Protocol, TextIO
 import numpy as np
 
 from assistant.audio.format import AudioBlock
-from assistant.conversation import AudioSource, Conversation
+from assistant.audio.sinks import AudioSource
+from assistant.conversation import Conversation
 from assistant.errors import AudioDeviceError
 from assistant.events import (
     BargeIn,

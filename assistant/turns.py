@@ -19,6 +19,7 @@ import bisect
 import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -409,7 +410,6 @@ class Utterance:
     candidate: bool = False  # during (or in the echo of) a reply: not a turn until it earns one
     feeding: bool = False
     silence_at: int | None = None  # where the current pause began (capture position)
-    speech_samples: int = 0
     partial: str = ""
     score: float | None = None
     scoring: bool = False
@@ -432,7 +432,7 @@ class ReplyState:
 class Finalizing:
     """A finalize job in flight and what its transcript is for."""
 
-    purpose: str  # "answer" | "judge" | "queue" | "speculate"
+    purpose: Literal["answer", "judge", "queue", "speculate"]  # answer it; judge a barge-in; queue it (Realtime)
     turn: int
     speech_end: float
     endpoint: float
