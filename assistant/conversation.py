@@ -267,9 +267,14 @@ class Conversation:
         playing = self.core.current is not None and self.core.state is TurnState.ASSISTANT_SPEAKING
         return (self._last_level if playing else SILENT_DBFS), None
 
+    async def warmup(self) -> None:
+        """Let every engine compile the shapes it will use (on the compute thread); call before listening."""
+        began = time.monotonic()
+        await self.compute.run(self.engines.warmup)
+        log.info("engines warm", extra=kv(warmup_s=round(time.monotonic() - began, 2)))
+
     async def run(self) -> None:
-        """Warm the engines up, then read the source until cancelled; a lost device is retried."""
-        await self.compute.run(self.engines.warmup, priority=Priority.BACKGROUND)
+        """Read the source until cancelled; a lost device is retried every `audio.device_retry_s`."""
         if self.source is None:
             await asyncio.Event().wait()  # headless without a microphone: text turns and Realtime only
         assert self.source is not None

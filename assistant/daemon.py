@@ -138,6 +138,7 @@ async def serve(
     tasks: list[asyncio.Task[Any]] = []
     code, began = 0, time.monotonic()
     try:
+        await pipeline.warmup()  # the first turn is as fast as the tenth: nothing compiles after "listening"
         async with _services(pipeline, services):
             tasks.append(asyncio.create_task(pipeline.run(), name="listen"))
             if status_line:

@@ -49,6 +49,7 @@ class WordTranscriber:
     def __init__(self) -> None:
         self.threads: set[int] = set()
         self.fed_samples = 0
+        self.warmed = False
         self._words: list[str] = []
         self._last = 0
 
@@ -235,6 +236,7 @@ class WordTts:
     sample_rate = 24000
 
     def __init__(self, gate: threading.Semaphore | None = None) -> None:
+        self.warmed = False
         self.utterances: deque[WordUtterance] = deque(maxlen=16)
         self.gate = gate
 

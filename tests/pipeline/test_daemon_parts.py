@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import signal
 
 import numpy as np
 
-from assistant.daemon import ReopeningSource, StatusLine
+from assistant.daemon import ReopeningSource, StatusLine, serve
 from assistant.errors import AudioDeviceError
 from assistant.events import DeviceStatus, FinalTranscript, LatencyTrace
 from tests.pipeline.doubles import BLOCK, word_block
@@ -80,5 +81,22 @@ def test_status_line_renders_state_and_latency() -> None:
             task.cancel()
         last = out.getvalue().split("\r\x1b[K")[-1]
         assert "'hello'" in last and "stt " in last and "turn 1" in last
+
+    asyncio.run(main())
+
+
+def test_serve_warms_the_engines_before_it_reports_listening() -> None:
+    """serve() has every engine's warmup() run on the compute thread before ready() (before "listening")."""
+
+    async def main() -> None:
+        async with Harness() as h:
+            seen: list[tuple[bool, bool]] = []
+
+            def ready() -> None:
+                seen.append((h.stt.warmed, h.tts.warmed))
+                signal.raise_signal(signal.SIGINT)
+
+            assert await serve(h.p, ready=ready) == 0
+            assert seen == [(True, True)]
 
     asyncio.run(main())
