@@ -27,9 +27,10 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from assistant import cli
 from assistant.audio.format import CAPTURE_RATE, float32_to_int16, int16_to_float32, resample
+from assistant.audio.sinks import NullSink
 from assistant.compute import Compute
 from assistant.config import Config, to_dict
-from assistant.conversation import Conversation, NullSink, Sessions
+from assistant.conversation import Conversation, Sessions
 from assistant.server.ws import ControlServer
 from tests import tiny_engines
 from tests.speech import have_espeak, say, silence
