@@ -59,7 +59,8 @@ def resample(x: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
 
 class StreamResampler:
     """`resample` over a stream of blocks: the concatenated output (after `flush()`) equals `resample` of the
-    concatenated input, whatever the block sizes. Output lags input by the filter's delay until `flush()`."""
+    concatenated input, whatever the block sizes. Output lags input by the filter's delay until `flush()`.
+    int16 blocks give int16 out (through float32, as `float32_to_int16(resample(int16_to_float32(x)))`)."""
 
     def __init__(self, src_rate: int, dst_rate: int) -> None:
         self.src_rate, self.dst_rate = src_rate, dst_rate
@@ -70,14 +71,16 @@ class StreamResampler:
         self._stream = soxr.ResampleStream(self.src_rate, self.dst_rate, 1, dtype="float32", quality=SOXR_QUALITY)
         self._n_in = 0
         self._n_out = 0
+        self._int16 = False
 
     def push(self, x: np.ndarray) -> np.ndarray:
-        """Feed the next block (mono); returns the output samples that are now determined (float32)."""
-        x = np.asarray(x, dtype=np.float32)
+        """Feed the next block (mono); returns the output samples that are now determined (same sample type)."""
+        self._int16 = x.dtype == np.int16
         if self.src_rate == self.dst_rate:
-            return x
+            return x if self._int16 else np.asarray(x, dtype=np.float32)
         self._n_in += len(x)
-        return self._out(self._stream.resample_chunk(x, last=False))
+        y = int16_to_float32(x) if self._int16 else np.asarray(x, dtype=np.float32)
+        return self._out(self._stream.resample_chunk(y, last=False))
 
     @property
     def pending(self) -> bool:
@@ -87,11 +90,11 @@ class StreamResampler:
     def flush(self) -> np.ndarray:
         """The remaining output of the signal so far (its tail), then reset."""
         if self.src_rate == self.dst_rate:
-            return np.zeros(0, dtype=np.float32)
+            return np.zeros(0, dtype=np.int16 if self._int16 else np.float32)
         out = self._out(self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
         self.reset()
         return out
 
     def _out(self, y: np.ndarray) -> np.ndarray:
         self._n_out += len(y)
-        return np.asarray(y, dtype=np.float32)
+        return float32_to_int16(y) if self._int16 else np.asarray(y, dtype=np.float32)
