@@ -117,6 +117,9 @@ class ForcedText:
         self.inner = inner
         self.finalize_ms: list[float] = []  # compute time of each final pass (to tell compute from queueing)
 
+    def warmup(self) -> None:
+        self.inner.warmup()
+
     def reset(self) -> None:
         self.inner.reset()
 
