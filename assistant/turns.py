@@ -541,9 +541,9 @@ class TurnCore:
             self._begin(start)  # Realtime manual mode: all audio is the user's until commit or clear
         if self.user is not None:
             self._feed()
+        self._check_end_of_turn(a.now)  # before the VAD sees the block: its events then follow this decision
         if self.policy.vad_turns or self.policy.ptt:
             self._emit(RunVad(a.samples, echo))
-        self._check_end_of_turn(a.now)
 
     def _echo_level(self, a: AudioIn) -> float | None:
         """The speaker level a block recorded at `a.t` is to be judged against (None: the speaker was silent)."""

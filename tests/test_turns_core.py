@@ -14,7 +14,7 @@ import pytest
 from assistant.audio.format import CAPTURE_RATE, level_dbfs
 from assistant.config import Config
 from assistant.conversation import daemon_policy, realtime_policy
-from assistant.endofturn import FixedSilence
+from assistant.endofturn import Decision, FixedSilence, TurnEvidence
 from assistant.events import (
     ErrorEvent,
     FalseStart,
@@ -51,6 +51,8 @@ from assistant.turns import (
     ReplyAudio,
     ReplyDone,
     RunVad,
+    Scored,
+    ScoreTurn,
     SetPolicy,
     StartReply,
     Transcribed,
@@ -339,3 +341,45 @@ def test_level_dbfs_is_one_formula_for_both_formats() -> None:
     assert abs(level_dbfs(x) + 20.0) < 1e-4
     assert abs(level_dbfs((x * 32768).astype(np.int16)) - level_dbfs(x)) < 0.01
     assert level_dbfs(np.zeros(10, dtype=np.int16)) == -120.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredPolicy:
+    """A model-backed end-of-turn policy (as SmartTurnPolicy will be): ask at 200 ms, wait up to 2 s."""
+
+    score_after_ms: int | None = 200
+
+    def decide(self, ev: TurnEvidence) -> Decision:
+        if ev.score is not None and ev.score >= 0.5:
+            return "end"
+        return "end" if ev.silence_ms >= 2000 else "wait"
+
+
+def test_a_model_backed_policy_scores_the_pause_and_holds_a_thinking_pause() -> None:
+    """A second end-of-turn policy plugs in without touching the core: at 200 ms of silence the core asks for a
+    score of the turn's audio; a low score keeps the turn open past the VAD's end, speech then resumes it, and a
+    high score at the next pause ends it at once."""
+    tl = Timeline(dataclasses.replace(DAEMON, speculative=False))
+    tl.core.end_of_turn = ScoredPolicy()
+    tl.audio(10, value=1000)
+    tl.started(0)
+    pause = tl.pos()
+    tl.vad(SilenceStarted(pause, tl.now))
+    tl.audio(12)  # 240 ms of silence
+    asks = [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
+    assert len(asks) == 1 and len(asks[0].audio) == pause and np.all(asks[0].audio == 1000)
+    tl.send(Scored(asks[0].utt, 0.1, tl.now))  # "mid-thought"
+    tl.ended(0, pause)  # the VAD's hangover passes: the policy still waits
+    assert not tl.of(Finalize) and tl.core.state is TurnState.USER_SPEAKING
+    resume = tl.pos()
+    tl.audio(10, value=2000)
+    tl.started(resume)  # the VAD starts anew; the core goes on with the same turn
+    second = tl.pos()
+    tl.vad(SilenceStarted(second, tl.now))
+    tl.audio(12)
+    asks = [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
+    assert len(asks) == 2 and len(asks[1].audio) == second
+    tl.send(Scored(asks[1].utt, 0.9, tl.now))
+    assert len(tl.of(Finalize)) == 1 and tl.core.state is TurnState.THINKING
+    fed = np.concatenate([a.audio for a in tl.of(Feed) if isinstance(a, Feed)])
+    assert np.count_nonzero(fed == 1000) == 10 * BLOCK and np.count_nonzero(fed == 2000) == 10 * BLOCK
