@@ -14,7 +14,7 @@ from functools import partial
 from typing import Any
 
 from assistant import __version__, config, hub, logs
-from assistant.errors import AssistantError, AudioDeviceError
+from assistant.errors import AssistantError, AudioDeviceError, ConfigError
 
 log = logging.getLogger("assistant.cli")
 
@@ -30,32 +30,74 @@ def models_of(cfg: config.Config) -> list[tuple[str, str]]:
 def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
     for what, spec in models_of(cfg):  # pre-flight: a missing model or device fails in seconds, in one line
         hub.resolve(spec, what)
+    check_push_to_talk(cfg)
     from assistant.audio import devices
 
-    for spec, kind in ((cfg.audio.input_device, "input"), (cfg.audio.output_device, "output")):
-        try:
-            devices.pick(spec, kind)
-        except AudioDeviceError as e:
-            if spec or not cfg.server.enabled:  # a device the user named is a mistake to fix, not a reason to go on
-                raise
-            # No sound card: the WebSocket clients are the microphone and speaker (headless mode).
-            log.warning("%s; running headless: clients of the WebSocket server bring the audio", e)
-            return asyncio.run(_run_daemon(cfg, headless=True))
-    return asyncio.run(_run_daemon(cfg))
+    with _terminal(args, cfg) as con:
+        for spec, kind in ((cfg.audio.input_device, "input"), (cfg.audio.output_device, "output")):
+            try:
+                devices.pick(spec, kind)
+            except AudioDeviceError as e:
+                if spec or not cfg.server.enabled:  # a device the user named is a mistake to fix, not to go on
+                    raise
+                # No sound card: the WebSocket clients are the microphone and speaker (headless mode).
+                log.warning("%s; running headless: clients of the WebSocket server bring the audio", e)
+                return asyncio.run(_run_daemon(cfg, headless=True, console=con))
+        return asyncio.run(_run_daemon(cfg, console=con))
 
 
-def build_engines(cfg: config.Config) -> Any:
-    """Load every engine from the config (call on the compute thread: MLX state belongs to it)."""
+def _terminal(args: argparse.Namespace, cfg: config.Config) -> Any:
+    """The status-line console when stderr is a terminal and the log is not JSON; else nothing (plain lines)."""
+    import contextlib
+
+    from assistant import console
+
+    json_log = bool(args.log_json or cfg.logging.json)
+    if cfg.pipeline.status_line and sys.stderr.isatty() and not json_log:
+        return console.terminal()
+    return contextlib.nullcontext(None)
+
+
+def check_push_to_talk(cfg: config.Config) -> None:
+    """pipeline.mode = "push_to_talk" with no usable hotkey would be a deaf daemon: a ConfigError naming the fix.
+    (In "both" mode the daemon only warns and listens hands-free.)"""
+    if cfg.pipeline.mode != "push_to_talk":
+        return
+    from assistant.hotkey import Hotkey
+
+    probe = Hotkey(cfg.pipeline.hotkey, cfg.pipeline.hotkey_mode, on_start=lambda: None, on_stop=lambda: None)
+    problem = probe.start()
+    probe.stop()
+    if problem is not None:
+        raise ConfigError(
+            f'pipeline.mode = "push_to_talk" needs the hotkey, but {problem}; or set pipeline.mode = "both"'
+        )
+
+
+def build_engines(cfg: config.Config, progress: Callable[[str], None] | None = None) -> Any:
+    """Load every engine from the config (call on the compute thread: MLX state belongs to it). `progress` gets
+    a short text while each model loads (the status line); each load is logged with its time."""
     from assistant.engines import Engines
     from assistant.llm import Chat
     from assistant.stt import load_transcriber
     from assistant.tts import load_tts
     from assistant.vad import Vad
 
-    transcriber = load_transcriber(cfg.stt)
-    chat = Chat.load(cfg.llm)
-    tts = load_tts(cfg.tts)
-    return Engines(transcriber, chat, tts, tts.voice(cfg.tts.voice or None), make_vad=Vad)
+    def timed(what: str, spec: str, load: Callable[[], Any]) -> Any:
+        import time
+
+        if progress is not None:
+            progress(f"loading {what} {spec}…")
+        began = time.perf_counter()
+        engine = load()
+        log.info("loaded %s", what, extra=logs.kv(model=spec, seconds=round(time.perf_counter() - began, 2)))
+        return engine
+
+    transcriber = timed("STT model", cfg.stt.model_id, lambda: load_transcriber(cfg.stt))
+    chat = timed("LLM", cfg.llm.model, lambda: Chat.load(cfg.llm))
+    tts = timed("TTS model", cfg.tts.model, lambda: load_tts(cfg.tts))
+    voice = timed("voice", cfg.tts.voice, lambda: tts.voice(cfg.tts.voice or None))
+    return Engines(transcriber, chat, tts, voice, make_vad=Vad)
 
 
 class SharedEngines:
@@ -104,13 +146,13 @@ def _server_service(cfg: config.Config, engines: Any) -> Any:
     return service
 
 
-async def _run_daemon(cfg: config.Config, headless: bool = False) -> int:
+async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any = None) -> int:
     from assistant.compute import Compute
     from assistant.daemon import ReopeningSource, Service, hotkey_service, serve
 
     compute = Compute()
     try:
-        engines = await compute.run(build_engines, cfg)
+        engines = await compute.run(build_engines, cfg, console.status if console is not None else None)
         from assistant.conversation import Conversation
 
         services: list[Service] = []
@@ -118,11 +160,10 @@ async def _run_daemon(cfg: config.Config, headless: bool = False) -> int:
             services.append(hotkey_service)
         if cfg.server.enabled:
             services.append(_server_service(cfg, engines))
-        show = cfg.pipeline.status_line and sys.stderr.isatty()
         if headless:  # no microphone; the daemon's own replies (native say/ask) are not played anywhere
             from assistant.audio.sinks import NullSink
 
-            return await serve(Conversation(cfg, engines, None, NullSink(), compute), services, status_line=show)
+            return await serve(Conversation(cfg, engines, None, NullSink(), compute), services, console)
         from assistant.audio.capture import Capture
         from assistant.audio.playback import Playback
 
@@ -130,7 +171,7 @@ async def _run_daemon(cfg: config.Config, headless: bool = False) -> int:
         try:
             with Playback(cfg.audio, rate=engines.tts.sample_rate) as sink:
                 pipeline = Conversation(cfg, engines, source, sink, compute)
-                return await serve(pipeline, services, status_line=show)
+                return await serve(pipeline, services, console)
         finally:
             await source.aclose()
     finally:
@@ -169,38 +210,115 @@ def cmd_devices(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def cmd_pull(args: argparse.Namespace, cfg: config.Config) -> int:
-    for what, spec in models_of(cfg):
-        print(f"{what}: {spec}", flush=True)
-        path = hub.pull(spec, what)
-        print(f"  ready in {path}", flush=True)
-    return 0
+    specs = models_of(cfg)
+    if args.verify:
+        return _report_pull(hub.verify_all(specs, print_line))
+    return _report_pull(hub.pull_all(specs, print_line))
+
+
+def _report_pull(results: list[hub.PullResult]) -> int:
+    failed = [f"{r.what} {r.spec}" for r in results if r.problem]
+    ready = len(results) - len(failed)
+    print_line(f"{ready} of {len(results)} model(s) ready" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def print_line(text: str) -> None:
+    print(text, flush=True)
+
+
+def peak_memory_mb() -> float:
+    """The larger of MLX's peak allocation and the process's peak resident set, in MB."""
+    import resource
+
+    import mlx.core as mx
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    rss_bytes = rss if sys.platform == "darwin" else rss * 1024
+    return max(float(mx.get_peak_memory()), float(rss_bytes)) / 1e6
+
+
+@dataclass
+class SpeechStats:
+    """What `_speak` produced: samples, seconds from the start to the first chunk and to the last."""
+
+    samples: int = 0
+    first_s: float | None = None
+    synth_s: float = 0.0
+
+
+def _speak(tts: Any, voice: Any, sentences: list[str], stats: SpeechStats) -> Any:
+    """float32 chunks of `sentences`, one utterance each (no silent cap: a sentence cut at tts.max_frames warns).
+    Ctrl-C lands between two frames of work."""
+    import time
+
+    from assistant.audio.format import TTS_FRAME_SAMPLES
+
+    began = time.perf_counter()
+    for n, sentence in enumerate(sentences, 1):
+        log.debug("speaking sentence %d of %d", n, len(sentences))
+        utt = tts.start(voice, sentence)
+        while not utt.done:
+            chunk = utt.step()
+            if chunk is not None:
+                if stats.first_s is None:
+                    stats.first_s = time.perf_counter() - began
+                stats.samples += len(chunk)
+                yield chunk
+        if utt.frames_emitted >= tts.cfg.max_frames:
+            log.warning(
+                "sentence %d of %d reached tts.max_frames = %d (%.1f s of audio) and was cut; raise tts.max_frames "
+                "or split the sentence",
+                n,
+                len(sentences),
+                tts.cfg.max_frames,
+                tts.cfg.max_frames * TTS_FRAME_SAMPLES / tts.sample_rate,
+            )
+    stats.synth_s = time.perf_counter() - began
 
 
 def cmd_say(args: argparse.Namespace, cfg: config.Config) -> int:
-    from pathlib import Path
+    import time
 
+    from assistant.audio.files import check_output, write_audio
     from assistant.errors import InputError
+    from assistant.text import sentences
 
     text = args.text.strip()
+    if text == "-":
+        text = sys.stdin.read().strip()
     if not text:
         raise InputError("nothing to say: TEXT is empty")
-    out = Path(args.out).expanduser() if args.out else None
-    if out is not None and not out.parent.is_dir():
-        raise InputError(f"--out {out}: folder {out.parent} does not exist; create it or pick another path")
+    pieces = sentences(text)
+    if not pieces:
+        raise InputError("nothing to say: TEXT has no speakable words (only emoji, symbols or markup)")
+    out = check_output(args.out) if args.out else None  # before the model loads: a bad path fails in a second
     from assistant.tts.qwen3 import Qwen3TTS
-    from assistant.tts.voices import write_wav
 
+    began = time.perf_counter()
     tts = Qwen3TTS.load(cfg.tts)
     voice = tts.voice(args.voice)
+    loaded_s = time.perf_counter() - began
+    stats = SpeechStats()
+    chunks = _speak(tts, voice, pieces, stats)
     if out is not None:
         import numpy as np
 
-        chunks = list(tts.stream(text, voice))
-        audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-        write_wav(out, audio, tts.sample_rate)
-        print(f"wrote {out} ({len(audio) / tts.sample_rate:.2f} s at {tts.sample_rate} Hz)")
-        return 0
-    return _play(cfg, tts.stream(text, voice), tts.sample_rate)
+        parts = list(chunks)
+        audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        write_audio(out, audio, tts.sample_rate)
+        where = "stdout" if out.is_stdout else out.path
+        print(f"wrote {where} ({len(audio) / tts.sample_rate:.2f} s at {tts.sample_rate} Hz)", file=sys.stderr)
+    else:
+        _play(cfg, chunks, tts.sample_rate)
+    audio_s = stats.samples / tts.sample_rate
+    rtf = stats.synth_s / audio_s if audio_s else 0.0
+    print(
+        f"said {len(pieces)} sentence(s): {audio_s:.2f} s of audio, first audio after {stats.first_s or 0:.2f} s, "
+        f"RTF {rtf:.2f}, model load {loaded_s:.1f} s, peak memory {peak_memory_mb():.0f} MB",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _play(cfg: config.Config, chunks: Any, rate: int) -> int:
@@ -209,7 +327,7 @@ def _play(cfg: config.Config, chunks: Any, rate: int) -> int:
     from assistant.audio.playback import Playback
 
     total = 0
-    with Playback(cfg.audio, rate=rate) as pb:
+    with Playback(cfg.audio, rate=rate) as pb:  # Ctrl-C leaves the block: close() drops the queued audio
         for chunk in chunks:
             pb.write(chunk)
             total += len(chunk)
@@ -236,104 +354,135 @@ def cmd_voices(args: argparse.Namespace, cfg: config.Config) -> int:
     return 0
 
 
-def read_wav(path: str) -> tuple[Any, int]:
-    """(float32 mono samples, sample rate) of a PCM WAV file (8/16/24/32-bit); InputError for anything else."""
-    import wave
-
-    import numpy as np
-
-    from assistant.errors import InputError
-
-    try:
-        with wave.open(path, "rb") as w:
-            rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
-            raw = w.readframes(w.getnframes())
-    except FileNotFoundError as e:
-        raise InputError(f"no such file: {path}") from e
-    except (wave.Error, EOFError) as e:
-        raise InputError(
-            f"{path} is not a PCM WAV file ({e}); convert it, e.g. `ffmpeg -i {path} -ar 16000 -ac 1 out.wav`"
-        ) from e
-    if width == 1:
-        x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
-    elif width == 2:
-        x = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
-    elif width == 3:
-        b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
-        x = ((b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)) << 8 >> 8).astype(np.float32) / 2.0**23
-    else:
-        x = np.frombuffer(raw, "<i4").astype(np.float32) / 2.0**31
-    return x.reshape(-1, channels).mean(axis=1), rate
-
-
 def cmd_transcribe(args: argparse.Namespace, cfg: config.Config) -> int:
+    import dataclasses
+    import time
+
+    from assistant.audio.files import read_audio
     from assistant.audio.format import CAPTURE_RATE, frame_samples, resample
     from assistant.stt import load_transcriber
 
-    audio, rate = read_wav(args.file)
+    audio, rate = read_audio(args.file)
     audio = resample(audio, rate, CAPTURE_RATE)
-    tr = load_transcriber(cfg.stt)
+    stt = cfg.stt if args.partials else dataclasses.replace(cfg.stt, partial_interval_ms=0)  # no wasted decodes
+    began = time.perf_counter()
+    tr = load_transcriber(stt)
+    loaded_s = time.perf_counter() - began
     block = frame_samples(CAPTURE_RATE, 100)  # fed as the microphone would, 100 ms at a time
     last = None
+    began = time.perf_counter()
     for start in range(0, len(audio), block):
         partial = tr.feed(audio[start : start + block])
         if args.partials and partial is not None and partial != last:
             print(f"[{(start + block) / CAPTURE_RATE:6.2f} s] {partial}", file=sys.stderr, flush=True)
             last = partial
     final = tr.finalize()
-    print(final.text)
-    if final.language:
-        log.info("language=%s", final.language)
+    spent = time.perf_counter() - began
+    print(final.text, flush=True)
+    audio_s = len(audio) / CAPTURE_RATE
+    print(
+        f"transcribed {audio_s:.2f} s of audio in {spent:.2f} s (RTF {spent / audio_s:.3f}), model load "
+        f"{loaded_s:.1f} s" + (f", language {final.language}" if final.language else ""),
+        file=sys.stderr,
+    )
     return 0
 
 
-CHAT_HELP = "type a message; /reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops an answer"
+CHAT_HELP = "/help this help, /reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops an answer"
+
+
+def _chat_history() -> Any:
+    """Line editing and a persistent input history (readline where Python has it); None without it."""
+    try:
+        import readline
+    except ImportError:  # e.g. a Python built without it: input() still works, without history
+        return None
+    from assistant.paths import state_dir
+
+    path = state_dir() / "chat_history"
+    try:
+        readline.read_history_file(path)
+    except OSError:
+        pass  # first run (or unreadable): start empty
+    readline.set_history_length(1000)
+    return path
+
+
+def _save_history(path: Any) -> None:
+    import readline
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        readline.write_history_file(path)
+    except OSError as e:
+        log.warning("chat history not saved to %s: %s", path, e)
 
 
 def cmd_chat(args: argparse.Namespace, cfg: config.Config) -> int:
+    import time
+
     from assistant.llm import Chat
 
+    began = time.perf_counter()
     chat = Chat.load(cfg.llm)
-    print(f"chat with {cfg.llm.model}: {CHAT_HELP}", file=sys.stderr)
-    while True:
-        try:
-            line = input("> ")
-        except EOFError:
-            print()
-            return 0
-        text = line.strip()
-        if not text:
-            continue
-        if text in ("/exit", "/quit"):
-            return 0
-        if text == "/reset":
-            chat.reset()
-            print("(history cleared)")
-            continue
-        if text.startswith("/"):
-            print(f"unknown command {text}; {CHAT_HELP}")
-            continue
-        shown: list[str] = []
-        try:
-            for delta in chat.respond(text):
-                shown.append(delta)
-                if args.stream:
-                    print(delta, end="", flush=True)
-        except KeyboardInterrupt:
-            chat.finish_turn("".join(shown))  # stopped: only what was shown counts as heard
-            print(("" if args.stream else "".join(shown)) + " [stopped]")
-            continue
-        chat.finish_turn(None)
-        print("" if args.stream else chat.history[-1].content)
-        s = chat.stats
-        log.debug(
-            "turn: %d prompt tokens, %d from cache, %d computed, %d generated, %d messages dropped",
-            s.prompt_tokens,
-            s.reused_tokens,
-            s.prefilled_tokens,
-            s.generated_tokens,
-            s.dropped_messages,
-        )
+    print(f"chat with {cfg.llm.model} (loaded in {time.perf_counter() - began:.1f} s): {CHAT_HELP}", file=sys.stderr)
+    history = _chat_history() if sys.stdin.isatty() else None
+    stream = not args.no_stream
+    try:
+        while True:
+            try:
+                line = input("> ")
+            except EOFError:
+                print()
+                return 0
+            text = line.strip()
+            if not text:
+                continue
+            if text in ("/exit", "/quit"):
+                return 0
+            if text == "/help":
+                print(CHAT_HELP)
+                continue
+            if text == "/reset":
+                chat.reset()
+                print("(history cleared)")
+                continue
+            if text.startswith("/"):
+                print(f"unknown command {text}; {CHAT_HELP}")
+                continue
+            _chat_turn(chat, text, stream)
+    finally:
+        if history is not None:
+            _save_history(history)
+
+
+def _chat_turn(chat: Any, text: str, stream: bool) -> None:
+    import time
+
+    shown: list[str] = []
+    began = time.perf_counter()
+    first: float | None = None
+    try:
+        for delta in chat.respond(text):
+            first = first if first is not None else time.perf_counter()
+            shown.append(delta)
+            if stream:
+                print(delta, end="", flush=True)
+    except KeyboardInterrupt:
+        chat.finish_turn("".join(shown))  # stopped: only what was shown counts as heard
+        print(("" if stream else "".join(shown)) + " [stopped]")
+        return
+    chat.finish_turn(None)
+    print("" if stream else chat.history[-1].content)
+    end = time.perf_counter()
+    s = chat.stats
+    gen_s = end - (first if first is not None else end)
+    rate = (s.generated_tokens - 1) / gen_s if gen_s > 0 and s.generated_tokens > 1 else 0.0
+    print(
+        f"[{s.generated_tokens} tokens, {rate:.1f} tokens/s, first after {((first or end) - began):.2f} s; prompt "
+        f"{s.prompt_tokens} tokens, {s.reused_tokens} cached]",
+        file=sys.stderr,
+    )
 
 
 def cmd_ctl(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -369,13 +518,23 @@ def _check_port(cfg: config.Config) -> None:
             ) from e
 
 
-def _check_config_dir() -> None:
-    path = config.user_config_path().parent
+def _check_writable(path: Any, holds: str) -> None:
+    """The nearest existing folder of `path` is writable (it or its parents are created on first use)."""
     probe = path if path.exists() else path.parent
     while not probe.exists():
         probe = probe.parent
     if not os.access(probe, os.W_OK):
-        raise AssistantError(f"{probe} is not writable (the token and voice caches go there); fix its permissions")
+        raise AssistantError(f"{probe} is not writable ({holds} go there); fix its permissions")
+
+
+def _check_config_dir() -> None:
+    _check_writable(config.user_config_path().parent, "the config and the server token")
+
+
+def _check_cache_dir() -> None:
+    from assistant import paths
+
+    _check_writable(paths.cache_dir(), "cached voice prompts")
 
 
 MIC_CHECK_S = 0.6  # long enough for a device's first blocks, short enough for a quick doctor run
@@ -400,6 +559,23 @@ async def _check_mic_signal(audio: config.AudioConfig) -> None:
         raise AudioDeviceError(f"the microphone delivers only digital silence; {hint}")
 
 
+def cmd_history(args: argparse.Namespace, cfg: config.Config) -> int:
+    from assistant.tools.setup import open_memory
+
+    memory = open_memory(cfg.memory)
+    try:
+        if args.action == "reset":
+            n = memory.reset_history()
+            print(f"erased {n} stored turn{'s' if n != 1 else ''} from {memory.path} (reminders kept)")
+        else:
+            for turn in memory.turns():
+                for m in turn:
+                    print(f"{m.role}: {m.content}" + "".join(f" [calls {c.name}]" for c in m.tool_calls))
+    finally:
+        memory.close()
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
     from assistant.audio import devices
 
@@ -412,6 +588,7 @@ def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
     checks.append(_check("speaker", lambda: devices.pick(cfg.audio.output_device, "output")))
     checks.append(_check("server port", lambda: _check_port(cfg)))
     checks.append(_check("config folder", _check_config_dir))
+    checks.append(_check("cache folder", _check_cache_dir))
     print(f"config: {cfg.source}")
     for c in checks:
         print(f"  {'ok ' if c.problem is None else 'FAIL'}  {c.name}" + (f": {c.problem}" if c.problem else ""))
@@ -463,20 +640,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("run", cmd_run, "run the voice assistant daemon")
     add("devices", cmd_devices, "list audio devices (index, name, channels, default rate; defaults marked)")
-    add("pull", cmd_pull, "download every model the config names into the Hugging Face cache")
-    p = add("say", cmd_say, "speak TEXT through the speaker, or write it to a WAV file")
-    p.add_argument("text", metavar="TEXT", help="what to say")
+    p = add("pull", cmd_pull, "download every model the config names into the Hugging Face cache")
+    p.add_argument("--verify", action="store_true", help="re-check the cached files against the hub's hashes")
+    p = add("say", cmd_say, "speak TEXT through the speaker, or write it to an audio file")
+    p.add_argument("text", metavar="TEXT", help="what to say (`-` reads it from stdin)")
     p.add_argument("--voice", help="voice profile name (default: tts.voice)")
-    p.add_argument("--out", metavar="FILE.wav", help="write a 24 kHz WAV file instead of playing")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write a 24 kHz file instead of playing; the extension picks the format (.wav, .flac, .ogg, .mp3); "
+        "`-` writes WAV to stdout",
+    )
     add("voices", cmd_voices, "list the voice profiles")
     p = add("transcribe", cmd_transcribe, "print the transcript of an audio file")
-    p.add_argument("file", metavar="FILE", help="a WAV file, any sample rate")
+    p.add_argument("file", metavar="FILE", help="an audio file (WAV, FLAC, OGG, MP3, ...; any rate); `-` for stdin")
     p.add_argument("--partials", action="store_true", help="show partial transcripts as they evolve")
     p = add("chat", cmd_chat, "a text chat with the LLM (a REPL over the daemon's engine)")
-    p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    p.add_argument("--no-stream", action="store_true", help="print each answer when it is complete")
     p = add("ctl", cmd_ctl, "send a command to a running daemon, or tail its events")
     p.add_argument("words", nargs="*", metavar="WORD", help="a command, e.g. `status`, `say hello`, `events`")
     p.add_argument("--max-events", type=int, default=0, metavar="N", help="with `events`: exit after N events")
+    p = add("history", cmd_history, "show or erase the conversation history kept across restarts")
+    p.add_argument("action", choices=("show", "reset"), help="show: print it; reset: erase it")
     add("doctor", cmd_doctor, "check devices, cached models, the server port and permissions")
     return parser
 

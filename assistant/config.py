@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
+import shutil
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -154,6 +156,37 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class UserToolConfig:
+    """A tool declared in config.toml (`[tools.custom.NAME]`): a local command or an HTTP request."""
+
+    kind: str = opt("command", choices=("command", "http"))
+    description: str = opt("")
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+    argv: list[str] = opt([])  # command: program and arguments; "{name}" is replaced by that argument
+    url: str = opt("")  # http: "{name}" is replaced by that argument, URL-quoted
+    method: str = opt("GET", choices=("GET", "POST"))  # GET: the other arguments as the query; POST: as JSON
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout_s: float = opt(10.0, "s", 0.1, 600.0)
+    max_output_bytes: int = opt(4096, "bytes", 64, 1_048_576)
+
+
+@dataclass(frozen=True)
+class ToolsConfig:
+    enabled: list[str] = opt(["time", "reminders"])  # built-in tool sets and [tools.custom] names offered
+    timezone: str = opt("")  # IANA name; "" = the system's
+    filler_after_ms: int = opt(1200, "ms", 0, 60_000)
+    filler: list[str] = opt(["One moment.", "Let me check."])
+    max_rounds: int = opt(3, "rounds", 1, 10)
+    custom: dict[str, UserToolConfig] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    off_the_record: bool = opt(False)  # true: the conversation is never written to disk
+    path: str = opt("")  # "" = memory.sqlite3 in the user's data folder
+
+
+@dataclass(frozen=True)
 class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     vad: VadConfig = field(default_factory=VadConfig)
@@ -162,6 +195,8 @@ class Config:
     tts: TtsConfig = field(default_factory=TtsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str = field(default="defaults", compare=False)  # where the settings came from, for messages
 
@@ -204,10 +239,69 @@ def _type_of(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
+def _user_tools(path: str, value: Any, origin: str) -> dict[str, UserToolConfig]:
+    """`[tools.custom.NAME]` tables -> UserToolConfig, each key checked like the rest of the file."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{origin}: `{path}` must be a table of tools, e.g. [{path}.weather], got {value!r}")
+    hints = get_type_hints(UserToolConfig)
+    fields = {f.name: f for f in dataclasses.fields(UserToolConfig)}
+    out = {}
+    for name, table in value.items():
+        where = f"{path}.{name}"
+        if not name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"{origin}: tool name `{name}` must be letters, digits, `_` or `-`")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{origin}: `{where}` must be a table with kind, description, parameters...")
+        updates: dict[str, Any] = {}
+        for key, item in table.items():
+            if key not in fields:
+                raise ConfigError(f"{origin}: unknown key `{where}.{key}`; {_suggest(key, list(fields))}")
+            if key == "parameters":
+                if not isinstance(item, dict) or item.get("type", "object") != "object":
+                    raise ConfigError(
+                        f'{origin}: `{where}.parameters` must be a JSON schema table with type = "object", got {item!r}'
+                    )
+                updates[key] = {"type": "object", "properties": {}, **item}
+            elif key == "headers":
+                if not isinstance(item, dict) or not all(isinstance(v, str) for v in item.values()):
+                    raise ConfigError(f"{origin}: `{where}.headers` must be a table of strings, got {item!r}")
+                updates[key] = dict(item)
+            else:
+                updates[key] = _check(f"{where}.{key}", item, hints[key], fields[key].metadata, origin)
+        tool = UserToolConfig(**updates)
+        if not tool.description:
+            raise ConfigError(f"{origin}: `{where}.description` is empty; say what the tool does, for the LLM")
+        if tool.kind == "command" and not tool.argv:
+            raise ConfigError(f'{origin}: `{where}.argv` is empty; e.g. argv = ["/usr/bin/uptime"]')
+        if tool.kind == "http" and not tool.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{origin}: `{where}.url` must start with http:// or https://, got {tool.url!r}")
+        if tool.kind == "command" and shutil.which(tool.argv[0]) is None:
+            raise ConfigError(
+                f"{origin}: `{where}.argv` runs {tool.argv[0]!r}, which is not an executable file; "
+                "give its full path (`which NAME` finds it)"
+            )
+        used = re.findall(r"\{(\w+)\}", " ".join([*tool.argv, tool.url]) if tool.kind == "command" else tool.url)
+        undeclared = sorted(set(used) - set(tool.parameters.get("properties", {})))
+        if undeclared:
+            raise ConfigError(
+                f"{origin}: `{where}` uses {{{undeclared[0]}}}, which `parameters.properties` does not declare; "
+                f'add {undeclared[0]} = {{ type = "string" }} to it'
+            )
+        out[name] = tool
+    return out
+
+
+INDEX_KEYS = frozenset({"audio.input_device", "audio.output_device"})  # a name substring or a device index
+
+
 def _check(path: str, value: Any, typ: Any, meta: Mapping[str, Any], origin: str) -> Any:
     """Return `value` converted to the field type, or raise ConfigError naming key, value and range."""
+    if typ == dict[str, UserToolConfig]:
+        return _user_tools(path, value, origin)
     allowed = _describe(meta)
     want = "a list of strings" if typ == list[str] else _TYPE_NAMES[typ]
+    if path in INDEX_KEYS:
+        want = "a device name (or part of it) or an index >= 0 from `assistant devices`"
     bad_type = ConfigError(
         f"{origin}: `{path}` must be {want}{f' ({allowed})' if allowed else ''}, got {value!r} ({_type_of(value)})"
     )
@@ -223,6 +317,8 @@ def _check(path: str, value: Any, typ: Any, meta: Mapping[str, Any], origin: str
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad_type
         value = float(value)
+    if path in INDEX_KEYS and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = str(value)  # `input_device = 3`: an index from `assistant devices`, as config.toml documents
     if typ is str and not isinstance(value, str):
         raise bad_type
     if meta.get("choices") and value not in meta["choices"]:

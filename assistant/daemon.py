@@ -1,7 +1,7 @@
 """The daemon's lifetime: run the pipeline and its services until SIGINT/SIGTERM, then stop within 2 s.
 
-Also the two small adapters the composition root needs: a microphone source that reopens a lost device, and
-the compact live status line shown when stderr is a terminal.
+Also the adapter the composition root needs: a microphone source that reopens a lost device. The terminal's
+status line is assistant/console.py.
 """
 
 from __future__ import annotations
@@ -10,28 +10,18 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol
 
 import numpy as np
 
 from assistant.audio.format import AudioBlock
 from assistant.audio.sinks import AudioSource
+from assistant.console import Console, StatusLine
 from assistant.conversation import Conversation
 from assistant.errors import AudioDeviceError
-from assistant.events import (
-    BargeIn,
-    DeviceStatus,
-    ErrorEvent,
-    FinalTranscript,
-    LatencyTrace,
-    MuteChanged,
-    PartialTranscript,
-    StateChanged,
-)
 from assistant.logs import kv
 
 log = logging.getLogger("assistant.daemon")
@@ -74,59 +64,10 @@ class ReopeningSource:
                 await capture.__aexit__(None, None, None)
 
 
-class StatusLine:
-    """One self-rewriting terminal line: state, the partial transcript, the last turn's latencies."""
-
-    def __init__(self, pipeline: Conversation, stream: TextIO) -> None:
-        self.pipeline = pipeline
-        self.stream = stream
-        self.state = pipeline.state.value
-        self.heard = ""
-        self.latency = ""
-        self.note = ""
-
-    async def run(self) -> None:
-        sub = self.pipeline.subscribe(64)
-        try:
-            async for ev in sub:
-                if isinstance(ev, StateChanged):
-                    self.state = ev.new.value
-                elif isinstance(ev, PartialTranscript | FinalTranscript):
-                    self.heard = ev.text
-                elif isinstance(ev, LatencyTrace):
-                    self.latency = " ".join(
-                        f"{name} {ms:.0f}ms"
-                        for name, ms in (
-                            ("stt", ev.stt_final_ms),
-                            ("llm", ev.llm_first_token_ms),
-                            ("audio", ev.tts_first_audio_ms),
-                            ("played", ev.first_sample_played_ms),
-                        )
-                        if ms is not None
-                    )
-                elif isinstance(ev, BargeIn):
-                    self.note = "interrupted"
-                elif isinstance(ev, MuteChanged):
-                    self.note = "muted" if ev.muted else ""
-                elif isinstance(ev, DeviceStatus | ErrorEvent):
-                    self.note = ev.message[:40]
-                self.render()
-        finally:
-            sub.close()
-            self.stream.write("\n")
-
-    def render(self) -> None:
-        heard = self.heard if len(self.heard) <= 40 else "…" + self.heard[-39:]
-        parts = [f"[{self.state}]", f"turn {self.pipeline.turn}", repr(heard) if heard else "", self.latency, self.note]
-        self.stream.write("\r\x1b[K" + "  ".join(p for p in parts if p))
-        self.stream.flush()
-
-
 async def serve(
     pipeline: Conversation,
     services: Sequence[Service] = (),
-    status_line: bool = False,
-    stream: TextIO = sys.stderr,
+    console: Console | None = None,
     ready: Callable[[], None] | None = None,
 ) -> int:
     """Run until SIGINT/SIGTERM (or the source fails for good); stop streams and services within SHUTDOWN_S."""
@@ -141,8 +82,8 @@ async def serve(
         await pipeline.warmup()  # the first turn is as fast as the tenth: nothing compiles after "listening"
         async with _services(pipeline, services):
             tasks.append(asyncio.create_task(pipeline.run(), name="listen"))
-            if status_line:
-                tasks.append(asyncio.create_task(StatusLine(pipeline, stream).run(), name="status"))
+            if console is not None:
+                tasks.append(asyncio.create_task(StatusLine(pipeline, console).run(), name="status"))
             stopper = asyncio.create_task(stop.wait(), name="stop")
             log.info("listening", extra=kv(mode=pipeline.cfg.pipeline.mode))
             if ready is not None:

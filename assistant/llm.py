@@ -10,8 +10,9 @@ end of the last prompt; failing that, the prompt is prefilled again from the sta
 from __future__ import annotations
 
 import copy
+import functools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ import mlx.core as mx
 from assistant import hub
 from assistant.config import LlmConfig
 from assistant.errors import InputError, ModelError
+from assistant.tools.calls import GEMMA4, CallFormat, ToolCall, detect_format
 
 log = logging.getLogger("assistant.llm")
 
@@ -34,9 +36,21 @@ REPETITION_CONTEXT = 20
 
 @dataclass(frozen=True)
 class Message:
-    role: str  # "user" or "assistant"
+    role: str  # "user", "assistant" or "tool"
     content: str
     interrupted: bool = False  # an assistant answer cut off by the user; content is the part they heard
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant: the calls it made after saying `content`
+    tool_call_id: str = ""  # tool: the call this result answers (content = the result)
+    name: str = ""  # tool: the tool's name
+
+    def template_dict(self) -> dict[str, Any]:
+        """The message as chat templates take it."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [c.template_dict() for c in self.tool_calls]
+        if self.role == "tool":
+            out.update(tool_call_id=self.tool_call_id, name=self.name)
+        return out
 
 
 @dataclass
@@ -168,6 +182,7 @@ class Chat:
         self._answer_tokens: list[int] = []
         self._complete = False  # the answer ended by itself (end of turn or max_tokens), not cancelled
         self._active: Iterator[str] | None = None
+        self._tools: list[dict[str, Any]] = []
         if cfg.seed >= 0:
             mx.random.seed(cfg.seed)
 
@@ -208,8 +223,9 @@ class Chat:
         if self._answer is None:
             return
         self._answer = None
-        if self._history and self._history[-1].role == "user":
-            self._history.pop()
+        starts = [i for i, m in enumerate(self._history) if m.role == "user"]
+        if starts:  # the user message and any tool rounds after it
+            del self._history[starts[-1] :]
 
     def revise_answer(self, recorded: str, heard: str) -> bool:
         """The listener heard only `heard` of the latest answer recorded as `recorded`; True when one was changed."""
@@ -230,12 +246,13 @@ class Chat:
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool) -> list[int]:
         """The token ids of the system prompt plus `messages`, through the tokenizer's chat template."""
-        turns = [{"role": m.role, "content": m.content} for m in messages]
+        tools = {"tools": self._tools} if self._tools else {}
+        turns = [m.template_dict() for m in messages]
         if self._system:
             turns.insert(0, {"role": "system", "content": self._system})
         try:
             ids = self.tokenizer.apply_chat_template(
-                turns, add_generation_prompt=add_generation_prompt, tokenize=True, enable_thinking=False
+                turns, add_generation_prompt=add_generation_prompt, tokenize=True, enable_thinking=False, **tools
             )
         except Exception as e:  # jinja raises TemplateError for what a template does not accept
             if not self._system or "system" not in str(e).lower():
@@ -245,7 +262,7 @@ class Chat:
             if turns:
                 turns[0] = {"role": "user", "content": f"{self._system}\n\n{turns[0]['content']}"}
             ids = self.tokenizer.apply_chat_template(
-                turns, add_generation_prompt=add_generation_prompt, tokenize=True, enable_thinking=False
+                turns, add_generation_prompt=add_generation_prompt, tokenize=True, enable_thinking=False, **tools
             )
         return list(ids)
 
@@ -256,9 +273,12 @@ class Chat:
             return prompt, 0
         dropped = 0
         target = int(self.cfg.history_tokens * TRUNCATE_TO)
-        # Drop whole user+assistant pairs from the front so roles keep alternating; the newest message stays.
-        while len(self._history) > 1 and len(prompt) > target:
-            n = 2 if len(self._history) > 2 and self._history[1].role == "assistant" else 1
+        # Drop whole turns (a user message up to the next one, tool rounds included) so roles keep alternating;
+        # the newest turn stays.
+        while len(prompt) > target:
+            n = next((i for i, m in enumerate(self._history) if i and m.role == "user"), 0)
+            if not n:
+                break
             del self._history[:n]
             dropped += n
             prompt = self.render(self._history, add_generation_prompt=True)
@@ -371,3 +391,77 @@ class Chat:
             self.cache.rewind(self.render(self._history, add_generation_prompt=False), keep_last=False)
         except ModelError:
             pass  # a template that cannot end on an assistant turn: the next respond() rewinds instead
+
+    # ---- tools and memory (issue 14) ----------------------------------------------------------------------
+
+    def set_tools(self, schemas: Sequence[Mapping[str, Any]]) -> bool:
+        """Offer these tools (OpenAI-style `{"type": "function", "function": {...}}` schemas) from the next prompt
+        on; [] = none. The tool list is part of the prompt's start, so changing it costs one full prefill.
+
+        Returns False (and offers nothing) when the model's chat template has no tool-call format.
+        """
+        if schemas and self.tool_format is None:
+            log.warning("LLM `%s` has no tool-call format in its chat template: tools are off", self.cfg.model)
+            self._tools = []
+            return False
+        self._tools = [dict(s) for s in schemas]
+        return True
+
+    @functools.cached_property
+    def tool_format(self) -> CallFormat | None:
+        """How this model writes tool calls (from its chat template); None when it has no tool format."""
+        template = getattr(self.tokenizer, "chat_template", None)
+        found = detect_format(template)
+        if found is None and hasattr(self.tokenizer, "get_vocab"):  # some conversions only have the tokens
+            found = detect_format(template, self.tokenizer.get_vocab())
+        return found
+
+    def continue_with_results(self, said: str, results: Sequence[tuple[ToolCall, str]]) -> Iterator[str]:
+        """Continue the current answer after a tool round; returns a generator like respond()'s.
+
+        `said` is what the answer said before the calls (the speech, without call text); `results` pairs each
+        call with its result text. Both are recorded in the history, then the answer goes on from the cache:
+        only the tokens after the common prefix of cache and re-rendered prompt are computed.
+        Raises InputError when no answer is open (respond() first) or `results` is empty.
+        """
+        if self._answer is None:
+            raise InputError("no answer is open to continue; tool results need a respond() first")
+        if not results:
+            raise InputError("a tool round needs at least one call and its result")
+        self._cancel()
+        calls = tuple(call for call, _ in results)
+        said = said.strip()
+        if said and self.tool_format is GEMMA4:
+            # Gemma 4's template renders a message's content after its tool results: what was said before the
+            # calls becomes a message of its own, so the prompt keeps the order things were said in.
+            self._history.append(Message("assistant", said))
+            said = ""
+        self._history.append(Message("assistant", said, tool_calls=calls))
+        self._history += [Message("tool", text, tool_call_id=call.id, name=call.name) for call, text in results]
+        prompt, dropped = self._fit_history()
+        self._answer = []
+        self._answer_tokens = []
+        self._complete = False
+        self._active = self._generate(prompt, dropped)
+        return self._active
+
+    def last_turn(self) -> list[Message]:
+        """The messages of the newest turn: its user message and everything after it (for the memory store)."""
+        starts = [i for i, m in enumerate(self._history) if m.role == "user"]
+        return list(self._history[starts[-1] :]) if starts else []
+
+    def restore(self, messages: Sequence[Message]) -> int:
+        """Start from a stored history (at daemon start): drops the oldest turns beyond `llm.history_tokens`.
+
+        Returns how many messages were dropped. Any open answer is discarded.
+        """
+        self._cancel()
+        self._answer = None
+        self._history = list(messages)
+        if not self._history:
+            return 0
+        before = len(self._history)
+        while self._history and len(self.render(self._history, add_generation_prompt=False)) > self.cfg.history_tokens:
+            n = next((i for i, m in enumerate(self._history) if i and m.role == "user"), len(self._history))
+            del self._history[:n]
+        return before - len(self._history)

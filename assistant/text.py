@@ -316,11 +316,33 @@ class ClauseChunker:
 
     def _force_cut(self, buf: str) -> str:
         """A long sentence: cut at its last clause end (else word end, else anywhere) before `max_chars`."""
-        head = buf[: self.max_chars]
-        clause = max((head.rfind(c + " ") for c in _CLAUSE_END), default=-1)
-        cjk = max((head.rfind(c) for c in _CJK_CLAUSE_END), default=-1)
-        end = max(clause + 1, cjk + 1)
-        if end <= 0:
-            end = _last_space(head) or self.max_chars
+        end = _forced_end(buf, self.max_chars)
         self._buf = buf[end:]
         return buf[:end]
+
+
+def _forced_end(buf: str, max_chars: int) -> int:
+    """Where to cut a sentence longer than `max_chars`: its last clause end, else word end, else anywhere."""
+    head = buf[:max_chars]
+    clause = max((head.rfind(c + " ") for c in _CLAUSE_END), default=-1)
+    cjk = max((head.rfind(c) for c in _CJK_CLAUSE_END), default=-1)
+    end = max(clause + 1, cjk + 1)
+    if end <= 0:
+        end = _last_space(head) or max_chars
+    return end
+
+
+def sentences(text: str, max_chars: int = 300) -> list[str]:
+    """`text` made speakable and cut into whole sentences; one longer than `max_chars` is cut at a clause or word
+    end before it. An empty list when nothing speakable is left (emoji, markup or symbols only)."""
+    buf, out = speakable(text), []
+    while buf := buf.lstrip():
+        cut = _find_cut(buf, clause_ok=False, final=True)
+        if cut is not None and cut.end <= max_chars:
+            end = cut.end
+        else:
+            end = len(buf) if len(buf) <= max_chars else _forced_end(buf, max_chars)
+        if piece := buf[:end].strip():
+            out.append(piece)
+        buf = buf[end:]
+    return out

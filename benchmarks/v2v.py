@@ -23,7 +23,6 @@ import os
 import sys
 import tempfile
 import time
-import wave
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +35,12 @@ OUT_RATE = 24_000
 
 
 def read_wav(path: Path) -> np.ndarray:
-    with wave.open(str(path)) as w:
-        if w.getframerate() != 16_000 or w.getnchannels() != 1 or w.getsampwidth() != 2:
-            raise ValueError(f"{path} must be 16 kHz mono int16")
-        return np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    """The recording as int16 at 16 kHz (the microphone's format), through the package's one audio reader."""
+    from assistant.audio.files import read_audio
+    from assistant.audio.format import CAPTURE_RATE, float32_to_int16, resample
+
+    audio, rate = read_audio(str(path))
+    return float32_to_int16(resample(audio, rate, CAPTURE_RATE))
 
 
 def speech_end(x: np.ndarray, threshold_dbfs: float = -45.0, window: int = 160) -> int:

@@ -14,9 +14,27 @@ SHARED = REPO.parent / "shared"
 
 
 @pytest.fixture
+def espeak_ng() -> None:
+    """Tests that synthesise speech with espeak-ng fail with the install command when it is missing."""
+    from tests.speech import require_espeak
+
+    require_espeak()
+
+
+@pytest.fixture(autouse=True)
+def user_folders(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Caches and state (voice prompts, chat history) go to a per-session folder, never the tester's home."""
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(base / "xdg-cache"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(base / "xdg-state"))
+
+
+@pytest.fixture
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No user config, no ASSISTANT_CONFIG, an empty offline Hugging Face cache: the packaged default applies."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("ASSISTANT_CONFIG", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

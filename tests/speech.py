@@ -36,7 +36,13 @@ def have_espeak() -> bool:
     return shutil.which("espeak-ng") is not None
 
 
-needs_espeak = pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed (apt-get install espeak-ng)")
+def require_espeak() -> None:
+    """Fail, naming the fix, when espeak-ng is missing: a plain clone runs every test or says what to install."""
+    if not have_espeak():
+        pytest.fail("espeak-ng is not installed: apt-get install espeak-ng (or brew install espeak-ng)", pytrace=False)
+
+
+needs_espeak = pytest.mark.usefixtures("espeak_ng")  # the fixture (tests/conftest.py) calls require_espeak()
 
 
 @functools.cache

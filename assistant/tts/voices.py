@@ -1,30 +1,34 @@
 """Voice profiles: one TOML file per voice in voices/, resolved into a talker prompt for a loaded model.
 
-Clone profiles name a reference wav (+ transcript for in-context cloning); its x-vector and reference codes
-are cached next to the profiles in `.cache/NAME.npz` (git-ignored), keyed by the wav's and model's hashes, and
-recomputed when either changes.
+Clone profiles name a reference recording (+ transcript for in-context cloning); its x-vector and reference
+codes are cached in the user's cache folder (assistant/paths.py; never next to the profiles, which may be
+read-only), keyed by the recording's and model's hashes, and recomputed when either changes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import tomllib
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from assistant.audio.format import TTS_RATE, int16_to_float32, resample
+from assistant.audio.files import read_audio
+from assistant.audio.format import TTS_RATE, resample
 from assistant.errors import ConfigError, InputError
+from assistant.paths import voice_cache_dir
 from assistant.tts.qwen3.prompt import VoicePrompt
 
 Mode = Literal["custom_voice", "voice_design", "clone", "clone_icl"]
+log = logging.getLogger("assistant.tts.voices")
+
 MODES: tuple[str, ...] = ("custom_voice", "voice_design", "clone", "clone_icl")
 MODEL_TYPE_OF = {"custom_voice": "custom_voice", "voice_design": "voice_design", "clone": "base", "clone_icl": "base"}
 KEYS = {"name", "mode", "language", "speaker", "instruct", "ref_wav", "ref_text", "speed", "description"}
-PACKAGED_VOICES = Path(__file__).resolve().parents[2] / "voices"
+PACKAGED_VOICES = Path(__file__).resolve().parents[1] / "voices"  # package data (a link to the repository's voices/)
 
 
 def resolve_voice_dir(setting: str) -> Path:
@@ -133,7 +137,8 @@ class VoiceProfile:
     def _clone_inputs(self, engine: CloneFrontEnds) -> tuple[np.ndarray, np.ndarray | None]:
         wav_bytes = _read_bytes(self.wav_path, self.path)
         key = hashlib.sha256(wav_bytes + str(engine.loaded.repo).encode()).hexdigest()
-        cache = self.path.parent / ".cache" / f"{self.name}.npz"
+        where = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:12]  # one entry per profile file
+        cache = voice_cache_dir() / f"{self.name}-{where}.npz"
         if cache.is_file():
             with np.load(cache) as z:
                 if str(z["key"]) == key and (self.mode == "clone" or "codes" in z.files):
@@ -146,11 +151,14 @@ class VoiceProfile:
             if st is None or st.encoder is None:
                 raise InputError(f"voice {self.name!r}: in-context cloning needs the speech tokenizer's encoder")
             codes = np.array(st.encoder.encode(wav), dtype=np.int32)
-        cache.parent.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, Any] = {"key": np.array(key), "xvector": xvec}
         if codes is not None:
             arrays["codes"] = codes
-        np.savez(cache, **arrays)
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, **arrays)
+        except OSError as e:  # a cache that cannot be written costs time at the next start, nothing else
+            log.warning("voice %r: cannot cache its prompt in %s (%s); it is recomputed next time", self.name, cache, e)
         return xvec, codes
 
 
@@ -162,27 +170,9 @@ def _read_bytes(path: Path, profile: Path) -> bytes:
 
 
 def read_wav_24k(path: Path) -> np.ndarray:
-    """A 16-bit PCM WAV (any rate, mono or stereo) as float32 mono at 24 kHz."""
-    try:
-        with wave.open(str(path), "rb") as w:
-            if w.getsampwidth() != 2:
-                raise InputError(f"{path}: only 16-bit PCM WAV is supported; convert it (e.g. with sox)")
-            rate, channels = w.getframerate(), w.getnchannels()
-            data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    except (OSError, wave.Error, EOFError) as e:
-        raise InputError(f"{path} is not a readable WAV file ({e}); use 16-bit PCM WAV") from e
-    audio = int16_to_float32(data.reshape(-1, channels).mean(axis=1).astype(np.int16))
+    """A reference recording (any format libsndfile reads, any rate, mono or stereo) as float32 mono at 24 kHz."""
+    audio, rate = read_audio(str(path))
     return resample(audio, rate, TTS_RATE).astype(np.float32)
-
-
-def write_wav(path: Path, audio: np.ndarray, rate: int = TTS_RATE) -> None:
-    """float32 mono -> 16-bit PCM WAV with the stdlib `wave` module."""
-    pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
 
 
 def load_profiles(folder: Path) -> dict[str, VoiceProfile]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -33,11 +34,12 @@ def greedy_answers(folder: Path, questions: list[str], reset_after: int) -> list
 def test_chat_repl(
     stream: bool, tiny: Path, isolated_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The REPL prints the engine's answers (streamed or whole), /reset clears the history and /exit quits."""
+    """The REPL prints the engine's answers (streamed by default, or whole), /reset clears the history and /exit
+    quits."""
     expected = greedy_answers(tiny, ["hello there", "what is 3.14?", "again"], reset_after=2)
     monkeypatch.setattr("sys.stdin", io.StringIO("hello there\n\nwhat is 3.14?\n/reset\nagain\n/exit\nnever\n"))
     args = ["chat", "--set", f"llm.model={tiny}", "--set", "llm.temperature=0", "--set", "llm.max_tokens=8"]
-    assert cli.main(args + (["--stream"] if stream else [])) == 0
+    assert cli.main(args + ([] if stream else ["--no-stream"])) == 0
     a1, a2, a3 = (a if stream else a.strip() for a in expected)
     # input() writes its "> " prompt to stdout too; the empty line is skipped.
     assert capsys.readouterr().out == f"> {a1}\n> > {a2}\n> (history cleared)\n> {a3}\n> "
@@ -59,3 +61,37 @@ def test_chat_missing_model_is_one_line_error(
     assert cli.main(["chat", "--set", f"llm.model={tmp_path / 'missing'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "folder not found" in err[0]
+
+
+def test_chat_help_and_per_turn_figures(
+    tiny: Path, isolated_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """/help prints the commands; each answer is followed by its token count, tokens/s and cached prompt tokens,
+    and the second turn reuses the first turn's prompt from the cache."""
+    monkeypatch.setattr("sys.stdin", io.StringIO("/help\nhello there\nand again\n"))
+    args = ["chat", "--set", f"llm.model={tiny}", "--set", "llm.temperature=0", "--set", "llm.max_tokens=8"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith(f"> {cli.CHAT_HELP}\n")
+    figures = [ln for ln in out.err.splitlines() if ln.startswith("[")]
+    assert len(figures) == 2
+    pattern = r"^\[(\d+) tokens, [\d.]+ tokens/s, first after [\d.]+ s; prompt (\d+) tokens, (\d+) cached\]$"
+    (g1, p1, c1), (g2, p2, c2) = (map(int, re.match(pattern, f).groups()) for f in figures)  # type: ignore[union-attr]
+    assert 0 < g1 <= 8 and 0 < g2 <= 8
+    assert c1 == 0 and 0 < c2 < p2 and p2 > p1
+
+
+def test_chat_input_history_persists_in_the_state_folder(isolated_env: Path) -> None:
+    """The REPL's readline history is saved in the user's state folder and read back by the next session."""
+    import readline
+
+    from assistant.paths import state_dir
+
+    readline.clear_history()
+    path = cli._chat_history()
+    assert path == state_dir() / "chat_history" and str(isolated_env) in str(path)
+    readline.add_history("what time is it?")
+    cli._save_history(path)
+    readline.clear_history()
+    cli._chat_history()
+    assert readline.get_history_item(readline.get_current_history_length()) == "what time is it?"

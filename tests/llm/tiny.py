@@ -42,6 +42,59 @@ GEMMA4_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|turn>model\n{% endif %}"
 )
 
+# Gemma 4's tool syntax as its released template renders it: declarations in the system turn, calls as
+# call:NAME{key:value} with <|"|> strings, results right after the calls in the same model turn, which the model
+# then continues (no new turn header after a tool response; a model message after a tool message continues it).
+GEMMA4_TOOLS_TEMPLATE = (
+    "{%- macro arg(v) -%}{%- if v is string -%}{{- '<|\"|>' + v + '<|\"|>' -}}"
+    "{%- elif v is boolean -%}{{- 'true' if v else 'false' -}}"
+    "{%- elif v is mapping -%}{{- '{' -}}{%- for k, x in v | dictsort -%}{{- k + ':' -}}{{- arg(x) -}}"
+    "{{- ',' if not loop.last -}}{%- endfor -%}{{- '}' -}}"
+    "{%- elif v is sequence -%}{{- '[' -}}{%- for x in v -%}{{- arg(x) -}}{{- ',' if not loop.last -}}"
+    "{%- endfor -%}{{- ']' -}}{%- else -%}{{- v -}}{%- endif -%}{%- endmacro -%}"
+    "{{- bos_token -}}{%- set ns = namespace(prev=none, last=none) -%}{%- set loop_messages = messages -%}"
+    "{%- if tools or messages[0]['role'] == 'system' -%}{{- '<|turn>system\n' -}}"
+    "{%- if messages[0]['role'] == 'system' -%}{{- messages[0]['content'] | trim -}}"
+    "{%- set loop_messages = messages[1:] -%}{%- endif -%}"
+    "{%- for t in tools or [] -%}{{- '<|tool>declaration:' + t['function']['name'] -}}"
+    "{{- arg({'description': t['function']['description'], 'parameters': t['function']['parameters']}) -}}"
+    "{{- '<tool|>' -}}{%- endfor -%}{{- '<turn|>\n' -}}{%- endif -%}"
+    "{%- for m in loop_messages -%}{%- if m['role'] == 'tool' -%}"
+    "{{- '<|tool_response>response:' + m['name'] + '{value:' + arg(m['content']) + '}<tool_response|>' -}}"
+    "{%- set ns.prev = 'tool_response' -%}{%- else -%}"
+    "{%- set role = 'model' if m['role'] == 'assistant' else m['role'] -%}"
+    "{%- if not (role == 'model' and ns.last == 'model') -%}{{- '<|turn>' + role + '\n' -}}{%- endif -%}"
+    "{{- m['content'] | trim -}}{%- if m['tool_calls'] -%}{%- for c in m['tool_calls'] -%}"
+    "{{- '<|tool_call>call:' + c['function']['name'] + arg(c['function']['arguments']) + '<tool_call|>' -}}"
+    "{%- endfor -%}{%- set ns.prev = 'tool_call' -%}"
+    "{%- else -%}{{- '<turn|>\n' -}}{%- set ns.prev = role -%}{%- endif -%}{%- set ns.last = role -%}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt and ns.prev not in ['tool_call', 'tool_response'] -%}"
+    "{{- '<|turn>model\n' -}}{%- endif -%}"
+)
+
+# Qwen 3's (and Hermes') JSON tool syntax in ChatML: tools listed as JSON in the system turn, calls as
+# <tool_call>{"name": ..., "arguments": ...}</tool_call>, consecutive results in one user turn.
+QWEN3_TEMPLATE = (
+    "{%- if tools or messages[0]['role'] == 'system' -%}{{- '<|im_start|>system\n' -}}"
+    "{%- if messages[0]['role'] == 'system' -%}{{- messages[0]['content'] -}}{%- endif -%}"
+    "{%- if tools -%}{{- '\n\n# Tools\n\nYou may call one or more functions.\n<tools>' -}}"
+    "{%- for t in tools -%}{{- '\n' + (t | tojson) -}}{%- endfor -%}"
+    "{{- '\n</tools>\n\nReturn each call within <tool_call></tool_call> XML tags.' -}}{%- endif -%}"
+    "{{- '<|im_end|>\n' -}}{%- endif -%}"
+    "{%- for m in messages -%}{%- if m['role'] == 'user' -%}"
+    "{{- '<|im_start|>user\n' + m['content'] + '<|im_end|>\n' -}}"
+    "{%- elif m['role'] == 'assistant' -%}{{- '<|im_start|>assistant\n' + m['content'] -}}"
+    "{%- for c in m['tool_calls'] or [] -%}{%- if m['content'] or not loop.first -%}{{- '\n' -}}{%- endif -%}"
+    "{{- '<tool_call>\n{\"name\": \"' + c['function']['name'] + '\", \"arguments\": ' -}}"
+    "{{- c['function']['arguments'] | tojson -}}{{- '}\n</tool_call>' -}}{%- endfor -%}{{- '<|im_end|>\n' -}}"
+    "{%- elif m['role'] == 'tool' -%}"
+    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' -%}{{- '<|im_start|>user' -}}{%- endif -%}"
+    "{{- '\n<tool_response>\n' + m['content'] + '\n</tool_response>' -}}"
+    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' -%}{{- '<|im_end|>\n' -}}{%- endif -%}"
+    "{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
+)
+
 FAMILIES: dict[str, dict[str, Any]] = {
     "gemma3": {
         "special": ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"],
@@ -52,6 +105,32 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "special": ["<pad>", "<eos>", "<bos>", "<|turn>", "<turn|>", "<|channel>", "<channel|>"],
         "end_of_turn": "<turn|>",
         "template": GEMMA4_TEMPLATE,
+    },
+    "gemma4-tools": {
+        "special": [
+            "<pad>",
+            "<eos>",
+            "<bos>",
+            "<|turn>",
+            "<turn|>",
+            "<|channel>",
+            "<channel|>",
+            "<|tool>",
+            "<tool|>",
+            "<|tool_call>",
+            "<tool_call|>",
+            "<|tool_response>",
+            "<tool_response|>",
+            '<|"|>',
+        ],
+        "end_of_turn": "<turn|>",
+        "template": GEMMA4_TOOLS_TEMPLATE,
+    },
+    "qwen3": {
+        "special": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"],
+        "end_of_turn": "<|im_end|>",
+        "template": QWEN3_TEMPLATE,
+        "bos": None,
     },
 }
 
@@ -73,11 +152,12 @@ def build_tokenizer(folder: Path, family: str, vocab_size: int = 384) -> int:
     tok.train_from_iterator(CORPUS * 4, trainer)
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
+    bos = spec.get("bos", "<bos>")
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<bos>",
-        "eos_token": "<eos>",
-        "pad_token": "<pad>",
+        "bos_token": bos,
+        "eos_token": "<eos>" if bos else "<|im_end|>",
+        "pad_token": "<pad>" if bos else "<|endoftext|>",
         "chat_template": spec["template"],
         "model_max_length": 131072,
     }
@@ -137,6 +217,27 @@ def gemma4_text_config(vocab: int, window: int = 16) -> dict[str, Any]:
     }
 
 
+def qwen3_config(vocab: int, eos: list[int]) -> dict[str, Any]:
+    """A Qwen 3 dense config in miniature (full attention only: every cache is trimmable)."""
+    return {
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 32,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1_000_000.0,
+        "max_position_embeddings": 32768,
+        "vocab_size": vocab,
+        "tie_word_embeddings": True,
+        "eos_token_id": eos,
+        "torch_dtype": "float32",
+    }
+
+
 def write_model(folder: Path, config: dict[str, Any], seed: int, bits: int | None = None) -> None:
     """Random weights for `config` from `seed`, saved (optionally quantized) like a converted checkpoint."""
     import mlx.core as mx
@@ -176,12 +277,14 @@ def write_model(folder: Path, config: dict[str, Any], seed: int, bits: int | Non
 
 
 def make_tiny(folder: Path, family: str, seed: int = 0, window: int = 16, bits: int | None = None) -> Path:
-    """A complete tiny checkpoint of `family` ("gemma3" or "gemma4") in `folder`."""
+    """A complete tiny checkpoint of `family` (a FAMILIES key) in `folder`."""
     vocab = build_tokenizer(folder, family)
     vocab_padded = (vocab + 63) // 64 * 64  # real checkpoints pad the embedding table too
     end = FAMILIES[family]["special"].index(FAMILIES[family]["end_of_turn"])
     if family == "gemma3":
         config = gemma3_config(vocab_padded, [1, end], window)
+    elif family == "qwen3":
+        config = qwen3_config(vocab_padded, [end])
     else:
         config = {
             "architectures": ["Gemma4ForConditionalGeneration"],

@@ -8,7 +8,8 @@ import signal
 
 import numpy as np
 
-from assistant.daemon import ReopeningSource, StatusLine, serve
+from assistant.console import Console, StatusLine
+from assistant.daemon import ReopeningSource, serve
 from assistant.errors import AudioDeviceError
 from assistant.events import DeviceStatus, FinalTranscript, LatencyTrace
 from tests.pipeline.doubles import BLOCK, word_block
@@ -64,12 +65,13 @@ def test_lost_microphone_is_reopened_and_reported() -> None:
 
 
 def test_status_line_renders_state_and_latency() -> None:
-    """The status line rewrites one terminal line with the state, what was heard and the last latencies."""
+    """The status line rewrites one terminal line with the state and the last latencies; what was heard is
+    printed above it as a "you:" line."""
 
     async def main() -> None:
         out = io.StringIO()
         async with Harness() as h:
-            line = StatusLine(h.p, out)
+            line = StatusLine(h.p, Console(out, columns=200))
             task = asyncio.create_task(line.run())
             await asyncio.sleep(0)
             for _ in range(4):
@@ -79,8 +81,10 @@ def test_status_line_renders_state_and_latency() -> None:
             await h.next_event(LatencyTrace)
             await asyncio.sleep(0.01)
             task.cancel()
-        last = out.getvalue().split("\r\x1b[K")[-1]
-        assert "'hello'" in last and "stt " in last and "turn 1" in last
+        text = out.getvalue()
+        assert "\r\x1b[Kyou: hello\n" in text and "\r\x1b[K  turn 1: stt " in text
+        last = text.split("\r\x1b[K")[-2]  # the status before the task's cancellation erased it
+        assert last.startswith("● ") and "last: stt " in last
 
     asyncio.run(main())
 

@@ -86,10 +86,9 @@ def test_spoken_turn_and_barge_in(room_env: Any, tiny_config: Config, tmp_path: 
     """
     from assistant.audio.capture import Capture
     from assistant.audio.playback import Playback
-    from tests.speech import have_espeak, say, silence
+    from tests.speech import require_espeak, say, silence
 
-    if not have_espeak():
-        pytest.skip("espeak-ng is not installed: apt-get install espeak-ng")
+    require_espeak()
     cfg = tiny_config
 
     async def main() -> tuple[Events, np.ndarray, float, list[Any], Conversation]:

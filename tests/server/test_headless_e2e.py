@@ -33,7 +33,7 @@ from assistant.config import Config, to_dict
 from assistant.conversation import Conversation, Sessions
 from assistant.server.ws import ControlServer
 from tests import tiny_engines
-from tests.speech import have_espeak, say, silence
+from tests.speech import needs_espeak, say, silence
 
 TOKEN = "e2e-token"
 WAIT_S = 120.0  # safety net for a busy shared CPU; never a timing assertion
@@ -82,7 +82,7 @@ def speech_24k() -> np.ndarray:
     return float32_to_int16(resample(int16_to_float32(x), CAPTURE_RATE, RATE))
 
 
-@pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed: apt-get install espeak-ng")
+@needs_espeak
 def test_realtime_speech_in_gets_transcript_and_spoken_reply_out(tiny_config: Config) -> None:
     """Speech appended over /v1/realtime with server_vad gives speech_started/stopped, committed, transcription,
     a response with output_audio.delta chunks, and response.done (completed); the session history holds it."""
@@ -255,11 +255,14 @@ async def sdk_until(conn: Any, last: str) -> list[Any]:
     raise AssertionError(f"connection ended before {last}")
 
 
-@pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed: apt-get install espeak-ng")
+@needs_espeak
 def test_openai_sdk_manual_turn_response_cancel_and_truncate(tiny_config: Config) -> None:
     """The official openai SDK against the real engines: manual turn (append + commit) -> transcript; a response
     with audio; a second response cancelled after its first audio; the first answer truncated to what was heard."""
-    openai = pytest.importorskip("openai", reason="the openai SDK (dev extra) is not installed")
+    try:
+        import openai
+    except ImportError:
+        pytest.fail("the openai SDK is not installed: pip install -e '.[dev]'", pytrace=False)
     cfg = tiny_config
 
     async def body() -> tuple[list[Any], list[Any], list[Any], list[Any], list[Any]]:

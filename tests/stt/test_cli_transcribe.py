@@ -41,10 +41,14 @@ def test_transcribe_wav_any_rate(
 
 
 def test_transcribe_rejects_other_formats(isolated_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A file that is not a PCM WAV, or no file at all, is a one-line error with exit code 2."""
-    fake = isolated_env / "a.mp3"
-    fake.write_bytes(b"ID3\x00not a wav")
+    """A file libsndfile cannot read, or no file at all, is a one-line error with exit code 2."""
+    fake = isolated_env / "a.wav"
+    fake.write_bytes(b"just some text, not audio")
     assert cli.main(["transcribe", str(fake)]) == 2
-    assert "not a PCM WAV file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err == (
+        f"assistant: error: {fake} is not an audio file libsndfile can read (Format not recognised.); convert it, "
+        f"e.g. `ffmpeg -i {fake} -ar 16000 -ac 1 out.wav`\n"
+    )
     assert cli.main(["transcribe", str(isolated_env / "missing.wav")]) == 2
     assert "no such file" in capsys.readouterr().err

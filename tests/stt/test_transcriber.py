@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import itertools
 import logging
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from assistant.audio.files import read_audio
 from assistant.audio.format import resample
-from assistant.cli import read_wav
 from assistant.config import SttConfig
 from assistant.errors import ConfigError, InputError, ModelError
 from assistant.stt.guard import SpeechGuard
@@ -178,13 +177,13 @@ def test_streaming_partials_only_grow(models: dict[str, LoadedModel]) -> None:
         assert b.startswith(a)
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng to synthesize speech")
+@pytest.mark.usefixtures("espeak_ng")
 @pytest.mark.parametrize("snr_db", [None, 10, 5])
 def test_guard_passes_real_speech_in_noise(snr_db: float | None, tmp_path: Path) -> None:
     """Synthesized speech, clean or in white noise down to 5 dB SNR, passes the guard that rejects noise alone."""
     wav = tmp_path / "s.wav"
     subprocess.run(["espeak-ng", "-w", str(wav), "What is the weather like tomorrow?"], check=True)
-    x, rate = read_wav(str(wav))
+    x, rate = read_audio(str(wav))
     x = resample(x, rate, 16000)
     if snr_db is not None:
         rms = float(np.sqrt(np.mean(x**2)))

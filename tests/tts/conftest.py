@@ -19,7 +19,7 @@ FIXTURES = tiny.FIXTURES
 
 def needs_bpe() -> None:
     if not (tiny.BPE_DIR / "vocab.json").is_file():
-        pytest.skip(f"the Qwen2 BPE tables are not at {tiny.BPE_DIR} (../shared/data/qwen2-bpe)")
+        pytest.fail(f"the Qwen2 BPE tables are not at {tiny.BPE_DIR}; unset QWEN2_BPE_DIR to use the committed copy")
 
 
 def write_checkpoint(folder: Path, kind: str, layout: str = "pytorch", bits: int | None = None) -> Path:

@@ -17,11 +17,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from assistant.audio.files import write_audio
 from assistant.audio.tempo import TimeStretch
 from assistant.config import TtsConfig
 from assistant.errors import ConfigError, InputError
 from assistant.tts.qwen3.engine import Qwen3TTS, ad_hoc_voice
-from assistant.tts.voices import VoiceProfile, load_profiles, write_wav
+from assistant.tts.voices import VoiceProfile, load_profiles
 
 from .test_qwen3_parity import case_named, loaded, prompt_of
 
@@ -104,7 +105,7 @@ def test_icl_primes_decoder_with_reference_codes(checkpoints: Any, reference: An
 
 def write_clip(path: Path, seconds: float, rate: int = 16000, freq: float = 220.0) -> None:
     t = np.arange(int(seconds * rate)) / rate
-    write_wav(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate)
+    write_audio(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate)
 
 
 class FakeFrontEnds:
@@ -128,15 +129,19 @@ class FakeFrontEnds:
         return mx.array(np.zeros((3, 16), np.int32))
 
 
-def test_clone_cache_recomputed_when_wav_changes(tmp_path: Path) -> None:
-    """Reference x-vector and codes are cached next to the profile and recomputed only when the wav changes."""
+def test_clone_cache_recomputed_when_wav_changes(tmp_path: Path, isolated_env: Path) -> None:
+    """Reference x-vector and codes are cached in the user's cache folder (not next to the profile) and
+    recomputed only when the wav changes."""
     write_clip(tmp_path / "ref.wav", 1.0)
     (tmp_path / "me.toml").write_text('mode = "clone_icl"\nref_wav = "ref.wav"\nref_text = "hello"\n')
     fe = FakeFrontEnds()
     prof = load_profiles(tmp_path)["me"]
     v1 = prof.resolve(fe)
     v2 = prof.resolve(fe)
-    assert fe.runs == 1 and (tmp_path / ".cache" / "me.npz").is_file()
+    from assistant.paths import voice_cache_dir
+
+    assert fe.runs == 1 and [p.name.split("-")[0] for p in voice_cache_dir().glob("*.npz")] == ["me"]
+    assert not (tmp_path / ".cache").exists()
     assert v2.prompt.ref_codes is not None and v2.prompt.ref_codes.shape == (3, 16)
     write_clip(tmp_path / "ref.wav", 1.0, freq=440.0)
     prof.resolve(fe)

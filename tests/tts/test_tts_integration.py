@@ -52,7 +52,10 @@ def test_streamed_chunks_equal_full_decode(full_checkpoint: Path, voice_name: st
     )
     tts = Qwen3TTS.load(cfg)
     voice = tts.voice(voice_name)
-    assert (full_checkpoint.parent / "voices" / ".cache" / f"{voice_name}.npz").is_file()
+    from assistant.paths import voice_cache_dir
+
+    assert list(voice_cache_dir().glob(f"{voice_name}-*.npz"))  # the user's cache, not the profiles' folder
+    assert not (full_checkpoint.parent / "voices" / ".cache").exists()
     utt = tts.start(voice, "Testing the whole pipeline with a real decoder.")
     chunks = []
     while not utt.done:

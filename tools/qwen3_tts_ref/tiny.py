@@ -18,13 +18,31 @@ import numpy as np
 
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "qwen3_tts"
 REPO = Path(__file__).resolve().parents[2]
-# ../shared beside the checkout (main) or beside the worktrees' folder (/work/wt/NAME -> /work/shared)
-BPE_CANDIDATES = [
-    *([Path(os.environ["QWEN2_BPE_DIR"])] if os.environ.get("QWEN2_BPE_DIR") else []),
-    REPO.parent / "shared" / "data" / "qwen2-bpe",
-    REPO.parent.parent / "shared" / "data" / "qwen2-bpe",
-]
-BPE_DIR = next((p for p in BPE_CANDIDATES if (p / "vocab.json").is_file()), BPE_CANDIDATES[0])
+BPE_PACKED = REPO / "tests" / "fixtures" / "qwen2_bpe"  # vocab.json.xz, merges.txt.xz (see its README)
+BPE_FILES = ("vocab.json", "merges.txt")
+
+
+def _unpacked_bpe() -> Path:
+    """The committed tables, decompressed once into tests/.models/qwen2-bpe (else a temp folder if read-only)."""
+    import lzma
+    import tempfile
+
+    for folder in (REPO / "tests" / ".models" / "qwen2-bpe", Path(tempfile.gettempdir()) / "assistant-qwen2-bpe"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in BPE_FILES:
+                target = folder / name
+                if not target.is_file():
+                    part = folder / f"{name}.{os.getpid()}.part"  # whole files only, even with parallel runs
+                    part.write_bytes(lzma.decompress((BPE_PACKED / f"{name}.xz").read_bytes()))
+                    part.replace(target)
+            return folder
+        except OSError:
+            continue
+    raise OSError(f"cannot unpack the Qwen2 BPE tables from {BPE_PACKED}; set QWEN2_BPE_DIR to a folder holding them")
+
+
+BPE_DIR = Path(os.environ["QWEN2_BPE_DIR"]) if os.environ.get("QWEN2_BPE_DIR") else _unpacked_bpe()
 
 LANGUAGES = {
     "chinese": 2055,
@@ -220,7 +238,7 @@ def load_manifest(kind: str) -> dict[str, list[int]]:
 def tokenizer_files(folder: Path, with_transformers_version: str | None = None) -> None:
     """Write the Qwen2 BPE tables plus tokenizer_config.json (added tokens) into a checkpoint folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("vocab.json", "merges.txt"):
+    for name in BPE_FILES:
         (folder / name).write_bytes((BPE_DIR / name).read_bytes())
     added = {
         str(FIRST_SPECIAL_ID + i): {

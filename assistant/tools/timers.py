@@ -1,0 +1,53 @@
+"""The reminder scheduler: yields reminders as they fall due, also while the assistant is idle.
+
+Reminders live in the memory database, so they survive a restart; those that fell due while the daemon was
+down come out at once when the scheduler starts. A reminder is marked fired only when the consumer says it was
+delivered (`done()`), so one lost to a crash before it was spoken fires again at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+from assistant.memory import Memory, Reminder
+
+# Longest single wait: the wall clock can jump (sleep, NTP) while the loop's clock does not, so re-check.
+MAX_WAIT_S = 30.0
+
+
+class ReminderScheduler:
+    """Wakes at the next due time, or when a reminder is added or cancelled (`changed()`)."""
+
+    def __init__(self, memory: Memory, clock: Callable[[], float] = time.time) -> None:
+        self.memory = memory
+        self.clock = clock
+        self._changed = asyncio.Event()
+        self._handed_out: set[int] = set()
+
+    def changed(self) -> None:
+        """Call after adding or cancelling a reminder, so the next due time is recomputed."""
+        self._changed.set()
+
+    def done(self, reminder: Reminder) -> None:
+        """The reminder was delivered (spoken): it will not fire again."""
+        self.memory.mark_fired(reminder.id, self.clock())
+
+    async def due(self) -> AsyncIterator[Reminder]:
+        """Each reminder once, when it falls due (soonest first); runs until cancelled."""
+        while True:
+            self._changed.clear()
+            now = self.clock()
+            pending = [r for r in self.memory.pending_reminders() if r.id not in self._handed_out]
+            ready = [r for r in pending if r.due <= now]
+            for reminder in ready:
+                self._handed_out.add(reminder.id)
+                yield reminder
+            if ready:
+                continue
+            wait = min([r.due - now for r in pending] + [MAX_WAIT_S])
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=max(wait, 0.0))
+            except TimeoutError:
+                pass

@@ -1,0 +1,136 @@
+"""assistant/audio/files.py: every format libsndfile reads, the writer's format from the extension, and the
+one-line errors for folders, missing, unreadable, non-audio and empty files."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from assistant.audio.files import check_output, read_audio, write_audio
+from assistant.errors import InputError
+
+RATE = 22050
+
+
+def tone(seconds: float = 0.5, rate: int = RATE) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.5 * np.sin(2 * np.pi * 330.0 * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("name", "subtype", "tolerance"),
+    [
+        ("float.wav", "FLOAT", 1e-7),
+        ("pcm24.wav", "PCM_24", 1e-6),
+        ("pcm16.wav", "PCM_16", 1e-4),
+        ("u8.wav", "PCM_U8", 1e-2),
+        ("pcm32.wav", "PCM_32", 1e-7),
+        ("a.flac", "PCM_24", 1e-6),
+        ("a.aiff", "PCM_16", 1e-4),
+    ],
+)
+def test_reads_every_sample_type(tmp_path: Path, name: str, subtype: str, tolerance: float) -> None:
+    """Float, 8/16/24/32-bit WAV, FLAC and AIFF read back as the float32 samples written, with their rate."""
+    x = tone()
+    sf.write(tmp_path / name, x, RATE, subtype=subtype)
+    y, rate = read_audio(str(tmp_path / name))
+    assert rate == RATE and y.dtype == np.float32 and len(y) == len(x)
+    assert np.abs(y - x).max() <= tolerance
+
+
+def test_stereo_is_averaged(tmp_path: Path) -> None:
+    """A two-channel file reads as the mean of its channels."""
+    left, right = tone(), np.zeros(int(0.5 * RATE), np.float32)
+    sf.write(tmp_path / "s.wav", np.stack([left, right], axis=1), RATE, subtype="FLOAT")
+    y, _ = read_audio(str(tmp_path / "s.wav"))
+    assert np.allclose(y, left / 2, atol=1e-7)
+
+
+@pytest.mark.parametrize(("ext", "fmt"), [("wav", "WAV"), ("flac", "FLAC"), ("ogg", "OGG"), ("mp3", "MP3")])
+def test_output_format_follows_the_extension(tmp_path: Path, ext: str, fmt: str) -> None:
+    """--out x.EXT writes that container (MP3 really is MP3), readable back at the same rate and length."""
+    path = tmp_path / f"out.{ext}"
+    write_audio(check_output(str(path)), tone(1.0, 24000), 24000)
+    info = sf.info(str(path))
+    assert info.format == fmt and info.samplerate == 24000
+    y, _ = read_audio(str(path))
+    assert abs(len(y) - 24000) <= 2400  # lossy codecs pad their frames
+
+
+def test_wav_out_is_16_bit_pcm(tmp_path: Path) -> None:
+    """WAV output stays 16-bit PCM, what every player reads."""
+    write_audio(tmp_path / "x.wav", tone(), RATE)
+    assert sf.info(str(tmp_path / "x.wav")).subtype == "PCM_16"
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("{d}", "--out {d}: is a folder; give a file name, e.g. {d}/speech.wav"),
+        ("{d}/sub/", "--out {d}/sub/: is a folder; give a file name, e.g. {d}/sub/speech.wav"),
+        ("{d}/nope/x.wav", "--out {d}/nope/x.wav: folder {d}/nope does not exist; create it or pick another path"),
+        ("{d}/x", "--out {d}/x: no file extension; add one of .wav, .flac, .ogg, .mp3"),
+        (
+            "{d}/x.m4a",
+            "--out {d}/x.m4a: cannot write .m4a audio (libsndfile {v}); use one of .flac, .mp3, .ogg, .wav",
+        ),
+    ],
+)
+def test_bad_output_paths_are_refused_in_one_line(tmp_path: Path, given: str, message: str) -> None:
+    """Folders, missing folders, no extension and formats libsndfile cannot write are refused before any work."""
+    d = str(tmp_path)
+    with pytest.raises(InputError) as e:
+        check_output(given.format(d=d))
+    assert str(e.value) == message.format(d=d, v=sf.__libsndfile_version__)
+
+
+def test_read_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder, a missing file, an unreadable file, a non-audio file and an empty file each get one line."""
+    cases = {str(tmp_path): f"{tmp_path} is a folder; give an audio file"}
+    cases[str(tmp_path / "missing.wav")] = f"no such file: {tmp_path / 'missing.wav'}"
+    (tmp_path / "text.wav").write_text("hello")
+    cases[str(tmp_path / "text.wav")] = (
+        f"{tmp_path / 'text.wav'} is not an audio file libsndfile can read (Format not recognised.); convert it, "
+        f"e.g. `ffmpeg -i {tmp_path / 'text.wav'} -ar 16000 -ac 1 out.wav`"
+    )
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), RATE)
+    empty = tmp_path / "empty.wav"
+    cases[str(empty)] = f"{empty} holds no audio (0 samples); record or pick another file"
+    for path, message in cases.items():
+        with pytest.raises(InputError) as e:
+            read_audio(path)
+        assert str(e.value) == message
+    # permission bits do not stop root, so the refusal is checked through os.access, as read_audio asks it
+    locked = tmp_path / "locked.wav"
+    sf.write(locked, tone(), RATE)
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked)
+    with pytest.raises(InputError) as e:
+        read_audio(str(locked))
+    assert str(e.value) == f"{locked} cannot be read (permission denied); check its permissions"
+
+
+class _Stdio(io.TextIOWrapper):
+    """A text stream over a BytesIO, like sys.stdin/sys.stdout with their .buffer."""
+
+
+def test_dash_reads_stdin_and_writes_stdout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-` reads a whole file from stdin and writes a WAV to stdout, byte for byte what a file would hold."""
+    sf.write(tmp_path / "in.flac", tone(), RATE, subtype="PCM_16")
+    monkeypatch.setattr(sys, "stdin", _Stdio(io.BytesIO((tmp_path / "in.flac").read_bytes())))
+    y, rate = read_audio("-")
+    assert rate == RATE and np.abs(y - tone()).max() < 1e-4
+    out = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", _Stdio(out))
+    target = check_output("-")
+    write_audio(target, y, rate)
+    write_audio(tmp_path / "same.wav", y, rate)
+    assert target.is_stdout and out.getvalue() == (tmp_path / "same.wav").read_bytes()
+    monkeypatch.setattr(sys, "stdin", _Stdio(io.BytesIO(b"")))
+    with pytest.raises(InputError, match=r"^stdin is empty; pipe an audio file in"):
+        read_audio("-")
