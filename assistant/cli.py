@@ -23,17 +23,55 @@ log = logging.getLogger("assistant.cli")
 
 
 def models_of(cfg: config.Config) -> list[tuple[str, str]]:
-    """(what, spec) for every model the configuration names."""
-    return [("STT model", cfg.stt.model_id), ("LLM", cfg.llm.model), ("TTS model", cfg.tts.model)]
+    """(what, spec) for every model the daemon loads (checked before `run` starts); an `openai` backend's LLM lives
+    on its server."""
+    llm = [("LLM", cfg.llm.model)] if cfg.llm.backend == "mlx" else []
+    return [("STT model", cfg.stt.model_id), *llm, ("TTS model", cfg.tts.model)]
+
+
+def load_chat(cfg: config.LlmConfig) -> Any:
+    """The configured LLM backend: in-process mlx-lm, or a client of an OpenAI-compatible server."""
+    if cfg.backend == "openai":
+        from assistant.llm_remote import RemoteChat
+
+        return RemoteChat.load(cfg)
+    from assistant.llm import Chat
+
+    return Chat.load(cfg)
+
+
+MLX_LM_OPEN_FILES = 4096  # mlx_lm/utils.py sets RLIMIT_NOFILE to (2048, 4096) when it is imported
+
+
+def check_open_file_limit(limits: tuple[int, int] | None = None, root: bool | None = None) -> None:
+    """AssistantError if mlx-lm could not set its open-file limit: a hard limit below 4096 fails at model load."""
+    import resource
+
+    _soft, hard = limits or resource.getrlimit(resource.RLIMIT_NOFILE)
+    if (os.geteuid() == 0 if root is None else root) or hard == resource.RLIM_INFINITY or hard >= MLX_LM_OPEN_FILES:
+        return
+    raise AssistantError(
+        f"the open-file hard limit is {hard}, below the {MLX_LM_OPEN_FILES} the model loader (mlx-lm) sets; "
+        f"raise it (`ulimit -Hn {MLX_LM_OPEN_FILES}`, or LimitNOFILE= for a service) and start again"
+    )
+
+
+def pulled_models(cfg: config.Config) -> list[tuple[str, str]]:
+    """What `assistant pull` fetches: the daemon's models and the end-of-turn model (the turn core loads it once
+    it is wired; then it joins models_of)."""
+    extra = [("end-of-turn model", cfg.endofturn.model)] if cfg.endofturn.detector == "smart_turn" else []
+    return models_of(cfg) + extra
 
 
 def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
+    check_open_file_limit()
     for what, spec in models_of(cfg):  # pre-flight: a missing model or device fails in seconds, in one line
         hub.resolve(spec, what)
     check_push_to_talk(cfg)
     from assistant.audio import devices
 
     with _terminal(args, cfg) as con:
+        headless = False
         for spec, kind in ((cfg.audio.input_device, "input"), (cfg.audio.output_device, "output")):
             try:
                 devices.pick(spec, kind)
@@ -42,8 +80,10 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
                     raise
                 # No sound card: the WebSocket clients are the microphone and speaker (headless mode).
                 log.warning("%s; running headless: clients of the WebSocket server bring the audio", e)
-                return asyncio.run(_run_daemon(cfg, headless=True, console=con))
-        return asyncio.run(_run_daemon(cfg, console=con))
+                headless = True
+                break
+        # outside the except block: the daemon's own exceptions must not be chained to the missing device
+        return asyncio.run(_run_daemon(cfg, headless=headless, console=con))
 
 
 def _terminal(args: argparse.Namespace, cfg: config.Config) -> Any:
@@ -78,7 +118,6 @@ def build_engines(cfg: config.Config, progress: Callable[[str], None] | None = N
     """Load every engine from the config (call on the compute thread: MLX state belongs to it). `progress` gets
     a short text while each model loads (the status line); each load is logged with its time."""
     from assistant.engines import Engines
-    from assistant.llm import Chat
     from assistant.stt import load_transcriber
     from assistant.tts import load_tts
     from assistant.vad import Vad
@@ -94,7 +133,7 @@ def build_engines(cfg: config.Config, progress: Callable[[str], None] | None = N
         return engine
 
     transcriber = timed("STT model", cfg.stt.model_id, lambda: load_transcriber(cfg.stt))
-    chat = timed("LLM", cfg.llm.model, lambda: Chat.load(cfg.llm))
+    chat = timed("LLM", cfg.llm.model, lambda: load_chat(cfg.llm))
     tts = timed("TTS model", cfg.tts.model, lambda: load_tts(cfg.tts))
     voice = timed("voice", cfg.tts.voice, lambda: tts.voice(cfg.tts.voice or None))
     return Engines(transcriber, chat, tts, voice, make_vad=Vad)
@@ -114,13 +153,16 @@ class SharedEngines:
     def new_session(self, voice: str | None) -> Any:
         from assistant.engines import Engines
         from assistant.llm import Chat
+        from assistant.llm_remote import RemoteChat
         from assistant.stt.transcriber import OfflineTranscriber, StreamingTranscriber
 
         chat, transcriber = self.engines.chat, self.engines.transcriber
-        assert isinstance(chat, Chat) and isinstance(transcriber, OfflineTranscriber | StreamingTranscriber)
+        assert isinstance(chat, Chat | RemoteChat) and isinstance(
+            transcriber, OfflineTranscriber | StreamingTranscriber
+        )
         return Engines(
             type(transcriber)(transcriber.lm, transcriber.cfg),
-            Chat(chat.model, chat.tokenizer, chat.cfg),
+            chat.new_conversation() if isinstance(chat, RemoteChat) else Chat(chat.model, chat.tokenizer, chat.cfg),
             self.engines.tts,
             self.voice(voice) if voice else self.engines.voice,
             self.engines.make_vad,
@@ -160,6 +202,11 @@ async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any =
             services.append(hotkey_service)
         if cfg.server.enabled:
             services.append(_server_service(cfg, engines))
+        if cfg.wyoming.enabled:
+            from assistant.wyoming import WyomingServices, speech_engines
+
+            speech = speech_engines(engines.transcriber, engines.tts, engines.chat)
+            services.append(lambda _pipeline: WyomingServices(cfg, speech, compute))
         if headless:  # no microphone; the daemon's own replies (native say/ask) are not played anywhere
             from assistant.audio.sinks import NullSink
 
@@ -182,6 +229,49 @@ async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any =
             logging.shutdown()
             sys.stdout.flush()
             os._exit(1)
+
+
+def cmd_wyoming(args: argparse.Namespace, cfg: config.Config) -> int:
+    for what, spec in (("STT model", cfg.stt.model_id), ("TTS model", cfg.tts.model)):
+        hub.resolve(spec, what)
+    return asyncio.run(_run_wyoming(cfg))
+
+
+def build_speech_engines(cfg: config.Config) -> Any:
+    """STT and TTS only, for the Wyoming services (call on the compute thread)."""
+    from assistant.stt import load_transcriber
+    from assistant.tts.qwen3 import Qwen3TTS
+    from assistant.wyoming import speech_engines
+
+    tts = Qwen3TTS.load(cfg.tts)
+    tts.voice(cfg.tts.voice or None)  # the default voice's prefix is computed once, before the first client
+    return speech_engines(load_transcriber(cfg.stt), tts)
+
+
+async def _run_wyoming(cfg: config.Config) -> int:
+    """The Wyoming services alone (no microphone, speaker or LLM) until SIGINT/SIGTERM."""
+    import signal
+
+    from assistant.compute import Compute
+    from assistant.wyoming import WyomingServices
+
+    compute = Compute()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        engines = await compute.run(build_speech_engines, cfg)
+        async with WyomingServices(cfg, engines, compute) as services:
+            print(
+                f"wyoming: asr on tcp://{cfg.wyoming.host}:{services.asr_port}, tts on "
+                f"tcp://{cfg.wyoming.host}:{services.tts_port}",
+                flush=True,
+            )
+            await stop.wait()
+        return 0
+    finally:
+        await asyncio.to_thread(compute.close, 1.0)
 
 
 def cmd_devices(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -210,7 +300,7 @@ def cmd_devices(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def cmd_pull(args: argparse.Namespace, cfg: config.Config) -> int:
-    specs = models_of(cfg)
+    specs = pulled_models(cfg)
     if args.verify:
         return _report_pull(hub.verify_all(specs, print_line))
     return _report_pull(hub.pull_all(specs, print_line))
@@ -421,10 +511,8 @@ def _save_history(path: Any) -> None:
 def cmd_chat(args: argparse.Namespace, cfg: config.Config) -> int:
     import time
 
-    from assistant.llm import Chat
-
     began = time.perf_counter()
-    chat = Chat.load(cfg.llm)
+    chat = load_chat(cfg.llm)
     print(f"chat with {cfg.llm.model} (loaded in {time.perf_counter() - began:.1f} s): {CHAT_HELP}", file=sys.stderr)
     history = _chat_history() if sys.stdin.isatty() else None
     stream = not args.no_stream
@@ -459,6 +547,8 @@ def cmd_chat(args: argparse.Namespace, cfg: config.Config) -> int:
 def _chat_turn(chat: Any, text: str, stream: bool) -> None:
     import time
 
+    from assistant.errors import ModelError
+
     shown: list[str] = []
     began = time.perf_counter()
     first: float | None = None
@@ -472,10 +562,18 @@ def _chat_turn(chat: Any, text: str, stream: bool) -> None:
         chat.finish_turn("".join(shown))  # stopped: only what was shown counts as heard
         print(("" if stream else "".join(shown)) + " [stopped]")
         return
+    except ModelError as e:  # e.g. the LLM server is down: say so and keep the REPL; the next line retries
+        chat.finish_turn("".join(shown))
+        print(("" if stream else "".join(shown)) + f" [error: {e}]")
+        return
     chat.finish_turn(None)
     print("" if stream else chat.history[-1].content)
     end = time.perf_counter()
     s = chat.stats
+    if not hasattr(s, "generated_tokens"):  # the remote backend: the server counts the tokens
+        first_s = f"{(first or end) - began:.2f} s" if first is not None else "-"
+        print(f"[first after {first_s}; prompt ~{s.prompt_tokens_estimate} tokens]", file=sys.stderr)
+        return
     gen_s = end - (first if first is not None else end)
     rate = (s.generated_tokens - 1) / gen_s if gen_s > 0 and s.generated_tokens > 1 else 0.0
     print(
@@ -503,6 +601,22 @@ def _check(name: str, fn: Callable[[], object]) -> Check:
     except AssistantError as e:
         return Check(name, str(e))
     return Check(name, None)
+
+
+def _check_llm_server(llm: config.LlmConfig) -> None:
+    """The OpenAI-compatible server answers GET /models with the key (the model list itself is not checked)."""
+    import httpx2
+
+    from assistant.llm_remote import read_api_key
+
+    key = read_api_key(llm, os.environ)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        r = httpx2.get(llm.base_url.rstrip("/") + "/models", headers=headers, timeout=llm.connect_timeout_s + 2)
+    except httpx2.HTTPError as e:
+        raise AssistantError(f"not reachable ({type(e).__name__}); start the server or fix llm.base_url") from e
+    if r.status_code in (401, 403):
+        raise AssistantError(f"refused the API key (HTTP {r.status_code}); check llm.api_key_env / llm.api_key_file")
 
 
 def _check_port(cfg: config.Config) -> None:
@@ -586,6 +700,8 @@ def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
     if mic.problem is None:
         checks.append(_check("microphone signal", lambda: asyncio.run(_check_mic_signal(cfg.audio))))
     checks.append(_check("speaker", lambda: devices.pick(cfg.audio.output_device, "output")))
+    if cfg.llm.backend == "openai":
+        checks.append(_check(f"LLM server {cfg.llm.base_url}", lambda: _check_llm_server(cfg.llm)))
     checks.append(_check("server port", lambda: _check_port(cfg)))
     checks.append(_check("config folder", _check_config_dir))
     checks.append(_check("cache folder", _check_cache_dir))
@@ -662,6 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-events", type=int, default=0, metavar="N", help="with `events`: exit after N events")
     p = add("history", cmd_history, "show or erase the conversation history kept across restarts")
     p.add_argument("action", choices=("show", "reset"), help="show: print it; reset: erase it")
+    add("wyoming", cmd_wyoming, "serve our STT and TTS to Home Assistant over Wyoming (without the voice loop)")
     add("doctor", cmd_doctor, "check devices, cached models, the server port and permissions")
     return parser
 

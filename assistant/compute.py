@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import contextvars
 import enum
 import itertools
 import logging
 import queue
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -24,6 +27,7 @@ log = logging.getLogger("assistant.compute")
 
 T = TypeVar("T")
 
+FOREGROUND_GRACE_S = 0.01  # background work waits this long after a reply step for the reply's next step
 QUEUE_LIMIT = 1024  # jobs waiting; the pipeline keeps one step per stream in flight, so this is never near
 
 
@@ -33,6 +37,23 @@ class Priority(enum.IntEnum):
     URGENT = 0  # transcription of the user's speech, closing cancelled generators
     REPLY = 1  # LLM tokens and TTS frames of the current answer
     BACKGROUND = 2  # cache clearing, warm-ups
+
+
+# The most urgent priority jobs submitted in the current context may have (see `lowered`).
+_ceiling: contextvars.ContextVar[Priority] = contextvars.ContextVar("compute_ceiling", default=Priority.URGENT)
+
+
+@contextlib.contextmanager
+def lowered(priority: Priority) -> Iterator[None]:
+    """Jobs submitted in this context, and by tasks started in it, run at `priority` or below.
+
+    The server wraps WebSocket text commands (say, ask) in it, so the voice loop's steps always run first.
+    """
+    token = _ceiling.set(priority)
+    try:
+        yield
+    finally:
+        _ceiling.reset(token)
 
 
 class Stale(Exception):
@@ -72,8 +93,16 @@ class _Job:
     ticket: Ticket | None = field(compare=False, default=None)
 
 
+@dataclass(frozen=True)
+class StepResult:
+    """One step of a generator: `value` when `done` is False; `done` when it was exhausted."""
+
+    done: bool
+    value: Any = None
+
+
 class Compute:
-    """A worker thread with a priority queue of jobs. Thread-safe `submit`; `run` for asyncio callers."""
+    """A worker thread with a priority queue of jobs. Thread-safe `submit`; `run`/`step` for asyncio callers."""
 
     started = False  # whether any worker ever ran in this process (see cli.main: MLX's exit from a sub-thread)
 
@@ -84,6 +113,7 @@ class Compute:
         self._stopping = False
         self.jobs_run = 0
         self.jobs_skipped = 0
+        self._foreground_done = 0.0  # when the last job above background priority finished (worker's clock)
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
@@ -96,7 +126,7 @@ class Compute:
         if self._stopping:
             raise RuntimeError("compute thread is closed")
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-        job = _Job(int(priority), next(self._seq), (lambda: fn(*args)), fut, ticket)
+        job = _Job(max(int(priority), int(_ceiling.get())), next(self._seq), (lambda: fn(*args)), fut, ticket)
         try:
             self._queue.put_nowait(job)
         except queue.Full as e:
@@ -129,6 +159,12 @@ class Compute:
             fut.cancel()  # not started yet: it will never run
             raise
 
+    async def step(
+        self, gen: Iterator[T], priority: Priority = Priority.REPLY, ticket: Ticket | None = None
+    ) -> StepResult:
+        """Advance `gen` by one `next()` on the worker."""
+        return await self.run(_next, gen, priority=priority, ticket=ticket)
+
     def clear_cache(self) -> concurrent.futures.Future[None]:
         """Free MLX's buffer cache between turns (long-run memory stays flat)."""
         return self.submit(_clear_mlx_cache, priority=Priority.BACKGROUND)
@@ -148,9 +184,25 @@ class Compute:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def _after_grace(self, job: _Job) -> _Job:
+        """A background job waits up to FOREGROUND_GRACE_S after a foreground one: a reply's next step is
+        submitted by asyncio only once the last one's result arrives, and it must not find the thread busy."""
+        wait = self._foreground_done + FOREGROUND_GRACE_S - time.monotonic()
+        if wait <= 0:
+            return job
+        try:
+            other = self._queue.get(timeout=wait)  # one bounded wait for a more urgent job, not a polling loop
+        except queue.Empty:
+            return job
+        first, later = (other, job) if other < job else (job, other)
+        self._queue.put_nowait(later)
+        return first
+
     def _work(self) -> None:
         while True:
             job = self._queue.get()  # blocks: the thread sleeps until work arrives
+            if job.priority >= Priority.BACKGROUND:
+                job = self._after_grace(job)
             if job.fn is _stop_marker:
                 break
             if not job.future.set_running_or_notify_cancel():
@@ -167,6 +219,8 @@ class Compute:
             else:
                 job.future.set_result(result)
             self.jobs_run += 1
+            if job.priority < Priority.BACKGROUND:
+                self._foreground_done = time.monotonic()
         while True:  # cancel what is left so no awaiting task hangs
             try:
                 job = self._queue.get_nowait()
@@ -177,6 +231,13 @@ class Compute:
 
 def _stop_marker() -> None:
     """Identity marker of the stop job; never called."""
+
+
+def _next(gen: Iterator[Any]) -> StepResult:
+    try:
+        return StepResult(False, next(gen))
+    except StopIteration:
+        return StepResult(True)
 
 
 def _clear_mlx_cache() -> None:

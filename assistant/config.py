@@ -89,6 +89,7 @@ DEFAULT_SYSTEM_PROMPT = (
 
 @dataclass(frozen=True)
 class LlmConfig:
+    backend: str = opt("mlx", choices=("mlx", "openai"))  # in-process mlx-lm, or an OpenAI-compatible server
     model: str = opt("mlx-community/gemma-4-e4b-it-4bit")
     system_prompt: str = opt(DEFAULT_SYSTEM_PROMPT)
     max_tokens: int = opt(400, "tokens", 1, 32_768)
@@ -99,6 +100,11 @@ class LlmConfig:
     repetition_penalty: float = opt(1.0, "", 0.5, 2.0)
     history_tokens: int = opt(4096, "tokens", 256, 1_000_000)
     seed: int = opt(-1, "", -1, 2**31 - 1)
+    base_url: str = opt("http://127.0.0.1:8080/v1")  # backend = "openai": the server's OpenAI API root
+    api_key_env: str = opt("")  # name of the environment variable holding the API key ("" = none)
+    api_key_file: str = opt("")  # or a file holding it (read once at start; never logged or returned)
+    connect_timeout_s: float = opt(3.0, "s", 0.1, 120.0)
+    timeout_s: float = opt(30.0, "s", 0.5, 600.0)  # longest silence from the server before the turn fails
 
 
 @dataclass(frozen=True)
@@ -147,12 +153,40 @@ class PipelineConfig:
     hotkey: str = opt("<alt_r>")
     hotkey_mode: str = opt("hold", choices=("hold", "toggle"))
     status_line: bool = opt(True)
+    wake_phrase: str = opt("")  # "" = every hands-free turn is answered
+    follow_up_s: float = opt(8.0, "s", 0.0, 600.0)
+
+
+@dataclass(frozen=True)
+class WyomingConfig:
+    enabled: bool = opt(False)
+    host: str = opt("127.0.0.1")
+    asr_port: int = opt(10300, "", 0, 65535)
+    tts_port: int = opt(10200, "", 0, 65535)
+    handle_port: int = opt(0, "", 0, 65535)  # the LLM as a conversation agent; 0 = off
+    max_audio_s: float = opt(60.0, "s", 1.0, 3600.0)
+    max_text_chars: int = opt(4000, "chars", 1, 1_000_000)
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = opt("info", choices=("debug", "info", "warning", "error"))
     json: bool = opt(False)
+
+
+@dataclass(frozen=True)
+class EndOfTurnConfig:
+    detector: str = opt("smart_turn", choices=("smart_turn", "silence"))  # silence: vad.hangover_ms alone
+    model: str = opt("pipecat-ai/smart-turn-v3")
+    threshold: float = opt(0.5, "", 0.0, 1.0)
+    score_after_ms: int = opt(180, "ms", 30, 2000)
+    max_wait_ms: int = opt(2000, "ms", 100, 10_000)
+    threads: int = opt(1, "threads", 1, 16)
+
+
+@dataclass(frozen=True)
+class EchoConfig:
+    enabled: bool = opt(True)
 
 
 @dataclass(frozen=True)
@@ -195,9 +229,12 @@ class Config:
     tts: TtsConfig = field(default_factory=TtsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    wyoming: WyomingConfig = field(default_factory=WyomingConfig)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    endofturn: EndOfTurnConfig = field(default_factory=EndOfTurnConfig)
+    echo: EchoConfig = field(default_factory=EchoConfig)
     source: str = field(default="defaults", compare=False)  # where the settings came from, for messages
 
     def replace(self, changes: Mapping[str, Any], origin: str = "config.set") -> Config:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
-from assistant import config as config_mod
+from assistant import settings
 from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, AudioBlock, frame_samples, level_dbfs
 from assistant.audio.sinks import AudioSink, AudioSource, ClientSink, SpeakerTiming
 from assistant.bus import EventBus, Subscription
@@ -494,13 +494,12 @@ class Conversation:
         self._apply(Ptt(False, time.monotonic()))
 
     def config_get(self) -> dict[str, Any]:
-        return config_mod.to_dict(self.cfg)
+        return settings.public(self.cfg)
 
     def config_set(self, changes: dict[str, object]) -> dict[str, Any]:
-        """Validate and apply `{"section.key": value}`; live for pipeline/vad/llm prompt, else at restart."""
-        new = self.cfg.replace(changes)  # ConfigError names a bad key or value
-        live = ("pipeline.", "vad.", "llm.system_prompt", "logging.")
-        self.restart_required = sorted({*self.restart_required, *(k for k in changes if not k.startswith(live))})
+        """Validate `{"section.key": value}` (settings.apply: live keys only, voices that exist), then apply."""
+        new = settings.apply(self.cfg, changes, cast(settings.VoiceCatalog, self.engines.tts))
+        self.restart_required = sorted({*self.restart_required, *settings.at_restart(changes)})
         new_vad = new.vad != self.cfg.vad
         if new_vad:
             self.vad = self.engines.make_vad(new.vad)
@@ -514,7 +513,7 @@ class Conversation:
         return self.config_get()
 
     def history_get(self) -> list[dict[str, Any]]:
-        return [{"role": m.role, "content": m.content, "interrupted": m.interrupted} for m in self.engines.chat.history]
+        return [dataclasses.asdict(m) for m in self.engines.chat.history]
 
     def history_reset(self) -> None:
         self.interrupt()

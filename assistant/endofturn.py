@@ -1,13 +1,26 @@
-"""When is the user's turn over: the evidence at a pause, and the policies that weigh it.
+"""When is the user's turn over: the evidence at a pause, the policies that weigh it, and the Smart Turn model.
 
-Pure: the turn core consults its policy at every pause; a model's score arrives as a plain value (the driver runs
-the model), so a smarter detector is a second policy, not an edit of the core.
+The policies are pure: the turn core consults its policy at every pause; a model's score arrives as a plain value
+(the driver runs the model), so a smarter detector is a second policy, not an edit of the core.
+
+`SmartTurn` runs Smart Turn v3.2 (pipecat-ai/smart-turn-v3, BSD-2): a Whisper-encoder classifier over the last
+<= 8 s of the turn's audio that gives P(the speaker has finished). It runs on onnxruntime (the int8 QDQ CPU export),
+one decision in tens of milliseconds on one core, so it never touches the compute thread that owns MLX.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from assistant import hub
+from assistant.audio.format import CAPTURE_RATE
+from assistant.config import EndOfTurnConfig
+from assistant.errors import InputError, ModelError
 
 Decision = Literal["end", "wait"]
 
@@ -40,3 +53,155 @@ class FixedSilence:
 
     def decide(self, ev: TurnEvidence) -> Decision:
         return "end" if ev.silence_ms >= self.hangover_ms else "wait"
+
+
+# Words after which nobody ends a turn: conjunctions, prepositions, articles and hesitations.
+TRAILING_FILLERS = frozenset(
+    "and or but so because um umm uh uhh er erm hmm like the a an of to in on at for with from my your "
+    "if then than that which who when where while about into by our their his".split()
+)
+_WORD = re.compile(r"[a-z']+")
+
+
+def ends_mid_phrase(partial_text: str, fillers: frozenset[str] = TRAILING_FILLERS) -> bool:
+    """Whether the transcript so far ends on a word that promises more (see TRAILING_FILLERS)."""
+    words = _WORD.findall(partial_text.lower())
+    return bool(words) and words[-1] in fillers
+
+
+@dataclass(frozen=True)
+class SmartTurnPolicy:
+    """The end-of-turn model's policy: ask for a score after `score_after_ms` of silence, end the turn when the
+    score reaches `threshold` (unless the partial transcript ends on a filler), else wait, up to `max_wait_ms`."""
+
+    threshold: float = 0.5
+    score_after_ms: int | None = 180  # 6 VAD frames of 30 ms: the model was trained on ~200 ms of trailing silence
+    max_wait_ms: int = 2000  # a pause this long ends the turn whatever the model said
+    fillers: frozenset[str] = TRAILING_FILLERS
+
+    def decide(self, ev: TurnEvidence) -> Decision:
+        if ev.silence_ms >= self.max_wait_ms:
+            return "end"
+        if ev.score is None or ends_mid_phrase(ev.partial_text, self.fillers):
+            return "wait"
+        return "end" if ev.score >= self.threshold else "wait"
+
+
+# ---- the model ----------------------------------------------------------------------------------------------
+
+SMART_TURN_REPO = "pipecat-ai/smart-turn-v3"
+SMART_TURN_FILE = "smart-turn-v3.2-cpu.onnx"  # int8 QDQ export, ~8.7 MB
+WINDOW_SAMPLES = 8 * CAPTURE_RATE  # 128000: the model sees the last 8 s, zero-padded in front when shorter
+N_FFT = 400  # 25 ms Whisper analysis window at 16 kHz
+HOP = 160  # 10 ms hop: 800 frames in 8 s
+N_MELS = 80
+FRAMES = WINDOW_SAMPLES // HOP  # 800
+_LOG_FLOOR = 1e-10
+_NORM_EPS = 1e-7
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa's default, Whisper's): linear to 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    log_part = 15.0 + np.log(np.maximum(hz, 1e-9) / 1000.0) * (27.0 / np.log(6.4))
+    return np.where(hz >= 1000.0, log_part, hz * 3.0 / 200.0)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    return np.where(mel >= 15.0, 1000.0 * np.exp((mel - 15.0) * (np.log(6.4) / 27.0)), mel * 200.0 / 3.0)
+
+
+def mel_filters(n_mels: int = N_MELS, n_fft: int = N_FFT, rate: int = CAPTURE_RATE) -> np.ndarray:
+    """(n_mels, n_fft // 2 + 1) triangular filters evenly spaced in Slaney mels over 0..rate/2, each scaled to
+    unit area (Slaney normalisation), as Whisper's feature extractor builds them."""
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(np.array(0.0)), _hz_to_mel(np.array(rate / 2)), n_mels + 2))
+    bins = np.linspace(0.0, rate / 2, n_fft // 2 + 1)
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bins[None, :] - lower) / (centre - lower)
+    falling = (upper - bins[None, :]) / (upper - centre)
+    tri = np.maximum(0.0, np.minimum(rising, falling))
+    return tri * (2.0 / (upper - lower))
+
+
+_FILTERS = mel_filters()
+_HANN = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)  # periodic Hann, as torch.hann_window
+
+
+def log_mel(window: np.ndarray) -> np.ndarray:
+    """Whisper-style features of exactly WINDOW_SAMPLES float samples: (N_MELS, FRAMES) float32.
+
+    The window is normalised to zero mean and unit variance first (padding included), then a centred STFT
+    (reflect padding) gives power spectra; log10 mel energies are clamped to 8 decades below the peak and
+    mapped by (x + 4) / 4, so speech lies roughly in [-1, 1].
+    """
+    x = np.asarray(window, dtype=np.float32)
+    x = (x - x.mean()) / np.sqrt(x.var() + _NORM_EPS)
+    padded = np.pad(x.astype(np.float64), N_FFT // 2, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP][:FRAMES]  # the last (801st) is dropped
+    power = np.abs(np.fft.rfft(frames * _HANN, axis=-1)) ** 2
+    mel = np.log10(np.maximum(_FILTERS @ power.T, _LOG_FLOOR))
+    mel = np.maximum(mel, mel.max() - 8.0)
+    return ((mel + 4.0) / 4.0).astype(np.float32)
+
+
+def model_input(audio: np.ndarray) -> np.ndarray:
+    """The model's (1, N_MELS, FRAMES) input for int16 16 kHz mono audio: its last 8 s, zeros in front."""
+    if not isinstance(audio, np.ndarray) or audio.ndim != 1 or audio.dtype != np.int16:
+        what = f"{audio.dtype} {audio.shape}" if isinstance(audio, np.ndarray) else type(audio).__name__
+        raise InputError(f"SmartTurn.score expects 1-D int16 audio at {CAPTURE_RATE} Hz, got {what}")
+    tail = audio[-WINDOW_SAMPLES:].astype(np.float32) / 32768.0
+    window = np.zeros(WINDOW_SAMPLES, dtype=np.float32)
+    window[WINDOW_SAMPLES - len(tail) :] = tail
+    return log_mel(window)[None]
+
+
+class SmartTurn:
+    """Smart Turn v3.x on onnxruntime: `score(audio)` = P(the user has finished speaking)."""
+
+    def __init__(self, session: Any):
+        self._session = session
+        self._input = session.get_inputs()[0].name
+
+    @classmethod
+    def load(cls, path: Path, threads: int = 1) -> SmartTurn:
+        """Load an exported Smart Turn .onnx file (or the folder holding SMART_TURN_FILE). Raises ModelError."""
+        file = path / SMART_TURN_FILE if path.is_dir() else path
+        if not file.is_file():
+            raise ModelError(f"end-of-turn model not found at {file}; run `assistant pull` to fetch it")
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise ModelError(f"onnxruntime is not installed ({e}); pip install onnxruntime") from e
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads  # one decision per pause: one core keeps the STT/TTS cores free
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            session = ort.InferenceSession(str(file), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ModelError(f"cannot load end-of-turn model {file}: {e}; delete it and run `assistant pull`") from e
+        shape = session.get_inputs()[0].shape
+        if len(shape) != 3 or shape[1:] != [N_MELS, FRAMES]:
+            raise ModelError(f"{file} is not a Smart Turn v3 model (input {shape}); set endofturn.model to one")
+        return cls(session)
+
+    def score(self, audio: np.ndarray) -> float:
+        """P(turn complete) for the turn's audio so far (int16 16 kHz mono, ending at the current pause)."""
+        (out,) = self._session.run(None, {self._input: model_input(audio)})
+        return float(np.asarray(out).reshape(-1)[0])
+
+
+def policy_from_config(cfg: EndOfTurnConfig, hangover_ms: int) -> EndOfTurnPolicy:
+    """The configured policy: Smart Turn's, or a fixed `hangover_ms` of silence (vad.hangover_ms)."""
+    if cfg.detector == "silence":
+        return FixedSilence(hangover_ms)
+    return SmartTurnPolicy(cfg.threshold, cfg.score_after_ms, cfg.max_wait_ms)
+
+
+def load_smart_turn(cfg: EndOfTurnConfig) -> SmartTurn | None:
+    """The configured model from the cache or a local folder (None when the detector is "silence").
+    Raises ModelError naming `assistant pull` when it is not downloaded."""
+    if cfg.detector == "silence":
+        return None
+    return SmartTurn.load(hub.resolve(cfg.model, "end-of-turn model"), cfg.threads)

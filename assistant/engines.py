@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -17,23 +17,17 @@ from assistant.events import SilenceStarted, SpeechEnded, SpeechResumed, SpeechS
 from assistant.stt.types import Transcriber
 from assistant.tts.types import Tts
 
+if TYPE_CHECKING:  # the message type only: importing llm would load MLX with the conversation
+    from assistant.llm import Message
+
 VadEvent = SpeechStarted | SilenceStarted | SpeechResumed | SpeechEnded
-
-
-class MessageLike(Protocol):
-    @property
-    def role(self) -> str: ...
-    @property
-    def content(self) -> str: ...
-    @property
-    def interrupted(self) -> bool: ...
 
 
 class ChatLike(Protocol):
     """The LLM conversation (assistant/llm.py `Chat`)."""
 
     @property
-    def history(self) -> Sequence[MessageLike]: ...  # a copy, oldest first
+    def history(self) -> Sequence[Message]: ...  # a copy, oldest first
 
     def respond(self, user_text: str) -> Iterator[str]: ...
     def finish_turn(self, heard_text: str | None) -> None: ...  # record the answer (None: all of it)

@@ -32,6 +32,13 @@ ALLOW_PATTERNS = [
     "**/*.model",
 ]
 
+# Repos that hold many exports: fetch only the file we run.
+ONLY_FILES = {"pipecat-ai/smart-turn-v3": ["smart-turn-v3.2-cpu.onnx"]}
+
+
+def _patterns(spec: str) -> list[str]:
+    return ONLY_FILES.get(spec, ALLOW_PATTERNS)
+
 
 def is_local(spec: str) -> bool:
     """A spec names a local folder when it exists, starts with '.', '/', '~', or has more than one '/'."""
@@ -51,7 +58,7 @@ def resolve(spec: str, what: str = "model") -> Path:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(spec, allow_patterns=ALLOW_PATTERNS, local_files_only=True))
+        return Path(snapshot_download(spec, allow_patterns=_patterns(spec), local_files_only=True))
     except LocalEntryNotFoundError as e:
         raise ModelError(f"{what} `{spec}` is not downloaded; run `assistant pull` to fetch it") from e
     except Exception as e:  # malformed repo id and the like
@@ -122,7 +129,7 @@ def pull(spec: str, what: str = "model") -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(spec, allow_patterns=ALLOW_PATTERNS))
+        return Path(snapshot_download(spec, allow_patterns=_patterns(spec)))
     except Exception as e:
         raise ModelError(explain(e, what, spec)) from e
 
@@ -152,7 +159,7 @@ def plan(spec: str, what: str = "model") -> Plan:
     from huggingface_hub import snapshot_download
 
     try:
-        infos: Any = snapshot_download(spec, allow_patterns=ALLOW_PATTERNS, dry_run=True)
+        infos: Any = snapshot_download(spec, allow_patterns=_patterns(spec), dry_run=True)
     except Exception as e:
         raise ModelError(explain(e, what, spec)) from e
     return Plan(
@@ -221,7 +228,7 @@ def verify(spec: str, what: str = "model") -> list[str]:
         result = HfApi().verify_repo_checksums(spec)
     except Exception as e:
         raise ModelError(explain(e, what, spec)) from e
-    wanted = set(filter_repo_objects(result.missing_paths, allow_patterns=ALLOW_PATTERNS))
+    wanted = set(filter_repo_objects(result.missing_paths, allow_patterns=_patterns(spec)))
     repairs = [(m["path"], f"{m['algorithm']} differs") for m in result.mismatches]
     repairs += [(path, "missing") for path in sorted(wanted)]
     lines = []

@@ -25,8 +25,10 @@ from assistant.tools.calls import GEMMA4, CallFormat, ToolCall, detect_format
 
 log = logging.getLogger("assistant.llm")
 
-# Prompt tokens computed per next() of respond(): bounds one step's work, hence cancel latency, on long prefills.
-PREFILL_STEP = 512
+# Prompt tokens computed per next() of respond(): bounds one step's work, hence cancel latency and how long a
+# long prompt (a 4,000-character ask) holds the compute thread before a voice reply's step (benchmarks/
+# server_fairness.py: 512 delayed another client's first audio by 3 TTS chunk steps, 128 by a third of one).
+PREFILL_STEP = 128
 # When the history overflows llm.history_tokens, drop the oldest turns until it fits in this fraction of the
 # budget, so a truncation (which invalidates the cache) happens once per several turns, not on every turn.
 TRUNCATE_TO = 0.75

@@ -214,3 +214,78 @@ def start_room(root: Path) -> Room:
         room.close()
         raise
     return room
+
+
+@dataclass
+class EchoLoop:
+    """The laptop's acoustic path: what the virtual speaker plays comes back into the virtual microphone with a
+    delay, a gain and reverberation, mixed with whatever else is played into the microphone (the user)."""
+
+    room: Room
+    modules: list[str]
+    delay_ms: float
+    gain_db: float
+
+    def stop(self) -> None:
+        for m in reversed(self.modules):
+            with contextlib.suppress(RuntimeError):
+                self.room.pactl("unload-module", m)
+
+
+LOOP_EXTRA_MS = 45.0  # the sinks' and PortAudio's own latency beyond module-loopback's (measured in the room test)
+REVERB_PLUGIN = Path("/usr/lib/ladspa/allpass_1895.so")  # swh-plugins: Schroeder allpass delay lines
+
+
+def start_echo_loop(room: Room, delay_ms: float = 60.0, gain_db: float = 0.0, reverb: bool = True) -> EchoLoop:
+    """Loop the speaker back into the microphone inside the sound server, so a busy machine cannot stretch it:
+    module-loopback (speaker monitor -> microphone) holds `delay_ms` of latency by adapting its rate (less what
+    the sinks and PortAudio add, LOOP_EXTRA_MS; the least total delay is about 50 ms), its stream
+    volume is `gain_db`, and with `reverb` the sound passes two Schroeder allpass diffusers (13 and 29 ms delay
+    lines decaying over 0.2 s; swh-plugins' LADSPA allpass_c) on the way: a small reverberant room."""
+    modules: list[str] = []
+    loop = EchoLoop(room, modules, delay_ms, gain_db)
+    try:
+        target = MIC
+        if reverb:
+            if not REVERB_PLUGIN.exists():
+                raise RuntimeError(f"the echo loop's reverb needs {REVERB_PLUGIN}: apt-get install swh-plugins")
+            for i, delay in enumerate((0.029, 0.013)):
+                name = f"room_air{i}"
+                modules.append(
+                    room.pactl(
+                        "load-module",
+                        "module-ladspa-sink",
+                        f"sink_name={name}",
+                        f"sink_master={target}",
+                        "plugin=allpass_1895",
+                        "label=allpass_c",
+                        f"control=0.05,{delay},0.2",  # max delay, delay, decay time (s)
+                        "channels=1",
+                        "channel_map=mono",
+                    ).strip()
+                )
+                target = name
+        modules.append(
+            room.pactl(
+                "load-module",
+                "module-loopback",
+                f"source={SPEAKER}.monitor",
+                f"sink={target}",
+                f"latency_msec={max(5.0, delay_ms - LOOP_EXTRA_MS):g}",
+                "source_dont_move=true",
+                "sink_dont_move=true",
+                "rate=16000",
+                "channels=1",
+            ).strip()
+        )
+        # the loopback's stream into the microphone: the sink input whose owner module is the loopback
+        for block in room.pactl("list", "sink-inputs").split("Sink Input #")[1:]:
+            if f"Owner Module: {modules[-1]}\n" in block:
+                room.pactl("set-sink-input-volume", block.split()[0], f"{gain_db:g}dB")
+                break
+        else:
+            raise RuntimeError("module-loopback's sink input is not listed: cannot set the echo gain")
+    except BaseException:
+        loop.stop()
+        raise
+    return loop

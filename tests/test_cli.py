@@ -12,7 +12,7 @@ import pytest
 
 from assistant import cli
 
-SUBCOMMANDS = ["run", "devices", "pull", "say", "voices", "transcribe", "chat", "ctl", "doctor"]
+SUBCOMMANDS = ["run", "devices", "pull", "say", "voices", "transcribe", "chat", "ctl", "wyoming", "doctor"]
 
 
 def run(args: list[str], env_extra: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -88,7 +88,8 @@ def test_doctor_lists_problems_with_fixes(tmp_path: Path) -> None:
 
 
 def test_pull_offline_names_missing_model(tmp_path: Path) -> None:
-    """`assistant pull` with HF_HUB_OFFLINE=1 and an empty cache names each missing model and exits 1."""
+    """`assistant pull` with HF_HUB_OFFLINE=1 and an empty cache names each missing model (STT, LLM, TTS,
+    end of turn) and exits 1."""
     out = run(["pull"], no_sound_env(tmp_path))
     assert out.returncode == 1
     lines = out.stdout.splitlines()
@@ -96,7 +97,7 @@ def test_pull_offline_names_missing_model(tmp_path: Path) -> None:
         "FAILED STT model `mlx-community/parakeet-tdt-0.6b-v3` is not in the "
         "cache and HF_HUB_OFFLINE is set; unset HF_HUB_OFFLINE to download it"
     )
-    assert len(lines) == 4 and lines[-1].startswith("0 of 3 model(s) ready; failed: STT model ")
+    assert len(lines) == 5 and lines[-1].startswith("0 of 4 model(s) ready; failed: STT model ")
 
 
 def test_local_model_folder_missing(tmp_path: Path) -> None:

@@ -29,11 +29,14 @@ LAYERS: list[tuple[str, ...]] = [
         "assistant.stt",
         "assistant.tts",
         "assistant.llm",
+        "assistant.llm_remote",
+        "assistant.wake",
         "assistant.memory",
         "assistant.tools.calls",
         "assistant.server.protocol",
         "assistant.server.realtime_protocol",
         "assistant.server.controller",
+        "assistant.settings",
     ),
     ("assistant.engines",),
     ("assistant.compute", "assistant.bus", "assistant.audio", "assistant.hotkey", "assistant.tools"),
@@ -41,16 +44,20 @@ LAYERS: list[tuple[str, ...]] = [
     ("assistant.conversation",),
     ("assistant.console",),
     ("assistant.daemon",),
-    ("assistant.server",),
+    ("assistant.server", "assistant.wyoming"),
     ("assistant.cli", "assistant.__main__"),
 ]
 MODEL_PACKAGES = ("assistant.stt", "assistant.tts", "assistant.llm", "assistant.vad", "assistant.text")
-# Pure decision modules: the turn core and both wire protocols take values and return values.
+# Pure decision modules: the turn core, end-of-turn policies, and the sans-I/O halves of the server (frames in,
+# frames out; server/ws.py alone touches sockets and the loop).
 PURE_MODULES = (
     "assistant.turns",
     "assistant.endofturn",
+    "assistant.settings",
     "assistant.server.protocol",
     "assistant.server.realtime_protocol",
+    "assistant.server.native",
+    "assistant.server.realtime",
 )
 FORBIDDEN_IN_MODELS = ("asyncio", "sounddevice", "websockets")
 

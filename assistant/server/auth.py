@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import logging
@@ -42,10 +43,19 @@ def read_token(cfg: ServerConfig) -> str | None:
 
 
 def load_or_create_token(cfg: ServerConfig) -> str:
-    """server.token if set; else the token stored at token_path, created (mode 0600) at the first start."""
+    """server.token if set; else the token stored at token_path, created (mode 0600) at the first start.
+
+    The file is never used through a symbolic link (another user's link could point it anywhere) and is written
+    whole to a temporary file that then replaces it, so a reader never sees half a token.
+    """
     if cfg.token:
         return cfg.token
     path = token_path(cfg)
+    if path.is_symlink():
+        raise ConfigError(
+            f"the server token file {path} is a symbolic link; remove it (a new token is generated) "
+            "or set server.token_file to a regular file"
+        )
     existing = read_token(cfg)
     if existing:
         mode = stat.S_IMODE(path.stat().st_mode)
@@ -56,16 +66,30 @@ def load_or_create_token(cfg: ServerConfig) -> str:
     token = secrets.token_urlsafe(32)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(token + "\n")
-        os.chmod(path, 0o600)  # O_CREAT's mode does not apply to a file that already existed
+        write_atomically(path, token + "\n")
     except OSError as e:
         raise ConfigError(
             f"cannot write the server token to {path}: {e.strerror}; set server.token_file or server.token"
         ) from e
     log.info("generated a server token in %s", path)
     return token
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `text` to a new 0600 file beside `path`, then rename it over `path` (which may be a link: it is
+    replaced, not followed)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # O_EXCL: never through a link
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def offered_token(authorization: str | None, query: str, subprotocols: list[str]) -> str | None:

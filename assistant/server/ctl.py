@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -16,7 +18,6 @@ from assistant.server import auth
 from assistant.server import protocol as p
 
 TEXT_COMMANDS = ("say", "ask")
-WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 USAGE = (
     "commands: status, say TEXT, ask TEXT, interrupt, mute, unmute, ptt.start, ptt.stop, config.get, "
     "config.set KEY=VALUE..., history.get, history.reset, events"
@@ -45,7 +46,8 @@ def build_message(words: Sequence[str], msg_id: str = "ctl") -> dict[str, Any]:
 
 
 def url_of(cfg: ServerConfig) -> str:
-    host = "127.0.0.1" if cfg.host in WILDCARD_HOSTS else cfg.host
+    """The daemon's native endpoint as bound: a wildcard address is dialled on the loopback of its family."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(cfg.host, cfg.host)
     host = f"[{host}]" if ":" in host else host
     return f"ws://{host}:{cfg.port}/v1/control"
 
@@ -72,7 +74,21 @@ def _connect(cfg: ServerConfig) -> Iterator[ClientConnection]:
 
 
 def run(cfg: ServerConfig, words: Sequence[str], out: Callable[[str], None] = print, max_events: int = 0) -> int:
-    """Send the command, print its reply (streaming `ask`), or print events; returns the exit code."""
+    """Send the command, print its reply (streaming `ask`), or print events; returns the exit code.
+
+    A reader that goes away (`assistant ctl events | head`) ends the command quietly with code 0.
+    """
+    try:
+        return _run(cfg, words, out, max_events)
+    except BrokenPipeError:
+        # stdout's reader is gone: point stdout at /dev/null so the exit-time flush cannot fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
+
+
+def _run(cfg: ServerConfig, words: Sequence[str], out: Callable[[str], None], max_events: int) -> int:
     if list(words[:1]) == ["events"]:
         if len(words) > 1:
             raise InputError("`ctl events` takes no arguments")

@@ -23,6 +23,55 @@ PROTOCOL_VERSION = 1
 JsonId = str | int
 
 
+# Bounds on what a client's message may ask of the models (checked when decoding; docs/protocol.md "Limits").
+MAX_TEXT_CHARS = 4_000  # one user turn (say, ask, a Realtime item): ~1,000 tokens, a quarter of llm.history_tokens
+MAX_INSTRUCTIONS_CHARS = 8_000  # a system prompt or Realtime instructions: ~2,000 tokens, half the default history
+ECHO_CHARS = 60  # client text repeated in an error message is cut to this many characters
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-connection bounds on input the server passes to the models (defaults are the documented ones)."""
+
+    text_chars: int = MAX_TEXT_CHARS
+    instructions_chars: int = MAX_INSTRUCTIONS_CHARS
+    turn_audio_s: float = 60.0  # uncommitted Realtime audio in manual turns (server VAD ends turns itself)
+    audio_realtime_factor: float = 4.0  # Realtime audio appends: at most this many times real time, sustained
+    audio_burst_s: float = 15.0  # ... after a burst of this much audio (one append over it needs a full budget)
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class TokenBucket:
+    """`rate` units per second with bursts of `capacity`; time is an input (`now`), so tests script it."""
+
+    def __init__(self, rate: float, capacity: float, now: float) -> None:
+        self.rate, self.capacity = rate, capacity
+        self.tokens, self.last = capacity, now
+
+    def take(self, amount: float, now: float) -> bool:
+        """Spend `amount` if the bucket holds it (an amount over the capacity needs a full bucket)."""
+        self.tokens = min(self.capacity, self.tokens + max(0.0, now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= min(amount, self.capacity):
+            self.tokens -= amount  # may go negative: a big append is paid back before the next
+            return True
+        return False
+
+
+def clip(text: str, limit: int = ECHO_CHARS) -> str:
+    """`text` as a quoted repr of at most about `limit` characters, for error messages that quote the client."""
+    shown = repr(text[:limit])
+    return shown if len(text) <= limit else f"{shown}... ({len(text)} characters)"
+
+
+def brief(value: Any, limit: int = ECHO_CHARS) -> str:
+    """repr(value) cut to `limit` characters (for values of any JSON type quoted in an error message)."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[:limit] + "..."
+
+
 class WireError(ProtocolError):
     """A message that cannot be accepted; `code` is stable for programs, the message is for people."""
 
@@ -232,14 +281,20 @@ def parse_json(data: str | bytes, max_bytes: int) -> dict[str, Any]:
         raise WireError("too_large", f"message is {size} bytes, over the {max_bytes}-byte limit; send smaller messages")
     try:
         obj = json.loads(data)
-    except (json.JSONDecodeError, RecursionError) as e:
+    except json.JSONDecodeError as e:
         raise WireError("bad_json", f"message is not valid JSON ({e}); send one JSON object per text frame") from e
+    except RecursionError as e:
+        raise WireError("bad_json", "message is nested too deeply; send a flat JSON object") from e
+    except ValueError as e:  # an integer over Python's 4,300-digit conversion limit
+        raise WireError(
+            "bad_json", "message has a number too long to read; send numbers of at most 4,300 digits"
+        ) from e
     if not isinstance(obj, dict):
         raise WireError("bad_json", f'message must be a JSON object, got {_json_type(obj)}; e.g. {{"type": "status"}}')
     return obj
 
 
-def decode_command(data: str | bytes, max_bytes: int = 1 << 20) -> Command:
+def decode_command(data: str | bytes, max_bytes: int = 1 << 20, limits: Limits = DEFAULT_LIMITS) -> Command:
     """Parse and validate one client message (raises WireError naming the problem and the fix)."""
     obj = parse_json(data, max_bytes)
     msg_id = obj.get("id")
@@ -249,7 +304,7 @@ def decode_command(data: str | bytes, max_bytes: int = 1 << 20) -> Command:
     if version != PROTOCOL_VERSION or isinstance(version, bool):
         raise WireError(
             "unsupported_version",
-            f"protocol version {version!r} is not supported; this server speaks v={PROTOCOL_VERSION}",
+            f"protocol version {brief(version)} is not supported; this server speaks v={PROTOCOL_VERSION}",
             msg_id,
         )
     kind = obj.get("type")
@@ -258,9 +313,16 @@ def decode_command(data: str | bytes, max_bytes: int = 1 << 20) -> Command:
     cls = COMMANDS.get(kind)
     if cls is None:
         raise WireError(
-            "unknown_type", f"unknown command type {kind!r}; valid types: {', '.join(sorted(COMMANDS))}", msg_id
+            "unknown_type", f"unknown command type {clip(kind)}; valid types: {', '.join(sorted(COMMANDS))}", msg_id
         )
-    return check_fields(cls, obj, kind, msg_id)
+    cmd = check_fields(cls, obj, kind, msg_id)
+    if isinstance(cmd, Say | Ask) and len(cmd.text) > limits.text_chars:
+        raise WireError(
+            "too_long",
+            f"`{kind}.text` has {len(cmd.text)} characters, over the {limits.text_chars} allowed; send a shorter text",
+            msg_id,
+        )
+    return cmd
 
 
 def check_fields(cls: type, obj: dict[str, Any], kind: str, msg_id: JsonId | None = None) -> Any:
@@ -269,11 +331,10 @@ def check_fields(cls: type, obj: dict[str, Any], kind: str, msg_id: JsonId | Non
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(obj) - set(fields))
     if unknown:
-        raise WireError(
-            "bad_field",
-            f"`{kind}` has no field {', '.join(f'`{u}`' for u in unknown)}; fields: {', '.join(fields)}",
-            msg_id,
+        named = ", ".join(f"`{u[:30]}`" for u in unknown[:3]) + (
+            f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
         )
+        raise WireError("bad_field", f"`{kind}` has no field {named}; fields: {', '.join(fields)}", msg_id)
     for name, f in fields.items():
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if name not in obj:

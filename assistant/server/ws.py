@@ -1,21 +1,26 @@
 """The WebSocket server: routing, handshake checks, limits, per-client outboxes and event fan-out.
 
-Paths: `/` and `/v1/control` speak the native protocol (server/protocol.py) to a `Controller`; `/v1/realtime`
-speaks the OpenAI Realtime subset (server/realtime.py) to a `RealtimeBackend` session per connection.
-Every client has its own outbox and writer task, so a slow client only ever delays itself: its pipeline
-events are dropped oldest-first (and counted), its replies are kept.
+Paths: `/` and `/v1/control` speak the native protocol (server/native.py decides what each frame means) to a
+`Controller`; `/v1/realtime` speaks the OpenAI Realtime subset (server/realtime.py) to a `RealtimeBackend`
+session per connection. This module only moves frames. Every client has its own bounded outbox and writer task,
+so a slow client only ever delays itself: its events are dropped oldest-first (and counted); when its replies
+would be lost instead, it is closed (1008 when it does not read its replies, 1013 when it cannot keep up with a
+stream it asked for).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import ipaddress
 import logging
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -23,54 +28,86 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from assistant import __version__, events
+from assistant import compute, events
 from assistant.config import ServerConfig
-from assistant.errors import AssistantError, ConfigError, InputError
+from assistant.errors import AssistantError, ConfigError
 from assistant.server import auth
 from assistant.server import protocol as p
 from assistant.server import realtime_protocol as rp
 from assistant.server.controller import Controller, RealtimeBackend, RealtimeSession
+from assistant.server.native import NativeConnection
 from assistant.server.realtime import RealtimeConversation
 
+T = TypeVar("T")
 log = logging.getLogger("assistant.server")
+# Lines about single connections (websockets' own, refused handshakes): a stranger can cause them at will.
+conn_log = logging.getLogger("assistant.server.connections")
 
 CONTROL_PATHS = ("/", "/v1/control")
 REALTIME_PATH = "/v1/realtime"
 HARD_LIMIT_FACTOR = 4  # messages over max_message_bytes get an error; over 4x that the socket is closed (1009)
+RECEIVE_QUEUE = 4  # frames websockets reads ahead of the handler (16 by default: 16 MiB of a 1 MiB flood)
+OUTBOX_BYTES_FACTOR = 4  # a client's outbox holds at most 4x max_message_bytes (4 MiB by default)
 FANOUT_QUEUE = 4096  # the server's own subscription: it is drained at once into the client outboxes
 ASK_DRAIN_S = 1.0  # after `ask` returns, wait at most this long for its last deltas to pass the subscription
+OFFLOAD_BYTES = 64 * 1024  # frames (and audio appends) over this are decoded/resampled on a worker thread
 SUBPROTOCOLS = ("assistant.v1", "realtime")
+LOG_BURST, LOG_PER_S = 10, 1.0  # connection log lines: bursts of 10, then one a second, the rest counted
+CLOSE_NOT_READING = 1008  # policy violation: the client sends but does not read its replies
+CLOSE_TOO_SLOW = 1013  # try again later: the client cannot keep up with a stream it asked for
+CLOSE_WAIT_S = 1.0  # how long a client closed for not reading gets to answer the close
+
+
+class Overflow(Exception):
+    """A reply did not fit in the client's outbox: the connection must be closed, not the reply dropped."""
 
 
 class Outbox:
-    """A bounded queue of text frames: droppable (events) go oldest-first when full, others are always kept."""
+    """A queue of text frames bounded in count and bytes.
 
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
+    Droppable frames (events) give way first: the oldest droppable goes when the queue is full, counted in
+    `dropped`. A frame that must not be dropped and does not fit raises Overflow (one frame always fits in an
+    empty queue, whatever its size).
+    """
+
+    def __init__(self, maxsize: int, max_bytes: int) -> None:
+        self.maxsize, self.max_bytes = maxsize, max_bytes
         self.items: deque[tuple[bool, str]] = deque()
+        self.bytes = 0
         self.dropped = 0
         self.reported = 0
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
 
+    def _full(self, size: int) -> bool:
+        return bool(self.items) and (len(self.items) >= self.maxsize or self.bytes + size > self.max_bytes)
+
     def put(self, text: str, droppable: bool = True) -> None:
-        if droppable and len(self.items) >= self.maxsize:
-            for i, (can_drop, _) in enumerate(self.items):
-                if can_drop:
-                    del self.items[i]
-                    self.dropped += 1
-                    break
-            else:
+        size = len(text)  # encoded frames are ASCII (protocol.encode), so characters = bytes
+        while self._full(size):
+            i = next((i for i, (can_drop, _) in enumerate(self.items) if can_drop), None)
+            if i is None:
+                break
+            self.bytes -= len(self.items[i][1])
+            del self.items[i]
+            self.dropped += 1
+        if self._full(size):
+            if droppable:
                 self.dropped += 1
                 return
+            raise Overflow(f"{len(self.items)} messages ({self.bytes} bytes) are waiting for this client")
         self.items.append((droppable, text))
+        self.bytes += size
         self._ready.set()
-        if len(self.items) >= self.maxsize:
+        if not self._has_room():
             self._room.clear()
 
+    def _has_room(self) -> bool:
+        return len(self.items) < self.maxsize // 2 and self.bytes < self.max_bytes // 2
+
     async def room(self) -> None:
-        """Wait until the outbox is below its bound (producers that must not drop wait here)."""
+        """Wait until the outbox is at most half full (streams that must not drop wait here)."""
         await self._room.wait()
 
     async def get(self) -> str:
@@ -78,35 +115,45 @@ class Outbox:
             self._ready.clear()
             await self._ready.wait()
         _, text = self.items.popleft()
-        if len(self.items) < self.maxsize:
+        self.bytes -= len(text)
+        if self._has_room():
             self._room.set()
         return text
 
 
-class RateLimiter:
-    """Token bucket: `rate` commands per second, bursts of up to one second's worth (at least one)."""
+class Throttle(logging.Filter):
+    """Lets `burst` records through, then `per_s` a second; the next one through says how many were held back."""
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate, self.capacity, self.clock = rate, max(1.0, rate), clock
-        self.tokens, self.last = self.capacity, clock()
+    def __init__(self, burst: int = LOG_BURST, per_s: float = LOG_PER_S, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.clock = clock
+        self.bucket = p.TokenBucket(per_s, burst, clock())
+        self.suppressed = 0
 
-    def allow(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.bucket.take(1, self.clock()):
+            self.suppressed += 1
+            return False
+        if self.suppressed:
+            record.msg = f"{record.msg} ({self.suppressed} similar lines suppressed)"
+            self.suppressed = 0
+        return True
+
+
+if not any(isinstance(f, Throttle) for f in conn_log.filters):
+    conn_log.addFilter(Throttle())
 
 
 @dataclass(eq=False)
 class Client:
     ws: ServerConnection
     outbox: Outbox
-    limiter: RateLimiter
-    subscribed: bool = False
+    native: NativeConnection | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def subscribed(self) -> bool:
+        return self.native is not None and self.native.subscribed
 
 
 class ControlServer:
@@ -118,16 +165,22 @@ class ControlServer:
         controller: Controller | None,
         backend: RealtimeBackend | None = None,
         token: str | None = None,
+        limits: p.Limits = p.DEFAULT_LIMITS,
     ) -> None:
         self.cfg = cfg
         self.controller = controller
         self.backend = backend
+        self.limits = limits
         self.token = token if token is not None else auth.load_or_create_token(cfg)
         self.clients: set[Client] = set()
-        self.sessions = 0
+        self.sessions = 0  # Realtime sessions opened so far (numbers their ids)
+        self.admitted = 0  # Realtime sessions open or opening: reserved before the first await
         self.server: Server | None = None
         self.fanout: asyncio.Task[None] | None = None
         self.handler_errors = 0  # unexpected exceptions caught per message (the fuzz test wants zero)
+        self.text_priority = compute.Priority.BACKGROUND  # compute priority of say/ask (benchmarks compare REPLY)
+        # One thread for big frames: one allocator arena (RSS stays flat); byte budgets keep each client's share small
+        self.worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ws-decode")
 
     async def __aenter__(self) -> ControlServer:
         await self.start()
@@ -137,26 +190,38 @@ class ControlServer:
         await self.close()
 
     async def start(self) -> None:
+        host, port = self.cfg.host, self.cfg.port
+        options: dict[str, Any] = {"host": host, "port": port}
         try:
+            if host in ("", "::") and socket.has_dualstack_ipv6():
+                # asyncio would bind "::" IPv6-only; one dual-stack socket also answers 127.0.0.1 (what ctl dials)
+                sock = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)
+                options = {"sock": sock}
             self.server = await serve(
                 self._handle,
-                self.cfg.host,
-                self.cfg.port,
+                **options,
                 process_request=self._check_handshake,
                 select_subprotocol=_select_subprotocol,
                 max_size=self.cfg.max_message_bytes * HARD_LIMIT_FACTOR,
+                max_queue=RECEIVE_QUEUE,
                 ping_interval=self.cfg.ping_interval_s,
                 ping_timeout=self.cfg.ping_interval_s,
                 compression=None,
-                logger=log,
+                logger=conn_log,
             )
         except OSError as e:
             raise ConfigError(
-                f"cannot listen on {self.cfg.host}:{self.cfg.port} ({e.strerror}); stop what uses it or set server.port"
+                f"cannot listen on {host}:{port} ({e.strerror}); stop what uses it or set server.port"
             ) from e
         if self.controller is not None:
             self.fanout = asyncio.create_task(self._fan_out(self.controller))
-        log.info("control server on ws://%s:%d", self.cfg.host, self.port)
+        log.info("control server on ws://%s:%d", host, self.port)
+        if not is_loopback_host(host):
+            log.warning(
+                "server.host = %r accepts connections from other machines; each needs the token (set "
+                'server.host = "127.0.0.1" to serve this machine only)',
+                host,
+            )
 
     @property
     def port(self) -> int:
@@ -171,21 +236,26 @@ class ControlServer:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        self.worker.shutdown(wait=False, cancel_futures=True)
 
     # ---- handshake ---------------------------------------------------------------------------------------
 
     def _check_handshake(self, conn: ServerConnection, request: Request) -> Response | None:
         path, _, query = request.path.partition("?")
         if path not in (*CONTROL_PATHS, REALTIME_PATH):
-            return _refuse(conn, 404, f"unknown path {path}; use /v1/control (native) or /v1/realtime")
+            return _refuse(conn, 404, f"unknown path {p.clip(path)}; use /v1/control (native) or /v1/realtime")
         if path == REALTIME_PATH and self.backend is None:
             return _refuse(conn, 404, "/v1/realtime is not enabled in this daemon")
         if path != REALTIME_PATH and self.controller is None:
             return _refuse(conn, 404, "the native control channel is not enabled in this daemon")
+        for name in ("Authorization", "Origin"):
+            if len(request.headers.get_all(name)) > 1:
+                return _refuse(conn, 400, f"the request has more than one {name} header; send one")
         origin = request.headers.get("Origin")
         if not auth.origin_allowed(origin, self.cfg.allowed_origins):
-            log.warning("refused a connection from origin %s", origin)
-            return _refuse(conn, 403, f"origin {origin} is not allowed; add it to server.allowed_origins")
+            shown = (origin or "")[:100]  # headers are bounded (8 KiB) but need not fill the log
+            conn_log.warning("refused a connection from origin %s", shown)
+            return _refuse(conn, 403, f"origin {shown} is not allowed; add it to server.allowed_origins")
         offered = auth.offered_token(request.headers.get("Authorization"), query, _subprotocols(request.headers))
         if auth.token_ok(offered, self.token):
             return None
@@ -193,7 +263,7 @@ class ControlServer:
         if self.cfg.allow_loopback_without_token and auth.is_loopback(peer):
             return None
         why = "no token" if offered is None else "wrong token"
-        log.warning("refused a connection from %s: %s", peer, why)
+        conn_log.warning("refused a connection from %s: %s", peer, why)
         return _refuse(
             conn,
             401,
@@ -206,17 +276,22 @@ class ControlServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         path = ws.request.path.partition("?")[0] if ws.request else "/"
-        client = Client(ws, Outbox(self.cfg.client_queue), RateLimiter(self.cfg.commands_per_s))
+        outbox = Outbox(self.cfg.client_queue, self.cfg.max_message_bytes * OUTBOX_BYTES_FACTOR)
+        client = Client(ws, outbox)
         writer = asyncio.create_task(self._write(client, path == REALTIME_PATH))
         self.clients.add(client)
         try:
             if path == REALTIME_PATH:
-                beta = "realtime=v1" in (ws.request.headers.get("OpenAI-Beta", "") if ws.request else "")
+                beta = (
+                    any("realtime=v1" in v for v in ws.request.headers.get_all("OpenAI-Beta")) if ws.request else False
+                )
                 await self._serve_realtime(client, beta)
             else:
                 await self._serve_control(client)
         except ConnectionClosed:
             pass
+        except Overflow as e:
+            await self._close_overflow(client, e, CLOSE_NOT_READING, "it does not read its replies")
         finally:
             self.clients.discard(client)
             for task in client.tasks:
@@ -224,6 +299,16 @@ class ControlServer:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await writer
+
+    async def _close_overflow(self, client: Client, e: Overflow, code: int, why: str) -> None:
+        peer = client.ws.remote_address[0] if client.ws.remote_address else None
+        conn_log.warning("closed the connection from %s (%d): %s; %s", peer, code, why, e)
+        client.outbox.items.clear()  # nothing more goes to this client: free its queue now
+        client.outbox.bytes = 0
+        # it does not read, so it will not answer the close either: send it, wait briefly, drop the socket
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            await asyncio.wait_for(client.ws.close(code, f"outgoing queue full: {why}"[:120]), CLOSE_WAIT_S)
+        client.ws.transport.abort()
 
     async def _write(self, client: Client, realtime: bool) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -241,6 +326,7 @@ class ControlServer:
     async def _receive(self, client: Client) -> str | bytes | None:
         """The next message, or None after the idle timeout (subscribers only listen, so they never idle out)."""
         timeout = None if client.subscribed else self.cfg.idle_timeout_s
+        await asyncio.sleep(0)  # a frame already buffered returns at once: let other clients and the voice loop run
         try:
             async with asyncio.timeout(timeout):
                 return await client.ws.recv()
@@ -248,99 +334,72 @@ class ControlServer:
             await client.ws.close(1000, f"idle for {self.cfg.idle_timeout_s:g} s")
             return None
 
-    def _limited(self, client: Client) -> bool:
-        return not client.limiter.allow()
-
     # ---- native control ----------------------------------------------------------------------------------
 
     async def _serve_control(self, client: Client) -> None:
         assert self.controller is not None
-        client.outbox.put(p.encode(p.Hello(p.PROTOCOL_VERSION, f"assistant {__version__}")), droppable=False)
+        native = client.native = NativeConnection(
+            self.controller, time.monotonic(), self.cfg.max_message_bytes, self.cfg.commands_per_s, self.limits
+        )
+        client.outbox.put(native.hello(), droppable=False)
         while (data := await self._receive(client)) is not None:
             try:
-                cmd = p.decode_command(data, self.cfg.max_message_bytes)
-                if self._limited(client):
-                    raise p.WireError(
-                        "rate_limited",
-                        f"over {self.cfg.commands_per_s:g} commands/s; slow down (server.commands_per_s)",
-                        cmd.id,
-                    )
-                self._dispatch(client, self.controller, cmd)
-            except p.WireError as e:
-                client.outbox.put(p.encode(p.Error(e.code, str(e), e.id)), droppable=False)
+                if len(data) > OFFLOAD_BYTES:  # parsing a big frame must not stall the voice loop
+                    handled = await self._offload(native.receive, data, time.monotonic())
+                else:
+                    handled = native.receive(data, time.monotonic())
             except Exception as e:  # a bug must not take the daemon down; the client is told
                 self.handler_errors += 1
                 log.exception("internal error handling a control message")
-                client.outbox.put(p.encode(p.Error("internal", f"internal error: {e}; see the daemon log")), False)
+                detail = str(e)[:200]
+                client.outbox.put(p.encode(p.Error("internal", f"internal error: {detail}; see the daemon log")), False)
+                continue
+            for text in handled.send:
+                client.outbox.put(text, droppable=False)
+            if handled.run is not None:
+                self._spawn(client, native, handled.run)
 
-    def _dispatch(self, client: Client, c: Controller, cmd: p.Command) -> None:
-        def reply(result: dict[str, Any]) -> None:
-            client.outbox.put(p.encode(p.Reply(cmd.type, result, cmd.id)), droppable=False)
-
-        if isinstance(cmd, p.Say | p.Ask):
-            self._spawn(client, cmd)
-            return
-        result: dict[str, Any] = {}
-        try:
-            if isinstance(cmd, p.Status):
-                result = c.status()
-            elif isinstance(cmd, p.Interrupt):
-                c.interrupt()
-            elif isinstance(cmd, p.Mute):
-                c.mute()
-            elif isinstance(cmd, p.Unmute):
-                c.unmute()
-            elif isinstance(cmd, p.PttStart):
-                c.ptt_start()
-            elif isinstance(cmd, p.PttStop):
-                c.ptt_stop()
-            elif isinstance(cmd, p.ConfigGet):
-                result = c.config_get()
-            elif isinstance(cmd, p.ConfigSet):
-                result = c.config_set(cmd.changes)
-            elif isinstance(cmd, p.HistoryGet):
-                result = {"history": c.history_get()}
-            elif isinstance(cmd, p.HistoryReset):
-                c.history_reset()
-            elif isinstance(cmd, p.Subscribe):
-                client.subscribed = True
-            elif isinstance(cmd, p.Unsubscribe):
-                client.subscribed = False
-            reply(result)
-        except AssistantError as e:
-            client.outbox.put(p.encode(p.Error(_code(e), str(e), cmd.id)), droppable=False)
-
-    def _spawn(self, client: Client, cmd: p.Say | p.Ask) -> None:
+    def _spawn(self, client: Client, native: NativeConnection, cmd: p.Say | p.Ask) -> None:
         async def run() -> None:
+            assert self.controller is not None
+            with compute.lowered(self.text_priority):  # the voice loop's model steps go first
+                await command()
+
+        async def command() -> None:
             assert self.controller is not None
             try:
                 if isinstance(cmd, p.Say):
                     await self.controller.say(cmd.text)
                     result: dict[str, Any] = {}
                 else:
-                    result = {"text": await self._ask(client, self.controller, cmd)}
-                client.outbox.put(p.encode(p.Reply(cmd.type, result, cmd.id)), droppable=False)
-            except AssistantError as e:
-                client.outbox.put(p.encode(p.Error(_code(e), str(e), cmd.id)), droppable=False)
+                    result = {"text": await self._ask(client, native, self.controller, cmd)}
+                client.outbox.put(native.finished(cmd, result), droppable=False)
+            except Overflow as e:
+                await self._close_overflow(client, e, CLOSE_TOO_SLOW, "it does not keep up with its answer")
             except Exception as e:
-                self.handler_errors += 1
-                log.exception("%s failed", cmd.type)
-                client.outbox.put(p.encode(p.Error("internal", f"{cmd.type} failed: {e}", cmd.id)), False)
+                if not isinstance(e, AssistantError):
+                    self.handler_errors += 1
+                    log.exception("%s failed", cmd.type)
+                with contextlib.suppress(Overflow):
+                    client.outbox.put(native.failed(cmd, e), droppable=False)
 
         task = asyncio.create_task(run())
         client.tasks.add(task)
         task.add_done_callback(client.tasks.discard)
 
-    async def _ask(self, client: Client, controller: Controller, cmd: p.Ask) -> str:
+    async def _ask(self, client: Client, native: NativeConnection, controller: Controller, cmd: p.Ask) -> str:
         """Run an ask, streaming its answer to the asker as `ask.delta` until its ResponseDone."""
         sub = controller.subscribe(self.cfg.client_queue)
 
         async def forward() -> None:
-            async for ev in sub:
-                if isinstance(ev, events.ResponseTextDelta):
-                    client.outbox.put(p.encode(p.AskDelta(ev.text, cmd.id)), droppable=False)
-                elif isinstance(ev, events.ResponseDone):
-                    return
+            try:
+                async for ev in sub:
+                    if isinstance(ev, events.ResponseTextDelta):
+                        client.outbox.put(native.ask_delta(cmd, ev.text), droppable=False)
+                    elif isinstance(ev, events.ResponseDone):
+                        return
+            except Overflow as e:  # closing ends the handler, which cancels this ask
+                await self._close_overflow(client, e, CLOSE_TOO_SLOW, "it does not keep up with its answer")
 
         forwarder = asyncio.create_task(forward())
         try:
@@ -378,8 +437,22 @@ class ControlServer:
 
     async def _serve_realtime(self, client: Client, beta: bool) -> None:
         assert self.backend is not None
+        limit = self.cfg.realtime_sessions
+        if self.admitted >= limit:  # checked and reserved with no await between: concurrent opens cannot race
+            out = rp.ServerEvents(beta=beta)
+            why = f"{limit} realtime sessions are open, the most allowed; close one or raise server.realtime_sessions"
+            await client.ws.send(out.error("session_unavailable", why, kind="server_error"))
+            await client.ws.close(CLOSE_TOO_SLOW, "too many sessions")
+            return
+        self.admitted += 1
         try:
-            session = await self.backend.open_session()
+            await self._run_realtime(client, beta, self.backend)
+        finally:
+            self.admitted -= 1
+
+    async def _run_realtime(self, client: Client, beta: bool, backend: RealtimeBackend) -> None:
+        try:
+            session = await backend.open_session()
         except AssistantError as e:
             out = rp.ServerEvents(beta=beta)
             await client.ws.send(out.error("session_unavailable", str(e), kind="server_error"))
@@ -387,26 +460,51 @@ class ControlServer:
             return
         self.sessions += 1
         conv = RealtimeConversation(
-            session, self.backend.default_voice(), self.backend.default_instructions(), beta, self.sessions
+            session,
+            backend.default_voice(),
+            backend.default_instructions(),
+            beta,
+            self.sessions,
+            self.limits,
+            time.monotonic(),
         )
+        limiter = p.TokenBucket(self.cfg.commands_per_s, max(1.0, self.cfg.commands_per_s), time.monotonic())
         pump = asyncio.create_task(self._pump(client, conv, session))
         try:
-            for text in conv.start():
-                client.outbox.put(text, droppable=False)
+            self._send_realtime(client, conv, conv.start())
             while (data := await self._receive(client)) is not None:
-                for text in self._realtime_message(client, conv, data):
-                    client.outbox.put(text, droppable=False)
+                self._send_realtime(client, conv, await self._realtime_message(conv, limiter, data))
+                if pump.done():  # the pump closed an overflowing client
+                    break
         finally:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
             await session.close()
 
-    def _realtime_message(self, client: Client, conv: RealtimeConversation, data: str | bytes) -> list[str]:
+    def _send_realtime(self, client: Client, conv: RealtimeConversation, out: list[rp.ServerEvent]) -> None:
+        for ev in out:
+            client.outbox.put(conv.encode(ev), droppable=isinstance(ev, rp.DROPPABLE))
+
+    async def _realtime_message(
+        self, conv: RealtimeConversation, limiter: p.TokenBucket, data: str | bytes
+    ) -> list[rp.ServerEvent]:
         try:
-            ev = rp.decode_client_event(data, self.cfg.max_message_bytes)
-            # audio appends are data, bounded by the message size; the rate limit is for commands
-            if not isinstance(ev, rp.AudioAppend) and self._limited(client):
+            refused = conv.admit_frame(len(data), time.monotonic())
+            if refused is not None:  # over the byte budget: not even parsed
+                return [refused]
+            big = len(data) > OFFLOAD_BYTES
+            if big:  # decoding 1 MiB of base64 JSON must not stall the voice loop
+                ev = await self._offload(rp.decode_client_event, data, self.cfg.max_message_bytes, self.limits)
+            else:
+                ev = rp.decode_client_event(data, self.cfg.max_message_bytes, self.limits)
+            if isinstance(ev, rp.AudioAppend):  # audio is data: the byte budget above is its rate limit
+                full = conv.admit_audio(ev)
+                if full is not None:
+                    return [full]
+                samples = await self._offload(conv.resample, ev) if big else conv.resample(ev)
+                return conv.feed_audio(ev, samples)
+            if not limiter.take(1, time.monotonic()):
                 raise p.WireError("rate_limited", f"over {self.cfg.commands_per_s:g} events/s; slow down", ev.event_id)
             return conv.handle(ev)
         except p.WireError as e:
@@ -414,22 +512,32 @@ class ControlServer:
         except Exception as e:
             self.handler_errors += 1
             log.exception("internal error handling a realtime event")
-            return [conv.out.error("server_error", f"internal error: {e}; see the daemon log", kind="server_error")]
+            detail = str(e)[:200]
+            message = f"internal error: {detail}; see the daemon log"
+            return [rp.Error(rp.ErrorDetail("server_error", message, None, "server_error"))]
+
+    async def _offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU work off the event loop on the server's one worker thread (FIFO over all connections)."""
+        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
 
     async def _pump(self, client: Client, conv: RealtimeConversation, session: RealtimeSession) -> None:
         """Session events -> server events; waits for outbox room so reply audio is never dropped."""
-        async for ev in session.events():
-            await client.outbox.room()
-            for text in conv.on_event(ev):
-                client.outbox.put(text, droppable=False)
+        try:
+            async for ev in session.events():
+                await client.outbox.room()
+                self._send_realtime(client, conv, conv.on_event(ev))
+        except Overflow as e:
+            await self._close_overflow(client, e, CLOSE_TOO_SLOW, "it does not keep up with the session")
 
 
-def _code(e: AssistantError) -> str:
-    if isinstance(e, ConfigError):
-        return "config"
-    if isinstance(e, InputError):
-        return "input"
-    return "failed"
+def is_loopback_host(host: str) -> bool:
+    """Whether binding `host` serves this machine only (names other than localhost are taken as non-loopback)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def _refuse(conn: ServerConnection, status: int, text: str) -> Response:
@@ -441,8 +549,9 @@ def _subprotocols(headers: Headers) -> list[str]:
 
 
 def _select_subprotocol(conn: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
-    """Answer with a protocol name the client offered (browsers require one) and never echo a token if avoidable."""
+    """Answer with a protocol name the client offered (browsers require one), never with a token subprotocol."""
     for name in SUBPROTOCOLS:
         if name in offered:
             return Subprotocol(name)
-    return offered[0] if offered else None
+    plain = [o for o in offered if not o.startswith(auth.TOKEN_SUBPROTOCOLS)]
+    return plain[0] if plain else None

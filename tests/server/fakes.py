@@ -9,16 +9,35 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from assistant import events
-from assistant.config import Config, to_dict
+from assistant import events, settings
+from assistant.config import Config
 from assistant.errors import ConfigError, InputError
 from assistant.server.controller import Controller, RealtimeBackend, RealtimeSession
 
 SPEECH_LEVEL = 1000  # int16 peak above which the scripted server VAD calls a 16 kHz block speech
+
+
+@dataclass(frozen=True)
+class FakeProfile:
+    mode: str
+
+
+class FakeVoices:
+    """A loaded CustomVoice TTS with three voice profiles, one of which (a clone) needs another model."""
+
+    model_type = "custom_voice"
+
+    def profiles(self) -> dict[str, FakeProfile]:
+        return {
+            "default": FakeProfile("custom_voice"),
+            "alice": FakeProfile("custom_voice"),
+            "bob": FakeProfile("clone"),
+        }
 
 
 class FakeSubscription:
@@ -106,12 +125,12 @@ class FakeController:
 
     def config_get(self) -> dict[str, Any]:
         self.calls.append(("config_get", None))
-        return to_dict(self.cfg)
+        return settings.public(self.cfg)
 
     def config_set(self, changes: dict[str, object]) -> dict[str, Any]:
         self.calls.append(("config_set", changes))
-        self.cfg = self.cfg.replace(changes)
-        return to_dict(self.cfg)
+        self.cfg = settings.apply(self.cfg, changes, FakeVoices())
+        return settings.public(self.cfg)
 
     def history_get(self) -> list[dict[str, Any]]:
         self.calls.append(("history_get", None))
@@ -167,7 +186,8 @@ class FakeSession:
 
     def append_audio(self, samples: np.ndarray) -> None:
         assert samples.dtype == np.int16 and samples.ndim == 1
-        self.audio.append(samples)
+        if self.backend.keep_audio:
+            self.audio.append(samples)
         self.buffered += len(samples)
         start = self.position
         self.position += len(samples)
@@ -256,8 +276,11 @@ class FakeBackend:
         self.sessions: list[FakeSession] = []
         self.voices = ("default", "alice")
         self.hold_replies: asyncio.Event | None = None  # when set, replies pause after their first chunk
+        self.open_delay_s = 0.0  # the real backend awaits the compute thread while it opens a session
+        self.keep_audio = True  # sessions keep what they heard for the tests (the load benchmark turns it off)
 
     async def open_session(self) -> FakeSession:
+        await asyncio.sleep(self.open_delay_s)
         session = FakeSession(self)
         self.sessions.append(session)
         return session

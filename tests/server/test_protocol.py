@@ -16,7 +16,7 @@ from assistant.server import protocol as p
 from assistant.server import realtime_protocol as rp
 from assistant.server.controller import Controller, RealtimeBackend, RealtimeSession
 from assistant.server.realtime import RealtimeConversation
-from assistant.server.ws import Outbox, RateLimiter
+from assistant.server.ws import Outbox, Overflow
 from tests.server.fakes import FakeBackend, FakeController, FakeSession
 
 
@@ -67,7 +67,7 @@ def test_outbox_drops_oldest_events_but_keeps_replies() -> None:
     """A full outbox drops its oldest droppable item (counted), never a reply, and hands items out in order."""
 
     async def body() -> None:
-        box = Outbox(3)
+        box = Outbox(3, 1 << 20)
         box.put("reply-1", droppable=False)
         for i in range(5):
             box.put(f"event-{i}")
@@ -77,13 +77,33 @@ def test_outbox_drops_oldest_events_but_keeps_replies() -> None:
     asyncio.run(body())
 
 
-def test_rate_limiter_refills_at_its_rate() -> None:
-    """A 2/s bucket allows a burst of 2, then one more per half second."""
-    now = [0.0]
-    r = RateLimiter(2.0, clock=lambda: now[0])
-    assert [r.allow() for _ in range(3)] == [True, True, False]
-    now[0] = 0.5
-    assert [r.allow(), r.allow()] == [True, False]
+def test_outbox_is_bounded_in_bytes_and_overflows_on_replies() -> None:
+    """Events give way to a reply that would pass the byte bound; a reply that still does not fit raises Overflow."""
+
+    async def body() -> None:
+        box = Outbox(100, 1000)
+        box.put("e" * 600)
+        box.put("r" * 600, droppable=False)  # the event makes room
+        assert box.dropped == 1 and box.bytes == 600
+        box.put("e" * 600)  # an event that does not fit is dropped, not queued
+        assert box.dropped == 2 and box.bytes == 600
+        with pytest.raises(Overflow, match="1 messages"):
+            box.put("r" * 600, droppable=False)
+        assert await box.get() == "r" * 600 and box.bytes == 0
+        box.put("x" * 5000, droppable=False)  # one frame always fits in an empty queue
+        assert box.bytes == 5000
+
+    asyncio.run(body())
+
+
+def test_token_bucket_refills_at_its_rate() -> None:
+    """A 2/s bucket allows a burst of 2, then one more per half second; an amount over the capacity needs a full one."""
+    r = p.TokenBucket(2.0, 2.0, now=0.0)
+    assert [r.take(1, 0.0) for _ in range(3)] == [True, True, False]
+    assert [r.take(1, 0.5), r.take(1, 0.5)] == [True, False]
+    big = p.TokenBucket(10.0, 10.0, now=0.0)
+    assert big.take(25, 0.0) and not big.take(1, 1.0)  # the debt of 15 is paid back first
+    assert big.take(1, 1.7)
 
 
 @pytest.mark.parametrize(
@@ -123,7 +143,7 @@ def test_interrupted_response_reason_tells_client_cancel_from_barge_in() -> None
         conv.on_event(events.ResponseStarted(1, 0.0))
         if cancel:
             conv.handle(rp.ResponseCancel())
-        done = json.loads(conv.on_event(events.ResponseDone(1, "It", True, 0.0))[-1])
+        done = json.loads(conv.encode(conv.on_event(events.ResponseDone(1, "It", True, 0.0))[-1]))
         assert done["type"] == "response.done" and done["response"]["status"] == "cancelled"
         return str(done["response"]["status_details"]["reason"])
 

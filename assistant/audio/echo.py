@@ -1,0 +1,122 @@
+"""Echo cancellation: the assistant's own voice removed from the microphone before VAD and STT.
+
+WebRTC's AEC3 (through livekit's AudioProcessingModule) does the cancelling; this module gives it the right
+reference. The reference is the exact audio written to the speaker, placed on the capture timeline by the sink's
+DAC clock: for a microphone frame captured at monotonic time t, the speaker was playing sample
+`played_before(t)` of the current run. AEC3 then only has to model the acoustic path (tens of ms, reverb), not
+buffering delays that vary from device to device and from run to run.
+
+Not thread-safe: one driver feeds `played()` / `new_run()` and `process()` from one thread (the event loop).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from assistant.audio.format import CAPTURE_RATE, TTS_RATE, AudioBlock, StreamResampler, frame_samples
+from assistant.errors import AudioDeviceError, InputError
+
+AEC_FRAME = frame_samples(CAPTURE_RATE, 10)  # 160: AEC3 works on 10 ms frames
+AEC_DELAY = 128  # AEC3 hands back each frame's audio 8 ms late (measured; pinned by tests/test_echo.py)
+KEEP_S = 20.0  # reference history kept: covers capture blocks that arrive late on a busy machine
+
+
+class PlayedClock(Protocol):
+    """The speaker's clock (Playback, or a headless client's sink on its own clock)."""
+
+    def played_before(self, t: float) -> int: ...  # samples of the current run at the DAC by monotonic time t
+
+
+class EchoCanceller:
+    """Mic blocks in, the same blocks with the speaker's echo removed out (`process`).
+
+    Feed it every chunk written to the speaker, in order (`played`), and call `new_run()` whenever the sink's
+    played position restarts (flush). `enabled=False` (headphones) passes blocks through untouched.
+    Samples are held until a whole 10 ms frame is in, and AEC3 delays its output by AEC_DELAY samples; the
+    returned blocks' `t` is the capture time of their own first sample, so callers still judge by capture time.
+    """
+
+    def __init__(self, clock: PlayedClock, ref_rate: int = TTS_RATE, enabled: bool = True):
+        self.clock = clock
+        self.ref_rate = ref_rate
+        self.enabled = enabled
+        self._apm: Any = None
+        self._frame_cls: Any = None
+        if enabled:
+            try:
+                from livekit.rtc import AudioFrame, AudioProcessingModule
+            except ImportError as e:
+                raise AudioDeviceError(
+                    f"echo cancellation needs the livekit package ({e}); pip install livekit, "
+                    "or set echo.enabled = false when using headphones"
+                ) from e
+            self._apm = AudioProcessingModule(
+                echo_cancellation=True, noise_suppression=False, high_pass_filter=True, auto_gain_control=False
+            )
+            self._frame_cls = AudioFrame
+        self._pending = np.zeros(0, np.int16)  # mic samples waiting for a whole frame
+        self._pending_t = 0.0  # capture time of _pending[0]
+        self.new_run()
+
+    def new_run(self) -> None:
+        """The sink's played position restarted at 0 (flush, a new reply): forget the old reference."""
+        self._resampler = StreamResampler(self.ref_rate, CAPTURE_RATE)
+        self._ref = np.zeros(0, np.float32)  # the written audio at CAPTURE_RATE; index 0 = run sample _ref_first
+        self._ref_first = 0
+
+    def played(self, chunk: np.ndarray) -> None:
+        """The float32 mono chunk at `ref_rate` that was just written to the speaker."""
+        if not isinstance(chunk, np.ndarray) or chunk.ndim != 1:
+            raise InputError(f"EchoCanceller.played expects 1-D float32 audio at {self.ref_rate} Hz")
+        if not self.enabled:
+            return
+        self._ref = np.concatenate([self._ref, self._resampler.push(chunk.astype(np.float32, copy=False))])
+        excess = len(self._ref) - round(KEEP_S * CAPTURE_RATE)
+        if excess > 0:
+            self._ref = self._ref[excess:]
+            self._ref_first += excess
+
+    def reference_for(self, t: float, n: int = AEC_FRAME) -> np.ndarray:
+        """The `n` samples (float32, CAPTURE_RATE) the speaker played from monotonic time t on; zeros where it
+        played nothing (before the run, gaps after underruns, after the end)."""
+        out = np.zeros(n, np.float32)
+        scale = CAPTURE_RATE / self.ref_rate
+        p0 = round(self.clock.played_before(t) * scale)
+        p1 = round(self.clock.played_before(t + n / CAPTURE_RATE) * scale)
+        k = min(n, p1 - p0)
+        if k <= 0:
+            return out
+        # a run that starts inside the frame played its first samples at the frame's end; any other shortfall
+        # (the run ended, an underrun began) is silence after them
+        at = n - k if p0 == 0 else 0
+        lo = p0 - self._ref_first
+        src = self._ref[max(0, lo) : max(0, lo + k)]
+        if lo >= 0:
+            out[at : at + len(src)] = src
+        return out
+
+    def process(self, block: AudioBlock) -> AudioBlock:
+        """The cleaned microphone audio: every whole 10 ms frame received so far, with the capture time of its
+        first sample (AEC_DELAY samples before the first frame's own: the canceller's output is that late)."""
+        if not self.enabled:
+            return block
+        if block.samples.dtype != np.int16 or block.samples.ndim != 1:
+            raise InputError("EchoCanceller.process expects an AudioBlock of 1-D int16 samples")
+        if not len(self._pending):
+            self._pending_t = block.t
+        self._pending = np.concatenate([self._pending, block.samples])
+        n = len(self._pending) // AEC_FRAME * AEC_FRAME
+        t0 = self._pending_t
+        out = np.empty(n, np.int16)
+        for i in range(0, n, AEC_FRAME):
+            t = t0 + i / CAPTURE_RATE
+            ref = np.clip(self.reference_for(t) * 32768.0, -32768, 32767).astype(np.int16)
+            self._apm.process_reverse_stream(self._frame_cls(ref.tobytes(), CAPTURE_RATE, 1, AEC_FRAME))
+            frame = self._frame_cls(self._pending[i : i + AEC_FRAME].tobytes(), CAPTURE_RATE, 1, AEC_FRAME)
+            self._apm.process_stream(frame)  # cleans the frame's buffer in place
+            out[i : i + AEC_FRAME] = np.frombuffer(frame.data, dtype=np.int16)
+        self._pending = self._pending[n:]
+        self._pending_t = t0 + n / CAPTURE_RATE
+        return AudioBlock(out, t0 - AEC_DELAY / CAPTURE_RATE)

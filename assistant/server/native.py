@@ -1,0 +1,112 @@
+"""One native-protocol connection as a sans-I/O handler: frames in, frames out, no sockets, time as an input.
+
+`NativeConnection.receive(data, now)` decodes a client frame, applies the rate limit, calls the controller's
+synchronous methods and returns the frames to send; `say` and `ask` are long-running, so it hands them back as
+`Handled.run` for the socket layer to await, and `finished`/`failed` encode their outcome.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from assistant import __version__
+from assistant.errors import AssistantError, ConfigError, InputError
+from assistant.server import protocol as p
+from assistant.server.controller import Controller
+
+INTERNAL_DETAIL_CHARS = 200  # of an unexpected exception's text in the client's error (the log has the rest)
+
+
+@dataclass(frozen=True)
+class Handled:
+    """What one client frame produced: frames to send now, and a say/ask to run (its reply comes later)."""
+
+    send: list[str] = field(default_factory=list)
+    run: p.Say | p.Ask | None = None
+
+
+class NativeConnection:
+    """The protocol state of one native client: its rate limit and whether it is subscribed to events."""
+
+    def __init__(
+        self,
+        controller: Controller,
+        now: float,
+        max_bytes: int = 1 << 20,
+        commands_per_s: float = 20.0,
+        limits: p.Limits = p.DEFAULT_LIMITS,
+    ) -> None:
+        self.controller = controller
+        self.max_bytes, self.commands_per_s, self.limits = max_bytes, commands_per_s, limits
+        self.limiter = p.TokenBucket(commands_per_s, max(1.0, commands_per_s), now)  # bursts of one second's worth
+        self.subscribed = False
+
+    def hello(self) -> str:
+        return p.encode(p.Hello(p.PROTOCOL_VERSION, f"assistant {__version__}"))
+
+    def receive(self, data: str | bytes, now: float) -> Handled:
+        """Handle one client frame (never raises for bad input: it becomes an `error` frame)."""
+        try:
+            cmd = p.decode_command(data, self.max_bytes, self.limits)
+            if not self.limiter.take(1, now):
+                raise p.WireError(
+                    "rate_limited",
+                    f"over {self.commands_per_s:g} commands/s; slow down (server.commands_per_s)",
+                    cmd.id,
+                )
+        except p.WireError as e:
+            return Handled([p.encode(p.Error(e.code, str(e), e.id))])
+        if isinstance(cmd, p.Say | p.Ask):
+            return Handled(run=cmd)
+        try:
+            result = self._call(cmd)
+        except AssistantError as e:
+            return Handled([self.failed(cmd, e)])
+        return Handled([self.finished(cmd, result)])
+
+    def _call(self, cmd: p.Command) -> dict[str, Any]:
+        c = self.controller
+        if isinstance(cmd, p.Status):
+            return c.status()
+        if isinstance(cmd, p.ConfigGet):
+            return c.config_get()
+        if isinstance(cmd, p.ConfigSet):
+            return c.config_set(cmd.changes)
+        if isinstance(cmd, p.HistoryGet):
+            return {"history": c.history_get()}
+        actions = {
+            p.Interrupt: c.interrupt,
+            p.Mute: c.mute,
+            p.Unmute: c.unmute,
+            p.PttStart: c.ptt_start,
+            p.PttStop: c.ptt_stop,
+            p.HistoryReset: c.history_reset,
+        }
+        if isinstance(cmd, p.Subscribe | p.Unsubscribe):
+            self.subscribed = isinstance(cmd, p.Subscribe)
+        else:
+            actions[type(cmd)]()
+        return {}
+
+    def finished(self, cmd: p.Command, result: dict[str, Any]) -> str:
+        """The reply frame of a command that succeeded."""
+        return p.encode(p.Reply(cmd.type, result, cmd.id))
+
+    def failed(self, cmd: p.Command, e: BaseException) -> str:
+        """The error frame of a command that failed: AssistantError keeps its message, anything else is a bug."""
+        if isinstance(e, AssistantError):
+            return p.encode(p.Error(error_code(e), str(e), cmd.id))
+        detail = str(e)[:INTERNAL_DETAIL_CHARS]
+        return p.encode(p.Error("internal", f"{cmd.type} failed: {detail}; see the daemon log", cmd.id))
+
+    def ask_delta(self, cmd: p.Ask, text: str) -> str:
+        return p.encode(p.AskDelta(text, cmd.id))
+
+
+def error_code(e: AssistantError) -> str:
+    if isinstance(e, ConfigError):
+        return "config"
+    if isinstance(e, InputError):
+        return "input"
+    return "failed"

@@ -1,0 +1,150 @@
+"""The settings a client may read and change while the daemon runs (`config.get` / `config.set`).
+
+`public(cfg)` is what a client may see: secrets (`server.token`) are hidden. `apply(cfg, changes, voices)` is the
+only way a client changes settings: every change is checked before any takes effect, against config.py's types
+and ranges and against what is loaded (a voice must exist and fit the TTS model); keys that only take effect at
+a restart, and every `server.*` key, are refused. Error messages name keys and the fix, never server paths, and
+quote at most a few dozen characters of what the client sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from assistant import config as config_mod
+from assistant.config import Config
+from assistant.errors import ConfigError
+
+log = logging.getLogger("assistant.settings")
+
+SECRETS = frozenset({"server.token"})
+HIDDEN = "(hidden)"  # what config.get shows for a secret that is set
+# Keys the running daemon applies at once (pipeline and VAD decisions read them per event; the system prompt and
+# log level are pushed to their owners). tts.voice is live for new Realtime sessions; the daemon's own voice
+# changes at the next start (status lists it under restart_required).
+LIVE_KEYS = frozenset(
+    {
+        "pipeline.mode",
+        "pipeline.speculative",
+        "pipeline.barge_in",
+        "pipeline.barge_in_min_words",
+        "vad.aggressiveness",
+        "vad.min_speech_ms",
+        "vad.preroll_ms",
+        "vad.hangover_ms",
+        "vad.early_silence_ms",
+        "vad.noise_gate_db",
+        "vad.adaptive_hangover",
+        "vad.short_hangover_ms",
+        "vad.barge_in_min_speech_ms",
+        "vad.barge_in_energy_margin_db",
+        "llm.system_prompt",
+        "logging.level",
+        "tts.voice",
+    }
+)
+DAEMON_AT_RESTART = frozenset({"tts.voice"})
+MAX_KEYS = 32  # changes in one config.set
+MAX_KEY_CHARS = 64
+MAX_STRING_CHARS = 8_000  # = protocol.MAX_INSTRUCTIONS_CHARS: the longest string setting is the system prompt
+MAX_INT = 2**53  # larger numbers are not settings (and JSON clients cannot represent them exactly)
+
+
+class VoiceProfileLike(Protocol):
+    @property
+    def mode(self) -> str: ...
+
+
+class VoiceCatalog(Protocol):
+    """What validating `tts.voice` needs from the loaded TTS: its profiles and its model type."""
+
+    @property
+    def model_type(self) -> str: ...
+
+    def profiles(self) -> Mapping[str, VoiceProfileLike]: ...
+
+
+def public(cfg: Config) -> dict[str, dict[str, Any]]:
+    """The settings as `{section: {key: value}}` with every secret hidden: the server token and the header
+    values of HTTP tools (API keys travel there)."""
+    out = config_mod.to_dict(cfg)
+    for dotted in SECRETS:
+        section, _, key = dotted.partition(".")
+        if out[section][key]:
+            out[section][key] = HIDDEN
+    for tool in out.get("tools", {}).get("custom", {}).values():
+        tool["headers"] = {name: HIDDEN for name in tool.get("headers", {})}
+    return out
+
+
+def apply(cfg: Config, changes: Mapping[str, object], voices: VoiceCatalog) -> Config:
+    """A copy of `cfg` with `changes` applied, or ConfigError (one line) if any change is not allowed."""
+    if not changes:
+        raise ConfigError('config.set: `changes` is empty; e.g. {"vad.aggressiveness": 2}')
+    if len(changes) > MAX_KEYS:
+        raise ConfigError(f"config.set: {len(changes)} changes at once, over {MAX_KEYS}; send fewer")
+    for key, value in changes.items():
+        _check_key(key)
+        _check_value(key, value)
+    new = cfg.replace(changes)  # types and ranges; messages quote only the bounded values checked above
+    if "tts.voice" in changes and new.tts.voice != cfg.tts.voice:
+        check_voice(voices, new.tts.voice)
+    return new
+
+
+def at_restart(changes: Mapping[str, object]) -> list[str]:
+    """The changed keys whose effect on the daemon's own audio waits for a restart."""
+    return sorted(k for k in changes if k in DAEMON_AT_RESTART)
+
+
+def check_voice(voices: VoiceCatalog, name: str) -> None:
+    """ConfigError unless `name` is a voice profile the loaded TTS model can speak with."""
+    try:
+        profiles = voices.profiles()
+    except ConfigError as e:  # the message names the voices folder: it stays in the daemon's log
+        log.warning("cannot list the voices: %s", e)
+        raise ConfigError("config.set: the voice profiles cannot be read; see the daemon log") from e
+    profile = profiles.get(name)
+    if profile is None:
+        raise ConfigError(f"config.set: unknown voice {name!r}; voices: {', '.join(sorted(profiles))}")
+    from assistant.tts.voices import MODEL_TYPE_OF  # a table; tts.voices has no model code
+
+    want = MODEL_TYPE_OF.get(profile.mode)
+    if want != voices.model_type:
+        fits = sorted(n for n, p in profiles.items() if MODEL_TYPE_OF.get(p.mode) == voices.model_type)
+        raise ConfigError(
+            f"config.set: voice {name!r} ({profile.mode}) does not fit the loaded {voices.model_type} model; "
+            f"voices that do: {', '.join(fits) or 'none'}"
+        )
+
+
+def _check_key(key: str) -> None:
+    if len(key) > MAX_KEY_CHARS:
+        raise ConfigError(
+            f"config.set: a key of {len(key)} characters is not a setting; keys look like `vad.hangover_ms`"
+        )
+    if key.startswith("server."):
+        raise ConfigError(
+            f"config.set: `{key}` cannot be changed over the connection; set it in config.toml and restart"
+        )
+    config_mod.field_info(key)  # ConfigError for unknown keys, with a suggestion
+    if key not in LIVE_KEYS:
+        raise ConfigError(f"config.set: `{key}` takes effect only at start; set it in config.toml and restart")
+
+
+def _check_value(key: str, value: object) -> None:
+    if isinstance(value, bool | float):
+        return
+    if isinstance(value, int):
+        if abs(value) > MAX_INT:
+            raise ConfigError(f"config.set: `{key}` is a number far out of range; see config.toml for its range")
+        return
+    if isinstance(value, str):
+        if len(value) > MAX_STRING_CHARS:
+            raise ConfigError(
+                f"config.set: `{key}` has {len(value)} characters, over the {MAX_STRING_CHARS} allowed; shorten it"
+            )
+        return
+    raise ConfigError(f"config.set: `{key}` must be a string, a number or true/false, not a list or object")

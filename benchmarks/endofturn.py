@@ -1,0 +1,83 @@
+"""End of turn on the espeak-ng clip set (tests/turn_clips.py): a fixed silence vs Smart Turn v3.2.
+
+    PYTHONPATH=. python -m benchmarks.endofturn [--threads 1]
+
+For each policy over the 140 pause points of the 80 clips: how often it decides right (a complete turn ends
+within 1 s, a thinking pause does not end the turn), the false-cut rate (thinking pauses that ended the turn),
+the end-of-turn latency after complete turns (silence until the turn ends: median and 90th percentile; a turn
+the policy never ends counts as the 5 s limit), and the model's CPU time per decision (one onnxruntime run
+on the last <= 8 s, features included). Policies: fixed 720 ms (the old hangover), fixed 400 ms, the model
+alone (no transcript), and the model with the transcript's last word (the daemon's policy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from assistant.endofturn import EndOfTurnPolicy, FixedSilence, SmartTurn, SmartTurnPolicy
+from tests.turn_clips import clip_set, end_after_ms, handled_right, smart_turn_file
+
+
+def evaluate(policy: EndOfTurnPolicy, score: object) -> dict[str, float]:
+    right, cuts, latency = [], [], []
+    for clip in clip_set():
+        for point in clip.points:
+            ended = end_after_ms(policy, clip, point, score)  # type: ignore[arg-type]
+            right.append(handled_right(point, ended))
+            if point.complete:
+                latency.append(ended if ended is not None else 5000)
+            else:
+                cuts.append(ended is not None)
+    return {
+        "accuracy": float(np.mean(right)),
+        "false_cut_rate": float(np.mean(cuts)),
+        "latency_median_ms": float(statistics.median(latency)),
+        "latency_p90_ms": float(np.percentile(latency, 90)),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    model = SmartTurn.load(smart_turn_file(), threads=args.threads)
+    clips = clip_set()
+    points = sum(len(c.points) for c in clips)
+    cache: dict[bytes, float] = {}
+    cpu: list[float] = []
+    wall: list[float] = []
+
+    def score(audio: np.ndarray) -> float:
+        key = audio.tobytes()
+        if key not in cache:
+            c0, w0 = time.process_time(), time.perf_counter()
+            cache[key] = model.score(audio)
+            cpu.append(time.process_time() - c0)
+            wall.append(time.perf_counter() - w0)
+        return cache[key]
+
+    policies: dict[str, EndOfTurnPolicy] = {
+        "fixed 720 ms": FixedSilence(720),
+        "fixed 400 ms": FixedSilence(400),
+        "Smart Turn alone": SmartTurnPolicy(fillers=frozenset()),
+        "Smart Turn + last word": SmartTurnPolicy(),
+    }
+    print(f"{len(clips)} clips, {points} pause points, threads={args.threads}")
+    for name, policy in policies.items():
+        r = evaluate(policy, score)
+        print(
+            f"{name:24s} accuracy {r['accuracy']:.1%}  false cuts {r['false_cut_rate']:.1%}  "
+            f"end latency median {r['latency_median_ms']:.0f} ms, p90 {r['latency_p90_ms']:.0f} ms"
+        )
+    print(
+        f"model decision: CPU {statistics.median(cpu) * 1000:.1f} ms median, wall {statistics.median(wall) * 1000:.1f} "
+        f"ms median, {max(wall) * 1000:.1f} ms max over {len(cpu)} decisions"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,498 @@
+"""Our Wyoming services driven by the wyoming package's own client over TCP, with the tiny STT and TTS models."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import wave
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncTcpClient
+from wyoming.error import Error
+from wyoming.event import Event
+from wyoming.info import Describe, Info
+from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
+
+from assistant import cli
+from assistant.compute import Compute, Priority
+from assistant.config import Config
+from assistant.text import ClauseChunker
+from assistant.wyoming import SpeechEngines, WyomingServices
+from tests.llm.servers import free_port
+from tests.tiny_engines import tiny_config
+
+READ_S = 120.0  # one event, on a loaded 2-core machine where every model step shares one thread
+TEXT = "Hello, how are you today? I am fine, thank you."
+
+
+class Rig:
+    """The tiny config, one compute thread, and the engines loaded on it (shared by the module's tests)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg.replace({"wyoming.asr_port": free_port(), "wyoming.tts_port": free_port()})
+        self.compute = Compute("mlx-wyoming-test")
+        self.engines: SpeechEngines = self.compute.submit(cli.build_speech_engines, self.cfg).result()
+
+    def serve(self, body: Callable[[WyomingServices], Awaitable[Any]], engines: SpeechEngines | None = None) -> Any:
+        """Run `body(services)` against freshly bound services on a new event loop."""
+
+        async def main() -> Any:
+            async with WyomingServices(self.cfg, engines or self.engines, self.compute) as services:
+                return await body(services)
+
+        return asyncio.run(main())
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    the_rig = Rig(tiny_config(tmp_path_factory.mktemp("tiny")))
+    try:
+        yield the_rig
+    finally:
+        the_rig.compute.close()
+
+
+async def read(client: AsyncTcpClient) -> Event:
+    event = await asyncio.wait_for(client.read_event(), READ_S)
+    assert event is not None, "the server closed the connection"
+    return event
+
+
+async def read_until(client: AsyncTcpClient, last: str) -> list[Event]:
+    events = [await read(client)]
+    while events[-1].type != last:
+        assert events[-1].type != "error", Error.from_event(events[-1]).text
+        events.append(await read(client))
+    return events
+
+
+def pcm(x: np.ndarray, width: int, channels: int) -> bytes:
+    """Little-endian PCM of float `x` (the same samples on every channel)."""
+    x = np.repeat(np.clip(x, -1, 1), channels)
+    if width == 1:
+        return (np.round(x * 127) + 128).astype(np.uint8).tobytes()
+    if width == 2:
+        return (x * 32767).astype("<i2").tobytes()
+    v = (x * (2**23 - 1)).astype("<i4")
+    if width == 3:
+        return v.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    return (x * (2**31 - 1)).astype("<i4").tobytes()
+
+
+def speech(rate: int) -> np.ndarray:
+    from assistant.audio.format import resample
+    from tools.stt_ref import tiny
+
+    return resample(tiny.audio(), 16000, rate)
+
+
+def test_describe_lists_models_languages_and_voices(rig: Rig) -> None:
+    """describe answers info with our STT model and its languages, and every voice profile, streaming on."""
+
+    async def body(s: WyomingServices) -> tuple[Info, Info]:
+        infos = []
+        for port in (s.asr_port, s.tts_port):
+            async with AsyncTcpClient("127.0.0.1", port) as c:
+                await c.write_event(Describe().event())
+                infos.append(Info.from_event(await read(c)))
+        return infos[0], infos[1]
+
+    asr, tts = rig.serve(body)
+    (program,) = asr.asr
+    assert program.supports_transcript_streaming
+    assert program.models[0].name == rig.cfg.stt.model_id and "en" in program.models[0].languages
+    (voices,) = tts.tts
+    assert voices.supports_synthesize_streaming
+    assert sorted(v.name for v in voices.voices) == sorted(rig.engines.tts.profiles())
+    assert all(v.languages for v in voices.voices)
+
+
+@pytest.mark.parametrize(("rate", "width", "channels"), [(16000, 2, 1), (44100, 2, 2), (48000, 3, 1), (22050, 4, 1)])
+def test_transcribe_matches_the_cli(
+    rig: Rig, rate: int, width: int, channels: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Audio at any rate, width and channel count gives the transcript `assistant transcribe` prints for it."""
+    raw = pcm(speech(rate), width, channels)
+    frame = width * channels
+
+    async def body(s: WyomingServices) -> list[Event]:
+        async with AsyncTcpClient("127.0.0.1", s.asr_port) as c:
+            await c.write_event(Transcribe(language="en").event())
+            await c.write_event(AudioStart(rate=rate, width=width, channels=channels).event())
+            step = 1024 * frame
+            for i in range(0, len(raw), step):
+                await c.write_event(
+                    AudioChunk(rate=rate, width=width, channels=channels, audio=raw[i : i + step]).event()
+                )
+            await c.write_event(AudioStop().event())
+            return await read_until(c, "transcript-stop")
+
+    events = rig.serve(body)
+    final = next(Transcript.from_event(e) for e in events if e.type == "transcript")
+    path = tmp_path / "in.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(raw)
+    capsys.readouterr()
+    assert cli.main(["--set", f"stt.model={rig.cfg.stt.model}", "transcribe", str(path)]) == 0
+    want = capsys.readouterr().out.strip()
+    assert want and final.text == want
+
+
+def test_transcript_streams_partials_while_audio_arrives(rig: Rig) -> None:
+    """transcript-start and transcript-chunk arrive before audio-stop is sent; the chunks lead into the final text."""
+    raw = pcm(speech(16000), 2, 1)
+
+    async def body(s: WyomingServices) -> tuple[list[Event], list[Event]]:
+        async with AsyncTcpClient("127.0.0.1", s.asr_port) as c:
+            await c.write_event(Transcribe().event())
+            await c.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+            for i in range(0, len(raw), 3200):  # 100 ms chunks
+                await c.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=raw[i : i + 3200]).event())
+            early = [await read(c), await read(c)]  # before audio-stop: the stream of partials has begun
+            await c.write_event(AudioStop().event())
+            return early, await read_until(c, "transcript-stop")
+
+    early, rest = rig.serve(body)
+    assert TranscriptStart.is_type(early[0].type) and TranscriptChunk.is_type(early[1].type)
+    chunks = "".join(TranscriptChunk.from_event(e).text for e in early + rest if e.type == "transcript-chunk")
+    final = next(Transcript.from_event(e).text for e in rest if e.type == "transcript")
+    assert final and final.startswith(chunks) and chunks
+    assert TranscriptStop.is_type(rest[-1].type)
+
+
+def audio_of(events: list[Event]) -> np.ndarray:
+    types = [e.type for e in events]
+    assert types[0] == "audio-start" and "audio-stop" in types
+    start = AudioStart.from_event(events[0])
+    assert (start.rate, start.width, start.channels) == (24000, 2, 1)
+    raw = b"".join(AudioChunk.from_event(e).audio for e in events if e.type == "audio-chunk")
+    return np.frombuffer(raw, "<i2")
+
+
+def test_synthesize_matches_say(rig: Rig, tmp_path: Path) -> None:
+    """synthesize answers audio-start/-chunk/-stop with the audio `assistant say --out` writes (to the last bit)."""
+
+    async def body(s: WyomingServices) -> list[Event]:
+        async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:
+            await c.write_event(Synthesize(text=TEXT, voice=SynthesizeVoice(name="vivian")).event())
+            return await read_until(c, "audio-stop")
+
+    got = audio_of(rig.serve(body))
+    out = tmp_path / "say.wav"
+    args = [f"tts.{k}={v}" for k, v in (("model", rig.cfg.tts.model), ("temperature", 0), ("max_frames", 60))]
+    args += ["tts.subtalker_temperature=0"]
+    assert (
+        cli.main([*(a for kv in args for a in ("--set", kv)), "say", TEXT, "--voice", "vivian", "--out", str(out)]) == 0
+    )
+    with wave.open(str(out), "rb") as w:
+        want = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    # The WAV file differs only by quantisation (soundfile: x 32768, truncated; audio.format: x 32767, rounded).
+    assert len(got) == len(want) > 0
+    assert np.abs(got / 32767.0 - want / 32768.0).max() <= 2.0 / 32767
+    # Bit-exact against the float audio of the function `assistant say` speaks with.
+    from assistant.audio.format import float32_to_int16
+    from assistant.text import sentences
+
+    tts = rig.engines.tts
+    say_audio = rig.compute.submit(
+        lambda: np.concatenate(list(cli._speak(tts, tts.voice("vivian"), sentences(TEXT), cli.SpeechStats())))
+    ).result()
+    assert np.array_equal(got, float32_to_int16(say_audio))
+
+
+def test_streaming_synthesis_speaks_before_the_text_is_complete(rig: Rig) -> None:
+    """synthesize-start/-chunk: audio-start and audio arrive before synthesize-stop; it equals the in-process stream."""
+    pieces = ["Hello, how are ", "you today? ", "I am fine, ", "thank you."]
+
+    async def body(s: WyomingServices) -> tuple[list[Event], list[Event]]:
+        async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:
+            await c.write_event(SynthesizeStart(voice=SynthesizeVoice(name="vivian")).event())
+            await c.write_event(SynthesizeChunk(text=pieces[0]).event())
+            await c.write_event(SynthesizeChunk(text=pieces[1]).event())
+            early = [await read(c), await read(c)]  # audio before the rest of the text was even sent
+            for p in pieces[2:]:
+                await c.write_event(SynthesizeChunk(text=p).event())
+            await c.write_event(Synthesize(text="".join(pieces)).event())  # for older servers: must be ignored
+            await c.write_event(SynthesizeStop().event())
+            return early, await read_until(c, "synthesize-stopped")
+
+    early, rest = rig.serve(body)
+    assert [e.type for e in early] == ["audio-start", "audio-chunk"]
+    assert [e.type for e in rest[-2:]] == ["audio-stop", "synthesize-stopped"]
+    got = audio_of(early + rest[:-1])
+    tts = rig.engines.tts
+    voice = rig.compute.submit(tts.voice, "vivian").result()
+    chunker = ClauseChunker("stream")  # the daemon's incremental-text path, as the server uses it
+    words = [w for p in pieces for w in chunker.push(p)] + chunker.flush()
+    want = rig.compute.submit(lambda: np.concatenate(list(tts.stream_text(words, voice)))).result()
+    assert len(got) > 0 and np.array_equal(got, (np.clip(want, -1, 1) * 32767).round().astype("<i2"))
+
+
+HOSTILE = [
+    ("asr", AudioStop().event(), "without audio-start"),
+    ("asr", Event("no-such-event"), "unexpected event"),
+    ("asr", AudioChunk(rate=16000, width=2, channels=1, audio=b"\0\0").event(), "before audio-start"),
+    ("asr", AudioStart(rate=16000, width=5, channels=1).event(), "width 5"),
+    ("asr", AudioStart(rate=0, width=2, channels=1).event(), "rate 0"),
+    ("asr", Event("audio-start", {"rate": "fast"}), "integer rate"),
+    ("tts", Synthesize(text="   ").event(), "empty"),
+    ("tts", Synthesize(text="👍 🎉").event(), "no speakable words"),
+    ("tts", Event("synthesize", {"text": 5}), "must be a string"),
+    ("tts", Event("synthesize", {}), "malformed synthesize"),
+    ("tts", Synthesize(text="hi", voice=SynthesizeVoice(name="nobody")).event(), "unknown voice"),
+    ("tts", Synthesize(text="x" * 5000).event(), "max_text_chars"),
+    ("tts", SynthesizeChunk(text="hi").event(), "without synthesize-start"),
+    ("tts", SynthesizeStop().event(), "without synthesize-start"),
+]
+
+
+def test_hostile_input_gets_error_events_and_the_server_keeps_serving(rig: Rig) -> None:
+    """Each bad event or bad audio gets an error event on a connection that still works; garbage ends one connection."""
+
+    async def body(s: WyomingServices) -> list[str]:
+        errors = []
+        clients = {"asr": AsyncTcpClient("127.0.0.1", s.asr_port), "tts": AsyncTcpClient("127.0.0.1", s.tts_port)}
+        for c in clients.values():
+            await c.connect()
+        for kind, event, _ in HOSTILE:
+            await clients[kind].write_event(event)
+            reply = await read(clients[kind])
+            assert reply.type == "error", (kind, event)
+            errors.append(Error.from_event(reply).text)
+        # Odd byte counts, a format change mid-stream and too much audio, in one request each.
+        asr = clients["asr"]
+        await asr.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+        await asr.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=b"\0\0\0").event())
+        errors.append(Error.from_event(await read(asr)).text)
+        await asr.write_event(AudioStop().event())
+        await asr.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+        await asr.write_event(AudioChunk(rate=8000, width=2, channels=1, audio=b"\0\0").event())
+        errors.append(Error.from_event(await read(asr)).text)
+        await asr.write_event(AudioStop().event())
+        await asr.write_event(AudioStart(rate=1000, width=1, channels=1).event())
+        too_long = bytes(int(rig.cfg.wyoming.max_audio_s * 1000) + 2)
+        await asr.write_event(AudioChunk(rate=1000, width=1, channels=1, audio=too_long).event())
+        errors.append(Error.from_event(await read(asr)).text)
+        await asr.write_event(AudioStop().event())
+        # Both connections still serve.
+        for c in clients.values():
+            await c.write_event(Describe().event())
+            assert (await read(c)).type == "info"
+            await c.disconnect()
+        # A frame that is not JSON ends only its own connection.
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.tts_port)
+        writer.write(b"\xff\xfe not json at all\n")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), READ_S) == b""
+        writer.close()
+        async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:
+            await c.write_event(Synthesize(text="Hello.").event())
+            assert (await read_until(c, "audio-stop"))[-1].type == "audio-stop"
+        return errors
+
+    errors = rig.serve(body)
+    for (_, _, want), got in zip(HOSTILE, errors, strict=False):
+        assert want in got, (want, got)
+    assert "not whole frames" in errors[-3] and "format changed" in errors[-2] and "max_audio_s" in errors[-1]
+    assert all("\n" not in e for e in errors)
+
+
+def test_two_clients_are_served_in_turn(rig: Rig) -> None:
+    """Two clients synthesizing at once both hear their first audio before either one's audio ends."""
+
+    async def one(s: WyomingServices, log: list[tuple[int, str]], n: int) -> None:
+        async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:
+            await c.write_event(Synthesize(text=TEXT, voice=SynthesizeVoice(name="vivian")).event())
+            while True:
+                e = await read(c)
+                log.append((n, e.type))
+                if e.type in ("audio-stop", "error"):
+                    return
+
+    async def body(s: WyomingServices) -> list[tuple[int, str]]:
+        log: list[tuple[int, str]] = []
+        await asyncio.gather(one(s, log, 0), one(s, log, 1))
+        return log
+
+    log = rig.serve(body)
+    first_audio = {n: log.index((n, "audio-chunk")) for n in (0, 1)}
+    first_stop = min(log.index((n, "audio-stop")) for n in (0, 1))
+    assert max(first_audio.values()) < first_stop, log
+
+
+def test_the_live_conversation_goes_first(rig: Rig) -> None:
+    """A conversation job queued after a Wyoming job still runs before it (Wyoming work is BACKGROUND)."""
+    order: list[str] = []
+    gate = threading.Event()
+    tts = rig.engines.tts
+
+    class Recording:
+        """The TTS, recording when a Wyoming request reaches it."""
+
+        sample_rate = tts.sample_rate
+
+        def voice(self, name: str | None) -> Any:
+            order.append("wyoming")
+            return tts.voice(name)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(tts, name)
+
+    async def body(s: WyomingServices) -> None:
+        blocker = rig.compute.submit(gate.wait)  # the compute thread is busy
+        async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:
+            await c.write_event(Synthesize(text="Hello.").event())
+            await observed.queued.wait()  # the Wyoming job is queued behind the blocker
+            live = rig.compute.submit(order.append, "conversation", priority=Priority.REPLY)
+            gate.set()
+            await read_until(c, "audio-stop")
+        blocker.result()
+        live.result()
+
+    class Observed:
+        """The compute thread, telling when a Wyoming job has been queued."""
+
+        def __init__(self) -> None:
+            self.queued = asyncio.Event()
+
+        async def run(self, fn: Any, *args: Any, priority: Priority = Priority.REPLY) -> Any:
+            fut = rig.compute.submit(fn, *args, priority=priority)
+            self.queued.set()
+            return await asyncio.wrap_future(fut)
+
+    async def main() -> None:
+        nonlocal observed
+        observed = Observed()
+        engines = SpeechEngines(rig.engines.new_transcriber, Recording())
+        async with WyomingServices(rig.cfg, engines, observed) as services:  # type: ignore[arg-type]
+            await body(services)
+
+    observed: Any = None
+    asyncio.run(main())
+    assert order == ["conversation", "wyoming"]
+
+
+def test_wyoming_command_serves_until_sigterm(rig: Rig, tmp_path: Path) -> None:
+    """`assistant wyoming` loads STT and TTS, serves describe on both ports, and exits 0 on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    ports = {"asr": free_port(), "tts": free_port()}
+    sets = {
+        "stt.model": rig.cfg.stt.model,
+        "tts.model": rig.cfg.tts.model,
+        "tts.voice": "vivian",
+        "wyoming.asr_port": ports["asr"],
+        "wyoming.tts_port": ports["tts"],
+    }
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "ASSISTANT_CONFIG": "", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "assistant", *args, "wyoming"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # printed once both ports are bound
+        assert f":{ports['asr']}" in line and f":{ports['tts']}" in line, line
+
+        async def describe() -> list[str]:
+            kinds = []
+            for port in ports.values():
+                async with AsyncTcpClient("127.0.0.1", port) as c:
+                    await c.write_event(Describe().event())
+                    info = Info.from_event(await read(c))
+                    kinds += [p.name for p in info.asr + info.tts]
+            return kinds
+
+        assert asyncio.run(describe()) == ["assistant-stt", "assistant-tts"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def handle_turn(rig: Rig, engines: SpeechEngines, texts: list[str]) -> list[list[Event]]:
+    """Send each text as a transcript on one handle connection; the events answering each."""
+    cfg = rig.cfg.replace({"wyoming.handle_port": free_port()})
+
+    async def main() -> list[list[Event]]:
+        async with WyomingServices(cfg, engines, rig.compute) as s:
+            out = []
+            async with AsyncTcpClient("127.0.0.1", s.handle_port) as c:
+                await c.write_event(Describe().event())
+                info = Info.from_event(await read(c))
+                assert info.handle[0].name == "assistant-llm" and info.handle[0].supports_handled_streaming
+                for text in texts:
+                    await c.write_event(Transcript(text=text).event())
+                    events = [await read(c)]
+                    while events[-1].type not in ("handled", "not-handled", "error"):
+                        events.append(await read(c))
+                    out.append(events)
+            return out
+
+    return asyncio.run(main())
+
+
+def test_handle_answers_with_the_local_llm(rig: Rig) -> None:
+    """A transcript on the handle service streams handled-chunks whose text equals the in-process Chat's answer."""
+    from assistant.llm import Chat
+    from assistant.wyoming import speech_engines
+
+    def load() -> tuple[Any, Any]:
+        tr = rig.engines.new_transcriber()
+        chat = Chat.load(rig.cfg.llm)
+        return speech_engines(tr, rig.engines.tts, chat), Chat(chat.model, chat.tokenizer, chat.cfg)
+
+    engines, reference = rig.compute.submit(load).result()
+    questions = ["Hello, how are you today?", "Tell me a short story."]
+    turns = handle_turn(rig, engines, questions)
+
+    def expected() -> list[str]:
+        out = []
+        for q in questions:
+            out.append("".join(reference.respond(q)).strip())
+            reference.finish_turn(None)
+        return out
+
+    want = rig.compute.submit(expected).result()
+    for events, answer in zip(turns, want, strict=True):
+        types = [e.type for e in events]
+        assert types[0] == "handled-start" and types[-2:] == ["handled-stop", "handled"], types
+        chunks = "".join(e.data["text"] for e in events if e.type == "handled-chunk")
+        assert chunks.strip() == events[-1].data["text"] == answer and answer
+
+
+def test_handle_reports_a_failed_llm_server_and_recovers(rig: Rig) -> None:
+    """With the remote backend, a server error answers not-handled with the reason; the next transcript is handled."""
+    from http.server import BaseHTTPRequestHandler
+
+    from assistant.llm_remote import RemoteChat
+    from tests.llm.servers import Script, ScriptedServer, sse, text_chunk
+
+    replies = iter(
+        [lambda h: h.send_response(500) or h.end_headers(), lambda h: sse(h, [text_chunk("Hi "), text_chunk("there.")])]
+    )
+
+    def respond(h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        next(replies)(h)
+
+    with ScriptedServer(Script(respond)) as srv:
+        chat = RemoteChat(rig.cfg.replace({"llm.backend": "openai", "llm.base_url": srv.base_url}).llm)
+        engines = SpeechEngines(rig.engines.new_transcriber, rig.engines.tts, chat.new_conversation)
+        failed, ok = handle_turn(rig, engines, ["hello", "hello again"])
+    assert failed[-1].type == "not-handled" and "HTTP 500" in failed[-1].data["text"]
+    assert [e.type for e in ok] == ["handled-start", "handled-chunk", "handled-chunk", "handled-stop", "handled"]
+    assert ok[-1].data["text"] == "Hi there."

@@ -1,0 +1,182 @@
+"""The echo canceller on synthetic rooms: the reference is placed by the speaker's clock, the echo (delay, gain,
+reverb) drops by a measured echo-return-loss enhancement, and the user's voice comes through."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from assistant.audio.echo import AEC_DELAY, AEC_FRAME, EchoCanceller
+from assistant.audio.format import CAPTURE_RATE, TTS_RATE, AudioBlock, int16_to_float32, resample
+from tests.speech import needs_espeak, say
+
+T_MIC = 1000.0  # capture time of the first microphone sample
+BLOCK = 320  # 20 ms capture blocks
+
+
+@dataclass
+class SpeakerClock:
+    """A speaker that starts the run's sample 0 at DAC time `start` and plays `written` samples at 24 kHz."""
+
+    start: float
+    written: int
+    gap: tuple[float, float] | None = None  # an underrun: (from, to) in DAC time, nothing played
+
+    def played_before(self, t: float) -> int:
+        played = t - self.start
+        if self.gap is not None and t > self.gap[0]:
+            played -= min(t, self.gap[1]) - self.gap[0]
+        return int(np.clip(round(played * TTS_RATE), 0, self.written))
+
+
+def room_ir(delay_ms: float, gain_db: float, rt60_s: float = 0.3, drr_db: float = 6.0, seed: int = 0) -> np.ndarray:
+    """A laptop-like echo path at 16 kHz: direct sound after `delay_ms` at `gain_db`, then a reverb tail that
+    decays by 60 dB over `rt60_s` and carries `drr_db` less energy than the direct sound."""
+    rng = np.random.default_rng(seed)
+    d = round(delay_ms * CAPTURE_RATE / 1000)
+    n = round(rt60_s * CAPTURE_RATE)
+    tail = rng.standard_normal(n) * np.exp(-6.9 * np.arange(n) / n)
+    tail[:16] = 0.0  # the first reflections arrive ~1 ms after the direct sound
+    h = np.zeros(d + n)
+    h[d:] = tail / np.linalg.norm(tail) * 10 ** (-drr_db / 20)
+    h[d] = 1.0
+    return h * 10 ** (gain_db / 20)
+
+
+def tts_like(seconds: float) -> np.ndarray:
+    """A long assistant reply: espeak-ng sentences at 24 kHz, float32 at about -20 dBFS RMS."""
+    text = (
+        "Sure, here is the weather for the next few days. Tomorrow will be sunny with a high of twenty degrees. "
+        "On Wednesday clouds move in from the west, and by Thursday there is a good chance of rain."
+    )
+    x = int16_to_float32(say(text))
+    x = np.tile(x, int(np.ceil(seconds * CAPTURE_RATE / len(x))))[: round(seconds * CAPTURE_RATE)]
+    x = x / np.sqrt(np.mean(np.square(x))) * 0.1
+    return resample(x, CAPTURE_RATE, TTS_RATE)
+
+
+def run(canceller: EchoCanceller, mic: np.ndarray, block: int = BLOCK) -> np.ndarray:
+    out = []
+    for i in range(0, len(mic), block):
+        got = canceller.process(AudioBlock(mic[i : i + block], T_MIC + i / CAPTURE_RATE))
+        assert got.t == pytest.approx(T_MIC + (sum(len(o) for o in out) - AEC_DELAY) / CAPTURE_RATE)
+        out.append(got.samples)
+    return np.concatenate(out)[AEC_DELAY:]  # sample i is now the input's sample i
+
+
+def power_db(x: np.ndarray) -> float:
+    return float(10 * np.log10(np.mean(np.square(x.astype(np.float64))) + 1e-9))
+
+
+def envelope_match(got: np.ndarray, want: np.ndarray, frame: int = 320) -> float:
+    """Correlation of two signals' 20 ms level contours (dB): AEC3's filters shift phase, so waveforms differ."""
+    n = min(len(got), len(want)) // frame
+
+    def contour(x: np.ndarray) -> np.ndarray:
+        return 10 * np.log10(np.mean(np.square(x[: n * frame].astype(np.float64).reshape(n, frame)), axis=1) + 1.0)
+
+    return float(np.corrcoef(contour(got), contour(want))[0, 1])
+
+
+def echo_room(
+    ref24: np.ndarray, start_s: float, ir: np.ndarray, user: np.ndarray | None = None, user_at_s: float = 0.0
+) -> np.ndarray:
+    """The microphone: the speaker's audio (run started `start_s` after T_MIC) through `ir`, plus the user."""
+    ref16 = resample(ref24, TTS_RATE, CAPTURE_RATE)
+    lead = round(start_s * CAPTURE_RATE)
+    at_speaker = np.concatenate([np.zeros(lead, np.float32), ref16])
+    mic = np.convolve(at_speaker, ir)[: len(at_speaker)] * 32768.0
+    if user is not None:
+        k = round(user_at_s * CAPTURE_RATE)
+        mic[k : k + len(user)] += user[: len(mic) - k]
+    return np.clip(mic, -32768, 32767).astype(np.int16)
+
+
+def test_reference_follows_the_speaker_clock() -> None:
+    """The reference for a mic frame is what the DAC played then: zeros before the run and during an underrun."""
+    ref = np.sin(np.arange(TTS_RATE) * 0.01).astype(np.float32)
+    clock = SpeakerClock(start=T_MIC + 0.1, written=len(ref), gap=(T_MIC + 0.5, T_MIC + 0.6))
+    ec = EchoCanceller(clock)
+    ec.played(ref)
+    ref16 = resample(ref, TTS_RATE, CAPTURE_RATE)
+    assert not ec.reference_for(T_MIC).any()  # before the run
+    # a frame 0.3 s into the run: run samples 0.2 s .. 0.21 s
+    np.testing.assert_allclose(ec.reference_for(T_MIC + 0.3), ref16[3200:3360], atol=1e-6)
+    assert not ec.reference_for(T_MIC + 0.55).any()  # the underrun
+    np.testing.assert_allclose(ec.reference_for(T_MIC + 0.7), ref16[8000:8160], atol=1e-6)  # 0.1 s later
+    # the run starts halfway through a frame: its first samples sit at the frame's end
+    half = ec.reference_for(T_MIC + 0.1 - 0.005)
+    assert not half[:80].any()
+    np.testing.assert_allclose(half[80:], ref16[:80], atol=1e-6)
+
+
+def test_new_run_forgets_the_old_reference() -> None:
+    """After new_run() (a flush), sample positions refer to the new audio only."""
+    clock = SpeakerClock(start=T_MIC, written=TTS_RATE)
+    ec = EchoCanceller(clock)
+    ec.played(np.full(TTS_RATE, 0.5, np.float32))
+    ec.new_run()
+    ec.played(np.full(TTS_RATE, -0.25, np.float32))
+    assert ec.reference_for(T_MIC + 0.5) == pytest.approx(np.full(AEC_FRAME, -0.25), abs=1e-3)
+
+
+def test_disabled_passes_blocks_through() -> None:
+    """With echo cancellation off (headphones) blocks come back unchanged, with no frame hold-back."""
+    ec = EchoCanceller(SpeakerClock(T_MIC, 0), enabled=False)
+    block = AudioBlock(np.arange(333, dtype=np.int16), T_MIC)
+    assert ec.process(block) is block
+
+
+@needs_espeak
+@pytest.mark.parametrize(("delay_ms", "gain_db"), [(30, 0.0), (120, 0.0), (60, -6.0)])
+def test_echo_drops_and_the_user_survives(delay_ms: float, gain_db: float) -> None:
+    """Echo through a reverberant path with delay and gain loses >= 20 dB once AEC3 has converged, and a user
+    speaking at the echo's level during the reply keeps their level (within 6 dB) and their level contour
+    stands out clearly better than in the microphone signal."""
+    ref = tts_like(14.0)
+    start = 0.2
+    ir = room_ir(delay_ms, gain_db)
+    echo_only = echo_room(ref, start, ir)
+    user = say("Wait, stop, what about the weekend?").astype(np.float64)
+    level = np.sqrt(np.mean(np.square(echo_only[CAPTURE_RATE:].astype(np.float64))))
+    user = user / np.sqrt(np.mean(np.square(user))) * level  # as loud as the echo
+    user_at = 10.0
+    mic = echo_room(ref, start, ir, user, user_at)
+
+    ec = EchoCanceller(SpeakerClock(start=T_MIC + start, written=len(ref)))
+    for i in range(0, len(ref), 1920):  # the driver writes 80 ms chunks, ahead of playback
+        ec.played(ref[i : i + 1920])
+    out = run(ec, mic)
+
+    settled = slice(5 * CAPTURE_RATE, round(user_at * CAPTURE_RATE))  # echo only, after 5 s of adaptation
+    erle = power_db(mic[settled]) - power_db(out[settled])
+    assert erle >= 20.0, f"ERLE {erle:.1f} dB"
+
+    k = round(user_at * CAPTURE_RATE)
+    talk = slice(k, k + len(user))
+    got, want = out[talk].astype(np.float64), user[: len(out[talk])]
+    loss, before, after = power_db(want) - power_db(got), envelope_match(mic[talk], want), envelope_match(got, want)
+    assert loss <= 6.0 and after >= max(0.6, before + 0.15), (loss, before, after)
+
+
+@needs_espeak
+def test_any_block_size_keeps_every_sample_in_order() -> None:
+    """Blocks of odd sizes come out as whole 10 ms frames, in order, each with its capture time (checked in run)."""
+    x = say("Wait, stop, what about the weekend?")
+    ec = EchoCanceller(SpeakerClock(T_MIC + 10, 0))  # nothing plays: the canceller only filters
+    out = run(ec, x, block=333)
+    assert len(out) == len(x) // AEC_FRAME * AEC_FRAME - AEC_DELAY
+    assert envelope_match(out[1600:], x[1600 : len(out)]) > 0.9
+
+
+def test_output_time_is_the_capture_time() -> None:
+    """A noise burst captured at time T comes out in a block whose `t` places it at T (within 1 ms)."""
+    x = np.zeros(CAPTURE_RATE, np.int16)
+    x[8000:8400] = (np.random.default_rng(1).standard_normal(400) * 6000).astype(np.int16)
+    ec = EchoCanceller(SpeakerClock(T_MIC + 10, 0))
+    blocks = [ec.process(AudioBlock(x[i : i + BLOCK], T_MIC + i / CAPTURE_RATE)) for i in range(0, len(x), BLOCK)]
+    first = next(b for b in blocks if (np.abs(b.samples) > 1000).any())
+    loud = first.t + int(np.argmax(np.abs(first.samples) > 1000)) / CAPTURE_RATE
+    assert loud == pytest.approx(T_MIC + 0.5, abs=0.001)

@@ -1,0 +1,182 @@
+"""End of turn: the policies (pure), Whisper features against the reference, and the real Smart Turn v3.2 model on
+the espeak-ng clip set (tests/turn_clips.py) against a fixed 720 ms silence."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from assistant import hub
+from assistant.config import EndOfTurnConfig
+from assistant.endofturn import (
+    FRAMES,
+    N_MELS,
+    SMART_TURN_FILE,
+    SMART_TURN_REPO,
+    WINDOW_SAMPLES,
+    FixedSilence,
+    SmartTurn,
+    SmartTurnPolicy,
+    TurnEvidence,
+    ends_mid_phrase,
+    load_smart_turn,
+    model_input,
+    policy_from_config,
+)
+from assistant.errors import InputError, ModelError
+from tests.speech import needs_espeak, say
+from tests.turn_clips import clip_set, end_after_ms, handled_right, smart_turn_file
+
+
+def ev(silence_ms: int, score: float | None = None, text: str = "") -> TurnEvidence:
+    return TurnEvidence(silence_ms=silence_ms, speech_ms=1500, score=score, partial_text=text)
+
+
+def test_fixed_silence_ends_at_its_hangover() -> None:
+    """The seeded fixed policy waits until the hangover and never asks for a score."""
+    p = FixedSilence(720)
+    assert p.score_after_ms is None
+    assert p.decide(ev(690)) == "wait" and p.decide(ev(720)) == "end"
+
+
+def test_smart_turn_policy_follows_the_score() -> None:
+    """Without a score it waits; with one it ends at or above the threshold and waits below it."""
+    p = SmartTurnPolicy(threshold=0.5, max_wait_ms=2000)
+    assert p.decide(ev(180)) == "wait"
+    assert p.decide(ev(180, 0.5)) == "end"
+    assert p.decide(ev(180, 0.49)) == "wait"
+    assert p.decide(ev(1990, 0.1)) == "wait"
+
+
+def test_smart_turn_policy_gives_up_waiting_at_max_wait() -> None:
+    """A pause of max_wait_ms ends the turn whatever the model or the transcript say."""
+    p = SmartTurnPolicy(max_wait_ms=2000)
+    assert p.decide(ev(2000, 0.0, "what time is it in")) == "end"
+    assert p.decide(ev(2000)) == "end"
+
+
+def test_trailing_filler_keeps_waiting() -> None:
+    """A transcript ending on "and", "um" or a preposition keeps the turn open even when the model says done."""
+    p = SmartTurnPolicy()
+    for text in ("I want pasta and", "What time is it, um,", "Take me to the", "Play music by"):
+        assert ends_mid_phrase(text), text
+        assert p.decide(ev(200, 0.99, text)) == "wait", text
+    assert not ends_mid_phrase("What time is it in London?")
+    assert p.decide(ev(200, 0.99, "What time is it in London?")) == "end"
+    assert not ends_mid_phrase("")
+
+
+def test_features_match_the_whisper_feature_extractor() -> None:
+    """Our log-mel window equals transformers' WhisperFeatureExtractor(chunk_length=8) on the left-padded window."""
+    transformers = pytest.importorskip("transformers", reason="transformers comes with mlx-lm")
+    rng = np.random.default_rng(3)
+    audio = (rng.standard_normal(3 * 16_000) * 3000).astype(np.int16)
+    ours = model_input(audio)
+    assert ours.shape == (1, N_MELS, FRAMES) and ours.dtype == np.float32
+    window = np.zeros(WINDOW_SAMPLES, np.float32)
+    window[-len(audio) :] = audio / 32768.0
+    fe = transformers.WhisperFeatureExtractor(chunk_length=8)
+    ref = fe(
+        window,
+        sampling_rate=16_000,
+        padding="max_length",
+        max_length=WINDOW_SAMPLES,
+        truncation=True,
+        do_normalize=True,
+        return_tensors="np",
+    ).input_features
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_model_input_keeps_the_last_8_seconds() -> None:
+    """Audio longer than 8 s is cut at its start: only the last 8 s decide."""
+    rng = np.random.default_rng(4)
+    tail = (rng.standard_normal(WINDOW_SAMPLES) * 2000).astype(np.int16)
+    long = np.concatenate([(rng.standard_normal(40_000) * 9000).astype(np.int16), tail])
+    np.testing.assert_array_equal(model_input(long), model_input(tail))
+
+
+def test_bad_audio_is_a_one_line_input_error() -> None:
+    """Float or 2-D audio is refused with an InputError naming the expected format."""
+    with pytest.raises(InputError, match="1-D int16"):
+        model_input(np.zeros(100, np.float32))
+    with pytest.raises(InputError, match="1-D int16"):
+        model_input(np.zeros((2, 100), np.int16))
+
+
+def test_missing_model_names_assistant_pull(tmp_path: Path, isolated_env: Path) -> None:
+    """Loading from a folder without the model file, or a repo not in the cache, says to run `assistant pull`."""
+    with pytest.raises(ModelError, match="assistant pull"):
+        SmartTurn.load(tmp_path)
+    with pytest.raises(ModelError, match="assistant pull"):
+        load_smart_turn(EndOfTurnConfig())
+
+
+@pytest.fixture(scope="module")
+def smart_turn() -> SmartTurn:
+    try:
+        return SmartTurn.load(smart_turn_file())
+    except RuntimeError as e:
+        pytest.fail(str(e))
+
+
+@needs_espeak
+def test_real_model_hears_a_filler_pause(smart_turn: SmartTurn) -> None:
+    """The real v3.2 weights call a complete question done and "..., um," followed by silence unfinished."""
+    pause = np.zeros(2880, np.int16)  # the 180 ms of silence the policy scores after
+    done = smart_turn.score(np.concatenate([say("Turn on the lights in the kitchen."), pause]))
+    um = smart_turn.score(np.concatenate([say("Can you tell me, um,"), pause]))
+    assert 0.0 <= um < 0.2 < 0.8 < done <= 1.0
+
+
+@needs_espeak
+def test_model_policy_is_far_better_than_a_fixed_timeout(smart_turn: SmartTurn) -> None:
+    """On the 140 pause points of the clip set, Smart Turn + transcript decides right far more often than a fixed
+    720 ms silence, cuts far fewer thinking pauses, and ends complete turns sooner (median <= 300 ms)."""
+    policies = {"fixed": FixedSilence(720), "model": SmartTurnPolicy()}
+    right: dict[str, list[bool]] = {k: [] for k in policies}
+    cuts: dict[str, list[bool]] = {k: [] for k in policies}
+    latency: list[int] = []
+    for clip in clip_set():
+        for point in clip.points:
+            for name, policy in policies.items():
+                ended = end_after_ms(policy, clip, point, smart_turn.score)
+                right[name].append(handled_right(point, ended))
+                if not point.complete:
+                    cuts[name].append(ended is not None)
+                elif name == "model":
+                    latency.append(ended if ended is not None else 5000)
+    acc = {k: float(np.mean(v)) for k, v in right.items()}
+    cut = {k: float(np.mean(v)) for k, v in cuts.items()}
+    assert len(right["model"]) == 140
+    assert acc["model"] >= 0.85 and acc["model"] >= acc["fixed"] + 0.15, acc
+    assert cut["model"] <= 0.15 and cut["fixed"] >= 0.5, cut
+    assert float(np.median(latency)) <= 300
+
+
+def test_config_builds_the_policy() -> None:
+    """endofturn.detector picks Smart Turn's policy with the configured numbers, or the fixed hangover."""
+    cfg = EndOfTurnConfig(threshold=0.6, score_after_ms=210, max_wait_ms=1500)
+    assert policy_from_config(cfg, 720) == SmartTurnPolicy(0.6, 210, 1500)
+    assert policy_from_config(EndOfTurnConfig(detector="silence"), 720) == FixedSilence(720)
+
+
+def test_the_model_is_pulled_from_its_repo_file(smart_turn: SmartTurn) -> None:
+    """`assistant pull` fetches only the v3.2 CPU export from pipecat-ai/smart-turn-v3, the same bytes the
+    pipecat-ai wheel ships (size and SHA-256 of the file in the Hugging Face repo)."""
+    assert EndOfTurnConfig().model == SMART_TURN_REPO
+    assert hub.ONLY_FILES[SMART_TURN_REPO] == [SMART_TURN_FILE]
+    data = smart_turn_file().read_bytes()
+    assert len(data) == 8_679_182
+    assert hashlib.sha256(data).hexdigest() == "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f"
+
+
+def test_load_from_config_reads_a_local_folder(smart_turn: SmartTurn) -> None:
+    """A local folder holding the .onnx file works as endofturn.model; a missing repo names `assistant pull`."""
+    smart_turn_file()
+    model = load_smart_turn(EndOfTurnConfig(model=str(smart_turn_file().parent)))
+    assert model is not None and 0.0 <= model.score(np.zeros(16_000, np.int16)) <= 1.0
+    assert load_smart_turn(EndOfTurnConfig(detector="silence")) is None
