@@ -216,13 +216,14 @@ async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any =
 
         source = ReopeningSource(lambda: Capture(cfg.audio))
         try:
-            with Playback(cfg.audio, rate=engines.tts.sample_rate) as sink:
+            async with Playback(cfg.audio, rate=engines.tts.sample_rate) as sink:
                 pipeline = Conversation(cfg, engines, source, sink, compute)
+                sink.report = pipeline.device_status
                 return await serve(pipeline, services, console)
         finally:
             await source.aclose()
     finally:
-        if not await asyncio.to_thread(compute.close, 1.0):
+        if not await asyncio.to_thread(compute.close, 0.5):
             # An MLX call is still running: exit now rather than let interpreter shutdown kill that thread
             # inside C++ (std::terminate) or wait for it.
             log.warning("a model step did not finish; exiting without waiting for it")
@@ -663,7 +664,7 @@ async def _check_mic_signal(audio: config.AudioConfig) -> None:
     peak = 0
     async with Capture(audio) as capture:
         while capture.samples_read < MIC_CHECK_S * 16_000:
-            peak = max(peak, int(np.abs((await capture.read()).astype(np.int32)).max(initial=0)))
+            peak = max(peak, int(np.abs((await capture.read()).samples.astype(np.int32)).max(initial=0)))
     if peak == 0:
         hint = (
             "allow your terminal (or the service) in System Settings > Privacy & Security > Microphone"

@@ -41,7 +41,7 @@ class AudioConfig:
     output_prebuffer_ms: int = opt(40, "ms", 0, 2000)
     capture_queue_blocks: int = opt(500, "blocks", 10, 100_000)
     playback_buffer_s: float = opt(120.0, "s", 1.0, 3600.0)
-    device_retry_s: float = opt(3.0, "s", 0.5, 60.0)
+    device_retry_s: float = opt(1.0, "s", 0.5, 60.0)  # a failed open costs ms; after a return the user waits for it
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ class SttConfig:
     chunk_ms: int = opt(160, "ms", 80, 1120)
     min_utterance_ms: int = opt(200, "ms", 0, 5000)
     max_utterance_s: float = opt(30.0, "s", 1.0, 600.0)
+    dtype: str = opt("auto", choices=("auto", "float32", "bfloat16", "float16"))
 
     @property
     def model_id(self) -> str:
@@ -125,6 +126,7 @@ class TtsConfig:
     subtalker_top_k: int = opt(50, "", 0, 4096)
     subtalker_top_p: float = opt(1.0, "", 0.0, 1.0)
     seed: int = opt(-1, "", -1, 2**31 - 1)
+    dtype: str = opt("auto", choices=("auto", "float32", "bfloat16", "float16"))
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,7 @@ class Conversation:
         self.hangover_ms: int | None = cfg.vad.hangover_ms
         self.instructions = cfg.llm.system_prompt
         self.device_ok = True
+        self.output_ok = True  # False while the speaker is lost: replies are text only
         self.restart_required: list[str] = []
         self.bus: EventBus[SessionEvent] = EventBus()
         self._events = self.bus.subscribe(QUEUE_LIMIT) if realtime is not None else None
@@ -201,6 +202,7 @@ class Conversation:
             case ConfirmReply(turn):
                 if (reply := self._replies.get(turn)) is not None:
                     reply.confirmed.set()
+                    self._text_only_note()
             case DropReply(turn):
                 if (reply := self._replies.get(turn)) is not None:
                     self._cancel(reply, heard=None)
@@ -286,7 +288,7 @@ class Conversation:
                     self.device_ok = False
                     log.warning("microphone lost", extra=kv(error=str(e), retry_s=self.cfg.audio.device_retry_s))
                     self.publish(DeviceStatus("input", False, str(e), time.monotonic()))
-                    self._apply(ClearAudio(time.monotonic()))
+                    self._apply(ClearAudio(time.monotonic()))  # the cut utterance must not run into the next
                 await asyncio.sleep(self.cfg.audio.device_retry_s)
                 continue
             if not self.device_ok:
@@ -314,6 +316,8 @@ class Conversation:
             reply.trace.mark("stt_final", self._stt_final)
         if a.confirmed:
             reply.confirmed.set()
+        if a.confirmed:
+            self._text_only_note()
         self._replies[a.turn] = reply
         reply.task = self.spawn(self._run_reply(reply))
 
@@ -346,10 +350,12 @@ class Conversation:
 
     def _play(self, turn: int, chunk: np.ndarray) -> None:
         reply = self._replies.get(turn)
-        if reply is None:
-            return
+        if reply is None or not self.output_ok:
+            return  # no speaker: the reply is text only
         if not reply.audio_started:
             reply.audio_started = True
+            if isinstance(self.sink, SpeakerTiming):
+                reply.underruns_at = self.sink.underruns
         self._playing_turn = turn
         self._last_level = level_dbfs(chunk)
         self.sink.write(chunk)
@@ -409,14 +415,30 @@ class Conversation:
         while len(self._kept) > KEEP_REPLIES:
             self._kept.popitem(last=False)
         self._mark_played(reply)
-        if isinstance(self.sink, SpeakerTiming):
-            reply.trace.extra["underruns"] = float(self.sink.underruns)
+        if reply.audio_started and isinstance(self.sink, SpeakerTiming):
+            reply.trace.extra["playback_underruns"] = float(self.sink.underruns - reply.underruns_at)
         trace = reply.trace.trace()
         log.info("turn latency", extra=kv(**{k: v for k, v in dataclasses.asdict(trace).items() if k != "extra"}))
         self._apply(ReplyDone(reply.turn, text, interrupted, time.monotonic(), error, trace))
         if reply.responder.instructions is not None:
             self.compute.submit(self.engines.chat.set_system_prompt, self.instructions, priority=Priority.URGENT)
         self.compute.clear_cache()
+
+    def _text_only_note(self) -> None:
+        if not self.output_ok:
+            self.publish(DeviceStatus("output", False, "no speaker: this reply is text only", time.monotonic()))
+
+    def device_status(self, status: DeviceStatus) -> None:
+        """The speaker (or microphone) was lost or is back: tell clients; without a speaker, replies are text."""
+        self.publish(status)
+        if status.kind != "output" or status.ok == self.output_ok:
+            return
+        self.output_ok = status.ok
+        current = self.core.current
+        reply = self._replies.get(current.turn) if current is not None else None
+        if not status.ok and reply is not None:  # the sink dropped what it held: the reply ends as heard so far
+            self._mark_played(reply)
+            self._cancel(reply, reply.heard_text(self.sink.played_samples))
 
     def _mark_played(self, reply: Reply) -> None:
         if reply.audio_started:
@@ -458,6 +480,7 @@ class Conversation:
             "ptt": self.core.ptt,
             "speculating": self.core.speculating,
             "device_ok": self.device_ok,
+            "output_ok": self.output_ok,
             "subscribers": self.bus.subscribers,
             "dropped_events": self.bus.dropped,
             "restart_required": list(self.restart_required),

@@ -1,7 +1,11 @@
 """The daemon's lifetime: run the pipeline and its services until SIGINT/SIGTERM, then stop within 2 s.
 
-Also the adapter the composition root needs: a microphone source that reopens a lost device. The terminal's
-status line is assistant/console.py.
+Stopping is bounded whatever the devices or engines do: the first signal starts an orderly stop and arms a
+deadline that exits the process (code EXIT_FORCED) if the stop has not finished by then; a second signal exits at
+once (128 + the signal number). A clean stop exits 0.
+
+Also the adapter the composition root needs: the microphone source that reopens a lost device (the one reopen
+path). The terminal's status line is assistant/console.py.
 """
 
 from __future__ import annotations
@@ -9,16 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-import numpy as np
-
 from assistant.audio.format import AudioBlock
-from assistant.audio.sinks import AudioSource
 from assistant.console import Console, StatusLine
 from assistant.conversation import Conversation
 from assistant.errors import AudioDeviceError
@@ -27,11 +31,15 @@ from assistant.logs import kv
 log = logging.getLogger("assistant.daemon")
 
 SHUTDOWN_S = 2.0  # SIGINT/SIGTERM to exit, at most
+DEADLINE_S = SHUTDOWN_S - 0.2  # the forced exit leaves room for the process to end
+PIPELINE_STOP_S, SERVICES_STOP_S = 0.6, 0.5  # then the composition root's own close (compute: 0.5 s)
+EXIT_FORCED = 1  # the orderly stop did not finish in time (a wedged device or engine); the process exited anyway
 Service = Callable[[Conversation], AbstractAsyncContextManager[Any]]
 
 
-class CaptureLike(AudioSource, Protocol):
-    async def __aenter__(self) -> AudioSource: ...
+class CaptureLike(Protocol):
+    async def read(self) -> AudioBlock: ...
+    async def __aenter__(self) -> CaptureLike: ...
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> Any: ...
 
 
@@ -39,14 +47,15 @@ class ReopeningSource:
     """An AudioSource over a capture factory: opens on first read, closes on AudioDeviceError, reopens next read.
 
     The pipeline waits `audio.device_retry_s` between failed reads, so a lost device is retried at that pace.
+    Opening and closing never block the event loop (Capture bounds each PortAudio call).
     """
 
     def __init__(self, open_capture: Callable[[], CaptureLike]) -> None:
         self._open = open_capture
         self._capture: CaptureLike | None = None
-        self._source: AudioSource | None = None
+        self._source: CaptureLike | None = None
 
-    async def read(self) -> AudioBlock | np.ndarray:
+    async def read(self) -> AudioBlock:
         if self._source is None:
             capture = self._open()
             self._source = await capture.__aenter__()
@@ -75,7 +84,7 @@ async def serve(
     stop = asyncio.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, _on_signal, sig, stop)
     tasks: list[asyncio.Task[Any]] = []
     code, began = 0, time.monotonic()
     try:
@@ -103,6 +112,30 @@ async def serve(
     return code
 
 
+def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
+    """First signal: stop in order, with a deadline that exits anyway. Second: exit at once."""
+    if stop.is_set():
+        _exit_now(128 + sig, f"{sig.name} again: exiting at once")
+    stop.set()
+    for again in (signal.SIGINT, signal.SIGTERM):  # from now on the Python-level handler, run even if the loop hangs
+        signal.signal(again, _second_signal)
+    deadline = threading.Timer(DEADLINE_S, _exit_now, (EXIT_FORCED, f"not stopped {DEADLINE_S:g} s after {sig.name}"))
+    deadline.daemon = True
+    deadline.start()
+
+
+def _second_signal(signum: int, frame: object) -> None:
+    _exit_now(128 + signum, f"{signal.Signals(signum).name} again: exiting at once")
+
+
+def _exit_now(code: int, why: str) -> None:
+    """Leave the process now, whatever is still running (from any thread)."""
+    log.error("%s; exiting with code %d", why, code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 @contextlib.asynccontextmanager
 async def _services(pipeline: Conversation, services: Sequence[Service]) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as stack:
@@ -112,7 +145,7 @@ async def _services(pipeline: Conversation, services: Sequence[Service]) -> Asyn
             yield
         finally:
             with contextlib.suppress(TimeoutError):  # services get what is left of the budget
-                async with asyncio.timeout(SHUTDOWN_S / 2):
+                async with asyncio.timeout(SERVICES_STOP_S):
                     await stack.aclose()
 
 
@@ -120,7 +153,7 @@ async def _shutdown(pipeline: Conversation, tasks: list[asyncio.Task[Any]]) -> N
     for task in tasks:
         task.cancel()
     try:
-        async with asyncio.timeout(SHUTDOWN_S / 2):
+        async with asyncio.timeout(PIPELINE_STOP_S):
             await asyncio.gather(*tasks, return_exceptions=True)
             await pipeline.aclose()
     except TimeoutError:

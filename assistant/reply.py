@@ -113,6 +113,7 @@ class Reply:
     chunks_made: int = 0
     audio_started: bool = False
     samples_written: int = 0
+    underruns_at: int = 0  # the sink's underrun count when this reply's audio started
     task: asyncio.Task[None] | None = None
 
     def heard_text(self, played: int) -> str:

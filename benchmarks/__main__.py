@@ -33,15 +33,20 @@ def tts_jobs(small: bool, cache: str, sizes: list[str]) -> list[Job]:
     if small:  # real widths, 2 talker / 2 predictor layers, a few frames (the real-size codec is slow on a CPU)
         small_args = ["--frames", "3", "--reps", "2", "--layers", "2", "2", "--decoder-dim", "1088"]
         return [("tts 0.6B 4-bit", [*base, "--bits", "4", *small_args], 1800)]
-    return [
-        (
-            f"tts {s} {'4-bit' if b == '4' else 'bf16'}",
-            [*base, "--size", s, "--bits", b, "--frames", "100", "400", "--reps", "2"],
-            280,
-        )
-        for s in sizes
-        for b in ("4", "0")
-    ]
+    peer = ["--frames", "100", "250", "--reps", "2"]  # bf16 and 4-bit affine: side by side with mlx-audio
+    alone = ["--frames", "100", "--reps", "2", "--peer", "no"]  # other layouts: ours only
+    out: list[Job] = []
+    for s in sizes:
+        out += [
+            (f"tts {s} bf16", [*base, "--size", s, "--bits", "0", *peer], 200),
+            (f"tts {s} 4-bit", [*base, "--size", s, "--bits", "4", *peer], 120),
+        ]
+        if s == "0.6B":
+            out += [
+                (f"tts {s} 8-bit", [*base, "--size", s, "--bits", "8", *alone], 70),
+                (f"tts {s} mxfp4", [*base, "--size", s, "--bits", "4", "--mode", "mxfp4", *alone], 70),
+            ]
+    return out
 
 
 def jobs(section: str, small: bool, cache: str, sizes: list[str]) -> list[Job]:
@@ -50,11 +55,11 @@ def jobs(section: str, small: bool, cache: str, sizes: list[str]) -> list[Job]:
     if section == "stt":
         vs = ["-m", "benchmarks.stt_vs", "--cache", cache, *(["--small", "--reps", "2"] if small else [])]
         return [
-            ("stt parakeet vs mlx-audio", vs, 900 if small else 200),
+            ("stt parakeet vs mlx-audio", vs, 900 if small else 190),
             (
                 "stt ours (parakeet, nemotron)",
                 ["benchmarks/stt.py", *(["--small"] if small else [])],
-                900 if small else 150,
+                900 if small else 90,
             ),
         ]
     if section == "llm":
@@ -150,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--label", default="", help="name of the JSON file (default: cpu-small or gpu)")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks", help="folder of the JSON files")
     ap.add_argument("--tts-sizes", default="0.6B,1.7B", help="TTS model sizes of the full run (0.6B, 1.7B)")
+    ap.add_argument("--jobs", default="", help="comma-separated substrings: run only the jobs whose name has one")
     ap.add_argument("--cache", default=os.environ.get("BENCH_CACHE", "/tmp/bench-checkpoints"), help="checkpoints")
     args = ap.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -168,9 +174,13 @@ def main(argv: list[str] | None = None) -> int:
 
     for section in only:
         t0 = time.perf_counter()
-        earlier = doc["sections"].get(section, {}).get("jobs", []) if section == "tts" and not args.small else []
+        keep = (section == "tts" or args.jobs) and not args.small  # a later call adds rows to an earlier one's
+        earlier = doc["sections"].get(section, {}).get("jobs", []) if keep else []
         records: list[dict[str, Any]] = []
+        wanted = [w for w in args.jobs.split(",") if w]
         for job in jobs(section, args.small, args.cache, args.tts_sizes.split(",")):
+            if wanted and not any(w in job[0] for w in wanted):
+                continue
             records.append(run_job(*job))
             done = {r["job"] for r in records}  # a later call adds TTS sizes to the rows of an earlier one
             doc["sections"][section] = {

@@ -23,6 +23,7 @@ from mlx.utils import tree_flatten
 REPO = Path(__file__).resolve().parents[1]
 BPE_ENV = "QWEN2_BPE_DIR"  # override; default .bench-data/qwen2-bpe/ in the repository root
 BPE_DEFAULT = REPO / ".bench-data" / "qwen2-bpe"
+GROUP_SIZE = {"affine": 64, "mxfp4": 32, "mxfp8": 32, "nvfp4": 16}  # mlx-community's affine; the float modes' only
 NOT_QUANTIZED = ("codec_embedding", "text_embedding", "speech_tokenizer", "speaker_encoder")
 
 # talker hidden / intermediate per released size (spec §1.3); the predictor is the same in both
@@ -77,7 +78,12 @@ def bpe_dir() -> Path:
 
 
 def model_config(
-    size: str, talker_layers: int = 28, predictor_layers: int = 5, bits: int | None = None, tiny_widths: bool = False
+    size: str,
+    talker_layers: int = 28,
+    predictor_layers: int = 5,
+    bits: int | None = None,
+    tiny_widths: bool = False,
+    mode: str = "affine",
 ) -> dict:
     """config.json of a CustomVoice checkpoint with the released shapes (layers overridable for CPU runs;
     `tiny_widths`: hidden 256 everywhere, for CPU runs of the whole daemon)."""
@@ -109,7 +115,7 @@ def model_config(
     d["tts_model_size"] = "0b6" if size == "0.6B" else "1b7"
     d["speaker_encoder_config"]["enc_dim"] = t["hidden_size"]
     if bits is not None:
-        d["quantization"] = {"group_size": 64, "bits": bits}
+        d["quantization"] = {"group_size": GROUP_SIZE[mode], "bits": bits, "mode": mode}
     return d
 
 
@@ -144,7 +150,7 @@ def write_talker(folder: Path, cfg: dict, seed: int = 0) -> int:
             ok = hasattr(m, "to_quantized") and m.weight.shape[-1] % 64 == 0
             return ok and not any(s in path for s in NOT_QUANTIZED)
 
-        nn.quantize(model, group_size=q["group_size"], bits=q["bits"], class_predicate=pred)
+        nn.quantize(model, group_size=q["group_size"], bits=q["bits"], mode=q["mode"], class_predicate=pred)
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
     return sum(v.nbytes for v in weights.values())
@@ -174,11 +180,12 @@ def write_checkpoint(
     predictor_layers: int = 5,
     tiny_widths: bool = False,
     decoder_dim: int = 1536,
+    mode: str = "affine",
 ) -> dict[str, Any]:
     """Write (or reuse, when config.json matches) a whole checkpoint folder; returns facts for the report."""
     from tools.qwen3_tts_ref import tiny
 
-    cfg = model_config(size, talker_layers, predictor_layers, bits, tiny_widths)
+    cfg = model_config(size, talker_layers, predictor_layers, bits, tiny_widths, mode)
     folder.mkdir(parents=True, exist_ok=True)
     done = folder / ".complete"
     st_cfg = folder / "speech_tokenizer" / "config.json"

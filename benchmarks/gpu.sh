@@ -1,43 +1,57 @@
 #!/usr/bin/env bash
-# The benchmark run on the lent H200 (MLX CUDA backend). Run from the repository root, in this order, each part
-# as one device call (10 minutes per call); all parts add to one label, h200, in /tmp/bench-out:
+# The benchmark run on a lent NVIDIA GPU (MLX CUDA backend), from a fresh machine with no manual step.
+# Results go to the label of the card (h100 or h200, from nvidia-smi) in /tmp/bench-out, and are copied to $OUT.
 #
-#   call 1 (carry .dev-a .bench-data): mkdir -p /tmp/w && cp .dev-a/* /tmp/w/ && cp -r .bench-data /tmp/
-#   call 2 (carry .dev-b):              bash .dev-b/install.sh && bash benchmarks/gpu.sh tts-0.6B   (~5 min)
-#   call 3:                             bash benchmarks/gpu.sh tts-1.7B                              (~6 min)
-#   call 4:                             bash benchmarks/gpu.sh stt-llm                               (~5 min)
-#   call 5:                             bash benchmarks/gpu.sh v2v                                   (~3 min)
-#
-# .dev-a/.dev-b come from /work/shared/device/prepare_mlx_cuda.sh with
-#   EXTRA_WHEELS="mlx-audio==0.6.2 miniaudio websockets webrtcvad-wheels"
-# (call 2 must follow call 1 within 30 s). .bench-data/qwen2-bpe/{vocab.json,merges.txt} are the Qwen2 BPE tables
-# (copied from /work/shared/data/qwen2-bpe; git-ignored). Each call copies the JSON and the Markdown so far into
-# $OUT; after each call: cp <files_at>/benchmarks/h200.json docs/benchmarks/ (then python -m benchmarks.report).
-# Run the calls back to back: a machine idle for 30 s is given back, and a fresh one needs calls 1-2 again (the
-# h200.json copied into docs/benchmarks/ travels with the working tree, so the label continues where it was).
+# Here, once:  EXTRA_WHEELS="mlx-audio==0.6.2 miniaudio websockets webrtcvad-wheels" \
+#                ../shared/device/prepare_mlx_cuda.sh          # fills .dev-a/ and .dev-b/ (git-ignored)
+#              mkdir -p .bench-data && cp -r ../shared/data/qwen2-bpe .bench-data/   # BPE tables (git-ignored)
+# On the device, back to back (a machine idle for 30 s is given back; then start again at call 1):
+#   call 1 (carry .dev-a):               mkdir -p /tmp/w && cp .dev-a/* /tmp/w/
+#   call 2 (carry .dev-b .bench-data):   bash benchmarks/gpu.sh install tts-0.6B        (~8 min)
+#   call 3:                              bash benchmarks/gpu.sh tts-1.7B stt            (~9 min)
+#   call 4 (optional):                   bash benchmarks/gpu.sh v2v                     (~4 min)
+# Then here: cp <files_at>/benchmarks/<label>.json docs/benchmarks/ && python -m benchmarks.report
+# Parts run in the order given; each stops in time (LIMIT_<part> seconds) to copy its results back inside the
+# 10-minute call. A helper's worktree that travels as a carried folder runs the same way: `cd FOLDER && bash ...`.
 set -uo pipefail
-part=${1:?usage: gpu.sh tts-0.6B|tts-1.7B|stt-llm|v2v|all}
+[ $# -ge 1 ] || { echo "usage: gpu.sh [install] tts-0.6B|tts-1.7B|stt|llm|v2v ..." >&2; exit 2; }
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-bpe=$PWD/.bench-data/qwen2-bpe; [ -f "$bpe/vocab.json" ] || bpe=/tmp/.bench-data/qwen2-bpe  # carried or copied in call 1
-export QWEN2_BPE_DIR=${QWEN2_BPE_DIR:-$bpe}
+for d in .bench-data ../.bench-data; do [ -f $d/qwen2-bpe/vocab.json ] && bpe=$d && break; done
+if [ -n "${bpe:-}" ]; then  # carried: keep a copy for later calls on this machine
+  mkdir -p /tmp/.bench-data && cp -r "$bpe/qwen2-bpe" /tmp/.bench-data/
+fi
+export QWEN2_BPE_DIR=${QWEN2_BPE_DIR:-/tmp/.bench-data/qwen2-bpe}
 export BENCH_CACHE=${BENCH_CACHE:-/tmp/bench-checkpoints}
 RESULTS=${RESULTS:-/tmp/bench-out/benchmarks}
-mkdir -p "$RESULTS"
-cp -n docs/benchmarks/*.json "$RESULTS"/ 2>/dev/null || true  # CPU tables, and h200 rows of earlier calls
-python3 -c "import mlx.core as mx; print('backend', mx.default_device())" || { echo "MLX is not in /tmp/site: run the install calls first" >&2; exit 3; }
-# stop in time to copy the results back before the 10-minute call limit (JSON is written after every job)
-run() { timeout -k 10 "${LIMIT:-520}" python3 -u -m benchmarks --label h200 --out "$RESULTS" "$@"; }
-case "$part" in
-  tts-0.6B) LIMIT=${LIMIT:-470} run --only tts --tts-sizes 0.6B ;;  # shares its call with the install
-  tts-1.7B) run --only tts --tts-sizes 1.7B ;;
-  stt-llm) run --only stt,llm ;;
-  v2v) run --only v2v ;;
-  all) LIMIT=${LIMIT:-3600} run --only tts,stt,llm,v2v ;;  # one long session, not a 10-minute call
-  *) echo "unknown part $part: use tts-0.6B, tts-1.7B, stt-llm, v2v or all" >&2; exit 2 ;;
-esac
-rc=$?
+mkdir -p "$RESULTS" "$BENCH_CACHE"
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+case "$card" in *H200*) label=h200 ;; *H100*) label=h100 ;; *) label=gpu ;; esac
+label=${LABEL:-$label}
+echo "card: ${card:-none} -> label $label"
+cp -n docs/benchmarks/*.json "$RESULTS"/ 2>/dev/null || true  # earlier rows of this label continue
+rc=0
+for part in "$@"; do
+  if [ "$part" = install ]; then
+    inst=.dev-b/install.sh; [ -f "$inst" ] || inst=../.dev-b/install.sh  # from a carried worktree folder
+    bash "$inst" || exit 3
+    continue
+  fi
+  python3 -c "import mlx.core as mx; print('backend', mx.default_device())" \
+    || { echo "MLX is not in /tmp/site: run call 1, then 'gpu.sh install ...' (carry .dev-b)" >&2; exit 3; }
+  case "$part" in
+    tts-0.6B) args=(--only tts --tts-sizes 0.6B); limit=${LIMIT_TTS06:-480} ;;
+    tts-1.7B) args=(--only tts --tts-sizes 1.7B); limit=${LIMIT_TTS17:-280} ;;
+    stt) args=(--only stt); limit=${LIMIT_STT:-290} ;;
+    llm) args=(--only llm); limit=${LIMIT_LLM:-300} ;;
+    v2v) args=(--only v2v); limit=${LIMIT_V2V:-450} ;;
+    *) echo "unknown part $part: use install, tts-0.6B, tts-1.7B, stt, llm or v2v" >&2; exit 2 ;;
+  esac
+  # JOBS="4-bit,mxfp4": only the jobs whose names contain one of these
+  timeout -k 10 "$limit" python3 -u -m benchmarks --label "$label" --out "$RESULTS" "${args[@]}" --jobs "${JOBS:-}" \
+    || rc=$?
+done
 if [ -n "${OUT:-}" ]; then
-  mkdir -p "$OUT/benchmarks" && cp "$RESULTS"/h200.json "$OUT/benchmarks/" && cp "$RESULTS"/../benchmarks.md "$OUT/"
+  mkdir -p "$OUT/benchmarks" && cp "$RESULTS/$label.json" "$OUT/benchmarks/" && cp "$RESULTS"/../benchmarks.md "$OUT/"
 fi
 df -h /tmp | tail -1
 exit $rc

@@ -16,25 +16,31 @@ RTF = compute time / audio time (< 1 is faster than real time). Ratio = ours / m
 TTS first chunk: ours keeps the voice prefix's KV state per voice (as the daemon does) and prefills only the
 text; mlx-audio prefills the whole prompt on every call. Both stream: ours emits 1 frame then every 4 frames
 (tts.first_chunk_frames/chunk_frames), mlx-audio every frame (streaming_interval 0.08 s, its smallest).
-Bandwidth limit: bytes of talker + predictor weights read per frame / measured time per frame, against the
-assumed peak (H200 HBM3e 4.8 TB/s) and a measured one (a bf16 sum over 1 GiB, best of 5).
+Bandwidth limit: bytes of weights read per frame (talker once, predictor layers 15 times, codec decoder once per
+4 frames; benchmarks/projection.py) / measured time per frame, against the assumed peak (4.8 TB/s, the H200's
+HBM3e; the H100 SXM has 3.35 TB/s) and a measured one (a bf16 sum over 1 GiB, best of 5).
 
-Where ours is slower (profiled with cProfile on the CPU rows): STT Parakeet on 2-5 s clips, ours 1.1-1.2x
-mlx-audio. The timed region of ours includes `feed()` of the whole clip, whose speech guard (numpy FFT
-periodicity, ~17 ms per 2 s) and numpy mel (~8 ms) are a constant ~25 ms; in the daemon feed() runs while the user
-is speaking, so the guard is off the latency path there. Encoder and decoder times match (10 s row: 0.97x).
-Moving the mel to MLX would remove the rest. The CPU TTS rows are dominated by the float32 vocoder (narrowed
-to width 1088 for time), so their bandwidth figures say nothing about the talker; read the GPU rows for that.
-On the H200, STT Parakeet is 1.4-1.9x mlx-audio (17-39 ms vs 12-20 ms): the same host-side numpy mel and guard
-are a larger share when the encoder takes milliseconds (not profiled on the GPU; an MLX mel is the fix). The
-TTS rows reach only 0.2-2.2% of the HBM bandwidth: a frame is 16 small sequential forward passes (talker + 15
-predictor steps), so launch and synchronisation latency dominate, not bytes read; compiling the predictor loop
-(`mx.compile`) is the next step. In voice-to-voice the STT final pass has a long tail (p90 ~0.4 s against a
-~20 ms median), most likely MLX compiling kernels for each new utterance length (not profiled); padding to
-length buckets with masking would remove it.
+Labels: `h200` holds the H200 rows measured before the speed work of issue 18 (host sampling, numpy mel, no length
+buckets); `h100` holds the rows after it, on an H100 (a different card: compare each row with mlx-audio in the same
+run, not across labels). TTS ms/frame is all-in: talker step, the 15 predictor steps and the codec decoder (chunks
+of 4 frames), from `Utterance.step()` as the daemon calls it. A frame now runs as one talker pass plus one compiled
+graph (code-0 sampling on the device, the 15 predictor steps, the next frame's embedding) and a single evaluation;
+the next frame is queued before the current one is read. On CUDA, quantized talkers run the same graph uncompiled:
+MLX 0.32.4's CUDA backend fails ("SmallVector out of range") on compiled graphs with quantized matmuls (Metal and
+CPU compile them). STT final pass (ours): the clip is fed in 100 ms blocks before the clock starts, as the daemon
+feeds audio while the user speaks; the clock covers `finalize()` (mel in MLX, encoder padded to a length bucket
+with masking, TDT decode). The tail row times 20 utterances of lengths never seen before, after each
+implementation's warm-up (ours: `warmup()`, one pass per bucket). `benchmarks/stt.py` ("ours alone") calls the
+encoder directly at each exact length, outside the transcriber, so its Parakeet GPU rows include MLX compiling
+kernels for a new length. Frame time grows with utterance length on the GPU (1.7B: 21.6 ms at 100 frames, 27.4 ms
+at 250; not profiled).
+Not measured on the GPU yet: the quantized TTS rows (4-bit affine, 8-bit, mxfp4; their first run hit the MLX CUDA
+compile failure above, fixed since, and no machine came for the rerun: `JOBS=4-bit,8-bit,mxfp4 bash
+benchmarks/gpu.sh tts-0.6B tts-1.7B`), the 0.6B 250-frame row (the job's 150 s limit, now 200 s) and voice to
+voice.
 
-Reproduce: `python -m benchmarks --small` (CPU, label cpu-small); on the H200, `bash benchmarks/gpu.sh PART`
-in the calls listed at the top of that script (label h200).
+Reproduce: `python -m benchmarks --small` (CPU, label cpu-small); on a lent GPU, `bash benchmarks/gpu.sh PARTS`
+in the calls listed at the top of that script (label h100 or h200 from the card).
 """
 
 
@@ -97,7 +103,8 @@ def tts_table(section: dict[str, Any]) -> list[str]:
 
 
 def stt_table(section: dict[str, Any]) -> list[str]:
-    vs = [r for r in _results(section) if r.get("engine") == "parakeet-tdt"]
+    vs = [r for r in _results(section) if r.get("engine") == "parakeet-tdt" and r.get("kind") != "tail"]
+    tails = [r for r in _results(section) if r.get("kind") == "tail"]
     lines = [
         "| Parakeet TDT | audio s | final transcript ms, ours | final ms, mlx-audio | ratio | RTF ours | "
         "RTF mlx-audio | same text |",
@@ -110,6 +117,22 @@ def stt_table(section: dict[str, Any]) -> list[str]:
             f"{_spread(ma.get('final_s'), ms=True)} | {_f(r.get('ratio_final_s'), 2)} | {_spread(r['ours']['rtf'])} | "
             f"{_spread(ma.get('rtf'))} | {r.get('same_text', '-')} |"
         )
+    for r in tails:
+        ma = r.get("mlx_audio") or {}
+        lines += [
+            "",
+            f"Tail: {len(r['lengths_s'])} utterances of new lengths ({min(r['lengths_s'])}-{max(r['lengths_s'])} s), "
+            "each once after the warm-ups:",
+            "",
+            "| | final ms median | p90 | max | p90 / median |",
+            "|---|---|---|---|---|",
+        ]
+        for who, t in (("ours", r["ours"]), ("mlx-audio", ma)):
+            if t:
+                s = t["final_s"]
+                lines.append(
+                    f"| {who} | {_ms(s['median'])} | {_ms(s['p90'])} | {_ms(s['max'])} | {t['p90_over_median']} |"
+                )
     lines += [
         "",
         "Ours alone, forced token schedule (benchmarks/stt.py, one run per length after a warm-up):",
@@ -166,7 +189,27 @@ TITLES = {
 }
 
 
-def render(docs: list[dict[str, Any]]) -> str:
+def projection_table(p: dict[str, Any]) -> list[str]:
+    precisions = ["bf16", "8-bit affine g64", "4-bit affine g64"]
+    cols = [(s, q) for s in ("0.6B", "1.7B") for q in precisions]
+    out = [
+        "## Apple silicon: frame time bound by memory bandwidth (projection)\n",
+        "`python -m benchmarks.projection` (no device): bytes of weights read per 80 ms frame (talker once, the 5 "
+        "predictor layers 15 times, each lm_head once, the float32 codec decoder once per "
+        f"{p['chunk_frames']} frames) over the chip's unified-memory bandwidth. A lower bound on ms per frame: "
+        "kernel launches and synchronisation come on top (they dominate on the H100/H200 rows above, where the "
+        "same bytes take well under a millisecond). Real time needs < 80 ms.\n",
+        "| chip (GB/s) | " + " | ".join(f"{s} {q}" for s, q in cols) + " |",
+        "|---|" + "---|" * len(cols),
+        "| bytes/frame | " + " | ".join(f"{p['sizes'][s]['bytes_per_frame'][q] / 1e9:.2f} GB" for s, q in cols) + " |",
+    ]
+    for chip, gbs in p["apple_gbs"].items():
+        row = p["ms_per_frame"][chip]
+        out.append(f"| {chip} ({gbs}) | " + " | ".join(f"{row[s][q]:.1f} ms" for s, q in cols) + " |")
+    return out
+
+
+def render(docs: list[dict[str, Any]], projection: dict[str, Any] | None = None) -> str:
     out = [HEAD]
     for doc in docs:
         m = doc.get("machine", {})
@@ -192,12 +235,15 @@ def render(docs: list[dict[str, Any]]) -> str:
                 out.append("Errors recorded:")
                 out.extend(errs)
             out.append("")
+    if projection:
+        out.extend(projection_table(projection))
     return "\n".join(out).rstrip() + "\n"
 
 
 def write_markdown(folder: Path, target: Path) -> Path:
     docs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-    target.write_text(render(docs))
+    projection = next((d for d in docs if "apple_gbs" in d), None)
+    target.write_text(render([d for d in docs if "label" in d], projection))
     return target
 
 

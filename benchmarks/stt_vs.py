@@ -9,6 +9,10 @@ a token on nearly every step; a bias in the joint's output layer on the blank an
 makes both decoders take the same path: one joint call every 4 frames, as on speech between tokens. Times the
 final transcript of an utterance of 2/5/10 s from the end of its audio (ours: feed() then finalize(), the
 daemon's offline final pass; mlx-audio: generate() on the array), after one warm-up per length.
+Ours is fed in 100 ms blocks before the clock starts (in the daemon feed() runs while the user speaks) and warmed
+up once with `warmup()` as the daemon does at start-up; the clock covers finalize(): mel, encoder, decoder.
+Then the tail: 20 utterances of different lengths (seeded, 1.5-12 s), each timed once after the warm-ups above,
+median and p90 per implementation (a length never seen before compiles kernels unless it maps to a warmed shape).
 """
 
 from __future__ import annotations
@@ -72,10 +76,15 @@ def ours(folder: Path) -> Any:
     from assistant.stt import load_transcriber
 
     tr = load_transcriber(SttConfig(model=str(folder), partial_interval_ms=0))
+    tr.warmup()
 
-    def run(x: np.ndarray) -> str:
-        tr.feed(x)
-        return tr.finalize().text
+    def run(x: np.ndarray) -> tuple[float, str]:
+        for i in range(0, len(x), 1600):
+            tr.feed(x[i : i + 1600])
+        t0 = time.perf_counter()
+        text = tr.finalize().text
+        mx.synchronize()
+        return time.perf_counter() - t0, text
 
     return run
 
@@ -85,21 +94,26 @@ def theirs(folder: Path, dtype: mx.Dtype) -> Any:
 
     model = load_model(str(folder))
 
-    def run(x: np.ndarray) -> str:
-        return str(model.generate(mx.array(x), dtype=dtype).text)
+    def run(x: np.ndarray) -> tuple[float, str]:
+        t0 = time.perf_counter()
+        text = str(model.generate(mx.array(x), dtype=dtype).text)
+        mx.synchronize()
+        return time.perf_counter() - t0, text
 
     return run
 
 
 def measure(run: Any, x: np.ndarray, reps: int) -> dict[str, Any]:
-    text = run(x)  # warm-up: this length's kernels
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        run(x)
-        mx.synchronize()
-        times.append(time.perf_counter() - t0)
+    _, text = run(x)  # warm-up: this length's kernels
+    times = [run(x)[0] for _ in range(reps)]
     return {"final_s": summary(times), "rtf": summary([t / (len(x) / 16000) for t in times]), "text": text[:80]}
+
+
+def tail(run: Any, lengths: list[float]) -> dict[str, Any]:
+    """Final-pass times over utterances of new lengths, each once: median, p90 and their ratio."""
+    times = [run(audio(s))[0] for s in lengths]
+    s = summary(times)
+    return {"final_s": s, "p90_over_median": round(s["p90"] / s["median"], 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--small", action="store_true", help="d_model 256, 4 layers (CPU)")
     ap.add_argument("--seconds", type=float, nargs="+", default=[2.0, 5.0, 10.0])
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--tail", type=int, default=20, help="utterances of new lengths for the p90 (0 = none)")
     ap.add_argument("--cache", default="/tmp/bench-checkpoints")
     args = ap.parse_args(argv)
     sizes = SMALL if args.small else REAL
@@ -141,6 +156,21 @@ def main(argv: list[str] | None = None) -> int:
         if peer_error:
             row["mlx_audio_error"] = peer_error
         print(f"[stt] {s:.0f} s: {row.get('ratio_final_s')}", file=sys.stderr, flush=True)
+        print(json.dumps(row), flush=True)
+    lengths = [round(float(v), 2) for v in np.random.default_rng(0).uniform(1.5, 12.0, args.tail)]
+    if args.tail:
+        row = {
+            "section": "stt",
+            "engine": "parakeet-tdt",
+            "kind": "tail",
+            "lengths_s": lengths,
+            "ours": tail(run, lengths),
+        }
+        if trun is not None:
+            try:
+                row["mlx_audio"] = tail(trun, lengths)
+            except Exception as e:
+                row["mlx_audio_error"] = f"{type(e).__name__}: {e}"[:500]
         print(json.dumps(row), flush=True)
     return 0
 

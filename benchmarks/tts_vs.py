@@ -25,7 +25,6 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_flatten
 
 FRAME_S = 0.08
 SAMPLES: dict[str, int] = {}  # samples of the last run per implementation
@@ -96,10 +95,10 @@ def ours(folder: Path) -> tuple[Callable[[int], Iterator[Any]], int]:
         if n != frames * 1920:
             raise RuntimeError(f"ours produced {n} samples, expected {frames * 1920}")
 
-    # bytes read per frame: every talker and predictor weight (embeddings: one row each, negligible)
-    params = tree_flatten(tts.talker.parameters())
-    nbytes = sum(v.nbytes for k, v in params if "embedding" not in k)
-    return run, nbytes
+    from benchmarks.projection import loaded_frame_bytes
+
+    tts.warmup()  # as the daemon does at start-up
+    return run, loaded_frame_bytes(tts.talker, tts.speech_tokenizer.decoder)
 
 
 def theirs(folder: Path) -> Callable[[int], Iterator[Any]]:
@@ -137,7 +136,8 @@ def measure(run: Callable[[int], Iterator[Any]], frames: int, reps: int, warm: b
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=["0.6B", "1.7B"], default="0.6B")
-    ap.add_argument("--bits", type=int, choices=[0, 4], default=0, help="0 = bf16, 4 = mlx-community 4-bit")
+    ap.add_argument("--bits", type=int, choices=[0, 4, 8], default=0, help="0 = bf16, 4/8 = quantized")
+    ap.add_argument("--mode", choices=["affine", "mxfp4", "mxfp8", "nvfp4"], default="affine", help="with --bits")
     ap.add_argument("--frames", type=int, nargs="+", default=[100, 400])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--layers", type=int, nargs=2, default=[28, 5], help="talker and predictor layers")
@@ -150,15 +150,21 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.checkpoints import write_checkpoint
 
     bits = args.bits or None
-    tag = f"{args.size}-{'4bit' if bits else 'bf16'}-L{args.layers[0]}x{args.layers[1]}-D{args.decoder_dim}"
+    from benchmarks.checkpoints import GROUP_SIZE
+
+    precision = f"{args.mode} {bits}-bit g{GROUP_SIZE[args.mode]}" if bits else "bf16"
+    kind = f"{args.mode}-{bits}bit" if bits else "bf16"
+    tag = f"{args.size}-{kind}-L{args.layers[0]}x{args.layers[1]}-D{args.decoder_dim}"
     with tempfile.TemporaryDirectory(dir=args.cache or None) as tmp:
         folder = Path(args.cache or tmp) / tag
-        facts = write_checkpoint(folder, args.size, bits, args.layers[0], args.layers[1], decoder_dim=args.decoder_dim)
+        facts = write_checkpoint(
+            folder, args.size, bits, args.layers[0], args.layers[1], decoder_dim=args.decoder_dim, mode=args.mode
+        )
         backend = "gpu" if "gpu" in str(mx.default_device()) else "cpu"
         base = {
             "section": "tts",
             "size": args.size,
-            "precision": "4-bit g64" if bits else "bf16",
+            "precision": precision,
             "talker_layers": args.layers[0],
             "predictor_layers": args.layers[1],
             "decoder_dim": args.decoder_dim,

@@ -123,13 +123,13 @@ class Room:
         # 2 s of buffer: with less, paplay underruns on a busy machine and the sink inserts silence (seen at 100 ms)
         return self._run("paplay", f"--device={MIC}", "--latency-msec=2000", str(path))
 
-    def record(self) -> Recorder:
-        """Start recording the virtual speaker (int16 mono 24 kHz)."""
+    def record(self, speaker: str = SPEAKER) -> Recorder:
+        """Start recording the virtual speaker (or another one added with add_speaker) as int16 mono 24 kHz."""
         path = self.root / f"heard-{time.monotonic_ns()}.raw"
         with path.open("wb") as out:
             proc = self._run(
                 "parec",
-                f"--device={SPEAKER}.monitor",
+                f"--device={speaker}.monitor",
                 "--format=s16le",
                 f"--rate={SPEAKER_RATE}",
                 "--channels=1",
@@ -140,6 +140,13 @@ class Room:
         rec = Recorder(proc, path)
         rec.wait_started()
         return rec
+
+    def add_speaker(self, name: str) -> None:
+        """A second virtual speaker (24 kHz mono null sink), e.g. headphones being plugged in; kept at 10 ms."""
+        self.pactl("load-module", "module-null-sink", f"sink_name={name}", f"rate={SPEAKER_RATE}", "channels=1")
+        self.anchors.append(
+            self._run("parec", f"--device={name}.monitor", "--latency-msec=10", "--raw", stdout=subprocess.DEVNULL)
+        )
 
     def stop_server(self) -> None:
         """Stop the sound server (as if every device were unplugged); the room is unusable afterwards."""

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from assistant.audio import devices
-from assistant.audio.capture import Capture, microphone
+from assistant.audio.capture import Capture
 from assistant.audio.format import CAPTURE_RATE, TTS_RATE, frame_samples, int16_to_float32, resample
 from assistant.audio.playback import Playback
 from assistant.config import AudioConfig, VadConfig
@@ -61,17 +61,17 @@ async def capture_while_playing(
     ring = AudioRing(CAPTURE_RATE * 60)
     events: list[VadEvent] = []
     async with Capture(cfg) as mic:
-        first = await mic.read()  # the stream runs: now speak
+        first = (await mic.read()).samples  # the stream runs: now speak
         ring.append(first)
         events += vad.feed(first)
         player = room.play(audio)
         while player.poll() is None:
-            block = await mic.read()
+            block = (await mic.read()).samples
             ring.append(block)
             events += vad.feed(block)
         until = mic.samples_read + round(tail_s * CAPTURE_RATE)
         while mic.samples_read < until:
-            block = await mic.read()
+            block = (await mic.read()).samples
             ring.append(block)
             events += vad.feed(block)
         assert mic.overflows == 0
@@ -223,58 +223,65 @@ def test_no_device_named(room_env: Room, monkeypatch: pytest.MonkeyPatch) -> Non
         asyncio.run(open_it())
 
 
-def test_unplugged_microphone_is_reported_and_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """When the sound server dies mid-capture, microphone() reports DeviceStatus(ok=False) instead of dying,
-    retries every device_retry_s, and reports ok=True with blocks flowing once a server is back; Playback.write
-    then raises AudioDeviceError naming the fix."""
+def test_lost_sound_server_is_reported_and_both_sides_reopen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the sound server dies, the daemon's microphone source raises AudioDeviceError naming the fix and
+    Playback reports DeviceStatus(output, ok=False) and discards writes; once a server is back on the same socket
+    both reopen by themselves: blocks flow again, Playback reports ok=True and plays what it is given."""
+    from assistant.daemon import ReopeningSource
+
     root = tmp_path / "room"
     first = start_room(root)
     for key, value in first.env.items():
         monkeypatch.setenv(key, value)
-    reports: list[DeviceStatus] = []
-    reports_seen: list[asyncio.Event] = []
-
-    def report(status: DeviceStatus) -> None:
-        reports.append(status)
-        for event in reports_seen:
-            event.set()
-
     cfg = AudioConfig(device_retry_s=0.5)
+    reports: list[DeviceStatus] = []
 
-    async def scenario() -> int:
-        blocks = microphone(cfg, report)
-        speaker = Playback(cfg)
-        speaker.start()
-        speaker.write(sweep(0.5))
-        for _ in range(5):
-            await anext(blocks)
-        first.close()  # unplug everything
+    async def wait_until(cond: Callable[[], bool], limit_s: float = 15.0) -> None:
+        deadline = time.monotonic() + limit_s
+        while not cond():
+            assert time.monotonic() < deadline, "condition never became true"
+            await asyncio.sleep(0.05)
+
+    async def scenario() -> tuple[str, int]:
+        source = ReopeningSource(lambda: Capture(cfg))
         second: Room | None = None
         try:
-            reported = asyncio.Event()
-            reports_seen.append(reported)
-            pending = asyncio.ensure_future(anext(blocks))
-            await asyncio.wait_for(reported.wait(), 15)
-            assert not reports[0].ok, reports
-            with pytest.raises(
-                AudioDeviceError,
-                match=r"speaker .default. stopped .* cannot be reopened; reconnect it or choose another",
-            ):
-                speaker.write(sweep(0.1))
-            speaker.close()
-            second = start_room(root)  # plug back in: a new server on the same socket
-            await asyncio.wait_for(pending, 15)
-            for _ in range(5):
-                await anext(blocks)
-            return len(reports)
+            async with Playback(cfg, report=reports.append) as speaker:
+                speaker.write(sweep(0.5))
+                for _ in range(5):
+                    await source.read()
+                first.close()  # unplug everything
+                with pytest.raises(AudioDeviceError) as lost:
+                    async with asyncio.timeout(15):
+                        while True:
+                            await source.read()
+                await wait_until(lambda: bool(reports))
+                assert not speaker.ok
+                speaker.write(sweep(0.1))  # discarded without an error: the loss was reported
+                second = start_room(root)  # plug back in: a new server on the same socket
+                async with asyncio.timeout(15):
+                    while True:
+                        try:
+                            await source.read()
+                            break
+                        except AudioDeviceError:
+                            await asyncio.sleep(cfg.device_retry_s)
+                for _ in range(5):
+                    await source.read()
+                await wait_until(lambda: reports[-1].ok)
+                speaker.flush()
+                speaker.write(sweep(0.3))
+                await wait_until(lambda: speaker.played_samples > 0)
+                return str(lost.value), len(reports)
         finally:
-            await blocks.aclose()
+            await source.aclose()
             if second is not None:
                 second.close()
 
-    assert asyncio.run(scenario()) == 2
-    assert [r.ok for r in reports] == [False, True]
-    assert "microphone" in reports[0].message and "audio.input_device" in reports[0].message
+    lost, n = asyncio.run(scenario())
+    assert "microphone" in lost and "audio.input_device" in lost
+    assert n == 2 and [(r.kind, r.ok) for r in reports] == [("output", False), ("output", True)], reports
+    assert "audio.output_device" in reports[0].message
 
 
 def test_slow_reader_overflows_are_counted(room_env: Room) -> None:
@@ -332,7 +339,7 @@ def test_own_voice_echo_does_not_start_a_turn_but_the_user_does(room_env: Room) 
                 out.write(assistant_24k)
                 start = mic.samples_read
                 while mic.samples_read - start < len(voice) + CAPTURE_RATE // 2:
-                    block = await mic.read()
+                    block = (await mic.read()).samples
                     vad.set_playback(told, out.level_dbfs)
                     events += vad.feed(block)
                     if user_after is not None and user_at < 0 and mic.samples_read - start > user_after:

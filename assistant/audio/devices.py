@@ -1,11 +1,28 @@
-"""Audio devices through PortAudio (sounddevice): listing and choosing, with errors a user can act on."""
+"""Audio devices through PortAudio (sounddevice): listing and choosing, with errors a user can act on.
+
+Every PortAudio call of a running daemon goes through `call` / `call_async`: it runs on a thread of its own and the
+caller waits at most CALL_TIMEOUT_S. A sound server that goes away can leave a call hanging forever inside
+PortAudio; its thread is then abandoned (logged once) and the caller carries on with a fresh stream.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from assistant.errors import AudioDeviceError
+
+log = logging.getLogger("assistant.audio.devices")
+
+T = TypeVar("T")
+
+CALL_TIMEOUT_S = 1.5  # PortAudio calls take milliseconds (PulseAudio start-up: ~0.3 s); longer means hung
 
 
 @dataclass(frozen=True)
@@ -31,33 +48,144 @@ def _sounddevice() -> Any:
     return sounddevice
 
 
-_open_streams = 0  # streams of ours now open: PortAudio cannot re-scan devices under them
+def _off_thread(fn: Callable[[], T], what: str) -> concurrent.futures.Future[T]:
+    fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            fut.set_result(fn())
+        except BaseException as e:
+            fut.set_exception(e)
+
+    threading.Thread(target=run, name=f"portaudio: {what}", daemon=True).start()
+    return fut
 
 
-def stream_opened() -> None:
+def _hung(what: str, timeout: float) -> AudioDeviceError:
+    log.warning("%s did not return within %g s; abandoned it (the sound server is not answering)", what, timeout)
+    return AudioDeviceError(
+        f"{what} did not return within {timeout:g} s (the sound server is not answering); "
+        "check the sound system, or choose another device with audio.input_device / audio.output_device"
+    )
+
+
+def call(fn: Callable[[], T], what: str, limit_s: float = CALL_TIMEOUT_S) -> T:
+    """fn() on a thread of its own, waiting at most `limit_s` (never call this on the event loop).
+    AudioDeviceError when it hangs: its thread is abandoned; fn's own exceptions pass through."""
+    try:
+        return _off_thread(fn, what).result(limit_s)
+    except concurrent.futures.TimeoutError as e:
+        raise _hung(what, limit_s) from e
+
+
+async def call_async(fn: Callable[[], T], what: str, limit_s: float = CALL_TIMEOUT_S) -> T:
+    """`call` for the event loop: awaits fn() on its own thread; the loop never waits on PortAudio."""
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(_off_thread(fn, what)), limit_s)
+    except TimeoutError as e:
+        raise _hung(what, limit_s) from e
+
+
+# streams of ours now open or being opened, abandoned ones until their close returns: PortAudio cannot re-scan
+# devices under them (a re-scan restarts PortAudio); the lock keeps a re-scan and an opening apart
+_open_streams = 0
+_streams_lock = threading.Lock()
+
+
+def _count_stream(delta: int) -> None:
+    """Change the count of our streams; waits at most CALL_TIMEOUT_S for a re-scan in progress."""
     global _open_streams
-    _open_streams += 1
+    if not _streams_lock.acquire(timeout=CALL_TIMEOUT_S):
+        raise AudioDeviceError(
+            "PortAudio is busy re-scanning the audio devices (the sound server is not answering); "
+            "check the sound system"
+        )
+    try:
+        _open_streams = max(0, _open_streams + delta)
+    finally:
+        _streams_lock.release()
 
 
 def stream_closed() -> None:
-    global _open_streams
-    _open_streams = max(0, _open_streams - 1)
+    """Call once a stream of ours is closed."""
+    with contextlib.suppress(AudioDeviceError):
+        _count_stream(-1)
+
+
+def _opening(factory: Callable[[], T], what: str) -> Callable[[], T]:
+    def run() -> T:
+        _count_stream(+1)  # before it exists, so no re-scan runs while it is created
+        try:
+            return factory()
+        except BaseException:
+            stream_closed()
+            raise
+
+    return run
+
+
+def _release_late(fut: concurrent.futures.Future[Any], what: str) -> None:
+    """A stream whose creation was given up on: close it if it ever arrives (nobody else will)."""
+
+    def done(f: concurrent.futures.Future[Any]) -> None:
+        if not f.cancelled() and f.exception() is None:
+            release(f.result(), what)
+
+    fut.add_done_callback(done)
+
+
+def open_stream(factory: Callable[[], T], what: str, limit_s: float = CALL_TIMEOUT_S) -> T:
+    """Create a stream with `factory` on a thread of its own, counted as ours (`call`, for a worker thread)."""
+    fut = _off_thread(_opening(factory, what), what)
+    try:
+        return fut.result(limit_s)
+    except concurrent.futures.TimeoutError as e:
+        _release_late(fut, what)
+        raise _hung(what, limit_s) from e
+
+
+async def open_stream_async(factory: Callable[[], T], what: str, limit_s: float = CALL_TIMEOUT_S) -> T:
+    """`open_stream` for the event loop."""
+    fut = _off_thread(_opening(factory, what), what)
+    try:
+        return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), limit_s)
+    except TimeoutError as e:
+        _release_late(fut, what)
+        raise _hung(what, limit_s) from e
+
+
+def release(stream: Any, what: str) -> None:
+    """Abort and close `stream` on a thread nobody waits for (it may hang in PortAudio); counted as open until
+    close returns, so no re-scan runs under it."""
+
+    def shut() -> None:
+        try:
+            stream.abort()
+            stream.close()
+        except Exception as e:  # the device is already gone: nothing left to release
+            log.debug("closing %s: %s", what, e)
+        stream_closed()
+
+    threading.Thread(target=shut, name=f"portaudio: close {what}", daemon=True).start()
 
 
 def list_devices() -> list[Device]:
     """Every device PortAudio sees, with the default input and output marked.
 
     Re-scans (so devices plugged in since start-up appear) unless one of our streams is open, because a re-scan
-    restarts PortAudio and would close it.
+    restarts PortAudio and would close it. Blocking: the daemon calls it through `call`.
     """
     sd = _sounddevice()
     try:
-        if _open_streams == 0:
-            sd._terminate()
-            sd._initialize()
-        raw = sd.query_devices()
-        apis = [a["name"] for a in sd.query_hostapis()]
-        default_in, default_out = sd.default.device
+        with _streams_lock:  # blocking: list_devices runs on a worker thread (`call`)
+            if _open_streams == 0:
+                sd._terminate()
+                sd._initialize()
+            raw = sd.query_devices()
+            apis = [a["name"] for a in sd.query_hostapis()]
+            default_in, default_out = sd.default.device
     except sd.PortAudioError as e:
         raise AudioDeviceError(f"PortAudio cannot list audio devices: {e}; check the sound system") from e
     return [

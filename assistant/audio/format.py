@@ -87,6 +87,11 @@ class StreamResampler:
         """Whether input has been pushed whose output is not all out yet."""
         return self._n_out < round(self._n_in * self.dst_rate / self.src_rate)
 
+    @property
+    def held_s(self) -> float:
+        """Seconds of input pushed whose output is not out yet (the output's lag behind the input)."""
+        return self._n_in / self.src_rate - self._n_out / self.dst_rate
+
     def flush(self) -> np.ndarray:
         """The remaining output of the signal so far (its tail), then reset."""
         if self.src_rate == self.dst_rate:

@@ -2,58 +2,128 @@
 
 `write()` resamples a chunk to the device rate and queues it (never blocks); the PortAudio callback takes what it
 needs, or plays silence. Each block handed to PortAudio is logged with the time its first sample reaches the DAC
-(`outputBufferDacTime`), so `played_samples` counts only audio that has actually been played.
+(`outputBufferDacTime` on the monotonic clock), so `played_samples`, `played_before(t)` and `level_at(t)` count
+only audio that has actually been played.
+
+No stream call runs on the caller's thread: a supervisor thread opens, restarts (after flush), recovers and
+closes the stream, each PortAudio call bounded by `devices.call`. When the device is lost the queued audio is
+dropped, DeviceStatus(kind="output", ok=False) is reported, and the stream is reopened every
+`audio.device_retry_s` until a device is back (then ok=True); meanwhile `write()` discards what it is given.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from assistant.audio import devices
-from assistant.audio.format import SILENT_DBFS, TTS_RATE, StreamResampler, frame_samples, level_dbfs
+from assistant.audio.format import TTS_RATE, StreamResampler, frame_samples
 from assistant.config import AudioConfig
 from assistant.errors import AudioDeviceError, InputError
+from assistant.events import DeviceStatus
 
 log = logging.getLogger("assistant.audio.playback")
 
+SILENT_DBFS = -120.0  # the level reported for digital silence
+NO_CALLBACK_S = 2.0  # a running stream calls back every block_ms; this long without a call: it is stuck
+WATCH_S = 0.25  # how often the supervisor looks for a stuck stream
+HISTORY_S = 30.0  # blocks kept for played_before(t) / level_at(t) (older ones are summed up)
+MAX_LEAD_S = 2.0  # the most audio buffered ahead before a run starts, however irregular generation was
+PACE_WRITES = 400  # writes the pacer remembers (~30 s of 80 ms TTS frames)
+RUN_BREAK_S = 1.0  # a pause between writes this long starts a new run for the pacer (the reply waited on text)
+# The device's own buffer: PortAudio's "low" latency at first; when the device runs dry while our queue still
+# holds audio (the callback was not scheduled in time: a busy machine), the next run gets twice as much, up to this.
+MAX_DEVICE_LATENCY_S = 0.25
+DEVICE_STARVED_RUNS = 2  # underflows with audio queued in a run before the device buffer grows
 
-NO_CALLBACK_S = 1.0  # a running stream calls back every block_ms; this long without a call: it is stuck
+
+class Pacer:
+    """How far ahead to buffer before a run starts, from the measured time between generated chunks.
+
+    Between two writes the queue loses the wall time and gains the chunk's length; the deepest the queue would
+    have dipped over the recent writes (the largest drawdown of that running balance) is the lead that would
+    have played them without a gap. Generation close to real time, or irregular (a busy machine), gives a
+    larger lead; fast, regular generation leaves the configured minimum.
+    """
+
+    def __init__(self, base_s: float, max_s: float = MAX_LEAD_S) -> None:
+        self.base_s, self.max_s = base_s, max_s
+        self._steps: deque[float] = deque(maxlen=PACE_WRITES)  # audio s of the previous chunk - wall s since it
+        self._last: tuple[float, float] | None = None  # (time, audio seconds) of the previous write
+
+    def note(self, t: float, audio_s: float) -> None:
+        """A chunk of `audio_s` seconds was written at monotonic time `t`."""
+        if self._last is not None and 0.0 <= t - self._last[0] < RUN_BREAK_S:
+            self._steps.append(self._last[1] - (t - self._last[0]))
+        self._last = (t, audio_s)
+
+    def new_run(self) -> None:
+        """The next write starts a new run (after flush): the pause before it is not generation time."""
+        self._last = None
+
+    def lead_s(self) -> float:
+        """Seconds of audio to have queued before playing (at least base_s, at most max_s)."""
+        balance = peak = deepest = 0.0
+        for step in self._steps:
+            balance += step
+            peak = max(peak, balance)
+            deepest = max(deepest, peak - balance)
+        return min(self.max_s, max(self.base_s, deepest + self.base_s))
 
 
 class Playback:
-    """Context manager (or start()/close()): float32 mono audio at `rate` out of the configured speaker.
+    """Context manager (sync or async), or start()/close(): float32 mono audio at `rate` out of the speaker.
 
-    Between two flush() calls the written audio is one continuous stream: a gap (the buffer ran dry, then more
-    audio came) plays silence and counts as an underrun; after it the start-up prebuffer is rebuilt.
+    Between two flush() calls the written audio is one continuous run: a gap (the buffer ran dry, then more
+    audio came) plays silence and counts as an underrun; after it the lead is rebuilt. `report` is called (on
+    the event loop that called start, if any) with DeviceStatus(kind="output") when the speaker is lost or back.
     """
 
-    def __init__(self, cfg: AudioConfig, rate: int = TTS_RATE):
+    def __init__(
+        self, cfg: AudioConfig, rate: int = TTS_RATE, report: Callable[[DeviceStatus], None] | None = None
+    ) -> None:
         self.cfg = cfg
         self.rate = rate
+        self.report = report
         self.underruns = 0
         self.overflows = 0  # chunks refused because playback_buffer_s was full
         self.restarts = 0  # streams that died by themselves and were reopened
         self.output_latency_s = 0.0
-        self.first_sample_dac_time: float | None = None
+        self.device_latency: float | str = "low"  # what the stream is opened with (seconds, or PortAudio's word)
+        self._device_starved = 0  # underflows with audio queued since the stream was opened
         self.level_dbfs = SILENT_DBFS  # RMS level of the block handed to the device last, dB full scale
         self.device: devices.Device | None = None
         self.format: devices.Format | None = None
-        self._stream: Any = None
+        self.pacer = Pacer(cfg.output_prebuffer_ms / 1000)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stream: Any = None  # the supervisor's; None while no device is open
+        self._ok = False  # a stream is open and playing
         self._lost = False  # the stream stopped by itself: the device is gone
-        self._restarting = False  # flush() is stopping the stream on purpose
+        self._restarting = False  # the supervisor is stopping the stream on purpose
+        self._generation = 0  # which stream is current: a stopped old one's finished callback is no loss
+        self._closing = False
+        self._restart_wanted = False
+        self._wake = threading.Condition()
+        self._supervisor: threading.Thread | None = None
+        self._started: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._last_callback = 0.0
         self._lock = threading.Lock()
         # the resampler has its own lock: write() resamples outside `_lock`, so the PortAudio callback is never
         # kept waiting while a chunk is converted (that made it miss deadlines at 48 kHz)
         self._resample_lock = threading.Lock()
         self._resampler: StreamResampler | None = None
+        self._dev_rate = rate
+        self._lead = frame_samples(rate, cfg.output_prebuffer_ms)
+        self._max_queued = round(rate * cfg.playback_buffer_s)
         self._reset_buffer()
 
     def _reset_buffer(self) -> None:
@@ -62,14 +132,17 @@ class Playback:
         self._queued = 0  # device-rate samples in _chunks
         self._written = 0  # `rate` samples written since flush
         self._prebuffering = True
-        self._first_queued_at: float | None = None
+        self._hold = False  # flush() asked the supervisor to discard what the device holds; play nothing yet
+        self._last_write_at = 0.0
         self._starved = False  # the buffer ran dry after playing: the next write is an underrun
-        self._marks: deque[tuple[float, int]] = deque()  # (DAC time of a block's first sample, its samples)
-        self._played_before = 0  # device samples of blocks no longer in _marks, all played
-        self.first_sample_dac_time = None
+        # (DAC time of a block's first sample, its frames, how many of them are our audio, its level in dBFS)
+        self._blocks: deque[tuple[float, int, int, float]] = deque()
+        self._played_early = 0  # device samples of audio in blocks dropped from _blocks (all played)
         if self._resampler is not None:
             with self._resample_lock:
                 self._resampler.reset()
+
+    # ---- life cycle ------------------------------------------------------------------------------------------
 
     def __enter__(self) -> Playback:
         self.start()
@@ -80,17 +153,130 @@ class Playback:
     ) -> None:
         self.close()
 
+    async def __aenter__(self) -> Playback:
+        await asyncio.wrap_future(self._begin())
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
     def start(self) -> None:
-        """Open and start the output stream. Raises AudioDeviceError naming the fix."""
-        device = devices.pick(self.cfg.output_device, "output")
-        fmt = devices.negotiate(device, "output", self.rate, "float32", self.cfg.device_rate)
+        """Open and start the output stream (waits for it; from an event loop use `async with`). Raises
+        AudioDeviceError naming the fix."""
+        self._begin().result()
+
+    def _begin(self) -> concurrent.futures.Future[None]:
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        self._supervisor = threading.Thread(target=self._supervise, name="playback", daemon=True)
+        self._supervisor.start()
+        return self._started
+
+    def close(self) -> None:
+        """Stop playing at once (queued audio is dropped) and release the device; never waits on PortAudio."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        if self._loop is None and self._supervisor is not None:  # a plain script: let the close finish
+            self._supervisor.join(devices.CALL_TIMEOUT_S * 2)
+
+    @property
+    def ok(self) -> bool:
+        """Whether a speaker is open and playing (False while it is lost and being retried)."""
+        return self._ok
+
+    # ---- the supervisor thread: every stream call ------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        try:
+            self._open()
+        except AudioDeviceError as e:
+            self._started.set_exception(e)
+            return
+        self._started.set_result(None)
+        retry_at = 0.0
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._closing or self._restart_wanted or self._lost, WATCH_S)
+                closing, restart = self._closing, self._restart_wanted
+                self._restart_wanted = False
+            if closing:
+                break
+            try:
+                retry_at = self._step(restart, retry_at)
+            except Exception:  # a surprise from PortAudio must not end supervision: the next round looks again
+                log.exception("the speaker's supervisor failed")
+        self._ok = False
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            self._release(stream)
+
+    def _step(self, restart: bool, retry_at: float) -> float:
+        """One round of supervision; returns when to retry a lost device next."""
+        if self._stream is None:
+            if time.monotonic() >= retry_at:
+                retry_at = time.monotonic() + self.cfg.device_retry_s
+                self._reopen_lost()
+            return retry_at
+        stuck = time.monotonic() - self._last_callback > NO_CALLBACK_S
+        if self._lost or stuck:
+            self._recover("stopped by itself" if self._lost else f"no callback for {NO_CALLBACK_S:g} s")
+            return time.monotonic() + self.cfg.device_retry_s
+        if restart:
+            self._restart()
+        return retry_at
+
+    def _open(self) -> None:
+        """Choose the device, open and start a stream on it (supervisor thread; each call bounded)."""
+        device = devices.call(lambda: devices.pick(self.cfg.output_device, "output"), "listing output devices")
+        fmt = devices.call(
+            lambda: devices.negotiate(device, "output", self.rate, "float32", self.cfg.device_rate),
+            "checking the output format",
+        )
+        if self.format != fmt:
+            with self._lock:
+                self._resampler = StreamResampler(self.rate, fmt.rate) if fmt.rate != self.rate else None
+                self._dev_rate = fmt.rate
+                self._reset_buffer()
         self.device, self.format = device, fmt
-        with self._lock:
-            self._resampler = StreamResampler(self.rate, fmt.rate) if fmt.rate != self.rate else None
-            self._reset_buffer()
-        self._prebuffer = frame_samples(fmt.rate, self.cfg.output_prebuffer_ms)
         self._max_queued = round(fmt.rate * self.cfg.playback_buffer_s)
-        self._open(device, fmt)
+        sd = devices._sounddevice()
+        self._generation += 1
+        generation, self._lost = self._generation, False
+        try:
+            stream = devices.open_stream(
+                lambda: sd.OutputStream(
+                    device=device.index,
+                    samplerate=fmt.rate,
+                    channels=fmt.channels,
+                    dtype="float32",
+                    blocksize=frame_samples(fmt.rate, self.cfg.block_ms),
+                    latency=self.device_latency,
+                    callback=self._callback,
+                    finished_callback=lambda: self._finished(generation),
+                ),
+                "opening the output stream",
+            )
+        except (sd.PortAudioError, ValueError) as e:
+            raise devices.describe_open_error(device, "output", e) from e
+        self.output_latency_s = float(stream.latency)
+        self._last_callback = time.monotonic()  # counts from the start: the first call may take a moment
+        self._stream = stream
+        try:
+            devices.call(stream.start, "starting the output stream")
+        except (sd.PortAudioError, AudioDeviceError) as e:
+            self._stream = None
+            self._release(stream)
+            raise devices.describe_open_error(device, "output", e) from e
+        self._last_callback = time.monotonic()  # start() can take a while on a busy sound server
+        with self._lock:
+            self._hold = False
+        self._ok = True
+        self._device_starved = 0
         log.info(
             "speaker open: %s (device %d) at %d Hz x%d, latency %.0f ms",
             device.name,
@@ -100,61 +286,101 @@ class Playback:
             self.output_latency_s * 1000,
         )
 
-    def _open(self, device: devices.Device, fmt: devices.Format) -> None:
-        sd = devices._sounddevice()
-        try:
-            stream = sd.OutputStream(
-                device=device.index,
-                samplerate=fmt.rate,
-                channels=fmt.channels,
-                dtype="float32",
-                blocksize=frame_samples(fmt.rate, self.cfg.block_ms),
-                latency="low",
-                callback=self._callback,
-                finished_callback=self._finished,
+    def _release(self, stream: Any) -> None:
+        self._generation += 1  # its finished callback is ours, not a loss
+        devices.release(stream, "the output stream")
+
+    def _restart(self) -> None:
+        """After flush(): abort and restart the stream, discarding what PortAudio and the server hold (or reopen
+        it with a larger device buffer, when the device ran dry with audio queued)."""
+        if self._device_starved >= DEVICE_STARVED_RUNS and self.output_latency_s < MAX_DEVICE_LATENCY_S:
+            self.device_latency = min(MAX_DEVICE_LATENCY_S, max(2 * self.output_latency_s, 0.05))
+            log.info(
+                "the speaker ran dry %d times with audio queued (a busy machine); its buffer is now %.0f ms",
+                self._device_starved,
+                self.device_latency * 1000,
             )
-        except (sd.PortAudioError, ValueError) as e:
-            raise devices.describe_open_error(device, "output", e) from e
-        self._lost = False
-        devices.stream_opened()
-        self._stream = stream
-        self.output_latency_s = float(stream.latency)
-        self._last_callback = time.monotonic()  # counts from the start: the first call may take a moment
-        try:
-            stream.start()
-        except sd.PortAudioError as e:
-            self.close()
-            raise devices.describe_open_error(device, "output", e) from e
-
-    def _recover(self) -> None:
-        """The stream died or stalled: abandon it and open a new one on the same device (queued audio is kept).
-        PortAudio's ALSA backend loses streams this way on an overloaded machine, not only on unplugging."""
-        old, self._stream = self._stream, None
-        devices.stream_closed()
-        threading.Thread(target=_abandon, args=(old,), name="playback-close", daemon=True).start()
-        assert self.device is not None and self.format is not None
-        try:
-            self._open(self.device, self.format)
-        except AudioDeviceError as e:
-            raise AudioDeviceError(
-                f"speaker {self.device.name!r} stopped (device unplugged or the sound server went away) and cannot "
-                f"be reopened; reconnect it or choose another with audio.output_device, then start() again "
-                f"(retry every {self.cfg.device_retry_s:g} s). {e}"
-            ) from e
-        self.restarts += 1
-        log.warning("speaker stream stopped by itself; reopened it (%d so far)", self.restarts)
-
-    def close(self) -> None:
-        """Stop the stream at once (queued audio is dropped) and release the device."""
-        stream, self._stream = self._stream, None
-        if stream is None:
+            self._reopen("failed to reopen with a larger buffer")
             return
-        devices.stream_closed()
+        stream = self._stream
+        t0 = time.monotonic()
+        self._restarting = True
         try:
-            stream.abort()
-            stream.close()
-        except Exception as e:  # the device is already gone: nothing left to release
-            log.debug("closing the output stream: %s", e)
+            devices.call(stream.abort, "stopping the output stream")
+            devices.call(stream.start, "restarting the output stream")
+        except Exception as e:
+            self._restarting = False
+            self._recover(f"failed on restart after flush ({e})")
+            return
+        self._restarting = False
+        self._last_callback = time.monotonic()
+        with self._lock:
+            self._hold = False
+        log.debug("flush took %.1f ms", (time.monotonic() - t0) * 1000)
+
+    def _recover(self, why: str) -> None:
+        """The stream died, stalled or hung: abandon it and open a new one at once (queued audio is kept: PortAudio's
+        ALSA backend loses streams this way on an overloaded machine). If that fails, the device is lost."""
+        if self._reopen(why):
+            self.restarts += 1
+            log.warning("speaker stream %s; reopened it (%d so far)", why, self.restarts)
+
+    def _reopen(self, why: str) -> bool:
+        stream, self._stream = self._stream, None
+        self._ok = False
+        if stream is not None:
+            self._release(stream)
+        try:
+            self._open()
+        except AudioDeviceError as e:
+            self._lose(why, e)
+            return False
+        return True
+
+    def _lose(self, why: str, e: AudioDeviceError) -> None:
+        """No speaker: drop the queued audio (played_samples stays at what was heard) and report it."""
+        now = time.monotonic()
+        with self._lock:
+            self._chunks.clear()
+            self._queued = 0
+            self._hold = False
+            self._starved = False
+            while self._blocks and self._blocks[-1][0] >= now:  # handed over but never reached the DAC
+                self._blocks.pop()
+            if self._blocks:  # the block at the DAC when it went: heard up to now
+                dac, frames, n, level = self._blocks.pop()
+                heard = min(n, max(0, round((now - dac) * self._dev_rate)))
+                self._blocks.append((dac, frames, heard, level))
+        name = self.device.name if self.device else "?"
+        message = (
+            f"speaker {name!r} {why} (device unplugged or the sound server went away); replies are text only until "
+            f"it is back (retrying every {self.cfg.device_retry_s:g} s); reconnect it or choose another with "
+            f"audio.output_device"
+        )
+        log.error("%s: %s", message, e)
+        self._send(DeviceStatus("output", False, message, now))
+
+    def _reopen_lost(self) -> None:
+        try:
+            self._open()
+        except AudioDeviceError as e:
+            log.debug("reopening the speaker failed: %s", e)
+            return
+        self._send(DeviceStatus("output", True, "speaker is back", time.monotonic()))
+
+    def _send(self, status: DeviceStatus) -> None:
+        report, loop = self.report, self._loop
+        if report is None:
+            return
+        if loop is None:
+            report(status)
+            return
+        try:
+            loop.call_soon_threadsafe(report, status)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+    # ---- the caller's thread ------------------------------------------------------------------------------
 
     @property
     def block_samples(self) -> int:
@@ -162,15 +388,17 @@ class Playback:
         return frame_samples(self.rate, self.cfg.block_ms)
 
     def write(self, chunk: np.ndarray) -> None:
-        """Queue float32 mono samples at `rate` for playback; returns at once. A stream that died or stalled is
-        reopened first; AudioDeviceError when that fails (the speaker is gone)."""
+        """Queue float32 mono samples at `rate` for playback; returns at once. While the speaker is lost the chunk
+        is discarded (the loss was reported)."""
         if not isinstance(chunk, np.ndarray) or chunk.ndim != 1 or chunk.dtype != np.float32:
             what = f"{chunk.dtype} {chunk.shape}" if isinstance(chunk, np.ndarray) else type(chunk).__name__
             raise InputError(f"Playback.write expects a 1-D float32 array at {self.rate} Hz, got {what}")
-        if self._stream is None:
+        if self._supervisor is None:
             raise AudioDeviceError("the speaker is not open; call Playback.start() first")
-        if self._lost or time.monotonic() - self._last_callback > NO_CALLBACK_S:
-            self._recover()
+        if not self._ok:
+            return
+        now = time.monotonic()
+        self.pacer.note(now, len(chunk) / self.rate)
         with self._resample_lock:
             out = self._resampler.push(chunk) if self._resampler is not None else chunk.copy()
         with self._lock:
@@ -181,62 +409,85 @@ class Playback:
             if self._starved:
                 self.underruns += 1
                 self._starved, self._prebuffering = False, True
+                self._lead = round(self.pacer.lead_s() * self._dev_rate)
             if len(out):
                 self._chunks.append(out)
                 self._queued += len(out)
-                self._first_queued_at = self._first_queued_at or time.monotonic()
+                self._last_write_at = now
             self._written += len(chunk)
-
-    def _finished(self) -> None:
-        """PortAudio: the stream stopped. Expected after close() and during flush(); otherwise the device is gone."""
-        if self._stream is not None and not self._restarting:
-            self._lost = True
 
     def flush(self) -> None:
         """Drop all queued audio, also what the device has buffered: silence within one audio block (barge-in).
-        Resets `played_samples`."""
+        Resets `played_samples`. Returns at once; the supervisor restarts the stream."""
         with self._lock:
             self._reset_buffer()
-        stream = self._stream
-        if stream is None:
-            return
-        # what PortAudio and the sound server already hold would play on for their latency: abort discards it
-        t0 = time.monotonic()
-        self._restarting = True
-        try:
-            stream.abort()
-            stream.start()
-        except Exception as e:
-            self._lost = True
-            raise AudioDeviceError(
-                f"speaker {self.device.name if self.device else '?'!r} failed on restart after flush ({e}); "
-                f"reconnect it or choose another with audio.output_device"
-            ) from e
-        finally:
-            self._restarting = False
-            self._last_callback = time.monotonic()
-        log.debug("flush took %.1f ms", (time.monotonic() - t0) * 1000)
+            self._lead = round(self.pacer.lead_s() * self._dev_rate)
+            self._hold = self._stream is not None
+        self.pacer.new_run()
+        with self._wake:
+            self._restart_wanted = True
+            self._wake.notify()
 
     @property
     def played_samples(self) -> int:
         """Samples (at `rate`) of the audio written since the last flush() that have reached the DAC by now."""
-        now = time.monotonic()
-        dev_rate = self.format.rate if self.format else self.rate
+        return self.played_before(time.monotonic())
+
+    def played_before(self, t: float) -> int:
+        """Samples (at `rate`) of the current run (since flush) that had reached the DAC by monotonic time `t`."""
         with self._lock:
-            while self._marks and self._marks[0][0] + self._marks[0][1] / dev_rate <= now:
-                self._played_before += self._marks.popleft()[1]
-            played = self._played_before
-            if self._marks and self._marks[0][0] < now:
-                played += int((now - self._marks[0][0]) * dev_rate)
-            return min(self._written, round(played * self.rate / dev_rate))
+            played = self._played_early
+            for dac, _, n, _ in self._blocks:
+                if dac >= t:
+                    break
+                played += min(n, round((t - dac) * self._dev_rate))
+            return min(self._written, round(played * self.rate / self._dev_rate))
+
+    def level_at(self, t: float) -> float:
+        """dBFS of what the speaker played around monotonic time `t` (SILENT_DBFS for silence or unknown)."""
+        with self._lock:
+            for dac, frames, _, level in reversed(self._blocks):
+                if dac <= t < dac + frames / self._dev_rate:
+                    return level
+                if dac + frames / self._dev_rate <= t:
+                    break
+        return SILENT_DBFS
+
+    @property
+    def last_sample_time(self) -> float | None:
+        """DAC time of the last sample of the run once nothing is left queued (None while audio waits to play,
+        or when nothing was played since flush)."""
+        with self._lock:
+            if self._queued or (self._resampler is not None and self._resampler.pending):
+                return None
+            for dac, _, n, _ in reversed(self._blocks):
+                if n:
+                    return dac + n / self._dev_rate
+        return None
+
+    @property
+    def first_sample_dac_time(self) -> float | None:
+        """DAC time of the first sample of the run (None until it was handed to the device)."""
+        with self._lock:
+            for dac, _, n, _ in self._blocks:
+                if n:
+                    return dac
+        return None
 
     @property
     def queued_s(self) -> float:
         """Seconds of audio written but not yet handed to the device."""
         with self._lock:
-            return self._queued / (self.format.rate if self.format else self.rate)
+            return self._queued / self._dev_rate
 
     # ---- PortAudio thread ----------------------------------------------------------------------------------
+
+    def _finished(self, generation: int) -> None:
+        """PortAudio: a stream stopped. Expected when we stop it; otherwise the device is gone."""
+        if generation == self._generation and not self._restarting and not self._closing:
+            with self._wake:
+                self._lost = True
+                self._wake.notify()
 
     def _tail_flushed(self) -> bool:
         """Ran dry (`_lock` held): queue the resampler's last samples, which wait for input that may never come.
@@ -262,28 +513,30 @@ class Playback:
         with self._lock:
             if status.output_underflow:
                 self.underruns += 1
+                if self._queued:
+                    self._device_starved += 1
+            # play once the lead is queued, or when writes have paused (the run may be all there is)
             if (
                 self._prebuffering
                 and self._queued
-                and (
-                    self._queued >= self._prebuffer
-                    or now - (self._first_queued_at or now) >= self.cfg.output_prebuffer_ms / 1000
-                )
+                and not self._hold
+                and (self._queued >= self._lead or now - self._last_write_at >= max(self._lead / self._dev_rate, 0.1))
             ):
                 self._prebuffering = False
-            n = 0 if self._prebuffering else self._take(outdata, frames)
+            n = 0 if self._prebuffering or self._hold else self._take(outdata, frames)
             if n < frames and not self._prebuffering and self._resampler is not None and self._tail_flushed():
                 n += self._take(outdata[n:], frames - n)
+            if n < frames:
+                outdata[n:] = 0.0
+            # what the speaker plays then, for level_at and the VAD's barge-in margin
+            rms = float(np.sqrt(np.mean(np.square(outdata[:, 0])))) if frames else 0.0
+            self.level_dbfs = max(SILENT_DBFS, 20.0 * float(np.log10(rms))) if rms > 0 else SILENT_DBFS
             if n:
-                self._marks.append((dac, n))
-                if self.first_sample_dac_time is None:
-                    self.first_sample_dac_time = dac
-            if n < frames and not self._prebuffering and not self._queued and (self._marks or self._played_before):
+                self._blocks.append((dac, frames, n, self.level_dbfs))
+            while self._blocks and self._blocks[0][0] < now - HISTORY_S:
+                self._played_early += self._blocks.popleft()[2]
+            if n < frames and not self._prebuffering and not self._queued and self._written:
                 self._starved = True
-        if n < frames:
-            outdata[n:] = 0.0
-        # what the speaker plays now, for Vad.set_playback (the barge-in energy margin is over this)
-        self.level_dbfs = level_dbfs(outdata[:, 0])
 
     def _take(self, outdata: np.ndarray, frames: int) -> int:
         """Move up to `frames` queued samples into `outdata` (every channel); returns how many."""
@@ -299,12 +552,3 @@ class Playback:
                 self._chunks[0] = head[k:]
         self._queued -= n
         return n
-
-
-def _abandon(stream: Any) -> None:
-    """Release a dead stream; it may hang in PortAudio, which is why this runs on a thread nobody waits for."""
-    try:
-        stream.abort()
-        stream.close()
-    except Exception as e:
-        log.debug("closing a dead output stream: %s", e)

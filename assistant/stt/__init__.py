@@ -17,11 +17,12 @@ def load_transcriber(cfg: SttConfig) -> Transcriber:
     """The configured engine with its model from a repo id (Hugging Face cache) or a folder; raises ModelError."""
     from assistant import hub
     from assistant.errors import ModelError
+    from assistant.quantization import float_dtype
     from assistant.stt.model import load_model
     from assistant.stt.transcriber import OfflineTranscriber, StreamingTranscriber
 
     folder = hub.resolve(cfg.model_id, "STT model")
-    lm = load_model(folder)
+    lm = load_model(folder, None if cfg.dtype == "auto" else float_dtype(cfg.dtype))
     if cfg.engine == "nemotron":
         if not lm.model.encoder.streaming:
             raise ModelError(f"stt.engine = nemotron needs a cache-aware streaming model, but {cfg.model_id} is not")

@@ -136,13 +136,26 @@ class PreEncode(nn.Module):
         k, s = self.kernel, self.stride
         return (k - 1, s - 1) if self.causal else ((k - 1) // 2, (k - 1) // 2)
 
-    def __call__(self, mel: mx.array, cache: list[mx.array | None] | None = None) -> mx.array:
-        """(B, T, F) log-mel -> (B, T', d_model); with `cache` (causal only) the time axis continues a stream."""
+    def out_length(self, n: int) -> int:
+        """Output frames of n input frames (each strided conv: (n + lo + hi - k) // s + 1)."""
+        lo, hi = self._pad()
+        for layer in self.conv:
+            if isinstance(layer, Conv) and layer.weight.shape[1] == self.kernel:
+                n = (n + lo + hi - self.kernel) // self.stride + 1
+        return n
+
+    def __call__(self, mel: mx.array, cache: list[mx.array | None] | None = None, valid: int | None = None) -> mx.array:
+        """(B, T, F) log-mel -> (B, T', d_model); with `cache` (causal only) the time axis continues a stream.
+        `valid` < T: only the first `valid` frames are real; the rest is zeroed before every strided conv, so
+        the valid outputs equal those of the unpadded input (whose convs see zero padding there)."""
         x = mel[..., None]  # NHWC: time is H, frequency is W
         lo, hi = self._pad()
         strided = 0
         for layer in self.conv:
             if isinstance(layer, Conv) and layer.weight.shape[1] == self.kernel:
+                if valid is not None and valid < x.shape[1]:
+                    x = mx.where((mx.arange(x.shape[1]) < valid)[None, :, None, None], x, 0.0)
+                    valid = (valid + lo + hi - self.kernel) // self.stride + 1
                 x = mx.pad(x, [(0, 0), (0, 0), (lo, hi), (0, 0)])
                 if cache is None:
                     x = mx.pad(x, [(0, 0), (lo, hi), (0, 0), (0, 0)])
@@ -221,10 +234,12 @@ class ConvModule(nn.Module):
         self.batch_norm: nn.Module = nn.LayerNorm(d, eps=1e-5) if a.conv_norm_type == "layer_norm" else BatchNorm(d)
         self.pointwise_conv2 = Conv((d, 1, d), bias=a.use_bias)
 
-    def __call__(self, x: mx.array, cache: LayerCache | None = None) -> mx.array:
+    def __call__(self, x: mx.array, cache: LayerCache | None = None, valid: mx.array | None = None) -> mx.array:
         x = self.pointwise_conv1(x)
         half = x.shape[-1] // 2
         x = x[..., :half] * mx.sigmoid(x[..., half:])
+        if valid is not None:  # padded frames enter the depthwise conv as the zeros of its own padding
+            x = mx.where(valid, x, 0.0)
         k = self.kernel
         if cache is not None:
             x = cache.conv_context(x, k - 1)
@@ -261,10 +276,17 @@ class ConformerLayer(nn.Module):
         self.feed_forward2 = FeedForward(a)
         self.norm_out = nn.LayerNorm(d, eps=1e-5)
 
-    def __call__(self, x: mx.array, pos: mx.array, mask: mx.array | None, cache: LayerCache | None) -> mx.array:
+    def __call__(
+        self,
+        x: mx.array,
+        pos: mx.array,
+        mask: mx.array | None,
+        cache: LayerCache | None,
+        valid: mx.array | None = None,
+    ) -> mx.array:
         x = x + 0.5 * self.feed_forward1(self.norm_feed_forward1(x))
         x = x + self.self_attn(self.norm_self_att(x), pos, mask, cache)
-        x = x + self.conv(self.norm_conv(x), cache)
+        x = x + self.conv(self.norm_conv(x), cache, valid)
         x = x + 0.5 * self.feed_forward2(self.norm_feed_forward2(x))
         return self.norm_out(x)
 
@@ -349,19 +371,28 @@ class Encoder(nn.Module):
     def _scale(self, x: mx.array) -> mx.array:
         return x * math.sqrt(self.args.d_model) if self.args.xscaling else x
 
-    def __call__(self, mel: mx.array, context: tuple[int, int] | None = None) -> mx.array:
-        """(B, T, F) -> (B, T', d_model) for a whole utterance (every frame valid)."""
+    def __call__(self, mel: mx.array, context: tuple[int, int] | None = None, valid: int | None = None) -> mx.array:
+        """(B, T, F) -> (B, T', d_model) for a whole utterance. `valid` < T: the first `valid` mel frames are
+        real and the rest padding (a length bucket); padded frames are masked out of attention and of the
+        convolutions, so the first out_length(valid) outputs equal the unpadded pass and the rest are junk."""
         ctx = context or self.args.att_context_size[0]
-        x = self._scale(self.pre_encode(mel))
+        padded = valid is not None and valid < mel.shape[1]
+        x = self._scale(self.pre_encode(mel, valid=valid if padded else None))
         t = x.shape[1]
         if self.args.att_context_style == "chunked_limited":
             pos_t = mx.arange(t)
             mask: mx.array | None = chunked_limited_mask(pos_t, pos_t, ctx)
         else:
             mask = regular_mask(t, ctx)
+        keep: mx.array | None = None
+        if padded:
+            assert valid is not None
+            real = mx.arange(t) < self.pre_encode.out_length(valid)
+            mask = real[None, :] if mask is None else mask & real[None, :]
+            keep = real[None, :, None]
         pos = rel_positions(t, self.args.d_model, x.dtype)
         for layer in self.layers:
-            x = layer(x, pos, mask, None)
+            x = layer(x, pos, mask, None, keep)
         return x
 
     def new_cache(self, context: tuple[int, int]) -> EncoderCache:

@@ -1,4 +1,4 @@
-"""Log-mel front end of NeMo's AudioToMelSpectrogramPreprocessor, in numpy.
+"""Log-mel front end of NeMo's AudioToMelSpectrogramPreprocessor, computed in MLX on the device.
 
 Pre-emphasis, a centred STFT (zero padding of n_fft/2 each side, a symmetric Hann window of `win_length` centred in
 `n_fft`), power spectrum, a Slaney mel filter bank, log(x + 2^-24) and, for Parakeet, per-feature normalization over
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import mlx.core as mx
 import numpy as np
 
 LOG_ZERO_GUARD = 2.0**-24  # NeMo's log_zero_guard_value: log-mel of digital silence is log(2^-24) = -16.6
@@ -94,42 +95,58 @@ class MelFrontEnd:
         self.args = args
         self.filters = mel_filter_bank(args)
         self.window = _window(args)
+        self._filters_t = mx.array(self.filters.T)
+        self._window = mx.array(self.window)
 
     def frames_for(self, n_samples: int) -> int:
         """Valid frames of an utterance of n_samples (NeMo: n // hop; the last centred frame is padding)."""
         return n_samples // self.args.hop_length
 
-    def power_frames(self, padded: np.ndarray, n_frames: int) -> np.ndarray:
+    def log_mel(self, padded: mx.array, n_frames: int) -> mx.array:
         """Log-mel of n_frames frames of an already padded, pre-emphasized signal (frame t starts at t*hop)."""
         a = self.args
         if n_frames <= 0:
-            return np.zeros((0, a.features), np.float32)
-        idx = np.arange(n_frames)[:, None] * a.hop_length + np.arange(a.n_fft)[None, :]
-        spec = np.fft.rfft(padded[idx] * self.window, axis=-1)
-        power = (spec.real.astype(np.float32) ** 2 + spec.imag.astype(np.float32) ** 2).astype(np.float32)
-        mel = power @ self.filters.T
-        return np.log(mel + np.float32(LOG_ZERO_GUARD)).astype(np.float32)
+            return mx.zeros((0, a.features), mx.float32)
+        idx = mx.arange(n_frames)[:, None] * a.hop_length + mx.arange(a.n_fft)[None, :]
+        spec = mx.fft.rfft(padded[idx] * self._window, axis=-1)
+        power = mx.real(spec) ** 2 + mx.imag(spec) ** 2
+        return mx.log(power @ self._filters_t + LOG_ZERO_GUARD)
+
+    def power_frames(self, padded: np.ndarray, n_frames: int) -> np.ndarray:
+        """`log_mel` for host buffers (the streaming front end)."""
+        return np.array(self.log_mel(mx.array(padded, dtype=mx.float32), n_frames))
+
+    def features(self, audio: np.ndarray, total_frames: int | None = None) -> mx.array:
+        """Features of a whole utterance on the device, (total_frames, features) with frames from n // hop on
+        zero (the padding a batch gives); normalized per feature over the valid frames when the model asks.
+        Zero samples appended to the audio equal the centred STFT's own right padding, so valid frames do not
+        depend on `total_frames`."""
+        a = self.args
+        n = self.frames_for(len(audio))
+        total = n if total_frames is None else max(total_frames, n)
+        x = mx.array(np.asarray(audio, dtype=np.float32))
+        if a.preemph and len(audio):
+            x = mx.concatenate([x[:1], x[1:] - a.preemph * x[:-1]])
+        half = a.n_fft // 2
+        padded = mx.pad(x, [(half, half + (total - n) * a.hop_length)])
+        feats = self.log_mel(padded, total)
+        valid = (mx.arange(total) < n)[:, None]
+        if a.normalize == "per_feature":
+            feats = normalize_per_feature(feats, valid, n)
+        return mx.where(valid, feats, 0.0) if total > n else feats
 
     def __call__(self, audio: np.ndarray) -> np.ndarray:
         """Features of a whole utterance: (n // hop, features); normalized per feature when the model asks."""
-        a = self.args
-        x = preemphasis(np.asarray(audio, dtype=np.float32), a.preemph)
-        n = self.frames_for(len(x))
-        padded = np.pad(x, (a.n_fft // 2, a.n_fft // 2))
-        feats = self.power_frames(padded, n)
-        if a.normalize == "per_feature":
-            feats = normalize_per_feature(feats)
-        return feats
+        return np.array(self.features(audio))
 
 
-def normalize_per_feature(feats: np.ndarray) -> np.ndarray:
-    """Zero mean, unit (Bessel-corrected) standard deviation per mel bin over the utterance."""
-    n = feats.shape[0]
+def normalize_per_feature(feats: mx.array, valid: mx.array, n: int) -> mx.array:
+    """Zero mean, unit (Bessel-corrected) standard deviation per mel bin over the `n` valid frames."""
     if n < 2:
-        return np.zeros_like(feats)
-    mean = feats.mean(axis=0, keepdims=True)
-    std = np.sqrt(((feats - mean) ** 2).sum(axis=0, keepdims=True) / (n - 1))
-    return ((feats - mean) / (std + np.float32(NORM_EPS))).astype(np.float32)
+        return mx.zeros_like(feats)
+    mean = mx.where(valid, feats, 0.0).sum(axis=0, keepdims=True) / n
+    var = mx.where(valid, (feats - mean) ** 2, 0.0).sum(axis=0, keepdims=True) / (n - 1)
+    return (feats - mean) / (mx.sqrt(var) + NORM_EPS)
 
 
 class MelStream:

@@ -14,6 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from assistant.errors import ModelError
+from assistant.quantization import quantize_like
 from assistant.stt.encoder import Encoder, EncoderArgs
 from assistant.stt.mel import MelArgs, MelFrontEnd
 from assistant.stt.transducer import Transducer, TransducerArgs
@@ -160,12 +161,7 @@ def load_model(folder: Path, dtype: mx.Dtype | None = None) -> LoadedModel:
     model = AsrModel(enc_args, dec_args, prompt)
     q = cfg.get("quantization") or cfg.get("quantization_config")
     if q:
-        nn.quantize(
-            model,
-            group_size=int(q.get("group_size", 64)),
-            bits=int(q.get("bits", 8)),
-            class_predicate=lambda path, m: f"{path}.scales" in weights,
-        )
+        quantize_like(model, {"group_size": 64, "bits": 8, **q}, weights, str(folder))
     _fix_conv_layout(model, weights)
     try:
         model.load_weights(list(weights.items()), strict=True)

@@ -1,7 +1,10 @@
 """The two engines behind the `Transcriber` protocol.
 
-`OfflineTranscriber` (Parakeet TDT, the default): the final transcript is one encoder pass over the utterance; a
-partial is a re-decode of the growing buffer every `stt.partial_interval_ms` of audio. Utterances longer than
+`OfflineTranscriber` (Parakeet TDT, the default): the final transcript is one encoder pass over the utterance,
+zero-padded to one of a few length buckets with the padding masked out (exact: the valid frames equal an unpadded
+pass), so MLX compiles kernels per bucket once (`warmup()`), never per utterance. A partial is a re-decode of the
+growing buffer every `stt.partial_interval_ms` of audio, the interval growing with the buffer (an eighth of it) so
+the partials of an utterance cost a bounded multiple of its final pass. Utterances longer than
 `stt.max_utterance_s` are split at the quietest 100 ms near the limit, each piece transcribed once.
 `StreamingTranscriber` (Nemotron): cache-aware chunks of `stt.chunk_ms`; tokens only grow, and the final transcript
 costs one padded chunk after the end of speech.
@@ -16,7 +19,7 @@ import logging
 import mlx.core as mx
 import numpy as np
 
-from assistant.audio.format import CAPTURE_RATE, StreamResampler, frame_samples
+from assistant.audio.format import CAPTURE_RATE, StreamResampler, frame_samples, resample
 from assistant.config import SttConfig
 from assistant.errors import ConfigError, InputError
 from assistant.stt import tdt
@@ -31,10 +34,30 @@ log = logging.getLogger(__name__)
 SILENCE_LOGMEL = float(np.log(LOG_ZERO_GUARD))  # pads the last streaming chunk: the log-mel of digital silence
 SPLIT_SEARCH = 0.25  # a too-long utterance is cut in the last quarter of the limit, at its quietest 100 ms
 QUIET_WINDOW = frame_samples(CAPTURE_RATE, 100)
+BUCKET_MIN_S = 2.0  # the smallest length bucket; each next one is BUCKET_GROWTH times longer
+BUCKET_GROWTH = 1.2  # at most 20 % padding; 2 s .. 30 s takes 16 buckets
+PARTIAL_GROWTH = 8  # the next partial is due after max(interval, buffered / 8): partials cost <= ~9 final passes
 
 
-def to_float32(audio: np.ndarray) -> np.ndarray:
-    """Mono float32 in [-1, 1] from int16/int32/float input; NaN/inf become 0, peaks are clipped."""
+def length_buckets(max_frames: int, min_frames: int, multiple: int) -> list[int]:
+    """Mel-frame lengths utterances are padded to: min_frames, then x BUCKET_GROWTH, rounded up to `multiple`,
+    until one holds max_frames."""
+    out = [-(-min_frames // multiple) * multiple]
+    while out[-1] < max_frames:
+        out.append(-(-int(out[-1] * BUCKET_GROWTH) // multiple) * multiple)
+    return out
+
+
+def bucket_of(frames: int, buckets: list[int]) -> int:
+    """The smallest bucket holding `frames` (beyond the last: the next multiple of the last)."""
+    for b in buckets:
+        if b >= frames:
+            return b
+    return -(-frames // buckets[-1]) * buckets[-1]
+
+
+def to_float32(audio: np.ndarray, sample_rate: int = CAPTURE_RATE) -> np.ndarray:
+    """Mono float32 16 kHz in [-1, 1] from int16/int32/float input at any rate; NaN/inf become 0, peaks are clipped."""
     a = np.asarray(audio)
     if a.ndim == 2:  # (samples, channels) -> mono
         a = a.mean(axis=1) if a.shape[1] <= a.shape[0] else a.mean(axis=0)
@@ -55,6 +78,10 @@ def to_float32(audio: np.ndarray) -> np.ndarray:
     if np.abs(x).max(initial=0.0) > 1.0:
         log.warning("stt: audio beyond full scale was clipped to [-1, 1]")
         x = np.clip(x, -1.0, 1.0)
+    if sample_rate != CAPTURE_RATE:
+        if sample_rate <= 0:
+            raise InputError(f"sample rate {sample_rate} Hz is invalid; pass the rate the audio was recorded at")
+        x = resample(x, sample_rate, CAPTURE_RATE)
     return x
 
 
@@ -77,7 +104,7 @@ class _Base:
             self.guard.push(x)
         if self.interval <= 0 or self._samples < self._next_partial:
             return False
-        self._next_partial = (self._samples // self.interval + 1) * self.interval
+        self._next_partial = self._samples + max(self.interval, self._samples // PARTIAL_GROWTH)
         return True
 
     def _speech(self) -> bool:
@@ -101,6 +128,13 @@ class _Base:
         self._resampler = None
         return tail
 
+    def _ingest_tail(self) -> None:
+        """Before finalizing: the samples the streaming resampler still held."""
+        tail = self._resampler_tail()
+        if len(tail):
+            self._ingest(tail)
+            self._account(tail)
+
     def _reset_clock(self) -> None:
         self._resampler = None
         self._samples = 0
@@ -112,22 +146,35 @@ class _Base:
         return tag or ("" if self.cfg.language == "auto" else self.cfg.language)
 
     def transcribe(self, audio: np.ndarray, sample_rate: int = CAPTURE_RATE) -> Transcript:
-        """The transcript of a whole utterance (resets first)."""
+        """The transcript of a whole utterance (resets first): one decoding pass, no partial."""
         self.reset()
-        self.feed(audio, sample_rate)
+        x = to_float32(audio, sample_rate)
+        if len(x):
+            self._ingest(x)
+            self._account(x)
         return self.finalize()
 
-    def warmup(self) -> None:
-        """Run one second of silence through feed and finalize, so the first utterance finds its kernels built."""
-        self.reset()
-        self.feed(np.zeros(CAPTURE_RATE, dtype=np.float32))
-        self.finalize()
-        self.reset()
+    def feed(self, audio: np.ndarray, sample_rate: int = CAPTURE_RATE) -> str | None:
+        """Append audio; every stt.partial_interval_ms (growing with the buffer) the transcript so far, else None."""
+        x = self._at_16k(audio, sample_rate)
+        if len(x) == 0:
+            return None
+        self._ingest(x)
+        if not self._account(x):
+            return None
+        return self._partial() if self._speech() else ""
 
     def reset(self) -> None:
         raise NotImplementedError
 
-    def feed(self, audio: np.ndarray, sample_rate: int = CAPTURE_RATE) -> str | None:
+    def warmup(self) -> None:
+        """Compile every shape this engine will run (call once at start-up, on the compute thread)."""
+        raise NotImplementedError
+
+    def _ingest(self, x: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _partial(self) -> str:
         raise NotImplementedError
 
     def finalize(self) -> Transcript:
@@ -140,6 +187,11 @@ class OfflineTranscriber(_Base):
     def __init__(self, lm: LoadedModel, cfg: SttConfig, guard: bool = True):
         super().__init__(lm, cfg, guard)
         self.max_samples = int(cfg.max_utterance_s * CAPTURE_RATE)
+        a = lm.mel.args
+        per_s = a.sample_rate // a.hop_length
+        factor = lm.model.encoder.args.subsampling_factor
+        max_frames = lm.mel.frames_for(self.max_samples)
+        self.buckets = length_buckets(max_frames, min(max_frames, int(BUCKET_MIN_S * per_s)), factor)
         self.reset()
 
     def reset(self) -> None:
@@ -148,23 +200,24 @@ class OfflineTranscriber(_Base):
         self._buffered = 0
         self._done: list[tuple[str, str]] = []  # (text, language) of split-off pieces
 
-    def feed(self, audio: np.ndarray, sample_rate: int = CAPTURE_RATE) -> str | None:
-        return self._feed16(self._at_16k(audio, sample_rate))
+    def warmup(self) -> None:
+        """One padded encoder pass per length bucket and one decode: later utterances compile nothing."""
+        a = self.lm.mel.args
+        for frames in self.buckets:
+            self._decode(np.zeros(frames * a.hop_length, np.float32), decode=frames == self.buckets[0])
+        self.reset()
 
-    def _feed16(self, x: np.ndarray) -> str | None:
-        if len(x) == 0:
-            return None
+    def _ingest(self, x: np.ndarray) -> None:
         self._chunks.append(x)
         self._buffered += len(x)
-        due = self._account(x)
         while self._buffered > self.max_samples:
             self._split()
-        if not due:
-            return None
-        return self._join([*self._done, self._decode(self._buffer())]) if self._speech() else ""
+
+    def _partial(self) -> str:
+        return self._join([*self._done, self._decode(self._buffer())])
 
     def finalize(self) -> Transcript:
-        self._feed16(self._resampler_tail())
+        self._ingest_tail()
         parts = [*self._done, self._decode(self._buffer())] if self._speech() else []
         text, lang = self._join(parts), next((lg for _, lg in parts if lg), "")
         self.reset()
@@ -191,13 +244,18 @@ class OfflineTranscriber(_Base):
         self._chunks = [x[cut:]]
         self._buffered = len(x) - cut
 
-    def _decode(self, x: np.ndarray) -> tuple[str, str]:
-        """(text, language tag) of one piece of audio."""
+    def _decode(self, x: np.ndarray, decode: bool = True) -> tuple[str, str]:
+        """(text, language tag) of one piece of audio: mel and encoder at its length bucket, masked."""
         if len(x) < self.lm.mel.args.n_fft // 2 + 2 * self.lm.mel.args.hop_length:
             return "", ""
         m = self.lm.model
-        mel = mx.array(self.lm.mel(x))[None].astype(self.lm.dtype)
-        proj = m.project(m.encoder(mel), self._prompt())[0]
+        n = self.lm.mel.frames_for(len(x))
+        mel = self.lm.mel.features(x, bucket_of(n, self.buckets))[None].astype(self.lm.dtype)
+        encoded = m.encoder(mel, valid=n)[:, : m.encoder.pre_encode.out_length(n)]
+        proj = m.project(encoded, self._prompt())[0]
+        if not decode:
+            mx.eval(proj)
+            return "", ""
         if m.is_tdt:
             ids = tdt.tokens(tdt.greedy(m, proj), m.args.blank)
         else:
@@ -262,19 +320,21 @@ class StreamingTranscriber(_Base):
             self.decoder.decode(m.project(enc, self.prompt)[0])
             self._first = False
 
-    def feed(self, audio: np.ndarray, sample_rate: int = CAPTURE_RATE) -> str | None:
-        return self._feed16(self._at_16k(audio, sample_rate))
+    def warmup(self) -> None:
+        """Chunks until the attention cache is full (every cache length once), then a fresh state."""
+        left, right = max(self.context[0], 0), self.context[1]
+        frames = (left // (right + 1) + 3) * self.factor * (right + 1)
+        self._run(np.full((frames, self.lm.mel.args.features), SILENCE_LOGMEL, np.float32), final=True)
+        self.reset()
 
-    def _feed16(self, x: np.ndarray) -> str | None:
-        if len(x) == 0:
-            return None
+    def _ingest(self, x: np.ndarray) -> None:
         self._run(self.mel.push(x))
-        if not self._account(x):
-            return None
-        return self.lm.vocab.decode(self.decoder.tokens)[0] if self._speech() else ""
+
+    def _partial(self) -> str:
+        return self.lm.vocab.decode(self.decoder.tokens)[0]
 
     def finalize(self) -> Transcript:
-        self._feed16(self._resampler_tail())
+        self._ingest_tail()
         self._run(self.mel.flush(), final=True)
         text, tag = self.lm.vocab.decode(self.decoder.tokens) if self._speech() else ("", "")
         self.reset()

@@ -15,9 +15,11 @@ class Transcript:
 
 
 class Transcriber(Protocol):
-    def warmup(self) -> None: ...  # compile every shape it will use, before the daemon reports listening
-
     def reset(self) -> None: ...
+
+    def warmup(self) -> None:
+        """Compile every shape utterances will use (once, at start-up, on the compute thread); then reset."""
+        ...
 
     def feed(self, audio: np.ndarray) -> str | None:
         """16 kHz mono int16 or float32 of any length; the new partial transcript when one is due, else None."""

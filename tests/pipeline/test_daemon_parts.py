@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import io
 import signal
+import time
 
 import numpy as np
 
 from assistant.console import Console, StatusLine
 from assistant.daemon import ReopeningSource, serve
 from assistant.errors import AudioDeviceError
-from assistant.events import DeviceStatus, FinalTranscript, LatencyTrace
-from tests.pipeline.doubles import BLOCK, word_block
-from tests.pipeline.harness import Harness
+from assistant.events import DeviceStatus, FinalTranscript, LatencyTrace, ResponseDone, TurnState
+from tests.pipeline.doubles import BLOCK, FRAME, FakeSink, Message, word_block
+from tests.pipeline.harness import ANSWER, Harness, eventually
+
+FULL = "".join(ANSWER)
 
 
 class FlakyCapture:
@@ -102,5 +105,98 @@ def test_serve_warms_the_engines_before_it_reports_listening() -> None:
 
             assert await serve(h.p, ready=ready) == 0
             assert seen == [(True, True)]
+
+
+def test_lost_speaker_ends_the_reply_as_heard_and_answers_in_text() -> None:
+    """DeviceStatus(output, ok=False) mid-reply ends the reply, interrupted, with the heard part in the history;
+    the next turn is answered in text only (nothing written to the sink, a device event saying so); once the
+    speaker is back replies play again."""
+
+    async def main() -> None:
+        async with Harness(sink=FakeSink(auto=False)) as h:
+            h.speak("hello")
+            h.silence(6)
+            await eventually(lambda: h.sink.total >= 5 * FRAME)
+            h.sink.played = 3 * FRAME + 17  # the listener was inside the 4th frame when the speaker went
+            h.p.device_status(DeviceStatus("output", False, "speaker gone", time.monotonic()))
+            done = await h.next_event(ResponseDone)
+            assert done.interrupted and done.text == "One two three four"
+            await eventually(lambda: len(h.chat.history) == 2)
+            assert h.chat.history[1] == Message("assistant", "One two three four", interrupted=True)
+            assert not h.p.status()["output_ok"] and h.p.state is TurnState.IDLE
+            written = h.sink.written_all
+            assert await h.p.ask("hello") == FULL
+            assert h.sink.written_all == written
+            note = await h.next_event(DeviceStatus, lambda e: "text only" in e.message)
+            assert (note.kind, note.ok) == ("output", False)
+            h.p.device_status(DeviceStatus("output", True, "speaker is back", time.monotonic()))
+            h.sink.auto = True
+            assert await h.p.ask("hello") == FULL
+            assert h.sink.written_all > written and h.p.status()["output_ok"]
+
+    asyncio.run(main())
+
+
+class StutteringSink(FakeSink):
+    """A sink double whose buffer runs dry once, at the reply's third chunk."""
+
+    underruns = 0
+
+    def write(self, chunk: np.ndarray) -> None:
+        super().write(chunk)
+        if self.total == 3 * len(chunk):
+            self.underruns += 1
+
+
+def test_latency_trace_counts_the_replys_underruns() -> None:
+    """The turn's latency trace carries how many times playback ran dry during that reply."""
+
+    async def main() -> None:
+        async with Harness(sink=StutteringSink()) as h:
+            h.sink.underruns = 5  # from earlier replies: not this one's
+            assert await h.p.ask("hello") == FULL
+            trace = await h.next_event(LatencyTrace)
+            assert trace.extra["playback_underruns"] == 1
+
+    asyncio.run(main())
+
+
+class ScriptedCapture:
+    """A capture double that delivers `blocks`, then fails (`fail`) or stays silent."""
+
+    def __init__(self, blocks: list[np.ndarray], fail: bool) -> None:
+        self.blocks, self.fail = list(blocks), fail
+
+    async def __aenter__(self) -> ScriptedCapture:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    async def read(self) -> np.ndarray:
+        await asyncio.sleep(0)
+        if self.blocks:
+            return self.blocks.pop(0)
+        if self.fail:
+            raise AudioDeviceError("microphone unplugged")
+        return np.zeros(BLOCK, dtype=np.int16)
+
+
+def test_speech_cut_by_a_lost_microphone_does_not_swallow_the_next_turn() -> None:
+    """The microphone goes while the user speaks: that utterance is dropped, and once it is back the next one
+    starts a turn of its own and is transcribed alone."""
+
+    async def main() -> None:
+        captures = [
+            ScriptedCapture([word_block("hello")] * 4, fail=True),
+            ScriptedCapture([word_block("what")] * 4, fail=False),  # the user asks again at once
+        ]
+        async with Harness({"audio.device_retry_s": 0.5}) as h:
+            h.p.source = ReopeningSource(lambda: captures.pop(0))
+            runner = asyncio.create_task(h.p.run())
+            await h.next_event(DeviceStatus, lambda e: not e.ok)
+            final = await h.next_event(FinalTranscript)
+            runner.cancel()
+            assert final.text == "what"
 
     asyncio.run(main())

@@ -78,6 +78,33 @@ def test_seeded_sampling_is_reproducible(checkpoints: Any, reference: Any) -> No
     assert a != c
 
 
+def test_top_k_one_sampling_equals_greedy(checkpoints: Any, reference: Any) -> None:
+    """Sampling at top-k 1 (talker and sub-talker) runs the on-device warp and draw yet reproduces the official
+    greedy codes: the sampled path applies the same penalty, EOS and suppression rules."""
+    case = case_named(reference, "cv_auto_stream")
+    tts = engine(checkpoints, "custom_voice", top_k=1, subtalker_top_k=1, seed=3, max_frames=case["max_new_tokens"] - 1)
+    voice = tts.use_voice(ad_hoc_voice("eric", prompt_of(case)))
+    assert [f.tolist() for f in generate_codes(tts.frames(voice, case["text"], "stream"))] == case["codes"]
+
+
+def test_chars_at_frame_follows_one_text_token_per_frame(checkpoints: Any, reference: Any) -> None:
+    """In the streaming layout frame k was produced after k + 1 text tokens: chars_at_frame gives the end of
+    token k in the pushed text (leading spaces counted), capped at the whole text."""
+    case = case_named(reference, "cv_auto_stream")
+    lm = loaded(checkpoints, case["kind"])
+    gen = generator(lm, case, None)
+    text = "  " + case["text"]
+    gen.push_text(text)
+    gen.end_text()
+    assert gen.chars_at_frame(0) == 0  # nothing consumed before the prefill
+    frames = list(generate_codes(gen))
+    ids = lm.tokenizer.encode(case["text"])
+    for k in range(len(frames)):
+        n = min(k + 1, len(ids))
+        assert gen.chars_at_frame(k) == 2 + len(lm.tokenizer.decode(ids[:n]))
+    assert gen.chars_at_frame(len(ids) + 5) == len(text)
+
+
 def test_unknown_speaker_and_language_list_valid_ones(checkpoints: Any, reference: Any) -> None:
     """A bad speaker or language fails with a message that lists the valid names."""
     tts = engine(checkpoints, "custom_voice")

@@ -250,3 +250,20 @@ def test_stream_text_pieces_equal_whole_text_streaming_layout(checkpoints: Any, 
     assert np.array_equal(np.concatenate(got), np.concatenate(want))
     sent = np.concatenate(tts.speech_tokenizer.decoder.calls)
     assert sent.tolist() == case["codes"]
+
+
+def test_warmup_runs_every_chunk_size_and_changes_nothing(checkpoints: Any, reference: Any) -> None:
+    """warmup() compiles the frame kernel and decodes each chunk size once (1..chunk_frames and the first);
+    a greedy utterance afterwards still gives the official codes."""
+    case = case_named(reference, "cv_english_full")
+    st = StubTokenizer()
+    cfg = greedy(max_frames=19, first_chunk_frames=2, chunk_frames=3, voice="vivian")
+    tts = Qwen3TTS(loaded(checkpoints, "custom_voice"), cfg, st)
+    tts.warmup()
+    assert sorted(len(c) for c in st.decoder.calls) == [1, 2, 3]
+    assert tts.talker.compiled.fns  # the frame kernel is built
+    st.decoder.calls.clear()
+    utt = tts.start(ad_hoc_voice("v", prompt_of(case)), case["text"])
+    while not utt.done:
+        utt.step()
+    assert np.concatenate(st.decoder.calls).tolist() == case["codes"]

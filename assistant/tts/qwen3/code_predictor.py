@@ -2,19 +2,38 @@
 
 Per frame it starts from an empty cache at position 0 (spec 3): prefill [h_last, C_talker(c0)], then one
 step per group. Group g >= 1 is predicted by `lm_head[g-1]` and embedded by `model.codec_embedding[g-1]`.
+The whole loop (sampling included) is a pure function of arrays, so it traces into one compiled graph.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
 from assistant.tts.qwen3.config import CodePredictorConfig
+from assistant.tts.qwen3.sampling import SamplingParams, sub_code
 from assistant.tts.qwen3.talker import DecoderLayer
+
+
+class GrowingCache:
+    """K/V of one predictor frame (at most 17 positions): concatenation keeps every shape static per step,
+    so the unrolled 15-step loop compiles to one graph."""
+
+    def __init__(self) -> None:
+        self.keys: mx.array | None = None
+        self.values: mx.array | None = None
+        self.offset = 0
+
+    def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
+        if self.keys is None or self.values is None:
+            self.keys, self.values = k, v
+        else:
+            self.keys = mx.concatenate([self.keys, k], axis=2)
+            self.values = mx.concatenate([self.values, v], axis=2)
+        self.offset += k.shape[2]
+        return self.keys, self.values
 
 
 class PredictorModel(nn.Module):
@@ -45,22 +64,24 @@ class CodePredictor(nn.Module):
     def project(self, x: mx.array) -> mx.array:
         return self.small_to_mtp_projection(x) if self.has_projection else x
 
+    def make_cache(self) -> list[GrowingCache]:
+        return [GrowingCache() for _ in self.model.layers]
+
     def logits(self, x: mx.array, group: int, cache: list[Any]) -> mx.array:
         """Logits of code group `group` (1..15) at the last of the input vectors x [1, n, talker hidden]."""
         h = self.model(self.project(x), cache)
         return self.lm_head[group - 1](h[:, -1, :])
 
-    def predict(self, past_hidden: mx.array, c0_embedding: mx.array, sample: Callable[[np.ndarray], int]) -> list[int]:
-        """Codes 1..15 for one frame; `sample` maps float32 logits [vocab] to a code (greedy or seeded)."""
-        from mlx_lm.models.cache import KVCache
-
-        cache = [KVCache() for _ in self.model.layers]
+    def predict(
+        self, past_hidden: mx.array, c0_embedding: mx.array, key: mx.array, p: SamplingParams
+    ) -> tuple[mx.array, mx.array]:
+        """Codes 1..15 of one frame as int32 [15] (lazy, on the device) and the next PRNG key."""
+        cache = self.make_cache()
         x = mx.stack([past_hidden, c0_embedding])[None]  # [1, 2, talker hidden]
-        codes: list[int] = []
+        codes: list[mx.array] = []
         for g in range(1, self.cfg.num_code_groups):
-            logits = self.logits(x, g, cache)[0].astype(mx.float32)
-            code = sample(np.array(logits))
+            code, key = sub_code(self.logits(x, g, cache)[0], key, p)
             codes.append(code)
             if g < self.cfg.num_code_groups - 1:
-                x = self.model.codec_embedding[g - 1](mx.array([code], dtype=mx.int32))[None]
-        return codes
+                x = self.model.codec_embedding[g - 1](code)[None]
+        return mx.concatenate(codes), key

@@ -95,7 +95,7 @@ class ModelConfig:
     tts_bos_token_id: int
     tts_eos_token_id: int
     speaker_encoder_config: dict[str, Any] = field(default_factory=dict)
-    quantization: dict[str, int] | None = None
+    quantization: dict[str, Any] | None = None
     transformers_version: str | None = None
 
     @classmethod

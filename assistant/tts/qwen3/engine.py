@@ -6,6 +6,7 @@ thread can interleave it with other work and cancel between frames.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 from assistant.audio.tempo import TimeStretch
 from assistant.config import TtsConfig
 from assistant.errors import InputError, ModelError
-from assistant.tts.qwen3.generate import FrameGenerator, Layout, PrefixState
+from assistant.tts.qwen3.generate import FrameGenerator, Layout, PrefixState, generate_codes
 from assistant.tts.qwen3.load import LoadedModel, load_model, load_speaker_encoder, load_speech_tokenizer_of
 from assistant.tts.qwen3.prompt import PromptBuilder, VoicePrompt, check_ref_codes
 from assistant.tts.qwen3.sampling import SamplingParams
@@ -75,6 +76,11 @@ class Utterance:
 
     def push_text(self, text: str) -> None:
         self.gen.push_text(text)
+
+    def chars_at_frame(self, frame: int) -> int:
+        """Characters of the text pushed so far that the talker had consumed when it produced codec frame
+        `frame` (frame k = samples [k * 1920, (k + 1) * 1920) before any time stretch)."""
+        return self.gen.chars_at_frame(frame)
 
     def end_text(self) -> None:
         self.gen.end_text()
@@ -136,7 +142,7 @@ class Qwen3TTS:
     @classmethod
     def load(cls, cfg: TtsConfig) -> Qwen3TTS:
         """Talker, predictor, tokenizer and the speech-tokenizer decoder from `tts.model`. Raises ModelError."""
-        loaded = load_model(cfg.model)
+        loaded = load_model(cfg.model, dtype=cfg.dtype)
         return cls(loaded, cfg, load_speech_tokenizer_of(loaded))
 
     @property
@@ -204,12 +210,20 @@ class Qwen3TTS:
         return Utterance(gen, decoder, prime, first, every, voice.speed)
 
     def warmup(self) -> None:
-        """Speak the first chunks of a short text, so the first reply finds the talker and decoder kernels built."""
-        utt = self.start(self.voice(), "Hello.")
-        for _ in range(self.cfg.first_chunk_frames + self.cfg.chunk_frames):
-            if utt.done:
-                break
-            utt.step()
+        """Compile what utterances run (on the compute thread, at start-up): the configured voice's prefix, the
+        frame kernel for the configured sampling, the talker step, and the decoder at every chunk size
+        (first_chunk_frames, chunk_frames and each shorter last chunk)."""
+        first, every = self.cfg.first_chunk_frames, self.cfg.chunk_frames
+        frames = first + every
+        sampling = dataclasses.replace(sampling_of(self.cfg), min_new_tokens=frames + 1)
+        voice = self.voice()
+        gen = FrameGenerator(self.talker, self.builder, self._prefix(voice), sampling, frames + 1, "Hello.", "stream")
+        codes = np.stack(list(generate_codes(gen)))
+        if self.speech_tokenizer is None:
+            return
+        decoder = self.speech_tokenizer.decoder
+        for n in sorted({first, *range(1, every + 1)}):
+            mx.eval(decoder.step(mx.array(codes[:n], dtype=mx.int32), decoder.new_state()))
 
     def stream(self, text: str, voice: Voice | None = None) -> Iterator[np.ndarray]:
         """float32 24 kHz chunks of `text` as frames decode."""

@@ -8,14 +8,15 @@ frame and stalls rather than feeding tts_pad mid-sentence; tts_pad only ever fol
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal, cast
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 
 from assistant.tts.qwen3.prompt import PromptBuilder, TextTrack, VoicePrompt
-from assistant.tts.qwen3.sampling import Sampler, SamplingParams
+from assistant.tts.qwen3.sampling import SamplingParams, first_code, new_key, suppress_mask
 from assistant.tts.qwen3.talker import Talker
 from assistant.tts.qwen3.tokenizer import TextTokenizer
 
@@ -55,6 +56,7 @@ class TextFeed:
         self.text = ""
         self.committed_chars = 0
         self.own: list[int] = []  # target-text ids committed so far (track.ids may also hold the ICL reference)
+        self.ends: list[int] = []  # per own token: where it ends in the pushed text (characters)
 
     def push(self, piece: str) -> None:
         if self.track.ended:
@@ -70,18 +72,67 @@ class TextFeed:
             self._commit(self.text.strip())
             self.track.ended = True
 
+    def chars_of(self, tokens: int) -> int:
+        """Characters of the pushed text (leading whitespace included) covered by the first `tokens` tokens."""
+        if tokens <= 0:
+            return 0
+        lead = len(self.text) - len(self.text.lstrip())
+        return lead + self.ends[min(tokens, len(self.ends)) - 1]
+
     def _commit(self, text: str) -> None:
-        ids = self.tok.encode(text)
+        ids, ends = self.tok.encode_with_ends(text)
         if ids[: len(self.own)] != self.own:  # cannot happen for regex-stable prefixes; guard the invariant
             raise RuntimeError("incremental tokenization changed committed tokens")
         new = ids[len(self.own) :]
+        self.ends.extend(ends[len(self.own) :])
         self.own.extend(new)
         self.track.ids.extend(new)
         self.committed_chars = len(text)
 
 
+class FrameKernel:
+    """Code 0 sampled from the talker's last hidden state, the 15 predictor steps and the frame's embedding for
+    the next talker step: one compiled graph per sampling setup, nothing read back to the host inside it."""
+
+    def __init__(self, talker: Talker, p: SamplingParams):
+        self.talker, self.p = talker, p
+        tc = talker.cfg
+        self.eos = tc.codec_eos_token_id
+        self.suppress = suppress_mask(tc.vocab_size, self.eos)
+        # MLX 0.32.4's CUDA backend fails ("SmallVector out of range") running a compiled graph with quantized
+        # matmuls: there quantized talkers run the same graph uncompiled (Metal and CPU compile it)
+        quantized = any(isinstance(m, nn.QuantizedLinear) for m in talker.modules())
+        self.fn = self._frame if quantized and mx.cuda.is_available() else mx.compile(self._frame)
+
+    @classmethod
+    def of(cls, talker: Talker, p: SamplingParams) -> FrameKernel:
+        """The talker's kernel for these sampling values (seed and min_new_tokens are inputs, not part of it)."""
+        shape = replace(p, seed=None, min_new_tokens=0)
+        return cast(FrameKernel, talker.compiled.get(("frame", shape), lambda: cls(talker, shape)))
+
+    def _frame(
+        self, h: mx.array, seen: mx.array, eos_blocked: mx.array, key: mx.array
+    ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+        logits = self.talker.codec_head(h).astype(mx.float32)
+        c0, key = first_code(logits, seen, eos_blocked, key, self.p, self.suppress, self.eos)
+        rest, key = self.talker.code_predictor.predict(h, self.talker.codec(c0)[0], key, self.p)
+        frame = mx.concatenate([c0, rest])
+        seen = seen | (mx.arange(seen.shape[0]) == c0)
+        return frame, self.talker.frame_embedding(frame[None])[0], seen, key
+
+    def __call__(
+        self, h: mx.array, seen: mx.array, eos_blocked: bool, key: mx.array
+    ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+        """(codes int32 [16], E(codes) [hidden], seen with code 0 added, next key), all lazy."""
+        return cast(tuple[mx.array, mx.array, mx.array, mx.array], self.fn(h, seen, mx.array(eos_blocked), key))
+
+
 class FrameGenerator:
-    """Codes of one utterance, frame by frame. Whole text (layout 'full' or 'stream') or incremental text."""
+    """Codes of one utterance, frame by frame. Whole text (layout 'full' or 'stream') or incremental text.
+
+    Per frame: one talker step, then the compiled FrameKernel, then a single evaluation whose only transfer to
+    the host is the 16 codes (the EOS test and the decoder need them).
+    """
 
     def __init__(
         self,
@@ -95,25 +146,31 @@ class FrameGenerator:
     ):
         self.talker, self.builder, self.prefix = talker, builder, prefix
         tc = talker.cfg
-        self.sampler = Sampler(sampling, tc.vocab_size, tc.codec_eos_token_id)
+        self.kernel = FrameKernel.of(talker, sampling)
+        self.min_new_tokens = sampling.min_new_tokens
+        self.key = new_key(sampling.seed)
+        self.seen = mx.zeros((tc.vocab_size,), dtype=mx.bool_)  # earlier code-0 tokens: the penalty window (all)
+        self.sampled = 0  # first-codebook tokens sampled and read so far
+        self.launched = 0  # ... and queued (one more while a frame is queued ahead)
+        self.ahead: tuple[mx.array, mx.array] | None = None  # the next frame, queued before this one was read
         self.max_new_tokens = max_new_tokens
         self.track = TextTrack()
         self.feed = TextFeed(builder.tok, self.track)
         self.layout: Layout = layout if text is not None else "stream"
         self.cache: list[Any] | None = None
-        self.history: list[int] = []  # sampled first-codebook tokens (the repetition-penalty window: all)
         self.h_last: mx.array | None = None
-        self.logits: np.ndarray | None = None
-        self.pending: np.ndarray | None = None  # last frame, still to be fed to the talker
+        self.pending: mx.array | None = None  # E(last frame), still to be fed to the talker
+        self.first_consumed = 0  # target-text tokens the prefill consumed (all of them in whole-text layouts)
         self.frames_emitted = 0
         self.done = False
         self.waiting_for_text = False
         if text is not None:
             if self.layout == "full":
                 self.full_ids = builder.tok.encode(text.strip())
+                self.feed.push(text)
             else:
                 self.feed.push(text)
-                self.feed.end()
+            self.feed.end()
 
     def push_text(self, piece: str) -> None:
         self.feed.push(piece)
@@ -123,17 +180,24 @@ class FrameGenerator:
         self.feed.end()
         self.waiting_for_text = False
 
+    def chars_at_frame(self, frame: int) -> int:
+        """Characters of the text pushed so far that the talker had consumed when it produced codec frame
+        `frame` (0-based): the prefill's text tokens, then one text token per frame (spec 2.4)."""
+        if self.cache is None or frame < 0:
+            return 0
+        n = min(len(self.feed.own), self.first_consumed + frame)
+        return self.feed.chars_of(n)
+
     def _forward(self, x: mx.array) -> None:
+        """One talker pass over x [n, hidden]; h_last = the post-norm hidden state of its last position (lazy)."""
         assert self.cache is not None
-        h = self.talker(x[None], self.cache)[:, -1, :]
-        logits = self.talker.codec_head(h).astype(mx.float32)
-        mx.eval(h, logits)
-        self.h_last, self.logits = h[0], np.array(logits[0])
+        self.h_last = self.talker(x[None], self.cache)[0, -1, :]
 
     def _prefill(self) -> bool:
         vp = self.prefix.prompt
         if self.layout == "full":
             tail = self.builder.full_tail(vp, self.full_ids, self.track)
+            self.first_consumed = len(self.feed.own)
         else:
             maybe = self.builder.stream_tail(vp, self.track)
             if maybe is None:
@@ -141,38 +205,60 @@ class FrameGenerator:
                     self.done = True
                 return False
             tail = maybe
+            ref = len(self.track.ids) - len(self.feed.own)  # ICL: the reference transcript leads the track
+            self.first_consumed = len(self.feed.own) if not self.track.ids else max(0, self.track.consumed - ref)
         self.cache = self.prefix.restore(self.talker)
         self._forward(tail)
         return True
 
+    def _launch(self) -> tuple[mx.array, mx.array]:
+        """Queue the frame kernel on the talker pass that set h_last: (codes, E(codes)), evaluating async."""
+        assert self.h_last is not None
+        eos_blocked = self.launched < self.min_new_tokens
+        frame, emb, self.seen, self.key = self.kernel(self.h_last, self.seen, eos_blocked, self.key)
+        self.launched += 1
+        mx.async_eval(frame, emb, self.seen, self.key)
+        return frame, emb
+
     def step(self) -> np.ndarray | None:
-        """At most one frame of work: returns codes [16] int32, or None (waiting for text, or done)."""
+        """At most one frame of work: returns codes [16] int32, or None (waiting for text, or done).
+
+        After the first frame, the next frame's talker pass and kernel are queued before this frame's codes are
+        read (when its text vector is known), so building one frame's graph overlaps the device computing the
+        previous one; a frame queued past EOS is dropped.
+        """
         if self.done:
             return None
-        if self.cache is None:
-            if not self._prefill():
-                self.waiting_for_text = not self.done
-                return None
-        elif self.pending is not None:
-            text_vec = self.builder.trailing(self.track, self.frames_emitted - 1)
-            if text_vec is None:
-                self.waiting_for_text = True
-                return None
-            frame_e = self.talker.frame_embedding(mx.array(self.pending[None], dtype=mx.int32))
-            self._forward(frame_e + text_vec)
-            self.pending = None
+        if self.ahead is None:
+            if self.cache is None:
+                if not self._prefill():
+                    self.waiting_for_text = not self.done
+                    return None
+            elif self.pending is not None:
+                text_vec = self.builder.trailing(self.track, self.frames_emitted - 1)
+                if text_vec is None:
+                    self.waiting_for_text = True
+                    return None
+                self._forward(self.pending + text_vec)
+                self.pending = None
+            self.ahead = self._launch()
         self.waiting_for_text = False
-        assert self.logits is not None and self.h_last is not None
-        c0 = self.sampler.first_code(self.logits, self.history)
-        self.history.append(c0)
-        if c0 == self.talker.cfg.codec_eos_token_id or len(self.history) >= self.max_new_tokens:
+        frame, emb = self.ahead
+        self.ahead = None
+        self.sampled += 1
+        text_vec = self.builder.trailing(self.track, self.frames_emitted)
+        if self.frames_emitted > 0 and self.sampled < self.max_new_tokens and text_vec is not None:
+            self._forward(emb[None] + text_vec)  # frame 0 is read at once: first audio waits for nothing else
+            self.ahead = self._launch()
+        else:
+            self.pending = emb[None]
+        codes = np.array(frame)
+        if codes[0] == self.talker.cfg.codec_eos_token_id or self.sampled >= self.max_new_tokens:
             self.done = True  # the EOS frame, and the last token at max_new_tokens, are never decoded
+            self.ahead = self.pending = None
             return None
-        rest = self.talker.code_predictor.predict(self.h_last, self.talker.codec([c0])[0], self.sampler.sub_code)
-        frame = np.array([c0, *rest], dtype=np.int32)
-        self.pending = frame
         self.frames_emitted += 1
-        return frame
+        return codes
 
 
 def generate_codes(gen: FrameGenerator) -> Iterator[np.ndarray]:

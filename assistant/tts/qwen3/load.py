@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import mlx.core as mx
-import mlx.nn as nn
 
 from assistant.errors import ModelError
+from assistant.quantization import float_dtype, quantize_like
 from assistant.tts.qwen3.config import ModelConfig
 from assistant.tts.qwen3.talker import Qwen3TTSModel
 from assistant.tts.qwen3.tokenizer import TextTokenizer
@@ -80,22 +80,11 @@ def detect_layout(weights: dict[str, mx.array], config: ModelConfig) -> Layout:
     return "pytorch"  # talker keys are identical in both layouts
 
 
-def _quantize(model: nn.Module, weights: dict[str, mx.array], q: dict[str, Any], repo: str) -> None:
-    try:
-        group_size, bits = int(q["group_size"]), int(q["bits"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ModelError(f"config.json of {repo}: malformed `quantization` {q!r}; re-download the model") from e
+def load_model(spec_or_folder: str | Path, repo: str | None = None, dtype: str = "auto") -> LoadedModel:
+    """Talker, predictor and tokenizer from a folder (no speech tokenizer needed). Raises ModelError.
 
-    def predicate(path: str, module: nn.Module) -> bool:
-        if any(p in path for p in NOT_QUANTIZED):
-            return False
-        return hasattr(module, "to_quantized") and f"{path}.scales" in weights
-
-    nn.quantize(model, group_size=group_size, bits=bits, class_predicate=predicate)
-
-
-def load_model(spec_or_folder: str | Path, repo: str | None = None) -> LoadedModel:
-    """Talker, predictor and tokenizer from a folder (no speech tokenizer needed). Raises ModelError."""
+    dtype "auto" computes in the checkpoint's float type; "float32", "bfloat16" or "float16" casts every float
+    parameter (quantized weights stay packed; their scales follow), e.g. float32 from a bf16 file for parity."""
     from assistant import hub
 
     folder = hub.resolve(str(spec_or_folder), "TTS model") if not isinstance(spec_or_folder, Path) else spec_or_folder
@@ -114,11 +103,13 @@ def load_model(spec_or_folder: str | Path, repo: str | None = None) -> LoadedMod
     talker_w = {k: v for k, v in weights.items() if k.startswith("talker.")}
     model = Qwen3TTSModel(config.talker_config)
     if config.quantization:
-        _quantize(model, talker_w, config.quantization, repo)
+        quantize_like(model, config.quantization, talker_w, repo, skip=lambda p: any(s in p for s in NOT_QUANTIZED))
     try:
         model.load_weights(list(talker_w.items()), strict=True)
     except ValueError as e:
         raise ModelError(f"model.safetensors of {repo} does not match its config.json ({e}); re-download it") from e
+    if dtype != "auto":
+        model.set_dtype(float_dtype(dtype))
     mx.eval(model.parameters())
     tokenizer = TextTokenizer(folder, config.transformers_version, repo)
     return LoadedModel(folder, repo, config, model, tokenizer, layout, generation, speaker)

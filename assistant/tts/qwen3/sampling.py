@@ -1,17 +1,21 @@
-"""Sampling exactly as the official generate (spec 2.6), in numpy float32, seedable.
+"""Sampling exactly as the official generate (spec 2.6), on the device in MLX, seedable.
 
 Talker (first codebook): repetition penalty on all earlier first-codebook tokens (raw logits), EOS blocked
-for the first 2 tokens, ids [vocab-1024, vocab) but EOS suppressed, then temperature, top-k, top-p,
-multinomial. Sub-talker (codes 1..15): temperature, top-k, top-p only. Temperature 0 means greedy.
+for the first `min_new_tokens` tokens, ids [vocab-1024, vocab) but EOS suppressed, then temperature, top-k,
+top-p, multinomial. Sub-talker (codes 1..15): temperature, top-k, top-p only. Temperature 0 means greedy.
+Every function here is pure (arrays in, arrays out, the random key threaded through), so a whole frame of
+sampling traces into one compiled graph with no transfer to the host.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-import numpy as np
+import mlx.core as mx
 
 MIN_NEW_TOKENS = 2  # the official generate passes min_new_tokens=2: EOS is blocked for the first two tokens
+SUPPRESSED = 1024  # the official suppress_tokens: the top 1024 ids of the codec vocabulary (but EOS)
 
 
 @dataclass(frozen=True)
@@ -31,55 +35,79 @@ class SamplingParams:
         return cls(temperature=0.0, subtalker_temperature=0.0)
 
 
-def warp(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
-    """HF order: temperature, then top-k (keep >= k-th largest), then top-p (skipped at 1.0)."""
-    x = logits / np.float32(temperature)
-    if 0 < top_k < x.shape[-1]:
-        kth = np.partition(x, -top_k)[-top_k]
-        x = np.where(x < kth, -np.inf, x)
+def new_key(seed: int | None) -> mx.array:
+    """The PRNG key of one utterance: from `seed`, or from fresh OS entropy when None."""
+    return mx.random.key(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
+
+
+def warp(logits: mx.array, temperature: float, top_k: int, top_p: float) -> mx.array:
+    """HF order on float32 logits [vocab]: temperature, then top-k (keep >= k-th largest), then top-p (skipped
+    at 1.0; drops the tokens whose ascending cumulative probability stays <= 1 - top_p, keeping the best)."""
+    x = logits / mx.array(temperature, dtype=mx.float32)
+    n = x.shape[-1]
+    if 0 < top_k < n:
+        kth = mx.partition(x, n - top_k, axis=-1)[..., n - top_k : n - top_k + 1]
+        x = mx.where(x < kth, -mx.inf, x)
     if top_p < 1.0:
-        order = np.argsort(x, kind="stable")  # ascending, as HF
-        s = x[order]
-        p = np.exp(s - s.max())
-        p /= p.sum()
-        remove = np.cumsum(p) <= (1.0 - top_p)
-        remove[-1] = False  # keep at least one
-        x = x.copy()
-        x[order[remove]] = -np.inf
+        order = mx.argsort(x, axis=-1)  # ascending, as HF
+        s = mx.take_along_axis(x, order, axis=-1)
+        p = mx.exp(s - s.max(axis=-1, keepdims=True))
+        p = p / p.sum(axis=-1, keepdims=True)
+        remove = mx.cumsum(p, axis=-1) <= (1.0 - top_p)
+        remove = mx.concatenate([remove[..., :-1], mx.zeros_like(remove[..., -1:])], axis=-1)  # keep the best one
+        back = mx.put_along_axis(mx.zeros(x.shape, dtype=mx.bool_), order, remove, axis=-1)
+        x = mx.where(back, -mx.inf, x)
     return x
 
 
-class Sampler:
-    def __init__(self, params: SamplingParams, vocab_size: int, eos_id: int):
-        self.p = params
-        self.rng = np.random.default_rng(params.seed)
-        self.eos = eos_id
-        suppress = np.zeros(vocab_size, dtype=bool)
-        suppress[vocab_size - 1024 :] = True
-        suppress[eos_id] = False
-        self.suppress = suppress
+def draw(x: mx.array, key: mx.array) -> tuple[mx.array, mx.array]:
+    """One token from softmax(x) (masked entries -inf); returns (token int32 [1], the next key)."""
+    key, sub = mx.random.split(key)
+    return mx.random.categorical(x, key=sub).astype(mx.int32).reshape(1), key
 
-    def _draw(self, x: np.ndarray) -> int:
-        p = np.exp(x - x.max())
-        p /= p.sum()
-        return int(self.rng.choice(x.shape[-1], p=p))
 
-    def first_code(self, logits: np.ndarray, history: list[int]) -> int:
-        """Code 0 (or EOS) from talker logits [vocab]; `history` = earlier code-0 tokens of this utterance."""
-        x = logits.astype(np.float32).copy()
-        if history and self.p.repetition_penalty != 1.0:
-            seen = np.unique(np.asarray(history))
-            s = x[seen]
-            x[seen] = np.where(s < 0, s * self.p.repetition_penalty, s / self.p.repetition_penalty)
-        if len(history) < self.p.min_new_tokens:
-            x[self.eos] = -np.inf
-        x[self.suppress] = -np.inf
-        if self.p.temperature <= 0:
-            return int(np.argmax(x))
-        return self._draw(warp(x, self.p.temperature, self.p.top_k, self.p.top_p))
+def pick(x: mx.array, temperature: float, top_k: int, top_p: float, key: mx.array) -> tuple[mx.array, mx.array]:
+    """Greedy at temperature <= 0 (first maximum, as numpy/torch argmax), else warp and draw."""
+    if temperature <= 0:
+        return mx.argmax(x, axis=-1).astype(mx.int32).reshape(1), key
+    return draw(warp(x, temperature, top_k, top_p), key)
 
-    def sub_code(self, logits: np.ndarray) -> int:
-        x = logits.astype(np.float32)
-        if self.p.subtalker_temperature <= 0:
-            return int(np.argmax(x))
-        return self._draw(warp(x, self.p.subtalker_temperature, self.p.subtalker_top_k, self.p.subtalker_top_p))
+
+def suppress_mask(vocab_size: int, eos_id: int) -> mx.array:
+    """Additive float32 mask [vocab]: -inf on [vocab-1024, vocab) except EOS, 0 elsewhere."""
+    ids = mx.arange(vocab_size)
+    blocked = (ids >= vocab_size - SUPPRESSED) & (ids != eos_id)
+    return mx.where(blocked, -mx.inf, 0.0).astype(mx.float32)
+
+
+def first_code_logits(
+    logits: mx.array, seen: mx.array, eos_blocked: mx.array, p: SamplingParams, suppress: mx.array, eos_id: int
+) -> mx.array:
+    """The talker's logits processors in official order: penalty on `seen` (bool [vocab], every earlier code-0
+    token), EOS -inf while `eos_blocked` (bool scalar), then the suppressed ids."""
+    x = logits.astype(mx.float32)
+    if p.repetition_penalty != 1.0:
+        rp = mx.array(p.repetition_penalty, dtype=mx.float32)
+        x = mx.where(seen, mx.where(x < 0, x * rp, x / rp), x)
+    is_eos = mx.arange(x.shape[-1]) == eos_id
+    x = mx.where(is_eos & eos_blocked, -mx.inf, x)
+    return x + suppress
+
+
+def first_code(
+    logits: mx.array,
+    seen: mx.array,
+    eos_blocked: mx.array,
+    key: mx.array,
+    p: SamplingParams,
+    suppress: mx.array,
+    eos_id: int,
+) -> tuple[mx.array, mx.array]:
+    """Code 0 (or EOS) from talker logits [vocab]: (token int32 [1], next key)."""
+    x = first_code_logits(logits, seen, eos_blocked, p, suppress, eos_id)
+    return pick(x, p.temperature, p.top_k, p.top_p, key)
+
+
+def sub_code(logits: mx.array, key: mx.array, p: SamplingParams) -> tuple[mx.array, mx.array]:
+    """Codes 1..15 from predictor logits [vocab]: (token int32 [1], next key)."""
+    return pick(logits.astype(mx.float32), p.subtalker_temperature, p.subtalker_top_k, p.subtalker_top_p, key)

@@ -7,6 +7,7 @@ position copies, so it is exactly 1-D rotate-half RoPE (spec 2.1).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import mlx.core as mx
@@ -102,6 +103,18 @@ class TalkerModel(nn.Module):
         return self.norm(x)
 
 
+class CompiledCache:
+    """Compiled functions of one model by key, held outside the parameter tree (built once, reused per frame)."""
+
+    def __init__(self) -> None:
+        self.fns: dict[Any, Any] = {}
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        if key not in self.fns:
+            self.fns[key] = make()
+        return self.fns[key]
+
+
 class Talker(nn.Module):
     """Talker LM plus its code predictor; `__call__` takes input vectors and returns post-norm hidden states."""
 
@@ -110,6 +123,7 @@ class Talker(nn.Module):
         from assistant.tts.qwen3.code_predictor import CodePredictor
 
         self.cfg = cfg
+        self.compiled = CompiledCache()
         self.model = TalkerModel(cfg)
         self.text_projection = TextProjection(cfg.text_hidden_size, cfg.hidden_size)
         self.codec_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)

@@ -74,6 +74,11 @@ class TextTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(self.tok.encode(text, add_special_tokens=False).ids)
 
+    def encode_with_ends(self, text: str) -> tuple[list[int], list[int]]:
+        """ids and, per token, the character offset in `text` where it ends."""
+        enc = self.tok.encode(text, add_special_tokens=False)
+        return list(enc.ids), [int(end) for _, end in enc.offsets]
+
     def decode(self, ids: list[int]) -> str:
         return str(self.tok.decode(ids, skip_special_tokens=False))
 

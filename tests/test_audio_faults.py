@@ -1,0 +1,217 @@
+"""Sound-system faults without a sound system: stream doubles whose calls hang, fail or die (tests/audio_doubles.py).
+
+Proves that no PortAudio call holds up the event loop, that a lost speaker is reported and recovered, and what
+Playback says about the audio it played (played_before, level_at, last_sample_time) on a hand-driven clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from assistant.audio import playback as playback_mod
+from assistant.audio.capture import Capture
+from assistant.audio.playback import SILENT_DBFS, Pacer, Playback
+from assistant.config import AudioConfig
+from assistant.errors import AudioDeviceError
+from assistant.events import DeviceStatus
+from tests import audio_doubles
+from tests.audio_doubles import FakeSounddevice
+
+RESPONSIVE_S = 0.5  # the loop's longest stall allowed; a PortAudio call on it would stall >= 1.5 s (or forever)
+
+
+@pytest.fixture
+def sd(monkeypatch: pytest.MonkeyPatch) -> Any:
+    double = FakeSounddevice()
+    audio_doubles.install(monkeypatch, double)
+    yield double
+    double.release()
+
+
+async def longest_stall(work: Awaitable[Any]) -> tuple[float, Any]:
+    """Run `work` while a ticker measures the event loop's longest stall; returns (stall s, work's result or
+    exception)."""
+    stall, last, done = 0.0, time.monotonic(), False
+
+    async def tick() -> None:
+        nonlocal stall, last
+        while not done:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            stall, last = max(stall, now - last), now
+
+    ticker = asyncio.create_task(tick())
+    try:
+        result: Any = await work
+    except Exception as e:
+        result = e
+    done = True
+    await ticker
+    return stall, result
+
+
+async def until(cond: Callable[[], bool], limit_s: float = 10.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition never became true"
+        await asyncio.sleep(0.01)
+
+
+def test_hung_start_neither_blocks_the_loop_nor_opens(sd: FakeSounddevice) -> None:
+    """Streams whose start() never returns: opening the microphone and the speaker fails with a message naming
+    the fix after the call bound, and the event loop keeps running throughout."""
+    sd.hang = {"start", "stop", "abort", "close"}
+    cfg = AudioConfig()
+
+    async def open_both() -> list[Any]:
+        results = []
+        for make in (lambda: Capture(cfg), lambda: Playback(cfg)):
+            try:
+                async with make():
+                    results.append("opened")
+            except AudioDeviceError as e:
+                results.append(e)
+        return results
+
+    stall, results = asyncio.run(longest_stall(open_both()))
+    assert stall < RESPONSIVE_S, stall
+    assert [type(r) for r in results] == [AudioDeviceError, AudioDeviceError], results
+    assert "did not return within" in str(results[0]) and "audio.input_device" in str(results[0])
+    assert "audio.output_device" in str(results[1])
+
+
+def test_speaker_lost_with_hanging_calls_is_reported_and_recovered(sd: FakeSounddevice) -> None:
+    """The speaker's stream dies and every call on it (and on new streams) hangs: the loop stays responsive,
+    write/flush/played_samples return at once, DeviceStatus(output, ok=False) is reported with the queued audio
+    dropped and played_samples kept at what was heard; when calls work again it reopens and reports ok=True,
+    and close() returns at once."""
+    cfg = AudioConfig(device_retry_s=0.5)
+    reports: list[DeviceStatus] = []
+
+    async def scenario() -> tuple[int, int, int, int, bool]:
+        async with Playback(cfg, report=reports.append) as out:
+            out.write(np.full(24_000 * 5, 0.25, dtype=np.float32))  # 5 s: far more than plays before the loss
+            await until(lambda: out.played_samples > 2400)
+            sd.hang = {"open", "start", "stop", "abort", "close"}
+            sd.streams[-1].die()
+            out.write(np.full(4800, 0.25, dtype=np.float32))
+            await until(lambda: bool(reports))
+            heard = out.played_samples
+            await asyncio.sleep(0.2)
+            heard_later, queued, ok_while_lost = out.played_samples, round(out.queued_s * 24_000), out.ok
+            assert heard_later == heard  # nothing more is heard once the speaker is gone
+            out.flush()
+            out.write(np.full(4800, 0.25, dtype=np.float32))  # discarded: no speaker
+            sd.hang = set()
+            sd.release()  # the abandoned calls return; new ones work
+            await until(lambda: len(reports) == 2)
+            out.flush()
+            out.write(np.full(4800, 0.25, dtype=np.float32))
+            await until(lambda: out.played_samples > 0)
+            began = time.monotonic()
+        closed_in = round((time.monotonic() - began) * 1000)
+        return heard, queued, out.underruns, closed_in, ok_while_lost
+
+    stall, result = asyncio.run(longest_stall(scenario()))
+    assert not isinstance(result, BaseException), result
+    heard, queued, _, closed_ms, ok_while_lost = result
+    assert stall < RESPONSIVE_S, stall
+    assert [(r.kind, r.ok) for r in reports] == [("output", False), ("output", True)], reports
+    assert "audio.output_device" in reports[0].message and "text only" in reports[0].message
+    assert 2400 < heard < 24_000 * 5 and queued == 0 and not ok_while_lost
+    assert closed_ms < 100, closed_ms
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_played_position_level_and_last_sample_follow_the_dac(
+    sd: FakeSounddevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a hand-driven clock (blocks of 480 samples at 24 kHz, 50 ms DAC delay): played_before(t) counts the
+    samples at the DAC by t, level_at(t) is the level of the block playing then (silence before and after),
+    last_sample_time is None while audio waits and the DAC time of the last sample once it is all handed over."""
+    clock = Clock()
+    monkeypatch.setattr(playback_mod, "time", clock)
+    sd.running = False
+    cfg = AudioConfig(output_prebuffer_ms=0)
+    out = Playback(cfg)
+    out.start()
+    stream = sd.streams[-1]
+    out.write(np.full(480, 0.5, dtype=np.float32))
+    out.write(np.full(480, 0.25, dtype=np.float32))
+    assert out.last_sample_time is None  # queued, not handed over
+    stream.tick(clock.now)  # block 1 -> DAC at 1000.05
+    clock.now += 0.02
+    stream.tick(clock.now)  # block 2 -> DAC at 1000.07
+    clock.now += 0.02
+    stream.tick(clock.now)  # silence
+    out.close()
+    assert out.played_before(1000.05) == 0
+    assert out.played_before(1000.06) == 240
+    assert out.played_before(1000.08) == 720
+    assert out.played_before(1000.2) == 960
+    assert out.level_at(1000.06) == pytest.approx(20 * np.log10(0.5), abs=0.01)
+    assert out.level_at(1000.08) == pytest.approx(20 * np.log10(0.25), abs=0.01)
+    assert out.level_at(1000.04) == SILENT_DBFS and out.level_at(1000.1) == SILENT_DBFS
+    assert out.last_sample_time == pytest.approx(1000.09)
+    assert out.first_sample_dac_time == pytest.approx(1000.05)
+
+
+def test_pacer_buffers_further_ahead_when_generation_nears_real_time() -> None:
+    """Chunks generated 4x faster than real time need only the base lead; chunks at 0.95x real time with a
+    stall leave a lead that covers the deficit they built up; a run break is not generation time; the lead is
+    capped."""
+    frame = 0.08  # one 12.5 Hz TTS frame
+
+    def lead(per_frame_s: list[float], base: float = 0.04) -> float:
+        pacer, t = Pacer(base), 0.0
+        for dt in per_frame_s:
+            t += dt
+            pacer.note(t, frame)
+        return pacer.lead_s()
+
+    assert lead([0.02] * 50) == pytest.approx(0.04)
+    slow = [frame / 0.95] * 50 + [0.5] + [frame / 0.95] * 20  # near real time, one 0.5 s stall
+    deficit = 70 * (frame / 0.95 - frame) + (0.5 - frame)
+    assert lead(slow) == pytest.approx(0.04 + deficit, rel=0.05)
+    assert lead([0.02] * 10 + [5.0] + [0.02] * 10) == pytest.approx(0.04)  # a pause for text: a new run
+    assert lead([0.9] * 100) == pytest.approx(2.0)
+
+
+def test_device_buffer_grows_when_the_device_runs_dry_with_audio_queued(sd: FakeSounddevice) -> None:
+    """Underflows while our queue holds audio (the callback came late: a busy machine) make the next run reopen
+    the stream with twice the device buffer, capped; underflows with nothing queued change nothing."""
+    sd.underflow = True  # every callback says the device ran dry
+    out = Playback(AudioConfig())
+    out.start()
+    try:
+        time.sleep(0.1)  # callbacks with nothing queued: our own gap, not the device's
+        out.flush()
+        time.sleep(0.1)
+        assert len(sd.streams) == 1 and out.device_latency == "low"
+        latencies = []
+        for _ in range(4):
+            opened, before = len(sd.streams), out.underruns
+            out.write(np.full(24_000, 0.1, dtype=np.float32))
+            deadline = time.monotonic() + 5
+            while out.underruns < before + 2 and time.monotonic() < deadline:  # callbacks with audio queued
+                time.sleep(0.01)
+            out.flush()
+            while len(sd.streams) == opened and time.monotonic() < deadline:
+                time.sleep(0.01)
+            latencies.append(sd.streams[-1].latency)
+        assert latencies == [0.05, 0.1, 0.2, 0.25], latencies
+    finally:
+        out.close()
