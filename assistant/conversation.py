@@ -265,7 +265,7 @@ class Conversation:
         """What the speaker played when a block was recorded at `t`, and when its last sample left."""
         if isinstance(self.sink, SpeakerTiming):
             return self.sink.level_at(t), self.sink.last_sample_time
-        # A sink that cannot say (Playback before INTERFACES.md 3 lands): the reply's level while it plays.
+        # A sink that cannot say (NullSink, benchmark doubles): the level of the reply while it plays.
         playing = self.core.current is not None and self.core.state is TurnState.ASSISTANT_SPEAKING
         return (self._last_level if playing else SILENT_DBFS), None
 
