@@ -16,9 +16,9 @@ import numpy as np
 from assistant.audio.format import CAPTURE_RATE
 from assistant.compute import Compute, Priority
 from assistant.config import Config
+from assistant.engines import Engines
 from assistant.errors import ConfigError, InputError
 from assistant.text import sentences
-from assistant.turns import Engines
 
 FEED_SAMPLES = CAPTURE_RATE  # 16000 = one second of 16 kHz audio per compute job
 BG = Priority.BACKGROUND

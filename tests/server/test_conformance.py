@@ -153,8 +153,9 @@ async def scenario(port: int) -> tuple[Peer, Peer, dict[str, Any]]:
         facts["voice"] = updated["session"]["audio"]["output"]["voice"]
         # a spoken turn with server VAD: speech events, transcript, segment, a spoken reply, then the idle timeout
         pcm = speech(RATE)
-        for i in range(0, len(pcm), RATE // 10):
+        for i in range(0, len(pcm), RATE // 10):  # at the pace a microphone records: partial transcripts come
             await ga.send({"type": "input_audio_buffer.append", "audio": b64(pcm[i : i + RATE // 10])})
+            await asyncio.sleep(0.1)
         turn = await ga.until("response.done")
         facts["reply_s"] = (
             sum(len(base64.b64decode(m["delta"])) // 2 for m in turn if "audio.delta" in m["type"]) / RATE
