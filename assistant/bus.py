@@ -5,22 +5,23 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from typing import Generic, TypeVar
 
-from assistant.events import Event
+E = TypeVar("E")
 
 
-class Subscription:
+class Subscription(Generic[E]):
     """An async iterator of events over a bounded drop-oldest queue; `dropped` counts what was lost."""
 
-    def __init__(self, maxsize: int, on_close: Callable[[Subscription], None]) -> None:
-        self._items: deque[Event] = deque()
+    def __init__(self, maxsize: int, on_close: Callable[[Subscription[E]], None]) -> None:
+        self._items: deque[E] = deque()
         self._maxsize = max(1, maxsize)
         self._wake = asyncio.Event()
         self._on_close = on_close
         self.closed = False
         self.dropped = 0
 
-    def put(self, event: Event) -> None:
+    def put(self, event: E) -> None:
         if len(self._items) >= self._maxsize:
             self._items.popleft()
             self.dropped += 1
@@ -33,10 +34,10 @@ class Subscription:
             self._on_close(self)
             self._wake.set()
 
-    def __aiter__(self) -> AsyncIterator[Event]:
+    def __aiter__(self) -> AsyncIterator[E]:
         return self
 
-    async def __anext__(self) -> Event:
+    async def __anext__(self) -> E:
         while not self._items:
             if self.closed:
                 raise StopAsyncIteration
@@ -45,18 +46,18 @@ class Subscription:
         return self._items.popleft()
 
 
-class EventBus:
+class EventBus(Generic[E]):
     """Publishes each event to every open subscription (never blocks the publisher)."""
 
     def __init__(self) -> None:
-        self._subs: set[Subscription] = set()
+        self._subs: set[Subscription[E]] = set()
 
-    def subscribe(self, maxsize: int) -> Subscription:
-        sub = Subscription(maxsize, self._subs.discard)
+    def subscribe(self, maxsize: int) -> Subscription[E]:
+        sub: Subscription[E] = Subscription(maxsize, self._subs.discard)
         self._subs.add(sub)
         return sub
 
-    def publish(self, event: Event) -> None:
+    def publish(self, event: E) -> None:
         for sub in list(self._subs):
             sub.put(event)
 

@@ -117,9 +117,9 @@ def check_push_to_talk(cfg: config.Config) -> None:
 def build_engines(cfg: config.Config, progress: Callable[[str], None] | None = None) -> Any:
     """Load every engine from the config (call on the compute thread: MLX state belongs to it). `progress` gets
     a short text while each model loads (the status line); each load is logged with its time."""
+    from assistant.engines import Engines
     from assistant.stt import load_transcriber
-    from assistant.tts import Qwen3TTS
-    from assistant.turns import Engines
+    from assistant.tts import load_tts
     from assistant.vad import Vad
 
     def timed(what: str, spec: str, load: Callable[[], Any]) -> Any:
@@ -134,7 +134,7 @@ def build_engines(cfg: config.Config, progress: Callable[[str], None] | None = N
 
     transcriber = timed("STT model", cfg.stt.model_id, lambda: load_transcriber(cfg.stt))
     chat = timed("LLM", cfg.llm.model, lambda: load_chat(cfg.llm))
-    tts = timed("TTS model", cfg.tts.model, lambda: Qwen3TTS.load(cfg.tts))
+    tts = timed("TTS model", cfg.tts.model, lambda: load_tts(cfg.tts))
     voice = timed("voice", cfg.tts.voice, lambda: tts.voice(cfg.tts.voice or None))
     return Engines(transcriber, chat, tts, voice, make_vad=Vad)
 
@@ -151,10 +151,10 @@ class SharedEngines:
         self.engines = engines
 
     def new_session(self, voice: str | None) -> Any:
+        from assistant.engines import Engines
         from assistant.llm import Chat
         from assistant.llm_remote import RemoteChat
         from assistant.stt.transcriber import OfflineTranscriber, StreamingTranscriber
-        from assistant.turns import Engines
 
         chat, transcriber = self.engines.chat, self.engines.transcriber
         assert isinstance(chat, Chat | RemoteChat) and isinstance(
@@ -172,13 +172,13 @@ class SharedEngines:
         return self.engines.tts.voice(name)
 
     def voice_names(self) -> list[str]:
-        return sorted(self.engines.tts.profiles())
+        return self.engines.tts.voice_names()
 
 
 def _server_service(cfg: config.Config, engines: Any) -> Any:
     """The WebSocket server as a daemon service: the native protocol and (unless off) /v1/realtime sessions."""
+    from assistant.conversation import Sessions
     from assistant.server.ws import ControlServer
-    from assistant.session import Sessions
 
     def service(pipeline: Any) -> Any:
         limit = cfg.server.realtime_sessions
@@ -195,7 +195,7 @@ async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any =
     compute = Compute()
     try:
         engines = await compute.run(build_engines, cfg, console.status if console is not None else None)
-        from assistant.pipeline import Pipeline
+        from assistant.conversation import Conversation
 
         services: list[Service] = []
         if cfg.pipeline.mode != "hands_free" and not headless:
@@ -208,16 +208,16 @@ async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any =
             speech = speech_engines(engines.transcriber, engines.tts, engines.chat)
             services.append(lambda _pipeline: WyomingServices(cfg, speech, compute))
         if headless:  # no microphone; the daemon's own replies (native say/ask) are not played anywhere
-            from assistant.session import NullSink
+            from assistant.audio.sinks import NullSink
 
-            return await serve(Pipeline(cfg, engines, None, NullSink(), compute), services, console)
+            return await serve(Conversation(cfg, engines, None, NullSink(), compute), services, console)
         from assistant.audio.capture import Capture
         from assistant.audio.playback import Playback
 
         source = ReopeningSource(lambda: Capture(cfg.audio))
         try:
             async with Playback(cfg.audio, rate=engines.tts.sample_rate) as sink:
-                pipeline = Pipeline(cfg, engines, source, sink, compute)
+                pipeline = Conversation(cfg, engines, source, sink, compute)
                 sink.report = pipeline.device_status
                 return await serve(pipeline, services, console)
         finally:
@@ -241,7 +241,7 @@ def cmd_wyoming(args: argparse.Namespace, cfg: config.Config) -> int:
 def build_speech_engines(cfg: config.Config) -> Any:
     """STT and TTS only, for the Wyoming services (call on the compute thread)."""
     from assistant.stt import load_transcriber
-    from assistant.tts import Qwen3TTS
+    from assistant.tts.qwen3 import Qwen3TTS
     from assistant.wyoming import speech_engines
 
     tts = Qwen3TTS.load(cfg.tts)
@@ -384,7 +384,7 @@ def cmd_say(args: argparse.Namespace, cfg: config.Config) -> int:
     if not pieces:
         raise InputError("nothing to say: TEXT has no speakable words (only emoji, symbols or markup)")
     out = check_output(args.out) if args.out else None  # before the model loads: a bad path fails in a second
-    from assistant.tts import Qwen3TTS
+    from assistant.tts.qwen3 import Qwen3TTS
 
     began = time.perf_counter()
     tts = Qwen3TTS.load(cfg.tts)

@@ -19,7 +19,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -165,11 +165,6 @@ class Compute:
         """Advance `gen` by one `next()` on the worker."""
         return await self.run(_next, gen, priority=priority, ticket=ticket)
 
-    async def close_generator(self, gen: Iterator[Any]) -> None:
-        """`gen.close()` on the worker (its cleanup may touch MLX), ahead of reply work."""
-        if isinstance(gen, Generator):  # plain iterators have nothing to close
-            await self.run(gen.close, priority=Priority.URGENT)
-
     def clear_cache(self) -> concurrent.futures.Future[None]:
         """Free MLX's buffer cache between turns (long-run memory stays flat)."""
         return self.submit(_clear_mlx_cache, priority=Priority.BACKGROUND)
@@ -246,8 +241,6 @@ def _next(gen: Iterator[Any]) -> StepResult:
 
 
 def _clear_mlx_cache() -> None:
-    try:
-        import mlx.core as mx
-    except ImportError:  # engines without MLX (test doubles)
-        return
+    import mlx.core as mx
+
     mx.clear_cache()

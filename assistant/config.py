@@ -58,6 +58,7 @@ class VadConfig:
     short_hangover_ms: int = opt(400, "ms", 100, 5000)
     barge_in_min_speech_ms: int = opt(300, "ms", 10, 5000)
     barge_in_energy_margin_db: float = opt(6.0, "dB", 0.0, 60.0)
+    echo_tail_ms: int = opt(200, "ms", 0, 2000)
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class LlmConfig:
 
 @dataclass(frozen=True)
 class TtsConfig:
+    engine: str = opt("qwen3", choices=("qwen3",))
     model: str = opt("mlx-community/Qwen3-TTS-12Hz-0.6B-CustomVoice-8bit")
     voice: str = opt("default")
     voices_dir: str = opt("")  # "" = the voices/ folder next to the package

@@ -24,9 +24,9 @@ from typing import Any, Protocol
 
 from assistant.audio.format import AudioBlock
 from assistant.console import Console, StatusLine
+from assistant.conversation import Conversation
 from assistant.errors import AudioDeviceError
 from assistant.logs import kv
-from assistant.pipeline import Pipeline
 
 log = logging.getLogger("assistant.daemon")
 
@@ -34,7 +34,7 @@ SHUTDOWN_S = 2.0  # SIGINT/SIGTERM to exit, at most
 DEADLINE_S = SHUTDOWN_S - 0.2  # the forced exit leaves room for the process to end
 PIPELINE_STOP_S, SERVICES_STOP_S = 0.6, 0.5  # then the composition root's own close (compute: 0.5 s)
 EXIT_FORCED = 1  # the orderly stop did not finish in time (a wedged device or engine); the process exited anyway
-Service = Callable[[Pipeline], AbstractAsyncContextManager[Any]]
+Service = Callable[[Conversation], AbstractAsyncContextManager[Any]]
 
 
 class CaptureLike(Protocol):
@@ -74,7 +74,7 @@ class ReopeningSource:
 
 
 async def serve(
-    pipeline: Pipeline,
+    pipeline: Conversation,
     services: Sequence[Service] = (),
     console: Console | None = None,
     ready: Callable[[], None] | None = None,
@@ -88,6 +88,7 @@ async def serve(
     tasks: list[asyncio.Task[Any]] = []
     code, began = 0, time.monotonic()
     try:
+        await pipeline.warmup()  # the first turn is as fast as the tenth: nothing compiles after "listening"
         async with _services(pipeline, services):
             tasks.append(asyncio.create_task(pipeline.run(), name="listen"))
             if console is not None:
@@ -136,7 +137,7 @@ def _exit_now(code: int, why: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _services(pipeline: Pipeline, services: Sequence[Service]) -> AsyncIterator[None]:
+async def _services(pipeline: Conversation, services: Sequence[Service]) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as stack:
         for make in services:
             await stack.enter_async_context(make(pipeline))
@@ -148,7 +149,7 @@ async def _services(pipeline: Pipeline, services: Sequence[Service]) -> AsyncIte
                     await stack.aclose()
 
 
-async def _shutdown(pipeline: Pipeline, tasks: list[asyncio.Task[Any]]) -> None:
+async def _shutdown(pipeline: Conversation, tasks: list[asyncio.Task[Any]]) -> None:
     for task in tasks:
         task.cancel()
     try:
@@ -160,7 +161,7 @@ async def _shutdown(pipeline: Pipeline, tasks: list[asyncio.Task[Any]]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def hotkey_service(pipeline: Pipeline) -> AsyncIterator[None]:
+async def hotkey_service(pipeline: Conversation) -> AsyncIterator[None]:
     """The push-to-talk hotkey for the pipeline's config; when it cannot run, one line says why and we go on."""
     from assistant.hotkey import Hotkey
 

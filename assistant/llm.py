@@ -170,7 +170,7 @@ class Chat:
         self.model = model
         self.tokenizer = tokenizer
         self.cfg = cfg
-        self.history: list[Message] = []
+        self._history: list[Message] = []  # owned here: others read `history` and ask for changes
         self.stats = TurnStats()
         self.cache = PromptCache(model)
         self._system = cfg.system_prompt
@@ -209,7 +209,34 @@ class Chat:
         """Forget the conversation. The cache is kept: the next turn reuses its system-prompt prefix."""
         self._cancel()
         self._answer = None
-        self.history = []
+        self._history = []
+
+    @property
+    def history(self) -> list[Message]:
+        """The conversation as recorded (a copy: change it through the methods below)."""
+        return list(self._history)
+
+    def discard_answer(self) -> None:
+        """Drop the answer in progress and the user message it answers, as if neither happened (speculation).
+
+        The prompt cache rewinds to the longest common prefix on the next turn.
+        """
+        self._cancel()
+        if self._answer is None:
+            return
+        self._answer = None
+        starts = [i for i, m in enumerate(self._history) if m.role == "user"]
+        if starts:  # the user message and any tool rounds after it
+            del self._history[starts[-1] :]
+
+    def revise_answer(self, recorded: str, heard: str) -> bool:
+        """The listener heard only `heard` of the latest answer recorded as `recorded`; True when one was changed."""
+        for i in range(len(self._history) - 1, -1, -1):
+            m = self._history[i]
+            if m.role == "assistant" and m.content.strip() == recorded.strip():
+                self._history[i] = Message("assistant", heard.strip(), interrupted=True)
+                return True
+        return False
 
     def set_system_prompt(self, text: str) -> None:
         """Use `text` as the system prompt from the next turn on ("" = none)."""
@@ -243,7 +270,7 @@ class Chat:
 
     def _fit_history(self) -> tuple[list[int], int]:
         """The prompt for the current history; drops the oldest turns when it exceeds `llm.history_tokens`."""
-        prompt = self.render(self.history, add_generation_prompt=True)
+        prompt = self.render(self._history, add_generation_prompt=True)
         if len(prompt) <= self.cfg.history_tokens:
             return prompt, 0
         dropped = 0
@@ -251,12 +278,12 @@ class Chat:
         # Drop whole turns (a user message up to the next one, tool rounds included) so roles keep alternating;
         # the newest turn stays.
         while len(prompt) > target:
-            n = next((i for i, m in enumerate(self.history) if i and m.role == "user"), 0)
+            n = next((i for i, m in enumerate(self._history) if i and m.role == "user"), 0)
             if not n:
                 break
-            del self.history[:n]
+            del self._history[:n]
             dropped += n
-            prompt = self.render(self.history, add_generation_prompt=True)
+            prompt = self.render(self._history, add_generation_prompt=True)
         log.info("history over %d tokens: dropped %d oldest messages", self.cfg.history_tokens, dropped)
         return prompt, dropped
 
@@ -273,7 +300,7 @@ class Chat:
         self._cancel()
         if self._answer is not None:
             self.finish_turn(None)
-        self.history.append(Message("user", text))
+        self._history.append(Message("user", text))
         prompt, dropped = self._fit_history()
         self._answer = []
         self._answer_tokens = []
@@ -360,10 +387,10 @@ class Chat:
         full = "".join(self._answer).strip()
         self._answer = None
         heard = full if heard_text is None else heard_text.strip()
-        self.history.append(Message("assistant", heard, interrupted=heard != full or not self._complete))
+        self._history.append(Message("assistant", heard, interrupted=heard != full or not self._complete))
         # Rewind now (cheap), so the next turn only prefills the heard answer's tail and the new message.
         try:
-            self.cache.rewind(self.render(self.history, add_generation_prompt=False), keep_last=False)
+            self.cache.rewind(self.render(self._history, add_generation_prompt=False), keep_last=False)
         except ModelError:
             pass  # a template that cannot end on an assistant turn: the next respond() rewinds instead
 
@@ -409,10 +436,10 @@ class Chat:
         if said and self.tool_format is GEMMA4:
             # Gemma 4's template renders a message's content after its tool results: what was said before the
             # calls becomes a message of its own, so the prompt keeps the order things were said in.
-            self.history.append(Message("assistant", said))
+            self._history.append(Message("assistant", said))
             said = ""
-        self.history.append(Message("assistant", said, tool_calls=calls))
-        self.history += [Message("tool", text, tool_call_id=call.id, name=call.name) for call, text in results]
+        self._history.append(Message("assistant", said, tool_calls=calls))
+        self._history += [Message("tool", text, tool_call_id=call.id, name=call.name) for call, text in results]
         prompt, dropped = self._fit_history()
         self._answer = []
         self._answer_tokens = []
@@ -422,8 +449,8 @@ class Chat:
 
     def last_turn(self) -> list[Message]:
         """The messages of the newest turn: its user message and everything after it (for the memory store)."""
-        starts = [i for i, m in enumerate(self.history) if m.role == "user"]
-        return list(self.history[starts[-1] :]) if starts else []
+        starts = [i for i, m in enumerate(self._history) if m.role == "user"]
+        return list(self._history[starts[-1] :]) if starts else []
 
     def restore(self, messages: Sequence[Message]) -> int:
         """Start from a stored history (at daemon start): drops the oldest turns beyond `llm.history_tokens`.
@@ -432,11 +459,11 @@ class Chat:
         """
         self._cancel()
         self._answer = None
-        self.history = list(messages)
-        if not self.history:
+        self._history = list(messages)
+        if not self._history:
             return 0
-        before = len(self.history)
-        while self.history and len(self.render(self.history, add_generation_prompt=False)) > self.cfg.history_tokens:
-            n = next((i for i, m in enumerate(self.history) if i and m.role == "user"), len(self.history))
-            del self.history[:n]
-        return before - len(self.history)
+        before = len(self._history)
+        while self._history and len(self.render(self._history, add_generation_prompt=False)) > self.cfg.history_tokens:
+            n = next((i for i, m in enumerate(self._history) if i and m.role == "user"), len(self._history))
+            del self._history[:n]
+        return before - len(self._history)

@@ -393,6 +393,26 @@ class RemoteChat:
         heard = full if heard_text is None else heard_text.strip()
         self.history.append(Message("assistant", heard, interrupted=heard != full or not self._complete))
 
+    def discard_answer(self) -> None:
+        """Drop the answer in progress and the user message it answers (with any tool rounds), as if neither
+        happened (a speculative reply that was not needed)."""
+        self._cancel()
+        if self._answer is None:
+            return
+        self._answer, self.tool_calls = None, []
+        starts = [i for i, m in enumerate(self.history) if m.role == "user"]
+        if starts:
+            del self.history[starts[-1] :]
+
+    def revise_answer(self, recorded: str, heard: str) -> bool:
+        """The listener heard only `heard` of the latest answer recorded as `recorded`; True when one was changed."""
+        for i in range(len(self.history) - 1, -1, -1):
+            m = self.history[i]
+            if m.role == "assistant" and m.content.strip() == recorded.strip():
+                self.history[i] = Message("assistant", heard.strip(), interrupted=True)
+                return True
+        return False
+
 
 def _is_user(item: Message) -> bool:
     return item.role == "user"

@@ -1,32 +1,99 @@
-"""One reply: transcript -> LLM deltas -> TTS incremental text -> audio chunks, one compute step at a time.
+"""One reply: user text -> LLM deltas -> speakable text -> TTS audio chunks, one compute step at a time.
 
 The pump feeds text just in time: an LLM token whenever the TTS waits for text, else a TTS frame, so the answer
 starts sounding after the first frames while the rest is generated. Every step is its own compute job carrying
 the reply's ticket: a barge-in or a resumed utterance bumps the generation and the next step never runs.
-Audio is held back until the turn is confirmed (`confirmed` is set), so nothing speculative is ever played.
+`pump` is an async generator of what the reply produced (`ReplyText`, `ReplyAudio`); the conversation hands each
+to its turn core, which decides whether it plays. While the turn is unconfirmed the pump stops after
+`SPECULATIVE_CHUNKS` chunks until `confirmed` is set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import numpy as np
 
-from assistant.compute import Compute, Priority, Ticket
+from assistant.compute import Compute, Ticket
 from assistant.config import Config
-from assistant.turns import AudioRing, ChatLike, Engines, HeardMap, TranscriptLike, TurnTrace, UtteranceLike
+from assistant.engines import ChatLike, Engines
+from assistant.events import LatencyTrace
+from assistant.text import ClauseChunker
+from assistant.tts.types import SpeechUtterance
+from assistant.turns import ReplyAudio, ReplyText, Responder
 
 SPECULATIVE_CHUNKS = 1  # audio chunks made ahead while the turn is unconfirmed; then the reply waits
 MAX_STALLS = 3  # TTS steps without a frame after end_text() before the TTS is declared stuck
 
 
-class TextSplitter(Protocol):
-    def push(self, delta: str) -> list[str]: ...
-    def flush(self) -> list[str]: ...
+class HeardMap:
+    """Maps the sink's played-sample position back to reply text.
+
+    For every audio chunk we record how much text had been pushed to the TTS when the chunk was produced; the
+    heard text is the text pushed by the time the chunk holding the last played sample was made, cut back to a
+    whole word. (An upper bound within the TTS's text lead; exact when the TTS consumes text as it is pushed.)
+    """
+
+    def __init__(self) -> None:
+        self.text = ""  # everything pushed to the TTS so far
+        self._ends: list[int] = []  # cumulative samples at the end of each chunk
+        self._chars: list[int] = []  # len(self.text) when that chunk was produced
+
+    @property
+    def samples(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def pushed(self, text: str) -> None:
+        self.text += text
+
+    def chunk(self, n_samples: int) -> None:
+        self._ends.append(self.samples + n_samples)
+        self._chars.append(len(self.text))
+
+    def heard(self, played: int, full_text: str | None = None) -> str:
+        """The text heard after `played` samples; `full_text` (all generated so far) decides word ends."""
+        if played <= 0 or not self._ends:
+            return ""
+        i = min(bisect.bisect_left(self._ends, played), len(self._ends) - 1)
+        cut = self._chars[i]
+        full = self.text if full_text is None else full_text
+        if 0 < cut < len(full) and not full[cut].isspace() and not full[cut - 1].isspace():
+            cut = max(full.rfind(" ", 0, cut), 0)  # mid-word: the word was not finished
+        return full[:cut].strip()
+
+
+@dataclass
+class TurnTrace:
+    """Milestones of one turn on the monotonic clock; `speech_end` is the true end of the user's speech."""
+
+    turn: int
+    speech_end: float
+    endpoint: float  # when the turn was confirmed (end of turn, PTT release, or the ask/say call)
+    marks: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, float] = field(default_factory=dict)  # backlog_ms, underruns
+
+    def mark(self, name: str, when: float) -> None:
+        self.marks.setdefault(name, when)  # the first occurrence counts
+
+    def trace(self) -> LatencyTrace:
+        def ms(name: str) -> float | None:
+            t = self.marks.get(name)
+            return None if t is None else round((t - self.speech_end) * 1000.0, 1)
+
+        return LatencyTrace(
+            turn=self.turn,
+            vad_hangover_ms=round((self.endpoint - self.speech_end) * 1000.0, 1),
+            stt_final_ms=ms("stt_final"),
+            llm_first_token_ms=ms("llm_first_token"),
+            tts_first_text_ms=ms("tts_first_text"),
+            tts_first_audio_ms=ms("tts_first_audio"),
+            first_sample_played_ms=ms("first_sample_played"),
+            extra=dict(self.extra),
+        )
 
 
 @dataclass(eq=False)
@@ -36,85 +103,51 @@ class Reply:
     turn: int
     ticket: Ticket
     trace: TurnTrace
+    responder: Responder
     confirmed: asyncio.Event
     result: asyncio.Future[str]
-    user_text: str | None = None  # None: transcribe the user's speech first
-    speak_text: str | None = None  # say(): speak exactly this, no LLM
-    transcript: TranscriptLike | None = None
     heard: HeardMap = field(default_factory=HeardMap)
     answer: str = ""  # everything the LLM generated so far
     gen: Iterator[str] | None = None
-    utt: UtteranceLike | None = None
-    held_audio: list[np.ndarray] = field(default_factory=list)
-    held_deltas: list[str] = field(default_factory=list)
+    utt: SpeechUtterance | None = None
+    chunks_made: int = 0
     audio_started: bool = False
     samples_written: int = 0
+    underruns_at: int = 0  # the sink's underrun count when this reply's audio started
     task: asyncio.Task[None] | None = None
 
-    @property
-    def records_history(self) -> bool:
-        """True when the LLM answered, so the chat history must get a `finish_turn`."""
-        return self.gen is not None
-
-
-class ReplyHooks(Protocol):
-    """What the pump asks of the pipeline (the event loop side)."""
-
-    def on_transcript(self, reply: Reply) -> None: ...
-    def on_delta(self, reply: Reply, delta: str) -> None: ...
-    def on_reply_audio(self, reply: Reply, chunk: np.ndarray) -> None: ...
-
-
-def _splitter(cfg: Config) -> TextSplitter | None:
-    """Speakable pieces for the TTS: words as they complete (incremental) or clauses (chunked)."""
-    try:
-        from assistant.text import ClauseChunker
-    except ImportError:  # text.py not in this build: incremental mode passes the raw deltas
-        if cfg.tts.text_mode == "chunked":
-            raise
-        return None
-    return ClauseChunker("clauses" if cfg.tts.text_mode == "chunked" else "stream")
+    def heard_text(self, played: int) -> str:
+        """What the listener heard after `played` samples of this reply's audio."""
+        return self.heard.heard(played if self.audio_started else 0)
 
 
 def start_answer(reply: Reply, chat: ChatLike) -> None:
     """On the compute thread: `respond()` renders and tokenizes the history, and may rewind the cache."""
-    assert reply.user_text is not None
-    reply.gen = chat.respond(reply.user_text)
+    assert reply.responder.user_text is not None
+    reply.gen = chat.respond(reply.responder.user_text)
 
 
 def settle_answer(reply: Reply, chat: ChatLike, heard: str | None) -> None:
     """On the compute thread: stop the answer and record what was heard; `heard=None` drops it entirely.
 
-    Runs after any `start_answer` job already taken by the worker, so `reply.gen` is final here. The Chat has no
-    "discard": a speculative answer is recorded empty and that exchange is then removed from the history (the
-    prompt cache rewinds to the longest common prefix on the next turn).
+    Runs after any `start_answer` job already taken by the worker, so `reply.gen` is final here.
     """
-    gen = reply.gen
-    if gen is None:
+    if reply.gen is None:
         return
-    if isinstance(gen, Generator):
-        gen.close()
-    if heard is not None:
+    if heard is None:
+        chat.discard_answer()
+    else:
         chat.finish_turn(heard)
-        return
-    chat.finish_turn("")
-    history = chat.history
-    user = (reply.user_text or "").strip()
-    if len(history) >= 2 and history[-1].content == "" and history[-2].content == user:
-        del history[-2:]
 
 
-def llm_step(gen: Iterator[str], utt: UtteranceLike, splitter: TextSplitter | None) -> tuple[bool, str, str]:
+def llm_step(gen: Iterator[str], utt: SpeechUtterance, splitter: ClauseChunker) -> tuple[bool, str, str]:
     """On the compute thread: one LLM token into the TTS. Returns (finished, delta, text pushed to the TTS)."""
     try:
         delta = next(gen)
     except StopIteration:
-        pieces = splitter.flush() if splitter else []
-        finished = True
-        delta = ""
+        pieces, finished, delta = splitter.flush(), True, ""
     else:
-        pieces = splitter.push(delta) if splitter else [delta]
-        finished = False
+        pieces, finished = splitter.push(delta), False
     pushed = ""
     for p in pieces:
         if p:
@@ -125,58 +158,25 @@ def llm_step(gen: Iterator[str], utt: UtteranceLike, splitter: TextSplitter | No
     return finished, delta, pushed
 
 
-class Feedable(Protocol):
-    """An utterance whose audio from the ring goes to the transcriber: [start, fed_to) was submitted."""
-
-    fed_to: int
-    feeding: bool  # a feed job is in flight
-
-
-def feed_transcriber(
-    user: Feedable,
-    ring: AudioRing,
-    compute: Compute,
-    engines: Engines,
-    done: Callable[[Any, Any], None],
-    force: bool = False,
-) -> None:
-    """Submit the utterance's new audio to the transcriber: one feed job in flight, later audio coalesced.
-
-    `done(user, future)` runs on the event loop when the job ends (its result is a partial transcript or None).
-    """
-    if (user.feeding and not force) or user.fed_to >= ring.end:
-        return
-    audio = ring.slice(user.fed_to, ring.end)
-    user.fed_to, user.feeding = ring.end, True
-    fut = compute.submit(engines.transcriber.feed, audio, priority=Priority.URGENT)
-    loop = asyncio.get_running_loop()
-    fut.add_done_callback(lambda f: loop.call_soon_threadsafe(done, user, f))
-
-
-async def pump(reply: Reply, engines: Engines, compute: Compute, cfg: Config, hooks: ReplyHooks) -> None:
-    """Run one reply to its last audio chunk (the caller waits for playback and records the turn)."""
+async def pump(reply: Reply, engines: Engines, compute: Compute, cfg: Config) -> AsyncIterator[ReplyText | ReplyAudio]:
+    """Run one reply to its last audio chunk, yielding its text deltas and audio chunks as they are made."""
     ticket, trace = reply.ticket, reply.trace
-    if reply.speak_text is not None:
-        reply.heard.pushed(reply.speak_text)
-        reply.utt = await compute.run(engines.tts.start, engines.voice, reply.speak_text, ticket=ticket)
+    speak = reply.responder.speak_text
+    if speak is not None:
+        reply.heard.pushed(speak)
+        reply.utt = await compute.run(engines.tts.start, engines.voice, speak, ticket=ticket)
         trace.mark("tts_first_text", time.monotonic())
-        await _drain_tts(reply, compute, hooks, ticket)
+        while not reply.utt.done:
+            async for out in _tts_step(reply, compute, ticket):
+                yield out
         return
-    if reply.user_text is None:
-        reply.transcript = await compute.run(engines.transcriber.finalize, priority=Priority.URGENT, ticket=ticket)
-        trace.mark("stt_final", time.monotonic())
-        hooks.on_transcript(reply)
-        if not reply.transcript.text.strip():
-            return  # nothing was said: no answer
-        reply.user_text = reply.transcript.text
-    splitter = _splitter(cfg)
+    splitter = ClauseChunker("clauses" if cfg.tts.text_mode == "chunked" else "stream")
     reply.utt = utt = await compute.run(engines.tts.start, engines.voice, None, ticket=ticket)
     await compute.run(start_answer, reply, engines.chat, ticket=ticket)
     gen = reply.gen
     assert gen is not None
     # Text just in time: an LLM step only when the TTS made no frame at its last step (it waits for text), so the
     # text pushed when a chunk is made is the text spoken in it (what the heard-text map relies on).
-    # (`waiting_for_text` describes the last step, so it is stale right after a push: it is not used here.)
     llm_done, tts_idle, stalls = False, True, 0
     while True:
         if not llm_done and tts_idle:
@@ -184,14 +184,15 @@ async def pump(reply: Reply, engines: Engines, compute: Compute, cfg: Config, ho
             if delta:
                 trace.mark("llm_first_token", time.monotonic())
                 reply.answer += delta
-                hooks.on_delta(reply, delta)
+                yield ReplyText(reply.turn, delta, time.monotonic())
             if pushed:
                 trace.mark("tts_first_text", time.monotonic())
                 reply.heard.pushed(pushed)
                 tts_idle = False
         elif not utt.done:
             before = utt.frames_emitted
-            await _tts_step(reply, compute, hooks, ticket)
+            async for out in _tts_step(reply, compute, ticket):
+                yield out
             tts_idle = utt.frames_emitted == before
             # `waiting_for_text` describes the last step; after end_text() a step must make progress.
             stalls = stalls + 1 if llm_done and tts_idle and utt.waiting_for_text and not utt.done else 0
@@ -199,20 +200,15 @@ async def pump(reply: Reply, engines: Engines, compute: Compute, cfg: Config, ho
                 raise RuntimeError("the TTS still waits for text after end_text(); the TTS engine broke its contract")
         else:
             return
-        if not reply.confirmed.is_set() and len(reply.held_audio) >= SPECULATIVE_CHUNKS:
+        if not reply.confirmed.is_set() and reply.chunks_made >= SPECULATIVE_CHUNKS:
             await reply.confirmed.wait()  # speculative work stops after the first chunk until the turn is real
 
 
-async def _drain_tts(reply: Reply, compute: Compute, hooks: ReplyHooks, ticket: Ticket) -> None:
-    assert reply.utt is not None
-    while not reply.utt.done:
-        await _tts_step(reply, compute, hooks, ticket)
-
-
-async def _tts_step(reply: Reply, compute: Compute, hooks: ReplyHooks, ticket: Ticket) -> None:
+async def _tts_step(reply: Reply, compute: Compute, ticket: Ticket) -> AsyncIterator[ReplyAudio]:
     assert reply.utt is not None
     chunk = await compute.run(reply.utt.step, ticket=ticket)
     if chunk is not None and len(chunk):
         reply.trace.mark("tts_first_audio", time.monotonic())
         reply.heard.chunk(len(chunk))
-        hooks.on_reply_audio(reply, np.asarray(chunk, dtype=np.float32))
+        reply.chunks_made += 1
+        yield ReplyAudio(reply.turn, np.asarray(chunk, dtype=np.float32), time.monotonic())

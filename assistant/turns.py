@@ -1,145 +1,348 @@
-"""Pure parts of turn-taking: the engine and audio-endpoint protocols, and the bookkeeping a turn needs.
+"""The turn core: every turn-taking decision, sans I/O (in the spirit of python-websockets' `protocol.py`).
 
-Nothing here does I/O: the capture clock, the turn's audio ring, the played-samples -> heard-text map and the
-latency milestones are plain values the pipeline updates and tests check directly.
+`TurnCore.handle(input) -> list[Action]`: typed inputs in (captured audio with its capture time, VAD events,
+transcripts, reply progress, push-to-talk, interrupt, mute, commit, user text, create/cancel response), typed
+actions out (feed/finalize/reset the transcriber, run the VAD, start/confirm/drop/interrupt a reply, play audio,
+publish an event). Time enters only as values on the inputs; no asyncio, devices or models here, so a scripted
+timeline of inputs is a complete test. `Policy` holds what differs between the daemon and a Realtime session;
+the end-of-turn strategy is an `EndOfTurnPolicy` object (assistant/endofturn.py).
+
+Echo (issue 22): every captured block is judged by the time it was recorded. The driver tells what the speaker
+was playing then (`AudioIn.speaker_dbfs`) and when its last sample left (`speaker_end`); a block recorded while
+the speaker played, or within `echo_tail_ms` after, runs through the VAD's stricter playback gate, and speech
+whose onset falls there starts a turn only once its transcript has words ("clearly the user").
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Literal
 
 import numpy as np
 
-from assistant.audio.format import CAPTURE_RATE, AudioBlock
-from assistant.config import VadConfig
-from assistant.events import LatencyTrace, SilenceStarted, SpeechEnded, SpeechResumed, SpeechStarted
-
-# ---- what the pipeline needs from the engines (the fixed interfaces; the real classes satisfy these) ---------
-
-
-class TranscriptLike(Protocol):
-    @property
-    def text(self) -> str: ...
-    @property
-    def language(self) -> str: ...
-
-
-class TranscriberLike(Protocol):
-    def reset(self) -> None: ...
-    def feed(self, audio: np.ndarray) -> str | None: ...
-    def finalize(self) -> TranscriptLike: ...
-
-
-class ChatLike(Protocol):
-    history: list[Any]  # Message(role, content, interrupted); a dropped speculative exchange is removed
-
-    def respond(self, user_text: str) -> Iterator[str]: ...
-    def finish_turn(self, heard_text: str | None) -> None: ...
-    def reset(self) -> None: ...
-    def set_system_prompt(self, text: str) -> None: ...
-
-
-class UtteranceLike(Protocol):
-    @property
-    def waiting_for_text(self) -> bool: ...
-    @property
-    def done(self) -> bool: ...
-    @property
-    def frames_emitted(self) -> int: ...
-    def push_text(self, text: str) -> None: ...
-    def end_text(self) -> None: ...
-    def step(self) -> np.ndarray | None: ...
-
-
-class SpeechLike(Protocol):
-    @property
-    def sample_rate(self) -> int: ...
-    def start(self, voice: Any, text: str | None = None) -> UtteranceLike: ...
-
+from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS
+from assistant.endofturn import EndOfTurnPolicy, TurnEvidence
+from assistant.errors import InputError
+from assistant.events import (
+    ErrorEvent,
+    Event,
+    FalseStart,
+    FinalTranscript,
+    LatencyTrace,
+    MuteChanged,
+    PartialTranscript,
+    PushToTalk,
+    ResponseDone,
+    ResponseStarted,
+    ResponseTextDelta,
+    SessionEvent,
+    SilenceStarted,
+    SpeculationCancelled,
+    SpeculationStarted,
+    SpeechEnded,
+    SpeechResumed,
+    SpeechStarted,
+    StateChanged,
+    TurnState,
+)
 
 VadEvent = SpeechStarted | SilenceStarted | SpeechResumed | SpeechEnded
+SCORE_WINDOW = 8 * CAPTURE_RATE  # the end-of-turn model sees the turn's last 8 s
+SPEAKER_HISTORY = 2048  # captured blocks whose speaker level is remembered (~40 s of 20 ms blocks)
 
 
-class VadLike(Protocol):
-    def feed(self, samples: np.ndarray) -> Sequence[VadEvent]: ...
-    def set_playback(self, active: bool, level_dbfs: float = -120.0) -> None: ...
-    def reset(self) -> None: ...
+@dataclass(frozen=True)
+class Policy:
+    """What differs between the daemon (hands-free and/or push-to-talk) and a Realtime session."""
+
+    vad_turns: bool = True  # the VAD starts and ends turns (hands-free, server VAD); else PTT or commit only
+    publish_vad: bool = True  # VAD events go to subscribers
+    ptt: bool = True  # the hotkey may start and end turns
+    speculative: bool = True  # answer at the first silence, play only once the turn is confirmed
+    answer_turns: bool = True  # a finished spoken turn is answered (daemon); else it queues a user message
+    auto_respond: bool = True  # Realtime server VAD: a queued transcript creates a response by itself
+    barge_in: bool = True  # speech during a reply may interrupt it
+    barge_in_min_words: int = 0  # words the interruption's transcript needs (0: the VAD's start is enough)
+    preroll_samples: int = 0
+    echo_tail_ms: int = 200  # after the speaker's last sample, echo may still arrive (path delay + reverberation)
 
 
-class AudioSource(Protocol):
-    """The microphone: `Capture`, or a WebSocket client in headless mode."""
+@dataclass(frozen=True)
+class Responder:
+    """What a reply answers: the user's words, or exactly this text to speak (no LLM)."""
 
-    # next int16 16 kHz mono block (with its capture time from a real microphone); AudioDeviceError when lost
-    async def read(self) -> np.ndarray | AudioBlock: ...
-
-
-class AudioSink(Protocol):
-    """The speaker: `Playback`, or a WebSocket client in headless mode."""
-
-    def write(self, chunk: np.ndarray) -> None: ...  # float32 at the TTS rate; never blocks
-    def flush(self) -> None: ...  # drop queued audio; played_samples restarts at 0
-    @property
-    def played_samples(self) -> int: ...
+    user_text: str | None = None
+    speak_text: str | None = None
+    instructions: str | None = None  # a system prompt for this reply only (Realtime response.create)
 
 
-@runtime_checkable
-class TimedSink(Protocol):
-    """A sink that knows when the first sample after start/flush reached the DAC (`time.monotonic()`)."""
-
-    @property
-    def first_sample_dac_time(self) -> float | None: ...
+# ---- inputs --------------------------------------------------------------------------------------------------
 
 
-@runtime_checkable
-class CountsUnderruns(Protocol):
-    """A sink that counts the times its buffer ran dry in the middle of a run (`Playback`)."""
+@dataclass(frozen=True)
+class AudioIn:
+    """A captured block: int16 16 kHz mono recorded from capture time `t`, processed at `now`."""
 
-    @property
-    def underruns(self) -> int: ...
-
-
-@dataclass
-class Engines:
-    """The loaded engines the pipeline drives; every call into them runs on the compute thread."""
-
-    transcriber: TranscriberLike
-    chat: ChatLike
-    tts: SpeechLike
-    voice: Any  # the TTS voice profile (`Qwen3TTS.voice()`)
-    make_vad: Callable[[VadConfig], VadLike]
+    samples: np.ndarray = field(compare=False)
+    t: float
+    now: float
+    speaker_dbfs: float = SILENT_DBFS  # what the speaker played around `t` (the sink's level_at(t))
+    speaker_end: float | None = None  # when the speaker's last queued sample left it (None: still playing/none)
 
 
-def shift_event(ev: VadEvent, origin: int) -> VadEvent:
-    """A VAD event with positions on the capture clock (the VAD counts from its construction or reset)."""
-    if origin == 0:
-        return ev
-    if isinstance(ev, SpeechStarted):
-        return dataclasses.replace(ev, start_sample=ev.start_sample + origin, onset_sample=ev.onset_sample + origin)
-    if isinstance(ev, SpeechEnded):
-        return dataclasses.replace(ev, start_sample=ev.start_sample + origin, end_sample=ev.end_sample + origin)
-    return dataclasses.replace(ev, sample=ev.sample + origin)
+@dataclass(frozen=True)
+class VadIn:
+    """A VAD event, positions counted from the VAD's last reset."""
+
+    event: VadEvent
 
 
-# ---- the capture clock and the turn's audio -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Fed:
+    """A transcriber feed job ended: `partial` is the new partial transcript (None: unchanged or failed)."""
+
+    utt: int
+    partial: str | None
+    now: float
+    error: str | None = None
 
 
-class SampleClock:
-    """Maps capture sample positions to `time.monotonic()`: the last block ended at `time`."""
+@dataclass(frozen=True)
+class Transcribed:
+    """The transcriber's final for finalize job `job` ("" and `error` when it failed)."""
 
-    def __init__(self) -> None:
-        self.samples = 0
-        self.time = 0.0
+    job: int
+    text: str
+    language: str
+    now: float
+    error: str | None = None
 
-    def advance(self, n: int, now: float) -> None:
-        self.samples += n
-        self.time = now
 
-    def time_of(self, sample: int) -> float:
-        return self.time - (self.samples - sample) / CAPTURE_RATE
+@dataclass(frozen=True)
+class Scored:
+    """The end-of-turn model's P(turn complete) for utterance `utt`."""
+
+    utt: int
+    score: float
+    now: float
+
+
+@dataclass(frozen=True)
+class ReplyText:
+    turn: int
+    delta: str
+    now: float
+
+
+@dataclass(frozen=True)
+class ReplyAudio:
+    turn: int
+    chunk: np.ndarray = field(compare=False)
+    now: float = 0.0
+
+
+@dataclass(frozen=True)
+class ReplyDone:
+    """The reply ended: played out, interrupted (text = the heard part), or failed (`error`)."""
+
+    turn: int
+    text: str
+    interrupted: bool
+    now: float
+    error: str | None = None
+    trace: LatencyTrace | None = None  # its latency milestones, published after ResponseDone
+
+
+@dataclass(frozen=True)
+class Ptt:
+    down: bool
+    now: float
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    now: float
+
+
+@dataclass(frozen=True)
+class Mute:
+    muted: bool
+    now: float
+
+
+@dataclass(frozen=True)
+class Commit:
+    """Realtime manual mode: the user's audio so far is one message."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class ClearAudio:
+    now: float
+
+
+@dataclass(frozen=True)
+class UserText:
+    text: str
+    now: float
+
+
+@dataclass(frozen=True)
+class CreateResponse:
+    """Answer the pending user messages (Realtime), or speak / ask now (daemon `say` / `ask`)."""
+
+    now: float
+    instructions: str | None = None
+    ask: str | None = None
+    say: str | None = None
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Realtime response.cancel."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class SetPolicy:
+    policy: Policy
+    end_of_turn: EndOfTurnPolicy
+    new_vad: bool = False  # the driver replaced its VAD: positions restart from here
+
+
+Input = (
+    AudioIn
+    | VadIn
+    | Fed
+    | Transcribed
+    | Scored
+    | ReplyText
+    | ReplyAudio
+    | ReplyDone
+    | Ptt
+    | Interrupt
+    | Mute
+    | Commit
+    | ClearAudio
+    | UserText
+    | CreateResponse
+    | Cancel
+    | SetPolicy
+)
+
+# ---- actions -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunVad:
+    """Feed the block to the VAD; `echo_dbfs` is the playback level to gate against (None: no playback)."""
+
+    samples: np.ndarray = field(compare=False)
+    echo_dbfs: float | None = None
+
+
+@dataclass(frozen=True)
+class ResetVad:
+    pass
+
+
+@dataclass(frozen=True)
+class ResetTranscriber:
+    pass
+
+
+@dataclass(frozen=True)
+class Feed:
+    """Feed this audio of utterance `utt` to the transcriber (one job in flight; answer with `Fed`)."""
+
+    utt: int
+    audio: np.ndarray = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Finalize:
+    """Finalize the transcriber after the feeds before it (answer with `Transcribed(job)`)."""
+
+    job: int
+
+
+@dataclass(frozen=True)
+class ScoreTurn:
+    """Run the end-of-turn model over the turn's audio (answer with `Scored(utt)`)."""
+
+    utt: int
+    audio: np.ndarray = field(compare=False)
+
+
+@dataclass(frozen=True)
+class StartReply:
+    """Start reply `turn` (LLM -> TTS); it plays nothing until confirmed."""
+
+    turn: int
+    responder: Responder
+    confirmed: bool
+    speech_end: float  # the true end of the user's speech (capture time), for the latency trace
+    endpoint: float  # when the turn was decided
+    backlog_ms: float = 0.0  # how far capture processing lagged behind the microphone during the turn
+
+
+@dataclass(frozen=True)
+class ConfirmReply:
+    turn: int
+
+
+@dataclass(frozen=True)
+class DropReply:
+    """A speculative reply that is not needed: stop it, nothing of it goes into the history."""
+
+    turn: int
+
+
+@dataclass(frozen=True)
+class InterruptReply:
+    """Cut the reply short: flush the speaker, stop it, keep what was heard (answer with `ReplyDone`)."""
+
+    turn: int
+
+
+@dataclass(frozen=True)
+class Play:
+    turn: int
+    chunk: np.ndarray = field(compare=False)
+
+
+@dataclass(frozen=True)
+class FlushAudio:
+    """Drop queued speaker audio; the sink's played position restarts (a reply's first chunk follows)."""
+
+
+@dataclass(frozen=True)
+class Publish:
+    event: Event | SessionEvent
+
+
+Action = (
+    RunVad
+    | ResetVad
+    | ResetTranscriber
+    | Feed
+    | Finalize
+    | ScoreTurn
+    | StartReply
+    | ConfirmReply
+    | DropReply
+    | InterruptReply
+    | Play
+    | FlushAudio
+    | Publish
+)
+
+# ---- state ---------------------------------------------------------------------------------------------------
 
 
 class AudioRing:
@@ -154,12 +357,10 @@ class AudioRing:
         return max(0, self.end - len(self._buf))
 
     def append(self, block: np.ndarray) -> None:
-        block = block[-len(self._buf) :]
         n, cap = len(block), len(self._buf)
-        at = (self.end) % cap
-        first = min(n, cap - at)
-        self._buf[at : at + first] = block[:first]
-        self._buf[: n - first] = block[first:]
+        block = block[-cap:]
+        idx = (self.end + n - len(block) + np.arange(len(block))) % cap
+        self._buf[idx] = block
         self.end += n
 
     def slice(self, a: int, b: int) -> np.ndarray:
@@ -167,88 +368,634 @@ class AudioRing:
         a, b = max(a, self.start), min(b, self.end)
         if b <= a:
             return np.zeros(0, dtype=np.int16)
-        cap = len(self._buf)
-        idx = np.arange(a, b) % cap
-        return self._buf[idx]
+        return self._buf[np.arange(a, b) % len(self._buf)].copy()
 
 
-# ---- what the listener heard ------------------------------------------------------------------------------------
-
-
-class HeardMap:
-    """Maps the sink's played-sample position back to reply text.
-
-    For every audio chunk we record how much text had been pushed to the TTS when the chunk was produced; the
-    heard text is the text pushed by the time the chunk holding the last played sample was made, cut back to a
-    whole word. (An upper bound within the TTS's text lead; exact when the TTS consumes text as it is pushed.)
-    """
+class CaptureClock:
+    """Capture sample positions -> capture time, and the speaker's level when each block was recorded."""
 
     def __init__(self) -> None:
-        self.text = ""  # everything pushed to the TTS so far
-        self._ends: list[int] = []  # cumulative samples at the end of each chunk
-        self._chars: list[int] = []  # len(self.text) when that chunk was produced
+        self._starts: deque[int] = deque(maxlen=SPEAKER_HISTORY)
+        self._times: deque[float] = deque(maxlen=SPEAKER_HISTORY)
+        self._echo: deque[bool] = deque(maxlen=SPEAKER_HISTORY)
 
-    @property
-    def samples(self) -> int:
-        return self._ends[-1] if self._ends else 0
+    def add(self, start: int, t: float, echo: bool) -> None:
+        self._starts.append(start)
+        self._times.append(t)
+        self._echo.append(echo)
 
-    def pushed(self, text: str) -> None:
-        self.text += text
+    def _block(self, sample: int) -> int:
+        return max(0, bisect.bisect_right(self._starts, sample) - 1)
 
-    def chunk(self, n_samples: int) -> None:
-        self._ends.append(self.samples + n_samples)
-        self._chars.append(len(self.text))
+    def time_of(self, sample: int) -> float:
+        """Capture time of absolute sample `sample` (0.0 before any audio)."""
+        if not self._starts:
+            return 0.0
+        i = self._block(sample)
+        return self._times[i] + (sample - self._starts[i]) / CAPTURE_RATE
 
-    def heard(self, played: int, full_text: str | None = None) -> str:
-        """The text heard after `played` samples; `full_text` (all generated so far) decides word ends."""
-        if played <= 0 or not self._ends:
-            return ""
-        i = min(bisect.bisect_left(self._ends, played), len(self._ends) - 1)
-        cut = self._chars[i]
-        full = self.text if full_text is None else full_text
-        if 0 < cut < len(full) and not full[cut].isspace() and not full[cut - 1].isspace():
-            cut = max(full.rfind(" ", 0, cut), 0)  # mid-word: the word was not finished
-        return full[:cut].strip()
-
-
-def word_count(text: str) -> int:
-    return len(text.split())
-
-
-# ---- latency ---------------------------------------------------------------------------------------------------
+    def echo_at(self, sample: int) -> bool:
+        """Whether the speaker (or its echo tail) was sounding when `sample` was recorded."""
+        return bool(self._starts) and self._echo[self._block(sample)]
 
 
 @dataclass
-class TurnTrace:
-    """Milestones of one turn on the monotonic clock; `speech_end` is the true end of the user's speech."""
+class Utterance:
+    """The user's turn in progress: audio from `start` goes to the transcriber."""
 
+    id: int
+    start: int
+    fed_to: int
+    ptt: bool = False
+    candidate: bool = False  # during (or in the echo of) a reply: not a turn until it earns one
+    feeding: bool = False
+    silence_at: int | None = None  # where the current pause began (capture position)
+    partial: str = ""
+    score: float | None = None
+    scoring: bool = False
+    spec_job: int | None = None  # the speculative finalize in flight or done
+    spec_turn: int | None = None  # the speculative reply's turn number
+    spec_text: str | None = None  # the speculative transcript, once known
+    spec_language: str = ""
+    spec_started: bool = False  # the speculative reply was started
+
+
+@dataclass
+class ReplyState:
+    turn: int
+    confirmed: bool
+    held: list[Action] = field(default_factory=list)  # what plays/publishes once confirmed
+    audio_started: bool = False
+
+
+@dataclass
+class Finalizing:
+    """A finalize job in flight and what its transcript is for."""
+
+    purpose: Literal["answer", "judge", "queue", "speculate"]  # answer it; judge a barge-in; queue it (Realtime)
     turn: int
     speech_end: float
-    endpoint: float  # when the turn was confirmed (VAD SpeechEnded, PTT release, or the ask/say call)
-    marks: dict[str, float] = field(default_factory=dict)
-
-    def mark(self, name: str, when: float) -> None:
-        self.marks.setdefault(name, when)  # the first occurrence counts
-
-    def trace(self) -> LatencyTrace:
-        def ms(name: str) -> float | None:
-            t = self.marks.get(name)
-            return None if t is None else round((t - self.speech_end) * 1000.0, 1)
-
-        return LatencyTrace(
-            turn=self.turn,
-            vad_hangover_ms=round((self.endpoint - self.speech_end) * 1000.0, 1),
-            stt_final_ms=ms("stt_final"),
-            llm_first_token_ms=ms("llm_first_token"),
-            tts_first_text_ms=ms("tts_first_text"),
-            tts_first_audio_ms=ms("tts_first_audio"),
-            first_sample_played_ms=ms("first_sample_played"),
-        )
+    endpoint: float
+    respond: bool = False
+    utt: int = 0
 
 
-def level_dbfs(chunk: np.ndarray) -> float:
-    """RMS level of a float32 chunk in dBFS (-120 for silence)."""
-    if len(chunk) == 0:
-        return -120.0
-    rms = float(np.sqrt(np.mean(np.square(chunk, dtype=np.float64))))
-    return max(-120.0, 20.0 * float(np.log10(max(rms, 1e-6))))
+class TurnCore:
+    """Turn-taking for one conversation. `handle(input)` returns the actions to execute, in order."""
+
+    def __init__(self, policy: Policy, end_of_turn: EndOfTurnPolicy, ring_samples: int) -> None:
+        self.policy = policy
+        self.end_of_turn = end_of_turn
+        self.state = TurnState.IDLE
+        self.muted = False
+        self.ptt = False
+        self.turn = 0  # the latest reply's number (speculative ones count)
+        self.ring = AudioRing(ring_samples)
+        self.clock = CaptureClock()
+        self.user: Utterance | None = None
+        self.current: ReplyState | None = None  # the confirmed reply in flight
+        self.replies: dict[int, ReplyState] = {}  # every reply not yet done
+        self.pending: list[str] = []  # Realtime: user messages not answered yet
+        self.backlog_ms = 0.0  # the largest capture lag during the current user turn
+        self._vad_origin = 0
+        self._ids = 0
+        self._jobs: dict[int, Finalizing] = {}
+        self._creating: CreateResponse | None = None  # a response waiting for transcripts
+        self._creating_turn = 0
+        self._loud: tuple[float, float] | None = None  # (capture time, dBFS) the speaker last played audibly
+        self._out: list[Action] = []
+        self._now = 0.0  # the latest input's time (for the events it causes)
+
+    # ---- the one entry point --------------------------------------------------------------------------------
+
+    def handle(self, inp: Input) -> list[Action]:
+        """Apply one input; returns the actions it causes (the driver executes them in order)."""
+        self._out = []
+        self._now = _time_of(inp, self._now)
+        match inp:
+            case AudioIn():
+                self._on_audio(inp)
+            case VadIn():
+                self._on_vad(inp.event)
+            case Fed():
+                self._on_fed(inp)
+            case Transcribed():
+                self._on_transcribed(inp)
+            case Scored():
+                self._on_scored(inp)
+            case ReplyText():
+                self._reply_out(inp.turn, Publish(ResponseTextDelta(inp.turn, inp.delta, inp.now)))
+            case ReplyAudio():
+                self._reply_out(inp.turn, Play(inp.turn, inp.chunk))
+            case ReplyDone():
+                self._on_reply_done(inp)
+            case Ptt():
+                self._on_ptt(inp)
+            case Interrupt():
+                self._on_interrupt()
+            case Mute():
+                self._on_mute(inp)
+            case Commit():
+                self._on_commit()
+            case ClearAudio():
+                self._drop_user()
+                self._reset_vad()
+            case UserText():
+                self._on_user_text(inp)
+            case CreateResponse():
+                self._on_create(inp)
+            case Cancel():
+                self._on_cancel()
+            case SetPolicy():
+                self._on_set_policy(inp)
+        return self._out
+
+    @property
+    def _min_words(self) -> int:
+        """Words that make speech during a reply, or in its echo, the user's turn."""
+        return max(1, self.policy.barge_in_min_words)
+
+    @property
+    def speculating(self) -> bool:
+        return self.user is not None and self.user.spec_job is not None
+
+    @property
+    def transcribing(self) -> bool:
+        """A finalize job whose transcript a response waits for is in flight."""
+        return any(f.purpose == "queue" for f in self._jobs.values())
+
+    # ---- audio ----------------------------------------------------------------------------------------------
+
+    def _on_audio(self, a: AudioIn) -> None:
+        start = self.ring.end
+        n = len(a.samples)
+        echo = self._echo_level(a)
+        self.clock.add(start, a.t, echo is not None)
+        if self.muted:
+            self.ring.append(np.zeros(n, dtype=np.int16))  # positions stay aligned; no audio kept
+            return
+        self.ring.append(a.samples)
+        if self.user is not None:
+            self.backlog_ms = max(self.backlog_ms, (a.now - (a.t + n / CAPTURE_RATE)) * 1000.0)
+        if not self.policy.vad_turns and not self.policy.ptt and self.user is None:
+            self._begin(start)  # Realtime manual mode: all audio is the user's until commit or clear
+        if self.user is not None:
+            self._feed()
+        self._check_end_of_turn(a.now)  # before the VAD sees the block: its events then follow this decision
+        if self.policy.vad_turns or self.policy.ptt:
+            self._emit(RunVad(a.samples, echo))
+
+    def _echo_level(self, a: AudioIn) -> float | None:
+        """The speaker level a block recorded at `a.t` is to be judged against (None: the speaker was silent)."""
+        if a.speaker_dbfs > SILENT_DBFS:
+            self._loud = (a.t, a.speaker_dbfs)
+            return a.speaker_dbfs
+        if self._loud is None:
+            return None
+        tail = self.policy.echo_tail_ms / 1000.0
+        ended = a.speaker_end if a.speaker_end is not None else self._loud[0]
+        return self._loud[1] if a.t < max(ended, self._loud[0]) + tail else None
+
+    def _on_vad(self, raw: VadEvent) -> None:
+        ev = _shift(raw, self._vad_origin)
+        if self.policy.publish_vad:
+            self._emit(Publish(ev))
+        if not self.policy.vad_turns or self.ptt:
+            return  # the hotkey overrides endpointing while held
+        user = self.user
+        if isinstance(ev, SpeechStarted):
+            if user is None:
+                self._speech_started(ev)
+            else:
+                self._resumed(ev.time)  # a new start inside a pause that the end-of-turn policy kept open
+        elif user is None:
+            return
+        elif isinstance(ev, SilenceStarted):
+            user.silence_at = ev.sample
+            if self.policy.speculative and not user.candidate and user.spec_job is None:
+                self._speculate(ev.time)
+        elif isinstance(ev, SpeechResumed):
+            self._resumed(ev.time)
+        elif isinstance(ev, SpeechEnded):
+            if user.silence_at is None:
+                user.silence_at = ev.end_sample
+            if ev.truncated or self.end_of_turn.score_after_ms is None:
+                # the VAD's hangover (adaptive or not) is the silence rule; a model-backed policy may wait longer
+                self._end_turn(ev.end_sample, ev.time)
+            else:
+                self._check_end_of_turn(ev.time, vad_ended=True)
+
+    def _speech_started(self, ev: SpeechStarted) -> None:
+        """Speech by capture time: during a reply (or its echo) it must qualify before it takes the turn."""
+        if self.current is not None and not self.policy.barge_in:
+            if self.policy.answer_turns:
+                return  # the daemon ignores speech over its reply
+            self._begin(ev.start_sample)  # Realtime without interrupt_response: transcribed, reply goes on
+            return
+        if self.current is not None and self.policy.barge_in_min_words == 0:
+            self._interrupt_current()
+        elif self.current is not None or self.clock.echo_at(ev.onset_sample):
+            self._begin(ev.start_sample, candidate=True)  # it must prove it is the user
+            return
+        self._begin(ev.start_sample)
+
+    def _resumed(self, now: float) -> None:
+        user = self.user
+        assert user is not None
+        user.silence_at, user.score, user.scoring = None, None, False
+        if user.spec_job is not None:
+            self._cancel_speculation(now)
+
+    # ---- the user's turn ------------------------------------------------------------------------------------
+
+    def _begin(self, start: int, ptt: bool = False, candidate: bool = False) -> None:
+        self._ids += 1
+        self.user = Utterance(self._ids, start, start, ptt=ptt, candidate=candidate)
+        self.backlog_ms = 0.0
+        self._emit(ResetTranscriber())
+        self._feed()
+        if not candidate:
+            self._set_state(TurnState.USER_SPEAKING)
+
+    def _feed(self, force: bool = False) -> None:
+        user = self.user
+        if user is None or (user.feeding and not force) or user.fed_to >= self.ring.end:
+            return
+        audio = self.ring.slice(user.fed_to, self.ring.end)
+        user.fed_to, user.feeding = self.ring.end, True
+        self._emit(Feed(user.id, audio))
+
+    def _on_fed(self, f: Fed) -> None:
+        user = self.user
+        if user is None or f.utt != user.id:
+            return
+        user.feeding = False
+        if f.error is not None:
+            self._error(f"transcribing: {f.error}", f.now)
+            self._drop_user()
+            return
+        if f.partial is not None:
+            user.partial = f.partial
+            self._emit(Publish(PartialTranscript(f.partial, f.now)))
+            if user.candidate and _words(f.partial) >= self._min_words:
+                self._promote(user)
+        self._feed()
+        self._check_end_of_turn(f.now)
+
+    def _promote(self, user: Utterance) -> None:
+        user.candidate = False
+        self._interrupt_current()
+        self._set_state(TurnState.USER_SPEAKING)
+
+    def _check_end_of_turn(self, now: float, vad_ended: bool = False) -> None:
+        user = self.user
+        if user is None or user.silence_at is None or user.ptt or not self.policy.vad_turns or self.ptt:
+            return
+        if self.end_of_turn.score_after_ms is None and not vad_ended:
+            return  # a silence-only policy: the VAD's hangover (adaptive or not) is that silence
+        silence_ms = (self.ring.end - user.silence_at) * 1000 // CAPTURE_RATE
+        after = self.end_of_turn.score_after_ms
+        if after is not None and silence_ms >= after and user.score is None and not user.scoring:
+            user.scoring = True
+            audio = self.ring.slice(max(user.start, user.silence_at - SCORE_WINDOW), user.silence_at)
+            self._emit(ScoreTurn(user.id, audio))
+        speech_ms = (user.silence_at - user.start) * 1000 // CAPTURE_RATE
+        evidence = TurnEvidence(silence_ms, speech_ms, user.score, user.partial)
+        if self.end_of_turn.decide(evidence) == "end":
+            if not vad_ended:
+                self._emit(ResetVad())  # its pause in progress is over: the next speech must be a new start
+                self._vad_origin = self.ring.end
+            self._end_turn(user.silence_at, now)
+
+    def _on_scored(self, s: Scored) -> None:
+        user = self.user
+        if user is None or user.id != s.utt:
+            return
+        user.score, user.scoring = s.score, False
+        self._check_end_of_turn(s.now)
+
+    def _speculate(self, now: float) -> None:
+        """Silence started: transcribe and answer now, play nothing until the turn is confirmed."""
+        user = self.user
+        assert user is not None
+        self._feed(force=True)
+        self.turn += 1
+        user.spec_turn = self.turn
+        user.spec_job = self._finalize(Finalizing("speculate", self.turn, 0.0, now, utt=user.id))
+        self._emit(Publish(SpeculationStarted(self.turn, now)))
+
+    def _cancel_speculation(self, now: float) -> None:
+        """Speech resumed: drop the speculative answer and give the transcriber the whole turn again."""
+        user = self.user
+        assert user is not None and user.spec_job is not None and user.spec_turn is not None
+        self._jobs.pop(user.spec_job, None)
+        if user.spec_started:
+            self._drop_reply(user.spec_turn)
+        self._emit(Publish(SpeculationCancelled(user.spec_turn, now)))
+        user.spec_job, user.spec_turn, user.spec_text, user.spec_started = None, None, None, False
+        self._emit(ResetTranscriber())  # the speculative finalize reset it: feed the utterance again
+        user.fed_to = user.start
+        self._feed(force=True)
+
+    def _end_turn(self, end_sample: int, now: float) -> None:
+        """The user finished (end-of-turn policy, hotkey release or commit)."""
+        user = self.user
+        assert user is not None
+        speech_end = self.clock.time_of(end_sample)
+        self._feed(force=True)
+        self.user = None
+        if user.candidate:
+            self._finalize(Finalizing("judge", 0, speech_end, now, utt=user.id))
+            return
+        if not self.policy.answer_turns:
+            job = Finalizing("queue", 0, speech_end, now, respond=self.policy.auto_respond and self.policy.vad_turns)
+            self._finalize(job)
+            self._set_state(TurnState.THINKING if job.respond else TurnState.IDLE)
+            return
+        self._set_state(TurnState.THINKING)
+        if user.spec_job is not None and user.spec_turn is not None:
+            spec = self._jobs.get(user.spec_job)
+            if spec is not None:  # its transcript is still coming: answer it confirmed when it arrives
+                spec.purpose, spec.speech_end, spec.endpoint = "answer", speech_end, now
+                return
+            if user.spec_text is not None:
+                self._answer(user.spec_turn, user.spec_text, user.spec_language, speech_end, now, user.spec_started)
+                return
+        self.turn += 1
+        self._finalize(Finalizing("answer", self.turn, speech_end, now))
+
+    def _finalize(self, job: Finalizing) -> int:
+        self._ids += 1
+        self._jobs[self._ids] = job
+        self._emit(Finalize(self._ids))
+        return self._ids
+
+    def _on_transcribed(self, tr: Transcribed) -> None:
+        job = self._jobs.pop(tr.job, None)
+        if job is None:
+            return  # a speculation that was cancelled
+        if tr.error is not None:
+            self._error(f"transcribing: {tr.error}", tr.now)
+        text = tr.text.strip()
+        if job.purpose == "speculate":
+            user = self.user
+            assert user is not None and user.id == job.utt
+            user.spec_text, user.spec_language = text, tr.language
+            if text and tr.error is None:
+                user.spec_started = True
+                self._start_reply(job.turn, Responder(text), False, 0.0, job.endpoint)
+            return
+        if job.purpose == "answer":
+            self._answer(job.turn, text, tr.language, job.speech_end, job.endpoint, False, tr.now)
+        elif job.purpose == "judge":
+            if text:  # kept, never lost: a backchannel over the reply still shows as a transcript
+                self._emit(Publish(FinalTranscript(text, tr.language, tr.now)))
+            if _words(text) < self._min_words:
+                self._emit(Publish(FalseStart(tr.now)))
+                return
+            self._interrupt_current()
+            self.turn += 1
+            self._set_state(TurnState.THINKING)
+            self._start_reply(self.turn, Responder(text), True, job.speech_end, job.endpoint)
+        else:  # queue
+            self._emit(Publish(FinalTranscript(text, tr.language, tr.now)))
+            if text:
+                self.pending.append(text)
+            if job.respond and text and self._creating is None:
+                self._create(CreateResponse(tr.now))
+            elif self._creating is not None and not self.transcribing:
+                self._respond(self._creating)
+            elif self.state is TurnState.THINKING and self.current is None and self.user is None:
+                self._set_state(TurnState.IDLE)
+
+    def _answer(
+        self, turn: int, text: str, language: str, speech_end: float, endpoint: float, started: bool, now: float = 0.0
+    ) -> None:
+        """A confirmed spoken turn: publish its transcript and answer it (nothing said: back to listening)."""
+        self._emit(Publish(FinalTranscript(text, language, now or endpoint)))
+        if not text:
+            self._set_state(TurnState.IDLE if self.user is None else self.state)
+            return
+        if started:
+            self._confirm(turn, speech_end, endpoint)
+        else:
+            self._start_reply(turn, Responder(text), True, speech_end, endpoint)
+
+    def _drop_user(self) -> None:
+        user, self.user = self.user, None
+        if user is None:
+            return
+        if user.spec_job is not None:
+            self._jobs.pop(user.spec_job, None)
+            if user.spec_started and user.spec_turn is not None:
+                self._drop_reply(user.spec_turn)
+        self._emit(ResetTranscriber())
+        if not user.candidate and self.current is None:
+            self._set_state(TurnState.IDLE)
+
+    # ---- replies --------------------------------------------------------------------------------------------
+
+    def _start_reply(self, turn: int, responder: Responder, confirmed: bool, speech_end: float, now: float) -> None:
+        if confirmed:
+            self._interrupt_current()
+        reply = ReplyState(turn, confirmed)
+        self.replies[turn] = reply
+        if confirmed:
+            self.current = reply
+        self._emit(StartReply(turn, responder, confirmed, speech_end or now, now, round(self.backlog_ms, 1)))
+
+    def _confirm(self, turn: int, speech_end: float, endpoint: float) -> None:
+        reply = self.replies.get(turn)
+        if reply is None:
+            return
+        self._interrupt_current()
+        reply.confirmed, self.current = True, reply
+        self._emit(ConfirmReply(turn))
+        held, reply.held = reply.held, []
+        for action in held:
+            self._emit_reply(reply, action)
+
+    def _reply_out(self, turn: int, action: Play | Publish) -> None:
+        reply = self.replies.get(turn)
+        if reply is None:
+            return
+        if not reply.confirmed:
+            reply.held.append(action)
+            return
+        self._emit_reply(reply, action)
+
+    def _emit_reply(self, reply: ReplyState, action: Action) -> None:
+        if isinstance(action, Play) and not reply.audio_started:
+            reply.audio_started = True
+            self._emit(FlushAudio())  # the sink's played position now counts this reply
+            self._set_state(TurnState.ASSISTANT_SPEAKING)
+        self._emit(action)
+
+    def _on_reply_done(self, r: ReplyDone) -> None:
+        reply = self.replies.pop(r.turn, None)
+        if r.error is not None:
+            self._error(r.error, r.now)
+        user = self.user
+        if reply is not None and not reply.confirmed:  # a speculative reply failed: the turn starts afresh
+            if user is not None and user.spec_turn == r.turn:
+                user.spec_started, user.spec_text = False, None
+                if user.spec_job is None or user.spec_job not in self._jobs:
+                    user.spec_job, user.spec_turn = None, None
+                    self._emit(ResetTranscriber())
+                    user.fed_to = user.start
+                    self._feed(force=True)
+            return
+        if reply is None:
+            return
+        self._emit(Publish(ResponseDone(r.turn, r.text, r.interrupted, r.now)))
+        if r.trace is not None:
+            self._emit(Publish(r.trace))
+        if self.current is reply:
+            self.current = None
+            # speech that began over the reply stays a candidate: it proves itself by its words (issue 22)
+            if user is None or user.candidate:
+                self._set_state(TurnState.IDLE)
+
+    def _interrupt_current(self) -> None:
+        reply, self.current = self.current, None
+        if reply is not None:
+            self._emit(InterruptReply(reply.turn))
+
+    def _drop_reply(self, turn: int) -> None:
+        if self.replies.pop(turn, None) is not None:
+            self._emit(DropReply(turn))
+
+    # ---- commands -------------------------------------------------------------------------------------------
+
+    def _on_ptt(self, p: Ptt) -> None:
+        if not self.policy.ptt or p.down == self.ptt:
+            return
+        self.ptt = p.down
+        self._emit(Publish(PushToTalk(p.down, p.now)))
+        if p.down:
+            if self.speculating:
+                self._cancel_speculation(p.now)
+            self._interrupt_current()
+            if self.user is None:
+                self._begin(max(0, self.ring.end - self.policy.preroll_samples), ptt=True)
+            else:
+                self.user.ptt, self.user.candidate = True, False
+                self._set_state(TurnState.USER_SPEAKING)
+            return
+        self._reset_vad()  # its utterance in progress is ours; it must not end a second turn
+        if self.user is not None:
+            self._end_turn(self.ring.end, p.now)
+
+    def _on_interrupt(self) -> None:
+        if self.speculating:
+            self._cancel_speculation(self._now)
+        if self.current is not None:
+            self._interrupt_current()
+            if self.user is None:
+                self._set_state(TurnState.IDLE)
+
+    def _on_mute(self, m: Mute) -> None:
+        if m.muted:
+            self._drop_user()
+        elif self.muted:
+            self._reset_vad()
+        self.muted = m.muted
+        self._emit(Publish(MuteChanged(m.muted, m.now)))
+
+    def _on_commit(self) -> None:
+        if self.user is None:
+            self._emit(Publish(FinalTranscript("", "", self._now)))
+            return
+        self._reset_vad()
+        self._end_turn(self.ring.end, self._now)
+
+    def _on_user_text(self, u: UserText) -> None:
+        if not u.text.strip():
+            raise InputError("the user message is empty; put the text in item.content[0].text")
+        self.pending.append(u.text.strip())
+
+    def _on_create(self, c: CreateResponse) -> None:
+        if c.ask is not None or c.say is not None:  # the daemon's ask/say: a reply right now
+            if self.speculating:
+                self._cancel_speculation(c.now)
+            self.turn += 1
+            self._set_state(TurnState.THINKING)
+            self._start_reply(self.turn, Responder(c.ask, c.say), True, c.now, c.now)
+            return
+        if self._creating is not None:
+            raise InputError("a response is already being prepared; wait for response.done or cancel it")
+        self._create(c)
+
+    def _create(self, c: CreateResponse) -> None:
+        self.turn += 1  # the reply's number, known now so a cancel before it starts can name it
+        self._creating, self._creating_turn = c, self.turn
+        if not self.transcribing:
+            self._respond(c)
+
+    def _respond(self, c: CreateResponse) -> None:
+        """Answer every pending user message as one reply (Realtime)."""
+        turn, self._creating = self._creating_turn, None
+        text, self.pending = "\n".join(self.pending), []
+        self._emit(Publish(ResponseStarted(turn, c.now)))
+        if not text:
+            self._error("nothing to answer: send user audio or a conversation item first", c.now)
+            self._emit(Publish(ResponseDone(turn, "", False, c.now)))
+            return
+        self._set_state(TurnState.THINKING)
+        self._start_reply(turn, Responder(text, instructions=c.instructions), True, c.now, c.now)
+
+    def _on_cancel(self) -> None:
+        if self._creating is not None:
+            self._creating = None
+            self._emit(Publish(ResponseStarted(self._creating_turn, self._now)))
+            self._emit(Publish(ResponseDone(self._creating_turn, "", True, self._now)))
+            return
+        self._on_interrupt()
+
+    def _on_set_policy(self, s: SetPolicy) -> None:
+        vad_changed = s.policy.vad_turns != self.policy.vad_turns
+        self.policy, self.end_of_turn = s.policy, s.end_of_turn
+        if vad_changed:
+            self._drop_user()
+        if vad_changed or s.new_vad:
+            self._reset_vad()
+
+    # ---- plumbing -------------------------------------------------------------------------------------------
+
+    def _reset_vad(self) -> None:
+        self._emit(ResetVad())
+        self._vad_origin = self.ring.end
+
+    def _set_state(self, new: TurnState) -> None:
+        if new is not self.state:
+            old, self.state = self.state, new
+            self._emit(Publish(StateChanged(old, new, self._now)))
+
+    def _error(self, message: str, now: float) -> None:
+        self._emit(Publish(ErrorEvent(message, now)))
+
+    def _emit(self, action: Action) -> None:
+        self._out.append(action)
+
+
+def _shift(ev: VadEvent, origin: int) -> VadEvent:
+    """A VAD event with positions on the capture clock (the VAD counts from its construction or reset)."""
+    if origin == 0:
+        return ev
+    if isinstance(ev, SpeechStarted):
+        return dataclasses.replace(ev, start_sample=ev.start_sample + origin, onset_sample=ev.onset_sample + origin)
+    if isinstance(ev, SpeechEnded):
+        return dataclasses.replace(ev, start_sample=ev.start_sample + origin, end_sample=ev.end_sample + origin)
+    return dataclasses.replace(ev, sample=ev.sample + origin)
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _time_of(inp: Input, last: float) -> float:
+    if isinstance(inp, VadIn):
+        return inp.event.time
+    if isinstance(inp, SetPolicy):
+        return last
+    return inp.now

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import webrtcvad
 
+from assistant.audio.format import SILENT_DBFS, level_dbfs
 from assistant.config import VadConfig
 from assistant.errors import ConfigError, InputError
 from assistant.events import SilenceStarted, SpeechEnded, SpeechResumed, SpeechStarted
@@ -31,7 +32,6 @@ VadEvent = SpeechStarted | SilenceStarted | SpeechResumed | SpeechEnded
 
 WEBRTC_RATES = (8000, 16000, 32000, 48000)  # the rates webrtcvad accepts
 NOISE_WINDOW_S = 3.0  # the noise floor is the quietest frame of this window: longer than any syllable
-SILENT_DBFS = -120.0  # the level of digital silence
 ENDING_FRAMES = 3  # adaptive hangover: the last voiced frames whose level tells a finished phrase
 ENDING_DROP_DB = 6.0  # ... when they are this much quieter than the utterance's median voiced frame
 
@@ -41,14 +41,6 @@ class State(enum.Enum):
     STARTING = "starting"
     SPEAKING = "speaking"
     STOPPING = "stopping"
-
-
-def level_dbfs(samples: np.ndarray) -> float:
-    """RMS level of int16 samples in dB relative to full scale (SILENT_DBFS for digital silence)."""
-    if len(samples) == 0:
-        return SILENT_DBFS
-    rms = math.sqrt(float(np.mean(np.square(samples.astype(np.float64)))))
-    return max(SILENT_DBFS, 20.0 * math.log10(rms / 32768.0)) if rms > 0 else SILENT_DBFS
 
 
 class Vad:
@@ -199,27 +191,3 @@ class Vad:
     def _end(self, end: int, truncated: bool) -> SpeechEnded:
         self.state, self._last_end = State.QUIET, end
         return SpeechEnded(start_sample=self._start, end_sample=end, time=self._clock(), truncated=truncated)
-
-
-class AudioRing:
-    """The last `capacity` samples with their absolute positions, so a SpeechStarted's pre-roll can be fetched."""
-
-    def __init__(self, capacity: int):
-        self._buf = np.zeros(capacity, dtype=np.int16)
-        self.end = 0  # absolute position one past the newest sample
-
-    def append(self, samples: np.ndarray) -> None:
-        cap = len(self._buf)
-        take = samples[-cap:]
-        idx = (self.end + len(samples) - len(take) + np.arange(len(take))) % cap
-        self._buf[idx] = take
-        self.end += len(samples)
-
-    def since(self, start: int) -> np.ndarray:
-        """Samples from absolute position `start` to now; raises InputError when they are no longer held."""
-        if start < max(0, self.end - len(self._buf)) or start > self.end:
-            raise InputError(
-                f"samples from {start} are not held (ring holds {max(0, self.end - len(self._buf))}..{self.end}); "
-                "enlarge the ring to cover the pre-roll"
-            )
-        return self._buf[np.arange(start, self.end) % len(self._buf)].copy()

@@ -1,4 +1,4 @@
-"""Soak: many synthetic turns through the real Pipeline (scripted engine doubles), watching for leaks.
+"""Soak: many synthetic turns through the real Conversation (scripted engine doubles), watching for leaks.
 
 Every turn is spoken audio -> VAD -> STT -> LLM -> TTS -> sink; every 3rd turn the user resumes speaking after
 a speculative start, every 5th interrupts the reply. Resident memory, thread and task counts are sampled after

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python -m benchmarks.v2v [--small] [--turns 20]
 
-The real `Pipeline` (VAD, speculative start, compute thread, reply pump) runs with random-weight engines: STT
+The real `Conversation` (VAD, speculative start, compute thread, reply pump) runs with random-weight engines: STT
 Parakeet TDT (benchmarks/stt.py shapes), LLM Gemma 4 E2B text shapes, 4-bit (benchmarks/llm.py), TTS Qwen3-TTS
 0.6B CustomVoice bf16 from an mlx-community-layout folder through `Qwen3TTS.load`; `--small` uses small widths so
 a CPU finishes. A source plays benchmarks/data/turn.wav (espeak-ng, 2.2 s) in real time in 20 ms blocks, turn
@@ -118,6 +118,9 @@ class ForcedText:
         self.inner = inner
         self.finalize_ms: list[float] = []  # compute time of each final pass (to tell compute from queueing)
 
+    def warmup(self) -> None:
+        self.inner.warmup()
+
     def reset(self) -> None:
         self.inner.reset()
 
@@ -138,16 +141,16 @@ def build_engines(small: bool, folder: Path, cfg: Any) -> Any:
     import mlx.core as mx
     from mlx.utils import tree_flatten, tree_unflatten
 
+    from assistant.engines import Engines
     from assistant.llm import Chat
     from assistant.stt.mel import MelArgs, MelFrontEnd
     from assistant.stt.model import LoadedModel
     from assistant.stt.transcriber import OfflineTranscriber
     from assistant.stt.transducer import JointNetwork
     from assistant.stt.vocab import Vocabulary
-    from assistant.tts import Qwen3TTS
+    from assistant.tts.qwen3 import Qwen3TTS
     from assistant.tts.qwen3.engine import ad_hoc_voice
     from assistant.tts.qwen3.prompt import VoicePrompt
-    from assistant.turns import Engines
     from assistant.vad import Vad
     from benchmarks import llm as llm_bench
     from benchmarks import stt as stt_bench
@@ -214,8 +217,8 @@ def resources() -> dict[str, int]:
 async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     from assistant.compute import Compute
     from assistant.config import Config
+    from assistant.conversation import Conversation
     from assistant.events import LatencyTrace, ResponseDone
-    from assistant.pipeline import Pipeline
 
     cfg = Config().replace(
         {
@@ -234,7 +237,7 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     engines = await compute.run(build_engines, args.small, folder, cfg)
     build_s = time.perf_counter() - t0
     source, sink = FileSource(read_wav(DATA)), TimestampSink()
-    p = Pipeline(cfg, engines, source, sink, compute=compute)
+    p = Conversation(cfg, engines, source, sink, compute=compute)
     sub = p.subscribe(100_000)
     runner = asyncio.create_task(p.run())
     traces: list[LatencyTrace] = []

@@ -23,7 +23,8 @@ from assistant.audio.playback import Playback
 from assistant.config import AudioConfig, VadConfig
 from assistant.errors import AudioDeviceError
 from assistant.events import DeviceStatus, SpeechEnded, SpeechStarted
-from assistant.vad import AudioRing, Vad, VadEvent
+from assistant.turns import AudioRing
+from assistant.vad import Vad, VadEvent
 from tests.audio_room import Room, start_room
 from tests.speech import needs_espeak, say, silence, speech_span
 
@@ -75,7 +76,7 @@ async def capture_while_playing(
             events += vad.feed(block)
         assert mic.overflows == 0
         assert mic.format is not None and mic.format.rate == (cfg.device_rate or CAPTURE_RATE)
-    return ring.since(0), events
+    return ring.slice(0, ring.end), events
 
 
 @needs_espeak

@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
         "assistant.hub",
         "assistant.paths",
     ),
+    ("assistant.endofturn",),
     ("assistant.turns",),
     (
         "assistant.vad",
@@ -37,17 +38,21 @@ LAYERS: list[tuple[str, ...]] = [
         "assistant.server.controller",
         "assistant.settings",
     ),
+    ("assistant.engines",),
     ("assistant.compute", "assistant.bus", "assistant.audio", "assistant.hotkey", "assistant.tools"),
     ("assistant.reply",),
-    ("assistant.replies",),
+    ("assistant.conversation",),
     ("assistant.console",),
-    ("assistant.pipeline", "assistant.daemon", "assistant.session"),
+    ("assistant.daemon",),
     ("assistant.server", "assistant.wyoming"),
     ("assistant.cli", "assistant.__main__"),
 ]
 MODEL_PACKAGES = ("assistant.stt", "assistant.tts", "assistant.llm", "assistant.vad", "assistant.text")
-# The sans-I/O halves of the server: frames in, frames out (server/ws.py alone touches sockets and the loop).
-SANS_IO = (
+# Pure decision modules: the turn core, end-of-turn policies, and the sans-I/O halves of the server (frames in,
+# frames out; server/ws.py alone touches sockets and the loop).
+PURE_MODULES = (
+    "assistant.turns",
+    "assistant.endofturn",
     "assistant.settings",
     "assistant.server.protocol",
     "assistant.server.realtime_protocol",
@@ -117,11 +122,11 @@ def test_imports_flow_left_to_right() -> None:
 
 
 def test_model_code_has_no_io_imports() -> None:
-    """Model code and the sans-I/O server modules never import asyncio, sounddevice or websockets."""
+    """Model code, the turn core and both protocol modules never import asyncio, sounddevice or websockets."""
     bad = []
     for path in modules():
         here = module_name(path)
-        if here.startswith(MODEL_PACKAGES) or here in SANS_IO:
+        if here.startswith(MODEL_PACKAGES) or here in PURE_MODULES:
             bad += [f"{here} imports {i}" for i in imports_of(path) if i.split(".")[0] in FORBIDDEN_IN_MODELS]
     assert not bad, bad
 

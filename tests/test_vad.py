@@ -16,10 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from assistant.audio.format import level_dbfs
 from assistant.config import VadConfig
 from assistant.errors import ConfigError, InputError
 from assistant.events import SilenceStarted, SpeechEnded, SpeechResumed, SpeechStarted
-from assistant.vad import AudioRing, State, Vad, VadEvent, level_dbfs
+from assistant.vad import State, Vad, VadEvent
 from tests.speech import brown_noise, needs_espeak, pattern, say, silence, speech_span, trimmed
 
 F = 480
@@ -169,17 +170,6 @@ def test_bad_input_is_named() -> None:
             v.feed(bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="VAD sample rate 22050 Hz is not supported"):
         Vad(CFG, sample_rate=22050)
-
-
-def test_audio_ring_returns_preroll() -> None:
-    """AudioRing.since(start) returns exactly the samples from that absolute position, across wrap-around."""
-    ring = AudioRing(1000)
-    x = np.arange(2500, dtype=np.int16)
-    for i in range(0, 2500, 300):
-        ring.append(x[i : i + 300])
-    assert np.array_equal(ring.since(1600), x[1600:])
-    with pytest.raises(InputError, match="not held"):
-        ring.since(1000)
 
 
 # ---- espeak-ng speech -------------------------------------------------------------------------------------

@@ -8,14 +8,13 @@ session's turn numbers. Time enters as a value (`now`) for the audio budget.
 from __future__ import annotations
 
 import itertools
-import math
 from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
 from assistant import events
-from assistant.audio.format import CAPTURE_RATE, float32_to_int16, int16_to_float32
+from assistant.audio.format import CAPTURE_RATE, StreamResampler
 from assistant.errors import AssistantError
 from assistant.server import realtime_protocol as rp
 from assistant.server.controller import RealtimeSession
@@ -23,73 +22,6 @@ from assistant.server.protocol import Limits, TokenBucket, WireError, clip
 
 DEFAULT_DETECTION = rp.TurnDetection()  # OpenAI sessions start with server_vad on
 RESAMPLE_PIECE = rp.RATE // 2  # 12,000 samples = 0.5 s at 24 kHz
-
-
-class StreamResampler:
-    """Windowed-sinc resampling of an int16 stream, block by block, equal to `audio.format.resample` on the whole.
-
-    Each output sample needs `width` input samples on both sides, so outputs lag the input by `width` samples
-    (1 ms for 24 -> 16 kHz) until `flush()`, which zero-pads the end exactly as the one-shot resampler does.
-    """
-
-    HALF = 16  # taps each side at cutoff 1, as in audio.format.resample
-
-    def __init__(self, src_rate: int, dst_rate: int) -> None:
-        self.step = src_rate / dst_rate  # input samples per output sample
-        self.dst_rate, self.src_rate = dst_rate, src_rate
-        self.cutoff = min(1.0, dst_rate / src_rate)
-        self.width = int(np.ceil(self.HALF / self.cutoff))
-        self.reset()
-
-    def reset(self) -> None:
-        self.buf = np.zeros(0, dtype=np.float64)
-        self.base = 0  # stream index of buf[0]
-        self.n_in = 0
-        self.n_out = 0
-
-    def push(self, x: np.ndarray) -> np.ndarray:
-        """Feed int16 samples; return the int16 outputs that are now complete."""
-        self.buf = np.concatenate([self.buf, int16_to_float32(x).astype(np.float64)])
-        self.n_in += len(x)
-        # output j is complete when floor(j * step) + width <= n_in - 1
-        ready = max(self.n_out, math.ceil((self.n_in - self.width) / self.step))
-        while ready > self.n_out and math.floor((ready - 1) * self.step) + self.width > self.n_in - 1:
-            ready -= 1
-        return self._make(ready)
-
-    def flush(self) -> np.ndarray:
-        """The remaining outputs (zero-padded end), then start a new stream."""
-        out = self._make(round(self.n_in * self.dst_rate / self.src_rate))
-        self.reset()
-        return out
-
-    def _make(self, end: int) -> np.ndarray:
-        j = np.arange(self.n_out, end)
-        if len(j) == 0:
-            return np.zeros(0, dtype=np.int16)
-        t = j * self.step
-        first = np.floor(t).astype(np.int64)
-        acc = np.zeros(len(j), dtype=np.float64)
-        for k in range(-self.width, self.width + 1):
-            idx = first + k
-            d = t - idx
-            w = (
-                self.cutoff
-                * np.sinc(self.cutoff * d)
-                * (0.5 + 0.5 * np.cos(np.pi * np.clip(d / (self.width + 1), -1, 1)))
-            )
-            local = idx - self.base
-            inside = (idx >= 0) & (idx < self.n_in)
-            vals = (
-                np.where(inside, self.buf[np.clip(local, 0, max(len(self.buf) - 1, 0))], 0.0) if len(self.buf) else 0.0
-            )
-            acc += vals * w
-        self.n_out = end
-        keep_from = max(0, math.floor(end * self.step) - self.width - 1)  # oldest input the next output can need
-        if keep_from > self.base:
-            self.buf = self.buf[keep_from - self.base :]
-            self.base = keep_from
-        return float32_to_int16(acc.astype(np.float32))
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import webrtcvad
 
-from assistant.audio.format import CAPTURE_RATE, frame_samples
+from assistant.audio.format import CAPTURE_RATE, frame_samples, level_dbfs
 
 FRAME = frame_samples(CAPTURE_RATE, 30)  # 480 samples = 30 ms, a frame size webrtcvad accepts
 MIN_LEVEL_DBFS = -55.0  # quieter frames are silence
@@ -40,7 +40,7 @@ class SpeechGuard:
         n = len(buf) // FRAME
         for i in range(n):
             f = buf[i * FRAME : (i + 1) * FRAME]
-            level = 10.0 * np.log10(float(np.mean(f.astype(np.float64) ** 2)) + 1e-12)
+            level = level_dbfs(f)
             if level < MIN_LEVEL_DBFS:
                 continue
             pcm = (np.clip(f, -1.0, 1.0) * 32767.0).astype(np.int16)

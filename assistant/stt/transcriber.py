@@ -19,7 +19,7 @@ import logging
 import mlx.core as mx
 import numpy as np
 
-from assistant.audio.format import CAPTURE_RATE, frame_samples, resample
+from assistant.audio.format import CAPTURE_RATE, StreamResampler, frame_samples, resample
 from assistant.config import SttConfig
 from assistant.errors import ConfigError, InputError
 from assistant.stt import tdt
@@ -95,6 +95,7 @@ class _Base:
         self.min_samples = frame_samples(CAPTURE_RATE, cfg.min_utterance_ms)
         self._samples = 0
         self._next_partial = self.interval
+        self._resampler: StreamResampler | None = None  # for input not at 16 kHz, one per utterance
 
     def _account(self, x: np.ndarray) -> bool:
         """Count new samples; True when a partial is due."""
@@ -109,7 +110,33 @@ class _Base:
     def _speech(self) -> bool:
         return self._samples >= max(self.min_samples, 1) and (self.guard is None or self.guard.has_speech)
 
+    def _at_16k(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        """The block as float32 16 kHz; other rates go through one streaming resampler per utterance, so audio
+        fed in blocks gives the same samples (hence the same transcript) as the same audio fed at once."""
+        x = to_float32(audio)
+        if sample_rate == CAPTURE_RATE:
+            return x
+        if sample_rate <= 0:
+            raise InputError(f"sample rate {sample_rate} Hz is invalid; pass the rate the audio was recorded at")
+        if self._resampler is None or self._resampler.src_rate != sample_rate:
+            self._resampler = StreamResampler(sample_rate, CAPTURE_RATE)
+        return self._resampler.push(x)
+
+    def _resampler_tail(self) -> np.ndarray:
+        """The resampler's last samples (its filter delay), due at the end of the utterance."""
+        tail = self._resampler.flush() if self._resampler is not None else np.zeros(0, np.float32)
+        self._resampler = None
+        return tail
+
+    def _ingest_tail(self) -> None:
+        """Before finalizing: the samples the streaming resampler still held."""
+        tail = self._resampler_tail()
+        if len(tail):
+            self._ingest(tail)
+            self._account(tail)
+
     def _reset_clock(self) -> None:
+        self._resampler = None
         self._samples = 0
         self._next_partial = self.interval
         if self.guard is not None:
@@ -129,7 +156,7 @@ class _Base:
 
     def feed(self, audio: np.ndarray, sample_rate: int = CAPTURE_RATE) -> str | None:
         """Append audio; every stt.partial_interval_ms (growing with the buffer) the transcript so far, else None."""
-        x = to_float32(audio, sample_rate)
+        x = self._at_16k(audio, sample_rate)
         if len(x) == 0:
             return None
         self._ingest(x)
@@ -190,6 +217,7 @@ class OfflineTranscriber(_Base):
         return self._join([*self._done, self._decode(self._buffer())])
 
     def finalize(self) -> Transcript:
+        self._ingest_tail()
         parts = [*self._done, self._decode(self._buffer())] if self._speech() else []
         text, lang = self._join(parts), next((lg for _, lg in parts if lg), "")
         self.reset()
@@ -306,6 +334,7 @@ class StreamingTranscriber(_Base):
         return self.lm.vocab.decode(self.decoder.tokens)[0]
 
     def finalize(self) -> Transcript:
+        self._ingest_tail()
         self._run(self.mel.flush(), final=True)
         text, tag = self.lm.vocab.decode(self.decoder.tokens) if self._speech() else ("", "")
         self.reset()

@@ -12,7 +12,7 @@ import logging
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -20,7 +20,9 @@ from assistant.audio.files import read_audio
 from assistant.audio.format import TTS_RATE, resample
 from assistant.errors import ConfigError, InputError
 from assistant.paths import voice_cache_dir
-from assistant.tts.qwen3.prompt import VoicePrompt
+
+if TYPE_CHECKING:  # the qwen3 engine imports this module: import its prompt type only where it is used
+    from assistant.tts.qwen3.prompt import VoicePrompt
 
 Mode = Literal["custom_voice", "voice_design", "clone", "clone_icl"]
 log = logging.getLogger("assistant.tts.voices")
@@ -124,6 +126,8 @@ class VoiceProfile:
         xvec = codes = None
         if self.mode in ("clone", "clone_icl"):
             xvec, codes = self._clone_inputs(engine)
+        from assistant.tts.qwen3.prompt import VoicePrompt
+
         prompt = VoicePrompt(
             language=self.language,
             speaker=self.speaker or None,

@@ -20,10 +20,10 @@ import pytest
 from assistant import cli
 from assistant.compute import Compute
 from assistant.config import Config
+from assistant.conversation import Conversation
 from assistant.daemon import ReopeningSource
 from assistant.events import BargeIn, ErrorEvent, FinalTranscript, ResponseDone, ResponseTextDelta
 from assistant.llm_remote import RemoteChat
-from assistant.pipeline import Pipeline
 from tests import tiny_engines
 from tests.llm.servers import MlxLmServer, free_port
 
@@ -55,7 +55,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, MlxLmServer
 
 
 class Events:
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Conversation) -> None:
         self.sub = pipeline.subscribe(100_000)
         self.seen: list[Any] = []
 
@@ -95,7 +95,7 @@ def test_remote_llm_turns_barge_in_and_outage(room_env: Any, setup: tuple[Config
         source = ReopeningSource(lambda: Capture(cfg.audio))
         try:
             with Playback(cfg.audio, rate=engines.tts.sample_rate) as sink:
-                pipeline = Pipeline(cfg, engines, source, sink, compute)
+                pipeline = Conversation(cfg, engines, source, sink, compute)
                 events = Events(pipeline)
                 runner = asyncio.create_task(pipeline.run())
                 await until(lambda: pipeline.captured_samples > 0)

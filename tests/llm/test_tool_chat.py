@@ -186,7 +186,7 @@ def test_history_overflow_drops_whole_tool_turns(family_dir: tuple[str, Path]) -
             Message("tool", RESULT, tool_call_id=call.id, name="get_time"),
             Message("assistant", f"It is five past two, {i}."),
         ]
-    chat.history = list(turns)  # (as restore() without its trimming: the overflow happens in respond())
+    chat._history = list(turns)  # a stored history as is (restore() would trim it): the overflow is in respond()
     "".join(chat.respond("And in Tokyo?"))
     dropped = chat.stats.dropped_messages
     assert dropped > 0 and dropped % 4 == 0

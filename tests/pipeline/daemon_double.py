@@ -24,8 +24,8 @@ import numpy as np
 
 from assistant import logs
 from assistant.config import Config
+from assistant.conversation import Conversation
 from assistant.daemon import ReopeningSource, Service, serve
-from assistant.pipeline import Pipeline
 from tests.pipeline.doubles import BLOCK, FakeSink, ScriptedChat, make_engines
 
 
@@ -38,7 +38,7 @@ class PacedSilence:
 
 
 @contextlib.asynccontextmanager
-async def wedged_service(pipeline: Pipeline) -> AsyncIterator[None]:
+async def wedged_service(pipeline: Conversation) -> AsyncIterator[None]:
     yield
     time.sleep(3600)  # noqa: ASYNC251 (the bug under test: it blocks the loop thread for good)
 
@@ -49,7 +49,7 @@ async def main(stuck: bool, hung_devices: bool, wedged: bool) -> int:
     cfg = Config().replace({"pipeline.mode": "hands_free", "audio.device_retry_s": 0.5})
     services: list[Service] = [wedged_service] if wedged else []
     if not hung_devices:
-        pipeline = Pipeline(cfg, engines, PacedSilence(), FakeSink())
+        pipeline = Conversation(cfg, engines, PacedSilence(), FakeSink())
         return await serve(pipeline, services, ready=lambda: print("ready", flush=True))
 
     from assistant.audio.capture import Capture
@@ -60,7 +60,7 @@ async def main(stuck: bool, hung_devices: bool, wedged: bool) -> int:
     audio_doubles.install(None, sd)
     source = ReopeningSource(lambda: Capture(cfg.audio))
     async with Playback(cfg.audio, rate=engines.tts.sample_rate) as sink:
-        pipeline = Pipeline(cfg, engines, source, sink)
+        pipeline = Conversation(cfg, engines, source, sink)
         sink.report = pipeline.device_status
 
         def ready() -> None:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from assistant.config import VadConfig
+from assistant.engines import Engines, VadEvent
 from assistant.events import SilenceStarted, SpeechEnded, SpeechResumed, SpeechStarted
-from assistant.turns import Engines, VadEvent
 
 BLOCK = 320  # 20 ms at 16 kHz
 FRAME = 240  # samples per TTS double frame (10 ms at 24 kHz)
@@ -49,8 +49,13 @@ class WordTranscriber:
     def __init__(self) -> None:
         self.threads: set[int] = set()
         self.fed_samples = 0
+        self.warmed = False
         self._words: list[str] = []
         self._last = 0
+
+    def warmup(self) -> None:
+        self.threads.add(threading.get_ident())
+        self.warmed = True
 
     def reset(self) -> None:
         self.threads.add(threading.get_ident())
@@ -159,6 +164,24 @@ class ScriptedChat:
         heard = full if heard_text is None else heard_text.strip()
         self.history.append(Message("assistant", heard, interrupted=heard != full or not self._complete))
 
+    def discard_answer(self) -> None:
+        self.threads.add(threading.get_ident())
+        if self._active is not None:
+            self._active.close()  # type: ignore[attr-defined]
+            self._active = None
+        if self._answer is None:
+            return
+        self._answer = None
+        if self.history and self.history[-1].role == "user":
+            self.history.pop()
+
+    def revise_answer(self, recorded: str, heard: str) -> bool:
+        for i in range(len(self.history) - 1, -1, -1):
+            if self.history[i].role == "assistant" and self.history[i].content.strip() == recorded.strip():
+                self.history[i] = Message("assistant", heard.strip(), interrupted=True)
+                return True
+        return False
+
     def reset(self) -> None:
         self.history.clear()
 
@@ -213,8 +236,18 @@ class WordTts:
     sample_rate = 24000
 
     def __init__(self, gate: threading.Semaphore | None = None) -> None:
+        self.warmed = False
         self.utterances: deque[WordUtterance] = deque(maxlen=16)
         self.gate = gate
+
+    def warmup(self) -> None:
+        self.warmed = True
+
+    def voice_names(self) -> list[str]:
+        return ["default"]
+
+    def voice(self, name: str | None = None) -> str:
+        return name or "default"
 
     def start(self, voice: object, text: str | None = None) -> WordUtterance:
         utt = WordUtterance(text, self.gate)
@@ -235,6 +268,12 @@ class FakeSink:
         self.on_write: list[object] = []  # whatever the test wants recorded per write
         self.probe = lambda: None
         self.first_sample_dac_time: float | None = None
+        self.underruns = 0
+        self.last_sample_time: float | None = None
+
+    def level_at(self, t: float) -> float:
+        """Audible while written audio is still unplayed (the double has no history: now stands for `t`)."""
+        return -20.0 if self.played_samples < self.total else -120.0
 
     def write(self, chunk: np.ndarray) -> None:
         assert chunk.dtype == np.float32

@@ -7,9 +7,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
+from assistant.audio.format import AudioBlock
 from assistant.config import Config
+from assistant.conversation import Conversation
 from assistant.events import Event
-from assistant.pipeline import Pipeline
 from tests.pipeline.doubles import (
     FakeSink,
     RuleVad,
@@ -42,13 +45,19 @@ class Harness:
         self.sink = sink or FakeSink()
         self.engines, self.vads = make_engines(self.chat, self.stt, self.tts)
         self.seen: list[Event] = []
+        # the capture clock: blocks recorded 20 ms apart, from a moment before the test, delivered as fast as it feeds
+        self.t = time.monotonic() - 30.0
+
+    def feed(self, samples: np.ndarray) -> None:
+        self.p.on_audio(AudioBlock(samples, self.t))
+        self.t += len(samples) / 16_000
 
     @property
     def vad(self) -> RuleVad:
         return self.vads[-1]
 
     async def __aenter__(self) -> Harness:
-        self.p = Pipeline(self.cfg, self.engines, None, self.sink)
+        self.p = Conversation(self.cfg, self.engines, None, self.sink)
         self.sub = self.p.subscribe(100_000)
         self.sink.probe = lambda: self.vad.ended
         return self
@@ -59,15 +68,15 @@ class Harness:
     def speak(self, *words: str, blocks: int = 4) -> None:
         for w in words:
             for _ in range(blocks):
-                self.p.on_audio(word_block(w))
+                self.feed(word_block(w))
 
     def noise(self, blocks: int) -> None:
         for _ in range(blocks):
-            self.p.on_audio(noise_block())
+            self.feed(noise_block())
 
     def silence(self, blocks: int) -> None:
         for _ in range(blocks):
-            self.p.on_audio(silence_block())
+            self.feed(silence_block())
 
     async def next_event(self, kind: type, pred: Callable[[Any], bool] = lambda e: True) -> Any:
         """The next event of `kind` (matching `pred`), consuming the events before it."""

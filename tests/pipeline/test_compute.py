@@ -84,7 +84,7 @@ def test_sliced_generation_cancels_within_one_step() -> None:
         async def consume() -> None:
             ticket = gen_counter.ticket()
             while True:
-                await c.step(it, ticket=ticket)
+                await c.run(next, it, priority=Priority.REPLY, ticket=ticket)
 
         task = asyncio.create_task(consume())
         await eventually(lambda: len(steps) >= 10)
@@ -92,7 +92,7 @@ def test_sliced_generation_cancels_within_one_step() -> None:
         gen_counter.bump()
         with pytest.raises(Stale):
             await task
-        await c.close_generator(it)
+        await c.run(it.close, priority=Priority.URGENT)
         worker = await c.run(threading.get_ident)
         assert len(steps) - at_cancel <= 1
         assert closed_on == [worker]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import signal
 import time
 
 import numpy as np
 
 from assistant.console import Console, StatusLine
-from assistant.daemon import ReopeningSource
+from assistant.daemon import ReopeningSource, serve
 from assistant.errors import AudioDeviceError
 from assistant.events import DeviceStatus, FinalTranscript, LatencyTrace, ResponseDone, TurnState
 from tests.pipeline.doubles import BLOCK, FRAME, FakeSink, Message, word_block
@@ -89,6 +90,21 @@ def test_status_line_renders_state_and_latency() -> None:
         assert last.startswith("● ") and "last: stt " in last
 
     asyncio.run(main())
+
+
+def test_serve_warms_the_engines_before_it_reports_listening() -> None:
+    """serve() has every engine's warmup() run on the compute thread before ready() (before "listening")."""
+
+    async def main() -> None:
+        async with Harness() as h:
+            seen: list[tuple[bool, bool]] = []
+
+            def ready() -> None:
+                seen.append((h.stt.warmed, h.tts.warmed))
+                signal.raise_signal(signal.SIGINT)
+
+            assert await serve(h.p, ready=ready) == 0
+            assert seen == [(True, True)]
 
 
 def test_lost_speaker_ends_the_reply_as_heard_and_answers_in_text() -> None:

@@ -19,6 +19,7 @@ import pytest
 from assistant import cli
 from assistant.compute import Compute
 from assistant.config import Config
+from assistant.conversation import Conversation
 from assistant.daemon import ReopeningSource
 from assistant.events import (
     BargeIn,
@@ -32,7 +33,6 @@ from assistant.events import (
     StateChanged,
     TurnState,
 )
-from assistant.pipeline import Pipeline
 from tests import tiny_engines
 
 pytestmark = pytest.mark.audio
@@ -51,7 +51,7 @@ def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
 
 
 class Events:
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Conversation) -> None:
         self.sub = pipeline.subscribe(100_000)
         self.seen: list[Event] = []
 
@@ -91,13 +91,13 @@ def test_spoken_turn_and_barge_in(room_env: Any, tiny_config: Config, tmp_path: 
     require_espeak()
     cfg = tiny_config
 
-    async def main() -> tuple[Events, np.ndarray, float, list[Any], Pipeline]:
+    async def main() -> tuple[Events, np.ndarray, float, list[Any], Conversation]:
         compute = Compute()
         engines = await compute.run(cli.build_engines, cfg)
         source = ReopeningSource(lambda: Capture(cfg.audio))
         try:
             with Playback(cfg.audio, rate=engines.tts.sample_rate) as sink:
-                pipeline = Pipeline(cfg, engines, source, sink, compute)
+                pipeline = Conversation(cfg, engines, source, sink, compute)
                 events = Events(pipeline)
                 recorder = room_env.record()
                 recorder.wait_started()

@@ -1,4 +1,4 @@
-"""Headless sessions (assistant/session.py) with the scripted engine doubles: turns, replies, cancel, truncate."""
+"""Headless sessions (assistant/conversation.py) with the scripted engine doubles: turns, replies, cancel, truncate."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import pytest
 
 from assistant.compute import Compute
 from assistant.config import Config
+from assistant.conversation import Conversation, Sessions
+from assistant.engines import Engines
 from assistant.errors import AssistantError, ConfigError, InputError
 from assistant.events import (
     BargeIn,
@@ -25,9 +27,6 @@ from assistant.events import (
     SpeechEnded,
     SpeechStarted,
 )
-from assistant.pipeline import Pipeline
-from assistant.session import Session, Sessions
-from assistant.turns import Engines
 from tests.pipeline.doubles import (
     FakeSink,
     ScriptedChat,
@@ -66,7 +65,7 @@ class DoubleEngines:
 class Client:
     """Collects a session's events as a Realtime connection would."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Conversation) -> None:
         self.session = session
         self.seen: list[SessionEvent] = []
         self._events = session.events()
@@ -94,17 +93,17 @@ class Client:
             self.session.append_audio(silence_block())
 
 
-async def opened(limit: int = 2) -> tuple[Sessions, DoubleEngines, Pipeline, Compute]:
+async def opened(limit: int = 2) -> tuple[Sessions, DoubleEngines, Conversation, Compute]:
     cfg = Config().replace({"pipeline.mode": "hands_free", "vad.preroll_ms": 0})
     compute = Compute()
     daemon_chat = ScriptedChat(["daemon"])
     engines, _ = make_engines(daemon_chat)
-    pipeline = Pipeline(cfg, engines, None, FakeSink(), compute)
+    pipeline = Conversation(cfg, engines, None, FakeSink(), compute)
     source = DoubleEngines()
     return Sessions(pipeline, source, limit), source, pipeline, compute
 
 
-async def closed(pipeline: Pipeline, compute: Compute, *sessions: Session) -> None:
+async def closed(pipeline: Conversation, compute: Compute, *sessions: Conversation) -> None:
     for s in sessions:
         await s.close()
     await pipeline.aclose()
@@ -236,10 +235,10 @@ def test_sessions_are_limited_and_voices_checked() -> None:
         assert source.voices == ["alice"] and session.engines.voice == "alice"
         with pytest.raises(InputError):
             session.append_audio(np.zeros(10, np.float32))
-        before = (session.hangover_ms, session.auto_respond, session.cfg)
+        before = (session.hangover_ms, session.core.policy, session.cfg)
         with pytest.raises(ConfigError, match="silence_duration_ms 20"):
             session.set_turn_detection(20, False, False)  # below vad.hangover_ms's range: nothing changes
-        assert (session.hangover_ms, session.auto_respond, session.cfg) == before
+        assert (session.hangover_ms, session.core.policy, session.cfg) == before
         await session.close()
         again = await sessions.open_session()  # the slot came back
         await closed(pipeline, compute, again)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from assistant.turns import AudioRing, HeardMap, SampleClock, TurnTrace, level_dbfs
+from assistant.audio.format import level_dbfs
+from assistant.reply import HeardMap, TurnTrace
+from assistant.turns import AudioRing, CaptureClock
 
 
 def test_heard_map_follows_played_position() -> None:
@@ -45,10 +47,12 @@ def test_audio_ring_addresses_absolute_positions() -> None:
 
 
 def test_sample_clock_and_trace() -> None:
-    """Sample positions map back to monotonic time; the trace is ms after the true end of speech."""
-    c = SampleClock()
-    c.advance(16_000, now=10.0)
-    assert c.time_of(8_000) == 9.5
+    """Sample positions map back to their capture time; the trace is ms after the true end of speech."""
+    c = CaptureClock()
+    c.add(0, 9.0, echo=False)
+    c.add(16_000, 10.0, echo=True)
+    assert c.time_of(8_000) == 9.5 and c.time_of(16_000 + 1600) == 10.1
+    assert not c.echo_at(8_000) and c.echo_at(17_000)
     t = TurnTrace(turn=1, speech_end=9.5, endpoint=10.2)
     t.mark("stt_final", 9.6)
     t.mark("stt_final", 9.9)  # only the first counts

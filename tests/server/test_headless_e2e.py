@@ -27,11 +27,11 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from assistant import cli
 from assistant.audio.format import CAPTURE_RATE, float32_to_int16, int16_to_float32, resample
+from assistant.audio.sinks import NullSink
 from assistant.compute import Compute
 from assistant.config import Config, to_dict
-from assistant.pipeline import Pipeline
+from assistant.conversation import Conversation, Sessions
 from assistant.server.ws import ControlServer
-from assistant.session import NullSink, Sessions
 from tests import tiny_engines
 from tests.speech import needs_espeak, say, silence
 
@@ -48,12 +48,12 @@ def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
 
 
 @asynccontextmanager
-async def daemon(cfg: Config) -> AsyncIterator[tuple[ControlServer, Pipeline]]:
+async def daemon(cfg: Config) -> AsyncIterator[tuple[ControlServer, Conversation]]:
     """What `assistant run` builds without a sound card: engines on one compute thread, pipeline, server."""
     compute = Compute()
     try:
         engines = await compute.run(cli.build_engines, cfg)
-        pipeline = Pipeline(cfg, engines, None, NullSink(), compute)
+        pipeline = Conversation(cfg, engines, None, NullSink(), compute)
         backend = Sessions(pipeline, cli.SharedEngines(cfg, engines), cfg.server.realtime_sessions)
         async with ControlServer(cfg.server, pipeline, backend) as server:
             yield server, pipeline

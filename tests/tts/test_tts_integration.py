@@ -15,9 +15,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+import tools.qwen3_tts_tokenizer_ref.tiny as ctiny
 from assistant.config import TtsConfig
 from assistant.tts.qwen3.generate import generate_codes
-from tools.qwen3_tts_tokenizer_ref import tiny as ctiny
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,7 @@ def full_checkpoint(checkpoints: Any, tmp_path: Path, monkeypatch: pytest.Monkey
 @pytest.mark.parametrize("voice_name", ["clone", "clone_icl"])
 def test_streamed_chunks_equal_full_decode(full_checkpoint: Path, voice_name: str) -> None:
     """Chunks from Utterance.step() equal the decoder's full forward of the same codes (<= 1e-5)."""
-    from assistant.tts import Qwen3TTS
+    from assistant.tts.qwen3 import Qwen3TTS
 
     cfg = TtsConfig(
         model=str(full_checkpoint),

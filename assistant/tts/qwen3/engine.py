@@ -152,6 +152,9 @@ class Qwen3TTS:
     def profiles(self) -> dict[str, VoiceProfile]:
         return load_profiles(self.voices_dir)
 
+    def voice_names(self) -> list[str]:
+        return sorted(self.profiles())
+
     def voice(self, name: str | None = None) -> Voice:
         """A voices/ profile resolved for this model; its prefix KV state is computed once and cached."""
         name = name or self.cfg.voice

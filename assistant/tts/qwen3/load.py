@@ -116,13 +116,11 @@ def load_model(spec_or_folder: str | Path, repo: str | None = None, dtype: str =
 
 
 def load_speaker_encoder(loaded: LoadedModel) -> Any | None:
-    """The Base model's x-vector encoder (tts-codec's module), or None when the model or the module is absent."""
+    """The Base model's x-vector encoder, or None when the model has none."""
     if not loaded.speaker_weights:
         return None
-    try:
-        from assistant.tts.qwen3.speaker_encoder import SpeakerEncoder, SpeakerEncoderConfig
-    except ImportError:
-        return None
+    from assistant.tts.qwen3.speaker_encoder import SpeakerEncoder, SpeakerEncoderConfig
+
     enc = SpeakerEncoder(SpeakerEncoderConfig.from_dict(loaded.config.speaker_encoder_config))
     weights = SpeakerEncoder.sanitize(loaded.speaker_weights, pytorch_layout=loaded.layout == "pytorch")
     enc.load_weights(list(weights.items()), strict=True)
@@ -134,8 +132,6 @@ def load_speech_tokenizer_of(loaded: LoadedModel) -> Any:
     sub = loaded.folder / "speech_tokenizer"
     if not (sub / "config.json").is_file():
         raise ModelError(f"speech_tokenizer/config.json is missing from {loaded.repo}; re-download the model")
-    try:
-        from assistant.tts.qwen3.speech_tokenizer import load_speech_tokenizer
-    except ImportError as e:
-        raise ModelError("the 12 Hz speech-tokenizer decoder is not part of this build; update assistant") from e
+    from assistant.tts.qwen3.speech_tokenizer import load_speech_tokenizer
+
     return load_speech_tokenizer(sub)

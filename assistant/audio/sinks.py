@@ -1,0 +1,95 @@
+"""Audio endpoints as the conversation sees them: a source of captured blocks and a speaker sink.
+
+`Capture` and `Playback` are the sound-card ones; `ClientSink` is a Realtime client's speaker and `NullSink` the
+daemon's when there is no sound card. A sink that knows what it played when (`SpeakerTiming`) lets the turn core
+judge every captured block by what the speaker was playing when it was recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from assistant.audio.format import SILENT_DBFS, AudioBlock, level_dbfs
+
+
+class AudioSource(Protocol):
+    """The microphone: `Capture`, or nothing (headless: clients bring audio through their session)."""
+
+    async def read(self) -> AudioBlock | np.ndarray: ...  # AudioDeviceError when lost
+
+
+class AudioSink(Protocol):
+    """The speaker: `Playback`, a Realtime client, or nothing."""
+
+    def write(self, chunk: np.ndarray) -> None: ...  # float32 at the TTS rate; never blocks
+    def flush(self) -> None: ...  # drop queued audio; played_samples restarts at 0
+    @property
+    def played_samples(self) -> int: ...
+    @property
+    def first_sample_dac_time(self) -> float | None: ...  # when the first sample since flush() was heard
+
+
+@runtime_checkable
+class SpeakerTiming(Protocol):
+    """What the speaker played when (INTERFACES.md 3), on the monotonic clock of the capture times."""
+
+    def level_at(self, t: float) -> float: ...  # dBFS at the speaker around `t` (SILENT_DBFS: nothing)
+    @property
+    def last_sample_time(self) -> float | None: ...  # when the last queued sample left, once drained
+    @property
+    def underruns(self) -> int: ...  # output underflows since start
+
+
+class ClientSink:
+    """A Realtime client's speaker: each chunk goes to the client, which plays it in real time from receipt."""
+
+    def __init__(self, on_chunk: Callable[[np.ndarray], None], rate: int) -> None:
+        self._on_chunk = on_chunk
+        self.rate = rate
+        self.played_samples = 0  # since the last flush: sent audio counts as played (truncate corrects it)
+        self.first_sample_dac_time: float | None = None
+        self.underruns = 0  # the client's own playback is out of sight
+        self._spans: deque[tuple[float, float, float]] = deque(maxlen=256)  # (start, end, dBFS) at the client
+
+    def write(self, chunk: np.ndarray) -> None:
+        now = time.monotonic()
+        start = max(now, self._spans[-1][1]) if self._spans else now
+        if self.first_sample_dac_time is None:
+            self.first_sample_dac_time = start
+        self._spans.append((start, start + len(chunk) / self.rate, level_dbfs(chunk)))
+        self.played_samples += len(chunk)
+        self._on_chunk(chunk)
+
+    def flush(self) -> None:
+        self.played_samples = 0
+        self.first_sample_dac_time = None
+        self._spans.clear()
+
+    def level_at(self, t: float) -> float:
+        for start, end, level in reversed(self._spans):
+            if start <= t < end:
+                return level
+        return SILENT_DBFS
+
+    @property
+    def last_sample_time(self) -> float | None:
+        return self._spans[-1][1] if self._spans and self._spans[-1][1] <= time.monotonic() else None
+
+
+class NullSink:
+    """The daemon's speaker when there is no sound card: audio is dropped, and counted as played."""
+
+    def __init__(self) -> None:
+        self.played_samples = 0
+        self.first_sample_dac_time: float | None = None
+
+    def write(self, chunk: np.ndarray) -> None:
+        self.played_samples += len(chunk)
+
+    def flush(self) -> None:
+        self.played_samples = 0

@@ -1,0 +1,708 @@
+"""The one asyncio driver: runs a turn core (assistant/turns.py) over an audio source and sink.
+
+A `Conversation` feeds the core its inputs (captured blocks with their capture time and what the speaker played
+then, VAD events, transcripts, reply progress, commands) and executes the actions it returns on the engines,
+every engine call on the compute thread. The daemon holds one over the microphone and speaker (it is the
+server's `Controller`); each `/v1/realtime` connection holds one over its client sink (the server's
+`RealtimeSession`), opened by `Sessions`. Only the core's `Policy` differs between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+import numpy as np
+
+from assistant import settings
+from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, AudioBlock, frame_samples, level_dbfs
+from assistant.audio.sinks import AudioSink, AudioSource, ClientSink, SpeakerTiming
+from assistant.bus import EventBus, Subscription
+from assistant.compute import Compute, Generation, Priority, Stale
+from assistant.config import Config
+from assistant.endofturn import EndOfTurnPolicy, FixedSilence
+from assistant.engines import Engines, VadLike
+from assistant.errors import AssistantError, AudioDeviceError, ConfigError, InputError
+from assistant.events import BargeIn, DeviceStatus, ErrorEvent, Event, ResponseAudio, SessionEvent, TurnState
+from assistant.logs import kv
+from assistant.reply import Reply, TurnTrace, pump, settle_answer
+from assistant.turns import (
+    Action,
+    AudioIn,
+    Cancel,
+    ClearAudio,
+    Commit,
+    ConfirmReply,
+    CreateResponse,
+    DropReply,
+    Fed,
+    Feed,
+    Finalize,
+    FlushAudio,
+    Input,
+    Interrupt,
+    InterruptReply,
+    Mute,
+    Play,
+    Policy,
+    Ptt,
+    Publish,
+    ReplyDone,
+    ResetTranscriber,
+    ResetVad,
+    RunVad,
+    Scored,
+    ScoreTurn,
+    SetPolicy,
+    StartReply,
+    Transcribed,
+    TurnCore,
+    UserText,
+    VadIn,
+)
+
+log = logging.getLogger("assistant.conversation")
+
+SUB_DEFAULT = 256
+PLAYBACK_STALL_S = 2.0  # a sink that plays nothing for this long is given up on (a gone WebSocket client)
+KEEP_REPLIES = 16  # finished replies a Realtime client may still truncate (OpenAI clients truncate the latest)
+QUEUE_LIMIT = 4096  # Realtime events waiting for the client; reply audio is ~10 chunks a second
+
+
+class RealtimeEngines(Protocol):
+    """What Realtime sessions need from the daemon's loaded engines (the composition root implements it)."""
+
+    def new_session(self, voice: str | None) -> Engines: ...  # on the compute thread
+    def voice(self, name: str) -> Any: ...  # on the compute thread
+    def voice_names(self) -> list[str]: ...
+
+
+def daemon_policy(cfg: Config) -> Policy:
+    mode = cfg.pipeline.mode
+    return Policy(
+        vad_turns=mode != "push_to_talk",
+        publish_vad=mode != "push_to_talk",  # the VAD runs, but only the hotkey makes turns
+        ptt=True,
+        speculative=cfg.pipeline.speculative,
+        barge_in=cfg.pipeline.barge_in,
+        barge_in_min_words=cfg.pipeline.barge_in_min_words,
+        preroll_samples=frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms),
+        echo_tail_ms=cfg.vad.echo_tail_ms,
+    )
+
+
+def realtime_policy(cfg: Config, server_vad: bool, create_response: bool, interrupt_response: bool) -> Policy:
+    """No speculation: a client may commit and ask at any moment, so every reply starts confirmed."""
+    return Policy(
+        vad_turns=server_vad,
+        publish_vad=server_vad,
+        ptt=False,
+        speculative=False,
+        answer_turns=False,
+        auto_respond=create_response,
+        barge_in=interrupt_response,
+        preroll_samples=frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms),
+        echo_tail_ms=cfg.vad.echo_tail_ms,
+    )
+
+
+def end_of_turn(cfg: Config) -> EndOfTurnPolicy:
+    return FixedSilence(cfg.vad.hangover_ms)
+
+
+class Conversation:
+    """One conversation: the daemon's (a `Controller`) or a Realtime client's (a `RealtimeSession`).
+
+    Create inside a running loop. `realtime` gives the Realtime policy and a client sink whose audio goes out
+    as `ResponseAudio` events on `events()`.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        engines: Engines,
+        source: AudioSource | None,
+        sink: AudioSink | None,
+        compute: Compute | None = None,
+        *,
+        realtime: RealtimeEngines | None = None,
+        on_close: Callable[[Conversation], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.engines = engines
+        self.source = source
+        self.compute = compute or Compute()
+        self._owns_compute = compute is None
+        self.realtime = realtime
+        self._on_close = on_close
+        self.sink: AudioSink = sink or ClientSink(self._client_audio, engines.tts.sample_rate)
+        self.vad: VadLike = engines.make_vad(cfg.vad)
+        ring = frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms)
+        ring += int(max(cfg.vad.max_utterance_s, cfg.stt.max_utterance_s) * CAPTURE_RATE)
+        policy = daemon_policy(cfg) if realtime is None else realtime_policy(cfg, True, True, True)
+        self.core = TurnCore(policy, end_of_turn(cfg), ring)
+        self.hangover_ms: int | None = cfg.vad.hangover_ms
+        self.instructions = cfg.llm.system_prompt
+        self.device_ok = True
+        self.output_ok = True  # False while the speaker is lost: replies are text only
+        self.restart_required: list[str] = []
+        self.bus: EventBus[SessionEvent] = EventBus()
+        self._events = self.bus.subscribe(QUEUE_LIMIT) if realtime is not None else None
+        self.generation = Generation()
+        self._replies: dict[int, Reply] = {}  # replies in flight
+        self._kept: OrderedDict[int, Reply] = OrderedDict()  # finished, for truncate_response
+        self._settling: asyncio.Task[None] | None = None  # the cancelled reply being recorded
+        self._playing_turn = 0
+        self._last_level = SILENT_DBFS  # level of the last chunk written (for sinks without SpeakerTiming)
+        self._stt_final = 0.0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    # ---- driving the core -----------------------------------------------------------------------------------
+
+    def _apply(self, inp: Input) -> None:
+        for action in self.core.handle(inp):
+            self._do(action)
+
+    def _do(self, action: Action) -> None:
+        match action:
+            case RunVad(samples, echo):
+                self.vad.set_playback(echo is not None, SILENT_DBFS if echo is None else echo)
+                for ev in self.vad.feed(samples):
+                    self._apply(VadIn(ev))
+            case ResetVad():
+                self.vad.reset()
+            case ResetTranscriber():
+                self.compute.submit(self.engines.transcriber.reset, priority=Priority.URGENT)
+            case Feed(utt, audio):
+                self._on_job(
+                    self.compute.submit(self.engines.transcriber.feed, audio, priority=Priority.URGENT),
+                    lambda f: self._fed(utt, f),
+                )
+            case Finalize(job):
+                self._on_job(
+                    self.compute.submit(self.engines.transcriber.finalize, priority=Priority.URGENT),
+                    lambda f: self._transcribed(job, f),
+                )
+            case ScoreTurn(utt, audio):
+                if self.engines.score_turn is not None:
+                    self._on_job(
+                        self.compute.submit(self.engines.score_turn, audio, priority=Priority.URGENT),
+                        lambda f: self._scored(utt, f),
+                    )
+            case StartReply():
+                self._start(action)
+            case ConfirmReply(turn):
+                if (reply := self._replies.get(turn)) is not None:
+                    reply.confirmed.set()
+                    self._text_only_note()
+            case DropReply(turn):
+                if (reply := self._replies.get(turn)) is not None:
+                    self._cancel(reply, heard=None)
+            case InterruptReply(turn):
+                if (reply := self._replies.get(turn)) is not None:
+                    self._barge_in(reply)
+            case Play(turn, chunk):
+                self._play(turn, chunk)
+            case FlushAudio():
+                self.sink.flush()
+            case Publish(event):
+                self.publish(event)
+
+    def _on_job(
+        self, fut: concurrent.futures.Future[Any], done: Callable[[concurrent.futures.Future[Any]], None]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+
+        def back(f: concurrent.futures.Future[Any]) -> None:
+            if not self._closed and not f.cancelled():
+                loop.call_soon_threadsafe(done, f)
+
+        fut.add_done_callback(back)
+
+    def _fed(self, utt: int, fut: concurrent.futures.Future[str | None]) -> None:
+        err = fut.exception()
+        if err is not None:
+            log.error("transcribing failed", exc_info=err)
+        self._apply(Fed(utt, None if err else fut.result(), time.monotonic(), _describe(err)))
+
+    def _transcribed(self, job: int, fut: concurrent.futures.Future[Any]) -> None:
+        err, now = fut.exception(), time.monotonic()
+        self._stt_final = now
+        if err is not None:
+            log.error("transcribing failed", exc_info=err)
+            self._apply(Transcribed(job, "", "", now, _describe(err)))
+            return
+        tr = fut.result()
+        self._apply(Transcribed(job, tr.text, tr.language, now))
+
+    def _scored(self, utt: int, fut: concurrent.futures.Future[float]) -> None:
+        if (err := fut.exception()) is not None:
+            self.failed(err, "scoring the end of turn")
+            return
+        self._apply(Scored(utt, float(fut.result()), time.monotonic()))
+
+    # ---- the microphone -------------------------------------------------------------------------------------
+
+    def on_audio(self, block: AudioBlock | np.ndarray) -> None:
+        """One captured int16 16 kHz block, judged by the time it was recorded."""
+        now = time.monotonic()
+        if not isinstance(block, AudioBlock):  # a source without capture times: it was recorded just now
+            block = AudioBlock(block, now - len(block) / CAPTURE_RATE)
+        if block.samples.dtype != np.int16 or block.samples.ndim != 1:
+            raise InputError(f"audio must be int16 mono, got {block.samples.dtype} with shape {block.samples.shape}")
+        level, end = self._speaker_at(block.t)
+        self._apply(AudioIn(block.samples, block.t, now, level, end))
+
+    def _speaker_at(self, t: float) -> tuple[float, float | None]:
+        """What the speaker played when a block was recorded at `t`, and when its last sample left."""
+        if isinstance(self.sink, SpeakerTiming):
+            return self.sink.level_at(t), self.sink.last_sample_time
+        # A sink that cannot say (NullSink, benchmark doubles): the level of the reply while it plays.
+        playing = self.core.current is not None and self.core.state is TurnState.ASSISTANT_SPEAKING
+        return (self._last_level if playing else SILENT_DBFS), None
+
+    async def warmup(self) -> None:
+        """Let every engine compile the shapes it will use (on the compute thread); call before listening."""
+        began = time.monotonic()
+        await self.compute.run(self.engines.warmup)
+        log.info("engines warm", extra=kv(warmup_s=round(time.monotonic() - began, 2)))
+
+    async def run(self) -> None:
+        """Read the source until cancelled; a lost device is retried every `audio.device_retry_s`."""
+        if self.source is None:
+            await asyncio.Event().wait()  # headless without a microphone: text turns and Realtime only
+        assert self.source is not None
+        while True:
+            try:
+                block = await self.source.read()
+            except AudioDeviceError as e:
+                if self.device_ok:
+                    self.device_ok = False
+                    log.warning("microphone lost", extra=kv(error=str(e), retry_s=self.cfg.audio.device_retry_s))
+                    self.publish(DeviceStatus("input", False, str(e), time.monotonic()))
+                    self._apply(ClearAudio(time.monotonic()))  # the cut utterance must not run into the next
+                await asyncio.sleep(self.cfg.audio.device_retry_s)
+                continue
+            if not self.device_ok:
+                self.device_ok = True
+                self.publish(DeviceStatus("input", True, "microphone is back", time.monotonic()))
+            try:
+                self.on_audio(block)
+            except Exception as e:  # a bug or a bad block must not stop the daemon listening
+                self.failed(e, "handling microphone audio")
+                self._apply(ClearAudio(time.monotonic()))
+
+    # ---- replies --------------------------------------------------------------------------------------------
+
+    def _start(self, a: StartReply) -> None:
+        reply = Reply(
+            a.turn,
+            self.generation.ticket(),
+            TurnTrace(a.turn, a.speech_end, a.endpoint),
+            a.responder,
+            asyncio.Event(),
+            asyncio.get_running_loop().create_future(),
+        )
+        reply.trace.extra["backlog_ms"] = a.backlog_ms
+        if a.responder.user_text is not None and a.responder.speak_text is None and self._stt_final:
+            reply.trace.mark("stt_final", self._stt_final)
+        if a.confirmed:
+            reply.confirmed.set()
+        if a.confirmed:
+            self._text_only_note()
+        self._replies[a.turn] = reply
+        reply.task = self.spawn(self._run_reply(reply))
+
+    async def _run_reply(self, reply: Reply) -> None:
+        try:
+            if self._settling is not None:
+                await self._settling  # the interrupted answer is recorded before a new one starts
+            if reply.responder.instructions is not None:
+                self.compute.submit(self.engines.chat.set_system_prompt, reply.responder.instructions)
+            async for produced in pump(reply, self.engines, self.compute, self.cfg):
+                self._apply(produced)
+            await reply.confirmed.wait()
+            await self._wait_played(reply)
+            if reply.gen is not None:
+                await self.compute.run(self.engines.chat.finish_turn, None, priority=Priority.URGENT)
+            self._finish(reply, reply.answer if reply.gen else reply.responder.speak_text or "", False)
+        except (asyncio.CancelledError, Stale):
+            return  # the canceller settles the reply
+        except Exception as e:
+            log.error("error in turn %d; back to listening", reply.turn, exc_info=e)
+            heard = reply.heard_text(self.sink.played_samples) if reply.confirmed.is_set() else None
+            if heard is not None:
+                with contextlib.suppress(Exception):
+                    self.sink.flush()
+            try:
+                await self.compute.run(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
+            except Exception as e2:
+                self.failed(e2, "recording the interrupted answer")
+            self._finish(reply, heard or "", True, error=f"turn {reply.turn}: {type(e).__name__}: {e}")
+
+    def _play(self, turn: int, chunk: np.ndarray) -> None:
+        reply = self._replies.get(turn)
+        if reply is None or not self.output_ok:
+            return  # no speaker: the reply is text only
+        if not reply.audio_started:
+            reply.audio_started = True
+            if isinstance(self.sink, SpeakerTiming):
+                reply.underruns_at = self.sink.underruns
+        self._playing_turn = turn
+        self._last_level = level_dbfs(chunk)
+        self.sink.write(chunk)
+        reply.samples_written += len(chunk)
+
+    async def _wait_played(self, reply: Reply) -> None:
+        """Until the sink has played every sample of the reply (sleeping the known remaining duration)."""
+        rate = self.engines.tts.sample_rate
+        last, since = -1, time.monotonic()
+        while (left := reply.samples_written - self.sink.played_samples) > 0:
+            played = self.sink.played_samples
+            if played != last:
+                last, since = played, time.monotonic()
+            elif time.monotonic() - since > PLAYBACK_STALL_S:
+                log.warning("playback stalled; not waiting for the rest", extra=kv(left_samples=left))
+                return
+            await asyncio.sleep(max(left / rate, 0.01))
+
+    def _barge_in(self, reply: Reply) -> None:
+        """Flush the speaker, stop the reply, keep what was heard."""
+        played = self.sink.played_samples if reply.audio_started else 0
+        self._mark_played(reply)
+        if reply.audio_started:
+            self.sink.flush()
+        heard = reply.heard_text(played)
+        rate = self.engines.tts.sample_rate
+        self.publish(BargeIn(reply.turn, round(played * 1000.0 / rate, 1), heard, time.monotonic()))
+        self._cancel(reply, heard)
+
+    def _cancel(self, reply: Reply, heard: str | None) -> None:
+        """Bump the generation (the reply's next step never runs) and settle it in the background."""
+        self.generation.bump()
+        if reply.task is not None:
+            reply.task.cancel()
+        # Submitted now, so it runs before any chat job submitted after this call (e.g. a history reset).
+        job = self.compute.submit(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
+        self._settling = self.spawn(self._settle(reply, heard, job))
+
+    async def _settle(self, reply: Reply, heard: str | None, job: concurrent.futures.Future[None]) -> None:
+        try:
+            await asyncio.wrap_future(job)
+        except Exception as e:
+            self.failed(e, "recording the interrupted answer")
+        if heard is None:
+            self._replies.pop(reply.turn, None)
+            if not reply.result.done():
+                reply.result.set_result("")
+            return
+        self._finish(reply, heard, True)
+
+    def _finish(self, reply: Reply, text: str, interrupted: bool, error: str | None = None) -> None:
+        self._replies.pop(reply.turn, None)
+        if reply.result.done():
+            return
+        reply.result.set_result(text)
+        self._kept[reply.turn] = reply
+        while len(self._kept) > KEEP_REPLIES:
+            self._kept.popitem(last=False)
+        self._mark_played(reply)
+        if reply.audio_started and isinstance(self.sink, SpeakerTiming):
+            reply.trace.extra["playback_underruns"] = float(self.sink.underruns - reply.underruns_at)
+        trace = reply.trace.trace()
+        log.info("turn latency", extra=kv(**{k: v for k, v in dataclasses.asdict(trace).items() if k != "extra"}))
+        self._apply(ReplyDone(reply.turn, text, interrupted, time.monotonic(), error, trace))
+        if reply.responder.instructions is not None:
+            self.compute.submit(self.engines.chat.set_system_prompt, self.instructions, priority=Priority.URGENT)
+        self.compute.clear_cache()
+
+    def _text_only_note(self) -> None:
+        if not self.output_ok:
+            self.publish(DeviceStatus("output", False, "no speaker: this reply is text only", time.monotonic()))
+
+    def device_status(self, status: DeviceStatus) -> None:
+        """The speaker (or microphone) was lost or is back: tell clients; without a speaker, replies are text."""
+        self.publish(status)
+        if status.kind != "output" or status.ok == self.output_ok:
+            return
+        self.output_ok = status.ok
+        current = self.core.current
+        reply = self._replies.get(current.turn) if current is not None else None
+        if not status.ok and reply is not None:  # the sink dropped what it held: the reply ends as heard so far
+            self._mark_played(reply)
+            self._cancel(reply, reply.heard_text(self.sink.played_samples))
+
+    def _mark_played(self, reply: Reply) -> None:
+        if reply.audio_started:
+            if (t := self.sink.first_sample_dac_time) is not None:
+                reply.trace.mark("first_sample_played", t)
+
+    def _client_audio(self, chunk: np.ndarray) -> None:
+        self.publish(ResponseAudio(self._playing_turn, chunk, time.monotonic()))
+
+    # ---- the Controller (daemon) ----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> TurnState:
+        return self.core.state
+
+    @property
+    def ptt(self) -> bool:
+        return self.core.ptt
+
+    @property
+    def muted(self) -> bool:
+        return self.core.muted
+
+    @property
+    def turn(self) -> int:
+        """The number of the latest reply (speculative ones count)."""
+        return self.core.turn
+
+    @property
+    def captured_samples(self) -> int:
+        return self.core.ring.end
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "turn": self.turn,
+            "mode": self.cfg.pipeline.mode,
+            "muted": self.core.muted,
+            "ptt": self.core.ptt,
+            "speculating": self.core.speculating,
+            "device_ok": self.device_ok,
+            "output_ok": self.output_ok,
+            "subscribers": self.bus.subscribers,
+            "dropped_events": self.bus.dropped,
+            "restart_required": list(self.restart_required),
+        }
+
+    async def say(self, text: str) -> None:
+        """Speak `text` (no LLM, no history); returns when it has played or was interrupted."""
+        await self._text_turn(CreateResponse(time.monotonic(), say=text))
+
+    async def ask(self, text: str) -> str:
+        """Answer `text` aloud as if spoken; returns the answer (the heard part when interrupted)."""
+        return await self._text_turn(CreateResponse(time.monotonic(), ask=text))
+
+    async def _text_turn(self, create: CreateResponse) -> str:
+        self._apply(create)
+        return await asyncio.shield(self._replies[self.core.turn].result)
+
+    def interrupt(self) -> None:
+        """Stop the reply now: flush playback, cancel LLM and TTS, keep the heard part in the history."""
+        self._apply(Interrupt(time.monotonic()))
+
+    def mute(self) -> None:
+        self._apply(Mute(True, time.monotonic()))
+
+    def unmute(self) -> None:
+        self._apply(Mute(False, time.monotonic()))
+
+    def ptt_start(self) -> None:
+        """Push-to-talk pressed: a user turn starts now, overriding VAD endpointing until `ptt_stop`."""
+        self._apply(Ptt(True, time.monotonic()))
+
+    def ptt_stop(self) -> None:
+        """Push-to-talk released: the user turn ends here, whatever the VAD thinks."""
+        self._apply(Ptt(False, time.monotonic()))
+
+    def config_get(self) -> dict[str, Any]:
+        return settings.public(self.cfg)
+
+    def config_set(self, changes: dict[str, object]) -> dict[str, Any]:
+        """Validate `{"section.key": value}` (settings.apply: live keys only, voices that exist), then apply."""
+        new = settings.apply(self.cfg, changes, cast(settings.VoiceCatalog, self.engines.tts))
+        self.restart_required = sorted({*self.restart_required, *settings.at_restart(changes)})
+        new_vad = new.vad != self.cfg.vad
+        if new_vad:
+            self.vad = self.engines.make_vad(new.vad)
+        if new.llm.system_prompt != self.cfg.llm.system_prompt:
+            self.instructions = new.llm.system_prompt
+            self.compute.submit(self.engines.chat.set_system_prompt, new.llm.system_prompt)
+        if new.logging.level != self.cfg.logging.level:
+            logging.getLogger("assistant").setLevel(new.logging.level.upper())
+        self.cfg = new
+        self._apply(SetPolicy(daemon_policy(new), end_of_turn(new), new_vad=new_vad))
+        return self.config_get()
+
+    def history_get(self) -> list[dict[str, Any]]:
+        return [dataclasses.asdict(m) for m in self.engines.chat.history]
+
+    def history_reset(self) -> None:
+        self.interrupt()
+        self.compute.submit(self.engines.chat.reset, priority=Priority.URGENT)
+
+    def subscribe(self, maxsize: int = SUB_DEFAULT) -> Subscription[Event]:
+        """The daemon's events; only a Realtime conversation adds ResponseStarted/ResponseAudio (see `events()`)."""
+        return cast(Subscription[Event], self.bus.subscribe(maxsize))
+
+    # ---- the RealtimeSession --------------------------------------------------------------------------------
+
+    def set_instructions(self, text: str) -> None:
+        self.instructions = text
+        self.compute.submit(self.engines.chat.set_system_prompt, text, priority=Priority.URGENT)
+
+    def set_voice(self, name: str) -> None:
+        assert self.realtime is not None
+        names = self.realtime.voice_names()
+        if name not in names:
+            raise ConfigError(f"unknown voice {name!r}; voices: {', '.join(sorted(names))}")
+        self.spawn(self._use_voice(name))
+
+    async def _use_voice(self, name: str) -> None:
+        assert self.realtime is not None
+        try:
+            self.engines.voice = await self.compute.run(self.realtime.voice, name, priority=Priority.URGENT)
+        except Exception as e:
+            self.failed(e, f"loading voice {name!r}")
+
+    def set_turn_detection(self, hangover_ms: int | None, create_response: bool, interrupt_response: bool) -> None:
+        """`hangover_ms` None = manual turns (commit_audio); else server VAD with this end-of-turn silence."""
+        try:
+            cfg = self.cfg if hangover_ms is None else self.cfg.replace({"vad.hangover_ms": hangover_ms})
+        except ConfigError as e:
+            raise ConfigError(f"turn_detection.silence_duration_ms {hangover_ms} cannot be used ({e})") from e
+        new_vad = hangover_ms is not None and hangover_ms != self.hangover_ms
+        if new_vad:
+            self.vad = self.engines.make_vad(cfg.vad)
+        self.hangover_ms, self.cfg = hangover_ms, cfg
+        policy = realtime_policy(cfg, hangover_ms is not None, create_response, interrupt_response)
+        self._apply(SetPolicy(policy, end_of_turn(cfg), new_vad=new_vad))
+
+    def append_audio(self, samples: np.ndarray) -> None:
+        """int16 16 kHz mono of any length, recorded by the client just now (its clock runs with ours)."""
+        if samples.dtype != np.int16 or samples.ndim != 1:
+            raise InputError(f"audio must be int16 mono, got {samples.dtype} with shape {samples.shape}")
+        self.on_audio(samples)
+
+    def commit_audio(self) -> None:
+        """End the user's utterance now: transcribe it as one user message (FinalTranscript, "" when empty)."""
+        self._apply(Commit(time.monotonic()))
+
+    def clear_audio(self) -> None:
+        self._apply(ClearAudio(time.monotonic()))
+
+    def add_user_text(self, text: str) -> None:
+        self._apply(UserText(text, time.monotonic()))
+
+    def create_response(self, instructions: str | None = None) -> None:
+        """Answer every pending user message (after the transcriptions in flight) as one reply."""
+        self._apply(CreateResponse(time.monotonic(), instructions=instructions))
+
+    def cancel_response(self) -> None:
+        """Stop the reply now (ResponseDone interrupted=True); the history keeps what was sent."""
+        self._apply(Cancel(time.monotonic()))
+
+    def truncate_response(self, turn: int, audio_end_ms: int) -> None:
+        """The client played only `audio_end_ms` of turn `turn`: its answer in the history becomes what was heard."""
+        reply = self._kept.get(turn)
+        if reply is None or not reply.result.done():
+            raise InputError(f"response {turn} is not a finished answer of this session; truncate after response.done")
+        recorded = reply.result.result().strip()
+        heard = reply.heard.heard(audio_end_ms * self.engines.tts.sample_rate // 1000, reply.answer)
+        if heard != recorded:
+            self.spawn(self._revise(recorded, heard))
+
+    async def _revise(self, recorded: str, heard: str) -> None:
+        try:
+            await self.compute.run(self.engines.chat.revise_answer, recorded, heard, priority=Priority.URGENT)
+        except Exception as e:
+            self.failed(e, "truncating the answer")
+
+    async def events(self) -> AsyncIterator[SessionEvent]:
+        assert self._events is not None
+        async for ev in self._events:
+            yield ev
+
+    async def close(self) -> None:
+        """End a Realtime session: its reply is dropped, its tasks stop, the events end."""
+        await self.aclose()
+        if self._on_close is not None:
+            self._on_close(self)
+
+    async def aclose(self) -> None:
+        """Stop everything: cancel the turn, flush playback, end the compute thread when it is ours."""
+        if self._closed:
+            return
+        self._closed = True
+        self.generation.bump()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+        with contextlib.suppress(Exception):
+            self.sink.flush()
+        self.bus.close()
+        if self._owns_compute:
+            await asyncio.to_thread(self.compute.close, 1.0)
+
+    # ---- plumbing -------------------------------------------------------------------------------------------
+
+    def publish(self, event: SessionEvent) -> None:
+        if not self._closed:
+            self.bus.publish(event)
+
+    def failed(self, exc: BaseException, what: str) -> None:
+        log.error("error while %s", what, exc_info=exc)
+        self.publish(ErrorEvent(f"{what}: {type(exc).__name__}: {exc}", time.monotonic()))
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+def _describe(err: BaseException | None) -> str | None:
+    return None if err is None else f"{type(err).__name__}: {err}"
+
+
+class Sessions:
+    """The daemon's RealtimeBackend: Realtime conversations over the daemon's engines and compute thread."""
+
+    def __init__(self, daemon: Conversation, source: RealtimeEngines, limit: int) -> None:
+        self.daemon = daemon
+        self.source = source
+        self.limit = limit
+        self.open: set[Conversation] = set()
+
+    async def open_session(self) -> Conversation:
+        if len(self.open) >= self.limit:
+            raise AssistantError(
+                f"{len(self.open)} realtime sessions are open, the most allowed; close one or raise "
+                "server.realtime_sessions"
+            )
+        cfg = self.daemon.cfg
+        engines = await self.daemon.compute.run(self.source.new_session, cfg.tts.voice or None)
+        session = Conversation(
+            cfg, engines, None, None, self.daemon.compute, realtime=self.source, on_close=self.open.discard
+        )
+        session.set_instructions(cfg.llm.system_prompt)
+        self.open.add(session)
+        return session
+
+    def default_voice(self) -> str:
+        return self.daemon.cfg.tts.voice
+
+    def default_instructions(self) -> str:
+        return self.daemon.cfg.llm.system_prompt
+
+
+if TYPE_CHECKING:  # mypy proves the conversation implements what the server expects
+
+    def _conforms(conversation: Conversation, sessions: Sessions) -> None:
+        from assistant.server.controller import Controller, RealtimeBackend, RealtimeSession
+
+        _c: Controller = conversation
+        _b: RealtimeBackend = sessions
+        _s: RealtimeSession = conversation

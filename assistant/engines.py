@@ -1,0 +1,60 @@
+"""The engines one conversation drives, as the protocols of their packages, and the LLM chat's protocol.
+
+Every call into an engine runs on the compute thread (assistant/compute.py); engines own their state, so callers
+ask for operations (`Chat.discard_answer`, `Chat.revise_answer`) instead of editing it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from assistant.config import VadConfig
+from assistant.events import SilenceStarted, SpeechEnded, SpeechResumed, SpeechStarted
+from assistant.stt.types import Transcriber
+from assistant.tts.types import Tts
+
+if TYPE_CHECKING:  # the message type only: importing llm would load MLX with the conversation
+    from assistant.llm import Message
+
+VadEvent = SpeechStarted | SilenceStarted | SpeechResumed | SpeechEnded
+
+
+class ChatLike(Protocol):
+    """The LLM conversation (assistant/llm.py `Chat`)."""
+
+    @property
+    def history(self) -> Sequence[Message]: ...  # a copy, oldest first
+
+    def respond(self, user_text: str) -> Iterator[str]: ...
+    def finish_turn(self, heard_text: str | None) -> None: ...  # record the answer (None: all of it)
+    def discard_answer(self) -> None: ...  # drop the answer in progress and its user message
+    def revise_answer(self, recorded: str, heard: str) -> bool: ...
+    def reset(self) -> None: ...
+    def set_system_prompt(self, text: str) -> None: ...
+
+
+class VadLike(Protocol):
+    def feed(self, samples: np.ndarray) -> Sequence[VadEvent]: ...
+    def set_playback(self, active: bool, level_dbfs: float = -120.0) -> None: ...
+    def reset(self) -> None: ...
+
+
+@dataclass
+class Engines:
+    """The loaded engines one conversation drives; every call into them runs on the compute thread."""
+
+    transcriber: Transcriber
+    chat: ChatLike
+    tts: Tts
+    voice: Any  # this conversation's voice: the handle `tts.voice(name)` returned
+    make_vad: Callable[[VadConfig], VadLike]
+    score_turn: Callable[[np.ndarray], float] | None = None  # end-of-turn model: P(turn complete) of int16 audio
+
+    def warmup(self) -> None:
+        """On the compute thread: every engine compiles its shapes now, before the daemon reports listening."""
+        self.transcriber.warmup()
+        self.tts.warmup()

@@ -1,0 +1,385 @@
+"""The turn core over scripted timelines: no sleeps, devices, threads or models; time is a value on each input.
+
+Each scenario runs against the daemon policy and the Realtime policy where both apply (the table at the end).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from assistant.audio.format import CAPTURE_RATE, level_dbfs
+from assistant.config import Config
+from assistant.conversation import daemon_policy, realtime_policy
+from assistant.endofturn import Decision, FixedSilence, TurnEvidence
+from assistant.events import (
+    ErrorEvent,
+    FalseStart,
+    FinalTranscript,
+    PushToTalk,
+    ResponseDone,
+    SilenceStarted,
+    SpeculationCancelled,
+    SpeculationStarted,
+    SpeechEnded,
+    SpeechResumed,
+    SpeechStarted,
+    StateChanged,
+    TurnState,
+)
+from assistant.turns import (
+    Action,
+    AudioIn,
+    Cancel,
+    Commit,
+    ConfirmReply,
+    CreateResponse,
+    DropReply,
+    Feed,
+    Finalize,
+    Input,
+    Interrupt,
+    InterruptReply,
+    Mute,
+    Play,
+    Policy,
+    Ptt,
+    Publish,
+    ReplyAudio,
+    ReplyDone,
+    RunVad,
+    Scored,
+    ScoreTurn,
+    SetPolicy,
+    StartReply,
+    Transcribed,
+    TurnCore,
+    UserText,
+    VadIn,
+)
+
+BLOCK = 320  # 20 ms
+CFG = Config().replace({"vad.preroll_ms": 0})
+DAEMON = daemon_policy(CFG.replace({"pipeline.mode": "both"}))
+REALTIME = realtime_policy(CFG, server_vad=True, create_response=True, interrupt_response=True)
+
+
+class Timeline:
+    """A turn core fed block by block on a synthetic capture clock, recording every action."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.core = TurnCore(policy, FixedSilence(700), CAPTURE_RATE * 40)
+        self.t = 100.0  # capture time of the next block
+        self.actions: list[Action] = []
+
+    def send(self, inp: Input) -> list[Action]:
+        out = self.core.handle(inp)
+        self.actions += out
+        return out
+
+    def audio(self, blocks: int = 1, value: int = 0, speaker_dbfs: float = -120.0, late_s: float = 0.0) -> None:
+        for _ in range(blocks):
+            samples = np.full(BLOCK, value, dtype=np.int16)
+            self.send(AudioIn(samples, self.t, self.t + BLOCK / CAPTURE_RATE + late_s, speaker_dbfs))
+            self.t += BLOCK / CAPTURE_RATE
+
+    @property
+    def now(self) -> float:
+        return self.t
+
+    def vad(self, ev: SpeechStarted | SilenceStarted | SpeechResumed | SpeechEnded) -> None:
+        self.send(VadIn(ev))
+
+    def started(self, at: int) -> None:
+        self.vad(SpeechStarted(at, at, self.now))
+
+    def ended(self, start: int, end: int) -> None:
+        self.vad(SpeechEnded(start, end, self.now))
+
+    def transcribe(self, text: str) -> None:
+        """Answer the latest finalize job."""
+        job = [a for a in self.actions if isinstance(a, Finalize)][-1].job
+        self.send(Transcribed(job, text, "en", self.now))
+
+    def reply_plays(self, turn: int) -> None:
+        self.send(ReplyAudio(turn, np.full(240, 0.1, dtype=np.float32), self.now))
+
+    def of(self, kind: type) -> list[object]:
+        return [a for a in self.actions if isinstance(a, kind)]
+
+    def events(self, kind: type) -> list[object]:
+        return [a.event for a in self.actions if isinstance(a, Publish) and isinstance(a.event, kind)]
+
+    def states(self) -> list[TurnState]:
+        return [e.new for e in self.events(StateChanged)]  # type: ignore[attr-defined]
+
+    def pos(self) -> int:
+        return self.core.ring.end
+
+
+def spoken_turn(tl: Timeline, text: str = "hello") -> int:
+    """The user says something and stops; returns the turn of the reply that answers it (confirmed)."""
+    start = tl.pos()
+    tl.audio(10, value=1000)
+    tl.started(start)
+    end = tl.pos()
+    tl.audio(5)
+    tl.ended(start, end)
+    tl.transcribe(text)
+    if not tl.core.policy.answer_turns:  # Realtime: the transcript queues and auto-respond creates the reply
+        assert tl.events(FinalTranscript)[-1].text == text  # type: ignore[attr-defined]
+    reply = tl.of(StartReply)[-1]
+    assert isinstance(reply, StartReply) and reply.confirmed and reply.responder.user_text == text
+    return reply.turn
+
+
+# ---- scenarios --------------------------------------------------------------------------------------------------
+
+
+def speculative_start_then_resume(policy: Policy) -> None:
+    """Silence starts an unconfirmed reply; resumed speech drops it and the transcriber gets the whole turn again."""
+    tl = Timeline(policy)
+    tl.audio(10, value=1000)
+    tl.started(0)
+    tl.vad(SilenceStarted(tl.pos(), tl.now))
+    assert tl.events(SpeculationStarted) and len(tl.of(Finalize)) == 1
+    tl.transcribe("hello")
+    spec = tl.of(StartReply)[-1]
+    assert isinstance(spec, StartReply) and not spec.confirmed
+    tl.reply_plays(spec.turn)
+    assert not tl.of(Play), "nothing speculative plays"
+    tl.vad(SpeechResumed(tl.pos(), tl.now))
+    assert tl.of(DropReply) == [DropReply(spec.turn)] and tl.events(SpeculationCancelled)
+    feeds = [a for a in tl.of(Feed) if isinstance(a, Feed)]
+    assert len(feeds[-1].audio) == tl.pos()  # re-fed from the utterance's first sample
+    tl.audio(10, value=1000)
+    tl.ended(0, tl.pos())
+    tl.transcribe("hello world")
+    final = tl.of(StartReply)[-1]
+    assert isinstance(final, StartReply) and final.confirmed and final.responder.user_text == "hello world"
+    assert tl.core.state is TurnState.THINKING
+
+
+def speculative_start_then_confirm(policy: Policy) -> None:
+    """The speculative reply is the one used: confirmed at the end of turn, its held audio plays then."""
+    tl = Timeline(policy)
+    tl.audio(10, value=1000)
+    tl.started(0)
+    tl.vad(SilenceStarted(tl.pos(), tl.now))
+    tl.transcribe("hello")
+    spec = tl.of(StartReply)[-1]
+    assert isinstance(spec, StartReply)
+    tl.reply_plays(spec.turn)
+    tl.audio(5)
+    tl.ended(0, tl.pos() - 5 * BLOCK)
+    assert ConfirmReply(spec.turn) in tl.actions and len(tl.of(StartReply)) == 1
+    assert [a.turn for a in tl.of(Play)] == [spec.turn]  # type: ignore[attr-defined]
+    assert tl.events(FinalTranscript)[-1].text == "hello"  # type: ignore[attr-defined]
+    assert tl.states()[-1] is TurnState.ASSISTANT_SPEAKING
+
+
+def barge_in(policy: Policy) -> None:
+    """Speech while the reply plays (by capture time) interrupts it; the user's new turn starts at once."""
+    tl = Timeline(policy)
+    turn = spoken_turn(tl)
+    tl.reply_plays(turn)
+    start = tl.pos()
+    tl.audio(10, value=3000, speaker_dbfs=-20.0)
+    vad_runs = [a for a in tl.of(RunVad) if isinstance(a, RunVad)]
+    assert vad_runs[-1].echo_dbfs == -20.0  # the VAD gates this block against what was playing
+    tl.started(start)
+    assert InterruptReply(turn) in tl.actions and tl.core.state is TurnState.USER_SPEAKING
+    # the driver trims the history to what was heard and reports back
+    tl.send(ReplyDone(turn, "One two", True, tl.now))
+    done = tl.events(ResponseDone)[-1]
+    assert done.interrupted and done.text == "One two"  # type: ignore[attr-defined]
+    assert tl.core.state is TurnState.USER_SPEAKING
+
+
+def false_start(policy: Policy) -> None:
+    """With barge_in_min_words=1, speech during the reply that transcribes to no words leaves the reply alone."""
+    tl = Timeline(dataclasses.replace(policy, barge_in_min_words=1))
+    turn = spoken_turn(tl)
+    tl.reply_plays(turn)
+    start = tl.pos()
+    tl.audio(6, value=7, speaker_dbfs=-20.0)
+    tl.started(start)
+    tl.audio(5, speaker_dbfs=-20.0)
+    tl.ended(start, start + 6 * BLOCK)
+    tl.transcribe("")
+    assert tl.events(FalseStart) and not tl.of(InterruptReply)
+    assert tl.core.current is not None and tl.core.state is TurnState.ASSISTANT_SPEAKING
+
+
+def ptt_overrides_vad(policy: Policy) -> None:
+    """While the hotkey is held the VAD's end of speech is ignored; release ends the turn with all its audio."""
+    tl = Timeline(policy)
+    tl.send(Ptt(True, tl.now))
+    tl.audio(10, value=1000)
+    tl.started(0)
+    tl.vad(SilenceStarted(tl.pos(), tl.now))
+    tl.audio(10)
+    tl.ended(0, tl.pos() - 10 * BLOCK)
+    assert not tl.of(Finalize) and not tl.events(SpeculationStarted)
+    tl.audio(10, value=2000)
+    tl.send(Ptt(False, tl.now))
+    assert len(tl.of(Finalize)) == 1 and [e.pressed for e in tl.events(PushToTalk)] == [True, False]  # type: ignore[attr-defined]
+    fed = np.concatenate([a.audio for a in tl.of(Feed) if isinstance(a, Feed)])
+    assert len(fed) == 30 * BLOCK  # every sample from the press to the release
+    tl.transcribe("what time is it")
+    assert tl.of(StartReply)[-1].responder.user_text == "what time is it"  # type: ignore[attr-defined]
+
+
+def manual_commit(policy: Policy) -> None:
+    """Without turn detection audio waits for commit; the transcript queues with a text item; create answers both."""
+    tl = Timeline(policy)
+    tl.send(SetPolicy(dataclasses.replace(policy, vad_turns=False, publish_vad=False), FixedSilence(700)))
+    tl.audio(10, value=1000)
+    assert not tl.of(RunVad) and tl.core.user is not None
+    tl.send(UserText("first", tl.now))
+    tl.send(Commit(tl.now))
+    tl.send(CreateResponse(tl.now))
+    assert not tl.of(StartReply), "the response waits for the transcript in flight"
+    tl.transcribe("second")
+    reply = tl.of(StartReply)[-1]
+    assert reply.responder.user_text == "first\nsecond" and reply.confirmed  # type: ignore[attr-defined]
+
+
+def cancel_mid_reply(policy: Policy) -> None:
+    """Cancel (daemon interrupt, Realtime response.cancel) stops the reply and returns to listening."""
+    tl = Timeline(policy)
+    turn = spoken_turn(tl)
+    tl.reply_plays(turn)
+    tl.send(Interrupt(tl.now) if policy.answer_turns else Cancel(tl.now))
+    assert InterruptReply(turn) in tl.actions
+    tl.send(ReplyDone(turn, "One", True, tl.now))
+    assert tl.events(ResponseDone)[-1].interrupted  # type: ignore[attr-defined]
+    assert tl.core.state is TurnState.IDLE and tl.core.current is None
+
+
+def engine_error(policy: Policy) -> None:
+    """A reply that fails is reported, ends as interrupted, and the core listens again; the next turn works."""
+    tl = Timeline(policy)
+    turn = spoken_turn(tl)
+    tl.send(ReplyDone(turn, "", True, tl.now, error="ValueError: scripted failure"))
+    assert "scripted failure" in tl.events(ErrorEvent)[-1].message  # type: ignore[attr-defined]
+    assert tl.core.state is TurnState.IDLE
+    assert spoken_turn(tl, "again") > turn
+
+
+def mute(policy: Policy) -> None:
+    """Muted, speech feeds nothing and starts nothing; unmuted, positions still line up."""
+    tl = Timeline(policy)
+    tl.send(Mute(True, tl.now))
+    tl.audio(10, value=1000)
+    assert not tl.of(RunVad) and not tl.of(Feed) and tl.core.ring.slice(0, tl.pos()).max() == 0
+    tl.send(Mute(False, tl.now))
+    assert spoken_turn(tl) >= 1
+
+
+def echo_after_the_reply(policy: Policy) -> None:
+    """Issue 22: blocks recorded while the reply played but processed after it ended are still gated as echo
+    (and speech starting in them must prove itself), while a user starting 300 ms after the end starts a turn
+    at once with none of their speech lost."""
+    tl = Timeline(policy)
+    turn = spoken_turn(tl)
+    tl.reply_plays(turn)
+    echo_from = tl.pos()
+    # 1 s of the assistant's echo, recorded while the speaker played, delivered 1.5 s late (a busy machine)
+    tl.audio(50, value=300, speaker_dbfs=-20.0, late_s=1.5)
+    tl.send(ReplyDone(turn, "One two three", False, tl.now))  # the reply ended before those blocks were judged
+    runs = [a for a in tl.of(RunVad) if isinstance(a, RunVad)]
+    assert all(r.echo_dbfs == -20.0 for r in runs[-50:]), "judged by capture time, not by the state now"
+    tl.started(echo_from + 10 * BLOCK)  # suppose the echo still fooled the VAD
+    assert tl.core.state is TurnState.IDLE and tl.core.user is not None and tl.core.user.candidate
+    tl.ended(echo_from + 10 * BLOCK, echo_from + 50 * BLOCK)
+    tl.transcribe("")  # the echo gave no words of the user
+    assert tl.events(FalseStart) and len(tl.of(StartReply)) == 1
+    # 300 ms of silence after the speaker's last sample (beyond the 200 ms echo tail), then the user
+    tl.audio(15)
+    user_from = tl.pos()
+    tl.audio(10, value=2000)
+    runs = [a for a in tl.of(RunVad) if isinstance(a, RunVad)]
+    assert all(r.echo_dbfs is None for r in runs[-10:])
+    tl.started(user_from)
+    assert tl.core.state is TurnState.USER_SPEAKING and not tl.core.user.candidate  # type: ignore[union-attr]
+    fed = np.concatenate([a.audio for a in tl.of(Feed) if isinstance(a, Feed)][-1:])
+    assert len(fed) == 10 * BLOCK and np.all(fed == 2000), "the user's turn holds every sample they said"
+
+
+SCENARIOS: list[tuple[Callable[[Policy], None], tuple[Policy, ...]]] = [
+    (speculative_start_then_resume, (DAEMON,)),  # a Realtime session never speculates
+    (speculative_start_then_confirm, (DAEMON,)),
+    (barge_in, (DAEMON, REALTIME)),
+    (false_start, (DAEMON, REALTIME)),
+    (ptt_overrides_vad, (DAEMON,)),  # Realtime has no hotkey
+    (manual_commit, (REALTIME,)),  # the daemon has no commit
+    (cancel_mid_reply, (DAEMON, REALTIME)),
+    (engine_error, (DAEMON, REALTIME)),
+    (mute, (DAEMON, REALTIME)),
+    (echo_after_the_reply, (DAEMON, REALTIME)),
+]
+CASES = [
+    pytest.param(scenario, policy, id=f"{scenario.__name__}-{'daemon' if policy is DAEMON else 'realtime'}")
+    for scenario, policies in SCENARIOS
+    for policy in policies
+]
+
+
+@pytest.mark.parametrize(("scenario", "policy"), CASES)
+def test_scenario(scenario: Callable[[Policy], None], policy: Policy) -> None:
+    """Each scripted timeline ends in the decisions its docstring states (see the scenario functions)."""
+    scenario(policy)
+
+
+def test_level_dbfs_is_one_formula_for_both_formats() -> None:
+    """int16 and float32 of the same signal have the same level; full scale is 0 dB, silence the floor."""
+    x = np.full(100, 0.1, dtype=np.float32)
+    assert abs(level_dbfs(x) + 20.0) < 1e-4
+    assert abs(level_dbfs((x * 32768).astype(np.int16)) - level_dbfs(x)) < 0.01
+    assert level_dbfs(np.zeros(10, dtype=np.int16)) == -120.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredPolicy:
+    """A model-backed end-of-turn policy (as SmartTurnPolicy will be): ask at 200 ms, wait up to 2 s."""
+
+    score_after_ms: int | None = 200
+
+    def decide(self, ev: TurnEvidence) -> Decision:
+        if ev.score is not None and ev.score >= 0.5:
+            return "end"
+        return "end" if ev.silence_ms >= 2000 else "wait"
+
+
+def test_a_model_backed_policy_scores_the_pause_and_holds_a_thinking_pause() -> None:
+    """A second end-of-turn policy plugs in without touching the core: at 200 ms of silence the core asks for a
+    score of the turn's audio; a low score keeps the turn open past the VAD's end, speech then resumes it, and a
+    high score at the next pause ends it at once."""
+    tl = Timeline(dataclasses.replace(DAEMON, speculative=False))
+    tl.core.end_of_turn = ScoredPolicy()
+    tl.audio(10, value=1000)
+    tl.started(0)
+    pause = tl.pos()
+    tl.vad(SilenceStarted(pause, tl.now))
+    tl.audio(12)  # 240 ms of silence
+    asks = [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
+    assert len(asks) == 1 and len(asks[0].audio) == pause and np.all(asks[0].audio == 1000)
+    tl.send(Scored(asks[0].utt, 0.1, tl.now))  # "mid-thought"
+    tl.ended(0, pause)  # the VAD's hangover passes: the policy still waits
+    assert not tl.of(Finalize) and tl.core.state is TurnState.USER_SPEAKING
+    resume = tl.pos()
+    tl.audio(10, value=2000)
+    tl.started(resume)  # the VAD starts anew; the core goes on with the same turn
+    second = tl.pos()
+    tl.vad(SilenceStarted(second, tl.now))
+    tl.audio(12)
+    asks = [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
+    assert len(asks) == 2 and len(asks[1].audio) == second
+    tl.send(Scored(asks[1].utt, 0.9, tl.now))
+    assert len(tl.of(Finalize)) == 1 and tl.core.state is TurnState.THINKING
+    fed = np.concatenate([a.audio for a in tl.of(Feed) if isinstance(a, Feed)])
+    assert np.count_nonzero(fed == 1000) == 10 * BLOCK and np.count_nonzero(fed == 2000) == 10 * BLOCK
