@@ -172,7 +172,8 @@ class SharedEngines:
         return self.engines.tts.voice(name)
 
     def voice_names(self) -> list[str]:
-        return self.engines.tts.voice_names()
+        names: list[str] = self.engines.tts.voice_names()
+        return names
 
 
 def _server_service(cfg: config.Config, engines: Any) -> Any:

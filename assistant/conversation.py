@@ -552,6 +552,8 @@ class Conversation:
             self.compute.submit(self.engines.chat.set_system_prompt, new.llm.system_prompt)
         if new.logging.level != self.cfg.logging.level:
             logging.getLogger("assistant").setLevel(new.logging.level.upper())
+        if new.tts.voice != self.cfg.tts.voice:
+            self.spawn(self._use_voice(new.tts.voice))  # checked above; the next reply speaks with it
         self.cfg = new
         self._apply(SetPolicy(daemon_policy(new), end_of_turn(new), new_vad=new_vad))
         return self.config_get()
@@ -581,9 +583,9 @@ class Conversation:
         self.spawn(self._use_voice(name))
 
     async def _use_voice(self, name: str) -> None:
-        assert self.realtime is not None
+        """Load voice `name` on the compute thread; replies started after it is loaded speak with it."""
         try:
-            self.engines.voice = await self.compute.run(self.realtime.voice, name, priority=Priority.URGENT)
+            self.engines.voice = await self.compute.run(self.engines.tts.voice, name, priority=Priority.URGENT)
         except Exception as e:
             self.failed(e, f"loading voice {name!r}")
 
