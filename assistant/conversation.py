@@ -585,7 +585,8 @@ class Conversation:
     async def _use_voice(self, name: str) -> None:
         """Load voice `name` on the compute thread; replies started after it is loaded speak with it."""
         try:
-            self.engines.voice = await self.compute.run(self.engines.tts.voice, name, priority=Priority.URGENT)
+            load = self.realtime.voice if self.realtime is not None else self.engines.tts.voice
+            self.engines.voice = await self.compute.run(load, name, priority=Priority.URGENT)
         except Exception as e:
             self.failed(e, f"loading voice {name!r}")
 
