@@ -66,6 +66,7 @@ from assistant.turns import (
     ScoreTurn,
     SetPolicy,
     StartReply,
+    Tick,
     Transcribed,
     TurnCore,
     UserText,
@@ -100,6 +101,8 @@ def daemon_policy(cfg: Config) -> Policy:
         barge_in_min_words=cfg.pipeline.barge_in_min_words,
         preroll_samples=frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms),
         echo_tail_ms=cfg.vad.echo_tail_ms,
+        wake_phrase=cfg.pipeline.wake_phrase,
+        follow_up_s=cfg.pipeline.follow_up_s,
     )
 
 
@@ -176,12 +179,22 @@ class Conversation:
         self._stt_final = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._tick: asyncio.TimerHandle | None = None
+        self._tick_at = 0.0
 
     # ---- driving the core -----------------------------------------------------------------------------------
 
     def _apply(self, inp: Input) -> None:
         for action in self.core.handle(inp):
             self._do(action)
+        end = self.core.follow_up_ends()
+        if end is not None and end != self._tick_at and not self._closed:
+            # The wake phrase's follow-up window closes with no input of its own: a timer tells the core.
+            if self._tick is not None:
+                self._tick.cancel()
+            self._tick_at = end
+            delay = max(end - time.monotonic(), 0.0) + 0.01
+            self._tick = asyncio.get_running_loop().call_later(delay, lambda: self._apply(Tick(time.monotonic())))
 
     def _do(self, action: Action) -> None:
         match action:
@@ -707,6 +720,8 @@ class Conversation:
         if self._closed:
             return
         self._closed = True
+        if self._tick is not None:
+            self._tick.cancel()
         self.generation.bump()
         for task in list(self._tasks):
             task.cancel()
