@@ -471,6 +471,8 @@ class Conversation:
         self.generation.bump()
         if reply.task is not None:
             reply.task.cancel()
+        if getattr(self.engines.chat, "blocks_on_network", False):
+            self.engines.chat.cancel()  # type: ignore[attr-defined]  # closes the HTTP stream now (thread-safe)
         # Submitted now, so it runs before any chat job submitted after this call (e.g. a history reset).
         job = self.compute.submit(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
         self._settling = self.spawn(self._settle(reply, heard, job))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from assistant.tts.types import SpeechUtterance
 from assistant.turns import ReplyAudio, ReplyText, Responder
 
 SPECULATIVE_CHUNKS = 1  # audio chunks made ahead while the turn is unconfirmed; then the reply waits
+NET_SETTLE_S = 5.0  # how long settling waits for a network LLM's step to leave its generator after cancel()
 MAX_STALLS = 3  # TTS steps without a frame after end_text() before the TTS is declared stuck
 
 
@@ -115,6 +117,7 @@ class Reply:
     detector: CallDetector | None = None  # splits the current generation into speech and tool calls
     tool_round: ToolRound | None = None  # the tool calls running now (barge-in cancels them)
     tool_rounds: int = 0
+    net_idle: threading.Event = field(default_factory=lambda: _set(threading.Event()))  # no network step runs
     chunks_made: int = 0
     audio_started: bool = False
     samples_written: int = 0
@@ -124,6 +127,11 @@ class Reply:
     def heard_text(self, played: int) -> str:
         """What the listener heard after `played` samples of this reply's audio."""
         return self.heard.heard(played if self.audio_started else 0)
+
+
+def _set(event: threading.Event) -> threading.Event:
+    event.set()
+    return event
 
 
 def start_answer(reply: Reply, chat: ChatLike) -> None:
@@ -139,10 +147,24 @@ def settle_answer(reply: Reply, chat: ChatLike, heard: str | None) -> None:
     """
     if reply.gen is None:
         return
+    reply.net_idle.wait(NET_SETTLE_S)  # a network step in its thread leaves the generator first (cancel() ran)
     if heard is None:
         chat.discard_answer()
     else:
         chat.finish_turn(heard)
+
+
+def next_delta(gen: Iterator[str], idle: threading.Event | None = None) -> str | None:
+    """The next LLM delta, None at the end. A network LLM's runs in a thread of its own (`idle` is clear then)."""
+    if idle is not None:
+        idle.clear()
+    try:
+        return next(gen)
+    except StopIteration:
+        return None
+    finally:
+        if idle is not None:
+            idle.set()
 
 
 def llm_step(
@@ -153,9 +175,14 @@ def llm_step(
     Only speech reaches the TTS: tool-call text is held by the detector; generation ends once its calls are
     complete (`detector.calls_ready`). The caller ends the TTS text (`end_speech`) when no tool round follows.
     """
-    try:
-        delta = next(gen)
-    except StopIteration:
+    return push_delta(next_delta(gen), utt, splitter, detector)
+
+
+def push_delta(
+    delta: str | None, utt: SpeechUtterance, splitter: ClauseChunker, detector: CallDetector
+) -> tuple[bool, str, str]:
+    """On the compute thread: `delta` (None: the generation ended) through the call detector into the TTS."""
+    if delta is None:
         segments, finished = detector.finish(), True
     else:
         segments = detector.feed(delta)
@@ -225,15 +252,22 @@ async def pump(
     await compute.run(start_answer, reply, engines.chat, ticket=ticket)
     assert reply.gen is not None
     reply.detector = CallDetector(getattr(engines.chat, "tool_format", None) if toolbox is not None else None)
+    network = bool(getattr(engines.chat, "blocks_on_network", False))
     # Text just in time: an LLM step only when the TTS made no frame at its last step (it waits for text), so the
     # text pushed when a chunk is made is the text spoken in it (what the heard-text map relies on).
     llm_done, tts_idle, stalls = False, True, 0
     while True:
         if not llm_done and tts_idle:
             assert reply.gen is not None and reply.detector is not None
-            llm_done, delta, pushed = await compute.run(
-                llm_step, reply.gen, utt, splitter, reply.detector, ticket=ticket
-            )
+            if network:  # a remote LLM blocks on the network: off the MLX thread, so other work goes on
+                got = await asyncio.to_thread(next_delta, reply.gen, reply.net_idle)
+                llm_done, delta, pushed = await compute.run(
+                    push_delta, got, utt, splitter, reply.detector, ticket=ticket
+                )
+            else:
+                llm_done, delta, pushed = await compute.run(
+                    llm_step, reply.gen, utt, splitter, reply.detector, ticket=ticket
+                )
             if delta:
                 trace.mark("llm_first_token", time.monotonic())
                 reply.answer += delta
