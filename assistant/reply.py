@@ -304,6 +304,7 @@ async def _tool_round(
 ) -> AsyncIterator[ReplyAudio]:
     """Run one round of `calls` while the TTS speaks what came before them; then continue the answer."""
     assert reply.utt is not None
+    await reply.confirmed.wait()  # a speculative answer never acts: tools run only for a turn that is real
     reply.tool_rounds += 1
     if reply.tool_rounds > cfg.tools.max_rounds:
         why = f"no more tool calls in this answer (at most {cfg.tools.max_rounds} rounds); answer with what you have"

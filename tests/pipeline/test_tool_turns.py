@@ -12,11 +12,12 @@ from typing import Any
 from assistant.config import Config
 from assistant.conversation import Conversation
 from assistant.engines import Engines
+from assistant.events import ResponseDone, SpeculationCancelled, SpeculationStarted
 from assistant.memory import Memory
 from assistant.tools.registry import Tool, Toolbox
 from assistant.tools.timers import ReminderScheduler
 from tests.pipeline.doubles import FakeSink, RuleVad, ToolChat, WordTranscriber, WordTts
-from tests.pipeline.harness import eventually
+from tests.pipeline.harness import Harness, eventually
 
 CALL = ["Let me", " see. ", "<tool", "_call>", '{"name": "clock", ', '"arguments": {}}', "</tool_call>", " junk"]
 AFTER = ["It is", " noon."]
@@ -174,5 +175,34 @@ def test_a_due_reminder_is_spoken_while_idle(tmp_path: Path) -> None:
         assert "Reminder:" in spoken(c) and "mum" in spoken(c)
         await c.aclose()
         memory.close()
+
+    asyncio.run(main())
+
+
+def test_a_speculative_answer_never_runs_a_tool() -> None:
+    """A tool call in an answer started at the first silence waits for the turn to be confirmed; when speech
+    resumes the answer is dropped and the tool never ran; the confirmed answer runs it once."""
+
+    async def main() -> None:
+        ran: list[str] = []
+
+        async def clock(_: Mapping[str, Any]) -> str:
+            ran.append("clock")
+            return "12:00"
+
+        chat = ToolChat([CALL, CALL, AFTER])
+        async with Harness(chat=chat) as h:  # type: ignore[arg-type]
+            h.p.toolbox = Toolbox([Tool("clock", "The time.", {"type": "object", "properties": {}}, clock)])
+            h.speak("what", "time")
+            h.silence(3)
+            await h.next_event(SpeculationStarted)
+            await eventually(lambda: len(chat.scripts) == 2)  # the speculative answer reached its call
+            await asyncio.sleep(0.1)
+            assert ran == []
+            h.speak("is", "it")
+            await h.next_event(SpeculationCancelled)
+            h.silence(6)
+            done = await h.next_event(ResponseDone)
+            assert ran == ["clock"] and done.text == "Let me see. It is noon."
 
     asyncio.run(main())
