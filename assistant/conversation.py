@@ -180,6 +180,7 @@ class Conversation:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._tick: asyncio.TimerHandle | None = None
+        self._erased: dict[int, bool] = {}  # replies in flight when the history was reset
         self._tick_at = 0.0
 
     # ---- driving the core -----------------------------------------------------------------------------------
@@ -338,9 +339,10 @@ class Conversation:
                 continue
             scheduler.done(reminder)
 
-    async def _remember(self) -> None:
-        """Store the turn just recorded (from the event loop: the memory database lives on its thread)."""
-        if self.memory is None:
+    async def _remember(self, reply: Reply) -> None:
+        """Store the turn just recorded (from the event loop: the memory database lives on its thread); not one
+        that a history reset cut off."""
+        if self.memory is None or self._erased.get(reply.turn, False):
             return
         chat = self.engines.chat
         try:
@@ -409,7 +411,7 @@ class Conversation:
             await self._wait_played(reply)
             if reply.gen is not None:
                 await self.compute.run(self.engines.chat.finish_turn, None, priority=Priority.URGENT)
-                await self._remember()
+                await self._remember(reply)
             self._finish(reply, reply.answer if reply.gen else reply.responder.speak_text or "", False)
         except (asyncio.CancelledError, Stale):
             return  # the canceller settles the reply
@@ -424,7 +426,7 @@ class Conversation:
             except Exception as e2:
                 self.failed(e2, "recording the interrupted answer")
             if heard is not None and reply.gen is not None:
-                await self._remember()
+                await self._remember(reply)
             self._finish(reply, heard or "", True, error=f"turn {reply.turn}: {type(e).__name__}: {e}")
             if isinstance(e, ModelError) and self.realtime is None and reply.responder.user_text is not None:
                 self.spawn(self.say(APOLOGY))  # the next turn asks the model again
@@ -484,15 +486,17 @@ class Conversation:
             self.failed(e, "recording the interrupted answer")
         if heard is None:
             self._replies.pop(reply.turn, None)
+            self._erased.pop(reply.turn, None)
             if not reply.result.done():
                 reply.result.set_result("")
             return
         if reply.gen is not None:
-            await self._remember()
+            await self._remember(reply)
         self._finish(reply, heard, True)
 
     def _finish(self, reply: Reply, text: str, interrupted: bool, error: str | None = None) -> None:
         self._replies.pop(reply.turn, None)
+        self._erased.pop(reply.turn, None)
         if reply.result.done():
             return
         reply.result.set_result(text)
@@ -624,6 +628,8 @@ class Conversation:
         return [dataclasses.asdict(m) for m in self.engines.chat.history]
 
     def history_reset(self) -> None:
+        for turn in self._replies:
+            self._erased[turn] = True  # an answer being settled now is not stored after the reset
         self.interrupt()
         self.compute.submit(self.engines.chat.reset, priority=Priority.URGENT)
         if self.memory is not None:

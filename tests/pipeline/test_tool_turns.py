@@ -206,3 +206,25 @@ def test_a_speculative_answer_never_runs_a_tool() -> None:
             assert ran == ["clock"] and done.text == "Let me see. It is noon."
 
     asyncio.run(main())
+
+
+def test_history_reset_during_a_turn_stores_nothing_of_it(tmp_path: Path) -> None:
+    """history.reset while a tool runs: the cut answer is not written to the memory database after the erase."""
+
+    async def main() -> None:
+        memory = Memory(tmp_path / "m.sqlite3")
+        chat = ToolChat([["Hi."], CALL, AFTER])
+        c = conversation(chat, [clock_tool(30.0)], memory)
+        await c.prepare()
+        await c.ask("hello")
+        assert len(memory.turns()) == 1
+        asked = asyncio.ensure_future(c.ask("what time is it"))
+        await eventually(lambda: any(r.tool_round is not None for r in c._replies.values()))
+        c.history_reset()
+        await asked
+        await asyncio.sleep(0.1)
+        assert memory.turns() == []
+        await c.aclose()
+        memory.close()
+
+    asyncio.run(main())
