@@ -331,7 +331,7 @@ class Conversation:
             await self.compute.run(chat.set_tools, schemas)  # type: ignore[attr-defined]
             await self._refresh_date()
         if self.memory is not None:
-            await self.compute.run(chat.restore, self.memory.history())  # type: ignore[attr-defined]
+            await self.compute.run(chat.restore, self.memory.history())
             kept = len(await self.compute.run(lambda: chat.history))
             dropped = self.memory.keep_newest(kept)
             log.info("history loaded", extra=kv(messages=kept, dropped_turns=dropped))
