@@ -194,11 +194,19 @@ def _server_service(cfg: config.Config, engines: Any) -> Any:
 async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any = None) -> int:
     from assistant.compute import Compute
     from assistant.daemon import ReopeningSource, Service, hotkey_service, serve
+    from assistant.tools.setup import build_toolbox, open_memory
 
+    memory = open_memory(cfg.memory)
+    toolbox, reminders = build_toolbox(cfg, memory)
     compute = Compute()
     try:
         engines = await compute.run(build_engines, cfg, console.status if console is not None else None)
         from assistant.conversation import Conversation
+
+        def conversation(source: Any, sink: Any) -> Conversation:
+            return Conversation(
+                cfg, engines, source, sink, compute, toolbox=toolbox, memory=memory, reminders=reminders
+            )
 
         services: list[Service] = []
         if cfg.pipeline.mode != "hands_free" and not headless:
@@ -213,19 +221,20 @@ async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any =
         if headless:  # no microphone; the daemon's own replies (native say/ask) are not played anywhere
             from assistant.audio.sinks import NullSink
 
-            return await serve(Conversation(cfg, engines, None, NullSink(), compute), services, console)
+            return await serve(conversation(None, NullSink()), services, console)
         from assistant.audio.capture import Capture
         from assistant.audio.playback import Playback
 
         source = ReopeningSource(lambda: Capture(cfg.audio))
         try:
             async with Playback(cfg.audio, rate=engines.tts.sample_rate) as sink:
-                pipeline = Conversation(cfg, engines, source, sink, compute)
+                pipeline = conversation(source, sink)
                 sink.report = pipeline.device_status
                 return await serve(pipeline, services, console)
         finally:
             await source.aclose()
     finally:
+        memory.close()
         if not await asyncio.to_thread(compute.close, 0.5):
             # An MLX call is still running: exit now rather than let interpreter shutdown kill that thread
             # inside C++ (std::terminate) or wait for it.

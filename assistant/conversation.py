@@ -29,10 +29,14 @@ from assistant.compute import Compute, Generation, Priority, Stale
 from assistant.config import Config
 from assistant.endofturn import EndOfTurnPolicy, FixedSilence
 from assistant.engines import Engines, VadLike
-from assistant.errors import AssistantError, AudioDeviceError, ConfigError, InputError
+from assistant.errors import AssistantError, AudioDeviceError, ConfigError, InputError, ModelError
 from assistant.events import BargeIn, DeviceStatus, ErrorEvent, Event, ResponseAudio, SessionEvent, TurnState
 from assistant.logs import kv
+from assistant.memory import Memory
 from assistant.reply import Reply, TurnTrace, pump, settle_answer
+from assistant.tools.builtin import date_line, reminder_speech, zone
+from assistant.tools.registry import Toolbox
+from assistant.tools.timers import ReminderScheduler
 from assistant.turns import (
     Action,
     AudioIn,
@@ -62,6 +66,7 @@ from assistant.turns import (
     ScoreTurn,
     SetPolicy,
     StartReply,
+    Tick,
     Transcribed,
     TurnCore,
     UserText,
@@ -76,6 +81,7 @@ log = logging.getLogger("assistant.conversation")
 SUB_DEFAULT = 256
 PLAYBACK_STALL_S = 2.0  # a sink that plays nothing for this long is given up on (a gone WebSocket client)
 KEEP_REPLIES = 16  # finished replies a Realtime client may still truncate (OpenAI clients truncate the latest)
+APOLOGY = "Sorry, I could not get an answer just now. Please ask again."
 QUEUE_LIMIT = 4096  # Realtime events waiting for the client; reply audio is ~10 chunks a second
 
 
@@ -98,6 +104,8 @@ def daemon_policy(cfg: Config) -> Policy:
         barge_in_min_words=cfg.pipeline.barge_in_min_words,
         preroll_samples=frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms),
         echo_tail_ms=cfg.vad.echo_tail_ms,
+        wake_phrase=cfg.pipeline.wake_phrase,
+        follow_up_s=cfg.pipeline.follow_up_s,
     )
 
 
@@ -155,6 +163,9 @@ class Conversation:
         *,
         realtime: RealtimeEngines | None = None,
         on_close: Callable[[Conversation], None] | None = None,
+        toolbox: Toolbox | None = None,
+        memory: Memory | None = None,
+        reminders: ReminderScheduler | None = None,
     ) -> None:
         self.cfg = cfg
         self.engines = engines
@@ -171,6 +182,10 @@ class Conversation:
         self.core = TurnCore(policy, end_of_turn(cfg), ring)
         self.hangover_ms: int | None = cfg.vad.hangover_ms
         self.instructions = cfg.llm.system_prompt
+        self.toolbox = toolbox  # tools the daemon's answers may call (None: none)
+        self.memory = memory  # the history kept across restarts (None: not kept)
+        self.reminders = reminders
+        self._date = ""  # the date line in the system prompt (with tools: refreshed when the date changes)
         self.device_ok = True
         self.output_ok = True  # False while the speaker is lost: replies are text only
         self.restart_required: list[str] = []
@@ -185,12 +200,23 @@ class Conversation:
         self._stt_final = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._tick: asyncio.TimerHandle | None = None
+        self._erased: dict[int, bool] = {}  # replies in flight when the history was reset
+        self._tick_at = 0.0
 
     # ---- driving the core -----------------------------------------------------------------------------------
 
     def _apply(self, inp: Input) -> None:
         for action in self.core.handle(inp):
             self._do(action)
+        end = self.core.follow_up_ends()
+        if end is not None and end != self._tick_at and not self._closed:
+            # The wake phrase's follow-up window closes with no input of its own: a timer tells the core.
+            if self._tick is not None:
+                self._tick.cancel()
+            self._tick_at = end
+            delay = max(end - time.monotonic(), 0.0) + 0.01
+            self._tick = asyncio.get_running_loop().call_later(delay, lambda: self._apply(Tick(time.monotonic())))
 
     def _do(self, action: Action) -> None:
         match action:
@@ -295,6 +321,56 @@ class Conversation:
         began = time.monotonic()
         await self.compute.run(self.engines.warmup)
         log.info("engines warm", extra=kv(warmup_s=round(time.monotonic() - began, 2)))
+        await self.prepare()
+
+    async def prepare(self) -> None:
+        """Offer the tools, put the date in the system prompt, load the stored history, start the reminders."""
+        chat = self.engines.chat
+        if self.toolbox is not None:
+            schemas = self.toolbox.schemas()
+            await self.compute.run(chat.set_tools, schemas)  # type: ignore[attr-defined]
+            await self._refresh_date()
+        if self.memory is not None:
+            await self.compute.run(chat.restore, self.memory.history())
+            kept = len(await self.compute.run(lambda: chat.history))
+            dropped = self.memory.keep_newest(kept)
+            log.info("history loaded", extra=kv(messages=kept, dropped_turns=dropped))
+        if self.reminders is not None:
+            self.spawn(self._speak_reminders(self.reminders))
+
+    def _system_prompt(self) -> str:
+        return f"{self.instructions}\n\n{self._date}" if self._date else self.instructions
+
+    async def _refresh_date(self) -> None:
+        """The date line changes once a day; the prompt (and its cache) only then."""
+        line = date_line(time.time(), zone(self.cfg.tools.timezone))
+        if line != self._date:
+            self._date = line
+            await self.compute.run(self.engines.chat.set_system_prompt, self._system_prompt(), priority=Priority.URGENT)
+
+    async def _speak_reminders(self, scheduler: ReminderScheduler) -> None:
+        """Speak each reminder when it falls due (also while idle), after any reply in progress."""
+        async for reminder in scheduler.due():
+            while self._replies:  # a reply in flight finishes first
+                await asyncio.wait([r.result for r in self._replies.values()])
+            try:
+                await self.say(reminder_speech(reminder))
+            except Exception as e:
+                self.failed(e, f"speaking reminder {reminder.id}")
+                continue
+            scheduler.done(reminder)
+
+    async def _remember(self, reply: Reply) -> None:
+        """Store the turn just recorded (from the event loop: the memory database lives on its thread); not one
+        that a history reset cut off."""
+        if self.memory is None or self._erased.get(reply.turn, False):
+            return
+        chat = self.engines.chat
+        try:
+            turn = await self.compute.run(chat.last_turn, priority=Priority.URGENT)  # type: ignore[attr-defined]
+            self.memory.add_turn(turn)
+        except Exception as e:
+            self.failed(e, "storing the turn in the memory database")
 
     async def run(self) -> None:
         """Read the source until cancelled; a lost device is retried every `audio.device_retry_s`."""
@@ -348,12 +424,15 @@ class Conversation:
                 await self._settling  # the interrupted answer is recorded before a new one starts
             if reply.responder.instructions is not None:
                 self.compute.submit(self.engines.chat.set_system_prompt, reply.responder.instructions)
-            async for produced in pump(reply, self.engines, self.compute, self.cfg):
+            elif self._date and reply.responder.user_text is not None:
+                await self._refresh_date()
+            async for produced in pump(reply, self.engines, self.compute, self.cfg, self.toolbox):
                 self._apply(produced)
             await reply.confirmed.wait()
             await self._wait_played(reply)
             if reply.gen is not None:
                 await self.compute.run(self.engines.chat.finish_turn, None, priority=Priority.URGENT)
+                await self._remember(reply)
             self._finish(reply, reply.answer if reply.gen else reply.responder.speak_text or "", False)
         except (asyncio.CancelledError, Stale):
             return  # the canceller settles the reply
@@ -367,7 +446,11 @@ class Conversation:
                 await self.compute.run(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
             except Exception as e2:
                 self.failed(e2, "recording the interrupted answer")
+            if heard is not None and reply.gen is not None:
+                await self._remember(reply)
             self._finish(reply, heard or "", True, error=f"turn {reply.turn}: {type(e).__name__}: {e}")
+            if isinstance(e, ModelError) and self.realtime is None and reply.responder.user_text is not None:
+                self.spawn(self.say(APOLOGY))  # the next turn asks the model again
 
     def _play(self, turn: int, chunk: np.ndarray) -> None:
         reply = self._replies.get(turn)
@@ -411,6 +494,8 @@ class Conversation:
         self.generation.bump()
         if reply.task is not None:
             reply.task.cancel()
+        if getattr(self.engines.chat, "blocks_on_network", False):
+            self.engines.chat.cancel()  # type: ignore[attr-defined]  # closes the HTTP stream now (thread-safe)
         # Submitted now, so it runs before any chat job submitted after this call (e.g. a history reset).
         job = self.compute.submit(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
         self._settling = self.spawn(self._settle(reply, heard, job))
@@ -422,13 +507,17 @@ class Conversation:
             self.failed(e, "recording the interrupted answer")
         if heard is None:
             self._replies.pop(reply.turn, None)
+            self._erased.pop(reply.turn, None)
             if not reply.result.done():
                 reply.result.set_result("")
             return
+        if reply.gen is not None:
+            await self._remember(reply)
         self._finish(reply, heard, True)
 
     def _finish(self, reply: Reply, text: str, interrupted: bool, error: str | None = None) -> None:
         self._replies.pop(reply.turn, None)
+        self._erased.pop(reply.turn, None)
         if reply.result.done():
             return
         reply.result.set_result(text)
@@ -442,7 +531,7 @@ class Conversation:
         log.info("turn latency", extra=kv(**{k: v for k, v in dataclasses.asdict(trace).items() if k != "extra"}))
         self._apply(ReplyDone(reply.turn, text, interrupted, time.monotonic(), error, trace))
         if reply.responder.instructions is not None:
-            self.compute.submit(self.engines.chat.set_system_prompt, self.instructions, priority=Priority.URGENT)
+            self.compute.submit(self.engines.chat.set_system_prompt, self._system_prompt(), priority=Priority.URGENT)
         self.compute.clear_cache()
 
     def _text_only_note(self) -> None:
@@ -549,7 +638,7 @@ class Conversation:
             self.vad = self.engines.make_vad(new.vad)
         if new.llm.system_prompt != self.cfg.llm.system_prompt:
             self.instructions = new.llm.system_prompt
-            self.compute.submit(self.engines.chat.set_system_prompt, new.llm.system_prompt)
+            self.compute.submit(self.engines.chat.set_system_prompt, self._system_prompt())
         if new.logging.level != self.cfg.logging.level:
             logging.getLogger("assistant").setLevel(new.logging.level.upper())
         if new.tts.voice != self.cfg.tts.voice:
@@ -562,8 +651,12 @@ class Conversation:
         return [dataclasses.asdict(m) for m in self.engines.chat.history]
 
     def history_reset(self) -> None:
+        for turn in self._replies:
+            self._erased[turn] = True  # an answer being settled now is not stored after the reset
         self.interrupt()
         self.compute.submit(self.engines.chat.reset, priority=Priority.URGENT)
+        if self.memory is not None:
+            self.memory.reset_history()
 
     def subscribe(self, maxsize: int = SUB_DEFAULT) -> Subscription[Event]:
         """The daemon's events; only a Realtime conversation adds ResponseStarted/ResponseAudio (see `events()`)."""
@@ -674,6 +767,8 @@ class Conversation:
         if self._closed:
             return
         self._closed = True
+        if self._tick is not None:
+            self._tick.cancel()
         self.generation.bump()
         for task in list(self._tasks):
             task.cancel()

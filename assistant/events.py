@@ -163,6 +163,15 @@ class MuteChanged:
 
 
 @dataclass(frozen=True)
+class AttentionChanged:
+    """With a wake phrase: "listening_for_name" (hands-free turns need the phrase) or "engaged" (they do not,
+    while the assistant answers and for `pipeline.follow_up_s` after it stopped speaking)."""
+
+    attention: str
+    time: float
+
+
+@dataclass(frozen=True)
 class ErrorEvent:
     message: str
     time: float
@@ -186,6 +195,7 @@ Event = (
     | FalseStart
     | PushToTalk
     | MuteChanged
+    | AttentionChanged
     | ErrorEvent
 )
 

@@ -88,6 +88,8 @@ class RemoteChat:
     delta arrives (or the stream ends); it never touches MLX, so the caller may step it on any one thread.
     """
 
+    blocks_on_network = True  # the conversation steps it in a thread of its own, not on the MLX compute thread
+
     def __init__(
         self,
         cfg: LlmConfig,

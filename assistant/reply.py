@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -23,10 +24,13 @@ from assistant.config import Config
 from assistant.engines import ChatLike, Engines
 from assistant.events import LatencyTrace
 from assistant.text import ClauseChunker
+from assistant.tools.calls import CallDetector, Speech, ToolCall
+from assistant.tools.registry import Toolbox, ToolResult, ToolRound, pick_filler, refused
 from assistant.tts.types import SpeechUtterance
 from assistant.turns import ReplyAudio, ReplyText, Responder
 
 SPECULATIVE_CHUNKS = 1  # audio chunks made ahead while the turn is unconfirmed; then the reply waits
+NET_SETTLE_S = 5.0  # how long settling waits for a network LLM's step to leave its generator after cancel()
 MAX_STALLS = 3  # TTS steps without a frame after end_text() before the TTS is declared stuck
 
 
@@ -110,6 +114,10 @@ class Reply:
     answer: str = ""  # everything the LLM generated so far
     gen: Iterator[str] | None = None
     utt: SpeechUtterance | None = None
+    detector: CallDetector | None = None  # splits the current generation into speech and tool calls
+    tool_round: ToolRound | None = None  # the tool calls running now (barge-in cancels them)
+    tool_rounds: int = 0
+    net_idle: threading.Event = field(default_factory=lambda: _set(threading.Event()))  # no network step runs
     chunks_made: int = 0
     audio_started: bool = False
     samples_written: int = 0
@@ -119,6 +127,11 @@ class Reply:
     def heard_text(self, played: int) -> str:
         """What the listener heard after `played` samples of this reply's audio."""
         return self.heard.heard(played if self.audio_started else 0)
+
+
+def _set(event: threading.Event) -> threading.Event:
+    event.set()
+    return event
 
 
 def start_answer(reply: Reply, chat: ChatLike) -> None:
@@ -134,32 +147,96 @@ def settle_answer(reply: Reply, chat: ChatLike, heard: str | None) -> None:
     """
     if reply.gen is None:
         return
+    reply.net_idle.wait(NET_SETTLE_S)  # a network step in its thread leaves the generator first (cancel() ran)
     if heard is None:
         chat.discard_answer()
     else:
         chat.finish_turn(heard)
 
 
-def llm_step(gen: Iterator[str], utt: SpeechUtterance, splitter: ClauseChunker) -> tuple[bool, str, str]:
-    """On the compute thread: one LLM token into the TTS. Returns (finished, delta, text pushed to the TTS)."""
+def next_delta(gen: Iterator[str], idle: threading.Event | None = None) -> str | None:
+    """The next LLM delta, None at the end. A network LLM's runs in a thread of its own (`idle` is clear then)."""
+    if idle is not None:
+        idle.clear()
     try:
-        delta = next(gen)
+        return next(gen)
     except StopIteration:
-        pieces, finished, delta = splitter.flush(), True, ""
+        return None
+    finally:
+        if idle is not None:
+            idle.set()
+
+
+def llm_step(
+    gen: Iterator[str], utt: SpeechUtterance, splitter: ClauseChunker, detector: CallDetector
+) -> tuple[bool, str, str]:
+    """On the compute thread: one LLM token into the TTS. Returns (finished, speech delta, text pushed to the TTS).
+
+    Only speech reaches the TTS: tool-call text is held by the detector; generation ends once its calls are
+    complete (`detector.calls_ready`). The caller ends the TTS text (`end_speech`) when no tool round follows.
+    """
+    return push_delta(next_delta(gen), utt, splitter, detector)
+
+
+def push_delta(
+    delta: str | None, utt: SpeechUtterance, splitter: ClauseChunker, detector: CallDetector
+) -> tuple[bool, str, str]:
+    """On the compute thread: `delta` (None: the generation ended) through the call detector into the TTS."""
+    if delta is None:
+        segments, finished = detector.finish(), True
     else:
-        pieces, finished = splitter.push(delta), False
+        segments = detector.feed(delta)
+        finished = detector.calls_ready
+        if finished:
+            segments += detector.finish()
+    speech = "".join(s.text for s in segments if isinstance(s, Speech))
+    pieces = splitter.push(speech) if speech else []
+    if finished:
+        pieces += splitter.flush()  # what was said before a tool call is spoken while the tool runs
+        if detector.calls and pieces:
+            pieces[-1] += " "  # the answer goes on after the round: keep the words apart
     pushed = ""
     for p in pieces:
         if p:
             utt.push_text(p)
             pushed += p
-    if finished:
-        utt.end_text()
-    return finished, delta, pushed
+    return finished, speech, pushed
 
 
-async def pump(reply: Reply, engines: Engines, compute: Compute, cfg: Config) -> AsyncIterator[ReplyText | ReplyAudio]:
-    """Run one reply to its last audio chunk, yielding its text deltas and audio chunks as they are made."""
+def end_speech(utt: SpeechUtterance) -> None:
+    """On the compute thread: the answer has no more text."""
+    utt.end_text()
+
+
+def say_filler(utt: SpeechUtterance, text: str) -> None:
+    """On the compute thread: a filler phrase into the TTS while a slow tool runs."""
+    utt.push_text(text)
+
+
+def continue_answer(reply: Reply, chat: ChatLike, results: list[ToolResult]) -> None:
+    """On the compute thread: record the round and go on with the answer (a fresh generator and detector)."""
+    assert reply.detector is not None
+    said = reply.detector.speech
+    reply.gen = chat.continue_with_results(said, [(r.call, r.content) for r in results])  # type: ignore[attr-defined]
+    reply.detector = CallDetector(getattr(chat, "tool_format", None))
+
+
+def answer_calls(reply: Reply, chat: ChatLike) -> list[ToolCall]:
+    """The calls the generation that just ended made: from the detector, or the server's (RemoteChat)."""
+    assert reply.detector is not None
+    if reply.detector.calls:
+        return list(reply.detector.calls)
+    return list(getattr(chat, "tool_calls", None) or [])
+
+
+async def pump(
+    reply: Reply, engines: Engines, compute: Compute, cfg: Config, toolbox: Toolbox | None = None
+) -> AsyncIterator[ReplyText | ReplyAudio]:
+    """Run one reply to its last audio chunk, yielding its text deltas and audio chunks as they are made.
+
+    With a `toolbox`, tool calls in the answer run on the event loop (a filler phrase after
+    `tools.filler_after_ms`), their results go back to the model and the answer continues in the same reply.
+    """
     ticket, trace = reply.ticket, reply.trace
     speak = reply.responder.speak_text
     if speak is not None:
@@ -173,14 +250,24 @@ async def pump(reply: Reply, engines: Engines, compute: Compute, cfg: Config) ->
     splitter = ClauseChunker("clauses" if cfg.tts.text_mode == "chunked" else "stream")
     reply.utt = utt = await compute.run(engines.tts.start, engines.voice, None, ticket=ticket)
     await compute.run(start_answer, reply, engines.chat, ticket=ticket)
-    gen = reply.gen
-    assert gen is not None
+    assert reply.gen is not None
+    reply.detector = CallDetector(getattr(engines.chat, "tool_format", None) if toolbox is not None else None)
+    network = bool(getattr(engines.chat, "blocks_on_network", False))
     # Text just in time: an LLM step only when the TTS made no frame at its last step (it waits for text), so the
     # text pushed when a chunk is made is the text spoken in it (what the heard-text map relies on).
     llm_done, tts_idle, stalls = False, True, 0
     while True:
         if not llm_done and tts_idle:
-            llm_done, delta, pushed = await compute.run(llm_step, gen, utt, splitter, ticket=ticket)
+            assert reply.gen is not None and reply.detector is not None
+            if network:  # a remote LLM blocks on the network: off the MLX thread, so other work goes on
+                got = await asyncio.to_thread(next_delta, reply.gen, reply.net_idle)
+                llm_done, delta, pushed = await compute.run(
+                    push_delta, got, utt, splitter, reply.detector, ticket=ticket
+                )
+            else:
+                llm_done, delta, pushed = await compute.run(
+                    llm_step, reply.gen, utt, splitter, reply.detector, ticket=ticket
+                )
             if delta:
                 trace.mark("llm_first_token", time.monotonic())
                 reply.answer += delta
@@ -189,6 +276,14 @@ async def pump(reply: Reply, engines: Engines, compute: Compute, cfg: Config) ->
                 trace.mark("tts_first_text", time.monotonic())
                 reply.heard.pushed(pushed)
                 tts_idle = False
+            if llm_done:
+                calls = answer_calls(reply, engines.chat) if toolbox is not None else []
+                if calls:
+                    async for out in _tool_round(reply, calls, toolbox, engines, compute, cfg):  # type: ignore[arg-type]
+                        yield out
+                    llm_done, tts_idle = False, True
+                else:
+                    await compute.run(end_speech, utt, ticket=ticket)
         elif not utt.done:
             before = utt.frames_emitted
             async for out in _tts_step(reply, compute, ticket):
@@ -202,6 +297,50 @@ async def pump(reply: Reply, engines: Engines, compute: Compute, cfg: Config) ->
             return
         if not reply.confirmed.is_set() and reply.chunks_made >= SPECULATIVE_CHUNKS:
             await reply.confirmed.wait()  # speculative work stops after the first chunk until the turn is real
+
+
+async def _tool_round(
+    reply: Reply, calls: list[ToolCall], toolbox: Toolbox, engines: Engines, compute: Compute, cfg: Config
+) -> AsyncIterator[ReplyAudio]:
+    """Run one round of `calls` while the TTS speaks what came before them; then continue the answer."""
+    assert reply.utt is not None
+    await reply.confirmed.wait()  # a speculative answer never acts: tools run only for a turn that is real
+    reply.tool_rounds += 1
+    if reply.tool_rounds > cfg.tools.max_rounds:
+        why = f"no more tool calls in this answer (at most {cfg.tools.max_rounds} rounds); answer with what you have"
+        results = refused(calls, why)
+    else:
+        round_ = reply.tool_round = toolbox.start(calls)
+        started = time.monotonic()
+        try:
+            async for out in _speak_pending(reply, compute):
+                yield out
+            wait = max(cfg.tools.filler_after_ms / 1000.0 - (time.monotonic() - started), 0.0)
+            if not await round_.done_within(wait) and (filler := pick_filler(cfg.tools.filler)):
+                filler = filler.strip() + " "
+                await compute.run(say_filler, reply.utt, filler, ticket=reply.ticket)
+                reply.heard.pushed(filler)
+                async for out in _speak_pending(reply, compute):
+                    yield out
+            results = await round_.results()
+        finally:
+            round_.cancel()  # no-op when done; a barge-in (this task cancelled) stops the calls
+            reply.tool_round = None
+    await compute.run(continue_answer, reply, engines.chat, results, ticket=reply.ticket)
+
+
+async def _speak_pending(reply: Reply, compute: Compute) -> AsyncIterator[ReplyAudio]:
+    """Step the TTS until it has spoken all the text it was given (it waits for more)."""
+    utt = reply.utt
+    assert utt is not None
+    while not utt.done:
+        before = utt.frames_emitted
+        async for out in _tts_step(reply, compute, reply.ticket):
+            yield out
+        if utt.frames_emitted == before and utt.waiting_for_text:
+            return
+        if not reply.confirmed.is_set() and reply.chunks_made >= SPECULATIVE_CHUNKS:
+            await reply.confirmed.wait()
 
 
 async def _tts_step(reply: Reply, compute: Compute, ticket: Ticket) -> AsyncIterator[ReplyAudio]:

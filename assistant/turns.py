@@ -27,6 +27,7 @@ from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS
 from assistant.endofturn import EndOfTurnPolicy, TurnEvidence
 from assistant.errors import InputError
 from assistant.events import (
+    AttentionChanged,
     ErrorEvent,
     Event,
     FalseStart,
@@ -48,6 +49,7 @@ from assistant.events import (
     StateChanged,
     TurnState,
 )
+from assistant.wake import Attention, Wake, WakeDecision, WakeGate
 
 VadEvent = SpeechStarted | SilenceStarted | SpeechResumed | SpeechEnded
 SCORE_WINDOW = 8 * CAPTURE_RATE  # the end-of-turn model sees the turn's last 8 s
@@ -68,6 +70,8 @@ class Policy:
     barge_in_min_words: int = 0  # words the interruption's transcript needs (0: the VAD's start is enough)
     preroll_samples: int = 0
     echo_tail_ms: int = 200  # after the speaker's last sample, echo may still arrive (path delay + reverberation)
+    wake_phrase: str = ""  # hands-free turns are answered only when addressed (see assistant/wake.py); "" = all
+    follow_up_s: float = 8.0  # after the assistant spoke, turns without the phrase are answered for this long
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,13 @@ class Cancel:
 
 
 @dataclass(frozen=True)
+class Tick:
+    """Time passed (the driver's timer at the end of the wake phrase's follow-up window)."""
+
+    now: float
+
+
+@dataclass(frozen=True)
 class SetPolicy:
     policy: Policy
     end_of_turn: EndOfTurnPolicy
@@ -232,6 +243,7 @@ Input = (
     | UserText
     | CreateResponse
     | Cancel
+    | Tick
     | SetPolicy
 )
 
@@ -418,6 +430,7 @@ class Utterance:
     spec_text: str | None = None  # the speculative transcript, once known
     spec_language: str = ""
     spec_started: bool = False  # the speculative reply was started
+    started_at: float = 0.0  # when the speech began (the wake phrase's follow-up window counts from here)
 
 
 @dataclass
@@ -438,6 +451,8 @@ class Finalizing:
     endpoint: float
     respond: bool = False
     utt: int = 0
+    started_at: float = 0.0  # when the user's speech began
+    ptt: bool = False  # the hotkey made the turn (it bypasses the wake phrase)
 
 
 class TurnCore:
@@ -465,6 +480,8 @@ class TurnCore:
         self._loud: tuple[float, float] | None = None  # (capture time, dBFS) the speaker last played audibly
         self._out: list[Action] = []
         self._now = 0.0  # the latest input's time (for the events it causes)
+        self.wake = WakeGate(policy.wake_phrase, policy.follow_up_s)
+        self._attention = self.wake.attention(0.0)
 
     # ---- the one entry point --------------------------------------------------------------------------------
 
@@ -508,6 +525,9 @@ class TurnCore:
                 self._on_cancel()
             case SetPolicy():
                 self._on_set_policy(inp)
+            case Tick():
+                pass
+        self._check_attention()
         return self._out
 
     @property
@@ -572,7 +592,7 @@ class TurnCore:
             return
         elif isinstance(ev, SilenceStarted):
             user.silence_at = ev.sample
-            if self.policy.speculative and not user.candidate and user.spec_job is None:
+            if self.policy.speculative and not user.candidate and user.spec_job is None and self._may_speculate(user):
                 self._speculate(ev.time)
         elif isinstance(ev, SpeechResumed):
             self._resumed(ev.time)
@@ -611,6 +631,7 @@ class TurnCore:
     def _begin(self, start: int, ptt: bool = False, candidate: bool = False) -> None:
         self._ids += 1
         self.user = Utterance(self._ids, start, start, ptt=ptt, candidate=candidate)
+        self.user.started_at = self.clock.time_of(start)
         self.backlog_ms = 0.0
         self._emit(ResetTranscriber())
         self._feed()
@@ -717,12 +738,16 @@ class TurnCore:
             spec = self._jobs.get(user.spec_job)
             if spec is not None:  # its transcript is still coming: answer it confirmed when it arrives
                 spec.purpose, spec.speech_end, spec.endpoint = "answer", speech_end, now
+                spec.started_at, spec.ptt = user.started_at, user.ptt
                 return
             if user.spec_text is not None:
-                self._answer(user.spec_turn, user.spec_text, user.spec_language, speech_end, now, user.spec_started)
+                job = Finalizing("answer", user.spec_turn, speech_end, now, started_at=user.started_at, ptt=user.ptt)
+                self._answer(
+                    user.spec_turn, user.spec_text, user.spec_language, speech_end, now, user.spec_started, job=job
+                )
                 return
         self.turn += 1
-        self._finalize(Finalizing("answer", self.turn, speech_end, now))
+        self._finalize(Finalizing("answer", self.turn, speech_end, now, started_at=user.started_at, ptt=user.ptt))
 
     def _finalize(self, job: Finalizing) -> int:
         self._ids += 1
@@ -741,12 +766,13 @@ class TurnCore:
             user = self.user
             assert user is not None and user.id == job.utt
             user.spec_text, user.spec_language = text, tr.language
-            if text and tr.error is None:
+            decision = self._addressed(text, user.started_at, user.ptt)
+            if text and tr.error is None and decision.answer:
                 user.spec_started = True
-                self._start_reply(job.turn, Responder(text), False, 0.0, job.endpoint)
+                self._start_reply(job.turn, Responder(decision.text), False, 0.0, job.endpoint)
             return
         if job.purpose == "answer":
-            self._answer(job.turn, text, tr.language, job.speech_end, job.endpoint, False, tr.now)
+            self._answer(job.turn, text, tr.language, job.speech_end, job.endpoint, False, tr.now, job)
         elif job.purpose == "judge":
             if text:  # kept, never lost: a backchannel over the reply still shows as a transcript
                 self._emit(Publish(FinalTranscript(text, tr.language, tr.now)))
@@ -769,17 +795,52 @@ class TurnCore:
                 self._set_state(TurnState.IDLE)
 
     def _answer(
-        self, turn: int, text: str, language: str, speech_end: float, endpoint: float, started: bool, now: float = 0.0
+        self,
+        turn: int,
+        text: str,
+        language: str,
+        speech_end: float,
+        endpoint: float,
+        started: bool,
+        now: float = 0.0,
+        job: Finalizing | None = None,
     ) -> None:
-        """A confirmed spoken turn: publish its transcript and answer it (nothing said: back to listening)."""
+        """A confirmed spoken turn: publish its transcript and answer it (nothing said, or not addressed by the
+        wake phrase: back to listening, no reply and nothing in the history)."""
         self._emit(Publish(FinalTranscript(text, language, now or endpoint)))
-        if not text:
+        decision = self._addressed(text, job.started_at if job else 0.0, job.ptt if job else False)
+        if not text or not decision.answer:
+            if started:
+                self._drop_reply(turn)
             self._set_state(TurnState.IDLE if self.user is None else self.state)
             return
         if started:
             self._confirm(turn, speech_end, endpoint)
         else:
-            self._start_reply(turn, Responder(text), True, speech_end, endpoint)
+            self._start_reply(turn, Responder(decision.text), True, speech_end, endpoint)
+
+    def _addressed(self, text: str, started_at: float, ptt: bool) -> WakeDecision:
+        """The wake-phrase policy's verdict on a spoken turn (push-to-talk bypasses the phrase)."""
+        return self.wake.decide(text, started_at, "push_to_talk" if ptt else "hands_free")
+
+    def _may_speculate(self, user: Utterance) -> bool:
+        """No speculative answer to a turn that plainly does not begin with the wake phrase."""
+        if not self.wake.active or user.ptt or self.wake.attention(user.started_at) is Attention.ENGAGED:
+            return True
+        return self.wake.partial(user.partial) is not Wake.ABSENT
+
+    def _check_attention(self) -> None:
+        if not self.wake.active:
+            return
+        now = self.wake.attention(self._now)
+        if now is not self._attention:
+            self._attention = now
+            self._emit(Publish(AttentionChanged(now.value, self._now)))
+
+    def follow_up_ends(self) -> float | None:
+        """When the follow-up window closes (the driver sends a `Tick` then); None when there is none to wait for."""
+        end = self.wake.engaged_until
+        return end if self.wake.active and self._now < end < float("inf") else None
 
     def _drop_user(self) -> None:
         user, self.user = self.user, None
@@ -802,6 +863,7 @@ class TurnCore:
         self.replies[turn] = reply
         if confirmed:
             self.current = reply
+            self.wake.replying()
         self._emit(StartReply(turn, responder, confirmed, speech_end or now, now, round(self.backlog_ms, 1)))
 
     def _confirm(self, turn: int, speech_end: float, endpoint: float) -> None:
@@ -810,6 +872,7 @@ class TurnCore:
             return
         self._interrupt_current()
         reply.confirmed, self.current = True, reply
+        self.wake.replying()
         self._emit(ConfirmReply(turn))
         held, reply.held = reply.held, []
         for action in held:
@@ -852,6 +915,7 @@ class TurnCore:
             self._emit(Publish(r.trace))
         if self.current is reply:
             self.current = None
+            self.wake.stopped(r.now)
             # speech that began over the reply stays a candidate: it proves itself by its words (issue 22)
             if user is None or user.candidate:
                 self._set_state(TurnState.IDLE)
@@ -859,6 +923,7 @@ class TurnCore:
     def _interrupt_current(self) -> None:
         reply, self.current = self.current, None
         if reply is not None:
+            self.wake.stopped(self._now)  # the follow-up window runs from the interruption
             self._emit(InterruptReply(reply.turn))
 
     def _drop_reply(self, turn: int) -> None:
@@ -954,6 +1019,8 @@ class TurnCore:
 
     def _on_set_policy(self, s: SetPolicy) -> None:
         vad_changed = s.policy.vad_turns != self.policy.vad_turns
+        if (s.policy.wake_phrase, s.policy.follow_up_s) != (self.policy.wake_phrase, self.policy.follow_up_s):
+            self.wake = WakeGate(s.policy.wake_phrase, s.policy.follow_up_s)
         self.policy, self.end_of_turn = s.policy, s.end_of_turn
         if vad_changed:
             self._drop_user()

@@ -177,6 +177,11 @@ class WakeGate:
         """The assistant's audio ended at `at`: the follow-up window runs from here."""
         self._engaged_until = at + self.follow_up_s
 
+    @property
+    def engaged_until(self) -> float:
+        """When the follow-up window ends (inf while answering, -inf before any answer)."""
+        return self._engaged_until
+
     def attention(self, at: float) -> Attention:
         if not self.active or at <= self._engaged_until:
             return Attention.ENGAGED

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
         "assistant.hub",
         "assistant.paths",
     ),
-    ("assistant.endofturn",),
+    ("assistant.endofturn", "assistant.wake"),
     ("assistant.turns",),
     (
         "assistant.vad",
@@ -30,7 +30,6 @@ LAYERS: list[tuple[str, ...]] = [
         "assistant.tts",
         "assistant.llm",
         "assistant.llm_remote",
-        "assistant.wake",
         "assistant.memory",
         "assistant.tools.calls",
         "assistant.server.protocol",
@@ -54,6 +53,7 @@ MODEL_PACKAGES = ("assistant.stt", "assistant.tts", "assistant.llm", "assistant.
 PURE_MODULES = (
     "assistant.turns",
     "assistant.endofturn",
+    "assistant.wake",
     "assistant.settings",
     "assistant.server.protocol",
     "assistant.server.realtime_protocol",

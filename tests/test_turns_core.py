@@ -16,6 +16,7 @@ from assistant.config import Config
 from assistant.conversation import daemon_policy, realtime_policy
 from assistant.endofturn import Decision, FixedSilence, TurnEvidence
 from assistant.events import (
+    AttentionChanged,
     ErrorEvent,
     FalseStart,
     FinalTranscript,
@@ -38,6 +39,7 @@ from assistant.turns import (
     ConfirmReply,
     CreateResponse,
     DropReply,
+    Fed,
     Feed,
     Finalize,
     Input,
@@ -55,6 +57,7 @@ from assistant.turns import (
     ScoreTurn,
     SetPolicy,
     StartReply,
+    Tick,
     Transcribed,
     TurnCore,
     UserText,
@@ -383,3 +386,49 @@ def test_a_model_backed_policy_scores_the_pause_and_holds_a_thinking_pause() -> 
     assert len(tl.of(Finalize)) == 1 and tl.core.state is TurnState.THINKING
     fed = np.concatenate([a.audio for a in tl.of(Feed) if isinstance(a, Feed)])
     assert np.count_nonzero(fed == 1000) == 10 * BLOCK and np.count_nonzero(fed == 2000) == 10 * BLOCK
+
+
+# ---- the wake phrase (a policy of the same core) ---------------------------------------------------------------
+
+WAKE = dataclasses.replace(DAEMON, wake_phrase="hey nova", follow_up_s=8.0)
+
+
+def test_wake_partial_without_the_phrase_starts_no_speculation() -> None:
+    """A partial that cannot become the phrase gives no speculative answer; one that begins with it does, with
+    the phrase stripped from the prompt."""
+    for partial, speculates in (("what time is it", False), ("hey nova what", True)):
+        tl = Timeline(WAKE)
+        tl.audio(10, value=1000)
+        tl.started(0)
+        feed = [a for a in tl.of(Feed) if isinstance(a, Feed)][-1]
+        tl.send(Fed(feed.utt, partial, tl.now))
+        tl.vad(SilenceStarted(tl.pos(), tl.now))
+        assert bool(tl.events(SpeculationStarted)) is speculates
+        if speculates:
+            tl.transcribe("Hey, Nova, what time is it?")
+            spec = tl.of(StartReply)[-1]
+            assert isinstance(spec, StartReply) and spec.responder.user_text == "what time is it?"
+
+
+def test_wake_window_closes_on_a_tick() -> None:
+    """After a reply the assistant is engaged for follow_up_s; a Tick past it announces listening for the name."""
+    tl = Timeline(WAKE)
+    tl.audio(10, value=1000)
+    tl.started(0)
+    tl.ended(0, tl.pos())
+    tl.transcribe("hey nova hello")
+    reply = tl.of(StartReply)[-1]
+    assert isinstance(reply, StartReply) and reply.responder.user_text == "hello"  # the phrase is stripped
+    turn = reply.turn
+    tl.send(ReplyDone(turn, "hi", False, tl.now))
+    assert tl.core.follow_up_ends() == pytest.approx(tl.now + 8.0)
+    tl.send(Tick(tl.now + 8.5))
+    kinds = [e.attention for e in tl.events(AttentionChanged)]  # type: ignore[attr-defined]
+    assert kinds == ["engaged", "listening_for_name"] and tl.core.follow_up_ends() is None
+    start = tl.pos()
+    tl.t += 9.0
+    tl.audio(10, value=1000)
+    tl.started(start)
+    tl.ended(start, tl.pos())
+    tl.transcribe("hello again")
+    assert len(tl.of(StartReply)) == 1  # the unaddressed turn after the window got no reply

@@ -264,6 +264,7 @@ EVENT_TYPES: dict[type, str] = {
     events.FalseStart: "false_start",
     events.PushToTalk: "push_to_talk",
     events.MuteChanged: "mute.changed",
+    events.AttentionChanged: "attention",
     events.ErrorEvent: "error",
 }
 EVENTS_BY_NAME = {name: cls for cls, name in EVENT_TYPES.items() if cls is not events.ErrorEvent}

@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -382,3 +383,90 @@ def make_engines(
         return vads[-1]
 
     return Engines(stt or WordTranscriber(), chat, tts or WordTts(), None, make_vad), vads
+
+
+class ToolChat:
+    """A scripted chat that makes tool calls in the Hermes JSON format: one token list per generation.
+
+    Mirrors the real `Chat`'s tool contract: `continue_with_results` records the speech before the calls, the
+    calls and their results, then generates the next script; `last_turn`/`restore` serve the memory store.
+    """
+
+    def __init__(self, scripts: list[list[str]]) -> None:
+        from assistant.tools.calls import HERMES
+
+        self.tool_format = HERMES
+        self.scripts = deque(scripts)
+        self.history: list[Any] = []
+        self.results: list[list[tuple[Any, str]]] = []  # each tool round's results as the model got them
+        self.tools: list[Any] = []
+        self.system_prompt = ""
+        self._answer: list[str] | None = None
+        self._active: Iterator[str] | None = None
+
+    def set_tools(self, schemas: list[Any]) -> bool:
+        self.tools = list(schemas)
+        return True
+
+    def set_system_prompt(self, text: str) -> None:
+        self.system_prompt = text
+
+    def _start(self) -> Iterator[str]:
+        answer: list[str] = []
+        self._answer = answer
+        tokens = self.scripts.popleft() if self.scripts else ["Done."]
+
+        def gen() -> Iterator[str]:
+            for tok in tokens:
+                answer.append(tok)
+                yield tok
+
+        self._active = gen()
+        return self._active
+
+    def respond(self, user_text: str) -> Iterator[str]:
+        from assistant.llm import Message as LlmMessage
+
+        self.history.append(LlmMessage("user", user_text.strip()))
+        return self._start()
+
+    def continue_with_results(self, said: str, results: list[tuple[Any, str]]) -> Iterator[str]:
+        from assistant.llm import Message as LlmMessage
+
+        self.results.append(list(results))
+        self.history.append(LlmMessage("assistant", said.strip(), tool_calls=tuple(c for c, _ in results)))
+        self.history += [LlmMessage("tool", text, tool_call_id=c.id, name=c.name) for c, text in results]
+        return self._start()
+
+    def finish_turn(self, heard_text: str | None) -> None:
+        from assistant.llm import Message as LlmMessage
+
+        if self._active is not None:
+            self._active.close()  # type: ignore[attr-defined]
+            self._active = None
+        if self._answer is None:
+            return
+        full = "".join(self._answer).strip()
+        self._answer = None
+        heard = full if heard_text is None else heard_text.strip()
+        self.history.append(LlmMessage("assistant", heard, interrupted=heard != full))
+
+    def discard_answer(self) -> None:
+        self._answer = None
+        starts = [i for i, m in enumerate(self.history) if m.role == "user"]
+        if starts:
+            del self.history[starts[-1] :]
+
+    def revise_answer(self, recorded: str, heard: str) -> bool:
+        return False
+
+    def reset(self) -> None:
+        self.history.clear()
+
+    def last_turn(self) -> list[Any]:
+        starts = [i for i, m in enumerate(self.history) if m.role == "user"]
+        return list(self.history[starts[-1] :]) if starts else []
+
+    def restore(self, messages: list[Any]) -> int:
+        self.history = list(messages)
+        return 0

@@ -34,6 +34,7 @@ EVERY_EVENT: list[events.Event] = [
     events.FalseStart(5.4),
     events.PushToTalk(True, 5.5),
     events.MuteChanged(True, 5.6),
+    events.AttentionChanged("engaged", 5.8),
     events.ErrorEvent("stt failed: out of memory", 6.0),
 ]
 
