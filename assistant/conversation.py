@@ -27,7 +27,7 @@ from assistant.audio.sinks import AudioSink, AudioSource, ClientSink, SpeakerTim
 from assistant.bus import EventBus, Subscription
 from assistant.compute import Compute, Generation, Priority, Stale
 from assistant.config import Config
-from assistant.endofturn import EndOfTurnPolicy, FixedSilence
+from assistant.endofturn import EndOfTurnPolicy, FixedSilence, policy_from_config
 from assistant.engines import Engines, VadLike
 from assistant.errors import AssistantError, AudioDeviceError, ConfigError, InputError
 from assistant.events import BargeIn, DeviceStatus, ErrorEvent, Event, ResponseAudio, SessionEvent, TurnState
@@ -113,8 +113,11 @@ def realtime_policy(cfg: Config, server_vad: bool, create_response: bool, interr
     )
 
 
-def end_of_turn(cfg: Config) -> EndOfTurnPolicy:
-    return FixedSilence(cfg.vad.hangover_ms)
+def end_of_turn(cfg: Config, scorer: object | None = None) -> EndOfTurnPolicy:
+    """The configured end-of-turn policy; a fixed silence where no end-of-turn model was loaded to score."""
+    if scorer is None:
+        return FixedSilence(cfg.vad.hangover_ms)
+    return policy_from_config(cfg.endofturn, cfg.vad.hangover_ms)
 
 
 class Conversation:
@@ -147,7 +150,7 @@ class Conversation:
         ring = frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms)
         ring += int(max(cfg.vad.max_utterance_s, cfg.stt.max_utterance_s) * CAPTURE_RATE)
         policy = daemon_policy(cfg) if realtime is None else realtime_policy(cfg, True, True, True)
-        self.core = TurnCore(policy, end_of_turn(cfg), ring)
+        self.core = TurnCore(policy, end_of_turn(cfg, engines.score_turn), ring)
         self.hangover_ms: int | None = cfg.vad.hangover_ms
         self.instructions = cfg.llm.system_prompt
         self.device_ok = True
@@ -193,10 +196,7 @@ class Conversation:
                 )
             case ScoreTurn(utt, audio):
                 if self.engines.score_turn is not None:
-                    self._on_job(
-                        self.compute.submit(self.engines.score_turn, audio, priority=Priority.URGENT),
-                        lambda f: self._scored(utt, f),
-                    )
+                    self.spawn(self._score(self.engines.score_turn, utt, audio))
             case StartReply():
                 self._start(action)
             case ConfirmReply(turn):
@@ -243,11 +243,15 @@ class Conversation:
         tr = fut.result()
         self._apply(Transcribed(job, tr.text, tr.language, now))
 
-    def _scored(self, utt: int, fut: concurrent.futures.Future[float]) -> None:
-        if (err := fut.exception()) is not None:
-            self.failed(err, "scoring the end of turn")
-            return
-        self._apply(Scored(utt, float(fut.result()), time.monotonic()))
+    async def _score(self, model: Callable[[np.ndarray], float], utt: int, audio: np.ndarray) -> None:
+        """Score a pause on a worker thread: onnxruntime on its own core, off the loop and the MLX thread."""
+        try:
+            score = float(await asyncio.to_thread(model, audio))
+        except Exception as e:
+            self.failed(e, "scoring the end of turn")
+            score = 1.0  # a broken model must not hold the turn open: end it as the silence rule would
+        if not self._closed:
+            self._apply(Scored(utt, score, time.monotonic()))
 
     # ---- the microphone -------------------------------------------------------------------------------------
 
@@ -532,7 +536,7 @@ class Conversation:
         if new.logging.level != self.cfg.logging.level:
             logging.getLogger("assistant").setLevel(new.logging.level.upper())
         self.cfg = new
-        self._apply(SetPolicy(daemon_policy(new), end_of_turn(new), new_vad=new_vad))
+        self._apply(SetPolicy(daemon_policy(new), end_of_turn(new, self.engines.score_turn), new_vad=new_vad))
         return self.config_get()
 
     def history_get(self) -> list[dict[str, Any]]:
@@ -577,7 +581,7 @@ class Conversation:
             self.vad = self.engines.make_vad(cfg.vad)
         self.hangover_ms, self.cfg = hangover_ms, cfg
         policy = realtime_policy(cfg, hangover_ms is not None, create_response, interrupt_response)
-        self._apply(SetPolicy(policy, end_of_turn(cfg), new_vad=new_vad))
+        self._apply(SetPolicy(policy, end_of_turn(cfg, self.engines.score_turn), new_vad=new_vad))
 
     def append_audio(self, samples: np.ndarray) -> None:
         """int16 16 kHz mono of any length, recorded by the client just now (its clock runs with ours)."""
