@@ -175,7 +175,8 @@ class SharedEngines:
         return self.engines.tts.voice(name)
 
     def voice_names(self) -> list[str]:
-        return self.engines.tts.voice_names()
+        names: list[str] = self.engines.tts.voice_names()
+        return names
 
 
 def _server_service(cfg: config.Config, engines: Any) -> Any:
@@ -184,9 +185,11 @@ def _server_service(cfg: config.Config, engines: Any) -> Any:
     from assistant.server.ws import ControlServer
 
     def service(pipeline: Any) -> Any:
+        from assistant.oneshot import OneShot
+
         limit = cfg.server.realtime_sessions
         backend = Sessions(pipeline, SharedEngines(cfg, engines), limit) if limit else None
-        return ControlServer(cfg.server, pipeline, backend)
+        return ControlServer(cfg.server, pipeline, backend, audio=OneShot(cfg, engines, pipeline.compute))
 
     return service
 

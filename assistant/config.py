@@ -144,6 +144,9 @@ class ServerConfig:
     idle_timeout_s: float = opt(600.0, "s", 5.0, 86_400.0)
     client_queue: int = opt(256, "events", 8, 65_536)
     realtime_sessions: int = opt(2, "sessions", 0, 16)  # 0 = /v1/realtime off
+    tls_cert: str = opt("")  # PEM certificate (chain): with tls_key, the port speaks https:// and wss:// only
+    tls_key: str = opt("")  # PEM private key of tls_cert
+    voice_aliases: list[str] = opt([])  # "alloy=vivian": voice names clients send -> voice profiles
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,9 @@ from assistant.turns import (
     VadIn,
 )
 
+if TYPE_CHECKING:  # the message type only: importing llm would load MLX with the conversation
+    from assistant.llm import Message
+
 log = logging.getLogger("assistant.conversation")
 
 SUB_DEFAULT = 256
@@ -118,6 +121,24 @@ def end_of_turn(cfg: Config, scorer: object | None = None) -> EndOfTurnPolicy:
     if scorer is None:
         return FixedSilence(cfg.vad.hangover_ms)
     return policy_from_config(cfg.endofturn, cfg.vad.hangover_ms)
+
+
+def forget_message(history: list[Message], role: str, text: str) -> list[Message] | None:
+    """`history` without its newest `role` message whose text is `text` (a truncated answer matches the text it
+    was cut from), neighbours of the same role then joined so user and assistant turns still alternate (chat
+    templates require it); None when there is no such message."""
+    for i in range(len(history) - 1, -1, -1):
+        m = history[i]
+        same = m.content.strip() == text.strip() or (m.interrupted and text.strip().startswith(m.content.strip()))
+        if m.role == role and same:
+            kept: list[Message] = []
+            for other in history[:i] + history[i + 1 :]:
+                if kept and kept[-1].role == other.role and other.role in ("user", "assistant"):
+                    kept[-1] = dataclasses.replace(kept[-1], content=f"{kept[-1].content}\n{other.content}")
+                else:
+                    kept.append(other)
+            return kept
+    return None
 
 
 class Conversation:
@@ -535,6 +556,8 @@ class Conversation:
             self.compute.submit(self.engines.chat.set_system_prompt, new.llm.system_prompt)
         if new.logging.level != self.cfg.logging.level:
             logging.getLogger("assistant").setLevel(new.logging.level.upper())
+        if new.tts.voice != self.cfg.tts.voice:
+            self.spawn(self._use_voice(new.tts.voice))  # checked above; the next reply speaks with it
         self.cfg = new
         self._apply(SetPolicy(daemon_policy(new), end_of_turn(new, self.engines.score_turn), new_vad=new_vad))
         return self.config_get()
@@ -564,9 +587,9 @@ class Conversation:
         self.spawn(self._use_voice(name))
 
     async def _use_voice(self, name: str) -> None:
-        assert self.realtime is not None
+        """Load voice `name` on the compute thread; replies started after it is loaded speak with it."""
         try:
-            self.engines.voice = await self.compute.run(self.realtime.voice, name, priority=Priority.URGENT)
+            self.engines.voice = await self.compute.run(self.engines.tts.voice, name, priority=Priority.URGENT)
         except Exception as e:
             self.failed(e, f"loading voice {name!r}")
 
@@ -606,6 +629,21 @@ class Conversation:
     def cancel_response(self) -> None:
         """Stop the reply now (ResponseDone interrupted=True); the history keeps what was sent."""
         self._apply(Cancel(time.monotonic()))
+
+    def delete_item(self, role: str, text: str) -> None:
+        """Forget the newest `role` message whose text is `text` (Realtime conversation.item.delete); InputError
+        when the history holds none (a message not answered yet is not in it)."""
+        history = list(self.engines.chat.history)
+        kept = forget_message(history, role, text)
+        if kept is None:
+            raise InputError(f"the conversation holds no {role} message with that text; delete it after it is answered")
+        self.spawn(self._restore(kept))
+
+    async def _restore(self, messages: list[Message]) -> None:
+        try:
+            await self.compute.run(self.engines.chat.restore, messages, priority=Priority.URGENT)
+        except Exception as e:
+            self.failed(e, "deleting a conversation item")
 
     def truncate_response(self, turn: int, audio_end_ms: int) -> None:
         """The client played only `audio_end_ms` of turn `turn`: its answer in the history becomes what was heard."""

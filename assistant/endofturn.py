@@ -121,7 +121,8 @@ def mel_filters(n_mels: int = N_MELS, n_fft: int = N_FFT, rate: int = CAPTURE_RA
     rising = (bins[None, :] - lower) / (centre - lower)
     falling = (upper - bins[None, :]) / (upper - centre)
     tri = np.maximum(0.0, np.minimum(rising, falling))
-    return tri * (2.0 / (upper - lower))
+    out: np.ndarray = tri * (2.0 / (upper - lower))
+    return out
 
 
 _FILTERS = mel_filters()
@@ -142,7 +143,8 @@ def log_mel(window: np.ndarray) -> np.ndarray:
     power = np.abs(np.fft.rfft(frames * _HANN, axis=-1)) ** 2
     mel = np.log10(np.maximum(_FILTERS @ power.T, _LOG_FLOOR))
     mel = np.maximum(mel, mel.max() - 8.0)
-    return ((mel + 4.0) / 4.0).astype(np.float32)
+    out: np.ndarray = ((mel + 4.0) / 4.0).astype(np.float32)
+    return out
 
 
 def model_input(audio: np.ndarray) -> np.ndarray:

@@ -138,7 +138,8 @@ class PromptCache:
         logits = self._model(mx.array(list(tokens), dtype=mx.int32)[None], cache=self.layers)[0, -1]
         mx.eval(logits, [c.state for c in self.layers])
         self.tokens.extend(tokens)
-        return logits
+        out: mx.array = logits
+        return out
 
     def prefill(self, tokens: Sequence[int]) -> None:
         """Run `tokens` into the cache only: the output projection (a 262k vocabulary for Gemma) is never computed."""

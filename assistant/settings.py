@@ -22,8 +22,8 @@ log = logging.getLogger("assistant.settings")
 SECRETS = frozenset({"server.token"})
 HIDDEN = "(hidden)"  # what config.get shows for a secret that is set
 # Keys the running daemon applies at once (pipeline and VAD decisions read them per event; the system prompt and
-# log level are pushed to their owners). tts.voice is live for new Realtime sessions; the daemon's own voice
-# changes at the next start (status lists it under restart_required).
+# log level are pushed to their owners). tts.voice is loaded on the compute thread and used from the next reply,
+# by the daemon and by new Realtime sessions.
 LIVE_KEYS = frozenset(
     {
         "pipeline.mode",
@@ -45,7 +45,7 @@ LIVE_KEYS = frozenset(
         "tts.voice",
     }
 )
-DAEMON_AT_RESTART = frozenset({"tts.voice"})
+DAEMON_AT_RESTART: frozenset[str] = frozenset()  # live keys whose effect on the daemon waits for a restart
 MAX_KEYS = 32  # changes in one config.set
 MAX_KEY_CHARS = 64
 MAX_STRING_CHARS = 8_000  # = protocol.MAX_INSTRUCTIONS_CHARS: the longest string setting is the system prompt

@@ -136,7 +136,8 @@ class PcmFormat:
             x = ((b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)) << 8 >> 8).astype(np.float32) / 2.0**23
         else:
             x = np.frombuffer(raw, "<i4").astype(np.float32) / 2.0**31
-        return x.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
+        mono: np.ndarray = x.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
+        return mono
 
 
 def stt_languages(cfg: Config) -> list[str]:

@@ -16,7 +16,7 @@ import pytest
 
 from assistant.audio import playback as playback_mod
 from assistant.audio.capture import Capture
-from assistant.audio.playback import SILENT_DBFS, Pacer, Playback
+from assistant.audio.playback import DEVICE_STARVED_RUNS, SILENT_DBFS, Pacer, Playback
 from assistant.config import AudioConfig
 from assistant.errors import AudioDeviceError
 from assistant.events import DeviceStatus
@@ -203,15 +203,41 @@ def test_device_buffer_grows_when_the_device_runs_dry_with_audio_queued(sd: Fake
         assert len(sd.streams) == 1 and out.device_latency == "low"
         latencies = []
         for _ in range(4):
-            opened, before = len(sd.streams), out.underruns
+            opened = len(sd.streams)  # a new stream exists only once its starved count was reset
             out.write(np.full(24_000, 0.1, dtype=np.float32))
             deadline = time.monotonic() + 5
-            while out.underruns < before + 2 and time.monotonic() < deadline:  # callbacks with audio queued
+            # underflows counted with our audio queued (not every underflow: some came before the write)
+            while out.device_starved < DEVICE_STARVED_RUNS and time.monotonic() < deadline:
                 time.sleep(0.01)
             out.flush()
             while len(sd.streams) == opened and time.monotonic() < deadline:
                 time.sleep(0.01)
             latencies.append(sd.streams[-1].latency)
         assert latencies == [0.05, 0.1, 0.2, 0.25], latencies
+    finally:
+        out.close()
+
+
+def test_audio_written_while_the_stream_is_reopened_is_played(sd: FakeSounddevice) -> None:
+    """A chunk written right after flush(), while the supervisor reopens the stream with a larger buffer (the
+    new stream's start() has not returned yet), is queued and played on the new stream, not dropped."""
+    sd.underflow = True
+    out = Playback(AudioConfig())
+    out.start()
+    try:
+        out.write(np.full(24_000, 0.1, dtype=np.float32))
+        deadline = time.monotonic() + 10
+        while out.device_starved < DEVICE_STARVED_RUNS and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sd.hang = {"start"}
+        out.flush()  # the device ran dry with audio queued: this reopens the stream
+        while len(sd.streams) == 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        out.write(np.full(2400, 0.1, dtype=np.float32))  # the reply's first chunk, while start() still runs
+        sd.release()
+        while out.played_samples < 2400 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sd.streams[1].latency == 0.05
+        assert out.played_samples == 2400, out.played_samples
     finally:
         out.close()

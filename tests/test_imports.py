@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
         "assistant.tools.calls",
         "assistant.server.protocol",
         "assistant.server.realtime_protocol",
+        "assistant.server.g711",
         "assistant.server.controller",
         "assistant.settings",
     ),
@@ -43,7 +44,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("assistant.reply",),
     ("assistant.conversation",),
     ("assistant.console",),
-    ("assistant.daemon",),
+    ("assistant.daemon", "assistant.oneshot"),
     ("assistant.server", "assistant.wyoming"),
     ("assistant.cli", "assistant.__main__"),
 ]
@@ -56,6 +57,7 @@ PURE_MODULES = (
     "assistant.settings",
     "assistant.server.protocol",
     "assistant.server.realtime_protocol",
+    "assistant.server.g711",
     "assistant.server.native",
     "assistant.server.realtime",
 )

@@ -121,3 +121,40 @@ def read_audio(path: str) -> tuple[np.ndarray, int]:
     if x.shape[0] == 0:
         raise InputError(f"{name} holds no audio (0 samples); record or pick another file")
     return x.mean(axis=1).astype(np.float32), int(rate)
+
+
+def encode_audio(audio: np.ndarray, rate: int, fmt: str) -> bytes:
+    """float32 mono `audio` at `rate` as a whole file in memory; `fmt` is an extension (wav, flac, mp3, opus, ...).
+    Raises InputError naming the formats this libsndfile writes when it cannot."""
+    ext = fmt.lower().lstrip(".")
+    name, subtype = _ALIASES.get(ext.upper(), (ext.upper(), None))
+    if name not in sf.available_formats() or name == "RAW":
+        raise InputError(f"cannot encode {fmt!r} audio; use one of {', '.join(writable_extensions())}")
+    subtype = subtype or ("PCM_16" if name in _PCM16 else sf.default_subtype(name))
+    x = np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)
+    if name == "OGG" and subtype == "OPUS":  # Opus runs at 48 kHz and its encoder refuses other rates
+        from assistant.audio.format import resample
+
+        x, rate = resample(x, rate, 48_000), 48_000
+    buf = io.BytesIO()
+    try:
+        sf.write(buf, x, rate, format=name, subtype=subtype)
+    except (sf.LibsndfileError, ValueError) as e:
+        raise InputError(f"cannot encode {fmt} audio at {rate} Hz: {e}; ask for wav or pcm") from e
+    return buf.getvalue()
+
+
+def decode_audio(data: bytes, name: str = "upload") -> tuple[np.ndarray, int]:
+    """(float32 mono samples, sample rate) of an audio file held in memory (`name` is only for the message)."""
+    if not data:
+        raise InputError(f"{name} is empty; send an audio file")
+    try:
+        x, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise InputError(
+            f"{name} is not an audio file libsndfile can read ({e}); send WAV, FLAC, OGG or MP3, "
+            "e.g. `ffmpeg -i INPUT -ar 16000 -ac 1 out.wav`"
+        ) from e
+    if x.shape[0] == 0:
+        raise InputError(f"{name} holds no audio (0 samples); send a recording")
+    return x.mean(axis=1).astype(np.float32), int(rate)

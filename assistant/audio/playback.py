@@ -99,14 +99,14 @@ class Playback:
         self.restarts = 0  # streams that died by themselves and were reopened
         self.output_latency_s = 0.0
         self.device_latency: float | str = "low"  # what the stream is opened with (seconds, or PortAudio's word)
-        self._device_starved = 0  # underflows with audio queued since the stream was opened
+        self.device_starved = 0  # underflows with audio queued since the stream was opened
         self.level_dbfs = SILENT_DBFS  # RMS level of the block handed to the device last, dB full scale
         self.device: devices.Device | None = None
         self.format: devices.Format | None = None
         self.pacer = Pacer(cfg.output_prebuffer_ms / 1000)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stream: Any = None  # the supervisor's; None while no device is open
-        self._ok = False  # a stream is open and playing
+        self._ok = False  # a speaker is open and playing, or being reopened on purpose (write() queues)
         self._lost = False  # the stream stopped by itself: the device is gone
         self._restarting = False  # the supervisor is stopping the stream on purpose
         self._generation = 0  # which stream is current: a stopped old one's finished callback is no loss
@@ -115,6 +115,7 @@ class Playback:
         self._wake = threading.Condition()
         self._supervisor: threading.Thread | None = None
         self._started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._flushes = 0  # flush() calls so far: a (re)start unholds only if none came while it ran
         self._last_callback = 0.0
         self._lock = threading.Lock()
         # the resampler has its own lock: write() resamples outside `_lock`, so the PortAudio callback is never
@@ -247,6 +248,9 @@ class Playback:
         sd = devices._sounddevice()
         self._generation += 1
         generation, self._lost = self._generation, False
+        flushes = self._flush_count()
+        with self._lock:  # before the stream exists: its callbacks (and writes from now on) count toward it
+            self.device_starved = 0
         try:
             stream = devices.open_stream(
                 lambda: sd.OutputStream(
@@ -273,10 +277,8 @@ class Playback:
             self._release(stream)
             raise devices.describe_open_error(device, "output", e) from e
         self._last_callback = time.monotonic()  # start() can take a while on a busy sound server
-        with self._lock:
-            self._hold = False
+        self._unhold(flushes)
         self._ok = True
-        self._device_starved = 0
         log.info(
             "speaker open: %s (device %d) at %d Hz x%d, latency %.0f ms",
             device.name,
@@ -286,6 +288,17 @@ class Playback:
             self.output_latency_s * 1000,
         )
 
+    def _flush_count(self) -> int:
+        with self._lock:
+            return self._flushes
+
+    def _unhold(self, flushes: int) -> None:
+        """A (re)started stream may play, unless flush() came since `flushes` was read: its restart is still to
+        come, and what the stream took before it would be cut off by the abort."""
+        with self._lock:
+            if self._flushes == flushes:
+                self._hold = False
+
     def _release(self, stream: Any) -> None:
         self._generation += 1  # its finished callback is ours, not a loss
         devices.release(stream, "the output stream")
@@ -293,17 +306,18 @@ class Playback:
     def _restart(self) -> None:
         """After flush(): abort and restart the stream, discarding what PortAudio and the server hold (or reopen
         it with a larger device buffer, when the device ran dry with audio queued)."""
-        if self._device_starved >= DEVICE_STARVED_RUNS and self.output_latency_s < MAX_DEVICE_LATENCY_S:
+        if self.device_starved >= DEVICE_STARVED_RUNS and self.output_latency_s < MAX_DEVICE_LATENCY_S:
             self.device_latency = min(MAX_DEVICE_LATENCY_S, max(2 * self.output_latency_s, 0.05))
             log.info(
                 "the speaker ran dry %d times with audio queued (a busy machine); its buffer is now %.0f ms",
-                self._device_starved,
+                self.device_starved,
                 self.device_latency * 1000,
             )
             self._reopen("failed to reopen with a larger buffer")
             return
         stream = self._stream
         t0 = time.monotonic()
+        flushes = self._flush_count()
         self._restarting = True
         try:
             devices.call(stream.abort, "stopping the output stream")
@@ -314,8 +328,7 @@ class Playback:
             return
         self._restarting = False
         self._last_callback = time.monotonic()
-        with self._lock:
-            self._hold = False
+        self._unhold(flushes)
         log.debug("flush took %.1f ms", (time.monotonic() - t0) * 1000)
 
     def _recover(self, why: str) -> None:
@@ -326,8 +339,9 @@ class Playback:
             log.warning("speaker stream %s; reopened it (%d so far)", why, self.restarts)
 
     def _reopen(self, why: str) -> bool:
+        """Replace the stream with a new one; write() keeps queueing meanwhile (the speaker is not lost: a reply's
+        first chunk after flush must not vanish). False, with the loss reported, if no stream opens."""
         stream, self._stream = self._stream, None
-        self._ok = False
         if stream is not None:
             self._release(stream)
         try:
@@ -340,6 +354,7 @@ class Playback:
     def _lose(self, why: str, e: AudioDeviceError) -> None:
         """No speaker: drop the queued audio (played_samples stays at what was heard) and report it."""
         now = time.monotonic()
+        self._ok = False
         with self._lock:
             self._chunks.clear()
             self._queued = 0
@@ -400,8 +415,11 @@ class Playback:
         now = time.monotonic()
         self.pacer.note(now, len(chunk) / self.rate)
         with self._resample_lock:
-            out = self._resampler.push(chunk) if self._resampler is not None else chunk.copy()
+            resampler = self._resampler
+            out = resampler.push(chunk) if resampler is not None else chunk.copy()
         with self._lock:
+            if resampler is not self._resampler:  # a reopen changed the device rate meanwhile (its queue is gone)
+                return
             if self._queued + len(out) > self._max_queued:
                 self.overflows += 1
                 log.warning("playback buffer full (%.0f s queued): a chunk was dropped", self.cfg.playback_buffer_s)
@@ -422,7 +440,8 @@ class Playback:
         with self._lock:
             self._reset_buffer()
             self._lead = round(self.pacer.lead_s() * self._dev_rate)
-            self._hold = self._stream is not None
+            self._hold = True  # until the supervisor's restart (or reopen) after this flush has run
+            self._flushes += 1
         self.pacer.new_run()
         with self._wake:
             self._restart_wanted = True
@@ -514,7 +533,7 @@ class Playback:
             if status.output_underflow:
                 self.underruns += 1
                 if self._queued:
-                    self._device_starved += 1
+                    self.device_starved += 1
             # play once the lead is queued, or when writes have paused (the run may be all there is)
             if (
                 self._prebuffering

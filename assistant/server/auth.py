@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -16,6 +17,7 @@ from assistant.config import ServerConfig
 from assistant.errors import ConfigError
 
 log = logging.getLogger("assistant.server")
+conn_log = logging.getLogger("assistant.server.connections")  # throttled by server/ws.py
 
 # Browsers cannot set headers on a WebSocket: they may send the token as a subprotocol `token.<TOKEN>` (or, for
 # Realtime clients written for OpenAI, `openai-insecure-api-key.<TOKEN>`), or as `?token=` in the URL.
@@ -119,6 +121,53 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def origin_allowed(origin: str | None, allowed: list[str]) -> bool:
-    """No Origin header = not a browser = allowed; a browser page only from an allowlisted origin."""
-    return origin is None or origin.rstrip("/") in {o.rstrip("/") for o in allowed}
+def origin_allowed(origin: str | None, allowed: list[str], own: str | None = None) -> bool:
+    """No Origin header = not a browser = allowed; a browser page only from an allowlisted origin or from the
+    daemon's own origin `own` (`http://HOST:PORT` as the request's Host header names it: the page at `/`)."""
+    if origin is None:
+        return True
+    origin = origin.rstrip("/")
+    return origin in {o.rstrip("/") for o in allowed} or (own is not None and origin == own)
+
+
+def own_origin(host_header: str | None, tls: bool) -> str | None:
+    """The origin of pages this daemon serves, as the browser names it from the Host header."""
+    if not host_header or any(c in host_header for c in "/@ \t"):
+        return None
+    return f"{'https' if tls else 'http'}://{host_header}"
+
+
+def refusal(
+    cfg: ServerConfig,
+    token: str,
+    get_all: Callable[[str], list[str]],
+    query: str,
+    peer: str | None,
+    tls: bool,
+) -> tuple[int, str] | None:
+    """The one handshake rule of the WebSockets and the HTTP endpoints: (status, reason) to refuse, None to
+    accept. One Authorization/Origin header at most; a browser's Origin must be allowlisted or the daemon's
+    own; then the token (header, `?token=` or subprotocol), or a loopback peer where that is allowed."""
+    for name in ("Authorization", "Origin"):
+        if len(get_all(name)) > 1:
+            return 400, f"the request has more than one {name} header; send one"
+    origins, hosts = get_all("Origin"), get_all("Host")
+    origin = origins[0] if origins else None
+    if not origin_allowed(origin, cfg.allowed_origins, own_origin(hosts[0] if len(hosts) == 1 else None, tls)):
+        shown = (origin or "")[:100]  # headers are bounded (8 KiB) but need not fill the log
+        conn_log.warning("refused a connection from origin %s", shown)
+        return 403, f"origin {shown} is not allowed; add it to server.allowed_origins"
+    protocols = [s.strip() for v in get_all("Sec-WebSocket-Protocol") for s in v.split(",") if s.strip()]
+    authorization = get_all("Authorization")
+    offered = offered_token(authorization[0] if authorization else None, query, protocols)
+    if token_ok(offered, token):
+        return None
+    if cfg.allow_loopback_without_token and is_loopback(peer):
+        return None
+    why = "no token" if offered is None else "wrong token"
+    conn_log.warning("refused a connection from %s: %s", peer, why)
+    # the token file's path stays out of the reply: it would tell strangers the user's home folder
+    return 401, (
+        f"{why}; send `Authorization: Bearer <token>` with the daemon's server.token, or the token it stored "
+        "(by default in ~/.config/assistant/token on its machine)"
+    )

@@ -13,7 +13,7 @@ import dataclasses
 import enum
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, Literal, cast, get_args, get_type_hints
 
 from assistant import events
 from assistant.errors import ProtocolError
@@ -322,7 +322,7 @@ def decode_command(data: str | bytes, max_bytes: int = 1 << 20, limits: Limits =
             f"`{kind}.text` has {len(cmd.text)} characters, over the {limits.text_chars} allowed; send a shorter text",
             msg_id,
         )
-    return cmd
+    return cast(Command, cmd)
 
 
 def check_fields(cls: type, obj: dict[str, Any], kind: str, msg_id: JsonId | None = None) -> Any:
@@ -451,6 +451,6 @@ def decode_event(obj: dict[str, Any]) -> events.Event:
     if cls is events.StateChanged:
         body["old"], body["new"] = events.TurnState(body["old"]), events.TurnState(body["new"])
     try:
-        return cls(**body)
+        return cast(events.Event, cls(**body))
     except (TypeError, ValueError) as e:
         raise WireError("bad_field", f"{kind} message does not match its event: {e}") from e

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from assistant import events
-from assistant.audio.format import CAPTURE_RATE, StreamResampler
+from assistant.audio.format import CAPTURE_RATE, StreamResampler, float32_to_int16
+from assistant.audio.tempo import TimeStretch
 from assistant.errors import AssistantError
 from assistant.server import realtime_protocol as rp
 from assistant.server.controller import RealtimeSession
@@ -29,15 +31,32 @@ class _Response:
     response_id: str
     item_id: str
     turn: int
-    samples_sent: int = 0  # 24 kHz samples of audio sent to the client
+    samples_sent: int = 0  # samples of reply audio sent to the client, at 24 kHz (after any speed change)
     transcript: str = ""
+    text_deltas: int = 0
+    stretch: TimeStretch | None = None  # session.audio.output.speed != 1
+    down: StreamResampler | None = None  # 24 kHz -> 8 kHz for G.711 output
+    cleared: bool = False  # output_audio_buffer.clear: the rest of the audio is not sent
+
+
+@dataclass
+class _UserAudio:
+    """A committed stretch of user audio awaiting its transcript."""
+
+    item_id: str
+    start_ms: int
+    end_ms: int
 
 
 Out = list[rp.ServerEvent]
+AUDIO_TOKENS_PER_S = 12.5  # usage "audio tokens": 80 ms STT encoder frames in, 12.5 Hz codec frames out
 
 
 class RealtimeConversation:
-    """The protocol state of one session; every method returns the server events to send, in order."""
+    """The protocol state of one session; every method returns the server events to send, in order.
+
+    Time enters as values: `now` for budgets, and `tick(now)` once `deadline()` passes (the idle timeout).
+    """
 
     def __init__(
         self,
@@ -48,45 +67,73 @@ class RealtimeConversation:
         n: int = 1,
         limits: Limits | None = None,
         now: float = 0.0,
+        resolve_voice: Callable[[str], str] | None = None,
+        commands_per_s: float = 20.0,
     ) -> None:
         self.session = session
         self.out = rp.ServerEvents(beta=beta)
         self.limits = limits or Limits()
         self.session_id = f"sess_{n}"
-        self.voice, self.instructions = voice, instructions
-        self.detection: rp.TurnDetection | None = DEFAULT_DETECTION
-        self.audio_output = True
+        self.settings = rp.Settings(instructions, voice, DEFAULT_DETECTION)
+        self.resolve_voice = resolve_voice
+        self.expires_at = 0
         self.resampler = StreamResampler(rp.RATE, CAPTURE_RATE)
         # appends beyond a few times real time are refused: each costs resampling and transcription
         # Frames are paid for by size before they are parsed, so a flood costs neither CPU nor memory: a second of
         # audio is 64,000 bytes of base64 (48,000 bytes of pcm16 at 24 kHz, 4/3 for base64).
         second = rp.RATE * rp.SAMPLE_BYTES * 4 / 3
         self.inbound = TokenBucket(self.limits.audio_realtime_factor * second, self.limits.audio_burst_s * second, now)
-        self.uncommitted = 0  # 24 kHz samples appended since the last commit or clear
+        self.commands = TokenBucket(commands_per_s, max(1.0, commands_per_s), now)
+        self.uncommitted = 0  # samples (at the input format's rate) appended since the last commit or clear
+        self.appended_ms = 0.0  # audio appended so far, in ms (input_audio_buffer positions)
         self.ids = itertools.count(1)
         self.user_item: str | None = None  # the item the user is speaking now (server VAD)
+        self.user_start_ms = 0
         self.last_item: str | None = None
-        self.awaiting_transcript: deque[str] = deque()  # committed user items, oldest first
+        self.items: dict[str, dict[str, object]] = {}  # the conversation's items, in order, for retrieve/delete
+        self.awaiting_transcript: deque[_UserAudio] = deque()  # committed user audio, oldest first
         self.partial_sent = ""
         self.response: _Response | None = None
+        self.last_response: str | None = None
         self.requested = False  # response.create sent, ResponseStarted not yet seen
         self.cancel_requested = False  # response.cancel sent for the current response (else a stop is a barge-in)
+        self.unanswered = False  # a user item was added since the last response began
         self.answered: dict[str, tuple[int, int]] = {}  # assistant item id -> (turn, ms of audio sent)
+        self.idle_since: float | None = now  # when the session last went quiet (for idle_timeout_ms)
+        self.segments = itertools.count(1)
+        self.user_audio_ms = 0  # user audio committed since the last response (its usage)
+
+    # the effective settings, read by the server and tests
+    @property
+    def detection(self) -> rp.TurnDetection | None:
+        return self.settings.detection
+
+    @property
+    def audio_output(self) -> bool:
+        return self.settings.audio_output
+
+    @property
+    def input_format(self) -> rp.AudioFormat:
+        return self.settings.input_format
 
     def _id(self, prefix: str) -> str:
         return f"{prefix}_{next(self.ids)}"
 
     def _session(self) -> dict[str, object]:
-        return rp.session_object(self.session_id, self.instructions, self.voice, self.detection, self.audio_output)
+        return rp.session_object(self.session_id, self.settings, self.expires_at)
 
-    def start(self) -> Out:
-        self.session.set_instructions(self.instructions)
+    def start(self, wall_clock: float = 0.0) -> Out:
+        self.session.set_instructions(self.settings.instructions)
         self.session.set_turn_detection(
             DEFAULT_DETECTION.silence_duration_ms,
             DEFAULT_DETECTION.create_response,
             DEFAULT_DETECTION.interrupt_response,
         )
-        return [rp.SessionCreated(self._session())]
+        self.expires_at = int(wall_clock) + rp.SESSION_LIFETIME_S if wall_clock else 0
+        created: Out = [rp.SessionCreated(self._session())]
+        if self.out.beta:  # the beta API announced the conversation; GA sessions start with session.created alone
+            created.append(rp.ConversationCreated({"id": "conv_1", "object": "realtime.conversation"}))
+        return created
 
     def error(self, e: WireError | AssistantError, event_id: str | None = None) -> rp.Error:
         """An error event for `e` (its message is already one bounded line)."""
@@ -109,6 +156,10 @@ class RealtimeConversation:
         except AssistantError as e:
             return [self.error(e, ev.event_id)]
 
+    def admit_command(self, now: float) -> bool:
+        """Whether one more non-audio event fits the connection's commands_per_s budget."""
+        return self.commands.take(1, now)
+
     def admit_frame(self, size: int, now: float) -> rp.Error | None:
         """None when a frame of `size` bytes fits the connection's byte-rate budget (checked before parsing it)."""
         if self.inbound.take(size, now):
@@ -121,7 +172,8 @@ class RealtimeConversation:
 
     def admit_audio(self, ev: rp.AudioAppend) -> rp.Error | None:
         """None when the append fits the turn's audio bound (manual turns), else the error to send."""
-        if self.detection is None and self.uncommitted + len(ev.audio) > self.limits.turn_audio_s * rp.RATE:
+        rate = rp.FORMAT_RATES[self.input_format]
+        if self.detection is None and self.uncommitted + len(ev.audio) > self.limits.turn_audio_s * rate:
             return _error(
                 "input_audio_buffer_full",
                 f"the input audio buffer holds over {self.limits.turn_audio_s:g} s; commit or clear it first",
@@ -134,37 +186,56 @@ class RealtimeConversation:
 
         Long appends go through in half-second pieces so the resampler's temporaries stay small.
         """
-        step = RESAMPLE_PIECE
+        step = rp.FORMAT_RATES[self.input_format] // 2
         return np.concatenate([self.resampler.push(ev.audio[i : i + step]) for i in range(0, len(ev.audio), step)])
 
     def feed_audio(self, ev: rp.AudioAppend, samples: np.ndarray) -> Out:
         """Hand a resampled append to the session."""
         self.uncommitted += len(ev.audio)
+        self.appended_ms += len(ev.audio) * 1000 / rp.FORMAT_RATES[self.input_format]
         try:
             self._feed(samples)
         except AssistantError as e:
             return [self.error(e, ev.event_id)]
         return []
 
+    def _update(self, ev: rp.SessionUpdate) -> Out:
+        # everything is checked before anything changes (a bad voice leaves the instructions as they were)
+        s = self.settings
+        if ev.voice is not None:
+            profile = self.resolve_voice(ev.voice) if self.resolve_voice is not None else ev.voice
+            self.session.set_voice(profile)
+            s = replace(s, voice=ev.voice)
+        if ev.instructions is not None:
+            self.session.set_instructions(ev.instructions)
+            s = replace(s, instructions=ev.instructions)
+        if ev.turn_detection_given:
+            d = ev.turn_detection
+            if d is None:
+                self.session.set_turn_detection(None, False, False)
+            else:
+                self.session.set_turn_detection(d.silence_duration_ms, d.create_response, d.interrupt_response)
+            s = replace(s, detection=d)
+        if ev.audio_output is not None:
+            s = replace(s, audio_output=ev.audio_output)
+        if ev.input_format is not None and ev.input_format != s.input_format:
+            self.resampler = StreamResampler(rp.FORMAT_RATES[ev.input_format], CAPTURE_RATE)
+            self.uncommitted = 0  # audio of the old format is not mixed with the new
+            s = replace(s, input_format=ev.input_format)
+        if ev.output_format is not None:
+            s = replace(s, output_format=ev.output_format)
+        if ev.speed is not None:
+            s = replace(s, speed=ev.speed)
+        if ev.transcription_given:
+            s = replace(s, transcription=ev.transcription)
+        if ev.model is not None:
+            s = replace(s, model=ev.model)
+        self.settings = s
+        return [rp.SessionUpdated(self._session())]
+
     def _handle(self, ev: rp.ClientEvent) -> Out:
         if isinstance(ev, rp.SessionUpdate):
-            # everything is checked before anything changes (a bad voice leaves the instructions as they were)
-            if ev.voice is not None:
-                self.session.set_voice(ev.voice)
-                self.voice = ev.voice
-            if ev.instructions is not None:
-                self.session.set_instructions(ev.instructions)
-                self.instructions = ev.instructions
-            if ev.turn_detection_given:
-                d = ev.turn_detection
-                if d is None:
-                    self.session.set_turn_detection(None, False, False)
-                else:
-                    self.session.set_turn_detection(d.silence_duration_ms, d.create_response, d.interrupt_response)
-                self.detection = d
-            if ev.audio_output is not None:
-                self.audio_output = ev.audio_output
-            return [rp.SessionUpdated(self._session())]
+            return self._update(ev)
         if isinstance(ev, rp.AudioAppend):
             return self.feed_audio(ev, self.resample(ev))
         if isinstance(ev, rp.AudioCommit):
@@ -178,7 +249,8 @@ class RealtimeConversation:
                 ]
             self._feed(self.resampler.flush())
             self.session.commit_audio()
-            return self._committed(self.user_item or self._id("item"))
+            start = self.user_start_ms if self.user_item else round(self.appended_ms - self._uncommitted_ms())
+            return self._committed(self.user_item or self._id("item"), start, round(self.appended_ms))
         if isinstance(ev, rp.AudioClear):
             self.resampler.reset()
             self.uncommitted = 0
@@ -188,11 +260,22 @@ class RealtimeConversation:
         if isinstance(ev, rp.ItemCreate):
             self.session.add_user_text(ev.text)
             item_id = ev.item_id or self._id("item")
+            if item_id in self.items:
+                return [_error("item_already_exists", f"an item {clip(item_id)} exists; use a new id", ev.event_id)]
             item = rp.message_item(item_id, "user", "completed", [{"type": "input_text", "text": ev.text}])
-            previous, self.last_item = self.last_item, item_id
+            previous = self._add(item_id, item)
+            self.unanswered = True
             return [rp.ItemAdded(previous, item), rp.ItemDone(previous, item)]
         if isinstance(ev, rp.ItemTruncate):
             return self._truncate(ev)
+        if isinstance(ev, rp.ItemRetrieve):
+            if ev.item_id not in self.items:
+                return [_unknown_item("item_retrieve_invalid_item_id", ev.item_id, ev.event_id)]
+            return [rp.ItemRetrieved(self.items[ev.item_id])]
+        if isinstance(ev, rp.ItemDelete):
+            return self._delete(ev)
+        if isinstance(ev, rp.OutputAudioClear):
+            return self._clear_output(ev)
         if isinstance(ev, rp.ResponseCreate):
             if self.response is not None or self.requested:
                 return [
@@ -202,8 +285,17 @@ class RealtimeConversation:
                         ev.event_id,
                     )
                 ]
+            if not self.unanswered and not self.awaiting_transcript:
+                return [
+                    _error(
+                        "response_create_nothing_to_answer",
+                        "nothing to answer: append and commit user audio or create a user message item first",
+                        ev.event_id,
+                    )
+                ]
             self.session.create_response(ev.instructions)
             self.requested = True
+            self.idle_since = None
             return []
         if self.response is None and not self.requested:
             return [_error("response_cancel_not_active", "there is no response to cancel", ev.event_id)]
@@ -211,16 +303,52 @@ class RealtimeConversation:
         self.cancel_requested = True
         return []
 
+    def _uncommitted_ms(self) -> float:
+        return self.uncommitted * 1000 / rp.FORMAT_RATES[self.input_format]
+
+    def _add(self, item_id: str, item: dict[str, object]) -> str | None:
+        previous, self.last_item = self.last_item, item_id
+        self.items[item_id] = item
+        return previous
+
+    def _delete(self, ev: rp.ItemDelete) -> Out:
+        item = self.items.get(ev.item_id)
+        if item is None:
+            return [_unknown_item("item_delete_invalid_item_id", ev.item_id, ev.event_id)]
+        if self.response is not None and self.response.item_id == ev.item_id:
+            return [_error("item_delete_in_progress", "the reply is still being made; cancel it first", ev.event_id)]
+        text = _item_text(item)
+        if text:  # the conversation forgets it too (InputError if it cannot); an empty transcript was never in it
+            self.session.delete_item(str(item.get("role")), text)
+        del self.items[ev.item_id]
+        self.answered.pop(ev.item_id, None)
+        if self.last_item == ev.item_id:
+            self.last_item = next(reversed(self.items), None)
+        return [rp.ItemDeleted(ev.item_id)]
+
+    def _clear_output(self, ev: rp.OutputAudioClear) -> Out:
+        r = self.response
+        if r is None:
+            if self.last_response is None:
+                return [_error("output_audio_buffer_clear_not_active", "no reply audio to clear", ev.event_id)]
+            return [rp.OutputAudioCleared(self.last_response)]
+        r.cleared = True
+        self.session.cancel_response()
+        self.cancel_requested = True
+        return [rp.OutputAudioCleared(r.response_id)]
+
     def _feed(self, samples: np.ndarray) -> None:
         if len(samples):
             self.session.append_audio(samples)
 
-    def _committed(self, item_id: str) -> Out:
+    def _committed(self, item_id: str, start_ms: int, end_ms: int) -> Out:
         self.uncommitted = 0
         self.user_item = None
-        self.awaiting_transcript.append(item_id)
-        previous, self.last_item = self.last_item, item_id
-        item = rp.message_item(item_id, "user", "completed", [{"type": "input_audio", "transcript": None}])
+        self.unanswered = True
+        self.user_audio_ms += max(0, end_ms - start_ms)
+        self.awaiting_transcript.append(_UserAudio(item_id, start_ms, end_ms))
+        item = rp.message_item(item_id, "user", "in_progress", [{"type": "input_audio", "transcript": None}])
+        previous = self._add(item_id, item)
         return [rp.BufferCommitted(previous, item_id), rp.ItemAdded(previous, item)]
 
     def _truncate(self, ev: rp.ItemTruncate) -> Out:
@@ -243,9 +371,36 @@ class RealtimeConversation:
                     ev.event_id,
                 )
             ]
-        self.session.truncate_response(turn, ev.audio_end_ms)
+        # the client heard `audio_end_ms` of audio played at `speed`: that much of the reply times the speed
+        self.session.truncate_response(turn, round(ev.audio_end_ms * self.settings.speed))
         self.answered[ev.item_id] = (turn, ev.audio_end_ms)
         return [rp.ItemTruncated(ev.item_id, ev.content_index, ev.audio_end_ms)]
+
+    # ---- time ----------------------------------------------------------------------------------------------
+
+    def deadline(self) -> float | None:
+        """When `tick` has something to do (the idle timeout), or None."""
+        d = self.detection
+        busy = self.user_item is not None or self.response is not None or self.requested
+        if d is None or d.idle_timeout_ms is None or self.idle_since is None or busy:
+            return None  # None whenever tick would do nothing: the server's timer then sleeps until an event
+        return self.idle_since + d.idle_timeout_ms / 1000
+
+    def tick(self, now: float) -> Out:
+        """The idle timeout: no speech for idle_timeout_ms after the last reply -> timeout_triggered, and the
+        (silent) input buffer is committed as a user audio item."""
+        deadline = self.deadline()
+        if deadline is None or now < deadline:
+            return []
+        self.idle_since = None  # once per quiet stretch
+        item_id = self._id("item")
+        start = round(self.appended_ms - self._uncommitted_ms())
+        out: Out = [rp.TimeoutTriggered(item_id, start, round(self.appended_ms))]
+        if self.uncommitted:
+            self._feed(self.resampler.flush())
+            self.session.commit_audio()
+            out += self._committed(item_id, start, round(self.appended_ms))
+        return out
 
     # ---- session events ------------------------------------------------------------------------------------
 
@@ -254,86 +409,199 @@ class RealtimeConversation:
         ms_per_sample = 1000 / CAPTURE_RATE
         if isinstance(ev, events.SpeechStarted):
             self.user_item = self._id("item")
-            return [rp.SpeechStarted(self.user_item, round(ev.start_sample * ms_per_sample))]
+            self.user_start_ms = round(ev.start_sample * ms_per_sample)
+            self.idle_since = None
+            return [rp.SpeechStarted(self.user_item, self.user_start_ms)]
         if isinstance(ev, events.SpeechEnded):
             item_id = self.user_item or self._id("item")
-            stopped = rp.SpeechStopped(item_id, round(ev.end_sample * ms_per_sample))
-            return [stopped, *self._committed(item_id)]
+            end_ms = round(ev.end_sample * ms_per_sample)
+            stopped = rp.SpeechStopped(item_id, end_ms)
+            return [stopped, *self._committed(item_id, round(ev.start_sample * ms_per_sample), end_ms)]
         if isinstance(ev, events.PartialTranscript):
-            target = self.awaiting_transcript[0] if self.awaiting_transcript else self.user_item
+            target = self.awaiting_transcript[0].item_id if self.awaiting_transcript else self.user_item
             if target is None or not ev.text.startswith(self.partial_sent) or ev.text == self.partial_sent:
                 return []  # deltas only append; a revised partial waits for the final transcript
             delta, self.partial_sent = ev.text[len(self.partial_sent) :], ev.text
             return [rp.TranscriptionDelta(target, 0, delta)]
         if isinstance(ev, events.FinalTranscript):
-            target = self.awaiting_transcript.popleft() if self.awaiting_transcript else self._id("item")
-            self.partial_sent = ""
-            return [rp.TranscriptionCompleted(target, 0, ev.text)]
+            return self._transcribed(ev)
         if isinstance(ev, events.ResponseStarted):
-            return self._start(ev.turn)
+            return self._start(ev.turn, ev.time)
         if isinstance(ev, events.ResponseTextDelta):
-            out = [] if self.response is not None and self.response.turn == ev.turn else self._start(ev.turn)
+            out = [] if self.response is not None and self.response.turn == ev.turn else self._start(ev.turn, ev.time)
             r = self.response
             assert r is not None
             r.transcript += ev.text
+            r.text_deltas += 1
             if self.audio_output:
                 return [*out, rp.AudioTranscriptDelta(r.response_id, r.item_id, 0, 0, ev.text)]
             return [*out, rp.TextDelta(r.response_id, r.item_id, 0, 0, ev.text)]
         if isinstance(ev, events.ResponseAudio):
-            out = [] if self.response is not None and self.response.turn == ev.turn else self._start(ev.turn)
+            out = [] if self.response is not None and self.response.turn == ev.turn else self._start(ev.turn, ev.time)
             r = self.response
             assert r is not None
-            if not self.audio_output or len(ev.audio) == 0:
+            if not self.audio_output or len(ev.audio) == 0 or r.cleared:
                 return out
-            r.samples_sent += len(ev.audio)
-            return [*out, rp.AudioDelta(r.response_id, r.item_id, 0, 0, rp.encode_audio(ev.audio))]
+            return [*out, *self._audio(r, ev.audio)]
         if isinstance(ev, events.ResponseDone):
             return self._done(ev)
         if isinstance(ev, events.ErrorEvent):
+            if self.awaiting_transcript and self.response is None and not self.requested:
+                # between a commit and its transcript, the session's only work is transcribing it
+                user = self.awaiting_transcript.popleft()
+                error = {"type": "transcription_error", "code": "transcription_failed", "message": ev.message}
+                return [rp.TranscriptionFailed(user.item_id, 0, {**error, "param": None})]
             return [_error("server_error", ev.message, kind="server_error")]
         return []
 
-    def _start(self, turn: int) -> Out:
+    def _transcribed(self, ev: events.FinalTranscript) -> Out:
+        self.partial_sent = ""
+        if self.awaiting_transcript:
+            user = self.awaiting_transcript.popleft()
+        else:
+            user = _UserAudio(self._id("item"), 0, 0)
+        seconds = max(0, user.end_ms - user.start_ms) / 1000
+        out: Out = []
+        model = self.settings.transcription.model if self.settings.transcription else ""
+        if "diarize" in model and ev.text:
+            start, end = user.start_ms / 1000, user.end_ms / 1000
+            out.append(rp.TranscriptionSegment(user.item_id, 0, f"seg_{next(self.segments)}", start, end, ev.text, "A"))
+        out.append(rp.TranscriptionCompleted(user.item_id, 0, ev.text, {"type": "duration", "seconds": seconds}))
+        item = rp.message_item(user.item_id, "user", "completed", [{"type": "input_audio", "transcript": ev.text}])
+        if user.item_id in self.items:
+            self.items[user.item_id] = item
+            keys = list(self.items)
+            i = keys.index(user.item_id)
+            out.append(rp.ItemDone(keys[i - 1] if i else None, item))
+        if self.detection is not None and self.response is None and not self.requested:
+            self.idle_since = ev.time
+        return out
+
+    def _audio(self, r: _Response, audio: np.ndarray) -> Out:
+        out: Out = []
+        if r.samples_sent == 0:
+            out.append(rp.OutputAudioStarted(r.response_id))
+        x = r.stretch.push(audio) if r.stretch is not None else audio
+        return out + self._send_audio(r, x)
+
+    def _send_audio(self, r: _Response, x: np.ndarray) -> Out:
+        if len(x) == 0:
+            return []
+        r.samples_sent += len(x)
+        fmt = self.settings.output_format
+        if r.down is not None:
+            return [
+                rp.AudioDelta(r.response_id, r.item_id, 0, 0, rp.encode_audio(r.down.push(float32_to_int16(x)), fmt))
+            ]
+        return [rp.AudioDelta(r.response_id, r.item_id, 0, 0, rp.encode_audio(x, fmt))]
+
+    def _start(self, turn: int, now: float) -> Out:
         self.requested = False
+        self.unanswered = False
+        self.idle_since = None
         r = self.response = _Response(self._id("resp"), self._id("item"), turn)
+        self.last_response = r.response_id
+        if self.settings.speed != 1.0:
+            r.stretch = TimeStretch(self.settings.speed, rp.RATE)
+        if self.settings.output_format != "pcm16":
+            r.down = StreamResampler(rp.RATE, rp.FORMAT_RATES[self.settings.output_format])
         item = rp.message_item(r.item_id, "assistant", "in_progress", [])
-        part = {"type": "output_audio" if self.audio_output else "output_text", "transcript": ""}
-        previous, self.last_item = self.last_item, r.item_id
+        part = {"type": "audio", "transcript": ""} if self.audio_output else {"type": "text", "text": ""}
+        previous = self._add(r.item_id, item)
         return [
             rp.ResponseCreated(rp.response_object(r.response_id, "in_progress", [], self.audio_output)),
+            rp.RateLimitsUpdated([self._requests_limit(now)]),  # as OpenAI does, when a response begins
             rp.OutputItemAdded(r.response_id, 0, item),
             rp.ItemAdded(previous, item),
             rp.ContentPartAdded(r.response_id, r.item_id, 0, 0, part),
         ]
 
     def _done(self, ev: events.ResponseDone) -> Out:
-        out = [] if self.response is not None and self.response.turn == ev.turn else self._start(ev.turn)
+        out = [] if self.response is not None and self.response.turn == ev.turn else self._start(ev.turn, ev.time)
         r = self.response
         assert r is not None
         self.response = None
+        if r.stretch is not None and not r.cleared:
+            out += self._send_audio(r, r.stretch.flush())
+        if r.down is not None and not r.cleared and len(tail := r.down.flush()):
+            out.append(
+                rp.AudioDelta(r.response_id, r.item_id, 0, 0, rp.encode_audio(tail, self.settings.output_format))
+            )
         text = ev.text if ev.text or ev.interrupted else r.transcript  # the session's word is final
         part: dict[str, object]
+        content: dict[str, object]
         if self.audio_output:
-            part = {"type": "output_audio", "transcript": text}
+            part = {"type": "audio", "transcript": text}
+            content = {"type": "output_audio", "transcript": text}
             out += [
                 rp.AudioDone(r.response_id, r.item_id, 0, 0),
                 rp.AudioTranscriptDone(r.response_id, r.item_id, 0, 0, text),
             ]
+            if r.samples_sent and not r.cleared:
+                out.append(rp.OutputAudioStopped(r.response_id))
         else:
-            part = {"type": "output_text", "text": text}
+            part = {"type": "text", "text": text}
+            content = {"type": "output_text", "text": text}
             out.append(rp.TextDone(r.response_id, r.item_id, 0, 0, text))
         status = "cancelled" if ev.interrupted else "completed"
-        item = rp.message_item(r.item_id, "assistant", "incomplete" if ev.interrupted else "completed", [part])
+        item = rp.message_item(r.item_id, "assistant", "incomplete" if ev.interrupted else "completed", [content])
+        previous = None
+        if r.item_id in self.items:
+            self.items[r.item_id] = item
+            keys = list(self.items)
+            previous = keys[keys.index(r.item_id) - 1] if keys.index(r.item_id) else None
         self.answered[r.item_id] = (r.turn, r.samples_sent * 1000 // rp.RATE)
         reason = None if not ev.interrupted else "client_cancelled" if self.cancel_requested else "turn_detected"
         self.cancel_requested = False
+        if self.detection is not None:
+            self.idle_since = ev.time + r.samples_sent / rp.RATE  # quiet once the client has played the reply
+        usage = self._usage(r)
+        response = rp.response_object(r.response_id, status, [item], self.audio_output, reason, usage)
         return [
             *out,
             rp.ContentPartDone(r.response_id, r.item_id, 0, 0, part),
             rp.OutputItemDone(r.response_id, 0, item),
-            rp.ItemDone(None, item),
-            rp.ResponseDoneEvent(rp.response_object(r.response_id, status, [item], self.audio_output, reason)),
+            rp.ItemDone(previous, item),
+            rp.ResponseDoneEvent(response),
         ]
+
+    def _usage(self, r: _Response) -> dict[str, object]:
+        """Usage of one response: audio in 80 ms STT frames and 12.5 Hz codec frames, text in streamed pieces."""
+        audio_in = round(self.user_audio_ms / 1000 * AUDIO_TOKENS_PER_S)
+        self.user_audio_ms = 0
+        audio_out = round(r.samples_sent / rp.RATE * AUDIO_TOKENS_PER_S)
+        text_out = r.text_deltas
+        return {
+            "total_tokens": audio_in + audio_out + text_out,
+            "input_tokens": audio_in,  # audio only (see input_token_details)
+            "output_tokens": audio_out + text_out,
+            "input_token_details": {"audio_tokens": audio_in},  # text in is not counted: left out, not 0
+            "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
+        }
+
+    def _requests_limit(self, now: float) -> dict[str, object]:
+        b = self.commands
+        tokens = min(b.capacity, b.tokens + max(0.0, now - b.last) * b.rate)
+        reset = (b.capacity - tokens) / b.rate if b.rate else 0.0
+        return {
+            "name": "requests",
+            "limit": int(b.capacity),
+            "remaining": int(tokens),
+            "reset_seconds": round(reset, 3),
+        }
+
+
+def _item_text(item: dict[str, object]) -> str:
+    """The text of a message item: its input or output text, or its audio transcript."""
+    content = item.get("content")
+    parts = content if isinstance(content, list) else []
+    return " ".join(str(p.get("text") or p.get("transcript") or "") for p in parts if isinstance(p, dict)).strip()
+
+
+def _unknown_item(code: str, item_id: str, event_id: str | None) -> rp.Error:
+    return _error(
+        code, f"no item {clip(item_id)} in this conversation; use an id from conversation.item.added", event_id
+    )
 
 
 def _error(code: str, message: str, event_id: str | None = None, kind: str = "invalid_request_error") -> rp.Error:

@@ -15,20 +15,40 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+import assistant.server.g711 as g711
 from assistant.server.protocol import DEFAULT_LIMITS, Limits, WireError, clip, parse_json
 
 MAX_ID_CHARS = 128  # event, item and response ids and voice names a client may send
-RATE = 24_000  # the only audio format: pcm16 mono 24 kHz, little-endian ("audio/pcm" rate 24000, beta "pcm16")
+RATE = 24_000  # pcm16 mono 24 kHz, little-endian ("audio/pcm" rate 24000, beta "pcm16"): the default format
 SAMPLE_BYTES = 2
+AudioFormat = Literal["pcm16", "pcmu", "pcma"]  # pcm16 24 kHz, G.711 mu-law 8 kHz, G.711 A-law 8 kHz
+FORMAT_RATES: dict[str, int] = {"pcm16": RATE, "pcmu": g711.RATE, "pcma": g711.RATE}
+GA_FORMATS: dict[str, AudioFormat] = {"audio/pcm": "pcm16", "audio/pcmu": "pcmu", "audio/pcma": "pcma"}
+BETA_FORMATS: dict[str, AudioFormat] = {"pcm16": "pcm16", "g711_ulaw": "pcmu", "g711_alaw": "pcma"}
+# semantic_vad eagerness -> the end-of-turn silence our detector waits (low waits longest, as OpenAI's does)
+EAGERNESS_MS = {"low": 1200, "medium": 800, "auto": 800, "high": 400}
+SPEED_RANGE = (0.5, 1.5)  # OpenAI allows 0.25-1.5; the time stretch keeps the voice natural from 0.5 up
 
 
 @dataclass(frozen=True)
 class TurnDetection:
-    """server_vad settings; the other fields of the OpenAI object are accepted and ignored."""
+    """server_vad or semantic_vad; semantic_vad's eagerness sets the end-of-turn silence (EAGERNESS_MS).
+    `idle_timeout_ms`: with no speech this long after a reply, input_audio_buffer.timeout_triggered and a reply."""
 
     silence_duration_ms: int = 500
     create_response: bool = True
     interrupt_response: bool = True
+    kind: Literal["server_vad", "semantic_vad"] = "server_vad"
+    eagerness: str = "auto"
+    idle_timeout_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Transcription:
+    """audio.input.transcription: the model name is reported back; this daemon's STT model does the work."""
+
+    model: str = "assistant"
+    language: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +60,12 @@ class SessionUpdate:
     turn_detection_given: bool = False
     turn_detection: TurnDetection | None = None
     audio_output: bool | None = None  # output_modalities ["audio"] (True) or ["text"] (False)
+    input_format: AudioFormat | None = None
+    output_format: AudioFormat | None = None
+    speed: float | None = None
+    transcription_given: bool = False
+    transcription: Transcription | None = None
+    model: str | None = None
     type: Literal["session.update"] = "session.update"
     event_id: str | None = None
 
@@ -96,8 +122,40 @@ class ResponseCancel:
     event_id: str | None = None
 
 
+@dataclass(frozen=True)
+class ItemDelete:
+    item_id: str
+    type: Literal["conversation.item.delete"] = "conversation.item.delete"
+    event_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ItemRetrieve:
+    item_id: str
+    type: Literal["conversation.item.retrieve"] = "conversation.item.retrieve"
+    event_id: str | None = None
+
+
+@dataclass(frozen=True)
+class OutputAudioClear:
+    """Stop the reply's audio now (the rest is not sent); answered by output_audio_buffer.cleared."""
+
+    type: Literal["output_audio_buffer.clear"] = "output_audio_buffer.clear"
+    event_id: str | None = None
+
+
 ClientEvent = (
-    SessionUpdate | AudioAppend | AudioCommit | AudioClear | ItemCreate | ItemTruncate | ResponseCreate | ResponseCancel
+    SessionUpdate
+    | AudioAppend
+    | AudioCommit
+    | AudioClear
+    | ItemCreate
+    | ItemTruncate
+    | ResponseCreate
+    | ResponseCancel
+    | ItemDelete
+    | ItemRetrieve
+    | OutputAudioClear
 )
 CLIENT_TYPES = (
     "session.update",
@@ -106,8 +164,11 @@ CLIENT_TYPES = (
     "input_audio_buffer.clear",
     "conversation.item.create",
     "conversation.item.truncate",
+    "conversation.item.delete",
+    "conversation.item.retrieve",
     "response.create",
     "response.cancel",
+    "output_audio_buffer.clear",
 )
 
 
@@ -172,11 +233,14 @@ class _Reader:
         return _Reader(value, f"{self.path}.{name}", self.event_id)
 
 
-def decode_client_event(data: str | bytes, max_bytes: int = 1 << 20, limits: Limits = DEFAULT_LIMITS) -> ClientEvent:
+def decode_client_event(
+    data: str | bytes, max_bytes: int = 1 << 20, limits: Limits = DEFAULT_LIMITS, audio_format: AudioFormat = "pcm16"
+) -> ClientEvent:
     """Parse and validate one Realtime client event (raises WireError naming the problem and the fix).
 
     Text that reaches the model is bounded here: item text by `limits.text_chars`, instructions by
-    `limits.instructions_chars` (error code `string_above_max_length`, as OpenAI names it).
+    `limits.instructions_chars` (error code `string_above_max_length`, as OpenAI names it). Appended audio is
+    decoded from the session's input `audio_format` into int16 at that format's rate.
     """
     obj = parse_json(data, max_bytes)
     event_id = obj.get("event_id")
@@ -198,7 +262,8 @@ def decode_client_event(data: str | bytes, max_bytes: int = 1 << 20, limits: Lim
             raise r.fail("session", "an object")
         return _session_update(session, event_id, limits)
     if kind == "input_audio_buffer.append":
-        return AudioAppend(decode_audio(r.text("audio", required=True) or "", event_id), event_id=event_id)
+        audio = decode_audio(r.text("audio", required=True) or "", event_id, audio_format)
+        return AudioAppend(audio, event_id=event_id)
     if kind == "input_audio_buffer.commit":
         return AudioCommit(event_id=event_id)
     if kind == "input_audio_buffer.clear":
@@ -215,6 +280,15 @@ def decode_client_event(data: str | bytes, max_bytes: int = 1 << 20, limits: Lim
             r.integer("audio_end_ms"),
             event_id=event_id,
         )
+    if kind in ("conversation.item.delete", "conversation.item.retrieve"):
+        item_id = r.text("item_id", required=True, max_chars=MAX_ID_CHARS) or ""
+        return (
+            ItemDelete(item_id, event_id=event_id)
+            if kind.endswith("delete")
+            else ItemRetrieve(item_id, event_id=event_id)
+        )
+    if kind == "output_audio_buffer.clear":
+        return OutputAudioClear(event_id=event_id)
     if kind == "response.create":
         response = r.sub("response")
         instructions = response.text("instructions", max_chars=limits.instructions_chars) if response else None
@@ -224,16 +298,21 @@ def decode_client_event(data: str | bytes, max_bytes: int = 1 << 20, limits: Lim
     return ResponseCancel(r.text("response_id"), event_id=event_id)
 
 
-def decode_audio(text: str, event_id: str | None = None) -> np.ndarray:
-    """Base64 pcm16 little-endian mono -> int16 samples (WireError for bad base64, odd length or nothing)."""
+def decode_audio(text: str, event_id: str | None = None, audio_format: AudioFormat = "pcm16") -> np.ndarray:
+    """Base64 audio -> int16 samples: pcm16 little-endian mono, or G.711 (one byte a sample) for pcmu/pcma.
+    WireError for bad base64, an odd pcm16 length or nothing."""
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
         raise WireError(
-            "invalid_audio", f"`audio` is not valid base64 ({e}); send base64 of pcm16 bytes", event_id
+            "invalid_audio", f"`audio` is not valid base64 ({e}); send base64 of {audio_format} bytes", event_id
         ) from e
     if len(raw) == 0:
-        raise WireError("invalid_audio", "`audio` is empty; append at least one pcm16 sample", event_id)
+        raise WireError("invalid_audio", "`audio` is empty; append at least one sample", event_id)
+    if audio_format == "pcmu":
+        return g711.ulaw_decode(raw)
+    if audio_format == "pcma":
+        return g711.alaw_decode(raw)
     if len(raw) % SAMPLE_BYTES:
         raise WireError(
             "invalid_audio",
@@ -243,23 +322,35 @@ def decode_audio(text: str, event_id: str | None = None) -> np.ndarray:
     return np.frombuffer(raw, dtype="<i2").astype(np.int16)
 
 
-def encode_audio(samples: np.ndarray) -> str:
-    """float32 [-1, 1] or int16 samples -> base64 pcm16 little-endian."""
+def encode_audio(samples: np.ndarray, audio_format: AudioFormat = "pcm16") -> str:
+    """float32 [-1, 1] or int16 samples (already at the format's rate) -> base64 pcm16 little-endian or G.711."""
     if samples.dtype != np.int16:
         samples = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype(np.int16)
-    return base64.b64encode(samples.astype("<i2").tobytes()).decode("ascii")
+    if audio_format == "pcmu":
+        raw = g711.ulaw_encode(samples)
+    elif audio_format == "pcma":
+        raw = g711.alaw_encode(samples)
+    else:
+        raw = samples.astype("<i2").tobytes()
+    return base64.b64encode(raw).decode("ascii")
 
 
-def _check_format(fmt: Any, path: str, event_id: str | None) -> None:
-    ok = fmt in (None, "pcm16") or (
-        isinstance(fmt, dict) and fmt.get("type") in ("audio/pcm", None) and fmt.get("rate", RATE) == RATE
+def _format(fmt: Any, path: str, event_id: str | None) -> AudioFormat | None:
+    """A GA format object or a beta format name -> our format name (None when absent)."""
+    if fmt is None:
+        return None
+    if isinstance(fmt, str) and fmt in BETA_FORMATS:
+        return BETA_FORMATS[fmt]
+    if isinstance(fmt, dict) and set(fmt) <= {"type", "rate"} and fmt.get("type") in GA_FORMATS:
+        name = GA_FORMATS[fmt["type"]]
+        if fmt.get("rate", FORMAT_RATES[name]) == FORMAT_RATES[name]:
+            return name
+    raise WireError(
+        "invalid_value",
+        f'`{path}` = {_show(fmt)} is not supported; use {{"type": "audio/pcm", "rate": 24000}}, '
+        '{"type": "audio/pcmu"} or {"type": "audio/pcma"} (beta: "pcm16", "g711_ulaw", "g711_alaw")',
+        event_id,
     )
-    if not ok:
-        raise WireError(
-            "invalid_value",
-            f'`{path}` = {_show(fmt)} is not supported; use {{"type": "audio/pcm", "rate": 24000}} (beta: "pcm16")',
-            event_id,
-        )
 
 
 def _check_modalities(r: _Reader) -> bool | None:
@@ -273,18 +364,77 @@ def _check_modalities(r: _Reader) -> bool | None:
     return None
 
 
+def _unsupported(path: str, value: Any, fix: str, event_id: str | None) -> WireError:
+    return WireError("invalid_value", f"`{path}` = {_show(value)} is not supported here; {fix}", event_id)
+
+
 def _turn_detection(value: Any, path: str, event_id: str | None) -> TurnDetection | None:
     if value is None:
         return None
-    if not isinstance(value, dict) or value.get("type", "server_vad") != "server_vad":
-        raise WireError(
-            "invalid_value",
-            f'`{path}` = {_show(value)} is not supported; use {{"type": "server_vad"}} or null',
-            event_id,
-        )
+    kind = value.get("type", "server_vad") if isinstance(value, dict) else None
+    if kind not in ("server_vad", "semantic_vad"):
+        raise _unsupported(path, value, 'use {"type": "server_vad"}, {"type": "semantic_vad"} or null', event_id)
     r = _Reader(value, path, event_id)
+    known = {"type", "create_response", "interrupt_response"}
+    if kind == "server_vad":
+        known |= {"threshold", "prefix_padding_ms", "silence_duration_ms", "idle_timeout_ms"}
+    else:
+        known |= {"eagerness"}
+    for name in value:
+        if name not in known:
+            raise _unsupported(f"{path}.{name}", value[name], f"{kind} takes {', '.join(sorted(known))}", event_id)
+    # webrtcvad decides speech and the daemon's vad.preroll_ms pads it: only OpenAI's defaults describe them
+    for name, default in (("threshold", 0.5), ("prefix_padding_ms", 300)):
+        if name in value and value[name] != default:
+            raise _unsupported(f"{path}.{name}", value[name], f"leave it out or send {default}", event_id)
+    idle = value.get("idle_timeout_ms")
+    if idle is not None and (isinstance(idle, bool) or not isinstance(idle, int) or not 5000 <= idle <= 30000):
+        raise r.fail("idle_timeout_ms", "null or an integer from 5000 to 30000", idle)
+    create, interrupt = r.flag("create_response", True), r.flag("interrupt_response", True)
+    if kind == "semantic_vad":
+        eagerness = value.get("eagerness", "auto")
+        if eagerness not in EAGERNESS_MS:
+            raise r.fail("eagerness", "one of low, medium, high, auto", eagerness)
+        return TurnDetection(EAGERNESS_MS[eagerness], create, interrupt, "semantic_vad", eagerness, idle)
     silence = r.integer("silence_duration_ms") if "silence_duration_ms" in value else TurnDetection.silence_duration_ms
-    return TurnDetection(silence, r.flag("create_response", True), r.flag("interrupt_response", True))
+    return TurnDetection(silence, create, interrupt, idle_timeout_ms=idle)
+
+
+def _transcription(value: Any, path: str, event_id: str | None) -> Transcription | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _unsupported(path, value, 'send {"model": "..."} or null', event_id)
+    for name in value:
+        if name not in ("model", "language", "prompt"):
+            raise _unsupported(f"{path}.{name}", value[name], "transcription takes model, language, prompt", event_id)
+    r = _Reader(value, path, event_id)
+    if value.get("prompt"):
+        raise _unsupported(f"{path}.prompt", value["prompt"], "this STT takes no prompt; leave it out", event_id)
+    language = r.text("language", max_chars=16)
+    return Transcription(r.text("model", max_chars=MAX_ID_CHARS) or "assistant", language or None)
+
+
+# Session fields accepted only at the value that describes this daemon (anything else is an error naming it):
+# field -> (accepted values, the fix).
+_FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
+    "include": ((None, []), "input transcription logprobs are not available; send [] or leave it out"),
+    "max_output_tokens": ((None, "inf"), 'replies are bounded by llm.max_tokens in config.toml; send "inf"'),
+    "max_response_output_tokens": ((None, "inf"), 'replies are bounded by llm.max_tokens; send "inf"'),
+    "truncation": ((None, "auto"), 'the daemon trims old turns itself; send "auto"'),
+    "tracing": ((None,), "no traces are stored by this server; send null"),
+    "prompt": ((None,), "stored prompts are not available; send instructions instead"),
+    "tools": ((None, []), "tool calling over Realtime is not available in this daemon; send []"),
+    "tool_choice": ((None, "auto", "none"), 'no tools are offered; send "auto"'),
+    "parallel_tool_calls": ((None, True, False), "send true or false"),
+    "reasoning": ((None,), "the daemon's LLM has no reasoning setting; send null"),
+    "temperature": ((None, 0.8), "set llm.temperature in config.toml; send 0.8 or leave it out"),
+}
+_SESSION_FIELDS = {
+    "type", "model", "instructions", "output_modalities", "modalities", "audio", "voice", "input_audio_format",
+    "output_audio_format", "turn_detection", "input_audio_transcription", "speed", "object", "id", "expires_at",
+    "client_secret", *_FIXED,
+}  # fmt: skip
 
 
 def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> SessionUpdate:
@@ -295,21 +445,73 @@ def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> Session
             f'`session.update.session.type` = {_show(kind)} is not supported; use "realtime"',
             event_id,
         )
+    for name, value in s.obj.items():
+        if name not in _SESSION_FIELDS:
+            raise _unsupported(f"session.{clip(name)}", value, "this field is unknown; leave it out", event_id)
+        if name in _FIXED and value not in _FIXED[name][0]:
+            raise _unsupported(f"session.{name}", value, _FIXED[name][1], event_id)
     audio = s.sub("audio")
     inp = audio.sub("input") if audio else None
     out = audio.sub("output") if audio else None
+    for holder, allowed in ((audio, {"input", "output"}), (inp, _INPUT_FIELDS), (out, {"format", "voice", "speed"})):
+        for name in holder.obj if holder is not None else ():
+            if name not in allowed:
+                raise _unsupported(f"{holder.path}.{name}", holder.obj[name], "this field is unknown", event_id)  # type: ignore[union-attr]
+    if inp is not None and inp.obj.get("noise_reduction") is not None:
+        fix = "headless sessions take the client's audio as it is; send null"
+        raise _unsupported("session.audio.input.noise_reduction", inp.obj["noise_reduction"], fix, event_id)
     # GA nests formats, voice and turn detection under audio.input/output; beta has them flat on the session.
-    _check_format(inp.obj.get("format") if inp else None, "session.audio.input.format", event_id)
-    _check_format(out.obj.get("format") if out else None, "session.audio.output.format", event_id)
-    _check_format(s.obj.get("input_audio_format"), "session.input_audio_format", event_id)
-    _check_format(s.obj.get("output_audio_format"), "session.output_audio_format", event_id)
-    voice = (out.text("voice", max_chars=MAX_ID_CHARS) if out else None) or s.text("voice", max_chars=MAX_ID_CHARS)
+    input_format = _format(inp.obj.get("format") if inp else None, "session.audio.input.format", event_id)
+    output_format = _format(out.obj.get("format") if out else None, "session.audio.output.format", event_id)
+    input_format = input_format or _format(s.obj.get("input_audio_format"), "session.input_audio_format", event_id)
+    output_format = output_format or _format(s.obj.get("output_audio_format"), "session.output_audio_format", event_id)
+    voice_value = out.obj.get("voice") if out else None
+    if isinstance(voice_value, dict):  # GA custom voices: {"id": "voice_..."}
+        voice_value = voice_value.get("id")
+        if not isinstance(voice_value, str):
+            raise _unsupported("session.audio.output.voice", out.obj["voice"], 'send a name or {"id": "..."}', event_id)  # type: ignore[union-attr]
+        voice: str | None = clip(voice_value, MAX_ID_CHARS)
+    else:
+        voice = out.text("voice", max_chars=MAX_ID_CHARS) if out else None
+    voice = voice or s.text("voice", max_chars=MAX_ID_CHARS)
+    speed = None
+    for holder in (out, s):
+        if holder is not None and holder.obj.get("speed") is not None:
+            value = holder.obj["speed"]
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (SPEED_RANGE[0] <= value <= SPEED_RANGE[1])
+            ):
+                raise holder.fail("speed", f"a number from {SPEED_RANGE[0]} to {SPEED_RANGE[1]}", value)
+            speed = float(value)
     given, detection = False, None
     for holder, path in ((inp, "session.audio.input.turn_detection"), (s, "session.turn_detection")):
         if holder is not None and "turn_detection" in holder.obj:
             given, detection = True, _turn_detection(holder.obj["turn_detection"], path, event_id)
+    t_given, transcription = False, None
+    for holder, path in ((inp, "session.audio.input.transcription"), (s, "session.input_audio_transcription")):
+        name = "transcription" if holder is inp else "input_audio_transcription"
+        if holder is not None and name in holder.obj:
+            t_given, transcription = True, _transcription(holder.obj[name], path, event_id)
     instructions = s.text("instructions", max_chars=limits.instructions_chars)
-    return SessionUpdate(instructions, voice, given, detection, _check_modalities(s), event_id=event_id)
+    return SessionUpdate(
+        instructions,
+        voice,
+        given,
+        detection,
+        _check_modalities(s),
+        input_format,
+        output_format,
+        speed,
+        t_given,
+        transcription,
+        s.text("model", max_chars=MAX_ID_CHARS),
+        event_id=event_id,
+    )
+
+
+_INPUT_FIELDS = {"format", "turn_detection", "transcription", "noise_reduction"}
 
 
 def _item_create(item: _Reader, event_id: str | None, limits: Limits) -> ItemCreate:
@@ -421,9 +623,86 @@ class TranscriptionCompleted:
     item_id: str
     content_index: int
     transcript: str
+    usage: dict[str, Any] = field(default_factory=lambda: {"type": "duration", "seconds": 0.0})
     type: Literal["conversation.item.input_audio_transcription.completed"] = (
         "conversation.item.input_audio_transcription.completed"
     )
+
+
+@dataclass(frozen=True)
+class TranscriptionFailed:
+    item_id: str
+    content_index: int
+    error: dict[str, Any]  # {"type", "code", "message", "param"}
+    type: Literal["conversation.item.input_audio_transcription.failed"] = (
+        "conversation.item.input_audio_transcription.failed"
+    )
+
+
+@dataclass(frozen=True)
+class TranscriptionSegment:
+    """One stretch of the user's speech with its text (sent for diarizing transcription models)."""
+
+    item_id: str
+    content_index: int
+    id: str
+    start: float
+    end: float
+    text: str
+    speaker: str
+    type: Literal["conversation.item.input_audio_transcription.segment"] = (
+        "conversation.item.input_audio_transcription.segment"
+    )
+
+
+@dataclass(frozen=True)
+class ConversationCreated:
+    conversation: dict[str, Any]
+    type: Literal["conversation.created"] = "conversation.created"
+
+
+@dataclass(frozen=True)
+class ItemDeleted:
+    item_id: str
+    type: Literal["conversation.item.deleted"] = "conversation.item.deleted"
+
+
+@dataclass(frozen=True)
+class ItemRetrieved:
+    item: dict[str, Any]
+    type: Literal["conversation.item.retrieved"] = "conversation.item.retrieved"
+
+
+@dataclass(frozen=True)
+class TimeoutTriggered:
+    item_id: str
+    audio_start_ms: int
+    audio_end_ms: int
+    type: Literal["input_audio_buffer.timeout_triggered"] = "input_audio_buffer.timeout_triggered"
+
+
+@dataclass(frozen=True)
+class RateLimitsUpdated:
+    rate_limits: list[dict[str, Any]]
+    type: Literal["rate_limits.updated"] = "rate_limits.updated"
+
+
+@dataclass(frozen=True)
+class OutputAudioStarted:
+    response_id: str
+    type: Literal["output_audio_buffer.started"] = "output_audio_buffer.started"
+
+
+@dataclass(frozen=True)
+class OutputAudioStopped:
+    response_id: str
+    type: Literal["output_audio_buffer.stopped"] = "output_audio_buffer.stopped"
+
+
+@dataclass(frozen=True)
+class OutputAudioCleared:
+    response_id: str
+    type: Literal["output_audio_buffer.cleared"] = "output_audio_buffer.cleared"
 
 
 @dataclass(frozen=True)
@@ -575,6 +854,16 @@ ServerEvent = (
     | AudioDone
     | ResponseDoneEvent
     | Error
+    | TranscriptionFailed
+    | TranscriptionSegment
+    | ConversationCreated
+    | ItemDeleted
+    | ItemRetrieved
+    | TimeoutTriggered
+    | RateLimitsUpdated
+    | OutputAudioStarted
+    | OutputAudioStopped
+    | OutputAudioCleared
 )
 SERVER_EVENTS: tuple[type, ...] = get_args(ServerEvent)
 DROPPABLE = (TranscriptionDelta,)  # a slow client may lose these (the completed event repeats their text)
@@ -597,8 +886,9 @@ def server_event_dict(ev: ServerEvent, event_id: str, beta: bool = False) -> dic
     if isinstance(ev, Error):
         d = ev.error
         body["error"] = {"type": d.type, "code": d.code, "message": d.message, "param": d.param, "event_id": d.event_id}
-    name = BETA_NAMES.get(ev.type, ev.type) if beta else ev.type
-    return {"type": name, "event_id": event_id, **body}
+    if not beta:
+        return {"type": ev.type, "event_id": event_id, **body}
+    return {"type": BETA_NAMES.get(ev.type, ev.type), "event_id": event_id, **_beta_body(body)}
 
 
 def encode_server_event(ev: ServerEvent, event_id: str, beta: bool = False) -> str:
@@ -621,36 +911,131 @@ class ServerEvents:
         return self.encode(Error(ErrorDetail(code, message, event_id, kind)))
 
 
-def session_object(
-    session_id: str, instructions: str, voice: str, detection: TurnDetection | None, audio_output: bool
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Settings:
+    """The effective session of one connection, as session.created / session.updated report it."""
+
+    instructions: str
+    voice: str
+    detection: TurnDetection | None = TurnDetection()
+    audio_output: bool = True
+    input_format: AudioFormat = "pcm16"
+    output_format: AudioFormat = "pcm16"
+    speed: float = 1.0
+    transcription: Transcription | None = None
+    model: str = "assistant"
+
+
+SESSION_LIFETIME_S = 30 * 60  # OpenAI's sessions last 30 minutes; ours until the socket closes, reported as OpenAI's
+
+
+def _format_object(name: AudioFormat) -> dict[str, Any]:
+    return {"type": "audio/pcm", "rate": RATE} if name == "pcm16" else {"type": f"audio/{name}"}
+
+
+def _detection_object(d: TurnDetection | None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    common = {"create_response": d.create_response, "interrupt_response": d.interrupt_response}
+    if d.kind == "semantic_vad":
+        return {"type": "semantic_vad", "eagerness": d.eagerness, **common}
+    return {
+        "type": "server_vad",
+        "threshold": 0.5,
+        "prefix_padding_ms": 300,
+        "silence_duration_ms": d.silence_duration_ms,
+        "idle_timeout_ms": d.idle_timeout_ms,
+        **common,
+    }
+
+
+def session_object(session_id: str, s: Settings, expires_at: int = 0) -> dict[str, Any]:
     """The effective session as session.created/updated report it (GA shape)."""
-    fmt = {"type": "audio/pcm", "rate": RATE}
-    turn = (
-        None
-        if detection is None
-        else {
-            "type": "server_vad",
-            "silence_duration_ms": detection.silence_duration_ms,
-            "create_response": detection.create_response,
-            "interrupt_response": detection.interrupt_response,
-        }
-    )
+    transcription = None if s.transcription is None else {"model": s.transcription.model}
+    if s.transcription is not None and s.transcription.language:
+        transcription = {**(transcription or {}), "language": s.transcription.language}
     return {
         "type": "realtime",
         "object": "realtime.session",
         "id": session_id,
-        "model": "assistant",
-        "output_modalities": ["audio"] if audio_output else ["text"],
-        "instructions": instructions,
+        "model": s.model,
+        "output_modalities": ["audio"] if s.audio_output else ["text"],
+        "instructions": s.instructions,
         "audio": {
-            "input": {"format": fmt, "turn_detection": turn, "transcription": None, "noise_reduction": None},
-            "output": {"format": fmt, "voice": voice, "speed": 1.0},
+            "input": {
+                "format": _format_object(s.input_format),
+                "turn_detection": _detection_object(s.detection),
+                "transcription": transcription,
+                "noise_reduction": None,
+            },
+            "output": {"format": _format_object(s.output_format), "voice": s.voice, "speed": s.speed},
         },
+        "include": None,
         "tools": [],
         "tool_choice": "auto",
         "max_output_tokens": "inf",
+        "tracing": None,
+        "truncation": "auto",
+        "prompt": None,
+        "expires_at": expires_at,
     }
+
+
+_BETA_FORMAT_NAMES = {v: k for k, v in BETA_FORMATS.items()}
+
+
+def beta_session(ga: dict[str, Any]) -> dict[str, Any]:
+    """A GA session object in the beta shape (flat audio settings, `modalities`, beta format names)."""
+    audio_in, audio_out = ga["audio"]["input"], ga["audio"]["output"]
+
+    def name(fmt: dict[str, Any]) -> str:
+        return _BETA_FORMAT_NAMES[GA_FORMATS[fmt["type"]]]
+
+    detection = audio_in["turn_detection"]
+    if detection is not None and detection["type"] == "server_vad":
+        detection = {k: v for k, v in detection.items() if k != "idle_timeout_ms"}
+    return {
+        "id": ga["id"],
+        "object": "realtime.session",
+        # no "model": the beta schema allows only OpenAI's model names there
+        "modalities": ["audio", "text"] if "audio" in ga["output_modalities"] else ["text"],
+        "instructions": ga["instructions"],
+        "voice": audio_out["voice"],
+        "input_audio_format": name(audio_in["format"]),
+        "output_audio_format": name(audio_out["format"]),
+        "input_audio_transcription": audio_in["transcription"],
+        "turn_detection": detection,
+        "input_audio_noise_reduction": None,
+        "speed": audio_out["speed"],
+        "tools": [],
+        "tool_choice": "auto",
+        "temperature": 0.8,
+        "max_response_output_tokens": "inf",
+        "tracing": None,
+        "expires_at": ga["expires_at"],
+    }
+
+
+_BETA_CONTENT = {"output_audio": "audio", "output_text": "text"}
+
+
+def beta_item(item: dict[str, Any]) -> dict[str, Any]:
+    """A GA conversation item in the beta shape (assistant content types `audio` / `text`)."""
+    content = [{**c, "type": _BETA_CONTENT.get(c.get("type", ""), c.get("type"))} for c in item.get("content", [])]
+    return {**item, "content": content}
+
+
+def _beta_body(body: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(body.get("session"), dict):
+        body = {**body, "session": beta_session(body["session"])}
+    if isinstance(body.get("item"), dict):
+        body = {**body, "item": beta_item(body["item"])}
+    if isinstance(body.get("response"), dict):
+        response = dict(body["response"])
+        response["output"] = [beta_item(i) for i in response.get("output", [])]
+        response["modalities"] = ["audio", "text"] if "audio" in response.pop("output_modalities", []) else ["text"]
+        body = {**body, "response": response}
+    return body
 
 
 def message_item(item_id: str, role: str, status: str, content: list[dict[str, Any]]) -> dict[str, Any]:
@@ -665,7 +1050,12 @@ def message_item(item_id: str, role: str, status: str, content: list[dict[str, A
 
 
 def response_object(
-    response_id: str, status: str, output: list[dict[str, Any]], audio: bool = True, reason: str | None = None
+    response_id: str,
+    status: str,
+    output: list[dict[str, Any]],
+    audio: bool = True,
+    reason: str | None = None,
+    usage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     details = None if reason is None else {"type": status, "reason": reason}
     return {
@@ -676,5 +1066,5 @@ def response_object(
         "output": output,
         "conversation_id": "conv_1",
         "output_modalities": ["audio"] if audio else ["text"],
-        "usage": None,
+        "usage": usage,
     }

@@ -15,7 +15,9 @@ import concurrent.futures
 import contextlib
 import ipaddress
 import logging
+import os
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -31,10 +33,10 @@ from websockets.typing import Subprotocol
 from assistant import compute, events
 from assistant.config import ServerConfig
 from assistant.errors import AssistantError, ConfigError
-from assistant.server import auth
+from assistant.server import auth, http
 from assistant.server import protocol as p
 from assistant.server import realtime_protocol as rp
-from assistant.server.controller import Controller, RealtimeBackend, RealtimeSession
+from assistant.server.controller import AudioService, Controller, RealtimeBackend, RealtimeSession
 from assistant.server.native import NativeConnection
 from assistant.server.realtime import RealtimeConversation
 
@@ -56,6 +58,7 @@ LOG_BURST, LOG_PER_S = 10, 1.0  # connection log lines: bursts of 10, then one a
 CLOSE_NOT_READING = 1008  # policy violation: the client sends but does not read its replies
 CLOSE_TOO_SLOW = 1013  # try again later: the client cannot keep up with a stream it asked for
 CLOSE_WAIT_S = 1.0  # how long a client closed for not reading gets to answer the close
+MAX_HTTP_REQUESTS = 16  # HTTP requests served at once; more get 503 (each may hold an upload of up to 25 MiB)
 
 
 class Overflow(Exception):
@@ -166,12 +169,18 @@ class ControlServer:
         backend: RealtimeBackend | None = None,
         token: str | None = None,
         limits: p.Limits = p.DEFAULT_LIMITS,
+        audio: AudioService | None = None,
     ) -> None:
         self.cfg = cfg
         self.controller = controller
         self.backend = backend
+        self.audio = audio
+        self.tls = bool(cfg.tls_cert or cfg.tls_key)
+        self.started = time.monotonic()
+        self.http_tasks: set[asyncio.Task[None]] = set()
         self.limits = limits
         self.token = token if token is not None else auth.load_or_create_token(cfg)
+        self.http = http.HttpApp(cfg, self.token, self.tls, controller, audio, self.started, self._realtime_counts)
         self.clients: set[Client] = set()
         self.sessions = 0  # Realtime sessions opened so far (numbers their ids)
         self.admitted = 0  # Realtime sessions open or opening: reserved before the first await
@@ -192,11 +201,13 @@ class ControlServer:
     async def start(self) -> None:
         host, port = self.cfg.host, self.cfg.port
         options: dict[str, Any] = {"host": host, "port": port}
+        if self.tls:
+            options["ssl"] = tls_context(self.cfg)
         try:
             if host in ("", "::") and socket.has_dualstack_ipv6():
                 # asyncio would bind "::" IPv6-only; one dual-stack socket also answers 127.0.0.1 (what ctl dials)
                 sock = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)
-                options = {"sock": sock}
+                options = {"sock": sock, **({"ssl": options["ssl"]} if "ssl" in options else {})}
             self.server = await serve(
                 self._handle,
                 **options,
@@ -208,6 +219,7 @@ class ControlServer:
                 ping_timeout=self.cfg.ping_interval_s,
                 compression=None,
                 logger=conn_log,
+                create_connection=self._connection_class(),
             )
         except OSError as e:
             raise ConfigError(
@@ -215,13 +227,27 @@ class ControlServer:
             ) from e
         if self.controller is not None:
             self.fanout = asyncio.create_task(self._fan_out(self.controller))
-        log.info("control server on ws://%s:%d", host, self.port)
+        scheme = "wss" if self.tls else "ws"
+        log.info(
+            "control server on %s://%s:%d (and %s://%s:%d/ for the page and the HTTP endpoints)",
+            scheme,
+            host,
+            self.port,
+            "https" if self.tls else "http",
+            host,
+            self.port,
+        )
         if not is_loopback_host(host):
             log.warning(
                 "server.host = %r accepts connections from other machines; each needs the token (set "
                 'server.host = "127.0.0.1" to serve this machine only)',
                 host,
             )
+            if not self.tls:
+                log.warning(
+                    "the token and the audio cross the network unencrypted; set server.tls_cert and "
+                    "server.tls_key to serve https:// and wss://"
+                )
 
     @property
     def port(self) -> int:
@@ -236,7 +262,42 @@ class ControlServer:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        for task in list(self.http_tasks):
+            task.cancel()
+        await asyncio.gather(*self.http_tasks, return_exceptions=True)
         self.worker.shutdown(wait=False, cancel_futures=True)
+
+    # ---- plain HTTP ----------------------------------------------------------------------------------------
+
+    def _connection_class(self) -> type[ServerConnection]:
+        server = self
+
+        class Connection(SniffingConnection):
+            def plain_http(self, transport: asyncio.Transport, head: bytes) -> None:
+                server._serve_http(transport, head)
+
+        return Connection
+
+    def _serve_http(self, transport: asyncio.Transport, head: bytes) -> None:
+        """Hand a connection whose first request is not a WebSocket upgrade to the HTTP endpoints."""
+        if len(self.http_tasks) >= MAX_HTTP_REQUESTS:  # each may hold a 25 MiB upload: bound them together
+            transport.write(http.busy_response())
+            transport.close()
+            return
+        reader = asyncio.StreamReader(limit=http.MAX_HEAD_BYTES)
+
+        def connected(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            task = asyncio.create_task(http.serve(r, w, self.http))
+            self.http_tasks.add(task)
+            task.add_done_callback(self.http_tasks.discard)
+
+        protocol = asyncio.StreamReaderProtocol(reader, connected)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        protocol.data_received(head)
+
+    def _realtime_counts(self) -> dict[str, int]:
+        return {"open": self.admitted, "limit": self.cfg.realtime_sessions if self.backend is not None else 0}
 
     # ---- handshake ---------------------------------------------------------------------------------------
 
@@ -248,29 +309,9 @@ class ControlServer:
             return _refuse(conn, 404, "/v1/realtime is not enabled in this daemon")
         if path != REALTIME_PATH and self.controller is None:
             return _refuse(conn, 404, "the native control channel is not enabled in this daemon")
-        for name in ("Authorization", "Origin"):
-            if len(request.headers.get_all(name)) > 1:
-                return _refuse(conn, 400, f"the request has more than one {name} header; send one")
-        origin = request.headers.get("Origin")
-        if not auth.origin_allowed(origin, self.cfg.allowed_origins):
-            shown = (origin or "")[:100]  # headers are bounded (8 KiB) but need not fill the log
-            conn_log.warning("refused a connection from origin %s", shown)
-            return _refuse(conn, 403, f"origin {shown} is not allowed; add it to server.allowed_origins")
-        offered = auth.offered_token(request.headers.get("Authorization"), query, _subprotocols(request.headers))
-        if auth.token_ok(offered, self.token):
-            return None
         peer = conn.remote_address[0] if conn.remote_address else None
-        if self.cfg.allow_loopback_without_token and auth.is_loopback(peer):
-            return None
-        why = "no token" if offered is None else "wrong token"
-        conn_log.warning("refused a connection from %s: %s", peer, why)
-        return _refuse(
-            conn,
-            401,
-            # the token file's path stays out of the reply: it would tell strangers the user's home folder
-            f"{why}; send `Authorization: Bearer <token>` with the daemon's server.token, or the token it stored "
-            "(by default in ~/.config/assistant/token on its machine)",
-        )
+        refused = auth.refusal(self.cfg, self.token, request.headers.get_all, query, peer, self.tls)
+        return None if refused is None else _refuse(conn, *refused)
 
     # ---- connections -------------------------------------------------------------------------------------
 
@@ -467,44 +508,60 @@ class ControlServer:
             self.sessions,
             self.limits,
             time.monotonic(),
+            self.audio.voice_name if self.audio is not None else None,
+            self.cfg.commands_per_s,
         )
-        limiter = p.TokenBucket(self.cfg.commands_per_s, max(1.0, self.cfg.commands_per_s), time.monotonic())
-        pump = asyncio.create_task(self._pump(client, conv, session))
+        woken = asyncio.Event()  # set after each event: the conversation's deadline may have moved
+        pump = asyncio.create_task(self._pump(client, conv, session, woken))
+        timer = asyncio.create_task(self._tick(client, conv, woken))
         try:
-            self._send_realtime(client, conv, conv.start())
+            self._send_realtime(client, conv, conv.start(time.time()))
             while (data := await self._receive(client)) is not None:
-                self._send_realtime(client, conv, await self._realtime_message(conv, limiter, data))
+                self._send_realtime(client, conv, await self._realtime_message(conv, data))
+                woken.set()
                 if pump.done():  # the pump closed an overflowing client
                     break
         finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+            for task in (pump, timer):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await session.close()
+
+    async def _tick(self, client: Client, conv: RealtimeConversation, woken: asyncio.Event) -> None:
+        """Run the conversation's timers (the idle timeout): sleep until its deadline or until it may have moved."""
+        while True:
+            deadline = conv.deadline()
+            woken.clear()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await woken.wait()
+                    continue
+            self._send_realtime(client, conv, conv.tick(time.monotonic()))
 
     def _send_realtime(self, client: Client, conv: RealtimeConversation, out: list[rp.ServerEvent]) -> None:
         for ev in out:
             client.outbox.put(conv.encode(ev), droppable=isinstance(ev, rp.DROPPABLE))
 
-    async def _realtime_message(
-        self, conv: RealtimeConversation, limiter: p.TokenBucket, data: str | bytes
-    ) -> list[rp.ServerEvent]:
+    async def _realtime_message(self, conv: RealtimeConversation, data: str | bytes) -> list[rp.ServerEvent]:
         try:
             refused = conv.admit_frame(len(data), time.monotonic())
             if refused is not None:  # over the byte budget: not even parsed
                 return [refused]
             big = len(data) > OFFLOAD_BYTES
+            args = (data, self.cfg.max_message_bytes, self.limits, conv.input_format)
             if big:  # decoding 1 MiB of base64 JSON must not stall the voice loop
-                ev = await self._offload(rp.decode_client_event, data, self.cfg.max_message_bytes, self.limits)
+                ev = await self._offload(rp.decode_client_event, *args)
             else:
-                ev = rp.decode_client_event(data, self.cfg.max_message_bytes, self.limits)
+                ev = rp.decode_client_event(*args)
             if isinstance(ev, rp.AudioAppend):  # audio is data: the byte budget above is its rate limit
                 full = conv.admit_audio(ev)
                 if full is not None:
                     return [full]
                 samples = await self._offload(conv.resample, ev) if big else conv.resample(ev)
                 return conv.feed_audio(ev, samples)
-            if not limiter.take(1, time.monotonic()):
+            if not conv.admit_command(time.monotonic()):
                 raise p.WireError("rate_limited", f"over {self.cfg.commands_per_s:g} events/s; slow down", ev.event_id)
             return conv.handle(ev)
         except p.WireError as e:
@@ -520,14 +577,92 @@ class ControlServer:
         """Run CPU work off the event loop on the server's one worker thread (FIFO over all connections)."""
         return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
 
-    async def _pump(self, client: Client, conv: RealtimeConversation, session: RealtimeSession) -> None:
+    async def _pump(
+        self, client: Client, conv: RealtimeConversation, session: RealtimeSession, woken: asyncio.Event
+    ) -> None:
         """Session events -> server events; waits for outbox room so reply audio is never dropped."""
         try:
             async for ev in session.events():
                 await client.outbox.room()
                 self._send_realtime(client, conv, conv.on_event(ev))
+                woken.set()
         except Overflow as e:
             await self._close_overflow(client, e, CLOSE_TOO_SLOW, "it does not keep up with the session")
+
+
+class SniffingConnection(ServerConnection):
+    """A connection that reads the request head first: WebSocket upgrades go on to websockets, every other
+    request (any method) to `plain_http`. websockets alone parses only GET, so the POST endpoints need this."""
+
+    _sniffing: asyncio.Transport | None = None
+    _head = b""
+    _timer: asyncio.TimerHandle | None = None
+
+    def plain_http(self, transport: asyncio.Transport, head: bytes) -> None:
+        raise NotImplementedError
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._sniffing = transport
+        self._timer = self.loop.call_later(http.HEAD_TIMEOUT_S, transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._sniffing
+        if transport is None:
+            super().data_received(data)
+            return
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > http.MAX_HEAD_BYTES:
+                transport.abort()
+            return
+        self._sniffing = None
+        if self._timer is not None:
+            self._timer.cancel()
+        head, self._head = self._head, b""
+        if _is_upgrade(head[:end]):
+            super().connection_made(transport)
+            super().data_received(head)
+        else:
+            self.plain_http(transport, head)
+
+    def eof_received(self) -> None:
+        if self._sniffing is not None:
+            self._sniffing.close()  # a head that never completed
+            return
+        super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._sniffing is not None or not hasattr(self, "transport"):
+            return  # websockets never saw this connection
+        super().connection_lost(exc)
+
+
+def _is_upgrade(head: bytes) -> bool:
+    """Whether a request head asks for a WebSocket (`Upgrade: websocket`, any case)."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"upgrade" and b"websocket" in value.lower():
+            return True
+    return False
+
+
+def tls_context(cfg: ServerConfig) -> ssl.SSLContext:
+    """The server's TLS context from server.tls_cert / server.tls_key; ConfigError naming the fix."""
+    if not (cfg.tls_cert and cfg.tls_key):
+        raise ConfigError("set both server.tls_cert and server.tls_key (PEM files), or neither")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(os.path.expanduser(cfg.tls_cert), os.path.expanduser(cfg.tls_key))
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(
+            f"cannot load server.tls_cert {cfg.tls_cert} / server.tls_key {cfg.tls_key}: {e}; give PEM files "
+            "this user can read (e.g. from `openssl req -x509 -newkey rsa:2048 -nodes ...`)"
+        ) from e
+    return context
 
 
 def is_loopback_host(host: str) -> bool:

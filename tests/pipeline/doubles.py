@@ -232,24 +232,36 @@ class WordUtterance:
         return None
 
 
+@dataclass(frozen=True)
+class VoiceProfileDouble:
+    mode: str = "custom_voice"
+
+
 class WordTts:
     sample_rate = 24000
+    model_type = "custom_voice"
+    VOICES = ("default", "alice")
 
     def __init__(self, gate: threading.Semaphore | None = None) -> None:
         self.warmed = False
         self.utterances: deque[WordUtterance] = deque(maxlen=16)
+        self.voices_started: list[object] = []  # the voice handle of each start(), in order
         self.gate = gate
 
     def warmup(self) -> None:
         self.warmed = True
 
     def voice_names(self) -> list[str]:
-        return ["default"]
+        return list(self.VOICES)
+
+    def profiles(self) -> dict[str, VoiceProfileDouble]:
+        return {name: VoiceProfileDouble() for name in self.VOICES}
 
     def voice(self, name: str | None = None) -> str:
         return name or "default"
 
     def start(self, voice: object, text: str | None = None) -> WordUtterance:
+        self.voices_started.append(voice)
         utt = WordUtterance(text, self.gate)
         self.utterances.append(utt)
         return utt

@@ -337,6 +337,26 @@ def test_config_set() -> None:
     asyncio.run(main())
 
 
+def test_config_set_voice_applies_to_the_next_reply() -> None:
+    """config.set tts.voice switches the daemon's voice without a restart: the next reply speaks with it."""
+
+    async def main() -> None:
+        async with Harness() as h:
+            await h.p.ask("hello")
+            with pytest.raises(ConfigError, match=r"unknown voice 'nobody'"):
+                h.p.config_set({"tts.voice": "nobody"})
+            h.p.config_set({"tts.voice": "alice"})
+            for _ in range(100):  # the voice loads on the compute thread
+                if h.p.engines.voice == "alice":
+                    break
+                await asyncio.sleep(0.01)
+            await h.p.ask("hello again")
+            assert h.tts.voices_started[0] != "alice" and h.tts.voices_started[-1] == "alice"
+            assert "tts.voice" not in h.p.status()["restart_required"]
+
+    asyncio.run(main())
+
+
 def test_chunked_text_mode_pushes_clauses() -> None:
     """With tts.text_mode = "chunked" the TTS gets whole clauses from the ClauseChunker, not tokens."""
     tokens = ["Well", ",", " the", " weather", " is", " fine", " today", ".", " Bring", " a", " hat", "."]

@@ -259,6 +259,9 @@ class FakeSession:
     def truncate_response(self, turn: int, audio_end_ms: int) -> None:
         self.calls.append(("truncate", (turn, audio_end_ms)))
 
+    def delete_item(self, role: str, text: str) -> None:
+        self.calls.append(("delete", (role, text)))
+
     async def events(self) -> AsyncIterator[events.SessionEvent]:
         while True:
             yield await self.queue.get()

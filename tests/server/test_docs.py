@@ -63,3 +63,31 @@ def test_every_realtime_event_has_an_example() -> None:
         assert any(set(m) == fields for m in by_type[kind]), (kind, fields)
     error = next(m for m in by_type["error"] if "error" in m)
     assert set(error["error"]) == {f.name for f in dataclasses.fields(rp.ErrorDetail)}
+
+
+def test_realtime_examples_parse_strictly_into_the_sdk_models() -> None:
+    """Every Realtime example parses into the installed openai SDK's model of its type (GA, or beta for the beta
+    shapes) with no field the SDK does not declare."""
+    from openai.types.beta.realtime import realtime_client_event as beta_client
+    from pydantic import TypeAdapter
+
+    from tests.server.test_conformance import GA_CLIENT, _event_types, strict
+
+    beta_clients = _event_types(beta_client.RealtimeClientEvent)
+    for m in examples(REALTIME_DOC):
+        beta = m["type"] == "conversation.created" or "modalities" in m.get("session", {})
+        if m["type"] in rp.CLIENT_TYPES:
+            models = beta_clients if beta else GA_CLIENT
+            TypeAdapter(models[m["type"]]).validate_python(m)
+        else:
+            strict(m, beta)
+
+
+def test_the_conformance_table_names_every_sdk_event_type() -> None:
+    """docs/protocol.md's GA conformance table has a row for each client and server event type of the SDK."""
+    from tests.server.test_conformance import EXCEPTIONS, GA_CLIENT, GA_SERVER
+
+    table = REALTIME_DOC.split("### Conformance with the GA protocol")[1]
+    rows = dict(re.findall(r"^\| `([a-z_.]+)` \| (?:client|server) \| ([a-z ,]+) \|", table, re.M))
+    assert set(rows) == set(GA_CLIENT) | set(GA_SERVER)
+    assert {t for t, status in rows.items() if status != "supported"} == set(EXCEPTIONS)

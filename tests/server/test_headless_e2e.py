@@ -31,6 +31,7 @@ from assistant.audio.sinks import NullSink
 from assistant.compute import Compute
 from assistant.config import Config, to_dict
 from assistant.conversation import Conversation, Sessions
+from assistant.oneshot import OneShot
 from assistant.server.ws import ControlServer
 from tests import tiny_engines
 from tests.speech import needs_espeak, say, silence
@@ -55,7 +56,8 @@ async def daemon(cfg: Config) -> AsyncIterator[tuple[ControlServer, Conversation
         engines = await compute.run(cli.build_engines, cfg)
         pipeline = Conversation(cfg, engines, None, NullSink(), compute)
         backend = Sessions(pipeline, cli.SharedEngines(cfg, engines), cfg.server.realtime_sessions)
-        async with ControlServer(cfg.server, pipeline, backend) as server:
+        audio = OneShot(cfg, engines, compute)
+        async with ControlServer(cfg.server, pipeline, backend, audio=audio) as server:
             yield server, pipeline
         await pipeline.aclose()
     finally:

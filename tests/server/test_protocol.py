@@ -39,11 +39,11 @@ def test_ga_and_beta_session_shapes_decode_alike() -> None:
     """The GA nested session and the beta flat session give the same SessionUpdate."""
     ga = {"type": "session.update", "session": {"type": "realtime", "instructions": "hi", "output_modalities": ["text"],
           "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}, "turn_detection": None},
-                    "output": {"voice": "alice"}}}}  # fmt: skip
+                    "output": {"voice": "alice", "format": {"type": "audio/pcm"}}}}}  # fmt: skip
     beta = {"type": "session.update", "session": {"instructions": "hi", "modalities": ["text"], "voice": "alice",
             "input_audio_format": "pcm16", "output_audio_format": "pcm16", "turn_detection": None}}  # fmt: skip
     a, b = rp.decode_client_event(json.dumps(ga)), rp.decode_client_event(json.dumps(beta))
-    assert a == b == rp.SessionUpdate("hi", "alice", True, None, False)
+    assert a == b == rp.SessionUpdate("hi", "alice", True, None, False, "pcm16", "pcm16")
     vad = {"type": "session.update", "session": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 300,
            "create_response": False, "threshold": 0.5}}}  # fmt: skip
     got = rp.decode_client_event(json.dumps(vad))
@@ -165,3 +165,42 @@ def test_replies_carry_enums_and_dataclasses_as_plain_json() -> None:
         "history": [{"role": "user", "content": "hi", "interrupted": False}],
         "state": "idle",
     }
+
+
+def test_a_failed_transcription_is_answered_with_transcription_failed() -> None:
+    """An error from the session between a committed turn and its transcript becomes
+    conversation.item.input_audio_transcription.failed for that item, which the SDK's model parses."""
+    from openai.types.realtime import ConversationItemInputAudioTranscriptionFailedEvent as Failed
+
+    conv = RealtimeConversation(FakeSession(FakeBackend()), "default", "Be brief.")
+    conv.on_event(events.SpeechStarted(0, 0, 0.0))
+    ended = conv.on_event(events.SpeechEnded(0, 16_000, 1.0))
+    item_id = next(e.item_id for e in ended if isinstance(e, rp.BufferCommitted))
+    out = conv.on_event(events.ErrorEvent("the transcriber ran out of memory", 1.1))
+    assert [type(e) for e in out] == [rp.TranscriptionFailed]
+    failed = Failed.model_validate(json.loads(conv.encode(out[0])))
+    assert failed.item_id == item_id and failed.error.message == "the transcriber ran out of memory"
+
+
+def test_g711_and_speed_shape_the_reply_audio() -> None:
+    """With output audio/pcma the reply goes out as A-law at 8 kHz (a third of the 24 kHz samples); with speed 1.5
+    it is two thirds as long; audio_end_ms of a truncate is scaled back to the reply's own time."""
+    session = FakeSession(FakeBackend())
+    conv = RealtimeConversation(session, "default", "Be brief.")
+    conv.handle(rp.SessionUpdate(output_format="pcma"))
+    conv.on_event(events.ResponseStarted(1, 0.0))
+    tone = (0.3 * np.sin(np.arange(24_000) / 8)).astype(np.float32)
+    out = conv.on_event(events.ResponseAudio(1, tone, 0.1)) + conv.on_event(events.ResponseDone(1, "x", False, 0.2))
+    alaw = b"".join(base64.b64decode(e.delta) for e in out if isinstance(e, rp.AudioDelta))
+    assert len(alaw) == 8000  # one byte per sample at 8 kHz
+    assert (
+        any(isinstance(e, rp.OutputAudioStarted) for e in out) and isinstance(out[-2], rp.OutputAudioStopped) is False
+    )
+    conv.handle(rp.SessionUpdate(output_format="pcm16", speed=1.5))
+    conv.on_event(events.ResponseStarted(2, 1.0))
+    out = conv.on_event(events.ResponseAudio(2, tone, 1.1)) + conv.on_event(events.ResponseDone(2, "y", False, 1.2))
+    pcm = b"".join(base64.b64decode(e.delta) for e in out if isinstance(e, rp.AudioDelta))
+    assert len(pcm) // 2 == 16_000  # round(24 000 / 1.5)
+    item = next(e for e in out if isinstance(e, rp.ResponseDoneEvent)).response["output"][0]["id"]
+    conv.handle(rp.ItemTruncate(item, 0, 400))
+    assert session.calls[-1] == ("truncate", (2, 600))  # 400 ms heard at 1.5x = 600 ms of the reply

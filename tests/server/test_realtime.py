@@ -68,15 +68,18 @@ def test_openai_sdk_session_audio_in_response_audio_out_and_cancel() -> None:
                 for i in range(0, len(audio), 480):  # 20 ms chunks, as a microphone would send them
                     await conn.input_audio_buffer.append(audio=b64(audio[i : i + 480]))
                 await conn.input_audio_buffer.commit()
-                got = await collect(conn, "conversation.item.input_audio_transcription.completed")
+                got = await collect(conn, "conversation.item.done")
                 assert [e.type for e in got] == [
                     "input_audio_buffer.committed",
                     "conversation.item.added",
                     "conversation.item.input_audio_transcription.delta",
                     "conversation.item.input_audio_transcription.completed",
+                    "conversation.item.done",
                 ]
-                assert got[-1].transcript == "heard 16000 samples"  # 1 s at 24 kHz -> 16 000 samples at 16 kHz
-                assert got[-1].item_id == got[0].item_id
+                assert got[-2].transcript == "heard 16000 samples"  # 1 s at 24 kHz -> 16 000 samples at 16 kHz
+                assert got[-2].usage.type == "duration" and got[-2].usage.seconds == 1.0
+                assert got[-2].item_id == got[0].item_id == got[-1].item.id
+                assert got[-1].item.content[0].transcript == "heard 16000 samples"
 
                 await conn.response.create()
                 got = await collect(conn, "response.done")
@@ -93,8 +96,18 @@ def test_openai_sdk_session_audio_in_response_audio_out_and_cancel() -> None:
 
                 backend.hold_replies = asyncio.Event()
                 await conn.response.create()
+                refused = (await collect(conn, "error"))[-1]  # everything so far is answered
+                assert refused.error.code == "response_create_nothing_to_answer"
+                await conn.conversation.item.create(
+                    item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "More?"}]}
+                )
+                await conn.response.create()
                 first = await collect(conn, "response.output_audio.delta")
-                assert first[0].type == "response.created"
+                assert [e.type for e in first][:3] == [
+                    "conversation.item.added",
+                    "conversation.item.done",
+                    "response.created",
+                ]
                 await conn.response.cancel()
                 done = (await collect(conn, "response.done"))[-1]
                 assert done.response.status == "cancelled"
@@ -199,7 +212,8 @@ def test_text_item_truncate_and_clear() -> None:
 
 
 def test_beta_clients_get_beta_event_names() -> None:
-    """A client sending `OpenAI-Beta: realtime=v1` gets response.audio.delta / response.audio_transcript.* names."""
+    """A client sending `OpenAI-Beta: realtime=v1` gets the beta session shape, conversation.created, and
+    response.audio.delta / response.audio_transcript.* names with beta content types."""
 
     async def body() -> None:
         headers = {**auth(), "OpenAI-Beta": "realtime=v1"}
@@ -219,13 +233,18 @@ def test_beta_clients_get_beta_event_names() -> None:
                     }
                 )
             )
-            updated, _ = await until(ws, "session.updated")
-            assert updated["session"]["audio"]["output"]["voice"] == "alice"
+            updated, before = await until(ws, "session.updated")
+            assert "conversation.created" in {m["type"] for m in before}
+            assert updated["session"]["voice"] == "alice" and updated["session"]["input_audio_format"] == "pcm16"
+            assert updated["session"]["modalities"] == ["audio", "text"] and "audio" not in updated["session"]
+            item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}
+            await ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
             await ws.send(json.dumps({"type": "response.create"}))
-            _, seen = await until(ws, "response.done")
+            done, seen = await until(ws, "response.done")
             kinds = {m["type"] for m in seen}
             assert {"response.audio.delta", "response.audio_transcript.delta", "response.audio.done"} <= kinds
-            assert "response.output_audio.delta" not in kinds
+            assert "response.output_audio.delta" not in kinds and "conversation.item.created" in kinds
+            assert done["response"]["output"][0]["content"][0]["type"] == "audio"
 
     asyncio.run(body())
 
@@ -245,9 +264,9 @@ BAD_REALTIME = [
         'use {"type": "audio/pcm", "rate": 24000}',
     ),
     (
-        '{"type": "session.update", "session": {"turn_detection": {"type": "semantic_vad"}}}',
+        '{"type": "session.update", "session": {"turn_detection": {"type": "near_vad"}}}',
         "invalid_value",
-        'use {"type": "server_vad"} or null',
+        'use {"type": "server_vad"}, {"type": "semantic_vad"} or null',
     ),
     (
         '{"type": "session.update", "session": {"audio": {"output": {"voice": "bob"}}}}',
@@ -270,7 +289,8 @@ BAD_REALTIME = [
         "no finished assistant audio item",
     ),
     ('{"type": "response.cancel"}', "response_cancel_not_active", "no response to cancel"),
-    ('{"type": "conversation.item.delete", "item_id": "x"}', "unknown_type", "this server accepts session.update"),
+    ('{"type": "conversation.item.delete", "item_id": "x"}', "item_delete_invalid_item_id", "no item 'x'"),
+    ('{"type": "conversation.item.frob", "item_id": "x"}', "unknown_type", "this server accepts session.update"),
     ("{oops", "bad_json", "not valid JSON"),
 ]
 

@@ -1,0 +1,91 @@
+"""The plain-HTTP side of the port with the scripted doubles: bounded concurrency, bad requests, slow heads,
+and the Realtime idle timeout's scripted clock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+
+from assistant import events
+from assistant.server import realtime_protocol as rp
+from assistant.server.realtime import RealtimeConversation
+from assistant.server.ws import MAX_HTTP_REQUESTS
+from tests.server.fakes import FakeBackend, FakeSession
+from tests.server.helpers import TOKEN, running
+
+
+async def raw(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    async with asyncio.timeout(10):
+        answer = await reader.read()
+    writer.close()
+    return answer
+
+
+def test_http_requests_at_once_are_bounded() -> None:
+    """With MAX_HTTP_REQUESTS requests waiting for their bodies, one more gets 503 at once; the others still finish."""
+
+    async def body() -> tuple[bytes, list[bytes]]:
+        async with running() as (server, _, _):
+            head = f"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            head += "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n"
+            held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(MAX_HTTP_REQUESTS)]
+            for _, w in held:
+                w.write(head.encode())  # the head, not the body: each request waits
+                await w.drain()
+            for _ in range(1000):  # the heads reach the server's handlers on its next loop turns
+                if len(server.http_tasks) == MAX_HTTP_REQUESTS:
+                    break
+                await asyncio.sleep(0.01)
+            refused = await raw(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            answers = []
+            for r, w in held:
+                w.write(b"{}")
+                await w.drain()
+                answers.append(await r.read())
+                w.close()
+            return refused, answers
+
+    refused, answers = asyncio.run(body())
+    assert refused.startswith(b"HTTP/1.1 503") and b"too many HTTP requests" in refused
+    assert all(a.startswith(b"HTTP/1.1 503") and b"speech endpoints are not enabled" in a for a in answers)
+
+
+def test_malformed_and_unknown_requests_get_one_line_errors() -> None:
+    """A bad request line is a 400, a wrong method a 405, a WebSocket path without upgrade a 426, and the daemon
+    keeps serving."""
+
+    async def body() -> list[bytes]:
+        async with running() as (server, _, _):
+            auth = f"Authorization: Bearer {TOKEN}\r\n"
+            return [
+                await raw(server.port, b"NONSENSE\r\n\r\n"),
+                await raw(server.port, f"DELETE /v1/models HTTP/1.1\r\n{auth}\r\n".encode()),
+                await raw(server.port, f"GET /v1/realtime HTTP/1.1\r\n{auth}\r\n".encode()),
+                await raw(server.port, f"GET /health HTTP/1.1\r\n{auth}\r\n".encode()),
+            ]
+
+    bad, method, upgrade, health = asyncio.run(body())
+    assert bad.startswith(b"HTTP/1.1 400") and b"malformed request line" in bad
+    assert method.startswith(b"HTTP/1.1 405") and upgrade.startswith(b"HTTP/1.1 426")
+    assert health.startswith(b"HTTP/1.1 200") and json.loads(health.split(b"\r\n\r\n", 1)[1])["status"] == "ok"
+
+
+def test_idle_timeout_fires_once_after_the_reply_has_played() -> None:
+    """With idle_timeout_ms 5000, the deadline is the reply's end plus its audio plus 5 s; none while a reply is
+    in progress; timeout_triggered fires once, then no deadline until the next reply."""
+    conv = RealtimeConversation(FakeSession(FakeBackend()), "default", "Be brief.", now=0.0)
+    conv.handle(rp.SessionUpdate(turn_detection_given=True, turn_detection=rp.TurnDetection(idle_timeout_ms=5000)))
+    conv.on_event(events.ResponseStarted(1, 10.0))
+    assert conv.deadline() is None  # a reply is in progress
+    conv.on_event(events.ResponseAudio(1, np.zeros(24_000, np.float32), 10.5))
+    conv.on_event(events.ResponseDone(1, "Hi.", False, 11.0))
+    assert conv.deadline() == 11.0 + 1.0 + 5.0  # one second of audio sent: played by 12.0
+    assert conv.tick(16.9) == []
+    fired = conv.tick(17.0)
+    assert [type(e) for e in fired] == [rp.TimeoutTriggered] and conv.deadline() is None
+    assert conv.tick(30.0) == []
