@@ -129,7 +129,10 @@ class Reply:
             return self.heard.heard(played)  # a whole text given up front is consumed at once: no audio time
         speed = float(getattr(self.utt, "speed", 1.0))  # a time-stretched frame plays 1920 / speed samples
         frame = int((played - 1) * speed) // TTS_FRAME_SAMPLES  # the frame holding the last played sample
-        return self.heard.whole_words(min(int(at_frame(frame)), len(self.heard.text)))
+        heard = self.heard.whole_words(min(int(at_frame(frame)), len(self.heard.text)))
+        # audio played but its first word unfinished: keep that word (within one word; an empty assistant turn
+        # breaks chat templates that need alternating roles)
+        return heard or self.heard.text.strip().split(" ", 1)[0]
 
 
 def start_answer(reply: Reply, chat: ChatLike) -> None:
