@@ -26,7 +26,8 @@ def models_of(cfg: config.Config) -> list[tuple[str, str]]:
     """(what, spec) for every model the daemon loads (checked before `run` starts); an `openai` backend's LLM lives
     on its server."""
     llm = [("LLM", cfg.llm.model)] if cfg.llm.backend == "mlx" else []
-    return [("STT model", cfg.stt.model_id), *llm, ("TTS model", cfg.tts.model)]
+    turn = [("end-of-turn model", cfg.endofturn.model)] if cfg.endofturn.detector == "smart_turn" else []
+    return [("STT model", cfg.stt.model_id), *llm, ("TTS model", cfg.tts.model), *turn]
 
 
 def load_chat(cfg: config.LlmConfig) -> Any:
@@ -57,10 +58,8 @@ def check_open_file_limit(limits: tuple[int, int] | None = None, root: bool | No
 
 
 def pulled_models(cfg: config.Config) -> list[tuple[str, str]]:
-    """What `assistant pull` fetches: the daemon's models and the end-of-turn model (the turn core loads it once
-    it is wired; then it joins models_of)."""
-    extra = [("end-of-turn model", cfg.endofturn.model)] if cfg.endofturn.detector == "smart_turn" else []
-    return models_of(cfg) + extra
+    """What `assistant pull` fetches: every model the daemon loads."""
+    return models_of(cfg)
 
 
 def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -136,7 +135,10 @@ def build_engines(cfg: config.Config, progress: Callable[[str], None] | None = N
     chat = timed("LLM", cfg.llm.model, lambda: load_chat(cfg.llm))
     tts = timed("TTS model", cfg.tts.model, lambda: load_tts(cfg.tts))
     voice = timed("voice", cfg.tts.voice, lambda: tts.voice(cfg.tts.voice or None))
-    return Engines(transcriber, chat, tts, voice, make_vad=Vad)
+    from assistant.endofturn import load_smart_turn
+
+    turn = timed("end-of-turn model", cfg.endofturn.model, lambda: load_smart_turn(cfg.endofturn))
+    return Engines(transcriber, chat, tts, voice, make_vad=Vad, score_turn=None if turn is None else turn.score)
 
 
 class SharedEngines:
@@ -166,6 +168,7 @@ class SharedEngines:
             self.engines.tts,
             self.voice(voice) if voice else self.engines.voice,
             self.engines.make_vad,
+            score_turn=self.engines.score_turn,  # onnxruntime sessions are safe to run from several threads
         )
 
     def voice(self, name: str) -> Any:

@@ -27,7 +27,7 @@ from assistant.audio.sinks import AudioSink, AudioSource, ClientSink, SpeakerTim
 from assistant.bus import EventBus, Subscription
 from assistant.compute import Compute, Generation, Priority, Stale
 from assistant.config import Config
-from assistant.endofturn import EndOfTurnPolicy, FixedSilence
+from assistant.endofturn import EndOfTurnPolicy, FixedSilence, policy_from_config
 from assistant.engines import Engines, VadLike
 from assistant.errors import AssistantError, AudioDeviceError, ConfigError, InputError, ModelError
 from assistant.events import BargeIn, DeviceStatus, ErrorEvent, Event, ResponseAudio, SessionEvent, TurnState
@@ -124,8 +124,11 @@ def realtime_policy(cfg: Config, server_vad: bool, create_response: bool, interr
     )
 
 
-def end_of_turn(cfg: Config) -> EndOfTurnPolicy:
-    return FixedSilence(cfg.vad.hangover_ms)
+def end_of_turn(cfg: Config, scorer: object | None = None) -> EndOfTurnPolicy:
+    """The configured end-of-turn policy; a fixed silence where no end-of-turn model was loaded to score."""
+    if scorer is None:
+        return FixedSilence(cfg.vad.hangover_ms)
+    return policy_from_config(cfg.endofturn, cfg.vad.hangover_ms)
 
 
 def forget_message(history: list[Message], role: str, text: str) -> list[Message] | None:
@@ -179,7 +182,7 @@ class Conversation:
         ring = frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms)
         ring += int(max(cfg.vad.max_utterance_s, cfg.stt.max_utterance_s) * CAPTURE_RATE)
         policy = daemon_policy(cfg) if realtime is None else realtime_policy(cfg, True, True, True)
-        self.core = TurnCore(policy, end_of_turn(cfg), ring)
+        self.core = TurnCore(policy, end_of_turn(cfg, engines.score_turn), ring)
         self.hangover_ms: int | None = cfg.vad.hangover_ms
         self.instructions = cfg.llm.system_prompt
         self.toolbox = toolbox  # tools the daemon's answers may call (None: none)
@@ -240,10 +243,7 @@ class Conversation:
                 )
             case ScoreTurn(utt, audio):
                 if self.engines.score_turn is not None:
-                    self._on_job(
-                        self.compute.submit(self.engines.score_turn, audio, priority=Priority.URGENT),
-                        lambda f: self._scored(utt, f),
-                    )
+                    self.spawn(self._score(self.engines.score_turn, utt, audio))
             case StartReply():
                 self._start(action)
             case ConfirmReply(turn):
@@ -290,11 +290,15 @@ class Conversation:
         tr = fut.result()
         self._apply(Transcribed(job, tr.text, tr.language, now))
 
-    def _scored(self, utt: int, fut: concurrent.futures.Future[float]) -> None:
-        if (err := fut.exception()) is not None:
-            self.failed(err, "scoring the end of turn")
-            return
-        self._apply(Scored(utt, float(fut.result()), time.monotonic()))
+    async def _score(self, model: Callable[[np.ndarray], float], utt: int, audio: np.ndarray) -> None:
+        """Score a pause on a worker thread: onnxruntime on its own core, off the loop and the MLX thread."""
+        try:
+            score = float(await asyncio.to_thread(model, audio))
+        except Exception as e:
+            self.failed(e, "scoring the end of turn")
+            score = 1.0  # a broken model must not hold the turn open: end it as the silence rule would
+        if not self._closed:
+            self._apply(Scored(utt, score, time.monotonic()))
 
     # ---- the microphone -------------------------------------------------------------------------------------
 
@@ -644,7 +648,7 @@ class Conversation:
         if new.tts.voice != self.cfg.tts.voice:
             self.spawn(self._use_voice(new.tts.voice))  # checked above; the next reply speaks with it
         self.cfg = new
-        self._apply(SetPolicy(daemon_policy(new), end_of_turn(new), new_vad=new_vad))
+        self._apply(SetPolicy(daemon_policy(new), end_of_turn(new, self.engines.score_turn), new_vad=new_vad))
         return self.config_get()
 
     def history_get(self) -> list[dict[str, Any]]:
@@ -694,7 +698,7 @@ class Conversation:
             self.vad = self.engines.make_vad(cfg.vad)
         self.hangover_ms, self.cfg = hangover_ms, cfg
         policy = realtime_policy(cfg, hangover_ms is not None, create_response, interrupt_response)
-        self._apply(SetPolicy(policy, end_of_turn(cfg), new_vad=new_vad))
+        self._apply(SetPolicy(policy, end_of_turn(cfg, self.engines.score_turn), new_vad=new_vad))
 
     def append_audio(self, samples: np.ndarray) -> None:
         """int16 16 kHz mono of any length, recorded by the client just now (its clock runs with ours)."""

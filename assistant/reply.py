@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from assistant.audio.format import TTS_FRAME_SAMPLES
 from assistant.compute import Compute, Ticket
 from assistant.config import Config
 from assistant.engines import ChatLike, Engines
@@ -63,7 +64,10 @@ class HeardMap:
         if played <= 0 or not self._ends:
             return ""
         i = min(bisect.bisect_left(self._ends, played), len(self._ends) - 1)
-        cut = self._chars[i]
+        return self.whole_words(self._chars[i], full_text)
+
+    def whole_words(self, cut: int, full_text: str | None = None) -> str:
+        """The first `cut` characters of the text, cut back to a whole word."""
         full = self.text if full_text is None else full_text
         if 0 < cut < len(full) and not full[cut].isspace() and not full[cut - 1].isspace():
             cut = max(full.rfind(" ", 0, cut), 0)  # mid-word: the word was not finished
@@ -125,8 +129,18 @@ class Reply:
     task: asyncio.Task[None] | None = None
 
     def heard_text(self, played: int) -> str:
-        """What the listener heard after `played` samples of this reply's audio."""
-        return self.heard.heard(played if self.audio_started else 0)
+        """What the listener heard after `played` samples of this reply's audio: the text the TTS had consumed
+        when it made the frame playing then (audio time), where the utterance can say; else HeardMap's bound."""
+        played = played if self.audio_started else 0
+        at_frame = getattr(self.utt, "chars_at_frame", None)
+        if played <= 0 or at_frame is None or self.responder.speak_text is not None:
+            return self.heard.heard(played)  # a whole text given up front is consumed at once: no audio time
+        speed = float(getattr(self.utt, "speed", 1.0))  # a time-stretched frame plays 1920 / speed samples
+        frame = int((played - 1) * speed) // TTS_FRAME_SAMPLES  # the frame holding the last played sample
+        heard = self.heard.whole_words(min(int(at_frame(frame)), len(self.heard.text)))
+        # audio played but its first word unfinished: keep that word (within one word; an empty assistant turn
+        # breaks chat templates that need alternating roles)
+        return heard or self.heard.text.strip().split(" ", 1)[0]
 
 
 def _set(event: threading.Event) -> threading.Event:

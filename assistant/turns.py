@@ -53,6 +53,7 @@ from assistant.wake import Attention, Wake, WakeDecision, WakeGate
 
 VadEvent = SpeechStarted | SilenceStarted | SpeechResumed | SpeechEnded
 SCORE_WINDOW = 8 * CAPTURE_RATE  # the end-of-turn model sees the turn's last 8 s
+SCORE_LEAD_IN = CAPTURE_RATE // 5  # 200 ms before the scored segment's onset: the model hears it begin
 SPEAKER_HISTORY = 2048  # captured blocks whose speaker level is remembered (~40 s of 20 ms blocks)
 
 
@@ -422,6 +423,7 @@ class Utterance:
     candidate: bool = False  # during (or in the echo of) a reply: not a turn until it earns one
     feeding: bool = False
     silence_at: int | None = None  # where the current pause began (capture position)
+    segment: int | None = None  # onset of the speech after the last pause waited through (None: the turn start)
     partial: str = ""
     score: float | None = None
     scoring: bool = False
@@ -586,8 +588,8 @@ class TurnCore:
         if isinstance(ev, SpeechStarted):
             if user is None:
                 self._speech_started(ev)
-            else:
-                self._resumed(ev.time)  # a new start inside a pause that the end-of-turn policy kept open
+            else:  # a new start inside a pause that the end-of-turn policy kept open
+                self._resumed(ev.time, ev.onset_sample)
         elif user is None:
             return
         elif isinstance(ev, SilenceStarted):
@@ -595,7 +597,7 @@ class TurnCore:
             if self.policy.speculative and not user.candidate and user.spec_job is None and self._may_speculate(user):
                 self._speculate(ev.time)
         elif isinstance(ev, SpeechResumed):
-            self._resumed(ev.time)
+            self._resumed(ev.time, ev.sample)
         elif isinstance(ev, SpeechEnded):
             if user.silence_at is None:
                 user.silence_at = ev.end_sample
@@ -619,9 +621,11 @@ class TurnCore:
             return
         self._begin(ev.start_sample)
 
-    def _resumed(self, now: float) -> None:
+    def _resumed(self, now: float, onset: int) -> None:
         user = self.user
         assert user is not None
+        if user.score is not None or user.scoring:  # a pause the policy judged and waited through
+            user.segment = onset
         user.silence_at, user.score, user.scoring = None, None, False
         if user.spec_job is not None:
             self._cancel_speculation(now)
@@ -678,7 +682,7 @@ class TurnCore:
         after = self.end_of_turn.score_after_ms
         if after is not None and silence_ms >= after and user.score is None and not user.scoring:
             user.scoring = True
-            audio = self.ring.slice(max(user.start, user.silence_at - SCORE_WINDOW), user.silence_at)
+            audio = self.ring.slice(self._score_from(user), user.silence_at)
             self._emit(ScoreTurn(user.id, audio))
         speech_ms = (user.silence_at - user.start) * 1000 // CAPTURE_RATE
         evidence = TurnEvidence(silence_ms, speech_ms, user.score, user.partial)
@@ -687,6 +691,13 @@ class TurnCore:
                 self._emit(ResetVad())  # its pause in progress is over: the next speech must be a new start
                 self._vad_origin = self.ring.end
             self._end_turn(user.silence_at, now)
+
+    def _score_from(self, user: Utterance) -> int:
+        """Where the scored audio starts: the current speech segment (from the onset after the last pause the
+        policy waited through, less a lead-in; else the turn start), at most its last SCORE_WINDOW."""
+        assert user.silence_at is not None
+        start = user.start if user.segment is None else max(user.start, user.segment - SCORE_LEAD_IN)
+        return max(start, user.silence_at - SCORE_WINDOW, self.ring.start)
 
     def _on_scored(self, s: Scored) -> None:
         user = self.user

@@ -113,11 +113,23 @@ def test_local_model_folder_missing(tmp_path: Path) -> None:
 def empty_models(root: Path) -> list[str]:
     """--set options naming existing but empty model folders (they pass the pre-flight, then fail to load)."""
     out = []
-    for key in ("stt.model", "llm.model", "tts.model"):
+    for key in ("stt.model", "llm.model", "tts.model", "endofturn.model"):
         folder = root / "models" / key.split(".")[0]
         folder.mkdir(parents=True)
         out += ["--set", f"{key}='{folder}'"]
     return out
+
+
+def test_run_without_the_end_of_turn_model_names_assistant_pull(tmp_path: Path) -> None:
+    """With the default Smart Turn detector and its model not downloaded, `assistant run` fails in one line
+    naming `assistant pull`, as for every other model."""
+    models = empty_models(tmp_path)[:-2]  # the STT, LLM and TTS folders; the end-of-turn model from the hub
+    out = run(["run", *models, "--set", "server.enabled=false"], no_sound_env(tmp_path))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "assistant: error: end-of-turn model `pipecat-ai/smart-turn-v3` is not downloaded; "
+        "run `assistant pull` to fetch it"
+    ]
 
 
 def test_run_without_devices_and_server_off_fails_fast(tmp_path: Path) -> None:

@@ -21,7 +21,11 @@ def test_push_to_talk_without_a_hotkey_fails_at_start(
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pynput" else real(name, *a))
     argv = ["run", "--set", "pipeline.mode=push_to_talk"]
-    argv += [arg for key in ("stt.model", "llm.model", "tts.model") for arg in ("--set", f"{key}={models}")]
+    argv += [
+        arg
+        for key in ("stt.model", "llm.model", "tts.model", "endofturn.model")
+        for arg in ("--set", f"{key}={models}")
+    ]
     assert cli.main(argv) == 2
     assert capsys.readouterr().err == (
         'assistant: error: pipeline.mode = "push_to_talk" needs the hotkey, but push-to-talk hotkey is off: pynput '

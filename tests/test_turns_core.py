@@ -32,6 +32,7 @@ from assistant.events import (
     TurnState,
 )
 from assistant.turns import (
+    SCORE_LEAD_IN,
     Action,
     AudioIn,
     Cancel,
@@ -360,8 +361,8 @@ class ScoredPolicy:
 
 def test_a_model_backed_policy_scores_the_pause_and_holds_a_thinking_pause() -> None:
     """A second end-of-turn policy plugs in without touching the core: at 200 ms of silence the core asks for a
-    score of the turn's audio; a low score keeps the turn open past the VAD's end, speech then resumes it, and a
-    high score at the next pause ends it at once."""
+    score of the turn's audio; a low score keeps the turn open past the VAD's end, speech then resumes it, the next
+    score hears that resumed segment (with a 200 ms lead-in), and a high score at that pause ends it at once."""
     tl = Timeline(dataclasses.replace(DAEMON, speculative=False))
     tl.core.end_of_turn = ScoredPolicy()
     tl.audio(10, value=1000)
@@ -381,7 +382,9 @@ def test_a_model_backed_policy_scores_the_pause_and_holds_a_thinking_pause() -> 
     tl.vad(SilenceStarted(second, tl.now))
     tl.audio(12)
     asks = [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
-    assert len(asks) == 2 and len(asks[1].audio) == second
+    lead = asks[1].audio[:SCORE_LEAD_IN]  # the second score hears the resumed segment with 200 ms before it
+    assert len(asks) == 2 and len(asks[1].audio) == second - resume + SCORE_LEAD_IN
+    assert np.all(lead == 0) and np.all(asks[1].audio[SCORE_LEAD_IN:] == 2000)
     tl.send(Scored(asks[1].utt, 0.9, tl.now))
     assert len(tl.of(Finalize)) == 1 and tl.core.state is TurnState.THINKING
     fed = np.concatenate([a.audio for a in tl.of(Feed) if isinstance(a, Feed)])

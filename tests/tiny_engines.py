@@ -60,6 +60,7 @@ def tiny_config(root: Path, changes: dict[str, object] | None = None) -> Config:
             "tts.temperature": 0.0,
             "tts.subtalker_temperature": 0.0,
             "tts.max_frames": 60,
+            "endofturn.detector": "silence",  # no Smart Turn weights here; tests that need them fetch them
             **(changes or {}),
         }
     )

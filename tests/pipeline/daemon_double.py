@@ -46,7 +46,9 @@ async def wedged_service(pipeline: Conversation) -> AsyncIterator[None]:
 async def main(stuck: bool, hung_devices: bool, wedged: bool) -> int:
     gate = threading.Semaphore(0) if stuck else None
     engines, _ = make_engines(ScriptedChat(["Hi", " there"], gate=gate))
-    cfg = Config().replace({"pipeline.mode": "hands_free", "audio.device_retry_s": 0.5})
+    cfg = Config().replace(
+        {"pipeline.mode": "hands_free", "audio.device_retry_s": 0.5, "endofturn.detector": "silence"}
+    )
     services: list[Service] = [wedged_service] if wedged else []
     if not hung_devices:
         pipeline = Conversation(cfg, engines, PacedSilence(), FakeSink())

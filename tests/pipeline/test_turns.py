@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
-from assistant.audio.format import level_dbfs
-from assistant.reply import HeardMap, TurnTrace
-from assistant.turns import AudioRing, CaptureClock
+from assistant.audio.format import TTS_FRAME_SAMPLES, TTS_RATE, level_dbfs
+from assistant.compute import Generation
+from assistant.reply import HeardMap, Reply, TurnTrace
+from assistant.turns import AudioRing, CaptureClock, Responder
 
 
 def test_heard_map_follows_played_position() -> None:
@@ -67,3 +70,50 @@ def test_level_dbfs() -> None:
     assert abs(level_dbfs(np.ones(100, dtype=np.float32))) < 1e-6
     assert abs(level_dbfs(np.full(100, 0.1, dtype=np.float32)) + 20.0) < 1e-4
     assert level_dbfs(np.zeros(10, dtype=np.float32)) == -120.0
+
+
+class TimedUtterance:
+    """A TTS stand-in with known word timings: word i is spoken during codec frames [2i, 2i + 2) (160 ms a
+    word at speed 1), and the talker consumes a word's characters at its first frame."""
+
+    def __init__(self, words: list[str], speed: float = 1.0) -> None:
+        self.words, self.speed = words, speed
+
+    def chars_at_frame(self, frame: int) -> int:
+        return len("".join(self.words[: frame // 2 + 1]))
+
+
+def timed_reply(words: list[str], speed: float = 1.0) -> Reply:
+    """A reply whose whole text was pushed before its first chunk (HeardMap alone would say it was all heard)."""
+    loop = asyncio.new_event_loop()
+    try:
+        reply = Reply(
+            1,
+            Generation().ticket(),
+            TurnTrace(1, 0.0, 0.0),
+            Responder(user_text="hi"),
+            asyncio.Event(),
+            loop.create_future(),
+        )
+    finally:
+        loop.close()
+    for w in words:
+        reply.heard.pushed(w)
+    reply.heard.chunk(TTS_FRAME_SAMPLES * 2 * len(words))
+    reply.utt = TimedUtterance(words, speed)  # type: ignore[assignment]
+    reply.audio_started = True
+    return reply
+
+
+def test_heard_text_after_an_interruption_follows_audio_time() -> None:
+    """Interrupted after 1.0 s of played audio, the reply's heard text is the words spoken up to then (frame
+    12 of 80 ms: the 7th word, 0.96-1.12 s) within one word, not the whole text that had been fed to the TTS;
+    a time-stretched voice (speed 2) has said twice as many words by the same played time."""
+    words = [f"{w} " for w in "one two three four five six seven eight nine ten eleven twelve thirteen".split()]
+    reply = timed_reply(words)
+    assert reply.heard.heard(TTS_RATE) == "".join(words).strip()  # the old estimate: everything fed
+    heard = reply.heard_text(TTS_RATE).split()
+    assert heard == "one two three four five six seven".split()[: len(heard)] and 6 <= len(heard) <= 7
+    fast = timed_reply(words, speed=2.0).heard_text(TTS_RATE).split()  # frame 24: the 13th word
+    assert fast == [w.strip() for w in words][: len(fast)] and 12 <= len(fast) <= 13
+    assert timed_reply(words).heard_text(0) == ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import numpy as np
 import pytest
 
 from assistant.errors import ConfigError
@@ -23,7 +24,8 @@ from assistant.events import (
     StateChanged,
     TurnState,
 )
-from tests.pipeline.doubles import FRAME, FakeSink, Message, ScriptedChat
+from assistant.turns import SCORE_LEAD_IN
+from tests.pipeline.doubles import BLOCK, FRAME, FakeSink, Message, ScriptedChat
 from tests.pipeline.harness import ANSWER, Harness, eventually
 
 FULL = "".join(ANSWER)
@@ -447,5 +449,38 @@ def test_history_reset_after_interrupt_is_empty() -> None:
             await eventually(lambda: h.chat.closed == 1)
             await h.p.compute.run(lambda: None)  # every job submitted before has run
             assert h.chat.history == []
+
+    asyncio.run(main())
+
+
+def test_end_of_turn_model_holds_a_thinking_pause_and_runs_off_the_loop() -> None:
+    """With an end-of-turn model loaded, a pause it scores as mid-thought does not end the turn ("what time is
+    ... it now" is one turn), and the model runs on a worker thread: neither the event loop nor the compute
+    thread that owns MLX."""
+
+    async def main() -> None:
+        h = Harness()
+        scored: list[tuple[int, int]] = []  # (thread, samples) per call
+
+        def score(audio: np.ndarray) -> float:
+            scored.append((threading.get_ident(), len(audio)))
+            return 0.1 if len(scored) == 1 else 0.9
+
+        h.engines.score_turn = score
+        async with h:
+            h.speak("what", "time", "is")
+            h.silence(20)  # 400 ms: past the score point (180 ms) and the VAD's hangover, short of max_wait_ms
+            await eventually(lambda: len(scored) == 1)
+            await asyncio.sleep(0.05)  # the low score lands; the turn must stay open
+            h.speak("it", "now")
+            h.silence(20)
+            final = await h.next_event(FinalTranscript)
+            assert final.text == "what time is it now"
+            assert len(h.of(FinalTranscript)) == 1 and len(scored) == 2
+            threads = {t for t, _ in scored}
+            assert threading.get_ident() not in threads and not threads & h.stt.threads
+            # the first hears the turn so far (3 words of 4 blocks); the second the resumed segment (2 words) with
+            # 200 ms before it, not the whole turn
+            assert [n for _, n in scored] == [3 * 4 * BLOCK, 2 * 4 * BLOCK + SCORE_LEAD_IN]
 
     asyncio.run(main())
