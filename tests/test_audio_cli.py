@@ -42,7 +42,7 @@ def local_models(root: Path) -> list[str]:
     """--set options pointing every model at an existing local folder, so `run` gets as far as the devices."""
     folder = root / "model"
     folder.mkdir(exist_ok=True)
-    return [f"--set={key}='{folder}'" for key in ("stt.model", "llm.model", "tts.model")]
+    return [f"--set={key}='{folder}'" for key in ("stt.model", "llm.model", "tts.model", "endofturn.model")]
 
 
 @no_sound_cards

@@ -21,13 +21,7 @@ from tests.audio_room import EchoLoop, Room, start_echo_loop
 from tests.speech import needs_espeak, say
 from tests.test_audio_room import align
 
-pytestmark = [
-    pytest.mark.audio,
-    # the DAC and ADC times come with the device work (issue 23); until it is merged there is nothing to align by
-    pytest.mark.skipif(
-        not hasattr(Playback, "played_before"), reason="needs Playback.played_before and Capture's AudioBlock times"
-    ),
-]
+pytestmark = [pytest.mark.audio, needs_espeak]
 
 REPLY = (
     "Sure, here is the weather for the next few days. Tomorrow will be sunny with a high of twenty degrees. "

@@ -26,9 +26,9 @@ from assistant.events import BargeIn, ErrorEvent, FinalTranscript, ResponseDone,
 from assistant.llm_remote import RemoteChat
 from tests import tiny_engines
 from tests.llm.servers import MlxLmServer, free_port
+from tests.speech import needs_espeak
 
-pytest.importorskip("assistant.audio.capture", reason="capture/playback are not merged")
-pytestmark = pytest.mark.audio
+pytestmark = [pytest.mark.audio, needs_espeak]
 
 RATE = 24_000
 WAIT_S = 180.0  # safety net for a busy shared CPU; never a timing assertion
@@ -81,10 +81,8 @@ def test_remote_llm_turns_barge_in_and_outage(room_env: Any, setup: tuple[Config
     """A spoken turn is answered via mlx_lm.server; barge-in drops its stream; an outage is one error, then recovery."""
     from assistant.audio.capture import Capture
     from assistant.audio.playback import Playback
-    from tests.speech import have_espeak, say, silence
+    from tests.speech import say, silence
 
-    if not have_espeak():
-        pytest.skip("espeak-ng is not installed: apt-get install espeak-ng")
     cfg, server = setup
     server.start()
 

@@ -30,9 +30,9 @@ from assistant.config import Config
 from tests import tiny_engines
 from tests.audio_room import Room, missing_tools, start_room
 from tests.server.test_headless_e2e import config_file
-from tests.speech import have_espeak, say, silence
+from tests.speech import needs_espeak, say, silence
 
-pytestmark = [pytest.mark.audio, pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed")]
+pytestmark = [pytest.mark.audio, needs_espeak]
 
 TOKEN = "fault-token"
 REPO = Path(__file__).resolve().parents[2]
