@@ -67,3 +67,11 @@ def room_env(room: Room, monkeypatch: pytest.MonkeyPatch) -> Room:
     for key, value in room.env.items():
         monkeypatch.setenv(key, value)
     return room
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Room tests (`audio`) run in real time against PulseAudio on a shared 2-core machine: a starved scheduler
+    can make one miss a deadline, so each gets one rerun; the report still lists every rerun ("R")."""
+    for item in items:
+        if item.get_closest_marker("audio") is not None:
+            item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=1))
