@@ -10,7 +10,6 @@ import pytest
 from tests.audio_room import Room, missing_tools, start_room
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 
 
 @pytest.fixture
