@@ -75,6 +75,12 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def newest_turn(history: Sequence[Message]) -> list[Message]:
+    """The newest turn of `history`: its last user message and everything after it ([] without one)."""
+    starts = [i for i, m in enumerate(history) if m.role == "user"]
+    return list(history[starts[-1] :]) if starts else []
+
+
 class PromptCache:
     """The model's per-layer KV cache and the exact tokens it holds, rewindable to a prefix of them.
 
@@ -450,8 +456,7 @@ class Chat:
 
     def last_turn(self) -> list[Message]:
         """The messages of the newest turn: its user message and everything after it (for the memory store)."""
-        starts = [i for i, m in enumerate(self._history) if m.role == "user"]
-        return list(self._history[starts[-1] :]) if starts else []
+        return newest_turn(self._history)
 
     def restore(self, messages: Sequence[Message]) -> int:
         """Start from a stored history (at daemon start): drops the oldest turns beyond `llm.history_tokens`.

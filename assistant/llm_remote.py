@@ -30,7 +30,7 @@ import httpx2
 
 from assistant.config import LlmConfig
 from assistant.errors import ConfigError, InputError, ModelError
-from assistant.llm import TRUNCATE_TO, Message
+from assistant.llm import TRUNCATE_TO, Message, newest_turn
 from assistant.tools.calls import ToolCall
 
 log = logging.getLogger("assistant.llm_remote")
@@ -232,8 +232,7 @@ class RemoteChat:
 
     def last_turn(self) -> list[Message]:
         """The messages of the newest turn: its user message and everything after it (for the memory store)."""
-        starts = [i for i, m in enumerate(self.history) if m.role == "user"]
-        return list(self.history[starts[-1] :]) if starts else []
+        return newest_turn(self.history)
 
     def restore(self, messages: Sequence[Message]) -> int:
         """Start from a stored history: drops the oldest turns beyond `llm.history_tokens` (estimated).
