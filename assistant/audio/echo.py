@@ -11,18 +11,25 @@ Not thread-safe: one driver feeds `played()` / `new_run()` and `process()` from 
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from assistant.audio.format import CAPTURE_RATE, TTS_RATE, AudioBlock, StreamResampler, frame_samples
+from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, TTS_RATE, AudioBlock, StreamResampler, frame_samples
 from assistant.errors import AudioDeviceError, InputError
 
 AEC_FRAME = frame_samples(CAPTURE_RATE, 10)  # 160: AEC3 works on 10 ms frames
 AEC_DELAY = 128  # AEC3 hands back each frame's audio 8 ms late (measured; pinned by tests/test_echo.py)
+# What is left of the echo in the cleaned signal, relative to the loudest 10 ms the speaker played within
+# ECHO_WINDOW_MS before a frame: the barge-in gate's base. Measured in the laptop room
+# (`python -m benchmarks.echo --barge`, 60 ms, 0 and -6 dB, reverb): echo-only 30 ms frames at -26 dB or more
+# and voiced: 3-24 % of frames in runs of at most 8; -17 dB: 0-6 %, runs of at most 6.
+RESIDUAL_DB = -23.0
+ECHO_WINDOW_MS = 200  # echo path delay + the room's reverberation: a frame can still hold what played this long ago
 KEEP_S = 20.0  # reference history kept: covers capture blocks that arrive late on a busy machine
 
 
+@runtime_checkable
 class PlayedClock(Protocol):
     """The speaker's clock (Playback, or a headless client's sink on its own clock)."""
 
@@ -97,6 +104,19 @@ class EchoCanceller:
             out[at : at + len(src)] = src
         return out
 
+    def echo_dbfs(self, t: float, n: int) -> float:
+        """The level the echo in `n` cleaned samples from capture time `t` may still have: the loudest 10 ms the
+        speaker played from ECHO_WINDOW_MS before `t` to the block's end, plus RESIDUAL_DB (SILENT_DBFS when the
+        speaker played nothing then)."""
+        lead = frame_samples(CAPTURE_RATE, ECHO_WINDOW_MS)
+        ref = self.reference_for(t - lead / CAPTURE_RATE, lead + n)
+        usable = len(ref) // AEC_FRAME * AEC_FRAME
+        if not usable or not np.any(ref[:usable]):
+            return SILENT_DBFS
+        frames = ref[:usable].reshape(-1, AEC_FRAME).astype(np.float64)
+        peak = float(np.max(np.mean(np.square(frames), axis=1)))
+        return 10.0 * float(np.log10(peak)) + RESIDUAL_DB if peak > 0 else SILENT_DBFS
+
     def process(self, block: AudioBlock) -> AudioBlock:
         """The cleaned microphone audio: every whole 10 ms frame received so far, with the capture time of its
         first sample (AEC_DELAY samples before the first frame's own: the canceller's output is that late)."""
@@ -115,6 +135,7 @@ class EchoCanceller:
             ref = np.clip(self.reference_for(t) * 32768.0, -32768, 32767).astype(np.int16)
             self._apm.process_reverse_stream(self._frame_cls(ref.tobytes(), CAPTURE_RATE, 1, AEC_FRAME))
             frame = self._frame_cls(self._pending[i : i + AEC_FRAME].tobytes(), CAPTURE_RATE, 1, AEC_FRAME)
+            self._apm.set_stream_delay_ms(0)  # the reference is already placed at its capture time
             self._apm.process_stream(frame)  # cleans the frame's buffer in place
             out[i : i + AEC_FRAME] = np.frombuffer(frame.data, dtype=np.int16)
         self._pending = self._pending[n:]
