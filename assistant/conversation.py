@@ -72,6 +72,7 @@ from assistant.turns import (
     TurnCore,
     UserText,
     VadIn,
+    bare_word,
 )
 
 if TYPE_CHECKING:  # the message type only: importing llm would load MLX with the conversation
@@ -103,6 +104,7 @@ def daemon_policy(cfg: Config) -> Policy:
         speculative=cfg.pipeline.speculative,
         barge_in=cfg.pipeline.barge_in,
         barge_in_min_words=cfg.pipeline.barge_in_min_words,
+        backchannels=frozenset(bare_word(w) for w in cfg.pipeline.backchannels),
         preroll_samples=frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms),
         echo_tail_ms=cfg.vad.echo_tail_ms,
         wake_phrase=cfg.pipeline.wake_phrase,
