@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from assistant.audio.echo import AEC_DELAY, AEC_FRAME, EchoCanceller
-from assistant.audio.format import CAPTURE_RATE, TTS_RATE, AudioBlock, int16_to_float32, resample
+from assistant.audio.echo import ADAPT_FRAMES, AEC_DELAY, AEC_FRAME, RESIDUAL_DB, EchoCanceller
+from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, TTS_RATE, AudioBlock, int16_to_float32, resample
 from tests.speech import needs_espeak, say
 
 T_MIC = 1000.0  # capture time of the first microphone sample
@@ -180,3 +180,22 @@ def test_output_time_is_the_capture_time() -> None:
     first = next(b for b in blocks if (np.abs(b.samples) > 1000).any())
     loud = first.t + int(np.argmax(np.abs(first.samples) > 1000)) / CAPTURE_RATE
     assert loud == pytest.approx(T_MIC + 0.5, abs=0.001)
+
+
+def test_echo_bound_follows_what_played_and_the_adaptation() -> None:
+    """echo_dbfs is the loudest 10 ms played within the echo window before a block (silent: SILENT_DBFS), with
+    no credit for cancelling until AEC3 has had ADAPT_FRAMES of reference, RESIDUAL_DB below it after."""
+    seconds = 5.0
+    ref = np.zeros(round(seconds * TTS_RATE), np.float32)
+    ref[: TTS_RATE // 2] = 0.1  # -20 dBFS for 0.5 s, then silence, then -20 dBFS from 1 s on
+    ref[TTS_RATE:] = 0.1
+    ec = EchoCanceller(SpeakerClock(start=T_MIC, written=len(ref)))
+    ec.played(ref)
+    assert ec.echo_dbfs(T_MIC - 1.0, BLOCK) == SILENT_DBFS  # before the run
+    assert ec.echo_dbfs(T_MIC + 0.3, BLOCK) == pytest.approx(-20.0, abs=0.5)
+    # 100 ms after the speaker fell silent its echo may still come back; 300 ms after, not
+    assert ec.echo_dbfs(T_MIC + 0.6, BLOCK) == pytest.approx(-20.0, abs=0.5)
+    assert ec.echo_dbfs(T_MIC + 0.8, BLOCK) == SILENT_DBFS
+    run(ec, np.zeros(round(seconds * CAPTURE_RATE), np.int16))  # AEC3 sees 4 s of reference
+    assert ec.echo_dbfs(T_MIC + 2.0, BLOCK) == pytest.approx(-20.0 + RESIDUAL_DB, abs=0.5)
+    assert ADAPT_FRAMES * AEC_FRAME < 4 * CAPTURE_RATE
