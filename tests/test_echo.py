@@ -199,3 +199,18 @@ def test_echo_bound_follows_what_played_and_the_adaptation() -> None:
     run(ec, np.zeros(round(seconds * CAPTURE_RATE), np.int16))  # AEC3 sees 4 s of reference
     assert ec.echo_dbfs(T_MIC + 2.0, BLOCK) == pytest.approx(-20.0 + RESIDUAL_DB, abs=0.5)
     assert ADAPT_FRAMES * AEC_FRAME < 4 * CAPTURE_RATE
+
+
+def test_the_daemon_cancels_only_over_a_speaker_with_a_dac_clock() -> None:
+    """The canceller is built for a speaker that tells what it played when, unless echo.enabled is off
+    (headphones); a sink without that clock (no sound card, a Realtime client) gets none."""
+    from assistant.audio.sinks import ClientSink, NullSink
+    from assistant.config import Config
+    from assistant.conversation import make_canceller
+
+    cfg = Config()
+    speaker = SpeakerClock(start=T_MIC, written=0)
+    assert isinstance(make_canceller(cfg, speaker, TTS_RATE), EchoCanceller)  # type: ignore[arg-type]
+    assert make_canceller(cfg.replace({"echo.enabled": False}), speaker, TTS_RATE) is None  # type: ignore[arg-type]
+    assert make_canceller(cfg, NullSink(), TTS_RATE) is None
+    assert make_canceller(cfg, ClientSink(lambda chunk: None, TTS_RATE), TTS_RATE) is None
