@@ -804,9 +804,9 @@ class TurnCore:
 
     def _judge(self, job: Finalizing, text: str, language: str, now: float) -> None:
         """Speech over the reply (or in its echo) ended before it took the turn: its transcript is shown, never
-        lost. Words for the assistant take the turn: now, or when the reply ends if fewer than barge_in_min_words
-        (or barge-in is off);
-        backchannels, no words, or words not addressed to it (wake phrase) leave the reply alone."""
+        lost. Words for the assistant take the turn: now, or once the reply is over when they are fewer than
+        barge_in_min_words or barge-in is off. Backchannels, no words, or words not addressed to the assistant
+        (wake phrase) leave the reply alone."""
         if text:
             self._emit(Publish(FinalTranscript(text, language, now)))
         decision = self._addressed(text, job.started_at, job.ptt)
