@@ -83,8 +83,10 @@ class SpeechUtterance:
         self.waiting_for_text = False
         if len(self.audio) < TTS_FRAME and self.pending:
             x = int16_to_float32(say(self.pending.pop(0)))
-            x = resample(x / np.sqrt(np.mean(np.square(x))) * 0.1, CAPTURE_RATE, TTS_RATE)  # -20 dBFS
-            self.audio = np.concatenate([self.audio, x.astype(np.float32)])
+            rms = float(np.sqrt(np.mean(np.square(x)))) if len(x) else 0.0
+            if rms > 0:  # a piece espeak-ng says nothing for (punctuation) adds no audio
+                x = resample(x / rms * 0.1, CAPTURE_RATE, TTS_RATE)  # -20 dBFS
+                self.audio = np.concatenate([self.audio, x.astype(np.float32)])
         if len(self.audio):
             frame, self.audio = self.audio[:TTS_FRAME], self.audio[TTS_FRAME:]
             self.frames_emitted += 1
