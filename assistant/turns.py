@@ -580,7 +580,7 @@ class TurnCore:
 
     def _on_vad(self, raw: VadEvent) -> None:
         ev = _shift(raw, self._vad_origin)
-        if self.policy.publish_vad:
+        if self.policy.publish_vad and not self._model_judges(ev):
             self._emit(Publish(ev))
         if not self.policy.vad_turns or self.ptt:
             return  # the hotkey overrides endpointing while held
@@ -606,6 +606,13 @@ class TurnCore:
                 self._end_turn(ev.end_sample, ev.time)
             else:
                 self._check_end_of_turn(ev.time, vad_ended=True)
+
+    def _model_judges(self, ev: VadEvent) -> bool:
+        """Whether a VAD start or end inside an open turn is the end-of-turn model's to judge, not news: with a
+        model-backed policy the turn's end is published when the policy decides it (see _check_end_of_turn)."""
+        if self.user is None or self.end_of_turn.score_after_ms is None or not self.policy.vad_turns or self.ptt:
+            return False
+        return isinstance(ev, SpeechStarted) or (isinstance(ev, SpeechEnded) and not ev.truncated)
 
     def _speech_started(self, ev: SpeechStarted) -> None:
         """Speech by capture time: during a reply (or its echo) it must qualify before it takes the turn."""
@@ -687,6 +694,8 @@ class TurnCore:
         speech_ms = (user.silence_at - user.start) * 1000 // CAPTURE_RATE
         evidence = TurnEvidence(silence_ms, speech_ms, user.score, user.partial)
         if self.end_of_turn.decide(evidence) == "end":
+            if self.policy.publish_vad and after is not None:  # the VAD's own end was not published (_model_judges)
+                self._emit(Publish(SpeechEnded(user.start, user.silence_at, now)))
             if not vad_ended:
                 self._emit(ResetVad())  # its pause in progress is over: the next speech must be a new start
                 self._vad_origin = self.ring.end

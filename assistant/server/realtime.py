@@ -17,6 +17,7 @@ import numpy as np
 from assistant import events
 from assistant.audio.format import CAPTURE_RATE, StreamResampler, float32_to_int16
 from assistant.audio.tempo import TimeStretch
+from assistant.endofturn import eagerness_policy
 from assistant.errors import AssistantError
 from assistant.server import realtime_protocol as rp
 from assistant.server.controller import RealtimeSession
@@ -124,11 +125,7 @@ class RealtimeConversation:
 
     def start(self, wall_clock: float = 0.0) -> Out:
         self.session.set_instructions(self.settings.instructions)
-        self.session.set_turn_detection(
-            DEFAULT_DETECTION.silence_duration_ms,
-            DEFAULT_DETECTION.create_response,
-            DEFAULT_DETECTION.interrupt_response,
-        )
+        self._detect(DEFAULT_DETECTION)
         self.expires_at = int(wall_clock) + rp.SESSION_LIFETIME_S if wall_clock else 0
         created: Out = [rp.SessionCreated(self._session())]
         if self.out.beta:  # the beta API announced the conversation; GA sessions start with session.created alone
@@ -202,6 +199,9 @@ class RealtimeConversation:
     def _update(self, ev: rp.SessionUpdate) -> Out:
         # everything is checked before anything changes (a bad voice leaves the instructions as they were)
         s = self.settings
+        if ev.turn_detection_given:  # first: semantic_vad without its model is refused before anything changes
+            self._detect(ev.turn_detection)
+            s = replace(s, detection=ev.turn_detection)
         if ev.voice is not None:
             profile = self.resolve_voice(ev.voice) if self.resolve_voice is not None else ev.voice
             self.session.set_voice(profile)
@@ -209,13 +209,6 @@ class RealtimeConversation:
         if ev.instructions is not None:
             self.session.set_instructions(ev.instructions)
             s = replace(s, instructions=ev.instructions)
-        if ev.turn_detection_given:
-            d = ev.turn_detection
-            if d is None:
-                self.session.set_turn_detection(None, False, False)
-            else:
-                self.session.set_turn_detection(d.silence_duration_ms, d.create_response, d.interrupt_response)
-            s = replace(s, detection=d)
         if ev.audio_output is not None:
             s = replace(s, audio_output=ev.audio_output)
         if ev.input_format is not None and ev.input_format != s.input_format:
@@ -232,6 +225,15 @@ class RealtimeConversation:
             s = replace(s, model=ev.model)
         self.settings = s
         return [rp.SessionUpdated(self._session())]
+
+    def _detect(self, d: rp.TurnDetection | None) -> None:
+        """Give the session its turn detection: none (manual commits), server_vad's silence, or semantic_vad's
+        Smart Turn policy for the eagerness (endofturn.EAGERNESS)."""
+        if d is None:
+            self.session.set_turn_detection(None, False, False)
+            return
+        semantic = eagerness_policy(d.eagerness) if d.kind == "semantic_vad" else None
+        self.session.set_turn_detection(d.silence_duration_ms, d.create_response, d.interrupt_response, semantic)
 
     def _handle(self, ev: rp.ClientEvent) -> Out:
         if isinstance(ev, rp.SessionUpdate):
