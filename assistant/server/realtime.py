@@ -389,19 +389,24 @@ class RealtimeConversation:
         return self.idle_since + d.idle_timeout_ms / 1000
 
     def tick(self, now: float) -> Out:
-        """The idle timeout: no speech for idle_timeout_ms after the last reply -> timeout_triggered, and the
-        (silent) input buffer is committed as a user audio item."""
+        """The idle timeout, as OpenAI's: no speech for idle_timeout_ms after the last reply's audio finished
+        playing -> timeout_triggered, the (silent) input buffer committed as a user audio item, and a response
+        that prompts the user to go on (the conversation is told how long they were silent)."""
         deadline = self.deadline()
-        if deadline is None or now < deadline:
+        d = self.detection
+        if deadline is None or now < deadline or d is None or d.idle_timeout_ms is None:
             return []
         self.idle_since = None  # once per quiet stretch
         item_id = self._id("item")
-        start = round(self.appended_ms - self._uncommitted_ms())
-        out: Out = [rp.TimeoutTriggered(item_id, start, round(self.appended_ms))]
-        if self.uncommitted:
-            self._feed(self.resampler.flush())
-            self.session.commit_audio()
-            out += self._committed(item_id, start, round(self.appended_ms))
+        end = round(self.appended_ms)
+        start = max(round(self.appended_ms - self._uncommitted_ms()), end - d.idle_timeout_ms, 0)
+        out: Out = [rp.TimeoutTriggered(item_id, start, end)]
+        self._feed(self.resampler.flush())
+        self.session.commit_audio()  # empty or silent: its transcript ("" or what the model heard) comes back
+        out += self._committed(item_id, start, end)
+        self.session.add_user_text(idle_note(d.idle_timeout_ms))
+        self.session.create_response()
+        self.requested = True
         return out
 
     # ---- session events ------------------------------------------------------------------------------------
@@ -591,6 +596,11 @@ class RealtimeConversation:
             "remaining": int(tokens),
             "reset_seconds": round(reset, 3),
         }
+
+
+def idle_note(idle_ms: int) -> str:
+    """What the conversation is told when the idle timeout fires (a user message: chat templates need one)."""
+    return f"(The user has said nothing for {idle_ms / 1000:g} seconds.)"
 
 
 def _item_text(item: dict[str, object]) -> str:

@@ -1,5 +1,5 @@
-"""Realtime `semantic_vad` on the real Smart Turn v3.2 model, headless: the real server, session and VAD, tiny
-engines for STT/LLM/TTS, espeak-ng speech appended over /v1/realtime.
+"""Realtime turn detection, headless: `semantic_vad` on the real Smart Turn v3.2 model, and the idle timeout.
+Both run the real server, session and VAD, tiny engines for STT/LLM/TTS, audio appended over /v1/realtime.
 
 The same spoken audio, a question with a 1.5 s "um" pause in the middle, is one user turn under semantic_vad
 (the model hears the hesitation and waits) and two under server_vad with 500 ms of silence.
@@ -18,10 +18,12 @@ from websockets.asyncio.client import connect
 
 from assistant.audio.format import CAPTURE_RATE, float32_to_int16, int16_to_float32, resample
 from assistant.config import Config
+from assistant.conversation import Sessions
 from assistant.endofturn import EAGERNESS, SmartTurnPolicy, eagerness_policy
 from assistant.errors import InputError
+from assistant.server.realtime import idle_note
 from tests import tiny_engines
-from tests.server.test_headless_e2e import TOKEN, daemon, recv
+from tests.server.test_headless_e2e import TOKEN, daemon, recv, sdk_until
 from tests.speech import needs_espeak, say, silence
 from tests.turn_clips import smart_turn_file
 
@@ -134,3 +136,61 @@ def test_eagerness_maps_to_threshold_and_longest_wait() -> None:
     assert set(EAGERNESS) == {"low", "medium", "high", "auto"}
     with pytest.raises(InputError, match="eagerness 'eager'"):
         eagerness_policy("eager")
+
+
+@needs_espeak
+def test_idle_timeout_prompts_a_response_through_the_openai_sdk(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """With server_vad idle_timeout_ms 5000, silence streamed after a reply's audio has played brings, through
+    the official GA SDK, timeout_triggered, the quiet audio committed as the same item, and a new response whose
+    conversation was told how long the user was silent."""
+    import openai
+
+    changes = {"server.port": 0, "server.token": TOKEN}
+    cfg = tiny_engines.tiny_config(tmp_path_factory.mktemp("idle_models"), changes)
+
+    async def body() -> tuple[list[Any], float, list[Any]]:
+        async with daemon(cfg) as (server, _pipeline):
+            sdk = openai.AsyncOpenAI(api_key=TOKEN, websocket_base_url=f"ws://127.0.0.1:{server.port}/v1")
+            async with sdk.realtime.connect(model="assistant") as conn:
+                await sdk_until(conn, "session.created")
+                detection = {"type": "server_vad", "silence_duration_ms": 500, "idle_timeout_ms": 5000}
+                await conn.session.update(
+                    session={"type": "realtime", "audio": {"input": {"turn_detection": detection}}}
+                )
+                await sdk_until(conn, "session.updated")
+                item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello."}]}
+                await conn.conversation.item.create(item=item)
+                await conn.response.create()
+                first = await sdk_until(conn, "response.done")
+                done_at = asyncio.get_running_loop().time()
+                quiet = base64.b64encode(np.zeros(RATE // 10, "<i2").tobytes()).decode()
+
+                async def stream_silence() -> None:  # a client's microphone in a quiet room, at its own pace
+                    while True:
+                        await conn.input_audio_buffer.append(audio=quiet)
+                        await asyncio.sleep(0.1)
+
+                mic = asyncio.create_task(stream_silence())
+                try:
+                    idle = await sdk_until(conn, "response.done")
+                finally:
+                    mic.cancel()
+                waited = asyncio.get_running_loop().time() - done_at
+                assert isinstance(server.backend, Sessions)
+                (session,) = server.backend.open
+                history = await session.compute.run(lambda: list(session.engines.chat.history))
+            reply_s = sum(len(base64.b64decode(e.delta)) // 2 for e in first if e.type == "response.output_audio.delta")
+            return idle, waited - reply_s / RATE, history
+
+    idle, quiet_s, history = asyncio.run(body())
+    kinds = [e.type for e in idle]
+    print(f"idle timeout after {quiet_s:.2f} s of quiet past the reply's audio: {kinds}")
+    fired = next(e for e in idle if e.type == "input_audio_buffer.timeout_triggered")
+    committed = next(e for e in idle if e.type == "input_audio_buffer.committed")
+    assert kinds.index(fired.type) < kinds.index(committed.type) < kinds.index("response.created")
+    assert committed.item_id == fired.item_id
+    assert 0 < fired.audio_end_ms - fired.audio_start_ms <= 5000
+    assert quiet_s >= 5.0  # never before the reply's audio has played plus the timeout
+    assert idle[-1].response.status == "completed" and idle[-1].response.output
+    assert [m.role for m in history] == ["user", "assistant", "user", "assistant"]
+    assert history[2].content == idle_note(5000)
