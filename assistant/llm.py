@@ -454,6 +454,11 @@ class Chat:
         self._active = self._generate(prompt, dropped)
         return self._active
 
+    def token_usage(self) -> dict[str, float]:
+        """The last generation's token counts: its prompt, the part of it reused from the cache, its output."""
+        s = self.stats
+        return {"prompt_tokens": s.prompt_tokens, "cached_tokens": s.reused_tokens, "output_tokens": s.generated_tokens}
+
     def last_turn(self) -> list[Message]:
         """The messages of the newest turn: its user message and everything after it (for the memory store)."""
         return newest_turn(self._history)

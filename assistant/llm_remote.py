@@ -230,6 +230,12 @@ class RemoteChat:
         self.history += [Message("tool", text, tool_call_id=call.id, name=call.name) for call, text in results]
         return self._start()
 
+    def token_usage(self) -> dict[str, float]:
+        """The last generation's token counts as the server reported them (none when it sent no usage)."""
+        s = self.stats
+        counts = {"prompt_tokens": s.server_prompt_tokens, "output_tokens": s.server_completion_tokens}
+        return {k: float(v) for k, v in counts.items() if v is not None}
+
     def last_turn(self) -> list[Message]:
         """The messages of the newest turn: its user message and everything after it (for the memory store)."""
         return newest_turn(self.history)

@@ -930,9 +930,9 @@ class TurnCore:
             return
         if reply is None:
             return
-        self._emit(Publish(ResponseDone(r.turn, r.text, r.interrupted, r.now)))
-        if r.trace is not None:
+        if r.trace is not None:  # first: a Realtime response.done carries the trace's token counts
             self._emit(Publish(r.trace))
+        self._emit(Publish(ResponseDone(r.turn, r.text, r.interrupted, r.now)))
         if self.current is reply:
             self.current = None
             self.wake.stopped(r.now)

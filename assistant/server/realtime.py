@@ -103,6 +103,7 @@ class RealtimeConversation:
         self.idle_since: float | None = now  # when the session last went quiet (for idle_timeout_ms)
         self.segments = itertools.count(1)
         self.user_audio_ms = 0  # user audio committed since the last response (its usage)
+        self.trace: events.LatencyTrace | None = None  # the latest reply's trace (its token counts)
 
     # the effective settings, read by the server and tests
     @property
@@ -450,6 +451,9 @@ class RealtimeConversation:
             if not self.audio_output or len(ev.audio) == 0 or r.cleared:
                 return out
             return [*out, *self._audio(r, ev.audio)]
+        if isinstance(ev, events.LatencyTrace):
+            self.trace = ev  # the core sends a reply's trace just before its ResponseDone
+            return []
         if isinstance(ev, events.ResponseDone):
             return self._done(ev)
         if isinstance(ev, events.ErrorEvent):
@@ -573,16 +577,26 @@ class RealtimeConversation:
         ]
 
     def _usage(self, r: _Response) -> dict[str, object]:
-        """Usage of one response: audio in 80 ms STT frames and 12.5 Hz codec frames, text in streamed pieces."""
+        """Usage of one response: audio in 80 ms STT frames and 12.5 Hz codec frames; text as the LLM's tokenizer
+        counted it (its prompt, and of that what came from the prompt cache), or in streamed pieces where the
+        LLM gave no count (an interrupted answer, a server without usage reports)."""
         audio_in = round(self.user_audio_ms / 1000 * AUDIO_TOKENS_PER_S)
         self.user_audio_ms = 0
         audio_out = round(r.samples_sent / rp.RATE * AUDIO_TOKENS_PER_S)
-        text_out = r.text_deltas
+        counts = self.trace.extra if self.trace is not None and self.trace.turn == r.turn else {}
+        text_out = round(counts.get("output_tokens", r.text_deltas))
+        input_details: dict[str, object] = {"audio_tokens": audio_in}
+        if "prompt_tokens" in counts:
+            input_details["text_tokens"] = round(counts["prompt_tokens"])
+        if "cached_tokens" in counts:
+            cached = round(counts["cached_tokens"])
+            input_details |= {"cached_tokens": cached, "cached_tokens_details": {"text_tokens": cached}}
+        text_in = round(counts.get("prompt_tokens", 0))
         return {
-            "total_tokens": audio_in + audio_out + text_out,
-            "input_tokens": audio_in,  # audio only (see input_token_details)
+            "total_tokens": audio_in + text_in + audio_out + text_out,
+            "input_tokens": audio_in + text_in,
             "output_tokens": audio_out + text_out,
-            "input_token_details": {"audio_tokens": audio_in},  # text in is not counted: left out, not 0
+            "input_token_details": input_details,  # a count we do not know is left out, not 0
             "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
         }
 

@@ -38,8 +38,8 @@ def test_hands_free_turn_event_sequence() -> None:
         async with Harness() as h:
             h.speak("hello", "world")
             h.silence(6)
+            trace = await h.next_event(LatencyTrace)  # sent just before the ResponseDone
             done = await h.next_event(ResponseDone)
-            trace = await h.next_event(LatencyTrace)
             assert done.text == FULL and not done.interrupted
             assert [e.new for e in h.of(StateChanged)] == [
                 TurnState.USER_SPEAKING,

@@ -148,7 +148,7 @@ def test_idle_timeout_prompts_a_response_through_the_openai_sdk(tmp_path_factory
     changes = {"server.port": 0, "server.token": TOKEN}
     cfg = tiny_engines.tiny_config(tmp_path_factory.mktemp("idle_models"), changes)
 
-    async def body() -> tuple[list[Any], float, list[Any]]:
+    async def body() -> tuple[list[Any], list[Any], float, list[Any], list[int]]:
         async with daemon(cfg) as (server, _pipeline):
             sdk = openai.AsyncOpenAI(api_key=TOKEN, websocket_base_url=f"ws://127.0.0.1:{server.port}/v1")
             async with sdk.realtime.connect(model="assistant") as conn:
@@ -178,11 +178,16 @@ def test_idle_timeout_prompts_a_response_through_the_openai_sdk(tmp_path_factory
                 waited = asyncio.get_running_loop().time() - done_at
                 assert isinstance(server.backend, Sessions)
                 (session,) = server.backend.open
-                history = await session.compute.run(lambda: list(session.engines.chat.history))
+                chat = session.engines.chat
+                history = await session.compute.run(lambda: list(chat.history))
+                # the tokenizer's own count of each response's prompt: the first user message, then three messages
+                prompts = await session.compute.run(
+                    lambda: [len(chat.render(history[:1], True)), len(chat.render(history[:3], True))]
+                )
             reply_s = sum(len(base64.b64decode(e.delta)) // 2 for e in first if e.type == "response.output_audio.delta")
-            return idle, waited - reply_s / RATE, history
+            return first, idle, waited - reply_s / RATE, history, prompts
 
-    idle, quiet_s, history = asyncio.run(body())
+    first, idle, quiet_s, history, prompts = asyncio.run(body())
     kinds = [e.type for e in idle]
     print(f"idle timeout after {quiet_s:.2f} s of quiet past the reply's audio: {kinds}")
     fired = next(e for e in idle if e.type == "input_audio_buffer.timeout_triggered")
@@ -194,3 +199,14 @@ def test_idle_timeout_prompts_a_response_through_the_openai_sdk(tmp_path_factory
     assert idle[-1].response.status == "completed" and idle[-1].response.output
     assert [m.role for m in history] == ["user", "assistant", "user", "assistant"]
     assert history[2].content == idle_note(5000)
+    # usage: text in as the tokenizer counts it; the second prompt came partly from the prompt cache
+    usages = [first[-1].response.usage, idle[-1].response.usage]
+    print(f"usage: {[u.model_dump(exclude_none=True) for u in usages]}; prompts {prompts}")
+    assert [u.input_token_details.text_tokens for u in usages] == prompts
+    cached = usages[1].input_token_details.cached_tokens
+    assert cached is not None and 0 < cached < prompts[1]
+    assert usages[1].input_token_details.cached_tokens_details.text_tokens == cached
+    for u in usages:
+        details = u.input_token_details
+        assert u.input_tokens == details.text_tokens + details.audio_tokens
+        assert u.output_token_details.text_tokens > 0
