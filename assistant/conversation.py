@@ -413,7 +413,8 @@ class Conversation:
             asyncio.get_running_loop().create_future(),
         )
         reply.trace.extra["backlog_ms"] = a.backlog_ms
-        if a.responder.user_text is not None and a.responder.speak_text is None and self._stt_final:
+        if a.responder.user_text is not None and a.responder.speak_text is None and self._stt_final >= a.speech_end:
+            # a transcript of this turn (a text turn's speech_end is its request: an older transcript is not its)
             reply.trace.mark("stt_final", self._stt_final)
         if a.confirmed:
             reply.confirmed.set()

@@ -204,6 +204,8 @@ class CreateResponse:
     instructions: str | None = None
     ask: str | None = None
     say: str | None = None
+    speech_end: float = 0.0  # a spoken turn answered by server VAD: when its speech ended (0: a client's request)
+    endpoint: float = 0.0  # and when its end was decided (for the latency trace)
 
 
 @dataclass(frozen=True)
@@ -808,7 +810,7 @@ class TurnCore:
             if text:
                 self.pending.append(text)
             if job.respond and text and self._creating is None:
-                self._create(CreateResponse(tr.now))
+                self._create(CreateResponse(tr.now, speech_end=job.speech_end, endpoint=job.endpoint))
             elif self._creating is not None and not self.transcribing:
                 self._respond(self._creating)
             elif self.state is TurnState.THINKING and self.current is None and self.user is None:
@@ -1027,7 +1029,8 @@ class TurnCore:
             self._emit(Publish(ResponseDone(turn, "", False, c.now)))
             return
         self._set_state(TurnState.THINKING)
-        self._start_reply(turn, Responder(text, instructions=c.instructions), True, c.now, c.now)
+        speech_end, endpoint = (c.speech_end, c.endpoint) if c.speech_end else (c.now, c.now)
+        self._start_reply(turn, Responder(text, instructions=c.instructions), True, speech_end, endpoint)
 
     def _on_cancel(self) -> None:
         if self._creating is not None:

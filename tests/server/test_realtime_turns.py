@@ -21,9 +21,10 @@ from assistant.config import Config
 from assistant.conversation import Sessions
 from assistant.endofturn import EAGERNESS, SmartTurnPolicy, eagerness_policy
 from assistant.errors import InputError
+from assistant.events import LatencyTrace
 from assistant.server.realtime import idle_note
 from tests import tiny_engines
-from tests.server.test_headless_e2e import TOKEN, daemon, recv, sdk_until
+from tests.server.test_headless_e2e import TOKEN, daemon, recv, sdk_until, speech_24k
 from tests.speech import needs_espeak, say, silence
 from tests.turn_clips import smart_turn_file
 
@@ -210,3 +211,59 @@ def test_idle_timeout_prompts_a_response_through_the_openai_sdk(tmp_path_factory
         details = u.input_token_details
         assert u.input_tokens == details.text_tokens + details.audio_tokens
         assert u.output_token_details.text_tokens > 0
+
+
+@needs_espeak
+def test_realtime_turns_have_every_headless_latency_field(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A Realtime session's latency trace, for a server_vad voice turn, times every stage after the true end of
+    speech in order (end of turn, STT final, first token, first text to TTS, first audio, first audio sent), with
+    the answer's token counts; a text item's trace has no STT stage and never a stale one."""
+    changes = {"server.port": 0, "server.token": TOKEN}
+    cfg = tiny_engines.tiny_config(tmp_path_factory.mktemp("trace_models"), changes)
+
+    async def body() -> list[LatencyTrace]:
+        async with daemon(cfg) as (server, _pipeline):
+            url = f"ws://127.0.0.1:{server.port}/v1/realtime"
+            async with connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, max_size=None) as ws:
+                assert (await recv(ws))["type"] == "session.created"
+                assert isinstance(server.backend, Sessions)
+                (session,) = server.backend.open
+                sub = session.subscribe()
+                audio = speech_24k()
+                step = RATE * CHUNK_MS // 1000
+                for i in range(0, len(audio), step):
+                    chunk = base64.b64encode(audio[i : i + step].astype("<i2").tobytes()).decode()
+                    await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
+                while (await recv(ws))["type"] != "response.done":
+                    pass
+                content = [{"type": "input_text", "text": "Hi."}]
+                item = {"type": "message", "role": "user", "content": content}
+                await ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
+                await ws.send(json.dumps({"type": "response.create"}))
+                while (await recv(ws))["type"] != "response.done":
+                    pass
+                traces = []
+                async for ev in sub:  # the traces were published before each response.done
+                    if isinstance(ev, LatencyTrace):
+                        traces.append(ev)
+                    if len(traces) == 2:
+                        return traces
+        raise AssertionError("the session ended before its traces")
+
+    voice, text = asyncio.run(body())
+    print(f"voice turn: {voice}\ntext turn: {text}")
+    stages = [
+        voice.vad_hangover_ms,
+        voice.stt_final_ms,
+        voice.llm_first_token_ms,
+        voice.tts_first_text_ms,
+        voice.tts_first_audio_ms,
+        voice.first_sample_played_ms,
+    ]
+    assert None not in stages, voice
+    assert stages == sorted(stages) and stages[0] >= 0, voice
+    assert text.stt_final_ms is None and text.vad_hangover_ms == 0.0
+    later = [text.llm_first_token_ms, text.tts_first_text_ms, text.tts_first_audio_ms, text.first_sample_played_ms]
+    assert None not in later and later == sorted(later) and later[0] > 0, text
+    for trace in (voice, text):
+        assert trace.extra["prompt_tokens"] > trace.extra["cached_tokens"] >= 0 and trace.extra["output_tokens"] > 0
