@@ -249,6 +249,9 @@ def test_every_sdk_event_type_is_driven_or_observed(tiny_config: Config) -> None
     assert not (covered_server & set(EXCEPTIONS)), "an excepted event was seen: update EXCEPTIONS"
     assert facts["voice"] == "alloy" and facts["reply_s"] > 0
     assert facts["usage"]["output_token_details"]["audio_tokens"] == round(facts["reply_s"] * 12.5)
+    details = facts["usage"]["input_token_details"]
+    assert details["text_tokens"] > details["cached_tokens"] >= 0 and details["audio_tokens"] > 0
+    assert facts["usage"]["input_tokens"] == details["text_tokens"] + details["audio_tokens"]
     assert facts["retrieved"]["content"][0]["transcript"] is not None
     idle = [m["type"] for m in facts["idle"]]
     assert idle.index("input_audio_buffer.timeout_triggered") < idle.index("input_audio_buffer.committed")
