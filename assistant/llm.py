@@ -368,10 +368,12 @@ class Chat:
         if self._answer is not None:
             self.finish_turn(None)
         self._history.add_user(text)
+        return self._start()
+
+    def _start(self) -> Iterator[str]:
+        """Open an answer to the history as it stands (first fitted to the budget)."""
         prompt, dropped = self._fit_history()
-        self._answer = []
-        self._answer_tokens = []
-        self._complete = False
+        self._answer, self._answer_tokens, self._complete = [], [], False
         self._active = self._generate(prompt, dropped)
         return self._active
 
@@ -497,12 +499,7 @@ class Chat:
         # Gemma 4's template renders a message's content after its tool results: what was said before the calls
         # becomes a message of its own, so the prompt keeps the order things were said in.
         self._history.add_tool_round(said, results, said_apart=self.tool_format is GEMMA4)
-        prompt, dropped = self._fit_history()
-        self._answer = []
-        self._answer_tokens = []
-        self._complete = False
-        self._active = self._generate(prompt, dropped)
-        return self._active
+        return self._start()
 
     def token_usage(self) -> dict[str, float]:
         """The last generation's token counts: its prompt, the part of it reused from the cache, its output."""
