@@ -682,8 +682,10 @@ class TurnCore:
         after = self.end_of_turn.score_after_ms
         if after is not None and silence_ms >= after and user.score is None and not user.scoring:
             user.scoring = True
-            audio = self.ring.slice(self._score_from(user), user.silence_at)
-            self._emit(ScoreTurn(user.id, audio))
+            # the model judges speech followed by `after` ms of silence (as trained, and as the clip benchmark
+            # gives it); cut at the pause's start it hears an abrupt stop and scores complete turns low
+            end = min(self.ring.end, user.silence_at + after * CAPTURE_RATE // 1000)
+            self._emit(ScoreTurn(user.id, self.ring.slice(self._score_from(user, end), end)))
         speech_ms = (user.silence_at - user.start) * 1000 // CAPTURE_RATE
         evidence = TurnEvidence(silence_ms, speech_ms, user.score, user.partial)
         if self.end_of_turn.decide(evidence) == "end":
@@ -692,12 +694,11 @@ class TurnCore:
                 self._vad_origin = self.ring.end
             self._end_turn(user.silence_at, now)
 
-    def _score_from(self, user: Utterance) -> int:
-        """Where the scored audio starts: the current speech segment (from the onset after the last pause the
-        policy waited through, less a lead-in; else the turn start), at most its last SCORE_WINDOW."""
-        assert user.silence_at is not None
+    def _score_from(self, user: Utterance, end: int) -> int:
+        """Where the scored audio that ends at `end` starts: the current speech segment (from the onset after the
+        last pause the policy waited through, less a lead-in; else the turn start), at most SCORE_WINDOW."""
         start = user.start if user.segment is None else max(user.start, user.segment - SCORE_LEAD_IN)
-        return max(start, user.silence_at - SCORE_WINDOW, self.ring.start)
+        return max(start, end - SCORE_WINDOW, self.ring.start)
 
     def _on_scored(self, s: Scored) -> None:
         user = self.user
