@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from assistant.audio.echo import ADAPT_FRAMES, AEC_DELAY, AEC_FRAME, RESIDUAL_DB, EchoCanceller
+from assistant.audio.echo import ADAPT_FRAMES, AEC_DELAY, AEC_FRAME, ECHO_WINDOW_MS, RESIDUAL_DB, EchoCanceller
 from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, TTS_RATE, AudioBlock, int16_to_float32, resample
 from tests.speech import needs_espeak, say
 
@@ -193,9 +193,9 @@ def test_echo_bound_follows_what_played_and_the_adaptation() -> None:
     ec.played(ref)
     assert ec.echo_dbfs(T_MIC - 1.0, BLOCK) == SILENT_DBFS  # before the run
     assert ec.echo_dbfs(T_MIC + 0.3, BLOCK) == pytest.approx(-20.0, abs=0.5)
-    # 100 ms after the speaker fell silent its echo may still come back; 300 ms after, not
-    assert ec.echo_dbfs(T_MIC + 0.6, BLOCK) == pytest.approx(-20.0, abs=0.5)
-    assert ec.echo_dbfs(T_MIC + 0.8, BLOCK) == SILENT_DBFS
+    # within ECHO_WINDOW_MS after the speaker fell silent its echo may still come back; after it, not
+    assert ec.echo_dbfs(T_MIC + 0.5 + ECHO_WINDOW_MS / 2000, BLOCK) == pytest.approx(-20.0, abs=0.5)
+    assert ec.echo_dbfs(T_MIC + 0.52 + ECHO_WINDOW_MS / 1000, BLOCK) == SILENT_DBFS
     run(ec, np.zeros(round(seconds * CAPTURE_RATE), np.int16))  # AEC3 sees 4 s of reference
     assert ec.echo_dbfs(T_MIC + 2.0, BLOCK) == pytest.approx(-20.0 + RESIDUAL_DB, abs=0.5)
     assert ADAPT_FRAMES * AEC_FRAME < 4 * CAPTURE_RATE

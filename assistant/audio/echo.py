@@ -23,11 +23,13 @@ AEC_DELAY = 128  # AEC3 hands back each frame's audio 8 ms late (measured; pinne
 # What is left of the echo in the cleaned signal, relative to the loudest 10 ms the speaker played within
 # ECHO_WINDOW_MS before a frame: the base of the barge-in gate (which adds vad.barge_in_energy_margin_db, 6 dB).
 # Measured in the laptop room (`python -m benchmarks.echo --barge`: 60 ms, 0 and -6 dB, reverb), voiced 30 ms
-# frames of echo alone at 17 dB under the peak ran up to 9 in a row, 12 after a speaker stream was reopened under
-# load; at 14 dB under it (this + 6 dB) at most 5-8, short of the 10 (300 ms) a barge-in start needs.
-RESIDUAL_DB = -20.0
+# frames of echo alone at 14 dB under the peak ran at most 5-8 in a row, short of the 10 (300 ms) a start needs;
+# but with one core busy (tests/pipeline/test_echo_turns_room.py) 300 ms runs came through at that level, so the
+# gate sits at 8 dB under the peak: a user interrupts by being about as loud as the reply's echo plus 8 dB.
+RESIDUAL_DB = -14.0
 ADAPT_FRAMES = 300  # AEC3 learns the room over its first 3 s of reference: until then, no credit for cancelling
-ECHO_WINDOW_MS = 200  # echo path delay + the room's reverberation: a frame can still hold what played this long ago
+# echo path delay + the room's reverberation (~200 ms), and the speaker clock's error under load
+ECHO_WINDOW_MS = 300
 KEEP_S = 20.0  # reference history kept: covers capture blocks that arrive late on a busy machine
 
 
