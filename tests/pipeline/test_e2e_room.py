@@ -120,7 +120,8 @@ def test_spoken_turn_and_barge_in(room_env: Any, tiny_config: Config, tmp_path: 
                 room_env.play(shout.astype(np.int16))
                 await events.until(BargeIn)
                 await events.until(ResponseDone, lambda e: e.interrupted)
-                await events.until(LatencyTrace)
+                if not any(isinstance(e, LatencyTrace) for e in events.seen):  # it may come before the barge-in
+                    await events.until(LatencyTrace)
                 await asyncio.sleep(0.5)  # the recording shows what followed the flush
                 history = await compute.run(lambda: list(engines.chat.history))
                 runner.cancel()
