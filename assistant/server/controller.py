@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from assistant import events
+from assistant.tools.calls import ToolChoice
 
 
 class Subscription(Protocol):
@@ -78,6 +79,18 @@ class RealtimeSession(Protocol):
     def delete_item(self, role: str, text: str) -> None:
         """Forget the newest `role` ("user" / "assistant") message whose text is `text`; InputError when the
         history holds none."""
+
+    def set_functions(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
+        """The client's functions (`{"type": "function", "function": {name, description, parameters}}`) and the
+        tool choice, from the next reply on. A reply whose model calls them emits FunctionCall events (one per
+        call) before its ResponseDone and keeps its answer open for the outputs."""
+
+    def functions_for_next_response(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
+        """Tools and choice for the next reply only (response.create's own)."""
+
+    def add_function_output(self, call_id: str, output: str) -> None:
+        """The client's output of a call from the last reply; the next `create_response()` continues that answer
+        with every output (a call without one gets an error result). InputError for an unknown call id."""
 
     def events(self) -> AsyncIterator[events.SessionEvent]: ...
     async def close(self) -> None: ...

@@ -262,6 +262,15 @@ class FakeSession:
     def delete_item(self, role: str, text: str) -> None:
         self.calls.append(("delete", (role, text)))
 
+    def set_functions(self, tools: list[dict[str, Any]], choice: Any) -> None:
+        self.calls.append(("functions", (tools, choice)))
+
+    def functions_for_next_response(self, tools: list[dict[str, Any]], choice: Any) -> None:
+        self.calls.append(("next_functions", (tools, choice)))
+
+    def add_function_output(self, call_id: str, output: str) -> None:
+        self.calls.append(("function_output", (call_id, output)))
+
     async def events(self) -> AsyncIterator[events.SessionEvent]:
         while True:
             yield await self.queue.get()
