@@ -46,7 +46,7 @@ from assistant.memory import Memory
 from assistant.reply import Reply, TurnTrace, pump, settle_answer
 from assistant.tools.builtin import date_line, reminder_speech, zone
 from assistant.tools.calls import AUTO, ToolCall, ToolChoice
-from assistant.tools.registry import Toolbox
+from assistant.tools.registry import Tool, Toolbox
 from assistant.tools.timers import ReminderScheduler
 from assistant.turns import (
     Action,
@@ -198,6 +198,8 @@ class Conversation:
         self.hangover_ms: int | None = cfg.vad.hangover_ms
         self.instructions = cfg.llm.system_prompt
         self.toolbox = toolbox  # tools the daemon's answers may call (None: none)
+        self._own_tools = list(toolbox.tools) if toolbox is not None else []  # built in and from config.toml
+        self._app_tools: dict[str, list[Tool]] = {}  # tools connected apps registered, by connection
         self.memory = memory  # the history kept across restarts (None: not kept)
         self.reminders = reminders
         self._date = ""  # the date line in the system prompt (with tools: refreshed when the date changes)
@@ -680,6 +682,34 @@ class Conversation:
         self.cfg = new
         self._apply(SetPolicy(daemon_policy(new), end_of_turn(new, self.engines.score_turn), new_vad=new_vad))
         return self.config_get()
+
+    def set_app_tools(self, owner: str, tools: list[Tool]) -> list[str]:
+        """Tools a connected app (`owner`) offers to the voice loop, replacing its earlier ones ([] = none: it left).
+
+        Returns the names of every tool offered now. InputError when a name is taken by the daemon's own tools
+        or another app's (nothing changes then)."""
+        taken = {t.name for t in self._own_tools}
+        taken |= {t.name for o, ts in self._app_tools.items() if o != owner for t in ts}
+        clash = sorted({t.name for t in tools} & taken)
+        if clash:
+            raise InputError(f"tool name(s) {', '.join(clash)} are taken by the daemon or another app; rename them")
+        if tools:
+            self._app_tools[owner] = list(tools)
+        else:
+            self._app_tools.pop(owner, None)
+        offered = [*self._own_tools, *(t for ts in self._app_tools.values() for t in ts)]
+        self.toolbox = Toolbox(offered) if offered or self.toolbox is not None else None
+        self.spawn(self._offer_toolbox())
+        return [t.name for t in offered]
+
+    async def _offer_toolbox(self) -> None:
+        schemas = self.toolbox.schemas() if self.toolbox is not None else []
+        try:
+            if not await self.compute.run(self.engines.chat.set_tools, schemas, priority=Priority.URGENT):  # type: ignore[attr-defined]
+                why = "this LLM's chat template has no tool-call format: it cannot call the registered tools"
+                self.publish(ErrorEvent(why, time.monotonic()))
+        except Exception as e:
+            self.failed(e, "offering the tools to the LLM")
 
     def history_get(self) -> list[dict[str, Any]]:
         return [dataclasses.asdict(m) for m in self.engines.chat.history]

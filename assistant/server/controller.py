@@ -13,6 +13,7 @@ import numpy as np
 
 from assistant import events
 from assistant.tools.calls import ToolChoice
+from assistant.tools.registry import Tool
 
 
 class Subscription(Protocol):
@@ -44,6 +45,9 @@ class Controller(Protocol):
     def history_get(self) -> list[dict[str, Any]]: ...
     def history_reset(self) -> None: ...
     def subscribe(self, maxsize: int = 256) -> Subscription: ...
+    def set_app_tools(self, owner: str, tools: list[Tool]) -> list[str]:
+        """A connected app's tools for the voice loop, replacing its earlier ones ([] when it leaves); returns the
+        names offered now. InputError for a name the daemon or another app already uses."""
 
 
 class RealtimeSession(Protocol):

@@ -7,15 +7,21 @@ synchronous methods and returns the frames to send; `say` and `ask` are long-run
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from assistant import __version__
 from assistant.errors import AssistantError, ConfigError, InputError
 from assistant.server import protocol as p
+from assistant.server import realtime_protocol as rp
 from assistant.server.controller import Controller
+from assistant.tools.registry import Tool, ToolFailed
 
 INTERNAL_DETAIL_CHARS = 200  # of an unexpected exception's text in the client's error (the log has the rest)
+TOOL_TIMEOUT_RANGE = (0.1, 300.0)  # seconds the voice loop waits for an app's tool result
 
 
 @dataclass(frozen=True)
@@ -36,11 +42,18 @@ class NativeConnection:
         max_bytes: int = 1 << 20,
         commands_per_s: float = 20.0,
         limits: p.Limits = p.DEFAULT_LIMITS,
+        send: Callable[[str], None] | None = None,
+        owner: str = "app",
     ) -> None:
         self.controller = controller
         self.max_bytes, self.commands_per_s, self.limits = max_bytes, commands_per_s, limits
         self.limiter = p.TokenBucket(commands_per_s, max(1.0, commands_per_s), now)  # bursts of one second's worth
         self.subscribed = False
+        self.send = send  # queues a frame to this client unasked (tool calls); None: no tools can be registered
+        self.owner = owner  # names this connection's tools in the controller
+        self.tools: list[str] = []  # the tools this app registered
+        self.calls: dict[str, asyncio.Future[str]] = {}  # tool calls sent to the app, awaiting its tool.result
+        self._call_ids = itertools.count(1)
 
     def hello(self) -> str:
         return p.encode(p.Hello(p.PROTOCOL_VERSION, f"assistant {__version__}"))
@@ -75,6 +88,11 @@ class NativeConnection:
             return c.config_set(cmd.changes)
         if isinstance(cmd, p.HistoryGet):
             return {"history": c.history_get()}
+        if isinstance(cmd, p.ToolsRegister):
+            return {"tools": self._register(cmd)}
+        if isinstance(cmd, p.ToolResult):
+            self._answer(cmd)
+            return {}
         actions = {
             p.Interrupt: c.interrupt,
             p.Mute: c.mute,
@@ -88,6 +106,64 @@ class NativeConnection:
         else:
             actions[type(cmd)]()
         return {}
+
+    # ---- the app's tools ------------------------------------------------------------------------------------
+
+    def _register(self, cmd: p.ToolsRegister) -> list[str]:
+        if self.send is None:
+            raise p.WireError("unsupported", "this connection cannot take tool calls", cmd.id)
+        lo, hi = TOOL_TIMEOUT_RANGE
+        if not lo <= cmd.timeout_s <= hi:
+            raise p.WireError("bad_field", f"`tools.register.timeout_s` must be from {lo:g} to {hi:g} s", cmd.id)
+        try:
+            functions = rp.decode_functions(cmd.tools, "tools.register.tools", None)
+        except p.WireError as e:
+            raise p.WireError(e.code, str(e), cmd.id) from e
+        tools = [
+            Tool(f.name, f.description, f.parameters, self._runner(f.name), cmd.timeout_s, "app") for f in functions
+        ]
+        offered = self.controller.set_app_tools(self.owner, tools)
+        self.tools = [t.name for t in tools]
+        return offered
+
+    def _runner(self, name: str) -> Callable[[Mapping[str, Any]], Any]:
+        async def run(arguments: Mapping[str, Any]) -> str:
+            """Send the call to the app and wait for its tool.result (the toolbox bounds the wait)."""
+            call_id = f"{self.owner}-call-{next(self._call_ids)}"
+            future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self.calls[call_id] = future
+            try:
+                assert self.send is not None
+                self.send(p.encode(p.ToolCall(call_id, name, dict(arguments))))
+                return await future
+            finally:
+                self.calls.pop(call_id, None)
+
+        return run
+
+    def _answer(self, cmd: p.ToolResult) -> None:
+        future = self.calls.get(cmd.call_id)
+        if future is None or future.done():
+            waiting = ", ".join(self.calls) or "none"
+            raise InputError(f"no tool call {p.clip(cmd.call_id)} awaits a result (awaiting: {p.clip(waiting)}); it "
+                             "timed out or was answered")  # fmt: skip
+        if cmd.error is not None:
+            future.set_exception(ToolFailed(cmd.error[: self.limits.text_chars]))
+        elif len(cmd.output) > self.limits.text_chars:
+            future.set_exception(ToolFailed(f"the app's result was over {self.limits.text_chars} characters"))
+            raise p.WireError("too_long", f"`tool.result.output` is over {self.limits.text_chars} characters; "
+                              "the model was told the call failed", cmd.id)  # fmt: skip
+        else:
+            future.set_result(cmd.output)
+
+    def close(self) -> None:
+        """The app disconnected: its tools are withdrawn and its unanswered calls fail (the model hears why)."""
+        if self.tools:
+            self.tools = []
+            self.controller.set_app_tools(self.owner, [])
+        for call_id, future in list(self.calls.items()):
+            if not future.done():
+                future.set_exception(ToolFailed(f"the app that runs this tool disconnected before answering {call_id}"))
 
     def finished(self, cmd: p.Command, result: dict[str, Any]) -> str:
         """The reply frame of a command that succeeded."""

@@ -574,7 +574,7 @@ class RealtimeConversation:
         r = self.response
         assert r is not None
         if r.opened and r.message is None:
-            out += self._close(r, r.transcript, False)
+            out += self._close(r, r.transcript.strip(), False)
         index = len(r.calls) + (1 if r.opened else 0)
         item_id = self._id("item")
         item = rp.function_call_item(item_id, ev.call_id, ev.name, "", "in_progress")

@@ -335,7 +335,7 @@ def decode_client_event(
         if response is None:
             return ResponseCreate(event_id=event_id)
         _check_modalities(response)
-        tools = _tools(response.obj["tools"], "response.tools", event_id) if "tools" in response.obj else None
+        tools = decode_functions(response.obj["tools"], "response.tools", event_id) if "tools" in response.obj else None
         choice = _tool_choice(response.obj.get("tool_choice"), "response.tool_choice", event_id)
         return ResponseCreate(instructions, tools, choice, event_id=event_id)
     return ResponseCancel(r.text("response_id"), event_id=event_id)
@@ -478,7 +478,7 @@ _SESSION_FIELDS = {
 }  # fmt: skip
 
 
-def _tools(value: Any, path: str, event_id: str | None) -> tuple[Function, ...]:
+def decode_functions(value: Any, path: str, event_id: str | None) -> tuple[Function, ...]:
     """session.tools / response.tools: function tools only (GA and beta share the shape)."""
     if not isinstance(value, list) or len(value) > MAX_TOOLS:
         raise WireError("invalid_value", f"`{path}` must be a list of at most {MAX_TOOLS} tools, got {_show(value)}",
@@ -585,7 +585,7 @@ def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> Session
         if holder is not None and name in holder.obj:
             t_given, transcription = True, _transcription(holder.obj[name], path, event_id)
     instructions = s.text("instructions", max_chars=limits.instructions_chars)
-    tools = _tools(s.obj["tools"], "session.tools", event_id) if s.obj.get("tools") is not None else None
+    tools = decode_functions(s.obj["tools"], "session.tools", event_id) if s.obj.get("tools") is not None else None
     choice = _tool_choice(s.obj.get("tool_choice"), "session.tool_choice", event_id)
     return SessionUpdate(
         instructions,

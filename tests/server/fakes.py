@@ -140,6 +140,10 @@ class FakeController:
         self.calls.append(("history_reset", None))
         self.history.clear()
 
+    def set_app_tools(self, owner: str, tools: list[Any]) -> list[str]:
+        self.calls.append(("app_tools", (owner, [t.name for t in tools])))
+        return [t.name for t in tools]
+
     def subscribe(self, maxsize: int = 256) -> FakeSubscription:
         sub = FakeSubscription(self, maxsize)
         self.subs.add(sub)
