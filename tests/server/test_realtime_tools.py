@@ -9,25 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
-from assistant import cli
-from assistant.audio.sinks import NullSink
-from assistant.compute import Compute
 from assistant.config import Config
-from assistant.conversation import Conversation, Sessions
 from assistant.llm import Chat, Message
-from assistant.server.ws import ControlServer
 from tests import tiny_engines
 from tests.llm.test_tool_chat import force
 from tests.llm.tiny import make_tiny
 from tests.pipeline.doubles import ToolChat
+from tests.server.scripted_daemon import scripted_daemon
 from tests.server.test_conformance import strict
 
 TOKEN = "tools-token"
@@ -39,34 +33,6 @@ WEATHER = {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
 OUTPUT = json.dumps({"sky": "sunny", "celsius": 21})
-
-
-class ScriptedSessions(cli.SharedEngines):
-    """The daemon's session engines with each session's chat replaced by `make_chat(real_chat)`."""
-
-    def __init__(self, cfg: Config, engines: Any, make_chat: Callable[[Any], Any]) -> None:
-        super().__init__(cfg, engines)
-        self.make_chat = make_chat
-
-    def new_session(self, voice: str | None) -> Any:
-        engines = super().new_session(voice)
-        engines.chat = self.make_chat(engines.chat)
-        return engines
-
-
-@asynccontextmanager
-async def tool_daemon(cfg: Config, make_chat: Callable[[Any], Any]) -> AsyncIterator[ControlServer]:
-    """What `assistant run` builds headless (tests/server/test_headless_e2e.daemon), with scripted session chats."""
-    compute = Compute()
-    try:
-        engines = await compute.run(cli.build_engines, cfg)
-        pipeline = Conversation(cfg, engines, None, NullSink(), compute)
-        backend = Sessions(pipeline, ScriptedSessions(cfg, engines, make_chat), cfg.server.realtime_sessions)
-        async with ControlServer(cfg.server, pipeline, backend) as server:
-            yield server
-        await pipeline.aclose()
-    finally:
-        await asyncio.to_thread(compute.close, 5.0)
 
 
 async def until(conn: Any, kind: str, errors_ok: bool = False) -> list[dict[str, Any]]:
@@ -93,7 +59,9 @@ async def round_trip(port: int, first_response: dict[str, Any] | None = None) ->
     async with sdk.realtime.connect(model="assistant") as conn:
         await until(conn, "session.created")
         audio = {"input": {"turn_detection": None}}
-        await conn.session.update(session={"type": "realtime", "tools": [WEATHER], "tool_choice": "auto", "audio": audio})  # type: ignore[typeddict-item]
+        await conn.session.update(
+            session={"type": "realtime", "tools": [WEATHER], "tool_choice": "auto", "audio": audio}
+        )  # type: ignore[typeddict-item]
         got["updated"] = (await until(conn, "session.updated"))[-1]["session"]
         await conn.conversation.item.create(item=user("What is the weather in Paris?"))  # type: ignore[arg-type]
         await until(conn, "conversation.item.done")
@@ -171,7 +139,7 @@ def test_sdk_function_call_round_trip_with_scripted_chat(base: Config) -> None:
         return chats[-1]
 
     async def body() -> dict[str, Any]:
-        async with tool_daemon(base, make_chat) as server:
+        async with scripted_daemon(base, make_chat) as (server, _):
             return await round_trip(server.port)
 
     got = asyncio.run(body())
@@ -214,7 +182,7 @@ def test_sdk_function_call_round_trip_with_tiny_gemma4(base: Config, gemma: Path
         return chat
 
     async def body() -> dict[str, Any]:
-        async with tool_daemon(cfg, make_chat) as server:
+        async with scripted_daemon(cfg, make_chat) as (server, _):
             choice = {"tool_choice": {"type": "function", "name": "get_weather"}}
             return await round_trip(server.port, choice)
 
