@@ -199,3 +199,30 @@ def test_sdk_function_call_round_trip_with_tiny_gemma4(base: Config, gemma: Path
     assert prompt.endswith('<|tool_response>response:get_weather{value:<|"|>' + OUTPUT + '<|"|>}<tool_response|>')
     said = got["second"][-1]["response"]["output"][0]["content"][0]["transcript"]
     assert said == history[3].content
+
+
+def test_a_call_of_a_function_not_offered_is_answered_inside_the_response(base: Config) -> None:
+    """The model calls a function the client did not offer: it gets an error result naming the offered ones
+    within the same response (never handed to the client), and its corrected call is the one the client gets."""
+    chats: list[ToolChat] = []
+    wrong = ['<tool_call>{"name": "get_wether", "arguments": {"city": "Paris"}}</tool_call>']
+    right = ['<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>']
+
+    def make_chat(_: Any) -> ToolChat:
+        chats.append(ToolChat([wrong, right, ["Sunny."]]))
+        return chats[-1]
+
+    async def body() -> dict[str, Any]:
+        async with scripted_daemon(base, make_chat) as (server, _):
+            return await round_trip(server.port)
+
+    got = asyncio.run(body())
+    check_common(got)
+    check_call_response(got["first"])
+    calls = [m["name"] for m in got["first"] if m["type"] == "response.function_call_arguments.done"]
+    assert calls == ["get_weather"]
+    (chat,) = chats
+    ((refused_call, error),) = chat.results[0]
+    assert refused_call.name == "get_wether"
+    assert json.loads(error)["error"] == "there is no function `get_wether`; the functions are: get_weather"
+    assert [result for _, result in chat.results[1]] == [OUTPUT]
