@@ -699,15 +699,15 @@ class Conversation:
             self._app_tools.pop(owner, None)
         offered = [*self._own_tools, *(t for ts in self._app_tools.values() for t in ts)]
         self.toolbox = Toolbox(offered) if offered or self.toolbox is not None else None
-        self.spawn(self._offer_toolbox())
+        self.spawn(self._offer([t.schema() for t in offered], AUTO))
         return [t.name for t in offered]
 
-    async def _offer_toolbox(self) -> None:
-        schemas = self.toolbox.schemas() if self.toolbox is not None else []
+    async def _offer(self, schemas: list[dict[str, Any]], choice: ToolChoice) -> None:
+        """Offer the LLM these tools from its next answer on; an error event when it cannot call any."""
         try:
-            if not await self.compute.run(self.engines.chat.set_tools, schemas, priority=Priority.URGENT):  # type: ignore[attr-defined]
-                why = "this LLM's chat template has no tool-call format: it cannot call the registered tools"
-                self.publish(ErrorEvent(why, time.monotonic()))
+            if not await self.compute.run(self.engines.chat.set_tools, schemas, choice, priority=Priority.URGENT):  # type: ignore[attr-defined]
+                why = "this LLM's chat template has no tool-call format: it cannot call the tools offered to it"
+                self.publish(ErrorEvent(f"{why}; use a model whose chat template renders tools", time.monotonic()))
         except Exception as e:
             self.failed(e, "offering the tools to the LLM")
 
@@ -786,19 +786,6 @@ class Conversation:
         The model's calls of them end the reply as FunctionCall events; the client runs them."""
         self._functions = (list(tools), choice)
         self.spawn(self._offer(tools, choice))
-
-    async def _offer(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
-        try:
-            if not await self.compute.run(self.engines.chat.set_tools, tools, choice, priority=Priority.URGENT):  # type: ignore[attr-defined]
-                self.publish(
-                    ErrorEvent(
-                        "this LLM's chat template has no tool-call format: it cannot call the "
-                        "session's tools; use a model whose template renders tools",
-                        time.monotonic(),
-                    )
-                )
-        except Exception as e:
-            self.failed(e, "offering the session's tools to the LLM")
 
     def functions_for_next_response(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
         """Tools and choice for the next response only (Realtime response.create); the session's apply after it."""
