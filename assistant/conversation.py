@@ -44,9 +44,10 @@ from assistant.events import (
 from assistant.logs import kv
 from assistant.memory import Memory
 from assistant.reply import Reply, TurnTrace, pump, settle_answer
+from assistant.tools.apps import AppTools, Send
 from assistant.tools.builtin import date_line, reminder_speech, zone
 from assistant.tools.calls import AUTO, ToolCall, ToolChoice
-from assistant.tools.registry import Tool, Toolbox
+from assistant.tools.registry import Toolbox
 from assistant.tools.timers import ReminderScheduler
 from assistant.turns import (
     Action,
@@ -199,7 +200,7 @@ class Conversation:
         self.instructions = cfg.llm.system_prompt
         self.toolbox = toolbox  # tools the daemon's answers may call (None: none)
         self._own_tools = list(toolbox.tools) if toolbox is not None else []  # built in and from config.toml
-        self._app_tools: dict[str, list[Tool]] = {}  # tools connected apps registered, by connection
+        self.apps = AppTools()  # tools connected apps registered, run by them
         self.memory = memory  # the history kept across restarts (None: not kept)
         self.reminders = reminders
         self._date = ""  # the date line in the system prompt (with tools: refreshed when the date changes)
@@ -683,21 +684,33 @@ class Conversation:
         self._apply(SetPolicy(daemon_policy(new), end_of_turn(new, self.engines.score_turn), new_vad=new_vad))
         return self.config_get()
 
-    def set_app_tools(self, owner: str, tools: list[Tool]) -> list[str]:
-        """Tools a connected app (`owner`) offers to the voice loop, replacing its earlier ones ([] = none: it left).
+    def set_app_tools(self, owner: str, tools: list[dict[str, Any]], timeout_s: float, send: Send) -> list[str]:
+        """Tools a connected app (`owner`) offers to the voice loop, replacing its earlier ones ([] withdraws them).
 
         Returns the names of every tool offered now. InputError when a name is taken by the daemon's own tools
         or another app's (nothing changes then)."""
+        built = self.apps.build(owner, tools, timeout_s, send)
         taken = {t.name for t in self._own_tools}
-        taken |= {t.name for o, ts in self._app_tools.items() if o != owner for t in ts}
-        clash = sorted({t.name for t in tools} & taken)
+        taken |= {t.name for o, ts in self.apps.by_owner.items() if o != owner for t in ts}
+        clash = sorted({t.name for t in built} & taken)
         if clash:
             raise InputError(f"tool name(s) {', '.join(clash)} are taken by the daemon or another app; rename them")
-        if tools:
-            self._app_tools[owner] = list(tools)
-        else:
-            self._app_tools.pop(owner, None)
-        offered = [*self._own_tools, *(t for ts in self._app_tools.values() for t in ts)]
+        self.apps.set(owner, built)
+        return self._offer_all()
+
+    def app_tool_result(self, owner: str, call_id: str, output: str, error: str | None = None) -> None:
+        """The app's answer to a tool call it was sent; InputError when none of its calls awaits `call_id`."""
+        self.apps.answer(owner, call_id, output, error)
+
+    def app_gone(self, owner: str) -> None:
+        """The app disconnected: its tools are withdrawn and its unanswered calls fail (the model hears why)."""
+        had_tools = owner in self.apps.by_owner
+        self.apps.drop(owner)
+        if had_tools:
+            self._offer_all()
+
+    def _offer_all(self) -> list[str]:
+        offered = [*self._own_tools, *self.apps.tools]
         self.toolbox = Toolbox(offered) if offered or self.toolbox is not None else None
         self.spawn(self._offer([t.schema() for t in offered], AUTO))
         return [t.name for t in offered]

@@ -6,14 +6,13 @@ sessions whose audio comes from and goes to a WebSocket client (the `/v1/realtim
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import numpy as np
 
 from assistant import events
 from assistant.tools.calls import ToolChoice
-from assistant.tools.registry import Tool
 
 
 class Subscription(Protocol):
@@ -45,9 +44,23 @@ class Controller(Protocol):
     def history_get(self) -> list[dict[str, Any]]: ...
     def history_reset(self) -> None: ...
     def subscribe(self, maxsize: int = 256) -> Subscription: ...
-    def set_app_tools(self, owner: str, tools: list[Tool]) -> list[str]:
-        """A connected app's tools for the voice loop, replacing its earlier ones ([] when it leaves); returns the
-        names offered now. InputError for a name the daemon or another app already uses."""
+    def set_app_tools(
+        self,
+        owner: str,
+        tools: list[dict[str, Any]],
+        timeout_s: float,
+        send: Callable[[str, str, dict[str, Any]], None],
+    ) -> list[str]:
+        """A connected app's tools (`{"type": "function", "function": {...}}` schemas) for the voice loop, replacing
+        its earlier ones ([] withdraws them); a call goes to the app as `send(call_id, name, arguments)` and waits
+        up to `timeout_s` for `app_tool_result`. Returns the names offered now. InputError for a name the daemon or
+        another app already uses."""
+
+    def app_tool_result(self, owner: str, call_id: str, output: str, error: str | None = None) -> None:
+        """The app's answer to a call it was sent (`error`: it failed); InputError when none awaits `call_id`."""
+
+    def app_gone(self, owner: str) -> None:
+        """The app disconnected: its tools are withdrawn and its unanswered calls fail at once."""
 
 
 class RealtimeSession(Protocol):

@@ -7,9 +7,7 @@ synchronous methods and returns the frames to send; `say` and `ask` are long-run
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +16,6 @@ from assistant.errors import AssistantError, ConfigError, InputError
 from assistant.server import protocol as p
 from assistant.server import realtime_protocol as rp
 from assistant.server.controller import Controller
-from assistant.tools.registry import Tool, ToolFailed
 
 INTERNAL_DETAIL_CHARS = 200  # of an unexpected exception's text in the client's error (the log has the rest)
 TOOL_TIMEOUT_RANGE = (0.1, 300.0)  # seconds the voice loop waits for an app's tool result
@@ -51,9 +48,6 @@ class NativeConnection:
         self.subscribed = False
         self.send = send  # queues a frame to this client unasked (tool calls); None: no tools can be registered
         self.owner = owner  # names this connection's tools in the controller
-        self.tools: list[str] = []  # the tools this app registered
-        self.calls: dict[str, asyncio.Future[str]] = {}  # tool calls sent to the app, awaiting its tool.result
-        self._call_ids = itertools.count(1)
 
     def hello(self) -> str:
         return p.encode(p.Hello(p.PROTOCOL_VERSION, f"assistant {__version__}"))
@@ -119,51 +113,32 @@ class NativeConnection:
             functions = rp.decode_functions(cmd.tools, "tools.register.tools", None)
         except p.WireError as e:
             raise p.WireError(e.code, str(e), cmd.id) from e
-        tools = [
-            Tool(f.name, f.description, f.parameters, self._runner(f.name), cmd.timeout_s, "app") for f in functions
-        ]
-        offered = self.controller.set_app_tools(self.owner, tools)
-        self.tools = [t.name for t in tools]
+        offered = self.controller.set_app_tools(
+            self.owner, [f.schema() for f in functions], cmd.timeout_s, self._tool_call
+        )
+        self.registered = bool(functions)
         return offered
 
-    def _runner(self, name: str) -> Callable[[Mapping[str, Any]], Any]:
-        async def run(arguments: Mapping[str, Any]) -> str:
-            """Send the call to the app and wait for its tool.result (the toolbox bounds the wait)."""
-            call_id = f"{self.owner}-call-{next(self._call_ids)}"
-            future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-            self.calls[call_id] = future
-            try:
-                assert self.send is not None
-                self.send(p.encode(p.ToolCall(call_id, name, dict(arguments))))
-                return await future
-            finally:
-                self.calls.pop(call_id, None)
-
-        return run
+    def _tool_call(self, call_id: str, name: str, arguments: dict[str, Any]) -> None:
+        """The voice loop calls one of this app's tools: a `tool.call` frame to the app."""
+        assert self.send is not None
+        self.send(p.encode(p.ToolCall(call_id, name, arguments)))
 
     def _answer(self, cmd: p.ToolResult) -> None:
-        future = self.calls.get(cmd.call_id)
-        if future is None or future.done():
-            waiting = ", ".join(self.calls) or "none"
-            raise InputError(f"no tool call {p.clip(cmd.call_id)} awaits a result (awaiting: {p.clip(waiting)}); it "
-                             "timed out or was answered")  # fmt: skip
         if cmd.error is not None:
-            future.set_exception(ToolFailed(cmd.error[: self.limits.text_chars]))
+            self.controller.app_tool_result(self.owner, cmd.call_id, "", cmd.error[: self.limits.text_chars])
         elif len(cmd.output) > self.limits.text_chars:
-            future.set_exception(ToolFailed(f"the app's result was over {self.limits.text_chars} characters"))
+            why = f"the app's result was over {self.limits.text_chars} characters"
+            self.controller.app_tool_result(self.owner, cmd.call_id, "", why)
             raise p.WireError("too_long", f"`tool.result.output` is over {self.limits.text_chars} characters; "
                               "the model was told the call failed", cmd.id)  # fmt: skip
         else:
-            future.set_result(cmd.output)
+            self.controller.app_tool_result(self.owner, cmd.call_id, cmd.output)
 
     def close(self) -> None:
         """The app disconnected: its tools are withdrawn and its unanswered calls fail (the model hears why)."""
-        if self.tools:
-            self.tools = []
-            self.controller.set_app_tools(self.owner, [])
-        for call_id, future in list(self.calls.items()):
-            if not future.done():
-                future.set_exception(ToolFailed(f"the app that runs this tool disconnected before answering {call_id}"))
+        if self.send is not None:
+            self.controller.app_gone(self.owner)
 
     def finished(self, cmd: p.Command, result: dict[str, Any]) -> str:
         """The reply frame of a command that succeeded."""

@@ -140,9 +140,16 @@ class FakeController:
         self.calls.append(("history_reset", None))
         self.history.clear()
 
-    def set_app_tools(self, owner: str, tools: list[Any]) -> list[str]:
-        self.calls.append(("app_tools", (owner, [t.name for t in tools])))
-        return [t.name for t in tools]
+    def set_app_tools(self, owner: str, tools: list[dict[str, Any]], timeout_s: float, send: Any) -> list[str]:
+        names = [t["function"]["name"] for t in tools]
+        self.calls.append(("app_tools", (owner, names)))
+        return names
+
+    def app_tool_result(self, owner: str, call_id: str, output: str, error: str | None = None) -> None:
+        self.calls.append(("app_tool_result", (owner, call_id, output, error)))
+
+    def app_gone(self, owner: str) -> None:
+        self.calls.append(("app_gone", owner))
 
     def subscribe(self, maxsize: int = 256) -> FakeSubscription:
         sub = FakeSubscription(self, maxsize)
