@@ -129,9 +129,9 @@ class Transcribed:
 
 @dataclass(frozen=True)
 class Scored:
-    """The end-of-turn model's P(turn complete) for utterance `utt`."""
+    """The end-of-turn model's P(turn complete) for score request `job` (one pause of one utterance)."""
 
-    utt: int
+    job: int
     score: float
     now: float
 
@@ -295,9 +295,9 @@ class Finalize:
 
 @dataclass(frozen=True)
 class ScoreTurn:
-    """Run the end-of-turn model over the turn's audio (answer with `Scored(utt)`)."""
+    """Run the end-of-turn model over the turn's audio (answer with `Scored(job)`)."""
 
-    utt: int
+    job: int
     audio: np.ndarray = field(compare=False)
 
 
@@ -435,7 +435,7 @@ class Utterance:
     segment: int | None = None  # onset of the speech after the last pause waited through (None: the turn start)
     partial: str = ""
     score: float | None = None
-    scoring: bool = False
+    scoring: int = 0  # the score request in flight for this pause (0: none)
     spec_job: int | None = None  # the speculative finalize in flight or done
     spec_turn: int | None = None  # the speculative reply's turn number
     spec_text: str | None = None  # the speculative transcript, once known
@@ -638,7 +638,7 @@ class TurnCore:
         assert user is not None
         if user.score is not None or user.scoring:  # a pause the policy judged and waited through
             user.segment = onset
-        user.silence_at, user.score, user.scoring = None, None, False
+        user.silence_at, user.score, user.scoring = None, None, 0  # a late score of that pause is stale
         if user.spec_job is not None:
             self._cancel_speculation(now)
 
@@ -693,9 +693,12 @@ class TurnCore:
         silence_ms = (self.ring.end - user.silence_at) * 1000 // CAPTURE_RATE
         after = self.end_of_turn.score_after_ms
         if after is not None and silence_ms >= after and user.score is None and not user.scoring:
-            user.scoring = True
-            audio = self.ring.slice(self._score_from(user), user.silence_at)
-            self._emit(ScoreTurn(user.id, audio))
+            self._ids += 1
+            user.scoring = self._ids
+            # the model judges speech followed by `after` ms of silence (as trained, and as the clip benchmark
+            # gives it); cut at the pause's start it hears an abrupt stop and scores complete turns low
+            end = min(self.ring.end, user.silence_at + after * CAPTURE_RATE // 1000)
+            self._emit(ScoreTurn(user.scoring, self.ring.slice(self._score_from(user, end), end)))
         speech_ms = (user.silence_at - user.start) * 1000 // CAPTURE_RATE
         evidence = TurnEvidence(silence_ms, speech_ms, user.score, user.partial)
         if self.end_of_turn.decide(evidence) == "end":
@@ -704,18 +707,17 @@ class TurnCore:
                 self._vad_origin = self.ring.end
             self._end_turn(user.silence_at, now)
 
-    def _score_from(self, user: Utterance) -> int:
-        """Where the scored audio starts: the current speech segment (from the onset after the last pause the
-        policy waited through, less a lead-in; else the turn start), at most its last SCORE_WINDOW."""
-        assert user.silence_at is not None
+    def _score_from(self, user: Utterance, end: int) -> int:
+        """Where the scored audio that ends at `end` starts: the current speech segment (from the onset after the
+        last pause the policy waited through, less a lead-in; else the turn start), at most SCORE_WINDOW."""
         start = user.start if user.segment is None else max(user.start, user.segment - SCORE_LEAD_IN)
-        return max(start, user.silence_at - SCORE_WINDOW, self.ring.start)
+        return max(start, end - SCORE_WINDOW, self.ring.start)
 
     def _on_scored(self, s: Scored) -> None:
         user = self.user
-        if user is None or user.id != s.utt:
-            return
-        user.score, user.scoring = s.score, False
+        if user is None or not user.scoring or user.scoring != s.job:
+            return  # the turn ended, or speech resumed before the model answered: the score is of a past pause
+        user.score, user.scoring = s.score, 0
         self._check_end_of_turn(s.now)
 
     def _speculate(self, now: float) -> None:
