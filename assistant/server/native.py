@@ -130,8 +130,8 @@ class NativeConnection:
         elif len(cmd.output) > self.limits.text_chars:
             why = f"the app's result was over {self.limits.text_chars} characters"
             self.controller.app_tool_result(self.owner, cmd.call_id, "", why)
-            raise p.WireError("too_long", f"`tool.result.output` is over {self.limits.text_chars} characters; "
-                              "the model was told the call failed", cmd.id)  # fmt: skip
+            why = f"`tool.result.output` is over {self.limits.text_chars} characters; the model was told it failed"
+            raise p.WireError("too_long", why, cmd.id)
         else:
             self.controller.app_tool_result(self.owner, cmd.call_id, cmd.output)
 

@@ -683,8 +683,8 @@ def _check_choice(choice: ToolChoice, tools: tuple[rp.Function, ...], path: str,
     names = [f.name for f in tools]
     if choice.mode == "function" and choice.name not in names:
         offered = ", ".join(names) or "none"
-        raise WireError("invalid_value", f"`{path}` names function {clip(choice.name)!r}, which is not among the "
-                        f"tools ({clip(offered)}); add it to tools or choose another", event_id)  # fmt: skip
+        why = f"`{path}` names function {clip(choice.name)}, which is not among the tools ({clip(offered)})"
+        raise WireError("invalid_value", f"{why}; add it to tools or choose another", event_id)
     if choice.mode == "required" and not names:
         raise WireError("invalid_value", f'`{path}` is "required" but no tools are offered; send tools first', event_id)
 

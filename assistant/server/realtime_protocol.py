@@ -481,8 +481,8 @@ _SESSION_FIELDS = {
 def decode_functions(value: Any, path: str, event_id: str | None) -> tuple[Function, ...]:
     """session.tools / response.tools: function tools only (GA and beta share the shape)."""
     if not isinstance(value, list) or len(value) > MAX_TOOLS:
-        raise WireError("invalid_value", f"`{path}` must be a list of at most {MAX_TOOLS} tools, got {_show(value)}",
-                        event_id)  # fmt: skip
+        want = f"`{path}` must be a list of at most {MAX_TOOLS} tools, got {_show(value)}"
+        raise WireError("invalid_value", want, event_id)
     out: list[Function] = []
     for i, tool in enumerate(value):
         where = f"{path}[{i}]"
@@ -494,8 +494,8 @@ def decode_functions(value: Any, path: str, event_id: str | None) -> tuple[Funct
             )
         for name in tool:
             if name not in ("type", "name", "description", "parameters"):
-                raise _unsupported(f"{where}.{clip(name)}", tool[name], "a function tool takes type, name, "
-                                   "description, parameters", event_id)  # fmt: skip
+                fix = "a function tool takes type, name, description, parameters"
+                raise _unsupported(f"{where}.{clip(name)}", tool[name], fix, event_id)
         r = _Reader(tool, where, event_id)
         fname = r.text("name", required=True, max_chars=64) or ""
         if not fname or not set(fname) <= _NAME_CHARS:
@@ -518,13 +518,12 @@ def _tool_choice(value: Any, path: str, event_id: str | None) -> ToolChoice | No
     if value in ("auto", "none", "required"):
         return ToolChoice(value)
     if isinstance(value, dict) and value.get("type") == "function":
-        name = value.get(
-            "name", (value.get("function") or {}).get("name") if isinstance(value.get("function"), dict) else None
-        )
+        nested = value.get("function")
+        name = value.get("name", nested.get("name") if isinstance(nested, dict) else None)
         if isinstance(name, str) and name and len(name) <= 64:
             return ToolChoice("function", name)
-    raise _unsupported(path, value, 'send "auto", "none", "required" or {"type": "function", "name": "..."} '
-                       "(MCP tools are not offered)", event_id)  # fmt: skip
+    fix = 'send "auto", "none", "required" or {"type": "function", "name": "..."} (MCP tools are not offered)'
+    raise _unsupported(path, value, fix, event_id)
 
 
 def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> SessionUpdate:
