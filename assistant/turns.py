@@ -212,6 +212,8 @@ class CreateResponse:
     instructions: str | None = None
     ask: str | None = None
     say: str | None = None
+    speech_end: float = 0.0  # a spoken turn answered by server VAD: when its speech ended (0: a client's request)
+    endpoint: float = 0.0  # and when its end was decided (for the latency trace)
 
 
 @dataclass(frozen=True)
@@ -592,7 +594,7 @@ class TurnCore:
 
     def _on_vad(self, raw: VadEvent) -> None:
         ev = _shift(raw, self._vad_origin)
-        if self.policy.publish_vad:
+        if self.policy.publish_vad and not self._model_judges(ev):
             self._emit(Publish(ev))
         if not self.policy.vad_turns or self.ptt:
             return  # the hotkey overrides endpointing while held
@@ -618,6 +620,13 @@ class TurnCore:
                 self._end_turn(ev.end_sample, ev.time)
             else:
                 self._check_end_of_turn(ev.time, vad_ended=True)
+
+    def _model_judges(self, ev: VadEvent) -> bool:
+        """Whether a VAD start or end inside an open turn is the end-of-turn model's to judge, not news: with a
+        model-backed policy the turn's end is published when the policy decides it (see _check_end_of_turn)."""
+        if self.user is None or self.end_of_turn.score_after_ms is None or not self.policy.vad_turns or self.ptt:
+            return False
+        return isinstance(ev, SpeechStarted) or (isinstance(ev, SpeechEnded) and not ev.truncated)
 
     def _speech_started(self, ev: SpeechStarted) -> None:
         """Speech by capture time: during a reply (or its echo) it must qualify before it takes the turn."""
@@ -702,6 +711,8 @@ class TurnCore:
         speech_ms = (user.silence_at - user.start) * 1000 // CAPTURE_RATE
         evidence = TurnEvidence(silence_ms, speech_ms, user.score, user.partial)
         if self.end_of_turn.decide(evidence) == "end":
+            if self.policy.publish_vad and after is not None:  # the VAD's own end was not published (_model_judges)
+                self._emit(Publish(SpeechEnded(user.start, user.silence_at, now)))
             if not vad_ended:
                 self._emit(ResetVad())  # its pause in progress is over: the next speech must be a new start
                 self._vad_origin = self.ring.end
@@ -813,7 +824,7 @@ class TurnCore:
             if text:
                 self.pending.append(text)
             if job.respond and text and self._creating is None:
-                self._create(CreateResponse(tr.now))
+                self._create(CreateResponse(tr.now, speech_end=job.speech_end, endpoint=job.endpoint))
             elif self._creating is not None and not self.transcribing:
                 self._respond(self._creating)
             elif self.state is TurnState.THINKING and self.current is None and self.user is None:
@@ -935,9 +946,9 @@ class TurnCore:
             return
         if reply is None:
             return
-        self._emit(Publish(ResponseDone(r.turn, r.text, r.interrupted, r.now)))
-        if r.trace is not None:
+        if r.trace is not None:  # first: a Realtime response.done carries the trace's token counts
             self._emit(Publish(r.trace))
+        self._emit(Publish(ResponseDone(r.turn, r.text, r.interrupted, r.now)))
         if self.current is reply:
             self.current = None
             self.wake.stopped(r.now)
@@ -1033,8 +1044,9 @@ class TurnCore:
             self._emit(Publish(ResponseDone(turn, "", False, c.now)))
             return
         self._set_state(TurnState.THINKING)
+        speech_end, endpoint = (c.speech_end, c.endpoint) if c.speech_end else (c.now, c.now)
         responder = Responder(text or None, instructions=c.instructions, continues=continues)
-        self._start_reply(turn, responder, True, c.now, c.now)
+        self._start_reply(turn, responder, True, speech_end, endpoint)
 
     def _on_cancel(self) -> None:
         if self._creating is not None:

@@ -416,6 +416,30 @@ def test_a_model_backed_policy_scores_the_pause_and_holds_a_thinking_pause() -> 
     assert np.count_nonzero(fed == 1000) == 10 * BLOCK and np.count_nonzero(fed == 2000) == 10 * BLOCK
 
 
+def test_a_model_judged_turn_publishes_one_start_and_one_end() -> None:
+    """With a model-backed policy the VAD's end and new start inside the open turn are not published: a Realtime
+    client sees one speech start and one speech end, from the turn's start to where the model ended it."""
+    tl = Timeline(REALTIME)
+    tl.core.end_of_turn = ScoredPolicy()
+    tl.audio(10, value=1000)
+    tl.started(0)
+    pause = tl.pos()
+    tl.vad(SilenceStarted(pause, tl.now))
+    tl.audio(12)
+    tl.send(Scored(tl.of(ScoreTurn)[-1].job, 0.1, tl.now))  # type: ignore[attr-defined]
+    tl.ended(0, pause)
+    resume = tl.pos()
+    tl.audio(10, value=2000)
+    tl.started(resume)
+    second = tl.pos()
+    tl.vad(SilenceStarted(second, tl.now))
+    tl.audio(12)
+    tl.send(Scored(tl.of(ScoreTurn)[-1].job, 0.9, tl.now))  # type: ignore[attr-defined]
+    assert [e.start_sample for e in tl.events(SpeechStarted)] == [0]  # type: ignore[attr-defined]
+    ended = [(e.start_sample, e.end_sample) for e in tl.events(SpeechEnded)]  # type: ignore[attr-defined]
+    assert ended == [(0, second)] and len(tl.of(Finalize)) == 1
+
+
 def test_a_score_that_arrives_after_speech_resumed_is_not_used_for_a_later_pause() -> None:
     """The model answers a pause after the user already spoke on (slow scoring on a busy machine): that score
     ends nothing, and the next pause is scored afresh instead of reusing it."""
