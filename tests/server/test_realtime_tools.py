@@ -1,8 +1,8 @@
 """Function calling over /v1/realtime, driven by the official `openai` SDK against a headless daemon: session.update
 with tools, a user item, response.create -> a function_call item with its arguments streamed, a
 function_call_output item, response.create -> the final answer, which the model wrote with that output in its
-history. Every received event parses strictly into the SDK's models. Once with a scripted chat (Hermes JSON calls)
-and once with a tiny real Gemma 4 model whose chat template renders the tools and the result.
+history. Every received event parses strictly into the SDK's models. With a scripted chat (Hermes JSON calls), a
+tiny real Gemma 4 model whose chat template renders the tools and the result, and an OpenAI-compatible server.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import pytest
 from assistant.config import Config
 from assistant.llm import Chat, Message
 from tests import tiny_engines
+from tests.llm.servers import ScriptedServer, sse, text_chunk
+from tests.llm.test_remote import scripted
 from tests.llm.test_tool_chat import force
 from tests.llm.tiny import make_tiny
 from tests.pipeline.doubles import ToolChat
@@ -226,3 +228,42 @@ def test_a_call_of_a_function_not_offered_is_answered_inside_the_response(base: 
     assert refused_call.name == "get_wether"
     assert json.loads(error)["error"] == "there is no function `get_wether`; the functions are: get_weather"
     assert [result for _, result in chat.results[1]] == [OUTPUT]
+
+
+def test_sdk_function_call_round_trip_with_an_openai_compatible_llm_server(base: Config) -> None:
+    """With the LLM behind an OpenAI-compatible server (RemoteChat), the session's tools go out in the request,
+    the server's streamed tool call becomes the function_call item with the server's call id, and the client's
+    output goes back as the tool message the next request carries."""
+
+    def call(fragment: dict[str, Any]) -> dict[str, Any]:
+        return {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, **fragment}]}}]}
+
+    def respond(h: Any, body: dict[str, Any]) -> None:
+        if body["messages"][-1]["role"] == "tool":
+            sse(h, [text_chunk("It is sunny "), text_chunk("in Paris.")])
+            return
+        opening = {"id": "call_w1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+        chunks = [call(opening), call({"function": {"arguments": '{"city": '}})]
+        chunks += [call({"function": {"arguments": '"Paris"}'}}), {"choices": [{"index": 0, "delta": {}}]}]
+        sse(h, chunks)
+
+    script = scripted(respond)
+    with ScriptedServer(script) as srv:
+        cfg = base.replace({"llm.backend": "openai", "llm.base_url": srv.base_url, "llm.model": "default_model"})
+
+        async def body() -> dict[str, Any]:
+            async with scripted_daemon(cfg) as (server, _):
+                return await round_trip(server.port)
+
+        got = asyncio.run(body())
+    check_common(got)
+    item = check_call_response(got["first"])
+    assert item["call_id"] == "call_w1"
+    assert script.bodies[0]["tools"] == [
+        {"type": "function", "function": {k: v for k, v in WEATHER.items() if k != "type"}}
+    ]
+    sent = script.bodies[-1]["messages"]
+    assert sent[-2]["tool_calls"][0]["id"] == "call_w1"
+    assert sent[-1] == {"role": "tool", "tool_call_id": "call_w1", "content": OUTPUT}
+    said = got["second"][-1]["response"]["output"][0]["content"][0]["transcript"]
+    assert said == "It is sunny in Paris."
