@@ -92,6 +92,7 @@ async def call_async(fn: Callable[[], T], what: str, limit_s: float = CALL_TIMEO
 # devices under them (a re-scan restarts PortAudio); the lock keeps a re-scan and an opening apart
 _open_streams = 0
 _streams_lock = threading.Lock()
+_streams_changed = threading.Condition(_streams_lock)  # notified when the count changes (a re-init waits for 0)
 
 
 def _count_stream(delta: int) -> None:
@@ -104,6 +105,7 @@ def _count_stream(delta: int) -> None:
         )
     try:
         _open_streams = max(0, _open_streams + delta)
+        _streams_changed.notify_all()
     finally:
         _streams_lock.release()
 
@@ -169,6 +171,25 @@ def release(stream: Any, what: str) -> None:
         stream_closed()
 
     threading.Thread(target=shut, name=f"portaudio: close {what}", daemon=True).start()
+
+
+def reinitialize(limit_s: float) -> None:
+    """Restart PortAudio (Pa_Terminate / Pa_Initialize) so that it sees the system's current devices and defaults
+    (CoreAudio fixes the default device when PortAudio initialises). Waits up to `limit_s` for our streams to be
+    closed first, since a restart would invalidate them: AudioDeviceError if they are not. Blocking: run it
+    through `call`; no stream of ours can open while it runs."""
+    sd = _sounddevice()
+    with _streams_changed:
+        if not _streams_changed.wait_for(lambda: _open_streams == 0, limit_s):
+            raise AudioDeviceError(
+                f"{_open_streams} audio stream(s) did not close within {limit_s:g} s, so PortAudio was not "
+                "restarted for the new default device (the sound server is not answering); check the sound system"
+            )
+        try:
+            sd._terminate()
+            sd._initialize()
+        except sd.PortAudioError as e:
+            raise AudioDeviceError(f"PortAudio could not restart: {e}; check the sound system") from e
 
 
 def list_devices() -> list[Device]:
