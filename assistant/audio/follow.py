@@ -9,8 +9,8 @@ follower therefore asks the system itself, every POLL_S, with a cheap probe that
 
 When a default it follows changed, it switches: the microphone and the speaker close their streams (keeping what
 was captured and what is still to be played), PortAudio restarts, and both reopen on the new defaults. The reply
-in flight goes on playing on the new device; the microphone misses what is said during the switch (the gap is
-logged: about 0.1-0.3 s on PulseAudio). Every probe and restart runs off the event loop, bounded
+in flight goes on playing on the new device, after a pause as long as the switch; the microphone misses what is
+said until it reopens (both gaps are logged). Every probe and restart runs off the event loop, bounded
 (`devices.call_async`); a restart that hangs is abandoned and the streams carry on as after a lost device.
 
 `audio.follow_default`: "auto" switches like this on macOS, leaves it to the sound server on Linux (PulseAudio
@@ -193,7 +193,7 @@ class DefaultFollower:
         self.follow_input, self.follow_output = follow_input, follow_output
         self.reinit = reinit
         self.switches = 0
-        self.last_gap_s = 0.0  # how long the last switch had the microphone closed
+        self.last_gap_s = 0.0  # how long the last switch had the microphone closed (what was said then is lost)
 
     async def run(self) -> None:
         """Poll until cancelled (no event exists for a changed default without CoreAudio listeners, so we ask)."""
@@ -227,18 +227,19 @@ class DefaultFollower:
             )
         except AudioDeviceError as e:  # the streams reopen anyway; if PortAudio is wedged, as after a lost device
             log.warning("the default device changed but PortAudio could not restart: %s", e)
-        await asyncio.gather(
-            self._bounded(self.source.resume(), "reopening the input stream"),
-            self._bounded(asyncio.wrap_future(self.sink.resume()), "reopening the output stream"),
-        )
-        self.switches += 1
+        # one after the other: opening with no stream open re-scans PortAudio, which must not run under the
+        # other side's device queries; the microphone first, since what is said meanwhile is lost (replies wait)
+        await self._bounded(self.source.resume(), "reopening the input stream")
         self.last_gap_s = time.monotonic() - began
+        await self._bounded(asyncio.wrap_future(self.sink.resume()), "reopening the output stream")
+        self.switches += 1
         log.info(
             "moved to the new default devices",
             extra=kv(
                 input=f"{old.input} -> {new.input}",
                 output=f"{old.output} -> {new.output}",
-                gap_ms=round(1000 * self.last_gap_s),
+                mic_gap_ms=round(1000 * self.last_gap_s),
+                speaker_gap_ms=round(1000 * (time.monotonic() - began)),
             ),
         )
 

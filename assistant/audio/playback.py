@@ -80,6 +80,12 @@ class Pacer:
         return min(self.max_s, max(self.base_s, deepest + self.base_s))
 
 
+def _settle(done: concurrent.futures.Future[None]) -> None:
+    """Mark a switch request done, unless its caller stopped waiting (a cancelled future takes no result)."""
+    if done.set_running_or_notify_cancel():
+        done.set_result(None)
+
+
 class Playback:
     """Context manager (sync or async), or start()/close(): float32 mono audio at `rate` out of the speaker.
 
@@ -233,14 +239,14 @@ class Playback:
                 switches, self._switches = self._switches, []
             if closing:
                 for _, done in switches:
-                    done.set_result(None)
+                    _settle(done)
                 break
             try:
                 for suspend, done in switches:
                     try:
                         self._switch(suspend)
                     finally:
-                        done.set_result(None)
+                        _settle(done)
                 if not self._suspended:
                     retry_at = self._step(restart, retry_at)
             except Exception:  # a surprise from PortAudio must not end supervision: the next round looks again
