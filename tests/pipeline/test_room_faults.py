@@ -46,6 +46,7 @@ STOP_S = 2.0  # the issue: SIGTERM exits within 2 s
 OUTAGE_S = 3.0
 LOUD = 2000  # |int16| above this in a recording is reply audio (the room is digitally silent otherwise)
 QUESTION = "What time is it now?"
+LONGER_QUESTION = QUESTION + " And tell me the date, please."
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,9 @@ def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
         "llm.max_tokens": 48,  # a reply of a few seconds, so the server can go away in its middle
         "tts.max_frames": 120,
     }
+    # espeak blocks its caller: speak the questions now, not on the test's loop while it times `status`
+    question()
+    say(LONGER_QUESTION)
     return tiny_engines.tiny_config(tmp_path_factory.mktemp("fault_models"), changes)
 
 
@@ -262,7 +266,7 @@ def test_sound_server_goes_away_and_comes_back(tiny_config: Config, tmp_path: Pa
                 await d.until("state", new="assistant_speaking")
                 await asyncio.sleep(0.3)
             elif moment == "user_speaking":
-                longer = np.concatenate([silence(0.3), say(QUESTION + " And tell me the date, please.")])
+                longer = np.concatenate([silence(0.3), say(LONGER_QUESTION)])
                 await asyncio.to_thread(room.play, longer)
                 await d.until("vad.speech_started")
             gone = time.monotonic()
