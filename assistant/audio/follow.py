@@ -41,7 +41,7 @@ from assistant.logs import kv
 log = logging.getLogger("assistant.audio.follow")
 
 POLL_S = 1.5  # how often the system's default is asked: a user hears the switch within this of plugging in
-PROBE_S = 1.0  # a probe answers in milliseconds (pactl: ~10 ms); longer means the sound server is not answering
+PROBE_S = 1.0  # pactl answers in ~10 ms; longer means the sound server is not answering (within the call bound)
 SWITCH_S = 2 * devices.CALL_TIMEOUT_S  # the most each step of a switch (close, restart, reopen) may take
 
 
@@ -201,7 +201,7 @@ class DefaultFollower:
         failing = False
         while True:
             try:
-                now = await devices.call_async(self.probe, "asking for the system's default devices", PROBE_S)
+                now = await devices.call_async(self.probe, "asking for the system's default devices")
             except AudioDeviceError as e:
                 if not failing:
                     log.warning("cannot tell the system's default devices: %s", e)
