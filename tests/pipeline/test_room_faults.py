@@ -410,5 +410,6 @@ def test_default_devices_change_mid_reply_and_portaudio_restarts(tiny_config: Co
     )
     assert out["code"] == 0 and out["stop_s"] < STOP_S, out["log"][-10:]
     assert not out["late"] and len(slow) <= (1 - STATUS_SHARE) * len(rtt) and rtt[-1] < STATUS_WORST_S, slow
+    assert not [line for line in out["log"] if "could not restart" in line]  # PortAudio really restarted
     assert out["loud_first_reply"] > 0  # the reply in flight went on on the new default
     assert out["loud_headphones"] > 24_000 // 4  # the next reply, to a question heard through the headset
