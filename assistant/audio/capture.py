@@ -139,7 +139,8 @@ class Capture:
             await self._start_stream()
         except AudioDeviceError as e:
             self._error = e
-        self._wake()
+        finally:  # also when cancelled: read() must look again (it waits without a timeout while suspended)
+            self._wake()
 
     # ---- PortAudio thread ----------------------------------------------------------------------------------
 

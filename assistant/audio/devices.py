@@ -199,7 +199,8 @@ def list_devices() -> list[Device]:
     """Every device PortAudio sees, with the default input and output marked.
 
     Re-scans (so devices plugged in since start-up appear) unless one of our streams is open, because a re-scan
-    restarts PortAudio and would close it, or `reinitialize` has just restarted it. Blocking: the daemon calls it through `call`.
+    restarts PortAudio and would close it, or `reinitialize` has just restarted it. Blocking: the daemon calls it
+    through `call`.
     """
     global _just_restarted
     sd = _sounddevice()

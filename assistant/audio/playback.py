@@ -196,7 +196,7 @@ class Playback:
     def suspend(self) -> concurrent.futures.Future[None]:
         """Close the stream for a device switch (PortAudio is about to restart); done once it is released.
         write() keeps queueing meanwhile: the unplayed rest of a reply plays on the new device after resume()
-        (only what the old device had buffered, at most its latency, is skipped and not counted as played)."""
+        (only what the old device had buffered, at most its latency, is skipped; it counts as played)."""
         return self._ask_switch(True)
 
     def resume(self) -> concurrent.futures.Future[None]:
@@ -397,9 +397,9 @@ class Playback:
             self._suspended = True
             stream, self._stream = self._stream, None
             if stream is not None:
+                # what it held unplayed (at most its latency) still counts as played: positions after the switch
+                # keep matching the written audio (the echo canceller's reference depends on it)
                 self._release(stream)
-                with self._lock:
-                    self._forget_unplayed(time.monotonic())
         elif not suspend and self._suspended:
             self._suspended = False
             was_ok = self._ok
