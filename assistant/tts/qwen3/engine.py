@@ -91,7 +91,7 @@ class Utterance:
         self.chunks_out += 1
         if self.decoder is None:
             raise ModelError("no speech-tokenizer decoder is loaded; use codes() or load a full checkpoint")
-        audio = self.decoder.step(mx.array(codes, dtype=mx.int32), self.state)
+        audio = self.decoder.step(codes, self.state)  # numpy: checked on the host, no device wait
         return np.array(audio.astype(mx.float32)).reshape(-1)
 
     def _out(self, audio: np.ndarray | None) -> np.ndarray | None:
