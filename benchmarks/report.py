@@ -124,14 +124,17 @@ def stt_table(section: dict[str, Any]) -> list[str]:
             f"Tail: {len(r['lengths_s'])} utterances of new lengths ({min(r['lengths_s'])}-{max(r['lengths_s'])} s), "
             "each once after the warm-ups:",
             "",
-            "| | final ms median | p90 | max | p90 / median |",
-            "|---|---|---|---|---|",
+            "| | final ms median | p90 | max | p90 / median | same lengths again: median, p90 | "
+            "max first / again | rank corr. length-time |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for who, t in (("ours", r["ours"]), ("mlx-audio", ma)):
             if t:
-                s = t["final_s"]
+                s, s2 = t["final_s"], t.get("second_pass_s")
+                again = f"{_ms(s2['median'])}, {_ms(s2['p90'])}" if s2 else "-"
                 lines.append(
-                    f"| {who} | {_ms(s['median'])} | {_ms(s['p90'])} | {_ms(s['max'])} | {t['p90_over_median']} |"
+                    f"| {who} | {_ms(s['median'])} | {_ms(s['p90'])} | {_ms(s['max'])} | {t['p90_over_median']} | "
+                    f"{again} | {t.get('max_first_over_second', '-')} | {t.get('spearman_length_time', '-')} |"
                 )
     lines += [
         "",
