@@ -39,6 +39,8 @@ def tts_jobs(small: bool, cache: str, sizes: list[str]) -> list[Job]:
     for s in sizes:
         out += [
             (f"tts {s} bf16", [*base, "--size", s, "--bits", "0", *peer], 200),
+            # the same without mlx-audio loaded in the process: ours alone ran faster on the H200 (docs/benchmarks.md)
+            (f"tts {s} bf16 alone", [*base, "--size", s, "--bits", "0", *peer[:-2], "--reps", "3", "--peer", "no"], 150),
             (f"tts {s} 4-bit", [*base, "--size", s, "--bits", "4", *peer], 120),
         ]
         if s == "0.6B":

@@ -109,7 +109,7 @@ class FrameKernel:
     def _frame(
         self, h: mx.array, seen: mx.array, eos_blocked: mx.array, key: mx.array
     ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
-        logits = self.talker.codec_head(h).astype(mx.float32)
+        logits = self.talker.codec_head(h[None])[0].astype(mx.float32)  # 2-D: MLX CUDA qmm rejects 1-D x
         c0, key = first_code(logits, seen, eos_blocked, key, self.p, self.suppress, self.eos)
         rest, key = self.talker.code_predictor.predict(h, self.talker.codec(c0)[0], key, self.p)
         frame = mx.concatenate([c0, rest])

@@ -260,6 +260,20 @@ class Talker(nn.Module):
             c.offset += 1
         return cast(mx.array, h[0, 0])
 
+    def warm_steps(self, positions: int) -> None:
+        """Compile the one-position step for every buffer length a sequence of `positions` meets (at start-up:
+        a new length mid-utterance would trace and compile the graph between two frames)."""
+        a = self.model.layers[0].self_attn
+        dtype = self.model.codec_embedding.weight.dtype
+        x = mx.zeros((self.cfg.hidden_size,), dtype)
+        for size in range(StaticCache.STEP, positions + StaticCache.STEP, StaticCache.STEP):
+            cache = self.make_cache()
+            for c in cache:
+                c.keys = mx.zeros((1, a.kv_heads, size, a.head_dim), dtype)
+                c.values = mx.zeros((1, a.kv_heads, size, a.head_dim), dtype)
+                c.offset = size - 1
+            mx.eval(self.step(x, cache))
+
 
 def uncompilable(model: nn.Module) -> bool:
     """MLX 0.32.4's CUDA backend fails ("SmallVector out of range") running a compiled graph with quantized
