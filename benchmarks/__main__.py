@@ -40,7 +40,7 @@ def tts_jobs(small: bool, cache: str, sizes: list[str]) -> list[Job]:
         out += [
             (f"tts {s} bf16", [*base, "--size", s, "--bits", "0", *peer], 200),
             # the same without mlx-audio loaded in the process: ours alone ran faster on the H200 (docs/benchmarks.md)
-            (f"tts {s} bf16 alone", [*base, "--size", s, "--bits", "0", *peer[:-2], "--reps", "3", "--peer", "no"], 150),
+            (f"tts {s} bf16 alone", [*base, "--size", s, "--bits", "0", *peer[:-2], "--reps", "3", *alone[-2:]], 150),
             (f"tts {s} 4-bit", [*base, "--size", s, "--bits", "4", *peer], 120),
         ]
         if s == "0.6B":
