@@ -36,7 +36,10 @@ covers `finalize()` (mel in MLX, encoder padded to a length bucket with masking,
 utterances of lengths never seen before, after each implementation's warm-up (ours: `warmup()`, one pass per
 bucket), then the same lengths again: a first pass no slower than the second compiled nothing. `benchmarks/stt.py`
 ("ours alone") calls the encoder directly at each exact length, outside the transcriber, so its Parakeet GPU rows
-include MLX compiling kernels for a new length.
+include MLX compiling kernels for a new length. Voice to voice on the H200 ends turns with the Smart Turn v3.2
+model (the real ONNX, onnxruntime on the CPU, as the daemon), not a fixed hangover; under it the trace's
+vad_hangover_ms reads 0 (the reply's endpoint is taken at the speculative start), so the "after the endpoint" row
+equals end to end and is an upper bound of the time after the endpoint.
 
 Reproduce: `python -m benchmarks --small` (CPU, label cpu-small); on a lent GPU, `bash benchmarks/gpu.sh PARTS`
 in the calls listed at the top of that script (label h100 or h200 from the card).
