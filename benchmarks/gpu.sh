@@ -9,7 +9,10 @@
 #   call 1 (carry .dev-a):               mkdir -p /tmp/w && cp .dev-a/* /tmp/w/
 #   call 2 (carry .dev-b .bench-data):   bash benchmarks/gpu.sh install tts-0.6B        (~8 min)
 #   call 3:                              bash benchmarks/gpu.sh tts-1.7B stt            (~9 min)
-#   call 4 (optional):                   bash benchmarks/gpu.sh v2v                     (~4 min)
+#   call 4 (optional):                   bash benchmarks/gpu.sh v2v integ profile       (~4+3+3 min)
+# Extra wheels for v2v/integ (wyoming, soxr, soundfile, platformdirs, httpx2 and their needs) travel in .whl-gpu/
+# (carry it with .dev-b; `install` adds them); the Smart Turn ONNX in .st-model/ (carry it once: v2v then ends turns
+# with it). The Qwen2 BPE tables come from .bench-data/ when carried, else from the committed tests/fixtures copy.
 # Then here: cp <files_at>/benchmarks/<label>.json docs/benchmarks/ && python -m benchmarks.report
 # Parts run in the order given; each stops in time (LIMIT_<part> seconds) to copy its results back inside the
 # 10-minute call. A helper's worktree that travels as a carried folder runs the same way: `cd FOLDER && bash ...`.

@@ -28,13 +28,19 @@ static-shape KV cache (buffers grow by 256 positions; `warmup()` compiles every 
 compiled graph for code 0 + the 15 predictor steps + the next embedding, and a single evaluation; the next frame
 is queued before the current one is read. On CUDA, quantized talkers run these graphs uncompiled (a compiled run
 crashed MLX 0.32.4 CUDA earlier; the crash of the quantized rows was in fact a 1-D input to the quantized codec
-head, fixed now, so compiling them on CUDA may work but was not tried). Rows marked "bf16 alone" (mlx-audio
-columns "-") run the same job without mlx-audio loaded in the process: on the H200 ours ran 15.7 ms/frame alone
-(the profile below) against 20.4 ms/frame in the side-by-side process, for reasons not found. STT final pass (ours):
+head, fixed now, so compiling them on CUDA may work but was not tried). Ours is slower in the side-by-side process
+(mlx-audio's model loaded beside ours) than alone: 0.6B bf16 on the H200 ran 20.4 ms/frame at 100 frames there and
+15.7 ms/frame in `benchmarks/tts_profile.py` (same checkpoint, same call, same Utterance loop; the cause was not
+found). The "bf16 alone" jobs (`JOBS="bf16 alone" bash benchmarks/gpu.sh tts-0.6B tts-1.7B`) time the harness
+without mlx-audio; no machine was left to run them. The H200 bf16 250-frame rows ran before `warmup()` compiled
+the talker step past 256 KV positions, so their first repetition traced it mid-utterance (the quantized rows run
+the step uncompiled). STT final pass (ours):
 the clip is fed in 100 ms blocks before the clock starts, as the daemon feeds audio while the user speaks; the clock
 covers `finalize()` (mel in MLX, encoder padded to a length bucket with masking, TDT decode). The tail row times 20
 utterances of lengths never seen before, after each implementation's warm-up (ours: `warmup()`, one pass per
-bucket), then the same lengths again: a first pass no slower than the second compiled nothing. `benchmarks/stt.py`
+bucket), then the same lengths again: a first pass no slower than the second compiled nothing. The H200 tail
+(first passes up to 1.9x their repeats) was measured before the encoder frames were projected at the bucket's
+length (commit after it; not yet measured on a GPU). `benchmarks/stt.py`
 ("ours alone") calls the encoder directly at each exact length, outside the transcriber, so its Parakeet GPU rows
 include MLX compiling kernels for a new length. Voice to voice on the H200 ends turns with the Smart Turn v3.2
 model (the real ONNX, onnxruntime on the CPU, as the daemon), not a fixed hangover; under it the trace's
