@@ -25,7 +25,16 @@ from assistant.compute import Compute
 from assistant.config import Config
 from assistant.conversation import Conversation
 from assistant.daemon import ReopeningSource
-from assistant.events import BargeIn, ErrorEvent, FinalTranscript, ResponseDone, ResponseTextDelta
+from assistant.events import (
+    BargeIn,
+    ErrorEvent,
+    FinalTranscript,
+    LatencyTrace,
+    PartialTranscript,
+    ResponseDone,
+    ResponseTextDelta,
+    StateChanged,
+)
 from assistant.llm_remote import RemoteChat
 from assistant.tools.builtin import time_tool, zone
 from assistant.tools.registry import Toolbox
@@ -134,7 +143,22 @@ class Events:
                     return ev
             raise AssertionError("subscription closed")
 
-        return await asyncio.wait_for(find(), WAIT_S)
+        try:
+            return await asyncio.wait_for(find(), WAIT_S)
+        except TimeoutError:
+            raise AssertionError(f"no {kind.__name__} within {WAIT_S:g} s; events: {self.timeline()}") from None
+
+    def timeline(self) -> str:
+        """The events seen so far, one short word each, for a failure message."""
+        chatty = (ResponseTextDelta, PartialTranscript, LatencyTrace)
+        return " ".join(f"{type(e).__name__}{_brief(e)}" for e in self.seen if not isinstance(e, chatty))
+
+
+def _brief(ev: Any) -> str:
+    turn = getattr(ev, "turn", None)
+    if isinstance(ev, StateChanged):
+        return f"({ev.new.value})"
+    return "" if turn is None else f"({turn})"
 
 
 async def until(cond: Callable[[], bool]) -> None:
