@@ -68,9 +68,9 @@ def room_env(room: Room, monkeypatch: pytest.MonkeyPatch) -> Room:
     return room
 
 
-# Modules whose assertions bound a latency or a wall time: scripts/test runs them (like the room tests) one at a time
-# after the parallel phase, so a test on the other worker cannot push them past their bound.
-SERIAL = {"tests/server/test_abuse.py", "tests/pipeline/test_signals.py"}
+# Modules that bound a latency, a wall time or what a signal interrupts: scripts/test runs them (like the room
+# tests) one at a time after the parallel phase, so a test on the other worker cannot push them past their bound.
+SERIAL = {"tests/server/test_abuse.py", "tests/pipeline/test_signals.py", "tests/test_cli_audio_commands.py"}
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
