@@ -412,7 +412,8 @@ class Conversation:
             asyncio.get_running_loop().create_future(),
         )
         reply.trace.extra["backlog_ms"] = a.backlog_ms
-        if a.responder.user_text is not None and a.responder.speak_text is None and self._stt_final:
+        if a.responder.user_text is not None and a.responder.speak_text is None and self._stt_final >= a.speech_end:
+            # a transcript of this turn (a text turn's speech_end is its request: an older transcript is not its)
             reply.trace.mark("stt_final", self._stt_final)
         if a.confirmed:
             reply.confirmed.set()
@@ -686,8 +687,21 @@ class Conversation:
         except Exception as e:
             self.failed(e, f"loading voice {name!r}")
 
-    def set_turn_detection(self, hangover_ms: int | None, create_response: bool, interrupt_response: bool) -> None:
-        """`hangover_ms` None = manual turns (commit_audio); else server VAD with this end-of-turn silence."""
+    def set_turn_detection(
+        self,
+        hangover_ms: int | None,
+        create_response: bool,
+        interrupt_response: bool,
+        semantic: EndOfTurnPolicy | None = None,
+    ) -> None:
+        """`hangover_ms` None = manual turns (commit_audio); else server VAD: the turn ends after `hangover_ms` of
+        silence, or where given, when the `semantic` policy (Smart Turn's, semantic_vad) decides it.
+        ConfigError when the semantic policy needs the end-of-turn model and it is not loaded."""
+        if semantic is not None and semantic.score_after_ms is not None and self.engines.score_turn is None:
+            raise ConfigError(
+                'turn_detection.type "semantic_vad" needs the Smart Turn end-of-turn model, which is not loaded; '
+                'run `assistant pull` with endofturn.detector = "smart_turn" and restart, or use "server_vad"'
+            )
         try:
             cfg = self.cfg if hangover_ms is None else self.cfg.replace({"vad.hangover_ms": hangover_ms})
         except ConfigError as e:
@@ -697,7 +711,9 @@ class Conversation:
             self.vad = self.engines.make_vad(cfg.vad)
         self.hangover_ms, self.cfg = hangover_ms, cfg
         policy = realtime_policy(cfg, hangover_ms is not None, create_response, interrupt_response)
-        self._apply(SetPolicy(policy, end_of_turn(cfg, self.engines.score_turn), new_vad=new_vad))
+        # server_vad is OpenAI's silence rule: its silence_duration_ms, whatever detector the daemon uses
+        turn_end = semantic or FixedSilence(cfg.vad.hangover_ms)
+        self._apply(SetPolicy(policy, turn_end, new_vad=new_vad))
 
     def append_audio(self, samples: np.ndarray) -> None:
         """int16 16 kHz mono of any length, recorded by the client just now (its clock runs with ours)."""

@@ -243,6 +243,13 @@ def answer_calls(reply: Reply, chat: ChatLike) -> list[ToolCall]:
     return list(getattr(chat, "tool_calls", None) or [])
 
 
+def token_counts(chat: object) -> dict[str, float]:
+    """The answer's token counts for the trace (prompt_tokens, cached_tokens, output_tokens), where the chat
+    engine counts them (its `token_usage`); on the compute thread."""
+    usage = getattr(chat, "token_usage", None)
+    return {} if usage is None else dict(usage())
+
+
 async def pump(
     reply: Reply, engines: Engines, compute: Compute, cfg: Config, toolbox: Toolbox | None = None
 ) -> AsyncIterator[ReplyText | ReplyAudio]:
@@ -298,6 +305,7 @@ async def pump(
                     llm_done, tts_idle = False, True
                 else:
                     await compute.run(end_speech, utt, ticket=ticket)
+                    trace.extra.update(await compute.run(token_counts, engines.chat, ticket=ticket))
         elif not utt.done:
             before = utt.frames_emitted
             async for out in _tts_step(reply, compute, ticket):

@@ -128,9 +128,9 @@ class Transcribed:
 
 @dataclass(frozen=True)
 class Scored:
-    """The end-of-turn model's P(turn complete) for utterance `utt`."""
+    """The end-of-turn model's P(turn complete) for score request `job` (one pause of one utterance)."""
 
-    utt: int
+    job: int
     score: float
     now: float
 
@@ -204,6 +204,8 @@ class CreateResponse:
     instructions: str | None = None
     ask: str | None = None
     say: str | None = None
+    speech_end: float = 0.0  # a spoken turn answered by server VAD: when its speech ended (0: a client's request)
+    endpoint: float = 0.0  # and when its end was decided (for the latency trace)
 
 
 @dataclass(frozen=True)
@@ -286,9 +288,9 @@ class Finalize:
 
 @dataclass(frozen=True)
 class ScoreTurn:
-    """Run the end-of-turn model over the turn's audio (answer with `Scored(utt)`)."""
+    """Run the end-of-turn model over the turn's audio (answer with `Scored(job)`)."""
 
-    utt: int
+    job: int
     audio: np.ndarray = field(compare=False)
 
 
@@ -426,7 +428,7 @@ class Utterance:
     segment: int | None = None  # onset of the speech after the last pause waited through (None: the turn start)
     partial: str = ""
     score: float | None = None
-    scoring: bool = False
+    scoring: int = 0  # the score request in flight for this pause (0: none)
     spec_job: int | None = None  # the speculative finalize in flight or done
     spec_turn: int | None = None  # the speculative reply's turn number
     spec_text: str | None = None  # the speculative transcript, once known
@@ -580,7 +582,7 @@ class TurnCore:
 
     def _on_vad(self, raw: VadEvent) -> None:
         ev = _shift(raw, self._vad_origin)
-        if self.policy.publish_vad:
+        if self.policy.publish_vad and not self._model_judges(ev):
             self._emit(Publish(ev))
         if not self.policy.vad_turns or self.ptt:
             return  # the hotkey overrides endpointing while held
@@ -607,6 +609,13 @@ class TurnCore:
             else:
                 self._check_end_of_turn(ev.time, vad_ended=True)
 
+    def _model_judges(self, ev: VadEvent) -> bool:
+        """Whether a VAD start or end inside an open turn is the end-of-turn model's to judge, not news: with a
+        model-backed policy the turn's end is published when the policy decides it (see _check_end_of_turn)."""
+        if self.user is None or self.end_of_turn.score_after_ms is None or not self.policy.vad_turns or self.ptt:
+            return False
+        return isinstance(ev, SpeechStarted) or (isinstance(ev, SpeechEnded) and not ev.truncated)
+
     def _speech_started(self, ev: SpeechStarted) -> None:
         """Speech by capture time: during a reply (or its echo) it must qualify before it takes the turn."""
         if self.current is not None and not self.policy.barge_in:
@@ -626,7 +635,7 @@ class TurnCore:
         assert user is not None
         if user.score is not None or user.scoring:  # a pause the policy judged and waited through
             user.segment = onset
-        user.silence_at, user.score, user.scoring = None, None, False
+        user.silence_at, user.score, user.scoring = None, None, 0  # a late score of that pause is stale
         if user.spec_job is not None:
             self._cancel_speculation(now)
 
@@ -681,29 +690,33 @@ class TurnCore:
         silence_ms = (self.ring.end - user.silence_at) * 1000 // CAPTURE_RATE
         after = self.end_of_turn.score_after_ms
         if after is not None and silence_ms >= after and user.score is None and not user.scoring:
-            user.scoring = True
-            audio = self.ring.slice(self._score_from(user), user.silence_at)
-            self._emit(ScoreTurn(user.id, audio))
+            self._ids += 1
+            user.scoring = self._ids
+            # the model judges speech followed by `after` ms of silence (as trained, and as the clip benchmark
+            # gives it); cut at the pause's start it hears an abrupt stop and scores complete turns low
+            end = min(self.ring.end, user.silence_at + after * CAPTURE_RATE // 1000)
+            self._emit(ScoreTurn(user.scoring, self.ring.slice(self._score_from(user, end), end)))
         speech_ms = (user.silence_at - user.start) * 1000 // CAPTURE_RATE
         evidence = TurnEvidence(silence_ms, speech_ms, user.score, user.partial)
         if self.end_of_turn.decide(evidence) == "end":
+            if self.policy.publish_vad and after is not None:  # the VAD's own end was not published (_model_judges)
+                self._emit(Publish(SpeechEnded(user.start, user.silence_at, now)))
             if not vad_ended:
                 self._emit(ResetVad())  # its pause in progress is over: the next speech must be a new start
                 self._vad_origin = self.ring.end
             self._end_turn(user.silence_at, now)
 
-    def _score_from(self, user: Utterance) -> int:
-        """Where the scored audio starts: the current speech segment (from the onset after the last pause the
-        policy waited through, less a lead-in; else the turn start), at most its last SCORE_WINDOW."""
-        assert user.silence_at is not None
+    def _score_from(self, user: Utterance, end: int) -> int:
+        """Where the scored audio that ends at `end` starts: the current speech segment (from the onset after the
+        last pause the policy waited through, less a lead-in; else the turn start), at most SCORE_WINDOW."""
         start = user.start if user.segment is None else max(user.start, user.segment - SCORE_LEAD_IN)
-        return max(start, user.silence_at - SCORE_WINDOW, self.ring.start)
+        return max(start, end - SCORE_WINDOW, self.ring.start)
 
     def _on_scored(self, s: Scored) -> None:
         user = self.user
-        if user is None or user.id != s.utt:
-            return
-        user.score, user.scoring = s.score, False
+        if user is None or not user.scoring or user.scoring != s.job:
+            return  # the turn ended, or speech resumed before the model answered: the score is of a past pause
+        user.score, user.scoring = s.score, 0
         self._check_end_of_turn(s.now)
 
     def _speculate(self, now: float) -> None:
@@ -799,7 +812,7 @@ class TurnCore:
             if text:
                 self.pending.append(text)
             if job.respond and text and self._creating is None:
-                self._create(CreateResponse(tr.now))
+                self._create(CreateResponse(tr.now, speech_end=job.speech_end, endpoint=job.endpoint))
             elif self._creating is not None and not self.transcribing:
                 self._respond(self._creating)
             elif self.state is TurnState.THINKING and self.current is None and self.user is None:
@@ -921,9 +934,9 @@ class TurnCore:
             return
         if reply is None:
             return
-        self._emit(Publish(ResponseDone(r.turn, r.text, r.interrupted, r.now)))
-        if r.trace is not None:
+        if r.trace is not None:  # first: a Realtime response.done carries the trace's token counts
             self._emit(Publish(r.trace))
+        self._emit(Publish(ResponseDone(r.turn, r.text, r.interrupted, r.now)))
         if self.current is reply:
             self.current = None
             self.wake.stopped(r.now)
@@ -1018,7 +1031,8 @@ class TurnCore:
             self._emit(Publish(ResponseDone(turn, "", False, c.now)))
             return
         self._set_state(TurnState.THINKING)
-        self._start_reply(turn, Responder(text, instructions=c.instructions), True, c.now, c.now)
+        speech_end, endpoint = (c.speech_end, c.endpoint) if c.speech_end else (c.now, c.now)
+        self._start_reply(turn, Responder(text, instructions=c.instructions), True, speech_end, endpoint)
 
     def _on_cancel(self) -> None:
         if self._creating is not None:

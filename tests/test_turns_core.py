@@ -349,7 +349,7 @@ def test_level_dbfs_is_one_formula_for_both_formats() -> None:
 
 @dataclasses.dataclass(frozen=True)
 class ScoredPolicy:
-    """A model-backed end-of-turn policy (as SmartTurnPolicy will be): ask at 200 ms, wait up to 2 s."""
+    """A model-backed end-of-turn policy (as SmartTurnPolicy): ask at 200 ms, wait up to 2 s."""
 
     score_after_ms: int | None = 200
 
@@ -361,8 +361,9 @@ class ScoredPolicy:
 
 def test_a_model_backed_policy_scores_the_pause_and_holds_a_thinking_pause() -> None:
     """A second end-of-turn policy plugs in without touching the core: at 200 ms of silence the core asks for a
-    score of the turn's audio; a low score keeps the turn open past the VAD's end, speech then resumes it, the next
-    score hears that resumed segment (with a 200 ms lead-in), and a high score at that pause ends it at once."""
+    score of the turn's audio and that silence; a low score keeps the turn open past the VAD's end, speech then
+    resumes it, the next score hears that resumed segment (with a 200 ms lead-in), and a high score at that pause
+    ends it at once."""
     tl = Timeline(dataclasses.replace(DAEMON, speculative=False))
     tl.core.end_of_turn = ScoredPolicy()
     tl.audio(10, value=1000)
@@ -371,8 +372,10 @@ def test_a_model_backed_policy_scores_the_pause_and_holds_a_thinking_pause() -> 
     tl.vad(SilenceStarted(pause, tl.now))
     tl.audio(12)  # 240 ms of silence
     asks = [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
-    assert len(asks) == 1 and len(asks[0].audio) == pause and np.all(asks[0].audio == 1000)
-    tl.send(Scored(asks[0].utt, 0.1, tl.now))  # "mid-thought"
+    trail = CAPTURE_RATE * 200 // 1000  # the score hears the pause's first score_after_ms of silence too
+    assert len(asks) == 1 and len(asks[0].audio) == pause + trail
+    assert np.all(asks[0].audio[:pause] == 1000) and np.all(asks[0].audio[pause:] == 0)
+    tl.send(Scored(asks[0].job, 0.1, tl.now))  # "mid-thought"
     tl.ended(0, pause)  # the VAD's hangover passes: the policy still waits
     assert not tl.of(Finalize) and tl.core.state is TurnState.USER_SPEAKING
     resume = tl.pos()
@@ -383,12 +386,58 @@ def test_a_model_backed_policy_scores_the_pause_and_holds_a_thinking_pause() -> 
     tl.audio(12)
     asks = [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
     lead = asks[1].audio[:SCORE_LEAD_IN]  # the second score hears the resumed segment with 200 ms before it
-    assert len(asks) == 2 and len(asks[1].audio) == second - resume + SCORE_LEAD_IN
-    assert np.all(lead == 0) and np.all(asks[1].audio[SCORE_LEAD_IN:] == 2000)
-    tl.send(Scored(asks[1].utt, 0.9, tl.now))
+    assert len(asks) == 2 and len(asks[1].audio) == second - resume + SCORE_LEAD_IN + trail
+    assert np.all(lead == 0) and np.all(asks[1].audio[SCORE_LEAD_IN:-trail] == 2000)
+    tl.send(Scored(asks[1].job, 0.9, tl.now))
     assert len(tl.of(Finalize)) == 1 and tl.core.state is TurnState.THINKING
     fed = np.concatenate([a.audio for a in tl.of(Feed) if isinstance(a, Feed)])
     assert np.count_nonzero(fed == 1000) == 10 * BLOCK and np.count_nonzero(fed == 2000) == 10 * BLOCK
+
+
+def test_a_model_judged_turn_publishes_one_start_and_one_end() -> None:
+    """With a model-backed policy the VAD's end and new start inside the open turn are not published: a Realtime
+    client sees one speech start and one speech end, from the turn's start to where the model ended it."""
+    tl = Timeline(REALTIME)
+    tl.core.end_of_turn = ScoredPolicy()
+    tl.audio(10, value=1000)
+    tl.started(0)
+    pause = tl.pos()
+    tl.vad(SilenceStarted(pause, tl.now))
+    tl.audio(12)
+    tl.send(Scored(tl.of(ScoreTurn)[-1].job, 0.1, tl.now))  # type: ignore[attr-defined]
+    tl.ended(0, pause)
+    resume = tl.pos()
+    tl.audio(10, value=2000)
+    tl.started(resume)
+    second = tl.pos()
+    tl.vad(SilenceStarted(second, tl.now))
+    tl.audio(12)
+    tl.send(Scored(tl.of(ScoreTurn)[-1].job, 0.9, tl.now))  # type: ignore[attr-defined]
+    assert [e.start_sample for e in tl.events(SpeechStarted)] == [0]  # type: ignore[attr-defined]
+    ended = [(e.start_sample, e.end_sample) for e in tl.events(SpeechEnded)]  # type: ignore[attr-defined]
+    assert ended == [(0, second)] and len(tl.of(Finalize)) == 1
+
+
+def test_a_score_that_arrives_after_speech_resumed_is_not_used_for_a_later_pause() -> None:
+    """The model answers a pause after the user already spoke on (slow scoring on a busy machine): that score
+    ends nothing, and the next pause is scored afresh instead of reusing it."""
+    tl = Timeline(dataclasses.replace(DAEMON, speculative=False))
+    tl.core.end_of_turn = ScoredPolicy()
+    tl.audio(10, value=1000)
+    tl.started(0)
+    tl.vad(SilenceStarted(tl.pos(), tl.now))
+    tl.audio(12)
+    (first,) = [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
+    tl.audio(10, value=1000)
+    tl.vad(SpeechResumed(tl.pos() - 10 * BLOCK, tl.now))
+    tl.send(Scored(first.job, 0.9, tl.now))  # "complete", for the pause that is over
+    assert not tl.of(Finalize) and tl.core.state is TurnState.USER_SPEAKING
+    tl.vad(SilenceStarted(tl.pos(), tl.now))
+    tl.audio(12)
+    asks = [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
+    assert len(asks) == 2 and not tl.of(Finalize)
+    tl.send(Scored(asks[1].job, 0.9, tl.now))
+    assert len(tl.of(Finalize)) == 1
 
 
 # ---- the wake phrase (a policy of the same core) ---------------------------------------------------------------

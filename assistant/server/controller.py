@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from assistant import events
+from assistant.endofturn import EndOfTurnPolicy
 
 
 class Subscription(Protocol):
@@ -65,8 +66,15 @@ class RealtimeSession(Protocol):
 
     def set_instructions(self, text: str) -> None: ...
     def set_voice(self, name: str) -> None: ...  # ConfigError naming the voices when unknown
-    def set_turn_detection(self, hangover_ms: int | None, create_response: bool, interrupt_response: bool) -> None:
-        """`hangover_ms` None = manual turns (commit_audio); else server VAD with this end-of-turn silence."""
+    def set_turn_detection(
+        self,
+        hangover_ms: int | None,
+        create_response: bool,
+        interrupt_response: bool,
+        semantic: EndOfTurnPolicy | None = None,
+    ) -> None:
+        """`hangover_ms` None = manual turns (commit_audio); else server VAD with this end-of-turn silence, or
+        the `semantic` policy's decision (semantic_vad; ConfigError when its model is not loaded)."""
 
     def append_audio(self, samples: np.ndarray) -> None: ...
     def commit_audio(self) -> None: ...

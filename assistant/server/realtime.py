@@ -17,6 +17,7 @@ import numpy as np
 from assistant import events
 from assistant.audio.format import CAPTURE_RATE, StreamResampler, float32_to_int16
 from assistant.audio.tempo import TimeStretch
+from assistant.endofturn import eagerness_policy
 from assistant.errors import AssistantError
 from assistant.server import realtime_protocol as rp
 from assistant.server.controller import RealtimeSession
@@ -102,6 +103,7 @@ class RealtimeConversation:
         self.idle_since: float | None = now  # when the session last went quiet (for idle_timeout_ms)
         self.segments = itertools.count(1)
         self.user_audio_ms = 0  # user audio committed since the last response (its usage)
+        self.trace: events.LatencyTrace | None = None  # the latest reply's trace (its token counts)
 
     # the effective settings, read by the server and tests
     @property
@@ -124,11 +126,7 @@ class RealtimeConversation:
 
     def start(self, wall_clock: float = 0.0) -> Out:
         self.session.set_instructions(self.settings.instructions)
-        self.session.set_turn_detection(
-            DEFAULT_DETECTION.silence_duration_ms,
-            DEFAULT_DETECTION.create_response,
-            DEFAULT_DETECTION.interrupt_response,
-        )
+        self._detect(DEFAULT_DETECTION)
         self.expires_at = int(wall_clock) + rp.SESSION_LIFETIME_S if wall_clock else 0
         created: Out = [rp.SessionCreated(self._session())]
         if self.out.beta:  # the beta API announced the conversation; GA sessions start with session.created alone
@@ -202,6 +200,9 @@ class RealtimeConversation:
     def _update(self, ev: rp.SessionUpdate) -> Out:
         # everything is checked before anything changes (a bad voice leaves the instructions as they were)
         s = self.settings
+        if ev.turn_detection_given:  # first: semantic_vad without its model is refused before anything changes
+            self._detect(ev.turn_detection)
+            s = replace(s, detection=ev.turn_detection)
         if ev.voice is not None:
             profile = self.resolve_voice(ev.voice) if self.resolve_voice is not None else ev.voice
             self.session.set_voice(profile)
@@ -209,13 +210,6 @@ class RealtimeConversation:
         if ev.instructions is not None:
             self.session.set_instructions(ev.instructions)
             s = replace(s, instructions=ev.instructions)
-        if ev.turn_detection_given:
-            d = ev.turn_detection
-            if d is None:
-                self.session.set_turn_detection(None, False, False)
-            else:
-                self.session.set_turn_detection(d.silence_duration_ms, d.create_response, d.interrupt_response)
-            s = replace(s, detection=d)
         if ev.audio_output is not None:
             s = replace(s, audio_output=ev.audio_output)
         if ev.input_format is not None and ev.input_format != s.input_format:
@@ -232,6 +226,15 @@ class RealtimeConversation:
             s = replace(s, model=ev.model)
         self.settings = s
         return [rp.SessionUpdated(self._session())]
+
+    def _detect(self, d: rp.TurnDetection | None) -> None:
+        """Give the session its turn detection: none (manual commits), server_vad's silence, or semantic_vad's
+        Smart Turn policy for the eagerness (endofturn.EAGERNESS)."""
+        if d is None:
+            self.session.set_turn_detection(None, False, False)
+            return
+        semantic = eagerness_policy(d.eagerness) if d.kind == "semantic_vad" else None
+        self.session.set_turn_detection(d.silence_duration_ms, d.create_response, d.interrupt_response, semantic)
 
     def _handle(self, ev: rp.ClientEvent) -> Out:
         if isinstance(ev, rp.SessionUpdate):
@@ -387,19 +390,24 @@ class RealtimeConversation:
         return self.idle_since + d.idle_timeout_ms / 1000
 
     def tick(self, now: float) -> Out:
-        """The idle timeout: no speech for idle_timeout_ms after the last reply -> timeout_triggered, and the
-        (silent) input buffer is committed as a user audio item."""
+        """The idle timeout, as OpenAI's: no speech for idle_timeout_ms after the last reply's audio finished
+        playing -> timeout_triggered, the (silent) input buffer committed as a user audio item, and a response
+        that prompts the user to go on (the conversation is told how long they were silent)."""
         deadline = self.deadline()
-        if deadline is None or now < deadline:
+        d = self.detection
+        if deadline is None or now < deadline or d is None or d.idle_timeout_ms is None:
             return []
         self.idle_since = None  # once per quiet stretch
         item_id = self._id("item")
-        start = round(self.appended_ms - self._uncommitted_ms())
-        out: Out = [rp.TimeoutTriggered(item_id, start, round(self.appended_ms))]
-        if self.uncommitted:
-            self._feed(self.resampler.flush())
-            self.session.commit_audio()
-            out += self._committed(item_id, start, round(self.appended_ms))
+        end = round(self.appended_ms)
+        start = max(round(self.appended_ms - self._uncommitted_ms()), end - d.idle_timeout_ms, 0)
+        out: Out = [rp.TimeoutTriggered(item_id, start, end)]
+        self._feed(self.resampler.flush())
+        self.session.commit_audio()  # empty or silent: its transcript ("" or what the model heard) comes back
+        out += self._committed(item_id, start, end)
+        self.session.add_user_text(idle_note(d.idle_timeout_ms))
+        self.session.create_response()
+        self.requested = True
         return out
 
     # ---- session events ------------------------------------------------------------------------------------
@@ -443,6 +451,9 @@ class RealtimeConversation:
             if not self.audio_output or len(ev.audio) == 0 or r.cleared:
                 return out
             return [*out, *self._audio(r, ev.audio)]
+        if isinstance(ev, events.LatencyTrace):
+            self.trace = ev  # the core sends a reply's trace just before its ResponseDone
+            return []
         if isinstance(ev, events.ResponseDone):
             return self._done(ev)
         if isinstance(ev, events.ErrorEvent):
@@ -566,16 +577,26 @@ class RealtimeConversation:
         ]
 
     def _usage(self, r: _Response) -> dict[str, object]:
-        """Usage of one response: audio in 80 ms STT frames and 12.5 Hz codec frames, text in streamed pieces."""
+        """Usage of one response: audio in 80 ms STT frames and 12.5 Hz codec frames; text as the LLM's tokenizer
+        counted it (its prompt, and of that what came from the prompt cache), or in streamed pieces where the
+        LLM gave no count (an interrupted answer, a server without usage reports)."""
         audio_in = round(self.user_audio_ms / 1000 * AUDIO_TOKENS_PER_S)
         self.user_audio_ms = 0
         audio_out = round(r.samples_sent / rp.RATE * AUDIO_TOKENS_PER_S)
-        text_out = r.text_deltas
+        counts = self.trace.extra if self.trace is not None and self.trace.turn == r.turn else {}
+        text_out = round(counts.get("output_tokens", r.text_deltas))
+        input_details: dict[str, object] = {"audio_tokens": audio_in}
+        if "prompt_tokens" in counts:
+            input_details["text_tokens"] = round(counts["prompt_tokens"])
+        if "cached_tokens" in counts:
+            cached = round(counts["cached_tokens"])
+            input_details |= {"cached_tokens": cached, "cached_tokens_details": {"text_tokens": cached}}
+        text_in = round(counts.get("prompt_tokens", 0))
         return {
-            "total_tokens": audio_in + audio_out + text_out,
-            "input_tokens": audio_in,  # audio only (see input_token_details)
+            "total_tokens": audio_in + text_in + audio_out + text_out,
+            "input_tokens": audio_in + text_in,
             "output_tokens": audio_out + text_out,
-            "input_token_details": {"audio_tokens": audio_in},  # text in is not counted: left out, not 0
+            "input_token_details": input_details,  # a count we do not know is left out, not 0
             "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
         }
 
@@ -589,6 +610,11 @@ class RealtimeConversation:
             "remaining": int(tokens),
             "reset_seconds": round(reset, 3),
         }
+
+
+def idle_note(idle_ms: int) -> str:
+    """What the conversation is told when the idle timeout fires (a user message: chat templates need one)."""
+    return f"(The user has said nothing for {idle_ms / 1000:g} seconds.)"
 
 
 def _item_text(item: dict[str, object]) -> str:

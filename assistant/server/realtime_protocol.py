@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 import assistant.server.g711 as g711
+from assistant.endofturn import EAGERNESS
 from assistant.server.protocol import DEFAULT_LIMITS, Limits, WireError, clip, parse_json
 
 MAX_ID_CHARS = 128  # event, item and response ids and voice names a client may send
@@ -25,14 +26,12 @@ AudioFormat = Literal["pcm16", "pcmu", "pcma"]  # pcm16 24 kHz, G.711 mu-law 8 k
 FORMAT_RATES: dict[str, int] = {"pcm16": RATE, "pcmu": g711.RATE, "pcma": g711.RATE}
 GA_FORMATS: dict[str, AudioFormat] = {"audio/pcm": "pcm16", "audio/pcmu": "pcmu", "audio/pcma": "pcma"}
 BETA_FORMATS: dict[str, AudioFormat] = {"pcm16": "pcm16", "g711_ulaw": "pcmu", "g711_alaw": "pcma"}
-# semantic_vad eagerness -> the end-of-turn silence our detector waits (low waits longest, as OpenAI's does)
-EAGERNESS_MS = {"low": 1200, "medium": 800, "auto": 800, "high": 400}
 SPEED_RANGE = (0.5, 1.5)  # OpenAI allows 0.25-1.5; the time stretch keeps the voice natural from 0.5 up
 
 
 @dataclass(frozen=True)
 class TurnDetection:
-    """server_vad or semantic_vad; semantic_vad's eagerness sets the end-of-turn silence (EAGERNESS_MS).
+    """server_vad or semantic_vad; semantic_vad's eagerness picks the Smart Turn policy (endofturn.EAGERNESS).
     `idle_timeout_ms`: with no speech this long after a reply, input_audio_buffer.timeout_triggered and a reply."""
 
     silence_duration_ms: int = 500
@@ -393,9 +392,9 @@ def _turn_detection(value: Any, path: str, event_id: str | None) -> TurnDetectio
     create, interrupt = r.flag("create_response", True), r.flag("interrupt_response", True)
     if kind == "semantic_vad":
         eagerness = value.get("eagerness", "auto")
-        if eagerness not in EAGERNESS_MS:
+        if eagerness not in EAGERNESS:
             raise r.fail("eagerness", "one of low, medium, high, auto", eagerness)
-        return TurnDetection(EAGERNESS_MS[eagerness], create, interrupt, "semantic_vad", eagerness, idle)
+        return TurnDetection(TurnDetection.silence_duration_ms, create, interrupt, "semantic_vad", eagerness, idle)
     silence = r.integer("silence_duration_ms") if "silence_duration_ms" in value else TurnDetection.silence_duration_ms
     return TurnDetection(silence, create, interrupt, idle_timeout_ms=idle)
 

@@ -16,7 +16,7 @@ from mlx_lm.models.cache import RotatingKVCache
 from mlx_lm.sample_utils import greedy_sampler
 
 from assistant.config import LlmConfig
-from assistant.llm import Chat, Message
+from assistant.llm import Chat, History, Message
 from assistant.tools import calls
 from assistant.tools.calls import CallDetector, Speech, ToolCall
 from tests.llm.test_chat import reference
@@ -186,7 +186,7 @@ def test_history_overflow_drops_whole_tool_turns(family_dir: tuple[str, Path]) -
             Message("tool", RESULT, tool_call_id=call.id, name="get_time"),
             Message("assistant", f"It is five past two, {i}."),
         ]
-    chat._history = list(turns)  # a stored history as is (restore() would trim it): the overflow is in respond()
+    chat._history = History(turns)  # a stored history as is (restore() would trim it): the overflow is in respond()
     "".join(chat.respond("And in Tokyo?"))
     dropped = chat.stats.dropped_messages
     assert dropped > 0 and dropped % 4 == 0

@@ -16,6 +16,7 @@ import numpy as np
 
 from assistant import events, settings
 from assistant.config import Config
+from assistant.endofturn import EndOfTurnPolicy
 from assistant.errors import ConfigError, InputError
 from assistant.server.controller import Controller, RealtimeBackend, RealtimeSession
 
@@ -180,8 +181,15 @@ class FakeSession:
             raise ConfigError(f"unknown voice {name!r}; voices: {', '.join(self.backend.voices)}")
         self.calls.append(("voice", name))
 
-    def set_turn_detection(self, hangover_ms: int | None, create_response: bool, interrupt_response: bool) -> None:
+    def set_turn_detection(
+        self,
+        hangover_ms: int | None,
+        create_response: bool,
+        interrupt_response: bool,
+        semantic: EndOfTurnPolicy | None = None,
+    ) -> None:
         self.calls.append(("turn_detection", hangover_ms))
+        self.semantic = semantic
         self.hangover_ms, self.create_response_on_vad = hangover_ms, create_response
 
     def append_audio(self, samples: np.ndarray) -> None:

@@ -161,7 +161,7 @@ async def scenario(port: int) -> tuple[Peer, Peer, dict[str, Any]]:
             sum(len(base64.b64decode(m["delta"])) // 2 for m in turn if "audio.delta" in m["type"]) / RATE
         )
         facts["usage"] = turn[-1]["response"]["usage"]
-        await ga.until("input_audio_buffer.timeout_triggered")
+        facts["idle"] = await ga.until("response.done")  # the idle timeout commits the quiet and answers
         user_item = next(m["item_id"] for m in turn if m["type"] == "input_audio_buffer.committed")
         await ga.send({"type": "conversation.item.retrieve", "item_id": user_item})
         facts["retrieved"] = (await ga.until("conversation.item.retrieved"))[-1]["item"]
@@ -249,7 +249,14 @@ def test_every_sdk_event_type_is_driven_or_observed(tiny_config: Config) -> None
     assert not (covered_server & set(EXCEPTIONS)), "an excepted event was seen: update EXCEPTIONS"
     assert facts["voice"] == "alloy" and facts["reply_s"] > 0
     assert facts["usage"]["output_token_details"]["audio_tokens"] == round(facts["reply_s"] * 12.5)
+    details = facts["usage"]["input_token_details"]
+    assert details["text_tokens"] > details["cached_tokens"] >= 0 and details["audio_tokens"] > 0
+    assert facts["usage"]["input_tokens"] == details["text_tokens"] + details["audio_tokens"]
     assert facts["retrieved"]["content"][0]["transcript"] is not None
+    idle = [m["type"] for m in facts["idle"]]
+    assert idle.index("input_audio_buffer.timeout_triggered") < idle.index("input_audio_buffer.committed")
+    assert idle.index("input_audio_buffer.committed") < idle.index("response.created")
+    assert facts["idle"][-1]["response"]["status"] == "completed"
     assert facts["cleared_status"] == facts["cancel_status"] == "cancelled"
     assert facts["g711_transcript"]["usage"]["seconds"] > 0
     assert abs(facts["g711_s"] - facts["reply_s"]) < 0.1  # the same greedy reply, at 8 kHz A-law
