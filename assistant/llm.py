@@ -21,7 +21,7 @@ import mlx.core as mx
 from assistant import hub
 from assistant.config import LlmConfig
 from assistant.errors import InputError, ModelError
-from assistant.tools.calls import GEMMA4, CallFormat, ToolCall, detect_format
+from assistant.tools.calls import AUTO, GEMMA4, CallFormat, ToolCall, ToolChoice, detect_format
 
 log = logging.getLogger("assistant.llm")
 
@@ -264,6 +264,7 @@ class Chat:
         self._complete = False  # the answer ended by itself (end of turn or max_tokens), not cancelled
         self._active: Iterator[str] | None = None
         self._tools: list[dict[str, Any]] = []
+        self._choice = AUTO
         if cfg.seed >= 0:
             mx.random.seed(cfg.seed)
 
@@ -320,7 +321,7 @@ class Chat:
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool) -> list[int]:
         """The token ids of the system prompt plus `messages`, through the tokenizer's chat template."""
-        tools = {"tools": self._tools} if self._tools else {}
+        tools = {"tools": self._tools} if self._tools and self._choice.mode != "none" else {}
         turns = [m.template_dict() for m in messages]
         if self._system:
             turns.insert(0, {"role": "system", "content": self._system})
@@ -378,6 +379,8 @@ class Chat:
         return self._active
 
     def _generate(self, prompt: list[int], dropped: int) -> Iterator[str]:
+        forced = self._forced()
+        prompt = prompt + forced  # a forced call opening is part of the answer, computed like the prompt
         start, restored = self.cache.rewind(prompt)
         self.stats = TurnStats(len(prompt), start, len(prompt) - start, 0, dropped, restored)
         answer, generated = self._answer, self._answer_tokens
@@ -391,6 +394,10 @@ class Chat:
                 yield ""
         logits = self.cache.feed(rest)
         checkpointed = False
+        if forced:
+            generated += forced
+            answer.append(self.tokenizer.decode(forced))
+            yield answer[-1]
         try:
             detokenizer = self.tokenizer.detokenizer
             for n in range(self.cfg.max_tokens):
@@ -461,18 +468,26 @@ class Chat:
 
     # ---- tools and memory (issue 14) ----------------------------------------------------------------------
 
-    def set_tools(self, schemas: Sequence[Mapping[str, Any]]) -> bool:
+    def set_tools(self, schemas: Sequence[Mapping[str, Any]], choice: ToolChoice = AUTO) -> bool:
         """Offer these tools (OpenAI-style `{"type": "function", "function": {...}}` schemas) from the next prompt
         on; [] = none. The tool list is part of the prompt's start, so changing it costs one full prefill.
+        `choice` "none" leaves them out of the prompt; "required" / a function makes each answer begin with the
+        opening of a call in the model's own format (that call's name for a function), so the model writes a call.
 
         Returns False (and offers nothing) when the model's chat template has no tool-call format.
         """
         if schemas and self.tool_format is None:
             log.warning("LLM `%s` has no tool-call format in its chat template: tools are off", self.cfg.model)
-            self._tools = []
+            self._tools, self._choice = [], AUTO
             return False
         self._tools = [dict(s) for s in schemas]
+        self._choice = choice if self._tools else AUTO
         return True
+
+    def _forced(self) -> list[int]:
+        """The tokens every answer begins with under the tool choice ([] when the model chooses)."""
+        text = self.tool_format.forced(self._choice) if self.tool_format is not None else ""
+        return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
 
     @functools.cached_property
     def tool_format(self) -> CallFormat | None:

@@ -31,7 +31,7 @@ import httpx2
 from assistant.config import LlmConfig
 from assistant.errors import ConfigError, InputError, ModelError
 from assistant.llm import TRUNCATE_TO, History, Message, close_answer
-from assistant.tools.calls import ToolCall
+from assistant.tools.calls import AUTO, ToolCall, ToolChoice
 
 log = logging.getLogger("assistant.llm_remote")
 
@@ -105,6 +105,7 @@ class RemoteChat:
         self.stats = RemoteStats()
         self.tools: list[dict[str, Any]] = [dict(t) for t in tools]
         self.tool_calls: list[ToolCall] = []  # made by the last answer; answer them with continue_with_results()
+        self.tool_choice = AUTO
         self._system = cfg.system_prompt
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx2.Timeout(cfg.timeout_s, connect=cfg.connect_timeout_s)
@@ -154,10 +155,12 @@ class RemoteChat:
     def system_prompt(self) -> str:
         return self._system
 
-    def set_tools(self, schemas: Sequence[Mapping[str, Any]]) -> bool:
+    def set_tools(self, schemas: Sequence[Mapping[str, Any]], choice: ToolChoice = AUTO) -> bool:
         """Offer these tools (OpenAI format: {"type": "function", "function": {name, description, parameters}}) from
-        the next request on; [] = none. Always True: the server decides whether its model can call them."""
+        the next request on; [] = none; `choice` is sent as the request's tool_choice. Always True: the server
+        decides whether its model can call them."""
         self.tools = [dict(t) for t in schemas]
+        self.tool_choice = choice if self.tools else AUTO
         return True
 
     @property
@@ -277,6 +280,11 @@ class RemoteChat:
             body["seed"] = c.seed
         if self.tools:
             body["tools"] = self.tools
+            choice = self.tool_choice
+            if choice.mode == "function":
+                body["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+            elif choice.mode != "auto":
+                body["tool_choice"] = choice.mode
         return body
 
     def _stream(self, messages: list[dict[str, Any]]) -> Iterator[str]:

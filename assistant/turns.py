@@ -83,6 +83,7 @@ class Responder:
     user_text: str | None = None
     speak_text: str | None = None
     instructions: str | None = None  # a system prompt for this reply only (Realtime response.create)
+    continues: bool = False  # Realtime: go on with the answer that called the client's functions (their outputs)
 
 
 # ---- inputs --------------------------------------------------------------------------------------------------
@@ -198,6 +199,13 @@ class UserText:
 
 
 @dataclass(frozen=True)
+class ToolOutput:
+    """Realtime function_call_output: the next response continues the answer that made the call."""
+
+    now: float
+
+
+@dataclass(frozen=True)
 class CreateResponse:
     """Answer the pending user messages (Realtime), or speak / ask now (daemon `say` / `ask`)."""
 
@@ -245,6 +253,7 @@ Input = (
     | Commit
     | ClearAudio
     | UserText
+    | ToolOutput
     | CreateResponse
     | Cancel
     | Tick
@@ -476,6 +485,7 @@ class TurnCore:
         self.current: ReplyState | None = None  # the confirmed reply in flight
         self.replies: dict[int, ReplyState] = {}  # every reply not yet done
         self.pending: list[str] = []  # Realtime: user messages not answered yet
+        self.tool_output = False  # Realtime: function outputs arrived since the last reply began
         self.backlog_ms = 0.0  # the largest capture lag during the current user turn
         self._vad_origin = 0
         self._ids = 0
@@ -525,6 +535,8 @@ class TurnCore:
                 self._reset_vad()
             case UserText():
                 self._on_user_text(inp)
+            case ToolOutput():
+                self.tool_output = True
             case CreateResponse():
                 self._on_create(inp)
             case Cancel():
@@ -1053,14 +1065,16 @@ class TurnCore:
         """Answer every pending user message as one reply (Realtime)."""
         turn, self._creating = self._creating_turn, None
         text, self.pending = "\n".join(self.pending), []
+        continues, self.tool_output = self.tool_output and not text, False  # a new user message starts afresh
         self._emit(Publish(ResponseStarted(turn, c.now)))
-        if not text:
+        if not text and not continues:
             self._error("nothing to answer: send user audio or a conversation item first", c.now)
             self._emit(Publish(ResponseDone(turn, "", False, c.now)))
             return
         self._set_state(TurnState.THINKING)
         speech_end, endpoint = (c.speech_end, c.endpoint) if c.speech_end else (c.now, c.now)
-        self._start_reply(turn, Responder(text, instructions=c.instructions), True, speech_end, endpoint)
+        responder = Responder(text or None, instructions=c.instructions, continues=continues)
+        self._start_reply(turn, responder, True, speech_end, endpoint)
 
     def _on_cancel(self) -> None:
         if self._creating is not None:

@@ -59,6 +59,7 @@ from assistant.turns import (
     SetPolicy,
     StartReply,
     Tick,
+    ToolOutput,
     Transcribed,
     TurnCore,
     UserText,
@@ -253,6 +254,26 @@ def manual_commit(policy: Policy) -> None:
     assert reply.responder.user_text == "first\nsecond" and reply.confirmed  # type: ignore[attr-defined]
 
 
+def function_outputs_continue(policy: Policy) -> None:
+    """Realtime function outputs make a response answerable with no user message: it continues the calling
+    answer; a new user message instead starts a fresh answer; without either, nothing is answered."""
+    tl = Timeline(policy)
+    tl.send(SetPolicy(dataclasses.replace(policy, vad_turns=False, publish_vad=False), FixedSilence(700)))
+    tl.send(ToolOutput(tl.now))
+    tl.send(CreateResponse(tl.now))
+    first = tl.of(StartReply)[-1]
+    assert first.responder.continues and first.responder.user_text is None  # type: ignore[attr-defined]
+    tl.send(ReplyDone(first.turn, "It is sunny.", False, tl.now))  # type: ignore[attr-defined]
+    tl.send(ToolOutput(tl.now))
+    tl.send(UserText("and tomorrow?", tl.now))
+    tl.send(CreateResponse(tl.now))
+    second = tl.of(StartReply)[-1]
+    assert not second.responder.continues and second.responder.user_text == "and tomorrow?"  # type: ignore[attr-defined]
+    tl.send(ReplyDone(second.turn, "Rain.", False, tl.now))  # type: ignore[attr-defined]
+    tl.send(CreateResponse(tl.now))
+    assert tl.of(StartReply)[-1] is second and "nothing to answer" in tl.events(ErrorEvent)[-1].message  # type: ignore[attr-defined]
+
+
 def cancel_mid_reply(policy: Policy) -> None:
     """Cancel (daemon interrupt, Realtime response.cancel) stops the reply and returns to listening."""
     tl = Timeline(policy)
@@ -400,6 +421,7 @@ SCENARIOS: list[tuple[Callable[[Policy], None], tuple[Policy, ...]]] = [
     (false_start, (DAEMON, REALTIME)),
     (ptt_overrides_vad, (DAEMON,)),  # Realtime has no hotkey
     (manual_commit, (REALTIME,)),  # the daemon has no commit
+    (function_outputs_continue, (REALTIME,)),  # the daemon runs its tools inside the reply
     (cancel_mid_reply, (DAEMON, REALTIME)),
     (engine_error, (DAEMON, REALTIME)),
     (mute, (DAEMON, REALTIME)),
