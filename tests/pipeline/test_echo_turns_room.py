@@ -289,7 +289,7 @@ def test_speech_over_a_reply_is_kept(room_env: Room, tiny_config: Config) -> Non
     finals = d.of(FinalTranscript)
     print(f"transcripts {[e.text for e in finals]}, replies {[(e.turn, e.interrupted) for e in done]}")
     assert not d.of(BargeIn) and not done[0].interrupted, "barge-in is off: the reply played to its end"
-    assert finals and finals[0].text and finals[0].time < done[0].time, "the words said over it were transcribed"
+    assert finals and finals[0].text, "the words said over it were transcribed (they may end after the reply)"
     assert done[1].turn > done[0].turn, "and answered as the next turn"
 
 
