@@ -156,6 +156,7 @@ class PipelineConfig:
     speculative: bool = opt(True)
     barge_in: bool = opt(True)
     barge_in_min_words: int = opt(0, "words", 0, 20)
+    backchannels: list[str] = opt(["mm-hm", "mhm", "uh-huh", "yeah", "okay", "ok", "right"])
     hotkey: str = opt("<alt_r>")
     hotkey_mode: str = opt("hold", choices=("hold", "toggle"))
     status_line: bool = opt(True)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import numpy as np
 
 from assistant import settings
+from assistant.audio.echo import EchoCanceller, PlayedClock
 from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, AudioBlock, frame_samples, level_dbfs
 from assistant.audio.sinks import AudioSink, AudioSource, ClientSink, SpeakerTiming
 from assistant.bus import EventBus, Subscription
@@ -84,6 +85,7 @@ from assistant.turns import (
     TurnCore,
     UserText,
     VadIn,
+    bare_word,
 )
 
 if TYPE_CHECKING:  # the message type only: importing llm would load MLX with the conversation
@@ -115,6 +117,7 @@ def daemon_policy(cfg: Config) -> Policy:
         speculative=cfg.pipeline.speculative,
         barge_in=cfg.pipeline.barge_in,
         barge_in_min_words=cfg.pipeline.barge_in_min_words,
+        backchannels=frozenset(bare_word(w) for w in cfg.pipeline.backchannels),
         preroll_samples=frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms),
         echo_tail_ms=cfg.vad.echo_tail_ms,
         wake_phrase=cfg.pipeline.wake_phrase,
@@ -135,6 +138,14 @@ def realtime_policy(cfg: Config, server_vad: bool, create_response: bool, interr
         preroll_samples=frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms),
         echo_tail_ms=cfg.vad.echo_tail_ms,
     )
+
+
+def make_canceller(cfg: Config, sink: AudioSink, tts_rate: int) -> EchoCanceller | None:
+    """The daemon's echo canceller over a speaker that tells what it played when (None: `echo.enabled` is off, or
+    the sink cannot say, e.g. no sound card)."""
+    if not cfg.echo.enabled or not isinstance(sink, PlayedClock):
+        return None
+    return EchoCanceller(sink, tts_rate)
 
 
 def end_of_turn(cfg: Config, scorer: object | None = None) -> EndOfTurnPolicy:
@@ -214,6 +225,8 @@ class Conversation:
         self._settling: asyncio.Task[None] | None = None  # the cancelled reply being recorded
         self._playing_turn = 0
         self._last_level = SILENT_DBFS  # level of the last chunk written (for sinks without SpeakerTiming)
+        # the speaker's own voice out of the microphone before VAD and STT (daemon only: clients cancel their own)
+        self.echo = make_canceller(cfg, self.sink, engines.tts.sample_rate) if realtime is None else None
         self._stt_final = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -280,7 +293,7 @@ class Conversation:
             case Play(turn, chunk):
                 self._play(turn, chunk)
             case FlushAudio():
-                self.sink.flush()
+                self._flush()
             case Publish(event):
                 self.publish(event)
 
@@ -330,11 +343,17 @@ class Conversation:
             block = AudioBlock(block, now - len(block) / CAPTURE_RATE)
         if block.samples.dtype != np.int16 or block.samples.ndim != 1:
             raise InputError(f"audio must be int16 mono, got {block.samples.dtype} with shape {block.samples.shape}")
-        level, end = self._speaker_at(block.t)
+        if self.echo is not None:
+            block = self.echo.process(block)
+            if not len(block.samples):
+                return  # less than one 10 ms frame so far
+        level, end = self._speaker_at(block.t, len(block.samples))
         self._apply(AudioIn(block.samples, block.t, now, level, end))
 
-    def _speaker_at(self, t: float) -> tuple[float, float | None]:
-        """What the speaker played when a block was recorded at `t`, and when its last sample left."""
+    def _speaker_at(self, t: float, n: int) -> tuple[float, float | None]:
+        """The echo level that `n` samples recorded at `t` may hold, and when the speaker's last sample left."""
+        if self.echo is not None and isinstance(self.sink, SpeakerTiming):
+            return self.echo.echo_dbfs(t, n), self.sink.last_sample_time  # what is left after cancelling
         if isinstance(self.sink, SpeakerTiming):
             return self.sink.level_at(t), self.sink.last_sample_time
         # A sink that cannot say (NullSink, benchmark doubles): the level of the reply while it plays.
@@ -476,7 +495,7 @@ class Conversation:
             heard = reply.heard_text(self.sink.played_samples) if reply.confirmed.is_set() else None
             if heard is not None:
                 with contextlib.suppress(Exception):
-                    self.sink.flush()
+                    self._flush()
             try:
                 await self.compute.run(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
             except Exception as e2:
@@ -498,7 +517,15 @@ class Conversation:
         self._playing_turn = turn
         self._last_level = level_dbfs(chunk)
         self.sink.write(chunk)
+        if self.echo is not None:
+            self.echo.played(chunk)  # the canceller's reference: exactly what went to the speaker
         reply.samples_written += len(chunk)
+
+    def _flush(self) -> None:
+        """Drop the speaker's queued audio: its played position restarts, and so does the echo reference."""
+        self.sink.flush()
+        if self.echo is not None:
+            self.echo.new_run()
 
     async def _wait_played(self, reply: Reply) -> None:
         """Until the sink has played every sample of the reply (sleeping the known remaining duration)."""
@@ -518,7 +545,7 @@ class Conversation:
         played = self.sink.played_samples if reply.audio_started else 0
         self._mark_played(reply)
         if reply.audio_started:
-            self.sink.flush()
+            self._flush()
         heard = reply.heard_text(played)
         rate = self.engines.tts.sample_rate
         self.publish(BargeIn(reply.turn, round(played * 1000.0 / rate, 1), heard, time.monotonic()))

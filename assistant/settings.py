@@ -30,6 +30,7 @@ LIVE_KEYS = frozenset(
         "pipeline.speculative",
         "pipeline.barge_in",
         "pipeline.barge_in_min_words",
+        "pipeline.backchannels",
         "vad.aggressiveness",
         "vad.min_speech_ms",
         "vad.preroll_ms",

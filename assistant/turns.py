@@ -69,6 +69,7 @@ class Policy:
     auto_respond: bool = True  # Realtime server VAD: a queued transcript creates a response by itself
     barge_in: bool = True  # speech during a reply may interrupt it
     barge_in_min_words: int = 0  # words the interruption's transcript needs (0: the VAD's start is enough)
+    backchannels: frozenset[str] = frozenset()  # listener words that never interrupt on their own ("mm-hm")
     preroll_samples: int = 0
     echo_tail_ms: int = 200  # after the speaker's last sample, echo may still arrive (path delay + reverberation)
     wake_phrase: str = ""  # hands-free turns are answered only when addressed (see assistant/wake.py); "" = all
@@ -492,6 +493,7 @@ class TurnCore:
         self._creating: CreateResponse | None = None  # a response waiting for transcripts
         self._creating_turn = 0
         self._loud: tuple[float, float] | None = None  # (capture time, dBFS) the speaker last played audibly
+        self._next: tuple[str, float] | None = None  # words said over the reply, answered when it ends (speech end)
         self._out: list[Action] = []
         self._now = 0.0  # the latest input's time (for the events it causes)
         self.wake = WakeGate(policy.wake_phrase, policy.follow_up_s)
@@ -550,6 +552,10 @@ class TurnCore:
     def _min_words(self) -> int:
         """Words that make speech during a reply, or in its echo, the user's turn."""
         return max(1, self.policy.barge_in_min_words)
+
+    def _words(self, text: str) -> int:
+        """Words of `text` that count towards taking the turn: backchannels ("mm-hm", "yeah") do not."""
+        return sum(1 for w in text.split() if bare_word(w) not in self.policy.backchannels)
 
     @property
     def speculating(self) -> bool:
@@ -631,11 +637,10 @@ class TurnCore:
     def _speech_started(self, ev: SpeechStarted) -> None:
         """Speech by capture time: during a reply (or its echo) it must qualify before it takes the turn."""
         if self.current is not None and not self.policy.barge_in:
-            if self.policy.answer_turns:
-                return  # the daemon ignores speech over its reply
-            self._begin(ev.start_sample)  # Realtime without interrupt_response: transcribed, reply goes on
+            # transcribed, the reply goes on: the daemon answers it once the reply is over (nothing said is lost)
+            self._begin(ev.start_sample, candidate=self.policy.answer_turns)
             return
-        if self.current is not None and self.policy.barge_in_min_words == 0:
+        if self.current is not None and self.policy.barge_in_min_words == 0 and not self.policy.backchannels:
             self._interrupt_current()
         elif self.current is not None or self.clock.echo_at(ev.onset_sample):
             self._begin(ev.start_sample, candidate=True)  # it must prove it is the user
@@ -683,7 +688,7 @@ class TurnCore:
         if f.partial is not None:
             user.partial = f.partial
             self._emit(Publish(PartialTranscript(f.partial, f.now)))
-            if user.candidate and _words(f.partial) >= self._min_words:
+            if user.candidate and self.policy.barge_in and self._words(f.partial) >= self._min_words:
                 self._promote(user)
         self._feed()
         self._check_end_of_turn(f.now)
@@ -762,7 +767,7 @@ class TurnCore:
         self._feed(force=True)
         self.user = None
         if user.candidate:
-            self._finalize(Finalizing("judge", 0, speech_end, now, utt=user.id))
+            self._finalize(Finalizing("judge", 0, speech_end, now, utt=user.id, started_at=user.started_at))
             return
         if not self.policy.answer_turns:
             job = Finalizing("queue", 0, speech_end, now, respond=self.policy.auto_respond and self.policy.vad_turns)
@@ -810,15 +815,7 @@ class TurnCore:
         if job.purpose == "answer":
             self._answer(job.turn, text, tr.language, job.speech_end, job.endpoint, False, tr.now, job)
         elif job.purpose == "judge":
-            if text:  # kept, never lost: a backchannel over the reply still shows as a transcript
-                self._emit(Publish(FinalTranscript(text, tr.language, tr.now)))
-            if _words(text) < self._min_words:
-                self._emit(Publish(FalseStart(tr.now)))
-                return
-            self._interrupt_current()
-            self.turn += 1
-            self._set_state(TurnState.THINKING)
-            self._start_reply(self.turn, Responder(text), True, job.speech_end, job.endpoint)
+            self._judge(job, text, tr.language, tr.now)
         else:  # queue
             self._emit(Publish(FinalTranscript(text, tr.language, tr.now)))
             if text:
@@ -829,6 +826,30 @@ class TurnCore:
                 self._respond(self._creating)
             elif self.state is TurnState.THINKING and self.current is None and self.user is None:
                 self._set_state(TurnState.IDLE)
+
+    def _judge(self, job: Finalizing, text: str, language: str, now: float) -> None:
+        """Speech over the reply (or in its echo) ended before it took the turn: its transcript is shown, never
+        lost. Words for the assistant take the turn: now, or once the reply is over when they are fewer than
+        barge_in_min_words or barge-in is off. Backchannels, no words, or words not addressed to the assistant
+        (wake phrase) leave the reply alone."""
+        if text:
+            self._emit(Publish(FinalTranscript(text, language, now)))
+        decision = self._addressed(text, job.started_at, job.ptt)
+        words = self._words(text)
+        if words == 0 or not decision.answer:
+            self._emit(Publish(FalseStart(now)))  # a backchannel (or echo): the reply goes on
+            return
+        if (
+            (words < self._min_words or not self.policy.barge_in)
+            and self.current is not None
+            and self.policy.answer_turns
+        ):
+            self._next = (decision.text, job.speech_end)  # answered once the reply is over
+            return
+        self._interrupt_current()
+        self.turn += 1
+        self._set_state(TurnState.THINKING)
+        self._start_reply(self.turn, Responder(decision.text), True, job.speech_end, job.endpoint)
 
     def _answer(
         self,
@@ -894,6 +915,7 @@ class TurnCore:
 
     def _start_reply(self, turn: int, responder: Responder, confirmed: bool, speech_end: float, now: float) -> None:
         if confirmed:
+            self._next = None  # a newer turn supersedes words waiting for the reply's end (shown as a transcript)
             self._interrupt_current()
         reply = ReplyState(turn, confirmed)
         self.replies[turn] = reply
@@ -952,6 +974,12 @@ class TurnCore:
         if self.current is reply:
             self.current = None
             self.wake.stopped(r.now)
+            if self._next is not None and user is None:
+                (text, speech_end), self._next = self._next, None
+                self.turn += 1
+                self._set_state(TurnState.THINKING)
+                self._start_reply(self.turn, Responder(text), True, speech_end, r.now)
+                return
             # speech that began over the reply stays a candidate: it proves itself by its words (issue 22)
             if user is None or user.candidate:
                 self._set_state(TurnState.IDLE)
@@ -1095,8 +1123,9 @@ def _shift(ev: VadEvent, origin: int) -> VadEvent:
     return dataclasses.replace(ev, sample=ev.sample + origin)
 
 
-def _words(text: str) -> int:
-    return len(text.split())
+def bare_word(word: str) -> str:
+    """A word as the backchannel list holds it: lower case, no surrounding punctuation."""
+    return word.strip(".,!?;:\"'()").lower()
 
 
 def _time_of(inp: Input, last: float) -> float:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from assistant.audio.echo import AEC_DELAY, AEC_FRAME, EchoCanceller
-from assistant.audio.format import CAPTURE_RATE, TTS_RATE, AudioBlock, int16_to_float32, resample
+from assistant.audio.echo import ADAPT_FRAMES, AEC_DELAY, AEC_FRAME, ECHO_WINDOW_MS, RESIDUAL_DB, EchoCanceller
+from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, TTS_RATE, AudioBlock, int16_to_float32, resample
 from tests.speech import needs_espeak, say
 
 T_MIC = 1000.0  # capture time of the first microphone sample
@@ -180,3 +180,37 @@ def test_output_time_is_the_capture_time() -> None:
     first = next(b for b in blocks if (np.abs(b.samples) > 1000).any())
     loud = first.t + int(np.argmax(np.abs(first.samples) > 1000)) / CAPTURE_RATE
     assert loud == pytest.approx(T_MIC + 0.5, abs=0.001)
+
+
+def test_echo_bound_follows_what_played_and_the_adaptation() -> None:
+    """echo_dbfs is the loudest 10 ms played within the echo window before a block (silent: SILENT_DBFS), with
+    no credit for cancelling until AEC3 has had ADAPT_FRAMES of reference, RESIDUAL_DB below it after."""
+    seconds = 5.0
+    ref = np.zeros(round(seconds * TTS_RATE), np.float32)
+    ref[: TTS_RATE // 2] = 0.1  # -20 dBFS for 0.5 s, then silence, then -20 dBFS from 1 s on
+    ref[TTS_RATE:] = 0.1
+    ec = EchoCanceller(SpeakerClock(start=T_MIC, written=len(ref)))
+    ec.played(ref)
+    assert ec.echo_dbfs(T_MIC - 1.0, BLOCK) == SILENT_DBFS  # before the run
+    assert ec.echo_dbfs(T_MIC + 0.3, BLOCK) == pytest.approx(-20.0, abs=0.5)
+    # within ECHO_WINDOW_MS after the speaker fell silent its echo may still come back; after it, not
+    assert ec.echo_dbfs(T_MIC + 0.5 + ECHO_WINDOW_MS / 2000, BLOCK) == pytest.approx(-20.0, abs=0.5)
+    assert ec.echo_dbfs(T_MIC + 0.52 + ECHO_WINDOW_MS / 1000, BLOCK) == SILENT_DBFS
+    run(ec, np.zeros(round(seconds * CAPTURE_RATE), np.int16))  # AEC3 sees 4 s of reference
+    assert ec.echo_dbfs(T_MIC + 2.0, BLOCK) == pytest.approx(-20.0 + RESIDUAL_DB, abs=0.5)
+    assert ADAPT_FRAMES * AEC_FRAME < 4 * CAPTURE_RATE
+
+
+def test_the_daemon_cancels_only_over_a_speaker_with_a_dac_clock() -> None:
+    """The canceller is built for a speaker that tells what it played when, unless echo.enabled is off
+    (headphones); a sink without that clock (no sound card, a Realtime client) gets none."""
+    from assistant.audio.sinks import ClientSink, NullSink
+    from assistant.config import Config
+    from assistant.conversation import make_canceller
+
+    cfg = Config()
+    speaker = SpeakerClock(start=T_MIC, written=0)
+    assert isinstance(make_canceller(cfg, speaker, TTS_RATE), EchoCanceller)  # type: ignore[arg-type]
+    assert make_canceller(cfg.replace({"echo.enabled": False}), speaker, TTS_RATE) is None  # type: ignore[arg-type]
+    assert make_canceller(cfg, NullSink(), TTS_RATE) is None
+    assert make_canceller(cfg, ClientSink(lambda chunk: None, TTS_RATE), TTS_RATE) is None

@@ -37,6 +37,7 @@ class Heard:
     raw: np.ndarray  # the microphone, int16 16 kHz, from the first block on
     clean: np.ndarray  # the canceller's output, sample i = raw's sample i
     reference: np.ndarray  # what the canceller took as played for each microphone sample, float32
+    echo_dbfs: np.ndarray  # the canceller's echo level bound for each cleaned sample (EchoCanceller.echo_dbfs)
     underruns: int  # the speaker's, during the run
 
 
@@ -54,6 +55,7 @@ async def play_through_room(room: Room, reply: np.ndarray, user: np.ndarray | No
     raw: list[np.ndarray] = []
     clean: list[np.ndarray] = []
     ref: list[np.ndarray] = []
+    bound: list[np.ndarray] = []
     with Playback(cfg) as speaker:
         canceller = EchoCanceller(speaker)
         async with Capture(cfg) as mic:
@@ -72,13 +74,16 @@ async def play_through_room(room: Room, reply: np.ndarray, user: np.ndarray | No
                 raw.append(block.samples)
                 frames = [canceller.reference_for(block.t + i / CAPTURE_RATE) for i in range(0, n, AEC_FRAME)]
                 ref.append(np.concatenate(frames)[:n])
-                clean.append(canceller.process(block).samples)
+                out = canceller.process(block)
+                clean.append(out.samples)
+                bound.append(np.full(len(out.samples), canceller.echo_dbfs(out.t, len(out.samples)), np.float32))
                 captured += n
             assert mic.overflows == 0
         underruns = speaker.underruns
     cleaned = np.concatenate(clean)[AEC_DELAY:]  # AEC3's output is AEC_DELAY samples late
     n = len(cleaned)
-    return Heard(np.concatenate(raw)[:n], cleaned, np.concatenate(ref)[:n], underruns)
+    bounds = np.concatenate(bound)[AEC_DELAY:]
+    return Heard(np.concatenate(raw)[:n], cleaned, np.concatenate(ref)[:n], bounds, underruns)
 
 
 def power_db(x: np.ndarray) -> float:

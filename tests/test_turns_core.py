@@ -187,8 +187,9 @@ def speculative_start_then_confirm(policy: Policy) -> None:
 
 
 def barge_in(policy: Policy) -> None:
-    """Speech while the reply plays (by capture time) interrupts it; the user's new turn starts at once."""
-    tl = Timeline(policy)
+    """With no backchannel list, speech while the reply plays (by capture time) interrupts it at the VAD's start;
+    the user's new turn starts at once."""
+    tl = Timeline(dataclasses.replace(policy, backchannels=frozenset()))
     turn = spoken_turn(tl)
     tl.reply_plays(turn)
     start = tl.pos()
@@ -335,6 +336,84 @@ def echo_after_the_reply(policy: Policy) -> None:
     assert len(fed) == 10 * BLOCK and np.all(fed == 2000), "the user's turn holds every sample they said"
 
 
+def speech_over_reply(tl: Timeline, turn: int, partial: str) -> int:
+    """The user speaks over reply `turn` (loud enough for the VAD's playback gate); returns the speech's start."""
+    tl.reply_plays(turn)
+    start = tl.pos()
+    tl.audio(10, value=3000, speaker_dbfs=-20.0)
+    tl.started(start)
+    assert not tl.of(InterruptReply), "a backchannel list makes the start wait for a word"
+    utt = tl.core.user
+    assert utt is not None and utt.candidate
+    tl.send(Fed(utt.id, partial, tl.now))
+    return start
+
+
+def backchannel_leaves_the_reply(policy: Policy) -> None:
+    """A backchannel over the reply ("Mm-hm.", "yeah") never interrupts it, and is still shown as a transcript."""
+    tl = Timeline(policy)
+    turn = spoken_turn(tl)
+    start = speech_over_reply(tl, turn, "Mm-hm, yeah.")
+    assert not tl.of(InterruptReply)
+    tl.audio(5, speaker_dbfs=-20.0)
+    tl.ended(start, start + 10 * BLOCK)
+    tl.transcribe("Mm-hm, yeah.")
+    assert tl.events(FinalTranscript)[-1].text == "Mm-hm, yeah."  # type: ignore[attr-defined]
+    assert tl.events(FalseStart) and not tl.of(InterruptReply) and len(tl.of(StartReply)) == 1
+    assert tl.core.current is not None and tl.core.state is TurnState.ASSISTANT_SPEAKING
+
+
+def words_over_reply_take_the_turn(policy: Policy) -> None:
+    """Over the reply, the first word that is not a backchannel interrupts it, and the whole utterance, from its
+    first sample, becomes the user's next turn."""
+    tl = Timeline(policy)
+    turn = spoken_turn(tl)
+    start = speech_over_reply(tl, turn, "yeah wait")
+    utt = tl.core.user.id  # type: ignore[union-attr]
+    assert InterruptReply(turn) in tl.actions and tl.core.state is TurnState.USER_SPEAKING
+    tl.send(ReplyDone(turn, "One", True, tl.now))
+    tl.audio(5)
+    tl.ended(start, start + 10 * BLOCK)
+    fed = np.concatenate([a.audio for a in tl.of(Feed) if isinstance(a, Feed) and a.utt == utt])
+    assert np.count_nonzero(fed == 3000) == 10 * BLOCK, "every sample of the speech went to the transcriber"
+    tl.transcribe("yeah wait, what about Saturday?")
+    reply = tl.of(StartReply)[-1]
+    assert isinstance(reply, StartReply) and reply.confirmed
+    assert reply.responder.user_text == "yeah wait, what about Saturday?"
+
+
+def short_words_wait_for_the_end(policy: Policy) -> None:
+    """Words over the reply that are fewer than barge_in_min_words do not interrupt; they are kept and answered
+    as the next turn once the reply is over."""
+    tl = Timeline(dataclasses.replace(policy, barge_in_min_words=3))
+    turn = spoken_turn(tl)
+    start = speech_over_reply(tl, turn, "Saturday")
+    tl.audio(5, speaker_dbfs=-20.0)
+    tl.ended(start, start + 10 * BLOCK)
+    tl.transcribe("Saturday?")
+    assert not tl.of(InterruptReply) and len(tl.of(StartReply)) == 1
+    assert tl.events(FinalTranscript)[-1].text == "Saturday?"  # type: ignore[attr-defined]
+    tl.send(ReplyDone(turn, "One two three", False, tl.now))
+    reply = tl.of(StartReply)[-1]
+    assert isinstance(reply, StartReply) and reply.turn > turn and reply.responder.user_text == "Saturday?"
+    assert reply.confirmed and tl.core.state is TurnState.THINKING
+
+
+def speech_over_reply_without_barge_in(policy: Policy) -> None:
+    """With barge-in off, speech over the reply does not stop it, yet is transcribed and answered as the next
+    turn when the reply is over."""
+    tl = Timeline(dataclasses.replace(policy, barge_in=False))
+    turn = spoken_turn(tl)
+    start = speech_over_reply(tl, turn, "what about Saturday")
+    tl.audio(5, speaker_dbfs=-20.0)
+    tl.ended(start, start + 10 * BLOCK)
+    tl.transcribe("What about Saturday?")
+    assert not tl.of(InterruptReply) and tl.events(FinalTranscript)[-1].text == "What about Saturday?"  # type: ignore[attr-defined]
+    tl.send(ReplyDone(turn, "One two three", False, tl.now))
+    reply = tl.of(StartReply)[-1]
+    assert isinstance(reply, StartReply) and reply.turn > turn and reply.responder.user_text == "What about Saturday?"
+
+
 SCENARIOS: list[tuple[Callable[[Policy], None], tuple[Policy, ...]]] = [
     (speculative_start_then_resume, (DAEMON,)),  # a Realtime session never speculates
     (speculative_start_then_confirm, (DAEMON,)),
@@ -347,6 +426,10 @@ SCENARIOS: list[tuple[Callable[[Policy], None], tuple[Policy, ...]]] = [
     (engine_error, (DAEMON, REALTIME)),
     (mute, (DAEMON, REALTIME)),
     (echo_after_the_reply, (DAEMON, REALTIME)),
+    (backchannel_leaves_the_reply, (DAEMON,)),  # Realtime clients judge their own users' words
+    (words_over_reply_take_the_turn, (DAEMON,)),
+    (short_words_wait_for_the_end, (DAEMON,)),
+    (speech_over_reply_without_barge_in, (DAEMON,)),
 ]
 CASES = [
     pytest.param(scenario, policy, id=f"{scenario.__name__}-{'daemon' if policy is DAEMON else 'realtime'}")

@@ -11,18 +11,29 @@ Not thread-safe: one driver feeds `played()` / `new_run()` and `process()` from 
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from assistant.audio.format import CAPTURE_RATE, TTS_RATE, AudioBlock, StreamResampler, frame_samples
+from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, TTS_RATE, AudioBlock, StreamResampler, frame_samples
 from assistant.errors import AudioDeviceError, InputError
 
 AEC_FRAME = frame_samples(CAPTURE_RATE, 10)  # 160: AEC3 works on 10 ms frames
 AEC_DELAY = 128  # AEC3 hands back each frame's audio 8 ms late (measured; pinned by tests/test_echo.py)
+# What is left of the echo in the cleaned signal, relative to the loudest 10 ms the speaker played within
+# ECHO_WINDOW_MS before a frame: the base of the barge-in gate (which adds vad.barge_in_energy_margin_db, 6 dB).
+# Measured in the laptop room (`python -m benchmarks.echo --barge`: 60 ms, 0 and -6 dB, reverb), voiced 30 ms
+# frames of echo alone at 14 dB under the peak ran at most 5-8 in a row, short of the 10 (300 ms) a start needs;
+# but with one core busy (tests/pipeline/test_echo_turns_room.py) 300 ms runs came through at that level, so the
+# gate sits at 8 dB under the peak: a user interrupts by being about as loud as the reply's echo plus 8 dB.
+RESIDUAL_DB = -14.0
+ADAPT_FRAMES = 300  # AEC3 learns the room over its first 3 s of reference: until then, no credit for cancelling
+# echo path delay + the room's reverberation (~200 ms), and the speaker clock's error under load
+ECHO_WINDOW_MS = 300
 KEEP_S = 20.0  # reference history kept: covers capture blocks that arrive late on a busy machine
 
 
+@runtime_checkable
 class PlayedClock(Protocol):
     """The speaker's clock (Playback, or a headless client's sink on its own clock)."""
 
@@ -56,6 +67,7 @@ class EchoCanceller:
                 echo_cancellation=True, noise_suppression=False, high_pass_filter=True, auto_gain_control=False
             )
             self._frame_cls = AudioFrame
+        self._adapted = 0  # 10 ms frames processed while the speaker played (AEC3 adapts on those)
         self._pending = np.zeros(0, np.int16)  # mic samples waiting for a whole frame
         self._pending_t = 0.0  # capture time of _pending[0]
         self.new_run()
@@ -97,6 +109,21 @@ class EchoCanceller:
             out[at : at + len(src)] = src
         return out
 
+    def echo_dbfs(self, t: float, n: int) -> float:
+        """The level the echo in `n` cleaned samples from capture time `t` may still have: the loudest 10 ms the
+        speaker played from ECHO_WINDOW_MS before `t` to the block's end, plus RESIDUAL_DB once AEC3 has adapted
+        (ADAPT_FRAMES; before, the echo may be as loud as what played), SILENT_DBFS when it played nothing then."""
+        lead = frame_samples(CAPTURE_RATE, ECHO_WINDOW_MS)
+        ref = self.reference_for(t - lead / CAPTURE_RATE, lead + n)
+        usable = len(ref) // AEC_FRAME * AEC_FRAME
+        if not usable or not np.any(ref[:usable]):
+            return SILENT_DBFS
+        frames = ref[:usable].reshape(-1, AEC_FRAME).astype(np.float64)
+        peak = float(np.max(np.mean(np.square(frames), axis=1)))
+        if peak <= 0:
+            return SILENT_DBFS
+        return 10.0 * float(np.log10(peak)) + (RESIDUAL_DB if self._adapted >= ADAPT_FRAMES else 0.0)
+
     def process(self, block: AudioBlock) -> AudioBlock:
         """The cleaned microphone audio: every whole 10 ms frame received so far, with the capture time of its
         first sample (AEC_DELAY samples before the first frame's own: the canceller's output is that late)."""
@@ -113,8 +140,10 @@ class EchoCanceller:
         for i in range(0, n, AEC_FRAME):
             t = t0 + i / CAPTURE_RATE
             ref = np.clip(self.reference_for(t) * 32768.0, -32768, 32767).astype(np.int16)
+            self._adapted += bool(ref.any())
             self._apm.process_reverse_stream(self._frame_cls(ref.tobytes(), CAPTURE_RATE, 1, AEC_FRAME))
             frame = self._frame_cls(self._pending[i : i + AEC_FRAME].tobytes(), CAPTURE_RATE, 1, AEC_FRAME)
+            self._apm.set_stream_delay_ms(0)  # the reference is already placed at its capture time
             self._apm.process_stream(frame)  # cleans the frame's buffer in place
             out[i : i + AEC_FRAME] = np.frombuffer(frame.data, dtype=np.int16)
         self._pending = self._pending[n:]

@@ -46,7 +46,15 @@ SHOUT_GAIN = 16.0  # the user must be louder than the playback level (see the te
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
     """Tiny seeded checkpoints of every engine in the real on-disk layouts, and a config naming them."""
-    changes = {"pipeline.mode": "hands_free", "vad.barge_in_energy_margin_db": 0.0, "server.enabled": False}
+    # No acoustic path from this room's speaker to its microphone: the headphone case, so no echo canceller (with
+    # no echo to learn, AEC3 turns a user over the reply down by ~40 dB; test_echo_turns_room.py has the loop).
+    changes = {
+        "pipeline.mode": "hands_free",
+        "vad.barge_in_energy_margin_db": 0.0,
+        "server.enabled": False,
+        "echo.enabled": False,
+        "pipeline.backchannels": [],  # the VAD's start interrupts (the tiny STT writes random words anyway)
+    }
     return tiny_engines.tiny_config(tmp_path_factory.mktemp("e2e_models"), changes)
 
 
@@ -112,7 +120,8 @@ def test_spoken_turn_and_barge_in(room_env: Any, tiny_config: Config, tmp_path: 
                 room_env.play(shout.astype(np.int16))
                 await events.until(BargeIn)
                 await events.until(ResponseDone, lambda e: e.interrupted)
-                await events.until(LatencyTrace)
+                if not any(isinstance(e, LatencyTrace) for e in events.seen):  # it may come before the barge-in
+                    await events.until(LatencyTrace)
                 await asyncio.sleep(0.5)  # the recording shows what followed the flush
                 history = await compute.run(lambda: list(engines.chat.history))
                 runner.cancel()

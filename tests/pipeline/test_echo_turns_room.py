@@ -1,0 +1,343 @@
+"""The daemon over laptop speakers: the real Conversation, Capture, Playback, VAD, echo canceller and tiny
+random-weight STT and LLM in the virtual room, its speaker looped back into its microphone (tests/audio_room.py
+`start_echo_loop`: 60 ms, 0 or -6 dB, allpass reverb), one core kept busy by another process (issue 22).
+
+The voice is espeak-ng through a TTS stand-in (`SpeechTts`) at a TTS-like -20 dBFS: the tiny random talker's
+noise has no pauses between words, where a speech-like echo outlasts what the speaker is playing.
+
+CI runs short versions; the issue's counts (10 long replies per gain) are the `slow` ones:
+    python -m pytest -m slow tests/pipeline/test_echo_turns_room.py -k x10
+
+Measured on the shared 2-core machine (load ~8 from other jobs besides the busy core), first attempts:
+f89945d: 0 dB 1 turn nobody said and 2 barge-ins, -6 dB 4 and 7; this branch: 0 dB 1 and 2, -6 dB 2 and 3.
+Each such turn starts in the gap after a reply (speech starts then, judged by its tiny-STT words), so the
+slow cases still fail: issue 22 is not fixed by the canceller alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from assistant import cli
+from assistant.audio.format import CAPTURE_RATE, TTS_RATE, AudioBlock, float32_to_int16, int16_to_float32, resample
+from assistant.compute import Compute
+from assistant.config import Config
+from assistant.conversation import Conversation
+from assistant.daemon import ReopeningSource
+from assistant.engines import Engines
+from assistant.events import (
+    BargeIn,
+    Event,
+    FinalTranscript,
+    ResponseDone,
+    SpeechStarted,
+)
+from tests import tiny_engines
+from tests.audio_room import Room, start_echo_loop
+from tests.speech import needs_espeak, say
+
+pytestmark = [pytest.mark.audio, needs_espeak]
+
+# ~18 s of speech: the issue's long replies (about 12 s each)
+LONG = (
+    "Here is the weather for the next few days, with sun tomorrow and a high of twenty degrees. "
+    "Clouds move in from the west on Wednesday, and by Thursday there is a good chance of rain. "
+    "The weekend looks dry again, with light winds and cool mornings, so take a jacket if you go out."
+)
+SHORT = "Here is the weather for the next few days, with sun tomorrow and a high of twenty degrees."  # ~6 s
+AFTER_S = 1.5  # after each reply: the echo tail and anything recorded late has been judged by then
+WAIT_S = 120.0  # safety net for a busy shared CPU; never a timing assertion
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """Tiny seeded checkpoints of every engine, hands-free, no server: the daemon's defaults otherwise."""
+    changes = {"pipeline.mode": "hands_free", "server.enabled": False}
+    return tiny_engines.tiny_config(tmp_path_factory.mktemp("echo_models"), changes)
+
+
+TTS_FRAME = 1920  # 80 ms at 24 kHz, the real talker's frame
+
+
+class SpeechUtterance:
+    """Speaks each pushed text piece with espeak-ng (on the compute thread, like a TTS step), 80 ms per step."""
+
+    def __init__(self) -> None:
+        self.pending: list[str] = []
+        self.audio = np.zeros(0, np.float32)
+        self.ended = self.done = self.waiting_for_text = False
+        self.frames_emitted = 0
+
+    def push_text(self, text: str) -> None:
+        self.pending.append(text)
+
+    def end_text(self) -> None:
+        self.ended = True
+
+    def step(self) -> np.ndarray | None:
+        self.waiting_for_text = False
+        if len(self.audio) < TTS_FRAME and self.pending:
+            x = int16_to_float32(say(self.pending.pop(0)))
+            rms = float(np.sqrt(np.mean(np.square(x)))) if len(x) else 0.0
+            if rms > 0:  # a piece espeak-ng says nothing for (punctuation) adds no audio
+                x = resample(x / rms * 0.1, CAPTURE_RATE, TTS_RATE)  # -20 dBFS
+                self.audio = np.concatenate([self.audio, x.astype(np.float32)])
+        if len(self.audio):
+            frame, self.audio = self.audio[:TTS_FRAME], self.audio[TTS_FRAME:]
+            self.frames_emitted += 1
+            return np.pad(frame, (0, TTS_FRAME - len(frame)))
+        if self.ended:
+            self.done = True
+        else:
+            self.waiting_for_text = True
+        return None
+
+
+class SpeechTts:
+    """The TTS engine's interface, speaking with espeak-ng."""
+
+    sample_rate = TTS_RATE
+    model_type = "custom_voice"
+
+    def warmup(self) -> None:
+        pass
+
+    def voice(self, name: str | None = None) -> str:
+        return name or "default"
+
+    def voice_names(self) -> list[str]:
+        return ["default"]
+
+    def start(self, voice: object, text: str | None = None) -> SpeechUtterance:
+        utt = SpeechUtterance()
+        if text is not None:
+            utt.push_text(text)
+            utt.end_text()
+        return utt
+
+
+def speech_engines(cfg: Config) -> Engines:
+    """The daemon's engines from the config (tiny STT and LLM), speaking with espeak-ng (on the compute thread)."""
+    from assistant.stt import load_transcriber
+    from assistant.vad import Vad
+
+    return Engines(load_transcriber(cfg.stt), cli.load_chat(cfg.llm), SpeechTts(), "default", make_vad=Vad)
+
+
+@contextlib.contextmanager
+def busy_core() -> Iterator[None]:
+    """Another program keeps one core busy (a browser, a build, a video call) while the block runs."""
+    burn = "import os\nos.sched_setaffinity(0, {0})\nwhile True:\n    pass\n"
+    proc = subprocess.Popen([sys.executable, "-c", burn])
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+@dataclass
+class Daemon:
+    conv: Conversation
+    sink: Any
+    seen: list[Event] = field(default_factory=list)
+    raw: list[AudioBlock] = field(default_factory=list)  # the microphone before the canceller
+    lengths: list[float] = field(default_factory=list)  # seconds from each say() to the end of its playback
+
+    def of(self, kind: type) -> list[Any]:
+        return [e for e in self.seen if isinstance(e, kind)]
+
+    async def until(self, cond: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while not cond():
+            assert time.monotonic() < deadline, "condition never became true"
+            await asyncio.sleep(0.01)
+
+
+class Tap:
+    """The microphone source, keeping each raw block (to find where the user's speech truly starts)."""
+
+    def __init__(self, inner: ReopeningSource, keep: list[AudioBlock]) -> None:
+        self.inner = inner
+        self.keep = keep
+
+    async def read(self) -> AudioBlock:
+        block = await self.inner.read()
+        self.keep.append(block)
+        return block
+
+
+@contextlib.asynccontextmanager
+async def daemon(cfg: Config) -> AsyncIterator[Daemon]:
+    """The daemon's conversation over the room's microphone and speaker, listening."""
+    from assistant.audio.capture import Capture
+    from assistant.audio.playback import Playback
+
+    compute = Compute()
+    engines = await compute.run(speech_engines, cfg)
+    raw: list[AudioBlock] = []
+    source = ReopeningSource(lambda: Capture(cfg.audio))
+    try:
+        with Playback(cfg.audio, rate=engines.tts.sample_rate) as sink:
+            conv = Conversation(cfg, engines, Tap(source, raw), sink, compute)
+            d = Daemon(conv, sink, raw=raw)
+            sub = conv.subscribe(100_000)
+
+            async def collect() -> None:
+                async for ev in sub:
+                    d.seen.append(ev)
+
+            tasks = [asyncio.create_task(conv.run()), asyncio.create_task(collect())]
+            await d.until(lambda: conv.captured_samples > 0)
+            try:
+                yield d
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await conv.aclose()
+    finally:
+        await source.aclose()
+        compute.close(5.0)
+
+
+def run_replies(room: Room, cfg: Config, gain_db: float, replies: int, text: str) -> Daemon:
+    """`replies` replies in a row through the echo loop with one core busy; the daemon's events."""
+
+    async def main() -> Daemon:
+        async with daemon(cfg) as d:
+            for _ in range(replies):
+                began = time.monotonic()
+                await asyncio.wait_for(d.conv.say(text), WAIT_S)
+                d.lengths.append(time.monotonic() - began)
+                await asyncio.sleep(AFTER_S)
+            return d
+
+    loop = start_echo_loop(room, 60.0, gain_db, reverb=True)
+    try:
+        with busy_core():
+            return asyncio.run(main())
+    finally:
+        loop.stop()
+
+
+@pytest.mark.parametrize(
+    ("gain_db", "replies", "text"),
+    [
+        pytest.param(0.0, 2, SHORT, id="0dB"),
+        pytest.param(-6.0, 2, SHORT, id="-6dB"),
+        pytest.param(0.0, 10, LONG, id="0dB-x10", marks=pytest.mark.slow),
+        pytest.param(-6.0, 10, LONG, id="-6dB-x10", marks=pytest.mark.slow),
+    ],
+)
+def test_long_replies_over_laptop_speakers(
+    room_env: Room, tiny_config: Config, gain_db: float, replies: int, text: str
+) -> None:
+    """Issues 13 (a) and 22: long replies whose echo comes back at `gain_db` with reverb, on a machine with one
+    core busy, are never interrupted by their own echo, and no turn starts that the user did not say, neither
+    during a reply nor right after it."""
+    d = run_replies(room_env, tiny_config, gain_db, replies, text)
+    done = d.of(ResponseDone)
+    starts = d.of(SpeechStarted)
+    print(
+        f"{gain_db:+.0f} dB: {len(done)} replies, interrupted {sum(e.interrupted for e in done)}, "
+        f"barge-ins {len(d.of(BargeIn))}, speech starts {len(starts)}, transcripts {len(d.of(FinalTranscript))}, "
+        f"underruns {d.sink.underruns}, reply lengths {[round(x, 1) for x in d.lengths]} s"
+    )
+    assert not d.of(BargeIn), "the reply interrupted itself"
+    assert len(done) == replies and not any(e.interrupted for e in done), [(e.turn, e.interrupted) for e in done]
+    assert not d.of(FinalTranscript), f"a turn nobody said: {[e.text for e in d.of(FinalTranscript)]}"
+
+
+def user_at_echo_level(d: Daemon, text: str, over_db: float) -> np.ndarray:
+    """espeak-ng `text` at 16 kHz, as loud as the reply's echo in the raw microphone, plus `over_db`."""
+    mic = np.concatenate([b.samples for b in d.raw[-50:]])  # the last second: the reply's echo
+    echo = float(np.sqrt(np.mean(np.square(int16_to_float32(mic)))))
+    user = int16_to_float32(say(text))
+    return float32_to_int16(user / np.sqrt(np.mean(np.square(user))) * echo * 10 ** (over_db / 20))
+
+
+def test_speech_over_a_reply_is_kept(room_env: Room, tiny_config: Config) -> None:
+    """Issue 13 (e): with barge-in off, a user speaking over the reply (10 dB over its echo, 0 dB loop) does not
+    stop it, and their words come out as a transcript that is answered once the reply is over."""
+    cfg = tiny_config.replace({"pipeline.barge_in": False})
+
+    async def main() -> Daemon:
+        async with daemon(cfg) as d:
+            reply = asyncio.create_task(d.conv.say(SHORT))
+            await d.until(lambda: d.sink.played_samples >= 2 * d.sink.rate)
+            room_env.play(user_at_echo_level(d, "What about the weekend in London?", 10.0))
+            await asyncio.wait_for(reply, WAIT_S)
+            await d.until(lambda: len(d.of(ResponseDone)) >= 2)
+            return d
+
+    loop = start_echo_loop(room_env, 60.0, 0.0, reverb=True)
+    try:
+        d = asyncio.run(main())
+    finally:
+        loop.stop()
+    done = d.of(ResponseDone)
+    finals = d.of(FinalTranscript)
+    print(f"transcripts {[e.text for e in finals]}, replies {[(e.turn, e.interrupted) for e in done]}")
+    assert not d.of(BargeIn) and not done[0].interrupted, "barge-in is off: the reply played to its end"
+    assert finals and finals[0].text, "the words said over it were transcribed (they may end after the reply)"
+    assert done[1].turn > done[0].turn, "and answered as the next turn"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,
+    reason="AEC3 (livekit) turns a user at the echo's level down ~250 ms into double talk: the gate's 300 ms "
+    "start passes about half of such onsets (python -m benchmarks.echo --barge)",
+)
+def test_barge_in_at_the_echo_level(room_env: Room, tiny_config: Config) -> None:
+    """Issue 13 (b): a user as loud as the echo (0 dB loop, reverb), 1 s into a reply, is detected within 400 ms
+    of the true start of their speech, and the speaker is silent within 50 ms of the barge-in decision."""
+    from tests.test_audio_room import align
+
+    text = "Stop, wait a moment please, what about Saturday?"
+
+    async def main() -> tuple[Daemon, np.ndarray, float, float, np.ndarray]:
+        async with daemon(tiny_config) as d:
+            recorder = room_env.record()
+            recorder.wait_started()
+            rec_t0 = time.monotonic()
+            reply = asyncio.create_task(d.conv.say(LONG))
+            await d.until(lambda: d.sink.played_samples >= d.sink.rate)
+            user = user_at_echo_level(d, text, 0.0)
+            said_from = len(d.raw)
+            room_env.play(user)
+            await d.until(lambda: bool(d.of(BargeIn)) or reply.done())
+            await asyncio.sleep(0.5)
+            heard = recorder.stop()
+            await asyncio.wait_for(reply, WAIT_S)
+            mic = np.concatenate([b.samples for b in d.raw[said_from:]])
+            lag = align(mic, user)[0]
+            onset = d.raw[said_from].t + lag / 16000
+            return d, heard, rec_t0, onset, user
+
+    loop = start_echo_loop(room_env, 60.0, 0.0, reverb=True)
+    try:
+        d, heard, rec_t0, onset, _ = asyncio.run(main())
+    finally:
+        loop.stop()
+    starts = [e for e in d.of(SpeechStarted) if e.time > onset]
+    barges = d.of(BargeIn)
+    assert starts and barges, f"not detected: {len(starts)} speech starts, {len(barges)} barge-ins"
+    detected_ms = 1000 * (starts[0].time - onset)
+    rate = 24_000
+    loud = np.flatnonzero(np.abs(heard.astype(np.int32)) > 2000)
+    after = loud[rec_t0 + loud / rate > barges[0].time]
+    stop_ms = 1000 * (rec_t0 + after[-1] / rate - barges[0].time) if len(after) else 0.0
+    print(f"detected {detected_ms:.0f} ms after the user began; speaker silent {stop_ms:.0f} ms after the decision")
+    assert detected_ms <= 400
+    assert stop_ms <= 50
