@@ -394,6 +394,21 @@ def test_a_model_backed_policy_scores_the_pause_and_holds_a_thinking_pause() -> 
     assert np.count_nonzero(fed == 1000) == 10 * BLOCK and np.count_nonzero(fed == 2000) == 10 * BLOCK
 
 
+def test_the_score_is_asked_as_soon_as_the_vad_reports_enough_silence() -> None:
+    """When the VAD reports a pause that has already lasted score_after_ms, the core asks for the score at that
+    event, not one audio block later."""
+    tl = Timeline(dataclasses.replace(DAEMON, speculative=False))
+    tl.core.end_of_turn = ScoredPolicy()
+    tl.audio(10, value=1000)
+    tl.started(0)
+    pause = tl.pos()
+    tl.audio(10)  # 200 ms of silence, then the VAD says so
+    assert not tl.of(ScoreTurn)
+    tl.vad(SilenceStarted(pause, tl.now))
+    asks = [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
+    assert len(asks) == 1 and len(asks[0].audio) == pause + CAPTURE_RATE * 200 // 1000
+
+
 def test_a_score_that_arrives_after_speech_resumed_is_not_used_for_a_later_pause() -> None:
     """The model answers a pause after the user already spoke on (slow scoring on a busy machine): that score
     ends nothing, and the next pause is scored afresh instead of reusing it."""
