@@ -75,7 +75,7 @@ class SmartTurnPolicy:
     score reaches `threshold` (unless the partial transcript ends on a filler), else wait, up to `max_wait_ms`."""
 
     threshold: float = 0.5
-    score_after_ms: int | None = 120  # 4 VAD frames of 30 ms: as accurate as 150 or 180 (benchmarks/endofturn.py)
+    score_after_ms: int | None = 150  # 5 VAD frames: as accurate as 120 or 180, longer than gaps inside words
     max_wait_ms: int = 2000  # a pause this long ends the turn whatever the model said
     fillers: frozenset[str] = TRAILING_FILLERS
 
