@@ -196,7 +196,7 @@ def _server_service(cfg: config.Config, engines: Any) -> Any:
 
 async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any = None) -> int:
     from assistant.compute import Compute
-    from assistant.daemon import ReopeningSource, Service, hotkey_service, serve
+    from assistant.daemon import ReopeningSource, Service, background, hotkey_service, serve
     from assistant.tools.setup import build_toolbox, open_memory
 
     memory = open_memory(cfg.memory)
@@ -226,6 +226,7 @@ async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any =
 
             return await serve(conversation(None, NullSink()), services, console)
         from assistant.audio.capture import Capture
+        from assistant.audio.follow import default_follower
         from assistant.audio.playback import Playback
 
         source = ReopeningSource(lambda: Capture(cfg.audio))
@@ -233,6 +234,9 @@ async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any =
             async with Playback(cfg.audio, rate=engines.tts.sample_rate) as sink:
                 pipeline = conversation(source, sink)
                 sink.report = pipeline.device_status
+                follower = default_follower(cfg.audio, source, sink)
+                if follower is not None:
+                    services.append(background(follower.run, "follow the default device"))
                 return await serve(pipeline, services, console)
         finally:
             await source.aclose()

@@ -42,6 +42,7 @@ class AudioConfig:
     capture_queue_blocks: int = opt(500, "blocks", 10, 100_000)
     playback_buffer_s: float = opt(120.0, "s", 1.0, 3600.0)
     device_retry_s: float = opt(1.0, "s", 0.5, 60.0)  # a failed open costs ms; after a return the user waits for it
+    follow_default: str = opt("auto", choices=("auto", "reinit", "off"))  # see assistant/audio/follow.py
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -30,11 +31,22 @@ from assistant.config import Config
 from assistant.endofturn import EndOfTurnPolicy, FixedSilence, policy_from_config, vad_settings
 from assistant.engines import Engines, VadLike
 from assistant.errors import AssistantError, AudioDeviceError, ConfigError, InputError, ModelError
-from assistant.events import BargeIn, DeviceStatus, ErrorEvent, Event, ResponseAudio, SessionEvent, TurnState
+from assistant.events import (
+    BargeIn,
+    DeviceStatus,
+    ErrorEvent,
+    Event,
+    FunctionCall,
+    ResponseAudio,
+    SessionEvent,
+    TurnState,
+)
 from assistant.logs import kv
 from assistant.memory import Memory
 from assistant.reply import Reply, TurnTrace, pump, settle_answer
+from assistant.tools.apps import AppTools, Send
 from assistant.tools.builtin import date_line, reminder_speech, zone
+from assistant.tools.calls import AUTO, ToolCall, ToolChoice
 from assistant.tools.registry import Toolbox
 from assistant.tools.timers import ReminderScheduler
 from assistant.turns import (
@@ -67,6 +79,7 @@ from assistant.turns import (
     SetPolicy,
     StartReply,
     Tick,
+    ToolOutput,
     Transcribed,
     TurnCore,
     UserText,
@@ -186,6 +199,8 @@ class Conversation:
         self.hangover_ms: int | None = cfg.vad.hangover_ms
         self.instructions = cfg.llm.system_prompt
         self.toolbox = toolbox  # tools the daemon's answers may call (None: none)
+        self._own_tools = list(toolbox.tools) if toolbox is not None else []  # built in and from config.toml
+        self.apps = AppTools()  # tools connected apps registered, run by them
         self.memory = memory  # the history kept across restarts (None: not kept)
         self.reminders = reminders
         self._date = ""  # the date line in the system prompt (with tools: refreshed when the date changes)
@@ -206,6 +221,13 @@ class Conversation:
         self._tick: asyncio.TimerHandle | None = None
         self._erased: dict[int, bool] = {}  # replies in flight when the history was reset
         self._tick_at = 0.0
+        # Realtime function calling: the client's tools, calls handed to it awaiting outputs, per-response tools
+        self._functions: tuple[list[dict[str, Any]], ToolChoice] = ([], AUTO)
+        self._next_functions: tuple[list[dict[str, Any]], ToolChoice] | None = None  # response.create's own
+        self._reply_functions: dict[int, tuple[list[dict[str, Any]], ToolChoice]] = {}
+        self._awaiting: dict[str, ToolCall] = {}  # call id -> the call, in call order
+        self._outputs: dict[str, str] = {}  # call id -> the client's output
+        self._said = ""  # what the calling answer said before its calls
 
     # ---- driving the core -----------------------------------------------------------------------------------
 
@@ -413,7 +435,10 @@ class Conversation:
             asyncio.get_running_loop().create_future(),
         )
         reply.trace.extra["backlog_ms"] = a.backlog_ms
-        if a.responder.user_text is not None and a.responder.speak_text is None and self._stt_final:
+        if self.realtime is not None:
+            self._take_functions(reply)
+        if a.responder.user_text is not None and a.responder.speak_text is None and self._stt_final >= a.speech_end:
+            # a transcript of this turn (a text turn's speech_end is its request: an older transcript is not its)
             reply.trace.mark("stt_final", self._stt_final)
         if a.confirmed:
             reply.confirmed.set()
@@ -430,11 +455,18 @@ class Conversation:
                 self.compute.submit(self.engines.chat.set_system_prompt, reply.responder.instructions)
             elif self._date and reply.responder.user_text is not None:
                 await self._refresh_date()
-            async for produced in pump(reply, self.engines, self.compute, self.cfg, self.toolbox):
+            functions = self._reply_functions.get(reply.turn, self._functions)
+            if reply.turn in self._reply_functions:
+                await self.compute.run(self.engines.chat.set_tools, *functions)  # type: ignore[attr-defined]
+            offered = functions[0] if self.realtime is not None and functions[1].mode != "none" else []
+            hand_off = {str(t.get("function", {}).get("name")) for t in offered}
+            async for produced in pump(reply, self.engines, self.compute, self.cfg, self.toolbox, hand_off):
                 self._apply(produced)
             await reply.confirmed.wait()
             await self._wait_played(reply)
-            if reply.gen is not None:
+            if reply.handed_off:
+                self._hand_off(reply)  # the answer stays open for the client's outputs
+            elif reply.gen is not None:
                 await self.compute.run(self.engines.chat.finish_turn, None, priority=Priority.URGENT)
                 await self._remember(reply)
             self._finish(reply, reply.answer if reply.gen else reply.responder.speak_text or "", False)
@@ -536,6 +568,8 @@ class Conversation:
         self._apply(ReplyDone(reply.turn, text, interrupted, time.monotonic(), error, trace))
         if reply.responder.instructions is not None:
             self.compute.submit(self.engines.chat.set_system_prompt, self._system_prompt(), priority=Priority.URGENT)
+        if self._reply_functions.pop(reply.turn, None) is not None:  # response.create's tools were for it alone
+            self.compute.submit(self.engines.chat.set_tools, *self._functions, priority=Priority.URGENT)  # type: ignore[attr-defined]
         self.compute.clear_cache()
 
     def _text_only_note(self) -> None:
@@ -651,6 +685,46 @@ class Conversation:
         self._apply(SetPolicy(daemon_policy(new), end_of_turn(new, self.engines.score_turn), new_vad=new_vad))
         return self.config_get()
 
+    def set_app_tools(self, owner: str, tools: list[dict[str, Any]], timeout_s: float, send: Send) -> list[str]:
+        """Tools a connected app (`owner`) offers to the voice loop, replacing its earlier ones ([] withdraws them).
+
+        Returns the names of every tool offered now. InputError when a name is taken by the daemon's own tools
+        or another app's (nothing changes then)."""
+        built = self.apps.build(owner, tools, timeout_s, send)
+        taken = {t.name for t in self._own_tools}
+        taken |= {t.name for o, ts in self.apps.by_owner.items() if o != owner for t in ts}
+        clash = sorted({t.name for t in built} & taken)
+        if clash:
+            raise InputError(f"tool name(s) {', '.join(clash)} are taken by the daemon or another app; rename them")
+        self.apps.set(owner, built)
+        return self._offer_all()
+
+    def app_tool_result(self, owner: str, call_id: str, output: str, error: str | None = None) -> None:
+        """The app's answer to a tool call it was sent; InputError when none of its calls awaits `call_id`."""
+        self.apps.answer(owner, call_id, output, error)
+
+    def app_gone(self, owner: str) -> None:
+        """The app disconnected: its tools are withdrawn and its unanswered calls fail (the model hears why)."""
+        had_tools = owner in self.apps.by_owner
+        self.apps.drop(owner)
+        if had_tools:
+            self._offer_all()
+
+    def _offer_all(self) -> list[str]:
+        offered = [*self._own_tools, *self.apps.tools]
+        self.toolbox = Toolbox(offered) if offered or self.toolbox is not None else None
+        self.spawn(self._offer([t.schema() for t in offered], AUTO))
+        return [t.name for t in offered]
+
+    async def _offer(self, schemas: list[dict[str, Any]], choice: ToolChoice) -> None:
+        """Offer the LLM these tools from its next answer on; an error event when it cannot call any."""
+        try:
+            if not await self.compute.run(self.engines.chat.set_tools, schemas, choice, priority=Priority.URGENT):  # type: ignore[attr-defined]
+                why = "this LLM's chat template has no tool-call format: it cannot call the tools offered to it"
+                self.publish(ErrorEvent(f"{why}; use a model whose chat template renders tools", time.monotonic()))
+        except Exception as e:
+            self.failed(e, "offering the tools to the LLM")
+
     def history_get(self) -> list[dict[str, Any]]:
         return [dataclasses.asdict(m) for m in self.engines.chat.history]
 
@@ -687,8 +761,21 @@ class Conversation:
         except Exception as e:
             self.failed(e, f"loading voice {name!r}")
 
-    def set_turn_detection(self, hangover_ms: int | None, create_response: bool, interrupt_response: bool) -> None:
-        """`hangover_ms` None = manual turns (commit_audio); else server VAD with this end-of-turn silence."""
+    def set_turn_detection(
+        self,
+        hangover_ms: int | None,
+        create_response: bool,
+        interrupt_response: bool,
+        semantic: EndOfTurnPolicy | None = None,
+    ) -> None:
+        """`hangover_ms` None = manual turns (commit_audio); else server VAD: the turn ends after `hangover_ms` of
+        silence, or where given, when the `semantic` policy (Smart Turn's, semantic_vad) decides it.
+        ConfigError when the semantic policy needs the end-of-turn model and it is not loaded."""
+        if semantic is not None and semantic.score_after_ms is not None and self.engines.score_turn is None:
+            raise ConfigError(
+                'turn_detection.type "semantic_vad" needs the Smart Turn end-of-turn model, which is not loaded; '
+                'run `assistant pull` with endofturn.detector = "smart_turn" and restart, or use "server_vad"'
+            )
         try:
             cfg = self.cfg if hangover_ms is None else self.cfg.replace({"vad.hangover_ms": hangover_ms})
         except ConfigError as e:
@@ -698,7 +785,9 @@ class Conversation:
             self.vad = self.engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
         self.hangover_ms, self.cfg = hangover_ms, cfg
         policy = realtime_policy(cfg, hangover_ms is not None, create_response, interrupt_response)
-        self._apply(SetPolicy(policy, end_of_turn(cfg, self.engines.score_turn), new_vad=new_vad))
+        # server_vad is OpenAI's silence rule: its silence_duration_ms, whatever detector the daemon uses
+        turn_end = semantic or FixedSilence(cfg.vad.hangover_ms)
+        self._apply(SetPolicy(policy, turn_end, new_vad=new_vad))
 
     def append_audio(self, samples: np.ndarray) -> None:
         """int16 16 kHz mono of any length, recorded by the client just now (its clock runs with ours)."""
@@ -719,6 +808,53 @@ class Conversation:
     def create_response(self, instructions: str | None = None) -> None:
         """Answer every pending user message (after the transcriptions in flight) as one reply."""
         self._apply(CreateResponse(time.monotonic(), instructions=instructions))
+
+    def set_functions(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
+        """The client's functions (chat-template schemas) and how the model chooses them, from the next reply on.
+
+        The model's calls of them end the reply as FunctionCall events; the client runs them."""
+        self._functions = (list(tools), choice)
+        self.spawn(self._offer(tools, choice))
+
+    def functions_for_next_response(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
+        """Tools and choice for the next response only (Realtime response.create); the session's apply after it."""
+        self._next_functions = (list(tools), choice)
+
+    def add_function_output(self, call_id: str, output: str) -> None:
+        """The client's result of a call it was handed; the next response continues the answer with it.
+        InputError when no handed-off call has that id."""
+        if call_id not in self._awaiting:
+            waiting = ", ".join(self._awaiting) or "none"
+            raise InputError(
+                f"no function call {call_id!r} awaits an output (awaiting: {waiting}); use the call_id "
+                "of a function_call item from this session's last response"
+            )
+        self._outputs[call_id] = output
+        self._apply(ToolOutput(time.monotonic()))
+
+    def _hand_off(self, reply: Reply) -> None:
+        """Publish the calls the answer left to the client; they await its function_call_output items."""
+        self._awaiting = {c.id: c for c in reply.handed_off}
+        self._outputs, self._said = {}, reply.said
+        now = time.monotonic()
+        for call in reply.handed_off:
+            arguments = json.dumps(dict(call.arguments), ensure_ascii=False)
+            self.publish(FunctionCall(reply.turn, call.id, call.name, arguments, now))
+
+    def _take_functions(self, reply: Reply) -> None:
+        """A Realtime reply starts: it takes response.create's tools, and either continues the calling answer
+        with the client's outputs or (a new user turn) records that answer as said and forgets its calls."""
+        if self._next_functions is not None and reply.responder.speak_text is None:
+            self._reply_functions[reply.turn], self._next_functions = self._next_functions, None
+        if not self._awaiting:
+            return
+        if reply.responder.continues:
+            missing = json.dumps({"error": "the client sent no function_call_output for this call"})
+            reply.outputs = [(c, self._outputs.get(i, missing)) for i, c in self._awaiting.items()]
+            reply.said = self._said
+        else:  # submitted now: it runs before this reply's first chat job
+            self.compute.submit(self.engines.chat.finish_turn, self._said, priority=Priority.URGENT)
+        self._awaiting, self._outputs = {}, {}
 
     def cancel_response(self) -> None:
         """Stop the reply now (ResponseDone interrupted=True); the history keeps what was sent."""

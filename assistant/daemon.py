@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -39,6 +39,8 @@ Service = Callable[[Conversation], AbstractAsyncContextManager[Any]]
 
 class CaptureLike(Protocol):
     async def read(self) -> AudioBlock: ...
+    def suspend(self) -> None: ...
+    async def resume(self) -> None: ...
     async def __aenter__(self) -> CaptureLike: ...
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> Any: ...
 
@@ -65,6 +67,16 @@ class ReopeningSource:
         except AudioDeviceError:
             await self.aclose()
             raise
+
+    async def suspend(self) -> None:
+        """Close the open microphone stream for a device switch, keeping what it captured (see Capture.suspend)."""
+        if self._source is not None:
+            self._source.suspend()
+
+    async def resume(self) -> None:
+        """Reopen the microphone suspended for a device switch, on the (new) default device."""
+        if self._source is not None:
+            await self._source.resume()
 
     async def aclose(self) -> None:
         capture, self._capture, self._source = self._capture, None, None
@@ -158,6 +170,28 @@ async def _shutdown(pipeline: Conversation, tasks: list[asyncio.Task[Any]]) -> N
             await pipeline.aclose()
     except TimeoutError:
         log.warning("shutdown took too long; exiting anyway")
+
+
+def background(work: Callable[[], Coroutine[Any, Any, None]], name: str) -> Service:
+    """A service running `work()` as a task for the daemon's lifetime (cancelled at stop); if it fails, the
+    failure is logged and the daemon goes on without it."""
+
+    @contextlib.asynccontextmanager
+    async def service(_pipeline: Conversation) -> AsyncIterator[None]:
+        task = asyncio.create_task(work(), name=name)
+
+        def failed(t: asyncio.Task[None]) -> None:
+            if not t.cancelled() and (exc := t.exception()) is not None:
+                log.error("%s failed; going on without it", name, exc_info=exc)
+
+        task.add_done_callback(failed)
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    return service
 
 
 @contextlib.asynccontextmanager

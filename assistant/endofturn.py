@@ -10,6 +10,7 @@ one decision in tens of milliseconds on one core, so it never touches the comput
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -85,6 +86,24 @@ class SmartTurnPolicy:
         if ev.score is None or ends_mid_phrase(ev.partial_text, self.fillers):
             return "wait"
         return "end" if ev.score >= self.threshold else "wait"
+
+
+# Realtime semantic_vad eagerness -> Smart Turn's threshold and longest wait. OpenAI's low/medium/high wait at most
+# 8/4/2 s and auto is medium; a higher threshold asks the model to be surer the user has finished.
+EAGERNESS: dict[str, tuple[float, int]] = {
+    "low": (0.7, 8000),
+    "medium": (0.5, 4000),
+    "auto": (0.5, 4000),
+    "high": (0.3, 2000),
+}
+
+
+def eagerness_policy(eagerness: str, base: SmartTurnPolicy | None = None) -> SmartTurnPolicy:
+    """The Smart Turn policy for a Realtime `semantic_vad` eagerness (a key of EAGERNESS), else InputError."""
+    if eagerness not in EAGERNESS:
+        raise InputError(f"eagerness {eagerness!r} is not one of {', '.join(EAGERNESS)}")
+    threshold, max_wait_ms = EAGERNESS[eagerness]
+    return dataclasses.replace(base or SmartTurnPolicy(), threshold=threshold, max_wait_ms=max_wait_ms)
 
 
 # ---- the model ----------------------------------------------------------------------------------------------

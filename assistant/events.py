@@ -217,5 +217,18 @@ class ResponseAudio:
     time: float = 0.0
 
 
-# What a headless (Realtime) session streams to its client: the pipeline events plus the reply audio.
-SessionEvent = Event | ResponseStarted | ResponseAudio
+@dataclass(frozen=True)
+class FunctionCall:
+    """The reply's model called a client's function (Realtime tools): the client runs it and sends the output.
+
+    Published before the reply's ResponseDone; `arguments` is the JSON text of the arguments."""
+
+    turn: int
+    call_id: str
+    name: str
+    arguments: str
+    time: float = 0.0
+
+
+# What a headless (Realtime) session streams to its client: the pipeline events plus the reply audio and calls.
+SessionEvent = Event | ResponseStarted | ResponseAudio | FunctionCall

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ import mlx.core as mx
 from assistant import hub
 from assistant.config import LlmConfig
 from assistant.errors import InputError, ModelError
-from assistant.tools.calls import GEMMA4, CallFormat, ToolCall, detect_format
+from assistant.tools.calls import AUTO, GEMMA4, CallFormat, ToolCall, ToolChoice, detect_format
 
 log = logging.getLogger("assistant.llm")
 
@@ -75,10 +75,82 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def newest_turn(history: Sequence[Message]) -> list[Message]:
-    """The newest turn of `history`: its last user message and everything after it ([] without one)."""
-    starts = [i for i, m in enumerate(history) if m.role == "user"]
-    return list(history[starts[-1] :]) if starts else []
+class History:
+    """The conversation as recorded, oldest first. A chat engine (Chat, RemoteChat) owns one and changes it only
+    through these operations; everyone else reads copies."""
+
+    def __init__(self, messages: Sequence[Message] = ()) -> None:
+        self._messages = list(messages)
+
+    def messages(self) -> list[Message]:
+        """A copy of the messages."""
+        return list(self._messages)
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def replace(self, messages: Sequence[Message]) -> None:
+        self._messages = list(messages)
+
+    def add_user(self, text: str) -> None:
+        self._messages.append(Message("user", text))
+
+    def add_answer(self, full: str, heard_text: str | None, complete: bool) -> None:
+        """Record an answer: all of `full` (heard_text None) or what was heard; `complete`: it ended by itself."""
+        heard = full if heard_text is None else heard_text.strip()
+        self._messages.append(Message("assistant", heard, interrupted=heard != full or not complete))
+
+    def add_tool_round(self, said: str, results: Sequence[tuple[ToolCall, str]], said_apart: bool = False) -> None:
+        """An assistant message with the calls (after saying `said`; a message of its own when `said_apart`),
+        then one tool message per result."""
+        said = said.strip()
+        if said and said_apart:
+            self._messages.append(Message("assistant", said))
+            said = ""
+        self._messages.append(Message("assistant", said, tool_calls=tuple(call for call, _ in results)))
+        self._messages += [Message("tool", text, tool_call_id=call.id, name=call.name) for call, text in results]
+
+    def newest_turn(self) -> list[Message]:
+        """The newest turn: its last user message and everything after it ([] without one)."""
+        starts = [i for i, m in enumerate(self._messages) if m.role == "user"]
+        return list(self._messages[starts[-1] :]) if starts else []
+
+    def drop_newest_turn(self) -> None:
+        """Forget the last user message and everything after it (an answer that was not needed)."""
+        starts = [i for i, m in enumerate(self._messages) if m.role == "user"]
+        if starts:
+            del self._messages[starts[-1] :]
+
+    def revise(self, recorded: str, heard: str) -> bool:
+        """The newest assistant answer recorded as `recorded` becomes the `heard` part; True when one was changed."""
+        for i in range(len(self._messages) - 1, -1, -1):
+            m = self._messages[i]
+            if m.role == "assistant" and m.content.strip() == recorded.strip():
+                self._messages[i] = Message("assistant", heard.strip(), interrupted=True)
+                return True
+        return False
+
+    def drop_oldest_turn(self, keep_newest: bool = True) -> int:
+        """Drop the oldest turn (up to the next user message, so roles still alternate); returns how many messages
+        went. With `keep_newest` the last turn is never dropped (0 when only it is left)."""
+        n = next((i for i, m in enumerate(self._messages) if i and m.role == "user"), 0 if keep_newest else None)
+        n = len(self._messages) if n is None else n
+        del self._messages[:n]
+        return n
+
+    def trim(self, over: Callable[[list[Message]], bool]) -> int:
+        """Drop the oldest turns while `over(messages)`, the newest too if it must; returns how many went."""
+        before = len(self._messages)
+        while self._messages and over(self._messages):
+            self.drop_oldest_turn(keep_newest=False)
+        return before - len(self._messages)
+
+
+def close_answer(active: Iterator[str] | None) -> None:
+    """Close an answer's generator (its `finally` cancels the work in progress)."""
+    close = getattr(active, "close", None)
+    if close is not None:
+        close()
 
 
 class PromptCache:
@@ -177,7 +249,7 @@ class Chat:
         self.model = model
         self.tokenizer = tokenizer
         self.cfg = cfg
-        self._history: list[Message] = []  # owned here: others read `history` and ask for changes
+        self._history = History()  # owned here: others read `history` and ask for changes
         self.stats = TurnStats()
         self.cache = PromptCache(model)
         self._system = cfg.system_prompt
@@ -192,6 +264,7 @@ class Chat:
         self._complete = False  # the answer ended by itself (end of turn or max_tokens), not cancelled
         self._active: Iterator[str] | None = None
         self._tools: list[dict[str, Any]] = []
+        self._choice = AUTO
         if cfg.seed >= 0:
             mx.random.seed(cfg.seed)
 
@@ -216,12 +289,12 @@ class Chat:
         """Forget the conversation. The cache is kept: the next turn reuses its system-prompt prefix."""
         self._cancel()
         self._answer = None
-        self._history = []
+        self._history.replace([])
 
     @property
     def history(self) -> list[Message]:
         """The conversation as recorded (a copy: change it through the methods below)."""
-        return list(self._history)
+        return self._history.messages()
 
     def discard_answer(self) -> None:
         """Drop the answer in progress and the user message it answers, as if neither happened (speculation).
@@ -232,18 +305,11 @@ class Chat:
         if self._answer is None:
             return
         self._answer = None
-        starts = [i for i, m in enumerate(self._history) if m.role == "user"]
-        if starts:  # the user message and any tool rounds after it
-            del self._history[starts[-1] :]
+        self._history.drop_newest_turn()  # the user message and any tool rounds after it
 
     def revise_answer(self, recorded: str, heard: str) -> bool:
         """The listener heard only `heard` of the latest answer recorded as `recorded`; True when one was changed."""
-        for i in range(len(self._history) - 1, -1, -1):
-            m = self._history[i]
-            if m.role == "assistant" and m.content.strip() == recorded.strip():
-                self._history[i] = Message("assistant", heard.strip(), interrupted=True)
-                return True
-        return False
+        return self._history.revise(recorded, heard)
 
     def set_system_prompt(self, text: str) -> None:
         """Use `text` as the system prompt from the next turn on ("" = none)."""
@@ -255,7 +321,7 @@ class Chat:
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool) -> list[int]:
         """The token ids of the system prompt plus `messages`, through the tokenizer's chat template."""
-        tools = {"tools": self._tools} if self._tools else {}
+        tools = {"tools": self._tools} if self._tools and self._choice.mode != "none" else {}
         turns = [m.template_dict() for m in messages]
         if self._system:
             turns.insert(0, {"role": "system", "content": self._system})
@@ -277,20 +343,15 @@ class Chat:
 
     def _fit_history(self) -> tuple[list[int], int]:
         """The prompt for the current history; drops the oldest turns when it exceeds `llm.history_tokens`."""
-        prompt = self.render(self._history, add_generation_prompt=True)
+        prompt = self.render(self._history.messages(), add_generation_prompt=True)
         if len(prompt) <= self.cfg.history_tokens:
             return prompt, 0
         dropped = 0
         target = int(self.cfg.history_tokens * TRUNCATE_TO)
-        # Drop whole turns (a user message up to the next one, tool rounds included) so roles keep alternating;
-        # the newest turn stays.
-        while len(prompt) > target:
-            n = next((i for i, m in enumerate(self._history) if i and m.role == "user"), 0)
-            if not n:
-                break
-            del self._history[:n]
+        # Drop whole turns (tool rounds included) so roles keep alternating; the newest turn stays.
+        while len(prompt) > target and (n := self._history.drop_oldest_turn()):
             dropped += n
-            prompt = self.render(self._history, add_generation_prompt=True)
+            prompt = self.render(self._history.messages(), add_generation_prompt=True)
         log.info("history over %d tokens: dropped %d oldest messages", self.cfg.history_tokens, dropped)
         return prompt, dropped
 
@@ -307,15 +368,19 @@ class Chat:
         self._cancel()
         if self._answer is not None:
             self.finish_turn(None)
-        self._history.append(Message("user", text))
+        self._history.add_user(text)
+        return self._start()
+
+    def _start(self) -> Iterator[str]:
+        """Open an answer to the history as it stands (first fitted to the budget)."""
         prompt, dropped = self._fit_history()
-        self._answer = []
-        self._answer_tokens = []
-        self._complete = False
+        self._answer, self._answer_tokens, self._complete = [], [], False
         self._active = self._generate(prompt, dropped)
         return self._active
 
     def _generate(self, prompt: list[int], dropped: int) -> Iterator[str]:
+        forced = self._forced()
+        prompt = prompt + forced  # a forced call opening is part of the answer, computed like the prompt
         start, restored = self.cache.rewind(prompt)
         self.stats = TurnStats(len(prompt), start, len(prompt) - start, 0, dropped, restored)
         answer, generated = self._answer, self._answer_tokens
@@ -329,6 +394,10 @@ class Chat:
                 yield ""
         logits = self.cache.feed(rest)
         checkpointed = False
+        if forced:
+            generated += forced
+            answer.append(self.tokenizer.decode(forced))
+            yield answer[-1]
         try:
             detokenizer = self.tokenizer.detokenizer
             for n in range(self.cfg.max_tokens):
@@ -367,11 +436,8 @@ class Chat:
         return int(self._sampler(logprobs).item())  # type: ignore[arg-type]
 
     def _cancel(self) -> None:
-        if self._active is not None:
-            close = getattr(self._active, "close", None)
-            if close is not None:
-                close()
-            self._active = None
+        close_answer(self._active)
+        self._active = None
 
     @property
     def answer(self) -> str:
@@ -393,28 +459,35 @@ class Chat:
             return
         full = "".join(self._answer).strip()
         self._answer = None
-        heard = full if heard_text is None else heard_text.strip()
-        self._history.append(Message("assistant", heard, interrupted=heard != full or not self._complete))
+        self._history.add_answer(full, heard_text, self._complete)
         # Rewind now (cheap), so the next turn only prefills the heard answer's tail and the new message.
         try:
-            self.cache.rewind(self.render(self._history, add_generation_prompt=False), keep_last=False)
+            self.cache.rewind(self.render(self._history.messages(), add_generation_prompt=False), keep_last=False)
         except ModelError:
             pass  # a template that cannot end on an assistant turn: the next respond() rewinds instead
 
     # ---- tools and memory (issue 14) ----------------------------------------------------------------------
 
-    def set_tools(self, schemas: Sequence[Mapping[str, Any]]) -> bool:
+    def set_tools(self, schemas: Sequence[Mapping[str, Any]], choice: ToolChoice = AUTO) -> bool:
         """Offer these tools (OpenAI-style `{"type": "function", "function": {...}}` schemas) from the next prompt
         on; [] = none. The tool list is part of the prompt's start, so changing it costs one full prefill.
+        `choice` "none" leaves them out of the prompt; "required" / a function makes each answer begin with the
+        opening of a call in the model's own format (that call's name for a function), so the model writes a call.
 
         Returns False (and offers nothing) when the model's chat template has no tool-call format.
         """
         if schemas and self.tool_format is None:
             log.warning("LLM `%s` has no tool-call format in its chat template: tools are off", self.cfg.model)
-            self._tools = []
+            self._tools, self._choice = [], AUTO
             return False
         self._tools = [dict(s) for s in schemas]
+        self._choice = choice if self._tools else AUTO
         return True
+
+    def _forced(self) -> list[int]:
+        """The tokens every answer begins with under the tool choice ([] when the model chooses)."""
+        text = self.tool_format.forced(self._choice) if self.tool_format is not None else ""
+        return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
 
     @functools.cached_property
     def tool_format(self) -> CallFormat | None:
@@ -438,25 +511,19 @@ class Chat:
         if not results:
             raise InputError("a tool round needs at least one call and its result")
         self._cancel()
-        calls = tuple(call for call, _ in results)
-        said = said.strip()
-        if said and self.tool_format is GEMMA4:
-            # Gemma 4's template renders a message's content after its tool results: what was said before the
-            # calls becomes a message of its own, so the prompt keeps the order things were said in.
-            self._history.append(Message("assistant", said))
-            said = ""
-        self._history.append(Message("assistant", said, tool_calls=calls))
-        self._history += [Message("tool", text, tool_call_id=call.id, name=call.name) for call, text in results]
-        prompt, dropped = self._fit_history()
-        self._answer = []
-        self._answer_tokens = []
-        self._complete = False
-        self._active = self._generate(prompt, dropped)
-        return self._active
+        # Gemma 4's template renders a message's content after its tool results: what was said before the calls
+        # becomes a message of its own, so the prompt keeps the order things were said in.
+        self._history.add_tool_round(said, results, said_apart=self.tool_format is GEMMA4)
+        return self._start()
+
+    def token_usage(self) -> dict[str, float]:
+        """The last generation's token counts: its prompt, the part of it reused from the cache, its output."""
+        s = self.stats
+        return {"prompt_tokens": s.prompt_tokens, "cached_tokens": s.reused_tokens, "output_tokens": s.generated_tokens}
 
     def last_turn(self) -> list[Message]:
         """The messages of the newest turn: its user message and everything after it (for the memory store)."""
-        return newest_turn(self._history)
+        return self._history.newest_turn()
 
     def restore(self, messages: Sequence[Message]) -> int:
         """Start from a stored history (at daemon start): drops the oldest turns beyond `llm.history_tokens`.
@@ -465,11 +532,5 @@ class Chat:
         """
         self._cancel()
         self._answer = None
-        self._history = list(messages)
-        if not self._history:
-            return 0
-        before = len(self._history)
-        while self._history and len(self.render(self._history, add_generation_prompt=False)) > self.cfg.history_tokens:
-            n = next((i for i, m in enumerate(self._history) if i and m.role == "user"), len(self._history))
-            del self._history[:n]
-        return before - len(self._history)
+        self._history.replace(messages)
+        return self._history.trim(lambda m: len(self.render(m, add_generation_prompt=False)) > self.cfg.history_tokens)

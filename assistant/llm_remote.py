@@ -30,8 +30,8 @@ import httpx2
 
 from assistant.config import LlmConfig
 from assistant.errors import ConfigError, InputError, ModelError
-from assistant.llm import TRUNCATE_TO, Message, newest_turn
-from assistant.tools.calls import ToolCall
+from assistant.llm import TRUNCATE_TO, History, Message, close_answer
+from assistant.tools.calls import AUTO, ToolCall, ToolChoice
 
 log = logging.getLogger("assistant.llm_remote")
 
@@ -101,10 +101,11 @@ class RemoteChat:
             raise ConfigError(f"llm.base_url = {cfg.base_url!r} is not an http(s) URL; e.g. http://127.0.0.1:8080/v1")
         self.cfg = cfg
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
-        self.history: list[Message] = []
+        self._history = History()  # owned here: others read `history` and ask for changes
         self.stats = RemoteStats()
         self.tools: list[dict[str, Any]] = [dict(t) for t in tools]
         self.tool_calls: list[ToolCall] = []  # made by the last answer; answer them with continue_with_results()
+        self.tool_choice = AUTO
         self._system = cfg.system_prompt
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx2.Timeout(cfg.timeout_s, connect=cfg.connect_timeout_s)
@@ -139,7 +140,12 @@ class RemoteChat:
         self._cancel()
         self._answer = None
         self.tool_calls = []
-        self.history = []
+        self._history.replace([])
+
+    @property
+    def history(self) -> list[Message]:
+        """The conversation as recorded (a copy: change it through the methods of this class)."""
+        return self._history.messages()
 
     def set_system_prompt(self, text: str) -> None:
         """Use `text` as the system prompt from the next turn on ("" = none)."""
@@ -149,10 +155,12 @@ class RemoteChat:
     def system_prompt(self) -> str:
         return self._system
 
-    def set_tools(self, schemas: Sequence[Mapping[str, Any]]) -> bool:
+    def set_tools(self, schemas: Sequence[Mapping[str, Any]], choice: ToolChoice = AUTO) -> bool:
         """Offer these tools (OpenAI format: {"type": "function", "function": {name, description, parameters}}) from
-        the next request on; [] = none. Always True: the server decides whether its model can call them."""
+        the next request on; [] = none; `choice` is sent as the request's tool_choice. Always True: the server
+        decides whether its model can call them."""
         self.tools = [dict(t) for t in schemas]
+        self.tool_choice = choice if self.tools else AUTO
         return True
 
     @property
@@ -163,7 +171,7 @@ class RemoteChat:
     def messages(self) -> list[dict[str, Any]]:
         """The wire messages for the current history, system prompt first."""
         out: list[dict[str, Any]] = [{"role": "system", "content": self._system}] if self._system else []
-        for m in self.history:
+        for m in self._history.messages():
             wire: dict[str, Any] = {"role": m.role, "content": m.content}
             if m.tool_calls:
                 # The OpenAI wire format carries the arguments as JSON text (templates take them parsed).
@@ -183,12 +191,8 @@ class RemoteChat:
             return messages, 0
         dropped = 0
         target = int(self.cfg.history_tokens * TRUNCATE_TO)
-        # Drop from the front up to the next user message, so the history never starts mid-exchange.
-        while len(self.history) > 1 and self._estimate(messages) > target:
-            n = 1
-            while n < len(self.history) - 1 and not _is_user(self.history[n]):
-                n += 1
-            del self.history[:n]
+        # Drop whole turns (tool rounds included) so roles keep alternating; the newest turn stays.
+        while self._estimate(messages) > target and (n := self._history.drop_oldest_turn()):
             dropped += n
             messages = self.messages()
         log.info("history over ~%d tokens: dropped %d oldest entries", self.cfg.history_tokens, dropped)
@@ -210,7 +214,7 @@ class RemoteChat:
         if not text:
             raise InputError("the user message is empty; say or type something")
         self._begin()
-        self.history.append(Message("user", text))
+        self._history.add_user(text)
         return self._start()
 
     def continue_with_results(self, said: str, results: Sequence[tuple[ToolCall, str]]) -> Iterator[str]:
@@ -225,14 +229,18 @@ class RemoteChat:
         if not results:
             raise InputError("a tool round needs at least one call and its result")
         self._cancel()
-        calls = tuple(call for call, _ in results)
-        self.history.append(Message("assistant", said.strip(), tool_calls=calls))
-        self.history += [Message("tool", text, tool_call_id=call.id, name=call.name) for call, text in results]
+        self._history.add_tool_round(said, results)
         return self._start()
+
+    def token_usage(self) -> dict[str, float]:
+        """The last generation's token counts as the server reported them (none when it sent no usage)."""
+        s = self.stats
+        counts = {"prompt_tokens": s.server_prompt_tokens, "output_tokens": s.server_completion_tokens}
+        return {k: float(v) for k, v in counts.items() if v is not None}
 
     def last_turn(self) -> list[Message]:
         """The messages of the newest turn: its user message and everything after it (for the memory store)."""
-        return newest_turn(self.history)
+        return self._history.newest_turn()
 
     def restore(self, messages: Sequence[Message]) -> int:
         """Start from a stored history: drops the oldest turns beyond `llm.history_tokens` (estimated).
@@ -241,12 +249,8 @@ class RemoteChat:
         """
         self._cancel()
         self._answer = None
-        self.history = list(messages)
-        before = len(self.history)
-        while self.history and self._estimate(self.messages()) > self.cfg.history_tokens:
-            n = next((i for i, m in enumerate(self.history) if i and m.role == "user"), len(self.history))
-            del self.history[:n]
-        return before - len(self.history)
+        self._history.replace(messages)
+        return self._history.trim(lambda _: self._estimate(self.messages()) > self.cfg.history_tokens)
 
     def _begin(self) -> None:
         self._cancel()
@@ -276,6 +280,11 @@ class RemoteChat:
             body["seed"] = c.seed
         if self.tools:
             body["tools"] = self.tools
+            choice = self.tool_choice
+            if choice.mode == "function":
+                body["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+            elif choice.mode != "auto":
+                body["tool_choice"] = choice.mode
         return body
 
     def _stream(self, messages: list[dict[str, Any]]) -> Iterator[str]:
@@ -371,9 +380,7 @@ class RemoteChat:
     def _cancel(self) -> None:
         if self._active is not None:
             self.cancel()
-            close = getattr(self._active, "close", None)
-            if close is not None:
-                close()
+            close_answer(self._active)
             self._active = None
 
     @property
@@ -391,8 +398,7 @@ class RemoteChat:
             return
         full = "".join(self._answer).strip()
         self._answer, self.tool_calls = None, []
-        heard = full if heard_text is None else heard_text.strip()
-        self.history.append(Message("assistant", heard, interrupted=heard != full or not self._complete))
+        self._history.add_answer(full, heard_text, self._complete)
 
     def discard_answer(self) -> None:
         """Drop the answer in progress and the user message it answers (with any tool rounds), as if neither
@@ -401,22 +407,11 @@ class RemoteChat:
         if self._answer is None:
             return
         self._answer, self.tool_calls = None, []
-        starts = [i for i, m in enumerate(self.history) if m.role == "user"]
-        if starts:
-            del self.history[starts[-1] :]
+        self._history.drop_newest_turn()
 
     def revise_answer(self, recorded: str, heard: str) -> bool:
         """The listener heard only `heard` of the latest answer recorded as `recorded`; True when one was changed."""
-        for i in range(len(self.history) - 1, -1, -1):
-            m = self.history[i]
-            if m.role == "assistant" and m.content.strip() == recorded.strip():
-                self.history[i] = Message("assistant", heard.strip(), interrupted=True)
-                return True
-        return False
-
-
-def _is_user(item: Message) -> bool:
-    return item.role == "user"
+        return self._history.revise(recorded, heard)
 
 
 def _arguments_text(call: ToolCall) -> str:

@@ -14,7 +14,7 @@ import asyncio
 import bisect
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -121,6 +121,9 @@ class Reply:
     detector: CallDetector | None = None  # splits the current generation into speech and tool calls
     tool_round: ToolRound | None = None  # the tool calls running now (barge-in cancels them)
     tool_rounds: int = 0
+    handed_off: list[ToolCall] = field(default_factory=list)  # calls left to the client (Realtime functions)
+    said: str = ""  # the speech before the handed-off calls (their assistant message)
+    outputs: list[tuple[ToolCall, str]] = field(default_factory=list)  # the client's results this reply continues
     net_idle: threading.Event = field(default_factory=lambda: _set(threading.Event()))  # no network step runs
     chunks_made: int = 0
     audio_started: bool = False
@@ -149,7 +152,11 @@ def _set(event: threading.Event) -> threading.Event:
 
 
 def start_answer(reply: Reply, chat: ChatLike) -> None:
-    """On the compute thread: `respond()` renders and tokenizes the history, and may rewind the cache."""
+    """On the compute thread: `respond()` renders and tokenizes the history, and may rewind the cache; a reply
+    that continues after the client's function outputs records them and goes on with the open answer."""
+    if reply.outputs:
+        reply.gen = chat.continue_with_results(reply.said, reply.outputs)  # type: ignore[attr-defined]
+        return
     assert reply.responder.user_text is not None
     reply.gen = chat.respond(reply.responder.user_text)
 
@@ -243,13 +250,28 @@ def answer_calls(reply: Reply, chat: ChatLike) -> list[ToolCall]:
     return list(getattr(chat, "tool_calls", None) or [])
 
 
+def token_counts(chat: object) -> dict[str, float]:
+    """The answer's token counts for the trace (prompt_tokens, cached_tokens, output_tokens), where the chat
+    engine counts them (its `token_usage`); on the compute thread."""
+    usage = getattr(chat, "token_usage", None)
+    return {} if usage is None else dict(usage())
+
+
 async def pump(
-    reply: Reply, engines: Engines, compute: Compute, cfg: Config, toolbox: Toolbox | None = None
+    reply: Reply,
+    engines: Engines,
+    compute: Compute,
+    cfg: Config,
+    toolbox: Toolbox | None = None,
+    hand_off: Collection[str] = (),
 ) -> AsyncIterator[ReplyText | ReplyAudio]:
     """Run one reply to its last audio chunk, yielding its text deltas and audio chunks as they are made.
 
     With a `toolbox`, tool calls in the answer run on the event loop (a filler phrase after
     `tools.filler_after_ms`), their results go back to the model and the answer continues in the same reply.
+    With `hand_off` (the names of a Realtime client's functions), calls end the reply instead: they are left in
+    `reply.handed_off` with the speech before them in `reply.said`, and the answer stays open for their outputs;
+    a malformed call or one of a function not offered gets an error result fed back to the model instead.
     """
     ticket, trace = reply.ticket, reply.trace
     speak = reply.responder.speak_text
@@ -265,7 +287,8 @@ async def pump(
     reply.utt = utt = await compute.run(engines.tts.start, engines.voice, None, ticket=ticket)
     await compute.run(start_answer, reply, engines.chat, ticket=ticket)
     assert reply.gen is not None
-    reply.detector = CallDetector(getattr(engines.chat, "tool_format", None) if toolbox is not None else None)
+    calling = toolbox is not None or bool(hand_off)
+    reply.detector = CallDetector(getattr(engines.chat, "tool_format", None) if calling else None)
     network = bool(getattr(engines.chat, "blocks_on_network", False))
     # Text just in time: an LLM step only when the TTS made no frame at its last step (it waits for text), so the
     # text pushed when a chunk is made is the text spoken in it (what the heard-text map relies on).
@@ -291,13 +314,26 @@ async def pump(
                 reply.heard.pushed(pushed)
                 tts_idle = False
             if llm_done:
-                calls = answer_calls(reply, engines.chat) if toolbox is not None else []
-                if calls:
+                calls = answer_calls(reply, engines.chat) if calling else []
+                if calls and hand_off:
+                    assert reply.detector is not None
+                    errors = handoff_errors(calls, hand_off)
+                    if errors and reply.tool_rounds < cfg.tools.max_rounds:
+                        reply.tool_rounds += 1
+                        await compute.run(continue_answer, reply, engines.chat, errors, ticket=ticket)
+                        llm_done, tts_idle = False, True
+                    elif errors:
+                        await compute.run(end_speech, utt, ticket=ticket)
+                    else:
+                        reply.handed_off, reply.said = calls, reply.detector.speech
+                        await compute.run(end_speech, utt, ticket=ticket)
+                elif calls:
                     async for out in _tool_round(reply, calls, toolbox, engines, compute, cfg):  # type: ignore[arg-type]
                         yield out
                     llm_done, tts_idle = False, True
                 else:
                     await compute.run(end_speech, utt, ticket=ticket)
+                    trace.extra.update(await compute.run(token_counts, engines.chat, ticket=ticket))
         elif not utt.done:
             before = utt.frames_emitted
             async for out in _tts_step(reply, compute, ticket):
@@ -311,6 +347,19 @@ async def pump(
             return
         if not reply.confirmed.is_set() and reply.chunks_made >= SPECULATIVE_CHUNKS:
             await reply.confirmed.wait()  # speculative work stops after the first chunk until the turn is real
+
+
+def handoff_errors(calls: list[ToolCall], names: Collection[str]) -> list[ToolResult]:
+    """[] when every call can go to the client; else a result per call for the model: what was wrong, or that
+    the call was not made because another one of the round was wrong."""
+    problems = [c.error or ("" if c.name in names else f"there is no function `{c.name}`") for c in calls]
+    if not any(problems):
+        return []
+    offered = ", ".join(sorted(names))
+    return [
+        refused([c], f"{p}; the functions are: {offered}" if p else "not made: another call of this turn was wrong")[0]
+        for c, p in zip(calls, problems, strict=True)
+    ]
 
 
 async def _tool_round(

@@ -82,6 +82,7 @@ class Responder:
     user_text: str | None = None
     speak_text: str | None = None
     instructions: str | None = None  # a system prompt for this reply only (Realtime response.create)
+    continues: bool = False  # Realtime: go on with the answer that called the client's functions (their outputs)
 
 
 # ---- inputs --------------------------------------------------------------------------------------------------
@@ -197,6 +198,13 @@ class UserText:
 
 
 @dataclass(frozen=True)
+class ToolOutput:
+    """Realtime function_call_output: the next response continues the answer that made the call."""
+
+    now: float
+
+
+@dataclass(frozen=True)
 class CreateResponse:
     """Answer the pending user messages (Realtime), or speak / ask now (daemon `say` / `ask`)."""
 
@@ -204,6 +212,8 @@ class CreateResponse:
     instructions: str | None = None
     ask: str | None = None
     say: str | None = None
+    speech_end: float = 0.0  # a spoken turn answered by server VAD: when its speech ended (0: a client's request)
+    endpoint: float = 0.0  # and when its end was decided (for the latency trace)
 
 
 @dataclass(frozen=True)
@@ -242,6 +252,7 @@ Input = (
     | Commit
     | ClearAudio
     | UserText
+    | ToolOutput
     | CreateResponse
     | Cancel
     | Tick
@@ -473,6 +484,7 @@ class TurnCore:
         self.current: ReplyState | None = None  # the confirmed reply in flight
         self.replies: dict[int, ReplyState] = {}  # every reply not yet done
         self.pending: list[str] = []  # Realtime: user messages not answered yet
+        self.tool_output = False  # Realtime: function outputs arrived since the last reply began
         self.backlog_ms = 0.0  # the largest capture lag during the current user turn
         self._vad_origin = 0
         self._ids = 0
@@ -521,6 +533,8 @@ class TurnCore:
                 self._reset_vad()
             case UserText():
                 self._on_user_text(inp)
+            case ToolOutput():
+                self.tool_output = True
             case CreateResponse():
                 self._on_create(inp)
             case Cancel():
@@ -580,7 +594,7 @@ class TurnCore:
 
     def _on_vad(self, raw: VadEvent) -> None:
         ev = _shift(raw, self._vad_origin)
-        if self.policy.publish_vad:
+        if self.policy.publish_vad and not self._model_judges(ev):
             self._emit(Publish(ev))
         if not self.policy.vad_turns or self.ptt:
             return  # the hotkey overrides endpointing while held
@@ -607,6 +621,13 @@ class TurnCore:
                 self._end_turn(ev.end_sample, ev.time)
             else:
                 self._check_end_of_turn(ev.time, vad_ended=True)
+
+    def _model_judges(self, ev: VadEvent) -> bool:
+        """Whether a VAD start or end inside an open turn is the end-of-turn model's to judge, not news: with a
+        model-backed policy the turn's end is published when the policy decides it (see _check_end_of_turn)."""
+        if self.user is None or self.end_of_turn.score_after_ms is None or not self.policy.vad_turns or self.ptt:
+            return False
+        return isinstance(ev, SpeechStarted) or (isinstance(ev, SpeechEnded) and not ev.truncated)
 
     def _speech_started(self, ev: SpeechStarted) -> None:
         """Speech by capture time: during a reply (or its echo) it must qualify before it takes the turn."""
@@ -691,6 +712,8 @@ class TurnCore:
         speech_ms = (user.silence_at - user.start) * 1000 // CAPTURE_RATE
         evidence = TurnEvidence(silence_ms, speech_ms, user.score, user.partial)
         if self.end_of_turn.decide(evidence) == "end":
+            if self.policy.publish_vad and after is not None:  # the VAD's own end was not published (_model_judges)
+                self._emit(Publish(SpeechEnded(user.start, user.silence_at, now)))
             if not vad_ended:
                 self._emit(ResetVad())  # its pause in progress is over: the next speech must be a new start
                 self._vad_origin = self.ring.end
@@ -802,7 +825,7 @@ class TurnCore:
             if text:
                 self.pending.append(text)
             if job.respond and text and self._creating is None:
-                self._create(CreateResponse(tr.now))
+                self._create(CreateResponse(tr.now, speech_end=job.speech_end, endpoint=job.endpoint))
             elif self._creating is not None and not self.transcribing:
                 self._respond(self._creating)
             elif self.state is TurnState.THINKING and self.current is None and self.user is None:
@@ -924,9 +947,9 @@ class TurnCore:
             return
         if reply is None:
             return
-        self._emit(Publish(ResponseDone(r.turn, r.text, r.interrupted, r.now)))
-        if r.trace is not None:
+        if r.trace is not None:  # first: a Realtime response.done carries the trace's token counts
             self._emit(Publish(r.trace))
+        self._emit(Publish(ResponseDone(r.turn, r.text, r.interrupted, r.now)))
         if self.current is reply:
             self.current = None
             self.wake.stopped(r.now)
@@ -1015,13 +1038,16 @@ class TurnCore:
         """Answer every pending user message as one reply (Realtime)."""
         turn, self._creating = self._creating_turn, None
         text, self.pending = "\n".join(self.pending), []
+        continues, self.tool_output = self.tool_output and not text, False  # a new user message starts afresh
         self._emit(Publish(ResponseStarted(turn, c.now)))
-        if not text:
+        if not text and not continues:
             self._error("nothing to answer: send user audio or a conversation item first", c.now)
             self._emit(Publish(ResponseDone(turn, "", False, c.now)))
             return
         self._set_state(TurnState.THINKING)
-        self._start_reply(turn, Responder(text, instructions=c.instructions), True, c.now, c.now)
+        speech_end, endpoint = (c.speech_end, c.endpoint) if c.speech_end else (c.now, c.now)
+        responder = Responder(text or None, instructions=c.instructions, continues=continues)
+        self._start_reply(turn, responder, True, speech_end, endpoint)
 
     def _on_cancel(self) -> None:
         if self._creating is not None:

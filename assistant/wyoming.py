@@ -146,23 +146,19 @@ def stt_languages(cfg: Config) -> list[str]:
     return list(PARAKEET_LANGUAGES) if cfg.stt.engine == "parakeet" else ["en"]
 
 
+def _described(model: str, description: str) -> dict[str, Any]:
+    """What every Wyoming model, voice and program entry says of itself besides its name."""
+    return {"attribution": _attribution(model), "installed": True, "version": __version__, "description": description}
+
+
 def asr_info(cfg: Config) -> Info:
-    model = AsrModel(
-        name=cfg.stt.model_id,
-        attribution=_attribution(cfg.stt.model_id),
-        installed=True,
-        description=f"{cfg.stt.engine} on MLX",
-        version=__version__,
-        languages=stt_languages(cfg),
-    )
+    model_id = cfg.stt.model_id
+    model = AsrModel(name=model_id, languages=stt_languages(cfg), **_described(model_id, f"{cfg.stt.engine} on MLX"))
     program = AsrProgram(
         name="assistant-stt",
-        attribution=_attribution(cfg.stt.model_id),
-        installed=True,
-        description="streaming speech-to-text of the assistant daemon",
-        version=__version__,
         models=[model],
         supports_transcript_streaming=True,
+        **_described(model_id, "streaming speech-to-text of the assistant daemon"),
     )
     return Info(asr=[program])
 
@@ -172,49 +168,52 @@ def tts_info(cfg: Config, tts: Any) -> Info:
     voices = [
         TtsVoice(
             name=name,
-            attribution=_attribution(cfg.tts.model),
-            installed=True,
-            description=profile.description or f"{profile.mode} voice",
-            version=__version__,
             languages=[profile.language] if profile.language != "auto" else languages,
+            **_described(cfg.tts.model, profile.description or f"{profile.mode} voice"),
         )
         for name, profile in sorted(tts.profiles().items())
     ]
     program = TtsProgram(
         name="assistant-tts",
-        attribution=_attribution(cfg.tts.model),
-        installed=True,
-        description=f"streaming Qwen3-TTS ({cfg.tts.model}) of the assistant daemon",
-        version=__version__,
         voices=voices,
         supports_synthesize_streaming=True,
+        **_described(cfg.tts.model, f"streaming Qwen3-TTS ({cfg.tts.model}) of the assistant daemon"),
     )
     return Info(tts=[program])
 
 
 def handle_info(cfg: Config) -> Info:
-    model = HandleModel(
-        name=cfg.llm.model,
-        attribution=_attribution(cfg.llm.model),
-        installed=True,
-        description=f"the assistant's LLM ({cfg.llm.backend})",
-        version=__version__,
-        languages=[],  # whatever the model speaks
-    )
+    model_id = cfg.llm.model
+    # languages: whatever the model speaks
+    model = HandleModel(name=model_id, languages=[], **_described(model_id, f"the assistant's LLM ({cfg.llm.backend})"))
     program = HandleProgram(
         name="assistant-llm",
-        attribution=_attribution(cfg.llm.model),
-        installed=True,
-        description="the assistant's LLM as a conversation agent",
-        version=__version__,
         models=[model],
         supports_handled_streaming=True,
+        **_described(model_id, "the assistant's LLM as a conversation agent"),
     )
     return Info(handle=[program])
 
 
 def _error(text: str, code: str) -> Event:
     return Error(text=text, code=code).event()
+
+
+BAD_REQUEST = (AssistantError, KeyError, TypeError, ValueError)  # the client's fault: answered, never a traceback
+
+
+def _bad_request(event: Event, e: Exception) -> Event:
+    msg = str(e) if isinstance(e, AssistantError) else f"malformed {event.type} event: {type(e).__name__}: {e}"
+    return _error(msg, "bad-request")
+
+
+def _service_reply(event: Event, info: Info) -> Event | None:
+    """What every Wyoming service answers alike: describe -> its info, ping -> pong; None for other events."""
+    if Describe.is_type(event.type):
+        return info.event()
+    if Ping.is_type(event.type):
+        return Pong(text=Ping.from_event(event).text).event()
+    return None
 
 
 # ---- ASR -----------------------------------------------------------------------------------------------------
@@ -237,9 +236,8 @@ class AsrHandler(AsyncEventHandler):
     async def handle_event(self, event: Event) -> bool:
         try:
             await self._handle(event)
-        except (AssistantError, KeyError, TypeError, ValueError) as e:
-            msg = str(e) if isinstance(e, AssistantError) else f"malformed {event.type} event: {type(e).__name__}: {e}"
-            await self.write_event(_error(msg, "bad-request"))
+        except BAD_REQUEST as e:
+            await self.write_event(_bad_request(event, e))
             self._end()
             self.failed = event.type in ("audio-start", "audio-chunk")
         except Exception as e:  # a bug or a model failure: the client hears why, the server keeps serving
@@ -249,10 +247,8 @@ class AsrHandler(AsyncEventHandler):
         return True
 
     async def _handle(self, event: Event) -> None:
-        if Describe.is_type(event.type):
-            await self.write_event(self.svc.asr_info.event())
-        elif Ping.is_type(event.type):
-            await self.write_event(Pong(text=Ping.from_event(event).text).event())
+        if (reply := _service_reply(event, self.svc.asr_info)) is not None:
+            await self.write_event(reply)
         elif Transcribe.is_type(event.type):
             Transcribe.from_event(event)  # validates; language and model are fixed by the config
             self._end()
@@ -345,9 +341,8 @@ class TtsHandler(AsyncEventHandler):
     async def handle_event(self, event: Event) -> bool:
         try:
             await self._handle(event)
-        except (AssistantError, KeyError, TypeError, ValueError) as e:
-            msg = str(e) if isinstance(e, AssistantError) else f"malformed {event.type} event: {type(e).__name__}: {e}"
-            await self.write_event(_error(msg, "bad-request"))
+        except BAD_REQUEST as e:
+            await self.write_event(_bad_request(event, e))
         except Exception as e:
             log.exception("wyoming tts: %s failed", event.type)
             await self.write_event(_error(f"synthesis failed: {type(e).__name__}: {e}", "internal"))
@@ -360,10 +355,8 @@ class TtsHandler(AsyncEventHandler):
                 await self.speaking
 
     async def _handle(self, event: Event) -> None:
-        if Describe.is_type(event.type):
-            await self.write_event(self.svc.tts_info.event())
-        elif Ping.is_type(event.type):
-            await self.write_event(Pong(text=Ping.from_event(event).text).event())
+        if (reply := _service_reply(event, self.svc.tts_info)) is not None:
+            await self.write_event(reply)
         elif Synthesize.is_type(event.type):
             if self.streaming:
                 return  # the whole text a streaming client also sends for servers without streaming
@@ -479,9 +472,8 @@ class HandleHandler(AsyncEventHandler):
     async def handle_event(self, event: Event) -> bool:
         try:
             await self._handle(event)
-        except (AssistantError, KeyError, TypeError, ValueError) as e:
-            msg = str(e) if isinstance(e, AssistantError) else f"malformed {event.type} event: {type(e).__name__}: {e}"
-            await self.write_event(_error(msg, "bad-request"))
+        except BAD_REQUEST as e:
+            await self.write_event(_bad_request(event, e))
         return True
 
     async def disconnect(self) -> None:
@@ -489,10 +481,8 @@ class HandleHandler(AsyncEventHandler):
             self.chat.close()
 
     async def _handle(self, event: Event) -> None:
-        if Describe.is_type(event.type):
-            await self.write_event(self.svc.handle_info.event())
-        elif Ping.is_type(event.type):
-            await self.write_event(Pong(text=Ping.from_event(event).text).event())
+        if (reply := _service_reply(event, self.svc.handle_info)) is not None:
+            await self.write_event(reply)
         elif Transcript.is_type(event.type):
             text = Transcript.from_event(event).text
             if not isinstance(text, str) or not text.strip():

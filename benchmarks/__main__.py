@@ -39,6 +39,8 @@ def tts_jobs(small: bool, cache: str, sizes: list[str]) -> list[Job]:
     for s in sizes:
         out += [
             (f"tts {s} bf16", [*base, "--size", s, "--bits", "0", *peer], 200),
+            # the same without mlx-audio loaded in the process: ours alone ran faster on the H200 (docs/benchmarks.md)
+            (f"tts {s} bf16 alone", [*base, "--size", s, "--bits", "0", *peer[:-2], "--reps", "3", *alone[-2:]], 150),
             (f"tts {s} 4-bit", [*base, "--size", s, "--bits", "4", *peer], 120),
         ]
         if s == "0.6B":
@@ -67,9 +69,9 @@ def jobs(section: str, small: bool, cache: str, sizes: list[str]) -> list[Job]:
             return [("llm small", ["-m", "benchmarks.llm", "--small", "--history", "500,2000"], 600)]
         return [("llm e2b,e4b", ["-m", "benchmarks.llm", "--sizes", "e2b,e4b"], 200)]
     if section == "v2v":
-        return [
-            ("v2v", ["-m", "benchmarks.v2v", *(["--small"] if small else []), "--turns", "20"], 1500 if small else 400)
-        ]
+        turn = os.environ.get("SMART_TURN_DIR", "")  # the real end-of-turn model, where one was carried
+        argv = ["-m", "benchmarks.v2v", *(["--small"] if small else []), "--turns", "20"]
+        return [("v2v", [*argv, *(["--smart-turn", turn] if turn else [])], 1500 if small else 400)]
     raise ValueError(section)
 
 

@@ -9,7 +9,10 @@
 #   call 1 (carry .dev-a):               mkdir -p /tmp/w && cp .dev-a/* /tmp/w/
 #   call 2 (carry .dev-b .bench-data):   bash benchmarks/gpu.sh install tts-0.6B        (~8 min)
 #   call 3:                              bash benchmarks/gpu.sh tts-1.7B stt            (~9 min)
-#   call 4 (optional):                   bash benchmarks/gpu.sh v2v                     (~4 min)
+#   call 4 (optional):                   bash benchmarks/gpu.sh v2v integ profile       (~4+3+3 min)
+# Extra wheels for v2v/integ (wyoming, soxr, soundfile, platformdirs, httpx2 and their needs) travel in .whl-gpu/
+# (carry it with .dev-b; `install` adds them); the Smart Turn ONNX in .st-model/ (carry it once: v2v then ends turns
+# with it). The Qwen2 BPE tables come from .bench-data/ when carried, else from the committed tests/fixtures copy.
 # Then here: cp <files_at>/benchmarks/<label>.json docs/benchmarks/ && python -m benchmarks.report
 # Parts run in the order given; each stops in time (LIMIT_<part> seconds) to copy its results back inside the
 # 10-minute call. A helper's worktree that travels as a carried folder runs the same way: `cd FOLDER && bash ...`.
@@ -19,8 +22,15 @@ export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 for d in .bench-data ../.bench-data; do [ -f $d/qwen2-bpe/vocab.json ] && bpe=$d && break; done
 if [ -n "${bpe:-}" ]; then  # carried: keep a copy for later calls on this machine
   mkdir -p /tmp/.bench-data && cp -r "$bpe/qwen2-bpe" /tmp/.bench-data/
+elif [ ! -f /tmp/.bench-data/qwen2-bpe/vocab.json ]; then  # else the committed test copy (xz), 4 MB less to carry
+  python3 -c "import lzma, pathlib; d = pathlib.Path('/tmp/.bench-data/qwen2-bpe'); d.mkdir(parents=True, exist_ok=True)
+for n in ('vocab.json', 'merges.txt'): (d / n).write_bytes(lzma.open(f'tests/fixtures/qwen2_bpe/{n}.xz').read())"
 fi
 export QWEN2_BPE_DIR=${QWEN2_BPE_DIR:-/tmp/.bench-data/qwen2-bpe}
+for d in .st-model ../.st-model; do  # Smart Turn ONNX carried: v2v ends turns by the model, as the daemon does
+  [ -f $d/smart-turn-v3.2-cpu.onnx ] && mkdir -p /tmp/st-model && cp $d/smart-turn-v3.2-cpu.onnx /tmp/st-model/
+done
+[ -f /tmp/st-model/smart-turn-v3.2-cpu.onnx ] && export SMART_TURN_DIR=${SMART_TURN_DIR:-/tmp/st-model}
 export BENCH_CACHE=${BENCH_CACHE:-/tmp/bench-checkpoints}
 RESULTS=${RESULTS:-/tmp/bench-out/benchmarks}
 mkdir -p "$RESULTS" "$BENCH_CACHE"
@@ -34,6 +44,9 @@ for part in "$@"; do
   if [ "$part" = install ]; then
     inst=.dev-b/install.sh; [ -f "$inst" ] || inst=../.dev-b/install.sh  # from a carried worktree folder
     bash "$inst" || exit 3
+    for w in .whl-gpu ../.whl-gpu; do  # the pure-Python needs of the daemon and Wyoming (prepared like .dev-b)
+      [ -d $w ] && python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site $w/*.whl
+    done
     continue
   fi
   python3 -c "import mlx.core as mx; print('backend', mx.default_device())" \
@@ -44,14 +57,26 @@ for part in "$@"; do
     stt) args=(--only stt); limit=${LIMIT_STT:-290} ;;
     llm) args=(--only llm); limit=${LIMIT_LLM:-300} ;;
     v2v) args=(--only v2v); limit=${LIMIT_V2V:-450} ;;
-    *) echo "unknown part $part: use install, tts-0.6B, tts-1.7B, stt, llm or v2v" >&2; exit 2 ;;
+    profile|integ)  # raw JSON lines beside the label's file: benchmarks/<label>-<part>.jsonl
+      if [ $part = profile ]; then
+        cmds=("-m benchmarks.tts_profile --size 0.6B" "-m benchmarks.tts_profile --size 1.7B --positions 100")
+      else
+        cmds=("-m benchmarks.integ --real --reps 5")
+      fi
+      for c in "${cmds[@]}"; do
+        timeout -k 10 "${LIMIT_PART:-280}" env PYTHONPATH=.:/tmp/site python3 -u $c \
+          | grep --line-buffered '^{' | tee -a "$RESULTS/$label-$part.jsonl" || rc=$?
+      done
+      continue ;;
+    *) echo "unknown part $part: use install, tts-0.6B, tts-1.7B, stt, llm, v2v, profile or integ" >&2; exit 2 ;;
   esac
   # JOBS="4-bit,mxfp4": only the jobs whose names contain one of these
   timeout -k 10 "$limit" python3 -u -m benchmarks --label "$label" --out "$RESULTS" "${args[@]}" --jobs "${JOBS:-}" \
     || rc=$?
 done
 if [ -n "${OUT:-}" ]; then
-  mkdir -p "$OUT/benchmarks" && cp "$RESULTS/$label.json" "$OUT/benchmarks/" && cp "$RESULTS"/../benchmarks.md "$OUT/"
+  mkdir -p "$OUT/benchmarks" && cp "$RESULTS/$label"*.json* "$OUT/benchmarks/"
+  cp "$RESULTS"/../benchmarks.md "$OUT/" 2>/dev/null
 fi
 df -h /tmp | tail -1
 exit $rc

@@ -1,6 +1,7 @@
 """Integration timings: the Wyoming services against the in-process path, and LLM TTFT in-process vs mlx_lm.server.
 
 Run: PYTHONPATH=$PWD python -m benchmarks.integ [--reps 5] [--llm MODEL_OR_FOLDER] [--out FILE.json]
+     PYTHONPATH=$PWD python -m benchmarks.integ --real     (a GPU: the real-size random-weight models of v2v.py)
 
 Without --llm every model is a tiny random-weight checkpoint (tests/tiny_engines.py): the numbers then measure our
 serving overhead (protocol, thread hops, resampling), not model speed. With --llm the LLM rows use that model,
@@ -10,6 +11,9 @@ in-process (mlx-lm, our Chat with its persistent prompt cache) and through a loc
   audio-chunk over TCP)
 - asr_final: end of audio -> final transcript (in-process: finalize(); Wyoming: audio-stop sent -> transcript read)
 - llm_ttft turn N: user text -> first text delta, after N-1 earlier turns of history
+With --real: Parakeet TDT 0.6B and Qwen3-TTS 0.6B bf16 (v2v.py's engines) behind both paths, and the LLM rows on
+a Gemma 4 E2B text-shape folder with random 4-bit weights written once (benchmarks/llm.py's model, saved in the
+mlx-lm layout so `mlx_lm.server` loads the very same weights).
 """
 
 from __future__ import annotations
@@ -40,7 +44,37 @@ def row(name: str, path: str, samples: list[float]) -> dict[str, Any]:
     return out
 
 
-def speech_rows(cfg: Any, reps: int) -> list[dict[str, Any]]:
+def real_speech_engines(cfg: Any, folder: Path) -> Any:
+    """STT and TTS at the real sizes with random weights (v2v.py's), as SpeechEngines (on the compute thread)."""
+    from assistant.wyoming import speech_engines
+    from benchmarks.v2v import build_engines
+
+    engines = build_engines(False, folder, cfg)
+    engines.tts.voice(cfg.tts.voice or None)
+    return speech_engines(engines.transcriber.inner, engines.tts)
+
+
+def write_llm_folder(folder: Path, size: str = "e2b") -> Path:
+    """benchmarks/llm.py's random 4-bit Gemma 4 text model saved as an mlx-lm folder (weights, config, tokenizer)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from benchmarks import llm as llm_bench
+    from tests.llm.tiny import build_tokenizer
+
+    if (folder / "config.json").is_file():
+        return folder
+    model = llm_bench.random_quantized_model(size, 0, mx.bfloat16)
+    folder.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(model.parameters())), {"format": "mlx"})
+    config = {**llm_bench.text_config(size), "eos_token_id": [1]}
+    config["quantization"] = {"group_size": llm_bench.GROUP, "bits": llm_bench.BITS}
+    build_tokenizer(folder, "gemma4")
+    (folder / "config.json").write_text(json.dumps(config, indent=1))
+    return folder
+
+
+def speech_rows(cfg: Any, reps: int, real: Path | None = None) -> list[dict[str, Any]]:
     from wyoming.asr import Transcribe
     from wyoming.audio import AudioChunk, AudioStart, AudioStop
     from wyoming.client import AsyncTcpClient
@@ -54,7 +88,10 @@ def speech_rows(cfg: Any, reps: int) -> list[dict[str, Any]]:
 
     cfg = cfg.replace({"wyoming.asr_port": free_port(), "wyoming.tts_port": free_port()})
     compute = Compute("mlx-bench")
-    engines = compute.submit(cli.build_speech_engines, cfg).result()
+    if real is not None:
+        engines = compute.submit(real_speech_engines, cfg, real).result()
+    else:
+        engines = compute.submit(cli.build_speech_engines, cfg).result()
     audio = tiny.audio()
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
 
@@ -174,17 +211,33 @@ def _remote_ttft(chat: Any, text: str) -> float:
     return dt
 
 
-def run(reps: int, llm: str | None, out: str | None) -> None:
+def run(reps: int, llm: str | None, out: str | None, real: str | None = None) -> None:
     from tests.tiny_engines import tiny_config
 
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         cfg = tiny_config(root)
-        rows = speech_rows(cfg, reps)
+        if real is not None:
+            from benchmarks.checkpoints import write_checkpoint
+
+            tts_folder = Path(real) / "0.6B-bf16-L28x5-D1536"  # the one tts_vs and v2v write
+            write_checkpoint(tts_folder, "0.6B", None, 28, 5)
+            cfg = cfg.replace({"tts.model": str(tts_folder), "tts.seed": 0, "tts.max_frames": 12})
+            llm = llm or str(write_llm_folder(Path(real) / "gemma4-e2b-4bit"))
+        rows = speech_rows(cfg, reps, None if real is None else Path(real) / "0.6B-bf16-L28x5-D1536")
         rows += llm_rows(llm or cfg.llm.model, reps, root)
+    import mlx.core as mx
+
     result = {
-        "machine": f"{platform.system()} {platform.machine()}",
-        "models": "tiny random-weight" if llm is None else f"tiny STT/TTS, LLM {llm}",
+        "section": "integ",
+        "machine": f"{platform.system()} {platform.machine()} {mx.default_device()}",
+        "models": (
+            "Parakeet TDT 0.6B + Qwen3-TTS 0.6B bf16 + Gemma 4 E2B text 4-bit, random weights"
+            if real is not None
+            else "tiny random-weight"
+            if llm is None
+            else f"tiny STT/TTS, LLM {llm}"
+        ),
         "rows": rows,
     }
     if out:
@@ -197,5 +250,6 @@ if __name__ == "__main__":
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--llm", help="an mlx-lm model folder for the LLM rows (default: the tiny one)")
     ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--real", nargs="?", const="/tmp/bench-checkpoints", help="real sizes; checkpoints in this folder")
     a = ap.parse_args()
-    run(a.reps, a.llm, a.out)
+    run(a.reps, a.llm, a.out, a.real)

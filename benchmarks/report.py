@@ -20,24 +20,32 @@ Bandwidth limit: bytes of weights read per frame (talker once, predictor layers 
 4 frames; benchmarks/projection.py) / measured time per frame, against the assumed peak (4.8 TB/s, the H200's
 HBM3e; the H100 SXM has 3.35 TB/s) and a measured one (a bf16 sum over 1 GiB, best of 5).
 
-Labels: `h200` holds the H200 rows measured before the speed work of issue 18 (host sampling, numpy mel, no length
-buckets); `h100` holds the rows after it, on an H100 (a different card: compare each row with mlx-audio in the same
+Labels: `h200` holds this session's rows (2026-12-07, after the static KV cache and the compiled talker step);
+`h100` holds the previous session's rows on an H100 (a different card: compare each row with mlx-audio in the same
 run, not across labels). TTS ms/frame is all-in: talker step, the 15 predictor steps and the codec decoder (chunks
-of 4 frames), from `Utterance.step()` as the daemon calls it. A frame now runs as one talker pass plus one compiled
-graph (code-0 sampling on the device, the 15 predictor steps, the next frame's embedding) and a single evaluation;
-the next frame is queued before the current one is read. On CUDA, quantized talkers run the same graph uncompiled:
-MLX 0.32.4's CUDA backend fails ("SmallVector out of range") on compiled graphs with quantized matmuls (Metal and
-CPU compile them). STT final pass (ours): the clip is fed in 100 ms blocks before the clock starts, as the daemon
-feeds audio while the user speaks; the clock covers `finalize()` (mel in MLX, encoder padded to a length bucket
-with masking, TDT decode). The tail row times 20 utterances of lengths never seen before, after each
-implementation's warm-up (ours: `warmup()`, one pass per bucket). `benchmarks/stt.py` ("ours alone") calls the
-encoder directly at each exact length, outside the transcriber, so its Parakeet GPU rows include MLX compiling
-kernels for a new length. Frame time grows with utterance length on the GPU (1.7B: 21.6 ms at 100 frames, 27.4 ms
-at 250; not profiled).
-Not measured on the GPU yet: the quantized TTS rows (4-bit affine, 8-bit, mxfp4; their first run hit the MLX CUDA
-compile failure above, fixed since, and no machine came for the rerun: `JOBS=4-bit,8-bit,mxfp4 bash
-benchmarks/gpu.sh tts-0.6B tts-1.7B`), the 0.6B 250-frame row (the job's 150 s limit, now 200 s) and voice to
-voice.
+of 4 frames), from `Utterance.step()` as the daemon calls it. A frame runs as one compiled talker step over a
+static-shape KV cache (buffers grow by 256 positions; `warmup()` compiles every length up to tts.max_frames), one
+compiled graph for code 0 + the 15 predictor steps + the next embedding, and a single evaluation; the next frame
+is queued before the current one is read. On CUDA, quantized talkers run these graphs uncompiled (a compiled run
+crashed MLX 0.32.4 CUDA earlier; the crash of the quantized rows was in fact a 1-D input to the quantized codec
+head, fixed now, so compiling them on CUDA may work but was not tried). Ours is slower in the side-by-side process
+(mlx-audio's model loaded beside ours) than alone: 0.6B bf16 on the H200 ran 20.4 ms/frame at 100 frames there and
+15.7 ms/frame in `benchmarks/tts_profile.py` (same checkpoint, same call, same Utterance loop; the cause was not
+found). The "bf16 alone" jobs (`JOBS="bf16 alone" bash benchmarks/gpu.sh tts-0.6B tts-1.7B`) time the harness
+without mlx-audio; no machine was left to run them. The H200 bf16 250-frame rows ran before `warmup()` compiled
+the talker step past 256 KV positions, so their first repetition traced it mid-utterance (the quantized rows run
+the step uncompiled). STT final pass (ours):
+the clip is fed in 100 ms blocks before the clock starts, as the daemon feeds audio while the user speaks; the clock
+covers `finalize()` (mel in MLX, encoder padded to a length bucket with masking, TDT decode). The tail row times 20
+utterances of lengths never seen before, after each implementation's warm-up (ours: `warmup()`, one pass per
+bucket), then the same lengths again: a first pass no slower than the second compiled nothing. The H200 tail
+(first passes up to 1.9x their repeats) was measured before the encoder frames were projected at the bucket's
+length (commit after it; not yet measured on a GPU). `benchmarks/stt.py`
+("ours alone") calls the encoder directly at each exact length, outside the transcriber, so its Parakeet GPU rows
+include MLX compiling kernels for a new length. Voice to voice on the H200 ends turns with the Smart Turn v3.2
+model (the real ONNX, onnxruntime on the CPU, as the daemon), not a fixed hangover; under it the trace's
+vad_hangover_ms reads 0 (the reply's endpoint is taken at the speculative start), so the "after the endpoint" row
+equals end to end and is an upper bound of the time after the endpoint.
 
 Reproduce: `python -m benchmarks --small` (CPU, label cpu-small); on a lent GPU, `bash benchmarks/gpu.sh PARTS`
 in the calls listed at the top of that script (label h100 or h200 from the card).
@@ -124,14 +132,17 @@ def stt_table(section: dict[str, Any]) -> list[str]:
             f"Tail: {len(r['lengths_s'])} utterances of new lengths ({min(r['lengths_s'])}-{max(r['lengths_s'])} s), "
             "each once after the warm-ups:",
             "",
-            "| | final ms median | p90 | max | p90 / median |",
-            "|---|---|---|---|---|",
+            "| | final ms median | p90 | max | p90 / median | same lengths again: median, p90 | "
+            "max first / again | rank corr. length-time |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for who, t in (("ours", r["ours"]), ("mlx-audio", ma)):
             if t:
-                s = t["final_s"]
+                s, s2 = t["final_s"], t.get("second_pass_s")
+                again = f"{_ms(s2['median'])}, {_ms(s2['p90'])}" if s2 else "-"
                 lines.append(
-                    f"| {who} | {_ms(s['median'])} | {_ms(s['p90'])} | {_ms(s['max'])} | {t['p90_over_median']} |"
+                    f"| {who} | {_ms(s['median'])} | {_ms(s['p90'])} | {_ms(s['max'])} | {t['p90_over_median']} | "
+                    f"{again} | {t.get('max_first_over_second', '-')} | {t.get('spearman_length_time', '-')} |"
                 )
     lines += [
         "",
@@ -209,7 +220,39 @@ def projection_table(p: dict[str, Any]) -> list[str]:
     return out
 
 
-def render(docs: list[dict[str, Any]], projection: dict[str, Any] | None = None) -> str:
+def profile_table(rows: list[dict[str, Any]]) -> list[str]:
+    """benchmarks/tts_profile.py rows: each part of a frame timed alone, ms (one host sync per call included)."""
+    keys = sorted({k for r in rows for k in r if k.endswith(tuple("0123456789")) or k.endswith("_ms")})
+    lines = [
+        "### TTS frame profile: each part timed alone (`python -m benchmarks.tts_profile --size S`)\n",
+        "Medians of 30 evaluated calls (each includes one host sync); `@N`: at KV position N (or, for the codec, "
+        "after N frames of the stream); utterance rows: whole streamed utterances, best of 2 after a warm-up.\n",
+        "| part | " + " | ".join(f"{r['size']} {r['precision']}" for r in rows) + " |",
+        "|---|" + "---|" * len(rows),
+    ]
+    for k in keys:
+        lines.append(f"| {k} | " + " | ".join(_f(r.get(k)) for r in rows) + " |")
+    return lines
+
+
+def integ_table(rows: list[dict[str, Any]]) -> list[str]:
+    """benchmarks/integ.py rows: the Wyoming services and mlx_lm.server against the in-process path."""
+    lines = ["### Integration: Wyoming and mlx_lm.server against in-process (`python -m benchmarks.integ --real`)\n"]
+    for doc in rows:
+        lines.append(f"Models: {doc.get('models')}; {doc.get('machine')}.\n")
+        lines += ["| measure | path | median ms | min ms | max ms | n |", "|---|---|---|---|---|---|"]
+        for r in doc.get("rows", []):
+            lines.append(f"| {r['name']} | {r['path']} | {r['median_ms']} | {r['min_ms']} | {r['max_ms']} | {r['n']} |")
+    return lines
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def render(docs: list[dict[str, Any]], projection: dict[str, Any] | None = None, folder: Path | None = None) -> str:
     out = [HEAD]
     for doc in docs:
         m = doc.get("machine", {})
@@ -235,6 +278,11 @@ def render(docs: list[dict[str, Any]], projection: dict[str, Any] | None = None)
                 out.append("Errors recorded:")
                 out.extend(errs)
             out.append("")
+        for part, table in (("profile", profile_table), ("integ", integ_table)):
+            extra = _jsonl(folder / f"{doc['label']}-{part}.jsonl") if folder is not None else []
+            if extra:
+                out.extend(table(extra))
+                out.append("")
     if projection:
         out.extend(projection_table(projection))
     return "\n".join(out).rstrip() + "\n"
@@ -243,7 +291,7 @@ def render(docs: list[dict[str, Any]], projection: dict[str, Any] | None = None)
 def write_markdown(folder: Path, target: Path) -> Path:
     docs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
     projection = next((d for d in docs if "apple_gbs" in d), None)
-    target.write_text(render([d for d in docs if "label" in d], projection))
+    target.write_text(render([d for d in docs if "label" in d], projection, folder))
     return target
 
 

@@ -23,6 +23,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +137,9 @@ class ForcedText:
         return Transcript(SENTENCE, t.language)
 
 
-def build_engines(small: bool, folder: Path, cfg: Any) -> Any:
-    """Every engine with random weights (runs on the compute thread: MLX state belongs to it)."""
+def build_engines(small: bool, folder: Path, cfg: Any, smart_turn: str = "") -> Any:
+    """Every engine with random weights (runs on the compute thread: MLX state belongs to it); with `smart_turn`
+    (a folder holding the real Smart Turn ONNX model) the end of turn is the daemon's model rule, else silence."""
     import mlx.core as mx
     from mlx.utils import tree_flatten, tree_unflatten
 
@@ -181,7 +183,13 @@ def build_engines(small: bool, folder: Path, cfg: Any) -> Any:
     chat = Chat(model, tokenizer, cfg.llm)
     tts = Qwen3TTS.load(cfg.tts)
     voice = tts.use_voice(ad_hoc_voice("bench", VoicePrompt(language="english", speaker="vivian")))
-    return Engines(transcriber, chat, tts, voice, make_vad=Vad)
+    score = None
+    if smart_turn:
+        from assistant.endofturn import load_smart_turn
+
+        turn = load_smart_turn(replace(cfg.endofturn, model=smart_turn))
+        score = None if turn is None else turn.score
+    return Engines(transcriber, chat, tts, voice, make_vad=Vad, score_turn=score)
 
 
 def stats(xs: list[float]) -> dict[str, float]:
@@ -234,7 +242,7 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     )
     compute = Compute()
     t0 = time.perf_counter()
-    engines = await compute.run(build_engines, args.small, folder, cfg)
+    engines = await compute.run(build_engines, args.small, folder, cfg, args.smart_turn)
     build_s = time.perf_counter() - t0
     source, sink = FileSource(read_wav(DATA)), TimestampSink()
     p = Conversation(cfg, engines, source, sink, compute=compute)
@@ -242,6 +250,7 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     runner = asyncio.create_task(p.run())
     traces: list[LatencyTrace] = []
     e2e: list[float] = []
+    after_endpoint: list[float] = []  # end to end minus that turn's VAD hangover: from the endpoint decision
     soak: dict[str, dict[str, int]] = {}  # resident memory, threads and tasks after turn 50 and the last
     misses = 0
     try:
@@ -260,6 +269,8 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             first = next((w for w in sink.writes if w > end), None)
             if len(traces) > 0 and first is not None:
                 e2e.append(1000.0 * (first - end))
+                if trace.vad_hangover_ms is not None:
+                    after_endpoint.append(e2e[-1] - trace.vad_hangover_ms)
             traces.append(trace)
             print(f"[v2v] turn {len(traces) - 1}: {trace}", file=sys.stderr, flush=True)
             if len(traces) - 1 in (SOAK_EARLY, args.turns):
@@ -286,6 +297,7 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "warm-up turns": 1,
             "timeouts": misses,
             "vad.hangover_ms": cfg.vad.hangover_ms,
+            "end of turn": "Smart Turn v3.2 (endofturn.*)" if args.smart_turn else "fixed silence (vad.hangover_ms)",
             "speculative": cfg.pipeline.speculative,
             "tts first_chunk_frames": cfg.tts.first_chunk_frames,
             "stt.partial_interval_ms": cfg.stt.partial_interval_ms,
@@ -295,6 +307,7 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         },
         "latency": {
             "end to end: true end of speech -> first output sample": stats(e2e),
+            "after the endpoint: end to end - VAD hangover": stats(after_endpoint),
             "VAD hangover (endpoint - VAD end of speech)": stats(col("vad_hangover_ms")),
             "STT final (after VAD end of speech)": stats(col("stt_final_ms")),
             "STT final pass compute alone (every pass after the first)": stats(engines.transcriber.finalize_ms[1:]),
@@ -325,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-frames", type=int, default=12, help="tts.max_frames (80 ms each)")
     ap.add_argument("--turn-timeout", type=float, default=120.0, help="seconds before a turn counts as lost")
     ap.add_argument("--cache", default="/tmp/bench-checkpoints", help="folder of the TTS checkpoint")
+    ap.add_argument("--smart-turn", default="", help="folder of smart-turn-v3.2-cpu.onnx: end of turn by the model")
     args = ap.parse_args(argv)
     from benchmarks.checkpoints import write_checkpoint
 

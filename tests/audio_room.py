@@ -112,8 +112,9 @@ class Room:
             raise RuntimeError(f"pactl {' '.join(args)} failed: {out.stderr.strip()}")
         return out.stdout
 
-    def play(self, audio: np.ndarray, rate: int = MIC_RATE) -> subprocess.Popen[bytes]:
-        """Start `paplay` of int16 mono `audio` into the virtual microphone; returns the process (wait() on it)."""
+    def play(self, audio: np.ndarray, rate: int = MIC_RATE, mic: str = MIC) -> subprocess.Popen[bytes]:
+        """Start `paplay` of int16 mono `audio` into the virtual microphone (or another one added with
+        add_microphone); returns the process (wait() on it)."""
         path = self.root / f"say-{time.monotonic_ns()}.wav"
         with wave.open(str(path), "wb") as w:
             w.setnchannels(1)
@@ -121,7 +122,7 @@ class Room:
             w.setframerate(rate)
             w.writeframes(audio.astype(np.int16).tobytes())
         # 2 s of buffer: with less, paplay underruns on a busy machine and the sink inserts silence (seen at 100 ms)
-        return self._run("paplay", f"--device={MIC}", "--latency-msec=2000", str(path))
+        return self._run("paplay", f"--device={mic}", "--latency-msec=2000", str(path))
 
     def record(self, speaker: str = SPEAKER) -> Recorder:
         """Start recording the virtual speaker (or another one added with add_speaker) as int16 mono 24 kHz."""
@@ -144,6 +145,14 @@ class Room:
     def add_speaker(self, name: str) -> None:
         """A second virtual speaker (24 kHz mono null sink), e.g. headphones being plugged in; kept at 10 ms."""
         self.pactl("load-module", "module-null-sink", f"sink_name={name}", f"rate={SPEAKER_RATE}", "channels=1")
+        self.anchors.append(
+            self._run("parec", f"--device={name}.monitor", "--latency-msec=10", "--raw", stdout=subprocess.DEVNULL)
+        )
+
+    def add_microphone(self, name: str) -> None:
+        """A second virtual microphone (its source is `<name>.monitor`, 16 kHz mono), e.g. a headset's; kept at
+        10 ms like the first."""
+        self.pactl("load-module", "module-null-sink", f"sink_name={name}", f"rate={MIC_RATE}", "channels=1")
         self.anchors.append(
             self._run("parec", f"--device={name}.monitor", "--latency-msec=10", "--raw", stdout=subprocess.DEVNULL)
         )

@@ -59,6 +59,7 @@ from assistant.turns import (
     SetPolicy,
     StartReply,
     Tick,
+    ToolOutput,
     Transcribed,
     TurnCore,
     UserText,
@@ -252,6 +253,26 @@ def manual_commit(policy: Policy) -> None:
     assert reply.responder.user_text == "first\nsecond" and reply.confirmed  # type: ignore[attr-defined]
 
 
+def function_outputs_continue(policy: Policy) -> None:
+    """Realtime function outputs make a response answerable with no user message: it continues the calling
+    answer; a new user message instead starts a fresh answer; without either, nothing is answered."""
+    tl = Timeline(policy)
+    tl.send(SetPolicy(dataclasses.replace(policy, vad_turns=False, publish_vad=False), FixedSilence(700)))
+    tl.send(ToolOutput(tl.now))
+    tl.send(CreateResponse(tl.now))
+    first = tl.of(StartReply)[-1]
+    assert first.responder.continues and first.responder.user_text is None  # type: ignore[attr-defined]
+    tl.send(ReplyDone(first.turn, "It is sunny.", False, tl.now))  # type: ignore[attr-defined]
+    tl.send(ToolOutput(tl.now))
+    tl.send(UserText("and tomorrow?", tl.now))
+    tl.send(CreateResponse(tl.now))
+    second = tl.of(StartReply)[-1]
+    assert not second.responder.continues and second.responder.user_text == "and tomorrow?"  # type: ignore[attr-defined]
+    tl.send(ReplyDone(second.turn, "Rain.", False, tl.now))  # type: ignore[attr-defined]
+    tl.send(CreateResponse(tl.now))
+    assert tl.of(StartReply)[-1] is second and "nothing to answer" in tl.events(ErrorEvent)[-1].message  # type: ignore[attr-defined]
+
+
 def cancel_mid_reply(policy: Policy) -> None:
     """Cancel (daemon interrupt, Realtime response.cancel) stops the reply and returns to listening."""
     tl = Timeline(policy)
@@ -321,6 +342,7 @@ SCENARIOS: list[tuple[Callable[[Policy], None], tuple[Policy, ...]]] = [
     (false_start, (DAEMON, REALTIME)),
     (ptt_overrides_vad, (DAEMON,)),  # Realtime has no hotkey
     (manual_commit, (REALTIME,)),  # the daemon has no commit
+    (function_outputs_continue, (REALTIME,)),  # the daemon runs its tools inside the reply
     (cancel_mid_reply, (DAEMON, REALTIME)),
     (engine_error, (DAEMON, REALTIME)),
     (mute, (DAEMON, REALTIME)),
@@ -407,6 +429,30 @@ def test_the_score_is_asked_as_soon_as_the_vad_reports_enough_silence() -> None:
     tl.vad(SilenceStarted(pause, tl.now))
     asks = [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
     assert len(asks) == 1 and len(asks[0].audio) == pause + CAPTURE_RATE * 200 // 1000
+
+
+def test_a_model_judged_turn_publishes_one_start_and_one_end() -> None:
+    """With a model-backed policy the VAD's end and new start inside the open turn are not published: a Realtime
+    client sees one speech start and one speech end, from the turn's start to where the model ended it."""
+    tl = Timeline(REALTIME)
+    tl.core.end_of_turn = ScoredPolicy()
+    tl.audio(10, value=1000)
+    tl.started(0)
+    pause = tl.pos()
+    tl.vad(SilenceStarted(pause, tl.now))
+    tl.audio(12)
+    tl.send(Scored(tl.of(ScoreTurn)[-1].job, 0.1, tl.now))  # type: ignore[attr-defined]
+    tl.ended(0, pause)
+    resume = tl.pos()
+    tl.audio(10, value=2000)
+    tl.started(resume)
+    second = tl.pos()
+    tl.vad(SilenceStarted(second, tl.now))
+    tl.audio(12)
+    tl.send(Scored(tl.of(ScoreTurn)[-1].job, 0.9, tl.now))  # type: ignore[attr-defined]
+    assert [e.start_sample for e in tl.events(SpeechStarted)] == [0]  # type: ignore[attr-defined]
+    ended = [(e.start_sample, e.end_sample) for e in tl.events(SpeechEnded)]  # type: ignore[attr-defined]
+    assert ended == [(0, second)] and len(tl.of(Finalize)) == 1
 
 
 def test_a_score_that_arrives_after_speech_resumed_is_not_used_for_a_later_pause() -> None:

@@ -46,6 +46,8 @@ class Capture:
         self._error: AudioDeviceError | None = None
         self._resampler: StreamResampler | None = None
         self._got_first = False
+        self._generation = 0  # which stream is current: an old one's late blocks and finished callback are not
+        self._suspended = False  # closed for a device switch: read() waits for resume()
 
     async def __aenter__(self) -> Capture:
         await self.open()
@@ -60,6 +62,11 @@ class Capture:
         """Open and start the input stream; the event loop never waits on PortAudio. Raises AudioDeviceError
         naming the fix (also when the sound server does not answer)."""
         self._loop = asyncio.get_running_loop()
+        self._blocks.clear()
+        await self._start_stream()
+
+    async def _start_stream(self) -> None:
+        """Choose the device (the system default anew, if configured so) and open and start a stream on it."""
         sd = devices._sounddevice()
         cfg = self.cfg
         device = await devices.call_async(lambda: devices.pick(cfg.input_device, "input"), "listing input devices")
@@ -69,8 +76,9 @@ class Capture:
         )
         self.device, self.format = device, fmt
         self._resampler = StreamResampler(fmt.rate, CAPTURE_RATE) if fmt.rate != CAPTURE_RATE else None
-        self._blocks.clear()
         self._error, self._got_first = None, False
+        self._generation += 1
+        generation = self._generation
         try:
             stream = await devices.open_stream_async(
                 lambda: sd.InputStream(
@@ -80,8 +88,8 @@ class Capture:
                     dtype="int16",
                     blocksize=frame_samples(fmt.rate, cfg.block_ms),
                     latency="low",
-                    callback=self._callback,
-                    finished_callback=self._finished,
+                    callback=lambda *a: self._callback(generation, *a),
+                    finished_callback=lambda: self._finished(generation),
                 ),
                 "opening the input stream",
             )
@@ -105,21 +113,47 @@ class Capture:
     def close(self) -> None:
         """Stop and close the stream on a thread of its own; returns at once (a stream whose device vanished
         may hang there: it is abandoned)."""
+        self._suspended = False
         stream, self._stream = self._stream, None
         if stream is not None:
             devices.release(stream, "the input stream")
+        self._wake()
+
+    def suspend(self) -> None:
+        """Close the stream for a switch of device (PortAudio is about to restart); returns at once. Blocks
+        already captured, also those still on their way from the old stream, stay readable; read() then waits
+        for resume() instead of reporting a lost device."""
+        if self._stream is None:
+            return
+        self._suspended = True
+        stream, self._stream = self._stream, None
+        devices.release(stream, "the input stream")
+
+    async def resume(self) -> None:
+        """Reopen on the (new) default device after suspend(); if that fails, read() raises AudioDeviceError (so
+        the caller's reopen-and-retry takes over)."""
+        if not self._suspended:
+            return
+        self._suspended = False
+        try:
+            await self._start_stream()
+        except AudioDeviceError as e:
+            self._error = e
+        finally:  # also when cancelled: read() must look again (it waits without a timeout while suspended)
+            self._wake()
 
     # ---- PortAudio thread ----------------------------------------------------------------------------------
 
-    def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+    def _callback(self, generation: int, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         now = time.monotonic()
         # PortAudio's clock is not ours: carry over how long ago the first sample reached the ADC
         ago = time_info.currentTime - time_info.inputBufferAdcTime
         t = now - (ago if 0.0 <= ago < 1.0 else frames / (self.format.rate if self.format else CAPTURE_RATE))
-        self._post(self._deliver, indata.copy(), t, bool(status.input_overflow))
+        self._post(self._deliver, generation, indata.copy(), t, bool(status.input_overflow))
 
-    def _finished(self) -> None:
-        self._post(self._fail, "the input stream stopped (device unplugged or the sound server went away)")
+    def _finished(self, generation: int) -> None:
+        if generation == self._generation:  # a stream we released on purpose is no loss
+            self._post(self._fail, "the input stream stopped (device unplugged or the sound server went away)")
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self._loop
@@ -132,9 +166,12 @@ class Capture:
 
     # ---- event loop ----------------------------------------------------------------------------------------
 
-    def _deliver(self, block: np.ndarray, t: float, overflowed: bool) -> None:
-        if self._stream is None:
+    def _deliver(self, generation: int, block: np.ndarray, t: float, overflowed: bool) -> None:
+        # while suspended, the last blocks of the old stream are real audio; after close() nothing is wanted
+        if self._stream is None and not self._suspended:
             return
+        if generation != self._generation and not self._suspended:
+            return  # a block of the old stream arriving after the new one opened: it would be out of order
         if overflowed:
             self.overflows += 1
             log.warning("microphone overflow: PortAudio dropped input (%d so far)", self.overflows)
@@ -176,10 +213,10 @@ class Capture:
         while not self._blocks:
             if self._error is not None:
                 raise self._error
-            if self._stream is None:
+            if self._stream is None and not self._suspended:
                 raise AudioDeviceError("the microphone is not open; use `async with Capture(cfg)`")
             self._waiter = asyncio.get_running_loop().create_future()
-            timeout = NO_AUDIO_S if self._got_first else FIRST_BLOCK_S
+            timeout = None if self._suspended else NO_AUDIO_S if self._got_first else FIRST_BLOCK_S
             try:
                 await asyncio.wait_for(self._waiter, timeout)
             except TimeoutError:

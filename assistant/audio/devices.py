@@ -92,6 +92,8 @@ async def call_async(fn: Callable[[], T], what: str, limit_s: float = CALL_TIMEO
 # devices under them (a re-scan restarts PortAudio); the lock keeps a re-scan and an opening apart
 _open_streams = 0
 _streams_lock = threading.Lock()
+_streams_changed = threading.Condition(_streams_lock)  # notified when the count changes (a re-init waits for 0)
+_just_restarted = False  # reinitialize() ran and no listing since: the next one need not restart PortAudio again
 
 
 def _count_stream(delta: int) -> None:
@@ -104,6 +106,7 @@ def _count_stream(delta: int) -> None:
         )
     try:
         _open_streams = max(0, _open_streams + delta)
+        _streams_changed.notify_all()
     finally:
         _streams_lock.release()
 
@@ -171,18 +174,42 @@ def release(stream: Any, what: str) -> None:
     threading.Thread(target=shut, name=f"portaudio: close {what}", daemon=True).start()
 
 
+def reinitialize(limit_s: float) -> None:
+    """Restart PortAudio (Pa_Terminate / Pa_Initialize) so that it sees the system's current devices and defaults
+    (CoreAudio fixes the default device when PortAudio initialises). Waits up to `limit_s` for our streams to be
+    closed first, since a restart would invalidate them: AudioDeviceError if they are not. Blocking: run it
+    through `call`; no stream of ours can open while it runs."""
+    global _just_restarted
+    sd = _sounddevice()
+    with _streams_changed:
+        if not _streams_changed.wait_for(lambda: _open_streams == 0, limit_s):
+            raise AudioDeviceError(
+                f"{_open_streams} audio stream(s) did not close within {limit_s:g} s, so PortAudio was not "
+                "restarted for the new default device (the sound server is not answering); check the sound system"
+            )
+        try:
+            sd._terminate()
+            sd._initialize()
+        except sd.PortAudioError as e:
+            raise AudioDeviceError(f"PortAudio could not restart: {e}; check the sound system") from e
+        _just_restarted = True
+
+
 def list_devices() -> list[Device]:
     """Every device PortAudio sees, with the default input and output marked.
 
     Re-scans (so devices plugged in since start-up appear) unless one of our streams is open, because a re-scan
-    restarts PortAudio and would close it. Blocking: the daemon calls it through `call`.
+    restarts PortAudio and would close it, or `reinitialize` has just restarted it. Blocking: the daemon calls it
+    through `call`.
     """
+    global _just_restarted
     sd = _sounddevice()
     try:
         with _streams_lock:  # blocking: list_devices runs on a worker thread (`call`)
-            if _open_streams == 0:
+            if _open_streams == 0 and not _just_restarted:
                 sd._terminate()
                 sd._initialize()
+            _just_restarted = False
             raw = sd.query_devices()
             apis = [a["name"] for a in sd.query_hostapis()]
             default_in, default_out = sd.default.device

@@ -80,6 +80,12 @@ class Pacer:
         return min(self.max_s, max(self.base_s, deepest + self.base_s))
 
 
+def _settle(done: concurrent.futures.Future[None]) -> None:
+    """Mark a switch request done, unless its caller stopped waiting (a cancelled future takes no result)."""
+    if done.set_running_or_notify_cancel():
+        done.set_result(None)
+
+
 class Playback:
     """Context manager (sync or async), or start()/close(): float32 mono audio at `rate` out of the speaker.
 
@@ -112,6 +118,8 @@ class Playback:
         self._generation = 0  # which stream is current: a stopped old one's finished callback is no loss
         self._closing = False
         self._restart_wanted = False
+        self._switches: list[tuple[bool, concurrent.futures.Future[None]]] = []  # (suspend?, done) for the supervisor
+        self._suspended = False  # the stream is closed for a device switch: no reopening until resume()
         self._wake = threading.Condition()
         self._supervisor: threading.Thread | None = None
         self._started: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -185,6 +193,27 @@ class Playback:
         if self._loop is None and self._supervisor is not None:  # a plain script: let the close finish
             self._supervisor.join(devices.CALL_TIMEOUT_S * 2)
 
+    def suspend(self) -> concurrent.futures.Future[None]:
+        """Close the stream for a device switch (PortAudio is about to restart); done once it is released.
+        write() keeps queueing meanwhile: the unplayed rest of a reply plays on the new device after resume()
+        (only what the old device had buffered, at most its latency, is skipped; it counts as played)."""
+        return self._ask_switch(True)
+
+    def resume(self) -> concurrent.futures.Future[None]:
+        """Reopen on the (new) default device after suspend(); done once it plays, or once it failed (then the
+        speaker is lost: reported and retried as when unplugged)."""
+        return self._ask_switch(False)
+
+    def _ask_switch(self, suspend: bool) -> concurrent.futures.Future[None]:
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        with self._wake:
+            if self._closing or self._supervisor is None or not self._supervisor.is_alive():
+                done.set_result(None)  # nothing to switch: no stream will open again
+            else:
+                self._switches.append((suspend, done))
+                self._wake.notify()
+        return done
+
     @property
     def ok(self) -> bool:
         """Whether a speaker is open and playing (False while it is lost and being retried)."""
@@ -202,13 +231,24 @@ class Playback:
         retry_at = 0.0
         while True:
             with self._wake:
-                self._wake.wait_for(lambda: self._closing or self._restart_wanted or self._lost, WATCH_S)
+                self._wake.wait_for(
+                    lambda: self._closing or self._restart_wanted or self._lost or bool(self._switches), WATCH_S
+                )
                 closing, restart = self._closing, self._restart_wanted
                 self._restart_wanted = False
+                switches, self._switches = self._switches, []
             if closing:
+                for _, done in switches:
+                    _settle(done)
                 break
             try:
-                retry_at = self._step(restart, retry_at)
+                for suspend, done in switches:
+                    try:
+                        self._switch(suspend)
+                    finally:
+                        _settle(done)
+                if not self._suspended:
+                    retry_at = self._step(restart, retry_at)
             except Exception:  # a surprise from PortAudio must not end supervision: the next round looks again
                 log.exception("the speaker's supervisor failed")
         self._ok = False
@@ -260,7 +300,7 @@ class Playback:
                     dtype="float32",
                     blocksize=frame_samples(fmt.rate, self.cfg.block_ms),
                     latency=self.device_latency,
-                    callback=self._callback,
+                    callback=lambda *a: self._callback(generation, *a),
                     finished_callback=lambda: self._finished(generation),
                 ),
                 "opening the output stream",
@@ -351,6 +391,36 @@ class Playback:
             return False
         return True
 
+    def _switch(self, suspend: bool) -> None:
+        """Supervisor: close the stream for a device switch, or reopen it on the (new) default afterwards."""
+        if suspend and not self._suspended:
+            self._suspended = True
+            stream, self._stream = self._stream, None
+            if stream is not None:
+                # what it held unplayed (at most its latency) still counts as played: positions after the switch
+                # keep matching the written audio (the echo canceller's reference depends on it)
+                self._release(stream)
+        elif not suspend and self._suspended:
+            self._suspended = False
+            was_ok = self._ok
+            try:
+                self._open()
+            except AudioDeviceError as e:
+                if was_ok:
+                    self._lose("could not be opened after the default device changed", e)
+                return
+            if not was_ok:
+                self._send(DeviceStatus("output", True, "speaker is back", time.monotonic()))
+
+    def _forget_unplayed(self, now: float) -> None:
+        """The stream is gone (`_lock` held): what it was handed but had not played by `now` was never heard."""
+        while self._blocks and self._blocks[-1][0] >= now:  # handed over but never reached the DAC
+            self._blocks.pop()
+        if self._blocks:  # the block at the DAC when it went: heard up to now
+            dac, frames, n, level = self._blocks.pop()
+            heard = min(n, max(0, round((now - dac) * self._dev_rate)))
+            self._blocks.append((dac, frames, heard, level))
+
     def _lose(self, why: str, e: AudioDeviceError) -> None:
         """No speaker: drop the queued audio (played_samples stays at what was heard) and report it."""
         now = time.monotonic()
@@ -360,12 +430,7 @@ class Playback:
             self._queued = 0
             self._hold = False
             self._starved = False
-            while self._blocks and self._blocks[-1][0] >= now:  # handed over but never reached the DAC
-                self._blocks.pop()
-            if self._blocks:  # the block at the DAC when it went: heard up to now
-                dac, frames, n, level = self._blocks.pop()
-                heard = min(n, max(0, round((now - dac) * self._dev_rate)))
-                self._blocks.append((dac, frames, heard, level))
+            self._forget_unplayed(now)
         name = self.device.name if self.device else "?"
         message = (
             f"speaker {name!r} {why} (device unplugged or the sound server went away); replies are text only until "
@@ -524,7 +589,10 @@ class Playback:
         self._queued += len(tail)
         return True
 
-    def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+    def _callback(self, generation: int, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        if generation != self._generation:  # a released stream, still calling back while it closes: play nothing
+            outdata.fill(0.0)
+            return
         now = self._last_callback = time.monotonic()
         # PortAudio's clock is not ours: carry over the delay until this block is heard
         delay = time_info.outputBufferDacTime - time_info.currentTime

@@ -6,12 +6,14 @@ sessions whose audio comes from and goes to a WebSocket client (the `/v1/realtim
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import numpy as np
 
 from assistant import events
+from assistant.endofturn import EndOfTurnPolicy
+from assistant.tools.calls import ToolChoice
 
 
 class Subscription(Protocol):
@@ -43,6 +45,23 @@ class Controller(Protocol):
     def history_get(self) -> list[dict[str, Any]]: ...
     def history_reset(self) -> None: ...
     def subscribe(self, maxsize: int = 256) -> Subscription: ...
+    def set_app_tools(
+        self,
+        owner: str,
+        tools: list[dict[str, Any]],
+        timeout_s: float,
+        send: Callable[[str, str, dict[str, Any]], None],
+    ) -> list[str]:
+        """A connected app's tools (`{"type": "function", "function": {...}}` schemas) for the voice loop, replacing
+        its earlier ones ([] withdraws them); a call goes to the app as `send(call_id, name, arguments)` and waits
+        up to `timeout_s` for `app_tool_result`. Returns the names offered now. InputError for a name the daemon or
+        another app already uses."""
+
+    def app_tool_result(self, owner: str, call_id: str, output: str, error: str | None = None) -> None:
+        """The app's answer to a call it was sent (`error`: it failed); InputError when none awaits `call_id`."""
+
+    def app_gone(self, owner: str) -> None:
+        """The app disconnected: its tools are withdrawn and its unanswered calls fail at once."""
 
 
 class RealtimeSession(Protocol):
@@ -65,8 +84,15 @@ class RealtimeSession(Protocol):
 
     def set_instructions(self, text: str) -> None: ...
     def set_voice(self, name: str) -> None: ...  # ConfigError naming the voices when unknown
-    def set_turn_detection(self, hangover_ms: int | None, create_response: bool, interrupt_response: bool) -> None:
-        """`hangover_ms` None = manual turns (commit_audio); else server VAD with this end-of-turn silence."""
+    def set_turn_detection(
+        self,
+        hangover_ms: int | None,
+        create_response: bool,
+        interrupt_response: bool,
+        semantic: EndOfTurnPolicy | None = None,
+    ) -> None:
+        """`hangover_ms` None = manual turns (commit_audio); else server VAD with this end-of-turn silence, or
+        the `semantic` policy's decision (semantic_vad; ConfigError when its model is not loaded)."""
 
     def append_audio(self, samples: np.ndarray) -> None: ...
     def commit_audio(self) -> None: ...
@@ -78,6 +104,18 @@ class RealtimeSession(Protocol):
     def delete_item(self, role: str, text: str) -> None:
         """Forget the newest `role` ("user" / "assistant") message whose text is `text`; InputError when the
         history holds none."""
+
+    def set_functions(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
+        """The client's functions (`{"type": "function", "function": {name, description, parameters}}`) and the
+        tool choice, from the next reply on. A reply whose model calls them emits FunctionCall events (one per
+        call) before its ResponseDone and keeps its answer open for the outputs."""
+
+    def functions_for_next_response(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
+        """Tools and choice for the next reply only (response.create's own)."""
+
+    def add_function_output(self, call_id: str, output: str) -> None:
+        """The client's output of a call from the last reply; the next `create_response()` continues that answer
+        with every output (a call without one gets an error result). InputError for an unknown call id."""
 
     def events(self) -> AsyncIterator[events.SessionEvent]: ...
     async def close(self) -> None: ...

@@ -7,15 +7,18 @@ synchronous methods and returns the frames to send; `say` and `ask` are long-run
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from assistant import __version__
 from assistant.errors import AssistantError, ConfigError, InputError
 from assistant.server import protocol as p
+from assistant.server import realtime_protocol as rp
 from assistant.server.controller import Controller
 
 INTERNAL_DETAIL_CHARS = 200  # of an unexpected exception's text in the client's error (the log has the rest)
+TOOL_TIMEOUT_RANGE = (0.1, 300.0)  # seconds the voice loop waits for an app's tool result
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,15 @@ class NativeConnection:
         max_bytes: int = 1 << 20,
         commands_per_s: float = 20.0,
         limits: p.Limits = p.DEFAULT_LIMITS,
+        send: Callable[[str], None] | None = None,
+        owner: str = "app",
     ) -> None:
         self.controller = controller
         self.max_bytes, self.commands_per_s, self.limits = max_bytes, commands_per_s, limits
         self.limiter = p.TokenBucket(commands_per_s, max(1.0, commands_per_s), now)  # bursts of one second's worth
         self.subscribed = False
+        self.send = send  # queues a frame to this client unasked (tool calls); None: no tools can be registered
+        self.owner = owner  # names this connection's tools in the controller
 
     def hello(self) -> str:
         return p.encode(p.Hello(p.PROTOCOL_VERSION, f"assistant {__version__}"))
@@ -75,6 +82,11 @@ class NativeConnection:
             return c.config_set(cmd.changes)
         if isinstance(cmd, p.HistoryGet):
             return {"history": c.history_get()}
+        if isinstance(cmd, p.ToolsRegister):
+            return {"tools": self._register(cmd)}
+        if isinstance(cmd, p.ToolResult):
+            self._answer(cmd)
+            return {}
         actions = {
             p.Interrupt: c.interrupt,
             p.Mute: c.mute,
@@ -88,6 +100,45 @@ class NativeConnection:
         else:
             actions[type(cmd)]()
         return {}
+
+    # ---- the app's tools ------------------------------------------------------------------------------------
+
+    def _register(self, cmd: p.ToolsRegister) -> list[str]:
+        if self.send is None:
+            raise p.WireError("unsupported", "this connection cannot take tool calls", cmd.id)
+        lo, hi = TOOL_TIMEOUT_RANGE
+        if not lo <= cmd.timeout_s <= hi:
+            raise p.WireError("bad_field", f"`tools.register.timeout_s` must be from {lo:g} to {hi:g} s", cmd.id)
+        try:
+            functions = rp.decode_functions(cmd.tools, "tools.register.tools", None)
+        except p.WireError as e:
+            raise p.WireError(e.code, str(e), cmd.id) from e
+        offered = self.controller.set_app_tools(
+            self.owner, [f.schema() for f in functions], cmd.timeout_s, self._tool_call
+        )
+        self.registered = bool(functions)
+        return offered
+
+    def _tool_call(self, call_id: str, name: str, arguments: dict[str, Any]) -> None:
+        """The voice loop calls one of this app's tools: a `tool.call` frame to the app."""
+        assert self.send is not None
+        self.send(p.encode(p.ToolCall(call_id, name, arguments)))
+
+    def _answer(self, cmd: p.ToolResult) -> None:
+        if cmd.error is not None:
+            self.controller.app_tool_result(self.owner, cmd.call_id, "", cmd.error[: self.limits.text_chars])
+        elif len(cmd.output) > self.limits.text_chars:
+            why = f"the app's result was over {self.limits.text_chars} characters"
+            self.controller.app_tool_result(self.owner, cmd.call_id, "", why)
+            why = f"`tool.result.output` is over {self.limits.text_chars} characters; the model was told it failed"
+            raise p.WireError("too_long", why, cmd.id)
+        else:
+            self.controller.app_tool_result(self.owner, cmd.call_id, cmd.output)
+
+    def close(self) -> None:
+        """The app disconnected: its tools are withdrawn and its unanswered calls fail (the model hears why)."""
+        if self.send is not None:
+            self.controller.app_gone(self.owner)
 
     def finished(self, cmd: p.Command, result: dict[str, Any]) -> str:
         """The reply frame of a command that succeeded."""

@@ -173,6 +173,28 @@ class Unsubscribe:
     id: JsonId | None = None
 
 
+@dataclass(frozen=True)
+class ToolsRegister:
+    """Offer the voice loop these tools ({"name", "description", "parameters"}; [] withdraws them): the daemon sends
+    `tool.call` when its model calls one and waits up to `timeout_s` for the `tool.result`."""
+
+    tools: list[dict[str, Any]]
+    timeout_s: float = 10.0
+    type: Literal["tools.register"] = "tools.register"
+    id: JsonId | None = None
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """The app's answer to a `tool.call`: its `output` text, or `error` (what went wrong, for the model)."""
+
+    call_id: str
+    output: str = ""
+    error: str | None = None
+    type: Literal["tool.result"] = "tool.result"
+    id: JsonId | None = None
+
+
 Command = (
     Status
     | Say
@@ -188,6 +210,8 @@ Command = (
     | HistoryReset
     | Subscribe
     | Unsubscribe
+    | ToolsRegister
+    | ToolResult
 )
 COMMANDS: dict[str, type] = {get_args(get_type_hints(c)["type"])[0]: c for c in get_args(Command)}
 
@@ -243,7 +267,17 @@ class EventMessage:
     event: events.Event
 
 
-ServerMessage = Hello | Reply | Error | AskDelta | EventsDropped | EventMessage
+@dataclass(frozen=True)
+class ToolCall:
+    """The voice loop's model called one of this app's tools: run it and send `tool.result` with this call_id."""
+
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    type: Literal["tool.call"] = "tool.call"
+
+
+ServerMessage = Hello | Reply | Error | AskDelta | EventsDropped | EventMessage | ToolCall
 
 # Wire names of the pipeline events; ErrorEvent travels as an `error` with code "pipeline".
 EVENT_TYPES: dict[type, str] = {

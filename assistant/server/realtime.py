@@ -10,17 +10,19 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from assistant import events
 from assistant.audio.format import CAPTURE_RATE, StreamResampler, float32_to_int16
 from assistant.audio.tempo import TimeStretch
+from assistant.endofturn import eagerness_policy
 from assistant.errors import AssistantError
 from assistant.server import realtime_protocol as rp
 from assistant.server.controller import RealtimeSession
 from assistant.server.protocol import Limits, TokenBucket, WireError, clip
+from assistant.tools.calls import ToolChoice
 
 DEFAULT_DETECTION = rp.TurnDetection()  # OpenAI sessions start with server_vad on
 RESAMPLE_PIECE = rp.RATE // 2  # 12,000 samples = 0.5 s at 24 kHz
@@ -37,6 +39,9 @@ class _Response:
     stretch: TimeStretch | None = None  # session.audio.output.speed != 1
     down: StreamResampler | None = None  # 24 kHz -> 8 kHz for G.711 output
     cleared: bool = False  # output_audio_buffer.clear: the rest of the audio is not sent
+    opened: bool = False  # the message item was announced (its first text or audio came, or the response ended)
+    message: dict[str, object] | None = None  # the finished message item
+    calls: list[dict[str, object]] = field(default_factory=list)  # the function_call items, in output order
 
 
 @dataclass
@@ -102,6 +107,8 @@ class RealtimeConversation:
         self.idle_since: float | None = now  # when the session last went quiet (for idle_timeout_ms)
         self.segments = itertools.count(1)
         self.user_audio_ms = 0  # user audio committed since the last response (its usage)
+        self.awaiting_calls: set[str] = set()  # call ids of the last response's function calls (outputs expected)
+        self.trace: events.LatencyTrace | None = None  # the latest reply's trace (its token counts)
 
     # the effective settings, read by the server and tests
     @property
@@ -124,11 +131,7 @@ class RealtimeConversation:
 
     def start(self, wall_clock: float = 0.0) -> Out:
         self.session.set_instructions(self.settings.instructions)
-        self.session.set_turn_detection(
-            DEFAULT_DETECTION.silence_duration_ms,
-            DEFAULT_DETECTION.create_response,
-            DEFAULT_DETECTION.interrupt_response,
-        )
+        self._detect(DEFAULT_DETECTION)
         self.expires_at = int(wall_clock) + rp.SESSION_LIFETIME_S if wall_clock else 0
         created: Out = [rp.SessionCreated(self._session())]
         if self.out.beta:  # the beta API announced the conversation; GA sessions start with session.created alone
@@ -202,6 +205,13 @@ class RealtimeConversation:
     def _update(self, ev: rp.SessionUpdate) -> Out:
         # everything is checked before anything changes (a bad voice leaves the instructions as they were)
         s = self.settings
+        tools = s.tools if ev.tools is None else ev.tools
+        choice = ev.tool_choice or s.tool_choice
+        if ev.tools is not None or ev.tool_choice is not None:
+            _check_choice(choice, tools, "session.tool_choice", ev.event_id)
+        if ev.turn_detection_given:  # first: semantic_vad without its model is refused before anything changes
+            self._detect(ev.turn_detection)
+            s = replace(s, detection=ev.turn_detection)
         if ev.voice is not None:
             profile = self.resolve_voice(ev.voice) if self.resolve_voice is not None else ev.voice
             self.session.set_voice(profile)
@@ -209,13 +219,6 @@ class RealtimeConversation:
         if ev.instructions is not None:
             self.session.set_instructions(ev.instructions)
             s = replace(s, instructions=ev.instructions)
-        if ev.turn_detection_given:
-            d = ev.turn_detection
-            if d is None:
-                self.session.set_turn_detection(None, False, False)
-            else:
-                self.session.set_turn_detection(d.silence_duration_ms, d.create_response, d.interrupt_response)
-            s = replace(s, detection=d)
         if ev.audio_output is not None:
             s = replace(s, audio_output=ev.audio_output)
         if ev.input_format is not None and ev.input_format != s.input_format:
@@ -230,8 +233,20 @@ class RealtimeConversation:
             s = replace(s, transcription=ev.transcription)
         if ev.model is not None:
             s = replace(s, model=ev.model)
+        if (tools, choice) != (self.settings.tools, self.settings.tool_choice):
+            self.session.set_functions([f.schema() for f in tools], choice)
+            s = replace(s, tools=tools, tool_choice=choice)
         self.settings = s
         return [rp.SessionUpdated(self._session())]
+
+    def _detect(self, d: rp.TurnDetection | None) -> None:
+        """Give the session its turn detection: none (manual commits), server_vad's silence, or semantic_vad's
+        Smart Turn policy for the eagerness (endofturn.EAGERNESS)."""
+        if d is None:
+            self.session.set_turn_detection(None, False, False)
+            return
+        semantic = eagerness_policy(d.eagerness) if d.kind == "semantic_vad" else None
+        self.session.set_turn_detection(d.silence_duration_ms, d.create_response, d.interrupt_response, semantic)
 
     def _handle(self, ev: rp.ClientEvent) -> Out:
         if isinstance(ev, rp.SessionUpdate):
@@ -257,7 +272,19 @@ class RealtimeConversation:
             self.session.clear_audio()
             self.user_item = None
             return [rp.BufferCleared()]
+        if isinstance(ev, rp.FunctionOutput):
+            return self._function_output(ev)
         if isinstance(ev, rp.ItemCreate):
+            if self.awaiting_calls:
+                waiting = ", ".join(sorted(self.awaiting_calls))
+                return [
+                    _error(
+                        "invalid_value",
+                        f"function calls await their output ({clip(waiting)}); create a function_call_output item "
+                        "for each (then response.create) before a new user message",
+                        ev.event_id,
+                    )
+                ]
             self.session.add_user_text(ev.text)
             item_id = ev.item_id or self._id("item")
             if item_id in self.items:
@@ -293,6 +320,11 @@ class RealtimeConversation:
                         ev.event_id,
                     )
                 ]
+            if ev.tools is not None or ev.tool_choice is not None:
+                tools = self.settings.tools if ev.tools is None else ev.tools
+                choice = ev.tool_choice or self.settings.tool_choice
+                _check_choice(choice, tools, "response.tool_choice", ev.event_id)
+                self.session.functions_for_next_response([f.schema() for f in tools], choice)
             self.session.create_response(ev.instructions)
             self.requested = True
             self.idle_since = None
@@ -302,6 +334,17 @@ class RealtimeConversation:
         self.session.cancel_response()
         self.cancel_requested = True
         return []
+
+    def _function_output(self, ev: rp.FunctionOutput) -> Out:
+        item_id = ev.item_id or self._id("item")
+        if item_id in self.items:
+            return [_error("item_already_exists", f"an item {clip(item_id)} exists; use a new id", ev.event_id)]
+        self.session.add_function_output(ev.call_id, ev.output)  # InputError for a call id it did not hand out
+        self.awaiting_calls.discard(ev.call_id)
+        item = rp.function_output_item(item_id, ev.call_id, ev.output)
+        previous = self._add(item_id, item)
+        self.unanswered = True
+        return [rp.ItemAdded(previous, item), rp.ItemDone(previous, item)]
 
     def _uncommitted_ms(self) -> float:
         return self.uncommitted * 1000 / rp.FORMAT_RATES[self.input_format]
@@ -387,19 +430,24 @@ class RealtimeConversation:
         return self.idle_since + d.idle_timeout_ms / 1000
 
     def tick(self, now: float) -> Out:
-        """The idle timeout: no speech for idle_timeout_ms after the last reply -> timeout_triggered, and the
-        (silent) input buffer is committed as a user audio item."""
+        """The idle timeout, as OpenAI's: no speech for idle_timeout_ms after the last reply's audio finished
+        playing -> timeout_triggered, the (silent) input buffer committed as a user audio item, and a response
+        that prompts the user to go on (the conversation is told how long they were silent)."""
         deadline = self.deadline()
-        if deadline is None or now < deadline:
+        d = self.detection
+        if deadline is None or now < deadline or d is None or d.idle_timeout_ms is None:
             return []
         self.idle_since = None  # once per quiet stretch
         item_id = self._id("item")
-        start = round(self.appended_ms - self._uncommitted_ms())
-        out: Out = [rp.TimeoutTriggered(item_id, start, round(self.appended_ms))]
-        if self.uncommitted:
-            self._feed(self.resampler.flush())
-            self.session.commit_audio()
-            out += self._committed(item_id, start, round(self.appended_ms))
+        end = round(self.appended_ms)
+        start = max(round(self.appended_ms - self._uncommitted_ms()), end - d.idle_timeout_ms, 0)
+        out: Out = [rp.TimeoutTriggered(item_id, start, end)]
+        self._feed(self.resampler.flush())
+        self.session.commit_audio()  # empty or silent: its transcript ("" or what the model heard) comes back
+        out += self._committed(item_id, start, end)
+        self.session.add_user_text(idle_note(d.idle_timeout_ms))
+        self.session.create_response()
+        self.requested = True
         return out
 
     # ---- session events ------------------------------------------------------------------------------------
@@ -431,6 +479,7 @@ class RealtimeConversation:
             out = [] if self.response is not None and self.response.turn == ev.turn else self._start(ev.turn, ev.time)
             r = self.response
             assert r is not None
+            out += self._open(r)
             r.transcript += ev.text
             r.text_deltas += 1
             if self.audio_output:
@@ -442,7 +491,12 @@ class RealtimeConversation:
             assert r is not None
             if not self.audio_output or len(ev.audio) == 0 or r.cleared:
                 return out
-            return [*out, *self._audio(r, ev.audio)]
+            return [*out, *self._open(r), *self._audio(r, ev.audio)]
+        if isinstance(ev, events.FunctionCall):
+            return self._function_call(ev)
+        if isinstance(ev, events.LatencyTrace):
+            self.trace = ev  # the core sends a reply's trace just before its ResponseDone
+            return []
         if isinstance(ev, events.ResponseDone):
             return self._done(ev)
         if isinstance(ev, events.ErrorEvent):
@@ -505,15 +559,49 @@ class RealtimeConversation:
             r.stretch = TimeStretch(self.settings.speed, rp.RATE)
         if self.settings.output_format != "pcm16":
             r.down = StreamResampler(rp.RATE, rp.FORMAT_RATES[self.settings.output_format])
+        self.awaiting_calls.clear()  # a new response answers (or dropped) the last one's calls
+        return [
+            rp.ResponseCreated(rp.response_object(r.response_id, "in_progress", [], self.audio_output)),
+            rp.RateLimitsUpdated([self._requests_limit(now)]),  # as OpenAI does, when a response begins
+        ]
+
+    def _open(self, r: _Response) -> Out:
+        """The assistant message item and its content part, announced before its first text or audio."""
+        if r.opened:
+            return []
+        r.opened = True
         item = rp.message_item(r.item_id, "assistant", "in_progress", [])
         part = {"type": "audio", "transcript": ""} if self.audio_output else {"type": "text", "text": ""}
         previous = self._add(r.item_id, item)
         return [
-            rp.ResponseCreated(rp.response_object(r.response_id, "in_progress", [], self.audio_output)),
-            rp.RateLimitsUpdated([self._requests_limit(now)]),  # as OpenAI does, when a response begins
             rp.OutputItemAdded(r.response_id, 0, item),
             rp.ItemAdded(previous, item),
             rp.ContentPartAdded(r.response_id, r.item_id, 0, 0, part),
+        ]
+
+    def _function_call(self, ev: events.FunctionCall) -> Out:
+        """One function call of the response as its own output item, after the message it follows."""
+        out = [] if self.response is not None and self.response.turn == ev.turn else self._start(ev.turn, ev.time)
+        r = self.response
+        assert r is not None
+        if r.opened and r.message is None:
+            out += self._close(r, r.transcript.strip(), False)
+        index = len(r.calls) + (1 if r.opened else 0)
+        item_id = self._id("item")
+        item = rp.function_call_item(item_id, ev.call_id, ev.name, "", "in_progress")
+        previous = self._add(item_id, item)
+        done = rp.function_call_item(item_id, ev.call_id, ev.name, ev.arguments, "completed")
+        self.items[item_id] = done
+        r.calls.append(done)
+        self.awaiting_calls.add(ev.call_id)
+        return [
+            *out,
+            rp.OutputItemAdded(r.response_id, index, item),
+            rp.ItemAdded(previous, item),
+            rp.FunctionCallArgumentsDelta(r.response_id, item_id, index, ev.call_id, ev.arguments),
+            rp.FunctionCallArgumentsDone(r.response_id, item_id, index, ev.call_id, ev.name, ev.arguments),
+            rp.OutputItemDone(r.response_id, index, done),
+            rp.ItemDone(previous, done),
         ]
 
     def _done(self, ev: events.ResponseDone) -> Out:
@@ -521,13 +609,30 @@ class RealtimeConversation:
         r = self.response
         assert r is not None
         self.response = None
+        if not r.opened and not r.calls:  # a response says something, or calls: an empty one has an empty message
+            out += self._open(r)
+        if r.opened and r.message is None:
+            text = ev.text if ev.text or ev.interrupted else r.transcript  # the session's word is final
+            out += self._close(r, text, ev.interrupted)
+        status = "cancelled" if ev.interrupted else "completed"
+        reason = None if not ev.interrupted else "client_cancelled" if self.cancel_requested else "turn_detected"
+        self.cancel_requested = False
+        if self.detection is not None:
+            self.idle_since = ev.time + r.samples_sent / rp.RATE  # quiet once the client has played the reply
+        usage = self._usage(r)
+        output = [r.message] if r.message is not None else []
+        response = rp.response_object(r.response_id, status, output + r.calls, self.audio_output, reason, usage)
+        return [*out, rp.ResponseDoneEvent(response)]
+
+    def _close(self, r: _Response, text: str, interrupted: bool) -> Out:
+        """The message item's last audio and its done events (before its function calls, or at response.done)."""
+        out: Out = []
         if r.stretch is not None and not r.cleared:
             out += self._send_audio(r, r.stretch.flush())
         if r.down is not None and not r.cleared and len(tail := r.down.flush()):
             out.append(
                 rp.AudioDelta(r.response_id, r.item_id, 0, 0, rp.encode_audio(tail, self.settings.output_format))
             )
-        text = ev.text if ev.text or ev.interrupted else r.transcript  # the session's word is final
         part: dict[str, object]
         content: dict[str, object]
         if self.audio_output:
@@ -543,39 +648,42 @@ class RealtimeConversation:
             part = {"type": "text", "text": text}
             content = {"type": "output_text", "text": text}
             out.append(rp.TextDone(r.response_id, r.item_id, 0, 0, text))
-        status = "cancelled" if ev.interrupted else "completed"
-        item = rp.message_item(r.item_id, "assistant", "incomplete" if ev.interrupted else "completed", [content])
+        item = rp.message_item(r.item_id, "assistant", "incomplete" if interrupted else "completed", [content])
+        r.message = item
         previous = None
         if r.item_id in self.items:
             self.items[r.item_id] = item
             keys = list(self.items)
             previous = keys[keys.index(r.item_id) - 1] if keys.index(r.item_id) else None
         self.answered[r.item_id] = (r.turn, r.samples_sent * 1000 // rp.RATE)
-        reason = None if not ev.interrupted else "client_cancelled" if self.cancel_requested else "turn_detected"
-        self.cancel_requested = False
-        if self.detection is not None:
-            self.idle_since = ev.time + r.samples_sent / rp.RATE  # quiet once the client has played the reply
-        usage = self._usage(r)
-        response = rp.response_object(r.response_id, status, [item], self.audio_output, reason, usage)
         return [
             *out,
             rp.ContentPartDone(r.response_id, r.item_id, 0, 0, part),
             rp.OutputItemDone(r.response_id, 0, item),
             rp.ItemDone(previous, item),
-            rp.ResponseDoneEvent(response),
         ]
 
     def _usage(self, r: _Response) -> dict[str, object]:
-        """Usage of one response: audio in 80 ms STT frames and 12.5 Hz codec frames, text in streamed pieces."""
+        """Usage of one response: audio in 80 ms STT frames and 12.5 Hz codec frames; text as the LLM's tokenizer
+        counted it (its prompt, and of that what came from the prompt cache), or in streamed pieces where the
+        LLM gave no count (an interrupted answer, a server without usage reports)."""
         audio_in = round(self.user_audio_ms / 1000 * AUDIO_TOKENS_PER_S)
         self.user_audio_ms = 0
         audio_out = round(r.samples_sent / rp.RATE * AUDIO_TOKENS_PER_S)
-        text_out = r.text_deltas
+        counts = self.trace.extra if self.trace is not None and self.trace.turn == r.turn else {}
+        text_out = round(counts.get("output_tokens", r.text_deltas))
+        input_details: dict[str, object] = {"audio_tokens": audio_in}
+        if "prompt_tokens" in counts:
+            input_details["text_tokens"] = round(counts["prompt_tokens"])
+        if "cached_tokens" in counts:
+            cached = round(counts["cached_tokens"])
+            input_details |= {"cached_tokens": cached, "cached_tokens_details": {"text_tokens": cached}}
+        text_in = round(counts.get("prompt_tokens", 0))
         return {
-            "total_tokens": audio_in + audio_out + text_out,
-            "input_tokens": audio_in,  # audio only (see input_token_details)
+            "total_tokens": audio_in + text_in + audio_out + text_out,
+            "input_tokens": audio_in + text_in,
             "output_tokens": audio_out + text_out,
-            "input_token_details": {"audio_tokens": audio_in},  # text in is not counted: left out, not 0
+            "input_token_details": input_details,  # a count we do not know is left out, not 0
             "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
         }
 
@@ -589,6 +697,22 @@ class RealtimeConversation:
             "remaining": int(tokens),
             "reset_seconds": round(reset, 3),
         }
+
+
+def _check_choice(choice: ToolChoice, tools: tuple[rp.Function, ...], path: str, event_id: str | None) -> None:
+    """A forced function must be one of the tools; any forced call needs a tool."""
+    names = [f.name for f in tools]
+    if choice.mode == "function" and choice.name not in names:
+        offered = ", ".join(names) or "none"
+        why = f"`{path}` names function {clip(choice.name)}, which is not among the tools ({clip(offered)})"
+        raise WireError("invalid_value", f"{why}; add it to tools or choose another", event_id)
+    if choice.mode == "required" and not names:
+        raise WireError("invalid_value", f'`{path}` is "required" but no tools are offered; send tools first', event_id)
+
+
+def idle_note(idle_ms: int) -> str:
+    """What the conversation is told when the idle timeout fires (a user message: chat templates need one)."""
+    return f"(The user has said nothing for {idle_ms / 1000:g} seconds.)"
 
 
 def _item_text(item: dict[str, object]) -> str:

@@ -16,7 +16,9 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 import assistant.server.g711 as g711
+from assistant.endofturn import EAGERNESS
 from assistant.server.protocol import DEFAULT_LIMITS, Limits, WireError, clip, parse_json
+from assistant.tools.calls import AUTO, ToolChoice
 
 MAX_ID_CHARS = 128  # event, item and response ids and voice names a client may send
 RATE = 24_000  # pcm16 mono 24 kHz, little-endian ("audio/pcm" rate 24000, beta "pcm16"): the default format
@@ -25,14 +27,12 @@ AudioFormat = Literal["pcm16", "pcmu", "pcma"]  # pcm16 24 kHz, G.711 mu-law 8 k
 FORMAT_RATES: dict[str, int] = {"pcm16": RATE, "pcmu": g711.RATE, "pcma": g711.RATE}
 GA_FORMATS: dict[str, AudioFormat] = {"audio/pcm": "pcm16", "audio/pcmu": "pcmu", "audio/pcma": "pcma"}
 BETA_FORMATS: dict[str, AudioFormat] = {"pcm16": "pcm16", "g711_ulaw": "pcmu", "g711_alaw": "pcma"}
-# semantic_vad eagerness -> the end-of-turn silence our detector waits (low waits longest, as OpenAI's does)
-EAGERNESS_MS = {"low": 1200, "medium": 800, "auto": 800, "high": 400}
 SPEED_RANGE = (0.5, 1.5)  # OpenAI allows 0.25-1.5; the time stretch keeps the voice natural from 0.5 up
 
 
 @dataclass(frozen=True)
 class TurnDetection:
-    """server_vad or semantic_vad; semantic_vad's eagerness sets the end-of-turn silence (EAGERNESS_MS).
+    """server_vad or semantic_vad; semantic_vad's eagerness picks the Smart Turn policy (endofturn.EAGERNESS).
     `idle_timeout_ms`: with no speech this long after a reply, input_audio_buffer.timeout_triggered and a reply."""
 
     silence_duration_ms: int = 500
@@ -51,6 +51,29 @@ class Transcription:
     language: str | None = None
 
 
+MAX_TOOLS = 128  # functions one session or response may offer
+MAX_DESCRIPTION_CHARS = 4096  # a function's description (it goes into every prompt)
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+@dataclass(frozen=True)
+class Function:
+    """A function the client offers (session.tools / response.tools): the client runs it when the model calls it."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}}, compare=False)
+
+    def wire(self) -> dict[str, Any]:
+        """As session.updated reports it (GA and beta: RealtimeFunctionTool)."""
+        return {"type": "function", "name": self.name, "description": self.description, "parameters": self.parameters}
+
+    def schema(self) -> dict[str, Any]:
+        """As chat templates render it (and OpenAI chat servers take it)."""
+        function = {"name": self.name, "description": self.description, "parameters": self.parameters}
+        return {"type": "function", "function": function}
+
+
 @dataclass(frozen=True)
 class SessionUpdate:
     """Only the fields present change; `turn_detection_given` tells a null turn_detection from an absent one."""
@@ -66,6 +89,8 @@ class SessionUpdate:
     transcription_given: bool = False
     transcription: Transcription | None = None
     model: str | None = None
+    tools: tuple[Function, ...] | None = None
+    tool_choice: ToolChoice | None = None
     type: Literal["session.update"] = "session.update"
     event_id: str | None = None
 
@@ -100,6 +125,17 @@ class ItemCreate:
 
 
 @dataclass(frozen=True)
+class FunctionOutput:
+    """A function_call_output item: the client's result of a function call the model made."""
+
+    call_id: str
+    output: str
+    item_id: str | None = None
+    type: Literal["conversation.item.create"] = "conversation.item.create"
+    event_id: str | None = None
+
+
+@dataclass(frozen=True)
 class ItemTruncate:
     item_id: str
     content_index: int
@@ -111,6 +147,8 @@ class ItemTruncate:
 @dataclass(frozen=True)
 class ResponseCreate:
     instructions: str | None = None
+    tools: tuple[Function, ...] | None = None  # for this response only (None: the session's)
+    tool_choice: ToolChoice | None = None
     type: Literal["response.create"] = "response.create"
     event_id: str | None = None
 
@@ -150,6 +188,7 @@ ClientEvent = (
     | AudioCommit
     | AudioClear
     | ItemCreate
+    | FunctionOutput
     | ItemTruncate
     | ResponseCreate
     | ResponseCancel
@@ -292,9 +331,12 @@ def decode_client_event(
     if kind == "response.create":
         response = r.sub("response")
         instructions = response.text("instructions", max_chars=limits.instructions_chars) if response else None
-        if response is not None:
-            _check_modalities(response)
-        return ResponseCreate(instructions, event_id=event_id)
+        if response is None:
+            return ResponseCreate(event_id=event_id)
+        _check_modalities(response)
+        tools = decode_functions(response.obj["tools"], "response.tools", event_id) if "tools" in response.obj else None
+        choice = _tool_choice(response.obj.get("tool_choice"), "response.tool_choice", event_id)
+        return ResponseCreate(instructions, tools, choice, event_id=event_id)
     return ResponseCancel(r.text("response_id"), event_id=event_id)
 
 
@@ -393,9 +435,9 @@ def _turn_detection(value: Any, path: str, event_id: str | None) -> TurnDetectio
     create, interrupt = r.flag("create_response", True), r.flag("interrupt_response", True)
     if kind == "semantic_vad":
         eagerness = value.get("eagerness", "auto")
-        if eagerness not in EAGERNESS_MS:
+        if eagerness not in EAGERNESS:
             raise r.fail("eagerness", "one of low, medium, high, auto", eagerness)
-        return TurnDetection(EAGERNESS_MS[eagerness], create, interrupt, "semantic_vad", eagerness, idle)
+        return TurnDetection(TurnDetection.silence_duration_ms, create, interrupt, "semantic_vad", eagerness, idle)
     silence = r.integer("silence_duration_ms") if "silence_duration_ms" in value else TurnDetection.silence_duration_ms
     return TurnDetection(silence, create, interrupt, idle_timeout_ms=idle)
 
@@ -424,8 +466,6 @@ _FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
     "truncation": ((None, "auto"), 'the daemon trims old turns itself; send "auto"'),
     "tracing": ((None,), "no traces are stored by this server; send null"),
     "prompt": ((None,), "stored prompts are not available; send instructions instead"),
-    "tools": ((None, []), "tool calling over Realtime is not available in this daemon; send []"),
-    "tool_choice": ((None, "auto", "none"), 'no tools are offered; send "auto"'),
     "parallel_tool_calls": ((None, True, False), "send true or false"),
     "reasoning": ((None,), "the daemon's LLM has no reasoning setting; send null"),
     "temperature": ((None, 0.8), "set llm.temperature in config.toml; send 0.8 or leave it out"),
@@ -433,8 +473,56 @@ _FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
 _SESSION_FIELDS = {
     "type", "model", "instructions", "output_modalities", "modalities", "audio", "voice", "input_audio_format",
     "output_audio_format", "turn_detection", "input_audio_transcription", "speed", "object", "id", "expires_at",
-    "client_secret", *_FIXED,
+    "client_secret", "tools", "tool_choice", *_FIXED,
 }  # fmt: skip
+
+
+def decode_functions(value: Any, path: str, event_id: str | None) -> tuple[Function, ...]:
+    """session.tools / response.tools: function tools only (GA and beta share the shape)."""
+    if not isinstance(value, list) or len(value) > MAX_TOOLS:
+        want = f"`{path}` must be a list of at most {MAX_TOOLS} tools, got {_show(value)}"
+        raise WireError("invalid_value", want, event_id)
+    out: list[Function] = []
+    for i, tool in enumerate(value):
+        where = f"{path}[{i}]"
+        if not isinstance(tool, dict):
+            raise WireError("invalid_value", f'`{where}` must be {{"type": "function", "name": ...}}', event_id)
+        if tool.get("type", "function") != "function":
+            raise _unsupported(
+                f"{where}.type", tool.get("type"), 'only "function" tools are offered (no MCP)', event_id
+            )
+        for name in tool:
+            if name not in ("type", "name", "description", "parameters"):
+                fix = "a function tool takes type, name, description, parameters"
+                raise _unsupported(f"{where}.{clip(name)}", tool[name], fix, event_id)
+        r = _Reader(tool, where, event_id)
+        fname = r.text("name", required=True, max_chars=64) or ""
+        if not fname or not set(fname) <= _NAME_CHARS:
+            raise r.fail("name", "1-64 letters, digits, _ or -", fname)
+        if fname in {f.name for f in out}:
+            raise r.fail("name", "a name no other tool of the list has", fname)
+        params = tool.get("parameters")
+        if params is not None and (not isinstance(params, dict) or params.get("type", "object") != "object"):
+            raise r.fail("parameters", 'a JSON schema object ({"type": "object", "properties": {...}})', params)
+        description = r.text("description", max_chars=MAX_DESCRIPTION_CHARS) or ""
+        out.append(Function(fname, description, params or {"type": "object", "properties": {}}))
+    return tuple(out)
+
+
+def _tool_choice(value: Any, path: str, event_id: str | None) -> ToolChoice | None:
+    """auto / none / required, or {"type": "function", "name": ...} (beta also {"type": "function", "function":
+    {"name": ...}}); None when absent."""
+    if value is None:
+        return None
+    if value in ("auto", "none", "required"):
+        return ToolChoice(value)
+    if isinstance(value, dict) and value.get("type") == "function":
+        nested = value.get("function")
+        name = value.get("name", nested.get("name") if isinstance(nested, dict) else None)
+        if isinstance(name, str) and name and len(name) <= 64:
+            return ToolChoice("function", name)
+    fix = 'send "auto", "none", "required" or {"type": "function", "name": "..."} (MCP tools are not offered)'
+    raise _unsupported(path, value, fix, event_id)
 
 
 def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> SessionUpdate:
@@ -495,6 +583,8 @@ def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> Session
         if holder is not None and name in holder.obj:
             t_given, transcription = True, _transcription(holder.obj[name], path, event_id)
     instructions = s.text("instructions", max_chars=limits.instructions_chars)
+    tools = decode_functions(s.obj["tools"], "session.tools", event_id) if s.obj.get("tools") is not None else None
+    choice = _tool_choice(s.obj.get("tool_choice"), "session.tool_choice", event_id)
     return SessionUpdate(
         instructions,
         voice,
@@ -507,6 +597,8 @@ def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> Session
         t_given,
         transcription,
         s.text("model", max_chars=MAX_ID_CHARS),
+        tools,
+        choice,
         event_id=event_id,
     )
 
@@ -514,12 +606,24 @@ def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> Session
 _INPUT_FIELDS = {"format", "turn_detection", "transcription", "noise_reduction"}
 
 
-def _item_create(item: _Reader, event_id: str | None, limits: Limits) -> ItemCreate:
+def _item_create(item: _Reader, event_id: str | None, limits: Limits) -> ItemCreate | FunctionOutput:
+    if item.obj.get("type") == "function_call_output":
+        output = item.text("output", required=True) or ""
+        if len(output) > limits.text_chars:
+            raise WireError(
+                "string_above_max_length",
+                f"`{item.path}.output` has {len(output)} characters, over the {limits.text_chars} allowed; "
+                "send a shorter result",
+                event_id,
+            )
+        call_id = item.text("call_id", required=True, max_chars=MAX_ID_CHARS) or ""
+        return FunctionOutput(call_id, output, item.text("id", max_chars=MAX_ID_CHARS), event_id=event_id)
     if item.obj.get("type", "message") != "message" or item.obj.get("role") != "user":
         raise WireError(
             "invalid_value",
-            'only user text messages can be created: {"type": "message", "role": "user", "content": '
-            '[{"type": "input_text", "text": "..."}]}',
+            'only user text messages and function call outputs can be created: {"type": "message", "role": '
+            '"user", "content": [{"type": "input_text", "text": "..."}]} or {"type": "function_call_output", '
+            '"call_id": "...", "output": "..."}',
             event_id,
         )
     content = item.obj.get("content")
@@ -807,6 +911,27 @@ class AudioDone:
 
 
 @dataclass(frozen=True)
+class FunctionCallArgumentsDelta:
+    response_id: str
+    item_id: str
+    output_index: int
+    call_id: str
+    delta: str  # a piece of the arguments' JSON text
+    type: Literal["response.function_call_arguments.delta"] = "response.function_call_arguments.delta"
+
+
+@dataclass(frozen=True)
+class FunctionCallArgumentsDone:
+    response_id: str
+    item_id: str
+    output_index: int
+    call_id: str
+    name: str
+    arguments: str
+    type: Literal["response.function_call_arguments.done"] = "response.function_call_arguments.done"
+
+
+@dataclass(frozen=True)
 class ResponseDoneEvent:
     response: dict[str, Any]
     type: Literal["response.done"] = "response.done"
@@ -864,6 +989,8 @@ ServerEvent = (
     | OutputAudioStarted
     | OutputAudioStopped
     | OutputAudioCleared
+    | FunctionCallArgumentsDelta
+    | FunctionCallArgumentsDone
 )
 SERVER_EVENTS: tuple[type, ...] = get_args(ServerEvent)
 DROPPABLE = (TranscriptionDelta,)  # a slow client may lose these (the completed event repeats their text)
@@ -924,6 +1051,13 @@ class Settings:
     speed: float = 1.0
     transcription: Transcription | None = None
     model: str = "assistant"
+    tools: tuple[Function, ...] = ()
+    tool_choice: ToolChoice = AUTO
+
+
+def choice_object(choice: ToolChoice) -> str | dict[str, str]:
+    """tool_choice as the GA session reports it."""
+    return {"type": "function", "name": choice.name} if choice.mode == "function" else choice.mode
 
 
 SESSION_LIFETIME_S = 30 * 60  # OpenAI's sessions last 30 minutes; ours until the socket closes, reported as OpenAI's
@@ -971,8 +1105,8 @@ def session_object(session_id: str, s: Settings, expires_at: int = 0) -> dict[st
             "output": {"format": _format_object(s.output_format), "voice": s.voice, "speed": s.speed},
         },
         "include": None,
-        "tools": [],
-        "tool_choice": "auto",
+        "tools": [f.wire() for f in s.tools],
+        "tool_choice": choice_object(s.tool_choice),
         "max_output_tokens": "inf",
         "tracing": None,
         "truncation": "auto",
@@ -1007,8 +1141,9 @@ def beta_session(ga: dict[str, Any]) -> dict[str, Any]:
         "turn_detection": detection,
         "input_audio_noise_reduction": None,
         "speed": audio_out["speed"],
-        "tools": [],
-        "tool_choice": "auto",
+        "tools": ga["tools"],
+        # the beta session's tool_choice is a string: a forced function by its name
+        "tool_choice": ga["tool_choice"] if isinstance(ga["tool_choice"], str) else ga["tool_choice"]["name"],
         "temperature": 0.8,
         "max_response_output_tokens": "inf",
         "tracing": None,
@@ -1021,6 +1156,8 @@ _BETA_CONTENT = {"output_audio": "audio", "output_text": "text"}
 
 def beta_item(item: dict[str, Any]) -> dict[str, Any]:
     """A GA conversation item in the beta shape (assistant content types `audio` / `text`)."""
+    if "content" not in item:  # function_call / function_call_output items are the same in both
+        return item
     content = [{**c, "type": _BETA_CONTENT.get(c.get("type", ""), c.get("type"))} for c in item.get("content", [])]
     return {**item, "content": content}
 
@@ -1046,6 +1183,29 @@ def message_item(item_id: str, role: str, status: str, content: list[dict[str, A
         "role": role,
         "status": status,
         "content": content,
+    }
+
+
+def function_call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "function_call",
+        "status": status,
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+    }
+
+
+def function_output_item(item_id: str, call_id: str, output: str) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "function_call_output",
+        "status": "completed",
+        "call_id": call_id,
+        "output": output,
     }
 
 

@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ipaddress
+import itertools
 import logging
 import os
 import socket
@@ -178,6 +179,7 @@ class ControlServer:
         self.tls = bool(cfg.tls_cert or cfg.tls_key)
         self.started = time.monotonic()
         self.http_tasks: set[asyncio.Task[None]] = set()
+        self.app_ids = itertools.count(1)  # names each native connection's registered tools
         self.limits = limits
         self.token = token if token is not None else auth.load_or_create_token(cfg)
         self.http = http.HttpApp(cfg, self.token, self.tls, controller, audio, self.started, self._realtime_counts)
@@ -380,9 +382,21 @@ class ControlServer:
     async def _serve_control(self, client: Client) -> None:
         assert self.controller is not None
         native = client.native = NativeConnection(
-            self.controller, time.monotonic(), self.cfg.max_message_bytes, self.cfg.commands_per_s, self.limits
+            self.controller,
+            time.monotonic(),
+            self.cfg.max_message_bytes,
+            self.cfg.commands_per_s,
+            self.limits,
+            send=lambda text: client.outbox.put(text, droppable=False),
+            owner=f"app{next(self.app_ids)}",
         )
         client.outbox.put(native.hello(), droppable=False)
+        try:
+            await self._control_loop(client, native)
+        finally:
+            native.close()  # its tools go, and its unanswered tool calls fail: the voice loop never waits on it
+
+    async def _control_loop(self, client: Client, native: NativeConnection) -> None:
         while (data := await self._receive(client)) is not None:
             try:
                 if len(data) > OFFLOAD_BYTES:  # parsing a big frame must not stall the voice loop

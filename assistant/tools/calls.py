@@ -16,7 +16,7 @@ import re
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -242,13 +242,43 @@ class CallFormat:
     end: str | None
     parse: Callable[[str], Parsed]
     example: str  # one well-formed call, quoted back to the model when it writes a malformed one
+    named: str = ""  # how a call of NAME begins, up to its arguments (forcing that call: tool_choice)
 
+    def forced(self, choice: ToolChoice) -> str:
+        """The text an answer must begin with under `choice` ("" when the model chooses)."""
+        if choice.mode == "required":
+            return self.start
+        if choice.mode == "function":
+            return self.named.replace("NAME", choice.name) if self.named else self.start
+        return ""
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    """How the model chooses tools (OpenAI's tool_choice): "auto", "none" (no tools offered), "required" (the
+    answer begins with a call) or "function" (the answer begins with a call of `name`)."""
+
+    mode: Literal["auto", "none", "required", "function"] = "auto"
+    name: str = ""
+
+
+AUTO = ToolChoice()
 
 GEMMA4 = CallFormat(
-    "gemma4", "<|tool_call>", "<tool_call|>", parse_gemma4, '<|tool_call>call:NAME{key:<|"|>text<|"|>}<tool_call|>'
+    "gemma4",
+    "<|tool_call>",
+    "<tool_call|>",
+    parse_gemma4,
+    '<|tool_call>call:NAME{key:<|"|>text<|"|>}<tool_call|>',
+    "<|tool_call>call:NAME{",
 )
 HERMES = CallFormat(
-    "json", "<tool_call>", "</tool_call>", parse_json, '<tool_call>{"name": "NAME", "arguments": {}}</tool_call>'
+    "json",
+    "<tool_call>",
+    "</tool_call>",
+    parse_json,
+    '<tool_call>{"name": "NAME", "arguments": {}}</tool_call>',
+    '<tool_call>\n{"name": "NAME", "arguments": ',
 )
 QWEN_XML = CallFormat(
     "xml",
@@ -256,14 +286,23 @@ QWEN_XML = CallFormat(
     "</tool_call>",
     parse_xml,
     "<tool_call><function=NAME><parameter=KEY>value</parameter></function></tool_call>",
+    "<tool_call>\n<function=NAME>\n",
 )
-MISTRAL = CallFormat("mistral", "[TOOL_CALLS]", None, parse_mistral, '[TOOL_CALLS][{"name": "NAME", "arguments": {}}]')
+MISTRAL = CallFormat(
+    "mistral",
+    "[TOOL_CALLS]",
+    None,
+    parse_mistral,
+    '[TOOL_CALLS][{"name": "NAME", "arguments": {}}]',
+    '[TOOL_CALLS][{"name": "NAME", "arguments": ',
+)
 PYTHONIC = CallFormat(
     "pythonic",
     "<|tool_call_start|>",
     "<|tool_call_end|>",
     parse_pythonic,
     "<|tool_call_start|>[NAME()]<|tool_call_end|>",
+    "<|tool_call_start|>[NAME(",
 )
 FORMATS = (GEMMA4, HERMES, QWEN_XML, MISTRAL, PYTHONIC)
 

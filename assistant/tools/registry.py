@@ -20,8 +20,8 @@ from assistant.tools.calls import ToolCall
 
 log = logging.getLogger("assistant.tools")
 
-# What a tool can touch, named in the docs and in `assistant doctor`-style listings.
-Reach = Literal["local", "network", "command"]
+# What a tool can touch, named in the docs and in `assistant doctor`-style listings ("app": a connected app runs it).
+Reach = Literal["local", "network", "command", "app"]
 
 
 @dataclass(frozen=True)

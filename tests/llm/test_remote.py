@@ -17,7 +17,7 @@ from assistant.config import Config, LlmConfig, to_dict
 from assistant.errors import ConfigError, InputError, ModelError
 from assistant.llm import Message
 from assistant.llm_remote import RemoteChat, read_api_key
-from assistant.tools.calls import ToolCall
+from assistant.tools.calls import ToolCall, ToolChoice
 from tests.llm.servers import MlxLmServer, Script, ScriptedServer, free_port, sse, text_chunk
 
 SYSTEM = "You are terse."
@@ -185,6 +185,7 @@ def test_tool_calls_surface_as_values_and_round_trip() -> None:
         assert "".join(answer) == "It is noon."
         chat.finish_turn(None)
     assert script.bodies[0]["tools"] == tools
+    assert "tool_choice" not in script.bodies[0]  # "auto" is the server's default: not sent
     sent = script.bodies[1]["messages"]
     assert sent[-2]["tool_calls"][0]["function"] == {"name": "get_time", "arguments": '{"zone": "UTC"}'}
     assert sent[-1] == {"role": "tool", "tool_call_id": "call_a", "content": "12:00"}
@@ -350,3 +351,18 @@ def test_doctor_checks_the_llm_server(monkeypatch: pytest.MonkeyPatch) -> None:
         httpd.server_close()
     with pytest.raises(AssistantError, match="not reachable"):
         cli._check_llm_server(cfg.replace({"llm.base_url": f"http://127.0.0.1:{free_port()}/v1"}).llm)
+
+
+def test_tool_choice_is_sent_in_the_openai_format() -> None:
+    """A required or named tool choice goes to the server as the request's tool_choice; "none" as "none"."""
+    tools = [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
+    script = scripted(lambda h, body: sse(h, [text_chunk("Noon.")]))
+    choices = [ToolChoice("function", "get_time"), ToolChoice("required"), ToolChoice("none")]
+    with ScriptedServer(script) as srv:
+        chat = RemoteChat(cfg_for(srv.base_url))
+        for choice in choices:
+            assert chat.set_tools(tools, choice)
+            assert "".join(chat.respond("What time is it?")) == "Noon."
+            chat.finish_turn(None)
+    sent = [b["tool_choice"] for b in script.bodies]
+    assert sent == [{"type": "function", "function": {"name": "get_time"}}, "required", "none"]

@@ -16,7 +16,7 @@ from mlx_lm.models.cache import RotatingKVCache
 from mlx_lm.sample_utils import greedy_sampler
 
 from assistant.config import LlmConfig
-from assistant.llm import Chat, Message
+from assistant.llm import Chat, History, Message
 from assistant.tools import calls
 from assistant.tools.calls import CallDetector, Speech, ToolCall
 from tests.llm.test_chat import reference
@@ -186,9 +186,43 @@ def test_history_overflow_drops_whole_tool_turns(family_dir: tuple[str, Path]) -
             Message("tool", RESULT, tool_call_id=call.id, name="get_time"),
             Message("assistant", f"It is five past two, {i}."),
         ]
-    chat._history = list(turns)  # a stored history as is (restore() would trim it): the overflow is in respond()
+    chat._history = History(turns)  # a stored history as is (restore() would trim it): the overflow is in respond()
     "".join(chat.respond("And in Tokyo?"))
     dropped = chat.stats.dropped_messages
     assert dropped > 0 and dropped % 4 == 0
     assert chat.history[0].role == "user" and chat.history == [*turns[dropped:], Message("user", "And in Tokyo?")]
     assert chat.answer_tokens == reference(chat, chat.history, chat.cfg.max_tokens)
+
+
+# The arguments each family's model writes after the opening of a forced get_time call, and the call's end.
+AFTER_OPENING = {
+    "gemma4-tools": 'zone:<|"|>Europe/Paris<|"|>}<tool_call|><|tool_response>',
+    "qwen3": '{"zone": "Europe/Paris"}}\n</tool_call><|im_end|>',
+}
+
+
+def test_tool_choice_none_required_and_a_named_function(family_dir: tuple[str, Path]) -> None:
+    """tool_choice "none" leaves the tools out of the prompt; "required" makes the answer begin with the model's
+    call marker; a named function makes it begin with the opening of that call in the model's own syntax, so the
+    arguments the model writes after it complete a call the detector parses."""
+    family, folder = family_dir
+    chat = load(folder)
+    fmt = chat.tool_format
+    assert fmt is not None
+    assert chat.set_tools([TIME_TOOL], calls.ToolChoice("none"))
+    assert "get_time" not in chat.tokenizer.decode(chat.render([Message("user", "hi")], add_generation_prompt=True))
+    chat.set_tools([TIME_TOOL], calls.ToolChoice("required"))
+    assert next(d for d in chat.respond("What time is it?") if d) == fmt.start  # "" while the prompt prefills
+    chat.discard_answer()
+    chat.set_tools([TIME_TOOL], calls.ToolChoice("function", "get_time"))
+    force(chat, AFTER_OPENING[family])
+    gen = chat.respond("What time is it?")
+    assert next(d for d in gen if d) == fmt.named.replace("NAME", "get_time")
+    detector = CallDetector(fmt)
+    segments = detector.feed(fmt.named.replace("NAME", "get_time"))
+    for delta in gen:
+        segments += detector.feed(delta)
+        if detector.calls_ready:
+            break
+    (call,) = [s for s in segments if isinstance(s, ToolCall)]
+    assert (call.name, dict(call.arguments), call.error) == ("get_time", {"zone": "Europe/Paris"}, "")

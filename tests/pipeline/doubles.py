@@ -400,12 +400,14 @@ class ToolChat:
         self.history: list[Any] = []
         self.results: list[list[tuple[Any, str]]] = []  # each tool round's results as the model got them
         self.tools: list[Any] = []
+        self.choice: Any = None
         self.system_prompt = ""
         self._answer: list[str] | None = None
         self._active: Iterator[str] | None = None
 
-    def set_tools(self, schemas: list[Any]) -> bool:
+    def set_tools(self, schemas: list[Any], choice: Any = None) -> bool:
         self.tools = list(schemas)
+        self.choice = choice
         return True
 
     def set_system_prompt(self, text: str) -> None:

@@ -17,7 +17,7 @@ import re
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ STOP_S = 2.0  # the issue: SIGTERM exits within 2 s
 OUTAGE_S = 3.0
 LOUD = 2000  # |int16| above this in a recording is reply audio (the room is digitally silent otherwise)
 QUESTION = "What time is it now?"
+LONGER_QUESTION = QUESTION + " And tell me the date, please."
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,9 @@ def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
         "llm.max_tokens": 48,  # a reply of a few seconds, so the server can go away in its middle
         "tts.max_frames": 120,
     }
+    # espeak blocks its caller: speak the questions now, not on the test's loop while it times `status`
+    question()
+    say(LONGER_QUESTION)
     return tiny_engines.tiny_config(tmp_path_factory.mktemp("fault_models"), changes)
 
 
@@ -124,6 +128,16 @@ class Daemon:
                 async with asyncio.timeout(left):
                     await self._arrived.wait()
 
+    async def until_log(self, pattern: str) -> re.Match[str]:
+        """The first line of the daemon's log matching `pattern` (waiting for it)."""
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                self._arrived.clear()
+                for line in self.log:
+                    if (m := re.search(pattern, line)) is not None:
+                        return m
+                await self._arrived.wait()
+
     async def ask(self, text: str) -> dict[str, Any]:
         """The native `ask` command's reply."""
         key = f"ask-{len(self.replies)}"
@@ -159,7 +173,9 @@ class Daemon:
         return code, took
 
 
-async def start_daemon(cfg: Config, tmp: Path, room: Room, follow_default: bool = False) -> Daemon:
+async def start_daemon(
+    cfg: Config, tmp: Path, room: Room, follow_default: bool = False, follow_input: bool = False
+) -> Daemon:
     path = config_file(cfg, tmp / "config.toml")
     env = {
         **os.environ,
@@ -171,6 +187,8 @@ async def start_daemon(cfg: Config, tmp: Path, room: Room, follow_default: bool 
     }
     if follow_default:
         env.pop("PULSE_SINK")  # the daemon plays to whatever the system's default output is
+    if follow_input:
+        env.pop("PULSE_SOURCE")  # ... and listens to the system's default input
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "assistant", "--config", str(path), "run", env=env, stderr=asyncio.subprocess.PIPE
     )
@@ -190,25 +208,29 @@ async def start_daemon(cfg: Config, tmp: Path, room: Room, follow_default: bool 
     daemon.tasks = [
         asyncio.create_task(daemon.read()),
         asyncio.create_task(daemon.poll_status()),
-        asyncio.create_task(collect(proc.stderr, log)),
+        asyncio.create_task(collect(proc.stderr, log, daemon._arrived)),
     ]
     return daemon
 
 
-async def collect(stream: asyncio.StreamReader, into: list[str]) -> None:
+async def collect(stream: asyncio.StreamReader, into: list[str], arrived: asyncio.Event | None = None) -> None:
     while line := await stream.readline():
         into.append(line.decode())
+        if arrived is not None:
+            arrived.set()
 
 
 def question() -> np.ndarray:
     return np.concatenate([silence(0.3), say(QUESTION)]).astype(np.int16)
 
 
-async def ask_and_hear(d: Daemon, room: Room, speaker: str | None = None) -> tuple[float, float, int]:
+async def ask_and_hear(
+    d: Daemon, room: Room, speaker: str | None = None, mic: str | None = None
+) -> tuple[float, float, int]:
     """Speak the question into the room; (transcript.final time, response.done time, loud samples recorded)."""
     recorder = await asyncio.to_thread(room.record, speaker) if speaker else await asyncio.to_thread(room.record)
     since = time.monotonic()
-    await asyncio.to_thread(room.play, question())
+    await asyncio.to_thread(room.play, question(), mic=mic) if mic else await asyncio.to_thread(room.play, question())
     final_at, _ = await d.until("transcript.final", since)
     done_at, _ = await d.until("response.done", since)
     await asyncio.sleep(0.5)  # the end of the reply reaches the recording
@@ -244,7 +266,7 @@ def test_sound_server_goes_away_and_comes_back(tiny_config: Config, tmp_path: Pa
                 await d.until("state", new="assistant_speaking")
                 await asyncio.sleep(0.3)
             elif moment == "user_speaking":
-                longer = np.concatenate([silence(0.3), say(QUESTION + " And tell me the date, please.")])
+                longer = np.concatenate([silence(0.3), say(LONGER_QUESTION)])
                 await asyncio.to_thread(room.play, longer)
                 await d.until("vad.speech_started")
             gone = time.monotonic()
@@ -337,3 +359,57 @@ def test_default_output_changes_mid_reply(tiny_config: Config, tmp_path: Path) -
     assert out["code"] == 0 and out["stop_s"] < STOP_S, out["log"][-10:]
     assert not out["late"] and len(slow) <= (1 - STATUS_SHARE) * len(rtt) and rtt[-1] < STATUS_WORST_S, slow
     assert out["loud_headphones"] > 24_000 // 4
+
+
+def test_default_devices_change_mid_reply_and_portaudio_restarts(tiny_config: Config, tmp_path: Path) -> None:
+    """With audio.follow_default = "reinit" (the path macOS needs, forced here on PulseAudio), headphones and a
+    headset become the default output and input in the middle of a reply: the daemon closes both streams,
+    restarts PortAudio and reopens them (logged with the gap), the rest of the reply plays on the headphones,
+    `status` keeps answering, and the next question spoken into the headset is transcribed and its reply
+    heard on the headphones."""
+    headphones, headset = "room_headphones", "room_headset"
+    cfg = replace(tiny_config, audio=replace(tiny_config.audio, follow_default="reinit"))
+
+    async def scenario() -> dict[str, Any]:
+        room = await asyncio.to_thread(start_room, tmp_path / "room")
+        await asyncio.to_thread(room.add_speaker, headphones)
+        await asyncio.to_thread(room.add_microphone, headset)
+        d = await start_daemon(cfg, tmp_path, room, follow_default=True, follow_input=True)
+        out: dict[str, Any] = {}
+        try:
+            await asyncio.sleep(1.0)
+            recorder = await asyncio.to_thread(room.record, headphones)
+            since = time.monotonic()
+            await asyncio.to_thread(room.play, question())
+            await d.until("state", since, new="assistant_speaking")
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(room.pactl, "set-default-sink", headphones)
+            await asyncio.to_thread(room.pactl, "set-default-source", f"{headset}.monitor")
+            moved = await d.until_log(r"moved to the new default devices.*mic_gap_ms=(\d+) speaker_gap_ms=(\d+)")
+            out["gap_ms"] = (int(moved.group(1)), int(moved.group(2)))
+            await d.until("response.done", since)
+            await asyncio.sleep(0.5)
+            out["loud_first_reply"] = int((np.abs(await asyncio.to_thread(recorder.stop)) > LOUD).sum())
+            _, _, out["loud_headphones"] = await ask_and_hear(d, room, headphones, mic=headset)
+            out["code"], out["stop_s"] = await d.stop()
+            return out
+        finally:
+            if d.proc.returncode is None:
+                d.proc.kill()
+                await d.proc.wait()
+            await asyncio.to_thread(room.close)
+            out["rtt"], out["late"], out["log"] = d.status_rtt, d.status_late, d.log
+
+    out = run(scenario())
+    rtt = sorted(r for r, _ in out["rtt"])
+    slow = [(round(r, 3), round(t - out["rtt"][0][1], 2)) for r, t in out["rtt"] if r >= STATUS_WITHIN_S]
+    print(
+        f"default devices change (reinit): switch gap (mic, speaker) {out['gap_ms']} ms, "
+        f"status max {1000 * rtt[-1]:.1f} ms, "
+        f"first reply {out['loud_first_reply']} / next reply {out['loud_headphones']} loud samples on headphones"
+    )
+    assert out["code"] == 0 and out["stop_s"] < STOP_S, out["log"][-10:]
+    assert not out["late"] and len(slow) <= (1 - STATUS_SHARE) * len(rtt) and rtt[-1] < STATUS_WORST_S, slow
+    assert not [line for line in out["log"] if "could not restart" in line]  # PortAudio really restarted
+    assert out["loud_first_reply"] > 0  # the reply in flight went on on the new default
+    assert out["loud_headphones"] > 24_000 // 4  # the next reply, to a question heard through the headset

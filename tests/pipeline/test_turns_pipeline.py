@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 
+from assistant.audio.format import CAPTURE_RATE
 from assistant.errors import ConfigError
 from assistant.events import (
     BargeIn,
@@ -38,8 +39,8 @@ def test_hands_free_turn_event_sequence() -> None:
         async with Harness() as h:
             h.speak("hello", "world")
             h.silence(6)
+            trace = await h.next_event(LatencyTrace)  # sent just before the ResponseDone
             done = await h.next_event(ResponseDone)
-            trace = await h.next_event(LatencyTrace)
             assert done.text == FULL and not done.interrupted
             assert [e.new for e in h.of(StateChanged)] == [
                 TurnState.USER_SPEAKING,
@@ -480,7 +481,8 @@ def test_end_of_turn_model_holds_a_thinking_pause_and_runs_off_the_loop() -> Non
             threads = {t for t, _ in scored}
             assert threading.get_ident() not in threads and not threads & h.stt.threads
             # the first hears the turn so far (3 words of 4 blocks); the second the resumed segment (2 words) with
-            # 200 ms before it, not the whole turn
-            assert [n for _, n in scored] == [3 * 4 * BLOCK, 2 * 4 * BLOCK + SCORE_LEAD_IN]
+            # 200 ms before it, not the whole turn; each with the pause's first score_after_ms of silence
+            after = h.p.cfg.endofturn.score_after_ms * CAPTURE_RATE // 1000
+            assert [n for _, n in scored] == [3 * 4 * BLOCK + after, 2 * 4 * BLOCK + SCORE_LEAD_IN + after]
 
     asyncio.run(main())

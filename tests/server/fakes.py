@@ -16,6 +16,7 @@ import numpy as np
 
 from assistant import events, settings
 from assistant.config import Config
+from assistant.endofturn import EndOfTurnPolicy
 from assistant.errors import ConfigError, InputError
 from assistant.server.controller import Controller, RealtimeBackend, RealtimeSession
 
@@ -140,6 +141,17 @@ class FakeController:
         self.calls.append(("history_reset", None))
         self.history.clear()
 
+    def set_app_tools(self, owner: str, tools: list[dict[str, Any]], timeout_s: float, send: Any) -> list[str]:
+        names = [t["function"]["name"] for t in tools]
+        self.calls.append(("app_tools", (owner, names)))
+        return names
+
+    def app_tool_result(self, owner: str, call_id: str, output: str, error: str | None = None) -> None:
+        self.calls.append(("app_tool_result", (owner, call_id, output, error)))
+
+    def app_gone(self, owner: str) -> None:
+        self.calls.append(("app_gone", owner))
+
     def subscribe(self, maxsize: int = 256) -> FakeSubscription:
         sub = FakeSubscription(self, maxsize)
         self.subs.add(sub)
@@ -180,8 +192,15 @@ class FakeSession:
             raise ConfigError(f"unknown voice {name!r}; voices: {', '.join(self.backend.voices)}")
         self.calls.append(("voice", name))
 
-    def set_turn_detection(self, hangover_ms: int | None, create_response: bool, interrupt_response: bool) -> None:
+    def set_turn_detection(
+        self,
+        hangover_ms: int | None,
+        create_response: bool,
+        interrupt_response: bool,
+        semantic: EndOfTurnPolicy | None = None,
+    ) -> None:
         self.calls.append(("turn_detection", hangover_ms))
+        self.semantic = semantic
         self.hangover_ms, self.create_response_on_vad = hangover_ms, create_response
 
     def append_audio(self, samples: np.ndarray) -> None:
@@ -261,6 +280,15 @@ class FakeSession:
 
     def delete_item(self, role: str, text: str) -> None:
         self.calls.append(("delete", (role, text)))
+
+    def set_functions(self, tools: list[dict[str, Any]], choice: Any) -> None:
+        self.calls.append(("functions", (tools, choice)))
+
+    def functions_for_next_response(self, tools: list[dict[str, Any]], choice: Any) -> None:
+        self.calls.append(("next_functions", (tools, choice)))
+
+    def add_function_output(self, call_id: str, output: str) -> None:
+        self.calls.append(("function_output", (call_id, output)))
 
     async def events(self) -> AsyncIterator[events.SessionEvent]:
         while True:

@@ -26,6 +26,8 @@ from assistant.audio.format import CAPTURE_RATE, float32_to_int16, int16_to_floa
 from assistant.config import Config
 from assistant.server import g711
 from tests import tiny_engines
+from tests.pipeline.doubles import ToolChat
+from tests.server.scripted_daemon import scripted_daemon
 from tests.server.test_headless_e2e import TOKEN, daemon
 from tests.speech import needs_espeak, say, silence
 
@@ -33,16 +35,14 @@ WAIT_S = 180.0  # safety net for a loaded shared CPU; never a timing assertion
 RATE = 24_000
 EXCEPTIONS = {
     "input_audio_buffer.dtmf_event_received": "telephone keypad tones arrive only on SIP calls; there is no phone line",
-    "response.function_call_arguments.delta": "tool calling over Realtime belongs to the tools issue",
-    "response.function_call_arguments.done": "tool calling over Realtime belongs to the tools issue",
-    "mcp_list_tools.in_progress": "no MCP servers are offered (session.tools accepts only [])",
-    "mcp_list_tools.completed": "no MCP servers are offered (session.tools accepts only [])",
-    "mcp_list_tools.failed": "no MCP servers are offered (session.tools accepts only [])",
-    "response.mcp_call_arguments.delta": "no MCP servers are offered (session.tools accepts only [])",
-    "response.mcp_call_arguments.done": "no MCP servers are offered (session.tools accepts only [])",
-    "response.mcp_call.in_progress": "no MCP servers are offered (session.tools accepts only [])",
-    "response.mcp_call.completed": "no MCP servers are offered (session.tools accepts only [])",
-    "response.mcp_call.failed": "no MCP servers are offered (session.tools accepts only [])",
+    "mcp_list_tools.in_progress": "no MCP servers are offered (session.tools takes function tools only)",
+    "mcp_list_tools.completed": "no MCP servers are offered (session.tools takes function tools only)",
+    "mcp_list_tools.failed": "no MCP servers are offered (session.tools takes function tools only)",
+    "response.mcp_call_arguments.delta": "no MCP servers are offered (session.tools takes function tools only)",
+    "response.mcp_call_arguments.done": "no MCP servers are offered (session.tools takes function tools only)",
+    "response.mcp_call.in_progress": "no MCP servers are offered (session.tools takes function tools only)",
+    "response.mcp_call.completed": "no MCP servers are offered (session.tools takes function tools only)",
+    "response.mcp_call.failed": "no MCP servers are offered (session.tools takes function tools only)",
     "conversation.item.input_audio_transcription.failed": (
         "the tiny STT cannot be made to fail on demand; tests/server/test_protocol.py drives it with a failing session"
     ),
@@ -161,7 +161,7 @@ async def scenario(port: int) -> tuple[Peer, Peer, dict[str, Any]]:
             sum(len(base64.b64decode(m["delta"])) // 2 for m in turn if "audio.delta" in m["type"]) / RATE
         )
         facts["usage"] = turn[-1]["response"]["usage"]
-        await ga.until("input_audio_buffer.timeout_triggered")
+        facts["idle"] = await ga.until("response.done")  # the idle timeout commits the quiet and answers
         user_item = next(m["item_id"] for m in turn if m["type"] == "input_audio_buffer.committed")
         await ga.send({"type": "conversation.item.retrieve", "item_id": user_item})
         facts["retrieved"] = (await ga.until("conversation.item.retrieved"))[-1]["item"]
@@ -226,6 +226,37 @@ async def scenario(port: int) -> tuple[Peer, Peer, dict[str, Any]]:
     return ga, beta, facts
 
 
+WEATHER = {"type": "function", "name": "get_weather", "description": "The weather now.", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}  # fmt: skip
+CALL = ['<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>']
+
+
+async def function_round(port: int, beta: bool) -> tuple[Peer, dict[str, Any]]:
+    """A function-calling round (tools in session.update, a call streamed, its output, the answer after it) with
+    a scripted chat (tests/server/test_realtime_tools.py does it through the SDK, also with a real model).
+    Beta: the session with tools only (the beta connection also gets GA-only conversation.item.done events)."""
+    headers = {"Authorization": f"Bearer {TOKEN}", **({"OpenAI-Beta": "realtime=v1"} if beta else {})}
+    async with connect(f"ws://127.0.0.1:{port}/v1/realtime", additional_headers=headers, max_size=None) as ws:
+        peer = Peer(ws, beta)
+        await peer.until("session.created")
+        choice = {"type": "function", "name": "get_weather"} if beta else "required"
+        session: dict[str, Any] = {"type": "realtime", "tools": [WEATHER], "tool_choice": choice}
+        session |= {"turn_detection": None} if beta else {"audio": {"input": {"turn_detection": None}}}
+        await peer.send({"type": "session.update", "session": session})
+        updated = (await peer.until("session.updated"))[-1]["session"]
+        if beta:
+            return peer, {"updated": updated}
+        await peer.send(text_item("Weather in Paris?"))
+        await peer.send({"type": "response.create"})
+        first = await peer.until("response.done")
+        call = next(m for m in first if m["type"] == "response.function_call_arguments.done")
+        output = {"type": "function_call_output", "call_id": call["call_id"], "output": '{"sky": "clear"}'}
+        await peer.send({"type": "conversation.item.create", "item": output})
+        await peer.send({"type": "response.create"})
+        second = await peer.until("response.done")
+    return peer, {"updated": updated, "call": call, "first": first[-1], "second": second[-1]}
+
+
 @needs_espeak
 def test_every_sdk_event_type_is_driven_or_observed(tiny_config: Config) -> None:
     """All 11 client event types are sent and answered, every server event type outside EXCEPTIONS is received,
@@ -233,7 +264,17 @@ def test_every_sdk_event_type_is_driven_or_observed(tiny_config: Config) -> None
 
     async def body() -> tuple[Peer, Peer, dict[str, Any]]:
         async with daemon(tiny_config) as (server, _):
-            return await scenario(server.port)
+            ga, beta, facts = await scenario(server.port)
+
+        def scripted(_: Any) -> ToolChat:
+            return ToolChat([CALL, ["It is clear."]])
+
+        async with scripted_daemon(tiny_config, scripted) as (server, _):
+            for is_beta, peer in ((False, ga), (True, beta)):
+                tools, facts["beta_tools" if is_beta else "tools"] = await function_round(server.port, is_beta)
+                peer.seen += tools.seen
+                peer.sent += tools.sent
+        return ga, beta, facts
 
     ga, beta, facts = asyncio.run(body())
     received = {m["type"] for m in ga.seen} | {m["type"] for m in beta.seen}
@@ -249,9 +290,23 @@ def test_every_sdk_event_type_is_driven_or_observed(tiny_config: Config) -> None
     assert not (covered_server & set(EXCEPTIONS)), "an excepted event was seen: update EXCEPTIONS"
     assert facts["voice"] == "alloy" and facts["reply_s"] > 0
     assert facts["usage"]["output_token_details"]["audio_tokens"] == round(facts["reply_s"] * 12.5)
+    details = facts["usage"]["input_token_details"]
+    assert details["text_tokens"] > details["cached_tokens"] >= 0 and details["audio_tokens"] > 0
+    assert facts["usage"]["input_tokens"] == details["text_tokens"] + details["audio_tokens"]
     assert facts["retrieved"]["content"][0]["transcript"] is not None
+    idle = [m["type"] for m in facts["idle"]]
+    assert idle.index("input_audio_buffer.timeout_triggered") < idle.index("input_audio_buffer.committed")
+    assert idle.index("input_audio_buffer.committed") < idle.index("response.created")
+    assert facts["idle"][-1]["response"]["status"] == "completed"
     assert facts["cleared_status"] == facts["cancel_status"] == "cancelled"
     assert facts["g711_transcript"]["usage"]["seconds"] > 0
     assert abs(facts["g711_s"] - facts["reply_s"]) < 0.1  # the same greedy reply, at 8 kHz A-law
     assert facts["nothing"]["code"] == "response_create_nothing_to_answer"
     assert facts["nothing"]["type"] == "invalid_request_error"
+    tools = facts["tools"]
+    assert tools["updated"]["tools"] == [WEATHER] and tools["updated"]["tool_choice"] == "required"
+    assert json.loads(tools["call"]["arguments"]) == {"city": "Paris"}
+    assert [i["type"] for i in tools["first"]["response"]["output"]] == ["function_call"]
+    assert tools["second"]["response"]["status"] == "completed"
+    assert facts["beta_tools"]["updated"]["tools"] == [WEATHER]
+    assert facts["beta_tools"]["updated"]["tool_choice"] == "get_weather"  # the beta session's is a string

@@ -30,11 +30,12 @@ def test_every_native_command_has_a_decodable_example() -> None:
 
 
 def test_every_native_server_message_has_a_matching_example() -> None:
-    """hello, reply, error, ask.delta, events.dropped and every event have an example with exactly their fields."""
+    """hello, reply, error, ask.delta, events.dropped, tool.call and every event have an example with exactly their
+    fields."""
     by_type: dict[str, list[dict[str, Any]]] = {}
     for m in examples(NATIVE_DOC):
         by_type.setdefault(m["type"], []).append(m)
-    for cls in (p.Hello, p.Reply, p.AskDelta, p.EventsDropped):
+    for cls in (p.Hello, p.Reply, p.AskDelta, p.EventsDropped, p.ToolCall):
         kind = cls.__dataclass_fields__["type"].default
         assert {f.name for f in dataclasses.fields(cls)} == set(by_type[kind][0]), kind
     assert any(set(m) == {"type", "code", "message", "id"} for m in by_type["error"])

@@ -10,7 +10,7 @@ import numpy as np
 
 from assistant import events
 from assistant.server import realtime_protocol as rp
-from assistant.server.realtime import RealtimeConversation
+from assistant.server.realtime import RealtimeConversation, idle_note
 from assistant.server.ws import MAX_HTTP_REQUESTS
 from tests.server.fakes import FakeBackend, FakeSession
 from tests.server.helpers import TOKEN, running
@@ -77,15 +77,24 @@ def test_malformed_and_unknown_requests_get_one_line_errors() -> None:
 
 def test_idle_timeout_fires_once_after_the_reply_has_played() -> None:
     """With idle_timeout_ms 5000, the deadline is the reply's end plus its audio plus 5 s; none while a reply is
-    in progress; timeout_triggered fires once, then no deadline until the next reply."""
-    conv = RealtimeConversation(FakeSession(FakeBackend()), "default", "Be brief.", now=0.0)
-    conv.handle(rp.SessionUpdate(turn_detection_given=True, turn_detection=rp.TurnDetection(idle_timeout_ms=5000)))
-    conv.on_event(events.ResponseStarted(1, 10.0))
-    assert conv.deadline() is None  # a reply is in progress
-    conv.on_event(events.ResponseAudio(1, np.zeros(24_000, np.float32), 10.5))
-    conv.on_event(events.ResponseDone(1, "Hi.", False, 11.0))
-    assert conv.deadline() == 11.0 + 1.0 + 5.0  # one second of audio sent: played by 12.0
-    assert conv.tick(16.9) == []
-    fired = conv.tick(17.0)
-    assert [type(e) for e in fired] == [rp.TimeoutTriggered] and conv.deadline() is None
-    assert conv.tick(30.0) == []
+    in progress; timeout_triggered fires once, commits the quiet buffer and asks for a response, then no deadline
+    until the next reply."""
+
+    async def body() -> None:
+        conv = RealtimeConversation(FakeSession(FakeBackend()), "default", "Be brief.", now=0.0)
+        conv.handle(rp.SessionUpdate(turn_detection_given=True, turn_detection=rp.TurnDetection(idle_timeout_ms=5000)))
+        conv.on_event(events.ResponseStarted(1, 10.0))
+        assert conv.deadline() is None  # a reply is in progress
+        conv.on_event(events.ResponseAudio(1, np.zeros(24_000, np.float32), 10.5))
+        conv.on_event(events.ResponseDone(1, "Hi.", False, 11.0))
+        assert conv.deadline() == 11.0 + 1.0 + 5.0  # one second of audio sent: played by 12.0
+        assert conv.tick(16.9) == []
+        fired = conv.tick(17.0)
+        assert [type(e) for e in fired] == [rp.TimeoutTriggered, rp.BufferCommitted, rp.ItemAdded]
+        assert fired[0].item_id == fired[1].item_id and conv.deadline() is None
+        session = conv.session
+        assert isinstance(session, FakeSession) and ("create_response", None) in session.calls
+        assert ("user_text", idle_note(5000)) in session.calls
+        assert conv.tick(30.0) == []
+
+    asyncio.run(body())

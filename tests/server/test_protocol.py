@@ -23,7 +23,10 @@ from tests.server.fakes import FakeBackend, FakeController, FakeSession
 def test_commands_round_trip_through_the_wire() -> None:
     """Every command dataclass encodes to JSON and decodes back to an equal value."""
     samples = [p.ConfigSet({"tts.voice": "a"}, id=3), p.Say("hi", id="x"), p.Ask("why?")]
-    samples += [cls() for cls in p.COMMANDS.values() if cls not in (p.ConfigSet, p.Say, p.Ask)]
+    samples += [p.ToolsRegister([{"name": "lamp", "parameters": {"type": "object"}}], 2.5, id=4)]
+    samples += [p.ToolResult("app1-call-1", "on", id=5), p.ToolResult("app1-call-2", error="no lamp")]
+    given = (p.ConfigSet, p.Say, p.Ask, p.ToolsRegister, p.ToolResult)
+    samples += [cls() for cls in p.COMMANDS.values() if cls not in given]
     assert {type(s) for s in samples} == set(p.COMMANDS.values())
     for cmd in samples:
         assert p.decode_command(p.encode(cmd)) == cmd

@@ -108,6 +108,19 @@ def test_bad_code_shapes_fail_with_input_error(tokenizer: SpeechTokenizer) -> No
         tokenizer.decoder(mx.full((1, 16, 2), -1, dtype=mx.int32))
 
 
+def test_host_codes_are_checked_on_the_host_and_decode_the_same(tokenizer: SpeechTokenizer, codes: np.ndarray) -> None:
+    """numpy codes (what the TTS engine holds) get the same InputErrors and decode exactly as the same mx codes."""
+    dec = tokenizer.decoder
+    with pytest.raises(InputError, match="integers"):
+        dec.step(np.zeros((2, 16), np.float32), dec.new_state())
+    with pytest.raises(InputError, match=r"\[0, 64\)"):
+        dec.step(np.full((2, 16), 64, np.int64), dec.new_state())
+    x = np.asarray(codes[0].T[:3], dtype=np.int64)  # [frames, 16]
+    got = dec.step(x, dec.new_state())
+    want = dec.step(mx.array(x.astype(np.int32)), dec.new_state())
+    assert mx.array_equal(got, want).item()
+
+
 def test_sanitize_is_by_name_not_shape() -> None:
     """Conv, transposed-conv and codebook rules follow key names, even where shapes would be ambiguous."""
     w = {

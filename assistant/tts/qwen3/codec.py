@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from assistant.errors import InputError
 from assistant.tts.qwen3.codec_vocoder import (
@@ -247,11 +248,15 @@ class CodecDecoder(nn.Module):
             h = layer(h) if isinstance(layer, SnakeBeta) else layer(h, state)
         return mx.clip(h[..., 0], -1.0, 1.0)
 
-    def _check(self, codes: mx.array, axis: int) -> None:
+    def _check(self, codes: mx.array | np.ndarray, axis: int) -> None:
+        """Shape, dtype and range of codes; numpy codes are checked on the host (no wait for the device queue)."""
         q, bins = self.config.num_quantizers, self.config.codebook_size
         if codes.shape[axis] != q:
             raise InputError(f"codec codes have {codes.shape[axis]} codebooks, expected {q}; pass all {q} groups")
-        if not mx.issubdtype(codes.dtype, mx.integer):
+        integer = np.issubdtype(codes.dtype, np.integer) if isinstance(codes, np.ndarray) else None
+        if integer is None:
+            integer = mx.issubdtype(cast(mx.array, codes).dtype, mx.integer)
+        if not integer:
             raise InputError(f"codec codes must be integers, got {codes.dtype}; pass the sampled code ids")
         lo, hi = cast(int, codes.min().item()), cast(int, codes.max().item())
         if lo < 0 or hi >= bins:
@@ -264,9 +269,11 @@ class CodecDecoder(nn.Module):
         self._check(codes, 1)
         return self._run(codes.transpose(0, 2, 1), self.new_state(codes.shape[0]))[:, None, :]
 
-    def step(self, codes: mx.array, state: DecoderState) -> mx.array:
-        """codes [n, Q] int (the next n >= 1 frames of one stream) -> [n * 1920] float32; updates `state`."""
+    def step(self, codes: mx.array | np.ndarray, state: DecoderState) -> mx.array:
+        """codes [n, Q] int (the next n >= 1 frames of one stream) -> [n * 1920] float32; updates `state`.
+        Pass the host's numpy codes where they came from the host: their check then waits for nothing queued."""
         if codes.ndim != 2 or codes.shape[0] < 1:
             raise InputError(f"codec step codes must be [frames >= 1, {self.config.num_quantizers}], got {codes.shape}")
         self._check(codes, 1)
-        return self._run(codes[None], state)[0]
+        x = mx.array(codes.astype(np.int32)) if isinstance(codes, np.ndarray) else codes
+        return self._run(x[None], state)[0]

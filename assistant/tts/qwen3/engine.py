@@ -26,6 +26,7 @@ from assistant.tts.voices import Voice, VoiceProfile, load_profiles, resolve_voi
 
 SAMPLE_RATE = 24_000
 FRAME_SAMPLES = 1920  # 80 ms at 24 kHz: one 12.5 Hz codec frame
+WARM_TEXT_TOKENS = 256  # text tokens a prefill may add beyond the voice prefix, for the warm-up's buffer lengths
 
 
 def sampling_of(cfg: TtsConfig) -> SamplingParams:
@@ -91,7 +92,7 @@ class Utterance:
         self.chunks_out += 1
         if self.decoder is None:
             raise ModelError("no speech-tokenizer decoder is loaded; use codes() or load a full checkpoint")
-        audio = self.decoder.step(mx.array(codes, dtype=mx.int32), self.state)
+        audio = self.decoder.step(codes, self.state)  # numpy: checked on the host, no device wait
         return np.array(audio.astype(mx.float32)).reshape(-1)
 
     def _out(self, audio: np.ndarray | None) -> np.ndarray | None:
@@ -211,14 +212,15 @@ class Qwen3TTS:
 
     def warmup(self) -> None:
         """Compile what utterances run (on the compute thread, at start-up): the configured voice's prefix, the
-        frame kernel for the configured sampling, the talker step, and the decoder at every chunk size
-        (first_chunk_frames, chunk_frames and each shorter last chunk)."""
+        frame kernel for the configured sampling, the talker step at every KV buffer length up to max_frames, and
+        the decoder at every chunk size (first_chunk_frames, chunk_frames and each shorter last chunk)."""
         first, every = self.cfg.first_chunk_frames, self.cfg.chunk_frames
         frames = first + every
         sampling = dataclasses.replace(sampling_of(self.cfg), min_new_tokens=frames + 1)
         voice = self.voice()
         gen = FrameGenerator(self.talker, self.builder, self._prefix(voice), sampling, frames + 1, "Hello.", "stream")
         codes = np.stack(list(generate_codes(gen)))
+        self.talker.warm_steps(gen.prefix.length + self.cfg.max_frames + WARM_TEXT_TOKENS)
         if self.speech_tokenizer is None:
             return
         decoder = self.speech_tokenizer.decoder

@@ -12,12 +12,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, cast
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 
 from assistant.tts.qwen3.prompt import PromptBuilder, TextTrack, VoicePrompt
 from assistant.tts.qwen3.sampling import SamplingParams, first_code, new_key, suppress_mask
-from assistant.tts.qwen3.talker import Talker
+from assistant.tts.qwen3.talker import Talker, uncompilable
 from assistant.tts.qwen3.tokenizer import TextTokenizer
 
 Layout = Literal["stream", "full"]
@@ -36,7 +35,7 @@ class PrefixState:
         x = builder.prefix(prompt)
         cache = talker.make_cache()
         talker(x[None], cache)
-        kv = [(c.keys[..., : c.offset, :], c.values[..., : c.offset, :]) for c in cache]
+        kv = [c.state for c in cache]
         mx.eval(kv)
         return cls(prompt, x.shape[0], kv)
 
@@ -99,10 +98,7 @@ class FrameKernel:
         tc = talker.cfg
         self.eos = tc.codec_eos_token_id
         self.suppress = suppress_mask(tc.vocab_size, self.eos)
-        # MLX 0.32.4's CUDA backend fails ("SmallVector out of range") running a compiled graph with quantized
-        # matmuls: there quantized talkers run the same graph uncompiled (Metal and CPU compile it)
-        quantized = any(isinstance(m, nn.QuantizedLinear) for m in talker.modules())
-        self.fn = self._frame if quantized and mx.cuda.is_available() else mx.compile(self._frame)
+        self.fn = self._frame if uncompilable(talker) else mx.compile(self._frame)
 
     @classmethod
     def of(cls, talker: Talker, p: SamplingParams) -> FrameKernel:
@@ -113,7 +109,7 @@ class FrameKernel:
     def _frame(
         self, h: mx.array, seen: mx.array, eos_blocked: mx.array, key: mx.array
     ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
-        logits = self.talker.codec_head(h).astype(mx.float32)
+        logits = self.talker.codec_head(h[None])[0].astype(mx.float32)  # 2-D: MLX CUDA qmm rejects 1-D x
         c0, key = first_code(logits, seen, eos_blocked, key, self.p, self.suppress, self.eos)
         rest, key = self.talker.code_predictor.predict(h, self.talker.codec(c0)[0], key, self.p)
         frame = mx.concatenate([c0, rest])
@@ -189,9 +185,13 @@ class FrameGenerator:
         return self.feed.chars_of(n)
 
     def _forward(self, x: mx.array) -> None:
-        """One talker pass over x [n, hidden]; h_last = the post-norm hidden state of its last position (lazy)."""
+        """One talker pass over x [n, hidden]; h_last = the post-norm hidden state of its last position (lazy).
+        A single position (every frame after the prefill) runs the compiled static-cache step."""
         assert self.cache is not None
-        self.h_last = self.talker(x[None], self.cache)[0, -1, :]
+        if x.shape[0] == 1:
+            self.h_last = self.talker.step(x[0], self.cache)
+        else:
+            self.h_last = self.talker(x[None], self.cache)[0, -1, :]
 
     def _prefill(self) -> bool:
         vp = self.prefix.prompt

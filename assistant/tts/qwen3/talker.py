@@ -8,7 +8,7 @@ position copies, so it is exactly 1-D rotate-half RoPE (spec 2.1).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -43,6 +43,21 @@ class Attention(nn.Module):
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, n, -1))
 
+    def step(self, x: mx.array, pos: mx.array, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """One position x [1, 1, hidden] at `pos` (int32 scalar array) against whole cache buffers [1, kv, C, d]:
+        writes its K/V at `pos` and masks the positions after it, so every shape is fixed by C alone."""
+        q = self.q_norm(self.q_proj(x).reshape(1, 1, self.heads, self.head_dim)).transpose(0, 2, 1, 3)
+        k = self.k_norm(self.k_proj(x).reshape(1, 1, self.kv_heads, self.head_dim)).transpose(0, 2, 1, 3)
+        v = self.v_proj(x).reshape(1, 1, self.kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        q = mx.fast.rope(q, self.head_dim, traditional=False, base=self.theta, scale=1.0, offset=pos)
+        k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.theta, scale=1.0, offset=pos)
+        start = pos.reshape(1)
+        keys = mx.slice_update(keys, k.astype(keys.dtype), start, axes=(2,))
+        values = mx.slice_update(values, v.astype(values.dtype), start, axes=(2,))
+        mask = mx.arange(keys.shape[2]) <= pos
+        out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale, mask=mask)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(1, 1, -1)), keys, values
+
 
 class MLP(nn.Module):
     def __init__(self, hidden: int, intermediate: int):
@@ -76,6 +91,12 @@ class DecoderLayer(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
+    def step(self, x: mx.array, pos: mx.array, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """`__call__` for one position against static cache buffers (see Attention.step)."""
+        a, keys, values = self.self_attn.step(self.input_layernorm(x), pos, keys, values)
+        x = x + a
+        return x + self.mlp(self.post_attention_layernorm(x)), keys, values
+
 
 class TextProjection(nn.Module):
     """ResizeMLP: fc2(silu(fc1(x))), both with bias, text width -> talker width."""
@@ -101,6 +122,76 @@ class TalkerModel(nn.Module):
         for layer, c in zip(self.layers, cache, strict=True):
             x = layer(x, c)
         return self.norm(x)
+
+    def step(
+        self, x: mx.array, pos: mx.array, keys: list[mx.array], values: list[mx.array]
+    ) -> tuple[mx.array, list[mx.array], list[mx.array]]:
+        """One position through every layer against static buffers: (post-norm hidden, new keys, new values)."""
+        new_k, new_v = [], []
+        for layer, k, v in zip(self.layers, keys, values, strict=True):
+            x, k, v = layer.step(x, pos, k, v)
+            new_k.append(k)
+            new_v.append(v)
+        return self.norm(x), new_k, new_v
+
+
+class StaticCache:
+    """K/V of one talker sequence in buffers whose length C only grows in steps of `STEP` positions.
+
+    `update_and_fetch` (prefill, any n) is mlx-lm's KVCache contract; `Talker.step` reads and replaces the whole
+    buffers, so one compiled single-position graph serves every position below C (no per-step shape change).
+    """
+
+    STEP = 256  # positions per growth: ~1% of a 0.6B frame's weight bytes in extra masked K/V reads
+
+    def __init__(self) -> None:
+        self.keys: mx.array | None = None
+        self.values: mx.array | None = None
+        self.offset = 0
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def reserve(self, like: mx.array, n: int) -> None:
+        """Room for n more positions (buffers shaped like `like` [1, kv, *, d]), growing by whole steps."""
+        need = self.offset + n
+        if need <= self.capacity:
+            return
+        size = -(-need // self.STEP) * self.STEP
+        b, kv, _, d = like.shape
+        shape = (b, kv, size - self.capacity, d)
+        if self.keys is None or self.values is None:  # two arrays: item assignment rebinds the one assigned
+            self.keys, self.values = mx.zeros(shape, like.dtype), mx.zeros(shape, like.dtype)
+        else:
+            self.keys = mx.concatenate([self.keys, mx.zeros(shape, like.dtype)], axis=2)
+            self.values = mx.concatenate([self.values, mx.zeros(shape, like.dtype)], axis=2)
+
+    def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
+        n = k.shape[2]
+        self.reserve(k, n)
+        assert self.keys is not None and self.values is not None
+        self.keys[..., self.offset : self.offset + n, :] = k
+        self.values[..., self.offset : self.offset + n, :] = v
+        self.offset += n
+        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
+
+    @property
+    def state(self) -> tuple[mx.array, mx.array]:
+        assert self.keys is not None and self.values is not None
+        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
+
+    @state.setter
+    def state(self, kv_offset: tuple[mx.array, mx.array, int]) -> None:
+        """Start from keys/values [1, kv, n, d] holding the first n positions (copied: the source stays intact)."""
+        k, v, n = kv_offset
+        self.keys = self.values = None
+        self.offset = 0
+        self.reserve(k, n)
+        assert self.keys is not None and self.values is not None
+        self.keys[..., :n, :] = k
+        self.values[..., :n, :] = v
+        self.offset = n
 
 
 class CompiledCache:
@@ -149,10 +240,45 @@ class Talker(nn.Module):
             e = e + table(frames[:, g])
         return e
 
-    def make_cache(self) -> list[Any]:
-        from mlx_lm.models.cache import KVCache
+    def make_cache(self) -> list[StaticCache]:
+        return [StaticCache() for _ in self.model.layers]
 
-        return [KVCache() for _ in self.model.layers]
+    def step(self, x: mx.array, cache: list[StaticCache]) -> mx.array:
+        """One input vector x [hidden] at the cache's next position: the post-norm hidden state [hidden] (lazy).
+
+        Compiled once per buffer length (uncompiled where MLX cannot compile quantized matmuls, see FrameKernel).
+        """
+        kv = cache[0].keys
+        assert kv is not None
+        for c in cache:
+            c.reserve(kv, 1)
+        fn = self.compiled.get("step", lambda: self.model.step if uncompilable(self) else mx.compile(self.model.step))
+        pos = mx.array(cache[0].offset, dtype=mx.int32)
+        h, keys, values = fn(x[None, None], pos, [c.keys for c in cache], [c.values for c in cache])
+        for c, k, v in zip(cache, keys, values, strict=True):
+            c.keys, c.values = k, v
+            c.offset += 1
+        return cast(mx.array, h[0, 0])
+
+    def warm_steps(self, positions: int) -> None:
+        """Compile the one-position step for every buffer length a sequence of `positions` meets (at start-up:
+        a new length mid-utterance would trace and compile the graph between two frames)."""
+        a = self.model.layers[0].self_attn
+        dtype = self.model.codec_embedding.weight.dtype
+        x = mx.zeros((self.cfg.hidden_size,), dtype)
+        for size in range(StaticCache.STEP, positions + StaticCache.STEP, StaticCache.STEP):
+            cache = self.make_cache()
+            for c in cache:
+                c.keys = mx.zeros((1, a.kv_heads, size, a.head_dim), dtype)
+                c.values = mx.zeros((1, a.kv_heads, size, a.head_dim), dtype)
+                c.offset = size - 1
+            mx.eval(self.step(x, cache))
+
+
+def uncompilable(model: nn.Module) -> bool:
+    """MLX 0.32.4's CUDA backend fails ("SmallVector out of range") running a compiled graph with quantized
+    matmuls: such models run their graphs uncompiled there (Metal and CPU compile them)."""
+    return mx.cuda.is_available() and any(isinstance(m, nn.QuantizedLinear) for m in model.modules())
 
 
 class Qwen3TTSModel(nn.Module):

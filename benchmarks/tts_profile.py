@@ -1,0 +1,128 @@
+"""Where a TTS frame's time goes: each part of the frame loop timed alone at the real shapes (random weights).
+
+    PYTHONPATH=. python -m benchmarks.tts_profile --size 0.6B [--bits 4 --mode affine] [--positions 100 400]
+
+Parts, each run `--iters` times after a warm-up and evaluated every time (so each time includes one host sync):
+the talker's one-position step compiled and eager at a KV position, the frame kernel (code 0, the 15 predictor
+steps, the next embedding), a whole frame (step + kernel, one evaluation), and the codec decoder on a 4-frame
+chunk; then whole streamed utterances (`Utterance.step()`, as tts_vs times them) per frame count.
+Prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+
+def per_call_ms(fn: Callable[[], Any], iters: int) -> float:
+    """Median ms of fn() evaluated, after two warm-up calls."""
+    for _ in range(2):
+        mx.eval(fn())
+    out = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        mx.eval(fn())
+        out.append(time.perf_counter() - t0)
+    return round(1000 * float(np.median(out)), 3)
+
+
+def profile(folder: Path, positions: list[int], frames: list[int], iters: int) -> dict[str, Any]:
+    from assistant.config import TtsConfig
+    from assistant.tts.qwen3.engine import Qwen3TTS, Utterance, ad_hoc_voice, sampling_of
+    from assistant.tts.qwen3.generate import FrameGenerator, FrameKernel
+    from assistant.tts.qwen3.prompt import VoicePrompt
+    from assistant.tts.qwen3.talker import uncompilable
+    from benchmarks.tts_vs import TEXT
+
+    cfg = TtsConfig(model=str(folder), first_chunk_frames=1, chunk_frames=4, seed=0)
+    tts = Qwen3TTS.load(cfg)
+    talker = tts.talker
+    voice = tts.use_voice(ad_hoc_voice("bench", VoicePrompt(language="english", speaker="vivian")))
+    hidden = talker.cfg.hidden_size
+    x = mx.random.normal((hidden,), key=mx.random.key(0)).astype(talker.codec_head.weight.dtype) * 0.1
+    out: dict[str, Any] = {"compiled": not uncompilable(talker)}
+    kernel = FrameKernel.of(talker, sampling_of(cfg))
+    seen = mx.zeros((talker.cfg.vocab_size,), dtype=mx.bool_)
+    key = mx.random.key(0)
+    for pos in positions:
+        cache = talker.make_cache()
+        talker(mx.zeros((1, pos, hidden), x.dtype), cache)
+        mx.eval([c.keys for c in cache])
+
+        def step(cache: list[Any] = cache) -> mx.array:
+            h = talker.step(x, cache)
+            for c in cache:
+                c.offset -= 1  # stay at the same position: every call times the same shapes
+            return h
+
+        def eager(cache: list[Any] = cache, pos: int = pos) -> Any:
+            keys, values = [c.keys for c in cache], [c.values for c in cache]
+            return talker.model.step(x[None, None], mx.array(pos, mx.int32), keys, values)[0]
+
+        def frame(cache: list[Any] = cache) -> Any:
+            h = step(cache)
+            return kernel(h, seen, False, key)
+
+        out[f"talker_step_ms@{pos}"] = per_call_ms(step, iters)
+        out[f"talker_step_eager_ms@{pos}"] = per_call_ms(eager, iters)
+        out[f"frame_ms@{pos}"] = per_call_ms(frame, iters)
+    h = talker.step(x, cache)
+    out["frame_kernel_ms"] = per_call_ms(lambda: kernel(h, seen, False, key), iters)
+    dec = tts.speech_tokenizer.decoder
+    codes = np.random.default_rng(0).integers(0, 2048, (4, 16)).astype(np.int32)
+    for warm in (0, 80):  # a fresh stream, and one past the attention window (steady state)
+        state = dec.new_state()
+        for _ in range(warm // 4):
+            mx.eval(dec.step(codes, state))
+        out[f"codec_4_frames_ms@{warm}"] = per_call_ms(lambda state=state: dec.step(codes, state), iters)
+    for n in frames:
+        sampling = replace(sampling_of(cfg), min_new_tokens=n + 1)
+        times = []
+        for _ in range(3):  # the first run warms up
+            gen = FrameGenerator(talker, tts.builder, tts._prefix(voice), sampling, n + 1, TEXT, "stream")
+            utt = Utterance(gen, dec, None, 1, 4)
+            t0 = time.perf_counter()
+            while not utt.done:
+                utt.step()
+            times.append(time.perf_counter() - t0)
+        out[f"utterance_ms_per_frame@{n}"] = round(1000 * min(times[1:]) / n, 3)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=["0.6B", "1.7B"], default="0.6B")
+    ap.add_argument("--bits", type=int, choices=[0, 4, 8], default=0)
+    ap.add_argument("--mode", default="affine")
+    ap.add_argument("--layers", type=int, nargs=2, default=[28, 5])
+    ap.add_argument("--decoder-dim", type=int, default=1536)
+    ap.add_argument("--positions", type=int, nargs="+", default=[100, 400])
+    ap.add_argument("--frames", type=int, nargs="+", default=[100, 250])
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--cache", default="/tmp/bench-checkpoints")
+    args = ap.parse_args(argv)
+    from benchmarks.checkpoints import write_checkpoint
+
+    kind = f"{args.mode}-{args.bits}bit" if args.bits else "bf16"
+    folder = Path(args.cache) / f"{args.size}-{kind}-L{args.layers[0]}x{args.layers[1]}-D{args.decoder_dim}"
+    layers, bits = args.layers, args.bits or None
+    write_checkpoint(folder, args.size, bits, layers[0], layers[1], decoder_dim=args.decoder_dim, mode=args.mode)
+    row = {"section": "tts_profile", "size": args.size, "precision": kind, "device": str(mx.default_device())}
+    row.update(profile(folder, args.positions, args.frames, args.iters))
+    print(json.dumps(row), flush=True)
+    print(row, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
