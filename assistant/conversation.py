@@ -209,7 +209,6 @@ class Conversation:
         self.restart_required: list[str] = []
         self.bus: EventBus[SessionEvent] = EventBus()
         self._events = self.bus.subscribe(QUEUE_LIMIT) if realtime is not None else None
-        self.generation = Generation()
         self._replies: dict[int, Reply] = {}  # replies in flight
         self._kept: OrderedDict[int, Reply] = OrderedDict()  # finished, for truncate_response
         self._settling: asyncio.Task[None] | None = None  # the cancelled reply being recorded
@@ -428,7 +427,7 @@ class Conversation:
     def _start(self, a: StartReply) -> None:
         reply = Reply(
             a.turn,
-            self.generation.ticket(),
+            Generation().ticket(),  # its own: cancelling one reply must not stale another still alive
             TurnTrace(a.turn, a.speech_end, a.endpoint),
             a.responder,
             asyncio.Event(),
@@ -526,11 +525,11 @@ class Conversation:
         self._cancel(reply, heard)
 
     def _cancel(self, reply: Reply, heard: str | None) -> None:
-        """Bump the generation (the reply's next step never runs) and settle it in the background."""
-        self.generation.bump()
+        """Bump the reply's generation (its next step never runs) and settle it in the background."""
+        reply.ticket.counter.bump()
         if reply.task is not None:
             reply.task.cancel()
-        if getattr(self.engines.chat, "blocks_on_network", False):
+        if reply.gen is not None and getattr(self.engines.chat, "blocks_on_network", False):
             self.engines.chat.cancel()  # type: ignore[attr-defined]  # closes the HTTP stream now (thread-safe)
         # Submitted now, so it runs before any chat job submitted after this call (e.g. a history reset).
         job = self.compute.submit(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
@@ -909,7 +908,8 @@ class Conversation:
         self._closed = True
         if self._tick is not None:
             self._tick.cancel()
-        self.generation.bump()
+        for reply in self._replies.values():
+            reply.ticket.counter.bump()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

@@ -68,6 +68,17 @@ def room_env(room: Room, monkeypatch: pytest.MonkeyPatch) -> Room:
     return room
 
 
+# Modules that bound a latency, a wall time or what a signal interrupts: scripts/test runs them (like the room
+# tests) one at a time after the parallel phase, so a test on the other worker cannot push them past their bound.
+SERIAL = {"tests/server/test_abuse.py", "tests/pipeline/test_signals.py", "tests/test_cli_audio_commands.py"}
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Room tests and SERIAL modules get the `serial` marker (before `-m` selects)."""
+    if item.get_closest_marker("audio") is not None or item.path.relative_to(REPO).as_posix() in SERIAL:
+        item.add_marker(pytest.mark.serial)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Room tests (`audio`) run in real time against PulseAudio on a shared 2-core machine: a starved scheduler
     can make one miss a deadline, so each gets one rerun; the report still lists every rerun ("R")."""

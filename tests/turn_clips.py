@@ -192,7 +192,7 @@ def smart_turn_file() -> Path:
                 f"({got.stderr.strip()[-300:]}); fix the network or put {SMART_TURN_FILE} into {MODELS}"
             )
         with zipfile.ZipFile(wheels[0]) as whl:
-            part = target.with_suffix(".part")
+            part = target.with_suffix(f".{os.getpid()}.part")  # parallel test workers may fetch it at once
             part.write_bytes(whl.read(WHEEL_MEMBER))
             part.rename(target)
     return target

@@ -1007,6 +1007,17 @@ BETA_NAMES = {
 }
 
 
+# Server events of the GA protocol that the beta API does not define: a beta client is not sent them.
+GA_ONLY = frozenset(
+    {
+        "conversation.item.done",
+        "conversation.item.input_audio_transcription.segment",
+        "input_audio_buffer.timeout_triggered",
+        "input_audio_buffer.dtmf_event_received",
+    }
+)
+
+
 def server_event_dict(ev: ServerEvent, event_id: str, beta: bool = False) -> dict[str, Any]:
     """The JSON object of a server event: `type` (beta name if asked), `event_id`, then its fields in order."""
     body = {f.name: getattr(ev, f.name) for f in fields(ev) if f.name != "type"}
@@ -1015,6 +1026,8 @@ def server_event_dict(ev: ServerEvent, event_id: str, beta: bool = False) -> dic
         body["error"] = {"type": d.type, "code": d.code, "message": d.message, "param": d.param, "event_id": d.event_id}
     if not beta:
         return {"type": ev.type, "event_id": event_id, **body}
+    if ev.type == "response.function_call_arguments.done":
+        body.pop("name")  # the beta event has no name (its output item carries it)
     return {"type": BETA_NAMES.get(ev.type, ev.type), "event_id": event_id, **_beta_body(body)}
 
 

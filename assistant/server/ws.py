@@ -556,6 +556,8 @@ class ControlServer:
 
     def _send_realtime(self, client: Client, conv: RealtimeConversation, out: list[rp.ServerEvent]) -> None:
         for ev in out:
+            if conv.out.beta and ev.type in rp.GA_ONLY:
+                continue
             client.outbox.put(conv.encode(ev), droppable=isinstance(ev, rp.DROPPABLE))
 
     async def _realtime_message(self, conv: RealtimeConversation, data: str | bytes) -> list[rp.ServerEvent]:
