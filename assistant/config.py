@@ -186,7 +186,7 @@ class EndOfTurnConfig:
     detector: str = opt("smart_turn", choices=("smart_turn", "silence"))  # silence: vad.hangover_ms alone
     model: str = opt("pipecat-ai/smart-turn-v3")
     threshold: float = opt(0.5, "", 0.0, 1.0)
-    score_after_ms: int = opt(180, "ms", 30, 2000)
+    score_after_ms: int = opt(150, "ms", 30, 2000)
     max_wait_ms: int = opt(2000, "ms", 100, 10_000)
     threads: int = opt(1, "threads", 1, 16)
 

@@ -29,7 +29,7 @@ from assistant.audio.sinks import AudioSink, AudioSource, ClientSink, SpeakerTim
 from assistant.bus import EventBus, Subscription
 from assistant.compute import Compute, Generation, Priority, Stale
 from assistant.config import Config
-from assistant.endofturn import EndOfTurnPolicy, FixedSilence, policy_from_config
+from assistant.endofturn import EndOfTurnPolicy, FixedSilence, policy_from_config, vad_settings
 from assistant.engines import Engines, VadLike
 from assistant.errors import AssistantError, AudioDeviceError, ConfigError, InputError, ModelError
 from assistant.events import (
@@ -202,7 +202,7 @@ class Conversation:
         self.realtime = realtime
         self._on_close = on_close
         self.sink: AudioSink = sink or ClientSink(self._client_audio, engines.tts.sample_rate)
-        self.vad: VadLike = engines.make_vad(cfg.vad)
+        self.vad: VadLike = engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
         ring = frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms)
         ring += int(max(cfg.vad.max_utterance_s, cfg.stt.max_utterance_s) * CAPTURE_RATE)
         policy = daemon_policy(cfg) if realtime is None else realtime_policy(cfg, True, True, True)
@@ -699,7 +699,7 @@ class Conversation:
         self.restart_required = sorted({*self.restart_required, *settings.at_restart(changes)})
         new_vad = new.vad != self.cfg.vad
         if new_vad:
-            self.vad = self.engines.make_vad(new.vad)
+            self.vad = self.engines.make_vad(vad_settings(new.vad, new.endofturn))
         if new.llm.system_prompt != self.cfg.llm.system_prompt:
             self.instructions = new.llm.system_prompt
             self.compute.submit(self.engines.chat.set_system_prompt, self._system_prompt())
@@ -808,7 +808,7 @@ class Conversation:
             raise ConfigError(f"turn_detection.silence_duration_ms {hangover_ms} cannot be used ({e})") from e
         new_vad = hangover_ms is not None and hangover_ms != self.hangover_ms
         if new_vad:
-            self.vad = self.engines.make_vad(cfg.vad)
+            self.vad = self.engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
         self.hangover_ms, self.cfg = hangover_ms, cfg
         policy = realtime_policy(cfg, hangover_ms is not None, create_response, interrupt_response)
         # server_vad is OpenAI's silence rule: its silence_duration_ms, whatever detector the daemon uses

@@ -616,6 +616,7 @@ class TurnCore:
             user.silence_at = ev.sample
             if self.policy.speculative and not user.candidate and user.spec_job is None and self._may_speculate(user):
                 self._speculate(ev.time)
+            self._check_end_of_turn(ev.time)  # a score may be due now, not one audio block later
         elif isinstance(ev, SpeechResumed):
             self._resumed(ev.time, ev.sample)
         elif isinstance(ev, SpeechEnded):

@@ -285,6 +285,8 @@ def render(docs: list[dict[str, Any]], projection: dict[str, Any] | None = None,
                 out.append("")
     if projection:
         out.extend(projection_table(projection))
+    for note in sorted(folder.glob("*.md")) if folder is not None else []:
+        out.append("\n" + note.read_text().strip())  # hand-written measurements (room tests) kept across runs
     return "\n".join(out).rstrip() + "\n"
 
 

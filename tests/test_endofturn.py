@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from assistant import hub
-from assistant.config import EndOfTurnConfig
+from assistant.config import EndOfTurnConfig, VadConfig
 from assistant.endofturn import (
     FRAMES,
     N_MELS,
@@ -25,6 +25,7 @@ from assistant.endofturn import (
     load_smart_turn,
     model_input,
     policy_from_config,
+    vad_settings,
 )
 from assistant.errors import InputError, ModelError
 from tests.speech import needs_espeak, say
@@ -162,6 +163,15 @@ def test_config_builds_the_policy() -> None:
     cfg = EndOfTurnConfig(threshold=0.6, score_after_ms=210, max_wait_ms=1500)
     assert policy_from_config(cfg, 720) == SmartTurnPolicy(0.6, 210, 1500)
     assert policy_from_config(EndOfTurnConfig(detector="silence"), 720) == FixedSilence(720)
+
+
+def test_the_vad_reports_silence_by_the_time_the_model_is_asked() -> None:
+    """With the model, vad.early_silence_ms is lowered to endofturn.score_after_ms (never raised); the silence
+    detector leaves the VAD as configured."""
+    vad = VadConfig(early_silence_ms=200)
+    assert vad_settings(vad, EndOfTurnConfig(score_after_ms=120)).early_silence_ms == 120
+    assert vad_settings(vad, EndOfTurnConfig(score_after_ms=300)).early_silence_ms == 200
+    assert vad_settings(vad, EndOfTurnConfig(detector="silence", score_after_ms=120)) == vad
 
 
 def test_the_model_is_pulled_from_its_repo_file(smart_turn: SmartTurn) -> None:

@@ -499,6 +499,21 @@ def test_a_model_backed_policy_scores_the_pause_and_holds_a_thinking_pause() -> 
     assert np.count_nonzero(fed == 1000) == 10 * BLOCK and np.count_nonzero(fed == 2000) == 10 * BLOCK
 
 
+def test_the_score_is_asked_as_soon_as_the_vad_reports_enough_silence() -> None:
+    """When the VAD reports a pause that has already lasted score_after_ms, the core asks for the score at that
+    event, not one audio block later."""
+    tl = Timeline(dataclasses.replace(DAEMON, speculative=False))
+    tl.core.end_of_turn = ScoredPolicy()
+    tl.audio(10, value=1000)
+    tl.started(0)
+    pause = tl.pos()
+    tl.audio(10)  # 200 ms of silence, then the VAD says so
+    assert not tl.of(ScoreTurn)
+    tl.vad(SilenceStarted(pause, tl.now))
+    asks = [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
+    assert len(asks) == 1 and len(asks[0].audio) == pause + CAPTURE_RATE * 200 // 1000
+
+
 def test_a_model_judged_turn_publishes_one_start_and_one_end() -> None:
     """With a model-backed policy the VAD's end and new start inside the open turn are not published: a Realtime
     client sees one speech start and one speech end, from the turn's start to where the model ended it."""

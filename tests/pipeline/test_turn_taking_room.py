@@ -142,12 +142,14 @@ class Daemon:
         self.compute = Compute()
         engines = await self.compute.run(cli.build_engines, self.cfg)
         self.scores: list[tuple[float, float, float]] = []  # (asked, answered, P(complete)) per model decision
+        self.cpu_ms: list[float] = []  # the scoring thread's CPU time per decision (wall time minus starvation)
         score = engines.score_turn
 
         def scored(audio: np.ndarray) -> float:
-            asked = time.monotonic()
+            asked, cpu = time.monotonic(), time.thread_time()
             assert score is not None
             p = score(audio)
+            self.cpu_ms.append(1000.0 * (time.thread_time() - cpu))
             self.scores.append((asked, time.monotonic(), p))
             return p
 
@@ -191,42 +193,71 @@ class Daemon:
         return await self.compute.run(lambda: list(chat.history))
 
 
-@pytest.mark.slow  # ~100 s of real time: over the CI suite's room budget
-@pytest.mark.xfail(
-    reason="(d) not met on the shared 2-core machine: median 473 ms (scores asked after 210 ms of silence; the "
-    "model took 70-1400 ms per decision under load; 5 of 20 scored < 0.5 and waited); (c) passes",
-    strict=False,
-)
-def test_pauses_keep_one_turn_and_complete_questions_end_fast(room_env: Any, room_config: Config) -> None:
-    """(c) "What time is it ... in London?" with 600 and 900 ms pauses is one turn with one transcript and one
-    reply; (d) 20 complete short requests end their turn within 300 ms (median) of the true end of speech, the
-    capture time of the last voiced sample that reached the virtual microphone."""
-    from tests.turn_clips import SENTENCES, make_clip
+def paused_clips() -> tuple[list[np.ndarray], list[tuple[str, np.ndarray]]]:
+    """The paused question with 600 and 900 ms pauses, and its halves as KnownSpeech phrases."""
+    from tests.turn_clips import make_clip
 
-    complete = [(text_of(s), trimmed(make_clip(s, "complete").audio)) for s in SENTENCES]
-    paused, phrases = [], list(complete)
+    paused, phrases = [], []
     for kind in ("pause600", "pause900"):
         clip = make_clip(PAUSED, kind)
         cut = clip.points[0].at  # where the thinking pause starts
         paused.append(trimmed(clip.audio))
         phrases += [("What time is it", trimmed(clip.audio[:cut])), ("in London?", trimmed(clip.audio[cut:]))]
+    return paused, phrases
 
-    skipped: list[str] = []
 
-    async def main() -> tuple[list[list[str]], list[int], list[float], list[tuple[float, float, float]]]:
+@pytest.mark.xfail(
+    reason="Smart Turn v3.2 hears 'What time is it' + silence as a finished question: offline P(complete) 0.59-0.92 at"
+    " every scoring point 120-180 ms and every VAD-grid shift (benchmarks/endofturn.py cuts exactly these 2 of its 60"
+    " thinking pauses); in the room 0.5-0.93 at the pause in most runs. Passing needs a turn that speech resumed"
+    " within ~1 s can reopen (issue 13 item 3), not a different scoring point",
+    strict=False,
+)
+def test_thinking_pauses_keep_one_turn(room_env: Any, room_config: Config) -> None:
+    """(c) "What time is it ... in London?" with a 600 ms and then a 900 ms thinking pause is one turn each time:
+    one transcript of the whole question and one reply."""
+    paused, phrases = paused_clips()
+
+    async def main() -> tuple[list[list[str]], list[int], list[float]]:
         async with Daemon(room_env, room_config, phrases) as d:
             ev = d.events
-            # (c): the paused question, whole, as one utterance
             transcripts, replies = [], []
             for audio in paused:
                 mark, _, _ = d.say(audio)
                 await ev.until(ResponseDone)
-                await ev.drain(0.5)
+                await ev.drain(0.5)  # a second turn (the question's tail) would have ended within this
                 transcripts.append([e.text for e in ev.since(mark, FinalTranscript)])
                 replies.append(len(ev.since(mark, ResponseDone)))
-            # (d): complete requests, each once the previous reply has played
+            return transcripts, replies, [p for _, _, p in d.scores]
+
+    transcripts, replies, scores = asyncio.run(main())
+    print(f"P(complete) at each pause and end: {[round(p, 2) for p in scores]}")
+    for kind, texts, n in zip(("pause600", "pause900"), transcripts, replies, strict=True):
+        assert texts == ["What time is it in London?"] and n == 1, (kind, texts, n)
+
+
+@pytest.mark.slow  # ~60 s of real time: over the CI suite's room budget
+@pytest.mark.xfail(
+    reason="(d) not met on the shared 2-core machine (load average ~9): median 331 ms, p90 2021 ms. Each score is"
+    " asked 134-210 ms after the true end (150 ms of silence + the VAD's frame grid + capture); the model took 155 ms"
+    " wall (median) for 64 ms of CPU, starved by the load; 3 of 20 clips waited ~2 s (2 scored < 0.5)",
+    strict=False,
+)
+def test_complete_questions_end_fast(room_env: Any, room_config: Config) -> None:
+    """(d) 20 complete short requests end their turn within 300 ms (median) of the true end of speech, the
+    capture time of the last voiced sample that reached the virtual microphone."""
+    from tests.turn_clips import SENTENCES, make_clip
+
+    complete = [(text_of(s), trimmed(make_clip(s, "complete").audio)) for s in SENTENCES]
+    skipped: list[str] = []
+    steps: list[tuple[float, float, float, float]] = []  # per clip: the last score before the turn ended (ms after
+    # the true end when it was asked and answered, P(complete)), and the turn's end (ms after the true end)
+
+    async def main() -> tuple[list[float], list[tuple[float, float, float]], list[float]]:
+        async with Daemon(room_env, room_config, complete) as d:
+            ev = d.events
             latencies: list[float] = []
-            for text, audio in (complete * 2)[:MAX_PLAYS]:
+            for text, audio in (complete * 2)[:MAX_PLAYS]:  # each once the previous reply has played
                 mark, tap, proc = d.say(audio)
                 await asyncio.to_thread(proc.wait)
                 await d.settled(mark)
@@ -238,18 +269,23 @@ def test_pauses_keep_one_turn_and_complete_questions_end_fast(room_env: Any, roo
                 ended = [e.time for e in ev.since(mark, StateChanged) if e.new is TurnState.THINKING]
                 assert finals == [text] and len(ended) == 1 and true_end is not None, (text, finals, ended)
                 latencies.append(1000.0 * (ended[0] - true_end))
+                ask, answer, p = max((s for s in d.scores if s[0] <= ended[0]), default=(true_end, true_end, -1.0))
+                steps.append((1000.0 * (ask - true_end), 1000.0 * (answer - true_end), p, latencies[-1]))
                 if len(latencies) == CLIPS:
                     break
-            return transcripts, replies, latencies, d.scores
+            return latencies, d.scores, d.cpu_ms
 
-    transcripts, replies, latencies, scores = asyncio.run(main())
-    for kind, texts, n in zip(("pause600", "pause900"), transcripts, replies, strict=True):
-        assert texts == ["What time is it in London?"] and n == 1, (kind, texts, n)
+    latencies, scores, cpu_ms = asyncio.run(main())
     assert len(latencies) == CLIPS, f"only {len(latencies)} clips arrived whole; the room cut {skipped}"
     median = statistics.median(latencies)
+    wall_ms = [1000 * (b - a) for a, b, _ in scores]
     print(
-        f"scores: {[round(p, 2) for _, _, p in scores]}; model ms: {[round(1000 * (b - a)) for a, b, _ in scores]};"
-        f" clips the room cut (not counted): {skipped}"
+        f"model per decision, ms: wall median {statistics.median(wall_ms):.0f} (max {max(wall_ms):.0f}), CPU median"
+        f" {statistics.median(cpu_ms):.0f} (max {max(cpu_ms):.0f}); clips the room cut (not counted): {skipped}"
+    )
+    print(
+        "per clip, the last score before the end (asked and answered, ms after the true end; P) and the end: "
+        f"{[(round(a), round(b), round(p, 2), round(e)) for a, b, p, e in steps]}"
     )
     print(
         f"end of turn after the true end of speech, ms: median {median:.0f}, p90 {np.percentile(latencies, 90):.0f},"
