@@ -11,7 +11,6 @@ words: both halves of a paused question in one transcript, and the wake phrase a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import statistics
 import time
@@ -27,8 +26,9 @@ from assistant.compute import Compute
 from assistant.config import Config
 from assistant.conversation import Conversation
 from assistant.daemon import ReopeningSource
-from assistant.events import AttentionChanged, Event, FinalTranscript, ResponseDone, StateChanged, TurnState
+from assistant.events import AttentionChanged, FinalTranscript, ResponseDone, StateChanged, TurnState
 from tests import tiny_engines
+from tests.event_log import EventLog
 from tests.pipeline.known_speech import KnownSpeech
 from tests.speech import needs_espeak, silence, trimmed
 
@@ -76,34 +76,6 @@ class TapSource:
             if len(loud):
                 last = block.t + (int(loud[-1]) + 1) / CAPTURE_RATE
         return last
-
-
-class Events:
-    def __init__(self, pipeline: Conversation) -> None:
-        self.sub = pipeline.subscribe(100_000)
-        self.seen: list[Event] = []
-
-    async def until(self, kind: type, pred: Callable[[Any], bool] = lambda e: True) -> Any:
-        async def find() -> Any:
-            async for ev in self.sub:
-                self.seen.append(ev)
-                if isinstance(ev, kind) and pred(ev):
-                    return ev
-            raise AssertionError("subscription closed")
-
-        return await asyncio.wait_for(find(), WAIT_S)
-
-    async def drain(self, seconds: float) -> None:
-        """Collect what arrives for `seconds` (to show that nothing more came)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._all(), seconds)
-
-    async def _all(self) -> None:
-        async for ev in self.sub:
-            self.seen.append(ev)
-
-    def since(self, mark: int, kind: type) -> list[Any]:
-        return [e for e in self.seen[mark:] if isinstance(e, kind)]
 
 
 async def until(cond: Callable[[], bool]) -> None:
@@ -159,7 +131,7 @@ class Daemon:
         self.source = TapSource(ReopeningSource(lambda: Capture(self.cfg.audio)))
         self.playback = Playback(self.cfg.audio, rate=engines.tts.sample_rate).__enter__()
         self.pipeline = Conversation(self.cfg, self.engines, self.source, self.playback, self.compute)
-        self.events = Events(self.pipeline)
+        self.events = EventLog(self.pipeline, WAIT_S)
         self.runner = asyncio.create_task(self.pipeline.run())
         await until(lambda: self.pipeline.captured_samples > 0)
         return self
