@@ -188,6 +188,7 @@ class EndOfTurnConfig:
     threshold: float = opt(0.5, "", 0.0, 1.0)
     score_after_ms: int = opt(150, "ms", 30, 2000)
     max_wait_ms: int = opt(2000, "ms", 100, 10_000)
+    resume_ms: int = opt(1200, "ms", 0, 5000)  # speech this soon after a turn's end continues it (0: never)
     threads: int = opt(1, "threads", 1, 16)
 
 

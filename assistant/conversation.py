@@ -122,6 +122,7 @@ def daemon_policy(cfg: Config) -> Policy:
         echo_tail_ms=cfg.vad.echo_tail_ms,
         wake_phrase=cfg.pipeline.wake_phrase,
         follow_up_s=cfg.pipeline.follow_up_s,
+        resume_ms=cfg.endofturn.resume_ms,
     )
 
 

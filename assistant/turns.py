@@ -74,6 +74,7 @@ class Policy:
     echo_tail_ms: int = 200  # after the speaker's last sample, echo may still arrive (path delay + reverberation)
     wake_phrase: str = ""  # hands-free turns are answered only when addressed (see assistant/wake.py); "" = all
     follow_up_s: float = 8.0  # after the assistant spoke, turns without the phrase are answered for this long
+    resume_ms: int = 0  # speech this soon after an answered turn's end continues that turn (its reply is retracted)
 
 
 @dataclass(frozen=True)
@@ -445,6 +446,18 @@ class Utterance:
     spec_language: str = ""
     spec_started: bool = False  # the speculative reply was started
     started_at: float = 0.0  # when the speech began (the wake phrase's follow-up window counts from here)
+    resumes: Closed | None = None  # speech over the reply that continues this turn once it proves it is the user
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The user's latest answered turn: reopened when they go on within `Policy.resume_ms` of its end (a thinking
+    pause the end-of-turn policy took for the end), so the second half is never answered on its own or lost."""
+
+    turn: int
+    start: int  # capture position where its speech began
+    speech_end: float  # capture time of its last speech
+    started_at: float
 
 
 @dataclass
@@ -494,6 +507,7 @@ class TurnCore:
         self._creating_turn = 0
         self._loud: tuple[float, float] | None = None  # (capture time, dBFS) the speaker last played audibly
         self._next: tuple[str, float] | None = None  # words said over the reply, answered when it ends (speech end)
+        self._closed: Closed | None = None  # the latest answered turn, while it may still be resumed
         self._out: list[Action] = []
         self._now = 0.0  # the latest input's time (for the events it causes)
         self.wake = WakeGate(policy.wake_phrase, policy.follow_up_s)
@@ -637,6 +651,15 @@ class TurnCore:
 
     def _speech_started(self, ev: SpeechStarted) -> None:
         """Speech by capture time: during a reply (or its echo) it must qualify before it takes the turn."""
+        closed = self._resumable(ev.onset_sample)
+        if closed is not None:
+            if self.current is not None and self.clock.echo_at(ev.onset_sample):
+                self._begin(ev.start_sample, candidate=True)  # over the reply's own voice: words first
+                assert self.user is not None
+                self.user.resumes = closed
+            else:
+                self._reopen(closed)
+            return
         if self.current is not None and not self.policy.barge_in:
             # transcribed, the reply goes on: the daemon answers it once the reply is over (nothing said is lost)
             self._begin(ev.start_sample, candidate=self.policy.answer_turns)
@@ -695,6 +718,9 @@ class TurnCore:
         self._check_end_of_turn(f.now)
 
     def _promote(self, user: Utterance) -> None:
+        if user.resumes is not None and self._answering(user.resumes.turn):
+            self._reopen(user.resumes)
+            return
         user.candidate = False
         self._interrupt_current()
         self._set_state(TurnState.USER_SPEAKING)
@@ -776,6 +802,10 @@ class TurnCore:
             self._set_state(TurnState.THINKING if job.respond else TurnState.IDLE)
             return
         self._set_state(TurnState.THINKING)
+        if self.policy.resume_ms and not user.ptt:
+            spec_known = user.spec_job is not None and (user.spec_job in self._jobs or user.spec_text is not None)
+            turn = user.spec_turn if spec_known and user.spec_turn is not None else self.turn + 1
+            self._closed = Closed(turn, user.start, speech_end, user.started_at)
         if user.spec_job is not None and user.spec_turn is not None:
             spec = self._jobs.get(user.spec_job)
             if spec is not None:  # its transcript is still coming: answer it confirmed when it arrives
@@ -994,6 +1024,40 @@ class TurnCore:
     def _drop_reply(self, turn: int) -> None:
         if self.replies.pop(turn, None) is not None:
             self._emit(DropReply(turn))
+
+    # ---- a turn the user goes on with -------------------------------------------------------------------------
+
+    def _resumable(self, onset: int) -> Closed | None:
+        """The answered turn that speech with this onset continues, if any (see `Closed`)."""
+        c = self._closed
+        if c is None or self.ptt or self.user is not None or self.ring.start > c.start:
+            return None
+        if self.clock.time_of(onset) - c.speech_end > self.policy.resume_ms / 1000:
+            return None
+        return c if self._answering(c.turn) else None
+
+    def _answering(self, turn: int) -> bool:
+        """Whether the answer to `turn` is still on its way: its transcript, or its reply not yet done."""
+        return turn in self.replies or any(j.purpose == "answer" and j.turn == turn for j in self._jobs.values())
+
+    def _reopen(self, c: Closed) -> None:
+        """The user goes on with turn `c`: retract its answer (nothing of it stays in the history) and transcribe
+        the whole turn again from its first word, as one turn."""
+        self._closed = None
+        for job_id in [j for j, job in self._jobs.items() if job.purpose == "answer" and job.turn == c.turn]:
+            del self._jobs[job_id]  # its transcript, still coming, answers nothing now
+        reply = self.replies.get(c.turn)
+        if reply is not None and self.current is reply:
+            self.current = None
+            self.wake.stopped(self._now)
+            if reply.audio_started:
+                self._emit(FlushAudio())
+            self._emit(Publish(ResponseDone(c.turn, "", True, self._now)))
+        self._drop_reply(c.turn)
+        self.user = None
+        self._begin(c.start)
+        assert self.user is not None
+        self.user.started_at = c.started_at
 
     # ---- commands -------------------------------------------------------------------------------------------
 

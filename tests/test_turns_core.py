@@ -43,6 +43,7 @@ from assistant.turns import (
     Fed,
     Feed,
     Finalize,
+    FlushAudio,
     Input,
     Interrupt,
     InterruptReply,
@@ -67,7 +68,8 @@ from assistant.turns import (
 )
 
 BLOCK = 320  # 20 ms
-CFG = Config().replace({"vad.preroll_ms": 0})
+# resume_ms 0: the scenarios' next speech follows a turn's end within ms; test_resume_* turn the window on
+CFG = Config().replace({"vad.preroll_ms": 0, "endofturn.resume_ms": 0})
 DAEMON = daemon_policy(CFG.replace({"pipeline.mode": "both"}))
 REALTIME = realtime_policy(CFG, server_vad=True, create_response=True, interrupt_response=True)
 
@@ -604,3 +606,95 @@ def test_wake_window_closes_on_a_tick() -> None:
     tl.ended(start, tl.pos())
     tl.transcribe("hello again")
     assert len(tl.of(StartReply)) == 1  # the unaddressed turn after the window got no reply
+
+
+# ---- a turn the user goes on with (endofturn.resume_ms) -------------------------------------------------------
+
+RESUMING = daemon_policy(CFG.replace({"pipeline.mode": "both", "endofturn.resume_ms": 1200}))
+
+
+def last_feed(tl: Timeline) -> Feed:
+    feed = tl.of(Feed)[-1]
+    assert isinstance(feed, Feed)
+    return feed
+
+
+def test_resume_speech_soon_after_the_end_retracts_the_reply_and_makes_one_turn() -> None:
+    """A thinking pause taken for the end ("What time is it ... in London?"): the user goes on 400 ms after the
+    end while the answer plays; the answer stops and is retracted (never heard as an answer, nothing recorded), and
+    the whole turn is transcribed again from its first word and answered once."""
+    tl = Timeline(RESUMING)
+    turn = spoken_turn(tl, "what time is it")  # speech from sample 0, answered (reply confirmed)
+    tl.reply_plays(turn)
+    assert tl.of(Play)
+    tl.audio(10)  # 200 ms more of the pause: 300 ms of silence after the speech in all
+    resumed = tl.pos()
+    tl.audio(10, value=1000)  # the speaker is silent at this capture time (no echo to judge)
+    tl.started(resumed)
+    assert tl.of(DropReply) == [DropReply(turn)] and InterruptReply(turn) not in tl.actions
+    assert isinstance(tl.actions[tl.actions.index(DropReply(turn)) - 2], FlushAudio)  # the answer stops at once
+    done = tl.events(ResponseDone)[-1]
+    assert done.turn == turn and done.interrupted and done.text == ""  # type: ignore[attr-defined]
+    assert len(last_feed(tl).audio) == tl.pos()  # re-fed from the turn's first sample (0)
+    assert tl.core.state is TurnState.USER_SPEAKING
+    tl.audio(5)
+    tl.ended(resumed, tl.pos() - 5 * BLOCK)
+    tl.transcribe("what time is it in london")
+    final = tl.of(StartReply)[-1]
+    assert isinstance(final, StartReply) and final.confirmed and final.turn == turn + 1
+    assert final.responder.user_text == "what time is it in london"
+    assert len(tl.of(StartReply)) == 2
+
+
+def test_resume_before_the_first_transcript_is_back_answers_only_the_whole_turn() -> None:
+    """The user goes on while the first half is still being transcribed: that transcript answers nothing, and the
+    only reply is the whole turn's."""
+    tl = Timeline(dataclasses.replace(RESUMING, speculative=False))
+    tl.audio(10, value=1000)
+    tl.started(0)
+    end = tl.pos()
+    tl.audio(5)
+    tl.ended(0, end)
+    first = tl.of(Finalize)[-1]
+    assert isinstance(first, Finalize)
+    resumed = tl.pos()
+    tl.audio(10, value=1000)
+    tl.started(resumed)
+    tl.send(Transcribed(first.job, "what time is it", "en", tl.now))  # late: the turn was reopened
+    assert not tl.of(StartReply)
+    assert len(last_feed(tl).audio) == tl.pos()
+    tl.audio(5)
+    tl.ended(resumed, tl.pos() - 5 * BLOCK)
+    tl.transcribe("what time is it in london")
+    assert [a.responder.user_text for a in tl.of(StartReply)] == ["what time is it in london"]  # type: ignore[attr-defined]
+
+
+def test_resume_over_the_playing_answer_must_prove_it_is_the_user_first() -> None:
+    """Speech that starts while the answer is at the speaker could be its echo: it is a candidate until its words
+    arrive, then it reopens the turn (from the first word of the turn, not of the candidate)."""
+    tl = Timeline(RESUMING)
+    turn = spoken_turn(tl, "what time is it")
+    tl.reply_plays(turn)
+    resumed = tl.pos()
+    tl.audio(10, value=3000, speaker_dbfs=-20.0)
+    tl.started(resumed)
+    assert not tl.of(DropReply) and not tl.of(InterruptReply), "not yet: it may be the echo"
+    user = tl.core.user
+    assert user is not None and user.candidate and user.resumes is not None
+    tl.send(Fed(user.id, "in london", tl.now))
+    assert tl.of(DropReply) == [DropReply(turn)] and InterruptReply(turn) not in tl.actions
+    assert len(last_feed(tl).audio) == tl.pos()  # the whole turn again, from sample 0
+    assert tl.core.user is not None and not tl.core.user.candidate
+
+
+def test_speech_after_the_resume_window_is_a_new_turn() -> None:
+    """Past `resume_ms` after the end, speech over the reply is an interruption or a new turn, never a reopen."""
+    tl = Timeline(dataclasses.replace(RESUMING, backchannels=frozenset()))
+    turn = spoken_turn(tl)
+    tl.reply_plays(turn)
+    tl.audio(70)  # 1.4 s
+    start = tl.pos()
+    tl.audio(10, value=3000, speaker_dbfs=-20.0)
+    tl.started(start)
+    assert InterruptReply(turn) in tl.actions and not tl.of(DropReply)
+    assert len(last_feed(tl).audio) == tl.pos() - start  # only the new speech

@@ -29,16 +29,14 @@ from assistant.events import (
     BargeIn,
     ErrorEvent,
     FinalTranscript,
-    LatencyTrace,
-    PartialTranscript,
     ResponseDone,
     ResponseTextDelta,
-    StateChanged,
 )
 from assistant.llm_remote import RemoteChat
 from assistant.tools.builtin import time_tool, zone
 from assistant.tools.registry import Toolbox
 from tests import tiny_engines
+from tests.event_log import EventLog
 from tests.llm import tiny
 from tests.llm.servers import MlxLmServer, free_port
 from tests.speech import needs_espeak
@@ -130,37 +128,6 @@ def make_caller(folder: Path) -> Path:
     return folder
 
 
-class Events:
-    def __init__(self, pipeline: Conversation) -> None:
-        self.sub = pipeline.subscribe(100_000)
-        self.seen: list[Any] = []
-
-    async def until(self, kind: type, pred: Callable[[Any], bool] = lambda e: True) -> Any:
-        async def find() -> Any:
-            async for ev in self.sub:
-                self.seen.append(ev)
-                if isinstance(ev, kind) and pred(ev):
-                    return ev
-            raise AssertionError("subscription closed")
-
-        try:
-            return await asyncio.wait_for(find(), WAIT_S)
-        except TimeoutError:
-            raise AssertionError(f"no {kind.__name__} within {WAIT_S:g} s; events: {self.timeline()}") from None
-
-    def timeline(self) -> str:
-        """The events seen so far, one short word each, for a failure message."""
-        chatty = (ResponseTextDelta, PartialTranscript, LatencyTrace)
-        return " ".join(f"{type(e).__name__}{_brief(e)}" for e in self.seen if not isinstance(e, chatty))
-
-
-def _brief(ev: Any) -> str:
-    turn = getattr(ev, "turn", None)
-    if isinstance(ev, StateChanged):
-        return f"({ev.new.value})"
-    return "" if turn is None else f"({turn})"
-
-
 async def until(cond: Callable[[], bool]) -> None:
     deadline = time.monotonic() + WAIT_S
     while not cond():
@@ -177,7 +144,7 @@ def test_remote_llm_turns_barge_in_and_outage(room_env: Any, setup: tuple[Config
     cfg, server = setup
     server.start()
 
-    async def main() -> tuple[Events, list[Any], str]:
+    async def main() -> tuple[EventLog, list[Any], str]:
         compute = Compute()
         engines = await compute.run(cli.build_engines, cfg)
         assert isinstance(engines.chat, RemoteChat)
@@ -185,7 +152,7 @@ def test_remote_llm_turns_barge_in_and_outage(room_env: Any, setup: tuple[Config
         try:
             with Playback(cfg.audio, rate=engines.tts.sample_rate) as sink:
                 pipeline = Conversation(cfg, engines, source, sink, compute)
-                events = Events(pipeline)
+                events = EventLog(pipeline, WAIT_S)
                 runner = asyncio.create_task(pipeline.run())
                 await until(lambda: pipeline.captured_samples > 0)
 
@@ -262,7 +229,7 @@ def test_remote_llm_tool_round_in_a_spoken_turn(room_env: Any, tmp_path: Path) -
             with Playback(cfg.audio, rate=engines.tts.sample_rate) as sink:
                 pipeline = Conversation(cfg, engines, source, sink, compute, toolbox=toolbox)
                 await pipeline.prepare()  # offers the tools to the chat, as serve() does
-                events = Events(pipeline)
+                events = EventLog(pipeline, WAIT_S)
                 runner = asyncio.create_task(pipeline.run())
                 await until(lambda: pipeline.captured_samples > 0)
                 room_env.play(np.concatenate([silence(0.3), say("What time is it now?")]).astype(np.int16))

@@ -23,7 +23,6 @@ from assistant.conversation import Conversation
 from assistant.daemon import ReopeningSource
 from assistant.events import (
     BargeIn,
-    Event,
     FinalTranscript,
     LatencyTrace,
     ResponseDone,
@@ -34,6 +33,7 @@ from assistant.events import (
     TurnState,
 )
 from tests import tiny_engines
+from tests.event_log import EventLog
 
 pytestmark = pytest.mark.audio
 
@@ -58,25 +58,6 @@ def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
     return tiny_engines.tiny_config(tmp_path_factory.mktemp("e2e_models"), changes)
 
 
-class Events:
-    def __init__(self, pipeline: Conversation) -> None:
-        self.sub = pipeline.subscribe(100_000)
-        self.seen: list[Event] = []
-
-    async def until(self, kind: type, pred: Callable[[Any], bool] = lambda e: True) -> Any:
-        async def find() -> Any:
-            async for ev in self.sub:
-                self.seen.append(ev)
-                if isinstance(ev, kind) and pred(ev):
-                    return ev
-            raise AssertionError("subscription closed")
-
-        return await asyncio.wait_for(find(), WAIT_S)
-
-    def index(self, kind: type, pred: Callable[[Any], bool] = lambda e: True) -> int:
-        return next(i for i, e in enumerate(self.seen) if isinstance(e, kind) and pred(e))
-
-
 async def until(cond: Callable[[], bool]) -> None:
     deadline = time.monotonic() + WAIT_S
     while not cond():
@@ -99,14 +80,14 @@ def test_spoken_turn_and_barge_in(room_env: Any, tiny_config: Config, tmp_path: 
     require_espeak()
     cfg = tiny_config
 
-    async def main() -> tuple[Events, np.ndarray, float, list[Any], Conversation]:
+    async def main() -> tuple[EventLog, np.ndarray, float, list[Any], Conversation]:
         compute = Compute()
         engines = await compute.run(cli.build_engines, cfg)
         source = ReopeningSource(lambda: Capture(cfg.audio))
         try:
             with Playback(cfg.audio, rate=engines.tts.sample_rate) as sink:
                 pipeline = Conversation(cfg, engines, source, sink, compute)
-                events = Events(pipeline)
+                events = EventLog(pipeline, WAIT_S)
                 recorder = room_env.record()
                 recorder.wait_started()
                 rec_t0 = time.monotonic()

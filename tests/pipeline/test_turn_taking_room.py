@@ -11,7 +11,6 @@ words: both halves of a paused question in one transcript, and the wake phrase a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import statistics
 import time
@@ -27,8 +26,9 @@ from assistant.compute import Compute
 from assistant.config import Config
 from assistant.conversation import Conversation
 from assistant.daemon import ReopeningSource
-from assistant.events import AttentionChanged, Event, FinalTranscript, ResponseDone, StateChanged, TurnState
+from assistant.events import AttentionChanged, FinalTranscript, ResponseDone, StateChanged, TurnState
 from tests import tiny_engines
+from tests.event_log import EventLog
 from tests.pipeline.known_speech import KnownSpeech
 from tests.speech import needs_espeak, silence, trimmed
 
@@ -76,34 +76,6 @@ class TapSource:
             if len(loud):
                 last = block.t + (int(loud[-1]) + 1) / CAPTURE_RATE
         return last
-
-
-class Events:
-    def __init__(self, pipeline: Conversation) -> None:
-        self.sub = pipeline.subscribe(100_000)
-        self.seen: list[Event] = []
-
-    async def until(self, kind: type, pred: Callable[[Any], bool] = lambda e: True) -> Any:
-        async def find() -> Any:
-            async for ev in self.sub:
-                self.seen.append(ev)
-                if isinstance(ev, kind) and pred(ev):
-                    return ev
-            raise AssertionError("subscription closed")
-
-        return await asyncio.wait_for(find(), WAIT_S)
-
-    async def drain(self, seconds: float) -> None:
-        """Collect what arrives for `seconds` (to show that nothing more came)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._all(), seconds)
-
-    async def _all(self) -> None:
-        async for ev in self.sub:
-            self.seen.append(ev)
-
-    def since(self, mark: int, kind: type) -> list[Any]:
-        return [e for e in self.seen[mark:] if isinstance(e, kind)]
 
 
 async def until(cond: Callable[[], bool]) -> None:
@@ -159,7 +131,7 @@ class Daemon:
         self.source = TapSource(ReopeningSource(lambda: Capture(self.cfg.audio)))
         self.playback = Playback(self.cfg.audio, rate=engines.tts.sample_rate).__enter__()
         self.pipeline = Conversation(self.cfg, self.engines, self.source, self.playback, self.compute)
-        self.events = Events(self.pipeline)
+        self.events = EventLog(self.pipeline, WAIT_S)
         self.runner = asyncio.create_task(self.pipeline.run())
         await until(lambda: self.pipeline.captured_samples > 0)
         return self
@@ -207,33 +179,47 @@ def paused_clips() -> tuple[list[np.ndarray], list[tuple[str, np.ndarray]]]:
 
 
 @pytest.mark.xfail(
-    reason="Smart Turn v3.2 hears 'What time is it' + silence as a finished question: offline P(complete) 0.59-0.92 at"
-    " every scoring point 120-180 ms and every VAD-grid shift (benchmarks/endofturn.py cuts exactly these 2 of its 60"
-    " thinking pauses); in the room 0.5-0.93 at the pause in most runs. Passing needs a turn that speech resumed"
-    " within ~1 s can reopen (issue 13 item 3), not a different scoring point",
+    reason="measured 07:20 UTC 2026-12-07: when Smart Turn ends the turn at the pause (P 0.58-0.97), the speculative"
+    " answer is confirmed and plays ~100 ms after the end, so the continuation 600/900 ms later is speech over the"
+    " reply: the VAD's barge-in gate (played peak - 8 dB, assistant/audio/echo.py) never reports it, and the turn"
+    " core's reopen (endofturn.resume_ms, tests/test_turns_core.py test_resume_*) is never asked. Needs a double-talk"
+    " detector that hears a normal voice over the reply (the same gap as evidence (b))",
     strict=False,
 )
 def test_thinking_pauses_keep_one_turn(room_env: Any, room_config: Config) -> None:
-    """(c) "What time is it ... in London?" with a 600 ms and then a 900 ms thinking pause is one turn each time:
-    one transcript of the whole question and one reply."""
-    paused, phrases = paused_clips()
+    """(c) "What time is it ... in London?" with a 600 ms and then a 900 ms thinking pause is one turn each time.
 
-    async def main() -> tuple[list[list[str]], list[int], list[float]]:
-        async with Daemon(room_env, room_config, phrases) as d:
+    Smart Turn v3.2 may hear "What time is it" + silence as a finished question (offline P(complete) 0.59-0.92 at
+    every scoring point; benchmarks/endofturn.py cuts exactly these two of its 60 thinking pauses), so the turn may
+    end at the pause. Then the user goes on within `endofturn.resume_ms`: the early answer is retracted (stopped,
+    reported as interrupted with nothing heard, kept nowhere) and the whole question is transcribed and answered
+    once. Either way: the last transcript is the whole question, exactly one answer, and the history holds the
+    whole question once per clip."""
+    paused, phrases = paused_clips()
+    # replies of a real length (~3 s): the early answer is still playing when the user goes on
+    cfg = room_config.replace({"llm.max_tokens": 16, "tts.max_frames": 40})
+
+    async def main() -> tuple[list[tuple[list[str], list[Any]]], list[Any], list[float]]:
+        async with Daemon(room_env, cfg, phrases) as d:
             ev = d.events
-            transcripts, replies = [], []
+            seen = []
             for audio in paused:
                 mark, _, _ = d.say(audio)
-                await ev.until(ResponseDone)
+                await ev.until(ResponseDone, lambda e: not e.interrupted)
                 await ev.drain(0.5)  # a second turn (the question's tail) would have ended within this
-                transcripts.append([e.text for e in ev.since(mark, FinalTranscript)])
-                replies.append(len(ev.since(mark, ResponseDone)))
-            return transcripts, replies, [p for _, _, p in d.scores]
+                seen.append(([e.text for e in ev.since(mark, FinalTranscript)], ev.since(mark, ResponseDone)))
+            return seen, await d.history(), [p for _, _, p in d.scores]
 
-    transcripts, replies, scores = asyncio.run(main())
-    print(f"P(complete) at each pause and end: {[round(p, 2) for p in scores]}")
-    for kind, texts, n in zip(("pause600", "pause900"), transcripts, replies, strict=True):
-        assert texts == ["What time is it in London?"] and n == 1, (kind, texts, n)
+    seen, history, scores = asyncio.run(main())
+    print(f"P(complete) at each pause and end: {[round(p, 2) for p in scores]}; per clip {seen}")
+    for kind, (texts, done) in zip(("pause600", "pause900"), seen, strict=True):
+        answered = [e for e in done if not e.interrupted]
+        retracted = [e for e in done if e.interrupted]
+        assert texts and texts[-1] == "What time is it in London?", (kind, texts)
+        assert len(answered) == 1 and all(e.text == "" for e in retracted), (kind, done)
+        assert len(texts) == 1 + len(retracted), (kind, texts, done)  # a first half only where it was retracted
+    users = [m.content for m in history if m.role == "user"]
+    assert users == ["What time is it in London?"] * 2, history
 
 
 @pytest.mark.slow  # ~60 s of real time: over the CI suite's room budget
