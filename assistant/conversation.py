@@ -504,7 +504,8 @@ class Conversation:
             if heard is not None and reply.gen is not None:
                 await self._remember(reply)
             self._finish(reply, heard or "", True, error=f"turn {reply.turn}: {type(e).__name__}: {e}")
-            if isinstance(e, ModelError) and self.realtime is None and reply.responder.user_text is not None:
+            spoken = reply.confirmed.is_set()  # a failed speculation is silent: the confirmed answer asks again
+            if isinstance(e, ModelError) and spoken and self.realtime is None and reply.responder.user_text is not None:
                 self.spawn(self.say(APOLOGY))  # the next turn asks the model again
 
     def _play(self, turn: int, chunk: np.ndarray) -> None:

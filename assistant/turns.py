@@ -985,8 +985,8 @@ class TurnCore:
 
     def _on_reply_done(self, r: ReplyDone) -> None:
         reply = self.replies.pop(r.turn, None)
-        if r.error is not None:
-            self._error(r.error, r.now)
+        if r.error is not None and (reply is None or reply.confirmed):
+            self._error(r.error, r.now)  # a failed speculation is silent: the confirmed answer reports its own
         user = self.user
         if reply is not None and not reply.confirmed:  # a speculative reply failed: the turn starts afresh
             if user is not None and user.spec_turn == r.turn:

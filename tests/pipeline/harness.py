@@ -37,7 +37,8 @@ class Harness:
         tts: WordTts | None = None,
         sink: FakeSink | None = None,
     ) -> None:
-        base = {"pipeline.mode": "hands_free", "vad.preroll_ms": 0}
+        # resume_ms 0: these timelines speak again within ms of a turn's end (test_turns_core covers the reopen)
+        base = {"pipeline.mode": "hands_free", "vad.preroll_ms": 0, "endofturn.resume_ms": 0}
         self.cfg = Config().replace({**base, **(changes or {})})
         self.chat = chat or ScriptedChat(list(ANSWER))
         self.stt = WordTranscriber()

@@ -22,8 +22,9 @@ from assistant.events import FinalTranscript, ResponseDone
 from assistant.memory import Memory
 from assistant.tools.setup import build_toolbox
 from tests import tiny_engines
+from tests.event_log import EventLog
 from tests.pipeline.doubles import ToolChat
-from tests.pipeline.test_e2e_room import LOUD, RATE, Events, until
+from tests.pipeline.test_e2e_room import LOUD, RATE, WAIT_S, until
 
 pytestmark = pytest.mark.audio
 
@@ -67,7 +68,7 @@ def test_reminders_fire_while_idle_and_after_a_restart(room_env: Any, tiny_confi
                 pipeline = Conversation(
                     cfg, engines, source, sink, compute, toolbox=toolbox, memory=memory, reminders=scheduler
                 )
-                events = Events(pipeline)
+                events = EventLog(pipeline, WAIT_S)
                 recorder = room_env.record()
                 recorder.wait_started()
                 wall0 = time.time()
