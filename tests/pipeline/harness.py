@@ -12,7 +12,7 @@ import numpy as np
 from assistant.audio.format import AudioBlock
 from assistant.config import Config
 from assistant.conversation import Conversation
-from assistant.events import Event
+from tests.event_log import EventLog
 from tests.pipeline.doubles import (
     FakeSink,
     RuleVad,
@@ -45,7 +45,6 @@ class Harness:
         self.tts = tts or WordTts()
         self.sink = sink or FakeSink()
         self.engines, self.vads = make_engines(self.chat, self.stt, self.tts)
-        self.seen: list[Event] = []
         # the capture clock: blocks recorded 20 ms apart, from a moment before the test, delivered as fast as it feeds
         self.t = time.monotonic() - 30.0
 
@@ -59,7 +58,7 @@ class Harness:
 
     async def __aenter__(self) -> Harness:
         self.p = Conversation(self.cfg, self.engines, None, self.sink)
-        self.sub = self.p.subscribe(100_000)
+        self.events = EventLog(self.p, WAIT_S)
         self.sink.probe = lambda: self.vad.ended
         return self
 
@@ -81,18 +80,14 @@ class Harness:
 
     async def next_event(self, kind: type, pred: Callable[[Any], bool] = lambda e: True) -> Any:
         """The next event of `kind` (matching `pred`), consuming the events before it."""
+        return await self.events.until(kind, pred)
 
-        async def find() -> Any:
-            async for ev in self.sub:
-                self.seen.append(ev)
-                if isinstance(ev, kind) and pred(ev):
-                    return ev
-            raise AssertionError("subscription closed")
-
-        return await asyncio.wait_for(find(), WAIT_S)
+    @property
+    def seen(self) -> list[Any]:
+        return self.events.seen
 
     def of(self, kind: type) -> list[Any]:
-        return [e for e in self.seen if isinstance(e, kind)]
+        return self.events.since(0, kind)
 
 
 async def eventually(cond: Callable[[], bool]) -> None:
