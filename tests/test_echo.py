@@ -184,19 +184,23 @@ def test_output_time_is_the_capture_time() -> None:
 
 def test_echo_bound_follows_what_played_and_the_adaptation() -> None:
     """echo_dbfs is the loudest 10 ms played within the echo window before a block (silent: SILENT_DBFS), with
-    no credit for cancelling until AEC3 has had ADAPT_FRAMES of reference, RESIDUAL_DB below it after."""
+    no credit for cancelling until AEC3 has had ADAPT_FRAMES of reference, RESIDUAL_DB below it after, in a room
+    that returns the speaker's sound (one that does not: test_no_echo_room_hears_a_user_over_the_reply)."""
     seconds = 5.0
     ref = np.zeros(round(seconds * TTS_RATE), np.float32)
     ref[: TTS_RATE // 2] = 0.1  # -20 dBFS for 0.5 s, then silence, then -20 dBFS from 1 s on
     ref[TTS_RATE:] = 0.1
     ec = EchoCanceller(SpeakerClock(start=T_MIC, written=len(ref)))
     ec.played(ref)
+    assert ec.echo_return_db is None  # nothing learned yet: the echo may be as loud as what played
     assert ec.echo_dbfs(T_MIC - 1.0, BLOCK) == SILENT_DBFS  # before the run
     assert ec.echo_dbfs(T_MIC + 0.3, BLOCK) == pytest.approx(-20.0, abs=0.5)
     # within ECHO_WINDOW_MS after the speaker fell silent its echo may still come back; after it, not
     assert ec.echo_dbfs(T_MIC + 0.5 + ECHO_WINDOW_MS / 2000, BLOCK) == pytest.approx(-20.0, abs=0.5)
     assert ec.echo_dbfs(T_MIC + 0.52 + ECHO_WINDOW_MS / 1000, BLOCK) == SILENT_DBFS
-    run(ec, np.zeros(round(seconds * CAPTURE_RATE), np.int16))  # AEC3 sees 4 s of reference
+    mic = echo_room(ref, 0.0, room_ir(30, 0.0))  # a room that returns what played
+    run(ec, mic[: round(seconds * CAPTURE_RATE)])  # AEC3 sees 4 s of reference
+    assert ec.echo_return_db is not None and ec.echo_return_db > RESIDUAL_DB
     assert ec.echo_dbfs(T_MIC + 2.0, BLOCK) == pytest.approx(-20.0 + RESIDUAL_DB, abs=0.5)
     assert ADAPT_FRAMES * AEC_FRAME < 4 * CAPTURE_RATE
 
@@ -214,3 +218,86 @@ def test_the_daemon_cancels_only_over_a_speaker_with_a_dac_clock() -> None:
     assert make_canceller(cfg.replace({"echo.enabled": False}), speaker, TTS_RATE) is None  # type: ignore[arg-type]
     assert make_canceller(cfg, NullSink(), TTS_RATE) is None
     assert make_canceller(cfg, ClientSink(lambda chunk: None, TTS_RATE), TTS_RATE) is None
+
+
+# ---- the room-aware barge-in gate: the canceller, the gate and the real VAD over synthetic rooms ---------------
+
+USER_TEXT = "Stop, wait a moment please, what about Saturday?"
+
+
+@dataclass
+class Heard:
+    starts: list[float]  # seconds into the capture at which the VAD decided a SpeechStarted
+    canceller: EchoCanceller
+
+
+def listen(mic: np.ndarray, ref24: np.ndarray, start_s: float) -> Heard:
+    """The daemon's microphone path over a synthetic room: each 20 ms block cleaned by the canceller, then judged
+    by the real VAD against the canceller's gate, as Conversation.on_audio and the turn core do it."""
+    from assistant.config import VadConfig
+    from assistant.vad import Vad
+
+    ec = EchoCanceller(SpeakerClock(start=T_MIC + start_s, written=len(ref24)))
+    for i in range(0, len(ref24), 1920):  # the driver writes 80 ms chunks, ahead of playback
+        ec.played(ref24[i : i + 1920])
+    vad = Vad(VadConfig())
+    starts, fed = [], 0
+    for i in range(0, len(mic), BLOCK):
+        out = ec.process(AudioBlock(mic[i : i + BLOCK], T_MIC + i / CAPTURE_RATE))
+        gate = ec.echo_dbfs(out.t, len(out.samples))
+        vad.set_playback(gate > SILENT_DBFS, gate)
+        fed += len(out.samples)
+        starts += [fed / CAPTURE_RATE for e in vad.feed(out.samples) if type(e).__name__ == "SpeechStarted"]
+    return Heard(starts, ec)
+
+
+def user_speech(level: float) -> np.ndarray:
+    """The interrupting sentence as float64 int16-scale samples at RMS `level`."""
+    user = say(USER_TEXT).astype(np.float64)
+    return user / np.sqrt(np.mean(np.square(user))) * level
+
+
+@needs_espeak
+def test_no_echo_room_hears_a_user_over_the_reply() -> None:
+    """A room with no echo path (headphones, a far speaker): the canceller learns that the microphone stays
+    silent while the reply plays, passes the microphone through untouched (AEC3 would duck the user), and the
+    VAD reports a user at a normal voice, 1 s into the reply, within 400 ms of their first sample."""
+    from assistant.audio.echo import GATE_FLOOR_DBFS, NO_ECHO_DB
+
+    ref = tts_like(6.0)
+    start, user_at = 0.2, 1.2
+    quiet = echo_room(ref, start, np.zeros(1))  # the speaker does not reach the microphone at all
+    heard = listen(quiet, ref, start)
+    assert heard.starts == [], "silence is nobody"
+    learned = heard.canceller.echo_return_db
+    assert learned is not None and learned <= NO_ECHO_DB, learned
+
+    mic = echo_room(ref, start, np.zeros(1), user_speech(3000.0), user_at)  # about -21 dBFS
+    heard = listen(mic, ref, start)
+    assert heard.starts and user_at < heard.starts[0] <= user_at + 0.4, heard.starts
+    assert heard.canceller.echo_dbfs(T_MIC + 2.0, BLOCK) == GATE_FLOOR_DBFS  # the reply plays, nothing returns
+    out = run(EchoCanceller(SpeakerClock(start=T_MIC + start, written=0)), mic)  # nothing played: AEC3 path
+    assert envelope_match(out[round(user_at * CAPTURE_RATE) :], mic[round(user_at * CAPTURE_RATE) : len(out)]) > 0.9
+
+
+@needs_espeak
+@pytest.mark.parametrize("gain_db", [0.0, -6.0])
+def test_echo_room_never_reports_the_echo_alone(gain_db: float) -> None:
+    """Over laptop speakers (60 ms, reverb) the canceller learns that the room returns the reply, keeps AEC3's
+    output and the gate over the echo: 6 s of reply and its reverberation tail after the speaker stops are never
+    reported as a user. A user speaking well over the echo (+12 dB) 4 s in is reported while they speak, not within
+    400 ms: AEC3 ducks them in double talk (their first words come out 30-70 dB down), the gap of issue 13 (b)."""
+    ref = (tts_like(6.0) * 10 ** (-10 / 20)).astype(np.float32)  # -30 dBFS: the user 12 dB over its echo fits int16
+    start = 0.2
+    ir = room_ir(60, gain_db)
+    echo = echo_room(np.concatenate([ref, np.zeros(TTS_RATE, np.float32)]), start, ir)  # + 1 s of tail
+    heard = listen(echo, ref, start)
+    assert heard.starts == [], f"the echo alone was reported at {heard.starts} s"
+    learned = heard.canceller.echo_return_db
+    assert learned is not None and learned > RESIDUAL_DB, learned  # the room returns the reply: no credit for it
+
+    level = np.sqrt(np.mean(np.square(echo[CAPTURE_RATE : 6 * CAPTURE_RATE].astype(np.float64))))
+    user_at = 4.0
+    mic = echo_room(ref, start, ir, user_speech(level * 10 ** (12 / 20)), user_at)
+    heard = listen(mic, ref, start)
+    assert heard.starts and user_at < heard.starts[0] <= user_at + len(say(USER_TEXT)) / CAPTURE_RATE, heard.starts

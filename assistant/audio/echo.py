@@ -6,16 +6,30 @@ DAC clock: for a microphone frame captured at monotonic time t, the speaker was 
 `played_before(t)` of the current run. AEC3 then only has to model the acoustic path (tens of ms, reverb), not
 buffering delays that vary from device to device and from run to run.
 
+The barge-in gate knows the room: the canceller learns how loud the raw microphone is while only the speaker
+plays (`echo_return_db`). Where the room returns the reply (laptop speakers) the gate stays at the played peak
+less what AEC3 takes off; where nothing comes back (headphones, no echo path) the gate drops to the floor and
+the microphone passes untouched, so a user at a normal voice is heard over the reply.
+
 Not thread-safe: one driver feeds `played()` / `new_run()` and `process()` from one thread (the event loop).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, TTS_RATE, AudioBlock, StreamResampler, frame_samples
+from assistant.audio.format import (
+    CAPTURE_RATE,
+    SILENT_DBFS,
+    TTS_RATE,
+    AudioBlock,
+    StreamResampler,
+    frame_samples,
+    level_dbfs,
+)
 from assistant.errors import AudioDeviceError, InputError
 
 AEC_FRAME = frame_samples(CAPTURE_RATE, 10)  # 160: AEC3 works on 10 ms frames
@@ -30,7 +44,24 @@ RESIDUAL_DB = -14.0
 ADAPT_FRAMES = 300  # AEC3 learns the room over its first 3 s of reference: until then, no credit for cancelling
 # echo path delay + the room's reverberation (~200 ms), and the speaker clock's error under load
 ECHO_WINDOW_MS = 300
+WINDOW_FRAMES = ECHO_WINDOW_MS // 10  # 30 AEC frames of 10 ms
 KEEP_S = 20.0  # reference history kept: covers capture blocks that arrive late on a busy machine
+# The room's echo return (raw microphone vs the played peak) is learned from frames recorded while the speaker has
+# played steadily (mean power within 10 dB of the window's peak) for at least this long: longer than the echo
+# path delay left after DAC-time alignment (laptop ~5-20 ms, the test room's loop 45-110 ms), so each learned
+# frame holds the echo if the room has one, and no pause of the reply passes for an echo-free room.
+RETURN_AFTER_FRAMES = 15  # 150 ms
+RETURN_FRAMES = 500  # the last 5 s of such frames (kept across replies: the room does not change between them)
+RETURN_MIN_FRAMES = 4  # fewer learned frames than this: assume the echo is as loud as what played
+# The echo return is a low quantile plus the spread of the echo's frames above it, so that a user who talks over
+# up to 9 in 10 of the learned frames (a fresh daemon's first reply) does not pass for echo: in the laptop room
+# (60-120 ms, 0 and -6 dB, reverb) the echo's 95th percentile lies 15-25 dB over its 10th (benchmarks/echo.py).
+RETURN_QUANTILE = 10.0
+RETURN_SPREAD_DB = 25.0
+# A room that returns the speaker this far under what played has no echo path to speak of (headphones, a far
+# speaker): its microphone passes untouched, because AEC3 still ducks a user who talks over the reply there.
+NO_ECHO_DB = -40.0
+GATE_FLOOR_DBFS = -90.0  # the gate never goes lower while the speaker plays: under any microphone's self-noise
 
 
 @runtime_checkable
@@ -68,6 +99,11 @@ class EchoCanceller:
             )
             self._frame_cls = AudioFrame
         self._adapted = 0  # 10 ms frames processed while the speaker played (AEC3 adapts on those)
+        self._window: deque[float] = deque(maxlen=WINDOW_FRAMES)  # reference power of the last 300 ms of frames
+        self._playing = 0  # frames since the speaker last started after a whole window of silence
+        self._returns: deque[float] = deque(maxlen=RETURN_FRAMES)  # raw frame dB less the played peak dB
+        self._return_db: float | None = None  # RETURN_QUANTILE of _returns (None: not learned yet)
+        self._raw_tail = np.zeros(AEC_DELAY, np.int16)  # the microphone delayed as AEC3 delays it
         self._pending = np.zeros(0, np.int16)  # mic samples waiting for a whole frame
         self._pending_t = 0.0  # capture time of _pending[0]
         self.new_run()
@@ -111,8 +147,10 @@ class EchoCanceller:
 
     def echo_dbfs(self, t: float, n: int) -> float:
         """The level the echo in `n` cleaned samples from capture time `t` may still have: the loudest 10 ms the
-        speaker played from ECHO_WINDOW_MS before `t` to the block's end, plus RESIDUAL_DB once AEC3 has adapted
-        (ADAPT_FRAMES; before, the echo may be as loud as what played), SILENT_DBFS when it played nothing then."""
+        speaker played from ECHO_WINDOW_MS before `t` to the block's end, plus the smaller of what the room
+        returns (`echo_return_db`, once learned) and RESIDUAL_DB once AEC3 has adapted (ADAPT_FRAMES; before, the
+        echo may be as loud as what played); never under GATE_FLOOR_DBFS while the speaker played in that window,
+        SILENT_DBFS when it played nothing then."""
         lead = frame_samples(CAPTURE_RATE, ECHO_WINDOW_MS)
         ref = self.reference_for(t - lead / CAPTURE_RATE, lead + n)
         usable = len(ref) // AEC_FRAME * AEC_FRAME
@@ -122,11 +160,39 @@ class EchoCanceller:
         peak = float(np.max(np.mean(np.square(frames), axis=1)))
         if peak <= 0:
             return SILENT_DBFS
-        return 10.0 * float(np.log10(peak)) + (RESIDUAL_DB if self._adapted >= ADAPT_FRAMES else 0.0)
+        credit = RESIDUAL_DB if self._adapted >= ADAPT_FRAMES else 0.0  # what AEC3 takes off the echo
+        if self._return_db is not None:
+            credit = min(credit, self._return_db)  # the cleaned echo is no louder than the raw echo
+        return max(GATE_FLOOR_DBFS, 10.0 * float(np.log10(peak)) + credit)
+
+    def _learn_return(self, ref: np.ndarray, raw: np.ndarray) -> None:
+        """One 10 ms frame (float32 reference, int16 microphone): how loud the raw microphone is relative to the
+        loudest 10 ms played in the window before it, once the speaker has played long enough for its echo to
+        have arrived."""
+        self._window.append(float(np.mean(np.square(ref, dtype=np.float64))))
+        peak = max(self._window)
+        if peak <= 0.0:
+            self._playing = 0  # a whole window of silence: the next sound starts a new run of the echo path
+            return
+        self._playing += 1
+        recent = list(self._window)[-RETURN_AFTER_FRAMES:]
+        if self._playing <= RETURN_AFTER_FRAMES or sum(recent) / len(recent) < peak / 10:
+            return
+        self._returns.append(level_dbfs(raw) - 10.0 * float(np.log10(peak)))
+        if len(self._returns) >= RETURN_MIN_FRAMES and len(self._returns) % 2 == 0:  # cheap: every 20 ms
+            self._return_db = float(np.percentile(self._returns, RETURN_QUANTILE)) + RETURN_SPREAD_DB
+
+    @property
+    def echo_return_db(self) -> float | None:
+        """How loud the room returns the speaker's voice to the raw microphone, dB relative to the loudest 10 ms
+        played in the preceding ECHO_WINDOW_MS (RETURN_QUANTILE of the recent frames + RETURN_SPREAD_DB), None
+        until learned: about +10 over laptop speakers, far below NO_ECHO_DB where nothing comes back."""
+        return self._return_db
 
     def process(self, block: AudioBlock) -> AudioBlock:
         """The cleaned microphone audio: every whole 10 ms frame received so far, with the capture time of its
-        first sample (AEC_DELAY samples before the first frame's own: the canceller's output is that late)."""
+        first sample (AEC_DELAY samples before the first frame's own: the canceller's output is that late). In a
+        room with no echo path (`echo_return_db` <= NO_ECHO_DB) the microphone comes out as it went in, as late."""
         if not self.enabled:
             return block
         if block.samples.dtype != np.int16 or block.samples.ndim != 1:
@@ -139,13 +205,18 @@ class EchoCanceller:
         out = np.empty(n, np.int16)
         for i in range(0, n, AEC_FRAME):
             t = t0 + i / CAPTURE_RATE
-            ref = np.clip(self.reference_for(t) * 32768.0, -32768, 32767).astype(np.int16)
+            played = self.reference_for(t)
+            self._learn_return(played, self._pending[i : i + AEC_FRAME])
+            ref = np.clip(played * 32768.0, -32768, 32767).astype(np.int16)
             self._adapted += bool(ref.any())
             self._apm.process_reverse_stream(self._frame_cls(ref.tobytes(), CAPTURE_RATE, 1, AEC_FRAME))
             frame = self._frame_cls(self._pending[i : i + AEC_FRAME].tobytes(), CAPTURE_RATE, 1, AEC_FRAME)
             self._apm.set_stream_delay_ms(0)  # the reference is already placed at its capture time
-            self._apm.process_stream(frame)  # cleans the frame's buffer in place
-            out[i : i + AEC_FRAME] = np.frombuffer(frame.data, dtype=np.int16)
+            self._apm.process_stream(frame)  # cleans the frame's buffer in place (AEC3 keeps adapting either way)
+            raw = np.concatenate([self._raw_tail, self._pending[i : i + AEC_FRAME]])
+            self._raw_tail = raw[AEC_FRAME:]
+            no_echo = self._return_db is not None and self._return_db <= NO_ECHO_DB
+            out[i : i + AEC_FRAME] = raw[:AEC_FRAME] if no_echo else np.frombuffer(frame.data, dtype=np.int16)
         self._pending = self._pending[n:]
         self._pending_t = t0 + n / CAPTURE_RATE
         return AudioBlock(out, t0 - AEC_DELAY / CAPTURE_RATE)
