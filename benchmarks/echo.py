@@ -6,10 +6,14 @@ canceller removes it with the played reference; a user says a sentence at the ec
     PYTHONPATH=. python -m benchmarks.echo [--runs 2]
     PYTHONPATH=. python -m benchmarks.echo --barge [--runs 3]
 
---barge measures the barge-in gate instead: a user at the echo's level 1 s and 9 s into the reply (60 ms loop,
-0 and -6 dB). For each offset above the canceller's echo bound (`EchoCanceller.echo_dbfs`, RESIDUAL_DB included),
-it prints how many 30 ms frames of the cleaned echo alone are voiced (webrtcvad) and that loud, their longest run
-(a barge-in start needs `vad.barge_in_min_speech_ms` of such frames in a row), and the user's first run.
+--barge compares the barge-in gates instead: issue 13 (b)'s sentence 1 s and 9 s into the reply, at the echo's
+level over the 60 ms loop (0 and -6 dB), and at a normal voice (-20 dBFS) in a room with no loop at all. Two
+cancellers clean the same microphone blocks, each judged by a real VAD (default [vad] settings) against its own
+gate: "fixed" (before: the played peak, + RESIDUAL_DB once AEC3 has adapted, AEC3's output always) and "room"
+(EchoCanceller now: the learned echo return; no echo path -> the gate's floor and the microphone untouched). It
+prints the detection delay after the user's first sample (the VAD's decision by capture sample, so a busy machine
+does not lengthen it), false reports (starts outside the user's speech + 0.5 s), the canceller's CPU time per
+second of audio (AEC3 included) and the echo return learned; first, the CPU cost of the room learning alone.
 
 Prints per loop: the measured echo delay after time alignment, ERLE over the echo-only part after 3 s of
 adaptation (whole, and the median / worst 1 s window), how far the user's louder frames stand above what is left
@@ -24,14 +28,31 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from assistant.audio.format import CAPTURE_RATE, float32_to_int16, int16_to_float32, level_dbfs
-from tests.audio_room import start_echo_loop, start_room
+from assistant.audio.capture import Capture
+from assistant.audio.echo import AEC_DELAY, AEC_FRAME, EchoCanceller
+from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, TTS_RATE, float32_to_int16, int16_to_float32
+from assistant.audio.playback import Playback
+from assistant.config import AudioConfig, VadConfig
+from assistant.events import SpeechStarted
+from assistant.vad import Vad
+from tests.audio_room import Room, start_echo_loop, start_room
 from tests.speech import say
-from tests.test_echo_room import USER, loop_delay_ms, play_through_room, power_db, reply_audio, user_level
+from tests.test_echo_room import (
+    CHUNK,
+    USER,
+    loop_delay_ms,
+    play_through_room,
+    power_db,
+    reply_audio,
+    user_level,
+)
+
+BARGE_USER = "Stop, wait a moment please, what about Saturday?"  # issue 13 (b)'s sentence
 
 LOOPS = ((60.0, 0.0), (120.0, 0.0), (90.0, -6.0))
 USER_AFTER_S = 9.0
@@ -65,57 +86,122 @@ def one_run(room: object, delay_ms: float, gain_db: float) -> dict[str, float]:
     }
 
 
-VAD_FRAME = 480  # 30 ms: the VAD's frame
-BARGE_CASES = ((60.0, 0.0, 1.0), (60.0, 0.0, 9.0), (60.0, -6.0, 1.0), (60.0, -6.0, 9.0))  # delay, gain, user at
-OFFSETS_DB = (0.0, 3.0, 6.0, 9.0, 12.0)  # over the echo bound: what vad.barge_in_energy_margin_db would add
+BARGE_CASES = (  # delay, gain (None: no echo loop at all, as with headphones), user at (s into the capture)
+    (0.0, None, 1.0),
+    (0.0, None, 9.0),
+    (60.0, 0.0, 1.0),
+    (60.0, 0.0, 9.0),
+    (60.0, -6.0, 1.0),
+    (60.0, -6.0, 9.0),
+)
+NO_LOOP_USER_DBFS = -20.0  # without a loop there is no echo to match: a normal voice, as loud as the reply
+BARGE_TAIL_S = 0.5  # after the user's last sample a start may still be theirs (hangover, reverberation)
 
 
-def longest_run(ok: np.ndarray) -> int:
-    best = cur = 0
-    for x in ok:
-        cur = cur + 1 if x else 0
-        best = max(best, cur)
-    return best
+class FixedGate(EchoCanceller):
+    """The canceller as it was before the room-aware gate: it never learns the room's echo return, so the gate is
+    the played peak (+ RESIDUAL_DB once AEC3 has adapted) and AEC3's output is always what the VAD hears."""
+
+    def _learn_return(self, ref: np.ndarray, raw: np.ndarray) -> None:
+        return
 
 
-def barge_run(room: object, delay_ms: float, gain_db: float, user_after_s: float) -> list[str]:
-    """One reply with a user at the echo's level `user_after_s` in: per offset, the echo-only and user frames
-    that would count towards a barge-in start."""
-    import webrtcvad
+@dataclass
+class BargeHeard:
+    raw: np.ndarray  # the microphone, int16 16 kHz
+    starts: dict[str, list[int]]  # per gate: the capture sample at which the VAD decided each SpeechStarted
+    cpu_ms_per_s: dict[str, float]  # per gate: the canceller's CPU time per second of audio (process + echo_dbfs)
+    learned: float | None  # the room-aware canceller's echo return at the end
 
+
+async def play_and_judge(room: Room, reply: np.ndarray, user: np.ndarray, user_after_s: float) -> BargeHeard:
+    """Play `reply` through the real speaker while the real microphone captures; both cancellers clean every block
+    and a real VAD per canceller judges it against that canceller's gate, as the daemon does (Conversation.on_audio,
+    the turn core's RunVad)."""
+    cfg = AudioConfig()
+    raw: list[np.ndarray] = []
+    starts: dict[str, list[int]] = {"fixed": [], "room": []}
+    cpu = dict.fromkeys(starts, 0.0)
+    with Playback(cfg) as speaker:
+        cancellers = {"fixed": FixedGate(speaker), "room": EchoCanceller(speaker)}
+        vads = {name: Vad(VadConfig()) for name in cancellers}
+        async with Capture(cfg) as mic:
+            captured, written, said = 0, 0, False
+            while captured < (len(reply) / TTS_RATE + 1.5) * CAPTURE_RATE:
+                while written < len(reply) and written / TTS_RATE < captured / CAPTURE_RATE + 0.5:
+                    chunk = reply[written : written + CHUNK]
+                    speaker.write(chunk)
+                    for c in cancellers.values():
+                        c.played(chunk)
+                    written += len(chunk)
+                if not said and captured >= user_after_s * CAPTURE_RATE:
+                    room.play(user)
+                    said = True
+                block = await mic.read()
+                raw.append(block.samples)
+                captured += len(block.samples)
+                for name, c in cancellers.items():
+                    began = time.process_time()
+                    out = c.process(block)
+                    gate = c.echo_dbfs(out.t, len(out.samples))
+                    cpu[name] += time.process_time() - began
+                    vads[name].set_playback(gate > SILENT_DBFS, gate)
+                    for ev in vads[name].feed(out.samples):
+                        if isinstance(ev, SpeechStarted):
+                            starts[name].append(vads[name].position - AEC_DELAY)  # decided after this capture
+    audio_s = captured / CAPTURE_RATE
+    per_s = {name: 1000.0 * t / audio_s for name, t in cpu.items()}
+    return BargeHeard(np.concatenate(raw), starts, per_s, cancellers["room"].echo_return_db)
+
+
+def learning_cost(frames: int = 20_000) -> str:
+    """CPU time of the room learning alone (EchoCanceller._learn_return) per second of audio, on random frames."""
+    rng = np.random.default_rng(0)
+    refs = (rng.standard_normal((1000, AEC_FRAME)) * 0.1).astype(np.float32)
+    mics = (rng.standard_normal((1000, AEC_FRAME)) * 3000).astype(np.int16)
+
+    class Silent:
+        def played_before(self, t: float) -> int:
+            return 0
+
+    canceller = EchoCanceller(Silent())
+    began = time.process_time()
+    for i in range(frames):
+        canceller._learn_return(refs[i % 1000], mics[i % 1000])
+    per_frame = (time.process_time() - began) / frames
+    us = 1e6 * per_frame
+    return f"room learning alone: {us:.1f} us per 10 ms frame = {us / 10:.2f} ms CPU per s of audio"
+
+
+def barge_run(room: Room, delay_ms: float, gain_db: float | None, user_after_s: float) -> list[str]:
+    """One reply with a user `user_after_s` in (at the echo's level, or at a normal voice without a loop): for the
+    fixed and the room-aware gate, the VAD's detection delay after the user's first sample and its false reports
+    (starts before the user or after their speech and its tail)."""
     from tests.test_audio_room import align
 
-    loop = start_echo_loop(room, delay_ms, gain_db)  # type: ignore[arg-type]
+    loop = start_echo_loop(room, delay_ms, gain_db) if gain_db is not None else None
     try:
         time.sleep(0.5)
-        user = int16_to_float32(say(USER))
-        user = float32_to_int16(user / np.sqrt(np.mean(np.square(user))) * 10 ** ((-20 + gain_db) / 20))
-        heard = asyncio.run(play_through_room(room, reply_audio(), user, user_after_s))  # type: ignore[arg-type]
+        user = int16_to_float32(say(BARGE_USER))
+        level = NO_LOOP_USER_DBFS if gain_db is None else -20 + gain_db
+        user = float32_to_int16(user / np.sqrt(np.mean(np.square(user))) * 10 ** (level / 20))
+        heard = asyncio.run(play_and_judge(room, reply_audio(), user, user_after_s))
     finally:
-        loop.stop()
+        if loop is not None:
+            loop.stop()
     at = round(user_after_s * CAPTURE_RATE)
     at += align(heard.raw[at:], user)[0]
-    n = min(len(heard.clean), len(heard.echo_dbfs)) // VAD_FRAME
-    frames = [heard.clean[i * VAD_FRAME : (i + 1) * VAD_FRAME] for i in range(n)]
-    vad = webrtcvad.Vad(2)
-    voiced = np.array([vad.is_speech(f.tobytes(), CAPTURE_RATE) for f in frames])
-    level = np.array([level_dbfs(f) for f in frames])
-    bound = heard.echo_dbfs[: n * VAD_FRAME : VAD_FRAME]
-    u0 = at // VAD_FRAME
-    settled = round(3 * CAPTURE_RATE) // VAD_FRAME  # AEC3 adapts over the first seconds of its first reply
-    early = slice(round(0.1 * CAPTURE_RATE) // VAD_FRAME, min(settled, u0 - 2))
-    late = slice(settled, max(settled, u0 - 2))
+    end = at + len(user) + round(BARGE_TAIL_S * CAPTURE_RATE)
+    where = "no loop" if gain_db is None else f"loop {delay_ms:.0f} ms {gain_db:+.0f} dB"
     lines = []
-    for off in OFFSETS_DB:
-        ok = voiced & (level >= bound + off)
-        first = ok[u0 : u0 + 14]
-        echo = f"{100 * ok[early].mean():.1f}% run {longest_run(ok[early])}"
-        if late.stop > late.start:
-            echo += f" / after 3 s {100 * ok[late].mean():.1f}% run {longest_run(ok[late])}"
+    for name, starts in heard.starts.items():
+        mine = [s for s in starts if at <= s < end]
+        false = [round(s / CAPTURE_RATE, 2) for s in starts if not at <= s < end]
+        delay = f"{1000 * (mine[0] - at) / CAPTURE_RATE:.0f} ms" if mine else "never"
         lines.append(
-            f"loop {delay_ms:.0f} ms {gain_db:+.0f} dB user at {user_after_s:.0f} s, bound +{off:.0f} dB: echo-only "
-            f"frames counting (first 3 s) {echo}; "
-            f"user's first 420 ms {''.join('1' if x else '.' for x in first)} (first run {longest_run(first)})"
+            f"{where}, user at {user_after_s:.0f} s, {name} gate: detected {delay} after the user's first sample, "
+            f"false reports {len(false)} {false}, canceller CPU {heard.cpu_ms_per_s[name]:.1f} ms per s of audio"
+            + (f", echo return learned {heard.learned:+.0f} dB" if name == "room" and heard.learned is not None else "")
         )
     return lines
 
@@ -123,7 +209,7 @@ def barge_run(room: object, delay_ms: float, gain_db: float, user_after_s: float
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=2)
-    ap.add_argument("--barge", action="store_true", help="measure the barge-in gate (see above)")
+    ap.add_argument("--barge", action="store_true", help="compare the barge-in gates (see above)")
     ap.add_argument("--late", action="store_true", help="with --barge: only the users 9 s in")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,9 +217,10 @@ def main() -> None:
         os.environ.update(room.env)
         try:
             if args.barge:
-                for case in [c for c in BARGE_CASES if c[2] > 1.0 or not args.late]:
+                print(learning_cost(), flush=True)
+                for delay_ms, gain_db, user_at in [c for c in BARGE_CASES if c[2] > 1.0 or not args.late]:
                     for _ in range(args.runs):
-                        print("\n".join(barge_run(room, *case)), flush=True)
+                        print("\n".join(barge_run(room, delay_ms, gain_db, user_at)), flush=True)
                 return
             for delay_ms, gain_db in LOOPS:
                 for r in range(args.runs):

@@ -48,11 +48,13 @@ WINDOW_FRAMES = ECHO_WINDOW_MS // 10  # 30 AEC frames of 10 ms
 KEEP_S = 20.0  # reference history kept: covers capture blocks that arrive late on a busy machine
 # The room's echo return (raw microphone vs the played peak) is learned from frames recorded while the speaker has
 # played steadily (mean power within 10 dB of the window's peak) for at least this long: longer than the echo
-# path delay left after DAC-time alignment (laptop ~5-20 ms, the test room's loop 45-110 ms), so each learned
-# frame holds the echo if the room has one, and no pause of the reply passes for an echo-free room.
-RETURN_AFTER_FRAMES = 15  # 150 ms
+# path delay left after DAC-time alignment (laptop ~5-20 ms, the test room's loop 45-110 ms) plus the speaker
+# clock's error at the start of a run (the room's PulseAudio: up to ~250 ms), so each learned frame holds the
+# echo if the room has one, and no pause of the reply passes for an echo-free room.
+RETURN_AFTER_FRAMES = 40  # 400 ms
+STEADY_FRAMES = 15  # 150 ms of steady playing before a frame: its echo has arrived
 RETURN_FRAMES = 500  # the last 5 s of such frames (kept across replies: the room does not change between them)
-RETURN_MIN_FRAMES = 4  # fewer learned frames than this: assume the echo is as loud as what played
+RETURN_MIN_FRAMES = 10  # fewer learned frames than this: assume the echo is as loud as what played
 # The echo return is a low quantile plus the spread of the echo's frames above it, so that a user who talks over
 # up to 9 in 10 of the learned frames (a fresh daemon's first reply) does not pass for echo: in the laptop room
 # (60-120 ms, 0 and -6 dB, reverb) the echo's 95th percentile lies 15-25 dB over its 10th (benchmarks/echo.py).
@@ -100,8 +102,11 @@ class EchoCanceller:
             self._frame_cls = AudioFrame
         self._adapted = 0  # 10 ms frames processed while the speaker played (AEC3 adapts on those)
         self._window: deque[float] = deque(maxlen=WINDOW_FRAMES)  # reference power of the last 300 ms of frames
+        self._recent: deque[float] = deque(maxlen=STEADY_FRAMES)  # ... of the last 150 ms, and their sum:
+        self._steady = 0.0
         self._playing = 0  # frames since the speaker last started after a whole window of silence
-        self._returns: deque[float] = deque(maxlen=RETURN_FRAMES)  # raw frame dB less the played peak dB
+        self._returns = np.zeros(RETURN_FRAMES)  # a ring of learned frames: raw frame dB less the played peak dB
+        self._learned = 0  # frames learned in all
         self._return_db: float | None = None  # RETURN_QUANTILE of _returns (None: not learned yet)
         self._raw_tail = np.zeros(AEC_DELAY, np.int16)  # the microphone delayed as AEC3 delays it
         self._pending = np.zeros(0, np.int16)  # mic samples waiting for a whole frame
@@ -169,18 +174,23 @@ class EchoCanceller:
         """One 10 ms frame (float32 reference, int16 microphone): how loud the raw microphone is relative to the
         loudest 10 ms played in the window before it, once the speaker has played long enough for its echo to
         have arrived."""
-        self._window.append(float(np.mean(np.square(ref, dtype=np.float64))))
+        power = float(np.dot(ref, ref)) / len(ref)
+        self._window.append(power)
+        self._steady += power - (self._recent[0] if len(self._recent) == STEADY_FRAMES else 0.0)
+        self._recent.append(power)
         peak = max(self._window)
         if peak <= 0.0:
             self._playing = 0  # a whole window of silence: the next sound starts a new run of the echo path
             return
         self._playing += 1
-        recent = list(self._window)[-RETURN_AFTER_FRAMES:]
-        if self._playing <= RETURN_AFTER_FRAMES or sum(recent) / len(recent) < peak / 10:
+        if self._playing <= RETURN_AFTER_FRAMES or self._steady / STEADY_FRAMES < peak / 10:
             return
-        self._returns.append(level_dbfs(raw) - 10.0 * float(np.log10(peak)))
-        if len(self._returns) >= RETURN_MIN_FRAMES and len(self._returns) % 2 == 0:  # cheap: every 20 ms
-            self._return_db = float(np.percentile(self._returns, RETURN_QUANTILE)) + RETURN_SPREAD_DB
+        self._returns[self._learned % RETURN_FRAMES] = level_dbfs(raw) - 10.0 * float(np.log10(peak))
+        self._learned += 1
+        if self._learned >= RETURN_MIN_FRAMES and self._learned % 5 == 0:  # every 50 ms: cheap enough
+            kept = self._returns[: min(self._learned, RETURN_FRAMES)]
+            k = int(RETURN_QUANTILE / 100 * (len(kept) - 1))
+            self._return_db = float(np.partition(kept, k)[k]) + RETURN_SPREAD_DB
 
     @property
     def echo_return_db(self) -> float | None:
