@@ -296,8 +296,11 @@ def test_speech_over_a_reply_is_kept(room_env: Room, tiny_config: Config) -> Non
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=False,
-    reason="AEC3 (livekit) turns a user at the echo's level down ~250 ms into double talk: the gate's 300 ms "
-    "start passes about half of such onsets (python -m benchmarks.echo --barge)",
+    reason="not met (09:20 UTC 2026-12-07, load ~7): where the room returns the reply the room-aware gate is the old "
+    "one (the played peak, less 14 dB once AEC3 has heard 3 s, + 6 dB margin); AEC3 also ducks a user in double "
+    "talk (tests/test_echo.py: a user 12 dB over a synthetic room's echo comes out 30-70 dB down within 300 ms), and "
+    "the room's loop drifts ~2 samples/s (module-loopback's rate control), so a linear filter beside AEC3 cancels "
+    "only 2-8 dB here. `python -m benchmarks.echo --barge`: never detected at 0 and -6 dB, both gates",
 )
 def test_barge_in_at_the_echo_level(room_env: Room, tiny_config: Config) -> None:
     """Issue 13 (b): a user as loud as the echo (0 dB loop, reverb), 1 s into a reply, is detected within 400 ms
