@@ -47,10 +47,11 @@ ECHO_WINDOW_MS = 300
 WINDOW_FRAMES = ECHO_WINDOW_MS // 10  # 30 AEC frames of 10 ms
 KEEP_S = 20.0  # reference history kept: covers capture blocks that arrive late on a busy machine
 # The room's echo return (raw microphone vs the played peak) is learned from frames recorded while the speaker has
-# played steadily (mean power within 10 dB of the window's peak) for at least this long: longer than the echo
-# path delay left after DAC-time alignment (laptop ~5-20 ms, the test room's loop 45-110 ms) plus the speaker
-# clock's error at the start of a run (the room's PulseAudio: up to ~250 ms), so each learned frame holds the
-# echo if the room has one, and no pause of the reply passes for an echo-free room.
+# played for at least this long, the last 150 ms of it steadily (mean power within 10 dB of the window's peak):
+# longer than the echo path delay left after DAC-time alignment (laptop ~5-20 ms, the test room's loop 45-110
+# ms) and than the speaker clock's error at a run's start (in the room, learning from 150 ms on let a first reply
+# interrupt itself 0.3 s in; PulseAudio's DAC times were seen ~250 ms off), so each learned frame holds the echo
+# if the room has one, and no pause of the reply passes for an echo-free room.
 RETURN_AFTER_FRAMES = 40  # 400 ms
 STEADY_FRAMES = 15  # 150 ms of steady playing before a frame: its echo has arrived
 RETURN_FRAMES = 500  # the last 5 s of such frames (kept across replies: the room does not change between them)

@@ -182,8 +182,8 @@ def paused_clips() -> tuple[list[np.ndarray], list[tuple[str, np.ndarray]]]:
     reason="passes 4 of 7 first attempts, 7 of 7 with the room's rerun (09:20 UTC 2026-12-07, load 4-7). The echo "
     "canceller now learns that this room returns nothing and lets the continuation through (the gate's floor, the "
     "microphone untouched), so the reopen retracts the early answer. It cannot know that before 400 ms of a fresh "
-    "daemon's first reply (assistant/audio/echo.py RETURN_AFTER_FRAMES: the speaker clock may err ~250 ms at a run's "
-    "start); when Smart Turn ends the first clip at its 600 ms pause and 'in London?' begins in that window, AEC3 "
+    "daemon's first reply (assistant/audio/echo.py RETURN_AFTER_FRAMES: the echo may come late at a run's start); "
+    "when Smart Turn ends the first clip at its 600 ms pause and 'in London?' begins in that window, AEC3 "
     "ducks it (-95 dBFS from -15..-30 raw) and it is lost",
     strict=False,
 )
