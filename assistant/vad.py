@@ -3,8 +3,9 @@
 quiet -> starting (voiced frames in a row, fewer than `min_speech_ms`) -> speaking -> stopping (silence, less than
 the hangover) -> quiet. A frame is voiced when webrtcvad says so and it is `noise_gate_db` louder than the
 quietest frame of the last 3 s (webrtcvad alone calls steady rumble speech). Events:
-- SpeechStarted once min_speech_ms of voiced frames are in a row (barge_in_min_speech_ms, and louder than the
-  playback by barge_in_energy_margin_db, while the assistant speaks); start_sample = onset less the pre-roll.
+- SpeechStarted once min_speech_ms of voiced frames are in a row (barge_in_min_speech_ms, and louder by
+  barge_in_energy_margin_db than the echo the audio may hold, while the assistant speaks: the echo canceller's
+  room-aware bound, EchoCanceller.echo_dbfs); start_sample = onset less the pre-roll.
 - SilenceStarted after early_silence_ms of silence, SpeechResumed when half of min_speech_ms of voice comes back
   before the hangover (single clicks do not), SpeechEnded after the hangover or at max_utterance_s (truncated).
 Positions are sample indices since construction or `reset()`, exact whatever the sizes of the blocks fed; a
@@ -92,7 +93,8 @@ class Vad:
 
     def set_playback(self, active: bool, level_dbfs: float = -120.0) -> None:
         """While the assistant speaks, a start needs barge_in_min_speech_ms and barge_in_energy_margin_db over
-        `level_dbfs` (the level now playing), so its own voice from the speakers does not count as the user."""
+        `level_dbfs` (the echo the audio may hold: what plays, or what the canceller may leave of it in this room),
+        so its own voice from the speakers does not count as the user."""
         self._playback = active
         self._playback_dbfs = level_dbfs
 
