@@ -95,7 +95,6 @@ def profile(folder: Path, positions: list[int], frames: list[int], iters: int, p
     from assistant.tts.qwen3.engine import Qwen3TTS, Utterance, ad_hoc_voice, sampling_of
     from assistant.tts.qwen3.generate import FrameGenerator, FrameKernel
     from assistant.tts.qwen3.prompt import VoicePrompt
-    from assistant.tts.qwen3.talker import uncompilable
     from benchmarks.tts_vs import TEXT
 
     cfg = TtsConfig(model=str(folder), first_chunk_frames=1, chunk_frames=4, seed=0)
@@ -104,7 +103,7 @@ def profile(folder: Path, positions: list[int], frames: list[int], iters: int, p
     voice = tts.use_voice(ad_hoc_voice("bench", VoicePrompt(language="english", speaker="vivian")))
     hidden = talker.cfg.hidden_size
     x = mx.random.normal((hidden,), key=mx.random.key(0)).astype(talker.codec_head.weight.dtype) * 0.1
-    out: dict[str, Any] = {"compiled": not uncompilable(talker)}
+    out: dict[str, Any] = {}
     kernel = FrameKernel.of(talker, sampling_of(cfg))
     seen = mx.zeros((talker.cfg.vocab_size,), dtype=mx.bool_)
     key = mx.random.key(0)
@@ -176,13 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--cache", default="/tmp/bench-checkpoints")
     ap.add_argument("--peer", action="store_true", help="then time ours as mlx-audio is imported, loaded and run")
-    ap.add_argument("--compile-quantized", action="store_true", help="compile quantized graphs on CUDA too")
     args = ap.parse_args(argv)
-    if args.compile_quantized:
-        import assistant.tts.qwen3.generate as gen_mod
-        import assistant.tts.qwen3.talker as talker_mod
-
-        talker_mod.uncompilable = gen_mod.uncompilable = lambda model: False  # type: ignore[assignment]
     from benchmarks.checkpoints import write_checkpoint
 
     kind = f"{args.mode}-{args.bits}bit" if args.bits else "bf16"
@@ -191,7 +184,6 @@ def main(argv: list[str] | None = None) -> int:
     write_checkpoint(folder, args.size, bits, layers[0], layers[1], decoder_dim=args.decoder_dim, mode=args.mode)
     row = {"section": "tts_profile", "size": args.size, "precision": kind, "device": str(mx.default_device())}
     row["env"] = {k: v for k, v in os.environ.items() if k.startswith("MLX_")}
-    row["compile_quantized"] = args.compile_quantized
     row.update(profile(folder, args.positions, args.frames, args.iters, args.peer))
     print(json.dumps(row), flush=True)
     print(row, file=sys.stderr)

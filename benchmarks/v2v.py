@@ -107,6 +107,12 @@ class TimestampSink:
             return 0
         return min(self._written, int((time.monotonic() - self._start) * OUT_RATE))
 
+    def play_left_s(self) -> float:
+        """Seconds until everything written so far has played (0 when idle)."""
+        if self._start is None:
+            return 0.0
+        return max(0.0, self._start + self._written / OUT_RATE - time.monotonic())
+
     @property
     def first_sample_dac_time(self) -> float | None:
         return self._dac
@@ -279,7 +285,8 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             print(f"[v2v] turn {len(traces) - 1}: {trace}", file=sys.stderr, flush=True)
             if len(traces) - 1 in (SOAK_EARLY, args.turns):
                 soak[f"after_turn_{len(traces) - 1}"] = resources()
-            await asyncio.sleep(0.3)
+            # the next turn starts once the answer has played: speech over it would be a barge-in, not a turn
+            await asyncio.sleep(sink.play_left_s() + 0.3)
             source.next_turn.set()
     finally:
         runner.cancel()
