@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from assistant.compute import Compute
 from assistant.config import Config, LlmConfig, to_dict
+from assistant.conversation import Conversation
+from assistant.engines import Engines
 from assistant.errors import ConfigError, InputError, ModelError
 from assistant.llm import Message
 from assistant.llm_remote import RemoteChat, read_api_key
 from assistant.reply import next_delta
 from assistant.tools.calls import ToolCall, ToolChoice
 from tests.llm.servers import MlxLmServer, Script, ScriptedServer, free_port, sse, text_chunk
+from tests.pipeline.doubles import FakeSink, RuleVad, WordTranscriber, WordTts
 
 SYSTEM = "You are terse."
 BOUND_S = 10.0  # safety net for a stalled read: without the fix it ends only at llm.timeout_s (600 s here)
@@ -297,6 +302,14 @@ class Stall:
         self.hung_up.set()
 
 
+def run_catching(main: Coroutine[Any, Any, None], failed: list[BaseException]) -> None:
+    """asyncio.run(main) on a thread of the test's (its join bounds the wait), keeping what it raised."""
+    try:
+        asyncio.run(main)
+    except BaseException as e:
+        failed.append(e)
+
+
 @pytest.mark.parametrize("headers", [False, True], ids=["before-headers", "mid-answer"])
 def test_cancel_ends_a_read_blocked_on_a_stalled_server(headers: bool) -> None:
     """cancel() from another thread ends a read blocked on a server that stalls (before its headers or mid-answer)
@@ -332,12 +345,40 @@ def test_asyncio_run_returns_when_a_reply_on_a_stalled_server_is_cancelled() -> 
 
     with ScriptedServer(scripted(stall)) as srv:
         chat = RemoteChat(cfg_for(srv.base_url, timeout_s=600.0))
-        runner = threading.Thread(target=asyncio.run, args=(main(chat),), daemon=True)
+        failed: list[BaseException] = []
+        runner = threading.Thread(target=run_catching, args=(main(chat), failed), daemon=True)
         runner.start()
         runner.join(BOUND_S)  # asyncio.run waits for the executor's threads to end
         assert not runner.is_alive(), "asyncio.run waited on a thread blocked on the stalled server"
+        assert not failed, failed
         assert stall.hung_up.wait(BOUND_S) and stall.read == [b""]
         chat.close()
+
+
+def test_a_conversation_closed_mid_request_on_a_stalled_server_ends() -> None:
+    """The daemon stopping while a text turn waits on a server that never answers: cancelling the turn and closing
+    the conversation ends the request (the server sees the hang-up) and lets asyncio.run return."""
+    stall = Stall(headers=False)
+
+    async def main(chat: RemoteChat) -> None:
+        compute = Compute()
+        engines = Engines(WordTranscriber(), chat, WordTts(), None, lambda c: RuleVad(c))
+        conversation = Conversation(dataclasses.replace(Config(), llm=chat.cfg), engines, None, FakeSink(), compute)
+        turn = asyncio.create_task(conversation.ask("hi"))
+        await asyncio.to_thread(stall.stalling.wait, BOUND_S)
+        turn.cancel()  # what the daemon's shutdown does: its tasks, then the conversation
+        await conversation.aclose()
+        compute.close(1.0)
+
+    with ScriptedServer(scripted(stall)) as srv:
+        chat = RemoteChat(cfg_for(srv.base_url, timeout_s=600.0))
+        failed: list[BaseException] = []
+        runner = threading.Thread(target=run_catching, args=(main(chat), failed), daemon=True)
+        runner.start()
+        runner.join(BOUND_S)
+        assert not runner.is_alive(), "asyncio.run waited on a request to a stalled server after the daemon stopped"
+        assert not failed, failed
+        assert stall.hung_up.wait(BOUND_S) and stall.read == [b""]
 
 
 def test_api_key_from_env_or_file_is_sent_and_never_shown(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
