@@ -130,8 +130,9 @@ class RemoteChat:
         return RemoteChat(self.cfg, self._api_key, self.tools)
 
     def close(self) -> None:
-        """Close the answer in progress and the connection pool."""
-        self._cancel()
+        """End the answer in progress and close the connection pool; safe from any thread (a client hanging up
+        while a step runs elsewhere: its generator is left to that step, which ends at once)."""
+        self.cancel()
         self._client.close()
 
     # ---- conversation state --------------------------------------------------------------------------------

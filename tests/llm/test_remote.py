@@ -310,10 +310,12 @@ def run_catching(main: Coroutine[Any, Any, None], failed: list[BaseException]) -
         failed.append(e)
 
 
+@pytest.mark.parametrize("how", ["cancel", "close"])
 @pytest.mark.parametrize("headers", [False, True], ids=["before-headers", "mid-answer"])
-def test_cancel_ends_a_read_blocked_on_a_stalled_server(headers: bool) -> None:
-    """cancel() from another thread ends a read blocked on a server that stalls (before its headers or mid-answer)
-    while the server still holds the connection, without an error, and the server sees the disconnect."""
+def test_cancel_ends_a_read_blocked_on_a_stalled_server(headers: bool, how: str) -> None:
+    """cancel() or close() from another thread ends a read blocked on a server that stalls (before its headers or
+    mid-answer) while the server still holds the connection, without an error, and the server sees the
+    disconnect."""
     stall = Stall(headers)
     with ScriptedServer(scripted(stall)) as srv:
         chat = RemoteChat(cfg_for(srv.base_url, timeout_s=600.0))  # only the cancel can end the read
@@ -323,7 +325,7 @@ def test_cancel_ends_a_read_blocked_on_a_stalled_server(headers: bool) -> None:
         reader = threading.Thread(target=lambda: rest.extend(gen), daemon=True)
         reader.start()
         assert stall.stalling.wait(BOUND_S)
-        chat.cancel()
+        chat.cancel() if how == "cancel" else chat.close()
         reader.join(BOUND_S)
         assert not reader.is_alive(), "the read blocked on the stalled server outlived cancel()"
         assert first + rest == (["one"] if headers else [])
