@@ -156,3 +156,23 @@ def test_streaming_with_the_released_window_past_72_frames(tokenizer: SpeechToke
         pos += n
     assert all(k.shape[2] == 71 for k in state.keys)
     assert np.abs(np.concatenate(parts) - full).max() <= 1e-5
+
+
+def test_compiled_step_traces_once_per_chunk_size(tokenizer: SpeechTokenizer, codes: np.ndarray) -> None:
+    """The compiled codec step traces once per chunk size, not per stream position (fixed-shape state)."""
+    dec = CodecDecoder(tokenizer.decoder.config)
+    dec.update(tokenizer.decoder.parameters())
+    traces: list[int] = []
+    pure = dec._pure
+
+    def counted(*args: object) -> object:
+        traces.append(args[0].shape[1])  # type: ignore[attr-defined]
+        return pure(*args)  # type: ignore[arg-type]
+
+    dec._pure = counted  # type: ignore[method-assign]
+    state = dec.new_state()
+    for t in range(12):  # past the tiny window: the K/V buffers are full and keep their shape
+        mx.eval(dec.step(mx.array(codes[0, :, t : t + 1].T), state))
+    for t in range(12, 18, 2):
+        mx.eval(dec.step(mx.array(codes[0, :, t : t + 2].T), state))
+    assert traces == [1, 2]
