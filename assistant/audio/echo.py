@@ -55,16 +55,16 @@ KEEP_S = 20.0  # reference history kept: covers capture blocks that arrive late 
 RETURN_AFTER_FRAMES = 40  # 400 ms
 STEADY_FRAMES = 15  # 150 ms of steady playing before a frame: its echo has arrived
 RETURN_FRAMES = 500  # the last 5 s of such frames (kept across replies: the room does not change between them)
-RETURN_MIN_FRAMES = 10  # fewer learned frames than this: assume the echo is as loud as what played
-# The echo return is a low quantile plus the spread of the echo's frames above it, so that a user who talks over
-# up to 9 in 10 of the learned frames (a fresh daemon's first reply) does not pass for echo: in the laptop room
-# (60-120 ms, 0 and -6 dB, reverb) the echo's 95th percentile lies 15-25 dB over its 10th (benchmarks/echo.py).
-RETURN_QUANTILE = 10.0
-RETURN_SPREAD_DB = 25.0
+RETURN_MIN_FRAMES = 10  # fewer learned frames than this: the room is not known yet
+# The room's echo return is the lower quartile of the learned frames: a user talking over up to 3/4 of them does
+# not hide an echo-free room, and the speaker's underruns (silence the reference may place ~250 ms off) would have
+# to fill 1/4 of them to pass for one. In the laptop room (60-120 ms, 0 and -6 dB, reverb) it is -15..-8 dB.
+RETURN_QUANTILE = 25.0
 # A room that returns the speaker this far under what played has no echo path to speak of (headphones, a far
-# speaker): its microphone passes untouched, because AEC3 still ducks a user who talks over the reply there.
-NO_ECHO_DB = -40.0
-GATE_FLOOR_DBFS = -90.0  # the gate never goes lower while the speaker plays: under any microphone's self-noise
+# speaker): the gate drops to its floor and the microphone passes untouched, because AEC3 still ducks a user who
+# talks over the reply there. Anywhere else the gate is the played peak, less RESIDUAL_DB once AEC3 has adapted.
+NO_ECHO_DB = -50.0
+GATE_FLOOR_DBFS = -90.0  # the gate in such a room while the speaker plays: under any microphone's self-noise
 
 
 @runtime_checkable
@@ -153,10 +153,9 @@ class EchoCanceller:
 
     def echo_dbfs(self, t: float, n: int) -> float:
         """The level the echo in `n` cleaned samples from capture time `t` may still have: the loudest 10 ms the
-        speaker played from ECHO_WINDOW_MS before `t` to the block's end, plus the smaller of what the room
-        returns (`echo_return_db`, once learned) and RESIDUAL_DB once AEC3 has adapted (ADAPT_FRAMES; before, the
-        echo may be as loud as what played); never under GATE_FLOOR_DBFS while the speaker played in that window,
-        SILENT_DBFS when it played nothing then."""
+        speaker played from ECHO_WINDOW_MS before `t` to the block's end, plus RESIDUAL_DB once AEC3 has adapted
+        (ADAPT_FRAMES; before, the echo may be as loud as what played); GATE_FLOOR_DBFS in a room that returns
+        nothing (`no_echo`); SILENT_DBFS when the speaker played nothing then."""
         lead = frame_samples(CAPTURE_RATE, ECHO_WINDOW_MS)
         ref = self.reference_for(t - lead / CAPTURE_RATE, lead + n)
         usable = len(ref) // AEC_FRAME * AEC_FRAME
@@ -166,10 +165,9 @@ class EchoCanceller:
         peak = float(np.max(np.mean(np.square(frames), axis=1)))
         if peak <= 0:
             return SILENT_DBFS
-        credit = RESIDUAL_DB if self._adapted >= ADAPT_FRAMES else 0.0  # what AEC3 takes off the echo
-        if self._return_db is not None:
-            credit = min(credit, self._return_db)  # the cleaned echo is no louder than the raw echo
-        return max(GATE_FLOOR_DBFS, 10.0 * float(np.log10(peak)) + credit)
+        if self.no_echo:
+            return GATE_FLOOR_DBFS  # the speaker played, nothing of it comes back
+        return 10.0 * float(np.log10(peak)) + (RESIDUAL_DB if self._adapted >= ADAPT_FRAMES else 0.0)
 
     def _learn_return(self, ref: np.ndarray, raw: np.ndarray) -> None:
         """One 10 ms frame (float32 reference, int16 microphone): how loud the raw microphone is relative to the
@@ -191,19 +189,24 @@ class EchoCanceller:
         if self._learned >= RETURN_MIN_FRAMES and self._learned % 5 == 0:  # every 50 ms: cheap enough
             kept = self._returns[: min(self._learned, RETURN_FRAMES)]
             k = int(RETURN_QUANTILE / 100 * (len(kept) - 1))
-            self._return_db = float(np.partition(kept, k)[k]) + RETURN_SPREAD_DB
+            self._return_db = float(np.partition(kept, k)[k])
 
     @property
     def echo_return_db(self) -> float | None:
         """How loud the room returns the speaker's voice to the raw microphone, dB relative to the loudest 10 ms
-        played in the preceding ECHO_WINDOW_MS (RETURN_QUANTILE of the recent frames + RETURN_SPREAD_DB), None
-        until learned: about +10 over laptop speakers, far below NO_ECHO_DB where nothing comes back."""
+        played in the preceding ECHO_WINDOW_MS (RETURN_QUANTILE of the recent learned frames), None until learned:
+        about -10 over laptop speakers, far below NO_ECHO_DB where nothing comes back."""
         return self._return_db
+
+    @property
+    def no_echo(self) -> bool:
+        """The room returns nothing of what the speaker plays (`echo_return_db` <= NO_ECHO_DB)."""
+        return self._return_db is not None and self._return_db <= NO_ECHO_DB
 
     def process(self, block: AudioBlock) -> AudioBlock:
         """The cleaned microphone audio: every whole 10 ms frame received so far, with the capture time of its
         first sample (AEC_DELAY samples before the first frame's own: the canceller's output is that late). In a
-        room with no echo path (`echo_return_db` <= NO_ECHO_DB) the microphone comes out as it went in, as late."""
+        room with no echo path (`no_echo`) the microphone comes out as it went in, as late."""
         if not self.enabled:
             return block
         if block.samples.dtype != np.int16 or block.samples.ndim != 1:
@@ -226,8 +229,7 @@ class EchoCanceller:
             self._apm.process_stream(frame)  # cleans the frame's buffer in place (AEC3 keeps adapting either way)
             raw = np.concatenate([self._raw_tail, self._pending[i : i + AEC_FRAME]])
             self._raw_tail = raw[AEC_FRAME:]
-            no_echo = self._return_db is not None and self._return_db <= NO_ECHO_DB
-            out[i : i + AEC_FRAME] = raw[:AEC_FRAME] if no_echo else np.frombuffer(frame.data, dtype=np.int16)
+            out[i : i + AEC_FRAME] = raw[:AEC_FRAME] if self.no_echo else np.frombuffer(frame.data, dtype=np.int16)
         self._pending = self._pending[n:]
         self._pending_t = t0 + n / CAPTURE_RATE
         return AudioBlock(out, t0 - AEC_DELAY / CAPTURE_RATE)
