@@ -10,11 +10,12 @@ makes it do); the issue's counts (10 long replies per gain) are the `slow` ones:
     python -m pytest -m slow tests/pipeline/test_echo_turns_room.py -k x10
 
 The turns nobody said (f89945d: 0 dB 1 and 2 barge-ins, -6 dB 4 and 7; 03ba200: 0 dB 1-2, -6 dB 2-3) began where a
-reply's first words came back: after the speaker's stream was reopened with a larger buffer (device starved) its primed
-buffer's first block reports delay 0, which Playback took for "no timing" and dated a device latency (up to
-250 ms) late, so for that long the speaker counted as silent, the canceller had no reference and the echo gate was
-off. With that fixed (assistant/audio/playback.py) the slow runs had none, at load average 4-9 on the shared
-2-core machine: 0 dB twice, -6 dB twice (one more -6 dB run timed out at 300 s and its rerun crashed natively).
+reply's first words came back, or mid-reply: after the speaker's stream was reopened with a larger buffer (device
+starved), and after every underrun (36 such calls for 35 underruns in one slow run), the primed buffer's first
+block reports delay 0, which Playback took for "no timing" and dated a device latency (up to 250 ms) late, so for
+that long the speaker counted as silent, the canceller had no reference and the echo gate was off.
+With that fixed (assistant/audio/playback.py), slow runs at load average 4-9 on the shared 2-core machine: 0 dB
+none in 3 runs, then 2 turns and 4 barge-ins in one run with 142 underruns (cause not found); -6 dB none in 3.
 """
 
 from __future__ import annotations

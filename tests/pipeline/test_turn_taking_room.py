@@ -225,11 +225,10 @@ def test_thinking_pauses_keep_one_turn(room_env: Any, room_config: Config) -> No
 
 @pytest.mark.slow  # ~60 s of real time: over the CI suite's room budget
 @pytest.mark.xfail(
-    reason="(d) not met on the shared 2-core machine: at load average 5-7, median 451 ms (501 before the VAD's floor,"
-    " assistant/vad.py FLOOR_DBFS). The score is now asked ~210 ms after the true end (was ~290: the echo"
-    " canceller's fading output kept the VAD's silence from starting for ~90 ms), then the model takes ~160 ms wall"
-    " for ~56 ms of CPU, starved by the load; asking it early (before score_after_ms, judged once that silence is"
-    " reached) would take it off the critical path",
+    reason="(d) not met on the shared 2-core machine: at load average 4-6, median 373 and 362 ms (501 at the start"
+    " of the day's work, 451 with the VAD's floor, assistant/vad.py FLOOR_DBFS). The score is asked ~205 ms after"
+    " the true end, then the model takes ~135 ms wall for ~50 ms of CPU (50 ms wall alone); asking it before"
+    " score_after_ms and judging its answer once that silence is reached would take it off the critical path",
     strict=False,
 )
 def test_complete_questions_end_fast(room_env: Any, room_config: Config) -> None:
