@@ -15,7 +15,10 @@ starved), and after every underrun (36 such calls for 35 underruns in one slow r
 block reports delay 0, which Playback took for "no timing" and dated a device latency (up to 250 ms) late, so for
 that long the speaker counted as silent, the canceller had no reference and the echo gate was off.
 With that fixed (assistant/audio/playback.py), slow runs at load average 4-9 on the shared 2-core machine: 0 dB
-none in 3 runs, then 2 turns and 4 barge-ins in one run with 142 underruns (cause not found); -6 dB none in 3.
+none in 3 runs, then 2 turns and 4 barge-ins in one run with 142 underruns; -6 dB none in 3. Under such load (two
+extra busy cores: 2 turns, mid-reply) the reported times themselves are off: around ~1 s capture stalls and
+playback underruns, echo reached the microphone 90-210 ms before the speaker's DAC time for it, and the echo
+window (assistant/audio/echo.py, 300 ms back, nothing ahead) does not cover a DAC time that is late.
 """
 
 from __future__ import annotations
