@@ -4,7 +4,9 @@ A `Conversation` feeds the core its inputs (captured blocks with their capture t
 then, VAD events, transcripts, reply progress, commands) and executes the actions it returns on the engines,
 every engine call on the compute thread. The daemon holds one over the microphone and speaker (it is the
 server's `Controller`); each `/v1/realtime` connection holds one over its client sink (the server's
-`RealtimeSession`), opened by `Sessions`. Only the core's `Policy` differs between them.
+`RealtimeSession`), opened by `Sessions` (assistant/sessions.py). Only the core's `Policy` differs between them.
+What is not turn-taking lives with its own module: config -> policy (assistant/policies.py), the tools and a
+Realtime client's function calls (assistant/tools/session.py), the history's operations (assistant/llm.py).
 """
 
 from __future__ import annotations
@@ -13,42 +15,42 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, cast
 
 import numpy as np
 
 from assistant import settings
-from assistant.audio.echo import EchoCanceller, PlayedClock
-from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, AudioBlock, frame_samples, level_dbfs
+from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, AudioBlock, level_dbfs
 from assistant.audio.sinks import AudioSink, AudioSource, ClientSink, SpeakerTiming
 from assistant.bus import EventBus, Subscription
 from assistant.compute import Compute, Generation, Priority, Stale
 from assistant.config import Config
-from assistant.endofturn import EndOfTurnPolicy, FixedSilence, policy_from_config, vad_settings
+from assistant.endofturn import EndOfTurnPolicy, FixedSilence, vad_settings
 from assistant.engines import Engines, VadLike
-from assistant.errors import AssistantError, AudioDeviceError, ConfigError, InputError, ModelError
+from assistant.errors import AudioDeviceError, ConfigError, InputError, ModelError
 from assistant.events import (
     BargeIn,
     DeviceStatus,
     ErrorEvent,
     Event,
-    FunctionCall,
     ResponseAudio,
     SessionEvent,
     TurnState,
 )
+from assistant.llm import History
 from assistant.logs import kv
 from assistant.memory import Memory
+from assistant.policies import daemon_policy, end_of_turn, make_canceller, realtime_policy, ring_samples
 from assistant.reply import Reply, TurnTrace, pump, settle_answer
-from assistant.tools.apps import AppTools, Send
+from assistant.tools.apps import Send
 from assistant.tools.builtin import date_line, reminder_speech, zone
-from assistant.tools.calls import AUTO, ToolCall, ToolChoice
+from assistant.tools.calls import ToolChoice
 from assistant.tools.registry import Toolbox
+from assistant.tools.session import ConversationTools, offer_tools
 from assistant.tools.timers import ReminderScheduler
 from assistant.turns import (
     Action,
@@ -68,7 +70,6 @@ from assistant.turns import (
     InterruptReply,
     Mute,
     Play,
-    Policy,
     Ptt,
     Publish,
     ReplyDone,
@@ -85,93 +86,14 @@ from assistant.turns import (
     TurnCore,
     UserText,
     VadIn,
-    bare_word,
 )
-
-if TYPE_CHECKING:  # the message type only: importing llm would load MLX with the conversation
-    from assistant.llm import Message
 
 log = logging.getLogger("assistant.conversation")
 
 SUB_DEFAULT = 256
 PLAYBACK_STALL_S = 2.0  # a sink that plays nothing for this long is given up on (a gone WebSocket client)
 KEEP_REPLIES = 16  # finished replies a Realtime client may still truncate (OpenAI clients truncate the latest)
-APOLOGY = "Sorry, I could not get an answer just now. Please ask again."
 QUEUE_LIMIT = 4096  # Realtime events waiting for the client; reply audio is ~10 chunks a second
-
-
-class RealtimeEngines(Protocol):
-    """What Realtime sessions need from the daemon's loaded engines (the composition root implements it)."""
-
-    def new_session(self, voice: str | None) -> Engines: ...  # on the compute thread
-    def voice(self, name: str) -> Any: ...  # on the compute thread
-    def voice_names(self) -> list[str]: ...
-
-
-def daemon_policy(cfg: Config) -> Policy:
-    mode = cfg.pipeline.mode
-    return Policy(
-        vad_turns=mode != "push_to_talk",
-        publish_vad=mode != "push_to_talk",  # the VAD runs, but only the hotkey makes turns
-        ptt=True,
-        speculative=cfg.pipeline.speculative,
-        barge_in=cfg.pipeline.barge_in,
-        barge_in_min_words=cfg.pipeline.barge_in_min_words,
-        backchannels=frozenset(bare_word(w) for w in cfg.pipeline.backchannels),
-        preroll_samples=frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms),
-        echo_tail_ms=cfg.vad.echo_tail_ms,
-        wake_phrase=cfg.pipeline.wake_phrase,
-        follow_up_s=cfg.pipeline.follow_up_s,
-        resume_ms=cfg.endofturn.resume_ms,
-    )
-
-
-def realtime_policy(cfg: Config, server_vad: bool, create_response: bool, interrupt_response: bool) -> Policy:
-    """No speculation: a client may commit and ask at any moment, so every reply starts confirmed."""
-    return Policy(
-        vad_turns=server_vad,
-        publish_vad=server_vad,
-        ptt=False,
-        speculative=False,
-        answer_turns=False,
-        auto_respond=create_response,
-        barge_in=interrupt_response,
-        preroll_samples=frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms),
-        echo_tail_ms=cfg.vad.echo_tail_ms,
-    )
-
-
-def make_canceller(cfg: Config, sink: AudioSink, tts_rate: int) -> EchoCanceller | None:
-    """The daemon's echo canceller over a speaker that tells what it played when (None: `echo.enabled` is off, or
-    the sink cannot say, e.g. no sound card)."""
-    if not cfg.echo.enabled or not isinstance(sink, PlayedClock):
-        return None
-    return EchoCanceller(sink, tts_rate)
-
-
-def end_of_turn(cfg: Config, scorer: object | None = None) -> EndOfTurnPolicy:
-    """The configured end-of-turn policy; a fixed silence where no end-of-turn model was loaded to score."""
-    if scorer is None:
-        return FixedSilence(cfg.vad.hangover_ms)
-    return policy_from_config(cfg.endofturn, cfg.vad.hangover_ms)
-
-
-def forget_message(history: list[Message], role: str, text: str) -> list[Message] | None:
-    """`history` without its newest `role` message whose text is `text` (a truncated answer matches the text it
-    was cut from), neighbours of the same role then joined so user and assistant turns still alternate (chat
-    templates require it); None when there is no such message."""
-    for i in range(len(history) - 1, -1, -1):
-        m = history[i]
-        same = m.content.strip() == text.strip() or (m.interrupted and text.strip().startswith(m.content.strip()))
-        if m.role == role and same:
-            kept: list[Message] = []
-            for other in history[:i] + history[i + 1 :]:
-                if kept and kept[-1].role == other.role and other.role in ("user", "assistant"):
-                    kept[-1] = dataclasses.replace(kept[-1], content=f"{kept[-1].content}\n{other.content}")
-                else:
-                    kept.append(other)
-            return kept
-    return None
 
 
 class Conversation:
@@ -189,7 +111,7 @@ class Conversation:
         sink: AudioSink | None,
         compute: Compute | None = None,
         *,
-        realtime: RealtimeEngines | None = None,
+        realtime: bool = False,
         on_close: Callable[[Conversation], None] | None = None,
         toolbox: Toolbox | None = None,
         memory: Memory | None = None,
@@ -200,19 +122,14 @@ class Conversation:
         self.source = source
         self.compute = compute or Compute()
         self._owns_compute = compute is None
-        self.realtime = realtime
         self._on_close = on_close
         self.sink: AudioSink = sink or ClientSink(self._client_audio, engines.tts.sample_rate)
         self.vad: VadLike = engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
-        ring = frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms)
-        ring += int(max(cfg.vad.max_utterance_s, cfg.stt.max_utterance_s) * CAPTURE_RATE)
-        policy = daemon_policy(cfg) if realtime is None else realtime_policy(cfg, True, True, True)
-        self.core = TurnCore(policy, end_of_turn(cfg, engines.score_turn), ring)
+        policy = realtime_policy(cfg, True, True, True) if realtime else daemon_policy(cfg)
+        self.core = TurnCore(policy, end_of_turn(cfg, engines.score_turn), ring_samples(cfg))
         self.hangover_ms: int | None = cfg.vad.hangover_ms
         self.instructions = cfg.llm.system_prompt
-        self.toolbox = toolbox  # tools the daemon's answers may call (None: none)
-        self._own_tools = list(toolbox.tools) if toolbox is not None else []  # built in and from config.toml
-        self.apps = AppTools()  # tools connected apps registered, run by them
+        self.tools = ConversationTools(toolbox)
         self.memory = memory  # the history kept across restarts (None: not kept)
         self.reminders = reminders
         self._date = ""  # the date line in the system prompt (with tools: refreshed when the date changes)
@@ -220,27 +137,20 @@ class Conversation:
         self.output_ok = True  # False while the speaker is lost: replies are text only
         self.restart_required: list[str] = []
         self.bus: EventBus[SessionEvent] = EventBus()
-        self._events = self.bus.subscribe(QUEUE_LIMIT) if realtime is not None else None
+        self._events = self.bus.subscribe(QUEUE_LIMIT) if realtime else None
         self._replies: dict[int, Reply] = {}  # replies in flight
         self._kept: OrderedDict[int, Reply] = OrderedDict()  # finished, for truncate_response
         self._settling: asyncio.Task[None] | None = None  # the cancelled reply being recorded
         self._playing_turn = 0
         self._last_level = SILENT_DBFS  # level of the last chunk written (for sinks without SpeakerTiming)
         # the speaker's own voice out of the microphone before VAD and STT (daemon only: clients cancel their own)
-        self.echo = make_canceller(cfg, self.sink, engines.tts.sample_rate) if realtime is None else None
+        self.echo = None if realtime else make_canceller(cfg, self.sink, engines.tts.sample_rate)
         self._stt_final = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._tick: asyncio.TimerHandle | None = None
         self._erased: dict[int, bool] = {}  # replies in flight when the history was reset
         self._tick_at = 0.0
-        # Realtime function calling: the client's tools, calls handed to it awaiting outputs, per-response tools
-        self._functions: tuple[list[dict[str, Any]], ToolChoice] = ([], AUTO)
-        self._next_functions: tuple[list[dict[str, Any]], ToolChoice] | None = None  # response.create's own
-        self._reply_functions: dict[int, tuple[list[dict[str, Any]], ToolChoice]] = {}
-        self._awaiting: dict[str, ToolCall] = {}  # call id -> the call, in call order
-        self._outputs: dict[str, str] = {}  # call id -> the client's output
-        self._said = ""  # what the calling answer said before its calls
 
     # ---- driving the core -----------------------------------------------------------------------------------
 
@@ -371,9 +281,8 @@ class Conversation:
     async def prepare(self) -> None:
         """Offer the tools, put the date in the system prompt, load the stored history, start the reminders."""
         chat = self.engines.chat
-        if self.toolbox is not None:
-            schemas = self.toolbox.schemas()
-            await self.compute.run(chat.set_tools, schemas)  # type: ignore[attr-defined]
+        if self.tools.toolbox is not None:
+            await self.compute.run(chat.set_tools, self.tools.toolbox.schemas())
             await self._refresh_date()
         if self.memory is not None:
             await self.compute.run(chat.restore, self.memory.history())
@@ -412,7 +321,7 @@ class Conversation:
             return
         chat = self.engines.chat
         try:
-            turn = await self.compute.run(chat.last_turn, priority=Priority.URGENT)  # type: ignore[attr-defined]
+            turn = await self.compute.run(chat.last_turn, priority=Priority.URGENT)
             self.memory.add_turn(turn)
         except Exception as e:
             self.failed(e, "storing the turn in the memory database")
@@ -454,14 +363,16 @@ class Conversation:
             asyncio.get_running_loop().create_future(),
         )
         reply.trace.extra["backlog_ms"] = a.backlog_ms
-        if self.realtime is not None:
-            self._take_functions(reply)
+        answer = self.tools.reply_starts(a.turn, a.responder.speak_text is None)
+        if answer is not None and a.responder.continues:  # the client's outputs: the calling answer goes on
+            reply.outputs, reply.said = answer.outputs, answer.said
+        elif answer is not None:  # a new user turn: that answer is recorded as said (before this reply's first job)
+            self.compute.submit(self.engines.chat.finish_turn, answer.said, priority=Priority.URGENT)
         if a.responder.user_text is not None and a.responder.speak_text is None and self._stt_final >= a.speech_end:
             # a transcript of this turn (a text turn's speech_end is its request: an older transcript is not its)
             reply.trace.mark("stt_final", self._stt_final)
         if a.confirmed:
             reply.confirmed.set()
-        if a.confirmed:
             self._text_only_note()
         self._replies[a.turn] = reply
         reply.task = self.spawn(self._run_reply(reply))
@@ -474,17 +385,16 @@ class Conversation:
                 self.compute.submit(self.engines.chat.set_system_prompt, reply.responder.instructions)
             elif self._date and reply.responder.user_text is not None:
                 await self._refresh_date()
-            functions = self._reply_functions.get(reply.turn, self._functions)
-            if reply.turn in self._reply_functions:
-                await self.compute.run(self.engines.chat.set_tools, *functions)  # type: ignore[attr-defined]
-            offered = functions[0] if self.realtime is not None and functions[1].mode != "none" else []
-            hand_off = {str(t.get("function", {}).get("name")) for t in offered}
-            async for produced in pump(reply, self.engines, self.compute, self.cfg, self.toolbox, hand_off):
+            functions, hand_off = self.tools.for_reply(reply.turn)
+            if functions is not None:
+                await self.compute.run(self.engines.chat.set_tools, *functions)
+            async for produced in pump(reply, self.engines, self.compute, self.cfg, self.tools.toolbox, hand_off):
                 self._apply(produced)
             await reply.confirmed.wait()
             await self._wait_played(reply)
-            if reply.handed_off:
-                self._hand_off(reply)  # the answer stays open for the client's outputs
+            if reply.handed_off:  # the answer stays open for the client's outputs
+                for call in self.tools.handed_off(reply.turn, reply.handed_off, reply.said, time.monotonic()):
+                    self.publish(call)
             elif reply.gen is not None:
                 await self.compute.run(self.engines.chat.finish_turn, None, priority=Priority.URGENT)
                 await self._remember(reply)
@@ -503,10 +413,8 @@ class Conversation:
                 self.failed(e2, "recording the interrupted answer")
             if heard is not None and reply.gen is not None:
                 await self._remember(reply)
-            self._finish(reply, heard or "", True, error=f"turn {reply.turn}: {type(e).__name__}: {e}")
-            spoken = reply.confirmed.is_set()  # a failed speculation is silent: the confirmed answer asks again
-            if isinstance(e, ModelError) and spoken and self.realtime is None and reply.responder.user_text is not None:
-                self.spawn(self.say(APOLOGY))  # the next turn asks the model again
+            error = f"turn {reply.turn}: {type(e).__name__}: {e}"
+            self._finish(reply, heard or "", True, error, model_failed=isinstance(e, ModelError))
 
     def _play(self, turn: int, chunk: np.ndarray) -> None:
         reply = self._replies.get(turn)
@@ -579,7 +487,9 @@ class Conversation:
             await self._remember(reply)
         self._finish(reply, heard, True)
 
-    def _finish(self, reply: Reply, text: str, interrupted: bool, error: str | None = None) -> None:
+    def _finish(
+        self, reply: Reply, text: str, interrupted: bool, error: str | None = None, model_failed: bool = False
+    ) -> None:
         self._replies.pop(reply.turn, None)
         self._erased.pop(reply.turn, None)
         if reply.result.done():
@@ -593,11 +503,11 @@ class Conversation:
             reply.trace.extra["playback_underruns"] = float(self.sink.underruns - reply.underruns_at)
         trace = reply.trace.trace()
         log.info("turn latency", extra=kv(**{k: v for k, v in dataclasses.asdict(trace).items() if k != "extra"}))
-        self._apply(ReplyDone(reply.turn, text, interrupted, time.monotonic(), error, trace))
+        self._apply(ReplyDone(reply.turn, text, interrupted, time.monotonic(), error, trace, model_failed))
         if reply.responder.instructions is not None:
             self.compute.submit(self.engines.chat.set_system_prompt, self._system_prompt(), priority=Priority.URGENT)
-        if self._reply_functions.pop(reply.turn, None) is not None:  # response.create's tools were for it alone
-            self.compute.submit(self.engines.chat.set_tools, *self._functions, priority=Priority.URGENT)  # type: ignore[attr-defined]
+        if (functions := self.tools.reply_done(reply.turn)) is not None:  # response.create's were for it alone
+            self.compute.submit(self.engines.chat.set_tools, *functions, priority=Priority.URGENT)
         self.compute.clear_cache()
 
     def _text_only_note(self) -> None:
@@ -708,50 +618,27 @@ class Conversation:
         if new.logging.level != self.cfg.logging.level:
             logging.getLogger("assistant").setLevel(new.logging.level.upper())
         if new.tts.voice != self.cfg.tts.voice:
-            self.spawn(self._use_voice(new.tts.voice))  # checked above; the next reply speaks with it
+            self._use_voice(new.tts.voice)  # checked above
         self.cfg = new
         self._apply(SetPolicy(daemon_policy(new), end_of_turn(new, self.engines.score_turn), new_vad=new_vad))
         return self.config_get()
 
     def set_app_tools(self, owner: str, tools: list[dict[str, Any]], timeout_s: float, send: Send) -> list[str]:
-        """Tools a connected app (`owner`) offers to the voice loop, replacing its earlier ones ([] withdraws them).
-
-        Returns the names of every tool offered now. InputError when a name is taken by the daemon's own tools
-        or another app's (nothing changes then)."""
-        built = self.apps.build(owner, tools, timeout_s, send)
-        taken = {t.name for t in self._own_tools}
-        taken |= {t.name for o, ts in self.apps.by_owner.items() if o != owner for t in ts}
-        clash = sorted({t.name for t in built} & taken)
-        if clash:
-            raise InputError(f"tool name(s) {', '.join(clash)} are taken by the daemon or another app; rename them")
-        self.apps.set(owner, built)
-        return self._offer_all()
+        """A connected app's tools for the voice loop (see `ConversationTools.set_app_tools`); their names."""
+        offered = self.tools.set_app_tools(owner, tools, timeout_s, send)
+        self._background("offering the tools to the LLM", offer_tools, self.engines.chat, [t.schema() for t in offered])
+        return [t.name for t in offered]
 
     def app_tool_result(self, owner: str, call_id: str, output: str, error: str | None = None) -> None:
         """The app's answer to a tool call it was sent; InputError when none of its calls awaits `call_id`."""
-        self.apps.answer(owner, call_id, output, error)
+        self.tools.apps.answer(owner, call_id, output, error)
 
     def app_gone(self, owner: str) -> None:
         """The app disconnected: its tools are withdrawn and its unanswered calls fail (the model hears why)."""
-        had_tools = owner in self.apps.by_owner
-        self.apps.drop(owner)
-        if had_tools:
-            self._offer_all()
-
-    def _offer_all(self) -> list[str]:
-        offered = [*self._own_tools, *self.apps.tools]
-        self.toolbox = Toolbox(offered) if offered or self.toolbox is not None else None
-        self.spawn(self._offer([t.schema() for t in offered], AUTO))
-        return [t.name for t in offered]
-
-    async def _offer(self, schemas: list[dict[str, Any]], choice: ToolChoice) -> None:
-        """Offer the LLM these tools from its next answer on; an error event when it cannot call any."""
-        try:
-            if not await self.compute.run(self.engines.chat.set_tools, schemas, choice, priority=Priority.URGENT):  # type: ignore[attr-defined]
-                why = "this LLM's chat template has no tool-call format: it cannot call the tools offered to it"
-                self.publish(ErrorEvent(f"{why}; use a model whose chat template renders tools", time.monotonic()))
-        except Exception as e:
-            self.failed(e, "offering the tools to the LLM")
+        offered = self.tools.app_gone(owner)
+        if offered is not None:
+            schemas = [t.schema() for t in offered]
+            self._background("offering the tools to the LLM", offer_tools, self.engines.chat, schemas)
 
     def history_get(self) -> list[dict[str, Any]]:
         return [dataclasses.asdict(m) for m in self.engines.chat.history]
@@ -775,19 +662,14 @@ class Conversation:
         self.compute.submit(self.engines.chat.set_system_prompt, text, priority=Priority.URGENT)
 
     def set_voice(self, name: str) -> None:
-        assert self.realtime is not None
-        names = self.realtime.voice_names()
+        names = self.engines.tts.voice_names()
         if name not in names:
             raise ConfigError(f"unknown voice {name!r}; voices: {', '.join(sorted(names))}")
-        self.spawn(self._use_voice(name))
+        self._use_voice(name)
 
-    async def _use_voice(self, name: str) -> None:
-        """Load voice `name` on the compute thread; replies started after it is loaded speak with it."""
-        try:
-            load = self.realtime.voice if self.realtime is not None else self.engines.tts.voice
-            self.engines.voice = await self.compute.run(load, name, priority=Priority.URGENT)
-        except Exception as e:
-            self.failed(e, f"loading voice {name!r}")
+    def _use_voice(self, name: str) -> None:
+        """Replies started after voice `name` is loaded (on the compute thread) speak with it."""
+        self._background(f"loading voice {name!r}", self.engines.use_voice, name)
 
     def set_turn_detection(
         self,
@@ -841,48 +723,18 @@ class Conversation:
         """The client's functions (chat-template schemas) and how the model chooses them, from the next reply on.
 
         The model's calls of them end the reply as FunctionCall events; the client runs them."""
-        self._functions = (list(tools), choice)
-        self.spawn(self._offer(tools, choice))
+        self.tools.set_functions(tools, choice)
+        self._background("offering the tools to the LLM", offer_tools, self.engines.chat, tools, choice)
 
     def functions_for_next_response(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
         """Tools and choice for the next response only (Realtime response.create); the session's apply after it."""
-        self._next_functions = (list(tools), choice)
+        self.tools.functions_for_next_response(tools, choice)
 
     def add_function_output(self, call_id: str, output: str) -> None:
         """The client's result of a call it was handed; the next response continues the answer with it.
         InputError when no handed-off call has that id."""
-        if call_id not in self._awaiting:
-            waiting = ", ".join(self._awaiting) or "none"
-            raise InputError(
-                f"no function call {call_id!r} awaits an output (awaiting: {waiting}); use the call_id "
-                "of a function_call item from this session's last response"
-            )
-        self._outputs[call_id] = output
+        self.tools.add_output(call_id, output)
         self._apply(ToolOutput(time.monotonic()))
-
-    def _hand_off(self, reply: Reply) -> None:
-        """Publish the calls the answer left to the client; they await its function_call_output items."""
-        self._awaiting = {c.id: c for c in reply.handed_off}
-        self._outputs, self._said = {}, reply.said
-        now = time.monotonic()
-        for call in reply.handed_off:
-            arguments = json.dumps(dict(call.arguments), ensure_ascii=False)
-            self.publish(FunctionCall(reply.turn, call.id, call.name, arguments, now))
-
-    def _take_functions(self, reply: Reply) -> None:
-        """A Realtime reply starts: it takes response.create's tools, and either continues the calling answer
-        with the client's outputs or (a new user turn) records that answer as said and forgets its calls."""
-        if self._next_functions is not None and reply.responder.speak_text is None:
-            self._reply_functions[reply.turn], self._next_functions = self._next_functions, None
-        if not self._awaiting:
-            return
-        if reply.responder.continues:
-            missing = json.dumps({"error": "the client sent no function_call_output for this call"})
-            reply.outputs = [(c, self._outputs.get(i, missing)) for i, c in self._awaiting.items()]
-            reply.said = self._said
-        else:  # submitted now: it runs before this reply's first chat job
-            self.compute.submit(self.engines.chat.finish_turn, self._said, priority=Priority.URGENT)
-        self._awaiting, self._outputs = {}, {}
 
     def cancel_response(self) -> None:
         """Stop the reply now (ResponseDone interrupted=True); the history keeps what was sent."""
@@ -891,17 +743,10 @@ class Conversation:
     def delete_item(self, role: str, text: str) -> None:
         """Forget the newest `role` message whose text is `text` (Realtime conversation.item.delete); InputError
         when the history holds none (a message not answered yet is not in it)."""
-        history = list(self.engines.chat.history)
-        kept = forget_message(history, role, text)
-        if kept is None:
+        history = History(self.engines.chat.history)
+        if not history.forget(role, text):
             raise InputError(f"the conversation holds no {role} message with that text; delete it after it is answered")
-        self.spawn(self._restore(kept))
-
-    async def _restore(self, messages: list[Message]) -> None:
-        try:
-            await self.compute.run(self.engines.chat.restore, messages, priority=Priority.URGENT)
-        except Exception as e:
-            self.failed(e, "deleting a conversation item")
+        self._background("deleting a conversation item", self.engines.chat.restore, history.messages())
 
     def truncate_response(self, turn: int, audio_end_ms: int) -> None:
         """The client played only `audio_end_ms` of turn `turn`: its answer in the history becomes what was heard."""
@@ -911,13 +756,7 @@ class Conversation:
         recorded = reply.result.result().strip()
         heard = reply.heard.heard(audio_end_ms * self.engines.tts.sample_rate // 1000, reply.answer)
         if heard != recorded:
-            self.spawn(self._revise(recorded, heard))
-
-    async def _revise(self, recorded: str, heard: str) -> None:
-        try:
-            await self.compute.run(self.engines.chat.revise_answer, recorded, heard, priority=Priority.URGENT)
-        except Exception as e:
-            self.failed(e, "truncating the answer")
+            self._background("truncating the answer", self.engines.chat.revise_answer, recorded, heard)
 
     async def events(self) -> AsyncIterator[SessionEvent]:
         assert self._events is not None
@@ -959,6 +798,17 @@ class Conversation:
         log.error("error while %s", what, exc_info=exc)
         self.publish(ErrorEvent(f"{what}: {type(exc).__name__}: {exc}", time.monotonic()))
 
+    def _background(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn(*args)` on the compute thread (urgent) without waiting; a failure is reported as `what`."""
+
+        async def run() -> None:
+            try:
+                await self.compute.run(fn, *args, priority=Priority.URGENT)
+            except Exception as e:
+                self.failed(e, what)
+
+        self.spawn(run())
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -968,44 +818,3 @@ class Conversation:
 
 def _describe(err: BaseException | None) -> str | None:
     return None if err is None else f"{type(err).__name__}: {err}"
-
-
-class Sessions:
-    """The daemon's RealtimeBackend: Realtime conversations over the daemon's engines and compute thread."""
-
-    def __init__(self, daemon: Conversation, source: RealtimeEngines, limit: int) -> None:
-        self.daemon = daemon
-        self.source = source
-        self.limit = limit
-        self.open: set[Conversation] = set()
-
-    async def open_session(self) -> Conversation:
-        if len(self.open) >= self.limit:
-            raise AssistantError(
-                f"{len(self.open)} realtime sessions are open, the most allowed; close one or raise "
-                "server.realtime_sessions"
-            )
-        cfg = self.daemon.cfg
-        engines = await self.daemon.compute.run(self.source.new_session, cfg.tts.voice or None)
-        session = Conversation(
-            cfg, engines, None, None, self.daemon.compute, realtime=self.source, on_close=self.open.discard
-        )
-        session.set_instructions(cfg.llm.system_prompt)
-        self.open.add(session)
-        return session
-
-    def default_voice(self) -> str:
-        return self.daemon.cfg.tts.voice
-
-    def default_instructions(self) -> str:
-        return self.daemon.cfg.llm.system_prompt
-
-
-if TYPE_CHECKING:  # mypy proves the conversation implements what the server expects
-
-    def _conforms(conversation: Conversation, sessions: Sessions) -> None:
-        from assistant.server.controller import Controller, RealtimeBackend, RealtimeSession
-
-        _c: Controller = conversation
-        _b: RealtimeBackend = sessions
-        _s: RealtimeSession = conversation

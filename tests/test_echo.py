@@ -206,7 +206,7 @@ def test_the_daemon_cancels_only_over_a_speaker_with_a_dac_clock() -> None:
     (headphones); a sink without that clock (no sound card, a Realtime client) gets none."""
     from assistant.audio.sinks import ClientSink, NullSink
     from assistant.config import Config
-    from assistant.conversation import make_canceller
+    from assistant.policies import make_canceller
 
     cfg = Config()
     speaker = SpeakerClock(start=T_MIC, written=0)
