@@ -25,11 +25,11 @@ import numpy as np
 
 from assistant import settings
 from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, AudioBlock, level_dbfs
-from assistant.audio.sinks import AudioSink, AudioSource, ClientSink, SpeakerTiming
+from assistant.audio.sinks import AudioSink, AudioSource, ClientSink, SpeakerTiming, played_out
 from assistant.bus import EventBus, Subscription
 from assistant.compute import Compute, Generation, Priority, Stale
 from assistant.config import Config
-from assistant.endofturn import EndOfTurnPolicy, FixedSilence, vad_settings
+from assistant.endofturn import EndOfTurnPolicy, vad_settings
 from assistant.engines import Engines, VadLike
 from assistant.errors import AudioDeviceError, ConfigError, InputError, ModelError
 from assistant.events import (
@@ -44,18 +44,17 @@ from assistant.events import (
 from assistant.llm import History
 from assistant.logs import kv
 from assistant.memory import Memory
-from assistant.policies import daemon_policy, end_of_turn, make_canceller, realtime_policy, ring_samples
+from assistant.policies import daemon_policy, end_of_turn, make_canceller, realtime_policy, realtime_turns, ring_samples
 from assistant.reply import Reply, TurnTrace, pump, settle_answer
 from assistant.tools.apps import Send
 from assistant.tools.builtin import date_line, reminder_speech, zone
-from assistant.tools.calls import ToolChoice
+from assistant.tools.calls import AUTO, ToolChoice
 from assistant.tools.registry import Toolbox
 from assistant.tools.session import ConversationTools, offer_tools
 from assistant.tools.timers import ReminderScheduler
 from assistant.turns import (
     Action,
     AudioIn,
-    Cancel,
     ClearAudio,
     Commit,
     ConfirmReply,
@@ -70,6 +69,7 @@ from assistant.turns import (
     InterruptReply,
     Mute,
     Play,
+    Policy,
     Ptt,
     Publish,
     ReplyDone,
@@ -91,7 +91,6 @@ from assistant.turns import (
 log = logging.getLogger("assistant.conversation")
 
 SUB_DEFAULT = 256
-PLAYBACK_STALL_S = 2.0  # a sink that plays nothing for this long is given up on (a gone WebSocket client)
 KEEP_REPLIES = 16  # finished replies a Realtime client may still truncate (OpenAI clients truncate the latest)
 QUEUE_LIMIT = 4096  # Realtime events waiting for the client; reply audio is ~10 chunks a second
 
@@ -391,7 +390,7 @@ class Conversation:
             async for produced in pump(reply, self.engines, self.compute, self.cfg, self.tools.toolbox, hand_off):
                 self._apply(produced)
             await reply.confirmed.wait()
-            await self._wait_played(reply)
+            await played_out(self.sink, reply.samples_written, self.engines.tts.sample_rate)
             if reply.handed_off:  # the answer stays open for the client's outputs
                 for call in self.tools.handed_off(reply.turn, reply.handed_off, reply.said, time.monotonic()):
                     self.publish(call)
@@ -407,14 +406,10 @@ class Conversation:
             if heard is not None:
                 with contextlib.suppress(Exception):
                     self._flush()
-            try:
-                await self.compute.run(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
-            except Exception as e2:
-                self.failed(e2, "recording the interrupted answer")
-            if heard is not None and reply.gen is not None:
-                await self._remember(reply)
-            error = f"turn {reply.turn}: {type(e).__name__}: {e}"
-            self._finish(reply, heard or "", True, error, model_failed=isinstance(e, ModelError))
+            job = self.compute.submit(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
+            await self._settle(
+                reply, heard, job, f"turn {reply.turn}: {type(e).__name__}: {e}", isinstance(e, ModelError)
+            )
 
     def _play(self, turn: int, chunk: np.ndarray) -> None:
         reply = self._replies.get(turn)
@@ -436,19 +431,6 @@ class Conversation:
         self.sink.flush()
         if self.echo is not None:
             self.echo.new_run()
-
-    async def _wait_played(self, reply: Reply) -> None:
-        """Until the sink has played every sample of the reply (sleeping the known remaining duration)."""
-        rate = self.engines.tts.sample_rate
-        last, since = -1, time.monotonic()
-        while (left := reply.samples_written - self.sink.played_samples) > 0:
-            played = self.sink.played_samples
-            if played != last:
-                last, since = played, time.monotonic()
-            elif time.monotonic() - since > PLAYBACK_STALL_S:
-                log.warning("playback stalled; not waiting for the rest", extra=kv(left_samples=left))
-                return
-            await asyncio.sleep(max(left / rate, 0.01))
 
     def _barge_in(self, reply: Reply) -> None:
         """Flush the speaker, stop the reply, keep what was heard."""
@@ -472,20 +454,29 @@ class Conversation:
         job = self.compute.submit(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
         self._settling = self.spawn(self._settle(reply, heard, job))
 
-    async def _settle(self, reply: Reply, heard: str | None, job: concurrent.futures.Future[None]) -> None:
+    async def _settle(
+        self,
+        reply: Reply,
+        heard: str | None,
+        job: concurrent.futures.Future[None],
+        error: str | None = None,
+        model_failed: bool = False,
+    ) -> None:
+        """After the answer is recorded (`job`): a dropped reply (heard None, no error) ends untold; else it ends
+        as heard, or failed with `error`."""
         try:
             await asyncio.wrap_future(job)
         except Exception as e:
             self.failed(e, "recording the interrupted answer")
-        if heard is None:
+        if heard is None and error is None:
             self._replies.pop(reply.turn, None)
             self._erased.pop(reply.turn, None)
             if not reply.result.done():
                 reply.result.set_result("")
             return
-        if reply.gen is not None:
+        if heard is not None and reply.gen is not None:
             await self._remember(reply)
-        self._finish(reply, heard, True)
+        self._finish(reply, heard or "", True, error, model_failed)
 
     def _finish(
         self, reply: Reply, text: str, interrupted: bool, error: str | None = None, model_failed: bool = False
@@ -543,10 +534,6 @@ class Conversation:
     @property
     def ptt(self) -> bool:
         return self.core.ptt
-
-    @property
-    def muted(self) -> bool:
-        return self.core.muted
 
     @property
     def turn(self) -> int:
@@ -609,9 +596,6 @@ class Conversation:
         """Validate `{"section.key": value}` (settings.apply: live keys only, voices that exist), then apply."""
         new = settings.apply(self.cfg, changes, cast(settings.VoiceCatalog, self.engines.tts))
         self.restart_required = sorted({*self.restart_required, *settings.at_restart(changes)})
-        new_vad = new.vad != self.cfg.vad
-        if new_vad:
-            self.vad = self.engines.make_vad(vad_settings(new.vad, new.endofturn))
         if new.llm.system_prompt != self.cfg.llm.system_prompt:
             self.instructions = new.llm.system_prompt
             self.compute.submit(self.engines.chat.set_system_prompt, self._system_prompt())
@@ -619,14 +603,20 @@ class Conversation:
             logging.getLogger("assistant").setLevel(new.logging.level.upper())
         if new.tts.voice != self.cfg.tts.voice:
             self._use_voice(new.tts.voice)  # checked above
-        self.cfg = new
-        self._apply(SetPolicy(daemon_policy(new), end_of_turn(new, self.engines.score_turn), new_vad=new_vad))
+        self._retune(new, daemon_policy(new), end_of_turn(new, self.engines.score_turn), new.vad != self.cfg.vad)
         return self.config_get()
+
+    def _retune(self, cfg: Config, policy: Policy, turn_end: EndOfTurnPolicy, new_vad: bool) -> None:
+        """From the next input on, the core runs under `policy` and `turn_end`, and `new_vad`: a VAD for `cfg`."""
+        if new_vad:
+            self.vad = self.engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
+        self.cfg = cfg
+        self._apply(SetPolicy(policy, turn_end, new_vad=new_vad))
 
     def set_app_tools(self, owner: str, tools: list[dict[str, Any]], timeout_s: float, send: Send) -> list[str]:
         """A connected app's tools for the voice loop (see `ConversationTools.set_app_tools`); their names."""
         offered = self.tools.set_app_tools(owner, tools, timeout_s, send)
-        self._background("offering the tools to the LLM", offer_tools, self.engines.chat, [t.schema() for t in offered])
+        self._offer([t.schema() for t in offered])
         return [t.name for t in offered]
 
     def app_tool_result(self, owner: str, call_id: str, output: str, error: str | None = None) -> None:
@@ -635,10 +625,11 @@ class Conversation:
 
     def app_gone(self, owner: str) -> None:
         """The app disconnected: its tools are withdrawn and its unanswered calls fail (the model hears why)."""
-        offered = self.tools.app_gone(owner)
-        if offered is not None:
-            schemas = [t.schema() for t in offered]
-            self._background("offering the tools to the LLM", offer_tools, self.engines.chat, schemas)
+        if (offered := self.tools.app_gone(owner)) is not None:
+            self._offer([t.schema() for t in offered])
+
+    def _offer(self, schemas: list[dict[str, Any]], choice: ToolChoice = AUTO) -> None:
+        self._background("offering the tools to the LLM", offer_tools, self.engines.chat, schemas, choice)
 
     def history_get(self) -> list[dict[str, Any]]:
         return [dataclasses.asdict(m) for m in self.engines.chat.history]
@@ -678,26 +669,12 @@ class Conversation:
         interrupt_response: bool,
         semantic: EndOfTurnPolicy | None = None,
     ) -> None:
-        """`hangover_ms` None = manual turns (commit_audio); else server VAD: the turn ends after `hangover_ms` of
-        silence, or where given, when the `semantic` policy (Smart Turn's, semantic_vad) decides it.
-        ConfigError when the semantic policy needs the end-of-turn model and it is not loaded."""
-        if semantic is not None and semantic.score_after_ms is not None and self.engines.score_turn is None:
-            raise ConfigError(
-                'turn_detection.type "semantic_vad" needs the Smart Turn end-of-turn model, which is not loaded; '
-                'run `assistant pull` with endofturn.detector = "smart_turn" and restart, or use "server_vad"'
-            )
-        try:
-            cfg = self.cfg if hangover_ms is None else self.cfg.replace({"vad.hangover_ms": hangover_ms})
-        except ConfigError as e:
-            raise ConfigError(f"turn_detection.silence_duration_ms {hangover_ms} cannot be used ({e})") from e
-        new_vad = hangover_ms is not None and hangover_ms != self.hangover_ms
-        if new_vad:
-            self.vad = self.engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
-        self.hangover_ms, self.cfg = hangover_ms, cfg
-        policy = realtime_policy(cfg, hangover_ms is not None, create_response, interrupt_response)
-        # server_vad is OpenAI's silence rule: its silence_duration_ms, whatever detector the daemon uses
-        turn_end = semantic or FixedSilence(cfg.vad.hangover_ms)
-        self._apply(SetPolicy(policy, turn_end, new_vad=new_vad))
+        """See `policies.realtime_turns` (ConfigError for a silence out of range or a model not loaded)."""
+        turns = realtime_turns(
+            self.cfg, hangover_ms, create_response, interrupt_response, semantic, self.engines.score_turn
+        )
+        new_vad, self.hangover_ms = hangover_ms is not None and hangover_ms != self.hangover_ms, hangover_ms
+        self._retune(*turns, new_vad)
 
     def append_audio(self, samples: np.ndarray) -> None:
         """int16 16 kHz mono of any length, recorded by the client just now (its clock runs with ours)."""
@@ -724,7 +701,7 @@ class Conversation:
 
         The model's calls of them end the reply as FunctionCall events; the client runs them."""
         self.tools.set_functions(tools, choice)
-        self._background("offering the tools to the LLM", offer_tools, self.engines.chat, tools, choice)
+        self._offer(tools, choice)
 
     def functions_for_next_response(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
         """Tools and choice for the next response only (Realtime response.create); the session's apply after it."""
@@ -738,7 +715,7 @@ class Conversation:
 
     def cancel_response(self) -> None:
         """Stop the reply now (ResponseDone interrupted=True); the history keeps what was sent."""
-        self._apply(Cancel(time.monotonic()))
+        self._apply(Interrupt(time.monotonic()))
 
     def delete_item(self, role: str, text: str) -> None:
         """Forget the newest `role` message whose text is `text` (Realtime conversation.item.delete); InputError

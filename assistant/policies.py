@@ -11,6 +11,7 @@ from assistant.audio.format import CAPTURE_RATE, frame_samples
 from assistant.audio.sinks import AudioSink
 from assistant.config import Config
 from assistant.endofturn import EndOfTurnPolicy, FixedSilence, policy_from_config
+from assistant.errors import ConfigError
 from assistant.turns import Policy, bare_word
 
 
@@ -45,6 +46,32 @@ def realtime_policy(cfg: Config, server_vad: bool, create_response: bool, interr
         preroll_samples=frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms),
         echo_tail_ms=cfg.vad.echo_tail_ms,
     )
+
+
+def realtime_turns(
+    cfg: Config,
+    hangover_ms: int | None,
+    create_response: bool,
+    interrupt_response: bool,
+    semantic: EndOfTurnPolicy | None,
+    scorer: object | None,
+) -> tuple[Config, Policy, EndOfTurnPolicy]:
+    """A Realtime session's turn_detection -> its config, policy and end-of-turn strategy. `hangover_ms` None =
+    manual turns (commit); else server VAD: the turn ends after `hangover_ms` of silence (vad.hangover_ms), or
+    where given, when the `semantic` policy (Smart Turn's, semantic_vad) decides it. ConfigError when that
+    silence is out of range, or the semantic policy needs the end-of-turn model (`scorer`) and it is not loaded."""
+    if semantic is not None and semantic.score_after_ms is not None and scorer is None:
+        raise ConfigError(
+            'turn_detection.type "semantic_vad" needs the Smart Turn end-of-turn model, which is not loaded; '
+            'run `assistant pull` with endofturn.detector = "smart_turn" and restart, or use "server_vad"'
+        )
+    try:
+        cfg = cfg if hangover_ms is None else cfg.replace({"vad.hangover_ms": hangover_ms})
+    except ConfigError as e:
+        raise ConfigError(f"turn_detection.silence_duration_ms {hangover_ms} cannot be used ({e})") from e
+    policy = realtime_policy(cfg, hangover_ms is not None, create_response, interrupt_response)
+    # server_vad is OpenAI's silence rule: its silence_duration_ms, whatever detector the daemon uses
+    return cfg, policy, semantic or FixedSilence(cfg.vad.hangover_ms)
 
 
 def end_of_turn(cfg: Config, scorer: object | None = None) -> EndOfTurnPolicy:

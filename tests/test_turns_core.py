@@ -36,7 +36,6 @@ from assistant.turns import (
     SCORE_LEAD_IN,
     Action,
     AudioIn,
-    Cancel,
     Commit,
     ConfirmReply,
     CreateResponse,
@@ -144,19 +143,25 @@ def spoken_turn(tl: Timeline, text: str = "hello") -> int:
     return reply.turn
 
 
+def speculating(tl: Timeline, text: str = "hello") -> StartReply:
+    """The user speaks and pauses: the transcript of the pause is `text`; returns its speculative reply."""
+    tl.audio(10, value=1000)
+    tl.started(0)
+    tl.vad(SilenceStarted(tl.pos(), tl.now))
+    assert tl.events(SpeculationStarted) and len(tl.of(Finalize)) == 1
+    tl.transcribe(text)
+    spec = tl.of(StartReply)[-1]
+    assert isinstance(spec, StartReply) and not spec.confirmed
+    return spec
+
+
 # ---- scenarios --------------------------------------------------------------------------------------------------
 
 
 def speculative_start_then_resume(policy: Policy) -> None:
     """Silence starts an unconfirmed reply; resumed speech drops it and the transcriber gets the whole turn again."""
     tl = Timeline(policy)
-    tl.audio(10, value=1000)
-    tl.started(0)
-    tl.vad(SilenceStarted(tl.pos(), tl.now))
-    assert tl.events(SpeculationStarted) and len(tl.of(Finalize)) == 1
-    tl.transcribe("hello")
-    spec = tl.of(StartReply)[-1]
-    assert isinstance(spec, StartReply) and not spec.confirmed
+    spec = speculating(tl)
     tl.reply_plays(spec.turn)
     assert not tl.of(Play), "nothing speculative plays"
     tl.vad(SpeechResumed(tl.pos(), tl.now))
@@ -174,12 +179,7 @@ def speculative_start_then_resume(policy: Policy) -> None:
 def speculative_start_then_confirm(policy: Policy) -> None:
     """The speculative reply is the one used: confirmed at the end of turn, its held audio plays then."""
     tl = Timeline(policy)
-    tl.audio(10, value=1000)
-    tl.started(0)
-    tl.vad(SilenceStarted(tl.pos(), tl.now))
-    tl.transcribe("hello")
-    spec = tl.of(StartReply)[-1]
-    assert isinstance(spec, StartReply)
+    spec = speculating(tl)
     tl.reply_plays(spec.turn)
     tl.audio(5)
     tl.ended(0, tl.pos() - 5 * BLOCK)
@@ -278,11 +278,11 @@ def function_outputs_continue(policy: Policy) -> None:
 
 
 def cancel_mid_reply(policy: Policy) -> None:
-    """Cancel (daemon interrupt, Realtime response.cancel) stops the reply and returns to listening."""
+    """Interrupt (daemon interrupt, Realtime response.cancel) stops the reply and returns to listening."""
     tl = Timeline(policy)
     turn = spoken_turn(tl)
     tl.reply_plays(turn)
-    tl.send(Interrupt(tl.now) if policy.answer_turns else Cancel(tl.now))
+    tl.send(Interrupt(tl.now))
     assert InterruptReply(turn) in tl.actions
     tl.send(ReplyDone(turn, "One", True, tl.now))
     assert tl.events(ResponseDone)[-1].interrupted  # type: ignore[attr-defined]
@@ -321,12 +321,7 @@ def failed_speculation_is_silent(policy: Policy) -> None:
     """A speculative reply the model failed says nothing (no error, no apology): the utterance is transcribed
     afresh, and the turn's confirmed answer is a new reply."""
     tl = Timeline(policy)
-    tl.audio(10, value=1000)
-    tl.started(0)
-    tl.vad(SilenceStarted(tl.pos(), tl.now))
-    tl.transcribe("hello")
-    spec = tl.of(StartReply)[-1]
-    assert isinstance(spec, StartReply) and not spec.confirmed
+    spec = speculating(tl)
     tl.send(ReplyDone(spec.turn, "", True, tl.now, error="ModelError: the LLM server is gone", model_failed=True))
     assert not tl.events(ErrorEvent) and tl.of(StartReply) == [spec]
     feeds = [a for a in tl.of(Feed) if isinstance(a, Feed)]

@@ -7,6 +7,8 @@ judge every captured block by what the speaker was playing when it was recorded.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -15,6 +17,11 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from assistant.audio.format import SILENT_DBFS, AudioBlock, level_dbfs
+from assistant.logs import kv
+
+log = logging.getLogger("assistant.audio.sinks")
+
+PLAYBACK_STALL_S = 2.0  # a sink that plays nothing for this long is given up on (a gone WebSocket client)
 
 
 class AudioSource(Protocol):
@@ -93,3 +100,17 @@ class NullSink:
 
     def flush(self) -> None:
         self.played_samples = 0
+
+
+async def played_out(sink: AudioSink, samples: int, rate: int) -> None:
+    """Until `sink` has played `samples` samples since its last flush (sleeping the known remaining duration), or
+    it stalls for PLAYBACK_STALL_S."""
+    last, since = -1, time.monotonic()
+    while (left := samples - sink.played_samples) > 0:
+        played = sink.played_samples
+        if played != last:
+            last, since = played, time.monotonic()
+        elif time.monotonic() - since > PLAYBACK_STALL_S:
+            log.warning("playback stalled; not waiting for the rest", extra=kv(left_samples=left))
+            return
+        await asyncio.sleep(max(left / rate, 0.01))
