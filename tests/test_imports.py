@@ -56,11 +56,12 @@ LAYERS: list[tuple[str, ...]] = [
     ("assistant.cli", "assistant.__main__"),
 ]
 MODEL_PACKAGES = ("assistant.stt", "assistant.tts", "assistant.llm", "assistant.vad", "assistant.text")
-# Pure decision modules: the turn core and its capture timeline, end-of-turn policies, and the sans-I/O halves
-# of the server (frames in, frames out; server/ws.py alone touches sockets and the loop).
+# Pure decision modules: the turn core, its capture timeline and tool bookkeeping, end-of-turn policies, and the
+# sans-I/O halves of the server (frames in, frames out; server/ws.py alone touches sockets and the loop).
 PURE_MODULES = (
     "assistant.turns",
     "assistant.audio.ring",
+    "assistant.tools.session",
     "assistant.endofturn",
     "assistant.wake",
     "assistant.settings",
