@@ -55,6 +55,7 @@ from assistant.tools.timers import ReminderScheduler
 from assistant.turns import (
     Action,
     AudioIn,
+    Cancel,
     ClearAudio,
     Commit,
     ConfirmReply,
@@ -715,7 +716,7 @@ class Conversation:
 
     def cancel_response(self) -> None:
         """Stop the reply now (ResponseDone interrupted=True); the history keeps what was sent."""
-        self._apply(Interrupt(time.monotonic()))
+        self._apply(Cancel(time.monotonic()))
 
     def delete_item(self, role: str, text: str) -> None:
         """Forget the newest `role` message whose text is `text` (Realtime conversation.item.delete); InputError

@@ -1,7 +1,7 @@
 """The turn core: every turn-taking decision, sans I/O (in the spirit of python-websockets' `protocol.py`).
 
 `TurnCore.handle(input) -> list[Action]`: typed inputs in (captured audio with its capture time, VAD events,
-transcripts, reply progress, push-to-talk, interrupt or cancel, mute, commit, user text, create response), typed
+transcripts, reply progress, push-to-talk, interrupt, mute, commit, user text, create/cancel response), typed
 actions out (feed/finalize/reset the transcriber, run the VAD, start/confirm/drop/interrupt a reply, play audio,
 publish an event). Time enters only as values on the inputs; no asyncio, devices or models here, so a scripted
 timeline of inputs is a complete test. `Policy` holds what differs between the daemon and a Realtime session;
@@ -172,8 +172,6 @@ class Ptt:
 
 @dataclass(frozen=True)
 class Interrupt:
-    """Stop the reply now (the daemon's interrupt, Realtime response.cancel), or the response being prepared."""
-
     now: float
 
 
@@ -221,6 +219,13 @@ class CreateResponse:
 
 
 @dataclass(frozen=True)
+class Cancel:
+    """Realtime response.cancel."""
+
+    now: float
+
+
+@dataclass(frozen=True)
 class Tick:
     """Time passed (the driver's timer at the end of the wake phrase's follow-up window)."""
 
@@ -251,6 +256,7 @@ Input = (
     | UserText
     | ToolOutput
     | CreateResponse
+    | Cancel
     | Tick
     | SetPolicy
 )
@@ -494,6 +500,8 @@ class TurnCore:
                 self.tool_output = True
             case CreateResponse():
                 self._on_create(inp)
+            case Cancel():
+                self._on_cancel()
             case SetPolicy():
                 self._on_set_policy(inp)
             case Tick():
@@ -1016,11 +1024,6 @@ class TurnCore:
             self._end_turn(self.ring.end, p.now)
 
     def _on_interrupt(self) -> None:
-        if self._creating is not None:  # a Realtime response still waiting for its transcripts: it never starts
-            self._creating = None
-            self._emit(Publish(ResponseStarted(self._creating_turn, self._now)))
-            self._emit(Publish(ResponseDone(self._creating_turn, "", True, self._now)))
-            return
         if self.speculating:
             self._cancel_speculation(self._now)
         if self.current is not None:
@@ -1084,6 +1087,14 @@ class TurnCore:
         speech_end, endpoint = (c.speech_end, c.endpoint) if c.speech_end else (c.now, c.now)
         responder = Responder(text or None, instructions=c.instructions, continues=continues)
         self._start_reply(turn, responder, True, speech_end, endpoint)
+
+    def _on_cancel(self) -> None:
+        if self._creating is not None:  # a response still waiting for its transcripts: it never starts
+            self._creating = None
+            self._emit(Publish(ResponseStarted(self._creating_turn, self._now)))
+            self._emit(Publish(ResponseDone(self._creating_turn, "", True, self._now)))
+            return
+        self._on_interrupt()
 
     def _on_set_policy(self, s: SetPolicy) -> None:
         vad_changed = s.policy.vad_turns != self.policy.vad_turns

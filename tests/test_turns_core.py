@@ -36,6 +36,7 @@ from assistant.turns import (
     SCORE_LEAD_IN,
     Action,
     AudioIn,
+    Cancel,
     Commit,
     ConfirmReply,
     CreateResponse,
@@ -278,11 +279,11 @@ def function_outputs_continue(policy: Policy) -> None:
 
 
 def cancel_mid_reply(policy: Policy) -> None:
-    """Interrupt (daemon interrupt, Realtime response.cancel) stops the reply and returns to listening."""
+    """Cancel (daemon interrupt, Realtime response.cancel) stops the reply and returns to listening."""
     tl = Timeline(policy)
     turn = spoken_turn(tl)
     tl.reply_plays(turn)
-    tl.send(Interrupt(tl.now))
+    tl.send(Interrupt(tl.now) if policy.answer_turns else Cancel(tl.now))
     assert InterruptReply(turn) in tl.actions
     tl.send(ReplyDone(turn, "One", True, tl.now))
     assert tl.events(ResponseDone)[-1].interrupted  # type: ignore[attr-defined]
