@@ -46,6 +46,7 @@ from assistant.logs import kv
 from assistant.memory import Memory
 from assistant.policies import daemon_policy, end_of_turn, make_canceller, realtime_policy, realtime_turns, ring_samples
 from assistant.reply import Reply, TurnTrace, pump, settle_answer
+from assistant.stt.types import Transcript
 from assistant.tools.apps import Send
 from assistant.tools.builtin import date_line, reminder_speech, zone
 from assistant.tools.calls import AUTO, ToolChoice
@@ -177,15 +178,11 @@ class Conversation:
             case ResetTranscriber():
                 self.compute.submit(self.engines.transcriber.reset, priority=Priority.URGENT)
             case Feed(utt, audio):
-                self._on_job(
-                    self.compute.submit(self.engines.transcriber.feed, audio, priority=Priority.URGENT),
-                    lambda f: self._fed(utt, f),
-                )
+                fed = self.compute.submit(self.engines.transcriber.feed, audio, priority=Priority.URGENT)
+                self._transcribing(fed, lambda partial, error, now: Fed(utt, partial, now, error))
             case Finalize(job):
-                self._on_job(
-                    self.compute.submit(self.engines.transcriber.finalize, priority=Priority.URGENT),
-                    lambda f: self._transcribed(job, f),
-                )
+                final = self.compute.submit(self.engines.transcriber.finalize, priority=Priority.URGENT)
+                self._transcribing(final, lambda tr, error, now: self._transcribed(job, tr, error, now))
             case ScoreTurn(utt, audio):
                 if self.engines.score_turn is not None:
                     self.spawn(self._score(self.engines.score_turn, utt, audio))
@@ -208,32 +205,28 @@ class Conversation:
             case Publish(event):
                 self.publish(event)
 
-    def _on_job(
-        self, fut: concurrent.futures.Future[Any], done: Callable[[concurrent.futures.Future[Any]], None]
+    def _transcribing(
+        self, job: concurrent.futures.Future[Any], answer: Callable[[Any, str | None, float], Input]
     ) -> None:
+        """When the transcriber's `job` ends, the core gets `answer(result, error, now)` on the loop (result None
+        and the error described and logged when it failed)."""
         loop = asyncio.get_running_loop()
+
+        def ended(f: concurrent.futures.Future[Any]) -> None:
+            err = f.exception()
+            if err is not None:
+                log.error("transcribing failed", exc_info=err)
+            self._apply(answer(None if err else f.result(), _describe(err), time.monotonic()))
 
         def back(f: concurrent.futures.Future[Any]) -> None:
             if not self._closed and not f.cancelled():
-                loop.call_soon_threadsafe(done, f)
+                loop.call_soon_threadsafe(ended, f)
 
-        fut.add_done_callback(back)
+        job.add_done_callback(back)
 
-    def _fed(self, utt: int, fut: concurrent.futures.Future[str | None]) -> None:
-        err = fut.exception()
-        if err is not None:
-            log.error("transcribing failed", exc_info=err)
-        self._apply(Fed(utt, None if err else fut.result(), time.monotonic(), _describe(err)))
-
-    def _transcribed(self, job: int, fut: concurrent.futures.Future[Any]) -> None:
-        err, now = fut.exception(), time.monotonic()
+    def _transcribed(self, job: int, tr: Transcript | None, error: str | None, now: float) -> Transcribed:
         self._stt_final = now
-        if err is not None:
-            log.error("transcribing failed", exc_info=err)
-            self._apply(Transcribed(job, "", "", now, _describe(err)))
-            return
-        tr = fut.result()
-        self._apply(Transcribed(job, tr.text, tr.language, now))
+        return Transcribed(job, "" if tr is None else tr.text, "" if tr is None else tr.language, now, error)
 
     async def _score(self, model: Callable[[np.ndarray], float], utt: int, audio: np.ndarray) -> None:
         """Score a pause on a worker thread: onnxruntime on its own core, off the loop and the MLX thread."""
