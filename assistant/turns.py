@@ -693,8 +693,7 @@ class TurnCore:
             if self.policy.publish_vad and after is not None:  # the VAD's own end was not published (_model_judges)
                 self._emit(Publish(SpeechEnded(user.start, user.silence_at, now)))
             if not vad_ended:
-                self._emit(ResetVad())  # its pause in progress is over: the next speech must be a new start
-                self._vad_origin = self.ring.end
+                self._reset_vad()  # its pause in progress is over: the next speech must be a new start
             self._end_turn(user.silence_at, now)
 
     def _score_from(self, user: Utterance, end: int) -> int:
