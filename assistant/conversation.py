@@ -124,7 +124,7 @@ class Conversation:
         self.compute = compute or Compute()
         self._owns_compute = compute is None
         self._on_close = on_close
-        self.sink: AudioSink = sink or ClientSink(self._client_audio, engines.tts.sample_rate)
+        self.sink: AudioSink = sink or ClientSink(engines.tts.sample_rate)
         self.vad: VadLike = engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
         policy = realtime_policy(cfg, True, True, True) if realtime else daemon_policy(cfg)
         self.core = TurnCore(policy, end_of_turn(cfg, engines.score_turn), ring_samples(cfg))
@@ -142,7 +142,6 @@ class Conversation:
         self._replies: dict[int, Reply] = {}  # replies in flight
         self._kept: OrderedDict[int, Reply] = OrderedDict()  # finished, for truncate_response
         self._settling: asyncio.Task[None] | None = None  # the cancelled reply being recorded
-        self._playing_turn = 0
         self._last_level = SILENT_DBFS  # level of the last chunk written (for sinks without SpeakerTiming)
         # the speaker's own voice out of the microphone before VAD and STT (daemon only: clients cancel their own)
         self.echo = None if realtime else make_canceller(cfg, self.sink, engines.tts.sample_rate)
@@ -413,9 +412,10 @@ class Conversation:
             reply.audio_started = True
             if isinstance(self.sink, SpeakerTiming):
                 reply.underruns_at = self.sink.underruns
-        self._playing_turn = turn
         self._last_level = level_dbfs(chunk)
         self.sink.write(chunk)
+        if isinstance(self.sink, ClientSink):  # a Realtime client plays what its events carry
+            self.publish(ResponseAudio(turn, chunk, time.monotonic()))
         if self.echo is not None:
             self.echo.played(chunk)  # the canceller's reference: exactly what went to the speaker
         reply.samples_written += len(chunk)
@@ -515,9 +515,6 @@ class Conversation:
         if reply.audio_started:
             if (t := self.sink.first_sample_dac_time) is not None:
                 reply.trace.mark("first_sample_played", t)
-
-    def _client_audio(self, chunk: np.ndarray) -> None:
-        self.publish(ResponseAudio(self._playing_turn, chunk, time.monotonic()))
 
     # ---- the Controller (daemon) ----------------------------------------------------------------------------
 

@@ -213,4 +213,4 @@ def test_the_daemon_cancels_only_over_a_speaker_with_a_dac_clock() -> None:
     assert isinstance(make_canceller(cfg, speaker, TTS_RATE), EchoCanceller)  # type: ignore[arg-type]
     assert make_canceller(cfg.replace({"echo.enabled": False}), speaker, TTS_RATE) is None  # type: ignore[arg-type]
     assert make_canceller(cfg, NullSink(), TTS_RATE) is None
-    assert make_canceller(cfg, ClientSink(lambda chunk: None, TTS_RATE), TTS_RATE) is None
+    assert make_canceller(cfg, ClientSink(TTS_RATE), TTS_RATE) is None

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -53,10 +52,10 @@ class SpeakerTiming(Protocol):
 
 
 class ClientSink:
-    """A Realtime client's speaker: each chunk goes to the client, which plays it in real time from receipt."""
+    """A Realtime client's speaker: the conversation sends each chunk written here to the client (a ResponseAudio
+    event), which plays it in real time from receipt; this keeps the client's played position and levels."""
 
-    def __init__(self, on_chunk: Callable[[np.ndarray], None], rate: int) -> None:
-        self._on_chunk = on_chunk
+    def __init__(self, rate: int) -> None:
         self.rate = rate
         self.played_samples = 0  # since the last flush: sent audio counts as played (truncate corrects it)
         self.first_sample_dac_time: float | None = None
@@ -70,7 +69,6 @@ class ClientSink:
             self.first_sample_dac_time = start
         self._spans.append((start, start + len(chunk) / self.rate, level_dbfs(chunk)))
         self.played_samples += len(chunk)
-        self._on_chunk(chunk)
 
     def flush(self) -> None:
         self.played_samples = 0
