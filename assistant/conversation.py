@@ -746,6 +746,8 @@ class Conversation:
             self._tick.cancel()
         for reply in self._replies.values():
             reply.ticket.counter.bump()
+            if reply.gen is not None and getattr(self.engines.chat, "blocks_on_network", False):
+                self.engines.chat.cancel()  # type: ignore[attr-defined]  # its step's thread holds asyncio.run's end
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

@@ -4,11 +4,13 @@
 history, and the tool and memory operations set_tools / continue_with_results / last_turn / restore), so the
 conversation does not know which backend it has. It keeps the history here and sends it whole
 each turn (the server's own prompt cache reuses the prefix), trimmed to `llm.history_tokens` by a token estimate.
-The answer streams from `POST {base_url}/chat/completions` with `stream: true` (server-sent events) through one
-pooled `httpx2.Client`. Closing the answer's generator, or `cancel()` from any thread, closes the HTTP stream at
-once, so the server sees the disconnect and stops generating. Tool calls use the OpenAI `tools` format: the server
-parses them, so the text deltas are speech only (`tool_format` is None: no call detector is needed) and the calls
-of an answer are in `tool_calls` (the tools' `ToolCall` values) once its stream has ended.
+The answer streams from `POST {base_url}/chat/completions` with `stream: true` (server-sent events) through the
+chat's own pooled `httpx2.Client`. Closing the answer's generator, or `cancel()` from any thread, ends the HTTP
+stream at once: cancel() shuts down the socket of the request in flight, which wakes a read blocked in any phase
+(also before the response's headers) and tells the server at once, so it stops generating. Tool calls use the
+OpenAI `tools` format: the server parses them, so the text deltas are speech only (`tool_format` is None: no call
+detector is needed) and the calls of an answer are in `tool_calls` (the tools' `ToolCall` values) once its stream
+has ended.
 
 A server that is down, slow or answers garbage raises `ModelError` with a one-line message naming the server and
 the fix; nothing is kept of that turn but the user's message, and the next `respond()` simply tries again.
@@ -19,8 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,13 +94,7 @@ class RemoteChat:
 
     blocks_on_network = True  # the conversation steps it in a thread of its own, not on the MLX compute thread
 
-    def __init__(
-        self,
-        cfg: LlmConfig,
-        api_key: str | None = None,
-        tools: Sequence[Mapping[str, Any]] = (),
-        client: httpx2.Client | None = None,
-    ) -> None:
+    def __init__(self, cfg: LlmConfig, api_key: str | None = None, tools: Sequence[Mapping[str, Any]] = ()) -> None:
         if not cfg.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"llm.base_url = {cfg.base_url!r} is not an http(s) URL; e.g. http://127.0.0.1:8080/v1")
         self.cfg = cfg
@@ -107,14 +105,17 @@ class RemoteChat:
         self.tool_calls: list[ToolCall] = []  # made by the last answer; answer them with continue_with_results()
         self.tool_choice = AUTO
         self._system = cfg.system_prompt
+        self._api_key = api_key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx2.Timeout(cfg.timeout_s, connect=cfg.connect_timeout_s)
-        self._client = client or httpx2.Client(timeout=timeout, headers=headers)
+        # A pool of its own: every connection in it is made by this chat's requests, so _trace sees each socket.
+        self._client = httpx2.Client(timeout=timeout, headers=headers)
         self._answer: list[str] | None = None
         self._complete = False
         self._active: Iterator[str] | None = None
-        self._response: httpx2.Response | None = None
-        self._lock = threading.Lock()  # guards _response and _cancelled between the stepping thread and cancel()
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()  # of the pool's connections
+        self._lock = threading.Lock()  # guards _sockets, _in_flight, _cancelled (stepping thread vs cancel())
+        self._in_flight = False  # a request is on the wire
         self._cancelled = False
 
     @classmethod
@@ -125,12 +126,13 @@ class RemoteChat:
         return cls(cfg, read_api_key(cfg, os.environ if env is None else env))
 
     def new_conversation(self) -> RemoteChat:
-        """A fresh conversation against the same server, sharing this one's connection pool and key."""
-        return RemoteChat(self.cfg, tools=self.tools, client=self._client)
+        """A fresh conversation against the same server with the same key (and a connection pool of its own)."""
+        return RemoteChat(self.cfg, self._api_key, self.tools)
 
     def close(self) -> None:
-        """Close the answer in progress and the connection pool."""
-        self._cancel()
+        """End the answer in progress and close the connection pool; safe from any thread (a client hanging up
+        while a step runs elsewhere: its generator is left to that step, which ends at once)."""
+        self.cancel()
         self._client.close()
 
     # ---- conversation state --------------------------------------------------------------------------------
@@ -293,12 +295,13 @@ class RemoteChat:
         where = f"LLM server {self.cfg.base_url}"
         calls: dict[int, dict[str, str]] = {}
         t0 = time.monotonic()
+        with self._lock:
+            if self._cancelled:
+                return  # cancelled before the first step
+            self._in_flight = True
         try:
-            with self._client.stream("POST", self.url, json=self._body(messages)) as response:
-                with self._lock:
-                    if self._cancelled:
-                        return
-                    self._response = response
+            trace = {"trace": self._trace}
+            with self._client.stream("POST", self.url, json=self._body(messages), extensions=trace) as response:
                 if response.status_code != 200:
                     body = response.read().decode("utf-8", "replace").replace("\n", " ")[:ERROR_BODY_CHARS]
                     raise ModelError(
@@ -317,27 +320,39 @@ class RemoteChat:
                             yield delta
                 else:
                     if self._cancelled:
-                        return  # cancel() closed the stream: the answer is cut, not complete
+                        return  # cancel() shut the connection: the answer is cut, not complete
                     raise ModelError(f"{where} ended the answer without [DONE]; check the server's log")
             self._complete = True
-        except httpx2.ConnectError as e:
-            raise ModelError(f"{where} is not reachable ({e}); start it, or fix llm.base_url") from e
-        except httpx2.TimeoutException as e:
-            if self._cancelled:
-                return
-            raise ModelError(
-                f"{where} did not answer within {self.cfg.timeout_s:g} s ({type(e).__name__}); it is overloaded "
-                "or stuck: raise llm.timeout_s or check the server"
-            ) from e
         except (httpx2.TransportError, httpx2.StreamError) as e:
             if self._cancelled:
-                return  # cancel() closed the stream under the read: the answer ends here, no error
-            raise ModelError(f"{where} dropped the connection mid-answer ({type(e).__name__}: {e}); retry") from e
+                return  # cancel() shut the connection under the request: the answer ends here, no error
+            raise self._failure(e, where) from e
         finally:
             with self._lock:
-                self._response = None
+                self._in_flight = False
             self.stats.total_s = time.monotonic() - t0
             self.tool_calls = [_tool_call(c) for _, c in sorted(calls.items())]
+
+    def _failure(self, e: Exception, where: str) -> ModelError:
+        if isinstance(e, httpx2.ConnectError):
+            return ModelError(f"{where} is not reachable ({e}); start it, or fix llm.base_url")
+        if isinstance(e, httpx2.TimeoutException):
+            return ModelError(
+                f"{where} did not answer within {self.cfg.timeout_s:g} s ({type(e).__name__}); it is overloaded "
+                "or stuck: raise llm.timeout_s or check the server"
+            )
+        return ModelError(f"{where} dropped the connection mid-answer ({type(e).__name__}: {e}); retry")
+
+    def _trace(self, event: str, info: Mapping[str, Any]) -> None:
+        """httpcore's trace hook, on the stepping thread: keep the socket of each new connection (TCP, then TLS)."""
+        if event not in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            return
+        sock = info["return_value"].get_extra_info("socket")
+        with self._lock:
+            self._sockets.add(sock)
+            cancelled = self._cancelled
+        if cancelled:  # cancel() came while connecting
+            _shut(sock)
 
     def _deltas(self, data: str, calls: dict[int, dict[str, str]], where: str) -> Iterator[str]:
         """The text deltas of one streamed chunk; tool-call fragments are accumulated into `calls` by index."""
@@ -370,12 +385,17 @@ class RemoteChat:
                 yield content
 
     def cancel(self) -> None:
-        """Close the HTTP stream of the answer in progress now; safe from any thread (barge-in)."""
+        """End the answer in progress now; safe from any thread (barge-in, shutdown).
+
+        Shuts down the connection of the request in flight: a read blocked on it returns at once (a socket's
+        close() from another thread would not wake it), the stepping thread ends the answer without an error, and
+        the server sees the disconnect.
+        """
         with self._lock:
             self._cancelled = True
-            response = self._response
-        if response is not None:
-            response.close()
+            sockets = list(self._sockets) if self._in_flight else []
+        for sock in sockets:
+            _shut(sock)
 
     def _cancel(self) -> None:
         if self._active is not None:
@@ -412,6 +432,14 @@ class RemoteChat:
     def revise_answer(self, recorded: str, heard: str) -> bool:
         """The listener heard only `heard` of the latest answer recorded as `recorded`; True when one was changed."""
         return self._history.revise(recorded, heard)
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut the connection down both ways (a socket already closed or detached by TLS is left as it is)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _arguments_text(call: ToolCall) -> str:

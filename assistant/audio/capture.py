@@ -218,7 +218,8 @@ class Capture:
             self._waiter = asyncio.get_running_loop().create_future()
             timeout = None if self._suspended else NO_AUDIO_S if self._got_first else FIRST_BLOCK_S
             try:
-                await asyncio.wait_for(self._waiter, timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: see tests/test_cancellation.py
+                    await self._waiter
             except TimeoutError:
                 self._fail(f"no audio for {timeout:g} s")
             finally:

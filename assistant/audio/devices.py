@@ -83,7 +83,8 @@ def call(fn: Callable[[], T], what: str, limit_s: float = CALL_TIMEOUT_S) -> T:
 async def call_async(fn: Callable[[], T], what: str, limit_s: float = CALL_TIMEOUT_S) -> T:
     """`call` for the event loop: awaits fn() on its own thread; the loop never waits on PortAudio."""
     try:
-        return await asyncio.wait_for(asyncio.wrap_future(_off_thread(fn, what)), limit_s)
+        async with asyncio.timeout(limit_s):
+            return await asyncio.wrap_future(_off_thread(fn, what))
     except TimeoutError as e:
         raise _hung(what, limit_s) from e
 
@@ -153,7 +154,8 @@ async def open_stream_async(factory: Callable[[], T], what: str, limit_s: float 
     """`open_stream` for the event loop."""
     fut = _off_thread(_opening(factory, what), what)
     try:
-        return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), limit_s)
+        async with asyncio.timeout(limit_s):
+            return await asyncio.shield(asyncio.wrap_future(fut))
     except TimeoutError as e:
         _release_late(fut, what)
         raise _hung(what, limit_s) from e

@@ -245,7 +245,8 @@ class DefaultFollower:
 
     async def _bounded(self, step: Awaitable[None], what: str) -> None:
         try:
-            await asyncio.wait_for(step, SWITCH_S)
+            async with asyncio.timeout(SWITCH_S):
+                await step
         except TimeoutError:
             log.warning("%s took more than %g s during a device switch; going on without it", what, SWITCH_S)
 

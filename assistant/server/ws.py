@@ -350,7 +350,8 @@ class ControlServer:
         client.outbox.bytes = 0
         # it does not read, so it will not answer the close either: send it, wait briefly, drop the socket
         with contextlib.suppress(ConnectionClosed, TimeoutError):
-            await asyncio.wait_for(client.ws.close(code, f"outgoing queue full: {why}"[:120]), CLOSE_WAIT_S)
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                await client.ws.close(code, f"outgoing queue full: {why}"[:120])
         client.ws.transport.abort()
 
     async def _write(self, client: Client, realtime: bool) -> None:
@@ -461,7 +462,8 @@ class ControlServer:
             answer = await controller.ask(cmd.text)
             # the pipeline emits ResponseDone before ask returns; let the forwarder catch up to it
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(forwarder), ASK_DRAIN_S)
+                async with asyncio.timeout(ASK_DRAIN_S):
+                    await asyncio.shield(forwarder)
             return answer
         finally:
             forwarder.cancel()

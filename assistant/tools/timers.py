@@ -48,6 +48,7 @@ class ReminderScheduler:
                 continue
             wait = min([r.due - now for r in pending] + [MAX_WAIT_S])
             try:
-                await asyncio.wait_for(self._changed.wait(), timeout=max(wait, 0.0))
+                async with asyncio.timeout(max(wait, 0.0)):
+                    await self._changed.wait()
             except TimeoutError:
                 pass

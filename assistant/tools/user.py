@@ -67,8 +67,9 @@ def command_tool(name: str, cfg: UserToolConfig) -> Tool:
             out, err = await asyncio.gather(
                 _read(proc.stdout, cfg.max_output_bytes), _read(proc.stderr, cfg.max_output_bytes)
             )
-            if len(out) > cfg.max_output_bytes or len(err) > cfg.max_output_bytes:
-                proc.kill()
+            if (len(out) > cfg.max_output_bytes or len(err) > cfg.max_output_bytes) and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):  # it may exit between the check and the kill
+                    proc.kill()
             code = await proc.wait()
         finally:  # timeout or barge-in (cancellation): the program must not outlive the call
             if proc.returncode is None:

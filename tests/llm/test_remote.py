@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from assistant.compute import Compute
 from assistant.config import Config, LlmConfig, to_dict
+from assistant.conversation import Conversation
+from assistant.engines import Engines
 from assistant.errors import ConfigError, InputError, ModelError
 from assistant.llm import Message
 from assistant.llm_remote import RemoteChat, read_api_key
+from assistant.reply import next_delta
 from assistant.tools.calls import ToolCall, ToolChoice
 from tests.llm.servers import MlxLmServer, Script, ScriptedServer, free_port, sse, text_chunk
+from tests.pipeline.doubles import FakeSink, RuleVad, WordTranscriber, WordTts
 
 SYSTEM = "You are terse."
+BOUND_S = 10.0  # safety net for a stalled read: without the fix it ends only at llm.timeout_s (600 s here)
 
 
 @pytest.fixture(scope="module")
@@ -256,8 +264,8 @@ def test_garbage_from_the_server_is_a_one_line_error(respond: Any, match: str) -
         assert list(chat.respond("hi again")) == ["fine"]
 
 
-def test_slow_server_times_out_and_cancel_ends_a_blocked_read() -> None:
-    """A server silent past llm.timeout_s gives a timeout error; cancel() from another thread ends a blocked read."""
+def test_slow_server_times_out() -> None:
+    """A server silent past llm.timeout_s gives a one-line timeout error, and the next turn tries again."""
     release = threading.Event()
 
     def stall(h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
@@ -269,14 +277,110 @@ def test_slow_server_times_out_and_cancel_ends_a_blocked_read() -> None:
         with pytest.raises(ModelError, match=r"did not answer within 0\.5 s"):
             list(chat.respond("hi"))
         chat.finish_turn(None)
-        chat = RemoteChat(cfg_for(srv.base_url, timeout_s=60.0))
-        gen = chat.respond("hi")
-        assert next(gen) == "one"
-        threading.Timer(0.3, chat.cancel).start()
-        assert list(gen) == []  # ended by the cancel, long before the 60 s timeout, without an error
-        chat.finish_turn(None)
-        assert chat.history[-1] == Message("assistant", "one", interrupted=True)
         release.set()
+
+
+class Stall:
+    """A scripted answer that stalls (before its headers, or after one delta) until the client hangs up; it
+    records what its socket read then (b"" = the client closed the connection)."""
+
+    def __init__(self, headers: bool) -> None:
+        self.headers = headers
+        self.stalling = threading.Event()
+        self.hung_up = threading.Event()
+        self.read: list[bytes | str] = []
+
+    def __call__(self, h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        if self.headers:
+            sse(h, [text_chunk("one")], done=False)
+        h.connection.settimeout(BOUND_S)
+        self.stalling.set()
+        try:
+            self.read.append(h.connection.recv(1))
+        except OSError as e:
+            self.read.append(type(e).__name__)
+        self.hung_up.set()
+
+
+def run_catching(main: Coroutine[Any, Any, None], failed: list[BaseException]) -> None:
+    """asyncio.run(main) on a thread of the test's (its join bounds the wait), keeping what it raised."""
+    try:
+        asyncio.run(main)
+    except BaseException as e:
+        failed.append(e)
+
+
+@pytest.mark.parametrize("how", ["cancel", "close"])
+@pytest.mark.parametrize("headers", [False, True], ids=["before-headers", "mid-answer"])
+def test_cancel_ends_a_read_blocked_on_a_stalled_server(headers: bool, how: str) -> None:
+    """cancel() or close() from another thread ends a read blocked on a server that stalls (before its headers or
+    mid-answer) while the server still holds the connection, without an error, and the server sees the
+    disconnect."""
+    stall = Stall(headers)
+    with ScriptedServer(scripted(stall)) as srv:
+        chat = RemoteChat(cfg_for(srv.base_url, timeout_s=600.0))  # only the cancel can end the read
+        gen = chat.respond("hi")
+        first = [next(gen)] if headers else []
+        rest: list[str] = []
+        reader = threading.Thread(target=lambda: rest.extend(gen), daemon=True)
+        reader.start()
+        assert stall.stalling.wait(BOUND_S)
+        chat.cancel() if how == "cancel" else chat.close()
+        reader.join(BOUND_S)
+        assert not reader.is_alive(), "the read blocked on the stalled server outlived cancel()"
+        assert first + rest == (["one"] if headers else [])
+        assert stall.hung_up.wait(BOUND_S) and stall.read == [b""]  # the server saw the client close
+        chat.finish_turn(None)
+        assert chat.history[-1] == Message("assistant", "".join(first), interrupted=True)
+
+
+def test_asyncio_run_returns_when_a_reply_on_a_stalled_server_is_cancelled() -> None:
+    """A daemon stopping mid-request (its step in a thread, as the reply pump runs it): cancelling the task and the
+    chat lets asyncio.run return, although the executor's thread was blocked on a server that never answers."""
+    stall = Stall(headers=False)
+
+    async def main(chat: RemoteChat) -> None:
+        step = asyncio.create_task(asyncio.to_thread(next_delta, chat.respond("hi")))
+        await asyncio.to_thread(stall.stalling.wait, BOUND_S)
+        step.cancel()  # what the conversation does on barge-in or shutdown: the task, then the HTTP request
+        chat.cancel()
+
+    with ScriptedServer(scripted(stall)) as srv:
+        chat = RemoteChat(cfg_for(srv.base_url, timeout_s=600.0))
+        failed: list[BaseException] = []
+        runner = threading.Thread(target=run_catching, args=(main(chat), failed), daemon=True)
+        runner.start()
+        runner.join(BOUND_S)  # asyncio.run waits for the executor's threads to end
+        assert not runner.is_alive(), "asyncio.run waited on a thread blocked on the stalled server"
+        assert not failed, failed
+        assert stall.hung_up.wait(BOUND_S) and stall.read == [b""]
+        chat.close()
+
+
+def test_a_conversation_closed_mid_request_on_a_stalled_server_ends() -> None:
+    """The daemon stopping while a text turn waits on a server that never answers: cancelling the turn and closing
+    the conversation ends the request (the server sees the hang-up) and lets asyncio.run return."""
+    stall = Stall(headers=False)
+
+    async def main(chat: RemoteChat) -> None:
+        compute = Compute()
+        engines = Engines(WordTranscriber(), chat, WordTts(), None, lambda c: RuleVad(c))
+        conversation = Conversation(dataclasses.replace(Config(), llm=chat.cfg), engines, None, FakeSink(), compute)
+        turn = asyncio.create_task(conversation.ask("hi"))
+        await asyncio.to_thread(stall.stalling.wait, BOUND_S)
+        turn.cancel()  # what the daemon's shutdown does: its tasks, then the conversation
+        await conversation.aclose()
+        compute.close(1.0)
+
+    with ScriptedServer(scripted(stall)) as srv:
+        chat = RemoteChat(cfg_for(srv.base_url, timeout_s=600.0))
+        failed: list[BaseException] = []
+        runner = threading.Thread(target=run_catching, args=(main(chat), failed), daemon=True)
+        runner.start()
+        runner.join(BOUND_S)
+        assert not runner.is_alive(), "asyncio.run waited on a request to a stalled server after the daemon stopped"
+        assert not failed, failed
+        assert stall.hung_up.wait(BOUND_S) and stall.read == [b""]
 
 
 def test_api_key_from_env_or_file_is_sent_and_never_shown(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
