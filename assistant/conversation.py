@@ -439,14 +439,19 @@ class Conversation:
 
     def _cancel(self, reply: Reply, heard: str | None) -> None:
         """Bump the reply's generation (its next step never runs) and settle it in the background."""
-        reply.ticket.counter.bump()
+        self._stop(reply)
         if reply.task is not None:
             reply.task.cancel()
-        if reply.gen is not None and getattr(self.engines.chat, "blocks_on_network", False):
-            self.engines.chat.cancel()  # type: ignore[attr-defined]  # closes the HTTP stream now (thread-safe)
         # Submitted now, so it runs before any chat job submitted after this call (e.g. a history reset).
         job = self.compute.submit(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
         self._settling = self.spawn(self._settle(reply, heard, job))
+
+    def _stop(self, reply: Reply) -> None:
+        """The reply's next step never runs (its generation is bumped); a network LLM's request in flight is
+        closed now (thread-safe), so a step blocked on it ends too."""
+        reply.ticket.counter.bump()
+        if reply.gen is not None and getattr(self.engines.chat, "blocks_on_network", False):
+            self.engines.chat.cancel()  # type: ignore[attr-defined]
 
     async def _settle(
         self,
@@ -745,9 +750,7 @@ class Conversation:
         if self._tick is not None:
             self._tick.cancel()
         for reply in self._replies.values():
-            reply.ticket.counter.bump()
-            if reply.gen is not None and getattr(self.engines.chat, "blocks_on_network", False):
-                self.engines.chat.cancel()  # type: ignore[attr-defined]  # its step's thread holds asyncio.run's end
+            self._stop(reply)  # a network step's thread would hold asyncio.run's end
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
