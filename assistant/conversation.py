@@ -149,7 +149,7 @@ class Conversation:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._tick: asyncio.TimerHandle | None = None
-        self._erased: dict[int, bool] = {}  # replies in flight when the history was reset
+        self._erased: set[int] = set()  # replies in flight when the history was reset
         self._tick_at = 0.0
 
     # ---- driving the core -----------------------------------------------------------------------------------
@@ -309,7 +309,7 @@ class Conversation:
     async def _remember(self, reply: Reply) -> None:
         """Store the turn just recorded (from the event loop: the memory database lives on its thread); not one
         that a history reset cut off."""
-        if self.memory is None or self._erased.get(reply.turn, False):
+        if self.memory is None or reply.turn in self._erased:
             return
         chat = self.engines.chat
         try:
@@ -469,7 +469,7 @@ class Conversation:
             self.failed(e, "recording the interrupted answer")
         if heard is None and error is None:
             self._replies.pop(reply.turn, None)
-            self._erased.pop(reply.turn, None)
+            self._erased.discard(reply.turn)
             if not reply.result.done():
                 reply.result.set_result("")
             return
@@ -481,7 +481,7 @@ class Conversation:
         self, reply: Reply, text: str, interrupted: bool, error: str | None = None, model_failed: bool = False
     ) -> None:
         self._replies.pop(reply.turn, None)
-        self._erased.pop(reply.turn, None)
+        self._erased.discard(reply.turn)
         if reply.result.done():
             return
         reply.result.set_result(text)
@@ -631,8 +631,7 @@ class Conversation:
         return [dataclasses.asdict(m) for m in self.engines.chat.history]
 
     def history_reset(self) -> None:
-        for turn in self._replies:
-            self._erased[turn] = True  # an answer being settled now is not stored after the reset
+        self._erased |= set(self._replies)  # an answer being settled now is not stored after the reset
         self.interrupt()
         self.compute.submit(self.engines.chat.reset, priority=Priority.URGENT)
         if self.memory is not None:
