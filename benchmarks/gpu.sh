@@ -70,7 +70,7 @@ for part in "$@"; do
       continue ;;
     *) echo "unknown part $part: use install, tts-0.6B, tts-1.7B, stt, llm, v2v, profile or integ" >&2; exit 2 ;;
   esac
-  # JOBS="4-bit,mxfp4": only the jobs whose names contain one of these
+  # JOBS="4-bit,mxfp4": only the jobs whose names contain one of these ("tts 0.6B bf16$": that name exactly)
   timeout -k 10 "$limit" python3 -u -m benchmarks --label "$label" --out "$RESULTS" "${args[@]}" --jobs "${JOBS:-}" \
     || rc=$?
 done

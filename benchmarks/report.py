@@ -20,32 +20,31 @@ Bandwidth limit: bytes of weights read per frame (talker once, predictor layers 
 4 frames; benchmarks/projection.py) / measured time per frame, against the assumed peak (4.8 TB/s, the H200's
 HBM3e; the H100 SXM has 3.35 TB/s) and a measured one (a bf16 sum over 1 GiB, best of 5).
 
-Labels: `h200` holds this session's rows (2026-12-07, after the static KV cache and the compiled talker step);
-`h100` holds the previous session's rows on an H100 (a different card: compare each row with mlx-audio in the same
-run, not across labels). TTS ms/frame is all-in: talker step, the 15 predictor steps and the codec decoder (chunks
-of 4 frames), from `Utterance.step()` as the daemon calls it. A frame runs as one compiled talker step over a
-static-shape KV cache (buffers grow by 256 positions; `warmup()` compiles every length up to tts.max_frames), one
-compiled graph for code 0 + the 15 predictor steps + the next embedding, and a single evaluation; the next frame
-is queued before the current one is read. On CUDA, quantized talkers run these graphs uncompiled (a compiled run
-crashed MLX 0.32.4 CUDA earlier; the crash of the quantized rows was in fact a 1-D input to the quantized codec
-head, fixed now, so compiling them on CUDA may work but was not tried). Ours is slower in the side-by-side process
-(mlx-audio's model loaded beside ours) than alone: 0.6B bf16 on the H200 ran 20.4 ms/frame at 100 frames there and
-15.7 ms/frame in `benchmarks/tts_profile.py` (same checkpoint, same call, same Utterance loop; the cause was not
-found). The "bf16 alone" jobs (`JOBS="bf16 alone" bash benchmarks/gpu.sh tts-0.6B tts-1.7B`) time the harness
-without mlx-audio; no machine was left to run them. The H200 bf16 250-frame rows ran before `warmup()` compiled
-the talker step past 256 KV positions, so their first repetition traced it mid-utterance (the quantized rows run
-the step uncompiled). STT final pass (ours):
-the clip is fed in 100 ms blocks before the clock starts, as the daemon feeds audio while the user speaks; the clock
-covers `finalize()` (mel in MLX, encoder padded to a length bucket with masking, TDT decode). The tail row times 20
-utterances of lengths never seen before, after each implementation's warm-up (ours: `warmup()`, one pass per
-bucket), then the same lengths again: a first pass no slower than the second compiled nothing. The H200 tail
-(first passes up to 1.9x their repeats) was measured before the encoder frames were projected at the bucket's
-length (commit after it; not yet measured on a GPU). `benchmarks/stt.py`
-("ours alone") calls the encoder directly at each exact length, outside the transcriber, so its Parakeet GPU rows
-include MLX compiling kernels for a new length. Voice to voice on the H200 ends turns with the Smart Turn v3.2
-model (the real ONNX, onnxruntime on the CPU, as the daemon), not a fixed hangover; under it the trace's
-vad_hangover_ms reads 0 (the reply's endpoint is taken at the speculative start), so the "after the endpoint" row
-equals end to end and is an upper bound of the time after the endpoint.
+Labels (different cards: compare each row with mlx-audio in the same run, not across labels): `h100` holds
+2026-12-07 09:00-09:25 UTC rows (STT side by side and tail, TTS 1.7B bf16, v2v, profile) after the codec step was
+compiled (its profile row: medians of 10 calls, not 30); its 0.6B TTS rows are from the session before and the 0.6B
+bf16 job of this session timed out after its first row (25.2 ms/frame at 100 frames, mlx-audio not reached). `h200`
+holds the session before (static KV cache, compiled talker step, codec uncompiled, quantized graphs uncompiled). TTS
+ms/frame is all-in: talker step, the 15 predictor steps and the codec decoder (chunks of 4 frames), from
+`Utterance.step()` as the daemon calls it. A frame runs as one compiled talker step over a static-shape KV cache
+(buffers grow by 256 positions; `warmup()` compiles every length up to tts.max_frames), one compiled graph for code
+0 + the 15 predictor steps + the next embedding, and a single evaluation; the next frame is queued before the
+current one is read. The codec step is one compiled graph per chunk size (fixed window-1 K/V buffers): 4 frames took
+7.0 ms against 9.9-10.3 ms uncompiled on the H100. Quantized graphs compile on CUDA now (a compiled 0.6B 4-bit run
+worked on MLX 0.32.4 CUDA; its frame kernel took 9.2 ms against 22.0 ms uncompiled). Run to run spread on the H100
+is large: the same 0.6B bf16 frame loop took 16.1-27.7 ms/frame across runs of one process and across processes
+(docs/benchmarks/h100-probe.jsonl), so the side-by-side gap is noise of a host-bound loop, not mlx-audio: ours
+measured 20.3 alone, 21.7 after importing mlx_audio, 23.3 with its model loaded and 19.7 after it ran, in one
+process (`tts_profile --peer`). STT final pass (ours): the clip is fed in 100 ms blocks before the clock starts, as
+the daemon feeds audio while the user speaks; the clock covers `finalize()` (mel in MLX, encoder padded to a length
+bucket with masking, TDT decode). The tail row times 20 utterances of lengths never seen before, after each
+implementation's warm-up (ours: `warmup()`, one pass per bucket), then the same lengths again: a first pass no
+slower than the second compiled nothing. The H200 tail was measured before the encoder frames were projected at the
+bucket's length; the H100 tail after. `benchmarks/stt.py` ("ours alone") calls the encoder directly at each exact
+length, outside the transcriber, so its Parakeet GPU rows include MLX compiling kernels for a new length. Voice to
+voice ends turns with the Smart Turn v3.2 model (the real ONNX, onnxruntime on the CPU, as the daemon); the H100 row
+"after the endpoint" runs from the end-of-turn decision (the core's StateChanged to THINKING) to the first sample
+written; on the H200 it was end to end (an upper bound).
 
 Reproduce: `python -m benchmarks --small` (CPU, label cpu-small); on a lent GPU, `bash benchmarks/gpu.sh PARTS`
 in the calls listed at the top of that script (label h100 or h200 from the card).

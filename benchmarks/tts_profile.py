@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -36,12 +37,64 @@ def per_call_ms(fn: Callable[[], Any], iters: int) -> float:
     return round(1000 * float(np.median(out)), 3)
 
 
-def profile(folder: Path, positions: list[int], frames: list[int], iters: int) -> dict[str, Any]:
+def codec_parts(dec: Any, codes: np.ndarray, iters: int) -> dict[str, float]:
+    """The codec's 4-frame step split: quantizer + pre-conv + transformer, and the conv stack eager vs compiled."""
+    from assistant.tts.qwen3.codec_vocoder import DecoderState, SnakeBeta
+
+    state = dec.new_state()
+    x = mx.array(codes)[None]
+
+    def front() -> mx.array:
+        st = DecoderState(list(state.tails), list(state.keys), list(state.values), state.offset)
+        return dec.pre_transformer(dec.pre_conv(dec.quantizer.decode(x), st), st)
+
+    def convs(h: mx.array, tails: list[mx.array]) -> tuple[mx.array, list[mx.array]]:
+        st = DecoderState(list(tails), [], [], 0)
+        for transconv, convnext in dec.upsample:
+            h = convnext(transconv(h, st), st)
+        for layer in dec.decoder:
+            h = layer(h) if isinstance(layer, SnakeBeta) else layer(h, st)
+        return mx.clip(h[..., 0], -1.0, 1.0), st.tails
+
+    h = front()
+    mx.eval(h)
+    fast = mx.compile(convs)
+    return {
+        "codec_front_4_ms": per_call_ms(front, iters),
+        "codec_convs_4_ms": per_call_ms(lambda: convs(h, state.tails), iters),
+        "codec_convs_4_compiled_ms": per_call_ms(lambda: fast(h, state.tails), iters),
+    }
+
+
+def beside_peer(folder: Path, run: Callable[[], float]) -> dict[str, float]:
+    """Ours per frame as mlx-audio joins the process step by step: imported, its model loaded, run once."""
+    out = {"utterance_ms_per_frame@100 again": run()}
+    import mlx_audio.tts.utils as mau
+
+    out["torch imported by mlx_audio"] = float("torch" in sys.modules)
+    out["after import mlx_audio"] = run()
+    model = mau.load_model(folder)
+    out["after mlx-audio load_model"] = run()
+    model.config.talker_config.codec_eos_token_id = model.config.talker_config.vocab_size
+    for r in model.generate(
+        "Hello there, how are you?",
+        voice="vivian",
+        lang_code="english",
+        max_tokens=30,
+        stream=True,
+        streaming_interval=0.08,
+        verbose=False,
+    ):
+        mx.eval(r.audio)
+    out["after mlx-audio ran"] = run()
+    return out
+
+
+def profile(folder: Path, positions: list[int], frames: list[int], iters: int, peer: bool) -> dict[str, Any]:
     from assistant.config import TtsConfig
     from assistant.tts.qwen3.engine import Qwen3TTS, Utterance, ad_hoc_voice, sampling_of
     from assistant.tts.qwen3.generate import FrameGenerator, FrameKernel
     from assistant.tts.qwen3.prompt import VoicePrompt
-    from assistant.tts.qwen3.talker import uncompilable
     from benchmarks.tts_vs import TEXT
 
     cfg = TtsConfig(model=str(folder), first_chunk_frames=1, chunk_frames=4, seed=0)
@@ -50,7 +103,7 @@ def profile(folder: Path, positions: list[int], frames: list[int], iters: int) -
     voice = tts.use_voice(ad_hoc_voice("bench", VoicePrompt(language="english", speaker="vivian")))
     hidden = talker.cfg.hidden_size
     x = mx.random.normal((hidden,), key=mx.random.key(0)).astype(talker.codec_head.weight.dtype) * 0.1
-    out: dict[str, Any] = {"compiled": not uncompilable(talker)}
+    out: dict[str, Any] = {}
     kernel = FrameKernel.of(talker, sampling_of(cfg))
     seen = mx.zeros((talker.cfg.vocab_size,), dtype=mx.bool_)
     key = mx.random.key(0)
@@ -78,6 +131,10 @@ def profile(folder: Path, positions: list[int], frames: list[int], iters: int) -
         out[f"frame_ms@{pos}"] = per_call_ms(frame, iters)
     h = talker.step(x, cache)
     out["frame_kernel_ms"] = per_call_ms(lambda: kernel(h, seen, False, key), iters)
+    c0 = mx.array([5], dtype=mx.int32)
+    p = sampling_of(cfg)
+    pred = mx.compile(lambda h, k: talker.code_predictor.predict(h, talker.codec(c0)[0], k, p))
+    out["predictor_15_steps_ms"] = per_call_ms(lambda: pred(h, key), iters)
     dec = tts.speech_tokenizer.decoder
     codes = np.random.default_rng(0).integers(0, 2048, (4, 16)).astype(np.int32)
     for warm in (0, 80):  # a fresh stream, and one past the attention window (steady state)
@@ -85,17 +142,24 @@ def profile(folder: Path, positions: list[int], frames: list[int], iters: int) -
         for _ in range(warm // 4):
             mx.eval(dec.step(codes, state))
         out[f"codec_4_frames_ms@{warm}"] = per_call_ms(lambda state=state: dec.step(codes, state), iters)
-    for n in frames:
+    out.update(codec_parts(dec, codes, iters))
+
+    def utterance(n: int, runs: int = 3) -> float:
         sampling = replace(sampling_of(cfg), min_new_tokens=n + 1)
         times = []
-        for _ in range(3):  # the first run warms up
+        for _ in range(runs):  # the first run warms up
             gen = FrameGenerator(talker, tts.builder, tts._prefix(voice), sampling, n + 1, TEXT, "stream")
             utt = Utterance(gen, dec, None, 1, 4)
             t0 = time.perf_counter()
             while not utt.done:
                 utt.step()
             times.append(time.perf_counter() - t0)
-        out[f"utterance_ms_per_frame@{n}"] = round(1000 * min(times[1:]) / n, 3)
+        return round(1000 * min(times[1:]) / n, 3)
+
+    for n in frames:
+        out[f"utterance_ms_per_frame@{n}"] = utterance(n)
+    if peer:
+        out.update(beside_peer(folder, lambda: utterance(100)))
     return out
 
 
@@ -110,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, nargs="+", default=[100, 250])
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--cache", default="/tmp/bench-checkpoints")
+    ap.add_argument("--peer", action="store_true", help="then time ours as mlx-audio is imported, loaded and run")
     args = ap.parse_args(argv)
     from benchmarks.checkpoints import write_checkpoint
 
@@ -118,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     layers, bits = args.layers, args.bits or None
     write_checkpoint(folder, args.size, bits, layers[0], layers[1], decoder_dim=args.decoder_dim, mode=args.mode)
     row = {"section": "tts_profile", "size": args.size, "precision": kind, "device": str(mx.default_device())}
-    row.update(profile(folder, args.positions, args.frames, args.iters))
+    row["env"] = {k: v for k, v in os.environ.items() if k.startswith("MLX_")}
+    row.update(profile(folder, args.positions, args.frames, args.iters, args.peer))
     print(json.dumps(row), flush=True)
     print(row, file=sys.stderr)
     return 0

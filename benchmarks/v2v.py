@@ -107,6 +107,12 @@ class TimestampSink:
             return 0
         return min(self._written, int((time.monotonic() - self._start) * OUT_RATE))
 
+    def play_left_s(self) -> float:
+        """Seconds until everything written so far has played (0 when idle)."""
+        if self._start is None:
+            return 0.0
+        return max(0.0, self._start + self._written / OUT_RATE - time.monotonic())
+
     @property
     def first_sample_dac_time(self) -> float | None:
         return self._dac
@@ -226,7 +232,7 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     from assistant.compute import Compute
     from assistant.config import Config
     from assistant.conversation import Conversation
-    from assistant.events import LatencyTrace, ResponseDone
+    from assistant.events import LatencyTrace
 
     cfg = Config().replace(
         {
@@ -250,14 +256,16 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     runner = asyncio.create_task(p.run())
     traces: list[LatencyTrace] = []
     e2e: list[float] = []
-    after_endpoint: list[float] = []  # end to end minus that turn's VAD hangover: from the endpoint decision
+    after_endpoint: list[float] = []  # from the endpoint decision (StateChanged to THINKING) to the first sample
+    endpoints: list[float] = []  # every endpoint decision's time (monotonic, the sink's clock)
+    decision: list[float] = []  # true end of speech -> that turn's endpoint decision
     soak: dict[str, dict[str, int]] = {}  # resident memory, threads and tasks after turn 50 and the last
     misses = 0
     try:
         # the first exchange warms every kernel (MLX compiles on first use): untimed
         while len(traces) < args.turns + 1:
             try:
-                trace = await asyncio.wait_for(_next_trace(sub, LatencyTrace, ResponseDone), args.turn_timeout)
+                trace = await asyncio.wait_for(_next_trace(sub, endpoints), args.turn_timeout)
             except TimeoutError:
                 misses += 1
                 print(f"[v2v] turn {len(source.true_ends)} timed out", file=sys.stderr, flush=True)
@@ -269,13 +277,16 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             first = next((w for w in sink.writes if w > end), None)
             if len(traces) > 0 and first is not None:
                 e2e.append(1000.0 * (first - end))
-                if trace.vad_hangover_ms is not None:
-                    after_endpoint.append(e2e[-1] - trace.vad_hangover_ms)
+                decided = [t for t in endpoints if end <= t <= first]
+                if decided:  # the last decision before the first sample (a reopened turn decides twice)
+                    after_endpoint.append(1000.0 * (first - decided[-1]))
+                    decision.append(1000.0 * (decided[-1] - end))
             traces.append(trace)
             print(f"[v2v] turn {len(traces) - 1}: {trace}", file=sys.stderr, flush=True)
             if len(traces) - 1 in (SOAK_EARLY, args.turns):
                 soak[f"after_turn_{len(traces) - 1}"] = resources()
-            await asyncio.sleep(0.3)
+            # the next turn starts once the answer has played: speech over it would be a barge-in, not a turn
+            await asyncio.sleep(sink.play_left_s() + 0.3)
             source.next_turn.set()
     finally:
         runner.cancel()
@@ -307,7 +318,8 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         },
         "latency": {
             "end to end: true end of speech -> first output sample": stats(e2e),
-            "after the endpoint: end to end - VAD hangover": stats(after_endpoint),
+            "after the endpoint: end-of-turn decision -> first output sample": stats(after_endpoint),
+            "end-of-turn decision (after true end of speech)": stats(decision),
             "VAD hangover (endpoint - VAD end of speech)": stats(col("vad_hangover_ms")),
             "STT final (after VAD end of speech)": stats(col("stt_final_ms")),
             "STT final pass compute alone (every pass after the first)": stats(engines.transcriber.finalize_ms[1:]),
@@ -319,13 +331,18 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     }
 
 
-async def _next_trace(sub: Any, kind: type, done_kind: type) -> Any:
-    """The next LatencyTrace of an answered turn (one that had a ResponseDone)."""
+async def _next_trace(sub: Any, endpoints: list[float]) -> Any:
+    """The next LatencyTrace of an answered turn (one that had a ResponseDone); appends to `endpoints` the time
+    of every end-of-turn decision seen on the way (the core enters THINKING when it ends the user's turn)."""
+    from assistant.events import LatencyTrace, ResponseDone, StateChanged, TurnState
+
     answered = False
     async for ev in sub:
-        if isinstance(ev, done_kind):
+        if isinstance(ev, StateChanged) and ev.new is TurnState.THINKING:
+            endpoints.append(ev.time)
+        elif isinstance(ev, ResponseDone):
             answered = True
-        elif isinstance(ev, kind) and answered:
+        elif isinstance(ev, LatencyTrace) and answered:
             return ev
     raise RuntimeError("the event subscription closed")
 

@@ -75,13 +75,13 @@ def test_streaming_random_partitions_equal_full_decode(
 def test_streaming_one_frame_at_a_time_keeps_window_cache(
     tokenizer: SpeechTokenizer, codes: np.ndarray, full: np.ndarray
 ) -> None:
-    """1-frame steps equal the full decode and each layer's K/V cache never holds more than window - 1 frames."""
+    """1-frame steps equal the full decode and each layer's K/V cache is a fixed buffer of window - 1 frames."""
     dec = tokenizer.decoder
     state, parts = dec.new_state(), []
     window = dec.config.sliding_window
     for t in range(codes.shape[2]):
         parts.append(np.array(dec.step(mx.array(codes[0, :, t : t + 1].T), state)))
-        assert all(k.shape[2] == min(t + 1, window - 1) for k in state.keys)
+        assert all(k.shape[2] == window - 1 for k in state.keys)
         assert all(v.shape == k.shape for k, v in zip(state.keys, state.values, strict=True))
     assert np.abs(np.concatenate(parts) - full[0, 0]).max() <= 1e-5
 
@@ -156,3 +156,23 @@ def test_streaming_with_the_released_window_past_72_frames(tokenizer: SpeechToke
         pos += n
     assert all(k.shape[2] == 71 for k in state.keys)
     assert np.abs(np.concatenate(parts) - full).max() <= 1e-5
+
+
+def test_compiled_step_traces_once_per_chunk_size(tokenizer: SpeechTokenizer, codes: np.ndarray) -> None:
+    """The compiled codec step traces once per chunk size, not per stream position (fixed-shape state)."""
+    dec = CodecDecoder(tokenizer.decoder.config)
+    dec.update(tokenizer.decoder.parameters())
+    traces: list[int] = []
+    pure = dec._pure
+
+    def counted(*args: object) -> object:
+        traces.append(args[0].shape[1])  # type: ignore[attr-defined]
+        return pure(*args)  # type: ignore[arg-type]
+
+    dec._pure = counted  # type: ignore[method-assign]
+    state = dec.new_state()
+    for t in range(12):  # past the tiny window: the K/V buffers are full and keep their shape
+        mx.eval(dec.step(mx.array(codes[0, :, t : t + 1].T), state))
+    for t in range(12, 18, 2):
+        mx.eval(dec.step(mx.array(codes[0, :, t : t + 2].T), state))
+    assert traces == [1, 2]

@@ -139,17 +139,17 @@ class Attention(nn.Module):
         v = self.v_proj(x).reshape(b, n, self.kv_heads, self.head_dim).transpose(0, 2, 1, 3)
         q = mx.fast.rope(q, self.head_dim, traditional=False, base=self.theta, scale=1.0, offset=state.offset)
         k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.theta, scale=1.0, offset=state.offset)
-        keys = mx.concatenate([state.keys[self.index], k], axis=2)
-        values = mx.concatenate([state.values[self.index], v], axis=2)
-        cached = keys.shape[2] - n
-        # query i (absolute offset+i) sees keys at absolute positions in (offset+i-window, offset+i]
-        qpos = mx.arange(n)[:, None] + cached
-        kpos = mx.arange(cached + n)[None, :]
-        mask = (kpos <= qpos) & (kpos > qpos - self.window)
-        out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.head_dim**-0.5, mask=mask)
+        keys = mx.concatenate([state.keys[self.index], k.astype(state.keys[self.index].dtype)], axis=2)
+        values = mx.concatenate([state.values[self.index], v.astype(state.values[self.index].dtype)], axis=2)
         keep = self.window - 1
-        state.keys[self.index] = keys[:, :, -keep:] if keep > 0 else keys[:, :, :0]
-        state.values[self.index] = values[:, :, -keep:] if keep > 0 else values[:, :, :0]
+        # the cache is a fixed buffer of `keep` frames (zeros before the stream's start, masked): every shape
+        # depends on n alone. Query i (absolute offset+i) sees keys in (offset+i-window, offset+i], from 0 on.
+        qpos = mx.arange(n)[:, None]
+        kpos = mx.arange(keep + n)[None, :] - keep
+        mask = (kpos <= qpos) & (kpos > qpos - self.window) & (kpos + state.offset >= 0)
+        out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.head_dim**-0.5, mask=mask)
+        state.keys[self.index] = keys[:, :, n:]
+        state.values[self.index] = values[:, :, n:]
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, n, -1))
 
 
@@ -217,6 +217,7 @@ class CodecDecoder(nn.Module):
         self.pre_transformer = DecoderTransformer(cfg)
         self.upsample = build_upsample(cfg.latent_dim, list(cfg.upsampling_ratios))
         self.decoder = build_decoder(cfg.latent_dim, cfg.decoder_dim, list(cfg.upsample_rates))
+        self._compiled: Any = None  # the compiled `_pure`, built on the first step
         self.n_slots = 0
         for m in self._stateful():
             m.slot = self.n_slots
@@ -230,13 +231,21 @@ class CodecDecoder(nn.Module):
         return out
 
     def new_state(self, batch: int = 1) -> DecoderState:
-        """Zero conv history, empty K/V caches, frame 0."""
+        """Zero conv history, zero K/V buffers of `sliding_window - 1` frames (masked until written), frame 0."""
         tails = [mx.zeros((0,))] * self.n_slots
         for m in self._stateful():
             tails[m.slot] = m.initial_tail(batch)
         layers, c = self.config.num_hidden_layers, self.config
-        empty = mx.zeros((batch, c.num_key_value_heads, 0, c.head_dim))
-        return DecoderState(tails=tails, keys=[empty] * layers, values=[empty] * layers, offset=0)
+        zeros = mx.zeros((batch, c.num_key_value_heads, c.sliding_window - 1, c.head_dim))
+        return DecoderState(tails=tails, keys=[zeros] * layers, values=[zeros] * layers, offset=0)
+
+    def _pure(
+        self, codes: mx.array, tails: list[mx.array], keys: list[mx.array], values: list[mx.array], offset: mx.array
+    ) -> tuple[mx.array, list[mx.array], list[mx.array], list[mx.array]]:
+        """`_run` as a function of arrays (the state in and out), for `mx.compile`: one graph per chunk size."""
+        state = DecoderState(list(tails), list(keys), list(values), offset)
+        audio = self._run(codes, state)
+        return audio, state.tails, state.keys, state.values
 
     def _run(self, codes: mx.array, state: DecoderState) -> mx.array:
         """codes [B, T, Q] int -> [B, T * samples_per_frame] float32, advancing `state`."""
@@ -276,4 +285,11 @@ class CodecDecoder(nn.Module):
             raise InputError(f"codec step codes must be [frames >= 1, {self.config.num_quantizers}], got {codes.shape}")
         self._check(codes, 1)
         x = mx.array(codes.astype(np.int32)) if isinstance(codes, np.ndarray) else codes
-        return self._run(x[None], state)[0]
+        if self._compiled is None:  # compiled: the vocoder's elementwise chains fuse (~40% fewer kernels)
+            self._compiled = mx.compile(self._pure)
+        offset = mx.array(state.offset, dtype=mx.int32)
+        audio, state.tails, state.keys, state.values = self._compiled(
+            x[None], state.tails, state.keys, state.values, offset
+        )
+        state.offset += x.shape[0]
+        return cast(mx.array, audio[0])

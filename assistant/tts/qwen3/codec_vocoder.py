@@ -19,13 +19,13 @@ class DecoderState:
 
     tails: per causal conv its last (k-1)*d input samples; per transposed conv its last input sample.
     keys/values: per transformer layer, K (after RoPE) and V of the last `sliding_window - 1` frames.
-    offset: frames decoded so far (the RoPE position of the next frame).
+    offset: frames decoded so far (the RoPE position of the next frame); an int32 array inside a compiled step.
     """
 
     tails: list[mx.array] = field(default_factory=list)
     keys: list[mx.array] = field(default_factory=list)
     values: list[mx.array] = field(default_factory=list)
-    offset: int = 0
+    offset: int | mx.array = 0
 
 
 class CausalConv(nn.Module):

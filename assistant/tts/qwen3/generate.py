@@ -16,7 +16,7 @@ import numpy as np
 
 from assistant.tts.qwen3.prompt import PromptBuilder, TextTrack, VoicePrompt
 from assistant.tts.qwen3.sampling import SamplingParams, first_code, new_key, suppress_mask
-from assistant.tts.qwen3.talker import Talker, uncompilable
+from assistant.tts.qwen3.talker import Talker
 from assistant.tts.qwen3.tokenizer import TextTokenizer
 
 Layout = Literal["stream", "full"]
@@ -98,7 +98,7 @@ class FrameKernel:
         tc = talker.cfg
         self.eos = tc.codec_eos_token_id
         self.suppress = suppress_mask(tc.vocab_size, self.eos)
-        self.fn = self._frame if uncompilable(talker) else mx.compile(self._frame)
+        self.fn = mx.compile(self._frame)
 
     @classmethod
     def of(cls, talker: Talker, p: SamplingParams) -> FrameKernel:
