@@ -16,6 +16,7 @@ from assistant.turns import Policy, bare_word
 
 
 def daemon_policy(cfg: Config) -> Policy:
+    """The daemon's: hands-free and/or push-to-talk (pipeline.mode), speculation, barge-in, wake phrase, reopen."""
     mode = cfg.pipeline.mode
     return Policy(
         vad_turns=mode != "push_to_talk",
