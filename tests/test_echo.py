@@ -206,11 +206,11 @@ def test_the_daemon_cancels_only_over_a_speaker_with_a_dac_clock() -> None:
     (headphones); a sink without that clock (no sound card, a Realtime client) gets none."""
     from assistant.audio.sinks import ClientSink, NullSink
     from assistant.config import Config
-    from assistant.conversation import make_canceller
+    from assistant.policies import make_canceller
 
     cfg = Config()
     speaker = SpeakerClock(start=T_MIC, written=0)
     assert isinstance(make_canceller(cfg, speaker, TTS_RATE), EchoCanceller)  # type: ignore[arg-type]
     assert make_canceller(cfg.replace({"echo.enabled": False}), speaker, TTS_RATE) is None  # type: ignore[arg-type]
     assert make_canceller(cfg, NullSink(), TTS_RATE) is None
-    assert make_canceller(cfg, ClientSink(lambda chunk: None, TTS_RATE), TTS_RATE) is None
+    assert make_canceller(cfg, ClientSink(TTS_RATE), TTS_RATE) is None
