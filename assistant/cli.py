@@ -142,7 +142,7 @@ def build_engines(cfg: config.Config, progress: Callable[[str], None] | None = N
 
 
 class SharedEngines:
-    """Engines for headless sessions over the daemon's loaded models (the session module's EngineSource).
+    """Engines for headless sessions over the daemon's loaded models (assistant/sessions.py's RealtimeEngines).
 
     A session gets its own Chat (history and prompt cache) and transcriber (streaming state) over the same
     weights, and shares the TTS, whose voices are cached per name.
@@ -166,23 +166,16 @@ class SharedEngines:
             type(transcriber)(transcriber.lm, transcriber.cfg),
             chat.new_conversation() if isinstance(chat, RemoteChat) else Chat(chat.model, chat.tokenizer, chat.cfg),
             self.engines.tts,
-            self.voice(voice) if voice else self.engines.voice,
+            self.engines.tts.voice(voice) if voice else self.engines.voice,
             self.engines.make_vad,
             score_turn=self.engines.score_turn,  # onnxruntime sessions are safe to run from several threads
         )
 
-    def voice(self, name: str) -> Any:
-        return self.engines.tts.voice(name)
-
-    def voice_names(self) -> list[str]:
-        names: list[str] = self.engines.tts.voice_names()
-        return names
-
 
 def _server_service(cfg: config.Config, engines: Any) -> Any:
     """The WebSocket server as a daemon service: the native protocol and (unless off) /v1/realtime sessions."""
-    from assistant.conversation import Sessions
     from assistant.server.ws import ControlServer
+    from assistant.sessions import Sessions
 
     def service(pipeline: Any) -> Any:
         from assistant.oneshot import OneShot

@@ -4,7 +4,9 @@ A `Conversation` feeds the core its inputs (captured blocks with their capture t
 then, VAD events, transcripts, reply progress, commands) and executes the actions it returns on the engines,
 every engine call on the compute thread. The daemon holds one over the microphone and speaker (it is the
 server's `Controller`); each `/v1/realtime` connection holds one over its client sink (the server's
-`RealtimeSession`), opened by `Sessions`. Only the core's `Policy` differs between them.
+`RealtimeSession`), opened by `Sessions` (assistant/sessions.py). Only the core's `Policy` differs between them.
+What is not turn-taking lives with its own module: config -> policy (assistant/policies.py), the tools and a
+Realtime client's function calls (assistant/tools/session.py), the history's operations (assistant/llm.py).
 """
 
 from __future__ import annotations
@@ -13,42 +15,43 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, cast
 
 import numpy as np
 
 from assistant import settings
-from assistant.audio.echo import EchoCanceller, PlayedClock
-from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, AudioBlock, frame_samples, level_dbfs
-from assistant.audio.sinks import AudioSink, AudioSource, ClientSink, SpeakerTiming
+from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, AudioBlock, level_dbfs
+from assistant.audio.sinks import AudioSink, AudioSource, ClientSink, SpeakerTiming, played_out
 from assistant.bus import EventBus, Subscription
 from assistant.compute import Compute, Generation, Priority, Stale
 from assistant.config import Config
-from assistant.endofturn import EndOfTurnPolicy, FixedSilence, policy_from_config, vad_settings
+from assistant.endofturn import EndOfTurnPolicy, vad_settings
 from assistant.engines import Engines, VadLike
-from assistant.errors import AssistantError, AudioDeviceError, ConfigError, InputError, ModelError
+from assistant.errors import AudioDeviceError, ConfigError, InputError, ModelError
 from assistant.events import (
     BargeIn,
     DeviceStatus,
     ErrorEvent,
     Event,
-    FunctionCall,
     ResponseAudio,
     SessionEvent,
     TurnState,
 )
+from assistant.llm import History
 from assistant.logs import kv
 from assistant.memory import Memory
+from assistant.policies import daemon_policy, end_of_turn, make_canceller, realtime_policy, realtime_turns, ring_samples
 from assistant.reply import Reply, TurnTrace, pump, settle_answer
-from assistant.tools.apps import AppTools, Send
+from assistant.stt.types import Transcript
+from assistant.tools.apps import Send
 from assistant.tools.builtin import date_line, reminder_speech, zone
-from assistant.tools.calls import AUTO, ToolCall, ToolChoice
+from assistant.tools.calls import AUTO, ToolChoice
 from assistant.tools.registry import Toolbox
+from assistant.tools.session import ConversationTools, offer_tools
 from assistant.tools.timers import ReminderScheduler
 from assistant.turns import (
     Action,
@@ -85,93 +88,13 @@ from assistant.turns import (
     TurnCore,
     UserText,
     VadIn,
-    bare_word,
 )
-
-if TYPE_CHECKING:  # the message type only: importing llm would load MLX with the conversation
-    from assistant.llm import Message
 
 log = logging.getLogger("assistant.conversation")
 
 SUB_DEFAULT = 256
-PLAYBACK_STALL_S = 2.0  # a sink that plays nothing for this long is given up on (a gone WebSocket client)
 KEEP_REPLIES = 16  # finished replies a Realtime client may still truncate (OpenAI clients truncate the latest)
-APOLOGY = "Sorry, I could not get an answer just now. Please ask again."
 QUEUE_LIMIT = 4096  # Realtime events waiting for the client; reply audio is ~10 chunks a second
-
-
-class RealtimeEngines(Protocol):
-    """What Realtime sessions need from the daemon's loaded engines (the composition root implements it)."""
-
-    def new_session(self, voice: str | None) -> Engines: ...  # on the compute thread
-    def voice(self, name: str) -> Any: ...  # on the compute thread
-    def voice_names(self) -> list[str]: ...
-
-
-def daemon_policy(cfg: Config) -> Policy:
-    mode = cfg.pipeline.mode
-    return Policy(
-        vad_turns=mode != "push_to_talk",
-        publish_vad=mode != "push_to_talk",  # the VAD runs, but only the hotkey makes turns
-        ptt=True,
-        speculative=cfg.pipeline.speculative,
-        barge_in=cfg.pipeline.barge_in,
-        barge_in_min_words=cfg.pipeline.barge_in_min_words,
-        backchannels=frozenset(bare_word(w) for w in cfg.pipeline.backchannels),
-        preroll_samples=frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms),
-        echo_tail_ms=cfg.vad.echo_tail_ms,
-        wake_phrase=cfg.pipeline.wake_phrase,
-        follow_up_s=cfg.pipeline.follow_up_s,
-        resume_ms=cfg.endofturn.resume_ms,
-    )
-
-
-def realtime_policy(cfg: Config, server_vad: bool, create_response: bool, interrupt_response: bool) -> Policy:
-    """No speculation: a client may commit and ask at any moment, so every reply starts confirmed."""
-    return Policy(
-        vad_turns=server_vad,
-        publish_vad=server_vad,
-        ptt=False,
-        speculative=False,
-        answer_turns=False,
-        auto_respond=create_response,
-        barge_in=interrupt_response,
-        preroll_samples=frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms),
-        echo_tail_ms=cfg.vad.echo_tail_ms,
-    )
-
-
-def make_canceller(cfg: Config, sink: AudioSink, tts_rate: int) -> EchoCanceller | None:
-    """The daemon's echo canceller over a speaker that tells what it played when (None: `echo.enabled` is off, or
-    the sink cannot say, e.g. no sound card)."""
-    if not cfg.echo.enabled or not isinstance(sink, PlayedClock):
-        return None
-    return EchoCanceller(sink, tts_rate)
-
-
-def end_of_turn(cfg: Config, scorer: object | None = None) -> EndOfTurnPolicy:
-    """The configured end-of-turn policy; a fixed silence where no end-of-turn model was loaded to score."""
-    if scorer is None:
-        return FixedSilence(cfg.vad.hangover_ms)
-    return policy_from_config(cfg.endofturn, cfg.vad.hangover_ms)
-
-
-def forget_message(history: list[Message], role: str, text: str) -> list[Message] | None:
-    """`history` without its newest `role` message whose text is `text` (a truncated answer matches the text it
-    was cut from), neighbours of the same role then joined so user and assistant turns still alternate (chat
-    templates require it); None when there is no such message."""
-    for i in range(len(history) - 1, -1, -1):
-        m = history[i]
-        same = m.content.strip() == text.strip() or (m.interrupted and text.strip().startswith(m.content.strip()))
-        if m.role == role and same:
-            kept: list[Message] = []
-            for other in history[:i] + history[i + 1 :]:
-                if kept and kept[-1].role == other.role and other.role in ("user", "assistant"):
-                    kept[-1] = dataclasses.replace(kept[-1], content=f"{kept[-1].content}\n{other.content}")
-                else:
-                    kept.append(other)
-            return kept
-    return None
 
 
 class Conversation:
@@ -189,7 +112,7 @@ class Conversation:
         sink: AudioSink | None,
         compute: Compute | None = None,
         *,
-        realtime: RealtimeEngines | None = None,
+        realtime: bool = False,
         on_close: Callable[[Conversation], None] | None = None,
         toolbox: Toolbox | None = None,
         memory: Memory | None = None,
@@ -200,19 +123,14 @@ class Conversation:
         self.source = source
         self.compute = compute or Compute()
         self._owns_compute = compute is None
-        self.realtime = realtime
         self._on_close = on_close
-        self.sink: AudioSink = sink or ClientSink(self._client_audio, engines.tts.sample_rate)
+        self.sink: AudioSink = sink or ClientSink(engines.tts.sample_rate)
         self.vad: VadLike = engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
-        ring = frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms)
-        ring += int(max(cfg.vad.max_utterance_s, cfg.stt.max_utterance_s) * CAPTURE_RATE)
-        policy = daemon_policy(cfg) if realtime is None else realtime_policy(cfg, True, True, True)
-        self.core = TurnCore(policy, end_of_turn(cfg, engines.score_turn), ring)
+        policy = realtime_policy(cfg, True, True, True) if realtime else daemon_policy(cfg)
+        self.core = TurnCore(policy, end_of_turn(cfg, engines.score_turn), ring_samples(cfg))
         self.hangover_ms: int | None = cfg.vad.hangover_ms
         self.instructions = cfg.llm.system_prompt
-        self.toolbox = toolbox  # tools the daemon's answers may call (None: none)
-        self._own_tools = list(toolbox.tools) if toolbox is not None else []  # built in and from config.toml
-        self.apps = AppTools()  # tools connected apps registered, run by them
+        self.tools = ConversationTools(toolbox)
         self.memory = memory  # the history kept across restarts (None: not kept)
         self.reminders = reminders
         self._date = ""  # the date line in the system prompt (with tools: refreshed when the date changes)
@@ -220,27 +138,19 @@ class Conversation:
         self.output_ok = True  # False while the speaker is lost: replies are text only
         self.restart_required: list[str] = []
         self.bus: EventBus[SessionEvent] = EventBus()
-        self._events = self.bus.subscribe(QUEUE_LIMIT) if realtime is not None else None
+        self._events = self.bus.subscribe(QUEUE_LIMIT) if realtime else None
         self._replies: dict[int, Reply] = {}  # replies in flight
         self._kept: OrderedDict[int, Reply] = OrderedDict()  # finished, for truncate_response
         self._settling: asyncio.Task[None] | None = None  # the cancelled reply being recorded
-        self._playing_turn = 0
         self._last_level = SILENT_DBFS  # level of the last chunk written (for sinks without SpeakerTiming)
         # the speaker's own voice out of the microphone before VAD and STT (daemon only: clients cancel their own)
-        self.echo = make_canceller(cfg, self.sink, engines.tts.sample_rate) if realtime is None else None
+        self.echo = None if realtime else make_canceller(cfg, self.sink, engines.tts.sample_rate)
         self._stt_final = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._tick: asyncio.TimerHandle | None = None
-        self._erased: dict[int, bool] = {}  # replies in flight when the history was reset
+        self._erased: set[int] = set()  # replies in flight when the history was reset
         self._tick_at = 0.0
-        # Realtime function calling: the client's tools, calls handed to it awaiting outputs, per-response tools
-        self._functions: tuple[list[dict[str, Any]], ToolChoice] = ([], AUTO)
-        self._next_functions: tuple[list[dict[str, Any]], ToolChoice] | None = None  # response.create's own
-        self._reply_functions: dict[int, tuple[list[dict[str, Any]], ToolChoice]] = {}
-        self._awaiting: dict[str, ToolCall] = {}  # call id -> the call, in call order
-        self._outputs: dict[str, str] = {}  # call id -> the client's output
-        self._said = ""  # what the calling answer said before its calls
 
     # ---- driving the core -----------------------------------------------------------------------------------
 
@@ -267,15 +177,11 @@ class Conversation:
             case ResetTranscriber():
                 self.compute.submit(self.engines.transcriber.reset, priority=Priority.URGENT)
             case Feed(utt, audio):
-                self._on_job(
-                    self.compute.submit(self.engines.transcriber.feed, audio, priority=Priority.URGENT),
-                    lambda f: self._fed(utt, f),
-                )
+                fed = self.compute.submit(self.engines.transcriber.feed, audio, priority=Priority.URGENT)
+                self._transcribing(fed, lambda partial, error, now: Fed(utt, partial, now, error))
             case Finalize(job):
-                self._on_job(
-                    self.compute.submit(self.engines.transcriber.finalize, priority=Priority.URGENT),
-                    lambda f: self._transcribed(job, f),
-                )
+                final = self.compute.submit(self.engines.transcriber.finalize, priority=Priority.URGENT)
+                self._transcribing(final, lambda tr, error, now: self._transcribed(job, tr, error, now))
             case ScoreTurn(utt, audio):
                 if self.engines.score_turn is not None:
                     self.spawn(self._score(self.engines.score_turn, utt, audio))
@@ -298,32 +204,28 @@ class Conversation:
             case Publish(event):
                 self.publish(event)
 
-    def _on_job(
-        self, fut: concurrent.futures.Future[Any], done: Callable[[concurrent.futures.Future[Any]], None]
+    def _transcribing(
+        self, job: concurrent.futures.Future[Any], answer: Callable[[Any, str | None, float], Input]
     ) -> None:
+        """When the transcriber's `job` ends, the core gets `answer(result, error, now)` on the loop (result None
+        and the error described and logged when it failed)."""
         loop = asyncio.get_running_loop()
+
+        def ended(f: concurrent.futures.Future[Any]) -> None:
+            err = f.exception()
+            if err is not None:
+                log.error("transcribing failed", exc_info=err)
+            self._apply(answer(None if err else f.result(), _describe(err), time.monotonic()))
 
         def back(f: concurrent.futures.Future[Any]) -> None:
             if not self._closed and not f.cancelled():
-                loop.call_soon_threadsafe(done, f)
+                loop.call_soon_threadsafe(ended, f)
 
-        fut.add_done_callback(back)
+        job.add_done_callback(back)
 
-    def _fed(self, utt: int, fut: concurrent.futures.Future[str | None]) -> None:
-        err = fut.exception()
-        if err is not None:
-            log.error("transcribing failed", exc_info=err)
-        self._apply(Fed(utt, None if err else fut.result(), time.monotonic(), _describe(err)))
-
-    def _transcribed(self, job: int, fut: concurrent.futures.Future[Any]) -> None:
-        err, now = fut.exception(), time.monotonic()
+    def _transcribed(self, job: int, tr: Transcript | None, error: str | None, now: float) -> Transcribed:
         self._stt_final = now
-        if err is not None:
-            log.error("transcribing failed", exc_info=err)
-            self._apply(Transcribed(job, "", "", now, _describe(err)))
-            return
-        tr = fut.result()
-        self._apply(Transcribed(job, tr.text, tr.language, now))
+        return Transcribed(job, "" if tr is None else tr.text, "" if tr is None else tr.language, now, error)
 
     async def _score(self, model: Callable[[np.ndarray], float], utt: int, audio: np.ndarray) -> None:
         """Score a pause on a worker thread: onnxruntime on its own core, off the loop and the MLX thread."""
@@ -371,9 +273,8 @@ class Conversation:
     async def prepare(self) -> None:
         """Offer the tools, put the date in the system prompt, load the stored history, start the reminders."""
         chat = self.engines.chat
-        if self.toolbox is not None:
-            schemas = self.toolbox.schemas()
-            await self.compute.run(chat.set_tools, schemas)  # type: ignore[attr-defined]
+        if self.tools.toolbox is not None:
+            await self.compute.run(chat.set_tools, self.tools.toolbox.schemas())
             await self._refresh_date()
         if self.memory is not None:
             await self.compute.run(chat.restore, self.memory.history())
@@ -408,11 +309,11 @@ class Conversation:
     async def _remember(self, reply: Reply) -> None:
         """Store the turn just recorded (from the event loop: the memory database lives on its thread); not one
         that a history reset cut off."""
-        if self.memory is None or self._erased.get(reply.turn, False):
+        if self.memory is None or reply.turn in self._erased:
             return
         chat = self.engines.chat
         try:
-            turn = await self.compute.run(chat.last_turn, priority=Priority.URGENT)  # type: ignore[attr-defined]
+            turn = await self.compute.run(chat.last_turn, priority=Priority.URGENT)
             self.memory.add_turn(turn)
         except Exception as e:
             self.failed(e, "storing the turn in the memory database")
@@ -454,14 +355,16 @@ class Conversation:
             asyncio.get_running_loop().create_future(),
         )
         reply.trace.extra["backlog_ms"] = a.backlog_ms
-        if self.realtime is not None:
-            self._take_functions(reply)
+        answer = self.tools.reply_starts(a.turn, a.responder.speak_text is None)
+        if answer is not None and a.responder.continues:  # the client's outputs: the calling answer goes on
+            reply.outputs, reply.said = answer.outputs, answer.said
+        elif answer is not None:  # a new user turn: that answer is recorded as said (before this reply's first job)
+            self.compute.submit(self.engines.chat.finish_turn, answer.said, priority=Priority.URGENT)
         if a.responder.user_text is not None and a.responder.speak_text is None and self._stt_final >= a.speech_end:
             # a transcript of this turn (a text turn's speech_end is its request: an older transcript is not its)
             reply.trace.mark("stt_final", self._stt_final)
         if a.confirmed:
             reply.confirmed.set()
-        if a.confirmed:
             self._text_only_note()
         self._replies[a.turn] = reply
         reply.task = self.spawn(self._run_reply(reply))
@@ -474,17 +377,16 @@ class Conversation:
                 self.compute.submit(self.engines.chat.set_system_prompt, reply.responder.instructions)
             elif self._date and reply.responder.user_text is not None:
                 await self._refresh_date()
-            functions = self._reply_functions.get(reply.turn, self._functions)
-            if reply.turn in self._reply_functions:
-                await self.compute.run(self.engines.chat.set_tools, *functions)  # type: ignore[attr-defined]
-            offered = functions[0] if self.realtime is not None and functions[1].mode != "none" else []
-            hand_off = {str(t.get("function", {}).get("name")) for t in offered}
-            async for produced in pump(reply, self.engines, self.compute, self.cfg, self.toolbox, hand_off):
+            functions, hand_off = self.tools.for_reply(reply.turn)
+            if functions is not None:
+                await self.compute.run(self.engines.chat.set_tools, *functions)
+            async for produced in pump(reply, self.engines, self.compute, self.cfg, self.tools.toolbox, hand_off):
                 self._apply(produced)
             await reply.confirmed.wait()
-            await self._wait_played(reply)
-            if reply.handed_off:
-                self._hand_off(reply)  # the answer stays open for the client's outputs
+            await played_out(self.sink, reply.samples_written, self.engines.tts.sample_rate)
+            if reply.handed_off:  # the answer stays open for the client's outputs
+                for call in self.tools.handed_off(reply.turn, reply.handed_off, reply.said, time.monotonic()):
+                    self.publish(call)
             elif reply.gen is not None:
                 await self.compute.run(self.engines.chat.finish_turn, None, priority=Priority.URGENT)
                 await self._remember(reply)
@@ -497,16 +399,10 @@ class Conversation:
             if heard is not None:
                 with contextlib.suppress(Exception):
                     self._flush()
-            try:
-                await self.compute.run(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
-            except Exception as e2:
-                self.failed(e2, "recording the interrupted answer")
-            if heard is not None and reply.gen is not None:
-                await self._remember(reply)
-            self._finish(reply, heard or "", True, error=f"turn {reply.turn}: {type(e).__name__}: {e}")
-            spoken = reply.confirmed.is_set()  # a failed speculation is silent: the confirmed answer asks again
-            if isinstance(e, ModelError) and spoken and self.realtime is None and reply.responder.user_text is not None:
-                self.spawn(self.say(APOLOGY))  # the next turn asks the model again
+            job = self.compute.submit(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
+            await self._settle(
+                reply, heard, job, f"turn {reply.turn}: {type(e).__name__}: {e}", isinstance(e, ModelError)
+            )
 
     def _play(self, turn: int, chunk: np.ndarray) -> None:
         reply = self._replies.get(turn)
@@ -516,9 +412,10 @@ class Conversation:
             reply.audio_started = True
             if isinstance(self.sink, SpeakerTiming):
                 reply.underruns_at = self.sink.underruns
-        self._playing_turn = turn
         self._last_level = level_dbfs(chunk)
         self.sink.write(chunk)
+        if isinstance(self.sink, ClientSink):  # a Realtime client plays what its events carry
+            self.publish(ResponseAudio(turn, chunk, time.monotonic()))
         if self.echo is not None:
             self.echo.played(chunk)  # the canceller's reference: exactly what went to the speaker
         reply.samples_written += len(chunk)
@@ -528,19 +425,6 @@ class Conversation:
         self.sink.flush()
         if self.echo is not None:
             self.echo.new_run()
-
-    async def _wait_played(self, reply: Reply) -> None:
-        """Until the sink has played every sample of the reply (sleeping the known remaining duration)."""
-        rate = self.engines.tts.sample_rate
-        last, since = -1, time.monotonic()
-        while (left := reply.samples_written - self.sink.played_samples) > 0:
-            played = self.sink.played_samples
-            if played != last:
-                last, since = played, time.monotonic()
-            elif time.monotonic() - since > PLAYBACK_STALL_S:
-                log.warning("playback stalled; not waiting for the rest", extra=kv(left_samples=left))
-                return
-            await asyncio.sleep(max(left / rate, 0.01))
 
     def _barge_in(self, reply: Reply) -> None:
         """Flush the speaker, stop the reply, keep what was heard."""
@@ -555,33 +439,49 @@ class Conversation:
 
     def _cancel(self, reply: Reply, heard: str | None) -> None:
         """Bump the reply's generation (its next step never runs) and settle it in the background."""
-        reply.ticket.counter.bump()
+        self._stop(reply)
         if reply.task is not None:
             reply.task.cancel()
-        if reply.gen is not None and getattr(self.engines.chat, "blocks_on_network", False):
-            self.engines.chat.cancel()  # type: ignore[attr-defined]  # closes the HTTP stream now (thread-safe)
         # Submitted now, so it runs before any chat job submitted after this call (e.g. a history reset).
         job = self.compute.submit(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
         self._settling = self.spawn(self._settle(reply, heard, job))
 
-    async def _settle(self, reply: Reply, heard: str | None, job: concurrent.futures.Future[None]) -> None:
+    def _stop(self, reply: Reply) -> None:
+        """The reply's next step never runs (its generation is bumped); a network LLM's request in flight is
+        closed now (thread-safe), so a step blocked on it ends too."""
+        reply.ticket.counter.bump()
+        if reply.gen is not None and getattr(self.engines.chat, "blocks_on_network", False):
+            self.engines.chat.cancel()  # type: ignore[attr-defined]
+
+    async def _settle(
+        self,
+        reply: Reply,
+        heard: str | None,
+        job: concurrent.futures.Future[None],
+        error: str | None = None,
+        model_failed: bool = False,
+    ) -> None:
+        """After the answer is recorded (`job`): a dropped reply (heard None, no error) ends untold; else it ends
+        as heard, or failed with `error`."""
         try:
             await asyncio.wrap_future(job)
         except Exception as e:
             self.failed(e, "recording the interrupted answer")
-        if heard is None:
+        if heard is None and error is None:
             self._replies.pop(reply.turn, None)
-            self._erased.pop(reply.turn, None)
+            self._erased.discard(reply.turn)
             if not reply.result.done():
                 reply.result.set_result("")
             return
-        if reply.gen is not None:
+        if heard is not None and reply.gen is not None:
             await self._remember(reply)
-        self._finish(reply, heard, True)
+        self._finish(reply, heard or "", True, error, model_failed)
 
-    def _finish(self, reply: Reply, text: str, interrupted: bool, error: str | None = None) -> None:
+    def _finish(
+        self, reply: Reply, text: str, interrupted: bool, error: str | None = None, model_failed: bool = False
+    ) -> None:
         self._replies.pop(reply.turn, None)
-        self._erased.pop(reply.turn, None)
+        self._erased.discard(reply.turn)
         if reply.result.done():
             return
         reply.result.set_result(text)
@@ -593,11 +493,11 @@ class Conversation:
             reply.trace.extra["playback_underruns"] = float(self.sink.underruns - reply.underruns_at)
         trace = reply.trace.trace()
         log.info("turn latency", extra=kv(**{k: v for k, v in dataclasses.asdict(trace).items() if k != "extra"}))
-        self._apply(ReplyDone(reply.turn, text, interrupted, time.monotonic(), error, trace))
+        self._apply(ReplyDone(reply.turn, text, interrupted, time.monotonic(), error, trace, model_failed))
         if reply.responder.instructions is not None:
             self.compute.submit(self.engines.chat.set_system_prompt, self._system_prompt(), priority=Priority.URGENT)
-        if self._reply_functions.pop(reply.turn, None) is not None:  # response.create's tools were for it alone
-            self.compute.submit(self.engines.chat.set_tools, *self._functions, priority=Priority.URGENT)  # type: ignore[attr-defined]
+        if (functions := self.tools.reply_done(reply.turn)) is not None:  # response.create's were for it alone
+            self.compute.submit(self.engines.chat.set_tools, *functions, priority=Priority.URGENT)
         self.compute.clear_cache()
 
     def _text_only_note(self) -> None:
@@ -621,9 +521,6 @@ class Conversation:
             if (t := self.sink.first_sample_dac_time) is not None:
                 reply.trace.mark("first_sample_played", t)
 
-    def _client_audio(self, chunk: np.ndarray) -> None:
-        self.publish(ResponseAudio(self._playing_turn, chunk, time.monotonic()))
-
     # ---- the Controller (daemon) ----------------------------------------------------------------------------
 
     @property
@@ -633,10 +530,6 @@ class Conversation:
     @property
     def ptt(self) -> bool:
         return self.core.ptt
-
-    @property
-    def muted(self) -> bool:
-        return self.core.muted
 
     @property
     def turn(self) -> int:
@@ -699,66 +592,46 @@ class Conversation:
         """Validate `{"section.key": value}` (settings.apply: live keys only, voices that exist), then apply."""
         new = settings.apply(self.cfg, changes, cast(settings.VoiceCatalog, self.engines.tts))
         self.restart_required = sorted({*self.restart_required, *settings.at_restart(changes)})
-        new_vad = new.vad != self.cfg.vad
-        if new_vad:
-            self.vad = self.engines.make_vad(vad_settings(new.vad, new.endofturn))
         if new.llm.system_prompt != self.cfg.llm.system_prompt:
             self.instructions = new.llm.system_prompt
             self.compute.submit(self.engines.chat.set_system_prompt, self._system_prompt())
         if new.logging.level != self.cfg.logging.level:
             logging.getLogger("assistant").setLevel(new.logging.level.upper())
         if new.tts.voice != self.cfg.tts.voice:
-            self.spawn(self._use_voice(new.tts.voice))  # checked above; the next reply speaks with it
-        self.cfg = new
-        self._apply(SetPolicy(daemon_policy(new), end_of_turn(new, self.engines.score_turn), new_vad=new_vad))
+            self._use_voice(new.tts.voice)  # checked above
+        self._retune(new, daemon_policy(new), end_of_turn(new, self.engines.score_turn), new.vad != self.cfg.vad)
         return self.config_get()
 
-    def set_app_tools(self, owner: str, tools: list[dict[str, Any]], timeout_s: float, send: Send) -> list[str]:
-        """Tools a connected app (`owner`) offers to the voice loop, replacing its earlier ones ([] withdraws them).
+    def _retune(self, cfg: Config, policy: Policy, turn_end: EndOfTurnPolicy, new_vad: bool) -> None:
+        """From the next input on, the core runs under `policy` and `turn_end`, and `new_vad`: a VAD for `cfg`."""
+        if new_vad:
+            self.vad = self.engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
+        self.cfg = cfg
+        self._apply(SetPolicy(policy, turn_end, new_vad=new_vad))
 
-        Returns the names of every tool offered now. InputError when a name is taken by the daemon's own tools
-        or another app's (nothing changes then)."""
-        built = self.apps.build(owner, tools, timeout_s, send)
-        taken = {t.name for t in self._own_tools}
-        taken |= {t.name for o, ts in self.apps.by_owner.items() if o != owner for t in ts}
-        clash = sorted({t.name for t in built} & taken)
-        if clash:
-            raise InputError(f"tool name(s) {', '.join(clash)} are taken by the daemon or another app; rename them")
-        self.apps.set(owner, built)
-        return self._offer_all()
+    def set_app_tools(self, owner: str, tools: list[dict[str, Any]], timeout_s: float, send: Send) -> list[str]:
+        """A connected app's tools for the voice loop (see `ConversationTools.set_app_tools`); their names."""
+        offered = self.tools.set_app_tools(owner, tools, timeout_s, send)
+        self._offer([t.schema() for t in offered])
+        return [t.name for t in offered]
 
     def app_tool_result(self, owner: str, call_id: str, output: str, error: str | None = None) -> None:
         """The app's answer to a tool call it was sent; InputError when none of its calls awaits `call_id`."""
-        self.apps.answer(owner, call_id, output, error)
+        self.tools.apps.answer(owner, call_id, output, error)
 
     def app_gone(self, owner: str) -> None:
         """The app disconnected: its tools are withdrawn and its unanswered calls fail (the model hears why)."""
-        had_tools = owner in self.apps.by_owner
-        self.apps.drop(owner)
-        if had_tools:
-            self._offer_all()
+        if (offered := self.tools.app_gone(owner)) is not None:
+            self._offer([t.schema() for t in offered])
 
-    def _offer_all(self) -> list[str]:
-        offered = [*self._own_tools, *self.apps.tools]
-        self.toolbox = Toolbox(offered) if offered or self.toolbox is not None else None
-        self.spawn(self._offer([t.schema() for t in offered], AUTO))
-        return [t.name for t in offered]
-
-    async def _offer(self, schemas: list[dict[str, Any]], choice: ToolChoice) -> None:
-        """Offer the LLM these tools from its next answer on; an error event when it cannot call any."""
-        try:
-            if not await self.compute.run(self.engines.chat.set_tools, schemas, choice, priority=Priority.URGENT):  # type: ignore[attr-defined]
-                why = "this LLM's chat template has no tool-call format: it cannot call the tools offered to it"
-                self.publish(ErrorEvent(f"{why}; use a model whose chat template renders tools", time.monotonic()))
-        except Exception as e:
-            self.failed(e, "offering the tools to the LLM")
+    def _offer(self, schemas: list[dict[str, Any]], choice: ToolChoice = AUTO) -> None:
+        self._background("offering the tools to the LLM", offer_tools, self.engines.chat, schemas, choice)
 
     def history_get(self) -> list[dict[str, Any]]:
         return [dataclasses.asdict(m) for m in self.engines.chat.history]
 
     def history_reset(self) -> None:
-        for turn in self._replies:
-            self._erased[turn] = True  # an answer being settled now is not stored after the reset
+        self._erased |= set(self._replies)  # an answer being settled now is not stored after the reset
         self.interrupt()
         self.compute.submit(self.engines.chat.reset, priority=Priority.URGENT)
         if self.memory is not None:
@@ -775,19 +648,14 @@ class Conversation:
         self.compute.submit(self.engines.chat.set_system_prompt, text, priority=Priority.URGENT)
 
     def set_voice(self, name: str) -> None:
-        assert self.realtime is not None
-        names = self.realtime.voice_names()
+        names = self.engines.tts.voice_names()
         if name not in names:
             raise ConfigError(f"unknown voice {name!r}; voices: {', '.join(sorted(names))}")
-        self.spawn(self._use_voice(name))
+        self._use_voice(name)
 
-    async def _use_voice(self, name: str) -> None:
-        """Load voice `name` on the compute thread; replies started after it is loaded speak with it."""
-        try:
-            load = self.realtime.voice if self.realtime is not None else self.engines.tts.voice
-            self.engines.voice = await self.compute.run(load, name, priority=Priority.URGENT)
-        except Exception as e:
-            self.failed(e, f"loading voice {name!r}")
+    def _use_voice(self, name: str) -> None:
+        """Replies started after voice `name` is loaded (on the compute thread) speak with it."""
+        self._background(f"loading voice {name!r}", self.engines.use_voice, name)
 
     def set_turn_detection(
         self,
@@ -796,26 +664,12 @@ class Conversation:
         interrupt_response: bool,
         semantic: EndOfTurnPolicy | None = None,
     ) -> None:
-        """`hangover_ms` None = manual turns (commit_audio); else server VAD: the turn ends after `hangover_ms` of
-        silence, or where given, when the `semantic` policy (Smart Turn's, semantic_vad) decides it.
-        ConfigError when the semantic policy needs the end-of-turn model and it is not loaded."""
-        if semantic is not None and semantic.score_after_ms is not None and self.engines.score_turn is None:
-            raise ConfigError(
-                'turn_detection.type "semantic_vad" needs the Smart Turn end-of-turn model, which is not loaded; '
-                'run `assistant pull` with endofturn.detector = "smart_turn" and restart, or use "server_vad"'
-            )
-        try:
-            cfg = self.cfg if hangover_ms is None else self.cfg.replace({"vad.hangover_ms": hangover_ms})
-        except ConfigError as e:
-            raise ConfigError(f"turn_detection.silence_duration_ms {hangover_ms} cannot be used ({e})") from e
-        new_vad = hangover_ms is not None and hangover_ms != self.hangover_ms
-        if new_vad:
-            self.vad = self.engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
-        self.hangover_ms, self.cfg = hangover_ms, cfg
-        policy = realtime_policy(cfg, hangover_ms is not None, create_response, interrupt_response)
-        # server_vad is OpenAI's silence rule: its silence_duration_ms, whatever detector the daemon uses
-        turn_end = semantic or FixedSilence(cfg.vad.hangover_ms)
-        self._apply(SetPolicy(policy, turn_end, new_vad=new_vad))
+        """See `policies.realtime_turns` (ConfigError for a silence out of range or a model not loaded)."""
+        turns = realtime_turns(
+            self.cfg, hangover_ms, create_response, interrupt_response, semantic, self.engines.score_turn
+        )
+        new_vad, self.hangover_ms = hangover_ms is not None and hangover_ms != self.hangover_ms, hangover_ms
+        self._retune(*turns, new_vad)
 
     def append_audio(self, samples: np.ndarray) -> None:
         """int16 16 kHz mono of any length, recorded by the client just now (its clock runs with ours)."""
@@ -841,48 +695,18 @@ class Conversation:
         """The client's functions (chat-template schemas) and how the model chooses them, from the next reply on.
 
         The model's calls of them end the reply as FunctionCall events; the client runs them."""
-        self._functions = (list(tools), choice)
-        self.spawn(self._offer(tools, choice))
+        self.tools.set_functions(tools, choice)
+        self._offer(tools, choice)
 
     def functions_for_next_response(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
         """Tools and choice for the next response only (Realtime response.create); the session's apply after it."""
-        self._next_functions = (list(tools), choice)
+        self.tools.functions_for_next_response(tools, choice)
 
     def add_function_output(self, call_id: str, output: str) -> None:
         """The client's result of a call it was handed; the next response continues the answer with it.
         InputError when no handed-off call has that id."""
-        if call_id not in self._awaiting:
-            waiting = ", ".join(self._awaiting) or "none"
-            raise InputError(
-                f"no function call {call_id!r} awaits an output (awaiting: {waiting}); use the call_id "
-                "of a function_call item from this session's last response"
-            )
-        self._outputs[call_id] = output
+        self.tools.add_output(call_id, output)
         self._apply(ToolOutput(time.monotonic()))
-
-    def _hand_off(self, reply: Reply) -> None:
-        """Publish the calls the answer left to the client; they await its function_call_output items."""
-        self._awaiting = {c.id: c for c in reply.handed_off}
-        self._outputs, self._said = {}, reply.said
-        now = time.monotonic()
-        for call in reply.handed_off:
-            arguments = json.dumps(dict(call.arguments), ensure_ascii=False)
-            self.publish(FunctionCall(reply.turn, call.id, call.name, arguments, now))
-
-    def _take_functions(self, reply: Reply) -> None:
-        """A Realtime reply starts: it takes response.create's tools, and either continues the calling answer
-        with the client's outputs or (a new user turn) records that answer as said and forgets its calls."""
-        if self._next_functions is not None and reply.responder.speak_text is None:
-            self._reply_functions[reply.turn], self._next_functions = self._next_functions, None
-        if not self._awaiting:
-            return
-        if reply.responder.continues:
-            missing = json.dumps({"error": "the client sent no function_call_output for this call"})
-            reply.outputs = [(c, self._outputs.get(i, missing)) for i, c in self._awaiting.items()]
-            reply.said = self._said
-        else:  # submitted now: it runs before this reply's first chat job
-            self.compute.submit(self.engines.chat.finish_turn, self._said, priority=Priority.URGENT)
-        self._awaiting, self._outputs = {}, {}
 
     def cancel_response(self) -> None:
         """Stop the reply now (ResponseDone interrupted=True); the history keeps what was sent."""
@@ -891,17 +715,10 @@ class Conversation:
     def delete_item(self, role: str, text: str) -> None:
         """Forget the newest `role` message whose text is `text` (Realtime conversation.item.delete); InputError
         when the history holds none (a message not answered yet is not in it)."""
-        history = list(self.engines.chat.history)
-        kept = forget_message(history, role, text)
-        if kept is None:
+        history = History(self.engines.chat.history)
+        if not history.forget(role, text):
             raise InputError(f"the conversation holds no {role} message with that text; delete it after it is answered")
-        self.spawn(self._restore(kept))
-
-    async def _restore(self, messages: list[Message]) -> None:
-        try:
-            await self.compute.run(self.engines.chat.restore, messages, priority=Priority.URGENT)
-        except Exception as e:
-            self.failed(e, "deleting a conversation item")
+        self._background("deleting a conversation item", self.engines.chat.restore, history.messages())
 
     def truncate_response(self, turn: int, audio_end_ms: int) -> None:
         """The client played only `audio_end_ms` of turn `turn`: its answer in the history becomes what was heard."""
@@ -911,13 +728,7 @@ class Conversation:
         recorded = reply.result.result().strip()
         heard = reply.heard.heard(audio_end_ms * self.engines.tts.sample_rate // 1000, reply.answer)
         if heard != recorded:
-            self.spawn(self._revise(recorded, heard))
-
-    async def _revise(self, recorded: str, heard: str) -> None:
-        try:
-            await self.compute.run(self.engines.chat.revise_answer, recorded, heard, priority=Priority.URGENT)
-        except Exception as e:
-            self.failed(e, "truncating the answer")
+            self._background("truncating the answer", self.engines.chat.revise_answer, recorded, heard)
 
     async def events(self) -> AsyncIterator[SessionEvent]:
         assert self._events is not None
@@ -938,9 +749,7 @@ class Conversation:
         if self._tick is not None:
             self._tick.cancel()
         for reply in self._replies.values():
-            reply.ticket.counter.bump()
-            if reply.gen is not None and getattr(self.engines.chat, "blocks_on_network", False):
-                self.engines.chat.cancel()  # type: ignore[attr-defined]  # its step's thread holds asyncio.run's end
+            self._stop(reply)  # a network step's thread would hold asyncio.run's end
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -961,6 +770,17 @@ class Conversation:
         log.error("error while %s", what, exc_info=exc)
         self.publish(ErrorEvent(f"{what}: {type(exc).__name__}: {exc}", time.monotonic()))
 
+    def _background(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn(*args)` on the compute thread (urgent) without waiting; a failure is reported as `what`."""
+
+        async def run() -> None:
+            try:
+                await self.compute.run(fn, *args, priority=Priority.URGENT)
+            except Exception as e:
+                self.failed(e, what)
+
+        self.spawn(run())
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -970,44 +790,3 @@ class Conversation:
 
 def _describe(err: BaseException | None) -> str | None:
     return None if err is None else f"{type(err).__name__}: {err}"
-
-
-class Sessions:
-    """The daemon's RealtimeBackend: Realtime conversations over the daemon's engines and compute thread."""
-
-    def __init__(self, daemon: Conversation, source: RealtimeEngines, limit: int) -> None:
-        self.daemon = daemon
-        self.source = source
-        self.limit = limit
-        self.open: set[Conversation] = set()
-
-    async def open_session(self) -> Conversation:
-        if len(self.open) >= self.limit:
-            raise AssistantError(
-                f"{len(self.open)} realtime sessions are open, the most allowed; close one or raise "
-                "server.realtime_sessions"
-            )
-        cfg = self.daemon.cfg
-        engines = await self.daemon.compute.run(self.source.new_session, cfg.tts.voice or None)
-        session = Conversation(
-            cfg, engines, None, None, self.daemon.compute, realtime=self.source, on_close=self.open.discard
-        )
-        session.set_instructions(cfg.llm.system_prompt)
-        self.open.add(session)
-        return session
-
-    def default_voice(self) -> str:
-        return self.daemon.cfg.tts.voice
-
-    def default_instructions(self) -> str:
-        return self.daemon.cfg.llm.system_prompt
-
-
-if TYPE_CHECKING:  # mypy proves the conversation implements what the server expects
-
-    def _conforms(conversation: Conversation, sessions: Sessions) -> None:
-        from assistant.server.controller import Controller, RealtimeBackend, RealtimeSession
-
-        _c: Controller = conversation
-        _b: RealtimeBackend = sessions
-        _s: RealtimeSession = conversation

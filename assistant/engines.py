@@ -6,7 +6,7 @@ ask for operations (`Chat.discard_answer`, `Chat.revise_answer`) instead of edit
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -15,6 +15,7 @@ import numpy as np
 from assistant.config import VadConfig
 from assistant.events import SilenceStarted, SpeechEnded, SpeechResumed, SpeechStarted
 from assistant.stt.types import Transcriber
+from assistant.tools.calls import ToolCall, ToolChoice
 from assistant.tts.types import Tts
 
 if TYPE_CHECKING:  # the message type only: importing llm would load MLX with the conversation
@@ -36,6 +37,9 @@ class ChatLike(Protocol):
     def restore(self, messages: Sequence[Message]) -> int: ...  # replace the history (oldest turns may drop)
     def reset(self) -> None: ...
     def set_system_prompt(self, text: str) -> None: ...
+    def set_tools(self, schemas: Sequence[Mapping[str, Any]], choice: ToolChoice = ...) -> bool: ...
+    def continue_with_results(self, said: str, results: Sequence[tuple[ToolCall, str]]) -> Iterator[str]: ...
+    def last_turn(self) -> list[Message]: ...  # the newest turn's messages (for the memory store)
 
 
 class VadLike(Protocol):
@@ -54,6 +58,10 @@ class Engines:
     voice: Any  # this conversation's voice: the handle `tts.voice(name)` returned
     make_vad: Callable[[VadConfig], VadLike]
     score_turn: Callable[[np.ndarray], float] | None = None  # end-of-turn model: P(turn complete) of int16 audio
+
+    def use_voice(self, name: str) -> None:
+        """On the compute thread: load voice `name`; replies started after this speak with it."""
+        self.voice = self.tts.voice(name)
 
     def warmup(self) -> None:
         """On the compute thread: every engine compiles its shapes now, before the daemon reports listening."""

@@ -10,6 +10,7 @@ end of the last prompt; failing that, the prompt is prefilled again from the sta
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -127,6 +128,24 @@ class History:
             m = self._messages[i]
             if m.role == "assistant" and m.content.strip() == recorded.strip():
                 self._messages[i] = Message("assistant", heard.strip(), interrupted=True)
+                return True
+        return False
+
+    def forget(self, role: str, text: str) -> bool:
+        """Forget the newest `role` message whose text is `text` (a truncated answer matches the text it was cut
+        from); neighbours of the same role are then joined, so user and assistant turns still alternate (chat
+        templates require it). False when there is no such message."""
+        for i in range(len(self._messages) - 1, -1, -1):
+            m = self._messages[i]
+            same = m.content.strip() == text.strip() or (m.interrupted and text.strip().startswith(m.content.strip()))
+            if m.role == role and same:
+                kept: list[Message] = []
+                for other in self._messages[:i] + self._messages[i + 1 :]:
+                    if kept and kept[-1].role == other.role and other.role in ("user", "assistant"):
+                        kept[-1] = dataclasses.replace(kept[-1], content=f"{kept[-1].content}\n{other.content}")
+                    else:
+                        kept.append(other)
+                self._messages = kept
                 return True
         return False
 

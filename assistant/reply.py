@@ -155,7 +155,7 @@ def start_answer(reply: Reply, chat: ChatLike) -> None:
     """On the compute thread: `respond()` renders and tokenizes the history, and may rewind the cache; a reply
     that continues after the client's function outputs records them and goes on with the open answer."""
     if reply.outputs:
-        reply.gen = chat.continue_with_results(reply.said, reply.outputs)  # type: ignore[attr-defined]
+        reply.gen = chat.continue_with_results(reply.said, reply.outputs)
         return
     assert reply.responder.user_text is not None
     reply.gen = chat.respond(reply.responder.user_text)
@@ -238,7 +238,7 @@ def continue_answer(reply: Reply, chat: ChatLike, results: list[ToolResult]) -> 
     """On the compute thread: record the round and go on with the answer (a fresh generator and detector)."""
     assert reply.detector is not None
     said = reply.detector.speech
-    reply.gen = chat.continue_with_results(said, [(r.call, r.content) for r in results])  # type: ignore[attr-defined]
+    reply.gen = chat.continue_with_results(said, [(r.call, r.content) for r in results])
     reply.detector = CallDetector(getattr(chat, "tool_format", None))
 
 

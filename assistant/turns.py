@@ -15,15 +15,14 @@ whose onset falls there starts a turn only once its transcript has words ("clear
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS
+from assistant.audio.ring import AudioRing, CaptureClock
 from assistant.endofturn import EndOfTurnPolicy, TurnEvidence
 from assistant.errors import InputError
 from assistant.events import (
@@ -54,7 +53,7 @@ from assistant.wake import Attention, Wake, WakeDecision, WakeGate
 VadEvent = SpeechStarted | SilenceStarted | SpeechResumed | SpeechEnded
 SCORE_WINDOW = 8 * CAPTURE_RATE  # the end-of-turn model sees the turn's last 8 s
 SCORE_LEAD_IN = CAPTURE_RATE // 5  # 200 ms before the scored segment's onset: the model hears it begin
-SPEAKER_HISTORY = 2048  # captured blocks whose speaker level is remembered (~40 s of 20 ms blocks)
+APOLOGY = "Sorry, I could not get an answer just now. Please ask again."
 
 
 @dataclass(frozen=True)
@@ -162,6 +161,7 @@ class ReplyDone:
     now: float
     error: str | None = None
     trace: LatencyTrace | None = None  # its latency milestones, published after ResponseDone
+    model_failed: bool = False  # the error is the model's (ModelError): asking again may work
 
 
 @dataclass(frozen=True)
@@ -371,60 +371,6 @@ Action = (
 # ---- state ---------------------------------------------------------------------------------------------------
 
 
-class AudioRing:
-    """The last `capacity` captured samples (int16), addressed by absolute sample position."""
-
-    def __init__(self, capacity: int) -> None:
-        self._buf = np.zeros(capacity, dtype=np.int16)
-        self.end = 0  # absolute position one past the newest sample
-
-    @property
-    def start(self) -> int:
-        return max(0, self.end - len(self._buf))
-
-    def append(self, block: np.ndarray) -> None:
-        n, cap = len(block), len(self._buf)
-        block = block[-cap:]
-        idx = (self.end + n - len(block) + np.arange(len(block))) % cap
-        self._buf[idx] = block
-        self.end += n
-
-    def slice(self, a: int, b: int) -> np.ndarray:
-        """Samples [a, b), clamped to what is still held."""
-        a, b = max(a, self.start), min(b, self.end)
-        if b <= a:
-            return np.zeros(0, dtype=np.int16)
-        return self._buf[np.arange(a, b) % len(self._buf)].copy()
-
-
-class CaptureClock:
-    """Capture sample positions -> capture time, and the speaker's level when each block was recorded."""
-
-    def __init__(self) -> None:
-        self._starts: deque[int] = deque(maxlen=SPEAKER_HISTORY)
-        self._times: deque[float] = deque(maxlen=SPEAKER_HISTORY)
-        self._echo: deque[bool] = deque(maxlen=SPEAKER_HISTORY)
-
-    def add(self, start: int, t: float, echo: bool) -> None:
-        self._starts.append(start)
-        self._times.append(t)
-        self._echo.append(echo)
-
-    def _block(self, sample: int) -> int:
-        return max(0, bisect.bisect_right(self._starts, sample) - 1)
-
-    def time_of(self, sample: int) -> float:
-        """Capture time of absolute sample `sample` (0.0 before any audio)."""
-        if not self._starts:
-            return 0.0
-        i = self._block(sample)
-        return self._times[i] + (sample - self._starts[i]) / CAPTURE_RATE
-
-    def echo_at(self, sample: int) -> bool:
-        """Whether the speaker (or its echo tail) was sounding when `sample` was recorded."""
-        return bool(self._starts) and self._echo[self._block(sample)]
-
-
 @dataclass
 class Utterance:
     """The user's turn in progress: audio from `start` goes to the transcriber."""
@@ -464,6 +410,7 @@ class Closed:
 class ReplyState:
     turn: int
     confirmed: bool
+    asked: bool  # it answers the user's words (not a given text to speak)
     held: list[Action] = field(default_factory=list)  # what plays/publishes once confirmed
     audio_started: bool = False
 
@@ -746,8 +693,7 @@ class TurnCore:
             if self.policy.publish_vad and after is not None:  # the VAD's own end was not published (_model_judges)
                 self._emit(Publish(SpeechEnded(user.start, user.silence_at, now)))
             if not vad_ended:
-                self._emit(ResetVad())  # its pause in progress is over: the next speech must be a new start
-                self._vad_origin = self.ring.end
+                self._reset_vad()  # its pause in progress is over: the next speech must be a new start
             self._end_turn(user.silence_at, now)
 
     def _score_from(self, user: Utterance, end: int) -> int:
@@ -782,7 +728,11 @@ class TurnCore:
             self._drop_reply(user.spec_turn)
         self._emit(Publish(SpeculationCancelled(user.spec_turn, now)))
         user.spec_job, user.spec_turn, user.spec_text, user.spec_started = None, None, None, False
-        self._emit(ResetTranscriber())  # the speculative finalize reset it: feed the utterance again
+        self._refeed(user)
+
+    def _refeed(self, user: Utterance) -> None:
+        """The speculative finalize reset the transcriber: feed it the whole utterance again."""
+        self._emit(ResetTranscriber())
         user.fed_to = user.start
         self._feed(force=True)
 
@@ -814,9 +764,7 @@ class TurnCore:
                 return
             if user.spec_text is not None:
                 job = Finalizing("answer", user.spec_turn, speech_end, now, started_at=user.started_at, ptt=user.ptt)
-                self._answer(
-                    user.spec_turn, user.spec_text, user.spec_language, speech_end, now, user.spec_started, job=job
-                )
+                self._answer(job, user.spec_text, user.spec_language, now, user.spec_started)
                 return
         self.turn += 1
         self._finalize(Finalizing("answer", self.turn, speech_end, now, started_at=user.started_at, ptt=user.ptt))
@@ -844,7 +792,7 @@ class TurnCore:
                 self._start_reply(job.turn, Responder(decision.text), False, 0.0, job.endpoint)
             return
         if job.purpose == "answer":
-            self._answer(job.turn, text, tr.language, job.speech_end, job.endpoint, False, tr.now, job)
+            self._answer(job, text, tr.language, tr.now)
         elif job.purpose == "judge":
             self._judge(job, text, tr.language, tr.now)
         else:  # queue
@@ -882,30 +830,21 @@ class TurnCore:
         self._set_state(TurnState.THINKING)
         self._start_reply(self.turn, Responder(decision.text), True, job.speech_end, job.endpoint)
 
-    def _answer(
-        self,
-        turn: int,
-        text: str,
-        language: str,
-        speech_end: float,
-        endpoint: float,
-        started: bool,
-        now: float = 0.0,
-        job: Finalizing | None = None,
-    ) -> None:
+    def _answer(self, job: Finalizing, text: str, language: str, now: float, started: bool = False) -> None:
         """A confirmed spoken turn: publish its transcript and answer it (nothing said, or not addressed by the
-        wake phrase: back to listening, no reply and nothing in the history)."""
-        self._emit(Publish(FinalTranscript(text, language, now or endpoint)))
-        decision = self._addressed(text, job.started_at if job else 0.0, job.ptt if job else False)
+        wake phrase: back to listening, no reply and nothing in the history). `started`: its speculative reply
+        runs already and is confirmed."""
+        self._emit(Publish(FinalTranscript(text, language, now)))
+        decision = self._addressed(text, job.started_at, job.ptt)
         if not text or not decision.answer:
             if started:
-                self._drop_reply(turn)
+                self._drop_reply(job.turn)
             self._set_state(TurnState.IDLE if self.user is None else self.state)
             return
         if started:
-            self._confirm(turn, speech_end, endpoint)
+            self._confirm(job.turn)
         else:
-            self._start_reply(turn, Responder(decision.text), True, speech_end, endpoint)
+            self._start_reply(job.turn, Responder(decision.text), True, job.speech_end, job.endpoint)
 
     def _addressed(self, text: str, started_at: float, ptt: bool) -> WakeDecision:
         """The wake-phrase policy's verdict on a spoken turn (push-to-talk bypasses the phrase)."""
@@ -948,14 +887,14 @@ class TurnCore:
         if confirmed:
             self._next = None  # a newer turn supersedes words waiting for the reply's end (shown as a transcript)
             self._interrupt_current()
-        reply = ReplyState(turn, confirmed)
+        reply = ReplyState(turn, confirmed, responder.user_text is not None)
         self.replies[turn] = reply
         if confirmed:
             self.current = reply
             self.wake.replying()
         self._emit(StartReply(turn, responder, confirmed, speech_end or now, now, round(self.backlog_ms, 1)))
 
-    def _confirm(self, turn: int, speech_end: float, endpoint: float) -> None:
+    def _confirm(self, turn: int) -> None:
         reply = self.replies.get(turn)
         if reply is None:
             return
@@ -984,18 +923,18 @@ class TurnCore:
         self._emit(action)
 
     def _on_reply_done(self, r: ReplyDone) -> None:
+        """A failed speculation is silent (the confirmed answer reports its own error); a confirmed answer the
+        model failed is followed by an apology in the daemon, so the user knows to ask again."""
         reply = self.replies.pop(r.turn, None)
         if r.error is not None and (reply is None or reply.confirmed):
-            self._error(r.error, r.now)  # a failed speculation is silent: the confirmed answer reports its own
+            self._error(r.error, r.now)
         user = self.user
         if reply is not None and not reply.confirmed:  # a speculative reply failed: the turn starts afresh
             if user is not None and user.spec_turn == r.turn:
                 user.spec_started, user.spec_text = False, None
                 if user.spec_job is None or user.spec_job not in self._jobs:
                     user.spec_job, user.spec_turn = None, None
-                    self._emit(ResetTranscriber())
-                    user.fed_to = user.start
-                    self._feed(force=True)
+                    self._refeed(user)
             return
         if reply is None:
             return
@@ -1010,6 +949,9 @@ class TurnCore:
                 self.turn += 1
                 self._set_state(TurnState.THINKING)
                 self._start_reply(self.turn, Responder(text), True, speech_end, r.now)
+                return
+            if r.model_failed and reply.asked and self.policy.answer_turns:
+                self._reply_now(Responder(speak_text=APOLOGY), r.now)
                 return
             # speech that began over the reply stays a candidate: it proves itself by its words (issue 22)
             if user is None or user.candidate:
@@ -1109,16 +1051,20 @@ class TurnCore:
         self.pending.append(u.text.strip())
 
     def _on_create(self, c: CreateResponse) -> None:
-        if c.ask is not None or c.say is not None:  # the daemon's ask/say: a reply right now
-            if self.speculating:
-                self._cancel_speculation(c.now)
-            self.turn += 1
-            self._set_state(TurnState.THINKING)
-            self._start_reply(self.turn, Responder(c.ask, c.say), True, c.now, c.now)
+        if c.ask is not None or c.say is not None:  # the daemon's ask/say
+            self._reply_now(Responder(c.ask, c.say), c.now)
             return
         if self._creating is not None:
             raise InputError("a response is already being prepared; wait for response.done or cancel it")
         self._create(c)
+
+    def _reply_now(self, responder: Responder, now: float) -> None:
+        """A reply right now (the daemon's ask/say, an apology), in place of any speculative one."""
+        if self.speculating:
+            self._cancel_speculation(now)
+        self.turn += 1
+        self._set_state(TurnState.THINKING)
+        self._start_reply(self.turn, responder, True, now, now)
 
     def _create(self, c: CreateResponse) -> None:
         self.turn += 1  # the reply's number, known now so a cancel before it starts can name it
@@ -1142,7 +1088,7 @@ class TurnCore:
         self._start_reply(turn, responder, True, speech_end, endpoint)
 
     def _on_cancel(self) -> None:
-        if self._creating is not None:
+        if self._creating is not None:  # a response still waiting for its transcripts: it never starts
             self._creating = None
             self._emit(Publish(ResponseStarted(self._creating_turn, self._now)))
             self._emit(Publish(ResponseDone(self._creating_turn, "", True, self._now)))

@@ -2,7 +2,8 @@
 
 quiet -> starting (voiced frames in a row, fewer than `min_speech_ms`) -> speaking -> stopping (silence, less than
 the hangover) -> quiet. A frame is voiced when webrtcvad says so and it is `noise_gate_db` louder than the
-quietest frame of the last 3 s (webrtcvad alone calls steady rumble speech). Events:
+quietest frame of the last 3 s, or than FLOOR_DBFS if that is louder (webrtcvad alone calls steady rumble
+speech). Events:
 - SpeechStarted once min_speech_ms of voiced frames are in a row (barge_in_min_speech_ms, and louder by
   barge_in_energy_margin_db than the echo the audio may hold, while the assistant speaks: the echo canceller's
   room-aware bound, EchoCanceller.echo_dbfs); start_sample = onset less the pre-roll.
@@ -33,6 +34,11 @@ VadEvent = SpeechStarted | SilenceStarted | SpeechResumed | SpeechEnded
 
 WEBRTC_RATES = (8000, 16000, 32000, 48000)  # the rates webrtcvad accepts
 NOISE_WINDOW_S = 3.0  # the noise floor is the quietest frame of this window: longer than any syllable
+# The floor the gate counts from is at least this: a microphone's own noise is louder, so only digitally clean
+# audio (the echo canceller's output in a quiet room, a headless client) is quieter. There the gate would pass the
+# canceller's fading output after speech (-60 to -96 dBFS over ~150 ms) and webrtcvad's hangover called it
+# speech, so the silence began ~90 ms after the speech ended (issue 13 d)
+FLOOR_DBFS = -70.0
 ENDING_FRAMES = 3  # adaptive hangover: the last voiced frames whose level tells a finished phrase
 ENDING_DROP_DB = 6.0  # ... when they are this much quieter than the utterance's median voiced frame
 
@@ -119,7 +125,7 @@ class Vad:
 
     def _is_speech(self, frame: np.ndarray, level: float) -> bool:
         gate = self.cfg.noise_gate_db
-        if gate > 0 and self._levels and level < min(self._levels) + gate:
+        if gate > 0 and self._levels and level < max(min(self._levels), FLOOR_DBFS) + gate:
             return False
         if level <= SILENT_DBFS:
             return False

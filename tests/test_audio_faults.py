@@ -169,6 +169,52 @@ def test_played_position_level_and_last_sample_follow_the_dac(
     assert out.first_sample_dac_time == pytest.approx(1000.05)
 
 
+def test_a_primed_stream_places_its_first_block_at_the_dac_now(
+    sd: FakeSounddevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 22: a freshly (re)opened stream fills its buffer with back-to-back callbacks, the first at the DAC
+    now (delay 0, as PulseAudio's ALSA plugin reports it), the next 20 and 40 ms later; each block is placed at
+    its own DAC time, so the reply's first samples count as played (echo gate and canceller reference) from the
+    moment they sound, not one device latency later (the old rule took delay 0 for "no timing")."""
+    clock = Clock()
+    monkeypatch.setattr(playback_mod, "time", clock)
+    sd.running = False
+    out = Playback(AudioConfig(output_prebuffer_ms=0))
+    out.start()
+    out.output_latency_s = 0.25  # a stream reopened with the largest device buffer
+    stream = sd.streams[-1]
+    for level in (0.5, 0.25, 0.125):
+        out.write(np.full(480, level, dtype=np.float32))
+    for delay in (0.0, 0.02, 0.04):  # priming: one call after the other at the same moment
+        sd.dac_delay_s = delay
+        stream.tick(clock.now)
+    out.close()
+    assert out.played_before(1000.01) == 240, "the first block sounds from now"
+    assert out.played_before(1000.05) == 1200
+    assert out.level_at(1000.01) == pytest.approx(20 * np.log10(0.5), abs=0.01)
+    assert out.level_at(1000.03) == pytest.approx(20 * np.log10(0.25), abs=0.01)
+    assert out.first_sample_dac_time == pytest.approx(1000.0)
+    assert out.last_sample_time == pytest.approx(1000.06)
+
+
+def test_a_stream_without_timing_places_blocks_one_latency_ahead(
+    sd: FakeSounddevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host API that gives no timing (PortAudio's times all 0) has each block heard one reported output
+    latency after its callback."""
+    clock = Clock()
+    monkeypatch.setattr(playback_mod, "time", clock)
+    sd.running = False
+    out = Playback(AudioConfig(output_prebuffer_ms=0))
+    out.start()
+    stream = sd.streams[-1]
+    out.write(np.full(480, 0.5, dtype=np.float32))
+    out_block = np.zeros((480, 1), dtype=np.float32)
+    stream.callback(out_block, 480, audio_doubles.TimeInfo(0.0, 0.0, 0.0), audio_doubles.Status())
+    out.close()
+    assert out.first_sample_dac_time == pytest.approx(1000.0 + out.output_latency_s)
+
+
 def test_pacer_buffers_further_ahead_when_generation_nears_real_time() -> None:
     """Chunks generated 4x faster than real time need only the base lead; chunks at 0.95x real time with a
     stall leave a lead that covers the deficit they built up; a run break is not generation time; the lead is

@@ -20,10 +20,10 @@ from assistant.audio import devices
 from assistant.audio.capture import Capture
 from assistant.audio.format import CAPTURE_RATE, TTS_RATE, frame_samples, int16_to_float32, resample
 from assistant.audio.playback import Playback
+from assistant.audio.ring import AudioRing
 from assistant.config import AudioConfig, VadConfig
 from assistant.errors import AudioDeviceError
 from assistant.events import DeviceStatus, SpeechEnded, SpeechStarted
-from assistant.turns import AudioRing
 from assistant.vad import Vad, VadEvent
 from tests.audio_room import Room, start_room
 from tests.speech import needs_espeak, say, silence, speech_span

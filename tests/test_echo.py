@@ -211,14 +211,14 @@ def test_the_daemon_cancels_only_over_a_speaker_with_a_dac_clock() -> None:
     (headphones); a sink without that clock (no sound card, a Realtime client) gets none."""
     from assistant.audio.sinks import ClientSink, NullSink
     from assistant.config import Config
-    from assistant.conversation import make_canceller
+    from assistant.policies import make_canceller
 
     cfg = Config()
     speaker = SpeakerClock(start=T_MIC, written=0)
     assert isinstance(make_canceller(cfg, speaker, TTS_RATE), EchoCanceller)  # type: ignore[arg-type]
     assert make_canceller(cfg.replace({"echo.enabled": False}), speaker, TTS_RATE) is None  # type: ignore[arg-type]
     assert make_canceller(cfg, NullSink(), TTS_RATE) is None
-    assert make_canceller(cfg, ClientSink(lambda chunk: None, TTS_RATE), TTS_RATE) is None
+    assert make_canceller(cfg, ClientSink(TTS_RATE), TTS_RATE) is None
 
 
 # ---- the room-aware barge-in gate: the canceller, the gate and the real VAD over synthetic rooms ---------------
@@ -254,9 +254,9 @@ def listen(mic: np.ndarray, ref24: np.ndarray, start_s: float) -> Heard:
     return Heard(starts, ec, np.concatenate(heard)[AEC_DELAY:])
 
 
-def user_speech(level: float) -> np.ndarray:
-    """The interrupting sentence as float64 int16-scale samples at RMS `level`."""
-    user = say(USER_TEXT).astype(np.float64)
+def user_speech(level: float, text: str = USER_TEXT) -> np.ndarray:
+    """An interrupting sentence as float64 int16-scale samples at RMS `level`."""
+    user = say(text).astype(np.float64)
     return user / np.sqrt(np.mean(np.square(user))) * level
 
 
@@ -275,7 +275,8 @@ def test_no_echo_room_hears_a_user_over_the_reply() -> None:
     learned = heard.canceller.echo_return_db
     assert learned is not None and learned <= NO_ECHO_DB, learned
 
-    mic = echo_room(ref, start, np.zeros(1), user_speech(3000.0), user_at)  # about -21 dBFS
+    # about -21 dBFS; voiced from its first frame ("Stop," of USER_TEXT pauses in its 4th, restarting the VAD's run)
+    mic = echo_room(ref, start, np.zeros(1), user_speech(3000.0, "Hold on, what about Saturday?"), user_at)
     heard = listen(mic, ref, start)
     assert heard.starts and user_at < heard.starts[0] <= user_at + 0.4, heard.starts
     assert heard.canceller.echo_dbfs(T_MIC + 2.0, BLOCK) == GATE_FLOOR_DBFS  # the reply plays, nothing returns

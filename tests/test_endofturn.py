@@ -92,6 +92,27 @@ def test_features_match_the_whisper_feature_extractor() -> None:
     np.testing.assert_allclose(ours, ref, atol=1e-5)
 
 
+def test_features_of_every_turn_length_equal_the_plain_whisper_formula() -> None:
+    """The log-mel features (one spectrum for the zero-padded front's identical frames, the filters applied as a
+    sparse sum) equal the plain formula, every frame's spectrum through the dense filter matrix, for turns from
+    nothing to the whole window."""
+    from assistant import endofturn as eot
+
+    def plain(window: np.ndarray) -> np.ndarray:
+        x = (window - window.mean()) / np.sqrt(window.var() + 1e-7)
+        padded = np.pad(x.astype(np.float64), eot.N_FFT // 2, mode="reflect")
+        frames = np.lib.stride_tricks.sliding_window_view(padded, eot.N_FFT)[:: eot.HOP][:FRAMES]
+        power = np.abs(np.fft.rfft(frames * eot._HANN, axis=-1)) ** 2
+        mel = np.log10(np.maximum(eot._FILTERS @ power.T, 1e-10))
+        return (np.maximum(mel, mel.max() - 8.0) + 4.0) / 4.0
+
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 399, 401, 16_000, WINDOW_SAMPLES - 1, WINDOW_SAMPLES):
+        window = np.zeros(WINDOW_SAMPLES, np.float32)
+        window[WINDOW_SAMPLES - n :] = rng.standard_normal(n).astype(np.float32) * 0.1
+        np.testing.assert_allclose(eot.log_mel(window), plain(window), atol=1e-6, err_msg=f"{n} samples")
+
+
 def test_model_input_keeps_the_last_8_seconds() -> None:
     """Audio longer than 8 s is cut at its start: only the last 8 s decide."""
     rng = np.random.default_rng(4)

@@ -16,6 +16,7 @@ LAYERS: list[tuple[str, ...]] = [
         "assistant.events",
         "assistant.audio.format",
         "assistant.audio.files",
+        "assistant.audio.ring",
         "assistant.audio.tempo",
         "assistant.logs",
         "assistant.hub",
@@ -39,19 +40,28 @@ LAYERS: list[tuple[str, ...]] = [
         "assistant.settings",
     ),
     ("assistant.engines",),
-    ("assistant.compute", "assistant.bus", "assistant.audio", "assistant.hotkey", "assistant.tools"),
+    (
+        "assistant.compute",
+        "assistant.bus",
+        "assistant.audio",
+        "assistant.hotkey",
+        "assistant.tools",
+        "assistant.policies",
+    ),
     ("assistant.reply",),
     ("assistant.conversation",),
     ("assistant.console",),
-    ("assistant.daemon", "assistant.oneshot"),
+    ("assistant.sessions", "assistant.daemon", "assistant.oneshot"),
     ("assistant.server", "assistant.wyoming"),
     ("assistant.cli", "assistant.__main__"),
 ]
 MODEL_PACKAGES = ("assistant.stt", "assistant.tts", "assistant.llm", "assistant.vad", "assistant.text")
-# Pure decision modules: the turn core, end-of-turn policies, and the sans-I/O halves of the server (frames in,
-# frames out; server/ws.py alone touches sockets and the loop).
+# Pure decision modules: the turn core, its capture timeline and tool bookkeeping, end-of-turn policies, and the
+# sans-I/O halves of the server (frames in, frames out; server/ws.py alone touches sockets and the loop).
 PURE_MODULES = (
     "assistant.turns",
+    "assistant.audio.ring",
+    "assistant.tools.session",
     "assistant.endofturn",
     "assistant.wake",
     "assistant.settings",

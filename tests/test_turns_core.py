@@ -13,7 +13,6 @@ import pytest
 
 from assistant.audio.format import CAPTURE_RATE, level_dbfs
 from assistant.config import Config
-from assistant.conversation import daemon_policy, realtime_policy
 from assistant.endofturn import Decision, FixedSilence, TurnEvidence
 from assistant.events import (
     AttentionChanged,
@@ -31,7 +30,9 @@ from assistant.events import (
     StateChanged,
     TurnState,
 )
+from assistant.policies import daemon_policy, realtime_policy
 from assistant.turns import (
+    APOLOGY,
     SCORE_LEAD_IN,
     Action,
     AudioIn,
@@ -143,19 +144,25 @@ def spoken_turn(tl: Timeline, text: str = "hello") -> int:
     return reply.turn
 
 
+def speculating(tl: Timeline, text: str = "hello") -> StartReply:
+    """The user speaks and pauses: the transcript of the pause is `text`; returns its speculative reply."""
+    tl.audio(10, value=1000)
+    tl.started(0)
+    tl.vad(SilenceStarted(tl.pos(), tl.now))
+    assert tl.events(SpeculationStarted) and len(tl.of(Finalize)) == 1
+    tl.transcribe(text)
+    spec = tl.of(StartReply)[-1]
+    assert isinstance(spec, StartReply) and not spec.confirmed
+    return spec
+
+
 # ---- scenarios --------------------------------------------------------------------------------------------------
 
 
 def speculative_start_then_resume(policy: Policy) -> None:
     """Silence starts an unconfirmed reply; resumed speech drops it and the transcriber gets the whole turn again."""
     tl = Timeline(policy)
-    tl.audio(10, value=1000)
-    tl.started(0)
-    tl.vad(SilenceStarted(tl.pos(), tl.now))
-    assert tl.events(SpeculationStarted) and len(tl.of(Finalize)) == 1
-    tl.transcribe("hello")
-    spec = tl.of(StartReply)[-1]
-    assert isinstance(spec, StartReply) and not spec.confirmed
+    spec = speculating(tl)
     tl.reply_plays(spec.turn)
     assert not tl.of(Play), "nothing speculative plays"
     tl.vad(SpeechResumed(tl.pos(), tl.now))
@@ -173,12 +180,7 @@ def speculative_start_then_resume(policy: Policy) -> None:
 def speculative_start_then_confirm(policy: Policy) -> None:
     """The speculative reply is the one used: confirmed at the end of turn, its held audio plays then."""
     tl = Timeline(policy)
-    tl.audio(10, value=1000)
-    tl.started(0)
-    tl.vad(SilenceStarted(tl.pos(), tl.now))
-    tl.transcribe("hello")
-    spec = tl.of(StartReply)[-1]
-    assert isinstance(spec, StartReply)
+    spec = speculating(tl)
     tl.reply_plays(spec.turn)
     tl.audio(5)
     tl.ended(0, tl.pos() - 5 * BLOCK)
@@ -296,6 +298,40 @@ def engine_error(policy: Policy) -> None:
     assert "scripted failure" in tl.events(ErrorEvent)[-1].message  # type: ignore[attr-defined]
     assert tl.core.state is TurnState.IDLE
     assert spoken_turn(tl, "again") > turn
+
+
+def model_failure(policy: Policy) -> None:
+    """A confirmed answer the model failed is reported, and the daemon apologises aloud so the user asks again (a
+    Realtime client is told by the error alone); the apology failing in turn gets no apology of its own."""
+    tl = Timeline(policy)
+    turn = spoken_turn(tl)
+    tl.send(ReplyDone(turn, "", True, tl.now, error="ModelError: the LLM server is gone", model_failed=True))
+    assert "server is gone" in tl.events(ErrorEvent)[-1].message  # type: ignore[attr-defined]
+    apology = tl.of(StartReply)[-1]
+    assert isinstance(apology, StartReply)
+    if policy.answer_turns:
+        assert apology.turn > turn and apology.confirmed and apology.responder.speak_text == APOLOGY
+        tl.send(ReplyDone(apology.turn, "", True, tl.now, error="ModelError: the TTS broke", model_failed=True))
+        assert tl.of(StartReply)[-1] is apology
+    else:
+        assert apology.turn == turn
+    assert tl.core.state is TurnState.IDLE
+
+
+def failed_speculation_is_silent(policy: Policy) -> None:
+    """A speculative reply the model failed says nothing (no error, no apology): the utterance is transcribed
+    afresh, and the turn's confirmed answer is a new reply."""
+    tl = Timeline(policy)
+    spec = speculating(tl)
+    tl.send(ReplyDone(spec.turn, "", True, tl.now, error="ModelError: the LLM server is gone", model_failed=True))
+    assert not tl.events(ErrorEvent) and tl.of(StartReply) == [spec]
+    feeds = [a for a in tl.of(Feed) if isinstance(a, Feed)]
+    assert len(feeds[-1].audio) == tl.pos()  # re-fed from the utterance's first sample
+    tl.audio(5)
+    tl.ended(0, tl.pos())
+    tl.transcribe("hello")
+    final = tl.of(StartReply)[-1]
+    assert isinstance(final, StartReply) and final.confirmed and final.turn > spec.turn
 
 
 def mute(policy: Policy) -> None:
@@ -426,6 +462,8 @@ SCENARIOS: list[tuple[Callable[[Policy], None], tuple[Policy, ...]]] = [
     (function_outputs_continue, (REALTIME,)),  # the daemon runs its tools inside the reply
     (cancel_mid_reply, (DAEMON, REALTIME)),
     (engine_error, (DAEMON, REALTIME)),
+    (model_failure, (DAEMON, REALTIME)),
+    (failed_speculation_is_silent, (DAEMON,)),  # a Realtime session never speculates
     (mute, (DAEMON, REALTIME)),
     (echo_after_the_reply, (DAEMON, REALTIME)),
     (backchannel_leaves_the_reply, (DAEMON,)),  # Realtime clients judge their own users' words

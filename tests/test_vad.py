@@ -284,3 +284,17 @@ def test_event_grammar_on_any_pattern(frames: str, cut: list[int]) -> None:
             assert inside and e.end_sample >= last
             inside, last = False, e.end_sample
     assert not inside  # 900 ms of trailing silence ends every utterance
+
+
+def test_a_faint_tail_in_clean_audio_is_silence() -> None:
+    """Issue 13 (d): after speech in digitally clean audio (the echo canceller's output in a quiet room), a tail
+    fading from -70 to -90 dBFS (what the canceller leaves after speech stops) is silence: it starts at the tail's
+    first frame, where before the gate (set on digital silence) passed it and webrtcvad's hangover called it
+    speech; a louder quiet frame (-60 dBFS) still counts."""
+    amp = {"a": 10 ** (-67 / 20), "b": 10 ** (-75 / 20), "c": 10 ** (-82 / 20), "d": 10 ** (-90 / 20)}
+    tail = pattern("0" * 10 + "1" * 20 + "abcd" + "0" * 10, amplitudes=amp)
+    got = [e for _, e in feed_frames(vad(early_silence_ms=150), tail) if isinstance(e, SilenceStarted)]
+    assert got == [SilenceStarted(sample=30 * F, time=T)]
+    quiet = pattern("0" * 10 + "1" * 20 + "q" + "0" * 10, amplitudes={"q": 10 ** (-57 / 20)})
+    got = [e for _, e in feed_frames(vad(early_silence_ms=150), quiet) if isinstance(e, SilenceStarted)]
+    assert got == [SilenceStarted(sample=31 * F, time=T)], "the -60 dBFS frame is still speech"

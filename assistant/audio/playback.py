@@ -594,9 +594,11 @@ class Playback:
             outdata.fill(0.0)
             return
         now = self._last_callback = time.monotonic()
-        # PortAudio's clock is not ours: carry over the delay until this block is heard
+        # PortAudio's clock is not ours: carry over the delay until this block is heard. A fresh stream primes its
+        # buffer with back-to-back calls, the first at the DAC now (delay 0): that block is not a latency late
         delay = time_info.outputBufferDacTime - time_info.currentTime
-        dac = now + (delay if 0.0 < delay < 1.0 else self.output_latency_s)
+        known = time_info.currentTime > 0.0 and 0.0 <= delay < 1.0  # 0.0 times: the host API gives none
+        dac = now + (delay if known else self.output_latency_s)
         with self._lock:
             if status.output_underflow:
                 self.underruns += 1

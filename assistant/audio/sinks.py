@@ -7,14 +7,20 @@ judge every captured block by what the speaker was playing when it was recorded.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from assistant.audio.format import SILENT_DBFS, AudioBlock, level_dbfs
+from assistant.logs import kv
+
+log = logging.getLogger("assistant.audio.sinks")
+
+PLAYBACK_STALL_S = 2.0  # a sink that plays nothing for this long is given up on (a gone WebSocket client)
 
 
 class AudioSource(Protocol):
@@ -46,10 +52,10 @@ class SpeakerTiming(Protocol):
 
 
 class ClientSink:
-    """A Realtime client's speaker: each chunk goes to the client, which plays it in real time from receipt."""
+    """A Realtime client's speaker: the conversation sends each chunk written here to the client (a ResponseAudio
+    event), which plays it in real time from receipt; this keeps the client's played position and levels."""
 
-    def __init__(self, on_chunk: Callable[[np.ndarray], None], rate: int) -> None:
-        self._on_chunk = on_chunk
+    def __init__(self, rate: int) -> None:
         self.rate = rate
         self.played_samples = 0  # since the last flush: sent audio counts as played (truncate corrects it)
         self.first_sample_dac_time: float | None = None
@@ -63,7 +69,6 @@ class ClientSink:
             self.first_sample_dac_time = start
         self._spans.append((start, start + len(chunk) / self.rate, level_dbfs(chunk)))
         self.played_samples += len(chunk)
-        self._on_chunk(chunk)
 
     def flush(self) -> None:
         self.played_samples = 0
@@ -93,3 +98,17 @@ class NullSink:
 
     def flush(self) -> None:
         self.played_samples = 0
+
+
+async def played_out(sink: AudioSink, samples: int, rate: int) -> None:
+    """Until `sink` has played `samples` samples since its last flush (sleeping the known remaining duration), or
+    it stalls for PLAYBACK_STALL_S."""
+    last, since = -1, time.monotonic()
+    while (left := samples - sink.played_samples) > 0:
+        played = sink.played_samples
+        if played != last:
+            last, since = played, time.monotonic()
+        elif time.monotonic() - since > PLAYBACK_STALL_S:
+            log.warning("playback stalled; not waiting for the rest", extra=kv(left_samples=left))
+            return
+        await asyncio.sleep(max(left / rate, 0.01))

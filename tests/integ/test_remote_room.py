@@ -24,7 +24,7 @@ import pytest
 from assistant import cli
 from assistant.compute import Compute
 from assistant.config import Config
-from assistant.conversation import APOLOGY, Conversation
+from assistant.conversation import Conversation
 from assistant.daemon import ReopeningSource
 from assistant.events import (
     BargeIn,
@@ -36,6 +36,7 @@ from assistant.events import (
 from assistant.llm_remote import RemoteChat
 from assistant.tools.builtin import time_tool, zone
 from assistant.tools.registry import Toolbox
+from assistant.turns import APOLOGY
 from tests import tiny_engines
 from tests.event_log import EventLog
 from tests.llm import tiny

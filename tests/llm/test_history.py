@@ -41,3 +41,14 @@ def test_revise_and_trim_keep_roles_alternating() -> None:
     assert h.trim(lambda m: len(m) > 2) == 2 and h.messages() == turn(2)
     assert h.drop_oldest_turn() == 0 and len(h) == 2  # the newest turn stays
     assert h.trim(lambda m: True) == 2 and len(h) == 0
+
+
+def test_forget_joins_neighbours_so_roles_alternate() -> None:
+    """forget() drops the newest message of that role and text (a truncated answer matches the text it was cut
+    from), joins the neighbours it leaves side by side, and reports False when there is no such message."""
+    h = History([*turn(0), Message("user", "q1"), Message("assistant", "a1 heard", interrupted=True), *turn(2)])
+    assert not h.forget("user", "never said") and len(h) == 6
+    assert h.forget("assistant", "a1 heard and the rest")
+    assert h.messages() == [*turn(0), Message("user", "q1\nq2"), Message("assistant", "a2")]
+    assert h.forget("user", "q0")
+    assert h.messages() == [Message("assistant", "a0"), Message("user", "q1\nq2"), Message("assistant", "a2")]

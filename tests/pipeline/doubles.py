@@ -104,8 +104,10 @@ class ScriptedChat:
         fail_at: int | None = None,
         gate: threading.Semaphore | None = None,
         max_history: int | None = None,
+        error: type[Exception] = ValueError,
     ):
         self.tokens = tokens
+        self.error = error  # what the failure at `fail_at` raises
         self.max_history = max_history  # like llm.history_tokens: the oldest turns are dropped
         self.fail_at = fail_at
         self.gate = gate
@@ -146,7 +148,7 @@ class ScriptedChat:
                 self.steps += 1
                 if self.fail_at is not None and i == self.fail_at:
                     self.fail_at = None  # fail once
-                    raise ValueError("scripted failure")
+                    raise self.error("scripted failure")
                 answer.append(tok)
                 yield tok
             self._complete = True

@@ -5,13 +5,20 @@ random-weight STT and LLM in the virtual room, its speaker looped back into its 
 The voice is espeak-ng through a TTS stand-in (`SpeechTts`) at a TTS-like -20 dBFS: the tiny random talker's
 noise has no pauses between words, where a speech-like echo outlasts what the speaker is playing.
 
-CI runs short versions; the issue's counts (10 long replies per gain) are the `slow` ones:
+CI runs short versions (3 replies, each reopening the speaker's stream with a larger buffer, as a busy machine
+makes it do); the issue's counts (10 long replies per gain) are the `slow` ones:
     python -m pytest -m slow tests/pipeline/test_echo_turns_room.py -k x10
 
-Measured on the shared 2-core machine (load ~8 from other jobs besides the busy core), first attempts:
-f89945d: 0 dB 1 turn nobody said and 2 barge-ins, -6 dB 4 and 7; this branch: 0 dB 1 and 2, -6 dB 2 and 3.
-Each such turn starts in the gap after a reply (speech starts then, judged by its tiny-STT words), so the
-slow cases still fail: issue 22 is not fixed by the canceller alone.
+The turns nobody said (f89945d: 0 dB 1 and 2 barge-ins, -6 dB 4 and 7; 03ba200: 0 dB 1-2, -6 dB 2-3) began where a
+reply's first words came back, or mid-reply: after the speaker's stream was reopened with a larger buffer (device
+starved), and after every underrun (36 such calls for 35 underruns in one slow run), the primed buffer's first
+block reports delay 0, which Playback took for "no timing" and dated a device latency (up to 250 ms) late, so for
+that long the speaker counted as silent, the canceller had no reference and the echo gate was off.
+With that fixed (assistant/audio/playback.py), slow runs at load average 4-9 on the shared 2-core machine: 0 dB
+none in 3 runs, then 2 turns and 4 barge-ins in one run with 142 underruns; -6 dB none in 3. Under such load (two
+extra busy cores: 2 turns, mid-reply) the reported times themselves are off: around ~1 s capture stalls and
+playback underruns, echo reached the microphone 90-210 ms before the speaker's DAC time for it, and the echo
+window (assistant/audio/echo.py, 300 ms back, nothing ahead) does not cover a DAC time that is late.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ LONG = (
 SHORT = "Here is the weather for the next few days, with sun tomorrow and a high of twenty degrees."  # ~6 s
 AFTER_S = 1.5  # after each reply: the echo tail and anything recorded late has been judged by then
 WAIT_S = 120.0  # safety net for a busy shared CPU; never a timing assertion
+MIC_SETTLE_S = 1.0  # the microphone has run this long before the first reply (see daemon())
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +206,9 @@ async def daemon(cfg: Config) -> AsyncIterator[Daemon]:
                     d.seen.append(ev)
 
             tasks = [asyncio.create_task(conv.run()), asyncio.create_task(collect())]
-            await d.until(lambda: conv.captured_samples > 0)
+            # a daemon listens long before it first speaks; a fresh PulseAudio input stream dates its first ~0.5 s
+            # of blocks ~200 ms early (PortAudio's inputBufferAdcTime), which would misplace the first reply's echo
+            await d.until(lambda: conv.captured_samples >= MIC_SETTLE_S * CAPTURE_RATE)
             try:
                 yield d
             finally:
@@ -210,12 +220,18 @@ async def daemon(cfg: Config) -> AsyncIterator[Daemon]:
         compute.close(5.0)
 
 
-def run_replies(room: Room, cfg: Config, gain_db: float, replies: int, text: str) -> Daemon:
-    """`replies` replies in a row through the echo loop with one core busy; the daemon's events."""
+def run_replies(room: Room, cfg: Config, gain_db: float, replies: int, text: str, starved: bool = False) -> Daemon:
+    """`replies` replies in a row through the echo loop with one core busy; the daemon's events. `starved`: before
+    each reply the speaker counts as having run dry with audio queued, so each reply reopens its stream with twice
+    the device buffer, as a busy machine makes it do (where the slow runs met the phantom turns: a primed buffer's
+    first block used to be dated one device latency late)."""
+    from assistant.audio.playback import DEVICE_STARVED_RUNS
 
     async def main() -> Daemon:
         async with daemon(cfg) as d:
             for _ in range(replies):
+                if starved:
+                    d.sink.device_starved = DEVICE_STARVED_RUNS
                 began = time.monotonic()
                 await asyncio.wait_for(d.conv.say(text), WAIT_S)
                 d.lengths.append(time.monotonic() - began)
@@ -231,27 +247,28 @@ def run_replies(room: Room, cfg: Config, gain_db: float, replies: int, text: str
 
 
 @pytest.mark.parametrize(
-    ("gain_db", "replies", "text"),
+    ("gain_db", "replies", "text", "starved"),
     [
-        pytest.param(0.0, 2, SHORT, id="0dB"),
-        pytest.param(-6.0, 2, SHORT, id="-6dB"),
-        pytest.param(0.0, 10, LONG, id="0dB-x10", marks=pytest.mark.slow),
-        pytest.param(-6.0, 10, LONG, id="-6dB-x10", marks=pytest.mark.slow),
+        pytest.param(0.0, 3, SHORT, True, id="0dB"),
+        pytest.param(-6.0, 3, SHORT, True, id="-6dB"),
+        pytest.param(0.0, 10, LONG, False, id="0dB-x10", marks=pytest.mark.slow),
+        pytest.param(-6.0, 10, LONG, False, id="-6dB-x10", marks=pytest.mark.slow),
     ],
 )
 def test_long_replies_over_laptop_speakers(
-    room_env: Room, tiny_config: Config, gain_db: float, replies: int, text: str
+    room_env: Room, tiny_config: Config, gain_db: float, replies: int, text: str, starved: bool
 ) -> None:
     """Issues 13 (a) and 22: long replies whose echo comes back at `gain_db` with reverb, on a machine with one
     core busy, are never interrupted by their own echo, and no turn starts that the user did not say, neither
     during a reply nor right after it."""
-    d = run_replies(room_env, tiny_config, gain_db, replies, text)
+    d = run_replies(room_env, tiny_config, gain_db, replies, text, starved)
     done = d.of(ResponseDone)
     starts = d.of(SpeechStarted)
     print(
         f"{gain_db:+.0f} dB: {len(done)} replies, interrupted {sum(e.interrupted for e in done)}, "
         f"barge-ins {len(d.of(BargeIn))}, speech starts {len(starts)}, transcripts {len(d.of(FinalTranscript))}, "
-        f"underruns {d.sink.underruns}, reply lengths {[round(x, 1) for x in d.lengths]} s"
+        f"underruns {d.sink.underruns}, speaker buffer {d.sink.device_latency}, "
+        f"reply lengths {[round(x, 1) for x in d.lengths]} s"
     )
     assert not d.of(BargeIn), "the reply interrupted itself"
     assert len(done) == replies and not any(e.interrupted for e in done), [(e.turn, e.interrupted) for e in done]

@@ -242,6 +242,27 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+async def torn_down(d: Daemon, room: Room, out: dict[str, Any]) -> None:
+    """After a scenario, passed or not: the daemon is gone (killed if it still runs), the room is closed, and what
+    the status poller and the daemon's log saw is in `out`."""
+    if d.proc.returncode is None:
+        d.proc.kill()
+        await d.proc.wait()
+    await asyncio.to_thread(room.close)
+    out["rtt"], out["late"], out["log"] = d.status_rtt, d.status_late, d.log
+
+
+def served_throughout(out: dict[str, Any]) -> list[float]:
+    """Assert the daemon stopped cleanly within STOP_S and answered `status` within STATUS_WITHIN_S throughout
+    (STATUS_SHARE of the answers, none later than STATUS_WORST_S); returns the round trips, sorted."""
+    rtt = sorted(r for r, _ in out["rtt"])
+    slow = [(round(r, 3), round(t - out["rtt"][0][1], 2)) for r, t in out["rtt"] if r >= STATUS_WITHIN_S]
+    assert out["code"] == 0, out["log"][-10:]
+    assert out["stop_s"] < STOP_S, out["stop_s"]
+    assert not out["late"] and len(slow) <= (1 - STATUS_SHARE) * len(rtt) and rtt[-1] < STATUS_WORST_S, slow
+    return rtt
+
+
 @pytest.mark.parametrize("moment", ["sigterm_before", "idle", "mid_reply", "user_speaking", "sigterm_during_outage"])
 def test_sound_server_goes_away_and_comes_back(tiny_config: Config, tmp_path: Path, moment: str) -> None:
     """The sound server stops (idle / in the middle of a reply / while the user speaks) and comes back after
@@ -297,23 +318,15 @@ def test_sound_server_goes_away_and_comes_back(tiny_config: Config, tmp_path: Pa
             out["code"], out["stop_s"] = await d.stop()
             return out
         finally:
-            if d.proc.returncode is None:
-                d.proc.kill()
-                await d.proc.wait()
-            await asyncio.to_thread(room.close)
-            out["rtt"], out["late"], out["log"] = d.status_rtt, d.status_late, d.log
+            await torn_down(d, room, out)
 
     out = run(scenario())
     rtt = sorted(r for r, _ in out["rtt"])
-    slow = [(round(r, 3), round(t - out["rtt"][0][1], 2)) for r, t in out["rtt"] if r >= STATUS_WITHIN_S]
     print(
         f"{moment}: status n={len(rtt)} median {1000 * rtt[len(rtt) // 2]:.1f} ms max {1000 * rtt[-1]:.1f} ms; "
         + ", ".join(f"{k}={v}" for k, v in out.items() if k not in ("rtt", "late", "log"))
     )
-    assert out["code"] == 0, out["log"][-10:]
-    assert out["stop_s"] < STOP_S, out["stop_s"]
-    assert not out["late"] and len(slow) <= (1 - STATUS_SHARE) * len(rtt) and rtt[-1] < STATUS_WORST_S, slow
-    assert len(rtt) >= 10  # the poller really ran throughout
+    assert len(served_throughout(out)) >= 10  # the poller really ran throughout
     if moment == "mid_reply":
         assert out["interrupted"] is True
     if moment == "idle":
@@ -346,18 +359,14 @@ def test_default_output_changes_mid_reply(tiny_config: Config, tmp_path: Path) -
             out["code"], out["stop_s"] = await d.stop()
             return out
         finally:
-            if d.proc.returncode is None:
-                d.proc.kill()
-                await d.proc.wait()
-            await asyncio.to_thread(room.close)
-            out["rtt"], out["late"], out["log"] = d.status_rtt, d.status_late, d.log
+            await torn_down(d, room, out)
 
     out = run(scenario())
-    rtt = sorted(r for r, _ in out["rtt"])
-    slow = [(round(r, 3), round(t - out["rtt"][0][1], 2)) for r, t in out["rtt"] if r >= STATUS_WITHIN_S]
-    print(f"default change: status max {1000 * rtt[-1]:.1f} ms, {out['loud_headphones']} loud samples on headphones")
-    assert out["code"] == 0 and out["stop_s"] < STOP_S, out["log"][-10:]
-    assert not out["late"] and len(slow) <= (1 - STATUS_SHARE) * len(rtt) and rtt[-1] < STATUS_WORST_S, slow
+    print(
+        f"default change: status max {1000 * max(r for r, _ in out['rtt']):.1f} ms, "
+        f"{out['loud_headphones']} loud samples on headphones"
+    )
+    served_throughout(out)
     assert out["loud_headphones"] > 24_000 // 4
 
 
@@ -394,22 +403,15 @@ def test_default_devices_change_mid_reply_and_portaudio_restarts(tiny_config: Co
             out["code"], out["stop_s"] = await d.stop()
             return out
         finally:
-            if d.proc.returncode is None:
-                d.proc.kill()
-                await d.proc.wait()
-            await asyncio.to_thread(room.close)
-            out["rtt"], out["late"], out["log"] = d.status_rtt, d.status_late, d.log
+            await torn_down(d, room, out)
 
     out = run(scenario())
-    rtt = sorted(r for r, _ in out["rtt"])
-    slow = [(round(r, 3), round(t - out["rtt"][0][1], 2)) for r, t in out["rtt"] if r >= STATUS_WITHIN_S]
     print(
         f"default devices change (reinit): switch gap (mic, speaker) {out['gap_ms']} ms, "
-        f"status max {1000 * rtt[-1]:.1f} ms, "
+        f"status max {1000 * max(r for r, _ in out['rtt']):.1f} ms, "
         f"first reply {out['loud_first_reply']} / next reply {out['loud_headphones']} loud samples on headphones"
     )
-    assert out["code"] == 0 and out["stop_s"] < STOP_S, out["log"][-10:]
-    assert not out["late"] and len(slow) <= (1 - STATUS_SHARE) * len(rtt) and rtt[-1] < STATUS_WORST_S, slow
+    served_throughout(out)
     assert not [line for line in out["log"] if "could not restart" in line]  # PortAudio really restarted
     assert out["loud_first_reply"] > 0  # the reply in flight went on on the new default
     assert out["loud_headphones"] > 24_000 // 4  # the next reply, to a question heard through the headset

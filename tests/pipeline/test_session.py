@@ -12,7 +12,7 @@ import pytest
 
 from assistant.compute import Compute
 from assistant.config import Config
-from assistant.conversation import Conversation, Sessions
+from assistant.conversation import Conversation
 from assistant.engines import Engines
 from assistant.errors import AssistantError, ConfigError, InputError
 from assistant.events import (
@@ -27,6 +27,7 @@ from assistant.events import (
     SpeechEnded,
     SpeechStarted,
 )
+from assistant.sessions import Sessions
 from tests.pipeline.doubles import (
     FakeSink,
     ScriptedChat,
@@ -46,20 +47,12 @@ class DoubleEngines:
 
     def __init__(self) -> None:
         self.chats: list[ScriptedChat] = []
-        self.voices: list[str] = []
         self.gate: threading.Semaphore | None = None  # TTS steps wait on it when set
 
     def new_session(self, voice: str | None) -> Engines:
         self.chats.append(ScriptedChat(list(ANSWER)))
         engines, _ = make_engines(self.chats[-1], tts=WordTts(self.gate))
         return engines
-
-    def voice(self, name: str) -> Any:
-        self.voices.append(name)
-        return name
-
-    def voice_names(self) -> list[str]:
-        return ["default", "alice"]
 
 
 class Client:
@@ -220,7 +213,7 @@ def test_sessions_are_limited_and_voices_checked() -> None:
     detection is a ConfigError that changes nothing."""
 
     async def body() -> None:
-        sessions, source, pipeline, compute = await opened(limit=1)
+        sessions, _, pipeline, compute = await opened(limit=1)
         session = await sessions.open_session()
         with pytest.raises(AssistantError, match="realtime_sessions"):
             await sessions.open_session()
@@ -232,7 +225,7 @@ def test_sessions_are_limited_and_voices_checked() -> None:
             if session.engines.voice == "alice":
                 break
             await asyncio.sleep(0.01)
-        assert source.voices == ["alice"] and session.engines.voice == "alice"
+        assert session.engines.voice == "alice"  # loaded by the session's TTS (the daemon's, shared)
         with pytest.raises(InputError):
             session.append_audio(np.zeros(10, np.float32))
         before = (session.hangover_ms, session.core.policy, session.cfg)

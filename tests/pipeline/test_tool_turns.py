@@ -192,7 +192,7 @@ def test_a_speculative_answer_never_runs_a_tool() -> None:
 
         chat = ToolChat([CALL, CALL, AFTER])
         async with Harness(chat=chat) as h:  # type: ignore[arg-type]
-            h.p.toolbox = Toolbox([Tool("clock", "The time.", {"type": "object", "properties": {}}, clock)])
+            h.p.tools.toolbox = Toolbox([Tool("clock", "The time.", {"type": "object", "properties": {}}, clock)])
             h.speak("what", "time")
             h.silence(3)
             await h.next_event(SpeculationStarted)

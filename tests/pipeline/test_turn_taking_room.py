@@ -39,7 +39,8 @@ LEAD_S = 0.3  # silence played before each utterance
 VOICED = round(32768 * 10 ** (-45 / 20))  # 184: |int16| of a -45 dBFS peak, the clip set's speech threshold
 END_WITHIN_MS = 300  # issue 13 (d): median end-of-turn decision after the true end of speech
 CLIPS, MAX_PLAYS = 20, 30  # clips the median is over; plays allowed for it (the room may cut a few)
-ROOM_GAP_MS = 200  # a silent run inside a played clip longer than this was inserted by the room
+ROOM_GAP_MS = 150  # a silent run inside a played clip this long (the clips have none over 140 ms) was inserted by
+# the room: the VAD reports it as a pause (endofturn.score_after_ms) and the turn may end there
 PAUSED = "What time is it | in London?"  # issue 13 (c), a thinking pause where "|" is
 
 
@@ -225,9 +226,10 @@ def test_thinking_pauses_keep_one_turn(room_env: Any, room_config: Config) -> No
 
 @pytest.mark.slow  # ~60 s of real time: over the CI suite's room budget
 @pytest.mark.xfail(
-    reason="(d) not met on the shared 2-core machine (load average ~9): median 331 ms, p90 2021 ms. Each score is"
-    " asked 134-210 ms after the true end (150 ms of silence + the VAD's frame grid + capture); the model took 155 ms"
-    " wall (median) for 64 ms of CPU, starved by the load; 3 of 20 clips waited ~2 s (2 scored < 0.5)",
+    reason="(d) not met on the shared 2-core machine: at load average 4-6, median 373 and 362 ms (501 at the start"
+    " of the day's work, 451 with the VAD's floor, assistant/vad.py FLOOR_DBFS). The score is asked ~205 ms after"
+    " the true end, then the model takes ~135 ms wall for ~50 ms of CPU (50 ms wall alone); asking it before"
+    " score_after_ms and judging its answer once that silence is reached would take it off the critical path",
     strict=False,
 )
 def test_complete_questions_end_fast(room_env: Any, room_config: Config) -> None:

@@ -7,9 +7,10 @@ import asyncio
 import numpy as np
 
 from assistant.audio.format import TTS_FRAME_SAMPLES, TTS_RATE, level_dbfs
+from assistant.audio.ring import AudioRing, CaptureClock
 from assistant.compute import Generation
 from assistant.reply import HeardMap, Reply, TurnTrace
-from assistant.turns import AudioRing, CaptureClock, Responder
+from assistant.turns import Responder
 
 
 def test_heard_map_follows_played_position() -> None:

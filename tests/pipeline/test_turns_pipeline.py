@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from assistant.audio.format import CAPTURE_RATE
-from assistant.errors import ConfigError
+from assistant.errors import ConfigError, ModelError
 from assistant.events import (
     BargeIn,
     ErrorEvent,
@@ -25,7 +25,7 @@ from assistant.events import (
     StateChanged,
     TurnState,
 )
-from assistant.turns import SCORE_LEAD_IN
+from assistant.turns import APOLOGY, SCORE_LEAD_IN
 from tests.pipeline.doubles import BLOCK, FRAME, FakeSink, Message, ScriptedChat
 from tests.pipeline.harness import ANSWER, Harness, eventually
 
@@ -261,6 +261,54 @@ def test_error_in_turn_returns_to_listening() -> None:
             done = await h.next_event(ResponseDone, lambda e: not e.interrupted)
             assert done.text == FULL and h.chat.history[-1] == Message("assistant", FULL)
             assert h.chat.history[-2] == Message("user", "world")
+
+    asyncio.run(main())
+
+
+def test_a_model_failure_is_followed_by_an_apology() -> None:
+    """An LLM that fails mid-answer with a ModelError (a server gone, say) is reported, and the daemon then says
+    aloud that it could not answer; the next turn asks the model again."""
+
+    async def main() -> None:
+        async with Harness(chat=ScriptedChat(list(ANSWER), fail_at=2, error=ModelError)) as h:
+            h.speak("hello")
+            h.silence(6)
+            err = await h.next_event(ErrorEvent)
+            assert "ModelError: scripted failure" in err.message
+            failed = await h.next_event(ResponseDone)
+            assert failed.interrupted  # ends as heard so far
+            apology = await h.next_event(ResponseDone)
+            assert apology.turn > failed.turn and apology.text == APOLOGY and not apology.interrupted
+            h.speak("world")
+            h.silence(6)
+            done = await h.next_event(ResponseDone)
+            assert done.text == FULL and h.chat.history[-2:] == [Message("user", "world"), Message("assistant", FULL)]
+
+    asyncio.run(main())
+
+
+def test_a_failing_transcriber_drops_the_turn_and_listening_goes_on() -> None:
+    """A transcriber that raises while fed is an error event naming it; the turn is dropped unanswered, and the
+    next turn, transcribed again, is answered."""
+
+    async def main() -> None:
+        async with Harness() as h:
+            feed = h.stt.feed
+
+            def broken(audio: np.ndarray) -> str | None:
+                raise RuntimeError("the STT ran out of memory")
+
+            h.stt.feed = broken  # type: ignore[method-assign]
+            h.speak("hello")
+            err = await h.next_event(ErrorEvent)
+            assert err.message == "transcribing: RuntimeError: the STT ran out of memory"
+            h.stt.feed = feed  # type: ignore[method-assign]
+            h.silence(6)
+            await h.next_event(StateChanged, lambda e: e.new is TurnState.IDLE)
+            h.speak("world")
+            h.silence(6)
+            done = await h.next_event(ResponseDone)
+            assert done.text == FULL and h.chat.prompts == ["world"]
 
     asyncio.run(main())
 

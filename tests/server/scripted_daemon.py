@@ -11,8 +11,9 @@ from assistant import cli
 from assistant.audio.sinks import NullSink
 from assistant.compute import Compute
 from assistant.config import Config
-from assistant.conversation import Conversation, Sessions
+from assistant.conversation import Conversation
 from assistant.server.ws import ControlServer
+from assistant.sessions import Sessions
 
 
 class ScriptedSessions(cli.SharedEngines):

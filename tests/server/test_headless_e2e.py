@@ -30,9 +30,10 @@ from assistant.audio.format import CAPTURE_RATE, float32_to_int16, int16_to_floa
 from assistant.audio.sinks import NullSink
 from assistant.compute import Compute
 from assistant.config import Config, to_dict
-from assistant.conversation import Conversation, Sessions
+from assistant.conversation import Conversation
 from assistant.oneshot import OneShot
 from assistant.server.ws import ControlServer
+from assistant.sessions import Sessions
 from tests import tiny_engines
 from tests.speech import needs_espeak, say, silence
 

@@ -98,7 +98,9 @@ def test_app_tool_called_answered_timed_out_and_gone_with_its_app(cfg: Config) -
             got["answer3"] = await until_reply(asker, "q3")
             await asyncio.sleep(0.2)  # the re-offer is a compute job queued by the disconnect
             got["after"] = [t["function"]["name"] for t in chat.tools]
-            got["toolbox"] = [t.name for t in pipeline.toolbox.tools] if pipeline.toolbox is not None else []
+            got["toolbox"] = (
+                [t.name for t in pipeline.tools.toolbox.tools] if pipeline.tools.toolbox is not None else []
+            )
         return got
 
     got = asyncio.run(body())

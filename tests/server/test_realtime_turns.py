@@ -18,11 +18,11 @@ from websockets.asyncio.client import connect
 
 from assistant.audio.format import CAPTURE_RATE, float32_to_int16, int16_to_float32, resample
 from assistant.config import Config
-from assistant.conversation import Sessions
 from assistant.endofturn import EAGERNESS, SmartTurnPolicy, eagerness_policy
 from assistant.errors import InputError
 from assistant.events import LatencyTrace
 from assistant.server.realtime import idle_note
+from assistant.sessions import Sessions
 from tests import tiny_engines
 from tests.server.test_headless_e2e import TOKEN, daemon, recv, sdk_until, speech_24k
 from tests.speech import needs_espeak, say, silence

@@ -120,7 +120,7 @@ class FrameKernel:
         self, h: mx.array, seen: mx.array, eos_blocked: bool, key: mx.array
     ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
         """(codes int32 [16], E(codes) [hidden], seen with code 0 added, next key), all lazy."""
-        return cast(tuple[mx.array, mx.array, mx.array, mx.array], self.fn(h, seen, mx.array(eos_blocked), key))
+        return self.fn(h, seen, mx.array(eos_blocked), key)
 
 
 class FrameGenerator:
