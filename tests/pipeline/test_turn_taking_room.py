@@ -180,7 +180,8 @@ def paused_clips() -> tuple[list[np.ndarray], list[tuple[str, np.ndarray]]]:
 
 
 @pytest.mark.xfail(
-    reason="passes 4 of 7 first attempts, 7 of 7 with the room's rerun (09:20 UTC 2026-12-07, load 4-7). The echo "
+    reason="passed 4 of 7 first attempts, 7 of 7 with the room's rerun (09:20 UTC 2026-12-07, load 4-7); after "
+    "merging main at 10:17, 0 of 2 (the first clip each time, load ~1). The echo "
     "canceller now learns that this room returns nothing and lets the continuation through (the gate's floor, the "
     "microphone untouched), so the reopen retracts the early answer. It cannot know that before 400 ms of a fresh "
     "daemon's first reply (assistant/audio/echo.py RETURN_AFTER_FRAMES: the echo may come late at a run's start); "
