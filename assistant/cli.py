@@ -41,6 +41,7 @@ def load_chat(cfg: config.LlmConfig) -> Any:
     return Chat.load(cfg)
 
 
+AUDIO_CLOSE_S = 3.0  # at exit, how long to wait for audio streams still closing (a slow sound server)
 MLX_LM_OPEN_FILES = 4096  # mlx_lm/utils.py sets RLIMIT_NOFILE to (2048, 4096) when it is imported
 
 
@@ -799,9 +800,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     code = _main(argv)
     compute = sys.modules.get("assistant.compute")
-    if argv is None and compute is not None and compute.Compute.started:
+    audio = sys.modules.get("assistant.audio.devices")
+    if audio is not None:
+        audio.wait_closed(AUDIO_CLOSE_S)  # the streams' closes run on threads of their own: let them finish
+    if argv is None and ((compute is not None and compute.Compute.started) or audio is not None):
         # MLX used from a worker thread can abort in its C++ destructors at interpreter exit ("terminate called
-        # without an active exception", ml-explore/mlx#3126). Everything is closed by now: flush and leave.
+        # without an active exception", ml-explore/mlx#3126), and sounddevice's exit handler (Pa_Terminate) can
+        # hang on PulseAudio after the work is done (seen in the test room, on every commit tried). Everything is
+        # closed by now: flush and leave.
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -176,6 +176,13 @@ def release(stream: Any, what: str) -> None:
     threading.Thread(target=shut, name=f"portaudio: close {what}", daemon=True).start()
 
 
+def wait_closed(limit_s: float) -> bool:
+    """Wait up to `limit_s` for every stream of ours to be closed (their close runs on a thread of its own);
+    False if some are still open then."""
+    with _streams_changed:
+        return _streams_changed.wait_for(lambda: _open_streams == 0, limit_s)
+
+
 def reinitialize(limit_s: float) -> None:
     """Restart PortAudio (Pa_Terminate / Pa_Initialize) so that it sees the system's current devices and defaults
     (CoreAudio fixes the default device when PortAudio initialises). Waits up to `limit_s` for our streams to be
