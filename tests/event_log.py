@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from assistant.events import LatencyTrace, PartialTranscript, ResponseTextDelta, StateChanged
@@ -13,8 +13,9 @@ from assistant.events import LatencyTrace, PartialTranscript, ResponseTextDelta,
 class EventLog:
     """Every event a subscription delivered, in order; waits are a safety net (`wait_s`), never a timing claim."""
 
-    def __init__(self, conversation: Any, wait_s: float) -> None:
-        self.sub = conversation.subscribe(100_000)
+    def __init__(self, conversation: Any, wait_s: float, events: AsyncIterator[Any] | None = None) -> None:
+        # a daemon's subscription by default; a Realtime session hands its own event stream (`events()`)
+        self.sub = events if events is not None else conversation.subscribe(100_000)
         self.seen: list[Any] = []
         self.wait_s = wait_s
 

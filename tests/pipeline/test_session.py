@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,11 +22,11 @@ from assistant.events import (
     ResponseDone,
     ResponseStarted,
     ResponseTextDelta,
-    SessionEvent,
     SpeechEnded,
     SpeechStarted,
 )
 from assistant.sessions import Sessions
+from tests.event_log import EventLog
 from tests.pipeline.doubles import (
     FakeSink,
     ScriptedChat,
@@ -55,23 +54,12 @@ class DoubleEngines:
         return engines
 
 
-class Client:
+class Client(EventLog):
     """Collects a session's events as a Realtime connection would."""
 
     def __init__(self, session: Conversation) -> None:
+        super().__init__(session, WAIT_S, session.events())
         self.session = session
-        self.seen: list[SessionEvent] = []
-        self._events = session.events()
-
-    async def until(self, kind: type, pred: Callable[[Any], bool] = lambda e: True) -> Any:
-        async def find() -> Any:
-            async for ev in self._events:
-                self.seen.append(ev)
-                if isinstance(ev, kind) and pred(ev):
-                    return ev
-            raise AssertionError("session closed")
-
-        return await asyncio.wait_for(find(), WAIT_S)
 
     def of(self, kind: type) -> list[Any]:
         return [e for e in self.seen if isinstance(e, kind)]
