@@ -49,6 +49,10 @@ class PredictorModel(nn.Module):
             x = layer(x, c)
         return self.norm(x)
 
+    def fuse(self) -> None:
+        for layer in self.layers:
+            layer.fuse()
+
 
 class CodePredictor(nn.Module):
     def __init__(self, cfg: CodePredictorConfig, talker_hidden: int):
