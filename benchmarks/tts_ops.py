@@ -21,7 +21,7 @@ from typing import Any
 
 import mlx.core as mx
 
-VIEWS = {"Reshape", "Slice", "Transpose", "Broadcast", "ExpandDims", "Squeeze", "AsStrided", "StopGradient"}
+VIEWS = {"Reshape", "Slice", "Transpose", "Broadcast", "ExpandDims", "Squeeze", "Flatten", "Unflatten", "Split"}
 
 
 def primitives(*outputs: Any) -> Counter[str]:

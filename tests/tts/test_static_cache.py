@@ -37,3 +37,18 @@ def test_restored_state_is_a_copy() -> None:
     keys, values = c.state
     assert keys.shape == (1, 2, 4, 4) and mx.array_equal(keys[:, :, :3], k).item()
     assert mx.array_equal(values[:, :, :3], k * 2).item() and mx.array_equal(k, mx.ones((1, 2, 3, 4))).item()
+
+
+def test_frame_kernel_embedding_is_the_frame_embedding(checkpoints: Any, reference: Any) -> None:
+    """The embedding the compiled frame kernel sums from the rows its predictor loop looked up equals
+    E(frame) of its codes (the talker's next input), bit for bit, sampled and greedy."""
+    from assistant.tts.qwen3.generate import FrameKernel
+    from assistant.tts.qwen3.sampling import SamplingParams
+
+    talker = loaded(checkpoints, case_named(reference, CASE_NAMES[0])["kind"]).model.talker
+    h = mx.random.normal((talker.cfg.hidden_size,), key=mx.random.key(4))
+    seen = mx.zeros((talker.cfg.vocab_size,), dtype=mx.bool_)
+    for p in (SamplingParams(seed=1), SamplingParams.greedy()):
+        frame, emb, _, _ = FrameKernel.of(talker, p)(h, seen, False, mx.random.key(5))
+        assert frame.shape == (16,)
+        assert mx.array_equal(emb, talker.frame_embedding(frame[None])[0]).item()

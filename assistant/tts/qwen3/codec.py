@@ -292,4 +292,4 @@ class CodecDecoder(nn.Module):
             x[None], state.tails, state.keys, state.values, offset
         )
         state.offset += x.shape[0]
-        return cast(mx.array, audio[0])
+        return cast(mx.array, audio[0, ...])
