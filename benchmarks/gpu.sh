@@ -10,6 +10,7 @@
 #   call 2 (carry .dev-b .bench-data):   bash benchmarks/gpu.sh install tts-0.6B        (~8 min)
 #   call 3:                              bash benchmarks/gpu.sh tts-1.7B stt            (~9 min)
 #   call 4 (optional):                   bash benchmarks/gpu.sh v2v integ profile       (~4+3+3 min)
+# `ab` times the 0.6B frame in the fused layout and the checkpoint's, alternating AB_REPS times (~40 s each).
 # Extra wheels for v2v/integ (wyoming, soxr, soundfile, platformdirs, httpx2 and their needs) travel in .whl-gpu/
 # (carry it with .dev-b; `install` adds them); the Smart Turn ONNX in .st-model/ (carry it once: v2v then ends turns
 # with it). The Qwen2 BPE tables come from .bench-data/ when carried, else from the committed tests/fixtures copy.
@@ -57,9 +58,13 @@ for part in "$@"; do
     stt) args=(--only stt); limit=${LIMIT_STT:-290} ;;
     llm) args=(--only llm); limit=${LIMIT_LLM:-300} ;;
     v2v) args=(--only v2v); limit=${LIMIT_V2V:-450} ;;
-    profile|integ)  # raw JSON lines beside the label's file: benchmarks/<label>-<part>.jsonl
+    profile|ab|integ)  # raw JSON lines beside the label's file: benchmarks/<label>-<part>.jsonl (ab: in profile)
       if [ $part = profile ]; then
         cmds=("-m benchmarks.tts_profile --size 0.6B" "-m benchmarks.tts_profile --size 1.7B --positions 100")
+      elif [ $part = ab ]; then  # the fused layout against the checkpoint's, alternating (the run-to-run spread)
+        cmds=(); for _ in $(seq "${AB_REPS:-2}"); do
+          for v in "" --unfused; do cmds+=("-m benchmarks.tts_profile --size 0.6B --positions 100 --frames 100 $v"); done
+        done; part=profile
       else
         cmds=("-m benchmarks.integ --real --reps 5")
       fi
@@ -68,7 +73,7 @@ for part in "$@"; do
           | grep --line-buffered '^{' | tee -a "$RESULTS/$label-$part.jsonl" || rc=$?
       done
       continue ;;
-    *) echo "unknown part $part: use install, tts-0.6B, tts-1.7B, stt, llm, v2v, profile or integ" >&2; exit 2 ;;
+    *) echo "unknown part $part: use install, tts-0.6B, tts-1.7B, stt, llm, v2v, profile, ab or integ" >&2; exit 2 ;;
   esac
   # JOBS="4-bit,mxfp4": only the jobs whose names contain one of these ("tts 0.6B bf16$": that name exactly)
   timeout -k 10 "$limit" python3 -u -m benchmarks --label "$label" --out "$RESULTS" "${args[@]}" --jobs "${JOBS:-}" \
