@@ -10,7 +10,7 @@
 #   call 2 (carry .dev-b .bench-data):   bash benchmarks/gpu.sh install tts-0.6B        (~8 min)
 #   call 3:                              bash benchmarks/gpu.sh tts-1.7B stt            (~9 min)
 #   call 4 (optional):                   bash benchmarks/gpu.sh v2v integ profile       (~4+3+3 min)
-# `ab` times the 0.6B frame in the fused layout and the checkpoint's, alternating AB_REPS times (~40 s each).
+# `ab` times the 0.6B frame fused, in the checkpoint's layout and fused without addmm, AB_REPS times (~40 s each).
 # Extra wheels for v2v/integ (wyoming, soxr, soundfile, platformdirs, httpx2 and their needs) travel in .whl-gpu/
 # (carry it with .dev-b; `install` adds them); the Smart Turn ONNX in .st-model/ (carry it once: v2v then ends turns
 # with it). The Qwen2 BPE tables come from .bench-data/ when carried, else from the committed tests/fixtures copy.
@@ -61,10 +61,10 @@ for part in "$@"; do
     profile|ab|integ)  # raw JSON lines beside the label's file: benchmarks/<label>-<part>.jsonl (ab: in profile)
       if [ $part = profile ]; then
         cmds=("-m benchmarks.tts_profile --size 0.6B" "-m benchmarks.tts_profile --size 1.7B --positions 100")
-      elif [ $part = ab ]; then  # the fused layout against the checkpoint's, alternating (the run-to-run spread)
-        cmds=(); for _ in $(seq "${AB_REPS:-2}"); do
-          for v in "" --unfused; do cmds+=("-m benchmarks.tts_profile --size 0.6B --positions 100 --frames 100 $v"); done
-        done; part=profile
+      elif [ $part = ab ]; then  # the fused layout against the checkpoint's and without addmm, in turn
+        cmds=(); for _ in $(seq "${AB_REPS:-1}"); do for v in "" --unfused --no-addmm; do
+          cmds+=("-m benchmarks.tts_profile --size 0.6B --positions 100 --frames 100 $v")
+        done; done; part=profile
       else
         cmds=("-m benchmarks.integ --real --reps 5")
       fi

@@ -1,6 +1,7 @@
 """Where a TTS frame's time goes: each part of the frame loop timed alone at the real shapes (random weights).
 
-    PYTHONPATH=. python -m benchmarks.tts_profile --size 0.6B [--bits 4 --mode affine] [--positions 100 400] [--unfused]
+    PYTHONPATH=. python -m benchmarks.tts_profile --size 0.6B [--bits 4 --mode affine] [--positions 100 400]
+        [--unfused | --no-addmm]
 
 Parts, each run `--iters` times after a warm-up and evaluated every time (so each time includes one host sync):
 the talker's one-position step compiled and eager at a KV position, the frame kernel (code 0, the 15 predictor
@@ -179,11 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default="/tmp/bench-checkpoints")
     ap.add_argument("--peer", action="store_true", help="then time ours as mlx-audio is imported, loaded and run")
     ap.add_argument("--unfused", action="store_true", help="keep the checkpoint layout (skip fuse()): the A/B")
+    ap.add_argument("--no-addmm", action="store_true", help="fused, but the residual added after the matmul")
     args = ap.parse_args(argv)
-    if args.unfused:
-        from assistant.tts.qwen3.talker import Qwen3TTSModel
+    from assistant.tts.qwen3 import talker as talker_module
 
-        Qwen3TTSModel.fuse = lambda self: None  # type: ignore[method-assign]
+    if args.unfused:
+        talker_module.Qwen3TTSModel.fuse = lambda self: None  # type: ignore[method-assign]
+    if args.no_addmm:
+        talker_module.add_linear = lambda residual, layer, x: residual + layer(x)
     from benchmarks.checkpoints import write_checkpoint
 
     kind = f"{args.mode}-{args.bits}bit" if args.bits else "bf16"
@@ -191,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     layers, bits = args.layers, args.bits or None
     write_checkpoint(folder, args.size, bits, layers[0], layers[1], decoder_dim=args.decoder_dim, mode=args.mode)
     row = {"section": "tts_profile", "size": args.size, "precision": kind, "device": str(mx.default_device())}
-    row["layout"] = "unfused" if args.unfused else "fused"
+    row["layout"] = "unfused" if args.unfused else "fused, no addmm" if args.no_addmm else "fused"
     row["started"] = time.strftime("%H:%M:%S UTC", time.gmtime())
     row["env"] = {k: v for k, v in os.environ.items() if k.startswith("MLX_")}
     row.update(profile(folder, args.positions, args.frames, args.iters, args.peer))
