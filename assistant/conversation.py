@@ -56,7 +56,6 @@ from assistant.tools.timers import ReminderScheduler
 from assistant.turns import (
     Action,
     AudioIn,
-    Cancel,
     ClearAudio,
     Commit,
     ConfirmReply,
@@ -710,7 +709,7 @@ class Conversation:
 
     def cancel_response(self) -> None:
         """Stop the reply now (ResponseDone interrupted=True); the history keeps what was sent."""
-        self._apply(Cancel(time.monotonic()))
+        self._apply(Interrupt(time.monotonic()))
 
     def delete_item(self, role: str, text: str) -> None:
         """Forget the newest `role` message whose text is `text` (Realtime conversation.item.delete); InputError

@@ -36,7 +36,6 @@ from assistant.turns import (
     SCORE_LEAD_IN,
     Action,
     AudioIn,
-    Cancel,
     Commit,
     ConfirmReply,
     CreateResponse,
@@ -283,7 +282,7 @@ def cancel_mid_reply(policy: Policy) -> None:
     tl = Timeline(policy)
     turn = spoken_turn(tl)
     tl.reply_plays(turn)
-    tl.send(Interrupt(tl.now) if policy.answer_turns else Cancel(tl.now))
+    tl.send(Interrupt(tl.now))
     assert InterruptReply(turn) in tl.actions
     tl.send(ReplyDone(turn, "One", True, tl.now))
     assert tl.events(ResponseDone)[-1].interrupted  # type: ignore[attr-defined]
