@@ -23,7 +23,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from assistant import settings
+from assistant import settings, turns
 from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, AudioBlock, level_dbfs
 from assistant.audio.sinks import AudioSink, AudioSource, ClientSink, SpeakerTiming, played_out
 from assistant.bus import EventBus, Subscription
@@ -53,41 +53,6 @@ from assistant.tools.calls import AUTO, ToolChoice
 from assistant.tools.registry import Toolbox
 from assistant.tools.session import ConversationTools, offer_tools
 from assistant.tools.timers import ReminderScheduler
-from assistant.turns import (
-    Action,
-    AudioIn,
-    ClearAudio,
-    Commit,
-    ConfirmReply,
-    CreateResponse,
-    DropReply,
-    Fed,
-    Feed,
-    Finalize,
-    FlushAudio,
-    Input,
-    Interrupt,
-    InterruptReply,
-    Mute,
-    Play,
-    Policy,
-    Ptt,
-    Publish,
-    ReplyDone,
-    ResetTranscriber,
-    ResetVad,
-    RunVad,
-    Scored,
-    ScoreTurn,
-    SetPolicy,
-    StartReply,
-    Tick,
-    ToolOutput,
-    Transcribed,
-    TurnCore,
-    UserText,
-    VadIn,
-)
 
 log = logging.getLogger("assistant.conversation")
 
@@ -126,7 +91,7 @@ class Conversation:
         self.sink: AudioSink = sink or ClientSink(engines.tts.sample_rate)
         self.vad: VadLike = engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
         policy = realtime_policy(cfg, True, True, True) if realtime else daemon_policy(cfg)
-        self.core = TurnCore(policy, end_of_turn(cfg, engines.score_turn), ring_samples(cfg))
+        self.core = turns.TurnCore(policy, end_of_turn(cfg, engines.score_turn), ring_samples(cfg))
         self.hangover_ms: int | None = cfg.vad.hangover_ms
         self.instructions = cfg.llm.system_prompt
         self.tools = ConversationTools(toolbox)
@@ -153,7 +118,7 @@ class Conversation:
 
     # ---- driving the core -----------------------------------------------------------------------------------
 
-    def _apply(self, inp: Input) -> None:
+    def _apply(self, inp: turns.Input) -> None:
         for action in self.core.handle(inp):
             self._do(action)
         end = self.core.follow_up_ends()
@@ -163,48 +128,49 @@ class Conversation:
                 self._tick.cancel()
             self._tick_at = end
             delay = max(end - time.monotonic(), 0.0) + 0.01
-            self._tick = asyncio.get_running_loop().call_later(delay, lambda: self._apply(Tick(time.monotonic())))
+            loop = asyncio.get_running_loop()
+            self._tick = loop.call_later(delay, lambda: self._apply(turns.Tick(time.monotonic())))
 
-    def _do(self, action: Action) -> None:
+    def _do(self, action: turns.Action) -> None:
         match action:
-            case RunVad(samples, echo):
+            case turns.RunVad(samples, echo):
                 self.vad.set_playback(echo is not None, SILENT_DBFS if echo is None else echo)
                 for ev in self.vad.feed(samples):
-                    self._apply(VadIn(ev))
-            case ResetVad():
+                    self._apply(turns.VadIn(ev))
+            case turns.ResetVad():
                 self.vad.reset()
-            case ResetTranscriber():
+            case turns.ResetTranscriber():
                 self.compute.submit(self.engines.transcriber.reset, priority=Priority.URGENT)
-            case Feed(utt, audio):
+            case turns.Feed(utt, audio):
                 fed = self.compute.submit(self.engines.transcriber.feed, audio, priority=Priority.URGENT)
-                self._transcribing(fed, lambda partial, error, now: Fed(utt, partial, now, error))
-            case Finalize(job):
+                self._transcribing(fed, lambda partial, error, now: turns.Fed(utt, partial, now, error))
+            case turns.Finalize(job):
                 final = self.compute.submit(self.engines.transcriber.finalize, priority=Priority.URGENT)
                 self._transcribing(final, lambda tr, error, now: self._transcribed(job, tr, error, now))
-            case ScoreTurn(utt, audio):
+            case turns.ScoreTurn(utt, audio):
                 if self.engines.score_turn is not None:
                     self.spawn(self._score(self.engines.score_turn, utt, audio))
-            case StartReply():
+            case turns.StartReply():
                 self._start(action)
-            case ConfirmReply(turn):
+            case turns.ConfirmReply(turn):
                 if (reply := self._replies.get(turn)) is not None:
                     reply.confirmed.set()
                     self._text_only_note()
-            case DropReply(turn):
+            case turns.DropReply(turn):
                 if (reply := self._replies.get(turn)) is not None:
                     self._cancel(reply, heard=None)
-            case InterruptReply(turn):
+            case turns.InterruptReply(turn):
                 if (reply := self._replies.get(turn)) is not None:
                     self._barge_in(reply)
-            case Play(turn, chunk):
+            case turns.Play(turn, chunk):
                 self._play(turn, chunk)
-            case FlushAudio():
+            case turns.FlushAudio():
                 self._flush()
-            case Publish(event):
+            case turns.Publish(event):
                 self.publish(event)
 
     def _transcribing(
-        self, job: concurrent.futures.Future[Any], answer: Callable[[Any, str | None, float], Input]
+        self, job: concurrent.futures.Future[Any], answer: Callable[[Any, str | None, float], turns.Input]
     ) -> None:
         """When the transcriber's `job` ends, the core gets `answer(result, error, now)` on the loop (result None
         and the error described and logged when it failed)."""
@@ -222,9 +188,9 @@ class Conversation:
 
         job.add_done_callback(back)
 
-    def _transcribed(self, job: int, tr: Transcript | None, error: str | None, now: float) -> Transcribed:
+    def _transcribed(self, job: int, tr: Transcript | None, error: str | None, now: float) -> turns.Transcribed:
         self._stt_final = now
-        return Transcribed(job, "" if tr is None else tr.text, "" if tr is None else tr.language, now, error)
+        return turns.Transcribed(job, "" if tr is None else tr.text, "" if tr is None else tr.language, now, error)
 
     async def _score(self, model: Callable[[np.ndarray], float], utt: int, audio: np.ndarray) -> None:
         """Score a pause on a worker thread: onnxruntime on its own core, off the loop and the MLX thread."""
@@ -234,7 +200,7 @@ class Conversation:
             self.failed(e, "scoring the end of turn")
             score = 1.0  # a broken model must not hold the turn open: end it as the silence rule would
         if not self._closed:
-            self._apply(Scored(utt, score, time.monotonic()))
+            self._apply(turns.Scored(utt, score, time.monotonic()))
 
     # ---- the microphone -------------------------------------------------------------------------------------
 
@@ -250,7 +216,7 @@ class Conversation:
             if not len(block.samples):
                 return  # less than one 10 ms frame so far
         level, end = self._speaker_at(block.t, len(block.samples))
-        self._apply(AudioIn(block.samples, block.t, now, level, end))
+        self._apply(turns.AudioIn(block.samples, block.t, now, level, end))
 
     def _speaker_at(self, t: float, n: int) -> tuple[float, float | None]:
         """The echo level that `n` samples recorded at `t` may hold, and when the speaker's last sample left."""
@@ -330,7 +296,7 @@ class Conversation:
                     self.device_ok = False
                     log.warning("microphone lost", extra=kv(error=str(e), retry_s=self.cfg.audio.device_retry_s))
                     self.publish(DeviceStatus("input", False, str(e), time.monotonic()))
-                    self._apply(ClearAudio(time.monotonic()))  # the cut utterance must not run into the next
+                    self._apply(turns.ClearAudio(time.monotonic()))  # the cut utterance must not run into the next
                 await asyncio.sleep(self.cfg.audio.device_retry_s)
                 continue
             if not self.device_ok:
@@ -340,11 +306,11 @@ class Conversation:
                 self.on_audio(block)
             except Exception as e:  # a bug or a bad block must not stop the daemon listening
                 self.failed(e, "handling microphone audio")
-                self._apply(ClearAudio(time.monotonic()))
+                self._apply(turns.ClearAudio(time.monotonic()))
 
     # ---- replies --------------------------------------------------------------------------------------------
 
-    def _start(self, a: StartReply) -> None:
+    def _start(self, a: turns.StartReply) -> None:
         reply = Reply(
             a.turn,
             Generation().ticket(),  # its own: cancelling one reply must not stale another still alive
@@ -492,7 +458,7 @@ class Conversation:
             reply.trace.extra["playback_underruns"] = float(self.sink.underruns - reply.underruns_at)
         trace = reply.trace.trace()
         log.info("turn latency", extra=kv(**{k: v for k, v in dataclasses.asdict(trace).items() if k != "extra"}))
-        self._apply(ReplyDone(reply.turn, text, interrupted, time.monotonic(), error, trace, model_failed))
+        self._apply(turns.ReplyDone(reply.turn, text, interrupted, time.monotonic(), error, trace, model_failed))
         if reply.responder.instructions is not None:
             self.compute.submit(self.engines.chat.set_system_prompt, self._system_prompt(), priority=Priority.URGENT)
         if (functions := self.tools.reply_done(reply.turn)) is not None:  # response.create's were for it alone
@@ -556,33 +522,33 @@ class Conversation:
 
     async def say(self, text: str) -> None:
         """Speak `text` (no LLM, no history); returns when it has played or was interrupted."""
-        await self._text_turn(CreateResponse(time.monotonic(), say=text))
+        await self._text_turn(turns.CreateResponse(time.monotonic(), say=text))
 
     async def ask(self, text: str) -> str:
         """Answer `text` aloud as if spoken; returns the answer (the heard part when interrupted)."""
-        return await self._text_turn(CreateResponse(time.monotonic(), ask=text))
+        return await self._text_turn(turns.CreateResponse(time.monotonic(), ask=text))
 
-    async def _text_turn(self, create: CreateResponse) -> str:
+    async def _text_turn(self, create: turns.CreateResponse) -> str:
         self._apply(create)
         return await asyncio.shield(self._replies[self.core.turn].result)
 
     def interrupt(self) -> None:
         """Stop the reply now: flush playback, cancel LLM and TTS, keep the heard part in the history."""
-        self._apply(Interrupt(time.monotonic()))
+        self._apply(turns.Interrupt(time.monotonic()))
 
     def mute(self) -> None:
-        self._apply(Mute(True, time.monotonic()))
+        self._apply(turns.Mute(True, time.monotonic()))
 
     def unmute(self) -> None:
-        self._apply(Mute(False, time.monotonic()))
+        self._apply(turns.Mute(False, time.monotonic()))
 
     def ptt_start(self) -> None:
         """Push-to-talk pressed: a user turn starts now, overriding VAD endpointing until `ptt_stop`."""
-        self._apply(Ptt(True, time.monotonic()))
+        self._apply(turns.Ptt(True, time.monotonic()))
 
     def ptt_stop(self) -> None:
         """Push-to-talk released: the user turn ends here, whatever the VAD thinks."""
-        self._apply(Ptt(False, time.monotonic()))
+        self._apply(turns.Ptt(False, time.monotonic()))
 
     def config_get(self) -> dict[str, Any]:
         return settings.public(self.cfg)
@@ -601,12 +567,12 @@ class Conversation:
         self._retune(new, daemon_policy(new), end_of_turn(new, self.engines.score_turn), new.vad != self.cfg.vad)
         return self.config_get()
 
-    def _retune(self, cfg: Config, policy: Policy, turn_end: EndOfTurnPolicy, new_vad: bool) -> None:
+    def _retune(self, cfg: Config, policy: turns.Policy, turn_end: EndOfTurnPolicy, new_vad: bool) -> None:
         """From the next input on, the core runs under `policy` and `turn_end`, and `new_vad`: a VAD for `cfg`."""
         if new_vad:
             self.vad = self.engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
         self.cfg = cfg
-        self._apply(SetPolicy(policy, turn_end, new_vad=new_vad))
+        self._apply(turns.SetPolicy(policy, turn_end, new_vad=new_vad))
 
     def set_app_tools(self, owner: str, tools: list[dict[str, Any]], timeout_s: float, send: Send) -> list[str]:
         """A connected app's tools for the voice loop (see `ConversationTools.set_app_tools`); their names."""
@@ -678,17 +644,17 @@ class Conversation:
 
     def commit_audio(self) -> None:
         """End the user's utterance now: transcribe it as one user message (FinalTranscript, "" when empty)."""
-        self._apply(Commit(time.monotonic()))
+        self._apply(turns.Commit(time.monotonic()))
 
     def clear_audio(self) -> None:
-        self._apply(ClearAudio(time.monotonic()))
+        self._apply(turns.ClearAudio(time.monotonic()))
 
     def add_user_text(self, text: str) -> None:
-        self._apply(UserText(text, time.monotonic()))
+        self._apply(turns.UserText(text, time.monotonic()))
 
     def create_response(self, instructions: str | None = None) -> None:
         """Answer every pending user message (after the transcriptions in flight) as one reply."""
-        self._apply(CreateResponse(time.monotonic(), instructions=instructions))
+        self._apply(turns.CreateResponse(time.monotonic(), instructions=instructions))
 
     def set_functions(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
         """The client's functions (chat-template schemas) and how the model chooses them, from the next reply on.
@@ -705,11 +671,11 @@ class Conversation:
         """The client's result of a call it was handed; the next response continues the answer with it.
         InputError when no handed-off call has that id."""
         self.tools.add_output(call_id, output)
-        self._apply(ToolOutput(time.monotonic()))
+        self._apply(turns.ToolOutput(time.monotonic()))
 
     def cancel_response(self) -> None:
         """Stop the reply now (ResponseDone interrupted=True); the history keeps what was sent."""
-        self._apply(Interrupt(time.monotonic()))
+        self._apply(turns.Interrupt(time.monotonic()))
 
     def delete_item(self, role: str, text: str) -> None:
         """Forget the newest `role` message whose text is `text` (Realtime conversation.item.delete); InputError
