@@ -48,11 +48,10 @@ from assistant.policies import daemon_policy, end_of_turn, make_canceller, realt
 from assistant.reply import Reply, TurnTrace, pump, settle_answer
 from assistant.stt.types import Transcript
 from assistant.tools.apps import Send
-from assistant.tools.builtin import date_line, reminder_speech, zone
+from assistant.tools.builtin import date_line, zone
 from assistant.tools.calls import AUTO, ToolChoice
 from assistant.tools.registry import Toolbox
 from assistant.tools.session import ConversationTools, offer_tools
-from assistant.tools.timers import ReminderScheduler
 
 log = logging.getLogger("assistant.conversation")
 
@@ -80,7 +79,6 @@ class Conversation:
         on_close: Callable[[Conversation], None] | None = None,
         toolbox: Toolbox | None = None,
         memory: Memory | None = None,
-        reminders: ReminderScheduler | None = None,
     ) -> None:
         self.cfg = cfg
         self.engines = engines
@@ -96,7 +94,6 @@ class Conversation:
         self.instructions = cfg.llm.system_prompt
         self.tools = ConversationTools(toolbox)
         self.memory = memory  # the history kept across restarts (None: not kept)
-        self.reminders = reminders
         self._date = ""  # the date line in the system prompt (with tools: refreshed when the date changes)
         self.device_ok = True
         self.output_ok = True  # False while the speaker is lost: replies are text only
@@ -236,7 +233,7 @@ class Conversation:
         await self.prepare()
 
     async def prepare(self) -> None:
-        """Offer the tools, put the date in the system prompt, load the stored history, start the reminders."""
+        """Offer the tools, put the date in the system prompt, load the stored history."""
         chat = self.engines.chat
         if self.tools.toolbox is not None:
             await self.compute.run(chat.set_tools, self.tools.toolbox.schemas())
@@ -246,8 +243,6 @@ class Conversation:
             kept = len(await self.compute.run(lambda: chat.history))
             dropped = self.memory.keep_newest(kept)
             log.info("history loaded", extra=kv(messages=kept, dropped_turns=dropped))
-        if self.reminders is not None:
-            self.spawn(self._speak_reminders(self.reminders))
 
     def _system_prompt(self) -> str:
         return f"{self.instructions}\n\n{self._date}" if self._date else self.instructions
@@ -258,18 +253,6 @@ class Conversation:
         if line != self._date:
             self._date = line
             await self.compute.run(self.engines.chat.set_system_prompt, self._system_prompt(), priority=Priority.URGENT)
-
-    async def _speak_reminders(self, scheduler: ReminderScheduler) -> None:
-        """Speak each reminder when it falls due (also while idle), after any reply in progress."""
-        async for reminder in scheduler.due():
-            while self._replies:  # a reply in flight finishes first
-                await asyncio.wait([r.result for r in self._replies.values()])
-            try:
-                await self.say(reminder_speech(reminder))
-            except Exception as e:
-                self.failed(e, f"speaking reminder {reminder.id}")
-                continue
-            scheduler.done(reminder)
 
     async def _remember(self, reply: Reply) -> None:
         """Store the turn just recorded (from the event loop: the memory database lives on its thread); not one
@@ -531,6 +514,11 @@ class Conversation:
     async def _text_turn(self, create: turns.CreateResponse) -> str:
         self._apply(create)
         return await asyncio.shield(self._replies[self.core.turn].result)
+
+    async def quiet(self) -> None:
+        """Until no reply is in flight (a reminder waits for the answer in progress)."""
+        while self._replies:
+            await asyncio.wait([r.result for r in self._replies.values()])
 
     def interrupt(self) -> None:
         """Stop the reply now: flush playback, cancel LLM and TTS, keep the heard part in the history."""
