@@ -6,7 +6,8 @@ every engine call on the compute thread. The daemon holds one over the microphon
 server's `Controller`); each `/v1/realtime` connection holds one over its client sink (the server's
 `RealtimeSession`), opened by `Sessions` (assistant/sessions.py). Only the core's `Policy` differs between them.
 What is not turn-taking lives with its own module: config -> policy (assistant/policies.py), the tools and a
-Realtime client's function calls (assistant/tools/session.py), the history's operations (assistant/llm.py).
+Realtime client's function calls (assistant/tools/session.py), the history's operations (assistant/llm.py), the
+wake-phrase gate (assistant/wake.py); due reminders come in through `say` like any client (assistant/tools/timers.py).
 """
 
 from __future__ import annotations
