@@ -30,6 +30,7 @@ from assistant.audio.sinks import AudioSink, AudioSource, ClientSink, SpeakerTim
 from assistant.bus import EventBus, Subscription
 from assistant.compute import Compute, Generation, Priority, Stale
 from assistant.config import Config
+from assistant.context import ChatContext
 from assistant.endofturn import EndOfTurnPolicy, vad_settings
 from assistant.engines import Engines, VadLike
 from assistant.errors import AudioDeviceError, ConfigError, InputError, ModelError
@@ -49,7 +50,6 @@ from assistant.policies import daemon_policy, end_of_turn, make_canceller, realt
 from assistant.reply import Reply, TurnTrace, pump, settle_answer
 from assistant.stt.types import Transcript
 from assistant.tools.apps import Send
-from assistant.tools.builtin import date_line, zone
 from assistant.tools.calls import AUTO, ToolChoice
 from assistant.tools.registry import Toolbox
 from assistant.tools.session import ConversationTools, offer_tools
@@ -92,10 +92,10 @@ class Conversation:
         policy = realtime_policy(cfg, True, True, True) if realtime else daemon_policy(cfg)
         self.core = turns.TurnCore(policy, end_of_turn(cfg, engines.score_turn), ring_samples(cfg))
         self.hangover_ms: int | None = cfg.vad.hangover_ms
-        self.instructions = cfg.llm.system_prompt
         self.tools = ConversationTools(toolbox)
-        self.memory = memory  # the history kept across restarts (None: not kept)
-        self._date = ""  # the date line in the system prompt (with tools: refreshed when the date changes)
+        self.context = ChatContext(
+            engines.chat, self.compute, cfg.llm.system_prompt, cfg.tools.timezone, memory, self.failed
+        )
         self.device_ok = True
         self.output_ok = True  # False while the speaker is lost: replies are text only
         self.restart_required: list[str] = []
@@ -111,7 +111,6 @@ class Conversation:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._tick: asyncio.TimerHandle | None = None
-        self._erased: set[int] = set()  # replies in flight when the history was reset
         self._tick_at = 0.0
 
     # ---- driving the core -----------------------------------------------------------------------------------
@@ -235,37 +234,9 @@ class Conversation:
 
     async def prepare(self) -> None:
         """Offer the tools, put the date in the system prompt, load the stored history."""
-        chat = self.engines.chat
         if self.tools.toolbox is not None:
-            await self.compute.run(chat.set_tools, self.tools.toolbox.schemas())
-            await self._refresh_date()
-        if self.memory is not None:
-            await self.compute.run(chat.restore, self.memory.history())
-            kept = len(await self.compute.run(lambda: chat.history))
-            dropped = self.memory.keep_newest(kept)
-            log.info("history loaded", extra=kv(messages=kept, dropped_turns=dropped))
-
-    def _system_prompt(self) -> str:
-        return f"{self.instructions}\n\n{self._date}" if self._date else self.instructions
-
-    async def _refresh_date(self) -> None:
-        """The date line changes once a day; the prompt (and its cache) only then."""
-        line = date_line(time.time(), zone(self.cfg.tools.timezone))
-        if line != self._date:
-            self._date = line
-            await self.compute.run(self.engines.chat.set_system_prompt, self._system_prompt(), priority=Priority.URGENT)
-
-    async def _remember(self, reply: Reply) -> None:
-        """Store the turn just recorded (from the event loop: the memory database lives on its thread); not one
-        that a history reset cut off."""
-        if self.memory is None or reply.turn in self._erased:
-            return
-        chat = self.engines.chat
-        try:
-            turn = await self.compute.run(chat.last_turn, priority=Priority.URGENT)
-            self.memory.add_turn(turn)
-        except Exception as e:
-            self.failed(e, "storing the turn in the memory database")
+            await self.compute.run(self.engines.chat.set_tools, self.tools.toolbox.schemas())
+        await self.context.start(dated=self.tools.toolbox is not None)
 
     async def run(self) -> None:
         """Read the source until cancelled; a lost device is retried every `audio.device_retry_s`."""
@@ -302,6 +273,7 @@ class Conversation:
             a.responder,
             asyncio.Event(),
             asyncio.get_running_loop().create_future(),
+            epoch=self.context.epoch,
         )
         reply.trace.extra["backlog_ms"] = a.backlog_ms
         answer = self.tools.reply_starts(a.turn, a.responder.speak_text is None)
@@ -322,10 +294,7 @@ class Conversation:
         try:
             if self._settling is not None:
                 await self._settling  # the interrupted answer is recorded before a new one starts
-            if reply.responder.instructions is not None:
-                self.compute.submit(self.engines.chat.set_system_prompt, reply.responder.instructions)
-            elif self._date and reply.responder.user_text is not None:
-                await self._refresh_date()
+            await self.context.before_reply(reply.responder)
             functions, hand_off = self.tools.for_reply(reply.turn)
             if functions is not None:
                 await self.compute.run(self.engines.chat.set_tools, *functions)
@@ -338,7 +307,7 @@ class Conversation:
                     self.publish(call)
             elif reply.gen is not None:
                 await self.compute.run(self.engines.chat.finish_turn, None, priority=Priority.URGENT)
-                await self._remember(reply)
+                await self.context.remember(reply.epoch)
             self._finish(reply, reply.answer if reply.gen else reply.responder.speak_text or "", False)
         except (asyncio.CancelledError, Stale):
             return  # the canceller settles the reply
@@ -418,19 +387,17 @@ class Conversation:
             self.failed(e, "recording the interrupted answer")
         if heard is None and error is None:
             self._replies.pop(reply.turn, None)
-            self._erased.discard(reply.turn)
             if not reply.result.done():
                 reply.result.set_result("")
             return
         if heard is not None and reply.gen is not None:
-            await self._remember(reply)
+            await self.context.remember(reply.epoch)
         self._finish(reply, heard or "", True, error, model_failed)
 
     def _finish(
         self, reply: Reply, text: str, interrupted: bool, error: str | None = None, model_failed: bool = False
     ) -> None:
         self._replies.pop(reply.turn, None)
-        self._erased.discard(reply.turn)
         if reply.result.done():
             return
         reply.result.set_result(text)
@@ -443,8 +410,7 @@ class Conversation:
         trace = reply.trace.trace()
         log.info("turn latency", extra=kv(**{k: v for k, v in dataclasses.asdict(trace).items() if k != "extra"}))
         self._apply(turns.ReplyDone(reply.turn, text, interrupted, time.monotonic(), error, trace, model_failed))
-        if reply.responder.instructions is not None:
-            self.compute.submit(self.engines.chat.set_system_prompt, self._system_prompt(), priority=Priority.URGENT)
+        self.context.after_reply(reply.responder)
         if (functions := self.tools.reply_done(reply.turn)) is not None:  # response.create's were for it alone
             self.compute.submit(self.engines.chat.set_tools, *functions, priority=Priority.URGENT)
         self.compute.clear_cache()
@@ -547,8 +513,7 @@ class Conversation:
         new = settings.apply(self.cfg, changes, cast(settings.VoiceCatalog, self.engines.tts))
         self.restart_required = sorted({*self.restart_required, *settings.at_restart(changes)})
         if new.llm.system_prompt != self.cfg.llm.system_prompt:
-            self.instructions = new.llm.system_prompt
-            self.compute.submit(self.engines.chat.set_system_prompt, self._system_prompt())
+            self.context.set_instructions(new.llm.system_prompt)
         if new.logging.level != self.cfg.logging.level:
             logging.getLogger("assistant").setLevel(new.logging.level.upper())
         if new.tts.voice != self.cfg.tts.voice:
@@ -585,11 +550,8 @@ class Conversation:
         return [dataclasses.asdict(m) for m in self.engines.chat.history]
 
     def history_reset(self) -> None:
-        self._erased |= set(self._replies)  # an answer being settled now is not stored after the reset
-        self.interrupt()
-        self.compute.submit(self.engines.chat.reset, priority=Priority.URGENT)
-        if self.memory is not None:
-            self.memory.reset_history()
+        self.interrupt()  # first: its answer is recorded before the reset, and not stored after it
+        self.context.reset()
 
     def subscribe(self, maxsize: int = SUB_DEFAULT) -> Subscription[Event]:
         """The daemon's events; only a Realtime conversation adds ResponseStarted/ResponseAudio (see `events()`)."""
@@ -598,8 +560,7 @@ class Conversation:
     # ---- the RealtimeSession --------------------------------------------------------------------------------
 
     def set_instructions(self, text: str) -> None:
-        self.instructions = text
-        self.compute.submit(self.engines.chat.set_system_prompt, text, priority=Priority.URGENT)
+        self.context.set_instructions(text)
 
     def set_voice(self, name: str) -> None:
         names = self.engines.tts.voice_names()
