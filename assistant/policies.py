@@ -10,9 +10,9 @@ from assistant.audio.echo import EchoCanceller, PlayedClock
 from assistant.audio.format import CAPTURE_RATE, frame_samples
 from assistant.audio.sinks import AudioSink
 from assistant.config import Config
-from assistant.endofturn import EndOfTurnPolicy, FixedSilence, policy_from_config
+from assistant.endofturn import EndOfTurnPolicy, FixedSilence, bare_word, policy_from_config
 from assistant.errors import ConfigError
-from assistant.turns import Policy, bare_word
+from assistant.turns import Policy
 
 
 def daemon_policy(cfg: Config) -> Policy:

@@ -23,7 +23,7 @@ import numpy as np
 
 from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS
 from assistant.audio.ring import AudioRing, CaptureClock
-from assistant.endofturn import EndOfTurnPolicy, TurnEvidence
+from assistant.endofturn import EndOfTurnPolicy, TurnEvidence, turn_words
 from assistant.errors import InputError
 from assistant.events import (
     AttentionChanged,
@@ -506,10 +506,6 @@ class TurnCore:
         """Words that make speech during a reply, or in its echo, the user's turn."""
         return max(1, self.policy.barge_in_min_words)
 
-    def _words(self, text: str) -> int:
-        """Words of `text` that count towards taking the turn: backchannels ("mm-hm", "yeah") do not."""
-        return sum(1 for w in text.split() if bare_word(w) not in self.policy.backchannels)
-
     @property
     def speculating(self) -> bool:
         return self.user is not None and self.user.spec_job is not None
@@ -651,7 +647,8 @@ class TurnCore:
         if f.partial is not None:
             user.partial = f.partial
             self._emit(Publish(PartialTranscript(f.partial, f.now)))
-            if user.candidate and self.policy.barge_in and self._words(f.partial) >= self._min_words:
+            words = turn_words(f.partial, self.policy.backchannels)
+            if user.candidate and self.policy.barge_in and words >= self._min_words:
                 self._promote(user)
         self._feed()
         self._check_end_of_turn(f.now)
@@ -809,7 +806,7 @@ class TurnCore:
         if text:
             self._emit(Publish(FinalTranscript(text, language, now)))
         decision = self._addressed(text, job.started_at, job.ptt)
-        words = self._words(text)
+        words = turn_words(text, self.policy.backchannels)
         if words == 0 or not decision.answer:
             self._emit(Publish(FalseStart(now)))  # a backchannel (or echo): the reply goes on
             return
@@ -1102,11 +1099,6 @@ def _shift(ev: VadEvent, origin: int) -> VadEvent:
     if isinstance(ev, SpeechEnded):
         return dataclasses.replace(ev, start_sample=ev.start_sample + origin, end_sample=ev.end_sample + origin)
     return dataclasses.replace(ev, sample=ev.sample + origin)
-
-
-def bare_word(word: str) -> str:
-    """A word as the backchannel list holds it: lower case, no surrounding punctuation."""
-    return word.strip(".,!?;:\"'()").lower()
 
 
 def _source(ptt: bool) -> TurnSource:
