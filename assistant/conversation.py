@@ -587,9 +587,8 @@ class Conversation:
         self._retune(*turns, new_vad)
 
     def append_audio(self, samples: np.ndarray) -> None:
-        """int16 16 kHz mono of any length, recorded by the client just now (its clock runs with ours)."""
-        if samples.dtype != np.int16 or samples.ndim != 1:
-            raise InputError(f"audio must be int16 mono, got {samples.dtype} with shape {samples.shape}")
+        """int16 16 kHz mono of any length, recorded by the client just now (its clock runs with ours); InputError
+        for other audio (checked once, in `on_audio`)."""
         self.on_audio(samples)
 
     def commit_audio(self) -> None:
