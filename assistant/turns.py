@@ -61,7 +61,6 @@ class Policy:
     """What differs between the daemon (hands-free and/or push-to-talk) and a Realtime session."""
 
     vad_turns: bool = True  # the VAD starts and ends turns (hands-free, server VAD); else PTT or commit only
-    publish_vad: bool = True  # VAD events go to subscribers
     ptt: bool = True  # the hotkey may start and end turns
     speculative: bool = True  # answer at the first silence, play only once the turn is confirmed
     answer_turns: bool = True  # a finished spoken turn is answered (daemon); else it queues a user message
@@ -549,7 +548,7 @@ class TurnCore:
 
     def _on_vad(self, raw: VadEvent) -> None:
         ev = _shift(raw, self._vad_origin)
-        if self.policy.publish_vad and not self._model_judges(ev):
+        if self.policy.vad_turns and not self._model_judges(ev):  # push-to-talk alone: the VAD's events are no news
             self._emit(Publish(ev))
         if not self.policy.vad_turns or self.ptt:
             return  # the hotkey overrides endpointing while held
@@ -679,7 +678,7 @@ class TurnCore:
         speech_ms = (user.silence_at - user.start) * 1000 // CAPTURE_RATE
         evidence = TurnEvidence(silence_ms, speech_ms, user.score, user.partial)
         if self.end_of_turn.decide(evidence) == "end":
-            if self.policy.publish_vad and after is not None:  # the VAD's own end was not published (_model_judges)
+            if after is not None:  # the VAD's own end was not published (_model_judges)
                 self._emit(Publish(SpeechEnded(user.start, user.silence_at, now)))
             if not vad_ended:
                 self._reset_vad()  # its pause in progress is over: the next speech must be a new start
