@@ -237,6 +237,23 @@ def profile_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def ops_table(rows: list[dict[str, Any]]) -> list[str]:
+    """benchmarks/tts_ops.py rows: operations in the graphs of one frame, as this backend records them."""
+    lines = [
+        "### TTS operations per frame (`python -m benchmarks.tts_ops --size S [--unfused]`)\n",
+        "Primitives MLX records for one compiled talker step and one frame kernel (views apart: no kernel).\n",
+        "| model | layout | talker step | frame kernel | frame | views |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        views = r["talker_step"]["views"] + r["frame_kernel"]["views"]
+        lines.append(
+            f"| {r['size']} {r['precision']} | {r.get('layout', 'fused')} | {r['talker_step']['ops']} | "
+            f"{r['frame_kernel']['ops']} | {r['frame_total_ops']} | {views} |"
+        )
+    return lines
+
+
 def integ_table(rows: list[dict[str, Any]]) -> list[str]:
     """benchmarks/integ.py rows: the Wyoming services and mlx_lm.server against the in-process path."""
     lines = ["### Integration: Wyoming and mlx_lm.server against in-process (`python -m benchmarks.integ --real`)\n"]
@@ -280,7 +297,7 @@ def render(docs: list[dict[str, Any]], projection: dict[str, Any] | None = None,
                 out.append("Errors recorded:")
                 out.extend(errs)
             out.append("")
-        for part, table in (("profile", profile_table), ("integ", integ_table)):
+        for part, table in (("ops", ops_table), ("profile", profile_table), ("integ", integ_table)):
             extra = _jsonl(folder / f"{doc['label']}-{part}.jsonl") if folder is not None else []
             if extra:
                 out.extend(table(extra))

@@ -1,10 +1,11 @@
 """Operations per TTS frame: the primitives MLX records for the compiled talker step and the frame kernel.
 
-    PYTHONPATH=. python -m benchmarks.tts_ops [--size 0.6B] [--bits 4 --mode affine] [--layers 28 5]
+    PYTHONPATH=. python -m benchmarks.tts_ops [--size 0.6B] [--bits 4 --mode affine] [--layers 28 5] [--unfused]
 
 On a GPU whose frame is bound by the host issuing kernels (~7 us each on the H100), fewer operations per frame
-is the lever; this counts them on any backend (the CPU too, no device time) from the graph of one compiled call
-(`mx.export_to_dot`), split into views (reshape, slice, transpose, broadcast: usually no kernel) and the rest.
+is the lever; this counts them from the graph of one compiled call (`mx.export_to_dot`), split into views (reshape,
+slice, transpose, broadcast: usually no kernel) and the rest. On the CPU (no device time) MLX's fast norm, RoPE and
+attention appear decomposed into their fallback ops; on a GPU they are one primitive each (or the GPU's fallback).
 Narrow widths (hidden 256) by default: the operation count depends on the layer counts, not the widths.
 Prints one JSON object on stdout.
 """
@@ -58,7 +59,9 @@ def count(folder: Path) -> dict[str, Any]:
     mx.eval(h)
     blocked = mx.array(False)
     mx.eval(blocked)
-    frame = primitives(*kernel.fn(h, seen, blocked, key))
+    outputs = kernel.fn(h, seen, blocked, key)
+    frame = primitives(*outputs)
+    mx.eval(outputs)  # and it runs: a smoke test of the whole frame on this backend
     out = {"talker_step": summary(step), "frame_kernel": summary(frame)}
     out["frame_total_ops"] = out["talker_step"]["ops"] + out["frame_kernel"]["ops"]
     return out
@@ -72,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, nargs=2, default=[28, 5])
     ap.add_argument("--real-widths", action="store_true", help="the released widths (slower to write and load)")
     ap.add_argument("--cache", default="/tmp/bench-checkpoints")
+    ap.add_argument("--unfused", action="store_true", help="keep the checkpoint layout (skip fuse())")
     args = ap.parse_args(argv)
+    if args.unfused:
+        from assistant.tts.qwen3.talker import Qwen3TTSModel
+
+        Qwen3TTSModel.fuse = lambda self: None  # type: ignore[method-assign]
     from benchmarks.checkpoints import write_checkpoint
 
     kind = f"{args.mode}-{args.bits}bit" if args.bits else "bf16"
@@ -82,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         folder, args.size, args.bits or None, *args.layers, tiny_widths=not args.real_widths, mode=args.mode
     )
     row = {"section": "tts_ops", "size": args.size, "precision": kind, "layers": args.layers, "widths": widths}
+    row["layout"] = "unfused" if args.unfused else "fused"
     row["device"] = str(mx.default_device())
     row.update(count(folder))
     print(json.dumps(row), flush=True)
