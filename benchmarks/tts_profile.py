@@ -38,6 +38,18 @@ def per_call_ms(fn: Callable[[], Any], iters: int) -> float:
     return round(1000 * float(np.median(out)), 3)
 
 
+def build_ms(fn: Callable[[], Any], iters: int) -> float:
+    """Median ms of calling fn() alone, its graph evaluated after the clock: the host's cost of building a
+    frame's graph (compiled functions replay their recorded graph, node by node)."""
+    out = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        r = fn()
+        out.append(time.perf_counter() - t0)
+        mx.eval(r)
+    return round(1000 * float(np.median(out)), 3)
+
+
 def codec_parts(dec: Any, codes: np.ndarray, iters: int) -> dict[str, float]:
     """The codec's 4-frame step split: quantizer + pre-conv + transformer, and the conv stack eager vs compiled."""
     from assistant.tts.qwen3.codec_vocoder import DecoderState, SnakeBeta
@@ -131,6 +143,7 @@ def profile(folder: Path, positions: list[int], frames: list[int], iters: int, p
         out[f"talker_step_ms@{pos}"] = per_call_ms(step, iters)
         out[f"talker_step_eager_ms@{pos}"] = per_call_ms(eager, iters)
         out[f"frame_ms@{pos}"] = per_call_ms(frame, iters)
+        out[f"frame_build_ms@{pos}"] = build_ms(frame, iters)
     h = talker.step(x, cache)
     out["frame_kernel_ms"] = per_call_ms(lambda: kernel(h, seen, False, key), iters)
     c0 = mx.array([5], dtype=mx.int32)
