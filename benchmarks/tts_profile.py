@@ -116,7 +116,7 @@ def profile(folder: Path, positions: list[int], frames: list[int], iters: int, p
     talker = tts.talker
     voice = tts.use_voice(ad_hoc_voice("bench", VoicePrompt(language="english", speaker="vivian")))
     hidden = talker.cfg.hidden_size
-    x = mx.random.normal((hidden,), key=mx.random.key(0)).astype(talker.codec_head.weight.dtype) * 0.1
+    x = mx.random.normal((hidden,), key=mx.random.key(0)).astype(talker.model.codec_embedding.weight.dtype) * 0.1
     out: dict[str, Any] = {}
     kernel = FrameKernel.of(talker, sampling_of(cfg))
     seen = mx.zeros((talker.cfg.vocab_size,), dtype=mx.bool_)

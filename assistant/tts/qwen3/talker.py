@@ -6,8 +6,9 @@ position copies, so it is exactly 1-D rotate-half RoPE (spec 2.1).
 
 `fuse()` (the loader calls it once the weights and dtype are final) trades the checkpoint layout for fewer
 operations per position, which bound a frame on GPUs where the host issues every kernel: q/k/v and gate/up each
-become one matmul, q and k are normalised and rotated together, and a float o_proj/down_proj adds the residual
-inside its matmul (addmm). Layers whose q/k/v or gate/up a checkpoint quantizes differently keep their own matmuls.
+become one matmul, q and k are normalised and rotated together, a float o_proj/down_proj adds the residual inside
+its matmul (addmm), and float weights are held transposed (no transpose node per call). Layers whose q/k/v or
+gate/up a checkpoint quantizes differently keep their own matmuls.
 """
 
 from __future__ import annotations
@@ -22,8 +23,27 @@ from assistant.quantization import concat_linears
 from assistant.tts.qwen3.config import TalkerConfig
 
 
+class LinearT(nn.Module):
+    """A float Linear without bias holding its weight as the transposed view [in, out] of the checkpoint's
+    [out, in] (no copy): `x @ weight_t` records one graph node per call where `x @ weight.T` records two."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight_t = linear.weight.T
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return x @ self.weight_t
+
+
+def pre_transposed(layer: nn.Module) -> nn.Module:
+    """`layer` as a LinearT where it is a float Linear without bias, else itself."""
+    return LinearT(layer) if type(layer) is nn.Linear and "bias" not in layer else layer
+
+
 def add_linear(residual: mx.array, layer: nn.Module, x: mx.array) -> mx.array:
     """residual + layer(x); one addmm kernel where the layer is a float Linear without bias."""
+    if isinstance(layer, LinearT):
+        return mx.addmm(residual, x, layer.weight_t)
     if type(layer) is nn.Linear and "bias" not in layer:
         return mx.addmm(residual, x, layer.weight.T)
     return residual + layer(x)
@@ -46,11 +66,12 @@ class Attention(nn.Module):
 
     def fuse(self) -> None:
         """q, k and v from one matmul, and one norm, scale and RoPE for q and k together (see the module doc)."""
+        self.o_proj = pre_transposed(self.o_proj)
         qkv = concat_linears([self.q_proj, self.k_proj, self.v_proj])
         if qkv is None:
             return
         h, kv, d = self.heads, self.kv_heads, self.head_dim
-        self.qkv_proj = qkv
+        self.qkv_proj = pre_transposed(qkv)
         self.qk_norm_weight = mx.concatenate(
             [mx.broadcast_to(self.q_norm.weight, (h, d)), mx.broadcast_to(self.k_norm.weight, (kv, d))]
         )[:, None, :]  # [h + kv, 1, d]: per head, broadcast over positions
@@ -105,9 +126,10 @@ class MLP(nn.Module):
 
     def fuse(self) -> None:
         """gate and up from one matmul (kept apart where the checkpoint quantizes them differently)."""
+        self.down_proj = pre_transposed(self.down_proj)
         gate_up = concat_linears([self.gate_proj, self.up_proj])
         if gate_up is not None:
-            self.gate_up_proj = gate_up
+            self.gate_up_proj = pre_transposed(gate_up)
             del self.gate_proj, self.up_proj
             self.fused = True
 
@@ -287,6 +309,8 @@ class Talker(nn.Module):
         """The talker's and the predictor's layers in the fused layout (module doc); before anything compiles."""
         self.model.fuse()
         self.code_predictor.model.fuse()
+        self.codec_head = pre_transposed(self.codec_head)
+        self.code_predictor.lm_head = [pre_transposed(head) for head in self.code_predictor.lm_head]
         self.compiled = CompiledCache()
 
     def text(self, ids: list[int] | mx.array) -> mx.array:
