@@ -59,7 +59,9 @@ class CodePredictor(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.model = PredictorModel(cfg, talker_hidden)
-        self.lm_head = [nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False) for _ in range(cfg.num_code_groups - 1)]
+        self.lm_head: list[nn.Module] = [
+            nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False) for _ in range(cfg.num_code_groups - 1)
+        ]
         # 1.7B: Linear(talker hidden -> predictor hidden) with bias; 0.6B: identity (no weights).
         self.has_projection = cfg.hidden_size != talker_hidden
         if self.has_projection:

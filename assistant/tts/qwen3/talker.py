@@ -60,7 +60,7 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(hidden, heads * head_dim, bias=False)
         self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
-        self.o_proj = nn.Linear(heads * head_dim, hidden, bias=False)
+        self.o_proj: nn.Module = nn.Linear(heads * head_dim, hidden, bias=False)
         self.q_norm = nn.RMSNorm(head_dim, eps=eps)
         self.k_norm = nn.RMSNorm(head_dim, eps=eps)
 
@@ -122,7 +122,7 @@ class MLP(nn.Module):
         self.fused = False
         self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.down_proj: nn.Module = nn.Linear(intermediate, hidden, bias=False)
 
     def fuse(self) -> None:
         """gate and up from one matmul (kept apart where the checkpoint quantizes them differently)."""
@@ -299,7 +299,7 @@ class Talker(nn.Module):
         self.compiled = CompiledCache()
         self.model = TalkerModel(cfg)
         self.text_projection = TextProjection(cfg.text_hidden_size, cfg.hidden_size)
-        self.codec_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.codec_head: nn.Module = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.code_predictor = CodePredictor(cfg.code_predictor_config, cfg.hidden_size)
 
     def __call__(self, x: mx.array, cache: list[Any]) -> mx.array:
