@@ -24,7 +24,8 @@ Layout = Literal["stream", "full"]
 
 @dataclass(frozen=True, eq=False)
 class PrefixState:
-    """The voice part of the prefill and its KV state (per layer keys/values), computed once per voice."""
+    """The voice part of the prefill and its KV state (per layer the whole static-cache buffers, positions past
+    `length` zero), computed once per voice."""
 
     prompt: VoicePrompt
     length: int
@@ -35,15 +36,16 @@ class PrefixState:
         x = builder.prefix(prompt)
         cache = talker.make_cache()
         talker(x[None], cache)
-        kv = [c.state for c in cache]
+        kv = [(c.keys, c.values) for c in cache if c.keys is not None and c.values is not None]
         mx.eval(kv)
         return cls(prompt, x.shape[0], kv)
 
     def restore(self, talker: Talker) -> list[Any]:
-        """A fresh cache holding the prefix; the snapshot itself is never written to (slices are copies)."""
+        """A fresh cache holding the prefix, sharing the snapshot's buffers (no operation per layer at an
+        utterance's start); every cache write makes new arrays, so the snapshot is never written to."""
         cache = talker.make_cache()
         for c, (k, v) in zip(cache, self.kv, strict=True):
-            c.state = (k, v, self.length)
+            c.share(k, v, self.length)
         return cache
 
 

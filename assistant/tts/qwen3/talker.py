@@ -253,27 +253,17 @@ class StaticCache:
         n = k.shape[2]
         self.reserve(k, n)
         assert self.keys is not None and self.values is not None
-        self.keys[..., self.offset : self.offset + n, :] = k
-        self.values[..., self.offset : self.offset + n, :] = v
+        # new arrays, never an in-place write: the buffers may be a voice prefix's snapshot (see `share`)
+        start = mx.array([self.offset])
+        self.keys = mx.slice_update(self.keys, k.astype(self.keys.dtype), start, axes=(2,))
+        self.values = mx.slice_update(self.values, v.astype(self.values.dtype), start, axes=(2,))
         self.offset += n
         return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
 
-    @property
-    def state(self) -> tuple[mx.array, mx.array]:
-        assert self.keys is not None and self.values is not None
-        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
-
-    @state.setter
-    def state(self, kv_offset: tuple[mx.array, mx.array, int]) -> None:
-        """Start from keys/values [1, kv, n, d] holding the first n positions (copied: the source stays intact)."""
-        k, v, n = kv_offset
-        self.keys = self.values = None
-        self.offset = 0
-        self.reserve(k, n)
-        assert self.keys is not None and self.values is not None
-        self.keys[..., :n, :] = k
-        self.values[..., :n, :] = v
-        self.offset = n
+    def share(self, keys: mx.array, values: mx.array, n: int) -> None:
+        """Start from whole buffers [1, kv, C, d] whose first n positions are written (a voice prefix's): no
+        copy now; the first write makes one (MLX copies a buffer it cannot update in place), the source stays."""
+        self.keys, self.values, self.offset = keys, values, n
 
 
 class CompiledCache:
