@@ -7,8 +7,9 @@ speech). Events:
 - SpeechStarted once min_speech_ms of voiced frames are in a row (barge_in_min_speech_ms, and louder by
   barge_in_energy_margin_db than the echo the audio may hold, while the assistant speaks: the echo canceller's
   room-aware bound, EchoCanceller.echo_dbfs); start_sample = onset less the pre-roll.
-- SilenceStarted after early_silence_ms of silence, SpeechResumed when half of min_speech_ms of voice comes back
-  before the hangover (single clicks do not), SpeechEnded after the hangover or at max_utterance_s (truncated).
+- SilenceStarted after early_silence_ms of silence without one voiced frame (a voiced frame before it means the
+  speaker goes on: the silence starts again after it), SpeechResumed when half of min_speech_ms of voice comes back
+  after that (single clicks do not), SpeechEnded after the hangover or at max_utterance_s (truncated).
 Positions are sample indices since construction or `reset()`, exact whatever the sizes of the blocks fed; a
 frame's decision is placed at its first sample. `time` is the clock's reading when the event was decided.
 No I/O: feed samples, get events.
@@ -172,7 +173,10 @@ class Vad:
         if voiced:
             self._resume_run += 1
             self._voiced_levels.append(level)
-            if self._resume_run >= self._min_resume:
+            # before the silence is reported, one voiced frame means the speaker is still talking: SilenceStarted
+            # then promises early_silence_ms with no voice at all (espeak-ng's stops and fricatives left 2 voiced
+            # frames in a 150 ms "silence", and Smart Turn, asked there, cut questions in two; issue 13 d)
+            if self._resume_run >= self._min_resume or not self._silence_reported:
                 self.state = State.SPEAKING
                 resumed_at = self.position - self._resume_run * self.frame
                 if self._silence_reported:

@@ -96,6 +96,18 @@ def test_blip_inside_a_pause_does_not_resume() -> None:
     assert not any(isinstance(e, SpeechResumed) for _, e in got)
 
 
+def test_voice_before_the_silence_is_reported_restarts_it() -> None:
+    """Issue 13 (d): a 60 ms voiced run 90 ms into a pause, before early_silence_ms, restarts the silence:
+    SilenceStarted comes after early_silence_ms with no voiced frame at all and places the silence after the run
+    (a stop and a syllable inside a word had passed for 150 ms of silence, where Smart Turn was then asked)."""
+    got = feed_frames(vad(early_silence_ms=150), pattern("0" * 10 + "1" * 20 + "000" + "11" + "0" * 30))
+    assert got == [
+        (14, SpeechStarted(start_sample=0, onset_sample=10 * F, time=T)),
+        (39, SilenceStarted(sample=35 * F, time=T)),  # the 5th silent frame after the run
+        (58, SpeechEnded(start_sample=0, end_sample=35 * F, time=T)),  # the hangover counts from there too
+    ]
+
+
 def test_preroll_is_clamped_to_previous_utterance_and_stream_start() -> None:
     """The pre-roll reaches back 300 ms, never before sample 0 and never into the previous utterance."""
     audio = pattern("0" * 3 + "1" * 10 + "0" * 25 + "1" * 10 + "0" * 30)
