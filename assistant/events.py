@@ -46,7 +46,7 @@ class SilenceStarted:
 @dataclass(frozen=True)
 class PauseStarted:
     """The user has been quiet for vad.pause_notice_ms, before SilenceStarted: the turn core asks the end-of-turn
-    model now, on the pause padded with silence, and weighs the answer if SilenceStarted follows with the same
+    model now, on the pause padded with zeros, and weighs the answer if SilenceStarted follows with the same
     `sample` (voice in between starts a new pause). Between the VAD and the turn core only: never published."""
 
     sample: int
