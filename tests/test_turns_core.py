@@ -19,6 +19,7 @@ from assistant.events import (
     ErrorEvent,
     FalseStart,
     FinalTranscript,
+    PauseStarted,
     PushToTalk,
     ResponseDone,
     SilenceStarted,
@@ -97,7 +98,7 @@ class Timeline:
     def now(self) -> float:
         return self.t
 
-    def vad(self, ev: SpeechStarted | SilenceStarted | SpeechResumed | SpeechEnded) -> None:
+    def vad(self, ev: SpeechStarted | PauseStarted | SilenceStarted | SpeechResumed | SpeechEnded) -> None:
         self.send(VadIn(ev))
 
     def started(self, at: int) -> None:
@@ -551,6 +552,50 @@ def test_the_score_is_asked_as_soon_as_the_vad_reports_enough_silence() -> None:
     tl.vad(SilenceStarted(pause, tl.now))
     asks = [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
     assert len(asks) == 1 and len(asks[0].audio) == pause + CAPTURE_RATE * 200 // 1000
+
+
+def test_a_score_asked_at_the_pause_notice_ends_the_turn_when_the_silence_is_confirmed() -> None:
+    """Issue 13 (d): at the VAD's early notice of a pause (PauseStarted) the core asks for the score of the speech
+    plus score_after_ms of silence, the part not yet heard as zeros; the answer ends nothing until SilenceStarted
+    confirms that same pause, which then ends the turn at once with no second ask. Voice before the confirmation
+    starts a new pause: the old answer is dropped and the new pause is asked about afresh."""
+    tl = Timeline(dataclasses.replace(DAEMON, speculative=False))
+    tl.core.end_of_turn = ScoredPolicy()
+    tl.audio(10, value=1000)
+    tl.started(0)
+    first = tl.pos()
+    tl.audio(4)  # 80 ms of the pause heard
+    tl.vad(PauseStarted(first, tl.now))
+    (early,) = [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
+    trail = CAPTURE_RATE * 200 // 1000
+    assert len(early.audio) == first + trail and np.all(early.audio[:first] == 1000) and not early.audio[first:].any()
+    tl.send(Scored(early.job, 0.9, tl.now))
+    assert not tl.of(Finalize) and tl.core.state is TurnState.USER_SPEAKING  # not confirmed yet
+    tl.audio(3, value=1000)  # voice before the confirmation: the VAD starts a new pause after it
+    second = tl.pos()
+    tl.audio(4)
+    tl.vad(PauseStarted(second, tl.now))
+    asks = [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
+    assert len(asks) == 2 and len(asks[1].audio) == second + trail
+    tl.audio(6)
+    tl.vad(SilenceStarted(second, tl.now))
+    assert not tl.of(Finalize), "the first pause's answer is not this pause's"
+    tl.send(Scored(asks[1].job, 0.9, tl.now))
+    assert len(tl.of(Finalize)) == 1 and tl.core.state is TurnState.THINKING
+    assert len(tl.of(ScoreTurn)) == 2
+
+    tl = Timeline(dataclasses.replace(DAEMON, speculative=False))  # the answer came first: the end is at once
+    tl.core.end_of_turn = ScoredPolicy()
+    tl.audio(10, value=1000)
+    tl.started(0)
+    pause = tl.pos()
+    tl.audio(4)
+    tl.vad(PauseStarted(pause, tl.now))
+    tl.send(Scored(tl.of(ScoreTurn)[-1].job, 0.9, tl.now))  # type: ignore[attr-defined]
+    tl.audio(6)
+    tl.vad(SilenceStarted(pause, tl.now))
+    assert len(tl.of(Finalize)) == 1 and len(tl.of(ScoreTurn)) == 1
+    assert [e.new for e in tl.events(StateChanged)][-1] is TurnState.THINKING  # type: ignore[attr-defined]
 
 
 def test_a_model_judged_turn_publishes_one_start_and_one_end() -> None:
