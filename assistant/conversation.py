@@ -187,8 +187,9 @@ class Conversation:
                     self.spawn(self._score(self.engines.score_turn, utt, audio))
             case StartReply():
                 self._start(action)
-            case ConfirmReply(turn):
+            case ConfirmReply(turn, speech_end, endpoint):
                 if (reply := self._replies.get(turn)) is not None:
+                    reply.trace.speech_end, reply.trace.endpoint = speech_end, endpoint  # not the speculation's
                     reply.confirmed.set()
                     self._text_only_note()
             case DropReply(turn):

@@ -178,13 +178,19 @@ def speculative_start_then_resume(policy: Policy) -> None:
 
 
 def speculative_start_then_confirm(policy: Policy) -> None:
-    """The speculative reply is the one used: confirmed at the end of turn, its held audio plays then."""
+    """The speculative reply is the one used: confirmed at the end of turn (with the turn's speech end and
+    decision time, which its latency counts from), its held audio plays in the same step as the confirmation."""
     tl = Timeline(policy)
     spec = speculating(tl)
     tl.reply_plays(spec.turn)
     tl.audio(5)
-    tl.ended(0, tl.pos() - 5 * BLOCK)
-    assert ConfirmReply(spec.turn) in tl.actions and len(tl.of(StartReply)) == 1
+    end = tl.pos() - 5 * BLOCK
+    decided = len(tl.actions)
+    tl.ended(0, end)
+    step = tl.actions[decided:]  # everything the end of turn did, in order
+    confirm = ConfirmReply(spec.turn, tl.core.clock.time_of(end), tl.now)
+    assert confirm in step and len(tl.of(StartReply)) == 1
+    assert any(isinstance(a, Play) and a.turn == spec.turn for a in step[step.index(confirm) :])
     assert [a.turn for a in tl.of(Play)] == [spec.turn]  # type: ignore[attr-defined]
     assert tl.events(FinalTranscript)[-1].text == "hello"  # type: ignore[attr-defined]
     assert tl.states()[-1] is TurnState.ASSISTANT_SPEAKING
