@@ -392,6 +392,9 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     build_s = time.perf_counter() - t0
     source, sink = FileSource(read_wav(DATA)), TimestampSink()
     p = Conversation(cfg, engines, source, sink, compute=compute)
+    t0 = time.perf_counter()
+    await p.warmup()  # as the daemon does before it listens: every engine compiles its shapes
+    warmup_s = time.perf_counter() - t0
     sub = p.subscribe(100_000)
     runner = asyncio.create_task(p.run())
     traces: list[LatencyTrace] = []
@@ -404,7 +407,7 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     soak: dict[str, dict[str, int]] = {}  # resident memory, threads and tasks after turn 50 and the last
     misses = 0
     try:
-        # the first exchange warms every kernel (MLX compiles on first use): untimed
+        # the first exchange also warms what warmup() does not (the LLM's kernels, Smart Turn): untimed
         while len(traces) < args.turns + 1:
             try:
                 trace = await asyncio.wait_for(_next_trace(sub, endpoints, specs), args.turn_timeout)
@@ -469,6 +472,7 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "endofturn.score_after_ms": cfg.endofturn.score_after_ms,
             "overrides": args.set,
             "build_s": round(build_s, 1),
+            "warmup_s": round(warmup_s, 1),
         },
         "latency": {
             "end to end: true end of speech -> first output sample": stats(e2e),
