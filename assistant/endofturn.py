@@ -70,6 +70,17 @@ def ends_mid_phrase(partial_text: str, fillers: frozenset[str] = TRAILING_FILLER
     return bool(words) and words[-1] in fillers
 
 
+def bare_word(word: str) -> str:
+    """A word as a backchannel list holds it: lower case, no surrounding punctuation."""
+    return word.strip(".,!?;:\"'()").lower()
+
+
+def turn_words(text: str, backchannels: frozenset[str]) -> int:
+    """Words of `text` that count towards taking the turn: the listener's `backchannels` ("mm-hm", "yeah", as
+    bare words) do not."""
+    return sum(1 for w in text.split() if bare_word(w) not in backchannels)
+
+
 @dataclass(frozen=True)
 class SmartTurnPolicy:
     """The end-of-turn model's policy: ask for a score after `score_after_ms` of silence, end the turn when the

@@ -21,10 +21,12 @@ from assistant.endofturn import (
     SmartTurn,
     SmartTurnPolicy,
     TurnEvidence,
+    bare_word,
     ends_mid_phrase,
     load_smart_turn,
     model_input,
     policy_from_config,
+    turn_words,
     vad_settings,
 )
 from assistant.errors import InputError, ModelError
@@ -68,6 +70,14 @@ def test_trailing_filler_keeps_waiting() -> None:
     assert not ends_mid_phrase("What time is it in London?")
     assert p.decide(ev(200, 0.99, "What time is it in London?")) == "end"
     assert not ends_mid_phrase("")
+
+
+def test_backchannels_do_not_count_towards_taking_the_turn() -> None:
+    """Listener words (matched bare: case and punctuation aside) are not words that take the turn; others are."""
+    backchannels = frozenset(bare_word(w) for w in ("Mm-hm", "yeah", "OK."))
+    assert turn_words("Yeah. Mm-hm, ok!", backchannels) == 0
+    assert turn_words("yeah, wait a second", backchannels) == 3
+    assert turn_words("yeah", frozenset()) == 1
 
 
 def test_features_match_the_whisper_feature_extractor() -> None:

@@ -36,7 +36,6 @@ from assistant.turns import (
     SCORE_LEAD_IN,
     Action,
     AudioIn,
-    Cancel,
     Commit,
     ConfirmReply,
     CreateResponse,
@@ -252,7 +251,7 @@ def ptt_overrides_vad(policy: Policy) -> None:
 def manual_commit(policy: Policy) -> None:
     """Without turn detection audio waits for commit; the transcript queues with a text item; create answers both."""
     tl = Timeline(policy)
-    tl.send(SetPolicy(dataclasses.replace(policy, vad_turns=False, publish_vad=False), FixedSilence(700)))
+    tl.send(SetPolicy(dataclasses.replace(policy, vad_turns=False), FixedSilence(700)))
     tl.audio(10, value=1000)
     assert not tl.of(RunVad) and tl.core.user is not None
     tl.send(UserText("first", tl.now))
@@ -268,7 +267,7 @@ def function_outputs_continue(policy: Policy) -> None:
     """Realtime function outputs make a response answerable with no user message: it continues the calling
     answer; a new user message instead starts a fresh answer; without either, nothing is answered."""
     tl = Timeline(policy)
-    tl.send(SetPolicy(dataclasses.replace(policy, vad_turns=False, publish_vad=False), FixedSilence(700)))
+    tl.send(SetPolicy(dataclasses.replace(policy, vad_turns=False), FixedSilence(700)))
     tl.send(ToolOutput(tl.now))
     tl.send(CreateResponse(tl.now))
     first = tl.of(StartReply)[-1]
@@ -289,7 +288,7 @@ def cancel_mid_reply(policy: Policy) -> None:
     tl = Timeline(policy)
     turn = spoken_turn(tl)
     tl.reply_plays(turn)
-    tl.send(Interrupt(tl.now) if policy.answer_turns else Cancel(tl.now))
+    tl.send(Interrupt(tl.now))
     assert InterruptReply(turn) in tl.actions
     tl.send(ReplyDone(turn, "One", True, tl.now))
     assert tl.events(ResponseDone)[-1].interrupted  # type: ignore[attr-defined]
