@@ -200,9 +200,17 @@ class JobTime:
 class TimedCompute(Compute):
     """The daemon's compute thread, recording every job it runs (appended from the worker; list.append is atomic)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_cache: bool = False) -> None:
         super().__init__()
         self.jobs: list[JobTime] = []
+        self.keep_cache = keep_cache  # a diagnostic: does allocating afresh after mx.clear_cache() cost latency?
+
+    def clear_cache(self) -> concurrent.futures.Future[None]:
+        if not self.keep_cache:
+            return super().clear_cache()
+        kept: concurrent.futures.Future[None] = concurrent.futures.Future()
+        kept.set_result(None)
+        return kept
 
     def submit(
         self, fn: Callable[..., T], *args: Any, priority: Priority = Priority.REPLY, ticket: Ticket | None = None
@@ -386,7 +394,7 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             **dict(parse_override(o) for o in args.set),
         }
     )
-    compute = TimedCompute()
+    compute = TimedCompute(args.keep_mlx_cache)
     t0 = time.perf_counter()
     engines = await compute.run(build_engines, args.small, folder, cfg, args.smart_turn)
     build_s = time.perf_counter() - t0
@@ -471,6 +479,7 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "vad.early_silence_ms (speculation start)": cfg.vad.early_silence_ms,
             "endofturn.score_after_ms": cfg.endofturn.score_after_ms,
             "overrides": args.set,
+            "mx.clear_cache() after each reply": not args.keep_mlx_cache,
             "build_s": round(build_s, 1),
             "warmup_s": round(warmup_s, 1),
         },
@@ -527,6 +536,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--turn-timeout", type=float, default=120.0, help="seconds before a turn counts as lost")
     ap.add_argument("--cache", default="/tmp/bench-checkpoints", help="folder of the TTS checkpoint")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override (repeatable)")
+    ap.add_argument(
+        "--keep-mlx-cache",
+        action="store_true",
+        help="diagnostic: skip the daemon's mx.clear_cache() after each reply (the next turn then reuses buffers)",
+    )
     ap.add_argument("--smart-turn", default="", help="folder of smart-turn-v3.2-cpu.onnx: end of turn by the model")
     args = ap.parse_args(argv)
     from benchmarks.checkpoints import write_checkpoint
