@@ -635,6 +635,8 @@ class TurnCore:
         user = self.user
         if user is None or (user.feeding and not force) or user.fed_to >= self.ring.end:
             return
+        if user.spec_job is not None and not force:
+            return  # the speculative finalize has the turn so far; resumed speech re-feeds it all (_refeed)
         audio = self.ring.slice(user.fed_to, self.ring.end)
         user.fed_to, user.feeding = self.ring.end, True
         self._emit(Feed(user.id, audio))
