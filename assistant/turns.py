@@ -313,7 +313,12 @@ class StartReply:
 
 @dataclass(frozen=True)
 class ConfirmReply:
+    """The turn is real: a speculative reply plays from now on; its latency counts from these times, not from
+    the speculation's start (StartReply's)."""
+
     turn: int
+    speech_end: float  # the true end of the user's speech (capture time)
+    endpoint: float  # when the turn was decided
 
 
 @dataclass(frozen=True)
@@ -638,6 +643,8 @@ class TurnCore:
         user = self.user
         if user is None or (user.feeding and not force) or user.fed_to >= self.ring.end:
             return
+        if user.spec_job is not None and not force:
+            return  # the speculative finalize has the turn so far; resumed speech re-feeds it all (_refeed)
         audio = self.ring.slice(user.fed_to, self.ring.end)
         user.fed_to, user.feeding = self.ring.end, True
         self._emit(Feed(user.id, audio))
@@ -847,7 +854,7 @@ class TurnCore:
             self._set_state(TurnState.IDLE if self.user is None else self.state)
             return
         if started:
-            self._confirm(job.turn)
+            self._confirm(job.turn, job.speech_end or job.endpoint, job.endpoint)
         else:
             self._start_reply(job.turn, Responder(decision.text), True, job.speech_end, job.endpoint)
 
@@ -884,14 +891,14 @@ class TurnCore:
             self.wake.replying()
         self._emit(StartReply(turn, responder, confirmed, speech_end or now, now, round(self.backlog_ms, 1)))
 
-    def _confirm(self, turn: int) -> None:
+    def _confirm(self, turn: int, speech_end: float, endpoint: float) -> None:
         reply = self.replies.get(turn)
         if reply is None:
             return
         self._interrupt_current()
         reply.confirmed, self.current = True, reply
         self.wake.replying()
-        self._emit(ConfirmReply(turn))
+        self._emit(ConfirmReply(turn, speech_end, endpoint))
         held, reply.held = reply.held, []
         for action in held:
             self._emit_reply(reply, action)

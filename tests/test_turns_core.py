@@ -177,14 +177,36 @@ def speculative_start_then_resume(policy: Policy) -> None:
     assert tl.core.state is TurnState.THINKING
 
 
+def speculation_stops_feeding_the_transcriber(policy: Policy) -> None:
+    """Once the speculative finalize has the turn so far, the pause is not fed to the transcriber (its partials
+    would describe only the silence after that finalize, and its jobs would run ahead of the speculative reply's);
+    resumed speech re-feeds the whole turn."""
+    tl = Timeline(policy)
+    speculating(tl)
+    assert tl.core.user is not None
+    tl.send(Fed(tl.core.user.id, None, tl.now))  # the feed in flight at the speculation returns
+    fed = len(tl.of(Feed))
+    tl.audio(5)  # the pause goes on
+    assert len(tl.of(Feed)) == fed
+    tl.vad(SpeechResumed(tl.pos(), tl.now))
+    feeds = [a for a in tl.of(Feed) if isinstance(a, Feed)]
+    assert len(feeds) == fed + 1 and len(feeds[-1].audio) == tl.pos()
+
+
 def speculative_start_then_confirm(policy: Policy) -> None:
-    """The speculative reply is the one used: confirmed at the end of turn, its held audio plays then."""
+    """The speculative reply is the one used: confirmed at the end of turn (with the turn's speech end and
+    decision time, which its latency counts from), its held audio plays in the same step as the confirmation."""
     tl = Timeline(policy)
     spec = speculating(tl)
     tl.reply_plays(spec.turn)
     tl.audio(5)
-    tl.ended(0, tl.pos() - 5 * BLOCK)
-    assert ConfirmReply(spec.turn) in tl.actions and len(tl.of(StartReply)) == 1
+    end = tl.pos() - 5 * BLOCK
+    decided = len(tl.actions)
+    tl.ended(0, end)
+    step = tl.actions[decided:]  # everything the end of turn did, in order
+    confirm = ConfirmReply(spec.turn, tl.core.clock.time_of(end), tl.now)
+    assert confirm in step and len(tl.of(StartReply)) == 1
+    assert any(isinstance(a, Play) and a.turn == spec.turn for a in step[step.index(confirm) :])
     assert [a.turn for a in tl.of(Play)] == [spec.turn]  # type: ignore[attr-defined]
     assert tl.events(FinalTranscript)[-1].text == "hello"  # type: ignore[attr-defined]
     assert tl.states()[-1] is TurnState.ASSISTANT_SPEAKING
@@ -455,6 +477,7 @@ def speech_over_reply_without_barge_in(policy: Policy) -> None:
 SCENARIOS: list[tuple[Callable[[Policy], None], tuple[Policy, ...]]] = [
     (speculative_start_then_resume, (DAEMON,)),  # a Realtime session never speculates
     (speculative_start_then_confirm, (DAEMON,)),
+    (speculation_stops_feeding_the_transcriber, (DAEMON,)),
     (barge_in, (DAEMON, REALTIME)),
     (false_start, (DAEMON, REALTIME)),
     (ptt_overrides_vad, (DAEMON,)),  # Realtime has no hotkey
