@@ -10,7 +10,8 @@
 #   call 2 (carry .dev-b .bench-data):   bash benchmarks/gpu.sh install tts-0.6B        (~8 min)
 #   call 3:                              bash benchmarks/gpu.sh tts-1.7B stt            (~9 min)
 #   call 4 (optional):                   bash benchmarks/gpu.sh v2v integ profile       (~4+3+3 min)
-# `ab` times the 0.6B frame fused, in the checkpoint's layout and fused without addmm, AB_REPS times (~40 s each);
+# `ab` times the 0.6B frame fused, in the checkpoint's layout and fused without addmm (AB="fused unfused no-addmm"),
+# AB_REPS times (~40 s each);
 # `ops` counts the operations of a frame's graphs (benchmarks/tts_ops.py), fused and unfused (seconds).
 # FRESH="tts" on the first call of a session drops the label's earlier TTS rows (taken on other code).
 # Extra wheels for v2v/integ (wyoming, soxr, soundfile, platformdirs, httpx2 and their needs) travel in .whl-gpu/
@@ -70,8 +71,9 @@ for part in "$@"; do
       elif [ $part = profile ]; then
         cmds=("-m benchmarks.tts_profile --size 0.6B" "-m benchmarks.tts_profile --size 1.7B --positions 100")
       elif [ $part = ab ]; then  # the fused layout against the checkpoint's and without addmm, in turn
-        cmds=(); for _ in $(seq "${AB_REPS:-1}"); do for v in "" --unfused --no-addmm; do
-          cmds+=("-m benchmarks.tts_profile --size 0.6B --positions 100 --frames 100 $v")
+        cmds=(); for _ in $(seq "${AB_REPS:-1}"); do for v in ${AB:-fused unfused no-addmm}; do
+          f=""; [ "$v" = fused ] || f="--$v"
+          cmds+=("-m benchmarks.tts_profile --size 0.6B --positions 100 --frames 100 $f")
         done; done; part=profile
       else
         cmds=("-m benchmarks.integ --real --reps 5")
