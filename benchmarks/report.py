@@ -20,6 +20,18 @@ Bandwidth limit: bytes of weights read per frame (talker once, predictor layers 
 4 frames; benchmarks/projection.py) / measured time per frame, against the assumed peak (4.8 TB/s, the H200's
 HBM3e; the H100 SXM has 3.35 TB/s) and a measured one (a bf16 sum over 1 GiB, best of 5).
 
+TTS frame, 2026-12-07 11:45-13:40 UTC (issue 18): the talker and code predictor load into a fused layout
+(`Talker.fuse()`): q/k/v and gate/up one matmul each (float and every quantization mode; layers a checkpoint
+quantizes differently stay apart), q and k normalised and rotated together, float o_proj/down_proj adding the
+residual by addmm, float weights held transposed, one attention mask per talker step, one Gumbel draw per frame for
+all 16 codes, the next frame's embedding summed from the predictor's own lookups, no `a[0]` indexing on the hot path
+(MLX records it as a gather kernel), an utterance's KV buffers shared with its voice prefix instead of copied layer
+by layer, and the codec transformer fused the same way. Operations per frame as MLX records them on the CPU
+(`python -m benchmarks.tts_ops [--unfused]`, the 0.6B layer counts at narrow widths; the CPU shows norms, RoPE and
+attention decomposed into their fallback ops, a GPU one primitive each): 5,490 at the session's start (28a96ce), 5,183
+with the other changes but unfused, 3,535 fused (table "TTS operations per frame" under cpu-small); the codec's
+4-frame step 525 -> 432.
+
 Labels (different cards: compare each row with mlx-audio in the same run, not across labels): `h100` holds
 2026-12-07 09:00-09:25 UTC rows (STT side by side and tail, TTS 1.7B bf16, v2v, profile) after the codec step was
 compiled (its profile row: medians of 10 calls, not 30); its 0.6B TTS rows are from the session before and the 0.6B
