@@ -420,6 +420,8 @@ def find_config_file(cli_path: str | None, env: Mapping[str, str] | None = None)
     for given, how in ((cli_path, "--config"), (env.get("ASSISTANT_CONFIG"), "ASSISTANT_CONFIG")):
         if given:
             path = Path(given).expanduser()
+            if path.is_dir():
+                raise ConfigError(f"{path} (from {how}) is a folder; give the path of a config.toml file")
             if not path.is_file():
                 raise ConfigError(
                     f"config file not found: {path} (from {how}); check the path, or leave {how} unset to use "
@@ -445,6 +447,10 @@ def load(cli_path: str | None = None, overrides: Sequence[str] = (), env: Mappin
         table = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}; fix the line it names") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save it as UTF-8 TOML"
+        ) from e
     except OSError as e:
         raise ConfigError(f"{path}: cannot be read: {e.strerror}; check its permissions") from e
     config = _build(table, str(path), source=str(path))

@@ -150,3 +150,19 @@ def test_float_accepts_integer_and_replace_validates() -> None:
     assert cfg.vad.max_utterance_s == 20.0 and isinstance(cfg.vad.max_utterance_s, float)
     with pytest.raises(ConfigError, match="out of range"):
         cfg.replace({"tts.temperature": 5.0})
+
+
+def test_config_file_not_utf8_is_one_line(tmp_path: Path) -> None:
+    """A config file that is not UTF-8 (binary, Latin-1) fails with one line naming the byte, not a traceback."""
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"[vad]\n# caf\xe9\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(str(path))
+    assert str(e.value) == f"{path}: not UTF-8 text (byte 0xe9 at offset 11); save it as UTF-8 TOML"
+
+
+def test_config_path_that_is_a_folder(tmp_path: Path) -> None:
+    """--config naming a folder says it is a folder (not that it is missing)."""
+    with pytest.raises(ConfigError) as e:
+        config.load(str(tmp_path))
+    assert str(e.value) == f"{tmp_path} (from --config) is a folder; give the path of a config.toml file"
