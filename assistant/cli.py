@@ -389,7 +389,21 @@ def cmd_say(args: argparse.Namespace, cfg: config.Config) -> int:
 
     text = args.text.strip()
     if text == "-":
-        text = sys.stdin.read().strip()
+        raw = sys.stdin.buffer.read()
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise InputError(
+                f"stdin is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); convert it, "
+                "e.g. `iconv -f latin1 -t utf-8`"
+            ) from e
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # argv bytes that are not UTF-8 arrive as lone surrogates
+        raise InputError(
+            f"TEXT is not valid UTF-8 (character {e.start + 1} cannot be read); pass UTF-8 text, e.g. set "
+            "LANG=en_US.UTF-8 in the terminal"
+        ) from e
     if not text:
         raise InputError("nothing to say: TEXT is empty")
     pieces = sentences(text)
