@@ -33,6 +33,7 @@ from assistant.config import ServerConfig
 from assistant.errors import AssistantError
 from assistant.server import auth
 from assistant.server.controller import AudioService, Controller
+from assistant.server.protocol import lone_surrogate
 
 log = logging.getLogger("assistant.server")
 
@@ -334,21 +335,31 @@ class HttpApp:
 def _json_body(req: Request) -> dict[str, Any]:
     kind = (req.header("Content-Type") or "").split(";")[0].strip().lower()
     if kind != "application/json":
-        raise HttpError(415, f"send the request as application/json, not {kind or 'no Content-Type'}")
+        raise HttpError(415, _wrong_type("the request as application/json", kind))
     try:
         body = json.loads(req.body)
     except (ValueError, UnicodeDecodeError) as e:
         raise HttpError(400, f"the body is not valid JSON ({e}); send a JSON object") from e
     if not isinstance(body, dict):
         raise HttpError(400, "the body must be a JSON object")
+    bad = lone_surrogate(body)
+    if bad is not None:
+        why = f"the body has a lone UTF-16 surrogate (\\u{ord(bad):04x}) in a string; send valid Unicode text"
+        raise HttpError(400, why)
     return body
+
+
+def _wrong_type(want: str, kind: str) -> str:
+    if not kind:
+        return f"the request has no Content-Type header; send {want}"
+    return f"send {want}, not {kind[:100]}"
 
 
 def _multipart(req: Request) -> dict[str, str | tuple[str, bytes]]:
     """The fields of a multipart/form-data body: text fields as str, files as (filename, bytes)."""
     kind = req.header("Content-Type") or ""
     if not kind.lower().startswith("multipart/form-data"):
-        raise HttpError(415, f"send the audio as multipart/form-data, not {kind.split(';')[0] or 'no Content-Type'}")
+        raise HttpError(415, _wrong_type("the audio as multipart/form-data", kind.split(";")[0]))
     head = f"Content-Type: {kind}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + req.body)
     if not message.is_multipart():
