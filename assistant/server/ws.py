@@ -619,6 +619,12 @@ class SniffingConnection(ServerConnection):
     def plain_http(self, transport: asyncio.Transport, head: bytes) -> None:
         raise NotImplementedError
 
+    def __str__(self) -> str:
+        """The peer, as websockets' own log lines name a connection (not `<...Connection object at 0x...>`)."""
+        transport = getattr(self, "transport", None)
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "a client"
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._sniffing = transport

@@ -1,11 +1,13 @@
 """Bad input a new user threw at a running daemon, each answered by one line that names the problem and the fix:
 lone UTF-16 surrogates in any JSON string (they crashed the tokenizers), empty `say`/`ask` text (they failed the
-turn after a success reply), and error messages that quoted the server's own words or a number as a string."""
+turn after a success reply), error messages that quoted the server's own words or a number as a string, and log
+lines that named a connection by its object address."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,11 +16,13 @@ import pytest
 
 from assistant.config import ServerConfig
 from assistant.errors import InputError
+from assistant.logs import KeyValueFormatter
 from assistant.server import protocol as p
 from assistant.server import realtime_protocol as rp
 from assistant.server.http import HttpApp, Request, Response
 from assistant.server.realtime import RealtimeConversation
 from tests.server.fakes import FakeBackend, FakeSession
+from tests.server.helpers import client, running
 
 TOKEN = "bad-input-token"
 
@@ -149,3 +153,18 @@ def test_http_without_content_type_says_so(path: str, message: str) -> None:
     """A POST without a Content-Type gets a 415 that reads as a sentence (it said `not no Content-Type`)."""
     resp = _post(_app(_Speech()), path, b"{}", None)
     assert resp.status == 415 and json.loads(resp.body)["error"]["message"] == message
+
+
+def test_connection_log_lines_name_the_peer(caplog: pytest.LogCaptureFixture) -> None:
+    """websockets' `connection open` line names the client's address, not `<...Connection object at 0x...>`."""
+
+    async def body() -> None:
+        async with running() as (server, _, _), client(server):
+            pass
+
+    with caplog.at_level(logging.INFO, logger="assistant.server.connections"):
+        asyncio.run(body())
+    opened = [r for r in caplog.records if r.getMessage() == "connection open"]
+    assert opened
+    line = KeyValueFormatter().format(opened[0])
+    assert "websocket=127.0.0.1:" in line and "object at" not in line
