@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -67,6 +68,7 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
     check_open_file_limit()
     for what, spec in models_of(cfg):  # pre-flight: a missing model or device fails in seconds, in one line
         hub.resolve(spec, what)
+    _check_port(cfg)  # before the models load: a second daemon on the same port fails at once, not after warm-up
     check_push_to_talk(cfg)
     from assistant.audio import devices
 
@@ -647,15 +649,31 @@ def _check_llm_server(llm: config.LlmConfig) -> None:
 
 
 def _check_port(cfg: config.Config) -> None:
+    """The server can listen on server.host:server.port (binding as the server will: SO_REUSEADDR, so a port that
+    only has connections closing from the last run counts as free). AssistantError naming the fix otherwise."""
     if not cfg.server.enabled or cfg.server.port == 0:
         return
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    host, port = cfg.server.host, cfg.server.port
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as e:
+        raise AssistantError(
+            f"server.host {host!r} is not an address of this machine ({e.strerror}); fix server.host"
+        ) from e
+    with socket.socket(family, kind) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((cfg.server.host, cfg.server.port))
+            s.bind(address)
         except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise AssistantError(
+                    f"server port {host}:{port} is not free ({e.strerror}); stop what uses it (another "
+                    "`assistant run`?) or set server.port"
+                ) from e
             raise AssistantError(
-                f"server port {cfg.server.host}:{cfg.server.port} is not free ({e.strerror}); stop what uses it "
-                "or set server.port"
+                f"cannot listen on {host}:{port} ({e.strerror}); check server.host and server.port"
             ) from e
 
 

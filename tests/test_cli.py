@@ -154,3 +154,21 @@ def test_run_without_devices_goes_headless_when_the_server_is_on(tmp_path: Path)
     # it got past the device check: the (empty) STT folder is what stops it now
     assert lines[1].startswith("assistant: error: ") and "/models/stt has no config.json" in lines[1]
     assert out.returncode == 2
+
+
+def test_run_on_a_port_in_use_fails_before_loading(tmp_path: Path) -> None:
+    """A second daemon on a port already listening fails in one line before any model loads (it loaded and warmed
+    every model first); a host that is not an address names server.host."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        out = run(["run", *empty_models(tmp_path), "--set", f"server.port={port}"], no_sound_env(tmp_path))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"assistant: error: server port 127.0.0.1:{port} is not free (Address already in use); stop what uses it "
+        "(another `assistant run`?) or set server.port"
+    ]
+    out = run(["run", *empty_models(tmp_path / "b"), "--set", "server.host=999.1.1.1"], no_sound_env(tmp_path))
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert out.stderr.startswith("assistant: error: server.host '999.1.1.1' is not an address of this machine")

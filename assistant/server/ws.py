@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import ipaddress
 import itertools
 import logging
@@ -224,9 +225,8 @@ class ControlServer:
                 create_connection=self._connection_class(),
             )
         except OSError as e:
-            raise ConfigError(
-                f"cannot listen on {host}:{port} ({e.strerror}); stop what uses it or set server.port"
-            ) from e
+            fix = "stop what uses it or set server.port" if e.errno == errno.EADDRINUSE else "check server.host"
+            raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror}); {fix}") from e
         if self.controller is not None:
             self.fanout = asyncio.create_task(self._fan_out(self.controller))
         scheme = "wss" if self.tls else "ws"
