@@ -168,3 +168,56 @@ def test_connection_log_lines_name_the_peer(caplog: pytest.LogCaptureFixture) ->
     assert opened
     line = KeyValueFormatter().format(opened[0])
     assert "websocket=127.0.0.1:" in line and "object at" not in line
+
+
+def _form(fields: list[tuple[str, str]], wav: bytes) -> tuple[bytes, str]:
+    """A multipart/form-data body with the text `fields` and `wav` as the `file` part."""
+    parts = [f'--b\r\nContent-Disposition: form-data; name="{n}"\r\n\r\n{v}\r\n'.encode() for n, v in fields]
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\nContent-Type: audio/wav\r\n\r\n'
+    return b"".join(parts) + head + wav + b"\r\n--b--\r\n", "multipart/form-data; boundary=b"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "message"),
+    [
+        ([("timestamp_granularities[]", "word")], "timestamp_granularities[]", "word timestamps are not available"),
+        (
+            [("timestamp_granularities[]", "word"), ("timestamp_granularities[]", "segment")],
+            "timestamp_granularities[]",
+            "word timestamps are not available",
+        ),
+        ([("include[]", "logprobs")], "include[]", "include[] 'logprobs' is not available here (no token logprobs)"),
+    ],
+)
+def test_transcription_refuses_what_the_stt_cannot_give(
+    fields: list[tuple[str, str]], param: str, message: str
+) -> None:
+    """Word timestamps and logprobs are refused by name with a 400, as docs/protocol.md says (they were silently
+    answered without them); segment granularity and a prompt are accepted."""
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(16000, np.float32), 16000, format="WAV")
+    body, kind = _form(fields, buf.getvalue())
+    resp = _post(_app(_Speech()), "/v1/audio/transcriptions", body, kind)
+    error = json.loads(resp.body)["error"]
+    assert resp.status == 400 and error["param"] == param and error["message"].startswith(message)
+    fine, kind = _form([("timestamp_granularities[]", "segment"), ("prompt", "names: Anna")], buf.getvalue())
+    assert _post(_app(_Speech()), "/v1/audio/transcriptions", fine, kind).status == 200
+
+
+def test_http_messages_name_the_real_problem() -> None:
+    """A speed that is not a number says so (it said `out of range`), a preflight without Origin says what is
+    missing (it printed an empty origin), and an unknown path lists every endpoint."""
+    speech = _post(_app(_Speech()), "/v1/audio/speech", b'{"input": "hi", "speed": "fast"}', "application/json")
+    assert json.loads(speech.body)["error"]["message"] == 'speed must be a number from 0.5 to 2, got "fast"'
+    app = _app(_Speech())
+    auth = [("Authorization", f"Bearer {TOKEN}")]
+    preflight = asyncio.run(app.handle(Request("OPTIONS", "/v1/audio/speech", "", auth, b"", "127.0.0.1")))
+    assert preflight.status == 403
+    assert json.loads(preflight.body)["error"]["message"].startswith("a CORS preflight (OPTIONS) needs an Origin")
+    lost = asyncio.run(app.handle(Request("GET", "/v1/audio/transcription", "", auth, b"", "127.0.0.1")))
+    message = json.loads(lost.body)["error"]["message"]
+    assert lost.status == 404 and "/v1/audio/transcriptions" in message and "/v1/realtime" in message
