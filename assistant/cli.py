@@ -100,6 +100,13 @@ def _terminal(args: argparse.Namespace, cfg: config.Config) -> Any:
     return contextlib.nullcontext(None)
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number >= 0 (argparse prints the error as one usage line)."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0 (0: no limit), got {text!r}")
+    return int(text)
+
+
 def check_push_to_talk(cfg: config.Config) -> None:
     """pipeline.mode = "push_to_talk" with no usable hotkey would be a deaf daemon: a ConfigError naming the fix.
     (In "both" mode the daemon only warns and listens hands-free.)"""
@@ -820,7 +827,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stream", action="store_true", help="print each answer when it is complete")
     p = add("ctl", cmd_ctl, "send a command to a running daemon, or tail its events")
     p.add_argument("words", nargs="*", metavar="WORD", help="a command, e.g. `status`, `say hello`, `events`")
-    p.add_argument("--max-events", type=int, default=0, metavar="N", help="with `events`: exit after N events")
+    p.add_argument(
+        "--max-events", type=_count, default=0, metavar="N", help="with `events`: exit after N events (0: never)"
+    )
     p = add("history", cmd_history, "show or erase the conversation history kept across restarts")
     p.add_argument("action", choices=("show", "reset"), help="show: print it; reset: erase it")
     add("wyoming", cmd_wyoming, "serve our STT and TTS to Home Assistant over Wyoming (without the voice loop)")
