@@ -147,7 +147,9 @@ def build_engines(cfg: config.Config, progress: Callable[[str], None] | None = N
     voice = timed("voice", cfg.tts.voice, lambda: tts.voice(cfg.tts.voice or None))
     from assistant.endofturn import load_smart_turn
 
-    turn = timed("end-of-turn model", cfg.endofturn.model, lambda: load_smart_turn(cfg.endofturn))
+    turn = None  # the "silence" detector needs no model: no "loaded" line for one that was not
+    if cfg.endofturn.detector != "silence":
+        turn = timed("end-of-turn model", cfg.endofturn.model, lambda: load_smart_turn(cfg.endofturn))
     return Engines(transcriber, chat, tts, voice, make_vad=Vad, score_turn=None if turn is None else turn.score)
 
 

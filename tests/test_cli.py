@@ -172,3 +172,19 @@ def test_run_on_a_port_in_use_fails_before_loading(tmp_path: Path) -> None:
     out = run(["run", *empty_models(tmp_path / "b"), "--set", "server.host=999.1.1.1"], no_sound_env(tmp_path))
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert out.stderr.startswith("assistant: error: server.host '999.1.1.1' is not an address of this machine")
+
+
+def test_the_silence_detector_loads_no_end_of_turn_model(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With endofturn.detector = "silence" start-up logs the STT, LLM, TTS and voice loads and no end-of-turn model
+    (it logged `loaded end-of-turn model model=pipecat-ai/smart-turn-v3` that it never loaded)."""
+    import logging
+
+    from tests.tiny_engines import tiny_config
+
+    cfg = tiny_config(tmp_path)
+    assert cfg.endofturn.detector == "silence"
+    with caplog.at_level(logging.INFO, logger="assistant.cli"):
+        engines = cli.build_engines(cfg)
+    loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
+    assert loaded == ["loaded STT model", "loaded LLM", "loaded TTS model", "loaded voice"]
+    assert engines.score_turn is None
