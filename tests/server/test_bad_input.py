@@ -221,3 +221,27 @@ def test_http_messages_name_the_real_problem() -> None:
     lost = asyncio.run(app.handle(Request("GET", "/v1/audio/transcription", "", auth, b"", "127.0.0.1")))
     message = json.loads(lost.body)["error"]["message"]
     assert lost.status == 404 and "/v1/audio/transcriptions" in message and "/v1/realtime" in message
+
+
+@pytest.mark.parametrize(
+    ("msg", "fragment"),
+    [
+        ({"type": "tools.register", "id": 1, "tools": [{"name": "x", "parameters": 5}]}, "must be a JSON schema"),
+        ({"type": "tools.register", "id": 1, "tools": [{"name": "x"}], "timeout_s": -1}, "must be from 0.1 to 300"),
+        ({"type": "tools.register", "id": 1, "tools": [{"name": ""}]}, "must be 1-64 letters"),
+    ],
+)
+def test_bad_tool_registrations_are_bad_field_errors(msg: dict[str, Any], fragment: str) -> None:
+    """A malformed `tools.register` gets code `bad_field` like every other bad field (it said `failed`, the code of
+    a command that broke), and the connection stays usable."""
+
+    async def body() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with running() as (server, _, _), client(server) as ws:
+            await ws.send(json.dumps(msg))
+            error = json.loads(await ws.recv())
+            await ws.send(json.dumps({"type": "status", "id": 2}))
+            return error, json.loads(await ws.recv())
+
+    error, status = asyncio.run(body())
+    assert error["type"] == "error" and error["code"] == "bad_field" and fragment in error["message"]
+    assert error["id"] == 1 and status["type"] == "reply"
