@@ -576,10 +576,21 @@ def cmd_chat(args: argparse.Namespace, cfg: config.Config) -> int:
             if text.startswith("/"):
                 print(f"unknown command {text}; {CHAT_HELP}")
                 continue
+            if not text.isascii() and not _is_utf8(text):  # undecodable input bytes arrive as lone surrogates
+                print("[error: the line is not UTF-8 text; set the terminal to UTF-8, e.g. LANG=en_US.UTF-8]")
+                continue
             _chat_turn(chat, text, stream)
     finally:
         if history is not None:
             _save_history(history)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _chat_turn(chat: Any, text: str, stream: bool) -> None:
