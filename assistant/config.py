@@ -444,7 +444,7 @@ def load(cli_path: str | None = None, overrides: Sequence[str] = (), env: Mappin
     """Find, read and validate the configuration, then apply `--set` overrides. Raises ConfigError."""
     path, _how = find_config_file(cli_path, env)
     try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
+        table = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM (Windows editors) is not TOML
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}; fix the line it names") from e
     except UnicodeDecodeError as e:

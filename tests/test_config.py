@@ -166,3 +166,11 @@ def test_config_path_that_is_a_folder(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         config.load(str(tmp_path))
     assert str(e.value) == f"{tmp_path} (from --config) is a folder; give the path of a config.toml file"
+
+
+def test_config_file_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    """A config.toml saved with a UTF-8 byte order mark (Windows editors) loads (it was `Invalid statement` at
+    line 1, column 1)."""
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"\xef\xbb\xbf[vad]\nhangover_ms = 600\n")
+    assert config.load(str(path)).vad.hangover_ms == 600
