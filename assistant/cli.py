@@ -479,6 +479,9 @@ def cmd_voices(args: argparse.Namespace, cfg: config.Config) -> int:
         mark = "* " if name == cfg.tts.voice else "  "
         print(f"{mark}{name:<14} {p.mode:<13} {p.language:<10} {what}")
     print(f"* default voice (tts.voice); profiles in {folder}")
+    if cfg.tts.voice and cfg.tts.voice not in profiles:  # `run` and `say` would refuse it: say so here first
+        print(f"tts.voice {cfg.tts.voice!r} is none of these profiles; set tts.voice to one of them", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -188,3 +188,12 @@ def test_the_silence_detector_loads_no_end_of_turn_model(tmp_path: Path, caplog:
     loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
     assert loaded == ["loaded STT model", "loaded LLM", "loaded TTS model", "loaded voice"]
     assert engines.score_turn is None
+
+
+def test_voices_names_a_tts_voice_that_is_no_profile(tmp_path: Path) -> None:
+    """`assistant voices` with a tts.voice that names no profile lists them, then says so and exits 2 (it marked
+    none and said nothing, while `run` and `say` refuse that voice)."""
+    out = run(["voices", "--set", "tts.voice=nobody"], no_sound_env(tmp_path))
+    assert out.returncode == 2 and "  vivian " in out.stdout
+    assert out.stderr == "tts.voice 'nobody' is none of these profiles; set tts.voice to one of them\n"
+    assert run(["voices"], no_sound_env(tmp_path)).returncode == 0
