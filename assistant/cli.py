@@ -750,7 +750,10 @@ def cmd_history(args: argparse.Namespace, cfg: config.Config) -> int:
             n = memory.reset_history()
             print(f"erased {n} stored turn{'s' if n != 1 else ''} from {memory.path} (reminders kept)")
         else:
-            for turn in memory.turns():
+            turns = memory.turns()
+            if not turns:  # stdout stays empty for scripts; the person at the terminal learns why
+                print(f"no stored turns in {memory.path}", file=sys.stderr)
+            for turn in turns:
                 for m in turn:
                     print(f"{m.role}: {m.content}" + "".join(f" [calls {c.name}]" for c in m.tool_calls))
     finally:
