@@ -161,3 +161,19 @@ def test_an_upload_that_is_not_audio_names_the_reason_only() -> None:
         "notes.wav is not an audio file libsndfile can read (Format not recognised.); send WAV, FLAC, OGG or MP3"
     )
     assert "BytesIO" not in str(e.value)
+
+
+class _Terminal(_Stdio):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_dash_refuses_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-` refuses a terminal: WAV bytes are not written over it and audio is not awaited from the keyboard (it
+    garbled the terminal, or waited silently for Ctrl-D)."""
+    monkeypatch.setattr(sys, "stdout", _Terminal(io.BytesIO()))
+    with pytest.raises(InputError, match=r"^--out - writes WAV bytes to stdout, which is a terminal; redirect it"):
+        check_output("-")
+    monkeypatch.setattr(sys, "stdin", _Terminal(io.BytesIO(b"RIFF")))
+    with pytest.raises(InputError, match=r"^stdin is a terminal; pipe an audio file in"):
+        read_audio("-")

@@ -54,6 +54,11 @@ def check_output(path: str, option: str = "--out") -> Output:
     """Validate an output path before any work is done: a file (not a folder) in an existing, writable folder,
     with an extension libsndfile can write. `-` writes WAV to stdout. Raises InputError."""
     if path == STDIO:
+        if sys.stdout.isatty():  # WAV bytes would garble the terminal
+            raise InputError(
+                f"{option} - writes WAV bytes to stdout, which is a terminal; redirect it (`> speech.wav`) or give a "
+                "file name"
+            )
         return Output(STDIO, "WAV", "PCM_16")
     p = Path(path).expanduser()
     if path.endswith(("/", os.sep)) or p.is_dir():
@@ -98,6 +103,8 @@ def read_audio(path: str) -> tuple[np.ndarray, int]:
     Raises InputError for folders, missing or unreadable files, non-audio files and files without samples."""
     src: str | io.BytesIO
     if path == STDIO:
+        if sys.stdin.isatty():  # nobody types audio: reading would wait for Ctrl-D
+            raise InputError("stdin is a terminal; pipe an audio file in, e.g. `assistant transcribe - < speech.wav`")
         data = sys.stdin.buffer.read()
         if not data:
             raise InputError("stdin is empty; pipe an audio file in, e.g. `assistant transcribe - < speech.wav`")
