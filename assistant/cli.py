@@ -655,6 +655,29 @@ def _check(name: str, fn: Callable[[], object]) -> Check:
     return Check(name, None)
 
 
+def _check_model(spec: str, what: str) -> None:
+    """The model is there (hub.resolve) and its folder looks whole: weights, and a config.json that parses (the
+    end-of-turn model is one .onnx file). Loading it is what `run` does; this catches a truncated download."""
+    import json
+
+    path = hub.resolve(spec, what)
+    if not any(path.rglob("*.safetensors")) and not any(path.rglob("*.onnx")):
+        raise AssistantError(
+            f"{what} folder {path} holds no weights (*.safetensors); run `assistant pull` or fix the path"
+        )
+    config_json = path / "config.json"
+    if not config_json.is_file():
+        if what != "end-of-turn model":
+            raise AssistantError(f"{what} folder {path} has no config.json; run `assistant pull` or fix the path")
+        return
+    try:
+        parsed = json.loads(config_json.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise AssistantError(f"{config_json} cannot be read ({e}); run `assistant pull` again or fix the file") from e
+    if not isinstance(parsed, dict):
+        raise AssistantError(f"{config_json} is not a JSON object; run `assistant pull` again or fix the file")
+
+
 def _check_llm_server(llm: config.LlmConfig) -> None:
     """The OpenAI-compatible server answers GET /models with the key (the model list itself is not checked)."""
     import httpx2
@@ -765,7 +788,7 @@ def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
     from assistant.audio import devices
 
     checks = [Check("config", None)]
-    checks += [_check(f"{what} {spec}", partial(hub.resolve, spec, what)) for what, spec in models_of(cfg)]
+    checks += [_check(f"{what} {spec}", partial(_check_model, spec, what)) for what, spec in models_of(cfg)]
     mic = _check("microphone", lambda: devices.pick(cfg.audio.input_device, "input"))
     checks.append(mic)
     if mic.problem is None:

@@ -197,3 +197,21 @@ def test_voices_names_a_tts_voice_that_is_no_profile(tmp_path: Path) -> None:
     assert out.returncode == 2 and "  vivian " in out.stdout
     assert out.stderr == "tts.voice 'nobody' is none of these profiles; set tts.voice to one of them\n"
     assert run(["voices"], no_sound_env(tmp_path)).returncode == 0
+
+
+def test_doctor_finds_a_truncated_model_folder(tmp_path: Path) -> None:
+    """`assistant doctor` fails a model folder without weights or with a config.json that does not parse (it said
+    `ok` for any folder that existed, and `run` then failed)."""
+    empty, broken = tmp_path / "empty", tmp_path / "broken"
+    empty.mkdir()
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"weights")
+    (broken / "config.json").write_text('{"model_type": ')
+    sets = ["--set", f"stt.model='{empty}'", "--set", f"tts.model='{broken}'", "--set", "endofturn.detector=silence"]
+    out = run(["doctor", *sets], no_sound_env(tmp_path))
+    assert out.returncode == 1
+    lines = out.stdout.splitlines()
+    assert f"  FAIL  STT model {empty}: STT model folder {empty} holds no weights (*.safetensors); run " in out.stdout
+    assert any(
+        line.startswith(f"  FAIL  TTS model {broken}: {broken / 'config.json'} cannot be read (") for line in lines
+    )
