@@ -149,8 +149,9 @@ class Conversation:
                     self.spawn(self._score(self.engines.score_turn, utt, audio))
             case turns.StartReply():
                 self._start(action)
-            case turns.ConfirmReply(turn):
+            case turns.ConfirmReply(turn, speech_end, endpoint):
                 if (reply := self._replies.get(turn)) is not None:
+                    reply.trace.speech_end, reply.trace.endpoint = speech_end, endpoint  # not the speculation's
                     reply.confirmed.set()
                     self._text_only_note()
             case turns.DropReply(turn):

@@ -34,6 +34,7 @@ from assistant.events import (
     LatencyTrace,
     MuteChanged,
     PartialTranscript,
+    PauseStarted,
     PushToTalk,
     ResponseDone,
     ResponseStarted,
@@ -50,7 +51,7 @@ from assistant.events import (
 )
 from assistant.wake import TurnSource, WakeDecision, WakeGate
 
-VadEvent = SpeechStarted | SilenceStarted | SpeechResumed | SpeechEnded
+VadEvent = SpeechStarted | PauseStarted | SilenceStarted | SpeechResumed | SpeechEnded
 SCORE_WINDOW = 8 * CAPTURE_RATE  # the end-of-turn model sees the turn's last 8 s
 SCORE_LEAD_IN = CAPTURE_RATE // 5  # 200 ms before the scored segment's onset: the model hears it begin
 APOLOGY = "Sorry, I could not get an answer just now. Please ask again."
@@ -312,7 +313,12 @@ class StartReply:
 
 @dataclass(frozen=True)
 class ConfirmReply:
+    """The turn is real: a speculative reply plays from now on; its latency counts from these times, not from
+    the speculation's start (StartReply's)."""
+
     turn: int
+    speech_end: float  # the true end of the user's speech (capture time)
+    endpoint: float  # when the turn was decided
 
 
 @dataclass(frozen=True)
@@ -379,6 +385,7 @@ class Utterance:
     partial: str = ""
     score: float | None = None
     scoring: int = 0  # the score request in flight for this pause (0: none)
+    scored_pause: int | None = None  # the pause (its first silent sample) that score / scoring are for
     spec_job: int | None = None  # the speculative finalize in flight or done
     spec_turn: int | None = None  # the speculative reply's turn number
     spec_text: str | None = None  # the speculative transcript, once known
@@ -548,7 +555,8 @@ class TurnCore:
 
     def _on_vad(self, raw: VadEvent) -> None:
         ev = _shift(raw, self._vad_origin)
-        if self.policy.vad_turns and not self._model_judges(ev):  # push-to-talk alone: the VAD's events are no news
+        # push-to-talk alone: the VAD's events are no news; a pause notice is the core's own cue, never published
+        if self.policy.vad_turns and not self._model_judges(ev) and not isinstance(ev, PauseStarted):
             self._emit(Publish(ev))
         if not self.policy.vad_turns or self.ptt:
             return  # the hotkey overrides endpointing while held
@@ -560,8 +568,13 @@ class TurnCore:
                 self._resumed(ev.time, ev.onset_sample)
         elif user is None:
             return
+        elif isinstance(ev, PauseStarted):
+            if self.end_of_turn.score_after_ms is not None and not user.ptt:
+                self._ask_score(user, ev.sample)  # early: the answer is ready when SilenceStarted confirms the pause
         elif isinstance(ev, SilenceStarted):
             user.silence_at = ev.sample
+            if user.scored_pause != ev.sample:  # asked at a pause that voice ended before it was confirmed
+                user.score, user.scoring, user.scored_pause = None, 0, None
             addressed = self.wake.may_speculate(user.partial, user.started_at, _source(user.ptt))
             if self.policy.speculative and not user.candidate and user.spec_job is None and addressed:
                 self._speculate(ev.time)
@@ -611,7 +624,7 @@ class TurnCore:
         assert user is not None
         if user.score is not None or user.scoring:  # a pause the policy judged and waited through
             user.segment = onset
-        user.silence_at, user.score, user.scoring = None, None, 0  # a late score of that pause is stale
+        user.silence_at, user.score, user.scoring, user.scored_pause = None, None, 0, None  # a late score is stale
         self._cancel_speculation(now)
 
     # ---- the user's turn ------------------------------------------------------------------------------------
@@ -630,6 +643,8 @@ class TurnCore:
         user = self.user
         if user is None or (user.feeding and not force) or user.fed_to >= self.ring.end:
             return
+        if user.spec_job is not None and not force:
+            return  # the speculative finalize has the turn so far; resumed speech re-feeds it all (_refeed)
         audio = self.ring.slice(user.fed_to, self.ring.end)
         user.fed_to, user.feeding = self.ring.end, True
         self._emit(Feed(user.id, audio))
@@ -669,12 +684,7 @@ class TurnCore:
         silence_ms = (self.ring.end - user.silence_at) * 1000 // CAPTURE_RATE
         after = self.end_of_turn.score_after_ms
         if after is not None and silence_ms >= after and user.score is None and not user.scoring:
-            self._ids += 1
-            user.scoring = self._ids
-            # the model judges speech followed by `after` ms of silence (as trained, and as the clip benchmark
-            # gives it); cut at the pause's start it hears an abrupt stop and scores complete turns low
-            end = min(self.ring.end, user.silence_at + after * CAPTURE_RATE // 1000)
-            self._emit(ScoreTurn(user.scoring, self.ring.slice(self._score_from(user, end), end)))
+            self._ask_score(user, user.silence_at)
         speech_ms = (user.silence_at - user.start) * 1000 // CAPTURE_RATE
         evidence = TurnEvidence(silence_ms, speech_ms, user.score, user.partial)
         if self.end_of_turn.decide(evidence) == "end":
@@ -683,6 +693,19 @@ class TurnCore:
             if not vad_ended:
                 self._reset_vad()  # its pause in progress is over: the next speech must be a new start
             self._end_turn(user.silence_at, now)
+
+    def _ask_score(self, user: Utterance, pause: int) -> None:
+        """Ask the end-of-turn model about the pause that began at `pause`: the speech and the pause's first
+        score_after_ms (as trained, and as the clip benchmark gives it; cut at the pause's start it hears an abrupt
+        stop and scores complete turns low). Asked early (PauseStarted), the silence not yet heard is zeros."""
+        after = self.end_of_turn.score_after_ms
+        assert after is not None
+        self._ids += 1
+        user.score, user.scoring, user.scored_pause = None, self._ids, pause
+        end = pause + after * CAPTURE_RATE // 1000
+        audio = self.ring.slice(self._score_from(user, end), min(self.ring.end, end))
+        padding = np.zeros(max(0, end - self.ring.end), dtype=np.int16)
+        self._emit(ScoreTurn(user.scoring, np.concatenate([audio, padding]) if len(padding) else audio))
 
     def _score_from(self, user: Utterance, end: int) -> int:
         """Where the scored audio that ends at `end` starts: the current speech segment (from the onset after the
@@ -831,7 +854,7 @@ class TurnCore:
             self._set_state(TurnState.IDLE if self.user is None else self.state)
             return
         if started:
-            self._confirm(job.turn)
+            self._confirm(job.turn, job.speech_end or job.endpoint, job.endpoint)
         else:
             self._start_reply(job.turn, Responder(decision.text), True, job.speech_end, job.endpoint)
 
@@ -868,14 +891,14 @@ class TurnCore:
             self.wake.replying()
         self._emit(StartReply(turn, responder, confirmed, speech_end or now, now, round(self.backlog_ms, 1)))
 
-    def _confirm(self, turn: int) -> None:
+    def _confirm(self, turn: int, speech_end: float, endpoint: float) -> None:
         reply = self.replies.get(turn)
         if reply is None:
             return
         self._interrupt_current()
         reply.confirmed, self.current = True, reply
         self.wake.replying()
-        self._emit(ConfirmReply(turn))
+        self._emit(ConfirmReply(turn, speech_end, endpoint))
         held, reply.held = reply.held, []
         for action in held:
             self._emit_reply(reply, action)

@@ -197,11 +197,13 @@ def test_config_builds_the_policy() -> None:
 
 
 def test_the_vad_reports_silence_by_the_time_the_model_is_asked() -> None:
-    """With the model, vad.early_silence_ms is lowered to endofturn.score_after_ms (never raised); the silence
-    detector leaves the VAD as configured."""
+    """With the model, vad.early_silence_ms is lowered to endofturn.score_after_ms (never raised) and the VAD
+    notices a pause (PauseStarted) after endofturn.ask_after_ms; the silence detector leaves the VAD as
+    configured."""
     vad = VadConfig(early_silence_ms=200)
     assert vad_settings(vad, EndOfTurnConfig(score_after_ms=120)).early_silence_ms == 120
     assert vad_settings(vad, EndOfTurnConfig(score_after_ms=300)).early_silence_ms == 200
+    assert vad_settings(vad, EndOfTurnConfig(ask_after_ms=60)).pause_notice_ms == 60
     assert vad_settings(vad, EndOfTurnConfig(detector="silence", score_after_ms=120)) == vad
 
 
