@@ -840,7 +840,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="assistant", description="A local real-time voice assistant on MLX.")
     parser.add_argument("--version", action="version", version=f"assistant {__version__}")
     _common(parser, suppress=False)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, fn: Callable[..., int], help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
@@ -898,7 +898,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # show every command, not argparse's `the following arguments are required: COMMAND`
+        parser.print_help(sys.stderr)
+        return 2
     debug = bool(args.debug)
     try:
         cfg = config.load(args.config, args.overrides)

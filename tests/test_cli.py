@@ -215,3 +215,11 @@ def test_doctor_finds_a_truncated_model_folder(tmp_path: Path) -> None:
     assert any(
         line.startswith(f"  FAIL  TTS model {broken}: {broken / 'config.json'} cannot be read (") for line in lines
     )
+
+
+def test_no_command_shows_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """`assistant` alone prints the help with every command and exits 2 (it said only `the following arguments are
+    required: COMMAND`)."""
+    assert cli.main([]) == 2
+    err = capsys.readouterr().err
+    assert all(f"\n    {sub} " in err for sub in SUBCOMMANDS) and "required" not in err
