@@ -17,6 +17,7 @@ from typing import Any, Literal, cast, get_args, get_type_hints
 
 from assistant import events
 from assistant.errors import ProtocolError
+from assistant.text import sentences
 
 PROTOCOL_VERSION = 1
 
@@ -380,6 +381,9 @@ def decode_command(data: str | bytes, max_bytes: int = 1 << 20, limits: Limits =
     cmd = check_fields(cls, obj, kind, msg_id)
     if isinstance(cmd, Say | Ask) and not cmd.text.strip():
         raise WireError("input", f'`{kind}.text` is empty; give the words to {kind}, e.g. "hello"', msg_id)
+    if isinstance(cmd, Say) and len(cmd.text) <= limits.text_chars and not sentences(cmd.text):
+        why = "`say.text` has no speakable words (only emoji, symbols or markup); give words to say"
+        raise WireError("input", why, msg_id)  # as `assistant say` refuses it; it replied success and said nothing
     if isinstance(cmd, Say | Ask) and len(cmd.text) > limits.text_chars:
         raise WireError(
             "too_long",

@@ -66,6 +66,16 @@ def test_native_empty_text_is_refused_at_decode(kind: str, text: str) -> None:
     assert str(e.value).startswith(f"`{kind}.text` is empty; give the words to {kind}")
 
 
+@pytest.mark.parametrize("text", ["😀🎉", "**", "<b></b>"])
+def test_native_say_without_speakable_words_is_refused(text: str) -> None:
+    """`say` of only emoji, symbols or markup gets an `input` error, as `assistant say` does (it replied success
+    and said nothing)."""
+    with pytest.raises(p.WireError) as e:
+        p.decode_command(json.dumps({"type": "say", "id": 5, "text": text}))
+    assert e.value.code == "input" and str(e.value).startswith("`say.text` has no speakable words")
+    assert isinstance(p.decode_command(json.dumps({"type": "ask", "text": text})), p.Ask)  # the LLM may answer
+
+
 @pytest.mark.parametrize(
     ("event", "message"),
     [
@@ -155,18 +165,19 @@ def test_http_without_content_type_says_so(path: str, message: str) -> None:
     assert resp.status == 415 and json.loads(resp.body)["error"]["message"] == message
 
 
-def test_connection_log_lines_name_the_peer(caplog: pytest.LogCaptureFixture) -> None:
-    """websockets' `connection open` line names the client's address, not `<...Connection object at 0x...>`."""
+def test_connection_log_lines_name_the_peer() -> None:
+    """websockets' connection log lines (`connection open`, with the connection as `websocket=`) name the client's
+    address, not `<...Connection object at 0x...>`."""
 
-    async def body() -> None:
+    async def body() -> str:
         async with running() as (server, _, _), client(server):
-            pass
+            assert server.server is not None
+            [conn] = server.server.connections
+            record = logging.LogRecord("assistant.server.connections", logging.INFO, "", 0, "connection open", (), None)
+            record.websocket = conn  # what websockets attaches to its own log records
+            return KeyValueFormatter().format(record)
 
-    with caplog.at_level(logging.INFO, logger="assistant.server.connections"):
-        asyncio.run(body())
-    opened = [r for r in caplog.records if r.getMessage() == "connection open"]
-    assert opened
-    line = KeyValueFormatter().format(opened[0])
+    line = asyncio.run(body())
     assert "websocket=127.0.0.1:" in line and "object at" not in line
 
 
