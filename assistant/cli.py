@@ -863,7 +863,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("voices", cmd_voices, "list the voice profiles")
     p = add("transcribe", cmd_transcribe, "print the transcript of an audio file")
-    p.add_argument("file", metavar="FILE", help="an audio file (WAV, FLAC, OGG, MP3, ...; any rate); `-` for stdin")
+    what = "an audio file (WAV, FLAC, OGG, MP3, ...; any rate from 8 kHz); `-` for stdin"
+    p.add_argument("file", metavar="FILE", help=what)
     p.add_argument("--partials", action="store_true", help="show partial transcripts as they evolve")
     p = add("chat", cmd_chat, "a text chat with the LLM (a REPL over the daemon's engine)")
     p.add_argument("--no-stream", action="store_true", help="print each answer when it is complete")
