@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import re
 import shutil
@@ -354,7 +355,11 @@ def _check(path: str, value: Any, typ: Any, meta: Mapping[str, Any], origin: str
     )
     if typ == list[str]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise bad_type
+            # `a,b` or `[a, b]` (a bare string to TOML): show the list it was meant as, in TOML
+            words = [str(v) for v in value] if isinstance(value, list) else []
+            words = value.strip("[]").split(",") if isinstance(value, str) else words
+            example = json.dumps([w.strip().strip("'\"") for w in words if w.strip()] or ["a", "b"])
+            raise ConfigError(f"{bad_type}; write a TOML list of quoted strings, e.g. {example}")
         return list(value)
     if typ is bool and not isinstance(value, bool):
         raise bad_type

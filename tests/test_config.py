@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -174,3 +175,20 @@ def test_config_file_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_bytes(b"\xef\xbb\xbf[vad]\nhangover_ms = 600\n")
     assert config.load(str(path)).vad.hangover_ms == 600
+
+
+@pytest.mark.parametrize(
+    ("given", "example"),
+    [
+        ("time,reminders", '["time", "reminders"]'),
+        ("[time, reminders]", '["time", "reminders"]'),
+        ("[1, 2]", '["1", "2"]'),
+    ],
+)
+def test_a_list_key_given_a_bare_string_shows_the_toml_list(isolated_env: Path, given: str, example: str) -> None:
+    """`--set tools.enabled=time,reminders` (no TOML quotes) says how to write the list it meant (it named only
+    the type)."""
+    with pytest.raises(ConfigError) as e:
+        config.load(None, [f"tools.enabled={given}"])
+    assert str(e.value).endswith(f"; write a TOML list of quoted strings, e.g. {example}")
+    assert config.load(None, [f"tools.enabled={example}"]).tools.enabled == json.loads(example)
