@@ -252,7 +252,9 @@ LOOP_EXTRA_MS = 45.0  # the sinks' and PortAudio's own latency beyond module-loo
 REVERB_PLUGIN = Path("/usr/lib/ladspa/allpass_1895.so")  # swh-plugins: Schroeder allpass delay lines
 
 
-def start_echo_loop(room: Room, delay_ms: float = 60.0, gain_db: float = 0.0, reverb: bool = True) -> EchoLoop:
+def start_echo_loop(
+    room: Room, delay_ms: float = 60.0, gain_db: float = 0.0, reverb: bool = True, adjust_time: float | None = 0.0
+) -> EchoLoop:
     """Loop the speaker back into the microphone inside the sound server, so a busy machine cannot stretch it:
     module-loopback (speaker monitor -> microphone) holds `delay_ms` of latency by adapting its rate (less what
     the sinks and PortAudio add, LOOP_EXTRA_MS; the least total delay is about 50 ms), its stream
@@ -292,6 +294,7 @@ def start_echo_loop(room: Room, delay_ms: float = 60.0, gain_db: float = 0.0, re
                 "sink_dont_move=true",
                 "rate=16000",
                 "channels=1",
+                *([] if adjust_time is None else [f"adjust_time={adjust_time:g}"]),
             ).strip()
         )
         # the loopback's stream into the microphone: the sink input whose owner module is the loopback
