@@ -161,7 +161,7 @@ class EchoCanceller:
         self._linear_returns: deque[float] = deque(maxlen=LINEAR_FRAMES)  # residual dB less the played peak dB
         self._linear_taken: deque[float] = deque(maxlen=LINEAR_FRAMES)  # microphone dB less residual dB
         self._linear_db: float | None = None  # LINEAR_QUANTILE of _linear_returns (None: not learned yet)
-        self._taken_db = 0.0  # median of _linear_taken
+        self._taken_db = 0.0  # median of _linear_taken (0: not learned)
         self._raw_tail_previous = np.zeros(AEC_FRAME, np.int16)  # the frame the path's residual is of
         self._previous: tuple[bool, float] = (False, 0.0)  # the last frame: played steadily, its played peak
         self._previous_loud = False  # ... and the reply was not in a pause then
@@ -186,6 +186,7 @@ class EchoCanceller:
         self._linear_returns.clear()
         self._linear_taken.clear()
         self._linear_db = None
+        self._taken_db = 0.0
 
     def played(self, chunk: np.ndarray) -> None:
         """The float32 mono chunk at `ref_rate` that was just written to the speaker."""
@@ -295,12 +296,11 @@ class EchoCanceller:
         if level > heard:
             out, level = mic, heard
         returned, taken = level - peak_db, heard - level
-        bound, usual = self._linear_db, self._taken_db
-        known = bound is not None and usual >= LINEAR_TAKEN_DB
-        if known and returned > bound + DOUBLE_TALK_DB:  # type: ignore[operator]
+        bound = self._linear_db if self._taken_db >= LINEAR_TAKEN_DB else None  # None: the path is not known
+        if bound is not None and returned > bound + DOUBLE_TALK_DB:
             self._path.learn(echo_alone=False)  # the user's voice is no echo to learn
             self._double_talk = True
-            return out, max(GATE_FLOOR_DBFS, peak_db + bound)  # type: ignore[operator]
+            return out, max(GATE_FLOOR_DBFS, peak_db + bound)
         self._path.learn(echo_alone=True)
         if self._since_lock > LINEAR_AFTER_FRAMES and self._previous_loud:
             self._linear_returns.append(returned)
@@ -309,9 +309,9 @@ class EchoCanceller:
                 self._linear_db = float(np.percentile(self._linear_returns, LINEAR_QUANTILE))
                 self._taken_db = float(np.median(self._linear_taken))
         old = RESIDUAL_DB if self._adapted >= ADAPT_FRAMES else 0.0  # AEC3's gate, relative to the peak
-        if not known or bound >= old:  # type: ignore[operator]
+        if bound is None or bound >= old:
             return None, None
-        return out, max(GATE_FLOOR_DBFS, peak_db + bound)  # type: ignore[operator]
+        return out, max(GATE_FLOOR_DBFS, peak_db + bound)
 
     @property
     def linear_return_db(self) -> float | None:
