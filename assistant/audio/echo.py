@@ -178,11 +178,13 @@ class EchoCanceller:
         self._place(None)
 
     def _place(self, offset: int | None) -> None:
-        """Place the linear path's reference stream anew (None: not playing); what it learned no longer fits."""
+        """Place the linear path's reference stream anew (None: not playing). The path keeps its model of the room
+        (a placement off by more than a few samples mispredicts, and is refitted), but what it leaves of echo
+        alone is learned again before it speaks for a frame."""
         self._offset = offset
         self._since_lock = 0
         self._readings.clear()
-        self._path.reset()
+        self._path.clear_reference()
         self._linear_returns.clear()
         self._linear_taken.clear()
         self._linear_db = None
