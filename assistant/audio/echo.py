@@ -79,8 +79,15 @@ GATE_FLOOR_DBFS = -90.0  # the gate in such a room while the speaker plays: unde
 # run of steady playing: the DAC and ADC times wander by ~1-2 ms within a reply and single readings jump by ~5 ms
 # (seen in the room), which a linear model cannot follow, while the sound cards' sample clocks do not drift
 # apart. The placement is taken again when the median of the clock's last PLACE_READINGS readings moves away from
-# it by more than RELOCK_SAMPLES (an underrun, a new reply after a pause).
+# it by more than RELOCK_SAMPLES (an underrun, a new reply after a pause), once those readings agree within a
+# third of that (after underruns they were seen jumping about by 5-20 ms for a while).
 PLACE_READINGS = 5
+# A new placement is off by ~2-3 ms from where the old one had the echo (seen after underruns): the first 300 ms
+# the kept model predicts after it are cross-correlated with the microphone, and the placement moves by the lag
+# (up to ALIGN_SAMPLES either way) where they match best, so the model fits again at once instead of refitting.
+ALIGN_FRAMES = 30
+ALIGN_SAMPLES = 96  # 6 ms
+ALIGN_MIN_CORRELATION = 0.3  # the room's reverberation lowers it: 0.3-0.97 seen for a true lag
 RELOCK_SAMPLES = 48  # 3 ms
 # The model hears the reference this far ahead of the placement, so an echo a little earlier than the clock says
 # (its readings wander) is still in its reach.
@@ -156,8 +163,11 @@ class EchoCanceller:
         self._path = EchoPath()
         self._mic_at = 0  # microphone samples processed
         self._offset: int | None = None
+        self._clock_offset: int | None = None  # ... as the clock's readings placed it (before aligning it)
         self._since_lock = 0  # steady frames since the placement
         self._readings: deque[int] = deque(maxlen=PLACE_READINGS)  # the clock's last readings of the offset
+        self._aligning: list[tuple[np.ndarray, np.ndarray]] | None = None  # after a new placement: (microphone,
+        # prediction) frames to align it by
         self._linear_returns: deque[float] = deque(maxlen=LINEAR_FRAMES)  # residual dB less the played peak dB
         self._linear_taken: deque[float] = deque(maxlen=LINEAR_FRAMES)  # microphone dB less residual dB
         self._linear_db: float | None = None  # LINEAR_QUANTILE of _linear_returns (None: not learned yet)
@@ -178,13 +188,14 @@ class EchoCanceller:
         self._place(None)
 
     def _place(self, offset: int | None) -> None:
-        """Place the linear path's reference stream anew (None: not playing). The path keeps its model of the room
-        (a placement off by more than a few samples mispredicts, and is refitted), but what it leaves of echo
-        alone is learned again before it speaks for a frame."""
-        self._offset = offset
+        """Place the linear path's reference stream anew (None: not playing). The path keeps its model of the room,
+        which aligns the placement (`_align`), but what it leaves of echo alone is learned again before it speaks
+        for a frame."""
+        self._offset = self._clock_offset = offset
         self._since_lock = 0
         self._readings.clear()
         self._path.clear_reference()
+        self._aligning = [] if self._path.solved else None
         self._linear_returns.clear()
         self._linear_taken.clear()
         self._linear_db = None
@@ -286,6 +297,9 @@ class EchoCanceller:
         learned yet, or no better than AEC3's gate). The path learns from the frame unless a user spoke in it."""
         steady, peak = self._previous
         self._double_talk = False
+        if self._aligning is not None:  # the placement may be off: nothing to learn or say until it is aligned
+            self._path.learn(echo_alone=False)
+            return None, None
         if not steady or peak <= 0.0:
             self._path.learn(echo_alone=peak <= 0.0)  # an underrun: the placed reference did not play then
             return None, None
@@ -342,21 +356,46 @@ class EchoCanceller:
         if p0 > 0 and abs(p1 - p0 - AEC_FRAME) <= 1:  # a reading of steady playing: it places the reference
             self._readings.append(self._mic_at - p0)
             seen = int(np.median(self._readings))
-            if self._offset is None or abs(seen - self._offset) > RELOCK_SAMPLES:
+            if self._clock_offset is None or abs(seen - self._clock_offset) > RELOCK_SAMPLES:
                 readings = list(self._readings)
-                self._place(seen)
-                self._readings.extend(readings)
+                agree = len(readings) == PLACE_READINGS and max(readings) - min(readings) <= RELOCK_SAMPLES // 3
+                if agree:  # after an underrun the readings jump about for a while: place once they agree
+                    self._place(seen)
+                    self._readings.extend(readings)
+                steady = agree
             self._since_lock += 1
         self._mic_at += AEC_FRAME
         if self._offset is None:
             return None, None
         ref = self._stream(self._mic_at - AEC_FRAME - self._offset + LOOK_AHEAD)
         residual = self._path.push(ref, mic.astype(np.float64) / 32768.0)
+        if self._aligning is not None and steady:
+            self._align(self._raw_tail_previous / 32768.0, residual)
         verdict = self._linear(residual, self._raw_tail_previous)
         self._raw_tail_previous = mic.copy()
         self._previous = (steady, max(self._window, default=0.0))
         self._previous_loud = self._steady / STEADY_FRAMES >= self._previous[1] / 10
         return verdict
+
+    def _align(self, mic: np.ndarray, residual: np.ndarray) -> None:
+        """Collect what the kept model predicts after a new placement; after ALIGN_FRAMES, move the placement to
+        where its prediction matches the microphone best."""
+        assert self._aligning is not None and self._offset is not None
+        self._aligning.append((mic, mic - residual))
+        if len(self._aligning) < ALIGN_FRAMES:
+            return
+        heard, predicted = (np.concatenate(x) for x in zip(*self._aligning, strict=True))
+        self._aligning = None
+        n = 2 * len(heard)
+        xc = np.fft.irfft(np.fft.rfft(heard, n) * np.conj(np.fft.rfft(predicted, n)), n)
+        lags = np.arange(-ALIGN_SAMPLES, ALIGN_SAMPLES + 1)
+        values = xc[lags % n]
+        norm = float(np.sqrt(np.dot(heard, heard) * np.dot(predicted, predicted)))
+        best = int(np.argmax(values))
+        if norm > 0 and values[best] / norm >= ALIGN_MIN_CORRELATION and lags[best] != 0:
+            clock = self._clock_offset
+            self._place(self._offset + int(lags[best]))  # the echo came that much later than predicted
+            self._clock_offset, self._aligning = clock, None  # the clock's readings still agree with it
 
     def process(self, block: AudioBlock) -> AudioBlock:
         """The cleaned microphone audio: every whole 10 ms frame received so far, with the capture time of its

@@ -25,9 +25,7 @@ FORGET = 0.998  # per learned block: the statistics remember the last ~5 s of ec
 # blocks of echo alone between solves: every 100 ms while the model is young (a user may speak 1 s into the
 # first reply), then every 250 ms (the room changes slowly; each solve costs ~1-2 ms)
 SOLVE_EVERY, SOLVE_EVERY_LATER, YOUNG_BLOCKS = 10, 25, 300
-# No solve from fewer blocks of echo alone than this since the reference was placed: the weights kept from an
-# earlier placement (the room has not changed) predict better than a fit to 300 ms
-SOLVE_AFTER = 30
+SOLVE_AFTER = 30  # no solve from less echo than this (300 ms): too few equations for the weights
 RIDGE = 1e-2  # the least-squares ridge, relative to each bin's reference power: bins the reply barely excites
 # stay near zero instead of fitting noise
 # sqrt of a periodic Hann window: applied before and after the transform, half-overlapping windows sum to one
@@ -55,22 +53,25 @@ class EchoPath:
         # FORGET^(j-i) X_i conj(X_(i-lag)), per bin and lag
         self._cross = np.zeros((BINS, k), np.complex128)  # per bin: sum of x conj(d) (d: the microphone's bin)
         self._weights: np.ndarray = np.zeros((BINS, k), np.complex128)
+        self._fresh = 0  # blocks of echo alone learned since the last solve
+        self._learned = 0  # ... since reset()
         self._blocks = 0  # blocks learned (the ring's clock)
         self.clear_reference()
 
     def clear_reference(self) -> None:
-        """Forget the reference's recent past (it was placed anew); the statistics restart with it (they hold its
-        shifts), the weights (the room) are kept until SOLVE_AFTER blocks give new ones."""
+        """Forget the reference's recent past (it was placed anew: as if it had been silent); the statistics and
+        the weights (the room) are kept."""
         self._spectra = np.zeros((BINS, self.partitions), np.complex128)  # newest first
         self._ref_last = np.zeros(BLOCK)
         self._mic_last = np.zeros(BLOCK)
         self._mic_spectrum = np.zeros(BINS, np.complex128)
         self._predicted = np.zeros(BINS, np.complex128)
         self._tail = np.zeros(BLOCK)  # the second half of the last predicted window
-        self._rows[:] = 0.0
-        self._cross[:] = 0.0
-        self._fresh = 0  # blocks of echo alone learned since the last solve
-        self._learned = 0  # ... since the reference was placed
+
+    @property
+    def solved(self) -> bool:
+        """The model has weights (from this placement of the reference or an earlier one)."""
+        return bool(np.any(self._weights))
 
     def push(self, ref: np.ndarray, mic: np.ndarray) -> np.ndarray:
         """Take the next reference and microphone blocks; returns the previous microphone block less its echo."""
