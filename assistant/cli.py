@@ -192,6 +192,7 @@ async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any =
     from assistant.compute import Compute
     from assistant.daemon import ReopeningSource, Service, background, hotkey_service, serve
     from assistant.tools.setup import build_toolbox, open_memory
+    from assistant.tools.timers import speak_reminders
 
     memory = open_memory(cfg.memory)
     toolbox, reminders = build_toolbox(cfg, memory)
@@ -201,11 +202,9 @@ async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any =
         from assistant.conversation import Conversation
 
         def conversation(source: Any, sink: Any) -> Conversation:
-            return Conversation(
-                cfg, engines, source, sink, compute, toolbox=toolbox, memory=memory, reminders=reminders
-            )
+            return Conversation(cfg, engines, source, sink, compute, toolbox=toolbox, memory=memory)
 
-        services: list[Service] = []
+        services: list[Service] = [background(partial(speak_reminders, reminders), "speak the reminders")]
         if cfg.pipeline.mode != "hands_free" and not headless:
             services.append(hotkey_service)
         if cfg.server.enabled:
@@ -230,7 +229,7 @@ async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any =
                 sink.report = pipeline.device_status
                 follower = default_follower(cfg.audio, source, sink)
                 if follower is not None:
-                    services.append(background(follower.run, "follow the default device"))
+                    services.append(background(lambda _: follower.run(), "follow the default device"))
                 return await serve(pipeline, services, console)
         finally:
             await source.aclose()

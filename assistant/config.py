@@ -53,6 +53,7 @@ class VadConfig:
     preroll_ms: int = opt(300, "ms", 0, 3000)
     hangover_ms: int = opt(700, "ms", 100, 5000)
     early_silence_ms: int = opt(200, "ms", 0, 5000)
+    pause_notice_ms: int = opt(0, "ms", 0, 5000)  # PauseStarted this early (0 or >= early_silence_ms: never)
     noise_gate_db: float = opt(6.0, "dB", 0.0, 40.0)
     max_utterance_s: float = opt(30.0, "s", 1.0, 600.0)
     adaptive_hangover: bool = opt(False)
@@ -187,6 +188,7 @@ class EndOfTurnConfig:
     model: str = opt("pipecat-ai/smart-turn-v3")
     threshold: float = opt(0.5, "", 0.0, 1.0)
     score_after_ms: int = opt(150, "ms", 30, 2000)
+    ask_after_ms: int = opt(90, "ms", 30, 2000)  # the model is asked here, its answer weighed at score_after_ms
     max_wait_ms: int = opt(2000, "ms", 100, 10_000)
     resume_ms: int = opt(1200, "ms", 0, 5000)  # speech this soon after a turn's end continues it (0: never)
     threads: int = opt(1, "threads", 1, 16)

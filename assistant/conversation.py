@@ -6,7 +6,8 @@ every engine call on the compute thread. The daemon holds one over the microphon
 server's `Controller`); each `/v1/realtime` connection holds one over its client sink (the server's
 `RealtimeSession`), opened by `Sessions` (assistant/sessions.py). Only the core's `Policy` differs between them.
 What is not turn-taking lives with its own module: config -> policy (assistant/policies.py), the tools and a
-Realtime client's function calls (assistant/tools/session.py), the history's operations (assistant/llm.py).
+Realtime client's function calls (assistant/tools/session.py), the history's operations (assistant/llm.py), the
+wake-phrase gate (assistant/wake.py); due reminders come in through `say` like any client (assistant/tools/timers.py).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from typing import Any, cast
 
 import numpy as np
 
-from assistant import settings
+from assistant import settings, turns
 from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, AudioBlock, level_dbfs
 from assistant.audio.sinks import AudioSink, AudioSource, ClientSink, SpeakerTiming, played_out
 from assistant.bus import EventBus, Subscription
 from assistant.compute import Compute, Generation, Priority, Stale
 from assistant.config import Config
+from assistant.context import ChatContext
 from assistant.endofturn import EndOfTurnPolicy, vad_settings
 from assistant.engines import Engines, VadLike
 from assistant.errors import AudioDeviceError, ConfigError, InputError, ModelError
@@ -48,47 +50,9 @@ from assistant.policies import daemon_policy, end_of_turn, make_canceller, realt
 from assistant.reply import Reply, TurnTrace, pump, settle_answer
 from assistant.stt.types import Transcript
 from assistant.tools.apps import Send
-from assistant.tools.builtin import date_line, reminder_speech, zone
 from assistant.tools.calls import AUTO, ToolChoice
 from assistant.tools.registry import Toolbox
 from assistant.tools.session import ConversationTools, offer_tools
-from assistant.tools.timers import ReminderScheduler
-from assistant.turns import (
-    Action,
-    AudioIn,
-    Cancel,
-    ClearAudio,
-    Commit,
-    ConfirmReply,
-    CreateResponse,
-    DropReply,
-    Fed,
-    Feed,
-    Finalize,
-    FlushAudio,
-    Input,
-    Interrupt,
-    InterruptReply,
-    Mute,
-    Play,
-    Policy,
-    Ptt,
-    Publish,
-    ReplyDone,
-    ResetTranscriber,
-    ResetVad,
-    RunVad,
-    Scored,
-    ScoreTurn,
-    SetPolicy,
-    StartReply,
-    Tick,
-    ToolOutput,
-    Transcribed,
-    TurnCore,
-    UserText,
-    VadIn,
-)
 
 log = logging.getLogger("assistant.conversation")
 
@@ -116,7 +80,6 @@ class Conversation:
         on_close: Callable[[Conversation], None] | None = None,
         toolbox: Toolbox | None = None,
         memory: Memory | None = None,
-        reminders: ReminderScheduler | None = None,
     ) -> None:
         self.cfg = cfg
         self.engines = engines
@@ -127,13 +90,12 @@ class Conversation:
         self.sink: AudioSink = sink or ClientSink(engines.tts.sample_rate)
         self.vad: VadLike = engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
         policy = realtime_policy(cfg, True, True, True) if realtime else daemon_policy(cfg)
-        self.core = TurnCore(policy, end_of_turn(cfg, engines.score_turn), ring_samples(cfg))
+        self.core = turns.TurnCore(policy, end_of_turn(cfg, engines.score_turn), ring_samples(cfg))
         self.hangover_ms: int | None = cfg.vad.hangover_ms
-        self.instructions = cfg.llm.system_prompt
         self.tools = ConversationTools(toolbox)
-        self.memory = memory  # the history kept across restarts (None: not kept)
-        self.reminders = reminders
-        self._date = ""  # the date line in the system prompt (with tools: refreshed when the date changes)
+        self.context = ChatContext(
+            engines.chat, self.compute, cfg.llm.system_prompt, cfg.tools.timezone, memory, self.failed
+        )
         self.device_ok = True
         self.output_ok = True  # False while the speaker is lost: replies are text only
         self.restart_required: list[str] = []
@@ -149,12 +111,11 @@ class Conversation:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._tick: asyncio.TimerHandle | None = None
-        self._erased: set[int] = set()  # replies in flight when the history was reset
         self._tick_at = 0.0
 
     # ---- driving the core -----------------------------------------------------------------------------------
 
-    def _apply(self, inp: Input) -> None:
+    def _apply(self, inp: turns.Input) -> None:
         for action in self.core.handle(inp):
             self._do(action)
         end = self.core.follow_up_ends()
@@ -164,48 +125,50 @@ class Conversation:
                 self._tick.cancel()
             self._tick_at = end
             delay = max(end - time.monotonic(), 0.0) + 0.01
-            self._tick = asyncio.get_running_loop().call_later(delay, lambda: self._apply(Tick(time.monotonic())))
+            loop = asyncio.get_running_loop()
+            self._tick = loop.call_later(delay, lambda: self._apply(turns.Tick(time.monotonic())))
 
-    def _do(self, action: Action) -> None:
+    def _do(self, action: turns.Action) -> None:
         match action:
-            case RunVad(samples, echo):
+            case turns.RunVad(samples, echo):
                 self.vad.set_playback(echo is not None, SILENT_DBFS if echo is None else echo)
                 for ev in self.vad.feed(samples):
-                    self._apply(VadIn(ev))
-            case ResetVad():
+                    self._apply(turns.VadIn(ev))
+            case turns.ResetVad():
                 self.vad.reset()
-            case ResetTranscriber():
+            case turns.ResetTranscriber():
                 self.compute.submit(self.engines.transcriber.reset, priority=Priority.URGENT)
-            case Feed(utt, audio):
+            case turns.Feed(utt, audio):
                 fed = self.compute.submit(self.engines.transcriber.feed, audio, priority=Priority.URGENT)
-                self._transcribing(fed, lambda partial, error, now: Fed(utt, partial, now, error))
-            case Finalize(job):
+                self._transcribing(fed, lambda partial, error, now: turns.Fed(utt, partial, now, error))
+            case turns.Finalize(job):
                 final = self.compute.submit(self.engines.transcriber.finalize, priority=Priority.URGENT)
                 self._transcribing(final, lambda tr, error, now: self._transcribed(job, tr, error, now))
-            case ScoreTurn(utt, audio):
+            case turns.ScoreTurn(utt, audio):
                 if self.engines.score_turn is not None:
                     self.spawn(self._score(self.engines.score_turn, utt, audio))
-            case StartReply():
+            case turns.StartReply():
                 self._start(action)
-            case ConfirmReply(turn):
+            case turns.ConfirmReply(turn, speech_end, endpoint):
                 if (reply := self._replies.get(turn)) is not None:
+                    reply.trace.speech_end, reply.trace.endpoint = speech_end, endpoint  # not the speculation's
                     reply.confirmed.set()
                     self._text_only_note()
-            case DropReply(turn):
+            case turns.DropReply(turn):
                 if (reply := self._replies.get(turn)) is not None:
                     self._cancel(reply, heard=None)
-            case InterruptReply(turn):
+            case turns.InterruptReply(turn):
                 if (reply := self._replies.get(turn)) is not None:
                     self._barge_in(reply)
-            case Play(turn, chunk):
+            case turns.Play(turn, chunk):
                 self._play(turn, chunk)
-            case FlushAudio():
+            case turns.FlushAudio():
                 self._flush()
-            case Publish(event):
+            case turns.Publish(event):
                 self.publish(event)
 
     def _transcribing(
-        self, job: concurrent.futures.Future[Any], answer: Callable[[Any, str | None, float], Input]
+        self, job: concurrent.futures.Future[Any], answer: Callable[[Any, str | None, float], turns.Input]
     ) -> None:
         """When the transcriber's `job` ends, the core gets `answer(result, error, now)` on the loop (result None
         and the error described and logged when it failed)."""
@@ -223,9 +186,9 @@ class Conversation:
 
         job.add_done_callback(back)
 
-    def _transcribed(self, job: int, tr: Transcript | None, error: str | None, now: float) -> Transcribed:
+    def _transcribed(self, job: int, tr: Transcript | None, error: str | None, now: float) -> turns.Transcribed:
         self._stt_final = now
-        return Transcribed(job, "" if tr is None else tr.text, "" if tr is None else tr.language, now, error)
+        return turns.Transcribed(job, "" if tr is None else tr.text, "" if tr is None else tr.language, now, error)
 
     async def _score(self, model: Callable[[np.ndarray], float], utt: int, audio: np.ndarray) -> None:
         """Score a pause on a worker thread: onnxruntime on its own core, off the loop and the MLX thread."""
@@ -235,7 +198,7 @@ class Conversation:
             self.failed(e, "scoring the end of turn")
             score = 1.0  # a broken model must not hold the turn open: end it as the silence rule would
         if not self._closed:
-            self._apply(Scored(utt, score, time.monotonic()))
+            self._apply(turns.Scored(utt, score, time.monotonic()))
 
     # ---- the microphone -------------------------------------------------------------------------------------
 
@@ -251,7 +214,7 @@ class Conversation:
             if not len(block.samples):
                 return  # less than one 10 ms frame so far
         level, end = self._speaker_at(block.t, len(block.samples))
-        self._apply(AudioIn(block.samples, block.t, now, level, end))
+        self._apply(turns.AudioIn(block.samples, block.t, now, level, end))
 
     def _speaker_at(self, t: float, n: int) -> tuple[float, float | None]:
         """The echo level that `n` samples recorded at `t` may hold, and when the speaker's last sample left."""
@@ -271,52 +234,10 @@ class Conversation:
         await self.prepare()
 
     async def prepare(self) -> None:
-        """Offer the tools, put the date in the system prompt, load the stored history, start the reminders."""
-        chat = self.engines.chat
+        """Offer the tools, put the date in the system prompt, load the stored history."""
         if self.tools.toolbox is not None:
-            await self.compute.run(chat.set_tools, self.tools.toolbox.schemas())
-            await self._refresh_date()
-        if self.memory is not None:
-            await self.compute.run(chat.restore, self.memory.history())
-            kept = len(await self.compute.run(lambda: chat.history))
-            dropped = self.memory.keep_newest(kept)
-            log.info("history loaded", extra=kv(messages=kept, dropped_turns=dropped))
-        if self.reminders is not None:
-            self.spawn(self._speak_reminders(self.reminders))
-
-    def _system_prompt(self) -> str:
-        return f"{self.instructions}\n\n{self._date}" if self._date else self.instructions
-
-    async def _refresh_date(self) -> None:
-        """The date line changes once a day; the prompt (and its cache) only then."""
-        line = date_line(time.time(), zone(self.cfg.tools.timezone))
-        if line != self._date:
-            self._date = line
-            await self.compute.run(self.engines.chat.set_system_prompt, self._system_prompt(), priority=Priority.URGENT)
-
-    async def _speak_reminders(self, scheduler: ReminderScheduler) -> None:
-        """Speak each reminder when it falls due (also while idle), after any reply in progress."""
-        async for reminder in scheduler.due():
-            while self._replies:  # a reply in flight finishes first
-                await asyncio.wait([r.result for r in self._replies.values()])
-            try:
-                await self.say(reminder_speech(reminder))
-            except Exception as e:
-                self.failed(e, f"speaking reminder {reminder.id}")
-                continue
-            scheduler.done(reminder)
-
-    async def _remember(self, reply: Reply) -> None:
-        """Store the turn just recorded (from the event loop: the memory database lives on its thread); not one
-        that a history reset cut off."""
-        if self.memory is None or reply.turn in self._erased:
-            return
-        chat = self.engines.chat
-        try:
-            turn = await self.compute.run(chat.last_turn, priority=Priority.URGENT)
-            self.memory.add_turn(turn)
-        except Exception as e:
-            self.failed(e, "storing the turn in the memory database")
+            await self.compute.run(self.engines.chat.set_tools, self.tools.toolbox.schemas())
+        await self.context.start(dated=self.tools.toolbox is not None)
 
     async def run(self) -> None:
         """Read the source until cancelled; a lost device is retried every `audio.device_retry_s`."""
@@ -331,7 +252,7 @@ class Conversation:
                     self.device_ok = False
                     log.warning("microphone lost", extra=kv(error=str(e), retry_s=self.cfg.audio.device_retry_s))
                     self.publish(DeviceStatus("input", False, str(e), time.monotonic()))
-                    self._apply(ClearAudio(time.monotonic()))  # the cut utterance must not run into the next
+                    self._apply(turns.ClearAudio(time.monotonic()))  # the cut utterance must not run into the next
                 await asyncio.sleep(self.cfg.audio.device_retry_s)
                 continue
             if not self.device_ok:
@@ -341,11 +262,11 @@ class Conversation:
                 self.on_audio(block)
             except Exception as e:  # a bug or a bad block must not stop the daemon listening
                 self.failed(e, "handling microphone audio")
-                self._apply(ClearAudio(time.monotonic()))
+                self._apply(turns.ClearAudio(time.monotonic()))
 
     # ---- replies --------------------------------------------------------------------------------------------
 
-    def _start(self, a: StartReply) -> None:
+    def _start(self, a: turns.StartReply) -> None:
         reply = Reply(
             a.turn,
             Generation().ticket(),  # its own: cancelling one reply must not stale another still alive
@@ -353,6 +274,7 @@ class Conversation:
             a.responder,
             asyncio.Event(),
             asyncio.get_running_loop().create_future(),
+            epoch=self.context.epoch,
         )
         reply.trace.extra["backlog_ms"] = a.backlog_ms
         answer = self.tools.reply_starts(a.turn, a.responder.speak_text is None)
@@ -373,10 +295,7 @@ class Conversation:
         try:
             if self._settling is not None:
                 await self._settling  # the interrupted answer is recorded before a new one starts
-            if reply.responder.instructions is not None:
-                self.compute.submit(self.engines.chat.set_system_prompt, reply.responder.instructions)
-            elif self._date and reply.responder.user_text is not None:
-                await self._refresh_date()
+            await self.context.before_reply(reply.responder)
             functions, hand_off = self.tools.for_reply(reply.turn)
             if functions is not None:
                 await self.compute.run(self.engines.chat.set_tools, *functions)
@@ -389,7 +308,7 @@ class Conversation:
                     self.publish(call)
             elif reply.gen is not None:
                 await self.compute.run(self.engines.chat.finish_turn, None, priority=Priority.URGENT)
-                await self._remember(reply)
+                await self.context.remember(reply.epoch)
             self._finish(reply, reply.answer if reply.gen else reply.responder.speak_text or "", False)
         except (asyncio.CancelledError, Stale):
             return  # the canceller settles the reply
@@ -469,19 +388,17 @@ class Conversation:
             self.failed(e, "recording the interrupted answer")
         if heard is None and error is None:
             self._replies.pop(reply.turn, None)
-            self._erased.discard(reply.turn)
             if not reply.result.done():
                 reply.result.set_result("")
             return
         if heard is not None and reply.gen is not None:
-            await self._remember(reply)
+            await self.context.remember(reply.epoch)
         self._finish(reply, heard or "", True, error, model_failed)
 
     def _finish(
         self, reply: Reply, text: str, interrupted: bool, error: str | None = None, model_failed: bool = False
     ) -> None:
         self._replies.pop(reply.turn, None)
-        self._erased.discard(reply.turn)
         if reply.result.done():
             return
         reply.result.set_result(text)
@@ -493,9 +410,8 @@ class Conversation:
             reply.trace.extra["playback_underruns"] = float(self.sink.underruns - reply.underruns_at)
         trace = reply.trace.trace()
         log.info("turn latency", extra=kv(**{k: v for k, v in dataclasses.asdict(trace).items() if k != "extra"}))
-        self._apply(ReplyDone(reply.turn, text, interrupted, time.monotonic(), error, trace, model_failed))
-        if reply.responder.instructions is not None:
-            self.compute.submit(self.engines.chat.set_system_prompt, self._system_prompt(), priority=Priority.URGENT)
+        self._apply(turns.ReplyDone(reply.turn, text, interrupted, time.monotonic(), error, trace, model_failed))
+        self.context.after_reply(reply.responder)
         if (functions := self.tools.reply_done(reply.turn)) is not None:  # response.create's were for it alone
             self.compute.submit(self.engines.chat.set_tools, *functions, priority=Priority.URGENT)
         self.compute.clear_cache()
@@ -557,33 +473,38 @@ class Conversation:
 
     async def say(self, text: str) -> None:
         """Speak `text` (no LLM, no history); returns when it has played or was interrupted."""
-        await self._text_turn(CreateResponse(time.monotonic(), say=text))
+        await self._text_turn(turns.CreateResponse(time.monotonic(), say=text))
 
     async def ask(self, text: str) -> str:
         """Answer `text` aloud as if spoken; returns the answer (the heard part when interrupted)."""
-        return await self._text_turn(CreateResponse(time.monotonic(), ask=text))
+        return await self._text_turn(turns.CreateResponse(time.monotonic(), ask=text))
 
-    async def _text_turn(self, create: CreateResponse) -> str:
+    async def _text_turn(self, create: turns.CreateResponse) -> str:
         self._apply(create)
         return await asyncio.shield(self._replies[self.core.turn].result)
 
+    async def quiet(self) -> None:
+        """Until no reply is in flight (a reminder waits for the answer in progress)."""
+        while self._replies:
+            await asyncio.wait([r.result for r in self._replies.values()])
+
     def interrupt(self) -> None:
         """Stop the reply now: flush playback, cancel LLM and TTS, keep the heard part in the history."""
-        self._apply(Interrupt(time.monotonic()))
+        self._apply(turns.Interrupt(time.monotonic()))
 
     def mute(self) -> None:
-        self._apply(Mute(True, time.monotonic()))
+        self._apply(turns.Mute(True, time.monotonic()))
 
     def unmute(self) -> None:
-        self._apply(Mute(False, time.monotonic()))
+        self._apply(turns.Mute(False, time.monotonic()))
 
     def ptt_start(self) -> None:
         """Push-to-talk pressed: a user turn starts now, overriding VAD endpointing until `ptt_stop`."""
-        self._apply(Ptt(True, time.monotonic()))
+        self._apply(turns.Ptt(True, time.monotonic()))
 
     def ptt_stop(self) -> None:
         """Push-to-talk released: the user turn ends here, whatever the VAD thinks."""
-        self._apply(Ptt(False, time.monotonic()))
+        self._apply(turns.Ptt(False, time.monotonic()))
 
     def config_get(self) -> dict[str, Any]:
         return settings.public(self.cfg)
@@ -593,8 +514,7 @@ class Conversation:
         new = settings.apply(self.cfg, changes, cast(settings.VoiceCatalog, self.engines.tts))
         self.restart_required = sorted({*self.restart_required, *settings.at_restart(changes)})
         if new.llm.system_prompt != self.cfg.llm.system_prompt:
-            self.instructions = new.llm.system_prompt
-            self.compute.submit(self.engines.chat.set_system_prompt, self._system_prompt())
+            self.context.set_instructions(new.llm.system_prompt)
         if new.logging.level != self.cfg.logging.level:
             logging.getLogger("assistant").setLevel(new.logging.level.upper())
         if new.tts.voice != self.cfg.tts.voice:
@@ -602,12 +522,12 @@ class Conversation:
         self._retune(new, daemon_policy(new), end_of_turn(new, self.engines.score_turn), new.vad != self.cfg.vad)
         return self.config_get()
 
-    def _retune(self, cfg: Config, policy: Policy, turn_end: EndOfTurnPolicy, new_vad: bool) -> None:
+    def _retune(self, cfg: Config, policy: turns.Policy, turn_end: EndOfTurnPolicy, new_vad: bool) -> None:
         """From the next input on, the core runs under `policy` and `turn_end`, and `new_vad`: a VAD for `cfg`."""
         if new_vad:
             self.vad = self.engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
         self.cfg = cfg
-        self._apply(SetPolicy(policy, turn_end, new_vad=new_vad))
+        self._apply(turns.SetPolicy(policy, turn_end, new_vad=new_vad))
 
     def set_app_tools(self, owner: str, tools: list[dict[str, Any]], timeout_s: float, send: Send) -> list[str]:
         """A connected app's tools for the voice loop (see `ConversationTools.set_app_tools`); their names."""
@@ -631,11 +551,8 @@ class Conversation:
         return [dataclasses.asdict(m) for m in self.engines.chat.history]
 
     def history_reset(self) -> None:
-        self._erased |= set(self._replies)  # an answer being settled now is not stored after the reset
-        self.interrupt()
-        self.compute.submit(self.engines.chat.reset, priority=Priority.URGENT)
-        if self.memory is not None:
-            self.memory.reset_history()
+        self.interrupt()  # first: its answer is recorded before the reset, and not stored after it
+        self.context.reset()
 
     def subscribe(self, maxsize: int = SUB_DEFAULT) -> Subscription[Event]:
         """The daemon's events; only a Realtime conversation adds ResponseStarted/ResponseAudio (see `events()`)."""
@@ -644,8 +561,7 @@ class Conversation:
     # ---- the RealtimeSession --------------------------------------------------------------------------------
 
     def set_instructions(self, text: str) -> None:
-        self.instructions = text
-        self.compute.submit(self.engines.chat.set_system_prompt, text, priority=Priority.URGENT)
+        self.context.set_instructions(text)
 
     def set_voice(self, name: str) -> None:
         names = self.engines.tts.voice_names()
@@ -672,24 +588,23 @@ class Conversation:
         self._retune(*turns, new_vad)
 
     def append_audio(self, samples: np.ndarray) -> None:
-        """int16 16 kHz mono of any length, recorded by the client just now (its clock runs with ours)."""
-        if samples.dtype != np.int16 or samples.ndim != 1:
-            raise InputError(f"audio must be int16 mono, got {samples.dtype} with shape {samples.shape}")
+        """int16 16 kHz mono of any length, recorded by the client just now (its clock runs with ours); InputError
+        for other audio (checked once, in `on_audio`)."""
         self.on_audio(samples)
 
     def commit_audio(self) -> None:
         """End the user's utterance now: transcribe it as one user message (FinalTranscript, "" when empty)."""
-        self._apply(Commit(time.monotonic()))
+        self._apply(turns.Commit(time.monotonic()))
 
     def clear_audio(self) -> None:
-        self._apply(ClearAudio(time.monotonic()))
+        self._apply(turns.ClearAudio(time.monotonic()))
 
     def add_user_text(self, text: str) -> None:
-        self._apply(UserText(text, time.monotonic()))
+        self._apply(turns.UserText(text, time.monotonic()))
 
     def create_response(self, instructions: str | None = None) -> None:
         """Answer every pending user message (after the transcriptions in flight) as one reply."""
-        self._apply(CreateResponse(time.monotonic(), instructions=instructions))
+        self._apply(turns.CreateResponse(time.monotonic(), instructions=instructions))
 
     def set_functions(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
         """The client's functions (chat-template schemas) and how the model chooses them, from the next reply on.
@@ -706,11 +621,11 @@ class Conversation:
         """The client's result of a call it was handed; the next response continues the answer with it.
         InputError when no handed-off call has that id."""
         self.tools.add_output(call_id, output)
-        self._apply(ToolOutput(time.monotonic()))
+        self._apply(turns.ToolOutput(time.monotonic()))
 
     def cancel_response(self) -> None:
         """Stop the reply now (ResponseDone interrupted=True); the history keeps what was sent."""
-        self._apply(Cancel(time.monotonic()))
+        self._apply(turns.Interrupt(time.monotonic()))
 
     def delete_item(self, role: str, text: str) -> None:
         """Forget the newest `role` message whose text is `text` (Realtime conversation.item.delete); InputError

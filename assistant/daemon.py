@@ -172,13 +172,13 @@ async def _shutdown(pipeline: Conversation, tasks: list[asyncio.Task[Any]]) -> N
         log.warning("shutdown took too long; exiting anyway")
 
 
-def background(work: Callable[[], Coroutine[Any, Any, None]], name: str) -> Service:
-    """A service running `work()` as a task for the daemon's lifetime (cancelled at stop); if it fails, the
-    failure is logged and the daemon goes on without it."""
+def background(work: Callable[[Conversation], Coroutine[Any, Any, None]], name: str) -> Service:
+    """A service running `work(pipeline)` as a task for the daemon's lifetime (cancelled at stop); if it fails,
+    the failure is logged and the daemon goes on without it."""
 
     @contextlib.asynccontextmanager
-    async def service(_pipeline: Conversation) -> AsyncIterator[None]:
-        task = asyncio.create_task(work(), name=name)
+    async def service(pipeline: Conversation) -> AsyncIterator[None]:
+        task = asyncio.create_task(work(pipeline), name=name)
 
         def failed(t: asyncio.Task[None]) -> None:
             if not t.cancelled() and (exc := t.exception()) is not None:

@@ -70,10 +70,23 @@ def ends_mid_phrase(partial_text: str, fillers: frozenset[str] = TRAILING_FILLER
     return bool(words) and words[-1] in fillers
 
 
+def bare_word(word: str) -> str:
+    """A word as a backchannel list holds it: lower case, no surrounding punctuation."""
+    return word.strip(".,!?;:\"'()").lower()
+
+
+def turn_words(text: str, backchannels: frozenset[str]) -> int:
+    """Words of `text` that count towards taking the turn: the listener's `backchannels` ("mm-hm", "yeah", as
+    bare words) do not."""
+    return sum(1 for w in text.split() if bare_word(w) not in backchannels)
+
+
 @dataclass(frozen=True)
 class SmartTurnPolicy:
-    """The end-of-turn model's policy: ask for a score after `score_after_ms` of silence, end the turn when the
-    score reaches `threshold` (unless the partial transcript ends on a filler), else wait, up to `max_wait_ms`."""
+    """The end-of-turn model's policy: weigh a score of the speech plus `score_after_ms` of silence once that
+    silence is heard, end the turn when the score reaches `threshold` (unless the partial transcript ends on a
+    filler), else wait, up to `max_wait_ms`. The core asks for the score then, or earlier where the VAD gives
+    notice of the pause (PauseStarted, endofturn.ask_after_ms) with the silence not yet heard as zeros."""
 
     threshold: float = 0.5
     score_after_ms: int | None = 150  # 5 VAD frames: as accurate as 120 or 180, longer than gaps inside words
@@ -242,10 +255,13 @@ def policy_from_config(cfg: EndOfTurnConfig, hangover_ms: int) -> EndOfTurnPolic
 
 def vad_settings(vad: VadConfig, cfg: EndOfTurnConfig) -> VadConfig:
     """The VAD's settings for this detector: with the model, silence is reported (SilenceStarted, where the turn
-    core starts counting) no later than `score_after_ms`, so the score is asked on time."""
+    core starts counting and weighs the score) no later than `score_after_ms`, and a pause is noticed
+    (PauseStarted, where the core asks the model) after `ask_after_ms`, so the answer is ready by then."""
     if cfg.detector == "silence":
         return vad
-    return replace(vad, early_silence_ms=min(vad.early_silence_ms, cfg.score_after_ms))
+    return replace(
+        vad, early_silence_ms=min(vad.early_silence_ms, cfg.score_after_ms), pause_notice_ms=cfg.ask_after_ms
+    )
 
 
 def load_smart_turn(cfg: EndOfTurnConfig) -> SmartTurn | None:

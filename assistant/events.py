@@ -44,6 +44,16 @@ class SilenceStarted:
 
 
 @dataclass(frozen=True)
+class PauseStarted:
+    """The user has been quiet for vad.pause_notice_ms, before SilenceStarted: the turn core asks the end-of-turn
+    model now, on the pause padded with zeros, and weighs the answer if SilenceStarted follows with the same
+    `sample` (voice in between starts a new pause). Between the VAD and the turn core only: never published."""
+
+    sample: int
+    time: float
+
+
+@dataclass(frozen=True)
 class SpeechResumed:
     """Speech came back before the hangover ended: the same utterance goes on."""
 

@@ -10,17 +10,16 @@ from assistant.audio.echo import EchoCanceller, PlayedClock
 from assistant.audio.format import CAPTURE_RATE, frame_samples
 from assistant.audio.sinks import AudioSink
 from assistant.config import Config
-from assistant.endofturn import EndOfTurnPolicy, FixedSilence, policy_from_config
+from assistant.endofturn import EndOfTurnPolicy, FixedSilence, bare_word, policy_from_config
 from assistant.errors import ConfigError
-from assistant.turns import Policy, bare_word
+from assistant.turns import Policy
 
 
 def daemon_policy(cfg: Config) -> Policy:
     """The daemon's: hands-free and/or push-to-talk (pipeline.mode), speculation, barge-in, wake phrase, reopen."""
     mode = cfg.pipeline.mode
     return Policy(
-        vad_turns=mode != "push_to_talk",
-        publish_vad=mode != "push_to_talk",  # the VAD runs, but only the hotkey makes turns
+        vad_turns=mode != "push_to_talk",  # push_to_talk: the VAD runs, but only the hotkey makes turns
         ptt=True,
         speculative=cfg.pipeline.speculative,
         barge_in=cfg.pipeline.barge_in,
@@ -38,7 +37,6 @@ def realtime_policy(cfg: Config, server_vad: bool, create_response: bool, interr
     """No speculation: a client may commit and ask at any moment, so every reply starts confirmed."""
     return Policy(
         vad_turns=server_vad,
-        publish_vad=server_vad,
         ptt=False,
         speculative=False,
         answer_turns=False,

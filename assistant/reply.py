@@ -129,6 +129,7 @@ class Reply:
     audio_started: bool = False
     samples_written: int = 0
     underruns_at: int = 0  # the sink's underrun count when this reply's audio started
+    epoch: int = 0  # the history's (ChatContext.epoch) when it began: after a reset since, it is not stored
     task: asyncio.Task[None] | None = None
 
     def heard_text(self, played: int) -> str:

@@ -1,7 +1,7 @@
 """The turn core: every turn-taking decision, sans I/O (in the spirit of python-websockets' `protocol.py`).
 
 `TurnCore.handle(input) -> list[Action]`: typed inputs in (captured audio with its capture time, VAD events,
-transcripts, reply progress, push-to-talk, interrupt, mute, commit, user text, create/cancel response), typed
+transcripts, reply progress, push-to-talk, interrupt, mute, commit, user text, create response), typed
 actions out (feed/finalize/reset the transcriber, run the VAD, start/confirm/drop/interrupt a reply, play audio,
 publish an event). Time enters only as values on the inputs; no asyncio, devices or models here, so a scripted
 timeline of inputs is a complete test. `Policy` holds what differs between the daemon and a Realtime session;
@@ -23,7 +23,7 @@ import numpy as np
 
 from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS
 from assistant.audio.ring import AudioRing, CaptureClock
-from assistant.endofturn import EndOfTurnPolicy, TurnEvidence
+from assistant.endofturn import EndOfTurnPolicy, TurnEvidence, turn_words
 from assistant.errors import InputError
 from assistant.events import (
     AttentionChanged,
@@ -34,6 +34,7 @@ from assistant.events import (
     LatencyTrace,
     MuteChanged,
     PartialTranscript,
+    PauseStarted,
     PushToTalk,
     ResponseDone,
     ResponseStarted,
@@ -48,9 +49,9 @@ from assistant.events import (
     StateChanged,
     TurnState,
 )
-from assistant.wake import Attention, Wake, WakeDecision, WakeGate
+from assistant.wake import TurnSource, WakeDecision, WakeGate
 
-VadEvent = SpeechStarted | SilenceStarted | SpeechResumed | SpeechEnded
+VadEvent = SpeechStarted | PauseStarted | SilenceStarted | SpeechResumed | SpeechEnded
 SCORE_WINDOW = 8 * CAPTURE_RATE  # the end-of-turn model sees the turn's last 8 s
 SCORE_LEAD_IN = CAPTURE_RATE // 5  # 200 ms before the scored segment's onset: the model hears it begin
 APOLOGY = "Sorry, I could not get an answer just now. Please ask again."
@@ -61,7 +62,6 @@ class Policy:
     """What differs between the daemon (hands-free and/or push-to-talk) and a Realtime session."""
 
     vad_turns: bool = True  # the VAD starts and ends turns (hands-free, server VAD); else PTT or commit only
-    publish_vad: bool = True  # VAD events go to subscribers
     ptt: bool = True  # the hotkey may start and end turns
     speculative: bool = True  # answer at the first silence, play only once the turn is confirmed
     answer_turns: bool = True  # a finished spoken turn is answered (daemon); else it queues a user message
@@ -172,6 +172,8 @@ class Ptt:
 
 @dataclass(frozen=True)
 class Interrupt:
+    """Stop the reply now (the daemon's interrupt, Realtime response.cancel)."""
+
     now: float
 
 
@@ -219,13 +221,6 @@ class CreateResponse:
 
 
 @dataclass(frozen=True)
-class Cancel:
-    """Realtime response.cancel."""
-
-    now: float
-
-
-@dataclass(frozen=True)
 class Tick:
     """Time passed (the driver's timer at the end of the wake phrase's follow-up window)."""
 
@@ -256,7 +251,6 @@ Input = (
     | UserText
     | ToolOutput
     | CreateResponse
-    | Cancel
     | Tick
     | SetPolicy
 )
@@ -319,7 +313,12 @@ class StartReply:
 
 @dataclass(frozen=True)
 class ConfirmReply:
+    """The turn is real: a speculative reply plays from now on; its latency counts from these times, not from
+    the speculation's start (StartReply's)."""
+
     turn: int
+    speech_end: float  # the true end of the user's speech (capture time)
+    endpoint: float  # when the turn was decided
 
 
 @dataclass(frozen=True)
@@ -386,6 +385,7 @@ class Utterance:
     partial: str = ""
     score: float | None = None
     scoring: int = 0  # the score request in flight for this pause (0: none)
+    scored_pause: int | None = None  # the pause (its first silent sample) that score / scoring are for
     spec_job: int | None = None  # the speculative finalize in flight or done
     spec_turn: int | None = None  # the speculative reply's turn number
     spec_text: str | None = None  # the speculative transcript, once known
@@ -458,7 +458,6 @@ class TurnCore:
         self._out: list[Action] = []
         self._now = 0.0  # the latest input's time (for the events it causes)
         self.wake = WakeGate(policy.wake_phrase, policy.follow_up_s)
-        self._attention = self.wake.attention(0.0)
 
     # ---- the one entry point --------------------------------------------------------------------------------
 
@@ -500,23 +499,18 @@ class TurnCore:
                 self.tool_output = True
             case CreateResponse():
                 self._on_create(inp)
-            case Cancel():
-                self._on_cancel()
             case SetPolicy():
                 self._on_set_policy(inp)
             case Tick():
                 pass
-        self._check_attention()
+        if (attention := self.wake.announce(self._now)) is not None:
+            self._emit(Publish(AttentionChanged(attention.value, self._now)))
         return self._out
 
     @property
     def _min_words(self) -> int:
         """Words that make speech during a reply, or in its echo, the user's turn."""
         return max(1, self.policy.barge_in_min_words)
-
-    def _words(self, text: str) -> int:
-        """Words of `text` that count towards taking the turn: backchannels ("mm-hm", "yeah") do not."""
-        return sum(1 for w in text.split() if bare_word(w) not in self.policy.backchannels)
 
     @property
     def speculating(self) -> bool:
@@ -561,7 +555,8 @@ class TurnCore:
 
     def _on_vad(self, raw: VadEvent) -> None:
         ev = _shift(raw, self._vad_origin)
-        if self.policy.publish_vad and not self._model_judges(ev):
+        # push-to-talk alone: the VAD's events are no news; a pause notice is the core's own cue, never published
+        if self.policy.vad_turns and not self._model_judges(ev) and not isinstance(ev, PauseStarted):
             self._emit(Publish(ev))
         if not self.policy.vad_turns or self.ptt:
             return  # the hotkey overrides endpointing while held
@@ -573,9 +568,15 @@ class TurnCore:
                 self._resumed(ev.time, ev.onset_sample)
         elif user is None:
             return
+        elif isinstance(ev, PauseStarted):
+            if self.end_of_turn.score_after_ms is not None and not user.ptt:
+                self._ask_score(user, ev.sample)  # early: the answer is ready when SilenceStarted confirms the pause
         elif isinstance(ev, SilenceStarted):
             user.silence_at = ev.sample
-            if self.policy.speculative and not user.candidate and user.spec_job is None and self._may_speculate(user):
+            if user.scored_pause != ev.sample:  # asked at a pause that voice ended before it was confirmed
+                user.score, user.scoring, user.scored_pause = None, 0, None
+            addressed = self.wake.may_speculate(user.partial, user.started_at, _source(user.ptt))
+            if self.policy.speculative and not user.candidate and user.spec_job is None and addressed:
                 self._speculate(ev.time)
             self._check_end_of_turn(ev.time)  # a score may be due now, not one audio block later
         elif isinstance(ev, SpeechResumed):
@@ -623,9 +624,8 @@ class TurnCore:
         assert user is not None
         if user.score is not None or user.scoring:  # a pause the policy judged and waited through
             user.segment = onset
-        user.silence_at, user.score, user.scoring = None, None, 0  # a late score of that pause is stale
-        if user.spec_job is not None:
-            self._cancel_speculation(now)
+        user.silence_at, user.score, user.scoring, user.scored_pause = None, None, 0, None  # a late score is stale
+        self._cancel_speculation(now)
 
     # ---- the user's turn ------------------------------------------------------------------------------------
 
@@ -643,6 +643,8 @@ class TurnCore:
         user = self.user
         if user is None or (user.feeding and not force) or user.fed_to >= self.ring.end:
             return
+        if user.spec_job is not None and not force:
+            return  # the speculative finalize has the turn so far; resumed speech re-feeds it all (_refeed)
         audio = self.ring.slice(user.fed_to, self.ring.end)
         user.fed_to, user.feeding = self.ring.end, True
         self._emit(Feed(user.id, audio))
@@ -659,7 +661,8 @@ class TurnCore:
         if f.partial is not None:
             user.partial = f.partial
             self._emit(Publish(PartialTranscript(f.partial, f.now)))
-            if user.candidate and self.policy.barge_in and self._words(f.partial) >= self._min_words:
+            words = turn_words(f.partial, self.policy.backchannels)
+            if user.candidate and self.policy.barge_in and words >= self._min_words:
                 self._promote(user)
         self._feed()
         self._check_end_of_turn(f.now)
@@ -681,20 +684,28 @@ class TurnCore:
         silence_ms = (self.ring.end - user.silence_at) * 1000 // CAPTURE_RATE
         after = self.end_of_turn.score_after_ms
         if after is not None and silence_ms >= after and user.score is None and not user.scoring:
-            self._ids += 1
-            user.scoring = self._ids
-            # the model judges speech followed by `after` ms of silence (as trained, and as the clip benchmark
-            # gives it); cut at the pause's start it hears an abrupt stop and scores complete turns low
-            end = min(self.ring.end, user.silence_at + after * CAPTURE_RATE // 1000)
-            self._emit(ScoreTurn(user.scoring, self.ring.slice(self._score_from(user, end), end)))
+            self._ask_score(user, user.silence_at)
         speech_ms = (user.silence_at - user.start) * 1000 // CAPTURE_RATE
         evidence = TurnEvidence(silence_ms, speech_ms, user.score, user.partial)
         if self.end_of_turn.decide(evidence) == "end":
-            if self.policy.publish_vad and after is not None:  # the VAD's own end was not published (_model_judges)
+            if after is not None:  # the VAD's own end was not published (_model_judges)
                 self._emit(Publish(SpeechEnded(user.start, user.silence_at, now)))
             if not vad_ended:
                 self._reset_vad()  # its pause in progress is over: the next speech must be a new start
             self._end_turn(user.silence_at, now)
+
+    def _ask_score(self, user: Utterance, pause: int) -> None:
+        """Ask the end-of-turn model about the pause that began at `pause`: the speech and the pause's first
+        score_after_ms (as trained, and as the clip benchmark gives it; cut at the pause's start it hears an abrupt
+        stop and scores complete turns low). Asked early (PauseStarted), the silence not yet heard is zeros."""
+        after = self.end_of_turn.score_after_ms
+        assert after is not None
+        self._ids += 1
+        user.score, user.scoring, user.scored_pause = None, self._ids, pause
+        end = pause + after * CAPTURE_RATE // 1000
+        audio = self.ring.slice(self._score_from(user, end), min(self.ring.end, end))
+        padding = np.zeros(max(0, end - self.ring.end), dtype=np.int16)
+        self._emit(ScoreTurn(user.scoring, np.concatenate([audio, padding]) if len(padding) else audio))
 
     def _score_from(self, user: Utterance, end: int) -> int:
         """Where the scored audio that ends at `end` starts: the current speech segment (from the onset after the
@@ -720,9 +731,12 @@ class TurnCore:
         self._emit(Publish(SpeculationStarted(self.turn, now)))
 
     def _cancel_speculation(self, now: float) -> None:
-        """Speech resumed: drop the speculative answer and give the transcriber the whole turn again."""
+        """Drop the speculative answer, if any (speech resumed, or a reply of its own takes the turn) and give the
+        transcriber the whole turn again."""
         user = self.user
-        assert user is not None and user.spec_job is not None and user.spec_turn is not None
+        if user is None or user.spec_job is None:
+            return
+        assert user.spec_turn is not None
         self._jobs.pop(user.spec_job, None)
         if user.spec_started:
             self._drop_reply(user.spec_turn)
@@ -814,7 +828,7 @@ class TurnCore:
         if text:
             self._emit(Publish(FinalTranscript(text, language, now)))
         decision = self._addressed(text, job.started_at, job.ptt)
-        words = self._words(text)
+        words = turn_words(text, self.policy.backchannels)
         if words == 0 or not decision.answer:
             self._emit(Publish(FalseStart(now)))  # a backchannel (or echo): the reply goes on
             return
@@ -825,10 +839,8 @@ class TurnCore:
         ):
             self._next = (decision.text, job.speech_end)  # answered once the reply is over
             return
-        self._interrupt_current()
-        self.turn += 1
-        self._set_state(TurnState.THINKING)
-        self._start_reply(self.turn, Responder(decision.text), True, job.speech_end, job.endpoint)
+        self._interrupt_current()  # its BargeIn comes before the new turn's state change
+        self._reply_now(Responder(decision.text), job.speech_end, job.endpoint)
 
     def _answer(self, job: Finalizing, text: str, language: str, now: float, started: bool = False) -> None:
         """A confirmed spoken turn: publish its transcript and answer it (nothing said, or not addressed by the
@@ -842,32 +854,17 @@ class TurnCore:
             self._set_state(TurnState.IDLE if self.user is None else self.state)
             return
         if started:
-            self._confirm(job.turn)
+            self._confirm(job.turn, job.speech_end or job.endpoint, job.endpoint)
         else:
             self._start_reply(job.turn, Responder(decision.text), True, job.speech_end, job.endpoint)
 
     def _addressed(self, text: str, started_at: float, ptt: bool) -> WakeDecision:
         """The wake-phrase policy's verdict on a spoken turn (push-to-talk bypasses the phrase)."""
-        return self.wake.decide(text, started_at, "push_to_talk" if ptt else "hands_free")
-
-    def _may_speculate(self, user: Utterance) -> bool:
-        """No speculative answer to a turn that plainly does not begin with the wake phrase."""
-        if not self.wake.active or user.ptt or self.wake.attention(user.started_at) is Attention.ENGAGED:
-            return True
-        return self.wake.partial(user.partial) is not Wake.ABSENT
-
-    def _check_attention(self) -> None:
-        if not self.wake.active:
-            return
-        now = self.wake.attention(self._now)
-        if now is not self._attention:
-            self._attention = now
-            self._emit(Publish(AttentionChanged(now.value, self._now)))
+        return self.wake.decide(text, started_at, _source(ptt))
 
     def follow_up_ends(self) -> float | None:
         """When the follow-up window closes (the driver sends a `Tick` then); None when there is none to wait for."""
-        end = self.wake.engaged_until
-        return end if self.wake.active and self._now < end < float("inf") else None
+        return self.wake.follow_up_ends(self._now)
 
     def _drop_user(self) -> None:
         user, self.user = self.user, None
@@ -894,14 +891,14 @@ class TurnCore:
             self.wake.replying()
         self._emit(StartReply(turn, responder, confirmed, speech_end or now, now, round(self.backlog_ms, 1)))
 
-    def _confirm(self, turn: int) -> None:
+    def _confirm(self, turn: int, speech_end: float, endpoint: float) -> None:
         reply = self.replies.get(turn)
         if reply is None:
             return
         self._interrupt_current()
         reply.confirmed, self.current = True, reply
         self.wake.replying()
-        self._emit(ConfirmReply(turn))
+        self._emit(ConfirmReply(turn, speech_end, endpoint))
         held, reply.held = reply.held, []
         for action in held:
             self._emit_reply(reply, action)
@@ -946,12 +943,11 @@ class TurnCore:
             self.wake.stopped(r.now)
             if self._next is not None and user is None:
                 (text, speech_end), self._next = self._next, None
-                self.turn += 1
-                self._set_state(TurnState.THINKING)
-                self._start_reply(self.turn, Responder(text), True, speech_end, r.now)
+                self._reply_now(Responder(text), speech_end, r.now)
                 return
             if r.model_failed and reply.asked and self.policy.answer_turns:
-                self._reply_now(Responder(speak_text=APOLOGY), r.now)
+                self._cancel_speculation(r.now)
+                self._reply_now(Responder(speak_text=APOLOGY), r.now, r.now)
                 return
             # speech that began over the reply stays a candidate: it proves itself by its words (issue 22)
             if user is None or user.candidate:
@@ -1009,8 +1005,7 @@ class TurnCore:
         self.ptt = p.down
         self._emit(Publish(PushToTalk(p.down, p.now)))
         if p.down:
-            if self.speculating:
-                self._cancel_speculation(p.now)
+            self._cancel_speculation(p.now)
             self._interrupt_current()
             if self.user is None:
                 self._begin(max(0, self.ring.end - self.policy.preroll_samples), ptt=True)
@@ -1023,8 +1018,12 @@ class TurnCore:
             self._end_turn(self.ring.end, p.now)
 
     def _on_interrupt(self) -> None:
-        if self.speculating:
-            self._cancel_speculation(self._now)
+        if self._creating is not None:  # a response still waiting for its transcripts: it never starts
+            self._creating = None
+            self._emit(Publish(ResponseStarted(self._creating_turn, self._now)))
+            self._emit(Publish(ResponseDone(self._creating_turn, "", True, self._now)))
+            return
+        self._cancel_speculation(self._now)
         if self.current is not None:
             self._interrupt_current()
             if self.user is None:
@@ -1051,20 +1050,19 @@ class TurnCore:
         self.pending.append(u.text.strip())
 
     def _on_create(self, c: CreateResponse) -> None:
-        if c.ask is not None or c.say is not None:  # the daemon's ask/say
-            self._reply_now(Responder(c.ask, c.say), c.now)
+        if c.ask is not None or c.say is not None:  # the daemon's ask/say, in place of any speculative answer
+            self._cancel_speculation(c.now)
+            self._reply_now(Responder(c.ask, c.say), c.now, c.now)
             return
         if self._creating is not None:
             raise InputError("a response is already being prepared; wait for response.done or cancel it")
         self._create(c)
 
-    def _reply_now(self, responder: Responder, now: float) -> None:
-        """A reply right now (the daemon's ask/say, an apology), in place of any speculative one."""
-        if self.speculating:
-            self._cancel_speculation(now)
+    def _reply_now(self, responder: Responder, speech_end: float, now: float) -> None:
+        """A confirmed reply of its own right now (ask/say, an apology, words said over the last reply)."""
         self.turn += 1
         self._set_state(TurnState.THINKING)
-        self._start_reply(self.turn, responder, True, now, now)
+        self._start_reply(self.turn, responder, True, speech_end, now)
 
     def _create(self, c: CreateResponse) -> None:
         self.turn += 1  # the reply's number, known now so a cancel before it starts can name it
@@ -1087,18 +1085,9 @@ class TurnCore:
         responder = Responder(text or None, instructions=c.instructions, continues=continues)
         self._start_reply(turn, responder, True, speech_end, endpoint)
 
-    def _on_cancel(self) -> None:
-        if self._creating is not None:  # a response still waiting for its transcripts: it never starts
-            self._creating = None
-            self._emit(Publish(ResponseStarted(self._creating_turn, self._now)))
-            self._emit(Publish(ResponseDone(self._creating_turn, "", True, self._now)))
-            return
-        self._on_interrupt()
-
     def _on_set_policy(self, s: SetPolicy) -> None:
         vad_changed = s.policy.vad_turns != self.policy.vad_turns
-        if (s.policy.wake_phrase, s.policy.follow_up_s) != (self.policy.wake_phrase, self.policy.follow_up_s):
-            self.wake = WakeGate(s.policy.wake_phrase, s.policy.follow_up_s)
+        self.wake.retune(s.policy.wake_phrase, s.policy.follow_up_s)
         self.policy, self.end_of_turn = s.policy, s.end_of_turn
         if vad_changed:
             self._drop_user()
@@ -1134,9 +1123,8 @@ def _shift(ev: VadEvent, origin: int) -> VadEvent:
     return dataclasses.replace(ev, sample=ev.sample + origin)
 
 
-def bare_word(word: str) -> str:
-    """A word as the backchannel list holds it: lower case, no surrounding punctuation."""
-    return word.strip(".,!?;:\"'()").lower()
+def _source(ptt: bool) -> TurnSource:
+    return "push_to_talk" if ptt else "hands_free"
 
 
 def _time_of(inp: Input, last: float) -> float:

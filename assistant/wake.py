@@ -135,13 +135,20 @@ class WakeGate:
 
     The turn core calls `decide()` with the final transcript and the time the user STARTED speaking (so a slow
     transcription cannot push a turn out of the window), `replying()` when it starts an answer and `stopped(t)`
-    when the assistant's audio ended (played out or interrupted); `attention(t)` says which state to announce.
+    when the assistant's audio ended (played out or interrupted); `announce(t)` says when to tell clients.
     """
 
     def __init__(self, phrase: str, follow_up_s: float) -> None:
         self.phrase = phrase.strip()
         self.follow_up_s = follow_up_s
         self._engaged_until = -math.inf  # +inf while an answer is being given
+        self._announced = self.attention(0.0)
+
+    def retune(self, phrase: str, follow_up_s: float) -> None:
+        """A new phrase or window from now on: nobody is engaged yet (what was last announced is kept, so the
+        next `announce()` tells clients when the change alters it)."""
+        if (phrase.strip(), follow_up_s) != (self.phrase, self.follow_up_s):
+            self.phrase, self.follow_up_s, self._engaged_until = phrase.strip(), follow_up_s, -math.inf
 
     @property
     def active(self) -> bool:
@@ -177,12 +184,28 @@ class WakeGate:
         """The assistant's audio ended at `at`: the follow-up window runs from here."""
         self._engaged_until = at + self.follow_up_s
 
-    @property
-    def engaged_until(self) -> float:
-        """When the follow-up window ends (inf while answering, -inf before any answer)."""
-        return self._engaged_until
-
     def attention(self, at: float) -> Attention:
         if not self.active or at <= self._engaged_until:
             return Attention.ENGAGED
         return Attention.NAME
+
+    def announce(self, at: float) -> Attention | None:
+        """The attention to tell clients at `at`, when it changed since the last announcement (None: unchanged)."""
+        now = self.attention(at)
+        if now is self._announced:
+            return None
+        self._announced = now
+        return now
+
+    def may_speculate(self, partial: str, started_at: float, source: TurnSource) -> bool:
+        """Whether a turn that began at `started_at` is worth a speculative answer: not a hands-free one whose
+        partial transcript plainly does not begin with the phrase outside the follow-up window."""
+        if source != "hands_free" or self.attention(started_at) is Attention.ENGAGED:
+            return True
+        return self.partial(partial) is not Wake.ABSENT
+
+    def follow_up_ends(self, now: float) -> float | None:
+        """When the follow-up window still open at `now` closes (None: no phrase, none open, or an answer runs);
+        the caller asks `announce()` again then, since no input of its own marks that moment."""
+        end = self._engaged_until
+        return end if self.active and now < end < math.inf else None

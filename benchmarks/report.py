@@ -180,10 +180,18 @@ def llm_table(section: dict[str, Any]) -> list[str]:
 def v2v_table(section: dict[str, Any]) -> list[str]:
     lines = ["| measure | median ms | p90 ms | min ms | max ms | n |", "|---|---|---|---|---|---|"]
     for doc in _results(section):
-        for name, s in doc.get("latency", {}).items():
+        hops = doc.get("after the endpoint, per hop", {})
+        rows = [*doc.get("latency", {}).items(), *((f"after the endpoint: {k}", v) for k, v in hops.items())]
+        counts = []
+        for name, s in rows:
+            if not (isinstance(s, dict) and "median" in s):
+                counts.append(f"{name} = {s}")  # the stage reached at the endpoint, restarted replies
+                continue
             lines.append(
                 f"| {name} | {_ms(s['median'])} | {_ms(s['p90'])} | {_ms(s['min'])} | {_ms(s['max'])} | {s['n']} |"
             )
+        if counts:
+            lines += ["", "; ".join(counts) + "."]
         if doc.get("setup"):
             lines.append("")
             lines.append("Setup: " + "; ".join(f"{k} = {v}" for k, v in doc["setup"].items()) + ".")

@@ -1,6 +1,6 @@
 """Voice to voice: the whole daemon headless, from the true end of the user's speech to the first output sample.
 
-    PYTHONPATH=. python -m benchmarks.v2v [--small] [--turns 20]
+    PYTHONPATH=. python -m benchmarks.v2v [--small] [--turns 20] [--smart-turn DIR] [--set vad.early_silence_ms=100]
 
 The real `Conversation` (VAD, speculative start, compute thread, reply pump) runs with random-weight engines: STT
 Parakeet TDT (benchmarks/stt.py shapes), LLM Gemma 4 E2B text shapes, 4-bit (benchmarks/llm.py), TTS Qwen3-TTS
@@ -9,30 +9,40 @@ a CPU finishes. A source plays benchmarks/data/turn.wav (espeak-ng, 2.2 s) in re
 after turn, with silence until the previous answer has played; a sink timestamps the first sample written after
 each true end of speech and plays at 24 kHz in real time. Random weights say nothing meaningful: the STT's text
 is replaced by the sentence of the WAV after its real compute (random weights often decode to blanks, which the
-daemon would rightly leave unanswered); the LLM's and TTS's lengths are capped (llm.max_tokens, tts.max_frames).
+daemon would rightly leave unanswered); the LLM runs its real steps but answers REPLY_WORDS, a word a step (random
+tokens never complete a word, so the TTS would get no text before llm.max_tokens); tts.max_frames caps the audio.
 JSON on stdout: latency medians and p90 per stage (from the daemon's LatencyTrace events, which count from the
-VAD's end of speech) and end to end (from the true end of speech, measured by this script).
+VAD's end of speech), end to end (from the true end of speech, measured by this script), and "after the endpoint,
+per hop": from the end-of-turn decision to the first sample written, hop by hop from the compute thread's own job
+log (`TimedCompute`), with how far the speculative reply had got at the decision and what the compute thread did
+meanwhile (the reply's jobs, other jobs, idle = waits outside compute). stderr has the same per turn.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import os
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+from assistant.compute import Compute, Priority, Ticket
+from assistant.llm import Chat
 
 DATA = Path(__file__).resolve().parent / "data" / "turn.wav"
 SENTENCE = "What will the weather be like tomorrow morning?"  # what turn.wav says
 BLOCK = 320  # 20 ms at 16 kHz, the daemon's audio.block_ms
 OUT_RATE = 24_000
+T = TypeVar("T")
 
 
 def read_wav(path: Path) -> np.ndarray:
@@ -95,7 +105,9 @@ class TimestampSink:
         now = time.monotonic()
         self.writes.append(now)
         if self._start is None or self.played_samples >= self._written:  # idle: playback restarts now
-            self._start, self._dac = now - self._written / OUT_RATE, now
+            self._start = now - self._written / OUT_RATE
+        if self._dac is None:  # the first sample since flush() (an underrun's restart is not the reply's start)
+            self._dac = now
         self._written += len(chunk)
 
     def flush(self) -> None:
@@ -143,6 +155,87 @@ class ForcedText:
         return Transcript(SENTENCE, t.language)
 
 
+REPLY_WORDS = ("It", " will", " be", " sunny", " and", " mild", " tomorrow", " morning.")  # ~1 Gemma token each
+
+
+def forced_reply(deltas: Iterator[str]) -> Iterator[str]:
+    """The real generation's steps with a scripted answer: each non-empty delta of the model (one decode step)
+    becomes the next word of REPLY_WORDS, then the answer ends. Random weights emit tokens that never complete a
+    word (a run of "!"), so the TTS would get no text until llm.max_tokens; a real Gemma gives ~1 word a token."""
+    words = iter(REPLY_WORDS)
+    try:
+        for delta in deltas:
+            if not delta:
+                yield delta  # a prefill step
+                continue
+            word = next(words, None)
+            if word is None:
+                return
+            yield word
+    finally:
+        close = getattr(deltas, "close", None)
+        if close is not None:
+            close()
+
+
+class ForcedChat(Chat):
+    """The real chat (template, prompt cache, one forward a step) answering with REPLY_WORDS."""
+
+    def respond(self, user_text: str) -> Iterator[str]:
+        return forced_reply(super().respond(user_text))
+
+
+@dataclass(frozen=True)
+class JobTime:
+    """One compute-thread job: what ran (`name`), when it was queued, started and ended, and what it made."""
+
+    name: str
+    queued: float
+    started: float
+    ended: float
+    priority: int
+    made: str = ""  # "audio" (a TTS step with samples), "text" (an LLM step that pushed text), "token" (a delta)
+
+
+class TimedCompute(Compute):
+    """The daemon's compute thread, recording every job it runs (appended from the worker; list.append is atomic)."""
+
+    def __init__(self, keep_cache: bool = False) -> None:
+        super().__init__()
+        self.jobs: list[JobTime] = []
+        self.keep_cache = keep_cache  # a diagnostic: does allocating afresh after mx.clear_cache() cost latency?
+
+    def clear_cache(self) -> concurrent.futures.Future[None]:
+        if not self.keep_cache:
+            return super().clear_cache()
+        kept: concurrent.futures.Future[None] = concurrent.futures.Future()
+        kept.set_result(None)
+        return kept
+
+    def submit(
+        self, fn: Callable[..., T], *args: Any, priority: Priority = Priority.REPLY, ticket: Ticket | None = None
+    ) -> concurrent.futures.Future[T]:
+        queued, name = time.monotonic(), getattr(fn, "__qualname__", type(fn).__name__)
+
+        def timed(*a: Any) -> T:
+            started, out = time.monotonic(), None
+            try:
+                out = fn(*a)
+                return out
+            finally:
+                self.jobs.append(JobTime(name, queued, started, time.monotonic(), int(priority), _made(name, out)))
+
+        return super().submit(timed, *args, priority=priority, ticket=ticket)
+
+
+def _made(name: str, out: Any) -> str:
+    if name.endswith(".step") and out is not None and len(out):
+        return "audio"
+    if name in ("llm_step", "push_delta") and isinstance(out, tuple):
+        return "text" if out[2] else "token" if out[1] else ""
+    return ""
+
+
 def build_engines(small: bool, folder: Path, cfg: Any, smart_turn: str = "") -> Any:
     """Every engine with random weights (runs on the compute thread: MLX state belongs to it); with `smart_turn`
     (a folder holding the real Smart Turn ONNX model) the end of turn is the daemon's model rule, else silence."""
@@ -150,7 +243,6 @@ def build_engines(small: bool, folder: Path, cfg: Any, smart_turn: str = "") -> 
     from mlx.utils import tree_flatten, tree_unflatten
 
     from assistant.engines import Engines
-    from assistant.llm import Chat
     from assistant.stt.mel import MelArgs, MelFrontEnd
     from assistant.stt.model import LoadedModel
     from assistant.stt.transcriber import OfflineTranscriber
@@ -186,7 +278,7 @@ def build_engines(small: bool, folder: Path, cfg: Any, smart_turn: str = "") -> 
         from mlx_lm.tokenizer_utils import load as load_tokenizer
 
         tokenizer = load_tokenizer(Path(d), eos_token_ids=[1])
-    chat = Chat(model, tokenizer, cfg.llm)
+    chat = ForcedChat(model, tokenizer, cfg.llm)
     tts = Qwen3TTS.load(cfg.tts)
     voice = tts.use_voice(ad_hoc_voice("bench", VoicePrompt(language="english", speaker="vivian")))
     score = None
@@ -211,6 +303,62 @@ def stats(xs: list[float]) -> dict[str, float]:
     }
 
 
+HOPS = (  # after the endpoint, in order; a stage done before the endpoint takes 0
+    "endpoint -> STT final",
+    "STT final -> LLM first token",
+    "LLM first token -> TTS first text",
+    "TTS first text -> TTS first chunk",
+    "TTS first chunk -> first sample written",
+)
+REPLY_JOBS = ("start_answer", "llm_step", "push_delta", "end_speech", "token_counts")  # and the TTS's start, step
+STAGES = ("nothing", "STT final", "LLM first token", "TTS first text", "TTS first chunk")
+
+
+def _is_reply_job(j: JobTime) -> bool:
+    return j.name in REPLY_JOBS or j.name.endswith((".step", "TTS.start"))
+
+
+def breakdown(endpoint: float, write: float, spec: float | None, jobs: list[JobTime]) -> dict[str, Any] | None:
+    """Where the time from the end-of-turn decision (`endpoint`) to the first sample `write` went, from the
+    compute thread's jobs: the milestones of the reply that made that sample (the last one started before it),
+    each hop clipped at the endpoint; the speculation's lead (`spec`: when it started); what the compute thread
+    did meanwhile (the reply's jobs, other jobs such as transcriber feeds, idle: waits outside compute)."""
+    starts = [j for j in jobs if j.name == "start_answer" and j.started <= write]
+    if not starts:
+        return None
+    start = starts[-1]
+    finals = [j.ended for j in jobs if j.name.endswith("finalize") and j.ended <= start.started]
+    ours = [j for j in jobs if j.started >= start.started and j.ended <= write]
+    token = next((j.ended for j in ours if j.made in ("token", "text")), None)
+    text = next((j.ended for j in ours if j.made == "text"), None)
+    chunk = next((j.ended for j in ours if j.made == "audio"), None)
+    marks = [finals[-1] if finals else None, token, text, chunk, write]
+    if any(m is None for m in marks):
+        return None
+    out: dict[str, Any] = {}
+    at = endpoint
+    for hop, mark in zip(HOPS, marks, strict=True):
+        nxt = max(at, mark)  # type: ignore[type-var]
+        out[hop] = 1000.0 * (nxt - at)
+        at = nxt
+    done = [m for m in marks[:-1] if m is not None and m <= endpoint]
+    out["stage"] = STAGES[len(done)]  # how far the (speculative) reply had got at the endpoint
+    out["speculation lead"] = None if spec is None else 1000.0 * (endpoint - spec)
+    out["reply starts"] = len([j for j in starts if spec is not None and j.started >= spec])
+
+    def busy(js: list[JobTime]) -> float:
+        return 1000.0 * sum(max(0.0, min(j.ended, write) - max(j.started, endpoint)) for j in js)
+
+    window = [j for j in jobs if j.ended > endpoint and j.started < write]
+    out["compute: reply jobs"] = busy([j for j in window if _is_reply_job(j)])
+    out["compute: other jobs"] = busy([j for j in window if not _is_reply_job(j)])
+    out["compute: idle"] = 1000.0 * (write - endpoint) - out["compute: reply jobs"] - out["compute: other jobs"]
+    out["queue wait of reply jobs"] = 1000.0 * sum(
+        max(0.0, j.started - max(j.queued, endpoint)) for j in window if _is_reply_job(j) and j.started > endpoint
+    )
+    return out
+
+
 SOAK_EARLY = 50  # the turn after which memory is taken as the baseline (caches and kernels are warm by then)
 
 
@@ -229,8 +377,7 @@ def resources() -> dict[str, int]:
 
 
 async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    from assistant.compute import Compute
-    from assistant.config import Config
+    from assistant.config import Config, parse_override
     from assistant.conversation import Conversation
     from assistant.events import LatencyTrace
 
@@ -244,14 +391,18 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "llm.temperature": 0.0,
             # on a CPU every partial is a whole offline pass that delays the final one; the GPU run keeps them
             **({"stt.partial_interval_ms": 0} if args.small else {}),
+            **dict(parse_override(o) for o in args.set),
         }
     )
-    compute = Compute()
+    compute = TimedCompute(args.keep_mlx_cache)
     t0 = time.perf_counter()
     engines = await compute.run(build_engines, args.small, folder, cfg, args.smart_turn)
     build_s = time.perf_counter() - t0
     source, sink = FileSource(read_wav(DATA)), TimestampSink()
     p = Conversation(cfg, engines, source, sink, compute=compute)
+    t0 = time.perf_counter()
+    await p.warmup()  # as the daemon does before it listens: every engine compiles its shapes
+    warmup_s = time.perf_counter() - t0
     sub = p.subscribe(100_000)
     runner = asyncio.create_task(p.run())
     traces: list[LatencyTrace] = []
@@ -259,13 +410,15 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     after_endpoint: list[float] = []  # from the endpoint decision (StateChanged to THINKING) to the first sample
     endpoints: list[float] = []  # every endpoint decision's time (monotonic, the sink's clock)
     decision: list[float] = []  # true end of speech -> that turn's endpoint decision
+    specs: list[float] = []  # every speculation's start (SpeculationStarted)
+    hops: list[dict[str, Any]] = []  # per timed turn: `breakdown` after the endpoint
     soak: dict[str, dict[str, int]] = {}  # resident memory, threads and tasks after turn 50 and the last
     misses = 0
     try:
-        # the first exchange warms every kernel (MLX compiles on first use): untimed
+        # the first exchange also warms what warmup() does not (the LLM's kernels, Smart Turn): untimed
         while len(traces) < args.turns + 1:
             try:
-                trace = await asyncio.wait_for(_next_trace(sub, endpoints), args.turn_timeout)
+                trace = await asyncio.wait_for(_next_trace(sub, endpoints, specs), args.turn_timeout)
             except TimeoutError:
                 misses += 1
                 print(f"[v2v] turn {len(source.true_ends)} timed out", file=sys.stderr, flush=True)
@@ -281,6 +434,12 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                 if decided:  # the last decision before the first sample (a reopened turn decides twice)
                     after_endpoint.append(1000.0 * (first - decided[-1]))
                     decision.append(1000.0 * (decided[-1] - end))
+                    spec = next((t for t in reversed(specs) if end - 1.0 <= t <= decided[-1]), None)
+                    hop = breakdown(decided[-1], first, spec, compute.jobs)
+                    if hop is not None:
+                        hops.append(hop)
+                        shown = {k: round(v, 1) if isinstance(v, float) else v for k, v in hop.items()}
+                        print(f"[v2v] after the endpoint: {shown}", file=sys.stderr, flush=True)
             traces.append(trace)
             print(f"[v2v] turn {len(traces) - 1}: {trace}", file=sys.stderr, flush=True)
             if len(traces) - 1 in (SOAK_EARLY, args.turns):
@@ -296,6 +455,9 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
     def col(name: str) -> list[float]:
         return [v for t in timed if (v := getattr(t, name)) is not None]
+
+    def hop_col(name: str) -> list[float]:
+        return [v for h in hops if (v := h[name]) is not None]
 
     return {
         "section": "v2v",
@@ -314,7 +476,12 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "stt.partial_interval_ms": cfg.stt.partial_interval_ms,
             "llm.max_tokens": args.max_tokens,
             "tts.max_frames": args.max_frames,
+            "vad.early_silence_ms (speculation start)": cfg.vad.early_silence_ms,
+            "endofturn.score_after_ms": cfg.endofturn.score_after_ms,
+            "overrides": args.set,
+            "mx.clear_cache() after each reply": not args.keep_mlx_cache,
             "build_s": round(build_s, 1),
+            "warmup_s": round(warmup_s, 1),
         },
         "latency": {
             "end to end: true end of speech -> first output sample": stats(e2e),
@@ -328,22 +495,35 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "TTS first audio": stats(col("tts_first_audio_ms")),
             "first sample played": stats(col("first_sample_played_ms")),
         },
+        "after the endpoint, per hop": {
+            **{hop: stats(hop_col(hop)) for hop in HOPS},
+            "speculation lead (speculation start -> endpoint)": stats(hop_col("speculation lead")),
+            "compute thread: the reply's jobs": stats(hop_col("compute: reply jobs")),
+            "compute thread: other jobs (transcriber feeds, finals)": stats(hop_col("compute: other jobs")),
+            "compute thread: idle (waits outside compute)": stats(hop_col("compute: idle")),
+            "queue wait of the reply's jobs": stats(hop_col("queue wait of reply jobs")),
+            "stage reached at the endpoint (turns)": {s: sum(h["stage"] == s for h in hops) for s in STAGES},
+            "turns whose reply started more than once": sum(h["reply starts"] > 1 for h in hops),
+        },
     }
 
 
-async def _next_trace(sub: Any, endpoints: list[float]) -> Any:
-    """The next LatencyTrace of an answered turn (one that had a ResponseDone); appends to `endpoints` the time
-    of every end-of-turn decision seen on the way (the core enters THINKING when it ends the user's turn)."""
-    from assistant.events import LatencyTrace, ResponseDone, StateChanged, TurnState
+async def _next_trace(sub: Any, endpoints: list[float], specs: list[float]) -> Any:
+    """The LatencyTrace of the next answered turn (the core publishes it just before that turn's ResponseDone);
+    appends to `endpoints` the time of every end-of-turn decision seen on the way (the core enters THINKING when
+    it ends the user's turn), and to `specs` every speculation's start."""
+    from assistant.events import LatencyTrace, ResponseDone, SpeculationStarted, StateChanged, TurnState
 
-    answered = False
+    trace: LatencyTrace | None = None
     async for ev in sub:
         if isinstance(ev, StateChanged) and ev.new is TurnState.THINKING:
             endpoints.append(ev.time)
-        elif isinstance(ev, ResponseDone):
-            answered = True
-        elif isinstance(ev, LatencyTrace) and answered:
-            return ev
+        elif isinstance(ev, SpeculationStarted):
+            specs.append(ev.time)
+        elif isinstance(ev, LatencyTrace):
+            trace = ev
+        elif isinstance(ev, ResponseDone) and trace is not None and trace.turn == ev.turn:
+            return trace
     raise RuntimeError("the event subscription closed")
 
 
@@ -355,6 +535,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-frames", type=int, default=12, help="tts.max_frames (80 ms each)")
     ap.add_argument("--turn-timeout", type=float, default=120.0, help="seconds before a turn counts as lost")
     ap.add_argument("--cache", default="/tmp/bench-checkpoints", help="folder of the TTS checkpoint")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override (repeatable)")
+    ap.add_argument(
+        "--keep-mlx-cache",
+        action="store_true",
+        help="diagnostic: skip the daemon's mx.clear_cache() after each reply (the next turn then reuses buffers)",
+    )
     ap.add_argument("--smart-turn", default="", help="folder of smart-turn-v3.2-cpu.onnx: end of turn by the model")
     args = ap.parse_args(argv)
     from benchmarks.checkpoints import write_checkpoint

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import numpy as np
+
+from assistant.events import LatencyTrace, ResponseDone, StateChanged, TurnState
 from benchmarks.__main__ import parse_output, run_job
 from benchmarks.report import render, write_markdown
+from benchmarks.v2v import HOPS, REPLY_WORDS, JobTime, TimestampSink, _next_trace, breakdown, forced_reply
 
 
 def test_failing_job_is_recorded_with_its_rows_and_error() -> None:
@@ -67,3 +74,69 @@ def test_markdown_has_the_tts_ratio_and_the_errors(tmp_path: Path) -> None:
     assert md == render([doc])
     assert "| 0.6B | bf16 | 28/5, 1536 | 100 | 500 (400-600) | 250 (400-600) | 2.00 |" in md
     assert "`tts bad` failed: exit status 1. ValueError: x" in md
+
+
+def _job(name: str, started: float, ended: float, made: str = "") -> JobTime:
+    return JobTime(name, started, started, ended, 1, made)
+
+
+def test_v2v_breakdown_clips_each_hop_at_the_endpoint() -> None:
+    """The hops after the endpoint add up to endpoint -> first write, a stage done before the endpoint takes 0,
+    and the compute thread's time splits into the reply's jobs, other jobs and idle."""
+    jobs = [
+        _job("ForcedText.finalize", 0.00, 0.05),
+        _job("Qwen3TTS.start", 0.05, 0.06),
+        _job("start_answer", 0.06, 0.07),
+        _job("llm_step", 0.07, 0.12, "token"),  # prefill and the first token: across the endpoint (0.10)
+        _job("ForcedText.feed", 0.12, 0.13),
+        _job("llm_step", 0.13, 0.15, "text"),
+        _job("Utterance.step", 0.15, 0.20, "audio"),
+    ]
+    hops = breakdown(0.10, 0.21, 0.02, jobs)
+    assert hops is not None and hops["stage"] == "STT final"
+    got = [round(hops[h], 3) for h in HOPS]
+    assert got == [0.0, 20.0, 30.0, 50.0, 10.0] and round(sum(got), 3) == 110.0
+    assert round(hops["speculation lead"], 3) == 80.0 and hops["reply starts"] == 1
+    assert round(hops["compute: reply jobs"], 3) == 90.0 and round(hops["compute: other jobs"], 3) == 10.0
+    assert round(hops["compute: idle"], 3) == 10.0
+
+
+def test_v2v_forced_reply_keeps_the_models_steps_and_scripts_the_words() -> None:
+    """Prefill steps pass through, each delta of the model becomes the next scripted word, and the answer ends
+    (closing the model's generator) after the script."""
+    closed = []
+
+    def model() -> Iterator[str]:
+        try:
+            yield ""
+            while True:
+                yield "!"
+        finally:
+            closed.append(True)
+
+    assert list(forced_reply(model())) == ["", *REPLY_WORDS] and closed == [True]
+
+
+def test_v2v_takes_the_trace_sent_before_its_response_done() -> None:
+    """The core publishes a turn's LatencyTrace just before its ResponseDone: the harness returns that trace
+    at the ResponseDone (it used to wait for a trace after it, and every turn timed out)."""
+    trace = LatencyTrace(2, 0.0, None, None, None, None, None)
+
+    async def events() -> AsyncIterator[object]:
+        yield StateChanged(TurnState.USER_SPEAKING, TurnState.THINKING, 5.0)
+        yield trace
+        yield ResponseDone(2, "It will", False, 6.0)
+        await asyncio.Event().wait()  # no more events: a harness waiting for another would hang
+
+    endpoints: list[float] = []
+    got = asyncio.run(asyncio.wait_for(_next_trace(events(), endpoints, []), 5.0))
+    assert got is trace and endpoints == [5.0]
+
+
+def test_v2v_sink_first_sample_is_the_first_write_since_flush() -> None:
+    """An underrun restarts the sink's playback clock but not the reply's first sample time."""
+    sink = TimestampSink()
+    sink.write(np.zeros(1, np.float32))
+    time.sleep(0.005)  # the one sample has played: the next write finds the sink idle
+    sink.write(np.zeros(1, np.float32))
+    assert sink.first_sample_dac_time == sink.writes[0] < sink.writes[1]

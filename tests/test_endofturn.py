@@ -21,10 +21,12 @@ from assistant.endofturn import (
     SmartTurn,
     SmartTurnPolicy,
     TurnEvidence,
+    bare_word,
     ends_mid_phrase,
     load_smart_turn,
     model_input,
     policy_from_config,
+    turn_words,
     vad_settings,
 )
 from assistant.errors import InputError, ModelError
@@ -68,6 +70,14 @@ def test_trailing_filler_keeps_waiting() -> None:
     assert not ends_mid_phrase("What time is it in London?")
     assert p.decide(ev(200, 0.99, "What time is it in London?")) == "end"
     assert not ends_mid_phrase("")
+
+
+def test_backchannels_do_not_count_towards_taking_the_turn() -> None:
+    """Listener words (matched bare: case and punctuation aside) are not words that take the turn; others are."""
+    backchannels = frozenset(bare_word(w) for w in ("Mm-hm", "yeah", "OK."))
+    assert turn_words("Yeah. Mm-hm, ok!", backchannels) == 0
+    assert turn_words("yeah, wait a second", backchannels) == 3
+    assert turn_words("yeah", frozenset()) == 1
 
 
 def test_features_match_the_whisper_feature_extractor() -> None:
@@ -187,11 +197,13 @@ def test_config_builds_the_policy() -> None:
 
 
 def test_the_vad_reports_silence_by_the_time_the_model_is_asked() -> None:
-    """With the model, vad.early_silence_ms is lowered to endofturn.score_after_ms (never raised); the silence
-    detector leaves the VAD as configured."""
+    """With the model, vad.early_silence_ms is lowered to endofturn.score_after_ms (never raised) and the VAD
+    notices a pause (PauseStarted) after endofturn.ask_after_ms; the silence detector leaves the VAD as
+    configured."""
     vad = VadConfig(early_silence_ms=200)
     assert vad_settings(vad, EndOfTurnConfig(score_after_ms=120)).early_silence_ms == 120
     assert vad_settings(vad, EndOfTurnConfig(score_after_ms=300)).early_silence_ms == 200
+    assert vad_settings(vad, EndOfTurnConfig(ask_after_ms=60)).pause_notice_ms == 60
     assert vad_settings(vad, EndOfTurnConfig(detector="silence", score_after_ms=120)) == vad
 
 

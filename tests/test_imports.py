@@ -47,6 +47,7 @@ LAYERS: list[tuple[str, ...]] = [
         "assistant.hotkey",
         "assistant.tools",
         "assistant.policies",
+        "assistant.context",
     ),
     ("assistant.reply",),
     ("assistant.conversation",),

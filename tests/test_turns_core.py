@@ -19,6 +19,7 @@ from assistant.events import (
     ErrorEvent,
     FalseStart,
     FinalTranscript,
+    PauseStarted,
     PushToTalk,
     ResponseDone,
     SilenceStarted,
@@ -36,7 +37,6 @@ from assistant.turns import (
     SCORE_LEAD_IN,
     Action,
     AudioIn,
-    Cancel,
     Commit,
     ConfirmReply,
     CreateResponse,
@@ -98,7 +98,7 @@ class Timeline:
     def now(self) -> float:
         return self.t
 
-    def vad(self, ev: SpeechStarted | SilenceStarted | SpeechResumed | SpeechEnded) -> None:
+    def vad(self, ev: SpeechStarted | PauseStarted | SilenceStarted | SpeechResumed | SpeechEnded) -> None:
         self.send(VadIn(ev))
 
     def started(self, at: int) -> None:
@@ -177,14 +177,36 @@ def speculative_start_then_resume(policy: Policy) -> None:
     assert tl.core.state is TurnState.THINKING
 
 
+def speculation_stops_feeding_the_transcriber(policy: Policy) -> None:
+    """Once the speculative finalize has the turn so far, the pause is not fed to the transcriber (its partials
+    would describe only the silence after that finalize, and its jobs would run ahead of the speculative reply's);
+    resumed speech re-feeds the whole turn."""
+    tl = Timeline(policy)
+    speculating(tl)
+    assert tl.core.user is not None
+    tl.send(Fed(tl.core.user.id, None, tl.now))  # the feed in flight at the speculation returns
+    fed = len(tl.of(Feed))
+    tl.audio(5)  # the pause goes on
+    assert len(tl.of(Feed)) == fed
+    tl.vad(SpeechResumed(tl.pos(), tl.now))
+    feeds = [a for a in tl.of(Feed) if isinstance(a, Feed)]
+    assert len(feeds) == fed + 1 and len(feeds[-1].audio) == tl.pos()
+
+
 def speculative_start_then_confirm(policy: Policy) -> None:
-    """The speculative reply is the one used: confirmed at the end of turn, its held audio plays then."""
+    """The speculative reply is the one used: confirmed at the end of turn (with the turn's speech end and
+    decision time, which its latency counts from), its held audio plays in the same step as the confirmation."""
     tl = Timeline(policy)
     spec = speculating(tl)
     tl.reply_plays(spec.turn)
     tl.audio(5)
-    tl.ended(0, tl.pos() - 5 * BLOCK)
-    assert ConfirmReply(spec.turn) in tl.actions and len(tl.of(StartReply)) == 1
+    end = tl.pos() - 5 * BLOCK
+    decided = len(tl.actions)
+    tl.ended(0, end)
+    step = tl.actions[decided:]  # everything the end of turn did, in order
+    confirm = ConfirmReply(spec.turn, tl.core.clock.time_of(end), tl.now)
+    assert confirm in step and len(tl.of(StartReply)) == 1
+    assert any(isinstance(a, Play) and a.turn == spec.turn for a in step[step.index(confirm) :])
     assert [a.turn for a in tl.of(Play)] == [spec.turn]  # type: ignore[attr-defined]
     assert tl.events(FinalTranscript)[-1].text == "hello"  # type: ignore[attr-defined]
     assert tl.states()[-1] is TurnState.ASSISTANT_SPEAKING
@@ -246,7 +268,7 @@ def ptt_overrides_vad(policy: Policy) -> None:
 def manual_commit(policy: Policy) -> None:
     """Without turn detection audio waits for commit; the transcript queues with a text item; create answers both."""
     tl = Timeline(policy)
-    tl.send(SetPolicy(dataclasses.replace(policy, vad_turns=False, publish_vad=False), FixedSilence(700)))
+    tl.send(SetPolicy(dataclasses.replace(policy, vad_turns=False), FixedSilence(700)))
     tl.audio(10, value=1000)
     assert not tl.of(RunVad) and tl.core.user is not None
     tl.send(UserText("first", tl.now))
@@ -262,7 +284,7 @@ def function_outputs_continue(policy: Policy) -> None:
     """Realtime function outputs make a response answerable with no user message: it continues the calling
     answer; a new user message instead starts a fresh answer; without either, nothing is answered."""
     tl = Timeline(policy)
-    tl.send(SetPolicy(dataclasses.replace(policy, vad_turns=False, publish_vad=False), FixedSilence(700)))
+    tl.send(SetPolicy(dataclasses.replace(policy, vad_turns=False), FixedSilence(700)))
     tl.send(ToolOutput(tl.now))
     tl.send(CreateResponse(tl.now))
     first = tl.of(StartReply)[-1]
@@ -283,7 +305,7 @@ def cancel_mid_reply(policy: Policy) -> None:
     tl = Timeline(policy)
     turn = spoken_turn(tl)
     tl.reply_plays(turn)
-    tl.send(Interrupt(tl.now) if policy.answer_turns else Cancel(tl.now))
+    tl.send(Interrupt(tl.now))
     assert InterruptReply(turn) in tl.actions
     tl.send(ReplyDone(turn, "One", True, tl.now))
     assert tl.events(ResponseDone)[-1].interrupted  # type: ignore[attr-defined]
@@ -455,6 +477,7 @@ def speech_over_reply_without_barge_in(policy: Policy) -> None:
 SCENARIOS: list[tuple[Callable[[Policy], None], tuple[Policy, ...]]] = [
     (speculative_start_then_resume, (DAEMON,)),  # a Realtime session never speculates
     (speculative_start_then_confirm, (DAEMON,)),
+    (speculation_stops_feeding_the_transcriber, (DAEMON,)),
     (barge_in, (DAEMON, REALTIME)),
     (false_start, (DAEMON, REALTIME)),
     (ptt_overrides_vad, (DAEMON,)),  # Realtime has no hotkey
@@ -552,6 +575,50 @@ def test_the_score_is_asked_as_soon_as_the_vad_reports_enough_silence() -> None:
     tl.vad(SilenceStarted(pause, tl.now))
     asks = [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
     assert len(asks) == 1 and len(asks[0].audio) == pause + CAPTURE_RATE * 200 // 1000
+
+
+def test_a_score_asked_at_the_pause_notice_ends_the_turn_when_the_silence_is_confirmed() -> None:
+    """Issue 13 (d): at the VAD's early notice of a pause (PauseStarted) the core asks for the score of the speech
+    plus score_after_ms of silence, the part not yet heard as zeros; the answer ends nothing until SilenceStarted
+    confirms that same pause, which then ends the turn at once with no second ask. Voice before the confirmation
+    starts a new pause: the old answer is dropped and the new pause is asked about afresh."""
+    tl = Timeline(dataclasses.replace(DAEMON, speculative=False))
+    tl.core.end_of_turn = ScoredPolicy()
+    tl.audio(10, value=1000)
+    tl.started(0)
+    first = tl.pos()
+    tl.audio(4)  # 80 ms of the pause heard
+    tl.vad(PauseStarted(first, tl.now))
+    (early,) = [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
+    trail = CAPTURE_RATE * 200 // 1000
+    assert len(early.audio) == first + trail and np.all(early.audio[:first] == 1000) and not early.audio[first:].any()
+    tl.send(Scored(early.job, 0.9, tl.now))
+    assert not tl.of(Finalize) and tl.core.state is TurnState.USER_SPEAKING  # not confirmed yet
+    tl.audio(3, value=1000)  # voice before the confirmation: the VAD starts a new pause after it
+    second = tl.pos()
+    tl.audio(4)
+    tl.vad(PauseStarted(second, tl.now))
+    asks = [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
+    assert len(asks) == 2 and len(asks[1].audio) == second + trail
+    tl.audio(6)
+    tl.vad(SilenceStarted(second, tl.now))
+    assert not tl.of(Finalize), "the first pause's answer is not this pause's"
+    tl.send(Scored(asks[1].job, 0.9, tl.now))
+    assert len(tl.of(Finalize)) == 1 and tl.core.state is TurnState.THINKING
+    assert len(tl.of(ScoreTurn)) == 2
+
+    tl = Timeline(dataclasses.replace(DAEMON, speculative=False))  # the answer came first: the end is at once
+    tl.core.end_of_turn = ScoredPolicy()
+    tl.audio(10, value=1000)
+    tl.started(0)
+    pause = tl.pos()
+    tl.audio(4)
+    tl.vad(PauseStarted(pause, tl.now))
+    tl.send(Scored(tl.of(ScoreTurn)[-1].job, 0.9, tl.now))  # type: ignore[attr-defined]
+    tl.audio(6)
+    tl.vad(SilenceStarted(pause, tl.now))
+    assert len(tl.of(Finalize)) == 1 and len(tl.of(ScoreTurn)) == 1
+    assert [e.new for e in tl.events(StateChanged)][-1] is TurnState.THINKING  # type: ignore[attr-defined]
 
 
 def test_a_model_judged_turn_publishes_one_start_and_one_end() -> None:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from assistant.audio.format import level_dbfs
 from assistant.config import VadConfig
 from assistant.errors import ConfigError, InputError
-from assistant.events import SilenceStarted, SpeechEnded, SpeechResumed, SpeechStarted
+from assistant.events import PauseStarted, SilenceStarted, SpeechEnded, SpeechResumed, SpeechStarted
 from assistant.vad import State, Vad, VadEvent
 from tests.speech import brown_noise, needs_espeak, pattern, say, silence, speech_span, trimmed
 
@@ -94,6 +94,36 @@ def test_blip_inside_a_pause_does_not_resume() -> None:
     got = feed_frames(vad(), pattern("0" * 10 + "1" * 20 + "0" * 10 + "11" + "0" * 30))
     assert got[-1] == (30 + 24 - 1, SpeechEnded(start_sample=0, end_sample=30 * F, time=T))
     assert not any(isinstance(e, SpeechResumed) for _, e in got)
+
+
+def test_voice_before_the_silence_is_reported_restarts_it() -> None:
+    """Issue 13 (d): a 60 ms voiced run 90 ms into a pause, before early_silence_ms, restarts the silence:
+    SilenceStarted comes after early_silence_ms with no voiced frame at all and places the silence after the run
+    (a stop and a syllable inside a word had passed for 150 ms of silence, where Smart Turn was then asked)."""
+    got = feed_frames(vad(early_silence_ms=150), pattern("0" * 10 + "1" * 20 + "000" + "11" + "0" * 30))
+    assert got == [
+        (14, SpeechStarted(start_sample=0, onset_sample=10 * F, time=T)),
+        (39, SilenceStarted(sample=35 * F, time=T)),  # the 5th silent frame after the run
+        (58, SpeechEnded(start_sample=0, end_sample=35 * F, time=T)),  # the hangover counts from there too
+    ]
+
+
+def test_pause_notice_comes_before_the_silence_and_again_after_voice() -> None:
+    """With pause_notice_ms 90 < early_silence_ms 150, PauseStarted comes at the 3rd silent frame with the pause's
+    first sample, and again for the new pause after a voiced run; SilenceStarted then confirms that same sample.
+    With the notice off (0) or not earlier than the silence report there is none."""
+    audio = pattern("0" * 10 + "1" * 20 + "000" + "11" + "0" * 30)
+    got = feed_frames(vad(early_silence_ms=150, pause_notice_ms=90), audio)
+    assert got == [
+        (14, SpeechStarted(start_sample=0, onset_sample=10 * F, time=T)),
+        (32, PauseStarted(sample=30 * F, time=T)),
+        (37, PauseStarted(sample=35 * F, time=T)),
+        (39, SilenceStarted(sample=35 * F, time=T)),
+        (58, SpeechEnded(start_sample=0, end_sample=35 * F, time=T)),
+    ]
+    for notice in (0, 150, 180):
+        events = vad(early_silence_ms=150, pause_notice_ms=notice).feed(audio)
+        assert not any(isinstance(e, PauseStarted) for e in events), notice
 
 
 def test_preroll_is_clamped_to_previous_utterance_and_stream_start() -> None:
@@ -259,23 +289,27 @@ def test_webrtcvad_alone_calls_the_noise_speech() -> None:
 @settings(max_examples=60, deadline=None)
 def test_event_grammar_on_any_pattern(frames: str, cut: list[int]) -> None:
     """For any speech/silence pattern and block sizes: starts and ends alternate, silence/resume events only occur
-    inside an utterance and alternate, positions never go backwards, and the events equal whole-buffer feeding."""
+    inside an utterance and alternate, each silence is first noticed at its own sample (PauseStarted), positions
+    never go backwards, and the events equal whole-buffer feeding."""
     audio = pattern("0" * 5 + frames + "0" * 30)
-    v, got, i = vad(), [], 0
+    v, got, i = vad(pause_notice_ms=90), [], 0
     for n in cut * (len(audio) // sum(cut) + 1):
         if i >= len(audio):
             break
         got += v.feed(audio[i : i + n])
         i += n
-    assert got == vad().feed(audio)
-    inside, silent, last = False, False, 0
+    assert got == vad(pause_notice_ms=90).feed(audio)
+    inside, silent, last, notice = False, False, 0, None
     for e in got:
         if isinstance(e, SpeechStarted):
             assert not inside and e.start_sample <= e.onset_sample
             assert e.start_sample >= last
             inside, silent, last = True, False, e.onset_sample
-        elif isinstance(e, SilenceStarted):
+        elif isinstance(e, PauseStarted):  # the notice comes first, and SilenceStarted confirms its sample
             assert inside and not silent and e.sample >= last
+            notice = e.sample
+        elif isinstance(e, SilenceStarted):
+            assert inside and not silent and e.sample >= last and e.sample == notice
             silent, last = True, e.sample
         elif isinstance(e, SpeechResumed):
             assert inside and silent and e.sample >= last

@@ -175,8 +175,3 @@ def reminder_tools(memory: Memory, scheduler: ReminderScheduler, tz: tzinfo) -> 
             timeout_s=2.0,
         ),
     ]
-
-
-def reminder_speech(reminder: Reminder) -> str:
-    """What to say when a reminder fires."""
-    return f"Reminder: {reminder.text}" if reminder.text else "Your timer is done."

@@ -3,6 +3,7 @@
 Reminders live in the memory database, so they survive a restart; those that fell due while the daemon was
 down come out at once when the scheduler starts. A reminder is marked fired only when the consumer says it was
 delivered (`done()`), so one lost to a crash before it was spoken fires again at the next start.
+`speak_reminders` is the daemon's service that speaks them through its conversation, like the hotkey presses keys.
 """
 
 from __future__ import annotations
@@ -10,11 +11,37 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 from assistant.memory import Memory, Reminder
 
 # Longest single wait: the wall clock can jump (sleep, NTP) while the loop's clock does not, so re-check.
 MAX_WAIT_S = 30.0
+
+
+class Announcer(Protocol):
+    """What speaking reminders needs of the daemon's conversation."""
+
+    async def say(self, text: str) -> None: ...
+    async def quiet(self) -> None: ...  # until no reply is in flight
+    def failed(self, exc: BaseException, what: str) -> None: ...  # logged and told to clients
+
+
+def reminder_speech(reminder: Reminder) -> str:
+    """What to say when a reminder fires."""
+    return f"Reminder: {reminder.text}" if reminder.text else "Your timer is done."
+
+
+async def speak_reminders(scheduler: ReminderScheduler, voice: Announcer) -> None:
+    """Speak each reminder when it falls due (also while idle), after any reply in progress; until cancelled."""
+    async for reminder in scheduler.due():
+        await voice.quiet()
+        try:
+            await voice.say(reminder_speech(reminder))
+        except Exception as e:
+            voice.failed(e, f"speaking reminder {reminder.id}")
+            continue
+        scheduler.done(reminder)
 
 
 class ReminderScheduler:

@@ -109,3 +109,27 @@ def test_partial_status_through_the_gate() -> None:
     assert gate.partial("hey") is Wake.PENDING
     assert gate.partial("turn it off") is Wake.ABSENT
     assert gate.partial("hey nova turn") is Wake.PRESENT
+
+
+def test_attention_is_announced_once_per_change_and_a_retune_is_announced() -> None:
+    """`announce` gives each change of attention once (the window opening and closing), and turning the phrase on
+    announces that the assistant now listens for its name."""
+    gate = WakeGate("", 8.0)
+    assert gate.announce(0.0) is None and gate.follow_up_ends(0.0) is None  # no phrase: always engaged, silent
+    gate.retune("hey nova", 8.0)
+    assert gate.announce(1.0) is Attention.NAME and gate.announce(2.0) is None
+    gate.replying()
+    assert gate.announce(3.0) is Attention.ENGAGED and gate.follow_up_ends(3.0) is None  # answering: no end yet
+    gate.stopped(4.0)
+    assert gate.follow_up_ends(5.0) == 12.0 and gate.announce(11.9) is None
+    assert gate.announce(12.1) is Attention.NAME and gate.follow_up_ends(12.1) is None
+
+
+def test_speculation_waits_for_the_name_only_outside_the_window() -> None:
+    """A hands-free partial that cannot become the phrase is not worth a speculative answer, unless the turn began
+    inside the follow-up window or came from push-to-talk."""
+    gate = WakeGate("hey nova", 8.0)
+    assert not gate.may_speculate("turn it off", 0.0, "hands_free")
+    assert gate.may_speculate("hey no", 0.0, "hands_free") and gate.may_speculate("turn it off", 0.0, "push_to_talk")
+    gate.stopped(10.0)
+    assert gate.may_speculate("turn it off", 17.0, "hands_free") and not gate.may_speculate("off", 19.0, "hands_free")

@@ -21,6 +21,7 @@ from assistant.daemon import ReopeningSource
 from assistant.events import FinalTranscript, ResponseDone
 from assistant.memory import Memory
 from assistant.tools.setup import build_toolbox
+from assistant.tools.timers import speak_reminders
 from tests import tiny_engines
 from tests.event_log import EventLog
 from tests.pipeline.doubles import ToolChat
@@ -65,9 +66,7 @@ def test_reminders_fire_while_idle_and_after_a_restart(room_env: Any, tiny_confi
         due = 0.0
         try:
             with Playback(cfg.audio, rate=engines.tts.sample_rate) as sink:
-                pipeline = Conversation(
-                    cfg, engines, source, sink, compute, toolbox=toolbox, memory=memory, reminders=scheduler
-                )
+                pipeline = Conversation(cfg, engines, source, sink, compute, toolbox=toolbox, memory=memory)
                 events = EventLog(pipeline, WAIT_S)
                 recorder = room_env.record()
                 recorder.wait_started()
@@ -76,6 +75,7 @@ def test_reminders_fire_while_idle_and_after_a_restart(room_env: Any, tiny_confi
                     due = await reminder_due(memory, wall0)  # read before the scheduler starts and speaks it
                 await pipeline.prepare()
                 runner = asyncio.create_task(pipeline.run())
+                speaking = asyncio.create_task(speak_reminders(scheduler, pipeline))
                 if spoken:
                     await until(lambda: pipeline.captured_samples > 0)
                     room_env.play(np.concatenate([silence(0.3), say("Remind me to stretch.")]).astype(np.int16))
@@ -85,6 +85,7 @@ def test_reminders_fire_while_idle_and_after_a_restart(room_env: Any, tiny_confi
                 await until(lambda: not memory.pending_reminders())  # spoken, then marked fired
                 await asyncio.sleep(0.3)
                 runner.cancel()
+                speaking.cancel()
                 await pipeline.aclose()
             heard = recorder.stop()
         finally:

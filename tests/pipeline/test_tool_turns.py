@@ -15,7 +15,7 @@ from assistant.engines import Engines
 from assistant.events import ResponseDone, SpeculationCancelled, SpeculationStarted
 from assistant.memory import Memory
 from assistant.tools.registry import Tool, Toolbox
-from assistant.tools.timers import ReminderScheduler
+from assistant.tools.timers import ReminderScheduler, speak_reminders
 from tests.pipeline.doubles import FakeSink, RuleVad, ToolChat, WordTranscriber, WordTts
 from tests.pipeline.harness import Harness, eventually
 
@@ -26,8 +26,7 @@ AFTER = ["It is", " noon."]
 def conversation(chat: ToolChat, tools: list[Tool], memory: Memory | None = None, **cfg: Any) -> Conversation:
     engines = Engines(WordTranscriber(), chat, WordTts(), None, lambda c: RuleVad(c))
     config = Config().replace({"pipeline.mode": "hands_free", "vad.preroll_ms": 0, **cfg})
-    reminders = ReminderScheduler(memory) if memory is not None else None
-    return Conversation(config, engines, None, FakeSink(), toolbox=Toolbox(tools), memory=memory, reminders=reminders)
+    return Conversation(config, engines, None, FakeSink(), toolbox=Toolbox(tools), memory=memory)
 
 
 def clock_tool(delay: float = 0.0, log: list[str] | None = None) -> Tool:
@@ -171,8 +170,10 @@ def test_a_due_reminder_is_spoken_while_idle(tmp_path: Path) -> None:
         memory.add_reminder(time.time() - 5, "call mum", time.time() - 60)
         c = conversation(ToolChat([]), [clock_tool()], memory)
         await c.prepare()
+        speaking = asyncio.create_task(speak_reminders(ReminderScheduler(memory), c))
         await eventually(lambda: memory.pending_reminders() == [])
         assert "Reminder:" in spoken(c) and "mum" in spoken(c)
+        speaking.cancel()
         await c.aclose()
         memory.close()
 

@@ -91,6 +91,27 @@ def test_speculative_start_then_resume() -> None:
     asyncio.run(main())
 
 
+def test_a_confirmed_speculation_counts_its_latency_from_the_end_of_speech() -> None:
+    """A speculative answer already running when the turn ends is confirmed with the turn's speech end and
+    decision time: its latency trace counts from the end of speech, not from the speculation's start."""
+
+    async def main() -> None:
+        async with Harness() as h:
+            h.speak("hello")
+            end = h.t  # the capture time of the end of speech
+            h.silence(3)  # SilenceStarted: the speculative answer starts
+            await h.next_event(SpeculationStarted)
+            await eventually(lambda: h.chat.steps >= 1)  # it runs before the end of turn
+            h.silence(3)  # the hangover: the turn ends and confirms it
+            thinking = await h.next_event(StateChanged, lambda e: e.new is TurnState.THINKING)
+            trace = await h.next_event(LatencyTrace)
+            assert h.chat.prompts == ["hello"]  # the speculative answer was the one used
+            assert abs(trace.vad_hangover_ms - 1000.0 * (thinking.time - end)) <= 20.0  # within a block
+            assert trace.stt_final_ms is not None and trace.stt_final_ms > 0
+
+    asyncio.run(main())
+
+
 def test_barge_in_trims_history_to_heard_part() -> None:
     """Speech during playback flushes the sink, cancels the reply and keeps only the heard words, interrupted."""
 

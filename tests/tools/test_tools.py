@@ -20,10 +20,11 @@ import pytest
 from assistant import config
 from assistant.errors import ConfigError
 from assistant.memory import Memory
-from assistant.tools.builtin import date_line, reminder_speech, zone
+from assistant.tools.builtin import date_line, zone
 from assistant.tools.calls import ToolCall
 from assistant.tools.registry import Tool, Toolbox, check_arguments, pick_filler
 from assistant.tools.setup import build_toolbox
+from assistant.tools.timers import ReminderScheduler, reminder_speech, speak_reminders
 
 PARIS = ZoneInfo("Europe/Paris")
 # Monday 7 December 2026, 14:05:00 in Paris (UTC+1).
@@ -344,3 +345,45 @@ def test_barge_in_cancel_kills_a_running_command(tmp_path: Path) -> None:
     pid = asyncio.run(body())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_due_reminders_are_spoken_after_the_reply_in_progress(tmp_path: Path) -> None:
+    """speak_reminders waits until no reply is in flight before speaking; a reminder that could not be spoken is
+    reported and stays pending (it fires again at the next start)."""
+
+    class Voice:
+        def __init__(self) -> None:
+            self.idle = asyncio.Event()  # set: the reply in progress has ended
+            self.spoke = asyncio.Event()
+            self.said: list[str] = []
+            self.errors: list[str] = []
+
+        async def quiet(self) -> None:
+            await self.idle.wait()
+
+        async def say(self, text: str) -> None:
+            if "broken" in text:
+                raise RuntimeError("the TTS failed")
+            self.said.append(text)
+            self.spoke.set()
+
+        def failed(self, exc: BaseException, what: str) -> None:
+            self.errors.append(what)
+
+    async def body() -> None:
+        memory = Memory(tmp_path / "m.sqlite3")
+        memory.add_reminder(NOW - 20, "broken", NOW - 60)
+        memory.add_reminder(NOW - 10, "call Anna", NOW - 60)
+        voice = Voice()
+        speaking = asyncio.create_task(speak_reminders(ReminderScheduler(memory, lambda: NOW), voice))
+        await asyncio.sleep(0.05)
+        assert voice.said == [] and voice.errors == []  # a reply is still in flight
+        voice.idle.set()
+        async with asyncio.timeout(5):
+            await voice.spoke.wait()
+        speaking.cancel()
+        assert voice.said == ["Reminder: call Anna"] and voice.errors == ["speaking reminder 1"]
+        assert [r.text for r in memory.pending_reminders()] == ["broken"]
+        memory.close()
+
+    asyncio.run(body())
