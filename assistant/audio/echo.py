@@ -111,6 +111,7 @@ LINEAR_TAKEN_DB = 10.0
 # A residual this much louder than the microphone is no user (who adds to both alike) but a model that predicts
 # echo where none came (its reference placement or the room changed): the frame is learned and not judged.
 MISPREDICTED_DB = 1.5
+QUIET_POWER = 10 ** (-80 / 10)  # a played peak under -80 dBFS (a resampler's tail) is silence: nothing to judge
 
 
 @runtime_checkable
@@ -300,8 +301,8 @@ class EchoCanceller:
         if self._aligning is not None:  # the placement may be off: nothing to learn or say until it is aligned
             self._path.learn(echo_alone=False)
             return None, None
-        if not steady or peak <= 0.0:
-            self._path.learn(echo_alone=peak <= 0.0)  # an underrun: the placed reference did not play then
+        if not steady or peak <= QUIET_POWER:
+            self._path.learn(echo_alone=peak <= QUIET_POWER)  # an underrun: the placed reference did not play then
             return None, None
         out = np.clip(np.round(residual * 32768.0), -32768, 32767).astype(np.int16)
         peak_db = 10.0 * float(np.log10(peak))
