@@ -187,7 +187,8 @@ def paused_clips() -> tuple[list[np.ndarray], list[tuple[str, np.ndarray]]]:
 
 
 @pytest.mark.xfail(
-    reason="the first clip of a fresh daemon fails (12:05 UTC 2026-12-07, load ~4: 0 of 2; the second clip passes). "
+    reason="the first clip of a fresh daemon fails when Smart Turn ends the turn at its 600 ms pause (12:05 UTC "
+    "2026-12-07, load ~4: 0 of 2; the second clip passes; after merging main at 12:48 it passed once, P 0.48 there). "
     "Logged in the canceller: Smart Turn ends the turn at the 600 ms pause (P 0.72-0.89), the early answer's first "
     "sample plays ~300 ms into the pause and 'in London?' reaches the microphone 120 ms after it, for 650 ms. No "
     "echo-path learning can tell that from the answer's own echo so soon (echoes arrive 20-100 ms after the DAC time "
