@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -67,6 +68,7 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
     check_open_file_limit()
     for what, spec in models_of(cfg):  # pre-flight: a missing model or device fails in seconds, in one line
         hub.resolve(spec, what)
+    _check_port(cfg)  # before the models load: a second daemon on the same port fails at once, not after warm-up
     check_push_to_talk(cfg)
     from assistant.audio import devices
 
@@ -96,6 +98,13 @@ def _terminal(args: argparse.Namespace, cfg: config.Config) -> Any:
     if cfg.pipeline.status_line and sys.stderr.isatty() and not json_log:
         return console.terminal()
     return contextlib.nullcontext(None)
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number >= 0 (argparse prints the error as one usage line)."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0 (0: no limit), got {text!r}")
+    return int(text)
 
 
 def check_push_to_talk(cfg: config.Config) -> None:
@@ -138,7 +147,9 @@ def build_engines(cfg: config.Config, progress: Callable[[str], None] | None = N
     voice = timed("voice", cfg.tts.voice, lambda: tts.voice(cfg.tts.voice or None))
     from assistant.endofturn import load_smart_turn
 
-    turn = timed("end-of-turn model", cfg.endofturn.model, lambda: load_smart_turn(cfg.endofturn))
+    turn = None  # the "silence" detector needs no model: no "loaded" line for one that was not
+    if cfg.endofturn.detector != "silence":
+        turn = timed("end-of-turn model", cfg.endofturn.model, lambda: load_smart_turn(cfg.endofturn))
     return Engines(transcriber, chat, tts, voice, make_vad=Vad, score_turn=None if turn is None else turn.score)
 
 
@@ -389,7 +400,21 @@ def cmd_say(args: argparse.Namespace, cfg: config.Config) -> int:
 
     text = args.text.strip()
     if text == "-":
-        text = sys.stdin.read().strip()
+        raw = sys.stdin.buffer.read()
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise InputError(
+                f"stdin is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); convert it, "
+                "e.g. `iconv -f latin1 -t utf-8`"
+            ) from e
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # argv bytes that are not UTF-8 arrive as lone surrogates
+        raise InputError(
+            f"TEXT is not valid UTF-8 (character {e.start + 1} cannot be read); pass UTF-8 text, e.g. set "
+            "LANG=en_US.UTF-8 in the terminal"
+        ) from e
     if not text:
         raise InputError("nothing to say: TEXT is empty")
     pieces = sentences(text)
@@ -454,6 +479,9 @@ def cmd_voices(args: argparse.Namespace, cfg: config.Config) -> int:
         mark = "* " if name == cfg.tts.voice else "  "
         print(f"{mark}{name:<14} {p.mode:<13} {p.language:<10} {what}")
     print(f"* default voice (tts.voice); profiles in {folder}")
+    if cfg.tts.voice and cfg.tts.voice not in profiles:  # `run` and `say` would refuse it: say so here first
+        print(f"tts.voice {cfg.tts.voice!r} is none of these profiles; set tts.voice to one of them", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -551,10 +579,21 @@ def cmd_chat(args: argparse.Namespace, cfg: config.Config) -> int:
             if text.startswith("/"):
                 print(f"unknown command {text}; {CHAT_HELP}")
                 continue
+            if not text.isascii() and not _is_utf8(text):  # undecodable input bytes arrive as lone surrogates
+                print("[error: the line is not UTF-8 text; set the terminal to UTF-8, e.g. LANG=en_US.UTF-8]")
+                continue
             _chat_turn(chat, text, stream)
     finally:
         if history is not None:
             _save_history(history)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _chat_turn(chat: Any, text: str, stream: bool) -> None:
@@ -616,6 +655,29 @@ def _check(name: str, fn: Callable[[], object]) -> Check:
     return Check(name, None)
 
 
+def _check_model(spec: str, what: str) -> None:
+    """The model is there (hub.resolve) and its folder looks whole: weights, and a config.json that parses (the
+    end-of-turn model is one .onnx file). Loading it is what `run` does; this catches a truncated download."""
+    import json
+
+    path = hub.resolve(spec, what)
+    if not any(path.rglob("*.safetensors")) and not any(path.rglob("*.onnx")):
+        raise AssistantError(
+            f"{what} folder {path} holds no weights (*.safetensors); run `assistant pull` or fix the path"
+        )
+    config_json = path / "config.json"
+    if not config_json.is_file():
+        if what != "end-of-turn model":
+            raise AssistantError(f"{what} folder {path} has no config.json; run `assistant pull` or fix the path")
+        return
+    try:
+        parsed = json.loads(config_json.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise AssistantError(f"{config_json} cannot be read ({e}); run `assistant pull` again or fix the file") from e
+    if not isinstance(parsed, dict):
+        raise AssistantError(f"{config_json} is not a JSON object; run `assistant pull` again or fix the file")
+
+
 def _check_llm_server(llm: config.LlmConfig) -> None:
     """The OpenAI-compatible server answers GET /models with the key (the model list itself is not checked)."""
     import httpx2
@@ -633,15 +695,31 @@ def _check_llm_server(llm: config.LlmConfig) -> None:
 
 
 def _check_port(cfg: config.Config) -> None:
+    """The server can listen on server.host:server.port (binding as the server will: SO_REUSEADDR, so a port that
+    only has connections closing from the last run counts as free). AssistantError naming the fix otherwise."""
     if not cfg.server.enabled or cfg.server.port == 0:
         return
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    host, port = cfg.server.host, cfg.server.port
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as e:
+        raise AssistantError(
+            f"server.host {host!r} is not an address of this machine ({e.strerror}); fix server.host"
+        ) from e
+    with socket.socket(family, kind) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((cfg.server.host, cfg.server.port))
+            s.bind(address)
         except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise AssistantError(
+                    f"server port {host}:{port} is not free ({e.strerror}); stop what uses it (another "
+                    "`assistant run`?) or set server.port"
+                ) from e
             raise AssistantError(
-                f"server port {cfg.server.host}:{cfg.server.port} is not free ({e.strerror}); stop what uses it "
-                "or set server.port"
+                f"cannot listen on {host}:{port} ({e.strerror}); check server.host and server.port"
             ) from e
 
 
@@ -695,7 +773,10 @@ def cmd_history(args: argparse.Namespace, cfg: config.Config) -> int:
             n = memory.reset_history()
             print(f"erased {n} stored turn{'s' if n != 1 else ''} from {memory.path} (reminders kept)")
         else:
-            for turn in memory.turns():
+            turns = memory.turns()
+            if not turns:  # stdout stays empty for scripts; the person at the terminal learns why
+                print(f"no stored turns in {memory.path}", file=sys.stderr)
+            for turn in turns:
                 for m in turn:
                     print(f"{m.role}: {m.content}" + "".join(f" [calls {c.name}]" for c in m.tool_calls))
     finally:
@@ -707,7 +788,7 @@ def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
     from assistant.audio import devices
 
     checks = [Check("config", None)]
-    checks += [_check(f"{what} {spec}", partial(hub.resolve, spec, what)) for what, spec in models_of(cfg)]
+    checks += [_check(f"{what} {spec}", partial(_check_model, spec, what)) for what, spec in models_of(cfg)]
     mic = _check("microphone", lambda: devices.pick(cfg.audio.input_device, "input"))
     checks.append(mic)
     if mic.problem is None:
@@ -759,7 +840,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="assistant", description="A local real-time voice assistant on MLX.")
     parser.add_argument("--version", action="version", version=f"assistant {__version__}")
     _common(parser, suppress=False)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, fn: Callable[..., int], help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
@@ -782,13 +863,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("voices", cmd_voices, "list the voice profiles")
     p = add("transcribe", cmd_transcribe, "print the transcript of an audio file")
-    p.add_argument("file", metavar="FILE", help="an audio file (WAV, FLAC, OGG, MP3, ...; any rate); `-` for stdin")
+    what = "an audio file (WAV, FLAC, OGG, MP3, ...; any rate from 8 kHz); `-` for stdin"
+    p.add_argument("file", metavar="FILE", help=what)
     p.add_argument("--partials", action="store_true", help="show partial transcripts as they evolve")
     p = add("chat", cmd_chat, "a text chat with the LLM (a REPL over the daemon's engine)")
     p.add_argument("--no-stream", action="store_true", help="print each answer when it is complete")
     p = add("ctl", cmd_ctl, "send a command to a running daemon, or tail its events")
     p.add_argument("words", nargs="*", metavar="WORD", help="a command, e.g. `status`, `say hello`, `events`")
-    p.add_argument("--max-events", type=int, default=0, metavar="N", help="with `events`: exit after N events")
+    p.add_argument(
+        "--max-events", type=_count, default=0, metavar="N", help="with `events`: exit after N events (0: never)"
+    )
     p = add("history", cmd_history, "show or erase the conversation history kept across restarts")
     p.add_argument("action", choices=("show", "reset"), help="show: print it; reset: erase it")
     add("wyoming", cmd_wyoming, "serve our STT and TTS to Home Assistant over Wyoming (without the voice loop)")
@@ -815,7 +899,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # show every command, not argparse's `the following arguments are required: COMMAND`
+        parser.print_help(sys.stderr)
+        return 2
     debug = bool(args.debug)
     try:
         cfg = config.load(args.config, args.overrides)

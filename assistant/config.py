@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import re
 import shutil
@@ -354,7 +355,11 @@ def _check(path: str, value: Any, typ: Any, meta: Mapping[str, Any], origin: str
     )
     if typ == list[str]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise bad_type
+            # `a,b` or `[a, b]` (a bare string to TOML): show the list it was meant as, in TOML
+            words = [str(v) for v in value] if isinstance(value, list) else []
+            words = value.strip("[]").split(",") if isinstance(value, str) else words
+            example = json.dumps([w.strip().strip("'\"") for w in words if w.strip()] or ["a", "b"])
+            raise ConfigError(f"{bad_type}; write a TOML list of quoted strings, e.g. {example}")
         return list(value)
     if typ is bool and not isinstance(value, bool):
         raise bad_type
@@ -422,6 +427,8 @@ def find_config_file(cli_path: str | None, env: Mapping[str, str] | None = None)
     for given, how in ((cli_path, "--config"), (env.get("ASSISTANT_CONFIG"), "ASSISTANT_CONFIG")):
         if given:
             path = Path(given).expanduser()
+            if path.is_dir():
+                raise ConfigError(f"{path} (from {how}) is a folder; give the path of a config.toml file")
             if not path.is_file():
                 raise ConfigError(
                     f"config file not found: {path} (from {how}); check the path, or leave {how} unset to use "
@@ -444,9 +451,13 @@ def load(cli_path: str | None = None, overrides: Sequence[str] = (), env: Mappin
     """Find, read and validate the configuration, then apply `--set` overrides. Raises ConfigError."""
     path, _how = find_config_file(cli_path, env)
     try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
+        table = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM (Windows editors) is not TOML
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}; fix the line it names") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save it as UTF-8 TOML"
+        ) from e
     except OSError as e:
         raise ConfigError(f"{path}: cannot be read: {e.strerror}; check its permissions") from e
     config = _build(table, str(path), source=str(path))

@@ -313,7 +313,9 @@ class Conversation:
         except (asyncio.CancelledError, Stale):
             return  # the canceller settles the reply
         except Exception as e:
-            log.error("error in turn %d; back to listening", reply.turn, exc_info=e)
+            # bad input is the user's to fix (the message says how): no traceback for it in the log
+            trace = None if isinstance(e, InputError) else e
+            log.error("error in turn %d; back to listening: %s", reply.turn, e, exc_info=trace)
             heard = reply.heard_text(self.sink.played_samples) if reply.confirmed.is_set() else None
             if heard is not None:
                 with contextlib.suppress(Exception):

@@ -51,6 +51,11 @@ def resolve(spec: str, what: str = "model") -> Path:
         raise ModelError(f"no {what} is configured; set it in config.toml")
     if is_local(spec):
         path = Path(spec).expanduser()
+        if not path.is_dir() and "/" not in spec and not spec.startswith((".", "~")):
+            raise ModelError(
+                f"{what} `{spec}` is neither a folder nor a Hugging Face repo id (owner/name, e.g. "
+                "mlx-community/gemma-4-e2b-it-4bit); fix it in config.toml"
+            )
         if not path.is_dir():
             raise ModelError(f"{what} folder not found: {path}; check the path in config.toml")
         return path

@@ -388,7 +388,11 @@ class Chat:
         if self._answer is not None:
             self.finish_turn(None)
         self._history.add_user(text)
-        return self._start()
+        try:
+            return self._start()
+        except ModelError:  # the template refused the prompt: a user message left unanswered breaks every next turn
+            self._history.drop_newest_turn()
+            raise
 
     def _start(self) -> Iterator[str]:
         """Open an answer to the history as it stands (first fitted to the budget)."""

@@ -1077,7 +1077,11 @@ class TurnCore:
         continues, self.tool_output = self.tool_output and not text, False  # a new user message starts afresh
         self._emit(Publish(ResponseStarted(turn, c.now)))
         if not text and not continues:
-            self._error("nothing to answer: send user audio or a conversation item first", c.now)
+            self._error(
+                "nothing to answer: no words were heard in the user audio and no user message was added; "
+                "send speech or a user message item",
+                c.now,
+            )
             self._emit(Publish(ResponseDone(turn, "", False, c.now)))
             return
         self._set_state(TurnState.THINKING)

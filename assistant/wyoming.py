@@ -203,7 +203,12 @@ BAD_REQUEST = (AssistantError, KeyError, TypeError, ValueError)  # the client's 
 
 
 def _bad_request(event: Event, e: Exception) -> Event:
-    msg = str(e) if isinstance(e, AssistantError) else f"malformed {event.type} event: {type(e).__name__}: {e}"
+    if isinstance(e, AssistantError):
+        msg = str(e)
+    elif isinstance(e, KeyError):  # the wyoming package's from_event reads required fields by key
+        msg = f"malformed {event.type} event: its data has no `{e.args[0] if e.args else '?'}` field; add it"
+    else:
+        msg = f"malformed {event.type} event: {type(e).__name__}: {e}"
     return _error(msg, "bad-request")
 
 
@@ -408,6 +413,12 @@ class TtsHandler(AsyncEventHandler):
     def _check_text(self, text: Any, before: int, allow_empty: bool = False) -> str:
         if not isinstance(text, str):
             raise InputError(f"text must be a string, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate escape: no tokenizer takes it
+            raise InputError(
+                f"text is not valid Unicode (a lone surrogate at character {e.start}); send UTF-8 text"
+            ) from e
         if not allow_empty and not text.strip():
             raise InputError("nothing to say: the text is empty")
         if before + len(text) > self.svc.cfg.max_text_chars:

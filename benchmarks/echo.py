@@ -6,14 +6,15 @@ canceller removes it with the played reference; a user says a sentence at the ec
     PYTHONPATH=. python -m benchmarks.echo [--runs 2]
     PYTHONPATH=. python -m benchmarks.echo --barge [--runs 3]
 
---barge compares the barge-in gates instead: issue 13 (b)'s sentence 1 s and 9 s into the reply, at the echo's
-level over the 60 ms loop (0 and -6 dB), and at a normal voice (-20 dBFS) in a room with no loop at all. Two
-cancellers clean the same microphone blocks, each judged by a real VAD (default [vad] settings) against its own
-gate: "fixed" (before: the played peak, + RESIDUAL_DB once AEC3 has adapted, AEC3's output always) and "room"
-(EchoCanceller now: the learned echo return; no echo path -> the gate's floor and the microphone untouched). It
-prints the detection delay after the user's first sample (the VAD's decision by capture sample, so a busy machine
-does not lengthen it), false reports (starts outside the user's speech + 0.5 s), the canceller's CPU time per
-second of audio (AEC3 included) and the echo return learned; first, the CPU cost of the room learning alone.
+--barge compares the barge-in gates instead: issue 13 (b)'s sentence (--user) 1 s and 9 s into the reply, at the
+echo's level over the 60 ms loop (0 and -6 dB), and at a normal voice (-20 dBFS) in a room with no loop at all.
+Three cancellers clean the same microphone blocks, each judged by a real VAD (default [vad] settings) against its
+own gate: "fixed" (AEC3 alone: the played peak, + RESIDUAL_DB once AEC3 has adapted), "room" (+ the learned echo
+return; no echo path -> the gate's floor and the microphone untouched) and "linear" (EchoCanceller now: + the
+linear echo path, assistant/audio/echo_path.py). It prints the detection delay after the user's first sample
+(the VAD's decision by capture sample, so a busy machine does not lengthen it), false reports (starts outside the
+user's speech + 0.5 s), the canceller's CPU time per second of audio (AEC3 and the speaker clock's look-ups
+included) and what it learned; first, the CPU cost of the room learning and of the linear path alone.
 
 Prints per loop: the measured echo delay after time alignment, ERLE over the echo-only part after 3 s of
 adaptation (whole, and the median / worst 1 s window), how far the user's louder frames stand above what is left
@@ -35,6 +36,7 @@ import numpy as np
 
 from assistant.audio.capture import Capture
 from assistant.audio.echo import AEC_DELAY, AEC_FRAME, EchoCanceller
+from assistant.audio.echo_path import EchoPath
 from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, TTS_RATE, float32_to_int16, int16_to_float32
 from assistant.audio.playback import Playback
 from assistant.config import AudioConfig, VadConfig
@@ -52,7 +54,9 @@ from tests.test_echo_room import (
     user_level,
 )
 
-BARGE_USER = "Stop, wait a moment please, what about Saturday?"  # issue 13 (b)'s sentence
+# issue 13 (b)'s sentence, as tests/pipeline/test_echo_turns_room.py says it: voiced from its first frame, since a
+# barge-in needs vad.barge_in_min_speech_ms (300) of voice in a row ("Stop," then a pause could not be heard in 400)
+BARGE_USER = "No no, what about Saturday?"
 
 LOOPS = ((60.0, 0.0), (120.0, 0.0), (90.0, -6.0))
 USER_AFTER_S = 9.0
@@ -98,9 +102,16 @@ NO_LOOP_USER_DBFS = -20.0  # without a loop there is no echo to match: a normal 
 BARGE_TAIL_S = 0.5  # after the user's last sample a start may still be theirs (hangover, reverberation)
 
 
-class FixedGate(EchoCanceller):
-    """The canceller as it was before the room-aware gate: it never learns the room's echo return, so the gate is
-    the played peak (+ RESIDUAL_DB once AEC3 has adapted) and AEC3's output is always what the VAD hears."""
+class RoomGate(EchoCanceller):
+    """The canceller without its linear echo path: AEC3's output and the room-aware gate only."""
+
+    def _step_linear(self, mic: np.ndarray, p0: int, p1: int) -> tuple[np.ndarray | None, float | None]:
+        return None, None
+
+
+class FixedGate(RoomGate):
+    """The canceller before the room-aware gate too: it never learns the room's echo return, so the gate is the
+    played peak (+ RESIDUAL_DB once AEC3 has adapted) and AEC3's output is always what the VAD hears."""
 
     def _learn_return(self, ref: np.ndarray, raw: np.ndarray) -> None:
         return
@@ -111,7 +122,7 @@ class BargeHeard:
     raw: np.ndarray  # the microphone, int16 16 kHz
     starts: dict[str, list[int]]  # per gate: the capture sample at which the VAD decided each SpeechStarted
     cpu_ms_per_s: dict[str, float]  # per gate: the canceller's CPU time per second of audio (process + echo_dbfs)
-    learned: float | None  # the room-aware canceller's echo return at the end
+    learned: dict[str, str]  # per gate: what it learned of the room by the end
 
 
 async def play_and_judge(room: Room, reply: np.ndarray, user: np.ndarray, user_after_s: float) -> BargeHeard:
@@ -120,10 +131,10 @@ async def play_and_judge(room: Room, reply: np.ndarray, user: np.ndarray, user_a
     the turn core's RunVad)."""
     cfg = AudioConfig()
     raw: list[np.ndarray] = []
-    starts: dict[str, list[int]] = {"fixed": [], "room": []}
+    starts: dict[str, list[int]] = {"fixed": [], "room": [], "linear": []}
     cpu = dict.fromkeys(starts, 0.0)
     with Playback(cfg) as speaker:
-        cancellers = {"fixed": FixedGate(speaker), "room": EchoCanceller(speaker)}
+        cancellers = {"fixed": FixedGate(speaker), "room": RoomGate(speaker), "linear": EchoCanceller(speaker)}
         vads = {name: Vad(VadConfig()) for name in cancellers}
         async with Capture(cfg) as mic:
             captured, written, said = 0, 0, False
@@ -151,11 +162,20 @@ async def play_and_judge(room: Room, reply: np.ndarray, user: np.ndarray, user_a
                             starts[name].append(vads[name].position - AEC_DELAY)  # decided after this capture
     audio_s = captured / CAPTURE_RATE
     per_s = {name: 1000.0 * t / audio_s for name, t in cpu.items()}
-    return BargeHeard(np.concatenate(raw), starts, per_s, cancellers["room"].echo_return_db)
+
+    def db(x: float | None) -> str:
+        return "unknown" if x is None else f"{x:+.0f} dB"
+
+    learned = {
+        name: f"echo return {db(c.echo_return_db)}, linear path leaves {db(c.linear_return_db)}"
+        for name, c in cancellers.items()
+    }
+    return BargeHeard(np.concatenate(raw), starts, per_s, learned)
 
 
 def learning_cost(frames: int = 20_000) -> str:
-    """CPU time of the room learning alone (EchoCanceller._learn_return) per second of audio, on random frames."""
+    """CPU time of the room learning alone (EchoCanceller._learn_return) and of the linear echo path alone
+    (EchoPath.push + learn, its solves included) per second of audio, on random frames."""
     rng = np.random.default_rng(0)
     refs = (rng.standard_normal((1000, AEC_FRAME)) * 0.1).astype(np.float32)
     mics = (rng.standard_normal((1000, AEC_FRAME)) * 3000).astype(np.int16)
@@ -168,12 +188,20 @@ def learning_cost(frames: int = 20_000) -> str:
     began = time.process_time()
     for i in range(frames):
         canceller._learn_return(refs[i % 1000], mics[i % 1000])
-    per_frame = (time.process_time() - began) / frames
-    us = 1e6 * per_frame
-    return f"room learning alone: {us:.1f} us per 10 ms frame = {us / 10:.2f} ms CPU per s of audio"
+    us = 1e6 * (time.process_time() - began) / frames
+    path = EchoPath()
+    began = time.process_time()
+    for i in range(frames // 4):
+        path.push(refs[i % 1000].astype(np.float64), mics[i % 1000] / 32768.0)
+        path.learn(echo_alone=True)
+    linear = 4e6 * (time.process_time() - began) / frames
+    return (
+        f"room learning alone: {us:.1f} us per 10 ms frame = {us / 10:.2f} ms CPU per s of audio; "
+        f"linear echo path alone: {linear:.0f} us per frame = {linear / 10:.1f} ms CPU per s of audio"
+    )
 
 
-def barge_run(room: Room, delay_ms: float, gain_db: float | None, user_after_s: float) -> list[str]:
+def barge_run(room: Room, delay_ms: float, gain_db: float | None, user_after_s: float, text: str) -> list[str]:
     """One reply with a user `user_after_s` in (at the echo's level, or at a normal voice without a loop): for the
     fixed and the room-aware gate, the VAD's detection delay after the user's first sample and its false reports
     (starts before the user or after their speech and its tail)."""
@@ -182,7 +210,7 @@ def barge_run(room: Room, delay_ms: float, gain_db: float | None, user_after_s: 
     loop = start_echo_loop(room, delay_ms, gain_db) if gain_db is not None else None
     try:
         time.sleep(0.5)
-        user = int16_to_float32(say(BARGE_USER))
+        user = int16_to_float32(say(text))
         level = NO_LOOP_USER_DBFS if gain_db is None else -20 + gain_db
         user = float32_to_int16(user / np.sqrt(np.mean(np.square(user))) * 10 ** (level / 20))
         heard = asyncio.run(play_and_judge(room, reply_audio(), user, user_after_s))
@@ -201,7 +229,7 @@ def barge_run(room: Room, delay_ms: float, gain_db: float | None, user_after_s: 
         lines.append(
             f"{where}, user at {user_after_s:.0f} s, {name} gate: detected {delay} after the user's first sample, "
             f"false reports {len(false)} {false}, canceller CPU {heard.cpu_ms_per_s[name]:.1f} ms per s of audio"
-            + (f", echo return learned {heard.learned:+.0f} dB" if name == "room" and heard.learned is not None else "")
+            + f", {heard.learned[name]}"
         )
     return lines
 
@@ -211,6 +239,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--barge", action="store_true", help="compare the barge-in gates (see above)")
     ap.add_argument("--late", action="store_true", help="with --barge: only the users 9 s in")
+    ap.add_argument("--user", default=BARGE_USER, help="with --barge: what the user says")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         room = start_room(Path(tmp) / "room")
@@ -220,7 +249,7 @@ def main() -> None:
                 print(learning_cost(), flush=True)
                 for delay_ms, gain_db, user_at in [c for c in BARGE_CASES if c[2] > 1.0 or not args.late]:
                     for _ in range(args.runs):
-                        print("\n".join(barge_run(room, delay_ms, gain_db, user_at)), flush=True)
+                        print("\n".join(barge_run(room, delay_ms, gain_db, user_at, args.user)), flush=True)
                 return
             for delay_ms, gain_db in LOOPS:
                 for r in range(args.runs):

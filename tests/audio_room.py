@@ -252,12 +252,20 @@ LOOP_EXTRA_MS = 45.0  # the sinks' and PortAudio's own latency beyond module-loo
 REVERB_PLUGIN = Path("/usr/lib/ladspa/allpass_1895.so")  # swh-plugins: Schroeder allpass delay lines
 
 
-def start_echo_loop(room: Room, delay_ms: float = 60.0, gain_db: float = 0.0, reverb: bool = True) -> EchoLoop:
+def start_echo_loop(
+    room: Room, delay_ms: float = 60.0, gain_db: float = 0.0, reverb: bool = True, adjust_time: float | None = 0.0
+) -> EchoLoop:
     """Loop the speaker back into the microphone inside the sound server, so a busy machine cannot stretch it:
-    module-loopback (speaker monitor -> microphone) holds `delay_ms` of latency by adapting its rate (less what
-    the sinks and PortAudio add, LOOP_EXTRA_MS; the least total delay is about 50 ms), its stream
-    volume is `gain_db`, and with `reverb` the sound passes two Schroeder allpass diffusers (13 and 29 ms delay
-    lines decaying over 0.2 s; swh-plugins' LADSPA allpass_c) on the way: a small reverberant room."""
+    module-loopback (speaker monitor -> microphone) starts with `delay_ms` of latency (less what the sinks and
+    PortAudio add, LOOP_EXTRA_MS; the least total delay is about 50 ms), its stream volume is `gain_db`, and with
+    `reverb` the sound passes two Schroeder allpass diffusers (13 and 29 ms delay lines decaying over 0.2 s;
+    swh-plugins' LADSPA allpass_c) on the way: a small reverberant room.
+
+    `adjust_time` is module-loopback's rate control period in seconds: 0 (the default) turns it off, so the delay
+    stays where it started, as between a laptop's speaker and microphone on one clock (both null sinks run on the
+    server's timer: nothing drifts; measured constant to the sample for 6-14 s between the speaker's underruns,
+    where the rate control drifted the loop ~2 samples/s, which a linear echo model cannot follow). None:
+    PulseAudio's default."""
     modules: list[str] = []
     loop = EchoLoop(room, modules, delay_ms, gain_db)
     try:
@@ -292,6 +300,7 @@ def start_echo_loop(room: Room, delay_ms: float = 60.0, gain_db: float = 0.0, re
                 "sink_dont_move=true",
                 "rate=16000",
                 "channels=1",
+                *([] if adjust_time is None else [f"adjust_time={adjust_time:g}"]),
             ).strip()
         )
         # the loopback's stream into the microphone: the sink input whose owner module is the loopback

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from assistant.audio.files import check_output, read_audio, write_audio
+from assistant.audio.files import check_output, decode_audio, read_audio, write_audio
 from assistant.errors import InputError
 
 RATE = 22050
@@ -133,4 +133,47 @@ def test_dash_reads_stdin_and_writes_stdout(tmp_path: Path, monkeypatch: pytest.
     assert target.is_stdout and out.getvalue() == (tmp_path / "same.wav").read_bytes()
     monkeypatch.setattr(sys, "stdin", _Stdio(io.BytesIO(b"")))
     with pytest.raises(InputError, match=r"^stdin is empty; pipe an audio file in"):
+        read_audio("-")
+
+
+@pytest.mark.parametrize("rate", [1, 100, 4000])
+def test_a_rate_below_speech_is_refused(tmp_path: Path, rate: int) -> None:
+    """A file sampled below 8 kHz (a wrong header, or not speech) is refused in one line by both readers; it was
+    transcribed to nothing without a word."""
+    path = tmp_path / "low.wav"
+    sf.write(path, np.zeros(3 * rate, np.float32), rate)
+    message = f"is sampled at {rate} Hz, below the 8000 Hz speech needs; check the file, or convert it"
+    with pytest.raises(InputError) as e:
+        read_audio(str(path))
+    assert str(e.value).startswith(f"{path} {message}")
+    with pytest.raises(InputError) as e:
+        decode_audio(path.read_bytes(), "low.wav")
+    assert str(e.value).startswith(f"low.wav {message}")
+    sf.write(path, np.zeros(8000, np.float32), 8000)
+    assert decode_audio(path.read_bytes())[1] == 8000
+
+
+def test_an_upload_that_is_not_audio_names_the_reason_only() -> None:
+    """An uploaded non-audio file's message gives libsndfile's reason, not the repr of an in-memory buffer."""
+    with pytest.raises(InputError) as e:
+        decode_audio(b"garbage, not audio", "notes.wav")
+    assert str(e.value).startswith(
+        "notes.wav is not an audio file libsndfile can read (Format not recognised.); send WAV, FLAC, OGG or MP3"
+    )
+    assert "BytesIO" not in str(e.value)
+
+
+class _Terminal(_Stdio):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_dash_refuses_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-` refuses a terminal: WAV bytes are not written over it and audio is not awaited from the keyboard (it
+    garbled the terminal, or waited silently for Ctrl-D)."""
+    monkeypatch.setattr(sys, "stdout", _Terminal(io.BytesIO()))
+    with pytest.raises(InputError, match=r"^--out - writes WAV bytes to stdout, which is a terminal; redirect it"):
+        check_output("-")
+    monkeypatch.setattr(sys, "stdin", _Terminal(io.BytesIO(b"RIFF")))
+    with pytest.raises(InputError, match=r"^stdin is a terminal; pipe an audio file in"):
         read_audio("-")

@@ -154,3 +154,72 @@ def test_run_without_devices_goes_headless_when_the_server_is_on(tmp_path: Path)
     # it got past the device check: the (empty) STT folder is what stops it now
     assert lines[1].startswith("assistant: error: ") and "/models/stt has no config.json" in lines[1]
     assert out.returncode == 2
+
+
+def test_run_on_a_port_in_use_fails_before_loading(tmp_path: Path) -> None:
+    """A second daemon on a port already listening fails in one line before any model loads (it loaded and warmed
+    every model first); a host that is not an address names server.host."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        out = run(["run", *empty_models(tmp_path), "--set", f"server.port={port}"], no_sound_env(tmp_path))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"assistant: error: server port 127.0.0.1:{port} is not free (Address already in use); stop what uses it "
+        "(another `assistant run`?) or set server.port"
+    ]
+    out = run(["run", *empty_models(tmp_path / "b"), "--set", "server.host=999.1.1.1"], no_sound_env(tmp_path))
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert out.stderr.startswith("assistant: error: server.host '999.1.1.1' is not an address of this machine")
+
+
+def test_the_silence_detector_loads_no_end_of_turn_model(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With endofturn.detector = "silence" start-up logs the STT, LLM, TTS and voice loads and no end-of-turn model
+    (it logged `loaded end-of-turn model model=pipecat-ai/smart-turn-v3` that it never loaded)."""
+    import logging
+
+    from tests.tiny_engines import tiny_config
+
+    cfg = tiny_config(tmp_path)
+    assert cfg.endofturn.detector == "silence"
+    with caplog.at_level(logging.INFO, logger="assistant.cli"):
+        engines = cli.build_engines(cfg)
+    loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
+    assert loaded == ["loaded STT model", "loaded LLM", "loaded TTS model", "loaded voice"]
+    assert engines.score_turn is None
+
+
+def test_voices_names_a_tts_voice_that_is_no_profile(tmp_path: Path) -> None:
+    """`assistant voices` with a tts.voice that names no profile lists them, then says so and exits 2 (it marked
+    none and said nothing, while `run` and `say` refuse that voice)."""
+    out = run(["voices", "--set", "tts.voice=nobody"], no_sound_env(tmp_path))
+    assert out.returncode == 2 and "  vivian " in out.stdout
+    assert out.stderr == "tts.voice 'nobody' is none of these profiles; set tts.voice to one of them\n"
+    assert run(["voices"], no_sound_env(tmp_path)).returncode == 0
+
+
+def test_doctor_finds_a_truncated_model_folder(tmp_path: Path) -> None:
+    """`assistant doctor` fails a model folder without weights or with a config.json that does not parse (it said
+    `ok` for any folder that existed, and `run` then failed)."""
+    empty, broken = tmp_path / "empty", tmp_path / "broken"
+    empty.mkdir()
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"weights")
+    (broken / "config.json").write_text('{"model_type": ')
+    sets = ["--set", f"stt.model='{empty}'", "--set", f"tts.model='{broken}'", "--set", "endofturn.detector=silence"]
+    out = run(["doctor", *sets], no_sound_env(tmp_path))
+    assert out.returncode == 1
+    lines = out.stdout.splitlines()
+    assert f"  FAIL  STT model {empty}: STT model folder {empty} holds no weights (*.safetensors); run " in out.stdout
+    assert any(
+        line.startswith(f"  FAIL  TTS model {broken}: {broken / 'config.json'} cannot be read (") for line in lines
+    )
+
+
+def test_no_command_shows_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """`assistant` alone prints the help with every command and exits 2 (it said only `the following arguments are
+    required: COMMAND`)."""
+    assert cli.main([]) == 2
+    err = capsys.readouterr().err
+    assert all(f"\n    {sub} " in err for sub in SUBCOMMANDS) and "required" not in err

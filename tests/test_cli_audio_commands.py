@@ -47,6 +47,7 @@ def tts_args(models: dict[str, Path], max_frames: int = 8) -> list[str]:
     [
         (["say", "😀🎉 👍"], "nothing to say: TEXT has no speakable words (only emoji, symbols or markup)"),
         (["say", "   "], "nothing to say: TEXT is empty"),
+        (["say", "caf\udce9"], "TEXT is not valid UTF-8 (character 4 cannot be read); pass UTF-8 text"),
         (["say", "hi", "--out", "{d}/"], "--out {d}/: is a folder; give a file name, e.g. {d}/speech.wav"),
         (["say", "hi", "--out", "{d}/x.m4a"], "--out {d}/x.m4a: cannot write .m4a audio"),
         (["transcribe", "{d}"], "{d} is a folder; give an audio file"),
@@ -64,6 +65,19 @@ def test_bad_input_is_one_line_before_any_model_loads(
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"assistant: error: {message.format(d=d)}") and err.count("\n") == 1
+
+
+def test_say_stdin_that_is_not_utf8(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`say -` given Latin-1 bytes on stdin fails in one line naming the byte (it crashed in the tokenizer)."""
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9 au lait"), errors="surrogateescape"))
+    assert cli.main(["say", "-", "--set", f"tts.model={MISSING}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("assistant: error: stdin is not UTF-8 text (byte 0xe9 at offset 3); convert it")
+    assert err.count("\n") == 1
 
 
 def test_long_text_is_spoken_sentence_by_sentence_and_a_cut_warns(

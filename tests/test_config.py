@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -150,3 +151,44 @@ def test_float_accepts_integer_and_replace_validates() -> None:
     assert cfg.vad.max_utterance_s == 20.0 and isinstance(cfg.vad.max_utterance_s, float)
     with pytest.raises(ConfigError, match="out of range"):
         cfg.replace({"tts.temperature": 5.0})
+
+
+def test_config_file_not_utf8_is_one_line(tmp_path: Path) -> None:
+    """A config file that is not UTF-8 (binary, Latin-1) fails with one line naming the byte, not a traceback."""
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"[vad]\n# caf\xe9\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(str(path))
+    assert str(e.value) == f"{path}: not UTF-8 text (byte 0xe9 at offset 11); save it as UTF-8 TOML"
+
+
+def test_config_path_that_is_a_folder(tmp_path: Path) -> None:
+    """--config naming a folder says it is a folder (not that it is missing)."""
+    with pytest.raises(ConfigError) as e:
+        config.load(str(tmp_path))
+    assert str(e.value) == f"{tmp_path} (from --config) is a folder; give the path of a config.toml file"
+
+
+def test_config_file_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    """A config.toml saved with a UTF-8 byte order mark (Windows editors) loads (it was `Invalid statement` at
+    line 1, column 1)."""
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"\xef\xbb\xbf[vad]\nhangover_ms = 600\n")
+    assert config.load(str(path)).vad.hangover_ms == 600
+
+
+@pytest.mark.parametrize(
+    ("given", "example"),
+    [
+        ("time,reminders", '["time", "reminders"]'),
+        ("[time, reminders]", '["time", "reminders"]'),
+        ("[1, 2]", '["1", "2"]'),
+    ],
+)
+def test_a_list_key_given_a_bare_string_shows_the_toml_list(isolated_env: Path, given: str, example: str) -> None:
+    """`--set tools.enabled=time,reminders` (no TOML quotes) says how to write the list it meant (it named only
+    the type)."""
+    with pytest.raises(ConfigError) as e:
+        config.load(None, [f"tools.enabled={given}"])
+    assert str(e.value).endswith(f"; write a TOML list of quoted strings, e.g. {example}")
+    assert config.load(None, [f"tools.enabled={example}"]).tools.enabled == json.loads(example)

@@ -137,3 +137,21 @@ def test_verify_offline_says_what_to_unset(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(hub.ModelError) as e:
         hub.verify("org/tiny", "LLM")
     assert str(e.value) == "LLM `org/tiny`: --verify asks the hub for its hashes; unset HF_HUB_OFFLINE"
+
+
+def test_a_model_name_without_owner_is_not_called_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model spec that is neither a folder nor owner/name says so and shows a repo id (it said `folder not found`
+    for what the user meant as a repo id); a missing path still names the folder."""
+    from assistant.errors import ModelError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError) as e:
+        hub.resolve("gemma-4-e2b-it-4bit", "LLM")
+    assert str(e.value).startswith(
+        "LLM `gemma-4-e2b-it-4bit` is neither a folder nor a Hugging Face repo id (owner/name, e.g. "
+    )
+    (tmp_path / "gemma-4-e2b-it-4bit").mkdir()
+    assert hub.resolve("gemma-4-e2b-it-4bit", "LLM") == Path("gemma-4-e2b-it-4bit")
+    with pytest.raises(ModelError) as e:
+        hub.resolve(str(tmp_path / "a" / "b"), "LLM")
+    assert str(e.value) == f"LLM folder not found: {tmp_path / 'a' / 'b'}; check the path in config.toml"

@@ -11,6 +11,12 @@ plays (`echo_return_db`). Where the room returns the reply (laptop speakers) the
 less what AEC3 takes off; where nothing comes back (headphones, no echo path) the gate drops to the floor and
 the microphone passes untouched, so a user at a normal voice is heard over the reply.
 
+AEC3 turns a user who talks over the reply down by 30-70 dB within ~300 ms, so beside it a linear model of the
+echo path (assistant/audio/echo_path.py) predicts the echo from the same reference, placed once per run as one
+unbroken stream. Where that model has learned the room, the frames handed back while the speaker plays are the
+microphone less its prediction (the user's voice untouched) and the gate is what the model leaves of echo alone:
+a user about as loud as the echo is heard once the model has heard a few seconds of the reply.
+
 Not thread-safe: one driver feeds `played()` / `new_run()` and `process()` from one thread (the event loop).
 """
 
@@ -21,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from assistant.audio.echo_path import EchoPath
 from assistant.audio.format import (
     CAPTURE_RATE,
     SILENT_DBFS,
@@ -33,7 +40,10 @@ from assistant.audio.format import (
 from assistant.errors import AudioDeviceError, InputError
 
 AEC_FRAME = frame_samples(CAPTURE_RATE, 10)  # 160: AEC3 works on 10 ms frames
-AEC_DELAY = 128  # AEC3 hands back each frame's audio 8 ms late (measured; pinned by tests/test_echo.py)
+AEC3_DELAY = 128  # AEC3 hands back each frame's audio 8 ms late (measured; pinned by tests/test_echo.py)
+# The canceller hands back each frame one whole frame late: the echo path's residual of a frame is whole only
+# once the next frame is in (its windows overlap), and AEC3's output is held 2 ms more to match.
+AEC_DELAY = AEC_FRAME
 # What is left of the echo in the cleaned signal, relative to the loudest 10 ms the speaker played within
 # ECHO_WINDOW_MS before a frame: the base of the barge-in gate (which adds vad.barge_in_energy_margin_db, 6 dB).
 # Measured in the laptop room (`python -m benchmarks.echo --barge`: 60 ms, 0 and -6 dB, reverb), voiced 30 ms
@@ -65,6 +75,43 @@ RETURN_QUANTILE = 25.0
 # talks over the reply there. Anywhere else the gate is the played peak, less RESIDUAL_DB once AEC3 has adapted.
 NO_ECHO_DB = -50.0
 GATE_FLOOR_DBFS = -90.0  # the gate in such a room while the speaker plays: under any microphone's self-noise
+# The linear echo path (assistant/audio/echo_path.py) sees the reference as one unbroken stream, placed once per
+# run of steady playing: the DAC and ADC times wander by ~1-2 ms within a reply and single readings jump by ~5 ms
+# (seen in the room), which a linear model cannot follow, while the sound cards' sample clocks do not drift
+# apart. The placement is taken again when the median of the clock's last PLACE_READINGS readings moves away from
+# it by more than RELOCK_SAMPLES (an underrun, a new reply after a pause), once those readings agree within a
+# third of that (after underruns they were seen jumping about by 5-20 ms for a while).
+PLACE_READINGS = 5
+# A new placement is off by ~2-3 ms from where the old one had the echo (seen after underruns): the first 300 ms
+# the kept model predicts after it are cross-correlated with the microphone, and the placement moves by the lag
+# (up to ALIGN_SAMPLES either way) where they match best, so the model fits again at once instead of refitting.
+ALIGN_FRAMES = 30
+ALIGN_SAMPLES = 96  # 6 ms
+ALIGN_MIN_CORRELATION = 0.3  # the room's reverberation lowers it: 0.3-0.97 seen for a true lag
+RELOCK_SAMPLES = 48  # 3 ms
+# The model hears the reference this far ahead of the placement, so an echo a little earlier than the clock says
+# (its readings wander) is still in its reach.
+LOOK_AHEAD = frame_samples(CAPTURE_RATE, 10)  # 160
+# What the linear path leaves of echo alone, learned from frames played steadily from 300 ms after the placement
+# (the model has heard the path by then) while the reply is not in a pause (see _learn_return), the last 0.5 s
+# of them (the model improves fast at first): the high quantile of the residual's level less the played peak
+# bounds the echo left (the gate then is the played peak plus it, as AEC3's is the peak plus RESIDUAL_DB), and the
+# median of the microphone's level less the residual's is how much the model takes off. A frame holds a user
+# (double talk: not learned, by the model or the statistics) when its residual is DOUBLE_TALK_DB over the bound:
+# loud enough for the VAD to count it (it adds vad.barge_in_energy_margin_db, 6 dB, to the gate). The path
+# speaks for frames only once it takes off at
+# least LINEAR_TAKEN_DB and its bound is under AEC3's gate: a model still learning would call the echo it cannot
+# predict yet a user. In the room (60 ms, 0 dB) it takes off ~14 dB and leaves 20 dB under the peak 2 s in.
+LINEAR_AFTER_FRAMES = 30  # 300 ms
+LINEAR_FRAMES = 50  # 0.5 s
+LINEAR_MIN_FRAMES = 10  # learned frames before the bound counts
+LINEAR_QUANTILE = 90.0
+DOUBLE_TALK_DB = 6.0
+LINEAR_TAKEN_DB = 10.0
+# A residual this much louder than the microphone is no user (who adds to both alike) but a model that predicts
+# echo where none came (its reference placement or the room changed): the frame is learned and not judged.
+MISPREDICTED_DB = 1.5
+QUIET_POWER = 10 ** (-80 / 10)  # a played peak under -80 dBFS (a resampler's tail) is silence: nothing to judge
 
 
 @runtime_checkable
@@ -109,9 +156,29 @@ class EchoCanceller:
         self._returns = np.zeros(RETURN_FRAMES)  # a ring of learned frames: raw frame dB less the played peak dB
         self._learned = 0  # frames learned in all
         self._return_db: float | None = None  # RETURN_QUANTILE of _returns (None: not learned yet)
-        self._raw_tail = np.zeros(AEC_DELAY, np.int16)  # the microphone delayed as AEC3 delays it
+        self._raw_tail = np.zeros(AEC_DELAY, np.int16)  # the microphone delayed as the output is
+        self._aec_hold = np.zeros(AEC_DELAY - AEC3_DELAY, np.int16)  # AEC3's output, held to the same delay
         self._pending = np.zeros(0, np.int16)  # mic samples waiting for a whole frame
         self._pending_t = 0.0  # capture time of _pending[0]
+        # the linear echo path: the reference as one stream, mic sample m <-> run sample m - _offset
+        self._path = EchoPath()
+        self._mic_at = 0  # microphone samples processed
+        self._offset: int | None = None
+        self._clock_offset: int | None = None  # ... as the clock's readings placed it (before aligning it)
+        self._since_lock = 0  # steady frames since the placement
+        self._readings: deque[int] = deque(maxlen=PLACE_READINGS)  # the clock's last readings of the offset
+        self._aligning: list[tuple[np.ndarray, np.ndarray]] | None = None  # after a new placement: (microphone,
+        # prediction) frames to align it by
+        self._linear_returns: deque[float] = deque(maxlen=LINEAR_FRAMES)  # residual dB less the played peak dB
+        self._linear_taken: deque[float] = deque(maxlen=LINEAR_FRAMES)  # microphone dB less residual dB
+        self._linear_db: float | None = None  # LINEAR_QUANTILE of _linear_returns (None: not learned yet)
+        self._taken_db = 0.0  # median of _linear_taken (0: not learned)
+        self._raw_tail_previous = np.zeros(AEC_FRAME, np.int16)  # the frame the path's residual is of
+        self._previous: tuple[bool, float] = (False, 0.0)  # the last frame: played steadily, its played peak
+        self._previous_loud = False  # ... and the reply was not in a pause then
+        self._double_talk = False  # the last frame judged held a user's voice
+        self._gates: deque[tuple[float, float | None]] = deque(maxlen=WINDOW_FRAMES)  # per frame handed back:
+        # its capture time, and the bound on the linear residual's echo (None: AEC3's output was handed back)
         self.new_run()
 
     def new_run(self) -> None:
@@ -119,6 +186,21 @@ class EchoCanceller:
         self._resampler = StreamResampler(self.ref_rate, CAPTURE_RATE)
         self._ref = np.zeros(0, np.float32)  # the written audio at CAPTURE_RATE; index 0 = run sample _ref_first
         self._ref_first = 0
+        self._place(None)
+
+    def _place(self, offset: int | None) -> None:
+        """Place the linear path's reference stream anew (None: not playing). The path keeps its model of the room,
+        which aligns the placement (`_align`), but what it leaves of echo alone is learned again before it speaks
+        for a frame."""
+        self._offset = self._clock_offset = offset
+        self._since_lock = 0
+        self._readings.clear()
+        self._path.clear_reference()
+        self._aligning = [] if self._path.solved else None
+        self._linear_returns.clear()
+        self._linear_taken.clear()
+        self._linear_db = None
+        self._taken_db = 0.0
 
     def played(self, chunk: np.ndarray) -> None:
         """The float32 mono chunk at `ref_rate` that was just written to the speaker."""
@@ -132,13 +214,19 @@ class EchoCanceller:
             self._ref = self._ref[excess:]
             self._ref_first += excess
 
+    def _positions(self, t: float, n: int) -> tuple[int, int]:
+        """Run samples (at CAPTURE_RATE) played by monotonic time t and by `n` samples later."""
+        scale = CAPTURE_RATE / self.ref_rate
+        p0 = round(self.clock.played_before(t) * scale)
+        return p0, round(self.clock.played_before(t + n / CAPTURE_RATE) * scale)
+
     def reference_for(self, t: float, n: int = AEC_FRAME) -> np.ndarray:
         """The `n` samples (float32, CAPTURE_RATE) the speaker played from monotonic time t on; zeros where it
         played nothing (before the run, gaps after underruns, after the end)."""
+        return self._played_between(*self._positions(t, n), n)
+
+    def _played_between(self, p0: int, p1: int, n: int) -> np.ndarray:
         out = np.zeros(n, np.float32)
-        scale = CAPTURE_RATE / self.ref_rate
-        p0 = round(self.clock.played_before(t) * scale)
-        p1 = round(self.clock.played_before(t + n / CAPTURE_RATE) * scale)
         k = min(n, p1 - p0)
         if k <= 0:
             return out
@@ -151,11 +239,24 @@ class EchoCanceller:
             out[at : at + len(src)] = src
         return out
 
+    def _stream(self, at: int) -> np.ndarray:
+        """AEC_FRAME samples of the run's reference from run sample `at` on (zeros outside what was written)."""
+        out = np.zeros(AEC_FRAME, np.float32)
+        lo, hi = max(at, self._ref_first), min(at + AEC_FRAME, self._ref_first + len(self._ref))
+        if hi > lo:
+            out[lo - at : hi - at] = self._ref[lo - self._ref_first : hi - self._ref_first]
+        return out
+
     def echo_dbfs(self, t: float, n: int) -> float:
-        """The level the echo in `n` cleaned samples from capture time `t` may still have: the loudest 10 ms the
-        speaker played from ECHO_WINDOW_MS before `t` to the block's end, plus RESIDUAL_DB once AEC3 has adapted
+        """The level the echo in `n` cleaned samples from capture time `t` may still have. Where every frame of
+        them is the linear path's residual (the speaker playing steadily, the path learned): the played peak
+        plus what the path leaves of echo alone (`linear_return_db`). Elsewhere: the loudest 10 ms the speaker
+        played from ECHO_WINDOW_MS before `t` to the block's end, plus RESIDUAL_DB once AEC3 has adapted
         (ADAPT_FRAMES; before, the echo may be as loud as what played); GATE_FLOOR_DBFS in a room that returns
         nothing (`no_echo`); SILENT_DBFS when the speaker played nothing then."""
+        gates = [g for at, g in self._gates if t - 1e-4 <= at < t + n / CAPTURE_RATE - 1e-4]
+        if gates and not self.no_echo and all(g is not None for g in gates):
+            return max(g for g in gates if g is not None)
         lead = frame_samples(CAPTURE_RATE, ECHO_WINDOW_MS)
         ref = self.reference_for(t - lead / CAPTURE_RATE, lead + n)
         usable = len(ref) // AEC_FRAME * AEC_FRAME
@@ -191,6 +292,51 @@ class EchoCanceller:
             k = int(RETURN_QUANTILE / 100 * (len(kept) - 1))
             self._return_db = float(np.partition(kept, k)[k])
 
+    def _linear(self, residual: np.ndarray, mic: np.ndarray) -> tuple[np.ndarray | None, float | None]:
+        """Judge the previous frame (`mic`, int16) by its linear residual: (the residual as int16, the bound on
+        the echo it may hold), or (None, None) where the path cannot speak for it (not playing steadily, not
+        learned yet, or no better than AEC3's gate). The path learns from the frame unless a user spoke in it."""
+        steady, peak = self._previous
+        self._double_talk = False
+        if self._aligning is not None:  # the placement may be off: nothing to learn or say until it is aligned
+            self._path.learn(echo_alone=False)
+            return None, None
+        if not steady or peak <= QUIET_POWER:
+            self._path.learn(echo_alone=peak <= QUIET_POWER)  # an underrun: the placed reference did not play then
+            return None, None
+        out = np.clip(np.round(residual * 32768.0), -32768, 32767).astype(np.int16)
+        peak_db = 10.0 * float(np.log10(peak))
+        level, heard = level_dbfs(out), level_dbfs(mic)
+        if level > heard + MISPREDICTED_DB:  # the model predicted echo that did not come: it is wrong here
+            self._path.learn(echo_alone=True)
+            return None, None
+        if level > heard:
+            out, level = mic, heard
+        returned, taken = level - peak_db, heard - level
+        bound = self._linear_db if self._taken_db >= LINEAR_TAKEN_DB else None  # None: the path is not known
+        if bound is not None and returned > bound + DOUBLE_TALK_DB:
+            self._path.learn(echo_alone=False)  # the user's voice is no echo to learn
+            self._double_talk = True
+            return out, max(GATE_FLOOR_DBFS, peak_db + bound)
+        self._path.learn(echo_alone=True)
+        if self._since_lock > LINEAR_AFTER_FRAMES and self._previous_loud:
+            self._linear_returns.append(returned)
+            self._linear_taken.append(taken)
+            if len(self._linear_returns) >= LINEAR_MIN_FRAMES:
+                self._linear_db = float(np.percentile(self._linear_returns, LINEAR_QUANTILE))
+                self._taken_db = float(np.median(self._linear_taken))
+        old = RESIDUAL_DB if self._adapted >= ADAPT_FRAMES else 0.0  # AEC3's gate, relative to the peak
+        if bound is None or bound >= old:
+            return None, None
+        return out, max(GATE_FLOOR_DBFS, peak_db + bound)
+
+    @property
+    def linear_return_db(self) -> float | None:
+        """What the linear path leaves of echo alone, dB relative to the loudest 10 ms played in the preceding
+        ECHO_WINDOW_MS (LINEAR_QUANTILE of the last LINEAR_FRAMES learned), None until learned in this
+        placement of the reference."""
+        return self._linear_db
+
     @property
     def echo_return_db(self) -> float | None:
         """How loud the room returns the speaker's voice to the raw microphone, dB relative to the loudest 10 ms
@@ -202,6 +348,55 @@ class EchoCanceller:
     def no_echo(self) -> bool:
         """The room returns nothing of what the speaker plays (`echo_return_db` <= NO_ECHO_DB)."""
         return self._return_db is not None and self._return_db <= NO_ECHO_DB
+
+    def _step_linear(self, mic: np.ndarray, p0: int, p1: int) -> tuple[np.ndarray | None, float | None]:
+        """Feed one microphone frame to the linear path, placing the reference anew where the speaker's clock
+        has moved away from the placement; returns the previous frame's verdict (`_linear`)."""
+        # the speaker played through the frame (a reading may place part of it ~5 ms off)
+        steady = p0 > 0 and p1 - p0 >= AEC_FRAME // 2
+        if p0 > 0 and abs(p1 - p0 - AEC_FRAME) <= 1:  # a reading of steady playing: it places the reference
+            self._readings.append(self._mic_at - p0)
+            seen = int(np.median(self._readings))
+            if self._clock_offset is None or abs(seen - self._clock_offset) > RELOCK_SAMPLES:
+                readings = list(self._readings)
+                agree = len(readings) == PLACE_READINGS and max(readings) - min(readings) <= RELOCK_SAMPLES // 3
+                if agree:  # after an underrun the readings jump about for a while: place once they agree
+                    self._place(seen)
+                    self._readings.extend(readings)
+                steady = agree
+            self._since_lock += 1
+        self._mic_at += AEC_FRAME
+        if self._offset is None:
+            return None, None
+        ref = self._stream(self._mic_at - AEC_FRAME - self._offset + LOOK_AHEAD)
+        residual = self._path.push(ref, mic.astype(np.float64) / 32768.0)
+        if self._aligning is not None and steady:
+            self._align(self._raw_tail_previous / 32768.0, residual)
+        verdict = self._linear(residual, self._raw_tail_previous)
+        self._raw_tail_previous = mic.copy()
+        self._previous = (steady, max(self._window, default=0.0))
+        self._previous_loud = self._steady / STEADY_FRAMES >= self._previous[1] / 10
+        return verdict
+
+    def _align(self, mic: np.ndarray, residual: np.ndarray) -> None:
+        """Collect what the kept model predicts after a new placement; after ALIGN_FRAMES, move the placement to
+        where its prediction matches the microphone best."""
+        assert self._aligning is not None and self._offset is not None
+        self._aligning.append((mic, mic - residual))
+        if len(self._aligning) < ALIGN_FRAMES:
+            return
+        heard, predicted = (np.concatenate(x) for x in zip(*self._aligning, strict=True))
+        self._aligning = None
+        n = 2 * len(heard)
+        xc = np.fft.irfft(np.fft.rfft(heard, n) * np.conj(np.fft.rfft(predicted, n)), n)
+        lags = np.arange(-ALIGN_SAMPLES, ALIGN_SAMPLES + 1)
+        values = xc[lags % n]
+        norm = float(np.sqrt(np.dot(heard, heard) * np.dot(predicted, predicted)))
+        best = int(np.argmax(values))
+        if norm > 0 and values[best] / norm >= ALIGN_MIN_CORRELATION and lags[best] != 0:
+            clock = self._clock_offset
+            self._place(self._offset + int(lags[best]))  # the echo came that much later than predicted
+            self._clock_offset, self._aligning = clock, None  # the clock's readings still agree with it
 
     def process(self, block: AudioBlock) -> AudioBlock:
         """The cleaned microphone audio: every whole 10 ms frame received so far, with the capture time of its
@@ -219,17 +414,27 @@ class EchoCanceller:
         out = np.empty(n, np.int16)
         for i in range(0, n, AEC_FRAME):
             t = t0 + i / CAPTURE_RATE
-            played = self.reference_for(t)
-            self._learn_return(played, self._pending[i : i + AEC_FRAME])
+            mic = self._pending[i : i + AEC_FRAME]
+            p0, p1 = self._positions(t, AEC_FRAME)
+            played = self._played_between(p0, p1, AEC_FRAME)
+            self._learn_return(played, mic)
             ref = np.clip(played * 32768.0, -32768, 32767).astype(np.int16)
             self._adapted += bool(ref.any())
             self._apm.process_reverse_stream(self._frame_cls(ref.tobytes(), CAPTURE_RATE, 1, AEC_FRAME))
-            frame = self._frame_cls(self._pending[i : i + AEC_FRAME].tobytes(), CAPTURE_RATE, 1, AEC_FRAME)
+            frame = self._frame_cls(mic.tobytes(), CAPTURE_RATE, 1, AEC_FRAME)
             self._apm.set_stream_delay_ms(0)  # the reference is already placed at its capture time
             self._apm.process_stream(frame)  # cleans the frame's buffer in place (AEC3 keeps adapting either way)
-            raw = np.concatenate([self._raw_tail, self._pending[i : i + AEC_FRAME]])
-            self._raw_tail = raw[AEC_FRAME:]
-            out[i : i + AEC_FRAME] = raw[:AEC_FRAME] if self.no_echo else np.frombuffer(frame.data, dtype=np.int16)
+            cleaned = np.concatenate([self._aec_hold, np.frombuffer(frame.data, dtype=np.int16)])
+            self._aec_hold = cleaned[AEC_FRAME:]
+            raw, self._raw_tail = self._raw_tail, mic.copy()
+            linear, gate = self._step_linear(mic, p0, p1)
+            if self.no_echo:
+                out[i : i + AEC_FRAME] = raw
+            elif linear is None or (not self._double_talk and level_dbfs(cleaned[:AEC_FRAME]) < level_dbfs(linear)):
+                out[i : i + AEC_FRAME] = cleaned[:AEC_FRAME]  # echo alone: whichever took more of it off
+            else:
+                out[i : i + AEC_FRAME] = linear  # a user: their voice as it came, less the predicted echo
+            self._gates.append((t - AEC_DELAY / CAPTURE_RATE, gate))
         self._pending = self._pending[n:]
         self._pending_t = t0 + n / CAPTURE_RATE
         return AudioBlock(out, t0 - AEC_DELAY / CAPTURE_RATE)

@@ -26,6 +26,8 @@ _ALIASES: dict[str, tuple[str, str | None]] = {
     "OPUS": ("OGG", "OPUS"),
     "WAVE": ("WAV", None),
 }
+# Telephone audio, the lowest rate speech is recorded at; a lower rate is a wrong header or not speech at all.
+MIN_SPEECH_RATE = 8_000
 # 16-bit PCM where the format allows it: what players and the old writer produced.
 _PCM16 = {"WAV", "WAVEX", "W64", "RF64", "AIFF", "CAF", "AU", "FLAC"}
 
@@ -52,6 +54,11 @@ def check_output(path: str, option: str = "--out") -> Output:
     """Validate an output path before any work is done: a file (not a folder) in an existing, writable folder,
     with an extension libsndfile can write. `-` writes WAV to stdout. Raises InputError."""
     if path == STDIO:
+        if sys.stdout.isatty():  # WAV bytes would garble the terminal
+            raise InputError(
+                f"{option} - writes WAV bytes to stdout, which is a terminal; redirect it (`> speech.wav`) or give a "
+                "file name"
+            )
         return Output(STDIO, "WAV", "PCM_16")
     p = Path(path).expanduser()
     if path.endswith(("/", os.sep)) or p.is_dir():
@@ -96,6 +103,8 @@ def read_audio(path: str) -> tuple[np.ndarray, int]:
     Raises InputError for folders, missing or unreadable files, non-audio files and files without samples."""
     src: str | io.BytesIO
     if path == STDIO:
+        if sys.stdin.isatty():  # nobody types audio: reading would wait for Ctrl-D
+            raise InputError("stdin is a terminal; pipe an audio file in, e.g. `assistant transcribe - < speech.wav`")
         data = sys.stdin.buffer.read()
         if not data:
             raise InputError("stdin is empty; pipe an audio file in, e.g. `assistant transcribe - < speech.wav`")
@@ -120,7 +129,16 @@ def read_audio(path: str) -> tuple[np.ndarray, int]:
         raise InputError(f"{name} cannot be read ({e.strerror or e}); check the file") from e
     if x.shape[0] == 0:
         raise InputError(f"{name} holds no audio (0 samples); record or pick another file")
+    _check_rate(name, int(rate))
     return x.mean(axis=1).astype(np.float32), int(rate)
+
+
+def _check_rate(name: str, rate: int) -> None:
+    if rate < MIN_SPEECH_RATE:
+        raise InputError(
+            f"{name} is sampled at {rate} Hz, below the {MIN_SPEECH_RATE} Hz speech needs; check the file, or "
+            f"convert it, e.g. `ffmpeg -i INPUT -ar 16000 -ac 1 out.wav`"
+        )
 
 
 def encode_audio(audio: np.ndarray, rate: int, fmt: str) -> bytes:
@@ -151,10 +169,12 @@ def decode_audio(data: bytes, name: str = "upload") -> tuple[np.ndarray, int]:
     try:
         x, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        why = e.error_string if isinstance(e, sf.LibsndfileError) else str(e)  # str(e) names the BytesIO object
         raise InputError(
-            f"{name} is not an audio file libsndfile can read ({e}); send WAV, FLAC, OGG or MP3, "
+            f"{name} is not an audio file libsndfile can read ({why}); send WAV, FLAC, OGG or MP3, "
             "e.g. `ffmpeg -i INPUT -ar 16000 -ac 1 out.wav`"
         ) from e
     if x.shape[0] == 0:
         raise InputError(f"{name} holds no audio (0 samples); send a recording")
+    _check_rate(name, int(rate))
     return x.mean(axis=1).astype(np.float32), int(rate)

@@ -39,6 +39,12 @@ def build_message(words: Sequence[str], msg_id: str = "ctl") -> dict[str, Any]:
     elif kind == "config.set":
         if not rest:
             raise InputError("`ctl config.set` needs KEY=VALUE pairs, e.g. `assistant ctl config.set tts.voice=alice`")
+        bad = next((w for w in rest if "=" not in w or w.partition("=")[0].strip().count(".") != 1), None)
+        if bad is not None:  # parse_override's message is about --set
+            raise InputError(
+                f"`ctl config.set` expects section.key=value, got {bad!r}; e.g. `assistant ctl config.set "
+                "vad.hangover_ms=600`"
+            )
         msg["changes"] = dict(parse_override(w) for w in rest)
     elif rest:
         raise InputError(f"`ctl {kind}` takes no arguments; {USAGE}")
@@ -103,7 +109,8 @@ def _run(cfg: ServerConfig, words: Sequence[str], out: Callable[[str], None], ma
                 out_partial(out, reply["text"])
                 streamed = True
             elif reply.get("type") == "error" and reply.get("id") == msg["id"]:
-                raise ProtocolError(f"{msg['type']} failed: {reply['message']}")
+                why = str(reply["message"]).removeprefix(f"{msg['type']}: ")  # the daemon may name the command too
+                raise ProtocolError(f"{msg['type']} failed: {why}")
             elif reply.get("type") == "reply" and reply.get("id") == msg["id"]:
                 break
     if streamed:

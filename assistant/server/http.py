@@ -33,6 +33,7 @@ from assistant.config import ServerConfig
 from assistant.errors import AssistantError
 from assistant.server import auth
 from assistant.server.controller import AudioService, Controller
+from assistant.server.protocol import lone_surrogate
 
 log = logging.getLogger("assistant.server")
 
@@ -199,7 +200,11 @@ class HttpApp:
                 return await self._transcription(req, self.audio)
         if path in ("/v1/control", "/v1/realtime"):
             raise HttpError(426, f"{path} is a WebSocket endpoint; connect with a WebSocket client")
-        raise HttpError(404, f"unknown path {path[:100]}; see /v1/models, /v1/audio/speech, /health or /")
+        raise HttpError(
+            404,
+            f"unknown path {path[:100]}; see /health, /v1/models, /v1/audio/speech, /v1/audio/transcriptions, "
+            "/ (the page), or the WebSockets /v1/control and /v1/realtime",
+        )
 
     @staticmethod
     def _method(req: Request, allowed: str) -> None:
@@ -208,8 +213,12 @@ class HttpApp:
 
     def _preflight(self, req: Request) -> Response:
         origin = req.header("Origin")
-        if origin is None or not auth.origin_allowed(origin, self.cfg.allowed_origins):
-            raise HttpError(403, f"origin {(origin or '')[:100]} is not allowed; add it to server.allowed_origins")
+        if origin is None:
+            raise HttpError(
+                403, "a CORS preflight (OPTIONS) needs an Origin header; programs can skip it and send the request"
+            )
+        if not auth.origin_allowed(origin, self.cfg.allowed_origins):
+            raise HttpError(403, f"origin {origin[:100]} is not allowed; add it to server.allowed_origins")
         headers = {
             "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
             "Access-Control-Allow-Headers": "Authorization, Content-Type",
@@ -273,7 +282,10 @@ class HttpApp:
             why = f"response_format {fmt!r} is not available here; use one of {supported}"
             raise HttpError(400, why, "response_format")
         speed = body.get("speed", 1.0)
-        if isinstance(speed, bool) or not isinstance(speed, int | float) or not MIN_RATE <= speed <= MAX_RATE:
+        if isinstance(speed, bool) or not isinstance(speed, int | float):
+            why = f"speed must be a number from {MIN_RATE:g} to {MAX_RATE:g}, got {json.dumps(speed)[:60]}"
+            raise HttpError(400, why, "speed")
+        if not MIN_RATE <= speed <= MAX_RATE:
             raise HttpError(400, f"speed {speed!r} is out of range; use {MIN_RATE:g} to {MAX_RATE:g}", "speed")
         stream_format = body.get("stream_format", "audio")
         if stream_format not in ("audio", "sse"):
@@ -307,6 +319,13 @@ class HttpApp:
             )
         if form.get("stream") == "true":
             raise HttpError(400, "stream=true is not available for transcriptions here; leave it out", "stream")
+        granularities = str(form.get("timestamp_granularities[]", "")).split(",")
+        if "word" in granularities:
+            why = "word timestamps are not available here; leave timestamp_granularities[] out (or ask for segment)"
+            raise HttpError(400, why, "timestamp_granularities[]")
+        if form.get("include[]"):
+            why = f"include[] {str(form['include[]'])[:60]!r} is not available here (no token logprobs); leave it out"
+            raise HttpError(400, why, "include[]")
         filename, data = upload
         try:
             samples, rate = await asyncio.to_thread(decode_audio, data, filename or "file")
@@ -334,21 +353,31 @@ class HttpApp:
 def _json_body(req: Request) -> dict[str, Any]:
     kind = (req.header("Content-Type") or "").split(";")[0].strip().lower()
     if kind != "application/json":
-        raise HttpError(415, f"send the request as application/json, not {kind or 'no Content-Type'}")
+        raise HttpError(415, _wrong_type("the request as application/json", kind))
     try:
         body = json.loads(req.body)
     except (ValueError, UnicodeDecodeError) as e:
         raise HttpError(400, f"the body is not valid JSON ({e}); send a JSON object") from e
     if not isinstance(body, dict):
         raise HttpError(400, "the body must be a JSON object")
+    bad = lone_surrogate(body)
+    if bad is not None:
+        why = f"the body has a lone UTF-16 surrogate (\\u{ord(bad):04x}) in a string; send valid Unicode text"
+        raise HttpError(400, why)
     return body
+
+
+def _wrong_type(want: str, kind: str) -> str:
+    if not kind:
+        return f"the request has no Content-Type header; send {want}"
+    return f"send {want}, not {kind[:100]}"
 
 
 def _multipart(req: Request) -> dict[str, str | tuple[str, bytes]]:
     """The fields of a multipart/form-data body: text fields as str, files as (filename, bytes)."""
     kind = req.header("Content-Type") or ""
     if not kind.lower().startswith("multipart/form-data"):
-        raise HttpError(415, f"send the audio as multipart/form-data, not {kind.split(';')[0] or 'no Content-Type'}")
+        raise HttpError(415, _wrong_type("the audio as multipart/form-data", kind.split(";")[0]))
     head = f"Content-Type: {kind}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + req.body)
     if not message.is_multipart():
@@ -362,7 +391,12 @@ def _multipart(req: Request) -> dict[str, str | tuple[str, bytes]]:
         data = payload if isinstance(payload, bytes) else b""
         filename = part.get_filename()
         is_file = filename is not None or name == "file"
-        out[name] = (filename or "", data) if is_file else data.decode("utf-8", "replace")
+        if is_file:
+            out[name] = (filename or "", data)
+        else:
+            text, before = data.decode("utf-8", "replace"), out.get(name)
+            # a list field (`timestamp_granularities[]`) comes as one part per value: keep them all
+            out[name] = f"{before},{text}" if name.endswith("[]") and isinstance(before, str) else text
     return out
 
 

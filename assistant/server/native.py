@@ -111,8 +111,8 @@ class NativeConnection:
             raise p.WireError("bad_field", f"`tools.register.timeout_s` must be from {lo:g} to {hi:g} s", cmd.id)
         try:
             functions = rp.decode_functions(cmd.tools, "tools.register.tools", None)
-        except p.WireError as e:
-            raise p.WireError(e.code, str(e), cmd.id) from e
+        except p.WireError as e:  # the Realtime decoder's code for a bad field is this protocol's bad_field
+            raise p.WireError("bad_field" if e.code == "invalid_value" else e.code, str(e), cmd.id) from e
         offered = self.controller.set_app_tools(
             self.owner, [f.schema() for f in functions], cmd.timeout_s, self._tool_call
         )
@@ -156,6 +156,8 @@ class NativeConnection:
 
 
 def error_code(e: AssistantError) -> str:
+    if isinstance(e, p.WireError):  # refused by a check of the command's fields: its own code
+        return e.code
     if isinstance(e, ConfigError):
         return "config"
     if isinstance(e, InputError):

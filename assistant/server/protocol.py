@@ -17,6 +17,7 @@ from typing import Any, Literal, cast, get_args, get_type_hints
 
 from assistant import events
 from assistant.errors import ProtocolError
+from assistant.text import sentences
 
 PROTOCOL_VERSION = 1
 
@@ -326,7 +327,34 @@ def parse_json(data: str | bytes, max_bytes: int) -> dict[str, Any]:
         ) from e
     if not isinstance(obj, dict):
         raise WireError("bad_json", f'message must be a JSON object, got {_json_type(obj)}; e.g. {{"type": "status"}}')
+    # a text frame is valid UTF-8 (websockets checks it), so only JSON escapes can make a lone surrogate
+    bad = lone_surrogate(obj) if "\\ud" in data or "\\uD" in data else None
+    if bad is not None:
+        raise WireError(
+            "bad_json",
+            f"message has a lone UTF-16 surrogate (\\u{ord(bad):04x}) in a string; send valid Unicode text "
+            "(a character beyond U+FFFF as a surrogate pair)",
+        )
     return obj
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """The first lone UTF-16 surrogate in any string (or key) of decoded JSON `value`, or None: such text cannot
+    be encoded as UTF-8, so no tokenizer, log or reply can take it."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return item[e.start]
+    return None
 
 
 def decode_command(data: str | bytes, max_bytes: int = 1 << 20, limits: Limits = DEFAULT_LIMITS) -> Command:
@@ -351,6 +379,11 @@ def decode_command(data: str | bytes, max_bytes: int = 1 << 20, limits: Limits =
             "unknown_type", f"unknown command type {clip(kind)}; valid types: {', '.join(sorted(COMMANDS))}", msg_id
         )
     cmd = check_fields(cls, obj, kind, msg_id)
+    if isinstance(cmd, Say | Ask) and not cmd.text.strip():
+        raise WireError("input", f'`{kind}.text` is empty; give the words to {kind}, e.g. "hello"', msg_id)
+    if isinstance(cmd, Say) and len(cmd.text) <= limits.text_chars and not sentences(cmd.text):
+        why = "`say.text` has no speakable words (only emoji, symbols or markup); give words to say"
+        raise WireError("input", why, msg_id)  # as `assistant say` refuses it; it replied success and said nothing
     if isinstance(cmd, Say | Ask) and len(cmd.text) > limits.text_chars:
         raise WireError(
             "too_long",

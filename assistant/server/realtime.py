@@ -142,7 +142,8 @@ class RealtimeConversation:
         """An error event for `e` (its message is already one bounded line)."""
         if isinstance(e, WireError):
             return _error(e.code, str(e), e.id if isinstance(e.id, str) else event_id)
-        return _error("invalid_value", clip(str(e), 300), event_id)
+        message = str(e)  # already one line naming the fix: shown as it is, not quoted like client text
+        return _error("invalid_value", message if len(message) <= 300 else message[:300] + "...", event_id)
 
     def encode(self, ev: rp.ServerEvent) -> str:
         return self.out.encode(ev)
@@ -409,8 +410,7 @@ class RealtimeConversation:
             return [
                 _error(
                     "invalid_value",
-                    f"`audio_end_ms` {clip(str(ev.audio_end_ms))} is past the {sent_ms} ms of audio sent for "
-                    f"{ev.item_id}",
+                    f"`audio_end_ms` {ev.audio_end_ms} is past the {sent_ms} ms of audio sent for {ev.item_id}",
                     ev.event_id,
                 )
             ]

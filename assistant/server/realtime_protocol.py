@@ -17,7 +17,7 @@ import numpy as np
 
 import assistant.server.g711 as g711
 from assistant.endofturn import EAGERNESS
-from assistant.server.protocol import DEFAULT_LIMITS, Limits, WireError, clip, parse_json
+from assistant.server.protocol import DEFAULT_LIMITS, ECHO_CHARS, Limits, WireError, clip, parse_json
 from assistant.tools.calls import AUTO, ToolChoice
 
 MAX_ID_CHARS = 128  # event, item and response ids and voice names a client may send
@@ -219,8 +219,9 @@ def _show(value: Any) -> str:
     if isinstance(value, str):
         return clip(value)
     if isinstance(value, dict | list):
-        return f"{_json_kind(value)} of {len(value)} entries"
-    return clip(str(value))
+        return f"{_json_kind(value)} of {len(value)} {'entry' if len(value) == 1 else 'entries'}"
+    shown = json.dumps(value)  # 5, 1.5, true: as the client wrote them, not as a quoted string
+    return shown if len(shown) <= ECHO_CHARS else shown[:ECHO_CHARS] + "..."
 
 
 def _json_kind(value: Any) -> str:
@@ -288,7 +289,14 @@ def decode_client_event(
             "invalid_value", f"`event_id` must be a string of at most {MAX_ID_CHARS} characters, got {_show(event_id)}"
         )
     kind = obj.get("type")
-    if not isinstance(kind, str) or kind not in CLIENT_TYPES:
+    if not isinstance(kind, str):
+        raise WireError(
+            "unknown_type",
+            f"`type` must be a string naming the event, got {_show(kind) if 'type' in obj else 'none'}; "
+            'e.g. {"type": "session.update", "session": {...}}',
+            event_id,
+        )
+    if kind not in CLIENT_TYPES:
         raise WireError(
             "unknown_type",
             f"unsupported event type {_show(kind)}; this server accepts {', '.join(CLIENT_TYPES)}",

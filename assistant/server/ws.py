@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import ipaddress
 import itertools
 import logging
@@ -224,9 +225,8 @@ class ControlServer:
                 create_connection=self._connection_class(),
             )
         except OSError as e:
-            raise ConfigError(
-                f"cannot listen on {host}:{port} ({e.strerror}); stop what uses it or set server.port"
-            ) from e
+            fix = "stop what uses it or set server.port" if e.errno == errno.EADDRINUSE else "check server.host"
+            raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror}); {fix}") from e
         if self.controller is not None:
             self.fanout = asyncio.create_task(self._fan_out(self.controller))
         scheme = "wss" if self.tls else "ws"
@@ -618,6 +618,12 @@ class SniffingConnection(ServerConnection):
 
     def plain_http(self, transport: asyncio.Transport, head: bytes) -> None:
         raise NotImplementedError
+
+    def __str__(self) -> str:
+        """The peer, as websockets' own log lines name a connection (not `<...Connection object at 0x...>`)."""
+        transport = getattr(self, "transport", None)
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "a client"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)

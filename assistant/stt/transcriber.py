@@ -58,6 +58,18 @@ def bucket_of(frames: int, buckets: list[int]) -> int:
 
 def to_float32(audio: np.ndarray, sample_rate: int = CAPTURE_RATE) -> np.ndarray:
     """Mono float32 16 kHz in [-1, 1] from int16/int32/float input at any rate; NaN/inf become 0, peaks are clipped."""
+    x, repaired = _repaired_float32(audio)
+    if repaired:
+        log.warning("stt: %s", repaired)
+    if sample_rate != CAPTURE_RATE:
+        if sample_rate <= 0:
+            raise InputError(f"sample rate {sample_rate} Hz is invalid; pass the rate the audio was recorded at")
+        x = resample(x, sample_rate, CAPTURE_RATE)
+    return x
+
+
+def _repaired_float32(audio: np.ndarray) -> tuple[np.ndarray, str]:
+    """Mono float32 in [-1, 1] at the input's rate, and what was repaired to get there ("" when nothing)."""
     a = np.asarray(audio)
     if a.ndim == 2:  # (samples, channels) -> mono
         a = a.mean(axis=1) if a.shape[1] <= a.shape[0] else a.mean(axis=0)
@@ -71,18 +83,15 @@ def to_float32(audio: np.ndarray, sample_rate: int = CAPTURE_RATE) -> np.ndarray
         x = a.astype(np.float32)
     else:
         raise InputError(f"audio samples of type {a.dtype} are not supported; pass int16 or float32")
+    repaired = []
     bad = ~np.isfinite(x)
     if bad.any():
-        log.warning("stt: %d NaN/inf samples replaced by silence", int(bad.sum()))
+        repaired.append(f"{int(bad.sum())} NaN/inf samples replaced by silence")
         x = np.where(bad, np.float32(0.0), x)
     if np.abs(x).max(initial=0.0) > 1.0:
-        log.warning("stt: audio beyond full scale was clipped to [-1, 1]")
+        repaired.append("audio beyond full scale was clipped to [-1, 1]")
         x = np.clip(x, -1.0, 1.0)
-    if sample_rate != CAPTURE_RATE:
-        if sample_rate <= 0:
-            raise InputError(f"sample rate {sample_rate} Hz is invalid; pass the rate the audio was recorded at")
-        x = resample(x, sample_rate, CAPTURE_RATE)
-    return x
+    return x, "; ".join(repaired)
 
 
 class _Base:
@@ -96,6 +105,7 @@ class _Base:
         self._samples = 0
         self._next_partial = self.interval
         self._resampler: StreamResampler | None = None  # for input not at 16 kHz, one per utterance
+        self._warned = False  # repaired input is logged once per utterance, not once per 100 ms block
 
     def _account(self, x: np.ndarray) -> bool:
         """Count new samples; True when a partial is due."""
@@ -113,7 +123,10 @@ class _Base:
     def _at_16k(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         """The block as float32 16 kHz; other rates go through one streaming resampler per utterance, so audio
         fed in blocks gives the same samples (hence the same transcript) as the same audio fed at once."""
-        x = to_float32(audio)
+        x, repaired = _repaired_float32(audio)
+        if repaired and not self._warned:
+            log.warning("stt: %s (said once per utterance)", repaired)
+            self._warned = True
         if sample_rate == CAPTURE_RATE:
             return x
         if sample_rate <= 0:
@@ -137,6 +150,7 @@ class _Base:
 
     def _reset_clock(self) -> None:
         self._resampler = None
+        self._warned = False
         self._samples = 0
         self._next_partial = self.interval
         if self.guard is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import wave
 from collections.abc import Awaitable, Callable, Iterator
@@ -247,7 +248,7 @@ HOSTILE = [
     ("tts", Synthesize(text="   ").event(), "empty"),
     ("tts", Synthesize(text="👍 🎉").event(), "no speakable words"),
     ("tts", Event("synthesize", {"text": 5}), "must be a string"),
-    ("tts", Event("synthesize", {}), "malformed synthesize"),
+    ("tts", Event("synthesize", {}), "malformed synthesize event: its data has no `text` field; add it"),
     ("tts", Synthesize(text="hi", voice=SynthesizeVoice(name="nobody")).event(), "unknown voice"),
     ("tts", Synthesize(text="x" * 5000).event(), "max_text_chars"),
     ("tts", SynthesizeChunk(text="hi").event(), "without synthesize-start"),
@@ -304,6 +305,28 @@ def test_hostile_input_gets_error_events_and_the_server_keeps_serving(rig: Rig) 
         assert want in got, (want, got)
     assert "not whole frames" in errors[-3] and "format changed" in errors[-2] and "max_audio_s" in errors[-1]
     assert all("\n" not in e for e in errors)
+
+
+def test_a_lone_surrogate_in_the_text_is_a_bad_request(rig: Rig) -> None:
+    """A synthesize event whose text holds a lone surrogate escape gets an error naming it, on a connection that
+    still serves (it answered with the tokenizer's `TypeError: TextInputSequence must be str`)."""
+
+    async def body(s: WyomingServices) -> tuple[bytes, str]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.tts_port)
+        writer.write(b'{"type": "synthesize", "data": {"text": "caf\\ud800"}}\n{"type": "describe"}\n')
+        await writer.drain()
+        head = json.loads(await asyncio.wait_for(reader.readline(), READ_S))
+        data = await asyncio.wait_for(reader.readexactly(head["data_length"]), READ_S)
+        info = json.loads(await asyncio.wait_for(reader.readline(), READ_S))
+        writer.close()
+        return data, info["type"]
+
+    data, after = rig.serve(body)
+    assert json.loads(data) == {
+        "text": "text is not valid Unicode (a lone surrogate at character 3); send UTF-8 text",
+        "code": "bad-request",
+    }
+    assert after == "info"
 
 
 def test_two_clients_are_served_in_turn(rig: Rig) -> None:

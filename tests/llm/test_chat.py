@@ -224,6 +224,18 @@ def test_empty_message_is_refused(model_dir: Path) -> None:
         chat.respond("   ")
 
 
+def test_a_message_the_template_refuses_leaves_the_history_usable(model_dir: Path) -> None:
+    """A user message the chat template cannot render (a lone surrogate) fails that turn only; the next message is
+    answered (it stayed in the history, so every later turn failed with `roles must alternate`)."""
+    chat = Chat.load(greedy_cfg(model_dir))
+    with pytest.raises(ModelError, match="chat template"):
+        chat.respond("caf\udce9")
+    assert chat.history == []
+    assert run(chat.respond("Hello, how are you today?")) != ""
+    chat.finish_turn(None)
+    assert [m.role for m in chat.history] == ["user", "assistant"]
+
+
 def test_load_errors_name_the_fix(tmp_path: Path, model_dir: Path) -> None:
     """A missing folder, a folder without weights and a model without a chat template fail with ModelError."""
     with pytest.raises(ModelError, match="folder not found"):

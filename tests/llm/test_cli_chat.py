@@ -54,6 +54,21 @@ def test_chat_eof_and_unknown_command(
     assert "unknown command /bogus" in capsys.readouterr().out
 
 
+def test_chat_line_that_is_not_utf8_is_refused_and_the_chat_goes_on(
+    tiny: Path, isolated_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A line of Latin-1 bytes gets one error line naming UTF-8 and the next line is answered (it failed in the chat
+    template, and every later line failed too)."""
+    [answer] = greedy_answers(tiny, ["hello there"], reset_after=9)
+    stdin = io.TextIOWrapper(io.BytesIO(b"caf\xe9\nhello there\n"), errors="surrogateescape")
+    monkeypatch.setattr("sys.stdin", stdin)
+    args = ["chat", "--no-stream", "--set", f"llm.model={tiny}", "--set", "llm.temperature=0"]
+    assert cli.main([*args, "--set", "llm.max_tokens=8"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("> [error: the line is not UTF-8 text; set the terminal to UTF-8")
+    assert f"> {answer.strip()}\n" in out
+
+
 def test_chat_missing_model_is_one_line_error(
     tmp_path: Path, isolated_env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

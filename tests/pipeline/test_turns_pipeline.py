@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 import numpy as np
 import pytest
 
 from assistant.audio.format import CAPTURE_RATE
-from assistant.errors import ConfigError, ModelError
+from assistant.errors import ConfigError, InputError, ModelError
 from assistant.events import (
     BargeIn,
     ErrorEvent,
@@ -284,6 +285,23 @@ def test_error_in_turn_returns_to_listening() -> None:
             assert h.chat.history[-2] == Message("user", "world")
 
     asyncio.run(main())
+
+
+def test_bad_input_in_a_turn_is_logged_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    """A turn that fails on the user's input (an InputError, whose message says what to fix) is logged as one
+    line naming it, without a traceback; any other failure keeps its traceback for the bug report."""
+
+    async def main() -> None:
+        async with Harness(chat=ScriptedChat(list(ANSWER), fail_at=1, error=InputError)) as h:
+            h.speak("hello")
+            h.silence(6)
+            await h.next_event(ErrorEvent)
+            await h.next_event(StateChanged, lambda e: e.new is TurnState.IDLE)
+
+    with caplog.at_level(logging.ERROR, logger="assistant"):
+        asyncio.run(main())
+    [record] = [r for r in caplog.records if "back to listening" in r.getMessage()]
+    assert "scripted failure" in record.getMessage() and record.exc_info is None
 
 
 def test_a_model_failure_is_followed_by_an_apology() -> None:

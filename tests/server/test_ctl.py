@@ -116,3 +116,18 @@ def test_build_message_usage_errors() -> None:
         ctl.build_message(["mute", "now"])
     with pytest.raises(InputError, match="needs a command"):
         ctl.build_message([])
+
+
+def test_ctl_config_set_and_max_events_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    """`ctl config.set` without KEY=VALUE names ctl's own usage (it spoke of --set), and a negative --max-events is
+    a usage error (it tailed events forever)."""
+    with pytest.raises(InputError) as e:
+        ctl.build_message(["config.set", "nonsense"])
+    assert str(e.value) == (
+        "`ctl config.set` expects section.key=value, got 'nonsense'; "
+        "e.g. `assistant ctl config.set vad.hangover_ms=600`"
+    )
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["ctl", "events", "--max-events", "-1"])
+    assert exit_.value.code == 2
+    assert "argument --max-events: must be a whole number >= 0 (0: no limit), got '-1'" in capsys.readouterr().err

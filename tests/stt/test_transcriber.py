@@ -124,6 +124,24 @@ def test_bad_input_is_a_clear_error() -> None:
     assert np.allclose(to_float32(stereo), tiny.audio())
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_repaired_input_is_logged_once_per_utterance(
+    engine: str, models: dict[str, LoadedModel], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Audio past full scale fed in 100 ms blocks logs one clipping warning per utterance, not one per block (a
+    one-second file printed ten)."""
+    loud = 3.0 * tiny.audio()
+    tr = make(models, engine, partial_interval_ms=0)
+    with caplog.at_level(logging.WARNING, logger="assistant.stt.transcriber"):
+        for utterance in range(2):
+            for s in range(0, len(loud), 1600):
+                tr.feed(loud[s : s + 1600])
+            tr.finalize()
+            tr.reset()
+            clipped = [r for r in caplog.records if "beyond full scale was clipped" in r.getMessage()]
+            assert len(clipped) == utterance + 1
+
+
 def test_too_long_utterance_is_split(models: dict[str, LoadedModel], caplog: pytest.LogCaptureFixture) -> None:
     """Past stt.max_utterance_s the buffer is split at a quiet point; each piece is transcribed once and joined."""
     x = np.concatenate([tiny.audio(seconds=1.7), tiny.audio(seed=5, seconds=1.7)])

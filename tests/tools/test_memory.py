@@ -150,3 +150,6 @@ def test_cli_history_show_and_reset(
     assert cli.main(["history", "reset"]) == 0
     assert capsys.readouterr().out.startswith("erased 1 stored turn from ")
     assert memory.turns() == [] and len(memory.pending_reminders()) == 1
+    assert cli.main(["history", "show"]) == 0  # nothing stored: says so on stderr (it printed nothing at all)
+    shown = capsys.readouterr()
+    assert shown.out == "" and shown.err == f"no stored turns in {memory.path}\n"

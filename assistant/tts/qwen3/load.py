@@ -38,11 +38,17 @@ class LoadedModel:
     speaker_weights: dict[str, mx.array]  # `speaker_encoder.*` without the prefix (Base models)
 
 
+def _missing(name: str, folder: Path, repo: str) -> ModelError:
+    """A file missing from a model: a local folder is named once and needs the files copied in; a Hub model's
+    cached folder is named beside its id and is fixed by pulling it again."""
+    if Path(repo).expanduser().resolve() == folder.resolve():
+        return ModelError(f"{name} is missing from the model folder {folder}; copy the whole model there")
+    return ModelError(f"{name} is missing from {repo} ({folder}); re-download the model (`assistant pull`)")
+
+
 def read_json(path: Path, repo: str) -> dict[str, Any]:
     if not path.is_file():
-        raise ModelError(
-            f"{path.name} is missing from {repo} ({path.parent}); re-download the model (`assistant pull`)"
-        )
+        raise _missing(path.name, path.parent, repo)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -55,7 +61,7 @@ def read_json(path: Path, repo: str) -> dict[str, Any]:
 def read_weights(folder: Path, repo: str) -> dict[str, mx.array]:
     files = sorted(folder.glob("model*.safetensors"))
     if not files:
-        raise ModelError(f"model.safetensors is missing from {repo} ({folder}); re-download the model")
+        raise _missing("model.safetensors", folder, repo)
     weights: dict[str, mx.array] = {}
     for f in files:
         try:

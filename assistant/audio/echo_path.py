@@ -1,0 +1,115 @@
+"""A linear model of the room's echo path beside AEC3, so a user as loud as the echo can be told from it.
+
+AEC3's nonlinear stage turns a user who talks over the reply down by 30-70 dB within ~300 ms. This model only
+subtracts a prediction of the echo, so the user's voice stays as it was in what is left (the residual). The
+model is a convolutive transfer function: short-time spectra of the reference (20 ms windows every 10 ms), each
+bin of the microphone predicted from the same bin of the reference's last PARTITIONS windows. Its weights are
+the least-squares solution over the recent past (exponentially forgotten), solved every few blocks: unlike an
+LMS step it is as good as the data allows after half a second of speech, which a user 1 s into a reply needs.
+
+The caller says which blocks to learn from (`learn`): only echo alone, never the user's voice.
+Pure numpy, one instance per microphone; not thread-safe.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK = 160  # 10 ms at 16 kHz: the echo canceller's frame, and the hop of the short-time spectra
+WINDOW = 2 * BLOCK  # 20 ms windows, half overlapping
+BINS = WINDOW // 2 + 1
+# The path it models: the delay left after placing the reference by the DAC clock (a laptop 5-20 ms, the test
+# room's 60 ms loop ~15 ms after placement) and the room's reverberation until ~25 dB down (a small room).
+PARTITIONS = 16
+FORGET = 0.998  # per learned block: the statistics remember the last ~5 s of echo
+# blocks of echo alone between solves: every 100 ms while the model is young (a user may speak 1 s into the
+# first reply), then every 250 ms (the room changes slowly; each solve costs ~1-2 ms)
+SOLVE_EVERY, SOLVE_EVERY_LATER, YOUNG_BLOCKS = 10, 25, 300
+SOLVE_AFTER = 30  # no solve from less echo than this (300 ms): too few equations for the weights
+RIDGE = 1e-2  # the least-squares ridge, relative to each bin's reference power: bins the reply barely excites
+# stay near zero instead of fitting noise
+# sqrt of a periodic Hann window: applied before and after the transform, half-overlapping windows sum to one
+TAPER = np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(WINDOW) / WINDOW))
+
+
+class EchoPath:
+    """Reference and microphone blocks (BLOCK samples each, the same scale) in; the previous microphone block
+    less the echo predicted for it out (`push`: the windows overlap, so a block's residual is whole one block
+    later). `learn(echo_alone)` then adds the pushed block to the statistics; `reset()` forgets the room.
+
+    The reference's correlation matrix per bin is Toeplitz-like in time: its entry (k, l) now is entry
+    (k - 1, l - 1) one block ago, so only its first row is accumulated per block (the last PARTITIONS rows are
+    kept), and the matrix is assembled from them when solving: O(PARTITIONS) work per bin and block, not its
+    square. That holds because every pushed block is learned, the user's too: the reference is no user.
+    """
+
+    def __init__(self, partitions: int = PARTITIONS) -> None:
+        self.partitions = partitions
+        self.reset()
+
+    def reset(self) -> None:
+        k = self.partitions
+        self._rows = np.zeros((k, BINS, k), np.complex64)  # ring: row j % k = sum over blocks i <= j of
+        # FORGET^(j-i) X_i conj(X_(i-lag)), per bin and lag
+        self._cross = np.zeros((BINS, k), np.complex128)  # per bin: sum of x conj(d) (d: the microphone's bin)
+        self._weights: np.ndarray = np.zeros((BINS, k), np.complex128)
+        self._fresh = 0  # blocks of echo alone learned since the last solve
+        self._learned = 0  # ... since reset()
+        self._blocks = 0  # blocks learned (the ring's clock)
+        self.clear_reference()
+
+    def clear_reference(self) -> None:
+        """Forget the reference's recent past (it was placed anew: as if it had been silent); the statistics and
+        the weights (the room) are kept."""
+        self._spectra = np.zeros((BINS, self.partitions), np.complex128)  # newest first
+        self._ref_last = np.zeros(BLOCK)
+        self._mic_last = np.zeros(BLOCK)
+        self._mic_spectrum = np.zeros(BINS, np.complex128)
+        self._predicted = np.zeros(BINS, np.complex128)
+        self._tail = np.zeros(BLOCK)  # the second half of the last predicted window
+
+    @property
+    def solved(self) -> bool:
+        """The model has weights (from this placement of the reference or an earlier one)."""
+        return bool(np.any(self._weights))
+
+    def push(self, ref: np.ndarray, mic: np.ndarray) -> np.ndarray:
+        """Take the next reference and microphone blocks; returns the previous microphone block less its echo."""
+        ref64, mic64 = ref.astype(np.float64), mic.astype(np.float64)
+        self._spectra[:, 1:] = self._spectra[:, :-1]
+        self._spectra[:, 0] = np.fft.rfft(np.concatenate([self._ref_last, ref64]) * TAPER)
+        self._mic_spectrum = np.fft.rfft(np.concatenate([self._mic_last, mic64]) * TAPER)
+        self._predicted = np.einsum("bk,bk->b", self._weights, self._spectra)
+        predicted = np.fft.irfft(self._predicted, WINDOW) * TAPER
+        residual = self._mic_last - (self._tail + predicted[:BLOCK])
+        self._tail = predicted[BLOCK:]
+        self._ref_last, self._mic_last = ref64, mic64
+        return residual
+
+    def learn(self, echo_alone: bool) -> None:
+        """Add the last pushed block to the statistics: its microphone where it held echo alone, else (a user
+        spoke) the model's own prediction, so the user's voice is not learned as echo; solves every SOLVE_EVERY
+        blocks of echo alone."""
+        x = self._spectra
+        row = FORGET * self._rows[(self._blocks - 1) % self.partitions] + x[:, :1] * x.conj()
+        self._blocks += 1
+        self._rows[(self._blocks - 1) % self.partitions] = row
+        target = self._mic_spectrum if echo_alone else self._predicted
+        self._cross *= FORGET
+        self._cross += x * target.conj()[:, None]
+        self._fresh += echo_alone
+        self._learned += echo_alone
+        every = SOLVE_EVERY if self._learned < YOUNG_BLOCKS else SOLVE_EVERY_LATER
+        if self._learned >= SOLVE_AFTER and self._fresh >= every:
+            self._fresh = 0
+            self._solve()
+
+    def _solve(self) -> None:
+        k = self.partitions
+        upper = np.zeros((BINS, k, k), np.complex128)
+        for age in range(k):  # entry (age, l) for l >= age: the row of `age` blocks ago, lag l - age
+            upper[:, age, age:] = self._rows[(self._blocks - 1 - age) % k, :, : k - age]
+        gram = upper + upper.conj().transpose(0, 2, 1)
+        diagonal = np.real(upper[:, np.arange(k), np.arange(k)])  # counted twice above
+        gram[:, np.arange(k), np.arange(k)] = diagonal + (RIDGE * diagonal[:, :1] + 1e-12)
+        self._weights = np.linalg.solve(gram, self._cross[:, :, None])[:, :, 0].conj()
