@@ -32,10 +32,19 @@ attention decomposed into their fallback ops, a GPU one primitive each): 5,490 a
 with the other changes but unfused, 3,535 fused (table "TTS operations per frame" under cpu-small); the codec's
 4-frame step 525 -> 432.
 
+On an H100 (2026-12-07 13:14-13:22 UTC, one machine, the fused layout; `FRESH=tts LIMIT_TTS06=300 LIMIT_TTS17=170
+LIMIT_PART=60 JOBS='tts 0.6B bf16$,tts 0.6B 4-bit alone,8-bit,mxfp4,tts 1.7B bf16$' bash benchmarks/gpu.sh install
+ops tts-0.6B tts-1.7B`, then `AB="fused unfused" bash benchmarks/gpu.sh ab`): the h100 TTS rows and profile below.
+The mxfp4 job was cut by the part's time limit, and the fused `tts_ops` run by LIMIT_PART (the first process on the
+fresh machine compiles MLX's CUDA kernels): the GPU count is the unfused one only (1,995 operations per frame with
+norms, RoPE and attention as one primitive each, against ~2,300 estimated last session). The profile columns ran back
+to back in two processes: fused 14.9 ms/frame all-in, unfused 16.7 (frame without codec 11.2 against 12.5; building
+a frame's graph on the host, unevaluated, 1.3 ms against 1.5). Not measured this session (the device lease lost 12
+of its 30 minutes to machines that did not start): voice to voice on the fused code, mxfp4, the 250-frame 4-bit row.
+
 Labels (different cards: compare each row with mlx-audio in the same run, not across labels): `h100` holds
-2026-12-07 09:00-09:25 UTC rows (STT side by side and tail, TTS 1.7B bf16, v2v, profile) after the codec step was
-compiled (its profile row: medians of 10 calls, not 30); its 0.6B TTS rows are from the session before and the 0.6B
-bf16 job of this session timed out after its first row (25.2 ms/frame at 100 frames, mlx-audio not reached). `h200`
+the TTS rows and profile above (this session), and 2026-12-07 09:00-09:25 UTC rows (STT side by side and tail,
+v2v) from the session before. `h200`
 holds the session before (static KV cache, compiled talker step, codec uncompiled, quantized graphs uncompiled). TTS
 ms/frame is all-in: talker step, the 15 predictor steps and the codec decoder (chunks of 4 frames), from
 `Utterance.step()` as the daemon calls it. A frame runs as one compiled talker step over a static-shape KV cache
