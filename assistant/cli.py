@@ -658,7 +658,6 @@ def _check(name: str, fn: Callable[[], object]) -> Check:
 def _check_model(spec: str, what: str) -> None:
     """The model is there (hub.resolve) and its folder looks whole: weights, and a config.json that parses (the
     end-of-turn model is one .onnx file). Loading it is what `run` does; this catches a truncated download."""
-    import json
 
     path = hub.resolve(spec, what)
     if not any(path.rglob("*.safetensors")) and not any(path.rglob("*.onnx")):
@@ -670,12 +669,7 @@ def _check_model(spec: str, what: str) -> None:
         if what != "end-of-turn model":
             raise AssistantError(f"{what} folder {path} has no config.json; run `assistant pull` or fix the path")
         return
-    try:
-        parsed = json.loads(config_json.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        raise AssistantError(f"{config_json} cannot be read ({e}); run `assistant pull` again or fix the file") from e
-    if not isinstance(parsed, dict):
-        raise AssistantError(f"{config_json} is not a JSON object; run `assistant pull` again or fix the file")
+    hub.read_json_object(config_json, str(config_json), "run `assistant pull` again or fix the file")
 
 
 def _check_llm_server(llm: config.LlmConfig) -> None:

@@ -8,6 +8,7 @@ and `assistant pull`. `pull()` downloads into the standard cache with progress b
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -266,3 +267,15 @@ def verify_all(specs: Sequence[tuple[str, str]], say: Callable[[str], None]) -> 
             continue
         out.append(PullResult(what, spec, path, None))
     return out
+
+
+def read_json_object(path: Path, name: str, fix: str) -> dict[str, Any]:
+    """A model file that must hold one JSON object (a config.json): ModelError naming it as `name` and `fix` when it
+    cannot be read, does not parse or holds something else."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{name} cannot be read ({e}); {fix}") from e
+    if not isinstance(data, dict):
+        raise ModelError(f"{name} is not a JSON object; {fix}")
+    return data

@@ -128,6 +128,9 @@ def test_ctrl_c_stops_within_one_sentence(models: dict[str, Path], isolated_env:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # as from a terminal: a suite started in the background (`scripts/test &`) ignores SIGINT, and a child
+        # inherits that, so Ctrl-C would never reach it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stderr is not None
     lines = []

@@ -8,13 +8,13 @@ officially and [out, k, in] in mlx-community conversions, and (b) quantized Line
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import mlx.core as mx
 
+from assistant import hub
 from assistant.errors import ModelError
 from assistant.quantization import float_dtype, quantize_like
 from assistant.tts.qwen3.config import ModelConfig
@@ -49,13 +49,7 @@ def _missing(name: str, folder: Path, repo: str) -> ModelError:
 def read_json(path: Path, repo: str) -> dict[str, Any]:
     if not path.is_file():
         raise _missing(path.name, path.parent, repo)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{path.name} of {repo} is malformed ({e}); re-download the model (`assistant pull`)") from e
-    if not isinstance(data, dict):
-        raise ModelError(f"{path.name} of {repo} is not a JSON object; re-download the model (`assistant pull`)")
-    return data
+    return hub.read_json_object(path, f"{path.name} of {repo}", "re-download the model (`assistant pull`)")
 
 
 def read_weights(folder: Path, repo: str) -> dict[str, mx.array]:
@@ -91,7 +85,6 @@ def load_model(spec_or_folder: str | Path, repo: str | None = None, dtype: str =
 
     dtype "auto" computes in the checkpoint's float type; "float32", "bfloat16" or "float16" casts every float
     parameter (quantized weights stay packed; their scales follow), e.g. float32 from a bf16 file for parity."""
-    from assistant import hub
 
     folder = hub.resolve(str(spec_or_folder), "TTS model") if not isinstance(spec_or_folder, Path) else spec_or_folder
     repo = repo or str(spec_or_folder)
