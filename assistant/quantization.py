@@ -76,3 +76,30 @@ def quantize_like(
             raise ModelError(f"{where}: {e}; re-download the model") from e
 
     nn.quantize(model, group_size=group_size, bits=bits, mode=mode, class_predicate=predicate)
+
+
+def concat_linears(layers: list[nn.Module]) -> nn.Module | None:
+    """One layer whose output is the outputs of `layers` (same input) concatenated in order: one matmul instead of
+    several. Float and quantized layers of every mode (weights, scales and affine biases stack along the output
+    dimension). None when they cannot share a matmul: different types, quantization parameters or input widths, or
+    a bias on some only."""
+    first = layers[0]
+    if not all(type(m) is type(first) for m in layers) or type(first) not in (nn.Linear, nn.QuantizedLinear):
+        return None
+    if len({"bias" in m for m in layers}) != 1 or len({m.weight.shape[1:] for m in layers}) != 1:
+        return None
+    bias = "bias" in first
+    keys = ["weight", *(["bias"] if bias else [])]
+    if isinstance(first, nn.QuantizedLinear):
+        if len({(m.group_size, m.bits, m.mode) for m in layers}) != 1:
+            return None
+        keys += ["scales", *(["biases"] if first.get("biases") is not None else [])]
+        in_dims = first.weight.shape[1] * 32 // first.bits
+        out = sum(m.weight.shape[0] for m in layers)
+        # the constructor's random weight is lazy and replaced below, so it is never computed
+        fused: nn.Module = nn.QuantizedLinear(in_dims, out, bias, first.group_size, first.bits, first.mode)
+    else:
+        fused = nn.Linear(first.weight.shape[1], sum(m.weight.shape[0] for m in layers), bias=bias)
+    for k in keys:
+        fused[k] = mx.concatenate([m[k] for m in layers], axis=0)
+    return fused

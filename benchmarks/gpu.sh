@@ -10,6 +10,10 @@
 #   call 2 (carry .dev-b .bench-data):   bash benchmarks/gpu.sh install tts-0.6B        (~8 min)
 #   call 3:                              bash benchmarks/gpu.sh tts-1.7B stt            (~9 min)
 #   call 4 (optional):                   bash benchmarks/gpu.sh v2v integ profile       (~4+3+3 min)
+# `ab` times the 0.6B frame fused, in the checkpoint's layout and fused without addmm (AB="fused unfused no-addmm"),
+# AB_REPS times (~40 s each);
+# `ops` counts the operations of a frame's graphs (benchmarks/tts_ops.py), fused and unfused (seconds).
+# FRESH="tts" on the first call of a session drops the label's earlier TTS rows (taken on other code).
 # Extra wheels for v2v/integ (wyoming, soxr, soundfile, platformdirs, httpx2 and their needs) travel in .whl-gpu/
 # (carry it with .dev-b; `install` adds them); the Smart Turn ONNX in .st-model/ (carry it once: v2v then ends turns
 # with it). The Qwen2 BPE tables come from .bench-data/ when carried, else from the committed tests/fixtures copy.
@@ -39,6 +43,10 @@ case "$card" in *H200*) label=h200 ;; *H100*) label=h100 ;; *) label=gpu ;; esac
 label=${LABEL:-$label}
 echo "card: ${card:-none} -> label $label"
 cp -n docs/benchmarks/*.json "$RESULTS"/ 2>/dev/null || true  # earlier rows of this label continue
+for s in ${FRESH:-}; do  # FRESH="tts ...": this run's rows replace the label's earlier sections (other code)
+  python3 -c "import json, sys; p = sys.argv[1]; d = json.load(open(p)); d['sections'].pop(sys.argv[2], None)
+json.dump(d, open(p, 'w'), indent=1)" "$RESULTS/$label.json" "$s" 2>/dev/null
+done
 rc=0
 for part in "$@"; do
   if [ "$part" = install ]; then
@@ -57,9 +65,16 @@ for part in "$@"; do
     stt) args=(--only stt); limit=${LIMIT_STT:-290} ;;
     llm) args=(--only llm); limit=${LIMIT_LLM:-300} ;;
     v2v) args=(--only v2v); limit=${LIMIT_V2V:-450} ;;
-    profile|integ)  # raw JSON lines beside the label's file: benchmarks/<label>-<part>.jsonl
-      if [ $part = profile ]; then
+    profile|ab|ops|integ)  # raw JSON lines beside the label's file: benchmarks/<label>-<part>.jsonl (ab: in profile)
+      if [ $part = ops ]; then  # operations per frame, fused and unfused (narrow widths: seconds), a smoke test too
+        cmds=("-m benchmarks.tts_ops --size 0.6B" "-m benchmarks.tts_ops --size 0.6B --unfused")
+      elif [ $part = profile ]; then
         cmds=("-m benchmarks.tts_profile --size 0.6B" "-m benchmarks.tts_profile --size 1.7B --positions 100")
+      elif [ $part = ab ]; then  # the fused layout against the checkpoint's and without addmm, in turn
+        cmds=(); for _ in $(seq "${AB_REPS:-1}"); do for v in ${AB:-fused unfused no-addmm}; do
+          f=""; [ "$v" = fused ] || f="--$v"
+          cmds+=("-m benchmarks.tts_profile --size 0.6B --positions 100 --frames 100 $f")
+        done; done; part=profile
       else
         cmds=("-m benchmarks.integ --real --reps 5")
       fi
@@ -68,7 +83,7 @@ for part in "$@"; do
           | grep --line-buffered '^{' | tee -a "$RESULTS/$label-$part.jsonl" || rc=$?
       done
       continue ;;
-    *) echo "unknown part $part: use install, tts-0.6B, tts-1.7B, stt, llm, v2v, profile or integ" >&2; exit 2 ;;
+    *) echo "unknown part $part: use install, tts-0.6B, tts-1.7B, stt, llm, v2v, profile, ab, ops or integ" >&2; exit 2 ;;
   esac
   # JOBS="4-bit,mxfp4": only the jobs whose names contain one of these ("tts 0.6B bf16$": that name exactly)
   timeout -k 10 "$limit" python3 -u -m benchmarks --label "$label" --out "$RESULTS" "${args[@]}" --jobs "${JOBS:-}" \

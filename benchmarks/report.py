@@ -20,10 +20,31 @@ Bandwidth limit: bytes of weights read per frame (talker once, predictor layers 
 4 frames; benchmarks/projection.py) / measured time per frame, against the assumed peak (4.8 TB/s, the H200's
 HBM3e; the H100 SXM has 3.35 TB/s) and a measured one (a bf16 sum over 1 GiB, best of 5).
 
+TTS frame, 2026-12-07 11:45-13:40 UTC (issue 18): the talker and code predictor load into a fused layout
+(`Talker.fuse()`): q/k/v and gate/up one matmul each (float and every quantization mode; layers a checkpoint
+quantizes differently stay apart), q and k normalised and rotated together, float o_proj/down_proj adding the
+residual by addmm, float weights held transposed, one attention mask per talker step, one Gumbel draw per frame for
+all 16 codes, the next frame's embedding summed from the predictor's own lookups, no `a[0]` indexing on the hot path
+(MLX records it as a gather kernel), an utterance's KV buffers shared with its voice prefix instead of copied layer
+by layer, and the codec transformer fused the same way. Operations per frame as MLX records them on the CPU
+(`python -m benchmarks.tts_ops [--unfused]`, the 0.6B layer counts at narrow widths; the CPU shows norms, RoPE and
+attention decomposed into their fallback ops, a GPU one primitive each): 5,490 at the session's start (28a96ce), 5,183
+with the other changes but unfused, 3,535 fused (table "TTS operations per frame" under cpu-small); the codec's
+4-frame step 525 -> 432.
+
+On an H100 (2026-12-07 13:14-13:22 UTC, one machine, the fused layout; `FRESH=tts LIMIT_TTS06=300 LIMIT_TTS17=170
+LIMIT_PART=60 JOBS='tts 0.6B bf16$,tts 0.6B 4-bit alone,8-bit,mxfp4,tts 1.7B bf16$' bash benchmarks/gpu.sh install
+ops tts-0.6B tts-1.7B`, then `AB="fused unfused" bash benchmarks/gpu.sh ab`): the h100 TTS rows and profile below.
+The mxfp4 job was cut by the part's time limit, and the fused `tts_ops` run by LIMIT_PART (the first process on the
+fresh machine compiles MLX's CUDA kernels): the GPU count is the unfused one only (1,995 operations per frame with
+norms, RoPE and attention as one primitive each, against ~2,300 estimated last session). The profile columns ran back
+to back in two processes: fused 14.9 ms/frame all-in, unfused 16.7 (frame without codec 11.2 against 12.5; building
+a frame's graph on the host, unevaluated, 1.3 ms against 1.5). Not measured this session (the device lease lost 12
+of its 30 minutes to machines that did not start): voice to voice on the fused code, mxfp4, the 250-frame 4-bit row.
+
 Labels (different cards: compare each row with mlx-audio in the same run, not across labels): `h100` holds
-2026-12-07 09:00-09:25 UTC rows (STT side by side and tail, TTS 1.7B bf16, v2v, profile) after the codec step was
-compiled (its profile row: medians of 10 calls, not 30); its 0.6B TTS rows are from the session before and the 0.6B
-bf16 job of this session timed out after its first row (25.2 ms/frame at 100 frames, mlx-audio not reached). `h200`
+the TTS rows and profile above (this session), and 2026-12-07 09:00-09:25 UTC rows (STT side by side and tail,
+v2v) from the session before. `h200`
 holds the session before (static KV cache, compiled talker step, codec uncompiled, quantized graphs uncompiled). TTS
 ms/frame is all-in: talker step, the 15 predictor steps and the codec decoder (chunks of 4 frames), from
 `Utterance.step()` as the daemon calls it. A frame runs as one compiled talker step over a static-shape KV cache
@@ -227,6 +248,9 @@ def projection_table(p: dict[str, Any]) -> list[str]:
     return out
 
 
+HEADS = ("size", "precision", "layout", "started")  # a profile column: what ran, and when (runs of one machine)
+
+
 def profile_table(rows: list[dict[str, Any]]) -> list[str]:
     """benchmarks/tts_profile.py rows: each part of a frame timed alone, ms (one host sync per call included)."""
     keys = sorted({k for r in rows for k in r if k.endswith(tuple("0123456789")) or k.endswith("_ms")})
@@ -234,11 +258,28 @@ def profile_table(rows: list[dict[str, Any]]) -> list[str]:
         "### TTS frame profile: each part timed alone (`python -m benchmarks.tts_profile --size S`)\n",
         "Medians of 30 evaluated calls (each includes one host sync); `@N`: at KV position N (or, for the codec, "
         "after N frames of the stream); utterance rows: whole streamed utterances, best of 2 after a warm-up.\n",
-        "| part | " + " | ".join(f"{r['size']} {r['precision']}" for r in rows) + " |",
+        "| part | " + " | ".join(" ".join(str(r[k]) for k in HEADS if k in r) for r in rows) + " |",
         "|---|" + "---|" * len(rows),
     ]
     for k in keys:
         lines.append(f"| {k} | " + " | ".join(_f(r.get(k)) for r in rows) + " |")
+    return lines
+
+
+def ops_table(rows: list[dict[str, Any]]) -> list[str]:
+    """benchmarks/tts_ops.py rows: operations in the graphs of one frame, as this backend records them."""
+    lines = [
+        "### TTS operations per frame (`python -m benchmarks.tts_ops --size S [--unfused]`)\n",
+        "Primitives MLX records for one compiled talker step and one frame kernel (views apart: no kernel).\n",
+        "| model | layout | talker step | frame kernel | frame | views |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        views = r["talker_step"]["views"] + r["frame_kernel"]["views"]
+        lines.append(
+            f"| {r['size']} {r['precision']} | {r.get('layout', 'fused')} | {r['talker_step']['ops']} | "
+            f"{r['frame_kernel']['ops']} | {r['frame_total_ops']} | {views} |"
+        )
     return lines
 
 
@@ -285,7 +326,7 @@ def render(docs: list[dict[str, Any]], projection: dict[str, Any] | None = None,
                 out.append("Errors recorded:")
                 out.extend(errs)
             out.append("")
-        for part, table in (("profile", profile_table), ("integ", integ_table)):
+        for part, table in (("ops", ops_table), ("profile", profile_table), ("integ", integ_table)):
             extra = _jsonl(folder / f"{doc['label']}-{part}.jsonl") if folder is not None else []
             if extra:
                 out.extend(table(extra))

@@ -1,6 +1,7 @@
 """Where a TTS frame's time goes: each part of the frame loop timed alone at the real shapes (random weights).
 
     PYTHONPATH=. python -m benchmarks.tts_profile --size 0.6B [--bits 4 --mode affine] [--positions 100 400]
+        [--unfused | --no-addmm]
 
 Parts, each run `--iters` times after a warm-up and evaluated every time (so each time includes one host sync):
 the talker's one-position step compiled and eager at a KV position, the frame kernel (code 0, the 15 predictor
@@ -34,6 +35,18 @@ def per_call_ms(fn: Callable[[], Any], iters: int) -> float:
         t0 = time.perf_counter()
         mx.eval(fn())
         out.append(time.perf_counter() - t0)
+    return round(1000 * float(np.median(out)), 3)
+
+
+def build_ms(fn: Callable[[], Any], iters: int) -> float:
+    """Median ms of calling fn() alone, its graph evaluated after the clock: the host's cost of building a
+    frame's graph (compiled functions replay their recorded graph, node by node)."""
+    out = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        r = fn()
+        out.append(time.perf_counter() - t0)
+        mx.eval(r)
     return round(1000 * float(np.median(out)), 3)
 
 
@@ -95,6 +108,7 @@ def profile(folder: Path, positions: list[int], frames: list[int], iters: int, p
     from assistant.tts.qwen3.engine import Qwen3TTS, Utterance, ad_hoc_voice, sampling_of
     from assistant.tts.qwen3.generate import FrameGenerator, FrameKernel
     from assistant.tts.qwen3.prompt import VoicePrompt
+    from assistant.tts.qwen3.sampling import frame_noise
     from benchmarks.tts_vs import TEXT
 
     cfg = TtsConfig(model=str(folder), first_chunk_frames=1, chunk_frames=4, seed=0)
@@ -102,7 +116,7 @@ def profile(folder: Path, positions: list[int], frames: list[int], iters: int, p
     talker = tts.talker
     voice = tts.use_voice(ad_hoc_voice("bench", VoicePrompt(language="english", speaker="vivian")))
     hidden = talker.cfg.hidden_size
-    x = mx.random.normal((hidden,), key=mx.random.key(0)).astype(talker.codec_head.weight.dtype) * 0.1
+    x = mx.random.normal((hidden,), key=mx.random.key(0)).astype(talker.model.codec_embedding.weight.dtype) * 0.1
     out: dict[str, Any] = {}
     kernel = FrameKernel.of(talker, sampling_of(cfg))
     seen = mx.zeros((talker.cfg.vocab_size,), dtype=mx.bool_)
@@ -129,11 +143,14 @@ def profile(folder: Path, positions: list[int], frames: list[int], iters: int, p
         out[f"talker_step_ms@{pos}"] = per_call_ms(step, iters)
         out[f"talker_step_eager_ms@{pos}"] = per_call_ms(eager, iters)
         out[f"frame_ms@{pos}"] = per_call_ms(frame, iters)
+        out[f"frame_build_ms@{pos}"] = build_ms(frame, iters)
     h = talker.step(x, cache)
     out["frame_kernel_ms"] = per_call_ms(lambda: kernel(h, seen, False, key), iters)
     c0 = mx.array([5], dtype=mx.int32)
     p = sampling_of(cfg)
-    pred = mx.compile(lambda h, k: talker.code_predictor.predict(h, talker.codec(c0)[0], k, p))
+    vocab = talker.cfg.code_predictor_config.vocab_size
+    cp = talker.code_predictor
+    pred = mx.compile(lambda h, k: cp.predict(h, talker.codec(c0)[0, :], frame_noise(k, 15, vocab)[0], p)[0])
     out["predictor_15_steps_ms"] = per_call_ms(lambda: pred(h, key), iters)
     dec = tts.speech_tokenizer.decoder
     codes = np.random.default_rng(0).integers(0, 2048, (4, 16)).astype(np.int32)
@@ -175,7 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--cache", default="/tmp/bench-checkpoints")
     ap.add_argument("--peer", action="store_true", help="then time ours as mlx-audio is imported, loaded and run")
+    ap.add_argument("--unfused", action="store_true", help="keep the checkpoint layout (skip fuse()): the A/B")
+    ap.add_argument("--no-addmm", action="store_true", help="fused, but the residual added after the matmul")
     args = ap.parse_args(argv)
+    from assistant.tts.qwen3 import talker as talker_module
+
+    if args.unfused:
+        talker_module.Qwen3TTSModel.fuse = lambda self: None  # type: ignore[method-assign]
+    if args.no_addmm:
+        talker_module.add_linear = lambda residual, layer, x: residual + layer(x)
     from benchmarks.checkpoints import write_checkpoint
 
     kind = f"{args.mode}-{args.bits}bit" if args.bits else "bf16"
@@ -183,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     layers, bits = args.layers, args.bits or None
     write_checkpoint(folder, args.size, bits, layers[0], layers[1], decoder_dim=args.decoder_dim, mode=args.mode)
     row = {"section": "tts_profile", "size": args.size, "precision": kind, "device": str(mx.default_device())}
+    row["layout"] = "unfused" if args.unfused else "fused, no addmm" if args.no_addmm else "fused"
+    row["started"] = time.strftime("%H:%M:%S UTC", time.gmtime())
     row["env"] = {k: v for k, v in os.environ.items() if k.startswith("MLX_")}
     row.update(profile(folder, args.positions, args.frames, args.iters, args.peer))
     print(json.dumps(row), flush=True)

@@ -22,6 +22,19 @@ def needs_bpe() -> None:
         pytest.fail(f"the Qwen2 BPE tables are not at {tiny.BPE_DIR}; unset QWEN2_BPE_DIR to use the committed copy")
 
 
+def checkpoint_model(folder: Path) -> Any:
+    """The float talker of a tiny checkpoint folder in the checkpoint's own layout (unfused, as converters see it)."""
+    from assistant.tts.qwen3.config import ModelConfig
+    from assistant.tts.qwen3.talker import Qwen3TTSModel
+
+    cfg = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    model = Qwen3TTSModel(cfg.talker_config)
+    weights = mx.load(str(folder / "model.safetensors"))
+    assert isinstance(weights, dict)
+    model.load_weights([(k, v) for k, v in weights.items() if k.startswith("talker.")], strict=True)
+    return model
+
+
 def write_checkpoint(folder: Path, kind: str, layout: str = "pytorch", bits: int | None = None) -> Path:
     """The tiny checkpoint of `kind` in the official layout, or mlx-community's (optionally quantized)."""
     needs_bpe()
@@ -35,9 +48,9 @@ def write_checkpoint(folder: Path, kind: str, layout: str = "pytorch", bits: int
         }
     mx.save_safetensors(str(folder / "model.safetensors"), weights)
     if bits is not None:
-        from assistant.tts.qwen3.load import NOT_QUANTIZED, load_model
+        from assistant.tts.qwen3.load import NOT_QUANTIZED
 
-        model = load_model(folder).model
+        model = checkpoint_model(folder)
 
         def predicate(path: str, module: nn.Module) -> bool:
             ok = isinstance(module, nn.Linear) and module.weight.shape[-1] % 64 == 0

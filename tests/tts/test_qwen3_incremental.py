@@ -153,8 +153,8 @@ def test_quantized_mlx_community_layout_loads_and_generates(checkpoints: Any, re
 
     lm = load_model(checkpoints("custom_voice", "mlx", bits))
     assert lm.layout == "mlx" and lm.config.quantization == {"group_size": 64, "bits": bits}
-    q = lm.model.talker.model.layers[0].self_attn.q_proj
-    assert isinstance(q, nn.QuantizedLinear) and q.bits == bits
+    qkv = lm.model.talker.model.layers[0].self_attn.qkv_proj  # q/k/v fused at load
+    assert isinstance(qkv, nn.QuantizedLinear) and qkv.bits == bits
     assert isinstance(lm.model.talker.model.codec_embedding, nn.Embedding)
     case = case_named(reference, "cv_english_full")
     tts = Qwen3TTS(lm, TtsConfig(temperature=0.0, subtalker_temperature=0.0, max_frames=6))

@@ -50,13 +50,12 @@ def test_first_code_processors_equal_reference(history: list[int]) -> None:
 def test_greedy_first_code_rules() -> None:
     """EOS blocked for two tokens, 2048..3071 suppressed except EOS, the penalty moves the greedy choice."""
     p, sup = S.SamplingParams.greedy(), S.suppress_mask(3072, EOS)
-    key = S.new_key(0)
 
     def code(x: np.ndarray, history: list[int]) -> int:
         seen = np.zeros(3072, dtype=bool)
         seen[history] = True
         blocked = mx.array(len(history) < p.min_new_tokens)
-        c, _ = S.first_code(mx.array(x), mx.array(seen), blocked, key, p, sup, EOS)
+        c = S.first_code(mx.array(x), mx.array(seen), blocked, None, p, sup, EOS)
         return int(c.item())
 
     x = np.full(3072, -5.0, np.float32)
@@ -75,10 +74,10 @@ def test_draws_follow_the_warped_distribution_and_never_masked_tokens() -> None:
     w = warp(x, 0.9, 8, 1.0)
     prob = np.exp(w - w[np.isfinite(w)].max())
     prob /= prob.sum()
-    key = S.new_key(1)
+    noise, _ = S.frame_noise(S.new_key(1), 1500, 2048)
     counts = np.zeros(2048)
-    for _ in range(1500):
-        c, key = S.sub_code(mx.array(x), key, S.SamplingParams(subtalker_top_k=8))
+    for i in range(1500):
+        c = S.sub_code(mx.array(x), noise[i], S.SamplingParams(subtalker_top_k=8))
         counts[int(c.item())] += 1
     assert set(np.flatnonzero(counts)) <= set(np.flatnonzero(np.isfinite(w)))
     assert np.abs(counts / counts.sum() - prob).max() < 0.05
@@ -90,9 +89,9 @@ def test_seeded_draws_repeat() -> None:
 
     def codes(seed: int) -> list[int]:
         key, out = S.new_key(seed), []
-        for _ in range(20):
-            c, key = S.sub_code(x, key, S.SamplingParams())
-            out.append(int(c.item()))
+        for _ in range(5):  # five frames' noise, four draws from each
+            noise, key = S.frame_noise(key, 16, 2048)
+            out += [int(S.sub_code(x, noise[g], S.SamplingParams()).item()) for g in range(4)]
         return out
 
     assert codes(5) == codes(5)

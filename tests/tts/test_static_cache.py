@@ -28,12 +28,35 @@ def test_compiled_steps_across_buffer_growth_equal_one_pass(checkpoints: Any, re
     assert diff <= 1e-4, diff
 
 
-def test_restored_state_is_a_copy() -> None:
-    """A cache started from a snapshot never writes into the snapshot's arrays (a voice prefix is reused)."""
-    k = mx.ones((1, 2, 3, 4))
+def test_shared_snapshot_is_never_written() -> None:
+    """A cache started from a voice prefix's buffers never writes into them (the prefix is reused), through a
+    prefill write, a buffer growth and compiled-step-style replacement alike."""
+    k = mx.ones((1, 2, 4, 4))
+    snapshot_k, snapshot_v = k, k * 2
     c = StaticCache()
-    c.state = (k, k * 2, 3)
-    c.update_and_fetch(mx.zeros((1, 2, 1, 4)), mx.zeros((1, 2, 1, 4)))
-    keys, values = c.state
-    assert keys.shape == (1, 2, 4, 4) and mx.array_equal(keys[:, :, :3], k).item()
-    assert mx.array_equal(values[:, :, :3], k * 2).item() and mx.array_equal(k, mx.ones((1, 2, 3, 4))).item()
+    c.share(snapshot_k, snapshot_v, 3)
+    keys, values = c.update_and_fetch(mx.zeros((1, 2, 1, 4)), mx.full((1, 2, 1, 4), 5.0))
+    assert keys.shape == (1, 2, 4, 4) and mx.array_equal(keys[:, :, :3], k[:, :, :3]).item()
+    assert (
+        mx.array_equal(keys[:, :, 3], mx.zeros((1, 2, 4))).item()
+        and mx.array_equal(values[:, :, 3], mx.full((1, 2, 4), 5.0)).item()
+    )
+    c.update_and_fetch(mx.zeros((1, 2, 2, 4)), mx.zeros((1, 2, 2, 4)))  # grows past the 4 positions
+    assert c.capacity == StaticCache.STEP and c.offset == 6
+    assert mx.array_equal(snapshot_k, mx.ones((1, 2, 4, 4))).item()
+    assert mx.array_equal(snapshot_v, mx.full((1, 2, 4, 4), 2.0)).item()
+
+
+def test_frame_kernel_embedding_is_the_frame_embedding(checkpoints: Any, reference: Any) -> None:
+    """The embedding the compiled frame kernel sums from the rows its predictor loop looked up equals
+    E(frame) of its codes (the talker's next input), bit for bit, sampled and greedy."""
+    from assistant.tts.qwen3.generate import FrameKernel
+    from assistant.tts.qwen3.sampling import SamplingParams
+
+    talker = loaded(checkpoints, case_named(reference, CASE_NAMES[0])["kind"]).model.talker
+    h = mx.random.normal((talker.cfg.hidden_size,), key=mx.random.key(4))
+    seen = mx.zeros((talker.cfg.vocab_size,), dtype=mx.bool_)
+    for p in (SamplingParams(seed=1), SamplingParams.greedy()):
+        frame, emb, _, _ = FrameKernel.of(talker, p)(h, seen, False, mx.random.key(5))
+        assert frame.shape == (16,)
+        assert mx.array_equal(emb, talker.frame_embedding(frame[None])[0]).item()

@@ -44,6 +44,7 @@ def test_decoder_matches_official_forward(full: np.ndarray) -> None:
 def test_fixture_exercises_the_sliding_window(tokenizer: SpeechTokenizer, codes: np.ndarray) -> None:
     """With the window widened past the 30 frames the output departs from the official one: the window matters."""
     wide = CodecDecoder(dataclasses.replace(tokenizer.decoder.config, sliding_window=1000))
+    wide.fuse()  # the loaded decoder is fused
     wide.update(tokenizer.decoder.parameters())
     ref = np.load(FIXTURES / "decoder_wav.npy")
     assert np.abs(np.array(wide(mx.array(codes))) - ref).max() > 1e-3
@@ -147,6 +148,7 @@ def test_sanitize_is_by_name_not_shape() -> None:
 def test_streaming_with_the_released_window_past_72_frames(tokenizer: SpeechTokenizer) -> None:
     """With the released 72-frame window, 100 frames streamed in 1-3 frame chunks equal the full decode (1e-5)."""
     dec = CodecDecoder(dataclasses.replace(tokenizer.decoder.config, sliding_window=72))
+    dec.fuse()  # the loaded decoder is fused
     dec.update(tokenizer.decoder.parameters())
     codes = np.random.default_rng(7).integers(0, 64, (1, 16, 100)).astype(np.int32)
     full = np.array(dec(mx.array(codes)))[0, 0]
@@ -161,6 +163,7 @@ def test_streaming_with_the_released_window_past_72_frames(tokenizer: SpeechToke
 def test_compiled_step_traces_once_per_chunk_size(tokenizer: SpeechTokenizer, codes: np.ndarray) -> None:
     """The compiled codec step traces once per chunk size, not per stream position (fixed-shape state)."""
     dec = CodecDecoder(tokenizer.decoder.config)
+    dec.fuse()  # the loaded decoder is fused
     dec.update(tokenizer.decoder.parameters())
     traces: list[int] = []
     pure = dec._pure

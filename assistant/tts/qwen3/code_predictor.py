@@ -49,13 +49,19 @@ class PredictorModel(nn.Module):
             x = layer(x, c)
         return self.norm(x)
 
+    def fuse(self) -> None:
+        for layer in self.layers:
+            layer.fuse()
+
 
 class CodePredictor(nn.Module):
     def __init__(self, cfg: CodePredictorConfig, talker_hidden: int):
         super().__init__()
         self.cfg = cfg
         self.model = PredictorModel(cfg, talker_hidden)
-        self.lm_head = [nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False) for _ in range(cfg.num_code_groups - 1)]
+        self.lm_head: list[nn.Module] = [
+            nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False) for _ in range(cfg.num_code_groups - 1)
+        ]
         # 1.7B: Linear(talker hidden -> predictor hidden) with bias; 0.6B: identity (no weights).
         self.has_projection = cfg.hidden_size != talker_hidden
         if self.has_projection:
@@ -73,15 +79,20 @@ class CodePredictor(nn.Module):
         return self.lm_head[group - 1](h[:, -1, :])
 
     def predict(
-        self, past_hidden: mx.array, c0_embedding: mx.array, key: mx.array, p: SamplingParams
+        self, past_hidden: mx.array, c0_embedding: mx.array, noise: mx.array | None, p: SamplingParams
     ) -> tuple[mx.array, mx.array]:
-        """Codes 1..15 of one frame as int32 [15] (lazy, on the device) and the next PRNG key."""
+        """Codes 1..15 of one frame as int32 [15] (group g drawn with Gumbel noise row g - 1, None: greedy) and the
+        frame's embedding E(frame) [talker hidden] (c0_embedding plus the group tables' rows, the ones the loop
+        feeds back); lazy, on the device."""
         cache = self.make_cache()
         x = mx.stack([past_hidden, c0_embedding])[None]  # [1, 2, talker hidden]
+        frame_e = c0_embedding[None]
         codes: list[mx.array] = []
         for g in range(1, self.cfg.num_code_groups):
-            code, key = sub_code(self.logits(x, g, cache)[0], key, p)
+            # a[i, :] is a view; MLX makes a[i] a gather, one more kernel per step
+            code = sub_code(self.logits(x, g, cache)[0, :], None if noise is None else noise[g - 1, :], p)
             codes.append(code)
-            if g < self.cfg.num_code_groups - 1:
-                x = self.model.codec_embedding[g - 1](code)[None]
-        return mx.concatenate(codes), key
+            e = self.model.codec_embedding[g - 1](code)  # [1, talker hidden]
+            frame_e = frame_e + e
+            x = e[None]
+        return mx.concatenate(codes), frame_e[0, :]

@@ -16,6 +16,7 @@ import mlx.nn as nn
 import numpy as np
 
 from assistant.errors import InputError
+from assistant.quantization import concat_linears
 from assistant.tts.qwen3.codec_vocoder import (
     CausalConv,
     CausalTransConv,
@@ -119,12 +120,24 @@ class SplitResidualVQ(nn.Module):
         )
 
 
+def window_mask(n: int, window: int, offset: mx.array | int) -> mx.array:
+    """bool [n, window - 1 + n]: query i (absolute offset+i) sees the cached and new keys in (offset+i-window,
+    offset+i], from 0 on. The cache is a fixed buffer of window - 1 frames (zeros before the stream's start,
+    masked), so every shape depends on n alone; one mask serves every layer."""
+    keep = window - 1
+    qpos = mx.arange(n)[:, None]
+    kpos = mx.arange(keep + n)[None, :] - keep
+    return (kpos <= qpos) & (kpos > qpos - window) & (kpos + offset >= 0)
+
+
 class Attention(nn.Module):
-    """Sliding-window causal attention with rotate-half RoPE, no q/k norm; K/V cached for `window - 1` frames."""
+    """Sliding-window causal attention with rotate-half RoPE, no q/k norm; K/V cached for `window - 1` frames.
+    `fuse()` (at load) computes q, k and v with one matmul and rotates q and k together."""
 
     def __init__(self, cfg: DecoderConfig, index: int):
         super().__init__()
         h, kv, hd, b = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.attention_bias
+        self.fused = False
         self.q_proj = nn.Linear(cfg.hidden_size, h * hd, bias=b)
         self.k_proj = nn.Linear(cfg.hidden_size, kv * hd, bias=b)
         self.v_proj = nn.Linear(cfg.hidden_size, kv * hd, bias=b)
@@ -132,22 +145,29 @@ class Attention(nn.Module):
         self.heads, self.kv_heads, self.head_dim = h, kv, hd
         self.theta, self.window, self.index = cfg.rope_theta, cfg.sliding_window, index
 
-    def __call__(self, x: mx.array, state: DecoderState) -> mx.array:
+    def fuse(self) -> None:
+        qkv = concat_linears([self.q_proj, self.k_proj, self.v_proj])
+        if qkv is not None:
+            self.qkv_proj = qkv
+            del self.q_proj, self.k_proj, self.v_proj
+            self.fused = True
+
+    def __call__(self, x: mx.array, state: DecoderState, mask: mx.array) -> mx.array:
         b, n, _ = x.shape
-        q = self.q_proj(x).reshape(b, n, self.heads, self.head_dim).transpose(0, 2, 1, 3)
-        k = self.k_proj(x).reshape(b, n, self.kv_heads, self.head_dim).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(b, n, self.kv_heads, self.head_dim).transpose(0, 2, 1, 3)
-        q = mx.fast.rope(q, self.head_dim, traditional=False, base=self.theta, scale=1.0, offset=state.offset)
-        k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.theta, scale=1.0, offset=state.offset)
+        h, kv, hd = self.heads, self.kv_heads, self.head_dim
+        rope = dict(traditional=False, base=self.theta, scale=1.0, offset=state.offset)
+        if self.fused:
+            qkv = self.qkv_proj(x).reshape(b, n, h + 2 * kv, hd).transpose(0, 2, 1, 3)
+            qk = mx.fast.rope(qkv[:, : h + kv], hd, **rope)  # type: ignore[arg-type]
+            q, k, v = qk[:, :h], qk[:, h:], qkv[:, h + kv :]
+        else:
+            q = self.q_proj(x).reshape(b, n, h, hd).transpose(0, 2, 1, 3)
+            k = self.k_proj(x).reshape(b, n, kv, hd).transpose(0, 2, 1, 3)
+            v = self.v_proj(x).reshape(b, n, kv, hd).transpose(0, 2, 1, 3)
+            q, k = mx.fast.rope(q, hd, **rope), mx.fast.rope(k, hd, **rope)  # type: ignore[arg-type]
         keys = mx.concatenate([state.keys[self.index], k.astype(state.keys[self.index].dtype)], axis=2)
         values = mx.concatenate([state.values[self.index], v.astype(state.values[self.index].dtype)], axis=2)
-        keep = self.window - 1
-        # the cache is a fixed buffer of `keep` frames (zeros before the stream's start, masked): every shape
-        # depends on n alone. Query i (absolute offset+i) sees keys in (offset+i-window, offset+i], from 0 on.
-        qpos = mx.arange(n)[:, None]
-        kpos = mx.arange(keep + n)[None, :] - keep
-        mask = (kpos <= qpos) & (kpos > qpos - self.window) & (kpos + state.offset >= 0)
-        out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.head_dim**-0.5, mask=mask)
+        out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=hd**-0.5, mask=mask)
         state.keys[self.index] = keys[:, :, n:]
         state.values[self.index] = values[:, :, n:]
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, n, -1))
@@ -156,12 +176,24 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
+        self.fused = False
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
+    def fuse(self) -> None:
+        gate_up = concat_linears([self.gate_proj, self.up_proj])
+        if gate_up is not None:
+            self.gate_up_proj = gate_up
+            del self.gate_proj, self.up_proj
+            self.fused = True
+
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.fused:
+            gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(nn.silu(gate) * up)
 
 
 class LayerScale(nn.Module):
@@ -183,8 +215,8 @@ class TransformerLayer(nn.Module):
         self.self_attn_layer_scale = LayerScale(cfg.hidden_size)
         self.mlp_layer_scale = LayerScale(cfg.hidden_size)
 
-    def __call__(self, x: mx.array, state: DecoderState) -> mx.array:
-        x = x + self.self_attn_layer_scale(self.self_attn(self.input_layernorm(x), state))
+    def __call__(self, x: mx.array, state: DecoderState, mask: mx.array) -> mx.array:
+        x = x + self.self_attn_layer_scale(self.self_attn(self.input_layernorm(x), state, mask))
         return x + self.mlp_layer_scale(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -200,10 +232,16 @@ class DecoderTransformer(nn.Module):
 
     def __call__(self, x: mx.array, state: DecoderState) -> mx.array:
         h = self.input_proj(x)
+        mask = window_mask(x.shape[1], self.layers[0].self_attn.window, state.offset)
         for layer in self.layers:
-            h = layer(h, state)
+            h = layer(h, state, mask)
         state.offset += x.shape[1]
         return self.output_proj(self.norm(h))
+
+    def fuse(self) -> None:
+        for layer in self.layers:
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
 
 
 class CodecDecoder(nn.Module):
@@ -222,6 +260,11 @@ class CodecDecoder(nn.Module):
         for m in self._stateful():
             m.slot = self.n_slots
             self.n_slots += 1
+
+    def fuse(self) -> None:
+        """The transformer's q/k/v and gate/up in one matmul each (at load, before anything compiles)."""
+        self.pre_transformer.fuse()
+        self._compiled = None
 
     def _stateful(self) -> list[CausalConv | CausalTransConv]:
         out: list[CausalConv | CausalTransConv] = []
@@ -292,4 +335,4 @@ class CodecDecoder(nn.Module):
             x[None], state.tails, state.keys, state.values, offset
         )
         state.offset += x.shape[0]
-        return cast(mx.array, audio[0])
+        return cast(mx.array, audio[0, ...])

@@ -15,7 +15,7 @@ import mlx.core as mx
 import numpy as np
 
 from assistant.tts.qwen3.prompt import PromptBuilder, TextTrack, VoicePrompt
-from assistant.tts.qwen3.sampling import SamplingParams, first_code, new_key, suppress_mask
+from assistant.tts.qwen3.sampling import SamplingParams, first_code, frame_noise, new_key, suppress_mask
 from assistant.tts.qwen3.talker import Talker
 from assistant.tts.qwen3.tokenizer import TextTokenizer
 
@@ -24,7 +24,8 @@ Layout = Literal["stream", "full"]
 
 @dataclass(frozen=True, eq=False)
 class PrefixState:
-    """The voice part of the prefill and its KV state (per layer keys/values), computed once per voice."""
+    """The voice part of the prefill and its KV state (per layer the whole static-cache buffers, positions past
+    `length` zero), computed once per voice."""
 
     prompt: VoicePrompt
     length: int
@@ -35,15 +36,16 @@ class PrefixState:
         x = builder.prefix(prompt)
         cache = talker.make_cache()
         talker(x[None], cache)
-        kv = [c.state for c in cache]
+        kv = [(c.keys, c.values) for c in cache if c.keys is not None and c.values is not None]
         mx.eval(kv)
         return cls(prompt, x.shape[0], kv)
 
     def restore(self, talker: Talker) -> list[Any]:
-        """A fresh cache holding the prefix; the snapshot itself is never written to (slices are copies)."""
+        """A fresh cache holding the prefix, sharing the snapshot's buffers (no operation per layer at an
+        utterance's start); every cache write makes new arrays, so the snapshot is never written to."""
         cache = talker.make_cache()
         for c, (k, v) in zip(cache, self.kv, strict=True):
-            c.state = (k, v, self.length)
+            c.share(k, v, self.length)
         return cache
 
 
@@ -98,6 +100,7 @@ class FrameKernel:
         tc = talker.cfg
         self.eos = tc.codec_eos_token_id
         self.suppress = suppress_mask(tc.vocab_size, self.eos)
+        self.groups, self.sub_vocab = tc.num_code_groups, tc.code_predictor_config.vocab_size
         self.fn = mx.compile(self._frame)
 
     @classmethod
@@ -109,12 +112,17 @@ class FrameKernel:
     def _frame(
         self, h: mx.array, seen: mx.array, eos_blocked: mx.array, key: mx.array
     ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
-        logits = self.talker.codec_head(h[None])[0].astype(mx.float32)  # 2-D: MLX CUDA qmm rejects 1-D x
-        c0, key = first_code(logits, seen, eos_blocked, key, self.p, self.suppress, self.eos)
-        rest, key = self.talker.code_predictor.predict(h, self.talker.codec(c0)[0], key, self.p)
-        frame = mx.concatenate([c0, rest])
+        # 2-D: MLX CUDA's qmm rejects 1-D x; [0, :] is a view where [0] would be a gather kernel
+        logits = self.talker.codec_head(h[None])[0, :].astype(mx.float32)
+        vocab = logits.shape[-1]
+        c0_noise = rest_noise = None
+        if self.p.temperature > 0 or self.p.subtalker_temperature > 0:  # rows: code 0, then codes 1..15
+            noise, key = frame_noise(key, self.groups, max(vocab, self.sub_vocab))
+            c0_noise, rest_noise = noise[0, :vocab], noise[1:, : self.sub_vocab]
+        c0 = first_code(logits, seen, eos_blocked, c0_noise, self.p, self.suppress, self.eos)
+        rest, frame_e = self.talker.code_predictor.predict(h, self.talker.codec(c0)[0, :], rest_noise, self.p)
         seen = seen | (mx.arange(seen.shape[0]) == c0)
-        return frame, self.talker.frame_embedding(frame[None])[0], seen, key
+        return mx.concatenate([c0, rest]), frame_e, seen, key
 
     def __call__(
         self, h: mx.array, seen: mx.array, eos_blocked: bool, key: mx.array
@@ -189,7 +197,7 @@ class FrameGenerator:
         A single position (every frame after the prefill) runs the compiled static-cache step."""
         assert self.cache is not None
         if x.shape[0] == 1:
-            self.h_last = self.talker.step(x[0], self.cache)
+            self.h_last = self.talker.step(x[0, :], self.cache)
         else:
             self.h_last = self.talker(x[None], self.cache)[0, -1, :]
 

@@ -109,6 +109,7 @@ def load_model(spec_or_folder: str | Path, repo: str | None = None, dtype: str =
         raise ModelError(f"model.safetensors of {repo} does not match its config.json ({e}); re-download it") from e
     if dtype != "auto":
         model.set_dtype(float_dtype(dtype))
+    model.fuse()
     mx.eval(model.parameters())
     tokenizer = TextTokenizer(folder, config.transformers_version, repo)
     return LoadedModel(folder, repo, config, model, tokenizer, layout, generation, speaker)

@@ -158,7 +158,7 @@ class PromptBuilder:
         if kind == "pad":
             return self.pad_e
         assert isinstance(kind, int)
-        return self.talker.text([kind])[0]
+        return self.talker.text([kind])[0, :]  # a view ([0] would be a gather kernel)
 
 
 def check_ref_codes(codes: np.ndarray, groups: int) -> np.ndarray:

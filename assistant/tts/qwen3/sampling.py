@@ -3,8 +3,9 @@
 Talker (first codebook): repetition penalty on all earlier first-codebook tokens (raw logits), EOS blocked
 for the first `min_new_tokens` tokens, ids [vocab-1024, vocab) but EOS suppressed, then temperature, top-k,
 top-p, multinomial. Sub-talker (codes 1..15): temperature, top-k, top-p only. Temperature 0 means greedy.
-Every function here is pure (arrays in, arrays out, the random key threaded through), so a whole frame of
-sampling traces into one compiled graph with no transfer to the host.
+Every function here is pure (arrays in, arrays out), so a whole frame of sampling traces into one compiled graph
+with no transfer to the host. A draw is the Gumbel-max trick (argmax of the warped logits plus Gumbel noise, what
+`mx.random.categorical` does); a frame's noise for all 16 codes is drawn at once from the utterance's key.
 """
 
 from __future__ import annotations
@@ -60,17 +61,22 @@ def warp(logits: mx.array, temperature: float, top_k: int, top_p: float) -> mx.a
     return x
 
 
-def draw(x: mx.array, key: mx.array) -> tuple[mx.array, mx.array]:
-    """One token from softmax(x) (masked entries -inf); returns (token int32 [1], the next key)."""
+def frame_noise(key: mx.array, groups: int, vocab: int) -> tuple[mx.array, mx.array]:
+    """Gumbel noise float32 [groups, vocab] for one frame's draws (one random op per frame) and the next key."""
     key, sub = mx.random.split(key)
-    return mx.random.categorical(x, key=sub).astype(mx.int32).reshape(1), key
+    return mx.random.gumbel((groups, vocab), key=sub), key
 
 
-def pick(x: mx.array, temperature: float, top_k: int, top_p: float, key: mx.array) -> tuple[mx.array, mx.array]:
-    """Greedy at temperature <= 0 (first maximum, as numpy/torch argmax), else warp and draw."""
-    if temperature <= 0:
-        return mx.argmax(x, axis=-1).astype(mx.int32).reshape(1), key
-    return draw(warp(x, temperature, top_k, top_p), key)
+def draw(x: mx.array, noise: mx.array) -> mx.array:
+    """One token from softmax(x) (masked entries -inf) given Gumbel noise as wide as x: int32 [1]."""
+    return mx.argmax(x + noise, axis=-1).astype(mx.int32).reshape(1)
+
+
+def pick(x: mx.array, temperature: float, top_k: int, top_p: float, noise: mx.array | None) -> mx.array:
+    """Greedy at temperature <= 0 (first maximum, as numpy/torch argmax; `noise` unused), else warp and draw."""
+    if temperature <= 0 or noise is None:
+        return mx.argmax(x, axis=-1).astype(mx.int32).reshape(1)
+    return draw(warp(x, temperature, top_k, top_p), noise)
 
 
 def suppress_mask(vocab_size: int, eos_id: int) -> mx.array:
@@ -98,16 +104,16 @@ def first_code(
     logits: mx.array,
     seen: mx.array,
     eos_blocked: mx.array,
-    key: mx.array,
+    noise: mx.array | None,
     p: SamplingParams,
     suppress: mx.array,
     eos_id: int,
-) -> tuple[mx.array, mx.array]:
-    """Code 0 (or EOS) from talker logits [vocab]: (token int32 [1], next key)."""
+) -> mx.array:
+    """Code 0 (or EOS) from talker logits [vocab] and Gumbel noise [vocab]: token int32 [1]."""
     x = first_code_logits(logits, seen, eos_blocked, p, suppress, eos_id)
-    return pick(x, p.temperature, p.top_k, p.top_p, key)
+    return pick(x, p.temperature, p.top_k, p.top_p, noise)
 
 
-def sub_code(logits: mx.array, key: mx.array, p: SamplingParams) -> tuple[mx.array, mx.array]:
-    """Codes 1..15 from predictor logits [vocab]: (token int32 [1], next key)."""
-    return pick(logits.astype(mx.float32), p.subtalker_temperature, p.subtalker_top_k, p.subtalker_top_p, key)
+def sub_code(logits: mx.array, noise: mx.array | None, p: SamplingParams) -> mx.array:
+    """Codes 1..15 from predictor logits [vocab] and Gumbel noise [vocab]: token int32 [1]."""
+    return pick(logits.astype(mx.float32), p.subtalker_temperature, p.subtalker_top_k, p.subtalker_top_p, noise)

@@ -109,6 +109,7 @@ def load_speech_tokenizer(folder: Path) -> SpeechTokenizer:
     except (ValueError, KeyError) as e:
         raise ModelError(f"{folder / 'model.safetensors'}: decoder weights do not match config.json ({e})") from e
     decoder.eval()
+    decoder.fuse()
 
     encoder = None
     enc_w = {k.removeprefix("encoder."): v.astype(mx.float32) for k, v in weights.items() if k.startswith("encoder.")}

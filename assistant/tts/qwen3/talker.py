@@ -3,6 +3,12 @@
 Attribute names equal the checkpoint keys after "talker." (`model.layers.N.self_attn.q_proj`, `codec_head`,
 `text_projection.linear_fc1`, `code_predictor...`). The MRoPE of the checkpoint always gets three identical
 position copies, so it is exactly 1-D rotate-half RoPE (spec 2.1).
+
+`fuse()` (the loader calls it once the weights and dtype are final) trades the checkpoint layout for fewer
+operations per position, which bound a frame on GPUs where the host issues every kernel: q/k/v and gate/up each
+become one matmul, q and k are normalised and rotated together, a float o_proj/down_proj adds the residual inside
+its matmul (addmm), and float weights are held transposed (no transpose node per call). Layers whose q/k/v or
+gate/up a checkpoint quantizes differently keep their own matmuls.
 """
 
 from __future__ import annotations
@@ -13,7 +19,34 @@ from typing import Any, cast
 import mlx.core as mx
 import mlx.nn as nn
 
+from assistant.quantization import concat_linears
 from assistant.tts.qwen3.config import TalkerConfig
+
+
+class LinearT(nn.Module):
+    """A float Linear without bias holding its weight as the transposed view [in, out] of the checkpoint's
+    [out, in] (no copy): `x @ weight_t` records one graph node per call where `x @ weight.T` records two."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight_t = linear.weight.T
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return x @ self.weight_t
+
+
+def pre_transposed(layer: nn.Module) -> nn.Module:
+    """`layer` as a LinearT where it is a float Linear without bias, else itself."""
+    return LinearT(layer) if type(layer) is nn.Linear and "bias" not in layer else layer
+
+
+def add_linear(residual: mx.array, layer: nn.Module, x: mx.array) -> mx.array:
+    """residual + layer(x); one addmm kernel where the layer is a float Linear without bias."""
+    if isinstance(layer, LinearT):
+        return mx.addmm(residual, x, layer.weight_t)
+    if type(layer) is nn.Linear and "bias" not in layer:
+        return mx.addmm(residual, x, layer.weight.T)
+    return residual + layer(x)
 
 
 class Attention(nn.Module):
@@ -21,53 +54,92 @@ class Attention(nn.Module):
 
     def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, eps: float, theta: float):
         super().__init__()
-        self.heads, self.kv_heads, self.head_dim, self.theta = heads, kv_heads, head_dim, theta
+        self.heads, self.kv_heads, self.head_dim, self.theta, self.eps = heads, kv_heads, head_dim, theta, eps
         self.scale = head_dim**-0.5
+        self.fused = False
         self.q_proj = nn.Linear(hidden, heads * head_dim, bias=False)
         self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
-        self.o_proj = nn.Linear(heads * head_dim, hidden, bias=False)
+        self.o_proj: nn.Module = nn.Linear(heads * head_dim, hidden, bias=False)
         self.q_norm = nn.RMSNorm(head_dim, eps=eps)
         self.k_norm = nn.RMSNorm(head_dim, eps=eps)
 
-    def __call__(self, x: mx.array, cache: Any) -> mx.array:
+    def fuse(self) -> None:
+        """q, k and v from one matmul, and one norm, scale and RoPE for q and k together (see the module doc)."""
+        self.o_proj = pre_transposed(self.o_proj)
+        qkv = concat_linears([self.q_proj, self.k_proj, self.v_proj])
+        if qkv is None:
+            return
+        h, kv, d = self.heads, self.kv_heads, self.head_dim
+        self.qkv_proj = pre_transposed(qkv)
+        self.qk_norm_weight = mx.concatenate(
+            [mx.broadcast_to(self.q_norm.weight, (h, d)), mx.broadcast_to(self.k_norm.weight, (kv, d))]
+        )[:, None, :]  # [h + kv, 1, d]: per head, broadcast over positions
+        del self.q_proj, self.k_proj, self.v_proj, self.q_norm, self.k_norm
+        self.fused = True
+
+    def heads_of(self, x: mx.array, offset: int | mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """q [b, heads, n, d] and k, v [b, kv_heads, n, d] of x [b, n, hidden] at positions offset.., rotated."""
         b, n, _ = x.shape
-        q = self.q_norm(self.q_proj(x).reshape(b, n, self.heads, self.head_dim)).transpose(0, 2, 1, 3)
-        k = self.k_norm(self.k_proj(x).reshape(b, n, self.kv_heads, self.head_dim)).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(b, n, self.kv_heads, self.head_dim).transpose(0, 2, 1, 3)
-        offset = cache.offset
-        q = mx.fast.rope(q, self.head_dim, traditional=False, base=self.theta, scale=1.0, offset=offset)
-        k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.theta, scale=1.0, offset=offset)
+        h, kv, d = self.heads, self.kv_heads, self.head_dim
+        rope = dict(traditional=False, base=self.theta, scale=1.0, offset=offset)
+        if not self.fused:
+            q = self.q_norm(self.q_proj(x).reshape(b, n, h, d)).transpose(0, 2, 1, 3)
+            k = self.k_norm(self.k_proj(x).reshape(b, n, kv, d)).transpose(0, 2, 1, 3)
+            v = self.v_proj(x).reshape(b, n, kv, d).transpose(0, 2, 1, 3)
+            return mx.fast.rope(q, d, **rope), mx.fast.rope(k, d, **rope), v  # type: ignore[arg-type]
+        qkv = self.qkv_proj(x).reshape(b, n, h + 2 * kv, d).transpose(0, 2, 1, 3)
+        qk = mx.fast.rms_norm(qkv[:, : h + kv], None, self.eps) * self.qk_norm_weight
+        qk = mx.fast.rope(qk, d, **rope)  # type: ignore[arg-type]
+        return qk[:, :h], qk[:, h:], qkv[:, h + kv :]
+
+    def __call__(self, x: mx.array, cache: Any, residual: mx.array) -> mx.array:
+        """residual + attention(x) over x [b, n, hidden] after the positions in `cache` (updated)."""
+        b, n, _ = x.shape
+        q, k, v = self.heads_of(x, cache.offset)
         k, v = cache.update_and_fetch(k, v)
         mask = "causal" if n > 1 else None
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, n, -1))
+        return add_linear(residual, self.o_proj, out.transpose(0, 2, 1, 3).reshape(b, n, -1))
 
-    def step(self, x: mx.array, pos: mx.array, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+    def step(
+        self, x: mx.array, pos: mx.array, keys: mx.array, values: mx.array, mask: mx.array, residual: mx.array
+    ) -> tuple[mx.array, mx.array, mx.array]:
         """One position x [1, 1, hidden] at `pos` (int32 scalar array) against whole cache buffers [1, kv, C, d]:
-        writes its K/V at `pos` and masks the positions after it, so every shape is fixed by C alone."""
-        q = self.q_norm(self.q_proj(x).reshape(1, 1, self.heads, self.head_dim)).transpose(0, 2, 1, 3)
-        k = self.k_norm(self.k_proj(x).reshape(1, 1, self.kv_heads, self.head_dim)).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(1, 1, self.kv_heads, self.head_dim).transpose(0, 2, 1, 3)
-        q = mx.fast.rope(q, self.head_dim, traditional=False, base=self.theta, scale=1.0, offset=pos)
-        k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.theta, scale=1.0, offset=pos)
+        writes its K/V at `pos`; `mask` (bool [C], shared by every layer) hides the positions after it, so every
+        shape is fixed by C alone. Returns (residual + attention, keys, values)."""
+        q, k, v = self.heads_of(x, pos)
         start = pos.reshape(1)
         keys = mx.slice_update(keys, k.astype(keys.dtype), start, axes=(2,))
         values = mx.slice_update(values, v.astype(values.dtype), start, axes=(2,))
-        mask = mx.arange(keys.shape[2]) <= pos
         out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale, mask=mask)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(1, 1, -1)), keys, values
+        return add_linear(residual, self.o_proj, out.transpose(0, 2, 1, 3).reshape(1, 1, -1)), keys, values
 
 
 class MLP(nn.Module):
     def __init__(self, hidden: int, intermediate: int):
         super().__init__()
+        self.fused = False
         self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.down_proj: nn.Module = nn.Linear(intermediate, hidden, bias=False)
 
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+    def fuse(self) -> None:
+        """gate and up from one matmul (kept apart where the checkpoint quantizes them differently)."""
+        self.down_proj = pre_transposed(self.down_proj)
+        gate_up = concat_linears([self.gate_proj, self.up_proj])
+        if gate_up is not None:
+            self.gate_up_proj = pre_transposed(gate_up)
+            del self.gate_proj, self.up_proj
+            self.fused = True
+
+    def __call__(self, x: mx.array, residual: mx.array) -> mx.array:
+        """residual + down(silu(gate(x)) * up(x))."""
+        if self.fused:
+            gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return add_linear(residual, self.down_proj, nn.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -87,15 +159,20 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
-    def __call__(self, x: mx.array, cache: Any) -> mx.array:
-        x = x + self.self_attn(self.input_layernorm(x), cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def fuse(self) -> None:
+        self.self_attn.fuse()
+        self.mlp.fuse()
 
-    def step(self, x: mx.array, pos: mx.array, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+    def __call__(self, x: mx.array, cache: Any) -> mx.array:
+        x = self.self_attn(self.input_layernorm(x), cache, x)
+        return self.mlp(self.post_attention_layernorm(x), x)
+
+    def step(
+        self, x: mx.array, pos: mx.array, keys: mx.array, values: mx.array, mask: mx.array
+    ) -> tuple[mx.array, mx.array, mx.array]:
         """`__call__` for one position against static cache buffers (see Attention.step)."""
-        a, keys, values = self.self_attn.step(self.input_layernorm(x), pos, keys, values)
-        x = x + a
-        return x + self.mlp(self.post_attention_layernorm(x)), keys, values
+        x, keys, values = self.self_attn.step(self.input_layernorm(x), pos, keys, values, mask, x)
+        return self.mlp(self.post_attention_layernorm(x), x), keys, values
 
 
 class TextProjection(nn.Module):
@@ -123,13 +200,18 @@ class TalkerModel(nn.Module):
             x = layer(x, c)
         return self.norm(x)
 
+    def fuse(self) -> None:
+        for layer in self.layers:
+            layer.fuse()
+
     def step(
         self, x: mx.array, pos: mx.array, keys: list[mx.array], values: list[mx.array]
     ) -> tuple[mx.array, list[mx.array], list[mx.array]]:
         """One position through every layer against static buffers: (post-norm hidden, new keys, new values)."""
         new_k, new_v = [], []
+        mask = mx.arange(keys[0].shape[2]) <= pos  # built once: compile does not merge the layers' copies
         for layer, k, v in zip(self.layers, keys, values, strict=True):
-            x, k, v = layer.step(x, pos, k, v)
+            x, k, v = layer.step(x, pos, k, v, mask)
             new_k.append(k)
             new_v.append(v)
         return self.norm(x), new_k, new_v
@@ -171,27 +253,17 @@ class StaticCache:
         n = k.shape[2]
         self.reserve(k, n)
         assert self.keys is not None and self.values is not None
-        self.keys[..., self.offset : self.offset + n, :] = k
-        self.values[..., self.offset : self.offset + n, :] = v
+        # new arrays, never an in-place write: the buffers may be a voice prefix's snapshot (see `share`)
+        start = mx.array([self.offset])
+        self.keys = mx.slice_update(self.keys, k.astype(self.keys.dtype), start, axes=(2,))
+        self.values = mx.slice_update(self.values, v.astype(self.values.dtype), start, axes=(2,))
         self.offset += n
         return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
 
-    @property
-    def state(self) -> tuple[mx.array, mx.array]:
-        assert self.keys is not None and self.values is not None
-        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
-
-    @state.setter
-    def state(self, kv_offset: tuple[mx.array, mx.array, int]) -> None:
-        """Start from keys/values [1, kv, n, d] holding the first n positions (copied: the source stays intact)."""
-        k, v, n = kv_offset
-        self.keys = self.values = None
-        self.offset = 0
-        self.reserve(k, n)
-        assert self.keys is not None and self.values is not None
-        self.keys[..., :n, :] = k
-        self.values[..., :n, :] = v
-        self.offset = n
+    def share(self, keys: mx.array, values: mx.array, n: int) -> None:
+        """Start from whole buffers [1, kv, C, d] whose first n positions are written (a voice prefix's): no
+        copy now; the first write makes one (MLX copies a buffer it cannot update in place), the source stays."""
+        self.keys, self.values, self.offset = keys, values, n
 
 
 class CompiledCache:
@@ -217,11 +289,19 @@ class Talker(nn.Module):
         self.compiled = CompiledCache()
         self.model = TalkerModel(cfg)
         self.text_projection = TextProjection(cfg.text_hidden_size, cfg.hidden_size)
-        self.codec_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.codec_head: nn.Module = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.code_predictor = CodePredictor(cfg.code_predictor_config, cfg.hidden_size)
 
     def __call__(self, x: mx.array, cache: list[Any]) -> mx.array:
         return self.model(x, cache)
+
+    def fuse(self) -> None:
+        """The talker's and the predictor's layers in the fused layout (module doc); before anything compiles."""
+        self.model.fuse()
+        self.code_predictor.model.fuse()
+        self.codec_head = pre_transposed(self.codec_head)
+        self.code_predictor.lm_head = [pre_transposed(head) for head in self.code_predictor.lm_head]
+        self.compiled = CompiledCache()
 
     def text(self, ids: list[int] | mx.array) -> mx.array:
         """P(ids): projected text embeddings [n, hidden]."""
@@ -281,3 +361,6 @@ class Qwen3TTSModel(nn.Module):
     def __init__(self, cfg: TalkerConfig):
         super().__init__()
         self.talker = Talker(cfg)
+
+    def fuse(self) -> None:
+        self.talker.fuse()
