@@ -10,6 +10,7 @@ weights, copied verbatim by the converter). CustomVoice variant: no speaker enco
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -203,3 +204,25 @@ def write_checkpoint(
     facts = {"weights_bytes": nbytes, "write_s": round(time.perf_counter() - t0, 1)}
     done.write_text(json.dumps(facts))
     return facts
+
+
+def add_tts_args(ap: argparse.ArgumentParser) -> None:
+    """The options that name a random-weight TTS checkpoint to build, shared by the TTS benchmarks."""
+    ap.add_argument("--size", choices=["0.6B", "1.7B"], default="0.6B")
+    ap.add_argument("--bits", type=int, choices=[0, 4, 8], default=0)
+    ap.add_argument("--mode", default="affine")
+    ap.add_argument("--layers", type=int, nargs=2, default=[28, 5])
+    ap.add_argument("--cache", default="/tmp/bench-checkpoints")
+    ap.add_argument("--unfused", action="store_true", help="keep the checkpoint layout (skip fuse()): the A/B")
+
+
+def tts_precision(args: argparse.Namespace) -> str:
+    """The row's precision label for add_tts_args' options, e.g. bf16 or affine-4bit."""
+    return f"{args.mode}-{args.bits}bit" if args.bits else "bf16"
+
+
+def keep_checkpoint_layout() -> None:
+    """Load TTS models unfused from now on (the --unfused A/B): fuse() does nothing."""
+    from assistant.tts.qwen3.talker import Qwen3TTSModel
+
+    Qwen3TTSModel.fuse = lambda self: None  # type: ignore[method-assign]

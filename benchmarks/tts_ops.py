@@ -22,6 +22,8 @@ from typing import Any
 
 import mlx.core as mx
 
+from benchmarks.checkpoints import add_tts_args, keep_checkpoint_layout, tts_precision
+
 VIEWS = {"Reshape", "Slice", "Transpose", "Broadcast", "ExpandDims", "Squeeze", "Flatten", "Unflatten", "Split"}
 
 
@@ -69,21 +71,14 @@ def count(folder: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", choices=["0.6B", "1.7B"], default="0.6B")
-    ap.add_argument("--bits", type=int, choices=[0, 4, 8], default=0)
-    ap.add_argument("--mode", default="affine")
-    ap.add_argument("--layers", type=int, nargs=2, default=[28, 5])
+    add_tts_args(ap)
     ap.add_argument("--real-widths", action="store_true", help="the released widths (slower to write and load)")
-    ap.add_argument("--cache", default="/tmp/bench-checkpoints")
-    ap.add_argument("--unfused", action="store_true", help="keep the checkpoint layout (skip fuse())")
     args = ap.parse_args(argv)
     if args.unfused:
-        from assistant.tts.qwen3.talker import Qwen3TTSModel
-
-        Qwen3TTSModel.fuse = lambda self: None  # type: ignore[method-assign]
+        keep_checkpoint_layout()
     from benchmarks.checkpoints import write_checkpoint
 
-    kind = f"{args.mode}-{args.bits}bit" if args.bits else "bf16"
+    kind = tts_precision(args)
     widths = "real" if args.real_widths else "tiny"
     folder = Path(args.cache) / f"ops-{args.size}-{kind}-L{args.layers[0]}x{args.layers[1]}-{widths}"
     write_checkpoint(

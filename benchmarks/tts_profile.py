@@ -25,6 +25,8 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from benchmarks.checkpoints import add_tts_args, keep_checkpoint_layout, tts_precision
+
 
 def per_call_ms(fn: Callable[[], Any], iters: int) -> float:
     """Median ms of fn() evaluated, after two warm-up calls."""
@@ -182,28 +184,23 @@ def profile(folder: Path, positions: list[int], frames: list[int], iters: int, p
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", choices=["0.6B", "1.7B"], default="0.6B")
-    ap.add_argument("--bits", type=int, choices=[0, 4, 8], default=0)
-    ap.add_argument("--mode", default="affine")
-    ap.add_argument("--layers", type=int, nargs=2, default=[28, 5])
+    add_tts_args(ap)
     ap.add_argument("--decoder-dim", type=int, default=1536)
     ap.add_argument("--positions", type=int, nargs="+", default=[100, 400])
     ap.add_argument("--frames", type=int, nargs="+", default=[100, 250])
     ap.add_argument("--iters", type=int, default=30)
-    ap.add_argument("--cache", default="/tmp/bench-checkpoints")
     ap.add_argument("--peer", action="store_true", help="then time ours as mlx-audio is imported, loaded and run")
-    ap.add_argument("--unfused", action="store_true", help="keep the checkpoint layout (skip fuse()): the A/B")
     ap.add_argument("--no-addmm", action="store_true", help="fused, but the residual added after the matmul")
     args = ap.parse_args(argv)
     from assistant.tts.qwen3 import talker as talker_module
 
     if args.unfused:
-        talker_module.Qwen3TTSModel.fuse = lambda self: None  # type: ignore[method-assign]
+        keep_checkpoint_layout()
     if args.no_addmm:
         talker_module.add_linear = lambda residual, layer, x: residual + layer(x)
     from benchmarks.checkpoints import write_checkpoint
 
-    kind = f"{args.mode}-{args.bits}bit" if args.bits else "bf16"
+    kind = tts_precision(args)
     folder = Path(args.cache) / f"{args.size}-{kind}-L{args.layers[0]}x{args.layers[1]}-D{args.decoder_dim}"
     layers, bits = args.layers, args.bits or None
     write_checkpoint(folder, args.size, bits, layers[0], layers[1], decoder_dim=args.decoder_dim, mode=args.mode)
