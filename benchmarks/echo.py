@@ -37,7 +37,7 @@ import numpy as np
 from assistant.audio.capture import Capture
 from assistant.audio.echo import AEC_DELAY, AEC_FRAME, EchoCanceller
 from assistant.audio.echo_path import EchoPath
-from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, TTS_RATE, float32_to_int16, int16_to_float32
+from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, float32_to_int16, int16_to_float32
 from assistant.audio.playback import Playback
 from assistant.config import AudioConfig, VadConfig
 from assistant.events import SpeechStarted
@@ -45,12 +45,12 @@ from assistant.vad import Vad
 from tests.audio_room import Room, start_echo_loop, start_room
 from tests.speech import say
 from tests.test_echo_room import (
-    CHUNK,
     USER,
     loop_delay_ms,
     play_through_room,
     power_db,
     reply_audio,
+    room_blocks,
     user_level,
 )
 
@@ -136,19 +136,14 @@ async def play_and_judge(room: Room, reply: np.ndarray, user: np.ndarray, user_a
     with Playback(cfg) as speaker:
         cancellers = {"fixed": FixedGate(speaker), "room": RoomGate(speaker), "linear": EchoCanceller(speaker)}
         vads = {name: Vad(VadConfig()) for name in cancellers}
+
+        def played(chunk: np.ndarray) -> None:
+            for c in cancellers.values():
+                c.played(chunk)
+
         async with Capture(cfg) as mic:
-            captured, written, said = 0, 0, False
-            while captured < (len(reply) / TTS_RATE + 1.5) * CAPTURE_RATE:
-                while written < len(reply) and written / TTS_RATE < captured / CAPTURE_RATE + 0.5:
-                    chunk = reply[written : written + CHUNK]
-                    speaker.write(chunk)
-                    for c in cancellers.values():
-                        c.played(chunk)
-                    written += len(chunk)
-                if not said and captured >= user_after_s * CAPTURE_RATE:
-                    room.play(user)
-                    said = True
-                block = await mic.read()
+            captured = 0
+            async for block in room_blocks(room, speaker, mic, reply, user, user_after_s, played):
                 raw.append(block.samples)
                 captured += len(block.samples)
                 for name, c in cancellers.items():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +14,7 @@ import pytest
 
 from assistant.audio.capture import Capture
 from assistant.audio.echo import AEC_DELAY, AEC_FRAME, EchoCanceller
-from assistant.audio.format import CAPTURE_RATE, TTS_RATE, float32_to_int16, int16_to_float32, resample
+from assistant.audio.format import CAPTURE_RATE, TTS_RATE, AudioBlock, float32_to_int16, int16_to_float32, resample
 from assistant.audio.playback import Playback
 from assistant.config import AudioConfig
 from tests.audio_room import EchoLoop, Room, start_echo_loop
@@ -48,6 +48,33 @@ def reply_audio(level_dbfs: float = -20.0) -> np.ndarray:
     return resample(x, CAPTURE_RATE, TTS_RATE)
 
 
+async def room_blocks(
+    room: Room,
+    speaker: Playback,
+    mic: Capture,
+    reply: np.ndarray,
+    user: np.ndarray | None,
+    user_after_s: float,
+    played: Callable[[np.ndarray], None],
+) -> AsyncIterator[AudioBlock]:
+    """The microphone's blocks while `reply` streams to `speaker` in 80 ms chunks kept 0.5 s ahead of the capture,
+    as a streaming TTS writes (each chunk also goes to `played`, a canceller's reference), and `user` is said
+    `user_after_s` into the capture; until the reply and 1.5 s after it have been captured."""
+    captured, written, said = 0, 0, False
+    while captured < (len(reply) / TTS_RATE + 1.5) * CAPTURE_RATE:
+        while written < len(reply) and written / TTS_RATE < captured / CAPTURE_RATE + 0.5:
+            chunk = reply[written : written + CHUNK]
+            speaker.write(chunk)
+            played(chunk)
+            written += len(chunk)
+        if user is not None and not said and captured >= user_after_s * CAPTURE_RATE:
+            room.play(user)
+            said = True
+        block = await mic.read()
+        yield block
+        captured += len(block.samples)
+
+
 async def play_through_room(room: Room, reply: np.ndarray, user: np.ndarray | None, user_after_s: float) -> Heard:
     """Play `reply` through the real speaker (80 ms chunks, kept 0.5 s ahead like a streaming TTS) while the real
     microphone captures and the canceller cleans each block; `user` is said `user_after_s` into the capture."""
@@ -59,17 +86,7 @@ async def play_through_room(room: Room, reply: np.ndarray, user: np.ndarray | No
     with Playback(cfg) as speaker:
         canceller = EchoCanceller(speaker)
         async with Capture(cfg) as mic:
-            captured, written, said = 0, 0, False
-            while captured < (len(reply) / TTS_RATE + 1.5) * CAPTURE_RATE:
-                while written < len(reply) and written / TTS_RATE < captured / CAPTURE_RATE + 0.5:
-                    chunk = reply[written : written + CHUNK]
-                    speaker.write(chunk)
-                    canceller.played(chunk)
-                    written += len(chunk)
-                if user is not None and not said and captured >= user_after_s * CAPTURE_RATE:
-                    room.play(user)
-                    said = True
-                block = await mic.read()
+            async for block in room_blocks(room, speaker, mic, reply, user, user_after_s, canceller.played):
                 n = len(block.samples)
                 raw.append(block.samples)
                 frames = [canceller.reference_for(block.t + i / CAPTURE_RATE) for i in range(0, n, AEC_FRAME)]
@@ -77,7 +94,6 @@ async def play_through_room(room: Room, reply: np.ndarray, user: np.ndarray | No
                 out = canceller.process(block)
                 clean.append(out.samples)
                 bound.append(np.full(len(out.samples), canceller.echo_dbfs(out.t, len(out.samples)), np.float32))
-                captured += n
             assert mic.overflows == 0
         underruns = speaker.underruns
     cleaned = np.concatenate(clean)[AEC_DELAY:]  # AEC3's output is AEC_DELAY samples late
