@@ -5,6 +5,8 @@ canceller removes it with the played reference; a user says a sentence at the ec
 
     PYTHONPATH=. python -m benchmarks.echo [--runs 2]
     PYTHONPATH=. python -m benchmarks.echo --barge [--runs 3]
+    PYTHONPATH=. python -m benchmarks.echo --record DIR [--runs 2]   # the room, once: no user
+    PYTHONPATH=. python -m benchmarks.echo --replay DIR             # offline, many users, deterministic
 
 --barge compares the barge-in gates instead: issue 13 (b)'s sentence (--user) 1 s and 9 s into the reply, at the
 echo's level over the 60 ms loop (0 and -6 dB), and at a normal voice (-20 dBFS) in a room with no loop at all.
@@ -15,6 +17,13 @@ linear echo path, assistant/audio/echo_path.py). It prints the detection delay a
 (the VAD's decision by capture sample, so a busy machine does not lengthen it), false reports (starts outside the
 user's speech + 0.5 s), the canceller's CPU time per second of audio (AEC3 and the speaker clock's look-ups
 included) and what it learned; first, the CPU cost of the room learning and of the linear path alone.
+
+--record keeps what the canceller saw in the room (the microphone's blocks with their capture times, each chunk
+written to the speaker and when, every reading of the speaker's clock) for the 60 ms loop at 0 and -6 dB, with no
+user; --replay mixes a user into those recordings at the echo's level (the reply's RMS times the loop's gain,
+as room.play does: the user is not looped) at several times into the reply, and judges each with the canceller
+and a real VAD as the daemon does: the detection delay after the user's first sample, and false reports. It runs
+the code as it is now on the same room, so a change to the canceller is compared on identical input.
 
 Prints per loop: the measured echo delay after time alignment, ERLE over the echo-only part after 3 s of
 adaptation (whole, and the median / worst 1 s window), how far the user's louder frames stand above what is left
@@ -37,7 +46,14 @@ import numpy as np
 from assistant.audio.capture import Capture
 from assistant.audio.echo import AEC_DELAY, AEC_FRAME, EchoCanceller
 from assistant.audio.echo_path import EchoPath
-from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, float32_to_int16, int16_to_float32
+from assistant.audio.format import (
+    CAPTURE_RATE,
+    SILENT_DBFS,
+    TTS_RATE,
+    AudioBlock,
+    float32_to_int16,
+    int16_to_float32,
+)
 from assistant.audio.playback import Playback
 from assistant.config import AudioConfig, VadConfig
 from assistant.events import SpeechStarted
@@ -229,13 +245,205 @@ def barge_run(room: Room, delay_ms: float, gain_db: float | None, user_after_s: 
     return lines
 
 
+# ---- record once, replay offline ------------------------------------------------------------------------------
+
+RECORD_LOOPS = ((60.0, 0.0), (60.0, -6.0))
+REPLAY_USER_AT = (1.0, 1.5, 2.0, 4.0, 9.0)  # seconds into the capture (the reply starts ~0.3 s in)
+
+
+class ClockLog:
+    """The speaker's clock as the canceller read it: live, every reading is kept (`inner` set); replayed, each
+    reading of a time is answered as it was then (a reading of a time never read: the nearest one read, moved
+    on by the time between them, within what was played)."""
+
+    def __init__(self, inner: object | None = None, ts: np.ndarray | None = None, values: np.ndarray | None = None):
+        self.inner = inner
+        self.ts: list[float] = [] if ts is None else ts.tolist()
+        self.values: list[int] = [] if values is None else values.tolist()
+        self._seen: dict[float, list[int]] = {}
+        for t, v in zip(self.ts, self.values, strict=True):
+            self._seen.setdefault(t, []).append(v)
+        self._asked: dict[float, int] = {}
+        order = np.argsort(self.ts, kind="stable") if self.ts else np.zeros(0, int)
+        self._sorted_t = np.asarray(self.ts)[order] if self.ts else np.zeros(0)
+        self._sorted_v = np.asarray(self.values)[order] if self.ts else np.zeros(0, int)
+        self._most = max(self.values, default=0)
+
+    def played_before(self, t: float) -> int:
+        if self.inner is not None:
+            v = int(self.inner.played_before(t))  # type: ignore[attr-defined]
+            self.ts.append(t)
+            self.values.append(v)
+            return v
+        seen = self._seen.get(t)
+        if seen:
+            k = self._asked.get(t, 0)
+            self._asked[t] = k + 1
+            return seen[min(k, len(seen) - 1)]
+        if not len(self._sorted_t):
+            return 0
+        i = int(np.clip(np.searchsorted(self._sorted_t, t), 1, len(self._sorted_t) - 1))
+        j = i if abs(self._sorted_t[i] - t) < abs(self._sorted_t[i - 1] - t) else i - 1
+        v = int(self._sorted_v[j])
+        if v <= 0:
+            return 0
+        return int(np.clip(v + round((t - self._sorted_t[j]) * TTS_RATE), 0, self._most))
+
+
+@dataclass
+class Recording:
+    """What one canceller saw of a reply in the room (no user): enough to run any canceller on it again."""
+
+    gain_db: float
+    blocks: list[AudioBlock]  # the microphone, with capture times
+    chunks: list[tuple[int, np.ndarray]]  # (blocks captured before it was written, the chunk at TTS_RATE)
+    clock: ClockLog
+    underruns: int
+
+    def save(self, path: Path) -> None:
+        np.savez_compressed(
+            path,
+            gain_db=self.gain_db,
+            samples=np.concatenate([b.samples for b in self.blocks]),
+            block_lengths=np.array([len(b.samples) for b in self.blocks]),
+            block_ts=np.array([b.t for b in self.blocks]),
+            chunk_at=np.array([i for i, _ in self.chunks]),
+            chunks=np.concatenate([c for _, c in self.chunks]),
+            chunk_lengths=np.array([len(c) for _, c in self.chunks]),
+            clock_ts=np.array(self.clock.ts),
+            clock_values=np.array(self.clock.values),
+            underruns=self.underruns,
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> Recording:
+        z = np.load(path)
+        cuts = np.cumsum(z["block_lengths"])[:-1]
+        blocks = [AudioBlock(x, float(t)) for x, t in zip(np.split(z["samples"], cuts), z["block_ts"], strict=True)]
+        chunks = list(
+            zip(z["chunk_at"].tolist(), np.split(z["chunks"], np.cumsum(z["chunk_lengths"])[:-1]), strict=True)
+        )
+        return cls(
+            float(z["gain_db"]), blocks, chunks, ClockLog(None, z["clock_ts"], z["clock_values"]), int(z["underruns"])
+        )
+
+
+async def record_reply(room: Room, reply: np.ndarray, gain_db: float) -> Recording:
+    """One reply through the room's echo loop with no user, the canceller running as in the daemon (so the
+    speaker's clock is read when it would be), everything it saw kept."""
+    cfg = AudioConfig()
+    blocks: list[AudioBlock] = []
+    chunks: list[tuple[int, np.ndarray]] = []
+    with Playback(cfg) as speaker:
+        clock = ClockLog(speaker)
+        canceller = EchoCanceller(clock)
+
+        def played(chunk: np.ndarray) -> None:
+            chunks.append((len(blocks), chunk.copy()))
+            canceller.played(chunk)
+
+        async with Capture(cfg) as mic:
+            async for block in room_blocks(room, speaker, mic, reply, None, 0.0, played):
+                blocks.append(block)
+                out = canceller.process(block)
+                canceller.echo_dbfs(out.t, len(out.samples))
+        underruns = speaker.underruns
+    return Recording(gain_db, blocks, chunks, clock, underruns)
+
+
+def replay(rec: Recording, user: np.ndarray | None, user_at: int) -> tuple[list[int], EchoCanceller]:
+    """The recording with `user` (int16) added at microphone sample `user_at`, judged offline by the canceller
+    and a real VAD as the daemon does; the capture samples at which each SpeechStarted was decided."""
+    clock = ClockLog(None, np.array(rec.clock.ts), np.array(rec.clock.values))
+    canceller = EchoCanceller(clock)
+    vad = Vad(VadConfig())
+    starts: list[int] = []
+    chunks = iter(rec.chunks)
+    pending = next(chunks, None)
+    at = 0
+    for i, block in enumerate(rec.blocks):
+        while pending is not None and pending[0] <= i:
+            canceller.played(pending[1])
+            pending = next(chunks, None)
+        x = block.samples
+        if user is not None and at + len(x) > user_at and at < user_at + len(user):
+            mixed = x.astype(np.int32)
+            lo, hi = max(at, user_at), min(at + len(x), user_at + len(user))
+            mixed[lo - at : hi - at] += user[lo - user_at : hi - user_at]
+            x = np.clip(mixed, -32768, 32767).astype(np.int16)
+        at += len(x)
+        out = canceller.process(AudioBlock(x, block.t))
+        gate = canceller.echo_dbfs(out.t, len(out.samples))
+        vad.set_playback(gate > SILENT_DBFS, gate)
+        starts += [vad.position - AEC_DELAY for ev in vad.feed(out.samples) if isinstance(ev, SpeechStarted)]
+    return starts, canceller
+
+
+def record_main(folder: Path, runs: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        room = start_room(Path(tmp) / "room")
+        os.environ.update(room.env)
+        try:
+            for delay_ms, gain_db in RECORD_LOOPS:
+                for r in range(runs):
+                    loop = start_echo_loop(room, delay_ms, gain_db)
+                    try:
+                        time.sleep(0.5)
+                        rec = asyncio.run(record_reply(room, reply_audio(), gain_db))
+                    finally:
+                        loop.stop()
+                    name = folder / f"loop{delay_ms:.0f}ms{gain_db:+.0f}dB-{r + 1}.npz"
+                    rec.save(name)
+                    print(f"{name}: {len(rec.blocks)} blocks, underruns {rec.underruns}", flush=True)
+        finally:
+            room.close()
+
+
+def replay_main(folder: Path, text: str, over_db: float) -> None:
+    from tests.speech import speech_span
+
+    spoken = int16_to_float32(say(text))
+    for path in sorted(folder.glob("*.npz")):
+        rec = Recording.load(path)
+        began = time.process_time()
+        alone, c = replay(rec, None, 0)
+        audio_s = sum(len(b.samples) for b in rec.blocks) / CAPTURE_RATE
+        print(
+            f"{path.name} (underruns {rec.underruns}): echo alone, false reports {len(alone)} "
+            f"{[round(s / CAPTURE_RATE, 2) for s in alone]}, CPU {1000 * (time.process_time() - began) / audio_s:.0f} "
+            f"ms per s, linear path leaves {c.linear_return_db}",
+            flush=True,
+        )
+        level = 10 ** ((-20 + rec.gain_db + over_db) / 20)
+        user = float32_to_int16(spoken / np.sqrt(np.mean(np.square(spoken))) * level)
+        first = speech_span(user)[0]
+        for user_at_s in REPLAY_USER_AT:
+            at = round(user_at_s * CAPTURE_RATE)
+            starts, _ = replay(rec, user, at)
+            onset, end = at + first, at + len(user) + round(BARGE_TAIL_S * CAPTURE_RATE)
+            mine = [s for s in starts if onset - 480 <= s < end]
+            false = [round(s / CAPTURE_RATE, 2) for s in starts if s not in mine]
+            delay = f"{1000 * (mine[0] - onset) / CAPTURE_RATE:.0f} ms" if mine else "never"
+            print(f"  user {over_db:+.0f} dB at {user_at_s:.1f} s: detected {delay}, false {false}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--barge", action="store_true", help="compare the barge-in gates (see above)")
     ap.add_argument("--late", action="store_true", help="with --barge: only the users 9 s in")
-    ap.add_argument("--user", default=BARGE_USER, help="with --barge: what the user says")
+    ap.add_argument("--user", default=BARGE_USER, help="with --barge / --replay: what the user says")
+    ap.add_argument("--record", type=Path, help="record the room's replies (no user) into this folder")
+    ap.add_argument("--replay", type=Path, help="replay the recordings in this folder with users mixed in")
+    ap.add_argument("--over", type=float, default=0.0, help="with --replay: the user's level over the echo, dB")
     args = ap.parse_args()
+    if args.record:
+        record_main(args.record, args.runs)
+        return
+    if args.replay:
+        replay_main(args.replay, args.user, args.over)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         room = start_room(Path(tmp) / "room")
         os.environ.update(room.env)
