@@ -248,7 +248,8 @@ def barge_run(room: Room, delay_ms: float, gain_db: float | None, user_after_s: 
 # ---- record once, replay offline ------------------------------------------------------------------------------
 
 RECORD_LOOPS = ((60.0, 0.0), (60.0, -6.0))
-REPLAY_USER_AT = (1.0, 1.5, 2.0, 4.0, 9.0)  # seconds into the capture (the reply starts ~0.3 s in)
+MIC_SETTLE_S = 1.0  # tests/pipeline/test_echo_turns_room.py's daemon waits as long before its first reply
+REPLAY_USER_AT = (1.0, 1.5, 2.0, 4.0, 9.0)  # seconds into the reply (after its first sample played)
 
 
 class ClockLog:
@@ -300,6 +301,13 @@ class Recording:
     clock: ClockLog
     underruns: int
 
+    @property
+    def reply_at(self) -> int:
+        """The microphone sample at which the reply's first sample played (by the speaker's clock)."""
+        ts, values = np.array(self.clock.ts), np.array(self.clock.values)
+        first = ts[values > 0] - values[values > 0] / TTS_RATE
+        return round((float(np.min(first)) - self.blocks[0].t) * CAPTURE_RATE)
+
     def save(self, path: Path) -> None:
         np.savez_compressed(
             path,
@@ -343,6 +351,11 @@ async def record_reply(room: Room, reply: np.ndarray, gain_db: float) -> Recordi
             canceller.played(chunk)
 
         async with Capture(cfg) as mic:
+            # as in the daemon, the microphone runs a while before the reply: a fresh PulseAudio input stream
+            # dates its first ~0.5 s of blocks early, which misplaces the first reply's echo
+            while sum(len(b.samples) for b in blocks) < MIC_SETTLE_S * CAPTURE_RATE:
+                blocks.append(await mic.read())
+                canceller.process(blocks[-1])
             async for block in room_blocks(room, speaker, mic, reply, None, 0.0, played):
                 blocks.append(block)
                 out = canceller.process(block)
@@ -410,7 +423,7 @@ def replay_main(folder: Path, text: str, over_db: float) -> None:
         alone, c = replay(rec, None, 0)
         audio_s = sum(len(b.samples) for b in rec.blocks) / CAPTURE_RATE
         print(
-            f"{path.name} (underruns {rec.underruns}): echo alone, false reports {len(alone)} "
+            f"{path.name} (reply from {rec.reply_at / CAPTURE_RATE:.2f} s, underruns {rec.underruns}): echo alone, false reports {len(alone)} "
             f"{[round(s / CAPTURE_RATE, 2) for s in alone]}, CPU {1000 * (time.process_time() - began) / audio_s:.0f} "
             f"ms per s, linear path leaves {c.linear_return_db}",
             flush=True,
@@ -419,13 +432,16 @@ def replay_main(folder: Path, text: str, over_db: float) -> None:
         user = float32_to_int16(spoken / np.sqrt(np.mean(np.square(spoken))) * level)
         first = speech_span(user)[0]
         for user_at_s in REPLAY_USER_AT:
-            at = round(user_at_s * CAPTURE_RATE)
+            at = rec.reply_at + round(user_at_s * CAPTURE_RATE)
             starts, _ = replay(rec, user, at)
             onset, end = at + first, at + len(user) + round(BARGE_TAIL_S * CAPTURE_RATE)
             mine = [s for s in starts if onset - 480 <= s < end]
             false = [round(s / CAPTURE_RATE, 2) for s in starts if s not in mine]
             delay = f"{1000 * (mine[0] - onset) / CAPTURE_RATE:.0f} ms" if mine else "never"
-            print(f"  user {over_db:+.0f} dB at {user_at_s:.1f} s: detected {delay}, false {false}", flush=True)
+            print(
+                f"  user {over_db:+.0f} dB {user_at_s:.1f} s into the reply: detected {delay}, false {false}",
+                flush=True,
+            )
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from assistant.audio.echo_path import EchoPath
+from assistant.audio.echo_path import PARTITIONS, EchoPath
 from assistant.audio.format import (
     CAPTURE_RATE,
     SILENT_DBFS,
@@ -107,7 +107,16 @@ LINEAR_FRAMES = 50  # 0.5 s
 LINEAR_MIN_FRAMES = 10  # learned frames before the bound counts
 LINEAR_QUANTILE = 90.0
 DOUBLE_TALK_DB = 6.0
-LINEAR_TAKEN_DB = 10.0
+# A user's voice dips between syllables and under the louder echo: once a frame holds a user, the next
+# DOUBLE_TALK_HOLD frames are taken as theirs too (not learned, their residual handed back). Learning those dips
+# as echo raised the bound and took the path's credit away within ~150 ms of a user 1 s into a reply.
+DOUBLE_TALK_HOLD = 50  # 500 ms
+DOUBLE_TALK_ENTRY = 2
+# While a user is held the gate is the bound less this: the VAD's margin over it (vad.barge_in_energy_margin_db,
+# 6 dB) was already asked of the frame that began the hold, and the residual of a held frame is the user's voice
+# as it came (it dips under the echo between syllables: at 6 dB over the bound a 300 ms run broke there).
+HELD_EASE_DB = 6.0
+LINEAR_TAKEN_DB = 6.0
 # A residual this much louder than the microphone is no user (who adds to both alike) but a model that predicts
 # echo where none came (its reference placement or the room changed): the frame is learned and not judged.
 MISPREDICTED_DB = 1.5
@@ -177,6 +186,8 @@ class EchoCanceller:
         self._previous: tuple[bool, float] = (False, 0.0)  # the last frame: played steadily, its played peak
         self._previous_loud = False  # ... and the reply was not in a pause then
         self._double_talk = False  # the last frame judged held a user's voice
+        self._talk_hold = 0  # frames left that are taken as the user's (DOUBLE_TALK_HOLD after the last one heard)
+        self._overs = 0  # frames in a row over the double-talk threshold
         self._gates: deque[tuple[float, float | None]] = deque(maxlen=WINDOW_FRAMES)  # per frame handed back:
         # its capture time, and the bound on the linear residual's echo (None: AEC3's output was handed back)
         self.new_run()
@@ -189,14 +200,22 @@ class EchoCanceller:
         self._place(None)
 
     def _place(self, offset: int | None) -> None:
-        """Place the linear path's reference stream anew (None: not playing). The path keeps its model of the room,
-        which aligns the placement (`_align`), but what it leaves of echo alone is learned again before it speaks
-        for a frame."""
+        """Place the linear path's reference stream anew (None: not playing), its recent past as the stream lies
+        there. The path keeps its model of the room, which aligns the placement (`_align`), and what it leaves of
+        echo alone (the room does not change between replies or at an underrun): it speaks for frames again
+        once the placement is aligned."""
         self._offset = self._clock_offset = offset
         self._since_lock = 0
         self._readings.clear()
         self._path.clear_reference()
+        if offset is not None and self._path.solved:  # (a young path's statistics have no past to match)
+            at = self._mic_at - offset + LOOK_AHEAD
+            self._path.refill(np.stack([self._stream(at - k * AEC_FRAME) for k in range(PARTITIONS, 0, -1)]))
         self._aligning = [] if self._path.solved else None
+        self._talk_hold = 0
+
+    def _forget_linear(self) -> None:
+        """What the path leaves of echo alone is learned again (its placement could not be aligned)."""
         self._linear_returns.clear()
         self._linear_taken.clear()
         self._linear_db = None
@@ -307,17 +326,28 @@ class EchoCanceller:
         out = np.clip(np.round(residual * 32768.0), -32768, 32767).astype(np.int16)
         peak_db = 10.0 * float(np.log10(peak))
         level, heard = level_dbfs(out), level_dbfs(mic)
-        if level > heard + MISPREDICTED_DB:  # the model predicted echo that did not come: it is wrong here
+        # (while a user is held, their voice and the echo may partly cancel in the microphone: no verdict on the
+        # model then)
+        if level > heard + MISPREDICTED_DB and not self._talk_hold:  # predicted echo that did not come: wrong here
             self._path.learn(echo_alone=True)
             return None, None
         if level > heard:
             out, level = mic, heard
         returned, taken = level - peak_db, heard - level
         bound = self._linear_db if self._taken_db >= LINEAR_TAKEN_DB else None  # None: the path is not known
-        if bound is not None and returned > bound + DOUBLE_TALK_DB:
-            self._path.learn(echo_alone=False)  # the user's voice is no echo to learn
-            self._double_talk = True
-            return out, max(GATE_FLOOR_DBFS, peak_db + bound)
+        over = bound is not None and returned > bound + DOUBLE_TALK_DB
+        self._overs = self._overs + 1 if over else 0
+        if self._overs >= DOUBLE_TALK_ENTRY:
+            self._talk_hold = DOUBLE_TALK_HOLD
+        elif self._talk_hold:
+            self._talk_hold -= 1
+        if bound is not None and (over or self._talk_hold):
+            # the user's voice is no echo to learn; a held frame no louder than echo alone leaves is (a dip of
+            # theirs under it adds little), so a false hold does not stop a young path from learning
+            self._path.learn(echo_alone=not over and returned <= bound)
+            self._double_talk = returned > bound  # (a frame echo alone may have left: AEC3 may take more off it)
+            ease = HELD_EASE_DB if self._talk_hold else 0.0
+            return out, max(GATE_FLOOR_DBFS, peak_db + bound - ease)
         self._path.learn(echo_alone=True)
         if self._since_lock > LINEAR_AFTER_FRAMES and self._previous_loud:
             self._linear_returns.append(returned)
@@ -357,7 +387,9 @@ class EchoCanceller:
         if p0 > 0 and abs(p1 - p0 - AEC_FRAME) <= 1:  # a reading of steady playing: it places the reference
             self._readings.append(self._mic_at - p0)
             seen = int(np.median(self._readings))
-            if self._clock_offset is None or abs(seen - self._clock_offset) > RELOCK_SAMPLES:
+            # a move back to where the placement was aligned is the clock's wobble: no new placement
+            moved = self._offset is None or abs(seen - self._offset) > RELOCK_SAMPLES
+            if self._clock_offset is None or (moved and abs(seen - self._clock_offset) > RELOCK_SAMPLES):
                 readings = list(self._readings)
                 agree = len(readings) == PLACE_READINGS and max(readings) - min(readings) <= RELOCK_SAMPLES // 3
                 if agree:  # after an underrun the readings jump about for a while: place once they agree
@@ -393,7 +425,9 @@ class EchoCanceller:
         values = xc[lags % n]
         norm = float(np.sqrt(np.dot(heard, heard) * np.dot(predicted, predicted)))
         best = int(np.argmax(values))
-        if norm > 0 and values[best] / norm >= ALIGN_MIN_CORRELATION and lags[best] != 0:
+        if norm <= 0 or values[best] / norm < ALIGN_MIN_CORRELATION:
+            self._forget_linear()  # the kept model does not fit here: what it leaves is not known
+        elif lags[best] != 0:
             clock = self._clock_offset
             self._place(self._offset + int(lags[best]))  # the echo came that much later than predicted
             self._clock_offset, self._aligning = clock, None  # the clock's readings still agree with it

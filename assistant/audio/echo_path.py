@@ -68,6 +68,18 @@ class EchoPath:
         self._predicted = np.zeros(BINS, np.complex128)
         self._tail = np.zeros(BLOCK)  # the second half of the last predicted window
 
+    def refill(self, blocks: np.ndarray) -> None:
+        """Take `blocks` (oldest first, BLOCK samples each) as the reference's recent past, as the stream lies
+        after a new placement, so the model predicts from it at once; the statistics and weights are kept."""
+        last = np.zeros(BLOCK)
+        for block in blocks[-self.partitions :]:
+            self._spectra[:, 1:] = self._spectra[:, :-1]
+            self._spectra[:, 0] = np.fft.rfft(np.concatenate([last, block]) * TAPER)
+            last = block.astype(np.float64)
+        self._ref_last = last
+        self._predicted = np.einsum("bk,bk->b", self._weights, self._spectra)
+        self._tail = (np.fft.irfft(self._predicted, WINDOW) * TAPER)[BLOCK:]
+
     @property
     def solved(self) -> bool:
         """The model has weights (from this placement of the reference or an earlier one)."""
