@@ -423,7 +423,8 @@ def replay_main(folder: Path, text: str, over_db: float) -> None:
         alone, c = replay(rec, None, 0)
         audio_s = sum(len(b.samples) for b in rec.blocks) / CAPTURE_RATE
         print(
-            f"{path.name} (reply from {rec.reply_at / CAPTURE_RATE:.2f} s, underruns {rec.underruns}): echo alone, false reports {len(alone)} "
+            f"{path.name} (reply from {rec.reply_at / CAPTURE_RATE:.2f} s, underruns {rec.underruns}): "
+            f"echo alone, false reports {len(alone)} "
             f"{[round(s / CAPTURE_RATE, 2) for s in alone]}, CPU {1000 * (time.process_time() - began) / audio_s:.0f} "
             f"ms per s, linear path leaves {c.linear_return_db}",
             flush=True,

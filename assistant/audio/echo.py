@@ -89,6 +89,11 @@ ALIGN_FRAMES = 30
 ALIGN_SAMPLES = 96  # 6 ms
 ALIGN_MIN_CORRELATION = 0.3  # the room's reverberation lowers it: 0.3-0.97 seen for a true lag
 RELOCK_SAMPLES = 48  # 3 ms
+# Under load the echo was seen moving by 3-5 ms while the clock's readings moved less than RELOCK_SAMPLES: the
+# last ALIGN_FRAMES frames of echo alone are aligned again every TRACK_FRAMES, and the placement moves where
+# the prediction matches the microphone clearly better (by TRACK_GAIN of normalized correlation) at another lag.
+TRACK_FRAMES = 50  # 0.5 s
+TRACK_GAIN = 0.05
 # The model hears the reference this far ahead of the placement, so an echo a little earlier than the clock says
 # (its readings wander) is still in its reach.
 LOOK_AHEAD = frame_samples(CAPTURE_RATE, 10)  # 160
@@ -121,6 +126,21 @@ LINEAR_TAKEN_DB = 6.0
 # echo where none came (its reference placement or the room changed): the frame is learned and not judged.
 MISPREDICTED_DB = 1.5
 QUIET_POWER = 10 ** (-80 / 10)  # a played peak under -80 dBFS (a resampler's tail) is silence: nothing to judge
+
+
+def _best_lag(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[int, float, float]:
+    """(microphone, predicted echo) frames in order: the lag (within ALIGN_SAMPLES) at which the microphone
+    matches the prediction best, the normalized correlation there and at lag 0."""
+    heard, predicted = (np.concatenate(x) for x in zip(*pairs, strict=True))
+    n = 2 * len(heard)
+    xc = np.fft.irfft(np.fft.rfft(heard, n) * np.conj(np.fft.rfft(predicted, n)), n)
+    lags = np.arange(-ALIGN_SAMPLES, ALIGN_SAMPLES + 1)
+    values = xc[lags % n]
+    norm = float(np.sqrt(np.dot(heard, heard) * np.dot(predicted, predicted)))
+    if norm <= 0:
+        return 0, 0.0, 0.0
+    best = int(np.argmax(values))
+    return int(lags[best]), float(values[best]) / norm, float(xc[0]) / norm
 
 
 @runtime_checkable
@@ -188,6 +208,10 @@ class EchoCanceller:
         self._double_talk = False  # the last frame judged held a user's voice
         self._talk_hold = 0  # frames left that are taken as the user's (DOUBLE_TALK_HOLD after the last one heard)
         self._overs = 0  # frames in a row over the double-talk threshold
+        self._tracked: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=ALIGN_FRAMES)  # (microphone,
+        # prediction) of the last frames of echo alone, to follow the echo's position by (`_track`)
+        self._tracked_new = 0
+        self._echo_alone = False  # the last frame judged was learned as echo alone
         self._gates: deque[tuple[float, float | None]] = deque(maxlen=WINDOW_FRAMES)  # per frame handed back:
         # its capture time, and the bound on the linear residual's echo (None: AEC3's output was handed back)
         self.new_run()
@@ -213,6 +237,8 @@ class EchoCanceller:
             self._path.refill(np.stack([self._stream(at - k * AEC_FRAME) for k in range(PARTITIONS, 0, -1)]))
         self._aligning = [] if self._path.solved else None
         self._talk_hold = 0
+        self._tracked.clear()
+        self._tracked_new = 0
 
     def _forget_linear(self) -> None:
         """What the path leaves of echo alone is learned again (its placement could not be aligned)."""
@@ -316,7 +342,7 @@ class EchoCanceller:
         the echo it may hold), or (None, None) where the path cannot speak for it (not playing steadily, not
         learned yet, or no better than AEC3's gate). The path learns from the frame unless a user spoke in it."""
         steady, peak = self._previous
-        self._double_talk = False
+        self._double_talk = self._echo_alone = False
         if self._aligning is not None:  # the placement may be off: nothing to learn or say until it is aligned
             self._path.learn(echo_alone=False)
             return None, None
@@ -335,7 +361,8 @@ class EchoCanceller:
             out, level = mic, heard
         returned, taken = level - peak_db, heard - level
         bound = self._linear_db if self._taken_db >= LINEAR_TAKEN_DB else None  # None: the path is not known
-        over = bound is not None and returned > bound + DOUBLE_TALK_DB
+        # (a residual no quieter than the microphone is a model that does not fit as often as a user)
+        over = bound is not None and returned > bound + DOUBLE_TALK_DB and taken > 0
         self._overs = self._overs + 1 if over else 0
         if self._overs >= DOUBLE_TALK_ENTRY:
             self._talk_hold = DOUBLE_TALK_HOLD
@@ -349,6 +376,7 @@ class EchoCanceller:
             ease = HELD_EASE_DB if self._talk_hold else 0.0
             return out, max(GATE_FLOOR_DBFS, peak_db + bound - ease)
         self._path.learn(echo_alone=True)
+        self._echo_alone = bound is not None
         if self._since_lock > LINEAR_AFTER_FRAMES and self._previous_loud:
             self._linear_returns.append(returned)
             self._linear_taken.append(taken)
@@ -405,6 +433,8 @@ class EchoCanceller:
         if self._aligning is not None and steady:
             self._align(self._raw_tail_previous / 32768.0, residual)
         verdict = self._linear(residual, self._raw_tail_previous)
+        if self._echo_alone:
+            self._track(self._raw_tail_previous / 32768.0, residual)
         self._raw_tail_previous = mic.copy()
         self._previous = (steady, max(self._window, default=0.0))
         self._previous_loud = self._steady / STEADY_FRAMES >= self._previous[1] / 10
@@ -417,20 +447,33 @@ class EchoCanceller:
         self._aligning.append((mic, mic - residual))
         if len(self._aligning) < ALIGN_FRAMES:
             return
-        heard, predicted = (np.concatenate(x) for x in zip(*self._aligning, strict=True))
+        lag, best, _ = _best_lag(self._aligning)
         self._aligning = None
-        n = 2 * len(heard)
-        xc = np.fft.irfft(np.fft.rfft(heard, n) * np.conj(np.fft.rfft(predicted, n)), n)
-        lags = np.arange(-ALIGN_SAMPLES, ALIGN_SAMPLES + 1)
-        values = xc[lags % n]
-        norm = float(np.sqrt(np.dot(heard, heard) * np.dot(predicted, predicted)))
-        best = int(np.argmax(values))
-        if norm <= 0 or values[best] / norm < ALIGN_MIN_CORRELATION:
+        if best < ALIGN_MIN_CORRELATION:
             self._forget_linear()  # the kept model does not fit here: what it leaves is not known
-        elif lags[best] != 0:
-            clock = self._clock_offset
-            self._place(self._offset + int(lags[best]))  # the echo came that much later than predicted
-            self._clock_offset, self._aligning = clock, None  # the clock's readings still agree with it
+        elif lag:
+            self._shift(lag)
+
+    def _shift(self, lag: int) -> None:
+        """The echo comes `lag` samples later than the placement has it: move the placement (the clock's
+        readings still agree with where they were)."""
+        assert self._offset is not None
+        clock = self._clock_offset
+        self._place(self._offset + lag)
+        self._clock_offset, self._aligning = clock, None
+
+    def _track(self, mic: np.ndarray, residual: np.ndarray) -> None:
+        """A frame of echo alone the placed path predicted: every TRACK_FRAMES of them, move the placement where
+        the echo has moved without the clock's readings saying so (they wander by several ms under load)."""
+        self._tracked.append((mic, mic - residual))
+        self._tracked_new += 1
+        if self._tracked_new < TRACK_FRAMES or len(self._tracked) < ALIGN_FRAMES:
+            return
+        self._tracked_new = 0
+        lag, best, zero = _best_lag(list(self._tracked))
+        if lag and best >= ALIGN_MIN_CORRELATION and best >= zero + TRACK_GAIN:
+            self._shift(lag)
+            self._tracked.clear()
 
     def process(self, block: AudioBlock) -> AudioBlock:
         """The cleaned microphone audio: every whole 10 ms frame received so far, with the capture time of its
