@@ -339,7 +339,7 @@ def test_barge_in_at_the_echo_level(room_env: Room, tiny_config: Config, gain_db
             await d.until(lambda: d.sink.played_samples >= after_s * d.sink.rate)
             user = user_at_echo_level(d, text, 0.0)
             said_from = len(d.raw)
-            room_env.play(user)
+            players.append(room_env.play(user))
             await d.until(lambda: bool(d.of(BargeIn)) or reply.done())
             await asyncio.sleep(0.5)
             rec_t1 = time.monotonic()
@@ -350,10 +350,13 @@ def test_barge_in_at_the_echo_level(room_env: Room, tiny_config: Config, gain_db
             onset = d.raw[said_from].t + lag / 16000
             return d, heard, rec_t0, rec_t1, onset, user
 
+    players: list[subprocess.Popen[bytes]] = []
     loop = start_echo_loop(room_env, 60.0, gain_db, reverb=True)
     try:
         d, heard, rec_t0, rec_t1, onset, _ = asyncio.run(main())
     finally:
+        for player in players:  # the rest of the sentence is no next test's speech (seen as a start 1.3 s before
+            player.wait(10)  # the next reply)
         loop.stop()
     starts = [e for e in d.of(SpeechStarted) if e.time > onset]
     barges = d.of(BargeIn)
