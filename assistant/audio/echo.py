@@ -15,7 +15,10 @@ AEC3 turns a user who talks over the reply down by 30-70 dB within ~300 ms, so b
 echo path (assistant/audio/echo_path.py) predicts the echo from the same reference, placed once per run as one
 unbroken stream. Where that model has learned the room, the frames handed back while the speaker plays are the
 microphone less its prediction (the user's voice untouched) and the gate is what the model leaves of echo alone:
-a user about as loud as the echo is heard once the model has heard a few seconds of the reply.
+a user about as loud as the echo is heard once the model has heard ~1 s of the first reply. What it learned is
+kept across replies and underruns (a new placement is aligned by the signal, and the echo's position is followed
+from the signal between placements), and a user once heard is held for a moment, so the dips of their voice
+under the echo are neither learned as echo nor gated as it.
 
 Not thread-safe: one driver feeds `played()` / `new_run()` and `process()` from one thread (the event loop).
 """
@@ -97,31 +100,35 @@ TRACK_GAIN = 0.05
 # The model hears the reference this far ahead of the placement, so an echo a little earlier than the clock says
 # (its readings wander) is still in its reach.
 LOOK_AHEAD = frame_samples(CAPTURE_RATE, 10)  # 160
-# What the linear path leaves of echo alone, learned from frames played steadily from 300 ms after the placement
-# (the model has heard the path by then) while the reply is not in a pause (see _learn_return), the last 0.5 s
-# of them (the model improves fast at first): the high quantile of the residual's level less the played peak
-# bounds the echo left (the gate then is the played peak plus it, as AEC3's is the peak plus RESIDUAL_DB), and the
-# median of the microphone's level less the residual's is how much the model takes off. A frame holds a user
-# (double talk: not learned, by the model or the statistics) when its residual is DOUBLE_TALK_DB over the bound:
-# loud enough for the VAD to count it (it adds vad.barge_in_energy_margin_db, 6 dB, to the gate). The path
-# speaks for frames only once it takes off at
-# least LINEAR_TAKEN_DB and its bound is under AEC3's gate: a model still learning would call the echo it cannot
-# predict yet a user. In the room (60 ms, 0 dB) it takes off ~14 dB and leaves 20 dB under the peak 2 s in.
+# What the linear path leaves of echo alone, learned from frames played steadily from 300 ms after the first
+# placement (the model has heard the path by then) while the reply is not in a pause (see _learn_return), the
+# last 0.5 s of them (the model improves fast at first), kept across placements (the room does not change at an
+# underrun or between replies): the high quantile of the residual's level less the played peak bounds the echo
+# left (the gate then is the played peak plus it, as AEC3's is the peak plus RESIDUAL_DB), and the median of the
+# microphone's level less the residual's is how much the model takes off. A frame holds a user (double talk: not
+# learned, by the model or the statistics) when its residual is DOUBLE_TALK_DB over the bound: loud enough for
+# the VAD to count it (it adds vad.barge_in_energy_margin_db, 6 dB, to the gate). The path speaks for frames only
+# once it takes off at least LINEAR_TAKEN_DB and its bound is under AEC3's gate: a model still learning would
+# call the echo it cannot predict yet a user. In the room (60 ms, 0 and -6 dB) it takes off 8-11 dB and leaves
+# 13-16 dB under the peak 1 s into the first reply (10 dB was asked before: a user 1 s in was then learned as
+# echo), 14-20 dB and 20-27 dB from 2 s on.
 LINEAR_AFTER_FRAMES = 30  # 300 ms
 LINEAR_FRAMES = 50  # 0.5 s
 LINEAR_MIN_FRAMES = 10  # learned frames before the bound counts
 LINEAR_QUANTILE = 90.0
 DOUBLE_TALK_DB = 6.0
-# A user's voice dips between syllables and under the louder echo: once a frame holds a user, the next
-# DOUBLE_TALK_HOLD frames are taken as theirs too (not learned, their residual handed back). Learning those dips
-# as echo raised the bound and took the path's credit away within ~150 ms of a user 1 s into a reply.
+LINEAR_TAKEN_DB = 6.0
+# A user's voice dips between syllables and under the louder echo: once DOUBLE_TALK_ENTRY frames in a row hold
+# a user (one alone was often an echo the path mispredicted: it cost ~50 dB of ERLE at a 120 ms delay), the
+# next DOUBLE_TALK_HOLD frames are taken as theirs too (not learned where louder than echo alone may leave, their
+# residual handed back). Learning those dips as echo raised the bound and took the path's credit away within
+# ~150 ms of a user 1 s into a reply.
 DOUBLE_TALK_HOLD = 50  # 500 ms
 DOUBLE_TALK_ENTRY = 2
 # While a user is held the gate is the bound less this: the VAD's margin over it (vad.barge_in_energy_margin_db,
-# 6 dB) was already asked of the frame that began the hold, and the residual of a held frame is the user's voice
-# as it came (it dips under the echo between syllables: at 6 dB over the bound a 300 ms run broke there).
+# 6 dB) was already asked of the frames that began the hold, and the residual of a held frame is the user's voice
+# as it came (it dips under the echo between syllables: at 6 dB over the bound a 300 ms span broke there).
 HELD_EASE_DB = 6.0
-LINEAR_TAKEN_DB = 6.0
 # A residual this much louder than the microphone is no user (who adds to both alike) but a model that predicts
 # echo where none came (its reference placement or the room changed): the frame is learned and not judged.
 MISPREDICTED_DB = 1.5
@@ -391,8 +398,8 @@ class EchoCanceller:
     @property
     def linear_return_db(self) -> float | None:
         """What the linear path leaves of echo alone, dB relative to the loudest 10 ms played in the preceding
-        ECHO_WINDOW_MS (LINEAR_QUANTILE of the last LINEAR_FRAMES learned), None until learned in this
-        placement of the reference."""
+        ECHO_WINDOW_MS (LINEAR_QUANTILE of the last LINEAR_FRAMES learned), None until learned (again, where a
+        new placement of the reference could not be aligned)."""
         return self._linear_db
 
     @property
