@@ -99,15 +99,15 @@ RELOCK_SAMPLES = 48  # 3 ms
 LOOK_AHEAD = frame_samples(CAPTURE_RATE, 10)  # 160
 # What the linear path leaves of echo alone, learned from frames played steadily from 300 ms after each
 # placement (the model has heard the path by then) while the reply is not in a pause (see _learn_return), the
-# last 0.5 s of them (the model improves fast at first): the high quantile of the residual's level less the played peak bounds the echo
-# left (the gate then is the played peak plus it, as AEC3's is the peak plus RESIDUAL_DB), and the median of the
-# microphone's level less the residual's is how much the model takes off. A frame holds a user (double talk: not
-# learned, by the model or the statistics) when its residual is DOUBLE_TALK_DB over the bound: loud enough for
-# the VAD to count it (it adds vad.barge_in_energy_margin_db, 6 dB, to the gate). The path speaks for frames only
-# once it takes off at least LINEAR_TAKEN_DB and its bound is under AEC3's gate: a model still learning would
-# call the echo it cannot predict yet a user. In the room (60 ms, 0 and -6 dB) it takes off 8-11 dB and leaves
-# 13-16 dB under the peak 1 s into the first reply (10 dB was asked before: a user 1 s in was then learned as
-# echo), 14-20 dB and 20-27 dB from 2 s on.
+# last 0.5 s of them (the model improves fast at first): the high quantile of the residual's level less the
+# played peak bounds the echo left (the gate then is the played peak plus it, as AEC3's is the peak plus
+# RESIDUAL_DB), and the median of the microphone's level less the residual's is how much the model takes off.
+# A frame holds a user (double talk: not learned, by the model or the statistics) when its residual is
+# DOUBLE_TALK_DB over the bound: loud enough for the VAD to count it (it adds vad.barge_in_energy_margin_db, 6 dB,
+# to the gate). The path speaks for frames only once it takes off at least LINEAR_TAKEN_DB and its bound is under
+# AEC3's gate: a model still learning would call the echo it cannot predict yet a user. In the room (60 ms, 0
+# and -6 dB) it takes off 8-11 dB and leaves 13-16 dB under the peak 1 s into the first reply (10 dB was asked
+# before: a user 1 s in was then learned as echo), 14-20 dB and 20-27 dB from 2 s on.
 LINEAR_AFTER_FRAMES = 30  # 300 ms
 LINEAR_FRAMES = 50  # 0.5 s
 LINEAR_MIN_FRAMES = 10  # learned frames before the bound counts
