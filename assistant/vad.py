@@ -4,10 +4,9 @@ quiet -> starting (voiced frames in a row, fewer than `min_speech_ms`) -> speaki
 the hangover) -> quiet. A frame is voiced when webrtcvad says so and it is `noise_gate_db` louder than the
 quietest frame of the last 3 s, or than FLOOR_DBFS if that is louder (webrtcvad alone calls steady rumble
 speech). Events:
-- SpeechStarted once min_speech_ms of voiced frames are in a row; while the assistant speaks, once
-  barge_in_min_speech_ms from a voiced onset has BARGE_VOICED_SHARE of its frames voiced and louder by
-  barge_in_energy_margin_db than the echo the audio may hold (the echo canceller's room-aware bound,
-  EchoCanceller.echo_dbfs); start_sample = onset less the pre-roll.
+- SpeechStarted once min_speech_ms of voiced frames are in a row (barge_in_min_speech_ms, and louder by
+  barge_in_energy_margin_db than the echo the audio may hold, while the assistant speaks: the echo canceller's
+  room-aware bound, EchoCanceller.echo_dbfs); start_sample = onset less the pre-roll.
 - SilenceStarted after early_silence_ms of silence without one voiced frame (a voiced frame before it means the
   speaker goes on: the silence starts again after it), and PauseStarted before it after pause_notice_ms where
   that is shorter (an early notice for the end-of-turn model); SpeechResumed when half of min_speech_ms of voice
@@ -45,10 +44,6 @@ NOISE_WINDOW_S = 3.0  # the noise floor is the quietest frame of this window: lo
 FLOOR_DBFS = -70.0
 ENDING_FRAMES = 3  # adaptive hangover: the last voiced frames whose level tells a finished phrase
 ENDING_DROP_DB = 6.0  # ... when they are this much quieter than the utterance's median voiced frame
-# Over playback a start needs barge_in_min_speech_ms from its first voiced frame, with this share of each such
-# span voiced and over the echo gate: a user as loud as the echo dips under it between syllables (in the laptop
-# room, 2-3 frames of 30 ms at 8-11 dB under the echo, 200 ms after they began), which broke a run of all frames.
-BARGE_VOICED_SHARE = 0.7  # 7 of 10 frames of 30 ms
 
 
 class State(enum.Enum):
@@ -72,7 +67,6 @@ class Vad:
         self.frame = sample_rate * cfg.frame_ms // 1000  # e.g. 480 = 30 ms at 16 kHz
         self._min_speech = self._frames(cfg.min_speech_ms)
         self._barge_min_speech = self._frames(cfg.barge_in_min_speech_ms)
-        self._barge_voiced = math.ceil(BARGE_VOICED_SHARE * self._barge_min_speech)
         # after a pause, half of min_speech_ms resumes the utterance: words after a pause can be short and soft,
         # while single clicks and noise bursts still do not stretch the pause
         self._min_resume = math.ceil(self._min_speech / 2)
@@ -100,7 +94,6 @@ class Vad:
         self._onset = 0  # first voiced frame of the current (candidate) utterance
         self._start = 0  # onset less the pre-roll
         self._run = 0  # voiced frames in a row while starting
-        self._flags: list[bool] = []  # over playback: each frame since the onset, voiced or not
         self._silence_start = 0
         self._silent = 0  # silent frames in a row while stopping
         self._silence_reported = False
@@ -156,45 +149,15 @@ class Vad:
         return not self._playback or level >= self._playback_dbfs + self.cfg.barge_in_energy_margin_db
 
     def _step_quiet(self, at: int, voiced: bool, level: float) -> list[VadEvent]:
-        if self._playback:
-            return self._step_over_playback(at, voiced, level)
         if not voiced:
             self.state, self._run = State.QUIET, 0
             return []
         if self.state is State.QUIET:
-            self.state, self._onset, self._run, self._voiced_levels, self._flags = State.STARTING, at, 0, [], []
+            self.state, self._onset, self._run, self._voiced_levels = State.STARTING, at, 0, []
         self._run += 1
         self._voiced_levels.append(level)
-        self._flags.append(True)
-        if self._run < self._min_speech:
+        if self._run < (self._barge_min_speech if self._playback else self._min_speech):
             return []
-        return self._started()
-
-    def _step_over_playback(self, at: int, voiced: bool, level: float) -> list[VadEvent]:
-        """A start over playback: barge_in_min_speech_ms from a voiced onset, ending on a voiced frame, with at
-        most the allowed share of gaps in every span of that length."""
-        if self.state is State.QUIET:
-            if not voiced:
-                return []
-            self.state, self._onset, self._flags, self._voiced_levels = State.STARTING, at, [], []
-        self._flags.append(voiced)
-        self._run = self._run + 1 if voiced else 0
-        if voiced:
-            self._voiced_levels.append(level)
-        n = self._barge_min_speech
-        if self._flags[-n:].count(False) > n - self._barge_voiced:  # too many gaps: a new onset within the span
-            self._flags = self._flags[-(n - 1) :]
-            while self._flags and (not self._flags[0] or self._flags.count(False) > n - self._barge_voiced):
-                self._flags.pop(0)
-            self._onset = at + self.frame - len(self._flags) * self.frame
-            if not self._flags:
-                self.state, self._run = State.QUIET, 0
-                return []
-        if len(self._flags) < n or not voiced:
-            return []
-        return self._started()
-
-    def _started(self) -> list[VadEvent]:
         self.state = State.SPEAKING
         self._start = max(self._onset - self._preroll, self._last_end)
         return [SpeechStarted(start_sample=self._start, onset_sample=self._onset, time=self._clock())]

@@ -168,28 +168,6 @@ def test_playback_needs_longer_and_louder_speech() -> None:
     assert feed_frames(v, audio)[0][0] == 14
 
 
-def test_playback_start_bridges_short_dips_under_the_echo() -> None:
-    """Over playback a start needs 300 ms from a voiced onset with 7 of each 10 frames over the gate: a user whose
-    voice dips under the echo for up to 3 frames is reported at the 10th frame; more gaps, or fewer than 10
-    frames from the onset, report nothing; a run that ends in a gap waits for its next voiced frame."""
-    quiet = {"q": 0.01}  # a frame ~30 dB under the gate: a dip of the user's voice under the echo
-    audio = pattern("0" * 5 + "111qq1q1111" + "0" * 30, amplitudes=quiet)
-    level = level_dbfs(pattern("1"))
-    v = vad()
-    v.set_playback(True, level - 7.0)
-    got = feed_frames(v, audio)
-    assert got[0] == (14, SpeechStarted(start_sample=0, onset_sample=5 * F, time=T)), got  # onset + 10 frames
-
-    v = vad()  # 4 gaps in 10 frames: the run starts again after the first of them
-    v.set_playback(True, level - 7.0)
-    assert feed_frames(v, pattern("0" * 5 + "11qqqq11111" + "0" * 30, amplitudes=quiet)) == []
-
-    v = vad()  # voice until the 9th frame, then gaps: no start until voice comes back at the 12th
-    v.set_playback(True, level - 7.0)
-    got = feed_frames(v, pattern("0" * 5 + "111111111qq1" + "0" * 30, amplitudes=quiet))
-    assert got[0] == (16, SpeechStarted(start_sample=0, onset_sample=5 * F, time=T)), got
-
-
 def test_adaptive_hangover_short_after_fading_phrase() -> None:
     """With adaptive_hangover, a phrase whose last frames fade by 12 dB ends after 400 ms; an abrupt stop after 700."""
     fading = pattern("0" * 10 + "1" * 20 + "qqq" + "0" * 40, amplitudes={"q": 0.075})

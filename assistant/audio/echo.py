@@ -52,10 +52,8 @@ AEC_DELAY = AEC_FRAME
 # Measured in the laptop room (`python -m benchmarks.echo --barge`: 60 ms, 0 and -6 dB, reverb), voiced 30 ms
 # frames of echo alone at 14 dB under the peak ran at most 5-8 in a row, short of the 10 (300 ms) a start needs;
 # but with one core busy (tests/pipeline/test_echo_turns_room.py) 300 ms runs came through at that level, so the
-# gate sat at 8 dB under the peak. Over playback the VAD now starts on 7 of 10 such frames (vad.py
-# BARGE_VOICED_SHARE), not 10 in a row: 10 long replies at 0 dB then interrupted themselves 1-3 times, so the
-# gate sits at 4 dB under the peak where only AEC3 speaks (the linear path's gate, below, is its own).
-RESIDUAL_DB = -10.0
+# gate sits at 8 dB under the peak: a user interrupts by being about as loud as the reply's echo plus 8 dB.
+RESIDUAL_DB = -14.0
 ADAPT_FRAMES = 300  # AEC3 learns the room over its first 3 s of reference: until then, no credit for cancelling
 # echo path delay + the room's reverberation (~200 ms), and the speaker clock's error under load
 ECHO_WINDOW_MS = 300
