@@ -29,14 +29,14 @@ class PrefixState:
 
     prompt: VoicePrompt
     length: int
-    kv: list[tuple[mx.array, mx.array]]
+    kv: list[mx.array]
 
     @classmethod
     def compute(cls, talker: Talker, builder: PromptBuilder, prompt: VoicePrompt) -> PrefixState:
         x = builder.prefix(prompt)
         cache = talker.make_cache()
         talker(x[None], cache)
-        kv = [(c.keys, c.values) for c in cache if c.keys is not None and c.values is not None]
+        kv = [c.kv for c in cache if c.kv is not None]
         mx.eval(kv)
         return cls(prompt, x.shape[0], kv)
 
@@ -44,8 +44,8 @@ class PrefixState:
         """A fresh cache holding the prefix, sharing the snapshot's buffers (no operation per layer at an
         utterance's start); every cache write makes new arrays, so the snapshot is never written to."""
         cache = talker.make_cache()
-        for c, (k, v) in zip(cache, self.kv, strict=True):
-            c.share(k, v, self.length)
+        for c, kv in zip(cache, self.kv, strict=True):
+            c.share(kv, self.length)
         return cache
 
 
