@@ -192,14 +192,15 @@ class FrameGenerator:
         n = min(len(self.feed.own), self.first_consumed + frame)
         return self.feed.chars_of(n)
 
-    def _forward(self, x: mx.array) -> None:
-        """One talker pass over x [n, hidden]; h_last = the post-norm hidden state of its last position (lazy).
-        A single position (every frame after the prefill) runs the compiled static-cache step."""
+    def _forward(self, x: mx.array, plus: mx.array | None = None) -> None:
+        """One talker pass over x (+ plus) [n, hidden]; h_last = the post-norm hidden state of its last position
+        (lazy). A single position (every frame after the prefill) runs the compiled static-cache step, which
+        sums E(frame) and the text vector inside its graph."""
         assert self.cache is not None
         if x.shape[0] == 1:
-            self.h_last = self.talker.step(x[0, :], self.cache)
+            self.h_last = self.talker.step(x[0, :], self.cache, plus)
         else:
-            self.h_last = self.talker(x[None], self.cache)[0, -1, :]
+            self.h_last = self.talker((x if plus is None else x + plus)[None], self.cache)[0, -1, :]
 
     def _prefill(self) -> bool:
         vp = self.prefix.prompt
@@ -247,7 +248,7 @@ class FrameGenerator:
                 if text_vec is None:
                     self.waiting_for_text = True
                     return None
-                self._forward(self.pending + text_vec)
+                self._forward(self.pending, text_vec)
                 self.pending = None
             self.ahead = self._launch()
         self.waiting_for_text = False
@@ -256,7 +257,7 @@ class FrameGenerator:
         self.sampled += 1
         text_vec = self.builder.trailing(self.track, self.frames_emitted)
         if self.frames_emitted > 0 and self.sampled < self.max_new_tokens and text_vec is not None:
-            self._forward(emb[None] + text_vec)  # frame 0 is read at once: first audio waits for nothing else
+            self._forward(emb[None], text_vec)  # frame 0 is read at once: first audio waits for nothing else
             self.ahead = self._launch()
         else:
             self.pending = emb[None]

@@ -395,8 +395,9 @@ class Talker(nn.Module):
     def make_cache(self) -> list[StaticCache]:
         return [StaticCache() for _ in self.model.layers]
 
-    def step(self, x: mx.array, cache: list[StaticCache]) -> mx.array:
-        """One input vector x [hidden] at the cache's next position: the post-norm hidden state [hidden] (lazy).
+    def step(self, x: mx.array, cache: list[StaticCache], plus: mx.array | None = None) -> mx.array:
+        """One input vector x [hidden] (plus `plus`, summed inside the compiled graph) at the cache's next
+        position: the post-norm hidden state [hidden] (lazy).
 
         Compiled once per buffer length (quantized models too: compiled 4-bit graphs ran on MLX 0.32.4 CUDA).
         """
@@ -404,9 +405,13 @@ class Talker(nn.Module):
         assert kv is not None
         for c in cache:
             c.reserve(kv, 1)
-        fn = self.compiled.get("step", lambda: mx.compile(self.model.step))
         pos = mx.array(cache[0].offset, dtype=mx.int32)
-        h, kvs = fn(x[None, None], pos, [c.kv for c in cache])
+        if plus is None:
+            fn = self.compiled.get("step", lambda: mx.compile(self.model.step))
+            h, kvs = fn(x[None, None], pos, [c.kv for c in cache])
+        else:
+            fn = self.compiled.get("step+", lambda: mx.compile(lambda x, y, p, kv: self.model.step(x + y, p, kv)))
+            h, kvs = fn(x[None, None], plus[None, None], pos, [c.kv for c in cache])
         for c, kv in zip(cache, kvs, strict=True):
             c.kv = kv
             c.offset += 1
@@ -423,7 +428,7 @@ class Talker(nn.Module):
             for c in cache:
                 c.kv = mx.zeros((1, 2 * a.kv_heads, size, a.head_dim), dtype)
                 c.offset = size - 1
-            mx.eval(self.step(x, cache))
+            mx.eval(self.step(x, cache, x))  # the frame loop's form (see FrameGenerator._forward)
 
 
 class Qwen3TTSModel(nn.Module):
