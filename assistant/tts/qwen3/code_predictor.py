@@ -83,7 +83,7 @@ class CodePredictor(nn.Module):
     def predict(
         self, past_hidden: mx.array, c0_embedding: mx.array, noise: mx.array | None, p: SamplingParams
     ) -> tuple[mx.array, mx.array]:
-        """Codes 1..15 of one frame as int32 [15] (group g drawn with Gumbel noise row g - 1, None: greedy) and the
+        """Codes 1..15 of one frame as uint32 [15] (group g drawn with Gumbel noise row g - 1, None: greedy) and the
         frame's embedding E(frame) [talker hidden] (c0_embedding plus the group tables' rows, the ones the loop
         feeds back); lazy, on the device."""
         cache = self.make_cache()

@@ -122,7 +122,7 @@ class FrameKernel:
         c0 = first_code(logits, seen, eos_blocked, c0_noise, self.p, self.suppress, self.eos)
         rest, frame_e = self.talker.code_predictor.predict(h, self.talker.codec(c0)[0, :], rest_noise, self.p)
         seen = seen | (mx.arange(seen.shape[0]) == c0)
-        return mx.concatenate([c0, rest]), frame_e, seen, key
+        return mx.concatenate([c0, rest]).astype(mx.int32), frame_e, seen, key
 
     def __call__(
         self, h: mx.array, seen: mx.array, eos_blocked: bool, key: mx.array

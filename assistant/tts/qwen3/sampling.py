@@ -72,14 +72,15 @@ def frame_noise(key: mx.array, groups: int, vocab: int) -> tuple[mx.array, mx.ar
 
 
 def draw(x: mx.array, noise: mx.array) -> mx.array:
-    """One token from softmax(x) (masked entries -inf) given Gumbel noise as wide as x: int32 [1]."""
-    return mx.argmax(x + noise, axis=-1).astype(mx.int32).reshape(1)
+    """One token from softmax(x) (masked entries -inf) given Gumbel noise as wide as x: uint32 [1] (argmax's own
+    type: a cast per code would be one more kernel; the frame's codes are cast once)."""
+    return mx.argmax(x + noise, axis=-1).reshape(1)
 
 
 def pick(x: mx.array, temperature: float, top_k: int, top_p: float, noise: mx.array | None) -> mx.array:
     """Greedy at temperature <= 0 (first maximum, as numpy/torch argmax; `noise` unused), else warp and draw."""
     if temperature <= 0 or noise is None:
-        return mx.argmax(x, axis=-1).astype(mx.int32).reshape(1)
+        return mx.argmax(x, axis=-1).reshape(1)
     return draw(warp(x, temperature, top_k, top_p), noise)
 
 
@@ -113,11 +114,11 @@ def first_code(
     suppress: mx.array,
     eos_id: int,
 ) -> mx.array:
-    """Code 0 (or EOS) from talker logits [vocab] and Gumbel noise [vocab]: token int32 [1]."""
+    """Code 0 (or EOS) from talker logits [vocab] and Gumbel noise [vocab]: token uint32 [1]."""
     x = first_code_logits(logits, seen, eos_blocked, p, suppress, eos_id)
     return pick(x, p.temperature, p.top_k, p.top_p, noise)
 
 
 def sub_code(logits: mx.array, noise: mx.array | None, p: SamplingParams) -> mx.array:
-    """Codes 1..15 from predictor logits [vocab] and Gumbel noise [vocab]: token int32 [1]."""
+    """Codes 1..15 from predictor logits [vocab] and Gumbel noise [vocab]: token uint32 [1]."""
     return pick(logits, p.subtalker_temperature, p.subtalker_top_k, p.subtalker_top_p, noise)
