@@ -251,6 +251,11 @@ def projection_table(p: dict[str, Any]) -> list[str]:
 HEADS = ("size", "precision", "layout", "started")  # a profile column: what ran, and when (runs of one machine)
 
 
+def _env(row: dict[str, Any]) -> list[str]:
+    """The MLX settings a profile row ran under (MLX_NONE=1: none, MLX's defaults), for its column head."""
+    return [f"{k}={v}" for k, v in row.get("env", {}).items() if k != "MLX_NONE"]
+
+
 def profile_table(rows: list[dict[str, Any]]) -> list[str]:
     """benchmarks/tts_profile.py rows: each part of a frame timed alone, ms (one host sync per call included)."""
     keys = sorted({k for r in rows for k in r if k.endswith(tuple("0123456789")) or k.endswith("_ms")})
@@ -258,7 +263,7 @@ def profile_table(rows: list[dict[str, Any]]) -> list[str]:
         "### TTS frame profile: each part timed alone (`python -m benchmarks.tts_profile --size S`)\n",
         "Medians of 30 evaluated calls (each includes one host sync); `@N`: at KV position N (or, for the codec, "
         "after N frames of the stream); utterance rows: whole streamed utterances, best of 2 after a warm-up.\n",
-        "| part | " + " | ".join(" ".join(str(r[k]) for k in HEADS if k in r) for r in rows) + " |",
+        "| part | " + " | ".join(" ".join([*(str(r[k]) for k in HEADS if k in r), *_env(r)]) for r in rows) + " |",
         "|---|" + "---|" * len(rows),
     ]
     for k in keys:

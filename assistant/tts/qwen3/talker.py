@@ -118,6 +118,9 @@ class Attention(nn.Module):
         ).reshape(h + 2 * kv, 1, 2, d // 2)  # per head, broadcast over positions; halves apart for rotate-half
         sign = mx.array([[-1.0], [1.0]], dtype=w.dtype)
         self.qk_weight, self.qk_weight_rot = w, mx.contiguous(sign * w[..., ::-1, :])
+        # q leaves the kernel times the attention scale (float32, as the attention's own first multiply), so no
+        # attention call multiplies it again
+        self.head_scale = mx.where(mx.arange(h + 2 * kv) < h, self.scale, 1.0).astype(mx.float32).reshape(-1, 1, 1, 1)
         self.is_v = (mx.arange(h + 2 * kv) >= h + kv).reshape(-1, 1, 1, 1)
         del self.q_proj, self.k_proj, self.v_proj, self.q_norm, self.k_norm
         self.fused = True
@@ -125,7 +128,7 @@ class Attention(nn.Module):
     def project(
         self, x: mx.array, offset: int | mx.array, angles: tuple[mx.array, mx.array] | None
     ) -> tuple[mx.array, mx.array]:
-        """q [b, heads, n, d], rotated, and the new K/V [b, 2 * kv_heads, n, d] (keys rotated) of x [b, n, hidden]
+        """q [b, heads, n, d], rotated (and scaled in the fused layout), and the new K/V [b, 2 * kv_heads, n, d] (keys rotated) of x [b, n, hidden]
         at positions offset.. (`angles`: their Rope cos/sin, used by the fused layout)."""
         b, n, _ = x.shape
         h, kv, d = self.heads, self.kv_heads, self.head_dim
@@ -142,17 +145,26 @@ class Attention(nn.Module):
         normed = mx.fast.rms_norm(qkv, None, self.eps).reshape(b, h + 2 * kv, n, 2, d // 2)
         cos, sin = angles
         # rotate-half as x * cos + (-x2, x1) * sin: the swapped halves are a view (negative stride), no copy
-        rotated = normed * self.qk_weight * cos + normed[..., ::-1, :] * self.qk_weight_rot * sin
+        rotated = (normed * self.qk_weight * cos + normed[..., ::-1, :] * self.qk_weight_rot * sin) * self.head_scale
         raw = qkv.reshape(b, h + 2 * kv, n, 2, d // 2)
         out = mx.where(self.is_v, raw, rotated).astype(qkv.dtype).reshape(b, h + 2 * kv, n, d)
         return out[:, :h], out[:, h:]
 
     def attend(self, q: mx.array, kv: mx.array, mask: Any, residual: mx.array) -> mx.array:
-        """residual + o_proj(attention of q over the K/V buffer kv [b, 2 * kv_heads, t, d])."""
-        b, _, n, _ = q.shape
-        keys, values = kv[:, : self.kv_heads], kv[:, self.kv_heads :]
-        out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale, mask=mask)
-        return add_linear(residual, self.o_proj, out.transpose(0, 2, 1, 3).reshape(b, n, -1))
+        """residual + o_proj(attention of q (from `project`) over the K/V buffer kv [b, 2 * kv_heads, t, d])."""
+        b, h, n, d = q.shape
+        kvh = self.kv_heads
+        keys, values = kv[:, :kvh], kv[:, kvh:]
+        if self.fused and isinstance(mask, mx.array) and n == 1:
+            # MLX CUDA has no fused kernel for an array mask; its fallback records 5 kernels, this 4 (q is scaled)
+            scores = q.reshape(b, kvh, h // kvh, d) @ keys.swapaxes(-1, -2)  # GQA: the heads of one kv head
+            weights = mx.softmax(mx.where(mask, scores, -mx.inf), axis=-1, precise=True)
+            out = (weights @ values).reshape(b, 1, h * d)
+        else:
+            scale = 1.0 if self.fused else self.scale
+            out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=scale, mask=mask)
+            out = out.transpose(0, 2, 1, 3).reshape(b, n, -1)
+        return add_linear(residual, self.o_proj, out)
 
     def __call__(
         self, x: mx.array, cache: Any, residual: mx.array, angles: tuple[mx.array, mx.array] | None = None
