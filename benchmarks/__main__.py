@@ -73,7 +73,8 @@ def jobs(section: str, small: bool, cache: str, sizes: list[str]) -> list[Job]:
         return [("llm e2b,e4b", ["-m", "benchmarks.llm", "--sizes", "e2b,e4b"], 200)]
     if section == "v2v":
         turn = os.environ.get("SMART_TURN_DIR", "")  # the real end-of-turn model, where one was carried
-        argv = ["-m", "benchmarks.v2v", *(["--small"] if small else []), "--turns", "20"]
+        # a lost turn waits 25 s on a GPU (its default 120 s would spend a device call's whole limit on one)
+        argv = ["-m", "benchmarks.v2v", *(["--small"] if small else ["--turn-timeout", "25"]), "--turns", "20"]
         return [("v2v", [*argv, *(["--smart-turn", turn] if turn else [])], 1500 if small else 400)]
     raise ValueError(section)
 
