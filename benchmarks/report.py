@@ -32,6 +32,16 @@ attention decomposed into their fallback ops, a GPU one primitive each): 5,490 a
 with the other changes but unfused, 3,535 fused (table "TTS operations per frame" under cpu-small); the codec's
 4-frame step 525 -> 432.
 
+TTS frame, 2026-12-07 14:07-15:00 UTC (issue 18, session 6): fewer kernels per layer. The q/k norm weights, RoPE
+(cos/sin computed once per talker step, and held as constants for the predictor's 17 positions) and v pass into one
+elementwise kernel whose output holds the new keys and values together; K/V live in one buffer per layer
+([1, 2 x kv_heads, C, d]), one cache write per layer and step instead of two. q leaves that kernel scaled, and the
+talker's masked one-position attention runs as matmul, mask, softmax, matmul (MLX CUDA has no fused kernel for an
+array mask; its fallback records a fifth, the scale). Top-k partitions the raw logits, so the division, the mask and
+the Gumbel draw fuse into one kernel; codes stay argmax's uint32 inside the frame (one cast per frame, not 16); the
+text track is projected in batches as text commits (not one small graph per frame), and E(frame) + text is summed
+inside the compiled step. CPU count 3,535 -> 2,543 per frame (table below); greedy parity with the fixtures holds.
+
 On an H100 (2026-12-07 13:14-13:22 UTC, one machine, the fused layout; `FRESH=tts LIMIT_TTS06=300 LIMIT_TTS17=170
 LIMIT_PART=60 JOBS='tts 0.6B bf16$,tts 0.6B 4-bit alone,8-bit,mxfp4,tts 1.7B bf16$' bash benchmarks/gpu.sh install
 ops tts-0.6B tts-1.7B`, then `AB="fused unfused" bash benchmarks/gpu.sh ab`): the h100 TTS rows and profile below.
