@@ -98,6 +98,7 @@ class AudioIn:
     now: float
     speaker_dbfs: float = SILENT_DBFS  # what the speaker played around `t` (the sink's level_at(t))
     speaker_end: float | None = None  # when the speaker's last queued sample left it (None: still playing/none)
+    room_known: bool = True  # the echo canceller has learned how the room returns the speaker (TurnEvidence)
 
 
 @dataclass(frozen=True)
@@ -457,6 +458,7 @@ class TurnCore:
         self._closed: Closed | None = None  # the latest answered turn, while it may still be resumed
         self._out: list[Action] = []
         self._now = 0.0  # the latest input's time (for the events it causes)
+        self._room_known = True  # the latest AudioIn's room_known
         self.wake = WakeGate(policy.wake_phrase, policy.follow_up_s)
 
     # ---- the one entry point --------------------------------------------------------------------------------
@@ -528,6 +530,7 @@ class TurnCore:
         n = len(a.samples)
         echo = self._echo_level(a)
         self.clock.add(start, a.t, echo is not None)
+        self._room_known = a.room_known
         if self.muted:
             self.ring.append(np.zeros(n, dtype=np.int16))  # positions stay aligned; no audio kept
             return
@@ -686,7 +689,7 @@ class TurnCore:
         if after is not None and silence_ms >= after and user.score is None and not user.scoring:
             self._ask_score(user, user.silence_at)
         speech_ms = (user.silence_at - user.start) * 1000 // CAPTURE_RATE
-        evidence = TurnEvidence(silence_ms, speech_ms, user.score, user.partial)
+        evidence = TurnEvidence(silence_ms, speech_ms, user.score, user.partial, self._room_known)
         if self.end_of_turn.decide(evidence) == "end":
             if after is not None:  # the VAD's own end was not published (_model_judges)
                 self._emit(Publish(SpeechEnded(user.start, user.silence_at, now)))

@@ -13,7 +13,7 @@ import pytest
 
 from assistant.audio.format import CAPTURE_RATE, level_dbfs
 from assistant.config import Config
-from assistant.endofturn import Decision, FixedSilence, TurnEvidence
+from assistant.endofturn import Decision, FixedSilence, SmartTurnPolicy, TurnEvidence
 from assistant.events import (
     AttentionChanged,
     ErrorEvent,
@@ -88,10 +88,18 @@ class Timeline:
         self.actions += out
         return out
 
-    def audio(self, blocks: int = 1, value: int = 0, speaker_dbfs: float = -120.0, late_s: float = 0.0) -> None:
+    def audio(
+        self,
+        blocks: int = 1,
+        value: int = 0,
+        speaker_dbfs: float = -120.0,
+        late_s: float = 0.0,
+        room_known: bool = True,
+    ) -> None:
         for _ in range(blocks):
             samples = np.full(BLOCK, value, dtype=np.int16)
-            self.send(AudioIn(samples, self.t, self.t + BLOCK / CAPTURE_RATE + late_s, speaker_dbfs))
+            now = self.t + BLOCK / CAPTURE_RATE + late_s
+            self.send(AudioIn(samples, self.t, now, speaker_dbfs, room_known=room_known))
             self.t += BLOCK / CAPTURE_RATE
 
     @property
@@ -803,3 +811,53 @@ def test_speech_after_the_resume_window_is_a_new_turn() -> None:
     tl.started(start)
     assert InterruptReply(turn) in tl.actions and not tl.of(DropReply)
     assert len(last_feed(tl).audio) == tl.pos() - start  # only the new speech
+
+
+# ---- an early end the user could not take back (issue 13 c on a fresh daemon) ----------------------------------
+
+UNKNOWN_ROOM = SmartTurnPolicy(room_unknown_wait_ms=1200)  # as endofturn.policy_from_config with resume_ms 1200
+
+
+def paused_question(tl: Timeline) -> None:
+    """ "What time is it" in a room the echo canceller has not heard yet, 240 ms of silence, and a sure score."""
+    tl.core.end_of_turn = UNKNOWN_ROOM
+    tl.audio(10, value=1000, room_known=False)
+    tl.started(0)
+    tl.vad(SilenceStarted(tl.pos(), tl.now))
+    tl.audio(12, room_known=False)
+    ask = tl.of(ScoreTurn)[-1]
+    assert isinstance(ask, ScoreTurn)
+    tl.send(Scored(ask.job, 0.9, tl.now))
+
+
+def test_a_sure_score_in_an_unknown_room_waits_and_the_user_goes_on_in_the_same_turn() -> None:
+    """Before the echo canceller knows the room (it would turn the user down over the reply, so an early end could
+    not be taken back), a pause the model calls the end ends nothing within endofturn.resume_ms: the user going on
+    after 600 ms continues the same turn, and once the room is known a sure score ends the next pause at once, one
+    transcript and one answer for the whole question."""
+    tl = Timeline(dataclasses.replace(RESUMING, speculative=False))
+    paused_question(tl)
+    tl.audio(18, room_known=False)  # 600 ms of silence in all
+    assert not tl.of(Finalize) and tl.core.state is TurnState.USER_SPEAKING
+    resumed = tl.pos()
+    tl.audio(10, value=2000, room_known=False)
+    tl.started(resumed)
+    tl.vad(SilenceStarted(tl.pos(), tl.now))
+    tl.audio(12)  # the canceller has learned the room meanwhile
+    ask = tl.of(ScoreTurn)[-1]
+    assert isinstance(ask, ScoreTurn)
+    tl.send(Scored(ask.job, 0.9, tl.now))
+    assert len(tl.of(Finalize)) == 1 and tl.core.state is TurnState.THINKING
+    tl.transcribe("what time is it in london")
+    assert [a.responder.user_text for a in tl.of(StartReply)] == ["what time is it in london"]  # type: ignore[attr-defined]
+
+
+def test_a_sure_score_in_an_unknown_room_ends_the_turn_when_the_resume_window_is_over() -> None:
+    """With the room unknown and the user silent, the turn the model called complete ends at resume_ms of silence,
+    not a block earlier."""
+    tl = Timeline(dataclasses.replace(RESUMING, speculative=False))
+    paused_question(tl)
+    tl.audio(47, room_known=False)  # 1180 ms of silence
+    assert not tl.of(Finalize)
+    tl.audio(1, room_known=False)
+    assert len(tl.of(Finalize)) == 1 and tl.core.state is TurnState.THINKING
