@@ -186,28 +186,17 @@ def paused_clips() -> tuple[list[np.ndarray], list[tuple[str, np.ndarray]]]:
     return paused, phrases
 
 
-@pytest.mark.xfail(
-    reason="the first clip of a fresh daemon fails when Smart Turn ends the turn at its 600 ms pause (12:05 UTC "
-    "2026-12-07, load ~4: 0 of 2; the second clip passes; after merging main at 12:48 it passed once, P 0.48 there). "
-    "Logged in the canceller: Smart Turn ends the turn at the 600 ms pause (P 0.72-0.89), the early answer's first "
-    "sample plays ~300 ms into the pause and 'in London?' reaches the microphone 120 ms after it, for 650 ms. No "
-    "echo-path learning can tell that from the answer's own echo so soon (echoes arrive 20-100 ms after the DAC time "
-    "in the room, 260 ms seen under load; assistant/audio/echo.py RETURN_AFTER_FRAMES): the room's echo return "
-    "even learned the user's words as echo (-20 dB) and knew the room has no echo path only 0.9 s in, after they "
-    "ended; until then AEC3 ducks them (-95 dBFS from -15..-30 raw), so the reopen (endofturn.resume_ms) is never "
-    "asked. A fix needs the turn policy (e.g. an early answer waits out the resume window's first ~300 ms of a "
-    "short pause) or a room known before the first reply",
-    strict=False,
-)
 def test_thinking_pauses_keep_one_turn(room_env: Any, room_config: Config) -> None:
     """(c) "What time is it ... in London?" with a 600 ms and then a 900 ms thinking pause is one turn each time.
 
     Smart Turn v3.2 may hear "What time is it" + silence as a finished question (offline P(complete) 0.59-0.92 at
-    every scoring point; benchmarks/endofturn.py cuts exactly these two of its 60 thinking pauses), so the turn may
-    end at the pause. Then the user goes on within `endofturn.resume_ms`: the early answer is retracted (stopped,
-    reported as interrupted with nothing heard, kept nowhere) and the whole question is transcribed and answered
-    once. Either way: the last transcript is the whole question, exactly one answer, and the history holds the
-    whole question once per clip."""
+    every scoring point; benchmarks/endofturn.py cuts exactly these two of its 60 thinking pauses). On the fresh
+    daemon's first clip the echo canceller has not heard the room yet (over the reply AEC3 would turn the user down
+    to nothing), so no pause shorter than `endofturn.resume_ms` ends the turn and the user goes on in the same turn.
+    From then on the room is known and the turn may end at the pause: the user goes on within `resume_ms`, over
+    the early answer, which is retracted (stopped, reported as interrupted with nothing heard, kept nowhere) and the
+    whole question is transcribed and answered once. Either way: the last transcript is the whole question, exactly
+    one answer, and the history holds the whole question once per clip."""
     paused, phrases = paused_clips()
     # replies of a real length (~3 s): the early answer is still playing when the user goes on
     cfg = room_config.replace({"llm.max_tokens": 16, "tts.max_frames": 40})
