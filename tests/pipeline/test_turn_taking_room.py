@@ -173,12 +173,13 @@ class Daemon:
         return await self.compute.run(lambda: list(chat.history))
 
 
-def paused_clips() -> tuple[list[np.ndarray], list[tuple[str, np.ndarray]]]:
-    """The paused question with 600 and 900 ms pauses, and its halves as KnownSpeech phrases."""
+def paused_clips(kinds: tuple[str, ...]) -> tuple[list[np.ndarray], list[tuple[str, np.ndarray]]]:
+    """The paused question with the pauses of `kinds` (turn_clips: "pause600", "pause900") in that order, and its
+    halves as KnownSpeech phrases."""
     from tests.turn_clips import make_clip
 
     paused, phrases = [], []
-    for kind in ("pause600", "pause900"):
+    for kind in kinds:
         clip = make_clip(PAUSED, kind)
         cut = clip.points[0].at  # where the thinking pause starts
         paused.append(trimmed(clip.audio))
@@ -186,8 +187,10 @@ def paused_clips() -> tuple[list[np.ndarray], list[tuple[str, np.ndarray]]]:
     return paused, phrases
 
 
-def test_thinking_pauses_keep_one_turn(room_env: Any, room_config: Config) -> None:
-    """(c) "What time is it ... in London?" with a 600 ms and then a 900 ms thinking pause is one turn each time.
+@pytest.mark.parametrize("kinds", [("pause600", "pause900"), ("pause900", "pause600")], ids=["600-first", "900-first"])
+def test_thinking_pauses_keep_one_turn(room_env: Any, room_config: Config, kinds: tuple[str, str]) -> None:
+    """(c) "What time is it ... in London?" with a 600 ms and a 900 ms thinking pause (either first) is one turn
+    each time.
 
     Smart Turn v3.2 may hear "What time is it" + silence as a finished question (offline P(complete) 0.59-0.92 at
     every scoring point; benchmarks/endofturn.py cuts exactly these two of its 60 thinking pauses). On the fresh
@@ -197,7 +200,7 @@ def test_thinking_pauses_keep_one_turn(room_env: Any, room_config: Config) -> No
     the early answer, which is retracted (stopped, reported as interrupted with nothing heard, kept nowhere) and the
     whole question is transcribed and answered once. Either way: the last transcript is the whole question, exactly
     one answer, and the history holds the whole question once per clip."""
-    paused, phrases = paused_clips()
+    paused, phrases = paused_clips(kinds)
     # replies of a real length (~3 s): the early answer is still playing when the user goes on
     cfg = room_config.replace({"llm.max_tokens": 16, "tts.max_frames": 40})
 
@@ -214,7 +217,7 @@ def test_thinking_pauses_keep_one_turn(room_env: Any, room_config: Config) -> No
 
     seen, history, scores = asyncio.run(main())
     print(f"P(complete) at each pause and end: {[round(p, 2) for p in scores]}; per clip {seen}")
-    for kind, (texts, done) in zip(("pause600", "pause900"), seen, strict=True):
+    for kind, (texts, done) in zip(kinds, seen, strict=True):
         answered = [e for e in done if not e.interrupted]
         retracted = [e for e in done if e.interrupted]
         assert texts and texts[-1] == "What time is it in London?", (kind, texts)
