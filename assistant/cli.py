@@ -868,7 +868,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-events", type=_count, default=0, metavar="N", help="with `events`: exit after N events (0: never)"
     )
     p = add("history", cmd_history, "show or erase the conversation history kept across restarts")
-    p.add_argument("action", choices=("show", "reset"), help="show: print it; reset: erase it")
+    p.add_argument(
+        "action",
+        nargs="?",
+        default="show",
+        choices=("show", "reset"),
+        help="show (the default): print it; reset: erase it",
+    )
     add("wyoming", cmd_wyoming, "serve our STT and TTS to Home Assistant over Wyoming (without the voice loop)")
     add("doctor", cmd_doctor, "check devices, cached models, the server port and permissions")
     return parser
