@@ -214,7 +214,8 @@ class Conversation:
             if not len(block.samples):
                 return  # less than one 10 ms frame so far
         level, end = self._speaker_at(block.t, len(block.samples))
-        known = self.echo is None or self.echo.echo_return_db is not None
+        # the room is learned from a reply's echo; no speaker, no echo to hear the user over
+        known = self.echo is None or not self.output_ok or self.echo.echo_return_db is not None
         self._apply(turns.AudioIn(block.samples, block.t, now, level, end, known))
 
     def _speaker_at(self, t: float, n: int) -> tuple[float, float | None]:
