@@ -126,7 +126,7 @@ class Conversation:
             self._tick_at = end
             delay = max(end - time.monotonic(), 0.0) + 0.01
             loop = asyncio.get_running_loop()
-            self._tick = loop.call_later(delay, lambda: self._apply(turns.Tick(time.monotonic())))
+            self._tick = loop.call_later(delay, lambda: self.command("tick"))
 
     def _do(self, action: turns.Action) -> None:
         match action:
@@ -252,7 +252,7 @@ class Conversation:
                     self.device_ok = False
                     log.warning("microphone lost", extra=kv(error=str(e), retry_s=self.cfg.audio.device_retry_s))
                     self.publish(DeviceStatus("input", False, str(e), time.monotonic()))
-                    self._apply(turns.ClearAudio(time.monotonic()))  # the cut utterance must not run into the next
+                    self.command("clear")  # the cut utterance must not run into the next
                 await asyncio.sleep(self.cfg.audio.device_retry_s)
                 continue
             if not self.device_ok:
@@ -262,7 +262,7 @@ class Conversation:
                 self.on_audio(block)
             except Exception as e:  # a bug or a bad block must not stop the daemon listening
                 self.failed(e, "handling microphone audio")
-                self._apply(turns.ClearAudio(time.monotonic()))
+                self.command("clear")
 
     # ---- replies --------------------------------------------------------------------------------------------
 
@@ -441,27 +441,10 @@ class Conversation:
 
     # ---- the Controller (daemon) ----------------------------------------------------------------------------
 
-    @property
-    def state(self) -> TurnState:
-        return self.core.state
-
-    @property
-    def ptt(self) -> bool:
-        return self.core.ptt
-
-    @property
-    def turn(self) -> int:
-        """The number of the latest reply (speculative ones count)."""
-        return self.core.turn
-
-    @property
-    def captured_samples(self) -> int:
-        return self.core.ring.end
-
     def status(self) -> dict[str, Any]:
         return {
-            "state": self.state.value,
-            "turn": self.turn,
+            "state": self.core.state.value,
+            "turn": self.core.turn,
             "mode": self.cfg.pipeline.mode,
             "muted": self.core.muted,
             "ptt": self.core.ptt,
@@ -490,23 +473,10 @@ class Conversation:
         while self._replies:
             await asyncio.wait([r.result for r in self._replies.values()])
 
-    def interrupt(self) -> None:
-        """Stop the reply now: flush playback, cancel LLM and TTS, keep the heard part in the history."""
-        self._apply(turns.Interrupt(time.monotonic()))
-
-    def mute(self) -> None:
-        self._apply(turns.Mute(True, time.monotonic()))
-
-    def unmute(self) -> None:
-        self._apply(turns.Mute(False, time.monotonic()))
-
-    def ptt_start(self) -> None:
-        """Push-to-talk pressed: a user turn starts now, overriding VAD endpointing until `ptt_stop`."""
-        self._apply(turns.Ptt(True, time.monotonic()))
-
-    def ptt_stop(self) -> None:
-        """Push-to-talk released: the user turn ends here, whatever the VAD thinks."""
-        self._apply(turns.Ptt(False, time.monotonic()))
+    def command(self, kind: turns.CommandKind) -> None:
+        """Apply a command now (see `turns.Command`): an interrupt flushes playback, cancels LLM and TTS and
+        keeps the heard part in the history; push-to-talk overrides VAD endpointing while held."""
+        self._apply(turns.Command(kind, time.monotonic()))
 
     def config_get(self) -> dict[str, Any]:
         return settings.public(self.cfg)
@@ -553,7 +523,7 @@ class Conversation:
         return [dataclasses.asdict(m) for m in self.engines.chat.history]
 
     def history_reset(self) -> None:
-        self.interrupt()  # first: its answer is recorded before the reset, and not stored after it
+        self.command("interrupt")  # first: its answer is recorded before the reset, and not stored after it
         self.context.reset()
 
     def subscribe(self, maxsize: int = SUB_DEFAULT) -> Subscription[Event]:
@@ -594,13 +564,6 @@ class Conversation:
         for other audio (checked once, in `on_audio`)."""
         self.on_audio(samples)
 
-    def commit_audio(self) -> None:
-        """End the user's utterance now: transcribe it as one user message (FinalTranscript, "" when empty)."""
-        self._apply(turns.Commit(time.monotonic()))
-
-    def clear_audio(self) -> None:
-        self._apply(turns.ClearAudio(time.monotonic()))
-
     def add_user_text(self, text: str) -> None:
         self._apply(turns.UserText(text, time.monotonic()))
 
@@ -623,11 +586,7 @@ class Conversation:
         """The client's result of a call it was handed; the next response continues the answer with it.
         InputError when no handed-off call has that id."""
         self.tools.add_output(call_id, output)
-        self._apply(turns.ToolOutput(time.monotonic()))
-
-    def cancel_response(self) -> None:
-        """Stop the reply now (ResponseDone interrupted=True); the history keeps what was sent."""
-        self._apply(turns.Interrupt(time.monotonic()))
+        self.command("tool_output")
 
     def delete_item(self, role: str, text: str) -> None:
         """Forget the newest `role` message whose text is `text` (Realtime conversation.item.delete); InputError

@@ -129,7 +129,7 @@ def test_manual_turns_commit_then_answer_text_and_speech_together() -> None:
         session.set_turn_detection(None, False, False)
         c.speak("hello", "world")
         c.silence(10)  # no VAD: silence does not end the turn
-        session.commit_audio()
+        session.command("commit")
         final = await c.until(FinalTranscript)
         assert final.text == "hello world" and not c.of(SpeechStarted)
         session.add_user_text("what time is it")
@@ -151,7 +151,7 @@ def test_commit_then_create_waits_for_the_transcript() -> None:
         c = Client(session)
         session.set_turn_detection(None, False, False)
         c.speak("stop", "now")
-        session.commit_audio()
+        session.command("commit")
         session.create_response()
         await c.until(ResponseDone)
         assert source.chats[0].prompts == ["stop now"]
@@ -188,7 +188,7 @@ def test_cancel_and_truncate_keep_only_what_was_heard() -> None:
         session.add_user_text("again")
         session.create_response()
         await c.until(ResponseAudio, lambda e: e.turn == done.turn + 1)
-        session.cancel_response()
+        session.command("interrupt")
         cancelled = await c.until(ResponseDone, lambda e: e.turn == done.turn + 1)
         assert cancelled.interrupted
         await closed(pipeline, compute, session)
