@@ -203,7 +203,8 @@ class Conversation:
     # ---- the microphone -------------------------------------------------------------------------------------
 
     def on_audio(self, block: AudioBlock | np.ndarray) -> None:
-        """One captured int16 16 kHz block, judged by the time it was recorded."""
+        """One captured int16 16 kHz mono block of any length, judged by the time it was recorded (a bare array was
+        recorded just now: a Realtime client's clock runs with ours); InputError for other audio."""
         now = time.monotonic()
         if not isinstance(block, AudioBlock):  # a source without capture times: it was recorded just now
             block = AudioBlock(block, now - len(block) / CAPTURE_RATE)
@@ -558,11 +559,6 @@ class Conversation:
         )
         new_vad, self.hangover_ms = hangover_ms is not None and hangover_ms != self.hangover_ms, hangover_ms
         self._retune(*turns, new_vad)
-
-    def append_audio(self, samples: np.ndarray) -> None:
-        """int16 16 kHz mono of any length, recorded by the client just now (its clock runs with ours); InputError
-        for other audio (checked once, in `on_audio`)."""
-        self.on_audio(samples)
 
     def add_user_text(self, text: str) -> None:
         self._apply(turns.UserText(text, time.monotonic()))

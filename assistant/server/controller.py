@@ -66,7 +66,7 @@ class Controller(Protocol):
 class RealtimeSession(Protocol):
     """One headless conversation driven by one `/v1/realtime` client.
 
-    Audio in: `append_audio` gets int16 mono 16 kHz blocks of any length (the server resamples the client's
+    Audio in: `on_audio` gets int16 mono 16 kHz blocks of any length (the server resamples the client's
     24 kHz pcm16). With turn detection on, the session runs its VAD over them and, when the user stops, commits
     the utterance itself: it emits SpeechStarted / SpeechEnded, then FinalTranscript, then (when
     `create_response`) a reply turn. With turn detection off (`set_turn_detection(None, ...)`), audio only
@@ -93,7 +93,7 @@ class RealtimeSession(Protocol):
         """`hangover_ms` None = manual turns (command("commit")); else server VAD with this end-of-turn silence, or
         the `semantic` policy's decision (semantic_vad; ConfigError when its model is not loaded)."""
 
-    def append_audio(self, samples: np.ndarray) -> None: ...
+    def on_audio(self, samples: np.ndarray) -> None: ...
     def command(self, kind: CommandKind) -> None:
         """commit, clear, interrupt (response.cancel) (see `turns.Command`)."""
 

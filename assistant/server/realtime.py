@@ -383,7 +383,7 @@ class RealtimeConversation:
 
     def _feed(self, samples: np.ndarray) -> None:
         if len(samples):
-            self.session.append_audio(samples)
+            self.session.on_audio(samples)
 
     def _committed(self, item_id: str, start_ms: int, end_ms: int) -> Out:
         self.uncommitted = 0

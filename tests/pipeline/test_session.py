@@ -67,11 +67,11 @@ class Client(EventLog):
     def speak(self, *words: str, blocks: int = 4) -> None:
         for w in words:
             for _ in range(blocks):
-                self.session.append_audio(word_block(w))
+                self.session.on_audio(word_block(w))
 
     def silence(self, blocks: int) -> None:
         for _ in range(blocks):
-            self.session.append_audio(silence_block())
+            self.session.on_audio(silence_block())
 
 
 async def opened(limit: int = 2) -> tuple[Sessions, DoubleEngines, Conversation, Compute]:
@@ -215,7 +215,7 @@ def test_sessions_are_limited_and_voices_checked() -> None:
             await asyncio.sleep(0.01)
         assert session.engines.voice == "alice"  # loaded by the session's TTS (the daemon's, shared)
         with pytest.raises(InputError):
-            session.append_audio(np.zeros(10, np.float32))
+            session.on_audio(np.zeros(10, np.float32))
         before = (session.hangover_ms, session.core.policy, session.cfg)
         with pytest.raises(ConfigError, match="silence_duration_ms 20"):
             session.set_turn_detection(20, False, False)  # below vad.hangover_ms's range: nothing changes
@@ -256,7 +256,7 @@ def test_speech_during_a_reply_interrupts_it_and_is_answered() -> None:
         assert chat.history[1].content == cut.text
 
         for _ in range(5):
-            c.session.append_audio(noise_block())
+            c.session.on_audio(noise_block())
         c.silence(8)
         assert (await c.until(FinalTranscript)).text == ""
         await asyncio.sleep(0.2)

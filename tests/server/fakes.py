@@ -192,7 +192,7 @@ class FakeSession:
         self.semantic = semantic
         self.hangover_ms, self.create_response_on_vad = hangover_ms, create_response
 
-    def append_audio(self, samples: np.ndarray) -> None:
+    def on_audio(self, samples: np.ndarray) -> None:
         assert samples.dtype == np.int16 and samples.ndim == 1
         if self.backend.keep_audio:
             self.audio.append(samples)
