@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import numpy as np
@@ -602,19 +602,13 @@ class Conversation:
         if heard != recorded:
             self._background("truncating the answer", self.engines.chat.revise_answer, recorded, heard)
 
-    async def events(self) -> AsyncIterator[SessionEvent]:
+    def events(self) -> Subscription[SessionEvent]:
         assert self._events is not None
-        async for ev in self._events:
-            yield ev
-
-    async def close(self) -> None:
-        """End a Realtime session: its reply is dropped, its tasks stop, the events end."""
-        await self.aclose()
-        if self._on_close is not None:
-            self._on_close(self)
+        return self._events
 
     async def aclose(self) -> None:
-        """Stop everything: cancel the turn, flush playback, end the compute thread when it is ours."""
+        """Stop everything: cancel the turn, flush playback, end the events (a Realtime session then leaves the
+        open ones) and the compute thread when it is ours."""
         if self._closed:
             return
         self._closed = True
@@ -629,6 +623,8 @@ class Conversation:
         with contextlib.suppress(Exception):
             self.sink.flush()
         self.bus.close()
+        if self._on_close is not None:
+            self._on_close(self)
         if self._owns_compute:
             await asyncio.to_thread(self.compute.close, 1.0)
 

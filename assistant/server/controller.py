@@ -78,7 +78,7 @@ class RealtimeSession(Protocol):
     ResponseDone(turn, interrupted=False), or interrupted=True after `command("interrupt")` or a barge-in.
     `truncate_response(turn, audio_end_ms)` says the client played only the first `audio_end_ms` of that
     turn's audio: history keeps only what was heard. All methods return at once (they enqueue work) and raise
-    ConfigError/InputError for bad values; `events()` yields SessionEvents until `close()`.
+    ConfigError/InputError for bad values; `events()` yields SessionEvents until `aclose()`.
     """
 
     def set_instructions(self, text: str) -> None: ...
@@ -117,7 +117,7 @@ class RealtimeSession(Protocol):
         with every output (a call without one gets an error result). InputError for an unknown call id."""
 
     def events(self) -> AsyncIterator[events.SessionEvent]: ...
-    async def close(self) -> None: ...
+    async def aclose(self) -> None: ...
 
 
 class RealtimeBackend(Protocol):

@@ -86,7 +86,7 @@ async def opened(limit: int = 2) -> tuple[Sessions, DoubleEngines, Conversation,
 
 async def closed(pipeline: Conversation, compute: Compute, *sessions: Conversation) -> None:
     for s in sessions:
-        await s.close()
+        await s.aclose()
     await pipeline.aclose()
     await asyncio.to_thread(compute.close, 2.0)
 
@@ -220,7 +220,7 @@ def test_sessions_are_limited_and_voices_checked() -> None:
         with pytest.raises(ConfigError, match="silence_duration_ms 20"):
             session.set_turn_detection(20, False, False)  # below vad.hangover_ms's range: nothing changes
         assert (session.hangover_ms, session.core.policy, session.cfg) == before
-        await session.close()
+        await session.aclose()
         again = await sessions.open_session()  # the slot came back
         await closed(pipeline, compute, again)
 

@@ -285,7 +285,7 @@ class FakeSession:
         while True:
             yield await self.queue.get()
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         self.closed = True
         if self.replying is not None:
             self.replying.cancel()
