@@ -25,8 +25,8 @@ from typing import Any, cast
 import numpy as np
 
 from assistant import settings, turns
-from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, AudioBlock, level_dbfs
-from assistant.audio.sinks import AudioSink, AudioSource, ClientSink, SpeakerTiming, played_out
+from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, AudioBlock
+from assistant.audio.sinks import AudioSink, AudioSource, ClientSink, played_out
 from assistant.bus import EventBus, Subscription
 from assistant.compute import Compute, Generation, Priority, Stale
 from assistant.config import Config
@@ -41,7 +41,6 @@ from assistant.events import (
     Event,
     ResponseAudio,
     SessionEvent,
-    TurnState,
 )
 from assistant.llm import History
 from assistant.logs import kv
@@ -104,7 +103,6 @@ class Conversation:
         self._replies: dict[int, Reply] = {}  # replies in flight
         self._kept: OrderedDict[int, Reply] = OrderedDict()  # finished, for truncate_response
         self._settling: asyncio.Task[None] | None = None  # the cancelled reply being recorded
-        self._last_level = SILENT_DBFS  # level of the last chunk written (for sinks without SpeakerTiming)
         # the speaker's own voice out of the microphone before VAD and STT (daemon only: clients cancel their own)
         self.echo = None if realtime else make_canceller(cfg, self.sink, engines.tts.sample_rate)
         self._stt_final = 0.0
@@ -219,13 +217,9 @@ class Conversation:
 
     def _speaker_at(self, t: float, n: int) -> tuple[float, float | None]:
         """The echo level that `n` samples recorded at `t` may hold, and when the speaker's last sample left."""
-        if self.echo is not None and isinstance(self.sink, SpeakerTiming):
-            return self.echo.echo_dbfs(t, n), self.sink.last_sample_time  # what is left after cancelling
-        if isinstance(self.sink, SpeakerTiming):
-            return self.sink.level_at(t), self.sink.last_sample_time
-        # A sink that cannot say (NullSink, benchmark doubles): the level of the reply while it plays.
-        playing = self.core.current is not None and self.core.state is TurnState.ASSISTANT_SPEAKING
-        return (self._last_level if playing else SILENT_DBFS), None
+        # with a canceller: what is left of the echo after cancelling
+        level = self.sink.level_at(t) if self.echo is None else self.echo.echo_dbfs(t, n)
+        return level, self.sink.last_sample_time
 
     async def warmup(self) -> None:
         """Let every engine compile the shapes it will use (on the compute thread); call before listening."""
@@ -331,10 +325,7 @@ class Conversation:
         if reply is None or not self.output_ok:
             return  # no speaker: the reply is text only
         if not reply.audio_started:
-            reply.audio_started = True
-            if isinstance(self.sink, SpeakerTiming):
-                reply.underruns_at = self.sink.underruns
-        self._last_level = level_dbfs(chunk)
+            reply.audio_started, reply.underruns_at = True, self.sink.underruns
         self.sink.write(chunk)
         if isinstance(self.sink, ClientSink):  # a Realtime client plays what its events carry
             self.publish(ResponseAudio(turn, chunk, time.monotonic()))
@@ -409,7 +400,7 @@ class Conversation:
         while len(self._kept) > KEEP_REPLIES:
             self._kept.popitem(last=False)
         self._mark_played(reply)
-        if reply.audio_started and isinstance(self.sink, SpeakerTiming):
+        if reply.audio_started:
             reply.trace.extra["playback_underruns"] = float(self.sink.underruns - reply.underruns_at)
         trace = reply.trace.trace()
         log.info("turn latency", extra=kv(**{k: v for k, v in dataclasses.asdict(trace).items() if k != "extra"}))
