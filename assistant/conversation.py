@@ -482,7 +482,7 @@ class Conversation:
         if new.logging.level != self.cfg.logging.level:
             logging.getLogger("assistant").setLevel(new.logging.level.upper())
         if new.tts.voice != self.cfg.tts.voice:
-            self._use_voice(new.tts.voice)  # checked above
+            self.set_voice(new.tts.voice)
         self._retune(new, daemon_policy(new), end_of_turn(new, self.engines.score_turn), new.vad != self.cfg.vad)
         return self.config_get()
 
@@ -528,13 +528,11 @@ class Conversation:
         self.context.set_instructions(text)
 
     def set_voice(self, name: str) -> None:
+        """Replies started after voice `name` is loaded (on the compute thread) speak with it; ConfigError naming
+        the voices when it is unknown."""
         names = self.engines.tts.voice_names()
         if name not in names:
             raise ConfigError(f"unknown voice {name!r}; voices: {', '.join(sorted(names))}")
-        self._use_voice(name)
-
-    def _use_voice(self, name: str) -> None:
-        """Replies started after voice `name` is loaded (on the compute thread) speak with it."""
         self._background(f"loading voice {name!r}", self.engines.use_voice, name)
 
     def set_turn_detection(
