@@ -90,7 +90,6 @@ class Conversation:
         self.vad: VadLike = engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
         policy = realtime_policy(cfg, True, True, True) if realtime else daemon_policy(cfg)
         self.core = turns.TurnCore(policy, end_of_turn(cfg, engines.score_turn), ring_samples(cfg))
-        self.hangover_ms: int | None = cfg.vad.hangover_ms
         self.tools = ConversationTools(toolbox)
         self.context = ChatContext(
             engines.chat, self.compute, cfg.llm.system_prompt, cfg.tools.timezone, memory, self.failed
@@ -483,11 +482,13 @@ class Conversation:
             logging.getLogger("assistant").setLevel(new.logging.level.upper())
         if new.tts.voice != self.cfg.tts.voice:
             self.set_voice(new.tts.voice)
-        self._retune(new, daemon_policy(new), end_of_turn(new, self.engines.score_turn), new.vad != self.cfg.vad)
+        self._retune(new, daemon_policy(new), end_of_turn(new, self.engines.score_turn))
         return self.config_get()
 
-    def _retune(self, cfg: Config, policy: turns.Policy, turn_end: EndOfTurnPolicy, new_vad: bool) -> None:
-        """From the next input on, the core runs under `policy` and `turn_end`, and `new_vad`: a VAD for `cfg`."""
+    def _retune(self, cfg: Config, policy: turns.Policy, turn_end: EndOfTurnPolicy) -> None:
+        """From the next input on, the core runs under `policy` and `turn_end`, with a new VAD when `cfg.vad`
+        changed."""
+        new_vad = cfg.vad != self.cfg.vad
         if new_vad:
             self.vad = self.engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
         self.cfg = cfg
@@ -546,8 +547,7 @@ class Conversation:
         turns = realtime_turns(
             self.cfg, hangover_ms, create_response, interrupt_response, semantic, self.engines.score_turn
         )
-        new_vad, self.hangover_ms = hangover_ms is not None and hangover_ms != self.hangover_ms, hangover_ms
-        self._retune(*turns, new_vad)
+        self._retune(*turns)
 
     def add_user_text(self, text: str) -> None:
         self._apply(turns.UserText(text, time.monotonic()))
