@@ -165,47 +165,23 @@ class ReplyDone:
     model_failed: bool = False  # the error is the model's (ModelError): asking again may work
 
 
-@dataclass(frozen=True)
-class Ptt:
-    down: bool
-    now: float
+CommandKind = Literal["ptt_start", "ptt_stop", "interrupt", "mute", "unmute", "commit", "clear", "tool_output", "tick"]
 
 
 @dataclass(frozen=True)
-class Interrupt:
-    """Stop the reply now (the daemon's interrupt, Realtime response.cancel)."""
+class Command:
+    """A command without data: push-to-talk down/up; stop the reply now (the daemon's interrupt, Realtime
+    response.cancel); mute/unmute; Realtime manual mode's commit (the user's audio so far is one message) and clear;
+    a Realtime function output (the next response continues the answer that made the call); tick (time passed:
+    the driver's timer at the end of the wake phrase's follow-up window)."""
 
-    now: float
-
-
-@dataclass(frozen=True)
-class Mute:
-    muted: bool
-    now: float
-
-
-@dataclass(frozen=True)
-class Commit:
-    """Realtime manual mode: the user's audio so far is one message."""
-
-    now: float
-
-
-@dataclass(frozen=True)
-class ClearAudio:
+    kind: CommandKind
     now: float
 
 
 @dataclass(frozen=True)
 class UserText:
     text: str
-    now: float
-
-
-@dataclass(frozen=True)
-class ToolOutput:
-    """Realtime function_call_output: the next response continues the answer that made the call."""
-
     now: float
 
 
@@ -219,13 +195,6 @@ class CreateResponse:
     say: str | None = None
     speech_end: float = 0.0  # a spoken turn answered by server VAD: when its speech ended (0: a client's request)
     endpoint: float = 0.0  # and when its end was decided (for the latency trace)
-
-
-@dataclass(frozen=True)
-class Tick:
-    """Time passed (the driver's timer at the end of the wake phrase's follow-up window)."""
-
-    now: float
 
 
 @dataclass(frozen=True)
@@ -244,15 +213,9 @@ Input = (
     | ReplyText
     | ReplyAudio
     | ReplyDone
-    | Ptt
-    | Interrupt
-    | Mute
-    | Commit
-    | ClearAudio
+    | Command
     | UserText
-    | ToolOutput
     | CreateResponse
-    | Tick
     | SetPolicy
 )
 
@@ -484,27 +447,25 @@ class TurnCore:
                 self._reply_out(inp.turn, Play(inp.turn, inp.chunk))
             case ReplyDone():
                 self._on_reply_done(inp)
-            case Ptt():
-                self._on_ptt(inp)
-            case Interrupt():
+            case Command(kind="ptt_start" | "ptt_stop"):
+                self._on_ptt(inp.kind == "ptt_start")
+            case Command(kind="interrupt"):
                 self._on_interrupt()
-            case Mute():
-                self._on_mute(inp)
-            case Commit():
+            case Command(kind="mute" | "unmute"):
+                self._on_mute(inp.kind == "mute")
+            case Command(kind="commit"):
                 self._on_commit()
-            case ClearAudio():
+            case Command(kind="clear"):
                 self._drop_user()
                 self._reset_vad()
+            case Command(kind="tool_output"):
+                self.tool_output = True
             case UserText():
                 self._on_user_text(inp)
-            case ToolOutput():
-                self.tool_output = True
             case CreateResponse():
                 self._on_create(inp)
             case SetPolicy():
                 self._on_set_policy(inp)
-            case Tick():
-                pass
         if (attention := self.wake.announce(self._now)) is not None:
             self._emit(Publish(AttentionChanged(attention.value, self._now)))
         return self._out
@@ -866,7 +827,7 @@ class TurnCore:
         return self.wake.decide(text, started_at, _source(ptt))
 
     def follow_up_ends(self) -> float | None:
-        """When the follow-up window closes (the driver sends a `Tick` then); None when there is none to wait for."""
+        """When the follow-up window closes (the driver sends `Command("tick")` then); None: nothing to wait for."""
         return self.wake.follow_up_ends(self._now)
 
     def _drop_user(self) -> None:
@@ -1002,13 +963,13 @@ class TurnCore:
 
     # ---- commands -------------------------------------------------------------------------------------------
 
-    def _on_ptt(self, p: Ptt) -> None:
-        if not self.policy.ptt or p.down == self.ptt:
+    def _on_ptt(self, down: bool) -> None:
+        if not self.policy.ptt or down == self.ptt:
             return
-        self.ptt = p.down
-        self._emit(Publish(PushToTalk(p.down, p.now)))
-        if p.down:
-            self._cancel_speculation(p.now)
+        self.ptt = down
+        self._emit(Publish(PushToTalk(down, self._now)))
+        if down:
+            self._cancel_speculation(self._now)
             self._interrupt_current()
             if self.user is None:
                 self._begin(max(0, self.ring.end - self.policy.preroll_samples), ptt=True)
@@ -1018,7 +979,7 @@ class TurnCore:
             return
         self._reset_vad()  # its utterance in progress is ours; it must not end a second turn
         if self.user is not None:
-            self._end_turn(self.ring.end, p.now)
+            self._end_turn(self.ring.end, self._now)
 
     def _on_interrupt(self) -> None:
         if self._creating is not None:  # a response still waiting for its transcripts: it never starts
@@ -1032,13 +993,13 @@ class TurnCore:
             if self.user is None:
                 self._set_state(TurnState.IDLE)
 
-    def _on_mute(self, m: Mute) -> None:
-        if m.muted:
+    def _on_mute(self, muted: bool) -> None:
+        if muted:
             self._drop_user()
         elif self.muted:
             self._reset_vad()
-        self.muted = m.muted
-        self._emit(Publish(MuteChanged(m.muted, m.now)))
+        self.muted = muted
+        self._emit(Publish(MuteChanged(muted, self._now)))
 
     def _on_commit(self) -> None:
         if self.user is None:

@@ -37,7 +37,7 @@ from assistant.turns import (
     SCORE_LEAD_IN,
     Action,
     AudioIn,
-    Commit,
+    Command,
     ConfirmReply,
     CreateResponse,
     DropReply,
@@ -46,12 +46,9 @@ from assistant.turns import (
     Finalize,
     FlushAudio,
     Input,
-    Interrupt,
     InterruptReply,
-    Mute,
     Play,
     Policy,
-    Ptt,
     Publish,
     ReplyAudio,
     ReplyDone,
@@ -60,8 +57,6 @@ from assistant.turns import (
     ScoreTurn,
     SetPolicy,
     StartReply,
-    Tick,
-    ToolOutput,
     Transcribed,
     TurnCore,
     UserText,
@@ -257,7 +252,7 @@ def false_start(policy: Policy) -> None:
 def ptt_overrides_vad(policy: Policy) -> None:
     """While the hotkey is held the VAD's end of speech is ignored; release ends the turn with all its audio."""
     tl = Timeline(policy)
-    tl.send(Ptt(True, tl.now))
+    tl.send(Command("ptt_start", tl.now))
     tl.audio(10, value=1000)
     tl.started(0)
     tl.vad(SilenceStarted(tl.pos(), tl.now))
@@ -265,7 +260,7 @@ def ptt_overrides_vad(policy: Policy) -> None:
     tl.ended(0, tl.pos() - 10 * BLOCK)
     assert not tl.of(Finalize) and not tl.events(SpeculationStarted)
     tl.audio(10, value=2000)
-    tl.send(Ptt(False, tl.now))
+    tl.send(Command("ptt_stop", tl.now))
     assert len(tl.of(Finalize)) == 1 and [e.pressed for e in tl.events(PushToTalk)] == [True, False]  # type: ignore[attr-defined]
     fed = np.concatenate([a.audio for a in tl.of(Feed) if isinstance(a, Feed)])
     assert len(fed) == 30 * BLOCK  # every sample from the press to the release
@@ -280,7 +275,7 @@ def manual_commit(policy: Policy) -> None:
     tl.audio(10, value=1000)
     assert not tl.of(RunVad) and tl.core.user is not None
     tl.send(UserText("first", tl.now))
-    tl.send(Commit(tl.now))
+    tl.send(Command("commit", tl.now))
     tl.send(CreateResponse(tl.now))
     assert not tl.of(StartReply), "the response waits for the transcript in flight"
     tl.transcribe("second")
@@ -293,12 +288,12 @@ def function_outputs_continue(policy: Policy) -> None:
     answer; a new user message instead starts a fresh answer; without either, nothing is answered."""
     tl = Timeline(policy)
     tl.send(SetPolicy(dataclasses.replace(policy, vad_turns=False), FixedSilence(700)))
-    tl.send(ToolOutput(tl.now))
+    tl.send(Command("tool_output", tl.now))
     tl.send(CreateResponse(tl.now))
     first = tl.of(StartReply)[-1]
     assert first.responder.continues and first.responder.user_text is None  # type: ignore[attr-defined]
     tl.send(ReplyDone(first.turn, "It is sunny.", False, tl.now))  # type: ignore[attr-defined]
-    tl.send(ToolOutput(tl.now))
+    tl.send(Command("tool_output", tl.now))
     tl.send(UserText("and tomorrow?", tl.now))
     tl.send(CreateResponse(tl.now))
     second = tl.of(StartReply)[-1]
@@ -313,7 +308,7 @@ def cancel_mid_reply(policy: Policy) -> None:
     tl = Timeline(policy)
     turn = spoken_turn(tl)
     tl.reply_plays(turn)
-    tl.send(Interrupt(tl.now))
+    tl.send(Command("interrupt", tl.now))
     assert InterruptReply(turn) in tl.actions
     tl.send(ReplyDone(turn, "One", True, tl.now))
     assert tl.events(ResponseDone)[-1].interrupted  # type: ignore[attr-defined]
@@ -367,10 +362,10 @@ def failed_speculation_is_silent(policy: Policy) -> None:
 def mute(policy: Policy) -> None:
     """Muted, speech feeds nothing and starts nothing; unmuted, positions still line up."""
     tl = Timeline(policy)
-    tl.send(Mute(True, tl.now))
+    tl.send(Command("mute", tl.now))
     tl.audio(10, value=1000)
     assert not tl.of(RunVad) and not tl.of(Feed) and tl.core.ring.slice(0, tl.pos()).max() == 0
-    tl.send(Mute(False, tl.now))
+    tl.send(Command("unmute", tl.now))
     assert spoken_turn(tl) >= 1
 
 
@@ -698,7 +693,7 @@ def test_wake_partial_without_the_phrase_starts_no_speculation() -> None:
 
 
 def test_wake_window_closes_on_a_tick() -> None:
-    """After a reply the assistant is engaged for follow_up_s; a Tick past it announces listening for the name."""
+    """After a reply the assistant is engaged for follow_up_s; a tick past it announces listening for the name."""
     tl = Timeline(WAKE)
     tl.audio(10, value=1000)
     tl.started(0)
@@ -709,7 +704,7 @@ def test_wake_window_closes_on_a_tick() -> None:
     turn = reply.turn
     tl.send(ReplyDone(turn, "hi", False, tl.now))
     assert tl.core.follow_up_ends() == pytest.approx(tl.now + 8.0)
-    tl.send(Tick(tl.now + 8.5))
+    tl.send(Command("tick", tl.now + 8.5))
     kinds = [e.attention for e in tl.events(AttentionChanged)]  # type: ignore[attr-defined]
     assert kinds == ["engaged", "listening_for_name"] and tl.core.follow_up_ends() is None
     start = tl.pos()

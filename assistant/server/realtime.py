@@ -264,13 +264,13 @@ class RealtimeConversation:
                     )
                 ]
             self._feed(self.resampler.flush())
-            self.session.commit_audio()
+            self.session.command("commit")
             start = self.user_start_ms if self.user_item else round(self.appended_ms - self._uncommitted_ms())
             return self._committed(self.user_item or self._id("item"), start, round(self.appended_ms))
         if isinstance(ev, rp.AudioClear):
             self.resampler.reset()
             self.uncommitted = 0
-            self.session.clear_audio()
+            self.session.command("clear")
             self.user_item = None
             return [rp.BufferCleared()]
         if isinstance(ev, rp.FunctionOutput):
@@ -332,7 +332,7 @@ class RealtimeConversation:
             return []
         if self.response is None and not self.requested:
             return [_error("response_cancel_not_active", "there is no response to cancel", ev.event_id)]
-        self.session.cancel_response()
+        self.session.command("interrupt")
         self.cancel_requested = True
         return []
 
@@ -377,13 +377,13 @@ class RealtimeConversation:
                 return [_error("output_audio_buffer_clear_not_active", "no reply audio to clear", ev.event_id)]
             return [rp.OutputAudioCleared(self.last_response)]
         r.cleared = True
-        self.session.cancel_response()
+        self.session.command("interrupt")
         self.cancel_requested = True
         return [rp.OutputAudioCleared(r.response_id)]
 
     def _feed(self, samples: np.ndarray) -> None:
         if len(samples):
-            self.session.append_audio(samples)
+            self.session.on_audio(samples)
 
     def _committed(self, item_id: str, start_ms: int, end_ms: int) -> Out:
         self.uncommitted = 0
@@ -443,7 +443,7 @@ class RealtimeConversation:
         start = max(round(self.appended_ms - self._uncommitted_ms()), end - d.idle_timeout_ms, 0)
         out: Out = [rp.TimeoutTriggered(item_id, start, end)]
         self._feed(self.resampler.flush())
-        self.session.commit_audio()  # empty or silent: its transcript ("" or what the model heard) comes back
+        self.session.command("commit")  # empty or silent: its transcript ("" or what the model heard) comes back
         out += self._committed(item_id, start, end)
         self.session.add_user_text(idle_note(d.idle_timeout_ms))
         self.session.create_response()

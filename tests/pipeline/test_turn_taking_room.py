@@ -141,7 +141,7 @@ class Daemon:
         self.pipeline = Conversation(self.cfg, self.engines, self.source, self.playback, self.compute)
         self.events = EventLog(self.pipeline, WAIT_S)
         self.runner = asyncio.create_task(self.pipeline.run())
-        await until(lambda: self.pipeline.captured_samples > 0)
+        await until(lambda: self.pipeline.core.ring.end > 0)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -163,7 +163,7 @@ class Daemon:
         deadline = since + WAIT_S
         while time.monotonic() - since < quiet_s:
             assert time.monotonic() < deadline, "the daemon never went idle"
-            if self.pipeline.state is not TurnState.IDLE:
+            if self.pipeline.core.state is not TurnState.IDLE:
                 since = time.monotonic()
             await asyncio.sleep(0.01)
         await self.events.drain(0.01)
@@ -327,11 +327,11 @@ def test_wake_phrase_in_the_room(room_env: Any, room_config: Config) -> None:
             await ev.until(AttentionChanged, lambda e: e.attention == "listening_for_name")  # the window closed
             await turn(late[1], late[0], answered=False)
             # push-to-talk: held from before the speech until after it, so the hotkey (not the VAD) ends the turn
-            d.pipeline.ptt_start()
+            d.pipeline.command("ptt_start")
             mark, _, proc = d.say(ptt[1])
             await asyncio.to_thread(proc.wait)
             await asyncio.sleep(0.5)  # the sink's and PortAudio's latency: the last sample reaches the capture
-            d.pipeline.ptt_stop()
+            d.pipeline.command("ptt_stop")
             final = await ev.until(FinalTranscript)
             assert final.text == ptt[0], final.text
             await ev.until(ResponseDone)
