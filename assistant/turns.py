@@ -163,6 +163,7 @@ class ReplyDone:
     error: str | None = None
     trace: LatencyTrace | None = None  # its latency milestones, published after ResponseDone
     model_failed: bool = False  # the error is the model's (ModelError): asking again may work
+    input_failed: bool = False  # the error is the client's input (InputError): it must send something else
 
 
 CommandKind = Literal["ptt_start", "ptt_stop", "interrupt", "mute", "unmute", "commit", "clear", "tool_output", "tick"]
@@ -888,7 +889,7 @@ class TurnCore:
         model failed is followed by an apology in the daemon, so the user knows to ask again."""
         reply = self.replies.pop(r.turn, None)
         if r.error is not None and (reply is None or reply.confirmed):
-            self._error(r.error, r.now)
+            self._error(r.error, r.now, r.input_failed)
         user = self.user
         if reply is not None and not reply.confirmed:  # a speculative reply failed: the turn starts afresh
             if user is not None and user.spec_turn == r.turn:
@@ -1045,6 +1046,7 @@ class TurnCore:
                 "nothing to answer: no words were heard in the user audio and no user message was added; "
                 "send speech or a user message item",
                 c.now,
+                client_fault=True,
             )
             self._emit(Publish(ResponseDone(turn, "", False, c.now)))
             return
@@ -1073,8 +1075,8 @@ class TurnCore:
             old, self.state = self.state, new
             self._emit(Publish(StateChanged(old, new, self._now)))
 
-    def _error(self, message: str, now: float) -> None:
-        self._emit(Publish(ErrorEvent(message, now)))
+    def _error(self, message: str, now: float, client_fault: bool = False) -> None:
+        self._emit(Publish(ErrorEvent(message, now, client_fault)))
 
     def _emit(self, action: Action) -> None:
         self._out.append(action)

@@ -301,6 +301,7 @@ def function_outputs_continue(policy: Policy) -> None:
     tl.send(ReplyDone(second.turn, "Rain.", False, tl.now))  # type: ignore[attr-defined]
     tl.send(CreateResponse(tl.now))
     assert tl.of(StartReply)[-1] is second and "nothing to answer" in tl.events(ErrorEvent)[-1].message  # type: ignore[attr-defined]
+    assert tl.events(ErrorEvent)[-1].client_fault  # type: ignore[attr-defined]
 
 
 def cancel_mid_reply(policy: Policy) -> None:
@@ -321,8 +322,11 @@ def engine_error(policy: Policy) -> None:
     turn = spoken_turn(tl)
     tl.send(ReplyDone(turn, "", True, tl.now, error="ValueError: scripted failure"))
     assert "scripted failure" in tl.events(ErrorEvent)[-1].message  # type: ignore[attr-defined]
+    assert not tl.events(ErrorEvent)[-1].client_fault  # type: ignore[attr-defined]
     assert tl.core.state is TurnState.IDLE
     assert spoken_turn(tl, "again") > turn
+    tl.send(ReplyDone(turn + 1, "", True, tl.now, error="InputError: the user message is empty", input_failed=True))
+    assert tl.events(ErrorEvent)[-1].client_fault  # type: ignore[attr-defined]
 
 
 def model_failure(policy: Policy) -> None:

@@ -511,7 +511,7 @@ def decode_event(obj: dict[str, Any]) -> events.Event:
     """The pipeline event of an event message (for clients such as `assistant ctl events`)."""
     kind = obj.get("type")
     if kind == "error" and obj.get("code") == "pipeline":
-        return events.ErrorEvent(message=obj["message"], time=obj["time"])
+        return events.ErrorEvent(obj["message"], obj["time"], obj.get("client_fault") is True)
     cls = EVENTS_BY_NAME.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise WireError("unknown_type", f"{kind!r} is not an event message")

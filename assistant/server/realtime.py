@@ -505,6 +505,8 @@ class RealtimeConversation:
                 user = self.awaiting_transcript.popleft()
                 error = {"type": "transcription_error", "code": "transcription_failed", "message": ev.message}
                 return [rp.TranscriptionFailed(user.item_id, 0, {**error, "param": None})]
+            if ev.client_fault:  # OpenAI's type for a request the client must change
+                return [_error("invalid_request", ev.message)]
             return [_error("server_error", ev.message, kind="server_error")]
         return []
 

@@ -185,6 +185,20 @@ def test_a_failed_transcription_is_answered_with_transcription_failed() -> None:
     assert failed.item_id == item_id and failed.error.message == "the transcriber ran out of memory"
 
 
+@pytest.mark.parametrize(("client_fault", "kind"), [(True, "invalid_request_error"), (False, "server_error")])
+def test_a_core_error_says_whose_fault_it_is(client_fault: bool, kind: str) -> None:
+    """An error event the client caused (e.g. response.create with nothing heard) is an invalid_request_error, as
+    OpenAI sends; the assistant's own failure stays a server_error; the native channel carries the same flag."""
+    conv = RealtimeConversation(FakeSession(FakeBackend()), "default", "Be brief.")
+    ev = events.ErrorEvent("nothing to answer; send speech or a user message item", 1.0, client_fault)
+    out = conv.on_event(ev)
+    assert len(out) == 1
+    sent = json.loads(conv.encode(out[0]))
+    assert sent["type"] == "error" and sent["error"]["type"] == kind
+    assert sent["error"]["message"] == ev.message
+    assert p.decode_event(json.loads(p.encode(p.EventMessage(ev)))) == ev
+
+
 def test_g711_and_speed_shape_the_reply_audio() -> None:
     """With output audio/pcma the reply goes out as A-law at 8 kHz (a third of the 24 kHz samples); with speed 1.5
     it is two thirds as long; audio_end_ms of a truncate is scaled back to the reply's own time."""
