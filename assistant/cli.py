@@ -66,6 +66,7 @@ def pulled_models(cfg: config.Config) -> list[tuple[str, str]]:
 
 def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
     check_open_file_limit()
+    check_voice(cfg)
     for what, spec in models_of(cfg):  # pre-flight: a missing model or device fails in seconds, in one line
         hub.resolve(spec, what)
     _check_port(cfg)  # before the models load: a second daemon on the same port fails at once, not after warm-up
@@ -86,6 +87,34 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
                 break
         # outside the except block: the daemon's own exceptions must not be chained to the missing device
         return asyncio.run(_run_daemon(cfg, headless=headless, console=con))
+
+
+def check_voice(cfg: config.Config, name: str | None = None) -> None:
+    """The voice profile `name` (default tts.voice) is in the voices folder and complete: a typo fails in a second,
+    before the models load (the TTS found it only after loading them). ConfigError naming the profiles."""
+    from assistant.tts.voices import load_profiles, resolve_voice_dir
+
+    what, name = ("--voice", name) if name else ("tts.voice", cfg.tts.voice)
+    folder = resolve_voice_dir(cfg.tts.voices_dir)
+    profiles = load_profiles(folder)
+    if name not in profiles:
+        raise ConfigError(
+            f"{what} {name!r} is not a voice profile in {folder}; use one of {', '.join(sorted(profiles)) or 'none'}"
+            " (`assistant voices` lists them)"
+        )
+    profiles[name].validate()
+
+
+def _check_tools(cfg: config.Config) -> None:
+    """The memory database opens and every `tools.enabled` name and `tools.timezone` is known (as `run` builds
+    them before the models load)."""
+    from assistant.tools.setup import build_toolbox, open_memory
+
+    memory = open_memory(cfg.memory)
+    try:
+        build_toolbox(cfg, memory)
+    finally:
+        memory.close()
 
 
 def _terminal(args: argparse.Namespace, cfg: config.Config) -> Any:
@@ -256,6 +285,7 @@ async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any =
 
 
 def cmd_wyoming(args: argparse.Namespace, cfg: config.Config) -> int:
+    check_voice(cfg)
     for what, spec in (("STT model", cfg.stt.model_id), ("TTS model", cfg.tts.model)):
         hub.resolve(spec, what)
     return asyncio.run(_run_wyoming(cfg))
@@ -421,6 +451,7 @@ def cmd_say(args: argparse.Namespace, cfg: config.Config) -> int:
     if not pieces:
         raise InputError("nothing to say: TEXT has no speakable words (only emoji, symbols or markup)")
     out = check_output(args.out) if args.out else None  # before the model loads: a bad path fails in a second
+    check_voice(cfg, args.voice)
     from assistant.tts.qwen3 import Qwen3TTS
 
     began = time.perf_counter()
@@ -783,6 +814,8 @@ def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
 
     checks = [Check("config", None)]
     checks += [_check(f"{what} {spec}", partial(_check_model, spec, what)) for what, spec in models_of(cfg)]
+    checks.append(_check(f"voice {cfg.tts.voice}", partial(check_voice, cfg)))
+    checks.append(_check("tools and memory", partial(_check_tools, cfg)))
     mic = _check("microphone", lambda: devices.pick(cfg.audio.input_device, "input"))
     checks.append(mic)
     if mic.problem is None:
