@@ -42,6 +42,7 @@ class _Response:
     opened: bool = False  # the message item was announced (its first text or audio came, or the response ended)
     message: dict[str, object] | None = None  # the finished message item
     calls: list[dict[str, object]] = field(default_factory=list)  # the function_call items, in output order
+    audio: bool = True  # its output is audio (and its transcript), else text: the session's, or response.create's
 
 
 @dataclass
@@ -101,6 +102,7 @@ class RealtimeConversation:
         self.response: _Response | None = None
         self.last_response: str | None = None
         self.requested = False  # response.create sent, ResponseStarted not yet seen
+        self.next_audio: bool | None = None  # the requested response's output_modalities (None: the session's)
         self.cancel_requested = False  # response.cancel sent for the current response (else a stop is a barge-in)
         self.unanswered = False  # a user item was added since the last response began
         self.answered: dict[str, tuple[int, int]] = {}  # assistant item id -> (turn, ms of audio sent)
@@ -327,7 +329,7 @@ class RealtimeConversation:
                 _check_choice(choice, tools, "response.tool_choice", ev.event_id)
                 self.session.functions_for_next_response([f.schema() for f in tools], choice)
             self.session.create_response(ev.instructions)
-            self.requested = True
+            self.requested, self.next_audio = True, ev.audio_output
             self.idle_since = None
             return []
         if self.response is None and not self.requested:
@@ -482,14 +484,14 @@ class RealtimeConversation:
             out += self._open(r)
             r.transcript += ev.text
             r.text_deltas += 1
-            if self.audio_output:
+            if r.audio:
                 return [*out, rp.AudioTranscriptDelta(r.response_id, r.item_id, 0, 0, ev.text)]
             return [*out, rp.TextDelta(r.response_id, r.item_id, 0, 0, ev.text)]
         if isinstance(ev, events.ResponseAudio):
             out = [] if self.response is not None and self.response.turn == ev.turn else self._start(ev.turn, ev.time)
             r = self.response
             assert r is not None
-            if not self.audio_output or len(ev.audio) == 0 or r.cleared:
+            if not r.audio or len(ev.audio) == 0 or r.cleared:
                 return out
             return [*out, *self._open(r), *self._audio(r, ev.audio)]
         if isinstance(ev, events.FunctionCall):
@@ -552,10 +554,11 @@ class RealtimeConversation:
         return [rp.AudioDelta(r.response_id, r.item_id, 0, 0, rp.encode_audio(x, fmt))]
 
     def _start(self, turn: int, now: float) -> Out:
+        audio, self.next_audio = self.audio_output if self.next_audio is None else self.next_audio, None
         self.requested = False
         self.unanswered = False
         self.idle_since = None
-        r = self.response = _Response(self._id("resp"), self._id("item"), turn)
+        r = self.response = _Response(self._id("resp"), self._id("item"), turn, audio=audio)
         self.last_response = r.response_id
         if self.settings.speed != 1.0:
             r.stretch = TimeStretch(self.settings.speed, rp.RATE)
@@ -563,7 +566,7 @@ class RealtimeConversation:
             r.down = StreamResampler(rp.RATE, rp.FORMAT_RATES[self.settings.output_format])
         self.awaiting_calls.clear()  # a new response answers (or dropped) the last one's calls
         return [
-            rp.ResponseCreated(rp.response_object(r.response_id, "in_progress", [], self.audio_output)),
+            rp.ResponseCreated(rp.response_object(r.response_id, "in_progress", [], r.audio)),
             rp.RateLimitsUpdated([self._requests_limit(now)]),  # as OpenAI does, when a response begins
         ]
 
@@ -573,7 +576,7 @@ class RealtimeConversation:
             return []
         r.opened = True
         item = rp.message_item(r.item_id, "assistant", "in_progress", [])
-        part = {"type": "audio", "transcript": ""} if self.audio_output else {"type": "text", "text": ""}
+        part = {"type": "audio", "transcript": ""} if r.audio else {"type": "text", "text": ""}
         previous = self._add(r.item_id, item)
         return [
             rp.OutputItemAdded(r.response_id, 0, item),
@@ -623,7 +626,7 @@ class RealtimeConversation:
             self.idle_since = ev.time + r.samples_sent / rp.RATE  # quiet once the client has played the reply
         usage = self._usage(r)
         output = [r.message] if r.message is not None else []
-        response = rp.response_object(r.response_id, status, output + r.calls, self.audio_output, reason, usage)
+        response = rp.response_object(r.response_id, status, output + r.calls, r.audio, reason, usage)
         return [*out, rp.ResponseDoneEvent(response)]
 
     def _close(self, r: _Response, text: str, interrupted: bool) -> Out:
@@ -637,7 +640,7 @@ class RealtimeConversation:
             )
         part: dict[str, object]
         content: dict[str, object]
-        if self.audio_output:
+        if r.audio:
             part = {"type": "audio", "transcript": text}
             content = {"type": "output_audio", "transcript": text}
             out += [

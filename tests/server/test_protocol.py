@@ -117,6 +117,12 @@ def test_token_bucket_refills_at_its_rate() -> None:
         ({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": "hi"}},
          "must be a non-empty list"),
         ({"type": "input_audio_buffer.commit", "event_id": 5}, "`event_id` must be a string"),
+        ({"type": "response.create", "response": {"conversation": "none"}}, "out-of-band responses are not available"),
+        ({"type": "response.create", "response": {"input": []}}, "add items with conversation.item.create"),
+        ({"type": "response.create", "response": {"max_output_tokens": 5}}, "bounded by llm.max_tokens"),
+        ({"type": "response.create", "response": {"voice": "ash"}}, "set the voice with session.update"),
+        ({"type": "response.create", "response": {"instrucions": "x"}}, "did you mean `instructions`?"),
+        ({"type": "session.update", "session": {"voise": "x"}}, "`session.voise` is not a field of session; did you"),
     ],
 )  # fmt: skip
 def test_realtime_decode_errors_name_the_field(msg: dict[str, object], fragment: str) -> None:
@@ -197,6 +203,35 @@ def test_a_core_error_says_whose_fault_it_is(client_fault: bool, kind: str) -> N
     assert sent["type"] == "error" and sent["error"]["type"] == kind
     assert sent["error"]["message"] == ev.message
     assert p.decode_event(json.loads(p.encode(p.EventMessage(ev)))) == ev
+
+
+def test_response_create_takes_its_own_output_modalities_and_metadata() -> None:
+    """response.create with output_modalities ["text"] in an audio session gets that one response as text (no audio
+    deltas), the next one is audio again; conversation "auto" and metadata are accepted (modalities were ignored)."""
+
+    async def body() -> None:
+        conv = RealtimeConversation(FakeSession(FakeBackend()), "default", "Be brief.")
+        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}
+
+        def reply(response: dict[str, object]) -> list[dict[str, object]]:
+            conv.handle(rp.decode_client_event(json.dumps({"type": "conversation.item.create", "item": item})))
+            create = {"type": "response.create", "response": response}
+            assert conv.handle(rp.decode_client_event(json.dumps(create))) == []  # accepted: no error
+            out = conv.on_event(events.ResponseStarted(conv.session.turn, 0.0))  # type: ignore[attr-defined]
+            out += conv.on_event(events.ResponseTextDelta(conv.session.turn, "Hi", 0.1))  # type: ignore[attr-defined]
+            out += conv.on_event(events.ResponseAudio(conv.session.turn, np.ones(2400, np.float32) * 0.1, 0.2))  # type: ignore[attr-defined]
+            out += conv.on_event(events.ResponseDone(conv.session.turn, "Hi", False, 0.3))  # type: ignore[attr-defined]
+            return [json.loads(conv.encode(e)) for e in out]
+
+        text = reply({"output_modalities": ["text"], "conversation": "auto", "metadata": {"topic": "x"}})
+        kinds = [e["type"] for e in text]
+        assert "response.output_text.delta" in kinds and "response.output_audio.delta" not in kinds
+        assert text[-1]["response"]["output_modalities"] == ["text"]
+        assert text[-1]["response"]["output"][0]["content"] == [{"type": "output_text", "text": "Hi"}]
+        audio = [e["type"] for e in reply({})]
+        assert "response.output_audio.delta" in audio and "response.output_text.delta" not in audio
+
+    asyncio.run(body())
 
 
 def test_g711_and_speed_shape_the_reply_audio() -> None:
