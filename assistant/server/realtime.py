@@ -288,10 +288,10 @@ class RealtimeConversation:
                         ev.event_id,
                     )
                 ]
-            self.session.add_user_text(ev.text)
             item_id = ev.item_id or self._id("item")
-            if item_id in self.items:
+            if item_id in self.items:  # refused before the text joins the chat: a retry must not add it twice
                 return [_error("item_already_exists", f"an item {clip(item_id)} exists; use a new id", ev.event_id)]
+            self.session.add_user_text(ev.text)
             item = rp.message_item(item_id, "user", "completed", [{"type": "input_text", "text": ev.text}])
             previous = self._add(item_id, item)
             self.unanswered = True

@@ -234,6 +234,17 @@ def test_response_create_takes_its_own_output_modalities_and_metadata() -> None:
     asyncio.run(body())
 
 
+def test_a_refused_duplicate_item_id_adds_nothing_to_the_conversation() -> None:
+    """conversation.item.create with an id already used is refused with item_already_exists and its text does not
+    reach the session (it was added to the chat before the refusal, so a retry under a new id doubled it)."""
+    session = FakeSession(FakeBackend())
+    conv = RealtimeConversation(session, "default", "Be brief.")
+    conv.handle(rp.ItemCreate("first", "msg_1"))
+    refused = conv.handle(rp.ItemCreate("second", "msg_1"))
+    assert [e.error.code for e in refused if isinstance(e, rp.Error)] == ["item_already_exists"]
+    assert [c for c in session.calls if c[0] == "user_text"] == [("user_text", "first")]
+
+
 def test_g711_and_speed_shape_the_reply_audio() -> None:
     """With output audio/pcma the reply goes out as A-law at 8 kHz (a third of the 24 kHz samples); with speed 1.5
     it is two thirds as long; audio_end_ms of a truncate is scaled back to the reply's own time."""
