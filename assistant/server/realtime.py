@@ -288,6 +288,8 @@ class RealtimeConversation:
                         ev.event_id,
                     )
                 ]
+            if (misplaced := self._misplaced(ev)) is not None:
+                return [misplaced]
             item_id = ev.item_id or self._id("item")
             if item_id in self.items:  # refused before the text joins the chat: a retry must not add it twice
                 return [_error("item_already_exists", f"an item {clip(item_id)} exists; use a new id", ev.event_id)]
@@ -339,6 +341,8 @@ class RealtimeConversation:
         return []
 
     def _function_output(self, ev: rp.FunctionOutput) -> Out:
+        if (misplaced := self._misplaced(ev)) is not None:
+            return [misplaced]
         item_id = ev.item_id or self._id("item")
         if item_id in self.items:
             return [_error("item_already_exists", f"an item {clip(item_id)} exists; use a new id", ev.event_id)]
@@ -351,6 +355,19 @@ class RealtimeConversation:
 
     def _uncommitted_ms(self) -> float:
         return self.uncommitted * 1000 / rp.FORMAT_RATES[self.input_format]
+
+    def _misplaced(self, ev: rp.ItemCreate | rp.FunctionOutput) -> rp.Error | None:
+        """An error when `previous_item_id` names no item of this conversation, as OpenAI sends. A known one is
+        taken: the item goes at the end (the chat only appends; a client's view of the end may lag by an item)."""
+        wanted = ev.previous_item_id
+        if wanted is None or wanted in self.items or (wanted == "root" and not self.items):
+            return None
+        return _error(
+            "invalid_value",
+            f"previous_item_id {clip(wanted)} is no item of this conversation; leave it out (items are added at "
+            "the end) or use an id from conversation.item.added",
+            ev.event_id,
+        )
 
     def _add(self, item_id: str, item: dict[str, object]) -> str | None:
         previous, self.last_item = self.last_item, item_id

@@ -12,7 +12,7 @@ import binascii
 import difflib
 import json
 from collections.abc import Collection
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -122,6 +122,7 @@ class ItemCreate:
 
     text: str
     item_id: str | None = None
+    previous_item_id: str | None = None  # where the client wants it (items are only added at the end here)
     type: Literal["conversation.item.create"] = "conversation.item.create"
     event_id: str | None = None
 
@@ -133,6 +134,7 @@ class FunctionOutput:
     call_id: str
     output: str
     item_id: str | None = None
+    previous_item_id: str | None = None
     type: Literal["conversation.item.create"] = "conversation.item.create"
     event_id: str | None = None
 
@@ -322,7 +324,9 @@ def decode_client_event(
         item = r.sub("item")
         if item is None:
             raise r.fail("item", "an object")
-        return _item_create(item, event_id, limits)
+        created = _item_create(item, event_id, limits)
+        previous = r.text("previous_item_id", max_chars=MAX_ID_CHARS)
+        return replace(created, previous_item_id=previous) if previous is not None else created
     if kind == "conversation.item.truncate":
         return ItemTruncate(
             r.text("item_id", required=True) or "",

@@ -245,6 +245,27 @@ def test_a_refused_duplicate_item_id_adds_nothing_to_the_conversation() -> None:
     assert [c for c in session.calls if c[0] == "user_text"] == [("user_text", "first")]
 
 
+def test_an_item_after_an_unknown_previous_item_id_is_refused() -> None:
+    """conversation.item.create with a previous_item_id naming no item is refused and its text never reaches the
+    session (it was ignored and the item added); a known id or "root" of an empty conversation is accepted."""
+    session = FakeSession(FakeBackend())
+    conv = RealtimeConversation(session, "default", "Be brief.")
+
+    def create(text: str, previous: str) -> list[dict[str, object]]:
+        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+        msg = {"type": "conversation.item.create", "previous_item_id": previous, "item": item}
+        return [json.loads(conv.encode(e)) for e in conv.handle(rp.decode_client_event(json.dumps(msg)))]
+
+    first = create("first", "root")
+    assert first[0]["type"] == "conversation.item.added"
+    refused = create("second", "item_nope")
+    assert [e["type"] for e in refused] == ["error"]
+    error = refused[0]["error"]
+    assert isinstance(error, dict) and "'item_nope' is no item of this conversation" in error["message"]
+    assert create("third", str(first[0]["item"]["id"]))[0]["type"] == "conversation.item.added"  # type: ignore[index]
+    assert [c[1] for c in session.calls if c[0] == "user_text"] == ["first", "third"]
+
+
 def test_g711_and_speed_shape_the_reply_audio() -> None:
     """With output audio/pcma the reply goes out as A-law at 8 kHz (a third of the 24 kHz samples); with speed 1.5
     it is two thirds as long; audio_end_ms of a truncate is scaled back to the reply's own time."""
