@@ -67,6 +67,7 @@ def pulled_models(cfg: config.Config) -> list[tuple[str, str]]:
 def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
     check_open_file_limit()
     check_voice(cfg)
+    check_server_settings(cfg)
     for what, spec in models_of(cfg):  # pre-flight: a missing model or device fails in seconds, in one line
         hub.resolve(spec, what)
     _check_port(cfg)  # before the models load: a second daemon on the same port fails at once, not after warm-up
@@ -103,6 +104,20 @@ def check_voice(cfg: config.Config, name: str | None = None) -> None:
             " (`assistant voices` lists them)"
         )
     profiles[name].validate()
+
+
+def check_server_settings(cfg: config.Config) -> None:
+    """server.voice_aliases entries and the TLS files load (the server read them only after the models had
+    loaded, so a typo there cost a full start). ConfigError naming the fix."""
+    if not cfg.server.enabled:
+        return
+    from assistant.oneshot import parse_aliases
+
+    parse_aliases(cfg.server.voice_aliases)
+    if cfg.server.tls_cert or cfg.server.tls_key:
+        from assistant.server.ws import tls_context
+
+        tls_context(cfg.server)
 
 
 def _check_tools(cfg: config.Config) -> None:
@@ -824,6 +839,7 @@ def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
     if cfg.llm.backend == "openai":
         checks.append(_check(f"LLM server {cfg.llm.base_url}", lambda: _check_llm_server(cfg.llm)))
     checks.append(_check("server port", lambda: _check_port(cfg)))
+    checks.append(_check("server settings", partial(check_server_settings, cfg)))
     checks.append(_check("config folder", _check_config_dir))
     checks.append(_check("cache folder", _check_cache_dir))
     print(f"config: {cfg.source}")

@@ -255,3 +255,19 @@ def test_doctor_checks_the_voice_tools_and_memory(tmp_path: Path) -> None:
     assert "  FAIL  tools and memory: memory database " in out.stdout and "set `memory.path`" in out.stdout
     out = run(["doctor"], env)
     assert "  ok   voice default" in out.stdout and "  ok   tools and memory" in out.stdout
+
+
+def test_bad_voice_aliases_and_tls_files_fail_before_any_model_loads(tmp_path: Path) -> None:
+    """A server.voice_aliases entry without `=` and a TLS certificate that is not there fail `run` in one line before
+    the models are looked for, and doctor lists them (the server read them only after every model had loaded)."""
+    env = no_sound_env(tmp_path)
+    out = run(["run", "--set", "server.voice_aliases=['alloy']"], env)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        'assistant: error: server.voice_aliases entry \'alloy\' is not "name=profile"; write e.g. "alloy=vivian"'
+    )
+    tls = ["--set", f"server.tls_cert='{tmp_path / 'no.pem'}'", "--set", f"server.tls_key='{tmp_path / 'no.key'}'"]
+    out = run(["run", *tls], env)
+    assert out.returncode == 2 and out.stderr.startswith("assistant: error: cannot load server.tls_cert ")
+    out = run(["doctor", *tls], env)
+    assert "  FAIL  server settings: cannot load server.tls_cert " in out.stdout
