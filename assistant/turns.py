@@ -889,7 +889,7 @@ class TurnCore:
         model failed is followed by an apology in the daemon, so the user knows to ask again."""
         reply = self.replies.pop(r.turn, None)
         if r.error is not None and (reply is None or reply.confirmed):
-            self._error(r.error, r.now, r.input_failed)
+            self._error(r.error, r.now, r.input_failed, r.turn)
         user = self.user
         if reply is not None and not reply.confirmed:  # a speculative reply failed: the turn starts afresh
             if user is not None and user.spec_turn == r.turn:
@@ -1047,6 +1047,7 @@ class TurnCore:
                 "send speech or a user message item",
                 c.now,
                 client_fault=True,
+                turn=turn,
             )
             self._emit(Publish(ResponseDone(turn, "", False, c.now)))
             return
@@ -1075,8 +1076,8 @@ class TurnCore:
             old, self.state = self.state, new
             self._emit(Publish(StateChanged(old, new, self._now)))
 
-    def _error(self, message: str, now: float, client_fault: bool = False) -> None:
-        self._emit(Publish(ErrorEvent(message, now, client_fault)))
+    def _error(self, message: str, now: float, client_fault: bool = False, turn: int | None = None) -> None:
+        self._emit(Publish(ErrorEvent(message, now, client_fault, turn)))
 
     def _emit(self, action: Action) -> None:
         self._out.append(action)

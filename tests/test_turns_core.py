@@ -322,7 +322,7 @@ def engine_error(policy: Policy) -> None:
     turn = spoken_turn(tl)
     tl.send(ReplyDone(turn, "", True, tl.now, error="ValueError: scripted failure"))
     assert "scripted failure" in tl.events(ErrorEvent)[-1].message  # type: ignore[attr-defined]
-    assert not tl.events(ErrorEvent)[-1].client_fault  # type: ignore[attr-defined]
+    assert not tl.events(ErrorEvent)[-1].client_fault and tl.events(ErrorEvent)[-1].turn == turn  # type: ignore[attr-defined]
     assert tl.core.state is TurnState.IDLE
     assert spoken_turn(tl, "again") > turn
     tl.send(ReplyDone(turn + 1, "", True, tl.now, error="InputError: the user message is empty", input_failed=True))

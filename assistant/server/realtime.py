@@ -42,6 +42,7 @@ class _Response:
     opened: bool = False  # the message item was announced (its first text or audio came, or the response ended)
     message: dict[str, object] | None = None  # the finished message item
     calls: list[dict[str, object]] = field(default_factory=list)  # the function_call items, in output order
+    error: dict[str, object] | None = None  # why it failed (status "failed"), from the session's error event
     audio: bool = True  # its output is audio (and its transcript), else text: the session's, or response.create's
 
 
@@ -522,11 +523,13 @@ class RealtimeConversation:
             if self.awaiting_transcript and self.response is None and not self.requested:
                 # between a commit and its transcript, the session's only work is transcribing it
                 user = self.awaiting_transcript.popleft()
-                error = {"type": "transcription_error", "code": "transcription_failed", "message": ev.message}
-                return [rp.TranscriptionFailed(user.item_id, 0, {**error, "param": None})]
-            if ev.client_fault:  # OpenAI's type for a request the client must change
-                return [_error("invalid_request", ev.message)]
-            return [_error("server_error", ev.message, kind="server_error")]
+                failed = {"type": "transcription_error", "code": "transcription_failed", "message": ev.message}
+                return [rp.TranscriptionFailed(user.item_id, 0, {**failed, "param": None})]
+            # invalid_request_error: OpenAI's type for a request the client must change
+            code, kind = ("invalid_request", "invalid_request_error") if ev.client_fault else ("server_error",) * 2
+            if self.response is not None and ev.turn == self.response.turn:  # its response.done says "failed"
+                self.response.error = {"type": kind, "code": code}
+            return [_error(code, ev.message, kind=kind)]
         return []
 
     def _transcribed(self, ev: events.FinalTranscript) -> Out:
@@ -636,14 +639,14 @@ class RealtimeConversation:
         if r.opened and r.message is None:
             text = ev.text if ev.text or ev.interrupted else r.transcript  # the session's word is final
             out += self._close(r, text, ev.interrupted)
-        status = "cancelled" if ev.interrupted else "completed"
-        reason = None if not ev.interrupted else "client_cancelled" if self.cancel_requested else "turn_detected"
+        status = "failed" if r.error else "cancelled" if ev.interrupted else "completed"
+        reason = None if status != "cancelled" else "client_cancelled" if self.cancel_requested else "turn_detected"
         self.cancel_requested = False
         if self.detection is not None:
             self.idle_since = ev.time + r.samples_sent / rp.RATE  # quiet once the client has played the reply
         usage = self._usage(r)
         output = [r.message] if r.message is not None else []
-        response = rp.response_object(r.response_id, status, output + r.calls, r.audio, reason, usage)
+        response = rp.response_object(r.response_id, status, output + r.calls, r.audio, reason, usage, r.error)
         return [*out, rp.ResponseDoneEvent(response)]
 
     def _close(self, r: _Response, text: str, interrupted: bool) -> Out:

@@ -1276,8 +1276,11 @@ def response_object(
     audio: bool = True,
     reason: str | None = None,
     usage: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    details = None if reason is None else {"type": status, "reason": reason}
+    details = (
+        {"type": status, "error": error} if error else None if reason is None else {"type": status, "reason": reason}
+    )
     return {
         "id": response_id,
         "object": "realtime.response",

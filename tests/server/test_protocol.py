@@ -205,6 +205,30 @@ def test_a_core_error_says_whose_fault_it_is(client_fault: bool, kind: str) -> N
     assert p.decode_event(json.loads(p.encode(p.EventMessage(ev)))) == ev
 
 
+@pytest.mark.parametrize(("client_fault", "kind"), [(True, "invalid_request_error"), (False, "server_error")])
+def test_a_response_that_failed_ends_failed_not_cancelled(client_fault: bool, kind: str) -> None:
+    """A response whose reply failed (its error names its turn) ends with response.done status "failed" and the
+    error's type, which the SDK parses (it said "cancelled" by "turn_detected", or "completed"); an error of no
+    response leaves the one in progress alone."""
+    from openai.types.realtime import ResponseDoneEvent
+
+    conv = RealtimeConversation(FakeSession(FakeBackend()), "default", "Be brief.")
+    conv.on_event(events.ResponseStarted(1, 0.0))
+    conv.on_event(events.ErrorEvent("the LLM server is gone", 0.1, client_fault, turn=1))
+    done = ResponseDoneEvent.model_validate(
+        json.loads(conv.encode(conv.on_event(events.ResponseDone(1, "", True, 0.2))[-1]))
+    )
+    assert done.response.status == "failed"
+    assert done.response.status_details is not None and done.response.status_details.type == "failed"
+    assert done.response.status_details.error is not None and done.response.status_details.error.type == kind
+    conv.on_event(events.ResponseStarted(2, 1.0))
+    conv.on_event(events.ErrorEvent("offering the tools failed", 1.1))
+    done = ResponseDoneEvent.model_validate(
+        json.loads(conv.encode(conv.on_event(events.ResponseDone(2, "Hi", False, 1.2))[-1]))
+    )
+    assert done.response.status == "completed"
+
+
 def test_response_create_takes_its_own_output_modalities_and_metadata() -> None:
     """response.create with output_modalities ["text"] in an audio session gets that one response as text (no audio
     deltas), the next one is audio again; conversation "auto" and metadata are accepted (modalities were ignored)."""
