@@ -289,8 +289,8 @@ class Conversation:
 
     async def _run_reply(self, reply: Reply) -> None:
         try:
-            if self._settling is not None:
-                await self._settling  # the interrupted answer is recorded before a new one starts
+            if self._settling is not None:  # the interrupted answer is recorded before a new one starts;
+                await asyncio.shield(self._settling)  # shielded: cutting this reply must not cancel that record
             await self.context.before_reply(reply.responder)
             functions, hand_off = self.tools.for_reply(reply.turn)
             if functions is not None:
