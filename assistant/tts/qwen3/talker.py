@@ -128,8 +128,8 @@ class Attention(nn.Module):
     def project(
         self, x: mx.array, offset: int | mx.array, angles: tuple[mx.array, mx.array] | None
     ) -> tuple[mx.array, mx.array]:
-        """q [b, heads, n, d], rotated (and scaled in the fused layout), and the new K/V [b, 2 * kv_heads, n, d] (keys rotated) of x [b, n, hidden]
-        at positions offset.. (`angles`: their Rope cos/sin, used by the fused layout)."""
+        """q [b, heads, n, d], rotated (and scaled in the fused layout), and the new K/V [b, 2 * kv_heads, n, d]
+        (keys rotated) of x [b, n, hidden] at positions offset.. (`angles`: their Rope cos/sin, fused layout)."""
         b, n, _ = x.shape
         h, kv, d = self.heads, self.kv_heads, self.head_dim
         if not self.fused:
