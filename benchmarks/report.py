@@ -41,6 +41,12 @@ array mask; its fallback records a fifth, the scale). Top-k partitions the raw l
 the Gumbel draw fuse into one kernel; codes stay argmax's uint32 inside the frame (one cast per frame, not 16); the
 text track is projected in batches as text commits (not one small graph per frame), and E(frame) + text is summed
 inside the compiled step. CPU count 3,535 -> 2,543 per frame (table below); greedy parity with the fixtures holds.
+No GPU figure of this code yet: six device machine starts failed (14:19-15:21 UTC, 1,171 s of the 1,800 s lease),
+so the h100 rows below are still those of the code before it. Next on a GPU, in two calls after the install:
+`FRESH=tts LIMIT_TTS06=250 LIMIT_TTS17=100 JOBS='tts 0.6B bf16$,mxfp4,4-bit alone,8-bit,tts 1.7B bf16$' bash
+benchmarks/gpu.sh install tts-0.6B tts-1.7B`, then `AB=fused AB_ENVS="MLX_NONE=1 MLX_USE_CUDA_GRAPHS=0
+MLX_MAX_OPS_PER_BUFFER=1000" bash benchmarks/gpu.sh ab v2v` (MLX CUDA records kernels into CUDA graphs of 100
+operations on an H100; whether direct launches or larger graphs cost the host less per kernel is not measured).
 
 On an H100 (2026-12-07 13:14-13:22 UTC, one machine, the fused layout; `FRESH=tts LIMIT_TTS06=300 LIMIT_TTS17=170
 LIMIT_PART=60 JOBS='tts 0.6B bf16$,tts 0.6B 4-bit alone,8-bit,mxfp4,tts 1.7B bf16$' bash benchmarks/gpu.sh install
