@@ -66,6 +66,8 @@ def pulled_models(cfg: config.Config) -> list[tuple[str, str]]:
 
 def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
     check_open_file_limit()
+    check_voice(cfg)
+    check_server_settings(cfg)
     for what, spec in models_of(cfg):  # pre-flight: a missing model or device fails in seconds, in one line
         hub.resolve(spec, what)
     _check_port(cfg)  # before the models load: a second daemon on the same port fails at once, not after warm-up
@@ -86,6 +88,48 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
                 break
         # outside the except block: the daemon's own exceptions must not be chained to the missing device
         return asyncio.run(_run_daemon(cfg, headless=headless, console=con))
+
+
+def check_voice(cfg: config.Config, name: str | None = None) -> None:
+    """The voice profile `name` (default tts.voice) is in the voices folder and complete: a typo fails in a second,
+    before the models load (the TTS found it only after loading them). ConfigError naming the profiles."""
+    from assistant.tts.voices import load_profiles, resolve_voice_dir
+
+    what, name = ("--voice", name) if name else ("tts.voice", cfg.tts.voice)
+    folder = resolve_voice_dir(cfg.tts.voices_dir)
+    profiles = load_profiles(folder)
+    if name not in profiles:
+        raise ConfigError(
+            f"{what} {name!r} is not a voice profile in {folder}; use one of {', '.join(sorted(profiles)) or 'none'}"
+            " (`assistant voices` lists them)"
+        )
+    profiles[name].validate()
+
+
+def check_server_settings(cfg: config.Config) -> None:
+    """server.voice_aliases entries and the TLS files load (the server read them only after the models had
+    loaded, so a typo there cost a full start). ConfigError naming the fix."""
+    if not cfg.server.enabled:
+        return
+    from assistant.oneshot import parse_aliases
+
+    parse_aliases(cfg.server.voice_aliases)
+    if cfg.server.tls_cert or cfg.server.tls_key:
+        from assistant.server.ws import tls_context
+
+        tls_context(cfg.server)
+
+
+def _check_tools(cfg: config.Config) -> None:
+    """The memory database opens and every `tools.enabled` name and `tools.timezone` is known (as `run` builds
+    them before the models load)."""
+    from assistant.tools.setup import build_toolbox, open_memory
+
+    memory = open_memory(cfg.memory)
+    try:
+        build_toolbox(cfg, memory)
+    finally:
+        memory.close()
 
 
 def _terminal(args: argparse.Namespace, cfg: config.Config) -> Any:
@@ -256,6 +300,7 @@ async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any =
 
 
 def cmd_wyoming(args: argparse.Namespace, cfg: config.Config) -> int:
+    check_voice(cfg)
     for what, spec in (("STT model", cfg.stt.model_id), ("TTS model", cfg.tts.model)):
         hub.resolve(spec, what)
     return asyncio.run(_run_wyoming(cfg))
@@ -421,6 +466,7 @@ def cmd_say(args: argparse.Namespace, cfg: config.Config) -> int:
     if not pieces:
         raise InputError("nothing to say: TEXT has no speakable words (only emoji, symbols or markup)")
     out = check_output(args.out) if args.out else None  # before the model loads: a bad path fails in a second
+    check_voice(cfg, args.voice)
     from assistant.tts.qwen3 import Qwen3TTS
 
     began = time.perf_counter()
@@ -783,6 +829,8 @@ def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
 
     checks = [Check("config", None)]
     checks += [_check(f"{what} {spec}", partial(_check_model, spec, what)) for what, spec in models_of(cfg)]
+    checks.append(_check(f"voice {cfg.tts.voice}", partial(check_voice, cfg)))
+    checks.append(_check("tools and memory", partial(_check_tools, cfg)))
     mic = _check("microphone", lambda: devices.pick(cfg.audio.input_device, "input"))
     checks.append(mic)
     if mic.problem is None:
@@ -791,6 +839,7 @@ def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
     if cfg.llm.backend == "openai":
         checks.append(_check(f"LLM server {cfg.llm.base_url}", lambda: _check_llm_server(cfg.llm)))
     checks.append(_check("server port", lambda: _check_port(cfg)))
+    checks.append(_check("server settings", partial(check_server_settings, cfg)))
     checks.append(_check("config folder", _check_config_dir))
     checks.append(_check("cache folder", _check_cache_dir))
     print(f"config: {cfg.source}")
@@ -868,7 +917,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-events", type=_count, default=0, metavar="N", help="with `events`: exit after N events (0: never)"
     )
     p = add("history", cmd_history, "show or erase the conversation history kept across restarts")
-    p.add_argument("action", choices=("show", "reset"), help="show: print it; reset: erase it")
+    p.add_argument(
+        "action",
+        nargs="?",
+        default="show",
+        choices=("show", "reset"),
+        help="show (the default): print it; reset: erase it",
+    )
     add("wyoming", cmd_wyoming, "serve our STT and TTS to Home Assistant over Wyoming (without the voice loop)")
     add("doctor", cmd_doctor, "check devices, cached models, the server port and permissions")
     return parser

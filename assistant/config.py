@@ -310,6 +310,7 @@ def _user_tools(path: str, value: Any, origin: str) -> dict[str, UserToolConfig]
                         f'{origin}: `{where}.parameters` must be a JSON schema table with type = "object", got {item!r}'
                     )
                 updates[key] = {"type": "object", "properties": {}, **item}
+                _check_parameters(f"{where}.parameters", updates[key], origin)
             elif key == "headers":
                 if not isinstance(item, dict) or not all(isinstance(v, str) for v in item.values()):
                     raise ConfigError(f"{origin}: `{where}.headers` must be a table of strings, got {item!r}")
@@ -337,6 +338,23 @@ def _user_tools(path: str, value: Any, origin: str) -> dict[str, UserToolConfig]
             )
         out[name] = tool
     return out
+
+
+def _check_parameters(where: str, schema: dict[str, Any], origin: str) -> None:
+    """A tool's JSON schema has a table of property schemas and a `required` list naming some of them (the
+    placeholders and the chat template read both)."""
+    properties = schema["properties"]
+    if not isinstance(properties, dict) or not all(isinstance(v, dict) for v in properties.values()):
+        raise ConfigError(
+            f'{origin}: `{where}.properties` must be a table of schemas, e.g. {{ city = {{ type = "string" }} }}, '
+            f"got {properties!r}"
+        )
+    required = schema.get("required", [])
+    if not isinstance(required, list) or not all(isinstance(r, str) and r in properties for r in required):
+        raise ConfigError(
+            f"{origin}: `{where}.required` must be a list of names from its properties "
+            f"({', '.join(properties) or 'none'}), got {required!r}"
+        )
 
 
 INDEX_KEYS = frozenset({"audio.input_device", "audio.output_device"})  # a name substring or a device index

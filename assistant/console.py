@@ -245,10 +245,10 @@ class StatusLine:
     """Follows a conversation's events: transcript and reply lines above, the live status below."""
 
     def __init__(self, source: Any, console: Console) -> None:
-        self.source = source  # anything with .subscribe(n) -> async iterator of events, .state and .cfg
+        self.source = source  # anything with .subscribe(n) -> async iterator of events, .core.state and .cfg
         self.console = console
         self.view = View(source.cfg.pipeline.mode)
-        self.view.state = source.state
+        self.view.state = source.core.state
 
     async def run(self) -> None:
         sub = self.source.subscribe(256)

@@ -19,14 +19,14 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import numpy as np
 
 from assistant import settings, turns
-from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, AudioBlock, level_dbfs
-from assistant.audio.sinks import AudioSink, AudioSource, ClientSink, SpeakerTiming, played_out
+from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, AudioBlock
+from assistant.audio.sinks import AudioSink, AudioSource, ClientSink, played_out
 from assistant.bus import EventBus, Subscription
 from assistant.compute import Compute, Generation, Priority, Stale
 from assistant.config import Config
@@ -41,7 +41,6 @@ from assistant.events import (
     Event,
     ResponseAudio,
     SessionEvent,
-    TurnState,
 )
 from assistant.llm import History
 from assistant.logs import kv
@@ -91,7 +90,6 @@ class Conversation:
         self.vad: VadLike = engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
         policy = realtime_policy(cfg, True, True, True) if realtime else daemon_policy(cfg)
         self.core = turns.TurnCore(policy, end_of_turn(cfg, engines.score_turn), ring_samples(cfg))
-        self.hangover_ms: int | None = cfg.vad.hangover_ms
         self.tools = ConversationTools(toolbox)
         self.context = ChatContext(
             engines.chat, self.compute, cfg.llm.system_prompt, cfg.tools.timezone, memory, self.failed
@@ -104,7 +102,6 @@ class Conversation:
         self._replies: dict[int, Reply] = {}  # replies in flight
         self._kept: OrderedDict[int, Reply] = OrderedDict()  # finished, for truncate_response
         self._settling: asyncio.Task[None] | None = None  # the cancelled reply being recorded
-        self._last_level = SILENT_DBFS  # level of the last chunk written (for sinks without SpeakerTiming)
         # the speaker's own voice out of the microphone before VAD and STT (daemon only: clients cancel their own)
         self.echo = None if realtime else make_canceller(cfg, self.sink, engines.tts.sample_rate)
         self._stt_final = 0.0
@@ -126,7 +123,7 @@ class Conversation:
             self._tick_at = end
             delay = max(end - time.monotonic(), 0.0) + 0.01
             loop = asyncio.get_running_loop()
-            self._tick = loop.call_later(delay, lambda: self._apply(turns.Tick(time.monotonic())))
+            self._tick = loop.call_later(delay, lambda: self.command("tick"))
 
     def _do(self, action: turns.Action) -> None:
         match action:
@@ -203,7 +200,8 @@ class Conversation:
     # ---- the microphone -------------------------------------------------------------------------------------
 
     def on_audio(self, block: AudioBlock | np.ndarray) -> None:
-        """One captured int16 16 kHz block, judged by the time it was recorded."""
+        """One captured int16 16 kHz mono block of any length, judged by the time it was recorded (a bare array was
+        recorded just now: a Realtime client's clock runs with ours); InputError for other audio."""
         now = time.monotonic()
         if not isinstance(block, AudioBlock):  # a source without capture times: it was recorded just now
             block = AudioBlock(block, now - len(block) / CAPTURE_RATE)
@@ -214,17 +212,15 @@ class Conversation:
             if not len(block.samples):
                 return  # less than one 10 ms frame so far
         level, end = self._speaker_at(block.t, len(block.samples))
-        self._apply(turns.AudioIn(block.samples, block.t, now, level, end))
+        # the room is learned from a reply's echo; no speaker, no echo to hear the user over
+        known = self.echo is None or not self.output_ok or self.echo.echo_return_db is not None
+        self._apply(turns.AudioIn(block.samples, block.t, now, level, end, known))
 
     def _speaker_at(self, t: float, n: int) -> tuple[float, float | None]:
         """The echo level that `n` samples recorded at `t` may hold, and when the speaker's last sample left."""
-        if self.echo is not None and isinstance(self.sink, SpeakerTiming):
-            return self.echo.echo_dbfs(t, n), self.sink.last_sample_time  # what is left after cancelling
-        if isinstance(self.sink, SpeakerTiming):
-            return self.sink.level_at(t), self.sink.last_sample_time
-        # A sink that cannot say (NullSink, benchmark doubles): the level of the reply while it plays.
-        playing = self.core.current is not None and self.core.state is TurnState.ASSISTANT_SPEAKING
-        return (self._last_level if playing else SILENT_DBFS), None
+        # with a canceller: what is left of the echo after cancelling
+        level = self.sink.level_at(t) if self.echo is None else self.echo.echo_dbfs(t, n)
+        return level, self.sink.last_sample_time
 
     async def warmup(self) -> None:
         """Let every engine compile the shapes it will use (on the compute thread); call before listening."""
@@ -252,7 +248,7 @@ class Conversation:
                     self.device_ok = False
                     log.warning("microphone lost", extra=kv(error=str(e), retry_s=self.cfg.audio.device_retry_s))
                     self.publish(DeviceStatus("input", False, str(e), time.monotonic()))
-                    self._apply(turns.ClearAudio(time.monotonic()))  # the cut utterance must not run into the next
+                    self.command("clear")  # the cut utterance must not run into the next
                 await asyncio.sleep(self.cfg.audio.device_retry_s)
                 continue
             if not self.device_ok:
@@ -262,7 +258,7 @@ class Conversation:
                 self.on_audio(block)
             except Exception as e:  # a bug or a bad block must not stop the daemon listening
                 self.failed(e, "handling microphone audio")
-                self._apply(turns.ClearAudio(time.monotonic()))
+                self.command("clear")
 
     # ---- replies --------------------------------------------------------------------------------------------
 
@@ -293,8 +289,8 @@ class Conversation:
 
     async def _run_reply(self, reply: Reply) -> None:
         try:
-            if self._settling is not None:
-                await self._settling  # the interrupted answer is recorded before a new one starts
+            if self._settling is not None:  # the interrupted answer is recorded before a new one starts;
+                await asyncio.shield(self._settling)  # shielded: cutting this reply must not cancel that record
             await self.context.before_reply(reply.responder)
             functions, hand_off = self.tools.for_reply(reply.turn)
             if functions is not None:
@@ -321,19 +317,15 @@ class Conversation:
                 with contextlib.suppress(Exception):
                     self._flush()
             job = self.compute.submit(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
-            await self._settle(
-                reply, heard, job, f"turn {reply.turn}: {type(e).__name__}: {e}", isinstance(e, ModelError)
-            )
+            error = f"turn {reply.turn}: {type(e).__name__}: {e}"
+            await self._settle(reply, heard, job, error, isinstance(e, ModelError), isinstance(e, InputError))
 
     def _play(self, turn: int, chunk: np.ndarray) -> None:
         reply = self._replies.get(turn)
         if reply is None or not self.output_ok:
             return  # no speaker: the reply is text only
         if not reply.audio_started:
-            reply.audio_started = True
-            if isinstance(self.sink, SpeakerTiming):
-                reply.underruns_at = self.sink.underruns
-        self._last_level = level_dbfs(chunk)
+            reply.audio_started, reply.underruns_at = True, self.sink.underruns
         self.sink.write(chunk)
         if isinstance(self.sink, ClientSink):  # a Realtime client plays what its events carry
             self.publish(ResponseAudio(turn, chunk, time.monotonic()))
@@ -381,6 +373,7 @@ class Conversation:
         job: concurrent.futures.Future[None],
         error: str | None = None,
         model_failed: bool = False,
+        input_failed: bool = False,
     ) -> None:
         """After the answer is recorded (`job`): a dropped reply (heard None, no error) ends untold; else it ends
         as heard, or failed with `error`."""
@@ -395,10 +388,16 @@ class Conversation:
             return
         if heard is not None and reply.gen is not None:
             await self.context.remember(reply.epoch)
-        self._finish(reply, heard or "", True, error, model_failed)
+        self._finish(reply, heard or "", True, error, model_failed, input_failed)
 
     def _finish(
-        self, reply: Reply, text: str, interrupted: bool, error: str | None = None, model_failed: bool = False
+        self,
+        reply: Reply,
+        text: str,
+        interrupted: bool,
+        error: str | None = None,
+        model_failed: bool = False,
+        input_failed: bool = False,
     ) -> None:
         self._replies.pop(reply.turn, None)
         if reply.result.done():
@@ -408,11 +407,13 @@ class Conversation:
         while len(self._kept) > KEEP_REPLIES:
             self._kept.popitem(last=False)
         self._mark_played(reply)
-        if reply.audio_started and isinstance(self.sink, SpeakerTiming):
+        if reply.audio_started:
             reply.trace.extra["playback_underruns"] = float(self.sink.underruns - reply.underruns_at)
         trace = reply.trace.trace()
         log.info("turn latency", extra=kv(**{k: v for k, v in dataclasses.asdict(trace).items() if k != "extra"}))
-        self._apply(turns.ReplyDone(reply.turn, text, interrupted, time.monotonic(), error, trace, model_failed))
+        self._apply(
+            turns.ReplyDone(reply.turn, text, interrupted, time.monotonic(), error, trace, model_failed, input_failed)
+        )
         self.context.after_reply(reply.responder)
         if (functions := self.tools.reply_done(reply.turn)) is not None:  # response.create's were for it alone
             self.compute.submit(self.engines.chat.set_tools, *functions, priority=Priority.URGENT)
@@ -441,27 +442,10 @@ class Conversation:
 
     # ---- the Controller (daemon) ----------------------------------------------------------------------------
 
-    @property
-    def state(self) -> TurnState:
-        return self.core.state
-
-    @property
-    def ptt(self) -> bool:
-        return self.core.ptt
-
-    @property
-    def turn(self) -> int:
-        """The number of the latest reply (speculative ones count)."""
-        return self.core.turn
-
-    @property
-    def captured_samples(self) -> int:
-        return self.core.ring.end
-
     def status(self) -> dict[str, Any]:
         return {
-            "state": self.state.value,
-            "turn": self.turn,
+            "state": self.core.state.value,
+            "turn": self.core.turn,
             "mode": self.cfg.pipeline.mode,
             "muted": self.core.muted,
             "ptt": self.core.ptt,
@@ -490,23 +474,10 @@ class Conversation:
         while self._replies:
             await asyncio.wait([r.result for r in self._replies.values()])
 
-    def interrupt(self) -> None:
-        """Stop the reply now: flush playback, cancel LLM and TTS, keep the heard part in the history."""
-        self._apply(turns.Interrupt(time.monotonic()))
-
-    def mute(self) -> None:
-        self._apply(turns.Mute(True, time.monotonic()))
-
-    def unmute(self) -> None:
-        self._apply(turns.Mute(False, time.monotonic()))
-
-    def ptt_start(self) -> None:
-        """Push-to-talk pressed: a user turn starts now, overriding VAD endpointing until `ptt_stop`."""
-        self._apply(turns.Ptt(True, time.monotonic()))
-
-    def ptt_stop(self) -> None:
-        """Push-to-talk released: the user turn ends here, whatever the VAD thinks."""
-        self._apply(turns.Ptt(False, time.monotonic()))
+    def command(self, kind: turns.CommandKind) -> None:
+        """Apply a command now (see `turns.Command`): an interrupt flushes playback, cancels LLM and TTS and
+        keeps the heard part in the history; push-to-talk overrides VAD endpointing while held."""
+        self._apply(turns.Command(kind, time.monotonic()))
 
     def config_get(self) -> dict[str, Any]:
         return settings.public(self.cfg)
@@ -520,12 +491,14 @@ class Conversation:
         if new.logging.level != self.cfg.logging.level:
             logging.getLogger("assistant").setLevel(new.logging.level.upper())
         if new.tts.voice != self.cfg.tts.voice:
-            self._use_voice(new.tts.voice)  # checked above
-        self._retune(new, daemon_policy(new), end_of_turn(new, self.engines.score_turn), new.vad != self.cfg.vad)
+            self.set_voice(new.tts.voice)
+        self._retune(new, daemon_policy(new), end_of_turn(new, self.engines.score_turn))
         return self.config_get()
 
-    def _retune(self, cfg: Config, policy: turns.Policy, turn_end: EndOfTurnPolicy, new_vad: bool) -> None:
-        """From the next input on, the core runs under `policy` and `turn_end`, and `new_vad`: a VAD for `cfg`."""
+    def _retune(self, cfg: Config, policy: turns.Policy, turn_end: EndOfTurnPolicy) -> None:
+        """From the next input on, the core runs under `policy` and `turn_end`, with a new VAD when `cfg.vad`
+        changed."""
+        new_vad = cfg.vad != self.cfg.vad
         if new_vad:
             self.vad = self.engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
         self.cfg = cfg
@@ -553,7 +526,7 @@ class Conversation:
         return [dataclasses.asdict(m) for m in self.engines.chat.history]
 
     def history_reset(self) -> None:
-        self.interrupt()  # first: its answer is recorded before the reset, and not stored after it
+        self.command("interrupt")  # first: its answer is recorded before the reset, and not stored after it
         self.context.reset()
 
     def subscribe(self, maxsize: int = SUB_DEFAULT) -> Subscription[Event]:
@@ -566,13 +539,11 @@ class Conversation:
         self.context.set_instructions(text)
 
     def set_voice(self, name: str) -> None:
+        """Replies started after voice `name` is loaded (on the compute thread) speak with it; ConfigError naming
+        the voices when it is unknown."""
         names = self.engines.tts.voice_names()
         if name not in names:
             raise ConfigError(f"unknown voice {name!r}; voices: {', '.join(sorted(names))}")
-        self._use_voice(name)
-
-    def _use_voice(self, name: str) -> None:
-        """Replies started after voice `name` is loaded (on the compute thread) speak with it."""
         self._background(f"loading voice {name!r}", self.engines.use_voice, name)
 
     def set_turn_detection(
@@ -586,20 +557,7 @@ class Conversation:
         turns = realtime_turns(
             self.cfg, hangover_ms, create_response, interrupt_response, semantic, self.engines.score_turn
         )
-        new_vad, self.hangover_ms = hangover_ms is not None and hangover_ms != self.hangover_ms, hangover_ms
-        self._retune(*turns, new_vad)
-
-    def append_audio(self, samples: np.ndarray) -> None:
-        """int16 16 kHz mono of any length, recorded by the client just now (its clock runs with ours); InputError
-        for other audio (checked once, in `on_audio`)."""
-        self.on_audio(samples)
-
-    def commit_audio(self) -> None:
-        """End the user's utterance now: transcribe it as one user message (FinalTranscript, "" when empty)."""
-        self._apply(turns.Commit(time.monotonic()))
-
-    def clear_audio(self) -> None:
-        self._apply(turns.ClearAudio(time.monotonic()))
+        self._retune(*turns)
 
     def add_user_text(self, text: str) -> None:
         self._apply(turns.UserText(text, time.monotonic()))
@@ -623,11 +581,7 @@ class Conversation:
         """The client's result of a call it was handed; the next response continues the answer with it.
         InputError when no handed-off call has that id."""
         self.tools.add_output(call_id, output)
-        self._apply(turns.ToolOutput(time.monotonic()))
-
-    def cancel_response(self) -> None:
-        """Stop the reply now (ResponseDone interrupted=True); the history keeps what was sent."""
-        self._apply(turns.Interrupt(time.monotonic()))
+        self.command("tool_output")
 
     def delete_item(self, role: str, text: str) -> None:
         """Forget the newest `role` message whose text is `text` (Realtime conversation.item.delete); InputError
@@ -647,19 +601,13 @@ class Conversation:
         if heard != recorded:
             self._background("truncating the answer", self.engines.chat.revise_answer, recorded, heard)
 
-    async def events(self) -> AsyncIterator[SessionEvent]:
+    def events(self) -> Subscription[SessionEvent]:
         assert self._events is not None
-        async for ev in self._events:
-            yield ev
-
-    async def close(self) -> None:
-        """End a Realtime session: its reply is dropped, its tasks stop, the events end."""
-        await self.aclose()
-        if self._on_close is not None:
-            self._on_close(self)
+        return self._events
 
     async def aclose(self) -> None:
-        """Stop everything: cancel the turn, flush playback, end the compute thread when it is ours."""
+        """Stop everything: cancel the turn, flush playback, end the events (a Realtime session then leaves the
+        open ones) and the compute thread when it is ours."""
         if self._closed:
             return
         self._closed = True
@@ -674,6 +622,8 @@ class Conversation:
         with contextlib.suppress(Exception):
             self.sink.flush()
         self.bus.close()
+        if self._on_close is not None:
+            self._on_close(self)
         if self._owns_compute:
             await asyncio.to_thread(self.compute.close, 1.0)
 

@@ -204,8 +204,8 @@ async def hotkey_service(pipeline: Conversation) -> AsyncIterator[None]:
     hotkey = Hotkey(
         cfg.hotkey,
         cfg.hotkey_mode,
-        on_start=lambda: loop.call_soon_threadsafe(pipeline.ptt_start),
-        on_stop=lambda: loop.call_soon_threadsafe(pipeline.ptt_stop),
+        on_start=lambda: loop.call_soon_threadsafe(pipeline.command, "ptt_start"),
+        on_stop=lambda: loop.call_soon_threadsafe(pipeline.command, "ptt_stop"),
     )
     problem = hotkey.start()
     if problem is not None:

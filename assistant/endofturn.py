@@ -34,6 +34,9 @@ class TurnEvidence:
     speech_ms: int  # voiced audio in the turn so far
     score: float | None  # P(turn complete) from an end-of-turn model for this pause; None until it arrives
     partial_text: str  # the latest partial transcript, "" when there is none
+    # The user could take an early end back (speak on within endofturn.resume_ms, heard over the reply). False while
+    # the echo canceller has not learned the room: AEC3 then turns a user talking over the reply down to nothing.
+    room_known: bool = True
 
 
 class EndOfTurnPolicy(Protocol):
@@ -86,16 +89,22 @@ class SmartTurnPolicy:
     """The end-of-turn model's policy: weigh a score of the speech plus `score_after_ms` of silence once that
     silence is heard, end the turn when the score reaches `threshold` (unless the partial transcript ends on a
     filler), else wait, up to `max_wait_ms`. The core asks for the score then, or earlier where the VAD gives
-    notice of the pause (PauseStarted, endofturn.ask_after_ms) with the silence not yet heard as zeros."""
+    notice of the pause (PauseStarted, endofturn.ask_after_ms) with the silence not yet heard as zeros.
+    Where an early end could not be taken back (`TurnEvidence.room_known` False: the first reply in a room the echo
+    canceller has not heard yet), no pause shorter than `room_unknown_wait_ms` ends the turn: as long as the user
+    could have taken it back (endofturn.resume_ms), so a thinking pause there is never answered on its own."""
 
     threshold: float = 0.5
     score_after_ms: int | None = 150  # 5 VAD frames: as accurate as 120 or 180, longer than gaps inside words
     max_wait_ms: int = 2000  # a pause this long ends the turn whatever the model said
     fillers: frozenset[str] = TRAILING_FILLERS
+    room_unknown_wait_ms: int = 0
 
     def decide(self, ev: TurnEvidence) -> Decision:
         if ev.silence_ms >= self.max_wait_ms:
             return "end"
+        if not ev.room_known and ev.silence_ms < self.room_unknown_wait_ms:
+            return "wait"
         if ev.score is None or ends_mid_phrase(ev.partial_text, self.fillers):
             return "wait"
         return "end" if ev.score >= self.threshold else "wait"
@@ -247,10 +256,11 @@ class SmartTurn:
 
 
 def policy_from_config(cfg: EndOfTurnConfig, hangover_ms: int) -> EndOfTurnPolicy:
-    """The configured policy: Smart Turn's, or a fixed `hangover_ms` of silence (vad.hangover_ms)."""
+    """The configured policy: Smart Turn's (patient for `resume_ms` while the room is unknown), or a fixed
+    `hangover_ms` of silence (vad.hangover_ms)."""
     if cfg.detector == "silence":
         return FixedSilence(hangover_ms)
-    return SmartTurnPolicy(cfg.threshold, cfg.score_after_ms, cfg.max_wait_ms)
+    return SmartTurnPolicy(cfg.threshold, cfg.score_after_ms, cfg.max_wait_ms, room_unknown_wait_ms=cfg.resume_ms)
 
 
 def vad_settings(vad: VadConfig, cfg: EndOfTurnConfig) -> VadConfig:

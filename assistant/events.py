@@ -183,8 +183,13 @@ class AttentionChanged:
 
 @dataclass(frozen=True)
 class ErrorEvent:
+    """Something failed; `client_fault` when the client's request or input caused it (the client must change
+    what it sends), else the assistant's own failure (a model, a device, a bug); `turn`: the reply it failed."""
+
     message: str
     time: float
+    client_fault: bool = False
+    turn: int | None = None
 
 
 Event = (

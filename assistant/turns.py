@@ -98,6 +98,7 @@ class AudioIn:
     now: float
     speaker_dbfs: float = SILENT_DBFS  # what the speaker played around `t` (the sink's level_at(t))
     speaker_end: float | None = None  # when the speaker's last queued sample left it (None: still playing/none)
+    room_known: bool = True  # the echo canceller has learned how the room returns the speaker (TurnEvidence)
 
 
 @dataclass(frozen=True)
@@ -162,49 +163,26 @@ class ReplyDone:
     error: str | None = None
     trace: LatencyTrace | None = None  # its latency milestones, published after ResponseDone
     model_failed: bool = False  # the error is the model's (ModelError): asking again may work
+    input_failed: bool = False  # the error is the client's input (InputError): it must send something else
+
+
+CommandKind = Literal["ptt_start", "ptt_stop", "interrupt", "mute", "unmute", "commit", "clear", "tool_output", "tick"]
 
 
 @dataclass(frozen=True)
-class Ptt:
-    down: bool
-    now: float
+class Command:
+    """A command without data: push-to-talk down/up; stop the reply now (the daemon's interrupt, Realtime
+    response.cancel); mute/unmute; Realtime manual mode's commit (the user's audio so far is one message) and clear;
+    a Realtime function output (the next response continues the answer that made the call); tick (time passed:
+    the driver's timer at the end of the wake phrase's follow-up window)."""
 
-
-@dataclass(frozen=True)
-class Interrupt:
-    """Stop the reply now (the daemon's interrupt, Realtime response.cancel)."""
-
-    now: float
-
-
-@dataclass(frozen=True)
-class Mute:
-    muted: bool
-    now: float
-
-
-@dataclass(frozen=True)
-class Commit:
-    """Realtime manual mode: the user's audio so far is one message."""
-
-    now: float
-
-
-@dataclass(frozen=True)
-class ClearAudio:
+    kind: CommandKind
     now: float
 
 
 @dataclass(frozen=True)
 class UserText:
     text: str
-    now: float
-
-
-@dataclass(frozen=True)
-class ToolOutput:
-    """Realtime function_call_output: the next response continues the answer that made the call."""
-
     now: float
 
 
@@ -218,13 +196,6 @@ class CreateResponse:
     say: str | None = None
     speech_end: float = 0.0  # a spoken turn answered by server VAD: when its speech ended (0: a client's request)
     endpoint: float = 0.0  # and when its end was decided (for the latency trace)
-
-
-@dataclass(frozen=True)
-class Tick:
-    """Time passed (the driver's timer at the end of the wake phrase's follow-up window)."""
-
-    now: float
 
 
 @dataclass(frozen=True)
@@ -243,15 +214,9 @@ Input = (
     | ReplyText
     | ReplyAudio
     | ReplyDone
-    | Ptt
-    | Interrupt
-    | Mute
-    | Commit
-    | ClearAudio
+    | Command
     | UserText
-    | ToolOutput
     | CreateResponse
-    | Tick
     | SetPolicy
 )
 
@@ -457,6 +422,7 @@ class TurnCore:
         self._closed: Closed | None = None  # the latest answered turn, while it may still be resumed
         self._out: list[Action] = []
         self._now = 0.0  # the latest input's time (for the events it causes)
+        self._room_known = True  # the latest AudioIn's room_known
         self.wake = WakeGate(policy.wake_phrase, policy.follow_up_s)
 
     # ---- the one entry point --------------------------------------------------------------------------------
@@ -482,27 +448,25 @@ class TurnCore:
                 self._reply_out(inp.turn, Play(inp.turn, inp.chunk))
             case ReplyDone():
                 self._on_reply_done(inp)
-            case Ptt():
-                self._on_ptt(inp)
-            case Interrupt():
+            case Command(kind="ptt_start" | "ptt_stop"):
+                self._on_ptt(inp.kind == "ptt_start")
+            case Command(kind="interrupt"):
                 self._on_interrupt()
-            case Mute():
-                self._on_mute(inp)
-            case Commit():
+            case Command(kind="mute" | "unmute"):
+                self._on_mute(inp.kind == "mute")
+            case Command(kind="commit"):
                 self._on_commit()
-            case ClearAudio():
+            case Command(kind="clear"):
                 self._drop_user()
                 self._reset_vad()
+            case Command(kind="tool_output"):
+                self.tool_output = True
             case UserText():
                 self._on_user_text(inp)
-            case ToolOutput():
-                self.tool_output = True
             case CreateResponse():
                 self._on_create(inp)
             case SetPolicy():
                 self._on_set_policy(inp)
-            case Tick():
-                pass
         if (attention := self.wake.announce(self._now)) is not None:
             self._emit(Publish(AttentionChanged(attention.value, self._now)))
         return self._out
@@ -528,6 +492,7 @@ class TurnCore:
         n = len(a.samples)
         echo = self._echo_level(a)
         self.clock.add(start, a.t, echo is not None)
+        self._room_known = a.room_known
         if self.muted:
             self.ring.append(np.zeros(n, dtype=np.int16))  # positions stay aligned; no audio kept
             return
@@ -686,7 +651,7 @@ class TurnCore:
         if after is not None and silence_ms >= after and user.score is None and not user.scoring:
             self._ask_score(user, user.silence_at)
         speech_ms = (user.silence_at - user.start) * 1000 // CAPTURE_RATE
-        evidence = TurnEvidence(silence_ms, speech_ms, user.score, user.partial)
+        evidence = TurnEvidence(silence_ms, speech_ms, user.score, user.partial, self._room_known)
         if self.end_of_turn.decide(evidence) == "end":
             if after is not None:  # the VAD's own end was not published (_model_judges)
                 self._emit(Publish(SpeechEnded(user.start, user.silence_at, now)))
@@ -863,7 +828,7 @@ class TurnCore:
         return self.wake.decide(text, started_at, _source(ptt))
 
     def follow_up_ends(self) -> float | None:
-        """When the follow-up window closes (the driver sends a `Tick` then); None when there is none to wait for."""
+        """When the follow-up window closes (the driver sends `Command("tick")` then); None: nothing to wait for."""
         return self.wake.follow_up_ends(self._now)
 
     def _drop_user(self) -> None:
@@ -924,7 +889,7 @@ class TurnCore:
         model failed is followed by an apology in the daemon, so the user knows to ask again."""
         reply = self.replies.pop(r.turn, None)
         if r.error is not None and (reply is None or reply.confirmed):
-            self._error(r.error, r.now)
+            self._error(r.error, r.now, r.input_failed, r.turn)
         user = self.user
         if reply is not None and not reply.confirmed:  # a speculative reply failed: the turn starts afresh
             if user is not None and user.spec_turn == r.turn:
@@ -999,13 +964,13 @@ class TurnCore:
 
     # ---- commands -------------------------------------------------------------------------------------------
 
-    def _on_ptt(self, p: Ptt) -> None:
-        if not self.policy.ptt or p.down == self.ptt:
+    def _on_ptt(self, down: bool) -> None:
+        if not self.policy.ptt or down == self.ptt:
             return
-        self.ptt = p.down
-        self._emit(Publish(PushToTalk(p.down, p.now)))
-        if p.down:
-            self._cancel_speculation(p.now)
+        self.ptt = down
+        self._emit(Publish(PushToTalk(down, self._now)))
+        if down:
+            self._cancel_speculation(self._now)
             self._interrupt_current()
             if self.user is None:
                 self._begin(max(0, self.ring.end - self.policy.preroll_samples), ptt=True)
@@ -1015,7 +980,7 @@ class TurnCore:
             return
         self._reset_vad()  # its utterance in progress is ours; it must not end a second turn
         if self.user is not None:
-            self._end_turn(self.ring.end, p.now)
+            self._end_turn(self.ring.end, self._now)
 
     def _on_interrupt(self) -> None:
         if self._creating is not None:  # a response still waiting for its transcripts: it never starts
@@ -1029,13 +994,13 @@ class TurnCore:
             if self.user is None:
                 self._set_state(TurnState.IDLE)
 
-    def _on_mute(self, m: Mute) -> None:
-        if m.muted:
+    def _on_mute(self, muted: bool) -> None:
+        if muted:
             self._drop_user()
         elif self.muted:
             self._reset_vad()
-        self.muted = m.muted
-        self._emit(Publish(MuteChanged(m.muted, m.now)))
+        self.muted = muted
+        self._emit(Publish(MuteChanged(muted, self._now)))
 
     def _on_commit(self) -> None:
         if self.user is None:
@@ -1081,6 +1046,8 @@ class TurnCore:
                 "nothing to answer: no words were heard in the user audio and no user message was added; "
                 "send speech or a user message item",
                 c.now,
+                client_fault=True,
+                turn=turn,
             )
             self._emit(Publish(ResponseDone(turn, "", False, c.now)))
             return
@@ -1109,8 +1076,8 @@ class TurnCore:
             old, self.state = self.state, new
             self._emit(Publish(StateChanged(old, new, self._now)))
 
-    def _error(self, message: str, now: float) -> None:
-        self._emit(Publish(ErrorEvent(message, now)))
+    def _error(self, message: str, now: float, client_fault: bool = False, turn: int | None = None) -> None:
+        self._emit(Publish(ErrorEvent(message, now, client_fault, turn)))
 
     def _emit(self, action: Action) -> None:
         self._out.append(action)

@@ -54,6 +54,7 @@ from wyoming.server import AsyncEventHandler
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
 
 from assistant import __version__
+from assistant.audio.files import MIN_SPEECH_RATE
 from assistant.audio.format import CAPTURE_RATE, StreamResampler, float32_to_int16
 from assistant.compute import Compute, Priority
 from assistant.config import Config
@@ -114,8 +115,10 @@ class PcmFormat:
             fmt = cls(int(data["rate"]), int(data["width"]), int(data["channels"]))
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"audio event needs integer rate, width and channels, got {data!r}") from e
-        if not 1000 <= fmt.rate <= MAX_RATE:
-            raise InputError(f"audio rate {fmt.rate} Hz is out of range (1000..{MAX_RATE})")
+        if not MIN_SPEECH_RATE <= fmt.rate <= MAX_RATE:  # below 8 kHz the words are not in the audio
+            raise InputError(
+                f"audio rate {fmt.rate} Hz is out of range ({MIN_SPEECH_RATE}..{MAX_RATE}); send 16000 Hz audio"
+            )
         if fmt.width not in WIDTHS:
             raise InputError(f"audio width {fmt.width} bytes is not supported; use 1, 2, 3 or 4")
         if not 1 <= fmt.channels <= MAX_CHANNELS:

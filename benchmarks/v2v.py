@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from assistant.audio.format import SILENT_DBFS, level_dbfs
 from assistant.compute import Compute, Priority, Ticket
 from assistant.llm import Chat
 
@@ -100,10 +101,18 @@ class TimestampSink:
         self._start: float | None = None  # when sample 0 would have played, continuing the current run
         self._dac: float | None = None  # when the current run's first sample played
         self._written = 0
+        self._level = SILENT_DBFS  # of the latest write
+        self.last_sample_time: float | None = None  # no drain time known: the turn core goes by level_at
+        self.underruns = 0
+
+    def level_at(self, t: float) -> float:
+        """The latest write's level while written audio still plays (no history: now stands for `t`)."""
+        return self._level if self.play_left_s() > 0 else SILENT_DBFS
 
     def write(self, chunk: np.ndarray) -> None:
         now = time.monotonic()
         self.writes.append(now)
+        self._level = level_dbfs(chunk)
         if self._start is None or self.played_samples >= self._written:  # idle: playback restarts now
             self._start = now - self._written / OUT_RATE
         if self._dac is None:  # the first sample since flush() (an underrun's restart is not the reply's start)

@@ -177,3 +177,17 @@ def test_dash_refuses_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", _Terminal(io.BytesIO(b"RIFF")))
     with pytest.raises(InputError, match=r"^stdin is a terminal; pipe an audio file in"):
         read_audio("-")
+
+
+def test_nan_and_infinite_samples_become_silence_not_a_lost_transcript(tmp_path: Path) -> None:
+    """A float WAV with a NaN and an infinite sample reads (from a path and from bytes) with those two samples set
+    to 0 and the rest untouched (one NaN made every mel feature NaN, so the whole recording transcribed to nothing)."""
+    x = np.linspace(-0.5, 0.5, 16_000, dtype=np.float32)
+    x[100], x[200] = np.nan, np.inf
+    path = tmp_path / "bad.wav"
+    sf.write(path, x, 16_000, subtype="FLOAT")
+    for y, rate in (read_audio(str(path)), decode_audio(path.read_bytes(), "bad.wav")):
+        assert rate == 16_000 and np.isfinite(y).all()
+        assert y[100] == 0.0 and y[200] == 0.0
+        keep = np.isfinite(x)
+        np.testing.assert_array_equal(y[keep], x[keep])

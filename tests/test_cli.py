@@ -223,3 +223,51 @@ def test_no_command_shows_every_command(capsys: pytest.CaptureFixture[str]) -> N
     assert cli.main([]) == 2
     err = capsys.readouterr().err
     assert all(f"\n    {sub} " in err for sub in SUBCOMMANDS) and "required" not in err
+
+
+def test_a_voice_typo_fails_before_any_model_loads(tmp_path: Path) -> None:
+    """`run` with an unknown tts.voice and `say --voice` with an unknown name fail in one line naming the profiles
+    before looking for a model (they failed only after loading every model)."""
+    env = no_sound_env(tmp_path)
+    out = run(["run", "--set", "tts.voice=nobody"], env)
+    assert out.returncode == 2
+    line = out.stderr.strip()
+    assert line.startswith("assistant: error: tts.voice 'nobody' is not a voice profile in ")
+    assert "use one of " in line and "default" in line and "\n" not in line
+    out = run(["say", "--voice", "nobdy", "hello"], env)
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("assistant: error: --voice 'nobdy' is not a voice profile in ")
+
+
+def test_doctor_checks_the_voice_tools_and_memory(tmp_path: Path) -> None:
+    """`assistant doctor` fails an unknown voice, a tools.enabled name nothing declares, an unknown time zone and a
+    memory database that cannot be opened, each with its fix (it said `ok`, and `run` then refused to start)."""
+    env = no_sound_env(tmp_path)
+    (tmp_path / "file").write_text("not a folder")
+    sets = ["--set", "tts.voice=nobody", "--set", "tools.enabled=['bogus']"]
+    out = run(["doctor", *sets], env)
+    assert out.returncode == 1
+    assert "  FAIL  voice nobody: tts.voice 'nobody' is not a voice profile in " in out.stdout
+    assert "  FAIL  tools and memory: `tools.enabled` names `bogus`, which is neither built in" in out.stdout
+    out = run(["doctor", "--set", "tools.timezone=Mars/Base"], env)
+    assert "  FAIL  tools and memory: `tools.timezone` = 'Mars/Base' is not a known time zone" in out.stdout
+    out = run(["doctor", "--set", f"memory.path='{tmp_path / 'file' / 'memory.sqlite3'}'"], env)
+    assert "  FAIL  tools and memory: memory database " in out.stdout and "set `memory.path`" in out.stdout
+    out = run(["doctor"], env)
+    assert "  ok   voice default" in out.stdout and "  ok   tools and memory" in out.stdout
+
+
+def test_bad_voice_aliases_and_tls_files_fail_before_any_model_loads(tmp_path: Path) -> None:
+    """A server.voice_aliases entry without `=` and a TLS certificate that is not there fail `run` in one line before
+    the models are looked for, and doctor lists them (the server read them only after every model had loaded)."""
+    env = no_sound_env(tmp_path)
+    out = run(["run", "--set", "server.voice_aliases=['alloy']"], env)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        'assistant: error: server.voice_aliases entry \'alloy\' is not "name=profile"; write e.g. "alloy=vivian"'
+    )
+    tls = ["--set", f"server.tls_cert='{tmp_path / 'no.pem'}'", "--set", f"server.tls_key='{tmp_path / 'no.key'}'"]
+    out = run(["run", *tls], env)
+    assert out.returncode == 2 and out.stderr.startswith("assistant: error: cannot load server.tls_cert ")
+    out = run(["doctor", *tls], env)
+    assert "  FAIL  server settings: cannot load server.tls_cert " in out.stdout

@@ -3,6 +3,7 @@ the espeak-ng clip set (tests/turn_clips.py) against a fixed 720 ms silence."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -59,6 +60,18 @@ def test_smart_turn_policy_gives_up_waiting_at_max_wait() -> None:
     p = SmartTurnPolicy(max_wait_ms=2000)
     assert p.decide(ev(2000, 0.0, "what time is it in")) == "end"
     assert p.decide(ev(2000)) == "end"
+
+
+def test_smart_turn_policy_waits_out_the_resume_window_while_the_room_is_unknown() -> None:
+    """Before the echo canceller has learned the room, a sure score ends no pause shorter than room_unknown_wait_ms
+    (the user could not take that end back over the reply); at that pause, or once the room is known, it ends."""
+    p = SmartTurnPolicy(max_wait_ms=2000, room_unknown_wait_ms=1200)
+    unknown = dataclasses.replace(ev(600, 0.9), room_known=False)
+    assert p.decide(unknown) == "wait"
+    assert p.decide(dataclasses.replace(unknown, silence_ms=1200)) == "end"
+    assert p.decide(dataclasses.replace(unknown, silence_ms=1200, score=0.1)) == "wait"  # the model still rules
+    assert p.decide(dataclasses.replace(unknown, room_known=True)) == "end"
+    assert SmartTurnPolicy().decide(unknown) == "end"  # endofturn.resume_ms 0: no early end is taken back
 
 
 def test_trailing_filler_keeps_waiting() -> None:
@@ -192,7 +205,7 @@ def test_model_policy_is_far_better_than_a_fixed_timeout(smart_turn: SmartTurn) 
 def test_config_builds_the_policy() -> None:
     """endofturn.detector picks Smart Turn's policy with the configured numbers, or the fixed hangover."""
     cfg = EndOfTurnConfig(threshold=0.6, score_after_ms=210, max_wait_ms=1500)
-    assert policy_from_config(cfg, 720) == SmartTurnPolicy(0.6, 210, 1500)
+    assert policy_from_config(cfg, 720) == SmartTurnPolicy(0.6, 210, 1500, room_unknown_wait_ms=cfg.resume_ms)
     assert policy_from_config(EndOfTurnConfig(detector="silence"), 720) == FixedSilence(720)
 
 

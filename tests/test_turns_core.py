@@ -13,7 +13,7 @@ import pytest
 
 from assistant.audio.format import CAPTURE_RATE, level_dbfs
 from assistant.config import Config
-from assistant.endofturn import Decision, FixedSilence, TurnEvidence
+from assistant.endofturn import Decision, FixedSilence, SmartTurnPolicy, TurnEvidence
 from assistant.events import (
     AttentionChanged,
     ErrorEvent,
@@ -37,7 +37,7 @@ from assistant.turns import (
     SCORE_LEAD_IN,
     Action,
     AudioIn,
-    Commit,
+    Command,
     ConfirmReply,
     CreateResponse,
     DropReply,
@@ -46,12 +46,9 @@ from assistant.turns import (
     Finalize,
     FlushAudio,
     Input,
-    Interrupt,
     InterruptReply,
-    Mute,
     Play,
     Policy,
-    Ptt,
     Publish,
     ReplyAudio,
     ReplyDone,
@@ -60,8 +57,6 @@ from assistant.turns import (
     ScoreTurn,
     SetPolicy,
     StartReply,
-    Tick,
-    ToolOutput,
     Transcribed,
     TurnCore,
     UserText,
@@ -88,10 +83,18 @@ class Timeline:
         self.actions += out
         return out
 
-    def audio(self, blocks: int = 1, value: int = 0, speaker_dbfs: float = -120.0, late_s: float = 0.0) -> None:
+    def audio(
+        self,
+        blocks: int = 1,
+        value: int = 0,
+        speaker_dbfs: float = -120.0,
+        late_s: float = 0.0,
+        room_known: bool = True,
+    ) -> None:
         for _ in range(blocks):
             samples = np.full(BLOCK, value, dtype=np.int16)
-            self.send(AudioIn(samples, self.t, self.t + BLOCK / CAPTURE_RATE + late_s, speaker_dbfs))
+            now = self.t + BLOCK / CAPTURE_RATE + late_s
+            self.send(AudioIn(samples, self.t, now, speaker_dbfs, room_known=room_known))
             self.t += BLOCK / CAPTURE_RATE
 
     @property
@@ -249,7 +252,7 @@ def false_start(policy: Policy) -> None:
 def ptt_overrides_vad(policy: Policy) -> None:
     """While the hotkey is held the VAD's end of speech is ignored; release ends the turn with all its audio."""
     tl = Timeline(policy)
-    tl.send(Ptt(True, tl.now))
+    tl.send(Command("ptt_start", tl.now))
     tl.audio(10, value=1000)
     tl.started(0)
     tl.vad(SilenceStarted(tl.pos(), tl.now))
@@ -257,7 +260,7 @@ def ptt_overrides_vad(policy: Policy) -> None:
     tl.ended(0, tl.pos() - 10 * BLOCK)
     assert not tl.of(Finalize) and not tl.events(SpeculationStarted)
     tl.audio(10, value=2000)
-    tl.send(Ptt(False, tl.now))
+    tl.send(Command("ptt_stop", tl.now))
     assert len(tl.of(Finalize)) == 1 and [e.pressed for e in tl.events(PushToTalk)] == [True, False]  # type: ignore[attr-defined]
     fed = np.concatenate([a.audio for a in tl.of(Feed) if isinstance(a, Feed)])
     assert len(fed) == 30 * BLOCK  # every sample from the press to the release
@@ -272,7 +275,7 @@ def manual_commit(policy: Policy) -> None:
     tl.audio(10, value=1000)
     assert not tl.of(RunVad) and tl.core.user is not None
     tl.send(UserText("first", tl.now))
-    tl.send(Commit(tl.now))
+    tl.send(Command("commit", tl.now))
     tl.send(CreateResponse(tl.now))
     assert not tl.of(StartReply), "the response waits for the transcript in flight"
     tl.transcribe("second")
@@ -285,12 +288,12 @@ def function_outputs_continue(policy: Policy) -> None:
     answer; a new user message instead starts a fresh answer; without either, nothing is answered."""
     tl = Timeline(policy)
     tl.send(SetPolicy(dataclasses.replace(policy, vad_turns=False), FixedSilence(700)))
-    tl.send(ToolOutput(tl.now))
+    tl.send(Command("tool_output", tl.now))
     tl.send(CreateResponse(tl.now))
     first = tl.of(StartReply)[-1]
     assert first.responder.continues and first.responder.user_text is None  # type: ignore[attr-defined]
     tl.send(ReplyDone(first.turn, "It is sunny.", False, tl.now))  # type: ignore[attr-defined]
-    tl.send(ToolOutput(tl.now))
+    tl.send(Command("tool_output", tl.now))
     tl.send(UserText("and tomorrow?", tl.now))
     tl.send(CreateResponse(tl.now))
     second = tl.of(StartReply)[-1]
@@ -298,6 +301,7 @@ def function_outputs_continue(policy: Policy) -> None:
     tl.send(ReplyDone(second.turn, "Rain.", False, tl.now))  # type: ignore[attr-defined]
     tl.send(CreateResponse(tl.now))
     assert tl.of(StartReply)[-1] is second and "nothing to answer" in tl.events(ErrorEvent)[-1].message  # type: ignore[attr-defined]
+    assert tl.events(ErrorEvent)[-1].client_fault  # type: ignore[attr-defined]
 
 
 def cancel_mid_reply(policy: Policy) -> None:
@@ -305,7 +309,7 @@ def cancel_mid_reply(policy: Policy) -> None:
     tl = Timeline(policy)
     turn = spoken_turn(tl)
     tl.reply_plays(turn)
-    tl.send(Interrupt(tl.now))
+    tl.send(Command("interrupt", tl.now))
     assert InterruptReply(turn) in tl.actions
     tl.send(ReplyDone(turn, "One", True, tl.now))
     assert tl.events(ResponseDone)[-1].interrupted  # type: ignore[attr-defined]
@@ -318,8 +322,11 @@ def engine_error(policy: Policy) -> None:
     turn = spoken_turn(tl)
     tl.send(ReplyDone(turn, "", True, tl.now, error="ValueError: scripted failure"))
     assert "scripted failure" in tl.events(ErrorEvent)[-1].message  # type: ignore[attr-defined]
+    assert not tl.events(ErrorEvent)[-1].client_fault and tl.events(ErrorEvent)[-1].turn == turn  # type: ignore[attr-defined]
     assert tl.core.state is TurnState.IDLE
     assert spoken_turn(tl, "again") > turn
+    tl.send(ReplyDone(turn + 1, "", True, tl.now, error="InputError: the user message is empty", input_failed=True))
+    assert tl.events(ErrorEvent)[-1].client_fault  # type: ignore[attr-defined]
 
 
 def model_failure(policy: Policy) -> None:
@@ -359,10 +366,10 @@ def failed_speculation_is_silent(policy: Policy) -> None:
 def mute(policy: Policy) -> None:
     """Muted, speech feeds nothing and starts nothing; unmuted, positions still line up."""
     tl = Timeline(policy)
-    tl.send(Mute(True, tl.now))
+    tl.send(Command("mute", tl.now))
     tl.audio(10, value=1000)
     assert not tl.of(RunVad) and not tl.of(Feed) and tl.core.ring.slice(0, tl.pos()).max() == 0
-    tl.send(Mute(False, tl.now))
+    tl.send(Command("unmute", tl.now))
     assert spoken_turn(tl) >= 1
 
 
@@ -690,7 +697,7 @@ def test_wake_partial_without_the_phrase_starts_no_speculation() -> None:
 
 
 def test_wake_window_closes_on_a_tick() -> None:
-    """After a reply the assistant is engaged for follow_up_s; a Tick past it announces listening for the name."""
+    """After a reply the assistant is engaged for follow_up_s; a tick past it announces listening for the name."""
     tl = Timeline(WAKE)
     tl.audio(10, value=1000)
     tl.started(0)
@@ -701,7 +708,7 @@ def test_wake_window_closes_on_a_tick() -> None:
     turn = reply.turn
     tl.send(ReplyDone(turn, "hi", False, tl.now))
     assert tl.core.follow_up_ends() == pytest.approx(tl.now + 8.0)
-    tl.send(Tick(tl.now + 8.5))
+    tl.send(Command("tick", tl.now + 8.5))
     kinds = [e.attention for e in tl.events(AttentionChanged)]  # type: ignore[attr-defined]
     assert kinds == ["engaged", "listening_for_name"] and tl.core.follow_up_ends() is None
     start = tl.pos()
@@ -803,3 +810,53 @@ def test_speech_after_the_resume_window_is_a_new_turn() -> None:
     tl.started(start)
     assert InterruptReply(turn) in tl.actions and not tl.of(DropReply)
     assert len(last_feed(tl).audio) == tl.pos() - start  # only the new speech
+
+
+# ---- an early end the user could not take back (issue 13 c on a fresh daemon) ----------------------------------
+
+UNKNOWN_ROOM = SmartTurnPolicy(room_unknown_wait_ms=1200)  # as endofturn.policy_from_config with resume_ms 1200
+
+
+def paused_question(tl: Timeline) -> None:
+    """ "What time is it" in a room the echo canceller has not heard yet, 240 ms of silence, and a sure score."""
+    tl.core.end_of_turn = UNKNOWN_ROOM
+    tl.audio(10, value=1000, room_known=False)
+    tl.started(0)
+    tl.vad(SilenceStarted(tl.pos(), tl.now))
+    tl.audio(12, room_known=False)
+    ask = tl.of(ScoreTurn)[-1]
+    assert isinstance(ask, ScoreTurn)
+    tl.send(Scored(ask.job, 0.9, tl.now))
+
+
+def test_a_sure_score_in_an_unknown_room_waits_and_the_user_goes_on_in_the_same_turn() -> None:
+    """Before the echo canceller knows the room (it would turn the user down over the reply, so an early end could
+    not be taken back), a pause the model calls the end ends nothing within endofturn.resume_ms: the user going on
+    after 600 ms continues the same turn, and once the room is known a sure score ends the next pause at once, one
+    transcript and one answer for the whole question."""
+    tl = Timeline(dataclasses.replace(RESUMING, speculative=False))
+    paused_question(tl)
+    tl.audio(18, room_known=False)  # 600 ms of silence in all
+    assert not tl.of(Finalize) and tl.core.state is TurnState.USER_SPEAKING
+    resumed = tl.pos()
+    tl.audio(10, value=2000, room_known=False)
+    tl.started(resumed)
+    tl.vad(SilenceStarted(tl.pos(), tl.now))
+    tl.audio(12)  # the canceller has learned the room meanwhile
+    ask = tl.of(ScoreTurn)[-1]
+    assert isinstance(ask, ScoreTurn)
+    tl.send(Scored(ask.job, 0.9, tl.now))
+    assert len(tl.of(Finalize)) == 1 and tl.core.state is TurnState.THINKING
+    tl.transcribe("what time is it in london")
+    assert [a.responder.user_text for a in tl.of(StartReply)] == ["what time is it in london"]  # type: ignore[attr-defined]
+
+
+def test_a_sure_score_in_an_unknown_room_ends_the_turn_when_the_resume_window_is_over() -> None:
+    """With the room unknown and the user silent, the turn the model called complete ends at resume_ms of silence,
+    not a block earlier."""
+    tl = Timeline(dataclasses.replace(RESUMING, speculative=False))
+    paused_question(tl)
+    tl.audio(47, room_known=False)  # 1180 ms of silence
+    assert not tl.of(Finalize)
+    tl.audio(1, room_known=False)
+    assert len(tl.of(Finalize)) == 1 and tl.core.state is TurnState.THINKING

@@ -8,6 +8,7 @@ Every failure is an InputError whose message names the problem and the fix.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ import numpy as np
 import soundfile as sf
 
 from assistant.errors import InputError
+
+log = logging.getLogger(__name__)
 
 STDIO = "-"
 # Extensions that are not libsndfile's format names: extension -> (format, subtype or None for the default)
@@ -130,7 +133,18 @@ def read_audio(path: str) -> tuple[np.ndarray, int]:
     if x.shape[0] == 0:
         raise InputError(f"{name} holds no audio (0 samples); record or pick another file")
     _check_rate(name, int(rate))
-    return x.mean(axis=1).astype(np.float32), int(rate)
+    return _mono(x, name), int(rate)
+
+
+def _mono(x: np.ndarray, name: str) -> np.ndarray:
+    """The channels' mean, with NaN and infinite samples (float files can hold them) set to silence: one would
+    turn every feature of the recording into NaN and lose the whole transcript."""
+    mono: np.ndarray = x.mean(axis=1).astype(np.float32)
+    bad = ~np.isfinite(mono)
+    if bad.any():
+        log.warning("%s has %d samples that are not numbers (NaN or infinite); they count as silence", name, bad.sum())
+        mono[bad] = 0.0
+    return mono
 
 
 def _check_rate(name: str, rate: int) -> None:
@@ -177,4 +191,4 @@ def decode_audio(data: bytes, name: str = "upload") -> tuple[np.ndarray, int]:
     if x.shape[0] == 0:
         raise InputError(f"{name} holds no audio (0 samples); send a recording")
     _check_rate(name, int(rate))
-    return x.mean(axis=1).astype(np.float32), int(rate)
+    return _mono(x, name), int(rate)

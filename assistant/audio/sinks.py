@@ -1,8 +1,8 @@
 """Audio endpoints as the conversation sees them: a source of captured blocks and a speaker sink.
 
 `Capture` and `Playback` are the sound-card ones; `ClientSink` is a Realtime client's speaker and `NullSink` the
-daemon's when there is no sound card. A sink that knows what it played when (`SpeakerTiming`) lets the turn core
-judge every captured block by what the speaker was playing when it was recorded.
+daemon's when there is no sound card. Every sink tells what it played when, so the turn core judges every captured
+block by what the speaker was playing when it was recorded.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import numpy as np
 
@@ -30,7 +30,8 @@ class AudioSource(Protocol):
 
 
 class AudioSink(Protocol):
-    """The speaker: `Playback`, a Realtime client, or nothing."""
+    """The speaker: `Playback`, a Realtime client, or nothing; what it played when (INTERFACES.md 3) is on the
+    monotonic clock of the capture times."""
 
     def write(self, chunk: np.ndarray) -> None: ...  # float32 at the TTS rate; never blocks
     def flush(self) -> None: ...  # drop queued audio; played_samples restarts at 0
@@ -38,12 +39,6 @@ class AudioSink(Protocol):
     def played_samples(self) -> int: ...
     @property
     def first_sample_dac_time(self) -> float | None: ...  # when the first sample since flush() was heard
-
-
-@runtime_checkable
-class SpeakerTiming(Protocol):
-    """What the speaker played when (INTERFACES.md 3), on the monotonic clock of the capture times."""
-
     def level_at(self, t: float) -> float: ...  # dBFS at the speaker around `t` (SILENT_DBFS: nothing)
     @property
     def last_sample_time(self) -> float | None: ...  # when the last queued sample left, once drained
@@ -92,9 +87,14 @@ class NullSink:
     def __init__(self) -> None:
         self.played_samples = 0
         self.first_sample_dac_time: float | None = None
+        self.last_sample_time: float | None = None
+        self.underruns = 0
 
     def write(self, chunk: np.ndarray) -> None:
         self.played_samples += len(chunk)
+
+    def level_at(self, t: float) -> float:
+        return SILENT_DBFS  # nothing is heard: no echo to judge
 
     def flush(self) -> None:
         self.played_samples = 0

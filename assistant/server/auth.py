@@ -165,6 +165,8 @@ def refusal(
     if cfg.allow_loopback_without_token and is_loopback(peer):
         return None
     why = "no token" if offered is None else "wrong token"
+    if offered is None and authorization:  # e.g. the bare token, or `Basic ...`: the scheme is what is wrong
+        why = "the Authorization header is not `Bearer <token>`"
     conn_log.warning("refused a connection from %s: %s", peer, why)
     # the token file's path stays out of the reply: it would tell strangers the user's home folder
     return 401, (

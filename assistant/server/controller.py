@@ -14,6 +14,7 @@ import numpy as np
 from assistant import events
 from assistant.endofturn import EndOfTurnPolicy
 from assistant.tools.calls import ToolChoice
+from assistant.turns import CommandKind
 
 
 class Subscription(Protocol):
@@ -35,11 +36,9 @@ class Controller(Protocol):
     def status(self) -> dict[str, Any]: ...
     async def say(self, text: str) -> None: ...
     async def ask(self, text: str) -> str: ...
-    def interrupt(self) -> None: ...
-    def mute(self) -> None: ...
-    def unmute(self) -> None: ...
-    def ptt_start(self) -> None: ...
-    def ptt_stop(self) -> None: ...
+    def command(self, kind: CommandKind) -> None:
+        """interrupt, mute, unmute, ptt_start, ptt_stop (see `turns.Command`)."""
+
     def config_get(self) -> dict[str, Any]: ...
     def config_set(self, changes: dict[str, object]) -> dict[str, Any]: ...
     def history_get(self) -> list[dict[str, Any]]: ...
@@ -67,19 +66,19 @@ class Controller(Protocol):
 class RealtimeSession(Protocol):
     """One headless conversation driven by one `/v1/realtime` client.
 
-    Audio in: `append_audio` gets int16 mono 16 kHz blocks of any length (the server resamples the client's
+    Audio in: `on_audio` gets int16 mono 16 kHz blocks of any length (the server resamples the client's
     24 kHz pcm16). With turn detection on, the session runs its VAD over them and, when the user stops, commits
     the utterance itself: it emits SpeechStarted / SpeechEnded, then FinalTranscript, then (when
     `create_response`) a reply turn. With turn detection off (`set_turn_detection(None, ...)`), audio only
-    accumulates until `commit_audio()` (transcribe it as one user message, emitting FinalTranscript) or
-    `clear_audio()` (drop it).
+    accumulates until `command("commit")` (transcribe it as one user message, emitting FinalTranscript) or
+    `command("clear")` (drop it).
 
     Reply turns: `create_response()` answers the conversation so far and emits, in order, ResponseStarted(turn),
     any number of ResponseTextDelta(turn) and ResponseAudio(turn) (float32 24 kHz), then exactly one
-    ResponseDone(turn, interrupted=False), or interrupted=True after `cancel_response()` or a barge-in.
+    ResponseDone(turn, interrupted=False), or interrupted=True after `command("interrupt")` or a barge-in.
     `truncate_response(turn, audio_end_ms)` says the client played only the first `audio_end_ms` of that
     turn's audio: history keeps only what was heard. All methods return at once (they enqueue work) and raise
-    ConfigError/InputError for bad values; `events()` yields SessionEvents until `close()`.
+    ConfigError/InputError for bad values; `events()` yields SessionEvents until `aclose()`.
     """
 
     def set_instructions(self, text: str) -> None: ...
@@ -91,15 +90,15 @@ class RealtimeSession(Protocol):
         interrupt_response: bool,
         semantic: EndOfTurnPolicy | None = None,
     ) -> None:
-        """`hangover_ms` None = manual turns (commit_audio); else server VAD with this end-of-turn silence, or
+        """`hangover_ms` None = manual turns (command("commit")); else server VAD with this end-of-turn silence, or
         the `semantic` policy's decision (semantic_vad; ConfigError when its model is not loaded)."""
 
-    def append_audio(self, samples: np.ndarray) -> None: ...
-    def commit_audio(self) -> None: ...
-    def clear_audio(self) -> None: ...
+    def on_audio(self, samples: np.ndarray) -> None: ...
+    def command(self, kind: CommandKind) -> None:
+        """commit, clear, interrupt (response.cancel) (see `turns.Command`)."""
+
     def add_user_text(self, text: str) -> None: ...
     def create_response(self, instructions: str | None = None) -> None: ...
-    def cancel_response(self) -> None: ...
     def truncate_response(self, turn: int, audio_end_ms: int) -> None: ...
     def delete_item(self, role: str, text: str) -> None:
         """Forget the newest `role` ("user" / "assistant") message whose text is `text`; InputError when the
@@ -118,7 +117,7 @@ class RealtimeSession(Protocol):
         with every output (a call without one gets an error result). InputError for an unknown call id."""
 
     def events(self) -> AsyncIterator[events.SessionEvent]: ...
-    async def close(self) -> None: ...
+    async def aclose(self) -> None: ...
 
 
 class RealtimeBackend(Protocol):

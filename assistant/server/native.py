@@ -16,9 +16,17 @@ from assistant.errors import AssistantError, ConfigError, InputError
 from assistant.server import protocol as p
 from assistant.server import realtime_protocol as rp
 from assistant.server.controller import Controller
+from assistant.turns import CommandKind
 
 INTERNAL_DETAIL_CHARS = 200  # of an unexpected exception's text in the client's error (the log has the rest)
 TOOL_TIMEOUT_RANGE = (0.1, 300.0)  # seconds the voice loop waits for an app's tool result
+COMMANDS: dict[type[p.Command], CommandKind] = {
+    p.Interrupt: "interrupt",
+    p.Mute: "mute",
+    p.Unmute: "unmute",
+    p.PttStart: "ptt_start",
+    p.PttStop: "ptt_stop",
+}
 
 
 @dataclass(frozen=True)
@@ -87,18 +95,12 @@ class NativeConnection:
         if isinstance(cmd, p.ToolResult):
             self._answer(cmd)
             return {}
-        actions = {
-            p.Interrupt: c.interrupt,
-            p.Mute: c.mute,
-            p.Unmute: c.unmute,
-            p.PttStart: c.ptt_start,
-            p.PttStop: c.ptt_stop,
-            p.HistoryReset: c.history_reset,
-        }
         if isinstance(cmd, p.Subscribe | p.Unsubscribe):
             self.subscribed = isinstance(cmd, p.Subscribe)
+        elif isinstance(cmd, p.HistoryReset):
+            c.history_reset()
         else:
-            actions[type(cmd)]()
+            c.command(COMMANDS[type(cmd)])
         return {}
 
     # ---- the app's tools ------------------------------------------------------------------------------------

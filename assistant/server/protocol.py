@@ -511,7 +511,8 @@ def decode_event(obj: dict[str, Any]) -> events.Event:
     """The pipeline event of an event message (for clients such as `assistant ctl events`)."""
     kind = obj.get("type")
     if kind == "error" and obj.get("code") == "pipeline":
-        return events.ErrorEvent(message=obj["message"], time=obj["time"])
+        turn = obj.get("turn")
+        return events.ErrorEvent(obj["message"], obj["time"], obj.get("client_fault") is True, turn)
     cls = EVENTS_BY_NAME.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise WireError("unknown_type", f"{kind!r} is not an event message")

@@ -42,6 +42,8 @@ class _Response:
     opened: bool = False  # the message item was announced (its first text or audio came, or the response ended)
     message: dict[str, object] | None = None  # the finished message item
     calls: list[dict[str, object]] = field(default_factory=list)  # the function_call items, in output order
+    error: dict[str, object] | None = None  # why it failed (status "failed"), from the session's error event
+    audio: bool = True  # its output is audio (and its transcript), else text: the session's, or response.create's
 
 
 @dataclass
@@ -101,6 +103,7 @@ class RealtimeConversation:
         self.response: _Response | None = None
         self.last_response: str | None = None
         self.requested = False  # response.create sent, ResponseStarted not yet seen
+        self.next_audio: bool | None = None  # the requested response's output_modalities (None: the session's)
         self.cancel_requested = False  # response.cancel sent for the current response (else a stop is a barge-in)
         self.unanswered = False  # a user item was added since the last response began
         self.answered: dict[str, tuple[int, int]] = {}  # assistant item id -> (turn, ms of audio sent)
@@ -264,13 +267,13 @@ class RealtimeConversation:
                     )
                 ]
             self._feed(self.resampler.flush())
-            self.session.commit_audio()
+            self.session.command("commit")
             start = self.user_start_ms if self.user_item else round(self.appended_ms - self._uncommitted_ms())
             return self._committed(self.user_item or self._id("item"), start, round(self.appended_ms))
         if isinstance(ev, rp.AudioClear):
             self.resampler.reset()
             self.uncommitted = 0
-            self.session.clear_audio()
+            self.session.command("clear")
             self.user_item = None
             return [rp.BufferCleared()]
         if isinstance(ev, rp.FunctionOutput):
@@ -286,10 +289,12 @@ class RealtimeConversation:
                         ev.event_id,
                     )
                 ]
-            self.session.add_user_text(ev.text)
+            if (misplaced := self._misplaced(ev)) is not None:
+                return [misplaced]
             item_id = ev.item_id or self._id("item")
-            if item_id in self.items:
+            if item_id in self.items:  # refused before the text joins the chat: a retry must not add it twice
                 return [_error("item_already_exists", f"an item {clip(item_id)} exists; use a new id", ev.event_id)]
+            self.session.add_user_text(ev.text)
             item = rp.message_item(item_id, "user", "completed", [{"type": "input_text", "text": ev.text}])
             previous = self._add(item_id, item)
             self.unanswered = True
@@ -327,16 +332,18 @@ class RealtimeConversation:
                 _check_choice(choice, tools, "response.tool_choice", ev.event_id)
                 self.session.functions_for_next_response([f.schema() for f in tools], choice)
             self.session.create_response(ev.instructions)
-            self.requested = True
+            self.requested, self.next_audio = True, ev.audio_output
             self.idle_since = None
             return []
         if self.response is None and not self.requested:
             return [_error("response_cancel_not_active", "there is no response to cancel", ev.event_id)]
-        self.session.cancel_response()
+        self.session.command("interrupt")
         self.cancel_requested = True
         return []
 
     def _function_output(self, ev: rp.FunctionOutput) -> Out:
+        if (misplaced := self._misplaced(ev)) is not None:
+            return [misplaced]
         item_id = ev.item_id or self._id("item")
         if item_id in self.items:
             return [_error("item_already_exists", f"an item {clip(item_id)} exists; use a new id", ev.event_id)]
@@ -349,6 +356,19 @@ class RealtimeConversation:
 
     def _uncommitted_ms(self) -> float:
         return self.uncommitted * 1000 / rp.FORMAT_RATES[self.input_format]
+
+    def _misplaced(self, ev: rp.ItemCreate | rp.FunctionOutput) -> rp.Error | None:
+        """An error when `previous_item_id` names no item of this conversation, as OpenAI sends. A known one is
+        taken: the item goes at the end (the chat only appends; a client's view of the end may lag by an item)."""
+        wanted = ev.previous_item_id
+        if wanted is None or wanted in self.items or (wanted == "root" and not self.items):
+            return None
+        return _error(
+            "invalid_value",
+            f"previous_item_id {clip(wanted)} is no item of this conversation; leave it out (items are added at "
+            "the end) or use an id from conversation.item.added",
+            ev.event_id,
+        )
 
     def _add(self, item_id: str, item: dict[str, object]) -> str | None:
         previous, self.last_item = self.last_item, item_id
@@ -377,13 +397,13 @@ class RealtimeConversation:
                 return [_error("output_audio_buffer_clear_not_active", "no reply audio to clear", ev.event_id)]
             return [rp.OutputAudioCleared(self.last_response)]
         r.cleared = True
-        self.session.cancel_response()
+        self.session.command("interrupt")
         self.cancel_requested = True
         return [rp.OutputAudioCleared(r.response_id)]
 
     def _feed(self, samples: np.ndarray) -> None:
         if len(samples):
-            self.session.append_audio(samples)
+            self.session.on_audio(samples)
 
     def _committed(self, item_id: str, start_ms: int, end_ms: int) -> Out:
         self.uncommitted = 0
@@ -443,7 +463,7 @@ class RealtimeConversation:
         start = max(round(self.appended_ms - self._uncommitted_ms()), end - d.idle_timeout_ms, 0)
         out: Out = [rp.TimeoutTriggered(item_id, start, end)]
         self._feed(self.resampler.flush())
-        self.session.commit_audio()  # empty or silent: its transcript ("" or what the model heard) comes back
+        self.session.command("commit")  # empty or silent: its transcript ("" or what the model heard) comes back
         out += self._committed(item_id, start, end)
         self.session.add_user_text(idle_note(d.idle_timeout_ms))
         self.session.create_response()
@@ -482,14 +502,14 @@ class RealtimeConversation:
             out += self._open(r)
             r.transcript += ev.text
             r.text_deltas += 1
-            if self.audio_output:
+            if r.audio:
                 return [*out, rp.AudioTranscriptDelta(r.response_id, r.item_id, 0, 0, ev.text)]
             return [*out, rp.TextDelta(r.response_id, r.item_id, 0, 0, ev.text)]
         if isinstance(ev, events.ResponseAudio):
             out = [] if self.response is not None and self.response.turn == ev.turn else self._start(ev.turn, ev.time)
             r = self.response
             assert r is not None
-            if not self.audio_output or len(ev.audio) == 0 or r.cleared:
+            if not r.audio or len(ev.audio) == 0 or r.cleared:
                 return out
             return [*out, *self._open(r), *self._audio(r, ev.audio)]
         if isinstance(ev, events.FunctionCall):
@@ -503,9 +523,13 @@ class RealtimeConversation:
             if self.awaiting_transcript and self.response is None and not self.requested:
                 # between a commit and its transcript, the session's only work is transcribing it
                 user = self.awaiting_transcript.popleft()
-                error = {"type": "transcription_error", "code": "transcription_failed", "message": ev.message}
-                return [rp.TranscriptionFailed(user.item_id, 0, {**error, "param": None})]
-            return [_error("server_error", ev.message, kind="server_error")]
+                failed = {"type": "transcription_error", "code": "transcription_failed", "message": ev.message}
+                return [rp.TranscriptionFailed(user.item_id, 0, {**failed, "param": None})]
+            # invalid_request_error: OpenAI's type for a request the client must change
+            code, kind = ("invalid_request", "invalid_request_error") if ev.client_fault else ("server_error",) * 2
+            if self.response is not None and ev.turn == self.response.turn:  # its response.done says "failed"
+                self.response.error = {"type": kind, "code": code}
+            return [_error(code, ev.message, kind=kind)]
         return []
 
     def _transcribed(self, ev: events.FinalTranscript) -> Out:
@@ -550,10 +574,11 @@ class RealtimeConversation:
         return [rp.AudioDelta(r.response_id, r.item_id, 0, 0, rp.encode_audio(x, fmt))]
 
     def _start(self, turn: int, now: float) -> Out:
+        audio, self.next_audio = self.audio_output if self.next_audio is None else self.next_audio, None
         self.requested = False
         self.unanswered = False
         self.idle_since = None
-        r = self.response = _Response(self._id("resp"), self._id("item"), turn)
+        r = self.response = _Response(self._id("resp"), self._id("item"), turn, audio=audio)
         self.last_response = r.response_id
         if self.settings.speed != 1.0:
             r.stretch = TimeStretch(self.settings.speed, rp.RATE)
@@ -561,7 +586,7 @@ class RealtimeConversation:
             r.down = StreamResampler(rp.RATE, rp.FORMAT_RATES[self.settings.output_format])
         self.awaiting_calls.clear()  # a new response answers (or dropped) the last one's calls
         return [
-            rp.ResponseCreated(rp.response_object(r.response_id, "in_progress", [], self.audio_output)),
+            rp.ResponseCreated(rp.response_object(r.response_id, "in_progress", [], r.audio)),
             rp.RateLimitsUpdated([self._requests_limit(now)]),  # as OpenAI does, when a response begins
         ]
 
@@ -571,7 +596,7 @@ class RealtimeConversation:
             return []
         r.opened = True
         item = rp.message_item(r.item_id, "assistant", "in_progress", [])
-        part = {"type": "audio", "transcript": ""} if self.audio_output else {"type": "text", "text": ""}
+        part = {"type": "audio", "transcript": ""} if r.audio else {"type": "text", "text": ""}
         previous = self._add(r.item_id, item)
         return [
             rp.OutputItemAdded(r.response_id, 0, item),
@@ -614,14 +639,14 @@ class RealtimeConversation:
         if r.opened and r.message is None:
             text = ev.text if ev.text or ev.interrupted else r.transcript  # the session's word is final
             out += self._close(r, text, ev.interrupted)
-        status = "cancelled" if ev.interrupted else "completed"
-        reason = None if not ev.interrupted else "client_cancelled" if self.cancel_requested else "turn_detected"
+        status = "failed" if r.error else "cancelled" if ev.interrupted else "completed"
+        reason = None if status != "cancelled" else "client_cancelled" if self.cancel_requested else "turn_detected"
         self.cancel_requested = False
         if self.detection is not None:
             self.idle_since = ev.time + r.samples_sent / rp.RATE  # quiet once the client has played the reply
         usage = self._usage(r)
         output = [r.message] if r.message is not None else []
-        response = rp.response_object(r.response_id, status, output + r.calls, self.audio_output, reason, usage)
+        response = rp.response_object(r.response_id, status, output + r.calls, r.audio, reason, usage, r.error)
         return [*out, rp.ResponseDoneEvent(response)]
 
     def _close(self, r: _Response, text: str, interrupted: bool) -> Out:
@@ -635,7 +660,7 @@ class RealtimeConversation:
             )
         part: dict[str, object]
         content: dict[str, object]
-        if self.audio_output:
+        if r.audio:
             part = {"type": "audio", "transcript": text}
             content = {"type": "output_audio", "transcript": text}
             out += [

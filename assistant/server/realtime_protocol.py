@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import json
-from dataclasses import dataclass, field, fields
+from collections.abc import Collection
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -120,6 +122,7 @@ class ItemCreate:
 
     text: str
     item_id: str | None = None
+    previous_item_id: str | None = None  # where the client wants it (items are only added at the end here)
     type: Literal["conversation.item.create"] = "conversation.item.create"
     event_id: str | None = None
 
@@ -131,6 +134,7 @@ class FunctionOutput:
     call_id: str
     output: str
     item_id: str | None = None
+    previous_item_id: str | None = None
     type: Literal["conversation.item.create"] = "conversation.item.create"
     event_id: str | None = None
 
@@ -149,6 +153,7 @@ class ResponseCreate:
     instructions: str | None = None
     tools: tuple[Function, ...] | None = None  # for this response only (None: the session's)
     tool_choice: ToolChoice | None = None
+    audio_output: bool | None = None  # this response's output_modalities (None: the session's)
     type: Literal["response.create"] = "response.create"
     event_id: str | None = None
 
@@ -319,7 +324,9 @@ def decode_client_event(
         item = r.sub("item")
         if item is None:
             raise r.fail("item", "an object")
-        return _item_create(item, event_id, limits)
+        created = _item_create(item, event_id, limits)
+        previous = r.text("previous_item_id", max_chars=MAX_ID_CHARS)
+        return replace(created, previous_item_id=previous) if previous is not None else created
     if kind == "conversation.item.truncate":
         return ItemTruncate(
             r.text("item_id", required=True) or "",
@@ -341,10 +348,11 @@ def decode_client_event(
         instructions = response.text("instructions", max_chars=limits.instructions_chars) if response else None
         if response is None:
             return ResponseCreate(event_id=event_id)
-        _check_modalities(response)
+        _check_response_fields(response.obj, event_id)
+        audio_output = _check_modalities(response)
         tools = decode_functions(response.obj["tools"], "response.tools", event_id) if "tools" in response.obj else None
         choice = _tool_choice(response.obj.get("tool_choice"), "response.tool_choice", event_id)
-        return ResponseCreate(instructions, tools, choice, event_id=event_id)
+        return ResponseCreate(instructions, tools, choice, audio_output, event_id=event_id)
     return ResponseCancel(r.text("response_id"), event_id=event_id)
 
 
@@ -412,6 +420,14 @@ def _check_modalities(r: _Reader) -> bool | None:
             raise r.fail(name, 'a list of "audio" and/or "text"', value)
         return "audio" in value
     return None
+
+
+def _unknown_field(where: str, name: str, known: Collection[str], event_id: str | None) -> WireError:
+    """An error for a field the event does not have, suggesting the nearest known one (a typo is the usual cause)."""
+    shown = name if name.isprintable() and len(name) <= 60 else clip(name)
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    fix = f"did you mean `{close[0]}`?" if close else "leave it out"
+    return WireError("invalid_value", f"`{where}.{shown}` is not a field of {where}; {fix}", event_id)
 
 
 def _unsupported(path: str, value: Any, fix: str, event_id: str | None) -> WireError:
@@ -533,6 +549,29 @@ def _tool_choice(value: Any, path: str, event_id: str | None) -> ToolChoice | No
     raise _unsupported(path, value, fix, event_id)
 
 
+# response.create fields beside those the session takes too: what each accepts here, and the fix
+_RESPONSE_FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
+    "conversation": ((None, "auto"), 'out-of-band responses are not available; send "auto" or leave it out'),
+    "input": ((None,), "a response answers this session's conversation; add items with conversation.item.create"),
+    "voice": ((None,), "set the voice with session.update"),
+    "audio": ((None,), "set the output format and voice with session.update"),
+    "output_audio_format": ((None,), "set the output format with session.update"),
+    **{k: v for k, v in _FIXED.items() if k != "include"},
+}
+_RESPONSE_FIELDS = {"instructions", "tools", "tool_choice", "output_modalities", "modalities", "metadata"}
+
+
+def _check_response_fields(obj: dict[str, Any], event_id: str | None) -> None:
+    """A response.create field this server cannot honour is an error naming it (it was ignored: e.g. an
+    out-of-band `conversation: "none"` response went into the conversation)."""
+    for name, value in obj.items():
+        if name in _RESPONSE_FIXED:
+            if value not in _RESPONSE_FIXED[name][0]:
+                raise _unsupported(f"response.{name}", value, _RESPONSE_FIXED[name][1], event_id)
+        elif name not in _RESPONSE_FIELDS:
+            raise _unknown_field("response", name, {*_RESPONSE_FIELDS, *_RESPONSE_FIXED}, event_id)
+
+
 def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> SessionUpdate:
     kind = s.obj.get("type", "realtime")
     if kind != "realtime":
@@ -543,7 +582,7 @@ def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> Session
         )
     for name, value in s.obj.items():
         if name not in _SESSION_FIELDS:
-            raise _unsupported(f"session.{clip(name)}", value, "this field is unknown; leave it out", event_id)
+            raise _unknown_field("session", name, _SESSION_FIELDS, event_id)
         if name in _FIXED and value not in _FIXED[name][0]:
             raise _unsupported(f"session.{name}", value, _FIXED[name][1], event_id)
     audio = s.sub("audio")
@@ -1237,8 +1276,11 @@ def response_object(
     audio: bool = True,
     reason: str | None = None,
     usage: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    details = None if reason is None else {"type": status, "reason": reason}
+    details = (
+        {"type": status, "error": error} if error else None if reason is None else {"type": status, "reason": reason}
+    )
     return {
         "id": response_id,
         "object": "realtime.response",

@@ -542,7 +542,7 @@ class ControlServer:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await session.close()
+            await session.aclose()
 
     async def _tick(self, client: Client, conv: RealtimeConversation, woken: asyncio.Event) -> None:
         """Run the conversation's timers (the idle timeout): sleep until its deadline or until it may have moved."""

@@ -160,7 +160,7 @@ def test_remote_llm_turns_barge_in_and_outage(room_env: Any, setup: tuple[Config
                 pipeline = Conversation(cfg, engines, source, sink, compute)
                 events = EventLog(pipeline, WAIT_S)
                 runner = asyncio.create_task(pipeline.run())
-                await until(lambda: pipeline.captured_samples > 0)
+                await until(lambda: pipeline.core.ring.end > 0)
 
                 # 1. a spoken question, answered aloud through the server; then the user talks over it
                 room_env.play(np.concatenate([silence(0.3), say("What time is it now?")]).astype(np.int16))
@@ -244,7 +244,7 @@ def test_remote_llm_tool_round_in_a_spoken_turn(room_env: Any, tmp_path: Path) -
                 await pipeline.prepare()  # offers the tools to the chat, as serve() does
                 events = EventLog(pipeline, WAIT_S)
                 runner = asyncio.create_task(pipeline.run())
-                await until(lambda: pipeline.captured_samples > 0)
+                await until(lambda: pipeline.core.ring.end > 0)
                 room_env.play(np.concatenate([silence(0.3), say("What time is it now?")]).astype(np.int16))
                 done = await events.until(ResponseDone, lambda e: not e.interrupted and bool(e.text))
                 played = sink.played_samples

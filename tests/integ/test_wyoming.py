@@ -244,6 +244,8 @@ HOSTILE = [
     ("asr", AudioChunk(rate=16000, width=2, channels=1, audio=b"\0\0").event(), "before audio-start"),
     ("asr", AudioStart(rate=16000, width=5, channels=1).event(), "width 5"),
     ("asr", AudioStart(rate=0, width=2, channels=1).event(), "rate 0"),
+    # 1000 Hz passed and was transcribed to nothing; 8 kHz is where speech begins (as `transcribe` and HTTP say)
+    ("asr", AudioStart(rate=4000, width=2, channels=1).event(), "rate 4000 Hz is out of range (8000..192000)"),
     ("asr", Event("audio-start", {"rate": "fast"}), "integer rate"),
     ("tts", Synthesize(text="   ").event(), "empty"),
     ("tts", Synthesize(text="👍 🎉").event(), "no speakable words"),
@@ -279,9 +281,9 @@ def test_hostile_input_gets_error_events_and_the_server_keeps_serving(rig: Rig) 
         await asr.write_event(AudioChunk(rate=8000, width=2, channels=1, audio=b"\0\0").event())
         errors.append(Error.from_event(await read(asr)).text)
         await asr.write_event(AudioStop().event())
-        await asr.write_event(AudioStart(rate=1000, width=1, channels=1).event())
-        too_long = bytes(int(rig.cfg.wyoming.max_audio_s * 1000) + 2)
-        await asr.write_event(AudioChunk(rate=1000, width=1, channels=1, audio=too_long).event())
+        await asr.write_event(AudioStart(rate=8000, width=1, channels=1).event())
+        too_long = bytes(int(rig.cfg.wyoming.max_audio_s * 8000) + 2)
+        await asr.write_event(AudioChunk(rate=8000, width=1, channels=1, audio=too_long).event())
         errors.append(Error.from_event(await read(asr)).text)
         await asr.write_event(AudioStop().event())
         # Both connections still serve.

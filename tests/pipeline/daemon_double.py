@@ -68,7 +68,7 @@ async def main(stuck: bool, hung_devices: bool, wedged: bool) -> int:
         def ready() -> None:
             async def unplug() -> None:
                 for _ in range(1000):  # until the microphone runs
-                    if pipeline.captured_samples:
+                    if pipeline.core.ring.end:
                         break
                     await asyncio.sleep(0.01)
                 sd.hang = {"open", "start", "stop", "abort", "close"}

@@ -123,7 +123,7 @@ def test_lost_speaker_ends_the_reply_as_heard_and_answers_in_text() -> None:
             assert done.interrupted and done.text == "One two three four"
             await eventually(lambda: len(h.chat.history) == 2)
             assert h.chat.history[1] == Message("assistant", "One two three four", interrupted=True)
-            assert not h.p.status()["output_ok"] and h.p.state is TurnState.IDLE
+            assert not h.p.status()["output_ok"] and h.p.core.state is TurnState.IDLE
             written = h.sink.written_all
             assert await h.p.ask("hello") == FULL
             assert h.sink.written_all == written

@@ -208,7 +208,7 @@ async def daemon(cfg: Config) -> AsyncIterator[Daemon]:
             tasks = [asyncio.create_task(conv.run()), asyncio.create_task(collect())]
             # a daemon listens long before it first speaks; a fresh PulseAudio input stream dates its first ~0.5 s
             # of blocks ~200 ms early (PortAudio's inputBufferAdcTime), which would misplace the first reply's echo
-            await d.until(lambda: conv.captured_samples >= MIC_SETTLE_S * CAPTURE_RATE)
+            await d.until(lambda: conv.core.ring.end >= MIC_SETTLE_S * CAPTURE_RATE)
             try:
                 yield d
             finally:

@@ -134,6 +134,6 @@ def test_hotkey_drives_the_pipeline_under_xvfb(xvfb: str) -> None:
             await asyncio.to_thread(xdotool, "keyup", "Alt_R")
             await h.next_event(PushToTalk, lambda e: not e.pressed)
             assert (await h.next_event(FinalTranscript)).text == "hello"
-            await eventually(lambda: not h.p.ptt)
+            await eventually(lambda: not h.p.core.ptt)
 
     asyncio.run(main())

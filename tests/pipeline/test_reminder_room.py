@@ -77,7 +77,7 @@ def test_reminders_fire_while_idle_and_after_a_restart(room_env: Any, tiny_confi
                 runner = asyncio.create_task(pipeline.run())
                 speaking = asyncio.create_task(speak_reminders(scheduler, pipeline))
                 if spoken:
-                    await until(lambda: pipeline.captured_samples > 0)
+                    await until(lambda: pipeline.core.ring.end > 0)
                     room_env.play(np.concatenate([silence(0.3), say("Remind me to stretch.")]).astype(np.int16))
                     await events.until(FinalTranscript, lambda e: bool(e.text))
                     await events.until(ResponseDone)  # the answer to the request

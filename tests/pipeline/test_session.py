@@ -67,11 +67,11 @@ class Client(EventLog):
     def speak(self, *words: str, blocks: int = 4) -> None:
         for w in words:
             for _ in range(blocks):
-                self.session.append_audio(word_block(w))
+                self.session.on_audio(word_block(w))
 
     def silence(self, blocks: int) -> None:
         for _ in range(blocks):
-            self.session.append_audio(silence_block())
+            self.session.on_audio(silence_block())
 
 
 async def opened(limit: int = 2) -> tuple[Sessions, DoubleEngines, Conversation, Compute]:
@@ -86,7 +86,7 @@ async def opened(limit: int = 2) -> tuple[Sessions, DoubleEngines, Conversation,
 
 async def closed(pipeline: Conversation, compute: Compute, *sessions: Conversation) -> None:
     for s in sessions:
-        await s.close()
+        await s.aclose()
     await pipeline.aclose()
     await asyncio.to_thread(compute.close, 2.0)
 
@@ -129,7 +129,7 @@ def test_manual_turns_commit_then_answer_text_and_speech_together() -> None:
         session.set_turn_detection(None, False, False)
         c.speak("hello", "world")
         c.silence(10)  # no VAD: silence does not end the turn
-        session.commit_audio()
+        session.command("commit")
         final = await c.until(FinalTranscript)
         assert final.text == "hello world" and not c.of(SpeechStarted)
         session.add_user_text("what time is it")
@@ -151,7 +151,7 @@ def test_commit_then_create_waits_for_the_transcript() -> None:
         c = Client(session)
         session.set_turn_detection(None, False, False)
         c.speak("stop", "now")
-        session.commit_audio()
+        session.command("commit")
         session.create_response()
         await c.until(ResponseDone)
         assert source.chats[0].prompts == ["stop now"]
@@ -188,7 +188,7 @@ def test_cancel_and_truncate_keep_only_what_was_heard() -> None:
         session.add_user_text("again")
         session.create_response()
         await c.until(ResponseAudio, lambda e: e.turn == done.turn + 1)
-        session.cancel_response()
+        session.command("interrupt")
         cancelled = await c.until(ResponseDone, lambda e: e.turn == done.turn + 1)
         assert cancelled.interrupted
         await closed(pipeline, compute, session)
@@ -215,12 +215,12 @@ def test_sessions_are_limited_and_voices_checked() -> None:
             await asyncio.sleep(0.01)
         assert session.engines.voice == "alice"  # loaded by the session's TTS (the daemon's, shared)
         with pytest.raises(InputError):
-            session.append_audio(np.zeros(10, np.float32))
-        before = (session.hangover_ms, session.core.policy, session.cfg)
+            session.on_audio(np.zeros(10, np.float32))
+        before = (session.core.policy, session.cfg)
         with pytest.raises(ConfigError, match="silence_duration_ms 20"):
             session.set_turn_detection(20, False, False)  # below vad.hangover_ms's range: nothing changes
-        assert (session.hangover_ms, session.core.policy, session.cfg) == before
-        await session.close()
+        assert (session.core.policy, session.cfg) == before
+        await session.aclose()
         again = await sessions.open_session()  # the slot came back
         await closed(pipeline, compute, again)
 
@@ -256,7 +256,7 @@ def test_speech_during_a_reply_interrupts_it_and_is_answered() -> None:
         assert chat.history[1].content == cut.text
 
         for _ in range(5):
-            c.session.append_audio(noise_block())
+            c.session.on_audio(noise_block())
         c.silence(8)
         assert (await c.until(FinalTranscript)).text == ""
         await asyncio.sleep(0.2)

@@ -92,7 +92,7 @@ def test_barge_in_cancels_a_running_tool() -> None:
         await c.prepare()
         asked = asyncio.ensure_future(c.ask("what time is it"))
         await eventually(lambda: any(r.tool_round is not None for r in c._replies.values()))
-        c.interrupt()
+        c.command("interrupt")
         heard = await asked
         await eventually(lambda: log == ["cancelled"])
         assert "tool_call" not in heard and chat.results == []

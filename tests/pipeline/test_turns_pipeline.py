@@ -130,7 +130,7 @@ def test_barge_in_trims_history_to_heard_part() -> None:
             assert h.sink.log[-1][0] == "flush"  # nothing written after the flush
             await eventually(lambda: len(h.chat.history) == 2)
             assert h.chat.history[1] == Message("assistant", "One two three four", interrupted=True)
-            assert h.p.state is TurnState.USER_SPEAKING
+            assert h.p.core.state is TurnState.USER_SPEAKING
             h.sink.auto = True
             h.silence(6)  # the interruption is a turn of its own
             final = await h.next_event(FinalTranscript)
@@ -172,7 +172,7 @@ def test_barge_in_after_enough_words() -> None:
             h.sink.played = FRAME
             h.speak("stop")
             await asyncio.sleep(0.05)
-            assert not h.of(BargeIn) and h.p.state is TurnState.ASSISTANT_SPEAKING
+            assert not h.of(BargeIn) and h.p.core.state is TurnState.ASSISTANT_SPEAKING
             h.speak("now")
             barge = await h.next_event(BargeIn)
             assert barge.heard == "One"
@@ -188,12 +188,12 @@ def test_push_to_talk_overrides_vad() -> None:
 
     async def main() -> None:
         async with Harness({"pipeline.mode": "both"}) as h:
-            h.p.ptt_start()
+            h.p.command("ptt_start")
             h.speak("what", "time")
             h.silence(8)  # the VAD ends its utterance here
             h.speak("is", "it")
             assert h.vad.ended >= 1 and not h.of(FinalTranscript)
-            h.p.ptt_stop()
+            h.p.command("ptt_stop")
             final = await h.next_event(FinalTranscript)
             assert final.text == "what time is it"
             await h.next_event(ResponseDone)
@@ -210,10 +210,10 @@ def test_push_to_talk_mode_ignores_voice() -> None:
             h.speak("hello")
             h.silence(6)
             await asyncio.sleep(0.05)
-            assert h.p.state is TurnState.IDLE and h.chat.prompts == []
-            h.p.ptt_start()
+            assert h.p.core.state is TurnState.IDLE and h.chat.prompts == []
+            h.p.command("ptt_start")
             h.speak("world")
-            h.p.ptt_stop()
+            h.p.command("ptt_stop")
             assert (await h.next_event(FinalTranscript)).text == "world"
 
     asyncio.run(main())
@@ -228,11 +228,11 @@ def test_ptt_press_interrupts_reply() -> None:
             h.silence(6)
             await eventually(lambda: h.sink.total >= 3 * FRAME)
             h.sink.played = 2 * FRAME
-            h.p.ptt_start()
+            h.p.command("ptt_start")
             assert (await h.next_event(BargeIn)).heard == "One two"
             h.sink.auto = True
             h.speak("stop")
-            h.p.ptt_stop()
+            h.p.command("ptt_stop")
             assert (await h.next_event(FinalTranscript)).text == "stop"
 
     asyncio.run(main())
@@ -256,14 +256,14 @@ def test_interrupt_cancels_within_one_step() -> None:
             # the worker is inside a step (LLM or TTS) that waits for the gate
             await eventually(lambda: chat.steps >= 2 and (chat.waiting or tts.utterances[0].blocked))
             steps, frames = chat.steps, tts.utterances[0].frames_emitted
-            h.p.interrupt()
+            h.p.command("interrupt")
             for _ in range(20):
                 llm_gate.release()
                 tts_gate.release()
             await h.next_event(ResponseDone)
             await eventually(lambda: chat.closed == 1)
             assert chat.steps - steps <= 1 and tts.utterances[0].frames_emitted - frames <= 1
-            assert h.p.state is TurnState.IDLE
+            assert h.p.core.state is TurnState.IDLE
 
     asyncio.run(main())
 
@@ -362,7 +362,7 @@ def test_ask_and_say() -> None:
             before = h.sink.written_all
             await h.p.say("good morning to you")
             assert h.sink.written_all - before == 4 * FRAME and len(h.chat.history) == 2
-            assert h.p.state is TurnState.IDLE
+            assert h.p.core.state is TurnState.IDLE
 
     asyncio.run(main())
 
@@ -387,9 +387,9 @@ def test_subscription_drops_oldest() -> None:
     async def main() -> None:
         async with Harness() as h:
             sub = h.p.subscribe(maxsize=2)
-            h.p.mute()
-            h.p.unmute()
-            h.p.mute()
+            h.p.command("mute")
+            h.p.command("unmute")
+            h.p.command("mute")
             assert sub.dropped == 1
             assert [e.muted for e in [await anext(sub), await anext(sub)]] == [False, True]
 
@@ -401,7 +401,7 @@ def test_mute_ignores_the_microphone() -> None:
 
     async def main() -> None:
         async with Harness() as h:
-            h.p.mute()
+            h.p.command("mute")
             h.speak("hello")
             h.silence(6)
             assert h.stt.fed_samples == 0 and h.p.status()["muted"]
@@ -464,13 +464,13 @@ def test_vad_positions_follow_resets() -> None:
     async def main() -> None:
         async with Harness({"pipeline.mode": "both", "vad.preroll_ms": 60}) as h:
             h.silence(10)
-            h.p.ptt_start()
+            h.p.command("ptt_start")
             h.speak("what")
-            h.p.ptt_stop()  # resets the VAD
+            h.p.command("ptt_stop")  # resets the VAD
             await h.next_event(ResponseDone)
-            h.p.mute()
+            h.p.command("mute")
             h.speak("hello")  # not heard
-            h.p.unmute()  # resets the VAD again
+            h.p.command("unmute")  # resets the VAD again
             h.silence(7)
             h.speak("time", "is")
             h.silence(6)
@@ -512,7 +512,7 @@ def test_interrupt_while_thinking_ends_the_turn() -> None:
         async with Harness(chat=ScriptedChat(list(ANSWER), gate=gate)) as h:
             asked = asyncio.create_task(h.p.ask("what"))
             await eventually(lambda: h.chat.waiting)
-            h.p.interrupt()
+            h.p.command("interrupt")
             for _ in range(len(ANSWER)):
                 gate.release()  # the step in progress finishes; no later one runs
             done = await h.next_event(ResponseDone)
@@ -520,7 +520,7 @@ def test_interrupt_while_thinking_ends_the_turn() -> None:
             await eventually(lambda: h.chat.closed == 1)
             assert h.chat.steps == 1
             assert h.chat.history == [Message("user", "what"), Message("assistant", "", interrupted=True)]
-            assert h.p.state is TurnState.IDLE
+            assert h.p.core.state is TurnState.IDLE
 
     asyncio.run(main())
 

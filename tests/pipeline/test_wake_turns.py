@@ -65,10 +65,10 @@ def test_push_to_talk_and_text_bypass_the_phrase() -> None:
 
     async def main() -> None:
         async with Harness({**WAKE, "pipeline.mode": "both", "pipeline.follow_up_s": 0.0}) as h:
-            h.p.ptt_start()
+            h.p.command("ptt_start")
             h.t = time.monotonic()
             h.speak("what", "time")
-            h.p.ptt_stop()
+            h.p.command("ptt_stop")
             await h.next_event(ResponseDone)
             assert await h.p.ask("is it") == FULL
             assert h.chat.prompts == ["what time", "is it"]

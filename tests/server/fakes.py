@@ -19,6 +19,7 @@ from assistant.config import Config
 from assistant.endofturn import EndOfTurnPolicy
 from assistant.errors import ConfigError, InputError
 from assistant.server.controller import Controller, RealtimeBackend, RealtimeSession
+from assistant.turns import CommandKind
 
 SPEECH_LEVEL = 1000  # int16 peak above which the scripted server VAD calls a 16 kHz block speech
 
@@ -107,22 +108,10 @@ class FakeController:
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(answer)}]
         return "".join(answer)
 
-    def interrupt(self) -> None:
-        self.calls.append(("interrupt", None))
-
-    def mute(self) -> None:
-        self.calls.append(("mute", None))
-        self.muted = True
-
-    def unmute(self) -> None:
-        self.calls.append(("unmute", None))
-        self.muted = False
-
-    def ptt_start(self) -> None:
-        self.calls.append(("ptt_start", None))
-
-    def ptt_stop(self) -> None:
-        self.calls.append(("ptt_stop", None))
+    def command(self, kind: CommandKind) -> None:
+        self.calls.append((kind, None))
+        if kind in ("mute", "unmute"):
+            self.muted = kind == "mute"
 
     def config_get(self) -> dict[str, Any]:
         self.calls.append(("config_get", None))
@@ -162,7 +151,7 @@ class FakeSession:
     """Implements RealtimeSession with a scripted energy VAD, transcriber and replier.
 
     Transcripts name how many 16 kHz samples were heard; a reply is "reply N" as text deltas plus N_CHUNKS
-    chunks of 0.1 s of a 440 Hz tone; cancel_response ends the current reply as interrupted.
+    chunks of 0.1 s of a 440 Hz tone; command("interrupt") ends the current reply as interrupted.
     """
 
     N_CHUNKS = 5
@@ -203,7 +192,7 @@ class FakeSession:
         self.semantic = semantic
         self.hangover_ms, self.create_response_on_vad = hangover_ms, create_response
 
-    def append_audio(self, samples: np.ndarray) -> None:
+    def on_audio(self, samples: np.ndarray) -> None:
         assert samples.dtype == np.int16 and samples.ndim == 1
         if self.backend.keep_audio:
             self.audio.append(samples)
@@ -234,13 +223,15 @@ class FakeSession:
         self.queue.put_nowait(events.PartialTranscript("heard", 0.0))
         self.queue.put_nowait(events.FinalTranscript(f"heard {n} samples", "en", 0.0))
 
-    def commit_audio(self) -> None:
-        self.calls.append(("commit", self.buffered))
-        self._transcribe()
-
-    def clear_audio(self) -> None:
-        self.calls.append(("clear", self.buffered))
-        self.buffered = 0
+    def command(self, kind: CommandKind) -> None:
+        if kind == "commit":
+            self.calls.append(("commit", self.buffered))
+            self._transcribe()
+        elif kind == "clear":
+            self.calls.append(("clear", self.buffered))
+            self.buffered = 0
+        elif kind == "interrupt":
+            self._cancel_response()
 
     def add_user_text(self, text: str) -> None:
         self.calls.append(("user_text", text))
@@ -269,7 +260,7 @@ class FakeSession:
             await asyncio.sleep(0)
         self.queue.put_nowait(events.ResponseDone(turn, said, False, 0.0))
 
-    def cancel_response(self) -> None:
+    def _cancel_response(self) -> None:
         self.calls.append(("cancel", None))
         self.cancel.set()
         if self.backend.hold_replies is not None:
@@ -294,7 +285,7 @@ class FakeSession:
         while True:
             yield await self.queue.get()
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         self.closed = True
         if self.replying is not None:
             self.replying.cancel()

@@ -49,6 +49,19 @@ def test_missing_and_wrong_tokens_are_refused_at_the_handshake() -> None:
     asyncio.run(body())
 
 
+def test_a_token_without_the_bearer_scheme_is_named_as_such() -> None:
+    """An Authorization header holding the bare token (or another scheme) is refused saying the header lacks
+    `Bearer` (it said `no token`, though the user had sent one)."""
+
+    async def body() -> None:
+        async with running() as (server, _, _):
+            for value in (TOKEN, f"Basic {TOKEN}"):
+                status, text = await refused(url(server), additional_headers={"Authorization": value})
+                assert status == 401 and text.startswith("the Authorization header is not `Bearer <token>`; send ")
+
+    asyncio.run(body())
+
+
 def test_browser_token_forms_query_and_subprotocol() -> None:
     """Browsers may pass the token as `?token=` or a `token.<TOKEN>` subprotocol (answered with assistant.v1)."""
 

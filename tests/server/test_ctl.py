@@ -78,6 +78,18 @@ def test_ctl_errors_are_one_line(capsys: pytest.CaptureFixture[str], isolated_en
     assert "unknown ctl command 'dance'; commands: status" in error_line(capsys)
 
 
+def test_ctl_without_a_token_says_where_it_looked(
+    capsys: pytest.CaptureFixture[str], isolated_env: Path, live: Live
+) -> None:
+    """`ctl` with no server.token and no token file, refused by the daemon, names the file it looked for and the
+    fix (it relayed the daemon's `no token; send Authorization: Bearer`, a header the user does not write)."""
+    assert cli.main(["ctl", "status", "--set", f"server.port={live.port}"]) == 2
+    line = error_line(capsys)
+    token_file = isolated_env / "xdg" / "assistant" / "token"
+    assert f"needs its token and none was found here: server.token is unset and {token_file} does not exist" in line
+    assert "run ctl as the user who runs the daemon, or set server.token" in line
+
+
 def error_line(capsys: pytest.CaptureFixture[str]) -> str:
     """The one `assistant: error:` line on stderr (the in-process server may log its own lines there too)."""
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("assistant: error: ")]

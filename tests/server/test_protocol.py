@@ -117,6 +117,12 @@ def test_token_bucket_refills_at_its_rate() -> None:
         ({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": "hi"}},
          "must be a non-empty list"),
         ({"type": "input_audio_buffer.commit", "event_id": 5}, "`event_id` must be a string"),
+        ({"type": "response.create", "response": {"conversation": "none"}}, "out-of-band responses are not available"),
+        ({"type": "response.create", "response": {"input": []}}, "add items with conversation.item.create"),
+        ({"type": "response.create", "response": {"max_output_tokens": 5}}, "bounded by llm.max_tokens"),
+        ({"type": "response.create", "response": {"voice": "ash"}}, "set the voice with session.update"),
+        ({"type": "response.create", "response": {"instrucions": "x"}}, "did you mean `instructions`?"),
+        ({"type": "session.update", "session": {"voise": "x"}}, "`session.voise` is not a field of session; did you"),
     ],
 )  # fmt: skip
 def test_realtime_decode_errors_name_the_field(msg: dict[str, object], fragment: str) -> None:
@@ -183,6 +189,105 @@ def test_a_failed_transcription_is_answered_with_transcription_failed() -> None:
     assert [type(e) for e in out] == [rp.TranscriptionFailed]
     failed = Failed.model_validate(json.loads(conv.encode(out[0])))
     assert failed.item_id == item_id and failed.error.message == "the transcriber ran out of memory"
+
+
+@pytest.mark.parametrize(("client_fault", "kind"), [(True, "invalid_request_error"), (False, "server_error")])
+def test_a_core_error_says_whose_fault_it_is(client_fault: bool, kind: str) -> None:
+    """An error event the client caused (e.g. response.create with nothing heard) is an invalid_request_error, as
+    OpenAI sends; the assistant's own failure stays a server_error; the native channel carries the same flag."""
+    conv = RealtimeConversation(FakeSession(FakeBackend()), "default", "Be brief.")
+    ev = events.ErrorEvent("nothing to answer; send speech or a user message item", 1.0, client_fault)
+    out = conv.on_event(ev)
+    assert len(out) == 1
+    sent = json.loads(conv.encode(out[0]))
+    assert sent["type"] == "error" and sent["error"]["type"] == kind
+    assert sent["error"]["message"] == ev.message
+    assert p.decode_event(json.loads(p.encode(p.EventMessage(ev)))) == ev
+
+
+@pytest.mark.parametrize(("client_fault", "kind"), [(True, "invalid_request_error"), (False, "server_error")])
+def test_a_response_that_failed_ends_failed_not_cancelled(client_fault: bool, kind: str) -> None:
+    """A response whose reply failed (its error names its turn) ends with response.done status "failed" and the
+    error's type, which the SDK parses (it said "cancelled" by "turn_detected", or "completed"); an error of no
+    response leaves the one in progress alone."""
+    from openai.types.realtime import ResponseDoneEvent
+
+    conv = RealtimeConversation(FakeSession(FakeBackend()), "default", "Be brief.")
+    conv.on_event(events.ResponseStarted(1, 0.0))
+    conv.on_event(events.ErrorEvent("the LLM server is gone", 0.1, client_fault, turn=1))
+    done = ResponseDoneEvent.model_validate(
+        json.loads(conv.encode(conv.on_event(events.ResponseDone(1, "", True, 0.2))[-1]))
+    )
+    assert done.response.status == "failed"
+    assert done.response.status_details is not None and done.response.status_details.type == "failed"
+    assert done.response.status_details.error is not None and done.response.status_details.error.type == kind
+    conv.on_event(events.ResponseStarted(2, 1.0))
+    conv.on_event(events.ErrorEvent("offering the tools failed", 1.1))
+    done = ResponseDoneEvent.model_validate(
+        json.loads(conv.encode(conv.on_event(events.ResponseDone(2, "Hi", False, 1.2))[-1]))
+    )
+    assert done.response.status == "completed"
+
+
+def test_response_create_takes_its_own_output_modalities_and_metadata() -> None:
+    """response.create with output_modalities ["text"] in an audio session gets that one response as text (no audio
+    deltas), the next one is audio again; conversation "auto" and metadata are accepted (modalities were ignored)."""
+
+    async def body() -> None:
+        conv = RealtimeConversation(FakeSession(FakeBackend()), "default", "Be brief.")
+        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}
+
+        def reply(response: dict[str, object]) -> list[dict[str, object]]:
+            conv.handle(rp.decode_client_event(json.dumps({"type": "conversation.item.create", "item": item})))
+            create = {"type": "response.create", "response": response}
+            assert conv.handle(rp.decode_client_event(json.dumps(create))) == []  # accepted: no error
+            out = conv.on_event(events.ResponseStarted(conv.session.turn, 0.0))  # type: ignore[attr-defined]
+            out += conv.on_event(events.ResponseTextDelta(conv.session.turn, "Hi", 0.1))  # type: ignore[attr-defined]
+            out += conv.on_event(events.ResponseAudio(conv.session.turn, np.ones(2400, np.float32) * 0.1, 0.2))  # type: ignore[attr-defined]
+            out += conv.on_event(events.ResponseDone(conv.session.turn, "Hi", False, 0.3))  # type: ignore[attr-defined]
+            return [json.loads(conv.encode(e)) for e in out]
+
+        text = reply({"output_modalities": ["text"], "conversation": "auto", "metadata": {"topic": "x"}})
+        kinds = [e["type"] for e in text]
+        assert "response.output_text.delta" in kinds and "response.output_audio.delta" not in kinds
+        assert text[-1]["response"]["output_modalities"] == ["text"]
+        assert text[-1]["response"]["output"][0]["content"] == [{"type": "output_text", "text": "Hi"}]
+        audio = [e["type"] for e in reply({})]
+        assert "response.output_audio.delta" in audio and "response.output_text.delta" not in audio
+
+    asyncio.run(body())
+
+
+def test_a_refused_duplicate_item_id_adds_nothing_to_the_conversation() -> None:
+    """conversation.item.create with an id already used is refused with item_already_exists and its text does not
+    reach the session (it was added to the chat before the refusal, so a retry under a new id doubled it)."""
+    session = FakeSession(FakeBackend())
+    conv = RealtimeConversation(session, "default", "Be brief.")
+    conv.handle(rp.ItemCreate("first", "msg_1"))
+    refused = conv.handle(rp.ItemCreate("second", "msg_1"))
+    assert [e.error.code for e in refused if isinstance(e, rp.Error)] == ["item_already_exists"]
+    assert [c for c in session.calls if c[0] == "user_text"] == [("user_text", "first")]
+
+
+def test_an_item_after_an_unknown_previous_item_id_is_refused() -> None:
+    """conversation.item.create with a previous_item_id naming no item is refused and its text never reaches the
+    session (it was ignored and the item added); a known id or "root" of an empty conversation is accepted."""
+    session = FakeSession(FakeBackend())
+    conv = RealtimeConversation(session, "default", "Be brief.")
+
+    def create(text: str, previous: str) -> list[dict[str, object]]:
+        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+        msg = {"type": "conversation.item.create", "previous_item_id": previous, "item": item}
+        return [json.loads(conv.encode(e)) for e in conv.handle(rp.decode_client_event(json.dumps(msg)))]
+
+    first = create("first", "root")
+    assert first[0]["type"] == "conversation.item.added"
+    refused = create("second", "item_nope")
+    assert [e["type"] for e in refused] == ["error"]
+    error = refused[0]["error"]
+    assert isinstance(error, dict) and "'item_nope' is no item of this conversation" in error["message"]
+    assert create("third", str(first[0]["item"]["id"]))[0]["type"] == "conversation.item.added"  # type: ignore[index]
+    assert [c[1] for c in session.calls if c[0] == "user_text"] == ["first", "third"]
 
 
 def test_g711_and_speed_shape_the_reply_audio() -> None:

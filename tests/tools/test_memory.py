@@ -132,7 +132,7 @@ def test_kill_9_mid_write_keeps_every_completed_turn(tmp_path: Path) -> None:
 def test_cli_history_show_and_reset(
     isolated_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`assistant history show` prints the stored turns; `assistant history reset` erases them (reminders kept)
+    """`assistant history [show]` prints the stored turns; `assistant history reset` erases them (reminders kept)
     in the database of the user's data folder."""
     from assistant import cli
 
@@ -150,6 +150,8 @@ def test_cli_history_show_and_reset(
     assert cli.main(["history", "reset"]) == 0
     assert capsys.readouterr().out.startswith("erased 1 stored turn from ")
     assert memory.turns() == [] and len(memory.pending_reminders()) == 1
-    assert cli.main(["history", "show"]) == 0  # nothing stored: says so on stderr (it printed nothing at all)
+    assert (
+        cli.main(["history"]) == 0
+    )  # `show` is the default; nothing stored: says so on stderr (it printed nothing at all)
     shown = capsys.readouterr()
     assert shown.out == "" and shown.err == f"no stored turns in {memory.path}\n"

@@ -307,6 +307,13 @@ def test_http_tool_against_a_loopback_server(tmp_path: Path) -> None:
         ('description = "x"\nargv = ["no-such-program-here"]\n', "not an executable file"),
         ('description = "x"\nargv = ["/bin/echo", "{city}"]\n', "uses {city}, which `parameters.properties`"),
         ('kind = "http"\ndescription = "x"\nurl = "http://a/{q}"\n', "uses {q}, which"),
+        # these crashed with a TypeError traceback (properties not a table) or reached the chat template
+        ('description = "x"\nargv = ["/bin/true"]\nparameters = { properties = 3 }\n', "must be a table of schemas"),
+        ('description = "x"\nargv = ["/bin/true"]\nparameters = { properties = { a = "string" } }\n', "e.g. { city"),
+        (
+            'description = "x"\nargv = ["/bin/true"]\nparameters = { properties = { a = {} }, required = ["b"] }\n',
+            "`tools.custom.t.parameters.required` must be a list of names from its properties (a), got",
+        ),
     ],
 )
 def test_bad_tool_declarations_fail_at_load(tmp_path: Path, table: str, message: str) -> None:
