@@ -505,7 +505,13 @@ class Conversation:
         self._apply(turns.SetPolicy(policy, turn_end, new_vad=new_vad))
 
     def set_app_tools(self, owner: str, tools: list[dict[str, Any]], timeout_s: float, send: Send) -> list[str]:
-        """A connected app's tools for the voice loop (see `ConversationTools.set_app_tools`); their names."""
+        """A connected app's tools for the voice loop (see `ConversationTools.set_app_tools`); their names.
+        InputError, before anything changes, when the LLM cannot call tools."""
+        if tools and not self.engines.chat.can_call_tools:
+            raise InputError(
+                f"the LLM `{self.cfg.llm.model}` has no tool-call format in its chat template, so it cannot call "
+                "app tools; set llm.model to a model whose template renders tools (Gemma 4, Qwen 3, ...)"
+            )
         offered = self.tools.set_app_tools(owner, tools, timeout_s, send)
         self._offer([t.schema() for t in offered])
         return [t.name for t in offered]
