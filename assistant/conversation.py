@@ -579,6 +579,11 @@ class Conversation:
         """Answer every pending user message (after the transcriptions in flight) as one reply."""
         self._apply(turns.CreateResponse(time.monotonic(), instructions=instructions))
 
+    @property
+    def can_call_tools(self) -> bool:
+        """Whether this conversation's LLM can call tools (its chat template has a tool-call format)."""
+        return self.engines.chat.can_call_tools
+
     def set_functions(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
         """The client's functions (chat-template schemas) and how the model chooses them, from the next reply on.
 

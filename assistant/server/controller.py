@@ -83,6 +83,8 @@ class RealtimeSession(Protocol):
 
     def set_instructions(self, text: str) -> None: ...
     def set_voice(self, name: str) -> None: ...  # ConfigError naming the voices when unknown
+    @property
+    def can_call_tools(self) -> bool: ...  # False: functions offered would never be called (no tool format)
     def set_turn_detection(
         self,
         hangover_ms: int | None,
