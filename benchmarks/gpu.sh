@@ -11,7 +11,8 @@
 #   call 3:                              bash benchmarks/gpu.sh tts-1.7B stt            (~9 min)
 #   call 4 (optional):                   bash benchmarks/gpu.sh v2v integ profile       (~4+3+3 min)
 # `ab` times the 0.6B frame fused, in the checkpoint's layout and fused without addmm (AB="fused unfused no-addmm"),
-# AB_REPS times (~40 s each);
+# AB_REPS times (~40 s each), each under every MLX setting of AB_ENVS (e.g. "MLX_NONE=1 MLX_USE_CUDA_GRAPHS=0
+# MLX_MAX_OPS_PER_BUFFER=1000"; MLX_NONE=1 is MLX's defaults), recorded in the profile row's "env";
 # `ops` counts the operations of a frame's graphs (benchmarks/tts_ops.py), fused and unfused (seconds).
 # FRESH="tts" on the first call of a session drops the label's earlier TTS rows (taken on other code).
 # Extra wheels for v2v/integ (wyoming, soxr, soundfile, platformdirs, httpx2 and their needs) travel in .whl-gpu/
@@ -73,13 +74,16 @@ for part in "$@"; do
       elif [ $part = ab ]; then  # the fused layout against the checkpoint's and without addmm, in turn
         cmds=(); for _ in $(seq "${AB_REPS:-1}"); do for v in ${AB:-fused unfused no-addmm}; do
           f=""; [ "$v" = fused ] || f="--$v"
-          cmds+=("-m benchmarks.tts_profile --size 0.6B --positions 100 --frames 100 $f")
+          for e in ${AB_ENVS:-MLX_NONE=1}; do  # AB_ENVS="MLX_NONE=1 MLX_USE_CUDA_GRAPHS=0": each variant per setting
+            cmds+=("$e -m benchmarks.tts_profile --size 0.6B --positions 100 --frames 100 $f")
+          done
         done; done; part=profile
       else
         cmds=("-m benchmarks.integ --real --reps 5")
       fi
       for c in "${cmds[@]}"; do
-        timeout -k 10 "${LIMIT_PART:-280}" env PYTHONPATH=.:/tmp/site python3 -u $c \
+        e=""; case "$c" in MLX_*) e=${c%% *}; c=${c#* } ;; esac  # an MLX environment setting (ab) leads the command
+        timeout -k 10 "${LIMIT_PART:-280}" env PYTHONPATH=.:/tmp/site $e python3 -u $c \
           | grep --line-buffered '^{' | tee -a "$RESULTS/$label-$part.jsonl" || rc=$?
       done
       continue ;;

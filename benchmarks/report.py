@@ -32,6 +32,22 @@ attention decomposed into their fallback ops, a GPU one primitive each): 5,490 a
 with the other changes but unfused, 3,535 fused (table "TTS operations per frame" under cpu-small); the codec's
 4-frame step 525 -> 432.
 
+TTS frame, 2026-12-07 14:07-15:00 UTC (issue 18, session 6): fewer kernels per layer. The q/k norm weights, RoPE
+(cos/sin computed once per talker step, and held as constants for the predictor's 17 positions) and v pass into one
+elementwise kernel whose output holds the new keys and values together; K/V live in one buffer per layer
+([1, 2 x kv_heads, C, d]), one cache write per layer and step instead of two. q leaves that kernel scaled, and the
+talker's masked one-position attention runs as matmul, mask, softmax, matmul (MLX CUDA has no fused kernel for an
+array mask; its fallback records a fifth, the scale). Top-k partitions the raw logits, so the division, the mask and
+the Gumbel draw fuse into one kernel; codes stay argmax's uint32 inside the frame (one cast per frame, not 16); the
+text track is projected in batches as text commits (not one small graph per frame), and E(frame) + text is summed
+inside the compiled step. CPU count 3,535 -> 2,543 per frame (table below); greedy parity with the fixtures holds.
+No GPU figure of this code yet: six device machine starts failed (14:19-15:21 UTC, 1,171 s of the 1,800 s lease),
+so the h100 rows below are still those of the code before it. Next on a GPU, in two calls after the install:
+`FRESH=tts LIMIT_TTS06=250 LIMIT_TTS17=100 JOBS='tts 0.6B bf16$,mxfp4,4-bit alone,8-bit,tts 1.7B bf16$' bash
+benchmarks/gpu.sh install tts-0.6B tts-1.7B`, then `AB=fused AB_ENVS="MLX_NONE=1 MLX_USE_CUDA_GRAPHS=0
+MLX_MAX_OPS_PER_BUFFER=1000" bash benchmarks/gpu.sh ab v2v` (MLX CUDA records kernels into CUDA graphs of 100
+operations on an H100; whether direct launches or larger graphs cost the host less per kernel is not measured).
+
 On an H100 (2026-12-07 13:14-13:22 UTC, one machine, the fused layout; `FRESH=tts LIMIT_TTS06=300 LIMIT_TTS17=170
 LIMIT_PART=60 JOBS='tts 0.6B bf16$,tts 0.6B 4-bit alone,8-bit,mxfp4,tts 1.7B bf16$' bash benchmarks/gpu.sh install
 ops tts-0.6B tts-1.7B`, then `AB="fused unfused" bash benchmarks/gpu.sh ab`): the h100 TTS rows and profile below.
@@ -251,6 +267,11 @@ def projection_table(p: dict[str, Any]) -> list[str]:
 HEADS = ("size", "precision", "layout", "started")  # a profile column: what ran, and when (runs of one machine)
 
 
+def _env(row: dict[str, Any]) -> list[str]:
+    """The MLX settings a profile row ran under (MLX_NONE=1: none, MLX's defaults), for its column head."""
+    return [f"{k}={v}" for k, v in row.get("env", {}).items() if k != "MLX_NONE"]
+
+
 def profile_table(rows: list[dict[str, Any]]) -> list[str]:
     """benchmarks/tts_profile.py rows: each part of a frame timed alone, ms (one host sync per call included)."""
     keys = sorted({k for r in rows for k in r if k.endswith(tuple("0123456789")) or k.endswith("_ms")})
@@ -258,7 +279,7 @@ def profile_table(rows: list[dict[str, Any]]) -> list[str]:
         "### TTS frame profile: each part timed alone (`python -m benchmarks.tts_profile --size S`)\n",
         "Medians of 30 evaluated calls (each includes one host sync); `@N`: at KV position N (or, for the codec, "
         "after N frames of the stream); utterance rows: whole streamed utterances, best of 2 after a warm-up.\n",
-        "| part | " + " | ".join(" ".join(str(r[k]) for k in HEADS if k in r) for r in rows) + " |",
+        "| part | " + " | ".join(" ".join([*(str(r[k]) for k in HEADS if k in r), *_env(r)]) for r in rows) + " |",
         "|---|" + "---|" * len(rows),
     ]
     for k in keys:

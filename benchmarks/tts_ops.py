@@ -54,7 +54,7 @@ def count(folder: Path) -> dict[str, Any]:
     kernel = FrameKernel.of(talker, sampling_of(cfg))
     seen = mx.zeros((talker.cfg.vocab_size,), dtype=mx.bool_)
     key = mx.random.key(0)
-    mx.eval([c.keys for c in cache], [c.values for c in cache], seen, key)
+    mx.eval([c.kv for c in cache], seen, key)
     mx.eval(talker.step(x, cache))  # traced and compiled once; the next call is the graph a frame runs
     h = talker.step(x, cache)
     step = primitives(h)

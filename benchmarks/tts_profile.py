@@ -126,7 +126,7 @@ def profile(folder: Path, positions: list[int], frames: list[int], iters: int, p
     for pos in positions:
         cache = talker.make_cache()
         talker(mx.zeros((1, pos, hidden), x.dtype), cache)
-        mx.eval([c.keys for c in cache])
+        mx.eval([c.kv for c in cache])
 
         def step(cache: list[Any] = cache) -> mx.array:
             h = talker.step(x, cache)
@@ -135,8 +135,7 @@ def profile(folder: Path, positions: list[int], frames: list[int], iters: int, p
             return h
 
         def eager(cache: list[Any] = cache, pos: int = pos) -> Any:
-            keys, values = [c.keys for c in cache], [c.values for c in cache]
-            return talker.model.step(x[None, None], mx.array(pos, mx.int32), keys, values)[0]
+            return talker.model.step(x[None, None], mx.array(pos, mx.int32), [c.kv for c in cache])[0]
 
         def frame(cache: list[Any] = cache) -> Any:
             h = step(cache)

@@ -56,12 +56,12 @@ def test_prefix_cache_reused_and_unchanged(checkpoints: Any, reference: Any) -> 
     tts = engine(checkpoints, "custom_voice", temperature=0.0, subtalker_temperature=0.0, max_frames=19)
     voice = tts.use_voice(ad_hoc_voice("eric", prompt_of(case)))
     prefix = tts._prefix(voice)
-    snapshot = [np.array(k) for k, _ in prefix.kv]
+    snapshot = [np.array(kv) for kv in prefix.kv]
     for _ in range(2):
         codes = [f.tolist() for f in generate_codes(tts.frames(voice, case["text"], "stream"))]
         assert codes == case["codes"]
     assert tts._prefix(voice) is prefix
-    assert all(np.array_equal(a, np.array(k)) for a, (k, _) in zip(snapshot, prefix.kv, strict=True))
+    assert all(np.array_equal(a, np.array(kv)) for a, kv in zip(snapshot, prefix.kv, strict=True))
 
 
 def test_seeded_sampling_is_reproducible(checkpoints: Any, reference: Any) -> None:

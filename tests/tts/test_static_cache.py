@@ -32,9 +32,9 @@ def test_shared_snapshot_is_never_written() -> None:
     """A cache started from a voice prefix's buffers never writes into them (the prefix is reused), through a
     prefill write, a buffer growth and compiled-step-style replacement alike."""
     k = mx.ones((1, 2, 4, 4))
-    snapshot_k, snapshot_v = k, k * 2
+    snapshot = mx.concatenate([k, k * 2], axis=1)  # one buffer: the keys' heads, then the values'
     c = StaticCache()
-    c.share(snapshot_k, snapshot_v, 3)
+    c.share(snapshot, 3)
     keys, values = c.update_and_fetch(mx.zeros((1, 2, 1, 4)), mx.full((1, 2, 1, 4), 5.0))
     assert keys.shape == (1, 2, 4, 4) and mx.array_equal(keys[:, :, :3], k[:, :, :3]).item()
     assert (
@@ -43,8 +43,8 @@ def test_shared_snapshot_is_never_written() -> None:
     )
     c.update_and_fetch(mx.zeros((1, 2, 2, 4)), mx.zeros((1, 2, 2, 4)))  # grows past the 4 positions
     assert c.capacity == StaticCache.STEP and c.offset == 6
-    assert mx.array_equal(snapshot_k, mx.ones((1, 2, 4, 4))).item()
-    assert mx.array_equal(snapshot_v, mx.full((1, 2, 4, 4), 2.0)).item()
+    assert mx.array_equal(snapshot[:, :2], mx.ones((1, 2, 4, 4))).item()
+    assert mx.array_equal(snapshot[:, 2:], mx.full((1, 2, 4, 4), 2.0)).item()
 
 
 def test_frame_kernel_embedding_is_the_frame_embedding(checkpoints: Any, reference: Any) -> None:

@@ -14,44 +14,46 @@ import mlx.nn as nn
 
 from assistant.tts.qwen3.config import CodePredictorConfig
 from assistant.tts.qwen3.sampling import SamplingParams, sub_code
-from assistant.tts.qwen3.talker import DecoderLayer
+from assistant.tts.qwen3.talker import DecoderLayer, Rope
 
 
 class GrowingCache:
-    """K/V of one predictor frame (at most 17 positions): concatenation keeps every shape static per step,
-    so the unrolled 15-step loop compiles to one graph."""
+    """K/V of one predictor frame (at most 17 positions) in one buffer [1, 2 * kv_heads, t, d] (keys' heads,
+    then values'): concatenation keeps every shape static per step, so the unrolled 15-step loop compiles to
+    one graph, with one write per layer and step."""
 
     def __init__(self) -> None:
-        self.keys: mx.array | None = None
-        self.values: mx.array | None = None
+        self.kv: mx.array | None = None
         self.offset = 0
 
-    def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
-        if self.keys is None or self.values is None:
-            self.keys, self.values = k, v
-        else:
-            self.keys = mx.concatenate([self.keys, k], axis=2)
-            self.values = mx.concatenate([self.values, v], axis=2)
-        self.offset += k.shape[2]
-        return self.keys, self.values
+    def update_kv(self, new: mx.array) -> mx.array:
+        self.kv = new if self.kv is None else mx.concatenate([self.kv, new.astype(self.kv.dtype)], axis=2)
+        self.offset += new.shape[2]
+        return self.kv
 
 
 class PredictorModel(nn.Module):
     def __init__(self, cfg: CodePredictorConfig, embedding_dim: int):
         super().__init__()
+        self.cfg = cfg
+        self.rope: Rope | None = None  # set by fuse(): the fused layers' RoPE tables, constants per position
         # The tables are as wide as the talker (they also feed the talker's frame sum), not the predictor.
         self.codec_embedding = [nn.Embedding(cfg.vocab_size, embedding_dim) for _ in range(cfg.num_code_groups - 1)]
         self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)]
         self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
     def __call__(self, x: mx.array, cache: list[Any]) -> mx.array:
+        angles = self.rope.span(cache[0].offset, x.shape[1]) if self.rope is not None else None
         for layer, c in zip(self.layers, cache, strict=True):
-            x = layer(x, c)
+            x = layer(x, c, angles)
         return self.norm(x)
 
     def fuse(self) -> None:
         for layer in self.layers:
             layer.fuse()
+        # a frame: the prefill [h_last, C(c0)] at positions 0-1, then one position per group
+        spans = ((0, 2), *((p, 1) for p in range(2, self.cfg.num_code_groups + 1)))
+        self.rope = Rope(self.cfg.head_dim, self.cfg.rope_theta, spans)
 
 
 class CodePredictor(nn.Module):
@@ -81,7 +83,7 @@ class CodePredictor(nn.Module):
     def predict(
         self, past_hidden: mx.array, c0_embedding: mx.array, noise: mx.array | None, p: SamplingParams
     ) -> tuple[mx.array, mx.array]:
-        """Codes 1..15 of one frame as int32 [15] (group g drawn with Gumbel noise row g - 1, None: greedy) and the
+        """Codes 1..15 of one frame as uint32 [15] (group g drawn with Gumbel noise row g - 1, None: greedy) and the
         frame's embedding E(frame) [talker hidden] (c0_embedding plus the group tables' rows, the ones the loop
         feeds back); lazy, on the device."""
         cache = self.make_cache()

@@ -29,14 +29,14 @@ class PrefixState:
 
     prompt: VoicePrompt
     length: int
-    kv: list[tuple[mx.array, mx.array]]
+    kv: list[mx.array]
 
     @classmethod
     def compute(cls, talker: Talker, builder: PromptBuilder, prompt: VoicePrompt) -> PrefixState:
         x = builder.prefix(prompt)
         cache = talker.make_cache()
         talker(x[None], cache)
-        kv = [(c.keys, c.values) for c in cache if c.keys is not None and c.values is not None]
+        kv = [c.kv for c in cache if c.kv is not None]
         mx.eval(kv)
         return cls(prompt, x.shape[0], kv)
 
@@ -44,8 +44,8 @@ class PrefixState:
         """A fresh cache holding the prefix, sharing the snapshot's buffers (no operation per layer at an
         utterance's start); every cache write makes new arrays, so the snapshot is never written to."""
         cache = talker.make_cache()
-        for c, (k, v) in zip(cache, self.kv, strict=True):
-            c.share(k, v, self.length)
+        for c, kv in zip(cache, self.kv, strict=True):
+            c.share(kv, self.length)
         return cache
 
 
@@ -122,7 +122,7 @@ class FrameKernel:
         c0 = first_code(logits, seen, eos_blocked, c0_noise, self.p, self.suppress, self.eos)
         rest, frame_e = self.talker.code_predictor.predict(h, self.talker.codec(c0)[0, :], rest_noise, self.p)
         seen = seen | (mx.arange(seen.shape[0]) == c0)
-        return mx.concatenate([c0, rest]), frame_e, seen, key
+        return mx.concatenate([c0, rest]).astype(mx.int32), frame_e, seen, key
 
     def __call__(
         self, h: mx.array, seen: mx.array, eos_blocked: bool, key: mx.array
@@ -192,14 +192,15 @@ class FrameGenerator:
         n = min(len(self.feed.own), self.first_consumed + frame)
         return self.feed.chars_of(n)
 
-    def _forward(self, x: mx.array) -> None:
-        """One talker pass over x [n, hidden]; h_last = the post-norm hidden state of its last position (lazy).
-        A single position (every frame after the prefill) runs the compiled static-cache step."""
+    def _forward(self, x: mx.array, plus: mx.array | None = None) -> None:
+        """One talker pass over x (+ plus) [n, hidden]; h_last = the post-norm hidden state of its last position
+        (lazy). A single position (every frame after the prefill) runs the compiled static-cache step, which
+        sums E(frame) and the text vector inside its graph."""
         assert self.cache is not None
         if x.shape[0] == 1:
-            self.h_last = self.talker.step(x[0, :], self.cache)
+            self.h_last = self.talker.step(x[0, :], self.cache, plus)
         else:
-            self.h_last = self.talker(x[None], self.cache)[0, -1, :]
+            self.h_last = self.talker((x if plus is None else x + plus)[None], self.cache)[0, -1, :]
 
     def _prefill(self) -> bool:
         vp = self.prefix.prompt
@@ -247,7 +248,7 @@ class FrameGenerator:
                 if text_vec is None:
                     self.waiting_for_text = True
                     return None
-                self._forward(self.pending + text_vec)
+                self._forward(self.pending, text_vec)
                 self.pending = None
             self.ahead = self._launch()
         self.waiting_for_text = False
@@ -256,7 +257,7 @@ class FrameGenerator:
         self.sampled += 1
         text_vec = self.builder.trailing(self.track, self.frames_emitted)
         if self.frames_emitted > 0 and self.sampled < self.max_new_tokens and text_vec is not None:
-            self._forward(emb[None] + text_vec)  # frame 0 is read at once: first audio waits for nothing else
+            self._forward(emb[None], text_vec)  # frame 0 is read at once: first audio waits for nothing else
             self.ahead = self._launch()
         else:
             self.pending = emb[None]

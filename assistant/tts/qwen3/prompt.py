@@ -44,6 +44,8 @@ class TextTrack:
     ids: list[int] = field(default_factory=list)
     consumed: int = 0
     ended: bool = False
+    rows: list[mx.array] = field(default_factory=list, repr=False, compare=False)  # P(ids[i]), views, in batches
+    rows_of: list[int] | None = field(default=None, repr=False, compare=False)  # the ids list `rows` belongs to
 
     def kind(self, k: int) -> int | str | None:
         i = self.consumed + k
@@ -158,7 +160,13 @@ class PromptBuilder:
         if kind == "pad":
             return self.pad_e
         assert isinstance(kind, int)
-        return self.talker.text([kind])[0, :]  # a view ([0] would be a gather kernel)
+        i = track.consumed + k
+        if track.rows_of is not track.ids:  # a new ids list (the ICL tail replaces it): start over
+            track.rows, track.rows_of = [], track.ids
+        if i >= len(track.rows):  # every id known so far in one projection, not one small graph per frame
+            new = self.talker.text(track.ids[len(track.rows) :])
+            track.rows.extend(new[j, :] for j in range(new.shape[0]))  # views ([j] would be a gather kernel)
+        return track.rows[i]
 
 
 def check_ref_codes(codes: np.ndarray, groups: int) -> np.ndarray:

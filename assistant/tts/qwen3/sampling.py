@@ -42,12 +42,16 @@ def new_key(seed: int | None) -> mx.array:
 
 
 def warp(logits: mx.array, temperature: float, top_k: int, top_p: float) -> mx.array:
-    """HF order on float32 logits [vocab]: temperature, then top-k (keep >= k-th largest), then top-p (skipped
-    at 1.0; drops the tokens whose ascending cumulative probability stays <= 1 - top_p, keeping the best)."""
-    x = logits / mx.array(temperature, dtype=mx.float32)
+    """HF order on logits [vocab] (computed in float32; a float16/bfloat16 input is cast exactly): temperature,
+    then top-k (keep >= k-th largest), then top-p (skipped at 1.0; drops the tokens whose ascending cumulative
+    probability stays <= 1 - top_p, keeping the best)."""
+    t = mx.array(temperature, dtype=mx.float32)
+    x = logits.astype(mx.float32) / t
     n = x.shape[-1]
     if 0 < top_k < n:
-        kth = mx.partition(x, n - top_k, axis=-1)[..., n - top_k : n - top_k + 1]
+        # the k-th largest of logits / t is the k-th largest logit / t (a positive divisor keeps the order):
+        # partitioning the logits themselves lets the division, the mask and the draw fuse into one kernel
+        kth = mx.partition(logits, n - top_k, axis=-1)[..., n - top_k : n - top_k + 1].astype(mx.float32) / t
         x = mx.where(x < kth, -mx.inf, x)
     if top_p < 1.0:
         order = mx.argsort(x, axis=-1)  # ascending, as HF
@@ -68,14 +72,15 @@ def frame_noise(key: mx.array, groups: int, vocab: int) -> tuple[mx.array, mx.ar
 
 
 def draw(x: mx.array, noise: mx.array) -> mx.array:
-    """One token from softmax(x) (masked entries -inf) given Gumbel noise as wide as x: int32 [1]."""
-    return mx.argmax(x + noise, axis=-1).astype(mx.int32).reshape(1)
+    """One token from softmax(x) (masked entries -inf) given Gumbel noise as wide as x: uint32 [1] (argmax's own
+    type: a cast per code would be one more kernel; the frame's codes are cast once)."""
+    return mx.argmax(x + noise, axis=-1).reshape(1)
 
 
 def pick(x: mx.array, temperature: float, top_k: int, top_p: float, noise: mx.array | None) -> mx.array:
     """Greedy at temperature <= 0 (first maximum, as numpy/torch argmax; `noise` unused), else warp and draw."""
     if temperature <= 0 or noise is None:
-        return mx.argmax(x, axis=-1).astype(mx.int32).reshape(1)
+        return mx.argmax(x, axis=-1).reshape(1)
     return draw(warp(x, temperature, top_k, top_p), noise)
 
 
@@ -109,11 +114,11 @@ def first_code(
     suppress: mx.array,
     eos_id: int,
 ) -> mx.array:
-    """Code 0 (or EOS) from talker logits [vocab] and Gumbel noise [vocab]: token int32 [1]."""
+    """Code 0 (or EOS) from talker logits [vocab] and Gumbel noise [vocab]: token uint32 [1]."""
     x = first_code_logits(logits, seen, eos_blocked, p, suppress, eos_id)
     return pick(x, p.temperature, p.top_k, p.top_p, noise)
 
 
 def sub_code(logits: mx.array, noise: mx.array | None, p: SamplingParams) -> mx.array:
-    """Codes 1..15 from predictor logits [vocab] and Gumbel noise [vocab]: token int32 [1]."""
-    return pick(logits.astype(mx.float32), p.subtalker_temperature, p.subtalker_top_k, p.subtalker_top_p, noise)
+    """Codes 1..15 from predictor logits [vocab] and Gumbel noise [vocab]: token uint32 [1]."""
+    return pick(logits, p.subtalker_temperature, p.subtalker_top_k, p.subtalker_top_p, noise)

@@ -6,13 +6,15 @@ position copies, so it is exactly 1-D rotate-half RoPE (spec 2.1).
 
 `fuse()` (the loader calls it once the weights and dtype are final) trades the checkpoint layout for fewer
 operations per position, which bound a frame on GPUs where the host issues every kernel: q/k/v and gate/up each
-become one matmul, q and k are normalised and rotated together, a float o_proj/down_proj adds the residual inside
-its matmul (addmm), and float weights are held transposed (no transpose node per call). Layers whose q/k/v or
-gate/up a checkpoint quantizes differently keep their own matmuls.
+become one matmul; the q/k norm weights and the RoPE rotation are one fused elementwise kernel that also passes v
+through, so the new keys and values leave it as one array and are written to one K/V buffer per layer; a float
+o_proj/down_proj adds the residual inside its matmul (addmm), and float weights are held transposed (no transpose
+node per call). Layers whose q/k/v or gate/up a checkpoint quantizes differently keep their own matmuls.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -49,8 +51,43 @@ def add_linear(residual: mx.array, layer: nn.Module, x: mx.array) -> mx.array:
     return residual + layer(x)
 
 
+def inv_frequencies(head_dim: int, theta: float) -> mx.array:
+    half = head_dim // 2
+    return mx.exp(mx.arange(half, dtype=mx.float32) * (-math.log(theta) / half))
+
+
+def rope_angles(inv_freq: mx.array, positions: mx.array) -> tuple[mx.array, mx.array]:
+    """(cos, sin) float32 [n, 1, half] at int positions [n]."""
+    angles = positions.astype(mx.float32)[:, None, None] * inv_freq
+    return mx.cos(angles), mx.sin(angles)
+
+
+class Rope:
+    """cos/sin of rotate-half RoPE as float32 [n, 1, head_dim / 2], computed as MLX's own RoPE fallback does.
+
+    `fixed` spans are computed and evaluated once here, so a compiled graph that uses them (the predictor's
+    positions 0..16) holds them as constants instead of recomputing them per call. A plain object, not a
+    Module: its arrays are not parameters."""
+
+    def __init__(self, head_dim: int, theta: float, fixed: tuple[tuple[int, int], ...] = ()):
+        self.inv_freq = inv_frequencies(head_dim, theta)
+        self.fixed = {span: self.at(mx.arange(span[0], span[0] + span[1])) for span in fixed}
+        mx.eval(self.inv_freq, self.fixed)
+
+    def at(self, positions: mx.array) -> tuple[mx.array, mx.array]:
+        """(cos, sin) at int positions [n] (an array traced in a compiled graph too)."""
+        return rope_angles(self.inv_freq, positions)
+
+    def span(self, offset: int, n: int) -> tuple[mx.array, mx.array]:
+        """(cos, sin) at positions offset..offset+n-1."""
+        got = self.fixed.get((offset, n))
+        return got if got is not None else self.at(mx.arange(offset, offset + n))
+
+
 class Attention(nn.Module):
-    """GQA attention with per-head RMSNorm on q and k before RoPE; head_dim is explicit (not hidden/heads)."""
+    """GQA attention with per-head RMSNorm on q and k before RoPE; head_dim is explicit (not hidden/heads).
+
+    K/V live in one buffer per layer, [b, 2 * kv_heads, positions, d]: the keys' heads, then the values'."""
 
     def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, eps: float, theta: float):
         super().__init__()
@@ -65,55 +102,93 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(head_dim, eps=eps)
 
     def fuse(self) -> None:
-        """q, k and v from one matmul, and one norm, scale and RoPE for q and k together (see the module doc)."""
+        """q, k and v from one matmul, and one kernel for the q/k norm weights, RoPE and v (see the module doc)."""
         self.o_proj = pre_transposed(self.o_proj)
         qkv = concat_linears([self.q_proj, self.k_proj, self.v_proj])
         if qkv is None:
             return
         h, kv, d = self.heads, self.kv_heads, self.head_dim
         self.qkv_proj = pre_transposed(qkv)
-        self.qk_norm_weight = mx.concatenate(
-            [mx.broadcast_to(self.q_norm.weight, (h, d)), mx.broadcast_to(self.k_norm.weight, (kv, d))]
-        )[:, None, :]  # [h + kv, 1, d]: per head, broadcast over positions
+        w = mx.concatenate(
+            [
+                mx.broadcast_to(self.q_norm.weight, (h, d)),
+                mx.broadcast_to(self.k_norm.weight, (kv, d)),
+                mx.ones((kv, d), self.k_norm.weight.dtype),
+            ]
+        ).reshape(h + 2 * kv, 1, 2, d // 2)  # per head, broadcast over positions; halves apart for rotate-half
+        sign = mx.array([[-1.0], [1.0]], dtype=w.dtype)
+        self.qk_weight, self.qk_weight_rot = w, mx.contiguous(sign * w[..., ::-1, :])
+        # q leaves the kernel times the attention scale (float32, as the attention's own first multiply), so no
+        # attention call multiplies it again
+        self.head_scale = mx.where(mx.arange(h + 2 * kv) < h, self.scale, 1.0).astype(mx.float32).reshape(-1, 1, 1, 1)
+        self.is_v = (mx.arange(h + 2 * kv) >= h + kv).reshape(-1, 1, 1, 1)
         del self.q_proj, self.k_proj, self.v_proj, self.q_norm, self.k_norm
         self.fused = True
 
-    def heads_of(self, x: mx.array, offset: int | mx.array) -> tuple[mx.array, mx.array, mx.array]:
-        """q [b, heads, n, d] and k, v [b, kv_heads, n, d] of x [b, n, hidden] at positions offset.., rotated."""
+    def project(
+        self, x: mx.array, offset: int | mx.array, angles: tuple[mx.array, mx.array] | None
+    ) -> tuple[mx.array, mx.array]:
+        """q [b, heads, n, d], rotated (and scaled in the fused layout), and the new K/V [b, 2 * kv_heads, n, d]
+        (keys rotated) of x [b, n, hidden] at positions offset.. (`angles`: their Rope cos/sin, fused layout)."""
         b, n, _ = x.shape
         h, kv, d = self.heads, self.kv_heads, self.head_dim
-        rope = dict(traditional=False, base=self.theta, scale=1.0, offset=offset)
         if not self.fused:
+            rope = dict(traditional=False, base=self.theta, scale=1.0, offset=offset)
             q = self.q_norm(self.q_proj(x).reshape(b, n, h, d)).transpose(0, 2, 1, 3)
             k = self.k_norm(self.k_proj(x).reshape(b, n, kv, d)).transpose(0, 2, 1, 3)
             v = self.v_proj(x).reshape(b, n, kv, d).transpose(0, 2, 1, 3)
-            return mx.fast.rope(q, d, **rope), mx.fast.rope(k, d, **rope), v  # type: ignore[arg-type]
+            q, k = mx.fast.rope(q, d, **rope), mx.fast.rope(k, d, **rope)  # type: ignore[arg-type]
+            return q, mx.concatenate([k, v.astype(k.dtype)], axis=1)
+        if angles is None:  # a caller without the model's tables (the model passes them, computed once)
+            angles = rope_angles(inv_frequencies(d, self.theta), offset + mx.arange(n))
         qkv = self.qkv_proj(x).reshape(b, n, h + 2 * kv, d).transpose(0, 2, 1, 3)
-        qk = mx.fast.rms_norm(qkv[:, : h + kv], None, self.eps) * self.qk_norm_weight
-        qk = mx.fast.rope(qk, d, **rope)  # type: ignore[arg-type]
-        return qk[:, :h], qk[:, h:], qkv[:, h + kv :]
+        normed = mx.fast.rms_norm(qkv, None, self.eps).reshape(b, h + 2 * kv, n, 2, d // 2)
+        cos, sin = angles
+        # rotate-half as x * cos + (-x2, x1) * sin: the swapped halves are a view (negative stride), no copy
+        rotated = (normed * self.qk_weight * cos + normed[..., ::-1, :] * self.qk_weight_rot * sin) * self.head_scale
+        raw = qkv.reshape(b, h + 2 * kv, n, 2, d // 2)
+        out = mx.where(self.is_v, raw, rotated).astype(qkv.dtype).reshape(b, h + 2 * kv, n, d)
+        return out[:, :h], out[:, h:]
 
-    def __call__(self, x: mx.array, cache: Any, residual: mx.array) -> mx.array:
+    def attend(self, q: mx.array, kv: mx.array, mask: Any, residual: mx.array) -> mx.array:
+        """residual + o_proj(attention of q (from `project`) over the K/V buffer kv [b, 2 * kv_heads, t, d])."""
+        b, h, n, d = q.shape
+        kvh = self.kv_heads
+        keys, values = kv[:, :kvh], kv[:, kvh:]
+        if self.fused and isinstance(mask, mx.array) and n == 1:
+            # MLX CUDA has no fused kernel for an array mask; its fallback records 5 kernels, this 4 (q is scaled)
+            scores = q.reshape(b, kvh, h // kvh, d) @ keys.swapaxes(-1, -2)  # GQA: the heads of one kv head
+            weights = mx.softmax(mx.where(mask, scores, -mx.inf), axis=-1, precise=True)
+            out = (weights @ values).reshape(b, 1, h * d)
+        else:
+            scale = 1.0 if self.fused else self.scale
+            out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=scale, mask=mask)
+            out = out.transpose(0, 2, 1, 3).reshape(b, n, -1)
+        return add_linear(residual, self.o_proj, out)
+
+    def __call__(
+        self, x: mx.array, cache: Any, residual: mx.array, angles: tuple[mx.array, mx.array] | None = None
+    ) -> mx.array:
         """residual + attention(x) over x [b, n, hidden] after the positions in `cache` (updated)."""
-        b, n, _ = x.shape
-        q, k, v = self.heads_of(x, cache.offset)
-        k, v = cache.update_and_fetch(k, v)
-        mask = "causal" if n > 1 else None
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
-        return add_linear(residual, self.o_proj, out.transpose(0, 2, 1, 3).reshape(b, n, -1))
+        q, new = self.project(x, cache.offset, angles)
+        kv = cache.update_kv(new)
+        return self.attend(q, kv, "causal" if x.shape[1] > 1 else None, residual)
 
     def step(
-        self, x: mx.array, pos: mx.array, keys: mx.array, values: mx.array, mask: mx.array, residual: mx.array
-    ) -> tuple[mx.array, mx.array, mx.array]:
-        """One position x [1, 1, hidden] at `pos` (int32 scalar array) against whole cache buffers [1, kv, C, d]:
-        writes its K/V at `pos`; `mask` (bool [C], shared by every layer) hides the positions after it, so every
-        shape is fixed by C alone. Returns (residual + attention, keys, values)."""
-        q, k, v = self.heads_of(x, pos)
-        start = pos.reshape(1)
-        keys = mx.slice_update(keys, k.astype(keys.dtype), start, axes=(2,))
-        values = mx.slice_update(values, v.astype(values.dtype), start, axes=(2,))
-        out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale, mask=mask)
-        return add_linear(residual, self.o_proj, out.transpose(0, 2, 1, 3).reshape(1, 1, -1)), keys, values
+        self,
+        x: mx.array,
+        pos: mx.array,
+        kv: mx.array,
+        mask: mx.array,
+        angles: tuple[mx.array, mx.array] | None,
+        residual: mx.array,
+    ) -> tuple[mx.array, mx.array]:
+        """One position x [1, 1, hidden] at `pos` (int32 scalar array) against the whole K/V buffer
+        [1, 2 * kv_heads, C, d]: writes its K/V at `pos` (one write); `mask` (bool [C], shared by every layer)
+        hides the positions after it, so every shape is fixed by C alone. Returns (residual + attention, kv)."""
+        q, new = self.project(x, pos, angles)
+        kv = mx.slice_update(kv, new.astype(kv.dtype), pos.reshape(1), axes=(2,))
+        return self.attend(q, kv, mask, residual), kv
 
 
 class MLP(nn.Module):
@@ -163,16 +238,16 @@ class DecoderLayer(nn.Module):
         self.self_attn.fuse()
         self.mlp.fuse()
 
-    def __call__(self, x: mx.array, cache: Any) -> mx.array:
-        x = self.self_attn(self.input_layernorm(x), cache, x)
+    def __call__(self, x: mx.array, cache: Any, angles: tuple[mx.array, mx.array] | None = None) -> mx.array:
+        x = self.self_attn(self.input_layernorm(x), cache, x, angles)
         return self.mlp(self.post_attention_layernorm(x), x)
 
     def step(
-        self, x: mx.array, pos: mx.array, keys: mx.array, values: mx.array, mask: mx.array
-    ) -> tuple[mx.array, mx.array, mx.array]:
-        """`__call__` for one position against static cache buffers (see Attention.step)."""
-        x, keys, values = self.self_attn.step(self.input_layernorm(x), pos, keys, values, mask, x)
-        return self.mlp(self.post_attention_layernorm(x), x), keys, values
+        self, x: mx.array, pos: mx.array, kv: mx.array, mask: mx.array, angles: tuple[mx.array, mx.array] | None
+    ) -> tuple[mx.array, mx.array]:
+        """`__call__` for one position against a static K/V buffer (see Attention.step)."""
+        x, kv = self.self_attn.step(self.input_layernorm(x), pos, kv, mask, angles, x)
+        return self.mlp(self.post_attention_layernorm(x), x), kv
 
 
 class TextProjection(nn.Module):
@@ -190,80 +265,89 @@ class TextProjection(nn.Module):
 class TalkerModel(nn.Module):
     def __init__(self, cfg: TalkerConfig):
         super().__init__()
+        self.cfg = cfg
         self.codec_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.text_embedding = nn.Embedding(cfg.text_vocab_size, cfg.text_hidden_size)
         self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)]
         self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.rope: Rope | None = None  # set by fuse(): the fused layers' RoPE tables
 
     def __call__(self, x: mx.array, cache: list[Any]) -> mx.array:
+        angles = self.rope.span(cache[0].offset, x.shape[1]) if self.rope is not None else None
         for layer, c in zip(self.layers, cache, strict=True):
-            x = layer(x, c)
+            x = layer(x, c, angles)
         return self.norm(x)
 
     def fuse(self) -> None:
         for layer in self.layers:
             layer.fuse()
+        self.rope = Rope(self.cfg.head_dim, self.cfg.rope_theta)
 
-    def step(
-        self, x: mx.array, pos: mx.array, keys: list[mx.array], values: list[mx.array]
-    ) -> tuple[mx.array, list[mx.array], list[mx.array]]:
-        """One position through every layer against static buffers: (post-norm hidden, new keys, new values)."""
-        new_k, new_v = [], []
-        mask = mx.arange(keys[0].shape[2]) <= pos  # built once: compile does not merge the layers' copies
-        for layer, k, v in zip(self.layers, keys, values, strict=True):
-            x, k, v = layer.step(x, pos, k, v, mask)
-            new_k.append(k)
-            new_v.append(v)
-        return self.norm(x), new_k, new_v
+    def step(self, x: mx.array, pos: mx.array, kvs: list[mx.array]) -> tuple[mx.array, list[mx.array]]:
+        """One position through every layer against static K/V buffers: (post-norm hidden, new buffers)."""
+        out = []
+        mask = mx.arange(kvs[0].shape[2]) <= pos  # built once: compile does not merge the layers' copies
+        angles = self.rope.at(pos.reshape(1)) if self.rope is not None else None  # once for every layer
+        for layer, kv in zip(self.layers, kvs, strict=True):
+            x, kv = layer.step(x, pos, kv, mask, angles)
+            out.append(kv)
+        return self.norm(x), out
 
 
 class StaticCache:
-    """K/V of one talker sequence in buffers whose length C only grows in steps of `STEP` positions.
+    """K/V of one talker sequence in one buffer [1, 2 * kv_heads, C, d] (keys' heads, then values') whose length
+    C only grows in steps of `STEP` positions.
 
-    `update_and_fetch` (prefill, any n) is mlx-lm's KVCache contract; `Talker.step` reads and replaces the whole
-    buffers, so one compiled single-position graph serves every position below C (no per-step shape change).
+    `update_kv` (prefill, any n) and `update_and_fetch` are mlx-lm's KVCache contract; `Talker.step` reads and
+    replaces the whole buffer, so one compiled single-position graph serves every position below C (no per-step
+    shape change).
     """
 
     STEP = 256  # positions per growth: ~1% of a 0.6B frame's weight bytes in extra masked K/V reads
 
     def __init__(self) -> None:
-        self.keys: mx.array | None = None
-        self.values: mx.array | None = None
+        self.kv: mx.array | None = None
         self.offset = 0
 
     @property
     def capacity(self) -> int:
-        return 0 if self.keys is None else self.keys.shape[2]
+        return 0 if self.kv is None else self.kv.shape[2]
+
+    @property
+    def keys(self) -> mx.array | None:
+        return None if self.kv is None else self.kv[:, : self.kv.shape[1] // 2]
+
+    @property
+    def values(self) -> mx.array | None:
+        return None if self.kv is None else self.kv[:, self.kv.shape[1] // 2 :]
 
     def reserve(self, like: mx.array, n: int) -> None:
-        """Room for n more positions (buffers shaped like `like` [1, kv, *, d]), growing by whole steps."""
+        """Room for n more positions (a buffer shaped like `like` [1, 2 * kv, *, d]), growing by whole steps."""
         need = self.offset + n
         if need <= self.capacity:
             return
         size = -(-need // self.STEP) * self.STEP
-        b, kv, _, d = like.shape
-        shape = (b, kv, size - self.capacity, d)
-        if self.keys is None or self.values is None:  # two arrays: item assignment rebinds the one assigned
-            self.keys, self.values = mx.zeros(shape, like.dtype), mx.zeros(shape, like.dtype)
-        else:
-            self.keys = mx.concatenate([self.keys, mx.zeros(shape, like.dtype)], axis=2)
-            self.values = mx.concatenate([self.values, mx.zeros(shape, like.dtype)], axis=2)
+        b, heads, _, d = like.shape
+        more = mx.zeros((b, heads, size - self.capacity, d), like.dtype)
+        self.kv = more if self.kv is None else mx.concatenate([self.kv, more], axis=2)
+
+    def update_kv(self, new: mx.array) -> mx.array:
+        """Write new [1, 2 * kv, n, d] at the next positions; returns the buffer's written part (a view)."""
+        self.reserve(new, new.shape[2])
+        assert self.kv is not None
+        # a new array, never an in-place write: the buffer may be a voice prefix's snapshot (see `share`)
+        self.kv = mx.slice_update(self.kv, new.astype(self.kv.dtype), mx.array([self.offset]), axes=(2,))
+        self.offset += new.shape[2]
+        return self.kv[:, :, : self.offset]
 
     def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
-        n = k.shape[2]
-        self.reserve(k, n)
-        assert self.keys is not None and self.values is not None
-        # new arrays, never an in-place write: the buffers may be a voice prefix's snapshot (see `share`)
-        start = mx.array([self.offset])
-        self.keys = mx.slice_update(self.keys, k.astype(self.keys.dtype), start, axes=(2,))
-        self.values = mx.slice_update(self.values, v.astype(self.values.dtype), start, axes=(2,))
-        self.offset += n
-        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
+        kv = self.update_kv(mx.concatenate([k, v.astype(k.dtype)], axis=1))
+        return kv[:, : k.shape[1]], kv[:, k.shape[1] :]
 
-    def share(self, keys: mx.array, values: mx.array, n: int) -> None:
-        """Start from whole buffers [1, kv, C, d] whose first n positions are written (a voice prefix's): no
+    def share(self, kv: mx.array, n: int) -> None:
+        """Start from a whole buffer [1, 2 * kv, C, d] whose first n positions are written (a voice prefix's): no
         copy now; the first write makes one (MLX copies a buffer it cannot update in place), the source stays."""
-        self.keys, self.values, self.offset = keys, values, n
+        self.kv, self.offset = kv, n
 
 
 class CompiledCache:
@@ -323,20 +407,25 @@ class Talker(nn.Module):
     def make_cache(self) -> list[StaticCache]:
         return [StaticCache() for _ in self.model.layers]
 
-    def step(self, x: mx.array, cache: list[StaticCache]) -> mx.array:
-        """One input vector x [hidden] at the cache's next position: the post-norm hidden state [hidden] (lazy).
+    def step(self, x: mx.array, cache: list[StaticCache], plus: mx.array | None = None) -> mx.array:
+        """One input vector x [hidden] (plus `plus`, summed inside the compiled graph) at the cache's next
+        position: the post-norm hidden state [hidden] (lazy).
 
         Compiled once per buffer length (quantized models too: compiled 4-bit graphs ran on MLX 0.32.4 CUDA).
         """
-        kv = cache[0].keys
+        kv = cache[0].kv
         assert kv is not None
         for c in cache:
             c.reserve(kv, 1)
-        fn = self.compiled.get("step", lambda: mx.compile(self.model.step))
         pos = mx.array(cache[0].offset, dtype=mx.int32)
-        h, keys, values = fn(x[None, None], pos, [c.keys for c in cache], [c.values for c in cache])
-        for c, k, v in zip(cache, keys, values, strict=True):
-            c.keys, c.values = k, v
+        if plus is None:
+            fn = self.compiled.get("step", lambda: mx.compile(self.model.step))
+            h, kvs = fn(x[None, None], pos, [c.kv for c in cache])
+        else:
+            fn = self.compiled.get("step+", lambda: mx.compile(lambda x, y, p, kv: self.model.step(x + y, p, kv)))
+            h, kvs = fn(x[None, None], plus[None, None], pos, [c.kv for c in cache])
+        for c, kv in zip(cache, kvs, strict=True):
+            c.kv = kv
             c.offset += 1
         return cast(mx.array, h[0, 0])
 
@@ -349,10 +438,9 @@ class Talker(nn.Module):
         for size in range(StaticCache.STEP, positions + StaticCache.STEP, StaticCache.STEP):
             cache = self.make_cache()
             for c in cache:
-                c.keys = mx.zeros((1, a.kv_heads, size, a.head_dim), dtype)
-                c.values = mx.zeros((1, a.kv_heads, size, a.head_dim), dtype)
+                c.kv = mx.zeros((1, 2 * a.kv_heads, size, a.head_dim), dtype)
                 c.offset = size - 1
-            mx.eval(self.step(x, cache))
+            mx.eval(self.step(x, cache, x))  # the frame loop's form (see FrameGenerator._forward)
 
 
 class Qwen3TTSModel(nn.Module):
