@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any
 
 from assistant import __version__, config, hub, logs
-from assistant.errors import AssistantError, AudioDeviceError, ConfigError
+from assistant.errors import AssistantError, AudioDeviceError, ConfigError, ModelError
 
 log = logging.getLogger("assistant.cli")
 
@@ -91,9 +91,10 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def check_voice(cfg: config.Config, name: str | None = None) -> None:
-    """The voice profile `name` (default tts.voice) is in the voices folder and complete: a typo fails in a second,
-    before the models load (the TTS found it only after loading them). ConfigError naming the profiles."""
-    from assistant.tts.voices import load_profiles, resolve_voice_dir
+    """The voice profile `name` (default tts.voice) is in the voices folder, complete, and fits tts.model when that
+    is on disk: a typo or a clone voice for a CustomVoice model fails in a second, before the models load (the TTS
+    found it only after loading them). ConfigError naming the profiles."""
+    from assistant.tts.voices import MODEL_TYPE_OF, load_profiles, resolve_voice_dir
 
     what, name = ("--voice", name) if name else ("tts.voice", cfg.tts.voice)
     folder = resolve_voice_dir(cfg.tts.voices_dir)
@@ -104,6 +105,26 @@ def check_voice(cfg: config.Config, name: str | None = None) -> None:
             " (`assistant voices` lists them)"
         )
     profiles[name].validate()
+    have, want = _tts_model_type(cfg.tts.model), MODEL_TYPE_OF[profiles[name].mode]
+    if have is not None and have != want:
+        fits = sorted(n for n, p in profiles.items() if MODEL_TYPE_OF[p.mode] == have)
+        raise ConfigError(
+            f"{what} {name!r} ({profiles[name].mode}) needs a {want} model, but tts.model is a {have} model; use "
+            f"one of {', '.join(fits) or 'no voice here'} or set tts.model to a {want} model"
+        )
+
+
+def _tts_model_type(spec: str) -> str | None:
+    """`tts_model_type` of the TTS model's config.json; None when it is not on disk or unreadable (the model's
+    own pre-flight and load say so)."""
+    from assistant.tts.voices import MODEL_TYPE_OF
+
+    try:
+        raw = hub.read_json_object(hub.resolve(spec, "tts.model") / "config.json", "config.json", "")
+    except ModelError:
+        return None
+    kind = raw.get("tts_model_type")
+    return kind if isinstance(kind, str) and kind in MODEL_TYPE_OF.values() else None
 
 
 def check_server_settings(cfg: config.Config) -> None:
@@ -644,8 +665,6 @@ def _is_utf8(text: str) -> bool:
 
 def _chat_turn(chat: Any, text: str, stream: bool) -> None:
     import time
-
-    from assistant.errors import ModelError
 
     shown: list[str] = []
     began = time.perf_counter()

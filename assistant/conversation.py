@@ -58,6 +58,7 @@ log = logging.getLogger("assistant.conversation")
 SUB_DEFAULT = 256
 KEEP_REPLIES = 16  # finished replies a Realtime client may still truncate (OpenAI clients truncate the latest)
 QUEUE_LIMIT = 4096  # Realtime events waiting for the client; reply audio is ~10 chunks a second
+NO_HOTKEY = "no hotkey listens in this daemon (it starts one only when it starts in a push-to-talk mode)"
 
 
 class Conversation:
@@ -97,6 +98,7 @@ class Conversation:
         self.device_ok = True
         self.output_ok = True  # False while the speaker is lost: replies are text only
         self.restart_required: list[str] = []
+        self.hotkey_problem: str | None = NO_HOTKEY  # None while the daemon's hotkey listens (daemon.hotkey_service)
         self.bus: EventBus[SessionEvent] = EventBus()
         self._events = self.bus.subscribe(QUEUE_LIMIT) if realtime else None
         self._replies: dict[int, Reply] = {}  # replies in flight
@@ -485,6 +487,11 @@ class Conversation:
     def config_set(self, changes: dict[str, object]) -> dict[str, Any]:
         """Validate `{"section.key": value}` (settings.apply: live keys only, voices that exist), then apply."""
         new = settings.apply(self.cfg, changes, cast(settings.VoiceCatalog, self.engines.tts))
+        if new.pipeline.mode == "push_to_talk" != self.cfg.pipeline.mode and self.hotkey_problem is not None:
+            raise ConfigError(  # the check `assistant run` makes at start: a daemon without a hotkey would be deaf
+                f'config.set: pipeline.mode = "push_to_talk" needs the hotkey, but {self.hotkey_problem}; '
+                'use "both", or set the mode in config.toml and restart'
+            )
         self.restart_required = sorted({*self.restart_required, *settings.at_restart(changes)})
         if new.llm.system_prompt != self.cfg.llm.system_prompt:
             self.context.set_instructions(new.llm.system_prompt)
@@ -505,7 +512,13 @@ class Conversation:
         self._apply(turns.SetPolicy(policy, turn_end, new_vad=new_vad))
 
     def set_app_tools(self, owner: str, tools: list[dict[str, Any]], timeout_s: float, send: Send) -> list[str]:
-        """A connected app's tools for the voice loop (see `ConversationTools.set_app_tools`); their names."""
+        """A connected app's tools for the voice loop (see `ConversationTools.set_app_tools`); their names.
+        InputError, before anything changes, when the LLM cannot call tools."""
+        if tools and not self.engines.chat.can_call_tools:
+            raise InputError(
+                f"the LLM `{self.cfg.llm.model}` has no tool-call format in its chat template, so it cannot call "
+                "app tools; set llm.model to a model whose template renders tools (Gemma 4, Qwen 3, ...)"
+            )
         offered = self.tools.set_app_tools(owner, tools, timeout_s, send)
         self._offer([t.schema() for t in offered])
         return [t.name for t in offered]
@@ -565,6 +578,11 @@ class Conversation:
     def create_response(self, instructions: str | None = None) -> None:
         """Answer every pending user message (after the transcriptions in flight) as one reply."""
         self._apply(turns.CreateResponse(time.monotonic(), instructions=instructions))
+
+    @property
+    def can_call_tools(self) -> bool:
+        """Whether this conversation's LLM can call tools (its chat template has a tool-call format)."""
+        return self.engines.chat.can_call_tools
 
     def set_functions(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
         """The client's functions (chat-template schemas) and how the model chooses them, from the next reply on.

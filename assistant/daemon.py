@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from assistant.audio.format import AudioBlock
 from assistant.console import Console, StatusLine
-from assistant.conversation import Conversation
+from assistant.conversation import NO_HOTKEY, Conversation
 from assistant.errors import AudioDeviceError
 from assistant.logs import kv
 
@@ -210,7 +210,9 @@ async def hotkey_service(pipeline: Conversation) -> AsyncIterator[None]:
     problem = hotkey.start()
     if problem is not None:
         log.warning(problem)
+    pipeline.hotkey_problem = problem  # config.set refuses push_to_talk unless the hotkey listens
     try:
         yield
     finally:
         hotkey.stop()
+        pipeline.hotkey_problem = NO_HOTKEY

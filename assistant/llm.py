@@ -521,6 +521,11 @@ class Chat:
             found = detect_format(template, self.tokenizer.get_vocab())
         return found
 
+    @property
+    def can_call_tools(self) -> bool:
+        """Whether set_tools can offer this model tools: its chat template has a tool-call format."""
+        return self.tool_format is not None
+
     def continue_with_results(self, said: str, results: Sequence[tuple[ToolCall, str]]) -> Iterator[str]:
         """Continue the current answer after a tool round; returns a generator like respond()'s.
 

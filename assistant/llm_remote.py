@@ -166,6 +166,11 @@ class RemoteChat:
         return True
 
     @property
+    def can_call_tools(self) -> bool:
+        """True: the server decides whether its model can call the tools offered."""
+        return True
+
+    @property
     def tool_format(self) -> None:
         """None: the server parses tool calls, so the deltas never hold call markup (see `tool_calls`)."""
         return None

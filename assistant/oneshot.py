@@ -65,6 +65,11 @@ class OneShot:
             return alias
         return self.cfg.tts.voice
 
+    def known_voice(self, name: str) -> bool:
+        """Whether `name` is a voice profile or a `server.voice_aliases` name of one."""
+        profiles = self.tts.profiles()
+        return name in profiles or self.aliases.get(name.lower()) in profiles
+
     def health(self) -> dict[str, Any]:
         audio = self.cfg.audio
         return {

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from assistant import cli, config
+from assistant.errors import ConfigError
 
 
 def test_push_to_talk_without_a_hotkey_fails_at_start(
@@ -45,9 +46,32 @@ def test_device_index_as_an_integer(isolated_env: Path) -> None:
     path.write_text('[audio]\ninput_device = 3\noutput_device = "USB"\n')
     cfg = config.load(str(path), ["audio.output_device=0"])
     assert (cfg.audio.input_device, cfg.audio.output_device) == ("3", "0")
-    with pytest.raises(config.ConfigError) as e:
+    with pytest.raises(ConfigError) as e:
         config.load(str(path), ["audio.input_device=-1"])
     assert str(e.value) == (
         "--set audio.input_device=-1: `audio.input_device` must be a device name (or part of it) or an index >= 0 "
         "from `assistant devices`, got -1 (an integer)"
     )
+
+
+def test_a_voice_that_does_not_fit_the_local_tts_model_fails_before_it_loads(tmp_path: Path) -> None:
+    """A clone voice for a CustomVoice model, or a CustomVoice voice for a Base model, is a ConfigError naming the
+    voices that fit, read from the model folder's config.json before any model loads; a model not on disk is left
+    to its own pre-flight."""
+    from tools.qwen3_tts_ref import tiny as tts_tiny
+
+    for kind in ("custom_voice", "base"):
+        tts_tiny.write_config(tmp_path / kind, kind)
+    custom = config.Config().replace({"tts.model": str(tmp_path / "custom_voice"), "tts.voice": "clone"})
+    with pytest.raises(ConfigError) as clone:
+        cli.check_voice(custom)
+    assert str(clone.value) == (
+        "tts.voice 'clone' (clone) needs a base model, but tts.model is a custom_voice model; use one of default, "
+        "vivian or set tts.model to a base model"
+    )
+    base = custom.replace({"tts.model": str(tmp_path / "base")})
+    with pytest.raises(ConfigError, match=r"^--voice 'vivian' \(custom_voice\) needs a custom_voice model, "):
+        cli.check_voice(base, "vivian")
+    cli.check_voice(base)  # clone fits Base
+    cli.check_voice(custom, "vivian")
+    cli.check_voice(custom.replace({"tts.model": str(tmp_path / "absent")}))  # hub.resolve's own error comes later

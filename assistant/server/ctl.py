@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from websockets.exceptions import InvalidStatus, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
 from assistant.config import ServerConfig, parse_override
@@ -82,7 +82,13 @@ def _connect(cfg: ServerConfig) -> Iterator[ClientConnection]:
         hello = json.loads(ws.recv())
         if hello.get("type") != "hello" or hello.get("protocol") != p.PROTOCOL_VERSION:
             raise ProtocolError(f"{url} does not speak protocol v{p.PROTOCOL_VERSION} (got {hello}); update assistant")
-        yield ws
+        try:
+            yield ws
+        except ConnectionClosed as e:  # the daemon stopped or restarted mid-command
+            raise AssistantError(
+                f"the daemon at {url} closed the connection ({e}); it stopped or restarted: see its log, and start "
+                "it again with `assistant run` if it is not running"
+            ) from e
 
 
 def run(cfg: ServerConfig, words: Sequence[str], out: Callable[[str], None] = print, max_events: int = 0) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import difflib
 import email.parser
 import email.policy
 import importlib.resources
@@ -42,6 +43,7 @@ MAX_BODY_BYTES = 25 * 1024 * 1024  # OpenAI's upload limit for transcriptions
 HEAD_TIMEOUT_S = 10.0  # a client gets this long to send its request head, and again for each MiB of body
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for /v1/audio/speech input
 PCM_RATE = 24_000  # OpenAI's `pcm` and the Realtime audio: 16-bit little-endian mono at 24 kHz
+SPEECH_FIELDS = ("model", "input", "voice", "instructions", "response_format", "speed", "stream_format")
 SPEECH_FORMATS = ("pcm", "wav", "mp3", "opus", "flac", "aac")
 TRANSCRIPT_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 CONTENT_TYPES = {
@@ -272,10 +274,19 @@ class HttpApp:
             raise HttpError(400, "`input` must be the text to speak (a non-empty string)", "input")
         if len(text) > MAX_INPUT_CHARS:
             raise HttpError(400, f"`input` has {len(text)} characters, over {MAX_INPUT_CHARS}; split it", "input")
-        voice = body.get("voice")
-        if voice is not None and not isinstance(voice, str | dict):
-            raise HttpError(400, "`voice` must be a voice name such as alloy or one of GET /health's voices", "voice")
-        name = voice.get("id") if isinstance(voice, dict) else voice
+        unknown = sorted(set(body) - set(SPEECH_FIELDS))
+        if unknown:
+            near = difflib.get_close_matches(unknown[0], SPEECH_FIELDS, 1)
+            hint = f"did you mean {near[0]}? " if near else ""
+            why = f"unknown field {unknown[0][:60]!r}; {hint}the fields are {', '.join(SPEECH_FIELDS)}"
+            raise HttpError(400, why, unknown[0][:60])
+        for key in ("model", "instructions"):
+            if key in body and not isinstance(body[key], str):
+                raise HttpError(400, f"`{key}` must be a string, got {json.dumps(body[key])[:60]}", key)
+        if body.get("instructions", "").strip():  # the style is the voice profile's: a request cannot change it
+            why = "instructions are not available here: a voice's style is its profile's `instruct`; pick that voice"
+            raise HttpError(400, why + " or leave instructions out", "instructions")
+        name = self._voice(body.get("voice"), audio)
         fmt = body.get("response_format", "mp3")
         if fmt not in SPEECH_FORMATS or fmt == "aac":
             supported = ", ".join(f for f in SPEECH_FORMATS if f != "aac")
@@ -290,7 +301,7 @@ class HttpApp:
         stream_format = body.get("stream_format", "audio")
         if stream_format not in ("audio", "sse"):
             raise HttpError(400, f"stream_format {stream_format!r} is unknown; use audio or sse", "stream_format")
-        chunks = _pcm24k(audio.speak(text, name if isinstance(name, str) else None), audio.sample_rate, float(speed))
+        chunks = _pcm24k(audio.speak(text, name), audio.sample_rate, float(speed))
         first = await _first(chunks)  # bad input fails here, before the 200 goes out
         if stream_format == "sse":
             return Response(200, content_type="text/event-stream", stream=_sse(first, chunks, len(text)))
@@ -302,6 +313,21 @@ class HttpApp:
         whole = np.concatenate(parts)
         encoded = await asyncio.to_thread(encode_audio, whole, PCM_RATE, fmt)
         return Response(200, encoded, CONTENT_TYPES[fmt])
+
+    @staticmethod
+    def _voice(voice: Any, audio: AudioService) -> str | None:
+        """The voice name asked for: a string (any unknown name is the default voice, as OpenAI clients send
+        alloy and the like), or `{"id": ...}`, a custom voice that must exist here."""
+        if voice is None or isinstance(voice, str):
+            return voice
+        voices = ", ".join(audio.voices())
+        if not isinstance(voice, dict) or not isinstance(voice.get("id"), str):
+            why = f'`voice` must be a voice name or {{"id": NAME}}, got {json.dumps(voice)[:60]}; voices: {voices}'
+            raise HttpError(400, why, "voice")
+        if not audio.known_voice(voice["id"]):
+            why = f"unknown voice id {voice['id'][:60]!r}; use one of {voices} (or an alias from server.voice_aliases)"
+            raise HttpError(400, why, "voice")
+        return str(voice["id"])
 
     # ---- /v1/audio/transcriptions ------------------------------------------------------------------------
 
@@ -317,6 +343,14 @@ class HttpApp:
                 f"response_format {fmt!r} is unknown; use one of {', '.join(TRANSCRIPT_FORMATS)}",
                 "response_format",
             )
+        temperature = form.get("temperature", "0")
+        try:
+            number = float(temperature) if isinstance(temperature, str) else None
+        except ValueError:
+            number = None
+        if number is None or not 0.0 <= number <= 1.0:
+            shown = temperature[:60] if isinstance(temperature, str) else "a file"
+            raise HttpError(400, f"temperature must be a number from 0 to 1, got {shown!r}", "temperature")
         if form.get("stream") == "true":
             raise HttpError(400, "stream=true is not available for transcriptions here; leave it out", "stream")
         granularities = str(form.get("timestamp_granularities[]", "")).split(",")
@@ -391,6 +425,8 @@ def _multipart(req: Request) -> dict[str, str | tuple[str, bytes]]:
         data = payload if isinstance(payload, bytes) else b""
         filename = part.get_filename()
         is_file = filename is not None or name == "file"
+        if name in out and not name.endswith("[]"):  # which one counts would be a guess
+            raise HttpError(400, f"the form has more than one `{name[:60]}` part; send it once", name[:60])
         if is_file:
             out[name] = (filename or "", data)
         else:

@@ -212,7 +212,7 @@ class RealtimeConversation:
         tools = s.tools if ev.tools is None else ev.tools
         choice = ev.tool_choice or s.tool_choice
         if ev.tools is not None or ev.tool_choice is not None:
-            _check_choice(choice, tools, "session.tool_choice", ev.event_id)
+            _check_choice(choice, tools, "session.tool_choice", ev.event_id, self.session.can_call_tools)
         if ev.turn_detection_given:  # first: semantic_vad without its model is refused before anything changes
             self._detect(ev.turn_detection)
             s = replace(s, detection=ev.turn_detection)
@@ -329,7 +329,7 @@ class RealtimeConversation:
             if ev.tools is not None or ev.tool_choice is not None:
                 tools = self.settings.tools if ev.tools is None else ev.tools
                 choice = ev.tool_choice or self.settings.tool_choice
-                _check_choice(choice, tools, "response.tool_choice", ev.event_id)
+                _check_choice(choice, tools, "response.tool_choice", ev.event_id, self.session.can_call_tools)
                 self.session.functions_for_next_response([f.schema() for f in tools], choice)
             self.session.create_response(ev.instructions)
             self.requested, self.next_audio = True, ev.audio_output
@@ -724,9 +724,15 @@ class RealtimeConversation:
         }
 
 
-def _check_choice(choice: ToolChoice, tools: tuple[rp.Function, ...], path: str, event_id: str | None) -> None:
-    """A forced function must be one of the tools; any forced call needs a tool."""
+def _check_choice(
+    choice: ToolChoice, tools: tuple[rp.Function, ...], path: str, event_id: str | None, can_call: bool
+) -> None:
+    """A forced function must be one of the tools; any forced call needs a tool; tools need a model that can
+    call them (`can_call`)."""
     names = [f.name for f in tools]
+    if names and not can_call:
+        why = "this session's LLM has no tool-call format in its chat template, so it cannot call functions"
+        raise WireError("invalid_value", f"{why}; send no tools, or set llm.model", event_id)
     if choice.mode == "function" and choice.name not in names:
         offered = ", ".join(names) or "none"
         why = f"`{path}` names function {clip(choice.name)}, which is not among the tools ({clip(offered)})"

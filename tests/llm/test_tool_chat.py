@@ -166,7 +166,7 @@ def test_restore_trims_to_the_budget(family_dir: tuple[str, Path]) -> None:
 def test_model_without_a_tool_format_gets_no_tools(tmp_path: Path) -> None:
     """A chat template without tool syntax (the plain Gemma 3 one) gets no tools offered: set_tools says so."""
     chat = Chat.load(LlmConfig(model=str(make_tiny(tmp_path, "gemma3", seed=1))))
-    assert chat.tool_format is None
+    assert chat.tool_format is None and chat.can_call_tools is False
     assert chat.set_tools([TIME_TOOL]) is False
     assert chat.set_tools([]) is True
 

@@ -107,6 +107,7 @@ class ScriptedChat:
         error: type[Exception] = ValueError,
     ):
         self.tokens = tokens
+        self.can_call_tools = False  # no set_tools: it makes no tool calls
         self.error = error  # what the failure at `fail_at` raises
         self.max_history = max_history  # like llm.history_tokens: the oldest turns are dropped
         self.fail_at = fail_at
@@ -398,6 +399,7 @@ class ToolChat:
         from assistant.tools.calls import HERMES
 
         self.tool_format = HERMES
+        self.can_call_tools = True
         self.scripts = deque(scripts)
         self.history: list[Any] = []
         self.results: list[list[tuple[Any, str]]] = []  # each tool round's results as the model got them

@@ -137,3 +137,26 @@ def test_hotkey_drives_the_pipeline_under_xvfb(xvfb: str) -> None:
             await eventually(lambda: not h.p.core.ptt)
 
     asyncio.run(main())
+
+
+def test_runtime_push_to_talk_needs_a_listening_hotkey(xvfb: str) -> None:
+    """config.set pipeline.mode = "push_to_talk" makes the check `assistant run` makes at start: refused, naming the
+    fix, while no hotkey listens (a deaf daemon), accepted while the daemon's hotkey service listens."""
+    from assistant.daemon import hotkey_service
+    from tests.pipeline.harness import Harness
+
+    async def main() -> tuple[str, str, str]:
+        async with Harness({"pipeline.mode": "hands_free"}) as h:
+            with pytest.raises(ConfigError) as refused:
+                h.p.config_set({"pipeline.mode": "push_to_talk"})
+            async with hotkey_service(h.p):
+                accepted = h.p.config_set({"pipeline.mode": "push_to_talk"})["pipeline"]["mode"]
+            h.p.config_set({"pipeline.mode": "hands_free"})
+            with pytest.raises(ConfigError) as after:
+                h.p.config_set({"pipeline.mode": "push_to_talk"})
+            return str(refused.value), accepted, str(after.value)
+
+    refused, accepted, after = asyncio.run(main())
+    assert refused.startswith('config.set: pipeline.mode = "push_to_talk" needs the hotkey, but no hotkey listens')
+    assert refused.endswith('use "both", or set the mode in config.toml and restart')
+    assert accepted == "push_to_talk" and after == refused

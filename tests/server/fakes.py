@@ -159,6 +159,7 @@ class FakeSession:
 
     def __init__(self, backend: FakeBackend) -> None:
         self.backend = backend
+        self.can_call_tools = True
         self.calls: list[tuple[str, Any]] = []
         self.queue: asyncio.Queue[events.SessionEvent] = asyncio.Queue()
         self.audio: list[np.ndarray] = []  # every 16 kHz block appended

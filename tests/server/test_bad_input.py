@@ -122,6 +122,9 @@ class _Speech:
     def voice_name(self, requested: str | None) -> str:
         return "default"
 
+    def known_voice(self, name: str) -> bool:
+        return name == "default"
+
     def health(self) -> dict[str, Any]:
         return {}
 
@@ -216,6 +219,57 @@ def test_transcription_refuses_what_the_stt_cannot_give(
     error = json.loads(resp.body)["error"]
     assert resp.status == 400 and error["param"] == param and error["message"].startswith(message)
     fine, kind = _form([("timestamp_granularities[]", "segment"), ("prompt", "names: Anna")], buf.getvalue())
+    assert _post(_app(_Speech()), "/v1/audio/transcriptions", fine, kind).status == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "message"),
+    [
+        ({"instructions": 5}, "instructions", "`instructions` must be a string, got 5"),
+        ({"instructions": "Whisper."}, "instructions", "instructions are not available here"),
+        ({"model": ["tts-1"]}, "model", '`model` must be a string, got ["tts-1"]'),
+        ({"voice": {"id": "nobody"}}, "voice", "unknown voice id 'nobody'; use one of default"),
+        ({"voice": {"name": "default"}}, "voice", '`voice` must be a voice name or {"id": NAME}'),
+        ({"speeed": 1.5}, "speeed", "unknown field 'speeed'; did you mean speed?"),
+    ],
+)
+def test_speech_refuses_fields_it_would_ignore(body: dict[str, Any], param: str, message: str) -> None:
+    """/v1/audio/speech answers a wrongly typed model or instructions, style instructions, an unknown custom
+    voice id and an unknown field with a 400 naming the field (each was silently ignored); known ones speak."""
+    audio = _Speech()
+    resp = _post(_app(audio), "/v1/audio/speech", json.dumps({"input": "hi"} | body).encode(), "application/json")
+    error = json.loads(resp.body)["error"]
+    assert resp.status == 400 and error["param"] == param and error["message"].startswith(message)
+    fine = {"input": "hi", "model": "tts-1", "instructions": "", "voice": {"id": "default"}, "response_format": "pcm"}
+    assert _post(_app(audio), "/v1/audio/speech", json.dumps(fine).encode(), "application/json").status == 200
+    assert audio.spoken == ["hi"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "message"),
+    [
+        ([("temperature", "abc")], "temperature", "temperature must be a number from 0 to 1, got 'abc'"),
+        ([("temperature", "1.5")], "temperature", "temperature must be a number from 0 to 1, got '1.5'"),
+        ([("response_format", "text"), ("response_format", "srt")], "response_format", "the form has more than one"),
+        ([("file", "x")], "file", "the form has more than one `file` part; send it once"),
+    ],
+)
+def test_transcription_refuses_bad_temperature_and_repeated_parts(
+    fields: list[tuple[str, str]], param: str, message: str
+) -> None:
+    """/v1/audio/transcriptions refuses a temperature that is not a number from 0 to 1 and a field sent twice (a
+    second `file` was silently dropped) with a 400 naming the field; temperature 0.2 is accepted."""
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(16000, np.float32), 16000, format="WAV")
+    body, kind = _form(fields, buf.getvalue())
+    resp = _post(_app(_Speech()), "/v1/audio/transcriptions", body, kind)
+    error = json.loads(resp.body)["error"]
+    assert resp.status == 400 and error["param"] == param and error["message"].startswith(message)
+    fine, kind = _form([("temperature", "0.2")], buf.getvalue())
     assert _post(_app(_Speech()), "/v1/audio/transcriptions", fine, kind).status == 200
 
 

@@ -24,6 +24,7 @@ class Live:
         self.controller: FakeController | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: ControlServer | None = None
+        self.stop: asyncio.Event | None = None
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def live() -> Iterator[Live]:
     async def serve() -> None:
         async with running() as (server, controller, _):
             state.port, state.controller, state.loop = server.port, controller, asyncio.get_running_loop()
-            state.server = server
+            state.server, state.stop = server, stop
             ready.set()
             await stop.wait()
 
@@ -44,7 +45,8 @@ def live() -> Iterator[Live]:
     assert ready.wait(10)
     yield state
     assert state.loop is not None
-    state.loop.call_soon_threadsafe(stop.set)
+    if thread.is_alive():  # a test may have stopped it already
+        state.loop.call_soon_threadsafe(stop.set)
     thread.join(10)
 
 
@@ -143,3 +145,26 @@ def test_ctl_config_set_and_max_events_usage_errors(capsys: pytest.CaptureFixtur
         cli.main(["ctl", "events", "--max-events", "-1"])
     assert exit_.value.code == 2
     assert "argument --max-events: must be a whole number >= 0 (0: no limit), got '-1'" in capsys.readouterr().err
+
+
+def test_ctl_says_so_when_the_daemon_goes_away_mid_command(
+    capsys: pytest.CaptureFixture[str], isolated_env: Path, live: Live
+) -> None:
+    """A daemon that stops while `ctl events` tails it ends ctl with exit 2 and one line naming what happened and
+    the fix (it was a ConnectionClosed traceback)."""
+    assert live.loop is not None and live.server is not None and live.stop is not None
+    server, stop = live.server, live.stop
+    results: list[int] = []
+    t = threading.Thread(target=lambda: results.append(cli.main(ctl_args(live, "events"))))
+    t.start()
+    for _ in range(500):  # wait (test-side only) until the ctl client has subscribed
+        if any(c.subscribed for c in list(server.clients)):
+            break
+        threading.Event().wait(0.01)
+    live.loop.call_soon_threadsafe(stop.set)
+    t.join(20)
+    assert results == [2]
+    # the in-process server logs to stderr too: ctl's own message is the last line
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("assistant: error: the daemon at ws://127.0.0.1:")
+    assert "closed the connection" in err and "assistant run" in err

@@ -385,7 +385,7 @@ def test_headless_daemon_exceptions_are_not_chained_to_the_missing_device(monkey
         assert headless
         raise RuntimeError("daemon failed")
 
-    monkeypatch.setattr(hub, "resolve", lambda spec, what: spec)
+    monkeypatch.setattr(hub, "resolve", lambda spec, what: Path(spec))  # as hub.resolve returns
     monkeypatch.setattr(devices, "pick", no_device)
     monkeypatch.setattr(cli, "_run_daemon", daemon)
     monkeypatch.setattr(cli, "check_open_file_limit", lambda: None)

@@ -133,3 +133,20 @@ async def until_reply(ws: ClientConnection, msg_id: str) -> dict[str, Any]:
         msg = await recv(ws)
         if msg.get("id") == msg_id and msg["type"] in ("reply", "error"):
             return msg
+
+
+def test_register_refused_at_once_when_the_llm_cannot_call_tools(cfg: Config) -> None:
+    """`tools.register` on an LLM whose chat template has no tool-call format (the tiny Gemma 3) is refused in its
+    reply, naming the fix, instead of succeeding and failing later; the connection stays usable."""
+
+    async def body() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        async with scripted_daemon(cfg) as (server, _), app(server) as lamp:
+            refused = await register(lamp)
+            withdrawn = await request(lamp, {"type": "tools.register", "id": 2, "tools": []})
+            return refused, withdrawn, await request(lamp, {"type": "status", "id": 3})
+
+    refused, withdrawn, status = asyncio.run(body())
+    assert refused["type"] == "error" and refused["code"] == "input" and refused["id"] == 1
+    assert "no tool-call format" in refused["message"] and "set llm.model" in refused["message"]
+    assert withdrawn == {"type": "reply", "command": "tools.register", "id": 2, "result": {"tools": []}}
+    assert status["type"] == "reply" and status["id"] == 3

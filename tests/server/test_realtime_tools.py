@@ -267,3 +267,35 @@ def test_sdk_function_call_round_trip_with_an_openai_compatible_llm_server(base:
     assert sent[-1] == {"role": "tool", "tool_call_id": "call_w1", "content": OUTPUT}
     said = got["second"][-1]["response"]["output"][0]["content"][0]["transcript"]
     assert said == "It is sunny in Paris."
+
+
+def test_functions_are_refused_at_once_when_the_llm_cannot_call_them(base: Config) -> None:
+    """session.update and response.create with tools on an LLM whose chat template has no tool-call format (the
+    tiny Gemma 3) get an error naming the fix at once and change nothing (the tools were accepted and the failure
+    came later as an error with a traceback in the log); no tools is accepted."""
+
+    async def body(port: int) -> dict[str, Any]:
+        got: dict[str, Any] = {}
+        sdk = openai.AsyncOpenAI(api_key=TOKEN, websocket_base_url=f"ws://127.0.0.1:{port}/v1", max_retries=0)
+        async with sdk.realtime.connect(model="assistant") as conn:
+            await until(conn, "session.created")
+            await conn.session.update(session={"type": "realtime", "tools": [WEATHER]})  # type: ignore[typeddict-item]
+            got["update"] = (await until(conn, "error", errors_ok=True))[-1]["error"]
+            await conn.session.update(session={"type": "realtime", "tools": []})  # type: ignore[typeddict-item]
+            got["none"] = (await until(conn, "session.updated"))[-1]["session"]
+            await conn.conversation.item.create(item=user("Weather?"))  # type: ignore[arg-type]
+            await until(conn, "conversation.item.done")
+            await conn.response.create(response={"tools": [WEATHER]})  # type: ignore[arg-type,list-item]
+            got["create"] = (await until(conn, "error", errors_ok=True))[-1]["error"]
+        return got
+
+    async def main() -> dict[str, Any]:
+        async with scripted_daemon(base) as (server, _):
+            return await body(server.port)
+
+    got = asyncio.run(main())
+    for error in (got["update"], got["create"]):
+        assert error["type"] == "invalid_request_error" and error["code"] == "invalid_value"
+        assert error["message"].startswith("this session's LLM has no tool-call format in its chat template")
+        assert "set llm.model" in error["message"]
+    assert got["none"]["tools"] == []
