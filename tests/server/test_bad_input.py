@@ -191,6 +191,18 @@ def _form(fields: list[tuple[str, str]], wav: bytes) -> tuple[bytes, str]:
     return b"".join(parts) + head + wav + b"\r\n--b--\r\n", "multipart/form-data; boundary=b"
 
 
+def _transcribe(fields: list[tuple[str, str]]) -> Response:
+    """POST one second of silence (a WAV file) with these form fields to /v1/audio/transcriptions."""
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(16000, np.float32), 16000, format="WAV")
+    body, kind = _form(fields, buf.getvalue())
+    return _post(_app(_Speech()), "/v1/audio/transcriptions", body, kind)
+
+
 @pytest.mark.parametrize(
     ("fields", "param", "message"),
     [
@@ -208,18 +220,10 @@ def test_transcription_refuses_what_the_stt_cannot_give(
 ) -> None:
     """Word timestamps and logprobs are refused by name with a 400, as docs/protocol.md says (they were silently
     answered without them); segment granularity and a prompt are accepted."""
-    import io
-
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    sf.write(buf, np.zeros(16000, np.float32), 16000, format="WAV")
-    body, kind = _form(fields, buf.getvalue())
-    resp = _post(_app(_Speech()), "/v1/audio/transcriptions", body, kind)
+    resp = _transcribe(fields)
     error = json.loads(resp.body)["error"]
     assert resp.status == 400 and error["param"] == param and error["message"].startswith(message)
-    fine, kind = _form([("timestamp_granularities[]", "segment"), ("prompt", "names: Anna")], buf.getvalue())
-    assert _post(_app(_Speech()), "/v1/audio/transcriptions", fine, kind).status == 200
+    assert _transcribe([("timestamp_granularities[]", "segment"), ("prompt", "names: Anna")]).status == 200
 
 
 @pytest.mark.parametrize(
@@ -259,18 +263,10 @@ def test_transcription_refuses_bad_temperature_and_repeated_parts(
 ) -> None:
     """/v1/audio/transcriptions refuses a temperature that is not a number from 0 to 1 and a field sent twice (a
     second `file` was silently dropped) with a 400 naming the field; temperature 0.2 is accepted."""
-    import io
-
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    sf.write(buf, np.zeros(16000, np.float32), 16000, format="WAV")
-    body, kind = _form(fields, buf.getvalue())
-    resp = _post(_app(_Speech()), "/v1/audio/transcriptions", body, kind)
+    resp = _transcribe(fields)
     error = json.loads(resp.body)["error"]
     assert resp.status == 400 and error["param"] == param and error["message"].startswith(message)
-    fine, kind = _form([("temperature", "0.2")], buf.getvalue())
-    assert _post(_app(_Speech()), "/v1/audio/transcriptions", fine, kind).status == 200
+    assert _transcribe([("temperature", "0.2")]).status == 200
 
 
 def test_http_messages_name_the_real_problem() -> None:
