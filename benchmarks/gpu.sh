@@ -7,7 +7,7 @@
 #              mkdir -p .bench-data && cp -r ../shared/data/qwen2-bpe .bench-data/   # BPE tables (git-ignored)
 # On the device, back to back (a machine idle for 30 s is given back; then start again at call 1):
 #   call 1 (carry .dev-a):               mkdir -p /tmp/w && cp .dev-a/* /tmp/w/
-#   call 2 (carry .dev-b .bench-data):   bash benchmarks/gpu.sh install tts-0.6B        (~8 min)
+#   call 2 (carry .dev-b .whl-gpu):      bash benchmarks/gpu.sh install tts-0.6B        (~8 min)
 #   call 3:                              bash benchmarks/gpu.sh tts-1.7B stt            (~9 min)
 #   call 4 (optional):                   bash benchmarks/gpu.sh v2v integ profile       (~4+3+3 min)
 # `ab` times the 0.6B frame fused, in the checkpoint's layout and fused without addmm (AB="fused unfused no-addmm"),
@@ -15,8 +15,8 @@
 # MLX_MAX_OPS_PER_BUFFER=1000"; MLX_NONE=1 is MLX's defaults), recorded in the profile row's "env";
 # `ops` counts the operations of a frame's graphs (benchmarks/tts_ops.py), fused and unfused (seconds).
 # FRESH="tts" on the first call of a session drops the label's earlier TTS rows (taken on other code).
-# Extra wheels for v2v/integ (wyoming, soxr, soundfile, platformdirs, httpx2 and their needs) travel in .whl-gpu/
-# (carry it with .dev-b; `install` adds them); the Smart Turn ONNX in .st-model/ (carry it once: v2v then ends turns
+# The daemon's pure-Python needs (soundfile, which every part imports, soxr, wyoming, platformdirs, httpx2, ...) travel
+# in .whl-gpu/ (carry it with .dev-b; `install` adds them); the Smart Turn ONNX in .st-model/ (carry it once: v2v then ends turns
 # with it). The Qwen2 BPE tables come from .bench-data/ when carried, else from the committed tests/fixtures copy.
 # Then here: cp <files_at>/benchmarks/<label>.json docs/benchmarks/ && python -m benchmarks.report
 # Parts run in the order given; each stops in time (LIMIT_<part> seconds) to copy its results back inside the
@@ -60,6 +60,8 @@ for part in "$@"; do
   fi
   python3 -c "import mlx.core as mx; print('backend', mx.default_device())" \
     || { echo "MLX is not in /tmp/site: run call 1, then 'gpu.sh install ...' (carry .dev-b)" >&2; exit 3; }
+  python3 -c "import soundfile" 2>/dev/null \
+    || { echo "soundfile is not in /tmp/site: 'gpu.sh install ...' with .whl-gpu carried beside .dev-b" >&2; exit 3; }
   case "$part" in
     tts-0.6B) args=(--only tts --tts-sizes 0.6B); limit=${LIMIT_TTS06:-480} ;;
     tts-1.7B) args=(--only tts --tts-sizes 1.7B); limit=${LIMIT_TTS17:-280} ;;

@@ -41,8 +41,12 @@ array mask; its fallback records a fifth, the scale). Top-k partitions the raw l
 the Gumbel draw fuse into one kernel; codes stay argmax's uint32 inside the frame (one cast per frame, not 16); the
 text track is projected in batches as text commits (not one small graph per frame), and E(frame) + text is summed
 inside the compiled step. CPU count 3,535 -> 2,543 per frame (table below); greedy parity with the fixtures holds.
-No GPU figure of this code yet: six device machine starts failed (14:19-15:21 UTC, 1,171 s of the 1,800 s lease),
-so the h100 rows below are still those of the code before it. Next on a GPU, in two calls after the install:
+Six device machine starts failed (14:19-15:21 UTC, 1,171 s of the 1,800 s lease), so the h100 rows below are still
+those of the code before it. One figure of this code, from the lease's last minutes (H100, 16:00 UTC, `python -m
+benchmarks.tts_vs --size 0.6B --bits 0 --frames 100 250 --reps 2` run by hand, cut by the lease after its first row):
+0.6B bf16, 100 frames, RTF 0.291 (23.3 ms/frame), median of 2 after the warm-up, no mlx-audio row. It lies inside the
+16-28 ms spread seen between processes before, so it shows no gain from the lower operation count and is not taken
+as a row. Next on a GPU, in two calls after the install (carry .dev-b and .whl-gpu: every part imports soundfile):
 `FRESH=tts LIMIT_TTS06=250 LIMIT_TTS17=100 JOBS='tts 0.6B bf16$,mxfp4,4-bit alone,8-bit,tts 1.7B bf16$' bash
 benchmarks/gpu.sh install tts-0.6B tts-1.7B`, then `AB=fused AB_ENVS="MLX_NONE=1 MLX_USE_CUDA_GRAPHS=0
 MLX_MAX_OPS_PER_BUFFER=1000" bash benchmarks/gpu.sh ab v2v` (MLX CUDA records kernels into CUDA graphs of 100
