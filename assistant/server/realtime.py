@@ -289,11 +289,9 @@ class RealtimeConversation:
                         ev.event_id,
                     )
                 ]
-            if (misplaced := self._misplaced(ev)) is not None:
-                return [misplaced]
-            item_id = ev.item_id or self._id("item")
-            if item_id in self.items:  # refused before the text joins the chat: a retry must not add it twice
-                return [_error("item_already_exists", f"an item {clip(item_id)} exists; use a new id", ev.event_id)]
+            item_id = self._new_item(ev)  # refused before the text joins the chat: a retry must not add it twice
+            if isinstance(item_id, rp.Error):
+                return [item_id]
             self.session.add_user_text(ev.text)
             item = rp.message_item(item_id, "user", "completed", [{"type": "input_text", "text": ev.text}])
             previous = self._add(item_id, item)
@@ -342,11 +340,9 @@ class RealtimeConversation:
         return []
 
     def _function_output(self, ev: rp.FunctionOutput) -> Out:
-        if (misplaced := self._misplaced(ev)) is not None:
-            return [misplaced]
-        item_id = ev.item_id or self._id("item")
-        if item_id in self.items:
-            return [_error("item_already_exists", f"an item {clip(item_id)} exists; use a new id", ev.event_id)]
+        item_id = self._new_item(ev)
+        if isinstance(item_id, rp.Error):
+            return [item_id]
         self.session.add_function_output(ev.call_id, ev.output)  # InputError for a call id it did not hand out
         self.awaiting_calls.discard(ev.call_id)
         item = rp.function_output_item(item_id, ev.call_id, ev.output)
@@ -357,18 +353,22 @@ class RealtimeConversation:
     def _uncommitted_ms(self) -> float:
         return self.uncommitted * 1000 / rp.FORMAT_RATES[self.input_format]
 
-    def _misplaced(self, ev: rp.ItemCreate | rp.FunctionOutput) -> rp.Error | None:
-        """An error when `previous_item_id` names no item of this conversation, as OpenAI sends. A known one is
-        taken: the item goes at the end (the chat only appends; a client's view of the end may lag by an item)."""
+    def _new_item(self, ev: rp.ItemCreate | rp.FunctionOutput) -> str | rp.Error:
+        """The id a client's new item gets (its own, or a fresh one), or the error OpenAI sends: the id is taken, or
+        `previous_item_id` names no item of this conversation. A known previous item is taken: the item goes at
+        the end (the chat only appends; a client's view of the end may lag by an item)."""
         wanted = ev.previous_item_id
-        if wanted is None or wanted in self.items or (wanted == "root" and not self.items):
-            return None
-        return _error(
-            "invalid_value",
-            f"previous_item_id {clip(wanted)} is no item of this conversation; leave it out (items are added at "
-            "the end) or use an id from conversation.item.added",
-            ev.event_id,
-        )
+        if not (wanted is None or wanted in self.items or (wanted == "root" and not self.items)):
+            return _error(
+                "invalid_value",
+                f"previous_item_id {clip(wanted)} is no item of this conversation; leave it out (items are added "
+                "at the end) or use an id from conversation.item.added",
+                ev.event_id,
+            )
+        item_id = ev.item_id or self._id("item")
+        if item_id in self.items:
+            return _error("item_already_exists", f"an item {clip(item_id)} exists; use a new id", ev.event_id)
+        return item_id
 
     def _add(self, item_id: str, item: dict[str, object]) -> str | None:
         previous, self.last_item = self.last_item, item_id
