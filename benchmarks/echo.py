@@ -19,11 +19,12 @@ user's speech + 0.5 s), the canceller's CPU time per second of audio (AEC3 and t
 included) and what it learned; first, the CPU cost of the room learning and of the linear path alone.
 
 --record keeps what the canceller saw in the room (the microphone's blocks with their capture times, each chunk
-written to the speaker and when, every reading of the speaker's clock) for the 60 ms loop at 0 and -6 dB, with no
-user; --replay mixes a user into those recordings at the echo's level (the reply's RMS times the loop's gain,
-as room.play does: the user is not looped) at several times into the reply, and judges each with the canceller
-and a real VAD as the daemon does: the detection delay after the user's first sample, and false reports. It runs
-the code as it is now on the same room, so a change to the canceller is compared on identical input.
+written to the speaker and when, every reading of the speaker's clock) for loops of 60 ms at 0 and -6 dB,
+120 ms at 0 dB and 90 ms at -6 dB, with no user; --replay mixes a user into those recordings at the echo's level
+(the reply's RMS times the loop's gain, as room.play does: the user is not looped) at several times into the
+reply, and judges each with the canceller and a real VAD as the daemon does: the detection delay after the
+user's first sample, and false reports. It runs the code as it is now on the same room, so a change to the
+canceller is compared on identical input.
 
 Prints per loop: the measured echo delay after time alignment, ERLE over the echo-only part after 3 s of
 adaptation (whole, and the median / worst 1 s window), how far the user's louder frames stand above what is left
@@ -247,7 +248,7 @@ def barge_run(room: Room, delay_ms: float, gain_db: float | None, user_after_s: 
 
 # ---- record once, replay offline ------------------------------------------------------------------------------
 
-RECORD_LOOPS = ((60.0, 0.0), (60.0, -6.0))
+RECORD_LOOPS = ((60.0, 0.0), (60.0, -6.0), (120.0, 0.0), (90.0, -6.0))  # delay ms, gain dB
 MIC_SETTLE_S = 1.0  # tests/pipeline/test_echo_turns_room.py's daemon waits as long before its first reply
 REPLAY_USER_AT = (1.0, 1.5, 2.0, 4.0, 9.0)  # seconds into the reply (after its first sample played)
 

@@ -376,3 +376,21 @@ def test_a_user_as_loud_as_the_echo_is_heard_over_the_reply(gain_db: float) -> N
     assert heard.starts and first <= heard.starts[0] <= first + 0.4, (first, heard.starts)
     assert len(heard.starts) == 1, heard.starts
     assert heard.canceller.linear_return_db is not None
+
+
+@needs_espeak
+def test_a_user_as_loud_as_the_echo_is_heard_over_a_far_speaker() -> None:
+    """Where the room delays the echo 110 ms past the speaker's DAC time (the room test's 120 ms loop), a user as
+    loud as the echo, 1.5 s into the reply, is reported within 400 ms of their first sample and nothing else is:
+    the linear path finds the room's delay from the signal instead of spending its 160 ms window on it."""
+    ref = (tts_like(6.0) * 10 ** (-10 / 20)).astype(np.float32)
+    start, user_at = 0.2, 1.7
+    ir = room_ir(110.0, 0.0)
+    echo = echo_room(ref, start, ir)
+    level = np.sqrt(np.mean(np.square(echo[CAPTURE_RATE : 4 * CAPTURE_RATE].astype(np.float64))))
+    user = user_speech(level, "No no, what about Saturday?")
+    heard = listen(echo_room(ref, start, ir, user, user_at), ref, start)
+    first = user_at + int(np.flatnonzero(np.abs(user) > 100)[0]) / CAPTURE_RATE
+    assert heard.starts and first <= heard.starts[0] <= first + 0.4, (first, heard.starts)
+    assert len(heard.starts) == 1, heard.starts
+    assert listen(echo, ref, start).starts == [], "the echo alone is nobody"

@@ -13,7 +13,8 @@ the microphone passes untouched, so a user at a normal voice is heard over the r
 
 AEC3 turns a user who talks over the reply down by 30-70 dB within ~300 ms, so beside it a linear model of the
 echo path (assistant/audio/echo_path.py) predicts the echo from the same reference, placed once per run as one
-unbroken stream. Where that model has learned the room, the frames handed back while the speaker plays are the
+unbroken stream, after the room's own delay (found once from the signal: a looped-back speaker adds ~50-110 ms
+to the DAC time). Where that model has learned the room, the frames handed back while the speaker plays are the
 microphone less its prediction (the user's voice untouched) and the gate is what the model leaves of echo alone:
 a user about as loud as the echo is heard once the model has heard ~1 s of the first reply. The model is kept
 across replies and underruns (a new placement is aligned by the signal and its reference refilled), and a user
@@ -85,16 +86,41 @@ GATE_FLOOR_DBFS = -90.0  # the gate in such a room while the speaker plays: unde
 # it by more than RELOCK_SAMPLES (an underrun, a new reply after a pause), once those readings agree within a
 # third of that (after underruns they were seen jumping about by 5-20 ms for a while).
 PLACE_READINGS = 5
-# A new placement is off by ~2-3 ms from where the old one had the echo (seen after underruns): the first 300 ms
-# the kept model predicts after it are cross-correlated with the microphone, and the placement moves by the lag
-# (up to ALIGN_SAMPLES either way) where they match best, so the model fits again at once instead of refitting.
+# A new placement is off by ~2-10 ms from where the old one had the echo (after underruns the clock's readings
+# were seen 100-150 samples from where the signal put the echo): the first 300 ms the kept model predicts after
+# it are cross-correlated with the microphone, and the placement moves by the lag (up to ALIGN_SAMPLES either
+# way) where they match best, so the model fits again at once instead of refitting.
 ALIGN_FRAMES = 30
-ALIGN_SAMPLES = 96  # 6 ms
+ALIGN_SAMPLES = 320  # 20 ms
 ALIGN_MIN_CORRELATION = 0.3  # the room's reverberation lowers it: 0.3-0.97 seen for a true lag
+# Where the aligned prediction matches this well, what the model leaves of echo alone is as before the move
+# (its statistics are kept): under load the speaker ran dry every ~0.5 s, and learning them again each time
+# left the path silent for the whole reply.
+ALIGN_KEEP_CORRELATION = 0.8
 RELOCK_SAMPLES = 48  # 3 ms
 # The model hears the reference this far ahead of the placement, so an echo a little earlier than the clock says
 # (its readings wander) is still in its reach.
 LOOK_AHEAD = frame_samples(CAPTURE_RATE, 10)  # 160
+# The clock places the reference where the speaker's DAC played it; the room's own delay comes on top (a laptop
+# ~5-20 ms; the test room's loop 45-105 ms at 60-120 ms, seen by cross-correlation), and the path's PARTITIONS
+# windows (160 ms) spent on it would leave too little for the reverberation after it. The first placement's
+# first BULK_FRAMES (300 ms) of steady playing are cross-correlated with the reference up to BULK_MAX_SAMPLES
+# later, and the path then hears the reference the found delay less BULK_MARGIN later, for the whole process (the
+# room does not change; re-placements after underruns follow the clock as before). Speech over the allpass room
+# correlates 0.5-0.6 at the true delay in 0.5 s windows; under BULK_MIN_CORRELATION the search goes on.
+BULK_FRAMES = 30
+BULK_KEEP = 100  # frames kept for the search (1 s) while nothing clear was found
+BULK_MAX_SAMPLES = frame_samples(CAPTURE_RATE, 250)  # 4000
+BULK_MARGIN = frame_samples(CAPTURE_RATE, 10)  # 160: earlier reflections and the clock's wobble stay in reach
+BULK_MIN_CORRELATION = 0.3
+# Without an underrun the stream has played on unbroken and its echo has not moved, while the clock's readings
+# drift by up to ~10 ms over seconds (seen in the room: 160 samples in 3 s, the echo fixed to the sample): such a
+# drift moves the placement only beyond DRIFT_SAMPLES. An underrun shows as a reading that played under half a
+# frame, or (a short one) as the readings' median stepping by over STEP_SAMPLES within STEP_READINGS (a drift
+# moves them ~10 samples in that time; an underrun of 6 ms was seen as a step of 65).
+DRIFT_SAMPLES = frame_samples(CAPTURE_RATE, 20)  # 320
+STEP_READINGS = 20  # 200 ms of steady readings: the median of the first 5 against that of the last 5
+STEP_SAMPLES = 24
 # What the linear path leaves of echo alone, learned from frames played steadily from 300 ms after each
 # placement (the model has heard the path by then) while the reply is not in a pause (see _learn_return), the
 # last 0.5 s of them (the model improves fast at first): the high quantile of the residual's level less the
@@ -112,6 +138,10 @@ LINEAR_MIN_FRAMES = 10  # learned frames before the bound counts
 LINEAR_QUANTILE = 90.0
 DOUBLE_TALK_DB = 6.0
 LINEAR_TAKEN_DB = 6.0
+# A frame of echo alone joins those statistics only LINEAR_PENDING frames later, unless a user was found in
+# between: a user's first syllables under the echo's level are not over the bound yet, and learned as echo
+# alone they raised it by ~8 dB within 200 ms (seen 9 s into a reply), so the user was never heard.
+LINEAR_PENDING = 20  # 200 ms
 # A user's voice dips between syllables and under the louder echo: once DOUBLE_TALK_ENTRY frames in a row hold
 # a user (one alone was often an echo the path mispredicted: it cost ~50 dB of ERLE at a 120 ms delay), the
 # next DOUBLE_TALK_HOLD frames are taken as theirs too (not learned where louder than echo alone may leave, their
@@ -195,12 +225,18 @@ class EchoCanceller:
         self._mic_at = 0  # microphone samples processed
         self._offset: int | None = None
         self._clock_offset: int | None = None  # ... as the clock's readings placed it (before aligning it)
+        self._bulk: int | None = None  # the room's delay after the placement, less BULK_MARGIN (None: not found)
+        self._finding: deque[np.ndarray] = deque(maxlen=BULK_KEEP)  # microphone frames since the placement
+        self._gap = False  # the speaker ran dry since the placement
         self._since_lock = 0  # steady frames since the placement
         self._readings: deque[int] = deque(maxlen=PLACE_READINGS)  # the clock's last readings of the offset
+        self._history: deque[int] = deque(maxlen=STEP_READINGS)  # ... and more of them, to see a step
         self._aligning: list[tuple[np.ndarray, np.ndarray]] | None = None  # after a new placement: (microphone,
         # prediction) frames to align it by
         self._linear_returns: deque[float] = deque(maxlen=LINEAR_FRAMES)  # residual dB less the played peak dB
         self._linear_taken: deque[float] = deque(maxlen=LINEAR_FRAMES)  # microphone dB less residual dB
+        self._unsure: deque[tuple[float, float]] = deque()  # (returned, taken) of the last LINEAR_PENDING frames
+        self._stash: tuple[list[float], list[float]] | None = None  # the statistics before a new placement
         self._linear_db: float | None = None  # LINEAR_QUANTILE of _linear_returns (None: not learned yet)
         self._taken_db = 0.0  # median of _linear_taken (0: not learned)
         self._raw_tail_previous = np.zeros(AEC_FRAME, np.int16)  # the frame the path's residual is of
@@ -227,20 +263,29 @@ class EchoCanceller:
         where the signal says the echo is): kept across replies, it let 10 long replies interrupt themselves."""
         self._offset = self._clock_offset = offset
         self._since_lock = 0
+        self._gap = False
+        self._finding.clear()
         self._readings.clear()
         self._path.clear_reference()
         if offset is not None and self._path.solved:  # (a young path's statistics have no past to match)
-            at = self._mic_at - offset + LOOK_AHEAD
+            at = self._mic_at - self._lead(offset)
             self._path.refill(np.stack([self._stream(at - k * AEC_FRAME) for k in range(PARTITIONS, 0, -1)]))
         self._aligning = [] if self._path.solved else None
         self._talk_hold = 0
         if not keep:
+            kept = (list(self._linear_returns), list(self._linear_taken))
             self._forget_linear()
+            self._stash = kept if self._aligning is not None else None
+
+    def _lead(self, offset: int) -> int:
+        """Microphone sample m hears the path's reference from run sample m - this on."""
+        return offset + (self._bulk or 0) - LOOK_AHEAD
 
     def _forget_linear(self) -> None:
         """What the path leaves of echo alone is learned again (its placement could not be aligned)."""
         self._linear_returns.clear()
         self._linear_taken.clear()
+        self._unsure.clear()
         self._linear_db = None
         self._taken_db = 0.0
 
@@ -281,10 +326,10 @@ class EchoCanceller:
             out[at : at + len(src)] = src
         return out
 
-    def _stream(self, at: int) -> np.ndarray:
-        """AEC_FRAME samples of the run's reference from run sample `at` on (zeros outside what was written)."""
-        out = np.zeros(AEC_FRAME, np.float32)
-        lo, hi = max(at, self._ref_first), min(at + AEC_FRAME, self._ref_first + len(self._ref))
+    def _stream(self, at: int, n: int = AEC_FRAME) -> np.ndarray:
+        """`n` samples of the run's reference from run sample `at` on (zeros outside what was written)."""
+        out = np.zeros(n, np.float32)
+        lo, hi = max(at, self._ref_first), min(at + n, self._ref_first + len(self._ref))
         if hi > lo:
             out[lo - at : hi - at] = self._ref[lo - self._ref_first : hi - self._ref_first]
         return out
@@ -349,9 +394,9 @@ class EchoCanceller:
         out = np.clip(np.round(residual * 32768.0), -32768, 32767).astype(np.int16)
         peak_db = 10.0 * float(np.log10(peak))
         level, heard = level_dbfs(out), level_dbfs(mic)
-        # (while a user is held, their voice and the echo may partly cancel in the microphone: no verdict on the
-        # model then)
-        if level > heard + MISPREDICTED_DB and not self._talk_hold:  # predicted echo that did not come: wrong here
+        if level > heard + MISPREDICTED_DB:  # predicted echo that did not come: wrong here
+            # (a user held on such frames was the model's error: seen after underruns, held for seconds)
+            self._talk_hold = self._overs = 0
             self._path.learn(echo_alone=True)
             return None, None
         if level > heard:
@@ -363,26 +408,34 @@ class EchoCanceller:
         self._overs = self._overs + 1 if over else 0
         if self._overs >= DOUBLE_TALK_ENTRY:
             self._talk_hold = DOUBLE_TALK_HOLD
+            self._unsure.clear()  # (their first syllables, not over the bound yet)
         elif self._talk_hold:
             self._talk_hold -= 1
         if bound is not None and (over or self._talk_hold):
             # the user's voice is no echo to learn; a held frame no louder than echo alone leaves is (a dip of
             # theirs under it adds little), so a false hold does not stop a young path from learning
             self._path.learn(echo_alone=not over and returned <= bound)
-            self._double_talk = returned > bound  # (a frame echo alone may have left: AEC3 may take more off it)
+            # a held user's voice as it came, dips included: AEC3 turns those down 10-30 dB (seen 1 s into a reply,
+            # the VAD's run of voice broke there)
+            self._double_talk = True
             ease = HELD_EASE_DB if self._talk_hold else 0.0
             return out, max(GATE_FLOOR_DBFS, peak_db + bound - ease)
         self._path.learn(echo_alone=True)
         if self._since_lock > LINEAR_AFTER_FRAMES and self._previous_loud:
-            self._linear_returns.append(returned)
-            self._linear_taken.append(taken)
-            if len(self._linear_returns) >= LINEAR_MIN_FRAMES:
-                self._linear_db = float(np.percentile(self._linear_returns, LINEAR_QUANTILE))
-                self._taken_db = float(np.median(self._linear_taken))
+            self._unsure.append((returned, taken))
+            if len(self._unsure) > LINEAR_PENDING:
+                self._learn_linear(*self._unsure.popleft())
         old = RESIDUAL_DB if self._adapted >= ADAPT_FRAMES else 0.0  # AEC3's gate, relative to the peak
         if bound is None or bound >= old:
             return None, None
         return out, max(GATE_FLOOR_DBFS, peak_db + bound)
+
+    def _learn_linear(self, returned: float, taken: float) -> None:
+        self._linear_returns.append(returned)
+        self._linear_taken.append(taken)
+        if len(self._linear_returns) >= LINEAR_MIN_FRAMES:
+            self._linear_db = float(np.percentile(self._linear_returns, LINEAR_QUANTILE))
+            self._taken_db = float(np.median(self._linear_taken))
 
     @property
     def linear_return_db(self) -> float | None:
@@ -408,12 +461,18 @@ class EchoCanceller:
         has moved away from the placement; returns the previous frame's verdict (`_linear`)."""
         # the speaker played through the frame (a reading may place part of it ~5 ms off)
         steady = p0 > 0 and p1 - p0 >= AEC_FRAME // 2
+        self._gap |= p0 > 0 and not steady
         if p0 > 0 and abs(p1 - p0 - AEC_FRAME) <= 1:  # a reading of steady playing: it places the reference
             self._readings.append(self._mic_at - p0)
+            self._history.append(self._mic_at - p0)
+            if len(self._history) == STEP_READINGS:
+                old = list(self._history)
+                self._gap |= abs(float(np.median(old[-5:]) - np.median(old[:5]))) > STEP_SAMPLES
             seen = int(np.median(self._readings))
             # a move back to where the placement was aligned is the clock's wobble: no new placement
             moved = self._offset is None or abs(seen - self._offset) > RELOCK_SAMPLES
-            if self._clock_offset is None or (moved and abs(seen - self._clock_offset) > RELOCK_SAMPLES):
+            drift = RELOCK_SAMPLES if self._gap else DRIFT_SAMPLES
+            if self._clock_offset is None or (moved and abs(seen - self._clock_offset) > drift):
                 readings = list(self._readings)
                 agree = len(readings) == PLACE_READINGS and max(readings) - min(readings) <= RELOCK_SAMPLES // 3
                 if agree:  # after an underrun the readings jump about for a while: place once they agree
@@ -424,15 +483,50 @@ class EchoCanceller:
         self._mic_at += AEC_FRAME
         if self._offset is None:
             return None, None
-        ref = self._stream(self._mic_at - AEC_FRAME - self._offset + LOOK_AHEAD)
-        residual = self._path.push(ref, mic.astype(np.float64) / 32768.0)
-        if self._aligning is not None and steady:
-            self._align(self._raw_tail_previous / 32768.0, residual)
-        verdict = self._linear(residual, self._raw_tail_previous)
+        verdict: tuple[np.ndarray | None, float | None] = (None, None)
+        if self._bulk is not None or self._found(mic, steady):
+            ref = self._stream(self._mic_at - AEC_FRAME - self._lead(self._offset))
+            residual = self._path.push(ref, mic.astype(np.float64) / 32768.0)
+            if self._aligning is not None and steady:
+                self._align(self._raw_tail_previous / 32768.0, residual)
+            verdict = self._linear(residual, self._raw_tail_previous)
         self._raw_tail_previous = mic.copy()
         self._previous = (steady, max(self._window, default=0.0))
         self._previous_loud = self._steady / STEADY_FRAMES >= self._previous[1] / 10
         return verdict
+
+    def _found(self, mic: np.ndarray, steady: bool) -> bool:
+        """Keep the frame for the search for the room's delay (see BULK_FRAMES), and search every 50 ms once
+        enough are in; where it is found, the path learns the kept frames with its reference placed after it."""
+        assert self._offset is not None
+        self._finding.append(mic.copy())
+        if self.no_echo or not steady or len(self._finding) < BULK_FRAMES or self._since_lock % 5:
+            return False
+        n = len(self._finding) * AEC_FRAME
+        first = self._mic_at - n  # the microphone sample of the first kept frame
+        heard = np.concatenate(self._finding).astype(np.float64)
+        # ref[j] is run sample first - offset - BULK_MAX_SAMPLES + j: heard[i] matches ref[i + shift] at the delay
+        # BULK_MAX_SAMPLES - shift (LOOK_AHEAD earlier at the least)
+        ref = self._stream(first - self._offset - BULK_MAX_SAMPLES, n + BULK_MAX_SAMPLES + LOOK_AHEAD)
+        size = 1 << int(np.ceil(np.log2(len(ref) + n)))
+        xc = np.fft.irfft(np.fft.rfft(ref, size) * np.conj(np.fft.rfft(heard, size)), size)[: len(ref) - n + 1]
+        energy = np.concatenate([[0.0], np.cumsum(np.square(ref.astype(np.float64)))])
+        played = energy[n:] - energy[:-n]
+        # (a shift whose reference is nearly silent has no say: its correlation is noise over nothing)
+        norm = np.sqrt(np.maximum(played, 0.1 * float(np.max(played))) * float(np.dot(heard, heard)) + 1e-30)
+        correlation = np.abs(xc) / norm
+        shift = int(np.argmax(correlation))
+        if correlation[shift] < BULK_MIN_CORRELATION:
+            return False
+        self._bulk = max(0, BULK_MAX_SAMPLES - shift - BULK_MARGIN)
+        self._path.reset()
+        self._forget_linear()
+        lead = self._lead(self._offset)
+        for k, frame in enumerate(list(self._finding)[:-1]):
+            self._path.push(self._stream(first + k * AEC_FRAME - lead), frame / 32768.0)
+            self._path.learn(echo_alone=True)
+        self._finding.clear()
+        return True
 
     def _align(self, mic: np.ndarray, residual: np.ndarray) -> None:
         """Collect what the kept model predicts after a new placement; after ALIGN_FRAMES, move the placement to
@@ -443,10 +537,15 @@ class EchoCanceller:
             return
         lag, best, _ = _best_lag(self._aligning)
         self._aligning = None
+        stash, self._stash = self._stash, None
         if best < ALIGN_MIN_CORRELATION:
             self._forget_linear()  # the kept model does not fit here: what it leaves is not known
-        elif lag:
+            return
+        if lag:
             self._shift(lag)
+        if best >= ALIGN_KEEP_CORRELATION and stash is not None and not self._linear_returns:
+            for returned, taken in zip(*stash, strict=True):  # the model fits as well as before the move
+                self._learn_linear(returned, taken)
 
     def _shift(self, lag: int) -> None:
         """The echo comes `lag` samples later than the placement has it: move the placement (the clock's
