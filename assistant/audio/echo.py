@@ -227,6 +227,11 @@ class EchoCanceller:
         self._clock_offset: int | None = None  # ... as the clock's readings placed it (before aligning it)
         self._bulk: int | None = None  # the room's delay after the placement, less BULK_MARGIN (None: not found)
         self._finding: deque[np.ndarray] = deque(maxlen=BULK_KEEP)  # microphone frames since the placement
+        lags = BULK_MAX_SAMPLES + LOOK_AHEAD + 1
+        self._bulk_xc = np.zeros(lags)  # per delay (BULK_MAX_SAMPLES - index): sum of microphone x reference
+        self._bulk_power = np.zeros(lags)  # ... sum of the reference's power at that delay
+        self._bulk_heard = 0.0  # ... sum of the microphone's power
+        self._bulk_frames = 0  # steady frames summed (across placements: each with the reference placed then)
         self._gap = False  # the speaker ran dry since the placement
         self._since_lock = 0  # steady frames since the placement
         self._readings: deque[int] = deque(maxlen=PLACE_READINGS)  # the clock's last readings of the offset
@@ -496,25 +501,31 @@ class EchoCanceller:
         return verdict
 
     def _found(self, mic: np.ndarray, steady: bool) -> bool:
-        """Keep the frame for the search for the room's delay (see BULK_FRAMES), and search every 50 ms once
-        enough are in; where it is found, the path learns the kept frames with its reference placed after it."""
+        """Add the frame to the search for the room's delay (see BULK_FRAMES), and search every 50 ms once
+        enough are in; where it is found, the path learns the frames since the placement with its reference
+        placed after it."""
         assert self._offset is not None
         self._finding.append(mic.copy())
-        if self.no_echo or not steady or len(self._finding) < BULK_FRAMES or self._since_lock % 5:
+        if self.no_echo or not steady:
             return False
-        n = len(self._finding) * AEC_FRAME
-        first = self._mic_at - n  # the microphone sample of the first kept frame
-        heard = np.concatenate(self._finding).astype(np.float64)
-        # ref[j] is run sample first - offset - BULK_MAX_SAMPLES + j: heard[i] matches ref[i + shift] at the delay
-        # BULK_MAX_SAMPLES - shift (LOOK_AHEAD earlier at the least)
-        ref = self._stream(first - self._offset - BULK_MAX_SAMPLES, n + BULK_MAX_SAMPLES + LOOK_AHEAD)
-        size = 1 << int(np.ceil(np.log2(len(ref) + n)))
-        xc = np.fft.irfft(np.fft.rfft(ref, size) * np.conj(np.fft.rfft(heard, size)), size)[: len(ref) - n + 1]
-        energy = np.concatenate([[0.0], np.cumsum(np.square(ref.astype(np.float64)))])
-        played = energy[n:] - energy[:-n]
-        # (a shift whose reference is nearly silent has no say: its correlation is noise over nothing)
-        norm = np.sqrt(np.maximum(played, 0.1 * float(np.max(played))) * float(np.dot(heard, heard)) + 1e-30)
-        correlation = np.abs(xc) / norm
+        heard = mic.astype(np.float64)
+        # ref[j] is run sample (the frame's first) - offset - BULK_MAX_SAMPLES + j: heard[i] matches ref[i + k]
+        # at the delay BULK_MAX_SAMPLES - k (LOOK_AHEAD earlier at the least)
+        ref = self._stream(
+            self._mic_at - AEC_FRAME - self._offset - BULK_MAX_SAMPLES, len(self._bulk_xc) + AEC_FRAME - 1
+        )
+        ref64 = ref.astype(np.float64)
+        self._bulk_xc += np.correlate(ref64, heard, mode="valid")
+        power = np.concatenate([[0.0], np.cumsum(np.square(ref64))])
+        self._bulk_power += power[AEC_FRAME:] - power[:-AEC_FRAME]
+        self._bulk_heard += float(np.dot(heard, heard))
+        self._bulk_frames += 1
+        if self._bulk_frames < BULK_FRAMES or self._bulk_frames % 5:
+            return False
+        played = self._bulk_power
+        # (a delay whose reference was nearly silent has no say: its correlation is noise over nothing)
+        norm = np.sqrt(np.maximum(played, 0.1 * float(np.max(played))) * self._bulk_heard + 1e-30)
+        correlation = np.abs(self._bulk_xc) / norm
         shift = int(np.argmax(correlation))
         if correlation[shift] < BULK_MIN_CORRELATION:
             return False
@@ -522,6 +533,7 @@ class EchoCanceller:
         self._path.reset()
         self._forget_linear()
         lead = self._lead(self._offset)
+        first = self._mic_at - len(self._finding) * AEC_FRAME  # the microphone sample of the first kept frame
         for k, frame in enumerate(list(self._finding)[:-1]):
             self._path.push(self._stream(first + k * AEC_FRAME - lead), frame / 32768.0)
             self._path.learn(echo_alone=True)
