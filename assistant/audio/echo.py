@@ -243,7 +243,8 @@ class EchoCanceller:
         self._linear_returns: deque[float] = deque(maxlen=LINEAR_FRAMES)  # residual dB less the played peak dB
         self._linear_taken: deque[float] = deque(maxlen=LINEAR_FRAMES)  # microphone dB less residual dB
         self._unsure: deque[tuple[float, float]] = deque()  # (returned, taken) of the last LINEAR_PENDING frames
-        self._stash: tuple[list[float], list[float]] | None = None  # the statistics before a new placement
+        self._stash: tuple[list[float], list[float], list[tuple[float, float]]] | None = None  # the statistics
+        # before a new placement (learned, and still pending)
         self._linear_db: float | None = None  # LINEAR_QUANTILE of _linear_returns (None: not learned yet)
         self._taken_db = 0.0  # median of _linear_taken (0: not learned)
         self._raw_tail_previous = np.zeros(AEC_FRAME, np.int16)  # the frame the path's residual is of
@@ -280,7 +281,7 @@ class EchoCanceller:
         self._aligning = [] if self._path.solved else None
         self._talk_hold = 0
         if not keep:
-            kept = (list(self._linear_returns), list(self._linear_taken))
+            kept = (list(self._linear_returns), list(self._linear_taken), list(self._unsure))
             self._forget_linear()
             self._stash = kept if self._aligning is not None else None
 
@@ -571,8 +572,11 @@ class EchoCanceller:
         if lag:
             self._shift(lag)
         if best >= ALIGN_KEEP_CORRELATION and stash is not None and not self._linear_returns:
-            for returned, taken in zip(*stash, strict=True):  # the model fits as well as before the move
-                self._learn_linear(returned, taken)
+            # the model fits as well as before the move: what it learned still holds
+            returns, taken, pending = stash
+            for r, k in zip(returns, taken, strict=True):
+                self._learn_linear(r, k)
+            self._unsure.extend(pending)
 
     def _shift(self, lag: int) -> None:
         """The echo comes `lag` samples later than the placement has it: move the placement (the clock's
