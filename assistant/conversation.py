@@ -129,8 +129,8 @@ class Conversation:
 
     def _do(self, action: turns.Action) -> None:
         match action:
-            case turns.RunVad(samples, echo, linear):
-                self.vad.set_playback(echo is not None, SILENT_DBFS if echo is None else echo, linear)
+            case turns.RunVad(samples, echo):
+                self.vad.set_playback(echo is not None, SILENT_DBFS if echo is None else echo)
                 for ev in self.vad.feed(samples):
                     self._apply(turns.VadIn(ev))
             case turns.ResetVad():
@@ -216,8 +216,7 @@ class Conversation:
         level, end = self._speaker_at(block.t, len(block.samples))
         # the room is learned from a reply's echo; no speaker, no echo to hear the user over
         known = self.echo is None or not self.output_ok or self.echo.echo_return_db is not None
-        linear = self.echo is not None and self.echo.linear_at(block.t, len(block.samples))
-        self._apply(turns.AudioIn(block.samples, block.t, now, level, end, known, linear))
+        self._apply(turns.AudioIn(block.samples, block.t, now, level, end, known))
 
     def _speaker_at(self, t: float, n: int) -> tuple[float, float | None]:
         """The echo level that `n` samples recorded at `t` may hold, and when the speaker's last sample left."""
