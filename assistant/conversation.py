@@ -132,7 +132,7 @@ class Conversation:
             case turns.RunVad(samples, echo):
                 self.vad.set_playback(echo is not None, SILENT_DBFS if echo is None else echo)
                 for ev in self.vad.feed(samples):
-                    self._apply(turns.VadIn(ev))
+                    self._apply(ev)
             case turns.ResetVad():
                 self.vad.reset()
             case turns.ResetTranscriber():

@@ -36,6 +36,7 @@ from assistant.events import (
     PartialTranscript,
     PauseStarted,
     PushToTalk,
+    ResponseAudio,
     ResponseDone,
     ResponseStarted,
     ResponseTextDelta,
@@ -102,13 +103,6 @@ class AudioIn:
 
 
 @dataclass(frozen=True)
-class VadIn:
-    """A VAD event, positions counted from the VAD's last reset."""
-
-    event: VadEvent
-
-
-@dataclass(frozen=True)
 class Fed:
     """A transcriber feed job ended: `partial` is the new partial transcript (None: unchanged or failed)."""
 
@@ -136,20 +130,6 @@ class Scored:
     job: int
     score: float
     now: float
-
-
-@dataclass(frozen=True)
-class ReplyText:
-    turn: int
-    delta: str
-    now: float
-
-
-@dataclass(frozen=True)
-class ReplyAudio:
-    turn: int
-    chunk: np.ndarray = field(compare=False)
-    now: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -205,14 +185,15 @@ class SetPolicy:
     new_vad: bool = False  # the driver replaced its VAD: positions restart from here
 
 
+# VAD events (positions counted from the VAD's last reset) and a reply's text and audio are inputs as they are
 Input = (
     AudioIn
-    | VadIn
+    | VadEvent
     | Fed
     | Transcribed
     | Scored
-    | ReplyText
-    | ReplyAudio
+    | ResponseTextDelta
+    | ResponseAudio
     | ReplyDone
     | Command
     | UserText
@@ -434,18 +415,18 @@ class TurnCore:
         match inp:
             case AudioIn():
                 self._on_audio(inp)
-            case VadIn():
-                self._on_vad(inp.event)
+            case SpeechStarted() | PauseStarted() | SilenceStarted() | SpeechResumed() | SpeechEnded():
+                self._on_vad(inp)
             case Fed():
                 self._on_fed(inp)
             case Transcribed():
                 self._on_transcribed(inp)
             case Scored():
                 self._on_scored(inp)
-            case ReplyText():
-                self._reply_out(inp.turn, Publish(ResponseTextDelta(inp.turn, inp.delta, inp.now)))
-            case ReplyAudio():
-                self._reply_out(inp.turn, Play(inp.turn, inp.chunk))
+            case ResponseTextDelta():
+                self._reply_out(inp.turn, Publish(inp))
+            case ResponseAudio():
+                self._reply_out(inp.turn, Play(inp.turn, inp.audio))
             case ReplyDone():
                 self._on_reply_done(inp)
             case Command(kind="ptt_start" | "ptt_stop"):
@@ -1099,8 +1080,6 @@ def _source(ptt: bool) -> TurnSource:
 
 
 def _time_of(inp: Input, last: float) -> float:
-    if isinstance(inp, VadIn):
-        return inp.event.time
     if isinstance(inp, SetPolicy):
         return last
-    return inp.now
+    return inp.time if isinstance(inp, VadEvent | ResponseTextDelta | ResponseAudio) else inp.now

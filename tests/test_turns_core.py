@@ -21,6 +21,7 @@ from assistant.events import (
     FinalTranscript,
     PauseStarted,
     PushToTalk,
+    ResponseAudio,
     ResponseDone,
     SilenceStarted,
     SpeculationCancelled,
@@ -50,7 +51,6 @@ from assistant.turns import (
     Play,
     Policy,
     Publish,
-    ReplyAudio,
     ReplyDone,
     RunVad,
     Scored,
@@ -60,7 +60,6 @@ from assistant.turns import (
     Transcribed,
     TurnCore,
     UserText,
-    VadIn,
 )
 
 BLOCK = 320  # 20 ms
@@ -102,7 +101,7 @@ class Timeline:
         return self.t
 
     def vad(self, ev: SpeechStarted | PauseStarted | SilenceStarted | SpeechResumed | SpeechEnded) -> None:
-        self.send(VadIn(ev))
+        self.send(ev)
 
     def started(self, at: int) -> None:
         self.vad(SpeechStarted(at, at, self.now))
@@ -116,7 +115,7 @@ class Timeline:
         self.send(Transcribed(job, text, "en", self.now))
 
     def reply_plays(self, turn: int) -> None:
-        self.send(ReplyAudio(turn, np.full(240, 0.1, dtype=np.float32), self.now))
+        self.send(ResponseAudio(turn, np.full(240, 0.1, dtype=np.float32), self.now))
 
     def of(self, kind: type) -> list[object]:
         return [a for a in self.actions if isinstance(a, kind)]
