@@ -33,7 +33,7 @@ from assistant.config import Config
 from assistant.context import ChatContext
 from assistant.endofturn import EndOfTurnPolicy, vad_settings
 from assistant.engines import Engines, VadLike
-from assistant.errors import AudioDeviceError, ConfigError, InputError, ModelError
+from assistant.errors import AudioDeviceError, ConfigError, InputError
 from assistant.events import (
     BargeIn,
     DeviceStatus,
@@ -319,8 +319,7 @@ class Conversation:
                 with contextlib.suppress(Exception):
                     self._flush()
             job = self.compute.submit(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
-            error = f"turn {reply.turn}: {type(e).__name__}: {e}"
-            await self._settle(reply, heard, job, error, isinstance(e, ModelError), isinstance(e, InputError))
+            await self._settle(reply, heard, job, e)
 
     def _play(self, turn: int, chunk: np.ndarray) -> None:
         reply = self._replies.get(turn)
@@ -369,13 +368,7 @@ class Conversation:
             self.engines.chat.cancel()  # type: ignore[attr-defined]
 
     async def _settle(
-        self,
-        reply: Reply,
-        heard: str | None,
-        job: concurrent.futures.Future[None],
-        error: str | None = None,
-        model_failed: bool = False,
-        input_failed: bool = False,
+        self, reply: Reply, heard: str | None, job: concurrent.futures.Future[None], error: Exception | None = None
     ) -> None:
         """After the answer is recorded (`job`): a dropped reply (heard None, no error) ends untold; else it ends
         as heard, or failed with `error`."""
@@ -390,17 +383,9 @@ class Conversation:
             return
         if heard is not None and reply.gen is not None:
             await self.context.remember(reply.epoch)
-        self._finish(reply, heard or "", True, error, model_failed, input_failed)
+        self._finish(reply, heard or "", True, error)
 
-    def _finish(
-        self,
-        reply: Reply,
-        text: str,
-        interrupted: bool,
-        error: str | None = None,
-        model_failed: bool = False,
-        input_failed: bool = False,
-    ) -> None:
+    def _finish(self, reply: Reply, text: str, interrupted: bool, error: Exception | None = None) -> None:
         self._replies.pop(reply.turn, None)
         if reply.result.done():
             return
@@ -413,9 +398,7 @@ class Conversation:
             reply.trace.extra["playback_underruns"] = float(self.sink.underruns - reply.underruns_at)
         trace = reply.trace.trace()
         log.info("turn latency", extra=kv(**{k: v for k, v in dataclasses.asdict(trace).items() if k != "extra"}))
-        self._apply(
-            turns.ReplyDone(reply.turn, text, interrupted, time.monotonic(), error, trace, model_failed, input_failed)
-        )
+        self._apply(turns.ReplyDone(reply.turn, text, interrupted, time.monotonic(), error, trace))
         self.context.after_reply(reply.responder)
         if (functions := self.tools.reply_done(reply.turn)) is not None:  # response.create's were for it alone
             self.compute.submit(self.engines.chat.set_tools, *functions, priority=Priority.URGENT)

@@ -24,7 +24,7 @@ import numpy as np
 from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS
 from assistant.audio.ring import AudioRing, CaptureClock
 from assistant.endofturn import EndOfTurnPolicy, TurnEvidence, turn_words
-from assistant.errors import InputError
+from assistant.errors import InputError, ModelError
 from assistant.events import (
     AttentionChanged,
     ErrorEvent,
@@ -134,16 +134,15 @@ class Scored:
 
 @dataclass(frozen=True)
 class ReplyDone:
-    """The reply ended: played out, interrupted (text = the heard part), or failed (`error`)."""
+    """The reply ended: played out, interrupted (text = the heard part), or failed with `error` (a ModelError:
+    asking again may work; an InputError: the client must send something else)."""
 
     turn: int
     text: str
     interrupted: bool
     now: float
-    error: str | None = None
+    error: Exception | None = None
     trace: LatencyTrace | None = None  # its latency milestones, published after ResponseDone
-    model_failed: bool = False  # the error is the model's (ModelError): asking again may work
-    input_failed: bool = False  # the error is the client's input (InputError): it must send something else
 
 
 CommandKind = Literal["ptt_start", "ptt_stop", "interrupt", "mute", "unmute", "commit", "clear", "tool_output", "tick"]
@@ -336,7 +335,6 @@ class Utterance:
     spec_turn: int | None = None  # the speculative reply's turn number
     spec_text: str | None = None  # the speculative transcript, once known
     spec_language: str = ""
-    spec_started: bool = False  # the speculative reply was started
     started_at: float = 0.0  # when the speech began (the wake phrase's follow-up window counts from here)
     resumes: Closed | None = None  # speech over the reply that continues this turn once it proves it is the user
 
@@ -680,14 +678,12 @@ class TurnCore:
         """Drop the speculative answer, if any (speech resumed, or a reply of its own takes the turn) and give the
         transcriber the whole turn again."""
         user = self.user
-        if user is None or user.spec_job is None:
+        if user is None or user.spec_job is None or user.spec_turn is None:
             return
-        assert user.spec_turn is not None
         self._jobs.pop(user.spec_job, None)
-        if user.spec_started:
-            self._drop_reply(user.spec_turn)
+        self._drop_reply(user.spec_turn)
         self._emit(Publish(SpeculationCancelled(user.spec_turn, now)))
-        user.spec_job, user.spec_turn, user.spec_text, user.spec_started = None, None, None, False
+        user.spec_job, user.spec_turn, user.spec_text = None, None, None
         self._refeed(user)
 
     def _refeed(self, user: Utterance) -> None:
@@ -713,21 +709,17 @@ class TurnCore:
             return
         self._set_state(TurnState.THINKING)
         if self.policy.resume_ms and not user.ptt:
-            spec_known = user.spec_job is not None and (user.spec_job in self._jobs or user.spec_text is not None)
-            turn = user.spec_turn if spec_known and user.spec_turn is not None else self.turn + 1
+            turn = user.spec_turn if user.spec_turn is not None else self.turn + 1
             self._closed = Closed(turn, user.start, speech_end, user.started_at)
-        if user.spec_job is not None and user.spec_turn is not None:
-            spec = self._jobs.get(user.spec_job)
-            if spec is not None:  # its transcript is still coming: answer it confirmed when it arrives
-                spec.purpose, spec.speech_end, spec.endpoint = "answer", speech_end, now
-                spec.started_at, spec.ptt = user.started_at, user.ptt
-                return
-            if user.spec_text is not None:
-                job = Finalizing("answer", user.spec_turn, speech_end, now, started_at=user.started_at, ptt=user.ptt)
-                self._answer(job, user.spec_text, user.spec_language, now, user.spec_started)
-                return
-        self.turn += 1
-        self._finalize(Finalizing("answer", self.turn, speech_end, now, started_at=user.started_at, ptt=user.ptt))
+        if user.spec_job is None or user.spec_turn is None:
+            self.turn += 1
+            self._finalize(Finalizing("answer", self.turn, speech_end, now, started_at=user.started_at, ptt=user.ptt))
+        elif (spec := self._jobs.get(user.spec_job)) is not None:  # its transcript is still coming: answered then
+            spec.purpose, spec.speech_end, spec.endpoint = "answer", speech_end, now
+            spec.started_at, spec.ptt = user.started_at, user.ptt
+        else:  # its transcript is known (spec_text), its reply may be running already
+            job = Finalizing("answer", user.spec_turn, speech_end, now, started_at=user.started_at, ptt=user.ptt)
+            self._answer(job, user.spec_text or "", user.spec_language, now, user.spec_turn in self.replies)
 
     def _finalize(self, job: Finalizing) -> int:
         self._ids += 1
@@ -748,7 +740,6 @@ class TurnCore:
             user.spec_text, user.spec_language = text, tr.language
             decision = self._addressed(text, user.started_at, user.ptt)
             if text and tr.error is None and decision.answer:
-                user.spec_started = True
                 self._start_reply(job.turn, Responder(decision.text), False, 0.0, job.endpoint)
             return
         if job.purpose == "answer":
@@ -816,10 +807,9 @@ class TurnCore:
         user, self.user = self.user, None
         if user is None:
             return
-        if user.spec_job is not None:
+        if user.spec_job is not None and user.spec_turn is not None:
             self._jobs.pop(user.spec_job, None)
-            if user.spec_started and user.spec_turn is not None:
-                self._drop_reply(user.spec_turn)
+            self._drop_reply(user.spec_turn)
         self._emit(ResetTranscriber())
         if not user.candidate and self.current is None:
             self._set_state(TurnState.IDLE)
@@ -870,14 +860,14 @@ class TurnCore:
         model failed is followed by an apology in the daemon, so the user knows to ask again."""
         reply = self.replies.pop(r.turn, None)
         if r.error is not None and (reply is None or reply.confirmed):
-            self._error(r.error, r.now, r.input_failed, r.turn)
+            self._error(
+                f"turn {r.turn}: {type(r.error).__name__}: {r.error}", r.now, isinstance(r.error, InputError), r.turn
+            )
         user = self.user
         if reply is not None and not reply.confirmed:  # a speculative reply failed: the turn starts afresh
-            if user is not None and user.spec_turn == r.turn:
-                user.spec_started, user.spec_text = False, None
-                if user.spec_job is None or user.spec_job not in self._jobs:
-                    user.spec_job, user.spec_turn = None, None
-                    self._refeed(user)
+            if user is not None and user.spec_turn == r.turn:  # (its transcript came: the job is done)
+                user.spec_job, user.spec_turn, user.spec_text = None, None, None
+                self._refeed(user)
             return
         if reply is None:
             return
@@ -891,7 +881,7 @@ class TurnCore:
                 (text, speech_end), self._next = self._next, None
                 self._reply_now(Responder(text), speech_end, r.now)
                 return
-            if r.model_failed and reply.asked and self.policy.answer_turns:
+            if isinstance(r.error, ModelError) and reply.asked and self.policy.answer_turns:
                 self._cancel_speculation(r.now)
                 self._reply_now(Responder(speak_text=APOLOGY), r.now, r.now)
                 return
