@@ -167,7 +167,7 @@ class Conversation:
                 self.publish(event)
 
     def _transcribing(
-        self, job: concurrent.futures.Future[Any], answer: Callable[[Any, str | None, float], turns.Input]
+        self, job: concurrent.futures.Future[Any], answer: Callable[[Any, BaseException | None, float], turns.Input]
     ) -> None:
         """When the transcriber's `job` ends, the core gets `answer(result, error, now)` on the loop (result None
         and the error described and logged when it failed)."""
@@ -177,7 +177,7 @@ class Conversation:
             err = f.exception()
             if err is not None:
                 log.error("transcribing failed", exc_info=err)
-            self._apply(answer(None if err else f.result(), _describe(err), time.monotonic()))
+            self._apply(answer(None if err else f.result(), err, time.monotonic()))
 
         def back(f: concurrent.futures.Future[Any]) -> None:
             if not self._closed and not f.cancelled():
@@ -185,7 +185,9 @@ class Conversation:
 
         job.add_done_callback(back)
 
-    def _transcribed(self, job: int, tr: Transcript | None, error: str | None, now: float) -> turns.Transcribed:
+    def _transcribed(
+        self, job: int, tr: Transcript | None, error: BaseException | None, now: float
+    ) -> turns.Transcribed:
         self._stt_final = now
         return turns.Transcribed(job, "" if tr is None else tr.text, "" if tr is None else tr.language, now, error)
 
@@ -368,7 +370,7 @@ class Conversation:
             self.engines.chat.cancel()  # type: ignore[attr-defined]
 
     async def _settle(
-        self, reply: Reply, heard: str | None, job: concurrent.futures.Future[None], error: Exception | None = None
+        self, reply: Reply, heard: str | None, job: concurrent.futures.Future[None], error: BaseException | None = None
     ) -> None:
         """After the answer is recorded (`job`): a dropped reply (heard None, no error) ends untold; else it ends
         as heard, or failed with `error`."""
@@ -385,7 +387,7 @@ class Conversation:
             await self.context.remember(reply.epoch)
         self._finish(reply, heard or "", True, error)
 
-    def _finish(self, reply: Reply, text: str, interrupted: bool, error: Exception | None = None) -> None:
+    def _finish(self, reply: Reply, text: str, interrupted: bool, error: BaseException | None = None) -> None:
         self._replies.pop(reply.turn, None)
         if reply.result.done():
             return
@@ -654,7 +656,3 @@ class Conversation:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-
-def _describe(err: BaseException | None) -> str | None:
-    return None if err is None else f"{type(err).__name__}: {err}"

@@ -109,7 +109,7 @@ class Fed:
     utt: int
     partial: str | None
     now: float
-    error: str | None = None
+    error: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ class Transcribed:
     text: str
     language: str
     now: float
-    error: str | None = None
+    error: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ class ReplyDone:
     text: str
     interrupted: bool
     now: float
-    error: Exception | None = None
+    error: BaseException | None = None
     trace: LatencyTrace | None = None  # its latency milestones, published after ResponseDone
 
 
@@ -599,7 +599,7 @@ class TurnCore:
             return
         user.feeding = False
         if f.error is not None:
-            self._error(f"transcribing: {f.error}", f.now)
+            self._error("transcribing", f.error, f.now)
             self._drop_user()
             return
         if f.partial is not None:
@@ -732,7 +732,7 @@ class TurnCore:
         if job is None:
             return  # a speculation that was cancelled
         if tr.error is not None:
-            self._error(f"transcribing: {tr.error}", tr.now)
+            self._error("transcribing", tr.error, tr.now)
         text = tr.text.strip()
         if job.purpose == "speculate":
             user = self.user
@@ -860,9 +860,7 @@ class TurnCore:
         model failed is followed by an apology in the daemon, so the user knows to ask again."""
         reply = self.replies.pop(r.turn, None)
         if r.error is not None and (reply is None or reply.confirmed):
-            self._error(
-                f"turn {r.turn}: {type(r.error).__name__}: {r.error}", r.now, isinstance(r.error, InputError), r.turn
-            )
+            self._error(f"turn {r.turn}", r.error, r.now, isinstance(r.error, InputError), r.turn)
         user = self.user
         if reply is not None and not reply.confirmed:  # a speculative reply failed: the turn starts afresh
             if user is not None and user.spec_turn == r.turn:  # (its transcript came: the job is done)
@@ -1013,13 +1011,8 @@ class TurnCore:
         continues, self.tool_output = self.tool_output and not text, False  # a new user message starts afresh
         self._emit(Publish(ResponseStarted(turn, c.now)))
         if not text and not continues:
-            self._error(
-                "nothing to answer: no words were heard in the user audio and no user message was added; "
-                "send speech or a user message item",
-                c.now,
-                client_fault=True,
-                turn=turn,
-            )
+            why = "no words were heard in the user audio and no user message was added"
+            self._error("nothing to answer", f"{why}; send speech or a user message item", c.now, True, turn)
             self._emit(Publish(ResponseDone(turn, "", False, c.now)))
             return
         self._set_state(TurnState.THINKING)
@@ -1047,8 +1040,11 @@ class TurnCore:
             old, self.state = self.state, new
             self._emit(Publish(StateChanged(old, new, self._now)))
 
-    def _error(self, message: str, now: float, client_fault: bool = False, turn: int | None = None) -> None:
-        self._emit(Publish(ErrorEvent(message, now, client_fault, turn)))
+    def _error(
+        self, what: str, e: BaseException | str, now: float, client_fault: bool = False, turn: int | None = None
+    ) -> None:
+        why = e if isinstance(e, str) else f"{type(e).__name__}: {e}"
+        self._emit(Publish(ErrorEvent(f"{what}: {why}", now, client_fault, turn)))
 
     def _emit(self, action: Action) -> None:
         self._out.append(action)
