@@ -50,7 +50,7 @@ from assistant.events import (
     StateChanged,
     TurnState,
 )
-from assistant.wake import TurnSource, WakeDecision, WakeGate
+from assistant.wake import TurnSource, WakeGate
 
 VadEvent = SpeechStarted | PauseStarted | SilenceStarted | SpeechResumed | SpeechEnded
 SCORE_WINDOW = 8 * CAPTURE_RATE  # the end-of-turn model sees the turn's last 8 s
@@ -719,7 +719,7 @@ class TurnCore:
             spec.started_at, spec.ptt = user.started_at, user.ptt
         else:  # its transcript is known (spec_text), its reply may be running already
             job = Finalizing("answer", user.spec_turn, speech_end, now, started_at=user.started_at, ptt=user.ptt)
-            self._answer(job, user.spec_text or "", user.spec_language, now, user.spec_turn in self.replies)
+            self._answer(job, user.spec_text or "", user.spec_language, now)
 
     def _finalize(self, job: Finalizing) -> int:
         self._ids += 1
@@ -738,7 +738,7 @@ class TurnCore:
             user = self.user
             assert user is not None and user.id == job.utt
             user.spec_text, user.spec_language = text, tr.language
-            decision = self._addressed(text, user.started_at, user.ptt)
+            decision = self.wake.decide(text, user.started_at, _source(user.ptt))
             if text and tr.error is None and decision.answer:
                 self._start_reply(job.turn, Responder(decision.text), False, 0.0, job.endpoint)
             return
@@ -764,40 +764,32 @@ class TurnCore:
         (wake phrase) leave the reply alone."""
         if text:
             self._emit(Publish(FinalTranscript(text, language, now)))
-        decision = self._addressed(text, job.started_at, job.ptt)
+        decision = self.wake.decide(text, job.started_at, _source(job.ptt))
         words = turn_words(text, self.policy.backchannels)
         if words == 0 or not decision.answer:
             self._emit(Publish(FalseStart(now)))  # a backchannel (or echo): the reply goes on
             return
-        if (
-            (words < self._min_words or not self.policy.barge_in)
-            and self.current is not None
-            and self.policy.answer_turns
-        ):
+        later = words < self._min_words or not self.policy.barge_in
+        if later and self.current is not None and self.policy.answer_turns:
             self._next = (decision.text, job.speech_end)  # answered once the reply is over
             return
         self._interrupt_current()  # its BargeIn comes before the new turn's state change
         self._reply_now(Responder(decision.text), job.speech_end, job.endpoint)
 
-    def _answer(self, job: Finalizing, text: str, language: str, now: float, started: bool = False) -> None:
+    def _answer(self, job: Finalizing, text: str, language: str, now: float) -> None:
         """A confirmed spoken turn: publish its transcript and answer it (nothing said, or not addressed by the
-        wake phrase: back to listening, no reply and nothing in the history). `started`: its speculative reply
-        runs already and is confirmed."""
+        wake phrase: back to listening, no reply and nothing in the history). A speculative reply of its turn that
+        runs already is confirmed."""
         self._emit(Publish(FinalTranscript(text, language, now)))
-        decision = self._addressed(text, job.started_at, job.ptt)
+        decision = self.wake.decide(text, job.started_at, _source(job.ptt))
         if not text or not decision.answer:
-            if started:
-                self._drop_reply(job.turn)
+            self._drop_reply(job.turn)
             self._set_state(TurnState.IDLE if self.user is None else self.state)
             return
-        if started:
+        if job.turn in self.replies:
             self._confirm(job.turn, job.speech_end or job.endpoint, job.endpoint)
         else:
             self._start_reply(job.turn, Responder(decision.text), True, job.speech_end, job.endpoint)
-
-    def _addressed(self, text: str, started_at: float, ptt: bool) -> WakeDecision:
-        """The wake-phrase policy's verdict on a spoken turn (push-to-talk bypasses the phrase)."""
-        return self.wake.decide(text, started_at, _source(ptt))
 
     def follow_up_ends(self) -> float | None:
         """When the follow-up window closes (the driver sends `Command("tick")` then); None: nothing to wait for."""
