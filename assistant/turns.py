@@ -1,16 +1,13 @@
 """The turn core: every turn-taking decision, sans I/O (in the spirit of python-websockets' `protocol.py`).
 
-`TurnCore.handle(input) -> list[Action]`: typed inputs in (captured audio with its capture time, VAD events,
-transcripts, reply progress, push-to-talk, interrupt, mute, commit, user text, create response), typed
-actions out (feed/finalize/reset the transcriber, run the VAD, start/confirm/drop/interrupt a reply, play audio,
-publish an event). Time enters only as values on the inputs; no asyncio, devices or models here, so a scripted
-timeline of inputs is a complete test. `Policy` holds what differs between the daemon and a Realtime session;
-the end-of-turn strategy is an `EndOfTurnPolicy` object (assistant/endofturn.py).
+`TurnCore.handle(input) -> list[Action]`: the typed `Input`s below in, the `Action`s the driver executes out. Time
+enters only as values on the inputs, so a scripted timeline of inputs is a complete test. `Policy` holds what
+differs between the daemon and a Realtime session; the end-of-turn strategy is an `EndOfTurnPolicy`
+(assistant/endofturn.py).
 
-Echo (issue 22): every captured block is judged by the time it was recorded. The driver tells what the speaker
-was playing then (`AudioIn.speaker_dbfs`) and when its last sample left (`speaker_end`); a block recorded while
-the speaker played, or within `echo_tail_ms` after, runs through the VAD's stricter playback gate, and speech
-whose onset falls there starts a turn only once its transcript has words ("clearly the user").
+Echo: a block is judged by the time it was recorded. Recorded while the speaker played (`AudioIn.speaker_dbfs`)
+or within `echo_tail_ms` after its last sample left (`speaker_end`), it runs through the VAD's stricter playback
+gate, and speech whose onset falls there starts a turn only once its transcript has words.
 """
 
 from __future__ import annotations
@@ -258,8 +255,7 @@ class StartReply:
 
 @dataclass(frozen=True)
 class ConfirmReply:
-    """The turn is real: a speculative reply plays from now on; its latency counts from these times, not from
-    the speculation's start (StartReply's)."""
+    """The turn is real: a speculative reply plays from now on; its latency counts from these times."""
 
     turn: int
     speech_end: float  # the true end of the user's speech (capture time)
@@ -833,12 +829,10 @@ class TurnCore:
 
     def _reply_out(self, turn: int, action: Play | Publish) -> None:
         reply = self.replies.get(turn)
-        if reply is None:
-            return
-        if not reply.confirmed:
+        if reply is not None and not reply.confirmed:
             reply.held.append(action)
-            return
-        self._emit_reply(reply, action)
+        elif reply is not None:
+            self._emit_reply(reply, action)
 
     def _emit_reply(self, reply: ReplyState, action: Action) -> None:
         if isinstance(action, Play) and not reply.audio_started:
