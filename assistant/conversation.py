@@ -1,13 +1,11 @@
 """The one asyncio driver: runs a turn core (assistant/turns.py) over an audio source and sink.
 
-A `Conversation` feeds the core its inputs (captured blocks with their capture time and what the speaker played
-then, VAD events, transcripts, reply progress, commands) and executes the actions it returns on the engines,
-every engine call on the compute thread. The daemon holds one over the microphone and speaker (it is the
-server's `Controller`); each `/v1/realtime` connection holds one over its client sink (the server's
-`RealtimeSession`), opened by `Sessions` (assistant/sessions.py). Only the core's `Policy` differs between them.
-What is not turn-taking lives with its own module: config -> policy (assistant/policies.py), the tools and a
-Realtime client's function calls (assistant/tools/session.py), the history's operations (assistant/llm.py), the
-wake-phrase gate (assistant/wake.py); due reminders come in through `say` like any client (assistant/tools/timers.py).
+A `Conversation` feeds the core its inputs and executes the actions it returns on the engines, every engine call
+on the compute thread. The daemon holds one over the microphone and speaker (the server's `Controller`); each
+`/v1/realtime` connection holds one over its client sink (a `RealtimeSession`, opened by assistant/sessions.py).
+Only the core's `Policy` differs between them. Not turn-taking, so elsewhere: config -> policy (policies.py), the
+tools and a Realtime client's function calls (tools/session.py), the history's operations (llm.py, context.py), the
+wake-phrase gate (wake.py); due reminders come in through `say` like any client (tools/timers.py).
 """
 
 from __future__ import annotations
@@ -152,7 +150,10 @@ class Conversation:
                 if (reply := self._replies.get(turn)) is not None:
                     reply.trace.speech_end, reply.trace.endpoint = speech_end, endpoint  # not the speculation's
                     reply.confirmed.set()
-                    self._text_only_note()
+                    if not self.output_ok:
+                        self.publish(
+                            DeviceStatus("output", False, "no speaker: this reply is text only", time.monotonic())
+                        )
             case turns.DropReply(turn):
                 if (reply := self._replies.get(turn)) is not None:
                     self._cancel(reply, heard=None)
@@ -215,16 +216,11 @@ class Conversation:
             block = self.echo.process(block)
             if not len(block.samples):
                 return  # less than one 10 ms frame so far
-        level, end = self._speaker_at(block.t, len(block.samples))
+        # the echo level the block may hold: with a canceller, what is left of it after cancelling
+        level = self.sink.level_at(block.t) if self.echo is None else self.echo.echo_dbfs(block.t, len(block.samples))
         # the room is learned from a reply's echo; no speaker, no echo to hear the user over
         known = self.echo is None or not self.output_ok or self.echo.echo_return_db is not None
-        self._apply(turns.AudioIn(block.samples, block.t, now, level, end, known))
-
-    def _speaker_at(self, t: float, n: int) -> tuple[float, float | None]:
-        """The echo level that `n` samples recorded at `t` may hold, and when the speaker's last sample left."""
-        # with a canceller: what is left of the echo after cancelling
-        level = self.sink.level_at(t) if self.echo is None else self.echo.echo_dbfs(t, n)
-        return level, self.sink.last_sample_time
+        self._apply(turns.AudioIn(block.samples, block.t, now, level, self.sink.last_sample_time, known))
 
     async def warmup(self) -> None:
         """Let every engine compile the shapes it will use (on the compute thread); call before listening."""
@@ -285,10 +281,9 @@ class Conversation:
         if a.responder.user_text is not None and a.responder.speak_text is None and self._stt_final >= a.speech_end:
             # a transcript of this turn (a text turn's speech_end is its request: an older transcript is not its)
             reply.trace.mark("stt_final", self._stt_final)
-        if a.confirmed:
-            reply.confirmed.set()
-            self._text_only_note()
         self._replies[a.turn] = reply
+        if a.confirmed:
+            self._do(turns.ConfirmReply(a.turn, a.speech_end, a.endpoint))
         reply.task = self.spawn(self._run_reply(reply))
 
     async def _run_reply(self, reply: Reply) -> None:
@@ -406,10 +401,6 @@ class Conversation:
             self.compute.submit(self.engines.chat.set_tools, *functions, priority=Priority.URGENT)
         self.compute.clear_cache()
 
-    def _text_only_note(self) -> None:
-        if not self.output_ok:
-            self.publish(DeviceStatus("output", False, "no speaker: this reply is text only", time.monotonic()))
-
     def device_status(self, status: DeviceStatus) -> None:
         """The speaker (or microphone) was lost or is back: tell clients; without a speaker, replies are text."""
         self.publish(status)
@@ -423,9 +414,8 @@ class Conversation:
             self._cancel(reply, reply.heard_text(self.sink.played_samples))
 
     def _mark_played(self, reply: Reply) -> None:
-        if reply.audio_started:
-            if (t := self.sink.first_sample_dac_time) is not None:
-                reply.trace.mark("first_sample_played", t)
+        if reply.audio_started and (t := self.sink.first_sample_dac_time) is not None:
+            reply.trace.mark("first_sample_played", t)
 
     # ---- the Controller (daemon) ----------------------------------------------------------------------------
 
