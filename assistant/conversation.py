@@ -461,12 +461,7 @@ class Conversation:
 
     def config_set(self, changes: dict[str, object]) -> dict[str, Any]:
         """Validate `{"section.key": value}` (settings.apply: live keys only, voices that exist), then apply."""
-        new = settings.apply(self.cfg, changes, cast(settings.VoiceCatalog, self.engines.tts))
-        if new.pipeline.mode == "push_to_talk" != self.cfg.pipeline.mode and self.hotkey_problem is not None:
-            raise ConfigError(  # the check `assistant run` makes at start: a daemon without a hotkey would be deaf
-                f'config.set: pipeline.mode = "push_to_talk" needs the hotkey, but {self.hotkey_problem}; '
-                'use "both", or set the mode in config.toml and restart'
-            )
+        new = settings.apply(self.cfg, changes, cast(settings.VoiceCatalog, self.engines.tts), self.hotkey_problem)
         self.restart_required = sorted({*self.restart_required, *settings.at_restart(changes)})
         if new.llm.system_prompt != self.cfg.llm.system_prompt:
             self.context.set_instructions(new.llm.system_prompt)
