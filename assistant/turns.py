@@ -364,7 +364,6 @@ class Finalizing:
     speech_end: float
     endpoint: float
     respond: bool = False
-    utt: int = 0
     started_at: float = 0.0  # when the user's speech began
     ptt: bool = False  # the hotkey made the turn (it bypasses the wake phrase)
 
@@ -667,7 +666,7 @@ class TurnCore:
         self._feed(force=True)
         self.turn += 1
         user.spec_turn = self.turn
-        user.spec_job = self._finalize(Finalizing("speculate", self.turn, 0.0, now, utt=user.id))
+        user.spec_job = self._finalize(Finalizing("speculate", self.turn, 0.0, now))
         self._emit(Publish(SpeculationStarted(self.turn, now)))
 
     def _cancel_speculation(self, now: float) -> None:
@@ -696,7 +695,7 @@ class TurnCore:
         self._feed(force=True)
         self.user = None
         if user.candidate:
-            self._finalize(Finalizing("judge", 0, speech_end, now, utt=user.id, started_at=user.started_at))
+            self._finalize(Finalizing("judge", 0, speech_end, now, started_at=user.started_at))
             return
         if not self.policy.answer_turns:
             job = Finalizing("queue", 0, speech_end, now, respond=self.policy.auto_respond and self.policy.vad_turns)
@@ -732,7 +731,7 @@ class TurnCore:
         text = tr.text.strip()
         if job.purpose == "speculate":
             user = self.user
-            assert user is not None and user.id == job.utt
+            assert user is not None  # a speculation leaves _jobs with its utterance
             user.spec_text, user.spec_language = text, tr.language
             decision = self.wake.decide(text, user.started_at, _source(user.ptt))
             if text and tr.error is None and decision.answer:
