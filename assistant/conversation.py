@@ -122,8 +122,7 @@ class Conversation:
                 self._tick.cancel()
             self._tick_at = end
             delay = max(end - time.monotonic(), 0.0) + 0.01
-            loop = asyncio.get_running_loop()
-            self._tick = loop.call_later(delay, lambda: self.command("tick"))
+            self._tick = asyncio.get_running_loop().call_later(delay, self.command, "tick")
 
     def _do(self, action: turns.Action) -> None:
         match action:
@@ -137,10 +136,10 @@ class Conversation:
                 self.compute.submit(self.engines.transcriber.reset, priority=Priority.URGENT)
             case turns.Feed(utt, audio):
                 fed = self.compute.submit(self.engines.transcriber.feed, audio, priority=Priority.URGENT)
-                self._transcribing(fed, lambda partial, error, now: turns.Fed(utt, partial, now, error))
+                self.spawn(self._transcribing(fed, lambda partial, error, now: turns.Fed(utt, partial, now, error)))
             case turns.Finalize(job):
                 final = self.compute.submit(self.engines.transcriber.finalize, priority=Priority.URGENT)
-                self._transcribing(final, lambda tr, error, now: self._transcribed(job, tr, error, now))
+                self.spawn(self._transcribing(final, lambda tr, error, now: self._transcribed(job, tr, error, now)))
             case turns.ScoreTurn(utt, audio):
                 if self.engines.score_turn is not None:
                     self.spawn(self._score(self.engines.score_turn, utt, audio))
@@ -167,24 +166,18 @@ class Conversation:
             case turns.Publish(event):
                 self.publish(event)
 
-    def _transcribing(
+    async def _transcribing(
         self, job: concurrent.futures.Future[Any], answer: Callable[[Any, BaseException | None, float], turns.Input]
     ) -> None:
-        """When the transcriber's `job` ends, the core gets `answer(result, error, now)` on the loop (result None
-        and the error described and logged when it failed)."""
-        loop = asyncio.get_running_loop()
-
-        def ended(f: concurrent.futures.Future[Any]) -> None:
-            err = f.exception()
-            if err is not None:
-                log.error("transcribing failed", exc_info=err)
-            self._apply(answer(None if err else f.result(), err, time.monotonic()))
-
-        def back(f: concurrent.futures.Future[Any]) -> None:
-            if not self._closed and not f.cancelled():
-                loop.call_soon_threadsafe(ended, f)
-
-        job.add_done_callback(back)
+        """When the transcriber's `job` (submitted in order with the other transcriber calls) ends, the core gets
+        `answer(result, error, now)` (result None and the error logged when it failed)."""
+        try:
+            result, err = await asyncio.wrap_future(job), None
+        except Exception as e:
+            log.error("transcribing failed", exc_info=e)
+            result, err = None, e
+        if not self._closed:
+            self._apply(answer(result, err, time.monotonic()))
 
     def _transcribed(
         self, job: int, tr: Transcript | None, error: BaseException | None, now: float
