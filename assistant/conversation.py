@@ -429,11 +429,11 @@ class Conversation:
 
     async def say(self, text: str) -> None:
         """Speak `text` (no LLM, no history); returns when it has played or was interrupted."""
-        await self._text_turn(turns.CreateResponse(time.monotonic(), say=text))
+        await self._text_turn(turns.CreateResponse(time.monotonic(), turns.Responder(speak_text=text)))
 
     async def ask(self, text: str) -> str:
         """Answer `text` aloud as if spoken; returns the answer (the heard part when interrupted)."""
-        return await self._text_turn(turns.CreateResponse(time.monotonic(), ask=text))
+        return await self._text_turn(turns.CreateResponse(time.monotonic(), turns.Responder(text)))
 
     async def _text_turn(self, create: turns.CreateResponse) -> str:
         self._apply(create)
@@ -540,7 +540,7 @@ class Conversation:
 
     def create_response(self, instructions: str | None = None) -> None:
         """Answer every pending user message (after the transcriptions in flight) as one reply."""
-        self._apply(turns.CreateResponse(time.monotonic(), instructions=instructions))
+        self._apply(turns.CreateResponse(time.monotonic(), turns.Responder(instructions=instructions)))
 
     @property
     def can_call_tools(self) -> bool:

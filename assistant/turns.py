@@ -164,12 +164,11 @@ class UserText:
 
 @dataclass(frozen=True)
 class CreateResponse:
-    """Answer the pending user messages (Realtime), or speak / ask now (daemon `say` / `ask`)."""
+    """Answer the pending user messages (Realtime: `responder` gives only its instructions), or the daemon's `ask`
+    (`responder.user_text`) / `say` (`speak_text`) now."""
 
     now: float
-    instructions: str | None = None
-    ask: str | None = None
-    say: str | None = None
+    responder: Responder = Responder()
     speech_end: float = 0.0  # a spoken turn answered by server VAD: when its speech ended (0: a client's request)
     endpoint: float = 0.0  # and when its end was decided (for the latency trace)
 
@@ -969,9 +968,9 @@ class TurnCore:
         self.pending.append(u.text.strip())
 
     def _on_create(self, c: CreateResponse) -> None:
-        if c.ask is not None or c.say is not None:  # the daemon's ask/say, in place of any speculative answer
+        if c.responder.user_text is not None or c.responder.speak_text is not None:  # in place of any speculation
             self._cancel_speculation(c.now)
-            self._reply_now(Responder(c.ask, c.say), c.now, c.now)
+            self._reply_now(c.responder, c.now, c.now)
             return
         if self._creating is not None:
             raise InputError("a response is already being prepared; wait for response.done or cancel it")
@@ -1002,7 +1001,7 @@ class TurnCore:
             return
         self._set_state(TurnState.THINKING)
         speech_end, endpoint = (c.speech_end, c.endpoint) if c.speech_end else (c.now, c.now)
-        responder = Responder(text or None, instructions=c.instructions, continues=continues)
+        responder = dataclasses.replace(c.responder, user_text=text or None, continues=continues)
         self._start_reply(turn, responder, True, speech_end, endpoint)
 
     def _on_set_policy(self, s: SetPolicy) -> None:
