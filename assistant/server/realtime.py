@@ -44,6 +44,7 @@ class _Response:
     calls: list[dict[str, object]] = field(default_factory=list)  # the function_call items, in output order
     error: dict[str, object] | None = None  # why it failed (status "failed"), from the session's error event
     audio: bool = True  # its output is audio (and its transcript), else text: the session's, or response.create's
+    truncate_ms: int | None = None  # conversation.item.truncate arrived while it was made: applied at its end
 
 
 @dataclass
@@ -416,6 +417,9 @@ class RealtimeConversation:
         return [rp.BufferCommitted(previous, item_id), rp.ItemAdded(previous, item)]
 
     def _truncate(self, ev: rp.ItemTruncate) -> Out:
+        r = self.response
+        if r is not None and r.item_id == ev.item_id and r.opened:
+            return self._truncate_in_progress(r, ev)
         known = self.answered.get(ev.item_id)
         if known is None:
             return [
@@ -437,6 +441,19 @@ class RealtimeConversation:
         # the client heard `audio_end_ms` of audio played at `speed`: that much of the reply times the speed
         self.session.truncate_response(turn, round(ev.audio_end_ms * self.settings.speed))
         self.answered[ev.item_id] = (turn, ev.audio_end_ms)
+        return [rp.ItemTruncated(ev.item_id, ev.content_index, ev.audio_end_ms)]
+
+    def _truncate_in_progress(self, r: _Response, ev: rp.ItemTruncate) -> Out:
+        """A client barging in truncates the item it plays right after (or without) response.cancel, before the
+        response ends: the response stops, its later audio is not sent, and the cut is applied at response.done."""
+        sent_ms = r.samples_sent * 1000 // rp.RATE
+        if ev.audio_end_ms > sent_ms:
+            why = f"`audio_end_ms` {ev.audio_end_ms} is past the {sent_ms} ms of audio sent so far for {ev.item_id}"
+            return [_error("invalid_value", why, ev.event_id)]
+        r.truncate_ms, r.cleared = ev.audio_end_ms, True
+        if not self.cancel_requested:
+            self.session.command("interrupt")
+            self.cancel_requested = True
         return [rp.ItemTruncated(ev.item_id, ev.content_index, ev.audio_end_ms)]
 
     # ---- time ----------------------------------------------------------------------------------------------
@@ -644,6 +661,12 @@ class RealtimeConversation:
         self.cancel_requested = False
         if self.detection is not None:
             self.idle_since = ev.time + r.samples_sent / rp.RATE  # quiet once the client has played the reply
+        if r.truncate_ms is not None:  # the answer in the history becomes what the client played
+            try:
+                self.session.truncate_response(r.turn, round(r.truncate_ms * self.settings.speed))
+                self.answered[r.item_id] = (r.turn, r.truncate_ms)
+            except AssistantError as e:
+                out.append(self.error(e))
         usage = self._usage(r)
         output = [r.message] if r.message is not None else []
         response = rp.response_object(r.response_id, status, output + r.calls, r.audio, reason, usage, r.error)

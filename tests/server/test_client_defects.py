@@ -1,0 +1,53 @@
+"""Protocol defects a client author hit, each driven the way the client sends it (Realtime, HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from openai import AsyncOpenAI
+
+from tests.server.helpers import TOKEN, running
+
+
+async def _until(conn: Any, last: str) -> list[Any]:
+    """SDK events up to and including the first of type `last`."""
+    out = []
+    async with asyncio.timeout(10):
+        async for ev in conn:
+            out.append(ev)
+            if ev.type == last:
+                return out
+    raise AssertionError(f"connection ended before {last}")
+
+
+def test_cancel_then_truncate_of_the_reply_in_progress_is_applied() -> None:
+    """A client that barges in sends response.cancel and at once conversation.item.truncate for the item it is
+    playing (the Agents SDK and the realtime console do): the truncate is answered with conversation.item.truncated
+    and applied once the response ends (it was refused as an unknown item, and the unheard words stayed)."""
+
+    async def body() -> None:
+        async with running() as (server, _, backend):
+            backend.hold_replies = asyncio.Event()
+            sdk = AsyncOpenAI(api_key=TOKEN, websocket_base_url=f"ws://127.0.0.1:{server.port}/v1", max_retries=0)
+            async with sdk.realtime.connect(model="assistant") as conn:
+                await _until(conn, "session.created")
+                item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Tell me."}]}
+                await conn.conversation.item.create(item=item)
+                await conn.response.create()
+                delta = (await _until(conn, "response.output_audio.delta"))[-1]
+                await conn.response.cancel()
+                await conn.conversation.item.truncate(item_id=delta.item_id, content_index=0, audio_end_ms=20)
+                got = await _until(conn, "response.done")
+                kinds = [e.type for e in got]
+                assert "error" not in kinds, [e for e in got if e.type == "error"]
+                assert "conversation.item.truncated" in kinds
+                assert got[-1].response.status == "cancelled"
+                # a second truncate of the finished item is checked against the 20 ms now kept
+                await conn.conversation.item.truncate(item_id=delta.item_id, content_index=0, audio_end_ms=30)
+                refused = (await _until(conn, "error"))[-1]
+                assert "past the 20 ms" in refused.error.message
+        calls = backend.sessions[0].calls
+        assert calls.index(("cancel", None)) < calls.index(("truncate", (1, 20)))
+
+    asyncio.run(body())
