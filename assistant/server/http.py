@@ -57,6 +57,8 @@ CONTENT_TYPES = {
     ".css": "text/css; charset=utf-8",
 }
 PAGE_FILES = ("index.html", "app.js", "style.css")
+MAX_CORS_HEADERS = 32  # header names a preflight may ask for
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~")  # RFC 9110
 REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"}
 REASONS |= {404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required"}
 REASONS |= {413: "Content Too Large", 415: "Unsupported Media Type", 426: "Upgrade Required"}
@@ -119,6 +121,14 @@ def parse_head(head: bytes) -> Request:
         headers.append((name, value.strip()))
     path, _, query = target.partition("?")
     return Request(method.upper(), unquote(path), query, headers)
+
+
+def _allowed_headers(requested: str | None) -> list[str]:
+    """The request headers a preflight allows: Authorization, Content-Type and those the page asks for (an allowed
+    origin's client library sends its own, e.g. the openai SDK's x-stainless-*; a header grants no access here)."""
+    asked = [h.strip() for h in (requested or "").split(",")[:MAX_CORS_HEADERS]]
+    named = [h for h in asked if h and len(h) <= 64 and set(h) <= _TOKEN_CHARS]
+    return list(dict.fromkeys(["Authorization", "Content-Type", *named]))
 
 
 def error_body(e: HttpError) -> bytes:
@@ -223,7 +233,7 @@ class HttpApp:
             raise HttpError(403, f"origin {origin[:100]} is not allowed; add it to server.allowed_origins")
         headers = {
             "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-            "Access-Control-Allow-Headers": "Authorization, Content-Type",
+            "Access-Control-Allow-Headers": ", ".join(_allowed_headers(req.header("Access-Control-Request-Headers"))),
             "Access-Control-Max-Age": "600",
         }
         return Response(204, b"", "text/plain", headers=headers)

@@ -51,3 +51,41 @@ def test_cancel_then_truncate_of_the_reply_in_progress_is_applied() -> None:
         assert calls.index(("cancel", None)) < calls.index(("truncate", (1, 20)))
 
     asyncio.run(body())
+
+
+async def _raw_http(port: int, head: bytes, body: bytes = b"", wait_for_continue: bool = False) -> bytes:
+    """One request over a plain socket; with `wait_for_continue` the body goes only after the server's 100."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        interim = b""
+        if wait_for_continue:
+            async with asyncio.timeout(5):  # curl waits 1 s for it, then sends anyway; we wait for it alone
+                interim = await reader.readuntil(b"\r\n\r\n")
+        writer.write(body)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            return interim + await reader.read()
+    finally:
+        writer.close()
+
+
+def test_cors_preflight_allows_the_headers_the_openai_js_sdk_sends() -> None:
+    """A page of an allowed origin using the openai JS SDK asks, in its preflight, for its x-stainless-* headers
+    besides Authorization and Content-Type: they are allowed (only the two were, so the browser blocked the call)."""
+    asked = "authorization, content-type, x-stainless-lang, x-stainless-os, x-stainless-retry-count, openai-beta"
+
+    async def body() -> bytes:
+        async with running(allowed_origins=["https://app.example"]) as (server, _, _):
+            head = (
+                "OPTIONS /v1/audio/speech HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\n"
+                f"Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: {asked}\r\n\r\n"
+            )
+            return await _raw_http(server.port, head.encode())
+
+    answer = asyncio.run(body()).decode("latin-1")
+    assert answer.startswith("HTTP/1.1 204"), answer
+    line = next(h for h in answer.split("\r\n") if h.lower().startswith("access-control-allow-headers:"))
+    allowed = {h.strip().lower() for h in line.partition(":")[2].split(",")}
+    assert {h.strip() for h in asked.split(",")} <= allowed
