@@ -523,7 +523,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app:
     peer = peername[0] if isinstance(peername, tuple) else None
     try:
         try:
-            req = await _read(reader, peer)
+            req = await _read(reader, writer, peer)
         except HttpError as e:
             await _send(writer, Response(e.status, error_body(e)), head_only=False)
             return
@@ -541,7 +541,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app:
             await writer.wait_closed()
 
 
-async def _read(reader: asyncio.StreamReader, peer: str | None) -> Request:
+async def _read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str | None) -> Request:
     try:
         async with asyncio.timeout(HEAD_TIMEOUT_S):
             head = await reader.readuntil(b"\r\n\r\n")
@@ -559,6 +559,10 @@ async def _read(reader: asyncio.StreamReader, peer: str | None) -> Request:
     if length > MAX_BODY_BYTES:
         raise HttpError(413, f"the body is {length} bytes, over {MAX_BODY_BYTES}; send a shorter file")
     body = b""
+    if length and (req.header("Expect") or "").lower() == "100-continue":
+        # the client waits for this before it sends the body (curl for uploads over 1 MiB, then gives up after 1 s)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await writer.drain()
     if length:
         try:
             async with asyncio.timeout(HEAD_TIMEOUT_S * (1 + length / 1_048_576)):

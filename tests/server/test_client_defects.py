@@ -89,3 +89,22 @@ def test_cors_preflight_allows_the_headers_the_openai_js_sdk_sends() -> None:
     line = next(h for h in answer.split("\r\n") if h.lower().startswith("access-control-allow-headers:"))
     allowed = {h.strip().lower() for h in line.partition(":")[2].split(",")}
     assert {h.strip() for h in asked.split(",")} <= allowed
+
+
+def test_expect_100_continue_is_answered_before_the_body() -> None:
+    """A POST with `Expect: 100-continue` (curl sends it for uploads over 1 MiB) gets `100 Continue` before it
+    sends its body, then the answer (the server stayed silent, so curl stalled a second on every upload)."""
+    payload = b'{"input": 5}'
+
+    async def body() -> bytes:
+        async with running() as (server, _, _):
+            head = (
+                f"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\nExpect: 100-continue\r\n\r\n"
+            )
+            return await _raw_http(server.port, head.encode(), payload, wait_for_continue=True)
+
+    answer = asyncio.run(body()).decode("latin-1")
+    interim, _, final = answer.partition("\r\n\r\n")
+    assert interim == "HTTP/1.1 100 Continue", answer
+    assert final.startswith("HTTP/1.1 "), answer  # the request itself was read and answered after the 100
