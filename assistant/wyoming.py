@@ -4,8 +4,9 @@ The `wyoming` package does the protocol (event framing, info/asr/tts/audio types
 loop); this module maps its events onto our engines. Every model call runs on the daemon's one compute thread at
 `Priority.BACKGROUND`, so the live conversation always goes first; each connection keeps at most one job in
 flight and equal priorities run in submission order, so several clients are served in turn. A bad event or bad
-audio gets an `error` event and the connection keeps serving; a malformed frame (not JSON) ends that connection
-only, since the byte stream cannot be resynchronised.
+audio gets an `error` event; a failed request then ends its connection at the event whose answer its client awaits
+(Home Assistant ignores `error` and waits for the result or the end of the connection); a malformed frame (not
+JSON) ends that connection only, since the byte stream cannot be resynchronised.
 
 ASR: `transcribe` (optional) + `audio-start` + `audio-chunk`* + `audio-stop` -> `transcript-start` and
 `transcript-chunk` (appended text) while the audio arrives, then `transcript` (the final text) and
@@ -242,16 +243,27 @@ class AsrHandler(AsyncEventHandler):
         self.failed = False  # this request already got an error: its remaining audio is ignored
 
     async def handle_event(self, event: Event) -> bool:
+        if self.failed and AudioStop.is_type(event.type):
+            return False  # the request's error went out with the audio that failed; the connection's end says so
         try:
             await self._handle(event)
         except BAD_REQUEST as e:
             await self.write_event(_bad_request(event, e))
-            self._end()
-            self.failed = event.type in ("audio-start", "audio-chunk")
+            return self._failed(event)
         except Exception as e:  # a bug or a model failure: the client hears why, the server keeps serving
             log.exception("wyoming asr: %s failed", event.type)
             await self.write_event(_error(f"transcription failed: {type(e).__name__}: {e}", "internal"))
-            self._end()
+            return self._failed(event)
+        return True
+
+    def _failed(self, event: Event) -> bool:
+        """After `event` failed: whether the connection goes on. A client waits for the transcript after audio-stop
+        and Home Assistant ignores error events, so a failed request ends the connection at its audio-stop (the
+        rest of its audio is ignored); other events fail alone."""
+        self._end()
+        if AudioStop.is_type(event.type):
+            return False
+        self.failed = event.type in ("audio-start", "audio-chunk")
         return True
 
     async def _handle(self, event: Event) -> None:
@@ -311,9 +323,6 @@ class AsrHandler(AsyncEventHandler):
             self.sent = text
 
     async def _stop(self) -> None:
-        if self.failed:
-            self.failed = False
-            return
         if self.transcriber is None:
             raise InputError("audio-stop without audio-start; send audio-start, audio-chunk(s), then audio-stop")
         transcriber, tail = self.transcriber, self.resampler.flush() if self.resampler else np.zeros(0, np.float32)
@@ -345,15 +354,36 @@ class TtsHandler(AsyncEventHandler):
         self.streaming = False
         self.chars = 0
         self.chunker = ClauseChunker("stream")  # the daemon's incremental-text path: speakable words as completed
+        self.failed = False  # a streaming request failed: its remaining text is ignored until its synthesize-stop
 
     async def handle_event(self, event: Event) -> bool:
+        if self.failed and (SynthesizeChunk.is_type(event.type) or Synthesize.is_type(event.type)):
+            return True
+        if self.failed and SynthesizeStop.is_type(event.type):
+            return False  # its error went out when it failed; the connection's end says so
+        if SynthesizeStart.is_type(event.type):
+            self.failed = False
         try:
             await self._handle(event)
         except BAD_REQUEST as e:
             await self.write_event(_bad_request(event, e))
+            return await self._failed(event)
         except Exception as e:
             log.exception("wyoming tts: %s failed", event.type)
             await self.write_event(_error(f"synthesis failed: {type(e).__name__}: {e}", "internal"))
+            return await self._failed(event)
+        return True
+
+    async def _failed(self, event: Event) -> bool:
+        """After `event` failed: whether the connection goes on. A client waits for audio-stop (synthesize) or
+        synthesize-stopped (a streaming request) and Home Assistant ignores error events, so a failed request ends
+        the connection: at once for synthesize and synthesize-stop, at its synthesize-stop for a streaming request
+        that failed at its start or a chunk (its other text is ignored); other events fail alone."""
+        if Synthesize.is_type(event.type) or SynthesizeStop.is_type(event.type):
+            return False
+        if SynthesizeStart.is_type(event.type) or (SynthesizeChunk.is_type(event.type) and self.streaming):
+            await self.disconnect()  # the speech of a request that failed is not sent
+            self.streaming, self.utt, self.speaking, self.failed = False, None, None, True
         return True
 
     async def disconnect(self) -> None:

@@ -73,6 +73,14 @@ async def read_until(client: AsyncTcpClient, last: str) -> list[Event]:
     return events
 
 
+async def ended(client: AsyncTcpClient) -> list[Event]:
+    """Events until the server ends the connection (None), within READ_S each."""
+    got: list[Event] = []
+    while (event := await asyncio.wait_for(client.read_event(), READ_S)) is not None:
+        got.append(event)
+    return got
+
+
 def pcm(x: np.ndarray, width: int, channels: int) -> bytes:
     """Little-endian PCM of float `x` (the same samples on every channel)."""
     x = np.repeat(np.clip(x, -1, 1), channels)
@@ -259,38 +267,38 @@ HOSTILE = [
 
 
 def test_hostile_input_gets_error_events_and_the_server_keeps_serving(rig: Rig) -> None:
-    """Each bad event or bad audio gets an error event on a connection that still works; garbage ends one connection."""
+    """Each bad event or bad audio gets an error event; a failed request (its client waits for the result) then
+    ends its connection, any other bad event leaves it serving; garbage ends one connection."""
+    closing = ("audio-stop", "synthesize", "synthesize-stop")
 
     async def body(s: WyomingServices) -> list[str]:
         errors = []
-        clients = {"asr": AsyncTcpClient("127.0.0.1", s.asr_port), "tts": AsyncTcpClient("127.0.0.1", s.tts_port)}
-        for c in clients.values():
-            await c.connect()
+        ports = {"asr": s.asr_port, "tts": s.tts_port}
         for kind, event, _ in HOSTILE:
-            await clients[kind].write_event(event)
-            reply = await read(clients[kind])
-            assert reply.type == "error", (kind, event)
-            errors.append(Error.from_event(reply).text)
+            async with AsyncTcpClient("127.0.0.1", ports[kind]) as c:
+                await c.write_event(event)
+                reply = await read(c)
+                assert reply.type == "error", (kind, event)
+                errors.append(Error.from_event(reply).text)
+                if event.type in closing:
+                    assert await ended(c) == [], event
+                else:
+                    await c.write_event(Describe().event())
+                    assert (await read(c)).type == "info", event
         # Odd byte counts, a format change mid-stream and too much audio, in one request each.
-        asr = clients["asr"]
-        await asr.write_event(AudioStart(rate=16000, width=2, channels=1).event())
-        await asr.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=b"\0\0\0").event())
-        errors.append(Error.from_event(await read(asr)).text)
-        await asr.write_event(AudioStop().event())
-        await asr.write_event(AudioStart(rate=16000, width=2, channels=1).event())
-        await asr.write_event(AudioChunk(rate=8000, width=2, channels=1, audio=b"\0\0").event())
-        errors.append(Error.from_event(await read(asr)).text)
-        await asr.write_event(AudioStop().event())
-        await asr.write_event(AudioStart(rate=8000, width=1, channels=1).event())
+        fmt16, fmt8 = {"rate": 16000, "width": 2, "channels": 1}, {"rate": 8000, "width": 1, "channels": 1}
         too_long = bytes(int(rig.cfg.wyoming.max_audio_s * 8000) + 2)
-        await asr.write_event(AudioChunk(rate=8000, width=1, channels=1, audio=too_long).event())
-        errors.append(Error.from_event(await read(asr)).text)
-        await asr.write_event(AudioStop().event())
-        # Both connections still serve.
-        for c in clients.values():
-            await c.write_event(Describe().event())
-            assert (await read(c)).type == "info"
-            await c.disconnect()
+        for start, chunk in ((fmt16, {**fmt16, "audio": b"\0\0\0"}), (fmt16, {**fmt8, "audio": b"\0"})):
+            async with AsyncTcpClient("127.0.0.1", s.asr_port) as asr:
+                await asr.write_event(AudioStart(**start).event())
+                await asr.write_event(AudioChunk(**chunk).event())
+                errors.append(Error.from_event(await read(asr)).text)
+                await asr.write_event(AudioStop().event())
+                assert await ended(asr) == []
+        async with AsyncTcpClient("127.0.0.1", s.asr_port) as asr:
+            await asr.write_event(AudioStart(**fmt8).event())
+            await asr.write_event(AudioChunk(**fmt8, audio=too_long).event())
+            errors.append(Error.from_event(await read(asr)).text)
         # A frame that is not JSON ends only its own connection.
         reader, writer = await asyncio.open_connection("127.0.0.1", s.tts_port)
         writer.write(b"\xff\xfe not json at all\n")
@@ -310,25 +318,25 @@ def test_hostile_input_gets_error_events_and_the_server_keeps_serving(rig: Rig) 
 
 
 def test_a_lone_surrogate_in_the_text_is_a_bad_request(rig: Rig) -> None:
-    """A synthesize event whose text holds a lone surrogate escape gets an error naming it, on a connection that
-    still serves (it answered with the tokenizer's `TypeError: TextInputSequence must be str`)."""
+    """A synthesize event whose text holds a lone surrogate escape gets an error naming it, then its connection
+    ends as for any failed request (it answered with the tokenizer's `TypeError: TextInputSequence must be str`)."""
 
-    async def body(s: WyomingServices) -> tuple[bytes, str]:
+    async def body(s: WyomingServices) -> tuple[bytes, bytes]:
         reader, writer = await asyncio.open_connection("127.0.0.1", s.tts_port)
-        writer.write(b'{"type": "synthesize", "data": {"text": "caf\\ud800"}}\n{"type": "describe"}\n')
+        writer.write(b'{"type": "synthesize", "data": {"text": "caf\\ud800"}}\n')
         await writer.drain()
         head = json.loads(await asyncio.wait_for(reader.readline(), READ_S))
         data = await asyncio.wait_for(reader.readexactly(head["data_length"]), READ_S)
-        info = json.loads(await asyncio.wait_for(reader.readline(), READ_S))
+        rest = await asyncio.wait_for(reader.read(), READ_S)
         writer.close()
-        return data, info["type"]
+        return data, rest
 
-    data, after = rig.serve(body)
+    data, rest = rig.serve(body)
     assert json.loads(data) == {
         "text": "text is not valid Unicode (a lone surrogate at character 3); send UTF-8 text",
         "code": "bad-request",
     }
-    assert after == "info"
+    assert rest == b""
 
 
 def test_two_clients_are_served_in_turn(rig: Rig) -> None:
@@ -521,3 +529,40 @@ def test_handle_reports_a_failed_llm_server_and_recovers(rig: Rig) -> None:
     assert failed[-1].type == "not-handled" and "HTTP 500" in failed[-1].data["text"]
     assert [e.type for e in ok] == ["handled-start", "handled-chunk", "handled-chunk", "handled-stop", "handled"]
     assert ok[-1].data["text"] == "Hi there."
+
+
+def test_a_failed_request_ends_its_connection_as_home_assistant_needs(rig: Rig) -> None:
+    """Home Assistant ignores `error` events and waits for the transcript, audio-stop or synthesize-stopped, or for
+    the connection to end: a request that fails gets its error once and then the connection ends (HA waited
+    forever), for transcription with too much audio, a plain synthesize with an unknown voice, and a streaming
+    synthesis (start, chunk, the compatibility synthesize, stop) with an unknown voice; a new connection serves."""
+
+    async def body(s: WyomingServices) -> tuple[list[Event], list[Event], list[Event], list[str]]:
+        async with AsyncTcpClient("127.0.0.1", s.asr_port) as c:  # HA's STT flow
+            fmt = {"rate": 8000, "width": 1, "channels": 1}
+            await c.write_event(Transcribe(language="en").event())
+            await c.write_event(AudioStart(**fmt).event())
+            await c.write_event(AudioChunk(**fmt, audio=bytes(int(rig.cfg.wyoming.max_audio_s * 8000) + 2)).event())
+            await c.write_event(AudioChunk(**fmt, audio=bytes(800)).event())
+            await c.write_event(AudioStop().event())
+            asr = await ended(c)
+        async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:  # HA's plain TTS flow
+            await c.write_event(Synthesize(text="Hello.", voice=SynthesizeVoice(name="nobody")).event())
+            plain = await ended(c)
+        async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:  # HA's streaming TTS flow
+            voice = SynthesizeVoice(name="nobody")
+            await c.write_event(SynthesizeStart(voice=voice).event())
+            await c.write_event(SynthesizeChunk(text="Hello there.").event())
+            await c.write_event(Synthesize(text="Hello there.", voice=voice).event())
+            await c.write_event(SynthesizeStop().event())
+            streaming = await ended(c)
+        async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:
+            await c.write_event(Synthesize(text="Hello.").event())
+            after = [e.type for e in await read_until(c, "audio-stop")]
+        return asr, plain, streaming, after
+
+    asr, plain, streaming, after = rig.serve(body)
+    for events, want in ((asr, "max_audio_s"), (plain, "unknown voice"), (streaming, "unknown voice")):
+        assert [e.type for e in events] == ["error"], [(e.type, e.data) for e in events]
+        assert want in Error.from_event(events[0]).text
+    assert after[0] == "audio-start" and after[-1] == "audio-stop"
