@@ -250,6 +250,8 @@ class AsrHandler(AsyncEventHandler):
         except BAD_REQUEST as e:
             await self.write_event(_bad_request(event, e))
             return self._failed(event)
+        except ConnectionError:
+            return False  # the client went away while we answered: nothing to tell, nothing to log
         except Exception as e:  # a bug or a model failure: the client hears why, the server keeps serving
             log.exception("wyoming asr: %s failed", event.type)
             await self.write_event(_error(f"transcription failed: {type(e).__name__}: {e}", "internal"))
@@ -368,6 +370,8 @@ class TtsHandler(AsyncEventHandler):
         except BAD_REQUEST as e:
             await self.write_event(_bad_request(event, e))
             return await self._failed(event)
+        except ConnectionError:
+            return False  # the client hung up while its speech streamed (Home Assistant stops a reply)
         except Exception as e:
             log.exception("wyoming tts: %s failed", event.type)
             await self.write_event(_error(f"synthesis failed: {type(e).__name__}: {e}", "internal"))

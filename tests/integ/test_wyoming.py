@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import wave
 from collections.abc import Awaitable, Callable, Iterator
@@ -16,7 +17,7 @@ from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
-from wyoming.event import Event
+from wyoming.event import Event, async_read_event, async_write_event
 from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
@@ -566,3 +567,31 @@ def test_a_failed_request_ends_its_connection_as_home_assistant_needs(rig: Rig) 
         assert [e.type for e in events] == ["error"], [(e.type, e.data) for e in events]
         assert want in Error.from_event(events[0]).text
     assert after[0] == "audio-start" and after[-1] == "audio-stop"
+
+
+def test_a_client_gone_mid_synthesis_ends_quietly(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that hangs up while its speech streams (Home Assistant stops a reply) ends its handler without an
+    error traceback in the daemon log (writing to it failed and was logged as `synthesis failed`), plain and
+    streaming, and the service goes on serving."""
+
+    async def body(s: WyomingServices) -> list[str]:
+        plain, streaming = [Synthesize(text=TEXT * 3)], [SynthesizeStart(), SynthesizeChunk(text=TEXT * 3)]
+        for request in (plain, streaming):
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.tts_port)
+            for event in request:
+                await async_write_event(event.event(), writer)
+            while (got := await asyncio.wait_for(async_read_event(reader), READ_S)) and got.type != "audio-chunk":
+                pass
+            writer.transport.abort()  # gone, as a process that exits
+            if s._handlers:  # the server's handler of that connection ends by itself
+                await asyncio.wait(set(s._handlers), timeout=READ_S)
+            assert not s._handlers
+        async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:
+            await c.write_event(Synthesize(text="Hello.").event())
+            return [e.type for e in await read_until(c, "audio-stop")]
+
+    with caplog.at_level(logging.INFO, logger="assistant.wyoming"):
+        after = rig.serve(body)
+    assert after[-1] == "audio-stop"
+    noisy = [r for r in caplog.records if r.name.startswith("assistant.wyoming") and r.levelno >= logging.WARNING]
+    assert noisy == [], [r.getMessage() for r in noisy]
