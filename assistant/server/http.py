@@ -550,8 +550,15 @@ async def _read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer
     except TimeoutError as e:
         raise HttpError(408, f"no complete request head within {HEAD_TIMEOUT_S:g} s") from e
     req = parse_head(head[:-4])
-    if req.header("Transfer-Encoding"):
-        raise HttpError(411, "chunked request bodies are not accepted; send Content-Length")
+    coding = req.header("Transfer-Encoding")
+    if coding is not None:
+        if coding.strip().lower() != "chunked":
+            raise HttpError(400, f"Transfer-Encoding {coding[:40]!r} is not supported; send chunked or Content-Length")
+        if req.header("Content-Length") is not None:  # which one frames the body would be a guess
+            raise HttpError(400, "the request has both Transfer-Encoding and Content-Length; send one")
+        _continue(req, writer)
+        body = await _read_chunked(reader)
+        return Request(req.method, req.path, req.query, req.headers, body, peer)
     length_text = req.header("Content-Length") or "0"
     if not length_text.isdigit():
         raise HttpError(400, f"Content-Length {length_text[:20]!r} is not a number")
@@ -559,17 +566,57 @@ async def _read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer
     if length > MAX_BODY_BYTES:
         raise HttpError(413, f"the body is {length} bytes, over {MAX_BODY_BYTES}; send a shorter file")
     body = b""
-    if length and (req.header("Expect") or "").lower() == "100-continue":
-        # the client waits for this before it sends the body (curl for uploads over 1 MiB, then gives up after 1 s)
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        await writer.drain()
     if length:
+        _continue(req, writer)
         try:
             async with asyncio.timeout(HEAD_TIMEOUT_S * (1 + length / 1_048_576)):
                 body = await reader.readexactly(length)
         except TimeoutError as e:
             raise HttpError(408, "the request body arrived too slowly; send it again") from e
     return Request(req.method, req.path, req.query, req.headers, body, peer)
+
+
+def _continue(req: Request, writer: asyncio.StreamWriter) -> None:
+    """Answer `Expect: 100-continue`: the client waits for it before it sends the body (curl for uploads over
+    1 MiB, and it waits 1 s before giving up)."""
+    if (req.header("Expect") or "").lower() == "100-continue":
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    """A `Transfer-Encoding: chunked` body (extensions and trailers skipped), at most MAX_BODY_BYTES, each chunk
+    within HEAD_TIMEOUT_S plus that per MiB; HttpError naming a malformed chunk."""
+    parts: list[bytes] = []
+    total = 0
+    try:
+        while True:
+            async with asyncio.timeout(HEAD_TIMEOUT_S):
+                line = await reader.readuntil(b"\r\n")
+            size_text = line[:-2].split(b";")[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                size = -1
+            if size < 0 or len(size_text) > 16:
+                shown = size_text[:20].decode("latin-1")
+                raise HttpError(400, f"chunk size {shown!r} is not a hexadecimal number; send a valid chunked body")
+            if size == 0:
+                async with asyncio.timeout(HEAD_TIMEOUT_S):
+                    while await reader.readuntil(b"\r\n") != b"\r\n":  # trailer fields, unused
+                        pass
+                return b"".join(parts)
+            total += size
+            if total > MAX_BODY_BYTES:
+                raise HttpError(413, f"the body is over {MAX_BODY_BYTES} bytes; send a shorter file")
+            async with asyncio.timeout(HEAD_TIMEOUT_S * (1 + size / 1_048_576)):
+                data = await reader.readexactly(size + 2)
+            if data[-2:] != b"\r\n":
+                raise HttpError(400, "a chunk does not end where its size says; send a valid chunked body")
+            parts.append(data[:-2])
+    except TimeoutError as e:
+        raise HttpError(408, "the request body arrived too slowly; send it again") from e
+    except asyncio.LimitOverrunError as e:
+        raise HttpError(400, "a chunk size line is too long; send a valid chunked body") from e
 
 
 async def _send(writer: asyncio.StreamWriter, resp: Response, head_only: bool = False) -> None:

@@ -108,3 +108,35 @@ def test_expect_100_continue_is_answered_before_the_body() -> None:
     interim, _, final = answer.partition("\r\n\r\n")
     assert interim == "HTTP/1.1 100 Continue", answer
     assert final.startswith("HTTP/1.1 "), answer  # the request itself was read and answered after the 100
+
+
+def test_a_chunked_upload_is_read_like_one_with_a_length() -> None:
+    """A body sent with `Transfer-Encoding: chunked` (requests or httpx streaming a generator, fetch with a stream)
+    is decoded, extensions and trailers included, and answered (it was refused with 411); a bad chunk size is a 400
+    naming it."""
+    from assistant.server import http
+    from tests.server.test_bad_input import TOKEN as APP_TOKEN
+    from tests.server.test_bad_input import _app, _Speech
+
+    payload = b'{"input": "Hello there", "response_format": "pcm"}'
+    pieces = [payload[:10], payload[10:31], payload[31:]]
+    chunked = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\nX-Trailer: 1\r\n\r\n"
+    head = (
+        f"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {APP_TOKEN}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    speech = _Speech()
+
+    async def body() -> tuple[bytes, bytes]:
+        app = _app(speech)
+        server = await asyncio.start_server(lambda r, w: http.serve(r, w, app), "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            ok = await _raw_http(port, head + chunked)
+            bad = await _raw_http(port, head + b"zz\r\n{}\r\n0\r\n\r\n")
+        return ok, bad
+
+    ok, bad = asyncio.run(body())
+    assert ok.startswith(b"HTTP/1.1 200"), ok[:300]
+    assert speech.spoken == ["Hello there"]
+    assert bad.startswith(b"HTTP/1.1 400") and b"chunk size" in bad, bad
