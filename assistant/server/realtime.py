@@ -336,6 +336,11 @@ class RealtimeConversation:
             return []
         if self.response is None and not self.requested:
             return [_error("response_cancel_not_active", "there is no response to cancel", ev.event_id)]
+        current = self.response.response_id if self.response is not None else None
+        if ev.response_id is not None and ev.response_id != current:  # the client's view lags: not this one
+            now = f"the one in progress is {current}" if current else "none has started yet"
+            why = f"response {clip(ev.response_id)} is not in progress ({now}); send its id or leave response_id out"
+            return [_error("response_cancel_not_active", why, ev.event_id)]
         self.session.command("interrupt")
         self.cancel_requested = True
         return []

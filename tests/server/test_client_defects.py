@@ -140,3 +140,30 @@ def test_a_chunked_upload_is_read_like_one_with_a_length() -> None:
     assert ok.startswith(b"HTTP/1.1 200"), ok[:300]
     assert speech.spoken == ["Hello there"]
     assert bad.startswith(b"HTTP/1.1 400") and b"chunk size" in bad, bad
+
+
+def test_response_cancel_names_the_response_it_cancels() -> None:
+    """response.cancel with the response_id of a response that already ended (the client's view lags) is refused
+    with response_cancel_not_active and leaves the response in progress alone (it was cancelled instead); the
+    right id cancels it."""
+
+    async def body() -> None:
+        async with running() as (server, _, backend):
+            backend.hold_replies = asyncio.Event()
+            sdk = AsyncOpenAI(api_key=TOKEN, websocket_base_url=f"ws://127.0.0.1:{server.port}/v1", max_retries=0)
+            async with sdk.realtime.connect(model="assistant") as conn:
+                await _until(conn, "session.created")
+                item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Go on."}]}
+                await conn.conversation.item.create(item=item)
+                await conn.response.create()
+                created = (await _until(conn, "response.created"))[-1]
+                await conn.send({"type": "response.cancel", "response_id": "resp_old", "event_id": "cancel_1"})
+                refused = (await _until(conn, "error"))[-1]
+                assert refused.error.code == "response_cancel_not_active" and refused.error.event_id == "cancel_1"
+                assert "resp_old" in refused.error.message
+                assert ("cancel", None) not in backend.sessions[0].calls
+                await conn.response.cancel(response_id=created.response.id)
+                done = (await _until(conn, "response.done"))[-1]
+                assert done.response.status == "cancelled" and done.response.id == created.response.id
+
+    asyncio.run(body())
