@@ -387,6 +387,9 @@ class RealtimeConversation:
             return [_unknown_item("item_delete_invalid_item_id", ev.item_id, ev.event_id)]
         if self.response is not None and self.response.item_id == ev.item_id:
             return [_error("item_delete_in_progress", "the reply is still being made; cancel it first", ev.event_id)]
+        if any(u.item_id == ev.item_id for u in self.awaiting_transcript):  # its words would still reach the chat
+            why = f"item {clip(ev.item_id)} is still being transcribed; delete it once it is answered (response.done)"
+            return [_error("item_delete_in_progress", why, ev.event_id)]
         text = _item_text(item)
         if text:  # the conversation forgets it too (InputError if it cannot); an empty transcript was never in it
             self.session.delete_item(str(item.get("role")), text)

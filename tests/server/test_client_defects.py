@@ -5,8 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import numpy as np
 from openai import AsyncOpenAI
 
+from assistant import events
+from assistant.server import realtime_protocol as rp
+from assistant.server.realtime import RealtimeConversation
+from tests.server.fakes import FakeBackend, FakeSession
 from tests.server.helpers import TOKEN, running
 
 
@@ -167,3 +172,22 @@ def test_response_cancel_names_the_response_it_cancels() -> None:
                 assert done.response.status == "cancelled" and done.response.id == created.response.id
 
     asyncio.run(body())
+
+
+def test_deleting_user_audio_still_being_transcribed_is_refused() -> None:
+    """conversation.item.delete of a committed audio item whose transcript has not come is refused naming why
+    (it answered conversation.item.deleted, yet the transcript still reached the conversation and was answered);
+    after the transcript, deleting it reaches the session with its words."""
+    session = FakeSession(FakeBackend())
+    conv = RealtimeConversation(session, "default", "Be brief.")
+    conv.handle(rp.SessionUpdate(turn_detection_given=True, turn_detection=None))
+    conv.feed_audio(rp.AudioAppend(np.full(4800, 1000, np.int16)), np.full(3200, 1000, np.int16))
+    committed = conv.handle(rp.AudioCommit())
+    item_id = next(e.item_id for e in committed if isinstance(e, rp.BufferCommitted))
+    refused = conv.handle(rp.ItemDelete(item_id, event_id="del_1"))
+    assert [type(e) for e in refused] == [rp.Error]
+    error = refused[0]
+    assert isinstance(error, rp.Error) and error.error.event_id == "del_1" and "transcri" in error.error.message
+    conv.on_event(events.FinalTranscript("turn the lights on", "en", 1.0))
+    assert [type(e) for e in conv.handle(rp.ItemDelete(item_id))] == [rp.ItemDeleted]
+    assert ("delete", ("user", "turn the lights on")) in session.calls
