@@ -38,6 +38,8 @@ class _Response:
     text_deltas: int = 0
     stretch: TimeStretch | None = None  # session.audio.output.speed != 1
     down: StreamResampler | None = None  # 24 kHz -> 8 kHz for G.711 output
+    fmt: rp.AudioFormat = "pcm16"  # the output format when it began (a session.update applies to the next one)
+    speed: float = 1.0  # the output speed when it began (its audio_end_ms are at this speed)
     cleared: bool = False  # output_audio_buffer.clear: the rest of the audio is not sent
     opened: bool = False  # the message item was announced (its first text or audio came, or the response ended)
     message: dict[str, object] | None = None  # the finished message item
@@ -107,7 +109,8 @@ class RealtimeConversation:
         self.next_audio: bool | None = None  # the requested response's output_modalities (None: the session's)
         self.cancel_requested = False  # response.cancel sent for the current response (else a stop is a barge-in)
         self.unanswered = False  # a user item was added since the last response began
-        self.answered: dict[str, tuple[int, int]] = {}  # assistant item id -> (turn, ms of audio sent)
+        # assistant item id -> (turn, ms of audio sent, the speed it was sent at)
+        self.answered: dict[str, tuple[int, int, float]] = {}
         self.idle_since: float | None = now  # when the session last went quiet (for idle_timeout_ms)
         self.segments = itertools.count(1)
         self.user_audio_ms = 0  # user audio committed since the last response (its usage)
@@ -437,7 +440,7 @@ class RealtimeConversation:
                     ev.event_id,
                 )
             ]
-        turn, sent_ms = known
+        turn, sent_ms, speed = known
         if ev.audio_end_ms > sent_ms:
             return [
                 _error(
@@ -447,8 +450,8 @@ class RealtimeConversation:
                 )
             ]
         # the client heard `audio_end_ms` of audio played at `speed`: that much of the reply times the speed
-        self.session.truncate_response(turn, round(ev.audio_end_ms * self.settings.speed))
-        self.answered[ev.item_id] = (turn, ev.audio_end_ms)
+        self.session.truncate_response(turn, round(ev.audio_end_ms * speed))
+        self.answered[ev.item_id] = (turn, ev.audio_end_ms, speed)
         return [rp.ItemTruncated(ev.item_id, ev.content_index, ev.audio_end_ms)]
 
     def _truncate_in_progress(self, r: _Response, ev: rp.ItemTruncate) -> Out:
@@ -591,12 +594,11 @@ class RealtimeConversation:
         if len(x) == 0:
             return []
         r.samples_sent += len(x)
-        fmt = self.settings.output_format
         if r.down is not None:
             return [
-                rp.AudioDelta(r.response_id, r.item_id, 0, 0, rp.encode_audio(r.down.push(float32_to_int16(x)), fmt))
+                rp.AudioDelta(r.response_id, r.item_id, 0, 0, rp.encode_audio(r.down.push(float32_to_int16(x)), r.fmt))
             ]
-        return [rp.AudioDelta(r.response_id, r.item_id, 0, 0, rp.encode_audio(x, fmt))]
+        return [rp.AudioDelta(r.response_id, r.item_id, 0, 0, rp.encode_audio(x, r.fmt))]
 
     def _start(self, turn: int, now: float) -> Out:
         audio, self.next_audio = self.audio_output if self.next_audio is None else self.next_audio, None
@@ -605,10 +607,12 @@ class RealtimeConversation:
         self.idle_since = None
         r = self.response = _Response(self._id("resp"), self._id("item"), turn, audio=audio)
         self.last_response = r.response_id
-        if self.settings.speed != 1.0:
-            r.stretch = TimeStretch(self.settings.speed, rp.RATE)
-        if self.settings.output_format != "pcm16":
-            r.down = StreamResampler(rp.RATE, rp.FORMAT_RATES[self.settings.output_format])
+        r.speed = self.settings.speed
+        if r.speed != 1.0:
+            r.stretch = TimeStretch(r.speed, rp.RATE)
+        r.fmt = self.settings.output_format
+        if r.fmt != "pcm16":
+            r.down = StreamResampler(rp.RATE, rp.FORMAT_RATES[r.fmt])
         self.awaiting_calls.clear()  # a new response answers (or dropped) the last one's calls
         return [
             rp.ResponseCreated(rp.response_object(r.response_id, "in_progress", [], r.audio)),
@@ -671,8 +675,8 @@ class RealtimeConversation:
             self.idle_since = ev.time + r.samples_sent / rp.RATE  # quiet once the client has played the reply
         if r.truncate_ms is not None:  # the answer in the history becomes what the client played
             try:
-                self.session.truncate_response(r.turn, round(r.truncate_ms * self.settings.speed))
-                self.answered[r.item_id] = (r.turn, r.truncate_ms)
+                self.session.truncate_response(r.turn, round(r.truncate_ms * r.speed))
+                self.answered[r.item_id] = (r.turn, r.truncate_ms, r.speed)
             except AssistantError as e:
                 out.append(self.error(e))
         usage = self._usage(r)
@@ -686,9 +690,7 @@ class RealtimeConversation:
         if r.stretch is not None and not r.cleared:
             out += self._send_audio(r, r.stretch.flush())
         if r.down is not None and not r.cleared and len(tail := r.down.flush()):
-            out.append(
-                rp.AudioDelta(r.response_id, r.item_id, 0, 0, rp.encode_audio(tail, self.settings.output_format))
-            )
+            out.append(rp.AudioDelta(r.response_id, r.item_id, 0, 0, rp.encode_audio(tail, r.fmt)))
         part: dict[str, object]
         content: dict[str, object]
         if r.audio:
@@ -711,7 +713,7 @@ class RealtimeConversation:
             self.items[r.item_id] = item
             keys = list(self.items)
             previous = keys[keys.index(r.item_id) - 1] if keys.index(r.item_id) else None
-        self.answered[r.item_id] = (r.turn, r.samples_sent * 1000 // rp.RATE)
+        self.answered[r.item_id] = (r.turn, r.samples_sent * 1000 // rp.RATE, r.speed)
         return [
             *out,
             rp.ContentPartDone(r.response_id, r.item_id, 0, 0, part),

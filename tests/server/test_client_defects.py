@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Any
 
 import numpy as np
@@ -191,3 +192,24 @@ def test_deleting_user_audio_still_being_transcribed_is_refused() -> None:
     conv.on_event(events.FinalTranscript("turn the lights on", "en", 1.0))
     assert [type(e) for e in conv.handle(rp.ItemDelete(item_id))] == [rp.ItemDeleted]
     assert ("delete", ("user", "turn the lights on")) in session.calls
+
+
+def test_an_output_format_change_mid_response_applies_from_the_next_response() -> None:
+    """session.update of audio.output.format while a reply streams leaves that reply in the format it began in
+    (its later deltas were G.711 bytes of 24 kHz audio, or 8 kHz samples sent as 24 kHz pcm16); the next reply
+    uses the new format; a truncate is scaled by the speed its reply played at, not the session's new speed."""
+    conv = RealtimeConversation(FakeSession(FakeBackend()), "default", "Be brief.")
+    tone = (0.3 * np.sin(np.arange(2400) / 8)).astype(np.float32)  # 0.1 s at 24 kHz
+    conv.on_event(events.ResponseStarted(1, 0.0))
+    out = conv.on_event(events.ResponseAudio(1, tone, 0.1))
+    conv.handle(rp.SessionUpdate(output_format="pcmu"))
+    out += conv.on_event(events.ResponseAudio(1, tone, 0.2)) + conv.on_event(events.ResponseDone(1, "x", False, 0.3))
+    first = [len(base64.b64decode(e.delta)) for e in out if isinstance(e, rp.AudioDelta)]
+    assert first == [4800, 4800]  # two pieces of 2,400 pcm16 samples
+    conv.on_event(events.ResponseStarted(2, 1.0))
+    out = conv.on_event(events.ResponseAudio(2, tone, 1.1)) + conv.on_event(events.ResponseDone(2, "y", False, 1.2))
+    assert sum(len(base64.b64decode(e.delta)) for e in out if isinstance(e, rp.AudioDelta)) == 800  # 8 kHz mu-law
+    conv.handle(rp.SessionUpdate(speed=1.5))  # a truncate of the first reply is scaled by the speed it played at
+    conv.handle(rp.ItemTruncate(next(e.item["id"] for e in out if isinstance(e, rp.OutputItemDone)), 0, 50))
+    session = conv.session
+    assert isinstance(session, FakeSession) and session.calls[-1] == ("truncate", (2, 50))
