@@ -412,6 +412,11 @@ class Conversation:
 
     # ---- the Controller (daemon) ----------------------------------------------------------------------------
 
+    @property
+    def turn(self) -> int:
+        """The newest turn's number (the server tells an ask's own events by it)."""
+        return self.core.turn
+
     def status(self) -> dict[str, Any]:
         return {
             "state": self.core.state.value,

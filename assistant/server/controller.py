@@ -30,8 +30,14 @@ class Subscription(Protocol):
 class Controller(Protocol):
     """The pipeline's public methods (see the interface contract); AssistantError subclasses mean bad input.
 
-    `ask` emits its ResponseTextDelta events and then its ResponseDone to subscribers before it returns.
+    `ask` emits its ResponseTextDelta events and then its ResponseDone to subscribers before it returns; its
+    reply's turn is the first after `turn` read just before calling it (events of older turns are not its).
     """
+
+    @property
+    def turn(self) -> int:
+        """The newest turn's number."""
+        ...
 
     def status(self) -> dict[str, Any]: ...
     async def say(self, text: str) -> None: ...

@@ -444,15 +444,24 @@ class ControlServer:
         task.add_done_callback(client.tasks.discard)
 
     async def _ask(self, client: Client, native: NativeConnection, controller: Controller, cmd: p.Ask) -> str:
-        """Run an ask, streaming its answer to the asker as `ask.delta` until its ResponseDone."""
+        """Run an ask, streaming its answer to the asker as `ask.delta` until its ResponseDone.
+
+        Only its own turn's events: a reply it interrupts settles (its last text, its ResponseDone) after it began."""
         sub = controller.subscribe(self.cfg.client_queue)
+        before = controller.turn  # no await until `ask` has started its reply: the first turn after this is its
 
         async def forward() -> None:
+            mine: int | None = None
             try:
                 async for ev in sub:
+                    if not isinstance(ev, events.ResponseTextDelta | events.ResponseDone) or ev.turn <= before:
+                        continue
+                    mine = ev.turn if mine is None else mine
+                    if ev.turn != mine:
+                        continue
                     if isinstance(ev, events.ResponseTextDelta):
                         client.outbox.put(native.ask_delta(cmd, ev.text), droppable=False)
-                    elif isinstance(ev, events.ResponseDone):
+                    else:
                         return
             except Overflow as e:  # closing ends the handler, which cancels this ask
                 await self._close_overflow(client, e, CLOSE_TOO_SLOW, "it does not keep up with its answer")

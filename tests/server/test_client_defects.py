@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ from assistant import events
 from assistant.server import realtime_protocol as rp
 from assistant.server.realtime import RealtimeConversation
 from tests.server.fakes import FakeBackend, FakeSession
-from tests.server.helpers import TOKEN, running
+from tests.server.helpers import TOKEN, client, running, until
 
 
 async def _until(conn: Any, last: str) -> list[Any]:
@@ -213,3 +214,28 @@ def test_an_output_format_change_mid_response_applies_from_the_next_response() -
     conv.handle(rp.ItemTruncate(next(e.item["id"] for e in out if isinstance(e, rp.OutputItemDone)), 0, 50))
     session = conv.session
     assert isinstance(session, FakeSession) and session.calls[-1] == ("truncate", (2, 50))
+
+
+def test_ask_streams_its_own_answer_when_it_interrupts_a_reply() -> None:
+    """An `ask` sent while another reply is in progress (a `say`, a spoken answer) gets the ask.delta pieces of its
+    own answer only: the interrupted reply's last text and its ResponseDone, which the daemon publishes after the
+    ask has begun, are not its (the asker got that text, and its stream ended at that ResponseDone, empty)."""
+
+    async def body() -> tuple[list[str], dict[str, Any]]:
+        async with running() as (server, ctl, _), client(server) as ws:
+            ctl.turn = 4  # turn 4 is speaking; the ask interrupts it and becomes turn 5
+            answer = ctl.ask
+
+            async def interrupting(text: str) -> str:
+                ctl.emit(events.ResponseTextDelta(4, "the old reply ", 0.0))  # settled after the ask began
+                ctl.emit(events.ResponseDone(4, "the old reply", True, 0.0))
+                return await answer(text)
+
+            ctl.ask = interrupting  # type: ignore[method-assign]
+            await ws.send(json.dumps({"type": "ask", "id": "q1", "text": "hi"}))
+            reply, before = await until(ws, "reply")
+            return [m["text"] for m in before if m["type"] == "ask.delta"], reply
+
+    deltas, reply = asyncio.run(body())
+    assert deltas == ["You ", "said: ", "hi"]
+    assert reply["result"] == {"text": "You said: hi"}
