@@ -10,7 +10,8 @@ after turn, with silence until the previous answer has played; a sink timestamps
 each true end of speech and plays at 24 kHz in real time. Random weights say nothing meaningful: the STT's text
 is replaced by the sentence of the WAV after its real compute (random weights often decode to blanks, which the
 daemon would rightly leave unanswered); the LLM runs its real steps but answers REPLY_WORDS, a word a step (random
-tokens never complete a word, so the TTS would get no text before llm.max_tokens); tts.max_frames caps the audio.
+tokens often decode to nothing, so the TTS would wait for text a real model gives at once); tts.max_frames caps the
+audio.
 JSON on stdout: latency medians and p90 per stage (from the daemon's LatencyTrace events, which count from the
 VAD's end of speech), end to end (from the true end of speech, measured by this script), and "after the endpoint,
 per hop": from the end-of-turn decision to the first sample written, hop by hop from the compute thread's own job
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -167,16 +168,20 @@ class ForcedText:
 REPLY_WORDS = ("It", " will", " be", " sunny", " and", " mild", " tomorrow", " morning.")  # ~1 Gemma token each
 
 
-def forced_reply(deltas: Iterator[str]) -> Iterator[str]:
-    """The real generation's steps with a scripted answer: each non-empty delta of the model (one decode step)
-    becomes the next word of REPLY_WORDS, then the answer ends. Random weights emit tokens that never complete a
-    word (a run of "!"), so the TTS would get no text until llm.max_tokens; a real Gemma gives ~1 word a token."""
+def forced_reply(deltas: Iterator[str], tokens: Callable[[], int]) -> Iterator[str]:
+    """The real generation's steps with a scripted answer: each decode step of the model (a step after which
+    `tokens()`, the tokens sampled so far, has grown) yields the next word of REPLY_WORDS whatever text it
+    decoded; a prefill step yields ""; after the script the answer ends. A real Gemma's streaming detokenizer
+    gives ~1 word a token, but random weights often sample byte tokens that decode to "" (the H100 run of 09:24
+    took 12 steps for 8 words, which put ~155 ms of empty steps between the first word and the TTS's first text)."""
     words = iter(REPLY_WORDS)
+    seen = 0
     try:
-        for delta in deltas:
-            if not delta:
-                yield delta  # a prefill step
+        for _ in deltas:  # what the step decoded is replaced by the script
+            if tokens() == seen:
+                yield ""  # a prefill chunk, or a detokenizer tail with no token of its own
                 continue
+            seen = tokens()
             word = next(words, None)
             if word is None:
                 return
@@ -188,10 +193,10 @@ def forced_reply(deltas: Iterator[str]) -> Iterator[str]:
 
 
 class ForcedChat(Chat):
-    """The real chat (template, prompt cache, one forward a step) answering with REPLY_WORDS."""
+    """The real chat (template, prompt cache, one forward a step) answering with REPLY_WORDS, a word a token."""
 
     def respond(self, user_text: str) -> Iterator[str]:
-        return forced_reply(super().respond(user_text))
+        return forced_reply(super().respond(user_text), lambda: self.stats.generated_tokens)
 
 
 @dataclass(frozen=True)
@@ -460,6 +465,8 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         runner.cancel()
         await p.aclose()
         await asyncio.to_thread(compute.close, 2.0)
+        if args.job_log:
+            write_job_log(Path(args.job_log), compute.jobs, endpoints, specs, source.true_ends, sink.writes)
     timed = traces[1:]
 
     def col(name: str) -> list[float]:
@@ -517,6 +524,16 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     }
 
 
+def write_job_log(
+    path: Path, jobs: list[JobTime], endpoints: list[float], specs: list[float], ends: list[float], writes: list[float]
+) -> None:
+    """Every compute job and every milestone as JSON lines (monotonic seconds), to follow one turn job by job."""
+    with path.open("w") as f:
+        for name, times in (("true end", ends), ("speculation", specs), ("endpoint", endpoints), ("write", writes)):
+            f.writelines(json.dumps({"mark": name, "t": t}) + "\n" for t in times)
+        f.writelines(json.dumps(asdict(j)) + "\n" for j in jobs)
+
+
 async def _next_trace(sub: Any, endpoints: list[float], specs: list[float]) -> Any:
     """The LatencyTrace of the next answered turn (the core publishes it just before that turn's ResponseDone);
     appends to `endpoints` the time of every end-of-turn decision seen on the way (the core enters THINKING when
@@ -550,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="diagnostic: skip the daemon's mx.clear_cache() after each reply (the next turn then reuses buffers)",
     )
+    ap.add_argument("--job-log", default="", help="write every compute job and milestone here (JSON lines)")
     ap.add_argument("--smart-turn", default="", help="folder of smart-turn-v3.2-cpu.onnx: end of turn by the model")
     args = ap.parse_args(argv)
     from benchmarks.checkpoints import write_checkpoint
