@@ -115,6 +115,8 @@ class TimestampSink:
         self.writes.append(now)
         self._level = level_dbfs(chunk)
         if self._start is None or self.played_samples >= self._written:  # idle: playback restarts now
+            if self._start is not None:
+                self.underruns += 1  # the reply's audio ran dry before this chunk came: the listener heard a gap
             self._start = now - self._written / OUT_RATE
         if self._dac is None:  # the first sample since flush() (an underrun's restart is not the reply's start)
             self._dac = now
@@ -518,6 +520,9 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "compute thread: other jobs (transcriber feeds, finals)": stats(hop_col("compute: other jobs")),
             "compute thread: idle (waits outside compute)": stats(hop_col("compute: idle")),
             "queue wait of the reply's jobs": stats(hop_col("queue wait of reply jobs")),
+            "turns with a playback gap (the sink ran dry mid-reply)": sum(
+                t.extra.get("playback_underruns", 0.0) > 0 for t in timed
+            ),
             "stage reached at the endpoint (turns)": {s: sum(h["stage"] == s for h in hops) for s in STAGES},
             "turns whose reply started more than once": sum(h["reply starts"] > 1 for h in hops),
         },

@@ -137,9 +137,12 @@ def test_v2v_takes_the_trace_sent_before_its_response_done() -> None:
 
 
 def test_v2v_sink_first_sample_is_the_first_write_since_flush() -> None:
-    """An underrun restarts the sink's playback clock but not the reply's first sample time."""
+    """An underrun restarts the sink's playback clock (and is counted) but not the reply's first sample time."""
     sink = TimestampSink()
     sink.write(np.zeros(1, np.float32))
     time.sleep(0.005)  # the one sample has played: the next write finds the sink idle
     sink.write(np.zeros(1, np.float32))
-    assert sink.first_sample_dac_time == sink.writes[0] < sink.writes[1]
+    assert sink.first_sample_dac_time == sink.writes[0] < sink.writes[1] and sink.underruns == 1
+    sink.flush()
+    sink.write(np.zeros(1, np.float32))  # a new reply's first chunk is no gap
+    assert sink.underruns == 1
