@@ -105,6 +105,7 @@ class TimestampSink:
         self._level = SILENT_DBFS  # of the latest write
         self.last_sample_time: float | None = None  # no drain time known: the turn core goes by level_at
         self.underruns = 0
+        self.gap_s = 0.0  # silence inside replies: from running dry to the next chunk, summed
 
     def level_at(self, t: float) -> float:
         """The latest write's level while written audio still plays (no history: now stands for `t`)."""
@@ -115,8 +116,9 @@ class TimestampSink:
         self.writes.append(now)
         self._level = level_dbfs(chunk)
         if self._start is None or self.played_samples >= self._written:  # idle: playback restarts now
-            if self._start is not None:
-                self.underruns += 1  # the reply's audio ran dry before this chunk came: the listener heard a gap
+            if self._start is not None:  # the reply's audio ran dry before this chunk came: the listener heard a gap
+                self.underruns += 1
+                self.gap_s += now - (self._start + self._written / OUT_RATE)
             self._start = now - self._written / OUT_RATE
         if self._dac is None:  # the first sample since flush() (an underrun's restart is not the reply's start)
             self._dac = now
@@ -428,6 +430,8 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     decision: list[float] = []  # true end of speech -> that turn's endpoint decision
     specs: list[float] = []  # every speculation's start (SpeculationStarted)
     hops: list[dict[str, Any]] = []  # per timed turn: `breakdown` after the endpoint
+    gaps: list[float] = []  # per timed turn: ms of silence inside its reply (the sink ran dry)
+    gap_mark = 0.0
     soak: dict[str, dict[str, int]] = {}  # resident memory, threads and tasks after turn 50 and the last
     misses = 0
     try:
@@ -456,6 +460,9 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                         hops.append(hop)
                         shown = {k: round(v, 1) if isinstance(v, float) else v for k, v in hop.items()}
                         print(f"[v2v] after the endpoint: {shown}", file=sys.stderr, flush=True)
+            if len(traces) > 0:  # the trace comes once the reply has played: its gaps are all in
+                gaps.append(1000.0 * (sink.gap_s - gap_mark))
+            gap_mark = sink.gap_s
             traces.append(trace)
             print(f"[v2v] turn {len(traces) - 1}: {trace}", file=sys.stderr, flush=True)
             if len(traces) - 1 in (SOAK_EARLY, args.turns):
@@ -523,6 +530,7 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "turns with a playback gap (the sink ran dry mid-reply)": sum(
                 t.extra.get("playback_underruns", 0.0) > 0 for t in timed
             ),
+            "playback gaps: ms of silence inside a reply": stats(gaps),
             "stage reached at the endpoint (turns)": {s: sum(h["stage"] == s for h in hops) for s in STAGES},
             "turns whose reply started more than once": sum(h["reply starts"] > 1 for h in hops),
         },
