@@ -642,6 +642,12 @@ async def _send(writer: asyncio.StreamWriter, resp: Response, head_only: bool = 
                 await writer.drain()  # a client that stops reading stops the synthesis here
         writer.write(b"0\r\n\r\n")
         await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        raise
+    except Exception:
+        # the 200 went out: the body ends without its last chunk, which clients report as an incomplete body
+        log.exception("the answer failed after it began; its body ends unfinished")
+        writer.close()  # what was sent still arrives (abort would drop it); the terminating chunk never does
     finally:
         aclose = getattr(resp.stream, "aclose", None)
         if aclose is not None:

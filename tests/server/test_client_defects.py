@@ -239,3 +239,34 @@ def test_ask_streams_its_own_answer_when_it_interrupts_a_reply() -> None:
     deltas, reply = asyncio.run(body())
     assert deltas == ["You ", "said: ", "hi"]
     assert reply["result"] == {"text": "You said: hi"}
+
+
+def test_speech_failing_mid_stream_ends_the_body_unfinished() -> None:
+    """When speech fails after its first audio went out (a model error in a later sentence), the chunked body ends
+    without its final chunk, so the client's HTTP library reports an incomplete body (a second `HTTP/1.1 500`
+    response was written into the middle of the audio stream)."""
+    from assistant.errors import ModelError
+    from assistant.server import http
+    from tests.server.test_bad_input import TOKEN as APP_TOKEN
+    from tests.server.test_bad_input import _app, _Speech
+
+    class Failing(_Speech):
+        async def speak(self, text: str, voice: str | None) -> Any:
+            yield np.zeros(2400, np.float32)
+            raise ModelError("the TTS failed on the second sentence")
+
+    payload = b'{"input": "One. Two.", "response_format": "pcm"}'
+    head = (
+        f"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {APP_TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    ).encode()
+
+    async def body() -> bytes:
+        app = _app(Failing())
+        server = await asyncio.start_server(lambda r, w: http.serve(r, w, app), "127.0.0.1", 0)
+        async with server:
+            return await _raw_http(server.sockets[0].getsockname()[1], head + payload)
+
+    answer = asyncio.run(body())
+    assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1") == 1, answer[-300:]
+    assert b"%x\r\n" % 4800 in answer and not answer.endswith(b"0\r\n\r\n")
