@@ -382,7 +382,8 @@ class TurnCore:
         self.user: Utterance | None = None
         self.current: ReplyState | None = None  # the confirmed reply in flight
         self.replies: dict[int, ReplyState] = {}  # every reply not yet done
-        self.pending: list[str] = []  # Realtime: user messages not answered yet
+        # Realtime: user messages not answered yet, in the order added (int: a queued transcript's job, coming)
+        self.pending: list[str | int] = []
         self.tool_output = False  # Realtime: function outputs arrived since the last reply began
         self.backlog_ms = 0.0  # the largest capture lag during the current user turn
         self._vad_origin = 0
@@ -698,7 +699,7 @@ class TurnCore:
             return
         if not self.policy.answer_turns:
             job = Finalizing("queue", 0, speech_end, now, respond=self.policy.auto_respond and self.policy.vad_turns)
-            self._finalize(job)
+            self.pending.append(self._finalize(job))  # its place among the user's messages, filled by its text
             self._set_state(TurnState.THINKING if job.respond else TurnState.IDLE)
             return
         self._set_state(TurnState.THINKING)
@@ -742,8 +743,7 @@ class TurnCore:
             self._judge(job, text, tr.language, tr.now)
         else:  # queue
             self._emit(Publish(FinalTranscript(text, tr.language, tr.now)))
-            if text:
-                self.pending.append(text)
+            self.pending = [text if p == tr.job else p for p in self.pending if p != tr.job or text]
             if job.respond and text and self._creating is None:
                 self._create(CreateResponse(tr.now, speech_end=job.speech_end, endpoint=job.endpoint))
             elif self._creating is not None and not self.transcribing:
@@ -991,7 +991,8 @@ class TurnCore:
     def _respond(self, c: CreateResponse) -> None:
         """Answer every pending user message as one reply (Realtime)."""
         turn, self._creating = self._creating_turn, None
-        text, self.pending = "\n".join(self.pending), []
+        text = "\n".join(p for p in self.pending if isinstance(p, str))
+        self.pending = [p for p in self.pending if isinstance(p, int) and p in self._jobs]  # still coming
         continues, self.tool_output = self.tool_output and not text, False  # a new user message starts afresh
         self._emit(Publish(ResponseStarted(turn, c.now)))
         if not text and not continues:

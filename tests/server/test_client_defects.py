@@ -270,3 +270,25 @@ def test_speech_failing_mid_stream_ends_the_body_unfinished() -> None:
     answer = asyncio.run(body())
     assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1") == 1, answer[-300:]
     assert b"%x\r\n" % 4800 in answer and not answer.endswith(b"0\r\n\r\n")
+
+
+def test_user_messages_are_answered_in_the_order_they_were_added() -> None:
+    """Audio committed before a text item reaches the model before that text (the text went first, since it
+    joined at once and the audio only when its transcript came), and text added after a commit still waits for
+    that transcript."""
+    import dataclasses
+
+    from assistant.endofturn import FixedSilence
+    from assistant.turns import Command, CreateResponse, SetPolicy, StartReply, UserText
+    from tests.test_turns_core import REALTIME, Timeline
+
+    tl = Timeline(REALTIME)
+    tl.send(SetPolicy(dataclasses.replace(REALTIME, vad_turns=False), FixedSilence(700)))
+    tl.audio(10, value=1000)
+    tl.send(Command("commit", tl.now))
+    tl.send(UserText("in Paris?", tl.now))
+    tl.send(CreateResponse(tl.now))
+    assert not tl.of(StartReply), "the response waits for the transcript in flight"
+    tl.transcribe("what is the weather")
+    reply = tl.of(StartReply)[-1]
+    assert isinstance(reply, StartReply) and reply.responder.user_text == "what is the weather\nin Paris?"
