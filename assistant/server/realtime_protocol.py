@@ -488,7 +488,6 @@ _FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
     "max_output_tokens": ((None, "inf"), 'replies are bounded by llm.max_tokens in config.toml; send "inf"'),
     "max_response_output_tokens": ((None, "inf"), 'replies are bounded by llm.max_tokens; send "inf"'),
     "truncation": ((None, "auto"), 'the daemon trims old turns itself; send "auto"'),
-    "tracing": ((None,), "no traces are stored by this server; send null"),
     "prompt": ((None,), "stored prompts are not available; send instructions instead"),
     "parallel_tool_calls": ((None, True, False), "send true or false"),
     "reasoning": ((None,), "the daemon's LLM has no reasoning setting; send null"),
@@ -497,8 +496,18 @@ _FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
 _SESSION_FIELDS = {
     "type", "model", "instructions", "output_modalities", "modalities", "audio", "voice", "input_audio_format",
     "output_audio_format", "turn_detection", "input_audio_transcription", "speed", "object", "id", "expires_at",
-    "client_secret", "tools", "tool_choice", *_FIXED,
+    "client_secret", "tools", "tool_choice", "tracing", *_FIXED,
 }  # fmt: skip
+_TRACING_FIELDS = {"workflow_name", "group_id", "metadata"}
+
+
+def _check_tracing(value: Any, event_id: str | None) -> None:
+    """session.tracing: null, "auto" or a tracing config (the Agents SDK sends one on every session.created). Taken
+    and reported as null, what this server does: no traces are stored or sent (its log has its latency traces)."""
+    if value is None or value == "auto" or (isinstance(value, dict) and set(value) <= _TRACING_FIELDS):
+        return
+    fix = 'send null, "auto" or {"workflow_name": ..., "group_id": ..., "metadata": ...} (no traces are kept)'
+    raise _unsupported("session.tracing", value, fix, event_id)
 
 
 def decode_functions(value: Any, path: str, event_id: str | None) -> tuple[Function, ...]:
@@ -585,6 +594,7 @@ def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> Session
             raise _unknown_field("session", name, _SESSION_FIELDS, event_id)
         if name in _FIXED and value not in _FIXED[name][0]:
             raise _unsupported(f"session.{name}", value, _FIXED[name][1], event_id)
+    _check_tracing(s.obj.get("tracing"), event_id)
     audio = s.sub("audio")
     inp = audio.sub("input") if audio else None
     out = audio.sub("output") if audio else None

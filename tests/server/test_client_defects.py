@@ -12,6 +12,7 @@ from openai import AsyncOpenAI
 
 from assistant import events
 from assistant.server import realtime_protocol as rp
+from assistant.server.protocol import WireError
 from assistant.server.realtime import RealtimeConversation
 from tests.server.fakes import FakeBackend, FakeSession
 from tests.server.helpers import TOKEN, client, running, until
@@ -292,3 +293,24 @@ def test_user_messages_are_answered_in_the_order_they_were_added() -> None:
     tl.transcribe("what is the weather")
     reply = tl.of(StartReply)[-1]
     assert isinstance(reply, StartReply) and reply.responder.user_text == "what is the weather\nin Paris?"
+
+
+def test_the_agents_sdk_tracing_update_is_accepted_and_reported_off() -> None:
+    """The OpenAI Agents SDK sends `session.update` with `tracing: "auto"` on every session.created (and a config
+    object when named): it is accepted and session.updated reports tracing null, what this server does (no traces
+    are stored or sent); every Agents SDK session began with an error. A tracing value of another shape is refused."""
+
+    def update(tracing: object) -> dict[str, Any]:
+        session = {"type": "realtime", "model": "gpt-realtime", "tracing": tracing}
+        conv = RealtimeConversation(FakeSession(FakeBackend()), "default", "Be brief.")
+        try:
+            out = conv.handle(rp.decode_client_event(json.dumps({"type": "session.update", "session": session})))
+        except WireError as e:
+            out = [conv.error(e)]
+        return json.loads(conv.encode(out[0]))  # type: ignore[no-any-return]
+
+    for accepted in ("auto", {"workflow_name": "concierge", "group_id": "g1", "metadata": {"k": "v"}}, None):
+        got = update(accepted)
+        assert got["type"] == "session.updated" and got["session"]["tracing"] is None, got
+    refused = update({"workflow": 5})
+    assert refused["type"] == "error" and "session.tracing" in refused["error"]["message"]
