@@ -12,7 +12,8 @@
 #   call 4 (optional):                   bash benchmarks/gpu.sh v2v integ profile       (~4+3+3 min)
 # `ab` times the 0.6B frame fused, in the checkpoint's layout and fused without addmm (AB="fused unfused no-addmm"),
 # AB_REPS times (~40 s each), each under every MLX setting of AB_ENVS (e.g. "MLX_NONE=1 MLX_USE_CUDA_GRAPHS=0
-# MLX_MAX_OPS_PER_BUFFER=1000"; MLX_NONE=1 is MLX's defaults), recorded in the profile row's "env";
+# MLX_MAX_OPS_PER_BUFFER=1000"; MLX_NONE=1 is MLX's defaults), recorded in the profile row's "env"; AB_ARGS replaces
+# its tts_profile arguments (e.g. "--utterances-only --frames 100 250 --runs 4": whole utterances only, ~20 s each);
 # `ops` counts the operations of a frame's graphs (benchmarks/tts_ops.py), fused and unfused (seconds).
 # FRESH="tts" on the first call of a session drops the label's earlier TTS rows (taken on other code).
 # The daemon's pure-Python needs (soundfile, which every part imports, soxr, wyoming, platformdirs, httpx2, ...) travel
@@ -77,7 +78,7 @@ for part in "$@"; do
         cmds=(); for _ in $(seq "${AB_REPS:-1}"); do for v in ${AB:-fused unfused no-addmm}; do
           f=""; [ "$v" = fused ] || f="--$v"
           for e in ${AB_ENVS:-MLX_NONE=1}; do  # AB_ENVS="MLX_NONE=1 MLX_USE_CUDA_GRAPHS=0": each variant per setting
-            cmds+=("$e -m benchmarks.tts_profile --size 0.6B --positions 100 --frames 100 $f")
+            cmds+=("$e -m benchmarks.tts_profile --size 0.6B ${AB_ARGS:---positions 100 --frames 100} $f")
           done
         done; done; part=profile
       else
@@ -92,7 +93,9 @@ for part in "$@"; do
     *) echo "unknown part $part: use install, tts-0.6B, tts-1.7B, stt, llm, v2v, profile, ab, ops or integ" >&2; exit 2 ;;
   esac
   # JOBS="4-bit,mxfp4": only the jobs whose names contain one of these ("tts 0.6B bf16$": that name exactly)
-  timeout -k 10 "$limit" python3 -u -m benchmarks --label "$label" --out "$RESULTS" "${args[@]}" --jobs "${JOBS:-}" \
+  # TTS_ENV="MLX_USE_CUDA_GRAPHS=0 ...": MLX settings for this part's jobs (each row records its MLX_* settings)
+  timeout -k 10 "$limit" env ${TTS_ENV:-} python3 -u -m benchmarks --label "$label" --out "$RESULTS" "${args[@]}" \
+    --jobs "${JOBS:-}" \
     || rc=$?
 done
 if [ -n "${OUT:-}" ]; then

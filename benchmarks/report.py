@@ -134,7 +134,7 @@ def tts_table(section: dict[str, Any]) -> list[str]:
     for r in _results(section):
         ma = r.get("mlx_audio") or {}
         lines.append(
-            f"| {r['size']} | {r['precision']} | {r['talker_layers']}/{r['predictor_layers']}, "
+            f"| {r['size']} | {' '.join([r['precision'], *_env(r)])} | {r['talker_layers']}/{r['predictor_layers']}, "
             f"{r.get('decoder_dim', 1536)} | {r['frames']} | "
             f"{_spread(r['ours']['first_chunk_s'], ms=True)} | {_spread(ma.get('first_chunk_s'), ms=True)} | "
             f"{_f(r.get('ratio_first_chunk_s'), 2)} | {_spread(r['ours']['rtf'])} | {_spread(ma.get('rtf'))} | "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -72,13 +73,15 @@ def timed(chunks: Iterator[Any], frames: int) -> dict[str, float]:
     return {"first_chunk_s": first or total, "total_s": total, "rtf": total / (frames * FRAME_S)}
 
 
-def ours(folder: Path) -> tuple[Callable[[int], Iterator[Any]], int]:
+def ours(folder: Path, max_frames: int) -> tuple[Callable[[int], Iterator[Any]], int]:
     from assistant.config import TtsConfig
     from assistant.tts.qwen3.engine import Qwen3TTS, Utterance, ad_hoc_voice, sampling_of
     from assistant.tts.qwen3.generate import FrameGenerator
     from assistant.tts.qwen3.prompt import VoicePrompt
 
-    cfg = TtsConfig(model=str(folder), first_chunk_frames=1, chunk_frames=4, seed=0)
+    # max_frames: warmup() compiles the talker step for the KV lengths these utterances meet, as the daemon does
+    # for its configured maximum (2048 would compile ten lengths, seconds of a device call, for one used here)
+    cfg = TtsConfig(model=str(folder), first_chunk_frames=1, chunk_frames=4, seed=0, max_frames=max_frames + 1)
     tts = Qwen3TTS.load(cfg)
     voice = tts.use_voice(ad_hoc_voice("bench", VoicePrompt(language="english", speaker="vivian")))
 
@@ -171,9 +174,10 @@ def main(argv: list[str] | None = None) -> int:
             "checkpoint_bytes": facts["weights_bytes"],
             "reps": args.reps,
             "warmup": 1,
+            "env": {k: v for k, v in os.environ.items() if k.startswith("MLX_")},  # MLX settings (gpu.sh TTS_ENV)
         }
         measured_bw = measured_bandwidth()
-        run, nbytes = ours(folder)
+        run, nbytes = ours(folder, max(args.frames))
         trun, peer_error = None, ""
         if args.peer == "yes":
             try:  # both stay loaded: each row is complete (and printed) before the next, a time limit loses little
