@@ -217,9 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     row["layout"] = "unfused" if args.unfused else "fused, no addmm" if args.no_addmm else "fused"
     row["started"] = time.strftime("%H:%M:%S UTC", time.gmtime())
     row["env"] = {k: v for k, v in os.environ.items() if k.startswith("MLX_")}
-    row.update(
-        profile(folder, args.positions, args.frames, args.iters, args.peer, not args.utterances_only, args.runs)
-    )
+    row.update(profile(folder, args.positions, args.frames, args.iters, args.peer, not args.utterances_only, args.runs))
     print(json.dumps(row), flush=True)
     print(row, file=sys.stderr)
     return 0
