@@ -6,10 +6,14 @@
 #                ../shared/device/prepare_mlx_cuda.sh          # fills .dev-a/ and .dev-b/ (git-ignored)
 #              mkdir -p .bench-data && cp -r ../shared/data/qwen2-bpe .bench-data/   # BPE tables (git-ignored)
 # On the device, back to back (a machine idle for 30 s is given back; then start again at call 1):
-#   call 1 (carry .dev-a):               mkdir -p /tmp/w && cp .dev-a/* /tmp/w/
+#   call 1 (carry .dev-a .ptx):          mkdir -p /tmp/w && cp .dev-a/* /tmp/w/ && tar xzf .ptx/ptx.tgz -C /tmp
 #   call 2 (carry .dev-b .whl-gpu):      bash benchmarks/gpu.sh install tts-0.6B        (~8 min)
 #   call 3:                              bash benchmarks/gpu.sh tts-1.7B stt            (~9 min)
 #   call 4 (optional):                   bash benchmarks/gpu.sh v2v integ profile       (~4+3+3 min)
+# .ptx/ptx.tgz is MLX's JIT cache (/tmp/mlx/<version>/ptx) of an earlier lease, which every run returns in $OUT: without
+# it the first job of a fresh machine spends ~1-2 min compiling kernels (0.6B bf16: 154 s against 115 s for 1.7B after
+# it). From a worktree copied into FOLDER (/work/wt/notes/gpu-sync.sh), carry FOLDER in EVERY call, not only the first:
+# an ignored folder a call does not carry is gone on the device (17:06 UTC, 2026-12-07: `cd .dev-gpu` failed).
 # `ab` times the 0.6B frame fused, in the checkpoint's layout and fused without addmm (AB="fused unfused no-addmm"),
 # AB_REPS times (~40 s each), each under every MLX setting of AB_ENVS (e.g. "MLX_NONE=1 MLX_USE_CUDA_GRAPHS=0
 # MLX_MAX_OPS_PER_BUFFER=1000"; MLX_NONE=1 is MLX's defaults), recorded in the profile row's "env"; AB_ARGS replaces
@@ -101,6 +105,7 @@ done
 if [ -n "${OUT:-}" ]; then
   mkdir -p "$OUT/benchmarks" && cp "$RESULTS/$label"*.json* "$OUT/benchmarks/"
   cp "$RESULTS"/../benchmarks.md "$OUT/" 2>/dev/null
+  tar czf "$OUT/ptx.tgz" -C /tmp mlx 2>/dev/null  # the JIT cache for the next lease's call 1 (~5 MB)
 fi
 df -h /tmp | tail -1
 exit $rc
