@@ -18,6 +18,7 @@
 # AB_REPS times (~40 s each), each under every MLX setting of AB_ENVS (e.g. "MLX_NONE=1 MLX_USE_CUDA_GRAPHS=0
 # MLX_MAX_OPS_PER_BUFFER=1000"; MLX_NONE=1 is MLX's defaults), recorded in the profile row's "env"; AB_ARGS replaces
 # its tts_profile arguments (e.g. "--utterances-only --frames 100 250 --runs 4": whole utterances only, ~20 s each);
+# AB_TREES=". ../.dev-s5" runs each variant from each code tree in turn (carried folders; each row gets "code");
 # `ops` counts the operations of a frame's graphs (benchmarks/tts_ops.py), fused and unfused (seconds).
 # FRESH="tts" on the first call of a session drops the label's earlier TTS rows (taken on other code).
 # The daemon's pure-Python needs (soundfile, which every part imports, soxr, wyoming, platformdirs, httpx2, ...) travel
@@ -82,16 +83,20 @@ for part in "$@"; do
         cmds=(); for _ in $(seq "${AB_REPS:-1}"); do for v in ${AB:-fused unfused no-addmm}; do
           f=""; [ "$v" = fused ] || f="--$v"
           for e in ${AB_ENVS:-MLX_NONE=1}; do  # AB_ENVS="MLX_NONE=1 MLX_USE_CUDA_GRAPHS=0": each variant per setting
-            cmds+=("$e -m benchmarks.tts_profile --size 0.6B ${AB_ARGS:---positions 100 --frames 100} $f")
+            for t in ${AB_TREES:-.}; do  # AB_TREES=". ../.dev-s5": each code tree's own tts_profile, in turn
+              cmds+=("@$t $e -m benchmarks.tts_profile --size 0.6B ${AB_ARGS:---positions 100 --frames 100} $f")
+            done
           done
         done; done; part=profile
       else
         cmds=("-m benchmarks.integ --real --reps 5")
       fi
       for c in "${cmds[@]}"; do
-        e=""; case "$c" in MLX_*) e=${c%% *}; c=${c#* } ;; esac  # an MLX environment setting (ab) leads the command
-        timeout -k 10 "${LIMIT_PART:-280}" env PYTHONPATH=.:/tmp/site $e python3 -u $c \
-          | grep --line-buffered '^{' | tee -a "$RESULTS/$label-$part.jsonl" || rc=$?
+        d=.; case "$c" in @*) d=${c%% *}; d=${d#@}; c=${c#* } ;; esac  # the code tree (ab) leads the command
+        e=""; case "$c" in MLX_*) e=${c%% *}; c=${c#* } ;; esac  # then an MLX environment setting (ab)
+        tag=""; [ -n "${AB_TREES:-}" ] && tag="\"code\": \"$d\", "  # each row names its tree when there are several
+        (cd "$d" && timeout -k 10 "${LIMIT_PART:-280}" env PYTHONPATH=.:/tmp/site $e python3 -u $c) \
+          | grep --line-buffered '^{' | sed -u "s|^{|{$tag|" | tee -a "$RESULTS/$label-$part.jsonl" || rc=$?
       done
       continue ;;
     *) echo "unknown part $part: use install, tts-0.6B, tts-1.7B, stt, llm, v2v, profile, ab, ops or integ" >&2; exit 2 ;;

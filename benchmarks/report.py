@@ -75,7 +75,14 @@ by side, graphs off gave ours 22.6 @100 and 23.5 @250 (the defaults, next proces
 more (RTF 0.54, 0.62 against 0.84, 0.95): ratio 0.53 and 0.48. Not made a default: the setting is process-wide
 (STT and the LLM would run under it too, unmeasured), and it does not bring a frame under 15 ms. The loop stays
 host-bound: ~1,340 GPU operations per frame (the CPU count less its decomposed norms and attention) at 17-25 ms.
-The profile columns of 17:06-17:07 UTC ran main's tts_profile (the same TTS code) under a 60 s limit each.
+The profile columns of 17:06-17:07 UTC ran main's tts_profile (the same TTS code) under a 60 s limit each. Open: in
+them the frame kernel (code 0 + 15 predictor steps) took 13.5 ms under MLX's defaults against 7.6 for the session 5
+code at 13:22, while the unchanged codec took 8.9 against 6.2: session 6's fewer CPU-counted operations may cost
+more on the GPU, or this lease was only slower. Next on a GPU, the two codes in one process order on one machine
+(/work/main/.dev-s5 holds 5f2a24c, the code of the 13:22 columns): call 1 (carry .dev-a .ptx .dev-s5) `mkdir -p
+/tmp/w && cp .dev-a/* /tmp/w/ && tar xzf .ptx/ptx.tgz -C /tmp && cp -r .dev-s5 /tmp/s5`; call 2 (carry .dev-b
+.whl-gpu .dev-gpu) `cd .dev-gpu && bash benchmarks/gpu.sh install && AB=fused AB_TREES=". /tmp/s5" AB_REPS=2
+AB_ARGS="--positions 100 --frames 100 250" LIMIT_PART=120 bash benchmarks/gpu.sh ab` (~4 min).
 
 Labels (different cards: compare each row with mlx-audio in the same run, not across labels): `h100` holds
 the TTS rows and profile above (session 7, and the 13:22 UTC profile columns of session 5), and 2026-12-07
@@ -283,7 +290,7 @@ def projection_table(p: dict[str, Any]) -> list[str]:
     return out
 
 
-HEADS = ("size", "precision", "layout", "started")  # a profile column: what ran, and when (runs of one machine)
+HEADS = ("code", "size", "precision", "layout", "started")  # a profile column: what ran, and when (runs of one machine)
 
 
 def _env(row: dict[str, Any]) -> list[str]:
