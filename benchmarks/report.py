@@ -61,7 +61,11 @@ the ratio to mlx-audio compares: 0.6B 0.38 @100 and 0.36 @250 (then 0.36, 0.45);
 @100 and 16.7 @250, mxfp4 15.6 and 17.0, 8-bit 17.0 and 23.6 ms/frame; 4-bit side by side @100 17.0, ratio 0.27.
 
 Why the 250-frame rows cost more than the 100-frame ones. Not a compile mid-utterance: on the CPU, after `warmup()`,
-two 260-frame utterances (buffers 256 -> 512 positions) traced no talker step. Not Python's GC: no collection of any
+two 260-frame utterances (buffers 256 -> 512 positions) traced no talker step. (One such trace exists elsewhere and
+is fixed: the step had a second compiled form, without E(frame) + text, that a streaming voice's one-row prefill ran;
+a voice whose prefix met a buffer length the warm-up voice did not traced it between two frames. One form now, so
+`warmup()` covers every call; tests/tts/test_tts_engine.py grows the buffers every 8 positions and sees no trace.
+Operations per frame as the loop runs them: 2,544, table below.) Not Python's GC: no collection of any
 generation in a 40-frame utterance (the loop keeps no new objects). Not the codec (fixed shapes). On the H100 a
 250-frame utterance alone is not slower per frame (`tts_profile --utterances-only`, ms/frame of each utterance after
 a warm-up, two processes each): MLX's defaults @100 26.8, 26.4, 26.4 and 31.4, 29.5, 28.1, @250 26.1, 21.5, 17.6 and
