@@ -82,7 +82,7 @@ host-bound: ~1,340 GPU operations per frame (the CPU count less its decomposed n
 The profile columns of 17:06-17:07 UTC ran main's tts_profile (the same TTS code) under a 60 s limit each. Open: in
 them the frame kernel (code 0 + 15 predictor steps) took 13.5 ms under MLX's defaults against 7.6 for the session 5
 code at 13:22, while the unchanged codec took 8.9 against 6.2: session 6's fewer CPU-counted operations may cost
-more on the GPU, or this lease was only slower. Next on a GPU, the two codes in one process order on one machine
+more on the GPU, or this lease was only slower. Next on a GPU, the two codes alternating on one machine
 (/work/main/.dev-s5 holds 5f2a24c, the code of the 13:22 columns): call 1 (carry .dev-a .ptx .dev-s5) `mkdir -p
 /tmp/w && cp .dev-a/* /tmp/w/ && tar xzf .ptx/ptx.tgz -C /tmp && cp -r .dev-s5 /tmp/s5`; call 2 (carry .dev-b
 .whl-gpu .dev-gpu) `cd .dev-gpu && bash benchmarks/gpu.sh install && AB=fused AB_TREES=". /tmp/s5" AB_REPS=2
