@@ -172,18 +172,23 @@ def main(argv: list[str] | None = None) -> int:
             "predictor_layers": args.layers[1],
             "decoder_dim": args.decoder_dim,
             "checkpoint_bytes": facts["weights_bytes"],
+            "checkpoint_write_s": facts.get("write_s"),  # when this folder was written (device-time planning)
             "reps": args.reps,
             "warmup": 1,
             "env": {k: v for k, v in os.environ.items() if k.startswith("MLX_")},  # MLX settings (gpu.sh TTS_ENV)
         }
         measured_bw = measured_bandwidth()
+        t0 = time.perf_counter()
         run, nbytes = ours(folder, max(args.frames))
+        base["ours_load_warmup_s"] = round(time.perf_counter() - t0, 1)
         trun, peer_error = None, ""
         if args.peer == "yes":
+            t0 = time.perf_counter()
             try:  # both stay loaded: each row is complete (and printed) before the next, a time limit loses little
                 trun = theirs(folder)
             except Exception as e:  # the peer failing must not lose our rows
                 peer_error = f"{type(e).__name__}: {e}"[:500]
+            base["mlx_audio_load_s"] = round(time.perf_counter() - t0, 1)
         for frames in args.frames:
             warm = frames == args.frames[0]
             m = measure(run, frames, args.reps, warm)
