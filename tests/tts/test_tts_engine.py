@@ -56,7 +56,8 @@ def greedy(**kw: Any) -> TtsConfig:
 
 
 def test_chunks_first_after_first_chunk_frames_then_every_chunk_frames(checkpoints: Any, reference: Any) -> None:
-    """step() returns audio after 1 frame, then every 4 frames, then the remainder; samples = frames x 1920."""
+    """step() returns audio after 1 frame, then 1, 2 and every 4 frames, then the remainder; samples = frames x
+    1920 (the chunks after the first grow, so the second is ready before the first has played)."""
     case = case_named(reference, "cv_english_full")
     st = StubTokenizer()
     tts = Qwen3TTS(loaded(checkpoints, "custom_voice"), greedy(max_frames=19, first_chunk_frames=1, chunk_frames=4), st)
@@ -67,7 +68,7 @@ def test_chunks_first_after_first_chunk_frames_then_every_chunk_frames(checkpoin
         if chunk is not None:
             assert chunk.dtype == np.float32
             sizes.append(len(chunk) // 1920)
-    assert sizes == [1, 4, 4, 4, 4, 2]
+    assert sizes == [1, 1, 2, 4, 4, 4, 3]
     assert utt.frames_emitted == 19
     sent = np.concatenate(st.decoder.calls)
     assert sent.tolist() == case["codes"]
@@ -87,7 +88,7 @@ def test_voice_speed_time_stretches_the_chunks(checkpoints: Any, reference: Any)
             chunks.append(chunk)
     ts = TimeStretch(1.5, tts.sample_rate)
     assert np.array_equal(np.concatenate(chunks), np.concatenate([ts.push(plain), ts.flush()]))
-    assert utt.frames_emitted == 19 and len(chunks) == 6
+    assert utt.frames_emitted == 19 and len(chunks) == 7
     assert sum(len(c) for c in chunks) == round(19 * 1920 / 1.5)
 
 
