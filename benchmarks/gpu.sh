@@ -25,7 +25,8 @@
 # in .whl-gpu/ (carry it with .dev-b; `install` adds them); the Smart Turn ONNX in .st-model/ (v2v then ends turns with
 # it): carry it in call 1, whose command adds `mkdir -p /tmp/st-model && cp .st-model/*.onnx /tmp/st-model/`, and
 # leave .ptx out of that call (a call carries at most 64 MiB with the tree: .dev-a 48 + .st-model 9 + tree 6 MB;
-# .dev-b 46 + .whl-gpu 2.5 + a worktree copy 4.3 + tree 6 MB). The Qwen2 BPE tables come from .bench-data/ when carried, else from the committed tests/fixtures copy.
+# .dev-b 46 + .whl-gpu 2.5 + a worktree copy 4.3 + tree 6 MB). The Qwen2 BPE tables come from .bench-data/ when
+# carried, else from the committed tests/fixtures copy.
 # Then here: cp <files_at>/benchmarks/<label>.json docs/benchmarks/ && python -m benchmarks.report
 # Parts run in the order given; each stops in time (LIMIT_<part> seconds) to copy its results back inside the
 # 10-minute call. A helper's worktree that travels as a carried folder runs the same way: `cd FOLDER && bash ...`.
