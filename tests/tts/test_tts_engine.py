@@ -268,3 +268,36 @@ def test_warmup_runs_every_chunk_size_and_changes_nothing(checkpoints: Any, refe
     while not utt.done:
         utt.step()
     assert np.concatenate(st.decoder.calls).tolist() == case["codes"]
+
+
+def test_warmup_leaves_nothing_to_trace_when_the_kv_buffers_grow(
+    checkpoints: Any, reference: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After warmup(), an utterance whose KV buffers grow several times mid-stream traces no talker step (a trace
+    between two frames is a compile on the GPU), and its greedy codes are still the official ones."""
+    from assistant.tts.qwen3.talker import CompiledCache, StaticCache, TalkerModel
+
+    case = case_named(reference, "cv_auto_stream")  # streaming: its prefill passes one row through the step
+    traced: list[int] = []
+    step = TalkerModel.step
+
+    def counted(self: TalkerModel, x: mx.array, pos: mx.array, kvs: list[mx.array]) -> Any:
+        traced.append(kvs[0].shape[2])  # runs only while mx.compile traces a new buffer length
+        return step(self, x, pos, kvs)
+
+    monkeypatch.setattr(TalkerModel, "step", counted)
+    monkeypatch.setattr(StaticCache, "STEP", 8)  # the buffers grow every 8 positions: several times per utterance
+    st = StubTokenizer()
+    cfg = greedy(max_frames=case["max_new_tokens"] - 1, voice="vivian")  # the official run's length
+    tts = Qwen3TTS(loaded(checkpoints, "custom_voice"), cfg, st)
+    monkeypatch.setattr(tts.talker, "compiled", CompiledCache())  # nothing compiled by earlier tests counts
+    tts.warmup()
+    warm = len(traced)
+    st.decoder.calls.clear()
+    utt = tts.start(ad_hoc_voice("v", prompt_of(case)), case["text"], layout="stream")
+    while not utt.done:
+        utt.step()
+    assert warm > 2  # the warm-up traced several lengths, so the counter sees traces
+    assert traced[warm:] == []
+    assert utt.gen.cache is not None and utt.gen.cache[0].capacity >= 3 * StaticCache.STEP
+    assert np.concatenate(st.decoder.calls).tolist() == case["codes"]
