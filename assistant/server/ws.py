@@ -56,6 +56,7 @@ FANOUT_QUEUE = 4096  # the server's own subscription: it is drained at once into
 ASK_DRAIN_S = 1.0  # after `ask` returns, wait at most this long for its last deltas to pass the subscription
 OFFLOAD_BYTES = 64 * 1024  # frames (and audio appends) over this are decoded/resampled on a worker thread
 SUBPROTOCOLS = ("assistant.v1", "realtime")
+BETA_SUBPROTOCOL = "openai-beta.realtime-v1"  # a browser's beta Realtime client names the protocol so
 LOG_BURST, LOG_PER_S = 10, 1.0  # connection log lines: bursts of 10, then one a second, the rest counted
 CLOSE_NOT_READING = 1008  # policy violation: the client sends but does not read its replies
 CLOSE_TOO_SLOW = 1013  # try again later: the client cannot keep up with a stream it asked for
@@ -325,10 +326,7 @@ class ControlServer:
         self.clients.add(client)
         try:
             if path == REALTIME_PATH:
-                beta = (
-                    any("realtime=v1" in v for v in ws.request.headers.get_all("OpenAI-Beta")) if ws.request else False
-                )
-                await self._serve_realtime(client, beta)
+                await self._serve_realtime(client, _beta(ws.request.headers) if ws.request else False)
             else:
                 await self._serve_control(client)
         except ConnectionClosed:
@@ -710,6 +708,12 @@ def is_loopback_host(host: str) -> bool:
 
 def _refuse(conn: ServerConnection, status: int, text: str) -> Response:
     return conn.respond(status, text + "\n")
+
+
+def _beta(headers: Headers) -> bool:
+    """Whether a Realtime client speaks the beta protocol: `OpenAI-Beta: realtime=v1`, or from a browser (which
+    cannot set headers) the subprotocol `openai-beta.realtime-v1`."""
+    return any("realtime=v1" in v for v in headers.get_all("OpenAI-Beta")) or BETA_SUBPROTOCOL in _subprotocols(headers)
 
 
 def _subprotocols(headers: Headers) -> list[str]:

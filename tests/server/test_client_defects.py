@@ -15,7 +15,7 @@ from assistant.server import realtime_protocol as rp
 from assistant.server.protocol import WireError
 from assistant.server.realtime import RealtimeConversation
 from tests.server.fakes import FakeBackend, FakeSession
-from tests.server.helpers import TOKEN, client, running, until
+from tests.server.helpers import TOKEN, client, recv, running, until
 
 
 async def _until(conn: Any, last: str) -> list[Any]:
@@ -314,3 +314,26 @@ def test_the_agents_sdk_tracing_update_is_accepted_and_reported_off() -> None:
         assert got["type"] == "session.updated" and got["session"]["tracing"] is None, got
     refused = update({"workflow": 5})
     assert refused["type"] == "error" and "session.tracing" in refused["error"]["message"]
+
+
+def test_a_browser_beta_client_named_by_its_subprotocol_gets_beta_events() -> None:
+    """A browser cannot set the OpenAI-Beta header, so beta clients (the realtime console's RealtimeClient) offer
+    the subprotocol `openai-beta.realtime-v1` beside their key: they get the beta session and event names (they
+    got GA names, e.g. response.output_audio.delta, which they do not play)."""
+    from websockets.asyncio.client import connect
+    from websockets.typing import Subprotocol
+
+    async def body() -> list[dict[str, Any]]:
+        async with running() as (server, _, _):
+            offered = [
+                Subprotocol(s) for s in ("realtime", f"openai-insecure-api-key.{TOKEN}", "openai-beta.realtime-v1")
+            ]
+            async with connect(f"ws://127.0.0.1:{server.port}/v1/realtime", subprotocols=offered) as ws:
+                assert ws.subprotocol == "realtime"
+                created = await recv(ws)
+                assert "audio" not in created["session"], "a GA session: the client's beta protocol was not seen"
+                return [created, await recv(ws)]
+
+    created, conversation = asyncio.run(body())
+    assert created["type"] == "session.created" and "voice" in created["session"] and "audio" not in created["session"]
+    assert conversation["type"] == "conversation.created"
