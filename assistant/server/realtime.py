@@ -79,12 +79,13 @@ class RealtimeConversation:
         now: float = 0.0,
         resolve_voice: Callable[[str], str] | None = None,
         commands_per_s: float = 20.0,
+        max_output_tokens: int | None = None,
     ) -> None:
         self.session = session
         self.out = rp.ServerEvents(beta=beta)
         self.limits = limits or Limits()
         self.session_id = f"sess_{n}"
-        self.settings = rp.Settings(instructions, voice, DEFAULT_DETECTION)
+        self.settings = rp.Settings(instructions, voice, DEFAULT_DETECTION, max_output_tokens=max_output_tokens)
         self.resolve_voice = resolve_voice
         self.expires_at = 0
         self.resampler = StreamResampler(rp.RATE, CAPTURE_RATE)
@@ -213,6 +214,14 @@ class RealtimeConversation:
     def _update(self, ev: rp.SessionUpdate) -> Out:
         # everything is checked before anything changes (a bad voice leaves the instructions as they were)
         s = self.settings
+        bound, cap = s.max_output_tokens, ev.max_output_tokens
+        if bound is not None and isinstance(cap, int) and cap < bound:  # a cap at or above the bound is met
+            why = f"`session.max_output_tokens` = {cap} is below llm.max_tokens = {bound}, the bound on this daemon's"
+            raise WireError(
+                "invalid_value",
+                f'{why} replies, which a session cannot lower; send {bound} or more, or "inf"',
+                ev.event_id,
+            )
         tools = s.tools if ev.tools is None else ev.tools
         choice = ev.tool_choice or s.tool_choice
         if ev.tools is not None or ev.tool_choice is not None:

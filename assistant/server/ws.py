@@ -533,6 +533,7 @@ class ControlServer:
             time.monotonic(),
             self.audio.voice_name if self.audio is not None else None,
             self.cfg.commands_per_s,
+            backend.max_output_tokens(),
         )
         woken = asyncio.Event()  # set after each event: the conversation's deadline may have moved
         pump = asyncio.create_task(self._pump(client, conv, session, woken))

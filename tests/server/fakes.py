@@ -314,6 +314,9 @@ class FakeBackend:
     def default_instructions(self) -> str:
         return "Be brief."
 
+    def max_output_tokens(self) -> int:
+        return 400
+
 
 if TYPE_CHECKING:  # mypy proves the doubles implement the server's Protocols
     _controller: Controller = FakeController()

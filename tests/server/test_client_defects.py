@@ -337,3 +337,37 @@ def test_a_browser_beta_client_named_by_its_subprotocol_gets_beta_events() -> No
     created, conversation = asyncio.run(body())
     assert created["type"] == "session.created" and "voice" in created["session"] and "audio" not in created["session"]
     assert conversation["type"] == "conversation.created"
+
+
+def test_a_token_cap_at_or_above_the_daemons_is_accepted() -> None:
+    """The realtime console's beta client configures every session with max_response_output_tokens 4096 (many
+    clients send a cap): a cap at or above the daemon's own (llm.max_tokens) is met and accepted, and the session
+    reports the bound replies really have (its whole session.update was refused, so nothing of it applied, and the
+    session claimed "inf"); a lower cap, which a session cannot set, is refused naming llm.max_tokens."""
+    console = {
+        "modalities": ["text", "audio"], "instructions": "Be brief.", "voice": "alice",
+        "input_audio_format": "pcm16", "output_audio_format": "pcm16", "input_audio_transcription": None,
+        "turn_detection": None, "tools": [], "tool_choice": "auto", "temperature": 0.8,
+        "max_response_output_tokens": 4096,
+    }  # fmt: skip
+
+    async def body() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {TOKEN}", "OpenAI-Beta": "realtime=v1"}
+        async with running() as (server, _, backend):
+            async with client(server, "/v1/realtime", additional_headers=headers) as ws:
+                created, _ = await until(ws, "session.created")
+                await ws.send(json.dumps({"type": "session.update", "session": console}))
+                updated, _ = await until(ws, "session.updated")
+                low = {"type": "session.update", "event_id": "u2", "session": {"max_response_output_tokens": 100}}
+                await ws.send(json.dumps(low))
+                refused, _ = await until(ws, "error")
+            assert ("voice", "alice") in backend.sessions[0].calls
+        return created, updated, refused
+
+    created, updated, refused = asyncio.run(body())
+    bound = FakeBackend().max_output_tokens()
+    assert created["session"]["max_response_output_tokens"] == bound
+    assert updated["session"]["max_response_output_tokens"] == bound and updated["session"]["voice"] == "alice"
+    assert updated["session"]["turn_detection"] is None
+    message = refused["error"]["message"]
+    assert refused["error"]["event_id"] == "u2" and f"llm.max_tokens = {bound}" in message
