@@ -252,3 +252,17 @@ def test_load_errors_name_the_fix(tmp_path: Path, model_dir: Path) -> None:
     (bare / "tokenizer_config.json").write_text(json.dumps(tc))
     with pytest.raises(ModelError, match="no chat template"):
         Chat.load(LlmConfig(model=str(bare)))
+
+
+def test_warmup_changes_no_answer(model_dir: Path) -> None:
+    """Chat.warmup (run at start-up so the first turn compiles nothing) leaves the history and the prompt cache
+    empty, and a seeded sampled answer after it equals the same answer without it."""
+    cfg = greedy_cfg(model_dir, temperature=0.9, top_p=0.9, top_k=20, repetition_penalty=1.3, seed=11)
+    answers = []
+    for warm in (False, True):
+        chat = Chat.load(cfg)
+        if warm:
+            chat.warmup()
+            assert chat.history == [] and chat.cache.tokens == []
+        answers.append((run(chat.respond(QUESTIONS[1])), chat.answer_tokens, chat.stats.reused_tokens))
+    assert answers[0] == answers[1]
