@@ -721,8 +721,9 @@ def _check(name: str, fn: Callable[[], object]) -> Check:
 
 
 def _check_model(spec: str, what: str) -> None:
-    """The model is there (hub.resolve) and its folder looks whole: weights, and a config.json that parses (the
-    end-of-turn model is one .onnx file). Loading it is what `run` does; this catches a truncated download."""
+    """The model is there (hub.resolve) and its folder looks whole: weights, a config.json that parses (the
+    end-of-turn model is one .onnx file), and hub.check_weights (no file cut short, no shard or part missing).
+    Loading it is what `run` does; this catches a truncated or interrupted download."""
 
     path = hub.resolve(spec, what)
     if not any(path.rglob("*.safetensors")) and not any(path.rglob("*.onnx")):
@@ -735,6 +736,7 @@ def _check_model(spec: str, what: str) -> None:
             raise AssistantError(f"{what} folder {path} has no config.json; run `assistant pull` or fix the path")
         return
     hub.read_json_object(config_json, str(config_json), "run `assistant pull` again or fix the file")
+    hub.check_weights(path, "run `assistant pull` again (or copy the model anew)")
 
 
 def _check_llm_server(llm: config.LlmConfig) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from assistant import cli
+from assistant.errors import AssistantError
 
 SUBCOMMANDS = ["run", "devices", "pull", "say", "voices", "transcribe", "chat", "ctl", "wyoming", "doctor"]
 
@@ -271,3 +274,37 @@ def test_bad_voice_aliases_and_tls_files_fail_before_any_model_loads(tmp_path: P
     assert out.returncode == 2 and out.stderr.startswith("assistant: error: cannot load server.tls_cert ")
     out = run(["doctor", *tls], env)
     assert "  FAIL  server settings: cannot load server.tls_cert " in out.stdout
+
+
+def test_doctor_finds_truncated_weights_a_missing_shard_and_a_missing_part(tmp_path: Path) -> None:
+    """`doctor` fails a weights file cut short, a shard the index names that is missing and a sub-model folder
+    (the TTS speech tokenizer) without weights, naming the file (it said `ok`; `run` failed loading)."""
+    import mlx.core as mx
+
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    (whole / "config.json").write_text("{}")
+    mx.save_safetensors(str(whole / "model.safetensors"), {"w": mx.zeros((64, 64))})
+    cli._check_model(str(whole), "LLM")  # a whole folder passes
+
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(AssistantError, match=r"safetensors is cut short \(\d+ of \d+ bytes\); run `assistant pull`"):
+        cli._check_model(str(cut), "LLM")
+
+    sharded = tmp_path / "sharded"
+    shutil.copytree(whole, sharded)
+    (sharded / "model.safetensors").rename(sharded / "model-00001-of-00002.safetensors")
+    index = {"weight_map": {"w": "model-00001-of-00002.safetensors", "v": "model-00002-of-00002.safetensors"}}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(AssistantError, match=r"model-00002-of-00002\.safetensors, named in .* is missing"):
+        cli._check_model(str(sharded), "LLM")
+
+    tts = tmp_path / "tts"
+    shutil.copytree(whole, tts)
+    (tts / "speech_tokenizer").mkdir()
+    (tts / "speech_tokenizer" / "config.json").write_text("{}")
+    with pytest.raises(AssistantError, match=r"speech_tokenizer holds no weights"):
+        cli._check_model(str(tts), "TTS model")
