@@ -833,6 +833,7 @@ def cmd_history(args: argparse.Namespace, cfg: config.Config) -> int:
         if args.action == "reset":
             n = memory.reset_history()
             print(f"erased {n} stored turn{'s' if n != 1 else ''} from {memory.path} (reminders kept)")
+            _reset_running_daemon(cfg)
         else:
             turns = memory.turns()
             if not turns:  # stdout stays empty for scripts; the person at the terminal learns why
@@ -843,6 +844,23 @@ def cmd_history(args: argparse.Namespace, cfg: config.Config) -> int:
     finally:
         memory.close()
     return 0
+
+
+def _reset_running_daemon(cfg: config.Config) -> None:
+    """A daemon running with this config forgets its conversation too (`history.reset` over the control channel):
+    otherwise it would go on answering from what the user just erased."""
+    from assistant.server import ctl
+
+    if not cfg.server.enabled:
+        return
+    try:
+        ctl.run(cfg.server, ["history.reset"], out=lambda _: None)
+    except ctl.DaemonUnreachable:
+        return  # none runs: the stored turns were all there was
+    except AssistantError as e:
+        print(f"the running daemon keeps its conversation until it restarts ({e})", file=sys.stderr)
+        return
+    print("and the running daemon's conversation too")
 
 
 def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:

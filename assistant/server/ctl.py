@@ -25,6 +25,10 @@ USAGE = (
 )
 
 
+class DaemonUnreachable(AssistantError):
+    """No daemon answers at the configured address (none runs, or server.host/port differ)."""
+
+
 def build_message(words: Sequence[str], msg_id: str = "ctl") -> dict[str, Any]:
     """The command message for `assistant ctl WORDS...` (InputError naming the usage when wrong)."""
     if not words:
@@ -95,7 +99,7 @@ def _connect(cfg: ServerConfig) -> Iterator[ClientConnection]:
             body = e.response.body.decode(errors="replace").strip()
             raise ProtocolError(f"the daemon at {url} refused the connection: {body}") from e
         except (OSError, TimeoutError, WebSocketException) as e:
-            raise AssistantError(
+            raise DaemonUnreachable(
                 f"cannot reach the daemon at {url} ({e}); start it with `assistant run`, or set server.host/port"
             ) from e
         hello = json.loads(ws.recv())

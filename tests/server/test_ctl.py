@@ -14,6 +14,7 @@ import pytest
 
 from assistant import cli, events
 from assistant.errors import InputError
+from assistant.llm import Message
 from assistant.server import ctl
 from assistant.server.ws import ControlServer
 from tests.server.fakes import FakeController
@@ -191,3 +192,23 @@ def test_ctl_says_so_when_the_daemon_goes_away_mid_command(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("assistant: error: the daemon at ws://127.0.0.1:")
     assert "closed the connection" in err and "assistant run" in err
+
+
+def test_history_reset_also_resets_a_running_daemon(
+    capsys: pytest.CaptureFixture[str], isolated_env: Path, monkeypatch: pytest.MonkeyPatch, live: Live
+) -> None:
+    """`assistant history reset` beside a running daemon erases the stored turns and the daemon's conversation too
+    (the daemon kept answering from what the user had erased, and stored nothing of it again only by chance)."""
+    from assistant.memory import Memory
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(isolated_env / "data"))
+    memory = Memory(isolated_env / "data" / "assistant" / "memory.sqlite3")
+    memory.add_turn([Message("user", "my secret"), Message("assistant", "noted")])
+    assert live.controller is not None
+    live.controller.history = [{"role": "user", "content": "my secret"}]
+    assert cli.main(["history", "reset", *ctl_args(live)[1:]]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("erased 1 stored turn from ") and "the running daemon's conversation too" in out
+    assert memory.turns() == [] and live.controller.history == []
+    assert ("history_reset", None) in live.controller.calls
+    memory.close()
