@@ -36,7 +36,7 @@ import numpy as np
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
-from wyoming.event import Event
+from wyoming.event import Event, async_write_event
 from wyoming.handle import Handled, HandledChunk, HandledStart, HandledStop, NotHandled
 from wyoming.info import (
     AsrModel,
@@ -70,6 +70,9 @@ MAX_CHANNELS = 32
 WIDTHS = (1, 2, 3, 4)  # bytes per sample: unsigned 8-bit, signed 16/24/32-bit little-endian (Wyoming's PCM)
 OUT_WIDTH = 2  # we answer 16-bit PCM
 # Parakeet TDT 0.6B v3 transcribes these 25 European languages; Nemotron streaming is English.
+# The most one frame's data or payload may declare: 80 s of 48 kHz 16-bit stereo (Home Assistant sends ~2 KB
+# chunks). The wyoming package reads a declared length whole before anyone looks at it.
+FRAME_LIMIT = 16 * 1024 * 1024
 PARAKEET_LANGUAGES = "bg cs da de el en es et fi fr hr hu it lt lv mt nl pl pt ro ru sk sl sv uk".split()
 
 
@@ -555,6 +558,29 @@ def _next_step(gen: Any) -> Any:
 # ---- the services --------------------------------------------------------------------------------------------
 
 
+class _BoundedReader:
+    """A connection's reader as the wyoming package uses it (readline, readexactly), which refuses a frame whose
+    declared data or payload exceeds FRAME_LIMIT before reading it: the client gets an error event, and the
+    ValueError ends the connection (the package reads it as the end of the stream)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def readline(self) -> bytes:
+        return await self.reader.readline()
+
+    async def readexactly(self, n: int) -> bytes:
+        if n > FRAME_LIMIT:
+            text = (
+                f"a frame of {n} bytes is over the {FRAME_LIMIT} one event may carry; send the audio in smaller "
+                "chunks (and text within wyoming.max_text_chars)"
+            )
+            with contextlib.suppress(ConnectionError):
+                await async_write_event(_error(text, "frame-too-large"), self.writer)
+            raise ValueError(text)
+        return await self.reader.readexactly(n)
+
+
 class WyomingServices:
     """The asr and tts Wyoming servers; an async context manager (a daemon service) that binds and closes them."""
 
@@ -606,7 +632,7 @@ class WyomingServices:
             assert task is not None
             self._handlers.add(task)
             try:
-                await handler(reader, writer, self).run()
+                await handler(_BoundedReader(reader, writer), writer, self).run()
             except (ConnectionError, asyncio.IncompleteReadError):
                 pass  # the client went away mid-event
             except asyncio.CancelledError:

@@ -309,6 +309,33 @@ def test_hostile_input_gets_error_events_and_the_server_keeps_serving(rig: Rig) 
     assert all("\n" not in e for e in errors)
 
 
+@pytest.mark.parametrize("field", ["payload_length", "data_length"])
+def test_a_frame_larger_than_any_request_is_refused_before_it_is_read(rig: Rig, field: str) -> None:
+    """A frame header declaring a payload or data of a gigabyte gets an error event at once and its connection
+    ends, unread (the service buffered whatever the client sent towards it: 600 MB sent, +650 MB of memory); the
+    service then still serves."""
+
+    async def body(s: WyomingServices) -> tuple[dict[str, Any], bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.asr_port)
+        header = {"type": "audio-chunk", "data": {"rate": 16000, "width": 2, "channels": 1}, field: 10**9}
+        writer.write(json.dumps(header).encode() + b"\n" + bytes(4096))
+        await writer.drain()
+        head = json.loads(await asyncio.wait_for(reader.readline(), READ_S))
+        data = json.loads(await asyncio.wait_for(reader.readexactly(head["data_length"]), READ_S))
+        rest = await asyncio.wait_for(reader.read(), READ_S)
+        writer.close()
+        async with AsyncTcpClient("127.0.0.1", s.asr_port) as c:
+            await c.write_event(Describe().event())
+            assert (await read(c)).type == "info"
+        return {"type": head["type"], **data}, rest
+
+    error, rest = rig.serve(body)
+    assert error["type"] == "error" and error["code"] == "frame-too-large"
+    assert error["text"].startswith(f"a frame of {10**9} bytes is over the ")
+    assert "send the audio in smaller chunks" in error["text"]
+    assert rest == b""  # the connection ended
+
+
 def test_a_lone_surrogate_in_the_text_is_a_bad_request(rig: Rig) -> None:
     """A synthesize event whose text holds a lone surrogate escape gets an error naming it, on a connection that
     still serves (it answered with the tokenizer's `TypeError: TextInputSequence must be str`)."""
