@@ -893,7 +893,8 @@ def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    """Options accepted both before and after the subcommand (after it, they only set what is given)."""
+    """Options accepted both before and after the subcommand (after it, they only set what is given; its --set
+    list is kept apart, since argparse would replace the one before the subcommand with it)."""
 
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
@@ -908,8 +909,8 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
         "--set",
         metavar="SECTION.KEY=VALUE",
         action="append",
-        dest="overrides",
-        default=default([]),
+        dest="command_overrides" if suppress else "overrides",
+        default=[],
         help="override one config key (repeatable)",
     )
     parser.add_argument("--debug", action="store_true", default=default(False), help="show tracebacks and debug logs")
@@ -994,7 +995,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     debug = bool(args.debug)
     try:
-        cfg = config.load(args.config, args.overrides)
+        cfg = config.load(args.config, [*args.overrides, *args.command_overrides])
         logs.setup("debug" if debug else cfg.logging.level, as_json=args.log_json or cfg.logging.json)
         return int(args.fn(args, cfg))
     except AssistantError as e:

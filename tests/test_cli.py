@@ -308,3 +308,12 @@ def test_doctor_finds_truncated_weights_a_missing_shard_and_a_missing_part(tmp_p
     (tts / "speech_tokenizer" / "config.json").write_text("{}")
     with pytest.raises(AssistantError, match=r"speech_tokenizer holds no weights"):
         cli._check_model(str(tts), "TTS model")
+
+
+def test_set_before_and_after_the_command_both_apply(isolated_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`assistant --set A voices --set B` applies A and B (the --set list after the command replaced the one before
+    it, silently dropping A)."""
+    assert cli.main(["--set", "tts.voice=nobody", "voices", "--set", "logging.level=info"]) == 2
+    assert capsys.readouterr().err == "tts.voice 'nobody' is none of these profiles; set tts.voice to one of them\n"
+    assert cli.main(["--set", "tts.voice=nobody", "--set", "tts.voice=vivian", "voices"]) == 0
+    assert cli.main(["--set", "tts.voice=nobody", "voices", "--set", "tts.voice=vivian"]) == 0  # the later one wins
