@@ -128,13 +128,15 @@ def _tts_model_type(spec: str) -> str | None:
 
 
 def check_server_settings(cfg: config.Config) -> None:
-    """server.voice_aliases entries and the TLS files load (the server read them only after the models had
-    loaded, so a typo there cost a full start). ConfigError naming the fix."""
+    """server.voice_aliases entries, the token file and the TLS files load (the server read them only after the
+    models had loaded, so a typo there cost a full start). ConfigError naming the fix."""
     if not cfg.server.enabled:
         return
     from assistant.oneshot import parse_aliases
+    from assistant.server.auth import check_token_file
 
     parse_aliases(cfg.server.voice_aliases)
+    check_token_file(cfg.server)
     if cfg.server.tls_cert or cfg.server.tls_key:
         from assistant.server.ws import tls_context
 
