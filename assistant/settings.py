@@ -51,6 +51,8 @@ MAX_KEYS = 32  # changes in one config.set
 MAX_KEY_CHARS = 64
 MAX_STRING_CHARS = 8_000  # = protocol.MAX_INSTRUCTIONS_CHARS: the longest string setting is the system prompt
 MAX_INT = 2**53  # larger numbers are not settings (and JSON clients cannot represent them exactly)
+MAX_LIST_ITEMS = 64  # a list setting is a few words (pipeline.backchannels)
+MAX_ITEM_CHARS = 64
 
 
 class VoiceProfileLike(Protocol):
@@ -137,6 +139,13 @@ def _check_key(key: str) -> None:
 
 def _check_value(key: str, value: object) -> None:
     if isinstance(value, bool | float):
+        return
+    if isinstance(value, list) and config_mod.field_info(key)[0] == list[str]:
+        if len(value) > MAX_LIST_ITEMS or not all(isinstance(v, str) and len(v) <= MAX_ITEM_CHARS for v in value):
+            raise ConfigError(
+                f"config.set: `{key}` takes a list of at most {MAX_LIST_ITEMS} strings of up to {MAX_ITEM_CHARS} "
+                "characters each"
+            )
         return
     if isinstance(value, int):
         if abs(value) > MAX_INT:

@@ -197,6 +197,20 @@ def test_config_set_refuses_unsafe_changes_before_any_takes_effect(changes: dict
     assert str(e.value) == message
 
 
+def test_config_set_takes_a_list_for_a_list_setting_and_bounds_it() -> None:
+    """`pipeline.backchannels`, a live key whose value is a list of words, can be set to a list of strings (every
+    value was refused as `not a list or object`); a long list, a long word or a non-string item is refused."""
+    new = settings.apply(Config(), {"pipeline.backchannels": ["mm-hm", "yeah"]}, FakeVoices())
+    assert new.pipeline.backchannels == ["mm-hm", "yeah"]
+    assert settings.apply(Config(), {"pipeline.backchannels": []}, FakeVoices()).pipeline.backchannels == []
+    for bad in (["w"] * 1000, ["w" * 1000], [1, 2], [["x"]]):
+        with pytest.raises(ConfigError) as e:
+            settings.apply(Config(), {"pipeline.backchannels": bad}, FakeVoices())
+        assert str(e.value) == (
+            "config.set: `pipeline.backchannels` takes a list of at most 64 strings of up to 64 characters each"
+        )
+
+
 def test_config_set_names_no_server_path_when_voices_cannot_be_read(tmp_path: Path) -> None:
     """A voices folder that cannot be read is reported without its path (the log has it)."""
 
