@@ -521,7 +521,7 @@ class Conversation:
             )
         offered = self.tools.set_app_tools(owner, tools, timeout_s, send)
         self._offer([t.schema() for t in offered])
-        return [t.name for t in offered]
+        return [t.name for t in offered] if self.engines.chat.can_call_tools else []
 
     def app_tool_result(self, owner: str, call_id: str, output: str, error: str | None = None) -> None:
         """The app's answer to a tool call it was sent; InputError when none of its calls awaits `call_id`."""
@@ -533,6 +533,8 @@ class Conversation:
             self._offer([t.schema() for t in offered])
 
     def _offer(self, schemas: list[dict[str, Any]], choice: ToolChoice = AUTO) -> None:
+        if schemas and not self.engines.chat.can_call_tools:
+            return  # none can be offered: the start said so once ("tools are off")
         self._background("offering the tools to the LLM", offer_tools, self.engines.chat, schemas, choice)
 
     def history_get(self) -> list[dict[str, Any]]:
