@@ -504,6 +504,10 @@ class HandleHandler(AsyncEventHandler):
             text = Transcript.from_event(event).text
             if not isinstance(text, str) or not text.strip():
                 raise InputError("transcript text is empty; send what the user said")
+            if len(text) > self.svc.cfg.max_text_chars:  # it goes whole into the prompt
+                raise InputError(
+                    f"transcript longer than wyoming.max_text_chars = {self.svc.cfg.max_text_chars}; send less"
+                )
             await self._answer(text)
         elif event.type in ("select-program", "pong"):
             pass

@@ -548,3 +548,28 @@ def test_handle_reports_a_failed_llm_server_and_recovers(rig: Rig) -> None:
     assert failed[-1].type == "not-handled" and "HTTP 500" in failed[-1].data["text"]
     assert [e.type for e in ok] == ["handled-start", "handled-chunk", "handled-chunk", "handled-stop", "handled"]
     assert ok[-1].data["text"] == "Hi there."
+
+
+def test_handle_refuses_a_transcript_over_max_text_chars(rig: Rig) -> None:
+    """A handle transcript longer than wyoming.max_text_chars gets an error naming the limit and never reaches the
+    LLM (it went whole into the prompt: megabytes of text to prefill); the next transcript is handled."""
+    from http.server import BaseHTTPRequestHandler
+
+    from assistant.llm_remote import RemoteChat
+    from tests.llm.servers import Script, ScriptedServer, sse, text_chunk
+
+    asked: list[str] = []
+
+    def respond(h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        asked.append(body["messages"][-1]["content"])
+        sse(h, [text_chunk("Hi.")])
+
+    with ScriptedServer(Script(respond)) as srv:
+        chat = RemoteChat(rig.cfg.replace({"llm.backend": "openai", "llm.base_url": srv.base_url}).llm)
+        engines = SpeechEngines(rig.engines.new_transcriber, rig.engines.tts, chat.new_conversation)
+        too_long, ok = handle_turn(rig, engines, ["x" * (rig.cfg.wyoming.max_text_chars + 1), "hello"])
+    assert [e.type for e in too_long] == ["error"]
+    assert Error.from_event(too_long[0]).text == (
+        f"transcript longer than wyoming.max_text_chars = {rig.cfg.wyoming.max_text_chars}; send less"
+    )
+    assert ok[-1].type == "handled" and ok[-1].data["text"] == "Hi." and asked == ["hello"]
