@@ -491,6 +491,9 @@ class HandleHandler(AsyncEventHandler):
             await self._handle(event)
         except BAD_REQUEST as e:
             await self.write_event(_bad_request(event, e))
+        except Exception as e:  # a bug or a model failure: the client hears why, the server keeps serving
+            log.exception("wyoming handle: %s failed", event.type)
+            await self.write_event(_error(f"answering failed: {type(e).__name__}: {e}", "internal"))
         return True
 
     async def disconnect(self) -> None:
@@ -545,6 +548,11 @@ class HandleHandler(AsyncEventHandler):
             await self.write_event(HandledStop().event())
             await self.write_event(NotHandled(text=str(e)).event())
             return
+        except Exception:
+            await self.svc.compute.run(
+                chat.finish_turn, "".join(parts), priority=PRIORITY
+            )  # the next turn starts clean
+            raise
         await self.svc.compute.run(chat.finish_turn, None, priority=PRIORITY)
         await self.write_event(HandledStop().event())
         await self.write_event(Handled(text="".join(parts).strip()).event())

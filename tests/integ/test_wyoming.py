@@ -573,3 +573,28 @@ def test_handle_refuses_a_transcript_over_max_text_chars(rig: Rig) -> None:
         f"transcript longer than wyoming.max_text_chars = {rig.cfg.wyoming.max_text_chars}; send less"
     )
     assert ok[-1].type == "handled" and ok[-1].data["text"] == "Hi." and asked == ["hello"]
+
+
+def test_handle_reports_a_model_failure_and_keeps_serving(rig: Rig) -> None:
+    """An LLM that fails with an unexpected error gives the handle client an `error` event naming it, and the same
+    connection answers the next transcript (the connection died without a word, as the ASR and TTS ones did not)."""
+
+    class Failing:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def respond(self, text: str) -> Any:
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("Metal ran out of memory")
+            yield "Fine."
+
+        def finish_turn(self, heard: str | None) -> None:
+            pass
+
+    chat = Failing()
+    engines = SpeechEngines(rig.engines.new_transcriber, rig.engines.tts, lambda: chat)
+    failed, ok = handle_turn(rig, engines, ["hello", "hello again"])
+    assert [e.type for e in failed] == ["handled-start", "error"]
+    assert Error.from_event(failed[-1]).text == "answering failed: RuntimeError: Metal ran out of memory"
+    assert [e.type for e in ok] == ["handled-start", "handled-chunk", "handled-stop", "handled"]
