@@ -989,6 +989,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+ERROR_CHARS = 480  # an error line shows its start and its fix, not the hundreds of names a library may list
+
+
+def one_line(message: str) -> str:
+    """`message` on one line; a long one keeps its start (the problem) and its end (the fix)."""
+    text = " ".join(message.split())
+    if len(text) <= ERROR_CHARS:
+        return text
+    return f"{text[: ERROR_CHARS * 2 // 3]} ... {text[-ERROR_CHARS // 3 :]}"
+
+
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1003,7 +1014,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except AssistantError as e:
         if debug:
             log.exception("failed")
-        print(f"assistant: error: {e}", file=sys.stderr)
+        print(f"assistant: error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         return 130
