@@ -555,10 +555,8 @@ class Conversation:
 
     def set_voice(self, name: str) -> None:
         """Replies started after voice `name` is loaded (on the compute thread) speak with it; ConfigError naming
-        the voices when it is unknown."""
-        names = self.engines.tts.voice_names()
-        if name not in names:
-            raise ConfigError(f"unknown voice {name!r}; voices: {', '.join(sorted(names))}")
+        the voices when it is unknown or does not fit the loaded TTS model."""
+        settings.check_voice(cast(settings.VoiceCatalog, self.engines.tts), name, prefix="")
         self._background(f"loading voice {name!r}", self.engines.use_voice, name)
 
     def set_turn_detection(

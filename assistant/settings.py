@@ -102,23 +102,24 @@ def at_restart(changes: Mapping[str, object]) -> list[str]:
     return sorted(k for k in changes if k in DAEMON_AT_RESTART)
 
 
-def check_voice(voices: VoiceCatalog, name: str) -> None:
-    """ConfigError unless `name` is a voice profile the loaded TTS model can speak with."""
+def check_voice(voices: VoiceCatalog, name: str, prefix: str = "config.set: ") -> None:
+    """ConfigError (its message begins with `prefix`) unless `name` is a voice profile the loaded TTS model can
+    speak with."""
     try:
         profiles = voices.profiles()
     except ConfigError as e:  # the message names the voices folder: it stays in the daemon's log
         log.warning("cannot list the voices: %s", e)
-        raise ConfigError("config.set: the voice profiles cannot be read; see the daemon log") from e
+        raise ConfigError(f"{prefix}the voice profiles cannot be read; see the daemon log") from e
     profile = profiles.get(name)
     if profile is None:
-        raise ConfigError(f"config.set: unknown voice {name!r}; voices: {', '.join(sorted(profiles))}")
+        raise ConfigError(f"{prefix}unknown voice {name!r}; voices: {', '.join(sorted(profiles))}")
     from assistant.tts.voices import MODEL_TYPE_OF  # a table; tts.voices has no model code
 
     want = MODEL_TYPE_OF.get(profile.mode)
     if want != voices.model_type:
         fits = sorted(n for n, p in profiles.items() if MODEL_TYPE_OF.get(p.mode) == voices.model_type)
         raise ConfigError(
-            f"config.set: voice {name!r} ({profile.mode}) does not fit the loaded {voices.model_type} model; "
+            f"{prefix}voice {name!r} ({profile.mode}) does not fit the loaded {voices.model_type} model; "
             f"voices that do: {', '.join(fits) or 'none'}"
         )
 
