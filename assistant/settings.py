@@ -82,8 +82,9 @@ def public(cfg: Config) -> dict[str, dict[str, Any]]:
     return out
 
 
-def apply(cfg: Config, changes: Mapping[str, object], voices: VoiceCatalog) -> Config:
-    """A copy of `cfg` with `changes` applied, or ConfigError (one line) if any change is not allowed."""
+def apply(cfg: Config, changes: Mapping[str, object], voices: VoiceCatalog, no_hotkey: str | None = None) -> Config:
+    """A copy of `cfg` with `changes` applied, or ConfigError (one line) if any change is not allowed (`no_hotkey`:
+    why the daemon has no hotkey, which push-to-talk alone needs)."""
     if not changes:
         raise ConfigError('config.set: `changes` is empty; e.g. {"vad.aggressiveness": 2}')
     if len(changes) > MAX_KEYS:
@@ -94,6 +95,11 @@ def apply(cfg: Config, changes: Mapping[str, object], voices: VoiceCatalog) -> C
     new = cfg.replace(changes)  # types and ranges; messages quote only the bounded values checked above
     if "tts.voice" in changes and new.tts.voice != cfg.tts.voice:
         check_voice(voices, new.tts.voice)
+    if new.pipeline.mode == "push_to_talk" != cfg.pipeline.mode and no_hotkey is not None:
+        raise ConfigError(  # the check `assistant run` makes at start: a daemon without a hotkey would be deaf
+            f'config.set: pipeline.mode = "push_to_talk" needs the hotkey, but {no_hotkey}; '
+            'use "both", or set the mode in config.toml and restart'
+        )
     return new
 
 
