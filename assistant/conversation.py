@@ -31,7 +31,7 @@ from assistant.config import Config
 from assistant.context import ChatContext
 from assistant.endofturn import EndOfTurnPolicy, vad_settings
 from assistant.engines import Engines, VadLike
-from assistant.errors import AudioDeviceError, ConfigError, InputError
+from assistant.errors import AudioDeviceError, InputError
 from assistant.events import (
     BargeIn,
     DeviceStatus,
