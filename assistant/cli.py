@@ -71,6 +71,8 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
     for what, spec in models_of(cfg):  # pre-flight: a missing model or device fails in seconds, in one line
         hub.resolve(spec, what)
     _check_port(cfg)  # before the models load: a second daemon on the same port fails at once, not after warm-up
+    if cfg.wyoming.enabled:
+        _check_wyoming_ports(cfg)
     check_push_to_talk(cfg)
     from assistant.audio import devices
 
@@ -326,6 +328,7 @@ def cmd_wyoming(args: argparse.Namespace, cfg: config.Config) -> int:
     check_voice(cfg)
     for what, spec in (("STT model", cfg.stt.model_id), ("TTS model", cfg.tts.model)):
         hub.resolve(spec, what)
+    _check_wyoming_ports(cfg, handle=False)  # no LLM here: no handle service
     return asyncio.run(_run_wyoming(cfg))
 
 
@@ -758,18 +761,32 @@ def _check_llm_server(llm: config.LlmConfig) -> None:
 
 
 def _check_port(cfg: config.Config) -> None:
-    """The server can listen on server.host:server.port (binding as the server will: SO_REUSEADDR, so a port that
-    only has connections closing from the last run counts as free). AssistantError naming the fix otherwise."""
-    if not cfg.server.enabled or cfg.server.port == 0:
-        return
-    host, port = cfg.server.host, cfg.server.port
+    """The server can listen on server.host:server.port. AssistantError naming the fix otherwise."""
+    if cfg.server.enabled and cfg.server.port:
+        _check_bind(cfg.server.host, cfg.server.port, "server", "server.port", "(another `assistant run`?)")
+
+
+def _check_wyoming_ports(cfg: config.Config, handle: bool = True) -> None:
+    """The Wyoming services can listen on their ports (the handle port only beside the daemon, `handle`)."""
+    w = cfg.wyoming
+    for kind, port in (("asr", w.asr_port), ("tts", w.tts_port), ("handle", w.handle_port if handle else 0)):
+        if port:
+            who = "(another `assistant run` or `assistant wyoming`?)"
+            _check_bind(w.host, port, f"wyoming {kind}", f"wyoming.{kind}_port", who)
+
+
+def _check_bind(host: str, port: int, what: str, port_key: str, who: str) -> None:
+    """`what` ("server", "wyoming asr") can listen on host:port, binding as asyncio's servers do (SO_REUSEADDR, so
+    a port that only has connections closing from the last run counts as free); before any model loads, so a
+    second daemon fails at once, not after warm-up. AssistantError naming the config keys otherwise."""
+    section = port_key.split(".")[0]
     try:
         family, kind, _, _, address = socket.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as e:
         raise AssistantError(
-            f"server.host {host!r} is not an address of this machine ({e.strerror}); fix server.host"
+            f"{section}.host {host!r} is not an address of this machine ({e.strerror}); fix {section}.host"
         ) from e
     with socket.socket(family, kind) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -778,11 +795,10 @@ def _check_port(cfg: config.Config) -> None:
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
                 raise AssistantError(
-                    f"server port {host}:{port} is not free ({e.strerror}); stop what uses it (another "
-                    "`assistant run`?) or set server.port"
+                    f"{what} port {host}:{port} is not free ({e.strerror}); stop what uses it {who} or set {port_key}"
                 ) from e
             raise AssistantError(
-                f"cannot listen on {host}:{port} ({e.strerror}); check server.host and server.port"
+                f"cannot listen on {host}:{port} ({e.strerror}); check {section}.host and {port_key}"
             ) from e
 
 
@@ -880,6 +896,8 @@ def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
     if cfg.llm.backend == "openai":
         checks.append(_check(f"LLM server {cfg.llm.base_url}", lambda: _check_llm_server(cfg.llm)))
     checks.append(_check("server port", lambda: _check_port(cfg)))
+    if cfg.wyoming.enabled:
+        checks.append(_check("wyoming ports", lambda: _check_wyoming_ports(cfg)))
     checks.append(_check("server settings", partial(check_server_settings, cfg)))
     checks.append(_check("config folder", _check_config_dir))
     checks.append(_check("cache folder", _check_cache_dir))

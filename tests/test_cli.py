@@ -177,6 +177,26 @@ def test_run_on_a_port_in_use_fails_before_loading(tmp_path: Path) -> None:
     assert out.stderr.startswith("assistant: error: server.host '999.1.1.1' is not an address of this machine")
 
 
+def test_a_wyoming_port_in_use_fails_before_loading(tmp_path: Path) -> None:
+    """`run` with wyoming.enabled and `assistant wyoming` on a Wyoming port already listening fail in one line before
+    any model loads (they loaded every model first), and `doctor` fails that port (it checked only the server's)."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        wyoming = ["--set", f"wyoming.tts_port={port}", "--set", "wyoming.asr_port=0"]
+        line = (
+            f"wyoming tts port 127.0.0.1:{port} is not free (Address already in use); stop what uses it (another "
+            "`assistant run` or `assistant wyoming`?) or set wyoming.tts_port"
+        )
+        ran = run(["run", *empty_models(tmp_path), "--set", "wyoming.enabled=true", *wyoming], no_sound_env(tmp_path))
+        served = run(["wyoming", *empty_models(tmp_path / "b"), *wyoming], no_sound_env(tmp_path))
+        doctor = run(["doctor", "--set", "wyoming.enabled=true", *wyoming], no_sound_env(tmp_path))
+    assert ran.returncode == served.returncode == 2
+    assert ran.stderr.strip().splitlines() == served.stderr.strip().splitlines() == [f"assistant: error: {line}"]
+    assert f"  FAIL  wyoming ports: {line}" in doctor.stdout.splitlines()
+
+
 def test_the_silence_detector_loads_no_end_of_turn_model(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """With endofturn.detector = "silence" start-up logs the STT, LLM, TTS and voice loads and no end-of-turn model
     (it logged `loaded end-of-turn model model=pipecat-ai/smart-turn-v3` that it never loaded)."""
