@@ -516,10 +516,14 @@ class Conversation:
     def set_instructions(self, text: str) -> None:
         self.context.set_instructions(text)
 
-    def set_voice(self, name: str) -> None:
-        """Replies started after voice `name` is loaded (on the compute thread) speak with it; ConfigError naming
-        the voices when it is unknown or does not fit the loaded TTS model."""
+    def check_voice(self, name: str) -> None:
+        """ConfigError naming the voices when `name` is unknown or does not fit the loaded TTS model."""
         settings.check_voice(cast(settings.VoiceCatalog, self.engines.tts), name, prefix="")
+
+    def set_voice(self, name: str) -> None:
+        """Replies started after voice `name` is loaded (on the compute thread) speak with it; `check_voice`
+        first."""
+        self.check_voice(name)
         self._background(f"loading voice {name!r}", self.engines.use_voice, name)
 
     def set_turn_detection(

@@ -177,9 +177,12 @@ class FakeSession:
     def set_instructions(self, text: str) -> None:
         self.calls.append(("instructions", text))
 
-    def set_voice(self, name: str) -> None:
+    def check_voice(self, name: str) -> None:
         if name not in self.backend.voices:
             raise ConfigError(f"unknown voice {name!r}; voices: {', '.join(self.backend.voices)}")
+
+    def set_voice(self, name: str) -> None:
+        self.check_voice(name)
         self.calls.append(("voice", name))
 
     def set_turn_detection(
