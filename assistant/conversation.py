@@ -420,8 +420,9 @@ class Conversation:
             "muted": self.core.muted,
             "ptt": self.core.ptt,
             "speculating": self.core.speculating,
-            "device_ok": self.device_ok,
+            "device_ok": self.device_ok and self.source is not None,  # headless: no microphone to be ok
             "output_ok": self.output_ok,
+            "headless": self.source is None,
             "subscribers": self.bus.subscribers,
             "dropped_events": self.bus.dropped,
             "restart_required": list(self.restart_required),

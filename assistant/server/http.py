@@ -243,6 +243,8 @@ class HttpApp:
             status = self.controller.status()
             out["state"] = status.get("state")
             out["devices"] = {**out.get("devices", {}), "ok": status.get("device_ok")}
+            if status.get("headless"):  # no sound card: the clients bring the audio
+                out["devices"] |= {"input": None, "output": None}
         out["realtime"] = self.realtime()
         return json_response(out)
 
