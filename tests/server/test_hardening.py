@@ -356,6 +356,28 @@ def test_refused_handshakes_do_not_flood_the_log(caplog: pytest.LogCaptureFixtur
 # ---- admission -----------------------------------------------------------------------------------------------
 
 
+def test_a_session_that_is_closing_does_not_refuse_the_next() -> None:
+    """With realtime_sessions = 1, a client that closes its session and reconnects at once gets a session (it was
+    refused `1 realtime sessions are open` while the server still closed the old one); a second client beside an
+    open session is still refused."""
+
+    async def created(server: ControlServer) -> str:
+        async with connect(url(server, "/v1/realtime"), additional_headers=BEARER) as ws:
+            first = await recv(ws)
+            return str(first["type"] if first["type"] != "error" else first["error"]["code"])
+
+    async def body() -> list[str]:
+        async with running(realtime_sessions=1) as (server, _, backend):
+            backend.close_delay_s = 0.3  # closing awaits the compute thread in the real backend
+            got = [await created(server) for _ in range(3)]
+            async with connect(url(server, "/v1/realtime"), additional_headers=BEARER) as held:
+                assert (await recv(held))["type"] == "session.created"
+                got.append(await created(server))
+            return got
+
+    assert asyncio.run(body()) == ["session.created"] * 3 + ["session_unavailable"]
+
+
 def test_concurrent_realtime_handshakes_cannot_pass_the_session_limit() -> None:
     """32 concurrent /v1/realtime handshakes with realtime_sessions = 2 open exactly 2 sessions."""
 
