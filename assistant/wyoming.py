@@ -30,7 +30,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
@@ -59,6 +59,7 @@ from assistant.audio.format import CAPTURE_RATE, StreamResampler, float32_to_int
 from assistant.compute import Compute, Priority
 from assistant.config import Config
 from assistant.errors import AssistantError, InputError
+from assistant.settings import VoiceCatalog, check_voice
 from assistant.stt import Transcriber
 from assistant.text import ClauseChunker, sentences
 
@@ -434,6 +435,8 @@ class TtsHandler(AsyncEventHandler):
     async def _voice(self, name: str | None) -> Any:
         if name is not None and not isinstance(name, str):
             raise InputError(f"voice name must be a string, got {name!r}")
+        if name:  # the voices that fit, and no path of this machine (the TTS's own message names its folder)
+            check_voice(cast(VoiceCatalog, self.svc.engines.tts), name, prefix="")
         return await self.svc.compute.run(self.svc.engines.tts.voice, name or None, priority=PRIORITY)
 
     async def _send_audio(self, chunk: np.ndarray, started: bool) -> None:

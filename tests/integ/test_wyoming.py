@@ -598,3 +598,20 @@ def test_handle_reports_a_model_failure_and_keeps_serving(rig: Rig) -> None:
     assert [e.type for e in failed] == ["handled-start", "error"]
     assert Error.from_event(failed[-1]).text == "answering failed: RuntimeError: Metal ran out of memory"
     assert [e.type for e in ok] == ["handled-start", "handled-chunk", "handled-stop", "handled"]
+
+
+def test_a_voice_error_names_the_voices_that_fit_and_no_server_path(rig: Rig) -> None:
+    """An unknown voice and a voice the loaded model cannot speak get errors naming the voices (those that fit),
+    without the server's voices folder path (it sent `voices in /path/on/the/server/voices: ...`)."""
+
+    async def body(s: WyomingServices) -> list[str]:
+        out = []
+        async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:
+            for name in ("nobody", "clone"):
+                await c.write_event(Synthesize(text="Hello.", voice=SynthesizeVoice(name=name)).event())
+                out.append(Error.from_event(await read(c)).text)
+        return out
+
+    unknown, unfit = rig.serve(body)
+    assert unknown.startswith("unknown voice 'nobody'; voices: ") and "vivian" in unknown and "/" not in unknown
+    assert unfit.startswith("voice 'clone' (clone) does not fit the loaded custom_voice model; voices that do: ")
