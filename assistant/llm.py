@@ -30,6 +30,8 @@ log = logging.getLogger("assistant.llm")
 # long prompt (a 4,000-character ask) holds the compute thread before a voice reply's step (benchmarks/
 # server_fairness.py: 512 delayed another client's first audio by 3 TTS chunk steps, 128 by a third of one).
 PREFILL_STEP = 128
+# The files a tokenizer loads from: fast (tokenizers), SentencePiece, BPE vocabulary, tiktoken.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
 # When the history overflows llm.history_tokens, drop the oldest turns until it fits in this fraction of the
 # budget, so a truncation (which invalidates the cache) happens once per several turns, not on every turn.
 TRUNCATE_TO = 0.75
@@ -296,8 +298,15 @@ class Chat:
         try:
             model, tokenizer, *_ = mlx_load(str(path))
         except Exception as e:  # mlx-lm raises ValueError, FileNotFoundError, KeyError... for bad folders
+            has_tokenizer = any((path / n).is_file() for n in TOKENIZER_FILES) or any(path.glob("*.tiktoken"))
+            if (path / "config.json").is_file() and not has_tokenizer:
+                raise ModelError(  # transformers' own message is six lines about sentencepiece
+                    f"LLM `{cfg.model}` has no tokenizer file in {path} (tokenizer.json, tokenizer.model, "
+                    "vocab.json or *.tiktoken); run `assistant pull` again, or copy the model's tokenizer files in"
+                ) from e
+            detail = " ".join(str(e).split())[:300]  # one line
             raise ModelError(
-                f"LLM `{cfg.model}` failed to load from {path}: {type(e).__name__}: {e}; check that the folder "
+                f"LLM `{cfg.model}` failed to load from {path}: {type(e).__name__}: {detail}; check that the folder "
                 "holds an mlx-lm model (config.json, *.safetensors, tokenizer files) of a supported architecture"
             ) from e
         return cls(model, tokenizer, cfg)

@@ -243,6 +243,8 @@ class HttpApp:
             status = self.controller.status()
             out["state"] = status.get("state")
             out["devices"] = {**out.get("devices", {}), "ok": status.get("device_ok")}
+            if status.get("headless"):  # no sound card: the clients bring the audio
+                out["devices"] |= {"input": None, "output": None}
         out["realtime"] = self.realtime()
         return json_response(out)
 
@@ -513,7 +515,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app:
     peer = peername[0] if isinstance(peername, tuple) else None
     try:
         try:
-            req = await _read(reader, peer)
+            req = await _read(reader, peer, writer)
         except HttpError as e:
             await _send(writer, Response(e.status, error_body(e)), head_only=False)
             return
@@ -531,7 +533,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app:
             await writer.wait_closed()
 
 
-async def _read(reader: asyncio.StreamReader, peer: str | None) -> Request:
+async def _read(reader: asyncio.StreamReader, peer: str | None, writer: asyncio.StreamWriter) -> Request:
     try:
         async with asyncio.timeout(HEAD_TIMEOUT_S):
             head = await reader.readuntil(b"\r\n\r\n")
@@ -549,6 +551,8 @@ async def _read(reader: asyncio.StreamReader, peer: str | None) -> Request:
     if length > MAX_BODY_BYTES:
         raise HttpError(413, f"the body is {length} bytes, over {MAX_BODY_BYTES}; send a shorter file")
     body = b""
+    if length and (req.header("Expect") or "").lower() == "100-continue":
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # the client holds the body back until it hears this
     if length:
         try:
             async with asyncio.timeout(HEAD_TIMEOUT_S * (1 + length / 1_048_576)):
