@@ -461,7 +461,7 @@ class Chat:
     def _sample(self, logits: mx.array, tokens: Sequence[int]) -> int:
         logits = logits[None]
         if self._processors:
-            context = mx.array(tokens[-REPETITION_CONTEXT:], dtype=mx.int32)
+            context = mx.array(list(tokens[-REPETITION_CONTEXT:]), dtype=mx.int32)
             for processor in self._processors:
                 logits = processor(context, logits)
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)

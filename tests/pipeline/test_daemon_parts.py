@@ -93,7 +93,8 @@ def test_status_line_renders_state_and_latency() -> None:
 
 
 def test_serve_warms_the_engines_before_it_reports_listening() -> None:
-    """serve() has every engine's warmup() (STT, LLM, TTS) run on the compute thread before ready() (before "listening")."""
+    """serve() has every engine's warmup() (STT, LLM, TTS) run on the compute thread before ready() (before
+    "listening")."""
 
     async def main() -> None:
         async with Harness() as h:
