@@ -31,7 +31,7 @@ from assistant.config import Config
 from assistant.context import ChatContext
 from assistant.endofturn import EndOfTurnPolicy, vad_settings
 from assistant.engines import Engines, VadLike
-from assistant.errors import AudioDeviceError, ConfigError, InputError
+from assistant.errors import AudioDeviceError, InputError
 from assistant.events import (
     BargeIn,
     DeviceStatus,
@@ -425,8 +425,9 @@ class Conversation:
             "muted": self.core.muted,
             "ptt": self.core.ptt,
             "speculating": self.core.speculating,
-            "device_ok": self.device_ok,
+            "device_ok": self.device_ok and self.source is not None,  # headless: no microphone to be ok
             "output_ok": self.output_ok,
+            "headless": self.source is None,
             "subscribers": self.bus.subscribers,
             "dropped_events": self.bus.dropped,
             "restart_required": list(self.restart_required),
@@ -489,7 +490,7 @@ class Conversation:
             )
         offered = self.tools.set_app_tools(owner, tools, timeout_s, send)
         self._offer([t.schema() for t in offered])
-        return [t.name for t in offered]
+        return [t.name for t in offered] if self.engines.chat.can_call_tools else []
 
     def app_tool_result(self, owner: str, call_id: str, output: str, error: str | None = None) -> None:
         """The app's answer to a tool call it was sent; InputError when none of its calls awaits `call_id`."""
@@ -501,6 +502,8 @@ class Conversation:
             self._offer([t.schema() for t in offered])
 
     def _offer(self, schemas: list[dict[str, Any]], choice: ToolChoice = AUTO) -> None:
+        if schemas and not self.engines.chat.can_call_tools:
+            return  # none can be offered: the start said so once ("tools are off")
         self._background("offering the tools to the LLM", offer_tools, self.engines.chat, schemas, choice)
 
     def history_get(self) -> list[dict[str, Any]]:
@@ -519,12 +522,14 @@ class Conversation:
     def set_instructions(self, text: str) -> None:
         self.context.set_instructions(text)
 
+    def check_voice(self, name: str) -> None:
+        """ConfigError naming the voices when `name` is unknown or does not fit the loaded TTS model."""
+        settings.check_voice(cast(settings.VoiceCatalog, self.engines.tts), name, prefix="")
+
     def set_voice(self, name: str) -> None:
-        """Replies started after voice `name` is loaded (on the compute thread) speak with it; ConfigError naming
-        the voices when it is unknown."""
-        names = self.engines.tts.voice_names()
-        if name not in names:
-            raise ConfigError(f"unknown voice {name!r}; voices: {', '.join(sorted(names))}")
+        """Replies started after voice `name` is loaded (on the compute thread) speak with it; `check_voice`
+        first."""
+        self.check_voice(name)
         self._background(f"loading voice {name!r}", self.engines.use_voice, name)
 
     def set_turn_detection(

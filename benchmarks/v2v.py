@@ -446,20 +446,6 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                     break
                 source.next_turn.set()
                 continue
-            end = source.true_ends[-1]  # a new turn starts only after this answer (next_turn below)
-            first = next((w for w in sink.writes if w > end), None)
-            if len(traces) > 0 and first is not None:
-                e2e.append(1000.0 * (first - end))
-                decided = [t for t in endpoints if end <= t <= first]
-                if decided:  # the last decision before the first sample (a reopened turn decides twice)
-                    after_endpoint.append(1000.0 * (first - decided[-1]))
-                    decision.append(1000.0 * (decided[-1] - end))
-                    spec = next((t for t in reversed(specs) if end - 1.0 <= t <= decided[-1]), None)
-                    hop = breakdown(decided[-1], first, spec, compute.jobs)
-                    if hop is not None:
-                        hops.append(hop)
-                        shown = {k: round(v, 1) if isinstance(v, float) else v for k, v in hop.items()}
-                        print(f"[v2v] after the endpoint: {shown}", file=sys.stderr, flush=True)
             if len(traces) > 0:  # the trace comes once the reply has played: its gaps are all in
                 gaps.append(1000.0 * (sink.gap_s - gap_mark))
             gap_mark = sink.gap_s
@@ -477,6 +463,18 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         if args.job_log:
             write_job_log(Path(args.job_log), compute.jobs, endpoints, specs, source.true_ends, sink.writes)
     timed = traces[1:]
+    for end, decided, first in answered(source.true_ends, endpoints, sink.writes):
+        if end == source.true_ends[0]:
+            continue  # the warm-up turn
+        e2e.append(1000.0 * (first - end))
+        after_endpoint.append(1000.0 * (first - decided))
+        decision.append(1000.0 * (decided - end))
+        spec = next((t for t in reversed(specs) if end - 1.0 <= t <= decided), None)
+        hop = breakdown(decided, first, spec, compute.jobs)
+        if hop is not None:
+            hops.append(hop)
+            shown = {k: round(v, 1) if isinstance(v, float) else v for k, v in hop.items()}
+            print(f"[v2v] after the endpoint: {shown}", file=sys.stderr, flush=True)
 
     def col(name: str) -> list[float]:
         return [v for t in timed if (v := getattr(t, name)) is not None]
@@ -535,6 +533,20 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "turns whose reply started more than once": sum(h["reply starts"] > 1 for h in hops),
         },
     }
+
+
+def answered(ends: list[float], endpoints: list[float], writes: list[float]) -> list[tuple[float, float, float]]:
+    """(true end of speech, end-of-turn decision, first sample written) per answered turn, oldest first. Each
+    decision is paired with the last true end before it and the first sample written after it, so a turn answered
+    late (after a timeout, while the source has spoken again) still gets its own times; a turn decided twice (a
+    reopened turn) counts its last decision before that sample."""
+    turns: dict[float, tuple[float, float, float]] = {}
+    for decided in sorted(endpoints):
+        first = next((w for w in writes if w > decided), None)
+        end = max((e for e in ends if e <= decided), default=None)
+        if first is not None and end is not None:
+            turns[first] = (end, decided, first)
+    return sorted(turns.values())
 
 
 def write_job_log(

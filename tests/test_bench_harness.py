@@ -101,6 +101,17 @@ def test_v2v_breakdown_clips_each_hop_at_the_endpoint() -> None:
     assert round(hops["compute: idle"], 3) == 10.0
 
 
+def test_v2v_pairs_each_decision_with_its_own_speech_and_sample() -> None:
+    """A turn answered after a timeout (the source already spoke again) is timed from its own true end to its own
+    first sample; a turn decided twice counts its last decision; a true end never decided is no turn."""
+    from benchmarks.v2v import answered
+
+    ends = [10.0, 35.0, 60.0, 63.0]  # 35: spoken after a timeout, never decided; 60 answered only at 60.2
+    endpoints = [10.2, 60.1, 60.2, 63.2]  # 10.2: the slow first turn; 60.1 and 60.2: one reopened turn
+    writes = [40.0, 40.1, 60.3, 60.4, 63.3]  # 40.0: the slow turn's first sample, after the source spoke at 35
+    assert answered(ends, endpoints, writes) == [(10.0, 10.2, 40.0), (60.0, 60.2, 60.3), (63.0, 63.2, 63.3)]
+
+
 def test_v2v_forced_reply_keeps_the_models_steps_and_scripts_the_words() -> None:
     """Prefill steps pass through, each decode step becomes the next scripted word even when the model's delta
     is empty (random weights sample byte tokens that decode to nothing), and the answer ends (closing the

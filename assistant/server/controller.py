@@ -88,7 +88,8 @@ class RealtimeSession(Protocol):
     """
 
     def set_instructions(self, text: str) -> None: ...
-    def set_voice(self, name: str) -> None: ...  # ConfigError naming the voices when unknown
+    def check_voice(self, name: str) -> None: ...  # ConfigError naming the voices when unknown or unfit
+    def set_voice(self, name: str) -> None: ...  # the same check, then the voice from the next reply on
     @property
     def can_call_tools(self) -> bool: ...  # False: functions offered would never be called (no tool format)
     def set_turn_detection(

@@ -253,6 +253,8 @@ class HttpApp:
             status = self.controller.status()
             out["state"] = status.get("state")
             out["devices"] = {**out.get("devices", {}), "ok": status.get("device_ok")}
+            if status.get("headless"):  # no sound card: the clients bring the audio
+                out["devices"] |= {"input": None, "output": None}
         out["realtime"] = self.realtime()
         return json_response(out)
 
@@ -523,7 +525,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app:
     peer = peername[0] if isinstance(peername, tuple) else None
     try:
         try:
-            req = await _read(reader, writer, peer)
+            req = await _read(reader, peer, writer)
         except HttpError as e:
             await _send(writer, Response(e.status, error_body(e)), head_only=False)
             return
@@ -541,7 +543,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app:
             await writer.wait_closed()
 
 
-async def _read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str | None) -> Request:
+async def _read(reader: asyncio.StreamReader, peer: str | None, writer: asyncio.StreamWriter) -> Request:
     try:
         async with asyncio.timeout(HEAD_TIMEOUT_S):
             head = await reader.readuntil(b"\r\n\r\n")

@@ -226,11 +226,14 @@ class RealtimeConversation:
         choice = ev.tool_choice or s.tool_choice
         if ev.tools is not None or ev.tool_choice is not None:
             _check_choice(choice, tools, "session.tool_choice", ev.event_id, self.session.can_call_tools)
+        profile = None
+        if ev.voice is not None:  # checked before the detection below changes the session
+            profile = self.resolve_voice(ev.voice) if self.resolve_voice is not None else ev.voice
+            self.session.check_voice(profile)
         if ev.turn_detection_given:  # first: semantic_vad without its model is refused before anything changes
             self._detect(ev.turn_detection)
             s = replace(s, detection=ev.turn_detection)
-        if ev.voice is not None:
-            profile = self.resolve_voice(ev.voice) if self.resolve_voice is not None else ev.voice
+        if ev.voice is not None and profile is not None:
             self.session.set_voice(profile)
             s = replace(s, voice=ev.voice)
         if ev.instructions is not None:

@@ -30,6 +30,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from assistant import compute, events
@@ -61,6 +62,7 @@ LOG_BURST, LOG_PER_S = 10, 1.0  # connection log lines: bursts of 10, then one a
 CLOSE_NOT_READING = 1008  # policy violation: the client sends but does not read its replies
 CLOSE_TOO_SLOW = 1013  # try again later: the client cannot keep up with a stream it asked for
 CLOSE_WAIT_S = 1.0  # how long a client closed for not reading gets to answer the close
+CLOSING_WAIT_S = 5.0  # a new Realtime client waits at most this long for a session whose client left to close
 MAX_HTTP_REQUESTS = 16  # HTTP requests served at once; more get 503 (each may hold an upload of up to 25 MiB)
 
 
@@ -188,6 +190,8 @@ class ControlServer:
         self.clients: set[Client] = set()
         self.sessions = 0  # Realtime sessions opened so far (numbers their ids)
         self.admitted = 0  # Realtime sessions open or opening: reserved before the first await
+        self.realtime_clients: set[Client] = set()  # the clients of those sessions
+        self.released = asyncio.Condition()  # notified whenever a session gives its place back
         self.server: Server | None = None
         self.fanout: asyncio.Task[None] | None = None
         self.handler_errors = 0  # unexpected exceptions caught per message (the fuzz test wants zero)
@@ -502,6 +506,10 @@ class ControlServer:
     async def _serve_realtime(self, client: Client, beta: bool) -> None:
         assert self.backend is not None
         limit = self.cfg.realtime_sessions
+        if self.admitted >= limit and self._leaving():  # a client that left and came back: its place frees soon
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSING_WAIT_S), self.released:
+                    await self.released.wait_for(lambda: self.admitted < limit or not self._leaving())
         if self.admitted >= limit:  # checked and reserved with no await between: concurrent opens cannot race
             out = rp.ServerEvents(beta=beta)
             why = f"{limit} realtime sessions are open, the most allowed; close one or raise server.realtime_sessions"
@@ -509,10 +517,18 @@ class ControlServer:
             await client.ws.close(CLOSE_TOO_SLOW, "too many sessions")
             return
         self.admitted += 1
+        self.realtime_clients.add(client)
         try:
             await self._run_realtime(client, beta, self.backend)
         finally:
             self.admitted -= 1
+            self.realtime_clients.discard(client)
+            async with self.released:
+                self.released.notify_all()
+
+    def _leaving(self) -> bool:
+        """Whether a Realtime session's client has closed its connection (the session is still closing)."""
+        return any(c.ws.state is not State.OPEN for c in self.realtime_clients)
 
     async def _run_realtime(self, client: Client, beta: bool, backend: RealtimeBackend) -> None:
         try:

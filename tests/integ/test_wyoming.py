@@ -318,6 +318,33 @@ def test_hostile_input_gets_error_events_and_the_server_keeps_serving(rig: Rig) 
     assert all("\n" not in e for e in errors)
 
 
+@pytest.mark.parametrize("field", ["payload_length", "data_length"])
+def test_a_frame_larger_than_any_request_is_refused_before_it_is_read(rig: Rig, field: str) -> None:
+    """A frame header declaring a payload or data of a gigabyte gets an error event at once and its connection
+    ends, unread (the service buffered whatever the client sent towards it: 600 MB sent, +650 MB of memory); the
+    service then still serves."""
+
+    async def body(s: WyomingServices) -> tuple[dict[str, Any], bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.asr_port)
+        header = {"type": "audio-chunk", "data": {"rate": 16000, "width": 2, "channels": 1}, field: 10**9}
+        writer.write(json.dumps(header).encode() + b"\n" + bytes(4096))
+        await writer.drain()
+        head = json.loads(await asyncio.wait_for(reader.readline(), READ_S))
+        data = json.loads(await asyncio.wait_for(reader.readexactly(head["data_length"]), READ_S))
+        rest = await asyncio.wait_for(reader.read(), READ_S)
+        writer.close()
+        async with AsyncTcpClient("127.0.0.1", s.asr_port) as c:
+            await c.write_event(Describe().event())
+            assert (await read(c)).type == "info"
+        return {"type": head["type"], **data}, rest
+
+    error, rest = rig.serve(body)
+    assert error["type"] == "error" and error["code"] == "frame-too-large"
+    assert error["text"].startswith(f"a frame of {10**9} bytes is over the ")
+    assert "send the audio in smaller chunks" in error["text"]
+    assert rest == b""  # the connection ended
+
+
 def test_a_lone_surrogate_in_the_text_is_a_bad_request(rig: Rig) -> None:
     """A synthesize event whose text holds a lone surrogate escape gets an error naming it, then its connection
     ends as for any failed request (it answered with the tokenizer's `TypeError: TextInputSequence must be str`)."""
@@ -595,3 +622,70 @@ def test_a_client_gone_mid_synthesis_ends_quietly(rig: Rig, caplog: pytest.LogCa
     assert after[-1] == "audio-stop"
     noisy = [r for r in caplog.records if r.name.startswith("assistant.wyoming") and r.levelno >= logging.WARNING]
     assert noisy == [], [r.getMessage() for r in noisy]
+
+
+def test_handle_refuses_a_transcript_over_max_text_chars(rig: Rig) -> None:
+    """A handle transcript longer than wyoming.max_text_chars gets an error naming the limit and never reaches the
+    LLM (it went whole into the prompt: megabytes of text to prefill); the next transcript is handled."""
+    from http.server import BaseHTTPRequestHandler
+
+    from assistant.llm_remote import RemoteChat
+    from tests.llm.servers import Script, ScriptedServer, sse, text_chunk
+
+    asked: list[str] = []
+
+    def respond(h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        asked.append(body["messages"][-1]["content"])
+        sse(h, [text_chunk("Hi.")])
+
+    with ScriptedServer(Script(respond)) as srv:
+        chat = RemoteChat(rig.cfg.replace({"llm.backend": "openai", "llm.base_url": srv.base_url}).llm)
+        engines = SpeechEngines(rig.engines.new_transcriber, rig.engines.tts, chat.new_conversation)
+        too_long, ok = handle_turn(rig, engines, ["x" * (rig.cfg.wyoming.max_text_chars + 1), "hello"])
+    assert [e.type for e in too_long] == ["error"]
+    assert Error.from_event(too_long[0]).text == (
+        f"transcript longer than wyoming.max_text_chars = {rig.cfg.wyoming.max_text_chars}; send less"
+    )
+    assert ok[-1].type == "handled" and ok[-1].data["text"] == "Hi." and asked == ["hello"]
+
+
+def test_handle_reports_a_model_failure_and_keeps_serving(rig: Rig) -> None:
+    """An LLM that fails with an unexpected error gives the handle client an `error` event naming it, and the same
+    connection answers the next transcript (the connection died without a word, as the ASR and TTS ones did not)."""
+
+    class Failing:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def respond(self, text: str) -> Any:
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("Metal ran out of memory")
+            yield "Fine."
+
+        def finish_turn(self, heard: str | None) -> None:
+            pass
+
+    chat = Failing()
+    engines = SpeechEngines(rig.engines.new_transcriber, rig.engines.tts, lambda: chat)
+    failed, ok = handle_turn(rig, engines, ["hello", "hello again"])
+    assert [e.type for e in failed] == ["handled-start", "error"]
+    assert Error.from_event(failed[-1]).text == "answering failed: RuntimeError: Metal ran out of memory"
+    assert [e.type for e in ok] == ["handled-start", "handled-chunk", "handled-stop", "handled"]
+
+
+def test_a_voice_error_names_the_voices_that_fit_and_no_server_path(rig: Rig) -> None:
+    """An unknown voice and a voice the loaded model cannot speak get errors naming the voices (those that fit),
+    without the server's voices folder path (it sent `voices in /path/on/the/server/voices: ...`)."""
+
+    async def body(s: WyomingServices) -> list[str]:
+        out = []
+        for name in ("nobody", "clone"):  # a failed synthesize ends its connection
+            async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:
+                await c.write_event(Synthesize(text="Hello.", voice=SynthesizeVoice(name=name)).event())
+                out.append(Error.from_event(await read(c)).text)
+        return out
+
+    unknown, unfit = rig.serve(body)
+    assert unknown.startswith("unknown voice 'nobody'; voices: ") and "vivian" in unknown and "/" not in unknown
+    assert unfit.startswith("voice 'clone' (clone) does not fit the loaded custom_voice model; voices that do: ")
