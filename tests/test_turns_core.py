@@ -269,7 +269,8 @@ def ptt_overrides_vad(policy: Policy) -> None:
 
 
 def manual_commit(policy: Policy) -> None:
-    """Without turn detection audio waits for commit; the transcript queues with a text item; create answers both."""
+    """Without turn detection audio waits for commit; the transcript queues with a text item; create answers both,
+    in the order they were added."""
     tl = Timeline(policy)
     tl.send(SetPolicy(dataclasses.replace(policy, vad_turns=False), FixedSilence(700)))
     tl.audio(10, value=1000)
@@ -281,6 +282,15 @@ def manual_commit(policy: Policy) -> None:
     tl.transcribe("second")
     reply = tl.of(StartReply)[-1]
     assert reply.responder.user_text == "first\nsecond" and reply.confirmed  # type: ignore[attr-defined]
+    # audio committed before a text item is answered before it, though its transcript comes later
+    tl.send(ReplyDone(reply.turn, "", False, tl.now))  # type: ignore[attr-defined]
+    tl.audio(10, value=1000)
+    tl.send(Command("commit", tl.now))
+    tl.send(UserText("in Paris?", tl.now))
+    tl.send(CreateResponse(tl.now))
+    assert tl.of(StartReply)[-1] is reply, "the response waits for the transcript in flight"
+    tl.transcribe("what is the weather")
+    assert tl.of(StartReply)[-1].responder.user_text == "what is the weather\nin Paris?"  # type: ignore[attr-defined]
 
 
 def function_outputs_continue(policy: Policy) -> None:

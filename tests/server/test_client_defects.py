@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -15,18 +17,19 @@ from assistant.server import realtime_protocol as rp
 from assistant.server.protocol import WireError
 from assistant.server.realtime import RealtimeConversation
 from tests.server.fakes import FakeBackend, FakeSession
-from tests.server.helpers import TOKEN, client, recv, running, until
+from tests.server.helpers import TOKEN, client, collect, recv, running, until
 
 
-async def _until(conn: Any, last: str) -> list[Any]:
-    """SDK events up to and including the first of type `last`."""
-    out = []
-    async with asyncio.timeout(10):
-        async for ev in conn:
-            out.append(ev)
-            if ev.type == last:
-                return out
-    raise AssertionError(f"connection ended before {last}")
+@contextlib.asynccontextmanager
+async def _asked(port: int, text: str) -> AsyncIterator[Any]:
+    """An SDK Realtime connection that has added the user message `text` and asked for a response."""
+    sdk = AsyncOpenAI(api_key=TOKEN, websocket_base_url=f"ws://127.0.0.1:{port}/v1", max_retries=0)
+    async with sdk.realtime.connect(model="assistant") as conn:
+        await collect(conn, "session.created")
+        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+        await conn.conversation.item.create(item=item)
+        await conn.response.create()
+        yield conn
 
 
 def test_cancel_then_truncate_of_the_reply_in_progress_is_applied() -> None:
@@ -37,23 +40,18 @@ def test_cancel_then_truncate_of_the_reply_in_progress_is_applied() -> None:
     async def body() -> None:
         async with running() as (server, _, backend):
             backend.hold_replies = asyncio.Event()
-            sdk = AsyncOpenAI(api_key=TOKEN, websocket_base_url=f"ws://127.0.0.1:{server.port}/v1", max_retries=0)
-            async with sdk.realtime.connect(model="assistant") as conn:
-                await _until(conn, "session.created")
-                item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Tell me."}]}
-                await conn.conversation.item.create(item=item)
-                await conn.response.create()
-                delta = (await _until(conn, "response.output_audio.delta"))[-1]
+            async with _asked(server.port, "Tell me.") as conn:
+                delta = (await collect(conn, "response.output_audio.delta"))[-1]
                 await conn.response.cancel()
                 await conn.conversation.item.truncate(item_id=delta.item_id, content_index=0, audio_end_ms=20)
-                got = await _until(conn, "response.done")
+                got = await collect(conn, "response.done")
                 kinds = [e.type for e in got]
                 assert "error" not in kinds, [e for e in got if e.type == "error"]
                 assert "conversation.item.truncated" in kinds
                 assert got[-1].response.status == "cancelled"
                 # a second truncate of the finished item is checked against the 20 ms now kept
                 await conn.conversation.item.truncate(item_id=delta.item_id, content_index=0, audio_end_ms=30)
-                refused = (await _until(conn, "error"))[-1]
+                refused = (await collect(conn, "error"))[-1]
                 assert "past the 20 ms" in refused.error.message
         calls = backend.sessions[0].calls
         assert calls.index(("cancel", None)) < calls.index(("truncate", (1, 20)))
@@ -158,20 +156,15 @@ def test_response_cancel_names_the_response_it_cancels() -> None:
     async def body() -> None:
         async with running() as (server, _, backend):
             backend.hold_replies = asyncio.Event()
-            sdk = AsyncOpenAI(api_key=TOKEN, websocket_base_url=f"ws://127.0.0.1:{server.port}/v1", max_retries=0)
-            async with sdk.realtime.connect(model="assistant") as conn:
-                await _until(conn, "session.created")
-                item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Go on."}]}
-                await conn.conversation.item.create(item=item)
-                await conn.response.create()
-                created = (await _until(conn, "response.created"))[-1]
+            async with _asked(server.port, "Go on.") as conn:
+                created = (await collect(conn, "response.created"))[-1]
                 await conn.send({"type": "response.cancel", "response_id": "resp_old", "event_id": "cancel_1"})
-                refused = (await _until(conn, "error"))[-1]
+                refused = (await collect(conn, "error"))[-1]
                 assert refused.error.code == "response_cancel_not_active" and refused.error.event_id == "cancel_1"
                 assert "resp_old" in refused.error.message
                 assert ("cancel", None) not in backend.sessions[0].calls
                 await conn.response.cancel(response_id=created.response.id)
-                done = (await _until(conn, "response.done"))[-1]
+                done = (await collect(conn, "response.done"))[-1]
                 assert done.response.status == "cancelled" and done.response.id == created.response.id
 
     asyncio.run(body())
@@ -271,28 +264,6 @@ def test_speech_failing_mid_stream_ends_the_body_unfinished() -> None:
     answer = asyncio.run(body())
     assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1") == 1, answer[-300:]
     assert b"%x\r\n" % 4800 in answer and not answer.endswith(b"0\r\n\r\n")
-
-
-def test_user_messages_are_answered_in_the_order_they_were_added() -> None:
-    """Audio committed before a text item reaches the model before that text (the text went first, since it
-    joined at once and the audio only when its transcript came), and text added after a commit still waits for
-    that transcript."""
-    import dataclasses
-
-    from assistant.endofturn import FixedSilence
-    from assistant.turns import Command, CreateResponse, SetPolicy, StartReply, UserText
-    from tests.test_turns_core import REALTIME, Timeline
-
-    tl = Timeline(REALTIME)
-    tl.send(SetPolicy(dataclasses.replace(REALTIME, vad_turns=False), FixedSilence(700)))
-    tl.audio(10, value=1000)
-    tl.send(Command("commit", tl.now))
-    tl.send(UserText("in Paris?", tl.now))
-    tl.send(CreateResponse(tl.now))
-    assert not tl.of(StartReply), "the response waits for the transcript in flight"
-    tl.transcribe("what is the weather")
-    reply = tl.of(StartReply)[-1]
-    assert isinstance(reply, StartReply) and reply.responder.user_text == "what is the weather\nin Paris?"
 
 
 def test_the_agents_sdk_tracing_update_is_accepted_and_reported_off() -> None:
