@@ -71,6 +71,8 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
     for what, spec in models_of(cfg):  # pre-flight: a missing model or device fails in seconds, in one line
         hub.resolve(spec, what)
     _check_port(cfg)  # before the models load: a second daemon on the same port fails at once, not after warm-up
+    if cfg.wyoming.enabled:
+        _check_wyoming_ports(cfg)
     check_push_to_talk(cfg)
     from assistant.audio import devices
 
@@ -128,13 +130,15 @@ def _tts_model_type(spec: str) -> str | None:
 
 
 def check_server_settings(cfg: config.Config) -> None:
-    """server.voice_aliases entries and the TLS files load (the server read them only after the models had
-    loaded, so a typo there cost a full start). ConfigError naming the fix."""
+    """server.voice_aliases entries, the token file and the TLS files load (the server read them only after the
+    models had loaded, so a typo there cost a full start). ConfigError naming the fix."""
     if not cfg.server.enabled:
         return
     from assistant.oneshot import parse_aliases
+    from assistant.server.auth import check_token_file
 
     parse_aliases(cfg.server.voice_aliases)
+    check_token_file(cfg.server)
     if cfg.server.tls_cert or cfg.server.tls_key:
         from assistant.server.ws import tls_context
 
@@ -324,6 +328,7 @@ def cmd_wyoming(args: argparse.Namespace, cfg: config.Config) -> int:
     check_voice(cfg)
     for what, spec in (("STT model", cfg.stt.model_id), ("TTS model", cfg.tts.model)):
         hub.resolve(spec, what)
+    _check_wyoming_ports(cfg, handle=False)  # no LLM here: no handle service
     return asyncio.run(_run_wyoming(cfg))
 
 
@@ -721,8 +726,9 @@ def _check(name: str, fn: Callable[[], object]) -> Check:
 
 
 def _check_model(spec: str, what: str) -> None:
-    """The model is there (hub.resolve) and its folder looks whole: weights, and a config.json that parses (the
-    end-of-turn model is one .onnx file). Loading it is what `run` does; this catches a truncated download."""
+    """The model is there (hub.resolve) and its folder looks whole: weights, a config.json that parses (the
+    end-of-turn model is one .onnx file), and hub.check_weights (no file cut short, no shard or part missing).
+    Loading it is what `run` does; this catches a truncated or interrupted download."""
 
     path = hub.resolve(spec, what)
     if not any(path.rglob("*.safetensors")) and not any(path.rglob("*.onnx")):
@@ -735,6 +741,7 @@ def _check_model(spec: str, what: str) -> None:
             raise AssistantError(f"{what} folder {path} has no config.json; run `assistant pull` or fix the path")
         return
     hub.read_json_object(config_json, str(config_json), "run `assistant pull` again or fix the file")
+    hub.check_weights(path, "run `assistant pull` again (or copy the model anew)")
 
 
 def _check_llm_server(llm: config.LlmConfig) -> None:
@@ -754,18 +761,32 @@ def _check_llm_server(llm: config.LlmConfig) -> None:
 
 
 def _check_port(cfg: config.Config) -> None:
-    """The server can listen on server.host:server.port (binding as the server will: SO_REUSEADDR, so a port that
-    only has connections closing from the last run counts as free). AssistantError naming the fix otherwise."""
-    if not cfg.server.enabled or cfg.server.port == 0:
-        return
-    host, port = cfg.server.host, cfg.server.port
+    """The server can listen on server.host:server.port. AssistantError naming the fix otherwise."""
+    if cfg.server.enabled and cfg.server.port:
+        _check_bind(cfg.server.host, cfg.server.port, "server", "server.port", "(another `assistant run`?)")
+
+
+def _check_wyoming_ports(cfg: config.Config, handle: bool = True) -> None:
+    """The Wyoming services can listen on their ports (the handle port only beside the daemon, `handle`)."""
+    w = cfg.wyoming
+    for kind, port in (("asr", w.asr_port), ("tts", w.tts_port), ("handle", w.handle_port if handle else 0)):
+        if port:
+            who = "(another `assistant run` or `assistant wyoming`?)"
+            _check_bind(w.host, port, f"wyoming {kind}", f"wyoming.{kind}_port", who)
+
+
+def _check_bind(host: str, port: int, what: str, port_key: str, who: str) -> None:
+    """`what` ("server", "wyoming asr") can listen on host:port, binding as asyncio's servers do (SO_REUSEADDR, so
+    a port that only has connections closing from the last run counts as free); before any model loads, so a
+    second daemon fails at once, not after warm-up. AssistantError naming the config keys otherwise."""
+    section = port_key.split(".")[0]
     try:
         family, kind, _, _, address = socket.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as e:
         raise AssistantError(
-            f"server.host {host!r} is not an address of this machine ({e.strerror}); fix server.host"
+            f"{section}.host {host!r} is not an address of this machine ({e.strerror}); fix {section}.host"
         ) from e
     with socket.socket(family, kind) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -774,11 +795,10 @@ def _check_port(cfg: config.Config) -> None:
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
                 raise AssistantError(
-                    f"server port {host}:{port} is not free ({e.strerror}); stop what uses it (another "
-                    "`assistant run`?) or set server.port"
+                    f"{what} port {host}:{port} is not free ({e.strerror}); stop what uses it {who} or set {port_key}"
                 ) from e
             raise AssistantError(
-                f"cannot listen on {host}:{port} ({e.strerror}); check server.host and server.port"
+                f"cannot listen on {host}:{port} ({e.strerror}); check {section}.host and {port_key}"
             ) from e
 
 
@@ -831,6 +851,7 @@ def cmd_history(args: argparse.Namespace, cfg: config.Config) -> int:
         if args.action == "reset":
             n = memory.reset_history()
             print(f"erased {n} stored turn{'s' if n != 1 else ''} from {memory.path} (reminders kept)")
+            _reset_running_daemon(cfg)
         else:
             turns = memory.turns()
             if not turns:  # stdout stays empty for scripts; the person at the terminal learns why
@@ -841,6 +862,23 @@ def cmd_history(args: argparse.Namespace, cfg: config.Config) -> int:
     finally:
         memory.close()
     return 0
+
+
+def _reset_running_daemon(cfg: config.Config) -> None:
+    """A daemon running with this config forgets its conversation too (`history.reset` over the control channel):
+    otherwise it would go on answering from what the user just erased."""
+    from assistant.server import ctl
+
+    if not cfg.server.enabled:
+        return
+    try:
+        ctl.run(cfg.server, ["history.reset"], out=lambda _: None)
+    except ctl.DaemonUnreachable:
+        return  # none runs: the stored turns were all there was
+    except AssistantError as e:
+        print(f"the running daemon keeps its conversation until it restarts ({e})", file=sys.stderr)
+        return
+    print("and the running daemon's conversation too")
 
 
 def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -858,6 +896,8 @@ def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
     if cfg.llm.backend == "openai":
         checks.append(_check(f"LLM server {cfg.llm.base_url}", lambda: _check_llm_server(cfg.llm)))
     checks.append(_check("server port", lambda: _check_port(cfg)))
+    if cfg.wyoming.enabled:
+        checks.append(_check("wyoming ports", lambda: _check_wyoming_ports(cfg)))
     checks.append(_check("server settings", partial(check_server_settings, cfg)))
     checks.append(_check("config folder", _check_config_dir))
     checks.append(_check("cache folder", _check_cache_dir))
@@ -873,7 +913,8 @@ def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    """Options accepted both before and after the subcommand (after it, they only set what is given)."""
+    """Options accepted both before and after the subcommand (after it, they only set what is given; its --set
+    list is kept apart, since argparse would replace the one before the subcommand with it)."""
 
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
@@ -888,8 +929,8 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
         "--set",
         metavar="SECTION.KEY=VALUE",
         action="append",
-        dest="overrides",
-        default=default([]),
+        dest="command_overrides" if suppress else "overrides",
+        default=[],
         help="override one config key (repeatable)",
     )
     parser.add_argument("--debug", action="store_true", default=default(False), help="show tracebacks and debug logs")
@@ -966,6 +1007,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+ERROR_CHARS = 480  # an error line shows its start and its fix, not the hundreds of names a library may list
+
+
+def one_line(message: str) -> str:
+    """`message` on one line; a long one keeps its start (the problem) and its end (the fix)."""
+    text = " ".join(message.split())
+    if len(text) <= ERROR_CHARS:
+        return text
+    return f"{text[: ERROR_CHARS * 2 // 3]} ... {text[-ERROR_CHARS // 3 :]}"
+
+
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -974,13 +1026,13 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     debug = bool(args.debug)
     try:
-        cfg = config.load(args.config, args.overrides)
+        cfg = config.load(args.config, [*args.overrides, *args.command_overrides])
         logs.setup("debug" if debug else cfg.logging.level, as_json=args.log_json or cfg.logging.json)
         return int(args.fn(args, cfg))
     except AssistantError as e:
         if debug:
             log.exception("failed")
-        print(f"assistant: error: {e}", file=sys.stderr)
+        print(f"assistant: error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         return 130

@@ -1,13 +1,11 @@
 """The one asyncio driver: runs a turn core (assistant/turns.py) over an audio source and sink.
 
-A `Conversation` feeds the core its inputs (captured blocks with their capture time and what the speaker played
-then, VAD events, transcripts, reply progress, commands) and executes the actions it returns on the engines,
-every engine call on the compute thread. The daemon holds one over the microphone and speaker (it is the
-server's `Controller`); each `/v1/realtime` connection holds one over its client sink (the server's
-`RealtimeSession`), opened by `Sessions` (assistant/sessions.py). Only the core's `Policy` differs between them.
-What is not turn-taking lives with its own module: config -> policy (assistant/policies.py), the tools and a
-Realtime client's function calls (assistant/tools/session.py), the history's operations (assistant/llm.py), the
-wake-phrase gate (assistant/wake.py); due reminders come in through `say` like any client (assistant/tools/timers.py).
+A `Conversation` feeds the core its inputs and executes the actions it returns on the engines, every engine call
+on the compute thread. The daemon holds one over the microphone and speaker (the server's `Controller`); each
+`/v1/realtime` connection holds one over its client sink (a `RealtimeSession`, opened by assistant/sessions.py).
+Only the core's `Policy` differs between them. Not turn-taking, so elsewhere: config -> policy (policies.py), the
+tools and a Realtime client's function calls (tools/session.py), the history's operations (llm.py, context.py), the
+wake-phrase gate (wake.py); due reminders come in through `say` like any client (tools/timers.py).
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ from assistant.config import Config
 from assistant.context import ChatContext
 from assistant.endofturn import EndOfTurnPolicy, vad_settings
 from assistant.engines import Engines, VadLike
-from assistant.errors import AudioDeviceError, ConfigError, InputError, ModelError
+from assistant.errors import AudioDeviceError, InputError
 from assistant.events import (
     BargeIn,
     DeviceStatus,
@@ -124,25 +122,24 @@ class Conversation:
                 self._tick.cancel()
             self._tick_at = end
             delay = max(end - time.monotonic(), 0.0) + 0.01
-            loop = asyncio.get_running_loop()
-            self._tick = loop.call_later(delay, lambda: self.command("tick"))
+            self._tick = asyncio.get_running_loop().call_later(delay, self.command, "tick")
 
     def _do(self, action: turns.Action) -> None:
         match action:
             case turns.RunVad(samples, echo):
                 self.vad.set_playback(echo is not None, SILENT_DBFS if echo is None else echo)
                 for ev in self.vad.feed(samples):
-                    self._apply(turns.VadIn(ev))
+                    self._apply(ev)
             case turns.ResetVad():
                 self.vad.reset()
             case turns.ResetTranscriber():
                 self.compute.submit(self.engines.transcriber.reset, priority=Priority.URGENT)
             case turns.Feed(utt, audio):
                 fed = self.compute.submit(self.engines.transcriber.feed, audio, priority=Priority.URGENT)
-                self._transcribing(fed, lambda partial, error, now: turns.Fed(utt, partial, now, error))
+                self.spawn(self._transcribing(fed, lambda partial, error, now: turns.Fed(utt, partial, now, error)))
             case turns.Finalize(job):
                 final = self.compute.submit(self.engines.transcriber.finalize, priority=Priority.URGENT)
-                self._transcribing(final, lambda tr, error, now: self._transcribed(job, tr, error, now))
+                self.spawn(self._transcribing(final, lambda tr, error, now: self._transcribed(job, tr, error, now)))
             case turns.ScoreTurn(utt, audio):
                 if self.engines.score_turn is not None:
                     self.spawn(self._score(self.engines.score_turn, utt, audio))
@@ -152,7 +149,10 @@ class Conversation:
                 if (reply := self._replies.get(turn)) is not None:
                     reply.trace.speech_end, reply.trace.endpoint = speech_end, endpoint  # not the speculation's
                     reply.confirmed.set()
-                    self._text_only_note()
+                    if not self.output_ok:
+                        self.publish(
+                            DeviceStatus("output", False, "no speaker: this reply is text only", time.monotonic())
+                        )
             case turns.DropReply(turn):
                 if (reply := self._replies.get(turn)) is not None:
                     self._cancel(reply, heard=None)
@@ -166,26 +166,22 @@ class Conversation:
             case turns.Publish(event):
                 self.publish(event)
 
-    def _transcribing(
-        self, job: concurrent.futures.Future[Any], answer: Callable[[Any, str | None, float], turns.Input]
+    async def _transcribing(
+        self, job: concurrent.futures.Future[Any], answer: Callable[[Any, BaseException | None, float], turns.Input]
     ) -> None:
-        """When the transcriber's `job` ends, the core gets `answer(result, error, now)` on the loop (result None
-        and the error described and logged when it failed)."""
-        loop = asyncio.get_running_loop()
+        """When the transcriber's `job` (submitted in order with the other transcriber calls) ends, the core gets
+        `answer(result, error, now)` (result None and the error logged when it failed)."""
+        try:
+            result, err = await asyncio.wrap_future(job), None
+        except Exception as e:
+            log.error("transcribing failed", exc_info=e)
+            result, err = None, e
+        if not self._closed:
+            self._apply(answer(result, err, time.monotonic()))
 
-        def ended(f: concurrent.futures.Future[Any]) -> None:
-            err = f.exception()
-            if err is not None:
-                log.error("transcribing failed", exc_info=err)
-            self._apply(answer(None if err else f.result(), _describe(err), time.monotonic()))
-
-        def back(f: concurrent.futures.Future[Any]) -> None:
-            if not self._closed and not f.cancelled():
-                loop.call_soon_threadsafe(ended, f)
-
-        job.add_done_callback(back)
-
-    def _transcribed(self, job: int, tr: Transcript | None, error: str | None, now: float) -> turns.Transcribed:
+    def _transcribed(
+        self, job: int, tr: Transcript | None, error: BaseException | None, now: float
+    ) -> turns.Transcribed:
         self._stt_final = now
         return turns.Transcribed(job, "" if tr is None else tr.text, "" if tr is None else tr.language, now, error)
 
@@ -213,16 +209,11 @@ class Conversation:
             block = self.echo.process(block)
             if not len(block.samples):
                 return  # less than one 10 ms frame so far
-        level, end = self._speaker_at(block.t, len(block.samples))
+        # the echo level the block may hold: with a canceller, what is left of it after cancelling
+        level = self.sink.level_at(block.t) if self.echo is None else self.echo.echo_dbfs(block.t, len(block.samples))
         # the room is learned from a reply's echo; no speaker, no echo to hear the user over
         known = self.echo is None or not self.output_ok or self.echo.echo_return_db is not None
-        self._apply(turns.AudioIn(block.samples, block.t, now, level, end, known))
-
-    def _speaker_at(self, t: float, n: int) -> tuple[float, float | None]:
-        """The echo level that `n` samples recorded at `t` may hold, and when the speaker's last sample left."""
-        # with a canceller: what is left of the echo after cancelling
-        level = self.sink.level_at(t) if self.echo is None else self.echo.echo_dbfs(t, n)
-        return level, self.sink.last_sample_time
+        self._apply(turns.AudioIn(block.samples, block.t, now, level, self.sink.last_sample_time, known))
 
     async def warmup(self) -> None:
         """Let every engine compile the shapes it will use (on the compute thread); call before listening."""
@@ -283,10 +274,9 @@ class Conversation:
         if a.responder.user_text is not None and a.responder.speak_text is None and self._stt_final >= a.speech_end:
             # a transcript of this turn (a text turn's speech_end is its request: an older transcript is not its)
             reply.trace.mark("stt_final", self._stt_final)
-        if a.confirmed:
-            reply.confirmed.set()
-            self._text_only_note()
         self._replies[a.turn] = reply
+        if a.confirmed:
+            self._do(turns.ConfirmReply(a.turn, a.speech_end, a.endpoint))
         reply.task = self.spawn(self._run_reply(reply))
 
     async def _run_reply(self, reply: Reply) -> None:
@@ -319,8 +309,7 @@ class Conversation:
                 with contextlib.suppress(Exception):
                     self._flush()
             job = self.compute.submit(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
-            error = f"turn {reply.turn}: {type(e).__name__}: {e}"
-            await self._settle(reply, heard, job, error, isinstance(e, ModelError), isinstance(e, InputError))
+            await self._settle(reply, heard, job, e)
 
     def _play(self, turn: int, chunk: np.ndarray) -> None:
         reply = self._replies.get(turn)
@@ -369,13 +358,7 @@ class Conversation:
             self.engines.chat.cancel()  # type: ignore[attr-defined]
 
     async def _settle(
-        self,
-        reply: Reply,
-        heard: str | None,
-        job: concurrent.futures.Future[None],
-        error: str | None = None,
-        model_failed: bool = False,
-        input_failed: bool = False,
+        self, reply: Reply, heard: str | None, job: concurrent.futures.Future[None], error: BaseException | None = None
     ) -> None:
         """After the answer is recorded (`job`): a dropped reply (heard None, no error) ends untold; else it ends
         as heard, or failed with `error`."""
@@ -390,17 +373,9 @@ class Conversation:
             return
         if heard is not None and reply.gen is not None:
             await self.context.remember(reply.epoch)
-        self._finish(reply, heard or "", True, error, model_failed, input_failed)
+        self._finish(reply, heard or "", True, error)
 
-    def _finish(
-        self,
-        reply: Reply,
-        text: str,
-        interrupted: bool,
-        error: str | None = None,
-        model_failed: bool = False,
-        input_failed: bool = False,
-    ) -> None:
+    def _finish(self, reply: Reply, text: str, interrupted: bool, error: BaseException | None = None) -> None:
         self._replies.pop(reply.turn, None)
         if reply.result.done():
             return
@@ -413,17 +388,11 @@ class Conversation:
             reply.trace.extra["playback_underruns"] = float(self.sink.underruns - reply.underruns_at)
         trace = reply.trace.trace()
         log.info("turn latency", extra=kv(**{k: v for k, v in dataclasses.asdict(trace).items() if k != "extra"}))
-        self._apply(
-            turns.ReplyDone(reply.turn, text, interrupted, time.monotonic(), error, trace, model_failed, input_failed)
-        )
+        self._apply(turns.ReplyDone(reply.turn, text, interrupted, time.monotonic(), error, trace))
         self.context.after_reply(reply.responder)
         if (functions := self.tools.reply_done(reply.turn)) is not None:  # response.create's were for it alone
             self.compute.submit(self.engines.chat.set_tools, *functions, priority=Priority.URGENT)
         self.compute.clear_cache()
-
-    def _text_only_note(self) -> None:
-        if not self.output_ok:
-            self.publish(DeviceStatus("output", False, "no speaker: this reply is text only", time.monotonic()))
 
     def device_status(self, status: DeviceStatus) -> None:
         """The speaker (or microphone) was lost or is back: tell clients; without a speaker, replies are text."""
@@ -438,11 +407,15 @@ class Conversation:
             self._cancel(reply, reply.heard_text(self.sink.played_samples))
 
     def _mark_played(self, reply: Reply) -> None:
-        if reply.audio_started:
-            if (t := self.sink.first_sample_dac_time) is not None:
-                reply.trace.mark("first_sample_played", t)
+        if reply.audio_started and (t := self.sink.first_sample_dac_time) is not None:
+            reply.trace.mark("first_sample_played", t)
 
     # ---- the Controller (daemon) ----------------------------------------------------------------------------
+
+    @property
+    def turn(self) -> int:
+        """The newest turn's number (the server tells an ask's own events by it)."""
+        return self.core.turn
 
     def status(self) -> dict[str, Any]:
         return {
@@ -452,8 +425,9 @@ class Conversation:
             "muted": self.core.muted,
             "ptt": self.core.ptt,
             "speculating": self.core.speculating,
-            "device_ok": self.device_ok,
+            "device_ok": self.device_ok and self.source is not None,  # headless: no microphone to be ok
             "output_ok": self.output_ok,
+            "headless": self.source is None,
             "subscribers": self.bus.subscribers,
             "dropped_events": self.bus.dropped,
             "restart_required": list(self.restart_required),
@@ -461,11 +435,11 @@ class Conversation:
 
     async def say(self, text: str) -> None:
         """Speak `text` (no LLM, no history); returns when it has played or was interrupted."""
-        await self._text_turn(turns.CreateResponse(time.monotonic(), say=text))
+        await self._text_turn(turns.CreateResponse(time.monotonic(), turns.Responder(speak_text=text)))
 
     async def ask(self, text: str) -> str:
         """Answer `text` aloud as if spoken; returns the answer (the heard part when interrupted)."""
-        return await self._text_turn(turns.CreateResponse(time.monotonic(), ask=text))
+        return await self._text_turn(turns.CreateResponse(time.monotonic(), turns.Responder(text)))
 
     async def _text_turn(self, create: turns.CreateResponse) -> str:
         self._apply(create)
@@ -486,12 +460,7 @@ class Conversation:
 
     def config_set(self, changes: dict[str, object]) -> dict[str, Any]:
         """Validate `{"section.key": value}` (settings.apply: live keys only, voices that exist), then apply."""
-        new = settings.apply(self.cfg, changes, cast(settings.VoiceCatalog, self.engines.tts))
-        if new.pipeline.mode == "push_to_talk" != self.cfg.pipeline.mode and self.hotkey_problem is not None:
-            raise ConfigError(  # the check `assistant run` makes at start: a daemon without a hotkey would be deaf
-                f'config.set: pipeline.mode = "push_to_talk" needs the hotkey, but {self.hotkey_problem}; '
-                'use "both", or set the mode in config.toml and restart'
-            )
+        new = settings.apply(self.cfg, changes, cast(settings.VoiceCatalog, self.engines.tts), self.hotkey_problem)
         self.restart_required = sorted({*self.restart_required, *settings.at_restart(changes)})
         if new.llm.system_prompt != self.cfg.llm.system_prompt:
             self.context.set_instructions(new.llm.system_prompt)
@@ -521,7 +490,7 @@ class Conversation:
             )
         offered = self.tools.set_app_tools(owner, tools, timeout_s, send)
         self._offer([t.schema() for t in offered])
-        return [t.name for t in offered]
+        return [t.name for t in offered] if self.engines.chat.can_call_tools else []
 
     def app_tool_result(self, owner: str, call_id: str, output: str, error: str | None = None) -> None:
         """The app's answer to a tool call it was sent; InputError when none of its calls awaits `call_id`."""
@@ -533,6 +502,8 @@ class Conversation:
             self._offer([t.schema() for t in offered])
 
     def _offer(self, schemas: list[dict[str, Any]], choice: ToolChoice = AUTO) -> None:
+        if schemas and not self.engines.chat.can_call_tools:
+            return  # none can be offered: the start said so once ("tools are off")
         self._background("offering the tools to the LLM", offer_tools, self.engines.chat, schemas, choice)
 
     def history_get(self) -> list[dict[str, Any]]:
@@ -551,12 +522,14 @@ class Conversation:
     def set_instructions(self, text: str) -> None:
         self.context.set_instructions(text)
 
+    def check_voice(self, name: str) -> None:
+        """ConfigError naming the voices when `name` is unknown or does not fit the loaded TTS model."""
+        settings.check_voice(cast(settings.VoiceCatalog, self.engines.tts), name, prefix="")
+
     def set_voice(self, name: str) -> None:
-        """Replies started after voice `name` is loaded (on the compute thread) speak with it; ConfigError naming
-        the voices when it is unknown."""
-        names = self.engines.tts.voice_names()
-        if name not in names:
-            raise ConfigError(f"unknown voice {name!r}; voices: {', '.join(sorted(names))}")
+        """Replies started after voice `name` is loaded (on the compute thread) speak with it; `check_voice`
+        first."""
+        self.check_voice(name)
         self._background(f"loading voice {name!r}", self.engines.use_voice, name)
 
     def set_turn_detection(
@@ -577,7 +550,7 @@ class Conversation:
 
     def create_response(self, instructions: str | None = None) -> None:
         """Answer every pending user message (after the transcriptions in flight) as one reply."""
-        self._apply(turns.CreateResponse(time.monotonic(), instructions=instructions))
+        self._apply(turns.CreateResponse(time.monotonic(), turns.Responder(instructions=instructions)))
 
     @property
     def can_call_tools(self) -> bool:
@@ -671,7 +644,3 @@ class Conversation:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-
-def _describe(err: BaseException | None) -> str | None:
-    return None if err is None else f"{type(err).__name__}: {err}"

@@ -42,6 +42,7 @@ class ChatLike(Protocol):
     def can_call_tools(self) -> bool: ...  # False: set_tools offers nothing (no tool-call format)
     def continue_with_results(self, said: str, results: Sequence[tuple[ToolCall, str]]) -> Iterator[str]: ...
     def last_turn(self) -> list[Message]: ...  # the newest turn's messages (for the memory store)
+    def warmup(self) -> None: ...  # compile what a turn runs, before the daemon reports listening
 
 
 class VadLike(Protocol):
@@ -68,4 +69,5 @@ class Engines:
     def warmup(self) -> None:
         """On the compute thread: every engine compiles its shapes now, before the daemon reports listening."""
         self.transcriber.warmup()
+        self.chat.warmup()
         self.tts.warmup()

@@ -279,3 +279,30 @@ def read_json_object(path: Path, name: str, fix: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ModelError(f"{name} is not a JSON object; {fix}")
     return data
+
+
+def check_weights(folder: Path, fix: str) -> None:
+    """The weights in `folder` look whole, read from their headers only: each .safetensors file is as long as its
+    header says, each shard a `*.safetensors.index.json` names exists, and each sub-folder with a config.json (a
+    TTS speech tokenizer) holds weights too. ModelError naming the file and `fix` (a download cut short)."""
+    for config_json in sorted(folder.rglob("config.json")):
+        part = config_json.parent
+        if part != folder and not any(part.glob("*.safetensors")) and not any(part.glob("*.onnx")):
+            raise ModelError(f"{part} holds no weights (*.safetensors); {fix}")
+    for index in sorted(folder.rglob("*.safetensors.index.json")):
+        weight_map = read_json_object(index, str(index), fix).get("weight_map")
+        for shard in sorted(set(weight_map.values()) if isinstance(weight_map, dict) else ()):
+            if not (index.parent / str(shard)).is_file():
+                raise ModelError(f"{shard}, named in {index}, is missing; {fix}")
+    for weights in sorted(folder.rglob("*.safetensors")):
+        try:
+            with weights.open("rb") as f:
+                header_bytes = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(min(header_bytes, 100_000_000)))
+            size = weights.stat().st_size
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{weights} cannot be read ({e}); {fix}") from e
+        ends = [v["data_offsets"][1] for v in header.values() if isinstance(v, dict) and "data_offsets" in v]
+        wanted = 8 + header_bytes + max(ends, default=0)
+        if size < wanted:
+            raise ModelError(f"{weights} is cut short ({size} of {wanted} bytes); {fix}")

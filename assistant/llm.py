@@ -30,6 +30,8 @@ log = logging.getLogger("assistant.llm")
 # long prompt (a 4,000-character ask) holds the compute thread before a voice reply's step (benchmarks/
 # server_fairness.py: 512 delayed another client's first audio by 3 TTS chunk steps, 128 by a third of one).
 PREFILL_STEP = 128
+# The files a tokenizer loads from: fast (tokenizers), SentencePiece, BPE vocabulary, tiktoken.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
 # When the history overflows llm.history_tokens, drop the oldest turns until it fits in this fraction of the
 # budget, so a truncation (which invalidates the cache) happens once per several turns, not on every turn.
 TRUNCATE_TO = 0.75
@@ -296,8 +298,15 @@ class Chat:
         try:
             model, tokenizer, *_ = mlx_load(str(path))
         except Exception as e:  # mlx-lm raises ValueError, FileNotFoundError, KeyError... for bad folders
+            has_tokenizer = any((path / n).is_file() for n in TOKENIZER_FILES) or any(path.glob("*.tiktoken"))
+            if (path / "config.json").is_file() and not has_tokenizer:
+                raise ModelError(  # transformers' own message is six lines about sentencepiece
+                    f"LLM `{cfg.model}` has no tokenizer file in {path} (tokenizer.json, tokenizer.model, "
+                    "vocab.json or *.tiktoken); run `assistant pull` again, or copy the model's tokenizer files in"
+                ) from e
+            detail = " ".join(str(e).split())[:300]  # one line
             raise ModelError(
-                f"LLM `{cfg.model}` failed to load from {path}: {type(e).__name__}: {e}; check that the folder "
+                f"LLM `{cfg.model}` failed to load from {path}: {type(e).__name__}: {detail}; check that the folder "
                 "holds an mlx-lm model (config.json, *.safetensors, tokenizer files) of a supported architecture"
             ) from e
         return cls(model, tokenizer, cfg)
@@ -430,7 +439,7 @@ class Chat:
                         checkpointed = True
                     # The token yielded last step enters the cache now, so each delta comes one forward sooner.
                     logits = self.cache.feed(generated[-1:])
-                token = self._sample(logits)
+                token = self._sample(logits, self.cache.tokens)
                 if token in self._eos:
                     break
                 generated.append(token)
@@ -449,14 +458,28 @@ class Chat:
             if not checkpointed and len(self.cache.tokens) == len(prompt):
                 self.cache.save_checkpoint()
 
-    def _sample(self, logits: mx.array) -> int:
+    def _sample(self, logits: mx.array, tokens: Sequence[int]) -> int:
         logits = logits[None]
         if self._processors:
-            context = mx.array(self.cache.tokens[-REPETITION_CONTEXT:], dtype=mx.int32)
+            context = mx.array(list(tokens[-REPETITION_CONTEXT:]), dtype=mx.int32)
             for processor in self._processors:
                 logits = processor(context, logits)
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         return int(self._sampler(logprobs).item())  # type: ignore[arg-type]
+
+    def warmup(self) -> None:
+        """Run what a turn runs (prompt chunks, the first logits, sampled tokens fed back) on a scratch cache, so
+        MLX compiles those kernels now, not in the first user's answer (49 s on a fresh CUDA machine for Gemma 4
+        E2B); the history and the prompt cache are untouched, and a seeded sampler restarts from its seed."""
+        prompt = self.render([Message("user", "Hello, what can you do?")], add_generation_prompt=True)
+        scratch = PromptCache(self.model)
+        for i in range(0, len(prompt) - 1, PREFILL_STEP):
+            scratch.prefill(prompt[i : min(i + PREFILL_STEP, len(prompt) - 1)])
+        logits = scratch.feed(prompt[-1:])
+        for _ in range(2):
+            logits = scratch.feed([self._sample(logits, scratch.tokens)])
+        if self.cfg.seed >= 0:
+            mx.random.seed(self.cfg.seed)
 
     def _cancel(self) -> None:
         close_answer(self._active)

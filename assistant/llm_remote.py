@@ -245,6 +245,9 @@ class RemoteChat:
         counts = {"prompt_tokens": s.server_prompt_tokens, "output_tokens": s.server_completion_tokens}
         return {k: float(v) for k, v in counts.items() if v is not None}
 
+    def warmup(self) -> None:
+        """Nothing to compile here: the server runs the model (its first answer may still be slow)."""
+
     def last_turn(self) -> list[Message]:
         """The messages of the newest turn: its user message and everything after it (for the memory store)."""
         return self._history.newest_turn()

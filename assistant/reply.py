@@ -3,8 +3,8 @@
 The pump feeds text just in time: an LLM token whenever the TTS waits for text, else a TTS frame, so the answer
 starts sounding after the first frames while the rest is generated. Every step is its own compute job carrying
 the reply's ticket: a barge-in or a resumed utterance bumps the generation and the next step never runs.
-`pump` is an async generator of what the reply produced (`ReplyText`, `ReplyAudio`); the conversation hands each
-to its turn core, which decides whether it plays. While the turn is unconfirmed the pump stops after
+`pump` is an async generator of what the reply produced (`ResponseTextDelta`, `ResponseAudio`); the conversation
+hands each to its turn core, which decides whether it plays. While the turn is unconfirmed the pump stops after
 `SPECULATIVE_CHUNKS` chunks until `confirmed` is set.
 """
 
@@ -23,12 +23,12 @@ from assistant.audio.format import TTS_FRAME_SAMPLES
 from assistant.compute import Compute, Ticket
 from assistant.config import Config
 from assistant.engines import ChatLike, Engines
-from assistant.events import LatencyTrace
+from assistant.events import LatencyTrace, ResponseAudio, ResponseTextDelta
 from assistant.text import ClauseChunker
 from assistant.tools.calls import CallDetector, Speech, ToolCall
 from assistant.tools.registry import Toolbox, ToolResult, ToolRound, pick_filler, refused
 from assistant.tts.types import SpeechUtterance
-from assistant.turns import ReplyAudio, ReplyText, Responder
+from assistant.turns import Responder
 
 SPECULATIVE_CHUNKS = 1  # audio chunks made ahead while the turn is unconfirmed; then the reply waits
 NET_SETTLE_S = 5.0  # how long settling waits for a network LLM's step to leave its generator after cancel()
@@ -265,7 +265,7 @@ async def pump(
     cfg: Config,
     toolbox: Toolbox | None = None,
     hand_off: Collection[str] = (),
-) -> AsyncIterator[ReplyText | ReplyAudio]:
+) -> AsyncIterator[ResponseTextDelta | ResponseAudio]:
     """Run one reply to its last audio chunk, yielding its text deltas and audio chunks as they are made.
 
     With a `toolbox`, tool calls in the answer run on the event loop (a filler phrase after
@@ -309,7 +309,7 @@ async def pump(
             if delta:
                 trace.mark("llm_first_token", time.monotonic())
                 reply.answer += delta
-                yield ReplyText(reply.turn, delta, time.monotonic())
+                yield ResponseTextDelta(reply.turn, delta, time.monotonic())
             if pushed:
                 trace.mark("tts_first_text", time.monotonic())
                 reply.heard.pushed(pushed)
@@ -365,7 +365,7 @@ def handoff_errors(calls: list[ToolCall], names: Collection[str]) -> list[ToolRe
 
 async def _tool_round(
     reply: Reply, calls: list[ToolCall], toolbox: Toolbox, engines: Engines, compute: Compute, cfg: Config
-) -> AsyncIterator[ReplyAudio]:
+) -> AsyncIterator[ResponseAudio]:
     """Run one round of `calls` while the TTS speaks what came before them; then continue the answer."""
     assert reply.utt is not None
     await reply.confirmed.wait()  # a speculative answer never acts: tools run only for a turn that is real
@@ -393,7 +393,7 @@ async def _tool_round(
     await compute.run(continue_answer, reply, engines.chat, results, ticket=reply.ticket)
 
 
-async def _speak_pending(reply: Reply, compute: Compute) -> AsyncIterator[ReplyAudio]:
+async def _speak_pending(reply: Reply, compute: Compute) -> AsyncIterator[ResponseAudio]:
     """Step the TTS until it has spoken all the text it was given (it waits for more)."""
     utt = reply.utt
     assert utt is not None
@@ -407,11 +407,11 @@ async def _speak_pending(reply: Reply, compute: Compute) -> AsyncIterator[ReplyA
             await reply.confirmed.wait()
 
 
-async def _tts_step(reply: Reply, compute: Compute, ticket: Ticket) -> AsyncIterator[ReplyAudio]:
+async def _tts_step(reply: Reply, compute: Compute, ticket: Ticket) -> AsyncIterator[ResponseAudio]:
     assert reply.utt is not None
     chunk = await compute.run(reply.utt.step, ticket=ticket)
     if chunk is not None and len(chunk):
         reply.trace.mark("tts_first_audio", time.monotonic())
         reply.heard.chunk(len(chunk))
         reply.chunks_made += 1
-        yield ReplyAudio(reply.turn, np.asarray(chunk, dtype=np.float32), time.monotonic())
+        yield ResponseAudio(reply.turn, np.asarray(chunk, dtype=np.float32), time.monotonic())

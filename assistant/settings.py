@@ -51,6 +51,8 @@ MAX_KEYS = 32  # changes in one config.set
 MAX_KEY_CHARS = 64
 MAX_STRING_CHARS = 8_000  # = protocol.MAX_INSTRUCTIONS_CHARS: the longest string setting is the system prompt
 MAX_INT = 2**53  # larger numbers are not settings (and JSON clients cannot represent them exactly)
+MAX_LIST_ITEMS = 64  # a list setting is a few words (pipeline.backchannels)
+MAX_ITEM_CHARS = 64
 
 
 class VoiceProfileLike(Protocol):
@@ -80,8 +82,9 @@ def public(cfg: Config) -> dict[str, dict[str, Any]]:
     return out
 
 
-def apply(cfg: Config, changes: Mapping[str, object], voices: VoiceCatalog) -> Config:
-    """A copy of `cfg` with `changes` applied, or ConfigError (one line) if any change is not allowed."""
+def apply(cfg: Config, changes: Mapping[str, object], voices: VoiceCatalog, no_hotkey: str | None = None) -> Config:
+    """A copy of `cfg` with `changes` applied, or ConfigError (one line) if any change is not allowed (`no_hotkey`:
+    why the daemon has no hotkey, which push-to-talk alone needs)."""
     if not changes:
         raise ConfigError('config.set: `changes` is empty; e.g. {"vad.aggressiveness": 2}')
     if len(changes) > MAX_KEYS:
@@ -92,6 +95,11 @@ def apply(cfg: Config, changes: Mapping[str, object], voices: VoiceCatalog) -> C
     new = cfg.replace(changes)  # types and ranges; messages quote only the bounded values checked above
     if "tts.voice" in changes and new.tts.voice != cfg.tts.voice:
         check_voice(voices, new.tts.voice)
+    if new.pipeline.mode == "push_to_talk" != cfg.pipeline.mode and no_hotkey is not None:
+        raise ConfigError(  # the check `assistant run` makes at start: a daemon without a hotkey would be deaf
+            f'config.set: pipeline.mode = "push_to_talk" needs the hotkey, but {no_hotkey}; '
+            'use "both", or set the mode in config.toml and restart'
+        )
     return new
 
 
@@ -100,23 +108,24 @@ def at_restart(changes: Mapping[str, object]) -> list[str]:
     return sorted(k for k in changes if k in DAEMON_AT_RESTART)
 
 
-def check_voice(voices: VoiceCatalog, name: str) -> None:
-    """ConfigError unless `name` is a voice profile the loaded TTS model can speak with."""
+def check_voice(voices: VoiceCatalog, name: str, prefix: str = "config.set: ") -> None:
+    """ConfigError (its message begins with `prefix`) unless `name` is a voice profile the loaded TTS model can
+    speak with."""
     try:
         profiles = voices.profiles()
     except ConfigError as e:  # the message names the voices folder: it stays in the daemon's log
         log.warning("cannot list the voices: %s", e)
-        raise ConfigError("config.set: the voice profiles cannot be read; see the daemon log") from e
+        raise ConfigError(f"{prefix}the voice profiles cannot be read; see the daemon log") from e
     profile = profiles.get(name)
     if profile is None:
-        raise ConfigError(f"config.set: unknown voice {name!r}; voices: {', '.join(sorted(profiles))}")
+        raise ConfigError(f"{prefix}unknown voice {name!r}; voices: {', '.join(sorted(profiles))}")
     from assistant.tts.voices import MODEL_TYPE_OF  # a table; tts.voices has no model code
 
     want = MODEL_TYPE_OF.get(profile.mode)
     if want != voices.model_type:
         fits = sorted(n for n, p in profiles.items() if MODEL_TYPE_OF.get(p.mode) == voices.model_type)
         raise ConfigError(
-            f"config.set: voice {name!r} ({profile.mode}) does not fit the loaded {voices.model_type} model; "
+            f"{prefix}voice {name!r} ({profile.mode}) does not fit the loaded {voices.model_type} model; "
             f"voices that do: {', '.join(fits) or 'none'}"
         )
 
@@ -137,6 +146,13 @@ def _check_key(key: str) -> None:
 
 def _check_value(key: str, value: object) -> None:
     if isinstance(value, bool | float):
+        return
+    if isinstance(value, list) and config_mod.field_info(key)[0] == list[str]:
+        if len(value) > MAX_LIST_ITEMS or not all(isinstance(v, str) and len(v) <= MAX_ITEM_CHARS for v in value):
+            raise ConfigError(
+                f"config.set: `{key}` takes a list of at most {MAX_LIST_ITEMS} strings of up to {MAX_ITEM_CHARS} "
+                "characters each"
+            )
         return
     if isinstance(value, int):
         if abs(value) > MAX_INT:

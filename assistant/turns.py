@@ -1,16 +1,13 @@
 """The turn core: every turn-taking decision, sans I/O (in the spirit of python-websockets' `protocol.py`).
 
-`TurnCore.handle(input) -> list[Action]`: typed inputs in (captured audio with its capture time, VAD events,
-transcripts, reply progress, push-to-talk, interrupt, mute, commit, user text, create response), typed
-actions out (feed/finalize/reset the transcriber, run the VAD, start/confirm/drop/interrupt a reply, play audio,
-publish an event). Time enters only as values on the inputs; no asyncio, devices or models here, so a scripted
-timeline of inputs is a complete test. `Policy` holds what differs between the daemon and a Realtime session;
-the end-of-turn strategy is an `EndOfTurnPolicy` object (assistant/endofturn.py).
+`TurnCore.handle(input) -> list[Action]`: the typed `Input`s below in, the `Action`s the driver executes out. Time
+enters only as values on the inputs, so a scripted timeline of inputs is a complete test. `Policy` holds what
+differs between the daemon and a Realtime session; the end-of-turn strategy is an `EndOfTurnPolicy`
+(assistant/endofturn.py).
 
-Echo (issue 22): every captured block is judged by the time it was recorded. The driver tells what the speaker
-was playing then (`AudioIn.speaker_dbfs`) and when its last sample left (`speaker_end`); a block recorded while
-the speaker played, or within `echo_tail_ms` after, runs through the VAD's stricter playback gate, and speech
-whose onset falls there starts a turn only once its transcript has words ("clearly the user").
+Echo: a block is judged by the time it was recorded. Recorded while the speaker played (`AudioIn.speaker_dbfs`)
+or within `echo_tail_ms` after its last sample left (`speaker_end`), it runs through the VAD's stricter playback
+gate, and speech whose onset falls there starts a turn only once its transcript has words.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ import numpy as np
 from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS
 from assistant.audio.ring import AudioRing, CaptureClock
 from assistant.endofturn import EndOfTurnPolicy, TurnEvidence, turn_words
-from assistant.errors import InputError
+from assistant.errors import InputError, ModelError
 from assistant.events import (
     AttentionChanged,
     ErrorEvent,
@@ -36,6 +33,7 @@ from assistant.events import (
     PartialTranscript,
     PauseStarted,
     PushToTalk,
+    ResponseAudio,
     ResponseDone,
     ResponseStarted,
     ResponseTextDelta,
@@ -49,7 +47,7 @@ from assistant.events import (
     StateChanged,
     TurnState,
 )
-from assistant.wake import TurnSource, WakeDecision, WakeGate
+from assistant.wake import TurnSource, WakeGate
 
 VadEvent = SpeechStarted | PauseStarted | SilenceStarted | SpeechResumed | SpeechEnded
 SCORE_WINDOW = 8 * CAPTURE_RATE  # the end-of-turn model sees the turn's last 8 s
@@ -102,20 +100,13 @@ class AudioIn:
 
 
 @dataclass(frozen=True)
-class VadIn:
-    """A VAD event, positions counted from the VAD's last reset."""
-
-    event: VadEvent
-
-
-@dataclass(frozen=True)
 class Fed:
     """A transcriber feed job ended: `partial` is the new partial transcript (None: unchanged or failed)."""
 
     utt: int
     partial: str | None
     now: float
-    error: str | None = None
+    error: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +117,7 @@ class Transcribed:
     text: str
     language: str
     now: float
-    error: str | None = None
+    error: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -139,31 +130,16 @@ class Scored:
 
 
 @dataclass(frozen=True)
-class ReplyText:
-    turn: int
-    delta: str
-    now: float
-
-
-@dataclass(frozen=True)
-class ReplyAudio:
-    turn: int
-    chunk: np.ndarray = field(compare=False)
-    now: float = 0.0
-
-
-@dataclass(frozen=True)
 class ReplyDone:
-    """The reply ended: played out, interrupted (text = the heard part), or failed (`error`)."""
+    """The reply ended: played out, interrupted (text = the heard part), or failed with `error` (a ModelError:
+    asking again may work; an InputError: the client must send something else)."""
 
     turn: int
     text: str
     interrupted: bool
     now: float
-    error: str | None = None
+    error: BaseException | None = None
     trace: LatencyTrace | None = None  # its latency milestones, published after ResponseDone
-    model_failed: bool = False  # the error is the model's (ModelError): asking again may work
-    input_failed: bool = False  # the error is the client's input (InputError): it must send something else
 
 
 CommandKind = Literal["ptt_start", "ptt_stop", "interrupt", "mute", "unmute", "commit", "clear", "tool_output", "tick"]
@@ -188,12 +164,11 @@ class UserText:
 
 @dataclass(frozen=True)
 class CreateResponse:
-    """Answer the pending user messages (Realtime), or speak / ask now (daemon `say` / `ask`)."""
+    """Answer the pending user messages (Realtime: `responder` gives only its instructions), or the daemon's `ask`
+    (`responder.user_text`) / `say` (`speak_text`) now."""
 
     now: float
-    instructions: str | None = None
-    ask: str | None = None
-    say: str | None = None
+    responder: Responder = Responder()
     speech_end: float = 0.0  # a spoken turn answered by server VAD: when its speech ended (0: a client's request)
     endpoint: float = 0.0  # and when its end was decided (for the latency trace)
 
@@ -205,14 +180,15 @@ class SetPolicy:
     new_vad: bool = False  # the driver replaced its VAD: positions restart from here
 
 
+# VAD events (positions counted from the VAD's last reset) and a reply's text and audio are inputs as they are
 Input = (
     AudioIn
-    | VadIn
+    | VadEvent
     | Fed
     | Transcribed
     | Scored
-    | ReplyText
-    | ReplyAudio
+    | ResponseTextDelta
+    | ResponseAudio
     | ReplyDone
     | Command
     | UserText
@@ -278,8 +254,7 @@ class StartReply:
 
 @dataclass(frozen=True)
 class ConfirmReply:
-    """The turn is real: a speculative reply plays from now on; its latency counts from these times, not from
-    the speculation's start (StartReply's)."""
+    """The turn is real: a speculative reply plays from now on; its latency counts from these times."""
 
     turn: int
     speech_end: float  # the true end of the user's speech (capture time)
@@ -355,7 +330,6 @@ class Utterance:
     spec_turn: int | None = None  # the speculative reply's turn number
     spec_text: str | None = None  # the speculative transcript, once known
     spec_language: str = ""
-    spec_started: bool = False  # the speculative reply was started
     started_at: float = 0.0  # when the speech began (the wake phrase's follow-up window counts from here)
     resumes: Closed | None = None  # speech over the reply that continues this turn once it proves it is the user
 
@@ -389,7 +363,6 @@ class Finalizing:
     speech_end: float
     endpoint: float
     respond: bool = False
-    utt: int = 0
     started_at: float = 0.0  # when the user's speech began
     ptt: bool = False  # the hotkey made the turn (it bypasses the wake phrase)
 
@@ -409,7 +382,8 @@ class TurnCore:
         self.user: Utterance | None = None
         self.current: ReplyState | None = None  # the confirmed reply in flight
         self.replies: dict[int, ReplyState] = {}  # every reply not yet done
-        self.pending: list[str] = []  # Realtime: user messages not answered yet
+        # Realtime: user messages not answered yet, in the order added (int: a queued transcript's job, coming)
+        self.pending: list[str | int] = []
         self.tool_output = False  # Realtime: function outputs arrived since the last reply began
         self.backlog_ms = 0.0  # the largest capture lag during the current user turn
         self._vad_origin = 0
@@ -434,18 +408,18 @@ class TurnCore:
         match inp:
             case AudioIn():
                 self._on_audio(inp)
-            case VadIn():
-                self._on_vad(inp.event)
+            case SpeechStarted() | PauseStarted() | SilenceStarted() | SpeechResumed() | SpeechEnded():
+                self._on_vad(inp)
             case Fed():
                 self._on_fed(inp)
             case Transcribed():
                 self._on_transcribed(inp)
             case Scored():
                 self._on_scored(inp)
-            case ReplyText():
-                self._reply_out(inp.turn, Publish(ResponseTextDelta(inp.turn, inp.delta, inp.now)))
-            case ReplyAudio():
-                self._reply_out(inp.turn, Play(inp.turn, inp.chunk))
+            case ResponseTextDelta():
+                self._reply_out(inp.turn, Publish(inp))
+            case ResponseAudio():
+                self._reply_out(inp.turn, Play(inp.turn, inp.audio))
             case ReplyDone():
                 self._on_reply_done(inp)
             case Command(kind="ptt_start" | "ptt_stop"):
@@ -620,7 +594,7 @@ class TurnCore:
             return
         user.feeding = False
         if f.error is not None:
-            self._error(f"transcribing: {f.error}", f.now)
+            self._error("transcribing", f.error, f.now)
             self._drop_user()
             return
         if f.partial is not None:
@@ -692,21 +666,19 @@ class TurnCore:
         self._feed(force=True)
         self.turn += 1
         user.spec_turn = self.turn
-        user.spec_job = self._finalize(Finalizing("speculate", self.turn, 0.0, now, utt=user.id))
+        user.spec_job = self._finalize(Finalizing("speculate", self.turn, 0.0, now))
         self._emit(Publish(SpeculationStarted(self.turn, now)))
 
     def _cancel_speculation(self, now: float) -> None:
         """Drop the speculative answer, if any (speech resumed, or a reply of its own takes the turn) and give the
         transcriber the whole turn again."""
         user = self.user
-        if user is None or user.spec_job is None:
+        if user is None or user.spec_job is None or user.spec_turn is None:
             return
-        assert user.spec_turn is not None
         self._jobs.pop(user.spec_job, None)
-        if user.spec_started:
-            self._drop_reply(user.spec_turn)
+        self._drop_reply(user.spec_turn)
         self._emit(Publish(SpeculationCancelled(user.spec_turn, now)))
-        user.spec_job, user.spec_turn, user.spec_text, user.spec_started = None, None, None, False
+        user.spec_job, user.spec_turn, user.spec_text = None, None, None
         self._refeed(user)
 
     def _refeed(self, user: Utterance) -> None:
@@ -723,30 +695,26 @@ class TurnCore:
         self._feed(force=True)
         self.user = None
         if user.candidate:
-            self._finalize(Finalizing("judge", 0, speech_end, now, utt=user.id, started_at=user.started_at))
+            self._finalize(Finalizing("judge", 0, speech_end, now, started_at=user.started_at))
             return
         if not self.policy.answer_turns:
             job = Finalizing("queue", 0, speech_end, now, respond=self.policy.auto_respond and self.policy.vad_turns)
-            self._finalize(job)
+            self.pending.append(self._finalize(job))  # its place among the user's messages, filled by its text
             self._set_state(TurnState.THINKING if job.respond else TurnState.IDLE)
             return
         self._set_state(TurnState.THINKING)
         if self.policy.resume_ms and not user.ptt:
-            spec_known = user.spec_job is not None and (user.spec_job in self._jobs or user.spec_text is not None)
-            turn = user.spec_turn if spec_known and user.spec_turn is not None else self.turn + 1
+            turn = user.spec_turn if user.spec_turn is not None else self.turn + 1
             self._closed = Closed(turn, user.start, speech_end, user.started_at)
-        if user.spec_job is not None and user.spec_turn is not None:
-            spec = self._jobs.get(user.spec_job)
-            if spec is not None:  # its transcript is still coming: answer it confirmed when it arrives
-                spec.purpose, spec.speech_end, spec.endpoint = "answer", speech_end, now
-                spec.started_at, spec.ptt = user.started_at, user.ptt
-                return
-            if user.spec_text is not None:
-                job = Finalizing("answer", user.spec_turn, speech_end, now, started_at=user.started_at, ptt=user.ptt)
-                self._answer(job, user.spec_text, user.spec_language, now, user.spec_started)
-                return
-        self.turn += 1
-        self._finalize(Finalizing("answer", self.turn, speech_end, now, started_at=user.started_at, ptt=user.ptt))
+        if user.spec_job is None or user.spec_turn is None:
+            self.turn += 1
+            self._finalize(Finalizing("answer", self.turn, speech_end, now, started_at=user.started_at, ptt=user.ptt))
+        elif (spec := self._jobs.get(user.spec_job)) is not None:  # its transcript is still coming: answered then
+            spec.purpose, spec.speech_end, spec.endpoint = "answer", speech_end, now
+            spec.started_at, spec.ptt = user.started_at, user.ptt
+        else:  # its transcript is known (spec_text), its reply may be running already
+            job = Finalizing("answer", user.spec_turn, speech_end, now, started_at=user.started_at, ptt=user.ptt)
+            self._answer(job, user.spec_text or "", user.spec_language, now)
 
     def _finalize(self, job: Finalizing) -> int:
         self._ids += 1
@@ -759,15 +727,14 @@ class TurnCore:
         if job is None:
             return  # a speculation that was cancelled
         if tr.error is not None:
-            self._error(f"transcribing: {tr.error}", tr.now)
+            self._error("transcribing", tr.error, tr.now)
         text = tr.text.strip()
         if job.purpose == "speculate":
             user = self.user
-            assert user is not None and user.id == job.utt
+            assert user is not None  # a speculation leaves _jobs with its utterance
             user.spec_text, user.spec_language = text, tr.language
-            decision = self._addressed(text, user.started_at, user.ptt)
+            decision = self.wake.decide(text, user.started_at, _source(user.ptt))
             if text and tr.error is None and decision.answer:
-                user.spec_started = True
                 self._start_reply(job.turn, Responder(decision.text), False, 0.0, job.endpoint)
             return
         if job.purpose == "answer":
@@ -776,8 +743,7 @@ class TurnCore:
             self._judge(job, text, tr.language, tr.now)
         else:  # queue
             self._emit(Publish(FinalTranscript(text, tr.language, tr.now)))
-            if text:
-                self.pending.append(text)
+            self.pending = [text if p == tr.job else p for p in self.pending if p != tr.job or text]
             if job.respond and text and self._creating is None:
                 self._create(CreateResponse(tr.now, speech_end=job.speech_end, endpoint=job.endpoint))
             elif self._creating is not None and not self.transcribing:
@@ -792,40 +758,32 @@ class TurnCore:
         (wake phrase) leave the reply alone."""
         if text:
             self._emit(Publish(FinalTranscript(text, language, now)))
-        decision = self._addressed(text, job.started_at, job.ptt)
+        decision = self.wake.decide(text, job.started_at, _source(job.ptt))
         words = turn_words(text, self.policy.backchannels)
         if words == 0 or not decision.answer:
             self._emit(Publish(FalseStart(now)))  # a backchannel (or echo): the reply goes on
             return
-        if (
-            (words < self._min_words or not self.policy.barge_in)
-            and self.current is not None
-            and self.policy.answer_turns
-        ):
+        later = words < self._min_words or not self.policy.barge_in
+        if later and self.current is not None and self.policy.answer_turns:
             self._next = (decision.text, job.speech_end)  # answered once the reply is over
             return
         self._interrupt_current()  # its BargeIn comes before the new turn's state change
         self._reply_now(Responder(decision.text), job.speech_end, job.endpoint)
 
-    def _answer(self, job: Finalizing, text: str, language: str, now: float, started: bool = False) -> None:
+    def _answer(self, job: Finalizing, text: str, language: str, now: float) -> None:
         """A confirmed spoken turn: publish its transcript and answer it (nothing said, or not addressed by the
-        wake phrase: back to listening, no reply and nothing in the history). `started`: its speculative reply
-        runs already and is confirmed."""
+        wake phrase: back to listening, no reply and nothing in the history). A speculative reply of its turn that
+        runs already is confirmed."""
         self._emit(Publish(FinalTranscript(text, language, now)))
-        decision = self._addressed(text, job.started_at, job.ptt)
+        decision = self.wake.decide(text, job.started_at, _source(job.ptt))
         if not text or not decision.answer:
-            if started:
-                self._drop_reply(job.turn)
+            self._drop_reply(job.turn)
             self._set_state(TurnState.IDLE if self.user is None else self.state)
             return
-        if started:
+        if job.turn in self.replies:
             self._confirm(job.turn, job.speech_end or job.endpoint, job.endpoint)
         else:
             self._start_reply(job.turn, Responder(decision.text), True, job.speech_end, job.endpoint)
-
-    def _addressed(self, text: str, started_at: float, ptt: bool) -> WakeDecision:
-        """The wake-phrase policy's verdict on a spoken turn (push-to-talk bypasses the phrase)."""
-        return self.wake.decide(text, started_at, _source(ptt))
 
     def follow_up_ends(self) -> float | None:
         """When the follow-up window closes (the driver sends `Command("tick")` then); None: nothing to wait for."""
@@ -835,10 +793,9 @@ class TurnCore:
         user, self.user = self.user, None
         if user is None:
             return
-        if user.spec_job is not None:
+        if user.spec_job is not None and user.spec_turn is not None:
             self._jobs.pop(user.spec_job, None)
-            if user.spec_started and user.spec_turn is not None:
-                self._drop_reply(user.spec_turn)
+            self._drop_reply(user.spec_turn)
         self._emit(ResetTranscriber())
         if not user.candidate and self.current is None:
             self._set_state(TurnState.IDLE)
@@ -870,12 +827,10 @@ class TurnCore:
 
     def _reply_out(self, turn: int, action: Play | Publish) -> None:
         reply = self.replies.get(turn)
-        if reply is None:
-            return
-        if not reply.confirmed:
+        if reply is not None and not reply.confirmed:
             reply.held.append(action)
-            return
-        self._emit_reply(reply, action)
+        elif reply is not None:
+            self._emit_reply(reply, action)
 
     def _emit_reply(self, reply: ReplyState, action: Action) -> None:
         if isinstance(action, Play) and not reply.audio_started:
@@ -889,14 +844,12 @@ class TurnCore:
         model failed is followed by an apology in the daemon, so the user knows to ask again."""
         reply = self.replies.pop(r.turn, None)
         if r.error is not None and (reply is None or reply.confirmed):
-            self._error(r.error, r.now, r.input_failed, r.turn)
+            self._error(f"turn {r.turn}", r.error, r.now, isinstance(r.error, InputError), r.turn)
         user = self.user
         if reply is not None and not reply.confirmed:  # a speculative reply failed: the turn starts afresh
-            if user is not None and user.spec_turn == r.turn:
-                user.spec_started, user.spec_text = False, None
-                if user.spec_job is None or user.spec_job not in self._jobs:
-                    user.spec_job, user.spec_turn = None, None
-                    self._refeed(user)
+            if user is not None and user.spec_turn == r.turn:  # (its transcript came: the job is done)
+                user.spec_job, user.spec_turn, user.spec_text = None, None, None
+                self._refeed(user)
             return
         if reply is None:
             return
@@ -910,7 +863,7 @@ class TurnCore:
                 (text, speech_end), self._next = self._next, None
                 self._reply_now(Responder(text), speech_end, r.now)
                 return
-            if r.model_failed and reply.asked and self.policy.answer_turns:
+            if isinstance(r.error, ModelError) and reply.asked and self.policy.answer_turns:
                 self._cancel_speculation(r.now)
                 self._reply_now(Responder(speak_text=APOLOGY), r.now, r.now)
                 return
@@ -1015,9 +968,9 @@ class TurnCore:
         self.pending.append(u.text.strip())
 
     def _on_create(self, c: CreateResponse) -> None:
-        if c.ask is not None or c.say is not None:  # the daemon's ask/say, in place of any speculative answer
+        if c.responder.user_text is not None or c.responder.speak_text is not None:  # in place of any speculation
             self._cancel_speculation(c.now)
-            self._reply_now(Responder(c.ask, c.say), c.now, c.now)
+            self._reply_now(c.responder, c.now, c.now)
             return
         if self._creating is not None:
             raise InputError("a response is already being prepared; wait for response.done or cancel it")
@@ -1038,22 +991,18 @@ class TurnCore:
     def _respond(self, c: CreateResponse) -> None:
         """Answer every pending user message as one reply (Realtime)."""
         turn, self._creating = self._creating_turn, None
-        text, self.pending = "\n".join(self.pending), []
+        text = "\n".join(p for p in self.pending if isinstance(p, str))
+        self.pending = [p for p in self.pending if isinstance(p, int) and p in self._jobs]  # still coming
         continues, self.tool_output = self.tool_output and not text, False  # a new user message starts afresh
         self._emit(Publish(ResponseStarted(turn, c.now)))
         if not text and not continues:
-            self._error(
-                "nothing to answer: no words were heard in the user audio and no user message was added; "
-                "send speech or a user message item",
-                c.now,
-                client_fault=True,
-                turn=turn,
-            )
+            why = "no words were heard in the user audio and no user message was added"
+            self._error("nothing to answer", f"{why}; send speech or a user message item", c.now, True, turn)
             self._emit(Publish(ResponseDone(turn, "", False, c.now)))
             return
         self._set_state(TurnState.THINKING)
         speech_end, endpoint = (c.speech_end, c.endpoint) if c.speech_end else (c.now, c.now)
-        responder = Responder(text or None, instructions=c.instructions, continues=continues)
+        responder = dataclasses.replace(c.responder, user_text=text or None, continues=continues)
         self._start_reply(turn, responder, True, speech_end, endpoint)
 
     def _on_set_policy(self, s: SetPolicy) -> None:
@@ -1076,8 +1025,11 @@ class TurnCore:
             old, self.state = self.state, new
             self._emit(Publish(StateChanged(old, new, self._now)))
 
-    def _error(self, message: str, now: float, client_fault: bool = False, turn: int | None = None) -> None:
-        self._emit(Publish(ErrorEvent(message, now, client_fault, turn)))
+    def _error(
+        self, what: str, e: BaseException | str, now: float, client_fault: bool = False, turn: int | None = None
+    ) -> None:
+        why = e if isinstance(e, str) else f"{type(e).__name__}: {e}"
+        self._emit(Publish(ErrorEvent(f"{what}: {why}", now, client_fault, turn)))
 
     def _emit(self, action: Action) -> None:
         self._out.append(action)
@@ -1099,8 +1051,6 @@ def _source(ptt: bool) -> TurnSource:
 
 
 def _time_of(inp: Input, last: float) -> float:
-    if isinstance(inp, VadIn):
-        return inp.event.time
     if isinstance(inp, SetPolicy):
         return last
-    return inp.now
+    return inp.time if isinstance(inp, VadEvent | ResponseTextDelta | ResponseAudio) else inp.now

@@ -4,8 +4,9 @@ The `wyoming` package does the protocol (event framing, info/asr/tts/audio types
 loop); this module maps its events onto our engines. Every model call runs on the daemon's one compute thread at
 `Priority.BACKGROUND`, so the live conversation always goes first; each connection keeps at most one job in
 flight and equal priorities run in submission order, so several clients are served in turn. A bad event or bad
-audio gets an `error` event and the connection keeps serving; a malformed frame (not JSON) ends that connection
-only, since the byte stream cannot be resynchronised.
+audio gets an `error` event; a failed request then ends its connection at the event whose answer its client awaits
+(Home Assistant ignores `error` and waits for the result or the end of the connection); a malformed frame (not
+JSON) ends that connection only, since the byte stream cannot be resynchronised.
 
 ASR: `transcribe` (optional) + `audio-start` + `audio-chunk`* + `audio-stop` -> `transcript-start` and
 `transcript-chunk` (appended text) while the audio arrives, then `transcript` (the final text) and
@@ -30,13 +31,13 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
-from wyoming.event import Event
+from wyoming.event import Event, async_write_event
 from wyoming.handle import Handled, HandledChunk, HandledStart, HandledStop, NotHandled
 from wyoming.info import (
     AsrModel,
@@ -59,6 +60,7 @@ from assistant.audio.format import CAPTURE_RATE, StreamResampler, float32_to_int
 from assistant.compute import Compute, Priority
 from assistant.config import Config
 from assistant.errors import AssistantError, InputError
+from assistant.settings import VoiceCatalog, check_voice
 from assistant.stt import Transcriber
 from assistant.text import ClauseChunker, sentences
 
@@ -70,6 +72,9 @@ MAX_CHANNELS = 32
 WIDTHS = (1, 2, 3, 4)  # bytes per sample: unsigned 8-bit, signed 16/24/32-bit little-endian (Wyoming's PCM)
 OUT_WIDTH = 2  # we answer 16-bit PCM
 # Parakeet TDT 0.6B v3 transcribes these 25 European languages; Nemotron streaming is English.
+# The most one frame's data or payload may declare: 80 s of 48 kHz 16-bit stereo (Home Assistant sends ~2 KB
+# chunks). The wyoming package reads a declared length whole before anyone looks at it.
+FRAME_LIMIT = 16 * 1024 * 1024
 PARAKEET_LANGUAGES = "bg cs da de el en es et fi fr hr hu it lt lv mt nl pl pt ro ru sk sl sv uk".split()
 
 
@@ -242,16 +247,29 @@ class AsrHandler(AsyncEventHandler):
         self.failed = False  # this request already got an error: its remaining audio is ignored
 
     async def handle_event(self, event: Event) -> bool:
+        if self.failed and AudioStop.is_type(event.type):
+            return False  # the request's error went out with the audio that failed; the connection's end says so
         try:
             await self._handle(event)
         except BAD_REQUEST as e:
             await self.write_event(_bad_request(event, e))
-            self._end()
-            self.failed = event.type in ("audio-start", "audio-chunk")
+            return self._failed(event)
+        except ConnectionError:
+            return False  # the client went away while we answered: nothing to tell, nothing to log
         except Exception as e:  # a bug or a model failure: the client hears why, the server keeps serving
             log.exception("wyoming asr: %s failed", event.type)
             await self.write_event(_error(f"transcription failed: {type(e).__name__}: {e}", "internal"))
-            self._end()
+            return self._failed(event)
+        return True
+
+    def _failed(self, event: Event) -> bool:
+        """After `event` failed: whether the connection goes on. A client waits for the transcript after audio-stop
+        and Home Assistant ignores error events, so a failed request ends the connection at its audio-stop (the
+        rest of its audio is ignored); other events fail alone."""
+        self._end()
+        if AudioStop.is_type(event.type):
+            return False
+        self.failed = event.type in ("audio-start", "audio-chunk")
         return True
 
     async def _handle(self, event: Event) -> None:
@@ -311,9 +329,6 @@ class AsrHandler(AsyncEventHandler):
             self.sent = text
 
     async def _stop(self) -> None:
-        if self.failed:
-            self.failed = False
-            return
         if self.transcriber is None:
             raise InputError("audio-stop without audio-start; send audio-start, audio-chunk(s), then audio-stop")
         transcriber, tail = self.transcriber, self.resampler.flush() if self.resampler else np.zeros(0, np.float32)
@@ -345,15 +360,38 @@ class TtsHandler(AsyncEventHandler):
         self.streaming = False
         self.chars = 0
         self.chunker = ClauseChunker("stream")  # the daemon's incremental-text path: speakable words as completed
+        self.failed = False  # a streaming request failed: its remaining text is ignored until its synthesize-stop
 
     async def handle_event(self, event: Event) -> bool:
+        if self.failed and (SynthesizeChunk.is_type(event.type) or Synthesize.is_type(event.type)):
+            return True
+        if self.failed and SynthesizeStop.is_type(event.type):
+            return False  # its error went out when it failed; the connection's end says so
+        if SynthesizeStart.is_type(event.type):
+            self.failed = False
         try:
             await self._handle(event)
         except BAD_REQUEST as e:
             await self.write_event(_bad_request(event, e))
+            return await self._failed(event)
+        except ConnectionError:
+            return False  # the client hung up while its speech streamed (Home Assistant stops a reply)
         except Exception as e:
             log.exception("wyoming tts: %s failed", event.type)
             await self.write_event(_error(f"synthesis failed: {type(e).__name__}: {e}", "internal"))
+            return await self._failed(event)
+        return True
+
+    async def _failed(self, event: Event) -> bool:
+        """After `event` failed: whether the connection goes on. A client waits for audio-stop (synthesize) or
+        synthesize-stopped (a streaming request) and Home Assistant ignores error events, so a failed request ends
+        the connection: at once for synthesize and synthesize-stop, at its synthesize-stop for a streaming request
+        that failed at its start or a chunk (its other text is ignored); other events fail alone."""
+        if Synthesize.is_type(event.type) or SynthesizeStop.is_type(event.type):
+            return False
+        if SynthesizeStart.is_type(event.type) or (SynthesizeChunk.is_type(event.type) and self.streaming):
+            await self.disconnect()  # the speech of a request that failed is not sent
+            self.streaming, self.utt, self.speaking, self.failed = False, None, None, True
         return True
 
     async def disconnect(self) -> None:
@@ -431,6 +469,8 @@ class TtsHandler(AsyncEventHandler):
     async def _voice(self, name: str | None) -> Any:
         if name is not None and not isinstance(name, str):
             raise InputError(f"voice name must be a string, got {name!r}")
+        if name:  # the voices that fit, and no path of this machine (the TTS's own message names its folder)
+            check_voice(cast(VoiceCatalog, self.svc.engines.tts), name, prefix="")
         return await self.svc.compute.run(self.svc.engines.tts.voice, name or None, priority=PRIORITY)
 
     async def _send_audio(self, chunk: np.ndarray, started: bool) -> None:
@@ -488,6 +528,9 @@ class HandleHandler(AsyncEventHandler):
             await self._handle(event)
         except BAD_REQUEST as e:
             await self.write_event(_bad_request(event, e))
+        except Exception as e:  # a bug or a model failure: the client hears why, the server keeps serving
+            log.exception("wyoming handle: %s failed", event.type)
+            await self.write_event(_error(f"answering failed: {type(e).__name__}: {e}", "internal"))
         return True
 
     async def disconnect(self) -> None:
@@ -501,6 +544,10 @@ class HandleHandler(AsyncEventHandler):
             text = Transcript.from_event(event).text
             if not isinstance(text, str) or not text.strip():
                 raise InputError("transcript text is empty; send what the user said")
+            if len(text) > self.svc.cfg.max_text_chars:  # it goes whole into the prompt
+                raise InputError(
+                    f"transcript longer than wyoming.max_text_chars = {self.svc.cfg.max_text_chars}; send less"
+                )
             await self._answer(text)
         elif event.type in ("select-program", "pong"):
             pass
@@ -538,6 +585,11 @@ class HandleHandler(AsyncEventHandler):
             await self.write_event(HandledStop().event())
             await self.write_event(NotHandled(text=str(e)).event())
             return
+        except Exception:
+            await self.svc.compute.run(
+                chat.finish_turn, "".join(parts), priority=PRIORITY
+            )  # the next turn starts clean
+            raise
         await self.svc.compute.run(chat.finish_turn, None, priority=PRIORITY)
         await self.write_event(HandledStop().event())
         await self.write_event(Handled(text="".join(parts).strip()).event())
@@ -553,6 +605,29 @@ def _next_step(gen: Any) -> Any:
 
 
 # ---- the services --------------------------------------------------------------------------------------------
+
+
+class _BoundedReader:
+    """A connection's reader as the wyoming package uses it (readline, readexactly), which refuses a frame whose
+    declared data or payload exceeds FRAME_LIMIT before reading it: the client gets an error event, and the
+    ValueError ends the connection (the package reads it as the end of the stream)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def readline(self) -> bytes:
+        return await self.reader.readline()
+
+    async def readexactly(self, n: int) -> bytes:
+        if n > FRAME_LIMIT:
+            text = (
+                f"a frame of {n} bytes is over the {FRAME_LIMIT} one event may carry; send the audio in smaller "
+                "chunks (and text within wyoming.max_text_chars)"
+            )
+            with contextlib.suppress(ConnectionError):
+                await async_write_event(_error(text, "frame-too-large"), self.writer)
+            raise ValueError(text)
+        return await self.reader.readexactly(n)
 
 
 class WyomingServices:
@@ -606,7 +681,7 @@ class WyomingServices:
             assert task is not None
             self._handlers.add(task)
             try:
-                await handler(reader, writer, self).run()
+                await handler(_BoundedReader(reader, writer), writer, self).run()
             except (ConnectionError, asyncio.IncompleteReadError):
                 pass  # the client went away mid-event
             except asyncio.CancelledError:

@@ -6,18 +6,27 @@
 #                ../shared/device/prepare_mlx_cuda.sh          # fills .dev-a/ and .dev-b/ (git-ignored)
 #              mkdir -p .bench-data && cp -r ../shared/data/qwen2-bpe .bench-data/   # BPE tables (git-ignored)
 # On the device, back to back (a machine idle for 30 s is given back; then start again at call 1):
-#   call 1 (carry .dev-a):               mkdir -p /tmp/w && cp .dev-a/* /tmp/w/
+#   call 1 (carry .dev-a .ptx):          mkdir -p /tmp/w && cp .dev-a/* /tmp/w/ && tar xzf .ptx/ptx.tgz -C /tmp
 #   call 2 (carry .dev-b .whl-gpu):      bash benchmarks/gpu.sh install tts-0.6B        (~8 min)
 #   call 3:                              bash benchmarks/gpu.sh tts-1.7B stt            (~9 min)
 #   call 4 (optional):                   bash benchmarks/gpu.sh v2v integ profile       (~4+3+3 min)
+# .ptx/ptx.tgz is MLX's JIT cache (/tmp/mlx/<version>/ptx) of an earlier lease, which every run returns in $OUT: without
+# it the first job of a fresh machine spends ~1-2 min compiling kernels (0.6B bf16: 154 s against 115 s for 1.7B after
+# it). From a worktree copied into FOLDER (/work/wt/notes/gpu-sync.sh), carry FOLDER in EVERY call, not only the first:
+# an ignored folder a call does not carry is gone on the device (17:06 UTC, 2026-12-07: `cd .dev-gpu` failed).
 # `ab` times the 0.6B frame fused, in the checkpoint's layout and fused without addmm (AB="fused unfused no-addmm"),
 # AB_REPS times (~40 s each), each under every MLX setting of AB_ENVS (e.g. "MLX_NONE=1 MLX_USE_CUDA_GRAPHS=0
-# MLX_MAX_OPS_PER_BUFFER=1000"; MLX_NONE=1 is MLX's defaults), recorded in the profile row's "env";
+# MLX_MAX_OPS_PER_BUFFER=1000"; MLX_NONE=1 is MLX's defaults), recorded in the profile row's "env"; AB_ARGS replaces
+# its tts_profile arguments (e.g. "--utterances-only --frames 100 250 --runs 4": whole utterances only, ~20 s each);
+# AB_TREES=". ../.dev-s5" runs each variant from each code tree in turn (carried folders; each row gets "code");
 # `ops` counts the operations of a frame's graphs (benchmarks/tts_ops.py), fused and unfused (seconds).
 # FRESH="tts" on the first call of a session drops the label's earlier TTS rows (taken on other code).
 # The daemon's pure-Python needs (soundfile, which every part imports, soxr, wyoming, platformdirs, httpx2, ...) travel
-# in .whl-gpu/ (carry it with .dev-b; `install` adds them); the Smart Turn ONNX in .st-model/ (carry it once: v2v then ends turns
-# with it). The Qwen2 BPE tables come from .bench-data/ when carried, else from the committed tests/fixtures copy.
+# in .whl-gpu/ (carry it with .dev-b; `install` adds them); the Smart Turn ONNX in .st-model/ (v2v then ends turns with
+# it): carry it in call 1, whose command adds `mkdir -p /tmp/st-model && cp .st-model/*.onnx /tmp/st-model/`, and
+# leave .ptx out of that call (a call carries at most 64 MiB with the tree: .dev-a 48 + .st-model 9 + tree 6 MB;
+# .dev-b 46 + .whl-gpu 2.5 + a worktree copy 4.3 + tree 6 MB). The Qwen2 BPE tables come from .bench-data/ when
+# carried, else from the committed tests/fixtures copy.
 # Then here: cp <files_at>/benchmarks/<label>.json docs/benchmarks/ && python -m benchmarks.report
 # Parts run in the order given; each stops in time (LIMIT_<part> seconds) to copy its results back inside the
 # 10-minute call. A helper's worktree that travels as a carried folder runs the same way: `cd FOLDER && bash ...`.
@@ -77,27 +86,34 @@ for part in "$@"; do
         cmds=(); for _ in $(seq "${AB_REPS:-1}"); do for v in ${AB:-fused unfused no-addmm}; do
           f=""; [ "$v" = fused ] || f="--$v"
           for e in ${AB_ENVS:-MLX_NONE=1}; do  # AB_ENVS="MLX_NONE=1 MLX_USE_CUDA_GRAPHS=0": each variant per setting
-            cmds+=("$e -m benchmarks.tts_profile --size 0.6B --positions 100 --frames 100 $f")
+            for t in ${AB_TREES:-.}; do  # AB_TREES=". ../.dev-s5": each code tree's own tts_profile, in turn
+              cmds+=("@$t $e -m benchmarks.tts_profile --size 0.6B ${AB_ARGS:---positions 100 --frames 100} $f")
+            done
           done
         done; done; part=profile
       else
         cmds=("-m benchmarks.integ --real --reps 5")
       fi
       for c in "${cmds[@]}"; do
-        e=""; case "$c" in MLX_*) e=${c%% *}; c=${c#* } ;; esac  # an MLX environment setting (ab) leads the command
-        timeout -k 10 "${LIMIT_PART:-280}" env PYTHONPATH=.:/tmp/site $e python3 -u $c \
-          | grep --line-buffered '^{' | tee -a "$RESULTS/$label-$part.jsonl" || rc=$?
+        d=.; case "$c" in @*) d=${c%% *}; d=${d#@}; c=${c#* } ;; esac  # the code tree (ab) leads the command
+        e=""; case "$c" in MLX_*) e=${c%% *}; c=${c#* } ;; esac  # then an MLX environment setting (ab)
+        tag=""; [ -n "${AB_TREES:-}" ] && tag="\"code\": \"$d\", "  # each row names its tree when there are several
+        (cd "$d" && timeout -k 10 "${LIMIT_PART:-280}" env PYTHONPATH=.:/tmp/site $e python3 -u $c) \
+          | grep --line-buffered '^{' | sed -u "s|^{|{$tag|" | tee -a "$RESULTS/$label-$part.jsonl" || rc=$?
       done
       continue ;;
     *) echo "unknown part $part: use install, tts-0.6B, tts-1.7B, stt, llm, v2v, profile, ab, ops or integ" >&2; exit 2 ;;
   esac
   # JOBS="4-bit,mxfp4": only the jobs whose names contain one of these ("tts 0.6B bf16$": that name exactly)
-  timeout -k 10 "$limit" python3 -u -m benchmarks --label "$label" --out "$RESULTS" "${args[@]}" --jobs "${JOBS:-}" \
+  # TTS_ENV="MLX_USE_CUDA_GRAPHS=0 ...": MLX settings for this part's jobs (each row records its MLX_* settings)
+  timeout -k 10 "$limit" env ${TTS_ENV:-} python3 -u -m benchmarks --label "$label" --out "$RESULTS" "${args[@]}" \
+    --jobs "${JOBS:-}" \
     || rc=$?
 done
 if [ -n "${OUT:-}" ]; then
   mkdir -p "$OUT/benchmarks" && cp "$RESULTS/$label"*.json* "$OUT/benchmarks/"
   cp "$RESULTS"/../benchmarks.md "$OUT/" 2>/dev/null
+  tar czf "$OUT/ptx.tgz" -C /tmp mlx 2>/dev/null  # the JIT cache for the next lease's call 1 (~5 MB)
 fi
 df -h /tmp | tail -1
 exit $rc

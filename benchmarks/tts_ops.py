@@ -55,8 +55,8 @@ def count(folder: Path) -> dict[str, Any]:
     seen = mx.zeros((talker.cfg.vocab_size,), dtype=mx.bool_)
     key = mx.random.key(0)
     mx.eval([c.kv for c in cache], seen, key)
-    mx.eval(talker.step(x, cache))  # traced and compiled once; the next call is the graph a frame runs
-    h = talker.step(x, cache)
+    mx.eval(talker.step(x, cache, x))  # traced and compiled once (with E(frame) + text, as in the frame loop)
+    h = talker.step(x, cache, x)  # the next call is the graph a frame runs
     step = primitives(h)
     mx.eval(h)
     blocked = mx.array(False)

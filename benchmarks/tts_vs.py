@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -72,13 +73,15 @@ def timed(chunks: Iterator[Any], frames: int) -> dict[str, float]:
     return {"first_chunk_s": first or total, "total_s": total, "rtf": total / (frames * FRAME_S)}
 
 
-def ours(folder: Path) -> tuple[Callable[[int], Iterator[Any]], int]:
+def ours(folder: Path, max_frames: int) -> tuple[Callable[[int], Iterator[Any]], int]:
     from assistant.config import TtsConfig
     from assistant.tts.qwen3.engine import Qwen3TTS, Utterance, ad_hoc_voice, sampling_of
     from assistant.tts.qwen3.generate import FrameGenerator
     from assistant.tts.qwen3.prompt import VoicePrompt
 
-    cfg = TtsConfig(model=str(folder), first_chunk_frames=1, chunk_frames=4, seed=0)
+    # max_frames: warmup() compiles the talker step for the KV lengths these utterances meet, as the daemon does
+    # for its configured maximum (2048 would compile ten lengths, seconds of a device call, for one used here)
+    cfg = TtsConfig(model=str(folder), first_chunk_frames=1, chunk_frames=4, seed=0, max_frames=max_frames + 1)
     tts = Qwen3TTS.load(cfg)
     voice = tts.use_voice(ad_hoc_voice("bench", VoicePrompt(language="english", speaker="vivian")))
 
@@ -169,17 +172,23 @@ def main(argv: list[str] | None = None) -> int:
             "predictor_layers": args.layers[1],
             "decoder_dim": args.decoder_dim,
             "checkpoint_bytes": facts["weights_bytes"],
+            "checkpoint_write_s": facts.get("write_s"),  # when this folder was written (device-time planning)
             "reps": args.reps,
             "warmup": 1,
+            "env": {k: v for k, v in os.environ.items() if k.startswith("MLX_")},  # MLX settings (gpu.sh TTS_ENV)
         }
         measured_bw = measured_bandwidth()
-        run, nbytes = ours(folder)
+        t0 = time.perf_counter()
+        run, nbytes = ours(folder, max(args.frames))
+        base["ours_load_warmup_s"] = round(time.perf_counter() - t0, 1)
         trun, peer_error = None, ""
         if args.peer == "yes":
+            t0 = time.perf_counter()
             try:  # both stay loaded: each row is complete (and printed) before the next, a time limit loses little
                 trun = theirs(folder)
             except Exception as e:  # the peer failing must not lose our rows
                 peer_error = f"{type(e).__name__}: {e}"[:500]
+            base["mlx_audio_load_s"] = round(time.perf_counter() - t0, 1)
         for frames in args.frames:
             warm = frames == args.frames[0]
             m = measure(run, frames, args.reps, warm)

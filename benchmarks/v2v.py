@@ -10,7 +10,8 @@ after turn, with silence until the previous answer has played; a sink timestamps
 each true end of speech and plays at 24 kHz in real time. Random weights say nothing meaningful: the STT's text
 is replaced by the sentence of the WAV after its real compute (random weights often decode to blanks, which the
 daemon would rightly leave unanswered); the LLM runs its real steps but answers REPLY_WORDS, a word a step (random
-tokens never complete a word, so the TTS would get no text before llm.max_tokens); tts.max_frames caps the audio.
+tokens often decode to nothing, so the TTS would wait for text a real model gives at once); tts.max_frames caps the
+audio.
 JSON on stdout: latency medians and p90 per stage (from the daemon's LatencyTrace events, which count from the
 VAD's end of speech), end to end (from the true end of speech, measured by this script), and "after the endpoint,
 per hop": from the end-of-turn decision to the first sample written, hop by hop from the compute thread's own job
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -104,6 +105,7 @@ class TimestampSink:
         self._level = SILENT_DBFS  # of the latest write
         self.last_sample_time: float | None = None  # no drain time known: the turn core goes by level_at
         self.underruns = 0
+        self.gap_s = 0.0  # silence inside replies: from running dry to the next chunk, summed
 
     def level_at(self, t: float) -> float:
         """The latest write's level while written audio still plays (no history: now stands for `t`)."""
@@ -114,6 +116,9 @@ class TimestampSink:
         self.writes.append(now)
         self._level = level_dbfs(chunk)
         if self._start is None or self.played_samples >= self._written:  # idle: playback restarts now
+            if self._start is not None:  # the reply's audio ran dry before this chunk came: the listener heard a gap
+                self.underruns += 1
+                self.gap_s += now - (self._start + self._written / OUT_RATE)
             self._start = now - self._written / OUT_RATE
         if self._dac is None:  # the first sample since flush() (an underrun's restart is not the reply's start)
             self._dac = now
@@ -167,16 +172,20 @@ class ForcedText:
 REPLY_WORDS = ("It", " will", " be", " sunny", " and", " mild", " tomorrow", " morning.")  # ~1 Gemma token each
 
 
-def forced_reply(deltas: Iterator[str]) -> Iterator[str]:
-    """The real generation's steps with a scripted answer: each non-empty delta of the model (one decode step)
-    becomes the next word of REPLY_WORDS, then the answer ends. Random weights emit tokens that never complete a
-    word (a run of "!"), so the TTS would get no text until llm.max_tokens; a real Gemma gives ~1 word a token."""
+def forced_reply(deltas: Iterator[str], tokens: Callable[[], int]) -> Iterator[str]:
+    """The real generation's steps with a scripted answer: each decode step of the model (a step after which
+    `tokens()`, the tokens sampled so far, has grown) yields the next word of REPLY_WORDS whatever text it
+    decoded; a prefill step yields ""; after the script the answer ends. A real Gemma's streaming detokenizer
+    gives ~1 word a token, but random weights often sample byte tokens that decode to "" (the H100 run of 09:24
+    took 12 steps for 8 words, which put ~155 ms of empty steps between the first word and the TTS's first text)."""
     words = iter(REPLY_WORDS)
+    seen = 0
     try:
-        for delta in deltas:
-            if not delta:
-                yield delta  # a prefill step
+        for _ in deltas:  # what the step decoded is replaced by the script
+            if tokens() == seen:
+                yield ""  # a prefill chunk, or a detokenizer tail with no token of its own
                 continue
+            seen = tokens()
             word = next(words, None)
             if word is None:
                 return
@@ -188,10 +197,10 @@ def forced_reply(deltas: Iterator[str]) -> Iterator[str]:
 
 
 class ForcedChat(Chat):
-    """The real chat (template, prompt cache, one forward a step) answering with REPLY_WORDS."""
+    """The real chat (template, prompt cache, one forward a step) answering with REPLY_WORDS, a word a token."""
 
     def respond(self, user_text: str) -> Iterator[str]:
-        return forced_reply(super().respond(user_text))
+        return forced_reply(super().respond(user_text), lambda: self.stats.generated_tokens)
 
 
 @dataclass(frozen=True)
@@ -421,6 +430,8 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     decision: list[float] = []  # true end of speech -> that turn's endpoint decision
     specs: list[float] = []  # every speculation's start (SpeculationStarted)
     hops: list[dict[str, Any]] = []  # per timed turn: `breakdown` after the endpoint
+    gaps: list[float] = []  # per timed turn: ms of silence inside its reply (the sink ran dry)
+    gap_mark = 0.0
     soak: dict[str, dict[str, int]] = {}  # resident memory, threads and tasks after turn 50 and the last
     misses = 0
     try:
@@ -435,20 +446,9 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                     break
                 source.next_turn.set()
                 continue
-            end = source.true_ends[-1]  # a new turn starts only after this answer (next_turn below)
-            first = next((w for w in sink.writes if w > end), None)
-            if len(traces) > 0 and first is not None:
-                e2e.append(1000.0 * (first - end))
-                decided = [t for t in endpoints if end <= t <= first]
-                if decided:  # the last decision before the first sample (a reopened turn decides twice)
-                    after_endpoint.append(1000.0 * (first - decided[-1]))
-                    decision.append(1000.0 * (decided[-1] - end))
-                    spec = next((t for t in reversed(specs) if end - 1.0 <= t <= decided[-1]), None)
-                    hop = breakdown(decided[-1], first, spec, compute.jobs)
-                    if hop is not None:
-                        hops.append(hop)
-                        shown = {k: round(v, 1) if isinstance(v, float) else v for k, v in hop.items()}
-                        print(f"[v2v] after the endpoint: {shown}", file=sys.stderr, flush=True)
+            if len(traces) > 0:  # the trace comes once the reply has played: its gaps are all in
+                gaps.append(1000.0 * (sink.gap_s - gap_mark))
+            gap_mark = sink.gap_s
             traces.append(trace)
             print(f"[v2v] turn {len(traces) - 1}: {trace}", file=sys.stderr, flush=True)
             if len(traces) - 1 in (SOAK_EARLY, args.turns):
@@ -460,7 +460,21 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         runner.cancel()
         await p.aclose()
         await asyncio.to_thread(compute.close, 2.0)
+        if args.job_log:
+            write_job_log(Path(args.job_log), compute.jobs, endpoints, specs, source.true_ends, sink.writes)
     timed = traces[1:]
+    for end, decided, first in answered(source.true_ends, endpoints, sink.writes):
+        if end == source.true_ends[0]:
+            continue  # the warm-up turn
+        e2e.append(1000.0 * (first - end))
+        after_endpoint.append(1000.0 * (first - decided))
+        decision.append(1000.0 * (decided - end))
+        spec = next((t for t in reversed(specs) if end - 1.0 <= t <= decided), None)
+        hop = breakdown(decided, first, spec, compute.jobs)
+        if hop is not None:
+            hops.append(hop)
+            shown = {k: round(v, 1) if isinstance(v, float) else v for k, v in hop.items()}
+            print(f"[v2v] after the endpoint: {shown}", file=sys.stderr, flush=True)
 
     def col(name: str) -> list[float]:
         return [v for t in timed if (v := getattr(t, name)) is not None]
@@ -511,10 +525,38 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "compute thread: other jobs (transcriber feeds, finals)": stats(hop_col("compute: other jobs")),
             "compute thread: idle (waits outside compute)": stats(hop_col("compute: idle")),
             "queue wait of the reply's jobs": stats(hop_col("queue wait of reply jobs")),
+            "turns with a playback gap (the sink ran dry mid-reply)": sum(
+                t.extra.get("playback_underruns", 0.0) > 0 for t in timed
+            ),
+            "playback gaps: ms of silence inside a reply": stats(gaps),
             "stage reached at the endpoint (turns)": {s: sum(h["stage"] == s for h in hops) for s in STAGES},
             "turns whose reply started more than once": sum(h["reply starts"] > 1 for h in hops),
         },
     }
+
+
+def answered(ends: list[float], endpoints: list[float], writes: list[float]) -> list[tuple[float, float, float]]:
+    """(true end of speech, end-of-turn decision, first sample written) per answered turn, oldest first. Each
+    decision is paired with the last true end before it and the first sample written after it, so a turn answered
+    late (after a timeout, while the source has spoken again) still gets its own times; a turn decided twice (a
+    reopened turn) counts its last decision before that sample."""
+    turns: dict[float, tuple[float, float, float]] = {}
+    for decided in sorted(endpoints):
+        first = next((w for w in writes if w > decided), None)
+        end = max((e for e in ends if e <= decided), default=None)
+        if first is not None and end is not None:
+            turns[first] = (end, decided, first)
+    return sorted(turns.values())
+
+
+def write_job_log(
+    path: Path, jobs: list[JobTime], endpoints: list[float], specs: list[float], ends: list[float], writes: list[float]
+) -> None:
+    """Every compute job and every milestone as JSON lines (monotonic seconds), to follow one turn job by job."""
+    with path.open("w") as f:
+        for name, times in (("true end", ends), ("speculation", specs), ("endpoint", endpoints), ("write", writes)):
+            f.writelines(json.dumps({"mark": name, "t": t}) + "\n" for t in times)
+        f.writelines(json.dumps(asdict(j)) + "\n" for j in jobs)
 
 
 async def _next_trace(sub: Any, endpoints: list[float], specs: list[float]) -> Any:
@@ -550,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="diagnostic: skip the daemon's mx.clear_cache() after each reply (the next turn then reuses buffers)",
     )
+    ap.add_argument("--job-log", default="", help="write every compute job and milestone here (JSON lines)")
     ap.add_argument("--smart-turn", default="", help="folder of smart-turn-v3.2-cpu.onnx: end of turn by the model")
     args = ap.parse_args(argv)
     from benchmarks.checkpoints import write_checkpoint

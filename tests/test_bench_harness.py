@@ -101,20 +101,34 @@ def test_v2v_breakdown_clips_each_hop_at_the_endpoint() -> None:
     assert round(hops["compute: idle"], 3) == 10.0
 
 
+def test_v2v_pairs_each_decision_with_its_own_speech_and_sample() -> None:
+    """A turn answered after a timeout (the source already spoke again) is timed from its own true end to its own
+    first sample; a turn decided twice counts its last decision; a true end never decided is no turn."""
+    from benchmarks.v2v import answered
+
+    ends = [10.0, 35.0, 60.0, 63.0]  # 35: spoken after a timeout, never decided; 60 answered only at 60.2
+    endpoints = [10.2, 60.1, 60.2, 63.2]  # 10.2: the slow first turn; 60.1 and 60.2: one reopened turn
+    writes = [40.0, 40.1, 60.3, 60.4, 63.3]  # 40.0: the slow turn's first sample, after the source spoke at 35
+    assert answered(ends, endpoints, writes) == [(10.0, 10.2, 40.0), (60.0, 60.2, 60.3), (63.0, 63.2, 63.3)]
+
+
 def test_v2v_forced_reply_keeps_the_models_steps_and_scripts_the_words() -> None:
-    """Prefill steps pass through, each delta of the model becomes the next scripted word, and the answer ends
-    (closing the model's generator) after the script."""
-    closed = []
+    """Prefill steps pass through, each decode step becomes the next scripted word even when the model's delta
+    is empty (random weights sample byte tokens that decode to nothing), and the answer ends (closing the
+    model's generator) after the script."""
+    closed, sampled = [], [0]
 
     def model() -> Iterator[str]:
         try:
-            yield ""
+            yield ""  # a prefill chunk: no token sampled
             while True:
-                yield "!"
+                sampled[0] += 1
+                yield "" if sampled[0] % 2 else "!"
         finally:
             closed.append(True)
 
-    assert list(forced_reply(model())) == ["", *REPLY_WORDS] and closed == [True]
+    assert list(forced_reply(model(), lambda: sampled[0])) == ["", *REPLY_WORDS] and closed == [True]
+    assert sampled[0] == len(REPLY_WORDS) + 1  # one step per word, and the step that found the script over
 
 
 def test_v2v_takes_the_trace_sent_before_its_response_done() -> None:
@@ -134,9 +148,12 @@ def test_v2v_takes_the_trace_sent_before_its_response_done() -> None:
 
 
 def test_v2v_sink_first_sample_is_the_first_write_since_flush() -> None:
-    """An underrun restarts the sink's playback clock but not the reply's first sample time."""
+    """An underrun restarts the sink's playback clock (and is counted) but not the reply's first sample time."""
     sink = TimestampSink()
     sink.write(np.zeros(1, np.float32))
     time.sleep(0.005)  # the one sample has played: the next write finds the sink idle
     sink.write(np.zeros(1, np.float32))
-    assert sink.first_sample_dac_time == sink.writes[0] < sink.writes[1]
+    assert sink.first_sample_dac_time == sink.writes[0] < sink.writes[1] and sink.underruns == 1 and sink.gap_s > 0
+    sink.flush()
+    sink.write(np.zeros(1, np.float32))  # a new reply's first chunk is no gap
+    assert sink.underruns == 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from assistant import cli
+from assistant.errors import AssistantError
 
 SUBCOMMANDS = ["run", "devices", "pull", "say", "voices", "transcribe", "chat", "ctl", "wyoming", "doctor"]
 
@@ -174,6 +177,26 @@ def test_run_on_a_port_in_use_fails_before_loading(tmp_path: Path) -> None:
     assert out.stderr.startswith("assistant: error: server.host '999.1.1.1' is not an address of this machine")
 
 
+def test_a_wyoming_port_in_use_fails_before_loading(tmp_path: Path) -> None:
+    """`run` with wyoming.enabled and `assistant wyoming` on a Wyoming port already listening fail in one line before
+    any model loads (they loaded every model first), and `doctor` fails that port (it checked only the server's)."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        wyoming = ["--set", f"wyoming.tts_port={port}", "--set", "wyoming.asr_port=0"]
+        line = (
+            f"wyoming tts port 127.0.0.1:{port} is not free (Address already in use); stop what uses it (another "
+            "`assistant run` or `assistant wyoming`?) or set wyoming.tts_port"
+        )
+        ran = run(["run", *empty_models(tmp_path), "--set", "wyoming.enabled=true", *wyoming], no_sound_env(tmp_path))
+        served = run(["wyoming", *empty_models(tmp_path / "b"), *wyoming], no_sound_env(tmp_path))
+        doctor = run(["doctor", "--set", "wyoming.enabled=true", *wyoming], no_sound_env(tmp_path))
+    assert ran.returncode == served.returncode == 2
+    assert ran.stderr.strip().splitlines() == served.stderr.strip().splitlines() == [f"assistant: error: {line}"]
+    assert f"  FAIL  wyoming ports: {line}" in doctor.stdout.splitlines()
+
+
 def test_the_silence_detector_loads_no_end_of_turn_model(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """With endofturn.detector = "silence" start-up logs the STT, LLM, TTS and voice loads and no end-of-turn model
     (it logged `loaded end-of-turn model model=pipecat-ai/smart-turn-v3` that it never loaded)."""
@@ -271,3 +294,46 @@ def test_bad_voice_aliases_and_tls_files_fail_before_any_model_loads(tmp_path: P
     assert out.returncode == 2 and out.stderr.startswith("assistant: error: cannot load server.tls_cert ")
     out = run(["doctor", *tls], env)
     assert "  FAIL  server settings: cannot load server.tls_cert " in out.stdout
+
+
+def test_doctor_finds_truncated_weights_a_missing_shard_and_a_missing_part(tmp_path: Path) -> None:
+    """`doctor` fails a weights file cut short, a shard the index names that is missing and a sub-model folder
+    (the TTS speech tokenizer) without weights, naming the file (it said `ok`; `run` failed loading)."""
+    import mlx.core as mx
+
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    (whole / "config.json").write_text("{}")
+    mx.save_safetensors(str(whole / "model.safetensors"), {"w": mx.zeros((64, 64))})
+    cli._check_model(str(whole), "LLM")  # a whole folder passes
+
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(AssistantError, match=r"safetensors is cut short \(\d+ of \d+ bytes\); run `assistant pull`"):
+        cli._check_model(str(cut), "LLM")
+
+    sharded = tmp_path / "sharded"
+    shutil.copytree(whole, sharded)
+    (sharded / "model.safetensors").rename(sharded / "model-00001-of-00002.safetensors")
+    index = {"weight_map": {"w": "model-00001-of-00002.safetensors", "v": "model-00002-of-00002.safetensors"}}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(AssistantError, match=r"model-00002-of-00002\.safetensors, named in .* is missing"):
+        cli._check_model(str(sharded), "LLM")
+
+    tts = tmp_path / "tts"
+    shutil.copytree(whole, tts)
+    (tts / "speech_tokenizer").mkdir()
+    (tts / "speech_tokenizer" / "config.json").write_text("{}")
+    with pytest.raises(AssistantError, match=r"speech_tokenizer holds no weights"):
+        cli._check_model(str(tts), "TTS model")
+
+
+def test_set_before_and_after_the_command_both_apply(isolated_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`assistant --set A voices --set B` applies A and B (the --set list after the command replaced the one before
+    it, silently dropping A)."""
+    assert cli.main(["--set", "tts.voice=nobody", "voices", "--set", "logging.level=info"]) == 2
+    assert capsys.readouterr().err == "tts.voice 'nobody' is none of these profiles; set tts.voice to one of them\n"
+    assert cli.main(["--set", "tts.voice=nobody", "--set", "tts.voice=vivian", "voices"]) == 0
+    assert cli.main(["--set", "tts.voice=nobody", "voices", "--set", "tts.voice=vivian"]) == 0  # the later one wins

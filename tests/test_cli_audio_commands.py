@@ -144,3 +144,26 @@ def test_ctrl_c_stops_within_one_sentence(models: dict[str, Path], isolated_env:
     started = [ln for ln in [*lines, *rest.splitlines()] if "speaking sentence" in ln]
     assert len(started) <= 3, started  # the sentence under way when the signal came may be the 3rd at most
     assert not (isolated_env / "x.wav").exists()
+
+
+def test_weights_that_do_not_match_the_config_are_one_line(
+    models: dict[str, Path], isolated_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An STT checkpoint whose weights do not match its config.json fails in one line that keeps the fix at its
+    end (MLX's message lists every parameter on its own line: hundreds of lines for a real model)."""
+    import shutil
+
+    import mlx.core as mx
+
+    odd = isolated_env / "odd"
+    shutil.copytree(models["stt"], odd)
+    weights = mx.load(str(odd / "model.safetensors"))
+    assert isinstance(weights, dict)
+    weights |= {f"extra.layer{i}.weight": mx.zeros((2,)) for i in range(300)}
+    mx.save_safetensors(str(odd / "model.safetensors"), weights)
+    sf.write(isolated_env / "a.wav", np.zeros(16000, np.float32), 16000)
+    assert cli.main(["transcribe", str(isolated_env / "a.wav"), "--set", f"stt.model={odd}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 600
+    assert err.startswith(f"assistant: error: the weights in {odd} do not match its config.json: Received 300 ")
+    assert err.endswith("; re-download the model\n")

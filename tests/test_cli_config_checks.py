@@ -75,3 +75,24 @@ def test_a_voice_that_does_not_fit_the_local_tts_model_fails_before_it_loads(tmp
     cli.check_voice(base)  # clone fits Base
     cli.check_voice(custom, "vivian")
     cli.check_voice(custom.replace({"tts.model": str(tmp_path / "absent")}))  # hub.resolve's own error comes later
+
+
+def test_an_unusable_token_file_fails_before_the_models_load(isolated_env: Path) -> None:
+    """A server.token_file that is a folder or a symbolic link fails the start-up check (so `run` fails in a
+    second and `doctor` says FAIL) in one line naming the fix (`run` failed only after loading every model,
+    saying `fix its permissions` of a folder; `doctor` said ok)."""
+    folder = isolated_env / "tokens"
+    folder.mkdir()
+    cfg = config.Config().replace({"server.token_file": str(folder)})
+    with pytest.raises(ConfigError) as e:
+        cli.check_server_settings(cfg)
+    assert str(e.value) == (
+        f"the server token file {folder} is a folder; set server.token_file to a file (it is created at the "
+        "first start) or set server.token"
+    )
+    link = isolated_env / "link"
+    link.symlink_to(isolated_env / "elsewhere")
+    with pytest.raises(ConfigError, match="is a symbolic link; remove it"):
+        cli.check_server_settings(config.Config().replace({"server.token_file": str(link)}))
+    cli.check_server_settings(config.Config().replace({"server.token_file": str(isolated_env / "new-token")}))
+    assert not (isolated_env / "new-token").exists()  # a check creates nothing

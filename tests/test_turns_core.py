@@ -14,6 +14,7 @@ import pytest
 from assistant.audio.format import CAPTURE_RATE, level_dbfs
 from assistant.config import Config
 from assistant.endofturn import Decision, FixedSilence, SmartTurnPolicy, TurnEvidence
+from assistant.errors import InputError, ModelError
 from assistant.events import (
     AttentionChanged,
     ErrorEvent,
@@ -21,6 +22,7 @@ from assistant.events import (
     FinalTranscript,
     PauseStarted,
     PushToTalk,
+    ResponseAudio,
     ResponseDone,
     SilenceStarted,
     SpeculationCancelled,
@@ -50,7 +52,6 @@ from assistant.turns import (
     Play,
     Policy,
     Publish,
-    ReplyAudio,
     ReplyDone,
     RunVad,
     Scored,
@@ -60,7 +61,6 @@ from assistant.turns import (
     Transcribed,
     TurnCore,
     UserText,
-    VadIn,
 )
 
 BLOCK = 320  # 20 ms
@@ -102,7 +102,7 @@ class Timeline:
         return self.t
 
     def vad(self, ev: SpeechStarted | PauseStarted | SilenceStarted | SpeechResumed | SpeechEnded) -> None:
-        self.send(VadIn(ev))
+        self.send(ev)
 
     def started(self, at: int) -> None:
         self.vad(SpeechStarted(at, at, self.now))
@@ -116,7 +116,7 @@ class Timeline:
         self.send(Transcribed(job, text, "en", self.now))
 
     def reply_plays(self, turn: int) -> None:
-        self.send(ReplyAudio(turn, np.full(240, 0.1, dtype=np.float32), self.now))
+        self.send(ResponseAudio(turn, np.full(240, 0.1, dtype=np.float32), self.now))
 
     def of(self, kind: type) -> list[object]:
         return [a for a in self.actions if isinstance(a, kind)]
@@ -269,7 +269,8 @@ def ptt_overrides_vad(policy: Policy) -> None:
 
 
 def manual_commit(policy: Policy) -> None:
-    """Without turn detection audio waits for commit; the transcript queues with a text item; create answers both."""
+    """Without turn detection audio waits for commit; the transcript queues with a text item; create answers both,
+    in the order they were added."""
     tl = Timeline(policy)
     tl.send(SetPolicy(dataclasses.replace(policy, vad_turns=False), FixedSilence(700)))
     tl.audio(10, value=1000)
@@ -281,6 +282,15 @@ def manual_commit(policy: Policy) -> None:
     tl.transcribe("second")
     reply = tl.of(StartReply)[-1]
     assert reply.responder.user_text == "first\nsecond" and reply.confirmed  # type: ignore[attr-defined]
+    # audio committed before a text item is answered before it, though its transcript comes later
+    tl.send(ReplyDone(reply.turn, "", False, tl.now))  # type: ignore[attr-defined]
+    tl.audio(10, value=1000)
+    tl.send(Command("commit", tl.now))
+    tl.send(UserText("in Paris?", tl.now))
+    tl.send(CreateResponse(tl.now))
+    assert tl.of(StartReply)[-1] is reply, "the response waits for the transcript in flight"
+    tl.transcribe("what is the weather")
+    assert tl.of(StartReply)[-1].responder.user_text == "what is the weather\nin Paris?"  # type: ignore[attr-defined]
 
 
 def function_outputs_continue(policy: Policy) -> None:
@@ -320,12 +330,12 @@ def engine_error(policy: Policy) -> None:
     """A reply that fails is reported, ends as interrupted, and the core listens again; the next turn works."""
     tl = Timeline(policy)
     turn = spoken_turn(tl)
-    tl.send(ReplyDone(turn, "", True, tl.now, error="ValueError: scripted failure"))
+    tl.send(ReplyDone(turn, "", True, tl.now, error=ValueError("scripted failure")))
     assert "scripted failure" in tl.events(ErrorEvent)[-1].message  # type: ignore[attr-defined]
     assert not tl.events(ErrorEvent)[-1].client_fault and tl.events(ErrorEvent)[-1].turn == turn  # type: ignore[attr-defined]
     assert tl.core.state is TurnState.IDLE
     assert spoken_turn(tl, "again") > turn
-    tl.send(ReplyDone(turn + 1, "", True, tl.now, error="InputError: the user message is empty", input_failed=True))
+    tl.send(ReplyDone(turn + 1, "", True, tl.now, error=InputError("the user message is empty")))
     assert tl.events(ErrorEvent)[-1].client_fault  # type: ignore[attr-defined]
 
 
@@ -334,13 +344,13 @@ def model_failure(policy: Policy) -> None:
     Realtime client is told by the error alone); the apology failing in turn gets no apology of its own."""
     tl = Timeline(policy)
     turn = spoken_turn(tl)
-    tl.send(ReplyDone(turn, "", True, tl.now, error="ModelError: the LLM server is gone", model_failed=True))
+    tl.send(ReplyDone(turn, "", True, tl.now, error=ModelError("the LLM server is gone")))
     assert "server is gone" in tl.events(ErrorEvent)[-1].message  # type: ignore[attr-defined]
     apology = tl.of(StartReply)[-1]
     assert isinstance(apology, StartReply)
     if policy.answer_turns:
         assert apology.turn > turn and apology.confirmed and apology.responder.speak_text == APOLOGY
-        tl.send(ReplyDone(apology.turn, "", True, tl.now, error="ModelError: the TTS broke", model_failed=True))
+        tl.send(ReplyDone(apology.turn, "", True, tl.now, error=ModelError("the TTS broke")))
         assert tl.of(StartReply)[-1] is apology
     else:
         assert apology.turn == turn
@@ -352,7 +362,7 @@ def failed_speculation_is_silent(policy: Policy) -> None:
     afresh, and the turn's confirmed answer is a new reply."""
     tl = Timeline(policy)
     spec = speculating(tl)
-    tl.send(ReplyDone(spec.turn, "", True, tl.now, error="ModelError: the LLM server is gone", model_failed=True))
+    tl.send(ReplyDone(spec.turn, "", True, tl.now, error=ModelError("the LLM server is gone")))
     assert not tl.events(ErrorEvent) and tl.of(StartReply) == [spec]
     feeds = [a for a in tl.of(Feed) if isinstance(a, Feed)]
     assert len(feeds[-1].audio) == tl.pos()  # re-fed from the utterance's first sample

@@ -40,8 +40,22 @@ def read_token(cfg: ServerConfig) -> str | None:
         return path.read_text(encoding="utf-8").strip() or None
     except FileNotFoundError:
         return None
+    except IsADirectoryError as e:
+        raise ConfigError(
+            f"the server token file {path} is a folder; set server.token_file to a file (it is created at the first "
+            "start) or set server.token"
+        ) from e
     except OSError as e:
         raise ConfigError(f"cannot read the server token {path}: {e.strerror}; fix its permissions") from e
+
+
+def check_token_file(cfg: ServerConfig) -> None:
+    """The token the daemon will use can be read, or created where none exists yet; creates nothing.
+    ConfigError naming the fix (a folder, a symbolic link, an unreadable file)."""
+    if cfg.token:
+        return
+    _refuse_link(token_path(cfg))
+    read_token(cfg)
 
 
 def load_or_create_token(cfg: ServerConfig) -> str:
@@ -53,11 +67,7 @@ def load_or_create_token(cfg: ServerConfig) -> str:
     if cfg.token:
         return cfg.token
     path = token_path(cfg)
-    if path.is_symlink():
-        raise ConfigError(
-            f"the server token file {path} is a symbolic link; remove it (a new token is generated) "
-            "or set server.token_file to a regular file"
-        )
+    _refuse_link(path)
     existing = read_token(cfg)
     if existing:
         mode = stat.S_IMODE(path.stat().st_mode)
@@ -75,6 +85,14 @@ def load_or_create_token(cfg: ServerConfig) -> str:
         ) from e
     log.info("generated a server token in %s", path)
     return token
+
+
+def _refuse_link(path: Path) -> None:
+    if path.is_symlink():
+        raise ConfigError(
+            f"the server token file {path} is a symbolic link; remove it (a new token is generated) "
+            "or set server.token_file to a regular file"
+        )
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -30,8 +30,14 @@ class Subscription(Protocol):
 class Controller(Protocol):
     """The pipeline's public methods (see the interface contract); AssistantError subclasses mean bad input.
 
-    `ask` emits its ResponseTextDelta events and then its ResponseDone to subscribers before it returns.
+    `ask` emits its ResponseTextDelta events and then its ResponseDone to subscribers before it returns; its
+    reply's turn is the first after `turn` read just before calling it (events of older turns are not its).
     """
+
+    @property
+    def turn(self) -> int:
+        """The newest turn's number."""
+        ...
 
     def status(self) -> dict[str, Any]: ...
     async def say(self, text: str) -> None: ...
@@ -82,7 +88,8 @@ class RealtimeSession(Protocol):
     """
 
     def set_instructions(self, text: str) -> None: ...
-    def set_voice(self, name: str) -> None: ...  # ConfigError naming the voices when unknown
+    def check_voice(self, name: str) -> None: ...  # ConfigError naming the voices when unknown or unfit
+    def set_voice(self, name: str) -> None: ...  # the same check, then the voice from the next reply on
     @property
     def can_call_tools(self) -> bool: ...  # False: functions offered would never be called (no tool format)
     def set_turn_detection(
@@ -128,6 +135,9 @@ class RealtimeBackend(Protocol):
     async def open_session(self) -> RealtimeSession: ...
     def default_voice(self) -> str: ...
     def default_instructions(self) -> str: ...
+    def max_output_tokens(self) -> int:
+        """The bound on a reply's tokens (llm.max_tokens), as sessions report it."""
+        ...
 
 
 class AudioService(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import ssl
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -13,7 +14,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from websockets.sync.client import ClientConnection, connect
 
 from assistant.config import ServerConfig, parse_override
-from assistant.errors import AssistantError, InputError, ProtocolError
+from assistant.errors import AssistantError, ConfigError, InputError, ProtocolError
 from assistant.server import auth
 from assistant.server import protocol as p
 
@@ -22,6 +23,10 @@ USAGE = (
     "commands: status, say TEXT, ask TEXT, interrupt, mute, unmute, ptt.start, ptt.stop, config.get, "
     "config.set KEY=VALUE..., history.get, history.reset, events"
 )
+
+
+class DaemonUnreachable(AssistantError):
+    """No daemon answers at the configured address (none runs, or server.host/port differ)."""
 
 
 def build_message(words: Sequence[str], msg_id: str = "ctl") -> dict[str, Any]:
@@ -52,10 +57,26 @@ def build_message(words: Sequence[str], msg_id: str = "ctl") -> dict[str, Any]:
 
 
 def url_of(cfg: ServerConfig) -> str:
-    """The daemon's native endpoint as bound: a wildcard address is dialled on the loopback of its family."""
+    """The daemon's native endpoint as bound: a wildcard address is dialled on the loopback of its family; wss://
+    when the daemon serves TLS (server.tls_cert)."""
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(cfg.host, cfg.host)
     host = f"[{host}]" if ":" in host else host
-    return f"ws://{host}:{cfg.port}/v1/control"
+    return f"{'wss' if cfg.tls_cert else 'ws'}://{host}:{cfg.port}/v1/control"
+
+
+def tls_client_context(cfg: ServerConfig) -> ssl.SSLContext | None:
+    """For a daemon serving TLS: trust exactly its own certificate (server.tls_cert), whatever name it was issued
+    for, since ctl dials the loopback address. None without TLS. ConfigError when the file cannot be read."""
+    if not cfg.tls_cert:
+        return None
+    path = os.path.expanduser(cfg.tls_cert)
+    try:
+        context = ssl.create_default_context(cafile=path)  # this file only: no system CAs
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"cannot read server.tls_cert {path} ({e}); give the daemon's PEM certificate") from e
+    context.check_hostname = False  # the certificate is pinned: it may name the host, not 127.0.0.1
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # a CA-issued leaf is trusted on its own
+    return context
 
 
 @contextlib.contextmanager
@@ -65,7 +86,9 @@ def _connect(cfg: ServerConfig) -> Iterator[ClientConnection]:
     url = url_of(cfg)
     with contextlib.ExitStack() as stack:
         try:
-            ws = stack.enter_context(connect(url, additional_headers=headers, open_timeout=5, max_size=None))
+            ws = stack.enter_context(
+                connect(url, additional_headers=headers, open_timeout=5, max_size=None, ssl=tls_client_context(cfg))
+            )
         except InvalidStatus as e:
             if token is None and e.response.status_code == 401:  # the daemon's own hint names a header ctl sends
                 raise ProtocolError(
@@ -76,7 +99,7 @@ def _connect(cfg: ServerConfig) -> Iterator[ClientConnection]:
             body = e.response.body.decode(errors="replace").strip()
             raise ProtocolError(f"the daemon at {url} refused the connection: {body}") from e
         except (OSError, TimeoutError, WebSocketException) as e:
-            raise AssistantError(
+            raise DaemonUnreachable(
                 f"cannot reach the daemon at {url} ({e}); start it with `assistant run`, or set server.host/port"
             ) from e
         hello = json.loads(ws.recv())

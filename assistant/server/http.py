@@ -57,6 +57,8 @@ CONTENT_TYPES = {
     ".css": "text/css; charset=utf-8",
 }
 PAGE_FILES = ("index.html", "app.js", "style.css")
+MAX_CORS_HEADERS = 32  # header names a preflight may ask for
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~")  # RFC 9110
 REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"}
 REASONS |= {404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required"}
 REASONS |= {413: "Content Too Large", 415: "Unsupported Media Type", 426: "Upgrade Required"}
@@ -119,6 +121,14 @@ def parse_head(head: bytes) -> Request:
         headers.append((name, value.strip()))
     path, _, query = target.partition("?")
     return Request(method.upper(), unquote(path), query, headers)
+
+
+def _allowed_headers(requested: str | None) -> list[str]:
+    """The request headers a preflight allows: Authorization, Content-Type and those the page asks for (an allowed
+    origin's client library sends its own, e.g. the openai SDK's x-stainless-*; a header grants no access here)."""
+    asked = [h.strip() for h in (requested or "").split(",")[:MAX_CORS_HEADERS]]
+    named = [h for h in asked if h and len(h) <= 64 and set(h) <= _TOKEN_CHARS]
+    return list(dict.fromkeys(["Authorization", "Content-Type", *named]))
 
 
 def error_body(e: HttpError) -> bytes:
@@ -223,7 +233,7 @@ class HttpApp:
             raise HttpError(403, f"origin {origin[:100]} is not allowed; add it to server.allowed_origins")
         headers = {
             "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-            "Access-Control-Allow-Headers": "Authorization, Content-Type",
+            "Access-Control-Allow-Headers": ", ".join(_allowed_headers(req.header("Access-Control-Request-Headers"))),
             "Access-Control-Max-Age": "600",
         }
         return Response(204, b"", "text/plain", headers=headers)
@@ -243,6 +253,8 @@ class HttpApp:
             status = self.controller.status()
             out["state"] = status.get("state")
             out["devices"] = {**out.get("devices", {}), "ok": status.get("device_ok")}
+            if status.get("headless"):  # no sound card: the clients bring the audio
+                out["devices"] |= {"input": None, "output": None}
         out["realtime"] = self.realtime()
         return json_response(out)
 
@@ -513,7 +525,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app:
     peer = peername[0] if isinstance(peername, tuple) else None
     try:
         try:
-            req = await _read(reader, peer)
+            req = await _read(reader, peer, writer)
         except HttpError as e:
             await _send(writer, Response(e.status, error_body(e)), head_only=False)
             return
@@ -531,7 +543,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app:
             await writer.wait_closed()
 
 
-async def _read(reader: asyncio.StreamReader, peer: str | None) -> Request:
+async def _read(reader: asyncio.StreamReader, peer: str | None, writer: asyncio.StreamWriter) -> Request:
     try:
         async with asyncio.timeout(HEAD_TIMEOUT_S):
             head = await reader.readuntil(b"\r\n\r\n")
@@ -540,8 +552,15 @@ async def _read(reader: asyncio.StreamReader, peer: str | None) -> Request:
     except TimeoutError as e:
         raise HttpError(408, f"no complete request head within {HEAD_TIMEOUT_S:g} s") from e
     req = parse_head(head[:-4])
-    if req.header("Transfer-Encoding"):
-        raise HttpError(411, "chunked request bodies are not accepted; send Content-Length")
+    coding = req.header("Transfer-Encoding")
+    if coding is not None:
+        if coding.strip().lower() != "chunked":
+            raise HttpError(400, f"Transfer-Encoding {coding[:40]!r} is not supported; send chunked or Content-Length")
+        if req.header("Content-Length") is not None:  # which one frames the body would be a guess
+            raise HttpError(400, "the request has both Transfer-Encoding and Content-Length; send one")
+        _continue(req, writer)
+        body = await _read_chunked(reader)
+        return Request(req.method, req.path, req.query, req.headers, body, peer)
     length_text = req.header("Content-Length") or "0"
     if not length_text.isdigit():
         raise HttpError(400, f"Content-Length {length_text[:20]!r} is not a number")
@@ -550,12 +569,56 @@ async def _read(reader: asyncio.StreamReader, peer: str | None) -> Request:
         raise HttpError(413, f"the body is {length} bytes, over {MAX_BODY_BYTES}; send a shorter file")
     body = b""
     if length:
+        _continue(req, writer)
         try:
             async with asyncio.timeout(HEAD_TIMEOUT_S * (1 + length / 1_048_576)):
                 body = await reader.readexactly(length)
         except TimeoutError as e:
             raise HttpError(408, "the request body arrived too slowly; send it again") from e
     return Request(req.method, req.path, req.query, req.headers, body, peer)
+
+
+def _continue(req: Request, writer: asyncio.StreamWriter) -> None:
+    """Answer `Expect: 100-continue`: the client waits for it before it sends the body (curl for uploads over
+    1 MiB, and it waits 1 s before giving up)."""
+    if (req.header("Expect") or "").lower() == "100-continue":
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    """A `Transfer-Encoding: chunked` body (extensions and trailers skipped), at most MAX_BODY_BYTES, each chunk
+    within HEAD_TIMEOUT_S plus that per MiB; HttpError naming a malformed chunk."""
+    parts: list[bytes] = []
+    total = 0
+    try:
+        while True:
+            async with asyncio.timeout(HEAD_TIMEOUT_S):
+                line = await reader.readuntil(b"\r\n")
+            size_text = line[:-2].split(b";")[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                size = -1
+            if size < 0 or len(size_text) > 16:
+                shown = size_text[:20].decode("latin-1")
+                raise HttpError(400, f"chunk size {shown!r} is not a hexadecimal number; send a valid chunked body")
+            if size == 0:
+                async with asyncio.timeout(HEAD_TIMEOUT_S):
+                    while await reader.readuntil(b"\r\n") != b"\r\n":  # trailer fields, unused
+                        pass
+                return b"".join(parts)
+            total += size
+            if total > MAX_BODY_BYTES:
+                raise HttpError(413, f"the body is over {MAX_BODY_BYTES} bytes; send a shorter file")
+            async with asyncio.timeout(HEAD_TIMEOUT_S * (1 + size / 1_048_576)):
+                data = await reader.readexactly(size + 2)
+            if data[-2:] != b"\r\n":
+                raise HttpError(400, "a chunk does not end where its size says; send a valid chunked body")
+            parts.append(data[:-2])
+    except TimeoutError as e:
+        raise HttpError(408, "the request body arrived too slowly; send it again") from e
+    except asyncio.LimitOverrunError as e:
+        raise HttpError(400, "a chunk size line is too long; send a valid chunked body") from e
 
 
 async def _send(writer: asyncio.StreamWriter, resp: Response, head_only: bool = False) -> None:
@@ -581,6 +644,12 @@ async def _send(writer: asyncio.StreamWriter, resp: Response, head_only: bool = 
                 await writer.drain()  # a client that stops reading stops the synthesis here
         writer.write(b"0\r\n\r\n")
         await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        raise
+    except Exception:
+        # the 200 went out: the body ends without its last chunk, which clients report as an incomplete body
+        log.exception("the answer failed after it began; its body ends unfinished")
+        writer.close()  # what was sent still arrives (abort would drop it); the terminating chunk never does
     finally:
         aclose = getattr(resp.stream, "aclose", None)
         if aclose is not None:

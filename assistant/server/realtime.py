@@ -38,12 +38,15 @@ class _Response:
     text_deltas: int = 0
     stretch: TimeStretch | None = None  # session.audio.output.speed != 1
     down: StreamResampler | None = None  # 24 kHz -> 8 kHz for G.711 output
+    fmt: rp.AudioFormat = "pcm16"  # the output format when it began (a session.update applies to the next one)
+    speed: float = 1.0  # the output speed when it began (its audio_end_ms are at this speed)
     cleared: bool = False  # output_audio_buffer.clear: the rest of the audio is not sent
     opened: bool = False  # the message item was announced (its first text or audio came, or the response ended)
     message: dict[str, object] | None = None  # the finished message item
     calls: list[dict[str, object]] = field(default_factory=list)  # the function_call items, in output order
     error: dict[str, object] | None = None  # why it failed (status "failed"), from the session's error event
     audio: bool = True  # its output is audio (and its transcript), else text: the session's, or response.create's
+    truncate_ms: int | None = None  # conversation.item.truncate arrived while it was made: applied at its end
 
 
 @dataclass
@@ -76,12 +79,13 @@ class RealtimeConversation:
         now: float = 0.0,
         resolve_voice: Callable[[str], str] | None = None,
         commands_per_s: float = 20.0,
+        max_output_tokens: int | None = None,
     ) -> None:
         self.session = session
         self.out = rp.ServerEvents(beta=beta)
         self.limits = limits or Limits()
         self.session_id = f"sess_{n}"
-        self.settings = rp.Settings(instructions, voice, DEFAULT_DETECTION)
+        self.settings = rp.Settings(instructions, voice, DEFAULT_DETECTION, max_output_tokens=max_output_tokens)
         self.resolve_voice = resolve_voice
         self.expires_at = 0
         self.resampler = StreamResampler(rp.RATE, CAPTURE_RATE)
@@ -106,7 +110,8 @@ class RealtimeConversation:
         self.next_audio: bool | None = None  # the requested response's output_modalities (None: the session's)
         self.cancel_requested = False  # response.cancel sent for the current response (else a stop is a barge-in)
         self.unanswered = False  # a user item was added since the last response began
-        self.answered: dict[str, tuple[int, int]] = {}  # assistant item id -> (turn, ms of audio sent)
+        # assistant item id -> (turn, ms of audio sent, the speed it was sent at)
+        self.answered: dict[str, tuple[int, int, float]] = {}
         self.idle_since: float | None = now  # when the session last went quiet (for idle_timeout_ms)
         self.segments = itertools.count(1)
         self.user_audio_ms = 0  # user audio committed since the last response (its usage)
@@ -209,15 +214,26 @@ class RealtimeConversation:
     def _update(self, ev: rp.SessionUpdate) -> Out:
         # everything is checked before anything changes (a bad voice leaves the instructions as they were)
         s = self.settings
+        bound, cap = s.max_output_tokens, ev.max_output_tokens
+        if bound is not None and isinstance(cap, int) and cap < bound:  # a cap at or above the bound is met
+            why = f"`session.max_output_tokens` = {cap} is below llm.max_tokens = {bound}, the bound on this daemon's"
+            raise WireError(
+                "invalid_value",
+                f'{why} replies, which a session cannot lower; send {bound} or more, or "inf"',
+                ev.event_id,
+            )
         tools = s.tools if ev.tools is None else ev.tools
         choice = ev.tool_choice or s.tool_choice
         if ev.tools is not None or ev.tool_choice is not None:
             _check_choice(choice, tools, "session.tool_choice", ev.event_id, self.session.can_call_tools)
+        profile = None
+        if ev.voice is not None:  # checked before the detection below changes the session
+            profile = self.resolve_voice(ev.voice) if self.resolve_voice is not None else ev.voice
+            self.session.check_voice(profile)
         if ev.turn_detection_given:  # first: semantic_vad without its model is refused before anything changes
             self._detect(ev.turn_detection)
             s = replace(s, detection=ev.turn_detection)
-        if ev.voice is not None:
-            profile = self.resolve_voice(ev.voice) if self.resolve_voice is not None else ev.voice
+        if ev.voice is not None and profile is not None:
             self.session.set_voice(profile)
             s = replace(s, voice=ev.voice)
         if ev.instructions is not None:
@@ -335,6 +351,11 @@ class RealtimeConversation:
             return []
         if self.response is None and not self.requested:
             return [_error("response_cancel_not_active", "there is no response to cancel", ev.event_id)]
+        current = self.response.response_id if self.response is not None else None
+        if ev.response_id is not None and ev.response_id != current:  # the client's view lags: not this one
+            now = f"the one in progress is {current}" if current else "none has started yet"
+            why = f"response {clip(ev.response_id)} is not in progress ({now}); send its id or leave response_id out"
+            return [_error("response_cancel_not_active", why, ev.event_id)]
         self.session.command("interrupt")
         self.cancel_requested = True
         return []
@@ -381,6 +402,9 @@ class RealtimeConversation:
             return [_unknown_item("item_delete_invalid_item_id", ev.item_id, ev.event_id)]
         if self.response is not None and self.response.item_id == ev.item_id:
             return [_error("item_delete_in_progress", "the reply is still being made; cancel it first", ev.event_id)]
+        if any(u.item_id == ev.item_id for u in self.awaiting_transcript):  # its words would still reach the chat
+            why = f"item {clip(ev.item_id)} is still being transcribed; delete it once it is answered (response.done)"
+            return [_error("item_delete_in_progress", why, ev.event_id)]
         text = _item_text(item)
         if text:  # the conversation forgets it too (InputError if it cannot); an empty transcript was never in it
             self.session.delete_item(str(item.get("role")), text)
@@ -416,6 +440,9 @@ class RealtimeConversation:
         return [rp.BufferCommitted(previous, item_id), rp.ItemAdded(previous, item)]
 
     def _truncate(self, ev: rp.ItemTruncate) -> Out:
+        r = self.response
+        if r is not None and r.item_id == ev.item_id and r.opened:
+            return self._truncate_in_progress(r, ev)
         known = self.answered.get(ev.item_id)
         if known is None:
             return [
@@ -425,7 +452,7 @@ class RealtimeConversation:
                     ev.event_id,
                 )
             ]
-        turn, sent_ms = known
+        turn, sent_ms, speed = known
         if ev.audio_end_ms > sent_ms:
             return [
                 _error(
@@ -435,8 +462,21 @@ class RealtimeConversation:
                 )
             ]
         # the client heard `audio_end_ms` of audio played at `speed`: that much of the reply times the speed
-        self.session.truncate_response(turn, round(ev.audio_end_ms * self.settings.speed))
-        self.answered[ev.item_id] = (turn, ev.audio_end_ms)
+        self.session.truncate_response(turn, round(ev.audio_end_ms * speed))
+        self.answered[ev.item_id] = (turn, ev.audio_end_ms, speed)
+        return [rp.ItemTruncated(ev.item_id, ev.content_index, ev.audio_end_ms)]
+
+    def _truncate_in_progress(self, r: _Response, ev: rp.ItemTruncate) -> Out:
+        """A client barging in truncates the item it plays right after (or without) response.cancel, before the
+        response ends: the response stops, its later audio is not sent, and the cut is applied at response.done."""
+        sent_ms = r.samples_sent * 1000 // rp.RATE
+        if ev.audio_end_ms > sent_ms:
+            why = f"`audio_end_ms` {ev.audio_end_ms} is past the {sent_ms} ms of audio sent so far for {ev.item_id}"
+            return [_error("invalid_value", why, ev.event_id)]
+        r.truncate_ms, r.cleared = ev.audio_end_ms, True
+        if not self.cancel_requested:
+            self.session.command("interrupt")
+            self.cancel_requested = True
         return [rp.ItemTruncated(ev.item_id, ev.content_index, ev.audio_end_ms)]
 
     # ---- time ----------------------------------------------------------------------------------------------
@@ -566,12 +606,11 @@ class RealtimeConversation:
         if len(x) == 0:
             return []
         r.samples_sent += len(x)
-        fmt = self.settings.output_format
         if r.down is not None:
             return [
-                rp.AudioDelta(r.response_id, r.item_id, 0, 0, rp.encode_audio(r.down.push(float32_to_int16(x)), fmt))
+                rp.AudioDelta(r.response_id, r.item_id, 0, 0, rp.encode_audio(r.down.push(float32_to_int16(x)), r.fmt))
             ]
-        return [rp.AudioDelta(r.response_id, r.item_id, 0, 0, rp.encode_audio(x, fmt))]
+        return [rp.AudioDelta(r.response_id, r.item_id, 0, 0, rp.encode_audio(x, r.fmt))]
 
     def _start(self, turn: int, now: float) -> Out:
         audio, self.next_audio = self.audio_output if self.next_audio is None else self.next_audio, None
@@ -580,10 +619,12 @@ class RealtimeConversation:
         self.idle_since = None
         r = self.response = _Response(self._id("resp"), self._id("item"), turn, audio=audio)
         self.last_response = r.response_id
-        if self.settings.speed != 1.0:
-            r.stretch = TimeStretch(self.settings.speed, rp.RATE)
-        if self.settings.output_format != "pcm16":
-            r.down = StreamResampler(rp.RATE, rp.FORMAT_RATES[self.settings.output_format])
+        r.speed = self.settings.speed
+        if r.speed != 1.0:
+            r.stretch = TimeStretch(r.speed, rp.RATE)
+        r.fmt = self.settings.output_format
+        if r.fmt != "pcm16":
+            r.down = StreamResampler(rp.RATE, rp.FORMAT_RATES[r.fmt])
         self.awaiting_calls.clear()  # a new response answers (or dropped) the last one's calls
         return [
             rp.ResponseCreated(rp.response_object(r.response_id, "in_progress", [], r.audio)),
@@ -644,6 +685,12 @@ class RealtimeConversation:
         self.cancel_requested = False
         if self.detection is not None:
             self.idle_since = ev.time + r.samples_sent / rp.RATE  # quiet once the client has played the reply
+        if r.truncate_ms is not None:  # the answer in the history becomes what the client played
+            try:
+                self.session.truncate_response(r.turn, round(r.truncate_ms * r.speed))
+                self.answered[r.item_id] = (r.turn, r.truncate_ms, r.speed)
+            except AssistantError as e:
+                out.append(self.error(e))
         usage = self._usage(r)
         output = [r.message] if r.message is not None else []
         response = rp.response_object(r.response_id, status, output + r.calls, r.audio, reason, usage, r.error)
@@ -655,9 +702,7 @@ class RealtimeConversation:
         if r.stretch is not None and not r.cleared:
             out += self._send_audio(r, r.stretch.flush())
         if r.down is not None and not r.cleared and len(tail := r.down.flush()):
-            out.append(
-                rp.AudioDelta(r.response_id, r.item_id, 0, 0, rp.encode_audio(tail, self.settings.output_format))
-            )
+            out.append(rp.AudioDelta(r.response_id, r.item_id, 0, 0, rp.encode_audio(tail, r.fmt)))
         part: dict[str, object]
         content: dict[str, object]
         if r.audio:
@@ -680,7 +725,7 @@ class RealtimeConversation:
             self.items[r.item_id] = item
             keys = list(self.items)
             previous = keys[keys.index(r.item_id) - 1] if keys.index(r.item_id) else None
-        self.answered[r.item_id] = (r.turn, r.samples_sent * 1000 // rp.RATE)
+        self.answered[r.item_id] = (r.turn, r.samples_sent * 1000 // rp.RATE, r.speed)
         return [
             *out,
             rp.ContentPartDone(r.response_id, r.item_id, 0, 0, part),

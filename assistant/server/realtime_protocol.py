@@ -93,6 +93,7 @@ class SessionUpdate:
     model: str | None = None
     tools: tuple[Function, ...] | None = None
     tool_choice: ToolChoice | None = None
+    max_output_tokens: int | Literal["inf"] | None = None  # the client's cap on a reply's tokens
     type: Literal["session.update"] = "session.update"
     event_id: str | None = None
 
@@ -485,10 +486,7 @@ def _transcription(value: Any, path: str, event_id: str | None) -> Transcription
 # field -> (accepted values, the fix).
 _FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
     "include": ((None, []), "input transcription logprobs are not available; send [] or leave it out"),
-    "max_output_tokens": ((None, "inf"), 'replies are bounded by llm.max_tokens in config.toml; send "inf"'),
-    "max_response_output_tokens": ((None, "inf"), 'replies are bounded by llm.max_tokens; send "inf"'),
     "truncation": ((None, "auto"), 'the daemon trims old turns itself; send "auto"'),
-    "tracing": ((None,), "no traces are stored by this server; send null"),
     "prompt": ((None,), "stored prompts are not available; send instructions instead"),
     "parallel_tool_calls": ((None, True, False), "send true or false"),
     "reasoning": ((None,), "the daemon's LLM has no reasoning setting; send null"),
@@ -497,8 +495,19 @@ _FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
 _SESSION_FIELDS = {
     "type", "model", "instructions", "output_modalities", "modalities", "audio", "voice", "input_audio_format",
     "output_audio_format", "turn_detection", "input_audio_transcription", "speed", "object", "id", "expires_at",
-    "client_secret", "tools", "tool_choice", *_FIXED,
+    "client_secret", "tools", "tool_choice", "tracing", "max_output_tokens", "max_response_output_tokens", *_FIXED,
 }  # fmt: skip
+MAX_OUTPUT_TOKENS = 4096  # OpenAI's largest cap on a response's tokens
+_TRACING_FIELDS = {"workflow_name", "group_id", "metadata"}
+
+
+def _check_tracing(value: Any, event_id: str | None) -> None:
+    """session.tracing: null, "auto" or a tracing config (the Agents SDK sends one on every session.created). Taken
+    and reported as null, what this server does: no traces are stored or sent (its log has its latency traces)."""
+    if value is None or value == "auto" or (isinstance(value, dict) and set(value) <= _TRACING_FIELDS):
+        return
+    fix = 'send null, "auto" or {"workflow_name": ..., "group_id": ..., "metadata": ...} (no traces are kept)'
+    raise _unsupported("session.tracing", value, fix, event_id)
 
 
 def decode_functions(value: Any, path: str, event_id: str | None) -> tuple[Function, ...]:
@@ -556,6 +565,7 @@ _RESPONSE_FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
     "voice": ((None,), "set the voice with session.update"),
     "audio": ((None,), "set the output format and voice with session.update"),
     "output_audio_format": ((None,), "set the output format with session.update"),
+    "max_output_tokens": ((None, "inf"), 'replies are bounded by llm.max_tokens in config.toml; send "inf"'),
     **{k: v for k, v in _FIXED.items() if k != "include"},
 }
 _RESPONSE_FIELDS = {"instructions", "tools", "tool_choice", "output_modalities", "modalities", "metadata"}
@@ -585,6 +595,7 @@ def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> Session
             raise _unknown_field("session", name, _SESSION_FIELDS, event_id)
         if name in _FIXED and value not in _FIXED[name][0]:
             raise _unsupported(f"session.{name}", value, _FIXED[name][1], event_id)
+    _check_tracing(s.obj.get("tracing"), event_id)
     audio = s.sub("audio")
     inp = audio.sub("input") if audio else None
     out = audio.sub("output") if audio else None
@@ -629,6 +640,15 @@ def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> Session
         name = "transcription" if holder is inp else "input_audio_transcription"
         if holder is not None and name in holder.obj:
             t_given, transcription = True, _transcription(holder.obj[name], path, event_id)
+    cap: int | Literal["inf"] | None = None
+    for name in ("max_output_tokens", "max_response_output_tokens"):  # GA, beta
+        value = s.obj.get(name)
+        if value is None or value == "inf":
+            cap = value if value is not None else cap
+        elif isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_OUTPUT_TOKENS:
+            raise s.fail(name, f'an integer from 1 to {MAX_OUTPUT_TOKENS} or "inf"', value)
+        else:
+            cap = value
     instructions = s.text("instructions", max_chars=limits.instructions_chars)
     tools = decode_functions(s.obj["tools"], "session.tools", event_id) if s.obj.get("tools") is not None else None
     choice = _tool_choice(s.obj.get("tool_choice"), "session.tool_choice", event_id)
@@ -646,6 +666,7 @@ def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> Session
         s.text("model", max_chars=MAX_ID_CHARS),
         tools,
         choice,
+        cap,
         event_id=event_id,
     )
 
@@ -1113,6 +1134,7 @@ class Settings:
     model: str = "assistant"
     tools: tuple[Function, ...] = ()
     tool_choice: ToolChoice = AUTO
+    max_output_tokens: int | None = None  # the bound on a reply's tokens (llm.max_tokens); None: not known
 
 
 def choice_object(choice: ToolChoice) -> str | dict[str, str]:
@@ -1167,7 +1189,7 @@ def session_object(session_id: str, s: Settings, expires_at: int = 0) -> dict[st
         "include": None,
         "tools": [f.wire() for f in s.tools],
         "tool_choice": choice_object(s.tool_choice),
-        "max_output_tokens": "inf",
+        "max_output_tokens": s.max_output_tokens or "inf",
         "tracing": None,
         "truncation": "auto",
         "prompt": None,
@@ -1205,7 +1227,7 @@ def beta_session(ga: dict[str, Any]) -> dict[str, Any]:
         # the beta session's tool_choice is a string: a forced function by its name
         "tool_choice": ga["tool_choice"] if isinstance(ga["tool_choice"], str) else ga["tool_choice"]["name"],
         "temperature": 0.8,
-        "max_response_output_tokens": "inf",
+        "max_response_output_tokens": ga["max_output_tokens"],
         "tracing": None,
         "expires_at": ga["expires_at"],
     }

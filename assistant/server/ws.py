@@ -30,6 +30,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from assistant import compute, events
@@ -56,10 +57,12 @@ FANOUT_QUEUE = 4096  # the server's own subscription: it is drained at once into
 ASK_DRAIN_S = 1.0  # after `ask` returns, wait at most this long for its last deltas to pass the subscription
 OFFLOAD_BYTES = 64 * 1024  # frames (and audio appends) over this are decoded/resampled on a worker thread
 SUBPROTOCOLS = ("assistant.v1", "realtime")
+BETA_SUBPROTOCOL = "openai-beta.realtime-v1"  # a browser's beta Realtime client names the protocol so
 LOG_BURST, LOG_PER_S = 10, 1.0  # connection log lines: bursts of 10, then one a second, the rest counted
 CLOSE_NOT_READING = 1008  # policy violation: the client sends but does not read its replies
 CLOSE_TOO_SLOW = 1013  # try again later: the client cannot keep up with a stream it asked for
 CLOSE_WAIT_S = 1.0  # how long a client closed for not reading gets to answer the close
+CLOSING_WAIT_S = 5.0  # a new Realtime client waits at most this long for a session whose client left to close
 MAX_HTTP_REQUESTS = 16  # HTTP requests served at once; more get 503 (each may hold an upload of up to 25 MiB)
 
 
@@ -187,6 +190,8 @@ class ControlServer:
         self.clients: set[Client] = set()
         self.sessions = 0  # Realtime sessions opened so far (numbers their ids)
         self.admitted = 0  # Realtime sessions open or opening: reserved before the first await
+        self.realtime_clients: set[Client] = set()  # the clients of those sessions
+        self.released = asyncio.Condition()  # notified whenever a session gives its place back
         self.server: Server | None = None
         self.fanout: asyncio.Task[None] | None = None
         self.handler_errors = 0  # unexpected exceptions caught per message (the fuzz test wants zero)
@@ -325,10 +330,7 @@ class ControlServer:
         self.clients.add(client)
         try:
             if path == REALTIME_PATH:
-                beta = (
-                    any("realtime=v1" in v for v in ws.request.headers.get_all("OpenAI-Beta")) if ws.request else False
-                )
-                await self._serve_realtime(client, beta)
+                await self._serve_realtime(client, _beta(ws.request.headers) if ws.request else False)
             else:
                 await self._serve_control(client)
         except ConnectionClosed:
@@ -444,15 +446,24 @@ class ControlServer:
         task.add_done_callback(client.tasks.discard)
 
     async def _ask(self, client: Client, native: NativeConnection, controller: Controller, cmd: p.Ask) -> str:
-        """Run an ask, streaming its answer to the asker as `ask.delta` until its ResponseDone."""
+        """Run an ask, streaming its answer to the asker as `ask.delta` until its ResponseDone.
+
+        Only its own turn's events: a reply it interrupts settles (its last text, its ResponseDone) after it began."""
         sub = controller.subscribe(self.cfg.client_queue)
+        before = controller.turn  # no await until `ask` has started its reply: the first turn after this is its
 
         async def forward() -> None:
+            mine: int | None = None
             try:
                 async for ev in sub:
+                    if not isinstance(ev, events.ResponseTextDelta | events.ResponseDone) or ev.turn <= before:
+                        continue
+                    mine = ev.turn if mine is None else mine
+                    if ev.turn != mine:
+                        continue
                     if isinstance(ev, events.ResponseTextDelta):
                         client.outbox.put(native.ask_delta(cmd, ev.text), droppable=False)
-                    elif isinstance(ev, events.ResponseDone):
+                    else:
                         return
             except Overflow as e:  # closing ends the handler, which cancels this ask
                 await self._close_overflow(client, e, CLOSE_TOO_SLOW, "it does not keep up with its answer")
@@ -495,6 +506,10 @@ class ControlServer:
     async def _serve_realtime(self, client: Client, beta: bool) -> None:
         assert self.backend is not None
         limit = self.cfg.realtime_sessions
+        if self.admitted >= limit and self._leaving():  # a client that left and came back: its place frees soon
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSING_WAIT_S), self.released:
+                    await self.released.wait_for(lambda: self.admitted < limit or not self._leaving())
         if self.admitted >= limit:  # checked and reserved with no await between: concurrent opens cannot race
             out = rp.ServerEvents(beta=beta)
             why = f"{limit} realtime sessions are open, the most allowed; close one or raise server.realtime_sessions"
@@ -502,10 +517,18 @@ class ControlServer:
             await client.ws.close(CLOSE_TOO_SLOW, "too many sessions")
             return
         self.admitted += 1
+        self.realtime_clients.add(client)
         try:
             await self._run_realtime(client, beta, self.backend)
         finally:
             self.admitted -= 1
+            self.realtime_clients.discard(client)
+            async with self.released:
+                self.released.notify_all()
+
+    def _leaving(self) -> bool:
+        """Whether a Realtime session's client has closed its connection (the session is still closing)."""
+        return any(c.ws.state is not State.OPEN for c in self.realtime_clients)
 
     async def _run_realtime(self, client: Client, beta: bool, backend: RealtimeBackend) -> None:
         try:
@@ -526,6 +549,7 @@ class ControlServer:
             time.monotonic(),
             self.audio.voice_name if self.audio is not None else None,
             self.cfg.commands_per_s,
+            backend.max_output_tokens(),
         )
         woken = asyncio.Event()  # set after each event: the conversation's deadline may have moved
         pump = asyncio.create_task(self._pump(client, conv, session, woken))
@@ -701,6 +725,12 @@ def is_loopback_host(host: str) -> bool:
 
 def _refuse(conn: ServerConnection, status: int, text: str) -> Response:
     return conn.respond(status, text + "\n")
+
+
+def _beta(headers: Headers) -> bool:
+    """Whether a Realtime client speaks the beta protocol: `OpenAI-Beta: realtime=v1`, or from a browser (which
+    cannot set headers) the subprotocol `openai-beta.realtime-v1`."""
+    return any("realtime=v1" in v for v in headers.get_all("OpenAI-Beta")) or BETA_SUBPROTOCOL in _subprotocols(headers)
 
 
 def _subprotocols(headers: Headers) -> list[str]:

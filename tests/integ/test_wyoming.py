@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import wave
 from collections.abc import Awaitable, Callable, Iterator
@@ -16,7 +17,7 @@ from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
-from wyoming.event import Event
+from wyoming.event import Event, async_read_event, async_write_event
 from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
@@ -71,6 +72,14 @@ async def read_until(client: AsyncTcpClient, last: str) -> list[Event]:
         assert events[-1].type != "error", Error.from_event(events[-1]).text
         events.append(await read(client))
     return events
+
+
+async def ended(client: AsyncTcpClient) -> list[Event]:
+    """Events until the server ends the connection (None), within READ_S each."""
+    got: list[Event] = []
+    while (event := await asyncio.wait_for(client.read_event(), READ_S)) is not None:
+        got.append(event)
+    return got
 
 
 def pcm(x: np.ndarray, width: int, channels: int) -> bytes:
@@ -259,38 +268,38 @@ HOSTILE = [
 
 
 def test_hostile_input_gets_error_events_and_the_server_keeps_serving(rig: Rig) -> None:
-    """Each bad event or bad audio gets an error event on a connection that still works; garbage ends one connection."""
+    """Each bad event or bad audio gets an error event; a failed request (its client waits for the result) then
+    ends its connection, any other bad event leaves it serving; garbage ends one connection."""
+    closing = ("audio-stop", "synthesize", "synthesize-stop")
 
     async def body(s: WyomingServices) -> list[str]:
         errors = []
-        clients = {"asr": AsyncTcpClient("127.0.0.1", s.asr_port), "tts": AsyncTcpClient("127.0.0.1", s.tts_port)}
-        for c in clients.values():
-            await c.connect()
+        ports = {"asr": s.asr_port, "tts": s.tts_port}
         for kind, event, _ in HOSTILE:
-            await clients[kind].write_event(event)
-            reply = await read(clients[kind])
-            assert reply.type == "error", (kind, event)
-            errors.append(Error.from_event(reply).text)
+            async with AsyncTcpClient("127.0.0.1", ports[kind]) as c:
+                await c.write_event(event)
+                reply = await read(c)
+                assert reply.type == "error", (kind, event)
+                errors.append(Error.from_event(reply).text)
+                if event.type in closing:
+                    assert await ended(c) == [], event
+                else:
+                    await c.write_event(Describe().event())
+                    assert (await read(c)).type == "info", event
         # Odd byte counts, a format change mid-stream and too much audio, in one request each.
-        asr = clients["asr"]
-        await asr.write_event(AudioStart(rate=16000, width=2, channels=1).event())
-        await asr.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=b"\0\0\0").event())
-        errors.append(Error.from_event(await read(asr)).text)
-        await asr.write_event(AudioStop().event())
-        await asr.write_event(AudioStart(rate=16000, width=2, channels=1).event())
-        await asr.write_event(AudioChunk(rate=8000, width=2, channels=1, audio=b"\0\0").event())
-        errors.append(Error.from_event(await read(asr)).text)
-        await asr.write_event(AudioStop().event())
-        await asr.write_event(AudioStart(rate=8000, width=1, channels=1).event())
+        fmt16, fmt8 = {"rate": 16000, "width": 2, "channels": 1}, {"rate": 8000, "width": 1, "channels": 1}
         too_long = bytes(int(rig.cfg.wyoming.max_audio_s * 8000) + 2)
-        await asr.write_event(AudioChunk(rate=8000, width=1, channels=1, audio=too_long).event())
-        errors.append(Error.from_event(await read(asr)).text)
-        await asr.write_event(AudioStop().event())
-        # Both connections still serve.
-        for c in clients.values():
-            await c.write_event(Describe().event())
-            assert (await read(c)).type == "info"
-            await c.disconnect()
+        for start, chunk in ((fmt16, {**fmt16, "audio": b"\0\0\0"}), (fmt16, {**fmt8, "audio": b"\0"})):
+            async with AsyncTcpClient("127.0.0.1", s.asr_port) as asr:
+                await asr.write_event(AudioStart(**start).event())
+                await asr.write_event(AudioChunk(**chunk).event())
+                errors.append(Error.from_event(await read(asr)).text)
+                await asr.write_event(AudioStop().event())
+                assert await ended(asr) == []
+        async with AsyncTcpClient("127.0.0.1", s.asr_port) as asr:
+            await asr.write_event(AudioStart(**fmt8).event())
+            await asr.write_event(AudioChunk(**fmt8, audio=too_long).event())
+            errors.append(Error.from_event(await read(asr)).text)
         # A frame that is not JSON ends only its own connection.
         reader, writer = await asyncio.open_connection("127.0.0.1", s.tts_port)
         writer.write(b"\xff\xfe not json at all\n")
@@ -309,26 +318,53 @@ def test_hostile_input_gets_error_events_and_the_server_keeps_serving(rig: Rig) 
     assert all("\n" not in e for e in errors)
 
 
-def test_a_lone_surrogate_in_the_text_is_a_bad_request(rig: Rig) -> None:
-    """A synthesize event whose text holds a lone surrogate escape gets an error naming it, on a connection that
-    still serves (it answered with the tokenizer's `TypeError: TextInputSequence must be str`)."""
+@pytest.mark.parametrize("field", ["payload_length", "data_length"])
+def test_a_frame_larger_than_any_request_is_refused_before_it_is_read(rig: Rig, field: str) -> None:
+    """A frame header declaring a payload or data of a gigabyte gets an error event at once and its connection
+    ends, unread (the service buffered whatever the client sent towards it: 600 MB sent, +650 MB of memory); the
+    service then still serves."""
 
-    async def body(s: WyomingServices) -> tuple[bytes, str]:
+    async def body(s: WyomingServices) -> tuple[dict[str, Any], bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.asr_port)
+        header = {"type": "audio-chunk", "data": {"rate": 16000, "width": 2, "channels": 1}, field: 10**9}
+        writer.write(json.dumps(header).encode() + b"\n" + bytes(4096))
+        await writer.drain()
+        head = json.loads(await asyncio.wait_for(reader.readline(), READ_S))
+        data = json.loads(await asyncio.wait_for(reader.readexactly(head["data_length"]), READ_S))
+        rest = await asyncio.wait_for(reader.read(), READ_S)
+        writer.close()
+        async with AsyncTcpClient("127.0.0.1", s.asr_port) as c:
+            await c.write_event(Describe().event())
+            assert (await read(c)).type == "info"
+        return {"type": head["type"], **data}, rest
+
+    error, rest = rig.serve(body)
+    assert error["type"] == "error" and error["code"] == "frame-too-large"
+    assert error["text"].startswith(f"a frame of {10**9} bytes is over the ")
+    assert "send the audio in smaller chunks" in error["text"]
+    assert rest == b""  # the connection ended
+
+
+def test_a_lone_surrogate_in_the_text_is_a_bad_request(rig: Rig) -> None:
+    """A synthesize event whose text holds a lone surrogate escape gets an error naming it, then its connection
+    ends as for any failed request (it answered with the tokenizer's `TypeError: TextInputSequence must be str`)."""
+
+    async def body(s: WyomingServices) -> tuple[bytes, bytes]:
         reader, writer = await asyncio.open_connection("127.0.0.1", s.tts_port)
-        writer.write(b'{"type": "synthesize", "data": {"text": "caf\\ud800"}}\n{"type": "describe"}\n')
+        writer.write(b'{"type": "synthesize", "data": {"text": "caf\\ud800"}}\n')
         await writer.drain()
         head = json.loads(await asyncio.wait_for(reader.readline(), READ_S))
         data = await asyncio.wait_for(reader.readexactly(head["data_length"]), READ_S)
-        info = json.loads(await asyncio.wait_for(reader.readline(), READ_S))
+        rest = await asyncio.wait_for(reader.read(), READ_S)
         writer.close()
-        return data, info["type"]
+        return data, rest
 
-    data, after = rig.serve(body)
+    data, rest = rig.serve(body)
     assert json.loads(data) == {
         "text": "text is not valid Unicode (a lone surrogate at character 3); send UTF-8 text",
         "code": "bad-request",
     }
-    assert after == "info"
+    assert rest == b""
 
 
 def test_two_clients_are_served_in_turn(rig: Rig) -> None:
@@ -521,3 +557,135 @@ def test_handle_reports_a_failed_llm_server_and_recovers(rig: Rig) -> None:
     assert failed[-1].type == "not-handled" and "HTTP 500" in failed[-1].data["text"]
     assert [e.type for e in ok] == ["handled-start", "handled-chunk", "handled-chunk", "handled-stop", "handled"]
     assert ok[-1].data["text"] == "Hi there."
+
+
+def test_a_failed_request_ends_its_connection_as_home_assistant_needs(rig: Rig) -> None:
+    """Home Assistant ignores `error` events and waits for the transcript, audio-stop or synthesize-stopped, or for
+    the connection to end: a request that fails gets its error once and then the connection ends (HA waited
+    forever), for transcription with too much audio, a plain synthesize with an unknown voice, and a streaming
+    synthesis (start, chunk, the compatibility synthesize, stop) with an unknown voice; a new connection serves."""
+
+    async def body(s: WyomingServices) -> tuple[list[Event], list[Event], list[Event], list[str]]:
+        async with AsyncTcpClient("127.0.0.1", s.asr_port) as c:  # HA's STT flow
+            fmt = {"rate": 8000, "width": 1, "channels": 1}
+            await c.write_event(Transcribe(language="en").event())
+            await c.write_event(AudioStart(**fmt).event())
+            await c.write_event(AudioChunk(**fmt, audio=bytes(int(rig.cfg.wyoming.max_audio_s * 8000) + 2)).event())
+            await c.write_event(AudioChunk(**fmt, audio=bytes(800)).event())
+            await c.write_event(AudioStop().event())
+            asr = await ended(c)
+        async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:  # HA's plain TTS flow
+            await c.write_event(Synthesize(text="Hello.", voice=SynthesizeVoice(name="nobody")).event())
+            plain = await ended(c)
+        async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:  # HA's streaming TTS flow
+            voice = SynthesizeVoice(name="nobody")
+            await c.write_event(SynthesizeStart(voice=voice).event())
+            await c.write_event(SynthesizeChunk(text="Hello there.").event())
+            await c.write_event(Synthesize(text="Hello there.", voice=voice).event())
+            await c.write_event(SynthesizeStop().event())
+            streaming = await ended(c)
+        async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:
+            await c.write_event(Synthesize(text="Hello.").event())
+            after = [e.type for e in await read_until(c, "audio-stop")]
+        return asr, plain, streaming, after
+
+    asr, plain, streaming, after = rig.serve(body)
+    for events, want in ((asr, "max_audio_s"), (plain, "unknown voice"), (streaming, "unknown voice")):
+        assert [e.type for e in events] == ["error"], [(e.type, e.data) for e in events]
+        assert want in Error.from_event(events[0]).text
+    assert after[0] == "audio-start" and after[-1] == "audio-stop"
+
+
+def test_a_client_gone_mid_synthesis_ends_quietly(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that hangs up while its speech streams (Home Assistant stops a reply) ends its handler without an
+    error traceback in the daemon log (writing to it failed and was logged as `synthesis failed`), plain and
+    streaming, and the service goes on serving."""
+
+    async def body(s: WyomingServices) -> list[str]:
+        plain, streaming = [Synthesize(text=TEXT * 3)], [SynthesizeStart(), SynthesizeChunk(text=TEXT * 3)]
+        for request in (plain, streaming):
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.tts_port)
+            for event in request:
+                await async_write_event(event.event(), writer)
+            while (got := await asyncio.wait_for(async_read_event(reader), READ_S)) and got.type != "audio-chunk":
+                pass
+            writer.transport.abort()  # gone, as a process that exits
+            if s._handlers:  # the server's handler of that connection ends by itself
+                await asyncio.wait(set(s._handlers), timeout=READ_S)
+            assert not s._handlers
+        async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:
+            await c.write_event(Synthesize(text="Hello.").event())
+            return [e.type for e in await read_until(c, "audio-stop")]
+
+    with caplog.at_level(logging.INFO, logger="assistant.wyoming"):
+        after = rig.serve(body)
+    assert after[-1] == "audio-stop"
+    noisy = [r for r in caplog.records if r.name.startswith("assistant.wyoming") and r.levelno >= logging.WARNING]
+    assert noisy == [], [r.getMessage() for r in noisy]
+
+
+def test_handle_refuses_a_transcript_over_max_text_chars(rig: Rig) -> None:
+    """A handle transcript longer than wyoming.max_text_chars gets an error naming the limit and never reaches the
+    LLM (it went whole into the prompt: megabytes of text to prefill); the next transcript is handled."""
+    from http.server import BaseHTTPRequestHandler
+
+    from assistant.llm_remote import RemoteChat
+    from tests.llm.servers import Script, ScriptedServer, sse, text_chunk
+
+    asked: list[str] = []
+
+    def respond(h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        asked.append(body["messages"][-1]["content"])
+        sse(h, [text_chunk("Hi.")])
+
+    with ScriptedServer(Script(respond)) as srv:
+        chat = RemoteChat(rig.cfg.replace({"llm.backend": "openai", "llm.base_url": srv.base_url}).llm)
+        engines = SpeechEngines(rig.engines.new_transcriber, rig.engines.tts, chat.new_conversation)
+        too_long, ok = handle_turn(rig, engines, ["x" * (rig.cfg.wyoming.max_text_chars + 1), "hello"])
+    assert [e.type for e in too_long] == ["error"]
+    assert Error.from_event(too_long[0]).text == (
+        f"transcript longer than wyoming.max_text_chars = {rig.cfg.wyoming.max_text_chars}; send less"
+    )
+    assert ok[-1].type == "handled" and ok[-1].data["text"] == "Hi." and asked == ["hello"]
+
+
+def test_handle_reports_a_model_failure_and_keeps_serving(rig: Rig) -> None:
+    """An LLM that fails with an unexpected error gives the handle client an `error` event naming it, and the same
+    connection answers the next transcript (the connection died without a word, as the ASR and TTS ones did not)."""
+
+    class Failing:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def respond(self, text: str) -> Any:
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("Metal ran out of memory")
+            yield "Fine."
+
+        def finish_turn(self, heard: str | None) -> None:
+            pass
+
+    chat = Failing()
+    engines = SpeechEngines(rig.engines.new_transcriber, rig.engines.tts, lambda: chat)
+    failed, ok = handle_turn(rig, engines, ["hello", "hello again"])
+    assert [e.type for e in failed] == ["handled-start", "error"]
+    assert Error.from_event(failed[-1]).text == "answering failed: RuntimeError: Metal ran out of memory"
+    assert [e.type for e in ok] == ["handled-start", "handled-chunk", "handled-stop", "handled"]
+
+
+def test_a_voice_error_names_the_voices_that_fit_and_no_server_path(rig: Rig) -> None:
+    """An unknown voice and a voice the loaded model cannot speak get errors naming the voices (those that fit),
+    without the server's voices folder path (it sent `voices in /path/on/the/server/voices: ...`)."""
+
+    async def body(s: WyomingServices) -> list[str]:
+        out = []
+        for name in ("nobody", "clone"):  # a failed synthesize ends its connection
+            async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:
+                await c.write_event(Synthesize(text="Hello.", voice=SynthesizeVoice(name=name)).event())
+                out.append(Error.from_event(await read(c)).text)
+        return out
+
+    unknown, unfit = rig.serve(body)
+    assert unknown.startswith("unknown voice 'nobody'; voices: ") and "vivian" in unknown and "/" not in unknown
+    assert unfit.startswith("voice 'clone' (clone) does not fit the loaded custom_voice model; voices that do: ")

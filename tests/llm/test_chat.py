@@ -252,3 +252,32 @@ def test_load_errors_name_the_fix(tmp_path: Path, model_dir: Path) -> None:
     (bare / "tokenizer_config.json").write_text(json.dumps(tc))
     with pytest.raises(ModelError, match="no chat template"):
         Chat.load(LlmConfig(model=str(bare)))
+
+
+def test_warmup_changes_no_answer(model_dir: Path) -> None:
+    """Chat.warmup (run at start-up so the first turn compiles nothing) leaves the history and the prompt cache
+    empty, and a seeded sampled answer after it equals the same answer without it."""
+    cfg = greedy_cfg(model_dir, temperature=0.9, top_p=0.9, top_k=20, repetition_penalty=1.3, seed=11)
+    answers = []
+    for warm in (False, True):
+        chat = Chat.load(cfg)
+        if warm:
+            chat.warmup()
+            assert chat.history == [] and chat.cache.tokens == []
+        answers.append((run(chat.respond(QUESTIONS[1])), chat.answer_tokens, chat.stats.reused_tokens))
+    assert answers[0] == answers[1]
+
+
+def test_a_model_without_its_tokenizer_is_one_line_naming_it(tmp_path: Path, model_dir: Path) -> None:
+    """An LLM folder whose tokenizer.json is missing (a download cut short) fails in one line naming the file and
+    `assistant pull` (it was six lines of transformers' text ending in `install sentencepiece or tiktoken`)."""
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for f in model_dir.iterdir():
+        if f.name != "tokenizer.json":
+            (partial / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(ModelError) as e:
+        Chat.load(LlmConfig(model=str(partial)))
+    assert "\n" not in str(e.value)
+    assert str(e.value).startswith(f"LLM `{partial}` has no tokenizer file in {partial} (tokenizer.json")
+    assert str(e.value).endswith("run `assistant pull` again, or copy the model's tokenizer files in")

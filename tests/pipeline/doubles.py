@@ -108,6 +108,7 @@ class ScriptedChat:
     ):
         self.tokens = tokens
         self.can_call_tools = False  # no set_tools: it makes no tool calls
+        self.warmed = False
         self.error = error  # what the failure at `fail_at` raises
         self.max_history = max_history  # like llm.history_tokens: the oldest turns are dropped
         self.fail_at = fail_at
@@ -121,6 +122,9 @@ class ScriptedChat:
         self._answer: list[str] | None = None
         self._complete = False
         self._active: Iterator[str] | None = None
+
+    def warmup(self) -> None:
+        self.warmed = True
 
     def respond(self, user_text: str) -> Iterator[str]:
         self.threads.add(threading.get_ident())
@@ -429,6 +433,9 @@ class ToolChat:
 
         self._active = gen()
         return self._active
+
+    def warmup(self) -> None:
+        self.warmed = True
 
     def respond(self, user_text: str) -> Iterator[str]:
         from assistant.llm import Message as LlmMessage

@@ -93,18 +93,19 @@ def test_status_line_renders_state_and_latency() -> None:
 
 
 def test_serve_warms_the_engines_before_it_reports_listening() -> None:
-    """serve() has every engine's warmup() run on the compute thread before ready() (before "listening")."""
+    """serve() has every engine's warmup() (STT, LLM, TTS) run on the compute thread before ready() (before
+    "listening")."""
 
     async def main() -> None:
         async with Harness() as h:
             seen: list[tuple[bool, bool]] = []
 
             def ready() -> None:
-                seen.append((h.stt.warmed, h.tts.warmed))
+                seen.append((h.stt.warmed, h.chat.warmed, h.tts.warmed))
                 signal.raise_signal(signal.SIGINT)
 
             assert await serve(h.p, ready=ready) == 0
-            assert seen == [(True, True)]
+            assert seen == [(True, True, True)]
 
 
 def test_lost_speaker_ends_the_reply_as_heard_and_answers_in_text() -> None:

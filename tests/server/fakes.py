@@ -177,9 +177,12 @@ class FakeSession:
     def set_instructions(self, text: str) -> None:
         self.calls.append(("instructions", text))
 
-    def set_voice(self, name: str) -> None:
+    def check_voice(self, name: str) -> None:
         if name not in self.backend.voices:
             raise ConfigError(f"unknown voice {name!r}; voices: {', '.join(self.backend.voices)}")
+
+    def set_voice(self, name: str) -> None:
+        self.check_voice(name)
         self.calls.append(("voice", name))
 
     def set_turn_detection(
@@ -290,6 +293,7 @@ class FakeSession:
         self.closed = True
         if self.replying is not None:
             self.replying.cancel()
+        await asyncio.sleep(self.backend.close_delay_s)
 
 
 class FakeBackend:
@@ -300,6 +304,7 @@ class FakeBackend:
         self.voices = ("default", "alice")
         self.hold_replies: asyncio.Event | None = None  # when set, replies pause after their first chunk
         self.open_delay_s = 0.0  # the real backend awaits the compute thread while it opens a session
+        self.close_delay_s = 0.0  # and while it closes one (the reply's steps are cancelled on that thread)
         self.keep_audio = True  # sessions keep what they heard for the tests (the load benchmark turns it off)
 
     async def open_session(self) -> FakeSession:
@@ -313,6 +318,9 @@ class FakeBackend:
 
     def default_instructions(self) -> str:
         return "Be brief."
+
+    def max_output_tokens(self) -> int:
+        return 400
 
 
 if TYPE_CHECKING:  # mypy proves the doubles implement the server's Protocols

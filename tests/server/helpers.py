@@ -64,3 +64,14 @@ async def until(ws: ClientConnection, kind: str, wait_s: float = 5.0) -> tuple[d
         if got["type"] == kind:
             return got, seen
         seen.append(got)
+
+
+async def collect(conn: Any, last: str) -> list[Any]:
+    """SDK events up to and including the first of type `last`."""
+    out = []
+    async with asyncio.timeout(10):
+        async for ev in conn:
+            out.append(ev)
+            if ev.type == last:
+                return out
+    raise AssertionError(f"connection ended before {last}")

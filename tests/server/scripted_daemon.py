@@ -31,17 +31,17 @@ class ScriptedSessions(cli.SharedEngines):
 
 @asynccontextmanager
 async def scripted_daemon(
-    cfg: Config, session_chat: Callable[[Any], Any] = lambda chat: chat, daemon_chat: Any = None
+    cfg: Config, session_chat: Callable[[Any], Any] = lambda chat: chat, daemon_chat: Any = None, toolbox: Any = None
 ) -> AsyncIterator[tuple[ControlServer, Conversation]]:
-    """Engines on one compute thread, the daemon's conversation (its chat `daemon_chat` when given) and the
-    server; Realtime sessions get `session_chat(their real chat)`."""
+    """Engines on one compute thread, the daemon's conversation (its chat `daemon_chat` when given, its own tools
+    `toolbox`) and the server; Realtime sessions get `session_chat(their real chat)`."""
     compute = Compute()
     try:
         engines = await compute.run(cli.build_engines, cfg)
         real = engines.chat
         if daemon_chat is not None:
             engines.chat = daemon_chat
-        pipeline = Conversation(cfg, engines, None, NullSink(), compute)
+        pipeline = Conversation(cfg, engines, None, NullSink(), compute, toolbox=toolbox)
         shared = ScriptedSessions(cfg, engines, session_chat)
         shared.engines = type(engines)(engines.transcriber, real, engines.tts, engines.voice, engines.make_vad)
         backend = Sessions(pipeline, shared, cfg.server.realtime_sessions)

@@ -306,3 +306,18 @@ def test_bad_tool_registrations_are_bad_field_errors(msg: dict[str, Any], fragme
     error, status = asyncio.run(body())
     assert error["type"] == "error" and error["code"] == "bad_field" and fragment in error["message"]
     assert error["id"] == 1 and status["type"] == "reply"
+
+
+def test_a_refused_session_update_changes_nothing() -> None:
+    """A session.update whose voice is refused leaves the session's turn detection and instructions as they were
+    (the detection was already applied when the voice was refused, so the session ran manual turns while
+    session.updated went on reporting server_vad)."""
+    session = FakeSession(FakeBackend())
+    conv = RealtimeConversation(session, "default", "Be brief.", now=0.0)
+    conv.start()
+    session.calls.clear()
+    update = {"turn_detection": None, "instructions": "Be terse.", "audio": {"output": {"voice": "nobody"}}}
+    out = conv.handle(rp.decode_client_event(json.dumps({"type": "session.update", "session": update})))
+    assert [type(e) for e in out] == [rp.Error]
+    assert session.calls == []
+    assert conv.detection is not None and conv.settings.instructions == "Be brief."

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from assistant import cli, events
 from assistant.errors import InputError
+from assistant.llm import Message
 from assistant.server import ctl
 from assistant.server.ws import ControlServer
 from tests.server.fakes import FakeController
 from tests.server.helpers import TOKEN, running
+from tests.server.test_tls import self_signed
 
 
 class Live:
@@ -27,14 +31,15 @@ class Live:
         self.stop: asyncio.Event | None = None
 
 
-@pytest.fixture
-def live() -> Iterator[Live]:
-    """A ControlServer on a free port in its own thread and event loop, stopped after the test."""
+@contextlib.contextmanager
+def serving(**overrides: Any) -> Iterator[Live]:
+    """A ControlServer on a free port in its own thread and event loop, stopped at the end; `overrides` replace
+    ServerConfig fields."""
     state, ready = Live(), threading.Event()
     stop = asyncio.Event()
 
     async def serve() -> None:
-        async with running() as (server, controller, _):
+        async with running(**overrides) as (server, controller, _):
             state.port, state.controller, state.loop = server.port, controller, asyncio.get_running_loop()
             state.server, state.stop = server, stop
             ready.set()
@@ -48,6 +53,13 @@ def live() -> Iterator[Live]:
     if thread.is_alive():  # a test may have stopped it already
         state.loop.call_soon_threadsafe(stop.set)
     thread.join(10)
+
+
+@pytest.fixture
+def live() -> Iterator[Live]:
+    """A ControlServer on a free port in its own thread and event loop, stopped after the test."""
+    with serving() as state:
+        yield state
 
 
 def ctl_args(live: Live, *words: str) -> list[str]:
@@ -68,6 +80,18 @@ def test_ctl_sends_commands_and_prints_replies(
     assert live.controller is not None
     assert ("config_set", {"tts.voice": "alice", "vad.aggressiveness": 3}) in live.controller.calls
     assert live.controller.muted
+
+
+def test_ctl_reaches_a_daemon_that_serves_tls(
+    capsys: pytest.CaptureFixture[str], isolated_env: Path, tmp_path: Path
+) -> None:
+    """With server.tls_cert and server.tls_key set, `ctl status` dials wss:// and trusts the daemon's own
+    certificate (it dialled ws:// and said `cannot reach the daemon ... start it with assistant run`)."""
+    cert, key = self_signed(tmp_path)
+    with serving(tls_cert=str(cert), tls_key=str(key)) as tls:
+        tls_keys = ["--set", f"server.tls_cert={str(cert)!r}", "--set", f"server.tls_key={str(key)!r}"]
+        assert cli.main([*ctl_args(tls, "status"), *tls_keys]) == 0
+    assert json.loads(capsys.readouterr().out) == {"state": "idle", "muted": False, "turn": 0}
 
 
 def test_ctl_errors_are_one_line(capsys: pytest.CaptureFixture[str], isolated_env: Path, live: Live) -> None:
@@ -168,3 +192,23 @@ def test_ctl_says_so_when_the_daemon_goes_away_mid_command(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("assistant: error: the daemon at ws://127.0.0.1:")
     assert "closed the connection" in err and "assistant run" in err
+
+
+def test_history_reset_also_resets_a_running_daemon(
+    capsys: pytest.CaptureFixture[str], isolated_env: Path, monkeypatch: pytest.MonkeyPatch, live: Live
+) -> None:
+    """`assistant history reset` beside a running daemon erases the stored turns and the daemon's conversation too
+    (the daemon kept answering from what the user had erased, and stored nothing of it again only by chance)."""
+    from assistant.memory import Memory
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(isolated_env / "data"))
+    memory = Memory(isolated_env / "data" / "assistant" / "memory.sqlite3")
+    memory.add_turn([Message("user", "my secret"), Message("assistant", "noted")])
+    assert live.controller is not None
+    live.controller.history = [{"role": "user", "content": "my secret"}]
+    assert cli.main(["history", "reset", *ctl_args(live)[1:]]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("erased 1 stored turn from ") and "the running daemon's conversation too" in out
+    assert memory.turns() == [] and live.controller.history == []
+    assert ("history_reset", None) in live.controller.calls
+    memory.close()

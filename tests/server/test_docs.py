@@ -92,3 +92,17 @@ def test_the_conformance_table_names_every_sdk_event_type() -> None:
     rows = dict(re.findall(r"^\| `([a-z_.]+)` \| (?:client|server) \| ([a-z ,]+) \|", table, re.M))
     assert set(rows) == set(GA_CLIENT) | set(GA_SERVER)
     assert {t for t, status in rows.items() if status != "supported"} == set(EXCEPTIONS)
+
+
+def test_the_protocol_doc_names_exactly_the_live_keys() -> None:
+    """docs/protocol.md's config.set paragraph names every key a client may change and no other (it said "the vad.*
+    keys except vad.frame_ms and vad.max_utterance_s", yet two more are refused, and left out the backchannels)."""
+    from assistant import config, settings
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    paragraph = text[text.index("`config.set`: change the runtime-safe keys") :].split("\n\n")[0]
+    named = {k for k in re.findall(r"`([a-z_]+\.[a-z_]+)`", paragraph) if k.split(".")[0] in config.SECTIONS}
+    vad_keys = {f"vad.{k}" for k in config.to_dict(config.Config())["vad"]}
+    excepted = set(re.findall(r"`(vad\.[a-z_]+)`", paragraph.split("except")[1].split("`llm.")[0]))
+    documented = (named - excepted - {"server.port", "llm.model"}) | (vad_keys - excepted)
+    assert documented == set(settings.LIVE_KEYS)

@@ -197,6 +197,20 @@ def test_config_set_refuses_unsafe_changes_before_any_takes_effect(changes: dict
     assert str(e.value) == message
 
 
+def test_config_set_takes_a_list_for_a_list_setting_and_bounds_it() -> None:
+    """`pipeline.backchannels`, a live key whose value is a list of words, can be set to a list of strings (every
+    value was refused as `not a list or object`); a long list, a long word or a non-string item is refused."""
+    new = settings.apply(Config(), {"pipeline.backchannels": ["mm-hm", "yeah"]}, FakeVoices())
+    assert new.pipeline.backchannels == ["mm-hm", "yeah"]
+    assert settings.apply(Config(), {"pipeline.backchannels": []}, FakeVoices()).pipeline.backchannels == []
+    for bad in (["w"] * 1000, ["w" * 1000], [1, 2], [["x"]]):
+        with pytest.raises(ConfigError) as e:
+            settings.apply(Config(), {"pipeline.backchannels": bad}, FakeVoices())
+        assert str(e.value) == (
+            "config.set: `pipeline.backchannels` takes a list of at most 64 strings of up to 64 characters each"
+        )
+
+
 def test_config_set_names_no_server_path_when_voices_cannot_be_read(tmp_path: Path) -> None:
     """A voices folder that cannot be read is reported without its path (the log has it)."""
 
@@ -340,6 +354,28 @@ def test_refused_handshakes_do_not_flood_the_log(caplog: pytest.LogCaptureFixtur
 
 
 # ---- admission -----------------------------------------------------------------------------------------------
+
+
+def test_a_session_that_is_closing_does_not_refuse_the_next() -> None:
+    """With realtime_sessions = 1, a client that closes its session and reconnects at once gets a session (it was
+    refused `1 realtime sessions are open` while the server still closed the old one); a second client beside an
+    open session is still refused."""
+
+    async def created(server: ControlServer) -> str:
+        async with connect(url(server, "/v1/realtime"), additional_headers=BEARER) as ws:
+            first = await recv(ws)
+            return str(first["type"] if first["type"] != "error" else first["error"]["code"])
+
+    async def body() -> list[str]:
+        async with running(realtime_sessions=1) as (server, _, backend):
+            backend.close_delay_s = 0.3  # closing awaits the compute thread in the real backend
+            got = [await created(server) for _ in range(3)]
+            async with connect(url(server, "/v1/realtime"), additional_headers=BEARER) as held:
+                assert (await recv(held))["type"] == "session.created"
+                got.append(await created(server))
+            return got
+
+    assert asyncio.run(body()) == ["session.created"] * 3 + ["session_unavailable"]
 
 
 def test_concurrent_realtime_handshakes_cannot_pass_the_session_limit() -> None:

@@ -315,3 +315,29 @@ def test_openai_sdk_manual_turn_response_cancel_and_truncate(tiny_config: Config
     assert any(e.type == "response.output_audio.delta" for e in first)
     assert second[-1].response.status == "cancelled" and second[-1].response.output[0].status == "incomplete"
     assert truncated[-1].audio_end_ms > 0
+
+
+def test_a_realtime_voice_that_does_not_fit_the_model_is_refused_at_once(tiny_config: Config) -> None:
+    """`session.update` to a voice profile the loaded TTS cannot speak with (a clone voice on a CustomVoice model)
+    is an error naming the voices that fit, and the session keeps its voice (it answered session.updated with
+    the voice, then an error `loading voice 'clone'` came later and the session went on claiming it)."""
+
+    async def body() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        async with daemon(tiny_config) as (server, _):
+            url = f"ws://127.0.0.1:{server.port}/v1/realtime"
+            async with connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+                seen: list[dict[str, Any]] = []
+                await until(ws, "session.created", seen)
+                update = {"type": "session.update", "session": {"audio": {"output": {"voice": "clone"}}}}
+                await ws.send(json.dumps(update))
+                first = await recv(ws)
+                await ws.send(json.dumps({"type": "session.update", "session": {"instructions": "Be brief."}}))
+                after = await until(ws, "session.updated", seen)
+                return [first, *seen[1:-1]], after  # what came between the two updates
+
+    got, after = asyncio.run(body())
+    assert [m["type"] for m in got] == ["error"]
+    assert got[0]["error"]["message"] == (
+        "voice 'clone' (clone) does not fit the loaded custom_voice model; voices that do: default, vivian"
+    )
+    assert after["session"]["audio"]["output"]["voice"] == "vivian"

@@ -52,7 +52,8 @@ def wav_bytes(x: np.ndarray, rate: int = CAPTURE_RATE) -> bytes:
 
 
 def test_models_and_health(tiny_config: Config) -> None:
-    """`client.models.list()` names the loaded STT, LLM and TTS models; /health reports them, the voices and uptime."""
+    """`client.models.list()` names the loaded STT, LLM and TTS models; /health reports them, the voices, uptime, and
+    of a headless daemon no devices."""
 
     async def body(server: ControlServer, client: openai.AsyncOpenAI) -> tuple[list[str], dict[str, Any], str]:
         models = [m.id async for m in client.models.list()]
@@ -67,6 +68,8 @@ def test_models_and_health(tiny_config: Config) -> None:
     assert health["status"] == "ok" and health["uptime_s"] >= 0
     assert health["models"] == {"stt": cfg.stt.model_id, "llm": cfg.llm.model, "tts": cfg.tts.model}
     assert "vivian" in health["voices"] and health["realtime"]["limit"] == cfg.server.realtime_sessions
+    # headless (no sound card; the clients bring the audio): no device is claimed (it said "default", ok)
+    assert health["devices"] == {"input": None, "output": None, "ok": False}
 
 
 def test_speech_in_every_format(tiny_config: Config) -> None:

@@ -98,3 +98,31 @@ def test_idle_timeout_fires_once_after_the_reply_has_played() -> None:
         assert conv.tick(30.0) == []
 
     asyncio.run(body())
+
+
+def test_an_upload_that_expects_100_continue_gets_it_before_sending_the_body() -> None:
+    """A request with `Expect: 100-continue` (curl sends it for bodies over 1 MB) gets `100 Continue` before it sends
+    the body, then its answer (it got nothing: curl waited a second per upload before sending anyway)."""
+
+    async def body() -> tuple[bytes, bytes]:
+        async with running() as (server, _, _):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            payload = json.dumps({"model": "tts-1", "input": "hi", "voice": "alloy"}).encode()
+            head = (
+                f"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\nExpect: 100-continue\r\n\r\n"
+            )
+            writer.write(head.encode())
+            await writer.drain()
+            async with asyncio.timeout(10):
+                interim = await reader.readuntil(b"\r\n\r\n")
+            writer.write(payload)
+            await writer.drain()
+            async with asyncio.timeout(10):
+                final = await reader.read()
+            writer.close()
+            return interim, final
+
+    interim, final = asyncio.run(body())
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert final.startswith(b"HTTP/1.1 ")  # the request's own answer follows

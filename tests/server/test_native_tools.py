@@ -9,11 +9,13 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from assistant.compute import Priority
 from assistant.config import Config
 from assistant.server.ws import ControlServer
 from tests import tiny_engines
@@ -150,3 +152,36 @@ def test_register_refused_at_once_when_the_llm_cannot_call_tools(cfg: Config) ->
     assert "no tool-call format" in refused["message"] and "set llm.model" in refused["message"]
     assert withdrawn == {"type": "reply", "command": "tools.register", "id": 2, "result": {"tools": []}}
     assert status["type"] == "reply" and status["id"] == 3
+
+
+def test_withdrawing_nothing_on_an_llm_without_tools_offers_nothing(cfg: Config, tmp_path: Path) -> None:
+    """On an LLM that cannot call tools, a daemon with built-in tools answers `tools.register` [] (and the app's
+    leaving) without offering them: the reply lists no tools and no client gets an error (the reply listed
+    get_time... as offered, and every client then got `offering the tools to the LLM: ModelError`)."""
+    from assistant.memory import Memory
+    from assistant.tools.setup import build_toolbox
+
+    memory = Memory(tmp_path / "memory.sqlite3")
+    toolbox, _ = build_toolbox(cfg, memory)
+    assert toolbox.tools  # get_time and the reminders
+
+    async def body() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        async with scripted_daemon(cfg, toolbox=toolbox) as (server, daemon), app(server) as watcher:
+            assert (await request(watcher, {"type": "subscribe", "id": 1}))["type"] == "reply"
+            async with app(server) as lamp:
+                withdrawn = await request(lamp, {"type": "tools.register", "id": 2, "tools": []})
+            for _ in range(int(WAIT_S * 100)):  # test-side wait until the server has seen the app leave
+                if not daemon.tools.apps.by_owner:
+                    break
+                await asyncio.sleep(0.01)
+            await daemon.compute.run(lambda: None, priority=Priority.URGENT)  # after any offer it made
+            seen = []
+            await watcher.send(json.dumps({"type": "status", "id": 3}))
+            while (msg := await recv(watcher)).get("id") != 3:  # the status reply comes after whatever was sent
+                seen.append(msg)
+            return withdrawn, seen
+
+    withdrawn, seen = asyncio.run(body())
+    memory.close()
+    assert withdrawn == {"type": "reply", "command": "tools.register", "id": 2, "result": {"tools": []}}
+    assert [m for m in seen if m["type"] == "error"] == []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 from assistant.audio.format import StreamResampler, float32_to_int16, int16_to_float32, resample
 from assistant.errors import ModelError
 from tests.server.fakes import FakeSession
-from tests.server.helpers import TOKEN, client, recv, running, until
+from tests.server.helpers import TOKEN, client, collect, recv, running, until
 
 RATE = 24_000
 
@@ -27,17 +26,6 @@ def tone(seconds: float, amp: float = 0.5, hz: float = 300.0) -> np.ndarray:
 
 def b64(samples: np.ndarray) -> str:
     return base64.b64encode(samples.astype("<i2").tobytes()).decode()
-
-
-async def collect(conn: Any, last: str) -> list[Any]:
-    """SDK events up to and including the first of type `last`."""
-    out = []
-    async with asyncio.timeout(10):
-        async for ev in conn:
-            out.append(ev)
-            if ev.type == last:
-                return out
-    raise AssertionError(f"connection ended before {last}")
 
 
 def test_openai_sdk_session_audio_in_response_audio_out_and_cancel() -> None:

@@ -56,7 +56,8 @@ def greedy(**kw: Any) -> TtsConfig:
 
 
 def test_chunks_first_after_first_chunk_frames_then_every_chunk_frames(checkpoints: Any, reference: Any) -> None:
-    """step() returns audio after 1 frame, then every 4 frames, then the remainder; samples = frames x 1920."""
+    """step() returns audio after 1 frame, then 1, 2 and every 4 frames, then the remainder; samples = frames x
+    1920 (the chunks after the first grow, so the second is ready before the first has played)."""
     case = case_named(reference, "cv_english_full")
     st = StubTokenizer()
     tts = Qwen3TTS(loaded(checkpoints, "custom_voice"), greedy(max_frames=19, first_chunk_frames=1, chunk_frames=4), st)
@@ -67,7 +68,7 @@ def test_chunks_first_after_first_chunk_frames_then_every_chunk_frames(checkpoin
         if chunk is not None:
             assert chunk.dtype == np.float32
             sizes.append(len(chunk) // 1920)
-    assert sizes == [1, 4, 4, 4, 4, 2]
+    assert sizes == [1, 1, 2, 4, 4, 4, 3]
     assert utt.frames_emitted == 19
     sent = np.concatenate(st.decoder.calls)
     assert sent.tolist() == case["codes"]
@@ -87,7 +88,7 @@ def test_voice_speed_time_stretches_the_chunks(checkpoints: Any, reference: Any)
             chunks.append(chunk)
     ts = TimeStretch(1.5, tts.sample_rate)
     assert np.array_equal(np.concatenate(chunks), np.concatenate([ts.push(plain), ts.flush()]))
-    assert utt.frames_emitted == 19 and len(chunks) == 6
+    assert utt.frames_emitted == 19 and len(chunks) == 7
     assert sum(len(c) for c in chunks) == round(19 * 1920 / 1.5)
 
 
@@ -266,4 +267,37 @@ def test_warmup_runs_every_chunk_size_and_changes_nothing(checkpoints: Any, refe
     utt = tts.start(ad_hoc_voice("v", prompt_of(case)), case["text"])
     while not utt.done:
         utt.step()
+    assert np.concatenate(st.decoder.calls).tolist() == case["codes"]
+
+
+def test_warmup_leaves_nothing_to_trace_when_the_kv_buffers_grow(
+    checkpoints: Any, reference: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After warmup(), an utterance whose KV buffers grow several times mid-stream traces no talker step (a trace
+    between two frames is a compile on the GPU), and its greedy codes are still the official ones."""
+    from assistant.tts.qwen3.talker import CompiledCache, StaticCache, TalkerModel
+
+    case = case_named(reference, "cv_auto_stream")  # streaming: its prefill passes one row through the step
+    traced: list[int] = []
+    step = TalkerModel.step
+
+    def counted(self: TalkerModel, x: mx.array, pos: mx.array, kvs: list[mx.array]) -> Any:
+        traced.append(kvs[0].shape[2])  # runs only while mx.compile traces a new buffer length
+        return step(self, x, pos, kvs)
+
+    monkeypatch.setattr(TalkerModel, "step", counted)
+    monkeypatch.setattr(StaticCache, "STEP", 8)  # the buffers grow every 8 positions: several times per utterance
+    st = StubTokenizer()
+    cfg = greedy(max_frames=case["max_new_tokens"] - 1, voice="vivian")  # the official run's length
+    tts = Qwen3TTS(loaded(checkpoints, "custom_voice"), cfg, st)
+    monkeypatch.setattr(tts.talker, "compiled", CompiledCache())  # nothing compiled by earlier tests counts
+    tts.warmup()
+    warm = len(traced)
+    st.decoder.calls.clear()
+    utt = tts.start(ad_hoc_voice("v", prompt_of(case)), case["text"], layout="stream")
+    while not utt.done:
+        utt.step()
+    assert warm > 2  # the warm-up traced several lengths, so the counter sees traces
+    assert traced[warm:] == []
+    assert utt.gen.cache is not None and utt.gen.cache[0].capacity >= 3 * StaticCache.STEP
     assert np.concatenate(st.decoder.calls).tolist() == case["codes"]

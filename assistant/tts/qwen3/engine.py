@@ -105,14 +105,17 @@ class Utterance:
         return audio if audio is not None and len(audio) else None
 
     def step(self) -> np.ndarray | None:
-        """At most one frame of work; a chunk when first_chunk_frames (then chunk_frames) frames are ready."""
+        """At most one frame of work; a chunk when first_chunk_frames frames are ready, then each time as many
+        again, then twice as many, and so on up to chunk_frames (1, 1, 2, 4, 4, ... by default)."""
         if self.done:
             return None
         frame = self.gen.step()
         if frame is not None:
             self.frames.append(frame)
             self.frames_emitted += 1
-            due = self.first if self.chunks_out == 0 else self.every
+            # then 1, 2, 4... times first, up to every: a second chunk of `every` frames took longer to make than the
+            # first one plays (at the start each frame waits for an LLM token), and the sink ran dry after 80 ms
+            due = self.first if self.chunks_out == 0 else min(self.every, self.first << (self.chunks_out - 1))
             if len(self.frames) >= due:
                 return self._out(self._decode())
             return None

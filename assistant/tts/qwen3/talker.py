@@ -411,19 +411,17 @@ class Talker(nn.Module):
         """One input vector x [hidden] (plus `plus`, summed inside the compiled graph) at the cache's next
         position: the post-norm hidden state [hidden] (lazy).
 
-        Compiled once per buffer length (quantized models too: compiled 4-bit graphs ran on MLX 0.32.4 CUDA).
+        Compiled once per buffer length (quantized models too: compiled 4-bit graphs ran on MLX 0.32.4 CUDA), in one
+        form: without `plus` (a one-row prefill) it adds zeros, so `warm_steps` covers every call (x + 0 is x).
         """
         kv = cache[0].kv
         assert kv is not None
         for c in cache:
             c.reserve(kv, 1)
         pos = mx.array(cache[0].offset, dtype=mx.int32)
-        if plus is None:
-            fn = self.compiled.get("step", lambda: mx.compile(self.model.step))
-            h, kvs = fn(x[None, None], pos, [c.kv for c in cache])
-        else:
-            fn = self.compiled.get("step+", lambda: mx.compile(lambda x, y, p, kv: self.model.step(x + y, p, kv)))
-            h, kvs = fn(x[None, None], plus[None, None], pos, [c.kv for c in cache])
+        plus = mx.zeros_like(x) if plus is None else plus
+        fn = self.compiled.get("step+", lambda: mx.compile(lambda x, y, p, kv: self.model.step(x + y, p, kv)))
+        h, kvs = fn(x[None, None], plus[None, None], pos, [c.kv for c in cache])
         for c, kv in zip(cache, kvs, strict=True):
             c.kv = kv
             c.offset += 1
