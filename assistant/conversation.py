@@ -126,8 +126,8 @@ class Conversation:
 
     def _do(self, action: turns.Action) -> None:
         match action:
-            case turns.RunVad(samples, echo):
-                self.vad.set_playback(echo is not None, SILENT_DBFS if echo is None else echo)
+            case turns.RunVad(samples, echo, linear):
+                self.vad.set_playback(echo is not None, SILENT_DBFS if echo is None else echo, linear)
                 for ev in self.vad.feed(samples):
                     self._apply(ev)
             case turns.ResetVad():
@@ -213,7 +213,8 @@ class Conversation:
         level = self.sink.level_at(block.t) if self.echo is None else self.echo.echo_dbfs(block.t, len(block.samples))
         # the room is learned from a reply's echo; no speaker, no echo to hear the user over
         known = self.echo is None or not self.output_ok or self.echo.echo_return_db is not None
-        self._apply(turns.AudioIn(block.samples, block.t, now, level, self.sink.last_sample_time, known))
+        linear = self.echo is not None and self.echo.linear_at(block.t, len(block.samples))
+        self._apply(turns.AudioIn(block.samples, block.t, now, level, self.sink.last_sample_time, known, linear))
 
     async def warmup(self) -> None:
         """Let every engine compile the shapes it will use (on the compute thread); call before listening."""

@@ -97,6 +97,7 @@ class AudioIn:
     speaker_dbfs: float = SILENT_DBFS  # what the speaker played around `t` (the sink's level_at(t))
     speaker_end: float | None = None  # when the speaker's last queued sample left it (None: still playing/none)
     room_known: bool = True  # the echo canceller has learned how the room returns the speaker (TurnEvidence)
+    speaker_linear: bool = False  # speaker_dbfs is the linear echo path's bound (EchoCanceller.linear_at)
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,7 @@ class RunVad:
 
     samples: np.ndarray = field(compare=False)
     echo_dbfs: float | None = None
+    linear: bool = False  # echo_dbfs is the linear echo path's bound (Vad.set_playback)
 
 
 @dataclass(frozen=True)
@@ -479,7 +481,7 @@ class TurnCore:
             self._feed()
         self._check_end_of_turn(a.now)  # before the VAD sees the block: its events then follow this decision
         if self.policy.vad_turns or self.policy.ptt:
-            self._emit(RunVad(a.samples, echo))
+            self._emit(RunVad(a.samples, echo, a.speaker_linear and echo == a.speaker_dbfs))
 
     def _echo_level(self, a: AudioIn) -> float | None:
         """The speaker level a block recorded at `a.t` is to be judged against (None: the speaker was silent)."""

@@ -6,7 +6,8 @@ quietest frame of the last 3 s, or than FLOOR_DBFS if that is louder (webrtcvad 
 speech). Events:
 - SpeechStarted once min_speech_ms of voiced frames are in a row (barge_in_min_speech_ms, and louder by
   barge_in_energy_margin_db than the echo the audio may hold, while the assistant speaks: the echo canceller's
-  room-aware bound, EchoCanceller.echo_dbfs); start_sample = onset less the pre-roll.
+  room-aware bound, EchoCanceller.echo_dbfs; where that bound is its linear path's, LINEAR_SHARE of the last
+  as many frames will do); start_sample = onset less the pre-roll.
 - SilenceStarted after early_silence_ms of silence without one voiced frame (a voiced frame before it means the
   speaker goes on: the silence starts again after it), and PauseStarted before it after pause_notice_ms where
   that is shorter (an early notice for the end-of-turn model); SpeechResumed when half of min_speech_ms of voice
@@ -44,6 +45,11 @@ NOISE_WINDOW_S = 3.0  # the noise floor is the quietest frame of this window: lo
 FLOOR_DBFS = -70.0
 ENDING_FRAMES = 3  # adaptive hangover: the last voiced frames whose level tells a finished phrase
 ENDING_DROP_DB = 6.0  # ... when they are this much quieter than the utterance's median voiced frame
+# While the assistant speaks, a user the echo canceller's linear path has told from the echo (a frame over its
+# bound, `set_playback(linear=True)`) starts once this share of barge_in_min_speech_ms's frames from the first
+# over it are: a user as loud as the echo dips under the gate for 2-3 frames ~200 ms in (issue 13 b). Frames that
+# only passed AEC3's gate still need them all in a row: echo alone ran 5-8 in a row over it.
+LINEAR_SHARE = 0.7
 
 
 class State(enum.Enum):
@@ -67,6 +73,9 @@ class Vad:
         self.frame = sample_rate * cfg.frame_ms // 1000  # e.g. 480 = 30 ms at 16 kHz
         self._min_speech = self._frames(cfg.min_speech_ms)
         self._barge_min_speech = self._frames(cfg.barge_in_min_speech_ms)
+        self._linear_min = math.ceil(LINEAR_SHARE * self._barge_min_speech)
+        self._votes: deque[int | None] = deque(maxlen=self._barge_min_speech)  # the last frames while playing: a
+        # frame over the linear path's gate (its position), or None
         # after a pause, half of min_speech_ms resumes the utterance: words after a pause can be short and soft,
         # while single clicks and noise bursts still do not stretch the pause
         self._min_resume = math.ceil(self._min_speech / 2)
@@ -79,6 +88,7 @@ class Vad:
         self._levels: deque[float] = deque(maxlen=self._frames(NOISE_WINDOW_S * 1000))  # kept across reset()
         self._playback = False
         self._playback_dbfs = SILENT_DBFS
+        self._playback_linear = False
         self.reset()
 
     def _frames(self, ms: float) -> int:
@@ -100,13 +110,18 @@ class Vad:
         self._resume_run = 0  # voiced frames in a row while stopping
         self._last_end = 0  # no pre-roll reaches back into the previous utterance
         self._voiced_levels: list[float] = []
+        self._votes.clear()
 
-    def set_playback(self, active: bool, level_dbfs: float = -120.0) -> None:
+    def set_playback(self, active: bool, level_dbfs: float = -120.0, linear: bool = False) -> None:
         """While the assistant speaks, a start needs barge_in_min_speech_ms and barge_in_energy_margin_db over
         `level_dbfs` (the echo the audio may hold: what plays, or what the canceller may leave of it in this room),
-        so its own voice from the speakers does not count as the user."""
+        so its own voice from the speakers does not count as the user. `linear`: `level_dbfs` is the echo
+        canceller's linear path's bound, so LINEAR_SHARE of those frames over it in the last as many will do."""
+        if not active:
+            self._votes.clear()
         self._playback = active
         self._playback_dbfs = level_dbfs
+        self._playback_linear = active and linear
 
     def feed(self, samples: np.ndarray) -> list[VadEvent]:
         """Consume int16 mono samples of any length; returns the events decided by the whole frames now complete."""
@@ -149,6 +164,8 @@ class Vad:
         return not self._playback or level >= self._playback_dbfs + self.cfg.barge_in_energy_margin_db
 
     def _step_quiet(self, at: int, voiced: bool, level: float) -> list[VadEvent]:
+        if self._playback:
+            self._votes.append(at if voiced and self._playback_linear else None)
         if not voiced:
             self.state, self._run = State.QUIET, 0
             return []
@@ -156,9 +173,14 @@ class Vad:
             self.state, self._onset, self._run, self._voiced_levels = State.STARTING, at, 0, []
         self._run += 1
         self._voiced_levels.append(level)
-        if self._run < (self._barge_min_speech if self._playback else self._min_speech):
+        votes = [v for v in self._votes if v is not None]
+        # (the whole window from the first vote: 7 in a row alone were seen from echo the path mispredicted)
+        if len(votes) >= self._linear_min and len(self._votes) == self._votes.maxlen and self._votes[0] is not None:
+            self._onset = min(self._onset, votes[0])  # the user began with the first of them
+        elif self._run < (self._barge_min_speech if self._playback else self._min_speech):
             return []
         self.state = State.SPEAKING
+        self._votes.clear()
         self._start = max(self._onset - self._preroll, self._last_end)
         return [SpeechStarted(start_sample=self._start, onset_sample=self._onset, time=self._clock())]
 

@@ -168,7 +168,7 @@ async def play_and_judge(room: Room, reply: np.ndarray, user: np.ndarray, user_a
                     out = c.process(block)
                     gate = c.echo_dbfs(out.t, len(out.samples))
                     cpu[name] += time.process_time() - began
-                    vads[name].set_playback(gate > SILENT_DBFS, gate)
+                    vads[name].set_playback(gate > SILENT_DBFS, gate, c.linear_at(out.t, len(out.samples)))
                     for ev in vads[name].feed(out.samples):
                         if isinstance(ev, SpeechStarted):
                             starts[name].append(vads[name].position - AEC_DELAY)  # decided after this capture
@@ -388,7 +388,7 @@ def replay(rec: Recording, user: np.ndarray | None, user_at: int) -> tuple[list[
         at += len(x)
         out = canceller.process(AudioBlock(x, block.t))
         gate = canceller.echo_dbfs(out.t, len(out.samples))
-        vad.set_playback(gate > SILENT_DBFS, gate)
+        vad.set_playback(gate > SILENT_DBFS, gate, canceller.linear_at(out.t, len(out.samples)))
         starts += [vad.position - AEC_DELAY for ev in vad.feed(out.samples) if isinstance(ev, SpeechStarted)]
     return starts, canceller
 

@@ -90,11 +90,12 @@ class Timeline:
         speaker_dbfs: float = -120.0,
         late_s: float = 0.0,
         room_known: bool = True,
+        linear: bool = False,
     ) -> None:
         for _ in range(blocks):
             samples = np.full(BLOCK, value, dtype=np.int16)
             now = self.t + BLOCK / CAPTURE_RATE + late_s
-            self.send(AudioIn(samples, self.t, now, speaker_dbfs, room_known=room_known))
+            self.send(AudioIn(samples, self.t, now, speaker_dbfs, room_known=room_known, speaker_linear=linear))
             self.t += BLOCK / CAPTURE_RATE
 
     @property
@@ -213,6 +214,19 @@ def speculative_start_then_confirm(policy: Policy) -> None:
     assert [a.turn for a in tl.of(Play)] == [spec.turn]  # type: ignore[attr-defined]
     assert tl.events(FinalTranscript)[-1].text == "hello"  # type: ignore[attr-defined]
     assert tl.states()[-1] is TurnState.ASSISTANT_SPEAKING
+
+
+def test_vad_hears_which_gate_applies() -> None:
+    """A block the echo canceller's linear path gated reaches the VAD marked so; the echo tail after the speaker
+    stopped, gated at the last level heard, is not."""
+    tl = Timeline(Policy())
+    turn = spoken_turn(tl)
+    tl.reply_plays(turn)
+    tl.audio(1, speaker_dbfs=-30.0, linear=True)
+    tl.audio(1, speaker_dbfs=-20.0)
+    tl.audio(1, linear=True)  # the speaker is silent: the tail's gate is no linear bound
+    runs = [a for a in tl.of(RunVad) if isinstance(a, RunVad)][-3:]
+    assert [(r.echo_dbfs, r.linear) for r in runs] == [(-30.0, True), (-20.0, False), (-20.0, False)]
 
 
 def barge_in(policy: Policy) -> None:

@@ -168,6 +168,35 @@ def test_playback_needs_longer_and_louder_speech() -> None:
     assert feed_frames(v, audio)[0][0] == 14
 
 
+def test_playback_linear_gate_starts_on_7_of_10_frames() -> None:
+    """Over the echo canceller's linear gate, a user whose voice dips for 2 frames starts once 7 of the 10 frames
+    from their first are voiced, from that first; over AEC3's gate alone the same audio needs 10 in a row and
+    never starts."""
+    audio = pattern("0" * 10 + "1" * 5 + "00" + "1" * 3 + "0" * 20)
+    level = level_dbfs(audio[10 * F : 11 * F])
+    v = vad()
+    v.set_playback(True, level - 7.0, linear=True)
+    assert feed_frames(v, audio)[0] == (19, SpeechStarted(start_sample=0, onset_sample=10 * F, time=T))
+    v = vad()
+    v.set_playback(True, level - 7.0)
+    assert v.feed(audio) == []
+
+
+def test_playback_linear_votes_are_the_last_10_frames_only() -> None:
+    """Linear-gate frames older than the last 10, or from before the playback stopped, do not count towards 7."""
+    audio = pattern("0" * 10 + "1" * 5 + "0" * 6 + "1" * 3 + "0" * 20)
+    level = level_dbfs(audio[10 * F : 11 * F])
+    v = vad()
+    v.set_playback(True, level - 7.0, linear=True)
+    assert v.feed(audio) == []  # 5 + 3 voiced frames, never 7 within 10
+    v = vad()
+    v.set_playback(True, level - 7.0, linear=True)
+    assert v.feed(audio[: 15 * F]) == []
+    v.set_playback(False)
+    v.set_playback(True, level - 7.0, linear=True)
+    assert v.feed(pattern("11")) == []  # 5 + 2 in a window of 7 frames, but the playback stopped in between
+
+
 def test_adaptive_hangover_short_after_fading_phrase() -> None:
     """With adaptive_hangover, a phrase whose last frames fade by 12 dB ends after 400 ms; an abrupt stop after 700."""
     fading = pattern("0" * 10 + "1" * 20 + "qqq" + "0" * 40, amplitudes={"q": 0.075})

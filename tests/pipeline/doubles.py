@@ -343,7 +343,7 @@ class RuleVad:
         self.pos = 0
         self._clear()
 
-    def set_playback(self, active: bool, level_dbfs: float = -120.0) -> None:
+    def set_playback(self, active: bool, level_dbfs: float = -120.0, linear: bool = False) -> None:
         self.playback = active
 
     def feed(self, samples: np.ndarray) -> list[VadEvent]:
