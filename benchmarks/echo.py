@@ -425,7 +425,7 @@ def replay_main(folder: Path, text: str, over_db: float) -> None:
         audio_s = sum(len(b.samples) for b in rec.blocks) / CAPTURE_RATE
         print(
             f"{path.name} (reply from {rec.reply_at / CAPTURE_RATE:.2f} s, underruns {rec.underruns}): "
-            f"echo alone, false reports {len(alone)} "
+            f"echo alone, false reports {len(alone)} holds {c.holds} "
             f"{[round(s / CAPTURE_RATE, 2) for s in alone]}, CPU {1000 * (time.process_time() - began) / audio_s:.0f} "
             f"ms per s, linear path leaves {c.linear_return_db}",
             flush=True,
@@ -435,13 +435,14 @@ def replay_main(folder: Path, text: str, over_db: float) -> None:
         first = speech_span(user)[0]
         for user_at_s in REPLAY_USER_AT:
             at = rec.reply_at + round(user_at_s * CAPTURE_RATE)
-            starts, _ = replay(rec, user, at)
+            starts, cu = replay(rec, user, at)
             onset, end = at + first, at + len(user) + round(BARGE_TAIL_S * CAPTURE_RATE)
             mine = [s for s in starts if onset - 480 <= s < end]
             false = [round(s / CAPTURE_RATE, 2) for s in starts if s not in mine]
             delay = f"{1000 * (mine[0] - onset) / CAPTURE_RATE:.0f} ms" if mine else "never"
             print(
-                f"  user {over_db:+.0f} dB {user_at_s:.1f} s into the reply: detected {delay}, false {false}",
+                f"  user {over_db:+.0f} dB {user_at_s:.1f} s into the reply: detected {delay}, false {false}, "
+                f"holds {cu.holds}",
                 flush=True,
             )
 

@@ -146,9 +146,10 @@ LINEAR_PENDING = 20  # 200 ms
 # a user (one alone was often an echo the path mispredicted: it cost ~50 dB of ERLE at a 120 ms delay), the
 # next DOUBLE_TALK_HOLD frames are taken as theirs too (not learned where louder than echo alone may leave, their
 # residual handed back). Learning those dips as echo raised the bound and took the path's credit away within
-# ~150 ms of a user 1 s into a reply.
+# ~150 ms of a user 1 s into a reply. Two in a row held echo alone 25 times in 8 room recordings (a mature path
+# mispredicting the same sounds of the reply), four 10, each user found as fast (`benchmarks.echo --replay`).
 DOUBLE_TALK_HOLD = 50  # 500 ms
-DOUBLE_TALK_ENTRY = 2
+DOUBLE_TALK_ENTRY = 4
 # While a user is held the gate is the bound less this: the VAD's margin over it (vad.barge_in_energy_margin_db,
 # 6 dB) was already asked of the frames that began the hold, and the residual of a held frame is the user's voice
 # as it came (it dips under the echo between syllables: at 6 dB over the bound a 300 ms span broke there). Half
@@ -253,6 +254,7 @@ class EchoCanceller:
         self._double_talk = False  # the last frame judged held a user's voice
         self._talk_hold = 0  # frames left that are taken as the user's (DOUBLE_TALK_HOLD after the last one heard)
         self._overs = 0  # frames in a row over the double-talk threshold
+        self.holds = 0  # holds begun (a user found in the echo; `benchmarks.echo` counts them on echo alone)
         self._gates: deque[tuple[float, float | None]] = deque(maxlen=WINDOW_FRAMES)  # per frame handed back:
         # its capture time, and the bound on the linear residual's echo (None: AEC3's output was handed back)
         self.new_run()
@@ -428,6 +430,7 @@ class EchoCanceller:
         over = bound is not None and returned > bound + DOUBLE_TALK_DB and taken > 0
         self._overs = self._overs + 1 if over else 0
         if self._overs >= DOUBLE_TALK_ENTRY:
+            self.holds += self._talk_hold == 0
             self._talk_hold = DOUBLE_TALK_HOLD
             self._unsure.clear()  # (their first syllables, not over the bound yet)
         elif self._talk_hold:
