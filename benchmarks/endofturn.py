@@ -36,7 +36,7 @@ from assistant.config import Config, EndOfTurnConfig
 from assistant.endofturn import EndOfTurnPolicy, FixedSilence, SmartTurn, SmartTurnPolicy, model_input, vad_settings
 from assistant.events import StateChanged, TurnState
 from assistant.policies import daemon_policy, end_of_turn, ring_samples
-from assistant.turns import AudioIn, Fed, Feed, Input, Publish, ResetVad, RunVad, Scored, ScoreTurn, TurnCore, VadIn
+from assistant.turns import AudioIn, Fed, Feed, Input, Publish, ResetVad, RunVad, Scored, ScoreTurn, TurnCore
 from assistant.vad import Vad
 from tests.turn_clips import TAIL_S, Clip, clip_set, end_after_ms, handled_right, smart_turn_file
 
@@ -89,7 +89,7 @@ def daemon_end(cfg: Config, clip: Clip, score: Callable[[np.ndarray], float], mo
             match action:
                 case RunVad(samples):
                     for ev in vad.feed(samples):
-                        apply(VadIn(ev))
+                        apply(ev)
                 case ResetVad():
                     vad.reset()
                 case ScoreTurn(job, heard):
