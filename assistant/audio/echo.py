@@ -162,9 +162,9 @@ MISPREDICTED_DB = 1.5
 QUIET_POWER = 10 ** (-80 / 10)  # a played peak under -80 dBFS (a resampler's tail) is silence: nothing to judge
 
 
-def _best_lag(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[int, float, float]:
+def _best_lag(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[int, float]:
     """(microphone, predicted echo) frames in order: the lag (within ALIGN_SAMPLES) at which the microphone
-    matches the prediction best, the normalized correlation there and at lag 0."""
+    matches the prediction best, and the normalized correlation there."""
     heard, predicted = (np.concatenate(x) for x in zip(*pairs, strict=True))
     n = 2 * len(heard)
     xc = np.fft.irfft(np.fft.rfft(heard, n) * np.conj(np.fft.rfft(predicted, n)), n)
@@ -172,9 +172,9 @@ def _best_lag(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[int, float, f
     values = xc[lags % n]
     norm = float(np.sqrt(np.dot(heard, heard) * np.dot(predicted, predicted)))
     if norm <= 0:
-        return 0, 0.0, 0.0
+        return 0, 0.0
     best = int(np.argmax(values))
-    return int(lags[best]), float(values[best]) / norm, float(xc[0]) / norm
+    return int(lags[best]), float(values[best]) / norm
 
 
 @runtime_checkable
@@ -566,7 +566,7 @@ class EchoCanceller:
         self._aligning.append((mic, mic - residual))
         if len(self._aligning) < ALIGN_FRAMES:
             return
-        lag, best, _ = _best_lag(self._aligning)
+        lag, best = _best_lag(self._aligning)
         self._aligning = None
         stash, self._stash = self._stash, None
         if best < ALIGN_MIN_CORRELATION:
