@@ -35,13 +35,14 @@ def test_shared_snapshot_is_never_written() -> None:
     snapshot = mx.concatenate([k, k * 2], axis=1)  # one buffer: the keys' heads, then the values'
     c = StaticCache()
     c.share(snapshot, 3)
-    keys, values = c.update_and_fetch(mx.zeros((1, 2, 1, 4)), mx.full((1, 2, 1, 4), 5.0))
+    kv = c.update_kv(mx.concatenate([mx.zeros((1, 2, 1, 4)), mx.full((1, 2, 1, 4), 5.0)], axis=1))
+    keys, values = kv[:, :2], kv[:, 2:]
     assert keys.shape == (1, 2, 4, 4) and mx.array_equal(keys[:, :, :3], k[:, :, :3]).item()
     assert (
         mx.array_equal(keys[:, :, 3], mx.zeros((1, 2, 4))).item()
         and mx.array_equal(values[:, :, 3], mx.full((1, 2, 4), 5.0)).item()
     )
-    c.update_and_fetch(mx.zeros((1, 2, 2, 4)), mx.zeros((1, 2, 2, 4)))  # grows past the 4 positions
+    c.update_kv(mx.zeros((1, 4, 2, 4)))  # grows past the 4 positions
     assert c.capacity == StaticCache.STEP and c.offset == 6
     assert mx.array_equal(snapshot[:, :2], mx.ones((1, 2, 4, 4))).item()
     assert mx.array_equal(snapshot[:, 2:], mx.full((1, 2, 4, 4), 2.0)).item()

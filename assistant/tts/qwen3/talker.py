@@ -298,9 +298,8 @@ class StaticCache:
     """K/V of one talker sequence in one buffer [1, 2 * kv_heads, C, d] (keys' heads, then values') whose length
     C only grows in steps of `STEP` positions.
 
-    `update_kv` (prefill, any n) and `update_and_fetch` are mlx-lm's KVCache contract; `Talker.step` reads and
-    replaces the whole buffer, so one compiled single-position graph serves every position below C (no per-step
-    shape change).
+    `update_kv` writes a prefill (any n); `Talker.step` reads and replaces the whole buffer, so one compiled
+    single-position graph serves every position below C (no per-step shape change).
     """
 
     STEP = 256  # positions per growth: ~1% of a 0.6B frame's weight bytes in extra masked K/V reads
@@ -312,14 +311,6 @@ class StaticCache:
     @property
     def capacity(self) -> int:
         return 0 if self.kv is None else self.kv.shape[2]
-
-    @property
-    def keys(self) -> mx.array | None:
-        return None if self.kv is None else self.kv[:, : self.kv.shape[1] // 2]
-
-    @property
-    def values(self) -> mx.array | None:
-        return None if self.kv is None else self.kv[:, self.kv.shape[1] // 2 :]
 
     def reserve(self, like: mx.array, n: int) -> None:
         """Room for n more positions (a buffer shaped like `like` [1, 2 * kv, *, d]), growing by whole steps."""
@@ -339,10 +330,6 @@ class StaticCache:
         self.kv = mx.slice_update(self.kv, new.astype(self.kv.dtype), mx.array([self.offset]), axes=(2,))
         self.offset += new.shape[2]
         return self.kv[:, :, : self.offset]
-
-    def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
-        kv = self.update_kv(mx.concatenate([k, v.astype(k.dtype)], axis=1))
-        return kv[:, : k.shape[1]], kv[:, k.shape[1] :]
 
     def share(self, kv: mx.array, n: int) -> None:
         """Start from a whole buffer [1, 2 * kv, C, d] whose first n positions are written (a voice prefix's): no
