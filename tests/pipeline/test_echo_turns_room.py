@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -283,6 +285,40 @@ def user_at_echo_level(d: Daemon, text: str, over_db: float) -> np.ndarray:
     return float32_to_int16(user / np.sqrt(np.mean(np.square(user))) * echo * 10 ** (over_db / 20))
 
 
+def keep_what_the_canceller_saw(d: Daemon) -> Callable[[str, int], None]:
+    """With $ASSISTANT_ECHO_RECORD set to a folder: from now on, what the daemon's canceller sees (the microphone's
+    blocks, each chunk played and each new run, every reading of the speaker's clock) is kept, and the returned
+    function saves it there (`python -m benchmarks.echo --trace FILE` replays it offline, frame by frame)."""
+    from benchmarks.echo import ClockLog, Recording
+
+    folder = os.environ.get("ASSISTANT_ECHO_RECORD")
+    echo = d.conv.echo
+    if not folder or echo is None:
+        return lambda name, user_at: None
+    chunks: list[tuple[int, np.ndarray]] = []
+    runs: list[int] = []
+    clock = ClockLog(echo.clock)
+    echo.clock = clock
+    played, new_run = echo.played, echo.new_run
+
+    def on_played(chunk: np.ndarray) -> None:
+        chunks.append((len(d.raw), chunk.copy()))
+        played(chunk)
+
+    def on_new_run() -> None:
+        runs.append(len(d.raw))
+        new_run()
+
+    echo.played, echo.new_run = on_played, on_new_run  # type: ignore[method-assign]
+
+    def save(name: str, user_at: int) -> None:  # user_at: the microphone sample where the user began
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        rec = Recording(0.0, list(d.raw), chunks, clock, d.sink.underruns, runs, user_at)
+        rec.save(Path(folder) / f"{name}-{time.strftime('%H%M%S')}.npz")
+
+    return save
+
+
 def test_speech_over_a_reply_is_kept(room_env: Room, tiny_config: Config) -> None:
     """Issue 13 (e): with barge-in off, a user speaking over the reply (10 dB over its echo, 0 dB loop) does not
     stop it, and their words come out as a transcript that is answered once the reply is over."""
@@ -345,6 +381,7 @@ def test_barge_in_at_the_echo_level(room_env: Room, tiny_config: Config, gain_db
             recorder = room_env.record()
             recorder.wait_started()
             rec_t0 = time.monotonic()
+            keep = keep_what_the_canceller_saw(d)
             reply = asyncio.create_task(d.conv.say(LONG))
             await d.until(lambda: d.sink.played_samples >= after_s * d.sink.rate)
             user = user_at_echo_level(d, text, 0.0)
@@ -360,6 +397,7 @@ def test_barge_in_at_the_echo_level(room_env: Room, tiny_config: Config, gain_db
             mic = np.concatenate([b.samples for b in d.raw[said_from:]])
             lag = align(mic, user)[0]
             onset = d.raw[said_from].t + lag / 16000
+            keep(f"{gain_db:+.0f}dB-{after_s:.0f}s", sum(len(b.samples) for b in d.raw[:said_from]) + lag)
             return d, heard, rec_t0, rec_t1, onset, user
 
     players: list[subprocess.Popen[bytes]] = []
