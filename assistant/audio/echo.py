@@ -283,6 +283,7 @@ class EchoCanceller:
         self._aligning = [] if self._path.solved else None
         self._talk_hold = 0
         if not keep:
+            self._path.forget_leftover()
             kept = (list(self._linear_returns), list(self._linear_taken), list(self._unsure))
             self._forget_linear()
             self._stash = kept if self._aligning is not None else None

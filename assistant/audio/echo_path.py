@@ -148,6 +148,13 @@ class EchoPath:
             self._fresh = 0
             self._solve()
 
+    def forget_leftover(self) -> None:
+        """The reference was placed anew (it may be off by a few samples): what the residual keeps of the echo is
+        learned again; until then each bin is turned down by all of the predicted echo."""
+        self._left = np.zeros(BINS)
+        self._echo = np.zeros(BINS)
+        self._pending.clear()
+
     def forget_pending(self) -> None:
         """A user was found: the blocks not yet counted in the leftover statistics may hold their first syllables."""
         self._pending.clear()
@@ -156,8 +163,9 @@ class EchoPath:
         """Per bin, the share of the predicted echo's power the residual keeps on echo alone (1 until learned),
         smoothed over neighbouring bins."""
         ratio = np.where(self._echo > 0, self._left / (self._echo + 1e-30), 1.0)
-        smooth: np.ndarray = np.convolve(ratio, np.ones(SUPPRESS_SMOOTH) / SUPPRESS_SMOOTH, mode="same")
-        return np.minimum(smooth, 1.0)
+        smooth = np.convolve(ratio, np.ones(SUPPRESS_SMOOTH) / SUPPRESS_SMOOTH, mode="same")
+        kept: np.ndarray = np.minimum(smooth, 1.0)
+        return kept
 
     def _solve(self) -> None:
         k = self.partitions

@@ -231,6 +231,7 @@ def run_replies(room: Room, cfg: Config, gain_db: float, replies: int, text: str
 
     async def main() -> Daemon:
         async with daemon(cfg) as d:
+            keep = keep_what_the_canceller_saw(d)
             for _ in range(replies):
                 if starved:
                     d.sink.device_starved = DEVICE_STARVED_RUNS
@@ -238,6 +239,7 @@ def run_replies(room: Room, cfg: Config, gain_db: float, replies: int, text: str
                 await asyncio.wait_for(d.conv.say(text), WAIT_S)
                 d.lengths.append(time.monotonic() - began)
                 await asyncio.sleep(AFTER_S)
+            keep(f"{gain_db:+.0f}dB-x{replies}", None)
             return d
 
     loop = start_echo_loop(room, 60.0, gain_db, reverb=True)
@@ -285,7 +287,7 @@ def user_at_echo_level(d: Daemon, text: str, over_db: float) -> np.ndarray:
     return float32_to_int16(user / np.sqrt(np.mean(np.square(user))) * echo * 10 ** (over_db / 20))
 
 
-def keep_what_the_canceller_saw(d: Daemon) -> Callable[[str, int], None]:
+def keep_what_the_canceller_saw(d: Daemon) -> Callable[[str, int | None], None]:
     """With $ASSISTANT_ECHO_RECORD set to a folder: from now on, what the daemon's canceller sees (the microphone's
     blocks, each chunk played and each new run, every reading of the speaker's clock) is kept, and the returned
     function saves it there (`python -m benchmarks.echo --trace FILE` replays it offline, frame by frame)."""
@@ -311,7 +313,7 @@ def keep_what_the_canceller_saw(d: Daemon) -> Callable[[str, int], None]:
 
     echo.played, echo.new_run = on_played, on_new_run  # type: ignore[method-assign]
 
-    def save(name: str, user_at: int) -> None:  # user_at: the microphone sample where the user began
+    def save(name: str, user_at: int | None) -> None:  # user_at: the microphone sample where a user began
         Path(folder).mkdir(parents=True, exist_ok=True)
         rec = Recording(0.0, list(d.raw), chunks, clock, d.sink.underruns, runs, user_at)
         rec.save(Path(folder) / f"{name}-{time.strftime('%H%M%S')}.npz")
