@@ -403,9 +403,9 @@ def test_a_user_as_loud_as_the_echo_is_heard_over_the_reply(gain_db: float, user
     echo = echo_room(ref, start, ir)
     level = np.sqrt(np.mean(np.square(echo[CAPTURE_RATE : 4 * CAPTURE_RATE].astype(np.float64))))
     user = user_speech(level, "No no, what about Saturday?")  # voiced from its first frame, like the room test's
-    mic = echo_room(ref, start, ir, user, user_at)
+    mic = echo_room(ref, start, ir, user, start + user_at)  # `user_at` after the reply's first sample, as in the room
     heard = listen(mic, ref, start)
-    first = user_at + int(np.flatnonzero(np.abs(user) > 100)[0]) / CAPTURE_RATE
+    first = start + user_at + int(np.flatnonzero(np.abs(user) > 100)[0]) / CAPTURE_RATE
     assert heard.starts and first <= heard.starts[0] <= first + 0.4, (first, heard.starts)
     assert len(heard.starts) == 1, heard.starts
     assert heard.canceller.linear_return_db is not None
