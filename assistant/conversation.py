@@ -130,8 +130,8 @@ class Conversation:
                 self.vad.set_playback(echo is not None, SILENT_DBFS if echo is None else echo, linear)
                 for ev in self.vad.feed(samples):
                     self._apply(ev)
-            case turns.ResetVad():
-                self.vad.reset()
+            case turns.ResetVad(origin):
+                self.vad.reset(origin)
             case turns.ResetTranscriber():
                 self.compute.submit(self.engines.transcriber.reset, priority=Priority.URGENT)
             case turns.Feed(utt, audio):
@@ -159,8 +159,8 @@ class Conversation:
             case turns.InterruptReply(turn):
                 if (reply := self._replies.get(turn)) is not None:
                     self._barge_in(reply)
-            case turns.Play(turn, chunk):
-                self._play(turn, chunk)
+            case ResponseAudio():
+                self._play(action)
             case turns.FlushAudio():
                 self._flush()
             case turns.Publish(event):
@@ -312,18 +312,18 @@ class Conversation:
             job = self.compute.submit(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
             await self._settle(reply, heard, job, e)
 
-    def _play(self, turn: int, chunk: np.ndarray) -> None:
-        reply = self._replies.get(turn)
+    def _play(self, audio: ResponseAudio) -> None:
+        reply = self._replies.get(audio.turn)
         if reply is None or not self.output_ok:
             return  # no speaker: the reply is text only
         if not reply.audio_started:
             reply.audio_started, reply.underruns_at = True, self.sink.underruns
-        self.sink.write(chunk)
+        self.sink.write(audio.audio)
         if isinstance(self.sink, ClientSink):  # a Realtime client plays what its events carry
-            self.publish(ResponseAudio(turn, chunk, time.monotonic()))
+            self.publish(audio)
         if self.echo is not None:
-            self.echo.played(chunk)  # the canceller's reference: exactly what went to the speaker
-        reply.samples_written += len(chunk)
+            self.echo.played(audio.audio)  # the canceller's reference: exactly what went to the speaker
+        reply.samples_written += len(audio.audio)
 
     def _flush(self) -> None:
         """Drop the speaker's queued audio: its played position restarts, and so does the echo reference."""

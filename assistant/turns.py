@@ -181,7 +181,7 @@ class SetPolicy:
     new_vad: bool = False  # the driver replaced its VAD: positions restart from here
 
 
-# VAD events (positions counted from the VAD's last reset) and a reply's text and audio are inputs as they are
+# VAD events (positions on the capture clock: see ResetVad) and a reply's text and audio are inputs as they are
 Input = (
     AudioIn
     | VadEvent
@@ -211,7 +211,9 @@ class RunVad:
 
 @dataclass(frozen=True)
 class ResetVad:
-    pass
+    """Reset the VAD: the positions of its events count from `origin` (the capture position now)."""
+
+    origin: int
 
 
 @dataclass(frozen=True)
@@ -278,12 +280,6 @@ class InterruptReply:
 
 
 @dataclass(frozen=True)
-class Play:
-    turn: int
-    chunk: np.ndarray = field(compare=False)
-
-
-@dataclass(frozen=True)
 class FlushAudio:
     """Drop queued speaker audio; the sink's played position restarts (a reply's first chunk follows)."""
 
@@ -293,6 +289,7 @@ class Publish:
     event: Event | SessionEvent
 
 
+# a reply's audio, once the reply may play, is the action to play it (ResponseAudio as it came)
 Action = (
     RunVad
     | ResetVad
@@ -304,7 +301,7 @@ Action = (
     | ConfirmReply
     | DropReply
     | InterruptReply
-    | Play
+    | ResponseAudio
     | FlushAudio
     | Publish
 )
@@ -388,7 +385,6 @@ class TurnCore:
         self.pending: list[str | int] = []
         self.tool_output = False  # Realtime: function outputs arrived since the last reply began
         self.backlog_ms = 0.0  # the largest capture lag during the current user turn
-        self._vad_origin = 0
         self._ids = 0
         self._jobs: dict[int, Finalizing] = {}
         self._creating: CreateResponse | None = None  # a response waiting for transcripts
@@ -421,7 +417,7 @@ class TurnCore:
             case ResponseTextDelta():
                 self._reply_out(inp.turn, Publish(inp))
             case ResponseAudio():
-                self._reply_out(inp.turn, Play(inp.turn, inp.audio))
+                self._reply_out(inp.turn, inp)
             case ReplyDone():
                 self._on_reply_done(inp)
             case Command(kind="ptt_start" | "ptt_stop"):
@@ -494,8 +490,7 @@ class TurnCore:
         ended = a.speaker_end if a.speaker_end is not None else self._loud[0]
         return self._loud[1] if a.t < max(ended, self._loud[0]) + tail else None
 
-    def _on_vad(self, raw: VadEvent) -> None:
-        ev = _shift(raw, self._vad_origin)
+    def _on_vad(self, ev: VadEvent) -> None:
         # push-to-talk alone: the VAD's events are no news; a pause notice is the core's own cue, never published
         if self.policy.vad_turns and not self._model_judges(ev) and not isinstance(ev, PauseStarted):
             self._emit(Publish(ev))
@@ -827,7 +822,7 @@ class TurnCore:
         for action in held:
             self._emit_reply(reply, action)
 
-    def _reply_out(self, turn: int, action: Play | Publish) -> None:
+    def _reply_out(self, turn: int, action: ResponseAudio | Publish) -> None:
         reply = self.replies.get(turn)
         if reply is not None and not reply.confirmed:
             reply.held.append(action)
@@ -835,7 +830,7 @@ class TurnCore:
             self._emit_reply(reply, action)
 
     def _emit_reply(self, reply: ReplyState, action: Action) -> None:
-        if isinstance(action, Play) and not reply.audio_started:
+        if isinstance(action, ResponseAudio) and not reply.audio_started:
             reply.audio_started = True
             self._emit(FlushAudio())  # the sink's played position now counts this reply
             self._set_state(TurnState.ASSISTANT_SPEAKING)
@@ -1019,8 +1014,7 @@ class TurnCore:
     # ---- plumbing -------------------------------------------------------------------------------------------
 
     def _reset_vad(self) -> None:
-        self._emit(ResetVad())
-        self._vad_origin = self.ring.end
+        self._emit(ResetVad(self.ring.end))
 
     def _set_state(self, new: TurnState) -> None:
         if new is not self.state:
@@ -1035,17 +1029,6 @@ class TurnCore:
 
     def _emit(self, action: Action) -> None:
         self._out.append(action)
-
-
-def _shift(ev: VadEvent, origin: int) -> VadEvent:
-    """A VAD event with positions on the capture clock (the VAD counts from its construction or reset)."""
-    if origin == 0:
-        return ev
-    if isinstance(ev, SpeechStarted):
-        return dataclasses.replace(ev, start_sample=ev.start_sample + origin, onset_sample=ev.onset_sample + origin)
-    if isinstance(ev, SpeechEnded):
-        return dataclasses.replace(ev, start_sample=ev.start_sample + origin, end_sample=ev.end_sample + origin)
-    return dataclasses.replace(ev, sample=ev.sample + origin)
 
 
 def _source(ptt: bool) -> TurnSource:

@@ -49,7 +49,6 @@ from assistant.turns import (
     FlushAudio,
     Input,
     InterruptReply,
-    Play,
     Policy,
     Publish,
     ReplyDone,
@@ -168,7 +167,7 @@ def speculative_start_then_resume(policy: Policy) -> None:
     tl = Timeline(policy)
     spec = speculating(tl)
     tl.reply_plays(spec.turn)
-    assert not tl.of(Play), "nothing speculative plays"
+    assert not tl.of(ResponseAudio), "nothing speculative plays"
     tl.vad(SpeechResumed(tl.pos(), tl.now))
     assert tl.of(DropReply) == [DropReply(spec.turn)] and tl.events(SpeculationCancelled)
     feeds = [a for a in tl.of(Feed) if isinstance(a, Feed)]
@@ -210,8 +209,8 @@ def speculative_start_then_confirm(policy: Policy) -> None:
     step = tl.actions[decided:]  # everything the end of turn did, in order
     confirm = ConfirmReply(spec.turn, tl.core.clock.time_of(end), tl.now)
     assert confirm in step and len(tl.of(StartReply)) == 1
-    assert any(isinstance(a, Play) and a.turn == spec.turn for a in step[step.index(confirm) :])
-    assert [a.turn for a in tl.of(Play)] == [spec.turn]  # type: ignore[attr-defined]
+    assert any(isinstance(a, ResponseAudio) and a.turn == spec.turn for a in step[step.index(confirm) :])
+    assert [a.turn for a in tl.of(ResponseAudio)] == [spec.turn]  # type: ignore[attr-defined]
     assert tl.events(FinalTranscript)[-1].text == "hello"  # type: ignore[attr-defined]
     assert tl.states()[-1] is TurnState.ASSISTANT_SPEAKING
 
@@ -762,7 +761,7 @@ def test_resume_speech_soon_after_the_end_retracts_the_reply_and_makes_one_turn(
     tl = Timeline(RESUMING)
     turn = spoken_turn(tl, "what time is it")  # speech from sample 0, answered (reply confirmed)
     tl.reply_plays(turn)
-    assert tl.of(Play)
+    assert tl.of(ResponseAudio)
     tl.audio(10)  # 200 ms more of the pause: 300 ms of silence after the speech in all
     resumed = tl.pos()
     tl.audio(10, value=1000)  # the speaker is silent at this capture time (no echo to judge)
