@@ -276,8 +276,6 @@ class Conversation:
             # a transcript of this turn (a text turn's speech_end is its request: an older transcript is not its)
             reply.trace.mark("stt_final", self._stt_final)
         self._replies[a.turn] = reply
-        if a.confirmed:
-            self._do(turns.ConfirmReply(a.turn, a.speech_end, a.endpoint))
         reply.task = self.spawn(self._run_reply(reply))
 
     async def _run_reply(self, reply: Reply) -> None:

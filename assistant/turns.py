@@ -246,11 +246,10 @@ class ScoreTurn:
 
 @dataclass(frozen=True)
 class StartReply:
-    """Start reply `turn` (LLM -> TTS); it plays nothing until confirmed."""
+    """Start reply `turn` (LLM -> TTS); it plays nothing until confirmed (a `ConfirmReply` may follow at once)."""
 
     turn: int
     responder: Responder
-    confirmed: bool
     speech_end: float  # the true end of the user's speech (capture time), for the latency trace
     endpoint: float  # when the turn was decided
     backlog_ms: float = 0.0  # how far capture processing lagged behind the microphone during the turn
@@ -800,15 +799,11 @@ class TurnCore:
     # ---- replies --------------------------------------------------------------------------------------------
 
     def _start_reply(self, turn: int, responder: Responder, confirmed: bool, speech_end: float, now: float) -> None:
+        self.replies[turn] = ReplyState(turn, False, responder.user_text is not None)
+        self._emit(StartReply(turn, responder, speech_end or now, now, round(self.backlog_ms, 1)))
         if confirmed:
             self._next = None  # a newer turn supersedes words waiting for the reply's end (shown as a transcript)
-            self._interrupt_current()
-        reply = ReplyState(turn, confirmed, responder.user_text is not None)
-        self.replies[turn] = reply
-        if confirmed:
-            self.current = reply
-            self.wake.replying()
-        self._emit(StartReply(turn, responder, confirmed, speech_end or now, now, round(self.backlog_ms, 1)))
+            self._confirm(turn, speech_end or now, now)
 
     def _confirm(self, turn: int, speech_end: float, endpoint: float) -> None:
         reply = self.replies.get(turn)

@@ -130,6 +130,12 @@ class Timeline:
     def pos(self) -> int:
         return self.core.ring.end
 
+    def confirmed(self, reply: object) -> bool:
+        """Whether the core confirmed this started reply (a ConfirmReply of its turn came after it)."""
+        assert isinstance(reply, StartReply)
+        later = self.actions[self.actions.index(reply) :]
+        return any(isinstance(a, ConfirmReply) and a.turn == reply.turn for a in later)
+
 
 def spoken_turn(tl: Timeline, text: str = "hello") -> int:
     """The user says something and stops; returns the turn of the reply that answers it (confirmed)."""
@@ -143,7 +149,7 @@ def spoken_turn(tl: Timeline, text: str = "hello") -> int:
     if not tl.core.policy.answer_turns:  # Realtime: the transcript queues and auto-respond creates the reply
         assert tl.events(FinalTranscript)[-1].text == text  # type: ignore[attr-defined]
     reply = tl.of(StartReply)[-1]
-    assert isinstance(reply, StartReply) and reply.confirmed and reply.responder.user_text == text
+    assert isinstance(reply, StartReply) and tl.confirmed(reply) and reply.responder.user_text == text
     return reply.turn
 
 
@@ -155,7 +161,7 @@ def speculating(tl: Timeline, text: str = "hello") -> StartReply:
     assert tl.events(SpeculationStarted) and len(tl.of(Finalize)) == 1
     tl.transcribe(text)
     spec = tl.of(StartReply)[-1]
-    assert isinstance(spec, StartReply) and not spec.confirmed
+    assert isinstance(spec, StartReply) and not tl.confirmed(spec)
     return spec
 
 
@@ -176,7 +182,7 @@ def speculative_start_then_resume(policy: Policy) -> None:
     tl.ended(0, tl.pos())
     tl.transcribe("hello world")
     final = tl.of(StartReply)[-1]
-    assert isinstance(final, StartReply) and final.confirmed and final.responder.user_text == "hello world"
+    assert isinstance(final, StartReply) and tl.confirmed(final) and final.responder.user_text == "hello world"
     assert tl.core.state is TurnState.THINKING
 
 
@@ -294,7 +300,7 @@ def manual_commit(policy: Policy) -> None:
     assert not tl.of(StartReply), "the response waits for the transcript in flight"
     tl.transcribe("second")
     reply = tl.of(StartReply)[-1]
-    assert reply.responder.user_text == "first\nsecond" and reply.confirmed  # type: ignore[attr-defined]
+    assert reply.responder.user_text == "first\nsecond" and tl.confirmed(reply)  # type: ignore[attr-defined]
     # audio committed before a text item is answered before it, though its transcript comes later
     tl.send(ReplyDone(reply.turn, "", False, tl.now))  # type: ignore[attr-defined]
     tl.audio(10, value=1000)
@@ -362,7 +368,7 @@ def model_failure(policy: Policy) -> None:
     apology = tl.of(StartReply)[-1]
     assert isinstance(apology, StartReply)
     if policy.answer_turns:
-        assert apology.turn > turn and apology.confirmed and apology.responder.speak_text == APOLOGY
+        assert apology.turn > turn and tl.confirmed(apology) and apology.responder.speak_text == APOLOGY
         tl.send(ReplyDone(apology.turn, "", True, tl.now, error=ModelError("the TTS broke")))
         assert tl.of(StartReply)[-1] is apology
     else:
@@ -383,7 +389,7 @@ def failed_speculation_is_silent(policy: Policy) -> None:
     tl.ended(0, tl.pos())
     tl.transcribe("hello")
     final = tl.of(StartReply)[-1]
-    assert isinstance(final, StartReply) and final.confirmed and final.turn > spec.turn
+    assert isinstance(final, StartReply) and tl.confirmed(final) and final.turn > spec.turn
 
 
 def mute(policy: Policy) -> None:
@@ -468,7 +474,7 @@ def words_over_reply_take_the_turn(policy: Policy) -> None:
     assert np.count_nonzero(fed == 3000) == 10 * BLOCK, "every sample of the speech went to the transcriber"
     tl.transcribe("yeah wait, what about Saturday?")
     reply = tl.of(StartReply)[-1]
-    assert isinstance(reply, StartReply) and reply.confirmed
+    assert isinstance(reply, StartReply) and tl.confirmed(reply)
     assert reply.responder.user_text == "yeah wait, what about Saturday?"
 
 
@@ -486,7 +492,7 @@ def short_words_wait_for_the_end(policy: Policy) -> None:
     tl.send(ReplyDone(turn, "One two three", False, tl.now))
     reply = tl.of(StartReply)[-1]
     assert isinstance(reply, StartReply) and reply.turn > turn and reply.responder.user_text == "Saturday?"
-    assert reply.confirmed and tl.core.state is TurnState.THINKING
+    assert tl.confirmed(reply) and tl.core.state is TurnState.THINKING
 
 
 def speech_over_reply_without_barge_in(policy: Policy) -> None:
@@ -776,7 +782,7 @@ def test_resume_speech_soon_after_the_end_retracts_the_reply_and_makes_one_turn(
     tl.ended(resumed, tl.pos() - 5 * BLOCK)
     tl.transcribe("what time is it in london")
     final = tl.of(StartReply)[-1]
-    assert isinstance(final, StartReply) and final.confirmed and final.turn == turn + 1
+    assert isinstance(final, StartReply) and tl.confirmed(final) and final.turn == turn + 1
     assert final.responder.user_text == "what time is it in london"
     assert len(tl.of(StartReply)) == 2
 
