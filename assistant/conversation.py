@@ -16,8 +16,9 @@ import contextlib
 import dataclasses
 import logging
 import time
+from asyncio import wrap_future
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
 import numpy as np
@@ -136,13 +137,14 @@ class Conversation:
                 self.compute.submit(self.engines.transcriber.reset, priority=Priority.URGENT)
             case turns.Feed(utt, audio):
                 fed = self.compute.submit(self.engines.transcriber.feed, audio, priority=Priority.URGENT)
-                self.spawn(self._transcribing(fed, lambda partial, error, now: turns.Fed(utt, partial, now, error)))
+                self.spawn(self._answer(wrap_future(fed), lambda partial, e, now: turns.Fed(utt, partial, now, e)))
             case turns.Finalize(job):
                 final = self.compute.submit(self.engines.transcriber.finalize, priority=Priority.URGENT)
-                self.spawn(self._transcribing(final, lambda tr, error, now: self._transcribed(job, tr, error, now)))
-            case turns.ScoreTurn(utt, audio):
-                if self.engines.score_turn is not None:
-                    self.spawn(self._score(self.engines.score_turn, utt, audio))
+                self.spawn(self._answer(wrap_future(final), lambda tr, e, now: self._transcribed(job, tr, e, now)))
+            case turns.ScoreTurn(job, audio) if self.engines.score_turn is not None:
+                # onnxruntime on a worker thread of its own: off the loop and the MLX thread
+                score = asyncio.to_thread(self.engines.score_turn, audio)
+                self.spawn(self._answer(score, lambda p, e, now: turns.Scored(job, float(p or 0.0), now, e)))
             case turns.StartReply():
                 self._start(action)
             case turns.ConfirmReply(turn, speech_end, endpoint):
@@ -166,15 +168,15 @@ class Conversation:
             case turns.Publish(event):
                 self.publish(event)
 
-    async def _transcribing(
-        self, job: concurrent.futures.Future[Any], answer: Callable[[Any, BaseException | None, float], turns.Input]
+    async def _answer(
+        self, job: Awaitable[Any], answer: Callable[[Any, BaseException | None, float], turns.Input]
     ) -> None:
-        """When the transcriber's `job` (submitted in order with the other transcriber calls) ends, the core gets
-        `answer(result, error, now)` (result None and the error logged when it failed)."""
+        """When the engine's `job` ends, the core gets `answer(result, error, now)` (result None and the error logged
+        when it failed)."""
         try:
-            result, err = await asyncio.wrap_future(job), None
+            result, err = await job, None
         except Exception as e:
-            log.error("transcribing failed", exc_info=e)
+            log.error("an engine job of the turn failed", exc_info=e)
             result, err = None, e
         if not self._closed:
             self._apply(answer(result, err, time.monotonic()))
@@ -184,16 +186,6 @@ class Conversation:
     ) -> turns.Transcribed:
         self._stt_final = now
         return turns.Transcribed(job, "" if tr is None else tr.text, "" if tr is None else tr.language, now, error)
-
-    async def _score(self, model: Callable[[np.ndarray], float], utt: int, audio: np.ndarray) -> None:
-        """Score a pause on a worker thread: onnxruntime on its own core, off the loop and the MLX thread."""
-        try:
-            score = float(await asyncio.to_thread(model, audio))
-        except Exception as e:
-            self.failed(e, "scoring the end of turn")
-            score = 1.0  # a broken model must not hold the turn open: end it as the silence rule would
-        if not self._closed:
-            self._apply(turns.Scored(utt, score, time.monotonic()))
 
     # ---- the microphone -------------------------------------------------------------------------------------
 

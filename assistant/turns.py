@@ -123,11 +123,13 @@ class Transcribed:
 
 @dataclass(frozen=True)
 class Scored:
-    """The end-of-turn model's P(turn complete) for score request `job` (one pause of one utterance)."""
+    """The end-of-turn model's P(turn complete) for score request `job` (one pause of one utterance), or its
+    `error`."""
 
     job: int
     score: float
     now: float
+    error: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -649,10 +651,13 @@ class TurnCore:
         return max(start, end - SCORE_WINDOW, self.ring.start)
 
     def _on_scored(self, s: Scored) -> None:
+        if s.error is not None:
+            self._error("scoring the end of turn", s.error, s.now)
         user = self.user
         if user is None or not user.scoring or user.scoring != s.job:
             return  # the turn ended, or speech resumed before the model answered: the score is of a past pause
-        user.score, user.scoring = s.score, 0
+        # a broken model must not hold the turn open: it ends as the silence rule would end it
+        user.score, user.scoring = 1.0 if s.error is not None else s.score, 0
         self._check_end_of_turn(s.now)
 
     def _speculate(self, now: float) -> None:

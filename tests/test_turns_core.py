@@ -598,6 +598,23 @@ def test_a_model_backed_policy_scores_the_pause_and_holds_a_thinking_pause() -> 
     assert np.count_nonzero(fed == 1000) == 10 * BLOCK and np.count_nonzero(fed == 2000) == 10 * BLOCK
 
 
+def test_a_failed_score_is_reported_and_ends_the_turn_as_the_silence_rule_would() -> None:
+    """When the end-of-turn model fails, its error is published and the pause counts as complete (a broken model
+    must not hold the turn open)."""
+    tl = Timeline(dataclasses.replace(DAEMON, speculative=False))
+    tl.core.end_of_turn = ScoredPolicy()
+    tl.audio(10, value=1000)
+    tl.started(0)
+    tl.vad(SilenceStarted(tl.pos(), tl.now))
+    tl.audio(12)
+    ask = tl.of(ScoreTurn)[-1]
+    assert isinstance(ask, ScoreTurn) and not tl.of(Finalize)
+    tl.send(Scored(ask.job, 0.0, tl.now, RuntimeError("onnx session lost")))
+    errors = tl.events(ErrorEvent)
+    assert [e.message for e in errors] == ["scoring the end of turn: RuntimeError: onnx session lost"]  # type: ignore[attr-defined]
+    assert len(tl.of(Finalize)) == 1 and tl.core.state is TurnState.THINKING
+
+
 def test_the_score_is_asked_as_soon_as_the_vad_reports_enough_silence() -> None:
     """When the VAD reports a pause that has already lasted score_after_ms, the core asks for the score at that
     event, not one audio block later."""
