@@ -388,8 +388,7 @@ class TurnCore:
         self.backlog_ms = 0.0  # the largest capture lag during the current user turn
         self._ids = 0
         self._jobs: dict[int, Finalizing] = {}
-        self._creating: CreateResponse | None = None  # a response waiting for transcripts
-        self._creating_turn = 0
+        self._creating: tuple[int, CreateResponse] | None = None  # a response (its turn) waiting for transcripts
         self._loud: tuple[float, float] | None = None  # (capture time, dBFS) the speaker last played audibly
         self._next: tuple[str, float] | None = None  # words said over the reply, answered when it ends (speech end)
         self._closed: Closed | None = None  # the latest answered turn, while it may still be resumed
@@ -539,9 +538,7 @@ class TurnCore:
         closed = self._resumable(ev.onset_sample)
         if closed is not None:
             if self.current is not None and self.clock.echo_at(ev.onset_sample):
-                self._begin(ev.start_sample, candidate=True)  # over the reply's own voice: words first
-                assert self.user is not None
-                self.user.resumes = closed
+                self._begin(ev.start_sample, candidate=True).resumes = closed  # over the reply's own voice: words first
             else:
                 self._reopen(closed)
             return
@@ -566,15 +563,15 @@ class TurnCore:
 
     # ---- the user's turn ------------------------------------------------------------------------------------
 
-    def _begin(self, start: int, ptt: bool = False, candidate: bool = False) -> None:
+    def _begin(self, start: int, ptt: bool = False, candidate: bool = False) -> Utterance:
         self._ids += 1
-        self.user = Utterance(self._ids, start, start, ptt=ptt, candidate=candidate)
-        self.user.started_at = self.clock.time_of(start)
+        self.user = Utterance(self._ids, start, start, ptt, candidate, started_at=self.clock.time_of(start))
         self.backlog_ms = 0.0
         self._emit(ResetTranscriber())
         self._feed()
         if not candidate:
             self._set_state(TurnState.USER_SPEAKING)
+        return self.user
 
     def _feed(self, force: bool = False) -> None:
         user = self.user
@@ -704,17 +701,17 @@ class TurnCore:
             self._set_state(TurnState.THINKING if job.respond else TurnState.IDLE)
             return
         self._set_state(TurnState.THINKING)
-        if self.policy.resume_ms and not user.ptt:
-            turn = user.spec_turn if user.spec_turn is not None else self.turn + 1
-            self._closed = Closed(turn, user.start, speech_end, user.started_at)
-        if user.spec_job is None or user.spec_turn is None:
+        if user.spec_turn is None:
             self.turn += 1
-            self._finalize(Finalizing("answer", self.turn, speech_end, now, started_at=user.started_at, ptt=user.ptt))
-        elif (spec := self._jobs.get(user.spec_job)) is not None:  # its transcript is still coming: answered then
-            spec.purpose, spec.speech_end, spec.endpoint = "answer", speech_end, now
-            spec.started_at, spec.ptt = user.started_at, user.ptt
+        turn = self.turn if user.spec_turn is None else user.spec_turn
+        job = Finalizing("answer", turn, speech_end, now, started_at=user.started_at, ptt=user.ptt)
+        if self.policy.resume_ms and not user.ptt:
+            self._closed = Closed(turn, user.start, speech_end, user.started_at)
+        if user.spec_job is None:
+            self._finalize(job)
+        elif user.spec_job in self._jobs:  # the speculation's transcript is still coming: it answers the turn
+            self._jobs[user.spec_job] = job
         else:  # its transcript is known (spec_text), its reply may be running already
-            job = Finalizing("answer", user.spec_turn, speech_end, now, started_at=user.started_at, ptt=user.ptt)
             self._answer(job, user.spec_text or "", user.spec_language, now)
 
     def _finalize(self, job: Finalizing) -> int:
@@ -748,7 +745,7 @@ class TurnCore:
             if job.respond and text and self._creating is None:
                 self._create(CreateResponse(tr.now, speech_end=job.speech_end, endpoint=job.endpoint))
             elif self._creating is not None and not self.transcribing:
-                self._respond(self._creating)
+                self._respond(*self._creating)
             elif self.state is TurnState.THINKING and self.current is None and self.user is None:
                 self._set_state(TurnState.IDLE)
 
@@ -908,9 +905,7 @@ class TurnCore:
             self._emit(Publish(ResponseDone(c.turn, "", True, self._now)))
         self._drop_reply(c.turn)
         self.user = None
-        self._begin(c.start)
-        assert self.user is not None
-        self.user.started_at = c.started_at
+        self._begin(c.start).started_at = c.started_at
 
     # ---- commands -------------------------------------------------------------------------------------------
 
@@ -934,9 +929,9 @@ class TurnCore:
 
     def _on_interrupt(self) -> None:
         if self._creating is not None:  # a response still waiting for its transcripts: it never starts
-            self._creating = None
-            self._emit(Publish(ResponseStarted(self._creating_turn, self._now)))
-            self._emit(Publish(ResponseDone(self._creating_turn, "", True, self._now)))
+            (turn, _), self._creating = self._creating, None
+            self._emit(Publish(ResponseStarted(turn, self._now)))
+            self._emit(Publish(ResponseDone(turn, "", True, self._now)))
             return
         self._cancel_speculation(self._now)
         if self.current is not None:
@@ -981,13 +976,13 @@ class TurnCore:
 
     def _create(self, c: CreateResponse) -> None:
         self.turn += 1  # the reply's number, known now so a cancel before it starts can name it
-        self._creating, self._creating_turn = c, self.turn
+        self._creating = (self.turn, c)
         if not self.transcribing:
-            self._respond(c)
+            self._respond(self.turn, c)
 
-    def _respond(self, c: CreateResponse) -> None:
-        """Answer every pending user message as one reply (Realtime)."""
-        turn, self._creating = self._creating_turn, None
+    def _respond(self, turn: int, c: CreateResponse) -> None:
+        """Answer every pending user message as reply `turn` (Realtime)."""
+        self._creating = None
         text = "\n".join(p for p in self.pending if isinstance(p, str))
         self.pending = [p for p in self.pending if isinstance(p, int) and p in self._jobs]  # still coming
         continues, self.tool_output = self.tool_output and not text, False  # a new user message starts afresh
