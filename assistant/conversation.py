@@ -401,11 +401,10 @@ class Conversation:
         if reply.audio_started and (t := self.sink.first_sample_dac_time) is not None:
             reply.trace.mark("first_sample_played", t)
 
-    # ---- the Controller (daemon) ----------------------------------------------------------------------------
+    # ---- the Controller (daemon); server/controller.py states the contracts of both surfaces ---------------
 
     @property
     def turn(self) -> int:
-        """The newest turn's number (the server tells an ask's own events by it)."""
         return self.core.turn
 
     def status(self) -> dict[str, Any]:
@@ -472,8 +471,6 @@ class Conversation:
         self._apply(turns.SetPolicy(policy, turn_end, new_vad=new_vad))
 
     def set_app_tools(self, owner: str, tools: list[dict[str, Any]], timeout_s: float, send: Send) -> list[str]:
-        """A connected app's tools for the voice loop (see `ConversationTools.set_app_tools`); their names.
-        InputError, before anything changes, when the LLM cannot call tools."""
         if tools and not self.engines.chat.can_call_tools:
             raise InputError(
                 f"the LLM `{self.cfg.llm.model}` has no tool-call format in its chat template, so it cannot call "
@@ -484,11 +481,9 @@ class Conversation:
         return [t.name for t in offered] if self.engines.chat.can_call_tools else []
 
     def app_tool_result(self, owner: str, call_id: str, output: str, error: str | None = None) -> None:
-        """The app's answer to a tool call it was sent; InputError when none of its calls awaits `call_id`."""
         self.tools.apps.answer(owner, call_id, output, error)
 
     def app_gone(self, owner: str) -> None:
-        """The app disconnected: its tools are withdrawn and its unanswered calls fail (the model hears why)."""
         if (offered := self.tools.app_gone(owner)) is not None:
             self._offer([t.schema() for t in offered])
 
@@ -514,12 +509,9 @@ class Conversation:
         self.context.set_instructions(text)
 
     def check_voice(self, name: str) -> None:
-        """ConfigError naming the voices when `name` is unknown or does not fit the loaded TTS model."""
         settings.check_voice(cast(settings.VoiceCatalog, self.engines.tts), name, prefix="")
 
     def set_voice(self, name: str) -> None:
-        """Replies started after voice `name` is loaded (on the compute thread) speak with it; `check_voice`
-        first."""
         self.check_voice(name)
         self._background(f"loading voice {name!r}", self.engines.use_voice, name)
 
@@ -530,7 +522,6 @@ class Conversation:
         interrupt_response: bool,
         semantic: EndOfTurnPolicy | None = None,
     ) -> None:
-        """See `policies.realtime_turns` (ConfigError for a silence out of range or a model not loaded)."""
         turns = realtime_turns(
             self.cfg, hangover_ms, create_response, interrupt_response, semantic, self.engines.score_turn
         )
@@ -545,36 +536,26 @@ class Conversation:
 
     @property
     def can_call_tools(self) -> bool:
-        """Whether this conversation's LLM can call tools (its chat template has a tool-call format)."""
         return self.engines.chat.can_call_tools
 
     def set_functions(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
-        """The client's functions (chat-template schemas) and how the model chooses them, from the next reply on.
-
-        The model's calls of them end the reply as FunctionCall events; the client runs them."""
         self.tools.set_functions(tools, choice)
         self._offer(tools, choice)
 
     def functions_for_next_response(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
-        """Tools and choice for the next response only (Realtime response.create); the session's apply after it."""
         self.tools.functions_for_next_response(tools, choice)
 
     def add_function_output(self, call_id: str, output: str) -> None:
-        """The client's result of a call it was handed; the next response continues the answer with it.
-        InputError when no handed-off call has that id."""
         self.tools.add_output(call_id, output)
         self.command("tool_output")
 
     def delete_item(self, role: str, text: str) -> None:
-        """Forget the newest `role` message whose text is `text` (Realtime conversation.item.delete); InputError
-        when the history holds none (a message not answered yet is not in it)."""
         history = History(self.engines.chat.history)
         if not history.forget(role, text):
             raise InputError(f"the conversation holds no {role} message with that text; delete it after it is answered")
         self._background("deleting a conversation item", self.engines.chat.restore, history.messages())
 
     def truncate_response(self, turn: int, audio_end_ms: int) -> None:
-        """The client played only `audio_end_ms` of turn `turn`: its answer in the history becomes what was heard."""
         reply = self._kept.get(turn)
         if reply is None or not reply.result.done():
             raise InputError(f"response {turn} is not a finished answer of this session; truncate after response.done")
