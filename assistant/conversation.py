@@ -27,7 +27,7 @@ from assistant import settings, turns
 from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, AudioBlock
 from assistant.audio.sinks import AudioSink, AudioSource, ClientSink, played_out
 from assistant.bus import EventBus, Subscription
-from assistant.compute import Compute, Generation, Priority, Stale
+from assistant.compute import Compute, Priority, Stale
 from assistant.config import Config
 from assistant.context import ChatContext
 from assistant.endofturn import EndOfTurnPolicy, vad_settings
@@ -249,15 +249,7 @@ class Conversation:
     # ---- replies --------------------------------------------------------------------------------------------
 
     def _start(self, a: turns.StartReply) -> None:
-        reply = Reply(
-            a.turn,
-            Generation().ticket(),  # its own: cancelling one reply must not stale another still alive
-            TurnTrace(a.turn, a.speech_end, a.endpoint),
-            a.responder,
-            asyncio.Event(),
-            asyncio.get_running_loop().create_future(),
-            epoch=self.context.epoch,
-        )
+        reply = Reply(a.turn, TurnTrace(a.turn, a.speech_end, a.endpoint), a.responder, epoch=self.context.epoch)
         reply.trace.extra["backlog_ms"] = a.backlog_ms
         answer = self.tools.reply_starts(a.turn, a.responder.speak_text is None)
         if answer is not None and a.responder.continues:  # the client's outputs: the calling answer goes on
