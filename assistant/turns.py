@@ -804,7 +804,6 @@ class TurnCore:
         self.replies[turn] = ReplyState(turn, False, responder.user_text is not None)
         self._emit(StartReply(turn, responder, speech_end or now, now, round(self.backlog_ms, 1)))
         if confirmed:
-            self._next = None  # a newer turn supersedes words waiting for the reply's end (shown as a transcript)
             self._confirm(turn, speech_end or now, now)
 
     def _confirm(self, turn: int, speech_end: float, endpoint: float) -> None:
@@ -812,6 +811,7 @@ class TurnCore:
         if reply is None:
             return
         self._interrupt_current()
+        self._next = None  # a newer turn supersedes words waiting for the reply's end (shown as a transcript)
         reply.confirmed, self.current = True, reply
         self.wake.replying()
         self._emit(ConfirmReply(turn, speech_end, endpoint))

@@ -510,6 +510,31 @@ def speech_over_reply_without_barge_in(policy: Policy) -> None:
     assert isinstance(reply, StartReply) and reply.turn > turn and reply.responder.user_text == "What about Saturday?"
 
 
+def test_a_newer_answered_turn_drops_the_words_waiting_for_the_reply_even_when_speculated() -> None:
+    """Words said over a reply and kept for its end are not answered after a newer turn of the user's, also when
+    that turn's speculative reply is the one confirmed (as when it is answered afresh)."""
+    tl = Timeline(dataclasses.replace(DAEMON, barge_in_min_words=3))
+    turn = spoken_turn(tl)
+    start = speech_over_reply(tl, turn, "Saturday")
+    tl.audio(5, speaker_dbfs=-20.0)
+    tl.ended(start, start + 10 * BLOCK)
+    tl.transcribe("Saturday?")  # fewer than 3 words: kept for the reply's end
+    tl.send(Command("interrupt", tl.now))
+    tl.send(ReplyDone(turn, "One", True, tl.now))
+    tl.audio(20)  # past the speaker's echo tail
+    begin = tl.pos()
+    tl.audio(10, value=1000)
+    tl.started(begin)
+    tl.vad(SilenceStarted(tl.pos(), tl.now))
+    tl.transcribe("what time is it")
+    spec = tl.of(StartReply)[-1]
+    tl.audio(5)
+    tl.ended(begin, tl.pos() - 5 * BLOCK)
+    assert isinstance(spec, StartReply) and spec.responder.user_text == "what time is it" and tl.confirmed(spec)
+    tl.send(ReplyDone(spec.turn, "Noon.", False, tl.now))
+    assert tl.of(StartReply)[-1] is spec, "the words from before the newer turn are not answered after it"
+
+
 SCENARIOS: list[tuple[Callable[[Policy], None], tuple[Policy, ...]]] = [
     (speculative_start_then_resume, (DAEMON,)),  # a Realtime session never speculates
     (speculative_start_then_confirm, (DAEMON,)),
