@@ -623,17 +623,22 @@ def test_a_model_backed_policy_scores_the_pause_and_holds_a_thinking_pause() -> 
     assert np.count_nonzero(fed == 1000) == 10 * BLOCK and np.count_nonzero(fed == 2000) == 10 * BLOCK
 
 
-def test_a_failed_score_is_reported_and_ends_the_turn_as_the_silence_rule_would() -> None:
-    """When the end-of-turn model fails, its error is published and the pause counts as complete (a broken model
-    must not hold the turn open)."""
-    tl = Timeline(dataclasses.replace(DAEMON, speculative=False))
+def paused_for_a_score(tl: Timeline) -> list[ScoreTurn]:
+    """Under ScoredPolicy the user speaks and pauses 240 ms; returns the score requests so far."""
     tl.core.end_of_turn = ScoredPolicy()
     tl.audio(10, value=1000)
     tl.started(0)
     tl.vad(SilenceStarted(tl.pos(), tl.now))
     tl.audio(12)
-    ask = tl.of(ScoreTurn)[-1]
-    assert isinstance(ask, ScoreTurn) and not tl.of(Finalize)
+    return [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
+
+
+def test_a_failed_score_is_reported_and_ends_the_turn_as_the_silence_rule_would() -> None:
+    """When the end-of-turn model fails, its error is published and the pause counts as complete (a broken model
+    must not hold the turn open)."""
+    tl = Timeline(dataclasses.replace(DAEMON, speculative=False))
+    (ask,) = paused_for_a_score(tl)
+    assert not tl.of(Finalize)
     tl.send(Scored(ask.job, 0.0, tl.now, RuntimeError("onnx session lost")))
     errors = tl.events(ErrorEvent)
     assert [e.message for e in errors] == ["scoring the end of turn: RuntimeError: onnx session lost"]  # type: ignore[attr-defined]
@@ -727,12 +732,7 @@ def test_a_score_that_arrives_after_speech_resumed_is_not_used_for_a_later_pause
     """The model answers a pause after the user already spoke on (slow scoring on a busy machine): that score
     ends nothing, and the next pause is scored afresh instead of reusing it."""
     tl = Timeline(dataclasses.replace(DAEMON, speculative=False))
-    tl.core.end_of_turn = ScoredPolicy()
-    tl.audio(10, value=1000)
-    tl.started(0)
-    tl.vad(SilenceStarted(tl.pos(), tl.now))
-    tl.audio(12)
-    (first,) = [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
+    (first,) = paused_for_a_score(tl)
     tl.audio(10, value=1000)
     tl.vad(SpeechResumed(tl.pos() - 10 * BLOCK, tl.now))
     tl.send(Scored(first.job, 0.9, tl.now))  # "complete", for the pause that is over
