@@ -501,7 +501,7 @@ class TurnCore:
             if user is None:
                 self._speech_started(ev)
             else:  # a new start inside a pause that the end-of-turn policy kept open
-                self._resumed(ev.time, ev.onset_sample)
+                self._resumed(user, ev.time, ev.onset_sample)
         elif user is None:
             return
         elif isinstance(ev, PauseStarted):
@@ -513,16 +513,16 @@ class TurnCore:
                 user.score, user.scoring, user.scored_pause = None, 0, None
             addressed = self.wake.may_speculate(user.partial, user.started_at, _source(user.ptt))
             if self.policy.speculative and not user.candidate and user.spec_job is None and addressed:
-                self._speculate(ev.time)
+                self._speculate(user, ev.time)
             self._check_end_of_turn(ev.time)  # a score may be due now, not one audio block later
         elif isinstance(ev, SpeechResumed):
-            self._resumed(ev.time, ev.sample)
+            self._resumed(user, ev.time, ev.sample)
         elif isinstance(ev, SpeechEnded):
             if user.silence_at is None:
                 user.silence_at = ev.end_sample
             if ev.truncated or self.end_of_turn.score_after_ms is None:
                 # the VAD's hangover (adaptive or not) is the silence rule; a model-backed policy may wait longer
-                self._end_turn(ev.end_sample, ev.time)
+                self._end_turn(user, ev.end_sample, ev.time)
             else:
                 self._check_end_of_turn(ev.time, vad_ended=True)
 
@@ -553,9 +553,7 @@ class TurnCore:
             return
         self._begin(ev.start_sample)
 
-    def _resumed(self, now: float, onset: int) -> None:
-        user = self.user
-        assert user is not None
+    def _resumed(self, user: Utterance, now: float, onset: int) -> None:
         if user.score is not None or user.scoring:  # a pause the policy judged and waited through
             user.segment = onset
         user.silence_at, user.score, user.scoring, user.scored_pause = None, None, 0, None  # a late score is stale
@@ -626,7 +624,7 @@ class TurnCore:
                 self._emit(Publish(SpeechEnded(user.start, user.silence_at, now)))
             if not vad_ended:
                 self._reset_vad()  # its pause in progress is over: the next speech must be a new start
-            self._end_turn(user.silence_at, now)
+            self._end_turn(user, user.silence_at, now)
 
     def _ask_score(self, user: Utterance, pause: int) -> None:
         """Ask the end-of-turn model about the pause that began at `pause`: the speech and the pause's first
@@ -657,10 +655,8 @@ class TurnCore:
         user.score, user.scoring = 1.0 if s.error is not None else s.score, 0
         self._check_end_of_turn(s.now)
 
-    def _speculate(self, now: float) -> None:
+    def _speculate(self, user: Utterance, now: float) -> None:
         """Silence started: transcribe and answer now, play nothing until the turn is confirmed."""
-        user = self.user
-        assert user is not None
         self._feed(force=True)
         self.turn += 1
         user.spec_turn = self.turn
@@ -685,10 +681,8 @@ class TurnCore:
         user.fed_to = user.start
         self._feed(force=True)
 
-    def _end_turn(self, end_sample: int, now: float) -> None:
-        """The user finished (end-of-turn policy, hotkey release or commit)."""
-        user = self.user
-        assert user is not None
+    def _end_turn(self, user: Utterance, end_sample: int, now: float) -> None:
+        """The user (the utterance in progress) finished: end-of-turn policy, hotkey release or commit."""
         speech_end = self.clock.time_of(end_sample)
         self._feed(force=True)
         self.user = None
@@ -925,7 +919,7 @@ class TurnCore:
             return
         self._reset_vad()  # its utterance in progress is ours; it must not end a second turn
         if self.user is not None:
-            self._end_turn(self.ring.end, self._now)
+            self._end_turn(self.user, self.ring.end, self._now)
 
     def _on_interrupt(self) -> None:
         if self._creating is not None:  # a response still waiting for its transcripts: it never starts
@@ -952,7 +946,7 @@ class TurnCore:
             self._emit(Publish(FinalTranscript("", "", self._now)))
             return
         self._reset_vad()
-        self._end_turn(self.ring.end, self._now)
+        self._end_turn(self.user, self.ring.end, self._now)
 
     def _on_user_text(self, u: UserText) -> None:
         if not u.text.strip():
