@@ -801,9 +801,7 @@ class TurnCore:
             self._confirm(turn, speech_end or now, now)
 
     def _confirm(self, turn: int, speech_end: float, endpoint: float) -> None:
-        reply = self.replies.get(turn)
-        if reply is None:
-            return
+        reply = self.replies[turn]  # both callers know it runs: _start_reply added it, _answer checked
         self._interrupt_current()
         self._next = None  # a newer turn supersedes words waiting for the reply's end (shown as a transcript)
         reply.confirmed, self.current = True, reply
