@@ -333,6 +333,10 @@ class Utterance:
     started_at: float = 0.0  # when the speech began (the wake phrase's follow-up window counts from here)
     resumes: Closed | None = None  # speech over the reply that continues this turn once it proves it is the user
 
+    @property
+    def source(self) -> TurnSource:
+        return "push_to_talk" if self.ptt else "hands_free"  # the hotkey's turns bypass the wake phrase
+
 
 @dataclass(frozen=True)
 class Closed:
@@ -340,9 +344,8 @@ class Closed:
     pause the end-of-turn policy took for the end), so the second half is never answered on its own or lost."""
 
     turn: int
-    start: int  # capture position where its speech began
+    user: Utterance  # its speech, from `user.start`
     speech_end: float  # capture time of its last speech
-    started_at: float
 
 
 @dataclass
@@ -362,9 +365,8 @@ class Finalizing:
     turn: int
     speech_end: float
     endpoint: float
+    user: Utterance  # the speech it transcribes
     respond: bool = False
-    started_at: float = 0.0  # when the user's speech began
-    ptt: bool = False  # the hotkey made the turn (it bypasses the wake phrase)
 
 
 class TurnCore:
@@ -511,7 +513,7 @@ class TurnCore:
             user.silence_at = ev.sample
             if user.scored_pause != ev.sample:  # asked at a pause that voice ended before it was confirmed
                 user.score, user.scoring, user.scored_pause = None, 0, None
-            addressed = self.wake.may_speculate(user.partial, user.started_at, _source(user.ptt))
+            addressed = self.wake.may_speculate(user.partial, user.started_at, user.source)
             if self.policy.speculative and not user.candidate and user.spec_job is None and addressed:
                 self._speculate(user, ev.time)
             self._check_end_of_turn(ev.time)  # a score may be due now, not one audio block later
@@ -660,7 +662,7 @@ class TurnCore:
         self._feed(force=True)
         self.turn += 1
         user.spec_turn = self.turn
-        user.spec_job = self._finalize(Finalizing("speculate", self.turn, 0.0, now))
+        user.spec_job = self._finalize(Finalizing("speculate", self.turn, 0.0, now, user))
         self._emit(Publish(SpeculationStarted(self.turn, now)))
 
     def _cancel_speculation(self, now: float) -> None:
@@ -687,10 +689,10 @@ class TurnCore:
         self._feed(force=True)
         self.user = None
         if user.candidate:
-            self._finalize(Finalizing("judge", 0, speech_end, now, started_at=user.started_at))
+            self._finalize(Finalizing("judge", 0, speech_end, now, user))
             return
         if not self.policy.answer_turns:
-            job = Finalizing("queue", 0, speech_end, now, respond=self.policy.auto_respond and self.policy.vad_turns)
+            job = Finalizing("queue", 0, speech_end, now, user, self.policy.auto_respond and self.policy.vad_turns)
             self.pending.append(self._finalize(job))  # its place among the user's messages, filled by its text
             self._set_state(TurnState.THINKING if job.respond else TurnState.IDLE)
             return
@@ -698,9 +700,9 @@ class TurnCore:
         if user.spec_turn is None:
             self.turn += 1
         turn = self.turn if user.spec_turn is None else user.spec_turn
-        job = Finalizing("answer", turn, speech_end, now, started_at=user.started_at, ptt=user.ptt)
+        job = Finalizing("answer", turn, speech_end, now, user)
         if self.policy.resume_ms and not user.ptt:
-            self._closed = Closed(turn, user.start, speech_end, user.started_at)
+            self._closed = Closed(turn, user, speech_end)
         if user.spec_job is None:
             self._finalize(job)
         elif user.spec_job in self._jobs:  # the speculation's transcript is still coming: it answers the turn
@@ -722,10 +724,9 @@ class TurnCore:
             self._error("transcribing", tr.error, tr.now)
         text = tr.text.strip()
         if job.purpose == "speculate":
-            user = self.user
-            assert user is not None  # a speculation leaves _jobs with its utterance
+            user = job.user
             user.spec_text, user.spec_language = text, tr.language
-            decision = self.wake.decide(text, user.started_at, _source(user.ptt))
+            decision = self.wake.decide(text, user.started_at, user.source)
             if text and tr.error is None and decision.answer:
                 self._start_reply(job.turn, Responder(decision.text), False, 0.0, job.endpoint)
             return
@@ -750,7 +751,7 @@ class TurnCore:
         (wake phrase) leave the reply alone."""
         if text:
             self._emit(Publish(FinalTranscript(text, language, now)))
-        decision = self.wake.decide(text, job.started_at, _source(job.ptt))
+        decision = self.wake.decide(text, job.user.started_at, job.user.source)
         words = turn_words(text, self.policy.backchannels)
         if words == 0 or not decision.answer:
             self._emit(Publish(FalseStart(now)))  # a backchannel (or echo): the reply goes on
@@ -767,7 +768,7 @@ class TurnCore:
         wake phrase: back to listening, no reply and nothing in the history). A speculative reply of its turn that
         runs already is confirmed."""
         self._emit(Publish(FinalTranscript(text, language, now)))
-        decision = self.wake.decide(text, job.started_at, _source(job.ptt))
+        decision = self.wake.decide(text, job.user.started_at, job.user.source)
         if not text or not decision.answer:
             self._drop_reply(job.turn)
             self._set_state(TurnState.IDLE if self.user is None else self.state)
@@ -872,7 +873,7 @@ class TurnCore:
     def _resumable(self, onset: int) -> Closed | None:
         """The answered turn that speech with this onset continues, if any (see `Closed`)."""
         c = self._closed
-        if c is None or self.ptt or self.user is not None or self.ring.start > c.start:
+        if c is None or self.ptt or self.user is not None or self.ring.start > c.user.start:
             return None
         if self.clock.time_of(onset) - c.speech_end > self.policy.resume_ms / 1000:
             return None
@@ -897,7 +898,7 @@ class TurnCore:
             self._emit(Publish(ResponseDone(c.turn, "", True, self._now)))
         self._drop_reply(c.turn)
         self.user = None
-        self._begin(c.start).started_at = c.started_at
+        self._begin(c.user.start).started_at = c.user.started_at
 
     # ---- commands -------------------------------------------------------------------------------------------
 
@@ -1016,10 +1017,6 @@ class TurnCore:
 
     def _emit(self, action: Action) -> None:
         self._out.append(action)
-
-
-def _source(ptt: bool) -> TurnSource:
-    return "push_to_talk" if ptt else "hands_free"
 
 
 def _time_of(inp: Input, last: float) -> float:
