@@ -137,14 +137,14 @@ class Conversation:
                 self.compute.submit(self.engines.transcriber.reset, priority=Priority.URGENT)
             case turns.Feed(utt, audio):
                 fed = self.compute.submit(self.engines.transcriber.feed, audio, priority=Priority.URGENT)
-                self.spawn(self._answer(wrap_future(fed), lambda partial, e, now: turns.Fed(utt, partial, now, e)))
+                self.spawn(self._await_job(wrap_future(fed), lambda partial, e, now: turns.Fed(utt, partial, now, e)))
             case turns.Finalize(job):
                 final = self.compute.submit(self.engines.transcriber.finalize, priority=Priority.URGENT)
-                self.spawn(self._answer(wrap_future(final), lambda tr, e, now: self._transcribed(job, tr, e, now)))
+                self.spawn(self._await_job(wrap_future(final), lambda tr, e, now: self._transcribed(job, tr, e, now)))
             case turns.ScoreTurn(job, audio) if self.engines.score_turn is not None:
                 # onnxruntime on a worker thread of its own: off the loop and the MLX thread
                 score = asyncio.to_thread(self.engines.score_turn, audio)
-                self.spawn(self._answer(score, lambda p, e, now: turns.Scored(job, float(p or 0.0), now, e)))
+                self.spawn(self._await_job(score, lambda p, e, now: turns.Scored(job, float(p or 0.0), now, e)))
             case turns.StartReply():
                 self._start(action)
             case turns.ConfirmReply(turn, speech_end, endpoint):
@@ -168,7 +168,7 @@ class Conversation:
             case turns.Publish(event):
                 self.publish(event)
 
-    async def _answer(
+    async def _await_job(
         self, job: Awaitable[Any], answer: Callable[[Any, BaseException | None, float], turns.Input]
     ) -> None:
         """When the engine's `job` ends, the core gets `answer(result, error, now)` (result None and the error logged
