@@ -211,17 +211,19 @@ class RealtimeConversation:
             return [self.error(e, ev.event_id)]
         return []
 
+    def _check_cap(self, path: str, cap: int | str | None, event_id: str | None) -> None:
+        """A client's cap on a reply's tokens is met when it is at or above llm.max_tokens, the bound on every
+        reply of this daemon; a lower one cannot be honoured: WireError naming the bound."""
+        bound = self.settings.max_output_tokens
+        if bound is not None and isinstance(cap, int) and cap < bound:
+            why = f"`{path}` = {cap} is below llm.max_tokens = {bound}, the bound on this daemon's replies"
+            fix = f'send {bound} or more, or "inf"'
+            raise WireError("invalid_value", f"{why}, which a client cannot lower; {fix}", event_id)
+
     def _update(self, ev: rp.SessionUpdate) -> Out:
         # everything is checked before anything changes (a bad voice leaves the instructions as they were)
         s = self.settings
-        bound, cap = s.max_output_tokens, ev.max_output_tokens
-        if bound is not None and isinstance(cap, int) and cap < bound:  # a cap at or above the bound is met
-            why = f"`session.max_output_tokens` = {cap} is below llm.max_tokens = {bound}, the bound on this daemon's"
-            raise WireError(
-                "invalid_value",
-                f'{why} replies, which a session cannot lower; send {bound} or more, or "inf"',
-                ev.event_id,
-            )
+        self._check_cap("session.max_output_tokens", ev.max_output_tokens, ev.event_id)
         tools = s.tools if ev.tools is None else ev.tools
         choice = ev.tool_choice or s.tool_choice
         if ev.tools is not None or ev.tool_choice is not None:
@@ -340,6 +342,7 @@ class RealtimeConversation:
                         ev.event_id,
                     )
                 ]
+            self._check_cap("response.max_output_tokens", ev.max_output_tokens, ev.event_id)
             if ev.tools is not None or ev.tool_choice is not None:
                 tools = self.settings.tools if ev.tools is None else ev.tools
                 choice = ev.tool_choice or self.settings.tool_choice

@@ -155,6 +155,7 @@ class ResponseCreate:
     tools: tuple[Function, ...] | None = None  # for this response only (None: the session's)
     tool_choice: ToolChoice | None = None
     audio_output: bool | None = None  # this response's output_modalities (None: the session's)
+    max_output_tokens: int | Literal["inf"] | None = None  # the client's cap on this reply's tokens
     type: Literal["response.create"] = "response.create"
     event_id: str | None = None
 
@@ -353,7 +354,8 @@ def decode_client_event(
         audio_output = _check_modalities(response)
         tools = decode_functions(response.obj["tools"], "response.tools", event_id) if "tools" in response.obj else None
         choice = _tool_choice(response.obj.get("tool_choice"), "response.tool_choice", event_id)
-        return ResponseCreate(instructions, tools, choice, audio_output, event_id=event_id)
+        cap = _token_cap(response, "max_output_tokens")
+        return ResponseCreate(instructions, tools, choice, audio_output, cap, event_id=event_id)
     return ResponseCancel(r.text("response_id"), event_id=event_id)
 
 
@@ -565,10 +567,11 @@ _RESPONSE_FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
     "voice": ((None,), "set the voice with session.update"),
     "audio": ((None,), "set the output format and voice with session.update"),
     "output_audio_format": ((None,), "set the output format with session.update"),
-    "max_output_tokens": ((None, "inf"), 'replies are bounded by llm.max_tokens in config.toml; send "inf"'),
     **{k: v for k, v in _FIXED.items() if k != "include"},
 }
-_RESPONSE_FIELDS = {"instructions", "tools", "tool_choice", "output_modalities", "modalities", "metadata"}
+_RESPONSE_FIELDS = {
+    "instructions", "tools", "tool_choice", "output_modalities", "modalities", "metadata", "max_output_tokens",
+}  # fmt: skip
 
 
 def _check_response_fields(obj: dict[str, Any], event_id: str | None) -> None:
@@ -580,6 +583,17 @@ def _check_response_fields(obj: dict[str, Any], event_id: str | None) -> None:
                 raise _unsupported(f"response.{name}", value, _RESPONSE_FIXED[name][1], event_id)
         elif name not in _RESPONSE_FIELDS:
             raise _unknown_field("response", name, {*_RESPONSE_FIELDS, *_RESPONSE_FIXED}, event_id)
+
+
+def _token_cap(r: _Reader, name: str) -> int | Literal["inf"] | None:
+    """A cap on a reply's tokens (session or response `max_output_tokens`): 1..4096 or "inf"; None when absent.
+    Whether it is met is the session's call: it knows the daemon's bound (llm.max_tokens)."""
+    value = r.obj.get(name)
+    if value is None or value == "inf":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_OUTPUT_TOKENS:
+        raise r.fail(name, f'an integer from 1 to {MAX_OUTPUT_TOKENS} or "inf"', value)
+    return value
 
 
 def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> SessionUpdate:
@@ -640,15 +654,8 @@ def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> Session
         name = "transcription" if holder is inp else "input_audio_transcription"
         if holder is not None and name in holder.obj:
             t_given, transcription = True, _transcription(holder.obj[name], path, event_id)
-    cap: int | Literal["inf"] | None = None
-    for name in ("max_output_tokens", "max_response_output_tokens"):  # GA, beta
-        value = s.obj.get(name)
-        if value is None or value == "inf":
-            cap = value if value is not None else cap
-        elif isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_OUTPUT_TOKENS:
-            raise s.fail(name, f'an integer from 1 to {MAX_OUTPUT_TOKENS} or "inf"', value)
-        else:
-            cap = value
+    ga, beta = _token_cap(s, "max_output_tokens"), _token_cap(s, "max_response_output_tokens")
+    cap = ga if ga is not None else beta
     instructions = s.text("instructions", max_chars=limits.instructions_chars)
     tools = decode_functions(s.obj["tools"], "session.tools", event_id) if s.obj.get("tools") is not None else None
     choice = _tool_choice(s.obj.get("tool_choice"), "session.tool_choice", event_id)

@@ -342,3 +342,30 @@ def test_a_token_cap_at_or_above_the_daemons_is_accepted() -> None:
     assert updated["session"]["turn_detection"] is None
     message = refused["error"]["message"]
     assert refused["error"]["event_id"] == "u2" and f"llm.max_tokens = {bound}" in message
+
+
+def test_a_response_token_cap_follows_the_same_rule_as_the_sessions() -> None:
+    """response.create's max_output_tokens is met like session.update's: a cap at or above llm.max_tokens starts
+    the response (only "inf" was accepted, so a client sending the session's own cap was refused), and a lower one
+    is refused naming llm.max_tokens and the fix."""
+    bound = FakeBackend().max_output_tokens()
+
+    async def body() -> tuple[list[Any], list[Any]]:
+        async with running() as (server, _, _backend):
+            sdk = AsyncOpenAI(api_key=TOKEN, websocket_base_url=f"ws://127.0.0.1:{server.port}/v1", max_retries=0)
+            async with sdk.realtime.connect(model="assistant") as conn:
+                await collect(conn, "session.created")
+                item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi."}]}
+                await conn.conversation.item.create(item=item)
+                await collect(conn, "conversation.item.done")
+                await conn.response.create(response={"max_output_tokens": bound - 1})
+                low = await collect(conn, "error")
+                await conn.response.create(response={"max_output_tokens": bound})
+                met = await collect(conn, "response.done")
+        return low, met
+
+    low, met = asyncio.run(body())
+    message = low[-1].error.message
+    assert f"`response.max_output_tokens` = {bound - 1} is below llm.max_tokens = {bound}" in message
+    assert f"send {bound} or more" in message
+    assert "error" not in [e.type for e in met] and met[-1].response.status == "completed"
