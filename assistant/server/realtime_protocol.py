@@ -94,6 +94,7 @@ class SessionUpdate:
     tools: tuple[Function, ...] | None = None
     tool_choice: ToolChoice | None = None
     max_output_tokens: int | Literal["inf"] | None = None  # the client's cap on a reply's tokens
+    temperature: float | None = None  # the LLM's sampling temperature
     type: Literal["session.update"] = "session.update"
     event_id: str | None = None
 
@@ -156,6 +157,7 @@ class ResponseCreate:
     tool_choice: ToolChoice | None = None
     audio_output: bool | None = None  # this response's output_modalities (None: the session's)
     max_output_tokens: int | Literal["inf"] | None = None  # the client's cap on this reply's tokens
+    temperature: float | None = None  # this reply's sampling temperature (None: the session's)
     type: Literal["response.create"] = "response.create"
     event_id: str | None = None
 
@@ -355,7 +357,8 @@ def decode_client_event(
         tools = decode_functions(response.obj["tools"], "response.tools", event_id) if "tools" in response.obj else None
         choice = _tool_choice(response.obj.get("tool_choice"), "response.tool_choice", event_id)
         cap = _token_cap(response, "max_output_tokens")
-        return ResponseCreate(instructions, tools, choice, audio_output, cap, event_id=event_id)
+        temperature = _temperature(response)
+        return ResponseCreate(instructions, tools, choice, audio_output, cap, temperature, event_id=event_id)
     return ResponseCancel(r.text("response_id"), event_id=event_id)
 
 
@@ -492,12 +495,12 @@ _FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
     "prompt": ((None,), "stored prompts are not available; send instructions instead"),
     "parallel_tool_calls": ((None, True, False), "send true or false"),
     "reasoning": ((None,), "the daemon's LLM has no reasoning setting; send null"),
-    "temperature": ((None, 0.8), "set llm.temperature in config.toml; send 0.8 or leave it out"),
 }
 _SESSION_FIELDS = {
     "type", "model", "instructions", "output_modalities", "modalities", "audio", "voice", "input_audio_format",
     "output_audio_format", "turn_detection", "input_audio_transcription", "speed", "object", "id", "expires_at",
-    "client_secret", "tools", "tool_choice", "tracing", "max_output_tokens", "max_response_output_tokens", *_FIXED,
+    "client_secret", "tools", "tool_choice", "tracing", "max_output_tokens", "max_response_output_tokens",
+    "temperature", *_FIXED,
 }  # fmt: skip
 MAX_OUTPUT_TOKENS = 4096  # OpenAI's largest cap on a response's tokens
 _TRACING_FIELDS = {"workflow_name", "group_id", "metadata"}
@@ -571,6 +574,7 @@ _RESPONSE_FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
 }
 _RESPONSE_FIELDS = {
     "instructions", "tools", "tool_choice", "output_modalities", "modalities", "metadata", "max_output_tokens",
+    "temperature",
 }  # fmt: skip
 
 
@@ -594,6 +598,20 @@ def _token_cap(r: _Reader, name: str) -> int | Literal["inf"] | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_OUTPUT_TOKENS:
         raise r.fail(name, f'an integer from 1 to {MAX_OUTPUT_TOKENS} or "inf"', value)
     return value
+
+
+TEMPERATURE_RANGE = (0.0, 2.0)  # = llm.temperature's: the LLM samples at any of them (OpenAI's beta took 0.6-1.2)
+
+
+def _temperature(r: _Reader) -> float | None:
+    """A session's or a response's `temperature`: the LLM's sampling temperature; None when absent."""
+    value = r.obj.get("temperature")
+    if value is None:
+        return None
+    low, high = TEMPERATURE_RANGE
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise r.fail("temperature", f"a number from {low:g} to {high:g} (the LLM's sampling temperature)", value)
+    return float(value)
 
 
 def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> SessionUpdate:
@@ -674,6 +692,7 @@ def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> Session
         tools,
         choice,
         cap,
+        _temperature(s),
         event_id=event_id,
     )
 
@@ -1142,6 +1161,7 @@ class Settings:
     tools: tuple[Function, ...] = ()
     tool_choice: ToolChoice = AUTO
     max_output_tokens: int | None = None  # the bound on a reply's tokens (llm.max_tokens); None: not known
+    temperature: float = 0.8  # the LLM's sampling temperature (the daemon's llm.temperature until a client sets it)
 
 
 def choice_object(choice: ToolChoice) -> str | dict[str, str]:
@@ -1172,12 +1192,12 @@ def _detection_object(d: TurnDetection | None) -> dict[str, Any] | None:
     }
 
 
-def session_object(session_id: str, s: Settings, expires_at: int = 0) -> dict[str, Any]:
-    """The effective session as session.created/updated report it (GA shape)."""
+def session_object(session_id: str, s: Settings, expires_at: int = 0, beta: bool = False) -> dict[str, Any]:
+    """The effective session as session.created/updated report it (GA shape, or the beta one if `beta`)."""
     transcription = None if s.transcription is None else {"model": s.transcription.model}
     if s.transcription is not None and s.transcription.language:
         transcription = {**(transcription or {}), "language": s.transcription.language}
-    return {
+    ga = {
         "type": "realtime",
         "object": "realtime.session",
         "id": session_id,
@@ -1202,13 +1222,15 @@ def session_object(session_id: str, s: Settings, expires_at: int = 0) -> dict[st
         "prompt": None,
         "expires_at": expires_at,
     }
+    return beta_session(ga, s.temperature) if beta else ga
 
 
 _BETA_FORMAT_NAMES = {v: k for k, v in BETA_FORMATS.items()}
 
 
-def beta_session(ga: dict[str, Any]) -> dict[str, Any]:
-    """A GA session object in the beta shape (flat audio settings, `modalities`, beta format names)."""
+def beta_session(ga: dict[str, Any], temperature: float) -> dict[str, Any]:
+    """A GA session object in the beta shape (flat audio settings, `modalities`, beta format names; the beta
+    session also reports the sampling temperature, which the GA one has no field for)."""
     audio_in, audio_out = ga["audio"]["input"], ga["audio"]["output"]
 
     def name(fmt: dict[str, Any]) -> str:
@@ -1233,7 +1255,7 @@ def beta_session(ga: dict[str, Any]) -> dict[str, Any]:
         "tools": ga["tools"],
         # the beta session's tool_choice is a string: a forced function by its name
         "tool_choice": ga["tool_choice"] if isinstance(ga["tool_choice"], str) else ga["tool_choice"]["name"],
-        "temperature": 0.8,
+        "temperature": temperature,
         "max_response_output_tokens": ga["max_output_tokens"],
         "tracing": None,
         "expires_at": ga["expires_at"],
@@ -1252,8 +1274,6 @@ def beta_item(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _beta_body(body: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(body.get("session"), dict):
-        body = {**body, "session": beta_session(body["session"])}
     if isinstance(body.get("item"), dict):
         body = {**body, "item": beta_item(body["item"])}
     if isinstance(body.get("response"), dict):

@@ -550,6 +550,7 @@ class ControlServer:
             self.audio.voice_name if self.audio is not None else None,
             self.cfg.commands_per_s,
             backend.max_output_tokens(),
+            backend.default_temperature(),
         )
         woken = asyncio.Event()  # set after each event: the conversation's deadline may have moved
         pump = asyncio.create_task(self._pump(client, conv, session, woken))

@@ -369,3 +369,34 @@ def test_a_response_token_cap_follows_the_same_rule_as_the_sessions() -> None:
     assert f"`response.max_output_tokens` = {bound - 1} is below llm.max_tokens = {bound}" in message
     assert f"send {bound} or more" in message
     assert "error" not in [e.type for e in met] and met[-1].response.status == "completed"
+
+
+def test_a_realtime_temperature_is_honoured_for_the_session_and_for_one_response() -> None:
+    """A beta client's session temperature (0.6, OpenAI's lowest) samples the session's answers and is reported
+    (it was refused unless 0.8, and the session reported 0.8 while sampling at llm.temperature); a response's own
+    temperature applies to that response, then the session's comes back; 3 is refused naming the range."""
+    headers = {"Authorization": f"Bearer {TOKEN}", "OpenAI-Beta": "realtime=v1"}
+    user = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi."}]}
+
+    async def body() -> tuple[list[dict[str, Any]], list[Any]]:
+        got = []
+        async with running() as (server, _, backend):
+            async with client(server, "/v1/realtime", additional_headers=headers) as ws:
+                got.append((await until(ws, "session.created"))[0])
+                await until(ws, "conversation.created")
+                for temperature in (0.6, 3):
+                    await ws.send(json.dumps({"type": "session.update", "session": {"temperature": temperature}}))
+                    got.append(await recv(ws))
+                await ws.send(json.dumps({"type": "conversation.item.create", "item": user}))
+                await until(ws, "conversation.item.created")
+                await ws.send(json.dumps({"type": "response.create", "response": {"temperature": 1.1}}))
+                await until(ws, "response.done")
+        return got, backend.sessions[0].calls
+
+    (created, updated, refused), calls = asyncio.run(body())
+    assert created["session"]["temperature"] == FakeBackend().default_temperature()
+    assert updated["type"] == "session.updated" and updated["session"]["temperature"] == 0.6
+    assert refused["type"] == "error" and "must be a number from 0 to 2" in refused["error"]["message"]
+    temperatures = [value for name, value in calls if name == "temperature"]
+    assert temperatures == [0.6, 1.1, 0.6]
+    assert calls.index(("temperature", 1.1)) < calls.index(("create_response", None))
