@@ -92,28 +92,30 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
         return asyncio.run(_run_daemon(cfg, headless=headless, console=con))
 
 
+@dataclass(frozen=True)
+class _VoicesOnDisk:
+    """settings.VoiceCatalog before the TTS loads: the voices folder's profiles and config.json's model type."""
+
+    model_type: str | None
+    found: dict[str, Any]
+
+    def profiles(self) -> dict[str, Any]:
+        return self.found
+
+
 def check_voice(cfg: config.Config, name: str | None = None) -> None:
     """The voice profile `name` (default tts.voice) is in the voices folder, complete, and fits tts.model when that
     is on disk: a typo or a clone voice for a CustomVoice model fails in a second, before the models load (the TTS
     found it only after loading them). ConfigError naming the profiles."""
-    from assistant.tts.voices import MODEL_TYPE_OF, load_profiles, resolve_voice_dir
+    from assistant.settings import check_voice as check
+    from assistant.tts.voices import load_profiles, resolve_voice_dir
 
     what, name = ("--voice", name) if name else ("tts.voice", cfg.tts.voice)
     folder = resolve_voice_dir(cfg.tts.voices_dir)
     profiles = load_profiles(folder)
-    if name not in profiles:
-        raise ConfigError(
-            f"{what} {name!r} is not a voice profile in {folder}; use one of {', '.join(sorted(profiles)) or 'none'}"
-            " (`assistant voices` lists them)"
-        )
+    where = f" (profiles in {folder}; `assistant voices` lists them)"
+    check(_VoicesOnDisk(_tts_model_type(cfg.tts.model), dict(profiles)), name, f"{what}: ", where)
     profiles[name].validate()
-    have, want = _tts_model_type(cfg.tts.model), MODEL_TYPE_OF[profiles[name].mode]
-    if have is not None and have != want:
-        fits = sorted(n for n, p in profiles.items() if MODEL_TYPE_OF[p.mode] == have)
-        raise ConfigError(
-            f"{what} {name!r} ({profiles[name].mode}) needs a {want} model, but tts.model is a {have} model; use "
-            f"one of {', '.join(fits) or 'no voice here'} or set tts.model to a {want} model"
-        )
 
 
 def _tts_model_type(spec: str) -> str | None:

@@ -255,11 +255,11 @@ def test_a_voice_typo_fails_before_any_model_loads(tmp_path: Path) -> None:
     out = run(["run", "--set", "tts.voice=nobody"], env)
     assert out.returncode == 2
     line = out.stderr.strip()
-    assert line.startswith("assistant: error: tts.voice 'nobody' is not a voice profile in ")
-    assert "use one of " in line and "default" in line and "\n" not in line
+    assert line.startswith("assistant: error: tts.voice: unknown voice 'nobody'; voices: ")
+    assert "`assistant voices` lists them" in line and "default" in line and "\n" not in line
     out = run(["say", "--voice", "nobdy", "hello"], env)
     assert out.returncode == 2
-    assert out.stderr.strip().startswith("assistant: error: --voice 'nobdy' is not a voice profile in ")
+    assert out.stderr.strip().startswith("assistant: error: --voice: unknown voice 'nobdy'; voices: ")
 
 
 def test_doctor_checks_the_voice_tools_and_memory(tmp_path: Path) -> None:
@@ -270,7 +270,7 @@ def test_doctor_checks_the_voice_tools_and_memory(tmp_path: Path) -> None:
     sets = ["--set", "tts.voice=nobody", "--set", "tools.enabled=['bogus']"]
     out = run(["doctor", *sets], env)
     assert out.returncode == 1
-    assert "  FAIL  voice nobody: tts.voice 'nobody' is not a voice profile in " in out.stdout
+    assert "  FAIL  voice nobody: tts.voice: unknown voice 'nobody'; voices: " in out.stdout
     assert "  FAIL  tools and memory: `tools.enabled` names `bogus`, which is neither built in" in out.stdout
     out = run(["doctor", "--set", "tools.timezone=Mars/Base"], env)
     assert "  FAIL  tools and memory: `tools.timezone` = 'Mars/Base' is not a known time zone" in out.stdout

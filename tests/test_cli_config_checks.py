@@ -66,11 +66,13 @@ def test_a_voice_that_does_not_fit_the_local_tts_model_fails_before_it_loads(tmp
     with pytest.raises(ConfigError) as clone:
         cli.check_voice(custom)
     assert str(clone.value) == (
-        "tts.voice 'clone' (clone) needs a base model, but tts.model is a custom_voice model; use one of default, "
-        "vivian or set tts.model to a base model"
+        "tts.voice: voice 'clone' (clone) does not fit the custom_voice model of tts.model; voices that do: default, "
+        "vivian (or set tts.model to a base model)"
     )
     base = custom.replace({"tts.model": str(tmp_path / "base")})
-    with pytest.raises(ConfigError, match=r"^--voice 'vivian' \(custom_voice\) needs a custom_voice model, "):
+    with pytest.raises(
+        ConfigError, match=r"^--voice: voice 'vivian' \(custom_voice\) does not fit the base model of tts.model; "
+    ):
         cli.check_voice(base, "vivian")
     cli.check_voice(base)  # clone fits Base
     cli.check_voice(custom, "vivian")

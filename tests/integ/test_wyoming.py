@@ -688,4 +688,4 @@ def test_a_voice_error_names_the_voices_that_fit_and_no_server_path(rig: Rig) ->
 
     unknown, unfit = rig.serve(body)
     assert unknown.startswith("unknown voice 'nobody'; voices: ") and "vivian" in unknown and "/" not in unknown
-    assert unfit.startswith("voice 'clone' (clone) does not fit the loaded custom_voice model; voices that do: ")
+    assert unfit.startswith("voice 'clone' (clone) does not fit the custom_voice model of tts.model; voices that do: ")
