@@ -177,3 +177,18 @@ def test_http_follows_the_websocket_rules(tiny_config: Config) -> None:
     assert out["401"] == 401 and out["403"] == 403 and out["own"] == 200 and out["page"] == 200
     assert "unknown path" in out["404"]["error"]["message"]
     assert out["hello"] == "hello"
+
+
+def test_speech_with_a_voice_the_model_cannot_speak_blames_the_voice(tiny_config: Config) -> None:
+    """`voice` = a clone profile on a CustomVoice model is a 400 whose `param` is `voice` and whose message names
+    the voices that fit (it blamed `input`, the text, which was fine)."""
+
+    async def body(server: ControlServer, client: openai.AsyncOpenAI) -> Any:
+        with pytest.raises(openai.BadRequestError) as e:
+            await client.audio.speech.create(model="tts-1", voice="clone", input="Hello there.")  # type: ignore[arg-type]
+        return e.value.body
+
+    error = against_daemon(tiny_config, body)
+    assert error["param"] == "voice"
+    assert error["message"].startswith("voice 'clone' (clone) does not fit the custom_voice model of tts.model; ")
+    assert "voices that do: default, vivian" in error["message"]
