@@ -727,6 +727,14 @@ def _check(name: str, fn: Callable[[], object]) -> Check:
     return Check(name, None)
 
 
+def _headless(cfg: config.Config, missing: Check, spec: str) -> Check:
+    """A device check that failed, as `run` sees it: no device named and the server on is headless mode (fine),
+    anything else a problem."""
+    if spec or not cfg.server.enabled:
+        return missing
+    return Check(f"{missing.name}: none, so `assistant run` runs headless (WebSocket clients bring the audio)", None)
+
+
 def _check_model(spec: str, what: str) -> None:
     """The model is there (hub.resolve) and its folder looks whole: weights, a config.json that parses (the
     end-of-turn model is one .onnx file), and hub.check_weights (no file cut short, no shard or part missing).
@@ -891,10 +899,12 @@ def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
     checks.append(_check(f"voice {cfg.tts.voice}", partial(check_voice, cfg)))
     checks.append(_check("tools and memory", partial(_check_tools, cfg)))
     mic = _check("microphone", lambda: devices.pick(cfg.audio.input_device, "input"))
-    checks.append(mic)
     if mic.problem is None:
-        checks.append(_check("microphone signal", lambda: asyncio.run(_check_mic_signal(cfg.audio))))
-    checks.append(_check("speaker", lambda: devices.pick(cfg.audio.output_device, "output")))
+        checks += [mic, _check("microphone signal", lambda: asyncio.run(_check_mic_signal(cfg.audio)))]
+    else:
+        checks.append(_headless(cfg, mic, cfg.audio.input_device))
+    speaker = _check("speaker", lambda: devices.pick(cfg.audio.output_device, "output"))
+    checks.append(speaker if speaker.problem is None else _headless(cfg, speaker, cfg.audio.output_device))
     if cfg.llm.backend == "openai":
         checks.append(_check(f"LLM server {cfg.llm.base_url}", lambda: _check_llm_server(cfg.llm)))
     checks.append(_check("server port", lambda: _check_port(cfg)))

@@ -337,3 +337,18 @@ def test_set_before_and_after_the_command_both_apply(isolated_env: Path, capsys:
     assert capsys.readouterr().err == "tts.voice 'nobody' is none of these profiles; set tts.voice to one of them\n"
     assert cli.main(["--set", "tts.voice=nobody", "--set", "tts.voice=vivian", "voices"]) == 0
     assert cli.main(["--set", "tts.voice=nobody", "voices", "--set", "tts.voice=vivian"]) == 0  # the later one wins
+
+
+def test_doctor_passes_the_devices_of_a_headless_daemon(tmp_path: Path) -> None:
+    """Without a sound card and with the server on (where `run` goes headless), `doctor` reports the missing
+    microphone and speaker as headless mode, not as problems (it failed them, so a server box never passed); with
+    the server off, or a device named, they are still problems."""
+    env = no_sound_env(tmp_path)
+    out = run(["doctor"], env)
+    for device in ("microphone", "speaker"):
+        line = f"  ok   {device}: none, so `assistant run` runs headless (WebSocket clients bring the audio)"
+        assert line in out.stdout.splitlines()
+    out = run(["doctor", "--set", "server.enabled=false"], env)
+    assert "  FAIL  microphone: no audio input device found; connect a microphone" in out.stdout
+    out = run(["doctor", "--set", "audio.output_device=USB"], env)
+    assert "  FAIL  speaker: " in out.stdout and "  ok   microphone: none, so" in out.stdout
