@@ -232,7 +232,7 @@ def test_ask_streams_its_own_answer_when_it_interrupts_a_reply() -> None:
 
     deltas, reply = asyncio.run(body())
     assert deltas == ["You ", "said: ", "hi"]
-    assert reply["result"] == {"text": "You said: hi"}
+    assert reply["result"] == {"text": "You said: hi", "interrupted": False}
 
 
 def test_speech_failing_mid_stream_ends_the_body_unfinished() -> None:
