@@ -396,6 +396,12 @@ def _check(path: str, value: Any, typ: Any, meta: Mapping[str, Any], origin: str
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and not (lo <= value <= hi):
         raise ConfigError(f"{origin}: `{path}` = {value!r} is out of range; allowed {allowed}")
+    if path == "pipeline.wake_phrase" and value.strip() and not re.search(r"[^\W_]", value):
+        # a phrase without a word would match every turn: the user meant to be addressed by name
+        raise ConfigError(
+            f'{origin}: `{path}` = {value!r} has no words to listen for; write the name, e.g. "hey nova", or "" to '
+            "answer every turn"
+        )
     return value
 
 
