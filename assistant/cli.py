@@ -327,10 +327,21 @@ async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any =
 
 
 def cmd_wyoming(args: argparse.Namespace, cfg: config.Config) -> int:
+    if not cfg.wyoming.asr_port and not cfg.wyoming.tts_port:
+        raise ConfigError(
+            "wyoming.asr_port and wyoming.tts_port are both 0 (off): `assistant wyoming` has nothing to serve; "
+            "set one (10300 and 10200 are the standard ports)"
+        )
     check_voice(cfg)
     for what, spec in (("STT model", cfg.stt.model_id), ("TTS model", cfg.tts.model)):
         hub.resolve(spec, what)
     _check_wyoming_ports(cfg, handle=False)  # no LLM here: no handle service
+    if cfg.wyoming.handle_port:
+        log.warning(
+            "wyoming.handle_port = %d is not served: `assistant wyoming` loads no LLM; to serve it, run "
+            "`assistant run` with wyoming.enabled = true",
+            cfg.wyoming.handle_port,
+        )
     return asyncio.run(_run_wyoming(cfg))
 
 
@@ -360,11 +371,11 @@ async def _run_wyoming(cfg: config.Config) -> int:
     try:
         engines = await compute.run(build_speech_engines, cfg)
         async with WyomingServices(cfg, engines, compute) as services:
-            print(
-                f"wyoming: asr on tcp://{cfg.wyoming.host}:{services.asr_port}, tts on "
-                f"tcp://{cfg.wyoming.host}:{services.tts_port}",
-                flush=True,
-            )
+            served = {"asr": services.asr_port, "tts": services.tts_port}
+            where = [
+                f"{kind} on tcp://{cfg.wyoming.host}:{port}" if port else f"{kind} off" for kind, port in served.items()
+            ]
+            print(f"wyoming: {', '.join(where)}", flush=True)
             await stop.wait()
         return 0
     finally:

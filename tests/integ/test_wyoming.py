@@ -524,6 +524,41 @@ def test_wyoming_command_serves_until_sigterm(rig: Rig, tmp_path: Path) -> None:
             proc.wait()
 
 
+def test_wyoming_command_says_what_it_serves(rig: Rig, tmp_path: Path) -> None:
+    """`assistant wyoming` with the asr port off and a handle port set starts the tts service, prints the asr
+    service as off (it printed `tcp://host:None`) and warns that the handle port is not served (it was ignored
+    in silence); with both speech ports off it fails at once naming them (it served nothing, for ever)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    tts_port = free_port()
+    sets = {"stt.model": rig.cfg.stt.model, "tts.model": rig.cfg.tts.model, "tts.voice": "vivian"}
+    sets |= {"wyoming.asr_port": 0, "wyoming.tts_port": tts_port, "wyoming.handle_port": 10600}
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "ASSISTANT_CONFIG": "", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "assistant", *args, "wyoming"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # printed once the ports are bound
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert line.strip() == f"wyoming: asr off, tts on tcp://{rig.cfg.wyoming.host}:{tts_port}"
+    assert "wyoming.handle_port = 10600 is not served: `assistant wyoming` loads no LLM" in err
+    off = subprocess.run([*cmd, "--set", "wyoming.tts_port=0"], capture_output=True, text=True, env=env, timeout=60)
+    assert off.returncode == 2
+    assert off.stderr.strip() == (
+        "assistant: error: wyoming.asr_port and wyoming.tts_port are both 0 (off): `assistant wyoming` has nothing "
+        "to serve; set one (10300 and 10200 are the standard ports)"
+    )
+
+
 def handle_turn(rig: Rig, engines: SpeechEngines, texts: list[str]) -> list[list[Event]]:
     """Send each text as a transcript on one handle connection; the events answering each."""
     cfg = rig.cfg.replace({"wyoming.handle_port": free_port()})
