@@ -112,7 +112,12 @@ def check_voice(cfg: config.Config, name: str | None = None) -> None:
 
     what, name = ("--voice", name) if name else ("tts.voice", cfg.tts.voice)
     folder = resolve_voice_dir(cfg.tts.voices_dir)
-    profiles = load_profiles(folder)
+    broken: dict[str, str] = {}
+    profiles = load_profiles(folder, broken)
+    if name in broken:
+        raise ConfigError(broken[name])
+    for problem in broken.values():  # another voice: this one works, that one is skipped (`assistant voices`)
+        log.warning("%s; that voice is skipped until it is fixed", problem)
     where = f" (profiles in {folder}; `assistant voices` lists them)"
     check(_VoicesOnDisk(_tts_model_type(cfg.tts.model), dict(profiles)), name, f"{what}: ", where)
     profiles[name].validate()
@@ -554,10 +559,13 @@ def cmd_voices(args: argparse.Namespace, cfg: config.Config) -> int:
     from assistant.tts.voices import load_profiles, resolve_voice_dir
 
     folder = resolve_voice_dir(cfg.tts.voices_dir)
-    profiles = load_profiles(folder)
+    broken: dict[str, str] = {}
+    profiles = load_profiles(folder, broken)
+    for problem in broken.values():  # the others are still listed: one bad file hid them all
+        print(f"skipped: {problem}", file=sys.stderr)
     if not profiles:
         print(f"no voice profiles in {folder}")
-        return 0
+        return 1 if broken else 0
     print(f"{'':2}{'name':<14} {'mode':<13} {'language':<10} voice")
     for name, p in profiles.items():
         what = p.speaker or p.instruct or p.ref_wav
@@ -567,7 +575,7 @@ def cmd_voices(args: argparse.Namespace, cfg: config.Config) -> int:
     if cfg.tts.voice and cfg.tts.voice not in profiles:  # `run` and `say` would refuse it: say so here first
         print(f"tts.voice {cfg.tts.voice!r} is none of these profiles; set tts.voice to one of them", file=sys.stderr)
         return 2
-    return 0
+    return 1 if broken else 0
 
 
 def cmd_transcribe(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -736,6 +744,16 @@ def _check(name: str, fn: Callable[[], object]) -> Check:
     except AssistantError as e:
         return Check(name, str(e))
     return Check(name, None)
+
+
+def _check_profiles(cfg: config.Config) -> None:
+    """Every profile in the voices folder loads (a broken one is skipped by `run`, so its voice is missing)."""
+    from assistant.tts.voices import load_profiles, resolve_voice_dir
+
+    broken: dict[str, str] = {}
+    load_profiles(resolve_voice_dir(cfg.tts.voices_dir), broken)
+    if broken:
+        raise ConfigError("; ".join(broken.values()))
 
 
 def _headless(cfg: config.Config, missing: Check, spec: str) -> Check:
@@ -908,6 +926,7 @@ def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
     checks = [Check("config", None)]
     checks += [_check(f"{what} {spec}", partial(_check_model, spec, what)) for what, spec in models_of(cfg)]
     checks.append(_check(f"voice {cfg.tts.voice}", partial(check_voice, cfg)))
+    checks.append(_check("voice profiles", partial(_check_profiles, cfg)))
     checks.append(_check("tools and memory", partial(_check_tools, cfg)))
     mic = _check("microphone", lambda: devices.pick(cfg.audio.input_device, "input"))
     if mic.problem is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from assistant import cli
-from assistant.errors import AssistantError
+from assistant import cli, config
+from assistant.errors import AssistantError, ConfigError
 
 SUBCOMMANDS = ["run", "devices", "pull", "say", "voices", "transcribe", "chat", "ctl", "wyoming", "doctor"]
 
@@ -352,3 +353,25 @@ def test_doctor_passes_the_devices_of_a_headless_daemon(tmp_path: Path) -> None:
     assert "  FAIL  microphone: no audio input device found; connect a microphone" in out.stdout
     out = run(["doctor", "--set", "audio.output_device=USB"], env)
     assert "  FAIL  speaker: " in out.stdout and "  ok   microphone: none, so" in out.stdout
+
+
+def test_one_broken_voice_profile_leaves_the_others_usable(tmp_path: Path) -> None:
+    """A voices folder with one broken profile: `voices` lists the others and names the broken file and its
+    problem (exit 1), `doctor` fails it, and `run` refuses only when it is the chosen voice (one bad file made
+    `voices`, `run` and every voice of a running daemon fail)."""
+    voices = tmp_path / "voices"
+    shutil.copytree(Path(cli.__file__).parent / "voices", voices)
+    (voices / "broken.toml").write_text('mode = "bogus"\n')
+    env = no_sound_env(tmp_path)
+    sets = ["--set", f"tts.voices_dir={voices}"]
+    out = run(["voices", *sets], env)
+    assert out.returncode == 1
+    assert "vivian" in out.stdout and "broken.toml" not in out.stdout and "\n  broken " not in out.stdout
+    problem = f"voice profile {voices / 'broken.toml'}: `mode` must be one of custom_voice, voice_design, clone, "
+    assert out.stderr.startswith(f"skipped: {problem}")
+    out = run(["doctor", *sets], env)
+    assert f"  FAIL  voice profiles: {problem}" in out.stdout
+    cfg = config.Config().replace({"tts.voices_dir": str(voices)})
+    cli.check_voice(cfg.replace({"tts.voice": "vivian"}))
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        cli.check_voice(cfg.replace({"tts.voice": "broken"}))

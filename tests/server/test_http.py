@@ -19,6 +19,7 @@ from assistant.audio.files import decode_audio
 from assistant.audio.format import CAPTURE_RATE, float32_to_int16, int16_to_float32
 from assistant.config import Config
 from assistant.server.ws import ControlServer
+from assistant.tts.voices import resolve_voice_dir
 from tests import tiny_engines
 from tests.server.test_headless_e2e import TOKEN, daemon
 from tests.speech import needs_espeak, say, silence
@@ -192,3 +193,27 @@ def test_speech_with_a_voice_the_model_cannot_speak_blames_the_voice(tiny_config
     assert error["param"] == "voice"
     assert error["message"].startswith("voice 'clone' (clone) does not fit the custom_voice model of tts.model; ")
     assert "voices that do: default, vivian" in error["message"]
+
+
+def test_a_broken_voice_profile_leaves_health_and_the_other_voices_working(
+    tiny_config: Config, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A profile with a typo dropped into the voices folder of a running daemon is skipped: /health answers 200
+    and speech with another voice works (/health was a 500 internal error and every speech request a 400 naming
+    the broken file, which also leaked the server's path)."""
+    import shutil
+
+    voices = tmp_path_factory.mktemp("voices") / "voices"
+    shutil.copytree(resolve_voice_dir(""), voices)  # the packaged profiles
+    cfg = tiny_config.replace({"tts.voices_dir": str(voices)})
+
+    async def body(server: ControlServer, client: openai.AsyncOpenAI) -> tuple[int, dict[str, Any], bytes]:
+        (voices / "broken.toml").write_text('mode = "bogus"\n')
+        async with httpx.AsyncClient() as h:
+            r = await h.get(f"http://127.0.0.1:{server.port}/health", headers={"Authorization": f"Bearer {TOKEN}"})
+        speech = await client.audio.speech.create(model="tts-1", voice="vivian", input="Hi.", response_format="wav")
+        return r.status_code, r.json(), speech.content
+
+    status, health, wav = against_daemon(cfg, body)
+    assert status == 200 and "vivian" in health["voices"] and "broken" not in health["voices"]
+    assert wav[:4] == b"RIFF" and len(wav) > 44
