@@ -248,7 +248,11 @@ class HttpApp:
         out: dict[str, Any] = {"status": "ok", "uptime_s": round(time.monotonic() - self.started, 3)}
         if self.audio is not None:
             out |= self.audio.health()
-            out["voices"] = self.audio.voices()
+            try:
+                out["voices"] = self.audio.voices()
+            except AssistantError as e:  # the voices folder went away: the daemon still runs, say so (not a 500)
+                log.warning("health: %s", e)
+                out |= {"status": "degraded", "voices": [], "problem": "the voice profiles cannot be read; see the log"}
         if self.controller is not None:
             status = self.controller.status()
             out["state"] = status.get("state")

@@ -217,3 +217,25 @@ def test_a_broken_voice_profile_leaves_health_and_the_other_voices_working(
     status, health, wav = against_daemon(cfg, body)
     assert status == 200 and "vivian" in health["voices"] and "broken" not in health["voices"]
     assert wav[:4] == b"RIFF" and len(wav) > 44
+
+
+def test_health_of_a_daemon_whose_voices_folder_went_away_is_degraded_not_a_500(
+    tiny_config: Config, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The voices folder removed while the daemon runs: /health answers 200 with status "degraded", no voices and
+    a problem naming no server path (it was a 500 internal error, so monitors saw a broken daemon with no reason)."""
+    import shutil
+
+    voices = tmp_path_factory.mktemp("gone") / "voices"
+    shutil.copytree(resolve_voice_dir(""), voices)
+    cfg = tiny_config.replace({"tts.voices_dir": str(voices)})
+
+    async def body(server: ControlServer, client: openai.AsyncOpenAI) -> tuple[int, dict[str, Any]]:
+        shutil.rmtree(voices)
+        async with httpx.AsyncClient() as h:
+            r = await h.get(f"http://127.0.0.1:{server.port}/health", headers={"Authorization": f"Bearer {TOKEN}"})
+        return r.status_code, r.json()
+
+    status, health = against_daemon(cfg, body)
+    assert status == 200 and health["status"] == "degraded" and health["voices"] == []
+    assert health["problem"] == "the voice profiles cannot be read; see the log"
