@@ -206,3 +206,16 @@ def test_a_wake_phrase_without_words_is_refused() -> None:
         )
     for good in ("", "hey nova", "Computer!", "Jarvis 2"):
         assert config.Config().replace({"pipeline.wake_phrase": good}).pipeline.wake_phrase == good
+
+
+def test_a_server_token_a_client_cannot_send_is_refused() -> None:
+    """A `server.token` with a space, a trailing newline or a non-ASCII letter is a ConfigError that does not echo
+    the secret (with a trailing space no client was ever let in, told only "wrong token"; a non-ASCII one worked
+    for `assistant ctl` but not for curl); a plain token, or "", is fine."""
+    for bad in ("abc ", "two words", "line\n", "pässwort"):
+        with pytest.raises(ConfigError) as e:
+            config.Config().replace({"server.token": bad})
+        assert str(e.value).startswith("config.set: `server.token` must be printable ASCII without spaces")
+        assert bad not in str(e.value)
+    for good in ("", "s3cr3t-T0ken_~!", "A" * 64):
+        assert config.Config().replace({"server.token": good}).server.token == good
