@@ -142,10 +142,11 @@ def check_server_settings(cfg: config.Config) -> None:
     if not cfg.server.enabled:
         return
     from assistant.oneshot import parse_aliases
-    from assistant.server.auth import check_token_file
+    from assistant.server.auth import check_origins, check_token_file
 
     parse_aliases(cfg.server.voice_aliases)
     check_token_file(cfg.server)
+    check_origins(cfg.server.allowed_origins)
     if cfg.server.tls_cert or cfg.server.tls_key:
         from assistant.server.ws import tls_context
 
