@@ -97,6 +97,13 @@ class RemoteChat:
     def __init__(self, cfg: LlmConfig, api_key: str | None = None, tools: Sequence[Mapping[str, Any]] = ()) -> None:
         if not cfg.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"llm.base_url = {cfg.base_url!r} is not an http(s) URL; e.g. http://127.0.0.1:8080/v1")
+        root = cfg.base_url.rstrip("/")
+        if root.endswith(("/chat/completions", "/completions")):  # every turn would POST to .../chat/completions twice
+            fixed = root.removesuffix("/completions").removesuffix("/chat")
+            raise ConfigError(
+                f"llm.base_url = {cfg.base_url!r} names the endpoint; give the API root the endpoints hang from, "
+                f"e.g. {fixed}"
+            )
         self.cfg = cfg
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
         self._history = History()  # owned here: others read `history` and ask for changes
