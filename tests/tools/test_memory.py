@@ -78,6 +78,23 @@ def test_unwritable_path_names_the_key(tmp_path: Path) -> None:
         Memory(blocker / "memory.sqlite3")
 
 
+def test_only_a_damaged_database_is_to_be_moved_aside_and_never_deleted(tmp_path: Path) -> None:
+    """A database that does not open is never answered with "delete it": a file that is no database is to be moved
+    aside (its old contents kept), an unusable folder is named; the old message told the user to delete the
+    database, losing the history, even when only its folder was wrong."""
+    damaged = tmp_path / "memory.sqlite3"
+    damaged.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(ConfigError) as e:
+        Memory(damaged)
+    assert f"move it aside (`mv '{damaged}' '{damaged}.bad'`" in str(e.value) and "delete" not in str(e.value)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError) as e:
+        Memory(blocker / "memory.sqlite3")
+    assert f"make {blocker} a folder you can write, or set `memory.path`" in str(e.value)
+    assert "delete" not in str(e.value) and "move it aside" not in str(e.value)
+
+
 def test_default_path_is_in_the_data_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The default database is memory.sqlite3 in $XDG_DATA_HOME/assistant on Linux."""
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
