@@ -46,6 +46,11 @@ def read_token(cfg: ServerConfig) -> str | None:
             f"the server token file {path} is a folder; set server.token_file to a file (it is created at the first "
             "start) or set server.token"
         ) from e
+    except NotADirectoryError as e:  # a file where a folder of the path should be: permissions would not help
+        raise ConfigError(
+            f"cannot read the server token {path}: a part of its folder {path.parent} is a file; set "
+            "server.token_file to a path in a folder (created at the first start), or set server.token"
+        ) from e
     except OSError as e:
         raise ConfigError(f"cannot read the server token {path}: {e.strerror}; fix its permissions") from e
 
