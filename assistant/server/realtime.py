@@ -358,7 +358,12 @@ class RealtimeConversation:
                 self.session.functions_for_next_response([f.schema() for f in tools], choice)
             if ev.temperature is not None:  # this response only: the session's comes back at its end
                 self.session.set_temperature(ev.temperature)
-            self.session.create_response(ev.instructions)
+            try:
+                self.session.create_response(ev.instructions)
+            except AssistantError:
+                if ev.temperature is not None:  # no response, so no end to set it back at
+                    self.session.set_temperature(self.settings.temperature)
+                raise
             self.requested, self.next_audio = True, ev.audio_output
             self.next_own_temperature = ev.temperature is not None
             self.idle_since = None

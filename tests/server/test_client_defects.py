@@ -13,6 +13,7 @@ import numpy as np
 from openai import AsyncOpenAI
 
 from assistant import events
+from assistant.errors import InputError
 from assistant.server import realtime_protocol as rp
 from assistant.server.protocol import WireError
 from assistant.server.realtime import RealtimeConversation
@@ -400,3 +401,20 @@ def test_a_realtime_temperature_is_honoured_for_the_session_and_for_one_response
     temperatures = [value for name, value in calls if name == "temperature"]
     assert temperatures == [0.6, 1.1, 0.6]
     assert calls.index(("temperature", 1.1)) < calls.index(("create_response", None))
+
+
+def test_a_response_temperature_whose_response_cannot_start_is_set_back_at_once() -> None:
+    """response.create with its own temperature whose start the session refuses gets the error, and the session's
+    temperature is set back at once (no response.done would come to set it back, so every later answer of the
+    session sampled at the refused response's temperature)."""
+
+    class Refusing(FakeSession):
+        def create_response(self, instructions: str | None = None) -> None:
+            raise InputError("the conversation is closing; open a new session")
+
+    session = Refusing(FakeBackend())
+    conv = RealtimeConversation(session, "default", "Be brief.", temperature=0.7)
+    conv.handle(rp.ItemCreate("Hi."))
+    out = conv.handle(rp.ResponseCreate(temperature=1.2, event_id="r1"))
+    assert [type(e) for e in out] == [rp.Error] and "closing" in out[0].error.message  # type: ignore[union-attr]
+    assert [value for name, value in session.calls if name == "temperature"] == [1.2, 0.7]
