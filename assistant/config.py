@@ -396,11 +396,11 @@ def _check(path: str, value: Any, typ: Any, meta: Mapping[str, Any], origin: str
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and not (lo <= value <= hi):
         raise ConfigError(f"{origin}: `{path}` = {value!r} is out of range; allowed {allowed}")
-    if path == "server.token" and not all("!" <= c <= "~" for c in value):
+    if path == "server.token" and (value != value.strip() or not all(" " <= c <= "~" for c in value)):
         # sent in an HTTP header: a space at either end is stripped there, and non-ASCII bytes read as Latin-1
         raise ConfigError(
-            f"{origin}: `{path}` must be printable ASCII without spaces (clients send it in an HTTP header, which "
-            'drops or mangles the rest); use e.g. the output of `python3 -c "import secrets; '
+            f"{origin}: `{path}` must be printable ASCII with no space at either end (clients send it in an HTTP "
+            'header, which drops or mangles the rest); use e.g. the output of `python3 -c "import secrets; '
             'print(secrets.token_urlsafe(32))"`, or "" to have one generated'
         )
     if path == "pipeline.wake_phrase" and value.strip() and not re.search(r"[^\W_]", value):

@@ -209,13 +209,13 @@ def test_a_wake_phrase_without_words_is_refused() -> None:
 
 
 def test_a_server_token_a_client_cannot_send_is_refused() -> None:
-    """A `server.token` with a space, a trailing newline or a non-ASCII letter is a ConfigError that does not echo
-    the secret (with a trailing space no client was ever let in, told only "wrong token"; a non-ASCII one worked
-    for `assistant ctl` but not for curl); a plain token, or "", is fine."""
-    for bad in ("abc ", "two words", "line\n", "pässwort"):
+    """A `server.token` with a space at either end, a newline or a non-ASCII letter is a ConfigError that does not
+    echo the secret (with a trailing space no client was ever let in, told only "wrong token"; a non-ASCII one
+    worked for `assistant ctl` but not for curl); a plain token, or "", is fine."""
+    for bad in ("abc ", " abc", "line\n", "pässwort"):
         with pytest.raises(ConfigError) as e:
             config.Config().replace({"server.token": bad})
-        assert str(e.value).startswith("config.set: `server.token` must be printable ASCII without spaces")
+        assert str(e.value).startswith("config.set: `server.token` must be printable ASCII with no space at either end")
         assert bad not in str(e.value)
-    for good in ("", "s3cr3t-T0ken_~!", "A" * 64):
+    for good in ("", "s3cr3t-T0ken_~!", "two words", "A" * 64):
         assert config.Config().replace({"server.token": good}).server.token == good
