@@ -884,9 +884,18 @@ async def _check_mic_signal(audio: config.AudioConfig) -> None:
 
 
 def cmd_history(args: argparse.Namespace, cfg: config.Config) -> int:
+    import dataclasses
+
     from assistant.tools.setup import open_memory
 
-    memory = open_memory(cfg.memory)
+    # what is on the disk, off the record too: "no stored turns" there hid turns stored before it was turned on
+    memory = open_memory(dataclasses.replace(cfg.memory, off_the_record=False))
+    if cfg.memory.off_the_record and args.action != "reset":
+        print(
+            "memory.off_the_record is on: the daemon neither loads nor adds to these turns; "
+            "`assistant history reset` erases them",
+            file=sys.stderr,
+        )
     try:
         if args.action == "reset":
             n = memory.reset_history()

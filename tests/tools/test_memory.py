@@ -172,3 +172,19 @@ def test_cli_history_show_and_reset(
     )  # `show` is the default; nothing stored: says so on stderr (it printed nothing at all)
     shown = capsys.readouterr()
     assert shown.out == "" and shown.err == f"no stored turns in {memory.path}\n"
+
+
+def test_cli_history_off_the_record_still_shows_what_is_on_the_disk(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With memory.off_the_record on, `assistant history` shows the turns stored before it was turned on and says
+    the daemon ignores them (it said "no stored turns", while `history reset` then erased them)."""
+    from assistant import cli
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(isolated_env / "data"))
+    memory = Memory(isolated_env / "data" / "assistant" / "memory.sqlite3")
+    memory.add_turn(tool_turn(0))
+    assert cli.main(["history", "--set", "memory.off_the_record=true"]) == 0
+    shown = capsys.readouterr()
+    assert shown.out.splitlines()[0] == "user: question 0"
+    assert shown.err.startswith("memory.off_the_record is on: the daemon neither loads nor adds to these turns")
