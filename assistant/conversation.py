@@ -523,6 +523,9 @@ class Conversation:
     def set_instructions(self, text: str) -> None:
         self.context.set_instructions(text)
 
+    def set_temperature(self, value: float) -> None:
+        self.context.set_temperature(value)
+
     def check_voice(self, name: str) -> None:
         """ConfigError naming the voices when `name` is unknown or does not fit the loaded TTS model."""
         settings.check_voice(cast(settings.VoiceCatalog, self.engines.tts), name, prefix="")
