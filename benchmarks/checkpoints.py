@@ -87,7 +87,7 @@ def model_config(
     mode: str = "affine",
 ) -> dict:
     """config.json of a CustomVoice checkpoint with the released shapes (layers overridable for CPU runs;
-    `tiny_widths`: hidden 256 everywhere, for CPU runs of the whole daemon)."""
+    `tiny_widths`: hidden 256 (the 1.7B talker 512), for CPU runs of the whole daemon)."""
     from tools.qwen3_tts_ref import tiny
 
     hidden, inter = SIZES[size]
@@ -106,8 +106,10 @@ def model_config(
         num_key_value_heads=8,
         head_dim=128,
     )
-    if tiny_widths:
-        t.update(hidden_size=256, intermediate_size=768, num_attention_heads=4, num_key_value_heads=2, head_dim=64)
+    if tiny_widths:  # the 1.7B's talker stays wider than its predictor: it keeps its projection between them
+        wide = 256 if size == "0.6B" else 512
+        t.update(hidden_size=wide, intermediate_size=3 * wide, num_attention_heads=4, num_key_value_heads=2)
+        t.update(head_dim=64)
         t.update(text_hidden_size=256)
         t["rope_scaling"]["mrope_section"] = [12, 10, 10]
         t["code_predictor_config"].update(
