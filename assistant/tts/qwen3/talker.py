@@ -187,7 +187,8 @@ class Attention(nn.Module):
         [1, 2 * kv_heads, C, d]: writes its K/V at `pos` (one write); `mask` (bool [C], shared by every layer)
         hides the positions after it, so every shape is fixed by C alone. Returns (residual + attention, kv)."""
         q, new = self.project(x, pos, angles)
-        kv = mx.slice_update(kv, new.astype(kv.dtype), pos.reshape(1), axes=(2,))
+        # a scatter at pos: one GPU kernel, where a slice_update at an array index is two (offset, then copy)
+        kv = mx.put_along_axis(kv, mx.broadcast_to(pos.reshape(1, 1, 1, 1), new.shape), new.astype(kv.dtype), axis=2)
         return self.attend(q, kv, mask, residual), kv
 
 
