@@ -12,11 +12,11 @@ fewer kernels per frame is the lever. This counts them here, on the CPU, from th
   kernel for it (an array mask, or a head size / query length its kernels do not take: `cuda_sdpa_fused`). Each
   primitive then counts the kernels MLX CUDA (0.32) launches for it (`gpu_kernels`): views (reshape, slice,
   transpose, broadcast, split, ...) none, a compiled elementwise chain one, a matmul / addmm / gather / norm /
-  RoPE / attention / softmax / argmax / scatter one, a concatenation one copy per input, a slice_update at
-  array-valued indices two (the offset, then the copy). Not seen here, so not counted: a copy MLX makes where a
-  kernel needs a contiguous input, the whole-buffer copy of an update whose buffer cannot be donated, and which
-  matmuls run as MLX's own gemv kernel (one row against a transposed weight) or through cuBLAS (an addmm, more
-  than one row), whose host cost per call is larger.
+  RoPE / attention / softmax / argmax / scatter / slice_update one, a concatenation one copy per input, a
+  slice_update at array-valued indices two (the offset, then the copy), a pad two (fill, copy). Not seen here, so
+  not counted: a copy MLX makes where a kernel needs a contiguous input, the whole-buffer copy of an update whose
+  buffer cannot be donated, and which matmuls run as MLX's own gemv kernel (one row against a transposed weight)
+  or through cuBLAS (an addmm, more than one row), whose host cost per call is larger.
 - `talker_step`, `frame_kernel`, `frame_total_ops` (the earlier rows' figures): the primitives as recorded on the
   CPU, where norm, RoPE and attention show as their fallback ops.
 
@@ -106,7 +106,7 @@ def gpu_kernels(name: str, n_inputs: int) -> int:
         return 0
     if name == "Concatenate":
         return n_inputs
-    if name in ("DynamicSliceUpdate", "DynamicSlice"):
+    if name in ("DynamicSliceUpdate", "DynamicSlice", "Pad"):  # offset then copy; fill then copy
         return 2
     return 1
 

@@ -6,7 +6,9 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
+import pytest
 
+from assistant.tts.qwen3.code_predictor import FrameCache
 from assistant.tts.qwen3.talker import StaticCache
 
 from .test_qwen3_parity import CASE_NAMES, case_named, loaded
@@ -61,3 +63,21 @@ def test_frame_kernel_embedding_is_the_frame_embedding(checkpoints: Any, referen
         frame, emb, _, _ = FrameKernel.of(talker, p)(h, seen, False, mx.random.key(5))
         assert frame.shape == (16,)
         assert mx.array_equal(emb, talker.frame_embedding(frame[None])[0]).item()
+
+
+def test_predictor_frame_cache_keeps_earlier_views() -> None:
+    """The predictor's frame buffer returns the written positions, a view of the buffer taken before a write keeps
+    its values (each write records a new array), and a write past the frame's positions is refused."""
+    c = FrameCache(4)
+    first = c.update_kv(mx.ones((1, 2, 2, 3)))
+    assert c.kv is not None
+    before = c.kv[:, :, 2:]
+    second = c.update_kv(mx.full((1, 2, 1, 3), 7.0))
+    assert first.shape == (1, 2, 2, 3) and second.shape == (1, 2, 3, 3)
+    assert c.kv.shape == (1, 2, 4, 3)
+    assert mx.array_equal(second[:, :, :2], first).item()
+    assert mx.array_equal(second[:, :, 2], mx.full((1, 2, 3), 7.0)).item()
+    assert mx.array_equal(before, mx.zeros((1, 2, 2, 3))).item()  # the pad, not the later write
+    c.update_kv(mx.zeros((1, 2, 1, 3)))
+    with pytest.raises(ValueError, match="holds 4 positions"):
+        c.update_kv(mx.zeros((1, 2, 1, 3)))

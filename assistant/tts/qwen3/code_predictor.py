@@ -17,19 +17,29 @@ from assistant.tts.qwen3.sampling import SamplingParams, sub_code
 from assistant.tts.qwen3.talker import DecoderLayer, Rope
 
 
-class GrowingCache:
-    """K/V of one predictor frame (at most 17 positions) in one buffer [1, 2 * kv_heads, t, d] (keys' heads,
-    then values'): concatenation keeps every shape static per step, so the unrolled 15-step loop compiles to
-    one graph, with one write per layer and step."""
+class FrameCache:
+    """K/V of one predictor frame in one buffer [1, 2 * kv_heads, P, d] (keys' heads, then values') of the P
+    positions a frame can reach: the prefill writes the buffer (padded to P), each step then writes one position
+    at a position known when the loop is traced (a slice_update at constant indices, one GPU kernel where a
+    concatenation is a copy per input), and the attention reads the written positions, a view. Every shape is
+    static per step, so the unrolled 15-step loop compiles to one graph."""
 
-    def __init__(self) -> None:
+    def __init__(self, positions: int) -> None:
+        self.positions = positions
         self.kv: mx.array | None = None
         self.offset = 0
 
     def update_kv(self, new: mx.array) -> mx.array:
-        self.kv = new if self.kv is None else mx.concatenate([self.kv, new.astype(self.kv.dtype)], axis=2)
-        self.offset += new.shape[2]
-        return self.kv
+        n = new.shape[2]
+        if self.offset + n > self.positions:
+            raise ValueError(f"a predictor frame holds {self.positions} positions; {self.offset + n} asked")
+        if self.kv is None:
+            self.kv = mx.pad(new, [(0, 0), (0, 0), (0, self.positions - n), (0, 0)])
+        else:
+            # item assignment gives this object a new array (MLX's slice_update); views taken before keep theirs
+            self.kv[:, :, self.offset : self.offset + n] = new.astype(self.kv.dtype)
+        self.offset += n
+        return self.kv[:, :, : self.offset]
 
 
 class PredictorModel(nn.Module):
@@ -72,8 +82,9 @@ class CodePredictor(nn.Module):
     def project(self, x: mx.array) -> mx.array:
         return self.small_to_mtp_projection(x) if self.has_projection else x
 
-    def make_cache(self) -> list[GrowingCache]:
-        return [GrowingCache() for _ in self.model.layers]
+    def make_cache(self) -> list[FrameCache]:
+        """One frame's caches: the prefill [h_last, C(c0)] and one position per group 2..15."""
+        return [FrameCache(self.cfg.num_code_groups) for _ in self.model.layers]
 
     def logits(self, x: mx.array, group: int, cache: list[Any]) -> mx.array:
         """Logits of code group `group` (1..15) at the last of the input vectors x [1, n, talker hidden]."""
