@@ -173,7 +173,7 @@ def profile(
     p = sampling_of(cfg)
     vocab = talker.cfg.code_predictor_config.vocab_size
     cp = talker.code_predictor
-    pred = mx.compile(lambda h, k: cp.predict(h, talker.codec(c0)[0, :], frame_noise(k, 15, vocab)[0], p)[0])
+    pred = mx.compile(lambda h, k: cp.predict(h, talker.codec(c0)[0, :], frame_noise(k, 15, vocab)[0], p))
     out["predictor_15_steps_ms"] = per_call_ms(lambda: pred(h, key), iters)
     codes = np.random.default_rng(0).integers(0, 2048, (4, 16)).astype(np.int32)
     for warm in (0, 80):  # a fresh stream, and one past the attention window (steady state)

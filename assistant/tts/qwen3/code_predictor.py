@@ -93,9 +93,9 @@ class CodePredictor(nn.Module):
 
     def predict(
         self, past_hidden: mx.array, c0_embedding: mx.array, noise: mx.array | None, p: SamplingParams
-    ) -> tuple[mx.array, mx.array]:
-        """Codes 1..15 of one frame as uint32 [15] (group g drawn with Gumbel noise row g - 1, None: greedy) and the
-        frame's embedding E(frame) [talker hidden] (c0_embedding plus the group tables' rows, the ones the loop
+    ) -> tuple[list[mx.array], mx.array]:
+        """Codes 1..15 of one frame, each uint32 [1] (group g drawn with Gumbel noise row g - 1, None: greedy), and
+        the frame's embedding E(frame) [talker hidden] (c0_embedding plus the group tables' rows, the ones the loop
         feeds back); lazy, on the device."""
         cache = self.make_cache()
         x = mx.stack([past_hidden, c0_embedding])[None]  # [1, 2, talker hidden]
@@ -108,4 +108,4 @@ class CodePredictor(nn.Module):
             e = self.model.codec_embedding[g - 1](code)  # [1, talker hidden]
             frame_e = frame_e + e
             x = e[None]
-        return mx.concatenate(codes), frame_e[0, :]
+        return codes, frame_e[0, :]
