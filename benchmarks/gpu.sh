@@ -14,7 +14,8 @@
 # it the first job of a fresh machine spends ~1-2 min compiling kernels (0.6B bf16: 154 s against 115 s for 1.7B after
 # it). From a worktree copied into FOLDER (/work/wt/notes/gpu-sync.sh), carry FOLDER in EVERY call, not only the first:
 # an ignored folder a call does not carry is gone on the device (17:06 UTC, 2026-12-07: `cd .dev-gpu` failed).
-# `ab` times the 0.6B frame fused, in the checkpoint's layout and fused without addmm (AB="fused unfused no-addmm"),
+# `ab` times the 0.6B frame fused, in the checkpoint's layout and fused without addmm (AB="fused unfused no-addmm";
+# a variant fuse=K=V,... is tts_profile's --fuse, the talker's FuseOptions: AB="fused fuse=attention=gemv"),
 # AB_REPS times (~40 s each), each under every MLX setting of AB_ENVS (e.g. "MLX_NONE=1 MLX_USE_CUDA_GRAPHS=0
 # MLX_MAX_OPS_PER_BUFFER=1000"; MLX_NONE=1 is MLX's defaults), recorded in the profile row's "env"; AB_ARGS replaces
 # its tts_profile arguments (e.g. "--utterances-only --frames 100 250 --runs 4": whole utterances only, ~20 s each);

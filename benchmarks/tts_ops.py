@@ -1,6 +1,7 @@
 """Operations per TTS frame: the kernels a GPU launches for the compiled talker step and the frame kernel.
 
-    PYTHONPATH=. python -m benchmarks.tts_ops [--size 0.6B] [--bits 4 --mode affine] [--layers 28 5] [--unfused]
+    PYTHONPATH=. python -m benchmarks.tts_ops [--size 0.6B] [--bits 4 --mode affine] [--layers 28 5]
+        [--unfused | --fuse attention=gemv,residual=add]
 
 On a GPU whose frame is bound by the host issuing kernels (~10 us of host time each on an H100 with MLX CUDA),
 fewer kernels per frame is the lever. This counts them here, on the CPU, from the graph of one compiled call
@@ -38,7 +39,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from benchmarks.checkpoints import add_tts_args, keep_checkpoint_layout, tts_precision
+from benchmarks.checkpoints import add_tts_args, tts_layout, tts_precision
 
 VIEWS = {"Reshape", "Slice", "Transpose", "Broadcast", "ExpandDims", "Squeeze", "Flatten", "Unflatten", "Split"}
 # the stand-ins of `gpu_primitives`: rarely used scans, renamed in the counts
@@ -180,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     add_tts_args(ap)
     ap.add_argument("--real-widths", action="store_true", help="the released widths (slower to write and load)")
     args = ap.parse_args(argv)
-    if args.unfused:
-        keep_checkpoint_layout()
+    try:
+        layout = tts_layout(args)
+    except ValueError as e:
+        ap.error(str(e))
     from benchmarks.checkpoints import write_checkpoint
 
     kind = tts_precision(args)
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         folder, args.size, args.bits or None, *args.layers, tiny_widths=not args.real_widths, mode=args.mode
     )
     row = {"section": "tts_ops", "size": args.size, "precision": kind, "layers": args.layers, "widths": widths}
-    row["layout"] = "unfused" if args.unfused else "fused"
+    row["layout"] = layout
     row["device"] = str(mx.default_device())
     row.update(count(folder))
     print(json.dumps(row), flush=True)

@@ -14,7 +14,7 @@ import mlx.nn as nn
 
 from assistant.tts.qwen3.config import CodePredictorConfig
 from assistant.tts.qwen3.sampling import SamplingParams, sub_code
-from assistant.tts.qwen3.talker import DecoderLayer, Rope
+from assistant.tts.qwen3.talker import DEFAULT_FUSE, DecoderLayer, FuseOptions, Rope
 
 
 class FrameCache:
@@ -58,9 +58,9 @@ class PredictorModel(nn.Module):
             x = layer(x, c, angles)
         return self.norm(x)
 
-    def fuse(self) -> None:
+    def fuse(self, options: FuseOptions = DEFAULT_FUSE) -> None:
         for layer in self.layers:
-            layer.fuse()
+            layer.fuse(options)
         # a frame: the prefill [h_last, C(c0)] at positions 0-1, then one position per group
         spans = ((0, 2), *((p, 1) for p in range(2, self.cfg.num_code_groups + 1)))
         self.rope = Rope(self.cfg.head_dim, self.cfg.rope_theta, spans)

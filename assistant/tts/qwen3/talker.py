@@ -10,19 +10,41 @@ become one matmul; the q/k norm weights and the RoPE rotation are one fused elem
 through, so the new keys and values leave it as one array and are written to one K/V buffer per layer; a float
 o_proj/down_proj adds the residual inside its matmul (addmm), and float weights are held transposed (no transpose
 node per call). Layers whose q/k/v or gate/up a checkpoint quantizes differently keep their own matmuls.
+Where the cheaper form on a GPU is measured rather than known, `FuseOptions` names the choices (same values).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, Literal, cast
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from assistant.quantization import concat_linears
 from assistant.tts.qwen3.config import TalkerConfig
+
+
+@dataclass(frozen=True)
+class FuseOptions:
+    """Choices of the fused layout whose cost on a GPU is measured, not assumed (`benchmarks.tts_profile --fuse`);
+    each gives the same values up to rounding.
+
+    attention: the talker's one-position attention under its array mask (MLX CUDA has no fused kernel for one):
+      "matmul" the heads of one kv head as rows of one matmul (4 kernels, both matmuls through cuBLAS), "addmm"
+      the mask added by the scores' matmul (3 kernels, both cuBLAS), "gemv" one row per head (4 kernels, the
+      scores by MLX's gemv kernel).
+    residual: o_proj and down_proj of float layers, "addmm" the residual added inside the matmul (one cuBLAS
+      call), "add" a matmul (MLX's gemv kernel) and then an add.
+    """
+
+    attention: Literal["matmul", "addmm", "gemv"] = "matmul"
+    residual: Literal["addmm", "add"] = "addmm"
+
+
+DEFAULT_FUSE = FuseOptions()  # what the loader uses
 
 
 class LinearT(nn.Module):
@@ -37,14 +59,19 @@ class LinearT(nn.Module):
         return x @ self.weight_t
 
 
-def pre_transposed(layer: nn.Module) -> nn.Module:
-    """`layer` as a LinearT where it is a float Linear without bias, else itself."""
-    return LinearT(layer) if type(layer) is nn.Linear and "bias" not in layer else layer
+def pre_transposed(layer: nn.Module, kind: type[LinearT] = LinearT) -> nn.Module:
+    """`layer` as a LinearT (or `kind`) where it is a float Linear without bias, else itself."""
+    return kind(layer) if type(layer) is nn.Linear and "bias" not in layer else layer
+
+
+class LinearAddT(LinearT):
+    """A LinearT whose caller adds the residual after the matmul (`FuseOptions.residual` "add")."""
 
 
 def add_linear(residual: mx.array, layer: nn.Module, x: mx.array) -> mx.array:
-    """residual + layer(x); one addmm kernel where the layer is a float Linear without bias."""
-    if isinstance(layer, LinearT):
+    """residual + layer(x); one addmm kernel where the layer is a float Linear without bias (and not a
+    LinearAddT)."""
+    if type(layer) is LinearT:
         return mx.addmm(residual, x, layer.weight_t)
     if type(layer) is nn.Linear and "bias" not in layer:
         return mx.addmm(residual, x, layer.weight.T)
@@ -94,6 +121,7 @@ class Attention(nn.Module):
         self.heads, self.kv_heads, self.head_dim, self.theta, self.eps = heads, kv_heads, head_dim, theta, eps
         self.scale = head_dim**-0.5
         self.fused = False
+        self.attention = "matmul"  # FuseOptions.attention
         self.q_proj = nn.Linear(hidden, heads * head_dim, bias=False)
         self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
@@ -101,9 +129,10 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(head_dim, eps=eps)
         self.k_norm = nn.RMSNorm(head_dim, eps=eps)
 
-    def fuse(self) -> None:
+    def fuse(self, options: FuseOptions = DEFAULT_FUSE) -> None:
         """q, k and v from one matmul, and one kernel for the q/k norm weights, RoPE and v (see the module doc)."""
-        self.o_proj = pre_transposed(self.o_proj)
+        self.o_proj = pre_transposed(self.o_proj, LinearT if options.residual == "addmm" else LinearAddT)
+        self.attention = options.attention
         qkv = concat_linears([self.q_proj, self.k_proj, self.v_proj])
         if qkv is None:
             return
@@ -156,10 +185,20 @@ class Attention(nn.Module):
         kvh = self.kv_heads
         keys, values = kv[:, :kvh], kv[:, kvh:]
         if self.fused and isinstance(mask, mx.array) and n == 1:
-            # MLX CUDA has no fused kernel for an array mask; its fallback records 5 kernels, this 4 (q is scaled)
-            scores = q.reshape(b, kvh, h // kvh, d) @ keys.swapaxes(-1, -2)  # GQA: the heads of one kv head
-            weights = mx.softmax(mx.where(mask, scores, -mx.inf), axis=-1, precise=True)
-            out = (weights @ values).reshape(b, 1, h * d)
+            # MLX CUDA has no fused kernel for an array mask; its fallback records 5 kernels, these 3-4 (q is scaled)
+            g = h // kvh  # GQA: the heads of one kv head
+            if self.attention == "gemv":  # one row per head, against the keys broadcast over the group
+                scores = q.reshape(b, kvh, g, 1, d) @ keys[:, :, None].swapaxes(-1, -2)
+                weights = mx.softmax(mx.where(mask, scores, -mx.inf), axis=-1, precise=True)
+                out = (weights @ values[:, :, None]).reshape(b, 1, h * d)
+            else:
+                if self.attention == "addmm":  # -inf where masked, 0 elsewhere: added inside the matmul
+                    bias = mx.where(mask, mx.array(0.0, q.dtype), mx.array(-mx.inf, q.dtype))
+                    scores = mx.addmm(bias, q.reshape(b, kvh, g, d), keys.swapaxes(-1, -2))
+                else:
+                    scores = mx.where(mask, q.reshape(b, kvh, g, d) @ keys.swapaxes(-1, -2), -mx.inf)
+                weights = mx.softmax(scores, axis=-1, precise=True)
+                out = (weights @ values).reshape(b, 1, h * d)
         else:
             scale = 1.0 if self.fused else self.scale
             out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=scale, mask=mask)
@@ -200,9 +239,9 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj: nn.Module = nn.Linear(intermediate, hidden, bias=False)
 
-    def fuse(self) -> None:
+    def fuse(self, options: FuseOptions = DEFAULT_FUSE) -> None:
         """gate and up from one matmul (kept apart where the checkpoint quantizes them differently)."""
-        self.down_proj = pre_transposed(self.down_proj)
+        self.down_proj = pre_transposed(self.down_proj, LinearT if options.residual == "addmm" else LinearAddT)
         gate_up = concat_linears([self.gate_proj, self.up_proj])
         if gate_up is not None:
             self.gate_up_proj = pre_transposed(gate_up)
@@ -235,9 +274,9 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
-    def fuse(self) -> None:
-        self.self_attn.fuse()
-        self.mlp.fuse()
+    def fuse(self, options: FuseOptions = DEFAULT_FUSE) -> None:
+        self.self_attn.fuse(options)
+        self.mlp.fuse(options)
 
     def __call__(self, x: mx.array, cache: Any, angles: tuple[mx.array, mx.array] | None = None) -> mx.array:
         x = self.self_attn(self.input_layernorm(x), cache, x, angles)
@@ -279,9 +318,9 @@ class TalkerModel(nn.Module):
             x = layer(x, c, angles)
         return self.norm(x)
 
-    def fuse(self) -> None:
+    def fuse(self, options: FuseOptions = DEFAULT_FUSE) -> None:
         for layer in self.layers:
-            layer.fuse()
+            layer.fuse(options)
         self.rope = Rope(self.cfg.head_dim, self.cfg.rope_theta)
 
     def step(self, x: mx.array, pos: mx.array, kvs: list[mx.array]) -> tuple[mx.array, list[mx.array]]:
@@ -367,10 +406,10 @@ class Talker(nn.Module):
     def __call__(self, x: mx.array, cache: list[Any]) -> mx.array:
         return self.model(x, cache)
 
-    def fuse(self) -> None:
+    def fuse(self, options: FuseOptions = DEFAULT_FUSE) -> None:
         """The talker's and the predictor's layers in the fused layout (module doc); before anything compiles."""
-        self.model.fuse()
-        self.code_predictor.model.fuse()
+        self.model.fuse(options)
+        self.code_predictor.model.fuse(options)
         self.codec_head = pre_transposed(self.codec_head)
         self.code_predictor.lm_head = [pre_transposed(head) for head in self.code_predictor.lm_head]
         self.compiled = CompiledCache()
@@ -436,5 +475,5 @@ class Qwen3TTSModel(nn.Module):
         super().__init__()
         self.talker = Talker(cfg)
 
-    def fuse(self) -> None:
-        self.talker.fuse()
+    def fuse(self, options: FuseOptions = DEFAULT_FUSE) -> None:
+        self.talker.fuse(options)
