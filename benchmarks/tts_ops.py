@@ -7,8 +7,8 @@ On a GPU whose frame is bound by the host issuing kernels (~10 us of host time e
 fewer kernels per frame is the lever. This counts them here, on the CPU, from the graph of one compiled call
 (`mx.export_to_dot`), two ways:
 
-- `gpu` (the figure to compare; the row's `gpu` key): the graph traced with mx.fast's RMS norm, RoPE and
-  attention standing in as one primitive each (`gpu_primitives`), as a GPU records them, so MLX's compile fuses
+- `gpu` (the figure to compare; the row's `gpu` key): the graph traced with mx.fast's RMS norm, layer norm, RoPE
+  and attention standing in as one primitive each (`gpu_primitives`), as a GPU records them, so MLX's compile fuses
   the elementwise ops around them as it does there; the attention stays decomposed where MLX CUDA has no fused
   kernel for it (an array mask, or a head size / query length its kernels do not take: `cuda_sdpa_fused`). Each
   primitive then counts the kernels MLX CUDA (0.32) launches for it (`gpu_kernels`): views (reshape, slice,
@@ -44,6 +44,7 @@ from benchmarks.checkpoints import add_tts_args, tts_layout, tts_precision
 VIEWS = {"Reshape", "Slice", "Transpose", "Broadcast", "ExpandDims", "Squeeze", "Flatten", "Unflatten", "Split"}
 # the stand-ins of `gpu_primitives`: rarely used scans, renamed in the counts
 STAND_INS = {"CumMax": "RMSNorm", "CumMin": "RoPE", "CumProd": "ScaledDotProductAttention"}
+STAND_INS["CumLogAddExp"] = "LayerNorm"
 
 
 def cuda_sdpa_fused(q: mx.array, k: mx.array, v: mx.array, mask: Any) -> bool:
@@ -59,13 +60,14 @@ def cuda_sdpa_fused(q: mx.array, k: mx.array, v: mx.array, mask: Any) -> bool:
 
 @contextmanager
 def gpu_primitives() -> Iterator[None]:
-    """While inside, mx.fast's RMS norm, RoPE and fused attention trace as one stand-in primitive each (a scan of
-    the same shape; `mx.depends` keeps the attention's keys, values and mask in the graph): the graph a GPU
-    records, with garbage values (count it, never use it). Attention CUDA cannot fuse traces as MLX's fallback."""
+    """While inside, mx.fast's RMS norm, layer norm, RoPE and fused attention trace as one stand-in primitive each
+    (a scan of the same shape; `mx.depends` keeps the attention's keys, values and mask in the graph): the graph a
+    GPU records, with garbage values (count it, never use it). Attention CUDA cannot fuse traces as MLX's
+    fallback."""
     fast = mx.fast
-    saved = fast.rms_norm, fast.rope, fast.scaled_dot_product_attention
+    saved = fast.rms_norm, fast.rope, fast.scaled_dot_product_attention, fast.layer_norm
 
-    def rms_norm(x: mx.array, weight: Any, eps: float, **_: Any) -> mx.array:
+    def rms_norm(x: mx.array, *_: Any, **__: Any) -> mx.array:
         return mx.cummax(x, axis=-1)
 
     def rope(x: mx.array, *_: Any, **__: Any) -> mx.array:
@@ -78,11 +80,14 @@ def gpu_primitives() -> Iterator[None]:
         deps = [k, v] + ([mask] if isinstance(mask, mx.array) else [])
         return mx.cumprod(mx.depends(q, deps), axis=-1)
 
-    fast.rms_norm, fast.rope, fast.scaled_dot_product_attention = rms_norm, rope, sdpa  # type: ignore[assignment]
+    def layer_norm(x: mx.array, *_: Any, **__: Any) -> mx.array:
+        return mx.logcumsumexp(x, axis=-1)
+
+    fast.rms_norm, fast.rope, fast.scaled_dot_product_attention, fast.layer_norm = rms_norm, rope, sdpa, layer_norm
     try:
         yield
     finally:
-        fast.rms_norm, fast.rope, fast.scaled_dot_product_attention = saved  # type: ignore[assignment]
+        fast.rms_norm, fast.rope, fast.scaled_dot_product_attention, fast.layer_norm = saved
 
 
 def graph(*outputs: Any) -> list[tuple[str, int]]:
@@ -144,6 +149,28 @@ def frame_graphs(talker: Any, kernel_of: Any, cache: list[Any], x: mx.array) -> 
     return h, kernel.fn(h_in, seen, blocked, key), kernel
 
 
+def codec_kernels(frames: int) -> dict[str, Any]:
+    """GPU kernels of one streaming codec step over `frames` frames: the released decoder's layer counts (8
+    transformer layers, window 72, head size 64) at narrow widths (hidden 128, decoder 96), randomly initialised."""
+    from assistant.tts.qwen3.codec import CodecDecoder, DecoderConfig
+    from benchmarks.checkpoints import DECODER
+
+    cfg = {**DECODER, "codebook_dim": 64, "latent_dim": 128, "decoder_dim": 96, "hidden_size": 128}
+    cfg.update(intermediate_size=256, num_attention_heads=2, num_key_value_heads=2, head_dim=64)
+    cfg["vector_quantization_hidden_dimension"] = 64
+    dec = CodecDecoder(DecoderConfig.from_dict(cfg))
+    dec.fuse()
+    mx.eval(dec.parameters())
+    state = dec.new_state()
+    mx.eval(state.tails, state.keys, state.values)
+    codes = mx.zeros((frames, dec.config.num_quantizers), dtype=mx.int32)
+    with gpu_primitives():
+        audio = dec.step(codes, state)
+        out = gpu_summary(graph(audio, *state.tails, *state.keys, *state.values))
+    out["per_frame"] = round(out["kernels"] / frames, 1)
+    return out
+
+
 def count(folder: Path) -> dict[str, Any]:
     from assistant.config import TtsConfig
     from assistant.tts.qwen3.engine import Qwen3TTS, sampling_of
@@ -173,6 +200,7 @@ def count(folder: Path) -> dict[str, Any]:
         step, frame = gpu_summary(graph(h)), gpu_summary(graph(*outputs))
     talker.compiled = type(talker.compiled)()  # drop the stand-in traces
     out["gpu"] = {"talker_step": step, "frame_kernel": frame, "frame_total": step["kernels"] + frame["kernels"]}
+    out["gpu"].update({f"codec_step@{n}": codec_kernels(n) for n in (1, 4)})
     return out
 
 
