@@ -161,7 +161,9 @@ def test_tokenizer_matches_official_incl_mistral_regex(reference: Any, tmp_path:
 
 
 @pytest.mark.parametrize(
-    "options", [FuseOptions(attention="addmm"), FuseOptions(attention="gemv", residual="add")], ids=repr
+    "options",
+    [FuseOptions(attention="addmm"), FuseOptions(attention="gemv", residual="add", rotation="rope")],
+    ids=repr,
 )
 def test_every_fuse_option_gives_the_official_greedy_codes(
     checkpoints: Any, reference: Any, options: FuseOptions, monkeypatch: pytest.MonkeyPatch
@@ -176,6 +178,6 @@ def test_every_fuse_option_gives_the_official_greedy_codes(
             models[case["kind"]] = load_model(checkpoints(case["kind"]))
         lm = models[case["kind"]]
         attn = lm.model.talker.model.layers[0].self_attn
-        assert attn.attention == options.attention
+        assert (attn.attention, attn.rotation) == (options.attention, options.rotation)
         assert (type(attn.o_proj) is LinearAddT) == (options.residual == "add")
         assert [f.tolist() for f in generate_codes(generator(lm, case, case["text"]))] == case["codes"], name

@@ -38,10 +38,13 @@ class FuseOptions:
       scores by MLX's gemv kernel).
     residual: o_proj and down_proj of float layers, "addmm" the residual added inside the matmul (one cuBLAS
       call), "add" a matmul (MLX's gemv kernel) and then an add.
+    rotation: q/k norm weights and RoPE after the RMS norm of q, k and v, "chain" one elementwise kernel (rotate-
+      half through a reversed view), "rope" a weight multiply, mx.fast.rope and a select that keeps v (3 kernels).
     """
 
     attention: Literal["matmul", "addmm", "gemv"] = "matmul"
     residual: Literal["addmm", "add"] = "addmm"
+    rotation: Literal["chain", "rope"] = "chain"
 
 
 DEFAULT_FUSE = FuseOptions()  # what the loader uses
@@ -121,7 +124,7 @@ class Attention(nn.Module):
         self.heads, self.kv_heads, self.head_dim, self.theta, self.eps = heads, kv_heads, head_dim, theta, eps
         self.scale = head_dim**-0.5
         self.fused = False
-        self.attention = "matmul"  # FuseOptions.attention
+        self.attention, self.rotation = "matmul", "chain"  # FuseOptions
         self.q_proj = nn.Linear(hidden, heads * head_dim, bias=False)
         self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
@@ -151,6 +154,9 @@ class Attention(nn.Module):
         # attention call multiplies it again
         self.head_scale = mx.where(mx.arange(h + 2 * kv) < h, self.scale, 1.0).astype(mx.float32).reshape(-1, 1, 1, 1)
         self.is_v = (mx.arange(h + 2 * kv) >= h + kv).reshape(-1, 1, 1, 1)
+        self.rotation = options.rotation
+        if self.rotation == "rope":  # the norm weights [heads, 1, d] with q's scale, in the model's dtype
+            self.head_weight = (w.reshape(-1, 1, d) * self.head_scale[..., 0]).astype(w.dtype)
         del self.q_proj, self.k_proj, self.v_proj, self.q_norm, self.k_norm
         self.fused = True
 
@@ -168,9 +174,14 @@ class Attention(nn.Module):
             v = self.v_proj(x).reshape(b, n, kv, d).transpose(0, 2, 1, 3)
             q, k = mx.fast.rope(q, d, **rope), mx.fast.rope(k, d, **rope)  # type: ignore[arg-type]
             return q, mx.concatenate([k, v.astype(k.dtype)], axis=1)
+        qkv = self.qkv_proj(x).reshape(b, n, h + 2 * kv, d).transpose(0, 2, 1, 3)
+        if self.rotation == "rope":
+            weighted = mx.fast.rms_norm(qkv, None, self.eps) * self.head_weight
+            rope = dict(traditional=False, base=self.theta, scale=1.0, offset=offset)
+            out = mx.where(self.is_v[..., 0], qkv, mx.fast.rope(weighted, d, **rope))  # type: ignore[arg-type]
+            return out[:, :h], out[:, h:]
         if angles is None:  # a caller without the model's tables (the model passes them, computed once)
             angles = rope_angles(inv_frequencies(d, self.theta), offset + mx.arange(n))
-        qkv = self.qkv_proj(x).reshape(b, n, h + 2 * kv, d).transpose(0, 2, 1, 3)
         normed = mx.fast.rms_norm(qkv, None, self.eps).reshape(b, h + 2 * kv, n, 2, d // 2)
         cos, sin = angles
         # rotate-half as x * cos + (-x2, x1) * sin: the swapped halves are a view (negative stride), no copy
