@@ -174,15 +174,17 @@ class Attention(nn.Module):
             v = self.v_proj(x).reshape(b, n, kv, d).transpose(0, 2, 1, 3)
             q, k = mx.fast.rope(q, d, **rope), mx.fast.rope(k, d, **rope)  # type: ignore[arg-type]
             return q, mx.concatenate([k, v.astype(k.dtype)], axis=1)
-        qkv = self.qkv_proj(x).reshape(b, n, h + 2 * kv, d).transpose(0, 2, 1, 3)
+        heads = self.qkv_proj(x).reshape(b, n, h + 2 * kv, d)
+        # normalised before the transpose: a norm kernel needs its rows contiguous (else MLX copies first, n > 1)
+        qkv, normed = heads.transpose(0, 2, 1, 3), mx.fast.rms_norm(heads, None, self.eps).transpose(0, 2, 1, 3)
         if self.rotation == "rope":
-            weighted = mx.fast.rms_norm(qkv, None, self.eps) * self.head_weight
+            weighted = normed * self.head_weight
             rope = dict(traditional=False, base=self.theta, scale=1.0, offset=offset)
             out = mx.where(self.is_v[..., 0], qkv, mx.fast.rope(weighted, d, **rope))  # type: ignore[arg-type]
             return out[:, :h], out[:, h:]
         if angles is None:  # a caller without the model's tables (the model passes them, computed once)
             angles = rope_angles(inv_frequencies(d, self.theta), offset + mx.arange(n))
-        normed = mx.fast.rms_norm(qkv, None, self.eps).reshape(b, h + 2 * kv, n, 2, d // 2)
+        normed = normed.reshape(b, h + 2 * kv, n, 2, d // 2)
         cos, sin = angles
         # rotate-half as x * cos + (-x2, x1) * sin: the swapped halves are a view (negative stride), no copy
         rotated = (normed * self.qk_weight * cos + normed[..., ::-1, :] * self.qk_weight_rot * sin) * self.head_scale
