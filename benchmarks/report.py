@@ -342,6 +342,21 @@ def ops_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def kernels_table(rows: list[dict[str, Any]]) -> list[str]:
+    """benchmarks/tts_kernels.py rows: us per primitive of each kind, one column per run."""
+    lines = [
+        "### TTS kernels by kind (`python -m benchmarks.tts_kernels`): us per primitive evaluated (built)\n",
+        "| kind | " + " | ".join(f"{r['device']} {r.get('started', '')}" for r in rows) + " |",
+        "|---|" + "---|" * len(rows),
+    ]
+    for k in rows[0]["us_per_primitive"]:
+        cells = [r["us_per_primitive"].get(k, {}) for r in rows]
+        lines.append(
+            f"| {k} | " + " | ".join(f"{c.get('eval_us', '-')} ({c.get('build_us', '-')})" for c in cells) + " |"
+        )
+    return lines
+
+
 def integ_table(rows: list[dict[str, Any]]) -> list[str]:
     """benchmarks/integ.py rows: the Wyoming services and mlx_lm.server against the in-process path."""
     lines = ["### Integration: Wyoming and mlx_lm.server against in-process (`python -m benchmarks.integ --real`)\n"]
@@ -385,7 +400,8 @@ def render(docs: list[dict[str, Any]], projection: dict[str, Any] | None = None,
                 out.append("Errors recorded:")
                 out.extend(errs)
             out.append("")
-        for part, table in (("ops", ops_table), ("profile", profile_table), ("integ", integ_table)):
+        tables = (("ops", ops_table), ("kernels", kernels_table), ("profile", profile_table), ("integ", integ_table))
+        for part, table in tables:
             extra = _jsonl(folder / f"{doc['label']}-{part}.jsonl") if folder is not None else []
             if extra:
                 out.extend(table(extra))
