@@ -114,6 +114,25 @@ class Rope:
         return got if got is not None else self.at(mx.arange(offset, offset + n))
 
 
+class StepTables:
+    """Per K/V buffer length C, evaluated once: the positions 0..C-1 (int32 [C], the one-position step's mask
+    is `positions <= pos`) and cos/sin at each (float32 [C, 2, 1, head_dim / 2]; the step gathers its row). Inputs
+    of the compiled step, which is traced per C anyway: one gather and one compare per step where computing them
+    in the graph was six kernels. A plain object, not a Module: its arrays are not parameters."""
+
+    def __init__(self, head_dim: int, theta: float):
+        self.rope = Rope(head_dim, theta)
+        self.by_size: dict[int, tuple[mx.array, mx.array]] = {}
+
+    def of(self, size: int) -> tuple[mx.array, mx.array]:
+        if size not in self.by_size:
+            positions = mx.arange(size, dtype=mx.int32)
+            angles = mx.stack(list(self.rope.at(positions)), axis=1)
+            mx.eval(positions, angles)
+            self.by_size[size] = positions, angles
+        return self.by_size[size]
+
+
 class Attention(nn.Module):
     """GQA attention with per-head RMSNorm on q and k before RoPE; head_dim is explicit (not hidden/heads).
 
@@ -324,6 +343,7 @@ class TalkerModel(nn.Module):
         self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)]
         self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.rope: Rope | None = None  # set by fuse(): the fused layers' RoPE tables
+        self.tables = StepTables(cfg.head_dim, cfg.rope_theta)  # the one-position step's inputs per buffer length
 
     def __call__(self, x: mx.array, cache: list[Any]) -> mx.array:
         angles = self.rope.span(cache[0].offset, x.shape[1]) if self.rope is not None else None
@@ -336,11 +356,16 @@ class TalkerModel(nn.Module):
             layer.fuse(options)
         self.rope = Rope(self.cfg.head_dim, self.cfg.rope_theta)
 
-    def step(self, x: mx.array, pos: mx.array, kvs: list[mx.array]) -> tuple[mx.array, list[mx.array]]:
-        """One position through every layer against static K/V buffers: (post-norm hidden, new buffers)."""
+    def step(
+        self, x: mx.array, pos: mx.array, kvs: list[mx.array], tables: tuple[mx.array, mx.array]
+    ) -> tuple[mx.array, list[mx.array]]:
+        """One position through every layer against static K/V buffers of length C, with `StepTables.of(C)`:
+        (post-norm hidden, new buffers)."""
         out = []
-        mask = mx.arange(kvs[0].shape[2]) <= pos  # built once: compile does not merge the layers' copies
-        angles = self.rope.at(pos.reshape(1)) if self.rope is not None else None  # once for every layer
+        positions, table = tables
+        mask = positions <= pos  # built once: compile does not merge the layers' copies
+        row = mx.take(table, pos.reshape(1), axis=0)  # [1, 2, 1, half]: cos and sin, once for every layer
+        angles = (row[:, 0], row[:, 1]) if self.rope is not None else None
         for layer, kv in zip(self.layers, kvs, strict=True):
             x, kv = layer.step(x, pos, kv, mask, angles)
             out.append(kv)
@@ -460,8 +485,10 @@ class Talker(nn.Module):
             c.reserve(kv, 1)
         pos = mx.array(cache[0].offset, dtype=mx.int32)
         plus = mx.zeros_like(x) if plus is None else plus
-        fn = self.compiled.get("step+", lambda: mx.compile(lambda x, y, p, kv: self.model.step(x + y, p, kv)))
-        h, kvs = fn(x[None, None], plus[None, None], pos, [c.kv for c in cache])
+        fn = self.compiled.get("step+", lambda: mx.compile(lambda x, y, p, kv, t: self.model.step(x + y, p, kv, t)))
+        h, kvs = fn(
+            x[None, None], plus[None, None], pos, [c.kv for c in cache], self.model.tables.of(cache[0].capacity)
+        )
         for c, kv in zip(cache, kvs, strict=True):
             c.kv = kv
             c.offset += 1
