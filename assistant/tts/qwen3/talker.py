@@ -5,9 +5,10 @@ Attribute names equal the checkpoint keys after "talker." (`model.layers.N.self_
 position copies, so it is exactly 1-D rotate-half RoPE (spec 2.1).
 
 `fuse()` (the loader calls it once the weights and dtype are final) trades the checkpoint layout for fewer
-operations per position, which bound a frame on GPUs where the host issues every kernel: q/k/v and gate/up each
-become one matmul; the q/k norm weights and the RoPE rotation are one fused elementwise kernel that also passes v
-through, so the new keys and values leave it as one array and are written to one K/V buffer per layer; a float
+kernels per position, which bound a frame on GPUs where the host issues every kernel (benchmarks/tts_ops.py
+counts them as MLX CUDA launches them): q/k/v and gate/up each become one matmul; the q/k norm weights and the
+RoPE rotation are one fused elementwise kernel that also passes v through, so the new keys and values leave it as
+one array and are written to one K/V buffer per layer (the talker's step: one scatter at its position); a float
 o_proj/down_proj adds the residual inside its matmul (addmm), and float weights are held transposed (no transpose
 node per call). Layers whose q/k/v or gate/up a checkpoint quantizes differently keep their own matmuls.
 Where the cheaper form on a GPU is measured rather than known, `FuseOptions` names the choices (same values).
