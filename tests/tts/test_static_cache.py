@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from assistant.tts.qwen3.code_predictor import FrameCache
-from assistant.tts.qwen3.talker import StaticCache
+from assistant.tts.qwen3.load import load_model
+from assistant.tts.qwen3.talker import FuseOptions, Qwen3TTSModel, StaticCache
 
 from .test_qwen3_parity import CASE_NAMES, case_named, loaded
 
@@ -28,6 +29,34 @@ def test_compiled_steps_across_buffer_growth_equal_one_pass(checkpoints: Any, re
     assert cache[0].offset == n and cache[0].capacity == 3 * StaticCache.STEP
     diff = np.abs(np.array(mx.concatenate(got)) - np.array(want)).max()
     assert diff <= 1e-4, diff
+
+
+def test_values_transposed_buffers_across_growth_equal_one_pass(
+    checkpoints: Any, reference: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With FuseOptions attention "gemv" the K/V buffers hold the values transposed: a prefill, then compiled
+    steps across buffer growths (every 8 positions here), give the hidden states of one causal pass (<= 1e-4),
+    and the steps' writes equal a one-pass prefill's."""
+    fuse = Qwen3TTSModel.fuse
+    monkeypatch.setattr(Qwen3TTSModel, "fuse", lambda self, _=None: fuse(self, FuseOptions(attention="gemv")))
+    monkeypatch.setattr(StaticCache, "STEP", 8)
+    talker = load_model(checkpoints(case_named(reference, CASE_NAMES[0])["kind"])).model.talker
+    assert talker.model.values_transposed
+    n, lead = 29, 5
+    x = mx.random.normal((n, talker.cfg.hidden_size), key=mx.random.key(4)) * 0.5
+    want = talker(x[None], talker.make_cache())[0]
+    cache = talker.make_cache()
+    got = [talker(x[None, :lead], cache)[0]]
+    for i in range(lead, n):
+        got.append(talker.step(x[i], cache)[None])
+    assert cache[0].offset == n and cache[0].capacity == 32 and cache[0].values_transposed
+    diff = np.abs(np.array(mx.concatenate(got)) - np.array(want)).max()
+    assert diff <= 1e-4, diff
+    plain = talker.make_cache()
+    talker(x[None], plain)  # one prefill of all n: written by update_kv
+    for (k1, v1), (k2, v2) in zip([cache[0].halves()], [plain[0].halves()], strict=True):
+        assert np.abs(np.array(k1[:, :, :n]) - np.array(k2[:, :, :n])).max() <= 1e-4
+        assert np.abs(np.array(v1[..., :n]) - np.array(v2[..., :n])).max() <= 1e-4
 
 
 def test_shared_snapshot_is_never_written() -> None:

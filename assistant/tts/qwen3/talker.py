@@ -35,8 +35,9 @@ class FuseOptions:
 
     attention: the talker's one-position attention under its array mask (MLX CUDA has no fused kernel for one):
       "matmul" the heads of one kv head as rows of one matmul (4 kernels, both matmuls through cuBLAS), "addmm"
-      the mask added by the scores' matmul (3 kernels, both cuBLAS), "gemv" one row per head (4 kernels, the
-      scores by MLX's gemv kernel).
+      the mask added by the scores' matmul (3 kernels, both cuBLAS), "gemv" one row per head against the values
+      held transposed in the K/V buffer (`StaticCache.values_transposed`), so both matmuls are MLX's gemv kernel
+      (4 kernels, no cuBLAS call: MLX CUDA builds a cuBLAS descriptor and asks its heuristic on every call).
     residual: o_proj and down_proj of float layers, "addmm" the residual added inside the matmul (one cuBLAS
       call), "add" a matmul (MLX's gemv kernel) and then an add.
     rotation: q/k norm weights and RoPE after the RMS norm of q, k and v, "chain" one elementwise kernel (rotate-
@@ -124,6 +125,7 @@ class StepTables:
     def __init__(self, head_dim: int, theta: float):
         self.rope = Rope(head_dim, theta)
         self.by_size: dict[int, tuple[mx.array, mx.array]] = {}
+        self.writes: dict[tuple[int, int, int], tuple[mx.array, mx.array]] = {}
 
     def of(self, size: int) -> tuple[mx.array, mx.array]:
         if size not in self.by_size:
@@ -132,6 +134,20 @@ class StepTables:
             mx.eval(positions, angles)
             self.by_size[size] = positions, angles
         return self.by_size[size]
+
+    def write_at(self, heads: int, size: int, d: int) -> tuple[mx.array, mx.array]:
+        """(base, stride) int32 [1, heads, d] and [1, heads, 1]: position p of a buffer [1, heads, size, d] whose
+        second half holds the values transposed ([d, size] per head) is written at the flat indices
+        base + stride * p (a key row: p * d + j; a value column: j * size + p)."""
+        key = (heads, size, d)
+        if key not in self.writes:
+            j = mx.arange(d, dtype=mx.int32)
+            is_v = (mx.arange(heads) >= heads // 2)[:, None]
+            base = mx.where(is_v, j * size, j)[None]
+            stride = mx.where(is_v, 1, d).astype(mx.int32)[None]
+            mx.eval(base, stride)
+            self.writes[key] = base, stride
+        return self.writes[key]
 
 
 class Attention(nn.Module):
@@ -217,21 +233,23 @@ class Attention(nn.Module):
         b, h, n, d = q.shape
         kvh = self.kv_heads
         keys, values = kv[:, :kvh], kv[:, kvh:]
-        if self.fused and isinstance(mask, mx.array) and n == 1:
+        g = h // kvh  # GQA: the heads of one kv head
+        if self.attention == "gemv" and isinstance(mask, mx.array) and n == 1:  # a step: values held transposed
+            q = q if self.fused else q * self.scale
+            # one row per head, each matmul's second operand a transposed view: MLX's gemv kernel, not cuBLAS
+            vt = values.reshape(b, kvh, d, kv.shape[2])
+            scores = q.reshape(b, kvh, g, 1, d) @ keys[:, :, None].swapaxes(-1, -2)
+            weights = mx.softmax(mx.where(mask, scores, -mx.inf), axis=-1, precise=True)
+            out = (weights @ vt[:, :, None].swapaxes(-1, -2)).reshape(b, 1, h * d)
+        elif self.fused and isinstance(mask, mx.array) and n == 1:
             # MLX CUDA has no fused kernel for an array mask; its fallback records 5 kernels, these 3-4 (q is scaled)
-            g = h // kvh  # GQA: the heads of one kv head
-            if self.attention == "gemv":  # one row per head, against the keys broadcast over the group
-                scores = q.reshape(b, kvh, g, 1, d) @ keys[:, :, None].swapaxes(-1, -2)
-                weights = mx.softmax(mx.where(mask, scores, -mx.inf), axis=-1, precise=True)
-                out = (weights @ values[:, :, None]).reshape(b, 1, h * d)
+            if self.attention == "addmm":  # -inf where masked, 0 elsewhere: added inside the matmul
+                bias = mx.where(mask, mx.array(0.0, q.dtype), mx.array(-mx.inf, q.dtype))
+                scores = mx.addmm(bias, q.reshape(b, kvh, g, d), keys.swapaxes(-1, -2))
             else:
-                if self.attention == "addmm":  # -inf where masked, 0 elsewhere: added inside the matmul
-                    bias = mx.where(mask, mx.array(0.0, q.dtype), mx.array(-mx.inf, q.dtype))
-                    scores = mx.addmm(bias, q.reshape(b, kvh, g, d), keys.swapaxes(-1, -2))
-                else:
-                    scores = mx.where(mask, q.reshape(b, kvh, g, d) @ keys.swapaxes(-1, -2), -mx.inf)
-                weights = mx.softmax(scores, axis=-1, precise=True)
-                out = (weights @ values).reshape(b, 1, h * d)
+                scores = mx.where(mask, q.reshape(b, kvh, g, d) @ keys.swapaxes(-1, -2), -mx.inf)
+            weights = mx.softmax(scores, axis=-1, precise=True)
+            out = (weights @ values).reshape(b, 1, h * d)
         else:
             scale = 1.0 if self.fused else self.scale
             out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=scale, mask=mask)
@@ -254,13 +272,21 @@ class Attention(nn.Module):
         mask: mx.array,
         angles: tuple[mx.array, mx.array] | None,
         residual: mx.array,
+        write_at: mx.array | None = None,
     ) -> tuple[mx.array, mx.array]:
         """One position x [1, 1, hidden] at `pos` (int32 scalar array) against the whole K/V buffer
-        [1, 2 * kv_heads, C, d]: writes its K/V at `pos` (one write); `mask` (bool [C], shared by every layer)
+        [1, 2 * kv_heads, C, d]: writes its K/V at `pos` (one write; `write_at`: the flat indices of that write
+        where the values are held transposed, `StepTables.write_at`); `mask` (bool [C], shared by every layer)
         hides the positions after it, so every shape is fixed by C alone. Returns (residual + attention, kv)."""
         q, new = self.project(x, pos, angles)
+        new = new.astype(kv.dtype)
         # a scatter at pos: one GPU kernel, where a slice_update at an array index is two (offset, then copy)
-        kv = mx.put_along_axis(kv, mx.broadcast_to(pos.reshape(1, 1, 1, 1), new.shape), new.astype(kv.dtype), axis=2)
+        if write_at is None:
+            kv = mx.put_along_axis(kv, mx.broadcast_to(pos.reshape(1, 1, 1, 1), new.shape), new, axis=2)
+        else:  # values transposed: one scatter into the flat buffer writes a key row and a value column per head
+            b, heads, c, d = kv.shape
+            kv = mx.put_along_axis(kv.reshape(b, heads, c * d), write_at, new.reshape(b, heads, d), axis=2)
+            kv = kv.reshape(b, heads, c, d)
         return self.attend(q, kv, mask, residual), kv
 
 
@@ -316,10 +342,16 @@ class DecoderLayer(nn.Module):
         return self.mlp(self.post_attention_layernorm(x), x)
 
     def step(
-        self, x: mx.array, pos: mx.array, kv: mx.array, mask: mx.array, angles: tuple[mx.array, mx.array] | None
+        self,
+        x: mx.array,
+        pos: mx.array,
+        kv: mx.array,
+        mask: mx.array,
+        angles: tuple[mx.array, mx.array] | None,
+        write_at: mx.array | None = None,
     ) -> tuple[mx.array, mx.array]:
         """`__call__` for one position against a static K/V buffer (see Attention.step)."""
-        x, kv = self.self_attn.step(self.input_layernorm(x), pos, kv, mask, angles, x)
+        x, kv = self.self_attn.step(self.input_layernorm(x), pos, kv, mask, angles, x, write_at)
         return self.mlp(self.post_attention_layernorm(x), x), kv
 
 
@@ -352,6 +384,11 @@ class TalkerModel(nn.Module):
             x = layer(x, c, angles)
         return self.norm(x)
 
+    @property
+    def values_transposed(self) -> bool:
+        """Whether the K/V buffers hold the values transposed (`FuseOptions.attention` "gemv")."""
+        return self.layers[0].self_attn.attention == "gemv"
+
     def fuse(self, options: FuseOptions = DEFAULT_FUSE) -> None:
         for layer in self.layers:
             layer.fuse(options)
@@ -367,8 +404,12 @@ class TalkerModel(nn.Module):
         mask = positions <= pos  # built once: compile does not merge the layers' copies
         row = mx.take(table, pos.reshape(1), axis=0)  # [1, 2, 1, half]: cos and sin, once for every layer
         angles = (row[:, 0], row[:, 1]) if self.rope is not None else None
+        write_at = None
+        if self.values_transposed:
+            base, stride = self.tables.write_at(*kvs[0].shape[1:])
+            write_at = base + stride * pos  # once for every layer
         for layer, kv in zip(self.layers, kvs, strict=True):
-            x, kv = layer.step(x, pos, kv, mask, angles)
+            x, kv = layer.step(x, pos, kv, mask, angles, write_at)
             out.append(kv)
         return self.norm(x), out
 
@@ -383,9 +424,18 @@ class StaticCache:
 
     STEP = 256  # positions per growth: ~1% of a 0.6B frame's weight bytes in extra masked K/V reads
 
-    def __init__(self) -> None:
+    def __init__(self, values_transposed: bool = False) -> None:
+        """`values_transposed`: the buffer's second half holds the values as [kv_heads, d, C] (the same bytes as
+        [kv_heads, C, d]), for `FuseOptions.attention` "gemv"; `update_kv` still returns the standard layout."""
         self.kv: mx.array | None = None
         self.offset = 0
+        self.values_transposed = values_transposed
+
+    def halves(self) -> tuple[mx.array, mx.array]:
+        """The keys [1, kv, C, d] and the values transposed [1, kv, d, C] of a values-transposed buffer (views)."""
+        assert self.kv is not None and self.values_transposed
+        b, heads, c, d = self.kv.shape
+        return self.kv[:, : heads // 2], self.kv[:, heads // 2 :].reshape(b, heads // 2, d, c)
 
     @property
     def capacity(self) -> int:
@@ -398,17 +448,33 @@ class StaticCache:
             return
         size = -(-need // self.STEP) * self.STEP
         b, heads, _, d = like.shape
-        more = mx.zeros((b, heads, size - self.capacity, d), like.dtype)
-        self.kv = more if self.kv is None else mx.concatenate([self.kv, more], axis=2)
+        grow = size - self.capacity
+        more = mx.zeros((b, heads, grow, d), like.dtype)
+        if self.kv is None or not self.values_transposed:
+            self.kv = more if self.kv is None else mx.concatenate([self.kv, more], axis=2)
+            return
+        keys, vt = self.halves()
+        vt = mx.concatenate([vt, mx.zeros((b, heads // 2, d, grow), like.dtype)], axis=3)
+        keys = mx.concatenate([keys, more[:, : heads // 2]], axis=2)
+        self.kv = mx.concatenate([keys, vt.reshape(b, heads // 2, size, d)], axis=1)
 
     def update_kv(self, new: mx.array) -> mx.array:
-        """Write new [1, 2 * kv, n, d] at the next positions; returns the buffer's written part (a view)."""
+        """Write new [1, 2 * kv, n, d] at the next positions; returns the keys and values written so far,
+        [1, 2 * kv, offset, d] (a view, or a copy where the values are held transposed)."""
         self.reserve(new, new.shape[2])
         assert self.kv is not None
         # a new array, never an in-place write: the buffer may be a voice prefix's snapshot (see `share`)
-        self.kv = mx.slice_update(self.kv, new.astype(self.kv.dtype), mx.array([self.offset]), axes=(2,))
+        start, new = mx.array([self.offset]), new.astype(self.kv.dtype)
         self.offset += new.shape[2]
-        return self.kv[:, :, : self.offset]
+        if not self.values_transposed:
+            self.kv = mx.slice_update(self.kv, new, start, axes=(2,))
+            return self.kv[:, :, : self.offset]
+        b, heads, c, d = self.kv.shape
+        keys, vt = self.halves()
+        keys = mx.slice_update(keys, new[:, : heads // 2], start, axes=(2,))
+        vt = mx.slice_update(vt, new[:, heads // 2 :].swapaxes(2, 3), start, axes=(3,))
+        self.kv = mx.concatenate([keys, vt.reshape(b, heads // 2, c, d)], axis=1)
+        return mx.concatenate([keys[:, :, : self.offset], vt[..., : self.offset].swapaxes(2, 3)], axis=1)
 
     def share(self, kv: mx.array, n: int) -> None:
         """Start from a whole buffer [1, 2 * kv, C, d] whose first n positions are written (a voice prefix's): no
@@ -471,7 +537,7 @@ class Talker(nn.Module):
         return e
 
     def make_cache(self) -> list[StaticCache]:
-        return [StaticCache() for _ in self.model.layers]
+        return [StaticCache(self.model.values_transposed) for _ in self.model.layers]
 
     def step(self, x: mx.array, cache: list[StaticCache], plus: mx.array | None = None) -> mx.array:
         """One input vector x [hidden] (plus `plus`, summed inside the compiled graph) at the cache's next
