@@ -12,7 +12,7 @@ from assistant.tts.qwen3.generate import FrameGenerator, PrefixState, generate_c
 from assistant.tts.qwen3.load import LoadedModel, load_model
 from assistant.tts.qwen3.prompt import PromptBuilder, TextTrack, VoicePrompt
 from assistant.tts.qwen3.sampling import SamplingParams
-from assistant.tts.qwen3.talker import FuseOptions, LinearAddT, Qwen3TTSModel
+from assistant.tts.qwen3.talker import FuseOptions, LinearAddT, LinearBiasT, Qwen3TTSModel
 
 TOL = 1e-4
 
@@ -180,4 +180,7 @@ def test_every_fuse_option_gives_the_official_greedy_codes(
         attn = lm.model.talker.model.layers[0].self_attn
         assert (attn.attention, attn.rotation) == (options.attention, options.rotation)
         assert (type(attn.o_proj) is LinearAddT) == (options.residual == "add")
+        cp = lm.model.talker.code_predictor
+        if cp.has_projection:  # the custom-voice and voice-design fixtures: talker 64 wide, predictor 48
+            assert (type(cp.small_to_mtp_projection) is LinearBiasT) == (options.residual == "add")
         assert [f.tolist() for f in generate_codes(generator(lm, case, case["text"]))] == case["codes"], name

@@ -77,7 +77,7 @@ class CodePredictor(nn.Module):
         # 1.7B: Linear(talker hidden -> predictor hidden) with bias; 0.6B: identity (no weights).
         self.has_projection = cfg.hidden_size != talker_hidden
         if self.has_projection:
-            self.small_to_mtp_projection = nn.Linear(talker_hidden, cfg.hidden_size, bias=True)
+            self.small_to_mtp_projection: nn.Module = nn.Linear(talker_hidden, cfg.hidden_size, bias=True)
 
     def project(self, x: mx.array) -> mx.array:
         return self.small_to_mtp_projection(x) if self.has_projection else x

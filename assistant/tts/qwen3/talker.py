@@ -38,8 +38,9 @@ class FuseOptions:
       the mask added by the scores' matmul (3 kernels, both cuBLAS), "gemv" one row per head against the values
       held transposed in the K/V buffer (`StaticCache.values_transposed`), so both matmuls are MLX's gemv kernel
       (4 kernels, no cuBLAS call: MLX CUDA builds a cuBLAS descriptor and asks its heuristic on every call).
-    residual: o_proj and down_proj of float layers, "addmm" the residual added inside the matmul (one cuBLAS
-      call), "add" a matmul (MLX's gemv kernel) and then an add.
+    residual: o_proj and down_proj of float layers (and the 1.7B predictor's input projection, with its bias),
+      "addmm" the residual added inside the matmul (one cuBLAS call), "add" a matmul (MLX's gemv kernel) and then
+      an add.
     rotation: q/k norm weights and RoPE after the RMS norm of q, k and v, "chain" one elementwise kernel (rotate-
       half through a reversed view), "rope" a weight multiply, mx.fast.rope and a select that keeps v (3 kernels).
     """
@@ -71,6 +72,18 @@ def pre_transposed(layer: nn.Module, kind: type[LinearT] = LinearT) -> nn.Module
 
 class LinearAddT(LinearT):
     """A LinearT whose caller adds the residual after the matmul (`FuseOptions.residual` "add")."""
+
+
+class LinearBiasT(LinearT):
+    """A float Linear with bias as a one-row matmul against its transposed weight, then the bias added
+    (`FuseOptions.residual` "add": nn.Linear's addmm is a cuBLAS call on MLX CUDA)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__(linear)
+        self.bias = linear.bias
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return x @ self.weight_t + self.bias
 
 
 def add_linear(residual: mx.array, layer: nn.Module, x: mx.array) -> mx.array:
@@ -517,6 +530,9 @@ class Talker(nn.Module):
         self.code_predictor.model.fuse(options)
         self.codec_head = pre_transposed(self.codec_head)
         self.code_predictor.lm_head = [pre_transposed(head) for head in self.code_predictor.lm_head]
+        cp = self.code_predictor
+        if options.residual == "add" and cp.has_projection and type(cp.small_to_mtp_projection) is nn.Linear:
+            cp.small_to_mtp_projection = LinearBiasT(cp.small_to_mtp_projection)
         self.compiled = CompiledCache()
 
     def text(self, ids: list[int] | mx.array) -> mx.array:
