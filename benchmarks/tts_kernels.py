@@ -86,6 +86,10 @@ def kinds(dtype: mx.Dtype, positions: int) -> dict[str, tuple[Callable[[mx.array
         "addmm (cuBLAS, residual epilogue)": (lambda t: mx.addmm(t, t, w_t), x),
         "matmul 2 rows (cuBLAS)": (lambda t: t @ square, rows),
         "matmul 1 row, b row-major (cuBLAS)": (lambda t: t @ square, rows[:, :, :1]),
+        "gemv per head, keys broadcast over the group (attention=gemv)": (
+            lambda t: t @ square[:, :, None].swapaxes(-1, -2),
+            rows.reshape(1, kv, h // kv, 1, d),
+        ),
         "elementwise (eager multiply)": (lambda t: t * 1.0001, x),
         "compiled elementwise (2 inputs)": (simple, x),
         "compiled q/k norm-RoPE chain (9 inputs)": (mx.compile(chain), qkv),
