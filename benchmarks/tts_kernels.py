@@ -5,7 +5,8 @@
 A frame is ~1,300 kernels whose host cost bounds it on a GPU (benchmarks/tts_ops.py counts them), so which kind
 of kernel costs what decides between layouts of equal count: MLX's own gemv against a cuBLAS matmul or addmm,
 a plain elementwise kernel against the fused q/k norm-RoPE chain (9 inputs, one a reversed view), mx.fast's
-norm, RoPE and attention, the K/V writes (scatter, slice_update, concatenation). Each kind is a chain of `--n`
+norm, RoPE and attention, the K/V writes (scatter, slice_update, concatenation), and views (no kernel, but
+host work in the replay and the evaluation of a graph: a frame has ~2,000). Each kind is a chain of `--n`
 dependent primitives of that kind only, built lazily and then evaluated at once, timed `--reps` times after a
 warm-up: us per primitive = evaluation time / n (device time included; for these small shapes the host's issue
 cost dominates). A compiled kind is one call of a compiled function per link. Prints one JSON object on stdout.
@@ -90,6 +91,8 @@ def kinds(dtype: mx.Dtype, positions: int) -> dict[str, tuple[Callable[[mx.array
             lambda t: t @ square[:, :, None].swapaxes(-1, -2),
             rows.reshape(1, kv, h // kv, 1, d),
         ),
+        "view (reshape, no kernel)": (lambda t: t.reshape(t.shape[::-1]), x),
+        "view (transpose, no kernel)": (lambda t: t.swapaxes(0, 2), x),
         "elementwise (eager multiply)": (lambda t: t * 1.0001, x),
         "compiled elementwise (2 inputs)": (simple, x),
         "compiled q/k norm-RoPE chain (9 inputs)": (mx.compile(chain), qkv),

@@ -123,12 +123,22 @@ def summary(c: Counter[str]) -> dict[str, Any]:
 
 
 def gpu_summary(prims: list[tuple[str, int]]) -> dict[str, Any]:
+    """Kernels by primitive, and the primitives that launch none (views: host work in the graph's replay and
+    evaluation all the same)."""
     by: Counter[str] = Counter()
+    views: Counter[str] = Counter()
     for name, n in prims:
         k = gpu_kernels(name, n)
         if k:
             by[STAND_INS.get(name, name)] += k
-    return {"kernels": sum(by.values()), "by_primitive": dict(by.most_common())}
+        else:
+            views[name] += 1
+    return {
+        "kernels": sum(by.values()),
+        "by_primitive": dict(by.most_common()),
+        "views": sum(views.values()),
+        "views_by_primitive": dict(views.most_common()),
+    }
 
 
 def frame_graphs(talker: Any, kernel_of: Any, cache: list[Any], x: mx.array) -> tuple[Any, Any, Any]:
