@@ -53,7 +53,7 @@ class PredictorModel(nn.Module):
         self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
     def __call__(self, x: mx.array, cache: list[Any]) -> mx.array:
-        angles = self.rope.span(cache[0].offset, x.shape[1]) if self.rope is not None else None
+        angles = self.rope.span(cache[0].offset, x.shape[-2]) if self.rope is not None else None
         for layer, c in zip(self.layers, cache, strict=True):
             x = layer(x, c, angles)
         return self.norm(x)
@@ -87,9 +87,10 @@ class CodePredictor(nn.Module):
         return [FrameCache(self.cfg.num_code_groups) for _ in self.model.layers]
 
     def logits(self, x: mx.array, group: int, cache: list[Any]) -> mx.array:
-        """Logits of code group `group` (1..15) at the last of the input vectors x [1, n, talker hidden]."""
+        """Logits of code group `group` (1..15) at the last of the input vectors x [1, n, talker hidden] or
+        [n, talker hidden]: [1, vocab]."""
         h = self.model(self.project(x), cache)
-        return self.lm_head[group - 1](h[:, -1, :])
+        return self.lm_head[group - 1](h[:, -1, :] if h.ndim == 3 else h[-1:, :])
 
     def predict(
         self, past_hidden: mx.array, c0_embedding: mx.array, noise: mx.array | None, p: SamplingParams
@@ -98,7 +99,8 @@ class CodePredictor(nn.Module):
         the frame's embedding E(frame) [talker hidden] (c0_embedding plus the group tables' rows, the ones the loop
         feeds back); lazy, on the device."""
         cache = self.make_cache()
-        x = mx.stack([past_hidden, c0_embedding])[None]  # [1, 2, talker hidden]
+        # two-dimensional throughout: a matmul of a three-dimensional x records a flatten and an unflatten
+        x = mx.stack([past_hidden, c0_embedding])  # [2, talker hidden]
         frame_e = c0_embedding[None]
         codes: list[mx.array] = []
         for g in range(1, self.cfg.num_code_groups):
@@ -107,5 +109,5 @@ class CodePredictor(nn.Module):
             codes.append(code)
             e = self.model.codec_embedding[g - 1](code)  # [1, talker hidden]
             frame_e = frame_e + e
-            x = e[None]
+            x = e
         return codes, frame_e[0, :]

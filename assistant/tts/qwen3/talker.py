@@ -213,8 +213,9 @@ class Attention(nn.Module):
         self, x: mx.array, offset: int | mx.array, angles: tuple[mx.array, mx.array] | None
     ) -> tuple[mx.array, mx.array]:
         """q [b, heads, n, d], rotated (and scaled in the fused layout), and the new K/V [b, 2 * kv_heads, n, d]
-        (keys rotated) of x [b, n, hidden] at positions offset.. (`angles`: their Rope cos/sin, fused layout)."""
-        b, n, _ = x.shape
+        (keys rotated) of x [b, n, hidden] or [n, hidden] (b = 1) at positions offset.. (`angles`: their Rope
+        cos/sin, fused layout)."""
+        n, b = x.shape[-2], x.shape[0] if x.ndim == 3 else 1
         h, kv, d = self.heads, self.kv_heads, self.head_dim
         if not self.fused:
             rope = dict(traditional=False, base=self.theta, scale=1.0, offset=offset)
@@ -223,9 +224,12 @@ class Attention(nn.Module):
             v = self.v_proj(x).reshape(b, n, kv, d).transpose(0, 2, 1, 3)
             q, k = mx.fast.rope(q, d, **rope), mx.fast.rope(k, d, **rope)  # type: ignore[arg-type]
             return q, mx.concatenate([k, v.astype(k.dtype)], axis=1)
-        heads = self.qkv_proj(x).reshape(b, n, h + 2 * kv, d)
-        # normalised before the transpose: a norm kernel needs its rows contiguous (else MLX copies first, n > 1)
-        qkv, normed = heads.transpose(0, 2, 1, 3), mx.fast.rms_norm(heads, None, self.eps).transpose(0, 2, 1, 3)
+        if n == 1:  # [b, 1, heads, d] and [b, heads, 1, d] are the same bytes: one reshape, no transpose
+            qkv = self.qkv_proj(x).reshape(b, h + 2 * kv, 1, d)
+            normed = mx.fast.rms_norm(qkv, None, self.eps)
+        else:  # normalised before the transpose: a norm kernel needs its rows contiguous (else MLX copies first)
+            heads = self.qkv_proj(x).reshape(b, n, h + 2 * kv, d)
+            qkv, normed = heads.transpose(0, 2, 1, 3), mx.fast.rms_norm(heads, None, self.eps).transpose(0, 2, 1, 3)
         if self.rotation == "rope":
             weighted = normed * self.head_weight
             rope = dict(traditional=False, base=self.theta, scale=1.0, offset=offset)
@@ -242,9 +246,11 @@ class Attention(nn.Module):
         return out[:, :h], out[:, h:]
 
     def attend(self, q: mx.array, kv: mx.array, mask: Any, residual: mx.array) -> mx.array:
-        """residual + o_proj(attention of q (from `project`) over the K/V buffer kv [b, 2 * kv_heads, t, d])."""
+        """residual + o_proj(attention of q (from `project`) over the K/V buffer kv [b, 2 * kv_heads, t, d]), in
+        the residual's shape ([b, n, hidden] or [n, hidden])."""
         b, h, n, d = q.shape
         kvh = self.kv_heads
+        rows = (*residual.shape[:-1], h * d)
         keys, values = kv[:, :kvh], kv[:, kvh:]
         g = h // kvh  # GQA: the heads of one kv head
         if self.attention == "gemv" and isinstance(mask, mx.array) and n == 1:  # a step: values held transposed
@@ -253,7 +259,7 @@ class Attention(nn.Module):
             vt = values.reshape(b, kvh, d, kv.shape[2])
             scores = q.reshape(b, kvh, g, 1, d) @ keys[:, :, None].swapaxes(-1, -2)
             weights = mx.softmax(mx.where(mask, scores, -mx.inf), axis=-1, precise=True)
-            out = (weights @ vt[:, :, None].swapaxes(-1, -2)).reshape(b, 1, h * d)
+            out = (weights @ vt[:, :, None].swapaxes(-1, -2)).reshape(rows)
         elif self.fused and isinstance(mask, mx.array) and n == 1:
             # MLX CUDA has no fused kernel for an array mask; its fallback records 5 kernels, these 3-4 (q is scaled)
             if self.attention == "addmm":  # -inf where masked, 0 elsewhere: added inside the matmul
@@ -262,20 +268,20 @@ class Attention(nn.Module):
             else:
                 scores = mx.where(mask, q.reshape(b, kvh, g, d) @ keys.swapaxes(-1, -2), -mx.inf)
             weights = mx.softmax(scores, axis=-1, precise=True)
-            out = (weights @ values).reshape(b, 1, h * d)
+            out = (weights @ values).reshape(rows)
         else:
             scale = 1.0 if self.fused else self.scale
             out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=scale, mask=mask)
-            out = out.transpose(0, 2, 1, 3).reshape(b, n, -1)
+            out = (out if n == 1 else out.transpose(0, 2, 1, 3)).reshape(rows)  # n = 1: the same bytes
         return add_linear(residual, self.o_proj, out)
 
     def __call__(
         self, x: mx.array, cache: Any, residual: mx.array, angles: tuple[mx.array, mx.array] | None = None
     ) -> mx.array:
-        """residual + attention(x) over x [b, n, hidden] after the positions in `cache` (updated)."""
+        """residual + attention(x) over x [b, n, hidden] or [n, hidden] after the positions in `cache` (updated)."""
         q, new = self.project(x, cache.offset, angles)
         kv = cache.update_kv(new)
-        return self.attend(q, kv, "causal" if x.shape[1] > 1 else None, residual)
+        return self.attend(q, kv, "causal" if x.shape[-2] > 1 else None, residual)
 
     def step(
         self,
@@ -285,17 +291,17 @@ class Attention(nn.Module):
         mask: mx.array,
         angles: tuple[mx.array, mx.array] | None,
         residual: mx.array,
-        write_at: mx.array | None = None,
+        write_at: mx.array,
     ) -> tuple[mx.array, mx.array]:
-        """One position x [1, 1, hidden] at `pos` (int32 scalar array) against the whole K/V buffer
-        [1, 2 * kv_heads, C, d]: writes its K/V at `pos` (one write; `write_at`: the flat indices of that write
-        where the values are held transposed, `StepTables.write_at`); `mask` (bool [C], shared by every layer)
-        hides the positions after it, so every shape is fixed by C alone. Returns (residual + attention, kv)."""
+        """One position x [1, hidden] at `pos` (int32 scalar array) against the whole K/V buffer
+        [1, 2 * kv_heads, C, d]: writes its K/V at `pos` (one scatter at `write_at`, built once per step by
+        `TalkerModel.step`); `mask` (bool [C], shared by every layer) hides the positions after it, so every
+        shape is fixed by C alone. Returns (residual + attention, kv)."""
         q, new = self.project(x, pos, angles)
         new = new.astype(kv.dtype)
         # a scatter at pos: one GPU kernel, where a slice_update at an array index is two (offset, then copy)
-        if write_at is None:
-            kv = mx.put_along_axis(kv, mx.broadcast_to(pos.reshape(1, 1, 1, 1), new.shape), new, axis=2)
+        if write_at.ndim == 4:
+            kv = mx.put_along_axis(kv, write_at, new, axis=2)
         else:  # values transposed: one scatter into the flat buffer writes a key row and a value column per head
             b, heads, c, d = kv.shape
             kv = mx.put_along_axis(kv.reshape(b, heads, c * d), write_at, new.reshape(b, heads, d), axis=2)
@@ -361,7 +367,7 @@ class DecoderLayer(nn.Module):
         kv: mx.array,
         mask: mx.array,
         angles: tuple[mx.array, mx.array] | None,
-        write_at: mx.array | None = None,
+        write_at: mx.array,
     ) -> tuple[mx.array, mx.array]:
         """`__call__` for one position against a static K/V buffer (see Attention.step)."""
         x, kv = self.self_attn.step(self.input_layernorm(x), pos, kv, mask, angles, x, write_at)
@@ -392,7 +398,7 @@ class TalkerModel(nn.Module):
         self.tables = StepTables(cfg.head_dim, cfg.rope_theta)  # the one-position step's inputs per buffer length
 
     def __call__(self, x: mx.array, cache: list[Any]) -> mx.array:
-        angles = self.rope.span(cache[0].offset, x.shape[1]) if self.rope is not None else None
+        angles = self.rope.span(cache[0].offset, x.shape[-2]) if self.rope is not None else None
         for layer, c in zip(self.layers, cache, strict=True):
             x = layer(x, c, angles)
         return self.norm(x)
@@ -410,17 +416,20 @@ class TalkerModel(nn.Module):
     def step(
         self, x: mx.array, pos: mx.array, kvs: list[mx.array], tables: tuple[mx.array, mx.array]
     ) -> tuple[mx.array, list[mx.array]]:
-        """One position through every layer against static K/V buffers of length C, with `StepTables.of(C)`:
-        (post-norm hidden, new buffers)."""
+        """One position x [1, hidden] through every layer against static K/V buffers of length C, with
+        `StepTables.of(C)`: (post-norm hidden [1, hidden], new buffers). Two-dimensional throughout: a matmul of
+        a three-dimensional x records a flatten and an unflatten around it."""
         out = []
         positions, table = tables
         mask = positions <= pos  # built once: compile does not merge the layers' copies
         row = mx.take(table, pos.reshape(1), axis=0)  # [1, 2, 1, half]: cos and sin, once for every layer
         angles = (row[:, 0], row[:, 1]) if self.rope is not None else None
-        write_at = None
-        if self.values_transposed:
-            base, stride = self.tables.write_at(*kvs[0].shape[1:])
+        _, heads, size, d = kvs[0].shape
+        if self.values_transposed:  # the flat indices of a key row and a value column per head
+            base, stride = self.tables.write_at(heads, size, d)
             write_at = base + stride * pos  # once for every layer
+        else:
+            write_at = mx.broadcast_to(pos.reshape(1, 1, 1, 1), (1, heads, 1, d))
         for layer, kv in zip(self.layers, kvs, strict=True):
             x, kv = layer.step(x, pos, kv, mask, angles, write_at)
             out.append(kv)
@@ -569,13 +578,11 @@ class Talker(nn.Module):
         pos = mx.array(cache[0].offset, dtype=mx.int32)
         plus = mx.zeros_like(x) if plus is None else plus
         fn = self.compiled.get("step+", lambda: mx.compile(lambda x, y, p, kv, t: self.model.step(x + y, p, kv, t)))
-        h, kvs = fn(
-            x[None, None], plus[None, None], pos, [c.kv for c in cache], self.model.tables.of(cache[0].capacity)
-        )
+        h, kvs = fn(x[None], plus[None], pos, [c.kv for c in cache], self.model.tables.of(cache[0].capacity))
         for c, kv in zip(cache, kvs, strict=True):
             c.kv = kv
             c.offset += 1
-        return cast(mx.array, h[0, 0])
+        return cast(mx.array, h[0, :])
 
     def warm_steps(self, positions: int) -> None:
         """Compile the one-position step for every buffer length a sequence of `positions` meets (at start-up:
