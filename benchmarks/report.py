@@ -323,18 +323,23 @@ def ops_table(rows: list[dict[str, Any]]) -> list[str]:
         "### TTS operations per frame (`python -m benchmarks.tts_ops --size S [--unfused | --fuse K=V,...]`)\n",
         "Primitives MLX records on the CPU for one compiled talker step and one frame kernel (views apart: no "
         "kernel), and the kernels MLX CUDA launches for them (GPU columns: the module doc of benchmarks/tts_ops.py "
-        "gives the rule; codec: one streaming step of 4 frames, per frame).\n",
+        "gives the rule; GPU views: the primitives that launch no kernel; codec: one streaming step of 4 frames, "
+        "per frame).\n",
         "| model | layout | talker step | frame kernel | frame | views | GPU step | GPU kernel | GPU frame | "
-        "GPU codec |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "GPU views | GPU codec |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         views = r["talker_step"]["views"] + r["frame_kernel"]["views"]
         g = r.get("gpu")
-        gpu = "- | - | - | -"
+        gpu = "- | - | - | - | -"
         if g:
             codec = g.get("codec_step@4", {}).get("per_frame", "-")
-            gpu = f"{g['talker_step']['kernels']} | {g['frame_kernel']['kernels']} | {g['frame_total']} | {codec}"
+            step, kernel = g["talker_step"], g["frame_kernel"]
+            gviews = (
+                step.get("views", 0) + kernel.get("views", 0) - kernel.get("views_by_primitive", {}).get("Depends", 0)
+            )
+            gpu = f"{step['kernels']} | {kernel['kernels']} | {g['frame_total']} | {gviews or '-'} | {codec}"
         lines.append(
             f"| {r['size']} {r['precision']} | {r.get('layout', 'fused')} | {r['talker_step']['ops']} | "
             f"{r['frame_kernel']['ops']} | {r['frame_total_ops']} | {views} | {gpu} |"
