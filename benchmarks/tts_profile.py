@@ -158,7 +158,7 @@ def profile(
 
         def eager(cache: list[Any] = cache, pos: int = pos) -> Any:
             tables = talker.model.tables.of(cache[0].capacity)
-            return talker.model.step(x[None, None], mx.array(pos, mx.int32), [c.kv for c in cache], tables)[0]
+            return talker.model.step(x[None], mx.array(pos, mx.int32), [c.kv for c in cache], tables)[0]
 
         def frame(cache: list[Any] = cache) -> Any:
             h = step(cache)
