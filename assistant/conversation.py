@@ -500,6 +500,9 @@ class Conversation:
     def set_instructions(self, text: str) -> None:
         self.context.set_instructions(text)
 
+    def set_temperature(self, value: float) -> None:
+        self.context.set_temperature(value)
+
     def check_voice(self, name: str) -> None:
         settings.check_voice(cast(settings.VoiceCatalog, self.engines.tts), name, prefix="")
 

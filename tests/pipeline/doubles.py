@@ -196,6 +196,9 @@ class ScriptedChat:
     def set_system_prompt(self, text: str) -> None:
         self.system_prompt = text
 
+    def set_temperature(self, value: float) -> None:
+        self.temperature = value
+
 
 class WordUtterance:
     """Consumes one pushed text piece per frame (FRAME samples); stalls when no text is pending.
@@ -420,6 +423,9 @@ class ToolChat:
 
     def set_system_prompt(self, text: str) -> None:
         self.system_prompt = text
+
+    def set_temperature(self, value: float) -> None:
+        self.temperature = value
 
     def _start(self) -> Iterator[str]:
         answer: list[str] = []
