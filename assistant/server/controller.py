@@ -59,14 +59,15 @@ class Controller(Protocol):
     ) -> list[str]:
         """A connected app's tools (`{"type": "function", "function": {...}}` schemas) for the voice loop, replacing
         its earlier ones ([] withdraws them); a call goes to the app as `send(call_id, name, arguments)` and waits
-        up to `timeout_s` for `app_tool_result`. Returns the names offered now. InputError for a name the daemon or
-        another app already uses."""
+        up to `timeout_s` for `app_tool_result`. Returns the names offered now. InputError, before anything changes,
+        for a name the daemon or another app already uses, or when the LLM cannot call tools."""
 
     def app_tool_result(self, owner: str, call_id: str, output: str, error: str | None = None) -> None:
         """The app's answer to a call it was sent (`error`: it failed); InputError when none awaits `call_id`."""
 
     def app_gone(self, owner: str) -> None:
-        """The app disconnected: its tools are withdrawn and its unanswered calls fail at once."""
+        """The app disconnected: its tools are withdrawn and its unanswered calls fail at once (the model hears
+        why)."""
 
 
 class RealtimeSession(Protocol):
@@ -112,7 +113,7 @@ class RealtimeSession(Protocol):
     def truncate_response(self, turn: int, audio_end_ms: int) -> None: ...
     def delete_item(self, role: str, text: str) -> None:
         """Forget the newest `role` ("user" / "assistant") message whose text is `text`; InputError when the
-        history holds none."""
+        history holds none (a message not answered yet is not in it)."""
 
     def set_functions(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
         """The client's functions (`{"type": "function", "function": {name, description, parameters}}`) and the

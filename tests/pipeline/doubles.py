@@ -340,10 +340,10 @@ class RuleVad:
         self.silence_at = 0
         self.silent = 0
 
-    def reset(self) -> None:
-        """Like the real Vad, positions restart at 0."""
+    def reset(self, origin: int = 0) -> None:
+        """Like the real Vad, positions restart at `origin`."""
         self.resets += 1
-        self.pos = 0
+        self.pos = origin
         self._clear()
 
     def set_playback(self, active: bool, level_dbfs: float = -120.0, linear: bool = False) -> None:
