@@ -92,28 +92,35 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
         return asyncio.run(_run_daemon(cfg, headless=headless, console=con))
 
 
+@dataclass(frozen=True)
+class _VoicesOnDisk:
+    """settings.VoiceCatalog before the TTS loads: the voices folder's profiles and config.json's model type."""
+
+    model_type: str | None
+    found: dict[str, Any]
+
+    def profiles(self) -> dict[str, Any]:
+        return self.found
+
+
 def check_voice(cfg: config.Config, name: str | None = None) -> None:
     """The voice profile `name` (default tts.voice) is in the voices folder, complete, and fits tts.model when that
     is on disk: a typo or a clone voice for a CustomVoice model fails in a second, before the models load (the TTS
     found it only after loading them). ConfigError naming the profiles."""
-    from assistant.tts.voices import MODEL_TYPE_OF, load_profiles, resolve_voice_dir
+    from assistant.settings import check_voice as check
+    from assistant.tts.voices import load_profiles, resolve_voice_dir
 
     what, name = ("--voice", name) if name else ("tts.voice", cfg.tts.voice)
     folder = resolve_voice_dir(cfg.tts.voices_dir)
-    profiles = load_profiles(folder)
-    if name not in profiles:
-        raise ConfigError(
-            f"{what} {name!r} is not a voice profile in {folder}; use one of {', '.join(sorted(profiles)) or 'none'}"
-            " (`assistant voices` lists them)"
-        )
+    broken: dict[str, str] = {}
+    profiles = load_profiles(folder, broken)
+    if name in broken:
+        raise ConfigError(broken[name])
+    for problem in broken.values():  # another voice: this one works, that one is skipped (`assistant voices`)
+        log.warning("%s; that voice is skipped until it is fixed", problem)
+    where = f" (profiles in {folder}; `assistant voices` lists them)"
+    check(_VoicesOnDisk(_tts_model_type(cfg.tts.model), dict(profiles)), name, f"{what}: ", where)
     profiles[name].validate()
-    have, want = _tts_model_type(cfg.tts.model), MODEL_TYPE_OF[profiles[name].mode]
-    if have is not None and have != want:
-        fits = sorted(n for n, p in profiles.items() if MODEL_TYPE_OF[p.mode] == have)
-        raise ConfigError(
-            f"{what} {name!r} ({profiles[name].mode}) needs a {want} model, but tts.model is a {have} model; use "
-            f"one of {', '.join(fits) or 'no voice here'} or set tts.model to a {want} model"
-        )
 
 
 def _tts_model_type(spec: str) -> str | None:
@@ -135,10 +142,11 @@ def check_server_settings(cfg: config.Config) -> None:
     if not cfg.server.enabled:
         return
     from assistant.oneshot import parse_aliases
-    from assistant.server.auth import check_token_file
+    from assistant.server.auth import check_origins, check_token_file
 
     parse_aliases(cfg.server.voice_aliases)
     check_token_file(cfg.server)
+    check_origins(cfg.server.allowed_origins)
     if cfg.server.tls_cert or cfg.server.tls_key:
         from assistant.server.ws import tls_context
 
@@ -325,10 +333,21 @@ async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any =
 
 
 def cmd_wyoming(args: argparse.Namespace, cfg: config.Config) -> int:
+    if not cfg.wyoming.asr_port and not cfg.wyoming.tts_port:
+        raise ConfigError(
+            "wyoming.asr_port and wyoming.tts_port are both 0 (off): `assistant wyoming` has nothing to serve; "
+            "set one (10300 and 10200 are the standard ports)"
+        )
     check_voice(cfg)
     for what, spec in (("STT model", cfg.stt.model_id), ("TTS model", cfg.tts.model)):
         hub.resolve(spec, what)
     _check_wyoming_ports(cfg, handle=False)  # no LLM here: no handle service
+    if cfg.wyoming.handle_port:
+        log.warning(
+            "wyoming.handle_port = %d is not served: `assistant wyoming` loads no LLM; to serve it, run "
+            "`assistant run` with wyoming.enabled = true",
+            cfg.wyoming.handle_port,
+        )
     return asyncio.run(_run_wyoming(cfg))
 
 
@@ -358,11 +377,11 @@ async def _run_wyoming(cfg: config.Config) -> int:
     try:
         engines = await compute.run(build_speech_engines, cfg)
         async with WyomingServices(cfg, engines, compute) as services:
-            print(
-                f"wyoming: asr on tcp://{cfg.wyoming.host}:{services.asr_port}, tts on "
-                f"tcp://{cfg.wyoming.host}:{services.tts_port}",
-                flush=True,
-            )
+            served = {"asr": services.asr_port, "tts": services.tts_port}
+            where = [
+                f"{kind} on tcp://{cfg.wyoming.host}:{port}" if port else f"{kind} off" for kind, port in served.items()
+            ]
+            print(f"wyoming: {', '.join(where)}", flush=True)
             await stop.wait()
         return 0
     finally:
@@ -541,10 +560,13 @@ def cmd_voices(args: argparse.Namespace, cfg: config.Config) -> int:
     from assistant.tts.voices import load_profiles, resolve_voice_dir
 
     folder = resolve_voice_dir(cfg.tts.voices_dir)
-    profiles = load_profiles(folder)
+    broken: dict[str, str] = {}
+    profiles = load_profiles(folder, broken)
+    for problem in broken.values():  # the others are still listed: one bad file hid them all
+        print(f"skipped: {problem}", file=sys.stderr)
     if not profiles:
         print(f"no voice profiles in {folder}")
-        return 0
+        return 1 if broken else 0
     print(f"{'':2}{'name':<14} {'mode':<13} {'language':<10} voice")
     for name, p in profiles.items():
         what = p.speaker or p.instruct or p.ref_wav
@@ -554,7 +576,7 @@ def cmd_voices(args: argparse.Namespace, cfg: config.Config) -> int:
     if cfg.tts.voice and cfg.tts.voice not in profiles:  # `run` and `say` would refuse it: say so here first
         print(f"tts.voice {cfg.tts.voice!r} is none of these profiles; set tts.voice to one of them", file=sys.stderr)
         return 2
-    return 0
+    return 1 if broken else 0
 
 
 def cmd_transcribe(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -725,6 +747,24 @@ def _check(name: str, fn: Callable[[], object]) -> Check:
     return Check(name, None)
 
 
+def _check_profiles(cfg: config.Config) -> None:
+    """Every profile in the voices folder loads (a broken one is skipped by `run`, so its voice is missing)."""
+    from assistant.tts.voices import load_profiles, resolve_voice_dir
+
+    broken: dict[str, str] = {}
+    load_profiles(resolve_voice_dir(cfg.tts.voices_dir), broken)
+    if broken:
+        raise ConfigError("; ".join(broken.values()))
+
+
+def _headless(cfg: config.Config, missing: Check, spec: str) -> Check:
+    """A device check that failed, as `run` sees it: no device named and the server on is headless mode (fine),
+    anything else a problem."""
+    if spec or not cfg.server.enabled:
+        return missing
+    return Check(f"{missing.name}: none, so `assistant run` runs headless (WebSocket clients bring the audio)", None)
+
+
 def _check_model(spec: str, what: str) -> None:
     """The model is there (hub.resolve) and its folder looks whole: weights, a config.json that parses (the
     end-of-turn model is one .onnx file), and hub.check_weights (no file cut short, no shard or part missing).
@@ -844,9 +884,18 @@ async def _check_mic_signal(audio: config.AudioConfig) -> None:
 
 
 def cmd_history(args: argparse.Namespace, cfg: config.Config) -> int:
+    import dataclasses
+
     from assistant.tools.setup import open_memory
 
-    memory = open_memory(cfg.memory)
+    # what is on the disk, off the record too: "no stored turns" there hid turns stored before it was turned on
+    memory = open_memory(dataclasses.replace(cfg.memory, off_the_record=False))
+    if cfg.memory.off_the_record and args.action != "reset":
+        print(
+            "memory.off_the_record is on: the daemon neither loads nor adds to these turns; "
+            "`assistant history reset` erases them",
+            file=sys.stderr,
+        )
     try:
         if args.action == "reset":
             n = memory.reset_history()
@@ -887,12 +936,15 @@ def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
     checks = [Check("config", None)]
     checks += [_check(f"{what} {spec}", partial(_check_model, spec, what)) for what, spec in models_of(cfg)]
     checks.append(_check(f"voice {cfg.tts.voice}", partial(check_voice, cfg)))
+    checks.append(_check("voice profiles", partial(_check_profiles, cfg)))
     checks.append(_check("tools and memory", partial(_check_tools, cfg)))
     mic = _check("microphone", lambda: devices.pick(cfg.audio.input_device, "input"))
-    checks.append(mic)
     if mic.problem is None:
-        checks.append(_check("microphone signal", lambda: asyncio.run(_check_mic_signal(cfg.audio))))
-    checks.append(_check("speaker", lambda: devices.pick(cfg.audio.output_device, "output")))
+        checks += [mic, _check("microphone signal", lambda: asyncio.run(_check_mic_signal(cfg.audio)))]
+    else:
+        checks.append(_headless(cfg, mic, cfg.audio.input_device))
+    speaker = _check("speaker", lambda: devices.pick(cfg.audio.output_device, "output"))
+    checks.append(speaker if speaker.problem is None else _headless(cfg, speaker, cfg.audio.output_device))
     if cfg.llm.backend == "openai":
         checks.append(_check(f"LLM server {cfg.llm.base_url}", lambda: _check_llm_server(cfg.llm)))
     checks.append(_check("server port", lambda: _check_port(cfg)))

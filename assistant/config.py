@@ -396,6 +396,19 @@ def _check(path: str, value: Any, typ: Any, meta: Mapping[str, Any], origin: str
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and not (lo <= value <= hi):
         raise ConfigError(f"{origin}: `{path}` = {value!r} is out of range; allowed {allowed}")
+    if path == "server.token" and (value != value.strip() or not all(" " <= c <= "~" for c in value)):
+        # sent in an HTTP header: a space at either end is stripped there, and non-ASCII bytes read as Latin-1
+        raise ConfigError(
+            f"{origin}: `{path}` must be printable ASCII with no space at either end (clients send it in an HTTP "
+            'header, which drops or mangles the rest); use e.g. the output of `python3 -c "import secrets; '
+            'print(secrets.token_urlsafe(32))"`, or "" to have one generated'
+        )
+    if path == "pipeline.wake_phrase" and value.strip() and not re.search(r"[^\W_]", value):
+        # a phrase without a word would match every turn: the user meant to be addressed by name
+        raise ConfigError(
+            f'{origin}: `{path}` = {value!r} has no words to listen for; write the name, e.g. "hey nova", or "" to '
+            "answer every turn"
+        )
     return value
 
 

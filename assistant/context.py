@@ -81,6 +81,10 @@ class ChatContext:
         self.instructions = text
         self.compute.submit(self.chat.set_system_prompt, self.prompt, priority=Priority.URGENT)
 
+    def set_temperature(self, value: float) -> None:
+        """Sample the answers at `value` from the next reply on (Realtime session or response temperature)."""
+        self.compute.submit(self.chat.set_temperature, value, priority=Priority.URGENT)
+
     async def remember(self, epoch: int) -> None:
         """Store the turn the chat recorded last, for an answer begun at `epoch`: not when a history reset came
         since. A failure is reported, and the conversation goes on."""

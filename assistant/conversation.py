@@ -16,8 +16,9 @@ import contextlib
 import dataclasses
 import logging
 import time
+from asyncio import wrap_future
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
 import numpy as np
@@ -26,7 +27,7 @@ from assistant import settings, turns
 from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS, AudioBlock
 from assistant.audio.sinks import AudioSink, AudioSource, ClientSink, played_out
 from assistant.bus import EventBus, Subscription
-from assistant.compute import Compute, Generation, Priority, Stale
+from assistant.compute import Compute, Priority, Stale
 from assistant.config import Config
 from assistant.context import ChatContext
 from assistant.endofturn import EndOfTurnPolicy, vad_settings
@@ -130,19 +131,20 @@ class Conversation:
                 self.vad.set_playback(echo is not None, SILENT_DBFS if echo is None else echo, linear)
                 for ev in self.vad.feed(samples):
                     self._apply(ev)
-            case turns.ResetVad():
-                self.vad.reset()
+            case turns.ResetVad(origin):
+                self.vad.reset(origin)
             case turns.ResetTranscriber():
                 self.compute.submit(self.engines.transcriber.reset, priority=Priority.URGENT)
             case turns.Feed(utt, audio):
                 fed = self.compute.submit(self.engines.transcriber.feed, audio, priority=Priority.URGENT)
-                self.spawn(self._transcribing(fed, lambda partial, error, now: turns.Fed(utt, partial, now, error)))
+                self.spawn(self._await_job(wrap_future(fed), lambda partial, e, now: turns.Fed(utt, partial, now, e)))
             case turns.Finalize(job):
                 final = self.compute.submit(self.engines.transcriber.finalize, priority=Priority.URGENT)
-                self.spawn(self._transcribing(final, lambda tr, error, now: self._transcribed(job, tr, error, now)))
-            case turns.ScoreTurn(utt, audio):
-                if self.engines.score_turn is not None:
-                    self.spawn(self._score(self.engines.score_turn, utt, audio))
+                self.spawn(self._await_job(wrap_future(final), lambda tr, e, now: self._transcribed(job, tr, e, now)))
+            case turns.ScoreTurn(job, audio) if self.engines.score_turn is not None:
+                # onnxruntime on a worker thread of its own: off the loop and the MLX thread
+                score = asyncio.to_thread(self.engines.score_turn, audio)
+                self.spawn(self._await_job(score, lambda p, e, now: turns.Scored(job, float(p or 0.0), now, e)))
             case turns.StartReply():
                 self._start(action)
             case turns.ConfirmReply(turn, speech_end, endpoint):
@@ -159,22 +161,22 @@ class Conversation:
             case turns.InterruptReply(turn):
                 if (reply := self._replies.get(turn)) is not None:
                     self._barge_in(reply)
-            case turns.Play(turn, chunk):
-                self._play(turn, chunk)
+            case ResponseAudio():
+                self._play(action)
             case turns.FlushAudio():
                 self._flush()
             case turns.Publish(event):
                 self.publish(event)
 
-    async def _transcribing(
-        self, job: concurrent.futures.Future[Any], answer: Callable[[Any, BaseException | None, float], turns.Input]
+    async def _await_job(
+        self, job: Awaitable[Any], answer: Callable[[Any, BaseException | None, float], turns.Input]
     ) -> None:
-        """When the transcriber's `job` (submitted in order with the other transcriber calls) ends, the core gets
-        `answer(result, error, now)` (result None and the error logged when it failed)."""
+        """When the engine's `job` ends, the core gets `answer(result, error, now)` (result None and the error logged
+        when it failed)."""
         try:
-            result, err = await asyncio.wrap_future(job), None
+            result, err = await job, None
         except Exception as e:
-            log.error("transcribing failed", exc_info=e)
+            log.error("an engine job of the turn failed", exc_info=e)
             result, err = None, e
         if not self._closed:
             self._apply(answer(result, err, time.monotonic()))
@@ -184,16 +186,6 @@ class Conversation:
     ) -> turns.Transcribed:
         self._stt_final = now
         return turns.Transcribed(job, "" if tr is None else tr.text, "" if tr is None else tr.language, now, error)
-
-    async def _score(self, model: Callable[[np.ndarray], float], utt: int, audio: np.ndarray) -> None:
-        """Score a pause on a worker thread: onnxruntime on its own core, off the loop and the MLX thread."""
-        try:
-            score = float(await asyncio.to_thread(model, audio))
-        except Exception as e:
-            self.failed(e, "scoring the end of turn")
-            score = 1.0  # a broken model must not hold the turn open: end it as the silence rule would
-        if not self._closed:
-            self._apply(turns.Scored(utt, score, time.monotonic()))
 
     # ---- the microphone -------------------------------------------------------------------------------------
 
@@ -257,15 +249,7 @@ class Conversation:
     # ---- replies --------------------------------------------------------------------------------------------
 
     def _start(self, a: turns.StartReply) -> None:
-        reply = Reply(
-            a.turn,
-            Generation().ticket(),  # its own: cancelling one reply must not stale another still alive
-            TurnTrace(a.turn, a.speech_end, a.endpoint),
-            a.responder,
-            asyncio.Event(),
-            asyncio.get_running_loop().create_future(),
-            epoch=self.context.epoch,
-        )
+        reply = Reply(a.turn, TurnTrace(a.turn, a.speech_end, a.endpoint), a.responder, epoch=self.context.epoch)
         reply.trace.extra["backlog_ms"] = a.backlog_ms
         answer = self.tools.reply_starts(a.turn, a.responder.speak_text is None)
         if answer is not None and a.responder.continues:  # the client's outputs: the calling answer goes on
@@ -276,8 +260,6 @@ class Conversation:
             # a transcript of this turn (a text turn's speech_end is its request: an older transcript is not its)
             reply.trace.mark("stt_final", self._stt_final)
         self._replies[a.turn] = reply
-        if a.confirmed:
-            self._do(turns.ConfirmReply(a.turn, a.speech_end, a.endpoint))
         reply.task = self.spawn(self._run_reply(reply))
 
     async def _run_reply(self, reply: Reply) -> None:
@@ -312,18 +294,18 @@ class Conversation:
             job = self.compute.submit(settle_answer, reply, self.engines.chat, heard, priority=Priority.URGENT)
             await self._settle(reply, heard, job, e)
 
-    def _play(self, turn: int, chunk: np.ndarray) -> None:
-        reply = self._replies.get(turn)
+    def _play(self, audio: ResponseAudio) -> None:
+        reply = self._replies.get(audio.turn)
         if reply is None or not self.output_ok:
             return  # no speaker: the reply is text only
         if not reply.audio_started:
             reply.audio_started, reply.underruns_at = True, self.sink.underruns
-        self.sink.write(chunk)
+        self.sink.write(audio.audio)
         if isinstance(self.sink, ClientSink):  # a Realtime client plays what its events carry
-            self.publish(ResponseAudio(turn, chunk, time.monotonic()))
+            self.publish(audio)
         if self.echo is not None:
-            self.echo.played(chunk)  # the canceller's reference: exactly what went to the speaker
-        reply.samples_written += len(chunk)
+            self.echo.played(audio.audio)  # the canceller's reference: exactly what went to the speaker
+        reply.samples_written += len(audio.audio)
 
     def _flush(self) -> None:
         """Drop the speaker's queued audio: its played position restarts, and so does the echo reference."""
@@ -411,11 +393,10 @@ class Conversation:
         if reply.audio_started and (t := self.sink.first_sample_dac_time) is not None:
             reply.trace.mark("first_sample_played", t)
 
-    # ---- the Controller (daemon) ----------------------------------------------------------------------------
+    # ---- the Controller (daemon); server/controller.py states the contracts of both surfaces ---------------
 
     @property
     def turn(self) -> int:
-        """The newest turn's number (the server tells an ask's own events by it)."""
         return self.core.turn
 
     def status(self) -> dict[str, Any]:
@@ -482,8 +463,6 @@ class Conversation:
         self._apply(turns.SetPolicy(policy, turn_end, new_vad=new_vad))
 
     def set_app_tools(self, owner: str, tools: list[dict[str, Any]], timeout_s: float, send: Send) -> list[str]:
-        """A connected app's tools for the voice loop (see `ConversationTools.set_app_tools`); their names.
-        InputError, before anything changes, when the LLM cannot call tools."""
         if tools and not self.engines.chat.can_call_tools:
             raise InputError(
                 f"the LLM `{self.cfg.llm.model}` has no tool-call format in its chat template, so it cannot call "
@@ -494,11 +473,9 @@ class Conversation:
         return [t.name for t in offered] if self.engines.chat.can_call_tools else []
 
     def app_tool_result(self, owner: str, call_id: str, output: str, error: str | None = None) -> None:
-        """The app's answer to a tool call it was sent; InputError when none of its calls awaits `call_id`."""
         self.tools.apps.answer(owner, call_id, output, error)
 
     def app_gone(self, owner: str) -> None:
-        """The app disconnected: its tools are withdrawn and its unanswered calls fail (the model hears why)."""
         if (offered := self.tools.app_gone(owner)) is not None:
             self._offer([t.schema() for t in offered])
 
@@ -523,13 +500,13 @@ class Conversation:
     def set_instructions(self, text: str) -> None:
         self.context.set_instructions(text)
 
+    def set_temperature(self, value: float) -> None:
+        self.context.set_temperature(value)
+
     def check_voice(self, name: str) -> None:
-        """ConfigError naming the voices when `name` is unknown or does not fit the loaded TTS model."""
         settings.check_voice(cast(settings.VoiceCatalog, self.engines.tts), name, prefix="")
 
     def set_voice(self, name: str) -> None:
-        """Replies started after voice `name` is loaded (on the compute thread) speak with it; `check_voice`
-        first."""
         self.check_voice(name)
         self._background(f"loading voice {name!r}", self.engines.use_voice, name)
 
@@ -540,7 +517,6 @@ class Conversation:
         interrupt_response: bool,
         semantic: EndOfTurnPolicy | None = None,
     ) -> None:
-        """See `policies.realtime_turns` (ConfigError for a silence out of range or a model not loaded)."""
         turns = realtime_turns(
             self.cfg, hangover_ms, create_response, interrupt_response, semantic, self.engines.score_turn
         )
@@ -555,36 +531,26 @@ class Conversation:
 
     @property
     def can_call_tools(self) -> bool:
-        """Whether this conversation's LLM can call tools (its chat template has a tool-call format)."""
         return self.engines.chat.can_call_tools
 
     def set_functions(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
-        """The client's functions (chat-template schemas) and how the model chooses them, from the next reply on.
-
-        The model's calls of them end the reply as FunctionCall events; the client runs them."""
         self.tools.set_functions(tools, choice)
         self._offer(tools, choice)
 
     def functions_for_next_response(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
-        """Tools and choice for the next response only (Realtime response.create); the session's apply after it."""
         self.tools.functions_for_next_response(tools, choice)
 
     def add_function_output(self, call_id: str, output: str) -> None:
-        """The client's result of a call it was handed; the next response continues the answer with it.
-        InputError when no handed-off call has that id."""
         self.tools.add_output(call_id, output)
         self.command("tool_output")
 
     def delete_item(self, role: str, text: str) -> None:
-        """Forget the newest `role` message whose text is `text` (Realtime conversation.item.delete); InputError
-        when the history holds none (a message not answered yet is not in it)."""
         history = History(self.engines.chat.history)
         if not history.forget(role, text):
             raise InputError(f"the conversation holds no {role} message with that text; delete it after it is answered")
         self._background("deleting a conversation item", self.engines.chat.restore, history.messages())
 
     def truncate_response(self, turn: int, audio_end_ms: int) -> None:
-        """The client played only `audio_end_ms` of turn `turn`: its answer in the history becomes what was heard."""
         reply = self._kept.get(turn)
         if reply is None or not reply.result.done():
             raise InputError(f"response {turn} is not a finished answer of this session; truncate after response.done")

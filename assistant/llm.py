@@ -347,6 +347,13 @@ class Chat:
     def system_prompt(self) -> str:
         return self._system
 
+    def set_temperature(self, value: float) -> None:
+        """Sample at `value` (0 = greedy) from the next token on, with llm.top_p/min_p/top_k as they are."""
+        from mlx_lm.sample_utils import make_sampler
+
+        c = self.cfg
+        self._sampler = make_sampler(value, top_p=c.top_p, min_p=c.min_p, top_k=c.top_k)
+
     def render(self, messages: Sequence[Message], add_generation_prompt: bool) -> list[int]:
         """The token ids of the system prompt plus `messages`, through the tokenizer's chat template."""
         tools = {"tools": self._tools} if self._tools and self._choice.mode != "none" else {}

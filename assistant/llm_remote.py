@@ -97,6 +97,13 @@ class RemoteChat:
     def __init__(self, cfg: LlmConfig, api_key: str | None = None, tools: Sequence[Mapping[str, Any]] = ()) -> None:
         if not cfg.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"llm.base_url = {cfg.base_url!r} is not an http(s) URL; e.g. http://127.0.0.1:8080/v1")
+        root = cfg.base_url.rstrip("/")
+        if root.endswith(("/chat/completions", "/completions")):  # every turn would POST to .../chat/completions twice
+            fixed = root.removesuffix("/completions").removesuffix("/chat")
+            raise ConfigError(
+                f"llm.base_url = {cfg.base_url!r} names the endpoint; give the API root the endpoints hang from, "
+                f"e.g. {fixed}"
+            )
         self.cfg = cfg
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
         self._history = History()  # owned here: others read `history` and ask for changes
@@ -105,6 +112,7 @@ class RemoteChat:
         self.tool_calls: list[ToolCall] = []  # made by the last answer; answer them with continue_with_results()
         self.tool_choice = AUTO
         self._system = cfg.system_prompt
+        self._temperature = cfg.temperature  # a Realtime session may set its own
         self._api_key = api_key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx2.Timeout(cfg.timeout_s, connect=cfg.connect_timeout_s)
@@ -156,6 +164,10 @@ class RemoteChat:
     @property
     def system_prompt(self) -> str:
         return self._system
+
+    def set_temperature(self, value: float) -> None:
+        """Ask the server to sample at `value` from the next request on."""
+        self._temperature = value
 
     def set_tools(self, schemas: Sequence[Mapping[str, Any]], choice: ToolChoice = AUTO) -> bool:
         """Offer these tools (OpenAI format: {"type": "function", "function": {name, description, parameters}}) from
@@ -283,7 +295,7 @@ class RemoteChat:
             "stream": True,
             "stream_options": {"include_usage": True},
             "max_tokens": c.max_tokens,
-            "temperature": c.temperature,
+            "temperature": self._temperature,
             "top_p": c.top_p,
         }
         if c.seed >= 0:

@@ -69,6 +69,19 @@ def _decode(d: Mapping[str, Any]) -> Message:
     )
 
 
+def _open_fix(e: BaseException, path: Path) -> str:
+    """The fix for a database that does not open; only a file that is no database is to be moved aside, never
+    deleted (the advice to delete it was given for a missing folder or a lock too, and lost the history)."""
+    if isinstance(e, sqlite3.DatabaseError) and not isinstance(e, sqlite3.OperationalError):
+        return (
+            f"it is damaged or not a database: move it aside (`mv '{path}' '{path}.bad'`; a new one is made at the "
+            "next start), or set `memory.path` to another file"
+        )
+    if isinstance(e, OSError):
+        return f"make {path.parent} a folder you can write, or set `memory.path` to a file in one"
+    return "close the program that holds it, or check the file's permissions, or set `memory.path` to another file"
+
+
 class Memory:
     """The database of one daemon. Not thread-safe: use it from one thread (the event loop's)."""
 
@@ -86,10 +99,7 @@ class Memory:
             self._db.executescript(SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except (sqlite3.Error, OSError) as e:
-            raise ConfigError(
-                f"memory database {path} cannot be opened: {e}; set `memory.path` to a writable file, "
-                "or delete a damaged one (the history and reminders in it are lost)"
-            ) from e
+            raise ConfigError(f"memory database {path} cannot be opened: {e}; {_open_fix(e, path)}") from e
         os.chmod(path, 0o600)
 
     def close(self) -> None:

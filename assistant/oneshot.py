@@ -18,6 +18,7 @@ from assistant.compute import Compute, Priority
 from assistant.config import Config
 from assistant.engines import Engines
 from assistant.errors import ConfigError, InputError
+from assistant.settings import check_voice
 from assistant.text import sentences
 
 FEED_SAMPLES = CAPTURE_RATE  # 16000 = one second of 16 kHz audio per compute job
@@ -69,6 +70,10 @@ class OneShot:
         """Whether `name` is a voice profile or a `server.voice_aliases` name of one."""
         profiles = self.tts.profiles()
         return name in profiles or self.aliases.get(name.lower()) in profiles
+
+    def check_voice(self, requested: str | None) -> None:
+        """ConfigError naming the voices that fit when the voice speaking for `requested` does not fit the model."""
+        check_voice(self.tts, self.voice_name(requested), prefix="")
 
     def health(self) -> dict[str, Any]:
         audio = self.cfg.audio

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from assistant.audio.format import TTS_FRAME_SAMPLES
-from assistant.compute import Compute, Ticket
+from assistant.compute import Compute, Generation, Ticket
 from assistant.config import Config
 from assistant.engines import ChatLike, Engines
 from assistant.events import LatencyTrace, ResponseAudio, ResponseTextDelta
@@ -109,11 +109,12 @@ class Reply:
     """The state of one answer; owned by the event loop, its engine objects touched only on the compute thread."""
 
     turn: int
-    ticket: Ticket
     trace: TurnTrace
     responder: Responder
-    confirmed: asyncio.Event
-    result: asyncio.Future[str]
+    # a generation of its own: cancelling one reply must not stale another still alive
+    ticket: Ticket = field(default_factory=lambda: Generation().ticket())
+    confirmed: asyncio.Event = field(default_factory=asyncio.Event)  # set when it may play
+    result: asyncio.Future[str] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     heard: HeardMap = field(default_factory=HeardMap)
     answer: str = ""  # everything the LLM generated so far
     gen: Iterator[str] | None = None

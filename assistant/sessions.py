@@ -47,6 +47,9 @@ class Sessions:
     def default_instructions(self) -> str:
         return self.daemon.cfg.llm.system_prompt
 
+    def default_temperature(self) -> float:
+        return self.daemon.cfg.llm.temperature
+
     def max_output_tokens(self) -> int:
         return self.daemon.cfg.llm.max_tokens
 

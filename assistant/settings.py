@@ -61,10 +61,11 @@ class VoiceProfileLike(Protocol):
 
 
 class VoiceCatalog(Protocol):
-    """What validating `tts.voice` needs from the loaded TTS: its profiles and its model type."""
+    """What validating `tts.voice` needs: the profiles and the TTS model's type (None: not known yet, as before
+    the model is on disk)."""
 
     @property
-    def model_type(self) -> str: ...
+    def model_type(self) -> str | None: ...
 
     def profiles(self) -> Mapping[str, VoiceProfileLike]: ...
 
@@ -108,9 +109,9 @@ def at_restart(changes: Mapping[str, object]) -> list[str]:
     return sorted(k for k in changes if k in DAEMON_AT_RESTART)
 
 
-def check_voice(voices: VoiceCatalog, name: str, prefix: str = "config.set: ") -> None:
-    """ConfigError (its message begins with `prefix`) unless `name` is a voice profile the loaded TTS model can
-    speak with."""
+def check_voice(voices: VoiceCatalog, name: str, prefix: str = "config.set: ", where: str = "") -> None:
+    """ConfigError (its message begins with `prefix`; `where` ends the unknown-voice one) unless `name` is a voice
+    profile the TTS model can speak with: the one voice check, before start and while running."""
     try:
         profiles = voices.profiles()
     except ConfigError as e:  # the message names the voices folder: it stays in the daemon's log
@@ -118,15 +119,15 @@ def check_voice(voices: VoiceCatalog, name: str, prefix: str = "config.set: ") -
         raise ConfigError(f"{prefix}the voice profiles cannot be read; see the daemon log") from e
     profile = profiles.get(name)
     if profile is None:
-        raise ConfigError(f"{prefix}unknown voice {name!r}; voices: {', '.join(sorted(profiles))}")
+        raise ConfigError(f"{prefix}unknown voice {name!r}; voices: {', '.join(sorted(profiles)) or 'none'}{where}")
     from assistant.tts.voices import MODEL_TYPE_OF  # a table; tts.voices has no model code
 
-    want = MODEL_TYPE_OF.get(profile.mode)
-    if want != voices.model_type:
-        fits = sorted(n for n, p in profiles.items() if MODEL_TYPE_OF.get(p.mode) == voices.model_type)
+    want, have = MODEL_TYPE_OF.get(profile.mode), voices.model_type
+    if have is not None and want != have:
+        fits = sorted(n for n, p in profiles.items() if MODEL_TYPE_OF.get(p.mode) == have)
         raise ConfigError(
-            f"{prefix}voice {name!r} ({profile.mode}) does not fit the loaded {voices.model_type} model; "
-            f"voices that do: {', '.join(fits) or 'none'}"
+            f"{prefix}voice {name!r} ({profile.mode}) does not fit the {have} model of tts.model; voices that do: "
+            f"{', '.join(fits) or 'none'} (or set tts.model to a {want} model)"
         )
 
 

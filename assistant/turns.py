@@ -123,11 +123,13 @@ class Transcribed:
 
 @dataclass(frozen=True)
 class Scored:
-    """The end-of-turn model's P(turn complete) for score request `job` (one pause of one utterance)."""
+    """The end-of-turn model's P(turn complete) for score request `job` (one pause of one utterance), or its
+    `error`."""
 
     job: int
     score: float
     now: float
+    error: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,7 @@ class SetPolicy:
     new_vad: bool = False  # the driver replaced its VAD: positions restart from here
 
 
-# VAD events (positions counted from the VAD's last reset) and a reply's text and audio are inputs as they are
+# VAD events (positions on the capture clock: see ResetVad) and a reply's text and audio are inputs as they are
 Input = (
     AudioIn
     | VadEvent
@@ -211,7 +213,9 @@ class RunVad:
 
 @dataclass(frozen=True)
 class ResetVad:
-    pass
+    """Reset the VAD: the positions of its events count from `origin` (the capture position now)."""
+
+    origin: int
 
 
 @dataclass(frozen=True)
@@ -244,11 +248,10 @@ class ScoreTurn:
 
 @dataclass(frozen=True)
 class StartReply:
-    """Start reply `turn` (LLM -> TTS); it plays nothing until confirmed."""
+    """Start reply `turn` (LLM -> TTS); it plays nothing until confirmed (a `ConfirmReply` may follow at once)."""
 
     turn: int
     responder: Responder
-    confirmed: bool
     speech_end: float  # the true end of the user's speech (capture time), for the latency trace
     endpoint: float  # when the turn was decided
     backlog_ms: float = 0.0  # how far capture processing lagged behind the microphone during the turn
@@ -278,12 +281,6 @@ class InterruptReply:
 
 
 @dataclass(frozen=True)
-class Play:
-    turn: int
-    chunk: np.ndarray = field(compare=False)
-
-
-@dataclass(frozen=True)
 class FlushAudio:
     """Drop queued speaker audio; the sink's played position restarts (a reply's first chunk follows)."""
 
@@ -293,6 +290,7 @@ class Publish:
     event: Event | SessionEvent
 
 
+# a reply's audio, once the reply may play, is the action to play it (ResponseAudio as it came)
 Action = (
     RunVad
     | ResetVad
@@ -304,7 +302,7 @@ Action = (
     | ConfirmReply
     | DropReply
     | InterruptReply
-    | Play
+    | ResponseAudio
     | FlushAudio
     | Publish
 )
@@ -335,6 +333,10 @@ class Utterance:
     started_at: float = 0.0  # when the speech began (the wake phrase's follow-up window counts from here)
     resumes: Closed | None = None  # speech over the reply that continues this turn once it proves it is the user
 
+    @property
+    def source(self) -> TurnSource:
+        return "push_to_talk" if self.ptt else "hands_free"  # the hotkey's turns bypass the wake phrase
+
 
 @dataclass(frozen=True)
 class Closed:
@@ -342,9 +344,8 @@ class Closed:
     pause the end-of-turn policy took for the end), so the second half is never answered on its own or lost."""
 
     turn: int
-    start: int  # capture position where its speech began
+    user: Utterance  # its speech, from `user.start`
     speech_end: float  # capture time of its last speech
-    started_at: float
 
 
 @dataclass
@@ -364,9 +365,8 @@ class Finalizing:
     turn: int
     speech_end: float
     endpoint: float
+    user: Utterance  # the speech it transcribes
     respond: bool = False
-    started_at: float = 0.0  # when the user's speech began
-    ptt: bool = False  # the hotkey made the turn (it bypasses the wake phrase)
 
 
 class TurnCore:
@@ -388,11 +388,9 @@ class TurnCore:
         self.pending: list[str | int] = []
         self.tool_output = False  # Realtime: function outputs arrived since the last reply began
         self.backlog_ms = 0.0  # the largest capture lag during the current user turn
-        self._vad_origin = 0
         self._ids = 0
         self._jobs: dict[int, Finalizing] = {}
-        self._creating: CreateResponse | None = None  # a response waiting for transcripts
-        self._creating_turn = 0
+        self._creating: tuple[int, CreateResponse] | None = None  # a response (its turn) waiting for transcripts
         self._loud: tuple[float, float] | None = None  # (capture time, dBFS) the speaker last played audibly
         self._next: tuple[str, float] | None = None  # words said over the reply, answered when it ends (speech end)
         self._closed: Closed | None = None  # the latest answered turn, while it may still be resumed
@@ -421,7 +419,7 @@ class TurnCore:
             case ResponseTextDelta():
                 self._reply_out(inp.turn, Publish(inp))
             case ResponseAudio():
-                self._reply_out(inp.turn, Play(inp.turn, inp.audio))
+                self._reply_out(inp.turn, inp)
             case ReplyDone():
                 self._on_reply_done(inp)
             case Command(kind="ptt_start" | "ptt_stop"):
@@ -494,8 +492,7 @@ class TurnCore:
         ended = a.speaker_end if a.speaker_end is not None else self._loud[0]
         return self._loud[1] if a.t < max(ended, self._loud[0]) + tail else None
 
-    def _on_vad(self, raw: VadEvent) -> None:
-        ev = _shift(raw, self._vad_origin)
+    def _on_vad(self, ev: VadEvent) -> None:
         # push-to-talk alone: the VAD's events are no news; a pause notice is the core's own cue, never published
         if self.policy.vad_turns and not self._model_judges(ev) and not isinstance(ev, PauseStarted):
             self._emit(Publish(ev))
@@ -506,7 +503,7 @@ class TurnCore:
             if user is None:
                 self._speech_started(ev)
             else:  # a new start inside a pause that the end-of-turn policy kept open
-                self._resumed(ev.time, ev.onset_sample)
+                self._resumed(user, ev.time, ev.onset_sample)
         elif user is None:
             return
         elif isinstance(ev, PauseStarted):
@@ -516,18 +513,18 @@ class TurnCore:
             user.silence_at = ev.sample
             if user.scored_pause != ev.sample:  # asked at a pause that voice ended before it was confirmed
                 user.score, user.scoring, user.scored_pause = None, 0, None
-            addressed = self.wake.may_speculate(user.partial, user.started_at, _source(user.ptt))
+            addressed = self.wake.may_speculate(user.partial, user.started_at, user.source)
             if self.policy.speculative and not user.candidate and user.spec_job is None and addressed:
-                self._speculate(ev.time)
+                self._speculate(user, ev.time)
             self._check_end_of_turn(ev.time)  # a score may be due now, not one audio block later
         elif isinstance(ev, SpeechResumed):
-            self._resumed(ev.time, ev.sample)
+            self._resumed(user, ev.time, ev.sample)
         elif isinstance(ev, SpeechEnded):
             if user.silence_at is None:
                 user.silence_at = ev.end_sample
             if ev.truncated or self.end_of_turn.score_after_ms is None:
                 # the VAD's hangover (adaptive or not) is the silence rule; a model-backed policy may wait longer
-                self._end_turn(ev.end_sample, ev.time)
+                self._end_turn(user, ev.end_sample, ev.time)
             else:
                 self._check_end_of_turn(ev.time, vad_ended=True)
 
@@ -543,9 +540,7 @@ class TurnCore:
         closed = self._resumable(ev.onset_sample)
         if closed is not None:
             if self.current is not None and self.clock.echo_at(ev.onset_sample):
-                self._begin(ev.start_sample, candidate=True)  # over the reply's own voice: words first
-                assert self.user is not None
-                self.user.resumes = closed
+                self._begin(ev.start_sample, candidate=True).resumes = closed  # over the reply's own voice: words first
             else:
                 self._reopen(closed)
             return
@@ -560,9 +555,7 @@ class TurnCore:
             return
         self._begin(ev.start_sample)
 
-    def _resumed(self, now: float, onset: int) -> None:
-        user = self.user
-        assert user is not None
+    def _resumed(self, user: Utterance, now: float, onset: int) -> None:
         if user.score is not None or user.scoring:  # a pause the policy judged and waited through
             user.segment = onset
         user.silence_at, user.score, user.scoring, user.scored_pause = None, None, 0, None  # a late score is stale
@@ -570,15 +563,15 @@ class TurnCore:
 
     # ---- the user's turn ------------------------------------------------------------------------------------
 
-    def _begin(self, start: int, ptt: bool = False, candidate: bool = False) -> None:
+    def _begin(self, start: int, ptt: bool = False, candidate: bool = False) -> Utterance:
         self._ids += 1
-        self.user = Utterance(self._ids, start, start, ptt=ptt, candidate=candidate)
-        self.user.started_at = self.clock.time_of(start)
+        self.user = Utterance(self._ids, start, start, ptt, candidate, started_at=self.clock.time_of(start))
         self.backlog_ms = 0.0
         self._emit(ResetTranscriber())
         self._feed()
         if not candidate:
             self._set_state(TurnState.USER_SPEAKING)
+        return self.user
 
     def _feed(self, force: bool = False) -> None:
         user = self.user
@@ -633,7 +626,7 @@ class TurnCore:
                 self._emit(Publish(SpeechEnded(user.start, user.silence_at, now)))
             if not vad_ended:
                 self._reset_vad()  # its pause in progress is over: the next speech must be a new start
-            self._end_turn(user.silence_at, now)
+            self._end_turn(user, user.silence_at, now)
 
     def _ask_score(self, user: Utterance, pause: int) -> None:
         """Ask the end-of-turn model about the pause that began at `pause`: the speech and the pause's first
@@ -655,20 +648,21 @@ class TurnCore:
         return max(start, end - SCORE_WINDOW, self.ring.start)
 
     def _on_scored(self, s: Scored) -> None:
+        if s.error is not None:
+            self._error("scoring the end of turn", s.error, s.now)
         user = self.user
         if user is None or not user.scoring or user.scoring != s.job:
             return  # the turn ended, or speech resumed before the model answered: the score is of a past pause
-        user.score, user.scoring = s.score, 0
+        # a broken model must not hold the turn open: it ends as the silence rule would end it
+        user.score, user.scoring = 1.0 if s.error is not None else s.score, 0
         self._check_end_of_turn(s.now)
 
-    def _speculate(self, now: float) -> None:
+    def _speculate(self, user: Utterance, now: float) -> None:
         """Silence started: transcribe and answer now, play nothing until the turn is confirmed."""
-        user = self.user
-        assert user is not None
         self._feed(force=True)
         self.turn += 1
         user.spec_turn = self.turn
-        user.spec_job = self._finalize(Finalizing("speculate", self.turn, 0.0, now))
+        user.spec_job = self._finalize(Finalizing("speculate", self.turn, 0.0, now, user))
         self._emit(Publish(SpeculationStarted(self.turn, now)))
 
     def _cancel_speculation(self, now: float) -> None:
@@ -689,33 +683,31 @@ class TurnCore:
         user.fed_to = user.start
         self._feed(force=True)
 
-    def _end_turn(self, end_sample: int, now: float) -> None:
-        """The user finished (end-of-turn policy, hotkey release or commit)."""
-        user = self.user
-        assert user is not None
+    def _end_turn(self, user: Utterance, end_sample: int, now: float) -> None:
+        """The user (the utterance in progress) finished: end-of-turn policy, hotkey release or commit."""
         speech_end = self.clock.time_of(end_sample)
         self._feed(force=True)
         self.user = None
         if user.candidate:
-            self._finalize(Finalizing("judge", 0, speech_end, now, started_at=user.started_at))
+            self._finalize(Finalizing("judge", 0, speech_end, now, user))
             return
         if not self.policy.answer_turns:
-            job = Finalizing("queue", 0, speech_end, now, respond=self.policy.auto_respond and self.policy.vad_turns)
+            job = Finalizing("queue", 0, speech_end, now, user, self.policy.auto_respond and self.policy.vad_turns)
             self.pending.append(self._finalize(job))  # its place among the user's messages, filled by its text
             self._set_state(TurnState.THINKING if job.respond else TurnState.IDLE)
             return
         self._set_state(TurnState.THINKING)
-        if self.policy.resume_ms and not user.ptt:
-            turn = user.spec_turn if user.spec_turn is not None else self.turn + 1
-            self._closed = Closed(turn, user.start, speech_end, user.started_at)
-        if user.spec_job is None or user.spec_turn is None:
+        if user.spec_turn is None:
             self.turn += 1
-            self._finalize(Finalizing("answer", self.turn, speech_end, now, started_at=user.started_at, ptt=user.ptt))
-        elif (spec := self._jobs.get(user.spec_job)) is not None:  # its transcript is still coming: answered then
-            spec.purpose, spec.speech_end, spec.endpoint = "answer", speech_end, now
-            spec.started_at, spec.ptt = user.started_at, user.ptt
+        turn = self.turn if user.spec_turn is None else user.spec_turn
+        job = Finalizing("answer", turn, speech_end, now, user)
+        if self.policy.resume_ms and not user.ptt:
+            self._closed = Closed(turn, user, speech_end)
+        if user.spec_job is None:
+            self._finalize(job)
+        elif user.spec_job in self._jobs:  # the speculation's transcript is still coming: it answers the turn
+            self._jobs[user.spec_job] = job
         else:  # its transcript is known (spec_text), its reply may be running already
-            job = Finalizing("answer", user.spec_turn, speech_end, now, started_at=user.started_at, ptt=user.ptt)
             self._answer(job, user.spec_text or "", user.spec_language, now)
 
     def _finalize(self, job: Finalizing) -> int:
@@ -732,10 +724,9 @@ class TurnCore:
             self._error("transcribing", tr.error, tr.now)
         text = tr.text.strip()
         if job.purpose == "speculate":
-            user = self.user
-            assert user is not None  # a speculation leaves _jobs with its utterance
+            user = job.user
             user.spec_text, user.spec_language = text, tr.language
-            decision = self.wake.decide(text, user.started_at, _source(user.ptt))
+            decision = self.wake.decide(text, user.started_at, user.source)
             if text and tr.error is None and decision.answer:
                 self._start_reply(job.turn, Responder(decision.text), False, 0.0, job.endpoint)
             return
@@ -749,7 +740,7 @@ class TurnCore:
             if job.respond and text and self._creating is None:
                 self._create(CreateResponse(tr.now, speech_end=job.speech_end, endpoint=job.endpoint))
             elif self._creating is not None and not self.transcribing:
-                self._respond(self._creating)
+                self._respond(*self._creating)
             elif self.state is TurnState.THINKING and self.current is None and self.user is None:
                 self._set_state(TurnState.IDLE)
 
@@ -760,7 +751,7 @@ class TurnCore:
         (wake phrase) leave the reply alone."""
         if text:
             self._emit(Publish(FinalTranscript(text, language, now)))
-        decision = self.wake.decide(text, job.started_at, _source(job.ptt))
+        decision = self.wake.decide(text, job.user.started_at, job.user.source)
         words = turn_words(text, self.policy.backchannels)
         if words == 0 or not decision.answer:
             self._emit(Publish(FalseStart(now)))  # a backchannel (or echo): the reply goes on
@@ -777,7 +768,7 @@ class TurnCore:
         wake phrase: back to listening, no reply and nothing in the history). A speculative reply of its turn that
         runs already is confirmed."""
         self._emit(Publish(FinalTranscript(text, language, now)))
-        decision = self.wake.decide(text, job.started_at, _source(job.ptt))
+        decision = self.wake.decide(text, job.user.started_at, job.user.source)
         if not text or not decision.answer:
             self._drop_reply(job.turn)
             self._set_state(TurnState.IDLE if self.user is None else self.state)
@@ -805,21 +796,15 @@ class TurnCore:
     # ---- replies --------------------------------------------------------------------------------------------
 
     def _start_reply(self, turn: int, responder: Responder, confirmed: bool, speech_end: float, now: float) -> None:
+        self.replies[turn] = ReplyState(turn, False, responder.user_text is not None)
+        self._emit(StartReply(turn, responder, speech_end or now, now, round(self.backlog_ms, 1)))
         if confirmed:
-            self._next = None  # a newer turn supersedes words waiting for the reply's end (shown as a transcript)
-            self._interrupt_current()
-        reply = ReplyState(turn, confirmed, responder.user_text is not None)
-        self.replies[turn] = reply
-        if confirmed:
-            self.current = reply
-            self.wake.replying()
-        self._emit(StartReply(turn, responder, confirmed, speech_end or now, now, round(self.backlog_ms, 1)))
+            self._confirm(turn, speech_end or now, now)
 
     def _confirm(self, turn: int, speech_end: float, endpoint: float) -> None:
-        reply = self.replies.get(turn)
-        if reply is None:
-            return
+        reply = self.replies[turn]  # both callers know it runs: _start_reply added it, _answer checked
         self._interrupt_current()
+        self._next = None  # a newer turn supersedes words waiting for the reply's end (shown as a transcript)
         reply.confirmed, self.current = True, reply
         self.wake.replying()
         self._emit(ConfirmReply(turn, speech_end, endpoint))
@@ -827,7 +812,7 @@ class TurnCore:
         for action in held:
             self._emit_reply(reply, action)
 
-    def _reply_out(self, turn: int, action: Play | Publish) -> None:
+    def _reply_out(self, turn: int, action: ResponseAudio | Publish) -> None:
         reply = self.replies.get(turn)
         if reply is not None and not reply.confirmed:
             reply.held.append(action)
@@ -835,7 +820,7 @@ class TurnCore:
             self._emit_reply(reply, action)
 
     def _emit_reply(self, reply: ReplyState, action: Action) -> None:
-        if isinstance(action, Play) and not reply.audio_started:
+        if isinstance(action, ResponseAudio) and not reply.audio_started:
             reply.audio_started = True
             self._emit(FlushAudio())  # the sink's played position now counts this reply
             self._set_state(TurnState.ASSISTANT_SPEAKING)
@@ -888,7 +873,7 @@ class TurnCore:
     def _resumable(self, onset: int) -> Closed | None:
         """The answered turn that speech with this onset continues, if any (see `Closed`)."""
         c = self._closed
-        if c is None or self.ptt or self.user is not None or self.ring.start > c.start:
+        if c is None or self.ptt or self.user is not None or self.ring.start > c.user.start:
             return None
         if self.clock.time_of(onset) - c.speech_end > self.policy.resume_ms / 1000:
             return None
@@ -913,9 +898,7 @@ class TurnCore:
             self._emit(Publish(ResponseDone(c.turn, "", True, self._now)))
         self._drop_reply(c.turn)
         self.user = None
-        self._begin(c.start)
-        assert self.user is not None
-        self.user.started_at = c.started_at
+        self._begin(c.user.start).started_at = c.user.started_at
 
     # ---- commands -------------------------------------------------------------------------------------------
 
@@ -935,13 +918,13 @@ class TurnCore:
             return
         self._reset_vad()  # its utterance in progress is ours; it must not end a second turn
         if self.user is not None:
-            self._end_turn(self.ring.end, self._now)
+            self._end_turn(self.user, self.ring.end, self._now)
 
     def _on_interrupt(self) -> None:
         if self._creating is not None:  # a response still waiting for its transcripts: it never starts
-            self._creating = None
-            self._emit(Publish(ResponseStarted(self._creating_turn, self._now)))
-            self._emit(Publish(ResponseDone(self._creating_turn, "", True, self._now)))
+            (turn, _), self._creating = self._creating, None
+            self._emit(Publish(ResponseStarted(turn, self._now)))
+            self._emit(Publish(ResponseDone(turn, "", True, self._now)))
             return
         self._cancel_speculation(self._now)
         if self.current is not None:
@@ -962,7 +945,7 @@ class TurnCore:
             self._emit(Publish(FinalTranscript("", "", self._now)))
             return
         self._reset_vad()
-        self._end_turn(self.ring.end, self._now)
+        self._end_turn(self.user, self.ring.end, self._now)
 
     def _on_user_text(self, u: UserText) -> None:
         if not u.text.strip():
@@ -986,13 +969,13 @@ class TurnCore:
 
     def _create(self, c: CreateResponse) -> None:
         self.turn += 1  # the reply's number, known now so a cancel before it starts can name it
-        self._creating, self._creating_turn = c, self.turn
+        self._creating = (self.turn, c)
         if not self.transcribing:
-            self._respond(c)
+            self._respond(self.turn, c)
 
-    def _respond(self, c: CreateResponse) -> None:
-        """Answer every pending user message as one reply (Realtime)."""
-        turn, self._creating = self._creating_turn, None
+    def _respond(self, turn: int, c: CreateResponse) -> None:
+        """Answer every pending user message as reply `turn` (Realtime)."""
+        self._creating = None
         text = "\n".join(p for p in self.pending if isinstance(p, str))
         self.pending = [p for p in self.pending if isinstance(p, int) and p in self._jobs]  # still coming
         continues, self.tool_output = self.tool_output and not text, False  # a new user message starts afresh
@@ -1019,8 +1002,7 @@ class TurnCore:
     # ---- plumbing -------------------------------------------------------------------------------------------
 
     def _reset_vad(self) -> None:
-        self._emit(ResetVad())
-        self._vad_origin = self.ring.end
+        self._emit(ResetVad(self.ring.end))
 
     def _set_state(self, new: TurnState) -> None:
         if new is not self.state:
@@ -1035,21 +1017,6 @@ class TurnCore:
 
     def _emit(self, action: Action) -> None:
         self._out.append(action)
-
-
-def _shift(ev: VadEvent, origin: int) -> VadEvent:
-    """A VAD event with positions on the capture clock (the VAD counts from its construction or reset)."""
-    if origin == 0:
-        return ev
-    if isinstance(ev, SpeechStarted):
-        return dataclasses.replace(ev, start_sample=ev.start_sample + origin, onset_sample=ev.onset_sample + origin)
-    if isinstance(ev, SpeechEnded):
-        return dataclasses.replace(ev, start_sample=ev.start_sample + origin, end_sample=ev.end_sample + origin)
-    return dataclasses.replace(ev, sample=ev.sample + origin)
-
-
-def _source(ptt: bool) -> TurnSource:
-    return "push_to_talk" if ptt else "hands_free"
 
 
 def _time_of(inp: Input, last: float) -> float:

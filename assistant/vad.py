@@ -13,9 +13,9 @@ speech). Events:
   that is shorter (an early notice for the end-of-turn model); SpeechResumed when half of min_speech_ms of voice
   comes back after SilenceStarted (single clicks do not); SpeechEnded after the hangover or at max_utterance_s
   (truncated).
-Positions are sample indices since construction or `reset()`, exact whatever the sizes of the blocks fed; a
-frame's decision is placed at its first sample. `time` is the clock's reading when the event was decided.
-No I/O: feed samples, get events.
+Positions are sample indices from 0 at construction or from `reset(origin)`'s origin, exact whatever the sizes
+of the blocks fed; a frame's decision is placed at its first sample. `time` is the clock's reading when the event
+was decided. No I/O: feed samples, get events.
 """
 
 from __future__ import annotations
@@ -95,20 +95,20 @@ class Vad:
         """Whole frames covering `ms` (at least one)."""
         return max(1, math.ceil(ms / self.cfg.frame_ms))
 
-    def reset(self) -> None:
-        """Back to quiet with positions counted from zero (keeps the playback setting and the noise floor)."""
+    def reset(self, origin: int = 0) -> None:
+        """Back to quiet with positions counted from `origin` (keeps the playback setting and the noise floor)."""
         self._webrtc = webrtcvad.Vad(self.cfg.aggressiveness)
         self.state = State.QUIET
         self._pending = np.zeros(0, dtype=np.int16)
-        self.position = 0  # samples consumed in whole frames
-        self._onset = 0  # first voiced frame of the current (candidate) utterance
-        self._start = 0  # onset less the pre-roll
+        self.position = origin  # samples consumed in whole frames
+        self._onset = origin  # first voiced frame of the current (candidate) utterance
+        self._start = origin  # onset less the pre-roll
         self._run = 0  # voiced frames in a row while starting
-        self._silence_start = 0
+        self._silence_start = origin
         self._silent = 0  # silent frames in a row while stopping
         self._silence_reported = False
         self._resume_run = 0  # voiced frames in a row while stopping
-        self._last_end = 0  # no pre-roll reaches back into the previous utterance
+        self._last_end = origin  # no pre-roll reaches back into the previous utterance
         self._voiced_levels: list[float] = []
         self._votes.clear()
 

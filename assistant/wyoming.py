@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -607,16 +608,49 @@ def _next_step(gen: Any) -> Any:
 # ---- the services --------------------------------------------------------------------------------------------
 
 
+def _header_problem(line: bytes) -> str | None:
+    """What is wrong with an event header line, or None: one line of JSON, an object with a string `type`, whole
+    byte counts and a `data` object (the wyoming package raised AttributeError/TypeError/KeyError on the rest,
+    a traceback in the daemon log)."""
+    try:
+        header = json.loads(line)
+    except ValueError:
+        return "an event header must be one line of JSON"
+    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+        return 'an event header must be a JSON object with a string "type"'
+    for key in ("data_length", "payload_length"):
+        n = header.get(key)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            return f"`{key}` must be a whole number of bytes, got {json.dumps(n)[:40]}"
+    if header.get("data") is not None and not isinstance(header["data"], dict):
+        return "`data` must be a JSON object"
+    return None
+
+
 class _BoundedReader:
-    """A connection's reader as the wyoming package uses it (readline, readexactly), which refuses a frame whose
-    declared data or payload exceeds FRAME_LIMIT before reading it: the client gets an error event, and the
-    ValueError ends the connection (the package reads it as the end of the stream)."""
+    """A connection's reader as the wyoming package uses it (readline, readexactly), which refuses a malformed
+    event header, a data part that is not a JSON object, and a frame whose declared data or payload exceeds
+    FRAME_LIMIT before reading it: the client gets an error event, and the ValueError ends the connection (the
+    package reads it as the end of the stream)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self._data_length: int | None = None  # the next readexactly of this many bytes is the header's data part
+
+    async def _refuse(self, text: str, code: str) -> ValueError:
+        with contextlib.suppress(ConnectionError):
+            await async_write_event(_error(text, code), self.writer)
+        return ValueError(text)
 
     async def readline(self) -> bytes:
-        return await self.reader.readline()
+        line = await self.reader.readline()
+        if not line.strip():
+            return line  # the end of the stream (the package reads an empty line the same way)
+        if (problem := _header_problem(line)) is not None:
+            raise await self._refuse(f"{problem}; send Wyoming events (a Wyoming client library)", "bad-event")
+        n = json.loads(line).get("data_length")
+        self._data_length = n if n else None
+        return line
 
     async def readexactly(self, n: int) -> bytes:
         if n > FRAME_LIMIT:
@@ -624,10 +658,17 @@ class _BoundedReader:
                 f"a frame of {n} bytes is over the {FRAME_LIMIT} one event may carry; send the audio in smaller "
                 "chunks (and text within wyoming.max_text_chars)"
             )
-            with contextlib.suppress(ConnectionError):
-                await async_write_event(_error(text, "frame-too-large"), self.writer)
-            raise ValueError(text)
-        return await self.reader.readexactly(n)
+            raise await self._refuse(text, "frame-too-large")
+        data = await self.reader.readexactly(n)
+        if n == self._data_length:
+            self._data_length = None
+            try:
+                is_object = isinstance(json.loads(data), dict)
+            except ValueError:
+                is_object = False
+            if not is_object:
+                raise await self._refuse("an event's data part must be a JSON object", "bad-event")
+        return data
 
 
 class WyomingServices:

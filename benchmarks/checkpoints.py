@@ -87,7 +87,7 @@ def model_config(
     mode: str = "affine",
 ) -> dict:
     """config.json of a CustomVoice checkpoint with the released shapes (layers overridable for CPU runs;
-    `tiny_widths`: hidden 256 everywhere, for CPU runs of the whole daemon)."""
+    `tiny_widths`: hidden 256 (the 1.7B talker 512), for CPU runs of the whole daemon)."""
     from tools.qwen3_tts_ref import tiny
 
     hidden, inter = SIZES[size]
@@ -106,8 +106,10 @@ def model_config(
         num_key_value_heads=8,
         head_dim=128,
     )
-    if tiny_widths:
-        t.update(hidden_size=256, intermediate_size=768, num_attention_heads=4, num_key_value_heads=2, head_dim=64)
+    if tiny_widths:  # the 1.7B's talker stays wider than its predictor: it keeps its projection between them
+        wide = 256 if size == "0.6B" else 512
+        t.update(hidden_size=wide, intermediate_size=3 * wide, num_attention_heads=4, num_key_value_heads=2)
+        t.update(head_dim=64)
         t.update(text_hidden_size=256)
         t["rope_scaling"]["mrope_section"] = [12, 10, 10]
         t["code_predictor_config"].update(
@@ -214,6 +216,7 @@ def add_tts_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--layers", type=int, nargs=2, default=[28, 5])
     ap.add_argument("--cache", default="/tmp/bench-checkpoints")
     ap.add_argument("--unfused", action="store_true", help="keep the checkpoint layout (skip fuse()): the A/B")
+    ap.add_argument("--fuse", default="", metavar="KEY=VALUE,...", help="fused with these FuseOptions: the A/B")
 
 
 def tts_precision(args: argparse.Namespace) -> str:
@@ -221,8 +224,33 @@ def tts_precision(args: argparse.Namespace) -> str:
     return f"{args.mode}-{args.bits}bit" if args.bits else "bf16"
 
 
-def keep_checkpoint_layout() -> None:
-    """Load TTS models unfused from now on (the --unfused A/B): fuse() does nothing."""
+def fuse_options(spec: str) -> Any:
+    """FuseOptions from "key=value,..." (e.g. "attention=gemv,residual=add"); ValueError naming the choices."""
+    from typing import get_args, get_type_hints
+
+    from assistant.tts.qwen3.talker import FuseOptions
+
+    hints = get_type_hints(FuseOptions)
+    chosen = {}
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        if key not in hints or value not in get_args(hints[key]):
+            choices = "; ".join(f"{k}={'|'.join(get_args(t))}" for k, t in hints.items())
+            raise ValueError(f"--fuse {item!r}: the choices are {choices}")
+        chosen[key] = value
+    return FuseOptions(**chosen)
+
+
+def tts_layout(args: argparse.Namespace) -> str:
+    """Load TTS models from now on in the layout add_tts_args' --unfused / --fuse ask for (the A/B); returns the
+    row's label of it."""
     from assistant.tts.qwen3.talker import Qwen3TTSModel
 
-    Qwen3TTSModel.fuse = lambda self: None  # type: ignore[method-assign]
+    if args.unfused:
+        Qwen3TTSModel.fuse = lambda self, options=None: None  # type: ignore[method-assign,misc]
+        return "unfused"
+    if not args.fuse:
+        return "fused"
+    options, fuse = fuse_options(args.fuse), Qwen3TTSModel.fuse
+    Qwen3TTSModel.fuse = lambda self, _=None: fuse(self, options)  # type: ignore[method-assign,misc]
+    return f"fused {args.fuse}"

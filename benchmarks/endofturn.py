@@ -90,8 +90,8 @@ def daemon_end(cfg: Config, clip: Clip, score: Callable[[np.ndarray], float], mo
                 case RunVad(samples):
                     for ev in vad.feed(samples):
                         apply(ev)
-                case ResetVad():
-                    vad.reset()
+                case ResetVad(origin):
+                    vad.reset(origin)
                 case ScoreTurn(job, heard):
                     due.append((core.ring.end + CAPTURE_RATE * model_ms // 1000, job, score(heard)))
                 case Feed(utt):

@@ -14,12 +14,14 @@
 # it the first job of a fresh machine spends ~1-2 min compiling kernels (0.6B bf16: 154 s against 115 s for 1.7B after
 # it). From a worktree copied into FOLDER (/work/wt/notes/gpu-sync.sh), carry FOLDER in EVERY call, not only the first:
 # an ignored folder a call does not carry is gone on the device (17:06 UTC, 2026-12-07: `cd .dev-gpu` failed).
-# `ab` times the 0.6B frame fused, in the checkpoint's layout and fused without addmm (AB="fused unfused no-addmm"),
+# `ab` times the 0.6B frame fused, in the checkpoint's layout and fused without addmm (AB="fused unfused no-addmm";
+# a variant fuse=K=V,... is tts_profile's --fuse, the talker's FuseOptions: AB="fused fuse=attention=gemv"),
 # AB_REPS times (~40 s each), each under every MLX setting of AB_ENVS (e.g. "MLX_NONE=1 MLX_USE_CUDA_GRAPHS=0
 # MLX_MAX_OPS_PER_BUFFER=1000"; MLX_NONE=1 is MLX's defaults), recorded in the profile row's "env"; AB_ARGS replaces
 # its tts_profile arguments (e.g. "--utterances-only --frames 100 250 --runs 4": whole utterances only, ~20 s each);
 # AB_TREES=". ../.dev-s5" runs each variant from each code tree in turn (carried folders; each row gets "code");
-# `ops` counts the operations of a frame's graphs (benchmarks/tts_ops.py), fused and unfused (seconds).
+# `ops` counts the operations of a frame's graphs (benchmarks/tts_ops.py), fused and unfused (seconds); `kernels`
+# times one kernel of each kind a frame launches (benchmarks/tts_kernels.py: gemv against cuBLAS, the q/k chain, ...).
 # FRESH="tts" on the first call of a session drops the label's earlier TTS rows (taken on other code).
 # The daemon's pure-Python needs (soundfile, which every part imports, soxr, wyoming, platformdirs, httpx2, ...) travel
 # in .whl-gpu/ (carry it with .dev-b; `install` adds them); the Smart Turn ONNX in .st-model/ (v2v then ends turns with
@@ -77,9 +79,11 @@ for part in "$@"; do
     stt) args=(--only stt); limit=${LIMIT_STT:-290} ;;
     llm) args=(--only llm); limit=${LIMIT_LLM:-300} ;;
     v2v) args=(--only v2v); limit=${LIMIT_V2V:-450} ;;
-    profile|ab|ops|integ)  # raw JSON lines beside the label's file: benchmarks/<label>-<part>.jsonl (ab: in profile)
+    profile|ab|ops|kernels|integ)  # raw JSON lines: benchmarks/<label>-<part>.jsonl (ab: in profile)
       if [ $part = ops ]; then  # operations per frame, fused and unfused (narrow widths: seconds), a smoke test too
         cmds=("-m benchmarks.tts_ops --size 0.6B" "-m benchmarks.tts_ops --size 0.6B --unfused")
+      elif [ $part = kernels ]; then  # us per kernel of each kind a frame launches (~1 min)
+        cmds=("-m benchmarks.tts_kernels")
       elif [ $part = profile ]; then
         cmds=("-m benchmarks.tts_profile --size 0.6B" "-m benchmarks.tts_profile --size 1.7B --positions 100")
       elif [ $part = ab ]; then  # the fused layout against the checkpoint's and without addmm, in turn
@@ -102,7 +106,8 @@ for part in "$@"; do
           | grep --line-buffered '^{' | sed -u "s|^{|{$tag|" | tee -a "$RESULTS/$label-$part.jsonl" || rc=$?
       done
       continue ;;
-    *) echo "unknown part $part: use install, tts-0.6B, tts-1.7B, stt, llm, v2v, profile, ab, ops or integ" >&2; exit 2 ;;
+    *) echo "unknown part $part: use install, tts-0.6B, tts-1.7B, stt, llm, v2v, profile, ab, ops, kernels or integ" >&2
+       exit 2 ;;
   esac
   # JOBS="4-bit,mxfp4": only the jobs whose names contain one of these ("tts 0.6B bf16$": that name exactly)
   # TTS_ENV="MLX_USE_CUDA_GRAPHS=0 ...": MLX settings for this part's jobs (each row records its MLX_* settings)

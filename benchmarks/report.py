@@ -320,16 +320,44 @@ def profile_table(rows: list[dict[str, Any]]) -> list[str]:
 def ops_table(rows: list[dict[str, Any]]) -> list[str]:
     """benchmarks/tts_ops.py rows: operations in the graphs of one frame, as this backend records them."""
     lines = [
-        "### TTS operations per frame (`python -m benchmarks.tts_ops --size S [--unfused]`)\n",
-        "Primitives MLX records for one compiled talker step and one frame kernel (views apart: no kernel).\n",
-        "| model | layout | talker step | frame kernel | frame | views |",
-        "|---|---|---|---|---|---|",
+        "### TTS operations per frame (`python -m benchmarks.tts_ops --size S [--unfused | --fuse K=V,...]`)\n",
+        "Primitives MLX records on the CPU for one compiled talker step and one frame kernel (views apart: no "
+        "kernel), and the kernels MLX CUDA launches for them (GPU columns: the module doc of benchmarks/tts_ops.py "
+        "gives the rule; GPU views: the primitives that launch no kernel; codec: one streaming step of 4 frames, "
+        "per frame).\n",
+        "| model | layout | talker step | frame kernel | frame | views | GPU step | GPU kernel | GPU frame | "
+        "GPU views | GPU codec |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         views = r["talker_step"]["views"] + r["frame_kernel"]["views"]
+        g = r.get("gpu")
+        gpu = "- | - | - | - | -"
+        if g:
+            codec = g.get("codec_step@4", {}).get("per_frame", "-")
+            step, kernel = g["talker_step"], g["frame_kernel"]
+            gviews = (
+                step.get("views", 0) + kernel.get("views", 0) - kernel.get("views_by_primitive", {}).get("Depends", 0)
+            )
+            gpu = f"{step['kernels']} | {kernel['kernels']} | {g['frame_total']} | {gviews or '-'} | {codec}"
         lines.append(
             f"| {r['size']} {r['precision']} | {r.get('layout', 'fused')} | {r['talker_step']['ops']} | "
-            f"{r['frame_kernel']['ops']} | {r['frame_total_ops']} | {views} |"
+            f"{r['frame_kernel']['ops']} | {r['frame_total_ops']} | {views} | {gpu} |"
+        )
+    return lines
+
+
+def kernels_table(rows: list[dict[str, Any]]) -> list[str]:
+    """benchmarks/tts_kernels.py rows: us per primitive of each kind, one column per run."""
+    lines = [
+        "### TTS kernels by kind (`python -m benchmarks.tts_kernels`): us per primitive evaluated (built)\n",
+        "| kind | " + " | ".join(f"{r['device']} {r.get('started', '')}" for r in rows) + " |",
+        "|---|" + "---|" * len(rows),
+    ]
+    for k in rows[0]["us_per_primitive"]:
+        cells = [r["us_per_primitive"].get(k, {}) for r in rows]
+        lines.append(
+            f"| {k} | " + " | ".join(f"{c.get('eval_us', '-')} ({c.get('build_us', '-')})" for c in cells) + " |"
         )
     return lines
 
@@ -377,7 +405,8 @@ def render(docs: list[dict[str, Any]], projection: dict[str, Any] | None = None,
                 out.append("Errors recorded:")
                 out.extend(errs)
             out.append("")
-        for part, table in (("ops", ops_table), ("profile", profile_table), ("integ", integ_table)):
+        tables = (("ops", ops_table), ("kernels", kernels_table), ("profile", profile_table), ("integ", integ_table))
+        for part, table in tables:
             extra = _jsonl(folder / f"{doc['label']}-{part}.jsonl") if folder is not None else []
             if extra:
                 out.extend(table(extra))

@@ -1,7 +1,7 @@
 """Where a TTS frame's time goes: each part of the frame loop timed alone at the real shapes (random weights).
 
     PYTHONPATH=. python -m benchmarks.tts_profile --size 0.6B [--bits 4 --mode affine] [--positions 100 400]
-        [--unfused | --no-addmm]
+        [--unfused | --fuse attention=gemv,residual=add]
 
 Parts, each run `--iters` times after a warm-up and evaluated every time (so each time includes one host sync):
 the talker's one-position step compiled and eager at a KV position, the frame kernel (code 0, the 15 predictor
@@ -25,7 +25,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from benchmarks.checkpoints import add_tts_args, keep_checkpoint_layout, tts_precision
+from benchmarks.checkpoints import add_tts_args, tts_layout, tts_precision
 
 
 def per_call_ms(fn: Callable[[], Any], iters: int) -> float:
@@ -157,7 +157,8 @@ def profile(
             return h
 
         def eager(cache: list[Any] = cache, pos: int = pos) -> Any:
-            return talker.model.step(x[None, None], mx.array(pos, mx.int32), [c.kv for c in cache])[0]
+            tables = talker.model.tables.of(cache[0].capacity)
+            return talker.model.step(x[None], mx.array(pos, mx.int32), [c.kv for c in cache], tables)[0]
 
         def frame(cache: list[Any] = cache) -> Any:
             h = step(cache)
@@ -173,7 +174,7 @@ def profile(
     p = sampling_of(cfg)
     vocab = talker.cfg.code_predictor_config.vocab_size
     cp = talker.code_predictor
-    pred = mx.compile(lambda h, k: cp.predict(h, talker.codec(c0)[0, :], frame_noise(k, 15, vocab)[0], p)[0])
+    pred = mx.compile(lambda h, k: cp.predict(h, talker.codec(c0)[0, :], frame_noise(k, 15, vocab)[0], p))
     out["predictor_15_steps_ms"] = per_call_ms(lambda: pred(h, key), iters)
     codes = np.random.default_rng(0).integers(0, 2048, (4, 16)).astype(np.int32)
     for warm in (0, 80):  # a fresh stream, and one past the attention window (steady state)
@@ -199,14 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--utterances-only", action="store_true", help="only whole utterances (--runs each): the A/B")
     ap.add_argument("--runs", type=int, default=3, help="utterances per frame count, the first a warm-up")
     ap.add_argument("--peer", action="store_true", help="then time ours as mlx-audio is imported, loaded and run")
-    ap.add_argument("--no-addmm", action="store_true", help="fused, but the residual added after the matmul")
+    ap.add_argument("--no-addmm", action="store_true", help="the same as --fuse residual=add")
     args = ap.parse_args(argv)
-    from assistant.tts.qwen3 import talker as talker_module
-
-    if args.unfused:
-        keep_checkpoint_layout()
-    if args.no_addmm:
-        talker_module.add_linear = lambda residual, layer, x: residual + layer(x)
+    if args.no_addmm:  # the earlier name of the choice
+        args.fuse = ",".join(filter(None, [args.fuse, "residual=add"]))
+    try:
+        layout = tts_layout(args)
+    except ValueError as e:
+        ap.error(str(e))
     from benchmarks.checkpoints import write_checkpoint
 
     kind = tts_precision(args)
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     layers, bits = args.layers, args.bits or None
     write_checkpoint(folder, args.size, bits, layers[0], layers[1], decoder_dim=args.decoder_dim, mode=args.mode)
     row = {"section": "tts_profile", "size": args.size, "precision": kind, "device": str(mx.default_device())}
-    row["layout"] = "unfused" if args.unfused else "fused, no addmm" if args.no_addmm else "fused"
+    row["layout"] = layout
     row["started"] = time.strftime("%H:%M:%S UTC", time.gmtime())
     row["env"] = {k: v for k, v in os.environ.items() if k.startswith("MLX_")}
     row.update(profile(folder, args.positions, args.frames, args.iters, args.peer, not args.utterances_only, args.runs))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from assistant import cli
-from assistant.errors import AssistantError
+from assistant import cli, config
+from assistant.errors import AssistantError, ConfigError
 
 SUBCOMMANDS = ["run", "devices", "pull", "say", "voices", "transcribe", "chat", "ctl", "wyoming", "doctor"]
 
@@ -255,11 +256,11 @@ def test_a_voice_typo_fails_before_any_model_loads(tmp_path: Path) -> None:
     out = run(["run", "--set", "tts.voice=nobody"], env)
     assert out.returncode == 2
     line = out.stderr.strip()
-    assert line.startswith("assistant: error: tts.voice 'nobody' is not a voice profile in ")
-    assert "use one of " in line and "default" in line and "\n" not in line
+    assert line.startswith("assistant: error: tts.voice: unknown voice 'nobody'; voices: ")
+    assert "`assistant voices` lists them" in line and "default" in line and "\n" not in line
     out = run(["say", "--voice", "nobdy", "hello"], env)
     assert out.returncode == 2
-    assert out.stderr.strip().startswith("assistant: error: --voice 'nobdy' is not a voice profile in ")
+    assert out.stderr.strip().startswith("assistant: error: --voice: unknown voice 'nobdy'; voices: ")
 
 
 def test_doctor_checks_the_voice_tools_and_memory(tmp_path: Path) -> None:
@@ -270,7 +271,7 @@ def test_doctor_checks_the_voice_tools_and_memory(tmp_path: Path) -> None:
     sets = ["--set", "tts.voice=nobody", "--set", "tools.enabled=['bogus']"]
     out = run(["doctor", *sets], env)
     assert out.returncode == 1
-    assert "  FAIL  voice nobody: tts.voice 'nobody' is not a voice profile in " in out.stdout
+    assert "  FAIL  voice nobody: tts.voice: unknown voice 'nobody'; voices: " in out.stdout
     assert "  FAIL  tools and memory: `tools.enabled` names `bogus`, which is neither built in" in out.stdout
     out = run(["doctor", "--set", "tools.timezone=Mars/Base"], env)
     assert "  FAIL  tools and memory: `tools.timezone` = 'Mars/Base' is not a known time zone" in out.stdout
@@ -337,3 +338,40 @@ def test_set_before_and_after_the_command_both_apply(isolated_env: Path, capsys:
     assert capsys.readouterr().err == "tts.voice 'nobody' is none of these profiles; set tts.voice to one of them\n"
     assert cli.main(["--set", "tts.voice=nobody", "--set", "tts.voice=vivian", "voices"]) == 0
     assert cli.main(["--set", "tts.voice=nobody", "voices", "--set", "tts.voice=vivian"]) == 0  # the later one wins
+
+
+def test_doctor_passes_the_devices_of_a_headless_daemon(tmp_path: Path) -> None:
+    """Without a sound card and with the server on (where `run` goes headless), `doctor` reports the missing
+    microphone and speaker as headless mode, not as problems (it failed them, so a server box never passed); with
+    the server off, or a device named, they are still problems."""
+    env = no_sound_env(tmp_path)
+    out = run(["doctor"], env)
+    for device in ("microphone", "speaker"):
+        line = f"  ok   {device}: none, so `assistant run` runs headless (WebSocket clients bring the audio)"
+        assert line in out.stdout.splitlines()
+    out = run(["doctor", "--set", "server.enabled=false"], env)
+    assert "  FAIL  microphone: no audio input device found; connect a microphone" in out.stdout
+    out = run(["doctor", "--set", "audio.output_device=USB"], env)
+    assert "  FAIL  speaker: " in out.stdout and "  ok   microphone: none, so" in out.stdout
+
+
+def test_one_broken_voice_profile_leaves_the_others_usable(tmp_path: Path) -> None:
+    """A voices folder with one broken profile: `voices` lists the others and names the broken file and its
+    problem (exit 1), `doctor` fails it, and `run` refuses only when it is the chosen voice (one bad file made
+    `voices`, `run` and every voice of a running daemon fail)."""
+    voices = tmp_path / "voices"
+    shutil.copytree(Path(cli.__file__).parent / "voices", voices)
+    (voices / "broken.toml").write_text('mode = "bogus"\n')
+    env = no_sound_env(tmp_path)
+    sets = ["--set", f"tts.voices_dir={voices}"]
+    out = run(["voices", *sets], env)
+    assert out.returncode == 1
+    assert "vivian" in out.stdout and "broken.toml" not in out.stdout and "\n  broken " not in out.stdout
+    problem = f"voice profile {voices / 'broken.toml'}: `mode` must be one of custom_voice, voice_design, clone, "
+    assert out.stderr.startswith(f"skipped: {problem}")
+    out = run(["doctor", *sets], env)
+    assert f"  FAIL  voice profiles: {problem}" in out.stdout
+    cfg = config.Config().replace({"tts.voices_dir": str(voices)})
+    cli.check_voice(cfg.replace({"tts.voice": "vivian"}))
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        cli.check_voice(cfg.replace({"tts.voice": "broken"}))

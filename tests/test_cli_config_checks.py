@@ -66,11 +66,13 @@ def test_a_voice_that_does_not_fit_the_local_tts_model_fails_before_it_loads(tmp
     with pytest.raises(ConfigError) as clone:
         cli.check_voice(custom)
     assert str(clone.value) == (
-        "tts.voice 'clone' (clone) needs a base model, but tts.model is a custom_voice model; use one of default, "
-        "vivian or set tts.model to a base model"
+        "tts.voice: voice 'clone' (clone) does not fit the custom_voice model of tts.model; voices that do: default, "
+        "vivian (or set tts.model to a base model)"
     )
     base = custom.replace({"tts.model": str(tmp_path / "base")})
-    with pytest.raises(ConfigError, match=r"^--voice 'vivian' \(custom_voice\) needs a custom_voice model, "):
+    with pytest.raises(
+        ConfigError, match=r"^--voice: voice 'vivian' \(custom_voice\) does not fit the base model of tts.model; "
+    ):
         cli.check_voice(base, "vivian")
     cli.check_voice(base)  # clone fits Base
     cli.check_voice(custom, "vivian")
@@ -96,3 +98,17 @@ def test_an_unusable_token_file_fails_before_the_models_load(isolated_env: Path)
         cli.check_server_settings(config.Config().replace({"server.token_file": str(link)}))
     cli.check_server_settings(config.Config().replace({"server.token_file": str(isolated_env / "new-token")}))
     assert not (isolated_env / "new-token").exists()  # a check creates nothing
+
+
+def test_a_token_file_under_a_file_names_the_folder_not_permissions(isolated_env: Path) -> None:
+    """A server.token_file whose folder path runs through a file (a config folder that is a file) fails naming
+    that and the fix, not "fix its permissions", which no permission change would mend."""
+    blocker = isolated_env / "file"
+    blocker.write_text("x")
+    cfg = config.Config().replace({"server.token_file": str(blocker / "assistant" / "token")})
+    with pytest.raises(ConfigError) as e:
+        cli.check_server_settings(cfg)
+    assert str(e.value) == (
+        f"cannot read the server token {blocker / 'assistant' / 'token'}: a part of its folder {blocker / 'assistant'} "
+        "is a file; set server.token_file to a path in a folder (created at the first start), or set server.token"
+    )

@@ -192,3 +192,30 @@ def test_a_list_key_given_a_bare_string_shows_the_toml_list(isolated_env: Path, 
         config.load(None, [f"tools.enabled={given}"])
     assert str(e.value).endswith(f"; write a TOML list of quoted strings, e.g. {example}")
     assert config.load(None, [f"tools.enabled={example}"]).tools.enabled == json.loads(example)
+
+
+def test_a_wake_phrase_without_words_is_refused() -> None:
+    """`pipeline.wake_phrase` of punctuation only ("!!!", "...") is a ConfigError naming the key and the fix (it
+    matched nothing, so it turned the wake phrase off and every turn was answered); words, or "", are fine."""
+    for bad in ("!!!", " ... ", "--"):
+        with pytest.raises(ConfigError) as e:
+            config.Config().replace({"pipeline.wake_phrase": bad})
+        assert str(e.value) == (
+            f"config.set: `pipeline.wake_phrase` = {bad!r} has no words to listen for; write the name, e.g. "
+            '"hey nova", or "" to answer every turn'
+        )
+    for good in ("", "hey nova", "Computer!", "Jarvis 2"):
+        assert config.Config().replace({"pipeline.wake_phrase": good}).pipeline.wake_phrase == good
+
+
+def test_a_server_token_a_client_cannot_send_is_refused() -> None:
+    """A `server.token` with a space at either end, a newline or a non-ASCII letter is a ConfigError that does not
+    echo the secret (with a trailing space no client was ever let in, told only "wrong token"; a non-ASCII one
+    worked for `assistant ctl` but not for curl); a plain token, or "", is fine."""
+    for bad in ("abc ", " abc", "line\n", "pässwort"):
+        with pytest.raises(ConfigError) as e:
+            config.Config().replace({"server.token": bad})
+        assert str(e.value).startswith("config.set: `server.token` must be printable ASCII with no space at either end")
+        assert bad not in str(e.value)
+    for good in ("", "s3cr3t-T0ken_~!", "two words", "A" * 64):
+        assert config.Config().replace({"server.token": good}).server.token == good

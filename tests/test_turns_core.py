@@ -49,7 +49,6 @@ from assistant.turns import (
     FlushAudio,
     Input,
     InterruptReply,
-    Play,
     Policy,
     Publish,
     ReplyDone,
@@ -131,6 +130,12 @@ class Timeline:
     def pos(self) -> int:
         return self.core.ring.end
 
+    def confirmed(self, reply: object) -> bool:
+        """Whether the core confirmed this started reply (a ConfirmReply of its turn came after it)."""
+        assert isinstance(reply, StartReply)
+        later = self.actions[self.actions.index(reply) :]
+        return any(isinstance(a, ConfirmReply) and a.turn == reply.turn for a in later)
+
 
 def spoken_turn(tl: Timeline, text: str = "hello") -> int:
     """The user says something and stops; returns the turn of the reply that answers it (confirmed)."""
@@ -144,7 +149,7 @@ def spoken_turn(tl: Timeline, text: str = "hello") -> int:
     if not tl.core.policy.answer_turns:  # Realtime: the transcript queues and auto-respond creates the reply
         assert tl.events(FinalTranscript)[-1].text == text  # type: ignore[attr-defined]
     reply = tl.of(StartReply)[-1]
-    assert isinstance(reply, StartReply) and reply.confirmed and reply.responder.user_text == text
+    assert isinstance(reply, StartReply) and tl.confirmed(reply) and reply.responder.user_text == text
     return reply.turn
 
 
@@ -156,7 +161,7 @@ def speculating(tl: Timeline, text: str = "hello") -> StartReply:
     assert tl.events(SpeculationStarted) and len(tl.of(Finalize)) == 1
     tl.transcribe(text)
     spec = tl.of(StartReply)[-1]
-    assert isinstance(spec, StartReply) and not spec.confirmed
+    assert isinstance(spec, StartReply) and not tl.confirmed(spec)
     return spec
 
 
@@ -168,7 +173,7 @@ def speculative_start_then_resume(policy: Policy) -> None:
     tl = Timeline(policy)
     spec = speculating(tl)
     tl.reply_plays(spec.turn)
-    assert not tl.of(Play), "nothing speculative plays"
+    assert not tl.of(ResponseAudio), "nothing speculative plays"
     tl.vad(SpeechResumed(tl.pos(), tl.now))
     assert tl.of(DropReply) == [DropReply(spec.turn)] and tl.events(SpeculationCancelled)
     feeds = [a for a in tl.of(Feed) if isinstance(a, Feed)]
@@ -177,7 +182,7 @@ def speculative_start_then_resume(policy: Policy) -> None:
     tl.ended(0, tl.pos())
     tl.transcribe("hello world")
     final = tl.of(StartReply)[-1]
-    assert isinstance(final, StartReply) and final.confirmed and final.responder.user_text == "hello world"
+    assert isinstance(final, StartReply) and tl.confirmed(final) and final.responder.user_text == "hello world"
     assert tl.core.state is TurnState.THINKING
 
 
@@ -210,8 +215,8 @@ def speculative_start_then_confirm(policy: Policy) -> None:
     step = tl.actions[decided:]  # everything the end of turn did, in order
     confirm = ConfirmReply(spec.turn, tl.core.clock.time_of(end), tl.now)
     assert confirm in step and len(tl.of(StartReply)) == 1
-    assert any(isinstance(a, Play) and a.turn == spec.turn for a in step[step.index(confirm) :])
-    assert [a.turn for a in tl.of(Play)] == [spec.turn]  # type: ignore[attr-defined]
+    assert any(isinstance(a, ResponseAudio) and a.turn == spec.turn for a in step[step.index(confirm) :])
+    assert [a.turn for a in tl.of(ResponseAudio)] == [spec.turn]  # type: ignore[attr-defined]
     assert tl.events(FinalTranscript)[-1].text == "hello"  # type: ignore[attr-defined]
     assert tl.states()[-1] is TurnState.ASSISTANT_SPEAKING
 
@@ -295,7 +300,7 @@ def manual_commit(policy: Policy) -> None:
     assert not tl.of(StartReply), "the response waits for the transcript in flight"
     tl.transcribe("second")
     reply = tl.of(StartReply)[-1]
-    assert reply.responder.user_text == "first\nsecond" and reply.confirmed  # type: ignore[attr-defined]
+    assert reply.responder.user_text == "first\nsecond" and tl.confirmed(reply)  # type: ignore[attr-defined]
     # audio committed before a text item is answered before it, though its transcript comes later
     tl.send(ReplyDone(reply.turn, "", False, tl.now))  # type: ignore[attr-defined]
     tl.audio(10, value=1000)
@@ -363,7 +368,7 @@ def model_failure(policy: Policy) -> None:
     apology = tl.of(StartReply)[-1]
     assert isinstance(apology, StartReply)
     if policy.answer_turns:
-        assert apology.turn > turn and apology.confirmed and apology.responder.speak_text == APOLOGY
+        assert apology.turn > turn and tl.confirmed(apology) and apology.responder.speak_text == APOLOGY
         tl.send(ReplyDone(apology.turn, "", True, tl.now, error=ModelError("the TTS broke")))
         assert tl.of(StartReply)[-1] is apology
     else:
@@ -384,7 +389,7 @@ def failed_speculation_is_silent(policy: Policy) -> None:
     tl.ended(0, tl.pos())
     tl.transcribe("hello")
     final = tl.of(StartReply)[-1]
-    assert isinstance(final, StartReply) and final.confirmed and final.turn > spec.turn
+    assert isinstance(final, StartReply) and tl.confirmed(final) and final.turn > spec.turn
 
 
 def mute(policy: Policy) -> None:
@@ -469,7 +474,7 @@ def words_over_reply_take_the_turn(policy: Policy) -> None:
     assert np.count_nonzero(fed == 3000) == 10 * BLOCK, "every sample of the speech went to the transcriber"
     tl.transcribe("yeah wait, what about Saturday?")
     reply = tl.of(StartReply)[-1]
-    assert isinstance(reply, StartReply) and reply.confirmed
+    assert isinstance(reply, StartReply) and tl.confirmed(reply)
     assert reply.responder.user_text == "yeah wait, what about Saturday?"
 
 
@@ -487,7 +492,7 @@ def short_words_wait_for_the_end(policy: Policy) -> None:
     tl.send(ReplyDone(turn, "One two three", False, tl.now))
     reply = tl.of(StartReply)[-1]
     assert isinstance(reply, StartReply) and reply.turn > turn and reply.responder.user_text == "Saturday?"
-    assert reply.confirmed and tl.core.state is TurnState.THINKING
+    assert tl.confirmed(reply) and tl.core.state is TurnState.THINKING
 
 
 def speech_over_reply_without_barge_in(policy: Policy) -> None:
@@ -503,6 +508,31 @@ def speech_over_reply_without_barge_in(policy: Policy) -> None:
     tl.send(ReplyDone(turn, "One two three", False, tl.now))
     reply = tl.of(StartReply)[-1]
     assert isinstance(reply, StartReply) and reply.turn > turn and reply.responder.user_text == "What about Saturday?"
+
+
+def test_a_newer_answered_turn_drops_the_words_waiting_for_the_reply_even_when_speculated() -> None:
+    """Words said over a reply and kept for its end are not answered after a newer turn of the user's, also when
+    that turn's speculative reply is the one confirmed (as when it is answered afresh)."""
+    tl = Timeline(dataclasses.replace(DAEMON, barge_in_min_words=3))
+    turn = spoken_turn(tl)
+    start = speech_over_reply(tl, turn, "Saturday")
+    tl.audio(5, speaker_dbfs=-20.0)
+    tl.ended(start, start + 10 * BLOCK)
+    tl.transcribe("Saturday?")  # fewer than 3 words: kept for the reply's end
+    tl.send(Command("interrupt", tl.now))
+    tl.send(ReplyDone(turn, "One", True, tl.now))
+    tl.audio(20)  # past the speaker's echo tail
+    begin = tl.pos()
+    tl.audio(10, value=1000)
+    tl.started(begin)
+    tl.vad(SilenceStarted(tl.pos(), tl.now))
+    tl.transcribe("what time is it")
+    spec = tl.of(StartReply)[-1]
+    tl.audio(5)
+    tl.ended(begin, tl.pos() - 5 * BLOCK)
+    assert isinstance(spec, StartReply) and spec.responder.user_text == "what time is it" and tl.confirmed(spec)
+    tl.send(ReplyDone(spec.turn, "Noon.", False, tl.now))
+    assert tl.of(StartReply)[-1] is spec, "the words from before the newer turn are not answered after it"
 
 
 SCENARIOS: list[tuple[Callable[[Policy], None], tuple[Policy, ...]]] = [
@@ -593,6 +623,28 @@ def test_a_model_backed_policy_scores_the_pause_and_holds_a_thinking_pause() -> 
     assert np.count_nonzero(fed == 1000) == 10 * BLOCK and np.count_nonzero(fed == 2000) == 10 * BLOCK
 
 
+def paused_for_a_score(tl: Timeline) -> list[ScoreTurn]:
+    """Under ScoredPolicy the user speaks and pauses 240 ms; returns the score requests so far."""
+    tl.core.end_of_turn = ScoredPolicy()
+    tl.audio(10, value=1000)
+    tl.started(0)
+    tl.vad(SilenceStarted(tl.pos(), tl.now))
+    tl.audio(12)
+    return [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
+
+
+def test_a_failed_score_is_reported_and_ends_the_turn_as_the_silence_rule_would() -> None:
+    """When the end-of-turn model fails, its error is published and the pause counts as complete (a broken model
+    must not hold the turn open)."""
+    tl = Timeline(dataclasses.replace(DAEMON, speculative=False))
+    (ask,) = paused_for_a_score(tl)
+    assert not tl.of(Finalize)
+    tl.send(Scored(ask.job, 0.0, tl.now, RuntimeError("onnx session lost")))
+    errors = tl.events(ErrorEvent)
+    assert [e.message for e in errors] == ["scoring the end of turn: RuntimeError: onnx session lost"]  # type: ignore[attr-defined]
+    assert len(tl.of(Finalize)) == 1 and tl.core.state is TurnState.THINKING
+
+
 def test_the_score_is_asked_as_soon_as_the_vad_reports_enough_silence() -> None:
     """When the VAD reports a pause that has already lasted score_after_ms, the core asks for the score at that
     event, not one audio block later."""
@@ -680,12 +732,7 @@ def test_a_score_that_arrives_after_speech_resumed_is_not_used_for_a_later_pause
     """The model answers a pause after the user already spoke on (slow scoring on a busy machine): that score
     ends nothing, and the next pause is scored afresh instead of reusing it."""
     tl = Timeline(dataclasses.replace(DAEMON, speculative=False))
-    tl.core.end_of_turn = ScoredPolicy()
-    tl.audio(10, value=1000)
-    tl.started(0)
-    tl.vad(SilenceStarted(tl.pos(), tl.now))
-    tl.audio(12)
-    (first,) = [a for a in tl.of(ScoreTurn) if isinstance(a, ScoreTurn)]
+    (first,) = paused_for_a_score(tl)
     tl.audio(10, value=1000)
     tl.vad(SpeechResumed(tl.pos() - 10 * BLOCK, tl.now))
     tl.send(Scored(first.job, 0.9, tl.now))  # "complete", for the pause that is over
@@ -762,7 +809,7 @@ def test_resume_speech_soon_after_the_end_retracts_the_reply_and_makes_one_turn(
     tl = Timeline(RESUMING)
     turn = spoken_turn(tl, "what time is it")  # speech from sample 0, answered (reply confirmed)
     tl.reply_plays(turn)
-    assert tl.of(Play)
+    assert tl.of(ResponseAudio)
     tl.audio(10)  # 200 ms more of the pause: 300 ms of silence after the speech in all
     resumed = tl.pos()
     tl.audio(10, value=1000)  # the speaker is silent at this capture time (no echo to judge)
@@ -777,7 +824,7 @@ def test_resume_speech_soon_after_the_end_retracts_the_reply_and_makes_one_turn(
     tl.ended(resumed, tl.pos() - 5 * BLOCK)
     tl.transcribe("what time is it in london")
     final = tl.of(StartReply)[-1]
-    assert isinstance(final, StartReply) and final.confirmed and final.turn == turn + 1
+    assert isinstance(final, StartReply) and tl.confirmed(final) and final.turn == turn + 1
     assert final.responder.user_text == "what time is it in london"
     assert len(tl.of(StartReply)) == 2
 

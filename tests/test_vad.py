@@ -231,6 +231,16 @@ def test_states_and_reset() -> None:
     assert v.feed(pattern("0" * 2 + "1" * 5))[0].onset_sample == 2 * F
 
 
+def test_reset_to_an_origin_counts_positions_from_it() -> None:
+    """After reset(origin) every position is the origin plus the samples since, the pre-roll never reaching back
+    past the origin (the turn core resets its VAD to the capture position and takes events as they come)."""
+    v = vad()
+    v.reset(100_000)
+    events = v.feed(pattern("0" * 3 + "1" * 10 + "0" * 30))
+    assert events[0] == SpeechStarted(start_sample=100_000, onset_sample=100_000 + 3 * F, time=T)
+    assert events[-1] == SpeechEnded(start_sample=100_000, end_sample=100_000 + 13 * F, time=T)
+
+
 def test_bad_input_is_named() -> None:
     """float32, stereo and non-arrays are refused with a message naming the conversion; bad rates too."""
     v = vad()

@@ -7,6 +7,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import re
 import secrets
 import stat
 from collections.abc import Callable
@@ -44,6 +45,11 @@ def read_token(cfg: ServerConfig) -> str | None:
         raise ConfigError(
             f"the server token file {path} is a folder; set server.token_file to a file (it is created at the first "
             "start) or set server.token"
+        ) from e
+    except NotADirectoryError as e:  # a file where a folder of the path should be: permissions would not help
+        raise ConfigError(
+            f"cannot read the server token {path}: a part of its folder {path.parent} is a file; set "
+            "server.token_file to a path in a folder (created at the first start), or set server.token"
         ) from e
     except OSError as e:
         raise ConfigError(f"cannot read the server token {path}: {e.strerror}; fix its permissions") from e
@@ -144,8 +150,23 @@ def origin_allowed(origin: str | None, allowed: list[str], own: str | None = Non
     daemon's own origin `own` (`http://HOST:PORT` as the request's Host header names it: the page at `/`)."""
     if origin is None:
         return True
-    origin = origin.rstrip("/")
-    return origin in {o.rstrip("/") for o in allowed} or (own is not None and origin == own)
+    origin = origin.rstrip("/").lower()  # scheme and host are case-insensitive; browsers send them lower case
+    return origin in {o.rstrip("/").lower() for o in allowed} or (own is not None and origin == own.lower())
+
+
+def check_origins(allowed: list[str]) -> None:
+    """ConfigError naming the first `server.allowed_origins` entry that no browser's Origin header can equal."""
+    for entry in allowed:
+        if entry.strip() == "*":
+            raise ConfigError(
+                'server.allowed_origins does not take "*" (any web page could then drive the assistant); list each '
+                'origin, e.g. ["http://localhost:3000"]'
+            )
+        if entry != "null" and not re.fullmatch(r"https?://[^/\s?#@]+/?", entry, re.IGNORECASE):
+            raise ConfigError(
+                f"server.allowed_origins entry {entry[:60]!r} is not an origin, so no page would match it; write "
+                'scheme://host[:port] without a path, e.g. "http://localhost:3000"'
+            )
 
 
 def own_origin(host_header: str | None, tls: bool) -> str | None:

@@ -59,14 +59,15 @@ class Controller(Protocol):
     ) -> list[str]:
         """A connected app's tools (`{"type": "function", "function": {...}}` schemas) for the voice loop, replacing
         its earlier ones ([] withdraws them); a call goes to the app as `send(call_id, name, arguments)` and waits
-        up to `timeout_s` for `app_tool_result`. Returns the names offered now. InputError for a name the daemon or
-        another app already uses."""
+        up to `timeout_s` for `app_tool_result`. Returns the names offered now. InputError, before anything changes,
+        for a name the daemon or another app already uses, or when the LLM cannot call tools."""
 
     def app_tool_result(self, owner: str, call_id: str, output: str, error: str | None = None) -> None:
         """The app's answer to a call it was sent (`error`: it failed); InputError when none awaits `call_id`."""
 
     def app_gone(self, owner: str) -> None:
-        """The app disconnected: its tools are withdrawn and its unanswered calls fail at once."""
+        """The app disconnected: its tools are withdrawn and its unanswered calls fail at once (the model hears
+        why)."""
 
 
 class RealtimeSession(Protocol):
@@ -88,6 +89,7 @@ class RealtimeSession(Protocol):
     """
 
     def set_instructions(self, text: str) -> None: ...
+    def set_temperature(self, value: float) -> None: ...  # the LLM's sampling temperature from the next reply on
     def check_voice(self, name: str) -> None: ...  # ConfigError naming the voices when unknown or unfit
     def set_voice(self, name: str) -> None: ...  # the same check, then the voice from the next reply on
     @property
@@ -111,7 +113,7 @@ class RealtimeSession(Protocol):
     def truncate_response(self, turn: int, audio_end_ms: int) -> None: ...
     def delete_item(self, role: str, text: str) -> None:
         """Forget the newest `role` ("user" / "assistant") message whose text is `text`; InputError when the
-        history holds none."""
+        history holds none (a message not answered yet is not in it)."""
 
     def set_functions(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
         """The client's functions (`{"type": "function", "function": {name, description, parameters}}`) and the
@@ -135,6 +137,7 @@ class RealtimeBackend(Protocol):
     async def open_session(self) -> RealtimeSession: ...
     def default_voice(self) -> str: ...
     def default_instructions(self) -> str: ...
+    def default_temperature(self) -> float: ...  # llm.temperature: a session samples at it until it sets its own
     def max_output_tokens(self) -> int:
         """The bound on a reply's tokens (llm.max_tokens), as sessions report it."""
         ...
@@ -154,6 +157,7 @@ class AudioService(Protocol):
     def voices(self) -> list[str]: ...
     def voice_name(self, requested: str | None) -> str: ...
     def known_voice(self, name: str) -> bool: ...  # a profile or a server.voice_aliases name
+    def check_voice(self, requested: str | None) -> None: ...  # ConfigError when voice_name(requested) is unfit
     def health(self) -> dict[str, Any]: ...
     def speak(self, text: str, voice: str | None) -> AsyncIterator[np.ndarray]: ...
     async def transcribe(self, audio: np.ndarray) -> tuple[str, str]: ...

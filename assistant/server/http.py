@@ -31,7 +31,7 @@ from assistant.audio.files import decode_audio, encode_audio
 from assistant.audio.format import CAPTURE_RATE, float32_to_int16, resample
 from assistant.audio.tempo import MAX_RATE, MIN_RATE, TimeStretch
 from assistant.config import ServerConfig
-from assistant.errors import AssistantError
+from assistant.errors import AssistantError, ConfigError
 from assistant.server import auth
 from assistant.server.controller import AudioService, Controller
 from assistant.server.protocol import lone_surrogate
@@ -248,7 +248,11 @@ class HttpApp:
         out: dict[str, Any] = {"status": "ok", "uptime_s": round(time.monotonic() - self.started, 3)}
         if self.audio is not None:
             out |= self.audio.health()
-            out["voices"] = self.audio.voices()
+            try:
+                out["voices"] = self.audio.voices()
+            except AssistantError as e:  # the voices folder went away: the daemon still runs, say so (not a 500)
+                log.warning("health: %s", e)
+                out |= {"status": "degraded", "voices": [], "problem": "the voice profiles cannot be read; see the log"}
         if self.controller is not None:
             status = self.controller.status()
             out["state"] = status.get("state")
@@ -299,6 +303,10 @@ class HttpApp:
             why = "instructions are not available here: a voice's style is its profile's `instruct`; pick that voice"
             raise HttpError(400, why + " or leave instructions out", "instructions")
         name = self._voice(body.get("voice"), audio)
+        try:
+            audio.check_voice(name)
+        except ConfigError as e:  # a voice the model cannot speak is the voice's fault, not the input text's
+            raise HttpError(400, str(e), "voice") from e
         fmt = body.get("response_format", "mp3")
         if fmt not in SPEECH_FORMATS or fmt == "aac":
             supported = ", ".join(f for f in SPEECH_FORMATS if f != "aac")

@@ -47,6 +47,7 @@ class _Response:
     error: dict[str, object] | None = None  # why it failed (status "failed"), from the session's error event
     audio: bool = True  # its output is audio (and its transcript), else text: the session's, or response.create's
     truncate_ms: int | None = None  # conversation.item.truncate arrived while it was made: applied at its end
+    own_temperature: bool = False  # response.create gave it a temperature: the session's is set back at its end
 
 
 @dataclass
@@ -80,12 +81,15 @@ class RealtimeConversation:
         resolve_voice: Callable[[str], str] | None = None,
         commands_per_s: float = 20.0,
         max_output_tokens: int | None = None,
+        temperature: float = 0.8,
     ) -> None:
         self.session = session
         self.out = rp.ServerEvents(beta=beta)
         self.limits = limits or Limits()
         self.session_id = f"sess_{n}"
-        self.settings = rp.Settings(instructions, voice, DEFAULT_DETECTION, max_output_tokens=max_output_tokens)
+        self.settings = rp.Settings(
+            instructions, voice, DEFAULT_DETECTION, max_output_tokens=max_output_tokens, temperature=temperature
+        )
         self.resolve_voice = resolve_voice
         self.expires_at = 0
         self.resampler = StreamResampler(rp.RATE, CAPTURE_RATE)
@@ -108,6 +112,7 @@ class RealtimeConversation:
         self.last_response: str | None = None
         self.requested = False  # response.create sent, ResponseStarted not yet seen
         self.next_audio: bool | None = None  # the requested response's output_modalities (None: the session's)
+        self.next_own_temperature = False  # the requested response has a temperature of its own
         self.cancel_requested = False  # response.cancel sent for the current response (else a stop is a barge-in)
         self.unanswered = False  # a user item was added since the last response began
         # assistant item id -> (turn, ms of audio sent, the speed it was sent at)
@@ -135,7 +140,7 @@ class RealtimeConversation:
         return f"{prefix}_{next(self.ids)}"
 
     def _session(self) -> dict[str, object]:
-        return rp.session_object(self.session_id, self.settings, self.expires_at)
+        return rp.session_object(self.session_id, self.settings, self.expires_at, self.out.beta)
 
     def start(self, wall_clock: float = 0.0) -> Out:
         self.session.set_instructions(self.settings.instructions)
@@ -211,17 +216,19 @@ class RealtimeConversation:
             return [self.error(e, ev.event_id)]
         return []
 
+    def _check_cap(self, path: str, cap: int | str | None, event_id: str | None) -> None:
+        """A client's cap on a reply's tokens is met when it is at or above llm.max_tokens, the bound on every
+        reply of this daemon; a lower one cannot be honoured: WireError naming the bound."""
+        bound = self.settings.max_output_tokens
+        if bound is not None and isinstance(cap, int) and cap < bound:
+            why = f"`{path}` = {cap} is below llm.max_tokens = {bound}, the bound on this daemon's replies"
+            fix = f'send {bound} or more, or "inf"'
+            raise WireError("invalid_value", f"{why}, which a client cannot lower; {fix}", event_id)
+
     def _update(self, ev: rp.SessionUpdate) -> Out:
         # everything is checked before anything changes (a bad voice leaves the instructions as they were)
         s = self.settings
-        bound, cap = s.max_output_tokens, ev.max_output_tokens
-        if bound is not None and isinstance(cap, int) and cap < bound:  # a cap at or above the bound is met
-            why = f"`session.max_output_tokens` = {cap} is below llm.max_tokens = {bound}, the bound on this daemon's"
-            raise WireError(
-                "invalid_value",
-                f'{why} replies, which a session cannot lower; send {bound} or more, or "inf"',
-                ev.event_id,
-            )
+        self._check_cap("session.max_output_tokens", ev.max_output_tokens, ev.event_id)
         tools = s.tools if ev.tools is None else ev.tools
         choice = ev.tool_choice or s.tool_choice
         if ev.tools is not None or ev.tool_choice is not None:
@@ -239,6 +246,9 @@ class RealtimeConversation:
         if ev.instructions is not None:
             self.session.set_instructions(ev.instructions)
             s = replace(s, instructions=ev.instructions)
+        if ev.temperature is not None:
+            self.session.set_temperature(ev.temperature)
+            s = replace(s, temperature=ev.temperature)
         if ev.audio_output is not None:
             s = replace(s, audio_output=ev.audio_output)
         if ev.input_format is not None and ev.input_format != s.input_format:
@@ -340,13 +350,22 @@ class RealtimeConversation:
                         ev.event_id,
                     )
                 ]
+            self._check_cap("response.max_output_tokens", ev.max_output_tokens, ev.event_id)
             if ev.tools is not None or ev.tool_choice is not None:
                 tools = self.settings.tools if ev.tools is None else ev.tools
                 choice = ev.tool_choice or self.settings.tool_choice
                 _check_choice(choice, tools, "response.tool_choice", ev.event_id, self.session.can_call_tools)
                 self.session.functions_for_next_response([f.schema() for f in tools], choice)
-            self.session.create_response(ev.instructions)
+            if ev.temperature is not None:  # this response only: the session's comes back at its end
+                self.session.set_temperature(ev.temperature)
+            try:
+                self.session.create_response(ev.instructions)
+            except AssistantError:
+                if ev.temperature is not None:  # no response, so no end to set it back at
+                    self.session.set_temperature(self.settings.temperature)
+                raise
             self.requested, self.next_audio = True, ev.audio_output
+            self.next_own_temperature = ev.temperature is not None
             self.idle_since = None
             return []
         if self.response is None and not self.requested:
@@ -618,6 +637,7 @@ class RealtimeConversation:
         self.unanswered = False
         self.idle_since = None
         r = self.response = _Response(self._id("resp"), self._id("item"), turn, audio=audio)
+        r.own_temperature, self.next_own_temperature = self.next_own_temperature, False
         self.last_response = r.response_id
         r.speed = self.settings.speed
         if r.speed != 1.0:
@@ -680,6 +700,8 @@ class RealtimeConversation:
         if r.opened and r.message is None:
             text = ev.text if ev.text or ev.interrupted else r.transcript  # the session's word is final
             out += self._close(r, text, ev.interrupted)
+        if r.own_temperature:
+            self.session.set_temperature(self.settings.temperature)
         status = "failed" if r.error else "cancelled" if ev.interrupted else "completed"
         reason = None if status != "cancelled" else "client_cancelled" if self.cancel_requested else "turn_detected"
         self.cancel_requested = False

@@ -94,6 +94,7 @@ class SessionUpdate:
     tools: tuple[Function, ...] | None = None
     tool_choice: ToolChoice | None = None
     max_output_tokens: int | Literal["inf"] | None = None  # the client's cap on a reply's tokens
+    temperature: float | None = None  # the LLM's sampling temperature
     type: Literal["session.update"] = "session.update"
     event_id: str | None = None
 
@@ -155,6 +156,8 @@ class ResponseCreate:
     tools: tuple[Function, ...] | None = None  # for this response only (None: the session's)
     tool_choice: ToolChoice | None = None
     audio_output: bool | None = None  # this response's output_modalities (None: the session's)
+    max_output_tokens: int | Literal["inf"] | None = None  # the client's cap on this reply's tokens
+    temperature: float | None = None  # this reply's sampling temperature (None: the session's)
     type: Literal["response.create"] = "response.create"
     event_id: str | None = None
 
@@ -353,7 +356,9 @@ def decode_client_event(
         audio_output = _check_modalities(response)
         tools = decode_functions(response.obj["tools"], "response.tools", event_id) if "tools" in response.obj else None
         choice = _tool_choice(response.obj.get("tool_choice"), "response.tool_choice", event_id)
-        return ResponseCreate(instructions, tools, choice, audio_output, event_id=event_id)
+        cap = _token_cap(response, "max_output_tokens")
+        temperature = _temperature(response)
+        return ResponseCreate(instructions, tools, choice, audio_output, cap, temperature, event_id=event_id)
     return ResponseCancel(r.text("response_id"), event_id=event_id)
 
 
@@ -490,12 +495,12 @@ _FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
     "prompt": ((None,), "stored prompts are not available; send instructions instead"),
     "parallel_tool_calls": ((None, True, False), "send true or false"),
     "reasoning": ((None,), "the daemon's LLM has no reasoning setting; send null"),
-    "temperature": ((None, 0.8), "set llm.temperature in config.toml; send 0.8 or leave it out"),
 }
 _SESSION_FIELDS = {
     "type", "model", "instructions", "output_modalities", "modalities", "audio", "voice", "input_audio_format",
     "output_audio_format", "turn_detection", "input_audio_transcription", "speed", "object", "id", "expires_at",
-    "client_secret", "tools", "tool_choice", "tracing", "max_output_tokens", "max_response_output_tokens", *_FIXED,
+    "client_secret", "tools", "tool_choice", "tracing", "max_output_tokens", "max_response_output_tokens",
+    "temperature", *_FIXED,
 }  # fmt: skip
 MAX_OUTPUT_TOKENS = 4096  # OpenAI's largest cap on a response's tokens
 _TRACING_FIELDS = {"workflow_name", "group_id", "metadata"}
@@ -565,10 +570,12 @@ _RESPONSE_FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
     "voice": ((None,), "set the voice with session.update"),
     "audio": ((None,), "set the output format and voice with session.update"),
     "output_audio_format": ((None,), "set the output format with session.update"),
-    "max_output_tokens": ((None, "inf"), 'replies are bounded by llm.max_tokens in config.toml; send "inf"'),
     **{k: v for k, v in _FIXED.items() if k != "include"},
 }
-_RESPONSE_FIELDS = {"instructions", "tools", "tool_choice", "output_modalities", "modalities", "metadata"}
+_RESPONSE_FIELDS = {
+    "instructions", "tools", "tool_choice", "output_modalities", "modalities", "metadata", "max_output_tokens",
+    "temperature",
+}  # fmt: skip
 
 
 def _check_response_fields(obj: dict[str, Any], event_id: str | None) -> None:
@@ -580,6 +587,31 @@ def _check_response_fields(obj: dict[str, Any], event_id: str | None) -> None:
                 raise _unsupported(f"response.{name}", value, _RESPONSE_FIXED[name][1], event_id)
         elif name not in _RESPONSE_FIELDS:
             raise _unknown_field("response", name, {*_RESPONSE_FIELDS, *_RESPONSE_FIXED}, event_id)
+
+
+def _token_cap(r: _Reader, name: str) -> int | Literal["inf"] | None:
+    """A cap on a reply's tokens (session or response `max_output_tokens`): 1..4096 or "inf"; None when absent.
+    Whether it is met is the session's call: it knows the daemon's bound (llm.max_tokens)."""
+    value = r.obj.get(name)
+    if value is None or value == "inf":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_OUTPUT_TOKENS:
+        raise r.fail(name, f'an integer from 1 to {MAX_OUTPUT_TOKENS} or "inf"', value)
+    return value
+
+
+TEMPERATURE_RANGE = (0.0, 2.0)  # = llm.temperature's: the LLM samples at any of them (OpenAI's beta took 0.6-1.2)
+
+
+def _temperature(r: _Reader) -> float | None:
+    """A session's or a response's `temperature`: the LLM's sampling temperature; None when absent."""
+    value = r.obj.get("temperature")
+    if value is None:
+        return None
+    low, high = TEMPERATURE_RANGE
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise r.fail("temperature", f"a number from {low:g} to {high:g} (the LLM's sampling temperature)", value)
+    return float(value)
 
 
 def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> SessionUpdate:
@@ -640,15 +672,8 @@ def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> Session
         name = "transcription" if holder is inp else "input_audio_transcription"
         if holder is not None and name in holder.obj:
             t_given, transcription = True, _transcription(holder.obj[name], path, event_id)
-    cap: int | Literal["inf"] | None = None
-    for name in ("max_output_tokens", "max_response_output_tokens"):  # GA, beta
-        value = s.obj.get(name)
-        if value is None or value == "inf":
-            cap = value if value is not None else cap
-        elif isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_OUTPUT_TOKENS:
-            raise s.fail(name, f'an integer from 1 to {MAX_OUTPUT_TOKENS} or "inf"', value)
-        else:
-            cap = value
+    ga, beta = _token_cap(s, "max_output_tokens"), _token_cap(s, "max_response_output_tokens")
+    cap = ga if ga is not None else beta
     instructions = s.text("instructions", max_chars=limits.instructions_chars)
     tools = decode_functions(s.obj["tools"], "session.tools", event_id) if s.obj.get("tools") is not None else None
     choice = _tool_choice(s.obj.get("tool_choice"), "session.tool_choice", event_id)
@@ -667,6 +692,7 @@ def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> Session
         tools,
         choice,
         cap,
+        _temperature(s),
         event_id=event_id,
     )
 
@@ -1135,6 +1161,7 @@ class Settings:
     tools: tuple[Function, ...] = ()
     tool_choice: ToolChoice = AUTO
     max_output_tokens: int | None = None  # the bound on a reply's tokens (llm.max_tokens); None: not known
+    temperature: float = 0.8  # the LLM's sampling temperature (the daemon's llm.temperature until a client sets it)
 
 
 def choice_object(choice: ToolChoice) -> str | dict[str, str]:
@@ -1165,12 +1192,12 @@ def _detection_object(d: TurnDetection | None) -> dict[str, Any] | None:
     }
 
 
-def session_object(session_id: str, s: Settings, expires_at: int = 0) -> dict[str, Any]:
-    """The effective session as session.created/updated report it (GA shape)."""
+def session_object(session_id: str, s: Settings, expires_at: int = 0, beta: bool = False) -> dict[str, Any]:
+    """The effective session as session.created/updated report it (GA shape, or the beta one if `beta`)."""
     transcription = None if s.transcription is None else {"model": s.transcription.model}
     if s.transcription is not None and s.transcription.language:
         transcription = {**(transcription or {}), "language": s.transcription.language}
-    return {
+    ga = {
         "type": "realtime",
         "object": "realtime.session",
         "id": session_id,
@@ -1195,13 +1222,15 @@ def session_object(session_id: str, s: Settings, expires_at: int = 0) -> dict[st
         "prompt": None,
         "expires_at": expires_at,
     }
+    return beta_session(ga, s.temperature) if beta else ga
 
 
 _BETA_FORMAT_NAMES = {v: k for k, v in BETA_FORMATS.items()}
 
 
-def beta_session(ga: dict[str, Any]) -> dict[str, Any]:
-    """A GA session object in the beta shape (flat audio settings, `modalities`, beta format names)."""
+def beta_session(ga: dict[str, Any], temperature: float) -> dict[str, Any]:
+    """A GA session object in the beta shape (flat audio settings, `modalities`, beta format names; the beta
+    session also reports the sampling temperature, which the GA one has no field for)."""
     audio_in, audio_out = ga["audio"]["input"], ga["audio"]["output"]
 
     def name(fmt: dict[str, Any]) -> str:
@@ -1226,7 +1255,7 @@ def beta_session(ga: dict[str, Any]) -> dict[str, Any]:
         "tools": ga["tools"],
         # the beta session's tool_choice is a string: a forced function by its name
         "tool_choice": ga["tool_choice"] if isinstance(ga["tool_choice"], str) else ga["tool_choice"]["name"],
-        "temperature": 0.8,
+        "temperature": temperature,
         "max_response_output_tokens": ga["max_output_tokens"],
         "tracing": None,
         "expires_at": ga["expires_at"],
@@ -1245,8 +1274,6 @@ def beta_item(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _beta_body(body: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(body.get("session"), dict):
-        body = {**body, "session": beta_session(body["session"])}
     if isinstance(body.get("item"), dict):
         body = {**body, "item": beta_item(body["item"])}
     if isinstance(body.get("response"), dict):

@@ -430,7 +430,8 @@ class ControlServer:
                     await self.controller.say(cmd.text)
                     result: dict[str, Any] = {}
                 else:
-                    result = {"text": await self._ask(client, native, self.controller, cmd)}
+                    text, interrupted = await self._ask(client, native, self.controller, cmd)
+                    result = {"text": text, "interrupted": interrupted}
                 client.outbox.put(native.finished(cmd, result), droppable=False)
             except Overflow as e:
                 await self._close_overflow(client, e, CLOSE_TOO_SLOW, "it does not keep up with its answer")
@@ -445,12 +446,16 @@ class ControlServer:
         client.tasks.add(task)
         task.add_done_callback(client.tasks.discard)
 
-    async def _ask(self, client: Client, native: NativeConnection, controller: Controller, cmd: p.Ask) -> str:
-        """Run an ask, streaming its answer to the asker as `ask.delta` until its ResponseDone.
+    async def _ask(
+        self, client: Client, native: NativeConnection, controller: Controller, cmd: p.Ask
+    ) -> tuple[str, bool]:
+        """Run an ask, streaming its answer to the asker as `ask.delta` until its ResponseDone; (the answer, whether
+        it was cut short: by an interrupt, a barge-in or another ask).
 
         Only its own turn's events: a reply it interrupts settles (its last text, its ResponseDone) after it began."""
         sub = controller.subscribe(self.cfg.client_queue)
         before = controller.turn  # no await until `ask` has started its reply: the first turn after this is its
+        done: list[events.ResponseDone] = []
 
         async def forward() -> None:
             mine: int | None = None
@@ -464,6 +469,7 @@ class ControlServer:
                     if isinstance(ev, events.ResponseTextDelta):
                         client.outbox.put(native.ask_delta(cmd, ev.text), droppable=False)
                     else:
+                        done.append(ev)
                         return
             except Overflow as e:  # closing ends the handler, which cancels this ask
                 await self._close_overflow(client, e, CLOSE_TOO_SLOW, "it does not keep up with its answer")
@@ -475,7 +481,8 @@ class ControlServer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(ASK_DRAIN_S):
                     await asyncio.shield(forwarder)
-            return answer
+            # a reply dropped before it began ends without a ResponseDone: it was cut short too
+            return answer, done[0].interrupted if done else True
         finally:
             forwarder.cancel()
             sub.close()
@@ -550,6 +557,7 @@ class ControlServer:
             self.audio.voice_name if self.audio is not None else None,
             self.cfg.commands_per_s,
             backend.max_output_tokens(),
+            backend.default_temperature(),
         )
         woken = asyncio.Event()  # set after each event: the conversation's deadline may have moved
         pump = asyncio.create_task(self._pump(client, conv, session, woken))

@@ -179,14 +179,22 @@ def read_wav_24k(path: Path) -> np.ndarray:
     return resample(audio, rate, TTS_RATE).astype(np.float32)
 
 
-def load_profiles(folder: Path) -> dict[str, VoiceProfile]:
-    """Every voices/*.toml profile by name. Raises ConfigError on a missing folder or a bad profile."""
+def load_profiles(folder: Path, broken: dict[str, str] | None = None) -> dict[str, VoiceProfile]:
+    """Every voices/*.toml profile by name. Raises ConfigError on a missing folder, or on a bad profile unless
+    `broken` is given: then each bad file's problem goes there under its file name (stem) and the rest load (one
+    typo in a new profile must not take every voice away from a running daemon)."""
     if not folder.is_dir():
         raise ConfigError(f"voices folder {folder} does not exist; set tts.voices_dir or create it")
     out: dict[str, VoiceProfile] = {}
     for path in sorted(folder.glob("*.toml")):
-        prof = VoiceProfile.read(path)
-        if prof.name in out:
-            raise ConfigError(f"voice name {prof.name!r} is used by {out[prof.name].path} and {path}; rename one")
+        try:
+            prof = VoiceProfile.read(path)
+            if prof.name in out:
+                raise ConfigError(f"voice name {prof.name!r} is used by {out[prof.name].path} and {path}; rename one")
+        except ConfigError as e:
+            if broken is None:
+                raise
+            broken[path.stem] = str(e)
+            continue
         out[prof.name] = prof
     return out

@@ -304,6 +304,8 @@ def test_hostile_input_gets_error_events_and_the_server_keeps_serving(rig: Rig) 
         reader, writer = await asyncio.open_connection("127.0.0.1", s.tts_port)
         writer.write(b"\xff\xfe not json at all\n")
         await writer.drain()
+        refused = await asyncio.wait_for(async_read_event(reader), READ_S)
+        assert refused is not None and Error.from_event(refused).code == "bad-event"
         assert await asyncio.wait_for(reader.read(), READ_S) == b""
         writer.close()
         async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:
@@ -343,6 +345,43 @@ def test_a_frame_larger_than_any_request_is_refused_before_it_is_read(rig: Rig, 
     assert error["text"].startswith(f"a frame of {10**9} bytes is over the ")
     assert "send the audio in smaller chunks" in error["text"]
     assert rest == b""  # the connection ended
+
+
+@pytest.mark.parametrize(
+    ("frame", "want"),
+    [
+        (b"[1, 2]\n", 'an event header must be a JSON object with a string "type"'),
+        (b'{"data": {}}\n', 'an event header must be a JSON object with a string "type"'),
+        (b'{"type": "describe", "data_length": "12"}\n', '`data_length` must be a whole number of bytes, got "12"'),
+        (b'{"type": "synthesize", "data": [1]}\n', "`data` must be a JSON object"),
+        (b'{"type": "synthesize", "data_length": 3}\n[1]', "an event's data part must be a JSON object"),
+    ],
+)  # fmt: skip
+def test_a_malformed_event_header_is_refused_without_a_traceback(
+    rig: Rig, frame: bytes, want: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frame whose header is JSON of the wrong shape (a list, no type, a string length, non-object data) gets an
+    error event naming the problem and its connection ends, with no traceback in the log (the wyoming package
+    raised AttributeError/TypeError/KeyError: "Unhandled exception in client_connected_cb"); the service serves."""
+
+    async def body(s: WyomingServices) -> tuple[Event | None, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.tts_port)
+        writer.write(frame)
+        await writer.drain()
+        refused = await asyncio.wait_for(async_read_event(reader), READ_S)
+        rest = await asyncio.wait_for(reader.read(), READ_S)
+        writer.close()
+        async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:
+            await c.write_event(Describe().event())
+            assert (await read(c)).type == "info"
+        return refused, rest
+
+    with caplog.at_level(logging.WARNING):
+        refused, rest = rig.serve(body)
+    assert refused is not None and refused.type == "error"
+    assert Error.from_event(refused).text.startswith(want) and Error.from_event(refused).code == "bad-event"
+    assert rest == b""
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_a_lone_surrogate_in_the_text_is_a_bad_request(rig: Rig) -> None:
@@ -483,6 +522,41 @@ def test_wyoming_command_serves_until_sigterm(rig: Rig, tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_wyoming_command_says_what_it_serves(rig: Rig, tmp_path: Path) -> None:
+    """`assistant wyoming` with the asr port off and a handle port set starts the tts service, prints the asr
+    service as off (it printed `tcp://host:None`) and warns that the handle port is not served (it was ignored
+    in silence); with both speech ports off it fails at once naming them (it served nothing, for ever)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    tts_port = free_port()
+    sets = {"stt.model": rig.cfg.stt.model, "tts.model": rig.cfg.tts.model, "tts.voice": "vivian"}
+    sets |= {"wyoming.asr_port": 0, "wyoming.tts_port": tts_port, "wyoming.handle_port": 10600}
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "ASSISTANT_CONFIG": "", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "assistant", *args, "wyoming"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # printed once the ports are bound
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert line.strip() == f"wyoming: asr off, tts on tcp://{rig.cfg.wyoming.host}:{tts_port}"
+    assert "wyoming.handle_port = 10600 is not served: `assistant wyoming` loads no LLM" in err
+    off = subprocess.run([*cmd, "--set", "wyoming.tts_port=0"], capture_output=True, text=True, env=env, timeout=60)
+    assert off.returncode == 2
+    assert off.stderr.strip() == (
+        "assistant: error: wyoming.asr_port and wyoming.tts_port are both 0 (off): `assistant wyoming` has nothing "
+        "to serve; set one (10300 and 10200 are the standard ports)"
+    )
 
 
 def handle_turn(rig: Rig, engines: SpeechEngines, texts: list[str]) -> list[list[Event]]:
@@ -688,4 +762,4 @@ def test_a_voice_error_names_the_voices_that_fit_and_no_server_path(rig: Rig) ->
 
     unknown, unfit = rig.serve(body)
     assert unknown.startswith("unknown voice 'nobody'; voices: ") and "vivian" in unknown and "/" not in unknown
-    assert unfit.startswith("voice 'clone' (clone) does not fit the loaded custom_voice model; voices that do: ")
+    assert unfit.startswith("voice 'clone' (clone) does not fit the custom_voice model of tts.model; voices that do: ")

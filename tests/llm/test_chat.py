@@ -199,6 +199,24 @@ def test_seeded_sampling_is_reproducible(model_dir: Path) -> None:
     assert len(answers[0][1]) > 0
 
 
+def test_set_temperature_changes_the_sampling_of_the_next_answer(model_dir: Path) -> None:
+    """set_temperature(0) makes a chat loaded at temperature 2 answer greedily (the reference answer); set back to
+    2 (seeded) it samples as a chat loaded at 2 does (a Realtime session's temperature is honoured)."""
+    hot = greedy_cfg(model_dir, temperature=2.0, seed=5)
+    chat = Chat.load(hot)
+    chat.set_temperature(0.0)
+    expected = reference(chat, [Message("user", QUESTIONS[1])])
+    run(chat.respond(QUESTIONS[1]))
+    assert chat.answer_tokens == expected
+    chat.reset()
+    mx.random.seed(5)
+    chat.set_temperature(2.0)
+    run(chat.respond(QUESTIONS[1]))
+    sampled = Chat.load(hot)  # seeds the generator with 5 again
+    run(sampled.respond(QUESTIONS[1]))
+    assert chat.answer_tokens == sampled.answer_tokens != expected
+
+
 def test_reset_and_system_prompt(model_dir: Path) -> None:
     """reset() clears the history; a new system prompt changes the rendered prompt and the answer follows it."""
     chat = Chat.load(greedy_cfg(model_dir))

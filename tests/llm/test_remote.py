@@ -470,3 +470,16 @@ def test_tool_choice_is_sent_in_the_openai_format() -> None:
             chat.finish_turn(None)
     sent = [b["tool_choice"] for b in script.bodies]
     assert sent == [{"type": "function", "function": {"name": "get_time"}}, "required", "none"]
+
+
+def test_a_base_url_naming_the_endpoint_is_refused_with_the_root() -> None:
+    """llm.base_url given as the full endpoint (`.../v1/chat/completions`, as server docs print it) is a ConfigError
+    naming the API root to use (every turn failed, posting to `.../chat/completions/chat/completions`)."""
+    for given in ("http://127.0.0.1:8080/v1/chat/completions", "http://127.0.0.1:8080/v1/chat/completions/"):
+        with pytest.raises(ConfigError) as e:
+            RemoteChat(cfg_for(given))
+        assert str(e.value) == (
+            f"llm.base_url = {given!r} names the endpoint; give the API root the endpoints hang from, e.g. "
+            "http://127.0.0.1:8080/v1"
+        )
+    RemoteChat(cfg_for("http://127.0.0.1:8080/v1/"))

@@ -196,6 +196,9 @@ class ScriptedChat:
     def set_system_prompt(self, text: str) -> None:
         self.system_prompt = text
 
+    def set_temperature(self, value: float) -> None:
+        self.temperature = value
+
 
 class WordUtterance:
     """Consumes one pushed text piece per frame (FRAME samples); stalls when no text is pending.
@@ -337,10 +340,10 @@ class RuleVad:
         self.silence_at = 0
         self.silent = 0
 
-    def reset(self) -> None:
-        """Like the real Vad, positions restart at 0."""
+    def reset(self, origin: int = 0) -> None:
+        """Like the real Vad, positions restart at `origin`."""
         self.resets += 1
-        self.pos = 0
+        self.pos = origin
         self._clear()
 
     def set_playback(self, active: bool, level_dbfs: float = -120.0, linear: bool = False) -> None:
@@ -420,6 +423,9 @@ class ToolChat:
 
     def set_system_prompt(self, text: str) -> None:
         self.system_prompt = text
+
+    def set_temperature(self, value: float) -> None:
+        self.temperature = value
 
     def _start(self) -> Iterator[str]:
         answer: list[str] = []

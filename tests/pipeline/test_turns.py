@@ -8,7 +8,6 @@ import numpy as np
 
 from assistant.audio.format import TTS_FRAME_SAMPLES, TTS_RATE, level_dbfs
 from assistant.audio.ring import AudioRing, CaptureClock
-from assistant.compute import Generation
 from assistant.reply import HeardMap, Reply, TurnTrace
 from assistant.turns import Responder
 
@@ -88,14 +87,7 @@ def timed_reply(words: list[str], speed: float = 1.0) -> Reply:
     """A reply whose whole text was pushed before its first chunk (HeardMap alone would say it was all heard)."""
     loop = asyncio.new_event_loop()
     try:
-        reply = Reply(
-            1,
-            Generation().ticket(),
-            TurnTrace(1, 0.0, 0.0),
-            Responder(user_text="hi"),
-            asyncio.Event(),
-            loop.create_future(),
-        )
+        reply = Reply(1, TurnTrace(1, 0.0, 0.0), Responder(user_text="hi"), result=loop.create_future())
     finally:
         loop.close()
     for w in words:

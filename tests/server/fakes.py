@@ -177,6 +177,9 @@ class FakeSession:
     def set_instructions(self, text: str) -> None:
         self.calls.append(("instructions", text))
 
+    def set_temperature(self, value: float) -> None:
+        self.calls.append(("temperature", value))
+
     def check_voice(self, name: str) -> None:
         if name not in self.backend.voices:
             raise ConfigError(f"unknown voice {name!r}; voices: {', '.join(self.backend.voices)}")
@@ -318,6 +321,9 @@ class FakeBackend:
 
     def default_instructions(self) -> str:
         return "Be brief."
+
+    def default_temperature(self) -> float:
+        return 0.7
 
     def max_output_tokens(self) -> int:
         return 400

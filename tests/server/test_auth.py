@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import stat
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +15,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from assistant.config import ServerConfig
+from assistant.errors import ConfigError
 from assistant.server import auth
 from tests.server.helpers import TOKEN, running, url
 
@@ -137,3 +139,19 @@ def test_token_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
 def test_default_token_path_is_in_the_user_config_folder(isolated_env: Path) -> None:
     """Without token_file the token lives at $XDG_CONFIG_HOME/assistant/token."""
     assert auth.token_path(ServerConfig()) == isolated_env / "xdg" / "assistant" / "token"
+
+
+def test_allowed_origins_that_no_browser_sends_are_refused_at_start() -> None:
+    """`server.allowed_origins` entries that no Origin header can equal (no scheme, a path, "*") are a ConfigError
+    naming the entry and the form to write (the page was refused with 403 "add it to server.allowed_origins" though
+    the user had); an origin written in capitals matches the lower-case one browsers send."""
+    for bad, fragment in (
+        ("localhost:3000", "entry 'localhost:3000' is not an origin"),
+        ("http://localhost:3000/app", "entry 'http://localhost:3000/app' is not an origin"),
+        ("*", 'does not take "*"'),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(fragment)):
+            auth.check_origins(["http://ok.example", bad])
+    auth.check_origins(["http://localhost:3000", "https://App.Example/", "null"])
+    assert auth.origin_allowed("http://app.example", ["HTTP://App.Example"])
+    assert not auth.origin_allowed("http://evil.example", ["http://app.example"])

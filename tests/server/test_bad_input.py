@@ -125,6 +125,9 @@ class _Speech:
     def known_voice(self, name: str) -> bool:
         return name == "default"
 
+    def check_voice(self, requested: str | None) -> None:
+        pass
+
     def health(self) -> dict[str, Any]:
         return {}
 

@@ -13,6 +13,7 @@ import numpy as np
 from openai import AsyncOpenAI
 
 from assistant import events
+from assistant.errors import InputError
 from assistant.server import realtime_protocol as rp
 from assistant.server.protocol import WireError
 from assistant.server.realtime import RealtimeConversation
@@ -232,7 +233,7 @@ def test_ask_streams_its_own_answer_when_it_interrupts_a_reply() -> None:
 
     deltas, reply = asyncio.run(body())
     assert deltas == ["You ", "said: ", "hi"]
-    assert reply["result"] == {"text": "You said: hi"}
+    assert reply["result"] == {"text": "You said: hi", "interrupted": False}
 
 
 def test_speech_failing_mid_stream_ends_the_body_unfinished() -> None:
@@ -342,3 +343,78 @@ def test_a_token_cap_at_or_above_the_daemons_is_accepted() -> None:
     assert updated["session"]["turn_detection"] is None
     message = refused["error"]["message"]
     assert refused["error"]["event_id"] == "u2" and f"llm.max_tokens = {bound}" in message
+
+
+def test_a_response_token_cap_follows_the_same_rule_as_the_sessions() -> None:
+    """response.create's max_output_tokens is met like session.update's: a cap at or above llm.max_tokens starts
+    the response (only "inf" was accepted, so a client sending the session's own cap was refused), and a lower one
+    is refused naming llm.max_tokens and the fix."""
+    bound = FakeBackend().max_output_tokens()
+
+    async def body() -> tuple[list[Any], list[Any]]:
+        async with running() as (server, _, _backend):
+            sdk = AsyncOpenAI(api_key=TOKEN, websocket_base_url=f"ws://127.0.0.1:{server.port}/v1", max_retries=0)
+            async with sdk.realtime.connect(model="assistant") as conn:
+                await collect(conn, "session.created")
+                item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi."}]}
+                await conn.conversation.item.create(item=item)
+                await collect(conn, "conversation.item.done")
+                await conn.response.create(response={"max_output_tokens": bound - 1})
+                low = await collect(conn, "error")
+                await conn.response.create(response={"max_output_tokens": bound})
+                met = await collect(conn, "response.done")
+        return low, met
+
+    low, met = asyncio.run(body())
+    message = low[-1].error.message
+    assert f"`response.max_output_tokens` = {bound - 1} is below llm.max_tokens = {bound}" in message
+    assert f"send {bound} or more" in message
+    assert "error" not in [e.type for e in met] and met[-1].response.status == "completed"
+
+
+def test_a_realtime_temperature_is_honoured_for_the_session_and_for_one_response() -> None:
+    """A beta client's session temperature (0.6, OpenAI's lowest) samples the session's answers and is reported
+    (it was refused unless 0.8, and the session reported 0.8 while sampling at llm.temperature); a response's own
+    temperature applies to that response, then the session's comes back; 3 is refused naming the range."""
+    headers = {"Authorization": f"Bearer {TOKEN}", "OpenAI-Beta": "realtime=v1"}
+    user = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi."}]}
+
+    async def body() -> tuple[list[dict[str, Any]], list[Any]]:
+        got = []
+        async with running() as (server, _, backend):
+            async with client(server, "/v1/realtime", additional_headers=headers) as ws:
+                got.append((await until(ws, "session.created"))[0])
+                await until(ws, "conversation.created")
+                for temperature in (0.6, 3):
+                    await ws.send(json.dumps({"type": "session.update", "session": {"temperature": temperature}}))
+                    got.append(await recv(ws))
+                await ws.send(json.dumps({"type": "conversation.item.create", "item": user}))
+                await until(ws, "conversation.item.created")
+                await ws.send(json.dumps({"type": "response.create", "response": {"temperature": 1.1}}))
+                await until(ws, "response.done")
+        return got, backend.sessions[0].calls
+
+    (created, updated, refused), calls = asyncio.run(body())
+    assert created["session"]["temperature"] == FakeBackend().default_temperature()
+    assert updated["type"] == "session.updated" and updated["session"]["temperature"] == 0.6
+    assert refused["type"] == "error" and "must be a number from 0 to 2" in refused["error"]["message"]
+    temperatures = [value for name, value in calls if name == "temperature"]
+    assert temperatures == [0.6, 1.1, 0.6]
+    assert calls.index(("temperature", 1.1)) < calls.index(("create_response", None))
+
+
+def test_a_response_temperature_whose_response_cannot_start_is_set_back_at_once() -> None:
+    """response.create with its own temperature whose start the session refuses gets the error, and the session's
+    temperature is set back at once (no response.done would come to set it back, so every later answer of the
+    session sampled at the refused response's temperature)."""
+
+    class Refusing(FakeSession):
+        def create_response(self, instructions: str | None = None) -> None:
+            raise InputError("the conversation is closing; open a new session")
+
+    session = Refusing(FakeBackend())
+    conv = RealtimeConversation(session, "default", "Be brief.", temperature=0.7)
+    conv.handle(rp.ItemCreate("Hi."))
+    out = conv.handle(rp.ResponseCreate(temperature=1.2, event_id="r1"))
+    assert [type(e) for e in out] == [rp.Error] and "closing" in out[0].error.message  # type: ignore[union-attr]
+    assert [value for name, value in session.calls if name == "temperature"] == [1.2, 0.7]

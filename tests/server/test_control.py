@@ -109,7 +109,8 @@ def test_ask_streams_deltas_then_replies_with_the_answer() -> None:
             reply, before = await until(ws, "reply")
             deltas = [m["text"] for m in before if m["type"] == "ask.delta" and m["id"] == "q1"]
             assert deltas == ["You ", "said: ", "hi"]
-            assert reply == {"type": "reply", "command": "ask", "result": {"text": "You said: hi"}, "id": "q1"}
+            want = {"text": "You said: hi", "interrupted": False}
+            assert reply == {"type": "reply", "command": "ask", "result": want, "id": "q1"}
 
     asyncio.run(body())
 

@@ -181,7 +181,8 @@ def test_config_get_never_contains_the_token() -> None:
          "config.set: `llm.model` takes effect only at start; set it in config.toml and restart"),
         ({"tts.voice": "nobody"}, "config.set: unknown voice 'nobody'; voices: alice, bob, default"),
         ({"tts.voice": "bob"},
-         "config.set: voice 'bob' (clone) does not fit the loaded custom_voice model; voices that do: alice, default"),
+         "config.set: voice 'bob' (clone) does not fit the custom_voice model of tts.model; voices that do: alice, "
+         "default (or set tts.model to a base model)"),
         ({"llm.system_prompt": "p" * 9000}, "config.set: `llm.system_prompt` has 9000 characters, over the 8000 "
          "allowed; shorten it"),
         ({"vad.aggressiveness": [1] * 1000}, "config.set: `vad.aggressiveness` must be a string, a number or "

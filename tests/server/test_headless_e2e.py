@@ -171,6 +171,35 @@ def test_native_ask_streams_through_the_real_pipeline(tiny_config: Config) -> No
     assert history[1].content == "".join(deltas).strip()
 
 
+def test_an_ask_cut_short_says_so(tiny_config: Config) -> None:
+    """An `ask` interrupted by `interrupt`, or by another `ask`, replies with `interrupted: true` (on a daemon without
+    a sound card it replied `text: ""` and nothing else, like an empty answer); the ask that ran to its end says
+    `interrupted: false`."""
+    cfg = tiny_config.replace({"llm.max_tokens": 400})  # long enough to be cut short
+
+    async def body() -> dict[str, dict[str, Any]]:
+        async with daemon(cfg) as (server, _):
+            url = f"ws://127.0.0.1:{server.port}/v1/control"
+            async with connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+                assert (await recv(ws))["type"] == "hello"
+                replies: dict[str, dict[str, Any]] = {}
+                second = {"type": "ask", "id": "a3", "text": "Hi."}
+                for first, then in (("a1", {"type": "interrupt", "id": "i"}), ("a2", second)):
+                    await ws.send(json.dumps({"type": "ask", "id": first, "text": "Tell me a long story."}))
+                    while (await recv(ws))["type"] != "ask.delta":
+                        pass
+                    await ws.send(json.dumps(then))
+                    while len(replies) < (2 if first == "a1" else 4):
+                        msg = await recv(ws)
+                        if msg["type"] == "reply":
+                            replies[msg["id"]] = msg["result"]
+            return replies
+
+    replies = asyncio.run(body())
+    assert replies["a1"]["interrupted"] is True and replies["a2"]["interrupted"] is True
+    assert replies["a3"]["interrupted"] is False and replies["a3"]["text"]
+
+
 def config_file(cfg: Config, path: Path) -> Path:
     """A config.toml holding the keys of `cfg` that differ from the defaults."""
     ours, default = to_dict(cfg), to_dict(Config())
@@ -338,6 +367,7 @@ def test_a_realtime_voice_that_does_not_fit_the_model_is_refused_at_once(tiny_co
     got, after = asyncio.run(body())
     assert [m["type"] for m in got] == ["error"]
     assert got[0]["error"]["message"] == (
-        "voice 'clone' (clone) does not fit the loaded custom_voice model; voices that do: default, vivian"
+        "voice 'clone' (clone) does not fit the custom_voice model of tts.model; voices that do: default, vivian "
+        "(or set tts.model to a base model)"
     )
     assert after["session"]["audio"]["output"]["voice"] == "vivian"

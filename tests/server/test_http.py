@@ -19,6 +19,7 @@ from assistant.audio.files import decode_audio
 from assistant.audio.format import CAPTURE_RATE, float32_to_int16, int16_to_float32
 from assistant.config import Config
 from assistant.server.ws import ControlServer
+from assistant.tts.voices import resolve_voice_dir
 from tests import tiny_engines
 from tests.server.test_headless_e2e import TOKEN, daemon
 from tests.speech import needs_espeak, say, silence
@@ -177,3 +178,64 @@ def test_http_follows_the_websocket_rules(tiny_config: Config) -> None:
     assert out["401"] == 401 and out["403"] == 403 and out["own"] == 200 and out["page"] == 200
     assert "unknown path" in out["404"]["error"]["message"]
     assert out["hello"] == "hello"
+
+
+def test_speech_with_a_voice_the_model_cannot_speak_blames_the_voice(tiny_config: Config) -> None:
+    """`voice` = a clone profile on a CustomVoice model is a 400 whose `param` is `voice` and whose message names
+    the voices that fit (it blamed `input`, the text, which was fine)."""
+
+    async def body(server: ControlServer, client: openai.AsyncOpenAI) -> Any:
+        with pytest.raises(openai.BadRequestError) as e:
+            await client.audio.speech.create(model="tts-1", voice="clone", input="Hello there.")  # type: ignore[arg-type]
+        return e.value.body
+
+    error = against_daemon(tiny_config, body)
+    assert error["param"] == "voice"
+    assert error["message"].startswith("voice 'clone' (clone) does not fit the custom_voice model of tts.model; ")
+    assert "voices that do: default, vivian" in error["message"]
+
+
+def test_a_broken_voice_profile_leaves_health_and_the_other_voices_working(
+    tiny_config: Config, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A profile with a typo dropped into the voices folder of a running daemon is skipped: /health answers 200
+    and speech with another voice works (/health was a 500 internal error and every speech request a 400 naming
+    the broken file, which also leaked the server's path)."""
+    import shutil
+
+    voices = tmp_path_factory.mktemp("voices") / "voices"
+    shutil.copytree(resolve_voice_dir(""), voices)  # the packaged profiles
+    cfg = tiny_config.replace({"tts.voices_dir": str(voices)})
+
+    async def body(server: ControlServer, client: openai.AsyncOpenAI) -> tuple[int, dict[str, Any], bytes]:
+        (voices / "broken.toml").write_text('mode = "bogus"\n')
+        async with httpx.AsyncClient() as h:
+            r = await h.get(f"http://127.0.0.1:{server.port}/health", headers={"Authorization": f"Bearer {TOKEN}"})
+        speech = await client.audio.speech.create(model="tts-1", voice="vivian", input="Hi.", response_format="wav")
+        return r.status_code, r.json(), speech.content
+
+    status, health, wav = against_daemon(cfg, body)
+    assert status == 200 and "vivian" in health["voices"] and "broken" not in health["voices"]
+    assert wav[:4] == b"RIFF" and len(wav) > 44
+
+
+def test_health_of_a_daemon_whose_voices_folder_went_away_is_degraded_not_a_500(
+    tiny_config: Config, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The voices folder removed while the daemon runs: /health answers 200 with status "degraded", no voices and
+    a problem naming no server path (it was a 500 internal error, so monitors saw a broken daemon with no reason)."""
+    import shutil
+
+    voices = tmp_path_factory.mktemp("gone") / "voices"
+    shutil.copytree(resolve_voice_dir(""), voices)
+    cfg = tiny_config.replace({"tts.voices_dir": str(voices)})
+
+    async def body(server: ControlServer, client: openai.AsyncOpenAI) -> tuple[int, dict[str, Any]]:
+        shutil.rmtree(voices)
+        async with httpx.AsyncClient() as h:
+            r = await h.get(f"http://127.0.0.1:{server.port}/health", headers={"Authorization": f"Bearer {TOKEN}"})
+        return r.status_code, r.json()
+
+    status, health = against_daemon(cfg, body)
+    assert status == 200 and health["status"] == "degraded" and health["voices"] == []
+    assert health["problem"] == "the voice profiles cannot be read; see the log"

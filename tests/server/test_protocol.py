@@ -119,7 +119,7 @@ def test_token_bucket_refills_at_its_rate() -> None:
         ({"type": "input_audio_buffer.commit", "event_id": 5}, "`event_id` must be a string"),
         ({"type": "response.create", "response": {"conversation": "none"}}, "out-of-band responses are not available"),
         ({"type": "response.create", "response": {"input": []}}, "add items with conversation.item.create"),
-        ({"type": "response.create", "response": {"max_output_tokens": 5}}, "bounded by llm.max_tokens"),
+        ({"type": "response.create", "response": {"max_output_tokens": 0}}, "an integer from 1 to 4096"),
         ({"type": "response.create", "response": {"voice": "ash"}}, "set the voice with session.update"),
         ({"type": "response.create", "response": {"instrucions": "x"}}, "did you mean `instructions`?"),
         ({"type": "session.update", "session": {"voise": "x"}}, "`session.voise` is not a field of session; did you"),

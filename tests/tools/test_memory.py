@@ -78,6 +78,23 @@ def test_unwritable_path_names_the_key(tmp_path: Path) -> None:
         Memory(blocker / "memory.sqlite3")
 
 
+def test_only_a_damaged_database_is_to_be_moved_aside_and_never_deleted(tmp_path: Path) -> None:
+    """A database that does not open is never answered with "delete it": a file that is no database is to be moved
+    aside (its old contents kept), an unusable folder is named; the old message told the user to delete the
+    database, losing the history, even when only its folder was wrong."""
+    damaged = tmp_path / "memory.sqlite3"
+    damaged.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(ConfigError) as e:
+        Memory(damaged)
+    assert f"move it aside (`mv '{damaged}' '{damaged}.bad'`" in str(e.value) and "delete" not in str(e.value)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError) as e:
+        Memory(blocker / "memory.sqlite3")
+    assert f"make {blocker} a folder you can write, or set `memory.path`" in str(e.value)
+    assert "delete" not in str(e.value) and "move it aside" not in str(e.value)
+
+
 def test_default_path_is_in_the_data_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The default database is memory.sqlite3 in $XDG_DATA_HOME/assistant on Linux."""
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
@@ -155,3 +172,19 @@ def test_cli_history_show_and_reset(
     )  # `show` is the default; nothing stored: says so on stderr (it printed nothing at all)
     shown = capsys.readouterr()
     assert shown.out == "" and shown.err == f"no stored turns in {memory.path}\n"
+
+
+def test_cli_history_off_the_record_still_shows_what_is_on_the_disk(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With memory.off_the_record on, `assistant history` shows the turns stored before it was turned on and says
+    the daemon ignores them (it said "no stored turns", while `history reset` then erased them)."""
+    from assistant import cli
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(isolated_env / "data"))
+    memory = Memory(isolated_env / "data" / "assistant" / "memory.sqlite3")
+    memory.add_turn(tool_turn(0))
+    assert cli.main(["history", "--set", "memory.off_the_record=true"]) == 0
+    shown = capsys.readouterr()
+    assert shown.out.splitlines()[0] == "user: question 0"
+    assert shown.err.startswith("memory.off_the_record is on: the daemon neither loads nor adds to these turns")

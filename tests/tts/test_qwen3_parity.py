@@ -12,6 +12,7 @@ from assistant.tts.qwen3.generate import FrameGenerator, PrefixState, generate_c
 from assistant.tts.qwen3.load import LoadedModel, load_model
 from assistant.tts.qwen3.prompt import PromptBuilder, TextTrack, VoicePrompt
 from assistant.tts.qwen3.sampling import SamplingParams
+from assistant.tts.qwen3.talker import FuseOptions, LinearAddT, LinearBiasT, Qwen3TTSModel
 
 TOL = 1e-4
 
@@ -157,3 +158,29 @@ def test_tokenizer_matches_official_incl_mistral_regex(reference: Any, tmp_path:
     for c in checks:
         assert fixed.encode(c["text"]) == c["fixed"]
         assert plain.encode(c["text"]) == c["plain"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [FuseOptions(attention="addmm"), FuseOptions(attention="gemv", residual="add", rotation="rope")],
+    ids=repr,
+)
+def test_every_fuse_option_gives_the_official_greedy_codes(
+    checkpoints: Any, reference: Any, options: FuseOptions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each FuseOptions choice (the variants a GPU A/B times) generates the official greedy codes, every case."""
+    fuse = Qwen3TTSModel.fuse
+    monkeypatch.setattr(Qwen3TTSModel, "fuse", lambda self, _=None: fuse(self, options))
+    models: dict[str, LoadedModel] = {}
+    for name in CASE_NAMES:
+        case = case_named(reference, name)
+        if case["kind"] not in models:
+            models[case["kind"]] = load_model(checkpoints(case["kind"]))
+        lm = models[case["kind"]]
+        attn = lm.model.talker.model.layers[0].self_attn
+        assert (attn.attention, attn.rotation) == (options.attention, options.rotation)
+        assert (type(attn.o_proj) is LinearAddT) == (options.residual == "add")
+        cp = lm.model.talker.code_predictor
+        if cp.has_projection:  # the custom-voice and voice-design fixtures: talker 64 wide, predictor 48
+            assert (type(cp.small_to_mtp_projection) is LinearBiasT) == (options.residual == "add")
+        assert [f.tolist() for f in generate_codes(generator(lm, case, case["text"]))] == case["codes"], name

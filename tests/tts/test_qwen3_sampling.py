@@ -43,7 +43,7 @@ def test_first_code_processors_equal_reference(history: list[int]) -> None:
     p = S.SamplingParams()
     want = first_code_logits(x, history, p.repetition_penalty, p.min_new_tokens, EOS)
     blocked = mx.array(len(history) < p.min_new_tokens)
-    got = S.first_code_logits(mx.array(x), mx.array(seen), blocked, p, S.suppress_mask(3072, EOS), EOS)
+    got = S.first_code_logits(mx.array(x), mx.array(seen), blocked, p, S.suppress_mask(3072, EOS))
     assert np.array_equal(np.array(got), want)
 
 
@@ -55,7 +55,7 @@ def test_greedy_first_code_rules() -> None:
         seen = np.zeros(3072, dtype=bool)
         seen[history] = True
         blocked = mx.array(len(history) < p.min_new_tokens)
-        c = S.first_code(mx.array(x), mx.array(seen), blocked, None, p, sup, EOS)
+        c = S.first_code(mx.array(x), mx.array(seen), blocked, None, p, sup)
         return int(c.item())
 
     x = np.full(3072, -5.0, np.float32)

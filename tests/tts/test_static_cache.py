@@ -6,8 +6,11 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
+import pytest
 
-from assistant.tts.qwen3.talker import StaticCache
+from assistant.tts.qwen3.code_predictor import FrameCache
+from assistant.tts.qwen3.load import load_model
+from assistant.tts.qwen3.talker import FuseOptions, Qwen3TTSModel, StaticCache
 
 from .test_qwen3_parity import CASE_NAMES, case_named, loaded
 
@@ -26,6 +29,34 @@ def test_compiled_steps_across_buffer_growth_equal_one_pass(checkpoints: Any, re
     assert cache[0].offset == n and cache[0].capacity == 3 * StaticCache.STEP
     diff = np.abs(np.array(mx.concatenate(got)) - np.array(want)).max()
     assert diff <= 1e-4, diff
+
+
+def test_values_transposed_buffers_across_growth_equal_one_pass(
+    checkpoints: Any, reference: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With FuseOptions attention "gemv" the K/V buffers hold the values transposed: a prefill, then compiled
+    steps across buffer growths (every 8 positions here), give the hidden states of one causal pass (<= 1e-4),
+    and the steps' writes equal a one-pass prefill's."""
+    fuse = Qwen3TTSModel.fuse
+    monkeypatch.setattr(Qwen3TTSModel, "fuse", lambda self, _=None: fuse(self, FuseOptions(attention="gemv")))
+    monkeypatch.setattr(StaticCache, "STEP", 8)
+    talker = load_model(checkpoints(case_named(reference, CASE_NAMES[0])["kind"])).model.talker
+    assert talker.model.values_transposed
+    n, lead = 29, 5
+    x = mx.random.normal((n, talker.cfg.hidden_size), key=mx.random.key(4)) * 0.5
+    want = talker(x[None], talker.make_cache())[0]
+    cache = talker.make_cache()
+    got = [talker(x[None, :lead], cache)[0]]
+    for i in range(lead, n):
+        got.append(talker.step(x[i], cache)[None])
+    assert cache[0].offset == n and cache[0].capacity == 32 and cache[0].values_transposed
+    diff = np.abs(np.array(mx.concatenate(got)) - np.array(want)).max()
+    assert diff <= 1e-4, diff
+    plain = talker.make_cache()
+    talker(x[None], plain)  # one prefill of all n: written by update_kv
+    for (k1, v1), (k2, v2) in zip([cache[0].halves()], [plain[0].halves()], strict=True):
+        assert np.abs(np.array(k1[:, :, :n]) - np.array(k2[:, :, :n])).max() <= 1e-4
+        assert np.abs(np.array(v1[..., :n]) - np.array(v2[..., :n])).max() <= 1e-4
 
 
 def test_shared_snapshot_is_never_written() -> None:
@@ -61,3 +92,21 @@ def test_frame_kernel_embedding_is_the_frame_embedding(checkpoints: Any, referen
         frame, emb, _, _ = FrameKernel.of(talker, p)(h, seen, False, mx.random.key(5))
         assert frame.shape == (16,)
         assert mx.array_equal(emb, talker.frame_embedding(frame[None])[0]).item()
+
+
+def test_predictor_frame_cache_keeps_earlier_views() -> None:
+    """The predictor's frame buffer returns the written positions, a view of the buffer taken before a write keeps
+    its values (each write records a new array), and a write past the frame's positions is refused."""
+    c = FrameCache(4)
+    first = c.update_kv(mx.ones((1, 2, 2, 3)))
+    assert c.kv is not None
+    before = c.kv[:, :, 2:]
+    second = c.update_kv(mx.full((1, 2, 1, 3), 7.0))
+    assert first.shape == (1, 2, 2, 3) and second.shape == (1, 2, 3, 3)
+    assert c.kv.shape == (1, 2, 4, 3)
+    assert mx.array_equal(second[:, :, :2], first).item()
+    assert mx.array_equal(second[:, :, 2], mx.full((1, 2, 3), 7.0)).item()
+    assert mx.array_equal(before, mx.zeros((1, 2, 2, 3))).item()  # the pad, not the later write
+    c.update_kv(mx.zeros((1, 2, 1, 3)))
+    with pytest.raises(ValueError, match="holds 4 positions"):
+        c.update_kv(mx.zeros((1, 2, 1, 3)))

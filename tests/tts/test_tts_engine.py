@@ -281,9 +281,9 @@ def test_warmup_leaves_nothing_to_trace_when_the_kv_buffers_grow(
     traced: list[int] = []
     step = TalkerModel.step
 
-    def counted(self: TalkerModel, x: mx.array, pos: mx.array, kvs: list[mx.array]) -> Any:
+    def counted(self: TalkerModel, x: mx.array, pos: mx.array, kvs: list[mx.array], tables: Any) -> Any:
         traced.append(kvs[0].shape[2])  # runs only while mx.compile traces a new buffer length
-        return step(self, x, pos, kvs)
+        return step(self, x, pos, kvs, tables)
 
     monkeypatch.setattr(TalkerModel, "step", counted)
     monkeypatch.setattr(StaticCache, "STEP", 8)  # the buffers grow every 8 positions: several times per utterance

@@ -7,6 +7,7 @@ thread can interleave it with other work and cancel between frames.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from assistant.tts.qwen3.load import LoadedModel, load_model, load_speaker_encod
 from assistant.tts.qwen3.prompt import PromptBuilder, VoicePrompt, check_ref_codes
 from assistant.tts.qwen3.sampling import SamplingParams
 from assistant.tts.voices import Voice, VoiceProfile, load_profiles, resolve_voice_dir
+
+log = logging.getLogger("assistant.tts")
 
 SAMPLE_RATE = 24_000
 FRAME_SAMPLES = 1920  # 80 ms at 24 kHz: one 12.5 Hz codec frame
@@ -142,6 +145,7 @@ class Qwen3TTS:
         self.voices_dir = resolve_voice_dir(cfg.voices_dir)
         self._cache: dict[str, _Cached] = {}
         self._speaker_encoder: Any | None = None
+        self._broken: set[str] = set()  # problems of the broken voice profiles logged so far
 
     @classmethod
     def load(cls, cfg: TtsConfig) -> Qwen3TTS:
@@ -154,7 +158,13 @@ class Qwen3TTS:
         return self.loaded.config.tts_model_type
 
     def profiles(self) -> dict[str, VoiceProfile]:
-        return load_profiles(self.voices_dir)
+        """The voice profiles that load; a broken one is skipped and logged (once while it stays broken)."""
+        broken: dict[str, str] = {}
+        found = load_profiles(self.voices_dir, broken)
+        for problem in set(broken.values()) - self._broken:
+            log.warning("%s; that voice is skipped until it is fixed", problem)
+        self._broken = set(broken.values())
+        return found
 
     def voice_names(self) -> list[str]:
         return sorted(self.profiles())

@@ -98,9 +98,11 @@ class FrameKernel:
     def __init__(self, talker: Talker, p: SamplingParams):
         self.talker, self.p = talker, p
         tc = talker.cfg
-        self.eos = tc.codec_eos_token_id
-        self.suppress = suppress_mask(tc.vocab_size, self.eos)
+        self.suppress = suppress_mask(tc.vocab_size, tc.codec_eos_token_id)
         self.groups, self.sub_vocab = tc.num_code_groups, tc.code_predictor_config.vocab_size
+        # constants of the compiled graph (evaluated once, not an arange kernel per frame)
+        self.ids, self.slots = mx.arange(tc.vocab_size), mx.arange(self.groups)
+        mx.eval(self.ids, self.slots)
         self.fn = mx.compile(self._frame)
 
     @classmethod
@@ -119,10 +121,14 @@ class FrameKernel:
         if self.p.temperature > 0 or self.p.subtalker_temperature > 0:  # rows: code 0, then codes 1..15
             noise, key = frame_noise(key, self.groups, max(vocab, self.sub_vocab))
             c0_noise, rest_noise = noise[0, :vocab], noise[1:, : self.sub_vocab]
-        c0 = first_code(logits, seen, eos_blocked, c0_noise, self.p, self.suppress, self.eos)
+        c0 = first_code(logits, seen, eos_blocked, c0_noise, self.p, self.suppress)
         rest, frame_e = self.talker.code_predictor.predict(h, self.talker.codec(c0)[0, :], rest_noise, self.p)
-        seen = seen | (mx.arange(seen.shape[0]) == c0)
-        return mx.concatenate([c0, rest]).astype(mx.int32), frame_e, seen, key
+        seen = seen | (self.ids == c0)
+        # the codes gathered by a chain of selects, which compile fuses (a concatenation copies every input)
+        codes = mx.broadcast_to(c0, (self.groups,))
+        for g, code in enumerate(rest, start=1):
+            codes = mx.where(self.slots == g, code, codes)
+        return codes.astype(mx.int32), frame_e, seen, key
 
     def __call__(
         self, h: mx.array, seen: mx.array, eos_blocked: bool, key: mx.array

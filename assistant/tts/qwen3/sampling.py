@@ -85,24 +85,27 @@ def pick(x: mx.array, temperature: float, top_k: int, top_p: float, noise: mx.ar
 
 
 def suppress_mask(vocab_size: int, eos_id: int) -> mx.array:
-    """Additive float32 mask [vocab]: -inf on [vocab-1024, vocab) except EOS, 0 elsewhere."""
+    """Additive float32 masks [2, vocab]: row 0 -inf on [vocab-1024, vocab) except EOS, 0 elsewhere (the
+    suppressed ids); row 1 the same with EOS -inf too (EOS blocked before min_new_tokens). Evaluated: a compiled
+    frame holds them as constants."""
     ids = mx.arange(vocab_size)
     blocked = (ids >= vocab_size - SUPPRESSED) & (ids != eos_id)
-    return mx.where(blocked, -mx.inf, 0.0).astype(mx.float32)
+    rows = mx.where(mx.stack([blocked, blocked | (ids == eos_id)]), -mx.inf, 0.0).astype(mx.float32)
+    mx.eval(rows)
+    return rows
 
 
 def first_code_logits(
-    logits: mx.array, seen: mx.array, eos_blocked: mx.array, p: SamplingParams, suppress: mx.array, eos_id: int
+    logits: mx.array, seen: mx.array, eos_blocked: mx.array, p: SamplingParams, suppress: mx.array
 ) -> mx.array:
     """The talker's logits processors in official order: penalty on `seen` (bool [vocab], every earlier code-0
-    token), EOS -inf while `eos_blocked` (bool scalar), then the suppressed ids."""
+    token), EOS -inf while `eos_blocked` (bool scalar), then the suppressed ids (`suppress`: `suppress_mask`'s
+    rows; adding -inf is setting it, and adding 0 changes no value)."""
     x = logits.astype(mx.float32)
     if p.repetition_penalty != 1.0:
         rp = mx.array(p.repetition_penalty, dtype=mx.float32)
         x = mx.where(seen, mx.where(x < 0, x * rp, x / rp), x)
-    is_eos = mx.arange(x.shape[-1]) == eos_id
-    x = mx.where(is_eos & eos_blocked, -mx.inf, x)
-    return x + suppress
+    return x + mx.where(eos_blocked, suppress[1, :], suppress[0, :])
 
 
 def first_code(
@@ -112,10 +115,9 @@ def first_code(
     noise: mx.array | None,
     p: SamplingParams,
     suppress: mx.array,
-    eos_id: int,
 ) -> mx.array:
     """Code 0 (or EOS) from talker logits [vocab] and Gumbel noise [vocab]: token uint32 [1]."""
-    x = first_code_logits(logits, seen, eos_blocked, p, suppress, eos_id)
+    x = first_code_logits(logits, seen, eos_blocked, p, suppress)
     return pick(x, p.temperature, p.top_k, p.top_p, noise)
 
 
