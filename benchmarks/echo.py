@@ -7,6 +7,14 @@ canceller removes it with the played reference; a user says a sentence at the ec
     PYTHONPATH=. python -m benchmarks.echo --barge [--runs 3]
     PYTHONPATH=. python -m benchmarks.echo --record DIR [--runs 2]   # the room, once: no user
     PYTHONPATH=. python -m benchmarks.echo --replay DIR             # offline, many users, deterministic
+    PYTHONPATH=. python -m benchmarks.echo --trace FILE [--span 0 2]  # one recording, frame by frame
+
+--trace replays one recording, a live room test's too (ASSISTANT_ECHO_RECORD=DIR with
+tests/pipeline/test_echo_turns_room.py keeps what the daemon's canceller saw), and prints per 30 ms VAD frame its
+level, the gate, whether the linear path judged it, webrtcvad's verdict, and per 10 ms the played peak, the
+microphone, the path's residual and that residual turned down per bin, relative to the peak, with the path's
+bound and double-talk state. Replaying a live recording gives the live verdicts (detection within ~30 ms of the
+live figure, which also counts the daemon's processing delay), so a live miss is found offline.
 
 --barge compares the barge-in gates instead: issue 13 (b)'s sentence (--user) 1 s and 9 s into the reply, at the
 echo's level over the 60 ms loop (0 and -6 dB), and at a normal voice (-20 dBFS) in a room with no loop at all.
