@@ -425,6 +425,7 @@ class EchoCanceller:
             self._overs = 0
             self._path.learn(echo_alone=True)
             return None, None
+        fits = level < heard  # the subtraction itself took some echo off (turning down always takes some)
         out = np.clip(np.round(self._path.suppressed * 32768.0), -32768, 32767).astype(np.int16)
         level = level_dbfs(out)
         if level > heard:
@@ -432,7 +433,7 @@ class EchoCanceller:
         returned, taken = level - peak_db, heard - level
         bound = self._linear_db if self._taken_db >= LINEAR_TAKEN_DB else None  # None: the path is not known
         # (a residual no quieter than the microphone is a model that does not fit as often as a user)
-        over = bound is not None and returned > bound + DOUBLE_TALK_DB and taken > 0 and not mispredicted
+        over = bound is not None and returned > bound + DOUBLE_TALK_DB and fits
         self._overs = self._overs + 1 if over else 0
         if self._overs >= DOUBLE_TALK_ENTRY:
             self.holds += self._talk_hold == 0
