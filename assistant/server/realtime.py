@@ -413,6 +413,10 @@ class RealtimeConversation:
     def _add(self, item_id: str, item: dict[str, object]) -> str | None:
         previous, self.last_item = self.last_item, item_id
         self.items[item_id] = item
+        while len(self.items) > self.limits.realtime_items:  # the oldest goes, as OpenAI's truncation drops it
+            oldest = next(iter(self.items))
+            del self.items[oldest]
+            self.answered.pop(oldest, None)
         return previous
 
     def _delete(self, ev: rp.ItemDelete) -> Out:
@@ -822,7 +826,10 @@ def _item_text(item: dict[str, object]) -> str:
 
 def _unknown_item(code: str, item_id: str, event_id: str | None) -> rp.Error:
     return _error(
-        code, f"no item {clip(item_id)} in this conversation; use an id from conversation.item.added", event_id
+        code,
+        f"no item {clip(item_id)} in this conversation; use an id from conversation.item.added (a session keeps its "
+        "newest items only)",
+        event_id,
     )
 
 
