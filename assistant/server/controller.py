@@ -100,9 +100,11 @@ class RealtimeSession(Protocol):
         create_response: bool,
         interrupt_response: bool,
         semantic: EndOfTurnPolicy | None = None,
+        vad_level: int | None = None,
     ) -> None:
         """`hangover_ms` None = manual turns (command("commit")); else server VAD with this end-of-turn silence, or
-        the `semantic` policy's decision (semantic_vad; ConfigError when its model is not loaded)."""
+        the `semantic` policy's decision (semantic_vad; ConfigError when its model is not loaded). `vad_level`:
+        webrtcvad's aggressiveness for this session (None: the daemon's vad.aggressiveness)."""
 
     def on_audio(self, samples: np.ndarray) -> None: ...
     def command(self, kind: CommandKind) -> None:

@@ -106,6 +106,7 @@ class RealtimeConversation:
         self.user_start_ms = 0
         self.last_item: str | None = None
         self.items: dict[str, dict[str, object]] = {}  # the conversation's items, in order, for retrieve/delete
+        self.vad_level: int | None = None  # the aggressiveness the latest server_vad threshold set (None: none did)
         self.awaiting_transcript: deque[_UserAudio] = deque()  # committed user audio, oldest first
         self.partial_sent = ""
         self.response: _Response | None = None
@@ -238,8 +239,14 @@ class RealtimeConversation:
             profile = self.resolve_voice(ev.voice) if self.resolve_voice is not None else ev.voice
             self.session.check_voice(profile)
         if ev.turn_detection_given:  # first: semantic_vad without its model is refused before anything changes
-            self._detect(ev.turn_detection)
-            s = replace(s, detection=ev.turn_detection)
+            detection = ev.turn_detection
+            if detection is not None and detection.kind == "server_vad" and detection.vad_level is None:
+                # the session's VAD keeps the aggressiveness a threshold gave it: report that one, not 0.5
+                detection = replace(detection, vad_level=self.vad_level)
+            self._detect(detection)
+            s = replace(s, detection=detection)
+            if detection is not None and detection.vad_level is not None:  # the session's VAD keeps it from now on
+                self.vad_level = detection.vad_level
         if ev.voice is not None and profile is not None:
             self.session.set_voice(profile)
             s = replace(s, voice=ev.voice)
@@ -276,7 +283,9 @@ class RealtimeConversation:
             self.session.set_turn_detection(None, False, False)
             return
         semantic = eagerness_policy(d.eagerness) if d.kind == "semantic_vad" else None
-        self.session.set_turn_detection(d.silence_duration_ms, d.create_response, d.interrupt_response, semantic)
+        self.session.set_turn_detection(
+            d.silence_duration_ms, d.create_response, d.interrupt_response, semantic, vad_level=d.vad_level
+        )
 
     def _handle(self, ev: rp.ClientEvent) -> Out:
         if isinstance(ev, rp.SessionUpdate):

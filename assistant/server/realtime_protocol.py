@@ -43,6 +43,13 @@ class TurnDetection:
     kind: Literal["server_vad", "semantic_vad"] = "server_vad"
     eagerness: str = "auto"
     idle_timeout_ms: int | None = None
+    vad_level: int | None = None  # webrtcvad aggressiveness from server_vad's threshold; None: vad.aggressiveness's
+
+
+def vad_level(threshold: float) -> int:
+    """server_vad's threshold (0-1; higher wants clearer speech) -> webrtcvad aggressiveness 0-3 (higher is
+    stricter): quarters, so OpenAI's default 0.5 is the daemon's default 2."""
+    return min(3, int(threshold * 4))
 
 
 @dataclass(frozen=True)
@@ -455,11 +462,14 @@ def _turn_detection(value: Any, path: str, event_id: str | None) -> TurnDetectio
     for name in value:
         if name not in known:
             raise _unsupported(f"{path}.{name}", value[name], f"{kind} takes {', '.join(sorted(known))}", event_id)
-    # webrtcvad decides speech and the daemon's vad.preroll_ms pads it: a valid threshold or padding is taken
-    # (the SDKs send their own) and session.updated reports the values in effect (docs/protocol.md)
-    threshold = value.get("threshold", 0.5)
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:
+    # the threshold picks webrtcvad's aggressiveness (vad_level); the daemon's vad.preroll_ms pads speech, so a
+    # valid prefix_padding_ms is taken (the SDKs send their own) and session.updated reports the one in effect
+    threshold = value.get("threshold")
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0
+    ):
         raise r.fail("threshold", "a number from 0.0 to 1.0", threshold)
+    level = None if threshold is None else vad_level(threshold)
     if "prefix_padding_ms" in value:
         r.integer("prefix_padding_ms")
     idle = value.get("idle_timeout_ms")
@@ -472,7 +482,7 @@ def _turn_detection(value: Any, path: str, event_id: str | None) -> TurnDetectio
             raise r.fail("eagerness", "one of low, medium, high, auto", eagerness)
         return TurnDetection(TurnDetection.silence_duration_ms, create, interrupt, "semantic_vad", eagerness, idle)
     silence = r.integer("silence_duration_ms") if "silence_duration_ms" in value else TurnDetection.silence_duration_ms
-    return TurnDetection(silence, create, interrupt, idle_timeout_ms=idle)
+    return TurnDetection(silence, create, interrupt, idle_timeout_ms=idle, vad_level=level)
 
 
 def _transcription(value: Any, path: str, event_id: str | None) -> Transcription | None:
@@ -1197,7 +1207,7 @@ def _detection_object(d: TurnDetection | None) -> dict[str, Any] | None:
         return {"type": "semantic_vad", "eagerness": d.eagerness, **common}
     return {
         "type": "server_vad",
-        "threshold": 0.5,
+        "threshold": 0.5 if d.vad_level is None else d.vad_level / 4,
         "prefix_padding_ms": 300,
         "silence_duration_ms": d.silence_duration_ms,
         "idle_timeout_ms": d.idle_timeout_ms,

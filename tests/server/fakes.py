@@ -194,8 +194,10 @@ class FakeSession:
         create_response: bool,
         interrupt_response: bool,
         semantic: EndOfTurnPolicy | None = None,
+        vad_level: int | None = None,
     ) -> None:
         self.calls.append(("turn_detection", hangover_ms))
+        self.vad_level = vad_level
         self.semantic = semantic
         self.hangover_ms, self.create_response_on_vad = hangover_ms, create_response
 

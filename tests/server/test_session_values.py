@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from assistant.config import Config
+from assistant.policies import realtime_turns
 from tests.server.helpers import TOKEN, client, recv, running, until
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -31,7 +33,8 @@ def test_sdk_default_threshold_and_noise_reduction_keep_the_rest_of_the_update()
     assert got["session"]["instructions"] == "Be brief."
     effective = got["session"]["audio"]["input"]
     assert effective["turn_detection"]["silence_duration_ms"] == 700
-    assert (effective["turn_detection"]["threshold"], effective["turn_detection"]["prefix_padding_ms"]) == (0.5, 300)
+    # 0.4 picks webrtcvad aggressiveness 1 (of 0-3), reported as its quarter; the padding is vad.preroll_ms's
+    assert (effective["turn_detection"]["threshold"], effective["turn_detection"]["prefix_padding_ms"]) == (0.25, 300)
     assert effective["noise_reduction"] is None
 
 
@@ -55,3 +58,32 @@ def test_invalid_vad_values_are_still_errors(session: dict[str, Any], message: s
     """A threshold out of 0-1, a padding below 0 or an unknown noise reduction type is an error naming the fix."""
     got = asyncio.run(_update(session))
     assert got["type"] == "error" and message in got["error"]["message"], got
+
+
+def test_a_threshold_sets_the_session_vad_aggressiveness_and_is_reported_as_in_effect() -> None:
+    """threshold maps to webrtcvad aggressiveness in quarters (0.8 -> 3); a later server_vad without a threshold
+    keeps that VAD and reports 0.75, not a default that is not in effect."""
+
+    async def body() -> tuple[list[dict[str, Any]], list[int | None]]:
+        async with running() as (server, _, backend), client(server, "/v1/realtime", additional_headers=AUTH) as ws:
+            await until(ws, "session.created")
+            got, levels = [], []
+            for detection in ({"type": "server_vad", "threshold": 0.8}, {"type": "server_vad"}):
+                await ws.send(json.dumps({"type": "session.update", "session": {"turn_detection": detection}}))
+                got.append((await recv(ws))["session"]["audio"]["input"]["turn_detection"])
+                levels.append(backend.sessions[-1].vad_level)
+            return got, levels
+
+    got, levels = asyncio.run(body())
+    assert [d["threshold"] for d in got] == [0.75, 0.75]
+    assert levels == [3, 3]
+
+
+def test_the_session_vad_takes_the_threshold_level() -> None:
+    """The session's config gets the threshold's aggressiveness (its VAD is rebuilt from it); None keeps the
+    configured one."""
+    cfg = Config()
+    changed, _, _ = realtime_turns(cfg, 600, True, True, None, None, vad_level=3)
+    assert (changed.vad.aggressiveness, changed.vad.hangover_ms) == (3, 600)
+    kept, _, _ = realtime_turns(cfg, 600, True, True, None, None)
+    assert kept.vad.aggressiveness == cfg.vad.aggressiveness
