@@ -82,13 +82,20 @@ class RealtimeConversation:
         commands_per_s: float = 20.0,
         max_output_tokens: int | None = None,
         temperature: float = 0.8,
+        vad: tuple[int, int] = (2, 300),
     ) -> None:
         self.session = session
         self.out = rp.ServerEvents(beta=beta)
         self.limits = limits or Limits()
         self.session_id = f"sess_{n}"
+        # the session VAD's aggressiveness (vad.aggressiveness until a threshold sets it) and pre-roll, as reported
+        self.vad_level, self.preroll_ms = vad
         self.settings = rp.Settings(
-            instructions, voice, DEFAULT_DETECTION, max_output_tokens=max_output_tokens, temperature=temperature
+            instructions,
+            voice,
+            self._effective(DEFAULT_DETECTION),
+            max_output_tokens=max_output_tokens,
+            temperature=temperature,
         )
         self.resolve_voice = resolve_voice
         self.expires_at = 0
@@ -106,7 +113,6 @@ class RealtimeConversation:
         self.user_start_ms = 0
         self.last_item: str | None = None
         self.items: dict[str, dict[str, object]] = {}  # the conversation's items, in order, for retrieve/delete
-        self.vad_level: int | None = None  # the aggressiveness the latest server_vad threshold set (None: none did)
         self.awaiting_transcript: deque[_UserAudio] = deque()  # committed user audio, oldest first
         self.partial_sent = ""
         self.response: _Response | None = None
@@ -145,7 +151,7 @@ class RealtimeConversation:
 
     def start(self, wall_clock: float = 0.0) -> Out:
         self.session.set_instructions(self.settings.instructions)
-        self._detect(DEFAULT_DETECTION)
+        self._detect(self.settings.detection)
         self.expires_at = int(wall_clock) + rp.SESSION_LIFETIME_S if wall_clock else 0
         created: Out = [rp.SessionCreated(self._session())]
         if self.out.beta:  # the beta API announced the conversation; GA sessions start with session.created alone
@@ -239,10 +245,7 @@ class RealtimeConversation:
             profile = self.resolve_voice(ev.voice) if self.resolve_voice is not None else ev.voice
             self.session.check_voice(profile)
         if ev.turn_detection_given:  # first: semantic_vad without its model is refused before anything changes
-            detection = ev.turn_detection
-            if detection is not None and detection.kind == "server_vad" and detection.vad_level is None:
-                # the session's VAD keeps the aggressiveness a threshold gave it: report that one, not 0.5
-                detection = replace(detection, vad_level=self.vad_level)
+            detection = self._effective(ev.turn_detection)
             self._detect(detection)
             s = replace(s, detection=detection)
             if detection is not None and detection.vad_level is not None:  # the session's VAD keeps it from now on
@@ -275,6 +278,13 @@ class RealtimeConversation:
             s = replace(s, tools=tools, tool_choice=choice)
         self.settings = s
         return [rp.SessionUpdated(self._session())]
+
+    def _effective(self, d: rp.TurnDetection | None) -> rp.TurnDetection | None:
+        """A turn detection with the VAD level (the one in effect where it sent no threshold) and pre-roll the
+        session's VAD runs with, as session.updated reports them."""
+        if d is None:
+            return None
+        return replace(d, vad_level=self.vad_level if d.vad_level is None else d.vad_level, padding_ms=self.preroll_ms)
 
     def _detect(self, d: rp.TurnDetection | None) -> None:
         """Give the session its turn detection: none (manual commits), server_vad's silence, or semantic_vad's

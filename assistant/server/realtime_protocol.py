@@ -44,6 +44,7 @@ class TurnDetection:
     eagerness: str = "auto"
     idle_timeout_ms: int | None = None
     vad_level: int | None = None  # webrtcvad aggressiveness from server_vad's threshold; None: vad.aggressiveness's
+    padding_ms: int = 300  # the pre-roll before speech (vad.preroll_ms), reported as prefix_padding_ms
 
 
 def vad_level(threshold: float) -> int:
@@ -1208,7 +1209,7 @@ def _detection_object(d: TurnDetection | None) -> dict[str, Any] | None:
     return {
         "type": "server_vad",
         "threshold": 0.5 if d.vad_level is None else d.vad_level / 4,
-        "prefix_padding_ms": 300,
+        "prefix_padding_ms": d.padding_ms,
         "silence_duration_ms": d.silence_duration_ms,
         "idle_timeout_ms": d.idle_timeout_ms,
         **common,

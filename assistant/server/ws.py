@@ -558,6 +558,7 @@ class ControlServer:
             self.cfg.commands_per_s,
             backend.max_output_tokens(),
             backend.default_temperature(),
+            backend.vad_defaults(),
         )
         woken = asyncio.Event()  # set after each event: the conversation's deadline may have moved
         pump = asyncio.create_task(self._pump(client, conv, session, woken))

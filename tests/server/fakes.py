@@ -327,6 +327,9 @@ class FakeBackend:
     def default_temperature(self) -> float:
         return 0.7
 
+    def vad_defaults(self) -> tuple[int, int]:
+        return 2, 300
+
     def max_output_tokens(self) -> int:
         return 400
 

@@ -11,6 +11,9 @@ import pytest
 
 from assistant.config import Config
 from assistant.policies import realtime_turns
+from assistant.server import realtime_protocol as rp
+from assistant.server.realtime import RealtimeConversation
+from tests.server.fakes import FakeBackend, FakeSession
 from tests.server.helpers import TOKEN, client, recv, running, until
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -87,3 +90,14 @@ def test_the_session_vad_takes_the_threshold_level() -> None:
     assert (changed.vad.aggressiveness, changed.vad.hangover_ms) == (3, 600)
     kept, _, _ = realtime_turns(cfg, 600, True, True, None, None)
     assert kept.vad.aggressiveness == cfg.vad.aggressiveness
+
+
+def test_a_session_reports_the_daemons_own_vad_level_and_preroll() -> None:
+    """Until a threshold is sent, session.created reports vad.aggressiveness's quarter and vad.preroll_ms as
+    threshold and prefix_padding_ms (it said 0.5 and 300 whatever the daemon ran), and the session VAD keeps them."""
+    session = FakeSession(FakeBackend())
+    conv = RealtimeConversation(session, "default", "Be brief.", vad=(3, 150))
+    (created,) = [e for e in conv.start() if isinstance(e, rp.SessionCreated)]
+    detection = created.session["audio"]["input"]["turn_detection"]  # type: ignore[index]
+    assert (detection["threshold"], detection["prefix_padding_ms"]) == (0.75, 150)
+    assert session.vad_level == 3
