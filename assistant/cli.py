@@ -955,7 +955,7 @@ def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
     checks.append(_check("cache folder", _check_cache_dir))
     print(f"config: {cfg.source}")
     for c in checks:
-        print(f"  {'ok ' if c.problem is None else 'FAIL'}  {c.name}" + (f": {c.problem}" if c.problem else ""))
+        print(f"  {'ok' if c.problem is None else 'FAIL':<4}  {c.name}" + (f": {c.problem}" if c.problem else ""))
     problems = [c for c in checks if c.problem]
     print(f"{len(problems)} problem(s)" if problems else "all checks passed")
     return 1 if problems else 0

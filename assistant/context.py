@@ -87,12 +87,17 @@ class ChatContext:
 
     async def remember(self, epoch: int) -> None:
         """Store the turn the chat recorded last, for an answer begun at `epoch`: not when a history reset came
-        since. A failure is reported, and the conversation goes on."""
+        since; the stored turns the chat has dropped (llm.history_tokens) go, so a daemon running for weeks keeps
+        a bounded file. A failure is reported, and the conversation goes on."""
         if self.memory is None or epoch != self.epoch:
             return
         try:
-            turn = await self.compute.run(self.chat.last_turn, priority=Priority.URGENT)
+            turn, kept = await self.compute.run(
+                lambda: (self.chat.last_turn(), len(self.chat.history)), priority=Priority.URGENT
+            )
             self.memory.add_turn(turn)
+            if kept and epoch == self.epoch:  # after a reset the chat's length says nothing of the stored turns
+                self.memory.keep_newest(kept)
         except Exception as e:
             self._report(e, "storing the turn in the memory database")
 

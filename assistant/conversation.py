@@ -516,9 +516,10 @@ class Conversation:
         create_response: bool,
         interrupt_response: bool,
         semantic: EndOfTurnPolicy | None = None,
+        vad_level: int | None = None,
     ) -> None:
         turns = realtime_turns(
-            self.cfg, hangover_ms, create_response, interrupt_response, semantic, self.engines.score_turn
+            self.cfg, hangover_ms, create_response, interrupt_response, semantic, self.engines.score_turn, vad_level
         )
         self._retune(*turns)
 

@@ -54,11 +54,13 @@ def realtime_turns(
     interrupt_response: bool,
     semantic: EndOfTurnPolicy | None,
     scorer: object | None,
+    vad_level: int | None = None,
 ) -> tuple[Config, Policy, EndOfTurnPolicy]:
     """A Realtime session's turn_detection -> its config, policy and end-of-turn strategy. `hangover_ms` None =
     manual turns (commit); else server VAD: the turn ends after `hangover_ms` of silence (vad.hangover_ms), or
     where given, when the `semantic` policy (Smart Turn's, semantic_vad) decides it. ConfigError when that
-    silence is out of range, or the semantic policy needs the end-of-turn model (`scorer`) and it is not loaded."""
+    silence is out of range, or the semantic policy needs the end-of-turn model (`scorer`) and it is not loaded.
+    `vad_level` (server_vad's threshold) sets webrtcvad's aggressiveness; None keeps the configured one."""
     if semantic is not None and semantic.score_after_ms is not None and scorer is None:
         raise ConfigError(
             'turn_detection.type "semantic_vad" needs the Smart Turn end-of-turn model, which is not loaded; '
@@ -68,6 +70,8 @@ def realtime_turns(
         cfg = cfg if hangover_ms is None else cfg.replace({"vad.hangover_ms": hangover_ms})
     except ConfigError as e:
         raise ConfigError(f"turn_detection.silence_duration_ms {hangover_ms} cannot be used ({e})") from e
+    if vad_level is not None:
+        cfg = cfg.replace({"vad.aggressiveness": vad_level})
     policy = realtime_policy(cfg, hangover_ms is not None, create_response, interrupt_response)
     # server_vad is OpenAI's silence rule: its silence_duration_ms, whatever detector the daemon uses
     return cfg, policy, semantic or FixedSilence(cfg.vad.hangover_ms)

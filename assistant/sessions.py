@@ -50,6 +50,9 @@ class Sessions:
     def default_temperature(self) -> float:
         return self.daemon.cfg.llm.temperature
 
+    def vad_defaults(self) -> tuple[int, int]:
+        return self.daemon.cfg.vad.aggressiveness, self.daemon.cfg.vad.preroll_ms
+
     def max_output_tokens(self) -> int:
         return self.daemon.cfg.llm.max_tokens
 

@@ -53,6 +53,7 @@ VadEvent = SpeechStarted | PauseStarted | SilenceStarted | SpeechResumed | Speec
 SCORE_WINDOW = 8 * CAPTURE_RATE  # the end-of-turn model sees the turn's last 8 s
 SCORE_LEAD_IN = CAPTURE_RATE // 5  # 200 ms before the scored segment's onset: the model hears it begin
 APOLOGY = "Sorry, I could not get an answer just now. Please ask again."
+MAX_PENDING = 256  # user messages held for a Realtime response: a transcription-only session runs for weeks
 
 
 @dataclass(frozen=True)
@@ -693,7 +694,7 @@ class TurnCore:
             return
         if not self.policy.answer_turns:
             job = Finalizing("queue", 0, speech_end, now, user, self.policy.auto_respond and self.policy.vad_turns)
-            self.pending.append(self._finalize(job))  # its place among the user's messages, filled by its text
+            self._hold(self._finalize(job))  # its place among the user's messages, filled by its text
             self._set_state(TurnState.THINKING if job.respond else TurnState.IDLE)
             return
         self._set_state(TurnState.THINKING)
@@ -950,7 +951,13 @@ class TurnCore:
     def _on_user_text(self, u: UserText) -> None:
         if not u.text.strip():
             raise InputError("the user message is empty; put the text in item.content[0].text")
-        self.pending.append(u.text.strip())
+        self._hold(u.text.strip())
+
+    def _hold(self, entry: str | int) -> None:
+        self.pending.append(entry)
+        texts = [i for i, p in enumerate(self.pending) if isinstance(p, str)]
+        if len(self.pending) > MAX_PENDING and texts:  # the oldest text goes; a transcript still coming stays
+            del self.pending[texts[0]]
 
     def _on_create(self, c: CreateResponse) -> None:
         if c.responder.user_text is not None or c.responder.speak_text is not None:  # in place of any speculation

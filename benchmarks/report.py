@@ -88,6 +88,23 @@ more on the GPU, or this lease was only slower. Next on a GPU, the two codes alt
 .whl-gpu .dev-gpu) `cd .dev-gpu && bash benchmarks/gpu.sh install && AB=fused AB_TREES=". /tmp/s5" AB_REPS=2
 AB_ARGS="--positions 100 --frames 100 250" LIMIT_PART=120 bash benchmarks/gpu.sh ab` (~4 min).
 
+TTS frame, session 8 (2026-12-07 19:40-20:30 UTC, CPU only: six device starts failed or were refused, so nothing
+below is timed on a GPU). `benchmarks/tts_ops.py` now counts the kernels MLX CUDA launches (its module doc gives the
+rule; table below, GPU columns): the 0.6B frame 1,443 -> 1,333 (talker K/V written by one scatter, predictor K/V in
+a 16-position buffer with constant-index writes, the 16 codes gathered by one select chain, per-length position and
+RoPE tables, 2-D hidden states, norms on contiguous rows; greedy parity unchanged). Counted this way session 5's code
+had 1,795 kernels against session 7's 1,443, so the kernel count does not explain its 7.6 against 13.5 ms frame
+kernel. A reading to test: session 6 moved both talker attention matmuls onto cuBLAS (2 query rows per kv head;
+MLX CUDA's own gemv takes one row against a transposed operand), and MLX builds a cuBLAS descriptor and asks its
+heuristic on every call, while the 4-bit frame (206 fewer cuBLAS calls) ran 16.0 against 22.9 ms. `FuseOptions`
+(assistant/tts/qwen3/talker.py; the loader keeps the defaults, `tts_profile --fuse` flips them) holds the choices
+only a GPU can settle: attention matmul | addmm | gemv (values stored transposed: both attention products as gemv),
+residual addmm | add, rotation chain | rope. `benchmarks/tts_kernels.py` (`gpu.sh kernels`) times one primitive of
+each kind at the 0.6B shapes. Next on a GPU: call 1 as above; call 2 (carry .dev-b .whl-gpu) `bash
+benchmarks/gpu.sh install kernels ops && AB="fused fuse=attention=gemv,residual=add fuse=attention=gemv
+fuse=residual=add" AB_ARGS="--utterances-only --frames 100 250 --runs 4" LIMIT_PART=100 bash benchmarks/gpu.sh ab`;
+then make the winner `DEFAULT_FUSE`, delete the losing choices, and run `tts-0.6B tts-1.7B` side by side.
+
 Labels (different cards: compare each row with mlx-audio in the same run, not across labels): `h100` holds
 the TTS rows and profile above (session 7, and the 13:22 UTC profile columns of session 5), and 2026-12-07
 09:00-09:25 UTC rows (STT side by side and tail, v2v) from an earlier session. `h200`

@@ -16,7 +16,8 @@ ensure_venv() {  # $1: extras, e.g. "dev"
   local extras=$1 stamp="$venv/.assistant-installed"
   local want; want="$extras $(cksum < "$root/pyproject.toml")"
   if [ ! -x "$venv/bin/python" ]; then
-    "$(pick_python)" -m venv "$venv"
+    local py; py=$(pick_python) || exit 1  # "$(pick_python)" -m venv ran "" when it failed: ": command not found"
+    "$py" -m venv "$venv"
   fi
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "$venv/bin/python" -m pip install -q --upgrade pip

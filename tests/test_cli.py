@@ -278,7 +278,9 @@ def test_doctor_checks_the_voice_tools_and_memory(tmp_path: Path) -> None:
     out = run(["doctor", "--set", f"memory.path='{tmp_path / 'file' / 'memory.sqlite3'}'"], env)
     assert "  FAIL  tools and memory: memory database " in out.stdout and "set `memory.path`" in out.stdout
     out = run(["doctor"], env)
-    assert "  ok   voice default" in out.stdout and "  ok   tools and memory" in out.stdout
+    assert "  ok    voice default" in out.stdout and "  ok    tools and memory" in out.stdout
+    checks = [line for line in out.stdout.splitlines() if line.startswith(("  ok ", "  FAIL "))]
+    assert checks and all(line[6:8] == "  " and line[8] != " " for line in checks), checks  # names in one column
 
 
 def test_bad_voice_aliases_and_tls_files_fail_before_any_model_loads(tmp_path: Path) -> None:
@@ -347,12 +349,12 @@ def test_doctor_passes_the_devices_of_a_headless_daemon(tmp_path: Path) -> None:
     env = no_sound_env(tmp_path)
     out = run(["doctor"], env)
     for device in ("microphone", "speaker"):
-        line = f"  ok   {device}: none, so `assistant run` runs headless (WebSocket clients bring the audio)"
+        line = f"  ok    {device}: none, so `assistant run` runs headless (WebSocket clients bring the audio)"
         assert line in out.stdout.splitlines()
     out = run(["doctor", "--set", "server.enabled=false"], env)
     assert "  FAIL  microphone: no audio input device found; connect a microphone" in out.stdout
     out = run(["doctor", "--set", "audio.output_device=USB"], env)
-    assert "  FAIL  speaker: " in out.stdout and "  ok   microphone: none, so" in out.stdout
+    assert "  FAIL  speaker: " in out.stdout and "  ok    microphone: none, so" in out.stdout
 
 
 def test_one_broken_voice_profile_leaves_the_others_usable(tmp_path: Path) -> None:

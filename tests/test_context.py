@@ -75,3 +75,24 @@ def test_turns_are_stored_and_loaded_but_none_that_a_reset_cut_off(tmp_path: Pat
         compute.close()
 
     asyncio.run(main())
+
+
+def test_the_stored_history_stays_as_long_as_the_chat_keeps(tmp_path: Path) -> None:
+    """Over many turns of a running daemon the database keeps only the turns the chat still holds (it trims to
+    llm.history_tokens), not every turn since the start: weeks of talk leave a bounded file and start-up."""
+
+    async def main() -> None:
+        compute = Compute()
+        memory = Memory(tmp_path / "m.sqlite3")
+        chat = ToolChat([])
+        ctx = ChatContext(chat, compute, "", "", memory, lambda e, what: None)
+        for i in range(200):
+            # the chat holds its last three turns, as its token budget would leave it
+            chat.history = [*chat.history[-4:], Message("user", f"q{i}"), Message("assistant", f"a{i}")]
+            await ctx.remember(ctx.epoch)
+        assert [m.content for m in memory.history()] == [m.content for m in chat.history]
+        assert len(memory.turns()) == 3
+        memory.close()
+        compute.close()
+
+    asyncio.run(main())

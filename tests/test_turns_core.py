@@ -36,6 +36,7 @@ from assistant.events import (
 from assistant.policies import daemon_policy, realtime_policy
 from assistant.turns import (
     APOLOGY,
+    MAX_PENDING,
     SCORE_LEAD_IN,
     Action,
     AudioIn,
@@ -931,3 +932,16 @@ def test_a_sure_score_in_an_unknown_room_ends_the_turn_when_the_resume_window_is
     assert not tl.of(Finalize)
     tl.audio(1, room_known=False)
     assert len(tl.of(Finalize)) == 1 and tl.core.state is TurnState.THINKING
+
+
+def test_a_session_that_never_asks_for_a_response_holds_a_bounded_number_of_messages() -> None:
+    """A Realtime client that only adds user messages (transcription only) for weeks holds the newest MAX_PENDING
+    of them, not all: the response it finally asks for answers those."""
+    tl = Timeline(REALTIME)
+    tl.send(SetPolicy(dataclasses.replace(REALTIME, vad_turns=False), FixedSilence(700)))
+    for i in range(MAX_PENDING + 100):
+        tl.send(UserText(f"message {i}", tl.now))
+    assert len(tl.core.pending) == MAX_PENDING
+    tl.send(CreateResponse(tl.now))
+    text = tl.of(StartReply)[-1].responder.user_text  # type: ignore[attr-defined]
+    assert text.split("\n") == [f"message {i}" for i in range(100, MAX_PENDING + 100)]

@@ -100,9 +100,11 @@ class RealtimeSession(Protocol):
         create_response: bool,
         interrupt_response: bool,
         semantic: EndOfTurnPolicy | None = None,
+        vad_level: int | None = None,
     ) -> None:
         """`hangover_ms` None = manual turns (command("commit")); else server VAD with this end-of-turn silence, or
-        the `semantic` policy's decision (semantic_vad; ConfigError when its model is not loaded)."""
+        the `semantic` policy's decision (semantic_vad; ConfigError when its model is not loaded). `vad_level`:
+        webrtcvad's aggressiveness for this session (None: the daemon's vad.aggressiveness)."""
 
     def on_audio(self, samples: np.ndarray) -> None: ...
     def command(self, kind: CommandKind) -> None:
@@ -138,6 +140,7 @@ class RealtimeBackend(Protocol):
     def default_voice(self) -> str: ...
     def default_instructions(self) -> str: ...
     def default_temperature(self) -> float: ...  # llm.temperature: a session samples at it until it sets its own
+    def vad_defaults(self) -> tuple[int, int]: ...  # (vad.aggressiveness, vad.preroll_ms), as sessions report them
     def max_output_tokens(self) -> int:
         """The bound on a reply's tokens (llm.max_tokens), as sessions report it."""
         ...

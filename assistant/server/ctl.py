@@ -152,9 +152,24 @@ def _run(cfg: ServerConfig, words: Sequence[str], out: Callable[[str], None], ma
         out("")
     elif msg["type"] == "ask":
         out(reply["result"]["text"])
+    elif msg["type"] == "config.set":
+        for line in changed_lines(msg["changes"], reply["result"]):
+            out(line)
+        out("(`assistant ctl config.get` shows every setting)")
     elif reply["result"]:
         out(json.dumps(reply["result"], indent=2, ensure_ascii=False))
     return 0
+
+
+def changed_lines(changes: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """`section.key = value` for each key config.set changed, its value as the daemon now has it (the reply holds
+    every setting: printing all of it buried the change)."""
+    lines = []
+    for key in changes:
+        section, _, name = key.partition(".")
+        value = settings.get(section, {}).get(name, changes[key])
+        lines.append(f"{key} = {json.dumps(value, ensure_ascii=False)}")
+    return lines
 
 
 def out_partial(out: Callable[[str], None], text: str) -> None:

@@ -137,11 +137,21 @@ def error_body(e: HttpError) -> bytes:
     return json.dumps({"error": detail}).encode()
 
 
+def refusal(status: int, message: str, extra: str = "") -> bytes:
+    """A whole error answer that closes the connection, for a request refused before it is parsed."""
+    body = error_body(HttpError(status, message))
+    head = f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return (head + f"Connection: close\r\n{extra}\r\n").encode() + body
+
+
 def busy_response() -> bytes:
     """A whole 503 answer, for a connection refused before it is read."""
-    body = error_body(HttpError(503, "too many HTTP requests at once; try again in a moment"))
-    head = f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-    return (head + "Connection: close\r\nRetry-After: 1\r\n\r\n").encode() + body
+    return refusal(503, "too many HTTP requests at once; try again in a moment", "Retry-After: 1\r\n")
+
+
+def head_too_large_response() -> bytes:
+    """A whole 431 answer, for a request head over MAX_HEAD_BYTES."""
+    return refusal(431, f"the request head is over {MAX_HEAD_BYTES} bytes; send fewer or shorter headers")
 
 
 def json_response(value: Any, status: int = 200) -> Response:
@@ -556,7 +566,7 @@ async def _read(reader: asyncio.StreamReader, peer: str | None, writer: asyncio.
         async with asyncio.timeout(HEAD_TIMEOUT_S):
             head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.LimitOverrunError as e:
-        raise HttpError(431, f"the request head is over {MAX_HEAD_BYTES} bytes; send fewer headers") from e
+        raise HttpError(431, f"the request head is over {MAX_HEAD_BYTES} bytes; send fewer or shorter headers") from e
     except TimeoutError as e:
         raise HttpError(408, f"no complete request head within {HEAD_TIMEOUT_S:g} s") from e
     req = parse_head(head[:-4])

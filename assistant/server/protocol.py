@@ -39,6 +39,9 @@ class Limits:
     turn_audio_s: float = 60.0  # uncommitted Realtime audio in manual turns (server VAD ends turns itself)
     audio_realtime_factor: float = 4.0  # Realtime audio appends: at most this many times real time, sustained
     audio_burst_s: float = 15.0  # ... after a burst of this much audio (one append over it needs a full budget)
+    # A Realtime session keeps its newest items this many for retrieve/delete/truncate: more than the LLM's context
+    # holds (llm.history_tokens drops the oldest turns), and a socket left open for weeks stays bounded
+    realtime_items: int = 1000
 
 
 DEFAULT_LIMITS = Limits()

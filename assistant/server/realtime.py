@@ -82,13 +82,20 @@ class RealtimeConversation:
         commands_per_s: float = 20.0,
         max_output_tokens: int | None = None,
         temperature: float = 0.8,
+        vad: tuple[int, int] = (2, 300),
     ) -> None:
         self.session = session
         self.out = rp.ServerEvents(beta=beta)
         self.limits = limits or Limits()
         self.session_id = f"sess_{n}"
+        # the session VAD's aggressiveness (vad.aggressiveness until a threshold sets it) and pre-roll, as reported
+        self.vad_level, self.preroll_ms = vad
         self.settings = rp.Settings(
-            instructions, voice, DEFAULT_DETECTION, max_output_tokens=max_output_tokens, temperature=temperature
+            instructions,
+            voice,
+            self._effective(DEFAULT_DETECTION),
+            max_output_tokens=max_output_tokens,
+            temperature=temperature,
         )
         self.resolve_voice = resolve_voice
         self.expires_at = 0
@@ -144,7 +151,7 @@ class RealtimeConversation:
 
     def start(self, wall_clock: float = 0.0) -> Out:
         self.session.set_instructions(self.settings.instructions)
-        self._detect(DEFAULT_DETECTION)
+        self._detect(self.settings.detection)
         self.expires_at = int(wall_clock) + rp.SESSION_LIFETIME_S if wall_clock else 0
         created: Out = [rp.SessionCreated(self._session())]
         if self.out.beta:  # the beta API announced the conversation; GA sessions start with session.created alone
@@ -238,8 +245,11 @@ class RealtimeConversation:
             profile = self.resolve_voice(ev.voice) if self.resolve_voice is not None else ev.voice
             self.session.check_voice(profile)
         if ev.turn_detection_given:  # first: semantic_vad without its model is refused before anything changes
-            self._detect(ev.turn_detection)
-            s = replace(s, detection=ev.turn_detection)
+            detection = self._effective(ev.turn_detection)
+            self._detect(detection)
+            s = replace(s, detection=detection)
+            if detection is not None and detection.vad_level is not None:  # the session's VAD keeps it from now on
+                self.vad_level = detection.vad_level
         if ev.voice is not None and profile is not None:
             self.session.set_voice(profile)
             s = replace(s, voice=ev.voice)
@@ -269,6 +279,13 @@ class RealtimeConversation:
         self.settings = s
         return [rp.SessionUpdated(self._session())]
 
+    def _effective(self, d: rp.TurnDetection | None) -> rp.TurnDetection | None:
+        """A turn detection with the VAD level (the one in effect where it sent no threshold) and pre-roll the
+        session's VAD runs with, as session.updated reports them."""
+        if d is None:
+            return None
+        return replace(d, vad_level=self.vad_level if d.vad_level is None else d.vad_level, padding_ms=self.preroll_ms)
+
     def _detect(self, d: rp.TurnDetection | None) -> None:
         """Give the session its turn detection: none (manual commits), server_vad's silence, or semantic_vad's
         Smart Turn policy for the eagerness (endofturn.EAGERNESS)."""
@@ -276,7 +293,9 @@ class RealtimeConversation:
             self.session.set_turn_detection(None, False, False)
             return
         semantic = eagerness_policy(d.eagerness) if d.kind == "semantic_vad" else None
-        self.session.set_turn_detection(d.silence_duration_ms, d.create_response, d.interrupt_response, semantic)
+        self.session.set_turn_detection(
+            d.silence_duration_ms, d.create_response, d.interrupt_response, semantic, vad_level=d.vad_level
+        )
 
     def _handle(self, ev: rp.ClientEvent) -> Out:
         if isinstance(ev, rp.SessionUpdate):
@@ -413,6 +432,10 @@ class RealtimeConversation:
     def _add(self, item_id: str, item: dict[str, object]) -> str | None:
         previous, self.last_item = self.last_item, item_id
         self.items[item_id] = item
+        while len(self.items) > self.limits.realtime_items:  # the oldest goes, as OpenAI's truncation drops it
+            oldest = next(iter(self.items))
+            del self.items[oldest]
+            self.answered.pop(oldest, None)
         return previous
 
     def _delete(self, ev: rp.ItemDelete) -> Out:
@@ -822,7 +845,10 @@ def _item_text(item: dict[str, object]) -> str:
 
 def _unknown_item(code: str, item_id: str, event_id: str | None) -> rp.Error:
     return _error(
-        code, f"no item {clip(item_id)} in this conversation; use an id from conversation.item.added", event_id
+        code,
+        f"no item {clip(item_id)} in this conversation; use an id from conversation.item.added (a session keeps its "
+        "newest items only)",
+        event_id,
     )
 
 

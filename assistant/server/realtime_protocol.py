@@ -43,6 +43,14 @@ class TurnDetection:
     kind: Literal["server_vad", "semantic_vad"] = "server_vad"
     eagerness: str = "auto"
     idle_timeout_ms: int | None = None
+    vad_level: int | None = None  # webrtcvad aggressiveness from server_vad's threshold; None: vad.aggressiveness's
+    padding_ms: int = 300  # the pre-roll before speech (vad.preroll_ms), reported as prefix_padding_ms
+
+
+def vad_level(threshold: float) -> int:
+    """server_vad's threshold (0-1; higher wants clearer speech) -> webrtcvad aggressiveness 0-3 (higher is
+    stricter): quarters, so OpenAI's default 0.5 is the daemon's default 2."""
+    return min(3, int(threshold * 4))
 
 
 @dataclass(frozen=True)
@@ -455,10 +463,16 @@ def _turn_detection(value: Any, path: str, event_id: str | None) -> TurnDetectio
     for name in value:
         if name not in known:
             raise _unsupported(f"{path}.{name}", value[name], f"{kind} takes {', '.join(sorted(known))}", event_id)
-    # webrtcvad decides speech and the daemon's vad.preroll_ms pads it: only OpenAI's defaults describe them
-    for name, default in (("threshold", 0.5), ("prefix_padding_ms", 300)):
-        if name in value and value[name] != default:
-            raise _unsupported(f"{path}.{name}", value[name], f"leave it out or send {default}", event_id)
+    # the threshold picks webrtcvad's aggressiveness (vad_level); the daemon's vad.preroll_ms pads speech, so a
+    # valid prefix_padding_ms is taken (the SDKs send their own) and session.updated reports the one in effect
+    threshold = value.get("threshold")
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0
+    ):
+        raise r.fail("threshold", "a number from 0.0 to 1.0", threshold)
+    level = None if threshold is None else vad_level(threshold)
+    if "prefix_padding_ms" in value:
+        r.integer("prefix_padding_ms")
     idle = value.get("idle_timeout_ms")
     if idle is not None and (isinstance(idle, bool) or not isinstance(idle, int) or not 5000 <= idle <= 30000):
         raise r.fail("idle_timeout_ms", "null or an integer from 5000 to 30000", idle)
@@ -469,7 +483,7 @@ def _turn_detection(value: Any, path: str, event_id: str | None) -> TurnDetectio
             raise r.fail("eagerness", "one of low, medium, high, auto", eagerness)
         return TurnDetection(TurnDetection.silence_duration_ms, create, interrupt, "semantic_vad", eagerness, idle)
     silence = r.integer("silence_duration_ms") if "silence_duration_ms" in value else TurnDetection.silence_duration_ms
-    return TurnDetection(silence, create, interrupt, idle_timeout_ms=idle)
+    return TurnDetection(silence, create, interrupt, idle_timeout_ms=idle, vad_level=level)
 
 
 def _transcription(value: Any, path: str, event_id: str | None) -> Transcription | None:
@@ -500,10 +514,20 @@ _SESSION_FIELDS = {
     "type", "model", "instructions", "output_modalities", "modalities", "audio", "voice", "input_audio_format",
     "output_audio_format", "turn_detection", "input_audio_transcription", "speed", "object", "id", "expires_at",
     "client_secret", "tools", "tool_choice", "tracing", "max_output_tokens", "max_response_output_tokens",
-    "temperature", *_FIXED,
+    "temperature", "input_audio_noise_reduction", *_FIXED,
 }  # fmt: skip
 MAX_OUTPUT_TOKENS = 4096  # OpenAI's largest cap on a response's tokens
 _TRACING_FIELDS = {"workflow_name", "group_id", "metadata"}
+
+
+def _check_noise_reduction(value: Any, path: str, event_id: str | None) -> None:
+    """null or {"type": "near_field" | "far_field"} (SDK examples send one): taken, and reported as null, what is
+    in effect: a session's audio is used as the client sends it."""
+    if value is None or (
+        isinstance(value, dict) and value.get("type") in ("near_field", "far_field") and len(value) == 1
+    ):
+        return
+    raise _unsupported(path, value, 'send null, {"type": "near_field"} or {"type": "far_field"}', event_id)
 
 
 def _check_tracing(value: Any, event_id: str | None) -> None:
@@ -635,9 +659,9 @@ def _session_update(s: _Reader, event_id: str | None, limits: Limits) -> Session
         for name in holder.obj if holder is not None else ():
             if name not in allowed:
                 raise _unsupported(f"{holder.path}.{name}", holder.obj[name], "this field is unknown", event_id)  # type: ignore[union-attr]
-    if inp is not None and inp.obj.get("noise_reduction") is not None:
-        fix = "headless sessions take the client's audio as it is; send null"
-        raise _unsupported("session.audio.input.noise_reduction", inp.obj["noise_reduction"], fix, event_id)
+    if inp is not None:
+        _check_noise_reduction(inp.obj.get("noise_reduction"), "session.audio.input.noise_reduction", event_id)
+    _check_noise_reduction(s.obj.get("input_audio_noise_reduction"), "session.input_audio_noise_reduction", event_id)
     # GA nests formats, voice and turn detection under audio.input/output; beta has them flat on the session.
     input_format = _format(inp.obj.get("format") if inp else None, "session.audio.input.format", event_id)
     output_format = _format(out.obj.get("format") if out else None, "session.audio.output.format", event_id)
@@ -1184,8 +1208,8 @@ def _detection_object(d: TurnDetection | None) -> dict[str, Any] | None:
         return {"type": "semantic_vad", "eagerness": d.eagerness, **common}
     return {
         "type": "server_vad",
-        "threshold": 0.5,
-        "prefix_padding_ms": 300,
+        "threshold": 0.5 if d.vad_level is None else d.vad_level / 4,
+        "prefix_padding_ms": d.padding_ms,
         "silence_duration_ms": d.silence_duration_ms,
         "idle_timeout_ms": d.idle_timeout_ms,
         **common,

@@ -558,6 +558,7 @@ class ControlServer:
             self.cfg.commands_per_s,
             backend.max_output_tokens(),
             backend.default_temperature(),
+            backend.vad_defaults(),
         )
         woken = asyncio.Event()  # set after each event: the conversation's deadline may have moved
         pump = asyncio.create_task(self._pump(client, conv, session, woken))
@@ -646,6 +647,7 @@ class SniffingConnection(ServerConnection):
 
     _sniffing: asyncio.Transport | None = None
     _head = b""
+    _refused = False  # answered 431: the rest of the head is read and dropped until EOF or the head timeout
     _timer: asyncio.TimerHandle | None = None
 
     def plain_http(self, transport: asyncio.Transport, head: bytes) -> None:
@@ -667,11 +669,17 @@ class SniffingConnection(ServerConnection):
         if transport is None:
             super().data_received(data)
             return
+        if self._refused:
+            return
         self._head += data
         end = self._head.find(b"\r\n\r\n")
         if end < 0:
             if len(self._head) > http.MAX_HEAD_BYTES:
-                transport.abort()
+                # closing with unread data would reset the connection before the client reads the answer
+                self._refused, self._head = True, b""
+                transport.write(http.head_too_large_response())
+                if transport.can_write_eof():
+                    transport.write_eof()
             return
         self._sniffing = None
         if self._timer is not None:

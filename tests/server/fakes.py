@@ -194,8 +194,10 @@ class FakeSession:
         create_response: bool,
         interrupt_response: bool,
         semantic: EndOfTurnPolicy | None = None,
+        vad_level: int | None = None,
     ) -> None:
         self.calls.append(("turn_detection", hangover_ms))
+        self.vad_level = vad_level
         self.semantic = semantic
         self.hangover_ms, self.create_response_on_vad = hangover_ms, create_response
 
@@ -324,6 +326,9 @@ class FakeBackend:
 
     def default_temperature(self) -> float:
         return 0.7
+
+    def vad_defaults(self) -> tuple[int, int]:
+        return 2, 300
 
     def max_output_tokens(self) -> int:
         return 400

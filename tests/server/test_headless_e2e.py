@@ -32,6 +32,7 @@ from assistant.compute import Compute
 from assistant.config import Config, to_dict
 from assistant.conversation import Conversation
 from assistant.oneshot import OneShot
+from assistant.server.protocol import DEFAULT_LIMITS, Limits
 from assistant.server.ws import ControlServer
 from assistant.sessions import Sessions
 from tests import tiny_engines
@@ -50,7 +51,7 @@ def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
 
 
 @asynccontextmanager
-async def daemon(cfg: Config) -> AsyncIterator[tuple[ControlServer, Conversation]]:
+async def daemon(cfg: Config, limits: Limits = DEFAULT_LIMITS) -> AsyncIterator[tuple[ControlServer, Conversation]]:
     """What `assistant run` builds without a sound card: engines on one compute thread, pipeline, server."""
     compute = Compute()
     try:
@@ -58,7 +59,7 @@ async def daemon(cfg: Config) -> AsyncIterator[tuple[ControlServer, Conversation
         pipeline = Conversation(cfg, engines, None, NullSink(), compute)
         backend = Sessions(pipeline, cli.SharedEngines(cfg, engines), cfg.server.realtime_sessions)
         audio = OneShot(cfg, engines, compute)
-        async with ControlServer(cfg.server, pipeline, backend, audio=audio) as server:
+        async with ControlServer(cfg.server, pipeline, backend, audio=audio, limits=limits) as server:
             yield server, pipeline
         await pipeline.aclose()
     finally:
@@ -371,3 +372,47 @@ def test_a_realtime_voice_that_does_not_fit_the_model_is_refused_at_once(tiny_co
         "(or set tts.model to a base model)"
     )
     assert after["session"]["audio"]["output"]["voice"] == "vivian"
+
+
+def test_a_realtime_session_left_open_keeps_a_bounded_number_of_items(tiny_config: Config) -> None:
+    """Many text turns through one headless session keep only the newest `realtime_items` items (the oldest are
+    dropped, as OpenAI's truncation drops them; retrieving one names the bound) and the chat's history stays within
+    llm.history_tokens: a connection left open for weeks does not grow without bound."""
+    keep, turns = 6, 12
+    cfg = tiny_config.replace({"llm.max_tokens": 8, "llm.history_tokens": 256})
+
+    async def body() -> tuple[list[str], list[dict[str, Any]], int]:
+        async with (
+            daemon(cfg, Limits(realtime_items=keep)) as (server, _),
+            connect(
+                f"ws://127.0.0.1:{server.port}/v1/realtime", additional_headers={"Authorization": f"Bearer {TOKEN}"}
+            ) as ws,
+        ):
+            seen: list[dict[str, Any]] = []
+            await until(ws, "session.created", seen)
+            await ws.send(json.dumps({"type": "session.update", "session": {"output_modalities": ["text"]}}))
+            await until(ws, "session.updated", seen)
+            ids: list[str] = []
+            for i in range(turns):
+                item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": f"Turn {i}."}]}
+                await ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
+                ids.append((await until(ws, "conversation.item.added", seen))["item"]["id"])
+                await ws.send(json.dumps({"type": "response.create"}))
+                done = await until(ws, "response.done", seen)
+                ids += [out["id"] for out in done["response"]["output"]]
+            answers = []
+            for item_id in ids[-keep - 2 :]:  # the newest kept and the two before them (events are rate-limited)
+                await ws.send(json.dumps({"type": "conversation.item.retrieve", "item_id": item_id}))
+                answers.append(await recv(ws))
+            assert isinstance(server.backend, Sessions)
+            (session,) = server.backend.open
+            history = await session.compute.run(lambda: len(session.engines.chat.history))
+            return ids, answers, history
+
+    ids, answers, history = asyncio.run(body())
+    assert len(ids) == 2 * turns
+    kept = [a["item"]["id"] for a in answers if a["type"] == "conversation.item.retrieved"]
+    assert kept == ids[-keep:]
+    gone = [a for a in answers if a["type"] == "error"]
+    assert len(gone) == 2 and "newest items only" in gone[0]["error"]["message"]
+    assert history < 2 * turns, f"the chat kept all {history} messages of {turns} turns"

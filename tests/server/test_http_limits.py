@@ -126,3 +126,22 @@ def test_an_upload_that_expects_100_continue_gets_it_before_sending_the_body() -
     interim, final = asyncio.run(body())
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
     assert final.startswith(b"HTTP/1.1 ")  # the request's own answer follows
+
+
+def test_a_200_kb_header_line_gets_a_readable_431() -> None:
+    """A request whose header line is 200 KB is answered 431 naming the limit (it was a connection reset), and the
+    server goes on answering."""
+
+    async def body() -> tuple[bytes, bytes]:
+        async with running() as (server, _, _):
+            big = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n"
+            refused = await raw(server.port, big)
+            after = await raw(
+                server.port, f"GET /health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+            )
+            return refused, after
+
+    refused, after = asyncio.run(body())
+    assert refused.startswith(b"HTTP/1.1 431 "), refused[:200]
+    assert b"send fewer or shorter headers" in refused
+    assert after.startswith(b"HTTP/1.1 200 "), after[:200]

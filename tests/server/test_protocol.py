@@ -50,7 +50,7 @@ def test_ga_and_beta_session_shapes_decode_alike() -> None:
     vad = {"type": "session.update", "session": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 300,
            "create_response": False, "threshold": 0.5}}}  # fmt: skip
     got = rp.decode_client_event(json.dumps(vad))
-    assert isinstance(got, rp.SessionUpdate) and got.turn_detection == rp.TurnDetection(300, False, True)
+    assert isinstance(got, rp.SessionUpdate) and got.turn_detection == rp.TurnDetection(300, False, True, vad_level=2)
     untouched = rp.decode_client_event(json.dumps({"type": "session.update", "session": {"instructions": "x"}}))
     assert isinstance(untouched, rp.SessionUpdate) and not untouched.turn_detection_given
 
