@@ -166,16 +166,20 @@ class Vad:
     def _step_quiet(self, at: int, voiced: bool, level: float) -> list[VadEvent]:
         if self._playback:
             self._votes.append(at if voiced and self._playback_linear else None)
-        if not voiced:
+        votes = [v for v in self._votes if v is not None]
+        # (the whole window from the first vote: 7 in a row alone were seen from echo the path mispredicted; it is
+        # judged on every frame, so a dip at its end does not hide the votes before it)
+        full = len(self._votes) == self._votes.maxlen and self._votes[0] is not None
+        linear = full and len(votes) >= self._linear_min
+        if not voiced and not linear:
             self.state, self._run = State.QUIET, 0
             return []
         if self.state is State.QUIET:
             self.state, self._onset, self._run, self._voiced_levels = State.STARTING, at, 0, []
-        self._run += 1
-        self._voiced_levels.append(level)
-        votes = [v for v in self._votes if v is not None]
-        # (the whole window from the first vote: 7 in a row alone were seen from echo the path mispredicted)
-        if len(votes) >= self._linear_min and len(self._votes) == self._votes.maxlen and self._votes[0] is not None:
+        if voiced:
+            self._run += 1
+            self._voiced_levels.append(level)
+        if linear:
             self._onset = min(self._onset, votes[0])  # the user began with the first of them
         elif self._run < (self._barge_min_speech if self._playback else self._min_speech):
             return []

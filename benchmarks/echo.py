@@ -7,6 +7,14 @@ canceller removes it with the played reference; a user says a sentence at the ec
     PYTHONPATH=. python -m benchmarks.echo --barge [--runs 3]
     PYTHONPATH=. python -m benchmarks.echo --record DIR [--runs 2]   # the room, once: no user
     PYTHONPATH=. python -m benchmarks.echo --replay DIR             # offline, many users, deterministic
+    PYTHONPATH=. python -m benchmarks.echo --trace FILE [--span 0 2]  # one recording, frame by frame
+
+--trace replays one recording, a live room test's too (ASSISTANT_ECHO_RECORD=DIR with
+tests/pipeline/test_echo_turns_room.py keeps what the daemon's canceller saw), and prints per 30 ms VAD frame its
+level, the gate, whether the linear path judged it, webrtcvad's verdict, and per 10 ms the played peak, the
+microphone, the path's residual and that residual turned down per bin, relative to the peak, with the path's
+bound and double-talk state. Replaying a live recording gives the live verdicts (detection within ~30 ms of the
+live figure, which also counts the daemon's processing delay), so a live miss is found offline.
 
 --barge compares the barge-in gates instead: issue 13 (b)'s sentence (--user) 1 s and 9 s into the reply, at the
 echo's level over the 60 ms loop (0 and -6 dB), and at a normal voice (-20 dBFS) in a room with no loop at all.
@@ -39,7 +47,7 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +62,7 @@ from assistant.audio.format import (
     AudioBlock,
     float32_to_int16,
     int16_to_float32,
+    level_dbfs,
 )
 from assistant.audio.playback import Playback
 from assistant.config import AudioConfig, VadConfig
@@ -301,6 +310,8 @@ class Recording:
     chunks: list[tuple[int, np.ndarray]]  # (blocks captured before it was written, the chunk at TTS_RATE)
     clock: ClockLog
     underruns: int
+    runs: list[int] = field(default_factory=list)  # blocks captured before each new_run() (a live daemon's flush)
+    user_at: int | None = None  # the microphone sample where a user in the recording began (a live test's)
 
     @property
     def reply_at(self) -> int:
@@ -322,6 +333,8 @@ class Recording:
             clock_ts=np.array(self.clock.ts),
             clock_values=np.array(self.clock.values),
             underruns=self.underruns,
+            runs=np.array(self.runs, int),
+            user_at=-1 if self.user_at is None else self.user_at,
         )
 
     @classmethod
@@ -332,9 +345,10 @@ class Recording:
         chunks = list(
             zip(z["chunk_at"].tolist(), np.split(z["chunks"], np.cumsum(z["chunk_lengths"])[:-1]), strict=True)
         )
-        return cls(
-            float(z["gain_db"]), blocks, chunks, ClockLog(None, z["clock_ts"], z["clock_values"]), int(z["underruns"])
-        )
+        runs = z["runs"].tolist() if "runs" in z else []
+        user_at = int(z["user_at"]) if "user_at" in z and int(z["user_at"]) >= 0 else None
+        clock = ClockLog(None, z["clock_ts"], z["clock_values"])
+        return cls(float(z["gain_db"]), blocks, chunks, clock, int(z["underruns"]), runs, user_at)
 
 
 async def record_reply(room: Room, reply: np.ndarray, gain_db: float) -> Recording:
@@ -365,17 +379,24 @@ async def record_reply(room: Room, reply: np.ndarray, gain_db: float) -> Recordi
     return Recording(gain_db, blocks, chunks, clock, underruns)
 
 
-def replay(rec: Recording, user: np.ndarray | None, user_at: int) -> tuple[list[int], EchoCanceller]:
+def replay(
+    rec: Recording, user: np.ndarray | None, user_at: int, traced: bool = False
+) -> tuple[list[int], EchoCanceller]:
     """The recording with `user` (int16) added at microphone sample `user_at`, judged offline by the canceller
-    and a real VAD as the daemon does; the capture samples at which each SpeechStarted was decided."""
+    and a real VAD as the daemon does; the capture samples at which each SpeechStarted was decided. `traced`: the
+    canceller and the VAD are TracedCanceller and TracedVad."""
     clock = ClockLog(None, np.array(rec.clock.ts), np.array(rec.clock.values))
-    canceller = EchoCanceller(clock)
-    vad = Vad(VadConfig())
+    canceller = TracedCanceller(clock) if traced else EchoCanceller(clock)
+    vad = TracedVad(VadConfig()) if traced else Vad(VadConfig())
+    if traced:
+        canceller.vad = vad  # type: ignore[attr-defined]
     starts: list[int] = []
     chunks = iter(rec.chunks)
     pending = next(chunks, None)
     at = 0
     for i, block in enumerate(rec.blocks):
+        for _ in range(rec.runs.count(i)):
+            canceller.new_run()
         while pending is not None and pending[0] <= i:
             canceller.played(pending[1])
             pending = next(chunks, None)
@@ -391,6 +412,99 @@ def replay(rec: Recording, user: np.ndarray | None, user_at: int) -> tuple[list[
         vad.set_playback(gate > SILENT_DBFS, gate, canceller.linear_at(out.t, len(out.samples)))
         starts += [vad.position - AEC_DELAY for ev in vad.feed(out.samples) if isinstance(ev, SpeechStarted)]
     return starts, canceller
+
+
+class TracedCanceller(EchoCanceller):
+    """The canceller, keeping per 10 ms frame the linear path judged: (microphone sample of the frame, played
+    peak dB, microphone dB, linear residual dB, the path's bound, what it takes off, frames in a row over,
+    hold left, the gate handed on or None, aligning, the room's delay found)."""
+
+    def __init__(self, clock: object) -> None:
+        super().__init__(clock)  # type: ignore[arg-type]
+        self.frames: list[tuple[object, ...]] = []
+
+    def _linear(self, residual: np.ndarray, mic: np.ndarray) -> tuple[np.ndarray | None, float | None]:
+        peak = self._previous[1]
+        aligning = self._aligning is not None
+        out, gate = super()._linear(residual, mic)
+        res = np.clip(np.round(residual * 32768.0), -32768, 32767).astype(np.int16)
+        peak_db = 10.0 * float(np.log10(peak)) if peak > 0 else SILENT_DBFS
+        self.frames.append(
+            (
+                self._mic_at - 2 * AEC_FRAME,
+                peak_db,
+                level_dbfs(mic),
+                level_dbfs(res),
+                self._linear_db,
+                self._taken_db,
+                self._overs,
+                self._talk_hold,
+                gate,
+                aligning,
+                self._bulk,
+                level_dbfs(np.clip(np.round(self._path.suppressed * 32768.0), -32768, 32767).astype(np.int16)),
+            )
+        )
+        return out, gate
+
+
+class TracedVad(Vad):
+    """The VAD, keeping per 30 ms frame (its first sample, its level, webrtcvad's and the noise gate's verdict,
+    the echo level it was judged against, whether that was the linear path's, loud enough)."""
+
+    def __init__(self, cfg: VadConfig) -> None:
+        super().__init__(cfg)
+        self.frames: list[tuple[object, ...]] = []
+
+    def _is_speech(self, frame: np.ndarray, level: float) -> bool:
+        voiced = super()._is_speech(frame, level)  # (webrtcvad keeps state: asked once per frame)
+        loud = self._loud_enough(level)
+        self.frames.append((self.position, level, voiced, self._playback_dbfs, self._playback_linear, loud))
+        return voiced
+
+
+def trace_main(path: Path, start_s: float, end_s: float) -> None:
+    """Replay one recording (a live test's: `ASSISTANT_ECHO_RECORD`) and print, per 30 ms VAD frame from
+    `start_s` to `end_s` after the reply's first sample, what the canceller and the VAD saw."""
+    rec = Recording.load(path)
+    starts, c = replay(rec, None, 0, traced=True)
+    zero = rec.reply_at
+    user = "" if rec.user_at is None else f", user from {(rec.user_at - zero) / CAPTURE_RATE:.3f} s"
+    print(f"{path.name}: reply from sample {zero}{user}, underruns {rec.underruns}, runs at blocks {rec.runs}")
+    print(f"starts (s after the reply began): {[round((x - zero) / CAPTURE_RATE, 3) for x in starts]}")
+    print_trace(c, c.vad, zero, rec.user_at, start_s, end_s)  # type: ignore[attr-defined]
+
+
+def print_trace(
+    c: TracedCanceller, vad: TracedVad, zero: int, user_at: int | None, start_s: float, end_s: float
+) -> None:
+    """Per 30 ms VAD frame from `start_s` to `end_s` after microphone sample `zero`: what it and the canceller
+    saw."""
+    rec_user = user_at
+    print("holds", c.holds, "bulk", c._bulk, "offset", c._offset)
+    linear = {f[0]: f for f in c.frames}
+    print("   t(s)  vad: level  gate+6 lin voiced loud |  per 10 ms: peak  mic   res    sup  bound taken overs hold")
+    for pos, level, voiced, gate, lin, loud in vad.frames:
+        mic_sample = pos - AEC_DELAY
+        t = (mic_sample - zero) / CAPTURE_RATE
+        if not start_s <= t <= end_s:
+            continue
+        parts = []
+        for k in range(3):
+            f = linear.get(mic_sample + k * AEC_FRAME)
+            if f is None:
+                parts.append("-")
+                continue
+            _, peak, mic, res, bound, taken, overs, hold, _, al, _, sup = f
+            b = "None" if bound is None else f"{bound:+.1f}"
+            row = f"{peak:5.1f} {mic - peak:+5.1f} {res - peak:+6.1f} {sup - peak:+6.1f} {b:>5} {taken:4.1f}"
+            row += f" {overs} {hold:2d}"
+            parts.append(row + (" A" if al else ""))
+        user_mark = "U" if rec_user is not None and mic_sample >= rec_user else " "
+        print(
+            f"{user_mark}{t:6.3f} {level:6.1f} {gate + 6:6.1f} {'L' if lin else '.'} {'v' if voiced else '.'} "
+            f"{'!' if loud else '.'} | " + " | ".join(parts)
+        )
 
 
 def record_main(folder: Path, runs: int) -> None:
@@ -456,7 +570,12 @@ def main() -> None:
     ap.add_argument("--record", type=Path, help="record the room's replies (no user) into this folder")
     ap.add_argument("--replay", type=Path, help="replay the recordings in this folder with users mixed in")
     ap.add_argument("--over", type=float, default=0.0, help="with --replay: the user's level over the echo, dB")
+    ap.add_argument("--trace", type=Path, help="replay one recording (a live test's) and print it frame by frame")
+    ap.add_argument("--span", type=float, nargs=2, default=(0.0, 2.0), help="with --trace: seconds into the reply")
     args = ap.parse_args()
+    if args.trace:
+        trace_main(args.trace, *args.span)
+        return
     if args.record:
         record_main(args.record, args.runs)
         return

@@ -359,6 +359,36 @@ def test_echo_path_learns_the_room_within_a_second() -> None:
 
 
 @needs_espeak
+def test_echo_path_turns_down_what_it_cannot_predict_more_than_a_user() -> None:
+    """Over a speaker that distorts (echo no linear model predicts) with a path that has heard 1 s of the reply,
+    each bin of the residual turned down by the echo it is expected to keep takes >= 5 dB more of the echo alone
+    off, and a user at the echo's level then stands >= 4 dB further above the echo alone than in the residual."""
+    from assistant.audio.echo_path import BLOCK, EchoPath
+
+    ref = resample(tts_like(3.0), TTS_RATE, CAPTURE_RATE).astype(np.float64)
+    echo = np.convolve(np.tanh(4 * ref) / 4, room_ir(60, 0.0, rt60_s=0.2))[: len(ref)]
+    at = CAPTURE_RATE  # the user begins 1 s into the reply; the path learns from echo alone until then
+    user = say("No no, what about Saturday?").astype(np.float64)
+    user *= np.sqrt(np.mean(np.square(echo[at : 2 * at])) / np.mean(np.square(user)))
+    with_user = echo.copy()
+    with_user[at : at + len(user)] += user[: len(echo) - at]
+
+    def run(mic: np.ndarray) -> tuple[float, float]:
+        path, residual, turned_down = EchoPath(), [], []
+        for i in range(0, len(ref) - BLOCK + 1, BLOCK):
+            residual.append(path.push(ref[i : i + BLOCK], mic[i : i + BLOCK]))
+            turned_down.append(path.suppressed.copy())
+            path.learn(echo_alone=i < at)
+        span = slice(at + BLOCK, at + BLOCK + CAPTURE_RATE // 2)  # (each block comes back one block later)
+        return power_db(np.concatenate(residual)[span]), power_db(np.concatenate(turned_down)[span])
+
+    residual_alone, turned_alone = run(echo)
+    residual_user, turned_user = run(with_user)
+    assert turned_alone <= residual_alone - 5.0, (residual_alone, turned_alone)
+    assert turned_user - turned_alone >= residual_user - residual_alone + 4.0, (residual_user, turned_user)
+
+
+@needs_espeak
 @pytest.mark.parametrize("gain_db", [0.0, -6.0])
 @pytest.mark.parametrize("user_at", [1.0, 4.0])
 def test_a_user_as_loud_as_the_echo_is_heard_over_the_reply(gain_db: float, user_at: float) -> None:
@@ -373,9 +403,9 @@ def test_a_user_as_loud_as_the_echo_is_heard_over_the_reply(gain_db: float, user
     echo = echo_room(ref, start, ir)
     level = np.sqrt(np.mean(np.square(echo[CAPTURE_RATE : 4 * CAPTURE_RATE].astype(np.float64))))
     user = user_speech(level, "No no, what about Saturday?")  # voiced from its first frame, like the room test's
-    mic = echo_room(ref, start, ir, user, user_at)
+    mic = echo_room(ref, start, ir, user, start + user_at)  # `user_at` after the reply's first sample, as in the room
     heard = listen(mic, ref, start)
-    first = user_at + int(np.flatnonzero(np.abs(user) > 100)[0]) / CAPTURE_RATE
+    first = start + user_at + int(np.flatnonzero(np.abs(user) > 100)[0]) / CAPTURE_RATE
     assert heard.starts and first <= heard.starts[0] <= first + 0.4, (first, heard.starts)
     assert len(heard.starts) == 1, heard.starts
     assert heard.canceller.linear_return_db is not None

@@ -182,6 +182,16 @@ def test_playback_linear_gate_starts_on_7_of_10_frames() -> None:
     assert v.feed(audio) == []
 
 
+def test_playback_linear_window_is_judged_on_a_voiceless_frame_too() -> None:
+    """7 frames over the linear gate, then a pause (a user's dip between words): the user starts on the frame that
+    fills the 10-frame window from their first, though that frame is silent, from that first."""
+    audio = pattern("0" * 10 + "1" * 7 + "0" * 20)
+    level = level_dbfs(audio[10 * F : 11 * F])
+    v = vad()
+    v.set_playback(True, level - 7.0, linear=True)
+    assert feed_frames(v, audio)[0] == (19, SpeechStarted(start_sample=0, onset_sample=10 * F, time=T))
+
+
 def test_playback_linear_votes_are_the_last_10_frames_only() -> None:
     """Linear-gate frames older than the last 10, or from before the playback stopped, do not count towards 7."""
     audio = pattern("0" * 10 + "1" * 5 + "0" * 6 + "1" * 3 + "0" * 20)

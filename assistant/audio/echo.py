@@ -283,6 +283,7 @@ class EchoCanceller:
         self._aligning = [] if self._path.solved else None
         self._talk_hold = 0
         if not keep:
+            self._path.forget_leftover()
             kept = (list(self._linear_returns), list(self._linear_taken), list(self._unsure))
             self._forget_linear()
             self._stash = kept if self._aligning is not None else None
@@ -417,30 +418,36 @@ class EchoCanceller:
         out = np.clip(np.round(residual * 32768.0), -32768, 32767).astype(np.int16)
         peak_db = 10.0 * float(np.log10(peak))
         level, heard = level_dbfs(out), level_dbfs(mic)
-        if level > heard + MISPREDICTED_DB:  # predicted echo that did not come: wrong here
-            # (a user held on such frames was the model's error: seen after underruns, held for seconds)
-            self._talk_hold = self._overs = 0
+        mispredicted = level > heard + MISPREDICTED_DB  # predicted echo that did not come: wrong here
+        if mispredicted and not self._talk_hold:
+            # (a user held on such frames was the model's error: seen after underruns, held for seconds; so a
+            # held one neither ends the hold, since a user as loud as the echo can cancel some of it, nor renews it)
+            self._overs = 0
             self._path.learn(echo_alone=True)
             return None, None
+        fits = level < heard  # the subtraction itself took some echo off (turning down always takes some)
+        out = np.clip(np.round(self._path.suppressed * 32768.0), -32768, 32767).astype(np.int16)
+        level = level_dbfs(out)
         if level > heard:
             out, level = mic, heard
         returned, taken = level - peak_db, heard - level
         bound = self._linear_db if self._taken_db >= LINEAR_TAKEN_DB else None  # None: the path is not known
         # (a residual no quieter than the microphone is a model that does not fit as often as a user)
-        over = bound is not None and returned > bound + DOUBLE_TALK_DB and taken > 0
+        over = bound is not None and returned > bound + DOUBLE_TALK_DB and fits
         self._overs = self._overs + 1 if over else 0
         if self._overs >= DOUBLE_TALK_ENTRY:
             self.holds += self._talk_hold == 0
             self._talk_hold = DOUBLE_TALK_HOLD
             self._unsure.clear()  # (their first syllables, not over the bound yet)
+            self._path.forget_pending()
         elif self._talk_hold:
             self._talk_hold -= 1
         if bound is not None and (over or self._talk_hold):
             # the user's voice is no echo to learn; a held frame no louder than echo alone leaves is (a dip of
             # theirs under it adds little), so a false hold does not stop a young path from learning
-            self._path.learn(echo_alone=not over and returned <= bound)
-            # a held user's voice as it came, dips included: AEC3 turns those down 10-30 dB (seen 1 s into a reply,
-            # the VAD's run of voice broke there)
+            self._path.learn(echo_alone=not over and not mispredicted and returned <= bound, leftover=False)
+            # a held user's voice as the path leaves it, dips included: AEC3 turns those down 10-30 dB (seen 1 s
+            # into a reply, the VAD's run of voice broke there)
             self._double_talk = True
             ease = HELD_EASE_DB if self._talk_hold else 0.0
             return out, max(GATE_FLOOR_DBFS, peak_db + bound - ease)

@@ -13,6 +13,8 @@ Pure numpy, one instance per microphone; not thread-safe.
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 
 BLOCK = 160  # 10 ms at 16 kHz: the echo canceller's frame, and the hop of the short-time spectra
@@ -29,6 +31,16 @@ SOLVE_EVERY, SOLVE_EVERY_LATER, YOUNG_BLOCKS = 10, 25, 300
 SOLVE_AFTER = 30  # no solve from less echo than this (300 ms): too few equations for the weights
 RIDGE = 1e-3  # the least-squares ridge, relative to each bin's reference power: bins the reply barely excites
 # stay near zero instead of fitting noise (1e-2 took 1-2 dB less off in the first second: `benchmarks.echo --replay`)
+# What is left after subtracting the prediction still holds echo the young model cannot predict yet (in the test
+# room it takes off 5-8 dB 1 s into the first reply, the room's linear limit is ~11 dB), about as loud as a user at
+# the echo's level: each bin of the residual is turned down by the echo it is expected to keep there, the predicted
+# echo's power times what the residual kept of it on recent echo alone (a spectral subtraction). A user speaks where
+# the reply is quiet in most bins, so their voice comes through while the echo's leftovers drop 3-8 dB more.
+SUPPRESS_FORGET = 0.99  # per learned block: what the residual keeps is learned over the last ~1 s of echo alone
+SUPPRESS_PENDING = 20  # ... each block counted 200 ms late, unless a user was found meanwhile (their first syllables)
+SUPPRESS_OVER = 2.0  # the expected leftover is subtracted twice over: its spread from frame to frame
+SUPPRESS_FLOOR = 0.01  # a bin keeps at least -20 dB of its power (no holes for the VAD to call silence)
+SUPPRESS_SMOOTH = 5  # bins (250 Hz) the kept share is averaged over: a bin's own estimate is noisy
 # sqrt of a periodic Hann window: applied before and after the transform, half-overlapping windows sum to one
 TAPER = np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(WINDOW) / WINDOW))
 
@@ -54,6 +66,9 @@ class EchoPath:
         # FORGET^(j-i) X_i conj(X_(i-lag)), per bin and lag
         self._cross = np.zeros((BINS, k), np.complex128)  # per bin: sum of x conj(d) (d: the microphone's bin)
         self._weights: np.ndarray = np.zeros((BINS, k), np.complex128)
+        self._left = np.zeros(BINS)  # per bin, forgotten over SUPPRESS_FORGET: the residual's power on echo alone
+        self._echo = np.zeros(BINS)  # ... and the predicted echo's
+        self._pending: deque[tuple[np.ndarray, np.ndarray]] = deque()  # the last SUPPRESS_PENDING blocks' powers
         self._fresh = 0  # blocks of echo alone learned since the last solve
         self._learned = 0  # ... since reset()
         self._blocks = 0  # blocks learned (the ring's clock)
@@ -68,6 +83,9 @@ class EchoPath:
         self._mic_spectrum = np.zeros(BINS, np.complex128)
         self._predicted = np.zeros(BINS, np.complex128)
         self._tail = np.zeros(BLOCK)  # the second half of the last predicted window
+        self._residual = np.zeros(BINS, np.complex128)  # the last window's residual spectrum
+        self._suppressed_tail = np.zeros(BLOCK)  # the second half of the last suppressed residual window
+        self.suppressed = np.zeros(BLOCK)  # the previous block's residual less what echo it is expected to hold
 
     def refill(self, blocks: np.ndarray) -> None:
         """Take `blocks` (oldest first, BLOCK samples each) as the reference's recent past, as the stream lies
@@ -96,10 +114,17 @@ class EchoPath:
         predicted = np.fft.irfft(self._predicted, WINDOW) * TAPER
         residual = self._mic_last - (self._tail + predicted[:BLOCK])
         self._tail = predicted[BLOCK:]
+        self._residual = self._mic_spectrum - self._predicted
+        power = np.square(np.abs(self._residual))
+        expected = self.leftover() * np.square(np.abs(self._predicted))
+        gain = np.sqrt(np.maximum(SUPPRESS_FLOOR, 1.0 - SUPPRESS_OVER * expected / (power + 1e-20)))
+        kept = np.fft.irfft(self._residual * gain, WINDOW) * TAPER
+        self.suppressed = self._suppressed_tail + kept[:BLOCK]
+        self._suppressed_tail = kept[BLOCK:]
         self._ref_last, self._mic_last = ref64, mic64
         return residual
 
-    def learn(self, echo_alone: bool) -> None:
+    def learn(self, echo_alone: bool, leftover: bool = True) -> None:
         """Add the last pushed block to the statistics: its microphone where it held echo alone, else (a user
         spoke) the model's own prediction, so the user's voice is not learned as echo; solves every SOLVE_EVERY
         blocks of echo alone."""
@@ -111,11 +136,36 @@ class EchoPath:
         self._cross *= FORGET
         self._cross += x * target.conj()[:, None]
         self._fresh += echo_alone
+        if echo_alone and leftover and self.solved:
+            self._pending.append((np.square(np.abs(self._residual)), np.square(np.abs(self._predicted))))
+            if len(self._pending) > SUPPRESS_PENDING:
+                left, echo = self._pending.popleft()
+                self._left = SUPPRESS_FORGET * self._left + left
+                self._echo = SUPPRESS_FORGET * self._echo + echo
         self._learned += echo_alone
         every = SOLVE_EVERY if self._learned < YOUNG_BLOCKS else SOLVE_EVERY_LATER
         if self._learned >= SOLVE_AFTER and self._fresh >= every:
             self._fresh = 0
             self._solve()
+
+    def forget_leftover(self) -> None:
+        """The reference was placed anew (it may be off by a few samples): what the residual keeps of the echo is
+        learned again; until then each bin is turned down by all of the predicted echo."""
+        self._left = np.zeros(BINS)
+        self._echo = np.zeros(BINS)
+        self._pending.clear()
+
+    def forget_pending(self) -> None:
+        """A user was found: the blocks not yet counted in the leftover statistics may hold their first syllables."""
+        self._pending.clear()
+
+    def leftover(self) -> np.ndarray:
+        """Per bin, the share of the predicted echo's power the residual keeps on echo alone (1 until learned),
+        smoothed over neighbouring bins."""
+        ratio = np.where(self._echo > 0, self._left / (self._echo + 1e-30), 1.0)
+        smooth = np.convolve(ratio, np.ones(SUPPRESS_SMOOTH) / SUPPRESS_SMOOTH, mode="same")
+        kept: np.ndarray = np.minimum(smooth, 1.0)
+        return kept
 
     def _solve(self) -> None:
         k = self.partitions
