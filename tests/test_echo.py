@@ -427,3 +427,20 @@ def test_a_user_as_loud_as_the_echo_is_heard_over_a_far_speaker() -> None:
     assert heard.starts and first <= heard.starts[0] <= first + 0.4, (first, heard.starts)
     assert len(heard.starts) == 1, heard.starts
     assert listen(echo, ref, start).starts == [], "the echo alone is nobody"
+
+
+@pytest.mark.parametrize(("user", "holds"), [(False, 0), (True, 1)])
+def test_echo_the_path_took_most_of_is_no_user_over_a_low_bound(user: bool, holds: int) -> None:
+    """With a bound learned where the path fit well (35 dB under the peak), frames of echo alone it takes only
+    12 dB off start no hold, while a user as loud as the echo (3 dB taken at most) does."""
+    ec = EchoCanceller(SpeakerClock(start=T_MIC, written=0))
+    ec._aligning, ec._previous, ec._linear_db, ec._taken_db = None, (True, 0.1), -35.0, 30.0  # peak -10 dBFS
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        echo = rng.normal(0.0, 0.1, AEC_FRAME)  # -20 dBFS
+        left = echo * 10 ** (-12 / 20)  # what the path leaves of it
+        voice = rng.normal(0.0, 0.1, AEC_FRAME) if user else np.zeros(AEC_FRAME)
+        mic = np.round((echo + voice) * 32768.0).astype(np.int16)
+        ec._path.suppressed = left + voice  # (turned down no further: the leftover expected there is not known)
+        ec._linear(left + voice, mic)
+    assert ec.holds == holds

@@ -159,6 +159,14 @@ HELD_EASE_DB = 3.0
 # A residual this much louder than the microphone is no user (who adds to both alike) but a model that predicts
 # echo where none came (its reference placement or the room changed): the frame is learned and not judged.
 MISPREDICTED_DB = 1.5
+# A user adds to the microphone and the residual alike, so where they speak the subtraction takes at most
+# 10*log10(1 + echo/user) off the microphone: 3 dB for a user as loud as the echo, 7 for one 6 dB under it
+# (seen: <= 6.8 dB on every frame over the bound while a user spoke, 15 live room recordings). A frame the
+# subtraction took more off is echo the path predicted, however far over the bound its leftover is: a bound
+# learned from the 10 frames after a new placement where the path fit well (30 dB taken) met frames it fit
+# less well (11-15 dB taken), 4 in a row held a user, held frames are not learned, and a reply of a -6 dB x10
+# room run interrupted itself (`benchmarks.echo --trace`, 140.99 s).
+FIT_MAX_DB = 8.0
 QUIET_POWER = 10 ** (-80 / 10)  # a played peak under -80 dBFS (a resampler's tail) is silence: nothing to judge
 
 
@@ -425,7 +433,9 @@ class EchoCanceller:
             self._overs = 0
             self._path.learn(echo_alone=True)
             return None, None
-        fits = level < heard  # the subtraction itself took some echo off (turning down always takes some)
+        # the subtraction itself took some echo off (turning down always takes some), and no more than a user's
+        # voice lets it (see FIT_MAX_DB)
+        fits = 0.0 < heard - level <= FIT_MAX_DB
         out = np.clip(np.round(self._path.suppressed * 32768.0), -32768, 32767).astype(np.int16)
         level = level_dbfs(out)
         if level > heard:
