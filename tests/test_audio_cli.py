@@ -111,7 +111,7 @@ def test_doctor_checks_the_microphone_signal(room: Room, tmp_path: Path) -> None
         out = assistant(["doctor"], env)
     finally:
         player.wait()
-    assert "ok   microphone signal" in out.stdout
+    assert "ok    microphone signal" in out.stdout
     assert out.returncode == 1  # the models are still missing
 
 
