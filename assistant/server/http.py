@@ -39,6 +39,7 @@ from assistant.server.protocol import lone_surrogate
 log = logging.getLogger("assistant.server")
 
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers
+HEAD_TOO_LARGE = f"the request head is over {MAX_HEAD_BYTES} bytes; send fewer or shorter headers"
 MAX_BODY_BYTES = 25 * 1024 * 1024  # OpenAI's upload limit for transcriptions
 HEAD_TIMEOUT_S = 10.0  # a client gets this long to send its request head, and again for each MiB of body
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for /v1/audio/speech input
@@ -151,7 +152,7 @@ def busy_response() -> bytes:
 
 def head_too_large_response() -> bytes:
     """A whole 431 answer, for a request head over MAX_HEAD_BYTES."""
-    return refusal(431, f"the request head is over {MAX_HEAD_BYTES} bytes; send fewer or shorter headers")
+    return refusal(431, HEAD_TOO_LARGE)
 
 
 def json_response(value: Any, status: int = 200) -> Response:
@@ -566,7 +567,7 @@ async def _read(reader: asyncio.StreamReader, peer: str | None, writer: asyncio.
         async with asyncio.timeout(HEAD_TIMEOUT_S):
             head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.LimitOverrunError as e:
-        raise HttpError(431, f"the request head is over {MAX_HEAD_BYTES} bytes; send fewer or shorter headers") from e
+        raise HttpError(431, HEAD_TOO_LARGE) from e
     except TimeoutError as e:
         raise HttpError(408, f"no complete request head within {HEAD_TIMEOUT_S:g} s") from e
     req = parse_head(head[:-4])
