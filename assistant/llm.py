@@ -261,7 +261,7 @@ class Chat:
     """
 
     def __init__(self, model: Any, tokenizer: Any, cfg: LlmConfig) -> None:
-        from mlx_lm.sample_utils import make_logits_processors, make_sampler
+        from mlx_lm.sample_utils import make_logits_processors
 
         if not getattr(tokenizer, "has_chat_template", False):
             raise ModelError(
@@ -274,7 +274,7 @@ class Chat:
         self.stats = TurnStats()
         self.cache = PromptCache(model)
         self._system = cfg.system_prompt
-        self._sampler = make_sampler(cfg.temperature, top_p=cfg.top_p, min_p=cfg.min_p, top_k=cfg.top_k)
+        self.set_temperature(cfg.temperature)
         self._processors = make_logits_processors(
             repetition_penalty=cfg.repetition_penalty if cfg.repetition_penalty != 1.0 else None,
             repetition_context_size=REPETITION_CONTEXT,
