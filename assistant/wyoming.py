@@ -608,10 +608,10 @@ def _next_step(gen: Any) -> Any:
 # ---- the services --------------------------------------------------------------------------------------------
 
 
-def _header_problem(line: bytes) -> str | None:
-    """What is wrong with an event header line, or None: one line of JSON, an object with a string `type`, whole
-    byte counts and a `data` object (the wyoming package raised AttributeError/TypeError/KeyError on the rest,
-    a traceback in the daemon log)."""
+def _read_header(line: bytes) -> dict[str, Any] | str:
+    """An event header line as its JSON object, or what is wrong with it: one line of JSON, an object with a
+    string `type`, whole byte counts and a `data` object (the wyoming package raised AttributeError/TypeError/
+    KeyError on the rest, a traceback in the daemon log)."""
     try:
         header = json.loads(line)
     except ValueError:
@@ -624,7 +624,7 @@ def _header_problem(line: bytes) -> str | None:
             return f"`{key}` must be a whole number of bytes, got {json.dumps(n)[:40]}"
     if header.get("data") is not None and not isinstance(header["data"], dict):
         return "`data` must be a JSON object"
-    return None
+    return header
 
 
 class _BoundedReader:
@@ -646,9 +646,10 @@ class _BoundedReader:
         line = await self.reader.readline()
         if not line.strip():
             return line  # the end of the stream (the package reads an empty line the same way)
-        if (problem := _header_problem(line)) is not None:
-            raise await self._refuse(f"{problem}; send Wyoming events (a Wyoming client library)", "bad-event")
-        n = json.loads(line).get("data_length")
+        header = _read_header(line)
+        if isinstance(header, str):
+            raise await self._refuse(f"{header}; send Wyoming events (a Wyoming client library)", "bad-event")
+        n = header.get("data_length")
         self._data_length = n if n else None
         return line
 
