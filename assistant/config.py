@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -24,13 +24,38 @@ PACKAGED_CONFIG = Path(__file__).with_name("config.toml")
 
 
 def opt(
-    default: Any, unit: str = "", lo: float | None = None, hi: float | None = None, choices: Sequence[Any] | None = None
+    default: Any,
+    unit: str = "",
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: Sequence[Any] | None = None,
+    check: Callable[[Any], str | None] | None = None,
 ) -> Any:
-    """A config field: its default, unit, and inclusive range or allowed choices."""
-    meta = {"unit": unit, "lo": lo, "hi": hi, "choices": tuple(choices) if choices else None}
+    """A config field: its default, unit, inclusive range or allowed choices, and a `check` of its own (what is
+    wrong with a value, after `key`, or None)."""
+    meta = {"unit": unit, "lo": lo, "hi": hi, "choices": tuple(choices) if choices else None, "check": check}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _header_safe(value: str) -> str | None:
+    """server.token is sent in an HTTP header: a space at either end is stripped there, and non-ASCII bytes read as
+    Latin-1."""
+    if value == value.strip() and all(" " <= c <= "~" for c in value):
+        return None
+    return (
+        "must be printable ASCII with no space at either end (clients send it in an HTTP header, which drops or "
+        'mangles the rest); use e.g. the output of `python3 -c "import secrets; print(secrets.token_urlsafe(32))"`, '
+        'or "" to have one generated'
+    )
+
+
+def _has_words(value: str) -> str | None:
+    """A wake phrase without a word would match every turn: the user meant to be addressed by name."""
+    if not value.strip() or re.search(r"[^\W_]", value):
+        return None
+    return f'= {value!r} has no words to listen for; write the name, e.g. "hey nova", or "" to answer every turn'
 
 
 @dataclass(frozen=True)
@@ -137,7 +162,7 @@ class ServerConfig:
     enabled: bool = opt(True)
     host: str = opt("127.0.0.1")
     port: int = opt(8765, "", 0, 65535)
-    token: str = opt("")  # "" = generated at first start and stored in token_file
+    token: str = opt("", check=_header_safe)  # "" = generated at first start and stored in token_file
     token_file: str = opt("")  # "" = ~/.config/assistant/token
     allow_loopback_without_token: bool = opt(False)
     allowed_origins: list[str] = opt([])
@@ -162,7 +187,7 @@ class PipelineConfig:
     hotkey: str = opt("<alt_r>")
     hotkey_mode: str = opt("hold", choices=("hold", "toggle"))
     status_line: bool = opt(True)
-    wake_phrase: str = opt("")  # "" = every hands-free turn is answered
+    wake_phrase: str = opt("", check=_has_words)  # "" = every hands-free turn is answered
     follow_up_s: float = opt(8.0, "s", 0.0, 600.0)
 
 
@@ -396,19 +421,8 @@ def _check(path: str, value: Any, typ: Any, meta: Mapping[str, Any], origin: str
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and not (lo <= value <= hi):
         raise ConfigError(f"{origin}: `{path}` = {value!r} is out of range; allowed {allowed}")
-    if path == "server.token" and (value != value.strip() or not all(" " <= c <= "~" for c in value)):
-        # sent in an HTTP header: a space at either end is stripped there, and non-ASCII bytes read as Latin-1
-        raise ConfigError(
-            f"{origin}: `{path}` must be printable ASCII with no space at either end (clients send it in an HTTP "
-            'header, which drops or mangles the rest); use e.g. the output of `python3 -c "import secrets; '
-            'print(secrets.token_urlsafe(32))"`, or "" to have one generated'
-        )
-    if path == "pipeline.wake_phrase" and value.strip() and not re.search(r"[^\W_]", value):
-        # a phrase without a word would match every turn: the user meant to be addressed by name
-        raise ConfigError(
-            f'{origin}: `{path}` = {value!r} has no words to listen for; write the name, e.g. "hey nova", or "" to '
-            "answer every turn"
-        )
+    if meta.get("check") and (problem := meta["check"](value)) is not None:
+        raise ConfigError(f"{origin}: `{path}` {problem}")
     return value
 
 
