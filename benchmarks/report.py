@@ -277,6 +277,11 @@ def v2v_table(section: dict[str, Any]) -> list[str]:
             )
         if counts:
             lines += ["", "; ".join(counts) + "."]
+        if first := doc.get("first turn after start-up (not in the statistics below)"):
+            lines += [
+                "",
+                "First turn after start-up (not in the table): " + ", ".join(f"{k} {v}" for k, v in first.items()),
+            ]
         if doc.get("setup"):
             lines.append("")
             lines.append("Setup: " + "; ".join(f"{k} = {v}" for k, v in doc["setup"].items()) + ".")
