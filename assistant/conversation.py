@@ -41,10 +41,9 @@ from assistant.events import (
     ResponseAudio,
     SessionEvent,
 )
-from assistant.llm import History
 from assistant.logs import kv
 from assistant.memory import Memory
-from assistant.policies import daemon_policy, end_of_turn, make_canceller, realtime_policy, realtime_turns, ring_samples
+from assistant.policies import daemon_policy, end_of_turn, make_canceller, realtime_policy, ring_samples
 from assistant.reply import Reply, TurnTrace, pump, settle_answer
 from assistant.stt.types import Transcript
 from assistant.tools.apps import Send
@@ -56,15 +55,14 @@ log = logging.getLogger("assistant.conversation")
 
 SUB_DEFAULT = 256
 KEEP_REPLIES = 16  # finished replies a Realtime client may still truncate (OpenAI clients truncate the latest)
-QUEUE_LIMIT = 4096  # Realtime events waiting for the client; reply audio is ~10 chunks a second
 NO_HOTKEY = "no hotkey listens in this daemon (it starts one only when it starts in a push-to-talk mode)"
 
 
 class Conversation:
-    """One conversation: the daemon's (a `Controller`) or a Realtime client's (a `RealtimeSession`).
+    """One conversation: the daemon's (a `Controller`) or a Realtime client's (held by a `RealtimeSession`).
 
     Create inside a running loop. `realtime` gives the Realtime policy and a client sink whose audio goes out
-    as `ResponseAudio` events on `events()`.
+    as `ResponseAudio` events on the bus.
     """
 
     def __init__(
@@ -76,7 +74,6 @@ class Conversation:
         compute: Compute | None = None,
         *,
         realtime: bool = False,
-        on_close: Callable[[Conversation], None] | None = None,
         toolbox: Toolbox | None = None,
         memory: Memory | None = None,
     ) -> None:
@@ -85,7 +82,6 @@ class Conversation:
         self.source = source
         self.compute = compute or Compute()
         self._owns_compute = compute is None
-        self._on_close = on_close
         self.sink: AudioSink = sink or ClientSink(engines.tts.sample_rate)
         self.vad: VadLike = engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
         policy = realtime_policy(cfg, True, True, True) if realtime else daemon_policy(cfg)
@@ -99,9 +95,8 @@ class Conversation:
         self.restart_required: list[str] = []
         self.hotkey_problem: str | None = NO_HOTKEY  # None while the daemon's hotkey listens (daemon.hotkey_service)
         self.bus: EventBus[SessionEvent] = EventBus()
-        self._events = self.bus.subscribe(QUEUE_LIMIT) if realtime else None
         self._replies: dict[int, Reply] = {}  # replies in flight
-        self._kept: OrderedDict[int, Reply] = OrderedDict()  # finished, for truncate_response
+        self.kept: OrderedDict[int, Reply] = OrderedDict()  # finished, for truncate_response
         self._settling: asyncio.Task[None] | None = None  # the cancelled reply being recorded
         # the speaker's own voice out of the microphone before VAD and STT (daemon only: clients cancel their own)
         self.echo = None if realtime else make_canceller(cfg, self.sink, engines.tts.sample_rate)
@@ -363,9 +358,9 @@ class Conversation:
         if reply.result.done():
             return
         reply.result.set_result(text)
-        self._kept[reply.turn] = reply
-        while len(self._kept) > KEEP_REPLIES:
-            self._kept.popitem(last=False)
+        self.kept[reply.turn] = reply
+        while len(self.kept) > KEEP_REPLIES:
+            self.kept.popitem(last=False)
         self._mark_played(reply)
         if reply.audio_started:
             reply.trace.extra["playback_underruns"] = float(self.sink.underruns - reply.underruns_at)
@@ -450,10 +445,10 @@ class Conversation:
             logging.getLogger("assistant").setLevel(new.logging.level.upper())
         if new.tts.voice != self.cfg.tts.voice:
             self.set_voice(new.tts.voice)
-        self._retune(new, daemon_policy(new), end_of_turn(new, self.engines.score_turn))
+        self.retune(new, daemon_policy(new), end_of_turn(new, self.engines.score_turn))
         return self.config_get()
 
-    def _retune(self, cfg: Config, policy: turns.Policy, turn_end: EndOfTurnPolicy) -> None:
+    def retune(self, cfg: Config, policy: turns.Policy, turn_end: EndOfTurnPolicy) -> None:
         """From the next input on, the core runs under `policy` and `turn_end`, with a new VAD when `cfg.vad`
         changed."""
         new_vad = cfg.vad != self.cfg.vad
@@ -469,7 +464,7 @@ class Conversation:
                 "app tools; set llm.model to a model whose template renders tools (Gemma 4, Qwen 3, ...)"
             )
         offered = self.tools.set_app_tools(owner, tools, timeout_s, send)
-        self._offer([t.schema() for t in offered])
+        self.offer([t.schema() for t in offered])
         return [t.name for t in offered] if self.engines.chat.can_call_tools else []
 
     def app_tool_result(self, owner: str, call_id: str, output: str, error: str | None = None) -> None:
@@ -477,12 +472,12 @@ class Conversation:
 
     def app_gone(self, owner: str) -> None:
         if (offered := self.tools.app_gone(owner)) is not None:
-            self._offer([t.schema() for t in offered])
+            self.offer([t.schema() for t in offered])
 
-    def _offer(self, schemas: list[dict[str, Any]], choice: ToolChoice = AUTO) -> None:
+    def offer(self, schemas: list[dict[str, Any]], choice: ToolChoice = AUTO) -> None:
         if schemas and not self.engines.chat.can_call_tools:
             return  # none can be offered: the start said so once ("tools are off")
-        self._background("offering the tools to the LLM", offer_tools, self.engines.chat, schemas, choice)
+        self.background("offering the tools to the LLM", offer_tools, self.engines.chat, schemas, choice)
 
     def history_get(self) -> list[dict[str, Any]]:
         return [dataclasses.asdict(m) for m in self.engines.chat.history]
@@ -492,36 +487,17 @@ class Conversation:
         self.context.reset()
 
     def subscribe(self, maxsize: int = SUB_DEFAULT) -> Subscription[Event]:
-        """The daemon's events; only a Realtime conversation adds ResponseStarted/ResponseAudio (see `events()`)."""
+        """The daemon's events; only a Realtime conversation adds ResponseStarted/ResponseAudio."""
         return cast(Subscription[Event], self.bus.subscribe(maxsize))
 
-    # ---- the RealtimeSession --------------------------------------------------------------------------------
-
-    def set_instructions(self, text: str) -> None:
-        self.context.set_instructions(text)
-
-    def set_temperature(self, value: float) -> None:
-        self.context.set_temperature(value)
+    # ---- what both surfaces change (server/controller.py states the contracts) ------------------------------
 
     def check_voice(self, name: str) -> None:
         settings.check_voice(cast(settings.VoiceCatalog, self.engines.tts), name, prefix="")
 
     def set_voice(self, name: str) -> None:
         self.check_voice(name)
-        self._background(f"loading voice {name!r}", self.engines.use_voice, name)
-
-    def set_turn_detection(
-        self,
-        hangover_ms: int | None,
-        create_response: bool,
-        interrupt_response: bool,
-        semantic: EndOfTurnPolicy | None = None,
-        vad_level: int | None = None,
-    ) -> None:
-        turns = realtime_turns(
-            self.cfg, hangover_ms, create_response, interrupt_response, semantic, self.engines.score_turn, vad_level
-        )
-        self._retune(*turns)
+        self.background(f"loading voice {name!r}", self.engines.use_voice, name)
 
     def add_user_text(self, text: str) -> None:
         self._apply(turns.UserText(text, time.monotonic()))
@@ -529,40 +505,6 @@ class Conversation:
     def create_response(self, instructions: str | None = None) -> None:
         """Answer every pending user message (after the transcriptions in flight) as one reply."""
         self._apply(turns.CreateResponse(time.monotonic(), turns.Responder(instructions=instructions)))
-
-    @property
-    def can_call_tools(self) -> bool:
-        return self.engines.chat.can_call_tools
-
-    def set_functions(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
-        self.tools.set_functions(tools, choice)
-        self._offer(tools, choice)
-
-    def functions_for_next_response(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
-        self.tools.functions_for_next_response(tools, choice)
-
-    def add_function_output(self, call_id: str, output: str) -> None:
-        self.tools.add_output(call_id, output)
-        self.command("tool_output")
-
-    def delete_item(self, role: str, text: str) -> None:
-        history = History(self.engines.chat.history)
-        if not history.forget(role, text):
-            raise InputError(f"the conversation holds no {role} message with that text; delete it after it is answered")
-        self._background("deleting a conversation item", self.engines.chat.restore, history.messages())
-
-    def truncate_response(self, turn: int, audio_end_ms: int) -> None:
-        reply = self._kept.get(turn)
-        if reply is None or not reply.result.done():
-            raise InputError(f"response {turn} is not a finished answer of this session; truncate after response.done")
-        recorded = reply.result.result().strip()
-        heard = reply.heard.heard(audio_end_ms * self.engines.tts.sample_rate // 1000, reply.answer)
-        if heard != recorded:
-            self._background("truncating the answer", self.engines.chat.revise_answer, recorded, heard)
-
-    def events(self) -> Subscription[SessionEvent]:
-        assert self._events is not None
-        return self._events
 
     async def aclose(self) -> None:
         """Stop everything: cancel the turn, flush playback, end the events (a Realtime session then leaves the
@@ -581,8 +523,6 @@ class Conversation:
         with contextlib.suppress(Exception):
             self.sink.flush()
         self.bus.close()
-        if self._on_close is not None:
-            self._on_close(self)
         if self._owns_compute:
             await asyncio.to_thread(self.compute.close, 1.0)
 
@@ -596,7 +536,7 @@ class Conversation:
         log.error("error while %s", what, exc_info=exc)
         self.publish(ErrorEvent(f"{what}: {type(exc).__name__}: {exc}", time.monotonic()))
 
-    def _background(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+    def background(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
         """Run `fn(*args)` on the compute thread (urgent) without waiting; a failure is reported as `what`."""
 
         async def run() -> None:

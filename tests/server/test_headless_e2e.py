@@ -330,7 +330,8 @@ def test_openai_sdk_manual_turn_response_cancel_and_truncate(tiny_config: Config
                 assert isinstance(server.backend, Sessions)
                 (session,) = server.backend.open
                 await asyncio.sleep(0.5)  # the rewrite is a compute job queued by the truncate
-                history = await session.compute.run(lambda: list(session.engines.chat.history))
+                c = session.conversation
+                history = await c.compute.run(lambda: list(c.engines.chat.history))
             return heard, first, second, truncated, history
 
     heard, first, second, truncated, history = asyncio.run(body())
@@ -406,7 +407,8 @@ def test_a_realtime_session_left_open_keeps_a_bounded_number_of_items(tiny_confi
                 answers.append(await recv(ws))
             assert isinstance(server.backend, Sessions)
             (session,) = server.backend.open
-            history = await session.compute.run(lambda: len(session.engines.chat.history))
+            c = session.conversation
+            history = await c.compute.run(lambda: len(c.engines.chat.history))
             return ids, answers, history
 
     ids, answers, history = asyncio.run(body())
