@@ -455,7 +455,7 @@ class Conversation:
         if new_vad:
             self.vad = self.engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
         self.cfg = cfg
-        self._apply(turns.SetPolicy(policy, turn_end, new_vad=new_vad))
+        self._apply(turns.SetPolicy(policy, turn_end, time.monotonic(), new_vad))
 
     def set_app_tools(self, owner: str, tools: list[dict[str, Any]], timeout_s: float, send: Send) -> list[str]:
         if tools and not self.engines.chat.can_call_tools:

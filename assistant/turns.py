@@ -181,6 +181,7 @@ class CreateResponse:
 class SetPolicy:
     policy: Policy
     end_of_turn: EndOfTurnPolicy
+    now: float
     new_vad: bool = False  # the driver replaced its VAD: positions restart from here
 
 
@@ -405,7 +406,7 @@ class TurnCore:
     def handle(self, inp: Input) -> list[Action]:
         """Apply one input; returns the actions it causes (the driver executes them in order)."""
         self._out = []
-        self._now = _time_of(inp, self._now)
+        self._now = inp.time if isinstance(inp, VadEvent | ResponseTextDelta | ResponseAudio) else inp.now
         match inp:
             case AudioIn():
                 self._on_audio(inp)
@@ -675,11 +676,11 @@ class TurnCore:
         self._jobs.pop(user.spec_job, None)
         self._drop_reply(user.spec_turn)
         self._emit(Publish(SpeculationCancelled(user.spec_turn, now)))
-        user.spec_job, user.spec_turn, user.spec_text = None, None, None
         self._refeed(user)
 
     def _refeed(self, user: Utterance) -> None:
-        """The speculative finalize reset the transcriber: feed it the whole utterance again."""
+        """The speculation is over and its finalize reset the transcriber: feed it the whole utterance again."""
+        user.spec_job, user.spec_turn, user.spec_text = None, None, None
         self._emit(ResetTranscriber())
         user.fed_to = user.start
         self._feed(force=True)
@@ -834,12 +835,9 @@ class TurnCore:
         if r.error is not None and (reply is None or reply.confirmed):
             self._error(f"turn {r.turn}", r.error, r.now, isinstance(r.error, InputError), r.turn)
         user = self.user
-        if reply is not None and not reply.confirmed:  # a speculative reply failed: the turn starts afresh
+        if reply is None or not reply.confirmed:  # a speculative reply failed: the turn starts afresh
             if user is not None and user.spec_turn == r.turn:  # (its transcript came: the job is done)
-                user.spec_job, user.spec_turn, user.spec_text = None, None, None
                 self._refeed(user)
-            return
-        if reply is None:
             return
         if r.trace is not None:  # first: a Realtime response.done carries the trace's token counts
             self._emit(Publish(r.trace))
@@ -1025,8 +1023,3 @@ class TurnCore:
     def _emit(self, action: Action) -> None:
         self._out.append(action)
 
-
-def _time_of(inp: Input, last: float) -> float:
-    if isinstance(inp, SetPolicy):
-        return last
-    return inp.time if isinstance(inp, VadEvent | ResponseTextDelta | ResponseAudio) else inp.now
