@@ -267,11 +267,13 @@ def _server_service(cfg: config.Config, engines: Any) -> Any:
     from assistant.sessions import Sessions
 
     def service(pipeline: Any) -> Any:
+        from assistant.daemon import DaemonControl
         from assistant.oneshot import OneShot
 
         limit = cfg.server.realtime_sessions
         backend = Sessions(pipeline, SharedEngines(cfg, engines), limit) if limit else None
-        return ControlServer(cfg.server, pipeline, backend, audio=OneShot(cfg, engines, pipeline.compute))
+        control = DaemonControl(pipeline)
+        return ControlServer(cfg.server, control, backend, audio=OneShot(cfg, engines, pipeline.compute))
 
     return service
 

@@ -46,7 +46,6 @@ from assistant.memory import Memory
 from assistant.policies import daemon_policy, end_of_turn, make_canceller, realtime_policy, ring_samples
 from assistant.reply import Reply, TurnTrace, pump, settle_answer
 from assistant.stt.types import Transcript
-from assistant.tools.apps import Send
 from assistant.tools.calls import AUTO, ToolChoice
 from assistant.tools.registry import Toolbox
 from assistant.tools.session import ConversationTools, offer_tools
@@ -92,7 +91,6 @@ class Conversation:
         )
         self.device_ok = True
         self.output_ok = True  # False while the speaker is lost: replies are text only
-        self.restart_required: list[str] = []
         self.hotkey_problem: str | None = NO_HOTKEY  # None while the daemon's hotkey listens (daemon.hotkey_service)
         self.bus: EventBus[SessionEvent] = EventBus()
         self._replies: dict[int, Reply] = {}  # replies in flight
@@ -388,7 +386,7 @@ class Conversation:
         if reply.audio_started and (t := self.sink.first_sample_dac_time) is not None:
             reply.trace.mark("first_sample_played", t)
 
-    # ---- the Controller (daemon); server/controller.py states the contracts of both surfaces ---------------
+    # ---- the turn's inputs from the control surfaces (server/controller.py states the contracts) ------------
 
     @property
     def turn(self) -> int:
@@ -407,7 +405,6 @@ class Conversation:
             "headless": self.source is None,
             "subscribers": self.bus.subscribers,
             "dropped_events": self.bus.dropped,
-            "restart_required": list(self.restart_required),
         }
 
     async def say(self, text: str) -> None:
@@ -432,21 +429,18 @@ class Conversation:
         keeps the heard part in the history; push-to-talk overrides VAD endpointing while held."""
         self._apply(turns.Command(kind, time.monotonic()))
 
-    def config_get(self) -> dict[str, Any]:
-        return settings.public(self.cfg)
+    def add_user_text(self, text: str) -> None:
+        self._apply(turns.UserText(text, time.monotonic()))
 
-    def config_set(self, changes: dict[str, object]) -> dict[str, Any]:
-        """Validate `{"section.key": value}` (settings.apply: live keys only, voices that exist), then apply."""
-        new = settings.apply(self.cfg, changes, cast(settings.VoiceCatalog, self.engines.tts), self.hotkey_problem)
-        self.restart_required = sorted({*self.restart_required, *settings.at_restart(changes)})
-        if new.llm.system_prompt != self.cfg.llm.system_prompt:
-            self.context.set_instructions(new.llm.system_prompt)
-        if new.logging.level != self.cfg.logging.level:
-            logging.getLogger("assistant").setLevel(new.logging.level.upper())
-        if new.tts.voice != self.cfg.tts.voice:
-            self.set_voice(new.tts.voice)
-        self.retune(new, daemon_policy(new), end_of_turn(new, self.engines.score_turn))
-        return self.config_get()
+    def create_response(self, instructions: str | None = None) -> None:
+        """Answer every pending user message (after the transcriptions in flight) as one reply."""
+        self._apply(turns.CreateResponse(time.monotonic(), turns.Responder(instructions=instructions)))
+
+    def subscribe(self, maxsize: int = SUB_DEFAULT) -> Subscription[Event]:
+        """The daemon's events; only a Realtime conversation adds ResponseStarted/ResponseAudio."""
+        return cast(Subscription[Event], self.bus.subscribe(maxsize))
+
+    # ---- what the control surfaces change beside the turns (daemon.DaemonControl, sessions.RealtimeSession) ---
 
     def retune(self, cfg: Config, policy: turns.Policy, turn_end: EndOfTurnPolicy) -> None:
         """From the next input on, the core runs under `policy` and `turn_end`, with a new VAD when `cfg.vad`
@@ -457,40 +451,10 @@ class Conversation:
         self.cfg = cfg
         self._apply(turns.SetPolicy(policy, turn_end, time.monotonic(), new_vad))
 
-    def set_app_tools(self, owner: str, tools: list[dict[str, Any]], timeout_s: float, send: Send) -> list[str]:
-        if tools and not self.engines.chat.can_call_tools:
-            raise InputError(
-                f"the LLM `{self.cfg.llm.model}` has no tool-call format in its chat template, so it cannot call "
-                "app tools; set llm.model to a model whose template renders tools (Gemma 4, Qwen 3, ...)"
-            )
-        offered = self.tools.set_app_tools(owner, tools, timeout_s, send)
-        self.offer([t.schema() for t in offered])
-        return [t.name for t in offered] if self.engines.chat.can_call_tools else []
-
-    def app_tool_result(self, owner: str, call_id: str, output: str, error: str | None = None) -> None:
-        self.tools.apps.answer(owner, call_id, output, error)
-
-    def app_gone(self, owner: str) -> None:
-        if (offered := self.tools.app_gone(owner)) is not None:
-            self.offer([t.schema() for t in offered])
-
     def offer(self, schemas: list[dict[str, Any]], choice: ToolChoice = AUTO) -> None:
         if schemas and not self.engines.chat.can_call_tools:
             return  # none can be offered: the start said so once ("tools are off")
         self.background("offering the tools to the LLM", offer_tools, self.engines.chat, schemas, choice)
-
-    def history_get(self) -> list[dict[str, Any]]:
-        return [dataclasses.asdict(m) for m in self.engines.chat.history]
-
-    def history_reset(self) -> None:
-        self.command("interrupt")  # first: its answer is recorded before the reset, and not stored after it
-        self.context.reset()
-
-    def subscribe(self, maxsize: int = SUB_DEFAULT) -> Subscription[Event]:
-        """The daemon's events; only a Realtime conversation adds ResponseStarted/ResponseAudio."""
-        return cast(Subscription[Event], self.bus.subscribe(maxsize))
-
-    # ---- what both surfaces change (server/controller.py states the contracts) ------------------------------
 
     def check_voice(self, name: str) -> None:
         settings.check_voice(cast(settings.VoiceCatalog, self.engines.tts), name, prefix="")
@@ -499,12 +463,7 @@ class Conversation:
         self.check_voice(name)
         self.background(f"loading voice {name!r}", self.engines.use_voice, name)
 
-    def add_user_text(self, text: str) -> None:
-        self._apply(turns.UserText(text, time.monotonic()))
-
-    def create_response(self, instructions: str | None = None) -> None:
-        """Answer every pending user message (after the transcriptions in flight) as one reply."""
-        self._apply(turns.CreateResponse(time.monotonic(), turns.Responder(instructions=instructions)))
+    # ---- plumbing -------------------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
         """Stop everything: cancel the turn, flush playback, end the events (a Realtime session then leaves the
@@ -525,8 +484,6 @@ class Conversation:
         self.bus.close()
         if self._owns_compute:
             await asyncio.to_thread(self.compute.close, 1.0)
-
-    # ---- plumbing -------------------------------------------------------------------------------------------
 
     def publish(self, event: SessionEvent) -> None:
         if not self._closed:

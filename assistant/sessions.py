@@ -162,10 +162,9 @@ class RealtimeSession:
 
 if TYPE_CHECKING:  # mypy proves the conversation implements what the server expects
 
-    def _conforms(conversation: Conversation, sessions: Sessions, session: RealtimeSession) -> None:
-        from assistant.server.controller import Controller, RealtimeBackend
+    def _conforms(sessions: Sessions, session: RealtimeSession) -> None:
+        from assistant.server.controller import RealtimeBackend
         from assistant.server.controller import RealtimeSession as SessionProtocol
 
-        _c: Controller = conversation
         _b: RealtimeBackend = sessions
         _s: SessionProtocol = session

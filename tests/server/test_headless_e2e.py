@@ -31,6 +31,7 @@ from assistant.audio.sinks import NullSink
 from assistant.compute import Compute
 from assistant.config import Config, to_dict
 from assistant.conversation import Conversation
+from assistant.daemon import DaemonControl
 from assistant.oneshot import OneShot
 from assistant.server.protocol import DEFAULT_LIMITS, Limits
 from assistant.server.ws import ControlServer
@@ -59,7 +60,7 @@ async def daemon(cfg: Config, limits: Limits = DEFAULT_LIMITS) -> AsyncIterator[
         pipeline = Conversation(cfg, engines, None, NullSink(), compute)
         backend = Sessions(pipeline, cli.SharedEngines(cfg, engines), cfg.server.realtime_sessions)
         audio = OneShot(cfg, engines, compute)
-        async with ControlServer(cfg.server, pipeline, backend, audio=audio, limits=limits) as server:
+        async with ControlServer(cfg.server, DaemonControl(pipeline), backend, audio=audio, limits=limits) as server:
             yield server, pipeline
         await pipeline.aclose()
     finally:
