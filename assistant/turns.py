@@ -20,7 +20,7 @@ import numpy as np
 
 from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS
 from assistant.audio.ring import AudioRing, CaptureClock
-from assistant.endofturn import EndOfTurnPolicy, TurnEvidence, turn_words
+from assistant.endofturn import EndOfTurnPolicy, TurnEvidence, scored_clip, turn_words
 from assistant.errors import InputError, ModelError
 from assistant.events import (
     AttentionChanged,
@@ -50,8 +50,6 @@ from assistant.events import (
 from assistant.wake import TurnSource, WakeGate
 
 VadEvent = SpeechStarted | PauseStarted | SilenceStarted | SpeechResumed | SpeechEnded
-SCORE_WINDOW = 8 * CAPTURE_RATE  # the end-of-turn model sees the turn's last 8 s
-SCORE_LEAD_IN = CAPTURE_RATE // 5  # 200 ms before the scored segment's onset: the model hears it begin
 APOLOGY = "Sorry, I could not get an answer just now. Please ask again."
 MAX_PENDING = 256  # user messages held for a Realtime response: a transcription-only session runs for weeks
 
@@ -631,23 +629,13 @@ class TurnCore:
             self._end_turn(user, user.silence_at, now)
 
     def _ask_score(self, user: Utterance, pause: int) -> None:
-        """Ask the end-of-turn model about the pause that began at `pause`: the speech and the pause's first
-        score_after_ms (as trained, and as the clip benchmark gives it; cut at the pause's start it hears an abrupt
-        stop and scores complete turns low). Asked early (PauseStarted), the silence not yet heard is zeros."""
+        """Ask the end-of-turn model about the pause that began at `pause` (early, at PauseStarted, or once its
+        silence is long enough)."""
         after = self.end_of_turn.score_after_ms
         assert after is not None
         self._ids += 1
         user.score, user.scoring, user.scored_pause = None, self._ids, pause
-        end = pause + after * CAPTURE_RATE // 1000
-        audio = self.ring.slice(self._score_from(user, end), min(self.ring.end, end))
-        padding = np.zeros(max(0, end - self.ring.end), dtype=np.int16)
-        self._emit(ScoreTurn(user.scoring, np.concatenate([audio, padding]) if len(padding) else audio))
-
-    def _score_from(self, user: Utterance, end: int) -> int:
-        """Where the scored audio that ends at `end` starts: the current speech segment (from the onset after the
-        last pause the policy waited through, less a lead-in; else the turn start), at most SCORE_WINDOW."""
-        start = user.start if user.segment is None else max(user.start, user.segment - SCORE_LEAD_IN)
-        return max(start, end - SCORE_WINDOW, self.ring.start)
+        self._emit(ScoreTurn(user.scoring, scored_clip(self.ring, user.start, user.segment, pause, after)))
 
     def _on_scored(self, s: Scored) -> None:
         if s.error is not None:
@@ -1022,4 +1010,3 @@ class TurnCore:
 
     def _emit(self, action: Action) -> None:
         self._out.append(action)
-

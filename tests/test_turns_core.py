@@ -13,7 +13,7 @@ import pytest
 
 from assistant.audio.format import CAPTURE_RATE, level_dbfs
 from assistant.config import Config
-from assistant.endofturn import Decision, FixedSilence, SmartTurnPolicy, TurnEvidence
+from assistant.endofturn import SCORE_LEAD_IN, Decision, FixedSilence, SmartTurnPolicy, TurnEvidence
 from assistant.errors import InputError, ModelError
 from assistant.events import (
     AttentionChanged,
@@ -37,7 +37,6 @@ from assistant.policies import daemon_policy, realtime_policy
 from assistant.turns import (
     APOLOGY,
     MAX_PENDING,
-    SCORE_LEAD_IN,
     Action,
     AudioIn,
     Command,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from assistant.audio.format import CAPTURE_RATE
+from assistant.endofturn import SCORE_LEAD_IN
 from assistant.errors import ConfigError, InputError, ModelError
 from assistant.events import (
     BargeIn,
@@ -26,7 +27,7 @@ from assistant.events import (
     StateChanged,
     TurnState,
 )
-from assistant.turns import APOLOGY, SCORE_LEAD_IN
+from assistant.turns import APOLOGY
 from tests.pipeline.doubles import BLOCK, FRAME, FakeSink, Message, ScriptedChat
 from tests.pipeline.harness import ANSWER, Harness, eventually
 
