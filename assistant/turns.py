@@ -493,12 +493,16 @@ class TurnCore:
         return self._loud[1] if a.t < max(ended, self._loud[0]) + tail else None
 
     def _on_vad(self, ev: VadEvent) -> None:
-        # push-to-talk alone: the VAD's events are no news; a pause notice is the core's own cue, never published
-        if self.policy.vad_turns and not self._model_judges(ev) and not isinstance(ev, PauseStarted):
+        if not self.policy.vad_turns:
+            return  # push-to-talk alone: the VAD's events are no news
+        user, after = self.user, self.end_of_turn.score_after_ms
+        # a pause notice is the core's own cue; with a model-backed policy, a start or an untruncated end inside an
+        # open turn is the policy's to judge (the turn's end is published when it decides: _check_end_of_turn)
+        judged = isinstance(ev, SpeechStarted) or (isinstance(ev, SpeechEnded) and not ev.truncated)
+        if not isinstance(ev, PauseStarted) and (after is None or user is None or self.ptt or not judged):
             self._emit(Publish(ev))
-        if not self.policy.vad_turns or self.ptt:
+        if self.ptt:
             return  # the hotkey overrides endpointing while held
-        user = self.user
         if isinstance(ev, SpeechStarted):
             if user is None:
                 self._speech_started(ev)
@@ -507,8 +511,8 @@ class TurnCore:
         elif user is None:
             return
         elif isinstance(ev, PauseStarted):
-            if self.end_of_turn.score_after_ms is not None and not user.ptt:
-                self._ask_score(user, ev.sample)  # early: the answer is ready when SilenceStarted confirms the pause
+            if after is not None and not user.ptt:
+                self._ask_score(user, ev.sample, after)  # early: the answer is ready when SilenceStarted confirms it
         elif isinstance(ev, SilenceStarted):
             user.silence_at = ev.sample
             if user.scored_pause != ev.sample:  # asked at a pause that voice ended before it was confirmed
@@ -522,18 +526,11 @@ class TurnCore:
         elif isinstance(ev, SpeechEnded):
             if user.silence_at is None:
                 user.silence_at = ev.end_sample
-            if ev.truncated or self.end_of_turn.score_after_ms is None:
+            if ev.truncated or after is None:
                 # the VAD's hangover (adaptive or not) is the silence rule; a model-backed policy may wait longer
                 self._end_turn(user, ev.end_sample, ev.time)
             else:
                 self._check_end_of_turn(ev.time, vad_ended=True)
-
-    def _model_judges(self, ev: VadEvent) -> bool:
-        """Whether a VAD start or end inside an open turn is the end-of-turn model's to judge, not news: with a
-        model-backed policy the turn's end is published when the policy decides it (see _check_end_of_turn)."""
-        if self.user is None or self.end_of_turn.score_after_ms is None or not self.policy.vad_turns or self.ptt:
-            return False
-        return isinstance(ev, SpeechStarted) or (isinstance(ev, SpeechEnded) and not ev.truncated)
 
     def _speech_started(self, ev: SpeechStarted) -> None:
         """Speech by capture time: during a reply (or its echo) it must qualify before it takes the turn."""
@@ -575,10 +572,9 @@ class TurnCore:
 
     def _feed(self, force: bool = False) -> None:
         user = self.user
-        if user is None or (user.feeding and not force) or user.fed_to >= self.ring.end:
+        # (not while a speculative finalize has the turn so far: resumed speech re-feeds it all, _refeed)
+        if user is None or user.fed_to >= self.ring.end or (not force and (user.feeding or user.spec_job is not None)):
             return
-        if user.spec_job is not None and not force:
-            return  # the speculative finalize has the turn so far; resumed speech re-feeds it all (_refeed)
         audio = self.ring.slice(user.fed_to, self.ring.end)
         user.fed_to, user.feeding = self.ring.end, True
         self._emit(Feed(user.id, audio))
@@ -618,21 +614,18 @@ class TurnCore:
         silence_ms = (self.ring.end - user.silence_at) * 1000 // CAPTURE_RATE
         after = self.end_of_turn.score_after_ms
         if after is not None and silence_ms >= after and user.score is None and not user.scoring:
-            self._ask_score(user, user.silence_at)
+            self._ask_score(user, user.silence_at, after)
         speech_ms = (user.silence_at - user.start) * 1000 // CAPTURE_RATE
         evidence = TurnEvidence(silence_ms, speech_ms, user.score, user.partial, self._room_known)
         if self.end_of_turn.decide(evidence) == "end":
-            if after is not None:  # the VAD's own end was not published (_model_judges)
+            if after is not None:  # the VAD's own end was not published (_on_vad)
                 self._emit(Publish(SpeechEnded(user.start, user.silence_at, now)))
             if not vad_ended:
                 self._reset_vad()  # its pause in progress is over: the next speech must be a new start
             self._end_turn(user, user.silence_at, now)
 
-    def _ask_score(self, user: Utterance, pause: int) -> None:
-        """Ask the end-of-turn model about the pause that began at `pause` (early, at PauseStarted, or once its
-        silence is long enough)."""
-        after = self.end_of_turn.score_after_ms
-        assert after is not None
+    def _ask_score(self, user: Utterance, pause: int, after: int) -> None:
+        """Ask the end-of-turn model about the pause that began at `pause` (its first `after` ms are scored)."""
         self._ids += 1
         user.score, user.scoring, user.scored_pause = None, self._ids, pause
         self._emit(ScoreTurn(user.scoring, scored_clip(self.ring, user.start, user.segment, pause, after)))
