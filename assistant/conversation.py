@@ -392,21 +392,6 @@ class Conversation:
     def turn(self) -> int:
         return self.core.turn
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "state": self.core.state.value,
-            "turn": self.core.turn,
-            "mode": self.cfg.pipeline.mode,
-            "muted": self.core.muted,
-            "ptt": self.core.ptt,
-            "speculating": self.core.speculating,
-            "device_ok": self.device_ok and self.source is not None,  # headless: no microphone to be ok
-            "output_ok": self.output_ok,
-            "headless": self.source is None,
-            "subscribers": self.bus.subscribers,
-            "dropped_events": self.bus.dropped,
-        }
-
     async def say(self, text: str) -> None:
         """Speak `text` (no LLM, no history); returns when it has played or was interrupted."""
         await self._text_turn(turns.CreateResponse(time.monotonic(), turns.Responder(speak_text=text)))

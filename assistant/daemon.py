@@ -108,7 +108,21 @@ class DaemonControl:
         return self.conversation.turn
 
     def status(self) -> dict[str, Any]:
-        return {**self.conversation.status(), "restart_required": list(self.restart_required)}
+        c = self.conversation
+        return {
+            "state": c.core.state.value,
+            "turn": c.core.turn,
+            "mode": c.cfg.pipeline.mode,
+            "muted": c.core.muted,
+            "ptt": c.core.ptt,
+            "speculating": c.core.speculating,
+            "device_ok": c.device_ok and c.source is not None,  # headless: no microphone to be ok
+            "output_ok": c.output_ok,
+            "headless": c.source is None,
+            "subscribers": c.bus.subscribers,
+            "dropped_events": c.bus.dropped,
+            "restart_required": list(self.restart_required),
+        }
 
     async def say(self, text: str) -> None:
         await self.conversation.say(text)

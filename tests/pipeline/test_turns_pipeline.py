@@ -405,7 +405,7 @@ def test_mute_ignores_the_microphone() -> None:
             h.p.command("mute")
             h.speak("hello")
             h.silence(6)
-            assert h.stt.fed_samples == 0 and h.p.status()["muted"]
+            assert h.stt.fed_samples == 0 and h.control.status()["muted"]
 
     asyncio.run(main())
 
