@@ -388,10 +388,6 @@ class Conversation:
 
     # ---- the turn's inputs from the control surfaces (server/controller.py states the contracts) ------------
 
-    @property
-    def turn(self) -> int:
-        return self.core.turn
-
     async def say(self, text: str) -> None:
         """Speak `text` (no LLM, no history); returns when it has played or was interrupted."""
         await self._text_turn(turns.CreateResponse(time.monotonic(), turns.Responder(speak_text=text)))

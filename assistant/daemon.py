@@ -105,7 +105,7 @@ class DaemonControl:
 
     @property
     def turn(self) -> int:
-        return self.conversation.turn
+        return self.conversation.core.turn
 
     def status(self) -> dict[str, Any]:
         c = self.conversation
