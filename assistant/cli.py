@@ -266,13 +266,11 @@ def _server_service(cfg: config.Config, engines: Any) -> Any:
     from assistant.server.ws import ControlServer
     from assistant.sessions import Sessions
 
-    def service(pipeline: Any) -> Any:
-        from assistant.daemon import DaemonControl
+    def service(control: Any) -> Any:
         from assistant.oneshot import OneShot
 
-        limit = cfg.server.realtime_sessions
+        limit, pipeline = cfg.server.realtime_sessions, control.conversation
         backend = Sessions(pipeline, SharedEngines(cfg, engines), limit) if limit else None
-        control = DaemonControl(pipeline)
         return ControlServer(cfg.server, control, backend, audio=OneShot(cfg, engines, pipeline.compute))
 
     return service

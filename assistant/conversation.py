@@ -54,7 +54,6 @@ log = logging.getLogger("assistant.conversation")
 
 SUB_DEFAULT = 256
 KEEP_REPLIES = 16  # finished replies a Realtime client may still truncate (OpenAI clients truncate the latest)
-NO_HOTKEY = "no hotkey listens in this daemon (it starts one only when it starts in a push-to-talk mode)"
 
 
 class Conversation:
@@ -91,7 +90,6 @@ class Conversation:
         )
         self.device_ok = True
         self.output_ok = True  # False while the speaker is lost: replies are text only
-        self.hotkey_problem: str | None = NO_HOTKEY  # None while the daemon's hotkey listens (daemon.hotkey_service)
         self.bus: EventBus[SessionEvent] = EventBus()
         self._replies: dict[int, Reply] = {}  # replies in flight
         self.kept: OrderedDict[int, Reply] = OrderedDict()  # finished, for truncate_response

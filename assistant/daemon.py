@@ -28,7 +28,7 @@ from assistant import settings
 from assistant.audio.format import AudioBlock
 from assistant.bus import Subscription
 from assistant.console import Console, StatusLine
-from assistant.conversation import NO_HOTKEY, Conversation
+from assistant.conversation import Conversation
 from assistant.errors import AudioDeviceError, InputError
 from assistant.events import Event
 from assistant.logs import kv
@@ -42,7 +42,8 @@ SHUTDOWN_S = 2.0  # SIGINT/SIGTERM to exit, at most
 DEADLINE_S = SHUTDOWN_S - 0.2  # the forced exit leaves room for the process to end
 PIPELINE_STOP_S, SERVICES_STOP_S = 0.6, 0.5  # then the composition root's own close (compute: 0.5 s)
 EXIT_FORCED = 1  # the orderly stop did not finish in time (a wedged device or engine); the process exited anyway
-Service = Callable[[Conversation], AbstractAsyncContextManager[Any]]
+Service = Callable[["DaemonControl"], AbstractAsyncContextManager[Any]]  # what a service drives: the daemon's control
+NO_HOTKEY = "no hotkey listens in this daemon (it starts one only when it starts in a push-to-talk mode)"
 
 
 class CaptureLike(Protocol):
@@ -100,6 +101,7 @@ class DaemonControl:
     def __init__(self, conversation: Conversation) -> None:
         self.conversation = conversation
         self.restart_required: list[str] = []  # config.set keys that take effect at the next start
+        self.hotkey_problem: str | None = NO_HOTKEY  # None while the hotkey listens (hotkey_service)
 
     # ---- the turns: the conversation's ----------------------------------------------------------------------
 
@@ -144,7 +146,7 @@ class DaemonControl:
     def config_set(self, changes: dict[str, object]) -> dict[str, Any]:
         """Validate `{"section.key": value}` (settings.apply: live keys only, voices that exist), then apply."""
         c, old = self.conversation, self.conversation.cfg
-        new = settings.apply(old, changes, cast(settings.VoiceCatalog, c.engines.tts), c.hotkey_problem)
+        new = settings.apply(old, changes, cast(settings.VoiceCatalog, c.engines.tts), self.hotkey_problem)
         self.restart_required = sorted({*self.restart_required, *settings.at_restart(changes)})
         if new.llm.system_prompt != old.llm.system_prompt:
             c.context.set_instructions(new.llm.system_prompt)
@@ -197,7 +199,7 @@ async def serve(
     code, began = 0, time.monotonic()
     try:
         await pipeline.warmup()  # the first turn is as fast as the tenth: nothing compiles after "listening"
-        async with _services(pipeline, services):
+        async with _services(DaemonControl(pipeline), services):
             tasks.append(asyncio.create_task(pipeline.run(), name="listen"))
             if console is not None:
                 tasks.append(asyncio.create_task(StatusLine(pipeline, console).run(), name="status"))
@@ -245,10 +247,10 @@ def _exit_now(code: int, why: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _services(pipeline: Conversation, services: Sequence[Service]) -> AsyncIterator[None]:
+async def _services(control: DaemonControl, services: Sequence[Service]) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as stack:
         for make in services:
-            await stack.enter_async_context(make(pipeline))
+            await stack.enter_async_context(make(control))
         try:
             yield
         finally:
@@ -269,12 +271,12 @@ async def _shutdown(pipeline: Conversation, tasks: list[asyncio.Task[Any]]) -> N
 
 
 def background(work: Callable[[Conversation], Coroutine[Any, Any, None]], name: str) -> Service:
-    """A service running `work(pipeline)` as a task for the daemon's lifetime (cancelled at stop); if it fails,
-    the failure is logged and the daemon goes on without it."""
+    """A service running `work(conversation)` as a task for the daemon's lifetime (cancelled at stop); if it
+    fails, the failure is logged and the daemon goes on without it."""
 
     @contextlib.asynccontextmanager
-    async def service(pipeline: Conversation) -> AsyncIterator[None]:
-        task = asyncio.create_task(work(pipeline), name=name)
+    async def service(control: DaemonControl) -> AsyncIterator[None]:
+        task = asyncio.create_task(work(control.conversation), name=name)
 
         def failed(t: asyncio.Task[None]) -> None:
             if not t.cancelled() and (exc := t.exception()) is not None:
@@ -291,27 +293,27 @@ def background(work: Callable[[Conversation], Coroutine[Any, Any, None]], name: 
 
 
 @contextlib.asynccontextmanager
-async def hotkey_service(pipeline: Conversation) -> AsyncIterator[None]:
-    """The push-to-talk hotkey for the pipeline's config; when it cannot run, one line says why and we go on."""
+async def hotkey_service(control: DaemonControl) -> AsyncIterator[None]:
+    """The push-to-talk hotkey for the daemon's config; when it cannot run, one line says why and we go on."""
     from assistant.hotkey import Hotkey
 
     loop = asyncio.get_running_loop()
-    cfg = pipeline.cfg.pipeline
+    cfg = control.conversation.cfg.pipeline
     hotkey = Hotkey(
         cfg.hotkey,
         cfg.hotkey_mode,
-        on_start=lambda: loop.call_soon_threadsafe(pipeline.command, "ptt_start"),
-        on_stop=lambda: loop.call_soon_threadsafe(pipeline.command, "ptt_stop"),
+        on_start=lambda: loop.call_soon_threadsafe(control.command, "ptt_start"),
+        on_stop=lambda: loop.call_soon_threadsafe(control.command, "ptt_stop"),
     )
     problem = hotkey.start()
     if problem is not None:
         log.warning(problem)
-    pipeline.hotkey_problem = problem  # config.set refuses push_to_talk unless the hotkey listens
+    control.hotkey_problem = problem  # config.set refuses push_to_talk unless the hotkey listens
     try:
         yield
     finally:
         hotkey.stop()
-        pipeline.hotkey_problem = NO_HOTKEY
+        control.hotkey_problem = NO_HOTKEY
 
 
 if TYPE_CHECKING:  # mypy proves the control implements what the server expects
