@@ -1,11 +1,12 @@
 """The one asyncio driver: runs a turn core (assistant/turns.py) over an audio source and sink.
 
 A `Conversation` feeds the core its inputs and executes the actions it returns on the engines, every engine call
-on the compute thread. The daemon holds one over the microphone and speaker (the server's `Controller`); each
-`/v1/realtime` connection holds one over its client sink (a `RealtimeSession`, opened by assistant/sessions.py).
-Only the core's `Policy` differs between them. Not turn-taking, so elsewhere: config -> policy (policies.py), the
-tools and a Realtime client's function calls (tools/session.py), the history's operations (llm.py, context.py), the
-wake-phrase gate (wake.py); due reminders come in through `say` like any client (tools/timers.py).
+on the compute thread. The daemon holds one over the microphone and speaker (its control channel's view,
+config and history included, is daemon.DaemonControl); each `/v1/realtime` connection holds one over its client
+sink (a sessions.RealtimeSession, with what the client sets). Only the core's `Policy` differs between them. Not
+turn-taking, so elsewhere: config -> policy (policies.py), the tools and a Realtime client's function calls
+(tools/session.py), the history's operations (llm.py, context.py), the wake-phrase gate (wake.py); due reminders
+come in through `say` like any client (tools/timers.py).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ KEEP_REPLIES = 16  # finished replies a Realtime client may still truncate (Open
 
 
 class Conversation:
-    """One conversation: the daemon's (a `Controller`) or a Realtime client's (held by a `RealtimeSession`).
+    """One conversation: the daemon's (seen through a `DaemonControl`) or a Realtime client's (a `RealtimeSession`).
 
     Create inside a running loop. `realtime` gives the Realtime policy and a client sink whose audio goes out
     as `ResponseAudio` events on the bus.
@@ -305,7 +306,6 @@ class Conversation:
             self.echo.new_run()
 
     def _barge_in(self, reply: Reply) -> None:
-        """Flush the speaker, stop the reply, keep what was heard."""
         played = self.sink.played_samples if reply.audio_started else 0
         self._mark_played(reply)
         if reply.audio_started:
