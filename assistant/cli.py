@@ -266,12 +266,12 @@ def _server_service(cfg: config.Config, engines: Any) -> Any:
     from assistant.server.ws import ControlServer
     from assistant.sessions import Sessions
 
-    def service(pipeline: Any) -> Any:
+    def service(control: Any) -> Any:
         from assistant.oneshot import OneShot
 
-        limit = cfg.server.realtime_sessions
+        limit, pipeline = cfg.server.realtime_sessions, control.conversation
         backend = Sessions(pipeline, SharedEngines(cfg, engines), limit) if limit else None
-        return ControlServer(cfg.server, pipeline, backend, audio=OneShot(cfg, engines, pipeline.compute))
+        return ControlServer(cfg.server, control, backend, audio=OneShot(cfg, engines, pipeline.compute))
 
     return service
 
