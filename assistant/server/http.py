@@ -59,6 +59,7 @@ CONTENT_TYPES = {
 }
 PAGE_FILES = ("index.html", "app.js", "style.css")
 MAX_CORS_HEADERS = 32  # header names a preflight may ask for
+MAX_JSON_DEPTH = 8  # a speech request is an object holding values and `{"id": ...}`: 2 levels
 _TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~")  # RFC 9110
 REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"}
 REASONS |= {404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required"}
@@ -419,17 +420,33 @@ def _json_body(req: Request) -> dict[str, Any]:
     kind = (req.header("Content-Type") or "").split(";")[0].strip().lower()
     if kind != "application/json":
         raise HttpError(415, _wrong_type("the request as application/json", kind))
+    too_deep = f"the body is nested more than {MAX_JSON_DEPTH} levels deep; send a flat JSON object"
     try:
         body = json.loads(req.body)
+    except RecursionError as e:
+        raise HttpError(400, too_deep) from e
     except (ValueError, UnicodeDecodeError) as e:
         raise HttpError(400, f"the body is not valid JSON ({e}); send a JSON object") from e
     if not isinstance(body, dict):
         raise HttpError(400, "the body must be a JSON object")
+    if _depth(body) > MAX_JSON_DEPTH:  # the messages quoting a value would overflow the stack repr-ing it
+        raise HttpError(400, too_deep)
     bad = lone_surrogate(body)
     if bad is not None:
         why = f"the body has a lone UTF-16 surrogate (\\u{ord(bad):04x}) in a string; send valid Unicode text"
         raise HttpError(400, why)
     return body
+
+
+def _depth(value: Any) -> int:
+    """How many lists and objects deep decoded JSON `value` nests (iterative: no recursion limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            stack.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _wrong_type(want: str, kind: str) -> str:
