@@ -597,9 +597,12 @@ async def _read(reader: asyncio.StreamReader, peer: str | None, writer: asyncio.
         _continue(req, writer)
         body = await _read_chunked(reader)
         return Request(req.method, req.path, req.query, req.headers, body, peer)
-    length_text = req.header("Content-Length") or "0"
-    if not length_text.isdigit():
-        raise HttpError(400, f"Content-Length {length_text[:20]!r} is not a number")
+    lengths = req.get_all("Content-Length")
+    if len(set(lengths)) > 1:  # which one frames the body would be a guess (RFC 9112 6.3)
+        raise HttpError(400, "the request has Content-Length headers that differ; send one")
+    length_text = lengths[0] if lengths else "0"
+    if not (length_text.isascii() and length_text.isdigit()):  # str.isdigit also takes "²", which int() refuses
+        raise HttpError(400, f"Content-Length {length_text[:20]!r} is not a number; send the body's size in bytes")
     length = int(length_text)
     if length > MAX_BODY_BYTES:
         raise HttpError(413, f"the body is {length} bytes, over {MAX_BODY_BYTES}; send a shorter file")

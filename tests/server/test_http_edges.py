@@ -3,12 +3,15 @@ get their status with a one-line error (never a 500), and the required response 
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
 from assistant.server.http import MAX_JSON_DEPTH
+from tests.server.helpers import TOKEN, running
 from tests.server.test_bad_input import _app, _post, _Speech
+from tests.server.test_http_limits import raw
 
 
 @pytest.mark.parametrize("field", ["voice", "response_format", "speed", "model", "stream_format"])
@@ -24,3 +27,29 @@ def test_deeply_nested_speech_json_is_a_400(field: str, depth: int) -> None:
     assert audio.spoken == []
     flat = _post(_app(audio), "/v1/audio/speech", b'{"input": "hi", "voice": {"id": "default"}}', "application/json")
     assert flat.status == 200 and audio.spoken == ["hi"]
+
+
+@pytest.mark.parametrize(
+    ("lengths", "message"),
+    [
+        ([b"\xb2"], "Content-Length '²' is not a number"),  # latin-1 superscript two: isdigit() but not int()
+        ([b"+2"], "Content-Length '+2' is not a number"),
+        ([b"2", b"7"], "the request has Content-Length headers that differ"),
+    ],
+)
+def test_a_bad_content_length_is_a_400_and_the_daemon_serves_on(lengths: list[bytes], message: str) -> None:
+    """A Content-Length that is no plain number (it was a 500 for a non-ASCII digit) or two that differ (the first
+    was used) gets a 400 naming it, and the next request is served."""
+
+    async def body() -> tuple[bytes, bytes]:
+        async with running() as (server, _, _):
+            head = b"POST /v1/audio/speech HTTP/1.1\r\nContent-Type: application/json\r\n"
+            head += b"".join(b"Content-Length: " + n + b"\r\n" for n in lengths)
+            bad = await raw(server.port, head + f"Authorization: Bearer {TOKEN}\r\n\r\n{{}}".encode())
+            good = await raw(server.port, f"GET /health HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+            return bad, good
+
+    bad, good = asyncio.run(body())
+    assert bad.startswith(b"HTTP/1.1 400"), bad
+    assert json.loads(bad.split(b"\r\n\r\n", 1)[1])["error"]["message"].startswith(message), bad
+    assert good.startswith(b"HTTP/1.1 200")
