@@ -70,9 +70,17 @@ REASONS |= {431: "Request Header Fields Too Large", 500: "Internal Server Error"
 class HttpError(Exception):
     """A request the server refuses: status, a one-line message with the fix, the offending parameter."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers or {}  # what the status requires beside the body (Allow, WWW-Authenticate)
 
 
 @dataclass(frozen=True)
@@ -182,7 +190,7 @@ class HttpApp:
         try:
             resp = await self._route(req)
         except HttpError as e:
-            resp = Response(e.status, error_body(e))
+            resp = Response(e.status, error_body(e), headers=dict(e.headers))
         origin = req.header("Origin")
         if origin is not None and auth.origin_allowed(origin, self.cfg.allowed_origins):
             resp.headers["Access-Control-Allow-Origin"] = origin  # an allowlisted page may read the answer
@@ -193,7 +201,9 @@ class HttpApp:
         refused = auth.refusal(self.cfg, self.token, req.get_all, req.query, req.peer, self.tls)
         if refused is not None and not (page and refused[0] == 401 and auth.is_loopback(req.peer)):
             # the page holds no secret, so this machine gets it without a token; it asks for one to connect
-            raise HttpError(refused[0], refused[1], code="unauthorized" if refused[0] == 401 else None)
+            if refused[0] == 401:  # RFC 9110 15.5.2: a 401 names the scheme that would be accepted
+                raise HttpError(401, refused[1], code="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+            raise HttpError(refused[0], refused[1])
 
     async def _route(self, req: Request) -> Response:
         path = req.path.rstrip("/") or "/"
@@ -233,7 +243,8 @@ class HttpApp:
     @staticmethod
     def _method(req: Request, allowed: str) -> None:
         if req.method != allowed and not (allowed == "GET" and req.method == "HEAD"):
-            raise HttpError(405, f"{req.path[:100]} takes {allowed}, not {req.method[:10]}")
+            methods = "GET, HEAD" if allowed == "GET" else allowed  # RFC 9110 15.5.6: a 405 lists them in Allow
+            raise HttpError(405, f"{req.path[:100]} takes {allowed}, not {req.method[:10]}", headers={"Allow": methods})
 
     def _preflight(self, req: Request) -> Response:
         origin = req.header("Origin")

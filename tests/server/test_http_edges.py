@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from assistant.server.http import MAX_JSON_DEPTH
+from assistant.server.http import MAX_JSON_DEPTH, Request
 from tests.server.helpers import TOKEN, running
 from tests.server.test_bad_input import _app, _post, _Speech
 from tests.server.test_http_limits import raw
@@ -53,3 +53,28 @@ def test_a_bad_content_length_is_a_400_and_the_daemon_serves_on(lengths: list[by
     assert bad.startswith(b"HTTP/1.1 400"), bad
     assert json.loads(bad.split(b"\r\n\r\n", 1)[1])["error"]["message"].startswith(message), bad
     assert good.startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [("POST", "/health", "GET, HEAD"), ("DELETE", "/v1/models", "GET, HEAD"), ("GET", "/v1/audio/speech", "POST")],
+)
+def test_a_wrong_method_is_a_405_that_names_the_allowed_ones(method: str, path: str, allow: str) -> None:
+    """A 405 carries the Allow header RFC 9110 requires, listing the methods the path takes."""
+    auth = [("Authorization", f"Bearer {TOKEN}")]
+    resp = asyncio.run(_app(_Speech()).handle(Request(method, path, "", auth, b"", "127.0.0.1")))
+    assert resp.status == 405 and resp.headers["Allow"] == allow
+    assert json.loads(resp.body)["error"]["message"].startswith(f"{path} takes")
+
+
+def test_a_request_without_the_token_is_a_401_that_names_the_scheme() -> None:
+    """A 401 carries `WWW-Authenticate: Bearer` (RFC 9110 requires the challenge), over the wire too."""
+
+    async def body() -> bytes:
+        async with running() as (server, _, _):
+            return await raw(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    answer = asyncio.run(body())
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401") and b"\r\nWWW-Authenticate: Bearer\r\n" in head + b"\r\n"
+    assert json.loads(rest)["error"]["code"] == "unauthorized"
