@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
@@ -129,6 +129,9 @@ def parse_head(head: bytes) -> Request:
         if not sep or not name or name != name.strip():
             raise HttpError(400, f"malformed header line {line[:80]!r}")
         headers.append((name, value.strip()))
+    if target[:8].lower().startswith(("http://", "https://")):  # absolute-form, which RFC 9112 3.2.2 says to accept
+        parts = urlsplit(target)
+        target = f"{parts.path or '/'}?{parts.query}" if parts.query else parts.path or "/"
     path, _, query = target.partition("?")
     return Request(method.upper(), unquote(path), query, headers)
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from assistant.server.http import MAX_JSON_DEPTH, Request
+from assistant.server.http import MAX_JSON_DEPTH, Request, parse_head
 from tests.server.helpers import TOKEN, running
 from tests.server.test_bad_input import _app, _post, _Speech
 from tests.server.test_http_limits import raw
@@ -78,3 +78,19 @@ def test_a_request_without_the_token_is_a_401_that_names_the_scheme() -> None:
     head, _, rest = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 401") and b"\r\nWWW-Authenticate: Bearer\r\n" in head + b"\r\n"
     assert json.loads(rest)["error"]["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize(
+    ("target", "path", "query"),
+    [
+        ("http://127.0.0.1:8765/health", "/health", ""),
+        ("HTTPS://example.org/v1/models/a%2Fb?token=t", "/v1/models/a/b", "token=t"),
+        ("http://127.0.0.1:8765", "/", ""),
+        ("/health?x=1", "/health", "x=1"),
+    ],
+)
+def test_an_absolute_form_request_target_is_read_as_its_path(target: str, path: str, query: str) -> None:
+    """`GET http://host/health HTTP/1.1` (absolute-form, which servers must accept) is routed by its path and
+    query (it was a 404 naming the whole URL)."""
+    req = parse_head(f"GET {target} HTTP/1.1\r\nHost: x".encode())
+    assert (req.path, req.query) == (path, query)
