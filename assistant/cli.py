@@ -144,13 +144,32 @@ def check_server_settings(cfg: config.Config) -> None:
     from assistant.oneshot import parse_aliases
     from assistant.server.auth import check_origins, check_token_file
 
-    parse_aliases(cfg.server.voice_aliases)
+    _check_alias_targets(cfg, parse_aliases(cfg.server.voice_aliases))
     check_token_file(cfg.server)
     check_origins(cfg.server.allowed_origins)
     if cfg.server.tls_cert or cfg.server.tls_key:
         from assistant.server.ws import tls_context
 
         tls_context(cfg.server)
+
+
+def _check_alias_targets(cfg: config.Config, aliases: dict[str, str]) -> None:
+    """Each server.voice_aliases entry names a voice profile that loads: a typo sent every client asking for the
+    alias to the default voice without a word."""
+    if not aliases:
+        return
+    from assistant.tts.voices import load_profiles, resolve_voice_dir
+
+    broken: dict[str, str] = {}
+    profiles = load_profiles(resolve_voice_dir(cfg.tts.voices_dir), broken)
+    for name, target in aliases.items():
+        if target in broken:
+            raise ConfigError(f"server.voice_aliases sends {name!r} to a broken voice: {broken[target]}")
+        if target not in profiles:
+            raise ConfigError(
+                f"server.voice_aliases entry {name}={target} names no voice profile; use one of "
+                f"{', '.join(sorted(profiles)) or 'none'} (`assistant voices` lists them), or remove the entry"
+            )
 
 
 def _check_tools(cfg: config.Config) -> None:

@@ -112,3 +112,16 @@ def test_a_token_file_under_a_file_names_the_folder_not_permissions(isolated_env
         f"cannot read the server token {blocker / 'assistant' / 'token'}: a part of its folder {blocker / 'assistant'} "
         "is a file; set server.token_file to a path in a folder (created at the first start), or set server.token"
     )
+
+
+def test_a_voice_alias_to_no_profile_fails_the_start_up_check(isolated_env: Path) -> None:
+    """A server.voice_aliases entry whose profile does not exist fails the start-up check (so `run` stops in a
+    second and `doctor` says FAIL) naming the profiles; it was accepted and the alias spoke with the default voice."""
+    cfg = config.Config().replace({"server.voice_aliases": ["alloy=vivian", "Echo=nobdy"]})
+    with pytest.raises(ConfigError) as e:
+        cli.check_server_settings(cfg)
+    assert str(e.value) == (
+        "server.voice_aliases entry echo=nobdy names no voice profile; use one of clone, clone_icl, default, "
+        "narrator, vivian (`assistant voices` lists them), or remove the entry"
+    )
+    cli.check_server_settings(config.Config().replace({"server.voice_aliases": ["alloy=vivian"]}))
