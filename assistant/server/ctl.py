@@ -79,8 +79,23 @@ def tls_client_context(cfg: ServerConfig) -> ssl.SSLContext | None:
     return context
 
 
+def _reachable(cfg: ServerConfig) -> None:
+    """DaemonUnreachable when this config gives ctl no address to dial (it tried port 0 and reported a refusal)."""
+    if not cfg.enabled:
+        raise DaemonUnreachable(
+            "server.enabled is false in this config, so the daemon serves no control channel; set it to true and "
+            "restart the daemon"
+        )
+    if cfg.port == 0:
+        raise DaemonUnreachable(
+            "server.port is 0, so the daemon listens on a free port it picks at each start, which ctl cannot know; "
+            "set server.port to a fixed port (e.g. 8765), or pass the port the daemon logged with --set server.port=N"
+        )
+
+
 @contextlib.contextmanager
 def _connect(cfg: ServerConfig) -> Iterator[ClientConnection]:
+    _reachable(cfg)
     token = auth.read_token(cfg)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     url = url_of(cfg)

@@ -217,3 +217,22 @@ def test_history_reset_also_resets_a_running_daemon(
     assert memory.turns() == [] and live.controller.history == []
     assert ("history_reset", None) in live.controller.calls
     memory.close()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("server.port=0", "server.port is 0, so the daemon listens on a free port it picks at each start"),
+        ("server.enabled=false", "server.enabled is false in this config, so the daemon serves no control channel"),
+    ],
+)
+def test_ctl_without_an_address_to_dial_says_which_setting(
+    capsys: pytest.CaptureFixture[str], isolated_env: Path, setting: str, message: str
+) -> None:
+    """`ctl` with server.port = 0 (a free port picked at each start) or the server off names that setting and the
+    fix (it said it could not reach ws://127.0.0.1:0, or whatever answered on the port); `history reset` still
+    erases the stored turns."""
+    assert cli.main(["ctl", "status", "--set", setting]) == 2
+    assert message in error_line(capsys)
+    assert cli.main(["history", "reset", "--set", setting]) == 0
+    assert capsys.readouterr().out.startswith("erased 0 stored turns from ")
