@@ -80,6 +80,7 @@ async function start() {
     });
   } catch (e) {
     say(`no microphone: ${e.message}; allow this page to use it`);
+    release();
     return;
   }
   const scheme = location.protocol === "https:" ? "wss" : "ws";
@@ -90,6 +91,7 @@ async function start() {
   ws.onopen = () => { setState("listening"); sessionUpdate(); capture(); };
   ws.onmessage = (m) => onEvent(JSON.parse(m.data));
   ws.onclose = (e) => {
+    if (page.ws === ws) release(); // however it ended, the next click on Start starts afresh
     setState("disconnected");
     if (e.code !== 1000) {
       say(`disconnected (${e.code}${e.reason ? ": " + e.reason : ""}); without a token here, open this page as `
@@ -103,9 +105,18 @@ async function start() {
 
 function stop() {
   if (page.ws) page.ws.close(1000);
+  release();
+}
+
+// The microphone, the audio graph and the socket of one session; a dropped connection frees them as Stop does
+// (else Start only stopped the dead session, the browser kept the microphone, and each start made a context).
+function release() {
+  silence();
   if (page.node) page.node.disconnect();
   if (page.mic) page.mic.getTracks().forEach((t) => t.stop());
-  page.ws = page.node = page.mic = null;
+  if (page.ctx) page.ctx.close();
+  page.ws = page.node = page.mic = page.ctx = null;
+  page.sending = page.responding = false;
 }
 
 function capture() {

@@ -1,0 +1,69 @@
+"""The browser page after its connection drops, in headless Chromium against the scripted server: the session's
+microphone and audio context are freed and one click on Start connects again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tests.server.helpers import TOKEN, running
+from tests.server.test_page import browser
+
+WAIT_S = 60.0  # safety net for a loaded shared CPU; never a timing assertion
+
+# Resolves with the page's state once `cond` (a JS expression) holds; checked every 100 ms.
+UNTIL = """new Promise(ok => {{ const check = () => {{
+  if ({cond}) ok(true); else setTimeout(check, 100);
+}}; check(); }})"""
+STATE = """(() => ({
+  state: document.getElementById('state').textContent,
+  button: document.getElementById('connect').textContent,
+  message: document.getElementById('message').textContent,
+  tokenBox: !document.getElementById('token-label').hidden,
+  ws: window.assistantPage.ws !== null,
+  mic: window.assistantPage.mic !== null,
+  ctx: window.assistantPage.ctx !== null,
+}))()"""
+
+
+def quiet_wav(path: Path) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16_000)
+        w.writeframes(np.zeros(16_000, "<i2").tobytes())
+    return path
+
+
+def test_one_click_on_start_reconnects_after_a_refused_connection(tmp_path: Path) -> None:
+    """Opened without its token, the page's Start is refused (401 at the handshake): the microphone and the audio
+    context are released and the token box shows; with the token pasted, one click on Start connects (it took two:
+    the first only stopped the dead session, whose microphone stayed open)."""
+
+    async def until(dev: Any, cond: str) -> None:
+        async with asyncio.timeout(WAIT_S):
+            await dev.js(UNTIL.format(cond=cond))
+
+    async def body() -> tuple[dict[str, Any], dict[str, Any], int]:
+        async with running() as (server, _, backend), browser(tmp_path, quiet_wav(tmp_path / "quiet.wav")) as dev:
+            await dev.call("Page.enable")
+            await dev.navigate(f"http://127.0.0.1:{server.port}/")
+            await dev.js("document.getElementById('connect').click()", gesture=True)
+            await until(dev, "!document.getElementById('token-label').hidden")
+            refused = await dev.js(STATE)
+            await dev.js(f"document.getElementById('token').value = {json.dumps(TOKEN)}")
+            await dev.js("document.getElementById('connect').click()", gesture=True)
+            await until(dev, "document.getElementById('state').textContent === 'listening'")
+            return refused, await dev.js(STATE), len(backend.sessions)
+
+    refused, connected, sessions = asyncio.run(body())
+    assert refused["state"] == "disconnected" and refused["button"] == "Start" and refused["tokenBox"], refused
+    assert "paste it into the token box" in refused["message"], refused
+    assert not (refused["ws"] or refused["mic"] or refused["ctx"]), refused  # nothing of the dead session is held
+    assert connected["button"] == "Stop" and connected["ws"] and connected["mic"], connected
+    assert sessions == 1
