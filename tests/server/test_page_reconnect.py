@@ -11,7 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from tests.server.helpers import TOKEN, running
+from assistant.config import ServerConfig
+from assistant.server.ws import ControlServer
+from tests.server.fakes import FakeBackend, FakeController
+from tests.server.helpers import TOKEN
+from tests.server.test_bad_input import _Speech
 from tests.server.test_page import browser
 
 WAIT_S = 60.0  # safety net for a loaded shared CPU; never a timing assertion
@@ -28,6 +32,7 @@ STATE = """(() => ({
   ws: window.assistantPage.ws !== null,
   mic: window.assistantPage.mic !== null,
   ctx: window.assistantPage.ctx !== null,
+  voices: [...document.querySelectorAll('#voice option')].map(o => o.value),
 }))()"""
 
 
@@ -42,21 +47,26 @@ def quiet_wav(path: Path) -> Path:
 
 def test_one_click_on_start_reconnects_after_a_refused_connection(tmp_path: Path) -> None:
     """Opened without its token, the page's Start is refused (401 at the handshake): the microphone and the audio
-    context are released and the token box shows; with the token pasted, one click on Start connects (it took two:
-    the first only stopped the dead session, whose microphone stayed open)."""
+    context are released and the token box shows; with the token pasted, the voice list fills (it stayed at
+    "default") and one click on Start connects (it took two: the first only stopped the dead session, whose
+    microphone stayed open)."""
 
     async def until(dev: Any, cond: str) -> None:
         async with asyncio.timeout(WAIT_S):
             await dev.js(UNTIL.format(cond=cond))
 
     async def body() -> tuple[dict[str, Any], dict[str, Any], int]:
-        async with running() as (server, _, backend), browser(tmp_path, quiet_wav(tmp_path / "quiet.wav")) as dev:
+        backend, cfg = FakeBackend(), ServerConfig(port=0, token=TOKEN)
+        server = ControlServer(cfg, FakeController(), backend, audio=_Speech())  # /health lists its voice
+        async with server, browser(tmp_path, quiet_wav(tmp_path / "quiet.wav")) as dev:
             await dev.call("Page.enable")
             await dev.navigate(f"http://127.0.0.1:{server.port}/")
             await dev.js("document.getElementById('connect').click()", gesture=True)
             await until(dev, "!document.getElementById('token-label').hidden")
             refused = await dev.js(STATE)
-            await dev.js(f"document.getElementById('token').value = {json.dumps(TOKEN)}")
+            paste = f"const box = document.getElementById('token'); box.value = {json.dumps(TOKEN)}; "
+            await dev.js(paste + "box.dispatchEvent(new Event('change'))")
+            await until(dev, "document.querySelectorAll('#voice option').length > 1")
             await dev.js("document.getElementById('connect').click()", gesture=True)
             await until(dev, "document.getElementById('state').textContent === 'listening'")
             return refused, await dev.js(STATE), len(backend.sessions)
@@ -67,3 +77,4 @@ def test_one_click_on_start_reconnects_after_a_refused_connection(tmp_path: Path
     assert not (refused["ws"] or refused["mic"] or refused["ctx"]), refused  # nothing of the dead session is held
     assert connected["button"] == "Stop" and connected["ws"] and connected["mic"], connected
     assert sessions == 1
+    assert refused["voices"] == [""] and connected["voices"] == ["", "default"], connected

@@ -284,24 +284,30 @@ function pttUp() {
 
 // ---- voices ------------------------------------------------------------------------------------------------
 
+// Fills the voice list (kept: "default" and the choice made); again once a token is given, as a page opened
+// without one was refused the list.
 async function loadVoices() {
   const headers = token() ? { Authorization: `Bearer ${token()}` } : {};
   try {
     const r = await fetch("/health", { headers });
     if (!r.ok) return;
+    const select = $("voice");
+    const chosen = select.value;
+    select.length = 1;
     for (const name of (await r.json()).voices || []) {
       const o = document.createElement("option");
       o.value = o.textContent = name;
-      $("voice").append(o);
+      select.append(o);
     }
-  } catch (e) { /* the list stays at "default" */ }
+    select.value = chosen;
+  } catch (e) { /* the list stays as it was */ }
 }
 
 window.addEventListener("DOMContentLoaded", () => {
   $("connect").onclick = () => (page.ws ? stop() : start());
   $("handsfree").onchange = sessionUpdate;
   $("voice").onchange = sessionUpdate;
-  $("token").onchange = () => localStorage.setItem("assistant-token", $("token").value);
+  $("token").onchange = () => { localStorage.setItem("assistant-token", $("token").value); loadVoices(); };
   const ptt = $("ptt");
   ptt.onpointerdown = pttDown;
   ptt.onpointerup = ptt.onpointerleave = pttUp;
