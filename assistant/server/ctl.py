@@ -19,6 +19,7 @@ from assistant.server import auth
 from assistant.server import protocol as p
 
 TEXT_COMMANDS = ("say", "ask")
+HELLO_TIMEOUT_S = 5.0  # the daemon sends its hello at once; another program's server may send nothing
 USAGE = (
     "commands: status, say TEXT, ask TEXT, interrupt, mute, unmute, ptt.start, ptt.stop, config.get, "
     "config.set KEY=VALUE..., history.get, history.reset, events"
@@ -117,9 +118,22 @@ def _connect(cfg: ServerConfig) -> Iterator[ClientConnection]:
             raise DaemonUnreachable(
                 f"cannot reach the daemon at {url} ({e}); start it with `assistant run`, or set server.host/port"
             ) from e
-        hello = json.loads(ws.recv())
-        if hello.get("type") != "hello" or hello.get("protocol") != p.PROTOCOL_VERSION:
-            raise ProtocolError(f"{url} does not speak protocol v{p.PROTOCOL_VERSION} (got {hello}); update assistant")
+        hello: Any = None
+        try:
+            first = ws.recv(timeout=HELLO_TIMEOUT_S)
+            got = p.clip(first if isinstance(first, str) else repr(first))
+            hello = json.loads(first)
+        except TimeoutError:
+            got = f"nothing in {HELLO_TIMEOUT_S:g} s"
+        except ConnectionClosed as e:
+            got = f"a close: {e}"
+        except ValueError:  # not JSON: another program's WebSocket server
+            pass
+        if not isinstance(hello, dict) or hello.get("type") != "hello" or hello.get("protocol") != p.PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"{url} does not speak the assistant's protocol v{p.PROTOCOL_VERSION} (got {got}); check that "
+                "server.port is the daemon's, or update assistant"
+            )
         try:
             yield ws
         except ConnectionClosed as e:  # the daemon stopped or restarted mid-command

@@ -236,3 +236,45 @@ def test_ctl_without_an_address_to_dial_says_which_setting(
     assert message in error_line(capsys)
     assert cli.main(["history", "reset", "--set", setting]) == 0
     assert capsys.readouterr().out.startswith("erased 0 stored turns from ")
+
+
+@pytest.mark.parametrize(
+    ("first", "shown"),
+    [
+        ("hello from elsewhere", "(got 'hello from elsewhere')"),
+        ("[1, 2]", "(got '[1, 2]')"),
+        (None, "(got nothing in 0.5 s)"),
+        ("close", "(got a close: "),
+    ],
+)
+def test_ctl_against_another_websocket_server_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+    isolated_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    first: str | None,
+    shown: str,
+) -> None:
+    """`ctl` dialling a WebSocket server that is not the daemon (text that is no JSON, JSON that is no object,
+    nothing, a close) fails in one line naming what it got and the fix (it printed a JSONDecodeError traceback,
+    or waited forever for a hello)."""
+    from websockets.sync.server import ServerConnection, serve
+
+    monkeypatch.setattr(ctl, "HELLO_TIMEOUT_S", 0.5)
+
+    def other(ws: ServerConnection) -> None:
+        if first == "close":
+            ws.close()
+        elif first is not None:
+            ws.send(first)
+        with contextlib.suppress(Exception):
+            ws.recv(timeout=5)
+
+    with serve(other, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.socket.getsockname()[1]
+        code = cli.main(["ctl", "status", "--set", f"server.port={port}", "--set", 'server.token="t"'])
+        server.shutdown()
+    assert code == 2
+    line = error_line(capsys)
+    assert "does not speak the assistant's protocol v1" in line and shown in line, line
+    assert line.endswith("check that server.port is the daemon's, or update assistant")
