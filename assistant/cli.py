@@ -825,6 +825,16 @@ def _check_port(cfg: config.Config) -> None:
         _check_bind(cfg.server.host, cfg.server.port, "server", "server.port", "(another `assistant run`?)")
 
 
+def _daemon_answers(cfg: config.Config) -> bool:
+    """Whether the assistant daemon of this config answers on its port (`assistant ctl status` succeeds)."""
+    from assistant.server import ctl
+
+    try:
+        return ctl.run(cfg.server, ["status"], out=lambda _: None) == 0
+    except AssistantError:
+        return False
+
+
 def _check_wyoming_ports(cfg: config.Config, handle: bool = True) -> None:
     """The Wyoming services can listen on their ports (the handle port only beside the daemon, `handle`)."""
     w = cfg.wyoming
@@ -966,9 +976,14 @@ def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
     checks.append(speaker if speaker.problem is None else _headless(cfg, speaker, cfg.audio.output_device))
     if cfg.llm.backend == "openai":
         checks.append(_check(f"LLM server {cfg.llm.base_url}", lambda: _check_llm_server(cfg.llm)))
-    checks.append(_check("server port", lambda: _check_port(cfg)))
+    port = _check("server port", lambda: _check_port(cfg))
+    running = port.problem is not None and _daemon_answers(cfg)
+    # beside the service (its usual state) the ports are the running daemon's, which `run` checked at its start
+    checks.append(Check("server port: the daemon of this config is running there", None) if running else port)
     if cfg.wyoming.enabled:
-        checks.append(_check("wyoming ports", lambda: _check_wyoming_ports(cfg)))
+        wyoming = _check("wyoming ports", lambda: _check_wyoming_ports(cfg))
+        held = running and wyoming.problem is not None
+        checks.append(Check("wyoming ports: held by the running daemon", None) if held else wyoming)
     checks.append(_check("server settings", partial(check_server_settings, cfg)))
     checks.append(_check("config folder", _check_config_dir))
     checks.append(_check("cache folder", _check_cache_dir))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -278,3 +279,28 @@ def test_ctl_against_another_websocket_server_is_one_line(
     line = error_line(capsys)
     assert "does not speak the assistant's protocol v1" in line and shown in line, line
     assert line.endswith("check that server.port is the daemon's, or update assistant")
+
+
+def test_doctor_beside_the_running_daemon_passes_its_ports(
+    capsys: pytest.CaptureFixture[str], isolated_env: Path, live: Live
+) -> None:
+    """`doctor` run while the daemon of its config runs (a service's usual state) reports the server port and the
+    Wyoming ports as the daemon's, not as problems (it failed them: "not free ... another `assistant run`?"); a
+    port held by anything else still fails."""
+    token = f"server.token={TOKEN!r}".replace("'", '"')
+    with socket.socket() as wyoming:  # what the daemon would hold with wyoming.enabled
+        wyoming.bind(("127.0.0.1", 0))
+        wyoming.listen()
+        held = wyoming.getsockname()[1]
+        sets = [
+            f"server.port={live.port}",
+            token,
+            "wyoming.enabled=true",
+            f"wyoming.asr_port={held}",
+        ]
+        cli.main(["doctor", *(arg for s in sets for arg in ("--set", s))])
+        out = capsys.readouterr().out
+        assert "  ok    server port: the daemon of this config is running there\n" in out
+        assert "  ok    wyoming ports: held by the running daemon\n" in out
+        cli.main(["doctor", "--set", f"server.port={held}", "--set", token])
+    assert f"  FAIL  server port: server port 127.0.0.1:{held} is not free" in capsys.readouterr().out
