@@ -130,8 +130,8 @@ def parse_head(head: bytes) -> Request:
             raise HttpError(400, f"malformed header line {line[:80]!r}")
         headers.append((name, value.strip()))
     if target[:8].lower().startswith(("http://", "https://")):  # absolute-form, which RFC 9112 3.2.2 says to accept
-        parts = urlsplit(target)
-        target = f"{parts.path or '/'}?{parts.query}" if parts.query else parts.path or "/"
+        url = urlsplit(target)
+        target = f"{url.path or '/'}?{url.query}" if url.query else url.path or "/"
     path, _, query = target.partition("?")
     return Request(method.upper(), unquote(path), query, headers)
 
