@@ -1025,13 +1025,30 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """A subcommand's parser whose epilog may be made when its help is shown (from a module slow to import)."""
+
+    epilog_of: Callable[[], str] | None = None
+
+    def format_help(self) -> str:
+        if self.epilog_of is not None:
+            self.epilog = self.epilog_of()
+        return super().format_help()
+
+
+def _ctl_commands() -> str:
+    from assistant.server.ctl import USAGE
+
+    return f"{USAGE[0].upper()}{USAGE[1:]}; see docs/protocol.md for what each does."
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="assistant", description="A local real-time voice assistant on MLX.")
     parser.add_argument("--version", action="version", version=f"assistant {__version__}")
     _common(parser, suppress=False)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    def add(name: str, fn: Callable[..., int], help: str) -> argparse.ArgumentParser:
+    def add(name: str, fn: Callable[..., int], help: str) -> _Parser:
         p = sub.add_parser(name, help=help, description=help)
         _common(p, suppress=True)
         p.set_defaults(fn=fn)
@@ -1058,6 +1075,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("chat", cmd_chat, "a text chat with the LLM (a REPL over the daemon's engine)")
     p.add_argument("--no-stream", action="store_true", help="print each answer when it is complete")
     p = add("ctl", cmd_ctl, "send a command to a running daemon, or tail its events")
+    p.epilog_of = _ctl_commands
     p.add_argument("words", nargs="*", metavar="WORD", help="a command, e.g. `status`, `say hello`, `events`")
     p.add_argument(
         "--max-events", type=_count, default=0, metavar="N", help="with `events`: exit after N events (0: never)"

@@ -377,3 +377,16 @@ def test_one_broken_voice_profile_leaves_the_others_usable(tmp_path: Path) -> No
     cli.check_voice(cfg.replace({"tts.voice": "vivian"}))
     with pytest.raises(ConfigError, match=re.escape(problem)):
         cli.check_voice(cfg.replace({"tts.voice": "broken"}))
+
+
+def test_ctl_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    """`assistant ctl --help` lists every command ctl sends (it said only "e.g. status, say hello, events")."""
+    from assistant.server import ctl
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["ctl", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert ctl.USAGE.removeprefix("commands: ") in text
+    for word in ("status", "ask TEXT", "config.set KEY=VALUE...", "history.reset", "events"):
+        assert word in text
