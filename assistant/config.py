@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 from assistant.errors import ConfigError
 
@@ -339,6 +340,7 @@ def _user_tools(path: str, value: Any, origin: str) -> dict[str, UserToolConfig]
             elif key == "headers":
                 if not isinstance(item, dict) or not all(isinstance(v, str) for v in item.values()):
                     raise ConfigError(f"{origin}: `{where}.headers` must be a table of strings, got {item!r}")
+                _check_headers(f"{where}.headers", item, origin)
                 updates[key] = dict(item)
             else:
                 updates[key] = _check(f"{where}.{key}", item, hints[key], fields[key].metadata, origin)
@@ -349,6 +351,11 @@ def _user_tools(path: str, value: Any, origin: str) -> dict[str, UserToolConfig]
             raise ConfigError(f'{origin}: `{where}.argv` is empty; e.g. argv = ["/usr/bin/uptime"]')
         if tool.kind == "http" and not tool.url.startswith(("http://", "https://")):
             raise ConfigError(f"{origin}: `{where}.url` must start with http:// or https://, got {tool.url!r}")
+        if tool.kind == "http" and (not _host_of(tool.url) or re.search(r"\s", tool.url)):
+            raise ConfigError(  # every call would fail with a traceback in the log
+                f"{origin}: `{where}.url` {tool.url!r} is not a URL of a host (a name after the scheme, no spaces); "
+                'e.g. "https://wttr.in/{city}?format=3"'
+            )
         if tool.kind == "command" and shutil.which(tool.argv[0]) is None:
             raise ConfigError(
                 f"{origin}: `{where}.argv` runs {tool.argv[0]!r}, which is not an executable file; "
@@ -363,6 +370,32 @@ def _user_tools(path: str, value: Any, origin: str) -> dict[str, UserToolConfig]
             )
         out[name] = tool
     return out
+
+
+def _host_of(url: str) -> str | None:
+    try:
+        return urlsplit(url).hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return None
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
+
+
+def _check_headers(where: str, headers: Mapping[str, str], origin: str) -> None:
+    """HTTP tool headers are sendable: a token as each name, a value without line breaks or other control
+    characters that fits Latin-1 (urllib refused them at every call, with a traceback in the log)."""
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{origin}: `{where}` name {name!r} is not an HTTP header name; use letters, digits and `-`, e.g. "
+                '"X-Api-Key"'
+            )
+        if any((ord(c) < 32 and c != "\t") or ord(c) == 127 or ord(c) > 255 for c in value):
+            raise ConfigError(
+                f"{origin}: `{where}.{name}` has a line break, control character or character beyond Latin-1, "
+                "which HTTP cannot send; put the value on one line"
+            )
 
 
 def _check_parameters(where: str, schema: dict[str, Any], origin: str) -> None:

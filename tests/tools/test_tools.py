@@ -314,6 +314,18 @@ def test_http_tool_against_a_loopback_server(tmp_path: Path) -> None:
             'description = "x"\nargv = ["/bin/true"]\nparameters = { properties = { a = {} }, required = ["b"] }\n',
             "`tools.custom.t.parameters.required` must be a list of names from its properties (a), got",
         ),
+        # these were accepted, and every call then failed with a traceback in the log
+        ('kind = "http"\ndescription = "x"\nurl = "http://"\n', "`tools.custom.t.url` 'http://' is not a URL of a"),
+        ('kind = "http"\ndescription = "x"\nurl = "http://a b/"\n', "is not a URL of a host"),
+        ('kind = "http"\ndescription = "x"\nurl = "http://[::1/"\n', "is not a URL of a host"),
+        (
+            'kind = "http"\ndescription = "x"\nurl = "http://a/"\nheaders = { "X Key" = "v" }\n',
+            "`tools.custom.t.headers` name 'X Key' is not an HTTP header name",
+        ),
+        (
+            'kind = "http"\ndescription = "x"\nurl = "http://a/"\nheaders = { "X-Key" = "v\\nInjected: 1" }\n',
+            "`tools.custom.t.headers.X-Key` has a line break",
+        ),
     ],
 )
 def test_bad_tool_declarations_fail_at_load(tmp_path: Path, table: str, message: str) -> None:
