@@ -406,3 +406,26 @@ def test_due_reminders_are_spoken_after_the_reply_in_progress(tmp_path: Path) ->
         memory.close()
 
     asyncio.run(body())
+
+
+@pytest.mark.parametrize(
+    ("name", "enabled", "message"),
+    [
+        ("time", ["time"], "[tools.custom.time] has the name of the built-in `time` tools; rename the table"),
+        ("reminders", ["time"], "[tools.custom.reminders] has the name of the built-in `reminders` tools"),
+        ("get_time", ["time", "get_time"], "two enabled tools are named `get_time`"),
+        ("up", ["up", "up"], "two enabled tools are named `up`"),
+    ],
+)
+def test_a_custom_tool_that_clashes_with_another_fails_at_build(
+    tmp_path: Path, name: str, enabled: list[str], message: str
+) -> None:
+    """A [tools.custom] table named like a built-in tool set or tool, or a name enabled twice, fails at build
+    (the custom tool was silently never run, or the model was offered two functions of one name)."""
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[tools]\nenabled = {json.dumps(enabled)}\n[tools.custom.{name}]\ndescription = "x"\nargv = ["/bin/true"]\n'
+    )
+    with pytest.raises(ConfigError) as e:
+        build_toolbox(config.load(str(path)), Memory(tmp_path / "m.sqlite3"))
+    assert str(e.value).startswith(message), str(e.value)
