@@ -34,7 +34,7 @@ from assistant.config import ServerConfig
 from assistant.errors import AssistantError, ConfigError
 from assistant.server import auth
 from assistant.server.controller import AudioService, Controller
-from assistant.server.protocol import lone_surrogate
+from assistant.server.protocol import brief, lone_surrogate
 
 log = logging.getLogger("assistant.server")
 
@@ -336,7 +336,7 @@ class HttpApp:
         fmt = body.get("response_format", "mp3")
         if fmt not in SPEECH_FORMATS or fmt == "aac":
             supported = ", ".join(f for f in SPEECH_FORMATS if f != "aac")
-            why = f"response_format {fmt!r} is not available here; use one of {supported}"
+            why = f"response_format {brief(fmt)} is not available here; use one of {supported}"
             raise HttpError(400, why, "response_format")
         speed = body.get("speed", 1.0)
         if isinstance(speed, bool) or not isinstance(speed, int | float):
@@ -346,7 +346,7 @@ class HttpApp:
             raise HttpError(400, f"speed {speed!r} is out of range; use {MIN_RATE:g} to {MAX_RATE:g}", "speed")
         stream_format = body.get("stream_format", "audio")
         if stream_format not in ("audio", "sse"):
-            raise HttpError(400, f"stream_format {stream_format!r} is unknown; use audio or sse", "stream_format")
+            raise HttpError(400, f"stream_format {brief(stream_format)} is unknown; use audio or sse", "stream_format")
         chunks = _pcm24k(audio.speak(text, name), audio.sample_rate, float(speed))
         first = await _first(chunks)  # bad input fails here, before the 200 goes out
         if stream_format == "sse":
@@ -386,7 +386,7 @@ class HttpApp:
         if fmt not in TRANSCRIPT_FORMATS:
             raise HttpError(
                 400,
-                f"response_format {fmt!r} is unknown; use one of {', '.join(TRANSCRIPT_FORMATS)}",
+                f"response_format {brief(fmt)} is unknown; use one of {', '.join(TRANSCRIPT_FORMATS)}",
                 "response_format",
             )
         temperature = form.get("temperature", "0")
@@ -408,7 +408,8 @@ class HttpApp:
             raise HttpError(400, why, "include[]")
         filename, data = upload
         try:
-            samples, rate = await asyncio.to_thread(decode_audio, data, filename or "file")
+            shown = filename if len(filename) <= 60 else f"{filename[:57]}..."  # the message quotes it
+            samples, rate = await asyncio.to_thread(decode_audio, data, shown or "file")
         except AssistantError as e:
             raise HttpError(400, str(e), "file") from e
         samples = await asyncio.to_thread(resample, samples, rate, CAPTURE_RATE)

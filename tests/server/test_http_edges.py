@@ -10,7 +10,7 @@ import pytest
 
 from assistant.server.http import MAX_JSON_DEPTH, Request, parse_head
 from tests.server.helpers import TOKEN, running
-from tests.server.test_bad_input import _app, _post, _Speech
+from tests.server.test_bad_input import _app, _post, _Speech, _transcribe
 from tests.server.test_http_limits import raw
 
 
@@ -94,3 +94,19 @@ def test_an_absolute_form_request_target_is_read_as_its_path(target: str, path: 
     query (it was a 404 naming the whole URL)."""
     req = parse_head(f"GET {target} HTTP/1.1\r\nHost: x".encode())
     assert (req.path, req.query) == (path, query)
+
+
+def test_errors_quote_at_most_a_few_dozen_characters_of_what_the_client_sent() -> None:
+    """A long response_format or stream_format, or a long upload file name, is cut in the error message (each
+    was echoed whole: a 3,000-character value made a 3 KB error line)."""
+    long = "x" * 3000
+    answers = [
+        _post(_app(_Speech()), "/v1/audio/speech", json.dumps({"input": "hi", key: long}).encode(), "application/json")
+        for key in ("response_format", "stream_format")
+    ]
+    answers.append(_transcribe([("response_format", long)]))
+    head = f'--b\r\nContent-Disposition: form-data; name="file"; filename="{long}.wav"\r\n\r\nnot audio\r\n--b--\r\n'
+    answers.append(_post(_app(_Speech()), "/v1/audio/transcriptions", head.encode(), "multipart/form-data; boundary=b"))
+    for resp in answers:
+        message = json.loads(resp.body)["error"]["message"]
+        assert resp.status == 400 and "xxxxx" in message and len(message) < 250, message
