@@ -516,6 +516,11 @@ def find_config_file(cli_path: str | None, env: Mapping[str, str] | None = None)
     user = user_config_path(env)
     if user.is_file():
         return user, "user config"
+    if user.is_symlink() or user.exists():  # the user's own file, unusable: the default would hide that
+        what = "not a file" if user.exists() else f"a link to {os.readlink(user)}, which is missing"
+        raise ConfigError(
+            f"the user config {user} is {what}; make it a config.toml file, or remove it to use the packaged default"
+        )
     return PACKAGED_CONFIG, "packaged default"
 
 

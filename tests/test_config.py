@@ -219,3 +219,23 @@ def test_a_server_token_a_client_cannot_send_is_refused() -> None:
         assert bad not in str(e.value)
     for good in ("", "s3cr3t-T0ken_~!", "two words", "A" * 64):
         assert config.Config().replace({"server.token": good}).server.token == good
+
+
+def test_an_unusable_user_config_is_an_error_not_the_default(isolated_env: Path) -> None:
+    """~/.config/assistant/config.toml as a link to a file that is gone, or as a folder, fails naming it (the
+    packaged default was used without a word, so none of the user's settings applied)."""
+    user = isolated_env / "xdg" / "assistant" / "config.toml"
+    user.parent.mkdir(parents=True)
+    user.symlink_to(isolated_env / "dotfiles" / "assistant.toml")
+    with pytest.raises(ConfigError) as e:
+        config.load()
+    assert str(e.value) == (
+        f"the user config {user} is a link to {isolated_env / 'dotfiles' / 'assistant.toml'}, which is missing; "
+        "make it a config.toml file, or remove it to use the packaged default"
+    )
+    user.unlink()
+    user.mkdir()
+    with pytest.raises(ConfigError, match=r"is not a file; make it a config\.toml file"):
+        config.load()
+    user.rmdir()
+    assert config.load().source == str(config.PACKAGED_CONFIG)
