@@ -496,7 +496,16 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    if not isinstance(value, str) and key not in INDEX_KEYS and _is_text_key(key):  # `--set server.token=1234`
+        value = raw.strip()
     return key, value
+
+
+def _is_text_key(dotted: str) -> bool:
+    try:
+        return bool(field_info(dotted)[0] is str)
+    except ConfigError:  # an unknown key: load() names it with a suggestion
+        return False
 
 
 def find_config_file(cli_path: str | None, env: Mapping[str, str] | None = None) -> tuple[Path, str]:

@@ -239,3 +239,20 @@ def test_an_unusable_user_config_is_an_error_not_the_default(isolated_env: Path)
         config.load()
     user.rmdir()
     assert config.load().source == str(config.PACKAGED_CONFIG)
+
+
+def test_set_of_a_text_key_to_a_number_or_boolean_takes_the_text(isolated_env: Path) -> None:
+    """`--set server.token=12345678` or `--set llm.model=2024` sets that text (it failed: "must be a string, got
+    12345678 (an integer)", with no fix); a device key keeps its index rule and a list key its type check."""
+    cfg = config.load(None, ["server.token=12345678", "llm.model=2024", "tts.voice=true", "llm.system_prompt=1.5"])
+    assert (cfg.server.token, cfg.llm.model, cfg.tts.voice, cfg.llm.system_prompt) == (
+        "12345678",
+        "2024",
+        "true",
+        "1.5",
+    )
+    assert config.load(None, ["audio.input_device=3"]).audio.input_device == "3"
+    with pytest.raises(ConfigError, match=r"index >= 0 from `assistant devices`, got -1"):
+        config.load(None, ["audio.input_device=-1"])
+    with pytest.raises(ConfigError, match="must be a list of strings"):
+        config.load(None, ["tools.enabled=3"])
