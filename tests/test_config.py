@@ -256,3 +256,14 @@ def test_set_of_a_text_key_to_a_number_or_boolean_takes_the_text(isolated_env: P
         config.load(None, ["audio.input_device=-1"])
     with pytest.raises(ConfigError, match="must be a list of strings"):
         config.load(None, ["tools.enabled=3"])
+
+
+def test_a_text_key_given_a_number_in_the_file_says_to_quote_it(tmp_path: Path) -> None:
+    """`token = 12345678` in config.toml fails naming the fix, the quoted form (it said only "must be a string")."""
+    with pytest.raises(ConfigError) as e:
+        config.load(str(write(tmp_path, "[server]\ntoken = 12345678\n")))
+    assert str(e.value).endswith(
+        '`server.token` must be a string, got 12345678 (an integer); write it in quotes: token = "12345678"'
+    )
+    with pytest.raises(ConfigError, match='write it in quotes: voice = "true"'):
+        config.load(str(write(tmp_path, "[tts]\nvoice = true\n")))
