@@ -60,9 +60,7 @@ def build_message(words: Sequence[str], msg_id: str = "ctl") -> dict[str, Any]:
 def url_of(cfg: ServerConfig) -> str:
     """The daemon's native endpoint as bound: a wildcard address is dialled on the loopback of its family; wss://
     when the daemon serves TLS (server.tls_cert)."""
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(cfg.host, cfg.host)
-    host = f"[{host}]" if ":" in host else host
-    return f"{'wss' if cfg.tls_cert else 'ws'}://{host}:{cfg.port}/v1/control"
+    return f"{'wss' if cfg.tls_cert else 'ws'}://{auth.dial_host(cfg.host)}:{cfg.port}/v1/control"
 
 
 def tls_client_context(cfg: ServerConfig) -> ssl.SSLContext | None:
