@@ -125,3 +125,13 @@ def test_a_voice_alias_to_no_profile_fails_the_start_up_check(isolated_env: Path
         "narrator, vivian (`assistant voices` lists them), or remove the entry"
     )
     cli.check_server_settings(config.Config().replace({"server.voice_aliases": ["alloy=vivian"]}))
+
+
+def test_a_voices_dir_that_is_a_file_says_so(isolated_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """tts.voices_dir naming a file fails saying it is not a folder (it said the folder "does not exist")."""
+    profile = isolated_env / "vivian.toml"
+    profile.write_text('name = "vivian"\n')
+    assert cli.main(["voices", "--set", f"tts.voices_dir={profile}"]) == 2
+    assert capsys.readouterr().err == (
+        f"assistant: error: voices folder {profile} is not a folder; set tts.voices_dir or create it\n"
+    )
