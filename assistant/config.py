@@ -448,7 +448,7 @@ def _check(path: str, value: Any, typ: Any, meta: Mapping[str, Any], origin: str
     if path in INDEX_KEYS and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         value = str(value)  # `input_device = 3`: an index from `assistant devices`, as config.toml documents
     if typ is str and not isinstance(value, str):
-        if isinstance(value, bool | int | float):  # TOML read the bare word as a number or boolean
+        if isinstance(value, bool | int | float) and path not in INDEX_KEYS:  # TOML read a bare word as a number
             text = json.dumps(str(value).lower() if isinstance(value, bool) else str(value))
             raise ConfigError(f"{bad_type}; write it in quotes: {path.rpartition('.')[2]} = {text}")
         raise bad_type
