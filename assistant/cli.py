@@ -811,12 +811,20 @@ def _check_llm_server(llm: config.LlmConfig) -> None:
 
     key = read_api_key(llm, os.environ)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    url = llm.base_url.rstrip("/") + "/models"
     try:
-        r = httpx2.get(llm.base_url.rstrip("/") + "/models", headers=headers, timeout=llm.connect_timeout_s + 2)
+        r = httpx2.get(url, headers=headers, timeout=llm.connect_timeout_s + 2)
     except httpx2.HTTPError as e:
         raise AssistantError(f"not reachable ({type(e).__name__}); start the server or fix llm.base_url") from e
     if r.status_code in (401, 403):
         raise AssistantError(f"refused the API key (HTTP {r.status_code}); check llm.api_key_env / llm.api_key_file")
+    if r.status_code == 404:  # a server that is up but not at this path: every turn would fail the same way
+        raise AssistantError(
+            f"answered HTTP 404 for {url}: llm.base_url is not its OpenAI API root, which usually ends in /v1 "
+            "(e.g. http://127.0.0.1:8080/v1)"
+        )
+    if r.status_code >= 400:
+        raise AssistantError(f"answered HTTP {r.status_code} for {url}; see the server's log, or fix llm.base_url")
 
 
 def _check_port(cfg: config.Config) -> None:
