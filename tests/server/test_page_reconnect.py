@@ -78,3 +78,24 @@ def test_one_click_on_start_reconnects_after_a_refused_connection(tmp_path: Path
     assert connected["button"] == "Stop" and connected["ws"] and connected["mic"], connected
     assert sessions == 1
     assert refused["voices"] == [""] and connected["voices"] == ["", "default"], connected
+
+
+def test_a_refusal_with_a_token_does_not_blame_a_missing_token(tmp_path: Path) -> None:
+    """Opened with its token, a page the daemon refuses (here: no Realtime sessions allowed) says the daemon refused
+    or went away (it said "without a token here", though the token was there)."""
+
+    async def body() -> dict[str, Any]:
+        cfg = ServerConfig(port=0, token=TOKEN, realtime_sessions=0)
+        async with ControlServer(cfg, FakeController(), None) as server:
+            async with browser(tmp_path, quiet_wav(tmp_path / "quiet.wav")) as dev:
+                await dev.call("Page.enable")
+                await dev.navigate(f"http://127.0.0.1:{server.port}/#token={TOKEN}")
+                await dev.js("document.getElementById('connect').click()", gesture=True)
+                async with asyncio.timeout(WAIT_S):
+                    await dev.js(UNTIL.format(cond="document.getElementById('message').textContent"))
+                return await dev.js(STATE)
+
+    state = asyncio.run(body())
+    assert state["state"] == "disconnected" and not (state["ws"] or state["mic"]), state
+    assert state["message"].startswith("disconnected (1006); the daemon refused the connection or went away"), state
+    assert "without a token" not in state["message"]

@@ -85,7 +85,8 @@ async function start() {
   }
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const protocols = ["realtime"];
-  if (token()) protocols.push("token." + token());
+  const offered = token();
+  if (offered) protocols.push("token." + offered);
   const ws = new WebSocket(`${scheme}://${location.host}/v1/realtime`, protocols);
   page.ws = ws;
   ws.onopen = () => { setState("listening"); sessionUpdate(); capture(); };
@@ -94,8 +95,11 @@ async function start() {
     if (page.ws === ws) release(); // however it ended, the next click on Start starts afresh
     setState("disconnected");
     if (e.code !== 1000) {
-      say(`disconnected (${e.code}${e.reason ? ": " + e.reason : ""}); without a token here, open this page as `
-        + "/#token=<the daemon's token> or paste it into the token box");
+      // a browser sees no handshake status: a refused token, a full daemon and a stopped one all read 1006
+      const why = offered
+        ? "the daemon refused the connection or went away: check the token, and the daemon's log"
+        : "without a token here, open this page as /#token=<the daemon's token> or paste it into the token box";
+      say(`disconnected (${e.code}${e.reason ? ": " + e.reason : ""}); ${why}`);
       $("token-label").hidden = false;
     }
     $("connect").textContent = "Start";
