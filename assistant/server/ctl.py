@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import ssl
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -142,21 +141,8 @@ def _connect(cfg: ServerConfig) -> Iterator[ClientConnection]:
 
 
 def run(cfg: ServerConfig, words: Sequence[str], out: Callable[[str], None] = print, max_events: int = 0) -> int:
-    """Send the command, print its reply (streaming `ask`), or print events; returns the exit code.
-
-    A reader that goes away (`assistant ctl events | head`) ends the command quietly with code 0.
-    """
-    try:
-        return _run(cfg, words, out, max_events)
-    except BrokenPipeError:
-        # stdout's reader is gone: point stdout at /dev/null so the exit-time flush cannot fail again
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        return 0
-
-
-def _run(cfg: ServerConfig, words: Sequence[str], out: Callable[[str], None], max_events: int) -> int:
+    """Send the command, print its reply (streaming `ask`), or print events; returns the exit code. (A reader
+    that goes away, `assistant ctl events | head`, raises BrokenPipeError: the CLI ends quietly with code 0.)"""
     if list(words[:1]) == ["events"]:
         if len(words) > 1:
             raise InputError("`ctl events` takes no arguments")
