@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import difflib
+import email.message
 import email.parser
 import email.policy
 import importlib.resources
@@ -41,6 +42,8 @@ log = logging.getLogger("assistant.server")
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers
 HEAD_TOO_LARGE = f"the request head is over {MAX_HEAD_BYTES} bytes; send fewer or shorter headers"
 MAX_BODY_BYTES = 25 * 1024 * 1024  # OpenAI's upload limit for transcriptions
+MAX_JSON_BYTES = 64 * 1024  # a speech request: 4,096 characters of input (6 bytes each as \uXXXX) and a few fields
+MAX_FORM_PARTS = 32  # a transcription form has a file and a few fields; parsing time grows with the parts
 HEAD_TIMEOUT_S = 10.0  # a client gets this long to send its request head, and again for each MiB of body
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for /v1/audio/speech input
 PCM_RATE = 24_000  # OpenAI's `pcm` and the Realtime audio: 16-bit little-endian mono at 24 kHz
@@ -378,7 +381,7 @@ class HttpApp:
     # ---- /v1/audio/transcriptions ------------------------------------------------------------------------
 
     async def _transcription(self, req: Request, audio: AudioService) -> Response:
-        form = _multipart(req)
+        form = await asyncio.to_thread(_multipart, req)  # a 25 MiB body takes the parser ~0.5 s: not on the loop
         upload = form.get("file")
         if not isinstance(upload, tuple):
             raise HttpError(400, "no `file` part; send the audio as multipart/form-data field `file`", "file")
@@ -435,6 +438,9 @@ def _json_body(req: Request) -> dict[str, Any]:
     kind = (req.header("Content-Type") or "").split(";")[0].strip().lower()
     if kind != "application/json":
         raise HttpError(415, _wrong_type("the request as application/json", kind))
+    if len(req.body) > MAX_JSON_BYTES:  # decoding and walking 25 MiB of JSON held the event loop for seconds
+        why = f"the body is {len(req.body)} bytes, over the {MAX_JSON_BYTES} a speech request needs; send less"
+        raise HttpError(413, why)
     too_deep = f"the body is nested more than {MAX_JSON_DEPTH} levels deep; send a flat JSON object"
     try:
         body = json.loads(req.body)
@@ -476,6 +482,11 @@ def _multipart(req: Request) -> dict[str, str | tuple[str, bytes]]:
     if not kind.lower().startswith("multipart/form-data"):
         raise HttpError(415, _wrong_type("the audio as multipart/form-data", kind.split(";")[0]))
     head = f"Content-Type: {kind}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
+    boundary = email.message.Message()
+    boundary["Content-Type"] = kind
+    delimiter = boundary.get_boundary()
+    if delimiter and req.body.count(b"--" + delimiter.encode("latin-1", "replace")) > MAX_FORM_PARTS + 1:
+        raise HttpError(400, f"the form has more than {MAX_FORM_PARTS} parts; send the file and a few fields")
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + req.body)
     if not message.is_multipart():
         raise HttpError(400, "the multipart body has no parts; check its boundary")

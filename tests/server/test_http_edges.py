@@ -8,14 +8,14 @@ import json
 
 import pytest
 
-from assistant.server.http import MAX_JSON_DEPTH, Request, parse_head
+from assistant.server.http import MAX_FORM_PARTS, MAX_JSON_BYTES, MAX_JSON_DEPTH, Request, parse_head
 from tests.server.helpers import TOKEN, running
 from tests.server.test_bad_input import _app, _post, _Speech, _transcribe
 from tests.server.test_http_limits import raw
 
 
 @pytest.mark.parametrize("field", ["voice", "response_format", "speed", "model", "stream_format"])
-@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 980, 100_000])
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 980, 30_000])
 def test_deeply_nested_speech_json_is_a_400(field: str, depth: int) -> None:
     """A speech body nested deeper than MAX_JSON_DEPTH, in any field, is a 400 saying so (it was a 500 with a
     RecursionError traceback in the log) and nothing is spoken."""
@@ -110,3 +110,28 @@ def test_errors_quote_at_most_a_few_dozen_characters_of_what_the_client_sent() -
     for resp in answers:
         message = json.loads(resp.body)["error"]["message"]
         assert resp.status == 400 and "xxxxx" in message and len(message) < 250, message
+
+
+def test_a_speech_body_larger_than_a_speech_request_is_refused_before_it_is_parsed() -> None:
+    """A speech body over MAX_JSON_BYTES is a 413 at once (a 24 MB JSON array was decoded and walked on the event
+    loop for seconds, stalling the voice loop, to end in a 400); one of 4,096 escaped characters still fits."""
+    audio = _Speech()
+    big = b'{"input": "hi", "x": [' + b"0," * 600_000 + b"0]}"
+    resp = _post(_app(audio), "/v1/audio/speech", big, "application/json")
+    message = json.loads(resp.body)["error"]["message"]
+    assert resp.status == 413 and message == (
+        f"the body is {len(big)} bytes, over the {MAX_JSON_BYTES} a speech request needs; send less"
+    )
+    escaped = json.dumps({"input": "é" * 4096, "voice": "default", "response_format": "pcm"}).encode()
+    assert len(escaped) > 24_000 and _post(_app(audio), "/v1/audio/speech", escaped, "application/json").status == 200
+    assert audio.spoken == ["é" * 4096]
+
+
+def test_a_form_of_many_parts_is_refused_before_it_is_parsed() -> None:
+    """A transcription form with more than MAX_FORM_PARTS parts is a 400 naming the limit (the email parser took
+    ~20 s of the event loop for 100,000 tiny parts); a form with a file and a few fields is transcribed."""
+    fields = [(f"f{i}", "v") for i in range(MAX_FORM_PARTS + 1)]
+    resp = _transcribe(fields)
+    assert resp.status == 400
+    assert json.loads(resp.body)["error"]["message"].startswith(f"the form has more than {MAX_FORM_PARTS} parts")
+    assert _transcribe([("model", "whisper-1"), ("language", "en"), ("response_format", "json")]).status == 200
