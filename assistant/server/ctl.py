@@ -104,10 +104,11 @@ def _connect(cfg: ServerConfig) -> Iterator[ClientConnection]:
             )
         except InvalidStatus as e:
             if token is None and e.response.status_code == 401:  # the daemon's own hint names a header ctl sends
+                path = auth.token_path(cfg)
                 raise ProtocolError(
                     f"the daemon at {url} needs its token and none was found here: server.token is unset and "
-                    f"{auth.token_path(cfg)} does not exist; run ctl as the user who runs the daemon, or set "
-                    "server.token (or server.token_file) to its token"
+                    f"{path} {'is empty' if path.exists() else 'does not exist'}; run ctl as the user who runs the "
+                    "daemon, or set server.token (or server.token_file) to its token"
                 ) from e
             body = e.response.body.decode(errors="replace").strip()
             raise ProtocolError(f"the daemon at {url} refused the connection: {body}") from e

@@ -113,13 +113,18 @@ def test_ctl_errors_are_one_line(capsys: pytest.CaptureFixture[str], isolated_en
 def test_ctl_without_a_token_says_where_it_looked(
     capsys: pytest.CaptureFixture[str], isolated_env: Path, live: Live
 ) -> None:
-    """`ctl` with no server.token and no token file, refused by the daemon, names the file it looked for and the
-    fix (it relayed the daemon's `no token; send Authorization: Bearer`, a header the user does not write)."""
+    """`ctl` with no server.token and no token file (or an empty one), refused by the daemon, names the file it
+    looked for, what is wrong with it and the fix (it relayed the daemon's `no token; send Authorization: Bearer`,
+    a header the user does not write, and called an empty file missing)."""
     assert cli.main(["ctl", "status", "--set", f"server.port={live.port}"]) == 2
     line = error_line(capsys)
     token_file = isolated_env / "xdg" / "assistant" / "token"
     assert f"needs its token and none was found here: server.token is unset and {token_file} does not exist" in line
     assert "run ctl as the user who runs the daemon, or set server.token" in line
+    token_file.parent.mkdir(parents=True)
+    token_file.write_text("  \n")  # there, but empty: "does not exist" sent the user looking for the wrong thing
+    assert cli.main(["ctl", "status", "--set", f"server.port={live.port}"]) == 2
+    assert f"server.token is unset and {token_file} is empty; run ctl as the user" in error_line(capsys)
 
 
 def error_line(capsys: pytest.CaptureFixture[str]) -> str:
