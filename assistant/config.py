@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from assistant.errors import ConfigError
 
 PACKAGED_CONFIG = Path(__file__).with_name("config.toml")
+MAX_CONFIG_BYTES = 1024 * 1024  # the documented config.toml is 17 KB
 
 
 def opt(
@@ -519,7 +520,7 @@ def find_config_file(cli_path: str | None, env: Mapping[str, str] | None = None)
             path = Path(given).expanduser()
             if path.is_dir():
                 raise ConfigError(f"{path} (from {how}) is a folder; give the path of a config.toml file")
-            if not path.is_file():
+            if not path.exists():  # a pipe is fine: `--config <(cat base.toml local.toml)`
                 raise ConfigError(
                     f"config file not found: {path} (from {how}); check the path, or leave {how} unset to use "
                     f"{user_config_path(env)} or the packaged default"
@@ -546,7 +547,11 @@ def load(cli_path: str | None = None, overrides: Sequence[str] = (), env: Mappin
     """Find, read and validate the configuration, then apply `--set` overrides. Raises ConfigError."""
     path, _how = find_config_file(cli_path, env)
     try:
-        table = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM (Windows editors) is not TOML
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)  # bounded: the path may be a device or a pipe that never ends
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: over {MAX_CONFIG_BYTES // 1024} KiB, too long for a config; check the path")
+        table = tomllib.loads(data.decode("utf-8-sig"))  # -sig: a BOM (Windows editors) is not TOML
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}; fix the line it names") from e
     except UnicodeDecodeError as e:

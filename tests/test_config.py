@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import threading
 import tomllib
 from pathlib import Path
 
@@ -267,3 +269,22 @@ def test_a_text_key_given_a_number_in_the_file_says_to_quote_it(tmp_path: Path) 
     )
     with pytest.raises(ConfigError, match='write it in quotes: voice = "true"'):
         config.load(str(write(tmp_path, "[tts]\nvoice = true\n")))
+
+
+def test_a_config_from_a_pipe_loads_and_an_endless_one_is_refused(isolated_env: Path) -> None:
+    """`--config <(cat a.toml b.toml)` (a pipe, /dev/fd/N) loads (it was "config file not found"), and a path that
+    never ends (/dev/zero) fails in one line instead of being read forever."""
+    fifo = isolated_env / "fifo"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with fifo.open("w") as f:
+            f.write("[vad]\naggressiveness = 1\n")
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    assert config.load(str(fifo)).vad.aggressiveness == 1
+    writer.join(10)
+    with pytest.raises(ConfigError) as e:
+        config.load("/dev/zero")
+    assert str(e.value) == "/dev/zero: over 1024 KiB, too long for a config; check the path"
