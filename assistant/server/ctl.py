@@ -9,7 +9,7 @@ import ssl
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
 from assistant.config import ServerConfig, parse_override
@@ -112,6 +112,13 @@ def _connect(cfg: ServerConfig) -> Iterator[ClientConnection]:
                 ) from e
             body = e.response.body.decode(errors="replace").strip()
             raise ProtocolError(f"the daemon at {url} refused the connection: {body}") from e
+        except InvalidMessage as e:  # something listens there but answers no HTTP: TLS, most likely
+            hint = (
+                "" if cfg.tls_cert else "if the daemon serves TLS, set server.tls_cert here (ctl then dials wss://); "
+            )
+            raise ProtocolError(
+                f"the server at {url} did not answer the WebSocket handshake ({e}); {hint}check server.host/port"
+            ) from e
         except (OSError, TimeoutError, WebSocketException) as e:
             raise DaemonUnreachable(
                 f"cannot reach the daemon at {url} ({e}); start it with `assistant run`, or set server.host/port"

@@ -92,12 +92,19 @@ def test_ctl_reaches_a_daemon_that_serves_tls(
     capsys: pytest.CaptureFixture[str], isolated_env: Path, tmp_path: Path
 ) -> None:
     """With server.tls_cert and server.tls_key set, `ctl status` dials wss:// and trusts the daemon's own
-    certificate (it dialled ws:// and said `cannot reach the daemon ... start it with assistant run`)."""
+    certificate (it dialled ws:// and said `cannot reach the daemon ... start it with assistant run`); without them,
+    against that daemon, it says the handshake went unanswered and names server.tls_cert."""
     cert, key = self_signed(tmp_path)
     with serving(tls_cert=str(cert), tls_key=str(key)) as tls:
         tls_keys = ["--set", f"server.tls_cert={str(cert)!r}", "--set", f"server.tls_key={str(key)!r}"]
         assert cli.main([*ctl_args(tls, "status"), *tls_keys]) == 0
-    assert json.loads(capsys.readouterr().out) == {"state": "idle", "muted": False, "turn": 0}
+        assert json.loads(capsys.readouterr().out) == {"state": "idle", "muted": False, "turn": 0}
+        # the TLS keys left out of ctl's config: it said "cannot reach the daemon ... start it with assistant run"
+        assert cli.main(ctl_args(tls, "status")) == 2
+    line = error_line(capsys)
+    assert (
+        "did not answer the WebSocket handshake" in line and "set server.tls_cert here (ctl then dials wss://)" in line
+    )
 
 
 def test_ctl_errors_are_one_line(capsys: pytest.CaptureFixture[str], isolated_env: Path, live: Live) -> None:
