@@ -110,3 +110,30 @@ def test_predictor_frame_cache_keeps_earlier_views() -> None:
     c.update_kv(mx.zeros((1, 2, 1, 3)))
     with pytest.raises(ValueError, match="holds 4 positions"):
         c.update_kv(mx.zeros((1, 2, 1, 3)))
+
+
+@pytest.mark.parametrize("name", ["cv_english_full", "xvec_stream"])
+def test_fused_predictor_rows_hold_what_the_graph_computes(checkpoints: Any, reference: Any, name: str) -> None:
+    """A fused group table's row holds E, the predictor's input projection of E and layer 0's input norm of that,
+    bit for bit as the predictor computes them from E, eagerly and compiled (custom voice: with a projection;
+    base: without)."""
+    from assistant.tts.qwen3.code_predictor import InputRows
+
+    cp = loaded(checkpoints, case_named(reference, name)["kind"]).model.talker.code_predictor
+    assert cp.has_projection == (name == "cv_english_full")
+
+    for g in (1, 15):
+        rows = cp.model.codec_embedding[g - 1]
+        assert isinstance(rows, InputRows)
+
+        def computed(ids: mx.array, rows: InputRows = rows) -> tuple[mx.array, mx.array]:
+            x = cp.project(rows(ids))
+            return x, cp.model.layers[0].input_layernorm(x)
+
+        for i in (0, 5, cp.cfg.vocab_size - 1):
+            ids = mx.array([i], dtype=mx.uint32)
+            e, x, normed = cp.embed(g, ids)
+            assert mx.array_equal(e, rows(ids)).item()
+            for fn in (computed, mx.compile(computed)):
+                want_x, want_normed = fn(ids)
+                assert mx.array_equal(x, want_x).item() and mx.array_equal(normed, want_normed).item()

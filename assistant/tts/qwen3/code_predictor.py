@@ -7,6 +7,7 @@ The whole loop (sampling included) is a pure function of arrays, so it traces in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import mlx.core as mx
@@ -42,6 +43,31 @@ class FrameCache:
         return self.kv[:, :, : self.offset]
 
 
+class InputRows(nn.Module):
+    """A group's codec embedding table fused with the predictor's first work on a looked-up row (fused layout):
+    row i holds [E_i | x_i | norm(x_i)], x = the input projection of E (1.7B; 0.6B: x is E, stored once), norm =
+    layer 0's input RMSNorm. One gather per step then yields the frame-sum row, the residual and layer 0's normed
+    input, where the table's gather, the projection and the norm were three kernels (0.6B: two)."""
+
+    def __init__(self, table: nn.Embedding, project: Callable[[mx.array], mx.array] | None, norm: nn.Module):
+        super().__init__()
+        e = table.weight
+        x = e if project is None else project(e)
+        self.rows = mx.concatenate([e, *([] if project is None else [x]), norm(x)], axis=1)
+        self.width, self.inner, self.projected = e.shape[1], x.shape[1], project is not None
+
+    def __call__(self, ids: mx.array) -> mx.array:
+        """The table's rows E [n, talker hidden], as the nn.Embedding it replaces."""
+        return mx.take(self.rows, ids, axis=0)[:, : self.width]
+
+    def lookup(self, ids: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """(E, x, norm(x)) of ids [n], each [n, width] (views of one gathered row: row-contiguous)."""
+        row = mx.take(self.rows, ids, axis=0)
+        w, inner = self.width, self.inner
+        x = row[:, w : w + inner] if self.projected else row[:, :w]
+        return row[:, :w], x, row[:, -inner:]
+
+
 class PredictorModel(nn.Module):
     def __init__(self, cfg: CodePredictorConfig, embedding_dim: int):
         super().__init__()
@@ -52,10 +78,11 @@ class PredictorModel(nn.Module):
         self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)]
         self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
-    def __call__(self, x: mx.array, cache: list[Any]) -> mx.array:
+    def __call__(self, x: mx.array, cache: list[Any], normed: mx.array | None = None) -> mx.array:
+        """Post-norm hidden states of x; `normed`: layer 0's input norm of x, where the caller has it."""
         angles = self.rope.span(cache[0].offset, x.shape[-2]) if self.rope is not None else None
         for layer, c in zip(self.layers, cache, strict=True):
-            x = layer(x, c, angles)
+            x, normed = layer(x, c, angles, normed), None
         return self.norm(x)
 
     def fuse(self, options: FuseOptions = DEFAULT_FUSE) -> None:
@@ -82,14 +109,30 @@ class CodePredictor(nn.Module):
     def project(self, x: mx.array) -> mx.array:
         return self.small_to_mtp_projection(x) if self.has_projection else x
 
+    def fuse_inputs(self) -> None:
+        """Each group's embedding table as InputRows (the fused layout; after the layers are fused)."""
+        norm = self.model.layers[0].input_layernorm
+        project = self.small_to_mtp_projection if self.has_projection else None
+        self.model.codec_embedding = [InputRows(t, project, norm) for t in self.model.codec_embedding]
+
+    def embed(self, group: int, ids: mx.array) -> tuple[mx.array, mx.array, mx.array | None]:
+        """(E, the predictor's input x, layer 0's norm of x or None) of group `group`'s codes ids [n]; unfused,
+        x is E unprojected (`logits` projects it) and the norm None."""
+        table = self.model.codec_embedding[group - 1]
+        if isinstance(table, InputRows):
+            return table.lookup(ids)
+        e = table(ids)
+        return e, e, None
+
     def make_cache(self) -> list[FrameCache]:
         """One frame's caches: the prefill [h_last, C(c0)] and one position per group 2..15."""
         return [FrameCache(self.cfg.num_code_groups) for _ in self.model.layers]
 
-    def logits(self, x: mx.array, group: int, cache: list[Any]) -> mx.array:
+    def logits(self, x: mx.array, group: int, cache: list[Any], normed: mx.array | None = None) -> mx.array:
         """Logits of code group `group` (1..15) at the last of the input vectors x [1, n, talker hidden] or
-        [n, talker hidden]: [1, vocab]."""
-        h = self.model(self.project(x), cache)
+        [n, talker hidden]: [1, vocab]. With `normed` (from `embed`), x is already projected and normed is
+        layer 0's input norm of it."""
+        h = self.model(self.project(x), cache) if normed is None else self.model(x, cache, normed)
         return self.lm_head[group - 1](h[:, -1, :] if h.ndim == 3 else h[-1:, :])
 
     def predict(
@@ -101,13 +144,12 @@ class CodePredictor(nn.Module):
         cache = self.make_cache()
         # two-dimensional throughout: a matmul of a three-dimensional x records a flatten and an unflatten
         x = mx.stack([past_hidden, c0_embedding])  # [2, talker hidden]
-        frame_e = c0_embedding[None]
+        frame_e, normed = c0_embedding[None], None
         codes: list[mx.array] = []
         for g in range(1, self.cfg.num_code_groups):
             # a[i, :] is a view; MLX makes a[i] a gather, one more kernel per step
-            code = sub_code(self.logits(x, g, cache)[0, :], None if noise is None else noise[g - 1, :], p)
+            code = sub_code(self.logits(x, g, cache, normed)[0, :], None if noise is None else noise[g - 1, :], p)
             codes.append(code)
-            e = self.model.codec_embedding[g - 1](code)  # [1, talker hidden]
+            e, x, normed = self.embed(g, code)  # [1, talker hidden], [1, predictor hidden] (fused: one gather)
             frame_e = frame_e + e
-            x = e
         return codes, frame_e[0, :]

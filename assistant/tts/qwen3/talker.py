@@ -356,8 +356,11 @@ class DecoderLayer(nn.Module):
         self.self_attn.fuse(options)
         self.mlp.fuse(options)
 
-    def __call__(self, x: mx.array, cache: Any, angles: tuple[mx.array, mx.array] | None = None) -> mx.array:
-        x = self.self_attn(self.input_layernorm(x), cache, x, angles)
+    def __call__(
+        self, x: mx.array, cache: Any, angles: tuple[mx.array, mx.array] | None = None, normed: mx.array | None = None
+    ) -> mx.array:
+        """`normed`: input_layernorm(x), where the caller has it already (the predictor's looked-up rows)."""
+        x = self.self_attn(self.input_layernorm(x) if normed is None else normed, cache, x, angles)
         return self.mlp(self.post_attention_layernorm(x), x)
 
     def step(
@@ -542,6 +545,7 @@ class Talker(nn.Module):
         cp = self.code_predictor
         if options.residual == "add" and cp.has_projection and type(cp.small_to_mtp_projection) is nn.Linear:
             cp.small_to_mtp_projection = LinearBiasT(cp.small_to_mtp_projection)
+        cp.fuse_inputs()
         self.compiled = CompiledCache()
 
     def text(self, ids: list[int] | mx.array) -> mx.array:
