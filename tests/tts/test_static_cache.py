@@ -95,18 +95,22 @@ def test_frame_kernel_embedding_is_the_frame_embedding(checkpoints: Any, referen
 
 
 def test_predictor_frame_cache_keeps_earlier_views() -> None:
-    """The predictor's frame buffer returns the written positions, a view of the buffer taken before a write keeps
-    its values (each write records a new array), and a write past the frame's positions is refused."""
-    c = FrameCache(4)
+    """The predictor's frame buffer holds every layer: a layer's write returns its written positions only, a view
+    taken before a write keeps its values (each write records a new array), other layers' positions stay zero
+    until written, and a write past the frame's positions is refused."""
+    frame = FrameCache(2, 4)
+    c, other = frame.layer(0), frame.layer(1)
     first = c.update_kv(mx.ones((1, 2, 2, 3)))
-    assert c.kv is not None
-    before = c.kv[:, :, 2:]
+    assert frame.kv is not None and frame.kv.shape == (2, 2, 4, 3)
+    before = frame.kv[:, :, 2:]
     second = c.update_kv(mx.full((1, 2, 1, 3), 7.0))
     assert first.shape == (1, 2, 2, 3) and second.shape == (1, 2, 3, 3)
-    assert c.kv.shape == (1, 2, 4, 3)
     assert mx.array_equal(second[:, :, :2], first).item()
     assert mx.array_equal(second[:, :, 2], mx.full((1, 2, 3), 7.0)).item()
-    assert mx.array_equal(before, mx.zeros((1, 2, 2, 3))).item()  # the pad, not the later write
+    assert mx.array_equal(before, mx.zeros((2, 2, 2, 3))).item()  # the fill, not the later write
+    assert mx.array_equal(frame.kv[1:], mx.zeros((1, 2, 4, 3))).item()
+    assert mx.array_equal(other.update_kv(mx.full((1, 2, 1, 3), 2.0)), mx.full((1, 2, 1, 3), 2.0)).item()
+    assert mx.array_equal(frame.kv[:1, :, :3], second).item()  # layer 0's positions untouched by layer 1's write
     c.update_kv(mx.zeros((1, 2, 1, 3)))
     with pytest.raises(ValueError, match="holds 4 positions"):
         c.update_kv(mx.zeros((1, 2, 1, 3)))

@@ -19,28 +19,39 @@ from assistant.tts.qwen3.talker import DEFAULT_FUSE, DecoderLayer, FuseOptions, 
 
 
 class FrameCache:
-    """K/V of one predictor frame in one buffer [1, 2 * kv_heads, P, d] (keys' heads, then values') of the P
-    positions a frame can reach: the prefill writes the buffer (padded to P), each step then writes one position
-    at a position known when the loop is traced (a slice_update at constant indices, one GPU kernel where a
-    concatenation is a copy per input), and the attention reads the written positions, a view. Every shape is
-    static per step, so the unrolled 15-step loop compiles to one graph."""
+    """K/V of one predictor frame, every layer in one buffer [layers, 2 * kv_heads, P, d] (per layer the keys'
+    heads, then the values') of the P positions a frame can reach: zero-filled at the frame's first write (one
+    fill kernel per frame, where padding each layer's prefill was two per layer), then the prefill and each step
+    write at positions known when the loop is traced (a slice_update at constant indices, one GPU kernel where a
+    concatenation is a copy per input), and the attention reads a layer's written positions, a view. Every shape
+    is static per step, so the unrolled 15-step loop compiles to one graph. `layer(i)` is layer i's cache."""
 
-    def __init__(self, positions: int) -> None:
-        self.positions = positions
+    def __init__(self, layers: int, positions: int) -> None:
+        self.layers, self.positions = layers, positions
         self.kv: mx.array | None = None
+
+    def layer(self, i: int) -> LayerSlot:
+        return LayerSlot(self, i)
+
+
+class LayerSlot:
+    """One layer's part of a FrameCache, with its own write offset."""
+
+    def __init__(self, frame: FrameCache, index: int) -> None:
+        self.frame, self.index = frame, index
         self.offset = 0
 
     def update_kv(self, new: mx.array) -> mx.array:
-        n = new.shape[2]
-        if self.offset + n > self.positions:
-            raise ValueError(f"a predictor frame holds {self.positions} positions; {self.offset + n} asked")
-        if self.kv is None:
-            self.kv = mx.pad(new, [(0, 0), (0, 0), (0, self.positions - n), (0, 0)])
-        else:
-            # item assignment gives this object a new array (MLX's slice_update); views taken before keep theirs
-            self.kv[:, :, self.offset : self.offset + n] = new.astype(self.kv.dtype)
+        """Write new [1, 2 * kv_heads, n, d] at the next positions; returns this layer's positions so far."""
+        f, n, i = self.frame, new.shape[2], self.index
+        if self.offset + n > f.positions:
+            raise ValueError(f"a predictor frame holds {f.positions} positions; {self.offset + n} asked")
+        if f.kv is None:
+            f.kv = mx.zeros((f.layers, new.shape[1], f.positions, new.shape[3]), new.dtype)
+        # item assignment gives the frame a new array (MLX's slice_update); views taken before keep theirs
+        f.kv[i : i + 1, :, self.offset : self.offset + n] = new.astype(f.kv.dtype)
         self.offset += n
-        return self.kv[:, :, : self.offset]
+        return f.kv[i : i + 1, :, : self.offset]
 
 
 class InputRows(nn.Module):
@@ -124,9 +135,11 @@ class CodePredictor(nn.Module):
         e = table(ids)
         return e, e, None
 
-    def make_cache(self) -> list[FrameCache]:
-        """One frame's caches: the prefill [h_last, C(c0)] and one position per group 2..15."""
-        return [FrameCache(self.cfg.num_code_groups) for _ in self.model.layers]
+    def make_cache(self) -> list[LayerSlot]:
+        """One frame's caches, a layer each of one FrameCache: the prefill [h_last, C(c0)] and one position per
+        group 2..15."""
+        frame = FrameCache(len(self.model.layers), self.cfg.num_code_groups)
+        return [frame.layer(i) for i in range(frame.layers)]
 
     def logits(self, x: mx.array, group: int, cache: list[Any], normed: mx.array | None = None) -> mx.array:
         """Logits of code group `group` (1..15) at the last of the input vectors x [1, n, talker hidden] or
@@ -143,7 +156,8 @@ class CodePredictor(nn.Module):
         feeds back); lazy, on the device."""
         cache = self.make_cache()
         # two-dimensional throughout: a matmul of a three-dimensional x records a flatten and an unflatten
-        x = mx.stack([past_hidden, c0_embedding])  # [2, talker hidden]
+        # [2, talker hidden] by one select (a stack is a copy kernel per row)
+        x = mx.where(mx.array([[True], [False]]), past_hidden, c0_embedding)
         frame_e, normed = c0_embedding[None], None
         codes: list[mx.array] = []
         for g in range(1, self.cfg.num_code_groups):

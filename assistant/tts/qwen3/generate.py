@@ -101,7 +101,9 @@ class FrameKernel:
         self.suppress = suppress_mask(tc.vocab_size, tc.codec_eos_token_id)
         self.groups, self.sub_vocab = tc.num_code_groups, tc.code_predictor_config.vocab_size
         # constants of the compiled graph (evaluated once, not an arange kernel per frame)
-        self.ids, self.slots = mx.arange(tc.vocab_size), mx.arange(self.groups)
+        self.ids = mx.arange(tc.vocab_size)
+        # code g's slot as a constant mask: a compare per code in the graph put one chain past MLX's fusion depth
+        self.slots = [mx.arange(self.groups) == g for g in range(self.groups)]
         mx.eval(self.ids, self.slots)
         self.fn = mx.compile(self._frame)
 
@@ -127,7 +129,7 @@ class FrameKernel:
         # the codes gathered by a chain of selects, which compile fuses (a concatenation copies every input)
         codes = mx.broadcast_to(c0, (self.groups,))
         for g, code in enumerate(rest, start=1):
-            codes = mx.where(self.slots == g, code, codes)
+            codes = mx.where(self.slots[g], code, codes)
         return codes.astype(mx.int32), frame_e, seen, key
 
     def __call__(
