@@ -112,7 +112,7 @@ def profile(
     from assistant.tts.qwen3.engine import Qwen3TTS, Utterance, ad_hoc_voice, sampling_of
     from assistant.tts.qwen3.generate import FrameGenerator, FrameKernel
     from assistant.tts.qwen3.prompt import VoicePrompt
-    from assistant.tts.qwen3.sampling import frame_noise
+    from assistant.tts.qwen3.sampling import noise_block
     from benchmarks.tts_vs import TEXT
 
     cfg = TtsConfig(model=str(folder), first_chunk_frames=1, chunk_frames=4, seed=0)
@@ -145,6 +145,8 @@ def profile(
     kernel = FrameKernel.of(talker, sampling_of(cfg))
     seen = mx.zeros((talker.cfg.vocab_size,), dtype=mx.bool_)
     key = mx.random.key(0)
+    noise = kernel.noise(key)[0][:1]  # one frame of a block, as the frame loop passes it
+    mx.eval(noise)
     for pos in positions:
         cache = talker.make_cache()
         talker(mx.zeros((1, pos, hidden), x.dtype), cache)
@@ -162,19 +164,19 @@ def profile(
 
         def frame(cache: list[Any] = cache) -> Any:
             h = step(cache)
-            return kernel(h, seen, False, key)
+            return kernel(h, seen, False, noise)
 
         out[f"talker_step_ms@{pos}"] = per_call_ms(step, iters)
         out[f"talker_step_eager_ms@{pos}"] = per_call_ms(eager, iters)
         out[f"frame_ms@{pos}"] = per_call_ms(frame, iters)
         out[f"frame_build_ms@{pos}"] = build_ms(frame, iters)
     h = talker.step(x, cache, x)
-    out["frame_kernel_ms"] = per_call_ms(lambda: kernel(h, seen, False, key), iters)
+    out["frame_kernel_ms"] = per_call_ms(lambda: kernel(h, seen, False, noise), iters)
     c0 = mx.array([5], dtype=mx.int32)
     p = sampling_of(cfg)
     vocab = talker.cfg.code_predictor_config.vocab_size
     cp = talker.code_predictor
-    pred = mx.compile(lambda h, k: cp.predict(h, talker.codec(c0)[0, :], frame_noise(k, 15, vocab)[0], p))
+    pred = mx.compile(lambda h, k: cp.predict(h, talker.codec(c0)[0, :], noise_block(k, 1, 15, vocab)[0][0], p))
     out["predictor_15_steps_ms"] = per_call_ms(lambda: pred(h, key), iters)
     codes = np.random.default_rng(0).integers(0, 2048, (4, 16)).astype(np.int32)
     for warm in (0, 80):  # a fresh stream, and one past the attention window (steady state)

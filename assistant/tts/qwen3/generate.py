@@ -15,7 +15,7 @@ import mlx.core as mx
 import numpy as np
 
 from assistant.tts.qwen3.prompt import PromptBuilder, TextTrack, VoicePrompt
-from assistant.tts.qwen3.sampling import SamplingParams, first_code, frame_noise, new_key, suppress_mask
+from assistant.tts.qwen3.sampling import NOISE_FRAMES, SamplingParams, first_code, new_key, noise_block, suppress_mask
 from assistant.tts.qwen3.talker import Talker
 from assistant.tts.qwen3.tokenizer import TextTokenizer
 
@@ -100,12 +100,16 @@ class FrameKernel:
         tc = talker.cfg
         self.suppress = suppress_mask(tc.vocab_size, tc.codec_eos_token_id)
         self.groups, self.sub_vocab = tc.num_code_groups, tc.code_predictor_config.vocab_size
+        self.samples = p.temperature > 0 or p.subtalker_temperature > 0  # else greedy: no noise
+        self.noise_width = max(tc.vocab_size, self.sub_vocab)
         # constants of the compiled graph (evaluated once, not an arange kernel per frame)
         self.ids = mx.arange(tc.vocab_size)
         # code g's slot as a constant mask: a compare per code in the graph put one chain past MLX's fusion depth
         self.slots = [mx.arange(self.groups) == g for g in range(self.groups)]
         mx.eval(self.ids, self.slots)
         self.fn = mx.compile(self._frame)
+        # compiled: the Gumbel transform's elementwise ops fuse into one kernel
+        self.noise_fn = mx.compile(lambda key: noise_block(key, NOISE_FRAMES, self.groups, self.noise_width))
 
     @classmethod
     def of(cls, talker: Talker, p: SamplingParams) -> FrameKernel:
@@ -113,16 +117,19 @@ class FrameKernel:
         shape = replace(p, seed=None, min_new_tokens=0)
         return cast(FrameKernel, talker.compiled.get(("frame", shape), lambda: cls(talker, shape)))
 
+    def noise(self, key: mx.array) -> tuple[mx.array, mx.array]:
+        """A block of NOISE_FRAMES frames' noise for `__call__` (lazy) and the next key."""
+        return cast(tuple[mx.array, mx.array], self.noise_fn(key))
+
     def _frame(
-        self, h: mx.array, seen: mx.array, eos_blocked: mx.array, key: mx.array
-    ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+        self, h: mx.array, seen: mx.array, eos_blocked: mx.array, noise: mx.array | None
+    ) -> tuple[mx.array, mx.array, mx.array]:
         # 2-D: MLX CUDA's qmm rejects 1-D x; [0, :] is a view where [0] would be a gather kernel
         logits = self.talker.codec_head(h[None])[0, :].astype(mx.float32)
         vocab = logits.shape[-1]
         c0_noise = rest_noise = None
-        if self.p.temperature > 0 or self.p.subtalker_temperature > 0:  # rows: code 0, then codes 1..15
-            noise, key = frame_noise(key, self.groups, max(vocab, self.sub_vocab))
-            c0_noise, rest_noise = noise[0, :vocab], noise[1:, : self.sub_vocab]
+        if noise is not None:  # [1, groups, width] rows: code 0, then codes 1..15
+            c0_noise, rest_noise = noise[0, 0, :vocab], noise[0, 1:, : self.sub_vocab]
         c0 = first_code(logits, seen, eos_blocked, c0_noise, self.p, self.suppress)
         rest, frame_e = self.talker.code_predictor.predict(h, self.talker.codec(c0)[0, :], rest_noise, self.p)
         seen = seen | (self.ids == c0)
@@ -130,13 +137,14 @@ class FrameKernel:
         codes = mx.broadcast_to(c0, (self.groups,))
         for g, code in enumerate(rest, start=1):
             codes = mx.where(self.slots[g], code, codes)
-        return codes.astype(mx.int32), frame_e, seen, key
+        return codes.astype(mx.int32), frame_e, seen
 
     def __call__(
-        self, h: mx.array, seen: mx.array, eos_blocked: bool, key: mx.array
-    ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
-        """(codes int32 [16], E(codes) [hidden], seen with code 0 added, next key), all lazy."""
-        return self.fn(h, seen, mx.array(eos_blocked), key)
+        self, h: mx.array, seen: mx.array, eos_blocked: bool, noise: mx.array | None
+    ) -> tuple[mx.array, mx.array, mx.array]:
+        """(codes int32 [16], E(codes) [hidden], seen with code 0 added), all lazy. `noise`: one frame of a
+        `noise` block, [1, groups, width] (None when greedy)."""
+        return self.fn(h, seen, mx.array(eos_blocked), noise if self.samples else None)
 
 
 class FrameGenerator:
@@ -161,6 +169,7 @@ class FrameGenerator:
         self.kernel = FrameKernel.of(talker, sampling)
         self.min_new_tokens = sampling.min_new_tokens
         self.key = new_key(sampling.seed)
+        self.noise: mx.array | None = None  # the current block of NOISE_FRAMES frames' noise
         self.seen = mx.zeros((tc.vocab_size,), dtype=mx.bool_)  # earlier code-0 tokens: the penalty window (all)
         self.sampled = 0  # first-codebook tokens sampled and read so far
         self.launched = 0  # ... and queued (one more while a frame is queued ahead)
@@ -232,9 +241,15 @@ class FrameGenerator:
         """Queue the frame kernel on the talker pass that set h_last: (codes, E(codes)), evaluating async."""
         assert self.h_last is not None
         eos_blocked = self.launched < self.min_new_tokens
-        frame, emb, self.seen, self.key = self.kernel(self.h_last, self.seen, eos_blocked, self.key)
+        noise, at = None, self.launched % NOISE_FRAMES
+        if self.kernel.samples:
+            if at == 0:
+                self.noise, self.key = self.kernel.noise(self.key)
+            assert self.noise is not None
+            noise = self.noise[at : at + 1]  # a view: a[i] would be a gather kernel
+        frame, emb, self.seen = self.kernel(self.h_last, self.seen, eos_blocked, noise)
         self.launched += 1
-        mx.async_eval(frame, emb, self.seen, self.key)
+        mx.async_eval(frame, emb, self.seen)
         return frame, emb
 
     def step(self) -> np.ndarray | None:
