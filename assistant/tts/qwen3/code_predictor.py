@@ -85,7 +85,9 @@ class PredictorModel(nn.Module):
         self.cfg = cfg
         self.rope: Rope | None = None  # set by fuse(): the fused layers' RoPE tables, constants per position
         # The tables are as wide as the talker (they also feed the talker's frame sum), not the predictor.
-        self.codec_embedding = [nn.Embedding(cfg.vocab_size, embedding_dim) for _ in range(cfg.num_code_groups - 1)]
+        self.codec_embedding: list[nn.Embedding | InputRows] = [
+            nn.Embedding(cfg.vocab_size, embedding_dim) for _ in range(cfg.num_code_groups - 1)
+        ]
         self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)]
         self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
@@ -124,7 +126,8 @@ class CodePredictor(nn.Module):
         """Each group's embedding table as InputRows (the fused layout; after the layers are fused)."""
         norm = self.model.layers[0].input_layernorm
         project = self.small_to_mtp_projection if self.has_projection else None
-        self.model.codec_embedding = [InputRows(t, project, norm) for t in self.model.codec_embedding]
+        tables = self.model.codec_embedding
+        self.model.codec_embedding = [t if isinstance(t, InputRows) else InputRows(t, project, norm) for t in tables]
 
     def embed(self, group: int, ids: mx.array) -> tuple[mx.array, mx.array, mx.array | None]:
         """(E, the predictor's input x, layer 0's norm of x or None) of group `group`'s codes ids [n]; unfused,

@@ -119,7 +119,8 @@ class FrameKernel:
 
     def noise(self, key: mx.array) -> tuple[mx.array, mx.array]:
         """A block of NOISE_FRAMES frames' noise for `__call__` (lazy) and the next key."""
-        return cast(tuple[mx.array, mx.array], self.noise_fn(key))
+        noise, key = self.noise_fn(key)
+        return noise, key
 
     def _frame(
         self, h: mx.array, seen: mx.array, eos_blocked: mx.array, noise: mx.array | None
