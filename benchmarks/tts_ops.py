@@ -153,7 +153,7 @@ def frame_graphs(talker: Any, kernel_of: Any, cache: list[Any], x: mx.array) -> 
     blocked = mx.array(False)
     mx.eval(seen, blocked)
     offset = cache[0].offset
-    h = talker.step(x, cache, x)  # with E(frame) + text, as in the frame loop
+    h = talker.step(x, cache)
     for c in cache:
         c.offset = offset  # the next trace writes the same position
     h_in = mx.zeros_like(h)
@@ -161,7 +161,7 @@ def frame_graphs(talker: Any, kernel_of: Any, cache: list[Any], x: mx.array) -> 
     kernel = kernel_of()
     noise = kernel.noise(mx.random.key(0))[0][:1] if kernel.samples else None  # a block's frame, as the loop's
     mx.eval(noise)
-    return h, kernel.fn(h_in, seen, blocked, noise), kernel
+    return h, kernel.fn(h_in, seen, blocked, noise, x), kernel  # x: the text row, as the loop passes one
 
 
 def codec_kernels(frames: int) -> dict[str, Any]:

@@ -153,7 +153,7 @@ def profile(
         mx.eval([c.kv for c in cache])
 
         def step(cache: list[Any] = cache) -> mx.array:
-            h = talker.step(x, cache, x)  # with E(frame) + text, as in the frame loop
+            h = talker.step(x, cache)
             for c in cache:
                 c.offset -= 1  # stay at the same position: every call times the same shapes
             return h
@@ -170,7 +170,7 @@ def profile(
         out[f"talker_step_eager_ms@{pos}"] = per_call_ms(eager, iters)
         out[f"frame_ms@{pos}"] = per_call_ms(frame, iters)
         out[f"frame_build_ms@{pos}"] = build_ms(frame, iters)
-    h = talker.step(x, cache, x)
+    h = talker.step(x, cache)
     out["frame_kernel_ms"] = per_call_ms(lambda: kernel(h, seen, False, noise), iters)
     c0 = mx.array([5], dtype=mx.int32)
     p = sampling_of(cfg)

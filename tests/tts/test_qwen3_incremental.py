@@ -225,9 +225,9 @@ def test_sampled_frames_take_one_row_each_of_a_noise_block(
         blocks.append(draw(self, key))
         return blocks[-1]
 
-    def launch(self: FrameKernel, h: Any, seen: Any, blocked: bool, row: Any) -> Any:
+    def launch(self: FrameKernel, h: Any, seen: Any, blocked: bool, row: Any, text: Any = None) -> Any:
         rows.append(np.array(row))
-        return call(self, h, seen, blocked, row)
+        return call(self, h, seen, blocked, row, text)
 
     monkeypatch.setattr(FrameKernel, "noise", noise)
     monkeypatch.setattr(FrameKernel, "__call__", launch)
@@ -245,3 +245,34 @@ def test_sampled_frames_take_one_row_each_of_a_noise_block(
         assert np.array_equal(row, np.array(blocks[k // NOISE_FRAMES][0][k % NOISE_FRAMES : k % NOISE_FRAMES + 1]))
     assert len({row.tobytes() for row in rows}) == len(rows)
     assert run(1) == a and run(2) != a
+
+
+def test_text_known_at_launch_or_later_gives_the_official_codes(
+    checkpoints: Any, reference: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The frame kernel sums a frame's text vector into the talker's next input when the text is known at its
+    launch, and the loop adds it later when it arrives after: text pushed a token at a time takes both paths and
+    still yields the official streaming codes."""
+    from assistant.tts.qwen3.generate import FrameGenerator
+
+    launched: list[bool] = []
+    launch = FrameGenerator._launch
+
+    def counted(self: FrameGenerator) -> Any:
+        out = launch(self)
+        launched.append(out[2])
+        return out
+
+    monkeypatch.setattr(FrameGenerator, "_launch", counted)
+    case = case_named(reference, "vd_stream")
+    lm = loaded(checkpoints, case["kind"])
+    gen = generator(lm, case, None)
+    codes: list[list[int]] = []
+    for i in lm.tokenizer.encode(case["text"]):
+        gen.push_text(lm.tokenizer.decode([i]))
+        while (frame := gen.step()) is not None:
+            codes.append(frame.tolist())
+    gen.end_text()
+    codes += [f.tolist() for f in generate_codes(gen)]
+    assert codes == case["codes"]
+    assert True in launched and False in launched

@@ -155,7 +155,7 @@ class CodePredictor(nn.Module):
         self, past_hidden: mx.array, c0_embedding: mx.array, noise: mx.array | None, p: SamplingParams
     ) -> tuple[list[mx.array], mx.array]:
         """Codes 1..15 of one frame, each uint32 [1] (group g drawn with Gumbel noise row g - 1, None: greedy), and
-        the frame's embedding E(frame) [talker hidden] (c0_embedding plus the group tables' rows, the ones the loop
+        the frame's embedding E(frame) [1, talker hidden] (c0_embedding plus the group tables' rows, the ones the loop
         feeds back); lazy, on the device."""
         cache = self.make_cache()
         # two-dimensional throughout: a matmul of a three-dimensional x records a flatten and an unflatten
@@ -169,4 +169,4 @@ class CodePredictor(nn.Module):
             codes.append(code)
             e, x, normed = self.embed(g, code)  # [1, talker hidden], [1, predictor hidden] (fused: one gather)
             frame_e = frame_e + e
-        return codes, frame_e[0, :]
+        return codes, frame_e

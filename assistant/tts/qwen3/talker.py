@@ -568,21 +568,19 @@ class Talker(nn.Module):
     def make_cache(self) -> list[StaticCache]:
         return [StaticCache(self.model.values_transposed) for _ in self.model.layers]
 
-    def step(self, x: mx.array, cache: list[StaticCache], plus: mx.array | None = None) -> mx.array:
-        """One input vector x [hidden] (plus `plus`, summed inside the compiled graph) at the cache's next
-        position: the post-norm hidden state [hidden] (lazy).
+    def step(self, x: mx.array, cache: list[StaticCache]) -> mx.array:
+        """One input vector x [hidden] at the cache's next position: the post-norm hidden state [hidden] (lazy).
 
         Compiled once per buffer length (quantized models too: compiled 4-bit graphs ran on MLX 0.32.4 CUDA), in one
-        form: without `plus` (a one-row prefill) it adds zeros, so `warm_steps` covers every call (x + 0 is x).
-        """
+        form, so `warm_steps` covers every call. The frame loop's x (E(frame) + text) comes summed from the frame
+        kernel."""
         kv = cache[0].kv
         assert kv is not None
         for c in cache:
             c.reserve(kv, 1)
         pos = mx.array(cache[0].offset, dtype=mx.int32)
-        plus = mx.zeros_like(x) if plus is None else plus
-        fn = self.compiled.get("step+", lambda: mx.compile(lambda x, y, p, kv, t: self.model.step(x + y, p, kv, t)))
-        h, kvs = fn(x[None], plus[None], pos, [c.kv for c in cache], self.model.tables.of(cache[0].capacity))
+        fn = self.compiled.get("step", lambda: mx.compile(self.model.step))
+        h, kvs = fn(x[None], pos, [c.kv for c in cache], self.model.tables.of(cache[0].capacity))
         for c, kv in zip(cache, kvs, strict=True):
             c.kv = kv
             c.offset += 1
@@ -599,7 +597,7 @@ class Talker(nn.Module):
             for c in cache:
                 c.kv = mx.zeros((1, 2 * a.kv_heads, size, a.head_dim), dtype)
                 c.offset = size - 1
-            mx.eval(self.step(x, cache, x))  # the frame loop's form (see FrameGenerator._forward)
+            mx.eval(self.step(x, cache))
 
 
 class Qwen3TTSModel(nn.Module):
