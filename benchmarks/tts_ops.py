@@ -177,11 +177,11 @@ def codec_kernels(frames: int) -> dict[str, Any]:
     dec.fuse()
     mx.eval(dec.parameters())
     state = dec.new_state()
-    mx.eval(state.tails, state.keys, state.values)
+    mx.eval(state.tails, state.kv)
     codes = mx.zeros((frames, dec.config.num_quantizers), dtype=mx.int32)
     with gpu_primitives():
         audio = dec.step(codes, state)
-        out = gpu_summary(graph(audio, *state.tails, *state.keys, *state.values))
+        out = gpu_summary(graph(audio, *state.tails, *state.kv))
     out["per_frame"] = round(out["kernels"] / frames, 1)
     return out
 

@@ -60,11 +60,11 @@ def codec_parts(dec: Any, codes: np.ndarray, iters: int) -> dict[str, float]:
     x = mx.array(codes)[None]
 
     def front() -> mx.array:
-        st = DecoderState(list(state.tails), list(state.keys), list(state.values), state.offset)
+        st = DecoderState(list(state.tails), list(state.kv), state.offset)
         return dec.pre_transformer(dec.pre_conv(dec.quantizer.decode(x), st), st)
 
     def convs(h: mx.array, tails: list[mx.array]) -> tuple[mx.array, list[mx.array]]:
-        st = DecoderState(list(tails), [], [], 0)
+        st = DecoderState(list(tails), [], 0)
         for transconv, convnext in dec.upsample:
             h = convnext(transconv(h, st), st)
         for layer in dec.decoder:
