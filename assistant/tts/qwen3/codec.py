@@ -169,7 +169,9 @@ class Attention(nn.Module):
             del self.q_proj, self.k_proj, self.v_proj
             self.fused = True
 
-    def __call__(self, x: mx.array, state: DecoderState, mask: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, state: DecoderState, mask: mx.array, residual: mx.array | None = None) -> mx.array:
+        """o_proj(attention of x), or with `residual` (fused: the layer scale folded into `o_scaled_t`) residual +
+        layer scale * that, by one addmm."""
         b, n, _ = x.shape
         h, kv, hd = self.heads, self.kv_heads, self.head_dim
         if self.fused:
@@ -189,7 +191,8 @@ class Attention(nn.Module):
         keys = mx.fast.rope(both[:, :kv], hd, offset=state.offset - keep, **rope)  # type: ignore[arg-type]
         out = mx.fast.scaled_dot_product_attention(q, keys, both[:, kv:], scale=hd**-0.5, mask=mask)
         state.kv[self.index] = both[:, :, n:]
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, n, -1))
+        out = out.transpose(0, 2, 1, 3).reshape(b, n, -1)
+        return self.o_proj(out) if residual is None else mx.addmm(residual, out, self.o_scaled_t)
 
 
 class Mlp(nn.Module):
@@ -207,12 +210,14 @@ class Mlp(nn.Module):
             del self.gate_proj, self.up_proj
             self.fused = True
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, residual: mx.array | None = None) -> mx.array:
+        """down(silu(gate(x)) * up(x)), or with `residual` (fused) residual + layer scale * that, by one addmm."""
         if self.fused:
             gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(nn.silu(gate) * up)
+        h = nn.silu(gate) * up
+        return self.down_proj(h) if residual is None else mx.addmm(residual, h, self.down_scaled_t)
 
 
 class LayerScale(nn.Module):
@@ -233,8 +238,24 @@ class TransformerLayer(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.self_attn_layer_scale = LayerScale(cfg.hidden_size)
         self.mlp_layer_scale = LayerScale(cfg.hidden_size)
+        self.scaled = False  # fuse(): the layer scales folded into o_proj / down_proj
+
+    def fuse(self) -> None:
+        """q/k/v and gate/up in one matmul each; each layer scale folded into the float o_proj / down_proj weight
+        (held transposed, scaled per output channel), so the residual is added by the matmul (addmm: one kernel
+        where the matmul, then scale and add, were two; the same values up to float rounding)."""
+        self.self_attn.fuse()
+        self.mlp.fuse()
+        o, down = self.self_attn.o_proj, self.mlp.down_proj
+        if type(o) is nn.Linear and type(down) is nn.Linear and "bias" not in o and "bias" not in down:
+            self.self_attn.o_scaled_t = mx.contiguous(o.weight.T * self.self_attn_layer_scale.scale)
+            self.mlp.down_scaled_t = mx.contiguous(down.weight.T * self.mlp_layer_scale.scale)
+            self.scaled = True
 
     def __call__(self, x: mx.array, state: DecoderState, mask: mx.array) -> mx.array:
+        if self.scaled:
+            x = self.self_attn(self.input_layernorm(x), state, mask, residual=x)
+            return self.mlp(self.post_attention_layernorm(x), residual=x)
         x = x + self.self_attn_layer_scale(self.self_attn(self.input_layernorm(x), state, mask))
         return x + self.mlp_layer_scale(self.mlp(self.post_attention_layernorm(x)))
 
@@ -259,8 +280,7 @@ class DecoderTransformer(nn.Module):
 
     def fuse(self) -> None:
         for layer in self.layers:
-            layer.self_attn.fuse()
-            layer.mlp.fuse()
+            layer.fuse()
 
 
 class CodecDecoder(nn.Module):
