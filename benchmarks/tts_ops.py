@@ -161,7 +161,9 @@ def frame_graphs(talker: Any, kernel_of: Any, cache: list[Any], x: mx.array) -> 
     kernel = kernel_of()
     noise = kernel.noise(mx.random.key(0))[0][:1] if kernel.samples else None  # a block's frame, as the loop's
     mx.eval(noise)
-    return h, kernel.fn(h_in, seen, blocked, noise, x), kernel  # x: the text row, as the loop passes one
+    last = mx.zeros((talker.cfg.num_code_groups,), dtype=mx.int32)  # the previous frame's codes, as the loop's
+    mx.eval(last)
+    return h, kernel.fn(h_in, seen, last, blocked, noise, x), kernel  # x: the text row, as the loop passes one
 
 
 def codec_kernels(frames: int) -> dict[str, Any]:

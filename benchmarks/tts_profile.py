@@ -164,14 +164,14 @@ def profile(
 
         def frame(cache: list[Any] = cache) -> Any:
             h = step(cache)
-            return kernel(h, seen, False, noise)
+            return kernel(h, seen, None, False, noise)
 
         out[f"talker_step_ms@{pos}"] = per_call_ms(step, iters)
         out[f"talker_step_eager_ms@{pos}"] = per_call_ms(eager, iters)
         out[f"frame_ms@{pos}"] = per_call_ms(frame, iters)
         out[f"frame_build_ms@{pos}"] = build_ms(frame, iters)
     h = talker.step(x, cache)
-    out["frame_kernel_ms"] = per_call_ms(lambda: kernel(h, seen, False, noise), iters)
+    out["frame_kernel_ms"] = per_call_ms(lambda: kernel(h, seen, None, False, noise), iters)
     c0 = mx.array([5], dtype=mx.int32)
     p = sampling_of(cfg)
     vocab = talker.cfg.code_predictor_config.vocab_size

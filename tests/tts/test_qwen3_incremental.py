@@ -225,9 +225,9 @@ def test_sampled_frames_take_one_row_each_of_a_noise_block(
         blocks.append(draw(self, key))
         return blocks[-1]
 
-    def launch(self: FrameKernel, h: Any, seen: Any, blocked: bool, row: Any, text: Any = None) -> Any:
+    def launch(self: FrameKernel, h: Any, seen: Any, last: Any, blocked: bool, row: Any, text: Any = None) -> Any:
         rows.append(np.array(row))
-        return call(self, h, seen, blocked, row, text)
+        return call(self, h, seen, last, blocked, row, text)
 
     monkeypatch.setattr(FrameKernel, "noise", noise)
     monkeypatch.setattr(FrameKernel, "__call__", launch)

@@ -90,7 +90,7 @@ def test_frame_kernel_embedding_is_the_frame_embedding(checkpoints: Any, referen
     seen = mx.zeros((talker.cfg.vocab_size,), dtype=mx.bool_)
     for p in (SamplingParams(seed=1), SamplingParams.greedy()):
         kernel = FrameKernel.of(talker, p)
-        frame, emb, _ = kernel(h, seen, False, kernel.noise(mx.random.key(5))[0][:1])
+        frame, emb, _ = kernel(h, seen, None, False, kernel.noise(mx.random.key(5))[0][:1])
         assert frame.shape == (16,)
         assert mx.array_equal(emb, talker.frame_embedding(frame[None])[0]).item()
 
@@ -142,3 +142,21 @@ def test_fused_predictor_rows_hold_what_the_graph_computes(checkpoints: Any, ref
             for fn in (computed, mx.compile(computed)):
                 want_x, want_normed = fn(ids)
                 assert mx.array_equal(x, want_x).item() and mx.array_equal(normed, want_normed).item()
+
+
+def test_penalty_window_holds_every_earlier_frames_code_zero(checkpoints: Any, reference: Any) -> None:
+    """Chained through the frame kernel, the repetition-penalty window a frame's code 0 is drawn under holds the
+    code 0 of every earlier frame (the previous frame's joins inside the kernel) and none of its own."""
+    from assistant.tts.qwen3.generate import FrameKernel
+    from assistant.tts.qwen3.sampling import SamplingParams
+
+    talker = loaded(checkpoints, case_named(reference, CASE_NAMES[0])["kind"]).model.talker
+    kernel = FrameKernel.of(talker, SamplingParams.greedy())
+    seen, last, earlier = mx.zeros((talker.cfg.vocab_size,), dtype=mx.bool_), None, []
+    for i in range(5):
+        h = mx.random.normal((talker.cfg.hidden_size,), key=mx.random.key(10 + i))
+        frame, _, seen = kernel(h, seen, last, False, None)
+        assert set(np.flatnonzero(np.array(seen)).tolist()) == set(earlier)
+        earlier.append(int(frame[0].item()))
+        last = frame
+    assert len(set(earlier)) > 1

@@ -103,11 +103,12 @@ class FrameKernel:
         self.samples = p.temperature > 0 or p.subtalker_temperature > 0  # else greedy: no noise
         self.noise_width = max(tc.vocab_size, self.sub_vocab)
         self.no_text = mx.zeros((tc.hidden_size,), talker.model.codec_embedding.weight.dtype)
+        self.no_codes = mx.full((self.groups,), -1, dtype=mx.int32)  # before the first frame: no code 0 yet
         # constants of the compiled graph (evaluated once, not an arange kernel per frame)
         self.ids = mx.arange(tc.vocab_size)
         # code g's slot as a constant mask: a compare per code in the graph put one chain past MLX's fusion depth
         self.slots = [mx.arange(self.groups) == g for g in range(self.groups)]
-        mx.eval(self.ids, self.slots, self.no_text)
+        mx.eval(self.ids, self.slots, self.no_text, self.no_codes)
         self.fn = mx.compile(self._frame)
         # compiled: the Gumbel transform's elementwise ops fuse into one kernel
         self.noise_fn = mx.compile(lambda key: noise_block(key, NOISE_FRAMES, self.groups, self.noise_width))
@@ -124,8 +125,10 @@ class FrameKernel:
         return noise, key
 
     def _frame(
-        self, h: mx.array, seen: mx.array, eos_blocked: mx.array, noise: mx.array | None, text: mx.array
+        self, h: mx.array, seen: mx.array, last: mx.array, eos_blocked: mx.array, noise: mx.array | None, text: mx.array
     ) -> tuple[mx.array, mx.array, mx.array]:
+        if self.p.repetition_penalty != 1.0:  # the last frame's code 0 joins the window: it fuses with the penalty
+            seen = seen | (self.ids == last[:1])
         # 2-D: MLX CUDA's qmm rejects 1-D x; [0, :] is a view where [0] would be a gather kernel
         logits = self.talker.codec_head(h[None])[0, :].astype(mx.float32)
         vocab = logits.shape[-1]
@@ -134,7 +137,6 @@ class FrameKernel:
             c0_noise, rest_noise = noise[0, 0, :vocab], noise[0, 1:, : self.sub_vocab]
         c0 = first_code(logits, seen, eos_blocked, c0_noise, self.p, self.suppress)
         rest, frame_e = self.talker.code_predictor.predict(h, self.talker.codec(c0)[0, :], rest_noise, self.p)
-        seen = seen | (self.ids == c0)
         # the codes gathered by a chain of selects, which compile fuses (a concatenation copies every input)
         codes = mx.broadcast_to(c0, (self.groups,))
         for g, code in enumerate(rest, start=1):
@@ -143,13 +145,22 @@ class FrameKernel:
         return codes.astype(mx.int32), (frame_e + text[None])[0, :], seen  # added before the view: it fuses
 
     def __call__(
-        self, h: mx.array, seen: mx.array, eos_blocked: bool, noise: mx.array | None, text: mx.array | None = None
+        self,
+        h: mx.array,
+        seen: mx.array,
+        last: mx.array | None,
+        eos_blocked: bool,
+        noise: mx.array | None,
+        text: mx.array | None = None,
     ) -> tuple[mx.array, mx.array, mx.array]:
         """(codes int32 [16], E(codes) + text [hidden] (the talker's next input; E(codes) where `text` is None),
-        seen with code 0 added), all lazy. `noise`: one frame of a `noise` block, [1, groups, width] (None when
-        greedy); `text`: the frame's text-track vector where it is known at launch."""
+        the penalty window), all lazy. `seen` (bool [vocab]) holds the code-0 tokens of the frames before `last`
+        (the previous frame's codes; None for the first frame), and the window returned those up to this frame's
+        own (the next call's `seen`, with these codes as its `last`). `noise`: one frame of a `noise` block,
+        [1, groups, width] (None when greedy); `text`: the frame's text-track vector where it is known at launch."""
+        last = self.no_codes if last is None else last
         text = self.no_text if text is None else text
-        return self.fn(h, seen, mx.array(eos_blocked), noise if self.samples else None, text)
+        return self.fn(h, seen, last, mx.array(eos_blocked), noise if self.samples else None, text)
 
 
 class FrameGenerator:
@@ -176,6 +187,7 @@ class FrameGenerator:
         self.key = new_key(sampling.seed)
         self.noise: mx.array | None = None  # the current block of NOISE_FRAMES frames' noise
         self.seen = mx.zeros((tc.vocab_size,), dtype=mx.bool_)  # earlier code-0 tokens: the penalty window (all)
+        self.last: mx.array | None = None  # the last launched frame's codes (its code 0 is not in `seen` yet)
         self.sampled = 0  # first-codebook tokens sampled and read so far
         self.launched = 0  # ... and queued (one more while a frame is queued ahead)
         # the next frame, queued before this one was read: codes, the talker's next input, whether it holds the text
@@ -256,7 +268,8 @@ class FrameGenerator:
             assert self.noise is not None
             noise = self.noise[at : at + 1]  # a view: a[i] would be a gather kernel
         text = self.builder.trailing(self.track, self.launched)  # frame k's text is row k (or not known yet)
-        frame, nxt, self.seen = self.kernel(self.h_last, self.seen, eos_blocked, noise, text)
+        frame, nxt, self.seen = self.kernel(self.h_last, self.seen, self.last, eos_blocked, noise, text)
+        self.last = frame
         self.launched += 1
         mx.async_eval(frame, nxt, self.seen)
         return frame, nxt, text is not None
