@@ -105,6 +105,27 @@ benchmarks/gpu.sh install kernels ops && AB="fused fuse=attention=gemv,residual=
 fuse=residual=add" AB_ARGS="--utterances-only --frames 100 250 --runs 4" LIMIT_PART=100 bash benchmarks/gpu.sh ab`;
 then make the winner `DEFAULT_FUSE`, delete the losing choices, and run `tts-0.6B tts-1.7B` side by side.
 
+TTS frame, session 9 (2026-12-07 22:30-23:30 UTC, CPU only: kernels counted by `benchmarks/tts_ops.py`, nothing
+timed on a GPU; table below, rows "session 9"). Cuts, greedy parity exact (tests/tts, tests/tts_codec): the
+predictor's group tables hold each row's input projection (1.7B) and layer-0 input norm beside it, so a step
+gathers one row where gather, projection and norm were three kernels (+63 MB of rows for 0.6B bf16, +126 MB for
+1.7B; the rows equal the graph's own computation bit for bit on the CPU); the predictor's K/V is one buffer for its
+5 layers, zero-filled once per frame (each layer's prefill pad was two kernels); the prefill rows [h, C(c0)] are one
+select; the code chain's slots are constant masks; Gumbel noise is drawn for 16 frames at once (3 kernels per
+block, were 3 per frame; seeded runs stay reproducible but draw other values than before); the frame kernel sums
+the talker's next input E(frame) + text where the text is known at its launch (the talker step spent an add); the
+previous frame's code 0 joins the penalty window inside the next penalty chain. Codec: a layer caches K (unrotated,
+rotated at each read: the same values) and V in one buffer (one concatenation, was two), and its layer scales are
+folded into o_proj/down_proj (an addmm where matmul, scale and add were two kernels; float rounding: 7.2e-6 from
+the official waveform, was 7.9e-6). 0.6B frame 1,333 -> 1,308.2 (talker step 396 -> 395, frame kernel 937 -> 913,
++0.2 per frame for the noise block), 1.7B 1,348 -> 1,309.2, codec 75.2 -> 69.2 per frame; every FuseOptions choice
+drops alike; none adds a kernel on Metal. Two cuts the plan named were already in place: q, k (and v) take one
+RMSNorm per layer-step, and K and V one write. What remains per predictor layer-step (11: three norms, two matmuls,
+two addmm, the RoPE chain, the K/V write, attention, SwiGLU) and per talker layer (14; 13 with attention=addmm) is
+one MLX primitive each. At session 7's 22.9 ms for ~1,408 kernels (~16 us each) these ~30 fewer kernels are worth
+~0.5 ms; 15 ms would need about 900 kernels per frame, which MLX's own primitives cannot reach (fused custom
+kernels could).
+
 Labels (different cards: compare each row with mlx-audio in the same run, not across labels): `h100` holds
 the TTS rows and profile above (session 7, and the 13:22 UTC profile columns of session 5), and 2026-12-07
 09:00-09:25 UTC rows (STT side by side and tail, v2v) from an earlier session. `h200`

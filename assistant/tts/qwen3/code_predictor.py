@@ -75,8 +75,11 @@ class InputRows(nn.Module):
         """(E, x, norm(x)) of ids [n], each [n, width] (views of one gathered row: row-contiguous)."""
         row = mx.take(self.rows, ids, axis=0)
         w, inner = self.width, self.inner
-        x = row[:, w : w + inner] if self.projected else row[:, :w]
-        return row[:, :w], x, row[:, -inner:]
+        if self.projected:  # one split: one view node in the graph where slices were one each
+            e, x, normed = mx.split(row, [w, w + inner], axis=1)
+            return e, x, normed
+        e, normed = mx.split(row, [w], axis=1)
+        return e, e, normed
 
 
 class PredictorModel(nn.Module):

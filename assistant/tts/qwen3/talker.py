@@ -10,7 +10,8 @@ counts them as MLX CUDA launches them): q/k/v and gate/up each become one matmul
 RoPE rotation are one fused elementwise kernel that also passes v through, so the new keys and values leave it as
 one array and are written to one K/V buffer per layer (the talker's step: one scatter at its position); a float
 o_proj/down_proj adds the residual inside its matmul (addmm), and float weights are held transposed (no transpose
-node per call). Layers whose q/k/v or gate/up a checkpoint quantizes differently keep their own matmuls.
+node per call). Layers whose q/k/v or gate/up a checkpoint quantizes differently keep their own matmuls. The
+predictor's group tables then hold each row's input projection and layer-0 norm beside it (`InputRows`).
 Where the cheaper form on a GPU is measured rather than known, `FuseOptions` names the choices (same values).
 """
 
