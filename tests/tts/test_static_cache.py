@@ -160,3 +160,38 @@ def test_penalty_window_holds_every_earlier_frames_code_zero(checkpoints: Any, r
         earlier.append(int(frame[0].item()))
         last = frame
     assert len(set(earlier)) > 1
+
+
+@pytest.mark.parametrize("name", ["cv_english_full", "xvec_stream"])
+def test_frame_buffer_steps_equal_the_frame_cache_steps(checkpoints: Any, reference: Any, name: str) -> None:
+    """The predictor's frame-buffer path (each step's K/V written inside its RoPE kernel) gives the logits of the
+    FrameCache path (a slice_update per layer-step) bit for bit, every group, eagerly and compiled (custom
+    voice: with the input projection; base: without)."""
+    cp = loaded(checkpoints, case_named(reference, name)["kind"]).model.talker.code_predictor
+    assert cp.model.writes_rows
+    groups = cp.cfg.num_code_groups
+    hidden = cp.model.codec_embedding[0].width
+    h = mx.random.normal((1, hidden), key=mx.random.key(7))
+    first = mx.random.normal((1, hidden), key=mx.random.key(8))
+    codes = [mx.array([(37 * g) % cp.cfg.vocab_size], dtype=mx.uint32) for g in range(1, groups)]
+
+    def cache_path(h: mx.array, first: mx.array) -> list[mx.array]:
+        cache, x, normed, out = cp.make_cache(), mx.concatenate([h, first]), None, []
+        for g in range(1, groups):
+            out.append(cp.logits(x, g, cache, normed))
+            _, x, normed = cp.embed(g, codes[g - 1])
+        return out
+
+    def buffer_path(h: mx.array, first: mx.array) -> list[mx.array]:
+        hs, bufs = cp.model.frame_prefill(cp.project(mx.concatenate([h, first])))
+        out = []
+        for g in range(1, groups):
+            out.append(cp.lm_head[g - 1](hs[-1:, :]))
+            _, x, normed = cp.embed(g, codes[g - 1])
+            if g + 1 < groups:
+                hs, bufs = cp.model.frame_step(x, normed, bufs, g + 1)
+        return out
+
+    for run in (lambda f: f(h, first), lambda f: mx.compile(f)(h, first)):
+        for a, b in zip(run(cache_path), run(buffer_path), strict=True):
+            assert mx.array_equal(a, b).item()

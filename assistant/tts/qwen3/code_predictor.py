@@ -107,6 +107,39 @@ class PredictorModel(nn.Module):
         # a frame: the prefill [h_last, C(c0)] at positions 0-1, then one position per group
         spans = ((0, 2), *((p, 1) for p in range(2, self.cfg.num_code_groups + 1)))
         self.rope = Rope(self.cfg.head_dim, self.cfg.rope_theta, spans)
+        positions = self.cfg.num_code_groups
+        # frame_step's write masks, one per position (constants of the compiled frame)
+        self._slots = [(mx.arange(positions) == p).reshape(1, positions, 1, 1, 1) for p in range(positions)]
+        mx.eval(self._slots)
+
+    @property
+    def writes_rows(self) -> bool:
+        """Whether a frame runs `frame_prefill` / `frame_step` (the fused layout with the RoPE chain), else
+        `__call__` over a FrameCache."""
+        return self.rope is not None and self.layers[0].self_attn.writes_rows
+
+    def frame_prefill(self, x: mx.array) -> tuple[mx.array, list[mx.array]]:
+        """The prefill rows x [n, hidden] (projected): post-norm hidden states [n, hidden] and each layer's
+        frame buffer."""
+        assert self.rope is not None
+        angles, bufs = self.rope.span(0, x.shape[-2]), []
+        for layer in self.layers:
+            x, buf = layer.frame_prefill(x, self.cfg.num_code_groups, angles)
+            bufs.append(buf)
+        return self.norm(x), bufs
+
+    def frame_step(
+        self, x: mx.array, normed: mx.array | None, bufs: list[mx.array], pos: int
+    ) -> tuple[mx.array, list[mx.array]]:
+        """One position x [1, hidden] (projected; `normed`: layer 0's input norm of it, or None) at `pos`:
+        the post-norm hidden state and the new buffers."""
+        assert self.rope is not None
+        angles, out = self.rope.span(pos, 1), []
+        for layer, buf in zip(self.layers, bufs, strict=True):
+            x, buf = layer.frame_step(x, buf, self._slots[pos], pos, angles, normed)
+            out.append(buf)
+            normed = None
+        return self.norm(x), out
 
 
 class CodePredictor(nn.Module):
@@ -160,12 +193,25 @@ class CodePredictor(nn.Module):
         """Codes 1..15 of one frame, each uint32 [1] (group g drawn with Gumbel noise row g - 1, None: greedy), and
         the frame's embedding E(frame) [1, talker hidden] (c0_embedding plus the group tables' rows, the ones the loop
         feeds back); lazy, on the device."""
-        cache = self.make_cache()
         # two-dimensional throughout: a matmul of a three-dimensional x records a flatten and an unflatten
         # [2, talker hidden] by one select (a stack is a copy kernel per row)
         x = mx.where(mx.array([[True], [False]]), past_hidden, c0_embedding)
         frame_e, normed = c0_embedding[None], None
         codes: list[mx.array] = []
+        if self.model.writes_rows:  # each step's K/V write inside its RoPE kernel (PredictorModel.frame_step)
+            h, bufs = self.model.frame_prefill(self.project(x))
+            for g in range(1, self.cfg.num_code_groups):
+                logits = self.lm_head[g - 1](h[-1:, :])
+                code = sub_code(logits[0, :], None if noise is None else noise[g - 1, :], p)
+                codes.append(code)
+                e, x, normed = self.embed(g, code)
+                frame_e = frame_e + e
+                if g + 1 < self.cfg.num_code_groups:  # group g + 1 from position g + 1
+                    if normed is None:
+                        x = self.project(x)
+                    h, bufs = self.model.frame_step(x, normed, bufs, g + 1)
+            return codes, frame_e
+        cache = self.make_cache()
         for g in range(1, self.cfg.num_code_groups):
             # a[i, :] is a view; MLX makes a[i] a gather, one more kernel per step
             code = sub_code(self.logits(x, g, cache, normed)[0, :], None if noise is None else noise[g - 1, :], p)

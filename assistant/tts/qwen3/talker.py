@@ -207,6 +207,15 @@ class Attention(nn.Module):
         self.rotation = options.rotation
         if self.rotation == "rope":  # the norm weights [heads, 1, d] with q's scale, in the model's dtype
             self.head_weight = (w.reshape(-1, 1, d) * self.head_scale[..., 0]).astype(w.dtype)
+        else:  # frame_step's row layout [.., heads, 2, d / 2]: the same constants shaped for it
+            rows = (h + 2 * kv, 2, d // 2)
+            self.row_weights = (
+                w.reshape(rows),
+                self.qk_weight_rot.reshape(rows),
+                self.head_scale.reshape(-1, 1, 1),
+                self.is_v.reshape(-1, 1, 1),
+            )
+            mx.eval(self.row_weights)  # a tuple is no parameter: evaluated here, constants of the compiled frame
         del self.q_proj, self.k_proj, self.v_proj, self.q_norm, self.k_norm
         self.fused = True
 
@@ -275,6 +284,53 @@ class Attention(nn.Module):
             out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=scale, mask=mask)
             out = (out if n == 1 else out.transpose(0, 2, 1, 3)).reshape(rows)  # n = 1: the same bytes
         return add_linear(residual, self.o_proj, out)
+
+    @property
+    def writes_rows(self) -> bool:
+        """Whether `frame_step` applies: the fused layout with the RoPE chain (its elementwise kernel can write
+        the row into a frame buffer; mx.fast.rope's output cannot fuse with a write)."""
+        return self.fused and self.rotation == "chain"
+
+    def frame_prefill(
+        self, x: mx.array, residual: mx.array, angles: tuple[mx.array, mx.array], positions: int
+    ) -> tuple[mx.array, mx.array]:
+        """The predictor's prefill rows x [n, hidden] at positions 0..n-1: (residual + attention, the frame
+        buffer [1, positions, heads + 2 * kv_heads, d] for `frame_step`, its first n rows holding the new K/V
+        behind zero q rows; one pad: a fill and a copy)."""
+        q, new = self.project(x, 0, angles)
+        n = new.shape[2]
+        buf = mx.pad(new.transpose(0, 2, 1, 3), [(0, 0), (0, positions - n), (self.heads, 0), (0, 0)])
+        return self.attend(q, new, "causal", residual), buf
+
+    def frame_step(
+        self,
+        x: mx.array,
+        buf: mx.array,
+        slot: mx.array,
+        pos: int,
+        angles: tuple[mx.array, mx.array],
+        residual: mx.array,
+    ) -> tuple[mx.array, mx.array]:
+        """One predictor position x [1, hidden] at `pos` (known when the loop is traced) against the frame
+        buffer buf [1, P, heads + 2 * kv_heads, d]: the new buffer is buf with row pos replaced by this position's
+        rotated, scaled q, rotated k and v, selected where `slot` (bool [1, P, 1, 1, 1], true at pos) in the same
+        elementwise kernel that rotates them (where a K/V write after it was one more kernel); the attention reads
+        q at pos and K/V up to pos as views (strided rows: no copy on CUDA or Metal). Returns (residual +
+        attention, the new buffer)."""
+        h, kv, d = self.heads, self.kv_heads, self.head_dim
+        heads, half, positions = h + 2 * kv, d // 2, buf.shape[1]
+        qkv = self.qkv_proj(x)
+        raw = qkv.reshape(1, 1, heads, 2, half)
+        normed = mx.fast.rms_norm(qkv.reshape(1, 1, heads, d), None, self.eps).reshape(1, 1, heads, 2, half)
+        w, w_rot, scale, is_v = self.row_weights
+        cos, sin = angles
+        rotated = (normed * w * cos + normed[..., ::-1, :] * w_rot * sin) * scale
+        row = mx.where(is_v, raw, rotated).astype(buf.dtype)
+        new = mx.where(slot, row, buf.reshape(1, positions, heads, 2, half)).reshape(1, positions, heads, d)
+        seen = new[:, : pos + 1].transpose(0, 2, 1, 3)  # [1, heads, pos + 1, d]: q at pos, K/V up to it
+        q, keys, values = seen[:, :h, pos:], seen[:, h : h + kv], seen[:, h + kv :]
+        out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=1.0)  # q left the chain scaled
+        return add_linear(residual, self.o_proj, out.reshape(1, h * d)), new
 
     def __call__(
         self, x: mx.array, cache: Any, residual: mx.array, angles: tuple[mx.array, mx.array] | None = None
@@ -363,6 +419,29 @@ class DecoderLayer(nn.Module):
         """`normed`: input_layernorm(x), where the caller has it already (the predictor's looked-up rows)."""
         x = self.self_attn(self.input_layernorm(x) if normed is None else normed, cache, x, angles)
         return self.mlp(self.post_attention_layernorm(x), x)
+
+    def frame_prefill(
+        self, x: mx.array, positions: int, angles: tuple[mx.array, mx.array]
+    ) -> tuple[mx.array, mx.array]:
+        """`__call__` for the predictor's prefill rows, returning the frame buffer (Attention.frame_prefill)."""
+        y, buf = self.self_attn.frame_prefill(self.input_layernorm(x), x, angles, positions)
+        return self.mlp(self.post_attention_layernorm(y), y), buf
+
+    def frame_step(
+        self,
+        x: mx.array,
+        buf: mx.array,
+        slot: mx.array,
+        pos: int,
+        angles: tuple[mx.array, mx.array],
+        normed: mx.array | None = None,
+    ) -> tuple[mx.array, mx.array]:
+        """`__call__` for one predictor position against the frame buffer (Attention.frame_step); `normed`:
+        input_layernorm(x) where the caller has it."""
+        y, buf = self.self_attn.frame_step(
+            self.input_layernorm(x) if normed is None else normed, buf, slot, pos, angles, x
+        )
+        return self.mlp(self.post_attention_layernorm(y), y), buf
 
     def step(
         self,
