@@ -53,10 +53,10 @@ def test_frame_kernels_follow_the_per_layer_accounting(tmp_path: Path, monkeypat
     """The kernels of one frame, counted as MLX CUDA launches them (session 9), at two layer counts: a talker
     step is 14 per layer (input norm, q/k/v matmul, q/k/v norm, RoPE chain, K/V scatter, masked attention as
     matmul, mask, softmax, matmul, o_proj addmm, post norm, gate/up matmul, SwiGLU, down addmm) plus its final
-    norm, mask and RoPE row (3). The frame kernel per predictor layer: the prefill 12 (input norm, q/k/v
-    matmul, q/k/v norm, RoPE chain, the frame buffer's pad 2, fused attention, o_proj addmm, post norm,
-    gate/up matmul, SwiGLU, down addmm), each of the 14 steps 10 (the same less the pad: the RoPE chain writes
-    the buffer row), less the 14 layer-0 norms the group tables hold precomputed, plus 101 outside the layers
+    norm, mask and RoPE row (3). The frame kernel is 10 per predictor layer-step (input norm, q/k/v matmul,
+    q/k/v norm, the RoPE chain that also writes the rows into the frame buffer, fused attention, o_proj addmm,
+    post norm, gate/up matmul, SwiGLU, down addmm), 15 steps (the prefill's two rows one step), less the 14
+    layer-0 norms the group tables hold precomputed, plus 101 outside the layers
     (codec_head, 15 lm_heads and 15 final norms 31; per code partition, warp chain, argmax and gather 64 and
     the penalty chain 1; the prefill rows' select 1, the codes' two select chains 2, E(frame) + text's two add
     chains 2). The Gumbel noise adds 3 kernels per 16 frames, the codec 69.2 per frame (its 4-frame step 277)."""
@@ -70,6 +70,6 @@ def test_frame_kernels_follow_the_per_layer_accounting(tmp_path: Path, monkeypat
         write_checkpoint(folder, "0.6B", None, talker_layers, predictor_layers, tiny_widths=True)
         gpu = count(folder)["gpu"]
         assert gpu["talker_step"]["kernels"] == 14 * talker_layers + 3
-        assert gpu["frame_kernel"]["kernels"] == (12 + 14 * 10) * predictor_layers - 14 + 101
+        assert gpu["frame_kernel"]["kernels"] == 10 * predictor_layers * 15 - 14 + 101
         assert gpu["noise_block"]["kernels"] == 3
         assert gpu["codec_step@4"]["kernels"] == 277

@@ -183,13 +183,13 @@ def test_frame_buffer_steps_equal_the_frame_cache_steps(checkpoints: Any, refere
         return out
 
     def buffer_path(h: mx.array, first: mx.array) -> list[mx.array]:
-        hs, bufs = cp.model.frame_prefill(cp.project(mx.concatenate([h, first])))
+        hs, bufs = cp.model.frame(cp.project(mx.concatenate([h, first])), None, None, 0)
         out = []
         for g in range(1, groups):
             out.append(cp.lm_head[g - 1](hs[-1:, :]))
             _, x, normed = cp.embed(g, codes[g - 1])
             if g + 1 < groups:
-                hs, bufs = cp.model.frame_step(x, normed, bufs, g + 1)
+                hs, bufs = cp.model.frame(x, normed, bufs, g + 1)
         return out
 
     for run in (lambda f: f(h, first), lambda f: mx.compile(f)(h, first)):

@@ -108,35 +108,26 @@ class PredictorModel(nn.Module):
         spans = ((0, 2), *((p, 1) for p in range(2, self.cfg.num_code_groups + 1)))
         self.rope = Rope(self.cfg.head_dim, self.cfg.rope_theta, spans)
         positions = self.cfg.num_code_groups
-        # frame_step's write masks, one per position (constants of the compiled frame)
+        # frame's write masks, one per position (constants of the compiled frame)
         self._slots = [(mx.arange(positions) == p).reshape(1, positions, 1, 1, 1) for p in range(positions)]
         mx.eval(self._slots)
 
     @property
     def writes_rows(self) -> bool:
-        """Whether a frame runs `frame_prefill` / `frame_step` (the fused layout with the RoPE chain), else
-        `__call__` over a FrameCache."""
+        """Whether a frame runs `frame` (the fused layout with the RoPE chain), else `__call__` over a
+        FrameCache."""
         return self.rope is not None and self.layers[0].self_attn.writes_rows
 
-    def frame_prefill(self, x: mx.array) -> tuple[mx.array, list[mx.array]]:
-        """The prefill rows x [n, hidden] (projected): post-norm hidden states [n, hidden] and each layer's
-        frame buffer."""
-        assert self.rope is not None
-        angles, bufs = self.rope.span(0, x.shape[-2]), []
-        for layer in self.layers:
-            x, buf = layer.frame_prefill(x, self.cfg.num_code_groups, angles)
-            bufs.append(buf)
-        return self.norm(x), bufs
-
-    def frame_step(
-        self, x: mx.array, normed: mx.array | None, bufs: list[mx.array], pos: int
+    def frame(
+        self, x: mx.array, normed: mx.array | None, bufs: list[mx.array] | None, start: int
     ) -> tuple[mx.array, list[mx.array]]:
-        """One position x [1, hidden] (projected; `normed`: layer 0's input norm of it, or None) at `pos`:
-        the post-norm hidden state and the new buffers."""
+        """Rows x [n, hidden] (projected; `normed`: layer 0's input norm of them, or None) at positions start..
+        against the layers' frame buffers (None: a new frame, the prefill): the post-norm hidden states
+        [n, hidden] and the new buffers (Attention.frame)."""
         assert self.rope is not None
-        angles, out = self.rope.span(pos, 1), []
-        for layer, buf in zip(self.layers, bufs, strict=True):
-            x, buf = layer.frame_step(x, buf, self._slots[pos], pos, angles, normed)
+        angles, out = self.rope.span(start, x.shape[-2]), []
+        for i, layer in enumerate(self.layers):
+            x, buf = layer.frame(x, None if bufs is None else bufs[i], self._slots, start, angles, normed)
             out.append(buf)
             normed = None
         return self.norm(x), out
@@ -198,8 +189,8 @@ class CodePredictor(nn.Module):
         x = mx.where(mx.array([[True], [False]]), past_hidden, c0_embedding)
         frame_e, normed = c0_embedding[None], None
         codes: list[mx.array] = []
-        if self.model.writes_rows:  # each step's K/V write inside its RoPE kernel (PredictorModel.frame_step)
-            h, bufs = self.model.frame_prefill(self.project(x))
+        if self.model.writes_rows:  # each step's K/V write inside its RoPE kernel (PredictorModel.frame)
+            h, bufs = self.model.frame(self.project(x), None, None, 0)
             for g in range(1, self.cfg.num_code_groups):
                 logits = self.lm_head[g - 1](h[-1:, :])
                 code = sub_code(logits[0, :], None if noise is None else noise[g - 1, :], p)
@@ -209,7 +200,7 @@ class CodePredictor(nn.Module):
                 if g + 1 < self.cfg.num_code_groups:  # group g + 1 from position g + 1
                     if normed is None:
                         x = self.project(x)
-                    h, bufs = self.model.frame_step(x, normed, bufs, g + 1)
+                    h, bufs = self.model.frame(x, normed, bufs, g + 1)
             return codes, frame_e
         cache = self.make_cache()
         for g in range(1, self.cfg.num_code_groups):

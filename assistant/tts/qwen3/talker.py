@@ -207,7 +207,7 @@ class Attention(nn.Module):
         self.rotation = options.rotation
         if self.rotation == "rope":  # the norm weights [heads, 1, d] with q's scale, in the model's dtype
             self.head_weight = (w.reshape(-1, 1, d) * self.head_scale[..., 0]).astype(w.dtype)
-        else:  # frame_step's row layout [.., heads, 2, d / 2]: the same constants shaped for it
+        else:  # frame's row layout [.., heads, 2, d / 2]: the same constants shaped for it
             rows = (h + 2 * kv, 2, d // 2)
             self.row_weights = (
                 w.reshape(rows),
@@ -287,50 +287,46 @@ class Attention(nn.Module):
 
     @property
     def writes_rows(self) -> bool:
-        """Whether `frame_step` applies: the fused layout with the RoPE chain (its elementwise kernel can write
-        the row into a frame buffer; mx.fast.rope's output cannot fuse with a write)."""
+        """Whether `frame` applies: the fused layout with the RoPE chain (its elementwise kernel can write the
+        rows into a frame buffer; mx.fast.rope's output cannot fuse with a write)."""
         return self.fused and self.rotation == "chain"
 
-    def frame_prefill(
-        self, x: mx.array, residual: mx.array, angles: tuple[mx.array, mx.array], positions: int
-    ) -> tuple[mx.array, mx.array]:
-        """The predictor's prefill rows x [n, hidden] at positions 0..n-1: (residual + attention, the frame
-        buffer [1, positions, heads + 2 * kv_heads, d] for `frame_step`, its first n rows holding the new K/V
-        behind zero q rows; one pad: a fill and a copy)."""
-        q, new = self.project(x, 0, angles)
-        n = new.shape[2]
-        buf = mx.pad(new.transpose(0, 2, 1, 3), [(0, 0), (0, positions - n), (self.heads, 0), (0, 0)])
-        return self.attend(q, new, "causal", residual), buf
-
-    def frame_step(
+    def frame(
         self,
         x: mx.array,
-        buf: mx.array,
-        slot: mx.array,
-        pos: int,
+        buf: mx.array | None,
+        slots: list[mx.array],
+        start: int,
         angles: tuple[mx.array, mx.array],
         residual: mx.array,
     ) -> tuple[mx.array, mx.array]:
-        """One predictor position x [1, hidden] at `pos` (known when the loop is traced) against the frame
-        buffer buf [1, P, heads + 2 * kv_heads, d]: the new buffer is buf with row pos replaced by this position's
-        rotated, scaled q, rotated k and v, selected where `slot` (bool [1, P, 1, 1, 1], true at pos) in the same
-        elementwise kernel that rotates them (where a K/V write after it was one more kernel); the attention reads
-        q at pos and K/V up to pos as views (strided rows: no copy on CUDA or Metal). Returns (residual +
-        attention, the new buffer)."""
+        """The predictor's rows x [n, hidden] at positions start.. (known when the loop is traced) against this
+        layer's frame buffer buf [1, P, heads + 2 * kv_heads, d] (None: a new frame, zeros): the new buffer is buf
+        with those positions' rows replaced by their rotated, scaled q, rotated k and v, selected where slots[p]
+        (bool [1, P, 1, 1, 1], true at p) inside the elementwise kernel that rotates them (writing K/V after it
+        was one more kernel, padding a new frame's two); the attention reads q and K/V as strided views of it
+        (taken as they are by CUDA's and, for one row, Metal's kernels; Metal copies the prefill's two q rows).
+        Returns (residual + attention, the new buffer)."""
         h, kv, d = self.heads, self.kv_heads, self.head_dim
-        heads, half, positions = h + 2 * kv, d // 2, buf.shape[1]
+        heads, half, n, positions = h + 2 * kv, d // 2, x.shape[0], len(slots)
         qkv = self.qkv_proj(x)
-        raw = qkv.reshape(1, 1, heads, 2, half)
-        normed = mx.fast.rms_norm(qkv.reshape(1, 1, heads, d), None, self.eps).reshape(1, 1, heads, 2, half)
+        raw = qkv.reshape(1, n, heads, 2, half)
+        normed = mx.fast.rms_norm(qkv.reshape(1, n, heads, d), None, self.eps).reshape(1, n, heads, 2, half)
         w, w_rot, scale, is_v = self.row_weights
-        cos, sin = angles
-        rotated = (normed * w * cos + normed[..., ::-1, :] * w_rot * sin) * scale
-        row = mx.where(is_v, raw, rotated).astype(buf.dtype)
-        new = mx.where(slot, row, buf.reshape(1, positions, heads, 2, half)).reshape(1, positions, heads, d)
-        seen = new[:, : pos + 1].transpose(0, 2, 1, 3)  # [1, heads, pos + 1, d]: q at pos, K/V up to it
-        q, keys, values = seen[:, :h, pos:], seen[:, h : h + kv], seen[:, h + kv :]
-        out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=1.0)  # q left the chain scaled
-        return add_linear(residual, self.o_proj, out.reshape(1, h * d)), new
+        cos, sin = angles  # [n, 1, half]
+        new = mx.array(0, qkv.dtype) if buf is None else buf.reshape(1, positions, heads, 2, half)
+        for i in range(n):  # a row at a time (views of the inputs), each broadcast over the positions it selects in
+            nrm, r, c, s = normed, raw, cos, sin
+            if n > 1:
+                nrm, r, c, s = nrm[:, i : i + 1], r[:, i : i + 1], c[i : i + 1], s[i : i + 1]
+            rotated = (nrm * w * c + nrm[..., ::-1, :] * w_rot * s) * scale
+            new = mx.where(slots[start + i], mx.where(is_v, r, rotated).astype(qkv.dtype), new)
+        new = new.reshape(1, positions, heads, d)
+        seen = new[:, : start + n].transpose(0, 2, 1, 3)  # [1, heads, start + n, d]
+        q, keys, values = seen[:, :h, start:], seen[:, h : h + kv], seen[:, h + kv :]
+        # q left the chain scaled; n = 1: [1, h, 1, d] and [1, h * d] are the same bytes
+        out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=1.0, mask="causal" if n > 1 else None)
+        return add_linear(residual, self.o_proj, (out if n == 1 else out.transpose(0, 2, 1, 3)).reshape(n, h * d)), new
 
     def __call__(
         self, x: mx.array, cache: Any, residual: mx.array, angles: tuple[mx.array, mx.array] | None = None
@@ -420,26 +416,19 @@ class DecoderLayer(nn.Module):
         x = self.self_attn(self.input_layernorm(x) if normed is None else normed, cache, x, angles)
         return self.mlp(self.post_attention_layernorm(x), x)
 
-    def frame_prefill(
-        self, x: mx.array, positions: int, angles: tuple[mx.array, mx.array]
-    ) -> tuple[mx.array, mx.array]:
-        """`__call__` for the predictor's prefill rows, returning the frame buffer (Attention.frame_prefill)."""
-        y, buf = self.self_attn.frame_prefill(self.input_layernorm(x), x, angles, positions)
-        return self.mlp(self.post_attention_layernorm(y), y), buf
-
-    def frame_step(
+    def frame(
         self,
         x: mx.array,
-        buf: mx.array,
-        slot: mx.array,
-        pos: int,
+        buf: mx.array | None,
+        slots: list[mx.array],
+        start: int,
         angles: tuple[mx.array, mx.array],
         normed: mx.array | None = None,
     ) -> tuple[mx.array, mx.array]:
-        """`__call__` for one predictor position against the frame buffer (Attention.frame_step); `normed`:
+        """`__call__` for predictor rows against the layer's frame buffer (Attention.frame); `normed`:
         input_layernorm(x) where the caller has it."""
-        y, buf = self.self_attn.frame_step(
-            self.input_layernorm(x) if normed is None else normed, buf, slot, pos, angles, x
+        y, buf = self.self_attn.frame(
+            self.input_layernorm(x) if normed is None else normed, buf, slots, start, angles, x
         )
         return self.mlp(self.post_attention_layernorm(y), y), buf
 
