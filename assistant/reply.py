@@ -33,7 +33,7 @@ from assistant.turns import Responder
 SPECULATIVE_CHUNKS = 1  # audio chunks made ahead while the turn is unconfirmed; then the reply waits
 NET_SETTLE_S = 5.0  # how long settling waits for a network LLM's step to leave its generator after cancel()
 MAX_STALLS = 3  # TTS steps without a frame after end_text() before the TTS is declared stuck
-DECODE_MARGIN_S = 0.03  # kept in the listener's buffer when a decode is due: a 20 ms speaker block plus step jitter
+DECODE_MARGIN_S = 0.06  # audio kept queued when a decode is due: a 20 ms speaker block, and a loaded step late 40 ms
 EMA = 0.5  # weight of the newest measurement in the learned step costs (they change within a reply: LLM ends)
 
 
@@ -122,14 +122,12 @@ class ChunkPacing:
         the first chunk (the engine's first chunk comes as soon as it can)."""
         if self.play_end is None or self._decoding is None:
             return None
-        decoding = self._decoding  # a frame step with its decode: when a chunk asked for now comes
+        decoding = self._decoding  # a frame step with its decode
         plain = self._plain if self._plain is not None else decoding  # unknown: the larger bound
         left = self.play_end - t
-        if left >= self._between + plain + decoding + self.margin_s:
-            return False  # one more frame, then its chunk, still come before the listener runs dry
-        # too late anyway: a chunk now only helps if single frames keep up with real time; else gather a larger
-        # one (one longer gap, then a larger refill, instead of a stutter each frame)
-        return left >= decoding or self._between + decoding < self.frame_s
+        # False: one more frame, then its chunk, still come before the listener runs dry. (Too late even now, the
+        # chunk still comes soonest: gathering frames there made 4-frame gaps on a loaded CPU near real time.)
+        return left < self._between + plain + decoding + self.margin_s
 
 
 def _ema(old: float | None, new: float) -> float:

@@ -165,15 +165,16 @@ def test_reply_plays_without_a_gap_when_each_frame_and_its_token_beat_real_time(
     assert max(paced_tts.decoder.sizes) > 1  # once the buffer is ahead, frames are gathered into larger chunks
 
 
-def test_pacing_gathers_frames_when_single_frames_cannot_keep_up() -> None:
-    """When a frame and its decode take longer than the frame plays, a chunk now would not come in time and
-    the next would be later still: the frames are held for a larger chunk (one gap, then a refill)."""
+def test_pacing_decodes_when_one_more_frame_would_come_after_the_listener_runs_dry() -> None:
+    """With 50 ms between frames, a 40 ms frame step and a 100 ms decoding step, holding one more frame needs 190 ms
+    (+60 ms margin) of audio left: with 260 ms it holds, with 140 ms (or none) it decodes now."""
     p = ChunkPacing(24000)
     p.frame(0.0, 0.1, True)  # the first chunk: frame + decode 100 ms
     p.chunk(0.1, 3 * 1920)  # plays until 0.34
-    p.frame(0.15, 0.19, False)  # 50 ms between frames, 40 ms a frame: a frame and its decode 150 ms > 80
-    assert p.decide(0.2) is True  # 140 ms left: this frame's chunk (100 ms) still comes in time, a later one not
-    assert p.decide(0.26) is False  # 80 ms left: too late anyway; hold the frames for a larger chunk
+    p.frame(0.15, 0.19, False)
+    assert p.decide(0.08) is False
+    assert p.decide(0.2) is True
+    assert p.decide(0.5) is True  # ran dry already: the chunk still comes soonest this way
 
 
 def test_pacing_holds_frames_while_the_buffer_is_ahead() -> None:
