@@ -84,12 +84,11 @@ class ChunkPacing:
     it; while every frame also waits for an LLM token (~45 ms a frame on the H100 run of 2026-12-07 23:09) the
     larger chunks came late and the speaker ran dry. Here each chunk is audio the listener plays from when it was
     made (a sink that buffers ahead has more time, so this errs early), and the costs are learned as the reply
-    goes: a frame step, the extra of a decoding step, and the wall time between frame steps (LLM steps, other jobs).
+    goes: a frame step, a frame step with its decode, and the wall time between frame steps (LLM steps, other jobs).
     """
 
-    def __init__(self, rate: int, speed: float = 1.0, margin_s: float = DECODE_MARGIN_S) -> None:
+    def __init__(self, rate: int, margin_s: float = DECODE_MARGIN_S) -> None:
         self.rate, self.margin_s = rate, margin_s
-        self.frame_s = TTS_FRAME_SAMPLES / speed / rate  # audio seconds of one frame (time-stretched at `speed`)
         self.play_end: float | None = None  # when the audio made so far will have played
         self.made_s = 0.0  # audio seconds made so far
         self._between = 0.0  # wall s from the end of one frame step to the start of the next
@@ -116,6 +115,7 @@ class ChunkPacing:
     def held_until(self, t: float) -> None:
         """Everything made so far was held (an unconfirmed turn) and starts playing at `t`."""
         self.play_end = t + self.made_s
+        self._last_end = None  # the wait for confirmation is no time between frames
 
     def decide(self, t: float) -> bool | None:
         """Before a TTS step at `t`: True to make a chunk after its frame, False to hold the frames, None before
@@ -341,7 +341,7 @@ async def pump(
     if speak is not None:
         reply.heard.pushed(speak)
         reply.utt = await compute.run(engines.tts.start, engines.voice, speak, ticket=ticket)
-        reply.pacing = ChunkPacing(engines.tts.sample_rate, float(getattr(reply.utt, "speed", 1.0)))
+        reply.pacing = ChunkPacing(engines.tts.sample_rate)
         trace.mark("tts_first_text", time.monotonic())
         while not reply.utt.done:
             async for out in _tts_step(reply, compute, ticket):
@@ -350,7 +350,7 @@ async def pump(
         return
     splitter = ClauseChunker("clauses" if cfg.tts.text_mode == "chunked" else "stream")
     reply.utt = utt = await compute.run(engines.tts.start, engines.voice, None, ticket=ticket)
-    reply.pacing = ChunkPacing(engines.tts.sample_rate, float(getattr(utt, "speed", 1.0)))
+    reply.pacing = ChunkPacing(engines.tts.sample_rate)
     await compute.run(start_answer, reply, engines.chat, ticket=ticket)
     assert reply.gen is not None
     calling = toolbox is not None or bool(hand_off)
