@@ -163,6 +163,10 @@ class Client:
     def subscribed(self) -> bool:
         return self.native is not None and self.native.subscribed
 
+    @property
+    def listening(self) -> bool:
+        return self.native is not None and self.native.listening
+
 
 class ControlServer:
     """The daemon's WebSocket server. `async with ControlServer(...) as s:` serves on `s.port` until closed."""
@@ -370,8 +374,9 @@ class ControlServer:
                     log.exception("dropped an unencodable message")
 
     async def _receive(self, client: Client) -> str | bytes | None:
-        """The next message, or None after the idle timeout (subscribers only listen, so they never idle out)."""
-        timeout = None if client.subscribed else self.cfg.idle_timeout_s
+        """The next message, or None after the idle timeout (subscribers and apps whose tools the voice loop may call
+        only listen, so they never idle out)."""
+        timeout = None if client.listening else self.cfg.idle_timeout_s
         await asyncio.sleep(0)  # a frame already buffered returns at once: let other clients and the voice loop run
         try:
             async with asyncio.timeout(timeout):

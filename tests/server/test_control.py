@@ -288,6 +288,27 @@ def test_idle_connection_is_closed_but_subscribers_stay() -> None:
     asyncio.run(body())
 
 
+def test_an_app_whose_tools_await_calls_is_not_closed_as_idle() -> None:
+    """An app that registered tools and then only waits for `tool.call` frames is kept past idle_timeout_s (its
+    tools stay offered); once it withdraws them it idles out like any other client."""
+
+    async def body() -> None:
+        async with running(idle_timeout_s=0.3, ping_interval_s=0.1) as (server, ctl, _):
+            async with client(server) as app:
+                lamp = {"name": "set_lamp", "description": "Switch the lamp.", "parameters": {"type": "object"}}
+                reply = await request(app, {"type": "tools.register", "id": 1, "tools": [lamp]})
+                assert reply["result"] == {"tools": ["set_lamp"]}
+                await asyncio.sleep(0.8)  # past the idle timeout, several ping/pong rounds too
+                assert (await request(app, {"type": "status", "id": 2}))["type"] == "reply"
+                assert ("app_gone", "app1") not in ctl.calls
+                await request(app, {"type": "tools.register", "id": 3, "tools": []})
+                await asyncio.sleep(0.8)
+                with pytest.raises(Exception, match="idle"):
+                    await recv(app)
+
+    asyncio.run(body())
+
+
 def test_client_that_never_answers_pings_is_dropped() -> None:
     """A peer that completes the handshake but never answers pings is disconnected after ping_interval_s."""
 
