@@ -529,6 +529,8 @@ class HandleHandler(AsyncEventHandler):
             await self._handle(event)
         except BAD_REQUEST as e:
             await self.write_event(_bad_request(event, e))
+        except ConnectionError:
+            return False  # the client hung up while its answer streamed: nothing to tell, nothing to log
         except Exception as e:  # a bug or a model failure: the client hears why, the server keeps serving
             log.exception("wyoming handle: %s failed", event.type)
             await self.write_event(_error(f"answering failed: {type(e).__name__}: {e}", "internal"))

@@ -763,3 +763,44 @@ def test_a_voice_error_names_the_voices_that_fit_and_no_server_path(rig: Rig) ->
     unknown, unfit = rig.serve(body)
     assert unknown.startswith("unknown voice 'nobody'; voices: ") and "vivian" in unknown and "/" not in unknown
     assert unfit.startswith("voice 'clone' (clone) does not fit the custom_voice model of tts.model; voices that do: ")
+
+
+def test_a_client_gone_mid_answer_ends_quietly(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """A handle client that hangs up while its answer streams ends its handler without an error traceback in the
+    daemon log (writing to it failed and was logged as `answering failed`), the turn is finished with what was
+    said, and the service goes on serving."""
+
+    class Long:
+        def __init__(self) -> None:
+            self.finished: list[str | None] = []
+
+        def respond(self, text: str) -> Any:
+            yield from ["Word. "] * 2000
+
+        def finish_turn(self, heard: str | None) -> None:
+            self.finished.append(heard)
+
+    chat = Long()
+    engines = SpeechEngines(rig.engines.new_transcriber, rig.engines.tts, lambda: chat)
+    cfg = rig.cfg.replace({"wyoming.handle_port": free_port()})
+
+    async def main() -> list[str]:
+        async with WyomingServices(cfg, engines, rig.compute) as s:
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.handle_port)
+            await async_write_event(Transcript(text="Tell me everything.").event(), writer)
+            while (got := await asyncio.wait_for(async_read_event(reader), READ_S)) and got.type != "handled-chunk":
+                pass
+            writer.transport.abort()  # gone, as Home Assistant when the user stops the pipeline
+            if s._handlers:
+                await asyncio.wait(set(s._handlers), timeout=READ_S)
+            assert not s._handlers
+            async with AsyncTcpClient("127.0.0.1", s.handle_port) as c:
+                await c.write_event(Describe().event())
+                return [(await read(c)).type]
+
+    with caplog.at_level(logging.INFO, logger="assistant.wyoming"):
+        after = asyncio.run(main())
+    assert after == ["info"]
+    assert len(chat.finished) == 1 and chat.finished[0] is not None and chat.finished[0].startswith("Word.")
+    noisy = [r for r in caplog.records if r.name.startswith("assistant.wyoming") and r.levelno >= logging.WARNING]
+    assert noisy == [], [r.getMessage() for r in noisy]
