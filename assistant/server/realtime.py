@@ -57,6 +57,7 @@ class _UserAudio:
     item_id: str
     start_ms: int
     end_ms: int
+    failed: bool = False  # its transcription.failed went out; the empty transcript the core sends after is its own
 
 
 Out = list[rp.ServerEvent]
@@ -602,9 +603,11 @@ class RealtimeConversation:
         if isinstance(ev, events.ResponseDone):
             return self._done(ev)
         if isinstance(ev, events.ErrorEvent):
-            if self.awaiting_transcript and self.response is None and not self.requested:
-                # between a commit and its transcript, the session's only work is transcribing it
-                user = self.awaiting_transcript.popleft()
+            head = self.awaiting_transcript[0] if self.awaiting_transcript else None
+            if head is not None and not head.failed and self.response is None and not self.requested:
+                # between a commit and its transcript, the session's only work is transcribing it; the core then
+                # sends that item's (empty) transcript, so it stays first in line until then
+                user, user.failed = head, True
                 failed = {"type": "transcription_error", "code": "transcription_failed", "message": ev.message}
                 return [rp.TranscriptionFailed(user.item_id, 0, {**failed, "param": None})]
             # invalid_request_error: OpenAI's type for a request the client must change
@@ -623,11 +626,14 @@ class RealtimeConversation:
         seconds = max(0, user.end_ms - user.start_ms) / 1000
         out: Out = []
         model = self.settings.transcription.model if self.settings.transcription else ""
+        failed = user.failed and not ev.text  # its failure was sent: the item is done without a transcript
         if "diarize" in model and ev.text:
             start, end = user.start_ms / 1000, user.end_ms / 1000
             out.append(rp.TranscriptionSegment(user.item_id, 0, f"seg_{next(self.segments)}", start, end, ev.text, "A"))
-        out.append(rp.TranscriptionCompleted(user.item_id, 0, ev.text, {"type": "duration", "seconds": seconds}))
-        item = rp.message_item(user.item_id, "user", "completed", [{"type": "input_audio", "transcript": ev.text}])
+        if not failed:
+            out.append(rp.TranscriptionCompleted(user.item_id, 0, ev.text, {"type": "duration", "seconds": seconds}))
+        transcript = None if failed else ev.text
+        item = rp.message_item(user.item_id, "user", "completed", [{"type": "input_audio", "transcript": transcript}])
         if user.item_id in self.items:
             self.items[user.item_id] = item
             keys = list(self.items)
