@@ -364,7 +364,8 @@ def decode_client_event(
         audio_output = _check_modalities(response)
         tools = decode_functions(response.obj["tools"], "response.tools", event_id) if "tools" in response.obj else None
         choice = _tool_choice(response.obj.get("tool_choice"), "response.tool_choice", event_id)
-        cap = _token_cap(response, "max_output_tokens")
+        ga, beta = _token_cap(response, "max_output_tokens"), _token_cap(response, "max_response_output_tokens")
+        cap = ga if ga is not None else beta
         temperature = _temperature(response)
         return ResponseCreate(instructions, tools, choice, audio_output, cap, temperature, event_id=event_id)
     return ResponseCancel(r.text("response_id"), event_id=event_id)
@@ -598,7 +599,7 @@ _RESPONSE_FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
 }
 _RESPONSE_FIELDS = {
     "instructions", "tools", "tool_choice", "output_modalities", "modalities", "metadata", "max_output_tokens",
-    "temperature",
+    "max_response_output_tokens", "temperature",
 }  # fmt: skip
 
 

@@ -372,6 +372,32 @@ def test_a_response_token_cap_follows_the_same_rule_as_the_sessions() -> None:
     assert "error" not in [e.type for e in met] and met[-1].response.status == "completed"
 
 
+def test_a_beta_response_token_cap_is_read_as_the_session_one_is() -> None:
+    """A beta client's response.create with max_response_output_tokens (the beta SDK's name for the response's cap)
+    follows the same rule as max_output_tokens: "inf" or the daemon's bound starts the response, a lower cap is
+    refused naming llm.max_tokens (it was refused as a field response.create does not have)."""
+    headers = {"Authorization": f"Bearer {TOKEN}", "OpenAI-Beta": "realtime=v1"}
+    user = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi."}]}
+    bound = FakeBackend().max_output_tokens()
+
+    async def body() -> list[dict[str, Any]]:
+        got = []
+        async with running() as (server, _, _backend):
+            async with client(server, "/v1/realtime", additional_headers=headers) as ws:
+                await until(ws, "conversation.created")
+                for cap in ("inf", bound, bound - 1):
+                    await ws.send(json.dumps({"type": "conversation.item.create", "item": user}))
+                    await until(ws, "conversation.item.created")
+                    response = {"max_response_output_tokens": cap}
+                    await ws.send(json.dumps({"type": "response.create", "event_id": f"r{cap}", "response": response}))
+                    got.append((await until(ws, "response.done" if cap != bound - 1 else "error"))[0])
+        return got
+
+    infinite, met, low = asyncio.run(body())
+    assert infinite["response"]["status"] == met["response"]["status"] == "completed"
+    assert low["error"]["event_id"] == f"r{bound - 1}" and f"llm.max_tokens = {bound}" in low["error"]["message"]
+
+
 def test_a_realtime_temperature_is_honoured_for_the_session_and_for_one_response() -> None:
     """A beta client's session temperature (0.6, OpenAI's lowest) samples the session's answers and is reported
     (it was refused unless 0.8, and the session reported 0.8 while sampling at llm.temperature); a response's own
