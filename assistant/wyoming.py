@@ -15,7 +15,8 @@ to 16 kHz as it streams.
 
 HANDLE (optional, `wyoming.handle_port`): our LLM as a conversation agent. `transcript` -> `handled-start`,
 `handled-chunk`* as the answer streams, `handled-stop`, then `handled` with the whole answer (`not-handled` with the
-reason when the LLM fails). Each connection is its own conversation.
+reason when the LLM fails or the transcript is refused: Home Assistant waits for one of the two and ignores `error`).
+Each connection is its own conversation.
 
 TTS: `synthesize` -> `audio-start`, `audio-chunk`*, `audio-stop` (24 kHz, 16-bit mono), the text made speakable and
 spoken sentence by sentence exactly as `assistant say` does. Streaming: `synthesize-start`, `synthesize-chunk`*,
@@ -219,6 +220,12 @@ def _bad_request(event: Event, e: Exception) -> Event:
     else:
         msg = f"malformed {event.type} event: {type(e).__name__}: {e}"
     return _error(msg, "bad-request")
+
+
+def _not_handled(event: Event, error: Event) -> Event:
+    """A failed `transcript` is answered `not-handled` with the error's text: Home Assistant's conversation agent
+    waits for handled or not-handled and ignores `error` (it waited forever); other events keep the error."""
+    return NotHandled(text=Error.from_event(error).text).event() if Transcript.is_type(event.type) else error
 
 
 def _service_reply(event: Event, info: Info) -> Event | None:
@@ -528,12 +535,14 @@ class HandleHandler(AsyncEventHandler):
         try:
             await self._handle(event)
         except BAD_REQUEST as e:
-            await self.write_event(_bad_request(event, e))
+            await self.write_event(_not_handled(event, _bad_request(event, e)))
         except ConnectionError:
             return False  # the client hung up while its answer streamed: nothing to tell, nothing to log
         except Exception as e:  # a bug or a model failure: the client hears why, the server keeps serving
             log.exception("wyoming handle: %s failed", event.type)
-            await self.write_event(_error(f"answering failed: {type(e).__name__}: {e}", "internal"))
+            await self.write_event(
+                _not_handled(event, _error(f"answering failed: {type(e).__name__}: {e}", "internal"))
+            )
         return True
 
     async def disconnect(self) -> None:
@@ -583,16 +592,16 @@ class HandleHandler(AsyncEventHandler):
                 if step.value:
                     parts.append(step.value)
                     await self.write_event(HandledChunk(text=step.value).event())
-        except AssistantError as e:  # e.g. the LLM server is down: the agent says why, the next request retries
-            await self.svc.compute.run(chat.finish_turn, "".join(parts), priority=PRIORITY)
+        except Exception as e:  # e.g. the LLM server is down: the agent says why, the next request retries
+            await self.svc.compute.run(chat.finish_turn, "".join(parts), priority=PRIORITY)  # the next starts clean
+            if isinstance(e, ConnectionError):
+                raise
+            if not isinstance(e, AssistantError):
+                log.exception("wyoming handle: answering failed")
+            why = str(e) if isinstance(e, AssistantError) else f"answering failed: {type(e).__name__}: {e}"
             await self.write_event(HandledStop().event())
-            await self.write_event(NotHandled(text=str(e)).event())
+            await self.write_event(NotHandled(text=why).event())
             return
-        except Exception:
-            await self.svc.compute.run(
-                chat.finish_turn, "".join(parts), priority=PRIORITY
-            )  # the next turn starts clean
-            raise
         await self.svc.compute.run(chat.finish_turn, None, priority=PRIORITY)
         await self.write_event(HandledStop().event())
         await self.write_event(Handled(text="".join(parts).strip()).event())

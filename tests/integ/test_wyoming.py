@@ -699,8 +699,9 @@ def test_a_client_gone_mid_synthesis_ends_quietly(rig: Rig, caplog: pytest.LogCa
 
 
 def test_handle_refuses_a_transcript_over_max_text_chars(rig: Rig) -> None:
-    """A handle transcript longer than wyoming.max_text_chars gets an error naming the limit and never reaches the
-    LLM (it went whole into the prompt: megabytes of text to prefill); the next transcript is handled."""
+    """A handle transcript longer than wyoming.max_text_chars, or empty, gets not-handled naming the problem (Home
+    Assistant's agent waits for handled or not-handled and ignores `error`, which it got) and never reaches the LLM
+    (it went whole into the prompt: megabytes of text to prefill); the next transcript is handled."""
     from http.server import BaseHTTPRequestHandler
 
     from assistant.llm_remote import RemoteChat
@@ -715,17 +716,19 @@ def test_handle_refuses_a_transcript_over_max_text_chars(rig: Rig) -> None:
     with ScriptedServer(Script(respond)) as srv:
         chat = RemoteChat(rig.cfg.replace({"llm.backend": "openai", "llm.base_url": srv.base_url}).llm)
         engines = SpeechEngines(rig.engines.new_transcriber, rig.engines.tts, chat.new_conversation)
-        too_long, ok = handle_turn(rig, engines, ["x" * (rig.cfg.wyoming.max_text_chars + 1), "hello"])
-    assert [e.type for e in too_long] == ["error"]
-    assert Error.from_event(too_long[0]).text == (
+        too_long, empty, ok = handle_turn(rig, engines, ["x" * (rig.cfg.wyoming.max_text_chars + 1), " ", "hello"])
+    assert [e.type for e in too_long] == [e.type for e in empty] == ["not-handled"]
+    assert too_long[0].data["text"] == (
         f"transcript longer than wyoming.max_text_chars = {rig.cfg.wyoming.max_text_chars}; send less"
     )
+    assert empty[0].data["text"] == "transcript text is empty; send what the user said"
     assert ok[-1].type == "handled" and ok[-1].data["text"] == "Hi." and asked == ["hello"]
 
 
 def test_handle_reports_a_model_failure_and_keeps_serving(rig: Rig) -> None:
-    """An LLM that fails with an unexpected error gives the handle client an `error` event naming it, and the same
-    connection answers the next transcript (the connection died without a word, as the ASR and TTS ones did not)."""
+    """An LLM that fails with an unexpected error ends its answer with handled-stop and not-handled naming it (Home
+    Assistant waits for handled or not-handled and ignored the `error` it got), and the same connection answers the
+    next transcript."""
 
     class Failing:
         def __init__(self) -> None:
@@ -743,8 +746,8 @@ def test_handle_reports_a_model_failure_and_keeps_serving(rig: Rig) -> None:
     chat = Failing()
     engines = SpeechEngines(rig.engines.new_transcriber, rig.engines.tts, lambda: chat)
     failed, ok = handle_turn(rig, engines, ["hello", "hello again"])
-    assert [e.type for e in failed] == ["handled-start", "error"]
-    assert Error.from_event(failed[-1]).text == "answering failed: RuntimeError: Metal ran out of memory"
+    assert [e.type for e in failed] == ["handled-start", "handled-stop", "not-handled"]
+    assert failed[-1].data["text"] == "answering failed: RuntimeError: Metal ran out of memory"
     assert [e.type for e in ok] == ["handled-start", "handled-chunk", "handled-stop", "handled"]
 
 
