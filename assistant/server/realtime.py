@@ -162,7 +162,7 @@ class RealtimeConversation:
     def error(self, e: WireError | AssistantError, event_id: str | None = None) -> rp.Error:
         """An error event for `e` (its message is already one bounded line)."""
         if isinstance(e, WireError):
-            return _error(e.code, str(e), e.id if isinstance(e.id, str) else event_id)
+            return _error(e.code, str(e), e.id if isinstance(e.id, str) else event_id, param=e.param)
         message = str(e)  # already one line naming the fix: shown as it is, not quoted like client text
         return _error("invalid_value", message if len(message) <= 300 else message[:300] + "...", event_id)
 
@@ -231,7 +231,7 @@ class RealtimeConversation:
         if bound is not None and isinstance(cap, int) and cap < bound:
             why = f"`{path}` = {cap} is below llm.max_tokens = {bound}, the bound on this daemon's replies"
             fix = f'send {bound} or more, or "inf"'
-            raise WireError("invalid_value", f"{why}, which a client cannot lower; {fix}", event_id)
+            raise WireError("invalid_value", f"{why}, which a client cannot lower; {fix}", event_id, rp.param_of(path))
 
     def _update(self, ev: rp.SessionUpdate) -> Out:
         # everything is checked before anything changes (a bad voice leaves the instructions as they were)
@@ -394,7 +394,7 @@ class RealtimeConversation:
         if ev.response_id is not None and ev.response_id != current:  # the client's view lags: not this one
             now = f"the one in progress is {current}" if current else "none has started yet"
             why = f"response {clip(ev.response_id)} is not in progress ({now}); send its id or leave response_id out"
-            return [_error("response_cancel_not_active", why, ev.event_id)]
+            return [_error("response_cancel_not_active", why, ev.event_id, param="response_id")]
         self.session.command("interrupt")
         self.cancel_requested = True
         return []
@@ -424,10 +424,12 @@ class RealtimeConversation:
                 f"previous_item_id {clip(wanted)} is no item of this conversation; leave it out (items are added "
                 "at the end) or use an id from conversation.item.added",
                 ev.event_id,
+                param="previous_item_id",
             )
         item_id = ev.item_id or self._id("item")
         if item_id in self.items:
-            return _error("item_already_exists", f"an item {clip(item_id)} exists; use a new id", ev.event_id)
+            why = f"an item {clip(item_id)} exists; use a new id"
+            return _error("item_already_exists", why, ev.event_id, param="item.id")
         return item_id
 
     def _add(self, item_id: str, item: dict[str, object]) -> str | None:
@@ -493,6 +495,7 @@ class RealtimeConversation:
                     "item_truncate_invalid_item_id",
                     f"no finished assistant audio item {clip(ev.item_id)}; truncate an item from response.done",
                     ev.event_id,
+                    param="item_id",
                 )
             ]
         turn, sent_ms, speed = known
@@ -502,6 +505,7 @@ class RealtimeConversation:
                     "invalid_value",
                     f"`audio_end_ms` {ev.audio_end_ms} is past the {sent_ms} ms of audio sent for {ev.item_id}",
                     ev.event_id,
+                    param="audio_end_ms",
                 )
             ]
         # the client heard `audio_end_ms` of audio played at `speed`: that much of the reply times the speed
@@ -515,7 +519,7 @@ class RealtimeConversation:
         sent_ms = r.samples_sent * 1000 // rp.RATE
         if ev.audio_end_ms > sent_ms:
             why = f"`audio_end_ms` {ev.audio_end_ms} is past the {sent_ms} ms of audio sent so far for {ev.item_id}"
-            return [_error("invalid_value", why, ev.event_id)]
+            return [_error("invalid_value", why, ev.event_id, param="audio_end_ms")]
         r.truncate_ms, r.cleared = ev.audio_end_ms, True
         if not self.cancel_requested:
             self.session.command("interrupt")
@@ -828,13 +832,16 @@ def _check_choice(
     names = [f.name for f in tools]
     if names and not can_call:
         why = "this session's LLM has no tool-call format in its chat template, so it cannot call functions"
-        raise WireError("invalid_value", f"{why}; send no tools, or set llm.model", event_id)
+        raise WireError(
+            "invalid_value", f"{why}; send no tools, or set llm.model", event_id, f"{path.split('.')[0]}.tools"
+        )
     if choice.mode == "function" and choice.name not in names:
         offered = ", ".join(names) or "none"
         why = f"`{path}` names function {clip(choice.name)}, which is not among the tools ({clip(offered)})"
-        raise WireError("invalid_value", f"{why}; add it to tools or choose another", event_id)
+        raise WireError("invalid_value", f"{why}; add it to tools or choose another", event_id, path)
     if choice.mode == "required" and not names:
-        raise WireError("invalid_value", f'`{path}` is "required" but no tools are offered; send tools first', event_id)
+        why = f'`{path}` is "required" but no tools are offered; send tools first'
+        raise WireError("invalid_value", why, event_id, path)
 
 
 def idle_note(idle_ms: int) -> str:
@@ -855,8 +862,11 @@ def _unknown_item(code: str, item_id: str, event_id: str | None) -> rp.Error:
         f"no item {clip(item_id)} in this conversation; use an id from conversation.item.added (a session keeps its "
         "newest items only)",
         event_id,
+        param="item_id",
     )
 
 
-def _error(code: str, message: str, event_id: str | None = None, kind: str = "invalid_request_error") -> rp.Error:
-    return rp.Error(rp.ErrorDetail(code, message, event_id, kind))
+def _error(
+    code: str, message: str, event_id: str | None = None, kind: str = "invalid_request_error", param: str | None = None
+) -> rp.Error:
+    return rp.Error(rp.ErrorDetail(code, message, event_id, kind, param))
