@@ -807,3 +807,43 @@ def test_a_client_gone_mid_answer_ends_quietly(rig: Rig, caplog: pytest.LogCaptu
     assert len(chat.finished) == 1 and chat.finished[0] is not None and chat.finished[0].startswith("Word.")
     noisy = [r for r in caplog.records if r.name.startswith("assistant.wyoming") and r.levelno >= logging.WARNING]
     assert noisy == [], [r.getMessage() for r in noisy]
+
+
+def test_handle_keeps_a_home_assistant_conversation_across_its_connections(rig: Rig) -> None:
+    """Home Assistant sends each utterance over a new connection, naming its conversation in the transcript's
+    context: the next utterance of that conversation is answered by the chat that heard the first (every utterance
+    started a fresh chat, so a follow-up question had no context); another conversation, or none, has its own
+    chat; beyond MAX_CONVERSATIONS the least recent is forgotten."""
+    from assistant.wyoming import MAX_CONVERSATIONS
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.heard: list[str] = []
+
+        def respond(self, text: str) -> Any:
+            self.heard.append(text)
+            yield f"turn {len(self.heard)}"
+
+        def finish_turn(self, heard: str | None) -> None:
+            pass
+
+    engines = SpeechEngines(rig.engines.new_transcriber, rig.engines.tts, Recorder)
+    cfg = rig.cfg.replace({"wyoming.handle_port": free_port()})
+
+    async def main() -> list[str]:
+        async with WyomingServices(cfg, engines, rig.compute) as s:
+
+            async def utterance(text: str, conversation: str | None) -> str:
+                context = {"conversation_id": conversation, "device_id": "kitchen"} if conversation else None
+                async with AsyncTcpClient("127.0.0.1", s.handle_port) as c:  # one per utterance, as HA does
+                    await c.write_event(Transcript(text=text, context=context, language="en").event())
+                    return str((await read_until(c, "handled"))[-1].data["text"])
+
+            said = [await utterance("Who wrote Hamlet?", "01HA"), await utterance("When?", "01HA")]
+            said += [await utterance("Hi.", "01HB"), await utterance("Hi.", None), await utterance("Hi.", None)]
+            for i in range(MAX_CONVERSATIONS - 1):  # 01HB and these fill the kept conversations: 01HA goes
+                await utterance("Hi.", f"other{i}")
+            said.append(await utterance("And then?", "01HA"))
+            return said
+
+    assert asyncio.run(main()) == ["turn 1", "turn 2", "turn 1", "turn 1", "turn 1", "turn 1"]
