@@ -30,6 +30,8 @@ Job = tuple[str, list[str], int]  # name, argv after `python`, timeout in second
 
 def tts_jobs(small: bool, cache: str, sizes: list[str]) -> list[Job]:
     base = ["-m", "benchmarks.tts_vs", "--cache", cache]
+    if fuse := os.environ.get("TTS_FUSE", ""):  # gpu.sh TTS_FUSE="attention=gemv,...": ours in that layout
+        base += ["--fuse", fuse]
     if small:  # real widths, 2 talker / 2 predictor layers, a few frames (the real-size codec is slow on a CPU)
         small_args = ["--frames", "3", "--reps", "2", "--layers", "2", "2", "--decoder-dim", "1088"]
         return [("tts 0.6B 4-bit", [*base, "--bits", "4", *small_args], 1800)]

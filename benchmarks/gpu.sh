@@ -111,6 +111,7 @@ for part in "$@"; do
   esac
   # JOBS="4-bit,mxfp4": only the jobs whose names contain one of these ("tts 0.6B bf16$": that name exactly)
   # TTS_ENV="MLX_USE_CUDA_GRAPHS=0 ...": MLX settings for this part's jobs (each row records its MLX_* settings)
+  # TTS_FUSE="attention=gemv,residual=add": our TTS in that FuseOptions layout (each row records it as "layout")
   timeout -k 10 "$limit" env ${TTS_ENV:-} python3 -u -m benchmarks --label "$label" --out "$RESULTS" "${args[@]}" \
     --jobs "${JOBS:-}" \
     || rc=$?

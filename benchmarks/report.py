@@ -177,7 +177,8 @@ def tts_table(section: dict[str, Any]) -> list[str]:
     for r in _results(section):
         ma = r.get("mlx_audio") or {}
         lines.append(
-            f"| {r['size']} | {' '.join([r['precision'], *_env(r)])} | {r['talker_layers']}/{r['predictor_layers']}, "
+            f"| {r['size']} | {' '.join([r['precision'], *_layout(r), *_env(r)])} | "
+            f"{r['talker_layers']}/{r['predictor_layers']}, "
             f"{r.get('decoder_dim', 1536)} | {r['frames']} | "
             f"{_spread(r['ours']['first_chunk_s'], ms=True)} | {_spread(ma.get('first_chunk_s'), ms=True)} | "
             f"{_f(r.get('ratio_first_chunk_s'), 2)} | {_spread(r['ours']['rtf'])} | {_spread(ma.get('rtf'))} | "
@@ -312,6 +313,11 @@ def projection_table(p: dict[str, Any]) -> list[str]:
 
 
 HEADS = ("code", "size", "precision", "layout", "started")  # a profile column: what ran, and when (runs of one machine)
+
+
+def _layout(row: dict[str, Any]) -> list[str]:
+    """A TTS row's FuseOptions where the A/B chose other than the loader's default (gpu.sh TTS_FUSE)."""
+    return [row["layout"]] if row.get("layout", "fused") != "fused" else []
 
 
 def _env(row: dict[str, Any]) -> list[str]:

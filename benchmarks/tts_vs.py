@@ -149,7 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--peer", choices=["yes", "no"], default="yes", help="also run mlx-audio")
     ap.add_argument("--cache", default="", help="folder for checkpoints (default: a temporary one)")
+    ap.add_argument("--fuse", default="", metavar="KEY=VALUE,...", help="our model with these FuseOptions (the A/B)")
+    ap.add_argument("--unfused", action="store_true", help="our model in the checkpoint's layout (the A/B)")
     args = ap.parse_args(argv)
+    from benchmarks.checkpoints import tts_layout
+
+    layout = tts_layout(args)  # before our model loads
     from benchmarks.checkpoints import write_checkpoint
 
     bits = args.bits or None
@@ -176,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             "reps": args.reps,
             "warmup": 1,
             "env": {k: v for k, v in os.environ.items() if k.startswith("MLX_")},  # MLX settings (gpu.sh TTS_ENV)
+            "layout": layout,  # ours: "fused" (the loader's default) or the A/B's choice (gpu.sh TTS_FUSE)
         }
         measured_bw = measured_bandwidth()
         t0 = time.perf_counter()
