@@ -531,7 +531,10 @@ class RealtimeConversation:
     def deadline(self) -> float | None:
         """When `tick` has something to do (the idle timeout), or None."""
         d = self.detection
-        busy = self.user_item is not None or self.response is not None or self.requested
+        # the user is speaking, or spoke and their words are still being transcribed, or a reply is on its way
+        busy = (
+            self.user_item is not None or bool(self.awaiting_transcript) or self.response is not None or self.requested
+        )
         if d is None or d.idle_timeout_ms is None or self.idle_since is None or busy:
             return None  # None whenever tick would do nothing: the server's timer then sleeps until an event
         return self.idle_since + d.idle_timeout_ms / 1000
