@@ -789,15 +789,15 @@ class WyomingServices:
         return conversation
 
     async def close(self) -> None:
-        for conversation in self._conversations.values():
-            if hasattr(conversation.chat, "close"):
-                conversation.chat.close()
-        self._conversations.clear()
         for server in self._servers:
             server.close()
         for task in list(self._handlers):
             task.cancel()
         await asyncio.gather(*self._handlers, return_exceptions=True)
+        for conversation in self._conversations.values():  # no answer runs in them now
+            if hasattr(conversation.chat, "close"):
+                conversation.chat.close()
+        self._conversations.clear()
         for server in self._servers:
             await server.wait_closed()
         self._servers = []
