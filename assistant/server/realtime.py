@@ -450,6 +450,12 @@ class RealtimeConversation:
         if any(u.item_id == ev.item_id for u in self.awaiting_transcript):  # its words would still reach the chat
             why = f"item {clip(ev.item_id)} is still being transcribed; delete it once it is answered (response.done)"
             return [_error("item_delete_in_progress", why, ev.event_id)]
+        if item.get("type") != "message":  # the chat keeps a tool round whole: it cannot forget one call of it
+            why = (
+                f"item {clip(ev.item_id)} is a {item.get('type')}; the conversation keeps function calls and their "
+                "outputs with the messages around them: delete those messages instead"
+            )
+            return [_error("invalid_value", why, ev.event_id, param="item_id")]
         text = _item_text(item)
         if text:  # the conversation forgets it too (InputError if it cannot); an empty transcript was never in it
             self.session.delete_item(str(item.get("role")), text)

@@ -190,6 +190,28 @@ def test_deleting_user_audio_still_being_transcribed_is_refused() -> None:
     assert ("delete", ("user", "turn the lights on")) in session.calls
 
 
+def test_deleting_a_function_call_or_its_output_is_refused_naming_why() -> None:
+    """conversation.item.delete of a function_call item or a function_call_output item is refused naming why and
+    what to delete instead (it answered conversation.item.deleted while the model kept both in its context, since
+    only message items have words to forget); the item stays retrievable."""
+    session = FakeSession(FakeBackend())
+    conv = RealtimeConversation(session, "default", "Be brief.")
+    conv.on_event(events.ResponseStarted(1, 0.0))
+    called = conv.on_event(events.FunctionCall(1, "call_1", "get_weather", '{"city": "Paris"}', 0.1))
+    call_item = next(e.item["id"] for e in called if isinstance(e, rp.OutputItemAdded))
+    conv.on_event(events.ResponseDone(1, "", False, 0.2))
+    output = conv.handle(rp.FunctionOutput("call_1", '{"sky": "clear"}'))
+    output_item = next(e.item["id"] for e in output if isinstance(e, rp.ItemAdded))
+    for item_id, kind in ((call_item, "function_call"), (output_item, "function_call_output")):
+        refused = conv.handle(rp.ItemDelete(item_id, event_id="d1"))
+        assert [type(e) for e in refused] == [rp.Error], refused
+        error = refused[0]
+        assert isinstance(error, rp.Error) and error.error.event_id == "d1" and error.error.param == "item_id"
+        assert f"is a {kind}" in error.error.message and "delete those messages instead" in error.error.message
+        assert [type(e) for e in conv.handle(rp.ItemRetrieve(item_id))] == [rp.ItemRetrieved]
+    assert not [c for c in session.calls if c[0] == "delete"]
+
+
 def test_an_output_format_change_mid_response_applies_from_the_next_response() -> None:
     """session.update of audio.output.format while a reply streams leaves that reply in the format it began in
     (its later deltas were G.711 bytes of 24 kHz audio, or 8 kHz samples sent as 24 kHz pcm16); the next reply
