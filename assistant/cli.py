@@ -144,13 +144,32 @@ def check_server_settings(cfg: config.Config) -> None:
     from assistant.oneshot import parse_aliases
     from assistant.server.auth import check_origins, check_token_file
 
-    parse_aliases(cfg.server.voice_aliases)
+    _check_alias_targets(cfg, parse_aliases(cfg.server.voice_aliases))
     check_token_file(cfg.server)
     check_origins(cfg.server.allowed_origins)
     if cfg.server.tls_cert or cfg.server.tls_key:
         from assistant.server.ws import tls_context
 
         tls_context(cfg.server)
+
+
+def _check_alias_targets(cfg: config.Config, aliases: dict[str, str]) -> None:
+    """Each server.voice_aliases entry names a voice profile that loads: a typo sent every client asking for the
+    alias to the default voice without a word."""
+    if not aliases:
+        return
+    from assistant.tts.voices import load_profiles, resolve_voice_dir
+
+    broken: dict[str, str] = {}
+    profiles = load_profiles(resolve_voice_dir(cfg.tts.voices_dir), broken)
+    for name, target in aliases.items():
+        if target in broken:
+            raise ConfigError(f"server.voice_aliases sends {name!r} to a broken voice: {broken[target]}")
+        if target not in profiles:
+            raise ConfigError(
+                f"server.voice_aliases entry {name}={target} names no voice profile; use one of "
+                f"{', '.join(sorted(profiles)) or 'none'} (`assistant voices` lists them), or remove the entry"
+            )
 
 
 def _check_tools(cfg: config.Config) -> None:
@@ -266,12 +285,12 @@ def _server_service(cfg: config.Config, engines: Any) -> Any:
     from assistant.server.ws import ControlServer
     from assistant.sessions import Sessions
 
-    def service(pipeline: Any) -> Any:
+    def service(control: Any) -> Any:
         from assistant.oneshot import OneShot
 
-        limit = cfg.server.realtime_sessions
+        limit, pipeline = cfg.server.realtime_sessions, control.conversation
         backend = Sessions(pipeline, SharedEngines(cfg, engines), limit) if limit else None
-        return ControlServer(cfg.server, pipeline, backend, audio=OneShot(cfg, engines, pipeline.compute))
+        return ControlServer(cfg.server, control, backend, audio=OneShot(cfg, engines, pipeline.compute))
 
     return service
 
@@ -792,18 +811,36 @@ def _check_llm_server(llm: config.LlmConfig) -> None:
 
     key = read_api_key(llm, os.environ)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    url = llm.base_url.rstrip("/") + "/models"
     try:
-        r = httpx2.get(llm.base_url.rstrip("/") + "/models", headers=headers, timeout=llm.connect_timeout_s + 2)
+        r = httpx2.get(url, headers=headers, timeout=llm.connect_timeout_s + 2)
     except httpx2.HTTPError as e:
         raise AssistantError(f"not reachable ({type(e).__name__}); start the server or fix llm.base_url") from e
     if r.status_code in (401, 403):
         raise AssistantError(f"refused the API key (HTTP {r.status_code}); check llm.api_key_env / llm.api_key_file")
+    if r.status_code == 404:  # a server that is up but not at this path: every turn would fail the same way
+        raise AssistantError(
+            f"answered HTTP 404 for {url}: llm.base_url is not its OpenAI API root, which usually ends in /v1 "
+            "(e.g. http://127.0.0.1:8080/v1)"
+        )
+    if r.status_code >= 400:
+        raise AssistantError(f"answered HTTP {r.status_code} for {url}; see the server's log, or fix llm.base_url")
 
 
 def _check_port(cfg: config.Config) -> None:
     """The server can listen on server.host:server.port. AssistantError naming the fix otherwise."""
     if cfg.server.enabled and cfg.server.port:
         _check_bind(cfg.server.host, cfg.server.port, "server", "server.port", "(another `assistant run`?)")
+
+
+def _daemon_answers(cfg: config.Config) -> bool:
+    """Whether the assistant daemon of this config answers on its port (`assistant ctl status` succeeds)."""
+    from assistant.server import ctl
+
+    try:
+        return ctl.run(cfg.server, ["status"], out=lambda _: None) == 0
+    except AssistantError:
+        return False
 
 
 def _check_wyoming_ports(cfg: config.Config, handle: bool = True) -> None:
@@ -947,9 +984,14 @@ def cmd_doctor(args: argparse.Namespace, cfg: config.Config) -> int:
     checks.append(speaker if speaker.problem is None else _headless(cfg, speaker, cfg.audio.output_device))
     if cfg.llm.backend == "openai":
         checks.append(_check(f"LLM server {cfg.llm.base_url}", lambda: _check_llm_server(cfg.llm)))
-    checks.append(_check("server port", lambda: _check_port(cfg)))
+    port = _check("server port", lambda: _check_port(cfg))
+    running = port.problem is not None and _daemon_answers(cfg)
+    # beside the service (its usual state) the ports are the running daemon's, which `run` checked at its start
+    checks.append(Check("server port: the daemon of this config is running there", None) if running else port)
     if cfg.wyoming.enabled:
-        checks.append(_check("wyoming ports", lambda: _check_wyoming_ports(cfg)))
+        wyoming = _check("wyoming ports", lambda: _check_wyoming_ports(cfg))
+        held = running and wyoming.problem is not None
+        checks.append(Check("wyoming ports: held by the running daemon", None) if held else wyoming)
     checks.append(_check("server settings", partial(check_server_settings, cfg)))
     checks.append(_check("config folder", _check_config_dir))
     checks.append(_check("cache folder", _check_cache_dir))
@@ -991,13 +1033,30 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """A subcommand's parser whose epilog may be made when its help is shown (from a module slow to import)."""
+
+    epilog_of: Callable[[], str] | None = None
+
+    def format_help(self) -> str:
+        if self.epilog_of is not None:
+            self.epilog = self.epilog_of()
+        return super().format_help()
+
+
+def _ctl_commands() -> str:
+    from assistant.server.ctl import USAGE
+
+    return f"{USAGE[0].upper()}{USAGE[1:]}; see docs/protocol.md for what each does."
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="assistant", description="A local real-time voice assistant on MLX.")
     parser.add_argument("--version", action="version", version=f"assistant {__version__}")
     _common(parser, suppress=False)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    def add(name: str, fn: Callable[..., int], help: str) -> argparse.ArgumentParser:
+    def add(name: str, fn: Callable[..., int], help: str) -> _Parser:
         p = sub.add_parser(name, help=help, description=help)
         _common(p, suppress=True)
         p.set_defaults(fn=fn)
@@ -1024,6 +1083,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("chat", cmd_chat, "a text chat with the LLM (a REPL over the daemon's engine)")
     p.add_argument("--no-stream", action="store_true", help="print each answer when it is complete")
     p = add("ctl", cmd_ctl, "send a command to a running daemon, or tail its events")
+    p.epilog_of = _ctl_commands
     p.add_argument("words", nargs="*", metavar="WORD", help="a command, e.g. `status`, `say hello`, `events`")
     p.add_argument(
         "--max-events", type=_count, default=0, metavar="N", help="with `events`: exit after N events (0: never)"
@@ -1088,3 +1148,10 @@ def _main(argv: Sequence[str] | None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # stdout's reader went away (`assistant history | head`): end quietly, as `head` means it; stdout points at
+        # /dev/null so the exit-time flush cannot fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0

@@ -17,10 +17,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 from assistant.errors import ConfigError
 
 PACKAGED_CONFIG = Path(__file__).with_name("config.toml")
+MAX_CONFIG_BYTES = 1024 * 1024  # the documented config.toml is 17 KB
 
 
 def opt(
@@ -339,6 +341,7 @@ def _user_tools(path: str, value: Any, origin: str) -> dict[str, UserToolConfig]
             elif key == "headers":
                 if not isinstance(item, dict) or not all(isinstance(v, str) for v in item.values()):
                     raise ConfigError(f"{origin}: `{where}.headers` must be a table of strings, got {item!r}")
+                _check_headers(f"{where}.headers", item, origin)
                 updates[key] = dict(item)
             else:
                 updates[key] = _check(f"{where}.{key}", item, hints[key], fields[key].metadata, origin)
@@ -349,6 +352,11 @@ def _user_tools(path: str, value: Any, origin: str) -> dict[str, UserToolConfig]
             raise ConfigError(f'{origin}: `{where}.argv` is empty; e.g. argv = ["/usr/bin/uptime"]')
         if tool.kind == "http" and not tool.url.startswith(("http://", "https://")):
             raise ConfigError(f"{origin}: `{where}.url` must start with http:// or https://, got {tool.url!r}")
+        if tool.kind == "http" and (not _host_of(tool.url) or re.search(r"\s", tool.url)):
+            raise ConfigError(  # every call would fail with a traceback in the log
+                f"{origin}: `{where}.url` {tool.url!r} is not a URL of a host (a name after the scheme, no spaces); "
+                'e.g. "https://wttr.in/{city}?format=3"'
+            )
         if tool.kind == "command" and shutil.which(tool.argv[0]) is None:
             raise ConfigError(
                 f"{origin}: `{where}.argv` runs {tool.argv[0]!r}, which is not an executable file; "
@@ -363,6 +371,32 @@ def _user_tools(path: str, value: Any, origin: str) -> dict[str, UserToolConfig]
             )
         out[name] = tool
     return out
+
+
+def _host_of(url: str) -> str | None:
+    try:
+        return urlsplit(url).hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return None
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
+
+
+def _check_headers(where: str, headers: Mapping[str, str], origin: str) -> None:
+    """HTTP tool headers are sendable: a token as each name, a value without line breaks or other control
+    characters that fits Latin-1 (urllib refused them at every call, with a traceback in the log)."""
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{origin}: `{where}` name {name!r} is not an HTTP header name; use letters, digits and `-`, e.g. "
+                '"X-Api-Key"'
+            )
+        if any((ord(c) < 32 and c != "\t") or ord(c) == 127 or ord(c) > 255 for c in value):
+            raise ConfigError(
+                f"{origin}: `{where}.{name}` has a line break, control character or character beyond Latin-1, "
+                "which HTTP cannot send; put the value on one line"
+            )
 
 
 def _check_parameters(where: str, schema: dict[str, Any], origin: str) -> None:
@@ -415,6 +449,9 @@ def _check(path: str, value: Any, typ: Any, meta: Mapping[str, Any], origin: str
     if path in INDEX_KEYS and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         value = str(value)  # `input_device = 3`: an index from `assistant devices`, as config.toml documents
     if typ is str and not isinstance(value, str):
+        if isinstance(value, bool | int | float) and path not in INDEX_KEYS:  # TOML read a bare word as a number
+            text = json.dumps(str(value).lower() if isinstance(value, bool) else str(value))
+            raise ConfigError(f"{bad_type}; write it in quotes: {path.rpartition('.')[2]} = {text}")
         raise bad_type
     if meta.get("choices") and value not in meta["choices"]:
         raise ConfigError(f"{origin}: `{path}` = {value!r} is not allowed; use {allowed}")
@@ -463,7 +500,16 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    if not isinstance(value, str) and key not in INDEX_KEYS and _is_text_key(key):  # `--set server.token=1234`
+        value = raw.strip()
     return key, value
+
+
+def _is_text_key(dotted: str) -> bool:
+    try:
+        return bool(field_info(dotted)[0] is str)
+    except ConfigError:  # an unknown key: load() names it with a suggestion
+        return False
 
 
 def find_config_file(cli_path: str | None, env: Mapping[str, str] | None = None) -> tuple[Path, str]:
@@ -474,7 +520,7 @@ def find_config_file(cli_path: str | None, env: Mapping[str, str] | None = None)
             path = Path(given).expanduser()
             if path.is_dir():
                 raise ConfigError(f"{path} (from {how}) is a folder; give the path of a config.toml file")
-            if not path.is_file():
+            if not path.exists():  # a pipe is fine: `--config <(cat base.toml local.toml)`
                 raise ConfigError(
                     f"config file not found: {path} (from {how}); check the path, or leave {how} unset to use "
                     f"{user_config_path(env)} or the packaged default"
@@ -483,6 +529,11 @@ def find_config_file(cli_path: str | None, env: Mapping[str, str] | None = None)
     user = user_config_path(env)
     if user.is_file():
         return user, "user config"
+    if user.is_symlink() or user.exists():  # the user's own file, unusable: the default would hide that
+        what = "not a file" if user.exists() else f"a link to {os.readlink(user)}, which is missing"
+        raise ConfigError(
+            f"the user config {user} is {what}; make it a config.toml file, or remove it to use the packaged default"
+        )
     return PACKAGED_CONFIG, "packaged default"
 
 
@@ -496,7 +547,11 @@ def load(cli_path: str | None = None, overrides: Sequence[str] = (), env: Mappin
     """Find, read and validate the configuration, then apply `--set` overrides. Raises ConfigError."""
     path, _how = find_config_file(cli_path, env)
     try:
-        table = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM (Windows editors) is not TOML
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)  # bounded: the path may be a device or a pipe that never ends
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: over {MAX_CONFIG_BYTES // 1024} KiB, too long for a config; check the path")
+        table = tomllib.loads(data.decode("utf-8-sig"))  # -sig: a BOM (Windows editors) is not TOML
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}; fix the line it names") from e
     except UnicodeDecodeError as e:

@@ -1,11 +1,12 @@
 """The one asyncio driver: runs a turn core (assistant/turns.py) over an audio source and sink.
 
 A `Conversation` feeds the core its inputs and executes the actions it returns on the engines, every engine call
-on the compute thread. The daemon holds one over the microphone and speaker (the server's `Controller`); each
-`/v1/realtime` connection holds one over its client sink (a `RealtimeSession`, opened by assistant/sessions.py).
-Only the core's `Policy` differs between them. Not turn-taking, so elsewhere: config -> policy (policies.py), the
-tools and a Realtime client's function calls (tools/session.py), the history's operations (llm.py, context.py), the
-wake-phrase gate (wake.py); due reminders come in through `say` like any client (tools/timers.py).
+on the compute thread. The daemon holds one over the microphone and speaker (its control channel's view,
+config and history included, is daemon.DaemonControl); each `/v1/realtime` connection holds one over its client
+sink (a sessions.RealtimeSession, with what the client sets). Only the core's `Policy` differs between them. Not
+turn-taking, so elsewhere: config -> policy (policies.py), the tools and a Realtime client's function calls
+(tools/session.py), the history's operations (llm.py, context.py), the wake-phrase gate (wake.py); due reminders
+come in through `say` like any client (tools/timers.py).
 """
 
 from __future__ import annotations
@@ -41,13 +42,11 @@ from assistant.events import (
     ResponseAudio,
     SessionEvent,
 )
-from assistant.llm import History
 from assistant.logs import kv
 from assistant.memory import Memory
-from assistant.policies import daemon_policy, end_of_turn, make_canceller, realtime_policy, realtime_turns, ring_samples
+from assistant.policies import daemon_policy, end_of_turn, make_canceller, realtime_policy, ring_samples
 from assistant.reply import Reply, TurnTrace, pump, settle_answer
 from assistant.stt.types import Transcript
-from assistant.tools.apps import Send
 from assistant.tools.calls import AUTO, ToolChoice
 from assistant.tools.registry import Toolbox
 from assistant.tools.session import ConversationTools, offer_tools
@@ -56,15 +55,13 @@ log = logging.getLogger("assistant.conversation")
 
 SUB_DEFAULT = 256
 KEEP_REPLIES = 16  # finished replies a Realtime client may still truncate (OpenAI clients truncate the latest)
-QUEUE_LIMIT = 4096  # Realtime events waiting for the client; reply audio is ~10 chunks a second
-NO_HOTKEY = "no hotkey listens in this daemon (it starts one only when it starts in a push-to-talk mode)"
 
 
 class Conversation:
-    """One conversation: the daemon's (a `Controller`) or a Realtime client's (a `RealtimeSession`).
+    """One conversation: the daemon's (seen through a `DaemonControl`) or a Realtime client's (a `RealtimeSession`).
 
     Create inside a running loop. `realtime` gives the Realtime policy and a client sink whose audio goes out
-    as `ResponseAudio` events on `events()`.
+    as `ResponseAudio` events on the bus.
     """
 
     def __init__(
@@ -76,7 +73,6 @@ class Conversation:
         compute: Compute | None = None,
         *,
         realtime: bool = False,
-        on_close: Callable[[Conversation], None] | None = None,
         toolbox: Toolbox | None = None,
         memory: Memory | None = None,
     ) -> None:
@@ -85,7 +81,6 @@ class Conversation:
         self.source = source
         self.compute = compute or Compute()
         self._owns_compute = compute is None
-        self._on_close = on_close
         self.sink: AudioSink = sink or ClientSink(engines.tts.sample_rate)
         self.vad: VadLike = engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
         policy = realtime_policy(cfg, True, True, True) if realtime else daemon_policy(cfg)
@@ -96,12 +91,9 @@ class Conversation:
         )
         self.device_ok = True
         self.output_ok = True  # False while the speaker is lost: replies are text only
-        self.restart_required: list[str] = []
-        self.hotkey_problem: str | None = NO_HOTKEY  # None while the daemon's hotkey listens (daemon.hotkey_service)
         self.bus: EventBus[SessionEvent] = EventBus()
-        self._events = self.bus.subscribe(QUEUE_LIMIT) if realtime else None
         self._replies: dict[int, Reply] = {}  # replies in flight
-        self._kept: OrderedDict[int, Reply] = OrderedDict()  # finished, for truncate_response
+        self.kept: OrderedDict[int, Reply] = OrderedDict()  # finished, for truncate_response
         self._settling: asyncio.Task[None] | None = None  # the cancelled reply being recorded
         # the speaker's own voice out of the microphone before VAD and STT (daemon only: clients cancel their own)
         self.echo = None if realtime else make_canceller(cfg, self.sink, engines.tts.sample_rate)
@@ -314,7 +306,6 @@ class Conversation:
             self.echo.new_run()
 
     def _barge_in(self, reply: Reply) -> None:
-        """Flush the speaker, stop the reply, keep what was heard."""
         played = self.sink.played_samples if reply.audio_started else 0
         self._mark_played(reply)
         if reply.audio_started:
@@ -363,9 +354,9 @@ class Conversation:
         if reply.result.done():
             return
         reply.result.set_result(text)
-        self._kept[reply.turn] = reply
-        while len(self._kept) > KEEP_REPLIES:
-            self._kept.popitem(last=False)
+        self.kept[reply.turn] = reply
+        while len(self.kept) > KEEP_REPLIES:
+            self.kept.popitem(last=False)
         self._mark_played(reply)
         if reply.audio_started:
             reply.trace.extra["playback_underruns"] = float(self.sink.underruns - reply.underruns_at)
@@ -393,27 +384,7 @@ class Conversation:
         if reply.audio_started and (t := self.sink.first_sample_dac_time) is not None:
             reply.trace.mark("first_sample_played", t)
 
-    # ---- the Controller (daemon); server/controller.py states the contracts of both surfaces ---------------
-
-    @property
-    def turn(self) -> int:
-        return self.core.turn
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "state": self.core.state.value,
-            "turn": self.core.turn,
-            "mode": self.cfg.pipeline.mode,
-            "muted": self.core.muted,
-            "ptt": self.core.ptt,
-            "speculating": self.core.speculating,
-            "device_ok": self.device_ok and self.source is not None,  # headless: no microphone to be ok
-            "output_ok": self.output_ok,
-            "headless": self.source is None,
-            "subscribers": self.bus.subscribers,
-            "dropped_events": self.bus.dropped,
-            "restart_required": list(self.restart_required),
-        }
+    # ---- the turn's inputs from the control surfaces (server/controller.py states the contracts) ------------
 
     async def say(self, text: str) -> None:
         """Speak `text` (no LLM, no history); returns when it has played or was interrupted."""
@@ -437,92 +408,6 @@ class Conversation:
         keeps the heard part in the history; push-to-talk overrides VAD endpointing while held."""
         self._apply(turns.Command(kind, time.monotonic()))
 
-    def config_get(self) -> dict[str, Any]:
-        return settings.public(self.cfg)
-
-    def config_set(self, changes: dict[str, object]) -> dict[str, Any]:
-        """Validate `{"section.key": value}` (settings.apply: live keys only, voices that exist), then apply."""
-        new = settings.apply(self.cfg, changes, cast(settings.VoiceCatalog, self.engines.tts), self.hotkey_problem)
-        self.restart_required = sorted({*self.restart_required, *settings.at_restart(changes)})
-        if new.llm.system_prompt != self.cfg.llm.system_prompt:
-            self.context.set_instructions(new.llm.system_prompt)
-        if new.logging.level != self.cfg.logging.level:
-            logging.getLogger("assistant").setLevel(new.logging.level.upper())
-        if new.tts.voice != self.cfg.tts.voice:
-            self.set_voice(new.tts.voice)
-        self._retune(new, daemon_policy(new), end_of_turn(new, self.engines.score_turn))
-        return self.config_get()
-
-    def _retune(self, cfg: Config, policy: turns.Policy, turn_end: EndOfTurnPolicy) -> None:
-        """From the next input on, the core runs under `policy` and `turn_end`, with a new VAD when `cfg.vad`
-        changed."""
-        new_vad = cfg.vad != self.cfg.vad
-        if new_vad:
-            self.vad = self.engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
-        self.cfg = cfg
-        self._apply(turns.SetPolicy(policy, turn_end, new_vad=new_vad))
-
-    def set_app_tools(self, owner: str, tools: list[dict[str, Any]], timeout_s: float, send: Send) -> list[str]:
-        if tools and not self.engines.chat.can_call_tools:
-            raise InputError(
-                f"the LLM `{self.cfg.llm.model}` has no tool-call format in its chat template, so it cannot call "
-                "app tools; set llm.model to a model whose template renders tools (Gemma 4, Qwen 3, ...)"
-            )
-        offered = self.tools.set_app_tools(owner, tools, timeout_s, send)
-        self._offer([t.schema() for t in offered])
-        return [t.name for t in offered] if self.engines.chat.can_call_tools else []
-
-    def app_tool_result(self, owner: str, call_id: str, output: str, error: str | None = None) -> None:
-        self.tools.apps.answer(owner, call_id, output, error)
-
-    def app_gone(self, owner: str) -> None:
-        if (offered := self.tools.app_gone(owner)) is not None:
-            self._offer([t.schema() for t in offered])
-
-    def _offer(self, schemas: list[dict[str, Any]], choice: ToolChoice = AUTO) -> None:
-        if schemas and not self.engines.chat.can_call_tools:
-            return  # none can be offered: the start said so once ("tools are off")
-        self._background("offering the tools to the LLM", offer_tools, self.engines.chat, schemas, choice)
-
-    def history_get(self) -> list[dict[str, Any]]:
-        return [dataclasses.asdict(m) for m in self.engines.chat.history]
-
-    def history_reset(self) -> None:
-        self.command("interrupt")  # first: its answer is recorded before the reset, and not stored after it
-        self.context.reset()
-
-    def subscribe(self, maxsize: int = SUB_DEFAULT) -> Subscription[Event]:
-        """The daemon's events; only a Realtime conversation adds ResponseStarted/ResponseAudio (see `events()`)."""
-        return cast(Subscription[Event], self.bus.subscribe(maxsize))
-
-    # ---- the RealtimeSession --------------------------------------------------------------------------------
-
-    def set_instructions(self, text: str) -> None:
-        self.context.set_instructions(text)
-
-    def set_temperature(self, value: float) -> None:
-        self.context.set_temperature(value)
-
-    def check_voice(self, name: str) -> None:
-        settings.check_voice(cast(settings.VoiceCatalog, self.engines.tts), name, prefix="")
-
-    def set_voice(self, name: str) -> None:
-        self.check_voice(name)
-        self._background(f"loading voice {name!r}", self.engines.use_voice, name)
-
-    def set_turn_detection(
-        self,
-        hangover_ms: int | None,
-        create_response: bool,
-        interrupt_response: bool,
-        semantic: EndOfTurnPolicy | None = None,
-        vad_level: int | None = None,
-    ) -> None:
-        turns = realtime_turns(
-            self.cfg, hangover_ms, create_response, interrupt_response, semantic, self.engines.score_turn, vad_level
-        )
-        self._retune(*turns)
-
     def add_user_text(self, text: str) -> None:
         self._apply(turns.UserText(text, time.monotonic()))
 
@@ -530,39 +415,34 @@ class Conversation:
         """Answer every pending user message (after the transcriptions in flight) as one reply."""
         self._apply(turns.CreateResponse(time.monotonic(), turns.Responder(instructions=instructions)))
 
-    @property
-    def can_call_tools(self) -> bool:
-        return self.engines.chat.can_call_tools
+    def subscribe(self, maxsize: int = SUB_DEFAULT) -> Subscription[Event]:
+        """The daemon's events; only a Realtime conversation adds ResponseStarted/ResponseAudio."""
+        return cast(Subscription[Event], self.bus.subscribe(maxsize))
 
-    def set_functions(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
-        self.tools.set_functions(tools, choice)
-        self._offer(tools, choice)
+    # ---- what the control surfaces change beside the turns (daemon.DaemonControl, sessions.RealtimeSession) ---
 
-    def functions_for_next_response(self, tools: list[dict[str, Any]], choice: ToolChoice) -> None:
-        self.tools.functions_for_next_response(tools, choice)
+    def retune(self, cfg: Config, policy: turns.Policy, turn_end: EndOfTurnPolicy) -> None:
+        """From the next input on, the core runs under `policy` and `turn_end`, with a new VAD when `cfg.vad`
+        changed."""
+        new_vad = cfg.vad != self.cfg.vad
+        if new_vad:
+            self.vad = self.engines.make_vad(vad_settings(cfg.vad, cfg.endofturn))
+        self.cfg = cfg
+        self._apply(turns.SetPolicy(policy, turn_end, time.monotonic(), new_vad))
 
-    def add_function_output(self, call_id: str, output: str) -> None:
-        self.tools.add_output(call_id, output)
-        self.command("tool_output")
+    def offer(self, schemas: list[dict[str, Any]], choice: ToolChoice = AUTO) -> None:
+        if schemas and not self.engines.chat.can_call_tools:
+            return  # none can be offered: the start said so once ("tools are off")
+        self.background("offering the tools to the LLM", offer_tools, self.engines.chat, schemas, choice)
 
-    def delete_item(self, role: str, text: str) -> None:
-        history = History(self.engines.chat.history)
-        if not history.forget(role, text):
-            raise InputError(f"the conversation holds no {role} message with that text; delete it after it is answered")
-        self._background("deleting a conversation item", self.engines.chat.restore, history.messages())
+    def check_voice(self, name: str) -> None:
+        settings.check_voice(cast(settings.VoiceCatalog, self.engines.tts), name, prefix="")
 
-    def truncate_response(self, turn: int, audio_end_ms: int) -> None:
-        reply = self._kept.get(turn)
-        if reply is None or not reply.result.done():
-            raise InputError(f"response {turn} is not a finished answer of this session; truncate after response.done")
-        recorded = reply.result.result().strip()
-        heard = reply.heard.heard(audio_end_ms * self.engines.tts.sample_rate // 1000, reply.answer)
-        if heard != recorded:
-            self._background("truncating the answer", self.engines.chat.revise_answer, recorded, heard)
+    def set_voice(self, name: str) -> None:
+        self.check_voice(name)
+        self.background(f"loading voice {name!r}", self.engines.use_voice, name)
 
-    def events(self) -> Subscription[SessionEvent]:
-        assert self._events is not None
-        return self._events
+    # ---- plumbing -------------------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
         """Stop everything: cancel the turn, flush playback, end the events (a Realtime session then leaves the
@@ -581,12 +461,8 @@ class Conversation:
         with contextlib.suppress(Exception):
             self.sink.flush()
         self.bus.close()
-        if self._on_close is not None:
-            self._on_close(self)
         if self._owns_compute:
             await asyncio.to_thread(self.compute.close, 1.0)
-
-    # ---- plumbing -------------------------------------------------------------------------------------------
 
     def publish(self, event: SessionEvent) -> None:
         if not self._closed:
@@ -596,7 +472,7 @@ class Conversation:
         log.error("error while %s", what, exc_info=exc)
         self.publish(ErrorEvent(f"{what}: {type(exc).__name__}: {exc}", time.monotonic()))
 
-    def _background(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+    def background(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
         """Run `fn(*args)` on the compute thread (urgent) without waiting; a failure is reported as `what`."""
 
         async def run() -> None:

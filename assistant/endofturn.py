@@ -20,6 +20,7 @@ import numpy as np
 
 from assistant import hub
 from assistant.audio.format import CAPTURE_RATE
+from assistant.audio.ring import AudioRing
 from assistant.config import EndOfTurnConfig, VadConfig
 from assistant.errors import InputError, ModelError
 
@@ -215,6 +216,21 @@ def model_input(audio: np.ndarray) -> np.ndarray:
     window = np.zeros(WINDOW_SAMPLES, dtype=np.float32)
     window[WINDOW_SAMPLES - len(tail) :] = tail
     return log_mel(window)[None]
+
+
+SCORE_LEAD_IN = CAPTURE_RATE // 5  # 200 ms before the scored segment's onset: the model hears it begin
+
+
+def scored_clip(ring: AudioRing, start: int, segment: int | None, pause: int, after_ms: int) -> np.ndarray:
+    """What the model scores for the pause that began at `pause` in a turn from `start`: the speech and the pause's
+    first `after_ms` (as trained, and as the clip benchmark gives it; cut at the pause's start it hears an abrupt
+    stop and scores complete turns low), silence not yet heard as zeros. The speech is the current segment (from
+    the onset `segment` after the last pause the policy waited through, less a lead-in; else the turn start)."""
+    end = pause + after_ms * CAPTURE_RATE // 1000
+    if segment is not None:
+        start = max(start, segment - SCORE_LEAD_IN)
+    audio = ring.slice(max(start, end - WINDOW_SAMPLES, ring.start), min(ring.end, end))
+    return np.concatenate([audio, np.zeros(max(0, end - ring.end), dtype=np.int16)])
 
 
 class SmartTurn:

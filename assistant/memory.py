@@ -79,6 +79,8 @@ def _open_fix(e: BaseException, path: Path) -> str:
         )
     if isinstance(e, OSError):
         return f"make {path.parent} a folder you can write, or set `memory.path` to a file in one"
+    if path.is_dir():  # sqlite says only "unable to open database file"
+        return f"it is a folder; set `memory.path` to a file, e.g. {path / 'memory.sqlite3'}"
     return "close the program that holds it, or check the file's permissions, or set `memory.path` to another file"
 
 

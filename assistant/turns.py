@@ -20,7 +20,7 @@ import numpy as np
 
 from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS
 from assistant.audio.ring import AudioRing, CaptureClock
-from assistant.endofturn import EndOfTurnPolicy, TurnEvidence, turn_words
+from assistant.endofturn import EndOfTurnPolicy, TurnEvidence, scored_clip, turn_words
 from assistant.errors import InputError, ModelError
 from assistant.events import (
     AttentionChanged,
@@ -50,8 +50,6 @@ from assistant.events import (
 from assistant.wake import TurnSource, WakeGate
 
 VadEvent = SpeechStarted | PauseStarted | SilenceStarted | SpeechResumed | SpeechEnded
-SCORE_WINDOW = 8 * CAPTURE_RATE  # the end-of-turn model sees the turn's last 8 s
-SCORE_LEAD_IN = CAPTURE_RATE // 5  # 200 ms before the scored segment's onset: the model hears it begin
 APOLOGY = "Sorry, I could not get an answer just now. Please ask again."
 MAX_PENDING = 256  # user messages held for a Realtime response: a transcription-only session runs for weeks
 
@@ -181,6 +179,7 @@ class CreateResponse:
 class SetPolicy:
     policy: Policy
     end_of_turn: EndOfTurnPolicy
+    now: float
     new_vad: bool = False  # the driver replaced its VAD: positions restart from here
 
 
@@ -405,7 +404,7 @@ class TurnCore:
     def handle(self, inp: Input) -> list[Action]:
         """Apply one input; returns the actions it causes (the driver executes them in order)."""
         self._out = []
-        self._now = _time_of(inp, self._now)
+        self._now = inp.time if isinstance(inp, VadEvent | ResponseTextDelta | ResponseAudio) else inp.now
         match inp:
             case AudioIn():
                 self._on_audio(inp)
@@ -494,12 +493,16 @@ class TurnCore:
         return self._loud[1] if a.t < max(ended, self._loud[0]) + tail else None
 
     def _on_vad(self, ev: VadEvent) -> None:
-        # push-to-talk alone: the VAD's events are no news; a pause notice is the core's own cue, never published
-        if self.policy.vad_turns and not self._model_judges(ev) and not isinstance(ev, PauseStarted):
+        if not self.policy.vad_turns:
+            return  # push-to-talk alone: the VAD's events are no news
+        user, after = self.user, self.end_of_turn.score_after_ms
+        # a pause notice is the core's own cue; with a model-backed policy, a start or an untruncated end inside an
+        # open turn is the policy's to judge (the turn's end is published when it decides: _check_end_of_turn)
+        judged = isinstance(ev, SpeechStarted) or (isinstance(ev, SpeechEnded) and not ev.truncated)
+        if not isinstance(ev, PauseStarted) and (after is None or user is None or self.ptt or not judged):
             self._emit(Publish(ev))
-        if not self.policy.vad_turns or self.ptt:
+        if self.ptt:
             return  # the hotkey overrides endpointing while held
-        user = self.user
         if isinstance(ev, SpeechStarted):
             if user is None:
                 self._speech_started(ev)
@@ -508,8 +511,8 @@ class TurnCore:
         elif user is None:
             return
         elif isinstance(ev, PauseStarted):
-            if self.end_of_turn.score_after_ms is not None and not user.ptt:
-                self._ask_score(user, ev.sample)  # early: the answer is ready when SilenceStarted confirms the pause
+            if after is not None and not user.ptt:
+                self._ask_score(user, ev.sample, after)  # early: the answer is ready when SilenceStarted confirms it
         elif isinstance(ev, SilenceStarted):
             user.silence_at = ev.sample
             if user.scored_pause != ev.sample:  # asked at a pause that voice ended before it was confirmed
@@ -523,18 +526,11 @@ class TurnCore:
         elif isinstance(ev, SpeechEnded):
             if user.silence_at is None:
                 user.silence_at = ev.end_sample
-            if ev.truncated or self.end_of_turn.score_after_ms is None:
+            if ev.truncated or after is None:
                 # the VAD's hangover (adaptive or not) is the silence rule; a model-backed policy may wait longer
                 self._end_turn(user, ev.end_sample, ev.time)
             else:
                 self._check_end_of_turn(ev.time, vad_ended=True)
-
-    def _model_judges(self, ev: VadEvent) -> bool:
-        """Whether a VAD start or end inside an open turn is the end-of-turn model's to judge, not news: with a
-        model-backed policy the turn's end is published when the policy decides it (see _check_end_of_turn)."""
-        if self.user is None or self.end_of_turn.score_after_ms is None or not self.policy.vad_turns or self.ptt:
-            return False
-        return isinstance(ev, SpeechStarted) or (isinstance(ev, SpeechEnded) and not ev.truncated)
 
     def _speech_started(self, ev: SpeechStarted) -> None:
         """Speech by capture time: during a reply (or its echo) it must qualify before it takes the turn."""
@@ -576,10 +572,9 @@ class TurnCore:
 
     def _feed(self, force: bool = False) -> None:
         user = self.user
-        if user is None or (user.feeding and not force) or user.fed_to >= self.ring.end:
+        # (not while a speculative finalize has the turn so far: resumed speech re-feeds it all, _refeed)
+        if user is None or user.fed_to >= self.ring.end or (not force and (user.feeding or user.spec_job is not None)):
             return
-        if user.spec_job is not None and not force:
-            return  # the speculative finalize has the turn so far; resumed speech re-feeds it all (_refeed)
         audio = self.ring.slice(user.fed_to, self.ring.end)
         user.fed_to, user.feeding = self.ring.end, True
         self._emit(Feed(user.id, audio))
@@ -619,34 +614,21 @@ class TurnCore:
         silence_ms = (self.ring.end - user.silence_at) * 1000 // CAPTURE_RATE
         after = self.end_of_turn.score_after_ms
         if after is not None and silence_ms >= after and user.score is None and not user.scoring:
-            self._ask_score(user, user.silence_at)
+            self._ask_score(user, user.silence_at, after)
         speech_ms = (user.silence_at - user.start) * 1000 // CAPTURE_RATE
         evidence = TurnEvidence(silence_ms, speech_ms, user.score, user.partial, self._room_known)
         if self.end_of_turn.decide(evidence) == "end":
-            if after is not None:  # the VAD's own end was not published (_model_judges)
+            if after is not None:  # the VAD's own end was not published (_on_vad)
                 self._emit(Publish(SpeechEnded(user.start, user.silence_at, now)))
             if not vad_ended:
                 self._reset_vad()  # its pause in progress is over: the next speech must be a new start
             self._end_turn(user, user.silence_at, now)
 
-    def _ask_score(self, user: Utterance, pause: int) -> None:
-        """Ask the end-of-turn model about the pause that began at `pause`: the speech and the pause's first
-        score_after_ms (as trained, and as the clip benchmark gives it; cut at the pause's start it hears an abrupt
-        stop and scores complete turns low). Asked early (PauseStarted), the silence not yet heard is zeros."""
-        after = self.end_of_turn.score_after_ms
-        assert after is not None
+    def _ask_score(self, user: Utterance, pause: int, after: int) -> None:
+        """Ask the end-of-turn model about the pause that began at `pause` (its first `after` ms are scored)."""
         self._ids += 1
         user.score, user.scoring, user.scored_pause = None, self._ids, pause
-        end = pause + after * CAPTURE_RATE // 1000
-        audio = self.ring.slice(self._score_from(user, end), min(self.ring.end, end))
-        padding = np.zeros(max(0, end - self.ring.end), dtype=np.int16)
-        self._emit(ScoreTurn(user.scoring, np.concatenate([audio, padding]) if len(padding) else audio))
-
-    def _score_from(self, user: Utterance, end: int) -> int:
-        """Where the scored audio that ends at `end` starts: the current speech segment (from the onset after the
-        last pause the policy waited through, less a lead-in; else the turn start), at most SCORE_WINDOW."""
-        start = user.start if user.segment is None else max(user.start, user.segment - SCORE_LEAD_IN)
-        return max(start, end - SCORE_WINDOW, self.ring.start)
+        self._emit(ScoreTurn(user.scoring, scored_clip(self.ring, user.start, user.segment, pause, after)))
 
     def _on_scored(self, s: Scored) -> None:
         if s.error is not None:
@@ -675,11 +657,11 @@ class TurnCore:
         self._jobs.pop(user.spec_job, None)
         self._drop_reply(user.spec_turn)
         self._emit(Publish(SpeculationCancelled(user.spec_turn, now)))
-        user.spec_job, user.spec_turn, user.spec_text = None, None, None
         self._refeed(user)
 
     def _refeed(self, user: Utterance) -> None:
-        """The speculative finalize reset the transcriber: feed it the whole utterance again."""
+        """The speculation is over and its finalize reset the transcriber: feed it the whole utterance again."""
+        user.spec_job, user.spec_turn, user.spec_text = None, None, None
         self._emit(ResetTranscriber())
         user.fed_to = user.start
         self._feed(force=True)
@@ -834,12 +816,9 @@ class TurnCore:
         if r.error is not None and (reply is None or reply.confirmed):
             self._error(f"turn {r.turn}", r.error, r.now, isinstance(r.error, InputError), r.turn)
         user = self.user
-        if reply is not None and not reply.confirmed:  # a speculative reply failed: the turn starts afresh
+        if reply is None or not reply.confirmed:  # a speculative reply failed: the turn starts afresh
             if user is not None and user.spec_turn == r.turn:  # (its transcript came: the job is done)
-                user.spec_job, user.spec_turn, user.spec_text = None, None, None
                 self._refeed(user)
-            return
-        if reply is None:
             return
         if r.trace is not None:  # first: a Realtime response.done carries the trace's token counts
             self._emit(Publish(r.trace))
@@ -1024,9 +1003,3 @@ class TurnCore:
 
     def _emit(self, action: Action) -> None:
         self._out.append(action)
-
-
-def _time_of(inp: Input, last: float) -> float:
-    if isinstance(inp, SetPolicy):
-        return last
-    return inp.time if isinstance(inp, VadEvent | ResponseTextDelta | ResponseAudio) else inp.now

@@ -4,8 +4,9 @@
 
 Per frame the weights read are: every talker Linear and codec_head once (one talker step), text_projection once
 (the frame's text vector), the 5 predictor layers 15 times (15 sequential steps; 157 MB in bf16 does not stay in
-any cache), each lm_head once, small_to_mtp_projection 15 times (1.7B), and the float32 codec decoder once per
-chunk of 4 frames. Embeddings are one row each (negligible). Parameter counts come from the real module shapes
+any cache), each lm_head once, small_to_mtp_projection once (1.7B: the prefill's two rows; the steps' inputs come
+projected with their group tables' rows), and the float32 codec decoder once per chunk of 4 frames. Embeddings
+are one row each (negligible). Parameter counts come from the real module shapes
 (nothing is evaluated). Quantized bytes per weight include the scales (and affine biases) of each group.
 """
 
@@ -54,7 +55,7 @@ def part_of(name: str) -> tuple[str, int] | None:
     if name.startswith("code_predictor.lm_head"):
         return "lm_heads", 1
     if name.startswith("code_predictor.small_to_mtp"):
-        return "projection", PREDICTOR_STEPS
+        return "projection", 1
     if name.startswith("text_projection"):
         return "text_projection", 1
     return "talker", 1

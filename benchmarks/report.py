@@ -105,6 +105,52 @@ benchmarks/gpu.sh install kernels ops && AB="fused fuse=attention=gemv,residual=
 fuse=residual=add" AB_ARGS="--utterances-only --frames 100 250 --runs 4" LIMIT_PART=100 bash benchmarks/gpu.sh ab`;
 then make the winner `DEFAULT_FUSE`, delete the losing choices, and run `tts-0.6B tts-1.7B` side by side.
 
+TTS frame, session 9 (2026-12-07 22:30-23:30 UTC, CPU only: kernels counted by `benchmarks/tts_ops.py`, nothing
+timed on a GPU; table below, rows "session 9"). 0.6B frame 1,333 -> 1,232.2 kernels (talker step 396 -> 395,
+frame kernel 937 -> 837, +0.2 per frame for the noise block), 1.7B 1,348 -> 1,233.2, codec 75.2 -> 69.2 per
+frame; every FuseOptions choice drops alike but rotation=rope (below); views (no kernel, some host work each)
+1,412 -> 1,514. Greedy parity exact (tests/tts,
+tests/tts_codec). The largest cut: a predictor step's K/V write happens inside its RoPE kernel. Each layer holds a
+frame buffer [1, 16 positions, q+k+v heads, d]; the elementwise kernel that rotates and scales a step's q/k/v row
+also selects it into the buffer at the step's position (the prefill's two rows likewise into a zero buffer), and
+the attention reads q and K/V as strided views, which MLX's CUDA kernels take as they are (Metal's too, but for the
+prefill's two q rows, which it copies); it replaced a slice_update per layer-step and the prefill's pads (-76), at
+the price of rewriting a 131 KB bf16 buffer per layer-step (18 MB per frame). mx.fast.rope's output cannot fuse
+with a write, so rotation=rope keeps the slice_update. Also: the predictor's group tables hold each row's input
+projection (1.7B) and layer-0 input norm beside it, one gather where gather, projection and norm were three kernels
+(+63 MB of rows for 0.6B bf16, +126 MB for 1.7B; bit for bit the graph's own values on the CPU); the prefill rows
+[h, C(c0)] one select; the code chain's slots constant masks; Gumbel noise drawn for 16 frames at once (3 kernels
+per block, were 3 per frame; seeded runs stay reproducible but draw other values than before); the frame kernel
+sums the talker's next input E(frame) + text where the text is known at its launch (the talker step spent an add);
+the previous frame's code 0 joins the penalty window inside the next penalty chain. Codec: a layer caches K
+(unrotated, rotated at each read: the same values) and V in one buffer (one concatenation, was two), and its layer
+scales are folded into o_proj/down_proj (an addmm where matmul, scale and add were two kernels; float rounding: the
+tiny decoder is 7.2e-6 from the official waveform, was 7.9e-6). Two cuts the plan named were in place already: q,
+k (and v) take one RMSNorm per layer-step, K and V one write. What remains per predictor layer-step (10: input and
+q/k/v norms, q/k/v and gate/up matmuls, o_proj and down addmm, the RoPE-and-write chain, attention, SwiGLU) and per
+talker layer (14; 13 with attention=addmm) is one MLX primitive each. At session 7's 22.9 ms for ~1,408 kernels
+(~16 us each) the ~107 fewer kernels per frame (codec included) are worth ~1.7 ms if time follows the count; 15 ms
+would need about 920 per frame.
+
+GPU lease, session 9 (one H100, 2026-12-07 22:57-23:13 UTC; after four failed starts). `gpu.sh kernels` (table
+"TTS kernels by kind"): MLX's own gemv 6.4 us per call against 18-23 us for a cuBLAS matmul or addmm, sdpa vector
+22 us, so the cuBLAS calls of the fused layout (attention matmuls, residual addmm) do cost more than a gemv each.
+The FuseOptions A/B (`AB="fused fuse=attention=gemv,residual=add fuse=attention=gemv fuse=residual=add"
+AB_ARGS="--utterances-only --frames 100 250 --runs 4" LIMIT_PART=100 bash benchmarks/gpu.sh ab`, main 65cbcf6,
+profile columns 22:58-23:01) gave fused 17.7 / 18.3 ms per frame (@100 / @250), residual=add 14.6 / 16.4,
+attention=gemv 29.4 / 19.0, both 24.5 / 16.2; but the same pair again minutes later (`AB="fused fuse=residual=add"
+AB_TREES=". .dev-t4"`, columns 23:09-23:12, main and the tts4 branch) gave fused 16.3 / 21.8 (tts4 16.9 / 17.1)
+and residual=add 20.1 / 32.8 (tts4 21.6 / 21.7): run-to-run spread on one machine (up to 2x within a column's
+runs) is larger than any layout's difference, so `DEFAULT_FUSE` stays as it was and the A/B is open. The side by
+side with mlx-audio under residual=add (`JOBS='tts 0.6B bf16$,tts 1.7B bf16$' TTS_FUSE=residual=add bash
+benchmarks/gpu.sh tts-0.6B tts-1.7B`, rows "fused residual=add"): 0.6B 27.2 / 26.4 ms per frame, RTF 0.34 / 0.33
+against mlx-audio 1.01 / 0.89 in the same run; 1.7B 21.9 / 21.5 ms, RTF 0.27 against 0.81 / 1.05 (ours 2.9-3.9x
+faster than mlx-audio, first chunk 30-54 ms against 66-125). The 15 ms (0.6B) and 18 ms (1.7B) targets are not
+met on this lease. Voice to voice (`LIMIT_V2V=420 bash benchmarks/gpu.sh v2v`, .st-model carried; Smart Turn
+ends turns; engines warmed by `warmup()` in 99 s, Chat.warmup included): 20 timed turns, 0 timeouts, after the
+endpoint 130 ms median, 177 ms p90, 196 max; end to end from the true end of speech 319 / 359 ms. The first answer
+after start-up was not timed by the harness then (it is reported on its own from fbcd0fe on).
+
 Labels (different cards: compare each row with mlx-audio in the same run, not across labels): `h100` holds
 the TTS rows and profile above (session 7, and the 13:22 UTC profile columns of session 5), and 2026-12-07
 09:00-09:25 UTC rows (STT side by side and tail, v2v) from an earlier session. `h200`
@@ -277,6 +323,11 @@ def v2v_table(section: dict[str, Any]) -> list[str]:
             )
         if counts:
             lines += ["", "; ".join(counts) + "."]
+        if first := doc.get("first turn after start-up (not in the statistics below)"):
+            lines += [
+                "",
+                "First turn after start-up (not in the table): " + ", ".join(f"{k} {v}" for k, v in first.items()),
+            ]
         if doc.get("setup"):
             lines.append("")
             lines.append("Setup: " + "; ".join(f"{k} = {v}" for k, v in doc["setup"].items()) + ".")

@@ -18,6 +18,8 @@ fewer kernels per frame is the lever. This counts them here, on the CPU, from th
   not counted: a copy MLX makes where a kernel needs a contiguous input, the whole-buffer copy of an update whose
   buffer cannot be donated, and which matmuls run as MLX's own gemv kernel (one row against a transposed weight)
   or through cuBLAS (an addmm, more than one row), whose host cost per call is larger.
+  `frame_total` adds the Gumbel noise drawn once per NOISE_FRAMES frames outside the frame kernel (`noise_block`,
+  its kernels per frame).
 - `talker_step`, `frame_kernel`, `frame_total_ops` (the earlier rows' figures): the primitives as recorded on the
   CPU, where norm, RoPE and attention show as their fallback ops.
 
@@ -39,6 +41,7 @@ from typing import Any
 
 import mlx.core as mx
 
+from assistant.tts.qwen3.sampling import NOISE_FRAMES
 from benchmarks.checkpoints import add_tts_args, tts_layout, tts_precision
 
 VIEWS = {"Reshape", "Slice", "Transpose", "Broadcast", "ExpandDims", "Squeeze", "Flatten", "Unflatten", "Split"}
@@ -147,16 +150,20 @@ def frame_graphs(talker: Any, kernel_of: Any, cache: list[Any], x: mx.array) -> 
 
     talker.compiled = CompiledCache()  # a fresh trace (under gpu_primitives: with the stand-ins)
     seen = mx.zeros((talker.cfg.vocab_size,), dtype=mx.bool_)
-    key, blocked = mx.random.key(0), mx.array(False)
-    mx.eval(seen, key, blocked)
+    blocked = mx.array(False)
+    mx.eval(seen, blocked)
     offset = cache[0].offset
-    h = talker.step(x, cache, x)  # with E(frame) + text, as in the frame loop
+    h = talker.step(x, cache)
     for c in cache:
         c.offset = offset  # the next trace writes the same position
     h_in = mx.zeros_like(h)
     mx.eval(h_in)
     kernel = kernel_of()
-    return h, kernel.fn(h_in, seen, blocked, key), kernel
+    noise = kernel.noise(mx.random.key(0))[0][:1] if kernel.samples else None  # a block's frame, as the loop's
+    mx.eval(noise)
+    last = mx.zeros((talker.cfg.num_code_groups,), dtype=mx.int32)  # the previous frame's codes, as the loop's
+    mx.eval(last)
+    return h, kernel.fn(h_in, seen, last, blocked, noise, x), kernel  # x: the text row, as the loop passes one
 
 
 def codec_kernels(frames: int) -> dict[str, Any]:
@@ -172,11 +179,11 @@ def codec_kernels(frames: int) -> dict[str, Any]:
     dec.fuse()
     mx.eval(dec.parameters())
     state = dec.new_state()
-    mx.eval(state.tails, state.keys, state.values)
+    mx.eval(state.tails, state.kv)
     codes = mx.zeros((frames, dec.config.num_quantizers), dtype=mx.int32)
     with gpu_primitives():
         audio = dec.step(codes, state)
-        out = gpu_summary(graph(audio, *state.tails, *state.keys, *state.values))
+        out = gpu_summary(graph(audio, *state.tails, *state.kv))
     out["per_frame"] = round(out["kernels"] / frames, 1)
     return out
 
@@ -206,10 +213,13 @@ def count(folder: Path) -> dict[str, Any]:
     for c, buffer in zip(cache, kv, strict=True):
         c.kv = buffer
     with gpu_primitives():
-        h, outputs, _ = frame_graphs(talker, kernel_of, cache, x)
+        h, outputs, kernel = frame_graphs(talker, kernel_of, cache, x)
         step, frame = gpu_summary(graph(h)), gpu_summary(graph(*outputs))
     talker.compiled = type(talker.compiled)()  # drop the stand-in traces
-    out["gpu"] = {"talker_step": step, "frame_kernel": frame, "frame_total": step["kernels"] + frame["kernels"]}
+    noise = gpu_summary(graph(*kernel.noise(mx.random.key(0)))) if kernel.samples else {"kernels": 0}
+    noise["per_frame"] = round(noise["kernels"] / NOISE_FRAMES, 1)
+    total = step["kernels"] + frame["kernels"] + noise["per_frame"]
+    out["gpu"] = {"talker_step": step, "frame_kernel": frame, "noise_block": noise, "frame_total": total}
     out["gpu"].update({f"codec_step@{n}": codec_kernels(n) for n in (1, 4)})
     return out
 

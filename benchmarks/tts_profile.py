@@ -60,11 +60,11 @@ def codec_parts(dec: Any, codes: np.ndarray, iters: int) -> dict[str, float]:
     x = mx.array(codes)[None]
 
     def front() -> mx.array:
-        st = DecoderState(list(state.tails), list(state.keys), list(state.values), state.offset)
+        st = DecoderState(list(state.tails), list(state.kv), state.offset)
         return dec.pre_transformer(dec.pre_conv(dec.quantizer.decode(x), st), st)
 
     def convs(h: mx.array, tails: list[mx.array]) -> tuple[mx.array, list[mx.array]]:
-        st = DecoderState(list(tails), [], [], 0)
+        st = DecoderState(list(tails), [], 0)
         for transconv, convnext in dec.upsample:
             h = convnext(transconv(h, st), st)
         for layer in dec.decoder:
@@ -112,7 +112,7 @@ def profile(
     from assistant.tts.qwen3.engine import Qwen3TTS, Utterance, ad_hoc_voice, sampling_of
     from assistant.tts.qwen3.generate import FrameGenerator, FrameKernel
     from assistant.tts.qwen3.prompt import VoicePrompt
-    from assistant.tts.qwen3.sampling import frame_noise
+    from assistant.tts.qwen3.sampling import noise_block
     from benchmarks.tts_vs import TEXT
 
     cfg = TtsConfig(model=str(folder), first_chunk_frames=1, chunk_frames=4, seed=0)
@@ -145,13 +145,15 @@ def profile(
     kernel = FrameKernel.of(talker, sampling_of(cfg))
     seen = mx.zeros((talker.cfg.vocab_size,), dtype=mx.bool_)
     key = mx.random.key(0)
+    noise = kernel.noise(key)[0][:1]  # one frame of a block, as the frame loop passes it
+    mx.eval(noise)
     for pos in positions:
         cache = talker.make_cache()
         talker(mx.zeros((1, pos, hidden), x.dtype), cache)
         mx.eval([c.kv for c in cache])
 
         def step(cache: list[Any] = cache) -> mx.array:
-            h = talker.step(x, cache, x)  # with E(frame) + text, as in the frame loop
+            h = talker.step(x, cache)
             for c in cache:
                 c.offset -= 1  # stay at the same position: every call times the same shapes
             return h
@@ -162,19 +164,19 @@ def profile(
 
         def frame(cache: list[Any] = cache) -> Any:
             h = step(cache)
-            return kernel(h, seen, False, key)
+            return kernel(h, seen, None, False, noise)
 
         out[f"talker_step_ms@{pos}"] = per_call_ms(step, iters)
         out[f"talker_step_eager_ms@{pos}"] = per_call_ms(eager, iters)
         out[f"frame_ms@{pos}"] = per_call_ms(frame, iters)
         out[f"frame_build_ms@{pos}"] = build_ms(frame, iters)
-    h = talker.step(x, cache, x)
-    out["frame_kernel_ms"] = per_call_ms(lambda: kernel(h, seen, False, key), iters)
+    h = talker.step(x, cache)
+    out["frame_kernel_ms"] = per_call_ms(lambda: kernel(h, seen, None, False, noise), iters)
     c0 = mx.array([5], dtype=mx.int32)
     p = sampling_of(cfg)
     vocab = talker.cfg.code_predictor_config.vocab_size
     cp = talker.code_predictor
-    pred = mx.compile(lambda h, k: cp.predict(h, talker.codec(c0)[0, :], frame_noise(k, 15, vocab)[0], p))
+    pred = mx.compile(lambda h, k: cp.predict(h, talker.codec(c0)[0, :], noise_block(k, 1, 15, vocab)[0][0], p))
     out["predictor_15_steps_ms"] = per_call_ms(lambda: pred(h, key), iters)
     codes = np.random.default_rng(0).integers(0, 2048, (4, 16)).astype(np.int32)
     for warm in (0, 80):  # a fresh stream, and one past the attention window (steady state)

@@ -377,3 +377,43 @@ def test_one_broken_voice_profile_leaves_the_others_usable(tmp_path: Path) -> No
     cli.check_voice(cfg.replace({"tts.voice": "vivian"}))
     with pytest.raises(ConfigError, match=re.escape(problem)):
         cli.check_voice(cfg.replace({"tts.voice": "broken"}))
+
+
+def test_ctl_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    """`assistant ctl --help` lists every command ctl sends (it said only "e.g. status, say hello, events")."""
+    from assistant.server import ctl
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["ctl", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert ctl.USAGE.removeprefix("commands: ") in text
+    for word in ("status", "ask TEXT", "config.set KEY=VALUE...", "history.reset", "events"):
+        assert word in text
+
+
+@pytest.mark.parametrize("command", ["history", "voices"])
+def test_a_command_piped_into_head_ends_quietly(tmp_path: Path, command: str) -> None:
+    """`assistant history | head -n 1` (a history longer than a pipe holds) and `assistant voices | head -n 0` end
+    with code 0 and nothing on stderr once head has gone (each printed a BrokenPipeError traceback, exit 1)."""
+    from assistant.llm import Message
+    from assistant.memory import Memory
+
+    memory = Memory(tmp_path / "memory.sqlite3")
+    for i in range(2000):  # ~400 KB of history: more than a pipe's buffer
+        memory.add_turn([Message("user", f"question {i}"), Message("assistant", "an answer " * 20)])
+    memory.close()
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "HF_HUB_OFFLINE": "1"}
+    lines = 1 if command == "history" else 0
+    proc = subprocess.run(
+        f"{sys.executable} -m assistant {command} --set memory.path={tmp_path / 'memory.sqlite3'} | head -n {lines}"
+        " >/dev/null; echo ${PIPESTATUS[0]} >&2",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
+    assert proc.stderr.strip() == "0", proc.stderr

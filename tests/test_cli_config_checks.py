@@ -112,3 +112,26 @@ def test_a_token_file_under_a_file_names_the_folder_not_permissions(isolated_env
         f"cannot read the server token {blocker / 'assistant' / 'token'}: a part of its folder {blocker / 'assistant'} "
         "is a file; set server.token_file to a path in a folder (created at the first start), or set server.token"
     )
+
+
+def test_a_voice_alias_to_no_profile_fails_the_start_up_check(isolated_env: Path) -> None:
+    """A server.voice_aliases entry whose profile does not exist fails the start-up check (so `run` stops in a
+    second and `doctor` says FAIL) naming the profiles; it was accepted and the alias spoke with the default voice."""
+    cfg = config.Config().replace({"server.voice_aliases": ["alloy=vivian", "Echo=nobdy"]})
+    with pytest.raises(ConfigError) as e:
+        cli.check_server_settings(cfg)
+    assert str(e.value) == (
+        "server.voice_aliases entry echo=nobdy names no voice profile; use one of clone, clone_icl, default, "
+        "narrator, vivian (`assistant voices` lists them), or remove the entry"
+    )
+    cli.check_server_settings(config.Config().replace({"server.voice_aliases": ["alloy=vivian"]}))
+
+
+def test_a_voices_dir_that_is_a_file_says_so(isolated_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """tts.voices_dir naming a file fails saying it is not a folder (it said the folder "does not exist")."""
+    profile = isolated_env / "vivian.toml"
+    profile.write_text('name = "vivian"\n')
+    assert cli.main(["voices", "--set", f"tts.voices_dir={profile}"]) == 2
+    assert capsys.readouterr().err == (
+        f"assistant: error: voices folder {profile} is not a folder; set tts.voices_dir or create it\n"
+    )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import threading
 import tomllib
 from pathlib import Path
 
@@ -219,3 +221,70 @@ def test_a_server_token_a_client_cannot_send_is_refused() -> None:
         assert bad not in str(e.value)
     for good in ("", "s3cr3t-T0ken_~!", "two words", "A" * 64):
         assert config.Config().replace({"server.token": good}).server.token == good
+
+
+def test_an_unusable_user_config_is_an_error_not_the_default(isolated_env: Path) -> None:
+    """~/.config/assistant/config.toml as a link to a file that is gone, or as a folder, fails naming it (the
+    packaged default was used without a word, so none of the user's settings applied)."""
+    user = isolated_env / "xdg" / "assistant" / "config.toml"
+    user.parent.mkdir(parents=True)
+    user.symlink_to(isolated_env / "dotfiles" / "assistant.toml")
+    with pytest.raises(ConfigError) as e:
+        config.load()
+    assert str(e.value) == (
+        f"the user config {user} is a link to {isolated_env / 'dotfiles' / 'assistant.toml'}, which is missing; "
+        "make it a config.toml file, or remove it to use the packaged default"
+    )
+    user.unlink()
+    user.mkdir()
+    with pytest.raises(ConfigError, match=r"is not a file; make it a config\.toml file"):
+        config.load()
+    user.rmdir()
+    assert config.load().source == str(config.PACKAGED_CONFIG)
+
+
+def test_set_of_a_text_key_to_a_number_or_boolean_takes_the_text(isolated_env: Path) -> None:
+    """`--set server.token=12345678` or `--set llm.model=2024` sets that text (it failed: "must be a string, got
+    12345678 (an integer)", with no fix); a device key keeps its index rule and a list key its type check."""
+    cfg = config.load(None, ["server.token=12345678", "llm.model=2024", "tts.voice=true", "llm.system_prompt=1.5"])
+    assert (cfg.server.token, cfg.llm.model, cfg.tts.voice, cfg.llm.system_prompt) == (
+        "12345678",
+        "2024",
+        "true",
+        "1.5",
+    )
+    assert config.load(None, ["audio.input_device=3"]).audio.input_device == "3"
+    with pytest.raises(ConfigError, match=r"index >= 0 from `assistant devices`, got -1"):
+        config.load(None, ["audio.input_device=-1"])
+    with pytest.raises(ConfigError, match="must be a list of strings"):
+        config.load(None, ["tools.enabled=3"])
+
+
+def test_a_text_key_given_a_number_in_the_file_says_to_quote_it(tmp_path: Path) -> None:
+    """`token = 12345678` in config.toml fails naming the fix, the quoted form (it said only "must be a string")."""
+    with pytest.raises(ConfigError) as e:
+        config.load(str(write(tmp_path, "[server]\ntoken = 12345678\n")))
+    assert str(e.value).endswith(
+        '`server.token` must be a string, got 12345678 (an integer); write it in quotes: token = "12345678"'
+    )
+    with pytest.raises(ConfigError, match='write it in quotes: voice = "true"'):
+        config.load(str(write(tmp_path, "[tts]\nvoice = true\n")))
+
+
+def test_a_config_from_a_pipe_loads_and_an_endless_one_is_refused(isolated_env: Path) -> None:
+    """`--config <(cat a.toml b.toml)` (a pipe, /dev/fd/N) loads (it was "config file not found"), and a path that
+    never ends (/dev/zero) fails in one line instead of being read forever."""
+    fifo = isolated_env / "fifo"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with fifo.open("w") as f:
+            f.write("[vad]\naggressiveness = 1\n")
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    assert config.load(str(fifo)).vad.aggressiveness == 1
+    writer.join(10)
+    with pytest.raises(ConfigError) as e:
+        config.load("/dev/zero")
+    assert str(e.value) == "/dev/zero: over 1024 KiB, too long for a config; check the path"

@@ -13,7 +13,7 @@ import pytest
 
 from assistant.audio.format import CAPTURE_RATE, level_dbfs
 from assistant.config import Config
-from assistant.endofturn import Decision, FixedSilence, SmartTurnPolicy, TurnEvidence
+from assistant.endofturn import SCORE_LEAD_IN, Decision, FixedSilence, SmartTurnPolicy, TurnEvidence
 from assistant.errors import InputError, ModelError
 from assistant.events import (
     AttentionChanged,
@@ -37,7 +37,6 @@ from assistant.policies import daemon_policy, realtime_policy
 from assistant.turns import (
     APOLOGY,
     MAX_PENDING,
-    SCORE_LEAD_IN,
     Action,
     AudioIn,
     Command,
@@ -292,7 +291,7 @@ def manual_commit(policy: Policy) -> None:
     """Without turn detection audio waits for commit; the transcript queues with a text item; create answers both,
     in the order they were added."""
     tl = Timeline(policy)
-    tl.send(SetPolicy(dataclasses.replace(policy, vad_turns=False), FixedSilence(700)))
+    tl.send(SetPolicy(dataclasses.replace(policy, vad_turns=False), FixedSilence(700), tl.now))
     tl.audio(10, value=1000)
     assert not tl.of(RunVad) and tl.core.user is not None
     tl.send(UserText("first", tl.now))
@@ -317,7 +316,7 @@ def function_outputs_continue(policy: Policy) -> None:
     """Realtime function outputs make a response answerable with no user message: it continues the calling
     answer; a new user message instead starts a fresh answer; without either, nothing is answered."""
     tl = Timeline(policy)
-    tl.send(SetPolicy(dataclasses.replace(policy, vad_turns=False), FixedSilence(700)))
+    tl.send(SetPolicy(dataclasses.replace(policy, vad_turns=False), FixedSilence(700), tl.now))
     tl.send(Command("tool_output", tl.now))
     tl.send(CreateResponse(tl.now))
     first = tl.of(StartReply)[-1]
@@ -938,7 +937,7 @@ def test_a_session_that_never_asks_for_a_response_holds_a_bounded_number_of_mess
     """A Realtime client that only adds user messages (transcription only) for weeks holds the newest MAX_PENDING
     of them, not all: the response it finally asks for answers those."""
     tl = Timeline(REALTIME)
-    tl.send(SetPolicy(dataclasses.replace(REALTIME, vad_turns=False), FixedSilence(700)))
+    tl.send(SetPolicy(dataclasses.replace(REALTIME, vad_turns=False), FixedSilence(700), tl.now))
     for i in range(MAX_PENDING + 100):
         tl.send(UserText(f"message {i}", tl.now))
     assert len(tl.core.pending) == MAX_PENDING

@@ -136,6 +136,13 @@ def token_ok(offered: str | None, expected: str) -> bool:
     return offered is not None and hmac.compare_digest(offered.encode(), expected.encode())
 
 
+def dial_host(host: str) -> str:
+    """The address a client on this machine dials for a server bound to `host`, as a URL writes it: a wildcard
+    address is the loopback of its family, an IPv6 address is bracketed."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host
+
+
 def is_loopback(host: str | None) -> bool:
     if not host:
         return False

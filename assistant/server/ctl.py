@@ -6,11 +6,10 @@ import contextlib
 import json
 import os
 import ssl
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
 from assistant.config import ServerConfig, parse_override
@@ -19,6 +18,7 @@ from assistant.server import auth
 from assistant.server import protocol as p
 
 TEXT_COMMANDS = ("say", "ask")
+HELLO_TIMEOUT_S = 5.0  # the daemon sends its hello at once; another program's server may send nothing
 USAGE = (
     "commands: status, say TEXT, ask TEXT, interrupt, mute, unmute, ptt.start, ptt.stop, config.get, "
     "config.set KEY=VALUE..., history.get, history.reset, events"
@@ -59,9 +59,7 @@ def build_message(words: Sequence[str], msg_id: str = "ctl") -> dict[str, Any]:
 def url_of(cfg: ServerConfig) -> str:
     """The daemon's native endpoint as bound: a wildcard address is dialled on the loopback of its family; wss://
     when the daemon serves TLS (server.tls_cert)."""
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(cfg.host, cfg.host)
-    host = f"[{host}]" if ":" in host else host
-    return f"{'wss' if cfg.tls_cert else 'ws'}://{host}:{cfg.port}/v1/control"
+    return f"{'wss' if cfg.tls_cert else 'ws'}://{auth.dial_host(cfg.host)}:{cfg.port}/v1/control"
 
 
 def tls_client_context(cfg: ServerConfig) -> ssl.SSLContext | None:
@@ -79,8 +77,23 @@ def tls_client_context(cfg: ServerConfig) -> ssl.SSLContext | None:
     return context
 
 
+def _reachable(cfg: ServerConfig) -> None:
+    """DaemonUnreachable when this config gives ctl no address to dial (it tried port 0 and reported a refusal)."""
+    if not cfg.enabled:
+        raise DaemonUnreachable(
+            "server.enabled is false in this config, so the daemon serves no control channel; set it to true and "
+            "restart the daemon"
+        )
+    if cfg.port == 0:
+        raise DaemonUnreachable(
+            "server.port is 0, so the daemon listens on a free port it picks at each start, which ctl cannot know; "
+            "set server.port to a fixed port (e.g. 8765), or pass the port the daemon logged with --set server.port=N"
+        )
+
+
 @contextlib.contextmanager
 def _connect(cfg: ServerConfig) -> Iterator[ClientConnection]:
+    _reachable(cfg)
     token = auth.read_token(cfg)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     url = url_of(cfg)
@@ -91,20 +104,41 @@ def _connect(cfg: ServerConfig) -> Iterator[ClientConnection]:
             )
         except InvalidStatus as e:
             if token is None and e.response.status_code == 401:  # the daemon's own hint names a header ctl sends
+                path = auth.token_path(cfg)
                 raise ProtocolError(
                     f"the daemon at {url} needs its token and none was found here: server.token is unset and "
-                    f"{auth.token_path(cfg)} does not exist; run ctl as the user who runs the daemon, or set "
-                    "server.token (or server.token_file) to its token"
+                    f"{path} {'is empty' if path.exists() else 'does not exist'}; run ctl as the user who runs the "
+                    "daemon, or set server.token (or server.token_file) to its token"
                 ) from e
             body = e.response.body.decode(errors="replace").strip()
             raise ProtocolError(f"the daemon at {url} refused the connection: {body}") from e
+        except InvalidMessage as e:  # something listens there but answers no HTTP: TLS, most likely
+            hint = (
+                "" if cfg.tls_cert else "if the daemon serves TLS, set server.tls_cert here (ctl then dials wss://); "
+            )
+            raise ProtocolError(
+                f"the server at {url} did not answer the WebSocket handshake ({e}); {hint}check server.host/port"
+            ) from e
         except (OSError, TimeoutError, WebSocketException) as e:
             raise DaemonUnreachable(
                 f"cannot reach the daemon at {url} ({e}); start it with `assistant run`, or set server.host/port"
             ) from e
-        hello = json.loads(ws.recv())
-        if hello.get("type") != "hello" or hello.get("protocol") != p.PROTOCOL_VERSION:
-            raise ProtocolError(f"{url} does not speak protocol v{p.PROTOCOL_VERSION} (got {hello}); update assistant")
+        hello: Any = None
+        try:
+            first = ws.recv(timeout=HELLO_TIMEOUT_S)
+            got = p.clip(first if isinstance(first, str) else repr(first))
+            hello = json.loads(first)
+        except TimeoutError:
+            got = f"nothing in {HELLO_TIMEOUT_S:g} s"
+        except ConnectionClosed as e:
+            got = f"a close: {e}"
+        except ValueError:  # not JSON: another program's WebSocket server
+            pass
+        if not isinstance(hello, dict) or hello.get("type") != "hello" or hello.get("protocol") != p.PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"{url} does not speak the assistant's protocol v{p.PROTOCOL_VERSION} (got {got}); check that "
+                "server.port is the daemon's, or update assistant"
+            )
         try:
             yield ws
         except ConnectionClosed as e:  # the daemon stopped or restarted mid-command
@@ -115,21 +149,8 @@ def _connect(cfg: ServerConfig) -> Iterator[ClientConnection]:
 
 
 def run(cfg: ServerConfig, words: Sequence[str], out: Callable[[str], None] = print, max_events: int = 0) -> int:
-    """Send the command, print its reply (streaming `ask`), or print events; returns the exit code.
-
-    A reader that goes away (`assistant ctl events | head`) ends the command quietly with code 0.
-    """
-    try:
-        return _run(cfg, words, out, max_events)
-    except BrokenPipeError:
-        # stdout's reader is gone: point stdout at /dev/null so the exit-time flush cannot fail again
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        return 0
-
-
-def _run(cfg: ServerConfig, words: Sequence[str], out: Callable[[str], None], max_events: int) -> int:
+    """Send the command, print its reply (streaming `ask`), or print events; returns the exit code. (A reader
+    that goes away, `assistant ctl events | head`, raises BrokenPipeError: the CLI ends quietly with code 0.)"""
     if list(words[:1]) == ["events"]:
         if len(words) > 1:
             raise InputError("`ctl events` takes no arguments")

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import difflib
+import email.message
 import email.parser
 import email.policy
 import importlib.resources
@@ -22,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
@@ -34,13 +35,15 @@ from assistant.config import ServerConfig
 from assistant.errors import AssistantError, ConfigError
 from assistant.server import auth
 from assistant.server.controller import AudioService, Controller
-from assistant.server.protocol import lone_surrogate
+from assistant.server.protocol import brief, lone_surrogate
 
 log = logging.getLogger("assistant.server")
 
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers
 HEAD_TOO_LARGE = f"the request head is over {MAX_HEAD_BYTES} bytes; send fewer or shorter headers"
 MAX_BODY_BYTES = 25 * 1024 * 1024  # OpenAI's upload limit for transcriptions
+MAX_JSON_BYTES = 64 * 1024  # a speech request: 4,096 characters of input (6 bytes each as \uXXXX) and a few fields
+MAX_FORM_PARTS = 32  # a transcription form has a file and a few fields; parsing time grows with the parts
 HEAD_TIMEOUT_S = 10.0  # a client gets this long to send its request head, and again for each MiB of body
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for /v1/audio/speech input
 PCM_RATE = 24_000  # OpenAI's `pcm` and the Realtime audio: 16-bit little-endian mono at 24 kHz
@@ -59,6 +62,7 @@ CONTENT_TYPES = {
 }
 PAGE_FILES = ("index.html", "app.js", "style.css")
 MAX_CORS_HEADERS = 32  # header names a preflight may ask for
+MAX_JSON_DEPTH = 8  # a speech request is an object holding values and `{"id": ...}`: 2 levels
 _TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~")  # RFC 9110
 REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"}
 REASONS |= {404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required"}
@@ -69,9 +73,17 @@ REASONS |= {431: "Request Header Fields Too Large", 500: "Internal Server Error"
 class HttpError(Exception):
     """A request the server refuses: status, a one-line message with the fix, the offending parameter."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers or {}  # what the status requires beside the body (Allow, WWW-Authenticate)
 
 
 @dataclass(frozen=True)
@@ -120,6 +132,9 @@ def parse_head(head: bytes) -> Request:
         if not sep or not name or name != name.strip():
             raise HttpError(400, f"malformed header line {line[:80]!r}")
         headers.append((name, value.strip()))
+    if target[:8].lower().startswith(("http://", "https://")):  # absolute-form, which RFC 9112 3.2.2 says to accept
+        url = urlsplit(target)
+        target = f"{url.path or '/'}?{url.query}" if url.query else url.path or "/"
     path, _, query = target.partition("?")
     return Request(method.upper(), unquote(path), query, headers)
 
@@ -181,7 +196,7 @@ class HttpApp:
         try:
             resp = await self._route(req)
         except HttpError as e:
-            resp = Response(e.status, error_body(e))
+            resp = Response(e.status, error_body(e), headers=dict(e.headers))
         origin = req.header("Origin")
         if origin is not None and auth.origin_allowed(origin, self.cfg.allowed_origins):
             resp.headers["Access-Control-Allow-Origin"] = origin  # an allowlisted page may read the answer
@@ -192,7 +207,9 @@ class HttpApp:
         refused = auth.refusal(self.cfg, self.token, req.get_all, req.query, req.peer, self.tls)
         if refused is not None and not (page and refused[0] == 401 and auth.is_loopback(req.peer)):
             # the page holds no secret, so this machine gets it without a token; it asks for one to connect
-            raise HttpError(refused[0], refused[1], code="unauthorized" if refused[0] == 401 else None)
+            if refused[0] == 401:  # RFC 9110 15.5.2: a 401 names the scheme that would be accepted
+                raise HttpError(401, refused[1], code="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+            raise HttpError(refused[0], refused[1])
 
     async def _route(self, req: Request) -> Response:
         path = req.path.rstrip("/") or "/"
@@ -232,7 +249,8 @@ class HttpApp:
     @staticmethod
     def _method(req: Request, allowed: str) -> None:
         if req.method != allowed and not (allowed == "GET" and req.method == "HEAD"):
-            raise HttpError(405, f"{req.path[:100]} takes {allowed}, not {req.method[:10]}")
+            methods = "GET, HEAD" if allowed == "GET" else allowed  # RFC 9110 15.5.6: a 405 lists them in Allow
+            raise HttpError(405, f"{req.path[:100]} takes {allowed}, not {req.method[:10]}", headers={"Allow": methods})
 
     def _preflight(self, req: Request) -> Response:
         origin = req.header("Origin")
@@ -321,7 +339,7 @@ class HttpApp:
         fmt = body.get("response_format", "mp3")
         if fmt not in SPEECH_FORMATS or fmt == "aac":
             supported = ", ".join(f for f in SPEECH_FORMATS if f != "aac")
-            why = f"response_format {fmt!r} is not available here; use one of {supported}"
+            why = f"response_format {brief(fmt)} is not available here; use one of {supported}"
             raise HttpError(400, why, "response_format")
         speed = body.get("speed", 1.0)
         if isinstance(speed, bool) or not isinstance(speed, int | float):
@@ -331,7 +349,7 @@ class HttpApp:
             raise HttpError(400, f"speed {speed!r} is out of range; use {MIN_RATE:g} to {MAX_RATE:g}", "speed")
         stream_format = body.get("stream_format", "audio")
         if stream_format not in ("audio", "sse"):
-            raise HttpError(400, f"stream_format {stream_format!r} is unknown; use audio or sse", "stream_format")
+            raise HttpError(400, f"stream_format {brief(stream_format)} is unknown; use audio or sse", "stream_format")
         chunks = _pcm24k(audio.speak(text, name), audio.sample_rate, float(speed))
         first = await _first(chunks)  # bad input fails here, before the 200 goes out
         if stream_format == "sse":
@@ -363,7 +381,7 @@ class HttpApp:
     # ---- /v1/audio/transcriptions ------------------------------------------------------------------------
 
     async def _transcription(self, req: Request, audio: AudioService) -> Response:
-        form = _multipart(req)
+        form = await asyncio.to_thread(_multipart, req)  # a 25 MiB body takes the parser ~0.5 s: not on the loop
         upload = form.get("file")
         if not isinstance(upload, tuple):
             raise HttpError(400, "no `file` part; send the audio as multipart/form-data field `file`", "file")
@@ -371,7 +389,7 @@ class HttpApp:
         if fmt not in TRANSCRIPT_FORMATS:
             raise HttpError(
                 400,
-                f"response_format {fmt!r} is unknown; use one of {', '.join(TRANSCRIPT_FORMATS)}",
+                f"response_format {brief(fmt)} is unknown; use one of {', '.join(TRANSCRIPT_FORMATS)}",
                 "response_format",
             )
         temperature = form.get("temperature", "0")
@@ -393,7 +411,8 @@ class HttpApp:
             raise HttpError(400, why, "include[]")
         filename, data = upload
         try:
-            samples, rate = await asyncio.to_thread(decode_audio, data, filename or "file")
+            shown = filename if len(filename) <= 60 else f"{filename[:57]}..."  # the message quotes it
+            samples, rate = await asyncio.to_thread(decode_audio, data, shown or "file")
         except AssistantError as e:
             raise HttpError(400, str(e), "file") from e
         samples = await asyncio.to_thread(resample, samples, rate, CAPTURE_RATE)
@@ -419,17 +438,36 @@ def _json_body(req: Request) -> dict[str, Any]:
     kind = (req.header("Content-Type") or "").split(";")[0].strip().lower()
     if kind != "application/json":
         raise HttpError(415, _wrong_type("the request as application/json", kind))
+    if len(req.body) > MAX_JSON_BYTES:  # decoding and walking 25 MiB of JSON held the event loop for seconds
+        why = f"the body is {len(req.body)} bytes, over the {MAX_JSON_BYTES} a speech request needs; send less"
+        raise HttpError(413, why)
+    too_deep = f"the body is nested more than {MAX_JSON_DEPTH} levels deep; send a flat JSON object"
     try:
         body = json.loads(req.body)
+    except RecursionError as e:
+        raise HttpError(400, too_deep) from e
     except (ValueError, UnicodeDecodeError) as e:
         raise HttpError(400, f"the body is not valid JSON ({e}); send a JSON object") from e
     if not isinstance(body, dict):
         raise HttpError(400, "the body must be a JSON object")
+    if _depth(body) > MAX_JSON_DEPTH:  # the messages quoting a value would overflow the stack repr-ing it
+        raise HttpError(400, too_deep)
     bad = lone_surrogate(body)
     if bad is not None:
         why = f"the body has a lone UTF-16 surrogate (\\u{ord(bad):04x}) in a string; send valid Unicode text"
         raise HttpError(400, why)
     return body
+
+
+def _depth(value: Any) -> int:
+    """How many lists and objects deep decoded JSON `value` nests (iterative: no recursion limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            stack.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _wrong_type(want: str, kind: str) -> str:
@@ -444,6 +482,11 @@ def _multipart(req: Request) -> dict[str, str | tuple[str, bytes]]:
     if not kind.lower().startswith("multipart/form-data"):
         raise HttpError(415, _wrong_type("the audio as multipart/form-data", kind.split(";")[0]))
     head = f"Content-Type: {kind}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
+    boundary = email.message.Message()
+    boundary["Content-Type"] = kind
+    delimiter = boundary.get_boundary()
+    if delimiter and req.body.count(b"--" + delimiter.encode("latin-1", "replace")) > MAX_FORM_PARTS + 1:
+        raise HttpError(400, f"the form has more than {MAX_FORM_PARTS} parts; send the file and a few fields")
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + req.body)
     if not message.is_multipart():
         raise HttpError(400, "the multipart body has no parts; check its boundary")
@@ -580,9 +623,12 @@ async def _read(reader: asyncio.StreamReader, peer: str | None, writer: asyncio.
         _continue(req, writer)
         body = await _read_chunked(reader)
         return Request(req.method, req.path, req.query, req.headers, body, peer)
-    length_text = req.header("Content-Length") or "0"
-    if not length_text.isdigit():
-        raise HttpError(400, f"Content-Length {length_text[:20]!r} is not a number")
+    lengths = req.get_all("Content-Length")
+    if len(set(lengths)) > 1:  # which one frames the body would be a guess (RFC 9112 6.3)
+        raise HttpError(400, "the request has Content-Length headers that differ; send one")
+    length_text = lengths[0] if lengths else "0"
+    if not (length_text.isascii() and length_text.isdigit()):  # str.isdigit also takes "²", which int() refuses
+        raise HttpError(400, f"Content-Length {length_text[:20]!r} is not a number; send the body's size in bytes")
     length = int(length_text)
     if length > MAX_BODY_BYTES:
         raise HttpError(413, f"the body is {length} bytes, over {MAX_BODY_BYTES}; send a shorter file")

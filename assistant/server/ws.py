@@ -238,14 +238,14 @@ class ControlServer:
             raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror}); {fix}") from e
         if self.controller is not None:
             self.fanout = asyncio.create_task(self._fan_out(self.controller))
-        scheme = "wss" if self.tls else "ws"
+        scheme, address = "wss" if self.tls else "ws", auth.dial_host(host)  # a URL one can open here ("::" is not)
         log.info(
             "control server on %s://%s:%d (and %s://%s:%d/ for the page and the HTTP endpoints)",
             scheme,
-            host,
+            address,
             self.port,
             "https" if self.tls else "http",
-            host,
+            address,
             self.port,
         )
         if not is_loopback_host(host):

@@ -26,6 +26,12 @@ def build_toolbox(
     """The enabled tools, in `tools.enabled` order, and the reminder scheduler they share. Raises ConfigError
     for an unknown name or time zone."""
     tz = zone(cfg.tools.timezone)
+    shadowed = next((name for name in cfg.tools.custom if name in BUILTIN), None)
+    if shadowed is not None:  # `tools.enabled` would name the built-in set: the declared tool could never run
+        raise ConfigError(
+            f"[tools.custom.{shadowed}] has the name of the built-in `{shadowed}` tools; rename the table (and its "
+            "entry in `tools.enabled`)"
+        )
     scheduler = ReminderScheduler(memory, clock)
     tools: list[Tool] = []
     for name in cfg.tools.enabled:
@@ -41,4 +47,11 @@ def build_toolbox(
                 f"`tools.enabled` names `{name}`, which is neither built in nor declared in "
                 f"[tools.custom.{name}]; known: {known}"
             )
+    names = [t.name for t in tools]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:  # the model would see two functions of one name, and only the last would run
+        raise ConfigError(
+            f"two enabled tools are named `{twice}` (a [tools.custom] table and a built-in tool, or a name listed "
+            "twice in `tools.enabled`); rename the custom one or list it once"
+        )
     return Toolbox(tools), scheduler

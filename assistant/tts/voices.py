@@ -184,7 +184,8 @@ def load_profiles(folder: Path, broken: dict[str, str] | None = None) -> dict[st
     `broken` is given: then each bad file's problem goes there under its file name (stem) and the rest load (one
     typo in a new profile must not take every voice away from a running daemon)."""
     if not folder.is_dir():
-        raise ConfigError(f"voices folder {folder} does not exist; set tts.voices_dir or create it")
+        why = "is not a folder" if folder.exists() else "does not exist"
+        raise ConfigError(f"voices folder {folder} {why}; set tts.voices_dir or create it")
     out: dict[str, VoiceProfile] = {}
     for path in sorted(folder.glob("*.toml")):
         try:

@@ -425,7 +425,8 @@ def test_chat_command_uses_the_openai_backend(
 
 
 def test_doctor_checks_the_llm_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    """doctor's LLM check passes against a live server, and names the fix when it is down or refuses the key."""
+    """doctor's LLM check passes against a live server, and names the fix when it is down, refuses the key, or
+    answers 404 or 500 at /models (a base_url without /v1 passed, and every turn then failed)."""
     from http.server import HTTPServer
 
     from assistant import cli
@@ -434,7 +435,8 @@ def test_doctor_checks_the_llm_server(monkeypatch: pytest.MonkeyPatch) -> None:
     class Models(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             ok = self.headers.get("Authorization") == "Bearer k"
-            self.send_response(200 if ok else 401)
+            status = 401 if not ok else 200 if self.path == "/v1/models" else 404 if self.path == "/models" else 500
+            self.send_response(status)
             self.end_headers()
             self.wfile.write(b'{"data": []}')
 
@@ -450,6 +452,13 @@ def test_doctor_checks_the_llm_server(monkeypatch: pytest.MonkeyPatch) -> None:
             cli._check_llm_server(cfg.llm)
         monkeypatch.setenv("INTEG_TEST_KEY", "k")
         cli._check_llm_server(cfg.replace({"llm.api_key_env": "INTEG_TEST_KEY"}).llm)
+        # a base_url without /v1 (the server is up, the path is not its API): it passed, and every turn failed
+        root = cfg.replace({"llm.api_key_env": "INTEG_TEST_KEY", "llm.base_url": base.removesuffix("/v1")})
+        with pytest.raises(AssistantError, match=r"answered HTTP 404 for .*/models: llm.base_url is not its OpenAI"):
+            cli._check_llm_server(root.llm)
+        broken = cfg.replace({"llm.api_key_env": "INTEG_TEST_KEY", "llm.base_url": base + "/x"})
+        with pytest.raises(AssistantError, match=r"answered HTTP 500 for .*/v1/x/models; see the server's log"):
+            cli._check_llm_server(broken.llm)
     finally:
         httpd.shutdown()
         httpd.server_close()

@@ -25,7 +25,7 @@ import numpy as np
 from assistant import logs
 from assistant.config import Config
 from assistant.conversation import Conversation
-from assistant.daemon import ReopeningSource, Service, serve
+from assistant.daemon import DaemonControl, ReopeningSource, Service, serve
 from tests.pipeline.doubles import BLOCK, FakeSink, ScriptedChat, make_engines
 
 
@@ -38,7 +38,7 @@ class PacedSilence:
 
 
 @contextlib.asynccontextmanager
-async def wedged_service(pipeline: Conversation) -> AsyncIterator[None]:
+async def wedged_service(control: DaemonControl) -> AsyncIterator[None]:
     yield
     time.sleep(3600)  # noqa: ASYNC251 (the bug under test: it blocks the loop thread for good)
 

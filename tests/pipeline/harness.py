@@ -12,6 +12,7 @@ import numpy as np
 from assistant.audio.format import AudioBlock
 from assistant.config import Config
 from assistant.conversation import Conversation
+from assistant.daemon import DaemonControl
 from tests.event_log import EventLog
 from tests.pipeline.doubles import (
     FakeSink,
@@ -58,6 +59,7 @@ class Harness:
 
     async def __aenter__(self) -> Harness:
         self.p = Conversation(self.cfg, self.engines, None, self.sink)
+        self.control = DaemonControl(self.p)  # what the control channel calls
         self.events = EventLog(self.p, WAIT_S)
         self.sink.probe = lambda: self.vad.ended
         return self

@@ -62,7 +62,7 @@ def test_lost_microphone_is_reopened_and_reported() -> None:
             runner.cancel()
             assert (lost.ok, back.ok) == (False, True) and "unplugged" in lost.message
             assert len(made) == 2 and made[0].closed and not made[1].closed
-            assert h.p.status()["device_ok"]
+            assert h.control.status()["device_ok"]
 
     asyncio.run(main())
 
@@ -124,7 +124,7 @@ def test_lost_speaker_ends_the_reply_as_heard_and_answers_in_text() -> None:
             assert done.interrupted and done.text == "One two three four"
             await eventually(lambda: len(h.chat.history) == 2)
             assert h.chat.history[1] == Message("assistant", "One two three four", interrupted=True)
-            assert not h.p.status()["output_ok"] and h.p.core.state is TurnState.IDLE
+            assert not h.control.status()["output_ok"] and h.p.core.state is TurnState.IDLE
             written = h.sink.written_all
             assert await h.p.ask("hello") == FULL
             assert h.sink.written_all == written
@@ -133,7 +133,7 @@ def test_lost_speaker_ends_the_reply_as_heard_and_answers_in_text() -> None:
             h.p.device_status(DeviceStatus("output", True, "speaker is back", time.monotonic()))
             h.sink.auto = True
             assert await h.p.ask("hello") == FULL
-            assert h.sink.written_all > written and h.p.status()["output_ok"]
+            assert h.sink.written_all > written and h.control.status()["output_ok"]
 
     asyncio.run(main())
 

@@ -127,7 +127,7 @@ def test_hotkey_drives_the_pipeline_under_xvfb(xvfb: str) -> None:
     from tests.pipeline.harness import Harness, eventually
 
     async def main() -> None:
-        async with Harness({"pipeline.mode": "push_to_talk"}) as h, hotkey_service(h.p):
+        async with Harness({"pipeline.mode": "push_to_talk"}) as h, hotkey_service(h.control):
             await asyncio.to_thread(xdotool, "keydown", "Alt_R")
             await h.next_event(PushToTalk, lambda e: e.pressed)
             h.speak("hello")
@@ -148,12 +148,12 @@ def test_runtime_push_to_talk_needs_a_listening_hotkey(xvfb: str) -> None:
     async def main() -> tuple[str, str, str]:
         async with Harness({"pipeline.mode": "hands_free"}) as h:
             with pytest.raises(ConfigError) as refused:
-                h.p.config_set({"pipeline.mode": "push_to_talk"})
-            async with hotkey_service(h.p):
-                accepted = h.p.config_set({"pipeline.mode": "push_to_talk"})["pipeline"]["mode"]
-            h.p.config_set({"pipeline.mode": "hands_free"})
+                h.control.config_set({"pipeline.mode": "push_to_talk"})
+            async with hotkey_service(h.control):
+                accepted = h.control.config_set({"pipeline.mode": "push_to_talk"})["pipeline"]["mode"]
+            h.control.config_set({"pipeline.mode": "hands_free"})
             with pytest.raises(ConfigError) as after:
-                h.p.config_set({"pipeline.mode": "push_to_talk"})
+                h.control.config_set({"pipeline.mode": "push_to_talk"})
             return str(refused.value), accepted, str(after.value)
 
     refused, accepted, after = asyncio.run(main())

@@ -25,7 +25,7 @@ from assistant.events import (
     SpeechEnded,
     SpeechStarted,
 )
-from assistant.sessions import Sessions
+from assistant.sessions import RealtimeSession, Sessions
 from tests.event_log import EventLog
 from tests.pipeline.doubles import (
     FakeSink,
@@ -57,7 +57,7 @@ class DoubleEngines:
 class Client(EventLog):
     """Collects a session's events as a Realtime connection would."""
 
-    def __init__(self, session: Conversation) -> None:
+    def __init__(self, session: RealtimeSession) -> None:
         super().__init__(session, WAIT_S, session.events())
         self.session = session
 
@@ -84,7 +84,7 @@ async def opened(limit: int = 2) -> tuple[Sessions, DoubleEngines, Conversation,
     return Sessions(pipeline, source, limit), source, pipeline, compute
 
 
-async def closed(pipeline: Conversation, compute: Compute, *sessions: Conversation) -> None:
+async def closed(pipeline: Conversation, compute: Compute, *sessions: RealtimeSession) -> None:
     for s in sessions:
         await s.aclose()
     await pipeline.aclose()
@@ -210,16 +210,16 @@ def test_sessions_are_limited_and_voices_checked() -> None:
         session.set_voice("alice")
         await asyncio.sleep(0.05)
         for _ in range(200):
-            if session.engines.voice == "alice":
+            if session.conversation.engines.voice == "alice":
                 break
             await asyncio.sleep(0.01)
-        assert session.engines.voice == "alice"  # loaded by the session's TTS (the daemon's, shared)
+        assert session.conversation.engines.voice == "alice"  # loaded by the session's TTS (the daemon's, shared)
         with pytest.raises(InputError):
             session.on_audio(np.zeros(10, np.float32))
-        before = (session.core.policy, session.cfg)
+        before = (session.conversation.core.policy, session.conversation.cfg)
         with pytest.raises(ConfigError, match="silence_duration_ms 20"):
             session.set_turn_detection(20, False, False)  # below vad.hangover_ms's range: nothing changes
-        assert (session.core.policy, session.cfg) == before
+        assert (session.conversation.core.policy, session.conversation.cfg) == before
         await session.aclose()
         again = await sessions.open_session()  # the slot came back
         await closed(pipeline, compute, again)

@@ -11,6 +11,7 @@ from typing import Any
 
 from assistant.config import Config
 from assistant.conversation import Conversation
+from assistant.daemon import DaemonControl
 from assistant.engines import Engines
 from assistant.events import ResponseDone, SpeculationCancelled, SpeculationStarted
 from assistant.memory import Memory
@@ -154,7 +155,7 @@ def test_turns_are_stored_and_restored(tmp_path: Path) -> None:
         c2 = conversation(chat2, [clock_tool()], again)
         await c2.prepare()
         assert [m.content for m in chat2.history][-2:] == ["goodbye", "Bye."]
-        c2.history_reset()
+        DaemonControl(c2).history_reset()
         assert again.turns() == []
         await c2.aclose()
         again.close()
@@ -221,7 +222,7 @@ def test_history_reset_during_a_turn_stores_nothing_of_it(tmp_path: Path) -> Non
         assert len(memory.turns()) == 1
         asked = asyncio.ensure_future(c.ask("what time is it"))
         await eventually(lambda: any(r.tool_round is not None for r in c._replies.values()))
-        c.history_reset()
+        DaemonControl(c).history_reset()
         await asked
         await asyncio.sleep(0.1)
         assert memory.turns() == []

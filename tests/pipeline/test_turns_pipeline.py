@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from assistant.audio.format import CAPTURE_RATE
+from assistant.endofturn import SCORE_LEAD_IN
 from assistant.errors import ConfigError, InputError, ModelError
 from assistant.events import (
     BargeIn,
@@ -26,7 +27,7 @@ from assistant.events import (
     StateChanged,
     TurnState,
 )
-from assistant.turns import APOLOGY, SCORE_LEAD_IN
+from assistant.turns import APOLOGY
 from tests.pipeline.doubles import BLOCK, FRAME, FakeSink, Message, ScriptedChat
 from tests.pipeline.harness import ANSWER, Harness, eventually
 
@@ -404,7 +405,7 @@ def test_mute_ignores_the_microphone() -> None:
             h.p.command("mute")
             h.speak("hello")
             h.silence(6)
-            assert h.stt.fed_samples == 0 and h.p.status()["muted"]
+            assert h.stt.fed_samples == 0 and h.control.status()["muted"]
 
     asyncio.run(main())
 
@@ -415,11 +416,11 @@ def test_config_set() -> None:
     async def main() -> None:
         async with Harness() as h:
             with pytest.raises(ConfigError, match=r"pipeline\.barge_in_min_word"):
-                h.p.config_set({"pipeline.barge_in_min_word": 2})
+                h.control.config_set({"pipeline.barge_in_min_word": 2})
             with pytest.raises(ConfigError, match=r"`llm\.max_tokens` takes effect only at start"):
-                h.p.config_set({"pipeline.barge_in_min_words": 3, "llm.max_tokens": 10})
+                h.control.config_set({"pipeline.barge_in_min_words": 3, "llm.max_tokens": 10})
             assert h.p.cfg.pipeline.barge_in_min_words == 0  # nothing changed
-            out = h.p.config_set({"pipeline.barge_in_min_words": 3})
+            out = h.control.config_set({"pipeline.barge_in_min_words": 3})
             assert out["pipeline"]["barge_in_min_words"] == 3 and h.p.cfg.pipeline.barge_in_min_words == 3
 
     asyncio.run(main())
@@ -432,15 +433,15 @@ def test_config_set_voice_applies_to_the_next_reply() -> None:
         async with Harness() as h:
             await h.p.ask("hello")
             with pytest.raises(ConfigError, match=r"unknown voice 'nobody'"):
-                h.p.config_set({"tts.voice": "nobody"})
-            h.p.config_set({"tts.voice": "alice"})
+                h.control.config_set({"tts.voice": "nobody"})
+            h.control.config_set({"tts.voice": "alice"})
             for _ in range(100):  # the voice loads on the compute thread
                 if h.p.engines.voice == "alice":
                     break
                 await asyncio.sleep(0.01)
             await h.p.ask("hello again")
             assert h.tts.voices_started[0] != "alice" and h.tts.voices_started[-1] == "alice"
-            assert "tts.voice" not in h.p.status()["restart_required"]
+            assert "tts.voice" not in h.control.status()["restart_required"]
 
     asyncio.run(main())
 
@@ -532,7 +533,7 @@ def test_history_reset_after_interrupt_is_empty() -> None:
         async with Harness(sink=FakeSink(auto=False)) as h:
             asked = asyncio.create_task(h.p.ask("what"))
             await eventually(lambda: h.sink.total >= 2 * FRAME)
-            h.p.history_reset()
+            h.control.history_reset()
             await asked
             await eventually(lambda: h.chat.closed == 1)
             await h.p.compute.run(lambda: None)  # every job submitted before has run

@@ -12,6 +12,7 @@ from assistant.audio.sinks import NullSink
 from assistant.compute import Compute
 from assistant.config import Config
 from assistant.conversation import Conversation
+from assistant.daemon import DaemonControl
 from assistant.server.ws import ControlServer
 from assistant.sessions import Sessions
 
@@ -45,7 +46,7 @@ async def scripted_daemon(
         shared = ScriptedSessions(cfg, engines, session_chat)
         shared.engines = type(engines)(engines.transcriber, real, engines.tts, engines.voice, engines.make_vad)
         backend = Sessions(pipeline, shared, cfg.server.realtime_sessions)
-        async with ControlServer(cfg.server, pipeline, backend) as server:
+        async with ControlServer(cfg.server, DaemonControl(pipeline), backend) as server:
             yield server, pipeline
         await pipeline.aclose()
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,12 +92,19 @@ def test_ctl_reaches_a_daemon_that_serves_tls(
     capsys: pytest.CaptureFixture[str], isolated_env: Path, tmp_path: Path
 ) -> None:
     """With server.tls_cert and server.tls_key set, `ctl status` dials wss:// and trusts the daemon's own
-    certificate (it dialled ws:// and said `cannot reach the daemon ... start it with assistant run`)."""
+    certificate (it dialled ws:// and said `cannot reach the daemon ... start it with assistant run`); without them,
+    against that daemon, it says the handshake went unanswered and names server.tls_cert."""
     cert, key = self_signed(tmp_path)
     with serving(tls_cert=str(cert), tls_key=str(key)) as tls:
         tls_keys = ["--set", f"server.tls_cert={str(cert)!r}", "--set", f"server.tls_key={str(key)!r}"]
         assert cli.main([*ctl_args(tls, "status"), *tls_keys]) == 0
-    assert json.loads(capsys.readouterr().out) == {"state": "idle", "muted": False, "turn": 0}
+        assert json.loads(capsys.readouterr().out) == {"state": "idle", "muted": False, "turn": 0}
+        # the TLS keys left out of ctl's config: it said "cannot reach the daemon ... start it with assistant run"
+        assert cli.main(ctl_args(tls, "status")) == 2
+    line = error_line(capsys)
+    assert (
+        "did not answer the WebSocket handshake" in line and "set server.tls_cert here (ctl then dials wss://)" in line
+    )
 
 
 def test_ctl_errors_are_one_line(capsys: pytest.CaptureFixture[str], isolated_env: Path, live: Live) -> None:
@@ -112,13 +120,18 @@ def test_ctl_errors_are_one_line(capsys: pytest.CaptureFixture[str], isolated_en
 def test_ctl_without_a_token_says_where_it_looked(
     capsys: pytest.CaptureFixture[str], isolated_env: Path, live: Live
 ) -> None:
-    """`ctl` with no server.token and no token file, refused by the daemon, names the file it looked for and the
-    fix (it relayed the daemon's `no token; send Authorization: Bearer`, a header the user does not write)."""
+    """`ctl` with no server.token and no token file (or an empty one), refused by the daemon, names the file it
+    looked for, what is wrong with it and the fix (it relayed the daemon's `no token; send Authorization: Bearer`,
+    a header the user does not write, and called an empty file missing)."""
     assert cli.main(["ctl", "status", "--set", f"server.port={live.port}"]) == 2
     line = error_line(capsys)
     token_file = isolated_env / "xdg" / "assistant" / "token"
     assert f"needs its token and none was found here: server.token is unset and {token_file} does not exist" in line
     assert "run ctl as the user who runs the daemon, or set server.token" in line
+    token_file.parent.mkdir(parents=True)
+    token_file.write_text("  \n")  # there, but empty: "does not exist" sent the user looking for the wrong thing
+    assert cli.main(["ctl", "status", "--set", f"server.port={live.port}"]) == 2
+    assert f"server.token is unset and {token_file} is empty; run ctl as the user" in error_line(capsys)
 
 
 def error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -217,3 +230,89 @@ def test_history_reset_also_resets_a_running_daemon(
     assert memory.turns() == [] and live.controller.history == []
     assert ("history_reset", None) in live.controller.calls
     memory.close()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("server.port=0", "server.port is 0, so the daemon listens on a free port it picks at each start"),
+        ("server.enabled=false", "server.enabled is false in this config, so the daemon serves no control channel"),
+    ],
+)
+def test_ctl_without_an_address_to_dial_says_which_setting(
+    capsys: pytest.CaptureFixture[str], isolated_env: Path, setting: str, message: str
+) -> None:
+    """`ctl` with server.port = 0 (a free port picked at each start) or the server off names that setting and the
+    fix (it said it could not reach ws://127.0.0.1:0, or whatever answered on the port); `history reset` still
+    erases the stored turns."""
+    assert cli.main(["ctl", "status", "--set", setting]) == 2
+    assert message in error_line(capsys)
+    assert cli.main(["history", "reset", "--set", setting]) == 0
+    assert capsys.readouterr().out.startswith("erased 0 stored turns from ")
+
+
+@pytest.mark.parametrize(
+    ("first", "shown"),
+    [
+        ("hello from elsewhere", "(got 'hello from elsewhere')"),
+        ("[1, 2]", "(got '[1, 2]')"),
+        (None, "(got nothing in 0.5 s)"),
+        ("close", "(got a close: "),
+    ],
+)
+def test_ctl_against_another_websocket_server_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+    isolated_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    first: str | None,
+    shown: str,
+) -> None:
+    """`ctl` dialling a WebSocket server that is not the daemon (text that is no JSON, JSON that is no object,
+    nothing, a close) fails in one line naming what it got and the fix (it printed a JSONDecodeError traceback,
+    or waited forever for a hello)."""
+    from websockets.sync.server import ServerConnection, serve
+
+    monkeypatch.setattr(ctl, "HELLO_TIMEOUT_S", 0.5)
+
+    def other(ws: ServerConnection) -> None:
+        if first == "close":
+            ws.close()
+        elif first is not None:
+            ws.send(first)
+        with contextlib.suppress(Exception):
+            ws.recv(timeout=5)
+
+    with serve(other, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.socket.getsockname()[1]
+        code = cli.main(["ctl", "status", "--set", f"server.port={port}", "--set", 'server.token="t"'])
+        server.shutdown()
+    assert code == 2
+    line = error_line(capsys)
+    assert "does not speak the assistant's protocol v1" in line and shown in line, line
+    assert line.endswith("check that server.port is the daemon's, or update assistant")
+
+
+def test_doctor_beside_the_running_daemon_passes_its_ports(
+    capsys: pytest.CaptureFixture[str], isolated_env: Path, live: Live
+) -> None:
+    """`doctor` run while the daemon of its config runs (a service's usual state) reports the server port and the
+    Wyoming ports as the daemon's, not as problems (it failed them: "not free ... another `assistant run`?"); a
+    port held by anything else still fails."""
+    token = f"server.token={TOKEN!r}".replace("'", '"')
+    with socket.socket() as wyoming:  # what the daemon would hold with wyoming.enabled
+        wyoming.bind(("127.0.0.1", 0))
+        wyoming.listen()
+        held = wyoming.getsockname()[1]
+        sets = [
+            f"server.port={live.port}",
+            token,
+            "wyoming.enabled=true",
+            f"wyoming.asr_port={held}",
+        ]
+        cli.main(["doctor", *(arg for s in sets for arg in ("--set", s))])
+        out = capsys.readouterr().out
+        assert "  ok    server port: the daemon of this config is running there\n" in out
+        assert "  ok    wyoming ports: held by the running daemon\n" in out
+        cli.main(["doctor", "--set", f"server.port={held}", "--set", token])
+    assert f"  FAIL  server port: server port 127.0.0.1:{held} is not free" in capsys.readouterr().out

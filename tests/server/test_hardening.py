@@ -305,7 +305,8 @@ def test_the_token_file_is_never_written_through_a_link(tmp_path: Path) -> None:
 
 
 def test_binding_beyond_loopback_warns_and_dual_stack_serves_both_families(caplog: pytest.LogCaptureFixture) -> None:
-    """host "::" logs the non-loopback warning and answers on 127.0.0.1 and ::1 (what ctl dials)."""
+    """host "::" logs the non-loopback warning, answers on 127.0.0.1 and ::1 (what ctl dials) and logs URLs one can
+    open here (bracketed IPv6, the loopback for a wildcard)."""
     assert is_loopback_host("127.0.0.1") and is_loopback_host("::1") and is_loopback_host("localhost")
     assert not is_loopback_host("0.0.0.0") and not is_loopback_host("::") and not is_loopback_host("example.com")
     if not socket.has_dualstack_ipv6():
@@ -313,12 +314,16 @@ def test_binding_beyond_loopback_warns_and_dual_stack_serves_both_families(caplo
 
     async def body() -> None:
         cfg = replace(ServerConfig(), host="::", port=0, token=TOKEN)
-        with caplog.at_level(logging.WARNING, "assistant.server"):
+        with caplog.at_level(logging.INFO, "assistant.server"):
             async with ControlServer(cfg, FakeController(), FakeBackend()) as server:
                 for host in ("127.0.0.1", "[::1]"):
                     async with connect(f"ws://{host}:{server.port}/v1/control", additional_headers=BEARER) as ws:
                         assert json.loads(await ws.recv())["type"] == "hello"
                 assert url_of(replace(cfg, port=server.port)) == f"ws://[::1]:{server.port}/v1/control"
+                port = server.port
+        # the URLs logged can be opened (they said ws://:::PORT)
+        shown = f"control server on ws://[::1]:{port} (and http://[::1]:{port}/ for the page and the HTTP endpoints)"
+        assert shown in [r.getMessage() for r in caplog.records]
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert (
             "server.host = '::' accepts connections from other machines; each needs the token (set "

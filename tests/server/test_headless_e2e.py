@@ -31,6 +31,7 @@ from assistant.audio.sinks import NullSink
 from assistant.compute import Compute
 from assistant.config import Config, to_dict
 from assistant.conversation import Conversation
+from assistant.daemon import DaemonControl
 from assistant.oneshot import OneShot
 from assistant.server.protocol import DEFAULT_LIMITS, Limits
 from assistant.server.ws import ControlServer
@@ -59,7 +60,7 @@ async def daemon(cfg: Config, limits: Limits = DEFAULT_LIMITS) -> AsyncIterator[
         pipeline = Conversation(cfg, engines, None, NullSink(), compute)
         backend = Sessions(pipeline, cli.SharedEngines(cfg, engines), cfg.server.realtime_sessions)
         audio = OneShot(cfg, engines, compute)
-        async with ControlServer(cfg.server, pipeline, backend, audio=audio, limits=limits) as server:
+        async with ControlServer(cfg.server, DaemonControl(pipeline), backend, audio=audio, limits=limits) as server:
             yield server, pipeline
         await pipeline.aclose()
     finally:
@@ -358,7 +359,8 @@ def test_openai_sdk_manual_turn_response_cancel_and_truncate(tiny_config: Config
                 assert isinstance(server.backend, Sessions)
                 (session,) = server.backend.open
                 await asyncio.sleep(0.5)  # the rewrite is a compute job queued by the truncate
-                history = await session.compute.run(lambda: list(session.engines.chat.history))
+                c = session.conversation
+                history = await c.compute.run(lambda: list(c.engines.chat.history))
             return heard, first, second, truncated, history
 
     heard, first, second, truncated, history = asyncio.run(body())
@@ -434,7 +436,8 @@ def test_a_realtime_session_left_open_keeps_a_bounded_number_of_items(tiny_confi
                 answers.append(await recv(ws))
             assert isinstance(server.backend, Sessions)
             (session,) = server.backend.open
-            history = await session.compute.run(lambda: len(session.engines.chat.history))
+            c = session.conversation
+            history = await c.compute.run(lambda: len(c.engines.chat.history))
             return ids, answers, history
 
     ids, answers, history = asyncio.run(body())

@@ -179,10 +179,10 @@ def test_idle_timeout_prompts_a_response_through_the_openai_sdk(tmp_path_factory
                 waited = asyncio.get_running_loop().time() - done_at
                 assert isinstance(server.backend, Sessions)
                 (session,) = server.backend.open
-                chat = session.engines.chat
-                history = await session.compute.run(lambda: list(chat.history))
+                chat, compute = session.conversation.engines.chat, session.conversation.compute
+                history = await compute.run(lambda: list(chat.history))
                 # the tokenizer's own count of each response's prompt: the first user message, then three messages
-                prompts = await session.compute.run(
+                prompts = await compute.run(
                     lambda: [len(chat.render(history[:1], True)), len(chat.render(history[:3], True))]
                 )
             reply_s = sum(len(base64.b64decode(e.delta)) // 2 for e in first if e.type == "response.output_audio.delta")
@@ -228,7 +228,7 @@ def test_realtime_turns_have_every_headless_latency_field(tmp_path_factory: pyte
                 assert (await recv(ws))["type"] == "session.created"
                 assert isinstance(server.backend, Sessions)
                 (session,) = server.backend.open
-                sub = session.subscribe()
+                sub = session.conversation.subscribe()
                 audio = speech_24k()
                 step = RATE * CHUNK_MS // 1000
                 for i in range(0, len(audio), step):

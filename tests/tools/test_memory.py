@@ -188,3 +188,14 @@ def test_cli_history_off_the_record_still_shows_what_is_on_the_disk(
     shown = capsys.readouterr()
     assert shown.out.splitlines()[0] == "user: question 0"
     assert shown.err.startswith("memory.off_the_record is on: the daemon neither loads nor adds to these turns")
+
+
+def test_a_memory_path_that_is_a_folder_says_so(tmp_path: Path) -> None:
+    """memory.path naming a folder fails in one line saying it is a folder and suggesting a file in it (it said
+    "close the program that holds it, or check the file's permissions", neither of which is the problem)."""
+    with pytest.raises(ConfigError) as e:
+        Memory(tmp_path)
+    assert str(e.value).endswith(
+        f"; it is a folder; set `memory.path` to a file, e.g. {tmp_path / 'memory.sqlite3'}"
+    ), str(e.value)
+    assert "permissions" not in str(e.value)

@@ -314,6 +314,18 @@ def test_http_tool_against_a_loopback_server(tmp_path: Path) -> None:
             'description = "x"\nargv = ["/bin/true"]\nparameters = { properties = { a = {} }, required = ["b"] }\n',
             "`tools.custom.t.parameters.required` must be a list of names from its properties (a), got",
         ),
+        # these were accepted, and every call then failed with a traceback in the log
+        ('kind = "http"\ndescription = "x"\nurl = "http://"\n', "`tools.custom.t.url` 'http://' is not a URL of a"),
+        ('kind = "http"\ndescription = "x"\nurl = "http://a b/"\n', "is not a URL of a host"),
+        ('kind = "http"\ndescription = "x"\nurl = "http://[::1/"\n', "is not a URL of a host"),
+        (
+            'kind = "http"\ndescription = "x"\nurl = "http://a/"\nheaders = { "X Key" = "v" }\n',
+            "`tools.custom.t.headers` name 'X Key' is not an HTTP header name",
+        ),
+        (
+            'kind = "http"\ndescription = "x"\nurl = "http://a/"\nheaders = { "X-Key" = "v\\nInjected: 1" }\n',
+            "`tools.custom.t.headers.X-Key` has a line break",
+        ),
     ],
 )
 def test_bad_tool_declarations_fail_at_load(tmp_path: Path, table: str, message: str) -> None:
@@ -394,3 +406,26 @@ def test_due_reminders_are_spoken_after_the_reply_in_progress(tmp_path: Path) ->
         memory.close()
 
     asyncio.run(body())
+
+
+@pytest.mark.parametrize(
+    ("name", "enabled", "message"),
+    [
+        ("time", ["time"], "[tools.custom.time] has the name of the built-in `time` tools; rename the table"),
+        ("reminders", ["time"], "[tools.custom.reminders] has the name of the built-in `reminders` tools"),
+        ("get_time", ["time", "get_time"], "two enabled tools are named `get_time`"),
+        ("up", ["up", "up"], "two enabled tools are named `up`"),
+    ],
+)
+def test_a_custom_tool_that_clashes_with_another_fails_at_build(
+    tmp_path: Path, name: str, enabled: list[str], message: str
+) -> None:
+    """A [tools.custom] table named like a built-in tool set or tool, or a name enabled twice, fails at build
+    (the custom tool was silently never run, or the model was offered two functions of one name)."""
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[tools]\nenabled = {json.dumps(enabled)}\n[tools.custom.{name}]\ndescription = "x"\nargv = ["/bin/true"]\n'
+    )
+    with pytest.raises(ConfigError) as e:
+        build_toolbox(config.load(str(path)), Memory(tmp_path / "m.sqlite3"))
+    assert str(e.value).startswith(message), str(e.value)

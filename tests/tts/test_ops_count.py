@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import mlx.core as mx
+import pytest
 
 from benchmarks.tts_ops import cuda_sdpa_fused, gpu_primitives, gpu_summary, graph
 
@@ -45,3 +47,29 @@ def test_kernels_per_primitive_follow_mlx_cuda() -> None:
     assert cuda_sdpa_fused(q, keys, keys, None) and cuda_sdpa_fused(q, keys, keys, "causal")
     assert not cuda_sdpa_fused(q, keys, keys, mx.ones((8,), dtype=mx.bool_))
     assert not cuda_sdpa_fused(mx.zeros((1, 4, 1, 8)), mx.zeros((1, 2, 8, 8)), mx.zeros((1, 2, 8, 8)), None)
+
+
+def test_frame_kernels_follow_the_per_layer_accounting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernels of one frame, counted as MLX CUDA launches them (session 9), at two layer counts: a talker
+    step is 14 per layer (input norm, q/k/v matmul, q/k/v norm, RoPE chain, K/V scatter, masked attention as
+    matmul, mask, softmax, matmul, o_proj addmm, post norm, gate/up matmul, SwiGLU, down addmm) plus its final
+    norm, mask and RoPE row (3). The frame kernel is 10 per predictor layer-step (input norm, q/k/v matmul,
+    q/k/v norm, the RoPE chain that also writes the rows into the frame buffer, fused attention, o_proj addmm,
+    post norm, gate/up matmul, SwiGLU, down addmm), 15 steps (the prefill's two rows one step), less the 14
+    layer-0 norms the group tables hold precomputed, plus 101 outside the layers
+    (codec_head, 15 lm_heads and 15 final norms 31; per code partition, warp chain, argmax and gather 64 and
+    the penalty chain 1; the prefill rows' select 1, the codes' two select chains 2, E(frame) + text's two add
+    chains 2). The Gumbel noise adds 3 kernels per 16 frames, the codec 69.2 per frame (its 4-frame step 277)."""
+    from benchmarks.checkpoints import BPE_ENV, write_checkpoint
+    from benchmarks.tts_ops import count
+    from tools.qwen3_tts_ref import tiny
+
+    monkeypatch.setenv(BPE_ENV, str(tiny.BPE_DIR))
+    for talker_layers, predictor_layers in ((2, 1), (3, 2)):
+        folder = tmp_path / f"L{talker_layers}x{predictor_layers}"
+        write_checkpoint(folder, "0.6B", None, talker_layers, predictor_layers, tiny_widths=True)
+        gpu = count(folder)["gpu"]
+        assert gpu["talker_step"]["kernels"] == 14 * talker_layers + 3
+        assert gpu["frame_kernel"]["kernels"] == 10 * predictor_layers * 15 - 14 + 101
+        assert gpu["noise_block"]["kernels"] == 3
+        assert gpu["codec_step@4"]["kernels"] == 277

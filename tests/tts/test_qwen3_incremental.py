@@ -200,3 +200,79 @@ def test_loads_from_repo_id_in_hf_cache(checkpoints: Any, isolated_env: Any, mon
     assert lm.config.tts_model_type == "custom_voice" and lm.folder == snap
     with pytest.raises(ModelError, match=r"tiny/absent.*assistant pull"):
         load_model("tiny/absent")
+
+
+def test_sampled_frames_take_one_row_each_of_a_noise_block(
+    checkpoints: Any, reference: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sampled utterance draws its Gumbel noise once per NOISE_FRAMES frames and gives each frame its own row
+    of the block; a seeded run across a block boundary repeats, another seed differs."""
+    from assistant.tts.qwen3.generate import FrameGenerator, FrameKernel, PrefixState
+    from assistant.tts.qwen3.prompt import PromptBuilder
+    from assistant.tts.qwen3.sampling import NOISE_FRAMES, SamplingParams
+
+    case = case_named(reference, "vd_full")
+    lm = loaded(checkpoints, case["kind"])
+    talker = lm.model.talker
+    builder = PromptBuilder(talker, lm.config, lm.tokenizer)
+    prefix = PrefixState.compute(talker, builder, prompt_of(case))
+    frames = NOISE_FRAMES + 4
+    blocks: list[Any] = []
+    rows: list[np.ndarray] = []
+    draw, call = FrameKernel.noise, FrameKernel.__call__
+
+    def noise(self: FrameKernel, key: Any) -> Any:
+        blocks.append(draw(self, key))
+        return blocks[-1]
+
+    def launch(self: FrameKernel, h: Any, seen: Any, last: Any, blocked: bool, row: Any, text: Any = None) -> Any:
+        rows.append(np.array(row))
+        return call(self, h, seen, last, blocked, row, text)
+
+    monkeypatch.setattr(FrameKernel, "noise", noise)
+    monkeypatch.setattr(FrameKernel, "__call__", launch)
+
+    def run(seed: int) -> list[list[int]]:
+        blocks.clear()
+        rows.clear()
+        p = SamplingParams(seed=seed, min_new_tokens=frames + 1)  # no EOS: every frame is sampled
+        gen = FrameGenerator(talker, builder, prefix, p, frames + 1, case["text"], "full")
+        return [f.tolist() for f in generate_codes(gen)]
+
+    a = run(1)
+    assert len(a) == frames and len(rows) == frames + 1 and len(blocks) == 2
+    for k, row in enumerate(rows):
+        assert np.array_equal(row, np.array(blocks[k // NOISE_FRAMES][0][k % NOISE_FRAMES : k % NOISE_FRAMES + 1]))
+    assert len({row.tobytes() for row in rows}) == len(rows)
+    assert run(1) == a and run(2) != a
+
+
+def test_text_known_at_launch_or_later_gives_the_official_codes(
+    checkpoints: Any, reference: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The frame kernel sums a frame's text vector into the talker's next input when the text is known at its
+    launch, and the loop adds it later when it arrives after: text pushed a token at a time takes both paths and
+    still yields the official streaming codes."""
+    from assistant.tts.qwen3.generate import FrameGenerator
+
+    launched: list[bool] = []
+    launch = FrameGenerator._launch
+
+    def counted(self: FrameGenerator) -> Any:
+        out = launch(self)
+        launched.append(out[2])
+        return out
+
+    monkeypatch.setattr(FrameGenerator, "_launch", counted)
+    case = case_named(reference, "vd_stream")
+    lm = loaded(checkpoints, case["kind"])
+    gen = generator(lm, case, None)
+    codes: list[list[int]] = []
+    for i in lm.tokenizer.encode(case["text"]):
+        gen.push_text(lm.tokenizer.decode([i]))
+        while (frame := gen.step()) is not None:
+            codes.append(frame.tolist())
+    gen.end_text()
+    codes += [f.tolist() for f in generate_codes(gen)]
+    assert codes == case["codes"]
+    assert True in launched and False in launched

@@ -74,7 +74,7 @@ def test_draws_follow_the_warped_distribution_and_never_masked_tokens() -> None:
     w = warp(x, 0.9, 8, 1.0)
     prob = np.exp(w - w[np.isfinite(w)].max())
     prob /= prob.sum()
-    noise, _ = S.frame_noise(S.new_key(1), 1500, 2048)
+    noise = S.noise_block(S.new_key(1), 1, 1500, 2048)[0][0]
     counts = np.zeros(2048)
     for i in range(1500):
         c = S.sub_code(mx.array(x), noise[i], S.SamplingParams(subtalker_top_k=8))
@@ -89,9 +89,9 @@ def test_seeded_draws_repeat() -> None:
 
     def codes(seed: int) -> list[int]:
         key, out = S.new_key(seed), []
-        for _ in range(5):  # five frames' noise, four draws from each
-            noise, key = S.frame_noise(key, 16, 2048)
-            out += [int(S.sub_code(x, noise[g], S.SamplingParams()).item()) for g in range(4)]
+        for _ in range(2):  # two blocks of three frames' noise, four draws from each frame
+            noise, key = S.noise_block(key, 3, 16, 2048)
+            out += [int(S.sub_code(x, noise[f, g], S.SamplingParams()).item()) for f in range(3) for g in range(4)]
         return out
 
     assert codes(5) == codes(5)

@@ -89,24 +89,109 @@ def test_frame_kernel_embedding_is_the_frame_embedding(checkpoints: Any, referen
     h = mx.random.normal((talker.cfg.hidden_size,), key=mx.random.key(4))
     seen = mx.zeros((talker.cfg.vocab_size,), dtype=mx.bool_)
     for p in (SamplingParams(seed=1), SamplingParams.greedy()):
-        frame, emb, _, _ = FrameKernel.of(talker, p)(h, seen, False, mx.random.key(5))
+        kernel = FrameKernel.of(talker, p)
+        frame, emb, _ = kernel(h, seen, None, False, kernel.noise(mx.random.key(5))[0][:1])
         assert frame.shape == (16,)
         assert mx.array_equal(emb, talker.frame_embedding(frame[None])[0]).item()
 
 
 def test_predictor_frame_cache_keeps_earlier_views() -> None:
-    """The predictor's frame buffer returns the written positions, a view of the buffer taken before a write keeps
-    its values (each write records a new array), and a write past the frame's positions is refused."""
-    c = FrameCache(4)
+    """The predictor's frame buffer holds every layer: a layer's write returns its written positions only, a view
+    taken before a write keeps its values (each write records a new array), other layers' positions stay zero
+    until written, and a write past the frame's positions is refused."""
+    frame = FrameCache(2, 4)
+    c, other = frame.layer(0), frame.layer(1)
     first = c.update_kv(mx.ones((1, 2, 2, 3)))
-    assert c.kv is not None
-    before = c.kv[:, :, 2:]
+    assert frame.kv is not None and frame.kv.shape == (2, 2, 4, 3)
+    before = frame.kv[:, :, 2:]
     second = c.update_kv(mx.full((1, 2, 1, 3), 7.0))
     assert first.shape == (1, 2, 2, 3) and second.shape == (1, 2, 3, 3)
-    assert c.kv.shape == (1, 2, 4, 3)
     assert mx.array_equal(second[:, :, :2], first).item()
     assert mx.array_equal(second[:, :, 2], mx.full((1, 2, 3), 7.0)).item()
-    assert mx.array_equal(before, mx.zeros((1, 2, 2, 3))).item()  # the pad, not the later write
+    assert mx.array_equal(before, mx.zeros((2, 2, 2, 3))).item()  # the fill, not the later write
+    assert mx.array_equal(frame.kv[1:], mx.zeros((1, 2, 4, 3))).item()
+    assert mx.array_equal(other.update_kv(mx.full((1, 2, 1, 3), 2.0)), mx.full((1, 2, 1, 3), 2.0)).item()
+    assert mx.array_equal(frame.kv[:1, :, :3], second).item()  # layer 0's positions untouched by layer 1's write
     c.update_kv(mx.zeros((1, 2, 1, 3)))
     with pytest.raises(ValueError, match="holds 4 positions"):
         c.update_kv(mx.zeros((1, 2, 1, 3)))
+
+
+@pytest.mark.parametrize("name", ["cv_english_full", "xvec_stream"])
+def test_fused_predictor_rows_hold_what_the_graph_computes(checkpoints: Any, reference: Any, name: str) -> None:
+    """A fused group table's row holds E, the predictor's input projection of E and layer 0's input norm of that,
+    bit for bit as the predictor computes them from E, eagerly and compiled (custom voice: with a projection;
+    base: without)."""
+    from assistant.tts.qwen3.code_predictor import InputRows
+
+    cp = loaded(checkpoints, case_named(reference, name)["kind"]).model.talker.code_predictor
+    assert cp.has_projection == (name == "cv_english_full")
+
+    for g in (1, 15):
+        rows = cp.model.codec_embedding[g - 1]
+        assert isinstance(rows, InputRows)
+
+        def computed(ids: mx.array, rows: InputRows = rows) -> tuple[mx.array, mx.array]:
+            x = cp.project(rows(ids))
+            return x, cp.model.layers[0].input_layernorm(x)
+
+        for i in (0, 5, cp.cfg.vocab_size - 1):
+            ids = mx.array([i], dtype=mx.uint32)
+            e, x, normed = cp.embed(g, ids)
+            assert mx.array_equal(e, rows(ids)).item()
+            for fn in (computed, mx.compile(computed)):
+                want_x, want_normed = fn(ids)
+                assert mx.array_equal(x, want_x).item() and mx.array_equal(normed, want_normed).item()
+
+
+def test_penalty_window_holds_every_earlier_frames_code_zero(checkpoints: Any, reference: Any) -> None:
+    """Chained through the frame kernel, the repetition-penalty window a frame's code 0 is drawn under holds the
+    code 0 of every earlier frame (the previous frame's joins inside the kernel) and none of its own."""
+    from assistant.tts.qwen3.generate import FrameKernel
+    from assistant.tts.qwen3.sampling import SamplingParams
+
+    talker = loaded(checkpoints, case_named(reference, CASE_NAMES[0])["kind"]).model.talker
+    kernel = FrameKernel.of(talker, SamplingParams.greedy())
+    seen, last, earlier = mx.zeros((talker.cfg.vocab_size,), dtype=mx.bool_), None, []
+    for i in range(5):
+        h = mx.random.normal((talker.cfg.hidden_size,), key=mx.random.key(10 + i))
+        frame, _, seen = kernel(h, seen, last, False, None)
+        assert set(np.flatnonzero(np.array(seen)).tolist()) == set(earlier)
+        earlier.append(int(frame[0].item()))
+        last = frame
+    assert len(set(earlier)) > 1
+
+
+@pytest.mark.parametrize("name", ["cv_english_full", "xvec_stream"])
+def test_frame_buffer_steps_equal_the_frame_cache_steps(checkpoints: Any, reference: Any, name: str) -> None:
+    """The predictor's frame-buffer path (each step's K/V written inside its RoPE kernel) gives the logits of the
+    FrameCache path (a slice_update per layer-step) bit for bit, every group, eagerly and compiled (custom
+    voice: with the input projection; base: without)."""
+    cp = loaded(checkpoints, case_named(reference, name)["kind"]).model.talker.code_predictor
+    assert cp.model.writes_rows
+    groups = cp.cfg.num_code_groups
+    hidden = cp.model.codec_embedding[0].width
+    h = mx.random.normal((1, hidden), key=mx.random.key(7))
+    first = mx.random.normal((1, hidden), key=mx.random.key(8))
+    codes = [mx.array([(37 * g) % cp.cfg.vocab_size], dtype=mx.uint32) for g in range(1, groups)]
+
+    def cache_path(h: mx.array, first: mx.array) -> list[mx.array]:
+        cache, x, normed, out = cp.make_cache(), mx.concatenate([h, first]), None, []
+        for g in range(1, groups):
+            out.append(cp.logits(x, g, cache, normed))
+            _, x, normed = cp.embed(g, codes[g - 1])
+        return out
+
+    def buffer_path(h: mx.array, first: mx.array) -> list[mx.array]:
+        hs, bufs = cp.model.frame(cp.project(mx.concatenate([h, first])), None, None, 0)
+        out = []
+        for g in range(1, groups):
+            out.append(cp.lm_head[g - 1](hs[-1:, :]))
+            _, x, normed = cp.embed(g, codes[g - 1])
+            if g + 1 < groups:
+                hs, bufs = cp.model.frame(x, normed, bufs, g + 1)
+        return out
+
+    for run in (lambda f: f(h, first), lambda f: mx.compile(f)(h, first)):
+        for a, b in zip(run(cache_path), run(buffer_path), strict=True):
+            assert mx.array_equal(a, b).item()

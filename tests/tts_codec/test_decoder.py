@@ -76,14 +76,14 @@ def test_streaming_random_partitions_equal_full_decode(
 def test_streaming_one_frame_at_a_time_keeps_window_cache(
     tokenizer: SpeechTokenizer, codes: np.ndarray, full: np.ndarray
 ) -> None:
-    """1-frame steps equal the full decode and each layer's K/V cache is a fixed buffer of window - 1 frames."""
+    """1-frame steps equal the full decode and each layer's K/V cache is one fixed buffer of window - 1 frames."""
     dec = tokenizer.decoder
     state, parts = dec.new_state(), []
     window = dec.config.sliding_window
     for t in range(codes.shape[2]):
         parts.append(np.array(dec.step(mx.array(codes[0, :, t : t + 1].T), state)))
-        assert all(k.shape[2] == window - 1 for k in state.keys)
-        assert all(v.shape == k.shape for k, v in zip(state.keys, state.values, strict=True))
+        kv_heads = dec.config.num_key_value_heads
+        assert all(kv.shape == (1, 2 * kv_heads, window - 1, dec.config.head_dim) for kv in state.kv)
     assert np.abs(np.concatenate(parts) - full[0, 0]).max() <= 1e-5
 
 
@@ -156,7 +156,7 @@ def test_streaming_with_the_released_window_past_72_frames(tokenizer: SpeechToke
     for n in _partition(np.random.default_rng(8), 100, 3):
         parts.append(np.array(dec.step(mx.array(codes[0, :, pos : pos + n].T), state)))
         pos += n
-    assert all(k.shape[2] == 71 for k in state.keys)
+    assert all(kv.shape[2] == 71 for kv in state.kv)
     assert np.abs(np.concatenate(parts) - full).max() <= 1e-5
 
 
@@ -179,3 +179,15 @@ def test_compiled_step_traces_once_per_chunk_size(tokenizer: SpeechTokenizer, co
     for t in range(12, 18, 2):
         mx.eval(dec.step(mx.array(codes[0, :, t : t + 2].T), state))
     assert traces == [1, 2]
+
+
+def test_keys_rotated_at_read_equal_keys_rotated_once() -> None:
+    """RoPE of a key inside the window (offset - 71 onwards, as each step rotates its cached keys) equals the key
+    rotated alone at its own position, bit for bit: caching keys unrotated changes no attention input."""
+    x = mx.random.normal((1, 2, 75, 64), key=mx.random.key(2))
+    rope = dict(traditional=False, base=10000.0, scale=1.0)
+    for offset in (0, 9, 300):
+        window = mx.fast.rope(x, 64, offset=mx.array(offset - 71), **rope)
+        for i in (70, 71, 74):
+            alone = mx.fast.rope(x[:, :, i : i + 1], 64, offset=mx.array(offset - 71 + i), **rope)
+            assert mx.array_equal(window[:, :, i : i + 1], alone).item()

@@ -80,20 +80,26 @@ async function start() {
     });
   } catch (e) {
     say(`no microphone: ${e.message}; allow this page to use it`);
+    release();
     return;
   }
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const protocols = ["realtime"];
-  if (token()) protocols.push("token." + token());
+  const offered = token();
+  if (offered) protocols.push("token." + offered);
   const ws = new WebSocket(`${scheme}://${location.host}/v1/realtime`, protocols);
   page.ws = ws;
   ws.onopen = () => { setState("listening"); sessionUpdate(); capture(); };
   ws.onmessage = (m) => onEvent(JSON.parse(m.data));
   ws.onclose = (e) => {
+    if (page.ws === ws) release(); // however it ended, the next click on Start starts afresh
     setState("disconnected");
     if (e.code !== 1000) {
-      say(`disconnected (${e.code}${e.reason ? ": " + e.reason : ""}); without a token here, open this page as `
-        + "/#token=<the daemon's token> or paste it into the token box");
+      // a browser sees no handshake status: a refused token, a full daemon and a stopped one all read 1006
+      const why = offered
+        ? "the daemon refused the connection or went away: check the token, and the daemon's log"
+        : "without a token here, open this page as /#token=<the daemon's token> or paste it into the token box";
+      say(`disconnected (${e.code}${e.reason ? ": " + e.reason : ""}); ${why}`);
       $("token-label").hidden = false;
     }
     $("connect").textContent = "Start";
@@ -103,9 +109,18 @@ async function start() {
 
 function stop() {
   if (page.ws) page.ws.close(1000);
+  release();
+}
+
+// The microphone, the audio graph and the socket of one session; a dropped connection frees them as Stop does
+// (else Start only stopped the dead session, the browser kept the microphone, and each start made a context).
+function release() {
+  silence();
   if (page.node) page.node.disconnect();
   if (page.mic) page.mic.getTracks().forEach((t) => t.stop());
-  page.ws = page.node = page.mic = null;
+  if (page.ctx) page.ctx.close();
+  page.ws = page.node = page.mic = page.ctx = null;
+  page.sending = page.responding = false;
 }
 
 function capture() {
@@ -273,24 +288,30 @@ function pttUp() {
 
 // ---- voices ------------------------------------------------------------------------------------------------
 
+// Fills the voice list (kept: "default" and the choice made); again once a token is given, as a page opened
+// without one was refused the list.
 async function loadVoices() {
   const headers = token() ? { Authorization: `Bearer ${token()}` } : {};
   try {
     const r = await fetch("/health", { headers });
     if (!r.ok) return;
+    const select = $("voice");
+    const chosen = select.value;
+    select.length = 1;
     for (const name of (await r.json()).voices || []) {
       const o = document.createElement("option");
       o.value = o.textContent = name;
-      $("voice").append(o);
+      select.append(o);
     }
-  } catch (e) { /* the list stays at "default" */ }
+    select.value = chosen;
+  } catch (e) { /* the list stays as it was */ }
 }
 
 window.addEventListener("DOMContentLoaded", () => {
   $("connect").onclick = () => (page.ws ? stop() : start());
   $("handsfree").onchange = sessionUpdate;
   $("voice").onchange = sessionUpdate;
-  $("token").onchange = () => localStorage.setItem("assistant-token", $("token").value);
+  $("token").onchange = () => { localStorage.setItem("assistant-token", $("token").value); loadVoices(); };
   const ptt = $("ptt");
   ptt.onpointerdown = pttDown;
   ptt.onpointerup = ptt.onpointerleave = pttUp;

@@ -146,8 +146,10 @@ def window_mask(n: int, window: int, offset: mx.array | int) -> mx.array:
 
 
 class Attention(nn.Module):
-    """Sliding-window causal attention with rotate-half RoPE, no q/k norm; K/V cached for `window - 1` frames.
-    `fuse()` (at load) computes q, k and v with one matmul and rotates q and k together."""
+    """Sliding-window causal attention with rotate-half RoPE, no q/k norm; K/V cached for `window - 1` frames in
+    one buffer, the keys unrotated: a step appends its k and v with one concatenation (two copies, where keys and
+    values apart were four) and rotates the window's keys at their absolute positions (the same values as rotating
+    each once). `fuse()` (at load) computes q, k and v with one matmul."""
 
     def __init__(self, cfg: DecoderConfig, index: int):
         super().__init__()
@@ -167,25 +169,30 @@ class Attention(nn.Module):
             del self.q_proj, self.k_proj, self.v_proj
             self.fused = True
 
-    def __call__(self, x: mx.array, state: DecoderState, mask: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, state: DecoderState, mask: mx.array, residual: mx.array | None = None) -> mx.array:
+        """o_proj(attention of x), or with `residual` (fused: the layer scale folded into `o_scaled_t`) residual +
+        layer scale * that, by one addmm."""
         b, n, _ = x.shape
         h, kv, hd = self.heads, self.kv_heads, self.head_dim
-        rope = dict(traditional=False, base=self.theta, scale=1.0, offset=state.offset)
         if self.fused:
             qkv = self.qkv_proj(x).reshape(b, n, h + 2 * kv, hd).transpose(0, 2, 1, 3)
-            qk = mx.fast.rope(qkv[:, : h + kv], hd, **rope)  # type: ignore[arg-type]
-            q, k, v = qk[:, :h], qk[:, h:], qkv[:, h + kv :]
+            q, new = qkv[:, :h], qkv[:, h:]
         else:
             q = self.q_proj(x).reshape(b, n, h, hd).transpose(0, 2, 1, 3)
             k = self.k_proj(x).reshape(b, n, kv, hd).transpose(0, 2, 1, 3)
             v = self.v_proj(x).reshape(b, n, kv, hd).transpose(0, 2, 1, 3)
-            q, k = mx.fast.rope(q, hd, **rope), mx.fast.rope(k, hd, **rope)  # type: ignore[arg-type]
-        keys = mx.concatenate([state.keys[self.index], k.astype(state.keys[self.index].dtype)], axis=2)
-        values = mx.concatenate([state.values[self.index], v.astype(state.values[self.index].dtype)], axis=2)
-        out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=hd**-0.5, mask=mask)
-        state.keys[self.index] = keys[:, :, n:]
-        state.values[self.index] = values[:, :, n:]
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, n, -1))
+            new = mx.concatenate([k, v], axis=1)
+        cached = state.kv[self.index]
+        both = mx.concatenate([cached, new.astype(cached.dtype)], axis=2)  # [b, 2 * kv, window - 1 + n, hd]
+        keep = cached.shape[2]
+        rope = dict(traditional=False, base=self.theta, scale=1.0)
+        q = mx.fast.rope(q, hd, offset=state.offset, **rope)  # type: ignore[arg-type]
+        # the window's first key sits at position offset - (window - 1) (before 0: zeros, masked)
+        keys = mx.fast.rope(both[:, :kv], hd, offset=state.offset - keep, **rope)  # type: ignore[arg-type]
+        out = mx.fast.scaled_dot_product_attention(q, keys, both[:, kv:], scale=hd**-0.5, mask=mask)
+        state.kv[self.index] = both[:, :, n:]
+        out = out.transpose(0, 2, 1, 3).reshape(b, n, -1)
+        return self.o_proj(out) if residual is None else mx.addmm(residual, out, self.o_scaled_t)
 
 
 class Mlp(nn.Module):
@@ -203,12 +210,14 @@ class Mlp(nn.Module):
             del self.gate_proj, self.up_proj
             self.fused = True
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, residual: mx.array | None = None) -> mx.array:
+        """down(silu(gate(x)) * up(x)), or with `residual` (fused) residual + layer scale * that, by one addmm."""
         if self.fused:
             gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(nn.silu(gate) * up)
+        h = nn.silu(gate) * up
+        return self.down_proj(h) if residual is None else mx.addmm(residual, h, self.down_scaled_t)
 
 
 class LayerScale(nn.Module):
@@ -229,8 +238,24 @@ class TransformerLayer(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.self_attn_layer_scale = LayerScale(cfg.hidden_size)
         self.mlp_layer_scale = LayerScale(cfg.hidden_size)
+        self.scaled = False  # fuse(): the layer scales folded into o_proj / down_proj
+
+    def fuse(self) -> None:
+        """q/k/v and gate/up in one matmul each; each layer scale folded into the float o_proj / down_proj weight
+        (held transposed, scaled per output channel), so the residual is added by the matmul (addmm: one kernel
+        where the matmul, then scale and add, were two; the same values up to float rounding)."""
+        self.self_attn.fuse()
+        self.mlp.fuse()
+        o, down = self.self_attn.o_proj, self.mlp.down_proj
+        if type(o) is nn.Linear and type(down) is nn.Linear and "bias" not in o and "bias" not in down:
+            self.self_attn.o_scaled_t = mx.contiguous(o.weight.T * self.self_attn_layer_scale.scale)
+            self.mlp.down_scaled_t = mx.contiguous(down.weight.T * self.mlp_layer_scale.scale)
+            self.scaled = True
 
     def __call__(self, x: mx.array, state: DecoderState, mask: mx.array) -> mx.array:
+        if self.scaled:
+            x = self.self_attn(self.input_layernorm(x), state, mask, residual=x)
+            return self.mlp(self.post_attention_layernorm(x), residual=x)
         x = x + self.self_attn_layer_scale(self.self_attn(self.input_layernorm(x), state, mask))
         return x + self.mlp_layer_scale(self.mlp(self.post_attention_layernorm(x)))
 
@@ -255,8 +280,7 @@ class DecoderTransformer(nn.Module):
 
     def fuse(self) -> None:
         for layer in self.layers:
-            layer.self_attn.fuse()
-            layer.mlp.fuse()
+            layer.fuse()
 
 
 class CodecDecoder(nn.Module):
@@ -297,16 +321,16 @@ class CodecDecoder(nn.Module):
         for m in self._stateful():
             tails[m.slot] = m.initial_tail(batch)
         layers, c = self.config.num_hidden_layers, self.config
-        zeros = mx.zeros((batch, c.num_key_value_heads, c.sliding_window - 1, c.head_dim))
-        return DecoderState(tails=tails, keys=[zeros] * layers, values=[zeros] * layers, offset=0)
+        zeros = mx.zeros((batch, 2 * c.num_key_value_heads, c.sliding_window - 1, c.head_dim))
+        return DecoderState(tails=tails, kv=[zeros] * layers, offset=0)
 
     def _pure(
-        self, codes: mx.array, tails: list[mx.array], keys: list[mx.array], values: list[mx.array], offset: mx.array
-    ) -> tuple[mx.array, list[mx.array], list[mx.array], list[mx.array]]:
+        self, codes: mx.array, tails: list[mx.array], kv: list[mx.array], offset: mx.array
+    ) -> tuple[mx.array, list[mx.array], list[mx.array]]:
         """`_run` as a function of arrays (the state in and out), for `mx.compile`: one graph per chunk size."""
-        state = DecoderState(list(tails), list(keys), list(values), offset)
+        state = DecoderState(list(tails), list(kv), offset)
         audio = self._run(codes, state)
-        return audio, state.tails, state.keys, state.values
+        return audio, state.tails, state.kv
 
     def _run(self, codes: mx.array, state: DecoderState) -> mx.array:
         """codes [B, T, Q] int -> [B, T * samples_per_frame] float32, advancing `state`."""
@@ -349,8 +373,6 @@ class CodecDecoder(nn.Module):
         if self._compiled is None:  # compiled: the vocoder's elementwise chains fuse (~40% fewer kernels)
             self._compiled = mx.compile(self._pure)
         offset = mx.array(state.offset, dtype=mx.int32)
-        audio, state.tails, state.keys, state.values = self._compiled(
-            x[None], state.tails, state.keys, state.values, offset
-        )
+        audio, state.tails, state.kv = self._compiled(x[None], state.tails, state.kv, offset)
         state.offset += x.shape[0]
         return cast(mx.array, audio[0, ...])

@@ -18,13 +18,13 @@ class DecoderState:
     """Everything a streaming decode carries between chunks, for a batch of `batch` streams.
 
     tails: per causal conv its last (k-1)*d input samples; per transposed conv its last input sample.
-    keys/values: per transformer layer, K (after RoPE) and V of the last `sliding_window - 1` frames.
+    kv: per transformer layer, K (before RoPE: rotated at each read) and V of the last `sliding_window - 1` frames
+    in one buffer [B, 2 * kv_heads, sliding_window - 1, head_dim] (the keys' heads, then the values').
     offset: frames decoded so far (the RoPE position of the next frame); an int32 array inside a compiled step.
     """
 
     tails: list[mx.array] = field(default_factory=list)
-    keys: list[mx.array] = field(default_factory=list)
-    values: list[mx.array] = field(default_factory=list)
+    kv: list[mx.array] = field(default_factory=list)
     offset: int | mx.array = 0
 
 

@@ -15,7 +15,7 @@ import mlx.core as mx
 import numpy as np
 
 from assistant.tts.qwen3.prompt import PromptBuilder, TextTrack, VoicePrompt
-from assistant.tts.qwen3.sampling import SamplingParams, first_code, frame_noise, new_key, suppress_mask
+from assistant.tts.qwen3.sampling import NOISE_FRAMES, SamplingParams, first_code, new_key, noise_block, suppress_mask
 from assistant.tts.qwen3.talker import Talker
 from assistant.tts.qwen3.tokenizer import TextTokenizer
 
@@ -100,10 +100,18 @@ class FrameKernel:
         tc = talker.cfg
         self.suppress = suppress_mask(tc.vocab_size, tc.codec_eos_token_id)
         self.groups, self.sub_vocab = tc.num_code_groups, tc.code_predictor_config.vocab_size
+        self.samples = p.temperature > 0 or p.subtalker_temperature > 0  # else greedy: no noise
+        self.noise_width = max(tc.vocab_size, self.sub_vocab)
+        self.no_text = mx.zeros((tc.hidden_size,), talker.model.codec_embedding.weight.dtype)
+        self.no_codes = mx.full((self.groups,), -1, dtype=mx.int32)  # before the first frame: no code 0 yet
         # constants of the compiled graph (evaluated once, not an arange kernel per frame)
-        self.ids, self.slots = mx.arange(tc.vocab_size), mx.arange(self.groups)
-        mx.eval(self.ids, self.slots)
+        self.ids = mx.arange(tc.vocab_size)
+        # code g's slot as a constant mask: a compare per code in the graph put one chain past MLX's fusion depth
+        self.slots = [mx.arange(self.groups) == g for g in range(self.groups)]
+        mx.eval(self.ids, self.slots, self.no_text, self.no_codes)
         self.fn = mx.compile(self._frame)
+        # compiled: the Gumbel transform's elementwise ops fuse into one kernel
+        self.noise_fn = mx.compile(lambda key: noise_block(key, NOISE_FRAMES, self.groups, self.noise_width))
 
     @classmethod
     def of(cls, talker: Talker, p: SamplingParams) -> FrameKernel:
@@ -111,30 +119,48 @@ class FrameKernel:
         shape = replace(p, seed=None, min_new_tokens=0)
         return cast(FrameKernel, talker.compiled.get(("frame", shape), lambda: cls(talker, shape)))
 
+    def noise(self, key: mx.array) -> tuple[mx.array, mx.array]:
+        """A block of NOISE_FRAMES frames' noise for `__call__` (lazy) and the next key."""
+        noise, key = self.noise_fn(key)
+        return noise, key
+
     def _frame(
-        self, h: mx.array, seen: mx.array, eos_blocked: mx.array, key: mx.array
-    ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+        self, h: mx.array, seen: mx.array, last: mx.array, eos_blocked: mx.array, noise: mx.array | None, text: mx.array
+    ) -> tuple[mx.array, mx.array, mx.array]:
+        if self.p.repetition_penalty != 1.0:  # the last frame's code 0 joins the window: it fuses with the penalty
+            seen = seen | (self.ids == last[:1])
         # 2-D: MLX CUDA's qmm rejects 1-D x; [0, :] is a view where [0] would be a gather kernel
         logits = self.talker.codec_head(h[None])[0, :].astype(mx.float32)
         vocab = logits.shape[-1]
         c0_noise = rest_noise = None
-        if self.p.temperature > 0 or self.p.subtalker_temperature > 0:  # rows: code 0, then codes 1..15
-            noise, key = frame_noise(key, self.groups, max(vocab, self.sub_vocab))
-            c0_noise, rest_noise = noise[0, :vocab], noise[1:, : self.sub_vocab]
+        if noise is not None:  # [1, groups, width] rows: code 0, then codes 1..15
+            c0_noise, rest_noise = noise[0, 0, :vocab], noise[0, 1:, : self.sub_vocab]
         c0 = first_code(logits, seen, eos_blocked, c0_noise, self.p, self.suppress)
         rest, frame_e = self.talker.code_predictor.predict(h, self.talker.codec(c0)[0, :], rest_noise, self.p)
-        seen = seen | (self.ids == c0)
         # the codes gathered by a chain of selects, which compile fuses (a concatenation copies every input)
         codes = mx.broadcast_to(c0, (self.groups,))
         for g, code in enumerate(rest, start=1):
-            codes = mx.where(self.slots == g, code, codes)
-        return codes.astype(mx.int32), frame_e, seen, key
+            codes = mx.where(self.slots[g], code, codes)
+        # the talker's next input summed here, in the talker's order, where its step spent a kernel on it
+        return codes.astype(mx.int32), (frame_e + text[None])[0, :], seen  # added before the view: it fuses
 
     def __call__(
-        self, h: mx.array, seen: mx.array, eos_blocked: bool, key: mx.array
-    ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
-        """(codes int32 [16], E(codes) [hidden], seen with code 0 added, next key), all lazy."""
-        return self.fn(h, seen, mx.array(eos_blocked), key)
+        self,
+        h: mx.array,
+        seen: mx.array,
+        last: mx.array | None,
+        eos_blocked: bool,
+        noise: mx.array | None,
+        text: mx.array | None = None,
+    ) -> tuple[mx.array, mx.array, mx.array]:
+        """(codes int32 [16], E(codes) + text [hidden] (the talker's next input; E(codes) where `text` is None),
+        the penalty window), all lazy. `seen` (bool [vocab]) holds the code-0 tokens of the frames before `last`
+        (the previous frame's codes; None for the first frame), and the window returned those up to this frame's
+        own (the next call's `seen`, with these codes as its `last`). `noise`: one frame of a `noise` block,
+        [1, groups, width] (None when greedy); `text`: the frame's text-track vector where it is known at launch."""
+        last = self.no_codes if last is None else last
+        text = self.no_text if text is None else text
+        return self.fn(h, seen, last, mx.array(eos_blocked), noise if self.samples else None, text)
 
 
 class FrameGenerator:
@@ -159,17 +185,20 @@ class FrameGenerator:
         self.kernel = FrameKernel.of(talker, sampling)
         self.min_new_tokens = sampling.min_new_tokens
         self.key = new_key(sampling.seed)
+        self.noise: mx.array | None = None  # the current block of NOISE_FRAMES frames' noise
         self.seen = mx.zeros((tc.vocab_size,), dtype=mx.bool_)  # earlier code-0 tokens: the penalty window (all)
+        self.last: mx.array | None = None  # the last launched frame's codes (its code 0 is not in `seen` yet)
         self.sampled = 0  # first-codebook tokens sampled and read so far
         self.launched = 0  # ... and queued (one more while a frame is queued ahead)
-        self.ahead: tuple[mx.array, mx.array] | None = None  # the next frame, queued before this one was read
+        # the next frame, queued before this one was read: codes, the talker's next input, whether it holds the text
+        self.ahead: tuple[mx.array, mx.array, bool] | None = None
         self.max_new_tokens = max_new_tokens
         self.track = TextTrack()
         self.feed = TextFeed(builder.tok, self.track)
         self.layout: Layout = layout if text is not None else "stream"
         self.cache: list[Any] | None = None
         self.h_last: mx.array | None = None
-        self.pending: mx.array | None = None  # E(last frame), still to be fed to the talker
+        self.pending: tuple[mx.array, bool] | None = None  # the last frame's talker input, still to be fed
         self.first_consumed = 0  # target-text tokens the prefill consumed (all of them in whole-text layouts)
         self.frames_emitted = 0
         self.done = False
@@ -200,13 +229,14 @@ class FrameGenerator:
 
     def _forward(self, x: mx.array, plus: mx.array | None = None) -> None:
         """One talker pass over x (+ plus) [n, hidden]; h_last = the post-norm hidden state of its last position
-        (lazy). A single position (every frame after the prefill) runs the compiled static-cache step, which
-        sums E(frame) and the text vector inside its graph."""
+        (lazy). A single position (every frame after the prefill) runs the compiled static-cache step; the frame
+        kernel has summed E(frame) and the text vector already where the text was known at its launch."""
         assert self.cache is not None
+        x = x if plus is None else x + plus
         if x.shape[0] == 1:
-            self.h_last = self.talker.step(x[0, :], self.cache, plus)
+            self.h_last = self.talker.step(x[0, :], self.cache)
         else:
-            self.h_last = self.talker((x if plus is None else x + plus)[None], self.cache)[0, -1, :]
+            self.h_last = self.talker(x[None], self.cache)[0, -1, :]
 
     def _prefill(self) -> bool:
         vp = self.prefix.prompt
@@ -226,14 +256,23 @@ class FrameGenerator:
         self._forward(tail)
         return True
 
-    def _launch(self) -> tuple[mx.array, mx.array]:
-        """Queue the frame kernel on the talker pass that set h_last: (codes, E(codes)), evaluating async."""
+    def _launch(self) -> tuple[mx.array, mx.array, bool]:
+        """Queue the frame kernel on the talker pass that set h_last: (codes, the talker's next input, whether
+        that holds the text vector), evaluating async."""
         assert self.h_last is not None
         eos_blocked = self.launched < self.min_new_tokens
-        frame, emb, self.seen, self.key = self.kernel(self.h_last, self.seen, eos_blocked, self.key)
+        noise, at = None, self.launched % NOISE_FRAMES
+        if self.kernel.samples:
+            if at == 0:
+                self.noise, self.key = self.kernel.noise(self.key)
+            assert self.noise is not None
+            noise = self.noise[at : at + 1]  # a view: a[i] would be a gather kernel
+        text = self.builder.trailing(self.track, self.launched)  # frame k's text is row k (or not known yet)
+        frame, nxt, self.seen = self.kernel(self.h_last, self.seen, self.last, eos_blocked, noise, text)
+        self.last = frame
         self.launched += 1
-        mx.async_eval(frame, emb, self.seen, self.key)
-        return frame, emb
+        mx.async_eval(frame, nxt, self.seen)
+        return frame, nxt, text is not None
 
     def step(self) -> np.ndarray | None:
         """At most one frame of work: returns codes [16] int32, or None (waiting for text, or done).
@@ -254,19 +293,21 @@ class FrameGenerator:
                 if text_vec is None:
                     self.waiting_for_text = True
                     return None
-                self._forward(self.pending, text_vec)
+                nxt, has_text = self.pending
+                self._forward(nxt, None if has_text else text_vec)
                 self.pending = None
             self.ahead = self._launch()
         self.waiting_for_text = False
-        frame, emb = self.ahead
+        frame, nxt, has_text = self.ahead
         self.ahead = None
         self.sampled += 1
         text_vec = self.builder.trailing(self.track, self.frames_emitted)
         if self.frames_emitted > 0 and self.sampled < self.max_new_tokens and text_vec is not None:
-            self._forward(emb[None], text_vec)  # frame 0 is read at once: first audio waits for nothing else
+            # frame 0 is read at once: first audio waits for nothing else
+            self._forward(nxt[None], None if has_text else text_vec)
             self.ahead = self._launch()
         else:
-            self.pending = emb[None]
+            self.pending = nxt[None], has_text
         codes = np.array(frame)
         if codes[0] == self.talker.cfg.codec_eos_token_id or self.sampled >= self.max_new_tokens:
             self.done = True  # the EOS frame, and the last token at max_new_tokens, are never decoded

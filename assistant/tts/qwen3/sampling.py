@@ -5,7 +5,7 @@ for the first `min_new_tokens` tokens, ids [vocab-1024, vocab) but EOS suppresse
 top-p, multinomial. Sub-talker (codes 1..15): temperature, top-k, top-p only. Temperature 0 means greedy.
 Every function here is pure (arrays in, arrays out), so a whole frame of sampling traces into one compiled graph
 with no transfer to the host. A draw is the Gumbel-max trick (argmax of the warped logits plus Gumbel noise, what
-`mx.random.categorical` does); a frame's noise for all 16 codes is drawn at once from the utterance's key.
+`mx.random.categorical` does); the noise of NOISE_FRAMES frames' 16 codes is drawn at once from the utterance's key.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+# frames whose Gumbel noise is drawn at once (3 MB float32): the draw's three kernels (key split, random bits, the
+# Gumbel transform) run once per 16 frames instead of in every frame's kernel
+NOISE_FRAMES = 16
 MIN_NEW_TOKENS = 2  # the official generate passes min_new_tokens=2: EOS is blocked for the first two tokens
 SUPPRESSED = 1024  # the official suppress_tokens: the top 1024 ids of the codec vocabulary (but EOS)
 
@@ -65,10 +68,10 @@ def warp(logits: mx.array, temperature: float, top_k: int, top_p: float) -> mx.a
     return x
 
 
-def frame_noise(key: mx.array, groups: int, vocab: int) -> tuple[mx.array, mx.array]:
-    """Gumbel noise float32 [groups, vocab] for one frame's draws (one random op per frame) and the next key."""
+def noise_block(key: mx.array, frames: int, groups: int, vocab: int) -> tuple[mx.array, mx.array]:
+    """Gumbel noise float32 [frames, groups, vocab] for the draws of `frames` frames (lazy) and the next key."""
     key, sub = mx.random.split(key)
-    return mx.random.gumbel((groups, vocab), key=sub), key
+    return mx.random.gumbel((frames, groups, vocab), key=sub), key
 
 
 def draw(x: mx.array, noise: mx.array) -> mx.array:

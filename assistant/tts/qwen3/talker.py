@@ -10,7 +10,8 @@ counts them as MLX CUDA launches them): q/k/v and gate/up each become one matmul
 RoPE rotation are one fused elementwise kernel that also passes v through, so the new keys and values leave it as
 one array and are written to one K/V buffer per layer (the talker's step: one scatter at its position); a float
 o_proj/down_proj adds the residual inside its matmul (addmm), and float weights are held transposed (no transpose
-node per call). Layers whose q/k/v or gate/up a checkpoint quantizes differently keep their own matmuls.
+node per call). Layers whose q/k/v or gate/up a checkpoint quantizes differently keep their own matmuls. The
+predictor's group tables then hold each row's input projection and layer-0 norm beside it (`InputRows`).
 Where the cheaper form on a GPU is measured rather than known, `FuseOptions` names the choices (same values).
 """
 
@@ -206,6 +207,15 @@ class Attention(nn.Module):
         self.rotation = options.rotation
         if self.rotation == "rope":  # the norm weights [heads, 1, d] with q's scale, in the model's dtype
             self.head_weight = (w.reshape(-1, 1, d) * self.head_scale[..., 0]).astype(w.dtype)
+        else:  # frame's row layout [.., heads, 2, d / 2]: the same constants shaped for it
+            rows = (h + 2 * kv, 2, d // 2)
+            self.row_weights = (
+                w.reshape(rows),
+                self.qk_weight_rot.reshape(rows),
+                self.head_scale.reshape(-1, 1, 1),
+                self.is_v.reshape(-1, 1, 1),
+            )
+            mx.eval(self.row_weights)  # a tuple is no parameter: evaluated here, constants of the compiled frame
         del self.q_proj, self.k_proj, self.v_proj, self.q_norm, self.k_norm
         self.fused = True
 
@@ -274,6 +284,49 @@ class Attention(nn.Module):
             out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=scale, mask=mask)
             out = (out if n == 1 else out.transpose(0, 2, 1, 3)).reshape(rows)  # n = 1: the same bytes
         return add_linear(residual, self.o_proj, out)
+
+    @property
+    def writes_rows(self) -> bool:
+        """Whether `frame` applies: the fused layout with the RoPE chain (its elementwise kernel can write the
+        rows into a frame buffer; mx.fast.rope's output cannot fuse with a write)."""
+        return self.fused and self.rotation == "chain"
+
+    def frame(
+        self,
+        x: mx.array,
+        buf: mx.array | None,
+        slots: list[mx.array],
+        start: int,
+        angles: tuple[mx.array, mx.array],
+        residual: mx.array,
+    ) -> tuple[mx.array, mx.array]:
+        """The predictor's rows x [n, hidden] at positions start.. (known when the loop is traced) against this
+        layer's frame buffer buf [1, P, heads + 2 * kv_heads, d] (None: a new frame, zeros): the new buffer is buf
+        with those positions' rows replaced by their rotated, scaled q, rotated k and v, selected where slots[p]
+        (bool [1, P, 1, 1, 1], true at p) inside the elementwise kernel that rotates them (writing K/V after it
+        was one more kernel, padding a new frame's two); the attention reads q and K/V as strided views of it
+        (taken as they are by CUDA's and, for one row, Metal's kernels; Metal copies the prefill's two q rows).
+        Returns (residual + attention, the new buffer)."""
+        h, kv, d = self.heads, self.kv_heads, self.head_dim
+        heads, half, n, positions = h + 2 * kv, d // 2, x.shape[0], len(slots)
+        qkv = self.qkv_proj(x)
+        raw = qkv.reshape(1, n, heads, 2, half)
+        normed = mx.fast.rms_norm(qkv.reshape(1, n, heads, d), None, self.eps).reshape(1, n, heads, 2, half)
+        w, w_rot, scale, is_v = self.row_weights
+        cos, sin = angles  # [n, 1, half]
+        new = mx.array(0, qkv.dtype) if buf is None else buf.reshape(1, positions, heads, 2, half)
+        for i in range(n):  # a row at a time (views of the inputs), each broadcast over the positions it selects in
+            nrm, r, c, s = normed, raw, cos, sin
+            if n > 1:
+                nrm, r, c, s = nrm[:, i : i + 1], r[:, i : i + 1], c[i : i + 1], s[i : i + 1]
+            rotated = (nrm * w * c + nrm[..., ::-1, :] * w_rot * s) * scale
+            new = mx.where(slots[start + i], mx.where(is_v, r, rotated).astype(qkv.dtype), new)
+        new = new.reshape(1, positions, heads, d)
+        seen = new[:, : start + n].transpose(0, 2, 1, 3)  # [1, heads, start + n, d]
+        q, keys, values = seen[:, :h, start:], seen[:, h : h + kv], seen[:, h + kv :]
+        # q left the chain scaled; n = 1: [1, h, 1, d] and [1, h * d] are the same bytes
+        out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=1.0, mask="causal" if n > 1 else None)
+        return add_linear(residual, self.o_proj, (out if n == 1 else out.transpose(0, 2, 1, 3)).reshape(n, h * d)), new
 
     def __call__(
         self, x: mx.array, cache: Any, residual: mx.array, angles: tuple[mx.array, mx.array] | None = None
@@ -356,9 +409,28 @@ class DecoderLayer(nn.Module):
         self.self_attn.fuse(options)
         self.mlp.fuse(options)
 
-    def __call__(self, x: mx.array, cache: Any, angles: tuple[mx.array, mx.array] | None = None) -> mx.array:
-        x = self.self_attn(self.input_layernorm(x), cache, x, angles)
+    def __call__(
+        self, x: mx.array, cache: Any, angles: tuple[mx.array, mx.array] | None = None, normed: mx.array | None = None
+    ) -> mx.array:
+        """`normed`: input_layernorm(x), where the caller has it already (the predictor's looked-up rows)."""
+        x = self.self_attn(self.input_layernorm(x) if normed is None else normed, cache, x, angles)
         return self.mlp(self.post_attention_layernorm(x), x)
+
+    def frame(
+        self,
+        x: mx.array,
+        buf: mx.array | None,
+        slots: list[mx.array],
+        start: int,
+        angles: tuple[mx.array, mx.array],
+        normed: mx.array | None = None,
+    ) -> tuple[mx.array, mx.array]:
+        """`__call__` for predictor rows against the layer's frame buffer (Attention.frame); `normed`:
+        input_layernorm(x) where the caller has it."""
+        y, buf = self.self_attn.frame(
+            self.input_layernorm(x) if normed is None else normed, buf, slots, start, angles, x
+        )
+        return self.mlp(self.post_attention_layernorm(y), y), buf
 
     def step(
         self,
@@ -542,6 +614,7 @@ class Talker(nn.Module):
         cp = self.code_predictor
         if options.residual == "add" and cp.has_projection and type(cp.small_to_mtp_projection) is nn.Linear:
             cp.small_to_mtp_projection = LinearBiasT(cp.small_to_mtp_projection)
+        cp.fuse_inputs()
         self.compiled = CompiledCache()
 
     def text(self, ids: list[int] | mx.array) -> mx.array:
@@ -564,21 +637,19 @@ class Talker(nn.Module):
     def make_cache(self) -> list[StaticCache]:
         return [StaticCache(self.model.values_transposed) for _ in self.model.layers]
 
-    def step(self, x: mx.array, cache: list[StaticCache], plus: mx.array | None = None) -> mx.array:
-        """One input vector x [hidden] (plus `plus`, summed inside the compiled graph) at the cache's next
-        position: the post-norm hidden state [hidden] (lazy).
+    def step(self, x: mx.array, cache: list[StaticCache]) -> mx.array:
+        """One input vector x [hidden] at the cache's next position: the post-norm hidden state [hidden] (lazy).
 
         Compiled once per buffer length (quantized models too: compiled 4-bit graphs ran on MLX 0.32.4 CUDA), in one
-        form: without `plus` (a one-row prefill) it adds zeros, so `warm_steps` covers every call (x + 0 is x).
-        """
+        form, so `warm_steps` covers every call. The frame loop's x (E(frame) + text) comes summed from the frame
+        kernel."""
         kv = cache[0].kv
         assert kv is not None
         for c in cache:
             c.reserve(kv, 1)
         pos = mx.array(cache[0].offset, dtype=mx.int32)
-        plus = mx.zeros_like(x) if plus is None else plus
-        fn = self.compiled.get("step+", lambda: mx.compile(lambda x, y, p, kv, t: self.model.step(x + y, p, kv, t)))
-        h, kvs = fn(x[None], plus[None], pos, [c.kv for c in cache], self.model.tables.of(cache[0].capacity))
+        fn = self.compiled.get("step", lambda: mx.compile(self.model.step))
+        h, kvs = fn(x[None], pos, [c.kv for c in cache], self.model.tables.of(cache[0].capacity))
         for c, kv in zip(cache, kvs, strict=True):
             c.kv = kv
             c.offset += 1
@@ -595,7 +666,7 @@ class Talker(nn.Module):
             for c in cache:
                 c.kv = mx.zeros((1, 2 * a.kv_heads, size, a.head_dim), dtype)
                 c.offset = size - 1
-            mx.eval(self.step(x, cache, x))  # the frame loop's form (see FrameGenerator._forward)
+            mx.eval(self.step(x, cache))
 
 
 class Qwen3TTSModel(nn.Module):
