@@ -98,12 +98,13 @@ class Arm:
 
 def applied_layout(tts: Any) -> dict[str, str]:
     """What the loaded talker holds (not what was asked): its first layer's attention and rotation choices and
-    whether o_proj adds the residual inside its matmul."""
+    whether o_proj adds the residual inside its matmul (addmm), after it (add), or is the checkpoint's module."""
     from assistant.tts.qwen3.talker import LinearAddT, LinearT
 
     attn = tts.talker.model.layers[0].self_attn
     o = attn.o_proj
-    residual = "add" if isinstance(o, LinearAddT) else "addmm" if isinstance(o, LinearT) else "unfused"
+    # a quantized or unfused o_proj stays the checkpoint's module: its class names it
+    residual = "add" if isinstance(o, LinearAddT) else "addmm" if isinstance(o, LinearT) else type(o).__name__
     return {"attention": attn.attention, "rotation": attn.rotation, "residual": residual}
 
 
