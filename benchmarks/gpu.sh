@@ -27,9 +27,11 @@
 # the last an A/A control), then rounds of one 48-frame streamed utterance per layout in a random order until
 # --seconds (from the process start) run out; per layout ms and host ms per frame, paired differences against the
 # first with 95% intervals. Rows: benchmarks/<label>-ab.jsonl (docs table "TTS layouts A/B"). AB2_SIZES="0.6B 1.7B"
-# runs each size in turn (four 0.6B models take ~10 GB, four 1.7B ~18 GB); AB2_ARGS replaces "--frames 48 --seconds 180".
+# runs each size in turn (peak: four 0.6B models 9.8 GB, a 1.7B pair 10.1 GB, on the CPU); AB2_ARGS replaces
+# "--frames 48 --seconds 180".
 # The next lease, ONE call after call 1 (~4 min): call 2 (carry .dev-b .whl-gpu): bash benchmarks/gpu.sh install ab2
-# then here: cat <files_at>/benchmarks/<label>-ab.jsonl >> docs/benchmarks/<label>-ab.jsonl && python -m benchmarks.report
+#   then here: cat <files_at>/benchmarks/<label>-ab.jsonl >> docs/benchmarks/<label>-ab.jsonl
+#   && python -m benchmarks.report
 # FRESH="tts" on the first call of a session drops the label's earlier TTS rows (taken on other code).
 # The daemon's pure-Python needs (soundfile, which every part imports, soxr, wyoming, platformdirs, httpx2, ...) travel
 # in .whl-gpu/ (carry it with .dev-b; `install` adds them); the Smart Turn ONNX in .st-model/ (v2v then ends turns with
@@ -94,7 +96,8 @@ for part in "$@"; do
         cmds=("-m benchmarks.tts_kernels")
       elif [ $part = ab2 ]; then  # layouts alternating in one process: paired differences (benchmarks/tts_ab.py)
         cmds=(); for s in ${AB2_SIZES:-0.6B}; do
-          cmds+=("-m benchmarks.tts_ab --size $s --layouts ${AB2:-fused no-addmm fuse=attention=gemv,residual=add fused} ${AB2_ARGS:---frames 48 --seconds 180}")
+          lay=${AB2:-fused no-addmm fuse=attention=gemv,residual=add fused}
+          cmds+=("-m benchmarks.tts_ab --size $s --layouts $lay ${AB2_ARGS:---frames 48 --seconds 180}")
         done; part=ab
       elif [ $part = profile ]; then
         cmds=("-m benchmarks.tts_profile --size 0.6B" "-m benchmarks.tts_profile --size 1.7B --positions 100")

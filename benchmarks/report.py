@@ -151,16 +151,16 @@ ends turns; engines warmed by `warmup()` in 99 s, Chat.warmup included): 20 time
 endpoint 130 ms median, 177 ms p90, 196 max; end to end from the true end of speech 319 / 359 ms. The first answer
 after start-up was not timed by the harness then (it is reported on its own from fbcd0fe on).
 
-The FuseOptions A/B, paired (session 9, 23:20-00:40 UTC, CPU only: not yet run on a GPU). `benchmarks/tts_ab.py`
-loads the checkpoint once per layout in ONE process, warms each, then runs rounds of one 48-frame streamed
-utterance per layout in a random order, so drift between rounds moves both sides of a pair alike; table "TTS
-layouts A/B" (per layout ms and host ms per frame, paired differences with the first layout: median, bootstrap 95%
-interval, sign test; a layout named twice is an A/A control). Next lease: call 1 (carry .dev-a .ptx) `mkdir -p
-/tmp/w && cp .dev-a/* /tmp/w/ && tar xzf .ptx/ptx.tgz -C /tmp`; call 2 (carry .dev-b .whl-gpu) `bash
-benchmarks/gpu.sh install ab2` (~4 min: the install, then the layouts fused, no-addmm, attention=gemv+residual=add
-and fused again until 180 s from the A/B's start; four 0.6B models ~10 GB, four 1.7B ~18 GB); then here `cat
-<files_at>/benchmarks/<label>-ab.jsonl >> docs/benchmarks/<label>-ab.jsonl && python -m benchmarks.report`. A
-layout wins where its interval lies below 0 and the A/A control's holds 0.
+The FuseOptions A/B, paired (session 9, CPU only: not yet run on a GPU). `benchmarks/tts_ab.py` loads the checkpoint
+once per layout in ONE process, warms each, then runs rounds of one 48-frame streamed utterance per layout in a
+random order, so drift between rounds moves both sides of a pair alike; table "TTS layouts A/B" (per layout ms and
+host ms per frame, paired differences with the first layout: median, bootstrap 95% interval, sign test; a layout
+named twice is an A/A control). Next lease: call 1 (carry .dev-a .ptx) `mkdir -p /tmp/w && cp .dev-a/* /tmp/w/ &&
+tar xzf .ptx/ptx.tgz -C /tmp`; call 2 (carry .dev-b .whl-gpu) `bash benchmarks/gpu.sh install ab2` (~4 min: the
+install, then the layouts fused, no-addmm, attention=gemv+residual=add and fused again until 180 s from the A/B's
+start; peak memory of four 0.6B models 9.8 GB, of a 1.7B pair 10.1 GB, measured on the CPU); then here `cat
+<files_at>/benchmarks/<label>-ab.jsonl >> docs/benchmarks/<label>-ab.jsonl && python -m benchmarks.report`. A layout
+wins where its interval lies below 0 and the A/A control's holds 0.
 
 Labels (different cards: compare each row with mlx-audio in the same run, not across labels): `h100` holds
 the TTS rows and profile above (session 7, and the 13:22 UTC profile columns of session 5), and 2026-12-07
@@ -473,8 +473,8 @@ def ab_table(rows: list[dict[str, Any]]) -> list[str]:
         env = ", ".join(_env(r)) or "MLX defaults"
         lines.append(
             f"{r['size']} {r['precision']} (layers {r['layers'][0]}/{r['layers'][1]}, {r['widths']}), "
-            f"{r['frames']} frames a unit, {r['rounds']} rounds; {r['device']}, {env}; started {r['started']}, "
-            f"load {r['load_s']} s, warm-up {r['warm_s']} s, measured {r['measure_s']} s, "
+            f"{r['frames']} frames a unit, {r['rounds']} rounds; {r['device']}, {env}; started {r['started']}; "
+            f"checkpoint and loads {r['load_s']} s, warm-up {r['warm_s']} s, measured {r['measure_s']} s, "
             f"peak memory {r['peak_memory_gb']} GB.\n"
         )
         lines += [
