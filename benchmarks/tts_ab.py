@@ -219,7 +219,7 @@ def run_ab(
 
 
 def main(argv: list[str] | None = None) -> int:
-    t_start = time.perf_counter()
+    t_start, started = time.perf_counter(), time.strftime("%H:%M:%S UTC", time.gmtime())
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_tts_args(ap)
     ap.add_argument("--layouts", nargs="+", default=["fused", "no-addmm"], help="the first is the baseline")
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     row: dict[str, Any] = {"section": "tts_ab", "size": args.size, "precision": kind, "layers": args.layers}
     row.update(widths=widths, device=str(mx.default_device()), weights_bytes=facts.get("weights_bytes"))
     row["checkpoint_s"] = round(time.perf_counter() - t_write, 1)  # written, or reused from --cache
-    row["started"] = time.strftime("%H:%M:%S UTC", time.gmtime())
+    row["started"] = started
     row["env"] = {k: v for k, v in os.environ.items() if k.startswith("MLX_")}
     a = args
     row.update(run_ab(folder, a.layouts, a.frames, a.rounds, a.seconds, a.warm_rounds, a.seed, t_start))
