@@ -15,7 +15,9 @@ to 16 kHz as it streams.
 
 HANDLE (optional, `wyoming.handle_port`): our LLM as a conversation agent. `transcript` -> `handled-start`,
 `handled-chunk`* as the answer streams, `handled-stop`, then `handled` with the whole answer (`not-handled` with the
-reason when the LLM fails). Each connection is its own conversation.
+reason when the LLM fails or the transcript is refused: Home Assistant waits for one of the two and ignores `error`).
+A transcript's `context.conversation_id` (Home Assistant sends one, over a new connection per utterance) names its
+conversation, kept across connections; without one, each connection is its own conversation.
 
 TTS: `synthesize` -> `audio-start`, `audio-chunk`*, `audio-stop` (24 kHz, 16-bit mono), the text made speakable and
 spoken sentence by sentence exactly as `assistant say` does. Streaming: `synthesize-start`, `synthesize-chunk`*,
@@ -30,8 +32,9 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -76,6 +79,9 @@ OUT_WIDTH = 2  # we answer 16-bit PCM
 # The most one frame's data or payload may declare: 80 s of 48 kHz 16-bit stereo (Home Assistant sends ~2 KB
 # chunks). The wyoming package reads a declared length whole before anyone looks at it.
 FRAME_LIMIT = 16 * 1024 * 1024
+# Home Assistant opens a connection per utterance and names the conversation in its context: the handle service
+# keeps the chats (each with its prompt cache) of this many recent conversations, the least recent going first.
+MAX_CONVERSATIONS = 4
 PARAKEET_LANGUAGES = "bg cs da de el en es et fi fr hr hu it lt lv mt nl pl pt ro ru sk sl sv uk".split()
 
 
@@ -219,6 +225,12 @@ def _bad_request(event: Event, e: Exception) -> Event:
     else:
         msg = f"malformed {event.type} event: {type(e).__name__}: {e}"
     return _error(msg, "bad-request")
+
+
+def _not_handled(event: Event, error: Event) -> Event:
+    """A failed `transcript` is answered `not-handled` with the error's text: Home Assistant's conversation agent
+    waits for handled or not-handled and ignores `error` (it waited forever); other events keep the error."""
+    return NotHandled(text=Error.from_event(error).text).event() if Transcript.is_type(event.type) else error
 
 
 def _service_reply(event: Event, info: Info) -> Event | None:
@@ -528,10 +540,14 @@ class HandleHandler(AsyncEventHandler):
         try:
             await self._handle(event)
         except BAD_REQUEST as e:
-            await self.write_event(_bad_request(event, e))
+            await self.write_event(_not_handled(event, _bad_request(event, e)))
+        except ConnectionError:
+            return False  # the client hung up while its answer streamed: nothing to tell, nothing to log
         except Exception as e:  # a bug or a model failure: the client hears why, the server keeps serving
             log.exception("wyoming handle: %s failed", event.type)
-            await self.write_event(_error(f"answering failed: {type(e).__name__}: {e}", "internal"))
+            await self.write_event(
+                _not_handled(event, _error(f"answering failed: {type(e).__name__}: {e}", "internal"))
+            )
         return True
 
     async def disconnect(self) -> None:
@@ -542,58 +558,82 @@ class HandleHandler(AsyncEventHandler):
         if (reply := _service_reply(event, self.svc.handle_info)) is not None:
             await self.write_event(reply)
         elif Transcript.is_type(event.type):
-            text = Transcript.from_event(event).text
+            transcript = Transcript.from_event(event)
+            text = transcript.text
             if not isinstance(text, str) or not text.strip():
                 raise InputError("transcript text is empty; send what the user said")
             if len(text) > self.svc.cfg.max_text_chars:  # it goes whole into the prompt
                 raise InputError(
                     f"transcript longer than wyoming.max_text_chars = {self.svc.cfg.max_text_chars}; send less"
                 )
-            await self._answer(text)
+            await self._answer(text, _conversation_id(transcript.context))
         elif event.type in ("select-program", "pong"):
             pass
         else:
             raise InputError(f"unexpected event `{event.type}` on the handle service; send describe or transcript")
 
-    async def _step(self, gen: Any) -> Any:
+    async def _step(self, chat: Any, gen: Any) -> Any:
         """One answer step: mlx-lm on the compute thread (after the live conversation); a remote answer's network
         wait on a worker thread, so it never holds the MLX thread."""
         from assistant.compute import StepResult
         from assistant.llm_remote import RemoteChat
 
-        if isinstance(self.chat, RemoteChat):
+        if isinstance(chat, RemoteChat):
             return await asyncio.to_thread(_next_step, gen)
         result: StepResult = await self.svc.compute.step(gen, priority=PRIORITY)
         return result
 
-    async def _answer(self, text: str) -> None:
+    async def _answer(self, text: str, conversation_id: str | None) -> None:
+        """Answer in the chat of `conversation_id` (Home Assistant's, kept across its connections), or without one
+        in this connection's own chat."""
         make = self.svc.engines.new_chat
         if make is None:
             raise InputError("this server has no LLM loaded; the handle service needs the daemon's engines")
-        if self.chat is None:
-            self.chat = await self.svc.compute.run(make, priority=PRIORITY)
-        chat: Any = self.chat
+        if conversation_id is not None:
+            conversation = await self.svc.conversation(conversation_id, make)
+        else:
+            if self.chat is None:
+                self.chat = await self.svc.compute.run(make, priority=PRIORITY)
+            conversation = _Conversation(self.chat)
+        async with conversation.turn:  # one answer at a time per chat
+            await self._answer_in(conversation.chat, text)
+
+    async def _answer_in(self, chat: Any, text: str) -> None:
         await self.write_event(HandledStart().event())
         parts: list[str] = []
         try:
             gen = await self.svc.compute.run(chat.respond, text, priority=PRIORITY)
-            while not (step := await self._step(gen)).done:
+            while not (step := await self._step(chat, gen)).done:
                 if step.value:
                     parts.append(step.value)
                     await self.write_event(HandledChunk(text=step.value).event())
-        except AssistantError as e:  # e.g. the LLM server is down: the agent says why, the next request retries
-            await self.svc.compute.run(chat.finish_turn, "".join(parts), priority=PRIORITY)
+        except Exception as e:  # e.g. the LLM server is down: the agent says why, the next request retries
+            await self.svc.compute.run(chat.finish_turn, "".join(parts), priority=PRIORITY)  # the next starts clean
+            if isinstance(e, ConnectionError):
+                raise
+            if not isinstance(e, AssistantError):
+                log.exception("wyoming handle: answering failed")
+            why = str(e) if isinstance(e, AssistantError) else f"answering failed: {type(e).__name__}: {e}"
             await self.write_event(HandledStop().event())
-            await self.write_event(NotHandled(text=str(e)).event())
+            await self.write_event(NotHandled(text=why).event())
             return
-        except Exception:
-            await self.svc.compute.run(
-                chat.finish_turn, "".join(parts), priority=PRIORITY
-            )  # the next turn starts clean
-            raise
         await self.svc.compute.run(chat.finish_turn, None, priority=PRIORITY)
         await self.write_event(HandledStop().event())
         await self.write_event(Handled(text="".join(parts).strip()).event())
+
+
+@dataclass
+class _Conversation:
+    """One handle conversation: its chat, and the lock that lets one answer at a time use it."""
+
+    chat: Any
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def _conversation_id(context: Any) -> str | None:
+    """Home Assistant's conversation id in a transcript's context (None when absent or not a short string)."""
+    value = context.get("conversation_id") if isinstance(context, dict) else None
+    return value if isinstance(value, str) and 0 < len(value) <= 128 else None
 
 
 def _next_step(gen: Any) -> Any:
@@ -682,6 +722,7 @@ class WyomingServices:
         self.handle_info = handle_info(config)
         self._servers: list[asyncio.Server] = []
         self._handlers: set[asyncio.Task[None]] = set()
+        self._conversations: OrderedDict[str, _Conversation] = OrderedDict()  # handle chats, least recent first
         self.asr_port: int | None = None
         self.tts_port: int | None = None
         self.handle_port: int | None = None
@@ -733,12 +774,30 @@ class WyomingServices:
 
         return serve
 
+    async def conversation(self, conversation_id: str, make: Callable[[], Any]) -> _Conversation:
+        """The handle conversation named `conversation_id`, made with `make` the first time; the least recently
+        used beyond MAX_CONVERSATIONS is forgotten (its chat closed unless an answer still runs in it)."""
+        conversation = self._conversations.get(conversation_id)
+        if conversation is None:
+            chat = await self.compute.run(make, priority=PRIORITY)
+            conversation = self._conversations.setdefault(conversation_id, _Conversation(chat))
+        self._conversations.move_to_end(conversation_id)
+        while len(self._conversations) > MAX_CONVERSATIONS:
+            _, old = self._conversations.popitem(last=False)
+            if not old.turn.locked() and hasattr(old.chat, "close"):
+                old.chat.close()
+        return conversation
+
     async def close(self) -> None:
         for server in self._servers:
             server.close()
         for task in list(self._handlers):
             task.cancel()
         await asyncio.gather(*self._handlers, return_exceptions=True)
+        for conversation in self._conversations.values():  # no answer runs in them now
+            if hasattr(conversation.chat, "close"):
+                conversation.chat.close()
+        self._conversations.clear()
         for server in self._servers:
             await server.wait_closed()
         self._servers = []

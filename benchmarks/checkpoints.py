@@ -14,6 +14,8 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -241,16 +243,45 @@ def fuse_options(spec: str) -> Any:
     return FuseOptions(**chosen)
 
 
+LAYOUTS = "fused (the loader's), unfused (the checkpoint's), no-addmm (fuse=residual=add) or fuse=KEY=VALUE,..."
+
+
+def layout_fuse(spec: str) -> tuple[str, Callable[[Any], None]]:
+    """The row label of a layout spec (LAYOUTS) and what `Qwen3TTSModel.fuse` does under it; ValueError naming
+    the choices. (Through the talker's own fuse: `Qwen3TTSModel.fuse` is what the A/B replaces.)"""
+    if spec == "fused":
+        return "fused", lambda model: model.talker.fuse()
+    if spec == "unfused":
+        return "unfused", lambda model: None
+    if spec == "no-addmm":  # the earlier name of the choice
+        spec = "fuse=residual=add"
+    if not spec.startswith("fuse="):
+        raise ValueError(f"layout {spec!r}: use {LAYOUTS}")
+    options = fuse_options(spec.removeprefix("fuse="))
+    return f"fused {spec.removeprefix('fuse=')}", lambda model: model.talker.fuse(options)
+
+
+@contextmanager
+def loading_as(spec: str) -> Iterator[str]:
+    """TTS models loaded inside the block take the layout `spec` (LAYOUTS; the loader calls `fuse()` once, so a
+    model keeps its layout after the block); yields the row label. Raises ValueError for an unknown spec."""
+    from assistant.tts.qwen3.talker import Qwen3TTSModel
+
+    label, fn = layout_fuse(spec)
+    original = Qwen3TTSModel.fuse
+    Qwen3TTSModel.fuse = lambda self, _=None: fn(self)  # type: ignore[method-assign,misc,assignment]
+    try:
+        yield label
+    finally:
+        Qwen3TTSModel.fuse = original  # type: ignore[method-assign]
+
+
 def tts_layout(args: argparse.Namespace) -> str:
     """Load TTS models from now on in the layout add_tts_args' --unfused / --fuse ask for (the A/B); returns the
     row's label of it."""
     from assistant.tts.qwen3.talker import Qwen3TTSModel
 
-    if args.unfused:
-        Qwen3TTSModel.fuse = lambda self, options=None: None  # type: ignore[method-assign,misc]
-        return "unfused"
-    if not args.fuse:
-        return "fused"
-    options, fuse = fuse_options(args.fuse), Qwen3TTSModel.fuse
-    Qwen3TTSModel.fuse = lambda self, _=None: fuse(self, options)  # type: ignore[method-assign,misc]
-    return f"fused {args.fuse}"
+    spec = "unfused" if args.unfused else f"fuse={args.fuse}" if args.fuse else "fused"
+    label, fn = layout_fuse(spec)
+    Qwen3TTSModel.fuse = lambda self, _=None: fn(self)  # type: ignore[method-assign,misc,assignment]
+    return label

@@ -22,6 +22,16 @@
 # AB_TREES=". ../.dev-s5" runs each variant from each code tree in turn (carried folders; each row gets "code");
 # `ops` counts the operations of a frame's graphs (benchmarks/tts_ops.py), fused and unfused (seconds); `kernels`
 # times one kernel of each kind a frame launches (benchmarks/tts_kernels.py: gemv against cuBLAS, the q/k chain, ...).
+# `ab2` settles the FuseOptions A/B in one process (benchmarks/tts_ab.py): the 0.6B checkpoint loaded once per layout
+# of AB2 (default "fused no-addmm fuse=attention=gemv,residual=add fused": the loader's layout first, the baseline;
+# the last an A/A control), then rounds of one 48-frame streamed utterance per layout in a random order until
+# --seconds (from the process start) run out; per layout ms and host ms per frame, paired differences against the
+# first with 95% intervals. Rows: benchmarks/<label>-ab.jsonl (docs table "TTS layouts A/B"). AB2_SIZES="0.6B 1.7B"
+# runs each size in turn (peak: four 0.6B models 9.8 GB, a 1.7B pair 10.1 GB, on the CPU); AB2_ARGS replaces
+# "--frames 48 --seconds 180".
+# The next lease, ONE call after call 1 (~4 min): call 2 (carry .dev-b .whl-gpu): bash benchmarks/gpu.sh install ab2
+#   then here: cat <files_at>/benchmarks/<label>-ab.jsonl >> docs/benchmarks/<label>-ab.jsonl
+#   && python -m benchmarks.report
 # FRESH="tts" on the first call of a session drops the label's earlier TTS rows (taken on other code).
 # The daemon's pure-Python needs (soundfile, which every part imports, soxr, wyoming, platformdirs, httpx2, ...) travel
 # in .whl-gpu/ (carry it with .dev-b; `install` adds them); the Smart Turn ONNX in .st-model/ (v2v then ends turns with
@@ -79,11 +89,16 @@ for part in "$@"; do
     stt) args=(--only stt); limit=${LIMIT_STT:-290} ;;
     llm) args=(--only llm); limit=${LIMIT_LLM:-300} ;;
     v2v) args=(--only v2v); limit=${LIMIT_V2V:-450} ;;
-    profile|ab|ops|kernels|integ)  # raw JSON lines: benchmarks/<label>-<part>.jsonl (ab: in profile)
+    profile|ab|ab2|ops|kernels|integ)  # raw JSON lines: benchmarks/<label>-<part>.jsonl (ab: in profile; ab2: in ab)
       if [ $part = ops ]; then  # operations per frame, fused and unfused (narrow widths: seconds), a smoke test too
         cmds=("-m benchmarks.tts_ops --size 0.6B" "-m benchmarks.tts_ops --size 0.6B --unfused")
       elif [ $part = kernels ]; then  # us per kernel of each kind a frame launches (~1 min)
         cmds=("-m benchmarks.tts_kernels")
+      elif [ $part = ab2 ]; then  # layouts alternating in one process: paired differences (benchmarks/tts_ab.py)
+        cmds=(); for s in ${AB2_SIZES:-0.6B}; do
+          lay=${AB2:-fused no-addmm fuse=attention=gemv,residual=add fused}
+          cmds+=("-m benchmarks.tts_ab --size $s --layouts $lay ${AB2_ARGS:---frames 48 --seconds 180}")
+        done; part=ab
       elif [ $part = profile ]; then
         cmds=("-m benchmarks.tts_profile --size 0.6B" "-m benchmarks.tts_profile --size 1.7B --positions 100")
       elif [ $part = ab ]; then  # the fused layout against the checkpoint's and without addmm, in turn
@@ -106,7 +121,7 @@ for part in "$@"; do
           | grep --line-buffered '^{' | sed -u "s|^{|{$tag|" | tee -a "$RESULTS/$label-$part.jsonl" || rc=$?
       done
       continue ;;
-    *) echo "unknown part $part: use install, tts-0.6B, tts-1.7B, stt, llm, v2v, profile, ab, ops, kernels or integ" >&2
+    *) echo "unknown part $part: use install, tts-0.6B, tts-1.7B, stt, llm, v2v, profile, ab, ab2, ops, kernels or integ" >&2
        exit 2 ;;
   esac
   # JOBS="4-bit,mxfp4": only the jobs whose names contain one of these ("tts 0.6B bf16$": that name exactly)

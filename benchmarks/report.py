@@ -151,6 +151,17 @@ ends turns; engines warmed by `warmup()` in 99 s, Chat.warmup included): 20 time
 endpoint 130 ms median, 177 ms p90, 196 max; end to end from the true end of speech 319 / 359 ms. The first answer
 after start-up was not timed by the harness then (it is reported on its own from fbcd0fe on).
 
+The FuseOptions A/B, paired (session 9, CPU only: not yet run on a GPU). `benchmarks/tts_ab.py` loads the checkpoint
+once per layout in ONE process, warms each, then runs rounds of one 48-frame streamed utterance per layout in a
+random order, so drift between rounds moves both sides of a pair alike; table "TTS layouts A/B" (per layout ms and
+host ms per frame, paired differences with the first layout: median, bootstrap 95% interval, sign test; a layout
+named twice is an A/A control). Next lease: call 1 (carry .dev-a .ptx) `mkdir -p /tmp/w && cp .dev-a/* /tmp/w/ &&
+tar xzf .ptx/ptx.tgz -C /tmp`; call 2 (carry .dev-b .whl-gpu) `bash benchmarks/gpu.sh install ab2` (~4 min: the
+install, then the layouts fused, no-addmm, attention=gemv+residual=add and fused again until 180 s from the A/B's
+start; peak memory of four 0.6B models 9.8 GB, of a 1.7B pair 10.1 GB, measured on the CPU); then here `cat
+<files_at>/benchmarks/<label>-ab.jsonl >> docs/benchmarks/<label>-ab.jsonl && python -m benchmarks.report`. A layout
+wins where its interval lies below 0 and the A/A control's holds 0.
+
 Labels (different cards: compare each row with mlx-audio in the same run, not across labels): `h100` holds
 the TTS rows and profile above (session 7, and the 13:22 UTC profile columns of session 5), and 2026-12-07
 09:00-09:25 UTC rows (STT side by side and tail, v2v) from an earlier session. `h200`
@@ -436,6 +447,54 @@ def kernels_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _interval(v: dict[str, Any] | None) -> str:
+    """A paired difference as "median [low, high]" (ms), or "-" for the baseline."""
+    return "-" if v is None else f"{v['median_diff']:+.2f} [{v['ci95'][0]:+.2f}, {v['ci95'][1]:+.2f}]"
+
+
+def _median_range(s: dict[str, Any]) -> str:
+    """ms as "median (p10-p90)" to 0.01 ms (min-max where n <= 3)."""
+    lo, hi = (s["min"], s["max"]) if s["n"] <= 3 else (s["p10"], s["p90"])
+    return f"{s['median']:.2f} ({lo:.2f}-{hi:.2f})"
+
+
+def ab_table(rows: list[dict[str, Any]]) -> list[str]:
+    """benchmarks/tts_ab.py rows: layouts alternating in one process, each later one paired with the first."""
+    lines = [
+        "### TTS layouts A/B, interleaved in one process (`python -m benchmarks.tts_ab --layouts A B ...`)\n",
+        "One random-weight checkpoint loaded once per layout; rounds run each layout once, in a random order, a unit "
+        "being one streamed utterance (`Utterance.step()`). ms/frame: median (p10-p90) over the units; spread: "
+        "(p90 - p10) / median; first/second half: medians (drift over the run). vs first: the paired differences "
+        "with the first layout's unit of the same round (< 0: faster), median [bootstrap 95% interval]; faster: "
+        "pairs won, sign-test p. Host: ms per frame inside the calls that build and enqueue the frames' graphs. "
+        "A layout named twice (#2) is an A/A control.\n",
+    ]
+    for r in rows:
+        env = ", ".join(_env(r)) or "MLX defaults"
+        lines.append(
+            f"{r['size']} {r['precision']} (layers {r['layers'][0]}/{r['layers'][1]}, {r['widths']}), "
+            f"{r['frames']} frames a unit, {r['rounds']} rounds; {r['device']}, {env}; started {r['started']}; "
+            f"checkpoint and loads {r['load_s']} s, warm-up {r['warm_s']} s, measured {r['measure_s']} s, "
+            f"peak memory {r['peak_memory_gb']} GB.\n"
+        )
+        lines += [
+            "| layout | ms/frame | spread | first/second half | vs first, ms/frame | faster (sign p) | host ms/frame "
+            "| vs first, host ms |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for e in r["layouts"]:
+            s, h, vs = e["summary"]["ms_per_frame"], e["summary"]["host_ms_per_frame"], e.get("vs_first", {})
+            v = vs.get("ms_per_frame")
+            won = "-" if v is None else f"{v['faster']}/{v['pairs']} ({v['sign_p']:.2g})"
+            halves = "/".join(f"{x:.2f}" for x in s.get("halves", [])) or "-"
+            lines.append(
+                f"| {e['label']} | {_median_range(s)} | {s['spread_pct']}% | {halves} | {_interval(v)} | {won} | "
+                f"{_median_range(h)} | {_interval(vs.get('host_ms_per_frame'))} |"
+            )
+        lines.append("")
+    return lines[:-1]
+
+
 def integ_table(rows: list[dict[str, Any]]) -> list[str]:
     """benchmarks/integ.py rows: the Wyoming services and mlx_lm.server against the in-process path."""
     lines = ["### Integration: Wyoming and mlx_lm.server against in-process (`python -m benchmarks.integ --real`)\n"]
@@ -479,7 +538,13 @@ def render(docs: list[dict[str, Any]], projection: dict[str, Any] | None = None,
                 out.append("Errors recorded:")
                 out.extend(errs)
             out.append("")
-        tables = (("ops", ops_table), ("kernels", kernels_table), ("profile", profile_table), ("integ", integ_table))
+        tables = (
+            ("ops", ops_table),
+            ("kernels", kernels_table),
+            ("profile", profile_table),
+            ("ab", ab_table),
+            ("integ", integ_table),
+        )
         for part, table in tables:
             extra = _jsonl(folder / f"{doc['label']}-{part}.jsonl") if folder is not None else []
             if extra:

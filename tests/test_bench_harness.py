@@ -204,3 +204,71 @@ def test_every_benchmark_imports(name: str) -> None:
     """Every benchmark module imports against the current package (benchmarks/endofturn.py still imported the
     turn core's VadIn a session after it was removed: no test runs the benchmarks themselves)."""
     importlib.import_module(f"benchmarks.{name}")
+
+
+def test_paired_statistics_of_known_pairs() -> None:
+    """The A/B's paired difference is other - base pair by pair: its median, a bootstrap interval around it, the
+    pairs won and lost, and the exact two-sided sign test (6 of 6: p = 2/64; ties left out; an even split: 1)."""
+    from benchmarks.tts_ab import paired, sign_test
+
+    base = [20.0, 30.0, 18.0, 25.0, 22.0, 19.0]  # a drifting machine: the units differ far more than the pairs
+    other = [b - d for b, d in zip(base, [1.0, 1.5, 0.5, 1.0, 2.0, 1.0], strict=True)]
+    p = paired(base, other)
+    assert p["median_diff"] == -1.0 and p["mean_diff"] == -1.1667 and p["pairs"] == 6
+    assert (p["faster"], p["slower"], p["sign_p"]) == (6, 0, 0.03125)
+    assert -2.0 <= p["ci95"][0] <= p["median_diff"] <= p["ci95"][1] < 0
+    assert sign_test(3, 3) == 1.0 and sign_test(0, 0) == 1.0 and sign_test(1, 0) == 1.0
+    tied = paired([1.0, 2.0, 3.0], [1.0, 2.5, 2.0])
+    assert (tied["faster"], tied["slower"], tied["pairs"]) == (1, 1, 3)
+
+
+def test_tts_ab_rejects_an_unknown_layout(capsys: pytest.CaptureFixture[str]) -> None:
+    """A layout that is no FuseOptions choice stops the A/B before any checkpoint is built, naming the choices."""
+    from benchmarks.tts_ab import main
+
+    with pytest.raises(SystemExit):
+        main(["--layouts", "fused", "fuse=residual=sub"])
+    assert "residual=addmm|add" in capsys.readouterr().err
+
+
+def test_tts_ab_runs_layouts_interleaved_and_pairs_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At tiny size on the CPU, the A/B loads one model per layout (the asked layout is what the model holds),
+    runs every layout once per round in a permuted order, and its paired statistics and summaries are those of
+    the units it reports; the report renders the row as a table."""
+    from benchmarks.checkpoints import BPE_ENV
+    from benchmarks.tts_ab import MEASURES, main, paired
+    from tools.qwen3_tts_ref import tiny
+
+    monkeypatch.setenv(BPE_ENV, str(tiny.BPE_DIR))
+    args = ["--layers", "2", "1", "--tiny-widths", "--cache", str(tmp_path), "--frames", "3", "--rounds", "3"]
+    assert main([*args, "--warm-rounds", "1", "--layouts", "fused", "no-addmm", "fused"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["section"] == "tts_ab" and row["rounds"] == 3 and row["frames"] == 3
+    layouts = row["layouts"]
+    assert [e["label"] for e in layouts] == ["fused", "fused residual=add", "fused #2"]
+    assert [e["applied"]["residual"] for e in layouts] == ["addmm", "add", "addmm"]
+    assert all(sorted(o) == [0, 1, 2] for o in row["order"]) and len(row["order"]) == 3
+    base = layouts[0]["units"]
+    for k, e in enumerate(layouts):
+        for m in (*MEASURES, "first_chunk_ms"):
+            units = e["units"][m]
+            assert len(units) == 3 and all(u > 0 for u in units)
+            assert e["summary"][m]["median"] == round(float(np.median(units)), 4)
+        if k == 0:
+            assert "vs_first" not in e
+            continue
+        for m in MEASURES:
+            got = e["vs_first"][m]
+            assert got == paired(base[m], e["units"][m], row["seed"] + k)
+            diffs = np.subtract(e["units"][m], base[m])
+            assert got["median_diff"] == round(float(np.median(diffs)), 4)
+            assert got["faster"] == int((diffs < 0).sum()) and got["pairs"] == 3
+    (tmp_path / "demo.json").write_text(json.dumps({"label": "demo", "machine": {}, "sections": {}}))
+    (tmp_path / "demo-ab.jsonl").write_text(json.dumps(row) + "\n")
+    md = write_markdown(tmp_path, tmp_path / "b.md").read_text()
+    assert "### TTS layouts A/B, interleaved in one process" in md
+    v = layouts[1]["vs_first"]["ms_per_frame"]
+    assert f"| fused residual=add | {layouts[1]['summary']['ms_per_frame']['median']:.2f} (" in md
+    assert f"{v['median_diff']:+.2f} [{v['ci95'][0]:+.2f}, {v['ci95'][1]:+.2f}] | {v['faster']}/3 (" in md

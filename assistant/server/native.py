@@ -54,8 +54,14 @@ class NativeConnection:
         self.max_bytes, self.commands_per_s, self.limits = max_bytes, commands_per_s, limits
         self.limiter = p.TokenBucket(commands_per_s, max(1.0, commands_per_s), now)  # bursts of one second's worth
         self.subscribed = False
+        self.registered = False  # it offers tools: it waits for `tool.call` frames, sending nothing meanwhile
         self.send = send  # queues a frame to this client unasked (tool calls); None: no tools can be registered
         self.owner = owner  # names this connection's tools in the controller
+
+    @property
+    def listening(self) -> bool:
+        """Whether the client only listens (events, or calls of its tools), so silence is no sign it is gone."""
+        return self.subscribed or self.registered
 
     def hello(self) -> str:
         return p.encode(p.Hello(p.PROTOCOL_VERSION, f"assistant {__version__}"))

@@ -79,10 +79,11 @@ def brief(value: Any, limit: int = ECHO_CHARS) -> str:
 class WireError(ProtocolError):
     """A message that cannot be accepted; `code` is stable for programs, the message is for people."""
 
-    def __init__(self, code: str, message: str, id: JsonId | None = None) -> None:
+    def __init__(self, code: str, message: str, id: JsonId | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.id = id
+        self.param = param  # the field at fault, as a dotted path in the client's message (Realtime's `param`)
 
 
 # ---- commands (client -> server) ---------------------------------------------------------------------------

@@ -57,6 +57,7 @@ class _UserAudio:
     item_id: str
     start_ms: int
     end_ms: int
+    failed: bool = False  # its transcription.failed went out; the empty transcript the core sends after is its own
 
 
 Out = list[rp.ServerEvent]
@@ -161,7 +162,7 @@ class RealtimeConversation:
     def error(self, e: WireError | AssistantError, event_id: str | None = None) -> rp.Error:
         """An error event for `e` (its message is already one bounded line)."""
         if isinstance(e, WireError):
-            return _error(e.code, str(e), e.id if isinstance(e.id, str) else event_id)
+            return _error(e.code, str(e), e.id if isinstance(e.id, str) else event_id, param=e.param)
         message = str(e)  # already one line naming the fix: shown as it is, not quoted like client text
         return _error("invalid_value", message if len(message) <= 300 else message[:300] + "...", event_id)
 
@@ -230,7 +231,7 @@ class RealtimeConversation:
         if bound is not None and isinstance(cap, int) and cap < bound:
             why = f"`{path}` = {cap} is below llm.max_tokens = {bound}, the bound on this daemon's replies"
             fix = f'send {bound} or more, or "inf"'
-            raise WireError("invalid_value", f"{why}, which a client cannot lower; {fix}", event_id)
+            raise WireError("invalid_value", f"{why}, which a client cannot lower; {fix}", event_id, rp.param_of(path))
 
     def _update(self, ev: rp.SessionUpdate) -> Out:
         # everything is checked before anything changes (a bad voice leaves the instructions as they were)
@@ -393,7 +394,7 @@ class RealtimeConversation:
         if ev.response_id is not None and ev.response_id != current:  # the client's view lags: not this one
             now = f"the one in progress is {current}" if current else "none has started yet"
             why = f"response {clip(ev.response_id)} is not in progress ({now}); send its id or leave response_id out"
-            return [_error("response_cancel_not_active", why, ev.event_id)]
+            return [_error("response_cancel_not_active", why, ev.event_id, param="response_id")]
         self.session.command("interrupt")
         self.cancel_requested = True
         return []
@@ -423,10 +424,12 @@ class RealtimeConversation:
                 f"previous_item_id {clip(wanted)} is no item of this conversation; leave it out (items are added "
                 "at the end) or use an id from conversation.item.added",
                 ev.event_id,
+                param="previous_item_id",
             )
         item_id = ev.item_id or self._id("item")
         if item_id in self.items:
-            return _error("item_already_exists", f"an item {clip(item_id)} exists; use a new id", ev.event_id)
+            why = f"an item {clip(item_id)} exists; use a new id"
+            return _error("item_already_exists", why, ev.event_id, param="item.id")
         return item_id
 
     def _add(self, item_id: str, item: dict[str, object]) -> str | None:
@@ -447,6 +450,12 @@ class RealtimeConversation:
         if any(u.item_id == ev.item_id for u in self.awaiting_transcript):  # its words would still reach the chat
             why = f"item {clip(ev.item_id)} is still being transcribed; delete it once it is answered (response.done)"
             return [_error("item_delete_in_progress", why, ev.event_id)]
+        if item.get("type") != "message":  # the chat keeps a tool round whole: it cannot forget one call of it
+            why = (
+                f"item {clip(ev.item_id)} is a {item.get('type')}; the conversation keeps function calls and their "
+                "outputs with the messages around them: delete those messages instead"
+            )
+            return [_error("invalid_value", why, ev.event_id, param="item_id")]
         text = _item_text(item)
         if text:  # the conversation forgets it too (InputError if it cannot); an empty transcript was never in it
             self.session.delete_item(str(item.get("role")), text)
@@ -492,6 +501,7 @@ class RealtimeConversation:
                     "item_truncate_invalid_item_id",
                     f"no finished assistant audio item {clip(ev.item_id)}; truncate an item from response.done",
                     ev.event_id,
+                    param="item_id",
                 )
             ]
         turn, sent_ms, speed = known
@@ -501,6 +511,7 @@ class RealtimeConversation:
                     "invalid_value",
                     f"`audio_end_ms` {ev.audio_end_ms} is past the {sent_ms} ms of audio sent for {ev.item_id}",
                     ev.event_id,
+                    param="audio_end_ms",
                 )
             ]
         # the client heard `audio_end_ms` of audio played at `speed`: that much of the reply times the speed
@@ -514,7 +525,7 @@ class RealtimeConversation:
         sent_ms = r.samples_sent * 1000 // rp.RATE
         if ev.audio_end_ms > sent_ms:
             why = f"`audio_end_ms` {ev.audio_end_ms} is past the {sent_ms} ms of audio sent so far for {ev.item_id}"
-            return [_error("invalid_value", why, ev.event_id)]
+            return [_error("invalid_value", why, ev.event_id, param="audio_end_ms")]
         r.truncate_ms, r.cleared = ev.audio_end_ms, True
         if not self.cancel_requested:
             self.session.command("interrupt")
@@ -526,7 +537,10 @@ class RealtimeConversation:
     def deadline(self) -> float | None:
         """When `tick` has something to do (the idle timeout), or None."""
         d = self.detection
-        busy = self.user_item is not None or self.response is not None or self.requested
+        # the user is speaking, or spoke and their words are still being transcribed, or a reply is on its way
+        busy = (
+            self.user_item is not None or bool(self.awaiting_transcript) or self.response is not None or self.requested
+        )
         if d is None or d.idle_timeout_ms is None or self.idle_since is None or busy:
             return None  # None whenever tick would do nothing: the server's timer then sleeps until an event
         return self.idle_since + d.idle_timeout_ms / 1000
@@ -602,9 +616,11 @@ class RealtimeConversation:
         if isinstance(ev, events.ResponseDone):
             return self._done(ev)
         if isinstance(ev, events.ErrorEvent):
-            if self.awaiting_transcript and self.response is None and not self.requested:
-                # between a commit and its transcript, the session's only work is transcribing it
-                user = self.awaiting_transcript.popleft()
+            head = self.awaiting_transcript[0] if self.awaiting_transcript else None
+            if head is not None and not head.failed and self.response is None and not self.requested:
+                # between a commit and its transcript, the session's only work is transcribing it; the core then
+                # sends that item's (empty) transcript, so it stays first in line until then
+                user, user.failed = head, True
                 failed = {"type": "transcription_error", "code": "transcription_failed", "message": ev.message}
                 return [rp.TranscriptionFailed(user.item_id, 0, {**failed, "param": None})]
             # invalid_request_error: OpenAI's type for a request the client must change
@@ -623,11 +639,14 @@ class RealtimeConversation:
         seconds = max(0, user.end_ms - user.start_ms) / 1000
         out: Out = []
         model = self.settings.transcription.model if self.settings.transcription else ""
+        failed = user.failed and not ev.text  # its failure was sent: the item is done without a transcript
         if "diarize" in model and ev.text:
             start, end = user.start_ms / 1000, user.end_ms / 1000
             out.append(rp.TranscriptionSegment(user.item_id, 0, f"seg_{next(self.segments)}", start, end, ev.text, "A"))
-        out.append(rp.TranscriptionCompleted(user.item_id, 0, ev.text, {"type": "duration", "seconds": seconds}))
-        item = rp.message_item(user.item_id, "user", "completed", [{"type": "input_audio", "transcript": ev.text}])
+        if not failed:
+            out.append(rp.TranscriptionCompleted(user.item_id, 0, ev.text, {"type": "duration", "seconds": seconds}))
+        transcript = None if failed else ev.text
+        item = rp.message_item(user.item_id, "user", "completed", [{"type": "input_audio", "transcript": transcript}])
         if user.item_id in self.items:
             self.items[user.item_id] = item
             keys = list(self.items)
@@ -822,13 +841,16 @@ def _check_choice(
     names = [f.name for f in tools]
     if names and not can_call:
         why = "this session's LLM has no tool-call format in its chat template, so it cannot call functions"
-        raise WireError("invalid_value", f"{why}; send no tools, or set llm.model", event_id)
+        raise WireError(
+            "invalid_value", f"{why}; send no tools, or set llm.model", event_id, f"{path.split('.')[0]}.tools"
+        )
     if choice.mode == "function" and choice.name not in names:
         offered = ", ".join(names) or "none"
         why = f"`{path}` names function {clip(choice.name)}, which is not among the tools ({clip(offered)})"
-        raise WireError("invalid_value", f"{why}; add it to tools or choose another", event_id)
+        raise WireError("invalid_value", f"{why}; add it to tools or choose another", event_id, path)
     if choice.mode == "required" and not names:
-        raise WireError("invalid_value", f'`{path}` is "required" but no tools are offered; send tools first', event_id)
+        why = f'`{path}` is "required" but no tools are offered; send tools first'
+        raise WireError("invalid_value", why, event_id, path)
 
 
 def idle_note(idle_ms: int) -> str:
@@ -849,8 +871,11 @@ def _unknown_item(code: str, item_id: str, event_id: str | None) -> rp.Error:
         f"no item {clip(item_id)} in this conversation; use an id from conversation.item.added (a session keeps its "
         "newest items only)",
         event_id,
+        param="item_id",
     )
 
 
-def _error(code: str, message: str, event_id: str | None = None, kind: str = "invalid_request_error") -> rp.Error:
-    return rp.Error(rp.ErrorDetail(code, message, event_id, kind))
+def _error(
+    code: str, message: str, event_id: str | None = None, kind: str = "invalid_request_error", param: str | None = None
+) -> rp.Error:
+    return rp.Error(rp.ErrorDetail(code, message, event_id, kind, param))

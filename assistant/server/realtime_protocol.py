@@ -253,7 +253,8 @@ class _Reader:
 
     def fail(self, name: str, want: str, got: Any = None) -> WireError:
         shown = "missing" if got is None else f"got {_show(got)}"
-        return WireError("invalid_value", f"`{self.path}.{name}` must be {want}, {shown}", self.event_id)
+        path = f"{self.path}.{name}"
+        return WireError("invalid_value", f"`{path}` must be {want}, {shown}", self.event_id, param_of(path))
 
     def text(self, name: str, required: bool = False, max_chars: int | None = None) -> str | None:
         value = self.obj.get(name)
@@ -266,6 +267,7 @@ class _Reader:
                 "string_above_max_length",
                 f"`{self.path}.{name}` has {len(value)} characters, over the {max_chars} allowed; send a shorter text",
                 self.event_id,
+                param_of(f"{self.path}.{name}"),
             )
         return value
 
@@ -364,7 +366,8 @@ def decode_client_event(
         audio_output = _check_modalities(response)
         tools = decode_functions(response.obj["tools"], "response.tools", event_id) if "tools" in response.obj else None
         choice = _tool_choice(response.obj.get("tool_choice"), "response.tool_choice", event_id)
-        cap = _token_cap(response, "max_output_tokens")
+        ga, beta = _token_cap(response, "max_output_tokens"), _token_cap(response, "max_response_output_tokens")
+        cap = ga if ga is not None else beta
         temperature = _temperature(response)
         return ResponseCreate(instructions, tools, choice, audio_output, cap, temperature, event_id=event_id)
     return ResponseCancel(r.text("response_id"), event_id=event_id)
@@ -377,10 +380,13 @@ def decode_audio(text: str, event_id: str | None = None, audio_format: AudioForm
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
         raise WireError(
-            "invalid_audio", f"`audio` is not valid base64 ({e}); send base64 of {audio_format} bytes", event_id
+            "invalid_audio",
+            f"`audio` is not valid base64 ({e}); send base64 of {audio_format} bytes",
+            event_id,
+            "audio",
         ) from e
     if len(raw) == 0:
-        raise WireError("invalid_audio", "`audio` is empty; append at least one sample", event_id)
+        raise WireError("invalid_audio", "`audio` is empty; append at least one sample", event_id, "audio")
     if audio_format == "pcmu":
         return g711.ulaw_decode(raw)
     if audio_format == "pcma":
@@ -390,6 +396,7 @@ def decode_audio(text: str, event_id: str | None = None, audio_format: AudioForm
             "invalid_audio",
             f"`audio` has {len(raw)} bytes, not a whole number of 16-bit samples; send pcm16 mono at 24 kHz",
             event_id,
+            "audio",
         )
     return np.frombuffer(raw, dtype="<i2").astype(np.int16)
 
@@ -422,6 +429,7 @@ def _format(fmt: Any, path: str, event_id: str | None) -> AudioFormat | None:
         f'`{path}` = {_show(fmt)} is not supported; use {{"type": "audio/pcm", "rate": 24000}}, '
         '{"type": "audio/pcmu"} or {"type": "audio/pcma"} (beta: "pcm16", "g711_ulaw", "g711_alaw")',
         event_id,
+        param_of(path),
     )
 
 
@@ -441,11 +449,21 @@ def _unknown_field(where: str, name: str, known: Collection[str], event_id: str 
     shown = name if name.isprintable() and len(name) <= 60 else clip(name)
     close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
     fix = f"did you mean `{close[0]}`?" if close else "leave it out"
-    return WireError("invalid_value", f"`{where}.{shown}` is not a field of {where}; {fix}", event_id)
+    message = f"`{where}.{shown}` is not a field of {where}; {fix}"
+    return WireError("invalid_value", message, event_id, param_of(f"{where}.{shown}"))
 
 
 def _unsupported(path: str, value: Any, fix: str, event_id: str | None) -> WireError:
-    return WireError("invalid_value", f"`{path}` = {_show(value)} is not supported here; {fix}", event_id)
+    return WireError(
+        "invalid_value", f"`{path}` = {_show(value)} is not supported here; {fix}", event_id, param_of(path)
+    )
+
+
+def param_of(path: str) -> str:
+    """The error's `param`: a field's path within the client's event (`session.audio.output.voice`, `item.content`,
+    `audio`), as OpenAI names it; error messages may quote it after the event type."""
+    kind = next((k for k in CLIENT_TYPES if path.startswith(k + ".")), None)
+    return path[len(kind) + 1 :] if kind is not None else path
 
 
 def _turn_detection(value: Any, path: str, event_id: str | None) -> TurnDetection | None:
@@ -543,12 +561,13 @@ def decode_functions(value: Any, path: str, event_id: str | None) -> tuple[Funct
     """session.tools / response.tools: function tools only (GA and beta share the shape)."""
     if not isinstance(value, list) or len(value) > MAX_TOOLS:
         want = f"`{path}` must be a list of at most {MAX_TOOLS} tools, got {_show(value)}"
-        raise WireError("invalid_value", want, event_id)
+        raise WireError("invalid_value", want, event_id, param_of(path))
     out: list[Function] = []
     for i, tool in enumerate(value):
         where = f"{path}[{i}]"
         if not isinstance(tool, dict):
-            raise WireError("invalid_value", f'`{where}` must be {{"type": "function", "name": ...}}', event_id)
+            want = f'`{where}` must be {{"type": "function", "name": ...}}'
+            raise WireError("invalid_value", want, event_id, param_of(where))
         if tool.get("type", "function") != "function":
             raise _unsupported(
                 f"{where}.type", tool.get("type"), 'only "function" tools are offered (no MCP)', event_id
@@ -598,7 +617,7 @@ _RESPONSE_FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
 }
 _RESPONSE_FIELDS = {
     "instructions", "tools", "tool_choice", "output_modalities", "modalities", "metadata", "max_output_tokens",
-    "temperature",
+    "max_response_output_tokens", "temperature",
 }  # fmt: skip
 
 
@@ -733,6 +752,7 @@ def _item_create(item: _Reader, event_id: str | None, limits: Limits) -> ItemCre
                 f"`{item.path}.output` has {len(output)} characters, over the {limits.text_chars} allowed; "
                 "send a shorter result",
                 event_id,
+                param_of(f"{item.path}.output"),
             )
         call_id = item.text("call_id", required=True, max_chars=MAX_ID_CHARS) or ""
         return FunctionOutput(call_id, output, item.text("id", max_chars=MAX_ID_CHARS), event_id=event_id)
@@ -743,6 +763,7 @@ def _item_create(item: _Reader, event_id: str | None, limits: Limits) -> ItemCre
             '"user", "content": [{"type": "input_text", "text": "..."}]} or {"type": "function_call_output", '
             '"call_id": "...", "output": "..."}',
             event_id,
+            param_of(f"{item.path}.role"),
         )
     content = item.obj.get("content")
     if not isinstance(content, list) or not content:
@@ -760,6 +781,7 @@ def _item_create(item: _Reader, event_id: str | None, limits: Limits) -> ItemCre
             f"`{item.path}.content` has {len(text)} characters of text, over the {limits.text_chars} allowed; "
             "send a shorter message",
             event_id,
+            param_of(f"{item.path}.content"),
         )
     return ItemCreate(text, item.text("id", max_chars=MAX_ID_CHARS), event_id=event_id)
 
@@ -1063,7 +1085,7 @@ class ErrorDetail:
     message: str
     event_id: str | None = None
     type: str = "invalid_request_error"  # or "server_error"
-    param: None = None
+    param: str | None = None  # the field at fault (`session.audio.output.speed`), where one is
 
 
 @dataclass(frozen=True)

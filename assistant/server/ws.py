@@ -35,7 +35,7 @@ from websockets.typing import Subprotocol
 
 from assistant import compute, events
 from assistant.config import ServerConfig
-from assistant.errors import AssistantError, ConfigError
+from assistant.errors import AssistantError, ConfigError, InputError
 from assistant.server import auth, http
 from assistant.server import protocol as p
 from assistant.server import realtime_protocol as rp
@@ -162,6 +162,10 @@ class Client:
     @property
     def subscribed(self) -> bool:
         return self.native is not None and self.native.subscribed
+
+    @property
+    def listening(self) -> bool:
+        return self.native is not None and self.native.listening
 
 
 class ControlServer:
@@ -370,8 +374,9 @@ class ControlServer:
                     log.exception("dropped an unencodable message")
 
     async def _receive(self, client: Client) -> str | bytes | None:
-        """The next message, or None after the idle timeout (subscribers only listen, so they never idle out)."""
-        timeout = None if client.subscribed else self.cfg.idle_timeout_s
+        """The next message, or None after the idle timeout (subscribers and apps whose tools the voice loop may call
+        only listen, so they never idle out)."""
+        timeout = None if client.listening else self.cfg.idle_timeout_s
         await asyncio.sleep(0)  # a frame already buffered returns at once: let other clients and the voice loop run
         try:
             async with asyncio.timeout(timeout):
@@ -426,12 +431,7 @@ class ControlServer:
         async def command() -> None:
             assert self.controller is not None
             try:
-                if isinstance(cmd, p.Say):
-                    await self.controller.say(cmd.text)
-                    result: dict[str, Any] = {}
-                else:
-                    text, interrupted = await self._ask(client, native, self.controller, cmd)
-                    result = {"text": text, "interrupted": interrupted}
+                result = await self._text_turn(client, native, self.controller, cmd)
                 client.outbox.put(native.finished(cmd, result), droppable=False)
             except Overflow as e:
                 await self._close_overflow(client, e, CLOSE_TOO_SLOW, "it does not keep up with its answer")
@@ -446,28 +446,35 @@ class ControlServer:
         client.tasks.add(task)
         task.add_done_callback(client.tasks.discard)
 
-    async def _ask(
-        self, client: Client, native: NativeConnection, controller: Controller, cmd: p.Ask
-    ) -> tuple[str, bool]:
-        """Run an ask, streaming its answer to the asker as `ask.delta` until its ResponseDone; (the answer, whether
-        it was cut short: by an interrupt, a barge-in or another ask).
+    async def _text_turn(
+        self, client: Client, native: NativeConnection, controller: Controller, cmd: p.Say | p.Ask
+    ) -> dict[str, Any]:
+        """Run a say or an ask; an ask's answer streams to the asker as `ask.delta` until its ResponseDone. The
+        result: {} for a say; for an ask the answer and whether it was cut short (by an interrupt, a barge-in or
+        another ask). AssistantError (InputError when the client caused it) when its reply failed: the pipeline's
+        error of its turn, which the asker hears instead of a success with nothing said.
 
         Only its own turn's events: a reply it interrupts settles (its last text, its ResponseDone) after it began."""
         sub = controller.subscribe(self.cfg.client_queue)
-        before = controller.turn  # no await until `ask` has started its reply: the first turn after this is its
+        before = controller.turn  # no await until the command has started its reply: the first turn after this is its
         done: list[events.ResponseDone] = []
+        failed: list[events.ErrorEvent] = []
 
         async def forward() -> None:
             mine: int | None = None
             try:
                 async for ev in sub:
-                    if not isinstance(ev, events.ResponseTextDelta | events.ResponseDone) or ev.turn <= before:
+                    kinds = events.ResponseTextDelta | events.ResponseDone | events.ErrorEvent
+                    if not isinstance(ev, kinds) or ev.turn is None or ev.turn <= before:
                         continue
                     mine = ev.turn if mine is None else mine
                     if ev.turn != mine:
                         continue
-                    if isinstance(ev, events.ResponseTextDelta):
-                        client.outbox.put(native.ask_delta(cmd, ev.text), droppable=False)
+                    if isinstance(ev, events.ErrorEvent):
+                        failed.append(ev)  # before its ResponseDone
+                    elif isinstance(ev, events.ResponseTextDelta):
+                        if isinstance(cmd, p.Ask):
+                            client.outbox.put(native.ask_delta(cmd, ev.text), droppable=False)
                     else:
                         done.append(ev)
                         return
@@ -476,16 +483,20 @@ class ControlServer:
 
         forwarder = asyncio.create_task(forward())
         try:
-            answer = await controller.ask(cmd.text)
+            answer = await (controller.ask(cmd.text) if isinstance(cmd, p.Ask) else controller.say(cmd.text))
             # the pipeline emits ResponseDone before ask returns; let the forwarder catch up to it
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(ASK_DRAIN_S):
                     await asyncio.shield(forwarder)
-            # a reply dropped before it began ends without a ResponseDone: it was cut short too
-            return answer, done[0].interrupted if done else True
         finally:
             forwarder.cancel()
             sub.close()
+        if failed:
+            raise (InputError if failed[0].client_fault else AssistantError)(failed[0].message)
+        if isinstance(cmd, p.Say):
+            return {}
+        # a reply dropped before it began ends without a ResponseDone: it was cut short too
+        return {"text": answer, "interrupted": done[0].interrupted if done else True}
 
     async def _fan_out(self, controller: Controller) -> None:
         """Encode each pipeline event once and queue it for every subscribed client (never waits on a client)."""

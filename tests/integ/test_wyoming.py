@@ -699,8 +699,9 @@ def test_a_client_gone_mid_synthesis_ends_quietly(rig: Rig, caplog: pytest.LogCa
 
 
 def test_handle_refuses_a_transcript_over_max_text_chars(rig: Rig) -> None:
-    """A handle transcript longer than wyoming.max_text_chars gets an error naming the limit and never reaches the
-    LLM (it went whole into the prompt: megabytes of text to prefill); the next transcript is handled."""
+    """A handle transcript longer than wyoming.max_text_chars, or empty, gets not-handled naming the problem (Home
+    Assistant's agent waits for handled or not-handled and ignores `error`, which it got) and never reaches the LLM
+    (it went whole into the prompt: megabytes of text to prefill); the next transcript is handled."""
     from http.server import BaseHTTPRequestHandler
 
     from assistant.llm_remote import RemoteChat
@@ -715,17 +716,19 @@ def test_handle_refuses_a_transcript_over_max_text_chars(rig: Rig) -> None:
     with ScriptedServer(Script(respond)) as srv:
         chat = RemoteChat(rig.cfg.replace({"llm.backend": "openai", "llm.base_url": srv.base_url}).llm)
         engines = SpeechEngines(rig.engines.new_transcriber, rig.engines.tts, chat.new_conversation)
-        too_long, ok = handle_turn(rig, engines, ["x" * (rig.cfg.wyoming.max_text_chars + 1), "hello"])
-    assert [e.type for e in too_long] == ["error"]
-    assert Error.from_event(too_long[0]).text == (
+        too_long, empty, ok = handle_turn(rig, engines, ["x" * (rig.cfg.wyoming.max_text_chars + 1), " ", "hello"])
+    assert [e.type for e in too_long] == [e.type for e in empty] == ["not-handled"]
+    assert too_long[0].data["text"] == (
         f"transcript longer than wyoming.max_text_chars = {rig.cfg.wyoming.max_text_chars}; send less"
     )
+    assert empty[0].data["text"] == "transcript text is empty; send what the user said"
     assert ok[-1].type == "handled" and ok[-1].data["text"] == "Hi." and asked == ["hello"]
 
 
 def test_handle_reports_a_model_failure_and_keeps_serving(rig: Rig) -> None:
-    """An LLM that fails with an unexpected error gives the handle client an `error` event naming it, and the same
-    connection answers the next transcript (the connection died without a word, as the ASR and TTS ones did not)."""
+    """An LLM that fails with an unexpected error ends its answer with handled-stop and not-handled naming it (Home
+    Assistant waits for handled or not-handled and ignored the `error` it got), and the same connection answers the
+    next transcript."""
 
     class Failing:
         def __init__(self) -> None:
@@ -743,8 +746,8 @@ def test_handle_reports_a_model_failure_and_keeps_serving(rig: Rig) -> None:
     chat = Failing()
     engines = SpeechEngines(rig.engines.new_transcriber, rig.engines.tts, lambda: chat)
     failed, ok = handle_turn(rig, engines, ["hello", "hello again"])
-    assert [e.type for e in failed] == ["handled-start", "error"]
-    assert Error.from_event(failed[-1]).text == "answering failed: RuntimeError: Metal ran out of memory"
+    assert [e.type for e in failed] == ["handled-start", "handled-stop", "not-handled"]
+    assert failed[-1].data["text"] == "answering failed: RuntimeError: Metal ran out of memory"
     assert [e.type for e in ok] == ["handled-start", "handled-chunk", "handled-stop", "handled"]
 
 
@@ -763,3 +766,84 @@ def test_a_voice_error_names_the_voices_that_fit_and_no_server_path(rig: Rig) ->
     unknown, unfit = rig.serve(body)
     assert unknown.startswith("unknown voice 'nobody'; voices: ") and "vivian" in unknown and "/" not in unknown
     assert unfit.startswith("voice 'clone' (clone) does not fit the custom_voice model of tts.model; voices that do: ")
+
+
+def test_a_client_gone_mid_answer_ends_quietly(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """A handle client that hangs up while its answer streams ends its handler without an error traceback in the
+    daemon log (writing to it failed and was logged as `answering failed`), the turn is finished with what was
+    said, and the service goes on serving."""
+
+    class Long:
+        def __init__(self) -> None:
+            self.finished: list[str | None] = []
+
+        def respond(self, text: str) -> Any:
+            yield from ["Word. "] * 2000
+
+        def finish_turn(self, heard: str | None) -> None:
+            self.finished.append(heard)
+
+    chat = Long()
+    engines = SpeechEngines(rig.engines.new_transcriber, rig.engines.tts, lambda: chat)
+    cfg = rig.cfg.replace({"wyoming.handle_port": free_port()})
+
+    async def main() -> list[str]:
+        async with WyomingServices(cfg, engines, rig.compute) as s:
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.handle_port)
+            await async_write_event(Transcript(text="Tell me everything.").event(), writer)
+            while (got := await asyncio.wait_for(async_read_event(reader), READ_S)) and got.type != "handled-chunk":
+                pass
+            writer.transport.abort()  # gone, as Home Assistant when the user stops the pipeline
+            if s._handlers:
+                await asyncio.wait(set(s._handlers), timeout=READ_S)
+            assert not s._handlers
+            async with AsyncTcpClient("127.0.0.1", s.handle_port) as c:
+                await c.write_event(Describe().event())
+                return [(await read(c)).type]
+
+    with caplog.at_level(logging.INFO, logger="assistant.wyoming"):
+        after = asyncio.run(main())
+    assert after == ["info"]
+    assert len(chat.finished) == 1 and chat.finished[0] is not None and chat.finished[0].startswith("Word.")
+    noisy = [r for r in caplog.records if r.name.startswith("assistant.wyoming") and r.levelno >= logging.WARNING]
+    assert noisy == [], [r.getMessage() for r in noisy]
+
+
+def test_handle_keeps_a_home_assistant_conversation_across_its_connections(rig: Rig) -> None:
+    """Home Assistant sends each utterance over a new connection, naming its conversation in the transcript's
+    context: the next utterance of that conversation is answered by the chat that heard the first (every utterance
+    started a fresh chat, so a follow-up question had no context); another conversation, or none, has its own
+    chat; beyond MAX_CONVERSATIONS the least recent is forgotten."""
+    from assistant.wyoming import MAX_CONVERSATIONS
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.heard: list[str] = []
+
+        def respond(self, text: str) -> Any:
+            self.heard.append(text)
+            yield f"turn {len(self.heard)}"
+
+        def finish_turn(self, heard: str | None) -> None:
+            pass
+
+    engines = SpeechEngines(rig.engines.new_transcriber, rig.engines.tts, Recorder)
+    cfg = rig.cfg.replace({"wyoming.handle_port": free_port()})
+
+    async def main() -> list[str]:
+        async with WyomingServices(cfg, engines, rig.compute) as s:
+
+            async def utterance(text: str, conversation: str | None) -> str:
+                context = {"conversation_id": conversation, "device_id": "kitchen"} if conversation else None
+                async with AsyncTcpClient("127.0.0.1", s.handle_port) as c:  # one per utterance, as HA does
+                    await c.write_event(Transcript(text=text, context=context, language="en").event())
+                    return str((await read_until(c, "handled"))[-1].data["text"])
+
+            said = [await utterance("Who wrote Hamlet?", "01HA"), await utterance("When?", "01HA")]
+            said += [await utterance("Hi.", "01HB"), await utterance("Hi.", None), await utterance("Hi.", None)]
+            for i in range(MAX_CONVERSATIONS - 1):  # 01HB and these fill the kept conversations: 01HA goes
+                await utterance("Hi.", f"other{i}")
+            said.append(await utterance("And then?", "01HA"))
+            return said
+
+    assert asyncio.run(main()) == ["turn 1", "turn 2", "turn 1", "turn 1", "turn 1", "turn 1"]

@@ -96,6 +96,39 @@ def test_realtime_errors_show_values_as_json(event: dict[str, Any], message: str
     assert str(e.value).startswith(message)
 
 
+@pytest.mark.parametrize(
+    ("event", "param"),
+    [
+        ({"type": "session.update", "session": {"audio": {"output": {"speed": 3}}}}, "session.audio.output.speed"),
+        ({"type": "session.update", "session": {"audio": {"input": {"format": "wav"}}}}, "session.audio.input.format"),
+        ({"type": "session.update", "session": {"voise": "alloy"}}, "session.voise"),
+        ({"type": "session.update", "session": {"tools": [{"name": "a b"}]}}, "session.tools[0].name"),
+        ({"type": "input_audio_buffer.append", "audio": "###"}, "audio"),
+        ({"type": "conversation.item.create", "item": {"role": "user", "content": "hi"}}, "item.content"),
+        (
+            {"type": "conversation.item.truncate", "item_id": "i", "content_index": 0, "audio_end_ms": -1},
+            "audio_end_ms",
+        ),
+        ({"type": "response.create", "response": {"voice": "alloy"}}, "response.voice"),
+        ({"type": "conversation.item.delete", "item_id": "item_404"}, "item_id"),
+        ({"type": "response.create", "response": {"max_output_tokens": 3}}, "response.max_output_tokens"),
+    ],
+)
+def test_realtime_error_names_the_field_in_param(event: dict[str, Any], param: str) -> None:
+    """A Realtime error caused by one field names it in the error object's `param`, as OpenAI's do (a dotted path
+    within the client's event, which the SDK's RealtimeError carries); it was always null."""
+    from openai.types.realtime import RealtimeErrorEvent
+
+    conv = RealtimeConversation(FakeSession(FakeBackend()), "default", "Be brief.", max_output_tokens=400)
+    conv.handle(rp.ItemCreate("Hi."))
+    try:
+        out = conv.handle(rp.decode_client_event(json.dumps({**event, "event_id": "e1"})))
+    except p.WireError as e:
+        out = [conv.error(e)]
+    sent = RealtimeErrorEvent.model_validate(json.loads(conv.encode(out[-1])))
+    assert sent.error.param == param and sent.error.event_id == "e1"
+
+
 def test_realtime_session_error_is_not_quoted() -> None:
     """An error the session raises reaches the client as its own sentence, not a Python repr in quotes."""
     backend = FakeBackend()

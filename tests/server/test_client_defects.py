@@ -190,6 +190,28 @@ def test_deleting_user_audio_still_being_transcribed_is_refused() -> None:
     assert ("delete", ("user", "turn the lights on")) in session.calls
 
 
+def test_deleting_a_function_call_or_its_output_is_refused_naming_why() -> None:
+    """conversation.item.delete of a function_call item or a function_call_output item is refused naming why and
+    what to delete instead (it answered conversation.item.deleted while the model kept both in its context, since
+    only message items have words to forget); the item stays retrievable."""
+    session = FakeSession(FakeBackend())
+    conv = RealtimeConversation(session, "default", "Be brief.")
+    conv.on_event(events.ResponseStarted(1, 0.0))
+    called = conv.on_event(events.FunctionCall(1, "call_1", "get_weather", '{"city": "Paris"}', 0.1))
+    call_item = next(e.item["id"] for e in called if isinstance(e, rp.OutputItemAdded))
+    conv.on_event(events.ResponseDone(1, "", False, 0.2))
+    output = conv.handle(rp.FunctionOutput("call_1", '{"sky": "clear"}'))
+    output_item = next(e.item["id"] for e in output if isinstance(e, rp.ItemAdded))
+    for item_id, kind in ((call_item, "function_call"), (output_item, "function_call_output")):
+        refused = conv.handle(rp.ItemDelete(item_id, event_id="d1"))
+        assert [type(e) for e in refused] == [rp.Error], refused
+        error = refused[0]
+        assert isinstance(error, rp.Error) and error.error.event_id == "d1" and error.error.param == "item_id"
+        assert f"is a {kind}" in error.error.message and "delete those messages instead" in error.error.message
+        assert [type(e) for e in conv.handle(rp.ItemRetrieve(item_id))] == [rp.ItemRetrieved]
+    assert not [c for c in session.calls if c[0] == "delete"]
+
+
 def test_an_output_format_change_mid_response_applies_from_the_next_response() -> None:
     """session.update of audio.output.format while a reply streams leaves that reply in the format it began in
     (its later deltas were G.711 bytes of 24 kHz audio, or 8 kHz samples sent as 24 kHz pcm16); the next reply
@@ -370,6 +392,32 @@ def test_a_response_token_cap_follows_the_same_rule_as_the_sessions() -> None:
     assert f"`response.max_output_tokens` = {bound - 1} is below llm.max_tokens = {bound}" in message
     assert f"send {bound} or more" in message
     assert "error" not in [e.type for e in met] and met[-1].response.status == "completed"
+
+
+def test_a_beta_response_token_cap_is_read_as_the_session_one_is() -> None:
+    """A beta client's response.create with max_response_output_tokens (the beta SDK's name for the response's cap)
+    follows the same rule as max_output_tokens: "inf" or the daemon's bound starts the response, a lower cap is
+    refused naming llm.max_tokens (it was refused as a field response.create does not have)."""
+    headers = {"Authorization": f"Bearer {TOKEN}", "OpenAI-Beta": "realtime=v1"}
+    user = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi."}]}
+    bound = FakeBackend().max_output_tokens()
+
+    async def body() -> list[dict[str, Any]]:
+        got = []
+        async with running() as (server, _, _backend):
+            async with client(server, "/v1/realtime", additional_headers=headers) as ws:
+                await until(ws, "conversation.created")
+                for cap in ("inf", bound, bound - 1):
+                    await ws.send(json.dumps({"type": "conversation.item.create", "item": user}))
+                    await until(ws, "conversation.item.created")
+                    response = {"max_response_output_tokens": cap}
+                    await ws.send(json.dumps({"type": "response.create", "event_id": f"r{cap}", "response": response}))
+                    got.append((await until(ws, "response.done" if cap != bound - 1 else "error"))[0])
+        return got
+
+    infinite, met, low = asyncio.run(body())
+    assert infinite["response"]["status"] == met["response"]["status"] == "completed"
+    assert low["error"]["event_id"] == f"r{bound - 1}" and f"llm.max_tokens = {bound}" in low["error"]["message"]
 
 
 def test_a_realtime_temperature_is_honoured_for_the_session_and_for_one_response() -> None:

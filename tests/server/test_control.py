@@ -288,6 +288,57 @@ def test_idle_connection_is_closed_but_subscribers_stay() -> None:
     asyncio.run(body())
 
 
+def test_a_say_whose_reply_failed_gets_an_error_not_a_success() -> None:
+    """A `say` whose reply fails (the pipeline's error event of its turn: the TTS ran out of memory) gets an
+    `error` (code `failed`) naming why instead of an empty success; one the client caused gets code `input`; an
+    error of another turn leaves it a success."""
+
+    async def body() -> list[dict[str, Any]]:
+        async with running() as (server, ctl, _):
+            faults = iter([(False, 1), (True, 1), (False, 0)])  # (client_fault, turn offset of the error)
+
+            async def say(text: str) -> None:
+                client_fault, offset = next(faults)
+                ctl.turn += 1
+                ctl.emit(
+                    events.ErrorEvent(
+                        "turn: ModelError: out of memory; use a smaller model", 0.0, client_fault, ctl.turn - 1 + offset
+                    )
+                )
+                ctl.emit(events.ResponseDone(ctl.turn, "", True, 0.0))
+
+            ctl.say = say  # type: ignore[method-assign]
+            async with client(server) as ws:
+                return [await request(ws, {"type": "say", "id": i, "text": "Hello."}) for i in range(3)]
+
+    failed, refused, other = asyncio.run(body())
+    assert failed["type"] == "error" and failed["code"] == "failed" and failed["id"] == 0
+    assert failed["message"] == "turn: ModelError: out of memory; use a smaller model"
+    assert refused["type"] == "error" and refused["code"] == "input"
+    assert other == {"type": "reply", "command": "say", "result": {}, "id": 2}
+
+
+def test_an_app_whose_tools_await_calls_is_not_closed_as_idle() -> None:
+    """An app that registered tools and then only waits for `tool.call` frames is kept past idle_timeout_s (its
+    tools stay offered); once it withdraws them it idles out like any other client."""
+
+    async def body() -> None:
+        async with running(idle_timeout_s=0.3, ping_interval_s=0.1) as (server, ctl, _):
+            async with client(server) as app:
+                lamp = {"name": "set_lamp", "description": "Switch the lamp.", "parameters": {"type": "object"}}
+                reply = await request(app, {"type": "tools.register", "id": 1, "tools": [lamp]})
+                assert reply["result"] == {"tools": ["set_lamp"]}
+                await asyncio.sleep(0.8)  # past the idle timeout, several ping/pong rounds too
+                assert (await request(app, {"type": "status", "id": 2}))["type"] == "reply"
+                assert ("app_gone", "app1") not in ctl.calls
+                await request(app, {"type": "tools.register", "id": 3, "tools": []})
+                await asyncio.sleep(0.8)
+                with pytest.raises(Exception, match="idle"):
+                    await recv(app)
+
+    asyncio.run(body())
+
+
 def test_client_that_never_answers_pings_is_dropped() -> None:
     """A peer that completes the handshake but never answers pings is disconnected after ping_interval_s."""
 

@@ -202,6 +202,34 @@ def test_an_ask_cut_short_says_so(tiny_config: Config) -> None:
     assert replies["a3"]["interrupted"] is False and replies["a3"]["text"]
 
 
+def test_an_ask_whose_llm_fails_gets_an_error_naming_why(tiny_config: Config) -> None:
+    """An `ask` whose LLM server is down gets an `error` (code `failed`) with the LLM's one-line reason and fix (it
+    got a success reply `{"text": "", "interrupted": true}`, the reason only in a pipeline event to subscribers);
+    the next `ask`, the LLM still down, fails the same way (the daemon's spoken apology is no answer to it)."""
+    from tests.llm.servers import free_port
+
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    cfg = tiny_config.replace({"llm.backend": "openai", "llm.base_url": down, "llm.model": "any"})
+
+    async def body() -> list[dict[str, Any]]:
+        async with daemon(cfg) as (server, _):
+            url = f"ws://127.0.0.1:{server.port}/v1/control"
+            async with connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+                assert (await recv(ws))["type"] == "hello"
+                answers = []
+                for i in (1, 2):
+                    await ws.send(json.dumps({"type": "ask", "id": i, "text": "Hello?"}))
+                    while (msg := await recv(ws))["type"] not in ("reply", "error"):
+                        pass
+                    answers.append(msg)
+            return answers
+
+    for answer in asyncio.run(body()):
+        assert answer["type"] == "error" and answer["code"] == "failed", answer
+        assert f"LLM server {down} is not reachable" in answer["message"]
+        assert answer["message"].endswith("start it, or fix llm.base_url")
+
+
 def config_file(cfg: Config, path: Path) -> Path:
     """A config.toml holding the keys of `cfg` that differ from the defaults."""
     ours, default = to_dict(cfg), to_dict(Config())

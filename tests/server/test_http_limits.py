@@ -100,6 +100,26 @@ def test_idle_timeout_fires_once_after_the_reply_has_played() -> None:
     asyncio.run(body())
 
 
+def test_idle_timeout_waits_for_the_turns_still_being_transcribed() -> None:
+    """No idle timeout fires while a committed turn is still being transcribed (the user spoke: its words are
+    coming): it fired 5 s after the first of two turns' transcripts, telling the model the user said nothing and
+    asking the turn core for a response while it was preparing one (an error that ended the session's timer)."""
+
+    async def body() -> None:
+        conv = RealtimeConversation(FakeSession(FakeBackend()), "default", "Be brief.", now=0.0)
+        conv.handle(rp.SessionUpdate(turn_detection_given=True, turn_detection=rp.TurnDetection(idle_timeout_ms=5000)))
+        for start in (0, 32_000):  # two turns, each committed by the server VAD
+            conv.on_event(events.SpeechStarted(start, start, 1.0))
+            conv.on_event(events.SpeechEnded(start, start + 16_000, 2.0))
+        conv.on_event(events.FinalTranscript("What time is it?", "en", 3.0))
+        assert conv.deadline() is None  # the second turn's transcript is still coming
+        assert conv.tick(30.0) == []
+        conv.on_event(events.FinalTranscript("And the date?", "en", 31.0))
+        assert conv.deadline() == 31.0 + 5.0
+
+    asyncio.run(body())
+
+
 def test_an_upload_that_expects_100_continue_gets_it_before_sending_the_body() -> None:
     """A request with `Expect: 100-continue` (curl sends it for bodies over 1 MB) gets `100 Continue` before it sends
     the body, then its answer (it got nothing: curl waited a second per upload before sending anyway)."""

@@ -191,6 +191,32 @@ def test_a_failed_transcription_is_answered_with_transcription_failed() -> None:
     assert failed.item_id == item_id and failed.error.message == "the transcriber ran out of memory"
 
 
+def test_a_failed_transcription_keeps_the_next_transcripts_on_their_own_items() -> None:
+    """A failed transcription (the core's error, then its empty transcript, as the turn core sends them) with a
+    second turn committed behind it: the first item gets transcription.failed and a conversation.item.done, the
+    second item gets its own transcript, and no event names an item the client was never told of (the empty
+    transcript was taken as the second item's, and the second's words went to an unknown item)."""
+    conv = RealtimeConversation(FakeSession(FakeBackend()), "default", "Be brief.")
+    committed = []
+    for start, end in ((0, 16_000), (32_000, 48_000)):
+        conv.on_event(events.SpeechStarted(start, start, 0.0))
+        ended = conv.on_event(events.SpeechEnded(start, end, 1.0))
+        committed += [e.item_id for e in ended if isinstance(e, rp.BufferCommitted)]
+    first, second = committed
+    out = conv.on_event(events.ErrorEvent("transcribing: RuntimeError: out of memory", 1.1))
+    out += conv.on_event(events.FinalTranscript("", "", 1.1))
+    out += conv.on_event(events.FinalTranscript("what time is it", "en", 1.2))
+    announced = {first, second}
+    for ev in out:
+        assert getattr(ev, "item_id", first) in announced, ev
+    failed = [ev for ev in out if isinstance(ev, rp.TranscriptionFailed)]
+    completed = [ev for ev in out if isinstance(ev, rp.TranscriptionCompleted)]
+    assert [ev.item_id for ev in failed] == [first]
+    assert [(ev.item_id, ev.transcript) for ev in completed] == [(second, "what time is it")]
+    done = [ev.item["id"] for ev in out if isinstance(ev, rp.ItemDone)]
+    assert done == [first, second]
+
+
 @pytest.mark.parametrize(("client_fault", "kind"), [(True, "invalid_request_error"), (False, "server_error")])
 def test_a_core_error_says_whose_fault_it_is(client_fault: bool, kind: str) -> None:
     """An error event the client caused (e.g. response.create with nothing heard) is an invalid_request_error, as
