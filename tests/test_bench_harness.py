@@ -171,18 +171,18 @@ def test_v2v_sink_plays_as_playback_and_counts_a_gap_from_running_dry_to_playing
     sink.write(frame)  # 30 ms still queued: no gap
     clock.t = 100.25  # ran dry at 100.16
     sink.write(frame)
-    # the rebuilt lead is 160 ms (the pacer saw the queue dip 120 ms from 30): the chunk waits for the pause
+    # the rebuilt lead is 130 ms (the queue fell 90 ms below its start): the chunk waits for the pause
     assert sink.underruns == 1 and sink.gap_s == 0.0 and sink.played_samples == 2 * 1920
     clock.t = 100.5
-    assert sink.gap_s == pytest.approx(0.25) and sink.first_sample_dac_time == 100.0
+    assert sink.gap_s == pytest.approx(0.22) and sink.first_sample_dac_time == 100.0
     assert [round(q, 3) for _, _, q in sink.log] == [0.0, 0.03, 0.0]
-    assert sink.played_samples == 3 * 1920  # it played from 100.41 (the pause of 160 ms) to 100.49
+    assert sink.played_samples == 3 * 1920  # it played from 100.38 (the pause of 130 ms) to 100.46
     clock.t = 101.0
     sink.flush()
-    sink.write(frame)  # the next reply starts after the lead learned from this one: 80 ms < 160 ms, so a pause
+    sink.write(frame)  # the next reply starts after the lead learned from this one: 80 ms < 130 ms, so a pause
     assert sink.underruns == 1 and sink.first_sample_dac_time is None
     clock.t = 101.2
-    assert sink.first_sample_dac_time == pytest.approx(101.16) and sink.underruns == 1
+    assert sink.first_sample_dac_time == pytest.approx(101.13) and sink.underruns == 1
 
 
 def test_v2v_sink_waits_for_the_lead_or_a_pause_before_playing() -> None:
