@@ -7,7 +7,9 @@ Parakeet TDT (benchmarks/stt.py shapes), LLM Gemma 4 E2B text shapes, 4-bit (ben
 0.6B CustomVoice bf16 from an mlx-community-layout folder through `Qwen3TTS.load`; `--small` uses small widths so
 a CPU finishes. A source plays benchmarks/data/turn.wav (espeak-ng, 2.2 s) in real time in 20 ms blocks, turn
 after turn, with silence until the previous answer has played; a sink timestamps the first sample written after
-each true end of speech and plays at 24 kHz in real time. Random weights say nothing meaningful: the STT's text
+each true end of speech and plays at 24 kHz in real time as Playback does (its pacer's lead before a run: the
+traces' "first sample played" includes it; a gap is silence from running dry to playing again; stderr lists each
+reply's writes with the audio still queued at each). Random weights say nothing meaningful: the STT's text
 is replaced by the sentence of the WAV after its real compute (random weights often decode to blanks, which the
 daemon would rightly leave unanswered); the LLM runs its real steps but answers REPLY_WORDS, a word a step (random
 tokens often decode to nothing, so the TTS would wait for text a real model gives at once); tts.max_frames caps the
