@@ -33,6 +33,8 @@ from assistant.turns import Responder
 SPECULATIVE_CHUNKS = 1  # audio chunks made ahead while the turn is unconfirmed; then the reply waits
 NET_SETTLE_S = 5.0  # how long settling waits for a network LLM's step to leave its generator after cancel()
 MAX_STALLS = 3  # TTS steps without a frame after end_text() before the TTS is declared stuck
+DECODE_MARGIN_S = 0.06  # audio kept queued when a decode is due: a 20 ms speaker block, and a loaded step late 40 ms
+EMA = 0.5  # weight of the newest measurement in the learned step costs (they change within a reply: LLM ends)
 
 
 class HeardMap:
@@ -72,6 +74,64 @@ class HeardMap:
         if 0 < cut < len(full) and not full[cut].isspace() and not full[cut - 1].isspace():
             cut = max(full.rfind(" ", 0, cut), 0)  # mid-word: the word was not finished
         return full[:cut].strip()
+
+
+class ChunkPacing:
+    """When the TTS should turn the frames it holds into audio: as late as the listener's buffer allows (fewer,
+    larger decodes), but before it would run dry. Pure: every time is an input (monotonic seconds).
+
+    A fixed chunk schedule (1, 1, 2, 4 frames) needs each chunk made in less time than the audio queued ahead of
+    it; while every frame also waits for an LLM token (~45 ms a frame on the H100 run of 2026-12-07 23:09) the
+    larger chunks came late and the speaker ran dry. Here each chunk is audio the listener plays from when it was
+    made (a sink that buffers ahead has more time, so this errs early), and the costs are learned as the reply
+    goes: a frame step, a frame step with its decode, and the wall time between frame steps (LLM steps, other jobs).
+    """
+
+    def __init__(self, rate: int, margin_s: float = DECODE_MARGIN_S) -> None:
+        self.rate, self.margin_s = rate, margin_s
+        self.play_end: float | None = None  # when the audio made so far will have played
+        self.made_s = 0.0  # audio seconds made so far
+        self._between = 0.0  # wall s from the end of one frame step to the start of the next
+        self._plain: float | None = None  # a frame step that decoded nothing
+        self._decoding: float | None = None  # a frame step that decoded a chunk
+        self._last_end: float | None = None
+
+    def frame(self, start: float, end: float, decoded: bool) -> None:
+        """A TTS step that made a frame ran from `start` to `end`; `decoded`: it also made a chunk."""
+        if self._last_end is not None:
+            self._between = _ema(self._between, max(0.0, start - self._last_end))
+        self._last_end = end
+        if decoded:
+            self._decoding = _ema(self._decoding, end - start)
+        else:
+            self._plain = _ema(self._plain, end - start)
+
+    def chunk(self, t: float, samples: int) -> None:
+        """A chunk of `samples` was made at `t`: it plays after what was made before (or at once)."""
+        audio_s = samples / self.rate
+        self.play_end = max(self.play_end if self.play_end is not None else t, t) + audio_s
+        self.made_s += audio_s
+
+    def held_until(self, t: float) -> None:
+        """Everything made so far was held (an unconfirmed turn) and starts playing at `t`."""
+        self.play_end = t + self.made_s
+        self._last_end = None  # the wait for confirmation is no time between frames
+
+    def decide(self, t: float) -> bool | None:
+        """Before a TTS step at `t`: True to make a chunk after its frame, False to hold the frames, None before
+        the first chunk (the engine's first chunk comes as soon as it can)."""
+        if self.play_end is None or self._decoding is None:
+            return None
+        decoding = self._decoding  # a frame step with its decode
+        plain = self._plain if self._plain is not None else decoding  # unknown: the larger bound
+        left = self.play_end - t
+        # False: one more frame, then its chunk, still come before the listener runs dry. (Too late even now, the
+        # chunk still comes soonest: gathering frames there made 4-frame gaps on a loaded CPU near real time.)
+        return left < self._between + plain + decoding + self.margin_s
+
+
+def _ema(old: float | None, new: float) -> float:
+    return new if old is None else EMA * new + (1.0 - EMA) * old
 
 
 @dataclass
@@ -130,6 +190,7 @@ class Reply:
     audio_started: bool = False
     samples_written: int = 0
     underruns_at: int = 0  # the sink's underrun count when this reply's audio started
+    pacing: ChunkPacing | None = None  # when the TTS makes chunks (set by pump)
     epoch: int = 0  # the history's (ChatContext.epoch) when it began: after a reset since, it is not stored
     task: asyncio.Task[None] | None = None
 
@@ -280,13 +341,16 @@ async def pump(
     if speak is not None:
         reply.heard.pushed(speak)
         reply.utt = await compute.run(engines.tts.start, engines.voice, speak, ticket=ticket)
+        reply.pacing = ChunkPacing(engines.tts.sample_rate)
         trace.mark("tts_first_text", time.monotonic())
         while not reply.utt.done:
             async for out in _tts_step(reply, compute, ticket):
                 yield out
+            await _wait_confirmed(reply)
         return
     splitter = ClauseChunker("clauses" if cfg.tts.text_mode == "chunked" else "stream")
     reply.utt = utt = await compute.run(engines.tts.start, engines.voice, None, ticket=ticket)
+    reply.pacing = ChunkPacing(engines.tts.sample_rate)
     await compute.run(start_answer, reply, engines.chat, ticket=ticket)
     assert reply.gen is not None
     calling = toolbox is not None or bool(hand_off)
@@ -347,8 +411,7 @@ async def pump(
                 raise RuntimeError("the TTS still waits for text after end_text(); the TTS engine broke its contract")
         else:
             return
-        if not reply.confirmed.is_set() and reply.chunks_made >= SPECULATIVE_CHUNKS:
-            await reply.confirmed.wait()  # speculative work stops after the first chunk until the turn is real
+        await _wait_confirmed(reply)  # speculative work stops after the first chunk until the turn is real
 
 
 def handoff_errors(calls: list[ToolCall], names: Collection[str]) -> list[ToolResult]:
@@ -404,15 +467,36 @@ async def _speak_pending(reply: Reply, compute: Compute) -> AsyncIterator[Respon
             yield out
         if utt.frames_emitted == before and utt.waiting_for_text:
             return
-        if not reply.confirmed.is_set() and reply.chunks_made >= SPECULATIVE_CHUNKS:
-            await reply.confirmed.wait()
+        await _wait_confirmed(reply)
+
+
+async def _wait_confirmed(reply: Reply) -> None:
+    """An unconfirmed reply stops after SPECULATIVE_CHUNKS chunks; once confirmed, what it made starts playing."""
+    if not reply.confirmed.is_set() and reply.chunks_made >= SPECULATIVE_CHUNKS:
+        await reply.confirmed.wait()
+        if reply.pacing is not None:
+            reply.pacing.held_until(time.monotonic())
 
 
 async def _tts_step(reply: Reply, compute: Compute, ticket: Ticket) -> AsyncIterator[ResponseAudio]:
-    assert reply.utt is not None
-    chunk = await compute.run(reply.utt.step, ticket=ticket)
-    if chunk is not None and len(chunk):
-        reply.trace.mark("tts_first_audio", time.monotonic())
+    utt, pacing = reply.utt, reply.pacing
+    assert utt is not None
+    decode = None if pacing is None else pacing.decide(time.monotonic())
+    before, start = utt.frames_emitted, time.monotonic()
+    if decode is None:
+        chunk = await compute.run(utt.step, ticket=ticket)
+    else:
+        chunk = await compute.run(utt.step, decode, ticket=ticket)
+    end = time.monotonic()
+    made = chunk is not None and len(chunk) > 0
+    if pacing is not None:
+        if utt.frames_emitted > before:
+            pacing.frame(start, end, made)
+        if made:
+            assert chunk is not None
+            pacing.chunk(end, len(chunk))
+    if chunk is not None and made:
+        reply.trace.mark("tts_first_audio", end)
         reply.heard.chunk(len(chunk))
         reply.chunks_made += 1
-        yield ResponseAudio(reply.turn, np.asarray(chunk, dtype=np.float32), time.monotonic())
+        yield ResponseAudio(reply.turn, np.asarray(chunk, dtype=np.float32), end)

@@ -7,7 +7,9 @@ Parakeet TDT (benchmarks/stt.py shapes), LLM Gemma 4 E2B text shapes, 4-bit (ben
 0.6B CustomVoice bf16 from an mlx-community-layout folder through `Qwen3TTS.load`; `--small` uses small widths so
 a CPU finishes. A source plays benchmarks/data/turn.wav (espeak-ng, 2.2 s) in real time in 20 ms blocks, turn
 after turn, with silence until the previous answer has played; a sink timestamps the first sample written after
-each true end of speech and plays at 24 kHz in real time. Random weights say nothing meaningful: the STT's text
+each true end of speech and plays at 24 kHz in real time as Playback does (its pacer's lead before a run: the
+traces' "first sample played" includes it; a gap is silence from running dry to playing again; stderr lists each
+reply's writes with the audio still queued at each). Random weights say nothing meaningful: the STT's text
 is replaced by the sentence of the WAV after its real compute (random weights often decode to blanks, which the
 daemon would rightly leave unanswered); the LLM runs its real steps but answers REPLY_WORDS, a word a step (random
 tokens often decode to nothing, so the TTS would wait for text a real model gives at once); tts.max_frames caps the
@@ -37,6 +39,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from assistant.audio.format import SILENT_DBFS, level_dbfs
+from assistant.audio.playback import Pacer
 from assistant.compute import Compute, Priority, Ticket
 from assistant.llm import Chat
 
@@ -95,52 +98,100 @@ class FileSource:
 
 
 class TimestampSink:
-    """The speaker: plays written audio in real time from the first write; remembers when each write came."""
+    """The speaker as assistant/audio/playback.Playback plays (less its 20 ms blocks and device latency), with the
+    monotonic `clock` (a test drives its own): after flush() a run starts once the pacer's lead is queued (40 ms,
+    audio.output_prebuffer_ms, at first; the Pacer measures it from the writes), or once writes paused that long
+    (at least 100 ms); when the queue runs dry mid-reply, the next write is an underrun and a new run starts after
+    the lead again. The silence from running dry to playing again is a gap the listener hears. `log` keeps each
+    write: when it came, its samples and the audio still queued just before it."""
 
-    def __init__(self) -> None:
+    def __init__(self, prebuffer_s: float = 0.04, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.pacer = Pacer(prebuffer_s)
         self.writes: list[float] = []
-        self._start: float | None = None  # when sample 0 would have played, continuing the current run
-        self._dac: float | None = None  # when the current run's first sample played
-        self._written = 0
-        self._level = SILENT_DBFS  # of the latest write
+        self.log: list[tuple[float, int, float]] = []  # (time, samples, seconds queued just before it)
         self.last_sample_time: float | None = None  # no drain time known: the turn core goes by level_at
         self.underruns = 0
-        self.gap_s = 0.0  # silence inside replies: from running dry to the next chunk, summed
+        self._gap_s = 0.0
+        self._level = SILENT_DBFS  # of the latest write
+        self.flush()
+
+    def flush(self) -> None:
+        self._lead = self.pacer.lead_s()
+        self.pacer.new_run()
+        self._written = 0  # samples written since flush
+        self._base = 0  # samples played before the current stretch of playing
+        self._start: float | None = None  # when the current stretch began playing (None: prebuffering)
+        self._dac: float | None = None  # when the run's first sample played
+        self._last_write: float | None = None
+        self._dry_at: float | None = None  # when the queue ran dry mid-reply (the next write is an underrun)
+
+    def _begin(self, t: float) -> None:
+        self._start = t
+        if self._dac is None:
+            self._dac = t
+        if self._dry_at is not None:
+            self._gap_s += t - self._dry_at
+            self._dry_at = None
+
+    def _advance(self, now: float) -> None:
+        """Bring the model up to `now`: a paused prebuffer starts playing, a playing queue runs dry."""
+        queued = self._written - self._base
+        if self._start is None and queued and self._last_write is not None:
+            begin = self._last_write + max(self._lead, 0.1)  # Playback plays what it has once writes pause
+            if begin <= now:
+                self._begin(begin)
+        if self._start is not None and self._start + (self._written - self._base) / OUT_RATE <= now:
+            self._dry_at = self._start + (self._written - self._base) / OUT_RATE
+            self._base, self._start = self._written, None
 
     def level_at(self, t: float) -> float:
         """The latest write's level while written audio still plays (no history: now stands for `t`)."""
         return self._level if self.play_left_s() > 0 else SILENT_DBFS
 
     def write(self, chunk: np.ndarray) -> None:
-        now = time.monotonic()
+        now = self.clock()
+        self._advance(now)
         self.writes.append(now)
+        self.log.append((now, len(chunk), (self._written - self.played_samples) / OUT_RATE))
         self._level = level_dbfs(chunk)
-        if self._start is None or self.played_samples >= self._written:  # idle: playback restarts now
-            if self._start is not None:  # the reply's audio ran dry before this chunk came: the listener heard a gap
-                self.underruns += 1
-                self.gap_s += now - (self._start + self._written / OUT_RATE)
-            self._start = now - self._written / OUT_RATE
-        if self._dac is None:  # the first sample since flush() (an underrun's restart is not the reply's start)
-            self._dac = now
+        self.pacer.note(now, len(chunk) / OUT_RATE)
+        if self._dry_at is not None:  # the reply's audio ran dry before this chunk came: the listener hears a gap
+            self.underruns += 1
+            self._lead = self.pacer.lead_s()  # as Playback: the lead is rebuilt first
         self._written += len(chunk)
+        self._last_write = now
+        if self._start is None and (self._written - self._base) / OUT_RATE >= self._lead:
+            self._begin(now)
 
-    def flush(self) -> None:
-        self._start, self._dac, self._written = None, None, 0
+    @property
+    def gap_s(self) -> float:
+        """Silence inside replies so far: from running dry to playing again, summed."""
+        self._advance(self.clock())
+        return self._gap_s
 
     @property
     def played_samples(self) -> int:
+        now = self.clock()
+        self._advance(now)
         if self._start is None:
-            return 0
-        return min(self._written, int((time.monotonic() - self._start) * OUT_RATE))
+            return self._base
+        return self._base + min(self._written - self._base, int((now - self._start) * OUT_RATE))
 
-    def play_left_s(self) -> float:
+    def play_left_s(self, now: float | None = None) -> float:
         """Seconds until everything written so far has played (0 when idle)."""
-        if self._start is None:
-            return 0.0
-        return max(0.0, self._start + self._written / OUT_RATE - time.monotonic())
+        now = self.clock() if now is None else now
+        self._advance(now)
+        queued_s = (self._written - self._base) / OUT_RATE
+        if self._start is not None:
+            return max(0.0, self._start + queued_s - now)
+        if queued_s and self._last_write is not None:  # prebuffering: it plays once the lead or the pause is there
+            return max(0.0, self._last_write + max(self._lead, 0.1) - now) + queued_s
+        return 0.0
 
     @property
     def first_sample_dac_time(self) -> float | None:
+        self._advance(self.clock())
         return self._dac
 
 
@@ -416,7 +467,7 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     engines = await compute.run(build_engines, args.small, folder, cfg, args.smart_turn)
     build_s = time.perf_counter() - t0
-    source, sink = FileSource(read_wav(DATA)), TimestampSink()
+    source, sink = FileSource(read_wav(DATA)), TimestampSink(cfg.audio.output_prebuffer_ms / 1000)
     p = Conversation(cfg, engines, source, sink, compute=compute)
     t0 = time.perf_counter()
     await p.warmup()  # as the daemon does before it listens: every engine compiles its shapes
@@ -431,7 +482,7 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     specs: list[float] = []  # every speculation's start (SpeculationStarted)
     hops: list[dict[str, Any]] = []  # per timed turn: `breakdown` after the endpoint
     gaps: list[float] = []  # per timed turn: ms of silence inside its reply (the sink ran dry)
-    gap_mark = 0.0
+    gap_mark, log_mark = 0.0, 0
     soak: dict[str, dict[str, int]] = {}  # resident memory, threads and tasks after turn 50 and the last
     misses = 0
     try:
@@ -449,6 +500,13 @@ async def session(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             if len(traces) > 0:  # the trace comes once the reply has played: its gaps are all in
                 gaps.append(1000.0 * (sink.gap_s - gap_mark))
             gap_mark = sink.gap_s
+            # each write of the reply: ms after its first, 80 ms frames, ms of audio still queued just before it
+            shown = [
+                (round(1000 * (t - sink.log[log_mark][0])), n // 1920, round(1000 * q))
+                for t, n, q in sink.log[log_mark:]
+            ]
+            log_mark = len(sink.log)
+            print(f"[v2v] writes (ms, frames, queued ms): {shown}", file=sys.stderr, flush=True)
             traces.append(trace)
             print(f"[v2v] turn {len(traces) - 1}: {trace}", file=sys.stderr, flush=True)
             if len(traces) - 1 in (SOAK_EARLY, args.turns):

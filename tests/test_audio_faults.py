@@ -287,3 +287,22 @@ def test_audio_written_while_the_stream_is_reopened_is_played(sd: FakeSounddevic
         assert out.played_samples == 2400, out.played_samples
     finally:
         out.close()
+
+
+def test_pacer_lead_is_the_worst_run_deficit_not_a_balance_carried_over_replies() -> None:
+    """A reply whose queue grew 50 ms ahead and then spent 40 of it never fell behind: the base lead does; twenty
+    replies that each end 30 ms behind need 30 ms more, not 20 x 30 ms (a balance carried from reply to reply)."""
+    frame = 0.08
+
+    def lead(reply: list[float], replies: int) -> float:
+        pacer, t = Pacer(0.04), 0.0
+        for _ in range(replies):
+            for dt in reply:
+                t += dt
+                pacer.note(t, frame)
+            pacer.new_run()
+            t += 3.0
+        return pacer.lead_s()
+
+    assert lead([0.0] + [0.07] * 5 + [0.12], 1) == pytest.approx(0.04)  # +10 ms a frame x 5, then -40 ms
+    assert lead([0.0, 0.05, 0.14, 0.08], 20) == pytest.approx(0.04 + 0.03)  # +30, -60, 0: ends 30 ms behind

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -149,16 +148,52 @@ def test_v2v_takes_the_trace_sent_before_its_response_done() -> None:
     assert got is trace and endpoints == [5.0]
 
 
-def test_v2v_sink_first_sample_is_the_first_write_since_flush() -> None:
-    """An underrun restarts the sink's playback clock (and is counted) but not the reply's first sample time."""
-    sink = TimestampSink()
-    sink.write(np.zeros(1, np.float32))
-    time.sleep(0.005)  # the one sample has played: the next write finds the sink idle
-    sink.write(np.zeros(1, np.float32))
-    assert sink.first_sample_dac_time == sink.writes[0] < sink.writes[1] and sink.underruns == 1 and sink.gap_s > 0
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_v2v_sink_plays_as_playback_and_counts_a_gap_from_running_dry_to_playing_again() -> None:
+    """Like Playback, the sink starts a run once the lead (40 ms) is queued, counts a chunk that comes after the
+    queue ran dry as an underrun and the silence until the next run plays (after the pacer's rebuilt lead) as a
+    gap, and keeps the reply's first sample time through it; after flush() a new reply's first chunk is no gap."""
+    clock = Clock()
+    sink = TimestampSink(0.04, clock)
+    frame = np.zeros(1920, np.float32)  # 80 ms
+    sink.write(frame)
+    assert sink.first_sample_dac_time == 100.0 and sink.play_left_s() == pytest.approx(0.08)
+    clock.t = 100.05
+    sink.write(frame)  # 30 ms still queued: no gap
+    clock.t = 100.25  # ran dry at 100.16
+    sink.write(frame)
+    # the rebuilt lead is 130 ms (the queue fell 90 ms below its start): the chunk waits for the pause
+    assert sink.underruns == 1 and sink.gap_s == 0.0 and sink.played_samples == 2 * 1920
+    clock.t = 100.5
+    assert sink.gap_s == pytest.approx(0.22) and sink.first_sample_dac_time == 100.0
+    assert [round(q, 3) for _, _, q in sink.log] == [0.0, 0.03, 0.0]
+    assert sink.played_samples == 3 * 1920  # it played from 100.38 (the pause of 130 ms) to 100.46
+    clock.t = 101.0
     sink.flush()
-    sink.write(np.zeros(1, np.float32))  # a new reply's first chunk is no gap
-    assert sink.underruns == 1
+    sink.write(frame)  # the next reply starts after the lead learned from this one: 80 ms < 130 ms, so a pause
+    assert sink.underruns == 1 and sink.first_sample_dac_time is None
+    clock.t = 101.2
+    assert sink.first_sample_dac_time == pytest.approx(101.13) and sink.underruns == 1
+
+
+def test_v2v_sink_waits_for_the_lead_or_a_pause_before_playing() -> None:
+    """A chunk shorter than the lead waits (as Playback's prebuffer does) until more comes or writes pause for
+    the lead (at least 100 ms): the first sample plays then, not when it was written."""
+    clock = Clock()
+    sink = TimestampSink(0.04, clock)
+    sink.write(np.zeros(240, np.float32))  # 10 ms
+    assert sink.first_sample_dac_time is None and sink.played_samples == 0
+    clock.t = 100.2
+    assert sink.first_sample_dac_time == pytest.approx(100.1) and sink.played_samples == 240
 
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"

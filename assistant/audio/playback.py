@@ -49,21 +49,28 @@ DEVICE_STARVED_RUNS = 2  # underflows with audio queued in a run before the devi
 class Pacer:
     """How far ahead to buffer before a run starts, from the measured time between generated chunks.
 
-    Between two writes the queue loses the wall time and gains the chunk's length; the deepest the queue would
-    have dipped over the recent writes (the largest drawdown of that running balance) is the lead that would
-    have played them without a gap. Generation close to real time, or irregular (a busy machine), gives a
-    larger lead; fast, regular generation leaves the configured minimum.
+    Between two writes the queue loses the wall time and gains the chunk's length; the deepest that running
+    balance fell below its start in a recent run (a reply, or its part after a pause) is the lead that would have
+    played that run without a gap. Generation close to real time, or irregular (a busy machine), gives a larger
+    lead; fast, regular generation leaves the configured minimum. (The deepest fall from any earlier peak, as
+    this once took, also counted surplus built up and spent without a gap, and carried a balance over from reply
+    to reply: a run's last chunk is never credited, so the lead grew with each reply, up to MAX_LEAD_S.)
     """
 
     def __init__(self, base_s: float, max_s: float = MAX_LEAD_S) -> None:
         self.base_s, self.max_s = base_s, max_s
-        self._steps: deque[float] = deque(maxlen=PACE_WRITES)  # audio s of the previous chunk - wall s since it
+        # (starts a run, audio s of the previous chunk - wall s since it)
+        self._steps: deque[tuple[bool, float]] = deque(maxlen=PACE_WRITES)
         self._last: tuple[float, float] | None = None  # (time, audio seconds) of the previous write
+        self._new_run = True  # the next step is the first of a run
 
     def note(self, t: float, audio_s: float) -> None:
         """A chunk of `audio_s` seconds was written at monotonic time `t`."""
         if self._last is not None and 0.0 <= t - self._last[0] < RUN_BREAK_S:
-            self._steps.append(self._last[1] - (t - self._last[0]))
+            self._steps.append((self._new_run, self._last[1] - (t - self._last[0])))
+            self._new_run = False
+        else:
+            self._new_run = True
         self._last = (t, audio_s)
 
     def new_run(self) -> None:
@@ -72,12 +79,11 @@ class Pacer:
 
     def lead_s(self) -> float:
         """Seconds of audio to have queued before playing (at least base_s, at most max_s)."""
-        balance = peak = deepest = 0.0
-        for step in self._steps:
-            balance += step
-            peak = max(peak, balance)
-            deepest = max(deepest, peak - balance)
-        return min(self.max_s, max(self.base_s, deepest + self.base_s))
+        balance = deficit = 0.0
+        for starts, step in self._steps:
+            balance = (0.0 if starts else balance) + step
+            deficit = max(deficit, -balance)
+        return min(self.max_s, self.base_s + deficit)
 
 
 def _settle(done: concurrent.futures.Future[None]) -> None:

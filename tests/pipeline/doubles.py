@@ -226,7 +226,7 @@ class WordUtterance:
     def end_text(self) -> None:
         self.ended = True
 
-    def step(self) -> np.ndarray | None:
+    def step(self, decode: bool | None = None) -> np.ndarray | None:  # a chunk per frame: `decode` changes nothing
         if self.gate is not None:
             self.blocked = True
             self.gate.acquire()

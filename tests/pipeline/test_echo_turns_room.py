@@ -94,7 +94,7 @@ class SpeechUtterance:
     def end_text(self) -> None:
         self.ended = True
 
-    def step(self) -> np.ndarray | None:
+    def step(self, decode: bool | None = None) -> np.ndarray | None:  # a chunk per frame: `decode` changes nothing
         self.waiting_for_text = False
         if len(self.audio) < TTS_FRAME and self.pending:
             x = int16_to_float32(say(self.pending.pop(0)))

@@ -20,8 +20,8 @@ class StepLog(WordUtterance):
         self.chat = chat
         self.steps_at_frame: list[int] = []
 
-    def step(self) -> np.ndarray | None:
-        out = super().step()
+    def step(self, decode: bool | None = None) -> np.ndarray | None:
+        out = super().step(decode)
         if out is not None:
             self.steps_at_frame.append(self.chat.steps)
         return out

@@ -74,6 +74,23 @@ def test_chunks_first_after_first_chunk_frames_then_every_chunk_frames(checkpoin
     assert sent.tolist() == case["codes"]
 
 
+def test_step_decode_makes_a_chunk_now_or_holds_up_to_chunk_frames(checkpoints: Any, reference: Any) -> None:
+    """After the first chunk, step(True) decodes the frames held so far at once and step(False) holds them up to
+    chunk_frames (the pump's choice from the listener's buffer); the codes reaching the decoder are unchanged."""
+    case = case_named(reference, "cv_english_full")
+    st = StubTokenizer()
+    tts = Qwen3TTS(loaded(checkpoints, "custom_voice"), greedy(max_frames=19, first_chunk_frames=1, chunk_frames=4), st)
+    utt = tts.start(ad_hoc_voice("v", prompt_of(case)), case["text"])
+    decisions = iter([None, True, False, True] + [False] * 40)
+    sizes = []
+    while not utt.done:
+        chunk = utt.step(next(decisions))
+        if chunk is not None:
+            sizes.append(len(chunk) // 1920)
+    assert sizes == [1, 1, 2, 4, 4, 4, 3]  # held: 1 frame, then 2 on True, then up to 4 at a time
+    assert np.concatenate(st.decoder.calls).tolist() == case["codes"]
+
+
 def test_voice_speed_time_stretches_the_chunks(checkpoints: Any, reference: Any) -> None:
     """At speed 1.5 the chunks are the speed-1.0 audio through TimeStretch(1.5), same frames, 1/1.5 the samples."""
     case = case_named(reference, "cv_english_full")

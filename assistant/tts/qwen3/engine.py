@@ -107,9 +107,14 @@ class Utterance:
             audio = np.concatenate(parts) if parts else None
         return audio if audio is not None and len(audio) else None
 
-    def step(self) -> np.ndarray | None:
-        """At most one frame of work; a chunk when first_chunk_frames frames are ready, then each time as many
-        again, then twice as many, and so on up to chunk_frames (1, 1, 2, 4, 4, ... by default)."""
+    def step(self, decode: bool | None = None) -> np.ndarray | None:
+        """At most one frame of work, and a chunk of the frames made so far when they are due.
+
+        `decode` None: the fixed schedule, for a caller that cannot see the listener's buffer: a chunk when
+        first_chunk_frames frames are ready, then each time as many again, then twice as many, and so on up to
+        chunk_frames (1, 1, 2, 4, 4, ... by default). True: decode after this step's frame (the listener's buffer
+        would run dry before another frame and its decode); False: hold the frames, up to chunk_frames (fewer,
+        larger decodes). The first chunk always comes at first_chunk_frames, the last when the text is spoken."""
         if self.done:
             return None
         frame = self.gen.step()
@@ -119,6 +124,8 @@ class Utterance:
             # then 1, 2, 4... times first, up to every: a second chunk of `every` frames took longer to make than the
             # first one plays (at the start each frame waits for an LLM token), and the sink ran dry after 80 ms
             due = self.first if self.chunks_out == 0 else min(self.every, self.first << (self.chunks_out - 1))
+            if self.chunks_out and decode is not None:
+                due = 1 if decode else self.every
             if len(self.frames) >= due:
                 return self._out(self._decode())
             return None
