@@ -149,7 +149,13 @@ faster than mlx-audio, first chunk 30-54 ms against 66-125). The 15 ms (0.6B) an
 met on this lease. Voice to voice (`LIMIT_V2V=420 bash benchmarks/gpu.sh v2v`, .st-model carried; Smart Turn
 ends turns; engines warmed by `warmup()` in 99 s, Chat.warmup included): 20 timed turns, 0 timeouts, after the
 endpoint 130 ms median, 177 ms p90, 196 max; end to end from the true end of speech 319 / 359 ms. The first answer
-after start-up was not timed by the harness then (it is reported on its own from fbcd0fe on).
+after start-up was not timed by the harness then (it is reported on its own from fbcd0fe on). That run found a
+playback gap inside 16 of 20 replies (88 ms median): while the LLM answers, each TTS frame waits for one LLM token
+(~45 ms a frame there, plus ~20 ms a decode), so the fixed 1, 1, 2, 4 chunk schedule let the queued audio run dry.
+Since 5b6a1df the reply pump decodes when holding one more frame would come within 60 ms of the listener running
+dry (`ChunkPacing`, assistant/reply.py; first chunk unchanged), the Pacer's lead no longer grows from reply to
+reply, and the v2v sink plays as Playback does (a lead before a run and after an underrun): its "first sample
+played" rows before that (this table's included) are the write times a no-lead speaker would play.
 
 The FuseOptions A/B, paired (session 9, CPU only: not yet run on a GPU). `benchmarks/tts_ab.py` loads the checkpoint
 once per layout in ONE process, warms each, then runs rounds of one 48-frame streamed utterance per layout in a
