@@ -781,6 +781,8 @@ class WyomingServices:
         if conversation is None:
             chat = await self.compute.run(make, priority=PRIORITY)
             conversation = self._conversations.setdefault(conversation_id, _Conversation(chat))
+            if conversation.chat is not chat and hasattr(chat, "close"):
+                chat.close()  # another connection of this conversation made its chat while we made ours
         self._conversations.move_to_end(conversation_id)
         while len(self._conversations) > MAX_CONVERSATIONS:
             _, old = self._conversations.popitem(last=False)

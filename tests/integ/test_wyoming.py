@@ -9,7 +9,7 @@ import threading
 import wave
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -847,3 +847,29 @@ def test_handle_keeps_a_home_assistant_conversation_across_its_connections(rig: 
             return said
 
     assert asyncio.run(main()) == ["turn 1", "turn 2", "turn 1", "turn 1", "turn 1", "turn 1"]
+
+
+def test_two_connections_of_a_new_conversation_share_one_chat(rig: Rig) -> None:
+    """Two utterances of one new Home Assistant conversation arriving together each make a chat while the other
+    waits: both are answered in the first one kept, and the other chat is closed, not left open."""
+
+    class Closable:
+        made: ClassVar[list[Closable]] = []
+
+        def __init__(self) -> None:
+            self.closed = False
+            Closable.made.append(self)
+
+        def close(self) -> None:
+            self.closed = True
+
+    engines = SpeechEngines(rig.engines.new_transcriber, rig.engines.tts, Closable)
+
+    async def main() -> tuple[Any, Any, list[bool]]:
+        async with WyomingServices(rig.cfg, engines, rig.compute) as s:  # (its close closes the kept chats)
+            a, b = await asyncio.gather(s.conversation("01HA", Closable), s.conversation("01HA", Closable))
+            return a.chat, b.chat, [c.closed for c in Closable.made]
+
+    first, second, closed = asyncio.run(main())
+    assert first is second and len(Closable.made) == 2
+    assert closed == [c is not first for c in Closable.made]
