@@ -290,7 +290,8 @@ def test_bad_voice_aliases_and_tls_files_fail_before_any_model_loads(tmp_path: P
     out = run(["run", "--set", "server.voice_aliases=['alloy']"], env)
     assert out.returncode == 2
     assert out.stderr.strip() == (
-        'assistant: error: server.voice_aliases entry \'alloy\' is not "name=profile"; write e.g. "alloy=vivian"'
+        "assistant: error: --set server.voice_aliases=['alloy']: `server.voice_aliases` entry 'alloy' is not "
+        '"name=profile"; write e.g. "alloy=vivian"'
     )
     tls = ["--set", f"server.tls_cert='{tmp_path / 'no.pem'}'", "--set", f"server.tls_key='{tmp_path / 'no.key'}'"]
     out = run(["run", *tls], env)
