@@ -552,7 +552,7 @@ def test_wyoming_command_says_what_it_serves(rig: Rig, tmp_path: Path) -> None:
     assert line.strip() == f"wyoming: asr off, tts on tcp://{rig.cfg.wyoming.host}:{tts_port}"
     assert "wyoming.handle_port = 10600 is not served: `assistant wyoming` loads no LLM" in err
     off = subprocess.run([*cmd, "--set", "wyoming.tts_port=0"], capture_output=True, text=True, env=env, timeout=60)
-    assert off.returncode == 2
+    assert off.returncode == 78
     assert off.stderr.strip() == (
         "assistant: error: wyoming.asr_port and wyoming.tts_port are both 0 (off): `assistant wyoming` has nothing "
         "to serve; set one (10300 and 10200 are the standard ports)"
