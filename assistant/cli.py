@@ -141,10 +141,9 @@ def check_server_settings(cfg: config.Config) -> None:
     models had loaded, so a typo there cost a full start). ConfigError naming the fix."""
     if not cfg.server.enabled:
         return
-    from assistant.oneshot import parse_aliases
     from assistant.server.auth import check_origins, check_token_file
 
-    _check_alias_targets(cfg, parse_aliases(cfg.server.voice_aliases))
+    _check_alias_targets(cfg, config.parse_voice_aliases(cfg.server.voice_aliases))
     check_token_file(cfg.server)
     check_origins(cfg.server.allowed_origins)
     if cfg.server.tls_cert or cfg.server.tls_key:

@@ -60,6 +60,33 @@ def _has_words(value: str) -> str | None:
     return f'= {value!r} has no words to listen for; write the name, e.g. "hey nova", or "" to answer every turn'
 
 
+def parse_voice_aliases(entries: list[str]) -> dict[str, str]:
+    """`server.voice_aliases` entries "name=profile" -> {name lowercased: profile}. A client's voice name matches
+    an alias whatever its case, so two names differing only in case are refused: ValueError naming the fix."""
+    out: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for entry in entries:
+        name, sep, profile = entry.partition("=")
+        if not sep or not name.strip() or not profile.strip():
+            raise ValueError(f'entry {entry!r} is not "name=profile"; write e.g. "alloy=vivian"')
+        key = name.strip().lower()
+        if key in seen:
+            raise ValueError(
+                f"entries {seen[key]!r} and {entry!r} name the same voice (names match whatever their case); keep one"
+            )
+        seen[key] = entry
+        out[key] = profile.strip()
+    return out
+
+
+def _aliases(value: list[str]) -> str | None:
+    try:
+        parse_voice_aliases(value)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 @dataclass(frozen=True)
 class AudioConfig:
     input_device: str = opt("")  # name substring or index; "" = system default
@@ -176,7 +203,7 @@ class ServerConfig:
     realtime_sessions: int = opt(2, "sessions", 0, 16)  # 0 = /v1/realtime off
     tls_cert: str = opt("")  # PEM certificate (chain): with tls_key, the port speaks https:// and wss:// only
     tls_key: str = opt("")  # PEM private key of tls_cert
-    voice_aliases: list[str] = opt([])  # "alloy=vivian": voice names clients send -> voice profiles
+    voice_aliases: list[str] = opt([], check=_aliases)  # "alloy=vivian": voice names clients send -> voice profiles
 
 
 @dataclass(frozen=True)
@@ -437,6 +464,8 @@ def _check(path: str, value: Any, typ: Any, meta: Mapping[str, Any], origin: str
             words = value.strip("[]").split(",") if isinstance(value, str) else words
             example = json.dumps([w.strip().strip("'\"") for w in words if w.strip()] or ["a", "b"])
             raise ConfigError(f"{bad_type}; write a TOML list of quoted strings, e.g. {example}")
+        if meta.get("check") and (problem := meta["check"](value)) is not None:
+            raise ConfigError(f"{origin}: `{path}` {problem}")
         return list(value)
     if typ is bool and not isinstance(value, bool):
         raise bad_type

@@ -14,6 +14,10 @@ class AssistantError(Exception):
 class ConfigError(AssistantError):
     """config.toml, an override or a runtime setting is wrong."""
 
+    # sysexits.h EX_CONFIG: a service manager must not restart a daemon that will fail the same way
+    # (service/assistant.service: RestartPreventExitStatus=78)
+    exit_code = 78
+
 
 class ModelError(AssistantError):
     """A model is missing, malformed or failed to load."""

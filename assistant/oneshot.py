@@ -15,25 +15,14 @@ import numpy as np
 
 from assistant.audio.format import CAPTURE_RATE
 from assistant.compute import Compute, Priority
-from assistant.config import Config
+from assistant.config import Config, parse_voice_aliases
 from assistant.engines import Engines
-from assistant.errors import ConfigError, InputError
+from assistant.errors import InputError
 from assistant.settings import check_voice
 from assistant.text import sentences
 
 FEED_SAMPLES = CAPTURE_RATE  # 16000 = one second of 16 kHz audio per compute job
 BG = Priority.BACKGROUND
-
-
-def parse_aliases(entries: list[str]) -> dict[str, str]:
-    """`server.voice_aliases` entries "name=profile" -> {name: profile}; ConfigError naming a bad entry."""
-    out: dict[str, str] = {}
-    for entry in entries:
-        name, sep, profile = entry.partition("=")
-        if not sep or not name.strip() or not profile.strip():
-            raise ConfigError(f'server.voice_aliases entry {entry!r} is not "name=profile"; write e.g. "alloy=vivian"')
-        out[name.strip().lower()] = profile.strip()
-    return out
 
 
 class OneShot:
@@ -45,7 +34,7 @@ class OneShot:
         self.tts: Any = engines.tts
         self.transcriber: Any = engines.transcriber
         self.compute = compute
-        self.aliases = parse_aliases(cfg.server.voice_aliases)
+        self.aliases = parse_voice_aliases(cfg.server.voice_aliases)  # checked at config load
         self.sample_rate = int(engines.tts.sample_rate)
 
     def models(self) -> dict[str, str]:

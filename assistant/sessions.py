@@ -18,13 +18,46 @@ from assistant.conversation import Conversation
 from assistant.endofturn import EndOfTurnPolicy
 from assistant.engines import Engines
 from assistant.errors import AssistantError, InputError
-from assistant.events import SessionEvent
+from assistant.events import (
+    ErrorEvent,
+    FinalTranscript,
+    FunctionCall,
+    ResponseAudio,
+    ResponseDone,
+    ResponseStarted,
+    ResponseTextDelta,
+    SessionEvent,
+    SpeechEnded,
+    SpeechStarted,
+)
 from assistant.llm import History
 from assistant.policies import realtime_turns
 from assistant.tools.calls import ToolChoice
 from assistant.turns import CommandKind
 
+# what the Realtime translation builds items, transcripts and response.done from
+KEPT = (
+    SpeechStarted,
+    SpeechEnded,
+    FinalTranscript,
+    ResponseStarted,
+    ResponseTextDelta,
+    FunctionCall,
+    ResponseDone,
+    ErrorEvent,
+)
 QUEUE_LIMIT = 4096  # events waiting for the client; reply audio is ~10 chunks a second
+
+
+def drop_rank(ev: SessionEvent) -> int:
+    """Which events a full session queue loses first (lowest rank): reply audio (0), then events the Realtime
+    translation builds nothing from (1); the rest (2: items, transcripts, text deltas a response.done is built from,
+    ends, errors) go only when the queue holds nothing else."""
+    if isinstance(ev, ResponseAudio):
+        return 0
+    if isinstance(ev, KEPT):
+        return 2
+    return 1
 
 
 class RealtimeEngines(Protocol):
@@ -78,7 +111,8 @@ class RealtimeSession:
     def __init__(self, conversation: Conversation, on_close: Callable[[RealtimeSession], None]) -> None:
         self.conversation = conversation
         self._on_close = on_close
-        self._events = conversation.bus.subscribe(QUEUE_LIMIT)  # from the start: a session's events all go out
+        # from the start: a session's events all go out (a slow reader loses audio first)
+        self._events = conversation.bus.subscribe(QUEUE_LIMIT, drop_rank)
 
     # ---- the turn's inputs and events: the conversation's ----------------------------------------------------
 
@@ -96,6 +130,11 @@ class RealtimeSession:
 
     def events(self) -> Subscription[SessionEvent]:
         return self._events
+
+    @property
+    def dropped(self) -> int:
+        """Events lost so far because the client read them too slowly."""
+        return self._events.dropped
 
     async def aclose(self) -> None:
         await self.conversation.aclose()

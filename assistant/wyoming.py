@@ -79,6 +79,9 @@ OUT_WIDTH = 2  # we answer 16-bit PCM
 # The most one frame's data or payload may declare: 80 s of 48 kHz 16-bit stereo (Home Assistant sends ~2 KB
 # chunks). The wyoming package reads a declared length whole before anyone looks at it.
 FRAME_LIMIT = 16 * 1024 * 1024
+# The longest event header line (asyncio's default stream limit): Wyoming clients send the data in the data part
+# that the header's data_length announces, so a header is a few hundred bytes.
+HEADER_LIMIT = 64 * 1024
 # Home Assistant opens a connection per utterance and names the conversation in its context: the handle service
 # keeps the chats (each with its prompt cache) of this many recent conversations, the least recent going first.
 MAX_CONVERSATIONS = 4
@@ -669,9 +672,9 @@ def _read_header(line: bytes) -> dict[str, Any] | str:
 
 class _BoundedReader:
     """A connection's reader as the wyoming package uses it (readline, readexactly), which refuses a malformed
-    event header, a data part that is not a JSON object, and a frame whose declared data or payload exceeds
-    FRAME_LIMIT before reading it: the client gets an error event, and the ValueError ends the connection (the
-    package reads it as the end of the stream)."""
+    event header or one over HEADER_LIMIT, a data part that is not a JSON object, and a frame whose declared data
+    or payload exceeds FRAME_LIMIT before reading it: the client gets an error event, and the ValueError ends the
+    connection (the package reads it as the end of the stream)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
@@ -683,7 +686,14 @@ class _BoundedReader:
         return ValueError(text)
 
     async def readline(self) -> bytes:
-        line = await self.reader.readline()
+        try:
+            line = await self.reader.readline()
+        except ValueError:  # over the stream's limit (LimitOverrunError); the line is dropped, not read
+            text = (
+                f"an event header line is over the {HEADER_LIMIT} bytes a header may take; send the event's data in "
+                "its data part (data_length), as Wyoming client libraries do"
+            )
+            raise await self._refuse(text, "header-too-large") from None
         if not line.strip():
             return line  # the end of the stream (the package reads an empty line the same way)
         header = _read_header(line)
@@ -746,7 +756,7 @@ class WyomingServices:
             if port == 0:
                 continue
             try:
-                server = await asyncio.start_server(self._connection(handler), self.cfg.host, port)
+                server = await asyncio.start_server(self._connection(handler), self.cfg.host, port, limit=HEADER_LIMIT)
             except OSError as e:
                 await self.close()
                 raise AssistantError(

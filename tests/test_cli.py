@@ -69,10 +69,11 @@ def test_run_without_models_or_devices_fails_fast(tmp_path: Path) -> None:
 
 
 def test_bad_config_is_one_line(tmp_path: Path) -> None:
-    """A config error prints one line naming the key and exits 2; --debug adds the traceback."""
+    """A config error prints one line naming the key and exits 78 (EX_CONFIG, which the service unit does not
+    restart on); --debug adds the traceback."""
     env = no_sound_env(tmp_path)
     out = run(["--set", "vad.hang_ms=3", "doctor"], env)
-    assert out.returncode == 2
+    assert out.returncode == 78
     assert out.stderr.strip() == (
         "assistant: error: --set vad.hang_ms=3: unknown key `vad.hang_ms`; did you mean `vad.hangover_ms`?"
     )
@@ -254,12 +255,12 @@ def test_a_voice_typo_fails_before_any_model_loads(tmp_path: Path) -> None:
     before looking for a model (they failed only after loading every model)."""
     env = no_sound_env(tmp_path)
     out = run(["run", "--set", "tts.voice=nobody"], env)
-    assert out.returncode == 2
+    assert out.returncode == 78
     line = out.stderr.strip()
     assert line.startswith("assistant: error: tts.voice: unknown voice 'nobody'; voices: ")
     assert "`assistant voices` lists them" in line and "default" in line and "\n" not in line
     out = run(["say", "--voice", "nobdy", "hello"], env)
-    assert out.returncode == 2
+    assert out.returncode == 78
     assert out.stderr.strip().startswith("assistant: error: --voice: unknown voice 'nobdy'; voices: ")
 
 
@@ -288,13 +289,14 @@ def test_bad_voice_aliases_and_tls_files_fail_before_any_model_loads(tmp_path: P
     the models are looked for, and doctor lists them (the server read them only after every model had loaded)."""
     env = no_sound_env(tmp_path)
     out = run(["run", "--set", "server.voice_aliases=['alloy']"], env)
-    assert out.returncode == 2
+    assert out.returncode == 78
     assert out.stderr.strip() == (
-        'assistant: error: server.voice_aliases entry \'alloy\' is not "name=profile"; write e.g. "alloy=vivian"'
+        "assistant: error: --set server.voice_aliases=['alloy']: `server.voice_aliases` entry 'alloy' is not "
+        '"name=profile"; write e.g. "alloy=vivian"'
     )
     tls = ["--set", f"server.tls_cert='{tmp_path / 'no.pem'}'", "--set", f"server.tls_key='{tmp_path / 'no.key'}'"]
     out = run(["run", *tls], env)
-    assert out.returncode == 2 and out.stderr.startswith("assistant: error: cannot load server.tls_cert ")
+    assert out.returncode == 78 and out.stderr.startswith("assistant: error: cannot load server.tls_cert ")
     out = run(["doctor", *tls], env)
     assert "  FAIL  server settings: cannot load server.tls_cert " in out.stdout
 

@@ -27,7 +27,7 @@ def test_push_to_talk_without_a_hotkey_fails_at_start(
         for key in ("stt.model", "llm.model", "tts.model", "endofturn.model")
         for arg in ("--set", f"{key}={models}")
     ]
-    assert cli.main(argv) == 2
+    assert cli.main(argv) == 78
     assert capsys.readouterr().err == (
         'assistant: error: pipeline.mode = "push_to_talk" needs the hotkey, but push-to-talk hotkey is off: pynput '
         "is not installed; install it with pip install 'assistant[hotkey]'; or set pipeline.mode = \"both\"\n"
@@ -131,7 +131,7 @@ def test_a_voices_dir_that_is_a_file_says_so(isolated_env: Path, capsys: pytest.
     """tts.voices_dir naming a file fails saying it is not a folder (it said the folder "does not exist")."""
     profile = isolated_env / "vivian.toml"
     profile.write_text('name = "vivian"\n')
-    assert cli.main(["voices", "--set", f"tts.voices_dir={profile}"]) == 2
+    assert cli.main(["voices", "--set", f"tts.voices_dir={profile}"]) == 78
     assert capsys.readouterr().err == (
         f"assistant: error: voices folder {profile} is not a folder; set tts.voices_dir or create it\n"
     )

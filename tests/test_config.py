@@ -288,3 +288,16 @@ def test_a_config_from_a_pipe_loads_and_an_endless_one_is_refused(isolated_env: 
     with pytest.raises(ConfigError) as e:
         config.load("/dev/zero")
     assert str(e.value) == "/dev/zero: over 1024 KiB, too long for a config; check the path"
+
+
+def test_voice_aliases_differing_only_in_case_are_refused_naming_both(tmp_path: Path) -> None:
+    """Two server.voice_aliases names that differ only in case (clients' names match whatever their case) fail the
+    load with one line naming both entries and the fix, instead of one silently replacing the other."""
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\nvoice_aliases = ["Alloy=vivian", "alloy=ryan"]\n')
+    with pytest.raises(ConfigError) as e:
+        config.load(str(path))
+    msg = str(e.value)
+    assert "`server.voice_aliases`" in msg and "'Alloy=vivian'" in msg and "'alloy=ryan'" in msg
+    assert "keep one" in msg
+    assert config.parse_voice_aliases(["Alloy=vivian", "echo=ryan"]) == {"alloy": "vivian", "echo": "ryan"}

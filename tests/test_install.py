@@ -113,3 +113,15 @@ def test_wheel_installs_and_speaks_from_a_read_only_folder(tmp_path: Path) -> No
     heard = run("transcribe", str(out))
     assert "transcribed" in heard.stderr and "RTF" in heard.stderr
     assert snapshot(package) == before  # nothing was written into the install
+
+
+def test_wheel_carries_the_apache_license_text(tmp_path: Path) -> None:
+    """The wheel built from the repository ships the LICENSE file with the Apache License 2.0 text it declares."""
+    import zipfile
+
+    wheel = build_wheel(tmp_path / "dist")
+    with zipfile.ZipFile(wheel) as z:
+        (name,) = [n for n in z.namelist() if n.endswith(".dist-info/LICENSE") or "/licenses/LICENSE" in n]
+        text = z.read(name).decode()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert text == (REPO / "LICENSE").read_text()

@@ -130,6 +130,8 @@ class RealtimeSession(Protocol):
         with every output (a call without one gets an error result). InputError for an unknown call id."""
 
     def events(self) -> AsyncIterator[events.SessionEvent]: ...
+    @property
+    def dropped(self) -> int: ...  # events lost because the client read too slowly (audio first)
     async def aclose(self) -> None: ...
 
 

@@ -642,10 +642,21 @@ class ControlServer:
     async def _pump(
         self, client: Client, conv: RealtimeConversation, session: RealtimeSession, woken: asyncio.Event
     ) -> None:
-        """Session events -> server events; waits for outbox room so reply audio is never dropped."""
+        """Session events -> server events; waits for outbox room so reply audio is never dropped here. A client
+        too slow for the session's own queue loses audio first there, and is told once."""
+        told = False
         try:
             async for ev in session.events():
                 await client.outbox.room()
+                if not told and session.dropped:
+                    told = True
+                    why = (
+                        f"{session.dropped} session events were dropped (reply audio first) because this client "
+                        "reads its events too slowly; read them as they arrive"
+                    )
+                    self._send_realtime(
+                        client, conv, [rp.Error(rp.ErrorDetail("events_dropped", why, None, "server_error"))]
+                    )
                 self._send_realtime(client, conv, conv.on_event(ev))
                 woken.set()
         except Overflow as e:

@@ -25,7 +25,7 @@ from assistant import cli
 from assistant.compute import Compute, Priority
 from assistant.config import Config
 from assistant.text import ClauseChunker
-from assistant.wyoming import SpeechEngines, WyomingServices
+from assistant.wyoming import HEADER_LIMIT, SpeechEngines, WyomingServices
 from tests.llm.servers import free_port
 from tests.tiny_engines import tiny_config
 
@@ -384,6 +384,32 @@ def test_a_malformed_event_header_is_refused_without_a_traceback(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
+@pytest.mark.parametrize("newline", [b"\n", b""])
+def test_a_header_line_over_the_limit_gets_an_error_naming_it(rig: Rig, newline: bytes) -> None:
+    """An event header line longer than the 64 KiB a header may take (ended or not) gets an error event naming the
+    limit before its connection ends (the stream reader's ValueError closed it with no answer); the service serves."""
+
+    async def body(s: WyomingServices) -> tuple[Event | None, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.tts_port)
+        text = "x" * (HEADER_LIMIT + 10)
+        writer.write(json.dumps({"type": "synthesize", "data": {"text": text}}).encode() + newline)
+        await writer.drain()
+        refused = await asyncio.wait_for(async_read_event(reader), READ_S)
+        rest = await asyncio.wait_for(reader.read(), READ_S)
+        writer.close()
+        async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:
+            await c.write_event(Describe().event())
+            assert (await read(c)).type == "info"
+        return refused, rest
+
+    refused, rest = rig.serve(body)
+    assert refused is not None and refused.type == "error"
+    error = Error.from_event(refused)
+    assert error.code == "header-too-large" and f"over the {HEADER_LIMIT} bytes" in error.text
+    assert "data part" in error.text  # the fix: long values go in the data part, which data_length announces
+    assert rest == b""
+
+
 def test_a_lone_surrogate_in_the_text_is_a_bad_request(rig: Rig) -> None:
     """A synthesize event whose text holds a lone surrogate escape gets an error naming it, then its connection
     ends as for any failed request (it answered with the tokenizer's `TypeError: TextInputSequence must be str`)."""
@@ -552,7 +578,7 @@ def test_wyoming_command_says_what_it_serves(rig: Rig, tmp_path: Path) -> None:
     assert line.strip() == f"wyoming: asr off, tts on tcp://{rig.cfg.wyoming.host}:{tts_port}"
     assert "wyoming.handle_port = 10600 is not served: `assistant wyoming` loads no LLM" in err
     off = subprocess.run([*cmd, "--set", "wyoming.tts_port=0"], capture_output=True, text=True, env=env, timeout=60)
-    assert off.returncode == 2
+    assert off.returncode == 78
     assert off.stderr.strip() == (
         "assistant: error: wyoming.asr_port and wyoming.tts_port are both 0 (off): `assistant wyoming` has nothing "
         "to serve; set one (10300 and 10200 are the standard ports)"

@@ -173,6 +173,7 @@ class FakeSession:
         self.replying: asyncio.Task[None] | None = None
         self.cancel = asyncio.Event()
         self.closed = False
+        self.dropped = 0  # events lost to a slow client (the tests set it)
 
     def set_instructions(self, text: str) -> None:
         self.calls.append(("instructions", text))
