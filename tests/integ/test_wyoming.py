@@ -364,24 +364,27 @@ def test_a_malformed_event_header_is_refused_without_a_traceback(
     error event naming the problem and its connection ends, with no traceback in the log (the wyoming package
     raised AttributeError/TypeError/KeyError: "Unhandled exception in client_connected_cb"); the service serves."""
 
-    async def body(s: WyomingServices) -> tuple[Event | None, bytes]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", s.tts_port)
-        writer.write(frame)
-        await writer.drain()
-        refused = await asyncio.wait_for(async_read_event(reader), READ_S)
-        rest = await asyncio.wait_for(reader.read(), READ_S)
-        writer.close()
-        async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:
-            await c.write_event(Describe().event())
-            assert (await read(c)).type == "info"
-        return refused, rest
-
     with caplog.at_level(logging.WARNING):
-        refused, rest = rig.serve(body)
+        refused, rest = rig.serve(lambda s: _refused_then_served(s, frame))
     assert refused is not None and refused.type == "error"
     assert Error.from_event(refused).text.startswith(want) and Error.from_event(refused).code == "bad-event"
     assert rest == b""
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def _refused_then_served(s: WyomingServices, frame: bytes) -> tuple[Event | None, bytes]:
+    """Send raw `frame` to the TTS service: the event it answers and what follows until the connection ends; a new
+    connection is then still served."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", s.tts_port)
+    writer.write(frame)
+    await writer.drain()
+    refused = await asyncio.wait_for(async_read_event(reader), READ_S)
+    rest = await asyncio.wait_for(reader.read(), READ_S)
+    writer.close()
+    async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:
+        await c.write_event(Describe().event())
+        assert (await read(c)).type == "info"
+    return refused, rest
 
 
 @pytest.mark.parametrize("newline", [b"\n", b""])
@@ -389,20 +392,8 @@ def test_a_header_line_over_the_limit_gets_an_error_naming_it(rig: Rig, newline:
     """An event header line longer than the 64 KiB a header may take (ended or not) gets an error event naming the
     limit before its connection ends (the stream reader's ValueError closed it with no answer); the service serves."""
 
-    async def body(s: WyomingServices) -> tuple[Event | None, bytes]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", s.tts_port)
-        text = "x" * (HEADER_LIMIT + 10)
-        writer.write(json.dumps({"type": "synthesize", "data": {"text": text}}).encode() + newline)
-        await writer.drain()
-        refused = await asyncio.wait_for(async_read_event(reader), READ_S)
-        rest = await asyncio.wait_for(reader.read(), READ_S)
-        writer.close()
-        async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:
-            await c.write_event(Describe().event())
-            assert (await read(c)).type == "info"
-        return refused, rest
-
-    refused, rest = rig.serve(body)
+    frame = json.dumps({"type": "synthesize", "data": {"text": "x" * (HEADER_LIMIT + 10)}}).encode() + newline
+    refused, rest = rig.serve(lambda s: _refused_then_served(s, frame))
     assert refused is not None and refused.type == "error"
     error = Error.from_event(refused)
     assert error.code == "header-too-large" and f"over the {HEADER_LIMIT} bytes" in error.text
