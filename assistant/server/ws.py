@@ -57,6 +57,7 @@ FANOUT_QUEUE = 4096  # the server's own subscription: it is drained at once into
 ASK_DRAIN_S = 1.0  # after `ask` returns, wait at most this long for its last deltas to pass the subscription
 OFFLOAD_BYTES = 64 * 1024  # frames (and audio appends) over this are decoded/resampled on a worker thread
 SUBPROTOCOLS = ("assistant.v1", "realtime")
+TEXT_TURN_EVENTS = (events.ResponseTextDelta, events.ResponseDone, events.ErrorEvent)  # what a say/ask waits on
 BETA_SUBPROTOCOL = "openai-beta.realtime-v1"  # a browser's beta Realtime client names the protocol so
 LOG_BURST, LOG_PER_S = 10, 1.0  # connection log lines: bursts of 10, then one a second, the rest counted
 CLOSE_NOT_READING = 1008  # policy violation: the client sends but does not read its replies
@@ -464,8 +465,7 @@ class ControlServer:
             mine: int | None = None
             try:
                 async for ev in sub:
-                    kinds = events.ResponseTextDelta | events.ResponseDone | events.ErrorEvent
-                    if not isinstance(ev, kinds) or ev.turn is None or ev.turn <= before:
+                    if not isinstance(ev, TEXT_TURN_EVENTS) or ev.turn is None or ev.turn <= before:
                         continue
                     mine = ev.turn if mine is None else mine
                     if ev.turn != mine:
