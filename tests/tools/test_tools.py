@@ -143,6 +143,28 @@ def test_time_tool_and_date_line(tmp_path: Path) -> None:
         zone("Mars/Olympus")
 
 
+def test_the_system_time_zone_follows_daylight_saving_in_a_long_running_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With tools.timezone = "" the toolbox built at start answers in the system's zone with its DST rules: a
+    daemon started in winter still tells the right time after the spring change (a fixed offset was an hour off)."""
+    monkeypatch.setenv("TZ", "Europe/Paris")
+    clock = Clock(NOW)  # December: UTC+1
+    cfg = config.Config().replace({"tools.timezone": ""})
+    box, _ = build_toolbox(cfg, Memory(tmp_path / "m.sqlite3"), clock)
+
+    async def body() -> list[dict[str, Any]]:
+        winter = await call(box, "get_time")
+        clock.t = datetime(2027, 7, 1, 12, 0, tzinfo=PARIS).timestamp()  # weeks later, summer time: UTC+2
+        return [winter, await call(box, "get_time")]
+
+    winter, summer = asyncio.run(body())
+    assert (winter["time"], winter["utc_offset"]) == ("14:05", "+01:00")
+    assert (summer["time"], summer["utc_offset"], summer["timezone"]) == ("12:00", "+02:00", "Europe/Paris")
+    monkeypatch.setenv("TZ", "/usr/share/zoneinfo/America/New_York")  # a zone file, as launchd or systemd may set
+    assert date_line(NOW, zone("")) == "Today is Monday, 7 December 2026; the user's time zone is America/New_York."
+
+
 def test_reminders_by_tool_call_fire_while_idle_and_after_restart(tmp_path: Path) -> None:
     """Reminders set by tool calls are listed and cancelled by tool calls; the scheduler yields one as it falls
     due with nothing else happening; after a restart, one that fell due while down fires at once."""
