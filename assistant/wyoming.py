@@ -85,6 +85,9 @@ HEADER_LIMIT = 64 * 1024
 # Home Assistant opens a connection per utterance and names the conversation in its context: the handle service
 # keeps the chats (each with its prompt cache) of this many recent conversations, the least recent going first.
 MAX_CONVERSATIONS = 4
+# A connection that sends nothing for this long is closed: Home Assistant's requests stream their events seconds
+# apart, and a client whose machine lost power or network leaves a connection that would otherwise stay for good
+IDLE_S = 300.0
 PARAKEET_LANGUAGES = "bg cs da de el en es et fi fr hr hu it lt lv mt nl pl pt ro ru sk sl sv uk".split()
 
 
@@ -674,7 +677,7 @@ class _BoundedReader:
     """A connection's reader as the wyoming package uses it (readline, readexactly), which refuses a malformed
     event header or one over HEADER_LIMIT, a data part that is not a JSON object, and a frame whose declared data
     or payload exceeds FRAME_LIMIT before reading it: the client gets an error event, and the ValueError ends the
-    connection (the package reads it as the end of the stream)."""
+    connection (the package reads it as the end of the stream). Nothing for IDLE_S ends the connection too."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
@@ -687,7 +690,11 @@ class _BoundedReader:
 
     async def readline(self) -> bytes:
         try:
-            line = await self.reader.readline()
+            async with asyncio.timeout(IDLE_S):
+                line = await self.reader.readline()
+        except TimeoutError:
+            log.info("closed a wyoming connection that sent nothing for %g s", IDLE_S)
+            return b""  # read as the end of the stream
         except ValueError:  # over the stream's limit (LimitOverrunError); the line is dropped, not read
             text = (
                 f"an event header line is over the {HEADER_LIMIT} bytes a header may take; send the event's data in "
@@ -710,7 +717,11 @@ class _BoundedReader:
                 "chunks (and text within wyoming.max_text_chars)"
             )
             raise await self._refuse(text, "frame-too-large")
-        data = await self.reader.readexactly(n)
+        try:
+            async with asyncio.timeout(IDLE_S):
+                data = await self.reader.readexactly(n)
+        except TimeoutError:
+            raise await self._refuse(f"an event's data did not arrive within {IDLE_S:g} s", "timeout") from None
         if n == self._data_length:
             self._data_length = None
             try:

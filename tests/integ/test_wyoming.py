@@ -21,7 +21,7 @@ from wyoming.event import Event, async_read_event, async_write_event
 from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
-from assistant import cli
+from assistant import cli, wyoming
 from assistant.compute import Compute, Priority
 from assistant.config import Config
 from assistant.text import ClauseChunker
@@ -713,6 +713,36 @@ def test_a_client_gone_mid_synthesis_ends_quietly(rig: Rig, caplog: pytest.LogCa
     assert after[-1] == "audio-stop"
     noisy = [r for r in caplog.records if r.name.startswith("assistant.wyoming") and r.levelno >= logging.WARNING]
     assert noisy == [], [r.getMessage() for r in noisy]
+
+
+def test_a_connection_that_goes_silent_is_closed_after_the_idle_time(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection that sends nothing for IDLE_S (a client whose machine lost power or network), before or after
+    a request or mid-frame, is closed and its handler ends; before, each stayed for the life of the daemon."""
+    monkeypatch.setattr(wyoming, "IDLE_S", 0.3)
+
+    async def body(s: WyomingServices) -> list[list[str]]:
+        seen = []
+        for port, first in (
+            (s.tts_port, b""),
+            (s.asr_port, None),
+            (s.tts_port, b'{"type": "synthesize", "data_length": 20}\n{"te'),
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            if first is None:  # a request answered, then silence
+                await async_write_event(Describe().event(), writer)
+            else:
+                writer.write(first)
+            got = []
+            while (event := await asyncio.wait_for(async_read_event(reader), READ_S)) is not None:
+                got.append(event.type)
+            seen.append(got)
+            writer.close()
+        if s._handlers:
+            await asyncio.wait(set(s._handlers), timeout=READ_S)
+        assert not s._handlers
+        return seen
+
+    assert rig.serve(body) == [[], ["info"], ["error"]]
 
 
 def test_handle_refuses_a_transcript_over_max_text_chars(rig: Rig) -> None:
