@@ -792,6 +792,10 @@ class WyomingServices:
                 pass  # close() ends the connections; ending quietly keeps asyncio's stream callback from logging it
             finally:
                 self._handlers.discard(task)
+                # a request per connection: free what it left in MLX's buffer cache, as the voice loop does after
+                # each reply (`assistant wyoming` has no voice loop, and its memory grew to its largest request's)
+                with contextlib.suppress(RuntimeError):  # the compute thread closed first (at shutdown)
+                    self.compute.clear_cache()
 
         return serve
 

@@ -9,7 +9,8 @@ import threading
 import wave
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from types import SimpleNamespace
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import pytest
@@ -743,6 +744,42 @@ def test_a_connection_that_goes_silent_is_closed_after_the_idle_time(rig: Rig, m
         return seen
 
     assert rig.serve(body) == [[], ["info"], ["error"]]
+
+
+def test_requests_leave_nothing_in_mlx_buffer_cache(rig: Rig) -> None:
+    """After each Wyoming request (its connection ended) and each one-shot HTTP speech or transcription, MLX's
+    buffer cache is empty again, as after a reply of the voice loop: `assistant wyoming`, which has no voice loop,
+    held what its largest request had allocated for good."""
+    import mlx.core as mx
+
+    from assistant.oneshot import OneShot
+
+    def cached() -> Awaitable[float]:
+        return rig.compute.run(mx.get_cache_memory, priority=Priority.BACKGROUND)  # after the clear queued before
+
+    async def body(s: WyomingServices) -> list[float]:
+        seen, audio = [], speech(16000)[:8000]
+        async with AsyncTcpClient("127.0.0.1", s.asr_port) as c:
+            await c.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+            await c.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=pcm(audio, 2, 1)).event())
+            await c.write_event(AudioStop().event())
+            await read_until(c, "transcript")
+            seen.append(await cached())  # the request is answered, its connection still open
+        if s._handlers:
+            await asyncio.wait(set(s._handlers), timeout=READ_S)
+        seen.append(await cached())
+        transcriber = await rig.compute.run(rig.engines.new_transcriber)
+        oneshot = OneShot(
+            rig.cfg, cast(Any, SimpleNamespace(tts=rig.engines.tts, transcriber=transcriber)), rig.compute
+        )
+        assert [len(c) async for c in oneshot.speak("Hello.", None)]
+        seen.append(await cached())
+        await oneshot.transcribe(audio)
+        seen.append(await cached())
+        return seen
+
+    open_connection, *after = rig.serve(body)
+    assert open_connection > 0 and after == [0, 0, 0]
 
 
 def test_handle_refuses_a_transcript_over_max_text_chars(rig: Rig) -> None:
