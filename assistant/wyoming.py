@@ -88,6 +88,8 @@ MAX_CONVERSATIONS = 4
 # A connection that sends nothing for this long is closed: Home Assistant's requests stream their events seconds
 # apart, and a client whose machine lost power or network leaves a connection that would otherwise stay for good
 IDLE_S = 300.0
+# ...and one that reads none of its answer for this long is dropped (it held its handler, socket and request state)
+SEND_TIMEOUT_S = 60.0
 PARAKEET_LANGUAGES = "bg cs da de el en es et fi fr hr hu it lt lv mt nl pl pt ro ru sk sl sv uk".split()
 
 
@@ -248,10 +250,22 @@ def _service_reply(event: Event, info: Info) -> Event | None:
     return None
 
 
+class _Handler(AsyncEventHandler):
+    """A connection of any of the services: its writes give up on a client that reads nothing for SEND_TIMEOUT_S."""
+
+    async def write_event(self, event: Event) -> None:
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await async_write_event(event, self.writer)
+        except TimeoutError:
+            self.writer.transport.abort()  # a close would wait for it to read what is queued
+            raise ConnectionResetError(f"the client read nothing for {SEND_TIMEOUT_S:g} s") from None
+
+
 # ---- ASR -----------------------------------------------------------------------------------------------------
 
 
-class AsrHandler(AsyncEventHandler):
+class AsrHandler(_Handler):
     """One ASR connection: a transcriber of its own, fed as audio arrives, partials streamed back."""
 
     def __init__(self, reader: Any, writer: Any, service: WyomingServices) -> None:
@@ -367,7 +381,7 @@ class AsrHandler(AsyncEventHandler):
 # ---- TTS -----------------------------------------------------------------------------------------------------
 
 
-class TtsHandler(AsyncEventHandler):
+class TtsHandler(_Handler):
     """One TTS connection: plain `synthesize`, or a streaming request whose text arrives in chunks."""
 
     def __init__(self, reader: Any, writer: Any, service: WyomingServices) -> None:
@@ -534,7 +548,7 @@ class TtsHandler(AsyncEventHandler):
 # ---- HANDLE --------------------------------------------------------------------------------------------------
 
 
-class HandleHandler(AsyncEventHandler):
+class HandleHandler(_Handler):
     """One conversation-agent connection: its own chat over the loaded LLM, answers streamed as handled-chunks."""
 
     def __init__(self, reader: Any, writer: Any, service: WyomingServices) -> None:

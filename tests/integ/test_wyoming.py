@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import threading
 import wave
 from collections.abc import Awaitable, Callable, Iterator
@@ -744,6 +745,34 @@ def test_a_connection_that_goes_silent_is_closed_after_the_idle_time(rig: Rig, m
         return seen
 
     assert rig.serve(body) == [[], ["info"], ["error"]]
+
+
+def test_a_client_that_never_reads_its_speech_is_dropped(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that stays connected but reads none of its speech for SEND_TIMEOUT_S is dropped and the service goes
+    on serving; its handler (and its utterance) waited on it for good before."""
+    monkeypatch.setattr(wyoming, "SEND_TIMEOUT_S", 0.3)
+
+    async def body(s: WyomingServices) -> list[str]:
+        for listening in (sock for server in s._servers for sock in server.sockets):
+            if listening.getsockname()[1] == s.tts_port:  # its connections inherit small kernel buffers
+                listening.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once: the server's writes stall
+        sock.connect(("127.0.0.1", s.tts_port))
+        _, writer = await asyncio.open_connection(sock=sock)
+        await async_write_event(Synthesize(text="Hello.").event(), writer)  # seconds of audio, never read
+        for _ in range(100):  # until the server has a handler for it (a safety net, never a timing assertion)
+            if s._handlers:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.wait(set(s._handlers), timeout=READ_S)
+        assert not s._handlers
+        writer.close()
+        async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:
+            await c.write_event(Describe().event())
+            return [(await read(c)).type]
+
+    assert rig.serve(body) == ["info"]
 
 
 def test_requests_leave_nothing_in_mlx_buffer_cache(rig: Rig) -> None:
