@@ -20,7 +20,7 @@ import numpy as np
 
 from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS
 from assistant.audio.ring import AudioRing, CaptureClock
-from assistant.endofturn import EndOfTurnPolicy, TurnEvidence, scored_clip, turn_words
+from assistant.endofturn import EndOfTurnPolicy, Endpointer, turn_words
 from assistant.errors import InputError, ModelError
 from assistant.events import (
     AttentionChanged,
@@ -46,10 +46,10 @@ from assistant.events import (
     SpeechStarted,
     StateChanged,
     TurnState,
+    VadEvent,
 )
 from assistant.wake import TurnSource, WakeGate
 
-VadEvent = SpeechStarted | PauseStarted | SilenceStarted | SpeechResumed | SpeechEnded
 APOLOGY = "Sorry, I could not get an answer just now. Please ask again."
 MAX_PENDING = 256  # user messages held for a Realtime response: a transcription-only session runs for weeks
 
@@ -320,12 +320,7 @@ class Utterance:
     ptt: bool = False
     candidate: bool = False  # during (or in the echo of) a reply: not a turn until it earns one
     feeding: bool = False
-    silence_at: int | None = None  # where the current pause began (capture position)
-    segment: int | None = None  # onset of the speech after the last pause waited through (None: the turn start)
     partial: str = ""
-    score: float | None = None
-    scoring: int = 0  # the score request in flight for this pause (0: none)
-    scored_pause: int | None = None  # the pause (its first silent sample) that score / scoring are for
     spec_job: int | None = None  # the speculative finalize in flight or done
     spec_turn: int | None = None  # the speculative reply's turn number
     spec_text: str | None = None  # the speculative transcript, once known
@@ -374,7 +369,7 @@ class TurnCore:
 
     def __init__(self, policy: Policy, end_of_turn: EndOfTurnPolicy, ring_samples: int) -> None:
         self.policy = policy
-        self.end_of_turn = end_of_turn
+        self.endpointer = Endpointer(end_of_turn)  # the end-of-turn strategy: it weighs the user's pauses
         self.state = TurnState.IDLE
         self.muted = False
         self.ptt = False
@@ -495,42 +490,29 @@ class TurnCore:
     def _on_vad(self, ev: VadEvent) -> None:
         if not self.policy.vad_turns:
             return  # push-to-talk alone: the VAD's events are no news
-        user, after = self.user, self.end_of_turn.score_after_ms
-        # a pause notice is the core's own cue; with a model-backed policy, a start or an untruncated end inside an
-        # open turn is the policy's to judge (the turn's end is published when it decides: _check_end_of_turn)
+        user, judges = self.user, self.endpointer.judges
+        # a pause notice is the core's own cue; where the end-of-turn policy judges pauses, a start or an untruncated
+        # end inside an open turn is its to judge (the turn's end is published when it decides: _check_end_of_turn)
         judged = isinstance(ev, SpeechStarted) or (isinstance(ev, SpeechEnded) and not ev.truncated)
-        if not isinstance(ev, PauseStarted) and (after is None or user is None or self.ptt or not judged):
+        if not isinstance(ev, PauseStarted) and (not judges or user is None or self.ptt or not judged):
             self._emit(Publish(ev))
         if self.ptt:
             return  # the hotkey overrides endpointing while held
-        if isinstance(ev, SpeechStarted):
-            if user is None:
+        if user is None:
+            if isinstance(ev, SpeechStarted):
                 self._speech_started(ev)
-            else:  # a new start inside a pause that the end-of-turn policy kept open
-                self._resumed(user, ev.time, ev.onset_sample)
-        elif user is None:
             return
-        elif isinstance(ev, PauseStarted):
-            if after is not None and not user.ptt:
-                self._ask_score(user, ev.sample, after)  # early: the answer is ready when SilenceStarted confirms it
-        elif isinstance(ev, SilenceStarted):
-            user.silence_at = ev.sample
-            if user.scored_pause != ev.sample:  # asked at a pause that voice ended before it was confirmed
-                user.score, user.scoring, user.scored_pause = None, 0, None
-            addressed = self.wake.may_speculate(user.partial, user.started_at, user.source)
-            if self.policy.speculative and not user.candidate and user.spec_job is None and addressed:
+        if isinstance(ev, SpeechEnded) and (ev.truncated or not judges):
+            # the VAD's hangover (adaptive or not) is the silence rule; a policy that judges pauses may wait longer
+            self._end_turn(user, ev.end_sample, ev.time)
+            return
+        self.endpointer.vad(ev)  # a new start here is inside a pause the end-of-turn policy kept open
+        if isinstance(ev, SpeechStarted | SpeechResumed):
+            self._cancel_speculation(ev.time)
+        elif isinstance(ev, SilenceStarted) and self.policy.speculative and not user.candidate:
+            if user.spec_job is None and self.wake.may_speculate(user.partial, user.started_at, user.source):
                 self._speculate(user, ev.time)
-            self._check_end_of_turn(ev.time)  # a score may be due now, not one audio block later
-        elif isinstance(ev, SpeechResumed):
-            self._resumed(user, ev.time, ev.sample)
-        elif isinstance(ev, SpeechEnded):
-            if user.silence_at is None:
-                user.silence_at = ev.end_sample
-            if ev.truncated or after is None:
-                # the VAD's hangover (adaptive or not) is the silence rule; a model-backed policy may wait longer
-                self._end_turn(user, ev.end_sample, ev.time)
-            else:
-                self._check_end_of_turn(ev.time, vad_ended=True)
+        self._check_end_of_turn(ev.time, vad_ended=isinstance(ev, SpeechEnded))  # a score may be due now
 
     def _speech_started(self, ev: SpeechStarted) -> None:
         """Speech by capture time: during a reply (or its echo) it must qualify before it takes the turn."""
@@ -552,17 +534,12 @@ class TurnCore:
             return
         self._begin(ev.start_sample)
 
-    def _resumed(self, user: Utterance, now: float, onset: int) -> None:
-        if user.score is not None or user.scoring:  # a pause the policy judged and waited through
-            user.segment = onset
-        user.silence_at, user.score, user.scoring, user.scored_pause = None, None, 0, None  # a late score is stale
-        self._cancel_speculation(now)
-
     # ---- the user's turn ------------------------------------------------------------------------------------
 
     def _begin(self, start: int, ptt: bool = False, candidate: bool = False) -> Utterance:
         self._ids += 1
         self.user = Utterance(self._ids, start, start, ptt, candidate, started_at=self.clock.time_of(start))
+        self.endpointer.begin(start)
         self.backlog_ms = 0.0
         self._emit(ResetTranscriber())
         self._feed()
@@ -606,39 +583,26 @@ class TurnCore:
         self._set_state(TurnState.USER_SPEAKING)
 
     def _check_end_of_turn(self, now: float, vad_ended: bool = False) -> None:
+        """Ask the end-of-turn strategy whether a score is due and whether the user's turn is over."""
         user = self.user
-        if user is None or user.silence_at is None or user.ptt or not self.policy.vad_turns or self.ptt:
+        if user is None or user.ptt or not self.policy.vad_turns or self.ptt:
             return
-        if self.end_of_turn.score_after_ms is None and not vad_ended:
-            return  # a silence-only policy: the VAD's hangover (adaptive or not) is that silence
-        silence_ms = (self.ring.end - user.silence_at) * 1000 // CAPTURE_RATE
-        after = self.end_of_turn.score_after_ms
-        if after is not None and silence_ms >= after and user.score is None and not user.scoring:
-            self._ask_score(user, user.silence_at, after)
-        speech_ms = (user.silence_at - user.start) * 1000 // CAPTURE_RATE
-        evidence = TurnEvidence(silence_ms, speech_ms, user.score, user.partial, self._room_known)
-        if self.end_of_turn.decide(evidence) == "end":
-            if after is not None:  # the VAD's own end was not published (_on_vad)
-                self._emit(Publish(SpeechEnded(user.start, user.silence_at, now)))
+        clip = self.endpointer.ask(self.ring)
+        if clip is not None:
+            self._emit(ScoreTurn(self.endpointer.asking, clip))
+        end = self.endpointer.ends(self.ring.end, user.partial, self._room_known)
+        if end is not None:
+            self._emit(Publish(SpeechEnded(user.start, end, now)))  # the VAD's own end was not published (_on_vad)
             if not vad_ended:
                 self._reset_vad()  # its pause in progress is over: the next speech must be a new start
-            self._end_turn(user, user.silence_at, now)
-
-    def _ask_score(self, user: Utterance, pause: int, after: int) -> None:
-        """Ask the end-of-turn model about the pause that began at `pause` (its first `after` ms are scored)."""
-        self._ids += 1
-        user.score, user.scoring, user.scored_pause = None, self._ids, pause
-        self._emit(ScoreTurn(user.scoring, scored_clip(self.ring, user.start, user.segment, pause, after)))
+            self._end_turn(user, end, now)
 
     def _on_scored(self, s: Scored) -> None:
         if s.error is not None:
             self._error("scoring the end of turn", s.error, s.now)
-        user = self.user
-        if user is None or not user.scoring or user.scoring != s.job:
-            return  # the turn ended, or speech resumed before the model answered: the score is of a past pause
-        # a broken model must not hold the turn open: it ends as the silence rule would end it
-        user.score, user.scoring = 1.0 if s.error is not None else s.score, 0
-        self._check_end_of_turn(s.now)
+        # (the turn ended, or speech resumed before the model answered: a score of a past pause changes nothing)
+        if self.user is not None and self.endpointer.scored(s.job, None if s.error is not None else s.score):
+            self._check_end_of_turn(s.now)
 
     def _speculate(self, user: Utterance, now: float) -> None:
         """Silence started: transcribe and answer now, play nothing until the turn is confirmed."""
@@ -979,7 +943,7 @@ class TurnCore:
     def _on_set_policy(self, s: SetPolicy) -> None:
         vad_changed = s.policy.vad_turns != self.policy.vad_turns
         self.wake.retune(s.policy.wake_phrase, s.policy.follow_up_s)
-        self.policy, self.end_of_turn = s.policy, s.end_of_turn
+        self.policy, self.endpointer.policy = s.policy, s.end_of_turn
         if vad_changed:
             self._drop_user()
         if vad_changed or s.new_vad:

@@ -594,7 +594,7 @@ def test_a_model_backed_policy_scores_the_pause_and_holds_a_thinking_pause() -> 
     resumes it, the next score hears that resumed segment (with a 200 ms lead-in), and a high score at that pause
     ends it at once."""
     tl = Timeline(dataclasses.replace(DAEMON, speculative=False))
-    tl.core.end_of_turn = ScoredPolicy()
+    tl.core.endpointer.policy = ScoredPolicy()
     tl.audio(10, value=1000)
     tl.started(0)
     pause = tl.pos()
@@ -625,7 +625,7 @@ def test_a_model_backed_policy_scores_the_pause_and_holds_a_thinking_pause() -> 
 
 def paused_for_a_score(tl: Timeline) -> list[ScoreTurn]:
     """Under ScoredPolicy the user speaks and pauses 240 ms; returns the score requests so far."""
-    tl.core.end_of_turn = ScoredPolicy()
+    tl.core.endpointer.policy = ScoredPolicy()
     tl.audio(10, value=1000)
     tl.started(0)
     tl.vad(SilenceStarted(tl.pos(), tl.now))
@@ -649,7 +649,7 @@ def test_the_score_is_asked_as_soon_as_the_vad_reports_enough_silence() -> None:
     """When the VAD reports a pause that has already lasted score_after_ms, the core asks for the score at that
     event, not one audio block later."""
     tl = Timeline(dataclasses.replace(DAEMON, speculative=False))
-    tl.core.end_of_turn = ScoredPolicy()
+    tl.core.endpointer.policy = ScoredPolicy()
     tl.audio(10, value=1000)
     tl.started(0)
     pause = tl.pos()
@@ -666,7 +666,7 @@ def test_a_score_asked_at_the_pause_notice_ends_the_turn_when_the_silence_is_con
     confirms that same pause, which then ends the turn at once with no second ask. Voice before the confirmation
     starts a new pause: the old answer is dropped and the new pause is asked about afresh."""
     tl = Timeline(dataclasses.replace(DAEMON, speculative=False))
-    tl.core.end_of_turn = ScoredPolicy()
+    tl.core.endpointer.policy = ScoredPolicy()
     tl.audio(10, value=1000)
     tl.started(0)
     first = tl.pos()
@@ -691,7 +691,7 @@ def test_a_score_asked_at_the_pause_notice_ends_the_turn_when_the_silence_is_con
     assert len(tl.of(ScoreTurn)) == 2
 
     tl = Timeline(dataclasses.replace(DAEMON, speculative=False))  # the answer came first: the end is at once
-    tl.core.end_of_turn = ScoredPolicy()
+    tl.core.endpointer.policy = ScoredPolicy()
     tl.audio(10, value=1000)
     tl.started(0)
     pause = tl.pos()
@@ -708,7 +708,7 @@ def test_a_model_judged_turn_publishes_one_start_and_one_end() -> None:
     """With a model-backed policy the VAD's end and new start inside the open turn are not published: a Realtime
     client sees one speech start and one speech end, from the turn's start to where the model ended it."""
     tl = Timeline(REALTIME)
-    tl.core.end_of_turn = ScoredPolicy()
+    tl.core.endpointer.policy = ScoredPolicy()
     tl.audio(10, value=1000)
     tl.started(0)
     pause = tl.pos()
@@ -890,7 +890,7 @@ UNKNOWN_ROOM = SmartTurnPolicy(room_unknown_wait_ms=1200)  # as endofturn.policy
 
 def paused_question(tl: Timeline) -> None:
     """ "What time is it" in a room the echo canceller has not heard yet, 240 ms of silence, and a sure score."""
-    tl.core.end_of_turn = UNKNOWN_ROOM
+    tl.core.endpointer.policy = UNKNOWN_ROOM
     tl.audio(10, value=1000, room_known=False)
     tl.started(0)
     tl.vad(SilenceStarted(tl.pos(), tl.now))
