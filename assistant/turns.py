@@ -2,12 +2,13 @@
 
 `TurnCore.handle(input) -> list[Action]`: the typed `Input`s below in, the `Action`s the driver executes out. Time
 enters only as values on the inputs, so a scripted timeline of inputs is a complete test. `Policy` holds what
-differs between the daemon and a Realtime session; the end-of-turn strategy is an `EndOfTurnPolicy`
-(assistant/endofturn.py).
+differs between the daemon and a Realtime session; the end-of-turn strategy, an `Endpointer` over an
+`EndOfTurnPolicy` (assistant/endofturn.py), weighs the user's pauses.
 
 Echo: a block is judged by the time it was recorded. Recorded while the speaker played (`AudioIn.speaker_dbfs`)
-or within `echo_tail_ms` after its last sample left (`speaker_end`), it runs through the VAD's stricter playback
-gate, and speech whose onset falls there starts a turn only once its transcript has words.
+or within `echo_tail_ms` after its last sample left (`speaker_end`; the capture clock's rule, audio/ring.py), it runs
+through the VAD's stricter playback gate, and speech whose onset falls there starts a turn only once its
+transcript has words.
 """
 
 from __future__ import annotations
@@ -386,7 +387,6 @@ class TurnCore:
         self._ids = 0
         self._jobs: dict[int, Finalizing] = {}
         self._creating: tuple[int, CreateResponse] | None = None  # a response (its turn) waiting for transcripts
-        self._loud: tuple[float, float] | None = None  # (capture time, dBFS) the speaker last played audibly
         self._next: tuple[str, float] | None = None  # words said over the reply, answered when it ends (speech end)
         self._closed: Closed | None = None  # the latest answered turn, while it may still be resumed
         self._out: list[Action] = []
@@ -459,8 +459,7 @@ class TurnCore:
     def _on_audio(self, a: AudioIn) -> None:
         start = self.ring.end
         n = len(a.samples)
-        echo = self._echo_level(a)
-        self.clock.add(start, a.t, echo is not None)
+        echo = self.clock.add(start, a.t, a.speaker_dbfs, a.speaker_end, self.policy.echo_tail_ms)
         self._room_known = a.room_known
         if self.muted:
             self.ring.append(np.zeros(n, dtype=np.int16))  # positions stay aligned; no audio kept
@@ -475,17 +474,6 @@ class TurnCore:
         self._check_end_of_turn(a.now)  # before the VAD sees the block: its events then follow this decision
         if self.policy.vad_turns or self.policy.ptt:
             self._emit(RunVad(a.samples, echo, a.speaker_linear and echo == a.speaker_dbfs))
-
-    def _echo_level(self, a: AudioIn) -> float | None:
-        """The speaker level a block recorded at `a.t` is to be judged against (None: the speaker was silent)."""
-        if a.speaker_dbfs > SILENT_DBFS:
-            self._loud = (a.t, a.speaker_dbfs)
-            return a.speaker_dbfs
-        if self._loud is None:
-            return None
-        tail = self.policy.echo_tail_ms / 1000.0
-        ended = a.speaker_end if a.speaker_end is not None else self._loud[0]
-        return self._loud[1] if a.t < max(ended, self._loud[0]) + tail else None
 
     def _on_vad(self, ev: VadEvent) -> None:
         if not self.policy.vad_turns:
