@@ -251,12 +251,19 @@ class Endpointer:
         self.score: float | None = None
         self.asking = 0  # the score request in flight for this pause (0: none)
         self.scored_pause: int | None = None  # the pause (its first silent sample) that score / asking are for
+        self.room_known = True  # the latest audio's TurnEvidence.room_known
         self._requests = 0
 
     @property
     def judges(self) -> bool:
         """Whether the policy weighs each pause itself (with a model's score) rather than leave it to the VAD."""
         return self.policy.score_after_ms is not None
+
+    def news(self, ev: VadEvent) -> bool:
+        """Whether clients hear of this VAD event inside the open turn: where the policy judges pauses, a new start
+        is the same turn's and the VAD's untruncated end is not the turn's (the core publishes the end it decides)."""
+        judged = isinstance(ev, SpeechStarted) or (isinstance(ev, SpeechEnded) and not ev.truncated)
+        return not self.judges or not judged
 
     def begin(self, start: int) -> None:
         """A new turn from sample `start`."""
@@ -304,14 +311,14 @@ class Endpointer:
         self.score, self.asking = 1.0 if score is None else score, 0
         return True
 
-    def ends(self, heard_to: int, partial_text: str, room_known: bool) -> int | None:
+    def ends(self, heard_to: int, partial_text: str) -> int | None:
         """Where the turn ends (the current pause's first silent sample) when the policy says it is over, with the
         audio heard up to sample `heard_to`; None: it goes on."""
         if not self.judges or self.silence_at is None:
             return None
         silence_ms = (heard_to - self.silence_at) * 1000 // CAPTURE_RATE
         speech_ms = (self.silence_at - self.start) * 1000 // CAPTURE_RATE
-        evidence = TurnEvidence(silence_ms, speech_ms, self.score, partial_text, room_known)
+        evidence = TurnEvidence(silence_ms, speech_ms, self.score, partial_text, self.room_known)
         return self.silence_at if self.policy.decide(evidence) == "end" else None
 
     def _forget(self) -> None:

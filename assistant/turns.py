@@ -391,7 +391,6 @@ class TurnCore:
         self._closed: Closed | None = None  # the latest answered turn, while it may still be resumed
         self._out: list[Action] = []
         self._now = 0.0  # the latest input's time (for the events it causes)
-        self._room_known = True  # the latest AudioIn's room_known
         self.wake = WakeGate(policy.wake_phrase, policy.follow_up_s)
 
     # ---- the one entry point --------------------------------------------------------------------------------
@@ -460,7 +459,7 @@ class TurnCore:
         start = self.ring.end
         n = len(a.samples)
         echo = self.clock.add(start, a.t, a.speaker_dbfs, a.speaker_end, self.policy.echo_tail_ms)
-        self._room_known = a.room_known
+        self.endpointer.room_known = a.room_known
         if self.muted:
             self.ring.append(np.zeros(n, dtype=np.int16))  # positions stay aligned; no audio kept
             return
@@ -478,19 +477,16 @@ class TurnCore:
     def _on_vad(self, ev: VadEvent) -> None:
         if not self.policy.vad_turns:
             return  # push-to-talk alone: the VAD's events are no news
-        user, judges = self.user, self.endpointer.judges
-        # a pause notice is the core's own cue; where the end-of-turn policy judges pauses, a start or an untruncated
-        # end inside an open turn is its to judge (the turn's end is published when it decides: _check_end_of_turn)
-        judged = isinstance(ev, SpeechStarted) or (isinstance(ev, SpeechEnded) and not ev.truncated)
-        if not isinstance(ev, PauseStarted) and (not judges or user is None or self.ptt or not judged):
-            self._emit(Publish(ev))
+        user = self.user
+        if not isinstance(ev, PauseStarted) and (user is None or self.ptt or self.endpointer.news(ev)):
+            self._emit(Publish(ev))  # (a pause notice is the core's own cue)
         if self.ptt:
             return  # the hotkey overrides endpointing while held
         if user is None:
             if isinstance(ev, SpeechStarted):
                 self._speech_started(ev)
             return
-        if isinstance(ev, SpeechEnded) and (ev.truncated or not judges):
+        if isinstance(ev, SpeechEnded) and (ev.truncated or not self.endpointer.judges):
             # the VAD's hangover (adaptive or not) is the silence rule; a policy that judges pauses may wait longer
             self._end_turn(user, ev.end_sample, ev.time)
             return
@@ -578,7 +574,7 @@ class TurnCore:
         clip = self.endpointer.ask(self.ring)
         if clip is not None:
             self._emit(ScoreTurn(self.endpointer.asking, clip))
-        end = self.endpointer.ends(self.ring.end, user.partial, self._room_known)
+        end = self.endpointer.ends(self.ring.end, user.partial)
         if end is not None:
             self._emit(Publish(SpeechEnded(user.start, end, now)))  # the VAD's own end was not published (_on_vad)
             if not vad_ended:

@@ -121,7 +121,7 @@ class Pauses:
         clip = self.e.ask(self.ring)
         if clip is not None:
             self.asks.append((self.e.asking, clip))
-        self.end = self.e.ends(self.ring.end, "", True)
+        self.end = self.e.ends(self.ring.end, "")
         return self
 
     def voice(self, ms: int) -> Pauses:
@@ -248,13 +248,22 @@ def test_endpointer_timeline(
     assert p.end == end, proves
 
 
+def test_which_vad_events_inside_a_turn_clients_hear_of() -> None:
+    """Under a silence-only policy every VAD event is news; where the policy judges pauses, a new start inside the
+    turn (the same turn goes on) and the VAD's untruncated end (the policy ends the turn) are not, a cut is."""
+    events = [SpeechStarted(0, 0, 0.0), SilenceStarted(0, 0.0), SpeechResumed(0, 0.0), SpeechEnded(0, 1, 0.0)]
+    events.append(SpeechEnded(0, 1, 0.0, truncated=True))
+    assert [Endpointer(FixedSilence(700)).news(e) for e in events] == [True] * 5
+    assert [Endpointer(SMART).news(e) for e in events] == [False, True, True, False, True]
+
+
 def test_a_new_turn_forgets_the_last_turns_pause_and_its_score_in_flight() -> None:
     """`begin` starts afresh: a score still coming for the previous turn is refused, and nothing ends the new turn
     before a pause of its own."""
     p = Pauses(SMART).voice(500).silence().hear(160)
     p.e.begin(p.ring.end)
     assert not p.e.scored(p.asks[0][0], 0.9)
-    assert p.e.ends(p.ring.end, "", True) is None and p.e.ask(p.ring) is None
+    assert p.e.ends(p.ring.end, "") is None and p.e.ask(p.ring) is None
 
 
 def test_features_match_the_whisper_feature_extractor() -> None:
