@@ -87,6 +87,29 @@ def turn_words(text: str, backchannels: frozenset[str]) -> int:
 
 
 @dataclass(frozen=True)
+class BargeInRule:
+    """When the user's speech over a reply takes the turn from it: never (not `enabled`: the reply goes on and the
+    speech is answered once it is over), at the VAD's start (`min_words` 0 and no backchannels), or once its
+    transcript holds `min_words` (at least one) words that are not the listener's `backchannels` ("mm-hm")."""
+
+    enabled: bool = True
+    min_words: int = 0
+    backchannels: frozenset[str] = frozenset()  # bare words (see bare_word)
+
+    @property
+    def at_start(self) -> bool:
+        """The VAD's start alone interrupts the reply: there are no words to wait for."""
+        return self.enabled and self.min_words == 0 and not self.backchannels
+
+    def words(self, text: str) -> int:
+        return turn_words(text, self.backchannels)
+
+    def takes_turn(self, text: str) -> bool:
+        """Whether speech over the reply whose transcript (partial or final) is `text` interrupts it now."""
+        return self.enabled and self.words(text) >= max(1, self.min_words)
+
+
+@dataclass(frozen=True)
 class SmartTurnPolicy:
     """The end-of-turn model's policy: weigh a score of the speech plus `score_after_ms` of silence once that
     silence is heard, end the turn when the score reaches `threshold` (unless the partial transcript ends on a

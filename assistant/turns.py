@@ -21,7 +21,7 @@ import numpy as np
 
 from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS
 from assistant.audio.ring import AudioRing, CaptureClock
-from assistant.endofturn import EndOfTurnPolicy, Endpointer, turn_words
+from assistant.endofturn import BargeInRule, EndOfTurnPolicy, Endpointer
 from assistant.errors import InputError, ModelError
 from assistant.events import (
     AttentionChanged,
@@ -64,9 +64,7 @@ class Policy:
     speculative: bool = True  # answer at the first silence, play only once the turn is confirmed
     answer_turns: bool = True  # a finished spoken turn is answered (daemon); else it queues a user message
     auto_respond: bool = True  # Realtime server VAD: a queued transcript creates a response by itself
-    barge_in: bool = True  # speech during a reply may interrupt it
-    barge_in_min_words: int = 0  # words the interruption's transcript needs (0: the VAD's start is enough)
-    backchannels: frozenset[str] = frozenset()  # listener words that never interrupt on their own ("mm-hm")
+    barge_in: BargeInRule = field(default_factory=BargeInRule)  # when speech during a reply interrupts it
     preroll_samples: int = 0
     echo_tail_ms: int = 200  # after the speaker's last sample, echo may still arrive (path delay + reverberation)
     wake_phrase: str = ""  # hands-free turns are answered only when addressed (see assistant/wake.py); "" = all
@@ -440,11 +438,6 @@ class TurnCore:
         return self._out
 
     @property
-    def _min_words(self) -> int:
-        """Words that make speech during a reply, or in its echo, the user's turn."""
-        return max(1, self.policy.barge_in_min_words)
-
-    @property
     def speculating(self) -> bool:
         return self.user is not None and self.user.spec_job is not None
 
@@ -507,11 +500,11 @@ class TurnCore:
             else:
                 self._reopen(closed)
             return
-        if self.current is not None and not self.policy.barge_in:
+        if self.current is not None and not self.policy.barge_in.enabled:
             # transcribed, the reply goes on: the daemon answers it once the reply is over (nothing said is lost)
             self._begin(ev.start_sample, candidate=self.policy.answer_turns)
             return
-        if self.current is not None and self.policy.barge_in_min_words == 0 and not self.policy.backchannels:
+        if self.current is not None and self.policy.barge_in.at_start:
             self._interrupt_current()
         elif self.current is not None or self.clock.echo_at(ev.onset_sample):
             self._begin(ev.start_sample, candidate=True)  # it must prove it is the user
@@ -552,8 +545,7 @@ class TurnCore:
         if f.partial is not None:
             user.partial = f.partial
             self._emit(Publish(PartialTranscript(f.partial, f.now)))
-            words = turn_words(f.partial, self.policy.backchannels)
-            if user.candidate and self.policy.barge_in and words >= self._min_words:
+            if user.candidate and self.policy.barge_in.takes_turn(f.partial):
                 self._promote(user)
         self._feed()
         self._check_end_of_turn(f.now)
@@ -683,11 +675,10 @@ class TurnCore:
         if text:
             self._emit(Publish(FinalTranscript(text, language, now)))
         decision = self.wake.decide(text, job.user.started_at, job.user.source)
-        words = turn_words(text, self.policy.backchannels)
-        if words == 0 or not decision.answer:
+        if self.policy.barge_in.words(text) == 0 or not decision.answer:
             self._emit(Publish(FalseStart(now)))  # a backchannel (or echo): the reply goes on
             return
-        later = words < self._min_words or not self.policy.barge_in
+        later = not self.policy.barge_in.takes_turn(text)
         if later and self.current is not None and self.policy.answer_turns:
             self._next = (decision.text, job.speech_end)  # answered once the reply is over
             return

@@ -22,6 +22,7 @@ from assistant.endofturn import (
     SMART_TURN_FILE,
     SMART_TURN_REPO,
     WINDOW_SAMPLES,
+    BargeInRule,
     EndOfTurnPolicy,
     Endpointer,
     FixedSilence,
@@ -264,6 +265,26 @@ def test_a_new_turn_forgets_the_last_turns_pause_and_its_score_in_flight() -> No
     p.e.begin(p.ring.end)
     assert not p.e.scored(p.asks[0][0], 0.9)
     assert p.e.ends(p.ring.end, "") is None and p.e.ask(p.ring) is None
+
+
+BACKCHANNELS = frozenset({"mm-hm", "yeah"})
+TRANSCRIPTS = ("", "Mm-hm, yeah.", "wait", "wait, what?")
+# (rule, it interrupts at the VAD's start, whether each of TRANSCRIPTS takes the turn)
+BARGE_IN_CASES = [
+    (BargeInRule(), True, [False, True, True, True]),  # any word; the start alone already interrupted
+    (BargeInRule(backchannels=BACKCHANNELS), False, [False, False, True, True]),
+    (BargeInRule(min_words=2, backchannels=BACKCHANNELS), False, [False, False, False, True]),
+    (BargeInRule(min_words=1), False, [False, True, True, True]),
+    (BargeInRule(enabled=False, backchannels=BACKCHANNELS), False, [False, False, False, False]),
+]
+
+
+@pytest.mark.parametrize(("rule", "at_start", "takes"), BARGE_IN_CASES)
+def test_barge_in_rule(rule: BargeInRule, at_start: bool, takes: list[bool]) -> None:
+    """Speech over a reply interrupts it at the VAD's start only with no words to wait for; else once its
+    transcript holds min_words (at least one) words that are not backchannels; never with barge-in off."""
+    assert rule.at_start is at_start
+    assert [rule.takes_turn(t) for t in TRANSCRIPTS] == takes
 
 
 def test_features_match_the_whisper_feature_extractor() -> None:

@@ -69,6 +69,11 @@ DAEMON = daemon_policy(CFG.replace({"pipeline.mode": "both"}))
 REALTIME = realtime_policy(CFG, server_vad=True, create_response=True, interrupt_response=True)
 
 
+def barging(policy: Policy, **rule: object) -> Policy:
+    """`policy` with these fields of its barge-in rule changed (enabled, min_words, backchannels)."""
+    return dataclasses.replace(policy, barge_in=dataclasses.replace(policy.barge_in, **rule))  # type: ignore[arg-type]
+
+
 class Timeline:
     """A turn core fed block by block on a synthetic capture clock, recording every action."""
 
@@ -237,7 +242,7 @@ def test_vad_hears_which_gate_applies() -> None:
 def barge_in(policy: Policy) -> None:
     """With no backchannel list, speech while the reply plays (by capture time) interrupts it at the VAD's start;
     the user's new turn starts at once."""
-    tl = Timeline(dataclasses.replace(policy, backchannels=frozenset()))
+    tl = Timeline(barging(policy, backchannels=frozenset()))
     turn = spoken_turn(tl)
     tl.reply_plays(turn)
     start = tl.pos()
@@ -255,7 +260,7 @@ def barge_in(policy: Policy) -> None:
 
 def false_start(policy: Policy) -> None:
     """With barge_in_min_words=1, speech during the reply that transcribes to no words leaves the reply alone."""
-    tl = Timeline(dataclasses.replace(policy, barge_in_min_words=1))
+    tl = Timeline(barging(policy, min_words=1))
     turn = spoken_turn(tl)
     tl.reply_plays(turn)
     start = tl.pos()
@@ -481,7 +486,7 @@ def words_over_reply_take_the_turn(policy: Policy) -> None:
 def short_words_wait_for_the_end(policy: Policy) -> None:
     """Words over the reply that are fewer than barge_in_min_words do not interrupt; they are kept and answered
     as the next turn once the reply is over."""
-    tl = Timeline(dataclasses.replace(policy, barge_in_min_words=3))
+    tl = Timeline(barging(policy, min_words=3))
     turn = spoken_turn(tl)
     start = speech_over_reply(tl, turn, "Saturday")
     tl.audio(5, speaker_dbfs=-20.0)
@@ -498,7 +503,7 @@ def short_words_wait_for_the_end(policy: Policy) -> None:
 def speech_over_reply_without_barge_in(policy: Policy) -> None:
     """With barge-in off, speech over the reply does not stop it, yet is transcribed and answered as the next
     turn when the reply is over."""
-    tl = Timeline(dataclasses.replace(policy, barge_in=False))
+    tl = Timeline(barging(policy, enabled=False))
     turn = spoken_turn(tl)
     start = speech_over_reply(tl, turn, "what about Saturday")
     tl.audio(5, speaker_dbfs=-20.0)
@@ -513,7 +518,7 @@ def speech_over_reply_without_barge_in(policy: Policy) -> None:
 def test_a_newer_answered_turn_drops_the_words_waiting_for_the_reply_even_when_speculated() -> None:
     """Words said over a reply and kept for its end are not answered after a newer turn of the user's, also when
     that turn's speculative reply is the one confirmed (as when it is answered afresh)."""
-    tl = Timeline(dataclasses.replace(DAEMON, barge_in_min_words=3))
+    tl = Timeline(barging(DAEMON, min_words=3))
     turn = spoken_turn(tl)
     start = speech_over_reply(tl, turn, "Saturday")
     tl.audio(5, speaker_dbfs=-20.0)
@@ -872,7 +877,7 @@ def test_resume_over_the_playing_answer_must_prove_it_is_the_user_first() -> Non
 
 def test_speech_after_the_resume_window_is_a_new_turn() -> None:
     """Past `resume_ms` after the end, speech over the reply is an interruption or a new turn, never a reopen."""
-    tl = Timeline(dataclasses.replace(RESUMING, backchannels=frozenset()))
+    tl = Timeline(barging(RESUMING, backchannels=frozenset()))
     turn = spoken_turn(tl)
     tl.reply_plays(turn)
     tl.audio(70)  # 1.4 s
