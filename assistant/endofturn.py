@@ -1,7 +1,9 @@
-"""When is the user's turn over: the evidence at a pause, the policies that weigh it, and the Smart Turn model.
+"""When is a turn over: the evidence at a pause, the policies that weigh it, the `Endpointer` that applies one to a
+turn's pauses, the barge-in rule (when the user's speech takes the turn from a reply), and the Smart Turn model.
 
-The policies are pure: the turn core consults its policy at every pause; a model's score arrives as a plain value
-(the driver runs the model), so a smarter detector is a second policy, not an edit of the core.
+All pure but the model: the turn core feeds its `Endpointer` the VAD events of the open turn and asks it whether to
+score and whether the turn is over; a model's score arrives as a plain value (the driver runs the model), so a
+smarter detector is a second policy, not an edit of the core.
 
 `SmartTurn` runs Smart Turn v3.2 (pipecat-ai/smart-turn-v3, BSD-2): a Whisper-encoder classifier over the last
 <= 8 s of the turn's audio that gives P(the speaker has finished). It runs on onnxruntime (the int8 QDQ CPU export),
