@@ -265,7 +265,7 @@ class Endpointer:
     and of which clip (`ask`), and whether the turn is over (`ends`); the model's answer comes back to `scored`.
 
     Under a silence-only policy (`judges` False) it never asks and never ends a turn: the VAD's hangover is that
-    silence. A smarter detector is a second `EndOfTurnPolicy`, or a second class with these methods."""
+    silence. A smarter detector is a second `EndOfTurnPolicy`: neither this class nor the core changes for it."""
 
     def __init__(self, policy: EndOfTurnPolicy) -> None:
         self.policy = policy
