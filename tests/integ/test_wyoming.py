@@ -720,7 +720,7 @@ def test_a_client_gone_mid_synthesis_ends_quietly(rig: Rig, caplog: pytest.LogCa
 def test_a_connection_that_goes_silent_is_closed_after_the_idle_time(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     """A connection that sends nothing for IDLE_S (a client whose machine lost power or network), before or after
     a request or mid-frame, is closed and its handler ends; before, each stayed for the life of the daemon."""
-    monkeypatch.setattr(wyoming, "IDLE_S", 0.3)
+    monkeypatch.setattr(wyoming, "IDLE_S", 0.5)
 
     async def body(s: WyomingServices) -> list[list[str]]:
         seen = []
