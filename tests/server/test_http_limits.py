@@ -8,7 +8,6 @@ import json
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from assistant.server import http
 from assistant.server import realtime_protocol as rp
 from assistant.server.realtime import RealtimeConversation, idle_note
 from assistant.server.ws import MAX_HTTP_REQUESTS, ControlServer
-from tests.server.fakes import FakeBackend, FakeController, FakeSession
+from tests.server.fakes import FakeBackend, FakeController, FakeSession, FakeSpeech
 from tests.server.helpers import TOKEN, running
 
 
@@ -174,36 +173,13 @@ def test_a_200_kb_header_line_gets_a_readable_431() -> None:
     assert after.startswith(b"HTTP/1.1 200 "), after[:200]
 
 
-class _EndlessSpeech:
+class _EndlessSpeech(FakeSpeech):
     """An AudioService whose speech never ends: a second of silence per chunk, as fast as it is taken."""
-
-    sample_rate = 24_000
-
-    def models(self) -> dict[str, str]:
-        return {}
-
-    def voices(self) -> list[str]:
-        return ["default"]
-
-    def voice_name(self, requested: str | None) -> str:
-        return "default"
-
-    def known_voice(self, name: str) -> bool:
-        return name == "default"
-
-    def check_voice(self, requested: str | None) -> None:
-        pass
-
-    def health(self) -> dict[str, Any]:
-        return {}
 
     async def speak(self, text: str, voice: str | None) -> AsyncIterator[np.ndarray]:
         while True:
             yield np.zeros(24_000, np.float32)
             await asyncio.sleep(0)
-
-    async def transcribe(self, audio: np.ndarray) -> tuple[str, str]:
-        return "", ""
 
 
 async def _until(cond: Callable[[], bool]) -> None:
