@@ -122,8 +122,9 @@ def test_a_chunked_upload_is_read_like_one_with_a_length() -> None:
     is decoded, extensions and trailers included, and answered (it was refused with 411); a bad chunk size is a 400
     naming it."""
     from assistant.server import http
+    from tests.server.fakes import FakeSpeech
     from tests.server.test_bad_input import TOKEN as APP_TOKEN
-    from tests.server.test_bad_input import _app, _Speech
+    from tests.server.test_bad_input import _app
 
     payload = b'{"input": "Hello there", "response_format": "pcm"}'
     pieces = [payload[:10], payload[10:31], payload[31:]]
@@ -132,7 +133,7 @@ def test_a_chunked_upload_is_read_like_one_with_a_length() -> None:
         f"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {APP_TOKEN}\r\n"
         "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     ).encode()
-    speech = _Speech()
+    speech = FakeSpeech()
 
     async def body() -> tuple[bytes, bytes]:
         app = _app(speech)
@@ -264,10 +265,11 @@ def test_speech_failing_mid_stream_ends_the_body_unfinished() -> None:
     response was written into the middle of the audio stream)."""
     from assistant.errors import ModelError
     from assistant.server import http
+    from tests.server.fakes import FakeSpeech
     from tests.server.test_bad_input import TOKEN as APP_TOKEN
-    from tests.server.test_bad_input import _app, _Speech
+    from tests.server.test_bad_input import _app
 
-    class Failing(_Speech):
+    class Failing(FakeSpeech):
         async def speak(self, text: str, voice: str | None) -> Any:
             yield np.zeros(2400, np.float32)
             raise ModelError("the TTS failed on the second sentence")

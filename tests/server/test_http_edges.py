@@ -9,8 +9,9 @@ import json
 import pytest
 
 from assistant.server.http import MAX_FORM_PARTS, MAX_JSON_BYTES, MAX_JSON_DEPTH, Request, parse_head
+from tests.server.fakes import FakeSpeech
 from tests.server.helpers import TOKEN, running
-from tests.server.test_bad_input import _app, _post, _Speech, _transcribe
+from tests.server.test_bad_input import _app, _post, _transcribe
 from tests.server.test_http_limits import raw
 
 
@@ -19,7 +20,7 @@ from tests.server.test_http_limits import raw
 def test_deeply_nested_speech_json_is_a_400(field: str, depth: int) -> None:
     """A speech body nested deeper than MAX_JSON_DEPTH, in any field, is a 400 saying so (it was a 500 with a
     RecursionError traceback in the log) and nothing is spoken."""
-    audio = _Speech()
+    audio = FakeSpeech()
     body = f'{{"input": "hi", "{field}": {"[" * depth}{"]" * depth}}}'.encode()
     resp = _post(_app(audio), "/v1/audio/speech", body, "application/json")
     error = json.loads(resp.body)["error"]
@@ -62,7 +63,7 @@ def test_a_bad_content_length_is_a_400_and_the_daemon_serves_on(lengths: list[by
 def test_a_wrong_method_is_a_405_that_names_the_allowed_ones(method: str, path: str, allow: str) -> None:
     """A 405 carries the Allow header RFC 9110 requires, listing the methods the path takes."""
     auth = [("Authorization", f"Bearer {TOKEN}")]
-    resp = asyncio.run(_app(_Speech()).handle(Request(method, path, "", auth, b"", "127.0.0.1")))
+    resp = asyncio.run(_app(FakeSpeech()).handle(Request(method, path, "", auth, b"", "127.0.0.1")))
     assert resp.status == 405 and resp.headers["Allow"] == allow
     assert json.loads(resp.body)["error"]["message"].startswith(f"{path} takes")
 
@@ -101,12 +102,16 @@ def test_errors_quote_at_most_a_few_dozen_characters_of_what_the_client_sent() -
     was echoed whole: a 3,000-character value made a 3 KB error line)."""
     long = "x" * 3000
     answers = [
-        _post(_app(_Speech()), "/v1/audio/speech", json.dumps({"input": "hi", key: long}).encode(), "application/json")
+        _post(
+            _app(FakeSpeech()), "/v1/audio/speech", json.dumps({"input": "hi", key: long}).encode(), "application/json"
+        )
         for key in ("response_format", "stream_format")
     ]
     answers.append(_transcribe([("response_format", long)]))
     head = f'--b\r\nContent-Disposition: form-data; name="file"; filename="{long}.wav"\r\n\r\nnot audio\r\n--b--\r\n'
-    answers.append(_post(_app(_Speech()), "/v1/audio/transcriptions", head.encode(), "multipart/form-data; boundary=b"))
+    answers.append(
+        _post(_app(FakeSpeech()), "/v1/audio/transcriptions", head.encode(), "multipart/form-data; boundary=b")
+    )
     for resp in answers:
         message = json.loads(resp.body)["error"]["message"]
         assert resp.status == 400 and "xxxxx" in message and len(message) < 250, message
@@ -115,7 +120,7 @@ def test_errors_quote_at_most_a_few_dozen_characters_of_what_the_client_sent() -
 def test_a_speech_body_larger_than_a_speech_request_is_refused_before_it_is_parsed() -> None:
     """A speech body over MAX_JSON_BYTES is a 413 at once (a 24 MB JSON array was decoded and walked on the event
     loop for seconds, stalling the voice loop, to end in a 400); one of 4,096 escaped characters still fits."""
-    audio = _Speech()
+    audio = FakeSpeech()
     big = b'{"input": "hi", "x": [' + b"0," * 600_000 + b"0]}"
     resp = _post(_app(audio), "/v1/audio/speech", big, "application/json")
     message = json.loads(resp.body)["error"]["message"]

@@ -13,9 +13,8 @@ import numpy as np
 
 from assistant.config import ServerConfig
 from assistant.server.ws import ControlServer
-from tests.server.fakes import FakeBackend, FakeController
+from tests.server.fakes import FakeBackend, FakeController, FakeSpeech
 from tests.server.helpers import TOKEN
-from tests.server.test_bad_input import _Speech
 from tests.server.test_page import browser
 
 WAIT_S = 60.0  # safety net for a loaded shared CPU; never a timing assertion
@@ -57,7 +56,7 @@ def test_one_click_on_start_reconnects_after_a_refused_connection(tmp_path: Path
 
     async def body() -> tuple[dict[str, Any], dict[str, Any], int]:
         backend, cfg = FakeBackend(), ServerConfig(port=0, token=TOKEN)
-        server = ControlServer(cfg, FakeController(), backend, audio=_Speech())  # /health lists its voice
+        server = ControlServer(cfg, FakeController(), backend, audio=FakeSpeech())  # /health lists its voice
         async with server, browser(tmp_path, quiet_wav(tmp_path / "quiet.wav")) as dev:
             await dev.call("Page.enable")
             await dev.navigate(f"http://127.0.0.1:{server.port}/")
