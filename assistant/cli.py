@@ -94,10 +94,13 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
 
 @dataclass(frozen=True)
 class _VoicesOnDisk:
-    """settings.VoiceCatalog before the TTS loads: the voices folder's profiles and config.json's model type."""
+    """settings.VoiceCatalog before the TTS loads: the voices folder's profiles and config.json's model type,
+    preset speakers and languages (None when the model is not on disk or its config.json does not parse)."""
 
-    model_type: str | None
     found: dict[str, Any]
+    model_type: str | None = None
+    speakers: list[str] | None = None
+    languages: list[str] | None = None
 
     def profiles(self) -> dict[str, Any]:
         return self.found
@@ -119,21 +122,28 @@ def check_voice(cfg: config.Config, name: str | None = None) -> None:
     for problem in broken.values():  # another voice: this one works, that one is skipped (`assistant voices`)
         log.warning("%s; that voice is skipped until it is fixed", problem)
     where = f" (profiles in {folder}; `assistant voices` lists them)"
-    check(_VoicesOnDisk(_tts_model_type(cfg.tts.model), dict(profiles)), name, f"{what}: ", where)
+    check(_voices_on_disk(cfg.tts.model, dict(profiles)), name, f"{what}: ", where)
     profiles[name].validate()
 
 
-def _tts_model_type(spec: str) -> str | None:
-    """`tts_model_type` of the TTS model's config.json; None when it is not on disk or unreadable (the model's
-    own pre-flight and load say so)."""
+def _voices_on_disk(spec: str, profiles: dict[str, Any]) -> _VoicesOnDisk:
+    """The catalog from the TTS model's config.json; what it cannot tell is None (not on disk, unreadable: the
+    model's own pre-flight and load say so)."""
+    from assistant.tts.qwen3.config import ModelConfig
     from assistant.tts.voices import MODEL_TYPE_OF
 
     try:
         raw = hub.read_json_object(hub.resolve(spec, "tts.model") / "config.json", "config.json", "")
     except ModelError:
-        return None
+        return _VoicesOnDisk(profiles)
     kind = raw.get("tts_model_type")
-    return kind if isinstance(kind, str) and kind in MODEL_TYPE_OF.values() else None
+    if not (isinstance(kind, str) and kind in MODEL_TYPE_OF.values()):
+        return _VoicesOnDisk(profiles)
+    try:
+        model = ModelConfig.from_dict(raw)
+    except (ModelError, *hub.MALFORMED):
+        return _VoicesOnDisk(profiles, kind)
+    return _VoicesOnDisk(profiles, kind, model.speakers, model.languages)
 
 
 def check_server_settings(cfg: config.Config) -> None:

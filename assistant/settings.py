@@ -10,7 +10,7 @@ quote at most a few dozen characters of what the client sent.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
 from assistant import config as config_mod
@@ -59,13 +59,25 @@ class VoiceProfileLike(Protocol):
     @property
     def mode(self) -> str: ...
 
+    @property
+    def speaker(self) -> str: ...
+
+    @property
+    def language(self) -> str: ...
+
 
 class VoiceCatalog(Protocol):
-    """What validating `tts.voice` needs: the profiles and the TTS model's type (None: not known yet, as before
-    the model is on disk)."""
+    """What validating `tts.voice` needs: the profiles, the TTS model's type, its preset speakers and its
+    languages (each None: not known yet, as before the model is on disk)."""
 
     @property
     def model_type(self) -> str | None: ...
+
+    @property
+    def speakers(self) -> Collection[str] | None: ...
+
+    @property
+    def languages(self) -> Collection[str] | None: ...
 
     def profiles(self) -> Mapping[str, VoiceProfileLike]: ...
 
@@ -128,6 +140,18 @@ def check_voice(voices: VoiceCatalog, name: str, prefix: str = "config.set: ", w
         raise ConfigError(
             f"{prefix}voice {name!r} ({profile.mode}) does not fit the {have} model of tts.model; voices that do: "
             f"{', '.join(fits) or 'none'} (or set tts.model to a {want} model)"
+        )
+    # a profile's speaker or language the model lacks failed only when the voice loaded: config.set had said yes
+    speakers, languages = voices.speakers, voices.languages
+    if speakers is not None and profile.speaker and profile.speaker.lower() not in speakers:
+        raise ConfigError(
+            f"{prefix}voice {name!r} uses speaker {profile.speaker!r}, which tts.model does not have; its speakers: "
+            f"{', '.join(speakers) or 'none'} (set `speaker` in the voice's profile, or pick another voice)"
+        )
+    if languages is not None and profile.language.lower() not in languages:
+        raise ConfigError(
+            f"{prefix}voice {name!r} has language {profile.language!r}, which tts.model does not know; use one of: "
+            f"{', '.join(languages)} (set `language` in the voice's profile)"
         )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from assistant.config import SttConfig, TtsConfig
-from assistant.errors import ModelError
+from assistant.errors import ConfigError, ModelError
 
 
 def test_a_tts_config_json_with_a_null_section_is_one_model_error(tmp_path: Path) -> None:
@@ -41,3 +41,60 @@ def test_a_model_path_naming_a_file_says_it_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ModelError, match=r"config\.json is a file, not a folder; name the folder"):
         hub.resolve(str(tmp_path / "config.json"), "STT model")
+
+
+def _tiny_tts_config(folder: Path) -> list[str]:
+    """A tiny CustomVoice config.json in `folder` (no weights); its preset speakers."""
+    from assistant.tts.qwen3.config import ModelConfig
+    from tools.qwen3_tts_ref import tiny as tts_tiny
+
+    return ModelConfig.from_dict(tts_tiny.write_config(folder, "custom_voice")).speakers
+
+
+def test_a_voice_whose_speaker_the_model_lacks_fails_before_the_models_load(tmp_path: Path) -> None:
+    """tts.voice = "default" (speaker ryan) with a CustomVoice model without ryan is refused by the pre-load check
+    that run, say and doctor make, naming the model's speakers; it passed, and only the voice load failed."""
+    from assistant import cli
+    from assistant.config import Config
+
+    speakers = _tiny_tts_config(tmp_path)
+    assert "ryan" not in speakers
+    cfg = Config().replace({"tts.model": str(tmp_path), "tts.voice": "default"})
+    with pytest.raises(ConfigError, match=r"^tts\.voice: voice 'default' uses speaker 'ryan', which tts\.model does"):
+        cli.check_voice(cfg)
+    cli.check_voice(cfg.replace({"tts.voice": "vivian"}))  # a preset speaker of the tiny model passes
+
+
+def test_config_set_refuses_a_voice_the_loaded_model_cannot_speak(tmp_path: Path) -> None:
+    """config.set of a voice whose speaker or language the loaded model lacks is refused; it answered success, the
+    voice load then failed in the log with a traceback and config.get named a voice that never spoke."""
+    from dataclasses import dataclass, field
+
+    from assistant import settings
+    from assistant.config import Config
+    from assistant.tts.voices import VoiceProfile
+
+    @dataclass
+    class Loaded:
+        """What a loaded tiny CustomVoice model tells the voice check."""
+
+        found: dict[str, VoiceProfile]
+        model_type: str = "custom_voice"
+        speakers: list[str] = field(default_factory=lambda: ["vivian", "eric"])
+        languages: list[str] = field(default_factory=lambda: ["auto", "english"])
+
+        def profiles(self) -> dict[str, VoiceProfile]:
+            return self.found
+
+    def profile(name: str, speaker: str, language: str) -> VoiceProfile:
+        return VoiceProfile(name, "custom_voice", tmp_path / f"{name}.toml", language=language, speaker=speaker)
+
+    voices = Loaded({p.name: p for p in (profile("ryan", "Ryan", "english"), profile("en", "vivian", "en"))})
+    voices.found["ok"] = profile("ok", "Vivian", "English")
+    with pytest.raises(
+        ConfigError, match=r"speaker 'Ryan', which tts\.model does not have; its speakers: vivian, eric \("
+    ):
+        settings.apply(Config(), {"tts.voice": "ryan"}, voices)
+    with pytest.raises(ConfigError, match=r"language 'en', which tts\.model does not know; use one of: auto, english"):
+        settings.apply(Config(), {"tts.voice": "en"}, voices)
+    assert settings.apply(Config(), {"tts.voice": "ok"}, voices).tts.voice == "ok"

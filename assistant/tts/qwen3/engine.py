@@ -168,6 +168,14 @@ class Qwen3TTS:
     def model_type(self) -> str:
         return self.loaded.config.tts_model_type
 
+    @property
+    def speakers(self) -> list[str]:
+        return self.loaded.config.speakers
+
+    @property
+    def languages(self) -> list[str]:
+        return self.loaded.config.languages
+
     def profiles(self) -> dict[str, VoiceProfile]:
         """The voice profiles that load; a broken one is skipped and logged (once while it stays broken)."""
         broken: dict[str, str] = {}
