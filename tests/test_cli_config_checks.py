@@ -100,6 +100,29 @@ def test_an_unusable_token_file_fails_before_the_models_load(isolated_env: Path)
     assert not (isolated_env / "new-token").exists()  # a check creates nothing
 
 
+def test_a_token_that_cannot_be_created_fails_before_the_models_load(isolated_env: Path) -> None:
+    """With no token yet and a read-only config folder, the start-up check fails naming the folder and the fix;
+    `run` found it only after loading and warming every model ("cannot write the server token")."""
+    import subprocess
+    import sys
+
+    from tests.test_install import read_only
+
+    home = isolated_env / "ro"
+    home.mkdir()
+    check = (
+        "from assistant import cli, config; from assistant.errors import ConfigError\n"
+        "try: cli.check_server_settings(config.Config().replace({'server.token_file': sys.argv[1]}))\n"
+        "except ConfigError as e: print(e)"
+    )
+    cmd = read_only(home, [sys.executable, "-c", f"import sys\n{check}", str(home / "assistant" / "token")])
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1])
+    assert out.stdout.strip() == (
+        f"cannot create the server token {home / 'assistant' / 'token'}: {home} is not writable; fix its "
+        "permissions, or set server.token_file to a path you can write, or server.token"
+    ), out.stderr
+
+
 def test_a_token_file_under_a_file_names_the_folder_not_permissions(isolated_env: Path) -> None:
     """A server.token_file whose folder path runs through a file (a config folder that is a file) fails naming
     that and the fix, not "fix its permissions", which no permission change would mend."""

@@ -60,8 +60,18 @@ def check_token_file(cfg: ServerConfig) -> None:
     ConfigError naming the fix (a folder, a symbolic link, an unreadable file)."""
     if cfg.token:
         return
-    _refuse_link(token_path(cfg))
-    read_token(cfg)
+    path = token_path(cfg)
+    _refuse_link(path)
+    if read_token(cfg) is not None:
+        return
+    folder = path.parent  # the first start creates the token there: a read-only home failed after the models loaded
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot create the server token {path}: {folder} is not writable; fix its permissions, or set "
+            "server.token_file to a path you can write, or server.token"
+        )
 
 
 def load_or_create_token(cfg: ServerConfig) -> str:
