@@ -353,11 +353,13 @@ async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any =
         memory.close()
         if not await asyncio.to_thread(compute.close, 0.5):
             # An MLX call is still running: exit now rather than let interpreter shutdown kill that thread
-            # inside C++ (std::terminate) or wait for it.
-            log.warning("a model step did not finish; exiting without waiting for it")
+            # inside C++ (std::terminate) or wait for it. Ctrl-C (asyncio.run cancels us) exits 130 as elsewhere.
+            interrupted = isinstance(sys.exc_info()[1], asyncio.CancelledError)
+            if not interrupted:
+                log.warning("a model step did not finish; exiting without waiting for it")
             logging.shutdown()
             sys.stdout.flush()
-            os._exit(1)
+            os._exit(130 if interrupted else 1)
 
 
 def cmd_wyoming(args: argparse.Namespace, cfg: config.Config) -> int:

@@ -158,3 +158,40 @@ def test_a_voices_dir_that_is_a_file_says_so(isolated_env: Path, capsys: pytest.
     assert capsys.readouterr().err == (
         f"assistant: error: voices folder {profile} is not a folder; set tts.voices_dir or create it\n"
     )
+
+
+def test_ctrl_c_while_the_models_load_exits_130_without_a_warning(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ctrl-C while a model loads (the load cannot be stopped) exits 130 as Ctrl-C does at any other moment; it
+    exited 1 after the warning "a model step did not finish", as if the daemon had failed."""
+    import asyncio
+    import threading
+
+    loading, release = threading.Event(), threading.Event()
+
+    def load(cfg: config.Config, progress: object) -> None:
+        loading.set()
+        release.wait(10)
+
+    monkeypatch.setattr(cli, "build_engines", load)
+    monkeypatch.setattr(cli.logging, "shutdown", lambda: None)
+
+    def exit_now(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli.os, "_exit", exit_now)
+
+    async def body() -> None:
+        task = asyncio.create_task(cli._run_daemon(config.Config().replace({"memory.off_the_record": True})))
+        await asyncio.to_thread(loading.wait, 10)
+        task.cancel()  # what asyncio.run does on SIGINT
+        await task
+
+    try:
+        with pytest.raises(SystemExit) as e:  # a task's SystemExit leaves the event loop at once
+            asyncio.run(body())
+    finally:
+        release.set()
+    assert e.value.code == 130
+    assert "did not finish" not in caplog.text
