@@ -155,6 +155,19 @@ def check_voice(voices: VoiceCatalog, name: str, prefix: str = "config.set: ", w
         )
 
 
+def speakable(voices: VoiceCatalog) -> list[str]:
+    """The profile names check_voice passes, sorted: what a client may be offered (/health, Wyoming's voice list;
+    offering every profile let Home Assistant and the page pick a clone voice a CustomVoice model cannot speak)."""
+    fits = []
+    for name in sorted(voices.profiles()):
+        try:
+            check_voice(voices, name)
+        except ConfigError:
+            continue
+        fits.append(name)
+    return fits
+
+
 def _check_key(key: str) -> None:
     if len(key) > MAX_KEY_CHARS:
         raise ConfigError(

@@ -4,12 +4,14 @@ the model and the fix, never a TypeError traceback (new-user defects found by qa
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from assistant.config import SttConfig, TtsConfig
 from assistant.errors import ConfigError, ModelError
+from assistant.tts.voices import VoiceProfile
 
 
 def test_a_tts_config_json_with_a_null_section_is_one_model_error(tmp_path: Path) -> None:
@@ -65,32 +67,33 @@ def test_a_voice_whose_speaker_the_model_lacks_fails_before_the_models_load(tmp_
     cli.check_voice(cfg.replace({"tts.voice": "vivian"}))  # a preset speaker of the tiny model passes
 
 
+@dataclass
+class Loaded:
+    """What a loaded tiny CustomVoice model tells the voice check (settings.VoiceCatalog)."""
+
+    found: dict[str, VoiceProfile]
+    model_type: str = "custom_voice"
+    speakers: list[str] = field(default_factory=lambda: ["vivian", "eric"])
+    languages: list[str] = field(default_factory=lambda: ["auto", "english"])
+
+    def profiles(self) -> dict[str, VoiceProfile]:
+        return self.found
+
+
+def _profile(folder: Path, name: str, speaker: str, language: str, mode: str = "custom_voice") -> VoiceProfile:
+    return VoiceProfile(name, mode, folder / f"{name}.toml", language=language, speaker=speaker)
+
+
 def test_config_set_refuses_a_voice_the_loaded_model_cannot_speak(tmp_path: Path) -> None:
     """config.set of a voice whose speaker or language the loaded model lacks is refused; it answered success, the
     voice load then failed in the log with a traceback and config.get named a voice that never spoke."""
-    from dataclasses import dataclass, field
-
     from assistant import settings
     from assistant.config import Config
-    from assistant.tts.voices import VoiceProfile
 
-    @dataclass
-    class Loaded:
-        """What a loaded tiny CustomVoice model tells the voice check."""
-
-        found: dict[str, VoiceProfile]
-        model_type: str = "custom_voice"
-        speakers: list[str] = field(default_factory=lambda: ["vivian", "eric"])
-        languages: list[str] = field(default_factory=lambda: ["auto", "english"])
-
-        def profiles(self) -> dict[str, VoiceProfile]:
-            return self.found
-
-    def profile(name: str, speaker: str, language: str) -> VoiceProfile:
-        return VoiceProfile(name, "custom_voice", tmp_path / f"{name}.toml", language=language, speaker=speaker)
-
-    voices = Loaded({p.name: p for p in (profile("ryan", "Ryan", "english"), profile("en", "vivian", "en"))})
-    voices.found["ok"] = profile("ok", "Vivian", "English")
+    voices = Loaded(
+        {p.name: p for p in (_profile(tmp_path, "ryan", "Ryan", "english"), _profile(tmp_path, "en", "vivian", "en"))}
+    )
+    voices.found["ok"] = _profile(tmp_path, "ok", "Vivian", "English")
     with pytest.raises(
         ConfigError, match=r"speaker 'Ryan', which tts\.model does not have; its speakers: vivian, eric \("
     ):
@@ -98,3 +101,27 @@ def test_config_set_refuses_a_voice_the_loaded_model_cannot_speak(tmp_path: Path
     with pytest.raises(ConfigError, match=r"language 'en', which tts\.model does not know; use one of: auto, english"):
         settings.apply(Config(), {"tts.voice": "en"}, voices)
     assert settings.apply(Config(), {"tts.voice": "ok"}, voices).tts.voice == "ok"
+
+
+def test_clients_are_offered_only_the_voices_the_model_can_speak(tmp_path: Path) -> None:
+    """Home Assistant's Wyoming voice list and /health's `voices` (the page's picker) hold only the profiles the
+    model can speak; they offered every profile, and a clone voice picked for a CustomVoice model then failed."""
+    from types import SimpleNamespace
+
+    from assistant.config import Config
+    from assistant.oneshot import OneShot
+    from assistant.wyoming import tts_info
+
+    found = [
+        _profile(tmp_path, "vivian", "vivian", "english"),
+        _profile(tmp_path, "ryan", "ryan", "english"),  # a speaker this model lacks
+        _profile(tmp_path, "clone", "", "english", mode="clone"),  # needs a Base model
+    ]
+    tts = Loaded({p.name: p for p in found})
+    loaded_tts = SimpleNamespace(
+        **vars(tts), profiles=tts.profiles, loaded=SimpleNamespace(config=tts), sample_rate=24000
+    )
+    (program,) = tts_info(Config(), loaded_tts).tts
+    assert [v.name for v in program.voices] == ["vivian"]
+    engines = SimpleNamespace(tts=loaded_tts, transcriber=None)
+    assert OneShot(Config(), engines, compute=None).voices() == ["vivian"]
