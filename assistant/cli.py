@@ -481,9 +481,11 @@ class SpeechStats:
     synth_s: float = 0.0
 
 
-def _speak(tts: Any, voice: Any, sentences: list[str], stats: SpeechStats) -> Any:
-    """float32 chunks of `sentences`, one utterance each (no silent cap: a sentence cut at tts.max_frames warns).
-    Ctrl-C lands between two frames of work."""
+def _speak(
+    tts: Any, voice: Any, sentences: list[str], stats: SpeechStats, done: Callable[[int], None] | None = None
+) -> Any:
+    """float32 chunks of `sentences`, one utterance each (no silent cap: a sentence cut at tts.max_frames warns);
+    `done(n)` after the n-th sentence. Ctrl-C lands between two frames of work."""
     import time
 
     from assistant.audio.format import TTS_FRAME_SAMPLES
@@ -508,6 +510,8 @@ def _speak(tts: Any, voice: Any, sentences: list[str], stats: SpeechStats) -> An
                 tts.cfg.max_frames,
                 tts.cfg.max_frames * TTS_FRAME_SAMPLES / tts.sample_rate,
             )
+        if done is not None:
+            done(n)
     stats.synth_s = time.perf_counter() - began
 
 
@@ -549,17 +553,21 @@ def cmd_say(args: argparse.Namespace, cfg: config.Config) -> int:
     voice = tts.voice(args.voice)
     loaded_s = time.perf_counter() - began
     stats = SpeechStats()
-    chunks = _speak(tts, voice, pieces, stats)
     if out is not None:
         import numpy as np
 
-        parts = list(chunks)
+        # a long text to a file was minutes of silence: a terminal sees the sentences done so far
+        shown = sys.stderr.isatty() and len(pieces) > 1
+        progress = partial(_say_progress, len(pieces), stats, tts.sample_rate) if shown else None
+        parts = list(_speak(tts, voice, pieces, stats, progress))
+        if shown:
+            print("\x1b[K", end="", file=sys.stderr)  # the progress line gives way to the summary
         audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         write_audio(out, audio, tts.sample_rate)
         where = "stdout" if out.is_stdout else out.path
         print(f"wrote {where} ({len(audio) / tts.sample_rate:.2f} s at {tts.sample_rate} Hz)", file=sys.stderr)
     else:
-        _play(cfg, chunks, tts.sample_rate)
+        _play(cfg, _speak(tts, voice, pieces, stats), tts.sample_rate)
     audio_s = stats.samples / tts.sample_rate
     rtf = stats.synth_s / audio_s if audio_s else 0.0
     print(
@@ -568,6 +576,14 @@ def cmd_say(args: argparse.Namespace, cfg: config.Config) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _say_progress(total: int, stats: SpeechStats, rate: int, n: int) -> None:
+    """One terminal line, rewritten after each sentence, for `say --out`."""
+    # ends at column 0 ("\r"), so a warning logged next overwrites it instead of joining it
+    print(
+        f"sentence {n} of {total}: {stats.samples / rate:.1f} s of audio\x1b[K", end="\r", file=sys.stderr, flush=True
+    )
 
 
 def _play(cfg: config.Config, chunks: Any, rate: int) -> int:

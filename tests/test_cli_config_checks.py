@@ -195,3 +195,40 @@ def test_ctrl_c_while_the_models_load_exits_130_without_a_warning(
         release.set()
     assert e.value.code == 130
     assert "did not finish" not in caplog.text
+
+
+def test_say_to_a_file_shows_the_sentences_done_in_a_terminal(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`say --out` of a long text shows "sentence n of N" in a terminal as it goes; it was silent until the end."""
+    import io
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from assistant.tts.qwen3 import Qwen3TTS
+
+    class Utterance:
+        done, frames_emitted = False, 1
+
+        def step(self) -> np.ndarray:
+            self.done = True
+            return np.zeros(2400, np.float32)  # 0.1 s
+
+    tts = SimpleNamespace(
+        sample_rate=24000, cfg=SimpleNamespace(max_frames=60), voice=lambda name: name, start=lambda v, s: Utterance()
+    )
+    monkeypatch.setattr(Qwen3TTS, "load", lambda cfg: tts)
+    monkeypatch.setattr(cli, "check_voice", lambda cfg, name=None: None)
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr("sys.stderr", err)
+    monkeypatch.setattr("sys.stdin", SimpleNamespace(buffer=io.BytesIO(b"One. Two. Three.")))
+    assert cli.main(["say", "-", "--out", str(isolated_env / "out.wav")]) == 0
+    shown = err.getvalue()
+    assert "sentence 1 of 3: 0.1 s of audio" in shown and "sentence 3 of 3: 0.3 s of audio" in shown
+    assert "wrote " in shown
