@@ -1163,15 +1163,19 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command is None:  # show every command, not argparse's `the following arguments are required: COMMAND`
         parser.print_help(sys.stderr)
         return 2
-    debug = bool(args.debug)
+    debug, as_json = bool(args.debug), bool(args.log_json)
     try:
         cfg = config.load(args.config, [*args.overrides, *args.command_overrides])
-        logs.setup("debug" if debug else cfg.logging.level, as_json=args.log_json or cfg.logging.json)
+        as_json = as_json or cfg.logging.json
+        logs.setup("debug" if debug else cfg.logging.level, as_json=as_json)
         return int(args.fn(args, cfg))
     except AssistantError as e:
         if debug:
             log.exception("failed")
-        print(f"assistant: error: {one_line(str(e))}", file=sys.stderr)
+        line = f"assistant: error: {one_line(str(e))}"
+        if as_json:  # `run --log-json | jq` stopped at this plain line, the one that says why the daemon stopped
+            line = logs.JsonFormatter().format(log.makeRecord(log.name, logging.ERROR, "", 0, line, (), None))
+        print(line, file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         return 130

@@ -232,3 +232,15 @@ def test_say_to_a_file_shows_the_sentences_done_in_a_terminal(
     shown = err.getvalue()
     assert "sentence 1 of 3: 0.1 s of audio" in shown and "sentence 3 of 3: 0.3 s of audio" in shown
     assert "wrote " in shown
+
+
+def test_with_log_json_the_error_line_is_json_too(isolated_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With --log-json (the service units' flag) a failure's one line is a JSON log line like every other, so
+    `run --log-json | jq` shows it; it was the only plain line, and jq stopped at it."""
+    import json
+
+    assert cli.main(["--log-json", "say", ""]) == 2
+    line = json.loads(capsys.readouterr().err)
+    assert line["level"] == "error" and line["msg"] == "assistant: error: nothing to say: TEXT is empty"
+    assert cli.main(["--log-json", "voices", "--set", "nosuch.key=1"]) == 78  # before the config loads
+    assert json.loads(capsys.readouterr().err)["msg"].startswith("assistant: error: ")
