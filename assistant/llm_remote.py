@@ -29,6 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 
@@ -85,6 +86,15 @@ def read_api_key(cfg: LlmConfig, env: Mapping[str, str]) -> str | None:
     return None
 
 
+def _has_host(url: str) -> bool:
+    """`url` names a host and, if any, a port in range ("http://" or "http://host:80a" failed only at a turn)."""
+    try:
+        parts = urlsplit(url)
+        return bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError:  # a port out of range or not a number, an unclosed IPv6 bracket
+        return False
+
+
 class RemoteChat:
     """A conversation with an OpenAI-compatible chat server: history, streaming answers, tool calls.
 
@@ -95,8 +105,11 @@ class RemoteChat:
     blocks_on_network = True  # the conversation steps it in a thread of its own, not on the MLX compute thread
 
     def __init__(self, cfg: LlmConfig, api_key: str | None = None, tools: Sequence[Mapping[str, Any]] = ()) -> None:
-        if not cfg.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"llm.base_url = {cfg.base_url!r} is not an http(s) URL; e.g. http://127.0.0.1:8080/v1")
+        if not cfg.base_url.startswith(("http://", "https://")) or not _has_host(cfg.base_url):
+            raise ConfigError(
+                f"llm.base_url = {cfg.base_url!r} is not an http(s) URL with a host (and a numeric port, if any); "
+                "e.g. http://127.0.0.1:8080/v1"
+            )
         root = cfg.base_url.rstrip("/")
         if root.endswith(("/chat/completions", "/completions")):  # every turn would POST to .../chat/completions twice
             fixed = root.removesuffix("/completions").removesuffix("/chat")
