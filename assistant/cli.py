@@ -828,6 +828,21 @@ def _check_model(spec: str, what: str) -> None:
         return
     hub.read_json_object(config_json, str(config_json), "run `assistant pull` again or fix the file")
     hub.check_weights(path, "run `assistant pull` again (or copy the model anew)")
+    # files the loaders need beside the weights: a folder copied in part passed and `run` failed after loading
+    if what == "TTS model":
+        for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "speech_tokenizer/config.json"):
+            if not (path / name).is_file():
+                raise AssistantError(
+                    f"{what} folder {path} has no {name}; run `assistant pull` or copy the whole model"
+                )
+    if what == "LLM":
+        from assistant.llm import TOKENIZER_FILES
+
+        if not any((path / name).is_file() for name in TOKENIZER_FILES) and not any(path.glob("*.tiktoken")):
+            raise AssistantError(
+                f"{what} folder {path} has no tokenizer file ({', '.join(TOKENIZER_FILES)} or *.tiktoken); run "
+                "`assistant pull` or copy the whole model"
+            )
 
 
 def _check_llm_server(llm: config.LlmConfig) -> None:

@@ -125,3 +125,27 @@ def test_clients_are_offered_only_the_voices_the_model_can_speak(tmp_path: Path)
     assert [v.name for v in program.voices] == ["vivian"]
     engines = SimpleNamespace(tts=loaded_tts, transcriber=None)
     assert OneShot(Config(), engines, compute=None).voices() == ["vivian"]
+
+
+def test_doctor_fails_a_model_folder_copied_in_part(tmp_path: Path) -> None:
+    """doctor's model check fails a TTS folder without its speech_tokenizer/ or tokenizer files and an LLM folder
+    without a tokenizer (weights and config.json alone passed as ok, and `run` failed after loading the others)."""
+    import mlx.core as mx
+
+    from assistant import cli
+    from assistant.errors import AssistantError
+
+    for name in ("tts", "llm"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+        mx.save_safetensors(str(tmp_path / name / "model.safetensors"), {"w": mx.zeros((2,))})
+    with pytest.raises(AssistantError, match=r"TTS model folder .*tts has no vocab\.json; run `assistant pull`"):
+        cli._check_model(str(tmp_path / "tts"), "TTS model")
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        (tmp_path / "tts" / name).write_text("{}")
+    with pytest.raises(AssistantError, match=r"has no speech_tokenizer/config\.json; run `assistant pull` or copy"):
+        cli._check_model(str(tmp_path / "tts"), "TTS model")
+    with pytest.raises(AssistantError, match=r"LLM folder .*llm has no tokenizer file \(tokenizer\.json, "):
+        cli._check_model(str(tmp_path / "llm"), "LLM")
+    (tmp_path / "llm" / "tokenizer.json").write_text("{}")
+    cli._check_model(str(tmp_path / "llm"), "LLM")
