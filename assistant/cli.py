@@ -515,6 +515,20 @@ def _speak(
     stats.synth_s = time.perf_counter() - began
 
 
+def _stdin_text() -> str:
+    """stdin as UTF-8 text, stripped (TEXT `-` of say and ctl say/ask); InputError naming the bad byte."""
+    from assistant.errors import InputError
+
+    raw = sys.stdin.buffer.read()
+    try:
+        return raw.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"stdin is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); convert it, "
+            "e.g. `iconv -f latin1 -t utf-8`"
+        ) from e
+
+
 def cmd_say(args: argparse.Namespace, cfg: config.Config) -> int:
     import time
 
@@ -524,14 +538,7 @@ def cmd_say(args: argparse.Namespace, cfg: config.Config) -> int:
 
     text = args.text.strip()
     if text == "-":
-        raw = sys.stdin.buffer.read()
-        try:
-            text = raw.decode("utf-8").strip()
-        except UnicodeDecodeError as e:
-            raise InputError(
-                f"stdin is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); convert it, "
-                "e.g. `iconv -f latin1 -t utf-8`"
-            ) from e
+        text = _stdin_text()
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:  # argv bytes that are not UTF-8 arrive as lone surrogates
@@ -776,7 +783,10 @@ def _chat_turn(chat: Any, text: str, stream: bool) -> None:
 def cmd_ctl(args: argparse.Namespace, cfg: config.Config) -> int:
     from assistant.server import ctl
 
-    return ctl.run(cfg.server, args.words, max_events=args.max_events)
+    words = list(args.words)
+    if words[:1] in (["say"], ["ask"]) and words[1:] == ["-"]:  # as `assistant say -`: the text from stdin
+        words[1] = _stdin_text()
+    return ctl.run(cfg.server, words, max_events=args.max_events)
 
 
 @dataclass(frozen=True)
@@ -1089,7 +1099,7 @@ class _Parser(argparse.ArgumentParser):
 def _ctl_commands() -> str:
     from assistant.server.ctl import USAGE
 
-    return f"{USAGE[0].upper()}{USAGE[1:]}; see docs/protocol.md for what each does."
+    return f"{USAGE[0].upper()}{USAGE[1:]}; TEXT `-` reads stdin; see docs/protocol.md for what each does."
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -244,3 +244,18 @@ def test_with_log_json_the_error_line_is_json_too(isolated_env: Path, capsys: py
     assert line["level"] == "error" and line["msg"] == "assistant: error: nothing to say: TEXT is empty"
     assert cli.main(["--log-json", "voices", "--set", "nosuch.key=1"]) == 78  # before the config loads
     assert json.loads(capsys.readouterr().err)["msg"].startswith("assistant: error: ")
+
+
+def test_ctl_say_dash_reads_the_text_from_stdin(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`echo hi | assistant ctl say -` sends stdin's text, as `assistant say -` does; it sent the text "-"."""
+    import io
+    from types import SimpleNamespace
+
+    from assistant.server import ctl
+
+    sent: list[list[str]] = []
+    monkeypatch.setattr(ctl, "run", lambda server, words, max_events=0: sent.append(words) or 0)
+    monkeypatch.setattr("sys.stdin", SimpleNamespace(buffer=io.BytesIO("héllo there\n".encode())))
+    assert cli.main(["ctl", "ask", "-"]) == 0
+    assert sent == [["ask", "héllo there"]]
+    assert ctl.build_message(sent[0])["text"] == "héllo there"
