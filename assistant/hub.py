@@ -216,8 +216,14 @@ def pull_all(specs: Sequence[tuple[str, str]], say: Callable[[str], None]) -> li
         try:
             p = plan(spec, what)
         except ModelError as e:
-            results[spec] = PullResult(what, spec, None, str(e))
-            say(f"FAILED {e}")
+            try:  # offline with the model cached: `scripts/run` (pull, then run) must still start the daemon
+                cached = resolve(spec, what)
+            except ModelError:
+                results[spec] = PullResult(what, spec, None, str(e))
+                say(f"FAILED {e}")
+                continue
+            results[spec] = PullResult(what, spec, cached, None)
+            say(f"{what} {spec}: cached in {cached}, not checked for updates ({e})")
             continue
         say(
             f"{what} {spec}: {len(p.to_fetch)} file(s), {size_text(p.fetch_bytes)} to fetch"
