@@ -149,3 +149,18 @@ def test_doctor_fails_a_model_folder_copied_in_part(tmp_path: Path) -> None:
         cli._check_model(str(tmp_path / "llm"), "LLM")
     (tmp_path / "llm" / "tokenizer.json").write_text("{}")
     cli._check_model(str(tmp_path / "llm"), "LLM")
+
+
+def test_a_voice_profile_with_a_bom_loads_and_one_in_utf16_is_named(tmp_path: Path) -> None:
+    """A voice profile saved with a UTF-8 BOM (Windows editors) loads, as config.toml does; one saved as UTF-16 is
+    a broken profile named with the fix, not a UnicodeDecodeError traceback that took every voice away."""
+    from assistant.tts.voices import load_profiles
+
+    text = 'mode = "custom_voice"\nspeaker = "vivian"\n'
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (tmp_path / "wide.toml").write_bytes(text.encode("utf-16"))
+    broken: dict[str, str] = {}
+    assert list(load_profiles(tmp_path, broken)) == ["bom"]
+    assert broken == {
+        "wide": f"voice profile {tmp_path / 'wide.toml'} is not UTF-8 text (byte 0xff at offset 0); save it as UTF-8"
+    }
