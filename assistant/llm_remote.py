@@ -80,6 +80,8 @@ def read_api_key(cfg: LlmConfig, env: Mapping[str, str]) -> str | None:
             key = path.read_text(encoding="utf-8").strip()
         except OSError as e:
             raise ConfigError(f"llm.api_key_file {path} cannot be read ({e.strerror}); check the path") from e
+        except UnicodeDecodeError as e:  # was a traceback
+            raise ConfigError(f"llm.api_key_file {path} is not UTF-8 text; put the key in it as plain text") from e
         if not key:
             raise ConfigError(f"llm.api_key_file {path} is empty; put the key in it or clear llm.api_key_file")
         return key

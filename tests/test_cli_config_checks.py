@@ -259,3 +259,16 @@ def test_ctl_say_dash_reads_the_text_from_stdin(isolated_env: Path, monkeypatch:
     assert cli.main(["ctl", "ask", "-"]) == 0
     assert sent == [["ask", "héllo there"]]
     assert ctl.build_message(sent[0])["text"] == "héllo there"
+
+
+def test_a_binary_token_or_key_file_is_one_line(isolated_env: Path) -> None:
+    """A server token file or llm.api_key_file holding bytes that are not UTF-8 fails in one line naming the file
+    and the fix; run, ctl and doctor printed a UnicodeDecodeError traceback."""
+    from assistant.llm_remote import read_api_key
+
+    blob = isolated_env / "blob"
+    blob.write_bytes(b"\xff\xfe\x00key")
+    with pytest.raises(ConfigError, match=r"server token file .*blob is not text \(byte 0xff at offset 0\); remove"):
+        cli.check_server_settings(config.Config().replace({"server.token_file": str(blob)}))
+    with pytest.raises(ConfigError, match=r"llm.api_key_file .*blob is not UTF-8 text; put the key in it"):
+        read_api_key(config.Config().replace({"llm.api_key_file": str(blob)}).llm, env={})

@@ -53,6 +53,11 @@ def read_token(cfg: ServerConfig) -> str | None:
         ) from e
     except OSError as e:
         raise ConfigError(f"cannot read the server token {path}: {e.strerror}; fix its permissions") from e
+    except UnicodeDecodeError as e:  # a binary file put there: a traceback from run, ctl and doctor
+        raise ConfigError(
+            f"the server token file {path} is not text (byte {e.object[e.start]:#04x} at offset {e.start}); remove "
+            "it (a new token is generated at the next start) or set server.token_file to the right file"
+        ) from e
 
 
 def check_token_file(cfg: ServerConfig) -> None:
