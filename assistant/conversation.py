@@ -141,8 +141,7 @@ class Conversation:
                 self._start(action)
             case turns.ConfirmReply(turn, speech_end, endpoint):
                 if (reply := self._replies.get(turn)) is not None:
-                    reply.trace.speech_end, reply.trace.endpoint = speech_end, endpoint  # not the speculation's
-                    reply.confirmed.set()
+                    reply.confirm(speech_end, endpoint)
                     if not self.output_ok:
                         self.publish(
                             DeviceStatus("output", False, "no speaker: this reply is text only", time.monotonic())
@@ -290,14 +289,13 @@ class Conversation:
         reply = self._replies.get(audio.turn)
         if reply is None or not self.output_ok:
             return  # no speaker: the reply is text only
-        if not reply.audio_started:
-            reply.audio_started, reply.underruns_at = True, self.sink.underruns
+        underruns = self.sink.underruns  # before this audio: the sink ran dry before it, not in it
         self.sink.write(audio.audio)
         if isinstance(self.sink, ClientSink):  # a Realtime client plays what its events carry
             self.publish(audio)
         if self.echo is not None:
             self.echo.played(audio.audio)  # the canceller's reference: exactly what went to the speaker
-        reply.samples_written += len(audio.audio)
+        reply.wrote(len(audio.audio), underruns)
 
     def _flush(self) -> None:
         """Drop the speaker's queued audio: its played position restarts, and so does the echo reference."""
@@ -307,7 +305,7 @@ class Conversation:
 
     def _barge_in(self, reply: Reply) -> None:
         played = self.sink.played_samples if reply.audio_started else 0
-        self._mark_played(reply)
+        reply.played_from(self.sink.first_sample_dac_time)
         if reply.audio_started:
             self._flush()
         heard = reply.heard_text(played)
@@ -357,7 +355,7 @@ class Conversation:
         self.kept[reply.turn] = reply
         while len(self.kept) > KEEP_REPLIES:
             self.kept.popitem(last=False)
-        self._mark_played(reply)
+        reply.played_from(self.sink.first_sample_dac_time)
         if reply.audio_started:
             reply.trace.extra["playback_underruns"] = float(self.sink.underruns - reply.underruns_at)
         trace = reply.trace.trace()
@@ -377,12 +375,8 @@ class Conversation:
         current = self.core.current
         reply = self._replies.get(current.turn) if current is not None else None
         if not status.ok and reply is not None:  # the sink dropped what it held: the reply ends as heard so far
-            self._mark_played(reply)
+            reply.played_from(self.sink.first_sample_dac_time)
             self._cancel(reply, reply.heard_text(self.sink.played_samples))
-
-    def _mark_played(self, reply: Reply) -> None:
-        if reply.audio_started and (t := self.sink.first_sample_dac_time) is not None:
-            reply.trace.mark("first_sample_played", t)
 
     # ---- the turn's inputs from the control surfaces (server/controller.py states the contracts) ------------
 

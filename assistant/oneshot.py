@@ -7,6 +7,7 @@ gets its own transcriber state over the shared weights; the TTS and its cached v
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
@@ -80,19 +81,30 @@ class OneShot:
         tts = self.tts
         profile = self.voice_name(voice)
         spoken = await self.compute.run(tts.voice, profile or None, priority=BG)
-        for sentence in pieces:
-            utt = await self.compute.run(tts.start, spoken, sentence, priority=BG)
-            while not utt.done:
-                chunk = await self.compute.run(utt.step, priority=BG)
-                if chunk is not None and len(chunk):
-                    yield np.asarray(chunk, dtype=np.float32)
+        try:
+            for sentence in pieces:
+                utt = await self.compute.run(tts.start, spoken, sentence, priority=BG)
+                while not utt.done:
+                    chunk = await self.compute.run(utt.step, priority=BG)
+                    if chunk is not None and len(chunk):
+                        yield np.asarray(chunk, dtype=np.float32)
+        finally:
+            self._clear_cache()
 
     async def transcribe(self, audio: np.ndarray) -> tuple[str, str]:
         """(text, language) of float32 mono 16 kHz `audio`, fed a second at a time on the compute thread."""
         shared = self.transcriber
         cfg = dataclasses.replace(shared.cfg, partial_interval_ms=0)  # nobody reads partials: no wasted decodes
         tr = await self.compute.run(lambda: type(shared)(shared.lm, cfg), priority=BG)
-        for start in range(0, len(audio), FEED_SAMPLES):
-            await self.compute.run(tr.feed, audio[start : start + FEED_SAMPLES], priority=BG)
-        final = await self.compute.run(tr.finalize, priority=BG)
+        try:
+            for start in range(0, len(audio), FEED_SAMPLES):
+                await self.compute.run(tr.feed, audio[start : start + FEED_SAMPLES], priority=BG)
+            final = await self.compute.run(tr.finalize, priority=BG)
+        finally:
+            self._clear_cache()
         return final.text.strip(), final.language
+
+    def _clear_cache(self) -> None:
+        """Free what a request left in MLX's buffer cache, as the voice loop does after each reply."""
+        with contextlib.suppress(RuntimeError):  # the compute thread closed first (at shutdown)
+            self.compute.clear_cache()

@@ -194,6 +194,22 @@ class Reply:
     epoch: int = 0  # the history's (ChatContext.epoch) when it began: after a reset since, it is not stored
     task: asyncio.Task[None] | None = None
 
+    def confirm(self, speech_end: float, endpoint: float) -> None:
+        """The turn it answers ended at `speech_end` (endpointed at `endpoint`, not the speculation's): it may play."""
+        self.trace.speech_end, self.trace.endpoint = speech_end, endpoint
+        self.confirmed.set()
+
+    def wrote(self, samples: int, underruns: int) -> None:
+        """`samples` more of its audio went to the sink, whose underrun count is `underruns` when its first did."""
+        if not self.audio_started:
+            self.audio_started, self.underruns_at = True, underruns
+        self.samples_written += samples
+
+    def played_from(self, first_sample_time: float | None) -> None:
+        """Its audio's first sample reached the speaker at `first_sample_time` (None: the sink cannot say)."""
+        if self.audio_started and first_sample_time is not None:
+            self.trace.mark("first_sample_played", first_sample_time)
+
     def heard_text(self, played: int) -> str:
         """What the listener heard after `played` samples of this reply's audio: the text the TTS had consumed
         when it made the frame playing then (audio time), where the utterance can say; else HeardMap's bound."""

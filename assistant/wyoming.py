@@ -85,6 +85,11 @@ HEADER_LIMIT = 64 * 1024
 # Home Assistant opens a connection per utterance and names the conversation in its context: the handle service
 # keeps the chats (each with its prompt cache) of this many recent conversations, the least recent going first.
 MAX_CONVERSATIONS = 4
+# A connection that sends nothing for this long is closed: Home Assistant's requests stream their events seconds
+# apart, and a client whose machine lost power or network leaves a connection that would otherwise stay for good
+IDLE_S = 300.0
+# ...and one that reads none of its answer for this long is dropped (it held its handler, socket and request state)
+SEND_TIMEOUT_S = 60.0
 PARAKEET_LANGUAGES = "bg cs da de el en es et fi fr hr hu it lt lv mt nl pl pt ro ru sk sl sv uk".split()
 
 
@@ -247,10 +252,22 @@ def _service_reply(event: Event, info: Info) -> Event | None:
     return None
 
 
+class _Handler(AsyncEventHandler):
+    """A connection of any of the services: its writes give up on a client that reads nothing for SEND_TIMEOUT_S."""
+
+    async def write_event(self, event: Event) -> None:
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await async_write_event(event, self.writer)
+        except TimeoutError:
+            self.writer.transport.abort()  # a close would wait for it to read what is queued
+            raise ConnectionResetError(f"the client read nothing for {SEND_TIMEOUT_S:g} s") from None
+
+
 # ---- ASR -----------------------------------------------------------------------------------------------------
 
 
-class AsrHandler(AsyncEventHandler):
+class AsrHandler(_Handler):
     """One ASR connection: a transcriber of its own, fed as audio arrives, partials streamed back."""
 
     def __init__(self, reader: Any, writer: Any, service: WyomingServices) -> None:
@@ -366,7 +383,7 @@ class AsrHandler(AsyncEventHandler):
 # ---- TTS -----------------------------------------------------------------------------------------------------
 
 
-class TtsHandler(AsyncEventHandler):
+class TtsHandler(_Handler):
     """One TTS connection: plain `synthesize`, or a streaming request whose text arrives in chunks."""
 
     def __init__(self, reader: Any, writer: Any, service: WyomingServices) -> None:
@@ -533,7 +550,7 @@ class TtsHandler(AsyncEventHandler):
 # ---- HANDLE --------------------------------------------------------------------------------------------------
 
 
-class HandleHandler(AsyncEventHandler):
+class HandleHandler(_Handler):
     """One conversation-agent connection: its own chat over the loaded LLM, answers streamed as handled-chunks."""
 
     def __init__(self, reader: Any, writer: Any, service: WyomingServices) -> None:
@@ -676,7 +693,7 @@ class _BoundedReader:
     """A connection's reader as the wyoming package uses it (readline, readexactly), which refuses a malformed
     event header or one over HEADER_LIMIT, a data part that is not a JSON object, and a frame whose declared data
     or payload exceeds FRAME_LIMIT before reading it: the client gets an error event, and the ValueError ends the
-    connection (the package reads it as the end of the stream)."""
+    connection (the package reads it as the end of the stream). Nothing for IDLE_S ends the connection too."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
@@ -689,7 +706,11 @@ class _BoundedReader:
 
     async def readline(self) -> bytes:
         try:
-            line = await self.reader.readline()
+            async with asyncio.timeout(IDLE_S):
+                line = await self.reader.readline()
+        except TimeoutError:
+            log.info("closed a wyoming connection that sent nothing for %g s", IDLE_S)
+            return b""  # read as the end of the stream
         except ValueError:  # over the stream's limit (LimitOverrunError); the line is dropped, not read
             text = (
                 f"an event header line is over the {HEADER_LIMIT} bytes a header may take; send the event's data in "
@@ -712,7 +733,11 @@ class _BoundedReader:
                 "chunks (and text within wyoming.max_text_chars)"
             )
             raise await self._refuse(text, "frame-too-large")
-        data = await self.reader.readexactly(n)
+        try:
+            async with asyncio.timeout(IDLE_S):
+                data = await self.reader.readexactly(n)
+        except TimeoutError:
+            raise await self._refuse(f"an event's data did not arrive within {IDLE_S:g} s", "timeout") from None
         if n == self._data_length:
             self._data_length = None
             try:
@@ -783,6 +808,10 @@ class WyomingServices:
                 pass  # close() ends the connections; ending quietly keeps asyncio's stream callback from logging it
             finally:
                 self._handlers.discard(task)
+                # a request per connection: free what it left in MLX's buffer cache, as the voice loop does after
+                # each reply (`assistant wyoming` has no voice loop, and its memory grew to its largest request's)
+                with contextlib.suppress(RuntimeError):  # the compute thread closed first (at shutdown)
+                    self.compute.clear_cache()
 
         return serve
 

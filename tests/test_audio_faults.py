@@ -7,6 +7,8 @@ Playback says about the audio it played (played_before, level_at, last_sample_ti
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,10 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from assistant.audio import devices
 from assistant.audio import playback as playback_mod
 from assistant.audio.capture import Capture
 from assistant.audio.playback import DEVICE_STARVED_RUNS, SILENT_DBFS, Pacer, Playback
 from assistant.config import AudioConfig
+from assistant.daemon import ReopeningSource
 from assistant.errors import AudioDeviceError
 from assistant.events import DeviceStatus
 from tests import audio_doubles
@@ -84,6 +88,41 @@ def test_hung_start_neither_blocks_the_loop_nor_opens(sd: FakeSounddevice) -> No
     assert [type(r) for r in results] == [AudioDeviceError, AudioDeviceError], results
     assert "did not return within" in str(results[0]) and "audio.input_device" in str(results[0])
     assert "audio.output_device" in str(results[1])
+
+
+def test_retrying_a_wedged_sound_server_strands_a_bounded_number_of_threads(
+    sd: FakeSounddevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While every PortAudio call hangs, retrying the lost microphone starts no new call once MAX_HUNG abandoned
+    ones still hang (each retry stranded one more thread, ~1 a second for as long as the sound server stayed
+    wedged); once they return, the next retry opens it again."""
+    monkeypatch.setattr(devices, "MAX_HUNG", 1)  # each hung call costs the call bound (1.5 s)
+    cfg = AudioConfig()
+
+    def stranded() -> int:
+        return sum(t.name == "portaudio: opening the input stream" for t in threading.enumerate())
+
+    async def body() -> tuple[list[int], int]:
+        source = ReopeningSource(lambda: Capture(cfg))
+        await source.read()
+        sd.hang = {"open", "start", "stop", "abort", "close"}
+        for stream in list(sd.streams):
+            stream.die()
+        counts = []
+        for _ in range(30):  # retries, as the conversation makes them every audio.device_retry_s
+            with contextlib.suppress(AudioDeviceError):
+                await source.read()
+            counts.append(stranded())
+        sd.hang = set()
+        sd.release()  # the sound server answers again: the hung calls return
+        await until(lambda: devices._hung_now == 0)
+        block = await source.read()
+        await source.aclose()
+        return counts, len(block.samples)
+
+    counts, samples = asyncio.run(body())
+    assert max(counts) == 1, counts  # 30 before
+    assert samples > 0
 
 
 def test_speaker_lost_with_hanging_calls_is_reported_and_recovered(sd: FakeSounddevice) -> None:

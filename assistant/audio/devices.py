@@ -2,7 +2,8 @@
 
 Every PortAudio call of a running daemon goes through `call` / `call_async`: it runs on a thread of its own and the
 caller waits at most CALL_TIMEOUT_S. A sound server that goes away can leave a call hanging forever inside
-PortAudio; its thread is then abandoned (logged once) and the caller carries on with a fresh stream.
+PortAudio; its thread is then abandoned (logged once) and the caller carries on with a fresh stream. While MAX_HUNG
+abandoned calls still hang, no new call is started (AudioDeviceError at once), so retries add no threads.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ log = logging.getLogger("assistant.audio.devices")
 T = TypeVar("T")
 
 CALL_TIMEOUT_S = 1.5  # PortAudio calls take milliseconds (PulseAudio start-up: ~0.3 s); longer means hung
+# Abandoned calls still hanging: while this many are, no new call is started (each retry of a lost device left one
+# more thread stuck for good, ~1 a second while a sound server stayed wedged); they return once it answers or dies
+MAX_HUNG = 4
+_hung_now = 0
+_hung_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,11 @@ def _sounddevice() -> Any:
 
 
 def _off_thread(fn: Callable[[], T], what: str) -> concurrent.futures.Future[T]:
+    if _hung_now >= MAX_HUNG:  # (read without the lock: a stale count only delays or allows one call)
+        raise AudioDeviceError(
+            f"{what} was not tried: {_hung_now} earlier PortAudio calls have not returned (the sound server is not "
+            "answering); check the sound system"
+        )
     fut: concurrent.futures.Future[T] = concurrent.futures.Future()
 
     def run() -> None:
@@ -63,8 +74,19 @@ def _off_thread(fn: Callable[[], T], what: str) -> concurrent.futures.Future[T]:
     return fut
 
 
-def _hung(what: str, timeout: float) -> AudioDeviceError:
+def _hung(fut: concurrent.futures.Future[Any], what: str, timeout: float) -> AudioDeviceError:
+    """`fut`'s call did not return within `timeout`: it counts as hung until it does. The error to raise."""
+    global _hung_now
     log.warning("%s did not return within %g s; abandoned it (the sound server is not answering)", what, timeout)
+    with _hung_lock:
+        _hung_now += 1
+
+    def returned(_: concurrent.futures.Future[Any]) -> None:
+        global _hung_now
+        with _hung_lock:
+            _hung_now -= 1
+
+    fut.add_done_callback(returned)  # at once if it returned meanwhile
     return AudioDeviceError(
         f"{what} did not return within {timeout:g} s (the sound server is not answering); "
         "check the sound system, or choose another device with audio.input_device / audio.output_device"
@@ -74,19 +96,21 @@ def _hung(what: str, timeout: float) -> AudioDeviceError:
 def call(fn: Callable[[], T], what: str, limit_s: float = CALL_TIMEOUT_S) -> T:
     """fn() on a thread of its own, waiting at most `limit_s` (never call this on the event loop).
     AudioDeviceError when it hangs: its thread is abandoned; fn's own exceptions pass through."""
+    fut = _off_thread(fn, what)
     try:
-        return _off_thread(fn, what).result(limit_s)
+        return fut.result(limit_s)
     except concurrent.futures.TimeoutError as e:
-        raise _hung(what, limit_s) from e
+        raise _hung(fut, what, limit_s) from e
 
 
 async def call_async(fn: Callable[[], T], what: str, limit_s: float = CALL_TIMEOUT_S) -> T:
     """`call` for the event loop: awaits fn() on its own thread; the loop never waits on PortAudio."""
+    fut = _off_thread(fn, what)
     try:
         async with asyncio.timeout(limit_s):
-            return await asyncio.wrap_future(_off_thread(fn, what))
+            return await asyncio.wrap_future(fut)
     except TimeoutError as e:
-        raise _hung(what, limit_s) from e
+        raise _hung(fut, what, limit_s) from e
 
 
 # streams of ours now open or being opened, abandoned ones until their close returns: PortAudio cannot re-scan
@@ -147,7 +171,7 @@ def open_stream(factory: Callable[[], T], what: str, limit_s: float = CALL_TIMEO
         return fut.result(limit_s)
     except concurrent.futures.TimeoutError as e:
         _release_late(fut, what)
-        raise _hung(what, limit_s) from e
+        raise _hung(fut, what, limit_s) from e
 
 
 async def open_stream_async(factory: Callable[[], T], what: str, limit_s: float = CALL_TIMEOUT_S) -> T:
@@ -158,7 +182,7 @@ async def open_stream_async(factory: Callable[[], T], what: str, limit_s: float 
             return await asyncio.shield(asyncio.wrap_future(fut))
     except TimeoutError as e:
         _release_late(fut, what)
-        raise _hung(what, limit_s) from e
+        raise _hung(fut, what, limit_s) from e
 
 
 def release(stream: Any, what: str) -> None:

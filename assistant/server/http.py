@@ -45,6 +45,9 @@ MAX_BODY_BYTES = 25 * 1024 * 1024  # OpenAI's upload limit for transcriptions
 MAX_JSON_BYTES = 64 * 1024  # a speech request: 4,096 characters of input (6 bytes each as \uXXXX) and a few fields
 MAX_FORM_PARTS = 32  # a transcription form has a file and a few fields; parsing time grows with the parts
 HEAD_TIMEOUT_S = 10.0  # a client gets this long to send its request head, and again for each MiB of body
+# A client that takes none of the answer for this long is dropped: each one held a request slot (MAX_HTTP_REQUESTS)
+# for good, and a paused player resumes well within it
+SEND_TIMEOUT_S = 60.0
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for /v1/audio/speech input
 PCM_RATE = 24_000  # OpenAI's `pcm` and the Realtime audio: 16-bit little-endian mono at 24 kHz
 SPEECH_FIELDS = ("model", "input", "voice", "instructions", "response_format", "speed", "stream_format")
@@ -593,6 +596,9 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app:
             return
         resp = await app.handle(req)
         await _send(writer, resp, head_only=req.method == "HEAD")
+    except _Stalled:
+        log.info("dropped an HTTP client that read none of its answer for %g s", SEND_TIMEOUT_S)
+        writer.transport.abort()  # a close would wait for it to read what is queued
     except (ConnectionError, asyncio.IncompleteReadError):
         pass  # the client went away; nothing to answer
     except Exception:
@@ -602,7 +608,9 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app:
     finally:
         writer.close()
         with contextlib.suppress(Exception):
-            await writer.wait_closed()
+            async with asyncio.timeout(SEND_TIMEOUT_S):  # the close flushes what is queued: not forever
+                await writer.wait_closed()
+        writer.transport.abort()  # a no-op once closed
 
 
 async def _read(reader: asyncio.StreamReader, peer: str | None, writer: asyncio.StreamWriter) -> Request:
@@ -686,6 +694,19 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         raise HttpError(400, "a chunk size line is too long; send a valid chunked body") from e
 
 
+class _Stalled(ConnectionError):
+    """The client took none of the answer for SEND_TIMEOUT_S."""
+
+
+async def _drain(writer: asyncio.StreamWriter) -> None:
+    """Wait until the client has taken what is queued, at most SEND_TIMEOUT_S; _Stalled after that."""
+    try:
+        async with asyncio.timeout(SEND_TIMEOUT_S):
+            await writer.drain()
+    except TimeoutError as e:
+        raise _Stalled from e
+
+
 async def _send(writer: asyncio.StreamWriter, resp: Response, head_only: bool = False) -> None:
     lines = [f"HTTP/1.1 {resp.status} {REASONS.get(resp.status, 'Status')}", f"Content-Type: {resp.content_type}"]
     lines += [f"{k}: {v}" for k, v in resp.headers.items()]
@@ -696,19 +717,19 @@ async def _send(writer: asyncio.StreamWriter, resp: Response, head_only: bool = 
         lines.append("Transfer-Encoding: chunked")
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
     if head_only:
-        await writer.drain()
+        await _drain(writer)
         return
     if resp.stream is None:
         writer.write(resp.body)
-        await writer.drain()
+        await _drain(writer)
         return
     try:
         async for data in resp.stream:
             if data:
                 writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-                await writer.drain()  # a client that stops reading stops the synthesis here
+                await _drain(writer)  # a client that stops reading stops the synthesis here
         writer.write(b"0\r\n\r\n")
-        await writer.drain()
+        await _drain(writer)
     except (ConnectionError, asyncio.IncompleteReadError):
         raise
     except Exception:

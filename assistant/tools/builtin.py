@@ -5,6 +5,8 @@ Times are read and spoken in the user's time zone (`tools.timezone`, "" = the sy
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, tzinfo
@@ -21,12 +23,28 @@ BUILTIN = ("time", "reminders")  # names for `tools.enabled`
 MAX_AHEAD_S = 366 * 24 * 3600
 
 
+def system_zone() -> tzinfo:
+    """The system's time zone with its daylight-saving rules: `$TZ` (a zone name or file), else /etc/localtime
+    (macOS and Linux link it into a zoneinfo folder). Today's fixed UTC offset only when neither names a zone."""
+    tz = os.environ.get("TZ", "").lstrip(":")
+    path = tz if os.path.isabs(tz) else "" if tz else "/etc/localtime"
+    key = os.path.realpath(path).partition("zoneinfo/")[2] if path else tz
+    if key:
+        with contextlib.suppress(ZoneInfoNotFoundError, ValueError):
+            return ZoneInfo(key)  # cached by name: the date line asks for it every reply
+    if path:
+        with contextlib.suppress(OSError, ValueError), open(path, "rb") as f:
+            return ZoneInfo.from_file(f)
+    # a fixed offset is an hour off after the next DST change (a POSIX TZ rule string lands here too)
+    local = datetime.now().astimezone().tzinfo
+    assert local is not None
+    return local
+
+
 def zone(name: str) -> tzinfo:
-    """The time zone `name` (IANA, e.g. "Europe/Paris"); "" = the system's. Raises ConfigError."""
+    """The time zone `name` (IANA, e.g. "Europe/Paris"); "" = the system's (`system_zone`). Raises ConfigError."""
     if not name:
-        local = datetime.now().astimezone().tzinfo
-        assert local is not None
-        return local
+        return system_zone()
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as e:

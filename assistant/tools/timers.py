@@ -33,15 +33,26 @@ def reminder_speech(reminder: Reminder) -> str:
 
 
 async def speak_reminders(scheduler: ReminderScheduler, voice: Announcer) -> None:
-    """Speak each reminder when it falls due (also while idle), after any reply in progress; until cancelled."""
-    async for reminder in scheduler.due():
-        await voice.quiet()
+    """Speak each reminder when it falls due (also while idle), after any reply in progress; until cancelled. The
+    database failing (a full disk, a lock held too long) is reported once and retried every MAX_WAIT_S: it ended
+    this service for the life of the daemon, and no reminder was spoken again."""
+    failing = False
+    while True:
         try:
-            await voice.say(reminder_speech(reminder))
+            async for reminder in scheduler.due():
+                failing = False
+                await voice.quiet()
+                try:
+                    await voice.say(reminder_speech(reminder))
+                except Exception as e:
+                    voice.failed(e, f"speaking reminder {reminder.id}")
+                    continue
+                scheduler.done(reminder)  # not marked fired if this fails: it is spoken again at the next start
         except Exception as e:
-            voice.failed(e, f"speaking reminder {reminder.id}")
-            continue
-        scheduler.done(reminder)
+            if not failing:
+                voice.failed(e, "reading or updating the reminders in the memory database (retrying)")
+            failing = True
+            await asyncio.sleep(MAX_WAIT_S)
 
 
 class ReminderScheduler:

@@ -7,9 +7,11 @@ read-only), keyed by the recording's and model's hashes, and recomputed when eit
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import tomllib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -149,9 +151,12 @@ class VoiceProfile:
         where = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:12]  # one entry per profile file
         cache = voice_cache_dir() / f"{self.name}-{where}.npz"
         if cache.is_file():
-            with np.load(cache) as z:
-                if str(z["key"]) == key and (self.mode == "clone" or "codes" in z.files):
-                    return z["xvector"], (z["codes"] if "codes" in z.files else None)
+            try:
+                with np.load(cache) as z:
+                    if str(z["key"]) == key and (self.mode == "clone" or "codes" in z.files):
+                        return z["xvector"], (z["codes"] if "codes" in z.files else None)
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # cut short by a crash
+                log.warning("voice %r: its cached prompt %s is unreadable (%s); recomputing it", self.name, cache, e)
         wav = read_wav_24k(self.wav_path)
         xvec = np.array(engine.speaker_encoder().embed(wav), dtype=np.float32)
         codes = None
@@ -163,10 +168,15 @@ class VoiceProfile:
         arrays: dict[str, Any] = {"key": np.array(key), "xvector": xvec}
         if codes is not None:
             arrays["codes"] = codes
+        partial = cache.with_name(cache.name + ".part")
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(cache, **arrays)
+            with partial.open("wb") as f:
+                np.savez(f, **arrays)
+            partial.replace(cache)  # whole or not at all: a full disk or a crash leaves no half-written cache
         except OSError as e:  # a cache that cannot be written costs time at the next start, nothing else
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
             log.warning("voice %r: cannot cache its prompt in %s (%s); it is recomputed next time", self.name, cache, e)
         return xvec, codes
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import threading
 import wave
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from types import SimpleNamespace
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ from wyoming.event import Event, async_read_event, async_write_event
 from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
-from assistant import cli
+from assistant import cli, wyoming
 from assistant.compute import Compute, Priority
 from assistant.config import Config
 from assistant.settings import speakable
@@ -714,6 +716,100 @@ def test_a_client_gone_mid_synthesis_ends_quietly(rig: Rig, caplog: pytest.LogCa
     assert after[-1] == "audio-stop"
     noisy = [r for r in caplog.records if r.name.startswith("assistant.wyoming") and r.levelno >= logging.WARNING]
     assert noisy == [], [r.getMessage() for r in noisy]
+
+
+def test_a_connection_that_goes_silent_is_closed_after_the_idle_time(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection that sends nothing for IDLE_S (a client whose machine lost power or network), before or after
+    a request or mid-frame, is closed and its handler ends; before, each stayed for the life of the daemon."""
+    monkeypatch.setattr(wyoming, "IDLE_S", 0.5)
+
+    async def body(s: WyomingServices) -> list[list[str]]:
+        seen = []
+        for port, first in (
+            (s.tts_port, b""),
+            (s.asr_port, None),
+            (s.tts_port, b'{"type": "synthesize", "data_length": 20}\n{"te'),
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            if first is None:  # a request answered, then silence
+                await async_write_event(Describe().event(), writer)
+            else:
+                writer.write(first)
+            got = []
+            while (event := await asyncio.wait_for(async_read_event(reader), READ_S)) is not None:
+                got.append(event.type)
+            seen.append(got)
+            writer.close()
+        if s._handlers:
+            await asyncio.wait(set(s._handlers), timeout=READ_S)
+        assert not s._handlers
+        return seen
+
+    assert rig.serve(body) == [[], ["info"], ["error"]]
+
+
+def test_a_client_that_never_reads_its_speech_is_dropped(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that stays connected but reads none of its speech for SEND_TIMEOUT_S is dropped and the service goes
+    on serving; its handler (and its utterance) waited on it for good before."""
+    monkeypatch.setattr(wyoming, "SEND_TIMEOUT_S", 0.3)
+
+    async def body(s: WyomingServices) -> list[str]:
+        for listening in (sock for server in s._servers for sock in server.sockets):
+            if listening.getsockname()[1] == s.tts_port:  # its connections inherit small kernel buffers
+                listening.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once: the server's writes stall
+        sock.connect(("127.0.0.1", s.tts_port))
+        _, writer = await asyncio.open_connection(sock=sock)
+        await async_write_event(Synthesize(text="Hello.").event(), writer)  # seconds of audio, never read
+        for _ in range(100):  # until the server has a handler for it (a safety net, never a timing assertion)
+            if s._handlers:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.wait(set(s._handlers), timeout=READ_S)
+        assert not s._handlers
+        writer.close()
+        async with AsyncTcpClient("127.0.0.1", s.tts_port) as c:
+            await c.write_event(Describe().event())
+            return [(await read(c)).type]
+
+    assert rig.serve(body) == ["info"]
+
+
+def test_requests_leave_nothing_in_mlx_buffer_cache(rig: Rig) -> None:
+    """After each Wyoming request (its connection ended) and each one-shot HTTP speech or transcription, MLX's
+    buffer cache is empty again, as after a reply of the voice loop: `assistant wyoming`, which has no voice loop,
+    held what its largest request had allocated for good."""
+    import mlx.core as mx
+
+    from assistant.oneshot import OneShot
+
+    def cached() -> Awaitable[float]:
+        return rig.compute.run(mx.get_cache_memory, priority=Priority.BACKGROUND)  # after the clear queued before
+
+    async def body(s: WyomingServices) -> list[float]:
+        seen, audio = [], speech(16000)[:8000]
+        async with AsyncTcpClient("127.0.0.1", s.asr_port) as c:
+            await c.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+            await c.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=pcm(audio, 2, 1)).event())
+            await c.write_event(AudioStop().event())
+            await read_until(c, "transcript")
+            seen.append(await cached())  # the request is answered, its connection still open
+        if s._handlers:
+            await asyncio.wait(set(s._handlers), timeout=READ_S)
+        seen.append(await cached())
+        transcriber = await rig.compute.run(rig.engines.new_transcriber)
+        oneshot = OneShot(
+            rig.cfg, cast(Any, SimpleNamespace(tts=rig.engines.tts, transcriber=transcriber)), rig.compute
+        )
+        assert [len(c) async for c in oneshot.speak("Hello.", None)]
+        seen.append(await cached())
+        await oneshot.transcribe(audio)
+        seen.append(await cached())
+        return seen
+
+    open_connection, *after = rig.serve(body)
+    assert open_connection > 0 and after == [0, 0, 0]
 
 
 def test_handle_refuses_a_transcript_over_max_text_chars(rig: Rig) -> None:

@@ -340,3 +340,37 @@ if TYPE_CHECKING:  # mypy proves the doubles implement the server's Protocols
     _controller: Controller = FakeController()
     _backend: RealtimeBackend = FakeBackend()
     _session: RealtimeSession = FakeSession(FakeBackend())
+
+
+class FakeSpeech:
+    """An AudioService that speaks a tenth of a second of silence per request (the routing is under test)."""
+
+    sample_rate = 24_000
+
+    def __init__(self) -> None:
+        self.spoken: list[str] = []
+
+    def models(self) -> dict[str, str]:
+        return {}
+
+    def voices(self) -> list[str]:
+        return ["default"]
+
+    def voice_name(self, requested: str | None) -> str:
+        return "default"
+
+    def known_voice(self, name: str) -> bool:
+        return name == "default"
+
+    def check_voice(self, requested: str | None) -> None:
+        pass
+
+    def health(self) -> dict[str, Any]:
+        return {}
+
+    async def speak(self, text: str, voice: str | None) -> AsyncIterator[np.ndarray]:
+        self.spoken.append(text)
+        yield np.zeros(2400, np.float32)
+
+    async def transcribe(self, audio: np.ndarray) -> tuple[str, str]:
+        return "", ""

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,7 @@ from assistant.server import protocol as p
 from assistant.server import realtime_protocol as rp
 from assistant.server.http import HttpApp, Request, Response
 from assistant.server.realtime import RealtimeConversation
-from tests.server.fakes import FakeBackend, FakeSession
+from tests.server.fakes import FakeBackend, FakeSession, FakeSpeech
 from tests.server.helpers import client, running
 
 TOKEN = "bad-input-token"
@@ -138,52 +137,18 @@ def test_realtime_session_error_is_not_quoted() -> None:
     assert error.error.message == "no function call 'x' awaits an output; use a call_id from the last response"
 
 
-class _Speech:
-    """An AudioService that speaks a tenth of a second of silence per request (the routing is under test)."""
-
-    sample_rate = 24_000
-
-    def __init__(self) -> None:
-        self.spoken: list[str] = []
-
-    def models(self) -> dict[str, str]:
-        return {}
-
-    def voices(self) -> list[str]:
-        return ["default"]
-
-    def voice_name(self, requested: str | None) -> str:
-        return "default"
-
-    def known_voice(self, name: str) -> bool:
-        return name == "default"
-
-    def check_voice(self, requested: str | None) -> None:
-        pass
-
-    def health(self) -> dict[str, Any]:
-        return {}
-
-    async def speak(self, text: str, voice: str | None) -> AsyncIterator[np.ndarray]:
-        self.spoken.append(text)
-        yield np.zeros(2400, np.float32)
-
-    async def transcribe(self, audio: np.ndarray) -> tuple[str, str]:
-        return "", ""
-
-
 def _post(app: HttpApp, path: str, body: bytes, content_type: str | None) -> Response:
     headers = [("Authorization", f"Bearer {TOKEN}")] + ([("Content-Type", content_type)] if content_type else [])
     return asyncio.run(app.handle(Request("POST", path, "", headers, body, "127.0.0.1")))
 
 
-def _app(audio: _Speech) -> HttpApp:
+def _app(audio: FakeSpeech) -> HttpApp:
     return HttpApp(ServerConfig(token=TOKEN), TOKEN, False, None, audio, 0.0, dict)
 
 
 def test_http_speech_refuses_lone_surrogates_with_a_400() -> None:
     """POST /v1/audio/speech with a lone surrogate in `input` is a 400 naming it (it was a 500 internal error)."""
-    audio = _Speech()
+    audio = FakeSpeech()
     resp = _post(_app(audio), "/v1/audio/speech", b'{"input": "hi \\ud800"}', "application/json")
     error = json.loads(resp.body)["error"]
     assert resp.status == 400 and "lone UTF-16 surrogate (\\ud800)" in error["message"] and audio.spoken == []
@@ -200,7 +165,7 @@ def test_http_speech_refuses_lone_surrogates_with_a_400() -> None:
 )
 def test_http_without_content_type_says_so(path: str, message: str) -> None:
     """A POST without a Content-Type gets a 415 that reads as a sentence (it said `not no Content-Type`)."""
-    resp = _post(_app(_Speech()), path, b"{}", None)
+    resp = _post(_app(FakeSpeech()), path, b"{}", None)
     assert resp.status == 415 and json.loads(resp.body)["error"]["message"] == message
 
 
@@ -236,7 +201,7 @@ def _transcribe(fields: list[tuple[str, str]]) -> Response:
     buf = io.BytesIO()
     sf.write(buf, np.zeros(16000, np.float32), 16000, format="WAV")
     body, kind = _form(fields, buf.getvalue())
-    return _post(_app(_Speech()), "/v1/audio/transcriptions", body, kind)
+    return _post(_app(FakeSpeech()), "/v1/audio/transcriptions", body, kind)
 
 
 @pytest.mark.parametrize(
@@ -276,7 +241,7 @@ def test_transcription_refuses_what_the_stt_cannot_give(
 def test_speech_refuses_fields_it_would_ignore(body: dict[str, Any], param: str, message: str) -> None:
     """/v1/audio/speech answers a wrongly typed model or instructions, style instructions, an unknown custom
     voice id and an unknown field with a 400 naming the field (each was silently ignored); known ones speak."""
-    audio = _Speech()
+    audio = FakeSpeech()
     resp = _post(_app(audio), "/v1/audio/speech", json.dumps({"input": "hi"} | body).encode(), "application/json")
     error = json.loads(resp.body)["error"]
     assert resp.status == 400 and error["param"] == param and error["message"].startswith(message)
@@ -308,9 +273,9 @@ def test_transcription_refuses_bad_temperature_and_repeated_parts(
 def test_http_messages_name_the_real_problem() -> None:
     """A speed that is not a number says so (it said `out of range`), a preflight without Origin says what is
     missing (it printed an empty origin), and an unknown path lists every endpoint."""
-    speech = _post(_app(_Speech()), "/v1/audio/speech", b'{"input": "hi", "speed": "fast"}', "application/json")
+    speech = _post(_app(FakeSpeech()), "/v1/audio/speech", b'{"input": "hi", "speed": "fast"}', "application/json")
     assert json.loads(speech.body)["error"]["message"] == 'speed must be a number from 0.5 to 2, got "fast"'
-    app = _app(_Speech())
+    app = _app(FakeSpeech())
     auth = [("Authorization", f"Bearer {TOKEN}")]
     preflight = asyncio.run(app.handle(Request("OPTIONS", "/v1/audio/speech", "", auth, b"", "127.0.0.1")))
     assert preflight.status == 403

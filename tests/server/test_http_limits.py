@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from assistant import events
+from assistant.config import ServerConfig
+from assistant.server import http
 from assistant.server import realtime_protocol as rp
 from assistant.server.realtime import RealtimeConversation, idle_note
-from assistant.server.ws import MAX_HTTP_REQUESTS
-from tests.server.fakes import FakeBackend, FakeSession
+from assistant.server.ws import MAX_HTTP_REQUESTS, ControlServer
+from tests.server.fakes import FakeBackend, FakeController, FakeSession, FakeSpeech
 from tests.server.helpers import TOKEN, running
 
 
@@ -165,3 +171,49 @@ def test_a_200_kb_header_line_gets_a_readable_431() -> None:
     assert refused.startswith(b"HTTP/1.1 431 "), refused[:200]
     assert b"send fewer or shorter headers" in refused
     assert after.startswith(b"HTTP/1.1 200 "), after[:200]
+
+
+class _EndlessSpeech(FakeSpeech):
+    """An AudioService whose speech never ends: a second of silence per chunk, as fast as it is taken."""
+
+    async def speak(self, text: str, voice: str | None) -> AsyncIterator[np.ndarray]:
+        while True:
+            yield np.zeros(24_000, np.float32)
+            await asyncio.sleep(0)
+
+
+async def _until(cond: Callable[[], bool]) -> None:
+    for _ in range(1000):  # a safety net against hangs (10 s), never a timing assertion
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+
+
+def test_an_http_client_that_never_reads_its_answer_gives_its_slot_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A speech request whose client stays connected but reads nothing is dropped after SEND_TIMEOUT_S; each such
+    client held one of the MAX_HTTP_REQUESTS slots for good, so over days /health itself answered 503."""
+    monkeypatch.setattr(http, "SEND_TIMEOUT_S", 0.3)
+    cfg = replace(ServerConfig(), port=0, token=TOKEN)
+
+    async def body() -> tuple[int, bytes]:
+        async with ControlServer(cfg, FakeController(), FakeBackend(), audio=_EndlessSpeech()) as server:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once: the server's writes stall
+            sock.connect(("127.0.0.1", server.port))
+            payload = b'{"input": "Hello there.", "response_format": "pcm"}'
+            head = f"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+            sock.sendall(head.encode() + payload)
+            try:
+                await _until(lambda: bool(server.http_tasks))  # being answered
+                await _until(lambda: not server.http_tasks)  # stalled, then dropped; never read meanwhile
+                held = len(server.http_tasks)
+                return held, await raw(
+                    server.port, f"GET /health HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+                )
+            finally:
+                sock.close()
+
+    held, health = asyncio.run(body())
+    assert held == 0
+    assert health.startswith(b"HTTP/1.1 200")

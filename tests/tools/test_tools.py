@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import sys
 import threading
 from collections.abc import Mapping
@@ -19,7 +20,8 @@ import pytest
 
 from assistant import config
 from assistant.errors import ConfigError
-from assistant.memory import Memory
+from assistant.memory import Memory, Reminder
+from assistant.tools import timers
 from assistant.tools.builtin import date_line, zone
 from assistant.tools.calls import ToolCall
 from assistant.tools.registry import Tool, Toolbox, check_arguments, pick_filler
@@ -141,6 +143,28 @@ def test_time_tool_and_date_line(tmp_path: Path) -> None:
     assert date_line(NOW, PARIS) == "Today is Monday, 7 December 2026; the user's time zone is Europe/Paris."
     with pytest.raises(ConfigError, match=r"tools\.timezone"):
         zone("Mars/Olympus")
+
+
+def test_the_system_time_zone_follows_daylight_saving_in_a_long_running_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With tools.timezone = "" the toolbox built at start answers in the system's zone with its DST rules: a
+    daemon started in winter still tells the right time after the spring change (a fixed offset was an hour off)."""
+    monkeypatch.setenv("TZ", "Europe/Paris")
+    clock = Clock(NOW)  # December: UTC+1
+    cfg = config.Config().replace({"tools.timezone": ""})
+    box, _ = build_toolbox(cfg, Memory(tmp_path / "m.sqlite3"), clock)
+
+    async def body() -> list[dict[str, Any]]:
+        winter = await call(box, "get_time")
+        clock.t = datetime(2027, 7, 1, 12, 0, tzinfo=PARIS).timestamp()  # weeks later, summer time: UTC+2
+        return [winter, await call(box, "get_time")]
+
+    winter, summer = asyncio.run(body())
+    assert (winter["time"], winter["utc_offset"]) == ("14:05", "+01:00")
+    assert (summer["time"], summer["utc_offset"], summer["timezone"]) == ("12:00", "+02:00", "Europe/Paris")
+    monkeypatch.setenv("TZ", "/usr/share/zoneinfo/America/New_York")  # a zone file, as launchd or systemd may set
+    assert date_line(NOW, zone("")) == "Today is Monday, 7 December 2026; the user's time zone is America/New_York."
 
 
 def test_reminders_by_tool_call_fire_while_idle_and_after_restart(tmp_path: Path) -> None:
@@ -406,6 +430,68 @@ def test_due_reminders_are_spoken_after_the_reply_in_progress(tmp_path: Path) ->
         memory.close()
 
     asyncio.run(body())
+
+
+def test_a_database_failure_does_not_end_the_reminders_for_good(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The memory database failing to read the reminders or to mark one fired (a full disk) is reported and
+    retried: the service used to end on it, and no reminder was spoken again for the life of the daemon."""
+    monkeypatch.setattr(timers, "MAX_WAIT_S", 0.01)
+
+    class FullDisk(Memory):
+        def __init__(self, path: Path) -> None:
+            super().__init__(path)
+            self.failures = ["pending_reminders", "mark_fired"]  # each fails once, in this order
+
+        def _maybe_fail(self, what: str) -> None:
+            if self.failures and self.failures[0] == what:
+                self.failures.pop(0)
+                raise sqlite3.OperationalError("database or disk is full")
+
+        def pending_reminders(self) -> list[Reminder]:
+            self._maybe_fail("pending_reminders")
+            return super().pending_reminders()
+
+        def mark_fired(self, reminder_id: int, at: float) -> None:
+            self._maybe_fail("mark_fired")
+            super().mark_fired(reminder_id, at)
+
+    class Voice:
+        def __init__(self) -> None:
+            self.said: list[str] = []
+            self.errors: list[str] = []
+
+        async def quiet(self) -> None:
+            pass
+
+        async def say(self, text: str) -> None:
+            self.said.append(text)
+
+        def failed(self, exc: BaseException, what: str) -> None:
+            self.errors.append(f"{what}: {exc}")
+
+    async def body() -> tuple[Voice, list[str]]:
+        memory = FullDisk(tmp_path / "m.sqlite3")
+        memory.add_reminder(NOW - 20, "first", NOW - 60)
+        memory.add_reminder(NOW - 10, "second", NOW - 60)
+        voice = Voice()
+        speaking = asyncio.create_task(speak_reminders(ReminderScheduler(memory, lambda: NOW), voice))
+        for _ in range(500):  # a safety net (5 s), never a timing assertion
+            if len(voice.said) == 2 and not memory.failures:
+                break
+            await asyncio.sleep(0.01)
+        speaking.cancel()
+        pending = [r.text for r in memory.pending_reminders()]
+        memory.close()
+        return voice, pending
+
+    voice, pending = asyncio.run(body())
+    assert voice.said == ["Reminder: first", "Reminder: second"]  # each once
+    assert [e.split(":")[0] for e in voice.errors] == [
+        "reading or updating the reminders in the memory database (retrying)"
+    ] * 2
+    assert pending == ["first"]  # its fired mark was lost: it is spoken again at the next start, as after a crash
 
 
 @pytest.mark.parametrize(

@@ -167,6 +167,34 @@ def test_clone_cache_recomputed_when_wav_changes(tmp_path: Path, isolated_env: P
     assert v1.prompt.xvector is not None
 
 
+def test_a_clone_cache_cut_short_by_a_full_disk_is_recomputed_not_fatal(
+    tmp_path: Path, isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while caching a clone prompt leaves no half-written cache, and a cache cut short anyway (a crash,
+    an older version) is recomputed: the voice failed to resolve (BadZipFile) at every start until deleted."""
+    from assistant.paths import voice_cache_dir
+
+    write_clip(tmp_path / "ref.wav", 1.0)
+    (tmp_path / "me.toml").write_text('mode = "clone"\nref_wav = "ref.wav"\n')
+    fe, prof = FakeFrontEnds(), load_profiles(tmp_path)["me"]
+    real_savez = np.savez
+
+    def disk_full(file: Any, **arrays: Any) -> None:
+        file.write(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    assert prof.resolve(fe).prompt.xvector is not None
+    assert list(voice_cache_dir().iterdir()) == []  # nothing half-written left behind
+    monkeypatch.setattr(np, "savez", real_savez)
+    prof.resolve(fe)
+    (cache,) = voice_cache_dir().glob("*.npz")
+    cache.write_bytes(cache.read_bytes()[:100])  # cut short
+    assert prof.resolve(fe).prompt.xvector is not None
+    prof.resolve(fe)  # the rewritten cache serves
+    assert fe.runs == 3
+
+
 def test_packaged_profiles_cover_every_mode() -> None:
     """voices/ has a default voice and at least one profile per mode, and they all parse."""
     profiles = load_profiles(REPO / "voices")
