@@ -94,10 +94,13 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
 
 @dataclass(frozen=True)
 class _VoicesOnDisk:
-    """settings.VoiceCatalog before the TTS loads: the voices folder's profiles and config.json's model type."""
+    """settings.VoiceCatalog before the TTS loads: the voices folder's profiles and config.json's model type,
+    preset speakers and languages (None when the model is not on disk or its config.json does not parse)."""
 
-    model_type: str | None
     found: dict[str, Any]
+    model_type: str | None = None
+    speakers: list[str] | None = None
+    languages: list[str] | None = None
 
     def profiles(self) -> dict[str, Any]:
         return self.found
@@ -119,21 +122,28 @@ def check_voice(cfg: config.Config, name: str | None = None) -> None:
     for problem in broken.values():  # another voice: this one works, that one is skipped (`assistant voices`)
         log.warning("%s; that voice is skipped until it is fixed", problem)
     where = f" (profiles in {folder}; `assistant voices` lists them)"
-    check(_VoicesOnDisk(_tts_model_type(cfg.tts.model), dict(profiles)), name, f"{what}: ", where)
+    check(_voices_on_disk(cfg.tts.model, dict(profiles)), name, f"{what}: ", where)
     profiles[name].validate()
 
 
-def _tts_model_type(spec: str) -> str | None:
-    """`tts_model_type` of the TTS model's config.json; None when it is not on disk or unreadable (the model's
-    own pre-flight and load say so)."""
+def _voices_on_disk(spec: str, profiles: dict[str, Any]) -> _VoicesOnDisk:
+    """The catalog from the TTS model's config.json; what it cannot tell is None (not on disk, unreadable: the
+    model's own pre-flight and load say so)."""
+    from assistant.tts.qwen3.config import ModelConfig
     from assistant.tts.voices import MODEL_TYPE_OF
 
     try:
         raw = hub.read_json_object(hub.resolve(spec, "tts.model") / "config.json", "config.json", "")
     except ModelError:
-        return None
+        return _VoicesOnDisk(profiles)
     kind = raw.get("tts_model_type")
-    return kind if isinstance(kind, str) and kind in MODEL_TYPE_OF.values() else None
+    if not (isinstance(kind, str) and kind in MODEL_TYPE_OF.values()):
+        return _VoicesOnDisk(profiles)
+    try:
+        model = ModelConfig.from_dict(raw)
+    except (ModelError, *hub.MALFORMED):
+        return _VoicesOnDisk(profiles, kind)
+    return _VoicesOnDisk(profiles, kind, model.speakers, model.languages)
 
 
 def check_server_settings(cfg: config.Config) -> None:
@@ -343,11 +353,13 @@ async def _run_daemon(cfg: config.Config, headless: bool = False, console: Any =
         memory.close()
         if not await asyncio.to_thread(compute.close, 0.5):
             # An MLX call is still running: exit now rather than let interpreter shutdown kill that thread
-            # inside C++ (std::terminate) or wait for it.
-            log.warning("a model step did not finish; exiting without waiting for it")
+            # inside C++ (std::terminate) or wait for it. Ctrl-C (asyncio.run cancels us) exits 130 as elsewhere.
+            interrupted = isinstance(sys.exc_info()[1], asyncio.CancelledError)
+            if not interrupted:
+                log.warning("a model step did not finish; exiting without waiting for it")
             logging.shutdown()
             sys.stdout.flush()
-            os._exit(1)
+            os._exit(130 if interrupted else 1)
 
 
 def cmd_wyoming(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -469,9 +481,11 @@ class SpeechStats:
     synth_s: float = 0.0
 
 
-def _speak(tts: Any, voice: Any, sentences: list[str], stats: SpeechStats) -> Any:
-    """float32 chunks of `sentences`, one utterance each (no silent cap: a sentence cut at tts.max_frames warns).
-    Ctrl-C lands between two frames of work."""
+def _speak(
+    tts: Any, voice: Any, sentences: list[str], stats: SpeechStats, done: Callable[[int], None] | None = None
+) -> Any:
+    """float32 chunks of `sentences`, one utterance each (no silent cap: a sentence cut at tts.max_frames warns);
+    `done(n)` after the n-th sentence. Ctrl-C lands between two frames of work."""
     import time
 
     from assistant.audio.format import TTS_FRAME_SAMPLES
@@ -496,7 +510,23 @@ def _speak(tts: Any, voice: Any, sentences: list[str], stats: SpeechStats) -> An
                 tts.cfg.max_frames,
                 tts.cfg.max_frames * TTS_FRAME_SAMPLES / tts.sample_rate,
             )
+        if done is not None:
+            done(n)
     stats.synth_s = time.perf_counter() - began
+
+
+def _stdin_text() -> str:
+    """stdin as UTF-8 text, stripped (TEXT `-` of say and ctl say/ask); InputError naming the bad byte."""
+    from assistant.errors import InputError
+
+    raw = sys.stdin.buffer.read()
+    try:
+        return raw.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"stdin is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); convert it, "
+            "e.g. `iconv -f latin1 -t utf-8`"
+        ) from e
 
 
 def cmd_say(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -508,14 +538,7 @@ def cmd_say(args: argparse.Namespace, cfg: config.Config) -> int:
 
     text = args.text.strip()
     if text == "-":
-        raw = sys.stdin.buffer.read()
-        try:
-            text = raw.decode("utf-8").strip()
-        except UnicodeDecodeError as e:
-            raise InputError(
-                f"stdin is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); convert it, "
-                "e.g. `iconv -f latin1 -t utf-8`"
-            ) from e
+        text = _stdin_text()
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:  # argv bytes that are not UTF-8 arrive as lone surrogates
@@ -537,17 +560,21 @@ def cmd_say(args: argparse.Namespace, cfg: config.Config) -> int:
     voice = tts.voice(args.voice)
     loaded_s = time.perf_counter() - began
     stats = SpeechStats()
-    chunks = _speak(tts, voice, pieces, stats)
     if out is not None:
         import numpy as np
 
-        parts = list(chunks)
+        # a long text to a file was minutes of silence: a terminal sees the sentences done so far
+        shown = sys.stderr.isatty() and len(pieces) > 1
+        progress = partial(_say_progress, len(pieces), stats, tts.sample_rate) if shown else None
+        parts = list(_speak(tts, voice, pieces, stats, progress))
+        if shown:
+            print("\x1b[K", end="", file=sys.stderr)  # the progress line gives way to the summary
         audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         write_audio(out, audio, tts.sample_rate)
         where = "stdout" if out.is_stdout else out.path
         print(f"wrote {where} ({len(audio) / tts.sample_rate:.2f} s at {tts.sample_rate} Hz)", file=sys.stderr)
     else:
-        _play(cfg, chunks, tts.sample_rate)
+        _play(cfg, _speak(tts, voice, pieces, stats), tts.sample_rate)
     audio_s = stats.samples / tts.sample_rate
     rtf = stats.synth_s / audio_s if audio_s else 0.0
     print(
@@ -556,6 +583,14 @@ def cmd_say(args: argparse.Namespace, cfg: config.Config) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _say_progress(total: int, stats: SpeechStats, rate: int, n: int) -> None:
+    """One terminal line, rewritten after each sentence, for `say --out`."""
+    # ends at column 0 ("\r"), so a warning logged next overwrites it instead of joining it
+    print(
+        f"sentence {n} of {total}: {stats.samples / rate:.1f} s of audio\x1b[K", end="\r", file=sys.stderr, flush=True
+    )
 
 
 def _play(cfg: config.Config, chunks: Any, rate: int) -> int:
@@ -748,7 +783,10 @@ def _chat_turn(chat: Any, text: str, stream: bool) -> None:
 def cmd_ctl(args: argparse.Namespace, cfg: config.Config) -> int:
     from assistant.server import ctl
 
-    return ctl.run(cfg.server, args.words, max_events=args.max_events)
+    words = list(args.words)
+    if words[:1] in (["say"], ["ask"]) and words[1:] == ["-"]:  # as `assistant say -`: the text from stdin
+        words[1] = _stdin_text()
+    return ctl.run(cfg.server, words, max_events=args.max_events)
 
 
 @dataclass(frozen=True)
@@ -800,6 +838,21 @@ def _check_model(spec: str, what: str) -> None:
         return
     hub.read_json_object(config_json, str(config_json), "run `assistant pull` again or fix the file")
     hub.check_weights(path, "run `assistant pull` again (or copy the model anew)")
+    # files the loaders need beside the weights: a folder copied in part passed and `run` failed after loading
+    if what == "TTS model":
+        for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "speech_tokenizer/config.json"):
+            if not (path / name).is_file():
+                raise AssistantError(
+                    f"{what} folder {path} has no {name}; run `assistant pull` or copy the whole model"
+                )
+    if what == "LLM":
+        from assistant.llm import TOKENIZER_FILES
+
+        if not any((path / name).is_file() for name in TOKENIZER_FILES) and not any(path.glob("*.tiktoken")):
+            raise AssistantError(
+                f"{what} folder {path} has no tokenizer file ({', '.join(TOKENIZER_FILES)} or *.tiktoken); run "
+                "`assistant pull` or copy the whole model"
+            )
 
 
 def _check_llm_server(llm: config.LlmConfig) -> None:
@@ -1046,7 +1099,7 @@ class _Parser(argparse.ArgumentParser):
 def _ctl_commands() -> str:
     from assistant.server.ctl import USAGE
 
-    return f"{USAGE[0].upper()}{USAGE[1:]}; see docs/protocol.md for what each does."
+    return f"{USAGE[0].upper()}{USAGE[1:]}; TEXT `-` reads stdin; see docs/protocol.md for what each does."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1135,15 +1188,19 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command is None:  # show every command, not argparse's `the following arguments are required: COMMAND`
         parser.print_help(sys.stderr)
         return 2
-    debug = bool(args.debug)
+    debug, as_json = bool(args.debug), bool(args.log_json)
     try:
         cfg = config.load(args.config, [*args.overrides, *args.command_overrides])
-        logs.setup("debug" if debug else cfg.logging.level, as_json=args.log_json or cfg.logging.json)
+        as_json = as_json or cfg.logging.json
+        logs.setup("debug" if debug else cfg.logging.level, as_json=as_json)
         return int(args.fn(args, cfg))
     except AssistantError as e:
         if debug:
             log.exception("failed")
-        print(f"assistant: error: {one_line(str(e))}", file=sys.stderr)
+        line = f"assistant: error: {one_line(str(e))}"
+        if as_json:  # `run --log-json | jq` stopped at this plain line, the one that says why the daemon stopped
+            line = logs.JsonFormatter().format(log.makeRecord(log.name, logging.ERROR, "", 0, line, (), None))
+        print(line, file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         return 130

@@ -544,6 +544,10 @@ def _is_text_key(dotted: str) -> bool:
 def find_config_file(cli_path: str | None, env: Mapping[str, str] | None = None) -> tuple[Path, str]:
     """The config file to read and how it was chosen: --config, ASSISTANT_CONFIG, user file, packaged default."""
     env = os.environ if env is None else env
+    if cli_path is not None and not cli_path.strip():  # `--config "$CFG"` with CFG unset read another file unsaid
+        raise ConfigError(
+            "--config is empty (an unset shell variable?); give the path of a config.toml, or leave it out"
+        )
     for given, how in ((cli_path, "--config"), (env.get("ASSISTANT_CONFIG"), "ASSISTANT_CONFIG")):
         if given:
             path = Path(given).expanduser()

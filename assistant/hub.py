@@ -57,6 +57,8 @@ def resolve(spec: str, what: str = "model") -> Path:
                 f"{what} `{spec}` is neither a folder nor a Hugging Face repo id (owner/name, e.g. "
                 "mlx-community/gemma-4-e2b-it-4bit); fix it in config.toml"
             )
+        if path.exists() and not path.is_dir():  # a config.json or a .safetensors named instead of its folder
+            raise ModelError(f"{what} {path} is a file, not a folder; name the folder that holds the model's files")
         if not path.is_dir():
             raise ModelError(f"{what} folder not found: {path}; check the path in config.toml")
         return path
@@ -69,6 +71,19 @@ def resolve(spec: str, what: str = "model") -> Path:
         raise ModelError(f"{what} `{spec}` is not downloaded; run `assistant pull` to fetch it") from e
     except Exception as e:  # malformed repo id and the like
         raise ModelError(f"{what} `{spec}` cannot be used: {e}; check the repo id in config.toml") from e
+
+
+# What building a model raises for a config.json value of the wrong type or range ("64" for 64, null, -1)
+MALFORMED = (TypeError, ValueError, AttributeError, KeyError, IndexError)
+
+
+def malformed(what: str, spec: str, e: Exception) -> ModelError:
+    """One line for a model that failed to build from its config.json's values, naming the fix."""
+    detail = " ".join(str(e).split())[:300]
+    return ModelError(
+        f"{what} `{spec}` cannot be built from its config.json ({type(e).__name__}: {detail}); a value there has "
+        "the wrong type or range: re-download the model (`assistant pull`) or fix config.json"
+    )
 
 
 def _offline() -> bool:
@@ -201,8 +216,14 @@ def pull_all(specs: Sequence[tuple[str, str]], say: Callable[[str], None]) -> li
         try:
             p = plan(spec, what)
         except ModelError as e:
-            results[spec] = PullResult(what, spec, None, str(e))
-            say(f"FAILED {e}")
+            try:  # offline with the model cached: `scripts/run` (pull, then run) must still start the daemon
+                cached = resolve(spec, what)
+            except ModelError:
+                results[spec] = PullResult(what, spec, None, str(e))
+                say(f"FAILED {e}")
+                continue
+            results[spec] = PullResult(what, spec, cached, None)
+            say(f"{what} {spec}: cached in {cached}, not checked for updates ({e})")
             continue
         say(
             f"{what} {spec}: {len(p.to_fetch)} file(s), {size_text(p.fetch_bytes)} to fetch"

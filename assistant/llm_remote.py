@@ -29,6 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 
@@ -79,10 +80,21 @@ def read_api_key(cfg: LlmConfig, env: Mapping[str, str]) -> str | None:
             key = path.read_text(encoding="utf-8").strip()
         except OSError as e:
             raise ConfigError(f"llm.api_key_file {path} cannot be read ({e.strerror}); check the path") from e
+        except UnicodeDecodeError as e:  # was a traceback
+            raise ConfigError(f"llm.api_key_file {path} is not UTF-8 text; put the key in it as plain text") from e
         if not key:
             raise ConfigError(f"llm.api_key_file {path} is empty; put the key in it or clear llm.api_key_file")
         return key
     return None
+
+
+def _has_host(url: str) -> bool:
+    """`url` names a host and, if any, a port in range ("http://" or "http://host:80a" failed only at a turn)."""
+    try:
+        parts = urlsplit(url)
+        return bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError:  # a port out of range or not a number, an unclosed IPv6 bracket
+        return False
 
 
 class RemoteChat:
@@ -95,8 +107,11 @@ class RemoteChat:
     blocks_on_network = True  # the conversation steps it in a thread of its own, not on the MLX compute thread
 
     def __init__(self, cfg: LlmConfig, api_key: str | None = None, tools: Sequence[Mapping[str, Any]] = ()) -> None:
-        if not cfg.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"llm.base_url = {cfg.base_url!r} is not an http(s) URL; e.g. http://127.0.0.1:8080/v1")
+        if not cfg.base_url.startswith(("http://", "https://")) or not _has_host(cfg.base_url):
+            raise ConfigError(
+                f"llm.base_url = {cfg.base_url!r} is not an http(s) URL with a host (and a numeric port, if any); "
+                "e.g. http://127.0.0.1:8080/v1"
+            )
         root = cfg.base_url.rstrip("/")
         if root.endswith(("/chat/completions", "/completions")):  # every turn would POST to .../chat/completions twice
             fixed = root.removesuffix("/completions").removesuffix("/chat")

@@ -19,7 +19,7 @@ from assistant.compute import Compute, Priority
 from assistant.config import Config, parse_voice_aliases
 from assistant.engines import Engines
 from assistant.errors import InputError
-from assistant.settings import check_voice
+from assistant.settings import check_voice, speakable
 from assistant.text import sentences
 
 FEED_SAMPLES = CAPTURE_RATE  # 16000 = one second of 16 kHz audio per compute job
@@ -43,7 +43,8 @@ class OneShot:
         return {"stt": self.cfg.stt.model_id, "llm": self.cfg.llm.model, "tts": self.cfg.tts.model}
 
     def voices(self) -> list[str]:
-        return sorted(self.tts.profiles())
+        """The voice profiles the TTS model can speak with."""
+        return speakable(self.tts)
 
     def voice_name(self, requested: str | None) -> str:
         """The profile that speaks for `requested`: itself, its alias, or (unknown or empty) tts.voice."""

@@ -10,7 +10,7 @@ quote at most a few dozen characters of what the client sent.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
 from assistant import config as config_mod
@@ -59,13 +59,25 @@ class VoiceProfileLike(Protocol):
     @property
     def mode(self) -> str: ...
 
+    @property
+    def speaker(self) -> str: ...
+
+    @property
+    def language(self) -> str: ...
+
 
 class VoiceCatalog(Protocol):
-    """What validating `tts.voice` needs: the profiles and the TTS model's type (None: not known yet, as before
-    the model is on disk)."""
+    """What validating `tts.voice` needs: the profiles, the TTS model's type, its preset speakers and its
+    languages (each None: not known yet, as before the model is on disk)."""
 
     @property
     def model_type(self) -> str | None: ...
+
+    @property
+    def speakers(self) -> Collection[str] | None: ...
+
+    @property
+    def languages(self) -> Collection[str] | None: ...
 
     def profiles(self) -> Mapping[str, VoiceProfileLike]: ...
 
@@ -112,23 +124,54 @@ def at_restart(changes: Mapping[str, object]) -> list[str]:
 def check_voice(voices: VoiceCatalog, name: str, prefix: str = "config.set: ", where: str = "") -> None:
     """ConfigError (its message begins with `prefix`; `where` ends the unknown-voice one) unless `name` is a voice
     profile the TTS model can speak with: the one voice check, before start and while running."""
-    try:
-        profiles = voices.profiles()
-    except ConfigError as e:  # the message names the voices folder: it stays in the daemon's log
-        log.warning("cannot list the voices: %s", e)
-        raise ConfigError(f"{prefix}the voice profiles cannot be read; see the daemon log") from e
+    profiles = _profiles(voices, prefix)
     profile = profiles.get(name)
     if profile is None:
         raise ConfigError(f"{prefix}unknown voice {name!r}; voices: {', '.join(sorted(profiles)) or 'none'}{where}")
+    problem = _unfit(voices, name, profile)
+    if problem is not None:
+        fits = sorted(n for n, p in profiles.items() if _unfit(voices, n, p) is None)
+        raise ConfigError(prefix + problem.replace("{fits}", ", ".join(fits) or "none"))  # names may hold braces
+
+
+def speakable(voices: VoiceCatalog) -> list[str]:
+    """The profile names check_voice passes, sorted: what a client may be offered (/health, Wyoming's voice list;
+    offering every profile let Home Assistant and the page pick a clone voice a CustomVoice model cannot speak)."""
+    return sorted(n for n, p in _profiles(voices, "").items() if _unfit(voices, n, p) is None)
+
+
+def _profiles(voices: VoiceCatalog, prefix: str) -> Mapping[str, VoiceProfileLike]:
+    try:
+        return voices.profiles()
+    except ConfigError as e:  # the message names the voices folder: it stays in the daemon's log
+        log.warning("cannot list the voices: %s", e)
+        raise ConfigError(f"{prefix}the voice profiles cannot be read; see the daemon log") from e
+
+
+def _unfit(voices: VoiceCatalog, name: str, profile: VoiceProfileLike) -> str | None:
+    """Why the TTS model cannot speak with `profile` (its type, then its speaker or language), or None; a `{fits}`
+    field in it takes the voices that fit."""
     from assistant.tts.voices import MODEL_TYPE_OF  # a table; tts.voices has no model code
 
     want, have = MODEL_TYPE_OF.get(profile.mode), voices.model_type
     if have is not None and want != have:
-        fits = sorted(n for n, p in profiles.items() if MODEL_TYPE_OF.get(p.mode) == have)
-        raise ConfigError(
-            f"{prefix}voice {name!r} ({profile.mode}) does not fit the {have} model of tts.model; voices that do: "
-            f"{', '.join(fits) or 'none'} (or set tts.model to a {want} model)"
+        return (
+            f"voice {name!r} ({profile.mode}) does not fit the {have} model of tts.model; voices that do: {{fits}} "
+            f"(or set tts.model to a {want} model)"
         )
+    # a profile's speaker or language the model lacks failed only when the voice loaded: config.set had said yes
+    speakers, languages = voices.speakers, voices.languages
+    if speakers is not None and profile.speaker and profile.speaker.lower() not in speakers:
+        return (
+            f"voice {name!r} uses speaker {profile.speaker!r}, which tts.model does not have (its speakers: "
+            f"{', '.join(speakers) or 'none'}); set `speaker` in the voice's profile, or pick another voice: {{fits}}"
+        )
+    if languages is not None and profile.language.lower() not in languages:
+        return (
+            f"voice {name!r} has language {profile.language!r}, which tts.model does not know (it knows "
+            f"{', '.join(languages)}); set `language` in the voice's profile, or pick another voice: {{fits}}"
+        )
+    return None
 
 
 def _check_key(key: str) -> None:

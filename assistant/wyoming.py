@@ -64,7 +64,7 @@ from assistant.audio.format import CAPTURE_RATE, StreamResampler, float32_to_int
 from assistant.compute import Compute, Priority
 from assistant.config import Config
 from assistant.errors import AssistantError, InputError
-from assistant.settings import VoiceCatalog, check_voice
+from assistant.settings import VoiceCatalog, check_voice, speakable
 from assistant.stt import Transcriber
 from assistant.text import ClauseChunker, sentences
 
@@ -188,6 +188,7 @@ def asr_info(cfg: Config) -> Info:
 
 def tts_info(cfg: Config, tts: Any) -> Info:
     languages = [lang for lang in tts.loaded.config.languages if lang != "auto"]
+    fits = speakable(cast(VoiceCatalog, tts))  # a voice the model cannot speak would fail when picked
     voices = [
         TtsVoice(
             name=name,
@@ -195,6 +196,7 @@ def tts_info(cfg: Config, tts: Any) -> Info:
             **_described(cfg.tts.model, profile.description or f"{profile.mode} voice"),
         )
         for name, profile in sorted(tts.profiles().items())
+        if name in fits
     ]
     program = TtsProgram(
         name="assistant-tts",

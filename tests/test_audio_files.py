@@ -191,3 +191,18 @@ def test_nan_and_infinite_samples_become_silence_not_a_lost_transcript(tmp_path:
         assert y[100] == 0.0 and y[200] == 0.0
         keep = np.isfinite(x)
         np.testing.assert_array_equal(y[keep], x[keep])
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_written(tmp_path: Path) -> None:
+    """A file whose name holds a byte that is not UTF-8 (copied from a Latin-1 system: b"caf\\xe9.wav") is read
+    and written; reading printed a UnicodeEncodeError traceback and writing failed "check the free space"."""
+    folder = os.fsencode(tmp_path)
+    try:
+        os.close(os.open(folder + b"/probe\xe9", os.O_CREAT | os.O_WRONLY))
+    except OSError:  # macOS (APFS) refuses such names, so there they cannot occur
+        pytest.skip("this file system refuses names that are not UTF-8")
+    out = os.fsdecode(folder + b"/caf\xe9.wav")  # what argv holds for it: a lone surrogate
+    tone = (0.3 * np.sin(np.arange(8000) / 5)).astype(np.float32)
+    write_audio(out, tone, 16000)
+    back, rate = read_audio(out)
+    assert rate == 16000 and np.allclose(back, tone, atol=1e-3)

@@ -309,6 +309,7 @@ def test_doctor_finds_truncated_weights_a_missing_shard_and_a_missing_part(tmp_p
     whole = tmp_path / "whole"
     whole.mkdir()
     (whole / "config.json").write_text("{}")
+    (whole / "tokenizer.json").write_text("{}")
     mx.save_safetensors(str(whole / "model.safetensors"), {"w": mx.zeros((64, 64))})
     cli._check_model(str(whole), "LLM")  # a whole folder passes
 

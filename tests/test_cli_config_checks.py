@@ -66,8 +66,8 @@ def test_a_voice_that_does_not_fit_the_local_tts_model_fails_before_it_loads(tmp
     with pytest.raises(ConfigError) as clone:
         cli.check_voice(custom)
     assert str(clone.value) == (
-        "tts.voice: voice 'clone' (clone) does not fit the custom_voice model of tts.model; voices that do: default, "
-        "vivian (or set tts.model to a base model)"
+        "tts.voice: voice 'clone' (clone) does not fit the custom_voice model of tts.model; voices that do: vivian "
+        "(or set tts.model to a base model)"  # default's speaker ryan is no speaker of the tiny model
     )
     base = custom.replace({"tts.model": str(tmp_path / "base")})
     with pytest.raises(
@@ -98,6 +98,29 @@ def test_an_unusable_token_file_fails_before_the_models_load(isolated_env: Path)
         cli.check_server_settings(config.Config().replace({"server.token_file": str(link)}))
     cli.check_server_settings(config.Config().replace({"server.token_file": str(isolated_env / "new-token")}))
     assert not (isolated_env / "new-token").exists()  # a check creates nothing
+
+
+def test_a_token_that_cannot_be_created_fails_before_the_models_load(isolated_env: Path) -> None:
+    """With no token yet and a read-only config folder, the start-up check fails naming the folder and the fix;
+    `run` found it only after loading and warming every model ("cannot write the server token")."""
+    import subprocess
+    import sys
+
+    from tests.test_install import read_only
+
+    home = isolated_env / "ro"
+    home.mkdir()
+    check = (
+        "from assistant import cli, config; from assistant.errors import ConfigError\n"
+        "try: cli.check_server_settings(config.Config().replace({'server.token_file': sys.argv[1]}))\n"
+        "except ConfigError as e: print(e)"
+    )
+    cmd = read_only(home, [sys.executable, "-c", f"import sys\n{check}", str(home / "assistant" / "token")])
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1])
+    assert out.stdout.strip() == (
+        f"cannot create the server token {home / 'assistant' / 'token'}: {home} is not writable; fix its "
+        "permissions, or set server.token_file to a path you can write, or server.token"
+    ), out.stderr
 
 
 def test_a_token_file_under_a_file_names_the_folder_not_permissions(isolated_env: Path) -> None:
@@ -135,3 +158,117 @@ def test_a_voices_dir_that_is_a_file_says_so(isolated_env: Path, capsys: pytest.
     assert capsys.readouterr().err == (
         f"assistant: error: voices folder {profile} is not a folder; set tts.voices_dir or create it\n"
     )
+
+
+def test_ctrl_c_while_the_models_load_exits_130_without_a_warning(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ctrl-C while a model loads (the load cannot be stopped) exits 130 as Ctrl-C does at any other moment; it
+    exited 1 after the warning "a model step did not finish", as if the daemon had failed."""
+    import asyncio
+    import threading
+
+    loading, release = threading.Event(), threading.Event()
+
+    def load(cfg: config.Config, progress: object) -> None:
+        loading.set()
+        release.wait(10)
+
+    monkeypatch.setattr(cli, "build_engines", load)
+    monkeypatch.setattr(cli.logging, "shutdown", lambda: None)
+
+    def exit_now(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli.os, "_exit", exit_now)
+
+    async def body() -> None:
+        task = asyncio.create_task(cli._run_daemon(config.Config().replace({"memory.off_the_record": True})))
+        await asyncio.to_thread(loading.wait, 10)
+        task.cancel()  # what asyncio.run does on SIGINT
+        await task
+
+    try:
+        with pytest.raises(SystemExit) as e:  # a task's SystemExit leaves the event loop at once
+            asyncio.run(body())
+    finally:
+        release.set()
+    assert e.value.code == 130
+    assert "did not finish" not in caplog.text
+
+
+def test_say_to_a_file_shows_the_sentences_done_in_a_terminal(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`say --out` of a long text shows "sentence n of N" in a terminal as it goes; it was silent until the end."""
+    import io
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from assistant.tts.qwen3 import Qwen3TTS
+
+    class Utterance:
+        done, frames_emitted = False, 1
+
+        def step(self) -> np.ndarray:
+            self.done = True
+            return np.zeros(2400, np.float32)  # 0.1 s
+
+    tts = SimpleNamespace(
+        sample_rate=24000, cfg=SimpleNamespace(max_frames=60), voice=lambda name: name, start=lambda v, s: Utterance()
+    )
+    monkeypatch.setattr(Qwen3TTS, "load", lambda cfg: tts)
+    monkeypatch.setattr(cli, "check_voice", lambda cfg, name=None: None)
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr("sys.stderr", err)
+    monkeypatch.setattr("sys.stdin", SimpleNamespace(buffer=io.BytesIO(b"One. Two. Three.")))
+    assert cli.main(["say", "-", "--out", str(isolated_env / "out.wav")]) == 0
+    shown = err.getvalue()
+    assert "sentence 1 of 3: 0.1 s of audio" in shown and "sentence 3 of 3: 0.3 s of audio" in shown
+    assert "wrote " in shown
+
+
+def test_with_log_json_the_error_line_is_json_too(isolated_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With --log-json (the service units' flag) a failure's one line is a JSON log line like every other, so
+    `run --log-json | jq` shows it; it was the only plain line, and jq stopped at it."""
+    import json
+
+    assert cli.main(["--log-json", "say", ""]) == 2
+    line = json.loads(capsys.readouterr().err)
+    assert line["level"] == "error" and line["msg"] == "assistant: error: nothing to say: TEXT is empty"
+    assert cli.main(["--log-json", "voices", "--set", "nosuch.key=1"]) == 78  # before the config loads
+    assert json.loads(capsys.readouterr().err)["msg"].startswith("assistant: error: ")
+
+
+def test_ctl_say_dash_reads_the_text_from_stdin(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`echo hi | assistant ctl say -` sends stdin's text, as `assistant say -` does; it sent the text "-"."""
+    import io
+    from types import SimpleNamespace
+
+    from assistant.server import ctl
+
+    sent: list[list[str]] = []
+    monkeypatch.setattr(ctl, "run", lambda server, words, max_events=0: sent.append(words) or 0)
+    monkeypatch.setattr("sys.stdin", SimpleNamespace(buffer=io.BytesIO("héllo there\n".encode())))
+    assert cli.main(["ctl", "ask", "-"]) == 0
+    assert sent == [["ask", "héllo there"]]
+    assert ctl.build_message(sent[0])["text"] == "héllo there"
+
+
+def test_a_binary_token_or_key_file_is_one_line(isolated_env: Path) -> None:
+    """A server token file or llm.api_key_file holding bytes that are not UTF-8 fails in one line naming the file
+    and the fix; run, ctl and doctor printed a UnicodeDecodeError traceback."""
+    from assistant.llm_remote import read_api_key
+
+    blob = isolated_env / "blob"
+    blob.write_bytes(b"\xff\xfe\x00key")
+    with pytest.raises(ConfigError, match=r"server token file .*blob is not text \(byte 0xff at offset 0\); remove"):
+        cli.check_server_settings(config.Config().replace({"server.token_file": str(blob)}))
+    with pytest.raises(ConfigError, match=r"llm.api_key_file .*blob is not UTF-8 text; put the key in it"):
+        read_api_key(config.Config().replace({"llm.api_key_file": str(blob)}).llm, env={})

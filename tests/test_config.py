@@ -301,3 +301,12 @@ def test_voice_aliases_differing_only_in_case_are_refused_naming_both(tmp_path: 
     assert "`server.voice_aliases`" in msg and "'Alloy=vivian'" in msg and "'alloy=ryan'" in msg
     assert "keep one" in msg
     assert config.parse_voice_aliases(["Alloy=vivian", "echo=ryan"]) == {"alloy": "vivian", "echo": "ryan"}
+
+
+def test_an_empty_config_path_is_refused(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--config ""` (a script's `--config "$CFG"` with CFG unset) is refused; it silently read ASSISTANT_CONFIG,
+    the user's file or the packaged default instead. An empty ASSISTANT_CONFIG still counts as unset."""
+    monkeypatch.setenv("ASSISTANT_CONFIG", "")
+    assert config.load(None).source == str(config.PACKAGED_CONFIG)  # an empty ASSISTANT_CONFIG: the default
+    with pytest.raises(ConfigError, match=r"^--config is empty \(an unset shell variable\?\); give the path"):
+        config.load("")

@@ -81,7 +81,8 @@ def test_plan_lists_files_and_sizes_then_downloads(monkeypatch: pytest.MonkeyPat
         "then retry"
     )
     assert said[3] == "LLM org/llm: ready in /cache/org/llm"
-    assert calls == [("org/llm", True), ("org/broken", True), ("org/llm", False)]  # everything planned first
+    # everything planned first; the failed plan looks in the cache (a cached model would still be ready)
+    assert calls == [("org/llm", True), ("org/broken", True), ("org/broken", False), ("org/llm", False)]
     assert [r.problem is None for r in results] == [True, False]
 
 
@@ -155,3 +156,31 @@ def test_a_model_name_without_owner_is_not_called_a_folder(tmp_path: Path, monke
     with pytest.raises(ModelError) as e:
         hub.resolve(str(tmp_path / "a" / "b"), "LLM")
     assert str(e.value) == f"LLM folder not found: {tmp_path / 'a' / 'b'}; check the path in config.toml"
+
+
+def test_a_cached_model_is_ready_when_the_hub_cannot_be_reached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline (no HF_HUB_OFFLINE) with a model in the cache, pull says it is cached and not checked, and counts
+    it ready; it said FAILED and exited 1, so `scripts/run` (pull, then run, under set -e) never started."""
+    snapshot = tmp_path / "hub" / "models--org--stt" / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "hub" / "models--org--stt" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--stt" / "refs" / "main").write_text(COMMIT)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    down = "cannot reach https://huggingface.co (ConnectError: [Errno 101] Network is unreachable); check the network"
+
+    def unreachable(spec: str, what: str = "model") -> hub.Plan:
+        raise hub.ModelError(f"{what} `{spec}`: {down}")
+
+    monkeypatch.setattr(hub, "plan", unreachable)
+    said: list[str] = []
+    results = hub.pull_all([("STT model", "org/stt"), ("LLM", "org/llm")], said.append)
+    assert [(r.spec, r.path, r.problem is None) for r in results] == [
+        ("org/stt", snapshot, True),
+        ("org/llm", None, False),
+    ]
+    assert f"STT model org/stt: cached in {snapshot}, not checked for updates (STT model `org/stt`: {down})" in said
+    assert f"FAILED LLM `org/llm`: {down}" in said

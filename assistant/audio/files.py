@@ -96,7 +96,7 @@ def write_audio(out: Output | str | os.PathLike[str], audio: np.ndarray, rate: i
             sys.stdout.buffer.write(buf.getvalue())
             sys.stdout.buffer.flush()
         else:
-            sf.write(out.path, x, rate, format=out.format, subtype=out.subtype)
+            sf.write(os.fsencode(out.path), x, rate, format=out.format, subtype=out.subtype)
     except (sf.LibsndfileError, OSError, ValueError) as e:
         raise InputError(f"cannot write {out.path}: {e}; check the folder and the free space") from e
 
@@ -104,7 +104,7 @@ def write_audio(out: Output | str | os.PathLike[str], audio: np.ndarray, rate: i
 def read_audio(path: str) -> tuple[np.ndarray, int]:
     """(float32 mono samples, sample rate) of an audio file, or of stdin for `-`. Channels are averaged.
     Raises InputError for folders, missing or unreadable files, non-audio files and files without samples."""
-    src: str | io.BytesIO
+    src: bytes | io.BytesIO
     if path == STDIO:
         if sys.stdin.isatty():  # nobody types audio: reading would wait for Ctrl-D
             raise InputError("stdin is a terminal; pipe an audio file in, e.g. `assistant transcribe - < speech.wav`")
@@ -120,7 +120,7 @@ def read_audio(path: str) -> tuple[np.ndarray, int]:
             raise InputError(f"no such file: {path}")
         if not os.access(p, os.R_OK):
             raise InputError(f"{path} cannot be read (permission denied); check its permissions")
-        src, name = str(p), path
+        src, name = os.fsencode(p), path  # bytes: soundfile encodes a str as UTF-8, failing on undecodable names
     try:
         x, rate = sf.read(src, dtype="float32", always_2d=True)
     except sf.LibsndfileError as e:

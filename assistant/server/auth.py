@@ -53,6 +53,11 @@ def read_token(cfg: ServerConfig) -> str | None:
         ) from e
     except OSError as e:
         raise ConfigError(f"cannot read the server token {path}: {e.strerror}; fix its permissions") from e
+    except UnicodeDecodeError as e:  # a binary file put there: a traceback from run, ctl and doctor
+        raise ConfigError(
+            f"the server token file {path} is not text (byte {e.object[e.start]:#04x} at offset {e.start}); remove "
+            "it (a new token is generated at the next start) or set server.token_file to the right file"
+        ) from e
 
 
 def check_token_file(cfg: ServerConfig) -> None:
@@ -60,8 +65,18 @@ def check_token_file(cfg: ServerConfig) -> None:
     ConfigError naming the fix (a folder, a symbolic link, an unreadable file)."""
     if cfg.token:
         return
-    _refuse_link(token_path(cfg))
-    read_token(cfg)
+    path = token_path(cfg)
+    _refuse_link(path)
+    if read_token(cfg) is not None:
+        return
+    folder = path.parent  # the first start creates the token there: a read-only home failed after the models loaded
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot create the server token {path}: {folder} is not writable; fix its permissions, or set "
+            "server.token_file to a path you can write, or server.token"
+        )
 
 
 def load_or_create_token(cfg: ServerConfig) -> str:

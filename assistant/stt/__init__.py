@@ -22,7 +22,10 @@ def load_transcriber(cfg: SttConfig) -> Transcriber:
     from assistant.stt.transcriber import OfflineTranscriber, StreamingTranscriber
 
     folder = hub.resolve(cfg.model_id, "STT model")
-    lm = load_model(folder, None if cfg.dtype == "auto" else float_dtype(cfg.dtype))
+    try:
+        lm = load_model(folder, None if cfg.dtype == "auto" else float_dtype(cfg.dtype))
+    except hub.MALFORMED as e:
+        raise hub.malformed("STT model", cfg.model_id, e) from e
     if cfg.engine == "nemotron":
         if not lm.model.encoder.streaming:
             raise ModelError(f"stt.engine = nemotron needs a cache-aware streaming model, but {cfg.model_id} is not")

@@ -76,9 +76,14 @@ class VoiceProfile:
     @classmethod
     def read(cls, path: Path) -> VoiceProfile:
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM (Windows editors), as config
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(f"voice profile {path} cannot be read ({e}); fix the TOML") from e
+        except UnicodeDecodeError as e:  # UTF-16 or Latin-1 text was a traceback that took every voice away
+            raise ConfigError(
+                f"voice profile {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                "save it as UTF-8"
+            ) from e
         unknown = set(data) - KEYS
         if unknown:
             raise ConfigError(f"voice profile {path}: unknown keys {sorted(unknown)}; allowed: {sorted(KEYS)}")

@@ -26,6 +26,7 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 from assistant import cli, wyoming
 from assistant.compute import Compute, Priority
 from assistant.config import Config
+from assistant.settings import speakable
 from assistant.text import ClauseChunker
 from assistant.wyoming import HEADER_LIMIT, SpeechEngines, WyomingServices
 from tests.llm.servers import free_port
@@ -121,7 +122,7 @@ def test_describe_lists_models_languages_and_voices(rig: Rig) -> None:
     assert program.models[0].name == rig.cfg.stt.model_id and "en" in program.models[0].languages
     (voices,) = tts.tts
     assert voices.supports_synthesize_streaming
-    assert sorted(v.name for v in voices.voices) == sorted(rig.engines.tts.profiles())
+    assert sorted(v.name for v in voices.voices) == speakable(rig.engines.tts)  # those it can speak
     assert all(v.languages for v in voices.voices)
 
 

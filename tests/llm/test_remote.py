@@ -492,3 +492,14 @@ def test_a_base_url_naming_the_endpoint_is_refused_with_the_root() -> None:
             "http://127.0.0.1:8080/v1"
         )
     RemoteChat(cfg_for("http://127.0.0.1:8080/v1/"))
+
+
+@pytest.mark.parametrize(
+    "url", ["http://", "https:///v1", "http://127.0.0.1:80a/v1", "http://[::1/v1", "http://h:0/v1"]
+)
+def test_a_base_url_without_a_usable_host_is_refused_at_start(url: str) -> None:
+    """An llm.base_url with no host or a bad port is refused naming the form; "http://" was accepted and every turn
+    then failed "dropped the connection mid-answer (UnsupportedProtocol ...)"."""
+    with pytest.raises(ConfigError, match=r"is not an http\(s\) URL with a host .*e\.g\. http://127\.0\.0\.1:8080/v1"):
+        RemoteChat(LlmConfig(backend="openai", base_url=url, model="x"))
+    RemoteChat(LlmConfig(backend="openai", base_url="http://[::1]:8080/v1", model="x")).close()

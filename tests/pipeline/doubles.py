@@ -251,6 +251,7 @@ class VoiceProfileDouble:
 class WordTts:
     sample_rate = 24000
     model_type = "custom_voice"
+    speakers = languages = None  # any speaker and language
     VOICES = ("default", "alice")
 
     def __init__(self, gate: threading.Semaphore | None = None) -> None:

@@ -118,6 +118,7 @@ class SpeechTts:
 
     sample_rate = TTS_RATE
     model_type = "custom_voice"
+    speakers = languages = None  # any speaker and language
 
     def warmup(self) -> None:
         pass

@@ -33,6 +33,7 @@ class FakeVoices:
     """A loaded CustomVoice TTS with three voice profiles, one of which (a clone) needs another model."""
 
     model_type = "custom_voice"
+    speakers = languages = None  # not checked here (tests/test_model_folders.py checks them)
 
     def profiles(self) -> dict[str, FakeProfile]:
         return {

@@ -192,7 +192,7 @@ def test_speech_with_a_voice_the_model_cannot_speak_blames_the_voice(tiny_config
     error = against_daemon(tiny_config, body)
     assert error["param"] == "voice"
     assert error["message"].startswith("voice 'clone' (clone) does not fit the custom_voice model of tts.model; ")
-    assert "voices that do: default, vivian" in error["message"]
+    assert "voices that do: vivian (" in error["message"]  # default's speaker ryan is not in the tiny model
 
 
 def test_a_broken_voice_profile_leaves_health_and_the_other_voices_working(

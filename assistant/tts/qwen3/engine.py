@@ -16,6 +16,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from assistant import hub
 from assistant.audio.tempo import TimeStretch
 from assistant.config import TtsConfig
 from assistant.errors import InputError, ModelError
@@ -157,12 +158,23 @@ class Qwen3TTS:
     @classmethod
     def load(cls, cfg: TtsConfig) -> Qwen3TTS:
         """Talker, predictor, tokenizer and the speech-tokenizer decoder from `tts.model`. Raises ModelError."""
-        loaded = load_model(cfg.model, dtype=cfg.dtype)
-        return cls(loaded, cfg, load_speech_tokenizer_of(loaded))
+        try:
+            loaded = load_model(cfg.model, dtype=cfg.dtype)
+            return cls(loaded, cfg, load_speech_tokenizer_of(loaded))
+        except hub.MALFORMED as e:
+            raise hub.malformed("TTS model", cfg.model, e) from e
 
     @property
     def model_type(self) -> str:
         return self.loaded.config.tts_model_type
+
+    @property
+    def speakers(self) -> list[str]:
+        return self.loaded.config.speakers
+
+    @property
+    def languages(self) -> list[str]:
+        return self.loaded.config.languages
 
     def profiles(self) -> dict[str, VoiceProfile]:
         """The voice profiles that load; a broken one is skipped and logged (once while it stays broken)."""
