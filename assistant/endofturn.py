@@ -1,7 +1,9 @@
-"""When is the user's turn over: the evidence at a pause, the policies that weigh it, and the Smart Turn model.
+"""When is a turn over: the evidence at a pause, the policies that weigh it, the `Endpointer` that applies one to a
+turn's pauses, the barge-in rule (when the user's speech takes the turn from a reply), and the Smart Turn model.
 
-The policies are pure: the turn core consults its policy at every pause; a model's score arrives as a plain value
-(the driver runs the model), so a smarter detector is a second policy, not an edit of the core.
+All pure but the model: the turn core feeds its `Endpointer` the VAD events of the open turn and asks it whether to
+score and whether the turn is over; a model's score arrives as a plain value (the driver runs the model), so a
+smarter detector is a second policy, not an edit of the core.
 
 `SmartTurn` runs Smart Turn v3.2 (pipecat-ai/smart-turn-v3, BSD-2): a Whisper-encoder classifier over the last
 <= 8 s of the turn's audio that gives P(the speaker has finished). It runs on onnxruntime (the int8 QDQ CPU export),
@@ -23,6 +25,7 @@ from assistant.audio.format import CAPTURE_RATE
 from assistant.audio.ring import AudioRing
 from assistant.config import EndOfTurnConfig, VadConfig
 from assistant.errors import InputError, ModelError
+from assistant.events import PauseStarted, SilenceStarted, SpeechEnded, SpeechResumed, SpeechStarted, VadEvent
 
 Decision = Literal["end", "wait"]
 
@@ -83,6 +86,29 @@ def turn_words(text: str, backchannels: frozenset[str]) -> int:
     """Words of `text` that count towards taking the turn: the listener's `backchannels` ("mm-hm", "yeah", as
     bare words) do not."""
     return sum(1 for w in text.split() if bare_word(w) not in backchannels)
+
+
+@dataclass(frozen=True)
+class BargeInRule:
+    """When the user's speech over a reply takes the turn from it: never (not `enabled`: the reply goes on and the
+    speech is answered once it is over), at the VAD's start (`min_words` 0 and no backchannels), or once its
+    transcript holds `min_words` (at least one) words that are not the listener's `backchannels` ("mm-hm")."""
+
+    enabled: bool = True
+    min_words: int = 0
+    backchannels: frozenset[str] = frozenset()  # bare words (see bare_word)
+
+    @property
+    def at_start(self) -> bool:
+        """The VAD's start alone interrupts the reply: there are no words to wait for."""
+        return self.enabled and self.min_words == 0 and not self.backchannels
+
+    def words(self, text: str) -> int:
+        return turn_words(text, self.backchannels)
+
+    def takes_turn(self, text: str) -> bool:
+        """Whether speech over the reply whose transcript (partial or final) is `text` interrupts it now."""
+        return self.enabled and self.words(text) >= max(1, self.min_words)
 
 
 @dataclass(frozen=True)
@@ -231,6 +257,97 @@ def scored_clip(ring: AudioRing, start: int, segment: int | None, pause: int, af
         start = max(start, segment - SCORE_LEAD_IN)
     audio = ring.slice(max(start, end - WINDOW_SAMPLES, ring.start), min(ring.end, end))
     return np.concatenate([audio, np.zeros(max(0, end - ring.end), dtype=np.int16)])
+
+
+class Endpointer:
+    """The end-of-turn strategy at work in one turn core: it follows the pauses of the user's turn in progress
+    (positions on the capture clock) and answers the core's two questions, whether to ask the model for a score
+    and of which clip (`ask`), and whether the turn is over (`ends`); the model's answer comes back to `scored`.
+
+    Under a silence-only policy (`judges` False) it never asks and never ends a turn: the VAD's hangover is that
+    silence. A smarter detector is a second `EndOfTurnPolicy`: neither this class nor the core changes for it."""
+
+    def __init__(self, policy: EndOfTurnPolicy) -> None:
+        self.policy = policy
+        self.start = 0  # the turn's first sample
+        self.silence_at: int | None = None  # where the current pause began
+        self.segment: int | None = None  # onset of the speech after the last pause waited through (None: the start)
+        self.noticed: int | None = None  # a pause the VAD gave early notice of (PauseStarted), not yet asked about
+        self.score: float | None = None
+        self.asking = 0  # the score request in flight for this pause (0: none)
+        self.scored_pause: int | None = None  # the pause (its first silent sample) that score / asking are for
+        self.room_known = True  # the latest audio's TurnEvidence.room_known
+        self._requests = 0
+
+    @property
+    def judges(self) -> bool:
+        """Whether the policy weighs each pause itself (with a model's score) rather than leave it to the VAD."""
+        return self.policy.score_after_ms is not None
+
+    def news(self, ev: VadEvent) -> bool:
+        """Whether clients hear of this VAD event inside the open turn: where the policy judges pauses, a new start
+        is the same turn's and the VAD's untruncated end is not the turn's (the core publishes the end it decides)."""
+        judged = isinstance(ev, SpeechStarted) or (isinstance(ev, SpeechEnded) and not ev.truncated)
+        return not self.judges or not judged
+
+    def begin(self, start: int) -> None:
+        """A new turn from sample `start`."""
+        self.start, self.silence_at, self.segment, self.noticed = start, None, None, None
+        self._forget()
+
+    def vad(self, ev: VadEvent) -> None:
+        """A VAD event inside the open turn: speech again ends the pause, a notice or silence begins one."""
+        match ev:
+            case SpeechStarted() | SpeechResumed():
+                if self.score is not None or self.asking:  # a pause the policy judged and waited through
+                    self.segment = ev.onset_sample if isinstance(ev, SpeechStarted) else ev.sample
+                self.silence_at, self.noticed = None, None
+                self._forget()  # a score still coming is of a pause that is over
+            case PauseStarted():
+                self.noticed = ev.sample  # asked at once: the answer is ready when SilenceStarted confirms it
+            case SilenceStarted():
+                self.silence_at = ev.sample
+                if self.scored_pause != ev.sample:  # asked at a pause that voice ended before it was confirmed
+                    self._forget()
+            case SpeechEnded():
+                if self.silence_at is None:
+                    self.silence_at = ev.end_sample
+
+    def ask(self, ring: AudioRing) -> np.ndarray | None:
+        """The clip the model is to score now (request `asking`; see `scored_clip`), or None: at the VAD's notice
+        of a pause, or once a pause has lasted `score_after_ms` with no score asked for."""
+        after = self.policy.score_after_ms
+        pause, self.noticed = self.noticed, None
+        if after is None:
+            return None
+        if pause is None and self.silence_at is not None and self.score is None and not self.asking:
+            pause = self.silence_at if (ring.end - self.silence_at) * 1000 // CAPTURE_RATE >= after else None
+        if pause is None:
+            return None
+        self._requests += 1
+        self.score, self.asking, self.scored_pause = None, self._requests, pause
+        return scored_clip(ring, self.start, self.segment, pause, after)
+
+    def scored(self, request: int, score: float | None) -> bool:
+        """The model's answer to `request` (None: it failed); False when it is of a pause that is over."""
+        if not self.asking or request != self.asking:
+            return False
+        # a broken model must not hold the turn open: it ends as the silence rule would end it
+        self.score, self.asking = 1.0 if score is None else score, 0
+        return True
+
+    def ends(self, heard_to: int, partial_text: str) -> int | None:
+        """Where the turn ends (the current pause's first silent sample) when the policy says it is over, with the
+        audio heard up to sample `heard_to`; None: it goes on."""
+        if not self.judges or self.silence_at is None:
+            return None
+        silence_ms = (heard_to - self.silence_at) * 1000 // CAPTURE_RATE
+        speech_ms = (self.silence_at - self.start) * 1000 // CAPTURE_RATE
+        evidence = TurnEvidence(silence_ms, speech_ms, self.score, partial_text, self.room_known)
+        return self.silence_at if self.policy.decide(evidence) == "end" else None
+
+    def _forget(self) -> None:
+        self.score, self.asking, self.scored_pause = None, 0, None
 
 
 class SmartTurn:

@@ -13,15 +13,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from assistant.config import VadConfig
-from assistant.events import PauseStarted, SilenceStarted, SpeechEnded, SpeechResumed, SpeechStarted
+from assistant.events import VadEvent
 from assistant.stt.types import Transcriber
 from assistant.tools.calls import ToolCall, ToolChoice
 from assistant.tts.types import Tts
 
 if TYPE_CHECKING:  # the message type only: importing llm would load MLX with the conversation
     from assistant.llm import Message
-
-VadEvent = SpeechStarted | PauseStarted | SilenceStarted | SpeechResumed | SpeechEnded
 
 
 class ChatLike(Protocol):

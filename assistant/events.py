@@ -192,6 +192,8 @@ class ErrorEvent:
     turn: int | None = None
 
 
+VadEvent = SpeechStarted | PauseStarted | SilenceStarted | SpeechResumed | SpeechEnded  # what the VAD reports
+
 Event = (
     StateChanged
     | SpeechStarted

@@ -10,7 +10,7 @@ from assistant.audio.echo import EchoCanceller, PlayedClock
 from assistant.audio.format import CAPTURE_RATE, frame_samples
 from assistant.audio.sinks import AudioSink
 from assistant.config import Config
-from assistant.endofturn import EndOfTurnPolicy, FixedSilence, bare_word, policy_from_config
+from assistant.endofturn import BargeInRule, EndOfTurnPolicy, FixedSilence, bare_word, policy_from_config
 from assistant.errors import ConfigError
 from assistant.turns import Policy
 
@@ -22,9 +22,11 @@ def daemon_policy(cfg: Config) -> Policy:
         vad_turns=mode != "push_to_talk",  # push_to_talk: the VAD runs, but only the hotkey makes turns
         ptt=True,
         speculative=cfg.pipeline.speculative,
-        barge_in=cfg.pipeline.barge_in,
-        barge_in_min_words=cfg.pipeline.barge_in_min_words,
-        backchannels=frozenset(bare_word(w) for w in cfg.pipeline.backchannels),
+        barge_in=BargeInRule(
+            cfg.pipeline.barge_in,
+            cfg.pipeline.barge_in_min_words,
+            frozenset(bare_word(w) for w in cfg.pipeline.backchannels),
+        ),
         preroll_samples=frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms),
         echo_tail_ms=cfg.vad.echo_tail_ms,
         wake_phrase=cfg.pipeline.wake_phrase,
@@ -41,7 +43,7 @@ def realtime_policy(cfg: Config, server_vad: bool, create_response: bool, interr
         speculative=False,
         answer_turns=False,
         auto_respond=create_response,
-        barge_in=interrupt_response,
+        barge_in=BargeInRule(interrupt_response),
         preroll_samples=frame_samples(CAPTURE_RATE, cfg.vad.preroll_ms),
         echo_tail_ms=cfg.vad.echo_tail_ms,
     )

@@ -2,12 +2,13 @@
 
 `TurnCore.handle(input) -> list[Action]`: the typed `Input`s below in, the `Action`s the driver executes out. Time
 enters only as values on the inputs, so a scripted timeline of inputs is a complete test. `Policy` holds what
-differs between the daemon and a Realtime session; the end-of-turn strategy is an `EndOfTurnPolicy`
-(assistant/endofturn.py).
+differs between the daemon and a Realtime session; the end-of-turn strategy, an `Endpointer` over an
+`EndOfTurnPolicy` (assistant/endofturn.py), weighs the user's pauses.
 
 Echo: a block is judged by the time it was recorded. Recorded while the speaker played (`AudioIn.speaker_dbfs`)
-or within `echo_tail_ms` after its last sample left (`speaker_end`), it runs through the VAD's stricter playback
-gate, and speech whose onset falls there starts a turn only once its transcript has words.
+or within `echo_tail_ms` after its last sample left (`speaker_end`; the capture clock's rule, audio/ring.py), it runs
+through the VAD's stricter playback gate, and speech whose onset falls there starts a turn only once its
+transcript has words.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS
 from assistant.audio.ring import AudioRing, CaptureClock
-from assistant.endofturn import EndOfTurnPolicy, TurnEvidence, scored_clip, turn_words
+from assistant.endofturn import BargeInRule, EndOfTurnPolicy, Endpointer
 from assistant.errors import InputError, ModelError
 from assistant.events import (
     AttentionChanged,
@@ -46,10 +47,10 @@ from assistant.events import (
     SpeechStarted,
     StateChanged,
     TurnState,
+    VadEvent,
 )
 from assistant.wake import TurnSource, WakeGate
 
-VadEvent = SpeechStarted | PauseStarted | SilenceStarted | SpeechResumed | SpeechEnded
 APOLOGY = "Sorry, I could not get an answer just now. Please ask again."
 MAX_PENDING = 256  # user messages held for a Realtime response: a transcription-only session runs for weeks
 
@@ -63,9 +64,7 @@ class Policy:
     speculative: bool = True  # answer at the first silence, play only once the turn is confirmed
     answer_turns: bool = True  # a finished spoken turn is answered (daemon); else it queues a user message
     auto_respond: bool = True  # Realtime server VAD: a queued transcript creates a response by itself
-    barge_in: bool = True  # speech during a reply may interrupt it
-    barge_in_min_words: int = 0  # words the interruption's transcript needs (0: the VAD's start is enough)
-    backchannels: frozenset[str] = frozenset()  # listener words that never interrupt on their own ("mm-hm")
+    barge_in: BargeInRule = field(default_factory=BargeInRule)  # when speech during a reply interrupts it
     preroll_samples: int = 0
     echo_tail_ms: int = 200  # after the speaker's last sample, echo may still arrive (path delay + reverberation)
     wake_phrase: str = ""  # hands-free turns are answered only when addressed (see assistant/wake.py); "" = all
@@ -320,12 +319,7 @@ class Utterance:
     ptt: bool = False
     candidate: bool = False  # during (or in the echo of) a reply: not a turn until it earns one
     feeding: bool = False
-    silence_at: int | None = None  # where the current pause began (capture position)
-    segment: int | None = None  # onset of the speech after the last pause waited through (None: the turn start)
     partial: str = ""
-    score: float | None = None
-    scoring: int = 0  # the score request in flight for this pause (0: none)
-    scored_pause: int | None = None  # the pause (its first silent sample) that score / scoring are for
     spec_job: int | None = None  # the speculative finalize in flight or done
     spec_turn: int | None = None  # the speculative reply's turn number
     spec_text: str | None = None  # the speculative transcript, once known
@@ -374,7 +368,7 @@ class TurnCore:
 
     def __init__(self, policy: Policy, end_of_turn: EndOfTurnPolicy, ring_samples: int) -> None:
         self.policy = policy
-        self.end_of_turn = end_of_turn
+        self.endpointer = Endpointer(end_of_turn)  # the end-of-turn strategy: it weighs the user's pauses
         self.state = TurnState.IDLE
         self.muted = False
         self.ptt = False
@@ -391,12 +385,10 @@ class TurnCore:
         self._ids = 0
         self._jobs: dict[int, Finalizing] = {}
         self._creating: tuple[int, CreateResponse] | None = None  # a response (its turn) waiting for transcripts
-        self._loud: tuple[float, float] | None = None  # (capture time, dBFS) the speaker last played audibly
         self._next: tuple[str, float] | None = None  # words said over the reply, answered when it ends (speech end)
         self._closed: Closed | None = None  # the latest answered turn, while it may still be resumed
         self._out: list[Action] = []
         self._now = 0.0  # the latest input's time (for the events it causes)
-        self._room_known = True  # the latest AudioIn's room_known
         self.wake = WakeGate(policy.wake_phrase, policy.follow_up_s)
 
     # ---- the one entry point --------------------------------------------------------------------------------
@@ -446,11 +438,6 @@ class TurnCore:
         return self._out
 
     @property
-    def _min_words(self) -> int:
-        """Words that make speech during a reply, or in its echo, the user's turn."""
-        return max(1, self.policy.barge_in_min_words)
-
-    @property
     def speculating(self) -> bool:
         return self.user is not None and self.user.spec_job is not None
 
@@ -464,9 +451,8 @@ class TurnCore:
     def _on_audio(self, a: AudioIn) -> None:
         start = self.ring.end
         n = len(a.samples)
-        echo = self._echo_level(a)
-        self.clock.add(start, a.t, echo is not None)
-        self._room_known = a.room_known
+        echo = self.clock.add(start, a.t, a.speaker_dbfs, a.speaker_end, self.policy.echo_tail_ms)
+        self.endpointer.room_known = a.room_known
         if self.muted:
             self.ring.append(np.zeros(n, dtype=np.int16))  # positions stay aligned; no audio kept
             return
@@ -481,56 +467,29 @@ class TurnCore:
         if self.policy.vad_turns or self.policy.ptt:
             self._emit(RunVad(a.samples, echo, a.speaker_linear and echo == a.speaker_dbfs))
 
-    def _echo_level(self, a: AudioIn) -> float | None:
-        """The speaker level a block recorded at `a.t` is to be judged against (None: the speaker was silent)."""
-        if a.speaker_dbfs > SILENT_DBFS:
-            self._loud = (a.t, a.speaker_dbfs)
-            return a.speaker_dbfs
-        if self._loud is None:
-            return None
-        tail = self.policy.echo_tail_ms / 1000.0
-        ended = a.speaker_end if a.speaker_end is not None else self._loud[0]
-        return self._loud[1] if a.t < max(ended, self._loud[0]) + tail else None
-
     def _on_vad(self, ev: VadEvent) -> None:
         if not self.policy.vad_turns:
             return  # push-to-talk alone: the VAD's events are no news
-        user, after = self.user, self.end_of_turn.score_after_ms
-        # a pause notice is the core's own cue; with a model-backed policy, a start or an untruncated end inside an
-        # open turn is the policy's to judge (the turn's end is published when it decides: _check_end_of_turn)
-        judged = isinstance(ev, SpeechStarted) or (isinstance(ev, SpeechEnded) and not ev.truncated)
-        if not isinstance(ev, PauseStarted) and (after is None or user is None or self.ptt or not judged):
-            self._emit(Publish(ev))
+        user = self.user
+        if not isinstance(ev, PauseStarted) and (user is None or self.ptt or self.endpointer.news(ev)):
+            self._emit(Publish(ev))  # (a pause notice is the core's own cue)
         if self.ptt:
             return  # the hotkey overrides endpointing while held
-        if isinstance(ev, SpeechStarted):
-            if user is None:
+        if user is None:
+            if isinstance(ev, SpeechStarted):
                 self._speech_started(ev)
-            else:  # a new start inside a pause that the end-of-turn policy kept open
-                self._resumed(user, ev.time, ev.onset_sample)
-        elif user is None:
             return
-        elif isinstance(ev, PauseStarted):
-            if after is not None and not user.ptt:
-                self._ask_score(user, ev.sample, after)  # early: the answer is ready when SilenceStarted confirms it
-        elif isinstance(ev, SilenceStarted):
-            user.silence_at = ev.sample
-            if user.scored_pause != ev.sample:  # asked at a pause that voice ended before it was confirmed
-                user.score, user.scoring, user.scored_pause = None, 0, None
-            addressed = self.wake.may_speculate(user.partial, user.started_at, user.source)
-            if self.policy.speculative and not user.candidate and user.spec_job is None and addressed:
+        if isinstance(ev, SpeechEnded) and (ev.truncated or not self.endpointer.judges):
+            # the VAD's hangover (adaptive or not) is the silence rule; a policy that judges pauses may wait longer
+            self._end_turn(user, ev.end_sample, ev.time)
+            return
+        self.endpointer.vad(ev)  # a new start here is inside a pause the end-of-turn policy kept open
+        if isinstance(ev, SpeechStarted | SpeechResumed):
+            self._cancel_speculation(ev.time)
+        elif isinstance(ev, SilenceStarted) and self.policy.speculative and not user.candidate:
+            if user.spec_job is None and self.wake.may_speculate(user.partial, user.started_at, user.source):
                 self._speculate(user, ev.time)
-            self._check_end_of_turn(ev.time)  # a score may be due now, not one audio block later
-        elif isinstance(ev, SpeechResumed):
-            self._resumed(user, ev.time, ev.sample)
-        elif isinstance(ev, SpeechEnded):
-            if user.silence_at is None:
-                user.silence_at = ev.end_sample
-            if ev.truncated or after is None:
-                # the VAD's hangover (adaptive or not) is the silence rule; a model-backed policy may wait longer
-                self._end_turn(user, ev.end_sample, ev.time)
-            else:
-                self._check_end_of_turn(ev.time, vad_ended=True)
+        self._check_end_of_turn(ev.time, vad_ended=isinstance(ev, SpeechEnded))  # a score may be due now
 
     def _speech_started(self, ev: SpeechStarted) -> None:
         """Speech by capture time: during a reply (or its echo) it must qualify before it takes the turn."""
@@ -541,28 +500,23 @@ class TurnCore:
             else:
                 self._reopen(closed)
             return
-        if self.current is not None and not self.policy.barge_in:
+        if self.current is not None and not self.policy.barge_in.enabled:
             # transcribed, the reply goes on: the daemon answers it once the reply is over (nothing said is lost)
             self._begin(ev.start_sample, candidate=self.policy.answer_turns)
             return
-        if self.current is not None and self.policy.barge_in_min_words == 0 and not self.policy.backchannels:
+        if self.current is not None and self.policy.barge_in.at_start:
             self._interrupt_current()
         elif self.current is not None or self.clock.echo_at(ev.onset_sample):
             self._begin(ev.start_sample, candidate=True)  # it must prove it is the user
             return
         self._begin(ev.start_sample)
 
-    def _resumed(self, user: Utterance, now: float, onset: int) -> None:
-        if user.score is not None or user.scoring:  # a pause the policy judged and waited through
-            user.segment = onset
-        user.silence_at, user.score, user.scoring, user.scored_pause = None, None, 0, None  # a late score is stale
-        self._cancel_speculation(now)
-
     # ---- the user's turn ------------------------------------------------------------------------------------
 
     def _begin(self, start: int, ptt: bool = False, candidate: bool = False) -> Utterance:
         self._ids += 1
         self.user = Utterance(self._ids, start, start, ptt, candidate, started_at=self.clock.time_of(start))
+        self.endpointer.begin(start)
         self.backlog_ms = 0.0
         self._emit(ResetTranscriber())
         self._feed()
@@ -591,8 +545,7 @@ class TurnCore:
         if f.partial is not None:
             user.partial = f.partial
             self._emit(Publish(PartialTranscript(f.partial, f.now)))
-            words = turn_words(f.partial, self.policy.backchannels)
-            if user.candidate and self.policy.barge_in and words >= self._min_words:
+            if user.candidate and self.policy.barge_in.takes_turn(f.partial):
                 self._promote(user)
         self._feed()
         self._check_end_of_turn(f.now)
@@ -606,39 +559,26 @@ class TurnCore:
         self._set_state(TurnState.USER_SPEAKING)
 
     def _check_end_of_turn(self, now: float, vad_ended: bool = False) -> None:
+        """Ask the end-of-turn strategy whether a score is due and whether the user's turn is over."""
         user = self.user
-        if user is None or user.silence_at is None or user.ptt or not self.policy.vad_turns or self.ptt:
+        if user is None or user.ptt or not self.policy.vad_turns or self.ptt:
             return
-        if self.end_of_turn.score_after_ms is None and not vad_ended:
-            return  # a silence-only policy: the VAD's hangover (adaptive or not) is that silence
-        silence_ms = (self.ring.end - user.silence_at) * 1000 // CAPTURE_RATE
-        after = self.end_of_turn.score_after_ms
-        if after is not None and silence_ms >= after and user.score is None and not user.scoring:
-            self._ask_score(user, user.silence_at, after)
-        speech_ms = (user.silence_at - user.start) * 1000 // CAPTURE_RATE
-        evidence = TurnEvidence(silence_ms, speech_ms, user.score, user.partial, self._room_known)
-        if self.end_of_turn.decide(evidence) == "end":
-            if after is not None:  # the VAD's own end was not published (_on_vad)
-                self._emit(Publish(SpeechEnded(user.start, user.silence_at, now)))
+        clip = self.endpointer.ask(self.ring)
+        if clip is not None:
+            self._emit(ScoreTurn(self.endpointer.asking, clip))
+        end = self.endpointer.ends(self.ring.end, user.partial)
+        if end is not None:
+            self._emit(Publish(SpeechEnded(user.start, end, now)))  # the VAD's own end was not published (_on_vad)
             if not vad_ended:
                 self._reset_vad()  # its pause in progress is over: the next speech must be a new start
-            self._end_turn(user, user.silence_at, now)
-
-    def _ask_score(self, user: Utterance, pause: int, after: int) -> None:
-        """Ask the end-of-turn model about the pause that began at `pause` (its first `after` ms are scored)."""
-        self._ids += 1
-        user.score, user.scoring, user.scored_pause = None, self._ids, pause
-        self._emit(ScoreTurn(user.scoring, scored_clip(self.ring, user.start, user.segment, pause, after)))
+            self._end_turn(user, end, now)
 
     def _on_scored(self, s: Scored) -> None:
         if s.error is not None:
             self._error("scoring the end of turn", s.error, s.now)
-        user = self.user
-        if user is None or not user.scoring or user.scoring != s.job:
-            return  # the turn ended, or speech resumed before the model answered: the score is of a past pause
-        # a broken model must not hold the turn open: it ends as the silence rule would end it
-        user.score, user.scoring = 1.0 if s.error is not None else s.score, 0
-        self._check_end_of_turn(s.now)
+        # (the turn ended, or speech resumed before the model answered: a score of a past pause changes nothing)
+        if self.user is not None and self.endpointer.scored(s.job, None if s.error is not None else s.score):
+            self._check_end_of_turn(s.now)
 
     def _speculate(self, user: Utterance, now: float) -> None:
         """Silence started: transcribe and answer now, play nothing until the turn is confirmed."""
@@ -735,11 +675,10 @@ class TurnCore:
         if text:
             self._emit(Publish(FinalTranscript(text, language, now)))
         decision = self.wake.decide(text, job.user.started_at, job.user.source)
-        words = turn_words(text, self.policy.backchannels)
-        if words == 0 or not decision.answer:
+        if self.policy.barge_in.words(text) == 0 or not decision.answer:
             self._emit(Publish(FalseStart(now)))  # a backchannel (or echo): the reply goes on
             return
-        later = words < self._min_words or not self.policy.barge_in
+        later = not self.policy.barge_in.takes_turn(text)
         if later and self.current is not None and self.policy.answer_turns:
             self._next = (decision.text, job.speech_end)  # answered once the reply is over
             return
@@ -979,7 +918,7 @@ class TurnCore:
     def _on_set_policy(self, s: SetPolicy) -> None:
         vad_changed = s.policy.vad_turns != self.policy.vad_turns
         self.wake.retune(s.policy.wake_phrase, s.policy.follow_up_s)
-        self.policy, self.end_of_turn = s.policy, s.end_of_turn
+        self.policy, self.endpointer.policy = s.policy, s.end_of_turn
         if vad_changed:
             self._drop_user()
         if vad_changed or s.new_vad:

@@ -32,9 +32,7 @@ import webrtcvad
 from assistant.audio.format import SILENT_DBFS, level_dbfs
 from assistant.config import VadConfig
 from assistant.errors import ConfigError, InputError
-from assistant.events import PauseStarted, SilenceStarted, SpeechEnded, SpeechResumed, SpeechStarted
-
-VadEvent = SpeechStarted | PauseStarted | SilenceStarted | SpeechResumed | SpeechEnded
+from assistant.events import PauseStarted, SilenceStarted, SpeechEnded, SpeechResumed, SpeechStarted, VadEvent
 
 WEBRTC_RATES = (8000, 16000, 32000, 48000)  # the rates webrtcvad accepts
 NOISE_WINDOW_S = 3.0  # the noise floor is the quietest frame of this window: longer than any syllable

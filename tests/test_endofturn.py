@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from assistant import hub
+from assistant.audio.format import CAPTURE_RATE
+from assistant.audio.ring import AudioRing
 from assistant.config import EndOfTurnConfig, VadConfig
 from assistant.endofturn import (
     FRAMES,
     N_MELS,
+    SCORE_LEAD_IN,
     SMART_TURN_FILE,
     SMART_TURN_REPO,
     WINDOW_SAMPLES,
+    BargeInRule,
+    EndOfTurnPolicy,
+    Endpointer,
     FixedSilence,
     SmartTurn,
     SmartTurnPolicy,
@@ -31,6 +38,7 @@ from assistant.endofturn import (
     vad_settings,
 )
 from assistant.errors import InputError, ModelError
+from assistant.events import PauseStarted, SilenceStarted, SpeechEnded, SpeechResumed, SpeechStarted
 from tests.speech import needs_espeak, say
 from tests.turn_clips import clip_set, end_after_ms, handled_right, smart_turn_file
 
@@ -91,6 +99,192 @@ def test_backchannels_do_not_count_towards_taking_the_turn() -> None:
     assert turn_words("Yeah. Mm-hm, ok!", backchannels) == 0
     assert turn_words("yeah, wait a second", backchannels) == 3
     assert turn_words("yeah", frozenset()) == 1
+
+
+# ---- the strategy at work: an Endpointer alone, driven as the turn core drives it ----------------------------
+
+MS = CAPTURE_RATE // 1000  # samples per ms
+
+
+class Pauses:
+    """An Endpointer over a turn from sample 0 (voice 1000, silence 0): after every step the core's two questions
+    are asked (`ask`, then `ends`), as TurnCore._check_end_of_turn does."""
+
+    def __init__(self, policy: EndOfTurnPolicy) -> None:
+        self.e = Endpointer(policy)
+        self.e.begin(0)
+        self.ring = AudioRing(CAPTURE_RATE * 30)
+        self.asks: list[tuple[int, np.ndarray]] = []  # (request, clip)
+        self.end: int | None = None
+        self.pause = 0  # where the latest voice stopped
+
+    def _step(self) -> Pauses:
+        clip = self.e.ask(self.ring)
+        if clip is not None:
+            self.asks.append((self.e.asking, clip))
+        self.end = self.e.ends(self.ring.end, "")
+        return self
+
+    def voice(self, ms: int) -> Pauses:
+        self.ring.append(np.full(ms * MS, 1000, dtype=np.int16))
+        self.pause = self.ring.end
+        return self._step()
+
+    def hear(self, ms: int) -> Pauses:
+        self.ring.append(np.zeros(ms * MS, dtype=np.int16))
+        return self._step()
+
+    def notice(self) -> Pauses:
+        self.e.vad(PauseStarted(self.pause, 0.0))
+        return self._step()
+
+    def silence(self) -> Pauses:
+        self.e.vad(SilenceStarted(self.pause, 0.0))
+        return self._step()
+
+    def vad_end(self) -> Pauses:
+        self.e.vad(SpeechEnded(0, self.pause, 0.0))
+        return self._step()
+
+    def resume(self, restart: bool = False) -> Pauses:
+        """Voice again from here: SpeechResumed inside the pause, or (restart) the VAD's new SpeechStarted."""
+        at = self.ring.end
+        self.e.vad(SpeechStarted(at, at, 0.0) if restart else SpeechResumed(at, 0.0))
+        return self._step()
+
+    def score(self, p: float | None, ask: int = -1) -> Pauses:
+        """The model answers ask number `ask` (the latest by default) with `p` (None: it failed)."""
+        self.e.scored(self.asks[ask][0], p)
+        return self._step()
+
+
+SMART = SmartTurnPolicy(threshold=0.5, score_after_ms=150, max_wait_ms=2000)
+AFTER = 150 * MS  # what a clip holds after its pause: the pause's first score_after_ms
+
+# (what it proves, policy, timeline, the asks' clip lengths, where the turn ends: None = it goes on)
+STRATEGY_CASES: list[tuple[str, EndOfTurnPolicy, Callable[[Pauses], Pauses], list[int], int | None]] = [
+    (
+        "a silence-only policy never asks and never ends a turn: the VAD's hangover is that silence",
+        FixedSilence(700),
+        lambda p: p.voice(500).silence().hear(3000).vad_end(),
+        [],
+        None,
+    ),
+    (
+        "nothing is asked before the pause has lasted score_after_ms; then the speech and that silence are scored",
+        SMART,
+        lambda p: p.voice(500).silence().hear(140),
+        [],
+        None,
+    ),
+    (
+        "a sure score ends the turn at the pause's first silent sample",
+        SMART,
+        lambda p: p.voice(500).silence().hear(160).score(0.9),
+        [500 * MS + AFTER],
+        500 * MS,
+    ),
+    (
+        "a low score keeps the turn open past the VAD's own end; max_wait_ms of silence ends it",
+        SMART,
+        lambda p: p.voice(500).silence().hear(160).score(0.1).vad_end().hear(1840),
+        [500 * MS + AFTER],
+        500 * MS,
+    ),
+    (
+        "a low score below max_wait_ms waits",
+        SMART,
+        lambda p: p.voice(500).silence().hear(160).score(0.1).hear(1800),
+        [500 * MS + AFTER],
+        None,
+    ),
+    (
+        "a failed model ends the turn as the silence rule would (a broken model must not hold it open)",
+        SMART,
+        lambda p: p.voice(500).silence().hear(160).score(None),
+        [500 * MS + AFTER],
+        500 * MS,
+    ),
+    (
+        "the VAD's early notice asks at once (silence not yet heard as zeros); the answer ends nothing until the "
+        "same pause is confirmed, which then ends it with no second ask",
+        SMART,
+        lambda p: p.voice(500).hear(90).notice().score(0.9).hear(60).silence(),
+        [500 * MS + AFTER],
+        500 * MS,
+    ),
+    (
+        "a notice whose pause voice ended before it was confirmed: its answer is dropped, the next pause asked anew",
+        SMART,
+        lambda p: p.voice(500).hear(90).notice().score(0.9).voice(100).hear(160).silence(),
+        [500 * MS + AFTER, 690 * MS + AFTER],  # the whole turn: no pause was waited through
+        None,
+    ),
+    (
+        "a score that comes after speech resumed is of a pause that is over: it ends nothing and is asked again",
+        SMART,
+        lambda p: p.voice(500).silence().hear(160).resume().voice(300).score(0.9, ask=0).silence().hear(160),
+        [500 * MS + AFTER, 300 * MS + SCORE_LEAD_IN + AFTER],
+        None,
+    ),
+    (
+        "after a pause the policy waited through, the model hears the new segment with a 200 ms lead-in",
+        SMART,
+        lambda p: p.voice(500).silence().hear(160).score(0.1).resume(restart=True).voice(300).silence().hear(160),
+        [500 * MS + AFTER, 300 * MS + SCORE_LEAD_IN + AFTER],
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(("proves", "policy", "timeline", "clips", "end"), STRATEGY_CASES, ids=range(10))
+def test_endpointer_timeline(
+    proves: str, policy: EndOfTurnPolicy, timeline: Callable[[Pauses], Pauses], clips: list[int], end: int | None
+) -> None:
+    """The end-of-turn strategy alone, over a scripted timeline, asks for exactly these clips and ends (or not)
+    where its case says (`proves`)."""
+    p = timeline(Pauses(policy))
+    assert [len(clip) for _, clip in p.asks] == clips, proves
+    assert len({request for request, _ in p.asks}) == len(p.asks), "every ask is a request of its own"
+    assert p.end == end, proves
+
+
+def test_which_vad_events_inside_a_turn_clients_hear_of() -> None:
+    """Under a silence-only policy every VAD event is news; where the policy judges pauses, a new start inside the
+    turn (the same turn goes on) and the VAD's untruncated end (the policy ends the turn) are not, a cut is."""
+    events = [SpeechStarted(0, 0, 0.0), SilenceStarted(0, 0.0), SpeechResumed(0, 0.0), SpeechEnded(0, 1, 0.0)]
+    events.append(SpeechEnded(0, 1, 0.0, truncated=True))
+    assert [Endpointer(FixedSilence(700)).news(e) for e in events] == [True] * 5
+    assert [Endpointer(SMART).news(e) for e in events] == [False, True, True, False, True]
+
+
+def test_a_new_turn_forgets_the_last_turns_pause_and_its_score_in_flight() -> None:
+    """`begin` starts afresh: a score still coming for the previous turn is refused, and nothing ends the new turn
+    before a pause of its own."""
+    p = Pauses(SMART).voice(500).silence().hear(160)
+    p.e.begin(p.ring.end)
+    assert not p.e.scored(p.asks[0][0], 0.9)
+    assert p.e.ends(p.ring.end, "") is None and p.e.ask(p.ring) is None
+
+
+BACKCHANNELS = frozenset({"mm-hm", "yeah"})
+TRANSCRIPTS = ("", "Mm-hm, yeah.", "wait", "wait, what?")
+# (rule, it interrupts at the VAD's start, whether each of TRANSCRIPTS takes the turn)
+BARGE_IN_CASES = [
+    (BargeInRule(), True, [False, True, True, True]),  # any word; the start alone already interrupted
+    (BargeInRule(backchannels=BACKCHANNELS), False, [False, False, True, True]),
+    (BargeInRule(min_words=2, backchannels=BACKCHANNELS), False, [False, False, False, True]),
+    (BargeInRule(min_words=1), False, [False, True, True, True]),
+    (BargeInRule(enabled=False, backchannels=BACKCHANNELS), False, [False, False, False, False]),
+]
+
+
+@pytest.mark.parametrize(("rule", "at_start", "takes"), BARGE_IN_CASES)
+def test_barge_in_rule(rule: BargeInRule, at_start: bool, takes: list[bool]) -> None:
+    """Speech over a reply interrupts it at the VAD's start only with no words to wait for; else once its
+    transcript holds min_words (at least one) words that are not backchannels; never with barge-in off."""
+    assert rule.at_start is at_start
+    assert [rule.takes_turn(t) for t in TRANSCRIPTS] == takes
 
 
 def test_features_match_the_whisper_feature_extractor() -> None:

@@ -69,6 +69,11 @@ DAEMON = daemon_policy(CFG.replace({"pipeline.mode": "both"}))
 REALTIME = realtime_policy(CFG, server_vad=True, create_response=True, interrupt_response=True)
 
 
+def barging(policy: Policy, **rule: object) -> Policy:
+    """`policy` with these fields of its barge-in rule changed (enabled, min_words, backchannels)."""
+    return dataclasses.replace(policy, barge_in=dataclasses.replace(policy.barge_in, **rule))  # type: ignore[arg-type]
+
+
 class Timeline:
     """A turn core fed block by block on a synthetic capture clock, recording every action."""
 
@@ -237,7 +242,7 @@ def test_vad_hears_which_gate_applies() -> None:
 def barge_in(policy: Policy) -> None:
     """With no backchannel list, speech while the reply plays (by capture time) interrupts it at the VAD's start;
     the user's new turn starts at once."""
-    tl = Timeline(dataclasses.replace(policy, backchannels=frozenset()))
+    tl = Timeline(barging(policy, backchannels=frozenset()))
     turn = spoken_turn(tl)
     tl.reply_plays(turn)
     start = tl.pos()
@@ -255,7 +260,7 @@ def barge_in(policy: Policy) -> None:
 
 def false_start(policy: Policy) -> None:
     """With barge_in_min_words=1, speech during the reply that transcribes to no words leaves the reply alone."""
-    tl = Timeline(dataclasses.replace(policy, barge_in_min_words=1))
+    tl = Timeline(barging(policy, min_words=1))
     turn = spoken_turn(tl)
     tl.reply_plays(turn)
     start = tl.pos()
@@ -481,7 +486,7 @@ def words_over_reply_take_the_turn(policy: Policy) -> None:
 def short_words_wait_for_the_end(policy: Policy) -> None:
     """Words over the reply that are fewer than barge_in_min_words do not interrupt; they are kept and answered
     as the next turn once the reply is over."""
-    tl = Timeline(dataclasses.replace(policy, barge_in_min_words=3))
+    tl = Timeline(barging(policy, min_words=3))
     turn = spoken_turn(tl)
     start = speech_over_reply(tl, turn, "Saturday")
     tl.audio(5, speaker_dbfs=-20.0)
@@ -498,7 +503,7 @@ def short_words_wait_for_the_end(policy: Policy) -> None:
 def speech_over_reply_without_barge_in(policy: Policy) -> None:
     """With barge-in off, speech over the reply does not stop it, yet is transcribed and answered as the next
     turn when the reply is over."""
-    tl = Timeline(dataclasses.replace(policy, barge_in=False))
+    tl = Timeline(barging(policy, enabled=False))
     turn = spoken_turn(tl)
     start = speech_over_reply(tl, turn, "what about Saturday")
     tl.audio(5, speaker_dbfs=-20.0)
@@ -513,7 +518,7 @@ def speech_over_reply_without_barge_in(policy: Policy) -> None:
 def test_a_newer_answered_turn_drops_the_words_waiting_for_the_reply_even_when_speculated() -> None:
     """Words said over a reply and kept for its end are not answered after a newer turn of the user's, also when
     that turn's speculative reply is the one confirmed (as when it is answered afresh)."""
-    tl = Timeline(dataclasses.replace(DAEMON, barge_in_min_words=3))
+    tl = Timeline(barging(DAEMON, min_words=3))
     turn = spoken_turn(tl)
     start = speech_over_reply(tl, turn, "Saturday")
     tl.audio(5, speaker_dbfs=-20.0)
@@ -594,7 +599,7 @@ def test_a_model_backed_policy_scores_the_pause_and_holds_a_thinking_pause() -> 
     resumes it, the next score hears that resumed segment (with a 200 ms lead-in), and a high score at that pause
     ends it at once."""
     tl = Timeline(dataclasses.replace(DAEMON, speculative=False))
-    tl.core.end_of_turn = ScoredPolicy()
+    tl.core.endpointer.policy = ScoredPolicy()
     tl.audio(10, value=1000)
     tl.started(0)
     pause = tl.pos()
@@ -625,7 +630,7 @@ def test_a_model_backed_policy_scores_the_pause_and_holds_a_thinking_pause() -> 
 
 def paused_for_a_score(tl: Timeline) -> list[ScoreTurn]:
     """Under ScoredPolicy the user speaks and pauses 240 ms; returns the score requests so far."""
-    tl.core.end_of_turn = ScoredPolicy()
+    tl.core.endpointer.policy = ScoredPolicy()
     tl.audio(10, value=1000)
     tl.started(0)
     tl.vad(SilenceStarted(tl.pos(), tl.now))
@@ -649,7 +654,7 @@ def test_the_score_is_asked_as_soon_as_the_vad_reports_enough_silence() -> None:
     """When the VAD reports a pause that has already lasted score_after_ms, the core asks for the score at that
     event, not one audio block later."""
     tl = Timeline(dataclasses.replace(DAEMON, speculative=False))
-    tl.core.end_of_turn = ScoredPolicy()
+    tl.core.endpointer.policy = ScoredPolicy()
     tl.audio(10, value=1000)
     tl.started(0)
     pause = tl.pos()
@@ -666,7 +671,7 @@ def test_a_score_asked_at_the_pause_notice_ends_the_turn_when_the_silence_is_con
     confirms that same pause, which then ends the turn at once with no second ask. Voice before the confirmation
     starts a new pause: the old answer is dropped and the new pause is asked about afresh."""
     tl = Timeline(dataclasses.replace(DAEMON, speculative=False))
-    tl.core.end_of_turn = ScoredPolicy()
+    tl.core.endpointer.policy = ScoredPolicy()
     tl.audio(10, value=1000)
     tl.started(0)
     first = tl.pos()
@@ -691,7 +696,7 @@ def test_a_score_asked_at_the_pause_notice_ends_the_turn_when_the_silence_is_con
     assert len(tl.of(ScoreTurn)) == 2
 
     tl = Timeline(dataclasses.replace(DAEMON, speculative=False))  # the answer came first: the end is at once
-    tl.core.end_of_turn = ScoredPolicy()
+    tl.core.endpointer.policy = ScoredPolicy()
     tl.audio(10, value=1000)
     tl.started(0)
     pause = tl.pos()
@@ -708,7 +713,7 @@ def test_a_model_judged_turn_publishes_one_start_and_one_end() -> None:
     """With a model-backed policy the VAD's end and new start inside the open turn are not published: a Realtime
     client sees one speech start and one speech end, from the turn's start to where the model ended it."""
     tl = Timeline(REALTIME)
-    tl.core.end_of_turn = ScoredPolicy()
+    tl.core.endpointer.policy = ScoredPolicy()
     tl.audio(10, value=1000)
     tl.started(0)
     pause = tl.pos()
@@ -872,7 +877,7 @@ def test_resume_over_the_playing_answer_must_prove_it_is_the_user_first() -> Non
 
 def test_speech_after_the_resume_window_is_a_new_turn() -> None:
     """Past `resume_ms` after the end, speech over the reply is an interruption or a new turn, never a reopen."""
-    tl = Timeline(dataclasses.replace(RESUMING, backchannels=frozenset()))
+    tl = Timeline(barging(RESUMING, backchannels=frozenset()))
     turn = spoken_turn(tl)
     tl.reply_plays(turn)
     tl.audio(70)  # 1.4 s
@@ -890,7 +895,7 @@ UNKNOWN_ROOM = SmartTurnPolicy(room_unknown_wait_ms=1200)  # as endofturn.policy
 
 def paused_question(tl: Timeline) -> None:
     """ "What time is it" in a room the echo canceller has not heard yet, 240 ms of silence, and a sure score."""
-    tl.core.end_of_turn = UNKNOWN_ROOM
+    tl.core.endpointer.policy = UNKNOWN_ROOM
     tl.audio(10, value=1000, room_known=False)
     tl.started(0)
     tl.vad(SilenceStarted(tl.pos(), tl.now))

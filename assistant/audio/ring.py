@@ -1,7 +1,7 @@
 """The capture timeline: the last captured samples by absolute position, and when each block was recorded.
 
 Pure data structures (numpy only): the turn core keeps the user's audio in an `AudioRing` and maps sample
-positions to capture time, and to whether the speaker was sounding then, with a `CaptureClock`.
+positions to capture time, and to whether the speaker (or its echo tail) was sounding then, with a `CaptureClock`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections import deque
 
 import numpy as np
 
-from assistant.audio.format import CAPTURE_RATE
+from assistant.audio.format import CAPTURE_RATE, SILENT_DBFS
 
 SPEAKER_HISTORY = 2048  # captured blocks whose speaker level is remembered (~40 s of 20 ms blocks)
 
@@ -49,11 +49,25 @@ class CaptureClock:
         self._starts: deque[int] = deque(maxlen=SPEAKER_HISTORY)
         self._times: deque[float] = deque(maxlen=SPEAKER_HISTORY)
         self._echo: deque[bool] = deque(maxlen=SPEAKER_HISTORY)
+        self._loud: tuple[float, float] | None = None  # (capture time, dBFS) the speaker last played audibly
 
-    def add(self, start: int, t: float, echo: bool) -> None:
+    def add(self, start: int, t: float, speaker_dbfs: float, speaker_end: float | None, tail_ms: int) -> float | None:
+        """The block from sample `start` was recorded from capture time `t` while the speaker played at
+        `speaker_dbfs` (its last queued sample left it at `speaker_end`; None: still playing, or nothing played).
+        Returns the level the block is to be judged against: what played, else within `tail_ms` after the speaker
+        last sounded (echo may still arrive: path delay + reverberation) the last level heard; None: no echo."""
+        if speaker_dbfs > SILENT_DBFS:
+            self._loud = (t, speaker_dbfs)
+            echo: float | None = speaker_dbfs
+        elif self._loud is None:
+            echo = None
+        else:
+            ended = speaker_end if speaker_end is not None else self._loud[0]
+            echo = self._loud[1] if t < max(ended, self._loud[0]) + tail_ms / 1000.0 else None
         self._starts.append(start)
         self._times.append(t)
-        self._echo.append(echo)
+        self._echo.append(echo is not None)
+        return echo
 
     def _block(self, sample: int) -> int:
         return max(0, bisect.bisect_right(self._starts, sample) - 1)

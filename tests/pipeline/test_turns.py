@@ -6,7 +6,7 @@ import asyncio
 
 import numpy as np
 
-from assistant.audio.format import TTS_FRAME_SAMPLES, TTS_RATE, level_dbfs
+from assistant.audio.format import SILENT_DBFS, TTS_FRAME_SAMPLES, TTS_RATE, level_dbfs
 from assistant.audio.ring import AudioRing, CaptureClock
 from assistant.reply import HeardMap, Reply, TurnTrace
 from assistant.turns import Responder
@@ -52,8 +52,8 @@ def test_audio_ring_addresses_absolute_positions() -> None:
 def test_sample_clock_and_trace() -> None:
     """Sample positions map back to their capture time; the trace is ms after the true end of speech."""
     c = CaptureClock()
-    c.add(0, 9.0, echo=False)
-    c.add(16_000, 10.0, echo=True)
+    assert c.add(0, 9.0, SILENT_DBFS, None, 200) is None
+    assert c.add(16_000, 10.0, -20.0, None, 200) == -20.0
     assert c.time_of(8_000) == 9.5 and c.time_of(16_000 + 1600) == 10.1
     assert not c.echo_at(8_000) and c.echo_at(17_000)
     t = TurnTrace(turn=1, speech_end=9.5, endpoint=10.2)
@@ -63,6 +63,29 @@ def test_sample_clock_and_trace() -> None:
     out = t.trace()
     assert out.vad_hangover_ms == 700.0 and out.stt_final_ms == 100.0 and out.tts_first_audio_ms == 1000.0
     assert out.llm_first_token_ms is None
+
+
+# (capture time, speaker dBFS, speaker_end, the level the block is judged against), one 20 ms block after another
+ECHO_TAIL = [
+    (10.00, SILENT_DBFS, None, None),  # nothing played yet
+    (10.02, -20.0, None, -20.0),  # the speaker plays
+    (10.04, -30.0, None, -30.0),  # quieter: judged against what plays now
+    (10.06, SILENT_DBFS, None, -30.0),  # a gap inside the reply (its last sample not yet out): the last level heard
+    (10.30, SILENT_DBFS, 10.10, None),  # over 200 ms after the last sample left: no echo
+    (10.40, -25.0, None, -25.0),  # the next reply
+    (10.50, SILENT_DBFS, 10.45, -25.0),  # its last sample left 50 ms ago: the tail
+    (10.64, SILENT_DBFS, 10.45, -25.0),
+    (10.66, SILENT_DBFS, 10.45, None),  # 210 ms after: the tail is over
+]
+
+
+def test_capture_clock_judges_a_block_by_the_speaker_and_its_echo_tail() -> None:
+    """A block recorded while the speaker played is judged against that level; after the speaker's last sample,
+    echo_tail_ms more (200) against the last level heard; then against nothing, and echo_at says the same."""
+    c = CaptureClock()
+    for i, (t, dbfs, speaker_end, judged) in enumerate(ECHO_TAIL):
+        assert c.add(i * 320, t, dbfs, speaker_end, 200) == judged, (t, dbfs, speaker_end)
+        assert c.echo_at(i * 320 + 10) is (judged is not None)
 
 
 def test_level_dbfs() -> None:
