@@ -70,7 +70,8 @@ def room_env(room: Room, monkeypatch: pytest.MonkeyPatch) -> Room:
 
 # Modules that bound a latency, a wall time or what a signal interrupts: scripts/test runs them (like the room
 # tests) one at a time after the parallel phase, so a test on the other worker cannot push them past their bound.
-SERIAL = {"tests/server/test_abuse.py", "tests/pipeline/test_signals.py", "tests/test_cli_audio_commands.py"}
+# A single test of that kind in another module is marked `@pytest.mark.serial` itself.
+SERIAL = {"tests/pipeline/test_signals.py"}
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:

@@ -140,10 +140,11 @@ def test_echo_is_cancelled_in_the_room(room_env: Room, echo_loop: EchoLoop) -> N
     """With the reply looped back at 0 dB after 60 / 120 ms with reverb, the canceller removes >= 10 dB of echo
     (after 3 s of adaptation), and the louder frames of a user speaking at the echo's level stand >= 8 dB above
     what is left (benchmarks/echo.py measures more loops and runs)."""
-    reply = reply_audio()
     user = int16_to_float32(say(USER))
     user = float32_to_int16(user / np.sqrt(np.mean(np.square(user))) * 10 ** ((-20 + echo_loop.gain_db) / 20))
     user_after = 9.0
+    # the reply goes on 1 s past the user's last word (what is measured ends there; the rest of its 18 s is not)
+    reply = reply_audio()[: round((user_after + len(user) / CAPTURE_RATE + 1.0) * TTS_RATE)]
     heard = asyncio.run(play_through_room(room_env, reply, user, user_after))
 
     delay = loop_delay_ms(heard)

@@ -34,7 +34,14 @@ SET = '<tool_call>{"name": "set_reminder", "arguments": {"in_seconds": %s, "text
 
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    changes = {"pipeline.mode": "hands_free", "server.enabled": False, "tools.enabled": ["reminders"]}
+    # replies of ~1 s (12 frames of 80 ms): the answer to the request ends, and the daemon idles, before the 2 s
+    # reminder falls due
+    changes = {
+        "pipeline.mode": "hands_free",
+        "server.enabled": False,
+        "tools.enabled": ["reminders"],
+        "tts.max_frames": 12,
+    }
     return tiny_engines.tiny_config(tmp_path_factory.mktemp("reminder_models"), changes)
 
 

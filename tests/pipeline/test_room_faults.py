@@ -58,8 +58,10 @@ def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
         "vad.barge_in_energy_margin_db": 0.0,
         "server.port": 0,
         "server.token": TOKEN,
-        "llm.max_tokens": 48,  # a reply of a few seconds, so the server can go away in its middle
-        "tts.max_frames": 120,
+        "llm.max_tokens": 48,
+        # a 3.2 s reply (40 frames of 80 ms): the sound server goes away or the default changes 0.3 s into it, and
+        # its rest is long enough to hear on the new default; every reply the tests wait for plays this long
+        "tts.max_frames": 40,
     }
     # espeak blocks its caller: speak the questions now, not on the test's loop while it times `status`
     question()
@@ -308,8 +310,9 @@ def test_sound_server_goes_away_and_comes_back(tiny_config: Config, tmp_path: Pa
                 out["realtime"] = realtime[-1]["response"]["status"]
                 out["realtime_audio"] = sum(m["type"] == "response.output_audio.delta" for m in realtime)
             await asyncio.sleep(max(0.0, gone + OUTAGE_S - time.monotonic()))
-            room = await asyncio.to_thread(start_room, root)  # the same devices, on the same socket
+            # from the moment the server starts: the daemon may reopen a device before start_room has returned
             back = time.monotonic()
+            room = await asyncio.to_thread(start_room, root)  # the same devices, on the same socket
             mic_at, _ = await d.until("device", back, kind="input", ok=True)
             out_at, _ = await d.until("device", back, kind="output", ok=True)
             out["back_s"] = max(mic_at, out_at) - back

@@ -1,5 +1,7 @@
 """Short CI versions of the load and abuse benchmark (benchmarks/server_abuse.py): daemon, attacker and a
-well-behaved client in three processes on loopback; the benchmark runs the long versions (150 MiB, 20 s)."""
+well-behaved client in three processes on loopback; the benchmark runs the long versions (150 MiB, 20 s).
+The tests that bound a latency or race a timer run alone (`serial`); the error-code and memory one runs in the
+parallel phase."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ def scenario(name: str, *args: str) -> dict[str, Any]:
     return r
 
 
+@pytest.mark.serial  # a status p95 bound
 def test_a_client_that_never_reads_costs_bounded_memory() -> None:
     """20 MiB of hostile frames from a non-reader: closed 1008, RSS +<50 MB and back, fds back, status p95 +<50 ms."""
     r = scenario("nonreader", "--mib", "20")
@@ -34,6 +37,7 @@ def test_a_client_that_never_reads_costs_bounded_memory() -> None:
     assert r["during"]["status_p95_ms"] < P95_MS + r["before"]["status_p95_ms"], r
 
 
+@pytest.mark.serial  # a granted session is held 1 s: slower handshakes than that would see a third
 def test_concurrent_handshakes_get_exactly_the_session_limit() -> None:
     """32 concurrent Realtime handshakes with the limit at 2: 2 sessions, 30 refusals, no fd left behind."""
     r = scenario("handshakes")
@@ -49,6 +53,7 @@ def test_oversized_and_nested_input_gets_errors_not_memory() -> None:
     assert r["rss_growth_mb"] < RSS_GROWTH_MB, r
 
 
+@pytest.mark.serial  # a status p95 bound
 def test_audio_floods_do_not_slow_other_clients() -> None:
     """1 MiB audio appends back to back for 4 s: refused beyond the budget; another client's status p95 +<50 ms."""
     r = scenario("audio", "--seconds", "4")
