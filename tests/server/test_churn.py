@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import threading
@@ -20,6 +21,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def fds() -> int:
+    gc.collect()  # sockets an earlier test of this worker left to the collector close now, not mid-count
     return len(os.listdir("/proc/self/fd"))
 
 
@@ -85,5 +87,7 @@ def test_clients_that_vanish_mid_message_leave_nothing_behind() -> None:
             return before, after, tables
 
     before, after, tables = asyncio.run(body())
-    assert after == before, f"(tasks, fds, threads) before {before}, after {ROUNDS} rounds {after}"
+    # fds: the worker process's own, so another module's leftovers may close meanwhile; a leak adds one per round
+    counts = f"(tasks, fds, threads) before {before}, after {ROUNDS} rounds {after}"
+    assert (after[0], after[2]) == (before[0], before[2]) and after[1] <= before[1], counts
     assert tables == dict.fromkeys(tables, 0)
