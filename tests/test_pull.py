@@ -126,14 +126,21 @@ def test_verify_refetches_what_differs_or_is_missing(tmp_path: Path, monkeypatch
     assert fetched == [("model.safetensors", COMMIT, True), ("tokenizer.json", COMMIT, True)]
 
 
-def test_verify_offline_says_what_to_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """--verify with HF_HUB_OFFLINE set fails in one line saying to unset it."""
-    snap = tmp_path / "hub" / "models--org--tiny" / "snapshots" / COMMIT
+def cache_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> Path:
+    """A Hugging Face cache under tmp_path holding org/`name` at COMMIT (a config.json), the hub pointed at it."""
+    repo = tmp_path / "hub" / f"models--org--{name}"
+    snap = repo / "snapshots" / COMMIT
     snap.mkdir(parents=True)
     (snap / "config.json").write_text("{}")
-    (tmp_path / "hub" / "models--org--tiny" / "refs").mkdir()
-    (tmp_path / "hub" / "models--org--tiny" / "refs" / "main").write_text(COMMIT)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return snap
+
+
+def test_verify_offline_says_what_to_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--verify with HF_HUB_OFFLINE set fails in one line saying to unset it."""
+    cache_snapshot(tmp_path, monkeypatch, "tiny")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(hub.ModelError) as e:
         hub.verify("org/tiny", "LLM")
@@ -163,12 +170,7 @@ def test_a_cached_model_is_ready_when_the_hub_cannot_be_reached(
 ) -> None:
     """Offline (no HF_HUB_OFFLINE) with a model in the cache, pull says it is cached and not checked, and counts
     it ready; it said FAILED and exited 1, so `scripts/run` (pull, then run, under set -e) never started."""
-    snapshot = tmp_path / "hub" / "models--org--stt" / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
-    (snapshot / "config.json").write_text("{}")
-    (tmp_path / "hub" / "models--org--stt" / "refs").mkdir()
-    (tmp_path / "hub" / "models--org--stt" / "refs" / "main").write_text(COMMIT)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    snapshot = cache_snapshot(tmp_path, monkeypatch, "stt")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     down = "cannot reach https://huggingface.co (ConnectError: [Errno 101] Network is unreachable); check the network"
 
