@@ -33,7 +33,7 @@ from assistant.config import Config
 from assistant.context import ChatContext
 from assistant.endofturn import EndOfTurnPolicy, vad_settings
 from assistant.engines import Engines, VadLike
-from assistant.errors import AudioDeviceError, InputError
+from assistant.errors import AssistantError, AudioDeviceError, InputError
 from assistant.events import (
     BargeIn,
     DeviceStatus,
@@ -463,7 +463,8 @@ class Conversation:
             self.bus.publish(event)
 
     def failed(self, exc: BaseException, what: str) -> None:
-        log.error("error while %s", what, exc_info=exc)
+        # an error of ours names the problem and the fix in its message: a traceback only for the unexpected
+        log.error("error while %s: %s", what, exc, exc_info=None if isinstance(exc, AssistantError) else exc)
         self.publish(ErrorEvent(f"{what}: {type(exc).__name__}: {exc}", time.monotonic()))
 
     def background(self, what: str, fn: Callable[..., Any], *args: Any) -> None:

@@ -574,3 +574,24 @@ def test_end_of_turn_model_holds_a_thinking_pause_and_runs_off_the_loop() -> Non
             assert [n for _, n in scored] == [3 * 4 * BLOCK + after, 2 * 4 * BLOCK + SCORE_LEAD_IN + after]
 
     asyncio.run(main())
+
+
+def test_an_expected_error_is_logged_in_one_line_and_a_bug_with_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """A failure of ours (a voice that cannot load: ConfigError) is logged as its one-line message, no traceback;
+    an unexpected exception keeps its traceback; clients hear of both."""
+
+    async def main() -> list[ErrorEvent]:
+        async with Harness() as h:
+            h.p.failed(ConfigError("voice 'x' cannot load; fix its profile"), "loading voice 'x'")
+            h.p.failed(ZeroDivisionError("division by zero"), "handling microphone audio")
+            return [await h.next_event(ErrorEvent), await h.next_event(ErrorEvent)]
+
+    with caplog.at_level(logging.ERROR, logger="assistant.conversation"):
+        told = asyncio.run(main())
+    records = [r for r in caplog.records if r.name == "assistant.conversation"]
+    assert [r.getMessage() for r in records] == [
+        "error while loading voice 'x': voice 'x' cannot load; fix its profile",
+        "error while handling microphone audio: division by zero",
+    ]
+    assert records[0].exc_info is None and records[1].exc_info is not None
+    assert ["fix its profile" in told[0].message, "ZeroDivisionError" in told[1].message] == [True, True]
