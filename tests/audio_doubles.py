@@ -50,8 +50,13 @@ class FakeSounddevice:
     PortAudioError: type[Exception] = PortAudioError
 
     def release(self) -> None:
-        """Let every hung call return (so the test leaves no thread behind)."""
+        """Let every hung call return (so the test leaves no thread behind), and wait (at most 5 s) until the audio
+        layer counts none still hanging: that count (devices.MAX_HUNG) is process-wide, and calls a test left to
+        return on their own after it ended refused the next test's first call."""
         self.released.set()
+        deadline = time.monotonic() + 5.0
+        while devices._hung_now and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def _maybe_hang(self, call: str) -> None:
         if call in self.hang:
