@@ -499,19 +499,15 @@ async def _tts_step(reply: Reply, compute: Compute, ticket: Ticket) -> AsyncIter
     assert utt is not None
     decode = None if pacing is None else pacing.decide(time.monotonic())
     before, start = utt.frames_emitted, time.monotonic()
-    if decode is None:
-        chunk = await compute.run(utt.step, ticket=ticket)
-    else:
-        chunk = await compute.run(utt.step, decode, ticket=ticket)
+    chunk = await compute.run(utt.step, decode, ticket=ticket)
     end = time.monotonic()
-    made = chunk is not None and len(chunk) > 0
+    samples = 0 if chunk is None else len(chunk)
     if pacing is not None:
         if utt.frames_emitted > before:
-            pacing.frame(start, end, made)
-        if made:
-            assert chunk is not None
-            pacing.chunk(end, len(chunk))
-    if chunk is not None and made:
+            pacing.frame(start, end, samples > 0)
+        if samples:
+            pacing.chunk(end, samples)
+    if chunk is not None and samples:
         reply.trace.mark("tts_first_audio", end)
         reply.heard.chunk(len(chunk))
         reply.chunks_made += 1
