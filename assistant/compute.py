@@ -166,8 +166,16 @@ class Compute:
         return await self.run(_next, gen, priority=priority, ticket=ticket)
 
     def clear_cache(self) -> concurrent.futures.Future[None]:
-        """Free MLX's buffer cache between turns (long-run memory stays flat)."""
-        return self.submit(_clear_mlx_cache, priority=Priority.BACKGROUND)
+        """Free MLX's buffer cache between turns and requests (long-run memory stays flat). Once the thread is
+        closed there is nothing to free it for (a request that ends at shutdown): a done future."""
+        try:
+            return self.submit(_clear_mlx_cache, priority=Priority.BACKGROUND)
+        except RuntimeError:
+            if not self._stopping:
+                raise
+            done: concurrent.futures.Future[None] = concurrent.futures.Future()
+            done.set_result(None)
+            return done
 
     # ---- lifetime ------------------------------------------------------------------------------------------
 

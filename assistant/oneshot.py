@@ -7,7 +7,6 @@ gets its own transcriber state over the shared weights; the TTS and its cached v
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
@@ -89,7 +88,7 @@ class OneShot:
                     if chunk is not None and len(chunk):
                         yield np.asarray(chunk, dtype=np.float32)
         finally:
-            self._clear_cache()
+            self.compute.clear_cache()  # what the request left in MLX's buffer cache, as after a voice-loop reply
 
     async def transcribe(self, audio: np.ndarray) -> tuple[str, str]:
         """(text, language) of float32 mono 16 kHz `audio`, fed a second at a time on the compute thread."""
@@ -101,10 +100,5 @@ class OneShot:
                 await self.compute.run(tr.feed, audio[start : start + FEED_SAMPLES], priority=BG)
             final = await self.compute.run(tr.finalize, priority=BG)
         finally:
-            self._clear_cache()
-        return final.text.strip(), final.language
-
-    def _clear_cache(self) -> None:
-        """Free what a request left in MLX's buffer cache, as the voice loop does after each reply."""
-        with contextlib.suppress(RuntimeError):  # the compute thread closed first (at shutdown)
             self.compute.clear_cache()
+        return final.text.strip(), final.language

@@ -810,8 +810,7 @@ class WyomingServices:
                 self._handlers.discard(task)
                 # a request per connection: free what it left in MLX's buffer cache, as the voice loop does after
                 # each reply (`assistant wyoming` has no voice loop, and its memory grew to its largest request's)
-                with contextlib.suppress(RuntimeError):  # the compute thread closed first (at shutdown)
-                    self.compute.clear_cache()
+                self.compute.clear_cache()
 
         return serve
 

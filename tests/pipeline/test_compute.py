@@ -110,3 +110,14 @@ def test_close_cancels_waiting_jobs_and_ends_thread() -> None:
     threading.Timer(0.05, gate.set).start()
     assert c.close(timeout=5)
     assert queued.cancelled() and not c.alive
+
+
+def test_clearing_the_cache_after_close_is_a_no_op_and_other_jobs_are_refused() -> None:
+    """A request that ends at shutdown frees the MLX cache after the thread closed: that is a done future, not an
+    error; any other job is still refused."""
+    compute = Compute()
+    assert compute.clear_cache().result(5.0) is None  # while open it runs on the thread
+    assert compute.close(5.0)
+    assert compute.clear_cache().done()
+    with pytest.raises(RuntimeError, match="closed"):
+        compute.submit(int)
